@@ -1,0 +1,269 @@
+//! What this node's agent knows about its pods: identity by UID, container names by container
+//! ID, and a time-aware history of which pod held which IP, so an event on a reused IP goes to
+//! the pod that held it at the time of the event, not to whoever holds it now.
+//!
+//! Fed by the metadata watcher ([`crate::node::metadata`]); read by the attributor. hostNetwork
+//! pods share the node's IP and are never entered in the IP history: they are attributed by
+//! cgroup only.
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::IpAddr,
+    time::{Duration, SystemTime},
+};
+
+use crate::evidence::PodRef;
+
+/// How long a deleted pod stays known, so events still waiting for metadata (or delayed in the
+/// pipeline) can be attributed to it. Ten minutes covers any pipeline delay by far.
+pub const DELETED_RETENTION: Duration = Duration::from_secs(600);
+
+/// A pod as the attributor needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodInfo {
+    pub pod: PodRef,
+    pub ips: Vec<IpAddr>,
+    pub host_network: bool,
+    /// Container ID (no runtime prefix) -> container name.
+    pub containers: HashMap<String, String>,
+    /// When the pod started to hold its IPs (status.startTime, else creation), if known.
+    pub started: Option<SystemTime>,
+    /// The pod finished (Succeeded/Failed): its IPs are released although the object remains.
+    pub finished: bool,
+}
+
+#[derive(Clone, Debug)]
+struct Hold {
+    uid: String,
+    from: SystemTime,
+    to: Option<SystemTime>,
+}
+
+#[derive(Debug)]
+struct Known {
+    info: PodInfo,
+    deleted_at: Option<SystemTime>,
+}
+
+/// Pods of this node by UID and by IP over time.
+#[derive(Debug, Default)]
+pub struct PodIndex {
+    pods: HashMap<String, Known>,
+    holds: HashMap<IpAddr, Vec<Hold>>,
+}
+
+impl PodIndex {
+    /// Adds or updates a pod observed at `now`.
+    pub fn apply(&mut self, info: PodInfo, now: SystemTime) {
+        let uid = info.pod.uid.clone();
+        let held: HashSet<IpAddr> = if info.host_network || info.finished {
+            HashSet::new()
+        } else {
+            info.ips.iter().copied().collect()
+        };
+        // Close this pod's holds on IPs it no longer has.
+        for (ip, holds) in &mut self.holds {
+            if held.contains(ip) {
+                continue;
+            }
+            for h in holds.iter_mut().filter(|h| h.uid == uid && h.to.is_none()) {
+                h.to = Some(now.max(h.from));
+            }
+        }
+        for ip in held {
+            let holds = self.holds.entry(ip).or_default();
+            if holds.iter().any(|h| h.uid == uid && h.to.is_none()) {
+                continue;
+            }
+            // The IP went to this pod when it started, but never before the previous holder
+            // let it go. A previous holder still open lost it by the time this pod has it.
+            let mut from = info.started.unwrap_or(now).min(now);
+            for h in holds.iter_mut().filter(|h| h.uid != uid) {
+                match h.to {
+                    Some(to) => from = from.max(to),
+                    None => {
+                        let cut = from.max(h.from);
+                        h.to = Some(cut);
+                        from = cut;
+                    }
+                }
+            }
+            holds.push(Hold {
+                uid: uid.clone(),
+                from,
+                to: None,
+            });
+        }
+        self.pods.insert(
+            uid,
+            Known {
+                info,
+                deleted_at: None,
+            },
+        );
+    }
+
+    /// Marks a pod deleted at `at`: its IPs are released, its identity kept for a while.
+    pub fn delete(&mut self, uid: &str, at: SystemTime) {
+        if let Some(known) = self.pods.get_mut(uid) {
+            known.deleted_at.get_or_insert(at);
+        }
+        for holds in self.holds.values_mut() {
+            for h in holds.iter_mut().filter(|h| h.uid == uid && h.to.is_none()) {
+                h.to = Some(at.max(h.from));
+            }
+        }
+    }
+
+    /// After a full re-list: every known pod not in `live` was deleted while we were not
+    /// watching.
+    pub fn retain_live(&mut self, live: &HashSet<String>, now: SystemTime) {
+        let gone: Vec<String> = self
+            .pods
+            .iter()
+            .filter(|(uid, k)| k.deleted_at.is_none() && !live.contains(*uid))
+            .map(|(uid, _)| uid.clone())
+            .collect();
+        for uid in gone {
+            self.delete(&uid, now);
+        }
+    }
+
+    /// Forgets pods deleted longer than [`DELETED_RETENTION`] ago and their IP holds.
+    pub fn prune(&mut self, now: SystemTime) {
+        let horizon = now
+            .checked_sub(DELETED_RETENTION)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        self.pods
+            .retain(|_, k| k.deleted_at.is_none_or(|at| at >= horizon));
+        for holds in self.holds.values_mut() {
+            holds.retain(|h| h.to.is_none_or(|to| to >= horizon));
+        }
+        self.holds.retain(|_, holds| !holds.is_empty());
+    }
+
+    pub fn by_uid(&self, uid: &str) -> Option<&PodInfo> {
+        self.pods.get(uid).map(|k| &k.info)
+    }
+
+    /// The pod that held `ip` at time `at`.
+    pub fn pod_at_ip(&self, ip: IpAddr, at: SystemTime) -> Option<&PodInfo> {
+        let hold = self
+            .holds
+            .get(&ip)?
+            .iter()
+            .filter(|h| h.from <= at && h.to.is_none_or(|to| at < to))
+            .max_by_key(|h| h.from)?;
+        self.by_uid(&hold.uid)
+    }
+
+    /// Pods currently known and not deleted.
+    pub fn live_pods(&self) -> usize {
+        self.pods
+            .values()
+            .filter(|k| k.deleted_at.is_none())
+            .count()
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub fn t(secs: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000 + secs)
+    }
+
+    pub fn info(name: &str, uid: &str, ip: &str, started: u64) -> PodInfo {
+        PodInfo {
+            pod: PodRef {
+                namespace: "default".into(),
+                name: name.into(),
+                uid: uid.into(),
+            },
+            ips: vec![ip.parse().unwrap()],
+            host_network: false,
+            containers: HashMap::from([("c0ffee".repeat(2), "app".to_owned())]),
+            started: Some(t(started)),
+            finished: false,
+        }
+    }
+
+    fn name_at(index: &PodIndex, ip: &str, at: u64) -> Option<String> {
+        index
+            .pod_at_ip(ip.parse().unwrap(), t(at))
+            .map(|p| p.pod.name.clone())
+    }
+
+    #[test]
+    fn reused_ip_maps_to_the_pod_that_held_it_then() {
+        let mut idx = PodIndex::default();
+        idx.apply(info("old", "u1", "10.0.0.5", 10), t(11));
+        assert_eq!(name_at(&idx, "10.0.0.5", 15).as_deref(), Some("old"));
+        idx.delete("u1", t(20));
+        // The new pod was created before the old one's deletion was observed.
+        idx.apply(info("new", "u2", "10.0.0.5", 18), t(25));
+        assert_eq!(name_at(&idx, "10.0.0.5", 15).as_deref(), Some("old"));
+        assert_eq!(name_at(&idx, "10.0.0.5", 19).as_deref(), Some("old"));
+        assert_eq!(name_at(&idx, "10.0.0.5", 21).as_deref(), Some("new"));
+        assert_eq!(name_at(&idx, "10.0.0.5", 500).as_deref(), Some("new"));
+        assert_eq!(name_at(&idx, "10.0.0.5", 5), None, "before anyone held it");
+        assert_eq!(
+            idx.by_uid("u1").unwrap().pod.name,
+            "old",
+            "deleted pods stay known"
+        );
+        assert_eq!(idx.live_pods(), 1);
+    }
+
+    #[test]
+    fn new_holder_seen_before_old_deletion_cuts_the_old_hold() {
+        let mut idx = PodIndex::default();
+        idx.apply(info("old", "u1", "10.0.0.5", 10), t(10));
+        idx.apply(info("new", "u2", "10.0.0.5", 30), t(31));
+        assert_eq!(name_at(&idx, "10.0.0.5", 29).as_deref(), Some("old"));
+        assert_eq!(name_at(&idx, "10.0.0.5", 30).as_deref(), Some("new"));
+        idx.delete("u1", t(40));
+        assert_eq!(name_at(&idx, "10.0.0.5", 35).as_deref(), Some("new"));
+    }
+
+    #[test]
+    fn host_network_and_finished_pods_hold_no_ip() {
+        let mut idx = PodIndex::default();
+        let mut host = info("host", "u1", "192.168.0.1", 1);
+        host.host_network = true;
+        idx.apply(host, t(1));
+        assert_eq!(name_at(&idx, "192.168.0.1", 5), None);
+        idx.apply(info("job", "u2", "10.0.0.9", 1), t(1));
+        let mut done = info("job", "u2", "10.0.0.9", 1);
+        done.finished = true;
+        idx.apply(done, t(50));
+        assert_eq!(name_at(&idx, "10.0.0.9", 49).as_deref(), Some("job"));
+        assert_eq!(name_at(&idx, "10.0.0.9", 51), None);
+    }
+
+    #[test]
+    fn relist_deletes_missing_and_prune_forgets_old() {
+        let mut idx = PodIndex::default();
+        idx.apply(info("a", "u1", "10.0.0.1", 1), t(1));
+        idx.apply(info("b", "u2", "10.0.0.2", 1), t(1));
+        idx.retain_live(&HashSet::from(["u2".to_owned()]), t(100));
+        assert_eq!(idx.live_pods(), 1);
+        assert_eq!(name_at(&idx, "10.0.0.1", 99).as_deref(), Some("a"));
+        assert_eq!(name_at(&idx, "10.0.0.1", 101), None);
+        idx.prune(t(100) + DELETED_RETENTION + Duration::from_secs(1));
+        assert!(idx.by_uid("u1").is_none());
+        assert!(idx.by_uid("u2").is_some());
+        assert_eq!(name_at(&idx, "10.0.0.1", 99), None);
+    }
+
+    #[test]
+    fn ip_change_closes_the_old_hold() {
+        let mut idx = PodIndex::default();
+        idx.apply(info("a", "u1", "10.0.0.1", 1), t(1));
+        idx.apply(info("a", "u1", "10.0.0.2", 1), t(10));
+        assert_eq!(name_at(&idx, "10.0.0.1", 5).as_deref(), Some("a"));
+        assert_eq!(name_at(&idx, "10.0.0.1", 11), None);
+        assert_eq!(name_at(&idx, "10.0.0.2", 11).as_deref(), Some("a"));
+    }
+}

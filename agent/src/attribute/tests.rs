@@ -1,0 +1,210 @@
+//! Attribution unit tests: fixtures of pods, cgroup paths and events.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use super::{
+    pods::tests::{info, t},
+    *,
+};
+use crate::probes::decode::TaskInfo;
+
+const UID_A: &str = "0f2b7a8e-1c3d-4e5f-8a9b-0c1d2e3f4a5b";
+const UID_B: &str = "1f2b7a8e-1c3d-4e5f-8a9b-0c1d2e3f4a5b";
+
+struct MapPaths(HashMap<u64, String>);
+impl CgroupPaths for MapPaths {
+    fn path(&mut self, id: u64) -> Option<String> {
+        self.0.get(&id).cloned()
+    }
+}
+
+fn attributor() -> (Attributor, Arc<Counters>) {
+    let cid = "c0ffee".repeat(2);
+    let paths = MapPaths(HashMap::from([
+        (
+            100,
+            format!("/sys/fs/cgroup/kubepods/burstable/pod{UID_A}/{cid}"),
+        ),
+        (
+            200,
+            "/sys/fs/cgroup/system.slice/kubelet.service".to_owned(),
+        ),
+        (300, format!("/sys/fs/cgroup/kubepods/pod{UID_B}/{cid}")),
+    ]));
+    let counters = Arc::new(Counters::default());
+    let a = Attributor::new(
+        Box::new(paths),
+        HashMap::from([(1, "NO_SOCKET".to_owned())]),
+        counters.clone(),
+    );
+    (a, counters)
+}
+
+fn connect_refused(cgroup_id: u64, at: u64) -> TimedEvent {
+    TimedEvent {
+        at: t(at),
+        event: RawEvent::ConnRefused(ConnRefused {
+            side: RefusedSide::Connector,
+            boot_ns: 0,
+            src: "10.0.0.1:40000".parse().unwrap(),
+            dst: "10.0.0.2:8080".parse().unwrap(),
+            task: Some(TaskInfo {
+                pid: 8,
+                tgid: 7,
+                comm: "curl".into(),
+                cgroup_id,
+            }),
+            reason: None,
+            sock_cookie: None,
+        }),
+    }
+}
+
+fn syn_refused(at: u64) -> TimedEvent {
+    TimedEvent {
+        at: t(at),
+        event: RawEvent::ConnRefused(ConnRefused {
+            side: RefusedSide::Refuser,
+            boot_ns: 0,
+            src: "10.0.0.1:40000".parse().unwrap(),
+            dst: "10.0.0.2:8080".parse().unwrap(),
+            task: None,
+            reason: Some(1),
+            sock_cookie: None,
+        }),
+    }
+}
+
+fn synced_with_pods(a: &mut Attributor) {
+    a.update(MetaUpdate::RelistStarted, t(0));
+    a.update(
+        MetaUpdate::Apply(info("client", UID_A, "10.0.0.1", 0)),
+        t(0),
+    );
+    a.update(
+        MetaUpdate::Apply(info("server", UID_B, "10.0.0.2", 0)),
+        t(0),
+    );
+    a.update(MetaUpdate::RelistDone, t(0));
+}
+
+#[test]
+fn connector_side_by_cgroup_with_container_and_peer() {
+    let (mut a, _) = attributor();
+    synced_with_pods(&mut a);
+    let occ = a.event(connect_refused(100, 5), t(5)).unwrap();
+    assert_eq!(occ.pod.unwrap().name, "client");
+    assert_eq!(occ.container.as_deref(), Some("app"));
+    assert_eq!(occ.attribution, Attribution::Cgroup);
+    assert_eq!(occ.direction, Direction::Outbound);
+    assert_eq!(occ.peer.unwrap().name, "server");
+    assert_eq!(
+        occ.process.unwrap(),
+        Process {
+            pid: 7,
+            comm: "curl".into()
+        }
+    );
+}
+
+#[test]
+fn refuser_side_by_ip_with_reason_name() {
+    let (mut a, _) = attributor();
+    synced_with_pods(&mut a);
+    let occ = a.event(syn_refused(5), t(5)).unwrap();
+    assert_eq!(occ.pod.unwrap().name, "server");
+    assert_eq!(occ.attribution, Attribution::Ip);
+    assert_eq!(occ.direction, Direction::Inbound);
+    assert_eq!(occ.peer.unwrap().name, "client");
+    assert_eq!(occ.reason.as_deref(), Some("NO_SOCKET"));
+}
+
+#[test]
+fn host_process_is_node_level_at_once() {
+    let (mut a, _) = attributor();
+    synced_with_pods(&mut a);
+    let occ = a.event(connect_refused(200, 5), t(5)).unwrap();
+    assert_eq!(occ.pod, None);
+    assert_eq!(occ.attribution, Attribution::None);
+}
+
+#[test]
+fn gone_cgroup_falls_back_to_ip() {
+    let (mut a, _) = attributor();
+    synced_with_pods(&mut a);
+    let occ = a.event(connect_refused(999, 5), t(5)).unwrap();
+    assert_eq!(occ.pod.unwrap().name, "client");
+    assert_eq!(occ.attribution, Attribution::Ip);
+}
+
+#[test]
+fn events_wait_for_metadata_and_are_attributed_when_it_arrives() {
+    let (mut a, counters) = attributor();
+    // API server down: nothing known yet.
+    assert!(a.event(connect_refused(100, 5), t(5)).is_none());
+    assert!(a.event(syn_refused(6), t(6)).is_none());
+    assert_eq!(a.pending_len(), 2);
+    // Not synced: the long deadline applies, a tick after the short grace keeps them.
+    assert!(
+        a.tick(t(6) + PENDING_GRACE + Duration::from_secs(1))
+            .is_empty()
+    );
+    a.update(MetaUpdate::RelistStarted, t(50));
+    let mut out = a.update(
+        MetaUpdate::Apply(info("client", UID_A, "10.0.0.1", 0)),
+        t(50),
+    );
+    out.extend(a.update(
+        MetaUpdate::Apply(info("server", UID_B, "10.0.0.2", 0)),
+        t(50),
+    ));
+    out.extend(a.update(MetaUpdate::RelistDone, t(50)));
+    assert_eq!(out.len(), 2);
+    assert!(out.iter().all(|o| o.pod.is_some()));
+    assert_eq!(a.pending_len(), 0);
+    assert_eq!(counters.snapshot().attribution_expired, 0);
+}
+
+#[test]
+fn unknown_ip_expires_unattributed_and_is_counted() {
+    let (mut a, counters) = attributor();
+    synced_with_pods(&mut a);
+    let mut ev = syn_refused(5);
+    let RawEvent::ConnRefused(c) = &mut ev.event;
+    c.dst = "192.168.1.1:22".parse().unwrap();
+    assert!(a.event(ev, t(5)).is_none());
+    assert!(a.tick(t(6)).is_empty(), "still within grace");
+    let out = a.tick(t(5) + PENDING_GRACE);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].attribution, Attribution::None);
+    assert_eq!(counters.snapshot().attribution_expired, 1);
+}
+
+#[test]
+fn full_queue_stores_the_oldest_unattributed() {
+    let (mut a, counters) = attributor();
+    for i in 0..PENDING_CAPACITY {
+        assert!(a.event(syn_refused(i as u64), t(0)).is_none());
+    }
+    let evicted = a.event(syn_refused(1), t(0)).unwrap();
+    assert_eq!(evicted.attribution, Attribution::None);
+    assert_eq!(a.pending_len(), PENDING_CAPACITY);
+    assert_eq!(counters.snapshot().attribution_expired, 1);
+}
+
+#[test]
+fn relist_after_outage_deletes_vanished_pods() {
+    let (mut a, _) = attributor();
+    synced_with_pods(&mut a);
+    a.set_synced(false);
+    a.update(MetaUpdate::RelistStarted, t(100));
+    a.update(
+        MetaUpdate::Apply(info("client", UID_A, "10.0.0.1", 0)),
+        t(100),
+    );
+    a.update(MetaUpdate::RelistDone, t(100));
+    assert_eq!(a.index().live_pods(), 1);
+    // Before the relist the server still held its IP.
+    let occ = a.event(syn_refused(99), t(101)).unwrap();
+    assert_eq!(occ.pod.unwrap().name, "server");
+}

@@ -1,0 +1,198 @@
+//! Talks to node agents: connects to each, fans the request out concurrently and collects the
+//! answers. Any agent failing makes the whole command fail with a one-line error naming it:
+//! a silent partial answer would read as "nothing wrong on that node".
+
+use std::time::Duration;
+
+use futures::future::try_join_all;
+use tonic::transport::{Channel, Endpoint};
+use triage_agent_proto::v1::{self as pb, agent_service_client::AgentServiceClient};
+
+use crate::{
+    convert::{self, ConvertError},
+    evidence::{Evidence, Filter},
+};
+
+/// Why talking to an agent failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("agent {agent} unreachable: {detail}")]
+    Unreachable { agent: String, detail: String },
+    #[error("agent {agent} answered with an error: {code:?}: {message}")]
+    Rpc {
+        agent: String,
+        code: tonic::Code,
+        message: String,
+    },
+    #[error("agent {agent} sent invalid evidence: {source}")]
+    Invalid {
+        agent: String,
+        #[source]
+        source: ConvertError,
+    },
+}
+
+/// One agent's answer to a query.
+#[derive(Clone, Debug)]
+pub struct AgentAnswer {
+    /// The address it was reached at (without scheme).
+    pub agent: String,
+    pub node: String,
+    pub evidence: Vec<Evidence>,
+    pub truncated: bool,
+    pub loss: pb::LossCounters,
+}
+
+fn display_addr(url: &str) -> String {
+    url.strip_prefix("http://").unwrap_or(url).to_owned()
+}
+
+/// The innermost cause: "Connection refused (os error 111)" rather than "transport error".
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+fn rpc_error(agent: &str, s: tonic::Status) -> ClientError {
+    if matches!(
+        s.code(),
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+    ) {
+        let detail = match std::error::Error::source(&s) {
+            Some(src) => root_cause(src),
+            None => s.message().to_owned(),
+        };
+        return ClientError::Unreachable {
+            agent: display_addr(agent),
+            detail,
+        };
+    }
+    ClientError::Rpc {
+        agent: display_addr(agent),
+        code: s.code(),
+        message: s.message().to_owned(),
+    }
+}
+
+/// Connects to one agent.
+pub async fn connect(
+    url: &str,
+    timeout: Duration,
+) -> Result<AgentServiceClient<Channel>, ClientError> {
+    let endpoint = Endpoint::from_shared(url.to_owned())
+        .map_err(|e| ClientError::Unreachable {
+            agent: display_addr(url),
+            detail: root_cause(&e),
+        })?
+        .connect_timeout(timeout)
+        .timeout(timeout);
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| ClientError::Unreachable {
+            agent: display_addr(url),
+            detail: root_cause(&e),
+        })?;
+    Ok(AgentServiceClient::new(channel))
+}
+
+/// Queries every agent concurrently.
+pub async fn query_all(
+    agents: &[String],
+    filter: &Filter,
+    timeout: Duration,
+) -> Result<Vec<AgentAnswer>, ClientError> {
+    try_join_all(agents.iter().map(|url| async move {
+        let mut client = connect(url, timeout).await?;
+        let response = client
+            .query(pb::QueryRequest {
+                filter: Some(convert::filter_to_pb(filter)),
+                limit: 0,
+            })
+            .await
+            .map_err(|s| rpc_error(url, s))?
+            .into_inner();
+        let evidence = response
+            .evidence
+            .into_iter()
+            .map(convert::evidence_from_pb)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|source| ClientError::Invalid {
+                agent: display_addr(url),
+                source,
+            })?;
+        Ok(AgentAnswer {
+            agent: display_addr(url),
+            node: response.node,
+            evidence,
+            truncated: response.truncated,
+            loss: response.loss.unwrap_or_default(),
+        })
+    }))
+    .await
+}
+
+/// Asks every agent for its status.
+pub async fn status_all(
+    agents: &[String],
+    timeout: Duration,
+) -> Result<Vec<(String, pb::StatusResponse)>, ClientError> {
+    try_join_all(agents.iter().map(|url| async move {
+        let mut client = connect(url, timeout).await?;
+        let status = client
+            .status(pb::StatusRequest {})
+            .await
+            .map_err(|s| rpc_error(url, s))?
+            .into_inner();
+        Ok((display_addr(url), status))
+    }))
+    .await
+}
+
+/// Opens a Watch on every agent; returns one merged stream of evidence.
+pub async fn watch_all(
+    agents: &[String],
+    filter: &Filter,
+    timeout: Duration,
+) -> Result<tokio::sync::mpsc::Receiver<Result<Evidence, ClientError>>, ClientError> {
+    let (tx, rx) = tokio::sync::mpsc::channel(256);
+    for url in agents {
+        let mut client = connect(url, timeout).await?;
+        let mut stream = client
+            .watch(pb::WatchRequest {
+                filter: Some(convert::filter_to_pb(filter)),
+            })
+            .await
+            .map_err(|s| rpc_error(url, s))?
+            .into_inner();
+        let tx = tx.clone();
+        let url = url.clone();
+        tokio::spawn(async move {
+            loop {
+                let item = match stream.message().await {
+                    Ok(Some(m)) => match m.evidence.map(convert::evidence_from_pb) {
+                        Some(Ok(e)) => Ok(e),
+                        Some(Err(source)) => Err(ClientError::Invalid {
+                            agent: display_addr(&url),
+                            source,
+                        }),
+                        None => continue,
+                    },
+                    Ok(None) => Err(ClientError::Unreachable {
+                        agent: display_addr(&url),
+                        detail: "watch stream ended".into(),
+                    }),
+                    Err(s) => Err(rpc_error(&url, s)),
+                };
+                let stop = item.is_err();
+                if tx.send(item).await.is_err() || stop {
+                    return;
+                }
+            }
+        });
+    }
+    Ok(rx)
+}

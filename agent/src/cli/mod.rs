@@ -1,0 +1,236 @@
+//! Command line: `triage-agent agent` (the node agent) and the client commands `query`,
+//! `watch` and `status`, which talk to one or more node agents over gRPC.
+
+pub mod client;
+pub mod diagnose;
+pub mod render;
+
+use std::{net::SocketAddr, time::Duration};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::evidence::Kind;
+
+/// Default gRPC port of the node agent. Listens on loopback by default: in a cluster it is
+/// reached through `kubectl port-forward`, so Kubernetes RBAC is the access control.
+pub const DEFAULT_PORT: u16 = 9742;
+/// Default listen address of the node agent.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9742";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "triage-agent",
+    version,
+    about = "Finds what is silently going wrong with a Kubernetes pod: refused connections, drops, DNS, OOM kills, CPU throttling.",
+    long_about = None
+)]
+pub struct Cli {
+    /// Log filter (tracing EnvFilter syntax), e.g. "info" or "triage_agent=debug".
+    #[arg(long, global = true, env = "TRIAGE_LOG", default_value = "info")]
+    pub log: String,
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the node agent (DaemonSet): load the eBPF programs, watch this node's pods, serve gRPC.
+    #[cfg(feature = "node-agent")]
+    Agent(AgentArgs),
+    /// What is silently going wrong with a pod, with a diagnosis and the safest next step.
+    Query(QueryArgs),
+    /// Stream evidence as it is recorded.
+    Watch(WatchArgs),
+    /// Agent health: probes attached, metadata sync, loss counters.
+    Status(StatusArgs),
+}
+
+#[cfg(feature = "node-agent")]
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// Name of the node this agent runs on (the DaemonSet sets NODE_NAME from the downward API).
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: String,
+    /// gRPC listen address.
+    #[arg(long, env = "TRIAGE_LISTEN", default_value = DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+    /// Most records kept; the least recently seen are evicted first (and counted).
+    #[arg(long, default_value_t = crate::store::DEFAULT_CAPACITY)]
+    pub store_capacity: usize,
+    /// Records not seen for this long are evicted, e.g. "24h", "90m".
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "24h")]
+    pub store_max_age: Duration,
+    /// cgroup2 mount point (found in /proc/self/mountinfo when not given).
+    #[arg(long)]
+    pub cgroup_root: Option<std::path::PathBuf>,
+}
+
+/// Where the node agents are.
+#[derive(Debug, Args)]
+pub struct AgentsArgs {
+    /// A node agent's gRPC address, HOST:PORT (default port 9742); repeat for several nodes.
+    /// In a cluster, reach agents with `kubectl port-forward`.
+    #[arg(long = "agent", env = "TRIAGE_AGENTS", value_delimiter = ',', required = true, value_parser = parse_agent)]
+    pub agents: Vec<String>,
+    /// Give up on an agent after this long, e.g. "5s".
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
+    pub timeout: Duration,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct QueryArgs {
+    /// Pod name.
+    #[arg(long)]
+    pub pod: String,
+    /// Pod namespace.
+    #[arg(short = 'n', long, default_value = "default")]
+    pub namespace: String,
+    /// Only evidence seen within this long, e.g. "15m", "2h".
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "1h")]
+    pub since: Duration,
+    /// Only these kinds (repeatable): connection_refused, connection_timeout, packet_drop, dns, oom_kill, cpu_throttling.
+    #[arg(long = "kind")]
+    pub kinds: Vec<Kind>,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+    #[command(flatten)]
+    pub agents: AgentsArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// Only this pod.
+    #[arg(long)]
+    pub pod: Option<String>,
+    /// Only this namespace.
+    #[arg(short = 'n', long)]
+    pub namespace: Option<String>,
+    /// Output format: a line per update, or a JSON object per line.
+    #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+    #[command(flatten)]
+    pub agents: AgentsArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+    #[command(flatten)]
+    pub agents: AgentsArgs,
+}
+
+/// Accepts HOST:PORT, HOST (default port) or an http:// URL; returns the URL tonic wants.
+pub fn parse_agent(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Err("empty agent address".into());
+    }
+    let rest = s.strip_prefix("http://").unwrap_or(s);
+    if rest.contains('/') || s.starts_with("https://") {
+        return Err(format!("{s:?}: expected HOST:PORT"));
+    }
+    let with_port = match rest.rsplit_once(':') {
+        Some((_, port)) if !rest.ends_with(']') && !port.contains(']') => {
+            port.parse::<u16>()
+                .map_err(|_| format!("{s:?}: bad port {port:?}"))?;
+            rest.to_owned()
+        }
+        _ => format!("{rest}:{DEFAULT_PORT}"),
+    };
+    Ok(format!("http://{with_port}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn agent_addresses() {
+        assert_eq!(
+            parse_agent("10.0.0.1:9000").unwrap(),
+            "http://10.0.0.1:9000"
+        );
+        assert_eq!(parse_agent("node-a").unwrap(), "http://node-a:9742");
+        assert_eq!(
+            parse_agent("http://localhost:1").unwrap(),
+            "http://localhost:1"
+        );
+        assert_eq!(parse_agent("[fd00::1]:5").unwrap(), "http://[fd00::1]:5");
+        assert_eq!(parse_agent("[fd00::1]").unwrap(), "http://[fd00::1]:9742");
+        assert!(parse_agent("host:notaport").is_err());
+        assert!(parse_agent("").is_err());
+        assert!(parse_agent("https://x:1").is_err());
+        assert!(parse_agent("x:1/path").is_err());
+    }
+
+    #[test]
+    fn query_requires_pod_and_agent() {
+        assert!(Cli::try_parse_from(["triage-agent", "query", "--agent", "a:1"]).is_err());
+        assert!(
+            Cli::try_parse_from(["triage-agent", "query", "--pod", "p"]).is_err()
+                || std::env::var_os("TRIAGE_AGENTS").is_some()
+        );
+        let cli = Cli::try_parse_from([
+            "triage-agent",
+            "query",
+            "--pod",
+            "p",
+            "-n",
+            "ns",
+            "--agent",
+            "a:1",
+            "--agent",
+            "b:2",
+            "-o",
+            "json",
+            "--since",
+            "5m",
+            "--kind",
+            "dns",
+        ])
+        .unwrap();
+        let Command::Query(q) = cli.command else {
+            panic!("query")
+        };
+        assert_eq!(q.agents.agents, vec!["http://a:1", "http://b:2"]);
+        assert_eq!(q.since, Duration::from_secs(300));
+        assert_eq!(q.kinds, vec![Kind::Dns]);
+        assert!(
+            Cli::try_parse_from([
+                "triage-agent",
+                "query",
+                "--pod",
+                "p",
+                "--agent",
+                "a:1",
+                "--kind",
+                "nope"
+            ])
+            .is_err()
+        );
+    }
+}
