@@ -1,2 +1,12 @@
-//! placeholder
+//! Test support for triage-agent: the simulated node (network namespaces, kubelet-style
+//! cgroups, real processes), the stand-in API server it publishes its pods to, and a harness
+//! that runs the real agent binary and CLI against it. Used by the privileged end-to-end tests
+//! in tests/ and by `cargo xtask demo`.
+#![expect(
+    clippy::indexing_slicing,
+    reason = "pod indexes are handed out by SimNode itself"
+)]
+
+pub mod agent;
 pub mod apiserver;
+pub mod simnode;

@@ -1,0 +1,629 @@
+//! Invariants of the Kubernetes manifests in `deploy/` (ARCHITECTURE.md, Deployment): the
+//! kustomization lists every manifest, the DaemonSet is not privileged and has exactly the
+//! capabilities the agent needs, gRPC stays on the pod's loopback, host paths are read-only
+//! where they should be, and RBAC grants get/list/watch on pods and nothing else.
+//!
+//! Parses the YAML into `serde_yaml::Value`, not k8s-openapi types, so it also runs with
+//! `--no-default-features` (the CLI-only build).
+
+use std::collections::BTreeSet;
+
+use serde_yaml::Value;
+
+use crate::support::{
+    CAPABILITIES, GRPC_PORT, Manifests, WRITABLE_HOST_PATH, seq, string_set, walk,
+};
+
+/// Loading and navigation helpers. In `#[cfg(test)]` so clippy's test exemptions (expect, panic,
+/// indexing) cover them too: in an integration test only `#[test]` functions get them otherwise.
+#[cfg(test)]
+mod support {
+    use std::{
+        collections::BTreeSet,
+        path::{Path, PathBuf},
+    };
+
+    use serde::Deserialize;
+    use serde_yaml::Value;
+
+    /// The capabilities the agent adds, and nothing else (ARCHITECTURE.md).
+    pub const CAPABILITIES: [&str; 6] = [
+        "BPF",
+        "PERFMON",
+        "NET_ADMIN",
+        "SYS_ADMIN",
+        "SYS_RESOURCE",
+        "DAC_READ_SEARCH",
+    ];
+    /// The agent's gRPC port.
+    pub const GRPC_PORT: u64 = 9742;
+    /// The only host path the agent may write to (it mounts tracefs there when missing).
+    pub const WRITABLE_HOST_PATH: &str = "/sys/kernel/tracing";
+
+    fn deploy_dir() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join("deploy")
+    }
+
+    /// Every YAML document of `deploy/`, with the file it came from.
+    pub struct Manifests {
+        pub kustomization: Value,
+        /// Every `*.yaml` file except `kustomization.yaml`.
+        pub files: BTreeSet<String>,
+        pub objects: Vec<(String, Value)>,
+    }
+
+    impl Manifests {
+        pub fn load() -> Manifests {
+            let dir = deploy_dir();
+            let mut kustomization = None;
+            let mut files = BTreeSet::new();
+            let mut objects = Vec::new();
+            let entries = std::fs::read_dir(&dir)
+                .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()));
+            for entry in entries {
+                let path = entry.expect("reading a deploy/ entry").path();
+                let is_yaml = path
+                    .extension()
+                    .is_some_and(|ext| ext == "yaml" || ext == "yml");
+                if !is_yaml {
+                    continue;
+                }
+                let name = path
+                    .file_name()
+                    .expect("a file name")
+                    .to_string_lossy()
+                    .into_owned();
+                let text = std::fs::read_to_string(&path)
+                    .unwrap_or_else(|e| panic!("reading {name}: {e}"));
+                let mut docs = Vec::new();
+                for doc in serde_yaml::Deserializer::from_str(&text) {
+                    let value = Value::deserialize(doc)
+                        .unwrap_or_else(|e| panic!("{name} is not valid YAML: {e}"));
+                    // An empty document (a stray `---`) is not an object.
+                    if !value.is_null() {
+                        docs.push(value);
+                    }
+                }
+                assert!(!docs.is_empty(), "{name} holds no YAML document");
+                if name == "kustomization.yaml" {
+                    assert_eq!(
+                        docs.len(),
+                        1,
+                        "kustomization.yaml must hold exactly one document"
+                    );
+                    kustomization = docs.pop();
+                } else {
+                    for doc in docs {
+                        assert!(
+                            doc["apiVersion"].as_str().is_some_and(|s| !s.is_empty()),
+                            "an object in {name} has no apiVersion"
+                        );
+                        assert!(
+                            doc["kind"].as_str().is_some_and(|s| !s.is_empty()),
+                            "an object in {name} has no kind"
+                        );
+                        assert!(
+                            doc["metadata"]["name"]
+                                .as_str()
+                                .is_some_and(|s| !s.is_empty()),
+                            "an object in {name} has no metadata.name"
+                        );
+                        objects.push((name.clone(), doc));
+                    }
+                    files.insert(name);
+                }
+            }
+            let kustomization = kustomization.expect("deploy/kustomization.yaml is missing");
+            Manifests {
+                kustomization,
+                files,
+                objects,
+            }
+        }
+
+        /// The one object of this kind.
+        pub fn one(&self, kind: &str) -> &Value {
+            let found: Vec<&Value> = self
+                .objects
+                .iter()
+                .filter(|(_, o)| o["kind"] == kind)
+                .map(|(_, o)| o)
+                .collect();
+            assert_eq!(
+                found.len(),
+                1,
+                "deploy/ must hold exactly one {kind}, found {}",
+                found.len()
+            );
+            found[0]
+        }
+
+        /// The namespace kustomize puts every namespaced object in.
+        pub fn namespace(&self) -> &str {
+            self.kustomization["namespace"]
+                .as_str()
+                .expect("kustomization.yaml sets no namespace")
+        }
+
+        pub fn daemonset_pod(&self) -> &Value {
+            let pod = &self.one("DaemonSet")["spec"]["template"]["spec"];
+            assert!(pod.is_mapping(), "the DaemonSet has no spec.template.spec");
+            pod
+        }
+
+        /// The DaemonSet's containers, init containers included.
+        pub fn containers(&self) -> Vec<&Value> {
+            let pod = self.daemonset_pod();
+            let containers = seq(&pod["containers"]);
+            assert!(!containers.is_empty(), "the DaemonSet has no containers");
+            containers
+                .into_iter()
+                .chain(seq(&pod["initContainers"]))
+                .collect()
+        }
+
+        /// The agent container: the one that runs `triage-agent agent`.
+        pub fn agent_container(&self) -> &Value {
+            let agents: Vec<&Value> = self
+                .containers()
+                .into_iter()
+                .filter(|c| seq(&c["args"]).first().and_then(|a| a.as_str()) == Some("agent"))
+                .collect();
+            assert_eq!(
+                agents.len(),
+                1,
+                "exactly one container must run `triage-agent agent` (args starting with \"agent\")"
+            );
+            agents[0]
+        }
+    }
+
+    /// The items of a sequence; empty when the value is absent.
+    pub fn seq(value: &Value) -> Vec<&Value> {
+        match value {
+            Value::Null => Vec::new(),
+            Value::Sequence(items) => items.iter().collect(),
+            other => panic!("expected a list, found {other:?}"),
+        }
+    }
+
+    /// The strings of a sequence of strings, as a set.
+    pub fn string_set(value: &Value, what: &str) -> BTreeSet<String> {
+        seq(value)
+            .into_iter()
+            .map(|v| {
+                v.as_str()
+                    .unwrap_or_else(|| panic!("{what}: {v:?} is not a string"))
+                    .to_owned()
+            })
+            .collect()
+    }
+
+    /// Every value under `value`, recursively, with the key it is stored under.
+    pub fn walk<'a>(value: &'a Value, key: &str, out: &mut Vec<(String, &'a Value)>) {
+        out.push((key.to_owned(), value));
+        match value {
+            Value::Mapping(map) => {
+                for (k, v) in map {
+                    walk(v, k.as_str().unwrap_or_default(), out);
+                }
+            }
+            Value::Sequence(items) => {
+                for v in items {
+                    walk(v, key, out);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+#[test]
+fn kustomization_lists_every_manifest() {
+    let m = Manifests::load();
+    assert_eq!(
+        m.kustomization["kind"], "Kustomization",
+        "kustomization.yaml must be a kustomize.config.k8s.io Kustomization"
+    );
+    let listed: Vec<String> = seq(&m.kustomization["resources"])
+        .into_iter()
+        .map(|r| {
+            r.as_str()
+                .expect("kustomization resources must be file names")
+                .to_owned()
+        })
+        .collect();
+    let listed_set: BTreeSet<String> = listed.iter().cloned().collect();
+    assert_eq!(
+        listed.len(),
+        listed_set.len(),
+        "kustomization.yaml lists a resource twice: {listed:?}"
+    );
+    let missing: Vec<&String> = m.files.difference(&listed_set).collect();
+    assert!(
+        missing.is_empty(),
+        "deploy/ files not listed in kustomization.yaml resources: {missing:?}"
+    );
+    let dangling: Vec<&String> = listed_set.difference(&m.files).collect();
+    assert!(
+        dangling.is_empty(),
+        "kustomization.yaml lists resources that are not files in deploy/: {dangling:?}"
+    );
+}
+
+#[test]
+fn kustomization_sets_namespace_and_name_label() {
+    let m = Manifests::load();
+    assert_eq!(
+        m.namespace(),
+        "triage-agent",
+        "kustomization.yaml must put everything in namespace triage-agent"
+    );
+    let ns = m.one("Namespace");
+    assert_eq!(
+        ns["metadata"]["name"],
+        m.namespace(),
+        "namespace.yaml must create the kustomization's namespace"
+    );
+
+    let mut labels = Vec::new();
+    if let Some(common) = m.kustomization["commonLabels"].as_mapping() {
+        labels.push(common);
+    }
+    labels.extend(
+        seq(&m.kustomization["labels"])
+            .into_iter()
+            .filter_map(|l| l["pairs"].as_mapping()),
+    );
+    assert!(
+        labels.iter().any(
+            |pairs| pairs.get("app.kubernetes.io/name").and_then(Value::as_str)
+                == Some("triage-agent")
+        ),
+        "kustomization.yaml must label everything app.kubernetes.io/name: triage-agent (labels or commonLabels)"
+    );
+
+    for (file, object) in &m.objects {
+        if let Some(namespace) = object["metadata"]["namespace"].as_str() {
+            assert_eq!(
+                namespace,
+                m.namespace(),
+                "{file}: {} {} is in namespace {namespace}, not the kustomization's",
+                object["kind"].as_str().unwrap_or_default(),
+                object["metadata"]["name"].as_str().unwrap_or_default(),
+            );
+        }
+    }
+}
+
+#[test]
+fn daemonset_is_not_privileged_and_adds_exactly_the_needed_capabilities() {
+    let m = Manifests::load();
+    for container in m.containers() {
+        let name = container["name"].as_str().unwrap_or("?");
+        let sc = &container["securityContext"];
+        assert_eq!(
+            sc["privileged"],
+            Value::Bool(false),
+            "container {name}: securityContext.privileged must be false"
+        );
+        assert_eq!(
+            sc["allowPrivilegeEscalation"],
+            Value::Bool(false),
+            "container {name}: securityContext.allowPrivilegeEscalation must be false"
+        );
+        assert_eq!(
+            sc["readOnlyRootFilesystem"],
+            Value::Bool(true),
+            "container {name}: securityContext.readOnlyRootFilesystem must be true"
+        );
+        let drop = string_set(&sc["capabilities"]["drop"], "capabilities.drop");
+        assert_eq!(
+            drop,
+            BTreeSet::from(["ALL".to_owned()]),
+            "container {name}: capabilities must drop exactly ALL"
+        );
+        let add = string_set(&sc["capabilities"]["add"], "capabilities.add");
+        let expected: BTreeSet<String> = CAPABILITIES.iter().map(|c| (*c).to_owned()).collect();
+        assert_eq!(
+            add, expected,
+            "container {name}: capabilities must add exactly {CAPABILITIES:?}"
+        );
+    }
+}
+
+#[test]
+fn daemonset_shares_host_pid_but_not_host_network() {
+    let m = Manifests::load();
+    let pod = m.daemonset_pod();
+    assert_eq!(
+        pod["hostPID"],
+        Value::Bool(true),
+        "the DaemonSet needs hostPID: true for the host's /proc"
+    );
+    assert!(
+        pod["hostNetwork"].is_null() || pod["hostNetwork"] == Value::Bool(false),
+        "the DaemonSet must not use hostNetwork: the loopback-only gRPC port would be the node's loopback"
+    );
+    assert!(
+        pod["hostIPC"].is_null() || pod["hostIPC"] == Value::Bool(false),
+        "the DaemonSet must not use hostIPC"
+    );
+    let tolerations = seq(&pod["tolerations"]);
+    assert!(
+        tolerations
+            .iter()
+            .any(|t| t["operator"] == "Exists" && t["key"].is_null() && t["effect"].is_null()),
+        "the DaemonSet must tolerate every taint (a toleration with only operator: Exists) to run on every node"
+    );
+}
+
+#[test]
+fn node_name_comes_from_the_downward_api() {
+    let m = Manifests::load();
+    let agent = m.agent_container();
+    let node_name: Vec<&Value> = seq(&agent["env"])
+        .into_iter()
+        .filter(|e| e["name"] == "NODE_NAME")
+        .collect();
+    assert_eq!(
+        node_name.len(),
+        1,
+        "the agent container must set NODE_NAME exactly once"
+    );
+    assert_eq!(
+        node_name[0]["valueFrom"]["fieldRef"]["fieldPath"], "spec.nodeName",
+        "NODE_NAME must come from the downward API (valueFrom.fieldRef.fieldPath: spec.nodeName)"
+    );
+    assert!(
+        node_name[0]["value"].is_null(),
+        "NODE_NAME must not also have a literal value"
+    );
+}
+
+#[test]
+fn grpc_listens_on_loopback_only() {
+    let m = Manifests::load();
+    let agent = m.agent_container();
+    let args: Vec<&str> = seq(&agent["args"])
+        .into_iter()
+        .map(|a| a.as_str().expect("container args must be strings"))
+        .collect();
+    let listen: Vec<&str> = args
+        .iter()
+        .enumerate()
+        .filter_map(|(i, a)| match a.strip_prefix("--listen") {
+            Some("") => Some(*args.get(i + 1).expect("--listen has no value")),
+            Some(rest) => rest.strip_prefix('='),
+            None => None,
+        })
+        .collect();
+    assert_eq!(
+        listen.len(),
+        1,
+        "the agent args must pass --listen exactly once, got {args:?}"
+    );
+    let addr: std::net::SocketAddr = listen[0]
+        .parse()
+        .unwrap_or_else(|e| panic!("--listen {} is not HOST:PORT: {e}", listen[0]));
+    assert_eq!(
+        addr.ip(),
+        std::net::Ipv4Addr::LOCALHOST,
+        "--listen {addr} must be on 127.0.0.1: the gRPC port is reached only through port-forward"
+    );
+    assert!(
+        !args.iter().any(|a| a.starts_with("--cgroup-root")),
+        "do not pass --cgroup-root: the agent finds cgroup2 in mountinfo (hybrid hosts have it at /sys/fs/cgroup/unified)"
+    );
+
+    // No port of the DaemonSet is published on the host, and the gRPC port is not declared.
+    let mut all = Vec::new();
+    walk(m.one("DaemonSet"), "", &mut all);
+    let host_ports: Vec<&Value> = all
+        .iter()
+        .filter(|(k, _)| k == "hostPort")
+        .map(|(_, v)| *v)
+        .collect();
+    assert!(
+        host_ports.is_empty(),
+        "the DaemonSet must not publish hostPorts: {host_ports:?}"
+    );
+    for container in m.containers() {
+        for port in seq(&container["ports"]) {
+            assert_ne!(
+                port["containerPort"].as_u64(),
+                Some(GRPC_PORT),
+                "container {}: do not declare the loopback-only gRPC port {GRPC_PORT}",
+                container["name"].as_str().unwrap_or("?")
+            );
+        }
+    }
+}
+
+#[test]
+fn service_account_is_the_one_deployed() {
+    let m = Manifests::load();
+    let sa = m.one("ServiceAccount")["metadata"]["name"]
+        .as_str()
+        .expect("the ServiceAccount has no name");
+    assert_eq!(
+        m.daemonset_pod()["serviceAccountName"].as_str(),
+        Some(sa),
+        "the DaemonSet's serviceAccountName must be the ServiceAccount {sa}"
+    );
+}
+
+#[test]
+fn host_paths_are_read_only_except_tracefs() {
+    let m = Manifests::load();
+    let pod = m.daemonset_pod();
+    let host_paths: Vec<(String, String)> = seq(&pod["volumes"])
+        .into_iter()
+        .filter(|v| !v["hostPath"].is_null())
+        .map(|v| {
+            let name = v["name"].as_str().expect("a volume has no name").to_owned();
+            let path = v["hostPath"]["path"]
+                .as_str()
+                .expect("a hostPath volume has no path")
+                .to_owned();
+            (name, path)
+        })
+        .collect();
+    let cgroup: Vec<&String> = host_paths
+        .iter()
+        .filter(|(_, p)| p == "/sys/fs/cgroup")
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(
+        cgroup.len(),
+        1,
+        "the DaemonSet must have one hostPath volume for /sys/fs/cgroup"
+    );
+    let mut cgroup_mounted = false;
+    for container in m.containers() {
+        let cname = container["name"].as_str().unwrap_or("?");
+        for mount in seq(&container["volumeMounts"]) {
+            let vname = mount["name"].as_str().expect("a volumeMount has no name");
+            let Some((_, path)) = host_paths.iter().find(|(n, _)| n == vname) else {
+                continue;
+            };
+            let read_only = mount["readOnly"] == Value::Bool(true);
+            if path == "/sys/fs/cgroup" {
+                cgroup_mounted = true;
+                assert!(
+                    read_only,
+                    "container {cname}: the host's /sys/fs/cgroup must be mounted readOnly: true"
+                );
+            } else if path != WRITABLE_HOST_PATH {
+                assert!(
+                    read_only,
+                    "container {cname}: host path {path} must be mounted readOnly: true"
+                );
+            }
+            assert_ne!(
+                mount["mountPropagation"], "Bidirectional",
+                "container {cname}: mounts made in the pod must not propagate to the host ({path})"
+            );
+        }
+    }
+    assert!(
+        cgroup_mounted,
+        "the agent container must mount the host's /sys/fs/cgroup"
+    );
+}
+
+#[test]
+fn cluster_role_reads_pods_and_nothing_else() {
+    let m = Manifests::load();
+    let role = m.one("ClusterRole");
+    let rules = seq(&role["rules"]);
+    assert_eq!(
+        rules.len(),
+        1,
+        "the ClusterRole must have exactly one rule (get/list/watch pods)"
+    );
+    let rule = rules[0];
+    assert_eq!(
+        string_set(&rule["apiGroups"], "apiGroups"),
+        BTreeSet::from([String::new()]),
+        "the ClusterRole rule must be on the core API group (\"\") only"
+    );
+    assert_eq!(
+        string_set(&rule["resources"], "resources"),
+        BTreeSet::from(["pods".to_owned()]),
+        "the ClusterRole rule must be on pods only (no subresources)"
+    );
+    assert_eq!(
+        string_set(&rule["verbs"], "verbs"),
+        BTreeSet::from(["get".to_owned(), "list".to_owned(), "watch".to_owned()]),
+        "the ClusterRole rule must allow exactly get, list, watch"
+    );
+    assert!(
+        rule["resourceNames"].is_null(),
+        "the ClusterRole rule must not restrict resourceNames"
+    );
+    assert!(
+        rule["nonResourceURLs"].is_null(),
+        "the ClusterRole must not grant nonResourceURLs"
+    );
+    assert!(
+        role["aggregationRule"].is_null(),
+        "the ClusterRole must not aggregate other roles"
+    );
+
+    // No wildcard anywhere in any RBAC object.
+    for (file, object) in &m.objects {
+        let kind = object["kind"].as_str().unwrap_or_default();
+        if !matches!(kind, "ClusterRole" | "Role") {
+            continue;
+        }
+        let mut all = Vec::new();
+        walk(object, "", &mut all);
+        for (key, value) in all {
+            assert_ne!(
+                value.as_str(),
+                Some("*"),
+                "{file}: {kind} has a wildcard under {key}"
+            );
+        }
+    }
+    let namespaced_roles = m
+        .objects
+        .iter()
+        .filter(|(_, o)| matches!(o["kind"].as_str(), Some("Role" | "RoleBinding")));
+    assert_eq!(
+        namespaced_roles.count(),
+        0,
+        "deploy/ grants nothing beyond the ClusterRole"
+    );
+}
+
+#[test]
+fn cluster_role_binding_binds_the_role_to_the_service_account() {
+    let m = Manifests::load();
+    let role = m.one("ClusterRole")["metadata"]["name"]
+        .as_str()
+        .expect("the ClusterRole has no name");
+    let sa = m.one("ServiceAccount")["metadata"]["name"]
+        .as_str()
+        .expect("the ServiceAccount has no name");
+    let binding = m.one("ClusterRoleBinding");
+    let role_ref = &binding["roleRef"];
+    assert_eq!(
+        role_ref["apiGroup"], "rbac.authorization.k8s.io",
+        "roleRef.apiGroup must be rbac.authorization.k8s.io"
+    );
+    assert_eq!(
+        role_ref["kind"], "ClusterRole",
+        "the ClusterRoleBinding must reference a ClusterRole"
+    );
+    assert_eq!(
+        role_ref["name"].as_str(),
+        Some(role),
+        "the ClusterRoleBinding must reference the ClusterRole {role}"
+    );
+    let subjects = seq(&binding["subjects"]);
+    assert_eq!(
+        subjects.len(),
+        1,
+        "the ClusterRoleBinding must have exactly one subject, the ServiceAccount"
+    );
+    let subject = subjects[0];
+    assert_eq!(
+        subject["kind"], "ServiceAccount",
+        "the ClusterRoleBinding subject must be a ServiceAccount"
+    );
+    assert_eq!(
+        subject["name"].as_str(),
+        Some(sa),
+        "the ClusterRoleBinding subject must be the ServiceAccount {sa}"
+    );
+    assert_eq!(
+        subject["namespace"].as_str(),
+        Some(m.namespace()),
+        "the ClusterRoleBinding subject must be in the kustomization's namespace {}",
+        m.namespace()
+    );
+}

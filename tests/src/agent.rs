@@ -1,0 +1,190 @@
+//! The real `triage-agent` binary run against a simulated node, and its CLI, as a user would
+//! run them. Assertions are made on what `triage-agent query` prints.
+
+use std::{
+    net::TcpListener,
+    path::PathBuf,
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use serde_json::Value;
+
+use crate::simnode::SimNode;
+
+/// The release binary the README's build produces; `TRIAGE_AGENT_BIN` overrides it.
+pub fn agent_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("TRIAGE_AGENT_BIN") {
+        return PathBuf::from(p);
+    }
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/triage-agent")
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A running node agent; SIGTERM and wait on drop.
+pub struct AgentProcess {
+    child: Option<Child>,
+    pub addr: String,
+    log: PathBuf,
+}
+
+impl AgentProcess {
+    /// Starts the agent for `node`. Does not wait for anything.
+    pub fn start(node: &SimNode) -> anyhow::Result<AgentProcess> {
+        let bin = agent_binary();
+        anyhow::ensure!(
+            bin.exists(),
+            "{} missing: build it with `cargo build --release -p triage-agent` (cargo xtask test does)",
+            bin.display()
+        );
+        let port = free_port()?;
+        let addr = format!("127.0.0.1:{port}");
+        let log = std::env::temp_dir().join(format!("{}-agent.log", node.name));
+        let log_file = std::fs::File::create(&log)?;
+        let child = Command::new(&bin)
+            .args([
+                "agent",
+                "--node-name",
+                &node.name,
+                "--listen",
+                &addr,
+                "--log",
+                "info,triage_agent=debug",
+            ])
+            .env("KUBECONFIG", node.kubeconfig())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .context("starting the agent")?;
+        Ok(AgentProcess {
+            child: Some(child),
+            addr,
+            log,
+        })
+    }
+
+    /// The agent's log so far (for failure messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Runs the CLI against this agent.
+    pub fn cli(&self, args: &[&str]) -> anyhow::Result<Output> {
+        Command::new(agent_binary())
+            .args(args)
+            .args(["--agent", &self.addr])
+            .output()
+            .context("running the CLI")
+    }
+
+    /// `triage-agent status -o json` for this agent.
+    pub fn status(&self) -> anyhow::Result<Value> {
+        let out = self.cli(&["status", "-o", "json"])?;
+        if !out.status.success() {
+            bail!("status failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let v: Value = serde_json::from_slice(&out.stdout)?;
+        v.get(0).cloned().context("empty status")
+    }
+
+    /// Waits until the agent answers Status with its probes attached (and metadata in sync if
+    /// asked), failing with its log after `timeout`.
+    pub fn wait_ready(&mut self, synced: bool, timeout: Duration) -> anyhow::Result<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(child) = self.child.as_mut()
+                && let Some(status) = child.try_wait()?
+            {
+                bail!("agent exited with {status}:\n{}", self.log());
+            }
+            if let Ok(s) = self.status()
+                && (!synced || s["metadata"]["synced"] == true)
+            {
+                return Ok(s);
+            }
+            if Instant::now() > deadline {
+                bail!("agent not ready after {timeout:?}:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `triage-agent query --pod NAME -n NS -o json`.
+    pub fn query(&self, namespace: &str, pod: &str) -> anyhow::Result<Value> {
+        let out = self.cli(&["query", "--pod", pod, "-n", namespace, "-o", "json"])?;
+        if !out.status.success() {
+            bail!("query failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        serde_json::from_slice(&out.stdout).context("query output is not JSON")
+    }
+
+    /// Polls `query` until `accept` holds, failing with the last answer and the agent log.
+    pub fn query_until(
+        &self,
+        namespace: &str,
+        pod: &str,
+        timeout: Duration,
+        accept: impl Fn(&Value) -> bool,
+    ) -> anyhow::Result<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let v = self.query(namespace, pod)?;
+            if accept(&v) {
+                return Ok(v);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "query for {namespace}/{pod} never matched; last answer:\n{}\nagent log:\n{}",
+                    serde_json::to_string_pretty(&v)?,
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Sends SIGTERM and waits; returns the exit status.
+    pub fn stop(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        let mut child = self.child.take().context("already stopped")?;
+        let pid = i32::try_from(child.id())?;
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("agent did not stop within 10 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            let _ = self.stop();
+        }
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// Records of a `query -o json` answer matching a kind and direction.
+pub fn records<'a>(answer: &'a Value, kind: &str, direction: &str) -> Vec<&'a Value> {
+    answer["evidence"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|e| e["kind"] == kind && e["direction"] == direction)
+                .collect()
+        })
+        .unwrap_or_default()
+}

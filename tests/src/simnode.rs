@@ -1,0 +1,578 @@
+//! The simulated node: a node network namespace with a bridge and no uplink, pods as network
+//! namespaces with veths on that bridge, kubelet-style cgroups (either driver) holding real
+//! processes, and the stand-in API server serving those pods. Everything is torn down on drop,
+//! also when a test fails, and names are unique so tests run in parallel.
+//!
+//! Pod creation goes through [`PodBackend`]: [`HandMade`] builds pods directly (fast, fully
+//! controlled); a CRI backend (containerd + runc + CNI) can be added behind the same interface.
+
+use std::{
+    fs,
+    io::Write as _,
+    net::Ipv4Addr,
+    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use anyhow::{Context as _, bail, ensure};
+
+use crate::apiserver::{ApiServer, PodFixture, pod_object};
+
+/// Which kubelet cgroup driver the simulated pods' cgroups imitate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CgroupDriver {
+    /// `kubepods/besteffort/pod<uid>/<container-id>`
+    Cgroupfs,
+    /// `kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod<uid_>.slice/cri-containerd-<id>.scope`
+    Systemd,
+}
+
+static NEXT_NODE: AtomicU32 = AtomicU32::new(0);
+/// Pod numbers are unique in the process, so UIDs and container IDs never repeat across nodes.
+static NEXT_POD: AtomicU32 = AtomicU32::new(1);
+
+/// Runs a command, failing with its stderr.
+fn sh(program: &str, args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {program}"))?;
+    ensure!(
+        out.status.success(),
+        "{program} {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(())
+}
+
+/// The cgroup2 mount and the v1 hierarchies (hybrid hosts) that pods get a cgroup in.
+fn cgroup_mounts() -> anyhow::Result<(PathBuf, Vec<PathBuf>)> {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo")?;
+    let mut v2 = None;
+    let mut v1 = Vec::new();
+    for line in mountinfo.lines() {
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        let mut r = right.split_whitespace();
+        let fstype = r.next().unwrap_or_default();
+        let options = r.nth(1).unwrap_or_default();
+        let Some(mount) = left.split_whitespace().nth(4) else {
+            continue;
+        };
+        if fstype == "cgroup2" && v2.is_none() {
+            v2 = Some(PathBuf::from(mount));
+        } else if fstype == "cgroup"
+            && ["memory", "cpu", "pids"]
+                .iter()
+                .any(|c| options.split(',').any(|o| o == *c))
+        {
+            v1.push(PathBuf::from(mount));
+        }
+    }
+    Ok((v2.context("no cgroup2 mount")?, v1))
+}
+
+/// One simulated pod.
+#[derive(Debug)]
+pub struct SimPod {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    pub ip: Ipv4Addr,
+    pub container: String,
+    pub container_id: String,
+    netns: String,
+    /// The container's cgroup directory relative to each hierarchy root.
+    container_cgroup: PathBuf,
+    pod_cgroup: PathBuf,
+    veth: String,
+    children: Vec<Child>,
+}
+
+/// What pods need from the node they are created on.
+pub struct NodeNet<'a> {
+    pub node_netns: &'a str,
+    pub bridge: &'a str,
+    pub prefix_len: u8,
+    pub cgroup_base: &'a Path,
+    pub driver: CgroupDriver,
+    pub hierarchies: &'a [PathBuf],
+}
+
+/// Makes and removes pods on a simulated node.
+pub trait PodBackend {
+    fn create(&mut self, node: &NodeNet<'_>, pod: &mut SimPod) -> anyhow::Result<()>;
+    fn remove(&mut self, node: &NodeNet<'_>, pod: &mut SimPod);
+}
+
+/// Pods built by hand: `ip netns`, a veth pair on the node bridge, cgroup directories.
+#[derive(Default)]
+pub struct HandMade;
+
+impl PodBackend for HandMade {
+    fn create(&mut self, node: &NodeNet<'_>, pod: &mut SimPod) -> anyhow::Result<()> {
+        sh("ip", &["netns", "add", &pod.netns])?;
+        // The MAC follows from the IP (as several CNIs do), so a reused IP keeps its MAC and
+        // peers' neighbour caches stay right.
+        let [a, b, c, d] = pod.ip.octets();
+        let mac = format!("02:42:{a:02x}:{b:02x}:{c:02x}:{d:02x}");
+        sh(
+            "ip",
+            &[
+                "-n",
+                node.node_netns,
+                "link",
+                "add",
+                &pod.veth,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "address",
+                &mac,
+                "netns",
+                &pod.netns,
+            ],
+        )?;
+        sh(
+            "ip",
+            &[
+                "-n",
+                node.node_netns,
+                "link",
+                "set",
+                &pod.veth,
+                "master",
+                node.bridge,
+                "up",
+            ],
+        )?;
+        let cidr = format!("{}/{}", pod.ip, node.prefix_len);
+        sh(
+            "ip",
+            &["-n", &pod.netns, "addr", "add", &cidr, "dev", "eth0"],
+        )?;
+        sh("ip", &["-n", &pod.netns, "link", "set", "eth0", "up"])?;
+        sh("ip", &["-n", &pod.netns, "link", "set", "lo", "up"])?;
+        let uid_ = pod.uid.replace('-', "_");
+        let (pod_dir, container_dir) = match node.driver {
+            CgroupDriver::Cgroupfs => {
+                let p = node
+                    .cgroup_base
+                    .join("kubepods/besteffort")
+                    .join(format!("pod{}", pod.uid));
+                let c = p.join(&pod.container_id);
+                (p, c)
+            }
+            CgroupDriver::Systemd => {
+                let p = node
+                    .cgroup_base
+                    .join("kubepods.slice/kubepods-besteffort.slice")
+                    .join(format!("kubepods-besteffort-pod{uid_}.slice"));
+                let c = p.join(format!("cri-containerd-{}.scope", pod.container_id));
+                (p, c)
+            }
+        };
+        for root in node.hierarchies {
+            fs::create_dir_all(root.join(&container_dir)).with_context(|| {
+                format!("creating cgroup {}", root.join(&container_dir).display())
+            })?;
+        }
+        pod.pod_cgroup = pod_dir;
+        pod.container_cgroup = container_dir;
+        Ok(())
+    }
+
+    fn remove(&mut self, node: &NodeNet<'_>, pod: &mut SimPod) {
+        for mut child in pod.children.drain(..) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = sh("ip", &["netns", "del", &pod.netns]);
+        for root in node.hierarchies {
+            let _ = fs::remove_dir(root.join(&pod.container_cgroup));
+            let _ = fs::remove_dir(root.join(&pod.pod_cgroup));
+        }
+    }
+}
+
+/// Settings of a simulated node.
+pub struct SimConfig {
+    /// The `sim-workload` binary that pod processes run.
+    pub workload: PathBuf,
+    pub driver: CgroupDriver,
+}
+
+/// A simulated node with its API server. Dropping it removes everything it made.
+pub struct SimNode {
+    pub name: String,
+    pub api: ApiServer,
+    node_netns: String,
+    subnet: [u8; 3],
+    next_host: u8,
+    cgroup_base: PathBuf,
+    hierarchies: Vec<PathBuf>,
+    driver: CgroupDriver,
+    workload: PathBuf,
+    kubeconfig: tempfile_path::TempDir,
+    backend: Box<dyn PodBackend + Send>,
+    pods: Vec<SimPod>,
+    pod_seq: u32,
+}
+
+/// A tiny owned temporary directory (no extra dependency).
+mod tempfile_path {
+    use std::path::{Path, PathBuf};
+    pub struct TempDir(PathBuf);
+    impl TempDir {
+        pub fn new(tag: &str) -> std::io::Result<Self> {
+            let dir = std::env::temp_dir().join(tag);
+            std::fs::create_dir_all(&dir)?;
+            Ok(TempDir(dir))
+        }
+        pub fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// Fails loudly unless running as root: privileged tests must never pass by skipping.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "the simulated node needs root (network namespaces, cgroups, eBPF): run `cargo xtask test` as root"
+    );
+}
+
+impl SimNode {
+    /// Creates the node network namespace, its bridge, the cgroup base and the API server.
+    pub fn start(config: SimConfig) -> anyhow::Result<SimNode> {
+        require_root();
+        ensure!(
+            config.workload.exists(),
+            "workload binary {} missing",
+            config.workload.display()
+        );
+        let seq = NEXT_NODE.fetch_add(1, Ordering::Relaxed);
+        let pid = std::process::id();
+        let id = format!("{:x}-{seq}", pid & 0xfffff);
+        let name = format!("sim-node-{id}");
+        let node_netns = format!("ta-node-{id}");
+        // 10.<64..191>.<seq>.0/24: unique per test in this process, and per process in
+        // practice, so IP attribution of parallel tests never mixes pods.
+        let subnet = [10, 64 + (pid % 128) as u8, (seq % 256) as u8];
+        let (v2, v1) = cgroup_mounts()?;
+        let base_name = match config.driver {
+            CgroupDriver::Cgroupfs => format!("ta-sim-{id}"),
+            CgroupDriver::Systemd => format!("ta-sim-{id}.slice"),
+        };
+        let mut hierarchies = vec![v2];
+        hierarchies.extend(v1);
+        let api = ApiServer::start().context("starting the stand-in API server")?;
+        let kubeconfig = tempfile_path::TempDir::new(&format!("triage-sim-{id}"))?;
+        api.write_kubeconfig(&kubeconfig.path().join("kubeconfig"))?;
+        let node = SimNode {
+            name,
+            api,
+            node_netns,
+            subnet,
+            next_host: 2,
+            cgroup_base: PathBuf::from(base_name),
+            hierarchies,
+            driver: config.driver,
+            workload: config.workload,
+            kubeconfig,
+            backend: Box::new(HandMade),
+            pods: Vec::new(),
+            pod_seq: 0,
+        };
+        sh("ip", &["netns", "add", &node.node_netns])?;
+        sh(
+            "ip",
+            &[
+                "-n",
+                &node.node_netns,
+                "link",
+                "add",
+                "br0",
+                "type",
+                "bridge",
+            ],
+        )?;
+        let gw = format!("{}/24", node.node_ip());
+        sh(
+            "ip",
+            &["-n", &node.node_netns, "addr", "add", &gw, "dev", "br0"],
+        )?;
+        sh("ip", &["-n", &node.node_netns, "link", "set", "br0", "up"])?;
+        sh("ip", &["-n", &node.node_netns, "link", "set", "lo", "up"])?;
+        Ok(node)
+    }
+
+    /// The node's own address on the bridge.
+    pub fn node_ip(&self) -> Ipv4Addr {
+        Ipv4Addr::new(self.subnet[0], self.subnet[1], self.subnet[2], 1)
+    }
+
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.kubeconfig.path().join("kubeconfig")
+    }
+
+    /// Creates a running pod with one container ("app") and publishes it to the API server.
+    pub fn add_pod(&mut self, namespace: &str, name: &str) -> anyhow::Result<usize> {
+        let ip = Ipv4Addr::new(
+            self.subnet[0],
+            self.subnet[1],
+            self.subnet[2],
+            self.next_host,
+        );
+        ensure!(self.next_host < 250, "subnet full");
+        self.next_host += 1;
+        self.add_pod_with_ip(namespace, name, ip)
+    }
+
+    /// Like [`SimNode::add_pod`] with a chosen IP (to test IP reuse).
+    pub fn add_pod_with_ip(
+        &mut self,
+        namespace: &str,
+        name: &str,
+        ip: Ipv4Addr,
+    ) -> anyhow::Result<usize> {
+        self.pod_seq += 1;
+        let seq = NEXT_POD.fetch_add(1, Ordering::Relaxed);
+        let uid = uuid_like(seq);
+        let container_id = format!(
+            "{:0>64x}",
+            u128::from(seq) << 64 | u128::from(std::process::id())
+        );
+        let mut pod = SimPod {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            uid,
+            ip,
+            container: "app".to_owned(),
+            container_id,
+            netns: format!("{}-p{}", self.node_netns, self.pod_seq),
+            container_cgroup: PathBuf::new(),
+            pod_cgroup: PathBuf::new(),
+            veth: format!("vp{}", self.pod_seq),
+            children: Vec::new(),
+        };
+        let net = NodeNet {
+            node_netns: &self.node_netns,
+            bridge: "br0",
+            prefix_len: 24,
+            cgroup_base: &self.cgroup_base,
+            driver: self.driver,
+            hierarchies: &self.hierarchies,
+        };
+        if let Err(e) = self.backend.create(&net, &mut pod) {
+            self.backend.remove(&net, &mut pod);
+            return Err(e);
+        }
+        self.pods.push(pod);
+        let index = self.pods.len() - 1;
+        // The pause process: a pod always has one process, like a real sandbox.
+        let pause = self.spawn(index, &["sleep"])?;
+        self.pods[index].children.push(pause);
+        let p = &self.pods[index];
+        let node_ip = std::net::IpAddr::V4(self.node_ip());
+        self.api.apply_pod(pod_object(&PodFixture {
+            namespace: &p.namespace,
+            name: &p.name,
+            uid: &p.uid,
+            node: &self.name,
+            pod_ip: Some(std::net::IpAddr::V4(p.ip)),
+            host_ip: Some(node_ip),
+            host_network: false,
+            qos_class: "BestEffort",
+            containers: &[(&p.container, &p.container_id)],
+        }));
+        Ok(index)
+    }
+
+    pub fn pod(&self, index: usize) -> &SimPod {
+        &self.pods[index]
+    }
+
+    /// Deletes a pod from the API server and tears it down; its IP may then be reused.
+    pub fn delete_pod(&mut self, index: usize) {
+        let (ns, name) = (
+            self.pods[index].namespace.clone(),
+            self.pods[index].name.clone(),
+        );
+        self.api.delete_pod(&ns, &name);
+        let net = self.net_owned();
+        let mut pod = std::mem::replace(&mut self.pods[index], SimPod::gone());
+        self.backend.remove(&net.as_net(), &mut pod);
+    }
+
+    fn net_owned(&self) -> OwnedNet {
+        OwnedNet {
+            node_netns: self.node_netns.clone(),
+            cgroup_base: self.cgroup_base.clone(),
+            driver: self.driver,
+            hierarchies: self.hierarchies.clone(),
+        }
+    }
+
+    fn command(&self, index: usize, args: &[&str]) -> anyhow::Result<Command> {
+        let pod = &self.pods[index];
+        ensure!(!pod.netns.is_empty(), "pod was deleted");
+        let netns =
+            fs::File::open(format!("/run/netns/{}", pod.netns)).context("opening pod netns")?;
+        let mut procs = Vec::new();
+        for root in &self.hierarchies {
+            let path = root.join(&pod.container_cgroup).join("cgroup.procs");
+            procs.push(
+                fs::OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .with_context(|| format!("opening {}", path.display()))?,
+            );
+        }
+        let mut cmd = Command::new(&self.workload);
+        cmd.args(args).stdin(Stdio::null());
+        // SAFETY: only async-signal-safe calls (write, setns) on fds opened before fork.
+        unsafe {
+            cmd.pre_exec(move || {
+                // Join the container's cgroups first, then its network namespace ("0" = self).
+                for f in &procs {
+                    if libc::write(f.as_raw_fd(), c"0".as_ptr().cast(), 1) != 1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                if libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Ok(cmd)
+    }
+
+    /// Starts a process in a pod's container (kept until the pod goes).
+    pub fn spawn(&self, index: usize, args: &[&str]) -> anyhow::Result<Child> {
+        self.command(index, args)?
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting pod process")
+    }
+
+    /// Starts a long-running process in a pod, owned by the pod.
+    pub fn start_process(&mut self, index: usize, args: &[&str]) -> anyhow::Result<()> {
+        let child = self.spawn(index, args)?;
+        self.pods[index].children.push(child);
+        Ok(())
+    }
+
+    /// Runs a process in a pod's container to completion.
+    pub fn run(&self, index: usize, args: &[&str]) -> anyhow::Result<Output> {
+        let out = self
+            .command(index, args)?
+            .output()
+            .context("running pod process")?;
+        if !out.status.success() {
+            bail!(
+                "{args:?} in pod failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(out)
+    }
+}
+
+struct OwnedNet {
+    node_netns: String,
+    cgroup_base: PathBuf,
+    driver: CgroupDriver,
+    hierarchies: Vec<PathBuf>,
+}
+
+impl OwnedNet {
+    fn as_net(&self) -> NodeNet<'_> {
+        NodeNet {
+            node_netns: &self.node_netns,
+            bridge: "br0",
+            prefix_len: 24,
+            cgroup_base: &self.cgroup_base,
+            driver: self.driver,
+            hierarchies: &self.hierarchies,
+        }
+    }
+}
+
+impl SimPod {
+    fn gone() -> SimPod {
+        SimPod {
+            namespace: String::new(),
+            name: String::new(),
+            uid: String::new(),
+            ip: Ipv4Addr::UNSPECIFIED,
+            container: String::new(),
+            container_id: String::new(),
+            netns: String::new(),
+            container_cgroup: PathBuf::new(),
+            pod_cgroup: PathBuf::new(),
+            veth: String::new(),
+            children: Vec::new(),
+        }
+    }
+}
+
+/// A valid RFC 4122-shaped UID, unique per pod in this process.
+fn uuid_like(seq: u32) -> String {
+    let pid = std::process::id();
+    format!(
+        "{pid:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
+        seq & 0xffff,
+        seq & 0xfff,
+        (pid >> 8) & 0xfff,
+        u64::from(seq) * 7919
+    )
+}
+
+impl Drop for SimNode {
+    fn drop(&mut self) {
+        let net = self.net_owned();
+        for mut pod in std::mem::take(&mut self.pods) {
+            if !pod.netns.is_empty() {
+                self.backend.remove(&net.as_net(), &mut pod);
+            }
+        }
+        let _ = sh("ip", &["netns", "del", &self.node_netns]);
+        for root in &self.hierarchies {
+            remove_cgroup_tree(&root.join(&self.cgroup_base));
+        }
+    }
+}
+
+/// Removes a cgroup directory tree bottom-up (cgroup directories are removed with rmdir).
+fn remove_cgroup_tree(dir: &Path) {
+    if let Ok(entries) = fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup_tree(&entry.path());
+            }
+        }
+    }
+    let _ = fs::remove_dir(dir);
+}
+
+/// Writes a line to stderr for test logs.
+pub fn note(msg: &str) {
+    let _ = writeln!(std::io::stderr(), "[sim] {msg}");
+}

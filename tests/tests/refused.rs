@@ -1,0 +1,256 @@
+//! Privileged end to end: the real agent binary loads its programs into this kernel, watches
+//! the stand-in API server, and real processes in simulated pods provoke real refusals. Every
+//! assertion is on what `triage-agent query` prints. Needs root; fails (never skips) without.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use triage_agent_tests::{
+    agent::{AgentProcess, records},
+    simnode::{CgroupDriver, SimConfig, SimNode},
+};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn node(driver: CgroupDriver) -> SimNode {
+    SimNode::start(SimConfig {
+        workload: env!("CARGO_BIN_EXE_sim-workload").into(),
+        driver,
+    })
+    .expect("simulated node")
+}
+
+fn refused_count(out: &std::process::Output) -> usize {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| *l == "refused")
+        .count()
+}
+
+fn count_of(records: &[&Value]) -> u64 {
+    records
+        .iter()
+        .map(|r| r["count"].as_u64().unwrap_or(0))
+        .sum()
+}
+
+fn both_sides_of_a_refusal(driver: CgroupDriver) {
+    let mut node = node(driver);
+    let server = node.add_pod("shop", "db").unwrap();
+    let client = node.add_pod("shop", "web").unwrap();
+    // The server listens on 5432, the client is configured for 5433: nothing listens there.
+    node.start_process(server, &["listen", "5432"]).unwrap();
+    let mut agent = AgentProcess::start(&node).unwrap();
+    let status = agent.wait_ready(true, WAIT).unwrap();
+    assert!(
+        status["probes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["attached"] == true),
+        "{status}"
+    );
+
+    let dst = format!("{}:5433", node.pod(server).ip);
+    let out = node.run(client, &["connect", &dst, "3", "50"]).unwrap();
+    assert_eq!(refused_count(&out), 3, "the workload itself saw 3 refusals");
+
+    let web = agent
+        .query_until("shop", "web", WAIT, |v| {
+            count_of(&records(v, "connection_refused", "outbound")) >= 3
+        })
+        .unwrap();
+    let out_recs = records(&web, "connection_refused", "outbound");
+    assert_eq!(out_recs.len(), 1, "{web}");
+    let r = out_recs[0];
+    assert_eq!(r["count"], 3);
+    assert_eq!(r["dst"], dst.as_str());
+    assert_eq!(
+        r["src"].as_str().unwrap().split(':').next().unwrap(),
+        node.pod(client).ip.to_string()
+    );
+    assert_eq!(r["attribution"], "cgroup");
+    assert_eq!(r["container"], "app");
+    assert_eq!(r["protocol"], "tcp");
+    assert_eq!(r["node"], node.name.as_str());
+    assert_eq!(r["pod"]["namespace"], "shop");
+    assert_eq!(r["pod"]["name"], "web");
+    assert_eq!(r["pod"]["uid"], node.pod(client).uid.as_str());
+    assert_eq!(r["process"]["comm"], "sim-workload");
+    assert_eq!(r["peer"]["name"], "db");
+    for field in ["first_seen", "last_seen"] {
+        let t = r[field].as_str().unwrap();
+        assert!(
+            t.ends_with('Z') && t.contains('T'),
+            "{field} is RFC 3339 UTC: {t}"
+        );
+    }
+
+    let db = agent
+        .query_until("shop", "db", WAIT, |v| {
+            count_of(&records(v, "connection_refused", "inbound")) >= 3
+        })
+        .unwrap();
+    let in_recs = records(&db, "connection_refused", "inbound");
+    assert_eq!(in_recs.len(), 1, "{db}");
+    let r = in_recs[0];
+    assert_eq!(r["count"], 3);
+    assert_eq!(r["dst"], dst.as_str());
+    assert_eq!(r["attribution"], "ip");
+    assert_eq!(r["reason"], "NO_SOCKET");
+    assert_eq!(r["peer"]["name"], "web");
+    assert!(
+        records(&db, "connection_refused", "outbound").is_empty(),
+        "the server refused, it was not refused"
+    );
+
+    // The port that is listened on is not a refusal.
+    let ok = node
+        .run(
+            client,
+            &[
+                "connect",
+                &format!("{}:5432", node.pod(server).ip),
+                "2",
+                "10",
+            ],
+        )
+        .unwrap();
+    assert_eq!(refused_count(&ok), 0);
+
+    // The human output carries the diagnosis.
+    let table = agent.cli(&["query", "--pod", "web", "-n", "shop"]).unwrap();
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(table.status.success());
+    assert!(
+        text.contains("connection_refused")
+            && text.contains("Diagnosis")
+            && text.contains("nothing listens on port 5433"),
+        "{text}"
+    );
+    assert!(text.contains("lost no events"), "{text}");
+
+    let exit = agent.stop().unwrap();
+    assert!(exit.success(), "agent exits cleanly on SIGTERM: {exit}");
+    assert!(agent.log().contains("detached"), "{}", agent.log());
+}
+
+#[test]
+fn refusal_attributed_to_both_pods_cgroupfs_driver() {
+    both_sides_of_a_refusal(CgroupDriver::Cgroupfs);
+}
+
+#[test]
+fn refusal_attributed_to_both_pods_systemd_driver() {
+    both_sides_of_a_refusal(CgroupDriver::Systemd);
+}
+
+#[test]
+fn reused_ip_goes_to_the_new_pod() {
+    let mut node = node(CgroupDriver::Cgroupfs);
+    let old = node.add_pod("team", "old").unwrap();
+    let client = node.add_pod("team", "client").unwrap();
+    let mut agent = AgentProcess::start(&node).unwrap();
+    agent.wait_ready(true, WAIT).unwrap();
+    let ip = node.pod(old).ip;
+    let dst = format!("{ip}:8080");
+    let out = node.run(client, &["connect", &dst, "2", "20"]).unwrap();
+    assert_eq!(refused_count(&out), 2);
+    agent
+        .query_until("team", "old", WAIT, |v| {
+            count_of(&records(v, "connection_refused", "inbound")) == 2
+        })
+        .unwrap();
+
+    node.delete_pod(old);
+    // Wait until the agent has seen the deletion before the IP comes back.
+    std::thread::sleep(Duration::from_millis(500));
+    let new = node.add_pod_with_ip("team", "new", ip).unwrap();
+    assert_eq!(node.pod(new).ip, ip);
+    std::thread::sleep(Duration::from_millis(500));
+    let out = node.run(client, &["connect", &dst, "4", "20"]).unwrap();
+    assert_eq!(
+        refused_count(&out),
+        4,
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    let v = agent
+        .query_until("team", "new", WAIT, |v| {
+            count_of(&records(v, "connection_refused", "inbound")) == 4
+        })
+        .unwrap();
+    assert_eq!(
+        records(&v, "connection_refused", "inbound")[0]["pod"]["uid"],
+        node.pod(new).uid.as_str()
+    );
+    let old_answer = agent.query("team", "old").unwrap();
+    assert_eq!(
+        count_of(&records(&old_answer, "connection_refused", "inbound")),
+        2,
+        "the old pod keeps only its own: {old_answer}"
+    );
+    // The client's view: all six refusals, to the same destination, one record.
+    let c = agent.query("team", "client").unwrap();
+    assert_eq!(
+        count_of(&records(&c, "connection_refused", "outbound")),
+        6,
+        "{c}"
+    );
+}
+
+#[test]
+fn api_server_down_at_start_then_events_attributed_when_it_returns() {
+    let mut node = node(CgroupDriver::Cgroupfs);
+    let server = node.add_pod("ops", "target").unwrap();
+    let client = node.add_pod("ops", "caller").unwrap();
+    node.api.set_available(false);
+    let mut agent = AgentProcess::start(&node).unwrap();
+    let status = agent.wait_ready(false, WAIT).unwrap();
+    assert_eq!(status["metadata"]["synced"], false);
+
+    let dst = format!("{}:9999", node.pod(server).ip);
+    node.run(client, &["connect", &dst, "2", "20"]).unwrap();
+    // Collected but held back: visible in Status as waiting, not lost.
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let s = agent.status().unwrap();
+        if s["metadata"]["pending_events"].as_u64().unwrap_or(0) >= 4
+            && s["metadata"]["last_error"].is_string()
+        {
+            assert!(s["metadata"]["retries"].as_u64().unwrap() >= 1, "{s}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "events not held while the API server is down: {s}\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        agent.log().contains("retrying with backoff"),
+        "{}",
+        agent.log()
+    );
+
+    node.api.set_available(true);
+    let v = agent
+        .query_until("ops", "caller", Duration::from_secs(60), |v| {
+            count_of(&records(v, "connection_refused", "outbound")) == 2
+        })
+        .unwrap();
+    assert_eq!(
+        records(&v, "connection_refused", "outbound")[0]["attribution"],
+        "cgroup"
+    );
+    agent
+        .query_until("ops", "target", WAIT, |v| {
+            count_of(&records(v, "connection_refused", "inbound")) == 2
+        })
+        .unwrap();
+    let s = agent.status().unwrap();
+    assert_eq!(s["metadata"]["synced"], true);
+    assert_eq!(s["loss"]["attribution_expired"], 0);
+}
