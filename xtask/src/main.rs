@@ -1,1 +1,123 @@
-fn main() {}
+//! Project tasks. `cargo xtask demo` and `cargo xtask test` are the README's two commands; both
+//! run `setup` first, which installs what a fresh Debian 12 machine lacks (idempotent, and
+//! quick when everything is present).
+
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, bail, ensure};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "triage-agent project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install the toolchains, bpf-linker and Debian packages the build and tests need.
+    Setup,
+    /// Build the release binary target/release/triage-agent (eBPF embedded).
+    Build,
+    /// Run every check and test: fmt, clippy (host, CLI-only, BPF), unit, gRPC and privileged
+    /// end-to-end tests. Needs root.
+    Test,
+    /// Start a simulated node with a few pods, provoke refused connections, show what
+    /// `triage-agent query` says, clean up. Needs root.
+    Demo,
+    /// Regenerate proto/src/gen from proto/agent/v1/*.proto.
+    Codegen,
+    /// fmt check and clippy -D warnings on the host crates, the CLI-only build and the BPF crate.
+    Lint,
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+/// Runs a command in the workspace root, failing if it fails.
+fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    cmd.current_dir(root());
+    eprintln!("+ {}", display(cmd));
+    let status = cmd.status().with_context(|| format!("starting {}", display(cmd)))?;
+    ensure!(status.success(), "{} failed ({status})", display(cmd));
+    Ok(())
+}
+
+fn display(cmd: &Command) -> String {
+    let mut s = cmd.get_program().to_string_lossy().into_owned();
+    for a in cmd.get_args() {
+        s.push(' ');
+        s.push_str(&a.to_string_lossy());
+    }
+    s
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0\n")).unwrap_or(false)
+}
+
+fn build_release() -> anyhow::Result<()> {
+    run(cargo().args(["build", "--release", "-p", "triage-agent", "-p", "triage-agent-tests", "--bins"]))
+}
+
+fn lint() -> anyhow::Result<()> {
+    run(cargo().args(["fmt", "--all", "--check"]))?;
+    run(cargo().args(["clippy", "--workspace", "--exclude", "triage-agent-ebpf", "--all-targets", "--", "-D", "warnings"]))?;
+    // The CLI alone, as it builds on a laptop without the eBPF toolchain.
+    run(cargo().args(["clippy", "-p", "triage-agent", "--no-default-features", "--all-targets", "--", "-D", "warnings"]))?;
+    // The kernel programs, for the BPF target.
+    let bpf_target = root().join("target/bpf-clippy");
+    run(Command::new("rustup")
+        .args(["run", "nightly", "cargo", "clippy", "-p", "triage-agent-ebpf", "--release", "--target", "bpfel-unknown-none", "-Z", "build-std=core", "--target-dir"])
+        .arg(&bpf_target)
+        .args(["--", "-D", "warnings"])
+        .env_remove("RUSTC")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .env("CARGO_ENCODED_RUSTFLAGS", "--cfg=bpf_target_arch=\"x86_64\""))
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().task {
+        Task::Setup => setup::setup(),
+        Task::Build => {
+            setup::setup()?;
+            build_release()
+        }
+        Task::Lint => {
+            setup::setup()?;
+            lint()
+        }
+        Task::Codegen => run(cargo().args(["test", "-p", "triage-agent-proto", "--test", "codegen"]).env("UPDATE_PROTO", "1")),
+        Task::Test => {
+            if !is_root() {
+                bail!("`cargo xtask test` runs privileged end-to-end tests (eBPF, network namespaces, cgroups): run it as root");
+            }
+            setup::setup()?;
+            lint()?;
+            build_release()?;
+            // Everything, privileged tests included; they fail (never skip) without privileges.
+            run(cargo().args(["test", "--workspace", "--exclude", "triage-agent-ebpf"]).env("RUST_BACKTRACE", "1"))?;
+            eprintln!("all checks and tests passed");
+            Ok(())
+        }
+        Task::Demo => {
+            if !is_root() {
+                bail!("the demo creates network namespaces and cgroups and loads eBPF programs: run it as root");
+            }
+            setup::setup()?;
+            build_release()?;
+            run(&mut Command::new(root().join("target/release/demo")))
+        }
+    }
+}

@@ -1,0 +1,67 @@
+//! `cargo xtask demo`: a simulated node with three pods, the real agent, real refused
+//! connections, and what `triage-agent query` says about them. Cleans up on exit.
+
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use anyhow::Context as _;
+use triage_agent_tests::{
+    agent::{AgentProcess, agent_binary, records},
+    simnode::{CgroupDriver, SimConfig, SimNode},
+};
+
+fn sibling(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    Ok(exe.parent().context("exe has no directory")?.join(name))
+}
+
+fn show(agent: &AgentProcess, args: &[&str]) -> anyhow::Result<()> {
+    println!("\n$ triage-agent {} --agent {}", args.join(" "), agent.addr);
+    let out = agent.cli(args)?;
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    eprint!("{}", String::from_utf8_lossy(&out.stderr));
+    Ok(())
+}
+
+fn demo() -> anyhow::Result<()> {
+    println!("Starting a simulated node: network namespaces on a bridge, kubelet-style cgroups, a stand-in API server.");
+    let mut node = SimNode::start(SimConfig { workload: sibling("sim-workload")?, driver: CgroupDriver::Cgroupfs })?;
+    let db = node.add_pod("shop", "db")?;
+    let cache = node.add_pod("shop", "cache")?;
+    let web = node.add_pod("shop", "web")?;
+    node.start_process(db, &["listen", "5432"])?;
+    for i in [db, cache, web] {
+        let p = node.pod(i);
+        println!("  pod {}/{} ip {} uid {}", p.namespace, p.name, p.ip, p.uid);
+    }
+    println!("Starting the node agent ({})", agent_binary().display());
+    let mut agent = AgentProcess::start(&node)?;
+    agent.wait_ready(true, Duration::from_secs(20))?;
+
+    let (db_ip, cache_ip) = (node.pod(db).ip, node.pod(cache).ip);
+    println!("\nshop/web connects to db:5432 (listening), db:5433 (wrong port, x5) and cache:6379 (nothing listens, x3).");
+    node.run(web, &["connect", &format!("{db_ip}:5432"), "2", "20"])?;
+    node.run(web, &["connect", &format!("{db_ip}:5433"), "5", "20"])?;
+    node.run(web, &["connect", &format!("{cache_ip}:6379"), "3", "20"])?;
+    agent.query_until("shop", "web", Duration::from_secs(20), |v| {
+        records(v, "connection_refused", "outbound").iter().map(|r| r["count"].as_u64().unwrap_or(0)).sum::<u64>() >= 8
+    })?;
+    agent.query_until("shop", "db", Duration::from_secs(20), |v| !records(v, "connection_refused", "inbound").is_empty())?;
+
+    show(&agent, &["query", "--pod", "web", "-n", "shop"])?;
+    show(&agent, &["query", "--pod", "db", "-n", "shop"])?;
+    show(&agent, &["query", "--pod", "db", "-n", "shop", "-o", "json"])?;
+    show(&agent, &["status"])?;
+    agent.stop()?;
+    println!("\nAgent stopped (programs detached); removing the simulated node.");
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match demo() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("demo failed: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
