@@ -70,12 +70,12 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i32> {
             tgid: (pid_tgid >> 32) as u32,
             comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
         };
-        if CONNECTS.insert(&sk, &pending, 0).is_err() {
+        if CONNECTS.insert(sk, pending, 0).is_err() {
             count_loss(LOST_CONNECT_TABLE);
         }
     } else if old == tcp_state::SYN_SENT {
         // Answered (ESTABLISHED) or given up (CLOSE): nothing more to learn about this attempt.
-        let _ = CONNECTS.remove(&sk);
+        let _ = CONNECTS.remove(sk);
     }
     Ok(())
 }
@@ -90,12 +90,12 @@ fn try_tcp_receive_reset(ctx: &TracePointContext) -> Result<(), i32> {
     let o = offsets();
     let sk: u64 = field(ctx, o.rcv_reset_skaddr)?;
     // SAFETY: the value is copied out before the entry is removed.
-    let pending = match unsafe { CONNECTS.get(&sk) } {
+    let pending = match unsafe { CONNECTS.get(sk) } {
         Some(pending) => *pending,
         // Not a socket in SYN_SENT: a reset of an established connection, not a refusal.
         None => return Ok(()),
     };
-    let _ = CONNECTS.remove(&sk);
+    let _ = CONNECTS.remove(sk);
 
     let family: u16 = field(ctx, o.rcv_reset_family)?;
     let mut saddr = [0u8; 16];

@@ -5,6 +5,10 @@
 
 /// Package `agent.v1`.
 pub mod v1 {
-    #![expect(unused_qualifications, reason = "generated code")]
+    #![expect(
+        unused_qualifications,
+        clippy::allow_attributes,
+        reason = "generated code"
+    )]
     include!("gen/agent.v1.rs");
 }

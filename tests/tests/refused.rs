@@ -2,6 +2,13 @@
 //! the stand-in API server, and real processes in simulated pods provoke real refusals. Every
 //! assertion is on what `triage-agent query` prints. Needs root; fails (never skips) without.
 
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    reason = "test scenarios panic with context; helpers shared by tests are not #[test] fns"
+)]
+
 use std::time::Duration;
 
 use serde_json::Value;

@@ -38,14 +38,19 @@ enum Task {
 }
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
 }
 
 /// Runs a command in the workspace root, failing if it fails.
 fn run(cmd: &mut Command) -> anyhow::Result<()> {
     cmd.current_dir(root());
     eprintln!("+ {}", display(cmd));
-    let status = cmd.status().with_context(|| format!("starting {}", display(cmd)))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("starting {}", display(cmd)))?;
     ensure!(status.success(), "{} failed ({status})", display(cmd));
     Ok(())
 }
@@ -64,27 +69,73 @@ fn cargo() -> Command {
 }
 
 fn is_root() -> bool {
-    Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0\n")).unwrap_or(false)
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0\n"))
+        .unwrap_or(false)
 }
 
 fn build_release() -> anyhow::Result<()> {
-    run(cargo().args(["build", "--release", "-p", "triage-agent", "-p", "triage-agent-tests", "--bins"]))
+    run(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "triage-agent",
+        "-p",
+        "triage-agent-tests",
+        "--bins",
+    ]))
 }
 
 fn lint() -> anyhow::Result<()> {
     run(cargo().args(["fmt", "--all", "--check"]))?;
-    run(cargo().args(["clippy", "--workspace", "--exclude", "triage-agent-ebpf", "--all-targets", "--", "-D", "warnings"]))?;
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--exclude",
+        "triage-agent-ebpf",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     // The CLI alone, as it builds on a laptop without the eBPF toolchain.
-    run(cargo().args(["clippy", "-p", "triage-agent", "--no-default-features", "--all-targets", "--", "-D", "warnings"]))?;
+    run(cargo().args([
+        "clippy",
+        "-p",
+        "triage-agent",
+        "--no-default-features",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     // The kernel programs, for the BPF target.
     let bpf_target = root().join("target/bpf-clippy");
     run(Command::new("rustup")
-        .args(["run", "nightly", "cargo", "clippy", "-p", "triage-agent-ebpf", "--release", "--target", "bpfel-unknown-none", "-Z", "build-std=core", "--target-dir"])
+        .args([
+            "run",
+            "nightly",
+            "cargo",
+            "clippy",
+            "-p",
+            "triage-agent-ebpf",
+            "--release",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--target-dir",
+        ])
         .arg(&bpf_target)
         .args(["--", "-D", "warnings"])
         .env_remove("RUSTC")
         .env_remove("RUSTC_WORKSPACE_WRAPPER")
-        .env("CARGO_ENCODED_RUSTFLAGS", "--cfg=bpf_target_arch=\"x86_64\""))
+        .env(
+            "CARGO_ENCODED_RUSTFLAGS",
+            "--cfg=bpf_target_arch=\"x86_64\"",
+        ))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -98,22 +149,30 @@ fn main() -> anyhow::Result<()> {
             setup::setup()?;
             lint()
         }
-        Task::Codegen => run(cargo().args(["test", "-p", "triage-agent-proto", "--test", "codegen"]).env("UPDATE_PROTO", "1")),
+        Task::Codegen => run(cargo()
+            .args(["test", "-p", "triage-agent-proto", "--test", "codegen"])
+            .env("UPDATE_PROTO", "1")),
         Task::Test => {
             if !is_root() {
-                bail!("`cargo xtask test` runs privileged end-to-end tests (eBPF, network namespaces, cgroups): run it as root");
+                bail!(
+                    "`cargo xtask test` runs privileged end-to-end tests (eBPF, network namespaces, cgroups): run it as root"
+                );
             }
             setup::setup()?;
             lint()?;
             build_release()?;
             // Everything, privileged tests included; they fail (never skip) without privileges.
-            run(cargo().args(["test", "--workspace", "--exclude", "triage-agent-ebpf"]).env("RUST_BACKTRACE", "1"))?;
+            run(cargo()
+                .args(["test", "--workspace", "--exclude", "triage-agent-ebpf"])
+                .env("RUST_BACKTRACE", "1"))?;
             eprintln!("all checks and tests passed");
             Ok(())
         }
         Task::Demo => {
             if !is_root() {
-                bail!("the demo creates network namespaces and cgroups and loads eBPF programs: run it as root");
+                bail!(
+                    "the demo creates network namespaces and cgroups and loads eBPF programs: run it as root"
+                );
             }
             setup::setup()?;
             build_release()?;

@@ -19,9 +19,15 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 const DEBIAN_PACKAGES: &[&str] = &["iproute2"];
 
 fn output(cmd: &mut Command) -> anyhow::Result<String> {
-    let out = cmd.output().with_context(|| format!("running {}", crate::display(cmd)))?;
+    let out = cmd
+        .output()
+        .with_context(|| format!("running {}", crate::display(cmd)))?;
     if !out.status.success() {
-        bail!("{} failed: {}", crate::display(cmd), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "{} failed: {}",
+            crate::display(cmd),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -43,11 +49,31 @@ pub fn setup() -> anyhow::Result<()> {
 fn nightly() -> anyhow::Result<()> {
     let toolchains = output(Command::new("rustup").args(["toolchain", "list"]))?;
     if !toolchains.lines().any(|l| l.starts_with("nightly")) {
-        run(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal", "--component", "rust-src"]))?;
+        run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+            "--component",
+            "rust-src",
+        ]))?;
     }
-    let components = output(Command::new("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]))?;
+    let components = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))?;
     if !components.lines().any(|l| l.starts_with("rust-src")) {
-        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+        run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
     }
     Ok(())
 }
@@ -59,19 +85,33 @@ fn nightly_llvm() -> anyhow::Result<(PathBuf, u32)> {
         .lines()
         .find_map(|l| l.strip_prefix("LLVM version: "))
         .context("rustc +nightly reports no LLVM version")?;
-    let major: u32 = version.split('.').next().unwrap_or_default().parse().context("LLVM major version")?;
-    let sysroot = PathBuf::from(output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?.trim());
+    let major: u32 = version
+        .split('.')
+        .next()
+        .unwrap_or_default()
+        .parse()
+        .context("LLVM major version")?;
+    let sysroot = PathBuf::from(
+        output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?.trim(),
+    );
     let lib = std::fs::read_dir(sysroot.join("lib"))?
         .flatten()
         .map(|e| e.path())
-        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("libLLVM.so.")))
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("libLLVM.so."))
+        })
         .or_else(|| {
-            std::fs::read_dir(sysroot.join("lib")).ok()?.flatten().map(|e| e.path()).find(|p| {
-                p.file_name().is_some_and(|n| {
-                    let n = n.to_string_lossy();
-                    n.starts_with("libLLVM") && n.ends_with(".so")
+            std::fs::read_dir(sysroot.join("lib"))
+                .ok()?
+                .flatten()
+                .map(|e| e.path())
+                .find(|p| {
+                    p.file_name().is_some_and(|n| {
+                        let n = n.to_string_lossy();
+                        n.starts_with("libLLVM") && n.ends_with(".so")
+                    })
                 })
-            })
         })
         .context("no libLLVM in the nightly toolchain")?;
     Ok((lib, major))
@@ -87,13 +127,18 @@ fn bpf_linker() -> anyhow::Result<()> {
         .map(|o| String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION))
         .unwrap_or(false);
     let stamp = std::fs::read_to_string(&stamp_path).unwrap_or_default();
-    if installed && (stamp.trim() == want || stamp.is_empty() && llvm_works(&cargo_home().join("bin/bpf-linker"))) {
+    if installed
+        && (stamp.trim() == want
+            || stamp.is_empty() && llvm_works(&cargo_home().join("bin/bpf-linker")))
+    {
         if stamp.is_empty() {
             std::fs::write(&stamp_path, &want)?;
         }
         return Ok(());
     }
-    eprintln!("installing bpf-linker {BPF_LINKER_VERSION} against the nightly toolchain's LLVM {major}");
+    eprintln!(
+        "installing bpf-linker {BPF_LINKER_VERSION} against the nightly toolchain's LLVM {major}"
+    );
     let prefix = crate::root().join("target/llvm-prefix");
     std::fs::create_dir_all(prefix.join("lib"))?;
     let link = prefix.join("lib/libLLVM.so");
@@ -101,17 +146,33 @@ fn bpf_linker() -> anyhow::Result<()> {
     std::os::unix::fs::symlink(&llvm_lib, &link)?;
     let lib_dir = llvm_lib.parent().unwrap_or(Path::new("/"));
     run(Command::new("cargo")
-        .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--locked", "--force", "--no-default-features", "--features"])
+        .args([
+            "install",
+            "bpf-linker",
+            "--version",
+            BPF_LINKER_VERSION,
+            "--locked",
+            "--force",
+            "--no-default-features",
+            "--features",
+        ])
         .arg(format!("llvm-{major}"))
         .env("LLVM_PREFIX", &prefix)
-        .env("RUSTFLAGS", format!("-C link-arg=-Wl,-rpath,{}", lib_dir.display())))?;
+        .env(
+            "RUSTFLAGS",
+            format!("-C link-arg=-Wl,-rpath,{}", lib_dir.display()),
+        ))?;
     std::fs::write(&stamp_path, want)?;
     Ok(())
 }
 
 /// bpf-linker starts (its LLVM library resolves).
 fn llvm_works(bin: &Path) -> bool {
-    Command::new(bin).arg("--help").output().map(|o| o.status.success()).unwrap_or(false)
+    Command::new(bin)
+        .arg("--help")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
 }
 
 fn debian_packages() -> anyhow::Result<()> {
@@ -130,8 +191,14 @@ fn debian_packages() -> anyhow::Result<()> {
         return Ok(());
     }
     if !crate::is_root() {
-        bail!("missing Debian packages {missing:?}: run `apt-get install {}` as root", missing.join(" "));
+        bail!(
+            "missing Debian packages {missing:?}: run `apt-get install {}` as root",
+            missing.join(" ")
+        );
     }
     run(Command::new("apt-get").arg("update"))?;
-    run(Command::new("apt-get").args(["install", "-y", "--no-install-recommends"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive"))
+    run(Command::new("apt-get")
+        .args(["install", "-y", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
 }

@@ -5,7 +5,7 @@ pub mod client;
 pub mod diagnose;
 pub mod render;
 
-use std::{net::SocketAddr, time::Duration};
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -62,7 +62,7 @@ pub struct AgentArgs {
     pub node_name: String,
     /// gRPC listen address.
     #[arg(long, env = "TRIAGE_LISTEN", default_value = DEFAULT_LISTEN)]
-    pub listen: SocketAddr,
+    pub listen: std::net::SocketAddr,
     /// Most records kept; the least recently seen are evicted first (and counted).
     #[arg(long, default_value_t = crate::store::DEFAULT_CAPACITY)]
     pub store_capacity: usize,

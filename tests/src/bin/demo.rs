@@ -23,8 +23,13 @@ fn show(agent: &AgentProcess, args: &[&str]) -> anyhow::Result<()> {
 }
 
 fn demo() -> anyhow::Result<()> {
-    println!("Starting a simulated node: network namespaces on a bridge, kubelet-style cgroups, a stand-in API server.");
-    let mut node = SimNode::start(SimConfig { workload: sibling("sim-workload")?, driver: CgroupDriver::Cgroupfs })?;
+    println!(
+        "Starting a simulated node: network namespaces on a bridge, kubelet-style cgroups, a stand-in API server."
+    );
+    let mut node = SimNode::start(SimConfig {
+        workload: sibling("sim-workload")?,
+        driver: CgroupDriver::Cgroupfs,
+    })?;
     let db = node.add_pod("shop", "db")?;
     let cache = node.add_pod("shop", "cache")?;
     let web = node.add_pod("shop", "web")?;
@@ -38,18 +43,29 @@ fn demo() -> anyhow::Result<()> {
     agent.wait_ready(true, Duration::from_secs(20))?;
 
     let (db_ip, cache_ip) = (node.pod(db).ip, node.pod(cache).ip);
-    println!("\nshop/web connects to db:5432 (listening), db:5433 (wrong port, x5) and cache:6379 (nothing listens, x3).");
+    println!(
+        "\nshop/web connects to db:5432 (listening), db:5433 (wrong port, x5) and cache:6379 (nothing listens, x3)."
+    );
     node.run(web, &["connect", &format!("{db_ip}:5432"), "2", "20"])?;
     node.run(web, &["connect", &format!("{db_ip}:5433"), "5", "20"])?;
     node.run(web, &["connect", &format!("{cache_ip}:6379"), "3", "20"])?;
     agent.query_until("shop", "web", Duration::from_secs(20), |v| {
-        records(v, "connection_refused", "outbound").iter().map(|r| r["count"].as_u64().unwrap_or(0)).sum::<u64>() >= 8
+        records(v, "connection_refused", "outbound")
+            .iter()
+            .map(|r| r["count"].as_u64().unwrap_or(0))
+            .sum::<u64>()
+            >= 8
     })?;
-    agent.query_until("shop", "db", Duration::from_secs(20), |v| !records(v, "connection_refused", "inbound").is_empty())?;
+    agent.query_until("shop", "db", Duration::from_secs(20), |v| {
+        !records(v, "connection_refused", "inbound").is_empty()
+    })?;
 
     show(&agent, &["query", "--pod", "web", "-n", "shop"])?;
     show(&agent, &["query", "--pod", "db", "-n", "shop"])?;
-    show(&agent, &["query", "--pod", "db", "-n", "shop", "-o", "json"])?;
+    show(
+        &agent,
+        &["query", "--pod", "db", "-n", "shop", "-o", "json"],
+    )?;
     show(&agent, &["status"])?;
     agent.stop()?;
     println!("\nAgent stopped (programs detached); removing the simulated node.");
