@@ -37,10 +37,16 @@ fn finding(e: &Evidence) -> Option<Finding> {
     );
     match (e.kind, e.direction) {
         (Kind::ConnectionRefused, Direction::Outbound) => {
-            let target = e.peer.as_ref().map_or_else(
-                || format!("the process behind {}", e.dst),
-                |p| format!("pod {p}"),
-            );
+            let (target, exec) = match &e.peer {
+                Some(p) => (
+                    format!("pod {p}"),
+                    format!("kubectl exec -n {} {} -- ss -ltn", p.namespace, p.name),
+                ),
+                None => (
+                    format!("the process behind {}", e.dst),
+                    "ss -ltn where it runs".to_owned(),
+                ),
+            };
             Some(Finding {
                 kind: e.kind,
                 layer: e.kind.layer(),
@@ -55,7 +61,7 @@ fn finding(e: &Evidence) -> Option<Finding> {
                     port = e.dst.port(),
                 ),
                 next_step: format!(
-                    "Check what {target} listens on (kubectl exec ... -- ss -ltn) and compare it \
+                    "Check what {target} listens on ({exec}) and compare it \
                      with the Service targetPort / EndpointSlice port for {dst}: a wrong \
                      targetPort, an app bound to 127.0.0.1, or an app not started yet are the \
                      usual causes. Restarting {pod} will not fix it.",
@@ -140,6 +146,10 @@ mod tests {
             f[0].summary
         );
         assert!(f[0].next_step.contains("pod shop/db"));
+        assert!(
+            f[0].next_step
+                .contains("kubectl exec -n shop db -- ss -ltn")
+        );
         assert!(f[0].next_step.contains("will not fix"));
         assert_eq!(f[0].layer, "connection");
         assert!(
