@@ -370,14 +370,8 @@ impl SimNode {
             veth: format!("vp{}", self.pod_seq),
             children: Vec::new(),
         };
-        let net = NodeNet {
-            node_netns: &self.node_netns,
-            bridge: "br0",
-            prefix_len: 24,
-            cgroup_base: &self.cgroup_base,
-            driver: self.driver,
-            hierarchies: &self.hierarchies,
-        };
+        let owned = self.net_owned();
+        let net = owned.as_net();
         if let Err(e) = self.backend.create(&net, &mut pod) {
             self.backend.remove(&net, &mut pod);
             return Err(e);

@@ -281,34 +281,8 @@ pub fn load(
         let why: Vec<String> = statuses.iter().filter_map(|s| s.error.clone()).collect();
         return Err(LoadError::NothingAttached(why.join("; ")));
     }
-    let ring = ebpf
-        .take_map(EVENTS_MAP)
-        .ok_or(LoadError::Map {
-            name: EVENTS_MAP,
-            source: aya::maps::MapError::InvalidName {
-                name: EVENTS_MAP.into(),
-            },
-        })
-        .and_then(|m| {
-            RingBuf::try_from(m).map_err(|source| LoadError::Map {
-                name: EVENTS_MAP,
-                source,
-            })
-        })?;
-    let loss = ebpf
-        .take_map(LOSS_MAP)
-        .ok_or(LoadError::Map {
-            name: LOSS_MAP,
-            source: aya::maps::MapError::InvalidName {
-                name: LOSS_MAP.into(),
-            },
-        })
-        .and_then(|m| {
-            PerCpuArray::try_from(m).map_err(|source| LoadError::Map {
-                name: LOSS_MAP,
-                source,
-            })
-        })?;
+    let ring = take_map(&mut ebpf, EVENTS_MAP, RingBuf::try_from)?;
+    let loss = take_map(&mut ebpf, LOSS_MAP, PerCpuArray::try_from)?;
     info!(
         load_ms = loaded.as_millis() as u64,
         total_ms = started.elapsed().as_millis() as u64,
@@ -322,6 +296,19 @@ pub fn load(
         ring,
         LossMap(Mutex::new(loss)),
     ))
+}
+
+/// Takes a map out of the object and opens it as its typed wrapper.
+fn take_map<T>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    typed: impl FnOnce(aya::maps::Map) -> Result<T, aya::maps::MapError>,
+) -> Result<T, LoadError> {
+    let map = ebpf.take_map(name).ok_or_else(|| LoadError::Map {
+        name,
+        source: aya::maps::MapError::InvalidName { name: name.into() },
+    })?;
+    typed(map).map_err(|source| LoadError::Map { name, source })
 }
 
 fn attach(ebpf: &mut Ebpf, name: &str, category: &str, tracepoint: &str) -> Result<(), String> {
