@@ -76,6 +76,16 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
+/// eBPF, network namespaces and cgroups need root; say so before building anything.
+fn require_root(what: &str) -> anyhow::Result<()> {
+    if !is_root() {
+        bail!(
+            "{what} loads eBPF programs and creates network namespaces and cgroups: run it as root"
+        );
+    }
+    Ok(())
+}
+
 fn build_release() -> anyhow::Result<()> {
     run(cargo().args([
         "build",
@@ -153,11 +163,7 @@ fn main() -> anyhow::Result<()> {
             .args(["test", "-p", "triage-agent-proto", "--test", "codegen"])
             .env("UPDATE_PROTO", "1")),
         Task::Test => {
-            if !is_root() {
-                bail!(
-                    "`cargo xtask test` runs privileged end-to-end tests (eBPF, network namespaces, cgroups): run it as root"
-                );
-            }
+            require_root("`cargo xtask test` runs privileged end-to-end tests")?;
             setup::setup()?;
             lint()?;
             build_release()?;
@@ -169,11 +175,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Task::Demo => {
-            if !is_root() {
-                bail!(
-                    "the demo creates network namespaces and cgroups and loads eBPF programs: run it as root"
-                );
-            }
+            require_root("the demo")?;
             setup::setup()?;
             build_release()?;
             run(&mut Command::new(root().join("target/release/demo")))

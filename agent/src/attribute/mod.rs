@@ -133,6 +133,11 @@ impl Attributor {
                 self.synced = true;
             }
         }
+        // During a re-list, retry once at its end rather than once per listed pod: a full
+        // queue times hundreds of pods would be millions of lookups.
+        if self.relist_seen.is_some() {
+            return Vec::new();
+        }
         self.retry(now, false)
     }
 

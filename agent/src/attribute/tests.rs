@@ -158,6 +158,10 @@ fn events_wait_for_metadata_and_are_attributed_when_it_arrives() {
         MetaUpdate::Apply(info("server", UID_B, "10.0.0.2", 0)),
         t(50),
     ));
+    assert!(
+        out.is_empty(),
+        "waiting events are retried once, at the end of the list"
+    );
     out.extend(a.update(MetaUpdate::RelistDone, t(50)));
     assert_eq!(out.len(), 2);
     assert!(out.iter().all(|o| o.pod.is_some()));
@@ -207,4 +211,20 @@ fn relist_after_outage_deletes_vanished_pods() {
     // Before the relist the server still held its IP.
     let occ = a.event(syn_refused(99), t(101)).unwrap();
     assert_eq!(occ.pod.unwrap().name, "server");
+}
+
+#[test]
+fn watch_updates_outside_a_relist_retry_at_once() {
+    let (mut a, _) = attributor();
+    synced_with_pods(&mut a);
+    let mut ev = syn_refused(5);
+    let RawEvent::ConnRefused(c) = &mut ev.event;
+    c.dst = "10.0.0.9:8080".parse().unwrap();
+    assert!(a.event(ev, t(5)).is_none());
+    let out = a.update(
+        MetaUpdate::Apply(info("late", "u-late", "10.0.0.9", 0)),
+        t(6),
+    );
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].pod.as_ref().unwrap().name, "late");
 }

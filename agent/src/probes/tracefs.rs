@@ -157,16 +157,6 @@ print fmt: \"skbaddr=%p\", REC->skbaddr
             Format::parse("field:\nfield:int x;offset:zz;size:4;\nfield:;offset:1;size:1;\n\u{0}");
         assert!(f.fields.is_empty());
     }
-
-    #[test]
-    fn live_kernel_formats_have_what_the_programs_read() {
-        let Some(root) = find_mounted() else {
-            // Unprivileged runs cannot see tracefs; the privileged end-to-end tests cover it.
-            return;
-        };
-        let f = Format::read(&root, "tcp", "tcp_receive_reset").unwrap();
-        for field in ["skaddr", "sport", "dport", "family", "saddr", "daddr"] {
-            assert!(f.fields.contains_key(field), "{field}");
-        }
-    }
+    // The running kernel's formats are exercised by the privileged end-to-end tests: the agent
+    // only attaches a program whose fields were all found (Status must list every probe attached).
 }
