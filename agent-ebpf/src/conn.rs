@@ -26,7 +26,8 @@ use aya_ebpf::{
 };
 use triage_agent_common::{
     ABSENT, AF_INET, AF_INET6, COMM_LEN, ConnEvent, EventHeader, IPPROTO_TCP, LOST_CONNECT_TABLE,
-    LOST_RESERVE, PendingConnect, conn_flags, kind, send_reset_layout, tcp_state,
+    LOST_FIELD_READ, LOST_RESERVE, Offsets, PendingConnect, conn_flags, kind, send_reset_layout,
+    tcp_state,
 };
 
 use crate::maps::{CONNECTS, EVENTS, count_loss, offsets};
@@ -54,13 +55,13 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
 
 fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i32> {
     let o = offsets();
-    let protocol: u16 = field(ctx, o.set_state_protocol)?;
+    let protocol: u16 = field(ctx, o.set_state.protocol)?;
     if protocol != IPPROTO_TCP {
         return Ok(());
     }
-    let old: i32 = field(ctx, o.set_state_oldstate)?;
-    let new: i32 = field(ctx, o.set_state_newstate)?;
-    let sk: u64 = field(ctx, o.set_state_skaddr)?;
+    let old: i32 = field(ctx, o.set_state.oldstate)?;
+    let new: i32 = field(ctx, o.set_state.newstate)?;
+    let sk: u64 = field(ctx, o.set_state.skaddr)?;
     if old == tcp_state::CLOSE && new == tcp_state::SYN_SENT {
         let pid_tgid = bpf_get_current_pid_tgid();
         let pending = PendingConnect {
@@ -70,6 +71,8 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i32> {
             tgid: (pid_tgid >> 32) as u32,
             comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
         };
+        // A plain hash, not LRU: when it is full the insert fails and is counted, instead of
+        // silently evicting another attempt. Entries leave at the next state change.
         if CONNECTS.insert(sk, pending, 0).is_err() {
             count_loss(LOST_CONNECT_TABLE);
         }
@@ -88,47 +91,63 @@ pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
 
 fn try_tcp_receive_reset(ctx: &TracePointContext) -> Result<(), i32> {
     let o = offsets();
-    let sk: u64 = field(ctx, o.rcv_reset_skaddr)?;
+    let sk: u64 = field(ctx, o.receive_reset.skaddr)?;
     // SAFETY: the value is copied out before the entry is removed.
     let pending = match unsafe { CONNECTS.get(sk) } {
         Some(pending) => *pending,
         // Not a socket in SYN_SENT: a reset of an established connection, not a refusal.
         None => return Ok(()),
     };
+    // Every field is read before the entry goes: a refusal whose record cannot be read is
+    // counted, never silently lost.
+    let event = refusal_event(ctx, &o, &pending);
     let _ = CONNECTS.remove(sk);
+    match event {
+        Ok(Some(event)) => emit(event),
+        Ok(None) => {}
+        Err(_) => count_loss(LOST_FIELD_READ),
+    }
+    Ok(())
+}
 
-    let family: u16 = field(ctx, o.rcv_reset_family)?;
+/// The connecting side's refusal, from the tcp_receive_reset record; `None` for a family that
+/// is neither IPv4 nor IPv6.
+#[inline(always)]
+fn refusal_event(
+    ctx: &TracePointContext,
+    o: &Offsets,
+    pending: &PendingConnect,
+) -> Result<Option<ConnEvent>, i32> {
+    let family: u16 = field(ctx, o.receive_reset.family)?;
     let mut saddr = [0u8; 16];
     let mut daddr = [0u8; 16];
     if family == AF_INET {
-        let s: [u8; 4] = field(ctx, o.rcv_reset_saddr)?;
-        let d: [u8; 4] = field(ctx, o.rcv_reset_daddr)?;
+        let s: [u8; 4] = field(ctx, o.receive_reset.saddr)?;
+        let d: [u8; 4] = field(ctx, o.receive_reset.daddr)?;
         saddr[..4].copy_from_slice(&s);
         daddr[..4].copy_from_slice(&d);
     } else if family == AF_INET6 {
-        saddr = field(ctx, o.rcv_reset_saddr_v6)?;
-        daddr = field(ctx, o.rcv_reset_daddr_v6)?;
+        saddr = field(ctx, o.receive_reset.saddr_v6)?;
+        daddr = field(ctx, o.receive_reset.daddr_v6)?;
     } else {
-        return Ok(());
+        return Ok(None);
     }
-    let event = ConnEvent {
+    Ok(Some(ConnEvent {
         header: header(kind::CONNECT_REFUSED),
         cgroup_id: pending.cgroup_id,
-        sock_cookie: field(ctx, o.rcv_reset_sock_cookie).unwrap_or(0),
+        sock_cookie: field(ctx, o.receive_reset.sock_cookie).unwrap_or(0),
         pid: pending.pid,
         tgid: pending.tgid,
         flags: conn_flags::HAS_PROCESS,
         reason: 0,
         family,
-        sport: field(ctx, o.rcv_reset_sport)?,
-        dport: field(ctx, o.rcv_reset_dport)?,
+        sport: field(ctx, o.receive_reset.sport)?,
+        dport: field(ctx, o.receive_reset.dport)?,
         _pad0: 0,
         saddr,
         daddr,
         comm: pending.comm,
-    };
-    emit(event);
-    Ok(())
+    }))
 }
 
 #[tracepoint(category = "tcp", name = "tcp_send_reset")]
@@ -139,32 +158,32 @@ pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
 
 fn try_tcp_send_reset(ctx: &TracePointContext) -> Result<(), i32> {
     let o = offsets();
-    if o.send_reset_layout != send_reset_layout::SOCKADDR {
+    if o.send_reset.layout != send_reset_layout::SOCKADDR {
         return Ok(());
     }
-    let sk: u64 = field(ctx, o.send_reset_skaddr)?;
+    let sk: u64 = field(ctx, o.send_reset.skaddr)?;
     if sk != 0 {
         // A socket exists: this reset ends a known connection, it does not refuse a new one.
         return Ok(());
     }
-    let skb: u64 = field(ctx, o.send_reset_skbaddr)?;
-    if skb == 0 || o.skb_data == ABSENT {
+    let skb: u64 = field(ctx, o.send_reset.skbaddr)?;
+    if skb == 0 || o.skb.data == ABSENT {
         return Ok(());
     }
     // SAFETY: probe reads of kernel memory; failures are returned, never dereferenced.
-    let data: u64 = unsafe { bpf_probe_read_kernel((skb + o.skb_data as u64) as *const u64)? };
+    let data: u64 = unsafe { bpf_probe_read_kernel((skb + o.skb.data as u64) as *const u64)? };
     // SAFETY: as above; skb->data points at the TCP header here (the tracepoint reads it too).
     let flags: u8 = unsafe { bpf_probe_read_kernel((data + TCP_FLAGS_BYTE) as *const u8)? };
     if flags & TCP_FLAG_SYN == 0 || flags & TCP_FLAG_ACK != 0 {
         return Ok(());
     }
-    let (reason, reason_flag) = match field::<u32>(ctx, o.send_reset_reason) {
+    let (reason, reason_flag) = match field::<u32>(ctx, o.send_reset.reason) {
         Ok(reason) => (reason, conn_flags::HAS_REASON),
         Err(_) => (0, 0),
     };
     // saddr is the refusing (local) end, daddr the peer that sent the SYN.
-    let local: [u8; 28] = field(ctx, o.send_reset_saddr)?;
-    let remote: [u8; 28] = field(ctx, o.send_reset_daddr)?;
+    let local: [u8; 28] = field(ctx, o.send_reset.saddr)?;
+    let remote: [u8; 28] = field(ctx, o.send_reset.daddr)?;
     let (family, lport, laddr) = sockaddr(&local);
     let (_, rport, raddr) = sockaddr(&remote);
     if family != AF_INET && family != AF_INET6 {

@@ -3,7 +3,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{LruHashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, PerCpuArray, RingBuf},
 };
 use triage_agent_common::{
     CONNECTS_ENTRIES, EVENTS_RING_BYTES, LOSS_SLOTS, Offsets, PendingConnect,
@@ -18,10 +18,11 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
 pub static LOSS: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOSS_SLOTS, 0);
 
 /// Who called connect() on a socket still in SYN_SENT, keyed by the socket's address
-/// (`CONNECTS_MAP`). LRU, so a flood of connects that never resolve cannot fill it for good.
+/// (`CONNECTS_MAP`). Every attempt leaves at its next state change (ESTABLISHED or CLOSE), so
+/// the table holds only attempts in flight; when it is full, new attempts are counted as lost
+/// (an LRU map would evict older attempts silently).
 #[map]
-pub static CONNECTS: LruHashMap<u64, PendingConnect> =
-    LruHashMap::with_max_entries(CONNECTS_ENTRIES, 0);
+pub static CONNECTS: HashMap<u64, PendingConnect> = HashMap::with_max_entries(CONNECTS_ENTRIES, 0);
 
 /// This kernel's layouts (`OFFSETS_GLOBAL`), overwritten by the loader before load.
 #[unsafe(no_mangle)]

@@ -1,14 +1,20 @@
 //! Runs a parsed command line: sets up logging, dispatches to the node agent or a client
 //! command, and turns failures into a one-line error and a non-zero exit code.
 
-use std::{io::Write as _, process::ExitCode, time::SystemTime};
+use std::{
+    collections::HashMap,
+    io::Write as _,
+    process::ExitCode,
+    time::{Duration, SystemTime},
+};
 
 use anyhow::Context as _;
 use tracing_subscriber::EnvFilter;
 
 use crate::{
     cli::{self, Cli, Command, LogFormat, Output, client, diagnose, render},
-    evidence::Filter,
+    evidence::{Filter, Named as _},
+    loss::Loss,
 };
 
 fn init_logging(cli: &Cli) {
@@ -45,11 +51,24 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         #[cfg(feature = "node-agent")]
         Command::Agent(args) => {
+            let mut store = crate::store::StoreConfig::new(
+                args.node_name.clone(),
+                args.store_capacity,
+                args.store_max_age,
+            );
+            if let Some(q) = args.store_pod_quota {
+                store.pod_quota = q.max(1);
+            }
+            if let Some(q) = args.store_namespace_quota {
+                store.namespace_quota = q.max(1);
+            }
+            if let Some(q) = args.store_unattributed_quota {
+                store.unattributed_quota = q.max(1);
+            }
             crate::node::run(crate::node::AgentConfig {
                 node: args.node_name,
                 listen: args.listen,
-                store_capacity: args.store_capacity,
-                store_max_age: args.store_max_age,
+                store,
                 cgroup_root: args.cgroup_root,
             })
             .await
@@ -69,11 +88,18 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// The start of a window reaching `back` into the past. A window longer than the time since
+/// 1970 starts at 1970 (everything), never "no window at all".
+pub fn window_start(now: SystemTime, back: Duration) -> SystemTime {
+    now.checked_sub(back).unwrap_or(SystemTime::UNIX_EPOCH)
+}
+
 async fn query(args: cli::QueryArgs) -> anyhow::Result<()> {
+    let since = window_start(SystemTime::now(), args.since);
     let filter = Filter {
         namespace: Some(args.namespace.clone()),
         pod: Some(args.pod.clone()),
-        since: SystemTime::now().checked_sub(args.since),
+        since: Some(since),
         kinds: args.kinds.clone(),
         include_unattributed: false,
     };
@@ -92,6 +118,7 @@ async fn query(args: cli::QueryArgs) -> anyhow::Result<()> {
         Output::Table => print(&render::query_table(
             &args.pod,
             &args.namespace,
+            Some(since),
             &evidence,
             &findings,
             &answers,
@@ -108,11 +135,45 @@ async fn watch(args: cli::WatchArgs) -> anyhow::Result<()> {
         include_unattributed: args.pod.is_none() && args.namespace.is_none(),
     };
     let mut updates = client::watch_all(&args.agents.agents, &filter, args.agents.timeout).await?;
+    // Each agent's loss counters at its previous update: growth means the stream missed events.
+    let mut seen: HashMap<String, HashMap<String, u64>> = HashMap::new();
     while let Some(update) = updates.recv().await {
-        let e = update?;
+        let update = update?;
+        let before = seen.entry(update.agent.clone()).or_default();
+        let grown: Vec<_> = update
+            .loss
+            .iter()
+            .filter(|l| {
+                let was = before.insert(l.name.clone(), l.count);
+                was.is_some_and(|was| l.count > was)
+                    && Loss::from_name(&l.name).map_or(true, Loss::affects_answers)
+            })
+            .cloned()
+            .collect();
+        let e = &update.evidence;
         match args.output {
-            Output::Json => print(&format!("{}\n", render::evidence_json(&e)))?,
-            Output::Table => print(&format!("{}\n", render::watch_line(&e)))?,
+            Output::Json => {
+                let mut v = render::evidence_json(e);
+                if !grown.is_empty()
+                    && let Some(m) = v.as_object_mut()
+                {
+                    m.insert(
+                        "lost_since_previous".into(),
+                        grown
+                            .iter()
+                            .map(|l| (l.name.clone(), serde_json::Value::from(l.count)))
+                            .collect::<serde_json::Map<_, _>>()
+                            .into(),
+                    );
+                }
+                print(&format!("{v}\n"))?;
+            }
+            Output::Table => {
+                if !grown.is_empty() {
+                    print(&format!("{}\n", render::watch_loss_line(&e.node, &grown)))?;
+                }
+                print(&format!("{}\n", render::watch_line(e)))?;
+            }
         }
     }
     Ok(())

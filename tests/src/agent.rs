@@ -114,6 +114,34 @@ impl AgentProcess {
         }
     }
 
+    /// Polls Status until `accept` holds on it, failing with the last Status and the log.
+    pub fn status_until(
+        &self,
+        timeout: Duration,
+        accept: impl Fn(&Value) -> bool,
+    ) -> anyhow::Result<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let s = self.status()?;
+            if accept(&s) {
+                return Ok(s);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "status never matched; last:\n{}\nagent log:\n{}",
+                    serde_json::to_string_pretty(&s)?,
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits until the agent knows exactly `pods` live pods of its node.
+    pub fn wait_pods(&self, pods: u64, timeout: Duration) -> anyhow::Result<Value> {
+        self.status_until(timeout, |s| s["metadata"]["pods"] == pods)
+    }
+
     /// `triage-agent query --pod NAME -n NS -o json`.
     pub fn query(&self, namespace: &str, pod: &str) -> anyhow::Result<Value> {
         let out = self.cli(&["query", "--pod", pod, "-n", namespace, "-o", "json"])?;

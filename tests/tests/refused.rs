@@ -170,11 +170,11 @@ fn reused_ip_goes_to_the_new_pod() {
         .unwrap();
 
     node.delete_pod(old);
-    // Wait until the agent has seen the deletion before the IP comes back.
-    std::thread::sleep(Duration::from_millis(500));
+    // The agent has seen the deletion before the IP comes back, and the new pod before traffic.
+    agent.wait_pods(1, WAIT).unwrap();
     let new = node.add_pod_with_ip("team", "new", ip).unwrap();
     assert_eq!(node.pod(new).ip, ip);
-    std::thread::sleep(Duration::from_millis(500));
+    agent.wait_pods(2, WAIT).unwrap();
     let out = node.run(client, &["connect", &dst, "4", "20"]).unwrap();
     assert_eq!(
         refused_count(&out),

@@ -160,8 +160,15 @@ fn main() -> anyhow::Result<()> {
             lint()
         }
         Task::Codegen => run(cargo()
-            .args(["test", "-p", "triage-agent-proto", "--test", "codegen"])
-            .env("UPDATE_PROTO", "1")),
+            .args([
+                "test",
+                "-p",
+                "triage-agent-proto",
+                "--test",
+                "codegen",
+                "--",
+            ])
+            .args(["--ignored", "--exact", "regenerate"])),
         Task::Test => {
             require_root("`cargo xtask test` runs privileged end-to-end tests")?;
             setup::setup()?;

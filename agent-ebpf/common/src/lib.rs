@@ -10,20 +10,21 @@ use core::mem::size_of;
 
 /// Name of the ring buffer every program writes its events to.
 pub const EVENTS_MAP: &str = "EVENTS";
-/// Name of the per-CPU array counting failed ring buffer reserves (index [`LOST_RESERVE`]) and
-/// pending-connect table overflows (index [`LOST_CONNECT_TABLE`]).
+/// Name of the per-CPU array of kernel-side loss counters, indexed by the `LOST_*` constants.
 pub const LOSS_MAP: &str = "LOSS";
-/// Name of the LRU hash remembering who called connect() on a socket, keyed by socket address.
+/// Name of the hash remembering who called connect() on a socket, keyed by socket address.
 pub const CONNECTS_MAP: &str = "CONNECTS";
 /// Name of the read-only global carrying the running kernel's layouts ([`Offsets`]).
 pub const OFFSETS_GLOBAL: &str = "OFFSETS";
 
 /// Index in [`LOSS_MAP`]: an event was dropped because the ring buffer was full.
 pub const LOST_RESERVE: u32 = 0;
-/// Index in [`LOSS_MAP`]: a connect() could not be remembered (map update failed).
+/// Index in [`LOSS_MAP`]: a connect() could not be remembered (the table was full).
 pub const LOST_CONNECT_TABLE: u32 = 1;
+/// Index in [`LOSS_MAP`]: an event was seen but a field of its record could not be read.
+pub const LOST_FIELD_READ: u32 = 2;
 /// Number of slots in [`LOSS_MAP`].
-pub const LOSS_SLOTS: u32 = 2;
+pub const LOSS_SLOTS: u32 = 3;
 
 /// Size of the ring buffer in bytes (a power of two multiple of the page size). 256 KiB holds
 /// about 2,000 connection events: enough for bursts while userspace is descheduled.
@@ -128,62 +129,93 @@ pub mod send_reset_layout {
     pub const SOCKADDR: u32 = 1;
 }
 
-/// The running kernel's layouts, handed to the programs as a read-only global so the verifier
-/// sees them as constants. Tracepoint record offsets come from tracefs `format` files; struct
-/// member offsets from /sys/kernel/btf/vmlinux.
+/// `sock:inet_sock_set_state` record offsets (tracefs `format`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SetStateOffsets {
+    pub skaddr: u32,
+    pub oldstate: u32,
+    pub newstate: u32,
+    pub protocol: u32,
+}
+
+/// `tcp:tcp_receive_reset` record offsets (tracefs `format`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReceiveResetOffsets {
+    pub skaddr: u32,
+    pub sport: u32,
+    pub dport: u32,
+    pub family: u32,
+    pub saddr: u32,
+    pub daddr: u32,
+    pub saddr_v6: u32,
+    pub daddr_v6: u32,
+    pub sock_cookie: u32,
+}
+
+/// `tcp:tcp_send_reset` record offsets (tracefs `format`) and which layout this kernel has.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SendResetOffsets {
+    /// One of [`send_reset_layout`].
+    pub layout: u32,
+    pub skbaddr: u32,
+    pub skaddr: u32,
+    pub reason: u32,
+    pub saddr: u32,
+    pub daddr: u32,
+}
+
+/// Member offsets of `struct sk_buff` (BTF).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SkbOffsets {
+    pub data: u32,
+}
+
+/// The running kernel's layouts, one typed struct per hook family, handed to the programs as a
+/// read-only global so the verifier sees them as constants. Tracepoint record offsets come from
+/// tracefs `format` files; struct member offsets from /sys/kernel/btf/vmlinux.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Offsets {
-    // sock:inet_sock_set_state
-    pub set_state_skaddr: u32,
-    pub set_state_oldstate: u32,
-    pub set_state_newstate: u32,
-    pub set_state_protocol: u32,
-    // tcp:tcp_receive_reset
-    pub rcv_reset_skaddr: u32,
-    pub rcv_reset_sport: u32,
-    pub rcv_reset_dport: u32,
-    pub rcv_reset_family: u32,
-    pub rcv_reset_saddr: u32,
-    pub rcv_reset_daddr: u32,
-    pub rcv_reset_saddr_v6: u32,
-    pub rcv_reset_daddr_v6: u32,
-    pub rcv_reset_sock_cookie: u32,
-    // tcp:tcp_send_reset
-    pub send_reset_layout: u32,
-    pub send_reset_skbaddr: u32,
-    pub send_reset_skaddr: u32,
-    pub send_reset_reason: u32,
-    pub send_reset_saddr: u32,
-    pub send_reset_daddr: u32,
-    // struct sk_buff (BTF)
-    pub skb_data: u32,
+    pub set_state: SetStateOffsets,
+    pub receive_reset: ReceiveResetOffsets,
+    pub send_reset: SendResetOffsets,
+    pub skb: SkbOffsets,
 }
 const _: () = assert!(size_of::<Offsets>() == 80);
 
 impl Offsets {
     /// Every offset absent: the programs attach but do nothing until real offsets are set.
     pub const ABSENT: Self = Self {
-        set_state_skaddr: ABSENT,
-        set_state_oldstate: ABSENT,
-        set_state_newstate: ABSENT,
-        set_state_protocol: ABSENT,
-        rcv_reset_skaddr: ABSENT,
-        rcv_reset_sport: ABSENT,
-        rcv_reset_dport: ABSENT,
-        rcv_reset_family: ABSENT,
-        rcv_reset_saddr: ABSENT,
-        rcv_reset_daddr: ABSENT,
-        rcv_reset_saddr_v6: ABSENT,
-        rcv_reset_daddr_v6: ABSENT,
-        rcv_reset_sock_cookie: ABSENT,
-        send_reset_layout: send_reset_layout::UNSUPPORTED,
-        send_reset_skbaddr: ABSENT,
-        send_reset_skaddr: ABSENT,
-        send_reset_reason: ABSENT,
-        send_reset_saddr: ABSENT,
-        send_reset_daddr: ABSENT,
-        skb_data: ABSENT,
+        set_state: SetStateOffsets {
+            skaddr: ABSENT,
+            oldstate: ABSENT,
+            newstate: ABSENT,
+            protocol: ABSENT,
+        },
+        receive_reset: ReceiveResetOffsets {
+            skaddr: ABSENT,
+            sport: ABSENT,
+            dport: ABSENT,
+            family: ABSENT,
+            saddr: ABSENT,
+            daddr: ABSENT,
+            saddr_v6: ABSENT,
+            daddr_v6: ABSENT,
+            sock_cookie: ABSENT,
+        },
+        send_reset: SendResetOffsets {
+            layout: send_reset_layout::UNSUPPORTED,
+            skbaddr: ABSENT,
+            skaddr: ABSENT,
+            reason: ABSENT,
+            saddr: ABSENT,
+            daddr: ABSENT,
+        },
+        skb: SkbOffsets { data: ABSENT },
     };
 }
 

@@ -1,33 +1,52 @@
-//! Attribution: kernel events -> evidence about a pod, container and process.
+//! Attribution: kernel events -> occurrences about a pod, container and process.
 //!
-//! Fed by the probe reader (decoded [`RawEvent`]s) and the metadata watcher ([`MetaUpdate`]s);
-//! feeds the store with [`Occurrence`]s. Never waits for the API server: an event whose pod is
-//! not known yet is held in a bounded queue and retried whenever metadata arrives; when its wait
-//! runs out it is stored unattributed and counted, never dropped silently.
+//! Fed by the probe reader and the cgroupfs samplers (decoded [`RawEvent`]s, through the
+//! channel [`spawn`] makes) and the metadata watcher ([`metadata`], [`MetaUpdate`]s); feeds
+//! the store with [`Occurrence`]s. Never waits for the API server: an event whose pod is not
+//! known yet is held in a bounded queue and retried whenever metadata arrives; when its wait
+//! runs out it is stored unattributed and counted ([`Loss::AttributionExpired`]), never dropped
+//! silently.
 //!
-//! Strength of attribution, strongest first: the cgroup of the process that acted (exact), the
-//! pod IP through the IP history at the event's time (exact for pod IPs; hostNetwork pods are
-//! never attributed by IP).
+//! Each event offers [`Clues`], strongest first: the cgroup of the process or socket involved
+//! (exact: [`cgroup_path`] parses kubelet's layout, `cgroup_ids` finds a cgroup's path by id),
+//! then a pod IP through the IP history at the event's time ([`pods`]; exact for pod IPs,
+//! hostNetwork pods are never attributed by IP).
+//!
+//! Why our own pod index instead of kube's reflector store: the reflector holds the *current*
+//! pods, but an event must go to the pod that held an IP *at the event's time* (IPs are
+//! reused within seconds), to pods deleted since, and to pods the API server has not told us
+//! about yet. [`pods::PodIndex`] keeps time ranges per IP and deleted pods for a while.
+//!
+//! Deadlines (how long an event waits, negative cache entries) run on the monotonic clock, so a
+//! wall-clock step cannot expire or keep events early; event times stay wall-clock times.
 
-pub mod cgroup;
+#[cfg(feature = "node-agent")]
+pub mod cgroup_ids;
+pub mod cgroup_path;
+#[cfg(feature = "node-agent")]
+pub mod metadata;
 pub mod pods;
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
+    future::Future,
+    net::IpAddr,
     sync::Arc,
-    time::{Duration, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::{
-    counters::Counters,
-    evidence::{Attribution, Direction, Kind, Occurrence, PodRef, Process, Protocol},
+    evidence::{
+        Attribution, Connection, Detail, Direction, Occurrence, Process, Protocol, Subject,
+    },
+    loss::{Counters, Loss},
     probes::decode::{ConnRefused, RawEvent, RefusedSide},
 };
-use cgroup::{CgroupIdentity, parse_cgroup_path};
+use cgroup_path::{CgroupIdentity, parse_cgroup_path};
 use pods::{PodIndex, PodInfo};
 
 /// Events waiting for metadata, at most. Beyond it the oldest is stored unattributed (counted).
@@ -37,6 +56,29 @@ pub const PENDING_CAPACITY: usize = 16_384;
 pub const PENDING_GRACE: Duration = Duration::from_secs(30);
 /// How long an event waits at most while metadata is not in sync (API server down or slow).
 pub const PENDING_MAX_WAIT: Duration = Duration::from_secs(15 * 60);
+/// How long "this cgroup does not exist" is believed before asking again: a retry of the
+/// waiting queue must not redo a syscall per event for cgroups that are gone.
+const NEGATIVE_TTL: Duration = Duration::from_secs(5);
+/// Capacity of the events channel into attribution: a few seconds of a heavy burst.
+pub const EVENTS_CHANNEL: usize = 8192;
+/// Capacity of the metadata channel (awaited by the watcher: metadata is never dropped).
+pub const META_CHANNEL: usize = 1024;
+
+/// The current time on both clocks: wall for event times, monotonic for deadlines.
+#[derive(Clone, Copy, Debug)]
+pub struct Now {
+    pub wall: SystemTime,
+    pub mono: Instant,
+}
+
+impl Now {
+    pub fn real() -> Now {
+        Now {
+            wall: SystemTime::now(),
+            mono: Instant::now(),
+        }
+    }
+}
 
 /// A decoded event with its wall-clock time.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -58,11 +100,20 @@ pub enum MetaUpdate {
     RelistDone,
 }
 
-/// Finds the path of a cgroup (v2) by id. Implemented on the real cgroupfs by
-/// [`crate::node::cgroups`]; by maps in tests.
+/// The answer to "which cgroup has this id".
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PathLookup {
+    Found(String),
+    /// No such cgroup (any more).
+    Missing,
+    /// Not known yet (a walk of the tree is under way): ask again later.
+    Pending,
+}
+
+/// Finds the path of a cgroup (v2) by id, never blocking. Implemented on the real cgroupfs by
+/// `cgroup_ids`; by maps in tests.
 pub trait CgroupPaths: Send {
-    /// The cgroup's path, `None` if no such cgroup exists (any more).
-    fn path(&mut self, id: u64) -> Option<String>;
+    fn path(&mut self, id: u64) -> PathLookup;
 }
 
 /// What a cgroup id told us.
@@ -71,21 +122,34 @@ enum CgroupLookup {
     Pod(CgroupIdentity),
     NotAPod,
     Gone,
+    Pending,
 }
 
-/// The attribution state machine (synchronous, so it is unit-testable); [`run`] drives it.
+/// What an event offers to find its pod, strongest first.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Clues {
+    /// cgroup v2 id of the process or socket involved.
+    pub cgroup: Option<u64>,
+    /// The pod's IP (for traffic: the end that is this pod).
+    pub ip: Option<IpAddr>,
+}
+
+/// The attribution state machine (synchronous, so it is unit-testable); [`spawn`] drives it.
 pub struct Attributor {
     index: PodIndex,
     cgroups: Box<dyn CgroupPaths>,
     cgroup_cache: HashMap<u64, CgroupLookup>,
-    reasons: HashMap<u32, String>,
-    pending: VecDeque<(TimedEvent, SystemTime)>,
+    /// cgroup ids found gone, and until when that is believed.
+    cgroup_gone: HashMap<u64, Instant>,
+    reasons: HashMap<u32, Arc<str>>,
+    pending: VecDeque<(TimedEvent, Instant)>,
     synced: bool,
     relist_seen: Option<HashSet<String>>,
     counters: Arc<Counters>,
 }
 
-/// Bound on the cgroup id cache; cleared when reached (ids of live pods are re-resolved cheaply).
+/// Bound on the cgroup id caches; cleared when reached (ids of live pods are re-resolved
+/// cheaply).
 const CGROUP_CACHE_CAPACITY: usize = 8192;
 
 impl Attributor {
@@ -99,7 +163,8 @@ impl Attributor {
             index: PodIndex::default(),
             cgroups,
             cgroup_cache: HashMap::new(),
-            reasons,
+            cgroup_gone: HashMap::new(),
+            reasons: reasons.into_iter().map(|(k, v)| (k, v.into())).collect(),
             pending: VecDeque::new(),
             synced: false,
             relist_seen: None,
@@ -116,19 +181,19 @@ impl Attributor {
     }
 
     /// Applies a metadata change; returns events that could now be attributed.
-    pub fn update(&mut self, update: MetaUpdate, now: SystemTime) -> Vec<Occurrence> {
+    pub fn update(&mut self, update: MetaUpdate, now: Now) -> Vec<Occurrence> {
         match update {
             MetaUpdate::RelistStarted => self.relist_seen = Some(HashSet::new()),
             MetaUpdate::Apply(info) => {
                 if let Some(seen) = &mut self.relist_seen {
                     seen.insert(info.pod.uid.clone());
                 }
-                self.index.apply(info, now);
+                self.index.apply(info, now.wall);
             }
-            MetaUpdate::Delete { uid } => self.index.delete(&uid, now),
+            MetaUpdate::Delete { uid } => self.index.delete(&uid, now.wall),
             MetaUpdate::RelistDone => {
                 if let Some(seen) = self.relist_seen.take() {
-                    self.index.retain_live(&seen, now);
+                    self.index.retain_live(&seen, now.wall);
                 }
                 self.synced = true;
             }
@@ -143,19 +208,19 @@ impl Attributor {
 
     /// Attributes a new event, or holds it until metadata arrives. When the waiting queue is
     /// full, its oldest event is stored unattributed (and counted) to make room.
-    pub fn event(&mut self, event: TimedEvent, now: SystemTime) -> Option<Occurrence> {
-        if let Some(done) = self.try_attribute(&event, false) {
+    pub fn event(&mut self, event: TimedEvent, now: Now) -> Option<Occurrence> {
+        if let Some(done) = self.try_attribute(&event, now, false) {
             return Some(done);
         }
         let evicted = if self.pending.len() >= PENDING_CAPACITY {
             self.pending.pop_front().and_then(|(oldest, _)| {
-                self.counters.add_attribution_expired(1);
-                self.try_attribute(&oldest, true)
+                self.counters.add(Loss::AttributionExpired, 1);
+                self.try_attribute(&oldest, now, true)
             })
         } else {
             None
         };
-        self.pending.push_back((event, now));
+        self.pending.push_back((event, now.mono));
         evicted
     }
 
@@ -165,27 +230,27 @@ impl Attributor {
     }
 
     /// Periodic: retries waiting events and stores those whose wait ran out, unattributed.
-    pub fn tick(&mut self, now: SystemTime) -> Vec<Occurrence> {
-        self.index.prune(now);
+    pub fn tick(&mut self, now: Now) -> Vec<Occurrence> {
+        self.index.prune(now.wall);
+        self.cgroup_gone.retain(|_, until| *until > now.mono);
         self.retry(now, true)
     }
 
-    fn retry(&mut self, now: SystemTime, expire: bool) -> Vec<Occurrence> {
+    fn retry(&mut self, now: Now, expire: bool) -> Vec<Occurrence> {
         let mut out = Vec::new();
         let mut still = VecDeque::with_capacity(self.pending.len());
         let waiting = std::mem::take(&mut self.pending);
+        let deadline = if self.synced {
+            PENDING_GRACE
+        } else {
+            PENDING_MAX_WAIT
+        };
         for (event, since) in waiting {
-            let waited = now.duration_since(since).unwrap_or_default();
-            let deadline = if self.synced {
-                PENDING_GRACE
-            } else {
-                PENDING_MAX_WAIT
-            };
-            let last_chance = expire && waited >= deadline;
-            match self.try_attribute(&event, last_chance) {
+            let last_chance = expire && now.mono.saturating_duration_since(since) >= deadline;
+            match self.try_attribute(&event, now, last_chance) {
                 Some(occ) => {
-                    if last_chance && occ.attribution == Attribution::None {
-                        self.counters.add_attribution_expired(1);
+                    if last_chance && occ.subject.attribution == Attribution::None {
+                        self.counters.add(Loss::AttributionExpired, 1);
                     }
                     out.push(occ);
                 }
@@ -196,13 +261,27 @@ impl Attributor {
         out
     }
 
-    fn lookup_cgroup(&mut self, id: u64) -> CgroupLookup {
+    fn lookup_cgroup(&mut self, id: u64, now: Now) -> CgroupLookup {
         if let Some(hit) = self.cgroup_cache.get(&id) {
             return hit.clone();
         }
+        if self
+            .cgroup_gone
+            .get(&id)
+            .is_some_and(|until| *until > now.mono)
+        {
+            return CgroupLookup::Gone;
+        }
         let found = match self.cgroups.path(id) {
-            None => return CgroupLookup::Gone,
-            Some(path) => match parse_cgroup_path(&path) {
+            PathLookup::Pending => return CgroupLookup::Pending,
+            PathLookup::Missing => {
+                if self.cgroup_gone.len() >= CGROUP_CACHE_CAPACITY {
+                    self.cgroup_gone.clear();
+                }
+                self.cgroup_gone.insert(id, now.mono + NEGATIVE_TTL);
+                return CgroupLookup::Gone;
+            }
+            PathLookup::Found(path) => match parse_cgroup_path(&path) {
                 Some(identity) => CgroupLookup::Pod(identity),
                 None => CgroupLookup::NotAPod,
             },
@@ -214,10 +293,67 @@ impl Attributor {
         found
     }
 
+    /// Who an event is about, from its clues. `None`: wait for metadata. With `last_chance`,
+    /// always `Some` (unattributed if need be).
+    fn subject(
+        &mut self,
+        clues: Clues,
+        process: Option<Process>,
+        at: SystemTime,
+        now: Now,
+        last_chance: bool,
+    ) -> Option<Subject> {
+        let lookup = match clues.cgroup {
+            Some(id) if id != 0 => self.lookup_cgroup(id, now),
+            _ => CgroupLookup::Gone,
+        };
+        match lookup {
+            CgroupLookup::Pod(identity) => {
+                if let Some(pod) = self.index.by_uid(&identity.pod_uid) {
+                    let container = identity
+                        .container_id
+                        .as_ref()
+                        .and_then(|cid| pod.containers.get(cid).cloned());
+                    return Some(Subject {
+                        pod: Some(pod.pod.clone()),
+                        container,
+                        process,
+                        attribution: Attribution::Cgroup,
+                    });
+                }
+                if !last_chance {
+                    debug!(uid = %identity.pod_uid, "pod not known yet; waiting for metadata");
+                    return None;
+                }
+                Some(Subject::unattributed(process))
+            }
+            // A process outside any pod (kubelet, a node daemon): node-level evidence.
+            CgroupLookup::NotAPod => Some(Subject::unattributed(process)),
+            // The path is being looked up: wait for it rather than settle for the IP.
+            CgroupLookup::Pending if !last_chance => None,
+            // No cgroup, or it is gone (short-lived process): the pod IP.
+            CgroupLookup::Gone | CgroupLookup::Pending => match clues.ip.and_then(|ip| self.index.pod_at_ip(ip, at)) {
+                Some(pod) => Some(Subject {
+                    pod: Some(pod.pod.clone()),
+                    container: None,
+                    process,
+                    attribution: Attribution::Ip,
+                }),
+                None if last_chance || clues.ip.is_none() => Some(Subject::unattributed(process)),
+                None => None,
+            },
+        }
+    }
+
     /// `None`: wait for metadata. With `last_chance`, always `Some` (unattributed if need be).
-    fn try_attribute(&mut self, event: &TimedEvent, last_chance: bool) -> Option<Occurrence> {
+    fn try_attribute(
+        &mut self,
+        event: &TimedEvent,
+        now: Now,
+        last_chance: bool,
+    ) -> Option<Occurrence> {
         match &event.event {
-            RawEvent::ConnRefused(e) => self.conn_refused(e, event.at, last_chance),
+            RawEvent::ConnRefused(e) => self.conn_refused(e, event.at, now, last_chance),
         }
     }
 
@@ -225,131 +361,52 @@ impl Attributor {
         &mut self,
         e: &ConnRefused,
         at: SystemTime,
+        now: Now,
         last_chance: bool,
     ) -> Option<Occurrence> {
+        let (clues, process, direction, peer_ip) = match e.side {
+            RefusedSide::Connector => (
+                Clues {
+                    cgroup: e.task.as_ref().map(|t| t.cgroup_id),
+                    ip: Some(e.src.ip()),
+                },
+                e.task.as_ref().map(|t| Process {
+                    pid: t.tgid,
+                    comm: t.comm.as_str().into(),
+                }),
+                Direction::Outbound,
+                e.dst.ip(),
+            ),
+            RefusedSide::Refuser => (
+                Clues {
+                    cgroup: None,
+                    ip: Some(e.dst.ip()),
+                },
+                None,
+                Direction::Inbound,
+                e.src.ip(),
+            ),
+        };
+        let subject = self.subject(clues, process, at, now, last_chance)?;
         let reason = e.reason.map(|r| {
             self.reasons
                 .get(&r)
                 .cloned()
-                .unwrap_or_else(|| format!("reason {r}"))
+                .unwrap_or_else(|| format!("reason {r}").into())
         });
-        let occurrence = |pod: Option<&PodInfo>,
-                          container: Option<String>,
-                          attribution,
-                          direction,
-                          peer: Option<PodRef>,
-                          process| Occurrence {
-            kind: Kind::ConnectionRefused,
+        let peer = self.index.pod_at_ip(peer_ip, at).map(|p| p.pod.clone());
+        Some(Occurrence::single(
             at,
-            pod: pod.map(|p| p.pod.clone()),
-            container,
-            process,
-            attribution: if pod.is_some() {
-                attribution
-            } else {
-                Attribution::None
-            },
-            direction,
-            src: e.src,
-            dst: e.dst,
-            protocol: Protocol::Tcp,
-            reason: reason.clone(),
-            peer,
-        };
-        match e.side {
-            RefusedSide::Connector => {
-                let process = e.task.as_ref().map(|t| Process {
-                    pid: t.tgid,
-                    comm: t.comm.clone(),
-                });
-                let peer = self.index.pod_at_ip(e.dst.ip(), at).map(|p| p.pod.clone());
-                let lookup = match &e.task {
-                    Some(task) if task.cgroup_id != 0 => self.lookup_cgroup(task.cgroup_id),
-                    _ => CgroupLookup::Gone,
-                };
-                match lookup {
-                    CgroupLookup::Pod(identity) => {
-                        if let Some(pod) = self.index.by_uid(&identity.pod_uid) {
-                            let container = identity
-                                .container_id
-                                .as_ref()
-                                .and_then(|cid| pod.containers.get(cid).cloned());
-                            return Some(occurrence(
-                                Some(pod),
-                                container,
-                                Attribution::Cgroup,
-                                Direction::Outbound,
-                                peer,
-                                process,
-                            ));
-                        }
-                        if !last_chance {
-                            debug!(uid = %identity.pod_uid, "pod not known yet; waiting for metadata");
-                            return None;
-                        }
-                        Some(occurrence(
-                            None,
-                            None,
-                            Attribution::None,
-                            Direction::Outbound,
-                            peer,
-                            process,
-                        ))
-                    }
-                    // A process outside any pod (kubelet, a node daemon): node-level evidence.
-                    CgroupLookup::NotAPod => Some(occurrence(
-                        None,
-                        None,
-                        Attribution::None,
-                        Direction::Outbound,
-                        peer,
-                        process,
-                    )),
-                    // The cgroup is gone (short-lived process): fall back to the pod IP.
-                    CgroupLookup::Gone => match self.index.pod_at_ip(e.src.ip(), at) {
-                        Some(pod) => Some(occurrence(
-                            Some(pod),
-                            None,
-                            Attribution::Ip,
-                            Direction::Outbound,
-                            peer,
-                            process,
-                        )),
-                        None if last_chance => Some(occurrence(
-                            None,
-                            None,
-                            Attribution::None,
-                            Direction::Outbound,
-                            peer,
-                            process,
-                        )),
-                        None => None,
-                    },
-                }
-            }
-            RefusedSide::Refuser => {
-                let peer = self.index.pod_at_ip(e.src.ip(), at).map(|p| p.pod.clone());
-                match self.index.pod_at_ip(e.dst.ip(), at) {
-                    Some(pod) => Some(occurrence(
-                        Some(pod),
-                        None,
-                        Attribution::Ip,
-                        Direction::Inbound,
-                        peer,
-                        None,
-                    )),
-                    None if last_chance => Some(occurrence(
-                        None,
-                        None,
-                        Attribution::None,
-                        Direction::Inbound,
-                        peer,
-                        None,
-                    )),
-                    None => None,
-                }
-            }
-        }
+            subject,
+            Detail::ConnectionRefused(Connection {
+                direction,
+                src: e.src,
+                dst: e.dst,
+                protocol: Protocol::Tcp,
+                reason,
+                peer,
+            }),
+        ))
     }
 }
 
@@ -361,7 +418,7 @@ pub struct MetaHealth {
     pub retries: u32,
 }
 
-/// Input of the attribution task.
+/// Input of the attribution task from the metadata watcher.
 pub enum Input {
     Meta(MetaUpdate),
     /// The watch failed; metadata may be stale until the next [`MetaUpdate::RelistDone`].
@@ -378,14 +435,46 @@ pub struct AttributorStats {
 /// How often waiting events are retried and expired.
 const TICK: Duration = Duration::from_secs(1);
 
-/// Runs the attribution task until cancelled: events from `events`, metadata from `meta`,
-/// occurrences out to `store` (never awaited: a full store channel is counted).
-pub async fn run(
+/// The senders into attribution.
+#[derive(Clone)]
+pub struct AttributeInputs {
+    /// Decoded kernel events and sampler events (never awaited by producers: `try_send`).
+    pub events: mpsc::Sender<TimedEvent>,
+    /// Metadata updates (awaited: metadata is never dropped).
+    pub meta: mpsc::Sender<Input>,
+}
+
+/// Makes attribution's channels: returns the senders, the stats for Status, and the task,
+/// which sends occurrences to `store` (never awaited: a full store channel is counted as
+/// [`Loss::StoreChannelFull`]) until cancelled or until the events senders are gone.
+pub fn spawn(
+    attributor: Attributor,
+    store: mpsc::Sender<Occurrence>,
+    cancel: CancellationToken,
+) -> (
+    AttributeInputs,
+    watch::Receiver<AttributorStats>,
+    impl Future<Output = ()> + Send + 'static,
+) {
+    let (events_tx, events) = mpsc::channel(EVENTS_CHANNEL);
+    let (meta_tx, meta) = mpsc::channel(META_CHANNEL);
+    let (stats_tx, stats_rx) = watch::channel(AttributorStats::default());
+    (
+        AttributeInputs {
+            events: events_tx,
+            meta: meta_tx,
+        },
+        stats_rx,
+        run(attributor, events, meta, store, stats_tx, cancel),
+    )
+}
+
+async fn run(
     mut attributor: Attributor,
     mut events: mpsc::Receiver<TimedEvent>,
     mut meta: mpsc::Receiver<Input>,
     store: mpsc::Sender<Occurrence>,
-    stats: tokio::sync::watch::Sender<AttributorStats>,
+    stats: watch::Sender<AttributorStats>,
     cancel: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(TICK);
@@ -394,7 +483,7 @@ pub async fn run(
     let forward = |occs: Vec<Occurrence>| {
         for occ in occs {
             if store.try_send(occ).is_err() {
-                counters.add_pipeline_full(1);
+                counters.add(Loss::StoreChannelFull, 1);
             }
         }
     };
@@ -403,19 +492,16 @@ pub async fn run(
         tokio::select! {
             () = cancel.cancelled() => break,
             ev = events.recv() => match ev {
-                Some(ev) => {
-                    let now = SystemTime::now();
-                    forward(attributor.event(ev, now).into_iter().collect());
-                }
+                Some(ev) => forward(attributor.event(ev, Now::real()).into_iter().collect()),
                 None => break,
             },
             m = meta.recv(), if meta_open => match m {
-                Some(Input::Meta(update)) => forward(attributor.update(update, SystemTime::now())),
+                Some(Input::Meta(update)) => forward(attributor.update(update, Now::real())),
                 Some(Input::MetaLost) => attributor.set_synced(false),
                 None => meta_open = false,
             },
             _ = tick.tick() => {
-                forward(attributor.tick(SystemTime::now()));
+                forward(attributor.tick(Now::real()));
                 let _ = stats.send(AttributorStats {
                     pods: u32::try_from(attributor.index().live_pods()).unwrap_or(u32::MAX),
                     pending: u32::try_from(attributor.pending_len()).unwrap_or(u32::MAX),

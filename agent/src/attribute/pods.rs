@@ -2,13 +2,14 @@
 //! ID, and a time-aware history of which pod held which IP, so an event on a reused IP goes to
 //! the pod that held it at the time of the event, not to whoever holds it now.
 //!
-//! Fed by the metadata watcher ([`crate::node::metadata`]); read by the attributor. hostNetwork
+//! Fed by the metadata watcher (`attribute::metadata`); read by the attributor. hostNetwork
 //! pods share the node's IP and are never entered in the IP history: they are attributed by
 //! cgroup only.
 
 use std::{
     collections::{HashMap, HashSet},
     net::IpAddr,
+    sync::Arc,
     time::{Duration, SystemTime},
 };
 
@@ -21,11 +22,12 @@ pub const DELETED_RETENTION: Duration = Duration::from_secs(600);
 /// A pod as the attributor needs it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PodInfo {
-    pub pod: PodRef,
+    /// Shared with every record about the pod.
+    pub pod: Arc<PodRef>,
     pub ips: Vec<IpAddr>,
     pub host_network: bool,
-    /// Container ID (no runtime prefix) -> container name.
-    pub containers: HashMap<String, String>,
+    /// Container ID (no runtime prefix) -> container name (shared with records).
+    pub containers: HashMap<String, Arc<str>>,
     /// When the pod started to hold its IPs (status.startTime, else creation), if known.
     pub started: Option<SystemTime>,
     /// The pod finished (Succeeded/Failed): its IPs are released although the object remains.
@@ -176,14 +178,14 @@ pub(crate) mod tests {
 
     pub fn info(name: &str, uid: &str, ip: &str, started: u64) -> PodInfo {
         PodInfo {
-            pod: PodRef {
+            pod: Arc::new(PodRef {
                 namespace: "default".into(),
                 name: name.into(),
                 uid: uid.into(),
-            },
+            }),
             ips: vec![ip.parse().unwrap()],
             host_network: false,
-            containers: HashMap::from([("c0ffee".repeat(2), "app".to_owned())]),
+            containers: HashMap::from([("c0ffee".repeat(2), "app".into())]),
             started: Some(t(started)),
             finished: false,
         }

@@ -8,13 +8,30 @@ use super::{
 };
 use crate::probes::decode::TaskInfo;
 
+/// Both clocks `secs` after a fixed base, as the agent would read them.
+fn now(secs: u64) -> Now {
+    static BASE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    Now {
+        wall: t(secs),
+        mono: *BASE.get_or_init(Instant::now) + Duration::from_secs(secs),
+    }
+}
+
+fn conn(o: &Occurrence) -> &Connection {
+    o.detail.connection().unwrap()
+}
+
 const UID_A: &str = "0f2b7a8e-1c3d-4e5f-8a9b-0c1d2e3f4a5b";
 const UID_B: &str = "1f2b7a8e-1c3d-4e5f-8a9b-0c1d2e3f4a5b";
 
 struct MapPaths(HashMap<u64, String>);
 impl CgroupPaths for MapPaths {
-    fn path(&mut self, id: u64) -> Option<String> {
-        self.0.get(&id).cloned()
+    fn path(&mut self, id: u64) -> PathLookup {
+        match id {
+            // A walk still under way.
+            555 => PathLookup::Pending,
+            _ => self.0.get(&id).cloned().map_or(PathLookup::Missing, PathLookup::Found),
+        }
     }
 }
 
@@ -76,30 +93,30 @@ fn syn_refused(at: u64) -> TimedEvent {
 }
 
 fn synced_with_pods(a: &mut Attributor) {
-    a.update(MetaUpdate::RelistStarted, t(0));
+    a.update(MetaUpdate::RelistStarted, now(0));
     a.update(
         MetaUpdate::Apply(info("client", UID_A, "10.0.0.1", 0)),
-        t(0),
+        now(0),
     );
     a.update(
         MetaUpdate::Apply(info("server", UID_B, "10.0.0.2", 0)),
-        t(0),
+        now(0),
     );
-    a.update(MetaUpdate::RelistDone, t(0));
+    a.update(MetaUpdate::RelistDone, now(0));
 }
 
 #[test]
 fn connector_side_by_cgroup_with_container_and_peer() {
     let (mut a, _) = attributor();
     synced_with_pods(&mut a);
-    let occ = a.event(connect_refused(100, 5), t(5)).unwrap();
-    assert_eq!(occ.pod.unwrap().name, "client");
-    assert_eq!(occ.container.as_deref(), Some("app"));
-    assert_eq!(occ.attribution, Attribution::Cgroup);
-    assert_eq!(occ.direction, Direction::Outbound);
-    assert_eq!(occ.peer.unwrap().name, "server");
+    let occ = a.event(connect_refused(100, 5), now(5)).unwrap();
+    assert_eq!(occ.subject.pod.as_ref().unwrap().name, "client");
+    assert_eq!(occ.subject.container.as_deref(), Some("app"));
+    assert_eq!(occ.subject.attribution, Attribution::Cgroup);
+    assert_eq!(conn(&occ).direction, Direction::Outbound);
+    assert_eq!(conn(&occ).peer.as_ref().unwrap().name, "server");
     assert_eq!(
-        occ.process.unwrap(),
+        occ.subject.process.clone().unwrap(),
         Process {
             pid: 7,
             comm: "curl".into()
@@ -111,62 +128,62 @@ fn connector_side_by_cgroup_with_container_and_peer() {
 fn refuser_side_by_ip_with_reason_name() {
     let (mut a, _) = attributor();
     synced_with_pods(&mut a);
-    let occ = a.event(syn_refused(5), t(5)).unwrap();
-    assert_eq!(occ.pod.unwrap().name, "server");
-    assert_eq!(occ.attribution, Attribution::Ip);
-    assert_eq!(occ.direction, Direction::Inbound);
-    assert_eq!(occ.peer.unwrap().name, "client");
-    assert_eq!(occ.reason.as_deref(), Some("NO_SOCKET"));
+    let occ = a.event(syn_refused(5), now(5)).unwrap();
+    assert_eq!(occ.subject.pod.as_ref().unwrap().name, "server");
+    assert_eq!(occ.subject.attribution, Attribution::Ip);
+    assert_eq!(conn(&occ).direction, Direction::Inbound);
+    assert_eq!(conn(&occ).peer.as_ref().unwrap().name, "client");
+    assert_eq!(conn(&occ).reason.as_deref(), Some("NO_SOCKET"));
 }
 
 #[test]
 fn host_process_is_node_level_at_once() {
     let (mut a, _) = attributor();
     synced_with_pods(&mut a);
-    let occ = a.event(connect_refused(200, 5), t(5)).unwrap();
-    assert_eq!(occ.pod, None);
-    assert_eq!(occ.attribution, Attribution::None);
+    let occ = a.event(connect_refused(200, 5), now(5)).unwrap();
+    assert_eq!(occ.subject.pod, None);
+    assert_eq!(occ.subject.attribution, Attribution::None);
 }
 
 #[test]
 fn gone_cgroup_falls_back_to_ip() {
     let (mut a, _) = attributor();
     synced_with_pods(&mut a);
-    let occ = a.event(connect_refused(999, 5), t(5)).unwrap();
-    assert_eq!(occ.pod.unwrap().name, "client");
-    assert_eq!(occ.attribution, Attribution::Ip);
+    let occ = a.event(connect_refused(999, 5), now(5)).unwrap();
+    assert_eq!(occ.subject.pod.as_ref().unwrap().name, "client");
+    assert_eq!(occ.subject.attribution, Attribution::Ip);
 }
 
 #[test]
 fn events_wait_for_metadata_and_are_attributed_when_it_arrives() {
     let (mut a, counters) = attributor();
     // API server down: nothing known yet.
-    assert!(a.event(connect_refused(100, 5), t(5)).is_none());
-    assert!(a.event(syn_refused(6), t(6)).is_none());
+    assert!(a.event(connect_refused(100, 5), now(5)).is_none());
+    assert!(a.event(syn_refused(6), now(6)).is_none());
     assert_eq!(a.pending_len(), 2);
     // Not synced: the long deadline applies, a tick after the short grace keeps them.
     assert!(
-        a.tick(t(6) + PENDING_GRACE + Duration::from_secs(1))
+        a.tick(later(now(6), PENDING_GRACE + Duration::from_secs(1)))
             .is_empty()
     );
-    a.update(MetaUpdate::RelistStarted, t(50));
+    a.update(MetaUpdate::RelistStarted, now(50));
     let mut out = a.update(
         MetaUpdate::Apply(info("client", UID_A, "10.0.0.1", 0)),
-        t(50),
+        now(50),
     );
     out.extend(a.update(
         MetaUpdate::Apply(info("server", UID_B, "10.0.0.2", 0)),
-        t(50),
+        now(50),
     ));
     assert!(
         out.is_empty(),
         "waiting events are retried once, at the end of the list"
     );
-    out.extend(a.update(MetaUpdate::RelistDone, t(50)));
+    out.extend(a.update(MetaUpdate::RelistDone, now(50)));
     assert_eq!(out.len(), 2);
-    assert!(out.iter().all(|o| o.pod.is_some()));
+    assert!(out.iter().all(|o| o.subject.pod.is_some()));
     assert_eq!(a.pending_len(), 0);
-    assert_eq!(counters.snapshot().attribution_expired, 0);
+    assert_eq!(counters.get(Loss::AttributionExpired), 0);
 }
 
 #[test]
@@ -176,24 +193,24 @@ fn unknown_ip_expires_unattributed_and_is_counted() {
     let mut ev = syn_refused(5);
     let RawEvent::ConnRefused(c) = &mut ev.event;
     c.dst = "192.168.1.1:22".parse().unwrap();
-    assert!(a.event(ev, t(5)).is_none());
-    assert!(a.tick(t(6)).is_empty(), "still within grace");
-    let out = a.tick(t(5) + PENDING_GRACE);
+    assert!(a.event(ev, now(5)).is_none());
+    assert!(a.tick(now(6)).is_empty(), "still within grace");
+    let out = a.tick(later(now(5), PENDING_GRACE));
     assert_eq!(out.len(), 1);
-    assert_eq!(out[0].attribution, Attribution::None);
-    assert_eq!(counters.snapshot().attribution_expired, 1);
+    assert_eq!(out[0].subject.attribution, Attribution::None);
+    assert_eq!(counters.get(Loss::AttributionExpired), 1);
 }
 
 #[test]
 fn full_queue_stores_the_oldest_unattributed() {
     let (mut a, counters) = attributor();
     for i in 0..PENDING_CAPACITY {
-        assert!(a.event(syn_refused(i as u64), t(0)).is_none());
+        assert!(a.event(syn_refused(i as u64), now(0)).is_none());
     }
-    let evicted = a.event(syn_refused(1), t(0)).unwrap();
-    assert_eq!(evicted.attribution, Attribution::None);
+    let evicted = a.event(syn_refused(1), now(0)).unwrap();
+    assert_eq!(evicted.subject.attribution, Attribution::None);
     assert_eq!(a.pending_len(), PENDING_CAPACITY);
-    assert_eq!(counters.snapshot().attribution_expired, 1);
+    assert_eq!(counters.get(Loss::AttributionExpired), 1);
 }
 
 #[test]
@@ -201,16 +218,16 @@ fn relist_after_outage_deletes_vanished_pods() {
     let (mut a, _) = attributor();
     synced_with_pods(&mut a);
     a.set_synced(false);
-    a.update(MetaUpdate::RelistStarted, t(100));
+    a.update(MetaUpdate::RelistStarted, now(100));
     a.update(
         MetaUpdate::Apply(info("client", UID_A, "10.0.0.1", 0)),
-        t(100),
+        now(100),
     );
-    a.update(MetaUpdate::RelistDone, t(100));
+    a.update(MetaUpdate::RelistDone, now(100));
     assert_eq!(a.index().live_pods(), 1);
     // Before the relist the server still held its IP.
-    let occ = a.event(syn_refused(99), t(101)).unwrap();
-    assert_eq!(occ.pod.unwrap().name, "server");
+    let occ = a.event(syn_refused(99), now(101)).unwrap();
+    assert_eq!(occ.subject.pod.as_ref().unwrap().name, "server");
 }
 
 #[test]
@@ -220,11 +237,51 @@ fn watch_updates_outside_a_relist_retry_at_once() {
     let mut ev = syn_refused(5);
     let RawEvent::ConnRefused(c) = &mut ev.event;
     c.dst = "10.0.0.9:8080".parse().unwrap();
-    assert!(a.event(ev, t(5)).is_none());
+    assert!(a.event(ev, now(5)).is_none());
     let out = a.update(
         MetaUpdate::Apply(info("late", "u-late", "10.0.0.9", 0)),
-        t(6),
+        now(6),
     );
     assert_eq!(out.len(), 1);
-    assert_eq!(out[0].pod.as_ref().unwrap().name, "late");
+    assert_eq!(out[0].subject.pod.as_ref().unwrap().name, "late");
+}
+
+fn later(n: Now, by: Duration) -> Now {
+    Now {
+        wall: n.wall + by,
+        mono: n.mono + by,
+    }
+}
+
+#[test]
+fn pending_cgroup_waits_instead_of_settling_for_the_ip() {
+    let (mut a, _) = attributor();
+    synced_with_pods(&mut a);
+    assert!(a.event(connect_refused(555, 5), now(5)).is_none());
+    assert_eq!(a.pending_len(), 1);
+    let out = a.tick(later(now(5), PENDING_GRACE));
+    assert_eq!(out.len(), 1, "at its deadline it takes the IP");
+    assert_eq!(out[0].subject.attribution, Attribution::Ip);
+}
+
+#[test]
+fn gone_cgroups_are_not_asked_again_while_the_answer_is_fresh() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    struct Counting(Arc<AtomicU32>);
+    impl CgroupPaths for Counting {
+        fn path(&mut self, _: u64) -> PathLookup {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            PathLookup::Missing
+        }
+    }
+    let asked = Arc::new(AtomicU32::new(0));
+    let counters = Arc::new(Counters::default());
+    let mut a = Attributor::new(Box::new(Counting(asked.clone())), HashMap::new(), counters);
+    for i in 0..100 {
+        assert!(a.event(connect_refused(999, i), now(1)).is_none());
+    }
+    a.tick(now(2));
+    a.tick(now(3));
+    // One lookup for the first event; the other 99 and two retries of all 100 hit the cache.
+    assert_eq!(asked.load(Ordering::Relaxed), 1);
 }

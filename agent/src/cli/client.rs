@@ -9,7 +9,7 @@ use tonic::transport::{Channel, Endpoint};
 use triage_agent_proto::v1::{self as pb, agent_service_client::AgentServiceClient};
 
 use crate::{
-    convert::{self, ConvertError},
+    api::convert::{self, ConvertError, PeerLoss},
     evidence::{Evidence, Filter},
 };
 
@@ -40,7 +40,21 @@ pub struct AgentAnswer {
     pub node: String,
     pub evidence: Vec<Evidence>,
     pub truncated: bool,
-    pub loss: pb::LossCounters,
+    pub loss: Vec<PeerLoss>,
+    /// Records of the pods asked about evicted from the agent's store inside the window.
+    pub evicted_in_window: u64,
+    /// When the agent started, if it says.
+    pub agent_started: Option<std::time::SystemTime>,
+}
+
+/// One Watch update.
+#[derive(Clone, Debug)]
+pub struct WatchUpdate {
+    /// The agent it came from (without scheme).
+    pub agent: String,
+    pub evidence: Evidence,
+    /// The agent's loss counters when it sent the update.
+    pub loss: Vec<PeerLoss>,
 }
 
 fn display_addr(url: &str) -> String {
@@ -99,6 +113,32 @@ pub async fn connect(
     Ok(AgentServiceClient::new(channel))
 }
 
+/// An agent's query response, checked: evidence that does not convert is an error naming the
+/// agent, never a panic.
+pub fn answer_from_pb(url: &str, response: pb::QueryResponse) -> Result<AgentAnswer, ClientError> {
+    let evidence = response
+        .evidence
+        .into_iter()
+        .map(convert::evidence_from_pb)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| ClientError::Invalid {
+            agent: display_addr(url),
+            source,
+        })?;
+    Ok(AgentAnswer {
+        agent: display_addr(url),
+        node: response.node,
+        evidence,
+        truncated: response.truncated,
+        loss: convert::loss_from_pb(&response.loss.unwrap_or_default()),
+        evicted_in_window: response.evicted_in_window,
+        agent_started: response
+            .agent_started
+            .as_ref()
+            .and_then(|t| convert::time_from_pb(Some(t), "agent_started").ok()),
+    })
+}
+
 /// Queries every agent concurrently.
 pub async fn query_all(
     agents: &[String],
@@ -115,22 +155,7 @@ pub async fn query_all(
             .await
             .map_err(|s| rpc_error(url, s))?
             .into_inner();
-        let evidence = response
-            .evidence
-            .into_iter()
-            .map(convert::evidence_from_pb)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|source| ClientError::Invalid {
-                agent: display_addr(url),
-                source,
-            })?;
-        Ok(AgentAnswer {
-            agent: display_addr(url),
-            node: response.node,
-            evidence,
-            truncated: response.truncated,
-            loss: response.loss.unwrap_or_default(),
-        })
+        answer_from_pb(url, response)
     }))
     .await
 }
@@ -152,12 +177,12 @@ pub async fn status_all(
     .await
 }
 
-/// Opens a Watch on every agent; returns one merged stream of evidence.
+/// Opens a Watch on every agent; returns one merged stream of updates.
 pub async fn watch_all(
     agents: &[String],
     filter: &Filter,
     timeout: Duration,
-) -> Result<tokio::sync::mpsc::Receiver<Result<Evidence, ClientError>>, ClientError> {
+) -> Result<tokio::sync::mpsc::Receiver<Result<WatchUpdate, ClientError>>, ClientError> {
     let (tx, rx) = tokio::sync::mpsc::channel(256);
     for url in agents {
         let mut client = connect(url, timeout).await?;
@@ -174,7 +199,11 @@ pub async fn watch_all(
             loop {
                 let item = match stream.message().await {
                     Ok(Some(m)) => match m.evidence.map(convert::evidence_from_pb) {
-                        Some(Ok(e)) => Ok(e),
+                        Some(Ok(evidence)) => Ok(WatchUpdate {
+                            agent: display_addr(&url),
+                            evidence,
+                            loss: convert::loss_from_pb(&m.loss.unwrap_or_default()),
+                        }),
                         Some(Err(source)) => Err(ClientError::Invalid {
                             agent: display_addr(&url),
                             source,

@@ -5,7 +5,7 @@
 
 use serde::Serialize;
 
-use crate::evidence::{Direction, Evidence, Kind};
+use crate::evidence::{Connection, Detail, Direction, Evidence, Kind};
 
 /// One conclusion drawn from one or more records.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -16,8 +16,8 @@ pub struct Finding {
     pub next_step: String,
 }
 
-fn peer_text(e: &Evidence) -> String {
-    e.peer
+fn peer_text(c: &Connection) -> String {
+    c.peer
         .as_ref()
         .map(|p| format!(" (pod {p})"))
         .unwrap_or_default()
@@ -31,112 +31,95 @@ pub fn diagnose(evidence: &[Evidence]) -> Vec<Finding> {
 }
 
 fn finding(e: &Evidence) -> Option<Finding> {
-    let pod = e.pod.as_ref().map_or_else(
+    let pod = e.pod().map_or_else(
         || "a process outside any pod".to_owned(),
         ToString::to_string,
     );
-    match (e.kind, e.direction) {
-        (Kind::ConnectionRefused, Direction::Outbound) => {
-            let (target, exec) = match &e.peer {
+    match &e.detail {
+        Detail::ConnectionRefused(c) => Some(refused(e, c, &pod)),
+    }
+}
+
+fn refused(e: &Evidence, c: &Connection, pod: &str) -> Finding {
+    let kind = e.kind();
+    match c.direction {
+        Direction::Outbound => {
+            let (target, exec) = match &c.peer {
                 Some(p) => (
                     format!("pod {p}"),
                     format!("kubectl exec -n {} {} -- ss -ltn", p.namespace, p.name),
                 ),
                 None => (
-                    format!("the process behind {}", e.dst),
+                    format!("the process behind {}", c.dst),
                     "ss -ltn where it runs".to_owned(),
                 ),
             };
-            Some(Finding {
-                kind: e.kind,
-                layer: e.kind.layer(),
+            Finding {
+                kind,
+                layer: kind.layer(),
                 summary: format!(
                     "{pod} had {count} connection(s) to {dst}{peer} refused: the SYN reached the \
                      destination and was answered with RST, so nothing listens on port {port} \
                      there. Routing and NetworkPolicy delivered the packet (a policy drop shows \
                      as a timeout, not a refusal).",
                     count = e.count,
-                    dst = e.dst,
-                    peer = peer_text(e),
-                    port = e.dst.port(),
+                    dst = c.dst,
+                    peer = peer_text(c),
+                    port = c.dst.port(),
                 ),
                 next_step: format!(
                     "Check what {target} listens on ({exec}) and compare it \
                      with the Service targetPort / EndpointSlice port for {dst}: a wrong \
                      targetPort, an app bound to 127.0.0.1, or an app not started yet are the \
                      usual causes. Restarting {pod} will not fix it.",
-                    dst = e.dst,
+                    dst = c.dst,
                 ),
-            })
+            }
         }
-        (Kind::ConnectionRefused, Direction::Inbound) => Some(Finding {
-            kind: e.kind,
-            layer: e.kind.layer(),
+        Direction::Inbound => Finding {
+            kind,
+            layer: kind.layer(),
             summary: format!(
                 "{pod} refused {count} connection attempt(s) on port {port} from {src}{peer}: no \
                  socket listens on {dst} in this pod.",
                 count = e.count,
-                port = e.dst.port(),
-                src = e.src.ip(),
-                peer = peer_text(e),
-                dst = e.dst,
+                port = c.dst.port(),
+                src = c.src.ip(),
+                peer = peer_text(c),
+                dst = c.dst,
             ),
             next_step: format!(
                 "Check the container's listening ports (kubectl exec -n {ns} {name} -- ss -ltn) \
                  against its containerPort and the Service targetPort; if the app listens on \
                  127.0.0.1 it must listen on 0.0.0.0. If it is still starting, a readiness probe \
                  on port {port} keeps traffic away until it listens.",
-                ns = e
-                    .pod
-                    .as_ref()
-                    .map_or("<namespace>", |p| p.namespace.as_str()),
-                name = e.pod.as_ref().map_or("<pod>", |p| p.name.as_str()),
-                port = e.dst.port(),
+                ns = e.pod().map_or("<namespace>", |p| p.namespace.as_str()),
+                name = e.pod().map_or("<pod>", |p| p.name.as_str()),
+                port = c.dst.port(),
             ),
-        }),
-        _ => None,
+        },
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::evidence::{Attribution, PodRef, Protocol};
-    use std::time::SystemTime;
+    use crate::evidence::fixtures::refused;
 
-    fn refused(direction: Direction, count: u64) -> Evidence {
-        Evidence {
-            kind: Kind::ConnectionRefused,
-            node: "n".into(),
-            pod: Some(PodRef {
-                namespace: "shop".into(),
-                name: "web".into(),
-                uid: "u".into(),
-            }),
-            container: None,
-            process: None,
-            first_seen: SystemTime::UNIX_EPOCH,
-            last_seen: SystemTime::UNIX_EPOCH,
-            count,
-            attribution: Attribution::Cgroup,
-            direction,
-            src: "10.0.0.1:40000".parse().unwrap(),
-            dst: "10.0.0.2:8080".parse().unwrap(),
-            protocol: Protocol::Tcp,
-            reason: None,
-            peer: Some(PodRef {
-                namespace: "shop".into(),
-                name: "db".into(),
-                uid: "v".into(),
-            }),
-        }
+    fn refusal(direction: Direction, count: u64) -> Evidence {
+        refused()
+            .pod("shop", "web")
+            .direction(direction)
+            .count(count)
+            .peer("shop", "db")
+            .evidence()
     }
 
     #[test]
     fn refusals_point_at_the_listener_not_the_network() {
         let f = diagnose(&[
-            refused(Direction::Inbound, 1),
-            refused(Direction::Outbound, 5),
+            refusal(Direction::Inbound, 1),
+            refusal(Direction::Outbound, 5),
         ]);
         assert_eq!(f.len(), 2);
         assert!(

@@ -63,9 +63,19 @@ pub struct AgentArgs {
     /// gRPC listen address.
     #[arg(long, env = "TRIAGE_LISTEN", default_value = DEFAULT_LISTEN)]
     pub listen: std::net::SocketAddr,
-    /// Most records kept; the least recently seen are evicted first (and counted).
-    #[arg(long, default_value_t = crate::store::DEFAULT_CAPACITY)]
+    /// Most records kept in all. Room is made fairly: whoever is over its quota loses its own
+    /// least recently seen records first (every eviction is counted, per pod too).
+    #[arg(long, env = "TRIAGE_STORE_CAPACITY", default_value_t = crate::store::DEFAULT_CAPACITY)]
     pub store_capacity: usize,
+    /// Most records of one pod [default: capacity / 20].
+    #[arg(long)]
+    pub store_pod_quota: Option<usize>,
+    /// Most records of one namespace [default: capacity / 4].
+    #[arg(long)]
+    pub store_namespace_quota: Option<usize>,
+    /// Most records tied to no pod [default: capacity / 10].
+    #[arg(long)]
+    pub store_unattributed_quota: Option<usize>,
     /// Records not seen for this long are evicted, e.g. "24h", "90m".
     #[arg(long, value_parser = humantime::parse_duration, default_value = "24h")]
     pub store_max_age: Duration,
@@ -190,9 +200,14 @@ mod tests {
     #[test]
     fn query_requires_pod_and_agent() {
         assert!(Cli::try_parse_from(["triage-agent", "query", "--agent", "a:1"]).is_err());
+        // Without its TRIAGE_AGENTS binding, so the result cannot depend on the environment.
+        let no_env = Cli::command()
+            .mut_subcommand("query", |q| q.mut_arg("agents", |a| a.env(None::<&str>)));
         assert!(
-            Cli::try_parse_from(["triage-agent", "query", "--pod", "p"]).is_err()
-                || std::env::var_os("TRIAGE_AGENTS").is_some()
+            no_env
+                .try_get_matches_from(["triage-agent", "query", "--pod", "p"])
+                .is_err(),
+            "--agent is required"
         );
         let cli = Cli::try_parse_from([
             "triage-agent",

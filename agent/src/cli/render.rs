@@ -1,70 +1,118 @@
-//! Rendering for people (tables) and machines (JSON). The JSON mirrors the proto field names;
-//! times are RFC 3339 UTC, endpoints "ip:port", enums their stable snake_case names.
+//! Rendering for people (tables) and machines (JSON). The JSON mirrors the proto field names,
+//! flat: kind-specific fields beside the common ones; times are RFC 3339 UTC, endpoints
+//! "ip:port", enums their stable snake_case names.
+//!
+//! Every string that comes from an agent (pod, container and process names, kernel reasons,
+//! node names, errors) is untrusted: any process can name itself with `prctl(PR_SET_NAME)`.
+//! Tables and lines pass them through [`clean`], which escapes control characters and bidi
+//! overrides, so no agent can hide rows, forge them, or erase the loss warnings. JSON needs no
+//! such care: its encoder escapes control characters.
 
-use std::{fmt::Write as _, time::SystemTime};
+use std::{borrow::Cow, fmt::Write as _, time::SystemTime};
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 use triage_agent_proto::v1 as pb;
 
 use crate::{
+    api::convert::{self, PeerLoss},
     cli::{client::AgentAnswer, diagnose::Finding},
-    evidence::{Evidence, PodRef},
+    evidence::{Detail, Evidence, Named as _},
+    loss::Loss,
 };
 
+/// RFC 3339 UTC with milliseconds; never panics (times beyond chrono's range, which the
+/// conversions already reject, print as the Unix seconds they are).
 pub fn rfc3339(t: SystemTime) -> String {
-    DateTime::<Utc>::from(t).to_rfc3339_opts(SecondsFormat::Millis, true)
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    i64::try_from(d.as_secs())
+        .ok()
+        .and_then(|secs| DateTime::<Utc>::from_timestamp(secs, d.subsec_nanos()))
+        .map_or_else(
+            || format!("@{}", d.as_secs()),
+            |dt| dt.to_rfc3339_opts(SecondsFormat::Millis, true),
+        )
 }
 
-fn pod_json(p: &PodRef) -> Value {
-    json!({"namespace": p.namespace, "name": p.name, "uid": p.uid})
+/// Escapes what a terminal would interpret: C0 and C1 control characters, DEL, and the Unicode
+/// bidirectional controls (which can reorder what is shown). Printable text is untouched.
+pub fn clean(s: &str) -> Cow<'_, str> {
+    let bad = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+    };
+    if !s.chars().any(bad) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if bad(c) {
+            let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
 }
 
+/// [`clean`] for an owned display value.
+fn cleaned(s: impl std::fmt::Display) -> String {
+    clean(&s.to_string()).into_owned()
+}
+
+/// One evidence record as a flat JSON object.
 pub fn evidence_json(e: &Evidence) -> Value {
-    json!({
-        "kind": e.kind.as_str(),
-        "node": e.node,
-        "pod": e.pod.as_ref().map(pod_json),
-        "container": e.container,
-        "process": e.process.as_ref().map(|p| json!({"pid": p.pid, "comm": p.comm})),
-        "first_seen": rfc3339(e.first_seen),
-        "last_seen": rfc3339(e.last_seen),
-        "count": e.count,
-        "attribution": e.attribution.as_str(),
-        "direction": e.direction.as_str(),
-        "src": e.src.to_string(),
-        "dst": e.dst.to_string(),
-        "protocol": e.protocol.as_str(),
-        "reason": e.reason,
-        "peer": e.peer.as_ref().map(pod_json),
-    })
+    let s = &e.subject;
+    let mut m = Map::new();
+    m.insert("kind".into(), e.kind().as_str().into());
+    m.insert("node".into(), (*e.node).into());
+    m.insert("pod".into(), e.pod().map(|p| p.json()).into());
+    m.insert("container".into(), s.container.as_deref().into());
+    m.insert(
+        "process".into(),
+        s.process
+            .as_ref()
+            .map(|p| json!({"pid": p.pid, "comm": &*p.comm}))
+            .into(),
+    );
+    m.insert("first_seen".into(), rfc3339(e.first_seen).into());
+    m.insert("last_seen".into(), rfc3339(e.last_seen).into());
+    m.insert("count".into(), e.count.into());
+    m.insert("attribution".into(), s.attribution.as_str().into());
+    e.detail.json_fields(&mut m);
+    Value::Object(m)
 }
 
-fn loss_json(l: &pb::LossCounters) -> Value {
-    json!({
-        "ring_buffer_full": l.ring_buffer_full,
-        "connect_table_full": l.connect_table_full,
-        "decode_errors": l.decode_errors,
-        "pipeline_full": l.pipeline_full,
-        "store_evicted": l.store_evicted,
-        "attribution_expired": l.attribution_expired,
-        "watch_lagged": l.watch_lagged,
-    })
+fn loss_json(losses: &[PeerLoss]) -> Value {
+    Value::Object(
+        losses
+            .iter()
+            .map(|l| (l.name.clone(), l.count.into()))
+            .collect(),
+    )
 }
 
-/// Losses that mean evidence may be missing from an answer (evictions of old records and slow
-/// watchers do not affect what a query for recent evidence sees).
-fn lost_events(l: &pb::LossCounters) -> Vec<(&'static str, u64)> {
-    [
-        ("ring buffer full", l.ring_buffer_full),
-        ("connect table full", l.connect_table_full),
-        ("undecodable", l.decode_errors),
-        ("pipeline full", l.pipeline_full),
-        ("evicted from store", l.store_evicted),
-    ]
-    .into_iter()
-    .filter(|(_, n)| *n > 0)
-    .collect()
+/// Words for a loss counter's name; a name this version does not know is shown as it is.
+fn describe(name: &str) -> Cow<'static, str> {
+    match Loss::from_name(name) {
+        Ok(loss) => Cow::Borrowed(loss.describe()),
+        Err(_) => Cow::Owned(cleaned(name)),
+    }
+}
+
+/// Losses that may make an answer incomplete: those that can affect answers and grew inside
+/// the window (or whose time the agent does not say).
+fn lost_in_window(losses: &[PeerLoss], since: Option<SystemTime>) -> Vec<String> {
+    losses
+        .iter()
+        .filter(|l| l.count > 0)
+        .filter(|l| Loss::from_name(&l.name).map_or(true, Loss::affects_answers))
+        .filter(|l| match (since, l.last) {
+            (Some(since), Some(last)) => last >= since,
+            _ => true,
+        })
+        .map(|l| format!("{} {}", l.count, describe(&l.name)))
+        .collect()
 }
 
 /// The `query -o json` document: `{"evidence": [...], "diagnosis": [...], "agents": [...]}`.
@@ -76,12 +124,14 @@ pub fn query_json(evidence: &[Evidence], findings: &[Finding], answers: &[AgentA
             "agent": a.agent,
             "node": a.node,
             "truncated": a.truncated,
+            "evicted_in_window": a.evicted_in_window,
+            "agent_started": a.agent_started.map(rfc3339),
             "loss": loss_json(&a.loss),
         })).collect::<Vec<_>>(),
     })
 }
 
-/// Left-aligned columns, two spaces apart.
+/// Left-aligned columns, two spaces apart. Cells are already clean.
 fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for row in rows {
@@ -104,19 +154,34 @@ fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-/// The `query -o table` text.
+/// Kind-specific table columns: (direction, src, dst, peer).
+fn detail_cells(d: &Detail) -> [String; 4] {
+    match d {
+        Detail::ConnectionRefused(c) => [
+            c.direction.as_str().to_owned(),
+            c.src.to_string(),
+            c.dst.to_string(),
+            c.peer.as_ref().map_or_else(|| "-".to_owned(), cleaned),
+        ],
+    }
+}
+
+/// The `query -o table` text. `since` is the query's window start.
 pub fn query_table(
     pod: &str,
     namespace: &str,
+    since: Option<SystemTime>,
     evidence: &[Evidence],
     findings: &[Finding],
     answers: &[AgentAnswer],
 ) -> String {
     let mut out = String::new();
-    let nodes: Vec<&str> = answers.iter().map(|a| a.node.as_str()).collect();
+    let nodes: Vec<String> = answers.iter().map(|a| cleaned(&a.node)).collect();
     let _ = writeln!(
         out,
-        "Pod {namespace}/{pod}: {} record(s) from {} agent(s) ({})",
+        "Pod {}/{}: {} record(s) from {} agent(s) ({})",
+        clean(namespace),
+        clean(pod),
         evidence.len(),
         answers.len(),
         nodes.join(", ")
@@ -130,22 +195,25 @@ pub fn query_table(
         let rows: Vec<Vec<String>> = evidence
             .iter()
             .map(|e| {
+                let [direction, src, dst, peer] = detail_cells(&e.detail);
+                let s = &e.subject;
                 vec![
-                    e.kind.to_string(),
-                    e.direction.as_str().to_owned(),
+                    e.kind().to_string(),
+                    direction,
                     e.count.to_string(),
                     rfc3339(e.last_seen),
-                    e.src.to_string(),
-                    e.dst.to_string(),
-                    e.peer
-                        .as_ref()
-                        .map_or_else(|| "-".to_owned(), ToString::to_string),
-                    e.container.clone().unwrap_or_else(|| "-".to_owned()),
-                    e.process
-                        .as_ref()
-                        .map_or_else(|| "-".to_owned(), |p| format!("{}[{}]", p.comm, p.pid)),
-                    e.attribution.as_str().to_owned(),
-                    e.node.clone(),
+                    src,
+                    dst,
+                    peer,
+                    s.container
+                        .as_deref()
+                        .map_or_else(|| "-".to_owned(), cleaned),
+                    s.process.as_ref().map_or_else(
+                        || "-".to_owned(),
+                        |p| format!("{}[{}]", clean(&p.comm), p.pid),
+                    ),
+                    s.attribution.as_str().to_owned(),
+                    cleaned(&e.node),
                 ]
             })
             .collect();
@@ -170,49 +238,98 @@ pub fn query_table(
     if !findings.is_empty() {
         let _ = writeln!(out, "\nDiagnosis");
         for f in findings {
-            let _ = writeln!(out, "  [{}] {}", f.layer, f.summary);
-            let _ = writeln!(out, "    next step: {}", f.next_step);
+            let _ = writeln!(out, "  [{}] {}", f.layer, clean(&f.summary));
+            let _ = writeln!(out, "    next step: {}", clean(&f.next_step));
         }
     }
     let _ = writeln!(out);
     for a in answers {
-        let lost = lost_events(&a.loss);
-        if lost.is_empty() {
-            let _ = writeln!(out, "Completeness: node {} lost no events.", a.node);
-        } else {
-            let parts: Vec<String> = lost.iter().map(|(what, n)| format!("{n} {what}")).collect();
+        out.push_str(&completeness(a, since));
+    }
+    out
+}
+
+/// What one agent's answer may lack, in words.
+fn completeness(a: &AgentAnswer, since: Option<SystemTime>) -> String {
+    let mut out = String::new();
+    let node = cleaned(&a.node);
+    let lost = lost_in_window(&a.loss, since);
+    let restarted = a
+        .agent_started
+        .filter(|started| since.is_none_or(|since| *started > since));
+    match (lost.is_empty() && a.evicted_in_window == 0, restarted) {
+        (true, None) => {
+            let _ = writeln!(out, "Completeness: node {node} lost no events in this window.");
+        }
+        (true, Some(started)) => {
             let _ = writeln!(
                 out,
-                "WARNING: node {} lost events ({}): evidence may be incomplete.",
-                a.node,
-                parts.join(", ")
+                "Completeness: node {node} lost no events since its agent started at {}, inside \
+                 this window: evidence from before then is not in its store.",
+                rfc3339(started)
             );
         }
-        if a.truncated {
-            let _ = writeln!(
-                out,
-                "WARNING: node {} returned only its newest records (answer truncated).",
-                a.node
-            );
+        (false, started) => {
+            if !lost.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "WARNING: node {node} lost events ({}): evidence may be incomplete.",
+                    lost.join(", ")
+                );
+            }
+            if a.evicted_in_window > 0 {
+                let _ = writeln!(
+                    out,
+                    "WARNING: node {node} evicted {} record(s) of this pod seen in this window \
+                     to make room (store quota): those are missing here.",
+                    a.evicted_in_window
+                );
+            }
+            if let Some(started) = started {
+                let _ = writeln!(
+                    out,
+                    "WARNING: the agent on node {node} started at {} inside this window: \
+                     evidence from before then is not in its store.",
+                    rfc3339(started)
+                );
+            }
         }
+    }
+    if a.truncated {
+        let _ = writeln!(
+            out,
+            "WARNING: node {node} returned only its newest records (answer truncated)."
+        );
     }
     out
 }
 
 /// One line per watch update.
 pub fn watch_line(e: &Evidence) -> String {
+    let [direction, src, dst, _] = detail_cells(&e.detail);
     format!(
         "{} {} {} {} {} -> {} count={} attribution={}",
         rfc3339(e.last_seen),
-        e.pod
-            .as_ref()
-            .map_or_else(|| "-".to_owned(), ToString::to_string),
-        e.kind,
-        e.direction.as_str(),
-        e.src,
-        e.dst,
+        e.pod().map_or_else(|| "-".to_owned(), cleaned),
+        e.kind(),
+        direction,
+        src,
+        dst,
         e.count,
-        e.attribution.as_str()
+        e.subject.attribution.as_str()
+    )
+}
+
+/// The line a watch prints when an agent's loss counters grew: what the stream missed.
+pub fn watch_loss_line(node: &str, grown: &[PeerLoss]) -> String {
+    let parts: Vec<String> = grown
+        .iter()
+        .map(|l| format!("{} {}", l.count, describe(&l.name)))
+        .collect();
+    format!(
+        "WARNING: node {} lost events since the last update ({}): this stream is incomplete.",
+        clean(node),
+        parts.join(", ")
     )
 }
 
@@ -227,12 +344,13 @@ pub fn status_json(statuses: &[(String, pb::StatusResponse)]) -> Value {
                     "node": s.node,
                     "kernel": s.kernel,
                     "version": s.version,
-                    "started": s.started.as_ref().and_then(|t| crate::convert::time_from_pb(Some(t), "started").ok()).map(rfc3339),
+                    "started": s.started.as_ref().and_then(|t| convert::time_from_pb(Some(t), "started").ok()).map(rfc3339),
                     "probes": s.probes.iter().map(|p| json!({"name": p.name, "hook": p.hook, "attached": p.attached, "error": (!p.error.is_empty()).then_some(&p.error)})).collect::<Vec<_>>(),
                     "metadata": {"synced": meta.synced, "pods": meta.pods, "pending_events": meta.pending_events, "retries": meta.retries, "last_error": (!meta.last_error.is_empty()).then_some(&meta.last_error)},
-                    "loss": loss_json(&s.loss.unwrap_or_default()),
+                    "loss": loss_json(&convert::loss_from_pb(&s.loss.clone().unwrap_or_default())),
                     "store_records": s.store_records,
                     "store_capacity": s.store_capacity,
+                    "store_expired": s.store_expired,
                     "events_received": s.events_received,
                 })
             })
@@ -246,8 +364,11 @@ pub fn status_table(statuses: &[(String, pb::StatusResponse)]) -> String {
         let meta = s.metadata.clone().unwrap_or_default();
         let _ = writeln!(
             out,
-            "Node {} (agent {agent}, kernel {}, version {})",
-            s.node, s.kernel, s.version
+            "Node {} (agent {}, kernel {}, version {})",
+            clean(&s.node),
+            clean(agent),
+            clean(&s.kernel),
+            clean(&s.version)
         );
         let _ = writeln!(
             out,
@@ -267,128 +388,39 @@ pub fn status_table(statuses: &[(String, pb::StatusResponse)]) -> String {
             if meta.last_error.is_empty() {
                 String::new()
             } else {
-                format!(", last error: {}", meta.last_error)
+                format!(", last error: {}", clean(&meta.last_error))
             },
         );
         let _ = writeln!(
             out,
-            "  store: {}/{} records, {} events received",
-            s.store_records, s.store_capacity, s.events_received
+            "  store: {}/{} records, {} expired by age, {} events received",
+            s.store_records, s.store_capacity, s.store_expired, s.events_received
         );
         for p in &s.probes {
             let state = if p.attached {
                 "attached".to_owned()
             } else {
-                format!("NOT attached: {}", p.error)
+                format!("NOT attached: {}", clean(&p.error))
             };
-            let _ = writeln!(out, "  probe {:<22} {:<36} {state}", p.name, p.hook);
+            let _ = writeln!(
+                out,
+                "  probe {:<22} {:<36} {state}",
+                clean(&p.name),
+                clean(&p.hook)
+            );
         }
-        let lost = lost_events(&s.loss.unwrap_or_default());
+        let lost = lost_in_window(
+            &convert::loss_from_pb(&s.loss.clone().unwrap_or_default()),
+            None,
+        );
         if lost.is_empty() {
             let _ = writeln!(out, "  loss: none");
         } else {
-            let parts: Vec<String> = lost.iter().map(|(what, n)| format!("{n} {what}")).collect();
-            let _ = writeln!(out, "  loss: {}", parts.join(", "));
+            let _ = writeln!(out, "  loss: {}", lost.join(", "));
         }
     }
     out
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::evidence::{Attribution, Direction, Kind, Process, Protocol};
-    use std::time::Duration;
-
-    fn sample() -> Evidence {
-        Evidence {
-            kind: Kind::ConnectionRefused,
-            node: "node-a".into(),
-            pod: Some(PodRef {
-                namespace: "shop".into(),
-                name: "web".into(),
-                uid: "u-1".into(),
-            }),
-            container: Some("app".into()),
-            process: Some(Process {
-                pid: 42,
-                comm: "curl".into(),
-            }),
-            first_seen: SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
-            last_seen: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_100),
-            count: 7,
-            attribution: Attribution::Cgroup,
-            direction: Direction::Outbound,
-            src: "10.0.0.1:40000".parse().unwrap(),
-            dst: "10.0.0.2:8080".parse().unwrap(),
-            protocol: Protocol::Tcp,
-            reason: None,
-            peer: None,
-        }
-    }
-
-    fn answer(loss: pb::LossCounters) -> AgentAnswer {
-        AgentAnswer {
-            agent: "127.0.0.1:9742".into(),
-            node: "node-a".into(),
-            evidence: vec![],
-            truncated: false,
-            loss,
-        }
-    }
-
-    #[test]
-    fn json_matches_the_contract() {
-        let v = query_json(&[sample()], &[], &[answer(pb::LossCounters::default())]);
-        let e = &v["evidence"][0];
-        assert_eq!(e["kind"], "connection_refused");
-        assert_eq!(e["node"], "node-a");
-        assert_eq!(
-            e["pod"],
-            json!({"namespace": "shop", "name": "web", "uid": "u-1"})
-        );
-        assert_eq!(e["container"], "app");
-        assert_eq!(e["first_seen"], "2023-11-14T22:13:20.123Z");
-        assert_eq!(e["last_seen"], "2023-11-14T22:15:00.000Z");
-        assert_eq!(e["count"], 7);
-        assert_eq!(e["attribution"], "cgroup");
-        assert_eq!(e["direction"], "outbound");
-        assert_eq!(e["src"], "10.0.0.1:40000");
-        assert_eq!(e["dst"], "10.0.0.2:8080");
-        assert_eq!(e["protocol"], "tcp");
-        assert_eq!(v["agents"][0]["loss"]["ring_buffer_full"], 0);
-    }
-
-    #[test]
-    fn table_shows_rows_diagnosis_and_completeness() {
-        let findings = crate::cli::diagnose::diagnose(&[sample()]);
-        let text = query_table(
-            "web",
-            "shop",
-            &[sample()],
-            &findings,
-            &[answer(pb::LossCounters::default())],
-        );
-        assert!(text.starts_with("Pod shop/web: 1 record(s) from 1 agent(s) (node-a)"));
-        assert!(
-            text.contains("KIND                DIRECTION  COUNT"),
-            "{text}"
-        );
-        assert!(text.contains("connection_refused  outbound   7"));
-        assert!(text.contains("curl[42]"));
-        assert!(text.contains("Diagnosis\n  [connection]"));
-        assert!(text.contains("Completeness: node node-a lost no events."));
-        let lossy = query_table(
-            "web",
-            "shop",
-            &[],
-            &[],
-            &[answer(pb::LossCounters {
-                ring_buffer_full: 3,
-                ..Default::default()
-            })],
-        );
-        assert!(lossy.contains("No silent failures recorded"));
-        assert!(lossy.contains("WARNING: node node-a lost events (3 ring buffer full)"));
-    }
-}
+mod tests;

@@ -1,7 +1,78 @@
-//! Kernel-facing parts that need no privileges and no eBPF toolchain: ring buffer record
-//! decoding, tracefs formats and the BTF reader. Loading and reading the programs is in
-//! [`crate::node::loader`] and [`crate::node::reader`].
+//! The kernel side, seen from userspace: which program goes on which hook ([`PROGRAMS`]),
+//! loading and attaching them with this kernel's layouts ([`loader`], [`offsets`]), reading the
+//! ring buffer ([`reader`]) and decoding its records ([`decode`]).
+//!
+//! Adding a signal on the kernel side: the program in agent-ebpf (one file per hook family),
+//! its event layout and kind id in agent-ebpf/common, a [`Program`] entry here, its offsets
+//! family in [`offsets`] when it reads kernel structs or tracepoint records, and a
+//! [`decode::RawEvent`] variant.
 
-pub mod btf;
 pub mod decode;
-pub mod tracefs;
+#[cfg(feature = "node-agent")]
+pub mod loader;
+#[cfg(feature = "node-agent")]
+pub mod offsets;
+#[cfg(feature = "node-agent")]
+pub mod reader;
+
+use std::fmt;
+
+/// Where a program attaches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    /// A classic tracepoint (`/sys/kernel/tracing/events/<category>/<name>`).
+    TracePoint {
+        category: &'static str,
+        name: &'static str,
+    },
+}
+
+impl fmt::Display for Hook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Hook::TracePoint { category, name } => write!(f, "tracepoint/{category}/{name}"),
+        }
+    }
+}
+
+/// One program of the eBPF object and its hook.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Program {
+    /// The program's name in the object (its function name in agent-ebpf).
+    pub name: &'static str,
+    pub hook: Hook,
+}
+
+/// Every program the agent loads.
+pub const PROGRAMS: &[Program] = &[
+    Program {
+        name: "inet_sock_set_state",
+        hook: Hook::TracePoint {
+            category: "sock",
+            name: "inet_sock_set_state",
+        },
+    },
+    Program {
+        name: "tcp_receive_reset",
+        hook: Hook::TracePoint {
+            category: "tcp",
+            name: "tcp_receive_reset",
+        },
+    },
+    Program {
+        name: "tcp_send_reset",
+        hook: Hook::TracePoint {
+            category: "tcp",
+            name: "tcp_send_reset",
+        },
+    },
+];
+
+/// A kernel program and whether it runs (for Status).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProbeStatus {
+    pub name: String,
+    pub hook: String,
+    pub attached: bool,
+    pub error: Option<String>,
+}

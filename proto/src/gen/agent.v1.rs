@@ -22,8 +22,32 @@ pub struct Process {
     #[prost(string, tag = "2")]
     pub comm: ::prost::alloc::string::String,
 }
-/// One aggregated record: repeats of the same failure (same kind, pod, direction, endpoints)
-/// are counted, not stored again.
+/// A connection between two endpoints, seen from the record's pod (connection_refused).
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ConnectionDetail {
+    /// Which way the failed traffic went, seen from the record's pod.
+    #[prost(enumeration = "Direction", tag = "1")]
+    pub direction: i32,
+    /// The side that initiated the traffic, "ip:port" ("\[ip\]:port" for IPv6); the port is the
+    /// latest occurrence's (client ports are ephemeral).
+    #[prost(string, tag = "2")]
+    pub src: ::prost::alloc::string::String,
+    /// The side that received it, "ip:port".
+    #[prost(string, tag = "3")]
+    pub dst: ::prost::alloc::string::String,
+    /// Transport protocol.
+    #[prost(enumeration = "Protocol", tag = "4")]
+    pub protocol: i32,
+    /// Kernel's reason, when it gave one (e.g. NO_SOCKET for a reset sent by nobody listening).
+    #[prost(string, tag = "5")]
+    pub reason: ::prost::alloc::string::String,
+    /// The pod at the other end, when it is known to this node (same-node traffic).
+    #[prost(message, optional, tag = "6")]
+    pub peer: ::core::option::Option<PodRef>,
+}
+/// One aggregated record: repeats of the same failure (same kind, pod, and the kind's own key,
+/// e.g. direction and endpoints) are counted, not stored again. Common fields first; what is
+/// specific to the kind is in `detail`.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct Evidence {
     /// What failed.
@@ -52,7 +76,8 @@ pub struct Evidence {
     /// How the record was tied to its pod.
     #[prost(enumeration = "Attribution", tag = "9")]
     pub attribution: i32,
-    /// Which way the failed traffic went, seen from `pod`.
+    /// Fields 10-15 mirror `detail.connection` for clients older than `detail`; new readers use
+    /// `detail`. Which way the failed traffic went, seen from `pod`.
     #[prost(enumeration = "Direction", tag = "10")]
     pub direction: i32,
     /// The side that initiated the traffic, "ip:port" ("\[ip\]:port" for IPv6); the port is the
@@ -71,6 +96,19 @@ pub struct Evidence {
     /// The pod at the other end, when it is known to this node (same-node traffic).
     #[prost(message, optional, tag = "15")]
     pub peer: ::core::option::Option<PodRef>,
+    /// What is specific to the kind.
+    #[prost(oneof = "evidence::Detail", tags = "16")]
+    pub detail: ::core::option::Option<evidence::Detail>,
+}
+/// Nested message and enum types in `Evidence`.
+pub mod evidence {
+    /// What is specific to the kind.
+    #[derive(Clone, PartialEq, Eq, Hash, ::prost::Oneof)]
+    pub enum Detail {
+        /// connection_refused.
+        #[prost(message, tag = "16")]
+        Connection(super::ConnectionDetail),
+    }
 }
 /// Filters shared by Query and Watch. Empty fields match everything.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -115,6 +153,13 @@ pub struct QueryResponse {
     /// What this node lost: an answer is only as complete as these counters are low.
     #[prost(message, optional, tag = "4")]
     pub loss: ::core::option::Option<LossCounters>,
+    /// Records of the pods asked about that were evicted from the store for room (quotas or
+    /// capacity) and had been seen inside the query's window: this answer lacks them.
+    #[prost(uint64, tag = "5")]
+    pub evicted_in_window: u64,
+    /// When the answering agent started: evidence from before then is not in its store.
+    #[prost(message, optional, tag = "6")]
+    pub agent_started: ::core::option::Option<::prost_types::Timestamp>,
 }
 /// Watch input.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -123,11 +168,14 @@ pub struct WatchRequest {
     pub filter: ::core::option::Option<EvidenceFilter>,
 }
 /// One Watch update.
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct WatchResponse {
     /// The record after this occurrence was added.
     #[prost(message, optional, tag = "1")]
     pub evidence: ::core::option::Option<Evidence>,
+    /// The node's loss counters when the update was sent, so a live stream says what it missed.
+    #[prost(message, optional, tag = "2")]
+    pub loss: ::core::option::Option<LossCounters>,
 }
 /// Status input.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
@@ -149,7 +197,7 @@ pub struct Probe {
     pub error: ::prost::alloc::string::String,
 }
 /// Every way evidence can be lost between the kernel and the store. Cumulative since start.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct LossCounters {
     /// Events the kernel could not put in the ring buffer (it was full).
     #[prost(uint64, tag = "1")]
@@ -160,10 +208,11 @@ pub struct LossCounters {
     /// Events whose bytes could not be decoded.
     #[prost(uint64, tag = "3")]
     pub decode_errors: u64,
-    /// Events dropped because the agent's pipeline was full.
+    /// Events dropped because the agent's pipeline was full (both of its channels; `counts` has
+    /// them apart).
     #[prost(uint64, tag = "4")]
     pub pipeline_full: u64,
-    /// Records evicted from the store (capacity or age).
+    /// Records evicted from the store for room (per-pod, per-namespace or total capacity).
     #[prost(uint64, tag = "5")]
     pub store_evicted: u64,
     /// Events that waited for pod metadata and were stored unattributed when the wait expired.
@@ -172,6 +221,23 @@ pub struct LossCounters {
     /// Watch updates dropped because a watcher was too slow (the watcher is disconnected).
     #[prost(uint64, tag = "7")]
     pub watch_lagged: u64,
+    /// Every loss counter by its stable name (a superset of fields 1-7, which stay for older
+    /// clients): names are listed in the README and grow with the agent.
+    #[prost(message, repeated, tag = "8")]
+    pub counts: ::prost::alloc::vec::Vec<LossCount>,
+}
+/// One loss counter.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct LossCount {
+    /// Stable snake_case name, e.g. "ring_buffer_full".
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    /// Cumulative count since the agent started.
+    #[prost(uint64, tag = "2")]
+    pub count: u64,
+    /// When the counter last grew; unset when it never did.
+    #[prost(message, optional, tag = "3")]
+    pub last: ::core::option::Option<::prost_types::Timestamp>,
 }
 /// State of the pod metadata feed (list/watch of this node's pods).
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -224,6 +290,9 @@ pub struct StatusResponse {
     /// Events received from the kernel since start.
     #[prost(uint64, tag = "10")]
     pub events_received: u64,
+    /// Records expired by the retention age since start (not a loss: the retention policy).
+    #[prost(uint64, tag = "11")]
+    pub store_expired: u64,
 }
 /// Which silent failure a record describes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]

@@ -18,44 +18,62 @@ pub struct CgroupIdentity {
 
 /// Parses a cgroup path (absolute or relative to any cgroup mount). `None` when the path is not
 /// inside a kubelet pod cgroup (host processes, system services).
+///
+/// The pod segment is taken only at its kubelet position: directly under `kubepods` (or
+/// `kubepods.slice`) or under its QoS level. A container that can create sub-cgroups could
+/// otherwise name one `pod<victim-uid>` inside its own cgroup and have its events attributed to
+/// the victim. The first kubelet-shaped position wins: a container cannot create cgroups above
+/// its own, so anything it makes lies below the real pod level.
 pub fn parse_cgroup_path(path: &str) -> Option<CgroupIdentity> {
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-    // The pod segment is the last one that names a pod: kubelet can be configured with a
-    // --cgroup-root that itself contains "kubepods", the pod level is always below it.
-    let (index, pod_uid) = segments
-        .iter()
-        .enumerate()
-        .rev()
-        .find_map(|(i, s)| pod_uid_of(s).map(|uid| (i, uid)))?;
-    // Only trust it below a kubepods level, so a host cgroup that happens to be named
-    // "pod<uuid>" is not taken for a pod.
-    if !segments
-        .get(..index)?
-        .iter()
-        .any(|s| s.starts_with("kubepods"))
-    {
+    (0..segments.len()).find_map(|i| kubelet_pod_at(&segments, i))
+}
+
+/// The pod identity if `segments[root]` is kubelet's `kubepods` level (either driver).
+fn kubelet_pod_at(segments: &[&str], root: usize) -> Option<CgroupIdentity> {
+    let (pod_index, pod_uid) = match *segments.get(root)? {
+        "kubepods" => {
+            let mut at = root + 1;
+            if matches!(segments.get(at), Some(&("burstable" | "besteffort"))) {
+                at += 1;
+            }
+            let uid = segments.get(at)?.strip_prefix("pod")?.to_owned();
+            (at, uid)
+        }
+        "kubepods.slice" => {
+            // kubepods-pod<uid>.slice, or kubepods-<qos>.slice/kubepods-<qos>-pod<uid>.slice
+            let mut at = root + 1;
+            let mut prefix = "kubepods-pod".to_owned();
+            if let Some(qos) = segments.get(at).and_then(|s| qos_slice(s)) {
+                at += 1;
+                prefix = format!("kubepods-{qos}-pod");
+            }
+            let uid = segments
+                .get(at)?
+                .strip_suffix(".slice")?
+                .strip_prefix(prefix.as_str())?
+                .replace('_', "-");
+            (at, uid)
+        }
+        _ => return None,
+    };
+    if !is_uid(&pod_uid) {
         return None;
     }
-    let container_id = segments.get(index + 1).and_then(|s| container_id_of(s));
+    let container_id = segments.get(pod_index + 1).and_then(|s| container_id_of(s));
     Some(CgroupIdentity {
         pod_uid,
         container_id,
     })
 }
 
-/// `pod<uid>` (cgroupfs) or `kubepods[-qos]-pod<uid_with_underscores>.slice` (systemd).
-fn pod_uid_of(segment: &str) -> Option<String> {
-    let raw = if let Some(rest) = segment.strip_suffix(".slice") {
-        let at = rest.rfind("-pod")?;
-        if !rest.starts_with("kubepods") {
-            return None;
-        }
-        rest.get(at + 4..)?
-    } else {
-        segment.strip_prefix("pod")?
-    };
-    let uid = raw.replace('_', "-");
-    is_uid(&uid).then_some(uid)
+/// `kubepods-burstable.slice` -> `burstable` (systemd driver QoS level).
+fn qos_slice(segment: &str) -> Option<&'static str> {
+    match segment {
+        "kubepods-burstable.slice" => Some("burstable"),
+        "kubepods-besteffort.slice" => Some("besteffort"),
+        _ => None,
+    }
 }
 
 /// Kubernetes UIDs are RFC 4122 UUIDs: 8-4-4-4-12 hex digits.
@@ -156,6 +174,38 @@ mod tests {
                 "conmon is not the container"
             );
         }
+    }
+
+    #[test]
+    fn a_container_cannot_claim_another_pod_by_naming_a_sub_cgroup() {
+        const VICTIM: &str = "9f2b7a8e-1c3d-4e5f-8a9b-0c1d2e3f4a5b";
+        let victim_ = VICTIM.replace('-', "_");
+        let uid_ = UID.replace('-', "_");
+        for path in [
+            format!("/kubepods/burstable/pod{UID}/{CID}/pod{VICTIM}/{CID}"),
+            format!("/kubepods/pod{UID}/{CID}/kubepods/pod{VICTIM}/{CID}"),
+            format!("/kubepods/pod{UID}/{CID}/kubepods/besteffort/pod{VICTIM}"),
+            format!(
+                "/kubepods.slice/kubepods-pod{uid_}.slice/cri-containerd-{CID}.scope/kubepods-pod{victim_}.slice/x"
+            ),
+            format!(
+                "/kubepods.slice/kubepods-pod{uid_}.slice/cri-containerd-{CID}.scope/kubepods.slice/kubepods-pod{victim_}.slice"
+            ),
+        ] {
+            assert_eq!(parse_cgroup_path(&path), id(Some(CID)), "{path}");
+        }
+        // A pod segment not at the kubelet position is no pod at all.
+        assert_eq!(
+            parse_cgroup_path(&format!("/kubepods/burstable/extra/pod{VICTIM}/{CID}")),
+            None
+        );
+        assert_eq!(
+            parse_cgroup_path(&format!(
+                "/kubepods.slice/kubepods-burstable.slice/kubepods-besteffort-pod{victim_}.slice"
+            )),
+            None,
+            "systemd pod slice must match its QoS parent"
+        );
     }
 
     #[test]

@@ -118,6 +118,54 @@ pub fn find_mounted() -> Option<PathBuf> {
         .find(|p| p.join("events").is_dir())
 }
 
+/// tracefs could not be found and mounting it failed.
+#[cfg(feature = "node-agent")]
+#[derive(Debug, thiserror::Error)]
+#[error("tracefs is not mounted and mounting it at {path} failed (needs CAP_SYS_ADMIN)")]
+pub struct MountError {
+    pub path: PathBuf,
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// Where tracefs is; mounts it when missing (as the kernel's tracing docs describe), which a
+/// bare host without systemd may need. Hosts with systemd mount it at boot.
+#[cfg(feature = "node-agent")]
+pub fn ensure_mounted() -> Result<PathBuf, MountError> {
+    use std::{ffi::CString, os::unix::ffi::OsStrExt};
+    if let Some(found) = find_mounted() {
+        return Ok(found);
+    }
+    let path = PathBuf::from(TRACEFS_PATHS[0]);
+    let mount = || {
+        let target = CString::new(path.as_os_str().as_bytes())?;
+        // SAFETY: all pointers are valid NUL-terminated strings for the duration of the call.
+        let rc = unsafe {
+            libc::mount(
+                c"nodev".as_ptr(),
+                target.as_ptr(),
+                c"tracefs".as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    };
+    match mount() {
+        Ok(()) => {
+            tracing::info!(path = %path.display(), "mounted tracefs");
+            Ok(path)
+        }
+        // Another process (another agent starting at the same time) may have mounted it
+        // between our look and our mount: EBUSY then means it is there.
+        Err(source) => find_mounted().ok_or(MountError { path, source }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

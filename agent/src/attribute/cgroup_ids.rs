@@ -1,0 +1,291 @@
+//! cgroup id -> cgroup path on this node. A cgroup v2 id is the kernfs inode of its directory.
+//! With CAP_DAC_READ_SEARCH the kernel resolves an id directly (`open_by_handle_at`); the
+//! DaemonSet does not grant that capability (it is the one behind a known container-escape
+//! technique), so normally a walk of the cgroup2 tree maps ids to paths. The walk runs on its own
+//! thread, never on the async runtime: a lookup that misses asks for a walk and answers
+//! "pending", and the event waits in attribution until the walk is done. An id that a walk
+//! started after the first lookup did not find is gone.
+
+use std::{
+    collections::HashMap,
+    os::{fd::AsRawFd, unix::fs::MetadataExt},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, mpsc},
+    time::{Duration, Instant},
+};
+
+use tracing::{debug, info, warn};
+
+use crate::{
+    attribute::{CgroupPaths, PathLookup},
+    loss::{Counters, Loss},
+};
+
+/// `FILEID_KERNFS` from include/linux/exportfs.h: a kernfs handle is the 64-bit node id.
+const FILEID_KERNFS: i32 = 0xfe;
+/// Walks start at most this often (a miss on a vanished cgroup must not turn into a walk per
+/// event).
+const RESCAN_INTERVAL: Duration = Duration::from_secs(1);
+/// Bounds of the walk.
+const MAX_DEPTH: usize = 16;
+const MAX_ENTRIES: usize = 200_000;
+/// Bound on the ids waiting for a walk.
+const MAX_ASKED: usize = 8192;
+
+#[repr(C)]
+struct KernfsHandle {
+    handle_bytes: u32,
+    handle_type: i32,
+    id: u64,
+}
+
+/// Where cgroup2 is mounted, from a mountinfo text: `/sys/fs/cgroup` on pure v2 nodes,
+/// `/sys/fs/cgroup/unified` on hybrid ones.
+pub fn cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
+    mountinfo.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        if right.split_whitespace().next()? != "cgroup2" {
+            return None;
+        }
+        left.split_whitespace().nth(4).map(PathBuf::from)
+    })
+}
+
+/// What the walker thread found.
+#[derive(Default)]
+struct Walked {
+    paths: HashMap<u64, String>,
+    /// When the latest completed walk started.
+    completed: Option<Instant>,
+    running: bool,
+}
+
+/// Walks the cgroup2 tree on its own thread, on request.
+struct Walker {
+    walked: Arc<Mutex<Walked>>,
+    requests: mpsc::SyncSender<()>,
+    /// When each missing id was first asked about.
+    asked: HashMap<u64, Instant>,
+}
+
+impl Walker {
+    fn start(root: PathBuf, counters: Arc<Counters>) -> std::io::Result<Walker> {
+        let walked = Arc::new(Mutex::new(Walked::default()));
+        let (requests, rx) = mpsc::sync_channel::<()>(1);
+        let shared = walked.clone();
+        std::thread::Builder::new()
+            .name("cgroup-walk".into())
+            .spawn(move || {
+                let mut last_start: Option<Instant> = None;
+                // Ends when the resolver (the sender) is dropped.
+                while rx.recv().is_ok() {
+                    if let Some(wait) =
+                        last_start.map(|t| RESCAN_INTERVAL.saturating_sub(t.elapsed()))
+                    {
+                        std::thread::sleep(wait);
+                    }
+                    let start = Instant::now();
+                    last_start = Some(start);
+                    let paths = walk(&root, &counters);
+                    debug!(cgroups = paths.len(), "walked cgroup2 tree");
+                    let mut w = shared.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    w.paths = paths;
+                    w.completed = Some(start);
+                    w.running = false;
+                }
+            })?;
+        Ok(Walker {
+            walked,
+            requests,
+            asked: HashMap::new(),
+        })
+    }
+
+    fn lookup(&mut self, id: u64) -> PathLookup {
+        let now = Instant::now();
+        let mut w = self
+            .walked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(path) = w.paths.get(&id) {
+            self.asked.remove(&id);
+            return PathLookup::Found(path.clone());
+        }
+        if self.asked.len() >= MAX_ASKED {
+            self.asked.clear();
+        }
+        let first_asked = *self.asked.entry(id).or_insert(now);
+        if w.completed.is_some_and(|started| started >= first_asked) {
+            self.asked.remove(&id);
+            return PathLookup::Missing;
+        }
+        if !w.running {
+            w.running = true;
+            if self.requests.try_send(()).is_err() {
+                // A request is already queued; the walk it starts serves this id too.
+            }
+        }
+        PathLookup::Pending
+    }
+}
+
+/// Every cgroup directory under `root` by inode, up to the bounds (hitting the entry cap is
+/// counted as [`Loss::CgroupWalkCapped`]).
+fn walk(root: &Path, counters: &Counters) -> HashMap<u64, String> {
+    let mut found = HashMap::new();
+    let mut stack = vec![(root.to_path_buf(), 0usize)];
+    while let Some((dir, depth)) = stack.pop() {
+        if found.len() >= MAX_ENTRIES {
+            counters.add(Loss::CgroupWalkCapped, 1);
+            warn!(cap = MAX_ENTRIES, "cgroup tree walk stopped at its cap");
+            break;
+        }
+        if let Ok(meta) = std::fs::metadata(&dir) {
+            found.insert(meta.ino(), dir.to_string_lossy().into_owned());
+        }
+        if depth >= MAX_DEPTH {
+            continue;
+        }
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push((entry.path(), depth + 1));
+            }
+        }
+    }
+    found
+}
+
+/// Resolves cgroup ids on the live system.
+pub struct CgroupResolver {
+    root: PathBuf,
+    /// The cgroup2 root, when ids resolve through `open_by_handle_at`.
+    by_handle: Option<std::fs::File>,
+    walker: Option<Walker>,
+}
+
+impl CgroupResolver {
+    /// `root`: the cgroup2 mount (see [`cgroup2_mount`]).
+    pub fn new(root: PathBuf, counters: Arc<Counters>) -> std::io::Result<Self> {
+        let root_dir = std::fs::File::open(&root)?;
+        // Probe open_by_handle_at once with the root's own id.
+        let root_id = std::fs::metadata(&root)?.ino();
+        let by_handle = open_by_handle(&root_dir, root_id).is_some();
+        info!(root = %root.display(), by_handle, "cgroup id resolution");
+        let walker = if by_handle {
+            None
+        } else {
+            Some(Walker::start(root.clone(), counters)?)
+        };
+        Ok(CgroupResolver {
+            root,
+            by_handle: by_handle.then_some(root_dir),
+            walker,
+        })
+    }
+
+    /// Resolution by walking only (what the DaemonSet gets without CAP_DAC_READ_SEARCH).
+    pub fn walking(root: PathBuf, counters: Arc<Counters>) -> std::io::Result<Self> {
+        Ok(CgroupResolver {
+            walker: Some(Walker::start(root.clone(), counters)?),
+            root,
+            by_handle: None,
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+}
+
+fn open_by_handle(dir: &std::fs::File, id: u64) -> Option<String> {
+    let mut handle = KernfsHandle {
+        handle_bytes: 8,
+        handle_type: FILEID_KERNFS,
+        id,
+    };
+    // SAFETY: handle is a valid file_handle with 8 bytes of payload; the returned fd is
+    // owned and closed below.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_open_by_handle_at,
+            dir.as_raw_fd(),
+            &mut handle as *mut KernfsHandle,
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return None;
+    }
+    let fd = i32::try_from(fd).ok()?;
+    let path = std::fs::read_link(format!("/proc/self/fd/{fd}")).ok();
+    // SAFETY: fd was returned by the kernel above and is closed exactly once.
+    unsafe { libc::close(fd) };
+    path.map(|p| p.to_string_lossy().into_owned())
+}
+
+impl CgroupPaths for CgroupResolver {
+    fn path(&mut self, id: u64) -> PathLookup {
+        if let Some(dir) = &self.by_handle {
+            return open_by_handle(dir, id).map_or(PathLookup::Missing, PathLookup::Found);
+        }
+        match &mut self.walker {
+            Some(w) => w.lookup(id),
+            None => PathLookup::Missing,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_cgroup2_in_hybrid_and_pure_mountinfo() {
+        let hybrid = "35 25 0:30 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory\n\
+                      36 25 0:31 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n";
+        assert_eq!(
+            cgroup2_mount(hybrid),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        let pure =
+            "30 23 0:26 / /sys/fs/cgroup rw,nosuid shared:4 - cgroup2 cgroup2 rw,nsdelegate\n";
+        assert_eq!(cgroup2_mount(pure), Some(PathBuf::from("/sys/fs/cgroup")));
+        assert_eq!(cgroup2_mount("garbage\n - \n"), None);
+    }
+
+    #[test]
+    fn walking_resolves_after_a_pending_answer_and_knows_what_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let pod = dir.path().join("kubepods/podx/c1");
+        std::fs::create_dir_all(&pod).unwrap();
+        let id = std::fs::metadata(&pod).unwrap().ino();
+        let counters = Arc::new(Counters::default());
+        let mut r = CgroupResolver::walking(dir.path().to_path_buf(), counters).unwrap();
+        assert_eq!(r.path(id), PathLookup::Pending, "never blocks on a walk");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let found = loop {
+            match r.path(id) {
+                PathLookup::Pending if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                other => break other,
+            }
+        };
+        assert_eq!(found, PathLookup::Found(pod.to_string_lossy().into_owned()));
+        // An id no walk finds is gone once a walk that started after the question is done.
+        let gone = u64::MAX;
+        assert_eq!(r.path(gone), PathLookup::Pending);
+        let answer = loop {
+            match r.path(gone) {
+                PathLookup::Pending if Instant::now() < deadline + RESCAN_INTERVAL => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                other => break other,
+            }
+        };
+        assert_eq!(answer, PathLookup::Missing);
+    }
+}

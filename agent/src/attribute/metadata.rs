@@ -1,0 +1,231 @@
+//! Pod metadata: a kube-rs watcher on this node's pods (fieldSelector spec.nodeName=<node>,
+//! relists served from the API server's watch cache like kubelet's),
+//! turned into [`MetaUpdate`]s for attribution. The API server being slow or down never stops
+//! collection: the watch is retried with backoff (each attempt a full list from the watch
+//! cache, so "in sync" is true only after a list completed), every failure is logged and shown
+//! in Status, and events wait in attribution until metadata arrives.
+
+use std::{
+    collections::HashMap,
+    future::Future,
+    net::IpAddr,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use futures::StreamExt as _;
+use k8s_openapi::api::core::v1::Pod;
+use kube::{
+    Api, Client,
+    runtime::watcher,
+};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::{
+    attribute::{Input, MetaHealth, MetaUpdate, cgroup_path::strip_runtime_scheme, pods::PodInfo},
+    evidence::PodRef,
+};
+
+/// The attributor's view of a Pod object; `None` for objects without a UID (never from a real
+/// API server, but the bytes come from the network).
+pub fn pod_info(pod: &Pod) -> Option<PodInfo> {
+    let meta = &pod.metadata;
+    let uid = meta.uid.clone().filter(|u| !u.is_empty())?;
+    let status = pod.status.as_ref();
+    let spec = pod.spec.as_ref();
+    let mut ips: Vec<IpAddr> = status
+        .and_then(|s| s.pod_ips.as_ref())
+        .map(|ips| ips.iter().filter_map(|ip| ip.ip.parse().ok()).collect())
+        .unwrap_or_default();
+    if ips.is_empty()
+        && let Some(ip) = status
+            .and_then(|s| s.pod_ip.as_ref())
+            .and_then(|ip| ip.parse().ok())
+    {
+        ips.push(ip);
+    }
+    let mut containers = HashMap::new();
+    if let Some(s) = status {
+        let all = [
+            &s.container_statuses,
+            &s.init_container_statuses,
+            &s.ephemeral_container_statuses,
+        ];
+        for c in all.into_iter().flatten().flatten() {
+            if let Some(id) = c.container_id.as_deref() {
+                containers.insert(
+                    strip_runtime_scheme(id).to_ascii_lowercase(),
+                    c.name.as_str().into(),
+                );
+            }
+        }
+    }
+    let started = status
+        .and_then(|s| s.start_time.as_ref())
+        .or(meta.creation_timestamp.as_ref())
+        .map(|t| SystemTime::from(t.0));
+    let phase = status.and_then(|s| s.phase.as_deref());
+    Some(PodInfo {
+        pod: Arc::new(PodRef {
+            namespace: meta.namespace.clone().unwrap_or_default(),
+            name: meta.name.clone().unwrap_or_default(),
+            uid,
+        }),
+        ips,
+        host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
+        containers,
+        started,
+        finished: matches!(phase, Some("Succeeded" | "Failed")),
+    })
+}
+
+/// Makes the watcher's health channel; returns it (for Status) and the task, which watches
+/// this node's pods until cancelled or until attribution stops taking updates.
+pub fn spawn(
+    client: Client,
+    node: String,
+    out: mpsc::Sender<Input>,
+    cancel: CancellationToken,
+) -> (
+    watch::Receiver<MetaHealth>,
+    impl Future<Output = ()> + Send + 'static,
+) {
+    let (health, rx) = watch::channel(MetaHealth::default());
+    (rx, run(client, node, out, health, cancel))
+}
+
+/// Backoff between watch attempts after a failure: doubles from the first to the last.
+const BACKOFF_FIRST: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+async fn run(
+    client: Client,
+    node: String,
+    out: mpsc::Sender<Input>,
+    health: watch::Sender<MetaHealth>,
+    cancel: CancellationToken,
+) {
+    let api: Api<Pod> = Api::all(client);
+    // Relists from the watch cache (resourceVersion=0), as kubelet does: a thousand agents
+    // restarting must not turn into a thousand quorum reads of etcd.
+    let config = watcher::Config::default()
+        .fields(&format!("spec.nodeName={node}"))
+        .any_semantic();
+    let mut backoff = BACKOFF_FIRST;
+    loop {
+        // A fresh watcher per attempt: it starts with a full list, so "in sync" is only ever
+        // claimed after a list that really completed. (A watcher that resumes by itself after
+        // an outage yields nothing when it succeeds, so recovery could not be seen.)
+        let mut stream = watcher(api.clone(), config.clone()).boxed();
+        loop {
+            let item = tokio::select! {
+                () = cancel.cancelled() => return,
+                item = stream.next() => item,
+            };
+            let event = match item {
+                None => break,
+                Some(Err(error)) => {
+                    let mut retries = 0;
+                    health.send_modify(|h| {
+                        // Not in sync any more: what we hold may be stale until the next list.
+                        h.synced = false;
+                        h.retries = h.retries.saturating_add(1);
+                        h.last_error = Some(error.to_string());
+                        retries = h.retries;
+                    });
+                    warn!(%error, retries, ?backoff, "pod metadata watch failed; retrying with backoff (events are kept and attributed once metadata arrives)");
+                    if out.send(Input::MetaLost).await.is_err() {
+                        return;
+                    }
+                    break;
+                }
+                Some(Ok(event)) => event,
+            };
+            let update = match event {
+                watcher::Event::Init => Some(MetaUpdate::RelistStarted),
+                watcher::Event::InitApply(pod) | watcher::Event::Apply(pod) => {
+                    pod_info(&pod).map(MetaUpdate::Apply)
+                }
+                watcher::Event::Delete(pod) => pod
+                    .metadata
+                    .uid
+                    .clone()
+                    .map(|uid| MetaUpdate::Delete { uid }),
+                watcher::Event::InitDone => {
+                    let recovered = health.borrow().last_error.is_some();
+                    health.send_modify(|h| {
+                        h.synced = true;
+                        h.retries = 0;
+                        h.last_error = None;
+                    });
+                    backoff = BACKOFF_FIRST;
+                    if recovered {
+                        info!(node = %node, "pod metadata watch recovered; in sync");
+                    } else {
+                        info!(node = %node, "pod metadata in sync");
+                    }
+                    Some(MetaUpdate::RelistDone)
+                }
+            };
+            if let Some(update) = update
+                && out.send(Input::Meta(update)).await.is_err()
+            {
+                return;
+            }
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn pod_object_to_info() {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "web", "namespace": "shop", "uid": "u-1", "creationTimestamp": "2026-01-01T00:00:00Z"},
+            "spec": {"nodeName": "n1", "containers": [{"name": "app"}]},
+            "status": {
+                "phase": "Running",
+                "podIP": "10.0.0.5",
+                "podIPs": [{"ip": "10.0.0.5"}, {"ip": "fd00::5"}],
+                "startTime": "2026-01-01T00:00:02Z",
+                "containerStatuses": [{"name": "app", "containerID": "containerd://ABCDEF0123456789", "image": "i", "imageID": "", "ready": true, "restartCount": 0}]
+            }
+        }))
+        .unwrap();
+        let info = pod_info(&pod).unwrap();
+        assert_eq!(info.pod.to_string(), "shop/web");
+        assert_eq!(info.ips.len(), 2);
+        assert_eq!(
+            info.containers.get("abcdef0123456789").map(|s| &**s),
+            Some("app")
+        );
+        assert!(!info.host_network && !info.finished);
+        assert_eq!(
+            info.started
+                .unwrap()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap()
+                .as_secs(),
+            1_767_225_602
+        );
+    }
+
+    #[test]
+    fn pod_without_uid_or_status() {
+        let pod: Pod = serde_json::from_value(json!({"metadata": {"name": "x"}})).unwrap();
+        assert!(pod_info(&pod).is_none());
+        let pod: Pod = serde_json::from_value(json!({"metadata": {"name": "x", "uid": "u"}, "status": {"phase": "Failed", "podIP": "bogus"}})).unwrap();
+        let info = pod_info(&pod).unwrap();
+        assert!(info.ips.is_empty() && info.finished);
+    }
+}

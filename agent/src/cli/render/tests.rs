@@ -1,0 +1,297 @@
+//! Rendering tests: the JSON contract, the table, completeness, hostile strings.
+
+use std::time::Duration;
+
+use super::*;
+use crate::evidence::fixtures::{refused, t};
+
+fn sample() -> Evidence {
+    refused()
+        .pod_uid("shop", "web", "u-1")
+        .process(42, "curl")
+        .first_seen(0)
+        .at(100)
+        .count(7)
+        .evidence()
+}
+
+fn answer(loss: Vec<PeerLoss>) -> AgentAnswer {
+    AgentAnswer {
+        agent: "127.0.0.1:9742".into(),
+        node: "node-a".into(),
+        evidence: vec![],
+        truncated: false,
+        loss,
+        evicted_in_window: 0,
+        agent_started: Some(t(0)),
+    }
+}
+
+fn lost(name: &str, count: u64, last: Option<SystemTime>) -> PeerLoss {
+    PeerLoss {
+        name: name.into(),
+        count,
+        last,
+    }
+}
+
+#[test]
+fn json_matches_the_contract() {
+    let v = query_json(
+        &[sample()],
+        &[],
+        &[answer(vec![lost("ring_buffer_full", 0, None)])],
+    );
+    let e = &v["evidence"][0];
+    assert_eq!(e["kind"], "connection_refused");
+    assert_eq!(e["node"], "node-a");
+    assert_eq!(
+        e["pod"],
+        json!({"namespace": "shop", "name": "web", "uid": "u-1"})
+    );
+    assert_eq!(e["container"], "app");
+    assert_eq!(e["process"], json!({"pid": 42, "comm": "curl"}));
+    assert_eq!(e["first_seen"], "2023-11-14T22:13:20.000Z");
+    assert_eq!(e["last_seen"], "2023-11-14T22:15:00.000Z");
+    assert_eq!(e["count"], 7);
+    assert_eq!(e["attribution"], "cgroup");
+    assert_eq!(e["direction"], "outbound");
+    assert_eq!(e["src"], "10.0.0.1:40000");
+    assert_eq!(e["dst"], "10.0.0.2:8080");
+    assert_eq!(e["protocol"], "tcp");
+    assert!(e["reason"].is_null());
+    assert!(e["peer"].is_null());
+    assert_eq!(v["agents"][0]["loss"]["ring_buffer_full"], 0);
+}
+
+#[test]
+fn table_shows_rows_diagnosis_and_completeness() {
+    let findings = crate::cli::diagnose::diagnose(&[sample()]);
+    let text = query_table(
+        "web",
+        "shop",
+        Some(t(1)),
+        &[sample()],
+        &findings,
+        &[answer(vec![])],
+    );
+    assert!(text.starts_with("Pod shop/web: 1 record(s) from 1 agent(s) (node-a)"));
+    assert!(
+        text.contains("KIND                DIRECTION  COUNT"),
+        "{text}"
+    );
+    assert!(text.contains("connection_refused  outbound   7"));
+    assert!(text.contains("curl[42]"));
+    assert!(text.contains("Diagnosis\n  [connection]"));
+    assert!(text.contains("Completeness: node node-a lost no events in this window."));
+}
+
+#[test]
+fn completeness_counts_only_losses_inside_the_window() {
+    let window = Some(t(100));
+    let old = answer(vec![
+        lost("ring_buffer_full", 3, Some(t(50))),
+        lost("watch_lagged", 9, Some(t(150))),
+    ]);
+    let text = query_table("web", "shop", window, &[], &[], &[old]);
+    assert!(text.contains("No silent failures recorded"));
+    assert!(text.contains("lost no events in this window"), "{text}");
+
+    let recent = answer(vec![
+        lost("ring_buffer_full", 3, Some(t(150))),
+        lost("attribution_expired", 2, Some(t(150))),
+        lost("some_future_counter", 1, None),
+    ]);
+    let text = query_table("web", "shop", window, &[], &[], &[recent]);
+    assert!(
+        text.contains(
+            "WARNING: node node-a lost events (3 ring buffer full, 2 stored unattributed \
+             (pod metadata missing), 1 some_future_counter)"
+        ),
+        "{text}"
+    );
+    assert!(!text.contains("lost no events"));
+}
+
+#[test]
+fn completeness_says_what_was_evicted_and_when_the_agent_restarted() {
+    let mut a = answer(vec![]);
+    a.evicted_in_window = 12;
+    a.agent_started = Some(t(200));
+    a.truncated = true;
+    let text = query_table("web", "shop", Some(t(100)), &[], &[], &[a]);
+    assert!(text.contains("evicted 12 record(s) of this pod"), "{text}");
+    assert!(
+        text.contains("started at 2023-11-14T22:16:40.000Z inside this window"),
+        "{text}"
+    );
+    assert!(text.contains("answer truncated"));
+    assert!(!text.contains("lost no events"));
+
+    let mut fresh = answer(vec![]);
+    fresh.agent_started = Some(t(200));
+    let text = query_table("web", "shop", Some(t(100)), &[], &[], &[fresh]);
+    assert!(
+        text.contains(
+            "Completeness: node node-a lost no events since its agent started at \
+             2023-11-14T22:16:40.000Z, inside this window"
+        ),
+        "{text}"
+    );
+}
+
+#[test]
+fn hostile_names_cannot_forge_or_hide_output() {
+    // A process named with escape sequences, carriage returns and a bidi override.
+    let hostile = "x\u{1b}[2J\r\nFAKE\u{202e}\u{9b}";
+    let e = refused()
+        .pod("shop", hostile)
+        .process(1, hostile)
+        .container(Some(hostile))
+        .peer("shop", hostile)
+        .evidence();
+    let findings = crate::cli::diagnose::diagnose(std::slice::from_ref(&e));
+    let mut a = answer(vec![lost("ring_buffer_full", 1, None)]);
+    a.node = hostile.into();
+    let text = query_table(
+        hostile,
+        "shop",
+        None,
+        std::slice::from_ref(&e),
+        &findings,
+        &[a],
+    );
+    let line = watch_line(&e);
+    for out in [&text, &line] {
+        assert!(
+            !out.chars()
+                .any(|c| c != '\n' && (c.is_control() || c == '\u{202e}')),
+            "{out:?}"
+        );
+    }
+    assert!(text.contains("x\\u{1b}[2J\\u{d}\\u{a}FAKE\\u{202e}\\u{9b}"));
+    assert!(
+        text.contains("WARNING: node x\\u{1b}"),
+        "the warning survives"
+    );
+    let status = pb::StatusResponse {
+        node: hostile.into(),
+        kernel: hostile.into(),
+        probes: vec![pb::Probe {
+            name: hostile.into(),
+            hook: hostile.into(),
+            attached: false,
+            error: hostile.into(),
+        }],
+        ..Default::default()
+    };
+    let text = status_table(&[(hostile.into(), status)]);
+    assert!(
+        !text.chars().any(|c| c != '\n' && c.is_control()),
+        "{text:?}"
+    );
+}
+
+#[test]
+fn far_future_times_never_panic() {
+    let far = SystemTime::UNIX_EPOCH + Duration::from_secs(i64::MAX as u64);
+    assert!(rfc3339(far).starts_with('@'));
+    assert_eq!(
+        rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs(convert::MAX_TIMESTAMP_SECS)),
+        "9999-12-31T23:59:59.000Z"
+    );
+}
+
+#[test]
+fn clean_leaves_ordinary_text_alone() {
+    assert!(matches!(clean("web-7d9f/ä 日本"), Cow::Borrowed(_)));
+    assert_eq!(clean("a\tb"), "a\\u{9}b");
+}
+
+/// A deterministic stand-in for the render_answer fuzz target (which needs cargo-fuzz): many
+/// arbitrary answers with hostile strings, huge and negative timestamps, unknown enum values.
+#[test]
+fn arbitrary_answers_never_panic_and_tables_stay_clean() {
+    let mut seed = 0x2545_f491_u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let pick = |n: u64, items: &[&str]| items[(n as usize) % items.len()].to_owned();
+    let strings = [
+        "web",
+        "",
+        "\u{1b}[31mred",
+        "a\rb",
+        "\u{202e}evil",
+        "x\u{0}y",
+        "10.0.0.1:80",
+        "[fd00::1]:53",
+        "garbage",
+    ];
+    for _ in 0..2_000 {
+        let ts = |n: u64| prost_types::Timestamp {
+            seconds: match n % 4 {
+                0 => i64::MAX,
+                1 => -1,
+                2 => 1_700_000_000,
+                _ => (n >> 3) as i64,
+            },
+            nanos: (n % 3) as i32 * 999_999_999,
+        };
+        let ev = pb::Evidence {
+            kind: (next() % 8) as i32,
+            node: pick(next(), &strings),
+            pod: Some(pb::PodRef {
+                namespace: pick(next(), &strings),
+                name: pick(next(), &strings),
+                uid: pick(next(), &strings),
+            }),
+            container: pick(next(), &strings),
+            process: Some(pb::Process {
+                pid: next() as u32,
+                comm: pick(next(), &strings),
+            }),
+            first_seen: Some(ts(next())),
+            last_seen: Some(ts(next())),
+            count: next(),
+            attribution: (next() % 6) as i32,
+            direction: (next() % 4) as i32,
+            src: pick(next(), &strings),
+            dst: pick(next(), &strings),
+            protocol: (next() % 4) as i32,
+            reason: pick(next(), &strings),
+            peer: None,
+            detail: None,
+        };
+        let response = pb::QueryResponse {
+            evidence: vec![ev],
+            node: pick(next(), &strings),
+            truncated: next() % 2 == 0,
+            loss: Some(pb::LossCounters {
+                counts: vec![pb::LossCount {
+                    name: pick(next(), &strings),
+                    count: next(),
+                    last: Some(ts(next())),
+                }],
+                ..Default::default()
+            }),
+            evicted_in_window: next() % 3,
+            agent_started: Some(ts(next())),
+        };
+        let Ok(a) = crate::cli::client::answer_from_pb("http://x:1", response) else {
+            continue;
+        };
+        let findings = crate::cli::diagnose::diagnose(&a.evidence);
+        let evidence = a.evidence.clone();
+        let answers = [a];
+        let text = query_table("p", "ns", Some(t(0)), &evidence, &findings, &answers);
+        assert!(
+            !text.chars().any(|c| c != '\n' && c.is_control()),
+            "{text:?}"
+        );
+        let _ = query_json(&evidence, &findings, &answers).to_string();
+    }
+}

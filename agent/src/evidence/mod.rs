@@ -1,0 +1,422 @@
+//! The domain model: what the agent records and the CLI shows.
+//!
+//! One occurrence shape for every kind: *when* ([`Occurrence::at`]), *who* ([`Subject`]: pod,
+//! container, process and how they were attributed) and *what* ([`Detail`], one variant per
+//! kind). [`Detail::key`] decides which repeats aggregate into one [`Evidence`] record.
+//!
+//! Names (kinds, directions, attributions, protocols) are written once, in [`names!`]
+//! tables: `as_str`, JSON, the table, `--kind` parsing and the proto conversions all use them.
+//!
+//! Adding a signal: a [`Kind`] name, a [`Detail`] variant with its key and merge rule, its JSON
+//! fields in [`Detail::json_fields`], its proto `oneof` arm in [`crate::api::convert`].
+
+pub mod fixtures;
+pub(crate) mod names;
+
+use std::{fmt, net::IpAddr, net::SocketAddr, sync::Arc, time::SystemTime};
+
+use serde_json::{Map, Value, json};
+
+pub use names::Named;
+
+names::names! {
+    /// Which silent failure a record describes.
+    pub enum Kind {
+        ConnectionRefused = "connection_refused",
+        ConnectionTimeout = "connection_timeout",
+        PacketDrop = "packet_drop",
+        Dns = "dns",
+        OomKill = "oom_kill",
+        CpuThrottling = "cpu_throttling",
+    }
+}
+
+impl Kind {
+    /// The layer of the stack a kind points at, as the triage method names it.
+    pub fn layer(self) -> &'static str {
+        match self {
+            Kind::ConnectionRefused | Kind::ConnectionTimeout => "connection",
+            Kind::PacketDrop => "network policy / packet path",
+            Kind::Dns => "DNS",
+            Kind::OomKill => "memory",
+            Kind::CpuThrottling => "CPU",
+        }
+    }
+}
+
+names::names! {
+    /// How a record was tied to its pod, strongest first.
+    pub enum Attribution {
+        /// The cgroup of the process involved: exact.
+        Cgroup = "cgroup",
+        /// The socket involved: exact.
+        Socket = "socket",
+        /// The pod IP at the time of the event.
+        Ip = "ip",
+        /// Not tied to a pod of this node.
+        None = "none",
+    }
+}
+
+names::names! {
+    /// Which way the failed traffic went, seen from the record's pod.
+    pub enum Direction {
+        /// The pod's own attempt failed.
+        Outbound = "outbound",
+        /// The pod failed someone else's attempt.
+        Inbound = "inbound",
+    }
+}
+
+names::names! {
+    /// Transport protocol.
+    pub enum Protocol {
+        Tcp = "tcp",
+        Udp = "udp",
+    }
+}
+
+/// A pod by its API identity. Shared (`Arc`) between the pod index and every record about it,
+/// so a record costs a pointer, not three strings.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PodRef {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+}
+
+impl fmt::Display for PodRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+impl PodRef {
+    pub fn json(&self) -> Value {
+        json!({"namespace": self.namespace, "name": self.name, "uid": self.uid})
+    }
+}
+
+/// The process involved, when the kernel knew it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Process {
+    pub pid: u32,
+    pub comm: Arc<str>,
+}
+
+/// Who an occurrence is about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Subject {
+    /// `None` when [`Attribution::None`].
+    pub pod: Option<Arc<PodRef>>,
+    pub container: Option<Arc<str>>,
+    pub process: Option<Process>,
+    pub attribution: Attribution,
+}
+
+impl Subject {
+    /// Not tied to any pod.
+    pub fn unattributed(process: Option<Process>) -> Subject {
+        Subject {
+            pod: None,
+            container: None,
+            process,
+            attribution: Attribution::None,
+        }
+    }
+}
+
+/// A connection between two endpoints, seen from the record's pod (refusals; timeouts next).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Connection {
+    pub direction: Direction,
+    /// The side that initiated the traffic.
+    pub src: SocketAddr,
+    /// The side that received it.
+    pub dst: SocketAddr,
+    pub protocol: Protocol,
+    /// The kernel's reason, when it gave one.
+    pub reason: Option<Arc<str>>,
+    /// The pod at the other end, when known.
+    pub peer: Option<Arc<PodRef>>,
+}
+
+/// What happened, one variant per kind.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Detail {
+    ConnectionRefused(Connection),
+}
+
+/// What makes two occurrences of a kind "the same failure" (besides pod and container).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum DetailKey {
+    /// Client ports are ephemeral, so the source is keyed by IP only; the destination keeps its
+    /// port (it names the service).
+    Connection {
+        direction: Direction,
+        protocol: Protocol,
+        src_ip: IpAddr,
+        dst: SocketAddr,
+        reason: Option<Arc<str>>,
+    },
+}
+
+impl Detail {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Detail::ConnectionRefused(_) => Kind::ConnectionRefused,
+        }
+    }
+
+    /// The aggregation key.
+    pub fn key(&self) -> DetailKey {
+        match self {
+            Detail::ConnectionRefused(c) => DetailKey::Connection {
+                direction: c.direction,
+                protocol: c.protocol,
+                src_ip: c.src.ip(),
+                dst: c.dst,
+                reason: c.reason.clone(),
+            },
+        }
+    }
+
+    /// Takes in a later occurrence with the same key: the latest values win where they vary.
+    fn absorb(&mut self, later: Detail) {
+        match (self, later) {
+            (Detail::ConnectionRefused(c), Detail::ConnectionRefused(l)) => {
+                c.src = l.src;
+                c.peer = l.peer.or(c.peer.take());
+            }
+        }
+    }
+
+    /// The connection, for kinds that have one.
+    pub fn connection(&self) -> Option<&Connection> {
+        match self {
+            Detail::ConnectionRefused(c) => Some(c),
+        }
+    }
+
+    /// The kind-specific JSON fields, flat beside the common ones (the JSON contract).
+    pub fn json_fields(&self, out: &mut Map<String, Value>) {
+        match self {
+            Detail::ConnectionRefused(c) => {
+                out.insert("direction".into(), c.direction.as_str().into());
+                out.insert("src".into(), c.src.to_string().into());
+                out.insert("dst".into(), c.dst.to_string().into());
+                out.insert("protocol".into(), c.protocol.as_str().into());
+                out.insert("reason".into(), c.reason.as_deref().into());
+                out.insert("peer".into(), c.peer.as_deref().map(PodRef::json).into());
+            }
+        }
+    }
+}
+
+/// One or more occurrences of a failure, attributed, on its way to the store. Hot signals are
+/// counted in the kernel and arrive as one occurrence with `count` repeats seen between
+/// `first_at` and `at`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Occurrence {
+    /// The latest sighting.
+    pub at: SystemTime,
+    /// The earliest sighting (`at` for a single one).
+    pub first_at: SystemTime,
+    /// Sightings this occurrence stands for (at least 1).
+    pub count: u64,
+    pub subject: Subject,
+    pub detail: Detail,
+}
+
+impl Occurrence {
+    /// A single sighting at `at`.
+    pub fn single(at: SystemTime, subject: Subject, detail: Detail) -> Occurrence {
+        Occurrence {
+            at,
+            first_at: at,
+            count: 1,
+            subject,
+            detail,
+        }
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.detail.kind()
+    }
+}
+
+/// One aggregated record: repeats of the same failure counted, with first and last sighting.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Evidence {
+    pub node: Arc<str>,
+    pub subject: Subject,
+    pub first_seen: SystemTime,
+    pub last_seen: SystemTime,
+    pub count: u64,
+    pub detail: Detail,
+}
+
+impl Evidence {
+    /// A record of one occurrence.
+    pub fn first(node: Arc<str>, o: Occurrence) -> Evidence {
+        Evidence {
+            node,
+            subject: o.subject,
+            first_seen: o.first_at.min(o.at),
+            last_seen: o.at,
+            count: o.count.max(1),
+            detail: o.detail,
+        }
+    }
+
+    /// Counts more occurrences with the same key; the latest one's varying values win.
+    pub fn absorb(&mut self, o: Occurrence) {
+        self.count = self.count.saturating_add(o.count.max(1));
+        self.first_seen = self.first_seen.min(o.first_at).min(o.at);
+        if o.at >= self.last_seen {
+            self.last_seen = o.at;
+            self.subject.process = o.subject.process.or(self.subject.process.take());
+            self.detail.absorb(o.detail);
+        }
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.detail.kind()
+    }
+
+    pub fn pod(&self) -> Option<&PodRef> {
+        self.subject.pod.as_deref()
+    }
+}
+
+/// What a query or watch asks for. Empty fields match everything.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Filter {
+    pub namespace: Option<String>,
+    pub pod: Option<String>,
+    pub since: Option<SystemTime>,
+    pub kinds: Vec<Kind>,
+    pub include_unattributed: bool,
+}
+
+impl Filter {
+    /// Whether a record passes this filter.
+    pub fn matches(&self, e: &Evidence) -> bool {
+        if !self.kinds.is_empty() && !self.kinds.contains(&e.kind()) {
+            return false;
+        }
+        if let Some(since) = self.since
+            && e.last_seen < since
+        {
+            return false;
+        }
+        self.matches_pod(e.pod())
+    }
+
+    /// Whether records about `pod` (`None`: unattributed) pass the namespace and pod filters.
+    pub fn matches_pod(&self, pod: Option<&PodRef>) -> bool {
+        match pod {
+            None => self.include_unattributed && self.namespace.is_none() && self.pod.is_none(),
+            Some(pod) => {
+                self.namespace
+                    .as_ref()
+                    .is_none_or(|ns| *ns == pod.namespace)
+                    && self.pod.as_ref().is_none_or(|name| *name == pod.name)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{fixtures::refused, *};
+    use std::time::Duration;
+
+    #[test]
+    fn names_round_trip_and_serialize() {
+        for k in Kind::ALL {
+            assert_eq!(k.as_str().parse::<Kind>().unwrap(), *k);
+            assert_eq!(k.to_string(), k.as_str());
+        }
+        for d in Direction::ALL {
+            assert_eq!(d.as_str().parse::<Direction>().unwrap(), *d);
+        }
+        assert!(
+            "refused"
+                .parse::<Kind>()
+                .unwrap_err()
+                .contains("connection_refused")
+        );
+    }
+
+    #[test]
+    fn filter_by_pod_namespace_since_and_kind() {
+        let e = refused().pod("default", "client").last_seen(200).evidence();
+        let mut f = Filter::default();
+        assert!(f.matches(&e));
+        f.namespace = Some("default".into());
+        f.pod = Some("client".into());
+        assert!(f.matches(&e));
+        f.pod = Some("server".into());
+        assert!(!f.matches(&e));
+        f.pod = Some("client".into());
+        f.namespace = Some("other".into());
+        assert!(!f.matches(&e));
+        f.namespace = Some("default".into());
+        f.since = Some(fixtures::t(201));
+        assert!(!f.matches(&e));
+        f.since = Some(fixtures::t(200));
+        assert!(f.matches(&e));
+        f.kinds = vec![Kind::Dns];
+        assert!(!f.matches(&e));
+    }
+
+    #[test]
+    fn unattributed_only_when_asked_and_unfiltered_by_pod() {
+        let e = refused().unattributed().evidence();
+        let mut f = Filter::default();
+        assert!(!f.matches(&e));
+        f.include_unattributed = true;
+        assert!(f.matches(&e));
+        f.namespace = Some("default".into());
+        assert!(!f.matches(&e));
+    }
+
+    #[test]
+    fn absorb_keeps_first_and_latest() {
+        let mut e = refused().at(10).evidence();
+        e.absorb(refused().at(30).src("10.0.0.1:40001").occurrence());
+        e.absorb(refused().at(20).src("10.0.0.1:40002").occurrence());
+        assert_eq!(e.count, 3);
+        assert_eq!(
+            (e.first_seen, e.last_seen),
+            (fixtures::t(10), fixtures::t(30))
+        );
+        assert_eq!(e.detail.connection().unwrap().src.port(), 40001);
+        assert_eq!(
+            e.last_seen.duration_since(e.first_seen).unwrap(),
+            Duration::from_secs(20)
+        );
+    }
+
+    #[test]
+    fn counted_occurrences_add_their_count_and_span() {
+        let mut e = refused().at(10).evidence();
+        let mut o = refused().at(40).occurrence();
+        o.count = 500;
+        o.first_at = fixtures::t(5);
+        e.absorb(o);
+        assert_eq!(e.count, 501);
+        assert_eq!((e.first_seen, e.last_seen), (fixtures::t(5), fixtures::t(40)));
+    }
+
+    #[test]
+    fn json_fields_are_flat() {
+        let mut m = Map::new();
+        refused().evidence().detail.json_fields(&mut m);
+        assert_eq!(m["direction"], "outbound");
+        assert_eq!(m["protocol"], "tcp");
+        assert_eq!(m["dst"], "10.0.0.2:8080");
+        assert!(m["reason"].is_null());
+    }
+}

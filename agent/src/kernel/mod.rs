@@ -1,0 +1,8 @@
+//! Readers of what the running kernel says about itself: BTF (struct member offsets, enum
+//! values), tracefs `format` files (tracepoint record layouts) and its clocks. Nothing here
+//! needs the eBPF toolchain; mounting tracefs and the clocks need the node agent's libc.
+
+pub mod btf;
+#[cfg(feature = "node-agent")]
+pub mod clock;
+pub mod tracefs;

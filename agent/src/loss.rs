@@ -1,0 +1,171 @@
+//! Every way evidence can be lost, by one stable name. [`Loss`] drives the counters, Status, the
+//! proto (`LossCounters.counts`), the CLI's completeness line and the metrics: a new loss point
+//! is one variant here and one `counters.add(Loss::X, n)` where it happens.
+
+use std::{
+    sync::atomic::{AtomicU64, Ordering::Relaxed},
+    time::{Duration, SystemTime},
+};
+
+use crate::evidence::names::names;
+
+names! {
+    /// A place where evidence can be lost.
+    pub enum Loss {
+        /// The kernel could not reserve ring buffer space (it was full).
+        RingBufferFull = "ring_buffer_full",
+        /// A connect() could not be remembered in the kernel's table.
+        ConnectTableFull = "connect_table_full",
+        /// The kernel saw an event but could not read a field of its record.
+        KernelReadErrors = "kernel_read_errors",
+        /// A ring buffer record could not be decoded.
+        DecodeErrors = "decode_errors",
+        /// The reader -> attribution channel was full.
+        PipelineFull = "pipeline_full",
+        /// The attribution -> store channel was full.
+        StoreChannelFull = "store_channel_full",
+        /// Records evicted from the store to make room (capacity or quota).
+        StoreEvicted = "store_evicted",
+        /// Events that waited for pod metadata and were stored unattributed.
+        AttributionExpired = "attribution_expired",
+        /// Watch updates dropped because a watcher was too slow (it is disconnected).
+        WatchLagged = "watch_lagged",
+        /// A walk of the cgroup tree stopped at its cap: some cgroups could not be resolved,
+        /// and their events were attributed by IP or not at all.
+        CgroupWalkCapped = "cgroup_walk_capped",
+    }
+}
+
+/// Number of [`Loss`] variants.
+pub const LOSS_KINDS: usize = Loss::ALL.len();
+
+impl Loss {
+    /// Words for people: "{n} {describe}".
+    pub fn describe(self) -> &'static str {
+        match self {
+            Loss::RingBufferFull => "ring buffer full",
+            Loss::ConnectTableFull => "connect table full",
+            Loss::KernelReadErrors => "unreadable in the kernel",
+            Loss::DecodeErrors => "undecodable",
+            Loss::PipelineFull => "pipeline full",
+            Loss::StoreChannelFull => "store channel full",
+            Loss::StoreEvicted => "evicted from store",
+            Loss::AttributionExpired => "stored unattributed (pod metadata missing)",
+            Loss::WatchLagged => "watch updates dropped (slow watcher)",
+            Loss::CgroupWalkCapped => "cgroup walks cut short",
+        }
+    }
+
+    /// Whether this loss can make a query's answer incomplete. A slow watcher's lost updates do
+    /// not change what Query sees.
+    pub fn affects_answers(self) -> bool {
+        !matches!(self, Loss::WatchLagged)
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Counts per [`Loss`], a point-in-time copy, with when each last grew.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LossCounts {
+    counts: [u64; LOSS_KINDS],
+    last: [Option<SystemTime>; LOSS_KINDS],
+}
+
+impl LossCounts {
+    pub fn get(&self, loss: Loss) -> u64 {
+        self.counts.get(loss.index()).copied().unwrap_or(0)
+    }
+    pub fn set(&mut self, loss: Loss, n: u64) {
+        if let Some(slot) = self.counts.get_mut(loss.index()) {
+            *slot = n;
+        }
+    }
+    /// When the counter last grew.
+    pub fn last(&self, loss: Loss) -> Option<SystemTime> {
+        self.last.get(loss.index()).copied().flatten()
+    }
+    /// Every loss with its count, in [`Loss::ALL`] order.
+    pub fn iter(&self) -> impl Iterator<Item = (Loss, u64)> + '_ {
+        Loss::ALL.iter().map(|l| (*l, self.get(*l)))
+    }
+    /// The non-zero losses that can make an answer incomplete.
+    pub fn affecting_answers(&self) -> Vec<(Loss, u64)> {
+        self.iter()
+            .filter(|(l, n)| *n > 0 && l.affects_answers())
+            .collect()
+    }
+}
+
+/// Every loss counter (the kernel's are added by the reader as they grow), cumulative since
+/// start, with the time each last grew. Relaxed atomics: they are statistics.
+#[derive(Debug, Default)]
+pub struct Counters {
+    events_received: AtomicU64,
+    lost: [AtomicU64; LOSS_KINDS],
+    /// Unix milliseconds of the latest growth, 0 for never.
+    last_ms: [AtomicU64; LOSS_KINDS],
+}
+
+impl Counters {
+    pub fn add(&self, loss: Loss, n: u64) {
+        if n == 0 {
+            return;
+        }
+        if let Some(c) = self.lost.get(loss.index()) {
+            c.fetch_add(n, Relaxed);
+        }
+        if let Some(t) = self.last_ms.get(loss.index()) {
+            let now = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(1, |d| {
+                    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+                });
+            t.fetch_max(now, Relaxed);
+        }
+    }
+    pub fn add_events_received(&self, n: u64) {
+        self.events_received.fetch_add(n, Relaxed);
+    }
+    pub fn events_received(&self) -> u64 {
+        self.events_received.load(Relaxed)
+    }
+    pub fn snapshot(&self) -> LossCounts {
+        let mut out = LossCounts::default();
+        for l in Loss::ALL {
+            out.set(*l, self.get(*l));
+            let ms = self.last_ms.get(l.index()).map_or(0, |t| t.load(Relaxed));
+            if let Some(slot) = out.last.get_mut(l.index()) {
+                *slot = (ms > 0).then(|| SystemTime::UNIX_EPOCH + Duration::from_millis(ms));
+            }
+        }
+        out
+    }
+    pub fn get(&self, loss: Loss) -> u64 {
+        self.lost.get(loss.index()).map_or(0, |c| c.load(Relaxed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_by_name() {
+        let c = Counters::default();
+        c.add(Loss::PipelineFull, 2);
+        c.add(Loss::WatchLagged, 1);
+        let s = c.snapshot();
+        assert_eq!(s.get(Loss::PipelineFull), 2);
+        assert!(s.last(Loss::PipelineFull).is_some());
+        assert_eq!(s.last(Loss::DecodeErrors), None);
+        assert_eq!(s.affecting_answers(), vec![(Loss::PipelineFull, 2)]);
+        assert_eq!(s.iter().count(), LOSS_KINDS);
+        let names: Vec<_> = Loss::ALL.iter().map(|l| l.as_str()).collect();
+        let mut unique = names.clone();
+        unique.dedup();
+        assert_eq!(names, unique);
+    }
+}

@@ -1,0 +1,204 @@
+//! The node agent (`triage-agent agent`): wires the pipeline and runs it until SIGTERM/SIGINT.
+//!
+//! ```text
+//! kernel programs --ring buffer--> probes::reader --events--> attribute --occurrences--> store
+//! cgroupfs samplers ------------------------------^     ^                                 ^
+//!                        attribute::metadata (kube-rs) -+          api (gRPC) --commands--+
+//! ```
+//! Each component makes its own bounded channels (`spawn` returns its senders and its task);
+//! producers never await consumers on the event path, and every drop is counted in
+//! [`Counters`]. The agent is either healthy or gone: any task that ends before shutdown was
+//! asked for (an error, a panic, a closed channel) cancels everything, and the agent exits
+//! non-zero so the DaemonSet restarts it.
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, SystemTime},
+};
+
+use anyhow::Context as _;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::{Instrument as _, error, info, info_span, warn};
+
+use crate::{
+    api::{self, AgentApi, AgentInfo, AgentState},
+    attribute::{self, Attributor, cgroup_ids, metadata},
+    kernel::{btf::Btf, tracefs},
+    loss::Counters,
+    probes::{loader, offsets, reader},
+    store::{self, Store, StoreConfig},
+};
+
+/// How long shutdown waits for tasks before detaching anyway.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Settings of the node agent.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    pub node: String,
+    pub listen: SocketAddr,
+    pub store: StoreConfig,
+    /// cgroup2 mount to resolve cgroup ids in; found in /proc/self/mountinfo when unset.
+    pub cgroup_root: Option<PathBuf>,
+}
+
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// Runs tasks so that one ending early stops the agent with a failure.
+struct Supervisor {
+    tracker: TaskTracker,
+    cancel: CancellationToken,
+    failed: Arc<AtomicBool>,
+}
+
+impl Supervisor {
+    fn spawn<F, E>(&self, name: &'static str, task: F)
+    where
+        F: Future<Output = Result<(), E>> + Send + 'static,
+        E: std::fmt::Display + Send + 'static,
+    {
+        let cancel = self.cancel.clone();
+        let failed = self.failed.clone();
+        let task = tokio::spawn(task.instrument(info_span!("task", name)));
+        self.tracker.spawn(async move {
+            let outcome = task.await;
+            if cancel.is_cancelled() && matches!(outcome, Ok(Ok(()))) {
+                return;
+            }
+            match outcome {
+                Ok(Ok(())) => error!(
+                    task = name,
+                    "task ended before shutdown; stopping the agent"
+                ),
+                Ok(Err(error)) => error!(task = name, %error, "task failed; stopping the agent"),
+                Err(error) => error!(task = name, %error, "task panicked; stopping the agent"),
+            }
+            failed.store(true, Ordering::SeqCst);
+            cancel.cancel();
+        });
+    }
+}
+
+/// A task that cannot fail on its own: it returns when cancelled or when its inputs close.
+async fn infallible(task: impl Future<Output = ()>) -> Result<(), std::convert::Infallible> {
+    task.await;
+    Ok(())
+}
+
+/// Runs the node agent until a termination signal; fails when any part of it fails.
+pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
+    let started = SystemTime::now();
+    let mut kube_config = kube::Config::infer()
+        .await
+        .context("no Kubernetes client configuration (set KUBECONFIG or run in a pod)")?;
+    // kube's built-in retry hides 503/429 for minutes; the watcher's own backoff retries instead,
+    // so every failure is logged and shown in Status while it lasts.
+    kube_config.default_retry = false;
+    let client = kube::Client::try_from(kube_config).context("building the Kubernetes client")?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("listening on {}", config.listen))?;
+
+    let tracefs = tracefs::ensure_mounted()?;
+    let btf = match Btf::vmlinux() {
+        Ok(btf) => Some(btf),
+        Err(error) => {
+            warn!(%error, "kernel BTF unavailable; probes that need struct offsets stay detached");
+            None
+        }
+    };
+    let loaded = loader::load(&tracefs, btf.as_ref()).context("loading eBPF programs")?;
+    let reasons = offsets::reset_reason_names(btf.as_ref());
+    drop(btf);
+
+    let cgroup_root = match config.cgroup_root.clone() {
+        Some(root) => root,
+        None => std::fs::read_to_string("/proc/self/mountinfo")
+            .ok()
+            .and_then(|m| cgroup_ids::cgroup2_mount(&m))
+            .context("no cgroup2 mount found; pass --cgroup-root")?,
+    };
+    let counters = Arc::new(Counters::default());
+    let resolver = cgroup_ids::CgroupResolver::new(cgroup_root.clone(), counters.clone())
+        .with_context(|| format!("opening the cgroup2 tree at {}", cgroup_root.display()))?;
+    let cancel = CancellationToken::new();
+    let supervisor = Supervisor {
+        tracker: TaskTracker::new(),
+        cancel: cancel.clone(),
+        failed: Arc::new(AtomicBool::new(false)),
+    };
+
+    let (store, occurrences, store_task) = store::spawn(
+        Store::new(config.store.clone(), counters.clone()),
+        cancel.child_token(),
+    );
+    supervisor.spawn("store", infallible(store_task));
+    let attributor = Attributor::new(Box::new(resolver), reasons, counters.clone());
+    let (inputs, attribution, attribute_task) =
+        attribute::spawn(attributor, occurrences, cancel.child_token());
+    supervisor.spawn("attribute", infallible(attribute_task));
+    let (meta_health, metadata_task) = metadata::spawn(
+        client,
+        config.node.clone(),
+        inputs.meta.clone(),
+        cancel.child_token(),
+    );
+    supervisor.spawn("metadata", infallible(metadata_task));
+    supervisor.spawn(
+        "reader",
+        reader::run(
+            loaded.ring,
+            loaded.loss,
+            inputs.events,
+            counters.clone(),
+            cancel.child_token(),
+        ),
+    );
+
+    let api = AgentApi::new(AgentState {
+        info: AgentInfo {
+            node: config.node.clone(),
+            kernel: kernel_release(),
+            started,
+        },
+        store,
+        counters,
+        probes: Arc::new(loaded.probes.statuses.clone()),
+        meta: meta_health,
+        attribution,
+    });
+    supervisor.spawn("api", api::serve(api, listener, cancel.child_token()));
+    supervisor.tracker.close();
+    info!(node = %config.node, listen = %config.listen, "agent running");
+
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        _ = sigterm.recv() => info!("SIGTERM: shutting down"),
+        _ = tokio::signal::ctrl_c() => info!("SIGINT: shutting down"),
+        () = cancel.cancelled() => warn!("a task stopped: shutting down"),
+    }
+    cancel.cancel();
+    if tokio::time::timeout(SHUTDOWN_GRACE, supervisor.tracker.wait())
+        .await
+        .is_err()
+    {
+        warn!("tasks did not stop within the grace period");
+    }
+    drop(loaded.probes);
+    info!("eBPF programs detached; bye");
+    if supervisor.failed.load(Ordering::SeqCst) {
+        anyhow::bail!("a pipeline task stopped unexpectedly (see the log above)");
+    }
+    Ok(())
+}

@@ -1,0 +1,110 @@
+//! Owns the ring buffer: waits for readiness with tokio's AsyncFd, drains records in batches,
+//! decodes each (a bad record is counted, never a panic) and hands it to attribution without
+//! awaiting: when the pipeline is full the event is counted as lost, the kernel is never slowed
+//! down. After every batch it yields, so a flood cannot starve the clock refresh, the kernel
+//! loss poll or cancellation.
+//!
+//! It also polls the kernel's loss counters once a second and adds their growth to the agent's
+//! counters, so every loss, kernel or user, is in one place with the time it last grew.
+
+use std::{sync::Arc, time::Duration};
+
+use aya::maps::{MapData, RingBuf};
+use tokio::{io::unix::AsyncFd, sync::mpsc};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::{
+    attribute::TimedEvent,
+    kernel::clock::BootClock,
+    loss::{Counters, Loss},
+    probes::{decode::decode, loader::LossMap},
+};
+
+/// How often the boot-time to wall-clock offset is refreshed (NTP slews the wall clock).
+const CLOCK_REFRESH: Duration = Duration::from_secs(10);
+/// How often the kernel's loss counters are read.
+const LOSS_POLL: Duration = Duration::from_secs(1);
+/// Records decoded before the reader yields to the runtime.
+pub const BATCH: usize = 1024;
+
+/// Why the reader stopped on its own.
+#[derive(Debug, thiserror::Error)]
+pub enum ReaderError {
+    #[error("ring buffer: {0}")]
+    Ring(#[from] std::io::Error),
+    #[error("attribution stopped taking events")]
+    AttributionGone,
+}
+
+/// Reads the ring buffer until cancelled. Returns an error when it cannot go on (including
+/// attribution having stopped): the caller stops the agent.
+pub async fn run(
+    ring: RingBuf<MapData>,
+    loss_map: LossMap,
+    out: mpsc::Sender<TimedEvent>,
+    counters: Arc<Counters>,
+    cancel: CancellationToken,
+) -> Result<(), ReaderError> {
+    // SAFETY: the RingBuf owns its map fd for its whole life, and the AsyncFd owns the RingBuf.
+    let mut fd = unsafe { AsyncFd::register(ring) }.map_err(std::io::Error::from)?;
+    let mut clock = BootClock::new()?;
+    let mut refresh = tokio::time::interval(CLOCK_REFRESH);
+    let mut poll = tokio::time::interval(LOSS_POLL);
+    let mut kernel_seen = [0u64; 8];
+    loop {
+        tokio::select! {
+            biased;
+            () = cancel.cancelled() => return Ok(()),
+            _ = refresh.tick() => clock.refresh()?,
+            _ = poll.tick() => match loss_map.read() {
+                Ok(totals) => {
+                    for ((loss, total), seen) in totals.into_iter().zip(kernel_seen.iter_mut()) {
+                        if total > *seen {
+                            counters.add(loss, total - *seen);
+                            *seen = total;
+                        }
+                    }
+                }
+                Err(error) => warn!(%error, "reading the kernel's loss counters failed"),
+            },
+            guard = fd.readable_mut() => {
+                let mut guard = guard?;
+                let ring = guard.get_inner_mut();
+                let mut received = 0u64;
+                while let Some(record) = ring.next() {
+                    received += 1;
+                    match decode(&record) {
+                        Ok(event) => {
+                            let at = clock.wall(event.boot_ns());
+                            match out.try_send(TimedEvent { at, event }) {
+                                Ok(()) => {}
+                                Err(mpsc::error::TrySendError::Full(_)) => {
+                                    counters.add(Loss::PipelineFull, 1);
+                                }
+                                Err(mpsc::error::TrySendError::Closed(_)) => {
+                                    return Err(ReaderError::AttributionGone);
+                                }
+                            }
+                        }
+                        Err(error) => {
+                            counters.add(Loss::DecodeErrors, 1);
+                            debug!(%error, "undecodable ring buffer record");
+                        }
+                    }
+                    if received >= BATCH as u64 {
+                        break;
+                    }
+                }
+                counters.add_events_received(received);
+                // A full batch may have left records behind: stay ready and come back after
+                // the other branches had their turn.
+                if received < BATCH as u64 {
+                    guard.clear_ready();
+                }
+                drop(guard);
+                tokio::task::yield_now().await;
+            }
+        }
+    }
+}

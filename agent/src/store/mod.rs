@@ -1,0 +1,422 @@
+//! The evidence store: aggregates repeats of the same failure into one record (count, first and
+//! last seen), bounded by record count and age, fair between pods.
+//!
+//! Records are grouped by owner (a pod, or "unattributed"); the owner map is also the index a
+//! pod's query reads, so answering for one pod never scans the others' records. Room is made
+//! fairly: a pod over its quota, a namespace over its quota, or the unattributed records over
+//! their budget lose their own oldest records; when the whole store is full, the biggest owner
+//! loses its oldest. One noisy pod can therefore never push out another pod's evidence.
+//! Evictions are counted per owner (an answer says what was lost for the pod asked about) and
+//! globally ([`Loss::StoreEvicted`]); records past the retention age expire and are counted
+//! apart (expiry is the retention policy, not a loss).
+//!
+//! [`task`] runs the store as a single owner task reached through a [`StoreHandle`].
+
+mod task;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, SystemTime},
+};
+
+use tokio::sync::mpsc;
+
+pub use task::{
+    Command, OCCURRENCES_CHANNEL, StoreGone, StoreHandle, SubscribeError, Subscription, spawn,
+};
+
+use crate::{
+    evidence::{DetailKey, Evidence, Filter, Kind, Occurrence, PodRef},
+    loss::{Counters, Loss},
+};
+
+/// Default record capacity: about 100,000 records fit in 64 MiB of agent memory.
+pub const DEFAULT_CAPACITY: usize = 100_000;
+/// Default retention: long enough to answer "what went wrong during last night's incident".
+pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+/// Default answer size of a query.
+pub const DEFAULT_QUERY_LIMIT: usize = 1000;
+/// Updates a watcher may have in flight before it is considered too slow and dropped.
+pub const WATCH_BUFFER: usize = 1024;
+/// Most concurrent watchers; more are refused (each holds a buffer of [`WATCH_BUFFER`]).
+pub const MAX_SUBSCRIBERS: usize = 64;
+
+/// Bounds of the store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreConfig {
+    pub node: String,
+    /// Most records in all.
+    pub capacity: usize,
+    /// Records not seen for this long expire.
+    pub max_age: Duration,
+    /// Most records of one pod.
+    pub pod_quota: usize,
+    /// Most records of one namespace.
+    pub namespace_quota: usize,
+    /// Most records tied to no pod.
+    pub unattributed_quota: usize,
+}
+
+impl StoreConfig {
+    /// Quotas derived from the capacity: a pod may hold 1/20 of it, a namespace 1/4, records
+    /// tied to no pod 1/10 — so at least 20 pods fill their quota before anyone else's
+    /// evidence is touched.
+    pub fn new(node: impl Into<String>, capacity: usize, max_age: Duration) -> StoreConfig {
+        let capacity = capacity.max(1);
+        StoreConfig {
+            node: node.into(),
+            capacity,
+            max_age,
+            pod_quota: (capacity / 20).max(1),
+            namespace_quota: (capacity / 4).max(1),
+            unattributed_quota: (capacity / 10).max(1),
+        }
+    }
+}
+
+/// Who a record belongs to, for quotas and the index.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Owner {
+    Pod(Arc<str>),
+    Unattributed,
+}
+
+/// What makes two occurrences "the same failure".
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Key {
+    kind: Kind,
+    owner: Owner,
+    container: Option<Arc<str>>,
+    detail: DetailKey,
+}
+
+impl Key {
+    fn of(o: &Occurrence) -> Key {
+        Key {
+            kind: o.kind(),
+            owner: owner_of(o.subject.pod.as_deref().map(|p| p.uid.as_str())),
+            container: o.subject.container.clone(),
+            detail: o.detail.key(),
+        }
+    }
+}
+
+fn owner_of(uid: Option<&str>) -> Owner {
+    uid.map_or(Owner::Unattributed, |u| Owner::Pod(u.into()))
+}
+
+struct Slot {
+    key: Arc<Key>,
+    evidence: Evidence,
+    seq: u64,
+}
+
+/// One owner's records in last-seen order (oldest first) and what it lost.
+#[derive(Default)]
+struct OwnerState {
+    pod: Option<Arc<PodRef>>,
+    order: BTreeMap<(SystemTime, u64), Arc<Key>>,
+    evicted: u64,
+    /// Newest last_seen among this owner's evicted records.
+    evicted_newest: Option<SystemTime>,
+}
+
+/// Store counters for Status.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    pub records: u64,
+    pub capacity: u64,
+    pub evicted: u64,
+    pub expired: u64,
+    pub subscribers: u64,
+}
+
+/// A query's answer.
+#[derive(Clone, Debug, Default)]
+pub struct QueryResult {
+    pub evidence: Vec<Evidence>,
+    pub truncated: bool,
+    /// Records of the pods asked about that were evicted for room and had been seen inside
+    /// the query's window: the answer lacks them.
+    pub evicted: u64,
+}
+
+/// Where records go besides memory (the persistent store plugs in here): told of every
+/// change, in order.
+pub trait Backend: Send {
+    fn upsert(&mut self, e: &Evidence);
+    fn remove(&mut self, e: &Evidence);
+}
+
+struct Subscriber {
+    filter: Filter,
+    tx: mpsc::Sender<Evidence>,
+    /// Set when the store dropped this watcher for being too slow.
+    lagged: Arc<AtomicBool>,
+}
+
+/// The aggregation state (synchronous, unit-tested); [`task`] owns it.
+pub struct Store {
+    node: Arc<str>,
+    config: StoreConfig,
+    records: HashMap<Arc<Key>, Slot>,
+    owners: HashMap<Owner, OwnerState>,
+    namespaces: HashMap<String, usize>,
+    seq: u64,
+    evicted: u64,
+    expired: u64,
+    counters: Arc<Counters>,
+    subscribers: Vec<Subscriber>,
+    backend: Option<Box<dyn Backend>>,
+}
+
+impl Store {
+    pub fn new(config: StoreConfig, counters: Arc<Counters>) -> Store {
+        Store {
+            node: config.node.as_str().into(),
+            config,
+            records: HashMap::new(),
+            owners: HashMap::new(),
+            namespaces: HashMap::new(),
+            seq: 0,
+            evicted: 0,
+            expired: 0,
+            counters,
+            subscribers: Vec::new(),
+            backend: None,
+        }
+    }
+
+    pub fn set_backend(&mut self, backend: Box<dyn Backend>) {
+        self.backend = Some(backend);
+    }
+
+    /// Adds one occurrence: a new record or one more count on an existing one.
+    pub fn record(&mut self, o: Occurrence) {
+        let key = Key::of(&o);
+        self.seq += 1;
+        let seq = self.seq;
+        let updated = if let Some(slot) = self.records.get_mut(&key) {
+            let state = self.owners.entry(key.owner.clone()).or_default();
+            state.order.remove(&(slot.evidence.last_seen, slot.seq));
+            slot.evidence.absorb(o);
+            slot.seq = seq;
+            state
+                .order
+                .insert((slot.evidence.last_seen, seq), slot.key.clone());
+            slot.evidence.clone()
+        } else {
+            let pod = o.subject.pod.clone();
+            self.make_room(&key.owner, pod.as_deref().map(|p| p.namespace.as_str()));
+            let evidence = Evidence::first(self.node.clone(), o);
+            let key = Arc::new(key);
+            let state = self.owners.entry(key.owner.clone()).or_default();
+            state.order.insert((evidence.last_seen, seq), key.clone());
+            if let Some(pod) = pod {
+                *self.namespaces.entry(pod.namespace.clone()).or_default() += 1;
+                state.pod = Some(pod);
+            }
+            self.records.insert(
+                key.clone(),
+                Slot {
+                    key,
+                    evidence: evidence.clone(),
+                    seq,
+                },
+            );
+            evidence
+        };
+        if let Some(b) = &mut self.backend {
+            b.upsert(&updated);
+        }
+        self.publish(&updated);
+    }
+
+    fn owner_len(&self, owner: &Owner) -> usize {
+        self.owners.get(owner).map_or(0, |s| s.order.len())
+    }
+
+    /// Before a new record of `owner` (in `namespace`) is added: evicts from whoever is over
+    /// quota, oldest first.
+    fn make_room(&mut self, owner: &Owner, namespace: Option<&str>) {
+        let own_quota = match owner {
+            Owner::Pod(_) => self.config.pod_quota,
+            Owner::Unattributed => self.config.unattributed_quota,
+        };
+        if self.owner_len(owner) >= own_quota {
+            self.evict_oldest_of(owner, false);
+            return;
+        }
+        if let Some(ns) = namespace
+            && self.namespaces.get(ns).copied().unwrap_or(0) >= self.config.namespace_quota
+            && let Some(biggest) = self.biggest_owner(Some(ns))
+        {
+            self.evict_oldest_of(&biggest, false);
+            return;
+        }
+        if self.records.len() >= self.config.capacity
+            && let Some(biggest) = self.biggest_owner(None)
+        {
+            self.evict_oldest_of(&biggest, false);
+        }
+    }
+
+    /// The owner with the most records (in `namespace`, when given).
+    fn biggest_owner(&self, namespace: Option<&str>) -> Option<Owner> {
+        self.owners
+            .iter()
+            .filter(|(_, s)| {
+                namespace.is_none_or(|ns| s.pod.as_ref().is_some_and(|p| p.namespace == ns))
+            })
+            .max_by_key(|(_, s)| s.order.len())
+            .filter(|(_, s)| !s.order.is_empty())
+            .map(|(o, _)| o.clone())
+    }
+
+    /// Removes the owner's least recently seen record; `expired` tells age from room.
+    fn evict_oldest_of(&mut self, owner: &Owner, expired: bool) -> bool {
+        let Some(state) = self.owners.get_mut(owner) else {
+            return false;
+        };
+        let Some((_, key)) = state.order.pop_first() else {
+            return false;
+        };
+        let Some(slot) = self.records.remove(&key) else {
+            return false;
+        };
+        if expired {
+            self.expired += 1;
+        } else {
+            state.evicted += 1;
+            state.evicted_newest = state.evicted_newest.max(Some(slot.evidence.last_seen));
+            self.evicted += 1;
+            self.counters.add(Loss::StoreEvicted, 1);
+        }
+        if let Some(pod) = &state.pod
+            && let Some(n) = self.namespaces.get_mut(&pod.namespace)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.namespaces.remove(&pod.namespace);
+            }
+        }
+        if let Some(b) = &mut self.backend {
+            b.remove(&slot.evidence);
+        }
+        true
+    }
+
+    /// Expires records not seen within the retention, and forgets owners with nothing left to
+    /// say (no records, no evictions inside the retention).
+    pub fn sweep(&mut self, now: SystemTime) {
+        let horizon = now
+            .checked_sub(self.config.max_age)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        let owners: Vec<Owner> = self.owners.keys().cloned().collect();
+        for owner in owners {
+            while self
+                .owners
+                .get(&owner)
+                .and_then(|s| s.order.first_key_value())
+                .is_some_and(|(&(last_seen, _), _)| last_seen < horizon)
+            {
+                self.evict_oldest_of(&owner, true);
+            }
+        }
+        self.owners
+            .retain(|_, s| !s.order.is_empty() || s.evicted_newest.is_some_and(|t| t >= horizon));
+    }
+
+    fn publish(&mut self, e: &Evidence) {
+        let mut lagged = 0;
+        self.subscribers.retain(|s| {
+            if !s.filter.matches(e) {
+                return !s.tx.is_closed();
+            }
+            match s.tx.try_send(e.clone()) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    s.lagged.store(true, Ordering::Relaxed);
+                    lagged += 1;
+                    false
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            }
+        });
+        if lagged > 0 {
+            self.counters.add(Loss::WatchLagged, lagged);
+        }
+    }
+
+    /// Records matching `filter`, most recent first, at most `limit`.
+    pub fn query(&self, filter: &Filter, limit: usize) -> QueryResult {
+        let mut evidence = Vec::new();
+        let mut evicted = 0;
+        for (owner, state) in &self.owners {
+            let pod = match owner {
+                Owner::Unattributed => None,
+                Owner::Pod(_) => state.pod.as_deref(),
+            };
+            if !filter.matches_pod(pod) {
+                continue;
+            }
+            if state
+                .evicted_newest
+                .is_some_and(|t| filter.since.is_none_or(|since| t >= since))
+            {
+                evicted += state.evicted;
+            }
+            // Newest first: stop at the window's start.
+            for ((last_seen, _), key) in state.order.iter().rev() {
+                if filter.since.is_some_and(|since| *last_seen < since) {
+                    break;
+                }
+                if let Some(slot) = self.records.get(key)
+                    && filter.matches(&slot.evidence)
+                {
+                    evidence.push(slot.evidence.clone());
+                }
+            }
+        }
+        evidence.sort_by(|a, b| b.last_seen.cmp(&a.last_seen).then(b.count.cmp(&a.count)));
+        let truncated = evidence.len() > limit;
+        evidence.truncate(limit);
+        QueryResult {
+            evidence,
+            truncated,
+            evicted,
+        }
+    }
+
+    /// Adds a watcher, unless [`MAX_SUBSCRIBERS`] are already watching.
+    pub fn subscribe(
+        &mut self,
+        filter: Filter,
+        tx: mpsc::Sender<Evidence>,
+        lagged: Arc<AtomicBool>,
+    ) -> bool {
+        self.subscribers.retain(|s| !s.tx.is_closed());
+        if self.subscribers.len() >= MAX_SUBSCRIBERS {
+            return false;
+        }
+        self.subscribers.push(Subscriber { filter, tx, lagged });
+        true
+    }
+
+    pub fn stats(&self) -> StoreStats {
+        StoreStats {
+            records: self.records.len() as u64,
+            capacity: self.config.capacity as u64,
+            evicted: self.evicted,
+            expired: self.expired,
+            subscribers: self.subscribers.len() as u64,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,167 @@
+//! The store as a task: the single owner of [`Store`], fed occurrences through a bounded
+//! channel and reached by readers through [`StoreHandle`] commands. [`spawn`] makes the
+//! channels and returns the handle, the occurrence sender and the task to run, so the wiring
+//! and the tests never build the plumbing by hand.
+
+use std::{
+    future::Future,
+    sync::{Arc, atomic::AtomicBool},
+    time::{Duration, SystemTime},
+};
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::{QueryResult, Store, StoreStats, WATCH_BUFFER};
+use crate::evidence::{Evidence, Filter, Occurrence};
+
+/// Capacity of the occurrence channel into the store: a few seconds of a heavy burst.
+pub const OCCURRENCES_CHANNEL: usize = 8192;
+/// Capacity of the command channel (queries, subscriptions, stats).
+const COMMANDS_CHANNEL: usize = 64;
+/// How often records older than the retention expire. Measured on the monotonic clock
+/// (tokio's interval), so a wall-clock step does not change the pace.
+const AGE_SWEEP: Duration = Duration::from_secs(10);
+
+/// Requests to the store task.
+pub enum Command {
+    Query {
+        filter: Filter,
+        limit: usize,
+        reply: oneshot::Sender<QueryResult>,
+    },
+    /// `ready` is answered once the subscription is in place (or refused: `false`), so nothing
+    /// recorded after `subscribe` returns is missed.
+    Subscribe {
+        filter: Filter,
+        tx: mpsc::Sender<Evidence>,
+        lagged: Arc<AtomicBool>,
+        ready: oneshot::Sender<bool>,
+    },
+    Stats {
+        reply: oneshot::Sender<StoreStats>,
+    },
+}
+
+/// The store task is gone (agent shutting down).
+#[derive(Debug, thiserror::Error)]
+#[error("the evidence store is shutting down")]
+pub struct StoreGone;
+
+/// Why a watch could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SubscribeError {
+    #[error(transparent)]
+    Gone(#[from] StoreGone),
+    #[error("too many watchers (at most {max})", max = super::MAX_SUBSCRIBERS)]
+    TooMany,
+}
+
+/// A live stream of updated records.
+pub struct Subscription {
+    pub updates: mpsc::Receiver<Evidence>,
+    /// Set when the store dropped this watcher for being too slow.
+    pub lagged: Arc<AtomicBool>,
+}
+
+/// Cloneable access to the store task.
+#[derive(Clone)]
+pub struct StoreHandle {
+    tx: mpsc::Sender<Command>,
+}
+
+impl StoreHandle {
+    pub async fn query(&self, filter: Filter, limit: usize) -> Result<QueryResult, StoreGone> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Query {
+                filter,
+                limit,
+                reply,
+            })
+            .await
+            .map_err(|_| StoreGone)?;
+        rx.await.map_err(|_| StoreGone)
+    }
+
+    /// Updated records matching `filter`, from now on.
+    pub async fn subscribe(&self, filter: Filter) -> Result<Subscription, SubscribeError> {
+        let (tx, updates) = mpsc::channel(WATCH_BUFFER);
+        let lagged = Arc::new(AtomicBool::new(false));
+        let (ready, ack) = oneshot::channel();
+        self.tx
+            .send(Command::Subscribe {
+                filter,
+                tx,
+                lagged: lagged.clone(),
+                ready,
+            })
+            .await
+            .map_err(|_| StoreGone)?;
+        match ack.await.map_err(|_| StoreGone)? {
+            true => Ok(Subscription { updates, lagged }),
+            false => Err(SubscribeError::TooMany),
+        }
+    }
+
+    pub async fn stats(&self) -> Result<StoreStats, StoreGone> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Stats { reply })
+            .await
+            .map_err(|_| StoreGone)?;
+        rx.await.map_err(|_| StoreGone)
+    }
+}
+
+/// Makes the store's channels: returns the handle for readers, the sender for occurrences and
+/// the task, which runs until cancelled or until every sender is gone.
+pub fn spawn(
+    store: Store,
+    cancel: CancellationToken,
+) -> (
+    StoreHandle,
+    mpsc::Sender<Occurrence>,
+    impl Future<Output = ()> + Send + 'static,
+) {
+    let (occ_tx, occ_rx) = mpsc::channel(OCCURRENCES_CHANNEL);
+    let (cmd_tx, cmd_rx) = mpsc::channel(COMMANDS_CHANNEL);
+    (
+        StoreHandle { tx: cmd_tx },
+        occ_tx,
+        run(store, occ_rx, cmd_rx, cancel),
+    )
+}
+
+async fn run(
+    mut store: Store,
+    mut occurrences: mpsc::Receiver<Occurrence>,
+    mut commands: mpsc::Receiver<Command>,
+    cancel: CancellationToken,
+) {
+    let mut sweep = tokio::time::interval(AGE_SWEEP);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => break,
+            o = occurrences.recv() => match o {
+                Some(o) => store.record(o),
+                None => break,
+            },
+            c = commands.recv() => match c {
+                Some(Command::Query { filter, limit, reply }) => {
+                    let _ = reply.send(store.query(&filter, limit));
+                }
+                Some(Command::Subscribe { filter, tx, lagged, ready }) => {
+                    let _ = ready.send(store.subscribe(filter, tx, lagged));
+                }
+                Some(Command::Stats { reply }) => {
+                    let _ = reply.send(store.stats());
+                }
+                None => break,
+            },
+            // Retention is about evidence times, which are wall-clock times.
+            _ = sweep.tick() => store.sweep(SystemTime::now()),
+        }
+    }
+}

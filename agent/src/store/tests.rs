@@ -1,0 +1,289 @@
+//! Store unit tests: aggregation, fairness between pods, expiry, watchers, the task.
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::*;
+use crate::evidence::{
+    Attribution,
+    fixtures::{refused, t},
+};
+
+fn store(capacity: usize) -> Store {
+    Store::new(
+        StoreConfig::new("n1", capacity, DEFAULT_MAX_AGE),
+        Arc::new(Counters::default()),
+    )
+}
+
+fn occ(pod: &str, port: u16, at: u64) -> Occurrence {
+    refused()
+        .pod("ns", pod)
+        .dst(&format!("10.0.0.2:{port}"))
+        .at(at)
+        .occurrence()
+}
+
+fn everything() -> Filter {
+    Filter {
+        include_unattributed: true,
+        ..Filter::default()
+    }
+}
+
+fn only(pod: &str) -> Filter {
+    Filter {
+        namespace: Some("ns".into()),
+        pod: Some(pod.into()),
+        ..Filter::default()
+    }
+}
+
+#[test]
+fn repeats_aggregate_with_first_last_and_count() {
+    let mut s = store(100);
+    s.record(refused().src("10.0.0.1:40000").at(10).occurrence());
+    s.record(refused().src("10.0.0.1:40001").at(30).occurrence());
+    s.record(refused().src("10.0.0.1:40002").at(20).occurrence()); // late arrival
+    let r = s.query(&everything(), 10);
+    assert_eq!(r.evidence.len(), 1);
+    let e = &r.evidence[0];
+    assert_eq!(e.count, 3);
+    assert_eq!((e.first_seen, e.last_seen), (t(10), t(30)));
+    assert_eq!(
+        e.detail.connection().unwrap().src.port(),
+        40001,
+        "src port of the latest occurrence"
+    );
+    assert_eq!(&*e.node, "n1");
+}
+
+#[test]
+fn different_destinations_and_pods_are_different_records() {
+    let mut s = store(100);
+    s.record(occ("a", 80, 1));
+    s.record(occ("a", 81, 2));
+    s.record(occ("b", 80, 3));
+    let r = s.query(&everything(), 10);
+    assert_eq!(r.evidence.len(), 3);
+    assert_eq!(r.evidence[0].pod().unwrap().name, "b", "newest first");
+    assert_eq!(s.query(&only("a"), 10).evidence.len(), 2);
+    let limited = s.query(&everything(), 2);
+    assert!(limited.truncated);
+    assert_eq!(limited.evidence.len(), 2);
+}
+
+#[test]
+fn a_pod_over_its_quota_loses_its_own_oldest_and_the_loss_is_counted_for_it() {
+    let mut s = store(100); // pod quota 5
+    s.record(occ("a", 1, 1));
+    s.record(occ("a", 2, 2));
+    s.record(occ("a", 1, 3)); // refresh :1
+    for port in 3..=5 {
+        s.record(occ("a", port, u64::from(port) + 1));
+    }
+    s.record(occ("a", 6, 10)); // a has 5: evicts its least recently seen (:2)
+    let ports: Vec<u16> = s
+        .query(&only("a"), 10)
+        .evidence
+        .iter()
+        .map(|e| e.detail.connection().unwrap().dst.port())
+        .collect();
+    assert_eq!(ports, vec![6, 5, 4, 3, 1]);
+    assert_eq!(s.stats().evicted, 1);
+    assert_eq!(s.query(&only("a"), 10).evicted, 1);
+    assert_eq!(s.query(&only("b"), 10).evicted, 0);
+    let window = Filter {
+        since: Some(t(3)),
+        ..only("a")
+    };
+    assert_eq!(
+        s.query(&window, 10).evicted,
+        0,
+        "the evicted record was last seen before the window"
+    );
+}
+
+#[test]
+fn one_noisy_pod_cannot_erase_other_pods_evidence() {
+    let mut s = store(20_000); // pod quota 1,000
+    for pod in ["quiet-1", "quiet-2", "quiet-3"] {
+        for port in 0..10 {
+            s.record(occ(pod, port, 1));
+        }
+    }
+    // 30,000 distinct refusals from one pod (the measured attack).
+    for i in 0..30_000u32 {
+        let port = u16::try_from(i % 60_000).unwrap();
+        s.record(
+            refused()
+                .pod("ns", "noisy")
+                .dst(&format!("10.0.{}.2:{port}", i / 60_000))
+                .at(2 + u64::from(i))
+                .occurrence(),
+        );
+    }
+    for pod in ["quiet-1", "quiet-2", "quiet-3"] {
+        let r = s.query(&only(pod), 100);
+        assert_eq!(r.evidence.len(), 10, "{pod} kept all its evidence");
+        assert_eq!(r.evicted, 0);
+    }
+    let noisy = s.query(&only("noisy"), 10);
+    assert_eq!(noisy.evicted, 29_000);
+    assert_eq!(s.stats().records, 30 + 1_000);
+}
+
+#[test]
+fn namespace_and_unattributed_budgets() {
+    let mut cfg = StoreConfig::new("n1", 1000, DEFAULT_MAX_AGE);
+    cfg.pod_quota = 100;
+    cfg.namespace_quota = 4;
+    cfg.unattributed_quota = 2;
+    let mut s = Store::new(cfg, Arc::new(Counters::default()));
+    s.record(refused().pod("other", "keep").at(1).occurrence());
+    for (i, pod) in ["a", "a", "a", "b", "b"].iter().enumerate() {
+        let i = u16::try_from(i).unwrap();
+        s.record(occ(pod, i, u64::from(i) + 2));
+    }
+    // ns "ns" holds at most 4: the biggest pod in it (a) lost its oldest.
+    assert_eq!(s.query(&only("a"), 10).evidence.len(), 2);
+    assert_eq!(s.query(&only("b"), 10).evidence.len(), 2);
+    for port in 0..5u16 {
+        s.record(
+            refused()
+                .unattributed()
+                .dst(&format!("10.9.9.9:{port}"))
+                .at(10 + u64::from(port))
+                .occurrence(),
+        );
+    }
+    let unattributed = s
+        .query(&everything(), 100)
+        .evidence
+        .iter()
+        .filter(|e| e.subject.attribution == Attribution::None)
+        .count();
+    assert_eq!(unattributed, 2);
+    let other = Filter {
+        namespace: Some("other".into()),
+        ..Filter::default()
+    };
+    assert_eq!(s.query(&other, 10).evidence.len(), 1, "untouched");
+}
+
+#[test]
+fn full_store_evicts_from_the_biggest_owner() {
+    let mut cfg = StoreConfig::new("n1", 6, DEFAULT_MAX_AGE);
+    cfg.pod_quota = 6;
+    cfg.namespace_quota = 6;
+    let mut s = Store::new(cfg, Arc::new(Counters::default()));
+    for port in 0..4 {
+        s.record(occ("big", port, 1 + u64::from(port)));
+    }
+    s.record(occ("small", 0, 10));
+    s.record(occ("small", 1, 11));
+    s.record(occ("new", 0, 12));
+    assert_eq!(s.query(&only("big"), 10).evidence.len(), 3);
+    assert_eq!(s.query(&only("small"), 10).evidence.len(), 2);
+    assert_eq!(s.query(&only("new"), 10).evidence.len(), 1);
+}
+
+#[test]
+fn expiry_is_not_eviction() {
+    let mut cfg = StoreConfig::new("n1", 10, Duration::from_secs(100));
+    cfg.pod_quota = 10;
+    let counters = Arc::new(Counters::default());
+    let mut s = Store::new(cfg, counters.clone());
+    s.record(occ("a", 1, 1));
+    s.record(occ("a", 2, 150));
+    s.sweep(t(200));
+    assert_eq!(s.query(&everything(), 10).evidence.len(), 1);
+    assert_eq!(s.stats().expired, 1);
+    assert_eq!(s.stats().evicted, 0);
+    assert_eq!(counters.get(Loss::StoreEvicted), 0, "expiry is no loss");
+    assert_eq!(s.query(&only("a"), 10).evicted, 0);
+}
+
+#[test]
+fn slow_watchers_are_dropped_and_counted_and_watchers_are_bounded() {
+    let counters = Arc::new(Counters::default());
+    let mut s = Store::new(
+        StoreConfig::new("n1", 10, DEFAULT_MAX_AGE),
+        counters.clone(),
+    );
+    let (tx, mut rx) = mpsc::channel(1);
+    let lagged = Arc::new(AtomicBool::new(false));
+    assert!(s.subscribe(Filter::default(), tx, lagged.clone()));
+    s.record(occ("a", 1, 1));
+    s.record(occ("a", 1, 2)); // buffer full: dropped
+    assert!(lagged.load(Ordering::Relaxed));
+    assert_eq!(counters.get(Loss::WatchLagged), 1);
+    assert_eq!(rx.try_recv().unwrap().count, 1);
+    s.record(occ("a", 1, 3));
+    assert!(rx.try_recv().is_err(), "unsubscribed");
+
+    let mut keep = Vec::new();
+    for _ in 0..MAX_SUBSCRIBERS {
+        let (tx, rx) = mpsc::channel(1);
+        keep.push(rx);
+        assert!(s.subscribe(Filter::default(), tx, Arc::default()));
+    }
+    let (tx, _rx) = mpsc::channel(1);
+    assert!(!s.subscribe(Filter::default(), tx, Arc::default()));
+    keep.pop(); // a watcher that went away frees its place
+    let (tx, _rx) = mpsc::channel(1);
+    assert!(s.subscribe(Filter::default(), tx, Arc::default()));
+}
+
+#[derive(Default, Clone)]
+struct Recorder(Arc<std::sync::Mutex<Vec<String>>>);
+impl Backend for Recorder {
+    fn upsert(&mut self, e: &Evidence) {
+        if let Ok(mut log) = self.0.lock() {
+            log.push(format!("upsert {} {}", e.kind().as_str(), e.count));
+        }
+    }
+    fn remove(&mut self, e: &Evidence) {
+        if let Ok(mut log) = self.0.lock() {
+            log.push(format!("remove {}", e.count));
+        }
+    }
+}
+
+#[test]
+fn backend_sees_every_change_in_order() {
+    let mut cfg = StoreConfig::new("n1", 10, DEFAULT_MAX_AGE);
+    cfg.pod_quota = 1;
+    let mut s = Store::new(cfg, Arc::new(Counters::default()));
+    let rec = Recorder::default();
+    s.set_backend(Box::new(rec.clone()));
+    s.record(occ("a", 1, 1));
+    s.record(occ("a", 1, 2));
+    s.record(occ("a", 2, 3));
+    assert_eq!(
+        *rec.0.lock().unwrap(),
+        vec![
+            "upsert connection_refused 1",
+            "upsert connection_refused 2",
+            "remove 2",
+            "upsert connection_refused 1"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn task_answers_commands() {
+    let cancel = CancellationToken::new();
+    let (handle, occurrences, task) = spawn(store(10), cancel.clone());
+    let task = tokio::spawn(task);
+    let mut watch = handle.subscribe(Filter::default()).await.unwrap();
+    occurrences.send(occ("a", 1, 1)).await.unwrap();
+    assert_eq!(watch.updates.recv().await.unwrap().count, 1);
+    let r = handle.query(Filter::default(), 10).await.unwrap();
+    assert_eq!(r.evidence.len(), 1);
+    assert_eq!(handle.stats().await.unwrap().records, 1);
+    cancel.cancel();
+    task.await.unwrap();
+    assert!(handle.query(Filter::default(), 10).await.is_err());
+}
