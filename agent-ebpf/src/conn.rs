@@ -1,36 +1,46 @@
-//! Refused TCP connections, from both ends, with tracepoints only (no kprobes needed).
+//! Failed TCP connections, from both ends, with tracepoints only (no kprobes needed). Every
+//! occurrence is counted as a flow ([`crate::flows`]): the first goes to userspace at once,
+//! repeats are counted in the kernel.
 //!
 //! Connecting side: `sock:inet_sock_set_state` CLOSE -> SYN_SENT runs in the connect() caller's
 //! context, so pid, comm and cgroup id are remembered there, keyed by the socket address.
-//! `tcp:tcp_receive_reset` fires (in softirq, where "current" means nothing) when a RST arrives;
-//! if the socket is still remembered it was in SYN_SENT: the connection was refused.
+//! - `tcp:tcp_receive_reset` (softirq, where "current" means nothing) on a remembered socket:
+//!   the connection was refused by a RST.
+//! - SYN_SENT -> CLOSE while still remembered (no RST came): refused by an ICMP error when the
+//!   socket's `sk_err` says so (ECONNREFUSED, EHOSTUNREACH, ENETUNREACH, EACCES), otherwise it
+//!   was never answered: a timeout, with the SYN retransmissions `tcp:tcp_retransmit_skb` saw.
 //!
 //! Refusing side: `tcp:tcp_send_reset` with no socket, answering a bare SYN, means a connection
 //! attempt reached a port nothing listens on.
 //!
-//! Kernel interfaces (field offsets come from tracefs `format` at load time):
-//! - sock:inet_sock_set_state: skaddr (ptr), oldstate/newstate (int), protocol (u16)
-//! - tcp:tcp_receive_reset: skaddr, sport/dport (u16, host order), family, saddr/daddr ([u8; 4]),
-//!   saddr_v6/daddr_v6 ([u8; 16]), sock_cookie (u64)
+//! Kernel interfaces (field offsets come from tracefs `format` and BTF at load time):
+//! - sock:inet_sock_set_state: skaddr (ptr), oldstate/newstate (int), protocol, sport/dport,
+//!   family, saddr/daddr ([u8; 4]), saddr_v6/daddr_v6 ([u8; 16])
+//! - tcp:tcp_receive_reset: skaddr, sport/dport (u16, host order), family, saddr/daddr,
+//!   saddr_v6/daddr_v6
+//! - tcp:tcp_retransmit_skb: skaddr, state
 //! - tcp:tcp_send_reset (Linux >= 6.10): skbaddr, skaddr, reason (enum sk_rst_reason),
 //!   saddr/daddr (sockaddr_in/sockaddr_in6 in 28 bytes; saddr is the local end)
 //! - struct sk_buff.data (BTF): the TCP header of the segment being answered
+//! - struct sock.sk_err (BTF): how a connect() without RST ended
 
 use aya_ebpf::{
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_ktime_get_boot_ns, bpf_probe_read_kernel,
+        bpf_probe_read_kernel,
     },
     macros::tracepoint,
     programs::TracePointContext,
 };
 use triage_agent_common::{
-    ABSENT, AF_INET, AF_INET6, COMM_LEN, ConnEvent, EventHeader, IPPROTO_TCP, LOST_CONNECT_TABLE,
-    LOST_FIELD_READ, LOST_RESERVE, Offsets, PendingConnect, conn_flags, kind, send_reset_layout,
-    tcp_state,
+    ABSENT, AF_INET, AF_INET6, COMM_LEN, FlowKey, FlowStats, IPPROTO_TCP, LOST_CONNECT_TABLE,
+    LOST_FIELD_READ, PendingConnect, errno, flow_flags, kind, send_reset_layout, tcp_state,
 };
 
-use crate::maps::{CONNECTS, EVENTS, count_loss, offsets};
+use crate::{
+    flows,
+    maps::{CONNECTS, count_loss, offsets},
+};
 
 /// Byte of the TCP header holding the flags.
 const TCP_FLAGS_BYTE: u64 = 13;
@@ -39,12 +49,86 @@ const TCP_FLAG_ACK: u8 = 0x10;
 
 /// Reads a field of the tracepoint record at a load-time offset.
 #[inline(always)]
-fn field<T>(ctx: &TracePointContext, offset: u32) -> Result<T, i32> {
+pub fn field<T>(ctx: &TracePointContext, offset: u32) -> Result<T, i32> {
     if offset == ABSENT {
         return Err(-1);
     }
     // SAFETY: bpf_probe_read_kernel checks the address; a bad offset yields an error.
     unsafe { ctx.read_at::<T>(offset as usize) }
+}
+
+/// Reads `T` at `base + offset` in kernel memory.
+#[inline(always)]
+pub fn kread<T>(base: u64, offset: u32) -> Result<T, i32> {
+    if offset == ABSENT || base == 0 {
+        return Err(-1);
+    }
+    // SAFETY: probe read of kernel memory; a bad address yields an error, never a fault.
+    unsafe { bpf_probe_read_kernel((base + offset as u64) as *const T) }
+}
+
+/// Family, source and destination address of a flow.
+type Addresses = (u16, [u8; 16], [u8; 16]);
+
+/// The connect() attempt's flow: addresses from a record with family/saddr/daddr fields.
+#[inline(always)]
+fn addresses(
+    ctx: &TracePointContext,
+    family_at: u32,
+    v4: (u32, u32),
+    v6: (u32, u32),
+) -> Result<Option<Addresses>, i32> {
+    let family: u16 = field(ctx, family_at)?;
+    let mut saddr = [0u8; 16];
+    let mut daddr = [0u8; 16];
+    if family == AF_INET {
+        let s: [u8; 4] = field(ctx, v4.0)?;
+        let d: [u8; 4] = field(ctx, v4.1)?;
+        saddr[..4].copy_from_slice(&s);
+        daddr[..4].copy_from_slice(&d);
+    } else if family == AF_INET6 {
+        saddr = field(ctx, v6.0)?;
+        daddr = field(ctx, v6.1)?;
+    } else {
+        return Ok(None);
+    }
+    Ok(Some((family, saddr, daddr)))
+}
+
+/// A connector-side flow for a remembered attempt.
+#[inline(always)]
+fn connector_flow(
+    kind: u32,
+    reason: u32,
+    flags: u32,
+    pending: &PendingConnect,
+    (family, saddr, daddr): Addresses,
+    sport: u16,
+    dport: u16,
+) -> (FlowKey, FlowStats) {
+    let key = FlowKey {
+        kind,
+        reason,
+        cgroup_id: pending.cgroup_id,
+        family,
+        protocol: IPPROTO_TCP as u8,
+        tcp_flags: 0,
+        sport: 0,
+        dport,
+        ifindex: 0,
+        flags: flags | flow_flags::HAS_PROCESS,
+        saddr,
+        daddr,
+    };
+    let stats = FlowStats {
+        pid: pending.pid,
+        tgid: pending.tgid,
+        comm: pending.comm,
+        extra: pending.syn_retransmits,
+        last_sport: sport,
+        ..FlowStats::default()
+    };
+    (key, stats)
 }
 
 #[tracepoint(category = "sock", name = "inet_sock_set_state")]
@@ -70,6 +154,8 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i32> {
             pid: pid_tgid as u32,
             tgid: (pid_tgid >> 32) as u32,
             comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
+            syn_retransmits: 0,
+            _pad0: 0,
         };
         // A plain hash, not LRU: when it is full the insert fails and is counted, instead of
         // silently evicting another attempt. Entries leave at the next state change.
@@ -77,8 +163,74 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i32> {
             count_loss(LOST_CONNECT_TABLE);
         }
     } else if old == tcp_state::SYN_SENT {
-        // Answered (ESTABLISHED) or given up (CLOSE): nothing more to learn about this attempt.
-        let _ = CONNECTS.remove(sk);
+        // SAFETY: the value is copied out before the entry is removed.
+        let pending = unsafe { CONNECTS.get(sk) }.copied();
+        if let Some(pending) = pending
+            && new == tcp_state::CLOSE
+        {
+            // Still remembered: no RST came. Every field is read before the entry goes.
+            let result = ended_without_reset(ctx, sk, &pending);
+            let _ = CONNECTS.remove(sk);
+            if result.is_err() {
+                count_loss(LOST_FIELD_READ);
+            }
+        } else {
+            // Answered (ESTABLISHED): nothing more to learn about this attempt.
+            let _ = CONNECTS.remove(sk);
+        }
+    }
+    Ok(())
+}
+
+/// SYN_SENT -> CLOSE without a RST: rejected by ICMP, or never answered.
+#[inline(always)]
+fn ended_without_reset(
+    ctx: &TracePointContext,
+    sk: u64,
+    pending: &PendingConnect,
+) -> Result<(), i32> {
+    let o = offsets();
+    let Some(addrs) = addresses(
+        ctx,
+        o.set_state.family,
+        (o.set_state.saddr, o.set_state.daddr),
+        (o.set_state.saddr_v6, o.set_state.daddr_v6),
+    )?
+    else {
+        return Ok(());
+    };
+    let sport: u16 = field(ctx, o.set_state.sport)?;
+    let dport: u16 = field(ctx, o.set_state.dport)?;
+    let err: i32 = kread(sk, o.sock.sk_err).unwrap_or(0);
+    let err = err.unsigned_abs();
+    let (kind, reason, flags) = match err {
+        errno::ECONNREFUSED | errno::EHOSTUNREACH | errno::ENETUNREACH | errno::EACCES => {
+            (kind::CONNECT_REFUSED, err, flow_flags::ICMP_REJECT)
+        }
+        // ETIMEDOUT (the kernel gave up), or 0 (the application gave up first).
+        _ => (kind::CONNECT_TIMEOUT, err, 0),
+    };
+    let (key, stats) = connector_flow(kind, reason, flags, pending, addrs, sport, dport);
+    flows::record(&key, stats);
+    Ok(())
+}
+
+#[tracepoint(category = "tcp", name = "tcp_retransmit_skb")]
+pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
+    let _ = try_tcp_retransmit_skb(&ctx);
+    0
+}
+
+fn try_tcp_retransmit_skb(ctx: &TracePointContext) -> Result<(), i32> {
+    let o = offsets();
+    let state: i32 = field(ctx, o.retransmit.state)?;
+    if state != tcp_state::SYN_SENT {
+        return Ok(());
+    }
+    let sk: u64 = field(ctx, o.retransmit.skaddr)?;
+    if let Some(pending) = CONNECTS.get_ptr_mut(sk) {
+        // SAFETY: the entry belongs to this socket, whose retransmissions are serialized.
+        unsafe { (*pending).syn_retransmits = (*pending).syn_retransmits.wrapping_add(1) };
     }
     Ok(())
 }
@@ -100,10 +252,10 @@ fn try_tcp_receive_reset(ctx: &TracePointContext) -> Result<(), i32> {
     };
     // Every field is read before the entry goes: a refusal whose record cannot be read is
     // counted, never silently lost.
-    let event = refusal_event(ctx, &o, &pending);
+    let flow = refusal_flow(ctx, &pending);
     let _ = CONNECTS.remove(sk);
-    match event {
-        Ok(Some(event)) => emit(event),
+    match flow {
+        Ok(Some((key, stats))) => flows::record(&key, stats),
         Ok(None) => {}
         Err(_) => count_loss(LOST_FIELD_READ),
     }
@@ -113,41 +265,31 @@ fn try_tcp_receive_reset(ctx: &TracePointContext) -> Result<(), i32> {
 /// The connecting side's refusal, from the tcp_receive_reset record; `None` for a family that
 /// is neither IPv4 nor IPv6.
 #[inline(always)]
-fn refusal_event(
+fn refusal_flow(
     ctx: &TracePointContext,
-    o: &Offsets,
     pending: &PendingConnect,
-) -> Result<Option<ConnEvent>, i32> {
-    let family: u16 = field(ctx, o.receive_reset.family)?;
-    let mut saddr = [0u8; 16];
-    let mut daddr = [0u8; 16];
-    if family == AF_INET {
-        let s: [u8; 4] = field(ctx, o.receive_reset.saddr)?;
-        let d: [u8; 4] = field(ctx, o.receive_reset.daddr)?;
-        saddr[..4].copy_from_slice(&s);
-        daddr[..4].copy_from_slice(&d);
-    } else if family == AF_INET6 {
-        saddr = field(ctx, o.receive_reset.saddr_v6)?;
-        daddr = field(ctx, o.receive_reset.daddr_v6)?;
-    } else {
+) -> Result<Option<(FlowKey, FlowStats)>, i32> {
+    let o = offsets();
+    let Some(addrs) = addresses(
+        ctx,
+        o.receive_reset.family,
+        (o.receive_reset.saddr, o.receive_reset.daddr),
+        (o.receive_reset.saddr_v6, o.receive_reset.daddr_v6),
+    )?
+    else {
         return Ok(None);
-    }
-    Ok(Some(ConnEvent {
-        header: header(kind::CONNECT_REFUSED),
-        cgroup_id: pending.cgroup_id,
-        sock_cookie: field(ctx, o.receive_reset.sock_cookie).unwrap_or(0),
-        pid: pending.pid,
-        tgid: pending.tgid,
-        flags: conn_flags::HAS_PROCESS,
-        reason: 0,
-        family,
-        sport: field(ctx, o.receive_reset.sport)?,
-        dport: field(ctx, o.receive_reset.dport)?,
-        _pad0: 0,
-        saddr,
-        daddr,
-        comm: pending.comm,
-    }))
+    };
+    let sport: u16 = field(ctx, o.receive_reset.sport)?;
+    let dport: u16 = field(ctx, o.receive_reset.dport)?;
+    Ok(Some(connector_flow(
+        kind::CONNECT_REFUSED,
+        0,
+        0,
+        pending,
+        addrs,
+        sport,
+        dport,
+    )))
 }
 
 #[tracepoint(category = "tcp", name = "tcp_send_reset")]
@@ -167,18 +309,13 @@ fn try_tcp_send_reset(ctx: &TracePointContext) -> Result<(), i32> {
         return Ok(());
     }
     let skb: u64 = field(ctx, o.send_reset.skbaddr)?;
-    if skb == 0 || o.skb.data == ABSENT {
-        return Ok(());
-    }
-    // SAFETY: probe reads of kernel memory; failures are returned, never dereferenced.
-    let data: u64 = unsafe { bpf_probe_read_kernel((skb + o.skb.data as u64) as *const u64)? };
-    // SAFETY: as above; skb->data points at the TCP header here (the tracepoint reads it too).
-    let flags: u8 = unsafe { bpf_probe_read_kernel((data + TCP_FLAGS_BYTE) as *const u8)? };
+    let data: u64 = kread(skb, o.skb.data)?;
+    let flags: u8 = kread(data, TCP_FLAGS_BYTE as u32)?;
     if flags & TCP_FLAG_SYN == 0 || flags & TCP_FLAG_ACK != 0 {
         return Ok(());
     }
     let (reason, reason_flag) = match field::<u32>(ctx, o.send_reset.reason) {
-        Ok(reason) => (reason, conn_flags::HAS_REASON),
+        Ok(reason) => (reason, flow_flags::HAS_REASON),
         Err(_) => (0, 0),
     };
     // saddr is the refusing (local) end, daddr the peer that sent the SYN.
@@ -189,23 +326,27 @@ fn try_tcp_send_reset(ctx: &TracePointContext) -> Result<(), i32> {
     if family != AF_INET && family != AF_INET6 {
         return Ok(());
     }
-    let event = ConnEvent {
-        header: header(kind::SYN_REFUSED),
-        cgroup_id: 0,
-        sock_cookie: 0,
-        pid: 0,
-        tgid: 0,
-        flags: reason_flag,
+    let key = FlowKey {
+        kind: kind::SYN_REFUSED,
         reason,
+        cgroup_id: 0,
         family,
-        sport: rport,
+        protocol: IPPROTO_TCP as u8,
+        tcp_flags: 0,
+        sport: 0,
         dport: lport,
-        _pad0: 0,
+        ifindex: 0,
+        flags: reason_flag,
         saddr: raddr,
         daddr: laddr,
-        comm: [0; COMM_LEN],
     };
-    emit(event);
+    flows::record(
+        &key,
+        FlowStats {
+            last_sport: rport,
+            ..FlowStats::default()
+        },
+    );
     Ok(())
 }
 
@@ -221,26 +362,4 @@ fn sockaddr(raw: &[u8; 28]) -> (u16, u16, [u8; 16]) {
         addr.copy_from_slice(&raw[8..24]);
     }
     (family, port, addr)
-}
-
-#[inline(always)]
-fn header(kind: u32) -> EventHeader {
-    EventHeader {
-        kind,
-        len: size_of::<ConnEvent>() as u32,
-        // SAFETY: helper without preconditions.
-        boot_ns: unsafe { bpf_ktime_get_boot_ns() },
-    }
-}
-
-/// Reserves, fills and submits one event; a full ring buffer is counted, never silent.
-#[inline(always)]
-fn emit(event: ConnEvent) {
-    match EVENTS.reserve::<ConnEvent>(0) {
-        Some(mut entry) => {
-            entry.write(event);
-            entry.submit(0);
-        }
-        None => count_loss(LOST_RESERVE),
-    }
 }

@@ -1,13 +1,23 @@
-//! triage-agent's kernel programs. One shared ring buffer ([`maps::EVENTS`]) carries every event
-//! to the node agent; every event that could not be reserved is counted in [`maps::LOSS`].
+//! triage-agent's kernel programs: failed connections ([`conn`]) and dropped packets ([`drop`]),
+//! aggregated per flow in the kernel ([`flows`]). One shared ring buffer ([`maps::EVENTS`])
+//! carries first occurrences to the node agent; repeats are counted in the flow tables; every
+//! loss is counted in [`maps::LOSS`].
 //!
 //! Layouts of this kernel (tracepoint record offsets, struct member offsets) arrive in the
 //! read-only global `OFFSETS`, filled by the loader from tracefs and BTF: nothing here
 //! hard-codes an offset.
 #![no_std]
 #![no_main]
+// BPF atomic add for the flow counters (see flows.rs).
+#![expect(
+    internal_features,
+    reason = "core::intrinsics::atomic_xadd is the BPF atomic add"
+)]
+#![feature(core_intrinsics)]
 
 mod conn;
+mod drop;
+mod flows;
 mod maps;
 
 #[cfg(not(test))]

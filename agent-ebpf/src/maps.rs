@@ -3,10 +3,11 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use triage_agent_common::{
-    CONNECTS_ENTRIES, EVENTS_RING_BYTES, LOSS_SLOTS, Offsets, PendingConnect,
+    CONNECTS_ENTRIES, DROP_REASONS_ENTRIES, EVENTS_RING_BYTES, FLOWS_ENTRIES, FlowKey, FlowStats,
+    LOSS_SLOTS, Offsets, PendingConnect,
 };
 
 /// The one ring buffer every program writes its events into (`EVENTS_MAP`).
@@ -23,6 +24,23 @@ pub static LOSS: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOSS_SLOTS, 0)
 /// (an LRU map would evict older attempts silently).
 #[map]
 pub static CONNECTS: HashMap<u64, PendingConnect> = HashMap::with_max_entries(CONNECTS_ENTRIES, 0);
+
+/// The two flow tables (`FLOWS_MAPS`): programs count into the one [`GENERATION`] names; the
+/// agent flips the generation, waits for programs still counting into the old table, and
+/// drains it. Plain hashes: a full table is counted, never silently evicted.
+#[map]
+pub static FLOWS0: HashMap<FlowKey, FlowStats> = HashMap::with_max_entries(FLOWS_ENTRIES, 0);
+#[map]
+pub static FLOWS1: HashMap<FlowKey, FlowStats> = HashMap::with_max_entries(FLOWS_ENTRIES, 0);
+
+/// Which flow table is current (`GENERATION_MAP`, one entry: 0 or 1), written by the agent.
+#[map]
+pub static GENERATION: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Drop reasons to report (`DROP_REASONS_MAP`): 1 at the index of each wanted
+/// `enum skb_drop_reason` value of the running kernel, written by the agent from BTF names.
+#[map]
+pub static DROP_REASONS: Array<u8> = Array::with_max_entries(DROP_REASONS_ENTRIES, 0);
 
 /// This kernel's layouts (`OFFSETS_GLOBAL`), overwritten by the loader before load.
 #[unsafe(no_mangle)]

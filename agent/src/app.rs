@@ -70,6 +70,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 listen: args.listen,
                 store,
                 cgroup_root: args.cgroup_root,
+                drop_reasons: args.drop_reasons,
             })
             .await
         }

@@ -18,6 +18,10 @@ names! {
         ConnectTableFull = "connect_table_full",
         /// The kernel saw an event but could not read a field of its record.
         KernelReadErrors = "kernel_read_errors",
+        /// A flow could not be entered in the kernel's flow table (it was full): its
+        /// occurrences went through the ring buffer one by one (costlier; lost only if the
+        /// ring buffer was full too, which `ring_buffer_full` counts).
+        FlowTableFull = "flow_table_full",
         /// A ring buffer record could not be decoded.
         DecodeErrors = "decode_errors",
         /// The reader -> attribution channel was full.
@@ -46,6 +50,7 @@ impl Loss {
             Loss::RingBufferFull => "ring buffer full",
             Loss::ConnectTableFull => "connect table full",
             Loss::KernelReadErrors => "unreadable in the kernel",
+            Loss::FlowTableFull => "sent one by one (flow table full)",
             Loss::DecodeErrors => "undecodable",
             Loss::PipelineFull => "pipeline full",
             Loss::StoreChannelFull => "store channel full",
@@ -59,7 +64,7 @@ impl Loss {
     /// Whether this loss can make a query's answer incomplete. A slow watcher's lost updates do
     /// not change what Query sees.
     pub fn affects_answers(self) -> bool {
-        !matches!(self, Loss::WatchLagged)
+        !matches!(self, Loss::WatchLagged | Loss::FlowTableFull)
     }
 
     fn index(self) -> usize {

@@ -28,10 +28,10 @@ use tracing::{Instrument as _, error, info, info_span, warn};
 
 use crate::{
     api::{self, AgentApi, AgentInfo, AgentState},
-    attribute::{self, Attributor, cgroup_ids, metadata},
+    attribute::{self, Attributor, KernelNames, cgroup_ids, metadata},
     kernel::{btf::Btf, tracefs},
     loss::Counters,
-    probes::{loader, offsets, reader},
+    probes::{loader, offsets, reader, reasons::DropReasons},
     store::{self, Store, StoreConfig},
 };
 
@@ -46,6 +46,8 @@ pub struct AgentConfig {
     pub store: StoreConfig,
     /// cgroup2 mount to resolve cgroup ids in; found in /proc/self/mountinfo when unset.
     pub cgroup_root: Option<PathBuf>,
+    /// Which kernel drop reasons to report.
+    pub drop_reasons: DropReasons,
 }
 
 fn kernel_release() -> String {
@@ -117,8 +119,17 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             None
         }
     };
-    let loaded = loader::load(&tracefs, btf.as_ref()).context("loading eBPF programs")?;
-    let reasons = offsets::reset_reason_names(btf.as_ref());
+    let loaded = loader::load(&tracefs, btf.as_ref(), &config.drop_reasons)
+        .context("loading eBPF programs")?;
+    let names = KernelNames {
+        reset: offsets::reset_reason_names(btf.as_ref()),
+        drop: loaded.drop_reasons.clone(),
+        sees_stack_refusals: loaded
+            .probes
+            .statuses
+            .iter()
+            .any(|p| p.name == "tcp_send_reset" && p.attached),
+    };
     drop(btf);
 
     let cgroup_root = match config.cgroup_root.clone() {
@@ -143,7 +154,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         cancel.child_token(),
     );
     supervisor.spawn("store", infallible(store_task));
-    let attributor = Attributor::new(Box::new(resolver), reasons, counters.clone());
+    let attributor = Attributor::new(Box::new(resolver), names, counters.clone());
     let (inputs, attribution, attribute_task) =
         attribute::spawn(attributor, occurrences, cancel.child_token());
     supervisor.spawn("attribute", infallible(attribute_task));
@@ -158,6 +169,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         "reader",
         reader::run(
             loaded.ring,
+            loaded.flows,
             loaded.loss,
             inputs.events,
             counters.clone(),

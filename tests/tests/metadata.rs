@@ -3,9 +3,7 @@
 //! watch is answered with 410 Gone (the agent re-lists and keeps attributing correctly).
 
 #![expect(
-    clippy::unwrap_used,
     clippy::expect_used,
-    clippy::indexing_slicing,
     reason = "test scenarios panic with context; helpers shared by tests are not #[test] fns"
 )]
 

@@ -14,6 +14,13 @@ pub const EVENTS_MAP: &str = "EVENTS";
 pub const LOSS_MAP: &str = "LOSS";
 /// Name of the hash remembering who called connect() on a socket, keyed by socket address.
 pub const CONNECTS_MAP: &str = "CONNECTS";
+/// Names of the two flow tables ([`FlowKey`] -> [`FlowStats`]): programs count into the one
+/// [`GENERATION_MAP`] selects while the agent drains the other.
+pub const FLOWS_MAPS: [&str; 2] = ["FLOWS0", "FLOWS1"];
+/// Name of the one-entry array holding the generation (0 or 1) programs count into.
+pub const GENERATION_MAP: &str = "GENERATION";
+/// Name of the array of drop reasons to report: index = `enum skb_drop_reason` value, 1 = on.
+pub const DROP_REASONS_MAP: &str = "DROP_REASONS";
 /// Name of the read-only global carrying the running kernel's layouts ([`Offsets`]).
 pub const OFFSETS_GLOBAL: &str = "OFFSETS";
 
@@ -23,24 +30,51 @@ pub const LOST_RESERVE: u32 = 0;
 pub const LOST_CONNECT_TABLE: u32 = 1;
 /// Index in [`LOSS_MAP`]: an event was seen but a field of its record could not be read.
 pub const LOST_FIELD_READ: u32 = 2;
+/// Index in [`LOSS_MAP`]: a new flow could not be entered in the flow table (it was full); its
+/// occurrence went through the ring buffer instead (and [`LOST_RESERVE`] counts if that failed).
+pub const LOST_FLOW_TABLE: u32 = 3;
 /// Number of slots in [`LOSS_MAP`].
-pub const LOSS_SLOTS: u32 = 3;
+pub const LOSS_SLOTS: u32 = 4;
 
-/// Size of the ring buffer in bytes (a power of two multiple of the page size). 256 KiB holds
-/// about 2,000 connection events: enough for bursts while userspace is descheduled.
+/// Size of the ring buffer in bytes (a power of two multiple of the page size). It carries only
+/// first occurrences of flows (repeats are counted in the flow tables): 256 KiB holds about
+/// 1,900 of them, enough for bursts while userspace is descheduled.
 pub const EVENTS_RING_BYTES: u32 = 256 * 1024;
 /// Entries in [`CONNECTS_MAP`]: concurrent connect() calls still waiting for SYN-ACK or RST.
 pub const CONNECTS_ENTRIES: u32 = 16 * 1024;
+/// Entries in each flow table: distinct flows per drain interval.
+pub const FLOWS_ENTRIES: u32 = 16 * 1024;
+/// Entries in [`DROP_REASONS_MAP`]: reason values at or above it are never reported.
+pub const DROP_REASONS_ENTRIES: u32 = 1024;
 
 /// Length of a task's command name (`TASK_COMM_LEN`).
 pub const COMM_LEN: usize = 16;
 
-/// Event kinds. Ids are fixed forever and never reused.
+/// Event kinds (in [`FlowKey::kind`] and [`EventHeader::kind`]). Ids are fixed forever and never
+/// reused.
 pub mod kind {
-    /// This host's connect() was answered with RST while in SYN_SENT: [`super::ConnEvent`].
+    /// This host's connect() was refused while in SYN_SENT: by a RST, or (flag
+    /// [`super::flow_flags::ICMP_REJECT`]) by an ICMP error.
     pub const CONNECT_REFUSED: u32 = 1;
-    /// This host answered a SYN with RST because no socket listens: [`super::ConnEvent`].
+    /// This host answered a SYN with RST because no socket listens.
     pub const SYN_REFUSED: u32 = 2;
+    /// The kernel dropped a packet for a reason in [`super::DROP_REASONS_MAP`].
+    pub const PACKET_DROP: u32 = 3;
+    /// This host's connect() ended in SYN_SENT without any answer.
+    pub const CONNECT_TIMEOUT: u32 = 4;
+}
+
+/// Flags in [`FlowKey::flags`].
+pub mod flow_flags {
+    /// [`super::FlowStats`] `pid`, `tgid`, `comm` describe the process that called connect().
+    pub const HAS_PROCESS: u32 = 1 << 0;
+    /// `reason` holds a kernel enum value (`sk_rst_reason`, `skb_drop_reason`).
+    pub const HAS_REASON: u32 = 1 << 1;
+    /// The connection was refused by an ICMP error, not a RST; `reason` holds the socket's
+    /// errno (ECONNREFUSED, EHOSTUNREACH, ...).
+    pub const ICMP_REJECT: u32 = 1 << 2;
+    /// `cgroup_id` is the cgroup of the socket that sent the dropped packet.
+    pub const SOCKET_CGROUP: u32 = 1 << 3;
 }
 
 /// Address family values as the kernel reports them.
@@ -61,49 +95,75 @@ pub struct EventHeader {
 }
 const _: () = assert!(size_of::<EventHeader>() == 16);
 
-/// Flags in [`ConnEvent::flags`].
-pub mod conn_flags {
-    /// `pid`, `tgid`, `comm` and `cgroup_id` describe the process that called connect().
-    pub const HAS_PROCESS: u32 = 1 << 0;
-    /// `reason` holds an `enum sk_rst_reason` value of the running kernel.
-    pub const HAS_REASON: u32 = 1 << 1;
-}
-
-/// A refused TCP connection, seen from either side.
+/// What makes occurrences of a hot signal "the same flow" in the kernel: repeats are counted
+/// in one entry. Ephemeral client ports are not part of the key (`sport` is 0 where it would
+/// be one; the latest is in [`FlowStats::last_sport`]).
 ///
-/// `src` is always the side that sent the SYN and `dst` the side that answered with RST, so
-/// both kinds read the same way: "src tried dst and was refused".
+/// Addresses read the same for every kind: `saddr` sent the packet or SYN, `daddr` was its
+/// destination.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ConnEvent {
-    pub header: EventHeader,
-    /// cgroup v2 id of the connecting task (the directory inode in the cgroup2 hierarchy).
-    pub cgroup_id: u64,
-    /// Kernel socket cookie, 0 when unknown.
-    pub sock_cookie: u64,
-    /// Thread id of the connecting task.
-    pub pid: u32,
-    /// Process id of the connecting task.
-    pub tgid: u32,
-    /// Bitset of [`conn_flags`].
-    pub flags: u32,
-    /// Raw `enum sk_rst_reason` value; its name comes from the running kernel's BTF.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    /// One of [`kind`].
+    pub kind: u32,
+    /// Kernel reason value or errno, see [`flow_flags`].
     pub reason: u32,
+    /// cgroup v2 id of the process (connects) or socket (drops) involved, 0 when none.
+    pub cgroup_id: u64,
     /// [`AF_INET`] or [`AF_INET6`].
     pub family: u16,
-    /// Source port (host order).
+    /// IP protocol number.
+    pub protocol: u8,
+    /// TCP flags of a dropped segment (SYN, ACK, FIN, RST bits only).
+    pub tcp_flags: u8,
+    /// Source port, 0 when ephemeral (host order). For ICMP: the type.
     pub sport: u16,
-    /// Destination port (host order).
+    /// Destination port (host order). For ICMP: the code.
     pub dport: u16,
-    pub _pad0: u16,
+    /// Interface the dropped packet was on, 0 when none.
+    pub ifindex: u32,
+    /// Bitset of [`flow_flags`].
+    pub flags: u32,
     /// Source address: IPv4 in the first 4 bytes, or IPv6.
     pub saddr: [u8; 16],
     /// Destination address: IPv4 in the first 4 bytes, or IPv6.
     pub daddr: [u8; 16],
-    /// Command name of the connecting task, NUL padded.
-    pub comm: [u8; COMM_LEN],
 }
-const _: () = assert!(size_of::<ConnEvent>() == 104);
+const _: () = assert!(size_of::<FlowKey>() == 64);
+
+/// A flow's counts since it entered the current table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowStats {
+    /// Occurrences counted in the table (the first one, reported through the ring buffer, is
+    /// not counted here unless the ring buffer was full).
+    pub count: u64,
+    /// `bpf_ktime_get_boot_ns()` of the first and the latest occurrence.
+    pub first_ns: u64,
+    pub last_ns: u64,
+    /// Process that called connect(), with [`flow_flags::HAS_PROCESS`].
+    pub pid: u32,
+    pub tgid: u32,
+    pub comm: [u8; COMM_LEN],
+    /// Kind-specific sum: SYN retransmissions for [`kind::CONNECT_TIMEOUT`].
+    pub extra: u32,
+    /// The latest occurrence's source port (the key has 0 where it is ephemeral).
+    pub last_sport: u16,
+    pub _pad0: u16,
+}
+const _: () = assert!(size_of::<FlowStats>() == 56);
+
+/// A flow's first occurrence, sent through the ring buffer at once (detection stays immediate;
+/// repeats are counted in the flow table and drained periodically).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowEvent {
+    pub header: EventHeader,
+    pub key: FlowKey,
+    /// `count` is 1.
+    pub stats: FlowStats,
+}
+const _: () = assert!(size_of::<FlowEvent>() == 136);
 
 /// What the kernel side remembers between connect() and the answer to the SYN.
 #[repr(C)]
@@ -113,8 +173,11 @@ pub struct PendingConnect {
     pub pid: u32,
     pub tgid: u32,
     pub comm: [u8; COMM_LEN],
+    /// SYN retransmissions so far.
+    pub syn_retransmits: u32,
+    pub _pad0: u32,
 }
-const _: () = assert!(size_of::<PendingConnect>() == 32);
+const _: () = assert!(size_of::<PendingConnect>() == 40);
 
 /// Field offsets of a tracepoint record, read from tracefs `format` at load time.
 /// `u32::MAX` marks a field this kernel does not have.
@@ -137,6 +200,47 @@ pub struct SetStateOffsets {
     pub oldstate: u32,
     pub newstate: u32,
     pub protocol: u32,
+    pub sport: u32,
+    pub dport: u32,
+    pub family: u32,
+    pub saddr: u32,
+    pub daddr: u32,
+    pub saddr_v6: u32,
+    pub daddr_v6: u32,
+}
+
+/// `tcp:tcp_retransmit_skb` record offsets (tracefs `format`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetransmitOffsets {
+    pub skaddr: u32,
+    pub state: u32,
+}
+
+/// `skb:kfree_skb` record offsets (tracefs `format`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KfreeSkbOffsets {
+    pub skbaddr: u32,
+    pub protocol: u32,
+    pub reason: u32,
+    /// This kernel's value of `SKB_DROP_REASON_NO_SOCKET` (BTF), [`ABSENT`] when unknown.
+    pub no_socket: u32,
+}
+
+/// Member offsets of `struct sock` and what hangs off it (BTF).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SockOffsets {
+    /// `sock.sk_err`: the errno a failed connect() ends with.
+    pub sk_err: u32,
+    /// `sock.__sk_common.skc_state` (u8): full sockets only have their cgroup read.
+    pub state: u32,
+    /// `sock.sk_cgrp_data.cgroup`, `cgroup.kn`, `kernfs_node.id`: the socket's cgroup2 id.
+    pub cgroup: u32,
+    pub cgroup_kn: u32,
+    pub kn_id: u32,
+    pub _pad0: u32,
 }
 
 /// `tcp:tcp_receive_reset` record offsets (tracefs `format`).
@@ -167,11 +271,19 @@ pub struct SendResetOffsets {
     pub daddr: u32,
 }
 
-/// Member offsets of `struct sk_buff` (BTF).
+/// Member offsets of `struct sk_buff` and `struct net_device` (BTF).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SkbOffsets {
     pub data: u32,
+    pub head: u32,
+    pub network_header: u32,
+    pub transport_header: u32,
+    pub sk: u32,
+    pub dev: u32,
+    /// `net_device.ifindex`.
+    pub dev_ifindex: u32,
+    pub _pad0: u32,
 }
 
 /// The running kernel's layouts, one typed struct per hook family, handed to the programs as a
@@ -183,9 +295,12 @@ pub struct Offsets {
     pub set_state: SetStateOffsets,
     pub receive_reset: ReceiveResetOffsets,
     pub send_reset: SendResetOffsets,
+    pub retransmit: RetransmitOffsets,
+    pub kfree_skb: KfreeSkbOffsets,
+    pub sock: SockOffsets,
     pub skb: SkbOffsets,
 }
-const _: () = assert!(size_of::<Offsets>() == 80);
+const _: () = assert!(size_of::<Offsets>() == 184);
 
 impl Offsets {
     /// Every offset absent: the programs attach but do nothing until real offsets are set.
@@ -195,6 +310,13 @@ impl Offsets {
             oldstate: ABSENT,
             newstate: ABSENT,
             protocol: ABSENT,
+            sport: ABSENT,
+            dport: ABSENT,
+            family: ABSENT,
+            saddr: ABSENT,
+            daddr: ABSENT,
+            saddr_v6: ABSENT,
+            daddr_v6: ABSENT,
         },
         receive_reset: ReceiveResetOffsets {
             skaddr: ABSENT,
@@ -215,7 +337,34 @@ impl Offsets {
             saddr: ABSENT,
             daddr: ABSENT,
         },
-        skb: SkbOffsets { data: ABSENT },
+        retransmit: RetransmitOffsets {
+            skaddr: ABSENT,
+            state: ABSENT,
+        },
+        kfree_skb: KfreeSkbOffsets {
+            skbaddr: ABSENT,
+            protocol: ABSENT,
+            reason: ABSENT,
+            no_socket: ABSENT,
+        },
+        sock: SockOffsets {
+            sk_err: ABSENT,
+            state: ABSENT,
+            cgroup: ABSENT,
+            cgroup_kn: ABSENT,
+            kn_id: ABSENT,
+            _pad0: 0,
+        },
+        skb: SkbOffsets {
+            data: ABSENT,
+            head: ABSENT,
+            network_header: ABSENT,
+            transport_header: ABSENT,
+            sk: ABSENT,
+            dev: ABSENT,
+            dev_ifindex: ABSENT,
+            _pad0: 0,
+        },
     };
 }
 
@@ -223,11 +372,26 @@ impl Offsets {
 /// format names them with these values).
 pub mod tcp_state {
     pub const SYN_SENT: i32 = 2;
+    pub const TIME_WAIT: i32 = 6;
     pub const CLOSE: i32 = 7;
+    pub const NEW_SYN_RECV: i32 = 12;
 }
 
-/// `IPPROTO_TCP`.
+/// IP protocol numbers.
+pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u16 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_ICMPV6: u8 = 58;
+
+/// Socket errnos a failed connect() ends with (asm-generic/errno.h; the same on every
+/// architecture Kubernetes nodes run).
+pub mod errno {
+    pub const EACCES: u32 = 13;
+    pub const ENETUNREACH: u32 = 101;
+    pub const ETIMEDOUT: u32 = 110;
+    pub const ECONNREFUSED: u32 = 111;
+    pub const EHOSTUNREACH: u32 = 113;
+}
 
 #[cfg(feature = "user")]
 mod user {
@@ -236,4 +400,8 @@ mod user {
     unsafe impl aya::Pod for super::Offsets {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::PendingConnect {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::FlowKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::FlowStats {}
 }

@@ -14,7 +14,8 @@ use triage_agent_proto::v1 as pb;
 
 use crate::{
     evidence::{
-        Attribution, Connection, Detail, Evidence, Filter, Kind, Named, PodRef, Process, Subject,
+        Attribution, Cause, Connection, Detail, Drop, Evidence, Filter, Kind, Named, PodRef,
+        Process, Protocol, Subject, tcp_flags_text,
     },
     loss::{Loss, LossCounts},
 };
@@ -149,6 +150,8 @@ fn connection_to_pb(c: &Connection) -> pb::ConnectionDetail {
         protocol: to_pb::<pb::Protocol>(c.protocol),
         reason: c.reason.as_deref().unwrap_or_default().to_owned(),
         peer: c.peer.as_deref().map(pod_to_pb),
+        cause: c.cause.map(Cause::as_str).unwrap_or_default().to_owned(),
+        syn_retransmits: c.syn_retransmits,
     }
 }
 
@@ -160,7 +163,48 @@ fn connection_from_pb(c: pb::ConnectionDetail) -> Result<Connection, ConvertErro
         protocol: from_pb::<pb::Protocol, _>("protocol", c.protocol)?,
         reason: Some(c.reason).filter(|r| !r.is_empty()).map(Into::into),
         peer: c.peer.map(pod_from_pb),
+        // A cause this version does not know is one it cannot explain.
+        cause: (!c.cause.is_empty()).then(|| Cause::from_name(&c.cause).unwrap_or(Cause::Unknown)),
+        syn_retransmits: c.syn_retransmits,
     })
+}
+
+fn drop_to_pb(d: &Drop) -> pb::DropDetail {
+    pb::DropDetail {
+        direction: to_pb::<pb::Direction>(d.direction),
+        src: d.src.to_string(),
+        dst: d.dst.to_string(),
+        protocol: to_pb::<pb::Protocol>(d.protocol),
+        reason: d.reason.to_string(),
+        peer: d.peer.as_deref().map(pod_to_pb),
+        tcp_flags: d.tcp_flags.map(tcp_flags_text).unwrap_or_default(),
+    }
+}
+
+fn drop_from_pb(d: pb::DropDetail) -> Result<Drop, ConvertError> {
+    let protocol = from_pb::<pb::Protocol, _>("protocol", d.protocol)?;
+    Ok(Drop {
+        direction: from_pb::<pb::Direction, _>("direction", d.direction)?,
+        src: addr_from_pb(&d.src, "src")?,
+        dst: addr_from_pb(&d.dst, "dst")?,
+        protocol,
+        reason: d.reason.into(),
+        peer: d.peer.map(pod_from_pb),
+        tcp_flags: (protocol == Protocol::Tcp).then(|| tcp_flags_from_text(&d.tcp_flags)),
+    })
+}
+
+/// "SYN|ACK" -> bits; unknown names are ignored.
+fn tcp_flags_from_text(text: &str) -> u8 {
+    text.split('|')
+        .map(|f| match f {
+            "FIN" => 0x01,
+            "SYN" => 0x02,
+            "RST" => 0x04,
+            "ACK" => 0x10,
+            _ => 0,
+        })
+        .fold(0, |a, b| a | b)
 }
 
 pub fn evidence_to_pb(e: &Evidence) -> pb::Evidence {
@@ -180,17 +224,24 @@ pub fn evidence_to_pb(e: &Evidence) -> pb::Evidence {
         attribution: to_pb::<pb::Attribution>(s.attribution),
         ..Default::default()
     };
+    // Fields 10-15 for clients that predate `detail`: every kind so far has them.
+    let (direction, src, dst, peer) = e.detail.endpoints();
+    m.direction = to_pb::<pb::Direction>(direction);
+    m.src = src.to_string();
+    m.dst = dst.to_string();
+    m.peer = peer.map(|p| pod_to_pb(p));
     match &e.detail {
-        Detail::ConnectionRefused(c) => {
+        Detail::ConnectionRefused(c) | Detail::ConnectionTimeout(c) => {
             let d = connection_to_pb(c);
-            // Fields 10-15 for clients that predate `detail`.
-            m.direction = d.direction;
-            m.src.clone_from(&d.src);
-            m.dst.clone_from(&d.dst);
             m.protocol = d.protocol;
             m.reason.clone_from(&d.reason);
-            m.peer.clone_from(&d.peer);
             m.detail = Some(pb::evidence::Detail::Connection(d));
+        }
+        Detail::PacketDrop(d) => {
+            let d = drop_to_pb(d);
+            m.protocol = d.protocol;
+            m.reason.clone_from(&d.reason);
+            m.detail = Some(pb::evidence::Detail::Drop(d));
         }
     }
     m
@@ -198,21 +249,29 @@ pub fn evidence_to_pb(e: &Evidence) -> pb::Evidence {
 
 pub fn evidence_from_pb(e: pb::Evidence) -> Result<Evidence, ConvertError> {
     let kind = kind_from_pb(e.kind)?;
-    let connection = match e.detail {
-        Some(pb::evidence::Detail::Connection(c)) => Some(c),
-        // An agent that predates `detail`: the connection is in fields 10-15.
-        None if kind == Kind::ConnectionRefused => Some(pb::ConnectionDetail {
-            direction: e.direction,
-            src: e.src,
-            dst: e.dst,
-            protocol: e.protocol,
-            reason: e.reason,
-            peer: e.peer,
-        }),
-        None => None,
-    };
-    let detail = match (kind, connection) {
-        (Kind::ConnectionRefused, Some(c)) => Detail::ConnectionRefused(connection_from_pb(c)?),
+    let detail = match (kind, e.detail) {
+        (Kind::ConnectionRefused, Some(pb::evidence::Detail::Connection(c))) => {
+            Detail::ConnectionRefused(connection_from_pb(c)?)
+        }
+        (Kind::ConnectionTimeout, Some(pb::evidence::Detail::Connection(c))) => {
+            Detail::ConnectionTimeout(connection_from_pb(c)?)
+        }
+        (Kind::PacketDrop, Some(pb::evidence::Detail::Drop(d))) => {
+            Detail::PacketDrop(drop_from_pb(d)?)
+        }
+        // An agent that predates `detail`: its refusals are in fields 10-15.
+        (Kind::ConnectionRefused, None) => {
+            Detail::ConnectionRefused(connection_from_pb(pb::ConnectionDetail {
+                direction: e.direction,
+                src: e.src,
+                dst: e.dst,
+                protocol: e.protocol,
+                reason: e.reason,
+                peer: e.peer,
+                cause: String::new(),
+                syn_retransmits: 0,
+            })?)
+        }
         _ => return Err(ConvertError::MissingDetail { kind }),
     };
     Ok(Evidence {
@@ -337,6 +396,7 @@ mod tests {
 
     fn sample() -> Evidence {
         refused()
+            .cause(Some(Cause::NoListener))
             .attribution(Attribution::Ip)
             .direction(Direction::Inbound)
             .src("[fd00::2]:5000")
@@ -376,8 +436,44 @@ mod tests {
     }
 
     #[test]
+    fn every_kind_round_trips() {
+        use crate::evidence::fixtures::{dropped, timeout};
+        for e in [
+            timeout().evidence(),
+            dropped().peer("data", "db").evidence(),
+            dropped().reason("NO_SOCKET").evidence(),
+            refused().cause(Some(Cause::Rejected)).evidence(),
+            refused().cause(None).evidence(),
+        ] {
+            assert_eq!(evidence_from_pb(evidence_to_pb(&e)).unwrap(), e);
+        }
+        let mut m = evidence_to_pb(&dropped().evidence());
+        assert_eq!(
+            (m.dst.as_str(), m.reason.as_str()),
+            ("10.0.0.2:5432", "NETFILTER_DROP")
+        );
+        m.detail = None;
+        assert!(matches!(
+            evidence_from_pb(m),
+            Err(ConvertError::MissingDetail {
+                kind: Kind::PacketDrop
+            })
+        ));
+    }
+
+    #[test]
     fn old_agents_without_detail_still_decode_and_old_clients_see_fields() {
-        let e = sample();
+        let e = refused()
+            .attribution(Attribution::Ip)
+            .direction(Direction::Inbound)
+            .src("[fd00::2]:5000")
+            .dst("10.0.0.1:80")
+            .reason("NO_SOCKET")
+            .cause(None)
+            .first_seen(10)
+            .at(20)
+            .count(3)
+            .evidence();
         let mut m = evidence_to_pb(&e);
         assert_eq!(m.dst, "10.0.0.1:80", "legacy field filled for old clients");
         assert_eq!(m.reason, "NO_SOCKET");

@@ -88,7 +88,9 @@ impl Walker {
                     last_start = Some(start);
                     let paths = walk(&root, &counters);
                     debug!(cgroups = paths.len(), "walked cgroup2 tree");
-                    let mut w = shared.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    let mut w = shared
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
                     w.paths = paths;
                     w.completed = Some(start);
                     w.running = false;

@@ -30,7 +30,7 @@ pub mod pods;
 use std::{
     collections::{HashMap, HashSet, VecDeque},
     future::Future,
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
     sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
@@ -41,10 +41,11 @@ use tracing::debug;
 
 use crate::{
     evidence::{
-        Attribution, Connection, Detail, Direction, Occurrence, Process, Protocol, Subject,
+        Attribution, Cause, Connection, Detail, Direction, Drop, Occurrence, PodRef, Process,
+        Protocol, Subject,
     },
     loss::{Counters, Loss},
-    probes::decode::{ConnRefused, RawEvent, RefusedSide},
+    probes::decode::{Flow, FlowKind, RawEvent},
 };
 use cgroup_path::{CgroupIdentity, parse_cgroup_path};
 use pods::{PodIndex, PodInfo};
@@ -80,10 +81,11 @@ impl Now {
     }
 }
 
-/// A decoded event with its wall-clock time.
+/// A decoded event with its wall-clock times (latest and earliest occurrence).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TimedEvent {
     pub at: SystemTime,
+    pub first_at: SystemTime,
     pub event: RawEvent,
 }
 
@@ -141,7 +143,10 @@ pub struct Attributor {
     cgroup_cache: HashMap<u64, CgroupLookup>,
     /// cgroup ids found gone, and until when that is believed.
     cgroup_gone: HashMap<u64, Instant>,
-    reasons: HashMap<u32, Arc<str>>,
+    names: Names,
+    /// (SYN sender IP, refusing end) -> when this node's stack refused it: a reset the
+    /// connecting side got from a local pod without one of these came from a firewall.
+    stack_refusals: HashMap<(IpAddr, SocketAddr), Instant>,
     pending: VecDeque<(TimedEvent, Instant)>,
     synced: bool,
     relist_seen: Option<HashSet<String>>,
@@ -153,18 +158,15 @@ pub struct Attributor {
 const CGROUP_CACHE_CAPACITY: usize = 8192;
 
 impl Attributor {
-    /// `reasons` maps kernel reset reason values to names (from the running kernel's BTF).
-    pub fn new(
-        cgroups: Box<dyn CgroupPaths>,
-        reasons: HashMap<u32, String>,
-        counters: Arc<Counters>,
-    ) -> Self {
+    /// `names`: the running kernel's names of its reason values (from BTF).
+    pub fn new(cgroups: Box<dyn CgroupPaths>, names: KernelNames, counters: Arc<Counters>) -> Self {
         Attributor {
             index: PodIndex::default(),
             cgroups,
             cgroup_cache: HashMap::new(),
             cgroup_gone: HashMap::new(),
-            reasons: reasons.into_iter().map(|(k, v)| (k, v.into())).collect(),
+            names: Names::from(names),
+            stack_refusals: HashMap::new(),
             pending: VecDeque::new(),
             synced: false,
             relist_seen: None,
@@ -208,20 +210,40 @@ impl Attributor {
 
     /// Attributes a new event, or holds it until metadata arrives. When the waiting queue is
     /// full, its oldest event is stored unattributed (and counted) to make room.
-    pub fn event(&mut self, event: TimedEvent, now: Now) -> Option<Occurrence> {
+    pub fn event(&mut self, event: TimedEvent, now: Now) -> Vec<Occurrence> {
+        self.note(&event, now);
         if let Some(done) = self.try_attribute(&event, now, false) {
-            return Some(done);
+            return done;
         }
         let evicted = if self.pending.len() >= PENDING_CAPACITY {
-            self.pending.pop_front().and_then(|(oldest, _)| {
-                self.counters.add(Loss::AttributionExpired, 1);
-                self.try_attribute(&oldest, now, true)
-            })
+            self.pending
+                .pop_front()
+                .and_then(|(oldest, _)| {
+                    self.counters
+                        .add(Loss::AttributionExpired, event_count(&oldest));
+                    self.try_attribute(&oldest, now, true)
+                })
+                .unwrap_or_default()
         } else {
-            None
+            Vec::new()
         };
         self.pending.push_back((event, now.mono));
         evicted
+    }
+
+    /// Remembers what later events are judged against.
+    fn note(&mut self, event: &TimedEvent, now: Now) {
+        let RawEvent::Flow(f) = &event.event;
+        if f.kind == FlowKind::SynRefused {
+            if self.stack_refusals.len() >= STACK_REFUSALS_CAPACITY {
+                self.stack_refusals
+                    .retain(|_, t| now.mono.saturating_duration_since(*t) < STACK_REFUSAL_TTL);
+                if self.stack_refusals.len() >= STACK_REFUSALS_CAPACITY {
+                    self.stack_refusals.clear();
+                }
+            }
+            self.stack_refusals.insert((f.src.ip(), f.dst), now.mono);
+        }
     }
 
     /// Marks metadata as out of sync (the watch failed): waiting events get the long deadline.
@@ -248,11 +270,16 @@ impl Attributor {
         for (event, since) in waiting {
             let last_chance = expire && now.mono.saturating_duration_since(since) >= deadline;
             match self.try_attribute(&event, now, last_chance) {
-                Some(occ) => {
-                    if last_chance && occ.subject.attribution == Attribution::None {
-                        self.counters.add(Loss::AttributionExpired, 1);
+                Some(occs) => {
+                    if last_chance
+                        && occs
+                            .iter()
+                            .all(|o| o.subject.attribution == Attribution::None)
+                    {
+                        self.counters
+                            .add(Loss::AttributionExpired, event_count(&event));
                     }
-                    out.push(occ);
+                    out.extend(occs);
                 }
                 None => still.push_back((event, since)),
             }
@@ -332,7 +359,10 @@ impl Attributor {
             // The path is being looked up: wait for it rather than settle for the IP.
             CgroupLookup::Pending if !last_chance => None,
             // No cgroup, or it is gone (short-lived process): the pod IP.
-            CgroupLookup::Gone | CgroupLookup::Pending => match clues.ip.and_then(|ip| self.index.pod_at_ip(ip, at)) {
+            CgroupLookup::Gone | CgroupLookup::Pending => match clues
+                .ip
+                .and_then(|ip| self.index.pod_at_ip(ip, at))
+            {
                 Some(pod) => Some(Subject {
                     pod: Some(pod.pod.clone()),
                     container: None,
@@ -351,62 +381,227 @@ impl Attributor {
         event: &TimedEvent,
         now: Now,
         last_chance: bool,
-    ) -> Option<Occurrence> {
-        match &event.event {
-            RawEvent::ConnRefused(e) => self.conn_refused(e, event.at, now, last_chance),
+    ) -> Option<Vec<Occurrence>> {
+        let RawEvent::Flow(f) = &event.event;
+        let occurrence = |subject, detail| Occurrence {
+            at: event.at,
+            first_at: event.first_at.min(event.at),
+            count: f.count,
+            subject,
+            detail,
+        };
+        match f.kind {
+            FlowKind::ConnectRefused | FlowKind::ConnectTimeout => {
+                let clues = Clues {
+                    cgroup: f.cgroup_id,
+                    ip: Some(f.src.ip()),
+                };
+                let process = f.task.as_ref().map(|t| Process {
+                    pid: t.tgid,
+                    comm: t.comm.as_str().into(),
+                });
+                let subject = self.subject(clues, process, event.at, now, last_chance)?;
+                let peer = self.peer(f.dst.ip(), event.at);
+                let detail = if f.kind == FlowKind::ConnectTimeout {
+                    Detail::ConnectionTimeout(Connection {
+                        direction: Direction::Outbound,
+                        src: f.src,
+                        dst: f.dst,
+                        protocol: Protocol::Tcp,
+                        reason: None,
+                        peer,
+                        cause: None,
+                        syn_retransmits: f.syn_retransmits,
+                    })
+                } else {
+                    let (cause, reason) = self.refusal_cause(f, peer.is_some(), now);
+                    Detail::ConnectionRefused(Connection {
+                        direction: Direction::Outbound,
+                        src: f.src,
+                        dst: f.dst,
+                        protocol: Protocol::Tcp,
+                        reason,
+                        peer,
+                        cause: Some(cause),
+                        syn_retransmits: 0,
+                    })
+                };
+                Some(vec![occurrence(subject, detail)])
+            }
+            FlowKind::SynRefused => {
+                let clues = Clues {
+                    cgroup: None,
+                    ip: Some(f.dst.ip()),
+                };
+                let subject = self.subject(clues, None, event.at, now, last_chance)?;
+                let detail = Detail::ConnectionRefused(Connection {
+                    direction: Direction::Inbound,
+                    src: f.src,
+                    dst: f.dst,
+                    protocol: Protocol::Tcp,
+                    reason: f.reason.map(|r| self.names.reset(r)),
+                    peer: self.peer(f.src.ip(), event.at),
+                    cause: Some(Cause::NoListener),
+                    syn_retransmits: 0,
+                });
+                Some(vec![occurrence(subject, detail)])
+            }
+            FlowKind::PacketDrop => {
+                let reason = f
+                    .reason
+                    .map_or_else(|| "UNKNOWN".into(), |r| self.names.drop(r));
+                let protocol = Protocol::from_ip(f.protocol);
+                let drop = |direction, peer| {
+                    Detail::PacketDrop(Drop {
+                        direction,
+                        src: f.src,
+                        dst: f.dst,
+                        protocol,
+                        reason: reason.clone(),
+                        peer,
+                        tcp_flags: (protocol == Protocol::Tcp).then_some(f.tcp_flags),
+                    })
+                };
+                // Each end that is a pod of this node gets its own record.
+                let sender = self.subject(
+                    Clues {
+                        cgroup: f.cgroup_id,
+                        ip: Some(f.src.ip()),
+                    },
+                    None,
+                    event.at,
+                    now,
+                    false,
+                );
+                let receiver = self.subject(
+                    Clues {
+                        cgroup: None,
+                        ip: Some(f.dst.ip()),
+                    },
+                    None,
+                    event.at,
+                    now,
+                    false,
+                );
+                let sender_pod = sender.as_ref().and_then(|s| s.pod.clone());
+                let receiver_pod = receiver.as_ref().and_then(|s| s.pod.clone());
+                let mut out = Vec::new();
+                if let Some(s) = sender.filter(|s| s.pod.is_some()) {
+                    let peer = receiver_pod.or_else(|| self.peer(f.dst.ip(), event.at));
+                    out.push(occurrence(s, drop(Direction::Outbound, peer)));
+                }
+                if let Some(r) = receiver.filter(|r| r.pod.is_some()) {
+                    out.push(occurrence(r, drop(Direction::Inbound, sender_pod)));
+                }
+                if !out.is_empty() {
+                    return Some(out);
+                }
+                if !last_chance {
+                    return None;
+                }
+                Some(vec![occurrence(
+                    Subject::unattributed(None),
+                    drop(Direction::Outbound, None),
+                )])
+            }
         }
     }
 
-    fn conn_refused(
-        &mut self,
-        e: &ConnRefused,
-        at: SystemTime,
+    /// The pod of this node that held `ip` at `at`.
+    fn peer(&self, ip: IpAddr, at: SystemTime) -> Option<Arc<PodRef>> {
+        self.index.pod_at_ip(ip, at).map(|p| p.pod.clone())
+    }
+
+    /// Who refused a connection of this node: an ICMP error is a firewall; a reset from a pod
+    /// of this node is its stack only if this node saw the stack send one; a reset from
+    /// elsewhere cannot be told apart.
+    fn refusal_cause(
+        &self,
+        f: &Flow,
+        destination_is_local: bool,
         now: Now,
-        last_chance: bool,
-    ) -> Option<Occurrence> {
-        let (clues, process, direction, peer_ip) = match e.side {
-            RefusedSide::Connector => (
-                Clues {
-                    cgroup: e.task.as_ref().map(|t| t.cgroup_id),
-                    ip: Some(e.src.ip()),
-                },
-                e.task.as_ref().map(|t| Process {
-                    pid: t.tgid,
-                    comm: t.comm.as_str().into(),
-                }),
-                Direction::Outbound,
-                e.dst.ip(),
-            ),
-            RefusedSide::Refuser => (
-                Clues {
-                    cgroup: None,
-                    ip: Some(e.dst.ip()),
-                },
-                None,
-                Direction::Inbound,
-                e.src.ip(),
-            ),
-        };
-        let subject = self.subject(clues, process, at, now, last_chance)?;
-        let reason = e.reason.map(|r| {
-            self.reasons
-                .get(&r)
-                .cloned()
-                .unwrap_or_else(|| format!("reason {r}").into())
-        });
-        let peer = self.index.pod_at_ip(peer_ip, at).map(|p| p.pod.clone());
-        Some(Occurrence::single(
-            at,
-            subject,
-            Detail::ConnectionRefused(Connection {
-                direction,
-                src: e.src,
-                dst: e.dst,
-                protocol: Protocol::Tcp,
-                reason,
-                peer,
-            }),
-        ))
+    ) -> (Cause, Option<Arc<str>>) {
+        if let Some(errno) = f.icmp_errno {
+            return (Cause::Rejected, Some(icmp_reject_reason(errno).into()));
+        }
+        if !destination_is_local || !self.names.sees_stack_refusals {
+            return (Cause::Unknown, None);
+        }
+        let seen = self
+            .stack_refusals
+            .get(&(f.src.ip(), f.dst))
+            .is_some_and(|t| now.mono.saturating_duration_since(*t) < STACK_REFUSAL_TTL);
+        if seen {
+            (Cause::NoListener, None)
+        } else {
+            (Cause::Rejected, Some("RST_NOT_FROM_DESTINATION".into()))
+        }
+    }
+}
+
+/// What an ICMP-refused connect() ended with, as a reason name.
+fn icmp_reject_reason(errno: u32) -> &'static str {
+    match errno {
+        111 => "ICMP_PORT_UNREACHABLE",
+        113 => "ICMP_HOST_UNREACHABLE",
+        101 => "ICMP_NET_UNREACHABLE",
+        13 => "ICMP_ADMIN_PROHIBITED",
+        _ => "ICMP_ERROR",
+    }
+}
+
+/// How many occurrences a waiting event stands for.
+fn event_count(e: &TimedEvent) -> u64 {
+    let RawEvent::Flow(f) = &e.event;
+    f.count
+}
+
+/// How long a stack refusal is remembered for judging resets, and how many at most.
+const STACK_REFUSAL_TTL: Duration = Duration::from_secs(60);
+const STACK_REFUSALS_CAPACITY: usize = 16_384;
+
+/// The running kernel's names of its enum values, from BTF.
+#[derive(Clone, Debug, Default)]
+pub struct KernelNames {
+    /// `enum sk_rst_reason`.
+    pub reset: HashMap<u32, String>,
+    /// `enum skb_drop_reason` (the reported ones).
+    pub drop: HashMap<u32, String>,
+    /// Whether this node sees its own stack's refusals (tcp_send_reset attached): without
+    /// them a reset cannot be told from a firewall's.
+    pub sees_stack_refusals: bool,
+}
+
+/// [`KernelNames`] as shared strings.
+struct Names {
+    reset: HashMap<u32, Arc<str>>,
+    drop: HashMap<u32, Arc<str>>,
+    sees_stack_refusals: bool,
+}
+
+impl From<KernelNames> for Names {
+    fn from(n: KernelNames) -> Names {
+        let shared = |m: HashMap<u32, String>| m.into_iter().map(|(k, v)| (k, v.into())).collect();
+        Names {
+            reset: shared(n.reset),
+            drop: shared(n.drop),
+            sees_stack_refusals: n.sees_stack_refusals,
+        }
+    }
+}
+
+impl Names {
+    fn reset(&self, v: u32) -> Arc<str> {
+        self.reset
+            .get(&v)
+            .cloned()
+            .unwrap_or_else(|| format!("reason {v}").into())
+    }
+    fn drop(&self, v: u32) -> Arc<str> {
+        self.drop
+            .get(&v)
+            .cloned()
+            .unwrap_or_else(|| format!("reason {v}").into())
     }
 }
 
@@ -492,7 +687,7 @@ async fn run(
         tokio::select! {
             () = cancel.cancelled() => break,
             ev = events.recv() => match ev {
-                Some(ev) => forward(attributor.event(ev, Now::real()).into_iter().collect()),
+                Some(ev) => forward(attributor.event(ev, Now::real())),
                 None => break,
             },
             m = meta.recv(), if meta_open => match m {

@@ -30,7 +30,11 @@ impl CgroupPaths for MapPaths {
         match id {
             // A walk still under way.
             555 => PathLookup::Pending,
-            _ => self.0.get(&id).cloned().map_or(PathLookup::Missing, PathLookup::Found),
+            _ => self
+                .0
+                .get(&id)
+                .cloned()
+                .map_or(PathLookup::Missing, PathLookup::Found),
         }
     }
 }
@@ -51,45 +55,69 @@ fn attributor() -> (Attributor, Arc<Counters>) {
     let counters = Arc::new(Counters::default());
     let a = Attributor::new(
         Box::new(paths),
-        HashMap::from([(1, "NO_SOCKET".to_owned())]),
+        KernelNames {
+            reset: HashMap::from([(1, "NO_SOCKET".to_owned())]),
+            drop: HashMap::from([(12, "NETFILTER_DROP".to_owned())]),
+            sees_stack_refusals: true,
+        },
         counters.clone(),
     );
     (a, counters)
 }
 
-fn connect_refused(cgroup_id: u64, at: u64) -> TimedEvent {
-    TimedEvent {
-        at: t(at),
-        event: RawEvent::ConnRefused(ConnRefused {
-            side: RefusedSide::Connector,
-            boot_ns: 0,
-            src: "10.0.0.1:40000".parse().unwrap(),
-            dst: "10.0.0.2:8080".parse().unwrap(),
-            task: Some(TaskInfo {
-                pid: 8,
-                tgid: 7,
-                comm: "curl".into(),
-                cgroup_id,
-            }),
-            reason: None,
-            sock_cookie: None,
-        }),
+fn flow(kind: FlowKind) -> Flow {
+    Flow {
+        kind,
+        count: 1,
+        first_ns: 0,
+        last_ns: 0,
+        src: "10.0.0.1:40000".parse().unwrap(),
+        dst: "10.0.0.2:8080".parse().unwrap(),
+        protocol: 6,
+        tcp_flags: 0,
+        reason: None,
+        icmp_errno: None,
+        cgroup_id: None,
+        task: None,
+        ifindex: 0,
+        syn_retransmits: 0,
     }
 }
 
-fn syn_refused(at: u64) -> TimedEvent {
+fn timed(f: Flow, at: u64) -> TimedEvent {
     TimedEvent {
         at: t(at),
-        event: RawEvent::ConnRefused(ConnRefused {
-            side: RefusedSide::Refuser,
-            boot_ns: 0,
-            src: "10.0.0.1:40000".parse().unwrap(),
-            dst: "10.0.0.2:8080".parse().unwrap(),
-            task: None,
-            reason: Some(1),
-            sock_cookie: None,
-        }),
+        first_at: t(at),
+        event: RawEvent::Flow(f),
     }
+}
+
+fn connect_refused(cgroup_id: u64, at: u64) -> TimedEvent {
+    let mut f = flow(FlowKind::ConnectRefused);
+    f.cgroup_id = Some(cgroup_id);
+    f.task = Some(TaskInfo {
+        pid: 8,
+        tgid: 7,
+        comm: "curl".into(),
+    });
+    timed(f, at)
+}
+
+fn syn_refused(at: u64) -> TimedEvent {
+    let mut f = flow(FlowKind::SynRefused);
+    f.reason = Some(1);
+    timed(f, at)
+}
+
+fn drop_of(src: &str, dst: &str, cgroup: Option<u64>, at: u64) -> TimedEvent {
+    let mut f = flow(FlowKind::PacketDrop);
+    f.src = src.parse().unwrap();
+    f.dst = dst.parse().unwrap();
+    f.reason = Some(12);
+    f.tcp_flags = 0x02;
+    f.cgroup_id = cgroup;
+    f.count = 500;
+    timed(f, at)
 }
 
 fn synced_with_pods(a: &mut Attributor) {
@@ -109,7 +137,7 @@ fn synced_with_pods(a: &mut Attributor) {
 fn connector_side_by_cgroup_with_container_and_peer() {
     let (mut a, _) = attributor();
     synced_with_pods(&mut a);
-    let occ = a.event(connect_refused(100, 5), now(5)).unwrap();
+    let occ = one(a.event(connect_refused(100, 5), now(5)));
     assert_eq!(occ.subject.pod.as_ref().unwrap().name, "client");
     assert_eq!(occ.subject.container.as_deref(), Some("app"));
     assert_eq!(occ.subject.attribution, Attribution::Cgroup);
@@ -128,7 +156,7 @@ fn connector_side_by_cgroup_with_container_and_peer() {
 fn refuser_side_by_ip_with_reason_name() {
     let (mut a, _) = attributor();
     synced_with_pods(&mut a);
-    let occ = a.event(syn_refused(5), now(5)).unwrap();
+    let occ = one(a.event(syn_refused(5), now(5)));
     assert_eq!(occ.subject.pod.as_ref().unwrap().name, "server");
     assert_eq!(occ.subject.attribution, Attribution::Ip);
     assert_eq!(conn(&occ).direction, Direction::Inbound);
@@ -140,7 +168,7 @@ fn refuser_side_by_ip_with_reason_name() {
 fn host_process_is_node_level_at_once() {
     let (mut a, _) = attributor();
     synced_with_pods(&mut a);
-    let occ = a.event(connect_refused(200, 5), now(5)).unwrap();
+    let occ = one(a.event(connect_refused(200, 5), now(5)));
     assert_eq!(occ.subject.pod, None);
     assert_eq!(occ.subject.attribution, Attribution::None);
 }
@@ -149,7 +177,7 @@ fn host_process_is_node_level_at_once() {
 fn gone_cgroup_falls_back_to_ip() {
     let (mut a, _) = attributor();
     synced_with_pods(&mut a);
-    let occ = a.event(connect_refused(999, 5), now(5)).unwrap();
+    let occ = one(a.event(connect_refused(999, 5), now(5)));
     assert_eq!(occ.subject.pod.as_ref().unwrap().name, "client");
     assert_eq!(occ.subject.attribution, Attribution::Ip);
 }
@@ -158,8 +186,8 @@ fn gone_cgroup_falls_back_to_ip() {
 fn events_wait_for_metadata_and_are_attributed_when_it_arrives() {
     let (mut a, counters) = attributor();
     // API server down: nothing known yet.
-    assert!(a.event(connect_refused(100, 5), now(5)).is_none());
-    assert!(a.event(syn_refused(6), now(6)).is_none());
+    assert!(a.event(connect_refused(100, 5), now(5)).is_empty());
+    assert!(a.event(syn_refused(6), now(6)).is_empty());
     assert_eq!(a.pending_len(), 2);
     // Not synced: the long deadline applies, a tick after the short grace keeps them.
     assert!(
@@ -191,9 +219,9 @@ fn unknown_ip_expires_unattributed_and_is_counted() {
     let (mut a, counters) = attributor();
     synced_with_pods(&mut a);
     let mut ev = syn_refused(5);
-    let RawEvent::ConnRefused(c) = &mut ev.event;
+    let RawEvent::Flow(c) = &mut ev.event;
     c.dst = "192.168.1.1:22".parse().unwrap();
-    assert!(a.event(ev, now(5)).is_none());
+    assert!(a.event(ev, now(5)).is_empty());
     assert!(a.tick(now(6)).is_empty(), "still within grace");
     let out = a.tick(later(now(5), PENDING_GRACE));
     assert_eq!(out.len(), 1);
@@ -205,9 +233,9 @@ fn unknown_ip_expires_unattributed_and_is_counted() {
 fn full_queue_stores_the_oldest_unattributed() {
     let (mut a, counters) = attributor();
     for i in 0..PENDING_CAPACITY {
-        assert!(a.event(syn_refused(i as u64), now(0)).is_none());
+        assert!(a.event(syn_refused(i as u64), now(0)).is_empty());
     }
-    let evicted = a.event(syn_refused(1), now(0)).unwrap();
+    let evicted = one(a.event(syn_refused(1), now(0)));
     assert_eq!(evicted.subject.attribution, Attribution::None);
     assert_eq!(a.pending_len(), PENDING_CAPACITY);
     assert_eq!(counters.get(Loss::AttributionExpired), 1);
@@ -226,7 +254,7 @@ fn relist_after_outage_deletes_vanished_pods() {
     a.update(MetaUpdate::RelistDone, now(100));
     assert_eq!(a.index().live_pods(), 1);
     // Before the relist the server still held its IP.
-    let occ = a.event(syn_refused(99), now(101)).unwrap();
+    let occ = one(a.event(syn_refused(99), now(101)));
     assert_eq!(occ.subject.pod.as_ref().unwrap().name, "server");
 }
 
@@ -235,9 +263,9 @@ fn watch_updates_outside_a_relist_retry_at_once() {
     let (mut a, _) = attributor();
     synced_with_pods(&mut a);
     let mut ev = syn_refused(5);
-    let RawEvent::ConnRefused(c) = &mut ev.event;
+    let RawEvent::Flow(c) = &mut ev.event;
     c.dst = "10.0.0.9:8080".parse().unwrap();
-    assert!(a.event(ev, now(5)).is_none());
+    assert!(a.event(ev, now(5)).is_empty());
     let out = a.update(
         MetaUpdate::Apply(info("late", "u-late", "10.0.0.9", 0)),
         now(6),
@@ -257,7 +285,7 @@ fn later(n: Now, by: Duration) -> Now {
 fn pending_cgroup_waits_instead_of_settling_for_the_ip() {
     let (mut a, _) = attributor();
     synced_with_pods(&mut a);
-    assert!(a.event(connect_refused(555, 5), now(5)).is_none());
+    assert!(a.event(connect_refused(555, 5), now(5)).is_empty());
     assert_eq!(a.pending_len(), 1);
     let out = a.tick(later(now(5), PENDING_GRACE));
     assert_eq!(out.len(), 1, "at its deadline it takes the IP");
@@ -276,12 +304,119 @@ fn gone_cgroups_are_not_asked_again_while_the_answer_is_fresh() {
     }
     let asked = Arc::new(AtomicU32::new(0));
     let counters = Arc::new(Counters::default());
-    let mut a = Attributor::new(Box::new(Counting(asked.clone())), HashMap::new(), counters);
+    let mut a = Attributor::new(
+        Box::new(Counting(asked.clone())),
+        KernelNames::default(),
+        counters,
+    );
     for i in 0..100 {
-        assert!(a.event(connect_refused(999, i), now(1)).is_none());
+        assert!(a.event(connect_refused(999, i), now(1)).is_empty());
     }
     a.tick(now(2));
     a.tick(now(3));
     // One lookup for the first event; the other 99 and two retries of all 100 hit the cache.
     assert_eq!(asked.load(Ordering::Relaxed), 1);
+}
+
+fn one(mut occs: Vec<Occurrence>) -> Occurrence {
+    assert_eq!(occs.len(), 1, "{occs:?}");
+    occs.remove(0)
+}
+
+#[test]
+fn drop_between_two_pods_of_the_node_is_evidence_on_both() {
+    let (mut a, _) = attributor();
+    synced_with_pods(&mut a);
+    let occs = a.event(
+        drop_of("10.0.0.1:40000", "10.0.0.2:5432", Some(100), 5),
+        now(5),
+    );
+    assert_eq!(occs.len(), 2, "{occs:?}");
+    let out = &occs[0];
+    assert_eq!(out.subject.pod.as_ref().unwrap().name, "client");
+    assert_eq!(
+        out.subject.attribution,
+        Attribution::Cgroup,
+        "by socket cgroup"
+    );
+    assert_eq!(out.count, 500);
+    let Detail::PacketDrop(d) = &out.detail else {
+        panic!("{out:?}")
+    };
+    assert_eq!(d.direction, Direction::Outbound);
+    assert_eq!(d.peer.as_ref().unwrap().name, "server");
+    assert_eq!(&*d.reason, "NETFILTER_DROP");
+    assert_eq!(d.tcp_flags, Some(0x02));
+    let inb = &occs[1];
+    assert_eq!(inb.subject.pod.as_ref().unwrap().name, "server");
+    assert_eq!(inb.subject.attribution, Attribution::Ip);
+    let Detail::PacketDrop(d) = &inb.detail else {
+        panic!("{inb:?}")
+    };
+    assert_eq!(d.direction, Direction::Inbound);
+    assert_eq!(d.peer.as_ref().unwrap().name, "client");
+}
+
+#[test]
+fn drop_to_the_outside_is_evidence_on_the_sender_and_unknown_ends_wait() {
+    let (mut a, counters) = attributor();
+    synced_with_pods(&mut a);
+    let occs = a.event(drop_of("10.0.0.1:40000", "192.0.2.9:443", None, 5), now(5));
+    assert_eq!(occs.len(), 1);
+    assert_eq!(occs[0].subject.attribution, Attribution::Ip);
+    // Neither end known: waits, then is stored unattributed with its whole count.
+    assert!(
+        a.event(drop_of("192.0.2.1:1", "192.0.2.9:443", None, 5), now(5))
+            .is_empty()
+    );
+    let out = a.tick(later(now(5), PENDING_GRACE));
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].subject.attribution, Attribution::None);
+    assert_eq!(counters.get(Loss::AttributionExpired), 500);
+}
+
+#[test]
+fn refusal_cause_tells_the_stack_from_a_firewall() {
+    let (mut a, _) = attributor();
+    synced_with_pods(&mut a);
+    // No stack refusal seen for this flow: a reset from a local pod's IP that its stack did
+    // not send came from a firewall.
+    let occ = one(a.event(connect_refused(100, 5), now(5)));
+    assert_eq!(conn(&occ).cause, Some(Cause::Rejected));
+    // The destination's stack refused: nothing listens.
+    assert_eq!(
+        conn(&one(a.event(syn_refused(6), now(6)))).cause,
+        Some(Cause::NoListener)
+    );
+    let occ = one(a.event(connect_refused(100, 7), now(7)));
+    assert_eq!(conn(&occ).cause, Some(Cause::NoListener));
+    // A destination on another node: cannot tell.
+    let mut ev = connect_refused(100, 8);
+    let RawEvent::Flow(f) = &mut ev.event;
+    f.dst = "10.9.9.9:80".parse().unwrap();
+    assert_eq!(conn(&one(a.event(ev, now(8)))).cause, Some(Cause::Unknown));
+    // Refused by ICMP: a firewall, with the ICMP kind as the reason.
+    let mut ev = connect_refused(100, 9);
+    let RawEvent::Flow(f) = &mut ev.event;
+    f.icmp_errno = Some(113);
+    let occ = one(a.event(ev, now(9)));
+    assert_eq!(conn(&occ).cause, Some(Cause::Rejected));
+    assert_eq!(conn(&occ).reason.as_deref(), Some("ICMP_HOST_UNREACHABLE"));
+}
+
+#[test]
+fn timeouts_are_never_refusals() {
+    let (mut a, _) = attributor();
+    synced_with_pods(&mut a);
+    let mut ev = connect_refused(100, 5);
+    let RawEvent::Flow(f) = &mut ev.event;
+    f.kind = FlowKind::ConnectTimeout;
+    f.syn_retransmits = 3;
+    let occ = one(a.event(ev, now(5)));
+    let Detail::ConnectionTimeout(c) = &occ.detail else {
+        panic!("{occ:?}")
+    };
+    assert_eq!(c.syn_retransmits, 3);
+    assert_eq!(c.cause, None);
+    assert_eq!(occ.subject.pod.as_ref().unwrap().name, "client");
 }

@@ -5,7 +5,7 @@
 
 use serde::Serialize;
 
-use crate::evidence::{Connection, Detail, Direction, Evidence, Kind};
+use crate::evidence::{Cause, Connection, Detail, Direction, Drop, Evidence, Kind, tcp_flags_text};
 
 /// One conclusion drawn from one or more records.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -36,13 +36,166 @@ fn finding(e: &Evidence) -> Option<Finding> {
         ToString::to_string,
     );
     match &e.detail {
-        Detail::ConnectionRefused(c) => Some(refused(e, c, &pod)),
+        Detail::ConnectionRefused(c) => Some(match c.cause {
+            Some(Cause::Rejected) => rejected(e, c, &pod),
+            _ => refused(e, c, &pod),
+        }),
+        Detail::ConnectionTimeout(c) => Some(timed_out(e, c, &pod)),
+        Detail::PacketDrop(d) => Some(dropped(e, d, &pod)),
+    }
+}
+
+/// A connection refused by a firewall rule (REJECT), not by the destination.
+fn rejected(e: &Evidence, c: &Connection, pod: &str) -> Finding {
+    let kind = e.kind();
+    let how = c.reason.as_deref().unwrap_or("a reject");
+    Finding {
+        kind,
+        layer: Kind::PacketDrop.layer(),
+        summary: format!(
+            "{pod} had {count} connection(s) to {dst}{peer} rejected by a firewall rule ({how}): \
+             the destination's TCP stack did not answer, so this is not \"nothing listens\".",
+            count = e.count,
+            dst = c.dst,
+            peer = peer_text(c),
+        ),
+        next_step: format!(
+            "Find the rule that rejects {proto}/{port}: NetworkPolicies that select {pod} \
+             (egress) or the destination (ingress), then node firewall rules (nft list ruleset). \
+             Restarting {pod} will not fix it.",
+            proto = c.protocol.as_str(),
+            port = c.dst.port(),
+        ),
+    }
+}
+
+/// SYNs never answered.
+fn timed_out(e: &Evidence, c: &Connection, pod: &str) -> Finding {
+    let kind = e.kind();
+    Finding {
+        kind,
+        layer: kind.layer(),
+        summary: format!(
+            "{pod} had {count} connection attempt(s) to {dst}{peer} that were never answered \
+             ({retrans} SYN retransmission(s)): the SYNs or the answers are being dropped on \
+             the way, or the destination is down. Not a refusal: nothing sent a reset.",
+            count = e.count,
+            dst = c.dst,
+            peer = peer_text(c),
+            retrans = c.syn_retransmits,
+        ),
+        next_step: format!(
+            "Look for packet_drop evidence for {dst} (a NetworkPolicy or firewall drop shows \
+             there with the kernel's reason), then check that the destination is up and its \
+             Service endpoints are ready. Restarting {pod} will not fix it.",
+            dst = c.dst,
+        ),
+    }
+}
+
+/// Packets the kernel dropped.
+fn dropped(e: &Evidence, d: &Drop, pod: &str) -> Finding {
+    let kind = e.kind();
+    let flags = d
+        .tcp_flags
+        .map(|f| format!(" {}", tcp_flags_text(f)))
+        .unwrap_or_default();
+    let what = format!("{}{flags}", d.protocol.as_str());
+    let (summary, next_step) = match d.direction {
+        Direction::Outbound => (
+            format!(
+                "{pod}'s {what} packets to {dst}{peer} are being dropped by the kernel ({reason}): \
+                 {count} since {first}.",
+                dst = d.dst,
+                peer = peer_of(d),
+                reason = d.reason,
+                count = e.count,
+                first = crate::cli::render::rfc3339(e.first_seen),
+            ),
+            drop_step(&d.reason, pod, "egress"),
+        ),
+        Direction::Inbound => (
+            format!(
+                "{what} packets from {src}{peer} to {pod} on port {port} are being dropped by \
+                 the kernel ({reason}): {count} since {first}.",
+                src = d.src.ip(),
+                peer = peer_of(d),
+                port = d.dst.port(),
+                reason = d.reason,
+                count = e.count,
+                first = crate::cli::render::rfc3339(e.first_seen),
+            ),
+            drop_step(&d.reason, pod, "ingress"),
+        ),
+    };
+    Finding {
+        kind,
+        layer: kind.layer(),
+        summary,
+        next_step,
+    }
+}
+
+fn peer_of(d: &Drop) -> String {
+    d.peer
+        .as_ref()
+        .map(|p| format!(" (pod {p})"))
+        .unwrap_or_default()
+}
+
+/// The safest next step for a drop reason, read-only checks first.
+fn drop_step(reason: &str, pod: &str, direction: &str) -> String {
+    match reason {
+        "NETFILTER_DROP" => format!(
+            "A firewall rule dropped it: on most CNIs that is a NetworkPolicy. List the policies \
+             that select {pod} for {direction} (kubectl get networkpolicy -n <namespace>; \
+             `triage-agent explain` evaluates them) and the node's rules (nft list ruleset). \
+             Restarting {pod} will not fix it."
+        ),
+        r if r.starts_with("TC_") || r == "BPF_CGROUP_EGRESS" => format!(
+            "An eBPF/tc program dropped it: with Cilium or Calico eBPF that is usually a policy \
+             verdict; check the CNI's policy view for {pod}."
+        ),
+        r if r.starts_with("SOCKET_") || r == "TCP_LISTEN_OVERFLOW" => {
+            "The receiving application is not keeping up (its socket buffer or accept queue was \
+             full): check its CPU throttling and load before scaling."
+                .to_owned()
+        }
+        r if r.starts_with("NEIGH_") || r.starts_with("IP_") => {
+            "The node could not route or reach the next hop: check the CNI's routes and the \
+             peer's liveness (ip route get <ip> on the node)."
+                .to_owned()
+        }
+        "NO_SOCKET" => "Nothing listens on that UDP port at the destination: check the \
+                        container's ports and the Service targetPort."
+            .to_owned(),
+        _ => "Check the node's packet path for this reason (nstat, ip -s link).".to_owned(),
     }
 }
 
 fn refused(e: &Evidence, c: &Connection, pod: &str) -> Finding {
     let kind = e.kind();
+    let unknown = c.cause == Some(Cause::Unknown);
     match c.direction {
+        Direction::Outbound if unknown => Finding {
+            kind,
+            layer: kind.layer(),
+            summary: format!(
+                "{pod} had {count} connection(s) to {dst}{peer} refused with a reset from \
+                 another node: either nothing listens on port {port} there or a firewall \
+                 rejected it (this node cannot tell which).",
+                count = e.count,
+                dst = c.dst,
+                peer = peer_text(c),
+                port = c.dst.port(),
+            ),
+            next_step: format!(
+                "Ask the agent on the destination's node (it sees its own stack's refusals), or \
+                 check what listens on {dst} and its Service targetPort. Restarting {pod} will \
+                 not fix it.",
+                dst = c.dst,
+            ),
+        },
         Direction::Outbound => {
             let (target, exec) = match &c.peer {
                 Some(p) => (
@@ -113,6 +266,43 @@ mod tests {
             .count(count)
             .peer("shop", "db")
             .evidence()
+    }
+
+    #[test]
+    fn drops_timeouts_and_rejects_point_at_the_path() {
+        use crate::evidence::fixtures::{dropped, timeout};
+        let f = diagnose(&[
+            dropped()
+                .pod("shop", "web")
+                .peer("data", "db")
+                .count(9)
+                .evidence(),
+            timeout().pod("shop", "web").count(3).evidence(),
+            refused()
+                .pod("shop", "web")
+                .cause(Some(Cause::Rejected))
+                .reason("ICMP_ADMIN_PROHIBITED")
+                .evidence(),
+        ]);
+        assert!(
+            f[0].summary.contains(
+                "shop/web's tcp SYN packets to 10.0.0.2:5432 (pod data/db) are being dropped \
+                 by the kernel (NETFILTER_DROP): 9 since"
+            ),
+            "{}",
+            f[0].summary
+        );
+        assert!(f[0].next_step.contains("NetworkPolicy"));
+        assert!(
+            f[1].summary
+                .contains("never answered (2 SYN retransmission(s))")
+        );
+        assert!(f[1].summary.contains("Not a refusal"));
+        assert!(
+            f[2].summary
+                .contains("rejected by a firewall rule (ICMP_ADMIN_PROHIBITED)")
+        );
+        assert!(!f[2].summary.contains("nothing listens on"));
     }
 
     #[test]

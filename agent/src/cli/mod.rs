@@ -82,6 +82,10 @@ pub struct AgentArgs {
     /// cgroup2 mount point (found in /proc/self/mountinfo when not given).
     #[arg(long)]
     pub cgroup_root: Option<std::path::PathBuf>,
+    /// Kernel drop reasons to report: "default", "all", a list of names (NETFILTER_DROP,...),
+    /// or changes to the default ("+TCP_ZEROWINDOW,-QDISC_DROP"). See the README.
+    #[arg(long, env = "TRIAGE_DROP_REASONS", default_value = "default")]
+    pub drop_reasons: crate::probes::reasons::DropReasons,
 }
 
 /// Where the node agents are.

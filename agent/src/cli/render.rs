@@ -17,7 +17,7 @@ use triage_agent_proto::v1 as pb;
 use crate::{
     api::convert::{self, PeerLoss},
     cli::{client::AgentAnswer, diagnose::Finding},
-    evidence::{Detail, Evidence, Named as _},
+    evidence::{Detail, Evidence, Named as _, tcp_flags_text},
     loss::Loss,
 };
 
@@ -154,16 +154,34 @@ fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-/// Kind-specific table columns: (direction, src, dst, peer).
-fn detail_cells(d: &Detail) -> [String; 4] {
-    match d {
-        Detail::ConnectionRefused(c) => [
-            c.direction.as_str().to_owned(),
-            c.src.to_string(),
-            c.dst.to_string(),
-            c.peer.as_ref().map_or_else(|| "-".to_owned(), cleaned),
-        ],
-    }
+/// Kind-specific table columns: (direction, src, dst, peer, detail).
+fn detail_cells(d: &Detail) -> [String; 5] {
+    let (direction, src, dst, peer) = d.endpoints();
+    let detail = match d {
+        Detail::ConnectionRefused(c) => match (&c.cause, &c.reason) {
+            (Some(cause), Some(reason)) => format!("{}: {}", cause.as_str(), clean(reason)),
+            (Some(cause), None) => cause.as_str().to_owned(),
+            (None, Some(reason)) => cleaned(reason),
+            (None, None) => "-".to_owned(),
+        },
+        Detail::ConnectionTimeout(c) => format!("{} SYN retransmits", c.syn_retransmits),
+        Detail::PacketDrop(p) => match p.tcp_flags {
+            Some(flags) => format!(
+                "{} {} {}",
+                clean(&p.reason),
+                p.protocol.as_str(),
+                tcp_flags_text(flags)
+            ),
+            None => format!("{} {}", clean(&p.reason), p.protocol.as_str()),
+        },
+    };
+    [
+        direction.as_str().to_owned(),
+        src.to_string(),
+        dst.to_string(),
+        peer.map_or_else(|| "-".to_owned(), cleaned),
+        detail,
+    ]
 }
 
 /// The `query -o table` text. `since` is the query's window start.
@@ -195,7 +213,7 @@ pub fn query_table(
         let rows: Vec<Vec<String>> = evidence
             .iter()
             .map(|e| {
-                let [direction, src, dst, peer] = detail_cells(&e.detail);
+                let [direction, src, dst, peer, detail] = detail_cells(&e.detail);
                 let s = &e.subject;
                 vec![
                     e.kind().to_string(),
@@ -205,6 +223,7 @@ pub fn query_table(
                     src,
                     dst,
                     peer,
+                    detail,
                     s.container
                         .as_deref()
                         .map_or_else(|| "-".to_owned(), cleaned),
@@ -227,6 +246,7 @@ pub fn query_table(
                 "SRC",
                 "DST",
                 "PEER",
+                "DETAIL",
                 "CONTAINER",
                 "PROCESS",
                 "ATTRIBUTION",
@@ -259,7 +279,10 @@ fn completeness(a: &AgentAnswer, since: Option<SystemTime>) -> String {
         .filter(|started| since.is_none_or(|since| *started > since));
     match (lost.is_empty() && a.evicted_in_window == 0, restarted) {
         (true, None) => {
-            let _ = writeln!(out, "Completeness: node {node} lost no events in this window.");
+            let _ = writeln!(
+                out,
+                "Completeness: node {node} lost no events in this window."
+            );
         }
         (true, Some(started)) => {
             let _ = writeln!(
@@ -306,15 +329,16 @@ fn completeness(a: &AgentAnswer, since: Option<SystemTime>) -> String {
 
 /// One line per watch update.
 pub fn watch_line(e: &Evidence) -> String {
-    let [direction, src, dst, _] = detail_cells(&e.detail);
+    let [direction, src, dst, _, detail] = detail_cells(&e.detail);
     format!(
-        "{} {} {} {} {} -> {} count={} attribution={}",
+        "{} {} {} {} {} -> {} ({}) count={} attribution={}",
         rfc3339(e.last_seen),
         e.pod().map_or_else(|| "-".to_owned(), cleaned),
         e.kind(),
         direction,
         src,
         dst,
+        detail,
         e.count,
         e.subject.attribution.as_str()
     )

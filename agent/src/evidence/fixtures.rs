@@ -14,8 +14,8 @@ use std::{
 };
 
 use super::{
-    Attribution, Connection, Detail, Direction, Evidence, Occurrence, PodRef, Process, Protocol,
-    Subject,
+    Attribution, Cause, Connection, Detail, Direction, Drop, Evidence, Occurrence, PodRef, Process,
+    Protocol, Subject,
 };
 
 /// A fixed instant `s` seconds after a base time (2023-11-14T22:13:20Z + s).
@@ -67,8 +67,41 @@ pub fn refused() -> Builder {
             protocol: Protocol::Tcp,
             reason: None,
             peer: None,
+            cause: Some(Cause::NoListener),
+            syn_retransmits: 0,
         }),
     }
+}
+
+/// An outbound connection timeout (SYN never answered, 2 retransmissions).
+pub fn timeout() -> Builder {
+    let mut b = refused();
+    b.detail = Detail::ConnectionTimeout(Connection {
+        direction: Direction::Outbound,
+        src: addr("10.0.0.1:40000"),
+        dst: addr("10.0.0.2:5432"),
+        protocol: Protocol::Tcp,
+        reason: None,
+        peer: None,
+        cause: None,
+        syn_retransmits: 2,
+    });
+    b
+}
+
+/// An outbound TCP SYN dropped by netfilter, by its socket's cgroup.
+pub fn dropped() -> Builder {
+    let mut b = refused();
+    b.detail = Detail::PacketDrop(Drop {
+        direction: Direction::Outbound,
+        src: addr("10.0.0.1:40000"),
+        dst: addr("10.0.0.2:5432"),
+        protocol: Protocol::Tcp,
+        reason: "NETFILTER_DROP".into(),
+        peer: None,
+        tcp_flags: Some(0x02),
+    });
+    b
 }
 
 fn addr(s: &str) -> SocketAddr {
@@ -138,29 +171,48 @@ impl Builder {
         self.subject.attribution = a;
         self
     }
-    fn conn(&mut self) -> &mut Connection {
+    pub fn direction(mut self, dir: Direction) -> Self {
         match &mut self.detail {
-            Detail::ConnectionRefused(c) => c,
+            Detail::ConnectionRefused(c) | Detail::ConnectionTimeout(c) => c.direction = dir,
+            Detail::PacketDrop(d) => d.direction = dir,
         }
-    }
-    pub fn direction(mut self, d: Direction) -> Self {
-        self.conn().direction = d;
         self
     }
     pub fn src(mut self, s: &str) -> Self {
-        self.conn().src = addr(s);
+        match &mut self.detail {
+            Detail::ConnectionRefused(c) | Detail::ConnectionTimeout(c) => c.src = addr(s),
+            Detail::PacketDrop(d) => d.src = addr(s),
+        }
         self
     }
     pub fn dst(mut self, s: &str) -> Self {
-        self.conn().dst = addr(s);
+        match &mut self.detail {
+            Detail::ConnectionRefused(c) | Detail::ConnectionTimeout(c) => c.dst = addr(s),
+            Detail::PacketDrop(d) => d.dst = addr(s),
+        }
         self
     }
     pub fn reason(mut self, r: &str) -> Self {
-        self.conn().reason = Some(r.into());
+        match &mut self.detail {
+            Detail::ConnectionRefused(c) | Detail::ConnectionTimeout(c) => {
+                c.reason = Some(r.into());
+            }
+            Detail::PacketDrop(d) => d.reason = r.into(),
+        }
+        self
+    }
+    pub fn cause(mut self, cause: Option<Cause>) -> Self {
+        if let Detail::ConnectionRefused(c) = &mut self.detail {
+            c.cause = cause;
+        }
         self
     }
     pub fn peer(mut self, namespace: &str, name: &str) -> Self {
-        self.conn().peer = Some(pod_ref(namespace, name));
+        let peer = Some(pod_ref(namespace, name));
+        match &mut self.detail {
+            Detail::ConnectionRefused(c) | Detail::ConnectionTimeout(c) => c.peer = peer,
+            Detail::PacketDrop(d) => d.peer = peer,
+        }
         self
     }
 

@@ -73,6 +73,36 @@ names::names! {
     pub enum Protocol {
         Tcp = "tcp",
         Udp = "udp",
+        Icmp = "icmp",
+        Icmpv6 = "icmpv6",
+        /// Any other IP protocol.
+        Other = "other",
+    }
+}
+
+impl Protocol {
+    /// From the IP protocol number.
+    pub fn from_ip(number: u8) -> Protocol {
+        match number {
+            6 => Protocol::Tcp,
+            17 => Protocol::Udp,
+            1 => Protocol::Icmp,
+            58 => Protocol::Icmpv6,
+            _ => Protocol::Other,
+        }
+    }
+}
+
+names::names! {
+    /// Who answered a refused connection.
+    pub enum Cause {
+        /// The destination's TCP stack: nothing listens on the port.
+        NoListener = "no_listener",
+        /// A firewall rule (a REJECT: an ICMP error, or a reset the destination's stack did not
+        /// send).
+        Rejected = "rejected",
+        /// The agent cannot tell (the reset came from another node).
+        Unknown = "unknown",
     }
 }
 
@@ -139,12 +169,50 @@ pub struct Connection {
     pub reason: Option<Arc<str>>,
     /// The pod at the other end, when known.
     pub peer: Option<Arc<PodRef>>,
+    /// Refusals: who answered.
+    pub cause: Option<Cause>,
+    /// Timeouts: SYN retransmissions the kernel made before giving up.
+    pub syn_retransmits: u32,
+}
+
+/// A dropped packet, seen from the record's pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Drop {
+    /// `outbound`: this pod's packet was dropped; `inbound`: a packet to this pod was.
+    pub direction: Direction,
+    /// The packet's source; its port is the latest occurrence's. ICMP: type and code as ports.
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+    pub protocol: Protocol,
+    /// The kernel's `skb_drop_reason` name (e.g. NETFILTER_DROP).
+    pub reason: Arc<str>,
+    /// The pod at the other end, when known.
+    pub peer: Option<Arc<PodRef>>,
+    /// TCP flags of the dropped segment (FIN, SYN, RST, ACK bits).
+    pub tcp_flags: Option<u8>,
+}
+
+/// TCP flags as text: "SYN", "SYN|ACK".
+pub fn tcp_flags_text(flags: u8) -> String {
+    let names = [(0x02, "SYN"), (0x10, "ACK"), (0x01, "FIN"), (0x04, "RST")];
+    let set: Vec<&str> = names
+        .iter()
+        .filter(|(bit, _)| flags & bit != 0)
+        .map(|(_, n)| *n)
+        .collect();
+    if set.is_empty() {
+        "none".to_owned()
+    } else {
+        set.join("|")
+    }
 }
 
 /// What happened, one variant per kind.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Detail {
     ConnectionRefused(Connection),
+    ConnectionTimeout(Connection),
+    PacketDrop(Drop),
 }
 
 /// What makes two occurrences of a kind "the same failure" (besides pod and container).
@@ -158,6 +226,15 @@ pub enum DetailKey {
         src_ip: IpAddr,
         dst: SocketAddr,
         reason: Option<Arc<str>>,
+        cause: Option<Cause>,
+    },
+    Drop {
+        direction: Direction,
+        protocol: Protocol,
+        src_ip: IpAddr,
+        dst: SocketAddr,
+        reason: Arc<str>,
+        tcp_flags: Option<u8>,
     },
 }
 
@@ -165,18 +242,29 @@ impl Detail {
     pub fn kind(&self) -> Kind {
         match self {
             Detail::ConnectionRefused(_) => Kind::ConnectionRefused,
+            Detail::ConnectionTimeout(_) => Kind::ConnectionTimeout,
+            Detail::PacketDrop(_) => Kind::PacketDrop,
         }
     }
 
     /// The aggregation key.
     pub fn key(&self) -> DetailKey {
         match self {
-            Detail::ConnectionRefused(c) => DetailKey::Connection {
+            Detail::ConnectionRefused(c) | Detail::ConnectionTimeout(c) => DetailKey::Connection {
                 direction: c.direction,
                 protocol: c.protocol,
                 src_ip: c.src.ip(),
                 dst: c.dst,
                 reason: c.reason.clone(),
+                cause: c.cause,
+            },
+            Detail::PacketDrop(d) => DetailKey::Drop {
+                direction: d.direction,
+                protocol: d.protocol,
+                src_ip: d.src.ip(),
+                dst: d.dst,
+                reason: d.reason.clone(),
+                tcp_flags: d.tcp_flags,
             },
         }
     }
@@ -184,30 +272,62 @@ impl Detail {
     /// Takes in a later occurrence with the same key: the latest values win where they vary.
     fn absorb(&mut self, later: Detail) {
         match (self, later) {
-            (Detail::ConnectionRefused(c), Detail::ConnectionRefused(l)) => {
+            (Detail::ConnectionRefused(c), Detail::ConnectionRefused(l))
+            | (Detail::ConnectionTimeout(c), Detail::ConnectionTimeout(l)) => {
                 c.src = l.src;
                 c.peer = l.peer.or(c.peer.take());
+                c.syn_retransmits = c.syn_retransmits.saturating_add(l.syn_retransmits);
             }
+            (Detail::PacketDrop(d), Detail::PacketDrop(l)) => {
+                d.src = l.src;
+                d.peer = l.peer.or(d.peer.take());
+            }
+            // Same key means same kind; nothing to take from another kind.
+            _ => {}
         }
     }
 
     /// The connection, for kinds that have one.
     pub fn connection(&self) -> Option<&Connection> {
         match self {
-            Detail::ConnectionRefused(c) => Some(c),
+            Detail::ConnectionRefused(c) | Detail::ConnectionTimeout(c) => Some(c),
+            Detail::PacketDrop(_) => None,
+        }
+    }
+
+    /// Direction, endpoints and peer, which every kind so far has.
+    pub fn endpoints(&self) -> (Direction, SocketAddr, SocketAddr, Option<&Arc<PodRef>>) {
+        match self {
+            Detail::ConnectionRefused(c) | Detail::ConnectionTimeout(c) => {
+                (c.direction, c.src, c.dst, c.peer.as_ref())
+            }
+            Detail::PacketDrop(d) => (d.direction, d.src, d.dst, d.peer.as_ref()),
         }
     }
 
     /// The kind-specific JSON fields, flat beside the common ones (the JSON contract).
     pub fn json_fields(&self, out: &mut Map<String, Value>) {
+        let (direction, src, dst, peer) = self.endpoints();
+        out.insert("direction".into(), direction.as_str().into());
+        out.insert("src".into(), src.to_string().into());
+        out.insert("dst".into(), dst.to_string().into());
+        out.insert("peer".into(), peer.map(|p| p.json()).into());
         match self {
             Detail::ConnectionRefused(c) => {
-                out.insert("direction".into(), c.direction.as_str().into());
-                out.insert("src".into(), c.src.to_string().into());
-                out.insert("dst".into(), c.dst.to_string().into());
                 out.insert("protocol".into(), c.protocol.as_str().into());
                 out.insert("reason".into(), c.reason.as_deref().into());
-                out.insert("peer".into(), c.peer.as_deref().map(PodRef::json).into());
+                out.insert("cause".into(), c.cause.map(Cause::as_str).into());
+            }
+            Detail::ConnectionTimeout(c) => {
+                out.insert("protocol".into(), c.protocol.as_str().into());
+                out.insert("syn_retransmits".into(), c.syn_retransmits.into());
+            }
+            Detail::PacketDrop(d) => {
+                out.insert("protocol".into(), d.protocol.as_str().into());
+                out.insert("reason".into(), (*d.reason).into());
+                if let Some(flags) = d.tcp_flags {
+                    out.insert("tcp_flags".into(), tcp_flags_text(flags).into());
+                }
             }
         }
     }
@@ -407,7 +527,10 @@ mod tests {
         o.first_at = fixtures::t(5);
         e.absorb(o);
         assert_eq!(e.count, 501);
-        assert_eq!((e.first_seen, e.last_seen), (fixtures::t(5), fixtures::t(40)));
+        assert_eq!(
+            (e.first_seen, e.last_seen),
+            (fixtures::t(5), fixtures::t(40))
+        );
     }
 
     #[test]

@@ -4,30 +4,44 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use triage_agent_common::{AF_INET, AF_INET6, COMM_LEN, ConnEvent, EventHeader, conn_flags, kind};
+use triage_agent_common::{
+    AF_INET, AF_INET6, COMM_LEN, EventHeader, FlowEvent, FlowKey, FlowStats, flow_flags, kind,
+};
 
 /// A decoded kernel event, before attribution.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RawEvent {
-    ConnRefused(ConnRefused),
+    /// One or more occurrences of a hot signal's flow.
+    Flow(Flow),
 }
 
 impl RawEvent {
-    /// CLOCK_BOOTTIME nanoseconds at which the kernel saw the event.
+    /// CLOCK_BOOTTIME nanoseconds of the latest occurrence.
     pub fn boot_ns(&self) -> u64 {
         match self {
-            RawEvent::ConnRefused(e) => e.boot_ns,
+            RawEvent::Flow(f) => f.last_ns,
+        }
+    }
+
+    /// CLOCK_BOOTTIME nanoseconds of the earliest occurrence.
+    pub fn first_boot_ns(&self) -> u64 {
+        match self {
+            RawEvent::Flow(f) => f.first_ns,
         }
     }
 }
 
-/// Which end of a refused connection the kernel saw.
+/// Which hot signal a flow is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RefusedSide {
-    /// A local connect() got RST in SYN_SENT.
-    Connector,
+pub enum FlowKind {
+    /// A local connect() was refused (by RST, or by ICMP with `icmp_errno`).
+    ConnectRefused,
     /// A local port with no listener answered a SYN with RST.
-    Refuser,
+    SynRefused,
+    /// The kernel dropped a packet (`reason`).
+    PacketDrop,
+    /// A local connect() ended without any answer.
+    ConnectTimeout,
 }
 
 /// The process that called connect().
@@ -36,21 +50,31 @@ pub struct TaskInfo {
     pub pid: u32,
     pub tgid: u32,
     pub comm: String,
-    /// cgroup v2 id of the task.
-    pub cgroup_id: u64,
 }
 
-/// A refused TCP connection; `src` sent the SYN, `dst` answered with RST.
+/// Occurrences of one flow: `src` sent the packet or SYN, `dst` was its destination.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ConnRefused {
-    pub side: RefusedSide,
-    pub boot_ns: u64,
+pub struct Flow {
+    pub kind: FlowKind,
+    pub count: u64,
+    pub first_ns: u64,
+    pub last_ns: u64,
+    /// The source port is the latest occurrence's.
     pub src: SocketAddr,
     pub dst: SocketAddr,
-    pub task: Option<TaskInfo>,
-    /// Raw `enum sk_rst_reason` value.
+    /// IP protocol number.
+    pub protocol: u8,
+    /// TCP flags of a dropped segment.
+    pub tcp_flags: u8,
+    /// Raw kernel enum value (`sk_rst_reason`, `skb_drop_reason`).
     pub reason: Option<u32>,
-    pub sock_cookie: Option<u64>,
+    /// The errno of a connect() refused by ICMP.
+    pub icmp_errno: Option<u32>,
+    /// cgroup v2 id of the process (connects) or sending socket (drops).
+    pub cgroup_id: Option<u64>,
+    pub task: Option<TaskInfo>,
+    pub ifindex: u32,
+    pub syn_retransmits: u32,
 }
 
 /// Why a record could not be decoded.
@@ -93,6 +117,9 @@ impl Fields<'_> {
                 need: self.need,
             })
     }
+    fn u8(&self, offset: usize) -> Result<u8, DecodeError> {
+        self.array::<1>(offset).map(|[b]| b)
+    }
     fn u16(&self, offset: usize) -> Result<u16, DecodeError> {
         self.array(offset).map(u16::from_ne_bytes)
     }
@@ -102,9 +129,42 @@ impl Fields<'_> {
     fn u64(&self, offset: usize) -> Result<u64, DecodeError> {
         self.array(offset).map(u64::from_ne_bytes)
     }
+
+    fn key(&self, at: usize) -> Result<FlowKey, DecodeError> {
+        use std::mem::offset_of;
+        Ok(FlowKey {
+            kind: self.u32(at + offset_of!(FlowKey, kind))?,
+            reason: self.u32(at + offset_of!(FlowKey, reason))?,
+            cgroup_id: self.u64(at + offset_of!(FlowKey, cgroup_id))?,
+            family: self.u16(at + offset_of!(FlowKey, family))?,
+            protocol: self.u8(at + offset_of!(FlowKey, protocol))?,
+            tcp_flags: self.u8(at + offset_of!(FlowKey, tcp_flags))?,
+            sport: self.u16(at + offset_of!(FlowKey, sport))?,
+            dport: self.u16(at + offset_of!(FlowKey, dport))?,
+            ifindex: self.u32(at + offset_of!(FlowKey, ifindex))?,
+            flags: self.u32(at + offset_of!(FlowKey, flags))?,
+            saddr: self.array(at + offset_of!(FlowKey, saddr))?,
+            daddr: self.array(at + offset_of!(FlowKey, daddr))?,
+        })
+    }
+
+    fn stats(&self, at: usize) -> Result<FlowStats, DecodeError> {
+        use std::mem::offset_of;
+        Ok(FlowStats {
+            count: self.u64(at + offset_of!(FlowStats, count))?,
+            first_ns: self.u64(at + offset_of!(FlowStats, first_ns))?,
+            last_ns: self.u64(at + offset_of!(FlowStats, last_ns))?,
+            pid: self.u32(at + offset_of!(FlowStats, pid))?,
+            tgid: self.u32(at + offset_of!(FlowStats, tgid))?,
+            comm: self.array(at + offset_of!(FlowStats, comm))?,
+            extra: self.u32(at + offset_of!(FlowStats, extra))?,
+            last_sport: self.u16(at + offset_of!(FlowStats, last_sport))?,
+            _pad0: 0,
+        })
+    }
 }
 
-/// Decodes one ring buffer record.
+/// Decodes one ring buffer record (a flow's first occurrence).
 pub fn decode(bytes: &[u8]) -> Result<RawEvent, DecodeError> {
     let header_len = size_of::<EventHeader>();
     let f = Fields {
@@ -114,10 +174,9 @@ pub fn decode(bytes: &[u8]) -> Result<RawEvent, DecodeError> {
     };
     let event_kind = f.u32(std::mem::offset_of!(EventHeader, kind))?;
     let declared = f.u32(std::mem::offset_of!(EventHeader, len))?;
-    let boot_ns = f.u64(std::mem::offset_of!(EventHeader, boot_ns))?;
     match event_kind {
-        kind::CONNECT_REFUSED | kind::SYN_REFUSED => {
-            let need = size_of::<ConnEvent>();
+        kind::CONNECT_REFUSED | kind::SYN_REFUSED | kind::PACKET_DROP | kind::CONNECT_TIMEOUT => {
+            let need = size_of::<FlowEvent>();
             if declared as usize != need || bytes.len() < need {
                 return Err(DecodeError::LengthMismatch {
                     kind: event_kind,
@@ -125,66 +184,59 @@ pub fn decode(bytes: &[u8]) -> Result<RawEvent, DecodeError> {
                     len: bytes.len(),
                 });
             }
-            let side = if event_kind == kind::CONNECT_REFUSED {
-                RefusedSide::Connector
-            } else {
-                RefusedSide::Refuser
+            let f = Fields {
+                bytes,
+                what: "flow event",
+                need,
             };
-            decode_conn(
-                &Fields {
-                    bytes,
-                    what: "connection event",
-                    need,
-                },
-                side,
-                boot_ns,
-            )
-            .map(RawEvent::ConnRefused)
+            let key = f.key(std::mem::offset_of!(FlowEvent, key))?;
+            let stats = f.stats(std::mem::offset_of!(FlowEvent, stats))?;
+            flow(&key, &stats).map(RawEvent::Flow)
         }
         other => Err(DecodeError::UnknownKind { kind: other }),
     }
 }
 
-fn decode_conn(
-    f: &Fields<'_>,
-    side: RefusedSide,
-    boot_ns: u64,
-) -> Result<ConnRefused, DecodeError> {
-    use std::mem::offset_of;
-    let family = f.u16(offset_of!(ConnEvent, family))?;
-    let saddr: [u8; 16] = f.array(offset_of!(ConnEvent, saddr))?;
-    let daddr: [u8; 16] = f.array(offset_of!(ConnEvent, daddr))?;
-    let (src_ip, dst_ip) = match family {
-        AF_INET => (ipv4(&saddr), ipv4(&daddr)),
-        AF_INET6 => (ipv6(saddr), ipv6(daddr)),
+/// A flow from its key and counts (a ring buffer event, or a drained flow table entry).
+pub fn flow(key: &FlowKey, stats: &FlowStats) -> Result<Flow, DecodeError> {
+    let kind = match key.kind {
+        kind::CONNECT_REFUSED => FlowKind::ConnectRefused,
+        kind::SYN_REFUSED => FlowKind::SynRefused,
+        kind::PACKET_DROP => FlowKind::PacketDrop,
+        kind::CONNECT_TIMEOUT => FlowKind::ConnectTimeout,
+        other => return Err(DecodeError::UnknownKind { kind: other }),
+    };
+    let (src_ip, dst_ip) = match key.family {
+        AF_INET => (ipv4(&key.saddr), ipv4(&key.daddr)),
+        AF_INET6 => (ipv6(key.saddr), ipv6(key.daddr)),
         other => return Err(DecodeError::UnknownFamily { family: other }),
     };
-    let flags = f.u32(offset_of!(ConnEvent, flags))?;
-    let task = if flags & conn_flags::HAS_PROCESS != 0 {
-        let comm: [u8; COMM_LEN] = f.array(offset_of!(ConnEvent, comm))?;
-        Some(TaskInfo {
-            pid: f.u32(offset_of!(ConnEvent, pid))?,
-            tgid: f.u32(offset_of!(ConnEvent, tgid))?,
-            comm: comm_string(&comm),
-            cgroup_id: f.u64(offset_of!(ConnEvent, cgroup_id))?,
-        })
+    let sport = if key.sport != 0 {
+        key.sport
     } else {
-        None
+        stats.last_sport
     };
-    let reason = if flags & conn_flags::HAS_REASON != 0 {
-        Some(f.u32(offset_of!(ConnEvent, reason))?)
-    } else {
-        None
-    };
-    let cookie = f.u64(offset_of!(ConnEvent, sock_cookie))?;
-    Ok(ConnRefused {
-        side,
-        boot_ns,
-        src: SocketAddr::new(src_ip, f.u16(offset_of!(ConnEvent, sport))?),
-        dst: SocketAddr::new(dst_ip, f.u16(offset_of!(ConnEvent, dport))?),
-        task,
-        reason,
-        sock_cookie: Some(cookie).filter(|c| *c != 0),
+    let has = |flag| key.flags & flag != 0;
+    let icmp = has(flow_flags::ICMP_REJECT);
+    Ok(Flow {
+        kind,
+        count: stats.count.max(1),
+        first_ns: stats.first_ns.min(stats.last_ns),
+        last_ns: stats.last_ns,
+        src: SocketAddr::new(src_ip, sport),
+        dst: SocketAddr::new(dst_ip, key.dport),
+        protocol: key.protocol,
+        tcp_flags: key.tcp_flags,
+        reason: (has(flow_flags::HAS_REASON) && !icmp).then_some(key.reason),
+        icmp_errno: icmp.then_some(key.reason),
+        cgroup_id: Some(key.cgroup_id).filter(|id| *id != 0),
+        task: has(flow_flags::HAS_PROCESS).then(|| TaskInfo {
+            pid: stats.pid,
+            tgid: stats.tgid,
+            comm: comm_string(&stats.comm),
+        }),
+        ifindex: key.ifindex,
+        syn_retransmits: stats.extra,
     })
 }
 
@@ -202,47 +254,79 @@ fn ipv6(a: [u8; 16]) -> IpAddr {
 }
 
 /// The kernel's comm: up to 16 bytes, NUL-terminated when shorter; any bytes allowed.
-fn comm_string(raw: &[u8]) -> String {
+fn comm_string(raw: &[u8; COMM_LEN]) -> String {
     let end = raw.iter().position(|b| *b == 0).unwrap_or(raw.len());
     String::from_utf8_lossy(raw.get(..end).unwrap_or_default()).into_owned()
 }
 
-/// Encodes an event the way the kernel programs lay it out (tests, fuzzing, benchmarks).
-pub fn encode_conn(e: &ConnEvent) -> Vec<u8> {
+/// Encodes a flow event the way the kernel programs lay it out (tests, fuzzing, benchmarks).
+pub fn encode_flow(e: &FlowEvent) -> Vec<u8> {
     use std::mem::offset_of;
-    let mut out = vec![0u8; size_of::<ConnEvent>()];
+    let mut out = vec![0u8; size_of::<FlowEvent>()];
     let mut put = |offset: usize, bytes: &[u8]| {
         if let Some(dst) = out.get_mut(offset..offset + bytes.len()) {
             dst.copy_from_slice(bytes);
         }
     };
+    let h = offset_of!(FlowEvent, header);
     put(
-        offset_of!(ConnEvent, header) + offset_of!(EventHeader, kind),
+        h + offset_of!(EventHeader, kind),
         &e.header.kind.to_ne_bytes(),
     );
     put(
-        offset_of!(ConnEvent, header) + offset_of!(EventHeader, len),
+        h + offset_of!(EventHeader, len),
         &e.header.len.to_ne_bytes(),
     );
     put(
-        offset_of!(ConnEvent, header) + offset_of!(EventHeader, boot_ns),
+        h + offset_of!(EventHeader, boot_ns),
         &e.header.boot_ns.to_ne_bytes(),
     );
-    put(offset_of!(ConnEvent, cgroup_id), &e.cgroup_id.to_ne_bytes());
+    let k = offset_of!(FlowEvent, key);
+    put(k + offset_of!(FlowKey, kind), &e.key.kind.to_ne_bytes());
+    put(k + offset_of!(FlowKey, reason), &e.key.reason.to_ne_bytes());
     put(
-        offset_of!(ConnEvent, sock_cookie),
-        &e.sock_cookie.to_ne_bytes(),
+        k + offset_of!(FlowKey, cgroup_id),
+        &e.key.cgroup_id.to_ne_bytes(),
     );
-    put(offset_of!(ConnEvent, pid), &e.pid.to_ne_bytes());
-    put(offset_of!(ConnEvent, tgid), &e.tgid.to_ne_bytes());
-    put(offset_of!(ConnEvent, flags), &e.flags.to_ne_bytes());
-    put(offset_of!(ConnEvent, reason), &e.reason.to_ne_bytes());
-    put(offset_of!(ConnEvent, family), &e.family.to_ne_bytes());
-    put(offset_of!(ConnEvent, sport), &e.sport.to_ne_bytes());
-    put(offset_of!(ConnEvent, dport), &e.dport.to_ne_bytes());
-    put(offset_of!(ConnEvent, saddr), &e.saddr);
-    put(offset_of!(ConnEvent, daddr), &e.daddr);
-    put(offset_of!(ConnEvent, comm), &e.comm);
+    put(k + offset_of!(FlowKey, family), &e.key.family.to_ne_bytes());
+    put(k + offset_of!(FlowKey, protocol), &[e.key.protocol]);
+    put(k + offset_of!(FlowKey, tcp_flags), &[e.key.tcp_flags]);
+    put(k + offset_of!(FlowKey, sport), &e.key.sport.to_ne_bytes());
+    put(k + offset_of!(FlowKey, dport), &e.key.dport.to_ne_bytes());
+    put(
+        k + offset_of!(FlowKey, ifindex),
+        &e.key.ifindex.to_ne_bytes(),
+    );
+    put(k + offset_of!(FlowKey, flags), &e.key.flags.to_ne_bytes());
+    put(k + offset_of!(FlowKey, saddr), &e.key.saddr);
+    put(k + offset_of!(FlowKey, daddr), &e.key.daddr);
+    let st = offset_of!(FlowEvent, stats);
+    put(
+        st + offset_of!(FlowStats, count),
+        &e.stats.count.to_ne_bytes(),
+    );
+    put(
+        st + offset_of!(FlowStats, first_ns),
+        &e.stats.first_ns.to_ne_bytes(),
+    );
+    put(
+        st + offset_of!(FlowStats, last_ns),
+        &e.stats.last_ns.to_ne_bytes(),
+    );
+    put(st + offset_of!(FlowStats, pid), &e.stats.pid.to_ne_bytes());
+    put(
+        st + offset_of!(FlowStats, tgid),
+        &e.stats.tgid.to_ne_bytes(),
+    );
+    put(st + offset_of!(FlowStats, comm), &e.stats.comm);
+    put(
+        st + offset_of!(FlowStats, extra),
+        &e.stats.extra.to_ne_bytes(),
+    );
+    put(
+        st + offset_of!(FlowStats, last_sport),
+        &e.stats.last_sport.to_ne_bytes(),
+    );
     out
 }
 
@@ -250,72 +334,124 @@ pub fn encode_conn(e: &ConnEvent) -> Vec<u8> {
 mod tests {
     use super::*;
 
-    fn event(kind: u32, family: u16) -> ConnEvent {
+    fn event(kind: u32, family: u16) -> FlowEvent {
         let mut comm = [0u8; COMM_LEN];
         comm[..4].copy_from_slice(b"curl");
         let mut saddr = [0u8; 16];
         saddr[..4].copy_from_slice(&[10, 0, 0, 2]);
         let mut daddr = [0u8; 16];
         daddr[..4].copy_from_slice(&[10, 0, 0, 3]);
-        ConnEvent {
+        FlowEvent {
             header: EventHeader {
                 kind,
-                len: size_of::<ConnEvent>() as u32,
+                len: size_of::<FlowEvent>() as u32,
                 boot_ns: 42,
             },
-            cgroup_id: 1234,
-            sock_cookie: 99,
-            pid: 11,
-            tgid: 10,
-            flags: conn_flags::HAS_PROCESS,
-            reason: 0,
-            family,
-            sport: 40000,
-            dport: 8080,
-            _pad0: 0,
-            saddr,
-            daddr,
-            comm,
+            key: FlowKey {
+                kind,
+                reason: 0,
+                cgroup_id: 1234,
+                family,
+                protocol: 6,
+                tcp_flags: 0,
+                sport: 0,
+                dport: 8080,
+                ifindex: 0,
+                flags: flow_flags::HAS_PROCESS,
+                saddr,
+                daddr,
+            },
+            stats: FlowStats {
+                count: 1,
+                first_ns: 42,
+                last_ns: 42,
+                pid: 11,
+                tgid: 10,
+                comm,
+                extra: 0,
+                last_sport: 40000,
+                _pad0: 0,
+            },
         }
+    }
+
+    fn decoded(e: &FlowEvent) -> Flow {
+        let RawEvent::Flow(f) = decode(&encode_flow(e)).unwrap();
+        f
     }
 
     #[test]
     fn decodes_connector_side() {
-        let raw = encode_conn(&event(kind::CONNECT_REFUSED, AF_INET));
-        let RawEvent::ConnRefused(e) = decode(&raw).unwrap();
-        assert_eq!(e.side, RefusedSide::Connector);
-        assert_eq!(e.boot_ns, 42);
-        assert_eq!(e.src, "10.0.0.2:40000".parse().unwrap());
-        assert_eq!(e.dst, "10.0.0.3:8080".parse().unwrap());
-        let task = e.task.unwrap();
-        assert_eq!((task.pid, task.tgid, task.cgroup_id), (11, 10, 1234));
-        assert_eq!(task.comm, "curl");
-        assert_eq!(e.sock_cookie, Some(99));
-        assert_eq!(e.reason, None);
+        let f = decoded(&event(kind::CONNECT_REFUSED, AF_INET));
+        assert_eq!(f.kind, FlowKind::ConnectRefused);
+        assert_eq!((f.first_ns, f.last_ns, f.count), (42, 42, 1));
+        assert_eq!(
+            f.src,
+            "10.0.0.2:40000".parse().unwrap(),
+            "latest source port"
+        );
+        assert_eq!(f.dst, "10.0.0.3:8080".parse().unwrap());
+        let task = f.task.unwrap();
+        assert_eq!((task.pid, task.tgid, task.comm.as_str()), (11, 10, "curl"));
+        assert_eq!(f.cgroup_id, Some(1234));
+        assert_eq!((f.reason, f.icmp_errno), (None, None));
     }
 
     #[test]
     fn decodes_refuser_side_with_reason_and_v6() {
         let mut ev = event(kind::SYN_REFUSED, AF_INET6);
-        ev.flags = conn_flags::HAS_REASON;
-        ev.reason = 1;
-        ev.saddr = "fd00::2".parse::<Ipv6Addr>().unwrap().octets();
-        ev.daddr = "::ffff:10.0.0.3".parse::<Ipv6Addr>().unwrap().octets();
-        let RawEvent::ConnRefused(e) = decode(&encode_conn(&ev)).unwrap();
-        assert_eq!(e.side, RefusedSide::Refuser);
-        assert_eq!(e.task, None);
-        assert_eq!(e.reason, Some(1));
-        assert_eq!(e.src, "[fd00::2]:40000".parse().unwrap());
+        ev.key.flags = flow_flags::HAS_REASON;
+        ev.key.reason = 1;
+        ev.key.cgroup_id = 0;
+        ev.key.saddr = "fd00::2".parse::<Ipv6Addr>().unwrap().octets();
+        ev.key.daddr = "::ffff:10.0.0.3".parse::<Ipv6Addr>().unwrap().octets();
+        let f = decoded(&ev);
+        assert_eq!(f.kind, FlowKind::SynRefused);
+        assert_eq!(f.task, None);
+        assert_eq!(f.cgroup_id, None);
+        assert_eq!(f.reason, Some(1));
+        assert_eq!(f.src, "[fd00::2]:40000".parse().unwrap());
         assert_eq!(
-            e.dst,
+            f.dst,
             "10.0.0.3:8080".parse().unwrap(),
             "v4-mapped shown as v4"
         );
     }
 
     #[test]
+    fn drained_entries_and_icmp_rejects() {
+        let mut ev = event(kind::CONNECT_REFUSED, AF_INET);
+        ev.key.flags |= flow_flags::ICMP_REJECT;
+        ev.key.reason = 113;
+        ev.stats.count = 0;
+        let f = flow(&ev.key, &ev.stats).unwrap();
+        assert_eq!(f.icmp_errno, Some(113));
+        assert_eq!(f.reason, None);
+        assert_eq!(f.count, 1, "never zero");
+        let mut drop = event(kind::PACKET_DROP, AF_INET);
+        drop.key.flags = flow_flags::HAS_REASON | flow_flags::SOCKET_CGROUP;
+        drop.key.reason = 12;
+        drop.key.protocol = 17;
+        drop.stats.count = 20_000;
+        drop.stats.first_ns = 10;
+        drop.stats.last_ns = 99;
+        let f = flow(&drop.key, &drop.stats).unwrap();
+        assert_eq!(
+            (f.kind, f.count, f.first_ns, f.last_ns),
+            (FlowKind::PacketDrop, 20_000, 10, 99)
+        );
+        assert_eq!(
+            (f.reason, f.protocol, f.task.is_some()),
+            (Some(12), 17, false)
+        );
+        let mut timeout = event(kind::CONNECT_TIMEOUT, AF_INET);
+        timeout.stats.extra = 3;
+        assert_eq!(decoded(&timeout).syn_retransmits, 3);
+    }
+
+    #[test]
     fn every_truncation_is_an_error() {
-        let raw = encode_conn(&event(kind::CONNECT_REFUSED, AF_INET));
+        let raw = encode_flow(&event(kind::CONNECT_REFUSED, AF_INET));
         for len in 0..raw.len() {
             assert!(decode(&raw[..len]).is_err(), "len {len}");
         }
@@ -323,19 +459,25 @@ mod tests {
 
     #[test]
     fn garbage_is_an_error() {
-        let mut raw = encode_conn(&event(kind::CONNECT_REFUSED, AF_INET));
+        let mut raw = encode_flow(&event(kind::CONNECT_REFUSED, AF_INET));
         raw[0] = 0xff;
         assert!(matches!(decode(&raw), Err(DecodeError::UnknownKind { .. })));
         let mut ev = event(kind::CONNECT_REFUSED, 77);
         assert!(matches!(
-            decode(&encode_conn(&ev)),
+            decode(&encode_flow(&ev)),
             Err(DecodeError::UnknownFamily { family: 77 })
         ));
-        ev.family = AF_INET;
+        ev.key.family = AF_INET;
         ev.header.len = 8;
         assert!(matches!(
-            decode(&encode_conn(&ev)),
+            decode(&encode_flow(&ev)),
             Err(DecodeError::LengthMismatch { .. })
+        ));
+        ev.header.len = size_of::<FlowEvent>() as u32;
+        ev.key.kind = 99;
+        assert!(matches!(
+            decode(&encode_flow(&ev)),
+            Err(DecodeError::UnknownKind { kind: 99 })
         ));
         // Arbitrary bytes of every length never panic.
         let mut seed = 0x9e37_79b9_u32;
@@ -355,6 +497,8 @@ mod tests {
     #[test]
     fn comm_without_nul_and_invalid_utf8() {
         assert_eq!(comm_string(b"abcdefghijklmnop"), "abcdefghijklmnop");
-        assert_eq!(comm_string(&[0xff, b'a', 0, b'b']), "\u{fffd}a");
+        let mut raw = [0u8; COMM_LEN];
+        raw[..4].copy_from_slice(&[0xff, b'a', 0, b'b']);
+        assert_eq!(comm_string(&raw), "\u{fffd}a");
     }
 }

@@ -5,17 +5,25 @@
 
 use std::path::Path;
 
+use std::collections::HashMap;
+
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::TracePoint,
 };
 use tracing::{info, warn};
 use triage_agent_common::{
-    EVENTS_MAP, LOSS_MAP, LOST_CONNECT_TABLE, LOST_FIELD_READ, LOST_RESERVE, OFFSETS_GLOBAL,
+    DROP_REASONS_ENTRIES, DROP_REASONS_MAP, EVENTS_MAP, FLOWS_MAPS, FlowKey, FlowStats,
+    GENERATION_MAP, LOSS_MAP, LOST_CONNECT_TABLE, LOST_FIELD_READ, LOST_FLOW_TABLE, LOST_RESERVE,
+    OFFSETS_GLOBAL,
 };
 
-use super::{Hook, PROGRAMS, ProbeStatus, offsets::kernel_offsets};
+use super::{
+    Hook, PROGRAMS, ProbeStatus,
+    offsets::{drop_reason_values, kernel_offsets},
+    reasons::DropReasons,
+};
 use crate::{kernel::btf::Btf, loss::Loss};
 
 /// The eBPF object built by build.rs from agent-ebpf.
@@ -47,11 +55,47 @@ pub struct Probes {
 pub struct LossMap(PerCpuArray<MapData, u64>);
 
 /// Kernel loss slots and the names they are reported under.
-const KERNEL_LOSSES: [(u32, Loss); 3] = [
+const KERNEL_LOSSES: [(u32, Loss); 4] = [
     (LOST_RESERVE, Loss::RingBufferFull),
     (LOST_CONNECT_TABLE, Loss::ConnectTableFull),
     (LOST_FIELD_READ, Loss::KernelReadErrors),
+    (LOST_FLOW_TABLE, Loss::FlowTableFull),
 ];
+
+/// The two flow tables and the generation switch (see agent-ebpf/src/flows.rs), owned by the
+/// reader, which drains them.
+pub struct FlowTables {
+    tables: [BpfHashMap<MapData, FlowKey, FlowStats>; 2],
+    generation: Array<MapData, u32>,
+    current: u32,
+}
+
+impl FlowTables {
+    /// Makes programs count into the other table; returns the index of the one they left,
+    /// which can be drained once programs still running on it are done.
+    pub fn flip(&mut self) -> Result<usize, aya::maps::MapError> {
+        let old = self.current;
+        self.generation.set(0, old ^ 1, 0)?;
+        self.current = old ^ 1;
+        Ok(old as usize)
+    }
+
+    /// Reads and empties a table no program counts into any more.
+    pub fn drain(&mut self, index: usize) -> Vec<(FlowKey, FlowStats)> {
+        let Some(table) = self.tables.get_mut(index) else {
+            return Vec::new();
+        };
+        let keys: Vec<FlowKey> = table.keys().filter_map(Result::ok).collect();
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            if let Ok(stats) = table.get(&key, 0) {
+                out.push((key, stats));
+            }
+            let _ = table.remove(&key);
+        }
+        out
+    }
+}
 
 impl LossMap {
     /// Current totals, summed over CPUs. A slot that cannot be read is an error (never a zero
@@ -64,22 +108,52 @@ impl LossMap {
     }
 }
 
-/// The loaded programs, the ring buffer and the kernel loss counters.
+/// The loaded programs, the ring buffer, the flow tables and the kernel loss counters.
 pub struct Loaded {
     pub probes: Probes,
     pub ring: RingBuf<MapData>,
+    pub flows: FlowTables,
     pub loss: LossMap,
+    /// Names of the drop reasons reported, by value.
+    pub drop_reasons: HashMap<u32, String>,
 }
 
-/// Loads and attaches the programs.
-pub fn load(tracefs: &Path, btf: Option<&Btf>) -> Result<Loaded, LoadError> {
+/// Loads and attaches the programs; `drop_reasons` says which drops to report.
+pub fn load(
+    tracefs: &Path,
+    btf: Option<&Btf>,
+    drop_reasons: &DropReasons,
+) -> Result<Loaded, LoadError> {
     let started = std::time::Instant::now();
-    let (offsets, problems) = kernel_offsets(tracefs, btf);
+    let (offsets, mut problems) = kernel_offsets(tracefs, btf);
     let mut ebpf = EbpfLoader::new()
         .override_global(OFFSETS_GLOBAL, &offsets, true)
         .load(EBPF_OBJECT)
         .map_err(LoadError::Load)?;
     let loaded = started.elapsed();
+
+    // Which drops to report, before the drop program attaches.
+    let (chosen, missing) = drop_reasons.resolve(&btf.map(drop_reason_values).unwrap_or_default());
+    let mut reasons_map: Array<MapData, u8> =
+        take_map(&mut ebpf, DROP_REASONS_MAP, Array::try_from)?;
+    for (name, value) in &chosen {
+        if *value >= DROP_REASONS_ENTRIES || reasons_map.set(*value, 1, 0).is_err() {
+            warn!(reason = %name, value, "drop reason cannot be selected");
+        }
+    }
+    if chosen.is_empty() && !problems.contains_key("kfree_skb") {
+        problems.insert("kfree_skb", "no drop reason selected".to_owned());
+    }
+    let mut notes: HashMap<&str, String> = HashMap::new();
+    if !missing.is_empty() {
+        notes.insert(
+            "kfree_skb",
+            format!(
+                "drop reasons this kernel does not have: {}",
+                missing.join(", ")
+            ),
+        );
+    }
 
     let mut statuses = Vec::new();
     for program in PROGRAMS {
@@ -92,11 +166,12 @@ pub fn load(tracefs: &Path, btf: Option<&Btf>) -> Result<Loaded, LoadError> {
             Ok(()) => info!(program = program.name, %hook, "attached"),
             Err(error) => warn!(program = program.name, %hook, %error, "not attached"),
         }
+        let attached = result.is_ok();
         statuses.push(ProbeStatus {
             name: program.name.to_owned(),
             hook,
-            attached: result.is_ok(),
-            error: result.err(),
+            attached,
+            error: result.err().or_else(|| notes.remove(program.name)),
         });
     }
     if !statuses.iter().any(|s| s.attached) {
@@ -105,6 +180,14 @@ pub fn load(tracefs: &Path, btf: Option<&Btf>) -> Result<Loaded, LoadError> {
     }
     let ring = take_map(&mut ebpf, EVENTS_MAP, RingBuf::try_from)?;
     let loss = take_map(&mut ebpf, LOSS_MAP, PerCpuArray::try_from)?;
+    let flows = FlowTables {
+        tables: [
+            take_map(&mut ebpf, FLOWS_MAPS[0], BpfHashMap::try_from)?,
+            take_map(&mut ebpf, FLOWS_MAPS[1], BpfHashMap::try_from)?,
+        ],
+        generation: take_map(&mut ebpf, GENERATION_MAP, Array::try_from)?,
+        current: 0,
+    };
     info!(
         load_ms = loaded.as_millis() as u64,
         total_ms = started.elapsed().as_millis() as u64,
@@ -116,7 +199,9 @@ pub fn load(tracefs: &Path, btf: Option<&Btf>) -> Result<Loaded, LoadError> {
             statuses,
         },
         ring,
+        flows,
         loss: LossMap(loss),
+        drop_reasons: chosen.into_iter().map(|(n, v)| (v, n)).collect(),
     })
 }
 

@@ -14,6 +14,7 @@ pub mod loader;
 pub mod offsets;
 #[cfg(feature = "node-agent")]
 pub mod reader;
+pub mod reasons;
 
 use std::fmt;
 
@@ -64,6 +65,20 @@ pub const PROGRAMS: &[Program] = &[
         hook: Hook::TracePoint {
             category: "tcp",
             name: "tcp_send_reset",
+        },
+    },
+    Program {
+        name: "tcp_retransmit_skb",
+        hook: Hook::TracePoint {
+            category: "tcp",
+            name: "tcp_retransmit_skb",
+        },
+    },
+    Program {
+        name: "kfree_skb",
+        hook: Hook::TracePoint {
+            category: "skb",
+            name: "kfree_skb",
         },
     },
 ];

@@ -5,8 +5,8 @@
 use std::{collections::HashMap, path::Path};
 
 use triage_agent_common::{
-    ABSENT, Offsets, ReceiveResetOffsets, SendResetOffsets, SetStateOffsets, SkbOffsets,
-    send_reset_layout,
+    ABSENT, KfreeSkbOffsets, Offsets, ReceiveResetOffsets, RetransmitOffsets, SendResetOffsets,
+    SetStateOffsets, SkbOffsets, SockOffsets, send_reset_layout,
 };
 
 use crate::kernel::{
@@ -33,16 +33,114 @@ pub fn kernel_offsets(tracefs: &Path, btf: Option<&Btf>) -> (Offsets, Problems) 
             problems.insert("tcp_receive_reset", e.to_string());
         }
     }
-    match send_reset(tracefs, btf) {
-        Ok((send, skb)) => {
-            o.send_reset = send;
-            o.skb = skb;
+    match retransmit(tracefs) {
+        Ok(v) => o.retransmit = v,
+        Err(e) => {
+            problems.insert("tcp_retransmit_skb", e.to_string());
         }
+    }
+    if let Some(btf) = btf {
+        o.skb = skb(btf);
+        o.sock = sock(btf);
+    }
+    match send_reset(tracefs, btf, &o.skb) {
+        Ok(send) => o.send_reset = send,
         Err(e) => {
             problems.insert("tcp_send_reset", e);
         }
     }
+    match kfree_skb(tracefs, btf, &o.skb) {
+        Ok(v) => o.kfree_skb = v,
+        Err(e) => {
+            problems.insert("kfree_skb", e);
+        }
+    }
     (o, problems)
+}
+
+/// A struct member's offset, [`ABSENT`] when this kernel does not have it.
+fn member(btf: &Btf, strukt: &str, path: &str) -> u32 {
+    btf.member_offset(strukt, path).unwrap_or(ABSENT)
+}
+
+fn skb(btf: &Btf) -> SkbOffsets {
+    SkbOffsets {
+        data: member(btf, "sk_buff", "data"),
+        head: member(btf, "sk_buff", "head"),
+        network_header: member(btf, "sk_buff", "network_header"),
+        transport_header: member(btf, "sk_buff", "transport_header"),
+        sk: member(btf, "sk_buff", "sk"),
+        dev: member(btf, "sk_buff", "dev"),
+        dev_ifindex: member(btf, "net_device", "ifindex"),
+        _pad0: 0,
+    }
+}
+
+fn sock(btf: &Btf) -> SockOffsets {
+    SockOffsets {
+        sk_err: member(btf, "sock", "sk_err"),
+        state: member(btf, "sock", "__sk_common.skc_state"),
+        cgroup: member(btf, "sock", "sk_cgrp_data.cgroup"),
+        cgroup_kn: member(btf, "cgroup", "kn"),
+        kn_id: member(btf, "kernfs_node", "id"),
+        _pad0: 0,
+    }
+}
+
+fn retransmit(tracefs: &Path) -> Result<RetransmitOffsets, TracefsError> {
+    let f = Format::read(tracefs, "tcp", "tcp_retransmit_skb")?;
+    let t = "tcp:tcp_retransmit_skb";
+    Ok(RetransmitOffsets {
+        skaddr: f.offset(t, "skaddr", Some(8))?,
+        state: f.offset(t, "state", Some(4))?,
+    })
+}
+
+fn kfree_skb(
+    tracefs: &Path,
+    btf: Option<&Btf>,
+    skb: &SkbOffsets,
+) -> Result<KfreeSkbOffsets, String> {
+    let f = Format::read(tracefs, "skb", "kfree_skb").map_err(|e| e.to_string())?;
+    let t = "skb:kfree_skb";
+    let reason = f.offset(t, "reason", Some(4)).map_err(|_| {
+        "this kernel's kfree_skb has no drop reason (added in Linux 5.17)".to_owned()
+    })?;
+    let btf = btf.ok_or("kernel BTF unavailable: cannot read packet headers")?;
+    if [skb.head, skb.network_header, skb.transport_header].contains(&ABSENT) {
+        return Err("BTF: struct sk_buff has no head/network_header/transport_header".to_owned());
+    }
+    let no_socket = drop_reason_values(btf)
+        .into_iter()
+        .find(|(name, _)| name == "NO_SOCKET")
+        .map_or(ABSENT, |(_, v)| v);
+    Ok(KfreeSkbOffsets {
+        skbaddr: f.offset(t, "skbaddr", Some(8)).map_err(|e| e.to_string())?,
+        protocol: f
+            .offset(t, "protocol", Some(2))
+            .map_err(|e| e.to_string())?,
+        reason,
+        no_socket,
+    })
+}
+
+/// `enum skb_drop_reason` of this kernel: (name without the prefix, value).
+pub fn drop_reason_values(btf: &Btf) -> Vec<(String, u32)> {
+    btf.enum_values("skb_drop_reason")
+        .map(|values| {
+            values
+                .into_iter()
+                .filter_map(|(name, value)| {
+                    Some((
+                        name.strip_prefix("SKB_DROP_REASON_")
+                            .unwrap_or(&name)
+                            .to_owned(),
+                        u32::try_from(value).ok()?,
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn set_state(tracefs: &Path) -> Result<SetStateOffsets, TracefsError> {
@@ -53,6 +151,13 @@ fn set_state(tracefs: &Path) -> Result<SetStateOffsets, TracefsError> {
         oldstate: f.offset(t, "oldstate", Some(4))?,
         newstate: f.offset(t, "newstate", Some(4))?,
         protocol: f.offset(t, "protocol", Some(2))?,
+        sport: f.offset(t, "sport", Some(2))?,
+        dport: f.offset(t, "dport", Some(2))?,
+        family: f.offset(t, "family", Some(2))?,
+        saddr: f.offset(t, "saddr", Some(4))?,
+        daddr: f.offset(t, "daddr", Some(4))?,
+        saddr_v6: f.offset(t, "saddr_v6", Some(16))?,
+        daddr_v6: f.offset(t, "daddr_v6", Some(16))?,
     })
 }
 
@@ -72,7 +177,11 @@ fn receive_reset(tracefs: &Path) -> Result<ReceiveResetOffsets, TracefsError> {
     })
 }
 
-fn send_reset(tracefs: &Path, btf: Option<&Btf>) -> Result<(SendResetOffsets, SkbOffsets), String> {
+fn send_reset(
+    tracefs: &Path,
+    btf: Option<&Btf>,
+    skb: &SkbOffsets,
+) -> Result<SendResetOffsets, String> {
     let f = Format::read(tracefs, "tcp", "tcp_send_reset").map_err(|e| e.to_string())?;
     if f.size("saddr") != Some(28) {
         return Err(
@@ -81,10 +190,10 @@ fn send_reset(tracefs: &Path, btf: Option<&Btf>) -> Result<(SendResetOffsets, Sk
                 .to_owned(),
         );
     }
-    let btf = btf.ok_or("kernel BTF unavailable: cannot read TCP flags")?;
-    let data = btf
-        .member_offset("sk_buff", "data")
-        .map_err(|e| format!("BTF: {e}"))?;
+    btf.ok_or("kernel BTF unavailable: cannot read TCP flags")?;
+    if skb.data == ABSENT {
+        return Err("BTF: struct sk_buff has no member data".to_owned());
+    }
     let t = "tcp:tcp_send_reset";
     let send = (|| {
         Ok::<_, TracefsError>(SendResetOffsets {
@@ -97,7 +206,7 @@ fn send_reset(tracefs: &Path, btf: Option<&Btf>) -> Result<(SendResetOffsets, Sk
         })
     })()
     .map_err(|e| e.to_string())?;
-    Ok((send, SkbOffsets { data }))
+    Ok(send)
 }
 
 /// Names of `enum sk_rst_reason` values on this kernel, without the common prefix.

@@ -18,13 +18,24 @@ use crate::{
     attribute::TimedEvent,
     kernel::clock::BootClock,
     loss::{Counters, Loss},
-    probes::{decode::decode, loader::LossMap},
+    probes::{
+        decode::{self, RawEvent, decode},
+        loader::{FlowTables, LossMap},
+    },
 };
 
 /// How often the boot-time to wall-clock offset is refreshed (NTP slews the wall clock).
 const CLOCK_REFRESH: Duration = Duration::from_secs(10);
 /// How often the kernel's loss counters are read.
 const LOSS_POLL: Duration = Duration::from_secs(1);
+/// How often the flow tables are drained: repeats of a flow reach `watch` within this (first
+/// occurrences come through the ring buffer at once).
+pub const DRAIN_INTERVAL: Duration = Duration::from_millis(500);
+/// How long after flipping the generation the old table is left alone: programs that read the
+/// old generation are still running. eBPF tracepoint programs run to completion without being
+/// preempted (they run with migration disabled, in microseconds); this is orders of magnitude
+/// more than they need.
+const QUIESCE: Duration = Duration::from_millis(5);
 /// Records decoded before the reader yields to the runtime.
 pub const BATCH: usize = 1024;
 
@@ -41,6 +52,7 @@ pub enum ReaderError {
 /// attribution having stopped): the caller stops the agent.
 pub async fn run(
     ring: RingBuf<MapData>,
+    mut flows: FlowTables,
     loss_map: LossMap,
     out: mpsc::Sender<TimedEvent>,
     counters: Arc<Counters>,
@@ -51,6 +63,8 @@ pub async fn run(
     let mut clock = BootClock::new()?;
     let mut refresh = tokio::time::interval(CLOCK_REFRESH);
     let mut poll = tokio::time::interval(LOSS_POLL);
+    let mut drain = tokio::time::interval(DRAIN_INTERVAL);
+    drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut kernel_seen = [0u64; 8];
     loop {
         tokio::select! {
@@ -68,6 +82,37 @@ pub async fn run(
                 }
                 Err(error) => warn!(%error, "reading the kernel's loss counters failed"),
             },
+            _ = drain.tick() => {
+                let old = match flows.flip() {
+                    Ok(old) => old,
+                    Err(error) => {
+                        warn!(%error, "switching flow tables failed; repeats wait for the next drain");
+                        continue;
+                    }
+                };
+                tokio::time::sleep(QUIESCE).await;
+                for (key, stats) in flows.drain(old) {
+                    // Entries with no repeats were reported whole by their ring buffer event.
+                    if stats.count == 0 {
+                        continue;
+                    }
+                    match decode::flow(&key, &stats) {
+                        Ok(flow) => {
+                            let event = RawEvent::Flow(flow);
+                            let timed = TimedEvent {
+                                at: clock.wall(event.boot_ns()),
+                                first_at: clock.wall(event.first_boot_ns()),
+                                event,
+                            };
+                            send(&out, timed, &counters)?;
+                        }
+                        Err(error) => {
+                            counters.add(Loss::DecodeErrors, 1);
+                            debug!(%error, "undecodable flow table entry");
+                        }
+                    }
+                }
+            }
             guard = fd.readable_mut() => {
                 let mut guard = guard?;
                 let ring = guard.get_inner_mut();
@@ -77,15 +122,7 @@ pub async fn run(
                     match decode(&record) {
                         Ok(event) => {
                             let at = clock.wall(event.boot_ns());
-                            match out.try_send(TimedEvent { at, event }) {
-                                Ok(()) => {}
-                                Err(mpsc::error::TrySendError::Full(_)) => {
-                                    counters.add(Loss::PipelineFull, 1);
-                                }
-                                Err(mpsc::error::TrySendError::Closed(_)) => {
-                                    return Err(ReaderError::AttributionGone);
-                                }
-                            }
+                            send(&out, TimedEvent { at, first_at: at, event }, &counters)?;
                         }
                         Err(error) => {
                             counters.add(Loss::DecodeErrors, 1);
@@ -106,5 +143,25 @@ pub async fn run(
                 tokio::task::yield_now().await;
             }
         }
+    }
+}
+
+/// Hands an event to attribution without waiting: a full channel is counted (as many
+/// occurrences as the event stands for), a closed one stops the reader.
+fn send(
+    out: &mpsc::Sender<TimedEvent>,
+    event: TimedEvent,
+    counters: &Counters,
+) -> Result<(), ReaderError> {
+    let count = match &event.event {
+        RawEvent::Flow(f) => f.count,
+    };
+    match out.try_send(event) {
+        Ok(()) => Ok(()),
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            counters.add(Loss::PipelineFull, count);
+            Ok(())
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => Err(ReaderError::AttributionGone),
     }
 }

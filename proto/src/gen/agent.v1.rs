@@ -22,7 +22,8 @@ pub struct Process {
     #[prost(string, tag = "2")]
     pub comm: ::prost::alloc::string::String,
 }
-/// A connection between two endpoints, seen from the record's pod (connection_refused).
+/// A connection between two endpoints, seen from the record's pod (connection_refused,
+/// connection_timeout).
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct ConnectionDetail {
     /// Which way the failed traffic went, seen from the record's pod.
@@ -44,6 +45,40 @@ pub struct ConnectionDetail {
     /// The pod at the other end, when it is known to this node (same-node traffic).
     #[prost(message, optional, tag = "6")]
     pub peer: ::core::option::Option<PodRef>,
+    /// connection_refused: who answered, "no_listener" (the destination's TCP stack), "rejected"
+    /// (a firewall: an ICMP error, or a reset the destination's stack did not send) or "unknown"
+    /// (the agent cannot tell: the reset came from another node).
+    #[prost(string, tag = "7")]
+    pub cause: ::prost::alloc::string::String,
+    /// connection_timeout: SYN retransmissions before the attempt ended.
+    #[prost(uint32, tag = "8")]
+    pub syn_retransmits: u32,
+}
+/// A packet the kernel dropped, seen from the record's pod (packet_drop).
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct DropDetail {
+    /// DIRECTION_OUTBOUND: this pod's packet was dropped; DIRECTION_INBOUND: a packet to it was.
+    #[prost(enumeration = "Direction", tag = "1")]
+    pub direction: i32,
+    /// The packet's source "ip:port" (the latest occurrence's port); for ICMP the port is the
+    /// type.
+    #[prost(string, tag = "2")]
+    pub src: ::prost::alloc::string::String,
+    /// The packet's destination "ip:port"; for ICMP the port is the code.
+    #[prost(string, tag = "3")]
+    pub dst: ::prost::alloc::string::String,
+    /// IP protocol.
+    #[prost(enumeration = "Protocol", tag = "4")]
+    pub protocol: i32,
+    /// The kernel's skb_drop_reason name, e.g. "NETFILTER_DROP".
+    #[prost(string, tag = "5")]
+    pub reason: ::prost::alloc::string::String,
+    /// The pod at the other end, when it is known to this node.
+    #[prost(message, optional, tag = "6")]
+    pub peer: ::core::option::Option<PodRef>,
+    /// TCP flags of the dropped segment, e.g. "SYN"; empty for other protocols.
+    #[prost(string, tag = "7")]
+    pub tcp_flags: ::prost::alloc::string::String,
 }
 /// One aggregated record: repeats of the same failure (same kind, pod, and the kind's own key,
 /// e.g. direction and endpoints) are counted, not stored again. Common fields first; what is
@@ -97,7 +132,7 @@ pub struct Evidence {
     #[prost(message, optional, tag = "15")]
     pub peer: ::core::option::Option<PodRef>,
     /// What is specific to the kind.
-    #[prost(oneof = "evidence::Detail", tags = "16")]
+    #[prost(oneof = "evidence::Detail", tags = "16, 17")]
     pub detail: ::core::option::Option<evidence::Detail>,
 }
 /// Nested message and enum types in `Evidence`.
@@ -105,9 +140,12 @@ pub mod evidence {
     /// What is specific to the kind.
     #[derive(Clone, PartialEq, Eq, Hash, ::prost::Oneof)]
     pub enum Detail {
-        /// connection_refused.
+        /// connection_refused, connection_timeout.
         #[prost(message, tag = "16")]
         Connection(super::ConnectionDetail),
+        /// packet_drop.
+        #[prost(message, tag = "17")]
+        Drop(super::DropDetail),
     }
 }
 /// Filters shared by Query and Watch. Empty fields match everything.
@@ -422,6 +460,10 @@ pub enum Protocol {
     Unspecified = 0,
     Tcp = 1,
     Udp = 2,
+    Icmp = 3,
+    Icmpv6 = 4,
+    /// Any other IP protocol.
+    Other = 5,
 }
 impl Protocol {
     /// String value of the enum field names used in the ProtoBuf definition.
@@ -433,6 +475,9 @@ impl Protocol {
             Self::Unspecified => "PROTOCOL_UNSPECIFIED",
             Self::Tcp => "PROTOCOL_TCP",
             Self::Udp => "PROTOCOL_UDP",
+            Self::Icmp => "PROTOCOL_ICMP",
+            Self::Icmpv6 => "PROTOCOL_ICMPV6",
+            Self::Other => "PROTOCOL_OTHER",
         }
     }
     /// Creates an enum from field names used in the ProtoBuf definition.
@@ -441,6 +486,9 @@ impl Protocol {
             "PROTOCOL_UNSPECIFIED" => Some(Self::Unspecified),
             "PROTOCOL_TCP" => Some(Self::Tcp),
             "PROTOCOL_UDP" => Some(Self::Udp),
+            "PROTOCOL_ICMP" => Some(Self::Icmp),
+            "PROTOCOL_ICMPV6" => Some(Self::Icmpv6),
+            "PROTOCOL_OTHER" => Some(Self::Other),
             _ => None,
         }
     }

@@ -1,0 +1,105 @@
+//! In-kernel aggregation of hot signals: the first occurrence of a flow goes through the ring
+//! buffer at once (detection stays immediate), repeats only add to the flow's entry in the
+//! current flow table, which the agent drains periodically. Userspace work scales with flows,
+//! not packets.
+//!
+//! Exact counting: the agent flips [`GENERATION`] before it drains a table and waits for
+//! programs still running on the old one, so no increment lands in a table being read. A full
+//! table is counted (`LOST_FLOW_TABLE`) and the occurrence still goes through the ring buffer.
+
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_boot_ns, maps::HashMap};
+use triage_agent_common::{
+    EventHeader, FlowEvent, FlowKey, FlowStats, LOST_FLOW_TABLE, LOST_RESERVE,
+};
+
+use crate::maps::{EVENTS, FLOWS0, FLOWS1, GENERATION, count_loss};
+
+/// `-EEXIST`: another CPU entered the same flow first.
+const EEXIST: i32 = 17;
+
+#[inline(always)]
+fn current_table() -> &'static HashMap<FlowKey, FlowStats> {
+    match GENERATION.get(0) {
+        Some(g) if *g & 1 == 1 => &FLOWS1,
+        _ => &FLOWS0,
+    }
+}
+
+/// Adds to the flow's count; `extra` to its kind-specific sum.
+#[inline(always)]
+fn bump(stats: *mut FlowStats, now: u64, sport: u16, extra: u32) {
+    // SAFETY: `stats` points into a map value that stays valid while this program runs; the
+    // count is shared between CPUs, hence the atomic add; the other fields are best effort.
+    unsafe {
+        // BPF's atomic add (the target has no compare-and-swap, so no AtomicU64::fetch_add).
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
+            core::ptr::addr_of_mut!((*stats).count),
+            1,
+        );
+        (*stats).last_ns = now;
+        (*stats).last_sport = sport;
+        (*stats).extra = (*stats).extra.wrapping_add(extra);
+    }
+}
+
+/// Records one occurrence of `key`. `stats` carries what the first occurrence knows (process,
+/// source port, kind-specific sum); times are filled in here.
+#[inline(always)]
+pub fn record(key: &FlowKey, mut stats: FlowStats) {
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    let table = current_table();
+    if let Some(existing) = table.get_ptr_mut(key) {
+        bump(existing, now, stats.last_sport, stats.extra);
+        return;
+    }
+    stats.count = 0;
+    stats.first_ns = now;
+    stats.last_ns = now;
+    match table.insert(key, stats, BPF_NOEXIST as u64) {
+        Ok(()) => {
+            if !emit(key, &stats, now) {
+                // Not lost: the drain reports it with the repeats.
+                if let Some(entry) = table.get_ptr_mut(key) {
+                    bump(entry, now, stats.last_sport, 0);
+                }
+            }
+        }
+        Err(e) if e == -EEXIST => {
+            if let Some(existing) = table.get_ptr_mut(key) {
+                bump(existing, now, stats.last_sport, stats.extra);
+            }
+        }
+        Err(_) => {
+            count_loss(LOST_FLOW_TABLE);
+            if !emit(key, &stats, now) {
+                count_loss(LOST_RESERVE);
+            }
+        }
+    }
+}
+
+/// Sends a first occurrence through the ring buffer; `false` when it is full.
+#[inline(always)]
+fn emit(key: &FlowKey, stats: &FlowStats, now: u64) -> bool {
+    match EVENTS.reserve::<FlowEvent>(0) {
+        Some(mut entry) => {
+            let mut first = *stats;
+            first.count = 1;
+            entry.write(FlowEvent {
+                header: EventHeader {
+                    kind: key.kind,
+                    len: size_of::<FlowEvent>() as u32,
+                    boot_ns: now,
+                },
+                key: *key,
+                stats: first,
+            });
+            entry.submit(0);
+            true
+        }
+        None => false,
+    }
+}
