@@ -201,8 +201,11 @@ fn ended_without_reset(
     };
     let sport: u16 = field(ctx, o.set_state.sport)?;
     let dport: u16 = field(ctx, o.set_state.dport)?;
-    let err: i32 = kread(sk, o.sock.sk_err).unwrap_or(0);
-    let err = err.unsigned_abs();
+    // The hard error, else a soft one: an ICMP error that came while the socket was busy stays
+    // soft until a retransmission, and the application may give up first.
+    let hard: i32 = kread(sk, o.sock.sk_err).unwrap_or(0);
+    let soft: i32 = kread(sk, o.sock.sk_err_soft).unwrap_or(0);
+    let err = if hard != 0 { hard } else { soft }.unsigned_abs();
     let (kind, reason, flags) = match err {
         errno::ECONNREFUSED | errno::EHOSTUNREACH | errno::ENETUNREACH | errno::EACCES => {
             (kind::CONNECT_REFUSED, err, flow_flags::ICMP_REJECT)

@@ -48,6 +48,30 @@ fn sh(program: &str, args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `nft -f -` inside a network namespace.
+fn nft(netns: &str, ruleset: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", netns, "nft", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running nft (cargo xtask setup installs nftables)")?;
+    child
+        .stdin
+        .take()
+        .context("nft stdin")?
+        .write_all(ruleset.as_bytes())?;
+    let out = child.wait_with_output()?;
+    ensure!(
+        out.status.success(),
+        "nft in {netns}: {}\n{ruleset}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(())
+}
+
 /// The cgroup2 mount and the v1 hierarchies (hybrid hosts) that pods get a cgroup in.
 fn cgroup_mounts() -> anyhow::Result<(PathBuf, Vec<PathBuf>)> {
     let mountinfo = fs::read_to_string("/proc/self/mountinfo")?;
@@ -399,6 +423,21 @@ impl SimNode {
 
     pub fn pod(&self, index: usize) -> &SimPod {
         &self.pods[index]
+    }
+
+    /// Loads an nftables ruleset into the node's network namespace, where the bridge forwards
+    /// pod-to-pod traffic: what a policy-enforcing CNI does with its own rules. A `bridge`
+    /// family table there sees every packet between pods of the node.
+    pub fn nft_node(&self, ruleset: &str) -> anyhow::Result<()> {
+        nft(&self.node_netns, ruleset)
+    }
+
+    /// Loads an nftables ruleset into a pod's network namespace (a host firewall inside the
+    /// pod, or per-pod rules as some CNIs install them).
+    pub fn nft_pod(&self, index: usize, ruleset: &str) -> anyhow::Result<()> {
+        let pod = &self.pods[index];
+        ensure!(!pod.netns.is_empty(), "pod was deleted");
+        nft(&pod.netns, ruleset)
     }
 
     /// Deletes a pod from the API server and tears it down; its IP may then be reused.

@@ -3,7 +3,8 @@
 //! - the nightly toolchain's rust-src (the BPF target builds `core` from source);
 //! - bpf-linker 0.13, linked against the LLVM inside the nightly toolchain (no Debian LLVM):
 //!   rebuilt when that LLVM changes;
-//! - Debian packages the tests and the demo use (iproute2).
+//! - Debian packages the tests and the demo use (iproute2, nftables, iperf3, dnsmasq-base,
+//!   dnsutils).
 
 use std::{
     path::{Path, PathBuf},
@@ -15,8 +16,10 @@ use anyhow::{Context as _, bail};
 use crate::run;
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
-/// Debian packages: `ip` for network namespaces and veths.
-const DEBIAN_PACKAGES: &[&str] = &["iproute2"];
+/// Debian packages: `ip` for network namespaces and veths; `nft` for the simulated node's
+/// NetworkPolicy enforcement and firewall rules; iperf3 for the benchmarks; a real DNS server
+/// and client for DNS tests.
+const DEBIAN_PACKAGES: &[&str] = &["iproute2", "nftables", "iperf3", "dnsmasq-base", "dnsutils"];
 
 fn output(cmd: &mut Command) -> anyhow::Result<String> {
     let out = cmd

@@ -234,13 +234,15 @@ pub struct KfreeSkbOffsets {
 pub struct SockOffsets {
     /// `sock.sk_err`: the errno a failed connect() ends with.
     pub sk_err: u32,
+    /// `sock.sk_err_soft`: an ICMP error that arrived while the socket was busy (the
+    /// application may give up before the kernel makes it `sk_err`).
+    pub sk_err_soft: u32,
     /// `sock.__sk_common.skc_state` (u8): full sockets only have their cgroup read.
     pub state: u32,
     /// `sock.sk_cgrp_data.cgroup`, `cgroup.kn`, `kernfs_node.id`: the socket's cgroup2 id.
     pub cgroup: u32,
     pub cgroup_kn: u32,
     pub kn_id: u32,
-    pub _pad0: u32,
 }
 
 /// `tcp:tcp_receive_reset` record offsets (tracefs `format`).
@@ -349,11 +351,11 @@ impl Offsets {
         },
         sock: SockOffsets {
             sk_err: ABSENT,
+            sk_err_soft: ABSENT,
             state: ABSENT,
             cgroup: ABSENT,
             cgroup_kn: ABSENT,
             kn_id: ABSENT,
-            _pad0: 0,
         },
         skb: SkbOffsets {
             data: ABSENT,

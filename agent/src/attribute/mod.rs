@@ -408,7 +408,8 @@ impl Attributor {
                         src: f.src,
                         dst: f.dst,
                         protocol: Protocol::Tcp,
-                        reason: None,
+                        // ETIMEDOUT: the kernel gave up; none: the application did first.
+                        reason: f.reason.filter(|e| *e != 0).map(|e| errno_name(e).into()),
                         peer,
                         cause: None,
                         syn_retransmits: f.syn_retransmits,
@@ -547,6 +548,19 @@ fn icmp_reject_reason(errno: u32) -> &'static str {
         101 => "ICMP_NET_UNREACHABLE",
         13 => "ICMP_ADMIN_PROHIBITED",
         _ => "ICMP_ERROR",
+    }
+}
+
+/// The name of a connect() errno.
+fn errno_name(errno: u32) -> String {
+    match errno {
+        110 => "ETIMEDOUT".to_owned(),
+        111 => "ECONNREFUSED".to_owned(),
+        113 => "EHOSTUNREACH".to_owned(),
+        101 => "ENETUNREACH".to_owned(),
+        13 => "EACCES".to_owned(),
+        1 => "EPERM".to_owned(),
+        other => format!("errno {other}"),
     }
 }
 

@@ -227,7 +227,10 @@ pub fn flow(key: &FlowKey, stats: &FlowStats) -> Result<Flow, DecodeError> {
         dst: SocketAddr::new(dst_ip, key.dport),
         protocol: key.protocol,
         tcp_flags: key.tcp_flags,
-        reason: (has(flow_flags::HAS_REASON) && !icmp).then_some(key.reason),
+        // Kernel enum values; for timeouts the socket's errno (0: the application gave up).
+        reason: (has(flow_flags::HAS_REASON) || kind == FlowKind::ConnectTimeout)
+            .then_some(key.reason)
+            .filter(|_| !icmp),
         icmp_errno: icmp.then_some(key.reason),
         cgroup_id: Some(key.cgroup_id).filter(|id| *id != 0),
         task: has(flow_flags::HAS_PROCESS).then(|| TaskInfo {

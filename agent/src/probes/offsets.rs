@@ -79,11 +79,11 @@ fn skb(btf: &Btf) -> SkbOffsets {
 fn sock(btf: &Btf) -> SockOffsets {
     SockOffsets {
         sk_err: member(btf, "sock", "sk_err"),
+        sk_err_soft: member(btf, "sock", "sk_err_soft"),
         state: member(btf, "sock", "__sk_common.skc_state"),
         cgroup: member(btf, "sock", "sk_cgrp_data.cgroup"),
         cgroup_kn: member(btf, "cgroup", "kn"),
         kn_id: member(btf, "kernfs_node", "id"),
-        _pad0: 0,
     }
 }
 
@@ -226,4 +226,44 @@ pub fn reset_reason_names(btf: Option<&Btf>) -> HashMap<u32, String> {
             ))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::tracefs;
+
+    /// On the running kernel (BTF and tracefs are there on every machine this project builds
+    /// on), every offset a program reads resolves and no program has a problem.
+    #[test]
+    fn every_offset_resolves_on_this_kernel() {
+        let btf = Btf::vmlinux().expect("kernel BTF at /sys/kernel/btf/vmlinux");
+        let tracefs = tracefs::find_mounted()
+            .or_else(|| tracefs::ensure_mounted().ok())
+            .expect("tracefs (run as root)");
+        let (o, problems) = kernel_offsets(&tracefs, Some(&btf));
+        assert!(problems.is_empty(), "{problems:?}");
+        let all = [
+            o.sock.sk_err,
+            o.sock.sk_err_soft,
+            o.sock.state,
+            o.sock.cgroup,
+            o.sock.cgroup_kn,
+            o.sock.kn_id,
+            o.skb.head,
+            o.skb.network_header,
+            o.skb.transport_header,
+            o.skb.sk,
+            o.skb.dev,
+            o.skb.dev_ifindex,
+            o.kfree_skb.no_socket,
+            o.set_state.daddr_v6,
+        ];
+        assert!(!all.contains(&ABSENT), "{o:#?}");
+        assert!(
+            drop_reason_values(&btf)
+                .iter()
+                .any(|(n, _)| n == "NETFILTER_DROP")
+        );
+    }
 }

@@ -1,6 +1,7 @@
 //! The process that runs inside simulated pods: `sleep` (the pod's pause process), `listen PORT`
-//! (a server), `connect IP:PORT COUNT INTERVAL_MS` (a client that reports each outcome).
-//! Standard library only, so it starts in a millisecond.
+//! (a server), `connect IP:PORT COUNT INTERVAL_MS [TIMEOUT_MS]` (a client that reports each
+//! outcome), `udp IP:PORT COUNT` (COUNT datagrams from one socket, paced so the sender's own
+//! queues never drop any). Standard library only, so it starts in a millisecond.
 
 use std::{
     io::ErrorKind,
@@ -26,28 +27,53 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        ["connect", addr, count, interval_ms] => {
-            let (Ok(addr), Ok(count), Ok(interval)) = (
+        ["connect", addr, count, interval_ms, rest @ ..] if rest.len() <= 1 => {
+            let timeout = rest.first().map_or(Ok(2000), |t| t.parse::<u64>());
+            let (Ok(addr), Ok(count), Ok(interval), Ok(timeout)) = (
                 addr.parse::<SocketAddr>(),
                 count.parse::<u32>(),
                 interval_ms.parse::<u64>(),
+                timeout,
             ) else {
-                eprintln!("sim-workload: usage: connect IP:PORT COUNT INTERVAL_MS");
+                eprintln!("sim-workload: usage: connect IP:PORT COUNT INTERVAL_MS [TIMEOUT_MS]");
                 return ExitCode::FAILURE;
             };
             for _ in 0..count {
-                match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+                match TcpStream::connect_timeout(&addr, Duration::from_millis(timeout)) {
                     Ok(_) => println!("connected"),
                     Err(e) if e.kind() == ErrorKind::ConnectionRefused => println!("refused"),
+                    Err(e) if e.kind() == ErrorKind::TimedOut => println!("timeout"),
                     Err(e) => println!("error {e}"),
                 }
                 std::thread::sleep(Duration::from_millis(interval));
             }
             ExitCode::SUCCESS
         }
+        ["udp", addr, count] => {
+            let (Ok(addr), Ok(count)) = (addr.parse::<SocketAddr>(), count.parse::<u32>()) else {
+                eprintln!("sim-workload: usage: udp IP:PORT COUNT");
+                return ExitCode::FAILURE;
+            };
+            let Ok(socket) = std::net::UdpSocket::bind("0.0.0.0:0") else {
+                eprintln!("sim-workload: cannot bind a UDP socket");
+                return ExitCode::FAILURE;
+            };
+            let mut sent = 0u32;
+            for i in 0..count {
+                if socket.send_to(b"triage-agent test datagram", addr).is_ok() {
+                    sent += 1;
+                }
+                // The receive backlog of a veth is 1000 packets: stay far below it.
+                if i % 100 == 99 {
+                    std::thread::sleep(Duration::from_micros(500));
+                }
+            }
+            println!("sent {sent}");
+            ExitCode::SUCCESS
+        }
         _ => {
             eprintln!(
-                "sim-workload: usage: sleep | listen PORT | connect IP:PORT COUNT INTERVAL_MS"
+                "sim-workload: usage: sleep | listen PORT | connect IP:PORT COUNT INTERVAL_MS [TIMEOUT_MS] | udp IP:PORT COUNT"
             );
             ExitCode::FAILURE
         }

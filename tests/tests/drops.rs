@@ -1,0 +1,268 @@
+//! Privileged end to end: silent drops. A policy-enforcing CNI is emulated with nftables rules
+//! on the simulated node's bridge (and REJECT rules); real processes in simulated pods send
+//! real traffic; every assertion is on what `triage-agent query` prints.
+
+#![expect(
+    clippy::expect_used,
+    reason = "test scenarios panic with context; helpers shared by tests are not #[test] fns"
+)]
+
+use std::time::Duration;
+
+use serde_json::Value;
+use triage_agent_tests::{
+    agent::{AgentProcess, records},
+    simnode::{CgroupDriver, SimConfig, SimNode},
+};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn node() -> SimNode {
+    SimNode::start(SimConfig {
+        workload: env!("CARGO_BIN_EXE_sim-workload").into(),
+        driver: CgroupDriver::Cgroupfs,
+    })
+    .expect("simulated node")
+}
+
+fn count_of(records: &[&Value]) -> u64 {
+    records
+        .iter()
+        .map(|r| r["count"].as_u64().unwrap_or(0))
+        .sum()
+}
+
+fn lines(out: &std::process::Output, word: &str) -> usize {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with(word))
+        .count()
+}
+
+/// A bridge-family table in the node namespace: what a CNI's policy rules do to pod traffic.
+fn policy(rule: &str) -> String {
+    format!(
+        "table bridge sim_policy {{\n  chain forward {{\n    type filter hook forward priority 0; policy accept;\n    {rule}\n  }}\n}}\n"
+    )
+}
+
+#[test]
+fn ingress_drop_between_two_pods_is_evidence_on_both_and_a_timeout_not_a_refusal() {
+    let mut node = node();
+    let db = node.add_pod("data", "db").unwrap();
+    let web = node.add_pod("shop", "web").unwrap();
+    let (db_ip, web_ip) = (node.pod(db).ip, node.pod(web).ip);
+    node.start_process(db, &["listen", "5432"]).unwrap();
+    node.nft_node(&policy(&format!(
+        "ip saddr {web_ip} ip daddr {db_ip} tcp dport 5432 drop"
+    )))
+    .unwrap();
+    let mut agent = AgentProcess::start(&node).unwrap();
+    agent.wait_ready(true, WAIT).unwrap();
+    agent.wait_pods(2, WAIT).unwrap();
+
+    let dst = format!("{db_ip}:5432");
+    let out = node
+        .run(web, &["connect", &dst, "2", "10", "1500"])
+        .unwrap();
+    assert_eq!(lines(&out, "timeout"), 2, "{out:?}");
+
+    let v = agent
+        .query_until("shop", "web", WAIT, |v| {
+            count_of(&records(v, "connection_timeout", "outbound")) == 2
+                && !records(v, "packet_drop", "outbound").is_empty()
+        })
+        .unwrap();
+    assert!(
+        records(&v, "connection_refused", "outbound").is_empty(),
+        "a dropped SYN is never a refusal: {v}"
+    );
+    let t = records(&v, "connection_timeout", "outbound")[0];
+    assert_eq!(t["dst"], dst.as_str());
+    assert_eq!(t["protocol"], "tcp");
+    assert_eq!(t["peer"]["name"], "db");
+    assert_eq!(t["attribution"], "cgroup");
+    assert_eq!(t["process"]["comm"], "sim-workload");
+    let d = records(&v, "packet_drop", "outbound")[0];
+    assert_eq!(d["reason"], "NETFILTER_DROP");
+    assert_eq!(d["protocol"], "tcp");
+    assert_eq!(d["tcp_flags"], "SYN");
+    assert_eq!(d["dst"], dst.as_str());
+    assert_eq!(d["peer"]["name"], "db");
+    // Two connects of 1.5 s each: two SYNs and at least one retransmission each.
+    assert!(d["count"].as_u64().unwrap() >= 4, "{d}");
+
+    let v = agent
+        .query_until("data", "db", WAIT, |v| {
+            !records(v, "packet_drop", "inbound").is_empty()
+        })
+        .unwrap();
+    let d = records(&v, "packet_drop", "inbound")[0];
+    assert_eq!(d["peer"]["name"], "web");
+    assert_eq!(d["attribution"], "ip");
+    assert_eq!(
+        d["src"].as_str().unwrap().split(':').next(),
+        Some(web_ip.to_string().as_str())
+    );
+
+    let table = agent.cli(&["query", "--pod", "web", "-n", "shop"]).unwrap();
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        text.contains("are being dropped by the kernel (NETFILTER_DROP)")
+            && text.contains("never answered"),
+        "{text}"
+    );
+    assert!(agent.stop().unwrap().success(), "{}", agent.log());
+}
+
+#[test]
+fn rejects_are_refusals_by_a_firewall_not_missing_listeners() {
+    let mut node = node();
+    let api = node.add_pod("shop", "api").unwrap();
+    let web = node.add_pod("shop", "web").unwrap();
+    let api_ip = node.pod(api).ip;
+    // A listener on both ports: any refusal must come from the firewall.
+    node.start_process(api, &["listen", "8080"]).unwrap();
+    node.start_process(api, &["listen", "8081"]).unwrap();
+    // REJECT rules at the destination (a host firewall in the pod's namespace, as some CNIs
+    // install per-pod rules): a forged reset and an ICMP admin-prohibited.
+    node.nft_pod(
+        api,
+        "table inet sim_firewall {\n  chain input {\n    type filter hook input priority 0; policy accept;\n    tcp dport 8080 reject with tcp reset\n    tcp dport 8081 reject with icmpx type admin-prohibited\n  }\n}\n",
+    )
+    .unwrap();
+    let mut agent = AgentProcess::start(&node).unwrap();
+    agent.wait_ready(true, WAIT).unwrap();
+    agent.wait_pods(2, WAIT).unwrap();
+
+    let out = node
+        .run(web, &["connect", &format!("{api_ip}:8080"), "2", "10"])
+        .unwrap();
+    assert_eq!(lines(&out, "refused"), 2, "{out:?}");
+    let out = node
+        .run(web, &["connect", &format!("{api_ip}:8081"), "1", "10"])
+        .unwrap();
+    assert_eq!(lines(&out, "error") + lines(&out, "refused"), 1, "{out:?}");
+
+    let reset = format!("{api_ip}:8080");
+    let icmp = format!("{api_ip}:8081");
+    let v = agent
+        .query_until("shop", "web", WAIT, |v| {
+            count_of(&records(v, "connection_refused", "outbound")) >= 2
+                && v["evidence"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|e| e["dst"] == icmp.as_str() && e["kind"] != "packet_drop")
+        })
+        .unwrap();
+    let by_reset: Vec<_> = records(&v, "connection_refused", "outbound")
+        .into_iter()
+        .filter(|r| r["dst"] == reset.as_str())
+        .collect();
+    assert_eq!(count_of(&by_reset), 2, "{v}");
+    assert_eq!(
+        by_reset[0]["cause"], "rejected",
+        "a reset the pod's stack never sent"
+    );
+    // The ICMP reject: a refusal with cause rejected when the kernel still holds the ICMP error
+    // when the attempt ends; when the application consumed it first (SO_ERROR), the attempt
+    // ends as unanswered. Either way never "nothing listens", and the drop is evidence.
+    let answer = v["evidence"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["dst"] == icmp.as_str() && e["kind"] != "packet_drop")
+        .unwrap();
+    match answer["kind"].as_str().unwrap() {
+        "connection_refused" => {
+            assert_eq!(answer["cause"], "rejected", "{answer}");
+            assert!(
+                answer["reason"].as_str().unwrap().starts_with("ICMP_"),
+                "{answer}"
+            );
+        }
+        "connection_timeout" => {}
+        other => panic!("unexpected {other}: {answer}"),
+    }
+    assert!(
+        records(&v, "packet_drop", "outbound")
+            .iter()
+            .any(|d| d["dst"] == icmp.as_str() && d["reason"] == "NETFILTER_DROP"),
+        "{v}"
+    );
+    // The api pod's stack never refused anything.
+    let v = agent.query("shop", "api").unwrap();
+    assert!(
+        records(&v, "connection_refused", "inbound").is_empty(),
+        "{v}"
+    );
+    let table = agent.cli(&["query", "--pod", "web", "-n", "shop"]).unwrap();
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(text.contains("rejected by a firewall rule"), "{text}");
+    assert!(!text.contains("nothing listens on port"), "{text}");
+    assert!(agent.stop().unwrap().success(), "{}", agent.log());
+}
+
+#[test]
+fn a_flood_of_20000_dropped_packets_is_counted_exactly_and_working_traffic_is_quiet() {
+    const PACKETS: u64 = 20_000;
+    let mut node = node();
+    let sink = node.add_pod("load", "sink").unwrap();
+    let source = node.add_pod("load", "source").unwrap();
+    let fine = node.add_pod("load", "fine").unwrap();
+    let sink_ip = node.pod(sink).ip;
+    node.start_process(sink, &["listen", "9000"]).unwrap();
+    node.nft_node(&policy(&format!("ip daddr {sink_ip} udp dport 7000 drop")))
+        .unwrap();
+    let mut agent = AgentProcess::start(&node).unwrap();
+    agent.wait_ready(true, WAIT).unwrap();
+    agent.wait_pods(3, WAIT).unwrap();
+
+    let out = node
+        .run(
+            source,
+            &["udp", &format!("{sink_ip}:7000"), &PACKETS.to_string()],
+        )
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!("sent {PACKETS}")),
+        "{out:?}"
+    );
+    // Working traffic: connections that succeed leave no evidence.
+    let out = node
+        .run(fine, &["connect", &format!("{sink_ip}:9000"), "5", "10"])
+        .unwrap();
+    assert_eq!(lines(&out, "connected"), 5, "{out:?}");
+
+    let v = agent
+        .query_until("load", "source", WAIT, |v| {
+            count_of(&records(v, "packet_drop", "outbound")) >= PACKETS
+        })
+        .unwrap();
+    let drops = records(&v, "packet_drop", "outbound");
+    assert_eq!(
+        count_of(&drops),
+        PACKETS,
+        "exactly one count per packet: {v}"
+    );
+    assert_eq!(drops.len(), 1, "one flow, one record: {v}");
+    assert_eq!(drops[0]["protocol"], "udp");
+    assert!(drops[0].get("tcp_flags").is_none());
+    // Still exact a drain later (nothing counted twice).
+    std::thread::sleep(Duration::from_millis(1200));
+    let v = agent.query("load", "source").unwrap();
+    assert_eq!(count_of(&records(&v, "packet_drop", "outbound")), PACKETS);
+    let receiver = agent.query("load", "sink").unwrap();
+    assert_eq!(
+        count_of(&records(&receiver, "packet_drop", "inbound")),
+        PACKETS
+    );
+    let quiet = agent.query("load", "fine").unwrap();
+    assert_eq!(quiet["evidence"], serde_json::json!([]), "{quiet}");
+    let s = agent.status().unwrap();
+    for (name, n) in s["loss"].as_object().unwrap() {
+        assert_eq!(n, 0, "loss {name} during the flood: {s}");
+    }
+    assert!(agent.stop().unwrap().success(), "{}", agent.log());
+}
