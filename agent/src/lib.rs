@@ -27,6 +27,8 @@ pub mod kernel;
 pub mod loss;
 #[cfg(feature = "node-agent")]
 pub mod node;
+#[cfg(feature = "cluster")]
+pub mod policy;
 pub mod probes;
 pub mod samplers;
 pub mod store;

@@ -327,7 +327,13 @@ fn daemonset_is_not_privileged_and_adds_exactly_the_needed_capabilities() {
             "container {name}: capabilities {:?} are not used by the agent (allowed: {CAPABILITIES:?})",
             add.difference(&allowed).collect::<Vec<_>>()
         );
-        for forbidden in ["DAC_READ_SEARCH", "SYS_ADMIN", "ALL", "SYS_PTRACE", "SYS_MODULE"] {
+        for forbidden in [
+            "DAC_READ_SEARCH",
+            "SYS_ADMIN",
+            "ALL",
+            "SYS_PTRACE",
+            "SYS_MODULE",
+        ] {
             assert!(
                 !add.contains(forbidden),
                 "container {name}: {forbidden} must never be added"
@@ -667,7 +673,10 @@ fn liveness_is_backed_by_the_agents_own_answer() {
             "{probe} must ask the loopback listener: {command:?}"
         );
         let timeout = agent[probe]["timeoutSeconds"].as_u64().unwrap_or(1);
-        assert!(timeout >= 5, "{probe}: a timeout under 5 s flaps under load");
+        assert!(
+            timeout >= 5,
+            "{probe}: a timeout under 5 s flaps under load"
+        );
     }
 }
 
