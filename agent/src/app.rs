@@ -74,7 +74,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             })
             .await
         }
-        Command::Query(args) => query(args).await,
+        Command::Query(args) => query(args, false).await,
+        #[cfg(feature = "cluster")]
+        Command::Explain(args) => query(args, true).await,
         Command::Watch(args) => watch(args).await,
         Command::Status(args) => {
             let statuses = client::status_all(&args.agents.agents, args.agents.timeout).await?;
@@ -95,7 +97,7 @@ pub fn window_start(now: SystemTime, back: Duration) -> SystemTime {
     now.checked_sub(back).unwrap_or(SystemTime::UNIX_EPOCH)
 }
 
-async fn query(args: cli::QueryArgs) -> anyhow::Result<()> {
+async fn query(args: cli::QueryArgs, explain_only: bool) -> anyhow::Result<()> {
     let since = window_start(SystemTime::now(), args.since);
     let filter = Filter {
         namespace: Some(args.namespace.clone()),
@@ -111,10 +113,32 @@ async fn query(args: cli::QueryArgs) -> anyhow::Result<()> {
         .collect();
     evidence.sort_by(|a, b| b.last_seen.cmp(&a.last_seen).then(b.count.cmp(&a.count)));
     let findings = diagnose::diagnose(&evidence);
+    let notes = explanations(&args, &evidence).await;
+    if explain_only {
+        return match args.output {
+            Output::Json => print(&format!(
+                "{}\n",
+                serde_json::to_string_pretty(&render::query_json(
+                    &evidence,
+                    &[],
+                    &answers,
+                    &notes
+                ))?
+            )),
+            Output::Table if notes.is_empty() => print(&format!(
+                "Pod {}/{}: no drops or timeouts to explain in the requested window.\n",
+                render::clean(&args.namespace),
+                render::clean(&args.pod)
+            )),
+            Output::Table => print(&render::notes_text(&notes, true)),
+        };
+    }
     match args.output {
         Output::Json => print(&format!(
             "{}\n",
-            serde_json::to_string_pretty(&render::query_json(&evidence, &findings, &answers))?
+            serde_json::to_string_pretty(&render::query_json(
+                &evidence, &findings, &answers, &notes
+            ))?
         )),
         Output::Table => print(&render::query_table(
             &args.pod,
@@ -123,8 +147,57 @@ async fn query(args: cli::QueryArgs) -> anyhow::Result<()> {
             &evidence,
             &findings,
             &answers,
+            &notes,
         )),
     }
+}
+
+/// NetworkPolicy explanations of the drops and timeouts, read with the user's kubeconfig.
+#[cfg(feature = "cluster")]
+async fn explanations(
+    args: &cli::QueryArgs,
+    evidence: &[crate::evidence::Evidence],
+) -> Vec<render::Note> {
+    use crate::{cli::explain, evidence::Kind};
+    let needed = evidence
+        .iter()
+        .any(|e| matches!(e.kind(), Kind::PacketDrop | Kind::ConnectionTimeout));
+    if args.no_explain || !needed {
+        return Vec::new();
+    }
+    let cluster = explain::ClusterArgs {
+        kubeconfig: args.kubeconfig.clone(),
+        context: args.context.clone(),
+    };
+    let snapshot = explain::snapshot(&cluster)
+        .await
+        .map_err(|e| format!("cannot read NetworkPolicies ({})", anyhow_chain(&e)));
+    explain::explain_all(evidence, snapshot.as_ref().map_err(String::as_str))
+        .into_iter()
+        .map(|(index, x)| render::Note {
+            index,
+            verdict: match x.verdict {
+                crate::policy::Verdict::Denied => "denied",
+                crate::policy::Verdict::Allowed => "allowed",
+                crate::policy::Verdict::Unknown => "unknown",
+            },
+            policies: x.policies,
+            text: x.text,
+            fix: x.fix,
+        })
+        .collect()
+}
+
+#[cfg(not(feature = "cluster"))]
+async fn explanations(_: &cli::QueryArgs, _: &[crate::evidence::Evidence]) -> Vec<render::Note> {
+    Vec::new()
+}
+
+fn anyhow_chain(e: &anyhow::Error) -> String {
+    e.chain()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(": ")
 }
 
 async fn watch(args: cli::WatchArgs) -> anyhow::Result<()> {

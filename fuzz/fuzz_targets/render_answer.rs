@@ -12,9 +12,9 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         let findings = diagnose::diagnose(&answer.evidence);
         let evidence = answer.evidence.clone();
         let answers = [answer];
-        let table = render::query_table("p", "ns", None, &evidence, &findings, &answers);
+        let table = render::query_table("p", "ns", None, &evidence, &findings, &answers, &[]);
         assert!(!table.chars().any(|c| c != '\n' && c.is_control()));
-        let _ = render::query_json(&evidence, &findings, &answers).to_string();
+        let _ = render::query_json(&evidence, &findings, &answers, &[]).to_string();
         for e in &evidence {
             let _ = render::watch_line(e);
         }

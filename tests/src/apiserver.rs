@@ -2,7 +2,9 @@
 //! (resourceVersion, watch streams, bookmarks, 410 Gone, field selectors) on
 //! 127.0.0.1 so kube-rs runs unmodified against it.
 //!
-//! Scope: read-only `v1/pods` (list, get, watch) plus `/version`. Pods are changed
+//! Scope: read-only `v1/pods` (list, get, watch), `v1/namespaces` and
+//! `networking.k8s.io/v1` NetworkPolicies (list, get: what the CLI reads to explain drops;
+//! see [`objects`]), plus `/version`. Pods are changed
 //! through the Rust API ([`ApiServer::apply_pod`], [`ApiServer::delete_pod`]), not
 //! over HTTP. Every change is appended to an in-memory history keyed by a global
 //! resourceVersion; a watch is just a cursor into that history, which gives resumable
@@ -33,6 +35,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 use tokio::time::Instant;
+
+mod objects;
 
 type Body = UnsyncBoxBody<Bytes, Infallible>;
 
@@ -67,6 +71,8 @@ struct Shared {
 
 struct State {
     pods: BTreeMap<(String, String), Arc<Pod>>,
+    /// Namespaces and NetworkPolicies (list and get only).
+    objects: objects::Objects,
     /// Every change since the last compaction, in resourceVersion order.
     history: Vec<Change>,
     /// The newest resourceVersion handed out.
@@ -115,6 +121,7 @@ impl ApiServer {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 pods: BTreeMap::new(),
+                objects: objects::Objects::default(),
                 history: Vec::new(),
                 rv: FIRST_RV,
                 compacted: FIRST_RV,
@@ -184,6 +191,9 @@ impl ApiServer {
             .namespace
             .get_or_insert_with(|| "default".to_owned())
             .clone();
+        if !st.objects.pod_namespaces.contains(&ns) {
+            st.objects.pod_namespaces.push(ns.clone());
+        }
         let key = (ns, pod.metadata.name.clone().unwrap_or_default());
         let before = st.pods.get(&key).cloned();
         let meta = &mut pod.metadata;
@@ -215,6 +225,41 @@ impl ApiServer {
         let after = Arc::new(last);
         self.record(st, Some(before), Arc::clone(&after), true);
         Some(Pod::clone(&after))
+    }
+
+    /// Creates or replaces a Namespace (its `kubernetes.io/metadata.name` label is added as
+    /// the real API server adds it).
+    pub fn apply_namespace(&self, mut namespace: k8s_openapi::api::core::v1::Namespace) {
+        let mut st = self.shared.lock();
+        st.rv += 1;
+        namespace.metadata.resource_version = Some(st.rv.to_string());
+        let name = namespace.metadata.name.clone().unwrap_or_default();
+        st.objects.namespaces.insert(name, namespace);
+    }
+
+    /// Creates or replaces a NetworkPolicy.
+    pub fn apply_network_policy(
+        &self,
+        mut policy: k8s_openapi::api::networking::v1::NetworkPolicy,
+    ) {
+        let mut st = self.shared.lock();
+        st.rv += 1;
+        policy.metadata.resource_version = Some(st.rv.to_string());
+        let key = (
+            policy.metadata.namespace.clone().unwrap_or_default(),
+            policy.metadata.name.clone().unwrap_or_default(),
+        );
+        st.objects.policies.insert(key, policy);
+    }
+
+    /// Deletes a NetworkPolicy; returns whether it existed.
+    pub fn delete_network_policy(&self, namespace: &str, name: &str) -> bool {
+        let mut st = self.shared.lock();
+        st.rv += 1;
+        st.objects
+            .policies
+            .remove(&(namespace.to_owned(), name.to_owned()))
+            .is_some()
     }
 
     /// Appends a change (whose rv was just taken) to the history and wakes watchers.
@@ -344,6 +389,7 @@ async fn serve_connection(stream: tokio::net::TcpStream, shared: Arc<Shared>) {
 enum Route<'a> {
     Collection(Option<&'a str>),
     Pod(&'a str, &'a str),
+    Object(objects::Route<'a>),
     Version,
     Unknown,
 }
@@ -357,7 +403,7 @@ fn route(path: &str) -> Route<'_> {
             Route::Pod(ns, name)
         }
         ["version"] => Route::Version,
-        _ => Route::Unknown,
+        _ => objects::route(&segments).map_or(Route::Unknown, Route::Object),
     }
 }
 
@@ -415,6 +461,13 @@ async fn handle(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> 
                     "NotFound",
                     &format!("pods \"{name}\" not found"),
                 ),
+            }
+        }
+        Route::Object(r) => {
+            let st = shared.lock();
+            match st.objects.serve(&r, st.rv) {
+                Ok(v) => json_response(StatusCode::OK, &v),
+                Err(msg) => status(StatusCode::NOT_FOUND, "NotFound", &msg),
             }
         }
         Route::Version => json_response(

@@ -266,3 +266,160 @@ fn a_flood_of_20000_dropped_packets_is_counted_exactly_and_working_traffic_is_qu
     }
     assert!(agent.stop().unwrap().success(), "{}", agent.log());
 }
+
+fn network_policy(
+    namespace: &str,
+    name: &str,
+    spec: Value,
+) -> k8s_openapi::api::networking::v1::NetworkPolicy {
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"namespace": namespace, "name": name},
+        "spec": spec
+    }))
+    .expect("a NetworkPolicy")
+}
+
+#[test]
+fn drops_are_explained_by_the_networkpolicy_that_denies_them_or_not_at_all() {
+    let mut node = node();
+    let db = node.add_pod("data", "db").unwrap();
+    let web = node.add_pod("shop", "web").unwrap();
+    let (db_ip, web_ip) = (node.pod(db).ip, node.pod(web).ip);
+    node.start_process(db, &["listen", "5432"]).unwrap();
+    node.start_process(db, &["listen", "6000"]).unwrap();
+    // The policy: db takes 5432 from cache pods only, and 6000 from web. The CNI's rules derived
+    // from it drop web -> db:5432; a firewall rule that is no policy's drops web -> db:6000.
+    node.api.apply_network_policy(network_policy(
+        "data",
+        "db-ingress",
+        serde_json::json!({
+            "podSelector": {"matchLabels": {"app": "db"}},
+            "ingress": [
+                {"from": [{"podSelector": {"matchLabels": {"app": "cache"}}}], "ports": [{"port": 5432}]},
+                {"from": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"app": "web"}}}], "ports": [{"port": 6000}]}
+            ]
+        }),
+    ));
+    node.nft_node(&policy(&format!(
+        "ip saddr {web_ip} ip daddr {db_ip} tcp dport {{ 5432, 6000 }} drop"
+    )))
+    .unwrap();
+    let mut agent = AgentProcess::start(&node).unwrap();
+    agent.wait_ready(true, WAIT).unwrap();
+    agent.wait_pods(2, WAIT).unwrap();
+    for port in [5432, 6000] {
+        let dst = format!("{db_ip}:{port}");
+        let out = node
+            .run(web, &["connect", &dst, "1", "10", "1200"])
+            .unwrap();
+        assert_eq!(lines(&out, "timeout"), 1, "{out:?}");
+    }
+    agent
+        .query_until("shop", "web", WAIT, |v| {
+            records(v, "packet_drop", "outbound").len() == 2
+        })
+        .unwrap();
+
+    let kubeconfig = node.kubeconfig();
+    let kubeconfig = kubeconfig.to_str().unwrap();
+    let out = agent
+        .cli(&[
+            "query",
+            "--pod",
+            "web",
+            "-n",
+            "shop",
+            "-o",
+            "json",
+            "--kubeconfig",
+            kubeconfig,
+        ])
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let drop_to = |port: u16| {
+        records(&v, "packet_drop", "outbound")
+            .into_iter()
+            .find(|d| d["dst"] == format!("{db_ip}:{port}"))
+            .cloned()
+            .unwrap_or_else(|| panic!("no drop to {port}: {v}"))
+    };
+    let denied = drop_to(5432)["explanation"].clone();
+    assert_eq!(denied["verdict"], "denied", "{denied}");
+    assert_eq!(denied["policies"], serde_json::json!(["data/db-ingress"]));
+    assert_eq!(
+        denied["text"],
+        "ingress to data/db tcp/5432 from shop/web is denied: data/db-ingress selects data/db \
+         (Ingress) and no rule allows shop/web"
+    );
+    assert!(
+        denied["fix"]
+            .as_str()
+            .unwrap()
+            .contains("kind: NetworkPolicy")
+    );
+    let allowed = drop_to(6000)["explanation"].clone();
+    assert_eq!(allowed["verdict"], "allowed", "{allowed}");
+    assert!(
+        allowed["text"]
+            .as_str()
+            .unwrap()
+            .contains("NetworkPolicy allows this flow (data/db-ingress allow it); the drop happened elsewhere (reason NETFILTER_DROP on node"),
+        "{allowed}"
+    );
+    // The timeouts are explained the same way.
+    let timeout = records(&v, "connection_timeout", "outbound")
+        .into_iter()
+        .find(|t| t["dst"] == format!("{db_ip}:5432"))
+        .cloned()
+        .unwrap();
+    assert_eq!(timeout["explanation"]["verdict"], "denied");
+
+    // `explain` prints the policy and a fix to review.
+    let out = agent
+        .cli(&[
+            "explain",
+            "--pod",
+            "web",
+            "-n",
+            "shop",
+            "--kubeconfig",
+            kubeconfig,
+        ])
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("[denied] ingress to data/db tcp/5432 from shop/web"),
+        "{text}"
+    );
+    assert!(text.contains("a policy that would allow it"), "{text}");
+
+    // Without API access the answer still comes, and says why there is no explanation.
+    let out = agent
+        .cli(&[
+            "query",
+            "--pod",
+            "web",
+            "-n",
+            "shop",
+            "-o",
+            "json",
+            "--kubeconfig",
+            "/nonexistent",
+        ])
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let x = &records(&v, "packet_drop", "outbound")[0]["explanation"];
+    assert_eq!(x["verdict"], "unknown");
+    assert!(x["text"].as_str().unwrap().contains("unavailable"), "{x}");
+    assert!(agent.stop().unwrap().success(), "{}", agent.log());
+}

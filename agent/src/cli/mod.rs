@@ -3,6 +3,8 @@
 
 pub mod client;
 pub mod diagnose;
+#[cfg(feature = "cluster")]
+pub mod explain;
 pub mod render;
 
 use std::time::Duration;
@@ -48,6 +50,10 @@ pub enum Command {
     Agent(AgentArgs),
     /// What is silently going wrong with a pod, with a diagnosis and the safest next step.
     Query(QueryArgs),
+    /// NetworkPolicy explanations of a pod's drops and timeouts: which policy denies them, with
+    /// a policy that would allow each, to review.
+    #[cfg(feature = "cluster")]
+    Explain(QueryArgs),
     /// Stream evidence as it is recorded.
     Watch(WatchArgs),
     /// Agent health: probes attached, metadata sync, loss counters.
@@ -125,6 +131,15 @@ pub struct QueryArgs {
     pub output: Output,
     #[command(flatten)]
     pub agents: AgentsArgs,
+    /// kubeconfig to read NetworkPolicies with (default: KUBECONFIG, ~/.kube/config, in-cluster).
+    #[arg(long)]
+    pub kubeconfig: Option<std::path::PathBuf>,
+    /// kubeconfig context to use.
+    #[arg(long)]
+    pub context: Option<String>,
+    /// Do not read NetworkPolicies to explain drops and timeouts.
+    #[arg(long)]
+    pub no_explain: bool,
 }
 
 #[derive(Debug, Args)]

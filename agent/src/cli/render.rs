@@ -115,10 +115,49 @@ fn lost_in_window(losses: &[PeerLoss], since: Option<SystemTime>) -> Vec<String>
         .collect()
 }
 
+/// A NetworkPolicy explanation of one record (by index into the evidence), as the CLI
+/// computed it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Note {
+    pub index: usize,
+    /// `denied`, `allowed` or `unknown`.
+    pub verdict: &'static str,
+    pub policies: Vec<String>,
+    pub text: String,
+    /// A NetworkPolicy that would allow the flow (YAML), for denials.
+    pub fix: Option<String>,
+}
+
 /// The `query -o json` document: `{"evidence": [...], "diagnosis": [...], "agents": [...]}`.
-pub fn query_json(evidence: &[Evidence], findings: &[Finding], answers: &[AgentAnswer]) -> Value {
+/// Drop and timeout items that were evaluated carry `explanation`.
+pub fn query_json(
+    evidence: &[Evidence],
+    findings: &[Finding],
+    answers: &[AgentAnswer],
+    notes: &[Note],
+) -> Value {
+    let items: Vec<Value> = evidence
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let mut v = evidence_json(e);
+            if let (Some(note), Some(m)) = (notes.iter().find(|n| n.index == i), v.as_object_mut())
+            {
+                let mut x = json!({
+                    "verdict": note.verdict,
+                    "policies": note.policies,
+                    "text": note.text,
+                });
+                if let (Some(fix), Some(xm)) = (&note.fix, x.as_object_mut()) {
+                    xm.insert("fix".into(), fix.as_str().into());
+                }
+                m.insert("explanation".into(), x);
+            }
+            v
+        })
+        .collect();
     json!({
-        "evidence": evidence.iter().map(evidence_json).collect::<Vec<_>>(),
+        "evidence": items,
         "diagnosis": findings,
         "agents": answers.iter().map(|a| json!({
             "agent": a.agent,
@@ -192,6 +231,7 @@ pub fn query_table(
     evidence: &[Evidence],
     findings: &[Finding],
     answers: &[AgentAnswer],
+    notes: &[Note],
 ) -> String {
     let mut out = String::new();
     let nodes: Vec<String> = answers.iter().map(|a| cleaned(&a.node)).collect();
@@ -262,9 +302,38 @@ pub fn query_table(
             let _ = writeln!(out, "    next step: {}", clean(&f.next_step));
         }
     }
+    out.push_str(&notes_text(notes, false));
     let _ = writeln!(out);
     for a in answers {
         out.push_str(&completeness(a, since));
+    }
+    out
+}
+
+/// The NetworkPolicy section: one line per explained record (and the fixes, when asked).
+pub fn notes_text(notes: &[Note], with_fixes: bool) -> String {
+    let mut out = String::new();
+    if notes.is_empty() {
+        return out;
+    }
+    let _ = writeln!(out, "\nNetworkPolicy");
+    let mut seen = Vec::new();
+    for n in notes {
+        let line = format!("  [{}] {}", n.verdict, clean(&n.text));
+        if seen.contains(&line) {
+            continue;
+        }
+        let _ = writeln!(out, "{line}");
+        if with_fixes && let Some(fix) = &n.fix {
+            let _ = writeln!(
+                out,
+                "    a policy that would allow it, to review before applying:"
+            );
+            for l in fix.lines() {
+                let _ = writeln!(out, "      {}", clean(l));
+            }
+        }
+        seen.push(line);
     }
     out
 }

@@ -111,7 +111,7 @@ pub fn allow_egress(sender: &WorkloadRef, receiver: Option<&WorkloadRef>, flow: 
     yaml(&NetworkPolicy {
         metadata: meta(name, &sender.namespace),
         spec: Some(spec),
-        ..NetworkPolicy::default()
+        status: None,
     })
 }
 
@@ -131,6 +131,6 @@ pub fn allow_ingress(receiver: &WorkloadRef, sender: Option<&WorkloadRef>, flow:
             }]),
             ..NetworkPolicySpec::default()
         }),
-        ..NetworkPolicy::default()
+        status: None,
     })
 }

@@ -41,6 +41,7 @@ fn json_matches_the_contract() {
         &[sample()],
         &[],
         &[answer(vec![lost("ring_buffer_full", 0, None)])],
+        &[],
     );
     let e = &v["evidence"][0];
     assert_eq!(e["kind"], "connection_refused");
@@ -74,6 +75,7 @@ fn table_shows_rows_diagnosis_and_completeness() {
         &[sample()],
         &findings,
         &[answer(vec![])],
+        &[],
     );
     assert!(text.starts_with("Pod shop/web: 1 record(s) from 1 agent(s) (node-a)"));
     assert!(
@@ -93,7 +95,7 @@ fn completeness_counts_only_losses_inside_the_window() {
         lost("ring_buffer_full", 3, Some(t(50))),
         lost("watch_lagged", 9, Some(t(150))),
     ]);
-    let text = query_table("web", "shop", window, &[], &[], &[old]);
+    let text = query_table("web", "shop", window, &[], &[], &[old], &[]);
     assert!(text.contains("No silent failures recorded"));
     assert!(text.contains("lost no events in this window"), "{text}");
 
@@ -102,7 +104,7 @@ fn completeness_counts_only_losses_inside_the_window() {
         lost("attribution_expired", 2, Some(t(150))),
         lost("some_future_counter", 1, None),
     ]);
-    let text = query_table("web", "shop", window, &[], &[], &[recent]);
+    let text = query_table("web", "shop", window, &[], &[], &[recent], &[]);
     assert!(
         text.contains(
             "WARNING: node node-a lost events (3 ring buffer full, 2 stored unattributed \
@@ -119,7 +121,7 @@ fn completeness_says_what_was_evicted_and_when_the_agent_restarted() {
     a.evicted_in_window = 12;
     a.agent_started = Some(t(200));
     a.truncated = true;
-    let text = query_table("web", "shop", Some(t(100)), &[], &[], &[a]);
+    let text = query_table("web", "shop", Some(t(100)), &[], &[], &[a], &[]);
     assert!(text.contains("evicted 12 record(s) of this pod"), "{text}");
     assert!(
         text.contains("started at 2023-11-14T22:16:40.000Z inside this window"),
@@ -130,7 +132,7 @@ fn completeness_says_what_was_evicted_and_when_the_agent_restarted() {
 
     let mut fresh = answer(vec![]);
     fresh.agent_started = Some(t(200));
-    let text = query_table("web", "shop", Some(t(100)), &[], &[], &[fresh]);
+    let text = query_table("web", "shop", Some(t(100)), &[], &[], &[fresh], &[]);
     assert!(
         text.contains(
             "Completeness: node node-a lost no events since its agent started at \
@@ -160,6 +162,7 @@ fn hostile_names_cannot_forge_or_hide_output() {
         std::slice::from_ref(&e),
         &findings,
         &[a],
+        &[],
     );
     let line = watch_line(&e);
     for out in [&text, &line] {
@@ -287,11 +290,43 @@ fn arbitrary_answers_never_panic_and_tables_stay_clean() {
         let findings = crate::cli::diagnose::diagnose(&a.evidence);
         let evidence = a.evidence.clone();
         let answers = [a];
-        let text = query_table("p", "ns", Some(t(0)), &evidence, &findings, &answers);
+        let text = query_table("p", "ns", Some(t(0)), &evidence, &findings, &answers, &[]);
         assert!(
             !text.chars().any(|c| c != '\n' && c.is_control()),
             "{text:?}"
         );
-        let _ = query_json(&evidence, &findings, &answers).to_string();
+        let _ = query_json(&evidence, &findings, &answers, &[]).to_string();
     }
+}
+
+#[test]
+fn explanations_are_flat_in_json_and_listed_in_the_table() {
+    let e = crate::evidence::fixtures::dropped().evidence();
+    let note = Note {
+        index: 0,
+        verdict: "denied",
+        policies: vec!["data/db-ingress".into()],
+        text: "ingress to data/db tcp/5432 from shop/web is denied".into(),
+        fix: Some("kind: NetworkPolicy\n".into()),
+    };
+    let v = query_json(
+        std::slice::from_ref(&e),
+        &[],
+        &[],
+        std::slice::from_ref(&note),
+    );
+    let x = &v["evidence"][0]["explanation"];
+    assert_eq!(x["verdict"], "denied");
+    assert_eq!(x["policies"][0], "data/db-ingress");
+    assert_eq!(x["fix"], "kind: NetworkPolicy\n");
+    let text = query_table("web", "shop", None, &[e], &[], &[], std::slice::from_ref(&note));
+    assert!(
+        text.contains("NetworkPolicy\n  [denied] ingress to data/db"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("kind: NetworkPolicy"),
+        "fixes only with explain"
+    );
+    assert!(notes_text(&[note], true).contains("      kind: NetworkPolicy"));
 }

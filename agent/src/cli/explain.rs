@@ -1,0 +1,164 @@
+//! NetworkPolicy explanations for the drops and timeouts an answer holds: the CLI reads
+//! NetworkPolicies, Namespaces and Pods with the user's kubeconfig (so the user's RBAC applies
+//! and the agents need no cluster-wide rights), evaluates each flow, and says which policy
+//! denies it, or that policy allows it and the drop is elsewhere. Without API access the
+//! answer still comes, with explanations marked unavailable and why.
+
+use std::time::Duration;
+
+use crate::{
+    evidence::{Detail, Evidence, Protocol},
+    policy::{Explanation, Flow, Proto, Snapshot, Verdict, evaluate},
+};
+
+/// How to reach the cluster: kubectl's flags and habits.
+#[derive(Clone, Debug, Default)]
+pub struct ClusterArgs {
+    pub kubeconfig: Option<std::path::PathBuf>,
+    pub context: Option<String>,
+}
+
+/// How long reading the policies may take before explanations are given up.
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Reads what the evaluator needs from the API server.
+pub async fn snapshot(args: &ClusterArgs) -> anyhow::Result<Snapshot> {
+    use anyhow::Context as _;
+    use k8s_openapi::api::{
+        core::v1::{Namespace, Pod},
+        networking::v1::NetworkPolicy,
+    };
+    use kube::{Api, api::ListParams};
+
+    let options = kube::config::KubeConfigOptions {
+        context: args.context.clone(),
+        ..Default::default()
+    };
+    let config = match &args.kubeconfig {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &options).await?
+        }
+        None if args.context.is_some() => kube::Config::from_kubeconfig(&options).await?,
+        None => kube::Config::infer()
+            .await
+            .context("no kubeconfig (set KUBECONFIG or --kubeconfig)")?,
+    };
+    let client = kube::Client::try_from(config)?;
+    let lp = ListParams::default();
+    let (policy_api, namespace_api, pod_api) = (
+        Api::<NetworkPolicy>::all(client.clone()),
+        Api::<Namespace>::all(client.clone()),
+        Api::<Pod>::all(client),
+    );
+    let read = async {
+        let (policies, namespaces, pods) = tokio::try_join!(
+            policy_api.list(&lp),
+            namespace_api.list(&lp),
+            pod_api.list(&lp),
+        )?;
+        Ok::<_, kube::Error>(Snapshot {
+            policies: policies.items,
+            namespaces: namespaces.items,
+            pods: pods.items,
+        })
+    };
+    Ok(tokio::time::timeout(READ_TIMEOUT, read)
+        .await
+        .context("reading NetworkPolicies timed out")??)
+}
+
+/// The flow a record is about, when NetworkPolicy can say anything about it.
+fn flow_of(e: &Evidence) -> Option<Result<Flow, &'static str>> {
+    let (src, dst, protocol) = match &e.detail {
+        Detail::PacketDrop(d) => (d.src, d.dst, d.protocol),
+        Detail::ConnectionTimeout(c) => (c.src, c.dst, c.protocol),
+        Detail::ConnectionRefused(_) => return None,
+    };
+    let proto = match protocol {
+        Protocol::Tcp => Proto::Tcp,
+        Protocol::Udp => Proto::Udp,
+        _ => return Some(Err("NetworkPolicy filters only TCP, UDP and SCTP")),
+    };
+    Some(Ok(Flow {
+        src: src.ip(),
+        dst: dst.ip(),
+        port: dst.port(),
+        proto,
+    }))
+}
+
+/// Explanations for the records that have one, by index into `evidence`.
+pub fn explain_all(
+    evidence: &[Evidence],
+    snapshot: Result<&Snapshot, &str>,
+) -> Vec<(usize, Explanation)> {
+    evidence
+        .iter()
+        .enumerate()
+        .filter_map(|(i, e)| {
+            let flow = flow_of(e)?;
+            let mut x = match (flow, snapshot) {
+                (Err(why), _) => Explanation::unavailable(why),
+                (Ok(_), Err(why)) => Explanation::unavailable(why),
+                (Ok(flow), Ok(snapshot)) => evaluate(snapshot, &flow),
+            };
+            if x.verdict == Verdict::Allowed
+                && let Detail::PacketDrop(d) = &e.detail
+            {
+                x.text = format!("{} (reason {} on node {})", x.text, d.reason, e.node);
+            }
+            Some((i, x))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::evidence::fixtures::{dropped, refused, timeout};
+
+    #[test]
+    fn drops_and_timeouts_are_explained_refusals_are_not() {
+        let evidence = [
+            dropped()
+                .src("10.0.0.1:40000")
+                .dst("10.0.1.1:5432")
+                .evidence(),
+            refused().evidence(),
+            timeout()
+                .src("10.0.0.1:40000")
+                .dst("192.0.2.1:443")
+                .evidence(),
+        ];
+        let x = explain_all(&evidence, Err("no kubeconfig"));
+        assert_eq!(x.len(), 2);
+        assert_eq!(x[0].0, 0);
+        assert_eq!(x[1].0, 2);
+        assert!(
+            x.iter().all(|(_, e)| e.verdict == Verdict::Unknown
+                && e.text.contains("unavailable: no kubeconfig"))
+        );
+        let snapshot = Snapshot::default();
+        let x = explain_all(&evidence, Ok(&snapshot));
+        assert_eq!(
+            x[0].1.verdict,
+            Verdict::Unknown,
+            "no pods known: {}",
+            x[0].1.text
+        );
+        let icmp = [dropped().evidence()].map(|mut e| {
+            if let Detail::PacketDrop(d) = &mut e.detail {
+                d.protocol = Protocol::Icmp;
+            }
+            e
+        });
+        assert!(
+            explain_all(&icmp, Ok(&snapshot))[0]
+                .1
+                .text
+                .contains("only TCP")
+        );
+    }
+}
