@@ -169,9 +169,10 @@ async fn explanations(
         kubeconfig: args.kubeconfig.clone(),
         context: args.context.clone(),
     };
-    let snapshot = explain::snapshot(&cluster)
-        .await
-        .map_err(|e| format!("cannot read NetworkPolicies ({})", anyhow_chain(&e)));
+    let snapshot = explain::snapshot(&cluster).await.map_err(|e| {
+        let chain: Vec<String> = e.chain().map(ToString::to_string).collect();
+        format!("cannot read NetworkPolicies ({})", chain.join(": "))
+    });
     explain::explain_all(evidence, snapshot.as_ref().map_err(String::as_str))
         .into_iter()
         .map(|(index, x)| render::Note {
@@ -191,13 +192,6 @@ async fn explanations(
 #[cfg(not(feature = "cluster"))]
 async fn explanations(_: &cli::QueryArgs, _: &[crate::evidence::Evidence]) -> Vec<render::Note> {
     Vec::new()
-}
-
-fn anyhow_chain(e: &anyhow::Error) -> String {
-    e.chain()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(": ")
 }
 
 async fn watch(args: cli::WatchArgs) -> anyhow::Result<()> {

@@ -111,7 +111,6 @@ pub fn allow_egress(sender: &WorkloadRef, receiver: Option<&WorkloadRef>, flow: 
     yaml(&NetworkPolicy {
         metadata: meta(name, &sender.namespace),
         spec: Some(spec),
-        status: None,
     })
 }
 
@@ -131,6 +130,5 @@ pub fn allow_ingress(receiver: &WorkloadRef, sender: Option<&WorkloadRef>, flow:
             }]),
             ..NetworkPolicySpec::default()
         }),
-        status: None,
     })
 }

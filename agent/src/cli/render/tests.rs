@@ -319,7 +319,15 @@ fn explanations_are_flat_in_json_and_listed_in_the_table() {
     assert_eq!(x["verdict"], "denied");
     assert_eq!(x["policies"][0], "data/db-ingress");
     assert_eq!(x["fix"], "kind: NetworkPolicy\n");
-    let text = query_table("web", "shop", None, &[e], &[], &[], std::slice::from_ref(&note));
+    let text = query_table(
+        "web",
+        "shop",
+        None,
+        &[e],
+        &[],
+        &[],
+        std::slice::from_ref(&note),
+    );
     assert!(
         text.contains("NetworkPolicy\n  [denied] ingress to data/db"),
         "{text}"
