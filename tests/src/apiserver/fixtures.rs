@@ -1,0 +1,123 @@
+//! Realistic Pod objects for the simulated node and the tests.
+
+use super::*;
+
+/// Current time at second precision, which is all Kubernetes timestamps carry.
+pub(super) fn now() -> Time {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let ts = i64::try_from(secs)
+        .ok()
+        .and_then(|s| k8s_openapi::jiff::Timestamp::from_second(s).ok())
+        .unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH);
+    Time(ts)
+}
+
+/// Inputs for [`pod_object`].
+pub struct PodFixture<'a> {
+    /// metadata.namespace
+    pub namespace: &'a str,
+    /// metadata.name; also the value of the `app` label.
+    pub name: &'a str,
+    /// metadata.uid
+    pub uid: &'a str,
+    /// spec.nodeName
+    pub node: &'a str,
+    /// status.podIP / podIPs; None for a pod whose sandbox has no IP yet.
+    pub pod_ip: Option<IpAddr>,
+    /// status.hostIP / hostIPs
+    pub host_ip: Option<IpAddr>,
+    /// spec.hostNetwork
+    pub host_network: bool,
+    /// status.qosClass, e.g. "BestEffort", "Burstable", "Guaranteed".
+    pub qos_class: &'a str,
+    /// (container name, container id without the `containerd://` prefix)
+    pub containers: &'a [(&'a str, &'a str)],
+}
+
+/// Builds a realistic Running Pod object: metadata {namespace, name, uid,
+/// creationTimestamp, labels}, spec {nodeName, hostNetwork, containers[{name,
+/// image:"sim"}]}, status {phase:"Running", conditions, podIP, podIPs, hostIP, hostIPs,
+/// qosClass, startTime, containerStatuses[{name, containerID:"containerd://<id>",
+/// ready:true, restartCount:0, image, imageID, state running}]}.
+pub fn pod_object(f: &PodFixture<'_>) -> Pod {
+    let started = now();
+    let containers = f
+        .containers
+        .iter()
+        .map(|(name, _)| Container {
+            name: (*name).to_owned(),
+            image: Some("sim".to_owned()),
+            ..Container::default()
+        })
+        .collect();
+    let container_statuses = f
+        .containers
+        .iter()
+        .map(|(name, id)| ContainerStatus {
+            name: (*name).to_owned(),
+            container_id: Some(format!("containerd://{id}")),
+            ready: true,
+            started: Some(true),
+            restart_count: 0,
+            image: "docker.io/library/sim:latest".to_owned(),
+            image_id: format!("docker.io/library/sim@sha256:{}", "0".repeat(64)),
+            state: Some(ContainerState {
+                running: Some(ContainerStateRunning {
+                    started_at: Some(started.clone()),
+                }),
+                ..ContainerState::default()
+            }),
+            ..ContainerStatus::default()
+        })
+        .collect();
+    let conditions = [
+        "PodReadyToStartContainers",
+        "Initialized",
+        "Ready",
+        "ContainersReady",
+        "PodScheduled",
+    ]
+    .into_iter()
+    .map(|kind| PodCondition {
+        type_: kind.to_owned(),
+        status: "True".to_owned(),
+        last_transition_time: Some(started.clone()),
+        ..PodCondition::default()
+    })
+    .collect();
+    let pod_ip = f.pod_ip.map(|ip| ip.to_string());
+    let host_ip = f.host_ip.map(|ip| ip.to_string());
+    Pod {
+        metadata: ObjectMeta {
+            namespace: Some(f.namespace.to_owned()),
+            name: Some(f.name.to_owned()),
+            uid: Some(f.uid.to_owned()),
+            creation_timestamp: Some(started.clone()),
+            labels: Some(BTreeMap::from([("app".to_owned(), f.name.to_owned())])),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PodSpec {
+            node_name: Some(f.node.to_owned()),
+            host_network: Some(f.host_network),
+            containers,
+            restart_policy: Some("Always".to_owned()),
+            scheduler_name: Some("default-scheduler".to_owned()),
+            service_account_name: Some("default".to_owned()),
+            ..PodSpec::default()
+        }),
+        status: Some(PodStatus {
+            phase: Some("Running".to_owned()),
+            conditions: Some(conditions),
+            pod_ips: pod_ip.clone().map(|ip| vec![PodIP { ip }]),
+            pod_ip,
+            host_ips: host_ip.clone().map(|ip| vec![HostIP { ip }]),
+            host_ip,
+            qos_class: Some(f.qos_class.to_owned()),
+            start_time: Some(started),
+            container_statuses: Some(container_statuses),
+            ..PodStatus::default()
+        }),
+    }
+}

@@ -1,0 +1,233 @@
+//! Query parameters and the label and field selectors of list and watch requests.
+
+use super::*;
+
+/// Query parameters this server understands; unknown ones are ignored like the real
+/// server does.
+pub(super) struct Params {
+    pub(super) watch: bool,
+    pub(super) field_selector: String,
+    pub(super) label_selector: String,
+    /// None for unset, "" and "0" (all mean "any/most recent" to the server).
+    pub(super) rv: Option<u64>,
+    pub(super) rv_match: Option<String>,
+    pub(super) timeout: Option<Duration>,
+    pub(super) bookmarks: bool,
+    pub(super) send_initial_events: Option<bool>,
+}
+
+impl Params {
+    pub(super) fn parse(query: &[(String, String)]) -> Result<Params, String> {
+        let get = |key: &str| {
+            query
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.as_str())
+        };
+        let flag = |key: &str| -> Result<Option<bool>, String> {
+            match get(key) {
+                None | Some("") => Ok(None),
+                Some("true" | "1" | "t" | "True" | "TRUE") => Ok(Some(true)),
+                Some("false" | "0" | "f" | "False" | "FALSE") => Ok(Some(false)),
+                Some(v) => Err(format!("invalid boolean value for {key}: {v:?}")),
+            }
+        };
+        let rv = match get("resourceVersion") {
+            None | Some("" | "0") => None,
+            Some(v) => Some(
+                v.parse::<u64>()
+                    .map_err(|_| format!("invalid resource version: {v:?}"))?,
+            ),
+        };
+        let rv_match = get("resourceVersionMatch")
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned);
+        match rv_match.as_deref() {
+            None | Some("NotOlderThan" | "Exact") => {}
+            Some(v) => return Err(format!("invalid resourceVersionMatch: {v:?}")),
+        }
+        let timeout = match get("timeoutSeconds") {
+            None | Some("") => None,
+            Some(v) => Some(Duration::from_secs(
+                v.parse::<u64>()
+                    .map_err(|_| format!("invalid timeoutSeconds: {v:?}"))?,
+            )),
+        }
+        .filter(|t| !t.is_zero()); // 0 means "server default", as in the real server
+        Ok(Params {
+            watch: flag("watch")?.unwrap_or(false),
+            field_selector: get("fieldSelector").unwrap_or_default().to_owned(),
+            label_selector: get("labelSelector").unwrap_or_default().to_owned(),
+            rv,
+            rv_match,
+            timeout,
+            bookmarks: flag("allowWatchBookmarks")?.unwrap_or(false),
+            send_initial_events: flag("sendInitialEvents")?,
+        })
+    }
+}
+
+/// Decodes an `application/x-www-form-urlencoded` query strictly: invalid escapes or
+/// non-UTF-8 bytes are an error (→ 400), never replaced or panicked on.
+pub(super) fn parse_query(query: &str) -> Result<Vec<(String, String)>, String> {
+    pub(super) fn decode(s: &str) -> Result<String, String> {
+        let hex = |c: Option<&u8>| c.and_then(|c| (*c as char).to_digit(16));
+        let bytes = s.as_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while let Some(&b) = bytes.get(i) {
+            match b {
+                b'+' => out.push(b' '),
+                b'%' => {
+                    let (Some(hi), Some(lo)) = (hex(bytes.get(i + 1)), hex(bytes.get(i + 2)))
+                    else {
+                        return Err("invalid percent-encoding in query".to_owned());
+                    };
+                    out.extend(u8::try_from(hi * 16 + lo).ok());
+                    i += 2;
+                }
+                _ => out.push(b),
+            }
+            i += 1;
+        }
+        String::from_utf8(out).map_err(|_| "query is not valid UTF-8".to_owned())
+    }
+    query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            Ok((decode(k)?, decode(v)?))
+        })
+        .collect()
+}
+
+/// Namespace (from the path) plus field and label selector requirements, all ANDed.
+pub(super) struct Selector {
+    pub(super) namespace: Option<String>,
+    /// (field path, wanted equal?, value)
+    pub(super) fields: Vec<(String, bool, String)>,
+    pub(super) labels: Vec<LabelReq>,
+}
+
+pub(super) enum LabelReq {
+    Eq(String, String),
+    Ne(String, String),
+    Exists(String),
+    NotExists(String),
+}
+
+impl Selector {
+    pub(super) fn parse(namespace: Option<&str>, p: &Params) -> Result<Selector, String> {
+        let mut fields = Vec::new();
+        for term in terms(&p.field_selector) {
+            let (field, eq, value) = split_op(term)
+                .ok_or_else(|| format!("invalid field selector: {:?}", p.field_selector))?;
+            // A field is supported iff we can extract it; probe with an empty pod.
+            if field_value(&Pod::default(), field).is_none() {
+                return Err(format!(
+                    "field label not supported: {field}: \"{field}\" is not a known field selector"
+                ));
+            }
+            fields.push((field.to_owned(), eq, value.to_owned()));
+        }
+        let mut labels = Vec::new();
+        for term in terms(&p.label_selector) {
+            let bad = || format!("unable to parse requirement: invalid label selector {term:?}");
+            let req = match split_op(term) {
+                Some((k, eq, v)) if valid_label(k, false) && valid_label(v, true) => {
+                    let (k, v) = (k.to_owned(), v.to_owned());
+                    if eq {
+                        LabelReq::Eq(k, v)
+                    } else {
+                        LabelReq::Ne(k, v)
+                    }
+                }
+                Some(_) => return Err(bad()),
+                None => match term.strip_prefix('!').map(str::trim) {
+                    Some(k) if valid_label(k, false) => LabelReq::NotExists(k.to_owned()),
+                    None if valid_label(term, false) => LabelReq::Exists(term.to_owned()),
+                    _ => return Err(bad()),
+                },
+            };
+            labels.push(req);
+        }
+        Ok(Selector {
+            namespace: namespace.map(str::to_owned),
+            fields,
+            labels,
+        })
+    }
+
+    pub(super) fn matches(&self, pod: &Pod) -> bool {
+        let meta = &pod.metadata;
+        if self.namespace.is_some() && meta.namespace != self.namespace {
+            return false;
+        }
+        let fields_ok = self
+            .fields
+            .iter()
+            .all(|(f, eq, v)| (field_value(pod, f).as_deref() == Some(v.as_str())) == *eq);
+        let label = |k: &str| meta.labels.as_ref().and_then(|l| l.get(k));
+        fields_ok
+            && self.labels.iter().all(|req| match req {
+                LabelReq::Eq(k, v) => label(k) == Some(v),
+                // Like the real server, `k!=v` also matches objects without label k.
+                LabelReq::Ne(k, v) => label(k) != Some(v),
+                LabelReq::Exists(k) => label(k).is_some(),
+                LabelReq::NotExists(k) => label(k).is_none(),
+            })
+    }
+}
+
+/// Splits a selector on commas; an empty selector has no terms.
+pub(super) fn terms(selector: &str) -> impl Iterator<Item = &str> {
+    let selector = selector.trim();
+    selector
+        .split(',')
+        .filter(move |_| !selector.is_empty())
+        .map(str::trim)
+}
+
+/// `k!=v` → (k, false, v); `k==v` / `k=v` → (k, true, v); otherwise None.
+pub(super) fn split_op(term: &str) -> Option<(&str, bool, &str)> {
+    let (k, eq, v) = if let Some((k, v)) = term.split_once("!=") {
+        (k, false, v)
+    } else if let Some((k, v)) = term.split_once("==") {
+        (k, true, v)
+    } else {
+        let (k, v) = term.split_once('=')?;
+        (k, true, v)
+    };
+    Some((k.trim(), eq, v.trim()))
+}
+
+/// Accepts only the equality-based label grammar's keys and values, so unsupported
+/// syntax (e.g. set-based `k in (a,b)`) fails loudly instead of matching wrongly.
+pub(super) fn valid_label(s: &str, is_value: bool) -> bool {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/');
+    (is_value || !s.is_empty()) && s.chars().all(ok_char)
+}
+
+/// The string value of a supported pod field selector, or None if unsupported.
+pub(super) fn field_value(pod: &Pod, field: &str) -> Option<String> {
+    let spec = pod.spec.as_ref();
+    let status = pod.status.as_ref();
+    let text = |v: Option<&String>| v.cloned().unwrap_or_default();
+    Some(match field {
+        "metadata.name" => text(pod.metadata.name.as_ref()),
+        "metadata.namespace" => text(pod.metadata.namespace.as_ref()),
+        "spec.nodeName" => text(spec.and_then(|s| s.node_name.as_ref())),
+        "spec.restartPolicy" => text(spec.and_then(|s| s.restart_policy.as_ref())),
+        "spec.schedulerName" => text(spec.and_then(|s| s.scheduler_name.as_ref())),
+        "spec.serviceAccountName" => text(spec.and_then(|s| s.service_account_name.as_ref())),
+        "spec.hostNetwork" => spec
+            .and_then(|s| s.host_network)
+            .unwrap_or(false)
+            .to_string(),
+        "status.phase" => text(status.and_then(|s| s.phase.as_ref())),
+        "status.podIP" => text(status.and_then(|s| s.pod_ip.as_ref())),
+        "status.nominatedNodeName" => text(status.and_then(|s| s.nominated_node_name.as_ref())),
+        _ => return None,
+    })
+}
