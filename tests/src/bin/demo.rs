@@ -1,5 +1,7 @@
-//! `cargo xtask demo`: a simulated node with three pods, the real agent, real refused
-//! connections, and what `triage-agent query` says about them. Cleans up on exit.
+//! `cargo xtask demo`: a simulated node with pods, a NetworkPolicy its nftables rules enforce,
+//! the real agent, real failures (a policy drop that shows as a timeout, a firewall REJECT,
+//! refused connections), and what `triage-agent query` and `explain` say about them. Cleans up
+//! on exit.
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
@@ -33,11 +35,30 @@ fn demo() -> anyhow::Result<()> {
     let db = node.add_pod("shop", "db")?;
     let cache = node.add_pod("shop", "cache")?;
     let web = node.add_pod("shop", "web")?;
+    let pg = node.add_pod("data", "pg")?;
     node.start_process(db, &["listen", "5432"])?;
-    for i in [db, cache, web] {
+    node.start_process(pg, &["listen", "5432"])?;
+    for i in [db, cache, web, pg] {
         let p = node.pod(i);
         println!("  pod {}/{} ip {} uid {}", p.namespace, p.name, p.ip, p.uid);
     }
+    // A NetworkPolicy: data/pg takes 5432 only from pods labelled app=api. The simulated CNI
+    // enforces it with an nftables rule on the node's bridge, as policy-enforcing CNIs do.
+    let (pg_ip, web_ip) = (node.pod(pg).ip, node.pod(web).ip);
+    node.api.apply_network_policy(serde_json::from_value(serde_json::json!({
+        "metadata": {"namespace": "data", "name": "pg-ingress"},
+        "spec": {
+            "podSelector": {"matchLabels": {"app": "pg"}},
+            "ingress": [{"from": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"app": "api"}}}],
+                         "ports": [{"port": 5432}]}]
+        }
+    }))?);
+    node.nft_node(&format!(
+        "table bridge sim_policy {{\n chain forward {{\n  type filter hook forward priority 0; policy accept;\n  ip daddr {pg_ip} tcp dport 5432 drop\n }}\n}}\n"
+    ))?;
+    println!(
+        "  NetworkPolicy data/pg-ingress: pg:5432 only from app=api (enforced by nftables on the node bridge)"
+    );
     println!("Starting the node agent ({})", agent_binary().display());
     let mut agent = AgentProcess::start(&node)?;
     agent.wait_ready(true, Duration::from_secs(20))?;
@@ -59,8 +80,45 @@ fn demo() -> anyhow::Result<()> {
     agent.query_until("shop", "db", Duration::from_secs(20), |v| {
         !records(v, "connection_refused", "inbound").is_empty()
     })?;
+    println!(
+        "shop/web connects to data/pg:5432 twice (the policy drops its SYNs: the client only sees timeouts)."
+    );
+    node.run(
+        web,
+        &["connect", &format!("{pg_ip}:5432"), "2", "10", "1200"],
+    )?;
+    agent.query_until("shop", "web", Duration::from_secs(20), |v| {
+        !records(v, "packet_drop", "outbound").is_empty()
+            && !records(v, "connection_timeout", "outbound").is_empty()
+    })?;
+    let _ = web_ip;
 
-    show(&agent, &["query", "--pod", "web", "-n", "shop"])?;
+    let kubeconfig = node.kubeconfig();
+    let kubeconfig = kubeconfig.to_string_lossy().into_owned();
+    show(
+        &agent,
+        &[
+            "query",
+            "--pod",
+            "web",
+            "-n",
+            "shop",
+            "--kubeconfig",
+            &kubeconfig,
+        ],
+    )?;
+    show(
+        &agent,
+        &[
+            "explain",
+            "--pod",
+            "web",
+            "-n",
+            "shop",
+            "--kubeconfig",
+            &kubeconfig,
+        ],
+    )?;
     show(&agent, &["query", "--pod", "db", "-n", "shop"])?;
     show(
         &agent,
