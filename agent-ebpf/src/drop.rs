@@ -13,7 +13,7 @@
 //! - skb:kfree_skb: skbaddr (ptr), protocol (u16, host order ETH_P_*), reason (enum
 //!   skb_drop_reason; absent before Linux 5.17: the program then stays detached)
 //! - struct sk_buff: head (ptr), network_header / transport_header (u16 offsets from head,
-//!   0xffff when unset), sk (ptr), dev (ptr); struct net_device.ifindex (int)
+//!   0xffff when unset), sk (ptr)
 //! - struct sock: __sk_common.skc_state (u8), sk_cgrp_data.cgroup -> cgroup.kn -> kernfs_node.id
 //!   (the sending socket's cgroup2 id, read only for full sockets)
 
@@ -55,11 +55,33 @@ fn try_kfree_skb(ctx: &TracePointContext) -> Result<(), i32> {
     }
     let skb: u64 = field(ctx, o.kfree_skb.skbaddr)?;
     let head: u64 = kread(skb, o.skb.head)?;
-    let nh: u16 = kread(skb, o.skb.network_header)?;
+    // network_header and transport_header are adjacent u16s in every kernel since 3.x: one
+    // read for both when they are.
+    let (nh, th): (u16, u16) = if o.skb.network_header == o.skb.transport_header + 2 {
+        let both: [u8; 4] = kread(skb, o.skb.transport_header)?;
+        (
+            u16::from_ne_bytes([both[2], both[3]]),
+            u16::from_ne_bytes([both[0], both[1]]),
+        )
+    } else {
+        (
+            kread(skb, o.skb.network_header)?,
+            kread(skb, o.skb.transport_header).unwrap_or(HEADER_UNSET),
+        )
+    };
     if nh == HEADER_UNSET {
         return Ok(());
     }
     let ip = head + nh as u64;
+    // TCP drops for want of a socket are refusals the refusal probes report: find out with a
+    // one-byte read before parsing anything.
+    if reason == o.kfree_skb.no_socket {
+        let at = if protocol == ETH_P_IP { 9 } else { 6 };
+        let proto: u8 = kread(ip, at)?;
+        if proto == IPPROTO_TCP as u8 {
+            return Ok(());
+        }
+    }
     let mut key = FlowKey {
         kind: kind::PACKET_DROP,
         reason,
@@ -88,7 +110,6 @@ fn try_kfree_skb(ctx: &TracePointContext) -> Result<(), i32> {
         key.daddr.copy_from_slice(&hdr[24..40]);
         transport_guess = nh as u64 + 40;
     }
-    let th: u16 = kread(skb, o.skb.transport_header).unwrap_or(HEADER_UNSET);
     let transport = if th == HEADER_UNSET || th <= nh {
         head + transport_guess
     } else {
@@ -101,9 +122,6 @@ fn try_kfree_skb(ctx: &TracePointContext) -> Result<(), i32> {
             sport = u16::from_be_bytes([t[0], t[1]]);
             key.dport = u16::from_be_bytes([t[2], t[3]]);
             key.tcp_flags = t[13] & TCP_FLAGS_KEPT;
-            if reason == o.kfree_skb.no_socket {
-                return Ok(());
-            }
         }
         IPPROTO_UDP => {
             let t: [u8; 4] = kread(transport, 0)?;
@@ -116,10 +134,6 @@ fn try_kfree_skb(ctx: &TracePointContext) -> Result<(), i32> {
             key.dport = t[1] as u16;
         }
         _ => {}
-    }
-    let dev: u64 = kread(skb, o.skb.dev).unwrap_or(0);
-    if dev != 0 {
-        key.ifindex = kread::<i32>(dev, o.skb.dev_ifindex).unwrap_or(0) as u32;
     }
     let sk: u64 = kread(skb, o.skb.sk).unwrap_or(0);
     if let Some(id) = socket_cgroup(sk) {

@@ -35,6 +35,11 @@ pub struct AgentProcess {
 impl AgentProcess {
     /// Starts the agent for `node`. Does not wait for anything.
     pub fn start(node: &SimNode) -> anyhow::Result<AgentProcess> {
+        Self::start_with(node, &[])
+    }
+
+    /// Starts the agent with extra flags.
+    pub fn start_with(node: &SimNode, extra: &[&str]) -> anyhow::Result<AgentProcess> {
         let bin = agent_binary();
         anyhow::ensure!(
             bin.exists(),
@@ -55,6 +60,7 @@ impl AgentProcess {
                 "--log",
                 "info,triage_agent=debug",
             ])
+            .args(extra)
             .env("KUBECONFIG", node.kubeconfig())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -140,6 +146,11 @@ impl AgentProcess {
     /// Waits until the agent knows exactly `pods` live pods of its node.
     pub fn wait_pods(&self, pods: u64, timeout: Duration) -> anyhow::Result<Value> {
         self.status_until(timeout, |s| s["metadata"]["pods"] == pods)
+    }
+
+    /// The agent's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// `triage-agent query --pod NAME -n NS -o json`.

@@ -28,9 +28,13 @@ enum Task {
     /// Run every check and test: fmt, clippy (host, CLI-only, BPF), unit, gRPC and privileged
     /// end-to-end tests. Needs root.
     Test,
-    /// Start a simulated node with a few pods, provoke refused connections, show what
-    /// `triage-agent query` says, clean up. Needs root.
+    /// Start a simulated node with a few pods and a NetworkPolicy, provoke drops, timeouts and
+    /// refused connections, show what `triage-agent query` and `explain` say, clean up. Needs
+    /// root.
     Demo,
+    /// Overhead ratios under failure floods, agent attached vs detached, interleaved rounds on a
+    /// simulated node (not a test: numbers to read). Needs root.
+    Bench,
     /// Regenerate proto/src/gen from proto/agent/v1/*.proto.
     Codegen,
     /// fmt check and clippy -D warnings on the host crates, the CLI-only build and the BPF crate.
@@ -186,6 +190,12 @@ fn main() -> anyhow::Result<()> {
             setup::setup()?;
             build_release()?;
             run(&mut Command::new(root().join("target/release/demo")))
+        }
+        Task::Bench => {
+            require_root("the benchmarks")?;
+            setup::setup()?;
+            build_release()?;
+            run(&mut Command::new(root().join("target/release/bench")))
         }
     }
 }

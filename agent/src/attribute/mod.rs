@@ -23,6 +23,7 @@
 #[cfg(feature = "node-agent")]
 pub mod cgroup_ids;
 pub mod cgroup_path;
+mod flows;
 #[cfg(feature = "node-agent")]
 pub mod metadata;
 pub mod pods;
@@ -40,14 +41,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::{
-    evidence::{
-        Attribution, Cause, Connection, Detail, Direction, Drop, Occurrence, PodRef, Process,
-        Protocol, Subject,
-    },
+    evidence::{Attribution, Occurrence, Process, Subject},
     loss::{Counters, Loss},
-    probes::decode::{Flow, FlowKind, RawEvent},
+    probes::decode::{FlowKind, RawEvent},
 };
 use cgroup_path::{CgroupIdentity, parse_cgroup_path};
+pub use flows::KernelNames;
+use flows::{Names, STACK_REFUSAL_TTL, STACK_REFUSALS_CAPACITY, event_count};
 use pods::{PodIndex, PodInfo};
 
 /// Events waiting for metadata, at most. Beyond it the oldest is stored unattributed (counted).
@@ -373,249 +373,6 @@ impl Attributor {
                 None => None,
             },
         }
-    }
-
-    /// `None`: wait for metadata. With `last_chance`, always `Some` (unattributed if need be).
-    fn try_attribute(
-        &mut self,
-        event: &TimedEvent,
-        now: Now,
-        last_chance: bool,
-    ) -> Option<Vec<Occurrence>> {
-        let RawEvent::Flow(f) = &event.event;
-        let occurrence = |subject, detail| Occurrence {
-            at: event.at,
-            first_at: event.first_at.min(event.at),
-            count: f.count,
-            subject,
-            detail,
-        };
-        match f.kind {
-            FlowKind::ConnectRefused | FlowKind::ConnectTimeout => {
-                let clues = Clues {
-                    cgroup: f.cgroup_id,
-                    ip: Some(f.src.ip()),
-                };
-                let process = f.task.as_ref().map(|t| Process {
-                    pid: t.tgid,
-                    comm: t.comm.as_str().into(),
-                });
-                let subject = self.subject(clues, process, event.at, now, last_chance)?;
-                let peer = self.peer(f.dst.ip(), event.at);
-                let detail = if f.kind == FlowKind::ConnectTimeout {
-                    Detail::ConnectionTimeout(Connection {
-                        direction: Direction::Outbound,
-                        src: f.src,
-                        dst: f.dst,
-                        protocol: Protocol::Tcp,
-                        // ETIMEDOUT: the kernel gave up; none: the application did first.
-                        reason: f.reason.filter(|e| *e != 0).map(|e| errno_name(e).into()),
-                        peer,
-                        cause: None,
-                        syn_retransmits: f.syn_retransmits,
-                    })
-                } else {
-                    let (cause, reason) = self.refusal_cause(f, peer.is_some(), now);
-                    Detail::ConnectionRefused(Connection {
-                        direction: Direction::Outbound,
-                        src: f.src,
-                        dst: f.dst,
-                        protocol: Protocol::Tcp,
-                        reason,
-                        peer,
-                        cause: Some(cause),
-                        syn_retransmits: 0,
-                    })
-                };
-                Some(vec![occurrence(subject, detail)])
-            }
-            FlowKind::SynRefused => {
-                let clues = Clues {
-                    cgroup: None,
-                    ip: Some(f.dst.ip()),
-                };
-                let subject = self.subject(clues, None, event.at, now, last_chance)?;
-                let detail = Detail::ConnectionRefused(Connection {
-                    direction: Direction::Inbound,
-                    src: f.src,
-                    dst: f.dst,
-                    protocol: Protocol::Tcp,
-                    reason: f.reason.map(|r| self.names.reset(r)),
-                    peer: self.peer(f.src.ip(), event.at),
-                    cause: Some(Cause::NoListener),
-                    syn_retransmits: 0,
-                });
-                Some(vec![occurrence(subject, detail)])
-            }
-            FlowKind::PacketDrop => {
-                let reason = f
-                    .reason
-                    .map_or_else(|| "UNKNOWN".into(), |r| self.names.drop(r));
-                let protocol = Protocol::from_ip(f.protocol);
-                let drop = |direction, peer| {
-                    Detail::PacketDrop(Drop {
-                        direction,
-                        src: f.src,
-                        dst: f.dst,
-                        protocol,
-                        reason: reason.clone(),
-                        peer,
-                        tcp_flags: (protocol == Protocol::Tcp).then_some(f.tcp_flags),
-                    })
-                };
-                // Each end that is a pod of this node gets its own record.
-                let sender = self.subject(
-                    Clues {
-                        cgroup: f.cgroup_id,
-                        ip: Some(f.src.ip()),
-                    },
-                    None,
-                    event.at,
-                    now,
-                    false,
-                );
-                let receiver = self.subject(
-                    Clues {
-                        cgroup: None,
-                        ip: Some(f.dst.ip()),
-                    },
-                    None,
-                    event.at,
-                    now,
-                    false,
-                );
-                let sender_pod = sender.as_ref().and_then(|s| s.pod.clone());
-                let receiver_pod = receiver.as_ref().and_then(|s| s.pod.clone());
-                let mut out = Vec::new();
-                if let Some(s) = sender.filter(|s| s.pod.is_some()) {
-                    let peer = receiver_pod.or_else(|| self.peer(f.dst.ip(), event.at));
-                    out.push(occurrence(s, drop(Direction::Outbound, peer)));
-                }
-                if let Some(r) = receiver.filter(|r| r.pod.is_some()) {
-                    out.push(occurrence(r, drop(Direction::Inbound, sender_pod)));
-                }
-                if !out.is_empty() {
-                    return Some(out);
-                }
-                if !last_chance {
-                    return None;
-                }
-                Some(vec![occurrence(
-                    Subject::unattributed(None),
-                    drop(Direction::Outbound, None),
-                )])
-            }
-        }
-    }
-
-    /// The pod of this node that held `ip` at `at`.
-    fn peer(&self, ip: IpAddr, at: SystemTime) -> Option<Arc<PodRef>> {
-        self.index.pod_at_ip(ip, at).map(|p| p.pod.clone())
-    }
-
-    /// Who refused a connection of this node: an ICMP error is a firewall; a reset from a pod
-    /// of this node is its stack only if this node saw the stack send one; a reset from
-    /// elsewhere cannot be told apart.
-    fn refusal_cause(
-        &self,
-        f: &Flow,
-        destination_is_local: bool,
-        now: Now,
-    ) -> (Cause, Option<Arc<str>>) {
-        if let Some(errno) = f.icmp_errno {
-            return (Cause::Rejected, Some(icmp_reject_reason(errno).into()));
-        }
-        if !destination_is_local || !self.names.sees_stack_refusals {
-            return (Cause::Unknown, None);
-        }
-        let seen = self
-            .stack_refusals
-            .get(&(f.src.ip(), f.dst))
-            .is_some_and(|t| now.mono.saturating_duration_since(*t) < STACK_REFUSAL_TTL);
-        if seen {
-            (Cause::NoListener, None)
-        } else {
-            (Cause::Rejected, Some("RST_NOT_FROM_DESTINATION".into()))
-        }
-    }
-}
-
-/// What an ICMP-refused connect() ended with, as a reason name.
-fn icmp_reject_reason(errno: u32) -> &'static str {
-    match errno {
-        111 => "ICMP_PORT_UNREACHABLE",
-        113 => "ICMP_HOST_UNREACHABLE",
-        101 => "ICMP_NET_UNREACHABLE",
-        13 => "ICMP_ADMIN_PROHIBITED",
-        _ => "ICMP_ERROR",
-    }
-}
-
-/// The name of a connect() errno.
-fn errno_name(errno: u32) -> String {
-    match errno {
-        110 => "ETIMEDOUT".to_owned(),
-        111 => "ECONNREFUSED".to_owned(),
-        113 => "EHOSTUNREACH".to_owned(),
-        101 => "ENETUNREACH".to_owned(),
-        13 => "EACCES".to_owned(),
-        1 => "EPERM".to_owned(),
-        other => format!("errno {other}"),
-    }
-}
-
-/// How many occurrences a waiting event stands for.
-fn event_count(e: &TimedEvent) -> u64 {
-    let RawEvent::Flow(f) = &e.event;
-    f.count
-}
-
-/// How long a stack refusal is remembered for judging resets, and how many at most.
-const STACK_REFUSAL_TTL: Duration = Duration::from_secs(60);
-const STACK_REFUSALS_CAPACITY: usize = 16_384;
-
-/// The running kernel's names of its enum values, from BTF.
-#[derive(Clone, Debug, Default)]
-pub struct KernelNames {
-    /// `enum sk_rst_reason`.
-    pub reset: HashMap<u32, String>,
-    /// `enum skb_drop_reason` (the reported ones).
-    pub drop: HashMap<u32, String>,
-    /// Whether this node sees its own stack's refusals (tcp_send_reset attached): without
-    /// them a reset cannot be told from a firewall's.
-    pub sees_stack_refusals: bool,
-}
-
-/// [`KernelNames`] as shared strings.
-struct Names {
-    reset: HashMap<u32, Arc<str>>,
-    drop: HashMap<u32, Arc<str>>,
-    sees_stack_refusals: bool,
-}
-
-impl From<KernelNames> for Names {
-    fn from(n: KernelNames) -> Names {
-        let shared = |m: HashMap<u32, String>| m.into_iter().map(|(k, v)| (k, v.into())).collect();
-        Names {
-            reset: shared(n.reset),
-            drop: shared(n.drop),
-            sees_stack_refusals: n.sees_stack_refusals,
-        }
-    }
-}
-
-impl Names {
-    fn reset(&self, v: u32) -> Arc<str> {
-        self.reset
-            .get(&v)
-            .cloned()
-            .unwrap_or_else(|| format!("reason {v}").into())
-    }
-    fn drop(&self, v: u32) -> Arc<str> {
-        self.drop
-            .get(&v)
-            .cloned()
-            .unwrap_or_else(|| format!("reason {v}").into())
     }
 }
 

@@ -6,7 +6,10 @@ use super::{
     pods::tests::{info, t},
     *,
 };
-use crate::probes::decode::TaskInfo;
+use crate::{
+    evidence::{Cause, Connection, Detail, Direction},
+    probes::decode::{Flow, TaskInfo},
+};
 
 /// Both clocks `secs` after a fixed base, as the agent would read them.
 fn now(secs: u64) -> Now {

@@ -49,6 +49,59 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
+        ["flood-udp", addr, seconds] | ["flood-connect", addr, seconds] => {
+            let (Ok(addr), Ok(seconds)) = (addr.parse::<SocketAddr>(), seconds.parse::<f64>())
+            else {
+                eprintln!("sim-workload: usage: flood-udp|flood-connect IP:PORT SECONDS");
+                return ExitCode::FAILURE;
+            };
+            let until = std::time::Instant::now() + Duration::from_secs_f64(seconds);
+            let started = std::time::Instant::now();
+            let mut n = 0u64;
+            if words.first() == Some(&"flood-udp") {
+                let Ok(socket) = std::net::UdpSocket::bind("0.0.0.0:0") else {
+                    return ExitCode::FAILURE;
+                };
+                while std::time::Instant::now() < until {
+                    for _ in 0..64 {
+                        if socket.send_to(b"flood", addr).is_ok() {
+                            n += 1;
+                        }
+                    }
+                }
+            } else {
+                while std::time::Instant::now() < until {
+                    let _ = TcpStream::connect_timeout(&addr, Duration::from_millis(200));
+                    n += 1;
+                }
+            }
+            println!("{n} {}", started.elapsed().as_secs_f64());
+            ExitCode::SUCCESS
+        }
+        ["udp-sweep", ip, from, to] => {
+            let (Ok(ip), Ok(from), Ok(to)) = (
+                ip.parse::<std::net::IpAddr>(),
+                from.parse::<u16>(),
+                to.parse::<u16>(),
+            ) else {
+                eprintln!("sim-workload: usage: udp-sweep IP FROM_PORT TO_PORT");
+                return ExitCode::FAILURE;
+            };
+            let Ok(socket) = std::net::UdpSocket::bind("0.0.0.0:0") else {
+                return ExitCode::FAILURE;
+            };
+            let mut sent = 0u32;
+            for port in from..=to {
+                if socket.send_to(b"sweep", SocketAddr::new(ip, port)).is_ok() {
+                    sent += 1;
+                }
+                if port % 100 == 99 {
+                    std::thread::sleep(Duration::from_micros(500));
+                }
+            }
+            println!("sent {sent}");
+            ExitCode::SUCCESS
+        }
         ["udp", addr, count] => {
             let (Ok(addr), Ok(count)) = (addr.parse::<SocketAddr>(), count.parse::<u32>()) else {
                 eprintln!("sim-workload: usage: udp IP:PORT COUNT");

@@ -1,0 +1,270 @@
+//! `cargo xtask bench`: what the agent costs under the failure floods it exists for, as ratios
+//! against the same work with no agent, measured in one run, interleaved (detached, attached,
+//! detached, ...), at least 10 rounds, median and spread. Never a timed test.
+//!
+//! - drop flood: one simulated pod sends UDP as fast as one core allows to a port a forward
+//!   rule drops (the NetworkPolicy case); the sender's packet rate with the agent attached
+//!   divided by the rate without;
+//! - refusal flood: connect() to a closed port as fast as possible, same ratio;
+//! - for the attached rounds: the agent's CPU (cores) and RSS, ring buffer records per event
+//!   (first occurrences only: repeats are counted in the kernel), that the count the agent
+//!   reports equals the drops the kernel counted, and every loss counter.
+//! - memory: the agent's RSS holding 100,000 records.
+#![expect(
+    clippy::indexing_slicing,
+    reason = "serde_json::Value indexing yields Null for what is missing, it never panics"
+)]
+
+use std::{
+    path::PathBuf,
+    process::ExitCode,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use triage_agent_tests::{
+    agent::{AgentProcess, records},
+    simnode::{CgroupDriver, SimConfig, SimNode},
+};
+
+/// Rounds of each configuration.
+const ROUNDS: usize = 10;
+/// Length of one flood.
+const FLOOD_SECONDS: f64 = 2.0;
+
+fn sibling(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    Ok(exe.parent().context("exe has no directory")?.join(name))
+}
+
+/// (events, seconds) the workload reported.
+fn flood(node: &SimNode, pod: usize, what: &str, dst: &str) -> anyhow::Result<f64> {
+    let out = node.run(pod, &[what, dst, &FLOOD_SECONDS.to_string()])?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut parts = text.split_whitespace();
+    let n: f64 = parts.next().context("no count")?.parse()?;
+    let secs: f64 = parts.next().context("no time")?.parse()?;
+    Ok(n / secs)
+}
+
+/// utime + stime of a process, in seconds, and its RSS in MiB.
+fn cpu_and_rss(pid: u32) -> anyhow::Result<(f64, f64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after = stat.rsplit_once(')').context("stat")?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = 100.0; // USER_HZ on every Linux architecture Kubernetes runs on
+    let utime: f64 = fields.get(11).context("utime")?.parse()?;
+    let stime: f64 = fields.get(12).context("stime")?.parse()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let rss_kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .context("VmRSS")?
+        .parse()?;
+    Ok(((utime + stime) / ticks, rss_kb / 1024.0))
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+fn spread(v: &[f64]) -> (f64, f64) {
+    let min = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    (min, max)
+}
+
+struct Scenario {
+    name: &'static str,
+    what: &'static str,
+    kind: &'static str,
+    dst: String,
+    goal: f64,
+}
+
+fn bench() -> anyhow::Result<()> {
+    let mut node = SimNode::start(SimConfig {
+        workload: sibling("sim-workload")?,
+        driver: CgroupDriver::Cgroupfs,
+    })?;
+    let sink = node.add_pod("bench", "sink")?;
+    let source = node.add_pod("bench", "source")?;
+    let sink_ip = node.pod(sink).ip;
+    node.nft_node(&format!(
+        "table bridge bench {{\n chain forward {{\n  type filter hook forward priority 0; policy accept;\n  ip daddr {sink_ip} udp dport 7000 drop\n }}\n}}\n"
+    ))?;
+    let scenarios = [
+        Scenario {
+            name: "drop flood (UDP to a port a forward rule drops)",
+            what: "flood-udp",
+            kind: "packet_drop",
+            dst: format!("{sink_ip}:7000"),
+            goal: 0.93,
+        },
+        Scenario {
+            name: "refusal flood (connect() to a closed port)",
+            what: "flood-connect",
+            kind: "connection_refused",
+            dst: format!("{sink_ip}:7001"),
+            goal: 0.95,
+        },
+    ];
+    println!(
+        "triage-agent bench: {ROUNDS} rounds x {FLOOD_SECONDS} s per configuration, interleaved \
+         (detached, attached); kernel {}",
+        std::fs::read_to_string("/proc/sys/kernel/osrelease")?.trim()
+    );
+    for s in &scenarios {
+        let mut detached = Vec::new();
+        let mut attached = Vec::new();
+        let mut cpu = Vec::new();
+        let mut rss = Vec::new();
+        let mut records_per_event = Vec::new();
+        let mut exact = true;
+        let mut losses = String::new();
+        for _ in 0..ROUNDS {
+            detached.push(flood(&node, source, s.what, &s.dst)?);
+
+            let mut agent = AgentProcess::start(&node)?;
+            agent.wait_ready(true, Duration::from_secs(20))?;
+            agent.wait_pods(2, Duration::from_secs(20))?;
+            let pid = agent.pid().context("agent pid")?;
+            let (cpu0, _) = cpu_and_rss(pid)?;
+            let received0 = agent.status()?["events_received"].as_u64().unwrap_or(0);
+            let started = Instant::now();
+            let rate = flood(&node, source, s.what, &s.dst)?;
+            let elapsed = started.elapsed().as_secs_f64();
+            // Let the last drain land before reading counts.
+            std::thread::sleep(Duration::from_millis(1200));
+            let (cpu1, rss_mib) = cpu_and_rss(pid)?;
+            attached.push(rate);
+            cpu.push((cpu1 - cpu0) / elapsed);
+            rss.push(rss_mib);
+            let v = agent.query("bench", "source")?;
+            let counted: u64 = records(&v, s.kind, "outbound")
+                .iter()
+                .map(|r| r["count"].as_u64().unwrap_or(0))
+                .sum();
+            let status = agent.status()?;
+            let received = status["events_received"].as_u64().unwrap_or(0) - received0;
+            records_per_event.push(received as f64 / (counted.max(1) as f64));
+            let sent = (rate * FLOOD_SECONDS) as u64;
+            // The sender's own count is what left the socket; the agent must not report more,
+            // and (for drops) the difference is what never reached the rule.
+            if counted == 0 || counted > sent + sent / 100 {
+                exact = false;
+            }
+            if let Some(l) = status["loss"].as_object() {
+                let nonzero: Vec<String> = l
+                    .iter()
+                    .filter(|(_, n)| n.as_u64().unwrap_or(0) > 0)
+                    .map(|(k, n)| format!("{k}={n}"))
+                    .collect();
+                if !nonzero.is_empty() {
+                    losses = nonzero.join(" ");
+                }
+            }
+            agent.stop()?;
+        }
+        let (dmed, amed) = (median(&mut detached.clone()), median(&mut attached.clone()));
+        let ratio = amed / dmed;
+        let (dmin, dmax) = spread(&detached);
+        let (amin, amax) = spread(&attached);
+        println!("\n{}", s.name);
+        println!("  detached: median {dmed:.0}/s (min {dmin:.0}, max {dmax:.0})");
+        println!("  attached: median {amed:.0}/s (min {amin:.0}, max {amax:.0})");
+        println!(
+            "  ratio attached/detached: {ratio:.3} (goal >= {:.2}){}",
+            s.goal,
+            if ratio >= s.goal { "" } else { "  BELOW GOAL" }
+        );
+        println!(
+            "  agent: {:.3} cores, {:.1} MiB RSS; ring records per {}: {:.5}",
+            median(&mut cpu),
+            median(&mut rss),
+            s.kind,
+            median(&mut records_per_event)
+        );
+        println!(
+            "  counts: {}; losses: {}",
+            if exact {
+                "every round counted, none over"
+            } else {
+                "MISMATCH"
+            },
+            if losses.is_empty() { "none" } else { &losses }
+        );
+    }
+    memory(&mut node, source, sink)?;
+    Ok(())
+}
+
+/// Agent RSS holding 100,000 records: one dropped UDP packet to each of 50,000 ports is a
+/// record on the sender and one on the receiver.
+fn memory(node: &mut SimNode, source: usize, sink: usize) -> anyhow::Result<()> {
+    let sink_ip = node.pod(sink).ip;
+    node.nft_node(&format!(
+        "table bridge bench_sweep {{\n chain forward {{\n  type filter hook forward priority 0; policy accept;\n  ip daddr {sink_ip} udp dport 10000-60000 drop\n }}\n}}\n"
+    ))?;
+    let mut agent = AgentProcess::start_with(
+        node,
+        &[
+            "--store-capacity",
+            "100000",
+            "--store-pod-quota",
+            "100000",
+            "--store-namespace-quota",
+            "100000",
+        ],
+    )?;
+    agent.wait_ready(true, Duration::from_secs(20))?;
+    agent.wait_pods(2, Duration::from_secs(20))?;
+    let pid = agent.pid().context("agent pid")?;
+    let (_, before) = cpu_and_rss(pid)?;
+    for (from, to) in [(10000u16, 34999u16), (35000, 59999)] {
+        node.run(
+            source,
+            &[
+                "udp-sweep",
+                &sink_ip.to_string(),
+                &from.to_string(),
+                &to.to_string(),
+            ],
+        )?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let records = loop {
+        let s = agent.status()?;
+        let n = s["store_records"].as_u64().unwrap_or(0);
+        if n >= 100_000 || Instant::now() > deadline {
+            break n;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let (_, after) = cpu_and_rss(pid)?;
+    let status = agent.status()?;
+    println!(
+        "
+memory: {records} records in the store"
+    );
+    println!(
+        "  agent RSS {after:.1} MiB ({before:.1} MiB before the records; goal <= 64 MiB); \
+         {:.0} bytes per record",
+        (after - before) * 1024.0 * 1024.0 / (records.max(1) as f64)
+    );
+    println!("  losses: {}", status["loss"]);
+    agent.stop()?;
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match bench() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench failed: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
