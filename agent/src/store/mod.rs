@@ -103,6 +103,15 @@ impl Key {
             detail: o.detail.key(),
         }
     }
+
+    fn of_evidence(e: &Evidence) -> Key {
+        Key {
+            kind: e.kind(),
+            owner: owner_of(e.pod().map(|p| p.uid.as_str())),
+            container: e.subject.container.clone(),
+            detail: e.detail.key(),
+        }
+    }
 }
 
 fn owner_of(uid: Option<&str>) -> Owner {
@@ -110,16 +119,78 @@ fn owner_of(uid: Option<&str>) -> Owner {
 }
 
 struct Slot {
-    key: Arc<Key>,
     evidence: Evidence,
     seq: u64,
+}
+
+/// Records by key without storing the key: the table maps a key's 64-bit hash to its record,
+/// and the key is recomputed from the record to compare. The rare collision of two keys'
+/// hashes goes to `overflow`, keyed in full. A record costs its slot and two table words.
+#[derive(Default)]
+struct Records {
+    hasher: std::hash::RandomState,
+    by_hash: HashMap<u64, Box<Slot>>,
+    overflow: HashMap<Key, Box<Slot>>,
+}
+
+impl Records {
+    fn hash(&self, key: &Key) -> u64 {
+        use std::hash::BuildHasher as _;
+        self.hasher.hash_one(key)
+    }
+
+    fn get_mut(&mut self, hash: u64, key: &Key) -> Option<&mut Slot> {
+        let here = self
+            .by_hash
+            .get(&hash)
+            .is_some_and(|s| Key::of_evidence(&s.evidence) == *key);
+        if here {
+            return self.by_hash.get_mut(&hash).map(|b| &mut **b);
+        }
+        self.overflow.get_mut(key).map(|b| &mut **b)
+    }
+
+    fn insert(&mut self, hash: u64, key: Key, slot: Slot) {
+        match self.by_hash.entry(hash) {
+            std::collections::hash_map::Entry::Occupied(_) => {
+                self.overflow.insert(key, Box::new(slot));
+            }
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(Box::new(slot));
+            }
+        }
+    }
+
+    fn get(&self, hash: u64, seq: u64) -> Option<&Slot> {
+        match self.by_hash.get(&hash) {
+            Some(s) if s.seq == seq => Some(s),
+            _ => self.overflow.values().find(|s| s.seq == seq).map(|b| &**b),
+        }
+    }
+
+    fn remove(&mut self, hash: u64, seq: u64) -> Option<Box<Slot>> {
+        if self.by_hash.get(&hash).is_some_and(|s| s.seq == seq) {
+            return self.by_hash.remove(&hash);
+        }
+        let key = self
+            .overflow
+            .iter()
+            .find(|(_, s)| s.seq == seq)
+            .map(|(k, _)| k.clone())?;
+        self.overflow.remove(&key)
+    }
+
+    fn len(&self) -> usize {
+        self.by_hash.len() + self.overflow.len()
+    }
 }
 
 /// One owner's records in last-seen order (oldest first) and what it lost.
 #[derive(Default)]
 struct OwnerState {
     pod: Option<Arc<PodRef>>,
-    order: BTreeMap<(SystemTime, u64), Arc<Key>>,
+    /// (last_seen, sequence) -> the record's key hash.
+    order: BTreeMap<(SystemTime, u64), u64>,
     evicted: u64,
     /// Newest last_seen among this owner's evicted records.
     evicted_newest: Option<SystemTime>,
@@ -163,7 +234,7 @@ struct Subscriber {
 pub struct Store {
     node: Arc<str>,
     config: StoreConfig,
-    records: HashMap<Arc<Key>, Slot>,
+    records: Records,
     owners: HashMap<Owner, OwnerState>,
     namespaces: HashMap<String, usize>,
     seq: u64,
@@ -179,7 +250,7 @@ impl Store {
         Store {
             node: config.node.as_str().into(),
             config,
-            records: HashMap::new(),
+            records: Records::default(),
             owners: HashMap::new(),
             namespaces: HashMap::new(),
             seq: 0,
@@ -198,32 +269,30 @@ impl Store {
     /// Adds one occurrence: a new record or one more count on an existing one.
     pub fn record(&mut self, o: Occurrence) {
         let key = Key::of(&o);
+        let hash = self.records.hash(&key);
         self.seq += 1;
         let seq = self.seq;
-        let updated = if let Some(slot) = self.records.get_mut(&key) {
+        let updated = if let Some(slot) = self.records.get_mut(hash, &key) {
             let state = self.owners.entry(key.owner.clone()).or_default();
             state.order.remove(&(slot.evidence.last_seen, slot.seq));
             slot.evidence.absorb(o);
             slot.seq = seq;
-            state
-                .order
-                .insert((slot.evidence.last_seen, seq), slot.key.clone());
+            state.order.insert((slot.evidence.last_seen, seq), hash);
             slot.evidence.clone()
         } else {
             let pod = o.subject.pod.clone();
             self.make_room(&key.owner, pod.as_deref().map(|p| p.namespace.as_str()));
             let evidence = Evidence::first(self.node.clone(), o);
-            let key = Arc::new(key);
             let state = self.owners.entry(key.owner.clone()).or_default();
-            state.order.insert((evidence.last_seen, seq), key.clone());
+            state.order.insert((evidence.last_seen, seq), hash);
             if let Some(pod) = pod {
                 *self.namespaces.entry(pod.namespace.clone()).or_default() += 1;
                 state.pod = Some(pod);
             }
             self.records.insert(
-                key.clone(),
+                hash,
+                key,
                 Slot {
-                    key,
                     evidence: evidence.clone(),
                     seq,
                 },
@@ -282,10 +351,10 @@ impl Store {
         let Some(state) = self.owners.get_mut(owner) else {
             return false;
         };
-        let Some((_, key)) = state.order.pop_first() else {
+        let Some(((_, seq), hash)) = state.order.pop_first() else {
             return false;
         };
-        let Some(slot) = self.records.remove(&key) else {
+        let Some(slot) = self.records.remove(hash, seq) else {
             return false;
         };
         if expired {
@@ -371,11 +440,11 @@ impl Store {
                 evicted += state.evicted;
             }
             // Newest first: stop at the window's start.
-            for ((last_seen, _), key) in state.order.iter().rev() {
+            for ((last_seen, seq), hash) in state.order.iter().rev() {
                 if filter.since.is_some_and(|since| *last_seen < since) {
                     break;
                 }
-                if let Some(slot) = self.records.get(key)
+                if let Some(slot) = self.records.get(*hash, *seq)
                     && filter.matches(&slot.evidence)
                 {
                     evidence.push(slot.evidence.clone());

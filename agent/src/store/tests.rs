@@ -287,3 +287,39 @@ async fn task_answers_commands() {
     task.await.unwrap();
     assert!(handle.query(Filter::default(), 10).await.is_err());
 }
+
+#[test]
+fn colliding_key_hashes_keep_their_records_apart() {
+    let mut r = Records::default();
+    let a = refused().pod("ns", "a").evidence();
+    let b = refused().pod("ns", "b").evidence();
+    let (ka, kb) = (Key::of_evidence(&a), Key::of_evidence(&b));
+    assert_ne!(ka, kb);
+    // Both under one hash, as a collision would put them.
+    r.insert(
+        7,
+        ka.clone(),
+        Slot {
+            evidence: a,
+            seq: 1,
+        },
+    );
+    r.insert(
+        7,
+        kb.clone(),
+        Slot {
+            evidence: b,
+            seq: 2,
+        },
+    );
+    assert_eq!(r.len(), 2);
+    assert_eq!(r.get_mut(7, &ka).unwrap().seq, 1);
+    assert_eq!(r.get_mut(7, &kb).unwrap().seq, 2);
+    assert_eq!(r.get(7, 2).unwrap().evidence.pod().unwrap().name, "b");
+    let gone = r.remove(7, 1).unwrap();
+    assert_eq!(gone.evidence.pod().unwrap().name, "a");
+    assert!(r.get_mut(7, &ka).is_none());
+    assert_eq!(r.get_mut(7, &kb).unwrap().seq, 2, "the other survives");
+    assert!(r.remove(7, 2).is_some());
+    assert_eq!(r.len(), 0);
+}

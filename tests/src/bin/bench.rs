@@ -77,6 +77,8 @@ fn spread(v: &[f64]) -> (f64, f64) {
 }
 
 struct Scenario {
+    /// Name on the command line (`cargo xtask bench drop`).
+    short: &'static str,
     name: &'static str,
     what: &'static str,
     kind: &'static str,
@@ -97,6 +99,7 @@ fn bench() -> anyhow::Result<()> {
     ))?;
     let scenarios = [
         Scenario {
+            short: "drop",
             name: "drop flood (UDP to a port a forward rule drops)",
             what: "flood-udp",
             kind: "packet_drop",
@@ -104,6 +107,7 @@ fn bench() -> anyhow::Result<()> {
             goal: 0.93,
         },
         Scenario {
+            short: "refusal",
             name: "refusal flood (connect() to a closed port)",
             what: "flood-connect",
             kind: "connection_refused",
@@ -116,7 +120,9 @@ fn bench() -> anyhow::Result<()> {
          (detached, attached); kernel {}",
         std::fs::read_to_string("/proc/sys/kernel/osrelease")?.trim()
     );
-    for s in &scenarios {
+    let only: Vec<String> = std::env::args().skip(1).collect();
+    let wanted = |name: &str| only.is_empty() || only.iter().any(|o| o == name);
+    for s in scenarios.iter().filter(|s| wanted(s.short)) {
         let mut detached = Vec::new();
         let mut attached = Vec::new();
         let mut cpu = Vec::new();
@@ -197,7 +203,9 @@ fn bench() -> anyhow::Result<()> {
             if losses.is_empty() { "none" } else { &losses }
         );
     }
-    memory(&mut node, source, sink)?;
+    if wanted("memory") {
+        memory(&mut node, source, sink)?;
+    }
     Ok(())
 }
 
