@@ -425,6 +425,17 @@ impl SimNode {
         &self.pods[index]
     }
 
+    /// Routes a ClusterIP range out of a pod's eth0, as pods reach Service VIPs (the node
+    /// would translate them; here nothing answers, which is all a drop test needs).
+    pub fn route_services(&self, index: usize, cidr: &str) -> anyhow::Result<()> {
+        let pod = &self.pods[index];
+        ensure!(!pod.netns.is_empty(), "pod was deleted");
+        sh(
+            "ip",
+            &["-n", &pod.netns, "route", "add", cidr, "dev", "eth0"],
+        )
+    }
+
     /// Loads an nftables ruleset into the node's network namespace, where the bridge forwards
     /// pod-to-pod traffic: what a policy-enforcing CNI does with its own rules. A `bridge`
     /// family table there sees every packet between pods of the node.

@@ -423,3 +423,78 @@ fn drops_are_explained_by_the_networkpolicy_that_denies_them_or_not_at_all() {
     assert!(x["text"].as_str().unwrap().contains("unavailable"), "{x}");
     assert!(agent.stop().unwrap().success(), "{}", agent.log());
 }
+
+#[test]
+fn default_deny_egress_blocking_dns_to_a_cluster_ip_is_explained_with_the_dns_fix() {
+    const DNS_VIP: &str = "10.96.0.10";
+    let mut node = node();
+    node.add_pod("kube-system", "coredns").unwrap();
+    let batch = node.add_pod("jobs", "batch").unwrap();
+    node.api.apply_network_policy(network_policy(
+        "jobs",
+        "default-deny-egress",
+        serde_json::json!({"podSelector": {}, "policyTypes": ["Egress"]}),
+    ));
+    // The CNI enforces the pod's egress policy on its way out: everything but loopback.
+    node.nft_pod(
+        batch,
+        "table inet sim_egress {\n chain output {\n  type filter hook output priority 0; policy accept;\n  oifname != \"lo\" drop\n }\n}\n",
+    )
+    .unwrap();
+    node.route_services(batch, "10.96.0.0/12").unwrap();
+    let mut agent = AgentProcess::start(&node).unwrap();
+    agent.wait_ready(true, WAIT).unwrap();
+    agent.wait_pods(2, WAIT).unwrap();
+
+    let out = node
+        .run(batch, &["udp", &format!("{DNS_VIP}:53"), "3"])
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("sent"),
+        "{out:?}"
+    );
+    agent
+        .query_until("jobs", "batch", WAIT, |v| {
+            count_of(&records(v, "packet_drop", "outbound")) == 3
+        })
+        .unwrap();
+    let kubeconfig = node.kubeconfig();
+    let out = agent
+        .cli(&[
+            "query",
+            "--pod",
+            "batch",
+            "-n",
+            "jobs",
+            "-o",
+            "json",
+            "--kubeconfig",
+            kubeconfig.to_str().unwrap(),
+        ])
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let d = records(&v, "packet_drop", "outbound")[0];
+    assert_eq!(d["dst"], format!("{DNS_VIP}:53"));
+    assert_eq!(d["protocol"], "udp");
+    assert_eq!(d["reason"], "NETFILTER_DROP");
+    assert_eq!(
+        d["attribution"], "cgroup",
+        "dropped on the sender's way out: its socket names its cgroup"
+    );
+    assert_eq!(d["container"], "app");
+    let x = &d["explanation"];
+    assert_eq!(x["verdict"], "denied", "{x}");
+    assert_eq!(
+        x["text"],
+        format!(
+            "egress from jobs/batch to {DNS_VIP} udp/53 is denied: jobs/default-deny-egress \
+             selects jobs/batch (Egress) and no rule allows udp/53"
+        )
+    );
+    let fix = x["fix"].as_str().unwrap();
+    assert!(
+        fix.contains("k8s-app: kube-dns") && fix.contains("UDP") && fix.contains("TCP"),
+        "{fix}"
+    );
+    assert!(agent.stop().unwrap().success(), "{}", agent.log());
+}
