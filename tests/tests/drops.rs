@@ -3,6 +3,7 @@
 //! real traffic; every assertion is on what `triage-agent query` prints.
 
 #![expect(
+    clippy::unwrap_used,
     clippy::expect_used,
     reason = "test scenarios panic with context; helpers shared by tests are not #[test] fns"
 )]
@@ -267,6 +268,29 @@ fn a_flood_of_20000_dropped_packets_is_counted_exactly_and_working_traffic_is_qu
     assert!(agent.stop().unwrap().success(), "{}", agent.log());
 }
 
+/// `triage-agent query -o json` reading NetworkPolicies through `kubeconfig`.
+fn query_explained(agent: &AgentProcess, namespace: &str, pod: &str, kubeconfig: &str) -> Value {
+    let out = agent
+        .cli(&[
+            "query",
+            "--pod",
+            pod,
+            "-n",
+            namespace,
+            "-o",
+            "json",
+            "--kubeconfig",
+            kubeconfig,
+        ])
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 fn network_policy(
     namespace: &str,
     name: &str,
@@ -322,25 +346,7 @@ fn drops_are_explained_by_the_networkpolicy_that_denies_them_or_not_at_all() {
 
     let kubeconfig = node.kubeconfig();
     let kubeconfig = kubeconfig.to_str().unwrap();
-    let out = agent
-        .cli(&[
-            "query",
-            "--pod",
-            "web",
-            "-n",
-            "shop",
-            "-o",
-            "json",
-            "--kubeconfig",
-            kubeconfig,
-        ])
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = query_explained(&agent, "shop", "web", kubeconfig);
     let drop_to = |port: u16| {
         records(&v, "packet_drop", "outbound")
             .into_iter()
@@ -399,25 +405,7 @@ fn drops_are_explained_by_the_networkpolicy_that_denies_them_or_not_at_all() {
     assert!(text.contains("a policy that would allow it"), "{text}");
 
     // Without API access the answer still comes, and says why there is no explanation.
-    let out = agent
-        .cli(&[
-            "query",
-            "--pod",
-            "web",
-            "-n",
-            "shop",
-            "-o",
-            "json",
-            "--kubeconfig",
-            "/nonexistent",
-        ])
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = query_explained(&agent, "shop", "web", "/nonexistent");
     let x = &records(&v, "packet_drop", "outbound")[0]["explanation"];
     assert_eq!(x["verdict"], "unknown");
     assert!(x["text"].as_str().unwrap().contains("unavailable"), "{x}");
@@ -459,20 +447,7 @@ fn default_deny_egress_blocking_dns_to_a_cluster_ip_is_explained_with_the_dns_fi
         })
         .unwrap();
     let kubeconfig = node.kubeconfig();
-    let out = agent
-        .cli(&[
-            "query",
-            "--pod",
-            "batch",
-            "-n",
-            "jobs",
-            "-o",
-            "json",
-            "--kubeconfig",
-            kubeconfig.to_str().unwrap(),
-        ])
-        .unwrap();
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = query_explained(&agent, "jobs", "batch", kubeconfig.to_str().unwrap());
     let d = records(&v, "packet_drop", "outbound")[0];
     assert_eq!(d["dst"], format!("{DNS_VIP}:53"));
     assert_eq!(d["protocol"], "udp");
