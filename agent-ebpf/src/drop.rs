@@ -10,24 +10,30 @@
 //! the refusal probes report them as refused connections (with the same counts).
 //!
 //! Kernel interfaces:
-//! - skb:kfree_skb: skbaddr (ptr), protocol (u16, host order ETH_P_*), reason (enum
-//!   skb_drop_reason; absent before Linux 5.17: the program then stays detached)
+//! - raw tracepoint kfree_skb: arguments (skb, location, reason, ...); the tracefs format of
+//!   skb:kfree_skb tells whether this kernel has the reason (Linux 5.17+; else not attached)
+//! - struct sk_buff.protocol (__be16 ETH_P_*)
 //! - struct sk_buff: head (ptr), network_header / transport_header (u16 offsets from head,
 //!   0xffff when unset), sk (ptr)
 //! - struct sock: __sk_common.skc_state (u8), sk_cgrp_data.cgroup -> cgroup.kn -> kernfs_node.id
 //!   (the sending socket's cgroup2 id, read only for full sockets)
 
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 use triage_agent_common::{
     AF_INET, AF_INET6, FlowKey, FlowStats, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
     flow_flags, kind, tcp_state,
 };
 
 use crate::{
-    conn::{field, kread},
+    conn::kread,
     flows,
     maps::{DROP_REASONS, offsets},
 };
+
+/// `TP_PROTO(struct sk_buff *skb, void *location, enum skb_drop_reason reason, ...)`: the
+/// argument indexes (stable since the reason was added in Linux 5.17).
+const ARG_SKB: usize = 0;
+const ARG_REASON: usize = 2;
 
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
@@ -36,61 +42,48 @@ const HEADER_UNSET: u16 = 0xffff;
 /// TCP flags kept in the flow key.
 const TCP_FLAGS_KEPT: u8 = 0x01 | 0x02 | 0x04 | 0x10; // FIN, SYN, RST, ACK
 
-#[tracepoint(category = "skb", name = "kfree_skb")]
-pub fn kfree_skb(ctx: TracePointContext) -> u32 {
+/// A raw tracepoint: the kernel hands over the tracepoint's arguments as they are, without
+/// building the trace record a classic tracepoint program reads (the costliest part per
+/// dropped packet).
+#[raw_tracepoint(tracepoint = "kfree_skb")]
+pub fn kfree_skb(ctx: RawTracePointContext) -> i32 {
     let _ = try_kfree_skb(&ctx);
     0
 }
 
-fn try_kfree_skb(ctx: &TracePointContext) -> Result<(), i32> {
+fn try_kfree_skb(ctx: &RawTracePointContext) -> Result<(), i32> {
     let o = offsets();
-    let reason: u32 = field(ctx, o.kfree_skb.reason)?;
+    // The loader leaves this absent on kernels without drop reasons.
+    if o.kfree_skb.reason == triage_agent_common::ABSENT {
+        return Ok(());
+    }
+    let reason: u64 = ctx.arg(ARG_REASON);
+    let reason = reason as u32;
     match DROP_REASONS.get(reason) {
         Some(wanted) if *wanted != 0 => {}
         _ => return Ok(()),
     }
-    let protocol: u16 = field(ctx, o.kfree_skb.protocol)?;
+    let skb: u64 = ctx.arg(ARG_SKB);
+    let (protocol, th, nh, head) = skb_headers(skb)?;
     if protocol != ETH_P_IP && protocol != ETH_P_IPV6 {
         return Ok(());
     }
-    let skb: u64 = field(ctx, o.kfree_skb.skbaddr)?;
-    let head: u64 = kread(skb, o.skb.head)?;
-    // network_header and transport_header are adjacent u16s in every kernel since 3.x: one
-    // read for both when they are.
-    let (nh, th): (u16, u16) = if o.skb.network_header == o.skb.transport_header + 2 {
-        let both: [u8; 4] = kread(skb, o.skb.transport_header)?;
-        (
-            u16::from_ne_bytes([both[2], both[3]]),
-            u16::from_ne_bytes([both[0], both[1]]),
-        )
-    } else {
-        (
-            kread(skb, o.skb.network_header)?,
-            kread(skb, o.skb.transport_header).unwrap_or(HEADER_UNSET),
-        )
-    };
     if nh == HEADER_UNSET {
         return Ok(());
     }
     let ip = head + nh as u64;
-    // TCP drops for want of a socket are refusals the refusal probes report: find out with a
-    // one-byte read before parsing anything.
-    if reason == o.kfree_skb.no_socket {
-        let at = if protocol == ETH_P_IP { 9 } else { 6 };
-        let proto: u8 = kread(ip, at)?;
-        if proto == IPPROTO_TCP as u8 {
-            return Ok(());
-        }
-    }
     let mut key = FlowKey {
         kind: kind::PACKET_DROP,
         reason,
         flags: flow_flags::HAS_REASON,
         ..FlowKey::default()
     };
-    let transport_guess;
+    // The IP header and the first transport bytes in one read when the transport header
+    // follows a plain IP header (no IPv4 options, no IPv6 extension headers): the common case.
+    let mut l4 = [0u8; 14];
+    let l4_inline;
     if protocol == ETH_P_IP {
-        let hdr: [u8; 20] = kread(ip, 0)?;
+        let hdr: [u8; 34] = kread(ip, 0)?;
         if hdr[0] >> 4 != 4 {
             return Ok(());
         }
@@ -98,9 +91,10 @@ fn try_kfree_skb(ctx: &TracePointContext) -> Result<(), i32> {
         key.protocol = hdr[9];
         key.saddr[..4].copy_from_slice(&hdr[12..16]);
         key.daddr[..4].copy_from_slice(&hdr[16..20]);
-        transport_guess = nh as u64 + ((hdr[0] & 0x0f) as u64) * 4;
+        l4_inline = hdr[0] & 0x0f == 5 && (th == HEADER_UNSET || th == nh + 20);
+        l4.copy_from_slice(&hdr[20..34]);
     } else {
-        let hdr: [u8; 40] = kread(ip, 0)?;
+        let hdr: [u8; 54] = kread(ip, 0)?;
         if hdr[0] >> 4 != 6 {
             return Ok(());
         }
@@ -108,30 +102,30 @@ fn try_kfree_skb(ctx: &TracePointContext) -> Result<(), i32> {
         key.protocol = hdr[6];
         key.saddr.copy_from_slice(&hdr[8..24]);
         key.daddr.copy_from_slice(&hdr[24..40]);
-        transport_guess = nh as u64 + 40;
+        l4_inline = th == HEADER_UNSET || th == nh + 40;
+        l4.copy_from_slice(&hdr[40..54]);
     }
-    let transport = if th == HEADER_UNSET || th <= nh {
-        head + transport_guess
-    } else {
-        head + th as u64
-    };
+    // TCP drops for want of a socket are refusals the refusal probes report.
+    if reason == o.kfree_skb.no_socket && key.protocol == IPPROTO_TCP as u8 {
+        return Ok(());
+    }
+    if !l4_inline {
+        l4 = kread(head + th as u64, 0)?;
+    }
     let mut sport = 0u16;
     match key.protocol {
         p if p == IPPROTO_TCP as u8 => {
-            let t: [u8; 14] = kread(transport, 0)?;
-            sport = u16::from_be_bytes([t[0], t[1]]);
-            key.dport = u16::from_be_bytes([t[2], t[3]]);
-            key.tcp_flags = t[13] & TCP_FLAGS_KEPT;
+            sport = u16::from_be_bytes([l4[0], l4[1]]);
+            key.dport = u16::from_be_bytes([l4[2], l4[3]]);
+            key.tcp_flags = l4[13] & TCP_FLAGS_KEPT;
         }
         IPPROTO_UDP => {
-            let t: [u8; 4] = kread(transport, 0)?;
-            sport = u16::from_be_bytes([t[0], t[1]]);
-            key.dport = u16::from_be_bytes([t[2], t[3]]);
+            sport = u16::from_be_bytes([l4[0], l4[1]]);
+            key.dport = u16::from_be_bytes([l4[2], l4[3]]);
         }
         IPPROTO_ICMP | IPPROTO_ICMPV6 => {
-            let t: [u8; 2] = kread(transport, 0)?;
-            key.sport = t[0] as u16;
-            key.dport = t[1] as u16;
+            key.sport = l4[0] as u16;
+            key.dport = l4[1] as u16;
         }
         _ => {}
     }
@@ -148,6 +142,33 @@ fn try_kfree_skb(ctx: &TracePointContext) -> Result<(), i32> {
         },
     );
     Ok(())
+}
+
+/// The packet's ETH_P_* protocol, transport and network header offsets, and head pointer. In
+/// every kernel since 4.x these four sit in one 24-byte stretch of `struct sk_buff`
+/// (protocol, transport_header, network_header, ..., head): one read then, else four.
+#[inline(always)]
+fn skb_headers(skb: u64) -> Result<(u16, u16, u16, u64), i32> {
+    let o = offsets();
+    let base = o.skb.protocol;
+    if o.skb.transport_header == base + 2
+        && o.skb.network_header == base + 4
+        && o.skb.head == base + 16
+    {
+        let w: [u8; 24] = kread(skb, base)?;
+        return Ok((
+            u16::from_be_bytes([w[0], w[1]]),
+            u16::from_ne_bytes([w[2], w[3]]),
+            u16::from_ne_bytes([w[4], w[5]]),
+            u64::from_ne_bytes([w[16], w[17], w[18], w[19], w[20], w[21], w[22], w[23]]),
+        ));
+    }
+    Ok((
+        u16::from_be(kread::<u16>(skb, o.skb.protocol)?),
+        kread(skb, o.skb.transport_header).unwrap_or(HEADER_UNSET),
+        kread(skb, o.skb.network_header)?,
+        kread(skb, o.skb.head)?,
+    ))
 }
 
 /// The cgroup2 id of a full socket (not a request or timewait mini socket).

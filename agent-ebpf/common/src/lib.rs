@@ -285,7 +285,8 @@ pub struct SkbOffsets {
     pub dev: u32,
     /// `net_device.ifindex`.
     pub dev_ifindex: u32,
-    pub _pad0: u32,
+    /// `sk_buff.protocol` (__be16, the ETH_P_* of the packet).
+    pub protocol: u32,
 }
 
 /// The running kernel's layouts, one typed struct per hook family, handed to the programs as a
@@ -365,7 +366,7 @@ impl Offsets {
             sk: ABSENT,
             dev: ABSENT,
             dev_ifindex: ABSENT,
-            _pad0: 0,
+            protocol: ABSENT,
         },
     };
 }

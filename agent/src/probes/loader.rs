@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
-    programs::TracePoint,
+    programs::{RawTracePoint, TracePoint},
 };
 use tracing::{info, warn};
 use triage_agent_common::{
@@ -230,6 +230,15 @@ fn attach(ebpf: &mut Ebpf, name: &str, hook: Hook) -> Result<(), String> {
             program
                 .attach(category, tp)
                 .map_err(|e| format!("attach: {e}"))?;
+        }
+        Hook::RawTracePoint { name: tp } => {
+            let program: &mut RawTracePoint = ebpf
+                .program_mut(name)
+                .ok_or_else(|| format!("program {name} not in the object"))?
+                .try_into()
+                .map_err(|e| format!("{e}"))?;
+            program.load().map_err(|e| format!("verifier/load: {e}"))?;
+            program.attach(tp).map_err(|e| format!("attach: {e}"))?;
         }
     }
     Ok(())

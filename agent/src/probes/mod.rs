@@ -26,12 +26,16 @@ pub enum Hook {
         category: &'static str,
         name: &'static str,
     },
+    /// A raw tracepoint: the tracepoint's arguments without the trace record (cheaper per
+    /// hit; used where the hit rate is a packet rate).
+    RawTracePoint { name: &'static str },
 }
 
 impl fmt::Display for Hook {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Hook::TracePoint { category, name } => write!(f, "tracepoint/{category}/{name}"),
+            Hook::RawTracePoint { name } => write!(f, "raw_tracepoint/{name}"),
         }
     }
 }
@@ -76,10 +80,7 @@ pub const PROGRAMS: &[Program] = &[
     },
     Program {
         name: "kfree_skb",
-        hook: Hook::TracePoint {
-            category: "skb",
-            name: "kfree_skb",
-        },
+        hook: Hook::RawTracePoint { name: "kfree_skb" },
     },
 ];
 

@@ -72,7 +72,7 @@ fn skb(btf: &Btf) -> SkbOffsets {
         sk: member(btf, "sk_buff", "sk"),
         dev: member(btf, "sk_buff", "dev"),
         dev_ifindex: member(btf, "net_device", "ifindex"),
-        _pad0: 0,
+        protocol: member(btf, "sk_buff", "protocol"),
     }
 }
 
@@ -256,6 +256,7 @@ mod tests {
             o.skb.sk,
             o.skb.dev,
             o.skb.dev_ifindex,
+            o.skb.protocol,
             o.kfree_skb.no_socket,
             o.set_state.daddr_v6,
         ];
