@@ -14,10 +14,10 @@
 //! attempt reached a port nothing listens on.
 //!
 //! Kernel interfaces (field offsets come from tracefs `format` and BTF at load time):
-//! - sock:inet_sock_set_state: skaddr (ptr), oldstate/newstate (int), protocol, sport/dport,
-//!   family, saddr/daddr ([u8; 4]), saddr_v6/daddr_v6 ([u8; 16])
-//! - tcp:tcp_receive_reset: skaddr, sport/dport (u16, host order), family, saddr/daddr,
-//!   saddr_v6/daddr_v6
+//! - raw tracepoint inet_sock_set_state: arguments (sk, oldstate, newstate); struct sock
+//!   (BTF): sk_protocol, __sk_common.{skc_family, skc_num, skc_dport, skc_rcv_saddr,
+//!   skc_daddr, skc_v6_rcv_saddr, skc_v6_daddr}, sk_err, sk_err_soft
+//! - raw tracepoint tcp_receive_reset: argument (sk); the socket's fields as above
 //! - tcp:tcp_retransmit_skb: skaddr, state
 //! - tcp:tcp_send_reset (Linux >= 6.10): skbaddr, skaddr, reason (enum sk_rst_reason),
 //!   saddr/daddr (sockaddr_in/sockaddr_in6 in 28 bytes; saddr is the local end)
@@ -29,8 +29,8 @@ use aya_ebpf::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_probe_read_kernel,
     },
-    macros::tracepoint,
-    programs::TracePointContext,
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
 };
 use triage_agent_common::{
     ABSENT, AF_INET, AF_INET6, COMM_LEN, FlowKey, FlowStats, IPPROTO_TCP, LOST_CONNECT_TABLE,
@@ -70,31 +70,6 @@ pub fn kread<T>(base: u64, offset: u32) -> Result<T, i32> {
 /// Family, source and destination address of a flow.
 type Addresses = (u16, [u8; 16], [u8; 16]);
 
-/// The connect() attempt's flow: addresses from a record with family/saddr/daddr fields.
-#[inline(always)]
-fn addresses(
-    ctx: &TracePointContext,
-    family_at: u32,
-    v4: (u32, u32),
-    v6: (u32, u32),
-) -> Result<Option<Addresses>, i32> {
-    let family: u16 = field(ctx, family_at)?;
-    let mut saddr = [0u8; 16];
-    let mut daddr = [0u8; 16];
-    if family == AF_INET {
-        let s: [u8; 4] = field(ctx, v4.0)?;
-        let d: [u8; 4] = field(ctx, v4.1)?;
-        saddr[..4].copy_from_slice(&s);
-        daddr[..4].copy_from_slice(&d);
-    } else if family == AF_INET6 {
-        saddr = field(ctx, v6.0)?;
-        daddr = field(ctx, v6.1)?;
-    } else {
-        return Ok(None);
-    }
-    Ok(Some((family, saddr, daddr)))
-}
-
 /// A connector-side flow for a remembered attempt.
 #[inline(always)]
 fn connector_flow(
@@ -131,22 +106,26 @@ fn connector_flow(
     (key, stats)
 }
 
-#[tracepoint(category = "sock", name = "inet_sock_set_state")]
-pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+/// A raw tracepoint (arguments `sk, oldstate, newstate`): it fires on every TCP state change of
+/// the node, healthy traffic included, so it must cost as little as possible; the socket is
+/// read through BTF offsets only when an attempt ends without an answer.
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
     let _ = try_inet_sock_set_state(&ctx);
     0
 }
 
-fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i32> {
+fn try_inet_sock_set_state(ctx: &RawTracePointContext) -> Result<(), i32> {
     let o = offsets();
-    let protocol: u16 = field(ctx, o.set_state.protocol)?;
-    if protocol != IPPROTO_TCP {
-        return Ok(());
-    }
-    let old: i32 = field(ctx, o.set_state.oldstate)?;
-    let new: i32 = field(ctx, o.set_state.newstate)?;
-    let sk: u64 = field(ctx, o.set_state.skaddr)?;
+    let sk: u64 = ctx.arg(0);
+    let old: u64 = ctx.arg(1);
+    let new: u64 = ctx.arg(2);
+    let (old, new) = (old as i32, new as i32);
     if old == tcp_state::CLOSE && new == tcp_state::SYN_SENT {
+        let protocol: u16 = kread(sk, o.sock.protocol)?;
+        if protocol != IPPROTO_TCP {
+            return Ok(());
+        }
         let pid_tgid = bpf_get_current_pid_tgid();
         let pending = PendingConnect {
             // SAFETY: helper without preconditions, valid in tracepoint programs.
@@ -169,7 +148,7 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i32> {
             && new == tcp_state::CLOSE
         {
             // Still remembered: no RST came. Every field is read before the entry goes.
-            let result = ended_without_reset(ctx, sk, &pending);
+            let result = ended_without_reset(sk, &pending);
             let _ = CONNECTS.remove(sk);
             if result.is_err() {
                 count_loss(LOST_FIELD_READ);
@@ -182,25 +161,38 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i32> {
     Ok(())
 }
 
-/// SYN_SENT -> CLOSE without a RST: rejected by ICMP, or never answered.
+/// A connecting socket's addresses and ports (local first); `None` for a family that is
+/// neither IPv4 nor IPv6.
 #[inline(always)]
-fn ended_without_reset(
-    ctx: &TracePointContext,
-    sk: u64,
-    pending: &PendingConnect,
-) -> Result<(), i32> {
+fn socket_ends(sk: u64) -> Result<Option<(Addresses, u16, u16)>, i32> {
     let o = offsets();
-    let Some(addrs) = addresses(
-        ctx,
-        o.set_state.family,
-        (o.set_state.saddr, o.set_state.daddr),
-        (o.set_state.saddr_v6, o.set_state.daddr_v6),
-    )?
-    else {
+    let family: u16 = kread(sk, o.sock.family)?;
+    let mut saddr = [0u8; 16];
+    let mut daddr = [0u8; 16];
+    if family == AF_INET {
+        let s: [u8; 4] = kread(sk, o.sock.rcv_saddr)?;
+        let d: [u8; 4] = kread(sk, o.sock.daddr)?;
+        saddr[..4].copy_from_slice(&s);
+        daddr[..4].copy_from_slice(&d);
+    } else if family == AF_INET6 {
+        saddr = kread(sk, o.sock.v6_rcv_saddr)?;
+        daddr = kread(sk, o.sock.v6_daddr)?;
+    } else {
+        return Ok(None);
+    }
+    let sport: u16 = kread(sk, o.sock.num)?;
+    let dport = u16::from_be(kread::<u16>(sk, o.sock.dport)?);
+    Ok(Some(((family, saddr, daddr), sport, dport)))
+}
+
+/// SYN_SENT -> CLOSE without a RST: rejected by ICMP, or never answered. Addresses and ports
+/// come from the socket.
+#[inline(always)]
+fn ended_without_reset(sk: u64, pending: &PendingConnect) -> Result<(), i32> {
+    let o = offsets();
+    let Some((addrs, sport, dport)) = socket_ends(sk)? else {
         return Ok(());
     };
-    let sport: u16 = field(ctx, o.set_state.sport)?;
-    let dport: u16 = field(ctx, o.set_state.dport)?;
     // The hard error, else a soft one: an ICMP error that came while the socket was busy stays
     // soft until a retransmission, and the application may give up first.
     let hard: i32 = kread(sk, o.sock.sk_err).unwrap_or(0);
@@ -238,61 +230,35 @@ fn try_tcp_retransmit_skb(ctx: &TracePointContext) -> Result<(), i32> {
     Ok(())
 }
 
-#[tracepoint(category = "tcp", name = "tcp_receive_reset")]
-pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
+/// A raw tracepoint (argument `sk`): the socket that got the reset.
+#[raw_tracepoint(tracepoint = "tcp_receive_reset")]
+pub fn tcp_receive_reset(ctx: RawTracePointContext) -> i32 {
     let _ = try_tcp_receive_reset(&ctx);
     0
 }
 
-fn try_tcp_receive_reset(ctx: &TracePointContext) -> Result<(), i32> {
-    let o = offsets();
-    let sk: u64 = field(ctx, o.receive_reset.skaddr)?;
+fn try_tcp_receive_reset(ctx: &RawTracePointContext) -> Result<(), i32> {
+    let sk: u64 = ctx.arg(0);
     // SAFETY: the value is copied out before the entry is removed.
     let pending = match unsafe { CONNECTS.get(sk) } {
         Some(pending) => *pending,
         // Not a socket in SYN_SENT: a reset of an established connection, not a refusal.
         None => return Ok(()),
     };
-    // Every field is read before the entry goes: a refusal whose record cannot be read is
+    // Every field is read before the entry goes: a refusal whose socket cannot be read is
     // counted, never silently lost.
-    let flow = refusal_flow(ctx, &pending);
+    let ends = socket_ends(sk);
     let _ = CONNECTS.remove(sk);
-    match flow {
-        Ok(Some((key, stats))) => flows::record(&key, stats),
+    match ends {
+        Ok(Some((addrs, sport, dport))) => {
+            let (key, stats) =
+                connector_flow(kind::CONNECT_REFUSED, 0, 0, &pending, addrs, sport, dport);
+            flows::record(&key, stats);
+        }
         Ok(None) => {}
         Err(_) => count_loss(LOST_FIELD_READ),
     }
     Ok(())
-}
-
-/// The connecting side's refusal, from the tcp_receive_reset record; `None` for a family that
-/// is neither IPv4 nor IPv6.
-#[inline(always)]
-fn refusal_flow(
-    ctx: &TracePointContext,
-    pending: &PendingConnect,
-) -> Result<Option<(FlowKey, FlowStats)>, i32> {
-    let o = offsets();
-    let Some(addrs) = addresses(
-        ctx,
-        o.receive_reset.family,
-        (o.receive_reset.saddr, o.receive_reset.daddr),
-        (o.receive_reset.saddr_v6, o.receive_reset.daddr_v6),
-    )?
-    else {
-        return Ok(None);
-    };
-    let sport: u16 = field(ctx, o.receive_reset.sport)?;
-    let dport: u16 = field(ctx, o.receive_reset.dport)?;
-    Ok(Some(connector_flow(
-        kind::CONNECT_REFUSED,
-        0,
-        0,
-        pending,
-        addrs,
-        sport,
-        dport,
-    )))
 }
 
 #[tracepoint(category = "tcp", name = "tcp_send_reset")]

@@ -192,23 +192,6 @@ pub mod send_reset_layout {
     pub const SOCKADDR: u32 = 1;
 }
 
-/// `sock:inet_sock_set_state` record offsets (tracefs `format`).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SetStateOffsets {
-    pub skaddr: u32,
-    pub oldstate: u32,
-    pub newstate: u32,
-    pub protocol: u32,
-    pub sport: u32,
-    pub dport: u32,
-    pub family: u32,
-    pub saddr: u32,
-    pub daddr: u32,
-    pub saddr_v6: u32,
-    pub daddr_v6: u32,
-}
-
 /// `tcp:tcp_retransmit_skb` record offsets (tracefs `format`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -243,21 +226,17 @@ pub struct SockOffsets {
     pub cgroup: u32,
     pub cgroup_kn: u32,
     pub kn_id: u32,
-}
-
-/// `tcp:tcp_receive_reset` record offsets (tracefs `format`).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ReceiveResetOffsets {
-    pub skaddr: u32,
-    pub sport: u32,
-    pub dport: u32,
+    /// `sock.sk_protocol` (u16).
+    pub protocol: u32,
+    /// `sock.__sk_common.*`: family (u16), local port (skc_num, host order), remote port
+    /// (skc_dport, network order), IPv4 addresses, IPv6 addresses.
     pub family: u32,
-    pub saddr: u32,
+    pub num: u32,
+    pub dport: u32,
+    pub rcv_saddr: u32,
     pub daddr: u32,
-    pub saddr_v6: u32,
-    pub daddr_v6: u32,
-    pub sock_cookie: u32,
+    pub v6_rcv_saddr: u32,
+    pub v6_daddr: u32,
 }
 
 /// `tcp:tcp_send_reset` record offsets (tracefs `format`) and which layout this kernel has.
@@ -295,43 +274,17 @@ pub struct SkbOffsets {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Offsets {
-    pub set_state: SetStateOffsets,
-    pub receive_reset: ReceiveResetOffsets,
     pub send_reset: SendResetOffsets,
     pub retransmit: RetransmitOffsets,
     pub kfree_skb: KfreeSkbOffsets,
     pub sock: SockOffsets,
     pub skb: SkbOffsets,
 }
-const _: () = assert!(size_of::<Offsets>() == 184);
+const _: () = assert!(size_of::<Offsets>() == 136);
 
 impl Offsets {
     /// Every offset absent: the programs attach but do nothing until real offsets are set.
     pub const ABSENT: Self = Self {
-        set_state: SetStateOffsets {
-            skaddr: ABSENT,
-            oldstate: ABSENT,
-            newstate: ABSENT,
-            protocol: ABSENT,
-            sport: ABSENT,
-            dport: ABSENT,
-            family: ABSENT,
-            saddr: ABSENT,
-            daddr: ABSENT,
-            saddr_v6: ABSENT,
-            daddr_v6: ABSENT,
-        },
-        receive_reset: ReceiveResetOffsets {
-            skaddr: ABSENT,
-            sport: ABSENT,
-            dport: ABSENT,
-            family: ABSENT,
-            saddr: ABSENT,
-            daddr: ABSENT,
-            saddr_v6: ABSENT,
-            daddr_v6: ABSENT,
-            sock_cookie: ABSENT,
-        },
         send_reset: SendResetOffsets {
             layout: send_reset_layout::UNSUPPORTED,
             skbaddr: ABSENT,
@@ -357,6 +310,14 @@ impl Offsets {
             cgroup: ABSENT,
             cgroup_kn: ABSENT,
             kn_id: ABSENT,
+            protocol: ABSENT,
+            family: ABSENT,
+            num: ABSENT,
+            dport: ABSENT,
+            rcv_saddr: ABSENT,
+            daddr: ABSENT,
+            v6_rcv_saddr: ABSENT,
+            v6_daddr: ABSENT,
         },
         skb: SkbOffsets {
             data: ABSENT,

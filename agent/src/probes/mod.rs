@@ -52,15 +52,13 @@ pub struct Program {
 pub const PROGRAMS: &[Program] = &[
     Program {
         name: "inet_sock_set_state",
-        hook: Hook::TracePoint {
-            category: "sock",
+        hook: Hook::RawTracePoint {
             name: "inet_sock_set_state",
         },
     },
     Program {
         name: "tcp_receive_reset",
-        hook: Hook::TracePoint {
-            category: "tcp",
+        hook: Hook::RawTracePoint {
             name: "tcp_receive_reset",
         },
     },

@@ -5,8 +5,8 @@
 use std::{collections::HashMap, path::Path};
 
 use triage_agent_common::{
-    ABSENT, KfreeSkbOffsets, Offsets, ReceiveResetOffsets, RetransmitOffsets, SendResetOffsets,
-    SetStateOffsets, SkbOffsets, SockOffsets, send_reset_layout,
+    ABSENT, KfreeSkbOffsets, Offsets, RetransmitOffsets, SendResetOffsets, SkbOffsets, SockOffsets,
+    send_reset_layout,
 };
 
 use crate::kernel::{
@@ -21,18 +21,6 @@ pub type Problems = HashMap<&'static str, String>;
 pub fn kernel_offsets(tracefs: &Path, btf: Option<&Btf>) -> (Offsets, Problems) {
     let mut o = Offsets::ABSENT;
     let mut problems = Problems::new();
-    match set_state(tracefs) {
-        Ok(v) => o.set_state = v,
-        Err(e) => {
-            problems.insert("inet_sock_set_state", e.to_string());
-        }
-    }
-    match receive_reset(tracefs) {
-        Ok(v) => o.receive_reset = v,
-        Err(e) => {
-            problems.insert("tcp_receive_reset", e.to_string());
-        }
-    }
     match retransmit(tracefs) {
         Ok(v) => o.retransmit = v,
         Err(e) => {
@@ -42,6 +30,27 @@ pub fn kernel_offsets(tracefs: &Path, btf: Option<&Btf>) -> (Offsets, Problems) 
     if let Some(btf) = btf {
         o.skb = skb(btf);
         o.sock = sock(btf);
+    }
+    // The raw tracepoints read the socket itself (their arguments are the socket and states).
+    let s = &o.sock;
+    if [
+        s.protocol,
+        s.family,
+        s.num,
+        s.dport,
+        s.rcv_saddr,
+        s.daddr,
+        s.v6_rcv_saddr,
+        s.v6_daddr,
+    ]
+    .contains(&ABSENT)
+    {
+        for program in ["inet_sock_set_state", "tcp_receive_reset"] {
+            problems.insert(
+                program,
+                "kernel BTF lacks the struct sock fields the program reads".to_owned(),
+            );
+        }
     }
     match send_reset(tracefs, btf, &o.skb) {
         Ok(send) => o.send_reset = send,
@@ -84,6 +93,14 @@ fn sock(btf: &Btf) -> SockOffsets {
         cgroup: member(btf, "sock", "sk_cgrp_data.cgroup"),
         cgroup_kn: member(btf, "cgroup", "kn"),
         kn_id: member(btf, "kernfs_node", "id"),
+        protocol: member(btf, "sock", "sk_protocol"),
+        family: member(btf, "sock", "__sk_common.skc_family"),
+        num: member(btf, "sock", "__sk_common.skc_num"),
+        dport: member(btf, "sock", "__sk_common.skc_dport"),
+        rcv_saddr: member(btf, "sock", "__sk_common.skc_rcv_saddr"),
+        daddr: member(btf, "sock", "__sk_common.skc_daddr"),
+        v6_rcv_saddr: member(btf, "sock", "__sk_common.skc_v6_rcv_saddr"),
+        v6_daddr: member(btf, "sock", "__sk_common.skc_v6_daddr"),
     }
 }
 
@@ -141,40 +158,6 @@ pub fn drop_reason_values(btf: &Btf) -> Vec<(String, u32)> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-fn set_state(tracefs: &Path) -> Result<SetStateOffsets, TracefsError> {
-    let f = Format::read(tracefs, "sock", "inet_sock_set_state")?;
-    let t = "sock:inet_sock_set_state";
-    Ok(SetStateOffsets {
-        skaddr: f.offset(t, "skaddr", Some(8))?,
-        oldstate: f.offset(t, "oldstate", Some(4))?,
-        newstate: f.offset(t, "newstate", Some(4))?,
-        protocol: f.offset(t, "protocol", Some(2))?,
-        sport: f.offset(t, "sport", Some(2))?,
-        dport: f.offset(t, "dport", Some(2))?,
-        family: f.offset(t, "family", Some(2))?,
-        saddr: f.offset(t, "saddr", Some(4))?,
-        daddr: f.offset(t, "daddr", Some(4))?,
-        saddr_v6: f.offset(t, "saddr_v6", Some(16))?,
-        daddr_v6: f.offset(t, "daddr_v6", Some(16))?,
-    })
-}
-
-fn receive_reset(tracefs: &Path) -> Result<ReceiveResetOffsets, TracefsError> {
-    let f = Format::read(tracefs, "tcp", "tcp_receive_reset")?;
-    let t = "tcp:tcp_receive_reset";
-    Ok(ReceiveResetOffsets {
-        skaddr: f.offset(t, "skaddr", Some(8))?,
-        sport: f.offset(t, "sport", Some(2))?,
-        dport: f.offset(t, "dport", Some(2))?,
-        family: f.offset(t, "family", Some(2))?,
-        saddr: f.offset(t, "saddr", Some(4))?,
-        daddr: f.offset(t, "daddr", Some(4))?,
-        saddr_v6: f.offset(t, "saddr_v6", Some(16))?,
-        daddr_v6: f.offset(t, "daddr_v6", Some(16))?,
-        sock_cookie: f.offset(t, "sock_cookie", Some(8)).unwrap_or(ABSENT),
-    })
 }
 
 fn send_reset(
@@ -246,6 +229,8 @@ mod tests {
         let all = [
             o.sock.sk_err,
             o.sock.sk_err_soft,
+            o.sock.protocol,
+            o.sock.v6_daddr,
             o.sock.state,
             o.sock.cgroup,
             o.sock.cgroup_kn,
@@ -258,7 +243,6 @@ mod tests {
             o.skb.dev_ifindex,
             o.skb.protocol,
             o.kfree_skb.no_socket,
-            o.set_state.daddr_v6,
         ];
         assert!(!all.contains(&ABSENT), "{o:#?}");
         assert!(
