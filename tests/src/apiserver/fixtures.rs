@@ -1,17 +1,62 @@
-//! Realistic Pod objects for the simulated node and the tests.
+//! Realistic objects for the simulated node and the tests: Pods as the kubelet reports them,
+//! Namespaces, NetworkPolicies.
 
-use super::*;
+use std::collections::BTreeMap;
+use std::net::IpAddr;
 
-/// Current time at second precision, which is all Kubernetes timestamps carry.
-pub(super) fn now() -> Time {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let ts = i64::try_from(secs)
-        .ok()
-        .and_then(|s| k8s_openapi::jiff::Timestamp::from_second(s).ok())
-        .unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH);
-    Time(ts)
+use k8s_openapi::api::core::v1::{
+    Container, ContainerState, ContainerStateRunning, ContainerStatus, HostIP, Namespace, Pod,
+    PodCondition, PodIP, PodSpec, PodStatus,
+};
+use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicySpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+
+use super::store::now;
+
+fn labels(pairs: &[(&str, &str)]) -> Option<BTreeMap<String, String>> {
+    let map: BTreeMap<String, String> = pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    (!map.is_empty()).then_some(map)
+}
+
+/// A Namespace with these labels (the server adds `kubernetes.io/metadata.name`).
+pub fn namespace_object(name: &str, label_pairs: &[(&str, &str)]) -> Namespace {
+    Namespace {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            labels: labels(label_pairs),
+            ..ObjectMeta::default()
+        },
+        ..Namespace::default()
+    }
+}
+
+/// A NetworkPolicy with these labels that selects the pods matching `pod_labels` (all pods
+/// of the namespace when empty) for ingress and allows nothing: the usual default-deny.
+pub fn network_policy_object(
+    namespace: &str,
+    name: &str,
+    label_pairs: &[(&str, &str)],
+    pod_labels: &[(&str, &str)],
+) -> NetworkPolicy {
+    NetworkPolicy {
+        metadata: ObjectMeta {
+            namespace: Some(namespace.to_owned()),
+            name: Some(name.to_owned()),
+            labels: labels(label_pairs),
+            ..ObjectMeta::default()
+        },
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(LabelSelector {
+                match_labels: labels(pod_labels),
+                ..LabelSelector::default()
+            }),
+            policy_types: Some(vec!["Ingress".to_owned()]),
+            ..NetworkPolicySpec::default()
+        }),
+    }
 }
 
 /// Inputs for [`pod_object`].
@@ -36,11 +81,15 @@ pub struct PodFixture<'a> {
     pub containers: &'a [(&'a str, &'a str)],
 }
 
-/// Builds a realistic Running Pod object: metadata {namespace, name, uid,
-/// creationTimestamp, labels}, spec {nodeName, hostNetwork, containers[{name,
-/// image:"sim"}]}, status {phase:"Running", conditions, podIP, podIPs, hostIP, hostIPs,
-/// qosClass, startTime, containerStatuses[{name, containerID:"containerd://<id>",
-/// ready:true, restartCount:0, image, imageID, state running}]}.
+/// Builds a realistic Running Pod object:
+///
+/// ```text
+/// metadata {namespace, name, uid, creationTimestamp, labels {app: name}}
+/// spec {nodeName, hostNetwork, containers [{name, image: "sim"}]}
+/// status {phase: "Running", conditions, podIP, podIPs, hostIP, hostIPs, qosClass, startTime,
+///         containerStatuses [{name, containerID: "containerd://<id>", ready: true,
+///                             restartCount: 0, image, imageID, state: running}]}
+/// ```
 pub fn pod_object(f: &PodFixture<'_>) -> Pod {
     let started = now();
     let containers = f

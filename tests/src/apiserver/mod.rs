@@ -1,60 +1,49 @@
-//! Stand-in Kubernetes API server: serves Pods over the real list/watch protocol
-//! (resourceVersion, watch streams, bookmarks, 410 Gone, field selectors) on
-//! 127.0.0.1 so kube-rs runs unmodified against it.
+//! Stand-in Kubernetes API server: serves Pods, Namespaces and NetworkPolicies over the real
+//! list/watch protocol (resourceVersion, watch streams, bookmarks, 410 Gone, label and field
+//! selectors) plus discovery and `/version`, on 127.0.0.1, so kube-rs runs unmodified
+//! against it.
 //!
-//! Scope: read-only `v1/pods` (list, get, watch), `v1/namespaces` and
-//! `networking.k8s.io/v1` NetworkPolicies (list, get: what the CLI reads to explain drops;
-//! see [`objects`]), plus `/version`. Pods are changed
-//! through the Rust API ([`ApiServer::apply_pod`], [`ApiServer::delete_pod`]), not
-//! over HTTP. Every change is appended to an in-memory history keyed by a global
-//! resourceVersion; a watch is just a cursor into that history, which gives resumable
-//! watches, and [`ApiServer::compact`] drops the history so old cursors get 410 Gone.
-//! History is unbounded until compacted; that is fine for test-sized workloads.
+//! Scope: read-only over HTTP (get, list, watch) for `v1/pods`, `v1/namespaces` and
+//! `networking.k8s.io/v1/networkpolicies` (the table is `kinds`). Objects change through
+//! the Rust API ([`ApiServer::apply_pod`], [`ApiServer::delete_network_policy`], ...). Every
+//! change of every kind is appended to one in-memory history under one global
+//! resourceVersion, as etcd orders them (`store`); a watch is a cursor into that history,
+//! which gives resumable watches, and compaction drops the history so old cursors get
+//! 410 Gone.
+//!
+//! Failure injection for tests: [`ApiServer::set_available`] (outage: 503 for everything,
+//! open watches closed), [`ApiServer::set_latency`], [`ApiServer::close_watches`] (watches
+//! end, clients resume from their resourceVersion), [`ApiServer::compact`] (resuming from
+//! before now gets 410) and [`ApiServer::expire_watches`] (every open watch gets 410 now, so
+//! clients relist).
+//!
+//! Layout: `routing` (HTTP, paths, list and get), `watch` (watch streams),
+//! `selectors`, `discovery`, `kinds`, `store`, `fixtures` (object builders).
 
-use std::collections::{BTreeMap, VecDeque};
-use std::convert::Infallible;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Full, StreamBody};
-use hyper::body::{Frame, Incoming};
-use hyper::header::{CONTENT_TYPE, HeaderValue};
-use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
-use k8s_openapi::api::core::v1::{
-    Container, ContainerState, ContainerStateRunning, ContainerStatus, HostIP, Pod, PodCondition,
-    PodIP, PodSpec, PodStatus,
-};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
-use serde_json::{Value, json};
-use tokio::sync::watch;
-use tokio::time::Instant;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 
+mod discovery;
 mod fixtures;
-mod objects;
+mod kinds;
 mod routing;
 mod selectors;
-mod streams;
+mod store;
 #[cfg(test)]
 mod tests;
+mod watch;
 
-use fixtures::now;
-pub use fixtures::{PodFixture, pod_object};
-use routing::*;
-use selectors::*;
-use streams::*;
+pub use fixtures::{PodFixture, namespace_object, network_policy_object, pod_object};
+use kinds::Stored;
+use store::Store;
 
-type Body = UnsyncBoxBody<Bytes, Infallible>;
-
-/// Real resourceVersions are large opaque numbers; starting well above 0 keeps
-/// "0" (which means "any version" in the protocol) distinct from every real one.
-const FIRST_RV: u64 = 1000;
 /// How often a watch that asked for bookmarks gets one. Real servers use ~1 min;
 /// tests want resume points to stay fresh.
 const BOOKMARK_EVERY: Duration = Duration::from_secs(1);
@@ -74,36 +63,25 @@ pub struct ApiServer {
 /// State shared between the public handle and the server thread.
 struct Shared {
     state: Mutex<State>,
-    /// Bumped on every change (pods, availability, shutdown) to wake watch streams
+    /// Where the server listens (discovery documents name it).
+    addr: SocketAddr,
+    /// Bumped on every change (objects, availability, shutdown) to wake watch streams
     /// and the accept loop; a `watch` channel never loses a wake-up.
-    changed: watch::Sender<()>,
+    changed: tokio::sync::watch::Sender<()>,
     lists: AtomicU64,
     watches: AtomicU64,
 }
 
 struct State {
-    pods: BTreeMap<(String, String), Arc<Pod>>,
-    /// Namespaces and NetworkPolicies (list and get only).
-    objects: objects::Objects,
-    /// Every change since the last compaction, in resourceVersion order.
-    history: Vec<Change>,
-    /// The newest resourceVersion handed out.
-    rv: u64,
-    /// Watches starting before this version can no longer be served (410 Gone).
-    compacted: u64,
+    store: Store,
     available: bool,
     latency: Duration,
     shutdown: bool,
+    /// Bumped by [`ApiServer::close_watches`] and [`ApiServer::expire_watches`]; a watch
+    /// that started under an older value ends.
+    closes: u64,
+    expiries: u64,
     log: Vec<String>,
-}
-
-/// One change to one pod. `after` is what watchers receive; for a deletion it is the
-/// last state of the pod with the deletion's resourceVersion, as the real server sends.
-struct Change {
-    rv: u64,
-    before: Option<Arc<Pod>>,
-    after: Arc<Pod>,
-    deleted: bool,
 }
 
 impl Shared {
@@ -132,17 +110,16 @@ impl ApiServer {
             .build()?;
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
-                pods: BTreeMap::new(),
-                objects: objects::Objects::default(),
-                history: Vec::new(),
-                rv: FIRST_RV,
-                compacted: FIRST_RV,
+                store: Store::new(),
                 available: true,
                 latency: Duration::ZERO,
                 shutdown: false,
+                closes: 0,
+                expiries: 0,
                 log: Vec::new(),
             }),
-            changed: watch::channel(()).0,
+            addr,
+            changed: tokio::sync::watch::channel(()).0,
             lists: AtomicU64::new(0),
             watches: AtomicU64::new(0),
         });
@@ -152,7 +129,7 @@ impl ApiServer {
             .spawn(move || {
                 runtime.block_on(async move {
                     match tokio::net::TcpListener::from_std(listener) {
-                        Ok(listener) => accept_loop(listener, server_shared).await,
+                        Ok(listener) => routing::accept_loop(listener, server_shared).await,
                         Err(e) => eprintln!("apiserver: cannot register listener: {e}"),
                     }
                 });
@@ -189,108 +166,71 @@ impl ApiServer {
     }
 
     /// Create or replace a pod (keyed by namespace/name; a missing namespace means
-    /// "default"). Sets metadata.resourceVersion from a global monotonically increasing
-    /// counter and fills creationTimestamp and uid if absent (kept from the previous
-    /// object on replace, as the real server does). Emits ADDED or MODIFIED to matching
-    /// watches, and ADDED/DELETED when the change moves the pod into/out of a watch's
-    /// field or label selector.
-    pub fn apply_pod(&self, mut pod: Pod) {
-        let mut st = self.shared.lock();
-        st.rv += 1;
-        let rv = st.rv;
-        let ns = pod
-            .metadata
-            .namespace
-            .get_or_insert_with(|| "default".to_owned())
-            .clone();
-        if !st.objects.pod_namespaces.contains(&ns) {
-            st.objects.pod_namespaces.push(ns.clone());
-        }
-        let key = (ns, pod.metadata.name.clone().unwrap_or_default());
-        let before = st.pods.get(&key).cloned();
-        let meta = &mut pod.metadata;
-        meta.resource_version = Some(rv.to_string());
-        let old_meta = before.as_ref().map(|p| &p.metadata);
-        if meta.creation_timestamp.is_none() {
-            meta.creation_timestamp = old_meta
-                .and_then(|m| m.creation_timestamp.clone())
-                .or_else(|| Some(now()));
-        }
-        if meta.uid.is_none() {
-            meta.uid = old_meta
-                .and_then(|m| m.uid.clone())
-                .or_else(|| Some(format!("00000000-0000-4000-8000-{rv:012x}")));
-        }
-        let after = Arc::new(pod);
-        st.pods.insert(key, Arc::clone(&after));
-        self.record(st, before, after, false);
+    /// "default"). Sets metadata.resourceVersion from the global counter and fills
+    /// creationTimestamp and uid if absent (kept from the previous object on replace, as
+    /// the real server does). Creates the pod's Namespace first if it does not exist.
+    /// Emits ADDED or MODIFIED to matching watches, and ADDED/DELETED when the change moves
+    /// the pod into/out of a watch's field or label selector.
+    pub fn apply_pod(&self, pod: Pod) {
+        self.apply(pod);
     }
 
     /// Delete a pod; emits DELETED (object with a new resourceVersion) to matching
     /// watches. Returns the deleted pod as sent to watchers, or None if it did not exist.
     pub fn delete_pod(&self, namespace: &str, name: &str) -> Option<Pod> {
-        let mut st = self.shared.lock();
-        let before = st.pods.remove(&(namespace.to_owned(), name.to_owned()))?;
-        st.rv += 1;
-        let mut last = Pod::clone(&before);
-        last.metadata.resource_version = Some(st.rv.to_string());
-        let after = Arc::new(last);
-        self.record(st, Some(before), Arc::clone(&after), true);
-        Some(Pod::clone(&after))
+        self.delete(namespace, name)
     }
 
-    /// Creates or replaces a Namespace (its `kubernetes.io/metadata.name` label is added as
-    /// the real API server adds it).
-    pub fn apply_namespace(&self, mut namespace: k8s_openapi::api::core::v1::Namespace) {
-        let mut st = self.shared.lock();
-        st.rv += 1;
-        namespace.metadata.resource_version = Some(st.rv.to_string());
-        let name = namespace.metadata.name.clone().unwrap_or_default();
-        st.objects.namespaces.insert(name, namespace);
+    /// Create or replace a Namespace, as [`Self::apply_pod`] does for pods. The server sets
+    /// the `kubernetes.io/metadata.name` label (NetworkPolicy namespaceSelectors match on
+    /// it), and `status.phase: Active` if unset. Namespaces holding objects exist without
+    /// this call; use it to label them.
+    pub fn apply_namespace(&self, namespace: Namespace) {
+        self.apply(namespace);
     }
 
-    /// Creates or replaces a NetworkPolicy.
-    pub fn apply_network_policy(
-        &self,
-        mut policy: k8s_openapi::api::networking::v1::NetworkPolicy,
-    ) {
-        let mut st = self.shared.lock();
-        st.rv += 1;
-        policy.metadata.resource_version = Some(st.rv.to_string());
-        let key = (
-            policy.metadata.namespace.clone().unwrap_or_default(),
-            policy.metadata.name.clone().unwrap_or_default(),
-        );
-        st.objects.policies.insert(key, policy);
+    /// Delete a Namespace as a real cluster does: it turns Terminating (MODIFIED), every
+    /// pod and NetworkPolicy in it is deleted (DELETED each), then the Namespace (DELETED).
+    /// Returns its last state, or None if it did not exist. Applying an object into it
+    /// later creates it afresh.
+    pub fn delete_namespace(&self, name: &str) -> Option<Namespace> {
+        self.delete("", name)
     }
 
-    /// Deletes a NetworkPolicy; returns whether it existed.
-    pub fn delete_network_policy(&self, namespace: &str, name: &str) -> bool {
-        let mut st = self.shared.lock();
-        st.rv += 1;
-        st.objects
-            .policies
-            .remove(&(namespace.to_owned(), name.to_owned()))
-            .is_some()
+    /// Create or replace a NetworkPolicy, as [`Self::apply_pod`] does for pods.
+    pub fn apply_network_policy(&self, policy: NetworkPolicy) {
+        self.apply(policy);
     }
 
-    /// Appends a change (whose rv was just taken) to the history and wakes watchers.
-    fn record(
-        &self,
-        mut st: MutexGuard<'_, State>,
-        before: Option<Arc<Pod>>,
-        after: Arc<Pod>,
-        deleted: bool,
-    ) {
-        let rv = st.rv;
-        st.history.push(Change {
-            rv,
-            before,
-            after,
-            deleted,
-        });
-        drop(st);
+    /// Delete a NetworkPolicy; returns its last state as sent to watchers, or None if it
+    /// did not exist.
+    pub fn delete_network_policy(&self, namespace: &str, name: &str) -> Option<NetworkPolicy> {
+        self.delete(namespace, name)
+    }
+
+    /// The newest resourceVersion handed out, over every kind.
+    pub fn resource_version(&self) -> u64 {
+        self.shared.lock().store.resource_version()
+    }
+
+    fn apply<K: Stored>(&self, object: K) {
+        let result = self.shared.lock().store.apply(object);
+        match result {
+            Ok(_) => self.shared.notify(),
+            Err(e) => eprintln!("apiserver: cannot store {}: {e}", K::KIND),
+        }
+    }
+
+    /// `namespace` is ignored for cluster-scoped kinds.
+    fn delete<K: Stored>(&self, namespace: &str, name: &str) -> Option<K> {
+        let namespace = if K::STORED.info().namespaced {
+            namespace
+        } else {
+            ""
+        };
+        let deleted = self.shared.lock().store.delete(K::STORED, namespace, name);
         self.shared.notify();
+        deleted?.decode()
     }
 
     /// When false: every request gets 503 with a Status body, and open watch streams
@@ -305,27 +245,45 @@ impl ApiServer {
         self.shared.lock().latency = latency;
     }
 
-    /// Number of list requests received so far, including ones refused during an
-    /// outage (tests assert the client retried).
+    /// Number of list requests received so far (every kind), including ones refused
+    /// during an outage (tests assert the client retried or relisted).
     pub fn list_requests(&self) -> u64 {
         self.shared.lists.load(Ordering::Relaxed)
     }
 
-    /// Number of watch requests received so far, including ones refused during an
-    /// outage.
+    /// Number of watch requests received so far (every kind), including ones refused
+    /// during an outage.
     pub fn watch_requests(&self) -> u64 {
         self.shared.watches.load(Ordering::Relaxed)
     }
 
     /// Forget history up to the current resourceVersion, so a watch from an older
-    /// resourceVersion gets 410 Gone (tests relist behaviour). A live watch that has
-    /// not yet sent the forgotten events also gets 410, as a slow watcher would on a
-    /// real server.
+    /// resourceVersion gets 410 Gone. A live watch that has kept up is unaffected (as on a
+    /// real server); one that has not yet sent the forgotten events gets 410. To make a
+    /// running client resume from before this point, end its watch while it is behind: an
+    /// outage ([`Self::set_available`]) across the changes, or use [`Self::expire_watches`].
     pub fn compact(&self) {
+        self.shared.lock().store.compact();
+        self.shared.notify();
+    }
+
+    /// Compact (see [`Self::compact`]) and send every open watch an ERROR event with a
+    /// 410 Expired Status, then end it: what a real server does to a watch that fell behind
+    /// an etcd compaction. kube-rs watchers then relist. Watches started afterwards are
+    /// unaffected.
+    pub fn expire_watches(&self) {
         let mut st = self.shared.lock();
-        st.compacted = st.rv;
-        st.history.clear();
+        st.store.compact();
+        st.expiries += 1;
         drop(st);
+        self.shared.notify();
+    }
+
+    /// End every open watch stream cleanly, as a real server does at a watch's
+    /// timeoutSeconds or when a load balancer drops connections; clients resume from their
+    /// last resourceVersion without relisting.
+    pub fn close_watches(&self) {
+        self.shared.lock().closes += 1;
         self.shared.notify();
     }
 

@@ -1,6 +1,30 @@
-//! HTTP: the accept loop, connections, request routing, the list handler and error bodies.
+//! HTTP: the accept loop, connections, request routing, list and get, /version and the
+//! error bodies. Paths are resolved against the kinds table ([`super::kinds`]), so every
+//! kind gets the real server's URL layout: `/api/v1/{plural}`,
+//! `/api/v1/namespaces/{ns}/{plural}[/{name}]`, `/api/v1/{cluster-scoped plural}/{name}`,
+//! and the same under `/apis/{group}/{version}`.
 
-use super::*;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::header::{ACCEPT, CONTENT_TYPE, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde_json::{Value, json};
+
+use super::discovery::{self, Document};
+use super::kinds::Kind;
+use super::selectors::{Params, Selector, parse_query};
+use super::watch::start_watch;
+use super::{LOG_CAP, Shared};
+
+pub(super) type Body = UnsyncBoxBody<Bytes, Infallible>;
 
 pub(super) async fn accept_loop(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
     let mut changed = shared.changed.subscribe();
@@ -24,7 +48,7 @@ pub(super) async fn accept_loop(listener: tokio::net::TcpListener, shared: Arc<S
     }
 }
 
-pub(super) async fn serve_connection(stream: tokio::net::TcpStream, shared: Arc<Shared>) {
+async fn serve_connection(stream: tokio::net::TcpStream, shared: Arc<Shared>) {
     let service = hyper::service::service_fn(move |req| {
         let shared = Arc::clone(&shared);
         async move { Ok::<_, Infallible>(handle(&shared, req).await) }
@@ -52,28 +76,77 @@ pub(super) async fn serve_connection(stream: tokio::net::TcpStream, shared: Arc<
     }
 }
 
+/// What a request path asks for.
+#[derive(Debug, PartialEq)]
 pub(super) enum Route<'a> {
-    Collection(Option<&'a str>),
-    Pod(&'a str, &'a str),
-    Object(objects::Route<'a>),
+    /// List or watch; `namespace` None means all namespaces (or a cluster-scoped kind).
+    Collection {
+        kind: Kind,
+        namespace: Option<&'a str>,
+    },
+    /// Get one object; `namespace` is None for cluster-scoped kinds.
+    Object {
+        kind: Kind,
+        namespace: Option<&'a str>,
+        name: &'a str,
+    },
+    Discovery(Document<'a>),
     Version,
     Unknown,
 }
 
 pub(super) fn route(path: &str) -> Route<'_> {
     let segments: Vec<&str> = path.strip_prefix('/').unwrap_or(path).split('/').collect();
-    match segments.as_slice() {
-        ["api", "v1", "pods"] => Route::Collection(None),
-        ["api", "v1", "namespaces", ns, "pods"] if !ns.is_empty() => Route::Collection(Some(ns)),
-        ["api", "v1", "namespaces", ns, "pods", name] if !ns.is_empty() && !name.is_empty() => {
-            Route::Pod(ns, name)
-        }
-        ["version"] => Route::Version,
-        _ => objects::route(&segments).map_or(Route::Unknown, Route::Object),
+    if segments.iter().any(|s| s.is_empty()) {
+        return Route::Unknown;
     }
+    let (group, version, rest) = match segments.as_slice() {
+        ["version"] => return Route::Version,
+        ["api"] => return Route::Discovery(Document::CoreVersions),
+        ["apis"] => return Route::Discovery(Document::Groups),
+        ["apis", group] if discovery::is_group(group) => {
+            return Route::Discovery(Document::Group(group));
+        }
+        ["api", version, rest @ ..] => ("", *version, rest),
+        ["apis", group, version, rest @ ..] => (*group, *version, rest),
+        _ => return Route::Unknown,
+    };
+    // `namespaced`: None matches either scope (`/api/v1/pods` lists all namespaces).
+    let find = |plural: &str, namespaced: Option<bool>| {
+        Kind::ALL.into_iter().find(|k| {
+            let i = k.info();
+            (i.group, i.version, i.plural) == (group, version, plural)
+                && namespaced.is_none_or(|n| n == i.namespaced)
+        })
+    };
+    let found = match rest {
+        [] if discovery::is_group_version(group, version) => {
+            return Route::Discovery(Document::Resources { group, version });
+        }
+        [plural] => find(plural, None).map(|kind| Route::Collection {
+            kind,
+            namespace: None,
+        }),
+        [plural, name] => find(plural, Some(false)).map(|kind| Route::Object {
+            kind,
+            namespace: None,
+            name,
+        }),
+        ["namespaces", ns, plural] => find(plural, Some(true)).map(|kind| Route::Collection {
+            kind,
+            namespace: Some(ns),
+        }),
+        ["namespaces", ns, plural, name] => find(plural, Some(true)).map(|kind| Route::Object {
+            kind,
+            namespace: Some(ns),
+            name,
+        }),
+        _ => None,
+    };
+    found.unwrap_or(Route::Unknown)
 }
 
-pub(super) async fn handle(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
+async fn handle(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     let uri = req.uri().clone();
     {
         let mut st = shared.lock();
@@ -83,7 +156,7 @@ pub(super) async fn handle(shared: &Arc<Shared>, req: Request<Incoming>) -> Resp
     }
     let route = route(uri.path());
     let params = parse_query(uri.query().unwrap_or("")).and_then(|q| Params::parse(&q));
-    if let (Route::Collection(_), Ok(p)) = (&route, &params) {
+    if let (Route::Collection { .. }, Ok(p)) = (&route, &params) {
         let counter = if p.watch {
             &shared.watches
         } else {
@@ -108,32 +181,43 @@ pub(super) async fn handle(shared: &Arc<Shared>, req: Request<Incoming>) -> Resp
         Err(msg) => return bad_request(&msg),
     };
     match route {
-        Route::Collection(ns) => match Selector::parse(ns, &params) {
+        Route::Collection { kind, namespace } => match Selector::parse(kind, namespace, &params) {
             Ok(sel) if params.watch => start_watch(shared, sel, &params),
             Ok(sel) => list(shared, &sel),
             Err(msg) => bad_request(&msg),
         },
-        Route::Pod(ns, name) => {
-            let pod = shared
-                .lock()
-                .pods
-                .get(&(ns.to_owned(), name.to_owned()))
-                .cloned();
-            match pod.map(|p| serde_json::to_value(&*p)) {
-                Some(Ok(v)) => json_response(StatusCode::OK, &v),
-                Some(Err(e)) => internal_error(&e),
-                None => status(
-                    StatusCode::NOT_FOUND,
-                    "NotFound",
-                    &format!("pods \"{name}\" not found"),
-                ),
+        Route::Object {
+            kind,
+            namespace,
+            name,
+        } => {
+            let st = shared.lock();
+            match st.store.get(kind, namespace.unwrap_or_default(), name) {
+                Some(object) => json_response(StatusCode::OK, object.json()),
+                None => {
+                    let msg = format!("{} \"{name}\" not found", kind.resource_name());
+                    status(StatusCode::NOT_FOUND, "NotFound", &msg)
+                }
             }
         }
-        Route::Object(r) => {
-            let st = shared.lock();
-            match st.objects.serve(&r, st.rv) {
-                Ok(v) => json_response(StatusCode::OK, &v),
-                Err(msg) => status(StatusCode::NOT_FOUND, "NotFound", &msg),
+        Route::Discovery(doc) => {
+            // Aggregated discovery is what the client asks for first when it can read it
+            // (kube's `Discovery::run_aggregated`, kubectl); the real server then answers
+            // in that format, otherwise in the per-group one.
+            let aggregated = req
+                .headers()
+                .get_all(ACCEPT)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .any(|v| v.contains("as=APIGroupDiscoveryList"));
+            match discovery::serve(&doc, aggregated, shared.addr) {
+                Some((body, content_type)) => {
+                    let mut resp = json_response(StatusCode::OK, &body);
+                    resp.headers_mut()
+                        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+                    resp
+                }
+                None => not_found(),
             }
         }
         Route::Version => json_response(
@@ -143,38 +227,27 @@ pub(super) async fn handle(shared: &Arc<Shared>, req: Request<Incoming>) -> Resp
                 "buildDate": "2025-04-23T00:00:00Z", "goVersion": "go1.24.0",
                 "compiler": "gc", "platform": "linux/amd64"}),
         ),
-        Route::Unknown => status(
-            StatusCode::NOT_FOUND,
-            "NotFound",
-            "the server could not find the requested resource",
-        ),
+        Route::Unknown => not_found(),
     }
 }
 
-pub(super) fn list(shared: &Shared, sel: &Selector) -> Response<Body> {
+fn list(shared: &Shared, sel: &Selector) -> Response<Body> {
     // Every list is served from the current state in one page (limit/continue are
     // accepted and ignored): "at least as new as" any given version is always
     // satisfied, and tests do not need historical snapshots.
     let st = shared.lock();
-    let mut items = Vec::new();
-    for pod in st.pods.values().filter(|pod| sel.matches(pod)) {
-        match serde_json::to_value(&**pod) {
-            Ok(mut v) => {
-                // The real server omits apiVersion/kind on list items; so do we, so
-                // that clients relying on them would break here as they would there.
-                if let Value::Object(map) = &mut v {
-                    map.remove("apiVersion");
-                    map.remove("kind");
-                }
-                items.push(v);
-            }
-            Err(e) => return internal_error(&e),
-        }
-    }
+    let items: Vec<Value> = st
+        .store
+        .list(sel.kind)
+        .filter(|object| sel.matches(object))
+        .map(|object| object.list_item())
+        .collect();
+    let info = sel.kind.info();
     json_response(
         StatusCode::OK,
-        &json!({"apiVersion": "v1", "kind": "PodList",
-            "metadata": {"resourceVersion": st.rv.to_string()}, "items": items}),
+        &json!({"apiVersion": info.api_version, "kind": info.list_kind,
+            "metadata": {"resourceVersion": st.store.resource_version().to_string()},
+            "items": items}),
     )
 }
 
@@ -188,13 +261,13 @@ pub(super) fn status(code: StatusCode, reason: &str, message: &str) -> Response<
     json_response(code, &status_json(code, reason, message))
 }
 
-pub(super) fn bad_request(message: &str) -> Response<Body> {
+fn bad_request(message: &str) -> Response<Body> {
     status(StatusCode::BAD_REQUEST, "BadRequest", message)
 }
 
-pub(super) fn internal_error(e: &serde_json::Error) -> Response<Body> {
-    let msg = format!("serialization failed: {e}");
-    status(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", &msg)
+fn not_found() -> Response<Body> {
+    let msg = "the server could not find the requested resource";
+    status(StatusCode::NOT_FOUND, "NotFound", msg)
 }
 
 pub(super) fn json_response(code: StatusCode, body: &Value) -> Response<Body> {

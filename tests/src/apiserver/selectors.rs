@@ -1,6 +1,10 @@
-//! Query parameters and the label and field selectors of list and watch requests.
+//! Query parameters and the label and field selectors of list and watch requests, for
+//! every kind (which fields a kind supports comes from [`super::kinds`]).
 
-use super::*;
+use std::time::Duration;
+
+use super::kinds::Kind;
+use super::store::Object;
 
 /// Query parameters this server understands; unknown ones are ignored like the real
 /// server does.
@@ -70,7 +74,7 @@ impl Params {
 /// Decodes an `application/x-www-form-urlencoded` query strictly: invalid escapes or
 /// non-UTF-8 bytes are an error (→ 400), never replaced or panicked on.
 pub(super) fn parse_query(query: &str) -> Result<Vec<(String, String)>, String> {
-    pub(super) fn decode(s: &str) -> Result<String, String> {
+    fn decode(s: &str) -> Result<String, String> {
         let hex = |c: Option<&u8>| c.and_then(|c| (*c as char).to_digit(16));
         let bytes = s.as_bytes();
         let mut out = Vec::with_capacity(bytes.len());
@@ -102,15 +106,17 @@ pub(super) fn parse_query(query: &str) -> Result<Vec<(String, String)>, String> 
         .collect()
 }
 
-/// Namespace (from the path) plus field and label selector requirements, all ANDed.
+/// Kind and namespace (from the path) plus field and label selector requirements, all
+/// ANDed.
 pub(super) struct Selector {
-    pub(super) namespace: Option<String>,
+    pub(super) kind: Kind,
+    namespace: Option<String>,
     /// (field path, wanted equal?, value)
-    pub(super) fields: Vec<(String, bool, String)>,
-    pub(super) labels: Vec<LabelReq>,
+    fields: Vec<(String, bool, String)>,
+    labels: Vec<LabelReq>,
 }
 
-pub(super) enum LabelReq {
+enum LabelReq {
     Eq(String, String),
     Ne(String, String),
     Exists(String),
@@ -118,13 +124,16 @@ pub(super) enum LabelReq {
 }
 
 impl Selector {
-    pub(super) fn parse(namespace: Option<&str>, p: &Params) -> Result<Selector, String> {
+    pub(super) fn parse(
+        kind: Kind,
+        namespace: Option<&str>,
+        p: &Params,
+    ) -> Result<Selector, String> {
         let mut fields = Vec::new();
         for term in terms(&p.field_selector) {
             let (field, eq, value) = split_op(term)
                 .ok_or_else(|| format!("invalid field selector: {:?}", p.field_selector))?;
-            // A field is supported iff we can extract it; probe with an empty pod.
-            if field_value(&Pod::default(), field).is_none() {
+            if !kind.supports_field(field) {
                 return Err(format!(
                     "field label not supported: {field}: \"{field}\" is not a known field selector"
                 ));
@@ -153,35 +162,39 @@ impl Selector {
             labels.push(req);
         }
         Ok(Selector {
+            kind,
             namespace: namespace.map(str::to_owned),
             fields,
             labels,
         })
     }
 
-    pub(super) fn matches(&self, pod: &Pod) -> bool {
-        let meta = &pod.metadata;
-        if self.namespace.is_some() && meta.namespace != self.namespace {
+    pub(super) fn matches(&self, object: &Object) -> bool {
+        if object.kind != self.kind
+            || self
+                .namespace
+                .as_deref()
+                .is_some_and(|ns| ns != object.namespace())
+        {
             return false;
         }
         let fields_ok = self
             .fields
             .iter()
-            .all(|(f, eq, v)| (field_value(pod, f).as_deref() == Some(v.as_str())) == *eq);
-        let label = |k: &str| meta.labels.as_ref().and_then(|l| l.get(k));
+            .all(|(f, eq, v)| (object.field(f) == Some(v.as_str())) == *eq);
         fields_ok
             && self.labels.iter().all(|req| match req {
-                LabelReq::Eq(k, v) => label(k) == Some(v),
+                LabelReq::Eq(k, v) => object.label(k) == Some(v.as_str()),
                 // Like the real server, `k!=v` also matches objects without label k.
-                LabelReq::Ne(k, v) => label(k) != Some(v),
-                LabelReq::Exists(k) => label(k).is_some(),
-                LabelReq::NotExists(k) => label(k).is_none(),
+                LabelReq::Ne(k, v) => object.label(k) != Some(v.as_str()),
+                LabelReq::Exists(k) => object.label(k).is_some(),
+                LabelReq::NotExists(k) => object.label(k).is_none(),
             })
     }
 }
 
 /// Splits a selector on commas; an empty selector has no terms.
-pub(super) fn terms(selector: &str) -> impl Iterator<Item = &str> {
+fn terms(selector: &str) -> impl Iterator<Item = &str> {
     let selector = selector.trim();
     selector
         .split(',')
@@ -190,7 +203,7 @@ pub(super) fn terms(selector: &str) -> impl Iterator<Item = &str> {
 }
 
 /// `k!=v` → (k, false, v); `k==v` / `k=v` → (k, true, v); otherwise None.
-pub(super) fn split_op(term: &str) -> Option<(&str, bool, &str)> {
+fn split_op(term: &str) -> Option<(&str, bool, &str)> {
     let (k, eq, v) = if let Some((k, v)) = term.split_once("!=") {
         (k, false, v)
     } else if let Some((k, v)) = term.split_once("==") {
@@ -204,30 +217,7 @@ pub(super) fn split_op(term: &str) -> Option<(&str, bool, &str)> {
 
 /// Accepts only the equality-based label grammar's keys and values, so unsupported
 /// syntax (e.g. set-based `k in (a,b)`) fails loudly instead of matching wrongly.
-pub(super) fn valid_label(s: &str, is_value: bool) -> bool {
+fn valid_label(s: &str, is_value: bool) -> bool {
     let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/');
     (is_value || !s.is_empty()) && s.chars().all(ok_char)
-}
-
-/// The string value of a supported pod field selector, or None if unsupported.
-pub(super) fn field_value(pod: &Pod, field: &str) -> Option<String> {
-    let spec = pod.spec.as_ref();
-    let status = pod.status.as_ref();
-    let text = |v: Option<&String>| v.cloned().unwrap_or_default();
-    Some(match field {
-        "metadata.name" => text(pod.metadata.name.as_ref()),
-        "metadata.namespace" => text(pod.metadata.namespace.as_ref()),
-        "spec.nodeName" => text(spec.and_then(|s| s.node_name.as_ref())),
-        "spec.restartPolicy" => text(spec.and_then(|s| s.restart_policy.as_ref())),
-        "spec.schedulerName" => text(spec.and_then(|s| s.scheduler_name.as_ref())),
-        "spec.serviceAccountName" => text(spec.and_then(|s| s.service_account_name.as_ref())),
-        "spec.hostNetwork" => spec
-            .and_then(|s| s.host_network)
-            .unwrap_or(false)
-            .to_string(),
-        "status.phase" => text(status.and_then(|s| s.phase.as_ref())),
-        "status.podIP" => text(status.and_then(|s| s.pod_ip.as_ref())),
-        "status.nominatedNodeName" => text(status.and_then(|s| s.nominated_node_name.as_ref())),
-        _ => return None,
-    })
 }

@@ -1,98 +1,20 @@
-//! Stand-in API server tests, with kube-rs as the client.
+//! The pod protocol as kube-rs uses it: list, get, selectors, watch events, streaming lists,
+//! outages and relists after 410, kubeconfig loading.
 
-use super::*;
-use futures::{Stream, StreamExt};
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
-use std::collections::BTreeSet;
-use std::io::{Read, Write};
 
-/// Every await is bounded so a hang fails the test instead of blocking CI.
-const STEP: Duration = Duration::from_secs(10);
-
-async fn within<F: Future>(f: F) -> F::Output {
-    tokio::time::timeout(STEP, f).await.expect("timed out")
-}
-
-fn pod(ns: &str, name: &str, node: &str) -> Pod {
-    pod_object(&PodFixture {
-        namespace: ns,
-        name,
-        uid: &format!("uid-{ns}-{name}"),
-        node,
-        pod_ip: Some(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 7))),
-        host_ip: Some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1))),
-        host_network: false,
-        qos_class: "BestEffort",
-        containers: &[("main", "abc123")],
-    })
-}
-
-fn client(server: &ApiServer) -> Client {
-    let config = kube::Config::new(server.url().parse().expect("url"));
-    Client::try_from(config).expect("client")
-}
-
-fn names<'a>(pods: impl IntoIterator<Item = &'a Pod>) -> Vec<String> {
-    let mut v: Vec<String> = pods.into_iter().map(ResourceExt::name_any).collect();
-    v.sort();
-    v
-}
-
-type Events = tokio::sync::mpsc::UnboundedReceiver<watcher::Result<watcher::Event<Pod>>>;
-
-/// Drives a watcher stream on its own task, as the agent does, so it keeps
-/// reconnecting even while the test is not reading events.
-fn spawn_watcher<S>(stream: S) -> Events
-where
-    S: Stream<Item = watcher::Result<watcher::Event<Pod>>> + Send + 'static,
-{
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        while let Some(item) = stream.next().await {
-            if tx.send(item).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
-
-/// Next successful watcher event, failing on errors or timeout.
-async fn next_ok(s: &mut Events) -> watcher::Event<Pod> {
-    within(s.recv())
-        .await
-        .expect("stream ended")
-        .expect("watch error")
-}
-
-fn describe(ev: &watcher::Event<Pod>) -> String {
-    match ev {
-        watcher::Event::Init => "Init".into(),
-        watcher::Event::InitApply(p) => format!("InitApply({})", p.name_any()),
-        watcher::Event::InitDone => "InitDone".into(),
-        watcher::Event::Apply(p) => format!("Apply({})", p.name_any()),
-        watcher::Event::Delete(p) => format!("Delete({})", p.name_any()),
-    }
-}
-
-/// Minimal blocking HTTP/1.1 client, so protocol edge cases (and sync use of the
-/// server) are tested without kube. Returns (status code, raw body text).
-fn raw(server: &ApiServer, request_line: &[u8]) -> (u16, String) {
-    let mut conn = std::net::TcpStream::connect(server.addr()).expect("connect");
-    conn.set_read_timeout(Some(STEP)).expect("timeout");
-    conn.write_all(request_line).expect("write");
-    conn.write_all(b"\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .expect("write");
-    let mut buf = Vec::new();
-    conn.read_to_end(&mut buf).expect("read");
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let code = text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
-    (code, text)
-}
+use super::{
+    client, describe, drive, has_gone, is_init_done, names, next_described, next_ok, pod,
+    spawn_watcher, wait_until, within,
+};
+use crate::apiserver::ApiServer;
 
 #[tokio::test]
 async fn list_get_and_selectors_through_kube() {
@@ -106,7 +28,8 @@ async fn list_get_and_selectors_through_kube() {
         .await
         .unwrap();
     assert_eq!(names(&list.items), ["a", "c"]);
-    assert_eq!(list.metadata.resource_version.as_deref(), Some("1003"));
+    // Five versions: Namespace default, a, b, Namespace kube-system, c.
+    assert_eq!(list.metadata.resource_version.as_deref(), Some("1005"));
     assert!(list.items.iter().all(|p| p.resource_version().is_some()));
     let c = list.items.iter().find(|p| p.name_any() == "c").unwrap();
     assert_eq!(c.metadata.uid.as_deref(), Some("uid-kube-system-c"));
@@ -152,11 +75,10 @@ async fn watcher_sees_init_apply_modify_delete_and_selector_moves() {
     let api: Api<Pod> = Api::all(client(&server));
     let cfg = watcher::Config::default().fields("spec.nodeName=n1");
     let mut s = spawn_watcher(watcher(api, cfg));
-    let mut seen = Vec::new();
-    for _ in 0..3 {
-        seen.push(describe(&next_ok(&mut s).await));
-    }
-    assert_eq!(seen, ["Init", "InitApply(a)", "InitDone"]);
+    assert_eq!(
+        next_described(&mut s, 3).await,
+        ["Init", "InitApply(a)", "InitDone"]
+    );
 
     server.apply_pod(pod("default", "d", "n2")); // other node: must never appear
     server.apply_pod(pod("default", "c", "n1"));
@@ -165,7 +87,8 @@ async fn watcher_sees_init_apply_modify_delete_and_selector_moves() {
     let watcher::Event::Apply(c) = ev else {
         unreachable!()
     };
-    assert_eq!(c.resource_version().as_deref(), Some("1004"));
+    // Namespace default 1001, a 1002, b 1003, d 1004, c 1005.
+    assert_eq!(c.resource_version().as_deref(), Some("1005"));
 
     let mut changed = pod("default", "c", "n1");
     changed.labels_mut().insert("tier".into(), "x".into());
@@ -175,10 +98,10 @@ async fn watcher_sees_init_apply_modify_delete_and_selector_moves() {
         panic!("{}", describe(&ev))
     };
     assert_eq!(c.labels().get("tier").map(String::as_str), Some("x"));
-    assert_eq!(c.resource_version().as_deref(), Some("1005"));
+    assert_eq!(c.resource_version().as_deref(), Some("1006"));
 
     let deleted = server.delete_pod("default", "c").unwrap();
-    assert_eq!(deleted.resource_version().as_deref(), Some("1006"));
+    assert_eq!(deleted.resource_version().as_deref(), Some("1007"));
     assert_eq!(describe(&next_ok(&mut s).await), "Delete(c)");
     assert!(server.delete_pod("default", "c").is_none());
 
@@ -191,7 +114,7 @@ async fn watcher_sees_init_apply_modify_delete_and_selector_moves() {
     let log = server.request_log();
     assert!(
         log.iter()
-            .any(|l| l.contains("watch=true") && l.contains("resourceVersion=1002"))
+            .any(|l| l.contains("watch=true") && l.contains("resourceVersion=1003"))
     );
 
     // Dropping the server closes the open watch and does not hang.
@@ -217,53 +140,14 @@ async fn streaming_list_uses_send_initial_events() {
         .fields("spec.nodeName=n1")
         .streaming_lists();
     let mut s = spawn_watcher(watcher(api, cfg));
-    let mut seen = Vec::new();
-    for _ in 0..3 {
-        seen.push(describe(&next_ok(&mut s).await));
-    }
-    assert_eq!(seen, ["Init", "InitApply(a)", "InitDone"]);
+    assert_eq!(
+        next_described(&mut s, 3).await,
+        ["Init", "InitApply(a)", "InitDone"]
+    );
     server.apply_pod(pod("default", "c", "n1"));
     assert_eq!(describe(&next_ok(&mut s).await), "Apply(c)");
     assert_eq!(server.list_requests(), 0);
     eprintln!("streaming-list URIs: {:#?}", server.request_log());
-}
-
-/// Drives the watcher until `done` holds for the events seen, tolerating errors;
-/// returns the errors seen and keeps `store` as the client's view of the world.
-async fn drive(
-    s: &mut Events,
-    store: &mut BTreeSet<String>,
-    mut done: impl FnMut(&watcher::Event<Pod>) -> bool,
-) -> Vec<watcher::Error> {
-    let mut errors = Vec::new();
-    let mut staging = BTreeSet::new();
-    loop {
-        match within(s.recv()).await.expect("stream ended") {
-            Err(e) => errors.push(e),
-            Ok(ev) => {
-                match &ev {
-                    watcher::Event::Init => staging.clear(),
-                    watcher::Event::InitApply(p) => drop(staging.insert(p.name_any())),
-                    watcher::Event::InitDone => *store = std::mem::take(&mut staging),
-                    watcher::Event::Apply(p) => drop(store.insert(p.name_any())),
-                    watcher::Event::Delete(p) => drop(store.remove(&p.name_any())),
-                }
-                if done(&ev) {
-                    return errors;
-                }
-            }
-        }
-    }
-}
-
-/// Polls (bounded) until `cond` holds.
-async fn wait_until(mut cond: impl FnMut() -> bool) {
-    within(async {
-        while !cond() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
 }
 
 /// With kube's default config (as the agent builds it), the client's built-in retry
@@ -276,10 +160,7 @@ async fn outage_is_retried_inside_default_kube_client() {
     let cfg = watcher::Config::default().fields("spec.nodeName=n1");
     let mut s = spawn_watcher(watcher(api, cfg).default_backoff());
     let mut store = BTreeSet::new();
-    drive(&mut s, &mut store, |e| {
-        matches!(e, watcher::Event::InitDone)
-    })
-    .await;
+    drive(&mut s, &mut store, is_init_done).await;
     let (lists, watches) = (server.list_requests(), server.watch_requests());
 
     server.set_available(false);
@@ -310,10 +191,7 @@ async fn outage_surfaces_errors_without_client_retry() {
     let cfg = watcher::Config::default().fields("spec.nodeName=n1");
     let mut s = spawn_watcher(watcher(api, cfg).default_backoff());
     let mut store = BTreeSet::new();
-    drive(&mut s, &mut store, |e| {
-        matches!(e, watcher::Event::InitDone)
-    })
-    .await;
+    drive(&mut s, &mut store, is_init_done).await;
     let watches = server.watch_requests();
 
     server.set_available(false);
@@ -342,10 +220,7 @@ async fn compaction_forces_relist_via_410() {
     let cfg = watcher::Config::default().fields("spec.nodeName=n1");
     let mut s = spawn_watcher(watcher(api, cfg).default_backoff());
     let mut store = BTreeSet::new();
-    drive(&mut s, &mut store, |e| {
-        matches!(e, watcher::Event::InitDone)
-    })
-    .await;
+    drive(&mut s, &mut store, is_init_done).await;
     let (lists, watches) = (server.list_requests(), server.watch_requests());
 
     // An outage forces a reconnect; the changes it missed are compacted away.
@@ -355,14 +230,11 @@ async fn compaction_forces_relist_via_410() {
     server.apply_pod(pod("default", "new", "n1"));
     server.compact();
     server.set_available(true);
-    let errors = drive(&mut s, &mut store, |e| {
-        matches!(e, watcher::Event::InitDone)
-    })
-    .await;
-    let gone = errors
-        .iter()
-        .any(|e| matches!(e, watcher::Error::WatchError(s) if s.code == 410));
-    assert!(gone, "expected a 410 watch error, got {errors:?}");
+    let errors = drive(&mut s, &mut store, is_init_done).await;
+    assert!(
+        has_gone(&errors),
+        "expected a 410 watch error, got {errors:?}"
+    );
     assert_eq!(store, BTreeSet::from(["b".to_owned(), "new".to_owned()]));
     assert!(server.list_requests() > lists);
 
@@ -374,75 +246,6 @@ async fn compaction_forces_relist_via_410() {
     .await;
     assert!(store.contains("after"));
     eprintln!("410 URIs: {:#?}", server.request_log());
-}
-
-/// Sync test: the server is usable without any runtime in the caller.
-#[test]
-fn raw_protocol_edges_and_garbage() {
-    let server = ApiServer::start().unwrap();
-    server.apply_pod(pod("default", "a", "n1"));
-    let is_status = |code: u16, body: &str| {
-        body.contains("\"kind\":\"Status\"") && body.contains(&format!("\"code\":{code}"))
-    };
-    for (req, want) in [
-        (
-            &b"GET /api/v1/pods?fieldSelector=spec.bogus%3D1 HTTP/1.1"[..],
-            400,
-        ),
-        (
-            b"GET /api/v1/pods?labelSelector=env%20in%20(a,b) HTTP/1.1",
-            400,
-        ),
-        (b"GET /api/v1/pods?labelSelector=%FF HTTP/1.1", 400),
-        (b"GET /api/v1/pods?labelSelector=%zz HTTP/1.1", 400),
-        (b"GET /api/v1/pods?watch=maybe HTTP/1.1", 400),
-        (b"GET /api/v1/pods?resourceVersion=abc HTTP/1.1", 400),
-        (
-            b"GET /api/v1/pods?watch=1&sendInitialEvents=true HTTP/1.1",
-            422,
-        ),
-        (b"GET /apis/apps/v1/deployments HTTP/1.1", 404),
-        (b"GET /api/v1/namespaces/default/pods/missing HTTP/1.1", 404),
-        (b"POST /api/v1/pods HTTP/1.1", 405),
-    ] {
-        let (code, body) = raw(&server, req);
-        assert_eq!(code, want, "{}: {body}", String::from_utf8_lossy(req));
-        assert!(is_status(want, &body), "{body}");
-    }
-    // Raw non-ASCII in the request line is rejected by hyper itself (400, no body).
-    assert_eq!(raw(&server, b"GET /api/v1/pods?x=\xff HTTP/1.1").0, 400);
-
-    // A stale resourceVersion gets an in-stream 410 ERROR event, then the end.
-    server.compact();
-    let (code, body) = raw(
-        &server,
-        b"GET /api/v1/pods?watch=true&resourceVersion=1000 HTTP/1.1",
-    );
-    assert_eq!(code, 200);
-    assert!(body.contains(r#"{"type":"ERROR","object":{"#), "{body}");
-    assert!(body.contains("too old resource version: 1000 (1001)") && is_status(410, &body));
-
-    // rv unset: synthetic ADDED for current state, bookmarks, ends at timeoutSeconds.
-    let (code, body) = raw(
-        &server,
-        b"GET /api/v1/pods?watch=true&allowWatchBookmarks=true&timeoutSeconds=2 HTTP/1.1",
-    );
-    assert_eq!(code, 200);
-    assert!(body.contains(r#"{"type":"ADDED","object":{"apiVersion":"v1","kind":"Pod""#));
-    assert!(body.contains(r#"{"type":"BOOKMARK","object":{"apiVersion":"v1","kind":"Pod","metadata":{"resourceVersion":"1001"}}}"#), "{body}");
-    // rv = current: no replay, only live events.
-    let (_, body) = raw(
-        &server,
-        b"GET /api/v1/pods?watch=true&resourceVersion=1001&timeoutSeconds=1 HTTP/1.1",
-    );
-    assert!(!body.contains("ADDED"), "{body}");
-
-    // Outage: 503 Status for everything; then back to normal.
-    server.set_available(false);
-    let (code, body) = raw(&server, b"GET /api/v1/pods HTTP/1.1");
-    assert!(code == 503 && is_status(503, &body), "{body}");
-    server.set_available(true);
-    assert_eq!(raw(&server, b"GET /api/v1/pods HTTP/1.1").0, 200);
 }
 
 #[tokio::test]

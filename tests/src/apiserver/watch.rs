@@ -1,6 +1,24 @@
-//! Watch streams: a cursor into the change history, bookmarks, timeouts and 410 Gone.
+//! Watch streams: a cursor into the change history of one kind, bookmarks, timeouts, 410 Gone,
+//! and the ends the Rust API forces (outage, [`super::ApiServer::close_watches`],
+//! [`super::ApiServer::expire_watches`]).
 
-use super::*;
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::{Response, StatusCode};
+use serde_json::json;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::routing::{Body, status, status_json};
+use super::selectors::{Params, Selector};
+use super::store::Object;
+use super::{BOOKMARK_EVERY, DEFAULT_WATCH_TIMEOUT, Shared};
 
 pub(super) fn start_watch(shared: &Arc<Shared>, sel: Selector, p: &Params) -> Response<Body> {
     let initial = match p.send_initial_events {
@@ -21,7 +39,9 @@ pub(super) fn start_watch(shared: &Arc<Shared>, sel: Selector, p: &Params) -> Re
         shared: Arc::clone(shared),
         changed,
         sel,
-        cursor: st.rv,
+        cursor: st.store.resource_version(),
+        closes: st.closes,
+        expiries: st.expiries,
         pending: VecDeque::new(),
         finished: false,
         bookmarks: p.bookmarks,
@@ -29,17 +49,17 @@ pub(super) fn start_watch(shared: &Arc<Shared>, sel: Selector, p: &Params) -> Re
         deadline: Instant::now() + p.timeout.unwrap_or(DEFAULT_WATCH_TIMEOUT),
     };
     if initial {
-        for pod in st.pods.values() {
-            if w.sel.matches(pod) {
-                w.push_event("ADDED", pod);
+        for object in st.store.list(w.sel.kind) {
+            if w.sel.matches(object) {
+                w.push_event("ADDED", object);
             }
         }
         if p.send_initial_events == Some(true) {
             w.push_bookmark(true);
         }
     } else if let Some(from) = p.rv {
-        if from < st.compacted {
-            w.push_expired(from, st.compacted);
+        if from < st.store.compacted() {
+            w.push_too_old(from, st.store.compacted());
         } else {
             w.cursor = from;
         }
@@ -56,22 +76,26 @@ pub(super) fn start_watch(shared: &Arc<Shared>, sel: Selector, p: &Params) -> Re
 }
 
 /// One open watch: a cursor into the history plus lines waiting to be written.
-pub(super) struct WatchStream {
-    pub(super) shared: Arc<Shared>,
-    pub(super) changed: watch::Receiver<()>,
-    pub(super) sel: Selector,
+struct WatchStream {
+    shared: Arc<Shared>,
+    changed: watch::Receiver<()>,
+    sel: Selector,
     /// Every change with rv <= cursor has been considered for this watch.
-    pub(super) cursor: u64,
-    pub(super) pending: VecDeque<Bytes>,
+    cursor: u64,
+    /// `State::closes` and `State::expiries` when the watch started: a change means
+    /// the Rust API ended every watch open at the time.
+    closes: u64,
+    expiries: u64,
+    pending: VecDeque<Bytes>,
     /// Write what is pending, then end the stream.
-    pub(super) finished: bool,
-    pub(super) bookmarks: bool,
-    pub(super) next_bookmark: Instant,
-    pub(super) deadline: Instant,
+    finished: bool,
+    bookmarks: bool,
+    next_bookmark: Instant,
+    deadline: Instant,
 }
 
 impl WatchStream {
-    pub(super) async fn next_chunk(&mut self) -> Option<Bytes> {
+    async fn next_chunk(&mut self) -> Option<Bytes> {
         loop {
             if let Some(line) = self.pending.pop_front() {
                 return Some(line);
@@ -96,23 +120,30 @@ impl WatchStream {
     }
 
     /// Queues the events for every change after the cursor.
-    pub(super) fn collect(&mut self) {
+    fn collect(&mut self) {
         let shared = Arc::clone(&self.shared);
         let st = shared.lock();
-        if st.shutdown || !st.available {
+        if st.shutdown || !st.available || st.closes != self.closes {
             self.finished = true;
             return;
         }
-        if self.cursor < st.compacted {
-            self.push_expired(self.cursor, st.compacted);
+        if st.expiries != self.expiries {
+            // What the real server sends when etcd compacted past a watch that had not
+            // caught up (storage/etcd3/watcher.go, ErrCompacted).
+            let msg = "The resourceVersion for the provided watch is too old.";
+            self.push_error(StatusCode::GONE, "Expired", msg);
             return;
         }
-        let start = st.history.partition_point(|c| c.rv <= self.cursor);
-        for change in st.history.get(start..).unwrap_or_default() {
+        let compacted = st.store.compacted();
+        if self.cursor < compacted {
+            self.push_too_old(self.cursor, compacted);
+            return;
+        }
+        for change in st.store.changes_after(self.cursor) {
             let was = change
                 .before
                 .as_deref()
-                .is_some_and(|p| self.sel.matches(p));
+                .is_some_and(|o| self.sel.matches(o));
             let is = !change.deleted && self.sel.matches(&change.after);
             // Moving across the selector boundary looks like create/delete to this
             // watch, exactly as on the real server.
@@ -124,35 +155,44 @@ impl WatchStream {
             };
             self.push_event(kind, &change.after);
         }
-        self.cursor = self.cursor.max(st.rv);
+        self.cursor = self.cursor.max(st.store.resource_version());
     }
 
-    pub(super) fn push_event(&mut self, kind: &str, pod: &Pod) {
-        match serde_json::to_vec(pod) {
+    fn push_event(&mut self, kind: &str, object: &Object) {
+        match serde_json::to_vec(object.json()) {
             Ok(obj) => self.push_line(kind, &obj),
-            Err(e) => eprintln!("apiserver: cannot serialize pod: {e}"),
+            Err(e) => eprintln!("apiserver: cannot serialize {}: {e}", object.name()),
         }
     }
 
-    pub(super) fn push_bookmark(&mut self, initial_end: bool) {
+    /// A bookmark carries the newest resourceVersion overall, not of this kind: changes to
+    /// other kinds move a watcher's resume point too, as on the real server.
+    fn push_bookmark(&mut self, initial_end: bool) {
         let rv = self.cursor.to_string();
         let meta = if initial_end {
             json!({"resourceVersion": rv, "annotations": {"k8s.io/initial-events-end": "true"}})
         } else {
             json!({"resourceVersion": rv})
         };
-        let obj = json!({"kind": "Pod", "apiVersion": "v1", "metadata": meta});
+        let info = self.sel.kind.info();
+        let obj = json!({"kind": info.kind, "apiVersion": info.api_version, "metadata": meta});
         self.push_line("BOOKMARK", obj.to_string().as_bytes());
     }
 
-    pub(super) fn push_expired(&mut self, from: u64, oldest: u64) {
+    /// The watch cache's answer to a watch from before the compaction point.
+    fn push_too_old(&mut self, from: u64, oldest: u64) {
         let msg = format!("too old resource version: {from} ({oldest})");
-        let obj = status_json(StatusCode::GONE, "Expired", &msg);
+        self.push_error(StatusCode::GONE, "Expired", &msg);
+    }
+
+    /// An in-stream ERROR event, after which the stream ends.
+    fn push_error(&mut self, code: StatusCode, reason: &str, message: &str) {
+        let obj = status_json(code, reason, message);
         self.push_line("ERROR", obj.to_string().as_bytes());
         self.finished = true;
     }
 
-    pub(super) fn push_line(&mut self, kind: &str, object: &[u8]) {
+    fn push_line(&mut self, kind: &str, object: &[u8]) {
         let mut line = Vec::with_capacity(object.len() + 32);
         line.extend_from_slice(b"{\"type\":\"");
         line.extend_from_slice(kind.as_bytes());
