@@ -19,9 +19,9 @@
 //!   skc_daddr, skc_v6_rcv_saddr, skc_v6_daddr}, sk_err, sk_err_soft
 //! - raw tracepoint tcp_receive_reset: argument (sk); the socket's fields as above
 //! - tcp:tcp_retransmit_skb: skaddr, state
-//! - tcp:tcp_send_reset (Linux >= 6.10): skbaddr, skaddr, reason (enum sk_rst_reason),
-//!   saddr/daddr (sockaddr_in/sockaddr_in6 in 28 bytes; saddr is the local end)
-//! - struct sk_buff.data (BTF): the TCP header of the segment being answered
+//! - raw tracepoint tcp_send_reset (Linux >= 6.10: sk, skb, reason); the tracefs format of
+//!   tcp:tcp_send_reset tells the layout (and whether it has a reason); the SYN's IP and TCP
+//!   headers are read from the packet (`skb->head` + header offsets)
 //! - struct sock.sk_err (BTF): how a connect() without RST ended
 
 use aya_ebpf::{
@@ -38,12 +38,11 @@ use triage_agent_common::{
 };
 
 use crate::{
+    drop::{ETH_P_IP, ETH_P_IPV6, HEADER_UNSET, skb_headers},
     flows,
     maps::{CONNECTS, count_loss, offsets},
 };
 
-/// Byte of the TCP header holding the flags.
-const TCP_FLAGS_BYTE: u64 = 13;
 const TCP_FLAG_SYN: u8 = 0x02;
 const TCP_FLAG_ACK: u8 = 0x10;
 
@@ -261,40 +260,62 @@ fn try_tcp_receive_reset(ctx: &RawTracePointContext) -> Result<(), i32> {
     Ok(())
 }
 
-#[tracepoint(category = "tcp", name = "tcp_send_reset")]
-pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
+/// A raw tracepoint (arguments `sk, skb, reason` since Linux 6.10): with no socket, the SYN
+/// being answered is read from the packet.
+#[raw_tracepoint(tracepoint = "tcp_send_reset")]
+pub fn tcp_send_reset(ctx: RawTracePointContext) -> i32 {
     let _ = try_tcp_send_reset(&ctx);
     0
 }
 
-fn try_tcp_send_reset(ctx: &TracePointContext) -> Result<(), i32> {
+fn try_tcp_send_reset(ctx: &RawTracePointContext) -> Result<(), i32> {
     let o = offsets();
     if o.send_reset.layout != send_reset_layout::SOCKADDR {
         return Ok(());
     }
-    let sk: u64 = field(ctx, o.send_reset.skaddr)?;
+    let sk: u64 = ctx.arg(0);
     if sk != 0 {
         // A socket exists: this reset ends a known connection, it does not refuse a new one.
         return Ok(());
     }
-    let skb: u64 = field(ctx, o.send_reset.skbaddr)?;
-    let data: u64 = kread(skb, o.skb.data)?;
-    let flags: u8 = kread(data, TCP_FLAGS_BYTE as u32)?;
+    let skb: u64 = ctx.arg(1);
+    let (protocol, th, nh, head) = skb_headers(skb)?;
+    if nh == HEADER_UNSET {
+        return Ok(());
+    }
+    let ip = head + nh as u64;
+    let mut saddr = [0u8; 16];
+    let mut daddr = [0u8; 16];
+    let (family, tcp) = if protocol == ETH_P_IP {
+        let hdr: [u8; 20] = kread(ip, 0)?;
+        saddr[..4].copy_from_slice(&hdr[12..16]);
+        daddr[..4].copy_from_slice(&hdr[16..20]);
+        (AF_INET, nh as u64 + ((hdr[0] & 0x0f) as u64) * 4)
+    } else if protocol == ETH_P_IPV6 {
+        let hdr: [u8; 40] = kread(ip, 0)?;
+        saddr.copy_from_slice(&hdr[8..24]);
+        daddr.copy_from_slice(&hdr[24..40]);
+        (AF_INET6, nh as u64 + 40)
+    } else {
+        return Ok(());
+    };
+    let tcp = if th == HEADER_UNSET || th <= nh {
+        head + tcp
+    } else {
+        head + th as u64
+    };
+    let t: [u8; 14] = kread(tcp, 0)?;
+    let flags = t[13];
     if flags & TCP_FLAG_SYN == 0 || flags & TCP_FLAG_ACK != 0 {
         return Ok(());
     }
-    let (reason, reason_flag) = match field::<u32>(ctx, o.send_reset.reason) {
-        Ok(reason) => (reason, flow_flags::HAS_REASON),
-        Err(_) => (0, 0),
+    let (reason, reason_flag) = if o.send_reset.reason == ABSENT {
+        (0, 0)
+    } else {
+        let r: u64 = ctx.arg(2);
+        (r as u32, flow_flags::HAS_REASON)
     };
-    // saddr is the refusing (local) end, daddr the peer that sent the SYN.
-    let local: [u8; 28] = field(ctx, o.send_reset.saddr)?;
-    let remote: [u8; 28] = field(ctx, o.send_reset.daddr)?;
-    let (family, lport, laddr) = sockaddr(&local);
-    let (_, rport, raddr) = sockaddr(&remote);
-    if family != AF_INET && family != AF_INET6 {
-        return Ok(());
-    }
+    // The SYN went from the remote end (saddr, its source port) to this host's port.
     let key = FlowKey {
         kind: kind::SYN_REFUSED,
         reason,
@@ -303,32 +324,18 @@ fn try_tcp_send_reset(ctx: &TracePointContext) -> Result<(), i32> {
         protocol: IPPROTO_TCP as u8,
         tcp_flags: 0,
         sport: 0,
-        dport: lport,
+        dport: u16::from_be_bytes([t[2], t[3]]),
         ifindex: 0,
         flags: reason_flag,
-        saddr: raddr,
-        daddr: laddr,
+        saddr,
+        daddr,
     };
     flows::record(
         &key,
         FlowStats {
-            last_sport: rport,
+            last_sport: u16::from_be_bytes([t[0], t[1]]),
             ..FlowStats::default()
         },
     );
     Ok(())
-}
-
-/// Splits a `sockaddr_in`/`sockaddr_in6` image into family, port (host order) and address.
-#[inline(always)]
-fn sockaddr(raw: &[u8; 28]) -> (u16, u16, [u8; 16]) {
-    let family = u16::from_ne_bytes([raw[0], raw[1]]);
-    let port = u16::from_be_bytes([raw[2], raw[3]]);
-    let mut addr = [0u8; 16];
-    if family == AF_INET {
-        addr[..4].copy_from_slice(&raw[4..8]);
-    } else {
-        addr.copy_from_slice(&raw[8..24]);
-    }
-    (family, port, addr)
 }

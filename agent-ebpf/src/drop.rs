@@ -35,10 +35,10 @@ use crate::{
 const ARG_SKB: usize = 0;
 const ARG_REASON: usize = 2;
 
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
+pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86dd;
 /// `skb->*_header` value meaning "not set".
-const HEADER_UNSET: u16 = 0xffff;
+pub const HEADER_UNSET: u16 = 0xffff;
 /// TCP flags kept in the flow key.
 const TCP_FLAGS_KEPT: u8 = 0x01 | 0x02 | 0x04 | 0x10; // FIN, SYN, RST, ACK
 
@@ -148,7 +148,7 @@ fn try_kfree_skb(ctx: &RawTracePointContext) -> Result<(), i32> {
 /// every kernel since 4.x these four sit in one 24-byte stretch of `struct sk_buff`
 /// (protocol, transport_header, network_header, ..., head): one read then, else four.
 #[inline(always)]
-fn skb_headers(skb: u64) -> Result<(u16, u16, u16, u64), i32> {
+pub fn skb_headers(skb: u64) -> Result<(u16, u16, u16, u64), i32> {
     let o = offsets();
     let base = o.skb.protocol;
     if o.skb.transport_header == base + 2

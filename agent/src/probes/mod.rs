@@ -64,8 +64,7 @@ pub const PROGRAMS: &[Program] = &[
     },
     Program {
         name: "tcp_send_reset",
-        hook: Hook::TracePoint {
-            category: "tcp",
+        hook: Hook::RawTracePoint {
             name: "tcp_send_reset",
         },
     },
