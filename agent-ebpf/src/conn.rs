@@ -15,8 +15,8 @@
 //!
 //! Kernel interfaces (field offsets come from tracefs `format` and BTF at load time):
 //! - raw tracepoint inet_sock_set_state: arguments (sk, oldstate, newstate); struct sock
-//!   (BTF): sk_protocol, __sk_common.{skc_family, skc_num, skc_dport, skc_rcv_saddr,
-//!   skc_daddr, skc_v6_rcv_saddr, skc_v6_daddr}, sk_err, sk_err_soft
+//!   (BTF): sk_protocol, __sk_common.{skc_family, skc_dport, skc_rcv_saddr, skc_daddr,
+//!   skc_v6_rcv_saddr, skc_v6_daddr}, inet_sock.inet_sport, sk_err, sk_err_soft
 //! - raw tracepoint tcp_receive_reset: argument (sk); the socket's fields as above
 //! - tcp:tcp_retransmit_skb: skaddr, state
 //! - raw tracepoint tcp_send_reset (Linux >= 6.10: sk, skb, reason); the tracefs format of
@@ -179,7 +179,7 @@ fn socket_ends(sk: u64) -> Result<Option<(Addresses, u16, u16)>, i32> {
     } else {
         return Ok(None);
     }
-    let sport: u16 = kread(sk, o.sock.num)?;
+    let sport = u16::from_be(kread::<u16>(sk, o.sock.sport)?);
     let dport = u16::from_be(kread::<u16>(sk, o.sock.dport)?);
     Ok(Some(((family, saddr, daddr), sport, dport)))
 }

@@ -80,6 +80,10 @@ fn ingress_drop_between_two_pods_is_evidence_on_both_and_a_timeout_not_a_refusal
     );
     let t = records(&v, "connection_timeout", "outbound")[0];
     assert_eq!(t["dst"], dst.as_str());
+    assert!(
+        !t["src"].as_str().unwrap().ends_with(":0"),
+        "the client's port survives the socket's close: {t}"
+    );
     assert_eq!(t["protocol"], "tcp");
     assert_eq!(t["peer"]["name"], "db");
     assert_eq!(t["attribution"], "cgroup");

@@ -228,10 +228,12 @@ pub struct SockOffsets {
     pub kn_id: u32,
     /// `sock.sk_protocol` (u16).
     pub protocol: u32,
-    /// `sock.__sk_common.*`: family (u16), local port (skc_num, host order), remote port
-    /// (skc_dport, network order), IPv4 addresses, IPv6 addresses.
+    /// `sock.__sk_common.*`: family (u16), remote port (skc_dport, network order), IPv4
+    /// addresses, IPv6 addresses; and `inet_sock.inet_sport` (network order; `struct sock` is
+    /// the first member of `struct inet_sock`), which unlike skc_num survives the port's
+    /// release when the socket closes.
     pub family: u32,
-    pub num: u32,
+    pub sport: u32,
     pub dport: u32,
     pub rcv_saddr: u32,
     pub daddr: u32,
@@ -312,7 +314,7 @@ impl Offsets {
             kn_id: ABSENT,
             protocol: ABSENT,
             family: ABSENT,
-            num: ABSENT,
+            sport: ABSENT,
             dport: ABSENT,
             rcv_saddr: ABSENT,
             daddr: ABSENT,

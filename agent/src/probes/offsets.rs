@@ -36,7 +36,7 @@ pub fn kernel_offsets(tracefs: &Path, btf: Option<&Btf>) -> (Offsets, Problems) 
     if [
         s.protocol,
         s.family,
-        s.num,
+        s.sport,
         s.dport,
         s.rcv_saddr,
         s.daddr,
@@ -95,7 +95,7 @@ fn sock(btf: &Btf) -> SockOffsets {
         kn_id: member(btf, "kernfs_node", "id"),
         protocol: member(btf, "sock", "sk_protocol"),
         family: member(btf, "sock", "__sk_common.skc_family"),
-        num: member(btf, "sock", "__sk_common.skc_num"),
+        sport: member(btf, "inet_sock", "inet_sport"),
         dport: member(btf, "sock", "__sk_common.skc_dport"),
         rcv_saddr: member(btf, "sock", "__sk_common.skc_rcv_saddr"),
         daddr: member(btf, "sock", "__sk_common.skc_daddr"),
