@@ -33,8 +33,9 @@ use aya_ebpf::{
     programs::{RawTracePointContext, TracePointContext},
 };
 use triage_agent_common::{
-    ABSENT, AF_INET, AF_INET6, COMM_LEN, FlowKey, FlowStats, IPPROTO_TCP, LOST_CONNECT_TABLE,
-    LOST_FIELD_READ, PendingConnect, errno, flow_flags, kind, send_reset_layout, tcp_state,
+    ABSENT, AF_INET, AF_INET6, COMM_LEN, ERROR_UNKNOWN, FlowKey, FlowStats, IPPROTO_TCP,
+    LOST_CONNECT_TABLE, LOST_FIELD_READ, PendingConnect, errno, flow_flags, kind,
+    send_reset_layout, tcp_state,
 };
 
 use crate::{
@@ -133,7 +134,7 @@ fn try_inet_sock_set_state(ctx: &RawTracePointContext) -> Result<(), i32> {
             tgid: (pid_tgid >> 32) as u32,
             comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
             syn_retransmits: 0,
-            _pad0: 0,
+            error: 0,
         };
         // A plain hash, not LRU: when it is full the insert fails and is counted, instead of
         // silently evicting another attempt. Entries leave at the next state change.
@@ -196,7 +197,27 @@ fn ended_without_reset(sk: u64, pending: &PendingConnect) -> Result<(), i32> {
     // soft until a retransmission, and the application may give up first.
     let hard: i32 = kread(sk, o.sock.sk_err).unwrap_or(0);
     let soft: i32 = kread(sk, o.sock.sk_err_soft).unwrap_or(0);
-    let err = if hard != 0 { hard } else { soft }.unsigned_abs();
+    let mut err = if hard != 0 { hard } else { soft }.unsigned_abs();
+    if err == 0 && pending.error != 0 {
+        // The error was reported (inet_sk_error_report) but the application, woken first, had
+        // already taken its errno. Reported on the first SYN, with no reset, it was an ICMP
+        // error; after retransmissions it may as well be the kernel giving up: a timeout.
+        if pending.error != ERROR_UNKNOWN {
+            err = pending.error;
+        } else if pending.syn_retransmits == 0 {
+            let (key, stats) = connector_flow(
+                kind::CONNECT_REFUSED,
+                0,
+                flow_flags::ICMP_REJECT,
+                pending,
+                addrs,
+                sport,
+                dport,
+            );
+            flows::record(&key, stats);
+            return Ok(());
+        }
+    }
     let (kind, reason, flags) = match err {
         errno::ECONNREFUSED | errno::EHOSTUNREACH | errno::ENETUNREACH | errno::EACCES => {
             (kind::CONNECT_REFUSED, err, flow_flags::ICMP_REJECT)
@@ -207,6 +228,27 @@ fn ended_without_reset(sk: u64, pending: &PendingConnect) -> Result<(), i32> {
     let (key, stats) = connector_flow(kind, reason, flags, pending, addrs, sport, dport);
     flows::record(&key, stats);
     Ok(())
+}
+
+/// A raw tracepoint (argument `sk`) fired when an error is reported on a socket: for a connect
+/// still waiting (no reset came, or the entry would be gone) that is an ICMP error or the
+/// kernel giving up. The woken application may take the errno before the socket closes, so it
+/// is noted here.
+#[raw_tracepoint(tracepoint = "inet_sk_error_report")]
+pub fn inet_sk_error_report(ctx: RawTracePointContext) -> i32 {
+    let sk: u64 = ctx.arg(0);
+    if let Some(pending) = CONNECTS.get_ptr_mut(sk) {
+        let o = offsets();
+        let err: i32 = kread(sk, o.sock.sk_err).unwrap_or(0);
+        let err = if err != 0 {
+            err.unsigned_abs()
+        } else {
+            ERROR_UNKNOWN
+        };
+        // SAFETY: the entry belongs to this socket, whose error reports are serialized.
+        unsafe { (*pending).error = err };
+    }
+    0
 }
 
 #[tracepoint(category = "tcp", name = "tcp_retransmit_skb")]

@@ -175,8 +175,13 @@ pub struct PendingConnect {
     pub comm: [u8; COMM_LEN],
     /// SYN retransmissions so far.
     pub syn_retransmits: u32,
-    pub _pad0: u32,
+    /// An error was reported on the socket while it waited (0: none; [`ERROR_UNKNOWN`]: one
+    /// whose errno the woken application had already taken; else the errno).
+    pub error: u32,
 }
+
+/// [`PendingConnect::error`]: an error was reported but its errno was already consumed.
+pub const ERROR_UNKNOWN: u32 = u32::MAX;
 const _: () = assert!(size_of::<PendingConnect>() == 40);
 
 /// Field offsets of a tracepoint record, read from tracefs `format` at load time.

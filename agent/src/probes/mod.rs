@@ -69,6 +69,12 @@ pub const PROGRAMS: &[Program] = &[
         },
     },
     Program {
+        name: "inet_sk_error_report",
+        hook: Hook::RawTracePoint {
+            name: "inet_sk_error_report",
+        },
+    },
+    Program {
         name: "tcp_retransmit_skb",
         hook: Hook::TracePoint {
             category: "tcp",
