@@ -1,4 +1,5 @@
-//! triage-agent's kernel programs: failed connections ([`conn`]) and dropped packets ([`drop`]),
+//! triage-agent's kernel programs: failed connections ([`conn`]), dropped packets ([`drop`]) and
+//! DNS packets ([`dns`], copied to their own ring for userspace to parse), the first two
 //! aggregated per flow in the kernel ([`flows`]). One shared ring buffer ([`maps::EVENTS`])
 //! carries first occurrences to the node agent; repeats are counted in the flow tables; every
 //! loss is counted in [`maps::LOSS`].
@@ -16,6 +17,7 @@
 #![feature(core_intrinsics)]
 
 mod conn;
+mod dns;
 mod drop;
 mod flows;
 mod maps;

@@ -6,13 +6,18 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use triage_agent_common::{
-    CONNECTS_ENTRIES, DROP_REASONS_ENTRIES, EVENTS_RING_BYTES, FLOWS_ENTRIES, FlowKey, FlowStats,
-    LOSS_SLOTS, Offsets, PendingConnect,
+    CONNECTS_ENTRIES, DNS_RING_BYTES, DROP_REASONS_ENTRIES, EVENTS_RING_BYTES, FLOWS_ENTRIES,
+    FlowKey, FlowStats, LOSS_SLOTS, Offsets, PendingConnect,
 };
 
 /// The one ring buffer every program writes its events into (`EVENTS_MAP`).
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
+
+/// DNS packets for userspace to parse (`DNS_RING_MAP`), apart from [`EVENTS`] so a DNS flood
+/// cannot crowd out other signals' first occurrences.
+#[map]
+pub static DNS_RING: RingBuf = RingBuf::with_byte_size(DNS_RING_BYTES, 0);
 
 /// Per-CPU loss counters (`LOSS_MAP`), indexed by the `LOST_*` constants.
 #[map]

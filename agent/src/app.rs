@@ -71,6 +71,15 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 store,
                 cgroup_root: args.cgroup_root,
                 drop_reasons: args.drop_reasons,
+                dns: crate::dns::DnsConfig {
+                    ports: args.dns_ports.0,
+                    track: crate::dns::TrackConfig {
+                        timeout: args.dns_timeout,
+                        slow: args.dns_slow,
+                        per_pod: args.dns_inflight_per_pod.max(1),
+                        total: args.dns_inflight.max(1),
+                    },
+                },
             })
             .await
         }

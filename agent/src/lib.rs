@@ -22,6 +22,7 @@ pub mod api;
 pub mod app;
 pub mod attribute;
 pub mod cli;
+pub mod dns;
 pub mod evidence;
 pub mod kernel;
 pub mod loss;

@@ -37,6 +37,17 @@ names! {
         /// A walk of the cgroup tree stopped at its cap: some cgroups could not be resolved,
         /// and their events were attributed by IP or not at all.
         CgroupWalkCapped = "cgroup_walk_capped",
+        /// A DNS packet was not copied: the kernel's DNS ring buffer was full.
+        DnsRingFull = "dns_ring_full",
+        /// A DNS packet whose header or question could not be parsed (malformed, or cut
+        /// before the question ended).
+        DnsMalformed = "dns_malformed",
+        /// A DNS payload longer than the kernel's copy (288 bytes): its header and question
+        /// were read, the rest (answer records) was not needed. Not a loss of evidence.
+        DnsTruncated = "dns_truncated",
+        /// A DNS query left the in-flight table before its answer or timeout (the table was
+        /// full for its pod or in total): its outcome is unknown.
+        DnsInflightEvicted = "dns_inflight_evicted",
     }
 }
 
@@ -58,13 +69,20 @@ impl Loss {
             Loss::AttributionExpired => "stored unattributed (pod metadata missing)",
             Loss::WatchLagged => "watch updates dropped (slow watcher)",
             Loss::CgroupWalkCapped => "cgroup walks cut short",
+            Loss::DnsRingFull => "DNS packets not copied (DNS ring buffer full)",
+            Loss::DnsMalformed => "DNS packets unparsable",
+            Loss::DnsTruncated => "DNS payloads longer than the copy (question read)",
+            Loss::DnsInflightEvicted => "DNS queries evicted before their outcome",
         }
     }
 
     /// Whether this loss can make a query's answer incomplete. A slow watcher's lost updates do
     /// not change what Query sees.
     pub fn affects_answers(self) -> bool {
-        !matches!(self, Loss::WatchLagged | Loss::FlowTableFull)
+        !matches!(
+            self,
+            Loss::WatchLagged | Loss::FlowTableFull | Loss::DnsTruncated
+        )
     }
 
     fn index(self) -> usize {

@@ -29,6 +29,7 @@ use tracing::{Instrument as _, error, info, info_span, warn};
 use crate::{
     api::{self, AgentApi, AgentInfo, AgentState},
     attribute::{self, Attributor, KernelNames, cgroup_ids, metadata},
+    dns,
     kernel::{btf::Btf, tracefs},
     loss::Counters,
     probes::{loader, offsets, reader, reasons::DropReasons},
@@ -48,6 +49,8 @@ pub struct AgentConfig {
     pub cgroup_root: Option<PathBuf>,
     /// Which kernel drop reasons to report.
     pub drop_reasons: DropReasons,
+    /// DNS capture.
+    pub dns: dns::DnsConfig,
 }
 
 fn kernel_release() -> String {
@@ -119,8 +122,21 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             None
         }
     };
-    let loaded = loader::load(&tracefs, btf.as_ref(), &config.drop_reasons)
-        .context("loading eBPF programs")?;
+    let cgroup_root = match config.cgroup_root.clone() {
+        Some(root) => root,
+        None => std::fs::read_to_string("/proc/self/mountinfo")
+            .ok()
+            .and_then(|m| cgroup_ids::cgroup2_mount(&m))
+            .context("no cgroup2 mount found; pass --cgroup-root")?,
+    };
+    let loaded = loader::load(&loader::LoadOptions {
+        tracefs: &tracefs,
+        btf: btf.as_ref(),
+        drop_reasons: &config.drop_reasons,
+        cgroup_root: &cgroup_root,
+        dns_ports: &config.dns.ports,
+    })
+    .context("loading eBPF programs")?;
     let names = KernelNames {
         reset: offsets::reset_reason_names(btf.as_ref()),
         drop: loaded.drop_reasons.clone(),
@@ -132,13 +148,6 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     };
     drop(btf);
 
-    let cgroup_root = match config.cgroup_root.clone() {
-        Some(root) => root,
-        None => std::fs::read_to_string("/proc/self/mountinfo")
-            .ok()
-            .and_then(|m| cgroup_ids::cgroup2_mount(&m))
-            .context("no cgroup2 mount found; pass --cgroup-root")?,
-    };
     let counters = Arc::new(Counters::default());
     let resolver = cgroup_ids::CgroupResolver::new(cgroup_root.clone(), counters.clone())
         .with_context(|| format!("opening the cgroup2 tree at {}", cgroup_root.display()))?;
@@ -165,6 +174,16 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         cancel.child_token(),
     );
     supervisor.spawn("metadata", infallible(metadata_task));
+    supervisor.spawn(
+        "dns",
+        dns::run(
+            loaded.dns_ring,
+            config.dns.clone(),
+            inputs.events.clone(),
+            counters.clone(),
+            cancel.child_token(),
+        ),
+    );
     supervisor.spawn(
         "reader",
         reader::run(

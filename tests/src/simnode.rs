@@ -115,6 +115,9 @@ pub struct SimPod {
     pod_cgroup: PathBuf,
     veth: String,
     children: Vec<Child>,
+    /// The pod's /etc/resolv.conf (bind-mounted over the host's for its processes), as kubelet
+    /// writes one per pod.
+    resolv_conf: Option<std::ffi::CString>,
 }
 
 /// What pods need from the node they are created on.
@@ -393,6 +396,7 @@ impl SimNode {
             pod_cgroup: PathBuf::new(),
             veth: format!("vp{}", self.pod_seq),
             children: Vec::new(),
+            resolv_conf: None,
         };
         let owned = self.net_owned();
         let net = owned.as_net();
@@ -473,6 +477,10 @@ impl SimNode {
     }
 
     fn command(&self, index: usize, args: &[&str]) -> anyhow::Result<Command> {
+        self.command_of(index, &self.workload, args)
+    }
+
+    fn command_of(&self, index: usize, program: &Path, args: &[&str]) -> anyhow::Result<Command> {
         let pod = &self.pods[index];
         ensure!(!pod.netns.is_empty(), "pod was deleted");
         let netns =
@@ -487,9 +495,11 @@ impl SimNode {
                     .with_context(|| format!("opening {}", path.display()))?,
             );
         }
-        let mut cmd = Command::new(&self.workload);
+        let resolv = pod.resolv_conf.clone();
+        let mut cmd = Command::new(program);
         cmd.args(args).stdin(Stdio::null());
-        // SAFETY: only async-signal-safe calls (write, setns) on fds opened before fork.
+        // SAFETY: only async-signal-safe calls (write, setns, unshare, mount) on fds and
+        // strings made before fork.
         unsafe {
             cmd.pre_exec(move || {
                 // Join the container's cgroups first, then its network namespace ("0" = self).
@@ -501,13 +511,146 @@ impl SimNode {
                 if libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
+                if let Some(resolv) = &resolv {
+                    // The pod's own resolv.conf in a mount namespace of its own.
+                    if libc::unshare(libc::CLONE_NEWNS) != 0
+                        || libc::mount(
+                            std::ptr::null(),
+                            c"/".as_ptr(),
+                            std::ptr::null(),
+                            libc::MS_REC | libc::MS_PRIVATE,
+                            std::ptr::null(),
+                        ) != 0
+                        || libc::mount(
+                            resolv.as_ptr(),
+                            c"/etc/resolv.conf".as_ptr(),
+                            std::ptr::null(),
+                            libc::MS_BIND,
+                            std::ptr::null(),
+                        ) != 0
+                    {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
                 Ok(())
             });
         }
         Ok(cmd)
     }
 
-    /// Starts a process in a pod's container (kept until the pod goes).
+    /// Gives a pod kubelet's resolv.conf for ClusterFirst DNS: the cluster DNS Service, the
+    /// namespace's search path, ndots:5; `options` adds resolver options ("use-vc").
+    pub fn set_cluster_dns(
+        &mut self,
+        index: usize,
+        vip: &str,
+        options: &str,
+    ) -> anyhow::Result<()> {
+        let ns = self.pods[index].namespace.clone();
+        let text = format!(
+            "nameserver {vip}\nsearch {ns}.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5 {options}\n"
+        );
+        let path = self
+            .kubeconfig
+            .path()
+            .join(format!("resolv-{}.conf", self.pods[index].name));
+        fs::write(&path, text)?;
+        self.pods[index].resolv_conf = Some(std::ffi::CString::new(
+            path.to_str().context("temp path is not UTF-8")?,
+        )?);
+        self.route_via_node(index, "10.96.0.0/12")
+    }
+
+    /// Routes a range from a pod through the node's network namespace (where Service VIPs are
+    /// translated), as a pod's default route does.
+    pub fn route_via_node(&self, index: usize, cidr: &str) -> anyhow::Result<()> {
+        let pod = &self.pods[index];
+        ensure!(!pod.netns.is_empty(), "pod was deleted");
+        let via = self.node_ip().to_string();
+        sh(
+            "ip",
+            &["-n", &pod.netns, "route", "replace", cidr, "via", &via],
+        )
+    }
+
+    /// Starts a cluster DNS server: dnsmasq (with `args`) in pod `kube-system/<name>`, behind
+    /// the Service VIP `vip` (UDP and TCP 53 translated in the node's namespace, as kube-proxy
+    /// does). The server's replies go back through the node so the translation is undone.
+    pub fn add_dns_server(
+        &mut self,
+        name: &str,
+        vip: &str,
+        args: &[&str],
+    ) -> anyhow::Result<usize> {
+        let index = self.add_pod("kube-system", name)?;
+        let pod_ip = self.pods[index].ip.to_string();
+        let netns = self.pods[index].netns.clone();
+        let subnet = format!(
+            "{}.{}.{}.0/24",
+            self.subnet[0], self.subnet[1], self.subnet[2]
+        );
+        let node_ip = self.node_ip().to_string();
+        sh(
+            "ip",
+            &["-n", &netns, "route", "del", &subnet, "dev", "eth0"],
+        )?;
+        sh(
+            "ip",
+            &[
+                "-n",
+                &netns,
+                "route",
+                "add",
+                &format!("{node_ip}/32"),
+                "dev",
+                "eth0",
+            ],
+        )?;
+        sh(
+            "ip",
+            &["-n", &netns, "route", "add", &subnet, "via", &node_ip],
+        )?;
+        for sysctl in [
+            "net.ipv4.ip_forward=1",
+            "net.ipv4.conf.all.send_redirects=0",
+            "net.ipv4.conf.br0.send_redirects=0",
+        ] {
+            sh(
+                "ip",
+                &["netns", "exec", &self.node_netns, "sysctl", "-qw", sysctl],
+            )?;
+        }
+        let table = format!("sim_svc_{}", name.replace('-', "_"));
+        nft(
+            &self.node_netns,
+            &format!(
+                "table ip {table} {{\n chain prerouting {{\n  type nat hook prerouting priority -100; policy accept;\n  ip daddr {vip} udp dport 53 dnat to {pod_ip}:53\n  ip daddr {vip} tcp dport 53 dnat to {pod_ip}:53\n }}\n}}\n"
+            ),
+        )?;
+        let listen = format!("--listen-address={pod_ip}");
+        let mut dnsmasq_args = vec![
+            "--keep-in-foreground",
+            "--no-resolv",
+            "--no-hosts",
+            "--bind-interfaces",
+            "--port=53",
+            "--pid-file=",
+            "--user=root",
+            "--cache-size=0",
+            &listen,
+        ];
+        dnsmasq_args.extend_from_slice(args);
+        let child = self
+            .command_of(index, Path::new("/usr/sbin/dnsmasq"), &dnsmasq_args)?
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting dnsmasq (Debian package dnsmasq-base)")?;
+        self.pods[index].children.push(child);
+        Ok(index)
+    }
+
+    /// Starts a long-running process in a pod's container (kept until the pod goes).
     pub fn spawn(&self, index: usize, args: &[&str]) -> anyhow::Result<Child> {
         self.command(index, args)?
             .stdout(Stdio::null())
@@ -573,6 +716,7 @@ impl SimPod {
             pod_cgroup: PathBuf::new(),
             veth: String::new(),
             children: Vec::new(),
+            resolv_conf: None,
         }
     }
 }

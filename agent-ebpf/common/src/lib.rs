@@ -21,6 +21,11 @@ pub const FLOWS_MAPS: [&str; 2] = ["FLOWS0", "FLOWS1"];
 pub const GENERATION_MAP: &str = "GENERATION";
 /// Name of the array of drop reasons to report: index = `enum skb_drop_reason` value, 1 = on.
 pub const DROP_REASONS_MAP: &str = "DROP_REASONS";
+/// Name of the ring buffer the DNS capture programs copy packets into ([`DnsEvent`]). Its own
+/// ring, so a DNS flood cannot crowd out the first occurrences of other signals.
+pub const DNS_RING_MAP: &str = "DNS_RING";
+/// Name of the read-only global holding the DNS ports to capture ([`DnsPorts`]).
+pub const DNS_PORTS_GLOBAL: &str = "DNS_PORTS";
 /// Name of the read-only global carrying the running kernel's layouts ([`Offsets`]).
 pub const OFFSETS_GLOBAL: &str = "OFFSETS";
 
@@ -33,13 +38,25 @@ pub const LOST_FIELD_READ: u32 = 2;
 /// Index in [`LOSS_MAP`]: a new flow could not be entered in the flow table (it was full); its
 /// occurrence went through the ring buffer instead (and [`LOST_RESERVE`] counts if that failed).
 pub const LOST_FLOW_TABLE: u32 = 3;
+/// Index in [`LOSS_MAP`]: a DNS packet was not copied because [`DNS_RING_MAP`] was full.
+pub const LOST_DNS_RESERVE: u32 = 4;
 /// Number of slots in [`LOSS_MAP`].
-pub const LOSS_SLOTS: u32 = 4;
+pub const LOSS_SLOTS: u32 = 5;
 
 /// Size of the ring buffer in bytes (a power of two multiple of the page size). It carries only
 /// first occurrences of flows (repeats are counted in the flow tables): 256 KiB holds about
 /// 1,900 of them, enough for bursts while userspace is descheduled.
 pub const EVENTS_RING_BYTES: u32 = 256 * 1024;
+/// Size of [`DNS_RING_MAP`] in bytes: about 2,800 [`DnsEvent`]s, a burst of that many DNS
+/// packets while userspace is descheduled.
+pub const DNS_RING_BYTES: u32 = 1024 * 1024;
+/// Bytes of a DNS payload copied into a [`DnsEvent`]: the 12-byte header and the question of
+/// any legal name (at most 255 bytes on the wire, plus type and class), also behind TCP's
+/// 2-byte length prefix (12 + 255 + 4 + 2 = 273, rounded up to a multiple of 8). Answers are
+/// not needed: the outcome is the header's rcode.
+pub const DNS_PAYLOAD_CAP: usize = 288;
+/// How many DNS ports can be configured.
+pub const DNS_PORTS_MAX: usize = 8;
 /// Entries in [`CONNECTS_MAP`]: concurrent connect() calls still waiting for SYN-ACK or RST.
 pub const CONNECTS_ENTRIES: u32 = 16 * 1024;
 /// Entries in each flow table: distinct flows per drain interval.
@@ -62,6 +79,8 @@ pub mod kind {
     pub const PACKET_DROP: u32 = 3;
     /// This host's connect() ended in SYN_SENT without any answer.
     pub const CONNECT_TIMEOUT: u32 = 4;
+    /// A DNS packet (query or answer) a socket on this host sent or received ([`super::DnsEvent`]).
+    pub const DNS: u32 = 16;
 }
 
 /// Flags in [`FlowKey::flags`].
@@ -375,4 +394,56 @@ mod user {
     unsafe impl aya::Pod for super::FlowKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::FlowStats {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::DnsPorts {}
 }
+
+/// The ports whose traffic is DNS (host order; 0 = unused slot), set by the loader.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DnsPorts {
+    pub ports: [u16; DNS_PORTS_MAX],
+}
+const _: () = assert!(size_of::<DnsPorts>() == 16);
+
+impl DnsPorts {
+    /// Nothing configured: the programs capture nothing until the loader sets the ports.
+    pub const NONE: Self = Self {
+        ports: [0; DNS_PORTS_MAX],
+    };
+}
+
+/// Flags in [`DnsEvent::flags`].
+pub mod dns_flags {
+    /// The packet was leaving the socket (cgroup_skb egress); otherwise arriving.
+    pub const EGRESS: u8 = 1 << 0;
+}
+
+/// A DNS packet seen at a socket: addresses, the socket's cgroup, and a bounded prefix of the
+/// payload (`captured` of `wire_len` bytes; TCP payloads start with the 2-byte length prefix).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DnsEvent {
+    /// kind [`kind::DNS`].
+    pub header: EventHeader,
+    /// cgroup v2 id of the socket that sent or received the packet.
+    pub cgroup_id: u64,
+    /// [`AF_INET`] or [`AF_INET6`].
+    pub family: u16,
+    /// IP protocol number (TCP or UDP).
+    pub protocol: u8,
+    /// [`dns_flags`].
+    pub flags: u8,
+    /// Host order.
+    pub sport: u16,
+    pub dport: u16,
+    /// Payload length on the wire (UDP: datagram payload; TCP: segment payload).
+    pub wire_len: u32,
+    /// Bytes of `payload` that are valid (at most [`DNS_PAYLOAD_CAP`]).
+    pub captured: u16,
+    pub _pad0: u16,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub payload: [u8; DNS_PAYLOAD_CAP],
+}
+const _: () = assert!(size_of::<DnsEvent>() == 360);

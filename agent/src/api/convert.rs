@@ -14,8 +14,8 @@ use triage_agent_proto::v1 as pb;
 
 use crate::{
     evidence::{
-        Attribution, Cause, Connection, Detail, Drop, Evidence, Filter, Kind, Named, PodRef,
-        Process, Protocol, Subject, tcp_flags_text,
+        Attribution, Cause, Connection, Detail, Dns, DnsLookups, DnsOutcome, Drop, Evidence,
+        Filter, Kind, Named, PodRef, Process, Protocol, Subject, tcp_flags_text,
     },
     loss::{Loss, LossCounts},
 };
@@ -29,6 +29,8 @@ pub const MAX_TIMESTAMP_SECS: u64 = 253_402_300_799;
 pub enum ConvertError {
     #[error("unknown {field} value {value}")]
     UnknownEnum { field: &'static str, value: i32 },
+    #[error("unknown {field} name {value:?}")]
+    Unknown { field: &'static str, value: String },
     #[error("field {field} is missing")]
     Missing { field: &'static str },
     #[error("field {field} is not an \"ip:port\" address: {value:?}")]
@@ -194,6 +196,74 @@ fn drop_from_pb(d: pb::DropDetail) -> Result<Drop, ConvertError> {
     })
 }
 
+fn dns_to_pb(d: &Dns) -> pb::DnsDetail {
+    pb::DnsDetail {
+        query: d.query.to_string(),
+        qtype: d.qtype.to_string(),
+        outcome: d.outcome.as_str().to_owned(),
+        rcode: d.rcode.as_deref().unwrap_or_default().to_owned(),
+        client: d.client.to_string(),
+        server: d.server.to_string(),
+        protocol: to_pb::<pb::Protocol>(d.protocol),
+        latency_ms: d.latency_ms,
+        server_pod: d.server_pod.as_deref().map(pod_to_pb),
+        reached_server: d.reached_server,
+        search_nxdomains: d.search_nxdomains,
+    }
+}
+
+fn dns_from_pb(d: pb::DnsDetail) -> Result<Dns, ConvertError> {
+    Ok(Dns {
+        query: d.query.into(),
+        qtype: d.qtype.into(),
+        outcome: d
+            .outcome
+            .parse::<DnsOutcome>()
+            .map_err(|_| ConvertError::Unknown {
+                field: "outcome",
+                value: d.outcome.clone(),
+            })?,
+        rcode: Some(d.rcode).filter(|r| !r.is_empty()).map(Into::into),
+        client: addr_from_pb(&d.client, "client")?,
+        server: addr_from_pb(&d.server, "server")?,
+        protocol: from_pb::<pb::Protocol, _>("protocol", d.protocol)?,
+        latency_ms: d.latency_ms,
+        server_pod: d.server_pod.map(pod_from_pb),
+        reached_server: d.reached_server,
+        search_nxdomains: d.search_nxdomains,
+    })
+}
+
+/// A pod's DNS lookup counters for the wire.
+pub fn dns_lookups_to_pb(pod: &PodRef, l: &DnsLookups) -> pb::DnsLookups {
+    pb::DnsLookups {
+        pod: Some(pod_to_pb(pod)),
+        lookups: l.lookups,
+        succeeded: l.succeeded,
+        failed: l.failed,
+        timeouts: l.timeouts,
+        slow: l.slow,
+        latency_sum_us: l.latency_sum_us,
+        latency_max_us: l.latency_max_us,
+    }
+}
+
+/// A pod's DNS lookup counters from the wire (`None` without a pod).
+pub fn dns_lookups_from_pb(l: pb::DnsLookups) -> Option<(Arc<PodRef>, DnsLookups)> {
+    Some((
+        pod_from_pb(l.pod?),
+        DnsLookups {
+            lookups: l.lookups,
+            succeeded: l.succeeded,
+            failed: l.failed,
+            timeouts: l.timeouts,
+            slow: l.slow,
+            latency_sum_us: l.latency_sum_us,
+            latency_max_us: l.latency_max_us,
+        },
+    ))
+}
+
 /// "SYN|ACK" -> bits; unknown names are ignored.
 fn tcp_flags_from_text(text: &str) -> u8 {
     text.split('|')
@@ -243,6 +313,14 @@ pub fn evidence_to_pb(e: &Evidence) -> pb::Evidence {
             m.reason.clone_from(&d.reason);
             m.detail = Some(pb::evidence::Detail::Drop(d));
         }
+        Detail::Dns(d) => {
+            let d = dns_to_pb(d);
+            m.protocol = d.protocol;
+            m.reason.clone_from(&d.rcode);
+            m.detail = Some(pb::evidence::Detail::Dns(d));
+        }
+        // Never a record (the store keeps lookup counters apart).
+        Detail::DnsLookups(_) => {}
     }
     m
 }
@@ -259,6 +337,7 @@ pub fn evidence_from_pb(e: pb::Evidence) -> Result<Evidence, ConvertError> {
         (Kind::PacketDrop, Some(pb::evidence::Detail::Drop(d))) => {
             Detail::PacketDrop(drop_from_pb(d)?)
         }
+        (Kind::Dns, Some(pb::evidence::Detail::Dns(d))) => Detail::Dns(dns_from_pb(d)?),
         // An agent that predates `detail`: its refusals are in fields 10-15.
         (Kind::ConnectionRefused, None) => {
             Detail::ConnectionRefused(connection_from_pb(pb::ConnectionDetail {

@@ -73,6 +73,11 @@ impl AgentService for AgentApi {
             loss: Some(self.state.loss()),
             evicted_in_window: result.evicted,
             agent_started: Some(convert::time_to_pb(self.state.info.started)),
+            dns_lookups: result
+                .dns_lookups
+                .iter()
+                .map(|(pod, l)| convert::dns_lookups_to_pb(pod, l))
+                .collect(),
         }))
     }
 

@@ -24,7 +24,11 @@ impl Attributor {
         now: Now,
         last_chance: bool,
     ) -> Option<Vec<Occurrence>> {
-        let RawEvent::Flow(f) = &event.event;
+        let f = match &event.event {
+            RawEvent::Flow(f) => f,
+            RawEvent::Dns(d) => return self.dns(event, d, now, last_chance),
+            RawEvent::DnsLookups(t) => return self.dns_lookups(event, t, now, last_chance),
+        };
         let occurrence = |subject, detail| Occurrence {
             at: event.at,
             first_at: event.first_at.min(event.at),
@@ -151,7 +155,7 @@ impl Attributor {
     }
 
     /// The pod of this node that held `ip` at `at`.
-    fn peer(&self, ip: IpAddr, at: SystemTime) -> Option<Arc<PodRef>> {
+    pub(super) fn peer(&self, ip: IpAddr, at: SystemTime) -> Option<Arc<PodRef>> {
         self.index.pod_at_ip(ip, at).map(|p| p.pod.clone())
     }
 
@@ -208,8 +212,7 @@ fn errno_name(errno: u32) -> String {
 
 /// How many occurrences a waiting event stands for.
 pub(super) fn event_count(e: &TimedEvent) -> u64 {
-    let RawEvent::Flow(f) = &e.event;
-    f.count
+    e.event.count()
 }
 
 /// How long a stack refusal is remembered for judging resets, and how many at most.

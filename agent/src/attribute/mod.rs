@@ -23,6 +23,7 @@
 #[cfg(feature = "node-agent")]
 pub mod cgroup_ids;
 pub mod cgroup_path;
+mod dns;
 mod flows;
 #[cfg(feature = "node-agent")]
 pub mod metadata;
@@ -233,8 +234,9 @@ impl Attributor {
 
     /// Remembers what later events are judged against.
     fn note(&mut self, event: &TimedEvent, now: Now) {
-        let RawEvent::Flow(f) = &event.event;
-        if f.kind == FlowKind::SynRefused {
+        if let RawEvent::Flow(f) = &event.event
+            && f.kind == FlowKind::SynRefused
+        {
             if self.stack_refusals.len() >= STACK_REFUSALS_CAPACITY {
                 self.stack_refusals
                     .retain(|_, t| now.mono.saturating_duration_since(*t) < STACK_REFUSAL_TTL);

@@ -45,6 +45,11 @@ pub struct AgentAnswer {
     pub evicted_in_window: u64,
     /// When the agent started, if it says.
     pub agent_started: Option<std::time::SystemTime>,
+    /// DNS lookup counters of the pods asked about.
+    pub dns_lookups: Vec<(
+        std::sync::Arc<crate::evidence::PodRef>,
+        crate::evidence::DnsLookups,
+    )>,
 }
 
 /// One Watch update.
@@ -136,6 +141,11 @@ pub fn answer_from_pb(url: &str, response: pb::QueryResponse) -> Result<AgentAns
             .agent_started
             .as_ref()
             .and_then(|t| convert::time_from_pb(Some(t), "agent_started").ok()),
+        dns_lookups: response
+            .dns_lookups
+            .into_iter()
+            .filter_map(convert::dns_lookups_from_pb)
+            .collect(),
     })
 }
 

@@ -5,7 +5,10 @@
 
 use serde::Serialize;
 
-use crate::evidence::{Cause, Connection, Detail, Direction, Drop, Evidence, Kind, tcp_flags_text};
+use crate::evidence::{
+    Cause, Connection, Detail, Direction, Dns, DnsOutcome, Drop, Evidence, Kind, Protocol,
+    tcp_flags_text,
+};
 
 /// One conclusion drawn from one or more records.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -27,10 +30,15 @@ fn peer_text(c: &Connection) -> String {
 pub fn diagnose(evidence: &[Evidence]) -> Vec<Finding> {
     let mut sorted: Vec<&Evidence> = evidence.iter().collect();
     sorted.sort_by(|a, b| b.count.cmp(&a.count).then(b.last_seen.cmp(&a.last_seen)));
-    sorted.into_iter().filter_map(finding).collect()
+    sorted
+        .into_iter()
+        .filter_map(|e| finding(e, evidence))
+        .collect()
 }
 
-fn finding(e: &Evidence) -> Option<Finding> {
+/// `all`: every record of the answer, for findings that read one record in the light of
+/// another (a DNS timeout and the drops of its queries).
+fn finding(e: &Evidence, all: &[Evidence]) -> Option<Finding> {
     let pod = e.pod().map_or_else(
         || "a process outside any pod".to_owned(),
         ToString::to_string,
@@ -42,7 +50,197 @@ fn finding(e: &Evidence) -> Option<Finding> {
         }),
         Detail::ConnectionTimeout(c) => Some(timed_out(e, c, &pod)),
         Detail::PacketDrop(d) => Some(dropped(e, d, &pod)),
+        Detail::Dns(d) => Some(dns(e, d, &pod, all)),
+        Detail::DnsLookups(_) => None,
     }
+}
+
+/// The drop records that explain a DNS timeout: the same pod's packets to a DNS port over the
+/// same protocol, dropped while the lookups went unanswered. (After a Service VIP is translated
+/// the dropped packet's destination is the DNS pod, not the VIP: the port and time tie them.)
+pub fn dns_drops<'a>(e: &Evidence, d: &Dns, all: &'a [Evidence]) -> Vec<&'a Evidence> {
+    all.iter()
+        .filter(|x| {
+            x.pod() == e.pod()
+                && matches!(&x.detail, Detail::PacketDrop(p)
+                    if p.direction == Direction::Outbound
+                        && p.protocol == d.protocol
+                        && p.dst.port() == d.server.port())
+                && x.first_seen <= e.last_seen
+                && x.last_seen + std::time::Duration::from_secs(30) >= e.first_seen
+        })
+        .collect()
+}
+
+fn dns(e: &Evidence, d: &Dns, pod: &str, all: &[Evidence]) -> Finding {
+    let kind = e.kind();
+    let name = clean_name(&d.query);
+    let server = match &d.server_pod {
+        Some(p) => format!("{} (pod {p})", d.server),
+        None if d.server.ip().to_string() == "169.254.20.10" => {
+            format!("{} (node-local DNS cache)", d.server)
+        }
+        None => d.server.to_string(),
+    };
+    let latency = d
+        .latency_ms
+        .map(|ms| format!("{ms} ms"))
+        .unwrap_or_else(|| "?".to_owned());
+    let (summary, next_step) = match d.outcome {
+        DnsOutcome::Nxdomain => (
+            format!(
+                "{pod} asked {server} for {name} ({qtype}) {count} time(s): NXDOMAIN, the name \
+                 does not exist{expanded}.",
+                qtype = d.qtype,
+                count = e.count,
+                expanded = if d.search_nxdomains > 0 {
+                    format!(
+                        " (and its {} search-path expansion(s) too)",
+                        d.search_nxdomains
+                    )
+                } else {
+                    String::new()
+                },
+            ),
+            format!(
+                "Check the name the application uses (typo, wrong namespace: a Service in \
+                 another namespace is <service>.<namespace>), and that the Service exists \
+                 (kubectl get svc -A | grep <name>). Restarting {pod} will not fix it."
+            ),
+        ),
+        DnsOutcome::SearchExpansion => (
+            format!(
+                "{pod}'s lookups of {name} walked the search path: {n} NXDOMAIN answer(s) \
+                 (names with the pod's search domains appended, ndots:5) before the real one, \
+                 {latency} per lookup, {count} time(s).",
+                n = d.search_nxdomains,
+                count = e.count,
+            ),
+            format!(
+                "Use the fully qualified name with a trailing dot ({name}.) in the \
+                 application's configuration, or lower ndots in the pod's dnsConfig \
+                 (options: [{{name: ndots, value: \"2\"}}]). Not a failure: each lookup costs \
+                 {} extra round trip(s).",
+                d.search_nxdomains
+            ),
+        ),
+        DnsOutcome::Servfail => (
+            format!(
+                "{pod}'s lookups of {name} ({qtype}) got SERVFAIL from {server} {count} time(s): \
+                 the DNS server could not get an answer (usually its upstream resolver is \
+                 unreachable or failing).",
+                qtype = d.qtype,
+                count = e.count,
+            ),
+            "Check the DNS server's logs and its upstream (kubectl -n kube-system logs -l \
+             k8s-app=kube-dns; the forward plugin's target): the fault is upstream of the pod. \
+             Restarting the pod will not fix it."
+                .to_owned(),
+        ),
+        DnsOutcome::Refused | DnsOutcome::Error => (
+            format!(
+                "{pod}'s lookups of {name} ({qtype}) were answered {rcode} by {server} {count} \
+                 time(s).",
+                qtype = d.qtype,
+                rcode = d.rcode.as_deref().map(clean_name).unwrap_or_default(),
+                count = e.count,
+            ),
+            "Check which server the pod asks (its /etc/resolv.conf, dnsPolicy) and that \
+             server's configuration for this zone."
+                .to_owned(),
+        ),
+        DnsOutcome::Slow => (
+            format!(
+                "{pod}'s lookups of {name} ({qtype}) were slow: {latency} from {server} (latest; \
+                 {count} slow answer(s)).",
+                qtype = d.qtype,
+                count = e.count,
+            ),
+            "Check the DNS server's load and CPU throttling (CoreDNS replicas, its cache) and \
+             its upstream latency; a node-local DNS cache helps. Restarting the pod will not \
+             help."
+                .to_owned(),
+        ),
+        DnsOutcome::TruncatedRetry => (
+            format!(
+                "{pod}'s lookups of {name} ({qtype}) got truncated UDP answers from {server} \
+                 {count} time(s) and had to ask again over TCP.",
+                qtype = d.qtype,
+                count = e.count,
+            ),
+            "The answer is too big for UDP: check that TCP/53 to the DNS server is allowed \
+             (NetworkPolicy egress) and consider trimming the record set."
+                .to_owned(),
+        ),
+        DnsOutcome::Timeout => {
+            let drops = dns_drops(e, d, all);
+            let base = format!(
+                "{pod}'s lookups of {name} ({qtype}) to {server} went unanswered {count} \
+                 time(s) (waited {latency}): the application sees \"temporary failure in name \
+                 resolution\" or a stall.",
+                qtype = d.qtype,
+                count = e.count,
+            );
+            let proto = match d.protocol {
+                Protocol::Tcp => "tcp",
+                _ => "udp",
+            };
+            if let Some(drop) = drops.first() {
+                let reason = match &drop.detail {
+                    Detail::PacketDrop(p) => clean_name(&p.reason),
+                    _ => String::new(),
+                };
+                (
+                    format!(
+                        "{base} The queries were dropped by the kernel ({reason}, {n} \
+                         packet(s) to port {port}): see the packet_drop finding.",
+                        n = drop.count,
+                        port = d.server.port(),
+                    ),
+                    format!(
+                        "A NetworkPolicy or firewall rule drops {pod}'s DNS: allow egress to \
+                         the DNS pods on {proto}/53 and tcp/53 (kube-system, k8s-app=kube-dns); \
+                         `triage-agent explain` names the policy. Restarting {pod} will not \
+                         fix it."
+                    ),
+                )
+            } else if d.reached_server == Some(true) {
+                (
+                    format!(
+                        "{base} The query reached the DNS server on this node but no answer \
+                         came back: the server is overloaded or waits on its upstream."
+                    ),
+                    "Check the DNS server (CoreDNS) load, throttling and its upstream; \
+                     look for its own dns timeouts (triage-agent query --pod <coredns pod>)."
+                        .to_owned(),
+                )
+            } else {
+                (
+                    format!(
+                        "{base} No drop of these queries was seen on this node and no DNS \
+                         server here received them: the loss is on the way to the server or \
+                         at it."
+                    ),
+                    format!(
+                        "Check the DNS Service has ready endpoints (kubectl -n kube-system get \
+                         endpointslices -l k8s-app=kube-dns), NetworkPolicy egress to {proto}/53, \
+                         and the agent on the DNS pods' nodes."
+                    ),
+                )
+            }
+        }
+    };
+    Finding {
+        kind,
+        layer: kind.layer(),
+        summary,
+        next_step,
+    }
+}
+
+/// A name from the network, safe to print.
+fn clean_name(s: &str) -> String {
+    crate::cli::render::cleaned(s)
 }
 
 /// A connection refused by a firewall rule (REJECT), not by the destination.

@@ -92,6 +92,54 @@ pub struct AgentArgs {
     /// or changes to the default ("+TCP_ZEROWINDOW,-QDISC_DROP"). See the README.
     #[arg(long, env = "TRIAGE_DROP_REASONS", default_value = "default")]
     pub drop_reasons: crate::probes::reasons::DropReasons,
+    /// Ports whose UDP and TCP traffic is DNS, comma-separated (at most 8); "none" switches
+    /// DNS capture off.
+    #[arg(long = "dns-ports", env = "TRIAGE_DNS_PORTS", default_value = "53", value_parser = parse_dns_ports)]
+    pub dns_ports: DnsPorts,
+    /// A DNS query with no answer after this long is a `timeout` (glibc waits 5s per try).
+    #[arg(long, env = "TRIAGE_DNS_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub dns_timeout: Duration,
+    /// A DNS answer slower than this is `slow`.
+    #[arg(long, env = "TRIAGE_DNS_SLOW", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub dns_slow: Duration,
+    /// DNS queries awaiting their answer, at most, per pod container and in all; beyond them the
+    /// oldest is given up (counted as dns_inflight_evicted).
+    #[arg(long, env = "TRIAGE_DNS_INFLIGHT_PER_POD", default_value_t = 1024)]
+    pub dns_inflight_per_pod: usize,
+    #[arg(long, env = "TRIAGE_DNS_INFLIGHT", default_value_t = 16_384)]
+    pub dns_inflight: usize,
+}
+
+/// The DNS ports of `--dns-ports`.
+#[cfg(feature = "node-agent")]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DnsPorts(pub Vec<u16>);
+
+#[cfg(feature = "node-agent")]
+fn parse_dns_ports(s: &str) -> Result<DnsPorts, String> {
+    if s.trim() == "none" {
+        return Ok(DnsPorts(Vec::new()));
+    }
+    let mut ports = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let port: u16 = part
+            .parse()
+            .map_err(|_| format!("{part:?} is not a port number"))?;
+        if port == 0 {
+            return Err("port 0 is not a DNS port".into());
+        }
+        if !ports.contains(&port) {
+            ports.push(port);
+        }
+    }
+    let max = triage_agent_common::DNS_PORTS_MAX;
+    if ports.len() > max {
+        return Err(format!("at most {max} DNS ports"));
+    }
+    if ports.is_empty() {
+        return Err("no port given (use \"none\" to switch DNS capture off)".into());
+    }
+    Ok(DnsPorts(ports))
 }
 
 /// Where the node agents are.

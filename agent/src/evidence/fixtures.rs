@@ -14,8 +14,8 @@ use std::{
 };
 
 use super::{
-    Attribution, Cause, Connection, Detail, Direction, Drop, Evidence, Occurrence, PodRef, Process,
-    Protocol, Subject,
+    Attribution, Cause, Connection, Detail, Direction, Dns, DnsOutcome, Drop, Evidence, Occurrence,
+    PodRef, Process, Protocol, Subject,
 };
 
 /// A fixed instant `s` seconds after a base time (2023-11-14T22:13:20Z + s).
@@ -104,6 +104,32 @@ pub fn dropped() -> Builder {
     b
 }
 
+/// A DNS lookup of `nosuch.example` (A) from `default/client` answered NXDOMAIN by
+/// 10.96.0.10:53.
+pub fn dns(outcome: DnsOutcome) -> Builder {
+    let mut b = refused();
+    b.detail = Detail::Dns(Dns {
+        query: "nosuch.example".into(),
+        qtype: "A".into(),
+        outcome,
+        rcode: match outcome {
+            DnsOutcome::Timeout => None,
+            DnsOutcome::Nxdomain => Some("NXDOMAIN".into()),
+            DnsOutcome::Servfail => Some("SERVFAIL".into()),
+            _ => Some("NOERROR".into()),
+        },
+        client: addr("10.0.0.1:40000"),
+        server: addr("10.96.0.10:53"),
+        protocol: Protocol::Udp,
+        latency_ms: Some(3),
+        server_pod: None,
+        reached_server: (outcome == DnsOutcome::Timeout).then_some(false),
+        search_nxdomains: 0,
+    });
+    b.subject.process = None;
+    b
+}
+
 fn addr(s: &str) -> SocketAddr {
     s.parse()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
@@ -175,6 +201,7 @@ impl Builder {
         match &mut self.detail {
             Detail::ConnectionRefused(c) | Detail::ConnectionTimeout(c) => c.direction = dir,
             Detail::PacketDrop(d) => d.direction = dir,
+            Detail::Dns(_) | Detail::DnsLookups(_) => {}
         }
         self
     }
@@ -182,6 +209,8 @@ impl Builder {
         match &mut self.detail {
             Detail::ConnectionRefused(c) | Detail::ConnectionTimeout(c) => c.src = addr(s),
             Detail::PacketDrop(d) => d.src = addr(s),
+            Detail::Dns(d) => d.client = addr(s),
+            Detail::DnsLookups(_) => {}
         }
         self
     }
@@ -189,6 +218,8 @@ impl Builder {
         match &mut self.detail {
             Detail::ConnectionRefused(c) | Detail::ConnectionTimeout(c) => c.dst = addr(s),
             Detail::PacketDrop(d) => d.dst = addr(s),
+            Detail::Dns(d) => d.server = addr(s),
+            Detail::DnsLookups(_) => {}
         }
         self
     }
@@ -198,6 +229,8 @@ impl Builder {
                 c.reason = Some(r.into());
             }
             Detail::PacketDrop(d) => d.reason = r.into(),
+            Detail::Dns(d) => d.query = r.into(),
+            Detail::DnsLookups(_) => {}
         }
         self
     }
@@ -212,6 +245,8 @@ impl Builder {
         match &mut self.detail {
             Detail::ConnectionRefused(c) | Detail::ConnectionTimeout(c) => c.peer = peer,
             Detail::PacketDrop(d) => d.peer = peer,
+            Detail::Dns(d) => d.server_pod = peer,
+            Detail::DnsLookups(_) => {}
         }
         self
     }

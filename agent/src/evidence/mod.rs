@@ -106,6 +106,29 @@ names::names! {
     }
 }
 
+names::names! {
+    /// How a DNS lookup failed.
+    pub enum DnsOutcome {
+        /// The name does not exist (rcode NXDOMAIN).
+        Nxdomain = "nxdomain",
+        /// The server failed (rcode SERVFAIL: often its upstream is unreachable).
+        Servfail = "servfail",
+        /// The server refused to answer (rcode REFUSED).
+        Refused = "refused",
+        /// Any other error rcode (FORMERR, NOTIMP, ...): see `rcode`.
+        Error = "error",
+        /// No answer within the timeout window.
+        Timeout = "timeout",
+        /// Answered, but slower than the slow threshold.
+        Slow = "slow",
+        /// The UDP answer was truncated (TC bit): the client had to retry over TCP.
+        TruncatedRetry = "truncated_retry",
+        /// The search path was walked: the name was answered only after NXDOMAINs for its
+        /// expansions (`name.ns.svc.cluster.local`, ...), each a round trip.
+        SearchExpansion = "search_expansion",
+    }
+}
+
 /// A pod by its API identity. Shared (`Arc`) between the pod index and every record about it,
 /// so a record costs a pointer, not three strings.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -192,6 +215,82 @@ pub struct Drop {
     pub tcp_flags: Option<u8>,
 }
 
+/// A DNS lookup that failed or was slow, seen from the asking pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Dns {
+    /// The name as asked (for a search expansion: the name before the search domains).
+    pub query: Arc<str>,
+    /// The query type ("A", "AAAA", "SRV", ...).
+    pub qtype: Arc<str>,
+    pub outcome: DnsOutcome,
+    /// The answer's rcode name ("NXDOMAIN"), when answered.
+    pub rcode: Option<Arc<str>>,
+    /// The asking socket; its port is the latest occurrence's.
+    pub client: SocketAddr,
+    /// The server asked (a Service VIP, a node-local cache or an external resolver).
+    pub server: SocketAddr,
+    pub protocol: Protocol,
+    /// Latest latency: answer time, or for timeouts how long the query went unanswered.
+    pub latency_ms: Option<u64>,
+    /// The DNS server's pod, when it runs on this node and received the query.
+    pub server_pod: Option<Arc<PodRef>>,
+    /// Timeouts: whether the query was seen arriving at a DNS server's socket on this node
+    /// (`None`: no server on this node saw it, or it is elsewhere).
+    pub reached_server: Option<bool>,
+    /// `search_expansion`: NXDOMAIN answers before the real one (their round trips);
+    /// `nxdomain`: the search-path expansions of the name also answered NXDOMAIN.
+    pub search_nxdomains: u32,
+}
+
+/// Successful DNS lookups of a pod (not evidence: the background against which failures are
+/// read, "37 of 40 lookups succeeded").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DnsLookups {
+    /// Lookups that ended (answered, timed out), retransmissions not counted twice.
+    pub lookups: u64,
+    /// Answered with NOERROR.
+    pub succeeded: u64,
+    /// Answered with an error rcode (NXDOMAIN included).
+    pub failed: u64,
+    /// Never answered.
+    pub timeouts: u64,
+    /// Answered above the slow threshold.
+    pub slow: u64,
+    /// Sum and maximum of answer latencies, in microseconds.
+    pub latency_sum_us: u64,
+    pub latency_max_us: u64,
+}
+
+impl DnsLookups {
+    pub fn add(&mut self, other: &DnsLookups) {
+        self.lookups = self.lookups.saturating_add(other.lookups);
+        self.succeeded = self.succeeded.saturating_add(other.succeeded);
+        self.failed = self.failed.saturating_add(other.failed);
+        self.timeouts = self.timeouts.saturating_add(other.timeouts);
+        self.slow = self.slow.saturating_add(other.slow);
+        self.latency_sum_us = self.latency_sum_us.saturating_add(other.latency_sum_us);
+        self.latency_max_us = self.latency_max_us.max(other.latency_max_us);
+    }
+
+    /// Mean answer latency in microseconds (answered lookups only).
+    pub fn latency_avg_us(&self) -> u64 {
+        let answered = self.succeeded + self.failed;
+        self.latency_sum_us.checked_div(answered).unwrap_or(0)
+    }
+
+    pub fn json(&self) -> Value {
+        json!({
+            "lookups": self.lookups,
+            "succeeded": self.succeeded,
+            "failed": self.failed,
+            "timeouts": self.timeouts,
+            "slow": self.slow,
+            "latency_avg_ms": self.latency_avg_us() as f64 / 1000.0,
+            "latency_max_ms": self.latency_max_us as f64 / 1000.0,
+        })
+    }
+}
+
 /// TCP flags as text: "SYN", "SYN|ACK".
 pub fn tcp_flags_text(flags: u8) -> String {
     let names = [(0x02, "SYN"), (0x10, "ACK"), (0x01, "FIN"), (0x04, "RST")];
@@ -213,6 +312,10 @@ pub enum Detail {
     ConnectionRefused(Connection),
     ConnectionTimeout(Connection),
     PacketDrop(Drop),
+    Dns(Dns),
+    /// A pod's successful lookups since the last report: kept beside the records, never a
+    /// record itself (see [`DnsLookups`]).
+    DnsLookups(DnsLookups),
 }
 
 /// What makes two occurrences of a kind "the same failure" (besides pod and container).
@@ -236,6 +339,16 @@ pub enum DetailKey {
         reason: Arc<str>,
         tcp_flags: Option<u8>,
     },
+    /// Client ports are ephemeral: the asking side is its IP.
+    Dns {
+        outcome: DnsOutcome,
+        query: Arc<str>,
+        qtype: Arc<str>,
+        client_ip: IpAddr,
+        server: SocketAddr,
+        protocol: Protocol,
+    },
+    DnsLookups,
 }
 
 impl Detail {
@@ -244,6 +357,7 @@ impl Detail {
             Detail::ConnectionRefused(_) => Kind::ConnectionRefused,
             Detail::ConnectionTimeout(_) => Kind::ConnectionTimeout,
             Detail::PacketDrop(_) => Kind::PacketDrop,
+            Detail::Dns(_) | Detail::DnsLookups(_) => Kind::Dns,
         }
     }
 
@@ -266,6 +380,15 @@ impl Detail {
                 reason: d.reason.clone(),
                 tcp_flags: d.tcp_flags,
             },
+            Detail::Dns(d) => DetailKey::Dns {
+                outcome: d.outcome,
+                query: d.query.clone(),
+                qtype: d.qtype.clone(),
+                client_ip: d.client.ip(),
+                server: d.server,
+                protocol: d.protocol,
+            },
+            Detail::DnsLookups(_) => DetailKey::DnsLookups,
         }
     }
 
@@ -282,6 +405,15 @@ impl Detail {
                 d.src = l.src;
                 d.peer = l.peer.or(d.peer.take());
             }
+            (Detail::Dns(d), Detail::Dns(l)) => {
+                d.client = l.client;
+                d.rcode = l.rcode.or(d.rcode.take());
+                d.latency_ms = l.latency_ms.or(d.latency_ms);
+                d.server_pod = l.server_pod.or(d.server_pod.take());
+                d.reached_server = l.reached_server.or(d.reached_server);
+                d.search_nxdomains = l.search_nxdomains.max(d.search_nxdomains);
+            }
+            (Detail::DnsLookups(d), Detail::DnsLookups(l)) => d.add(&l),
             // Same key means same kind; nothing to take from another kind.
             _ => {}
         }
@@ -291,7 +423,15 @@ impl Detail {
     pub fn connection(&self) -> Option<&Connection> {
         match self {
             Detail::ConnectionRefused(c) | Detail::ConnectionTimeout(c) => Some(c),
-            Detail::PacketDrop(_) => None,
+            _ => None,
+        }
+    }
+
+    /// The DNS lookup, for `dns` records.
+    pub fn dns(&self) -> Option<&Dns> {
+        match self {
+            Detail::Dns(d) => Some(d),
+            _ => None,
         }
     }
 
@@ -302,6 +442,18 @@ impl Detail {
                 (c.direction, c.src, c.dst, c.peer.as_ref())
             }
             Detail::PacketDrop(d) => (d.direction, d.src, d.dst, d.peer.as_ref()),
+            Detail::Dns(d) => (
+                Direction::Outbound,
+                d.client,
+                d.server,
+                d.server_pod.as_ref(),
+            ),
+            Detail::DnsLookups(_) => (
+                Direction::Outbound,
+                SocketAddr::from(([0, 0, 0, 0], 0)),
+                SocketAddr::from(([0, 0, 0, 0], 0)),
+                None,
+            ),
         }
     }
 
@@ -328,6 +480,22 @@ impl Detail {
                 if let Some(flags) = d.tcp_flags {
                     out.insert("tcp_flags".into(), tcp_flags_text(flags).into());
                 }
+            }
+            Detail::Dns(d) => {
+                out.insert("protocol".into(), d.protocol.as_str().into());
+                out.insert("query".into(), (*d.query).into());
+                out.insert("qtype".into(), (*d.qtype).into());
+                out.insert("outcome".into(), d.outcome.as_str().into());
+                out.insert("rcode".into(), d.rcode.as_deref().into());
+                out.insert("server".into(), d.server.to_string().into());
+                out.insert("latency_ms".into(), d.latency_ms.into());
+                out.insert("reached_server".into(), d.reached_server.into());
+                if d.outcome == DnsOutcome::SearchExpansion || d.search_nxdomains > 0 {
+                    out.insert("search_nxdomains".into(), d.search_nxdomains.into());
+                }
+            }
+            Detail::DnsLookups(d) => {
+                out.insert("lookups".into(), d.json());
             }
         }
     }

@@ -90,6 +90,12 @@ impl BootClock {
         Ok(())
     }
 
+    /// CLOCK_BOOTTIME now, in nanoseconds (0 if it cannot be read, which [`BootClock::new`]
+    /// already ruled out).
+    pub fn boot_now(&self) -> u64 {
+        boot_ns().unwrap_or(0)
+    }
+
     /// Wall-clock time of a CLOCK_BOOTTIME timestamp.
     pub fn wall(&self, boot_ns: u64) -> SystemTime {
         match self.previous {

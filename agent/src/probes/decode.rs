@@ -13,6 +13,10 @@ use triage_agent_common::{
 pub enum RawEvent {
     /// One or more occurrences of a hot signal's flow.
     Flow(Flow),
+    /// A failed or slow DNS lookup, matched in userspace ([`crate::dns`]).
+    Dns(Box<crate::dns::Finding>),
+    /// A pod's successful DNS lookups since the last report.
+    DnsLookups(crate::dns::Tally),
 }
 
 impl RawEvent {
@@ -20,6 +24,8 @@ impl RawEvent {
     pub fn boot_ns(&self) -> u64 {
         match self {
             RawEvent::Flow(f) => f.last_ns,
+            RawEvent::Dns(d) => d.at_ns,
+            RawEvent::DnsLookups(_) => 0,
         }
     }
 
@@ -27,6 +33,17 @@ impl RawEvent {
     pub fn first_boot_ns(&self) -> u64 {
         match self {
             RawEvent::Flow(f) => f.first_ns,
+            RawEvent::Dns(d) => d.first_ns,
+            RawEvent::DnsLookups(_) => 0,
+        }
+    }
+
+    /// How many occurrences the event stands for (what is lost if it is dropped).
+    pub fn count(&self) -> u64 {
+        match self {
+            RawEvent::Flow(f) => f.count,
+            RawEvent::Dns(_) => 1,
+            RawEvent::DnsLookups(t) => t.lookups.lookups,
         }
     }
 }
@@ -379,7 +396,9 @@ mod tests {
     }
 
     fn decoded(e: &FlowEvent) -> Flow {
-        let RawEvent::Flow(f) = decode(&encode_flow(e)).unwrap();
+        let Ok(RawEvent::Flow(f)) = decode(&encode_flow(e)) else {
+            panic!("not a flow")
+        };
         f
     }
 

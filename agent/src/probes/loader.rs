@@ -3,19 +3,18 @@
 //! and the others keep running: partial evidence beats none. Dropping [`Probes`] detaches
 //! everything.
 
-use std::path::Path;
-
-use std::collections::HashMap;
+use std::{collections::HashMap, fs::File, path::Path};
 
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
-    programs::{RawTracePoint, TracePoint},
+    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, RawTracePoint, TracePoint},
 };
 use tracing::{info, warn};
 use triage_agent_common::{
-    DROP_REASONS_ENTRIES, DROP_REASONS_MAP, EVENTS_MAP, FLOWS_MAPS, FlowKey, FlowStats,
-    GENERATION_MAP, LOSS_MAP, LOST_CONNECT_TABLE, LOST_FIELD_READ, LOST_FLOW_TABLE, LOST_RESERVE,
+    DNS_PORTS_GLOBAL, DNS_PORTS_MAX, DNS_RING_MAP, DROP_REASONS_ENTRIES, DROP_REASONS_MAP,
+    DnsPorts, EVENTS_MAP, FLOWS_MAPS, FlowKey, FlowStats, GENERATION_MAP, LOSS_MAP,
+    LOST_CONNECT_TABLE, LOST_DNS_RESERVE, LOST_FIELD_READ, LOST_FLOW_TABLE, LOST_RESERVE,
     OFFSETS_GLOBAL,
 };
 
@@ -55,11 +54,12 @@ pub struct Probes {
 pub struct LossMap(PerCpuArray<MapData, u64>);
 
 /// Kernel loss slots and the names they are reported under.
-const KERNEL_LOSSES: [(u32, Loss); 4] = [
+const KERNEL_LOSSES: [(u32, Loss); 5] = [
     (LOST_RESERVE, Loss::RingBufferFull),
     (LOST_CONNECT_TABLE, Loss::ConnectTableFull),
     (LOST_FIELD_READ, Loss::KernelReadErrors),
     (LOST_FLOW_TABLE, Loss::FlowTableFull),
+    (LOST_DNS_RESERVE, Loss::DnsRingFull),
 ];
 
 /// The two flow tables and the generation switch (see agent-ebpf/src/flows.rs), owned by the
@@ -112,22 +112,59 @@ impl LossMap {
 pub struct Loaded {
     pub probes: Probes,
     pub ring: RingBuf<MapData>,
+    /// DNS packets (see agent-ebpf/src/dns.rs).
+    pub dns_ring: RingBuf<MapData>,
     pub flows: FlowTables,
     pub loss: LossMap,
     /// Names of the drop reasons reported, by value.
     pub drop_reasons: HashMap<u32, String>,
 }
 
-/// Loads and attaches the programs; `drop_reasons` says which drops to report.
-pub fn load(
-    tracefs: &Path,
-    btf: Option<&Btf>,
-    drop_reasons: &DropReasons,
-) -> Result<Loaded, LoadError> {
+/// What to load beyond the kernel's own layouts.
+#[derive(Clone, Debug)]
+pub struct LoadOptions<'a> {
+    pub tracefs: &'a Path,
+    pub btf: Option<&'a Btf>,
+    /// Which drops to report.
+    pub drop_reasons: &'a DropReasons,
+    /// The cgroup2 mount the DNS capture programs attach to (its root covers every socket).
+    pub cgroup_root: &'a Path,
+    /// Ports whose traffic is DNS (at most [`DNS_PORTS_MAX`]; empty: no DNS capture).
+    pub dns_ports: &'a [u16],
+}
+
+/// Loads and attaches the programs.
+pub fn load(options: &LoadOptions<'_>) -> Result<Loaded, LoadError> {
+    let LoadOptions {
+        tracefs,
+        btf,
+        drop_reasons,
+        cgroup_root,
+        dns_ports,
+    } = options.clone();
     let started = std::time::Instant::now();
     let (offsets, mut problems) = kernel_offsets(tracefs, btf);
+    let mut ports = DnsPorts::NONE;
+    for (slot, port) in ports
+        .ports
+        .iter_mut()
+        .zip(dns_ports.iter().take(DNS_PORTS_MAX))
+    {
+        *slot = *port;
+    }
+    if dns_ports.is_empty() {
+        problems.insert(
+            "dns_egress",
+            "DNS capture switched off (no --dns-port)".to_owned(),
+        );
+        problems.insert(
+            "dns_ingress",
+            "DNS capture switched off (no --dns-port)".to_owned(),
+        );
+    }
     let mut ebpf = EbpfLoader::new()
         .override_global(OFFSETS_GLOBAL, &offsets, true)
+        .override_global(DNS_PORTS_GLOBAL, &ports, true)
         .load(EBPF_OBJECT)
         .map_err(LoadError::Load)?;
     let loaded = started.elapsed();
@@ -160,7 +197,7 @@ pub fn load(
         let hook = program.hook.to_string();
         let result = match problems.get(program.name) {
             Some(p) => Err(p.clone()),
-            None => attach(&mut ebpf, program.name, program.hook),
+            None => attach(&mut ebpf, program.name, program.hook, cgroup_root),
         };
         match &result {
             Ok(()) => info!(program = program.name, %hook, "attached"),
@@ -179,6 +216,7 @@ pub fn load(
         return Err(LoadError::NothingAttached(why.join("; ")));
     }
     let ring = take_map(&mut ebpf, EVENTS_MAP, RingBuf::try_from)?;
+    let dns_ring = take_map(&mut ebpf, DNS_RING_MAP, RingBuf::try_from)?;
     let loss = take_map(&mut ebpf, LOSS_MAP, PerCpuArray::try_from)?;
     let flows = FlowTables {
         tables: [
@@ -199,10 +237,23 @@ pub fn load(
             statuses,
         },
         ring,
+        dns_ring,
         flows,
         loss: LossMap(loss),
         drop_reasons: chosen.into_iter().map(|(n, v)| (v, n)).collect(),
     })
+}
+
+/// An error with its sources ("bpf_link_create failed: Invalid argument").
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 /// Takes a map out of the object and opens it as its typed wrapper.
@@ -218,7 +269,7 @@ fn take_map<T>(
     typed(map).map_err(|source| LoadError::Map { name, source })
 }
 
-fn attach(ebpf: &mut Ebpf, name: &str, hook: Hook) -> Result<(), String> {
+fn attach(ebpf: &mut Ebpf, name: &str, hook: Hook, cgroup_root: &Path) -> Result<(), String> {
     match hook {
         Hook::TracePoint { category, name: tp } => {
             let program: &mut TracePoint = ebpf
@@ -239,6 +290,27 @@ fn attach(ebpf: &mut Ebpf, name: &str, hook: Hook) -> Result<(), String> {
                 .map_err(|e| format!("{e}"))?;
             program.load().map_err(|e| format!("verifier/load: {e}"))?;
             program.attach(tp).map_err(|e| format!("attach: {e}"))?;
+        }
+        Hook::CgroupSkb { egress } => {
+            let program: &mut CgroupSkb = ebpf
+                .program_mut(name)
+                .ok_or_else(|| format!("program {name} not in the object"))?
+                .try_into()
+                .map_err(|e| format!("{e}"))?;
+            program.load().map_err(|e| format!("verifier/load: {e}"))?;
+            let root = File::open(cgroup_root)
+                .map_err(|e| format!("opening {}: {e}", cgroup_root.display()))?;
+            let direction = if egress {
+                CgroupSkbAttachType::Egress
+            } else {
+                CgroupSkbAttachType::Ingress
+            };
+            // A bpf_link (Linux 5.7+): always runs beside other programs on the root and below
+            // (the kernel takes no mode flags for links; `Single` passes none). Older kernels
+            // get a legacy attachment, also without flags.
+            program
+                .attach(root, direction, CgroupAttachMode::Single)
+                .map_err(|e| format!("attach to {}: {}", cgroup_root.display(), chain(&e)))?;
         }
     }
     Ok(())

@@ -29,6 +29,9 @@ pub enum Hook {
     /// A raw tracepoint: the tracepoint's arguments without the trace record (cheaper per
     /// hit; used where the hit rate is a packet rate).
     RawTracePoint { name: &'static str },
+    /// A cgroup_skb program on the cgroup2 root: every packet every socket of the node sends
+    /// (`egress`) or receives (`egress: false`), with the socket's cgroup.
+    CgroupSkb { egress: bool },
 }
 
 impl fmt::Display for Hook {
@@ -36,6 +39,8 @@ impl fmt::Display for Hook {
         match self {
             Hook::TracePoint { category, name } => write!(f, "tracepoint/{category}/{name}"),
             Hook::RawTracePoint { name } => write!(f, "raw_tracepoint/{name}"),
+            Hook::CgroupSkb { egress: true } => f.write_str("cgroup_skb/egress"),
+            Hook::CgroupSkb { egress: false } => f.write_str("cgroup_skb/ingress"),
         }
     }
 }
@@ -84,6 +89,14 @@ pub const PROGRAMS: &[Program] = &[
     Program {
         name: "kfree_skb",
         hook: Hook::RawTracePoint { name: "kfree_skb" },
+    },
+    Program {
+        name: "dns_egress",
+        hook: Hook::CgroupSkb { egress: true },
+    },
+    Program {
+        name: "dns_ingress",
+        hook: Hook::CgroupSkb { egress: false },
     },
 ];
 

@@ -30,7 +30,7 @@ pub use task::{
 };
 
 use crate::{
-    evidence::{DetailKey, Evidence, Filter, Kind, Occurrence, PodRef},
+    evidence::{Detail, DetailKey, DnsLookups, Evidence, Filter, Kind, Occurrence, PodRef},
     loss::{Counters, Loss},
 };
 
@@ -214,7 +214,12 @@ pub struct QueryResult {
     /// Records of the pods asked about that were evicted for room and had been seen inside
     /// the query's window: the answer lacks them.
     pub evicted: u64,
+    /// DNS lookup counters of the pods asked about (since the agent started).
+    pub dns_lookups: Vec<(Arc<PodRef>, DnsLookups)>,
 }
+
+/// Pods whose DNS lookup counters are kept, at most (the least recently updated go first).
+pub const DNS_LOOKUP_PODS: usize = 8192;
 
 /// Where records go besides memory (the persistent store plugs in here): told of every
 /// change, in order.
@@ -243,6 +248,8 @@ pub struct Store {
     counters: Arc<Counters>,
     subscribers: Vec<Subscriber>,
     backend: Option<Box<dyn Backend>>,
+    /// Per pod uid: the pod, its DNS lookup counters and when they last changed.
+    dns_lookups: HashMap<String, (Arc<PodRef>, DnsLookups, SystemTime)>,
 }
 
 impl Store {
@@ -259,6 +266,7 @@ impl Store {
             counters,
             subscribers: Vec::new(),
             backend: None,
+            dns_lookups: HashMap::new(),
         }
     }
 
@@ -266,8 +274,13 @@ impl Store {
         self.backend = Some(backend);
     }
 
-    /// Adds one occurrence: a new record or one more count on an existing one.
+    /// Adds one occurrence: a new record or one more count on an existing one. A pod's DNS
+    /// lookup counters are kept beside the records, not as one.
     pub fn record(&mut self, o: Occurrence) {
+        if let Detail::DnsLookups(lookups) = &o.detail {
+            self.add_dns_lookups(o.subject.pod.as_ref(), lookups, o.at);
+            return;
+        }
         let key = Key::of(&o);
         let hash = self.records.hash(&key);
         self.seq += 1;
@@ -303,6 +316,26 @@ impl Store {
             b.upsert(&updated);
         }
         self.publish(&updated);
+    }
+
+    fn add_dns_lookups(&mut self, pod: Option<&Arc<PodRef>>, lookups: &DnsLookups, at: SystemTime) {
+        let Some(pod) = pod else { return };
+        if !self.dns_lookups.contains_key(&pod.uid)
+            && self.dns_lookups.len() >= DNS_LOOKUP_PODS
+            && let Some(oldest) = self
+                .dns_lookups
+                .iter()
+                .min_by_key(|(_, (_, _, t))| *t)
+                .map(|(uid, _)| uid.clone())
+        {
+            self.dns_lookups.remove(&oldest);
+        }
+        let entry = self
+            .dns_lookups
+            .entry(pod.uid.clone())
+            .or_insert_with(|| (pod.clone(), DnsLookups::default(), at));
+        entry.1.add(lookups);
+        entry.2 = entry.2.max(at);
     }
 
     fn owner_len(&self, owner: &Owner) -> usize {
@@ -454,10 +487,18 @@ impl Store {
         evidence.sort_by(|a, b| b.last_seen.cmp(&a.last_seen).then(b.count.cmp(&a.count)));
         let truncated = evidence.len() > limit;
         evidence.truncate(limit);
+        let mut dns_lookups: Vec<(Arc<PodRef>, DnsLookups)> = self
+            .dns_lookups
+            .values()
+            .filter(|(pod, _, _)| filter.matches_pod(Some(pod)))
+            .map(|(pod, l, _)| (pod.clone(), *l))
+            .collect();
+        dns_lookups.sort_by(|a, b| a.0.cmp(&b.0));
         QueryResult {
             evidence,
             truncated,
             evicted,
+            dns_lookups,
         }
     }
 

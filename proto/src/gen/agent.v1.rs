@@ -80,6 +80,72 @@ pub struct DropDetail {
     #[prost(string, tag = "7")]
     pub tcp_flags: ::prost::alloc::string::String,
 }
+/// A DNS lookup that failed or was slow, seen from the asking pod (dns).
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct DnsDetail {
+    /// The name as asked (for search_expansion: the name that was finally answered).
+    #[prost(string, tag = "1")]
+    pub query: ::prost::alloc::string::String,
+    /// The query type: "A", "AAAA", "SRV", ... ("TYPE65" without a mnemonic).
+    #[prost(string, tag = "2")]
+    pub qtype: ::prost::alloc::string::String,
+    /// nxdomain, servfail, refused, error, timeout, slow, truncated_retry, search_expansion.
+    #[prost(string, tag = "3")]
+    pub outcome: ::prost::alloc::string::String,
+    /// The answer's rcode name ("NXDOMAIN"); empty when unanswered.
+    #[prost(string, tag = "4")]
+    pub rcode: ::prost::alloc::string::String,
+    /// The asking socket "ip:port" (the latest occurrence's port).
+    #[prost(string, tag = "5")]
+    pub client: ::prost::alloc::string::String,
+    /// The server asked, "ip:port" (a Service VIP, a node-local cache, an external resolver).
+    #[prost(string, tag = "6")]
+    pub server: ::prost::alloc::string::String,
+    /// Transport protocol (TCP or UDP).
+    #[prost(enumeration = "Protocol", tag = "7")]
+    pub protocol: i32,
+    /// Latest latency in milliseconds (for timeouts: how long it went unanswered); unset when
+    /// unknown.
+    #[prost(uint64, optional, tag = "8")]
+    pub latency_ms: ::core::option::Option<u64>,
+    /// The DNS server's pod when it runs on this node and received the query.
+    #[prost(message, optional, tag = "9")]
+    pub server_pod: ::core::option::Option<PodRef>,
+    /// Timeouts: whether a DNS server socket on this node received the query; unset when not
+    /// known.
+    #[prost(bool, optional, tag = "10")]
+    pub reached_server: ::core::option::Option<bool>,
+    /// search_expansion and nxdomain: NXDOMAIN answers folded into this record.
+    #[prost(uint32, tag = "11")]
+    pub search_nxdomains: u32,
+}
+/// A pod's DNS lookups in the query's window: failures are evidence, these are the background
+/// ("37 of 40 lookups succeeded").
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct DnsLookups {
+    #[prost(message, optional, tag = "1")]
+    pub pod: ::core::option::Option<PodRef>,
+    /// Lookups that ended (answered or timed out).
+    #[prost(uint64, tag = "2")]
+    pub lookups: u64,
+    /// Answered with NOERROR.
+    #[prost(uint64, tag = "3")]
+    pub succeeded: u64,
+    /// Answered with an error rcode.
+    #[prost(uint64, tag = "4")]
+    pub failed: u64,
+    /// Never answered.
+    #[prost(uint64, tag = "5")]
+    pub timeouts: u64,
+    /// Answered above the slow threshold.
+    #[prost(uint64, tag = "6")]
+    pub slow: u64,
+    /// Sum and maximum of answer latencies, microseconds.
+    #[prost(uint64, tag = "7")]
+    pub latency_sum_us: u64,
+    #[prost(uint64, tag = "8")]
+    pub latency_max_us: u64,
+}
 /// One aggregated record: repeats of the same failure (same kind, pod, and the kind's own key,
 /// e.g. direction and endpoints) are counted, not stored again. Common fields first; what is
 /// specific to the kind is in `detail`.
@@ -132,7 +198,7 @@ pub struct Evidence {
     #[prost(message, optional, tag = "15")]
     pub peer: ::core::option::Option<PodRef>,
     /// What is specific to the kind.
-    #[prost(oneof = "evidence::Detail", tags = "16, 17")]
+    #[prost(oneof = "evidence::Detail", tags = "16, 17, 18")]
     pub detail: ::core::option::Option<evidence::Detail>,
 }
 /// Nested message and enum types in `Evidence`.
@@ -146,6 +212,9 @@ pub mod evidence {
         /// packet_drop.
         #[prost(message, tag = "17")]
         Drop(super::DropDetail),
+        /// dns.
+        #[prost(message, tag = "18")]
+        Dns(super::DnsDetail),
     }
 }
 /// Filters shared by Query and Watch. Empty fields match everything.
@@ -198,6 +267,9 @@ pub struct QueryResponse {
     /// When the answering agent started: evidence from before then is not in its store.
     #[prost(message, optional, tag = "6")]
     pub agent_started: ::core::option::Option<::prost_types::Timestamp>,
+    /// DNS lookups of the pods asked about, counted since the agent started (per pod).
+    #[prost(message, repeated, tag = "7")]
+    pub dns_lookups: ::prost::alloc::vec::Vec<DnsLookups>,
 }
 /// Watch input.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]

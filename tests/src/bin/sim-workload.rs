@@ -1,7 +1,10 @@
 //! The process that runs inside simulated pods: `sleep` (the pod's pause process), `listen PORT`
 //! (a server), `connect IP:PORT COUNT INTERVAL_MS [TIMEOUT_MS]` (a client that reports each
 //! outcome), `udp IP:PORT COUNT` (COUNT datagrams from one socket, paced so the sender's own
-//! queues never drop any). Standard library only, so it starts in a millisecond.
+//! queues never drop any), `resolve NAME COUNT INTERVAL_MS` (glibc getaddrinfo with the pod's
+//! resolv.conf), `dns-upstream PORT RCODE DELAY_MS` (an upstream resolver answering every query
+//! with RCODE after DELAY_MS), `dns-flood IP:PORT COUNT NAME` (COUNT queries with distinct ids).
+//! Standard library only, so it starts in a millisecond.
 
 use std::{
     io::ErrorKind,
@@ -124,9 +127,88 @@ fn main() -> ExitCode {
             println!("sent {sent}");
             ExitCode::SUCCESS
         }
+        ["resolve", name, count, interval_ms] => {
+            let (Ok(count), Ok(interval)) = (count.parse::<u32>(), interval_ms.parse::<u64>())
+            else {
+                eprintln!("sim-workload: usage: resolve NAME COUNT INTERVAL_MS");
+                return ExitCode::FAILURE;
+            };
+            // getaddrinfo(3): glibc's resolver, reading the pod's /etc/resolv.conf.
+            for _ in 0..count {
+                match std::net::ToSocketAddrs::to_socket_addrs(&(*name, 0)) {
+                    Ok(addrs) => println!("ok {}", addrs.count()),
+                    Err(e) => println!("fail {e}"),
+                }
+                std::thread::sleep(Duration::from_millis(interval));
+            }
+            ExitCode::SUCCESS
+        }
+        ["dns-upstream", port, rcode, delay_ms] => {
+            let (Ok(port), Ok(rcode), Ok(delay)) = (
+                port.parse::<u16>(),
+                rcode.parse::<u8>(),
+                delay_ms.parse::<u64>(),
+            ) else {
+                eprintln!("sim-workload: usage: dns-upstream PORT RCODE DELAY_MS");
+                return ExitCode::FAILURE;
+            };
+            let Ok(socket) = std::net::UdpSocket::bind(("0.0.0.0", port)) else {
+                eprintln!("sim-workload: cannot bind UDP port {port}");
+                return ExitCode::FAILURE;
+            };
+            let socket = std::sync::Arc::new(socket);
+            let mut buf = [0u8; 1500];
+            // Answers each query with its own question, no records: only header bits change
+            // (QR, RA, rcode), so nothing here parses DNS.
+            while let Ok((n, from)) = socket.recv_from(&mut buf) {
+                let Some(query) = buf.get(..n).filter(|q| q.len() >= 12) else {
+                    continue;
+                };
+                let mut answer = query.to_vec();
+                if let Some([flags, codes]) = answer.get_mut(2..4) {
+                    *flags |= 0x80;
+                    *codes = 0x80 | (rcode & 0x0f);
+                }
+                let socket = socket.clone();
+                std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_millis(delay));
+                    let _ = socket.send_to(&answer, from);
+                });
+            }
+            ExitCode::SUCCESS
+        }
+        ["dns-flood", addr, count, name] => {
+            let (Ok(addr), Ok(count)) = (addr.parse::<SocketAddr>(), count.parse::<u32>()) else {
+                eprintln!("sim-workload: usage: dns-flood IP:PORT COUNT NAME");
+                return ExitCode::FAILURE;
+            };
+            let Ok(socket) = std::net::UdpSocket::bind("0.0.0.0:0") else {
+                return ExitCode::FAILURE;
+            };
+            let mut query = vec![0, 0, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+            for label in name.split('.').filter(|l| !l.is_empty()) {
+                query.push(label.len() as u8);
+                query.extend_from_slice(label.as_bytes());
+            }
+            query.extend_from_slice(&[0, 0, 1, 0, 1]);
+            let mut sent = 0u32;
+            for i in 0..count {
+                if let Some(id) = query.get_mut(..2) {
+                    id.copy_from_slice(&(i as u16).to_be_bytes());
+                }
+                if socket.send_to(&query, addr).is_ok() {
+                    sent += 1;
+                }
+                if i % 100 == 99 {
+                    std::thread::sleep(Duration::from_micros(500));
+                }
+            }
+            println!("sent {sent}");
+            ExitCode::SUCCESS
+        }
         _ => {
             eprintln!(
-                "sim-workload: usage: sleep | listen PORT | connect IP:PORT COUNT INTERVAL_MS [TIMEOUT_MS] | udp IP:PORT COUNT"
+                "sim-workload: usage: sleep | listen PORT | connect IP:PORT COUNT INTERVAL_MS [TIMEOUT_MS] | udp IP:PORT COUNT | resolve NAME COUNT INTERVAL_MS | dns-upstream PORT RCODE DELAY_MS | dns-flood IP:PORT COUNT NAME"
             );
             ExitCode::FAILURE
         }

@@ -19,6 +19,7 @@ fn answer(loss: Vec<PeerLoss>) -> AgentAnswer {
     AgentAnswer {
         agent: "127.0.0.1:9742".into(),
         node: "node-a".into(),
+        dns_lookups: vec![],
         evidence: vec![],
         truncated: false,
         loss,
@@ -271,6 +272,7 @@ fn arbitrary_answers_never_panic_and_tables_stay_clean() {
         };
         let response = pb::QueryResponse {
             evidence: vec![ev],
+            dns_lookups: vec![],
             node: pick(next(), &strings),
             truncated: next() % 2 == 0,
             loss: Some(pb::LossCounters {

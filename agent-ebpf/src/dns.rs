@@ -1,0 +1,188 @@
+//! DNS packets at every socket of the node: cgroup_skb programs on the cgroup2 root see each
+//! packet a socket sends (egress) or receives (ingress), with the socket's cgroup, in every
+//! network namespace (pods and hostNetwork pods alike), after the pod's own netfilter on the
+//! way out and before the application reads it on the way in.
+//!
+//! Nothing is parsed beyond "IPv4/IPv6, UDP/TCP, one of the DNS ports, payload present": the
+//! first [`DNS_PAYLOAD_CAP`] bytes of the payload are copied into [`DNS_RING`] and userspace
+//! parses them with a DNS library. Every packet is allowed through (return 1): the programs
+//! observe, they never filter.
+//!
+//! Kernel interfaces: cgroup_skb (data starts at the IP header), bpf_skb_load_bytes,
+//! bpf_skb_cgroup_id (the socket's cgroup v2 id), bpf_ringbuf_reserve.
+
+use aya_ebpf::{
+    helpers::{bpf_ktime_get_boot_ns, bpf_skb_cgroup_id, bpf_skb_load_bytes},
+    macros::cgroup_skb,
+    programs::SkBuffContext,
+};
+use triage_agent_common::{
+    AF_INET, AF_INET6, DNS_PAYLOAD_CAP, DnsEvent, DnsPorts, EventHeader, IPPROTO_TCP, IPPROTO_UDP,
+    LOST_DNS_RESERVE, dns_flags, kind,
+};
+
+use crate::maps::{DNS_RING, count_loss};
+
+/// Ports to capture, overwritten by the loader before load (frozen: the verifier sees
+/// constants).
+#[unsafe(no_mangle)]
+static DNS_PORTS: DnsPorts = DnsPorts::NONE;
+
+/// Smallest UDP payload worth copying: a DNS header.
+const DNS_HEADER: u32 = 12;
+
+#[cgroup_skb(egress)]
+pub fn dns_egress(ctx: SkBuffContext) -> i32 {
+    capture(&ctx, dns_flags::EGRESS);
+    1
+}
+
+#[cgroup_skb(ingress)]
+pub fn dns_ingress(ctx: SkBuffContext) -> i32 {
+    capture(&ctx, 0);
+    1
+}
+
+#[inline(always)]
+fn is_dns_port(port: u16) -> bool {
+    // SAFETY: a plain static of integers that lives for the whole program.
+    let ports = unsafe { core::ptr::read_volatile(&DNS_PORTS) };
+    let mut found = false;
+    for p in ports.ports {
+        found |= p != 0 && p == port;
+    }
+    found
+}
+
+/// Addresses, ports and where the payload starts, from the headers.
+struct Packet {
+    family: u16,
+    protocol: u8,
+    saddr: [u8; 16],
+    daddr: [u8; 16],
+    sport: u16,
+    dport: u16,
+    payload_off: u32,
+    payload_len: u32,
+}
+
+#[inline(always)]
+fn load<const N: usize>(ctx: &SkBuffContext, offset: u32) -> Option<[u8; N]> {
+    let mut buf = [0u8; N];
+    // SAFETY: buf is N writable bytes; the helper reads at most N from the packet.
+    let ret = unsafe {
+        bpf_skb_load_bytes(
+            ctx.skb.skb as *const _,
+            offset,
+            buf.as_mut_ptr().cast(),
+            N as u32,
+        )
+    };
+    (ret == 0).then_some(buf)
+}
+
+#[inline(always)]
+fn parse(ctx: &SkBuffContext) -> Option<Packet> {
+    let first: [u8; 1] = load(ctx, 0)?;
+    let mut p = Packet {
+        family: 0,
+        protocol: 0,
+        saddr: [0; 16],
+        daddr: [0; 16],
+        sport: 0,
+        dport: 0,
+        payload_off: 0,
+        payload_len: 0,
+    };
+    let l4 = match first[0] >> 4 {
+        4 => {
+            let ip: [u8; 20] = load(ctx, 0)?;
+            // Later fragments carry no transport header.
+            if u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff != 0 {
+                return None;
+            }
+            p.family = AF_INET;
+            p.protocol = ip[9];
+            p.saddr[..4].copy_from_slice(&ip[12..16]);
+            p.daddr[..4].copy_from_slice(&ip[16..20]);
+            u32::from(ip[0] & 0x0f) * 4
+        }
+        6 => {
+            let ip: [u8; 40] = load(ctx, 0)?;
+            // Extension headers are not followed: DNS is sent without them.
+            p.family = AF_INET6;
+            p.protocol = ip[6];
+            p.saddr.copy_from_slice(&ip[8..24]);
+            p.daddr.copy_from_slice(&ip[24..40]);
+            40
+        }
+        _ => return None,
+    };
+    if l4 < 20 {
+        return None;
+    }
+    if u16::from(p.protocol) == IPPROTO_TCP {
+        let tcp: [u8; 14] = load(ctx, l4)?;
+        p.sport = u16::from_be_bytes([tcp[0], tcp[1]]);
+        p.dport = u16::from_be_bytes([tcp[2], tcp[3]]);
+        p.payload_off = l4 + u32::from(tcp[12] >> 4) * 4;
+        p.payload_len = ctx.len().checked_sub(p.payload_off)?;
+        if p.payload_len == 0 {
+            return None;
+        }
+    } else if p.protocol == IPPROTO_UDP {
+        let udp: [u8; 8] = load(ctx, l4)?;
+        p.sport = u16::from_be_bytes([udp[0], udp[1]]);
+        p.dport = u16::from_be_bytes([udp[2], udp[3]]);
+        p.payload_off = l4 + 8;
+        p.payload_len = u32::from(u16::from_be_bytes([udp[4], udp[5]])).checked_sub(8)?;
+        if p.payload_len < DNS_HEADER {
+            return None;
+        }
+    } else {
+        return None;
+    }
+    Some(p)
+}
+
+#[inline(always)]
+fn capture(ctx: &SkBuffContext, flags: u8) {
+    let Some(p) = parse(ctx) else { return };
+    if !is_dns_port(p.dport) && !is_dns_port(p.sport) {
+        return;
+    }
+    let Some(mut entry) = DNS_RING.reserve::<DnsEvent>(0) else {
+        count_loss(LOST_DNS_RESERVE);
+        return;
+    };
+    let event = entry.as_mut_ptr();
+    let mut n = p.payload_len;
+    if n > DNS_PAYLOAD_CAP as u32 {
+        n = DNS_PAYLOAD_CAP as u32;
+    }
+    // SAFETY: the reserved record is a DnsEvent's worth of writable bytes; fields are written
+    // in place (the payload is too big for the BPF stack) before submit.
+    unsafe {
+        let payload = (*event).payload.as_mut_ptr();
+        let copied = n > 0
+            && n <= DNS_PAYLOAD_CAP as u32
+            && bpf_skb_load_bytes(ctx.skb.skb as *const _, p.payload_off, payload.cast(), n) == 0;
+        (*event).header = EventHeader {
+            kind: kind::DNS,
+            len: size_of::<DnsEvent>() as u32,
+            boot_ns: bpf_ktime_get_boot_ns(),
+        };
+        (*event).cgroup_id = bpf_skb_cgroup_id(ctx.skb.skb);
+        (*event).family = p.family;
+        (*event).protocol = p.protocol;
+        (*event).flags = flags;
+        (*event).sport = p.sport;
+        (*event).dport = p.dport;
+        (*event).wire_len = p.payload_len;
+        (*event).captured = if copied { n as u16 } else { 0 };
+        (*event)._pad0 = 0;
+        (*event).saddr = p.saddr;
+        (*event).daddr = p.daddr;
+    }
+    entry.submit(0);
+}

@@ -1,0 +1,111 @@
+//! The DNS task: reads the kernel's DNS ring, runs the tracker, and hands findings and lookup
+//! counters to attribution without waiting (a full channel is counted as `pipeline_full`).
+
+use std::{sync::Arc, time::Duration};
+
+use aya::maps::{MapData, RingBuf};
+use tokio::{io::unix::AsyncFd, sync::mpsc};
+use tokio_util::sync::CancellationToken;
+
+use super::{DnsConfig, Tracker, handle};
+use crate::{
+    attribute::TimedEvent,
+    kernel::clock::BootClock,
+    loss::{Counters, Loss},
+    probes::{decode::RawEvent, reader::BATCH},
+};
+
+/// How often timeouts and settled search sequences are looked for.
+const TICK: Duration = Duration::from_millis(250);
+/// How often pods' lookup counters are reported.
+const TALLY_EVERY: Duration = Duration::from_secs(1);
+/// How often the boot-time to wall-clock offset is refreshed.
+const CLOCK_REFRESH: Duration = Duration::from_secs(10);
+
+/// Why the DNS task stopped on its own.
+#[derive(Debug, thiserror::Error)]
+pub enum DnsError {
+    #[error("DNS ring buffer: {0}")]
+    Ring(#[from] std::io::Error),
+    #[error("attribution stopped taking events")]
+    AttributionGone,
+}
+
+/// Reads DNS packets until cancelled, sending findings and lookup counters to attribution.
+pub async fn run(
+    ring: RingBuf<MapData>,
+    config: DnsConfig,
+    out: mpsc::Sender<TimedEvent>,
+    counters: Arc<Counters>,
+    cancel: CancellationToken,
+) -> Result<(), DnsError> {
+    // SAFETY: the RingBuf owns its map fd for its whole life, and the AsyncFd owns the RingBuf.
+    let mut fd = unsafe { AsyncFd::register(ring) }.map_err(std::io::Error::from)?;
+    let mut clock = BootClock::new()?;
+    let mut tracker = Tracker::new(config.track.clone(), counters.clone());
+    let ports = config.ports.clone();
+    let is_dns_port = |p: u16| ports.contains(&p);
+    let mut refresh = tokio::time::interval(CLOCK_REFRESH);
+    let mut tick = tokio::time::interval(TICK);
+    let mut tally = tokio::time::interval(TALLY_EVERY);
+    let emit = |event: RawEvent, clock: &BootClock| -> Result<(), DnsError> {
+        let at = match &event {
+            RawEvent::DnsLookups(_) => std::time::SystemTime::now(),
+            other => clock.wall(other.boot_ns()),
+        };
+        let first_at = match &event {
+            RawEvent::DnsLookups(_) => at,
+            other => clock.wall(other.first_boot_ns()),
+        };
+        let count = event.count();
+        match out.try_send(TimedEvent {
+            at,
+            first_at,
+            event,
+        }) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                counters.add(Loss::PipelineFull, count.max(1));
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(DnsError::AttributionGone),
+        }
+    };
+    loop {
+        tokio::select! {
+            biased;
+            () = cancel.cancelled() => return Ok(()),
+            _ = refresh.tick() => clock.refresh()?,
+            _ = tick.tick() => {
+                for finding in tracker.tick(clock.boot_now()) {
+                    emit(RawEvent::Dns(Box::new(finding)), &clock)?;
+                }
+            }
+            _ = tally.tick() => {
+                for t in tracker.take_tallies() {
+                    emit(RawEvent::DnsLookups(t), &clock)?;
+                }
+            }
+            guard = fd.readable_mut() => {
+                let mut guard = guard?;
+                let ring = guard.get_inner_mut();
+                let mut received = 0usize;
+                while let Some(record) = ring.next() {
+                    received += 1;
+                    for finding in handle(&record, &mut tracker, &counters, &is_dns_port) {
+                        emit(RawEvent::Dns(Box::new(finding)), &clock)?;
+                    }
+                    if received >= BATCH {
+                        break;
+                    }
+                }
+                counters.add_events_received(received as u64);
+                if received < BATCH {
+                    guard.clear_ready();
+                }
+                drop(guard);
+                tokio::task::yield_now().await;
+            }
+        }
+    }
+}

@@ -1,0 +1,572 @@
+//! Matching DNS answers to queries, per asking socket: what was asked, what came back, how long
+//! it took, and what was never answered. Pure and synchronous (times are CLOCK_BOOTTIME
+//! nanoseconds from the kernel), so every rule is unit-tested; [`super::run`] drives it.
+//!
+//! - A query (a packet with QR clear leaving a socket towards a DNS port) enters the in-flight
+//!   table under (socket cgroup, client ip:port, server ip:port, id, qtype, qname). A resend
+//!   with the same key (the resolver's retry) refreshes its deadline instead of counting twice.
+//! - Its answer (QR set, arriving at the same socket) ends it: NOERROR feeds the pod's
+//!   [`DnsLookups`] (and a `slow` finding above the threshold); SERVFAIL, REFUSED and other
+//!   errors are findings at once; NXDOMAIN waits briefly in the client's search group (below).
+//! - No answer within the timeout: a `timeout` finding, saying whether a DNS server's socket
+//!   on this node received the query and whether it answered (the same packets seen at the
+//!   server's side, matched by client address and id).
+//! - The search path: a resolver with `ndots:5` asks `name.ns.svc.cluster.local`,
+//!   `name.svc.cluster.local`, ... each answered NXDOMAIN before the name that exists. NXDOMAINs
+//!   wait in their client's group for [`SEARCH_HOLD`]; an answer for a related name (same
+//!   leading labels, a shorter search suffix or none) folds them into one `search_expansion`
+//!   finding with their count and cost; if nothing is answered, they are one `nxdomain`
+//!   finding for the shortest name tried, not one per expansion.
+//! - Bounded: at most `per_pod` queries in flight per cgroup and `total` in all. The oldest of
+//!   the cgroup (or of the cgroup holding most) makes room, counted as
+//!   [`Loss::DnsInflightEvicted`].
+
+use std::{
+    collections::{HashMap, VecDeque},
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
+
+use super::packet::{Captured, Message, Side};
+use crate::{
+    evidence::{DnsLookups, DnsOutcome, Protocol},
+    loss::{Counters, Loss},
+};
+
+/// How long NXDOMAIN answers wait for the rest of their search sequence (after the latest one,
+/// and while the client has queries in flight).
+pub const SEARCH_HOLD: Duration = Duration::from_secs(1);
+
+/// rcode values.
+const NOERROR: u8 = 0;
+const SERVFAIL: u8 = 2;
+const NXDOMAIN: u8 = 3;
+const REFUSED: u8 = 5;
+
+/// Tracker settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TrackConfig {
+    /// No answer within this: `timeout` (glibc's default per try is 5 s).
+    pub timeout: Duration,
+    /// Answered slower than this: `slow`.
+    pub slow: Duration,
+    /// Queries in flight per socket cgroup (pod container) at most.
+    pub per_pod: usize,
+    /// Queries in flight in all at most.
+    pub total: usize,
+}
+
+impl Default for TrackConfig {
+    fn default() -> Self {
+        TrackConfig {
+            timeout: Duration::from_secs(5),
+            slow: Duration::from_secs(1),
+            per_pod: 1024,
+            total: 16_384,
+        }
+    }
+}
+
+/// A failed or slow lookup, ready for attribution.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Finding {
+    pub outcome: DnsOutcome,
+    /// When it was decided (answer arrival, or the deadline) and when the lookup began.
+    pub at_ns: u64,
+    pub first_ns: u64,
+    /// The asking socket's cgroup.
+    pub cgroup_id: u64,
+    pub client: SocketAddr,
+    pub server: SocketAddr,
+    pub protocol: Protocol,
+    pub query: Arc<str>,
+    pub qtype: u16,
+    pub rcode: Option<u8>,
+    pub latency: Option<Duration>,
+    /// Timeouts: whether a DNS server's socket on this node received the query.
+    pub reached_server: Option<bool>,
+    /// Timeouts: whether that server sent an answer (which then never arrived).
+    pub server_answered: bool,
+    /// The cgroup of the server socket that received the query, when one on this node did.
+    pub server_cgroup: Option<u64>,
+    /// NXDOMAIN answers folded into this finding (search expansions).
+    pub search_nxdomains: u32,
+}
+
+/// A pod's successful-lookup counters since the last flush.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tally {
+    pub cgroup_id: u64,
+    /// The client IP last seen for this cgroup (attribution by IP when the cgroup is gone).
+    pub client_ip: IpAddr,
+    pub lookups: DnsLookups,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Key {
+    cgroup: u64,
+    client: SocketAddr,
+    server: SocketAddr,
+    id: u16,
+    qtype: u16,
+    qname: Arc<str>,
+}
+
+#[derive(Clone, Debug)]
+struct InFlight {
+    first_ns: u64,
+    last_ns: u64,
+    protocol: Protocol,
+    reached_server: bool,
+    server_answered: bool,
+    server_cgroup: Option<u64>,
+}
+
+/// An NXDOMAIN waiting for the rest of its search sequence.
+#[derive(Clone, Debug)]
+struct HeldNx {
+    key: Key,
+    first_ns: u64,
+    at_ns: u64,
+    protocol: Protocol,
+}
+
+#[derive(Default)]
+struct SearchGroup {
+    held: Vec<HeldNx>,
+    last_ns: u64,
+}
+
+/// The matcher.
+pub struct Tracker {
+    config: TrackConfig,
+    inflight: HashMap<Key, InFlight>,
+    /// Per cgroup, keys in the order they were sent (oldest first).
+    order: HashMap<u64, VecDeque<Key>>,
+    /// (client address, id) -> key, to match what a server on this node saw.
+    by_client: HashMap<(SocketAddr, u16), Key>,
+    /// NXDOMAINs per (cgroup, client ip).
+    search: HashMap<(u64, IpAddr), SearchGroup>,
+    tallies: HashMap<u64, Tally>,
+    counters: Arc<Counters>,
+}
+
+impl Tracker {
+    pub fn new(config: TrackConfig, counters: Arc<Counters>) -> Tracker {
+        Tracker {
+            config,
+            inflight: HashMap::new(),
+            order: HashMap::new(),
+            by_client: HashMap::new(),
+            search: HashMap::new(),
+            tallies: HashMap::new(),
+            counters,
+        }
+    }
+
+    /// Queries in flight.
+    pub fn in_flight(&self) -> usize {
+        self.inflight.len()
+    }
+
+    /// Takes in one packet; returns findings decided by it. `is_dns_port` tells which end is
+    /// the server.
+    pub fn packet(
+        &mut self,
+        c: &Captured<'_>,
+        m: Message,
+        is_dns_port: impl Fn(u16) -> bool,
+    ) -> Vec<Finding> {
+        let towards_server = is_dns_port(c.dst.port());
+        match (c.side, m.response, towards_server) {
+            // A query leaving the asking socket.
+            (Side::Egress, false, true) => {
+                self.query(c, m);
+                Vec::new()
+            }
+            // An answer arriving at the asking socket.
+            (Side::Ingress, true, false) => self.answer(c, m),
+            // A query arriving at a server socket on this node.
+            (Side::Ingress, false, true) => {
+                if let Some(entry) = self.server_side(c.src, &m) {
+                    entry.reached_server = true;
+                    entry.server_cgroup = Some(c.cgroup_id);
+                }
+                Vec::new()
+            }
+            // An answer leaving a server socket on this node.
+            (Side::Egress, true, false) => {
+                if let Some(entry) = self.server_side(c.dst, &m) {
+                    entry.server_answered = true;
+                }
+                Vec::new()
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    fn server_side(&mut self, client: SocketAddr, m: &Message) -> Option<&mut InFlight> {
+        let key = self.by_client.get(&(client, m.id))?;
+        if *key.qname != *m.qname || key.qtype != m.qtype {
+            return None;
+        }
+        self.inflight.get_mut(key)
+    }
+
+    fn query(&mut self, c: &Captured<'_>, m: Message) {
+        let key = Key {
+            cgroup: c.cgroup_id,
+            client: c.src,
+            server: c.dst,
+            id: m.id,
+            qtype: m.qtype,
+            qname: m.qname.into(),
+        };
+        if let Some(entry) = self.inflight.get_mut(&key) {
+            entry.last_ns = c.boot_ns;
+            return;
+        }
+        let per_pod = self.order.get(&key.cgroup).map_or(0, VecDeque::len);
+        if per_pod >= self.config.per_pod {
+            self.evict_oldest(key.cgroup);
+        } else if self.inflight.len() >= self.config.total
+            && let Some(biggest) = self
+                .order
+                .iter()
+                .max_by_key(|(_, q)| q.len())
+                .map(|(cgroup, _)| *cgroup)
+        {
+            self.evict_oldest(biggest);
+        }
+        self.order
+            .entry(key.cgroup)
+            .or_default()
+            .push_back(key.clone());
+        self.by_client.insert((key.client, key.id), key.clone());
+        self.inflight.insert(
+            key,
+            InFlight {
+                first_ns: c.boot_ns,
+                last_ns: c.boot_ns,
+                protocol: c.protocol,
+                reached_server: false,
+                server_answered: false,
+                server_cgroup: None,
+            },
+        );
+    }
+
+    fn evict_oldest(&mut self, cgroup: u64) {
+        while let Some(key) = self.order.get_mut(&cgroup).and_then(VecDeque::pop_front) {
+            if self.remove(&key).is_some() {
+                self.counters.add(Loss::DnsInflightEvicted, 1);
+                break;
+            }
+        }
+        self.drop_empty(cgroup);
+    }
+
+    fn drop_empty(&mut self, cgroup: u64) {
+        if self.order.get(&cgroup).is_some_and(VecDeque::is_empty) {
+            self.order.remove(&cgroup);
+        }
+    }
+
+    fn remove(&mut self, key: &Key) -> Option<InFlight> {
+        let entry = self.inflight.remove(key)?;
+        if self.by_client.get(&(key.client, key.id)) == Some(key) {
+            self.by_client.remove(&(key.client, key.id));
+        }
+        Some(entry)
+    }
+
+    fn tally(&mut self, cgroup: u64, client_ip: IpAddr) -> &mut DnsLookups {
+        let t = self.tallies.entry(cgroup).or_insert_with(|| Tally {
+            cgroup_id: cgroup,
+            client_ip,
+            lookups: DnsLookups::default(),
+        });
+        t.client_ip = client_ip;
+        &mut t.lookups
+    }
+
+    fn answer(&mut self, c: &Captured<'_>, m: Message) -> Vec<Finding> {
+        let key = Key {
+            cgroup: c.cgroup_id,
+            client: c.dst,
+            server: c.src,
+            id: m.id,
+            qtype: m.qtype,
+            qname: m.qname.into(),
+        };
+        // Unknown: asked before the agent started, evicted, or already timed out.
+        let Some(entry) = self.remove(&key) else {
+            return Vec::new();
+        };
+        let latency = Duration::from_nanos(c.boot_ns.saturating_sub(entry.first_ns));
+        let finding = |outcome, rcode| Finding {
+            outcome,
+            at_ns: c.boot_ns,
+            first_ns: entry.first_ns,
+            cgroup_id: key.cgroup,
+            client: key.client,
+            server: key.server,
+            protocol: entry.protocol,
+            query: key.qname.clone(),
+            qtype: key.qtype,
+            rcode,
+            latency: Some(latency),
+            reached_server: None,
+            server_answered: false,
+            server_cgroup: entry.server_cgroup,
+            search_nxdomains: 0,
+        };
+        // A truncated UDP answer: the resolver asks again over TCP, which is the lookup.
+        if m.truncated && c.protocol == Protocol::Udp {
+            return vec![finding(DnsOutcome::TruncatedRetry, Some(m.rcode))];
+        }
+        let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        let slow = latency >= self.config.slow;
+        {
+            let t = self.tally(key.cgroup, key.client.ip());
+            t.lookups += 1;
+            if m.rcode == NOERROR {
+                t.succeeded += 1;
+            } else {
+                t.failed += 1;
+            }
+            if slow {
+                t.slow += 1;
+            }
+            t.latency_sum_us = t.latency_sum_us.saturating_add(us);
+            t.latency_max_us = t.latency_max_us.max(us);
+        }
+        let mut out = Vec::new();
+        match m.rcode {
+            NXDOMAIN => {
+                let group = self
+                    .search
+                    .entry((key.cgroup, key.client.ip()))
+                    .or_default();
+                group.last_ns = c.boot_ns;
+                group.held.push(HeldNx {
+                    key,
+                    first_ns: entry.first_ns,
+                    at_ns: c.boot_ns,
+                    protocol: entry.protocol,
+                });
+                return out;
+            }
+            NOERROR => {
+                if let Some(folded) = self.fold_search(&key, c.boot_ns, entry.protocol) {
+                    out.push(folded);
+                }
+                if slow {
+                    out.push(finding(DnsOutcome::Slow, Some(m.rcode)));
+                }
+            }
+            SERVFAIL => out.push(finding(DnsOutcome::Servfail, Some(m.rcode))),
+            REFUSED => out.push(finding(DnsOutcome::Refused, Some(m.rcode))),
+            other => out.push(finding(DnsOutcome::Error, Some(other))),
+        }
+        out
+    }
+
+    /// An answered name ends the search sequence of its client: its held NXDOMAINs for related
+    /// names become one `search_expansion` finding.
+    fn fold_search(&mut self, answered: &Key, at_ns: u64, protocol: Protocol) -> Option<Finding> {
+        let group_key = (answered.cgroup, answered.client.ip());
+        let group = self.search.get_mut(&group_key)?;
+        let (related, rest): (Vec<HeldNx>, Vec<HeldNx>) = group
+            .held
+            .drain(..)
+            .partition(|h| expansion_of(&h.key.qname, &answered.qname));
+        group.held = rest;
+        if group.held.is_empty() {
+            self.search.remove(&group_key);
+        }
+        let first_ns = related.iter().map(|h| h.first_ns).min()?;
+        Some(Finding {
+            outcome: DnsOutcome::SearchExpansion,
+            at_ns,
+            first_ns,
+            cgroup_id: answered.cgroup,
+            client: answered.client,
+            server: answered.server,
+            protocol,
+            query: answered.qname.clone(),
+            qtype: answered.qtype,
+            rcode: Some(NOERROR),
+            latency: Some(Duration::from_nanos(at_ns.saturating_sub(first_ns))),
+            reached_server: None,
+            server_answered: false,
+            server_cgroup: None,
+            search_nxdomains: u32::try_from(related.len()).unwrap_or(u32::MAX),
+        })
+    }
+
+    /// Periodic: timeouts and settled search groups. `now_ns`: CLOCK_BOOTTIME now.
+    pub fn tick(&mut self, now_ns: u64) -> Vec<Finding> {
+        let mut out = Vec::new();
+        let timeout = u64::try_from(self.config.timeout.as_nanos()).unwrap_or(u64::MAX);
+        let cgroups: Vec<u64> = self.order.keys().copied().collect();
+        for cgroup in cgroups {
+            let mut resent = Vec::new();
+            while let Some(front) = self.order.get(&cgroup).and_then(|q| q.front()).cloned() {
+                let Some(entry) = self.inflight.get(&front) else {
+                    // Answered or evicted: its place in the order is stale.
+                    self.order.get_mut(&cgroup).map(VecDeque::pop_front);
+                    continue;
+                };
+                if now_ns.saturating_sub(entry.first_ns) < timeout {
+                    break;
+                }
+                self.order.get_mut(&cgroup).map(VecDeque::pop_front);
+                if now_ns.saturating_sub(entry.last_ns) < timeout {
+                    // Resent since: its deadline runs from the resend.
+                    resent.push(front);
+                    continue;
+                }
+                let Some(entry) = self.remove(&front) else {
+                    continue;
+                };
+                let t = self.tally(cgroup, front.client.ip());
+                t.lookups += 1;
+                t.timeouts += 1;
+                out.push(Finding {
+                    outcome: DnsOutcome::Timeout,
+                    at_ns: now_ns,
+                    first_ns: entry.first_ns,
+                    cgroup_id: cgroup,
+                    client: front.client,
+                    server: front.server,
+                    protocol: entry.protocol,
+                    query: front.qname.clone(),
+                    qtype: front.qtype,
+                    rcode: None,
+                    latency: Some(Duration::from_nanos(now_ns.saturating_sub(entry.first_ns))),
+                    reached_server: Some(entry.reached_server),
+                    server_answered: entry.server_answered,
+                    server_cgroup: entry.server_cgroup,
+                    search_nxdomains: 0,
+                });
+            }
+            if !resent.is_empty() {
+                let q = self.order.entry(cgroup).or_default();
+                q.extend(resent);
+            }
+            self.drop_empty(cgroup);
+        }
+        let hold = u64::try_from(SEARCH_HOLD.as_nanos()).unwrap_or(u64::MAX);
+        let settled: Vec<(u64, IpAddr)> = self
+            .search
+            .iter()
+            .filter(|((cgroup, _), g)| {
+                now_ns.saturating_sub(g.last_ns) >= hold && !self.order.contains_key(cgroup)
+                    || now_ns.saturating_sub(g.last_ns) >= timeout
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for group_key in settled {
+            if let Some(group) = self.search.remove(&group_key) {
+                out.extend(nxdomain_findings(group.held));
+            }
+        }
+        out
+    }
+
+    /// Takes the success counters gathered since the last call.
+    pub fn take_tallies(&mut self) -> Vec<Tally> {
+        self.tallies.drain().map(|(_, t)| t).collect()
+    }
+}
+
+/// The labels of a name, lowercased comparison left to the caller.
+fn labels(name: &str) -> Vec<&str> {
+    name.split('.').filter(|l| !l.is_empty()).collect()
+}
+
+/// Whether `nx` is a search expansion related to `answered`: after their common leading labels
+/// (at least one), `answered` has no labels left or a suffix of what `nx` has left (search
+/// domains of a pod get shorter: `ns.svc.cluster.local`, `svc.cluster.local`, `cluster.local`).
+pub fn expansion_of(nx: &str, answered: &str) -> bool {
+    let (n, a) = (labels(nx), labels(answered));
+    if n.len() <= a.len() && n == a {
+        return false;
+    }
+    let common = n
+        .iter()
+        .zip(&a)
+        .take_while(|(x, y)| x.eq_ignore_ascii_case(y))
+        .count();
+    if common == 0 {
+        return false;
+    }
+    let (n_rest, a_rest) = (
+        n.get(common..).unwrap_or_default(),
+        a.get(common..).unwrap_or_default(),
+    );
+    a_rest.len() < n_rest.len()
+        && n_rest
+            .iter()
+            .rev()
+            .zip(a_rest.iter().rev())
+            .all(|(x, y)| x.eq_ignore_ascii_case(y))
+}
+
+/// The leading labels two names share, when they share any.
+fn common_prefix(a: &str, b: &str) -> Option<String> {
+    let (a, b) = (labels(a), labels(b));
+    let n = a
+        .iter()
+        .zip(&b)
+        .take_while(|(x, y)| x.eq_ignore_ascii_case(y))
+        .count();
+    a.get(..n).filter(|l| !l.is_empty()).map(|l| l.join("."))
+}
+
+/// NXDOMAINs nothing answered after: one finding per name asked (the shortest of each related
+/// set), counting its expansions.
+fn nxdomain_findings(mut held: Vec<HeldNx>) -> Vec<Finding> {
+    held.sort_by_key(|h| (h.key.qname.len(), h.first_ns));
+    let mut out = Vec::new();
+    while let Some(base) = (!held.is_empty()).then(|| held.remove(0)) {
+        let (related, rest): (Vec<HeldNx>, Vec<HeldNx>) = held.into_iter().partition(|h| {
+            *h.key.qname == *base.key.qname || expansion_of(&h.key.qname, &base.key.qname)
+        });
+        held = rest;
+        // The name as the application asked it: what every name tried begins with.
+        let query = related.iter().fold(base.key.qname.clone(), |asked, h| {
+            common_prefix(&asked, &h.key.qname).map_or(asked, Into::into)
+        });
+        let first_ns = related
+            .iter()
+            .map(|h| h.first_ns)
+            .fold(base.first_ns, u64::min);
+        let at_ns = related.iter().map(|h| h.at_ns).fold(base.at_ns, u64::max);
+        out.push(Finding {
+            outcome: DnsOutcome::Nxdomain,
+            at_ns,
+            first_ns,
+            cgroup_id: base.key.cgroup,
+            client: base.key.client,
+            server: base.key.server,
+            protocol: base.protocol,
+            query,
+            qtype: base.key.qtype,
+            rcode: Some(NXDOMAIN),
+            latency: Some(Duration::from_nanos(
+                base.at_ns.saturating_sub(base.first_ns),
+            )),
+            reached_server: None,
+            server_answered: false,
+            server_cgroup: None,
+            search_nxdomains: u32::try_from(related.len()).unwrap_or(u32::MAX),
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,369 @@
+//! Privileged end to end: DNS. A real resolver (dnsmasq, behind a Service VIP translated in the
+//! node's namespace like kube-proxy does) answers pods whose processes resolve names with
+//! glibc's getaddrinfo through a kubelet-style resolv.conf (search path, ndots:5). Failures are
+//! real: names that do not exist, an upstream that fails or is slow, a NetworkPolicy drop rule.
+
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test scenarios panic with context; helpers shared by tests are not #[test] fns"
+)]
+
+use std::time::Duration;
+
+use serde_json::Value;
+use triage_agent_tests::{
+    agent::{AgentProcess, records},
+    simnode::{CgroupDriver, SimConfig, SimNode},
+};
+
+const WAIT: Duration = Duration::from_secs(25);
+const VIP: &str = "10.96.0.10";
+
+fn node() -> SimNode {
+    SimNode::start(SimConfig {
+        workload: env!("CARGO_BIN_EXE_sim-workload").into(),
+        driver: CgroupDriver::Systemd,
+    })
+    .expect("simulated node")
+}
+
+/// The cluster DNS: dnsmasq authoritative for cluster.local and test., forwarding
+/// servfail.test and slow.test to an upstream pod that answers SERVFAIL, or NOERROR after
+/// 1.5 s. Returns the DNS pod's index.
+fn cluster_dns(node: &mut SimNode) -> usize {
+    let upstream = node.add_pod("kube-system", "upstream").unwrap();
+    node.start_process(upstream, &["dns-upstream", "5353", "2", "0"])
+        .unwrap();
+    node.start_process(upstream, &["dns-upstream", "5354", "0", "1500"])
+        .unwrap();
+    let up = node.pod(upstream).ip;
+    let db = format!("--host-record=db.shop.svc.cluster.local,{}", node.node_ip());
+    let api = format!("--host-record=api.example.test,{}", node.node_ip());
+    let servfail = format!("--server=/servfail.test/{up}#5353");
+    let slow = format!("--server=/slow.test/{up}#5354");
+    node.add_dns_server(
+        "coredns",
+        VIP,
+        &[
+            "--local=/cluster.local/",
+            "--local=/test/",
+            // Every other name: NXDOMAIN, as CoreDNS's upstream would answer for names that
+            // do not exist (the simulated node has no uplink).
+            "--local=/#/",
+            &db,
+            &api,
+            &servfail,
+            &slow,
+        ],
+    )
+    .unwrap()
+}
+
+fn network_policy(
+    namespace: &str,
+    name: &str,
+    spec: Value,
+) -> k8s_openapi::api::networking::v1::NetworkPolicy {
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"namespace": namespace, "name": name},
+        "spec": spec
+    }))
+    .expect("a NetworkPolicy")
+}
+
+fn dns_records<'a>(v: &'a Value, outcome: &str) -> Vec<&'a Value> {
+    records(v, "dns", "outbound")
+        .into_iter()
+        .filter(|r| r["outcome"] == outcome)
+        .collect()
+}
+
+fn resolve(node: &SimNode, pod: usize, name: &str, times: &str) -> String {
+    let out = node.run(pod, &["resolve", name, times, "50"]).unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn lookups(v: &Value) -> Option<&Value> {
+    v["dns_lookups"].as_array().and_then(|a| a.first())
+}
+
+#[test]
+fn lookups_are_matched_to_answers_and_each_failure_is_one_finding() {
+    let mut node = node();
+    cluster_dns(&mut node);
+    let mut pods = Vec::new();
+    for (name, options) in [
+        ("ok", ""),
+        ("nx", ""),
+        ("search", ""),
+        ("servfail", ""),
+        ("slow", ""),
+        ("tcp", "use-vc"),
+    ] {
+        let pod = node.add_pod("shop", name).unwrap();
+        node.set_cluster_dns(pod, VIP, options).unwrap();
+        pods.push(pod);
+    }
+    // The upstream's ports too, so the DNS server's own forwarded lookups are seen.
+    let mut agent = AgentProcess::start_with(&node, &["--dns-ports", "53,5353,5354"]).unwrap();
+    agent.wait_ready(true, WAIT).unwrap();
+    agent.wait_pods(8, WAIT).unwrap();
+
+    // Success: "db" is found on the first search domain; nothing to report, only counted.
+    let out = resolve(&node, pods[0], "db", "5");
+    assert_eq!(out.matches("ok").count(), 5, "{out}");
+    // A name that does not exist: NXDOMAIN for it and each of its search expansions.
+    assert!(resolve(&node, pods[1], "nosuch", "1").contains("fail"));
+    // A name outside the cluster walks the search path before it is found.
+    assert!(resolve(&node, pods[2], "api.example.test", "2").contains("ok"));
+    // The upstream fails: SERVFAIL (absolute name: no search path).
+    assert!(resolve(&node, pods[3], "x.servfail.test.", "1").contains("fail"));
+    // The upstream is slow: 1.5 s per answer.
+    resolve(&node, pods[4], "x.slow.test.", "1");
+    // Over TCP (options use-vc).
+    assert!(resolve(&node, pods[5], "nosuch-tcp.test.", "1").contains("fail"));
+
+    let v = agent
+        .query_until("shop", "ok", WAIT, |v| {
+            lookups(v).is_some_and(|l| l["lookups"].as_u64() >= Some(10))
+        })
+        .unwrap();
+    assert!(
+        records(&v, "dns", "outbound").is_empty(),
+        "success is not evidence: {v}"
+    );
+    let l = lookups(&v).unwrap();
+    assert_eq!(l["succeeded"], l["lookups"], "{l}");
+    assert_eq!(l["pod"]["name"], "ok");
+
+    let v = agent
+        .query_until("shop", "nx", WAIT, |v| {
+            !dns_records(v, "nxdomain").is_empty()
+        })
+        .unwrap();
+    let nx = dns_records(&v, "nxdomain");
+    assert_eq!(
+        nx.len(),
+        1,
+        "one finding for the name, not one per expansion: {v}"
+    );
+    assert_eq!(nx[0]["query"], "nosuch");
+    assert_eq!(nx[0]["rcode"], "NXDOMAIN");
+    assert_eq!(nx[0]["server"], format!("{VIP}:53"));
+    assert_eq!(nx[0]["attribution"], "cgroup");
+    assert_eq!(nx[0]["container"], "app");
+    assert!(nx[0]["search_nxdomains"].as_u64() >= Some(3), "{v}");
+    assert_eq!(records(&v, "dns", "outbound").len(), 1, "{v}");
+
+    let v = agent
+        .query_until("shop", "search", WAIT, |v| {
+            dns_records(v, "search_expansion")
+                .first()
+                .is_some_and(|r| r["count"] == 2)
+        })
+        .unwrap();
+    let s = dns_records(&v, "search_expansion");
+    assert_eq!(s.len(), 1, "{v}");
+    assert_eq!(s[0]["query"], "api.example.test");
+    assert!(s[0]["search_nxdomains"].as_u64() >= Some(3), "{v}");
+    assert!(dns_records(&v, "nxdomain").is_empty(), "{v}");
+    let diagnosis = v["diagnosis"].to_string();
+    assert!(diagnosis.contains("trailing dot"), "{diagnosis}");
+
+    let v = agent
+        .query_until("shop", "servfail", WAIT, |v| {
+            !dns_records(v, "servfail").is_empty()
+        })
+        .unwrap();
+    let f = dns_records(&v, "servfail")[0];
+    assert_eq!(
+        (f["query"].as_str(), f["rcode"].as_str()),
+        (Some("x.servfail.test"), Some("SERVFAIL"))
+    );
+    // getaddrinfo asks A and AAAA: one record each.
+    let mut qtypes: Vec<&str> = dns_records(&v, "servfail")
+        .iter()
+        .filter_map(|r| r["qtype"].as_str())
+        .collect();
+    qtypes.sort_unstable();
+    assert!(qtypes == ["A"] || qtypes == ["A", "AAAA"], "{v}");
+
+    let v = agent
+        .query_until("shop", "slow", WAIT, |v| !dns_records(v, "slow").is_empty())
+        .unwrap();
+    let f = dns_records(&v, "slow")[0];
+    assert!(f["latency_ms"].as_u64() >= Some(1400), "{f}");
+    assert_eq!(f["rcode"], "NOERROR");
+
+    let v = agent
+        .query_until("shop", "tcp", WAIT, |v| {
+            !dns_records(v, "nxdomain").is_empty()
+        })
+        .unwrap();
+    let f = dns_records(&v, "nxdomain")[0];
+    assert_eq!(f["protocol"], "tcp", "{f}");
+    assert_eq!(f["query"], "nosuch-tcp.test");
+
+    // The DNS server's own forwarded lookups are its evidence.
+    let v = agent
+        .query_until("kube-system", "coredns", WAIT, |v| {
+            !dns_records(v, "servfail").is_empty()
+        })
+        .unwrap();
+    assert!(
+        dns_records(&v, "servfail")[0]["server"]
+            .as_str()
+            .unwrap()
+            .ends_with(":5353")
+    );
+    assert!(agent.stop().unwrap().success(), "{}", agent.log());
+}
+
+#[test]
+fn a_lookup_whose_queries_are_dropped_times_out_and_names_the_drop_and_the_policy() {
+    let mut node = node();
+    cluster_dns(&mut node);
+    let batch = node.add_pod("jobs", "batch").unwrap();
+    node.set_cluster_dns(batch, VIP, "timeout:2 attempts:1")
+        .unwrap();
+    let batch_ip = node.pod(batch).ip;
+    node.api.apply_network_policy(network_policy(
+        "jobs",
+        "default-deny-egress",
+        serde_json::json!({"podSelector": {}, "policyTypes": ["Egress"]}),
+    ));
+    // The CNI enforces it where the pod's traffic enters the node.
+    node.nft_node(&format!(
+        "table ip sim_policy {{\n chain forward {{\n  type filter hook forward priority 0; policy accept;\n  ip saddr {batch_ip} drop\n }}\n}}\n"
+    ))
+    .unwrap();
+    let mut agent = AgentProcess::start(&node).unwrap();
+    agent.wait_ready(true, WAIT).unwrap();
+    agent.wait_pods(3, WAIT).unwrap();
+
+    assert!(resolve(&node, batch, "db.shop.svc.cluster.local.", "1").contains("fail"));
+    let v = agent
+        .query_until("jobs", "batch", WAIT, |v| {
+            !dns_records(v, "timeout").is_empty()
+                && !records(v, "packet_drop", "outbound").is_empty()
+        })
+        .unwrap();
+    let t = dns_records(&v, "timeout")[0];
+    assert_eq!(t["query"], "db.shop.svc.cluster.local");
+    assert_eq!(t["reached_server"], false, "{t}");
+    assert!(t["rcode"].is_null());
+    assert!(t["latency_ms"].as_u64() >= Some(5000), "{t}");
+    let d = records(&v, "packet_drop", "outbound")[0];
+    assert_eq!(d["reason"], "NETFILTER_DROP");
+    let diagnosis = v["diagnosis"].to_string();
+    assert!(
+        diagnosis.contains("The queries were dropped by the kernel (NETFILTER_DROP"),
+        "{diagnosis}"
+    );
+    // With the cluster's policies: the drop is the default-deny policy.
+    let kubeconfig = node.kubeconfig();
+    let out = agent
+        .cli(&[
+            "query",
+            "--pod",
+            "batch",
+            "-n",
+            "jobs",
+            "-o",
+            "json",
+            "--kubeconfig",
+            kubeconfig.to_str().unwrap(),
+        ])
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let d = records(&v, "packet_drop", "outbound")[0];
+    assert_eq!(d["explanation"]["verdict"], "denied", "{v}");
+    assert!(
+        d["explanation"]["text"]
+            .as_str()
+            .unwrap()
+            .contains("jobs/default-deny-egress")
+    );
+    assert!(agent.stop().unwrap().success(), "{}", agent.log());
+}
+
+#[test]
+fn a_query_flood_keeps_the_inflight_table_bounded_and_accounts_for_every_query() {
+    const QUERIES: u64 = 10_000;
+    const PER_POD: u64 = 1000;
+    let mut node = node();
+    let flood = node.add_pod("load", "flood").unwrap();
+    node.set_cluster_dns(flood, VIP, "").unwrap();
+    let ip = node.pod(flood).ip;
+    // Nobody answers: every query stays in flight until evicted or timed out.
+    node.nft_node(&format!(
+        "table ip sim_blackhole {{\n chain forward {{\n  type filter hook forward priority 0; policy accept;\n  ip saddr {ip} drop\n }}\n}}\n"
+    ))
+    .unwrap();
+    let mut agent = AgentProcess::start_with(
+        &node,
+        &[
+            "--dns-inflight-per-pod",
+            &PER_POD.to_string(),
+            "--dns-timeout",
+            "2s",
+        ],
+    )
+    .unwrap();
+    agent.wait_ready(true, WAIT).unwrap();
+    agent.wait_pods(1, WAIT).unwrap();
+
+    let out = node
+        .run(
+            flood,
+            &[
+                "dns-flood",
+                &format!("{VIP}:53"),
+                &QUERIES.to_string(),
+                "flood.test",
+            ],
+        )
+        .unwrap();
+    let sent: u64 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .strip_prefix("sent ")
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert_eq!(sent, QUERIES);
+    let loss = |v: &Value, name: &str| v["agents"][0]["loss"][name].as_u64().unwrap_or(0);
+    let accounted = |v: &Value| {
+        let timeouts: u64 = dns_records(v, "timeout")
+            .iter()
+            .map(|r| r["count"].as_u64().unwrap_or(0))
+            .sum();
+        (
+            timeouts,
+            loss(v, "dns_inflight_evicted")
+                + loss(v, "dns_ring_full")
+                + loss(v, "pipeline_full")
+                + loss(v, "dns_malformed"),
+        )
+    };
+    let v = agent
+        .query_until("load", "flood", WAIT, |v| {
+            let (timeouts, lost) = accounted(v);
+            timeouts + lost >= QUERIES
+        })
+        .unwrap();
+    let (timeouts, lost) = accounted(&v);
+    assert!(
+        timeouts <= PER_POD,
+        "the table holds {PER_POD} per pod: {timeouts} timeouts"
+    );
+    assert!(timeouts > 0, "{v}");
+    assert!(lost >= QUERIES - PER_POD, "{v}");
+    // Every query is a timeout or a counted loss; other tests' DNS traffic can only add.
+    assert!(timeouts + lost >= QUERIES);
+    let status = agent.status().unwrap();
+    assert!(
+        status.to_string().contains("dns_inflight_evicted"),
+        "{status}"
+    );
+    assert!(agent.stop().unwrap().success(), "{}", agent.log());
+}
