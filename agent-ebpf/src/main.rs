@@ -19,6 +19,7 @@ mod conn;
 mod drop;
 mod flows;
 mod maps;
+mod oom;
 
 #[cfg(not(test))]
 #[panic_handler]

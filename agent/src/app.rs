@@ -71,6 +71,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 store,
                 cgroup_root: args.cgroup_root,
                 drop_reasons: args.drop_reasons,
+                kubelet_cgroup_root: args.kubelet_cgroup_root,
+                sample_interval: args.sample_interval.max(Duration::from_millis(100)),
+                throttle_threshold: args.throttle_threshold,
             })
             .await
         }

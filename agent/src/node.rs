@@ -32,6 +32,7 @@ use crate::{
     kernel::{btf::Btf, tracefs},
     loss::Counters,
     probes::{loader, offsets, reader, reasons::DropReasons},
+    samplers,
     store::{self, Store, StoreConfig},
 };
 
@@ -48,6 +49,10 @@ pub struct AgentConfig {
     pub cgroup_root: Option<PathBuf>,
     /// Which kernel drop reasons to report.
     pub drop_reasons: DropReasons,
+    /// kubelet's --cgroup-root, relative to every hierarchy's mount.
+    pub kubelet_cgroup_root: PathBuf,
+    pub sample_interval: Duration,
+    pub throttle_threshold: u64,
 }
 
 fn kernel_release() -> String {
@@ -155,8 +160,8 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     );
     supervisor.spawn("store", infallible(store_task));
     let attributor = Attributor::new(Box::new(resolver), names, counters.clone());
-    let (inputs, attribution, attribute_task) =
-        attribute::spawn(attributor, occurrences, cancel.child_token());
+    let (inputs, attribution, live_pods, attribute_task) =
+        attribute::spawn_with_pods(attributor, occurrences, cancel.child_token());
     supervisor.spawn("attribute", infallible(attribute_task));
     let (meta_health, metadata_task) = metadata::spawn(
         client,
@@ -165,6 +170,33 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         cancel.child_token(),
     );
     supervisor.spawn("metadata", infallible(metadata_task));
+    let oom_event = loaded
+        .probes
+        .statuses
+        .iter()
+        .find(|p| p.name == "mark_victim")
+        .map_or(Err("not loaded".to_owned()), |p| {
+            if p.attached {
+                Ok(())
+            } else {
+                Err(p.error.clone().unwrap_or_default())
+            }
+        });
+    let sampler_config = samplers::sampler::SamplerConfig {
+        hierarchies: samplers::layout::Hierarchies::detect(),
+        kubelet_root: config.kubelet_cgroup_root.clone(),
+        throttle_threshold: config.throttle_threshold,
+    };
+    let (resources, sampler_task) = samplers::task::spawn(
+        sampler_config,
+        config.sample_interval,
+        oom_event,
+        live_pods,
+        inputs.events.clone(),
+        counters.clone(),
+        cancel.child_token(),
+    );
+    supervisor.spawn("sampler", sampler_task);
     supervisor.spawn(
         "reader",
         reader::run(
@@ -188,6 +220,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         probes: Arc::new(loaded.probes.statuses.clone()),
         meta: meta_health,
         attribution,
+        resources: Some(resources),
     });
     supervisor.spawn("api", api::serve(api, listener, cancel.child_token()));
     supervisor.tracker.close();

@@ -24,7 +24,9 @@ impl Attributor {
         now: Now,
         last_chance: bool,
     ) -> Option<Vec<Occurrence>> {
-        let RawEvent::Flow(f) = &event.event;
+        let RawEvent::Flow(f) = &event.event else {
+            return self.try_attribute_resource(event, now, last_chance);
+        };
         let occurrence = |subject, detail| Occurrence {
             at: event.at,
             first_at: event.first_at.min(event.at),
@@ -208,8 +210,7 @@ fn errno_name(errno: u32) -> String {
 
 /// How many occurrences a waiting event stands for.
 pub(super) fn event_count(e: &TimedEvent) -> u64 {
-    let RawEvent::Flow(f) = &e.event;
-    f.count
+    e.event.count()
 }
 
 /// How long a stack refusal is remembered for judging resets, and how many at most.

@@ -222,7 +222,9 @@ fn unknown_ip_expires_unattributed_and_is_counted() {
     let (mut a, counters) = attributor();
     synced_with_pods(&mut a);
     let mut ev = syn_refused(5);
-    let RawEvent::Flow(c) = &mut ev.event;
+    let RawEvent::Flow(c) = &mut ev.event else {
+        unreachable!("a flow")
+    };
     c.dst = "192.168.1.1:22".parse().unwrap();
     assert!(a.event(ev, now(5)).is_empty());
     assert!(a.tick(now(6)).is_empty(), "still within grace");
@@ -266,7 +268,9 @@ fn watch_updates_outside_a_relist_retry_at_once() {
     let (mut a, _) = attributor();
     synced_with_pods(&mut a);
     let mut ev = syn_refused(5);
-    let RawEvent::Flow(c) = &mut ev.event;
+    let RawEvent::Flow(c) = &mut ev.event else {
+        unreachable!("a flow")
+    };
     c.dst = "10.0.0.9:8080".parse().unwrap();
     assert!(a.event(ev, now(5)).is_empty());
     let out = a.update(
@@ -395,12 +399,16 @@ fn refusal_cause_tells_the_stack_from_a_firewall() {
     assert_eq!(conn(&occ).cause, Some(Cause::NoListener));
     // A destination on another node: cannot tell.
     let mut ev = connect_refused(100, 8);
-    let RawEvent::Flow(f) = &mut ev.event;
+    let RawEvent::Flow(f) = &mut ev.event else {
+        unreachable!("a flow")
+    };
     f.dst = "10.9.9.9:80".parse().unwrap();
     assert_eq!(conn(&one(a.event(ev, now(8)))).cause, Some(Cause::Unknown));
     // Refused by ICMP: a firewall, with the ICMP kind as the reason.
     let mut ev = connect_refused(100, 9);
-    let RawEvent::Flow(f) = &mut ev.event;
+    let RawEvent::Flow(f) = &mut ev.event else {
+        unreachable!("a flow")
+    };
     f.icmp_errno = Some(113);
     let occ = one(a.event(ev, now(9)));
     assert_eq!(conn(&occ).cause, Some(Cause::Rejected));
@@ -412,7 +420,9 @@ fn timeouts_are_never_refusals() {
     let (mut a, _) = attributor();
     synced_with_pods(&mut a);
     let mut ev = connect_refused(100, 5);
-    let RawEvent::Flow(f) = &mut ev.event;
+    let RawEvent::Flow(f) = &mut ev.event else {
+        unreachable!("a flow")
+    };
     f.kind = FlowKind::ConnectTimeout;
     f.syn_retransmits = 3;
     let occ = one(a.event(ev, now(5)));

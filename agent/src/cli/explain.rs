@@ -74,7 +74,9 @@ fn flow_of(e: &Evidence) -> Option<Result<Flow, &'static str>> {
     let (src, dst, protocol) = match &e.detail {
         Detail::PacketDrop(d) => (d.src, d.dst, d.protocol),
         Detail::ConnectionTimeout(c) => (c.src, c.dst, c.protocol),
-        Detail::ConnectionRefused(_) => return None,
+        Detail::ConnectionRefused(_) | Detail::OomKill(_) | Detail::CpuThrottling(_) => {
+            return None;
+        }
     };
     let proto = match protocol {
         Protocol::Tcp => Proto::Tcp,

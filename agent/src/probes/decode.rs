@@ -5,21 +5,31 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use triage_agent_common::{
-    AF_INET, AF_INET6, COMM_LEN, EventHeader, FlowEvent, FlowKey, FlowStats, flow_flags, kind,
+    AF_INET, AF_INET6, COMM_LEN, EventHeader, FlowEvent, FlowKey, FlowStats, OomEvent, UNKNOWN_U8,
+    UNKNOWN_U64, flow_flags, kind,
 };
 
-/// A decoded kernel event, before attribution.
+use crate::samplers::Sample;
+
+/// A decoded kernel event (or a cgroupfs sampler's finding), before attribution.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RawEvent {
     /// One or more occurrences of a hot signal's flow.
     Flow(Flow),
+    /// The OOM killer chose a victim.
+    OomVictim(OomVictim),
+    /// What a cgroupfs sampler found (throttling, OOM kill counters); its time is the sample's.
+    Sample(Sample),
 }
 
 impl RawEvent {
-    /// CLOCK_BOOTTIME nanoseconds of the latest occurrence.
+    /// CLOCK_BOOTTIME nanoseconds of the latest occurrence (0 for samples, which carry
+    /// wall-clock times).
     pub fn boot_ns(&self) -> u64 {
         match self {
             RawEvent::Flow(f) => f.last_ns,
+            RawEvent::OomVictim(o) => o.boot_ns,
+            RawEvent::Sample(_) => 0,
         }
     }
 
@@ -27,7 +37,81 @@ impl RawEvent {
     pub fn first_boot_ns(&self) -> u64 {
         match self {
             RawEvent::Flow(f) => f.first_ns,
+            _ => self.boot_ns(),
         }
+    }
+
+    /// Occurrences the event stands for (what is lost if it is dropped).
+    pub fn count(&self) -> u64 {
+        match self {
+            RawEvent::Flow(f) => f.count,
+            RawEvent::OomVictim(_) => 1,
+            RawEvent::Sample(s) => s.count(),
+        }
+    }
+}
+
+/// A process the OOM killer chose, read from the victim's task in the kernel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OomVictim {
+    pub boot_ns: u64,
+    pub pid: u32,
+    pub tgid: u32,
+    pub comm: String,
+    pub uid: u32,
+    /// The victim's cgroup v2 id.
+    pub cgroup_id: Option<u64>,
+    /// Whether its parent process is outside its cgroup (it is the container's first process).
+    pub main_process: Option<bool>,
+    pub memcg_usage_bytes: Option<u64>,
+    /// The tightest limit of the memory cgroup and its ancestors; `None` when unlimited.
+    pub memcg_limit_bytes: Option<u64>,
+    pub rss_bytes: Option<u64>,
+    pub oom_score_adj: i16,
+    /// `mem_cgroup.oom_group` (meaningful on cgroup v2 only).
+    pub oom_group: Option<bool>,
+}
+
+/// The kernel's page size.
+pub fn page_size() -> u64 {
+    #[cfg(feature = "node-agent")]
+    {
+        // SAFETY: sysconf has no preconditions.
+        let v = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        if let Ok(v) = u64::try_from(v)
+            && v > 0
+        {
+            return v;
+        }
+    }
+    4096
+}
+
+/// A memory cgroup limit in bytes, `None` for "max" (PAGE_COUNTER_MAX = LONG_MAX / PAGE_SIZE,
+/// or anything near it).
+pub fn limit_bytes(pages: u64, page: u64) -> Option<u64> {
+    let max_pages = (i64::MAX as u64) / page.max(1);
+    (pages < max_pages).then(|| pages.saturating_mul(page))
+}
+
+fn oom_victim(e: &OomEvent) -> OomVictim {
+    let page = page_size();
+    let known = |v: u64| (v != UNKNOWN_U64).then_some(v);
+    let cgroup_id = Some(e.cgroup_id).filter(|id| *id != 0);
+    OomVictim {
+        boot_ns: e.header.boot_ns,
+        pid: e.pid,
+        tgid: e.tgid,
+        comm: comm_string(&e.comm),
+        uid: e.uid,
+        cgroup_id,
+        main_process: (cgroup_id.is_some() && e.parent_cgroup_id != 0)
+            .then_some(e.parent_cgroup_id != e.cgroup_id),
+        memcg_usage_bytes: known(e.memcg_usage_pages).map(|p| p.saturating_mul(page)),
+        memcg_limit_bytes: known(e.memcg_limit_pages).and_then(|p| limit_bytes(p, page)),
+        rss_bytes: known(e.rss_pages).map(|p| p.saturating_mul(page)),
+        oom_score_adj: e.oom_score_adj,
+        oom_group: (e.oom_group != UNKNOWN_U8).then_some(e.oom_group != 0),
     }
 }
 
@@ -192,6 +276,42 @@ pub fn decode(bytes: &[u8]) -> Result<RawEvent, DecodeError> {
             let key = f.key(std::mem::offset_of!(FlowEvent, key))?;
             let stats = f.stats(std::mem::offset_of!(FlowEvent, stats))?;
             flow(&key, &stats).map(RawEvent::Flow)
+        }
+        kind::OOM_VICTIM => {
+            use std::mem::offset_of;
+            let need = size_of::<OomEvent>();
+            if declared as usize != need || bytes.len() < need {
+                return Err(DecodeError::LengthMismatch {
+                    kind: event_kind,
+                    declared,
+                    len: bytes.len(),
+                });
+            }
+            let f = Fields {
+                bytes,
+                what: "oom event",
+                need,
+            };
+            let e = OomEvent {
+                header: EventHeader {
+                    kind: event_kind,
+                    len: declared,
+                    boot_ns: f.u64(offset_of!(EventHeader, boot_ns))?,
+                },
+                cgroup_id: f.u64(offset_of!(OomEvent, cgroup_id))?,
+                parent_cgroup_id: f.u64(offset_of!(OomEvent, parent_cgroup_id))?,
+                memcg_usage_pages: f.u64(offset_of!(OomEvent, memcg_usage_pages))?,
+                memcg_limit_pages: f.u64(offset_of!(OomEvent, memcg_limit_pages))?,
+                rss_pages: f.u64(offset_of!(OomEvent, rss_pages))?,
+                pid: f.u32(offset_of!(OomEvent, pid))?,
+                tgid: f.u32(offset_of!(OomEvent, tgid))?,
+                uid: f.u32(offset_of!(OomEvent, uid))?,
+                oom_score_adj: f.u16(offset_of!(OomEvent, oom_score_adj))? as i16,
+                oom_group: f.u8(offset_of!(OomEvent, oom_group))?,
+                _pad0: 0,
+                comm: f.array(offset_of!(OomEvent, comm))?,
+            };
+            Ok(RawEvent::OomVictim(oom_victim(&e)))
         }
         other => Err(DecodeError::UnknownKind { kind: other }),
     }
@@ -379,7 +499,9 @@ mod tests {
     }
 
     fn decoded(e: &FlowEvent) -> Flow {
-        let RawEvent::Flow(f) = decode(&encode_flow(e)).unwrap();
+        let RawEvent::Flow(f) = decode(&encode_flow(e)).unwrap() else {
+            unreachable!("a flow")
+        };
         f
     }
 

@@ -85,6 +85,12 @@ pub const PROGRAMS: &[Program] = &[
         name: "kfree_skb",
         hook: Hook::RawTracePoint { name: "kfree_skb" },
     },
+    Program {
+        name: "mark_victim",
+        hook: Hook::RawTracePoint {
+            name: "mark_victim",
+        },
+    },
 ];
 
 /// A kernel program and whether it runs (for Status).

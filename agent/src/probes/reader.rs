@@ -153,9 +153,7 @@ fn send(
     event: TimedEvent,
     counters: &Counters,
 ) -> Result<(), ReaderError> {
-    let count = match &event.event {
-        RawEvent::Flow(f) => f.count,
-    };
+    let count = event.event.count();
     match out.try_send(event) {
         Ok(()) => Ok(()),
         Err(mpsc::error::TrySendError::Full(_)) => {
