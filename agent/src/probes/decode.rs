@@ -382,6 +382,47 @@ fn comm_string(raw: &[u8; COMM_LEN]) -> String {
     String::from_utf8_lossy(raw.get(..end).unwrap_or_default()).into_owned()
 }
 
+/// Encodes an OOM event the way the kernel program lays it out (tests, fuzzing).
+pub fn encode_oom(e: &OomEvent) -> Vec<u8> {
+    use std::mem::offset_of;
+    let mut out = vec![0u8; size_of::<OomEvent>()];
+    let mut put = |offset: usize, bytes: &[u8]| {
+        if let Some(dst) = out.get_mut(offset..offset + bytes.len()) {
+            dst.copy_from_slice(bytes);
+        }
+    };
+    put(offset_of!(EventHeader, kind), &e.header.kind.to_ne_bytes());
+    put(offset_of!(EventHeader, len), &e.header.len.to_ne_bytes());
+    put(
+        offset_of!(EventHeader, boot_ns),
+        &e.header.boot_ns.to_ne_bytes(),
+    );
+    put(offset_of!(OomEvent, cgroup_id), &e.cgroup_id.to_ne_bytes());
+    put(
+        offset_of!(OomEvent, parent_cgroup_id),
+        &e.parent_cgroup_id.to_ne_bytes(),
+    );
+    put(
+        offset_of!(OomEvent, memcg_usage_pages),
+        &e.memcg_usage_pages.to_ne_bytes(),
+    );
+    put(
+        offset_of!(OomEvent, memcg_limit_pages),
+        &e.memcg_limit_pages.to_ne_bytes(),
+    );
+    put(offset_of!(OomEvent, rss_pages), &e.rss_pages.to_ne_bytes());
+    put(offset_of!(OomEvent, pid), &e.pid.to_ne_bytes());
+    put(offset_of!(OomEvent, tgid), &e.tgid.to_ne_bytes());
+    put(offset_of!(OomEvent, uid), &e.uid.to_ne_bytes());
+    put(
+        offset_of!(OomEvent, oom_score_adj),
+        &e.oom_score_adj.to_ne_bytes(),
+    );
+    put(offset_of!(OomEvent, oom_group), &[e.oom_group]);
+    put(offset_of!(OomEvent, comm), &e.comm);
+    out
+}
+
 /// Encodes a flow event the way the kernel programs lay it out (tests, fuzzing, benchmarks).
 pub fn encode_flow(e: &FlowEvent) -> Vec<u8> {
     use std::mem::offset_of;
@@ -617,6 +658,53 @@ mod tests {
                 .collect();
             let _ = decode(&bytes);
         }
+    }
+
+    #[test]
+    fn oom_victims_decode_with_unknowns_and_truncations_are_errors() {
+        let page = page_size();
+        let mut comm = [0u8; COMM_LEN];
+        comm[..6].copy_from_slice(b"worker");
+        let e = OomEvent {
+            header: EventHeader {
+                kind: kind::OOM_VICTIM,
+                len: size_of::<OomEvent>() as u32,
+                boot_ns: 77,
+            },
+            cgroup_id: 9,
+            parent_cgroup_id: 9,
+            memcg_usage_pages: 100,
+            memcg_limit_pages: (i64::MAX as u64) / page,
+            rss_pages: UNKNOWN_U64,
+            pid: 42,
+            tgid: 41,
+            uid: 1000,
+            oom_score_adj: -998,
+            oom_group: UNKNOWN_U8,
+            _pad0: 0,
+            comm,
+        };
+        let bytes = encode_oom(&e);
+        let RawEvent::OomVictim(v) = decode(&bytes).unwrap() else {
+            panic!("not an OOM victim")
+        };
+        assert_eq!((v.pid, v.tgid, v.comm.as_str()), (42, 41, "worker"));
+        assert_eq!(v.main_process, Some(false), "its parent is in its cgroup");
+        assert_eq!(v.memcg_usage_bytes, Some(100 * page));
+        assert_eq!(v.memcg_limit_bytes, None, "PAGE_COUNTER_MAX is no limit");
+        assert_eq!((v.rss_bytes, v.oom_group), (None, None));
+        assert_eq!(v.oom_score_adj, -998);
+        for len in 0..bytes.len() {
+            assert!(decode(&bytes[..len]).is_err(), "{len} bytes");
+        }
+        let orphan = OomEvent {
+            parent_cgroup_id: 0,
+            ..e
+        };
+        let RawEvent::OomVictim(v) = decode(&encode_oom(&orphan)).unwrap() else {
+            panic!("not an OOM victim")
+        };
+        assert_eq!(v.main_process, None, "unknown parent: unknown");
     }
 
     #[test]
