@@ -102,6 +102,22 @@ async fn infallible(task: impl Future<Output = ()>) -> Result<(), std::convert::
     Ok(())
 }
 
+/// cgroup ids the samplers found first (containers that may already be gone), then the
+/// resolver.
+struct KnownFirst {
+    known: samplers::KnownCgroups,
+    inner: cgroup_ids::CgroupResolver,
+}
+
+impl attribute::CgroupPaths for KnownFirst {
+    fn path(&mut self, id: u64) -> attribute::PathLookup {
+        match self.known.get(id) {
+            Some(path) => attribute::PathLookup::Found(path),
+            None => self.inner.path(id),
+        }
+    }
+}
+
 /// Runs the node agent until a termination signal; fails when any part of it fails.
 pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let started = SystemTime::now();
@@ -159,7 +175,15 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         cancel.child_token(),
     );
     supervisor.spawn("store", infallible(store_task));
-    let attributor = Attributor::new(Box::new(resolver), names, counters.clone());
+    let known = samplers::KnownCgroups::default();
+    let attributor = Attributor::new(
+        Box::new(KnownFirst {
+            known: known.clone(),
+            inner: resolver,
+        }),
+        names,
+        counters.clone(),
+    );
     let (inputs, attribution, live_pods, attribute_task) =
         attribute::spawn_with_pods(attributor, occurrences, cancel.child_token());
     supervisor.spawn("attribute", infallible(attribute_task));
@@ -189,6 +213,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     };
     let (resources, sampler_task) = samplers::task::spawn(
         sampler_config,
+        known,
         config.sample_interval,
         oom_event,
         live_pods,

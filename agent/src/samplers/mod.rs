@@ -18,7 +18,11 @@ pub mod sampler;
 #[cfg(feature = "node-agent")]
 pub mod task;
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use crate::evidence::CpuThrottling;
 
@@ -29,6 +33,38 @@ pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
 /// Throttled CFS periods in one interval from which a container is reported, by default: 10
 /// periods are one second of throttling at the default 100 ms period, in a 10 s interval.
 pub const DEFAULT_THROTTLE_THRESHOLD: u64 = 10;
+
+/// cgroup2 ids of the containers the sampler found, with their paths: a kernel event about a
+/// process of a container that is already gone (a main process OOM-killed: the runtime
+/// removes the cgroup right after) still resolves, without waiting for a walk of the tree
+/// that would no longer find it. cgroup2 ids are 64-bit kernfs ids, never reused; the map is
+/// bounded by [`KNOWN_CGROUPS_CAPACITY`] (cleared when full; live containers are re-added at
+/// their next discovery).
+#[derive(Clone, Debug, Default)]
+pub struct KnownCgroups(Arc<Mutex<HashMap<u64, String>>>);
+
+/// Bound on [`KnownCgroups`].
+pub const KNOWN_CGROUPS_CAPACITY: usize = 65_536;
+
+impl KnownCgroups {
+    pub fn insert(&self, id: u64, path: String) {
+        let mut m = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if m.len() >= KNOWN_CGROUPS_CAPACITY {
+            m.clear();
+        }
+        m.insert(id, path);
+    }
+    pub fn get(&self, id: u64) -> Option<String> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&id)
+            .cloned()
+    }
+}
 
 /// A container, as its cgroup path names it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

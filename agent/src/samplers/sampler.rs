@@ -72,6 +72,7 @@ pub struct Sampler {
     pods: Vec<PodContainers>,
     sweeps: u64,
     buf: Vec<u8>,
+    known: Option<super::KnownCgroups>,
     /// Cumulative totals.
     pub totals: SweepStats,
 }
@@ -85,8 +86,15 @@ impl Sampler {
             pods: Vec::new(),
             sweeps: 0,
             buf: vec![0; READ_BUF],
+            known: None,
             totals: SweepStats::default(),
         }
+    }
+
+    /// Also records the cgroup2 id of every container found into `known`.
+    pub fn with_known(mut self, known: super::KnownCgroups) -> Sampler {
+        self.known = Some(known);
+        self
     }
 
     pub fn config(&self) -> &SamplerConfig {
@@ -193,6 +201,13 @@ impl Sampler {
                 }
             })
         };
+        if let (Some(known), Some(unified)) = (&self.known, &h.unified) {
+            use std::os::unix::fs::MetadataExt as _;
+            let dir = unified.join(rel);
+            if let Ok(meta) = std::fs::metadata(&dir) {
+                known.insert(meta.ino(), dir.display().to_string());
+            }
+        }
         let psi = h
             .unified
             .as_ref()
@@ -551,6 +566,25 @@ mod tests {
         assert_eq!(s.open_files(), 2);
         s.set_pods(&[]);
         assert_eq!((s.containers(), s.open_files()), (0, 0));
+    }
+
+    #[test]
+    fn found_containers_are_known_by_cgroup_id() {
+        use std::os::unix::fs::MetadataExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let pods = write_v2_fixture(dir.path(), 2).unwrap();
+        let known = crate::samplers::KnownCgroups::default();
+        let mut s = Sampler::new(v2_fixture_config(dir.path(), 1)).with_known(known.clone());
+        s.set_pods(&pods);
+        let c = container_dir(dir.path(), &pods, 1);
+        let ino = std::fs::metadata(&c).unwrap().ino();
+        let path = known.get(ino).unwrap();
+        assert_eq!(
+            crate::attribute::cgroup_path::parse_cgroup_path(&path)
+                .unwrap()
+                .pod_uid,
+            &*pods[1].uid
+        );
     }
 
     #[test]

@@ -97,8 +97,13 @@ pub fn sources(config: &SamplerConfig, oom_event: Result<(), String>) -> Vec<Sig
 
 /// Makes the status channel; returns it and the task, which samples every `interval` until
 /// cancelled.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "each is a different piece of the agent's wiring"
+)]
 pub fn spawn(
     config: SamplerConfig,
+    known: super::KnownCgroups,
     interval: Duration,
     oom_event: Result<(), String>,
     pods: watch::Receiver<Arc<Vec<PodContainers>>>,
@@ -115,7 +120,9 @@ pub fn spawn(
     });
     let task = async move {
         tokio::task::spawn_blocking(move || {
-            run(config, interval, pods, events, counters, cancel, status_tx)
+            run(
+                config, known, interval, pods, events, counters, cancel, status_tx,
+            )
         })
         .await
         .map_err(|e| SamplerError::Thread(e.to_string()))?
@@ -135,8 +142,13 @@ pub enum SamplerError {
 /// Sleep granularity, so cancellation is seen quickly.
 const NAP: Duration = Duration::from_millis(50);
 
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the thread's whole world, handed over once"
+)]
 fn run(
     config: SamplerConfig,
+    known: super::KnownCgroups,
     interval: Duration,
     mut pods: watch::Receiver<Arc<Vec<PodContainers>>>,
     events: mpsc::Sender<TimedEvent>,
@@ -145,7 +157,7 @@ fn run(
     status: watch::Sender<SamplerStatus>,
 ) -> Result<(), SamplerError> {
     info!(interval = ?interval, threshold = config.throttle_threshold, "sampling cgroups");
-    let mut sampler = Sampler::new(config);
+    let mut sampler = Sampler::new(config).with_known(known);
     let mut out: Vec<Sample> = Vec::new();
     let mut next = Instant::now();
     while !cancel.is_cancelled() {
