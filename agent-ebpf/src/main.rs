@@ -21,6 +21,7 @@ mod dns;
 mod drop;
 mod flows;
 mod maps;
+mod oom;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -80,6 +80,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                         total: args.dns_inflight.max(1),
                     },
                 },
+                kubelet_cgroup_root: args.kubelet_cgroup_root,
+                sample_interval: args.sample_interval.max(Duration::from_millis(100)),
+                throttle_threshold: args.throttle_threshold,
             })
             .await
         }

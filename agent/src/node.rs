@@ -33,6 +33,7 @@ use crate::{
     kernel::{btf::Btf, tracefs},
     loss::Counters,
     probes::{loader, offsets, reader, reasons::DropReasons},
+    samplers,
     store::{self, Store, StoreConfig},
 };
 
@@ -51,6 +52,10 @@ pub struct AgentConfig {
     pub drop_reasons: DropReasons,
     /// DNS capture.
     pub dns: dns::DnsConfig,
+    /// kubelet's --cgroup-root, relative to every hierarchy's mount.
+    pub kubelet_cgroup_root: PathBuf,
+    pub sample_interval: Duration,
+    pub throttle_threshold: u64,
 }
 
 fn kernel_release() -> String {
@@ -98,6 +103,22 @@ impl Supervisor {
 async fn infallible(task: impl Future<Output = ()>) -> Result<(), std::convert::Infallible> {
     task.await;
     Ok(())
+}
+
+/// cgroup ids the samplers found first (containers that may already be gone), then the
+/// resolver.
+struct KnownFirst {
+    known: samplers::KnownCgroups,
+    inner: cgroup_ids::CgroupResolver,
+}
+
+impl attribute::CgroupPaths for KnownFirst {
+    fn path(&mut self, id: u64) -> attribute::PathLookup {
+        match self.known.get(id) {
+            Some(path) => attribute::PathLookup::Found(path),
+            None => self.inner.path(id),
+        }
+    }
 }
 
 /// Runs the node agent until a termination signal; fails when any part of it fails.
@@ -163,9 +184,17 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         cancel.child_token(),
     );
     supervisor.spawn("store", infallible(store_task));
-    let attributor = Attributor::new(Box::new(resolver), names, counters.clone());
-    let (inputs, attribution, attribute_task) =
-        attribute::spawn(attributor, occurrences, cancel.child_token());
+    let known = samplers::KnownCgroups::default();
+    let attributor = Attributor::new(
+        Box::new(KnownFirst {
+            known: known.clone(),
+            inner: resolver,
+        }),
+        names,
+        counters.clone(),
+    );
+    let (inputs, attribution, live_pods, attribute_task) =
+        attribute::spawn_with_pods(attributor, occurrences, cancel.child_token());
     supervisor.spawn("attribute", infallible(attribute_task));
     let (meta_health, metadata_task) = metadata::spawn(
         client,
@@ -174,6 +203,34 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         cancel.child_token(),
     );
     supervisor.spawn("metadata", infallible(metadata_task));
+    let oom_event = loaded
+        .probes
+        .statuses
+        .iter()
+        .find(|p| p.name == "mark_victim")
+        .map_or(Err("not loaded".to_owned()), |p| {
+            if p.attached {
+                Ok(())
+            } else {
+                Err(p.error.clone().unwrap_or_default())
+            }
+        });
+    let sampler_config = samplers::sampler::SamplerConfig {
+        hierarchies: samplers::layout::Hierarchies::detect(),
+        kubelet_root: config.kubelet_cgroup_root.clone(),
+        throttle_threshold: config.throttle_threshold,
+    };
+    let (resources, sampler_task) = samplers::task::spawn(
+        sampler_config,
+        known,
+        config.sample_interval,
+        oom_event,
+        live_pods,
+        inputs.events.clone(),
+        counters.clone(),
+        cancel.child_token(),
+    );
+    supervisor.spawn("sampler", sampler_task);
     supervisor.spawn(
         "dns",
         dns::run(
@@ -207,6 +264,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         probes: Arc::new(loaded.probes.statuses.clone()),
         meta: meta_health,
         attribution,
+        resources: Some(resources),
     });
     supervisor.spawn("api", api::serve(api, listener, cancel.child_token()));
     supervisor.tracker.close();

@@ -650,7 +650,28 @@ impl SimNode {
         Ok(index)
     }
 
-    /// Starts a long-running process in a pod's container (kept until the pod goes).
+    /// kubelet's cgroup root of this node (the parent of `kubepods`), for `--kubelet-cgroup-root`.
+    pub fn cgroup_base(&self) -> &Path {
+        &self.cgroup_base
+    }
+
+    /// Writes a cgroup file of a pod's container in every hierarchy that has it (e.g.
+    /// `memory.limit_in_bytes` on v1, `memory.max` on v2); fails when none has it.
+    pub fn cgroup_write(&self, index: usize, file: &str, value: &str) -> anyhow::Result<()> {
+        let pod = &self.pods[index];
+        let mut written = 0;
+        for root in &self.hierarchies {
+            let path = root.join(&pod.container_cgroup).join(file);
+            if path.exists() {
+                fs::write(&path, value).with_context(|| format!("writing {}", path.display()))?;
+                written += 1;
+            }
+        }
+        ensure!(written > 0, "no hierarchy has {file}");
+        Ok(())
+    }
+
+    /// Starts a process in a pod's container (kept until the pod goes).
     pub fn spawn(&self, index: usize, args: &[&str]) -> anyhow::Result<Child> {
         self.command(index, args)?
             .stdout(Stdio::null())

@@ -81,6 +81,8 @@ pub mod kind {
     pub const CONNECT_TIMEOUT: u32 = 4;
     /// A DNS packet (query or answer) a socket on this host sent or received ([`super::DnsEvent`]).
     pub const DNS: u32 = 16;
+    /// The OOM killer chose a victim ([`super::OomEvent`]).
+    pub const OOM_VICTIM: u32 = 5;
 }
 
 /// Flags in [`FlowKey::flags`].
@@ -203,6 +205,84 @@ pub struct PendingConnect {
 pub const ERROR_UNKNOWN: u32 = u32::MAX;
 const _: () = assert!(size_of::<PendingConnect>() == 40);
 
+/// [`OomEvent`] fields the kernel could not read.
+pub const UNKNOWN_U64: u64 = u64::MAX;
+/// [`OomEvent::oom_group`] when unknown.
+pub const UNKNOWN_U8: u8 = u8::MAX;
+
+/// A process the OOM killer chose (raw tracepoint `mark_victim`), read from the victim's own
+/// task in the kernel: the victim exits right after, and the program runs in the context of the
+/// task that ran out of memory, which may be another process (or another container).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OomEvent {
+    pub header: EventHeader,
+    /// cgroup v2 id of the victim (`task->cgroups->dfl_cgrp`), 0 when unreadable.
+    pub cgroup_id: u64,
+    /// cgroup v2 id of the victim's parent process: a parent outside the victim's cgroup makes
+    /// the victim the container's first process. 0 when unreadable.
+    pub parent_cgroup_id: u64,
+    /// Pages charged to the victim's memory cgroup, [`UNKNOWN_U64`] when unreadable.
+    pub memcg_usage_pages: u64,
+    /// The tightest page limit of the victim's memory cgroup and its ancestors (at most
+    /// [`OOM_LIMIT_LEVELS`] levels), [`UNKNOWN_U64`] when unreadable.
+    pub memcg_limit_pages: u64,
+    /// The victim's resident pages (file + anon + shmem), [`UNKNOWN_U64`] when unreadable.
+    pub rss_pages: u64,
+    /// Thread id and process id of the victim.
+    pub pid: u32,
+    pub tgid: u32,
+    /// The tracepoint's uid argument (the victim's uid).
+    pub uid: u32,
+    pub oom_score_adj: i16,
+    /// `mem_cgroup.oom_group` (v2 `memory.oom.group`): 0/1, [`UNKNOWN_U8`] when unreadable.
+    pub oom_group: u8,
+    pub _pad0: u8,
+    pub comm: [u8; COMM_LEN],
+}
+const _: () = assert!(size_of::<OomEvent>() == 88);
+
+/// Memory cgroup levels walked up for the limit that applies (container, pod, QoS, kubepods).
+pub const OOM_LIMIT_LEVELS: usize = 5;
+
+/// Member offsets for the OOM victim program (BTF), and enumerator values it needs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OomOffsets {
+    /// `task_struct.{pid, tgid, comm, real_parent, cgroups, signal, mm}`.
+    pub task_pid: u32,
+    pub task_tgid: u32,
+    pub task_comm: u32,
+    pub task_real_parent: u32,
+    pub task_cgroups: u32,
+    pub task_signal: u32,
+    pub task_mm: u32,
+    /// `css_set.dfl_cgrp` (the cgroup2 cgroup) and `css_set.subsys` (array of css pointers).
+    pub css_set_dfl_cgrp: u32,
+    pub css_set_subsys: u32,
+    /// `enum cgroup_subsys_id` value of the memory controller.
+    pub memory_cgrp_id: u32,
+    /// `mem_cgroup.memory` (a page_counter; the css is mem_cgroup's first member) and
+    /// `mem_cgroup.oom_group`.
+    pub memcg_memory: u32,
+    pub memcg_oom_group: u32,
+    /// `page_counter.{usage, max, parent}`.
+    pub page_counter_usage: u32,
+    pub page_counter_max: u32,
+    pub page_counter_parent: u32,
+    /// `signal_struct.oom_score_adj` (short).
+    pub signal_oom_score_adj: u32,
+    /// `mm_struct.rss_stat` (array of percpu_counter), `percpu_counter.count` (s64) and
+    /// `sizeof(struct percpu_counter)`.
+    pub mm_rss_stat: u32,
+    pub percpu_counter_count: u32,
+    pub percpu_counter_size: u32,
+    /// Indices in rss_stat: MM_FILEPAGES, MM_ANONPAGES, MM_SHMEMPAGES.
+    pub rss_file: u32,
+    pub rss_anon: u32,
+    pub rss_shmem: u32,
+}
+
 /// Field offsets of a tracepoint record, read from tracefs `format` at load time.
 /// `u32::MAX` marks a field this kernel does not have.
 pub const ABSENT: u32 = u32::MAX;
@@ -305,8 +385,9 @@ pub struct Offsets {
     pub kfree_skb: KfreeSkbOffsets,
     pub sock: SockOffsets,
     pub skb: SkbOffsets,
+    pub oom: OomOffsets,
 }
-const _: () = assert!(size_of::<Offsets>() == 136);
+const _: () = assert!(size_of::<Offsets>() == 224);
 
 impl Offsets {
     /// Every offset absent: the programs attach but do nothing until real offsets are set.
@@ -354,6 +435,30 @@ impl Offsets {
             dev: ABSENT,
             dev_ifindex: ABSENT,
             protocol: ABSENT,
+        },
+        oom: OomOffsets {
+            task_pid: ABSENT,
+            task_tgid: ABSENT,
+            task_comm: ABSENT,
+            task_real_parent: ABSENT,
+            task_cgroups: ABSENT,
+            task_signal: ABSENT,
+            task_mm: ABSENT,
+            css_set_dfl_cgrp: ABSENT,
+            css_set_subsys: ABSENT,
+            memory_cgrp_id: ABSENT,
+            memcg_memory: ABSENT,
+            memcg_oom_group: ABSENT,
+            page_counter_usage: ABSENT,
+            page_counter_max: ABSENT,
+            page_counter_parent: ABSENT,
+            signal_oom_score_adj: ABSENT,
+            mm_rss_stat: ABSENT,
+            percpu_counter_count: ABSENT,
+            percpu_counter_size: ABSENT,
+            rss_file: ABSENT,
+            rss_anon: ABSENT,
+            rss_shmem: ABSENT,
         },
     };
 }

@@ -14,8 +14,9 @@ use triage_agent_proto::v1 as pb;
 
 use crate::{
     evidence::{
-        Attribution, Cause, Connection, Detail, Dns, DnsLookups, DnsOutcome, Drop, Evidence,
-        Filter, Kind, Named, PodRef, Process, Protocol, Subject, tcp_flags_text,
+        Attribution, Cause, Connection, CpuThrottling, Detail, Dns, DnsLookups, DnsOutcome, Drop,
+        Evidence, Filter, Kind, Named, OomKill, OomSource, PodRef, Process, Protocol, Subject,
+        tcp_flags_text,
     },
     loss::{Loss, LossCounts},
 };
@@ -294,12 +295,13 @@ pub fn evidence_to_pb(e: &Evidence) -> pb::Evidence {
         attribution: to_pb::<pb::Attribution>(s.attribution),
         ..Default::default()
     };
-    // Fields 10-15 for clients that predate `detail`: every kind so far has them.
-    let (direction, src, dst, peer) = e.detail.endpoints();
-    m.direction = to_pb::<pb::Direction>(direction);
-    m.src = src.to_string();
-    m.dst = dst.to_string();
-    m.peer = peer.map(|p| pod_to_pb(p));
+    // Fields 10-15 for clients that predate `detail`: the traffic kinds have them.
+    if let Some((direction, src, dst, peer)) = e.detail.endpoints() {
+        m.direction = to_pb::<pb::Direction>(direction);
+        m.src = src.to_string();
+        m.dst = dst.to_string();
+        m.peer = peer.map(|p| pod_to_pb(p));
+    }
     match &e.detail {
         Detail::ConnectionRefused(c) | Detail::ConnectionTimeout(c) => {
             let d = connection_to_pb(c);
@@ -321,6 +323,29 @@ pub fn evidence_to_pb(e: &Evidence) -> pb::Evidence {
         }
         // Never a record (the store keeps lookup counters apart).
         Detail::DnsLookups(_) => {}
+        Detail::OomKill(o) => {
+            m.detail = Some(pb::evidence::Detail::OomKill(pb::OomKillDetail {
+                main_process: o.main_process,
+                memory_limit_bytes: o.memory_limit_bytes,
+                memory_usage_bytes: o.memory_usage_bytes,
+                victim_rss_bytes: o.victim_rss_bytes,
+                oom_score_adj: o.oom_score_adj.map(i32::from),
+                group_kill: o.group_kill,
+                source: o.source.as_str().to_owned(),
+            }));
+        }
+        Detail::CpuThrottling(c) => {
+            m.detail = Some(pb::evidence::Detail::CpuThrottling(
+                pb::CpuThrottlingDetail {
+                    throttled_periods: c.throttled_periods,
+                    total_periods: c.total_periods,
+                    throttled_us: c.throttled_us,
+                    limit_millicores: c.limit_millicores,
+                    interval_ms: c.interval_ms,
+                    cpu_pressure_some_avg10: c.cpu_pressure_some_avg10,
+                },
+            ));
+        }
     }
     m
 }
@@ -338,6 +363,26 @@ pub fn evidence_from_pb(e: pb::Evidence) -> Result<Evidence, ConvertError> {
             Detail::PacketDrop(drop_from_pb(d)?)
         }
         (Kind::Dns, Some(pb::evidence::Detail::Dns(d))) => Detail::Dns(dns_from_pb(d)?),
+        (Kind::OomKill, Some(pb::evidence::Detail::OomKill(o))) => Detail::OomKill(OomKill {
+            main_process: o.main_process,
+            memory_limit_bytes: o.memory_limit_bytes,
+            memory_usage_bytes: o.memory_usage_bytes,
+            victim_rss_bytes: o.victim_rss_bytes,
+            oom_score_adj: o.oom_score_adj.and_then(|v| i16::try_from(v).ok()),
+            group_kill: o.group_kill,
+            // A source this version does not know: the kernel saw it at least.
+            source: OomSource::from_name(&o.source).unwrap_or(OomSource::Kernel),
+        }),
+        (Kind::CpuThrottling, Some(pb::evidence::Detail::CpuThrottling(c))) => {
+            Detail::CpuThrottling(CpuThrottling {
+                throttled_periods: c.throttled_periods,
+                total_periods: c.total_periods,
+                throttled_us: c.throttled_us,
+                limit_millicores: c.limit_millicores,
+                interval_ms: c.interval_ms,
+                cpu_pressure_some_avg10: c.cpu_pressure_some_avg10,
+            })
+        }
         // An agent that predates `detail`: its refusals are in fields 10-15.
         (Kind::ConnectionRefused, None) => {
             Detail::ConnectionRefused(connection_from_pb(pb::ConnectionDetail {
@@ -516,8 +561,15 @@ mod tests {
 
     #[test]
     fn every_kind_round_trips() {
-        use crate::evidence::fixtures::{dropped, timeout};
+        use crate::evidence::fixtures::{dropped, oom_killed, throttled, timeout};
         for e in [
+            oom_killed().evidence(),
+            oom_killed()
+                .no_process()
+                .main_process(None)
+                .oom_source(OomSource::Counter)
+                .evidence(),
+            throttled().evidence(),
             timeout().evidence(),
             dropped().peer("data", "db").evidence(),
             dropped().reason("NO_SOCKET").evidence(),

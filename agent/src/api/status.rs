@@ -13,6 +13,7 @@ use crate::{
     attribute::{AttributorStats, MetaHealth},
     loss::Counters,
     probes::ProbeStatus,
+    samplers::SamplerStatus,
     store::StoreHandle,
 };
 
@@ -33,6 +34,8 @@ pub struct AgentState {
     pub probes: Arc<Vec<ProbeStatus>>,
     pub meta: watch::Receiver<MetaHealth>,
     pub attribution: watch::Receiver<AttributorStats>,
+    /// The cgroupfs samplers' sources and state (`None` where no sampler runs).
+    pub resources: Option<watch::Receiver<SamplerStatus>>,
 }
 
 impl AgentState {
@@ -72,6 +75,24 @@ impl AgentState {
             store_capacity: store.capacity,
             events_received: self.counters.events_received(),
             store_expired: store.expired,
+            resource_sources: self
+                .resources
+                .as_ref()
+                .map(|r| {
+                    let r = r.borrow();
+                    r.sources
+                        .iter()
+                        .map(|s| pb::ResourceSource {
+                            signal: s.signal.to_owned(),
+                            hierarchy: s.hierarchy.to_owned(),
+                            files: s.files.clone(),
+                            mount: s.mount.clone(),
+                            containers: r.containers,
+                            note: s.note.clone(),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
         })
     }
 }

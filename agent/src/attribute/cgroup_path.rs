@@ -88,7 +88,7 @@ fn is_uid(s: &str) -> bool {
 
 /// A container's cgroup directory name to its ID: `<id>`, `cri-containerd-<id>.scope`,
 /// `crio-<id>.scope`, `docker-<id>.scope`, `cri-o-<id>`... `None` for anything else.
-fn container_id_of(segment: &str) -> Option<String> {
+pub fn container_id_of(segment: &str) -> Option<String> {
     let base = segment.strip_suffix(".scope").unwrap_or(segment);
     if base.starts_with("crio-conmon-") {
         return None;

@@ -28,6 +28,7 @@ impl Attributor {
             RawEvent::Flow(f) => f,
             RawEvent::Dns(d) => return self.dns(event, d, now, last_chance),
             RawEvent::DnsLookups(t) => return self.dns_lookups(event, t, now, last_chance),
+            _ => return self.try_attribute_resource(event, now, last_chance),
         };
         let occurrence = |subject, detail| Occurrence {
             at: event.at,

@@ -28,6 +28,7 @@ mod flows;
 #[cfg(feature = "node-agent")]
 pub mod metadata;
 pub mod pods;
+mod resources;
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
@@ -121,7 +122,7 @@ pub trait CgroupPaths: Send {
 
 /// What a cgroup id told us.
 #[derive(Clone, Debug, PartialEq, Eq)]
-enum CgroupLookup {
+pub(super) enum CgroupLookup {
     Pod(CgroupIdentity),
     NotAPod,
     Gone,
@@ -151,6 +152,10 @@ pub struct Attributor {
     pending: VecDeque<(TimedEvent, Instant)>,
     synced: bool,
     relist_seen: Option<HashSet<String>>,
+    /// OOM kills seen by the kernel event and by the cgroup counters, joined into one record.
+    oom: resources::OomJoin,
+    /// The pod set changed since it was last published for the samplers.
+    pods_dirty: bool,
     counters: Arc<Counters>,
 }
 
@@ -171,8 +176,15 @@ impl Attributor {
             pending: VecDeque::new(),
             synced: false,
             relist_seen: None,
+            oom: resources::OomJoin::default(),
+            pods_dirty: true,
             counters,
         }
+    }
+
+    /// Live pods and their container IDs, for the samplers.
+    pub fn pod_containers(&self) -> Vec<crate::samplers::PodContainers> {
+        self.index.pod_containers()
     }
 
     pub fn index(&self) -> &PodIndex {
@@ -185,6 +197,7 @@ impl Attributor {
 
     /// Applies a metadata change; returns events that could now be attributed.
     pub fn update(&mut self, update: MetaUpdate, now: Now) -> Vec<Occurrence> {
+        self.pods_dirty = true;
         match update {
             MetaUpdate::RelistStarted => self.relist_seen = Some(HashSet::new()),
             MetaUpdate::Apply(info) => {
@@ -257,7 +270,9 @@ impl Attributor {
     pub fn tick(&mut self, now: Now) -> Vec<Occurrence> {
         self.index.prune(now.wall);
         self.cgroup_gone.retain(|_, until| *until > now.mono);
-        self.retry(now, true)
+        let mut out = self.retry(now, true);
+        out.extend(self.oom_tick(now));
+        out
     }
 
     fn retry(&mut self, now: Now, expire: bool) -> Vec<Occurrence> {
@@ -290,7 +305,7 @@ impl Attributor {
         out
     }
 
-    fn lookup_cgroup(&mut self, id: u64, now: Now) -> CgroupLookup {
+    pub(super) fn lookup_cgroup(&mut self, id: u64, now: Now) -> CgroupLookup {
         if let Some(hit) = self.cgroup_cache.get(&id) {
             return hit.clone();
         }
@@ -424,16 +439,34 @@ pub fn spawn(
     watch::Receiver<AttributorStats>,
     impl Future<Output = ()> + Send + 'static,
 ) {
+    let (inputs, stats, _pods, task) = spawn_with_pods(attributor, store, cancel);
+    (inputs, stats, task)
+}
+
+/// Like [`spawn`], also publishing the live pods and their container IDs (for the samplers),
+/// at most once per tick when they changed.
+pub fn spawn_with_pods(
+    attributor: Attributor,
+    store: mpsc::Sender<Occurrence>,
+    cancel: CancellationToken,
+) -> (
+    AttributeInputs,
+    watch::Receiver<AttributorStats>,
+    watch::Receiver<Arc<Vec<crate::samplers::PodContainers>>>,
+    impl Future<Output = ()> + Send + 'static,
+) {
     let (events_tx, events) = mpsc::channel(EVENTS_CHANNEL);
     let (meta_tx, meta) = mpsc::channel(META_CHANNEL);
     let (stats_tx, stats_rx) = watch::channel(AttributorStats::default());
+    let (pods_tx, pods_rx) = watch::channel(Arc::new(Vec::new()));
     (
         AttributeInputs {
             events: events_tx,
             meta: meta_tx,
         },
         stats_rx,
-        run(attributor, events, meta, store, stats_tx, cancel),
+        pods_rx,
+        run(attributor, events, meta, store, stats_tx, pods_tx, cancel),
     )
 }
 
@@ -443,6 +476,7 @@ async fn run(
     mut meta: mpsc::Receiver<Input>,
     store: mpsc::Sender<Occurrence>,
     stats: watch::Sender<AttributorStats>,
+    pods: watch::Sender<Arc<Vec<crate::samplers::PodContainers>>>,
     cancel: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(TICK);
@@ -470,6 +504,10 @@ async fn run(
             },
             _ = tick.tick() => {
                 forward(attributor.tick(Now::real()));
+                if attributor.pods_dirty && attributor.relist_seen.is_none() {
+                    attributor.pods_dirty = false;
+                    let _ = pods.send(Arc::new(attributor.pod_containers()));
+                }
                 let _ = stats.send(AttributorStats {
                     pods: u32::try_from(attributor.index().live_pods()).unwrap_or(u32::MAX),
                     pending: u32::try_from(attributor.pending_len()).unwrap_or(u32::MAX),

@@ -159,6 +159,26 @@ impl PodIndex {
         self.by_uid(&hold.uid)
     }
 
+    /// Live pods (not deleted, not finished) and their container IDs.
+    pub fn pod_containers(&self) -> Vec<crate::samplers::PodContainers> {
+        let mut out: Vec<_> = self
+            .pods
+            .values()
+            .filter(|k| k.deleted_at.is_none() && !k.info.finished)
+            .map(|k| crate::samplers::PodContainers {
+                uid: k.info.pod.uid.as_str().into(),
+                container_ids: k
+                    .info
+                    .containers
+                    .keys()
+                    .map(|c| c.as_str().into())
+                    .collect(),
+            })
+            .collect();
+        out.sort_by(|a, b| a.uid.cmp(&b.uid));
+        out
+    }
+
     /// Pods currently known and not deleted.
     pub fn live_pods(&self) -> usize {
         self.pods

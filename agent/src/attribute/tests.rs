@@ -223,7 +223,7 @@ fn unknown_ip_expires_unattributed_and_is_counted() {
     synced_with_pods(&mut a);
     let mut ev = syn_refused(5);
     let RawEvent::Flow(c) = &mut ev.event else {
-        unreachable!()
+        unreachable!("a flow")
     };
     c.dst = "192.168.1.1:22".parse().unwrap();
     assert!(a.event(ev, now(5)).is_empty());
@@ -269,7 +269,7 @@ fn watch_updates_outside_a_relist_retry_at_once() {
     synced_with_pods(&mut a);
     let mut ev = syn_refused(5);
     let RawEvent::Flow(c) = &mut ev.event else {
-        unreachable!()
+        unreachable!("a flow")
     };
     c.dst = "10.0.0.9:8080".parse().unwrap();
     assert!(a.event(ev, now(5)).is_empty());
@@ -400,14 +400,14 @@ fn refusal_cause_tells_the_stack_from_a_firewall() {
     // A destination on another node: cannot tell.
     let mut ev = connect_refused(100, 8);
     let RawEvent::Flow(f) = &mut ev.event else {
-        unreachable!()
+        unreachable!("a flow")
     };
     f.dst = "10.9.9.9:80".parse().unwrap();
     assert_eq!(conn(&one(a.event(ev, now(8)))).cause, Some(Cause::Unknown));
     // Refused by ICMP: a firewall, with the ICMP kind as the reason.
     let mut ev = connect_refused(100, 9);
     let RawEvent::Flow(f) = &mut ev.event else {
-        unreachable!()
+        unreachable!("a flow")
     };
     f.icmp_errno = Some(113);
     let occ = one(a.event(ev, now(9)));
@@ -421,7 +421,7 @@ fn timeouts_are_never_refusals() {
     synced_with_pods(&mut a);
     let mut ev = connect_refused(100, 5);
     let RawEvent::Flow(f) = &mut ev.event else {
-        unreachable!()
+        unreachable!("a flow")
     };
     f.kind = FlowKind::ConnectTimeout;
     f.syn_retransmits = 3;
@@ -432,4 +432,136 @@ fn timeouts_are_never_refusals() {
     assert_eq!(c.syn_retransmits, 3);
     assert_eq!(c.cause, None);
     assert_eq!(occ.subject.pod.as_ref().unwrap().name, "client");
+}
+
+mod oom {
+    use super::*;
+    use crate::{
+        evidence::{OomKill, OomSource},
+        probes::decode::OomVictim,
+        samplers::{ContainerRef, OomCounts, Sample},
+    };
+
+    fn victim(at: u64, main: bool) -> TimedEvent {
+        TimedEvent {
+            at: t(at),
+            first_at: t(at),
+            event: RawEvent::OomVictim(OomVictim {
+                boot_ns: 0,
+                pid: 41,
+                tgid: 41,
+                comm: "worker".into(),
+                uid: 0,
+                cgroup_id: Some(100),
+                main_process: Some(main),
+                memcg_usage_bytes: Some(64 << 20),
+                memcg_limit_bytes: Some(64 << 20),
+                rss_bytes: Some(60 << 20),
+                oom_score_adj: 0,
+                oom_group: None,
+            }),
+        }
+    }
+
+    fn counted(at: u64, kills: u64) -> TimedEvent {
+        TimedEvent {
+            at: t(at),
+            first_at: t(at),
+            event: RawEvent::Sample(Sample::OomKills(OomCounts {
+                container: ContainerRef {
+                    pod_uid: UID_A.into(),
+                    container_id: "c0ffee".repeat(2).into(),
+                },
+                kills,
+                group_kills: 0,
+                limit_bytes: Some(64 << 20),
+                usage_bytes: Some(63 << 20),
+                group: Some(true),
+            })),
+        }
+    }
+
+    fn oom(o: &Occurrence) -> &OomKill {
+        match &o.detail {
+            Detail::OomKill(k) => k,
+            other => panic!("not an OOM kill: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_kill_seen_by_the_kernel_and_then_the_counter_is_one_record() {
+        let (mut a, _) = attributor();
+        synced_with_pods(&mut a);
+        let occ = one(a.event(victim(5, false), now(5)));
+        assert_eq!(
+            occ.subject.process.as_ref().unwrap().comm.as_ref(),
+            "worker"
+        );
+        assert_eq!(occ.subject.container.as_deref(), Some("app"));
+        assert_eq!(oom(&occ).source, OomSource::Kernel);
+        assert_eq!(oom(&occ).main_process, Some(false));
+        assert!(a.event(counted(6, 1), now(6)).is_empty());
+        assert!(a.tick(now(20)).is_empty(), "confirmed: nothing more");
+    }
+
+    #[test]
+    fn a_counter_seen_first_waits_for_the_kernel_event_and_joins_it() {
+        let (mut a, _) = attributor();
+        synced_with_pods(&mut a);
+        assert!(a.event(counted(5, 1), now(5)).is_empty());
+        let occ = one(a.event(victim(5, true), now(6)));
+        assert_eq!(
+            oom(&occ).group_kill,
+            Some(true),
+            "the counter's knowledge joins"
+        );
+        assert!(a.tick(now(20)).is_empty());
+    }
+
+    #[test]
+    fn a_kill_only_the_counter_saw_is_still_recorded() {
+        let (mut a, _) = attributor();
+        synced_with_pods(&mut a);
+        // One kill the kernel saw, three counted: two are the counter's alone.
+        one(a.event(victim(5, false), now(5)));
+        assert!(a.event(counted(6, 3), now(6)).is_empty());
+        assert!(a.tick(now(7)).is_empty(), "held for a late kernel event");
+        let occ = one(a.tick(now(10)));
+        assert_eq!(occ.count, 2);
+        assert!(occ.subject.process.is_none());
+        assert_eq!(occ.subject.attribution, Attribution::Cgroup);
+        let k = oom(&occ);
+        assert_eq!(
+            (k.source, k.main_process, k.memory_limit_bytes),
+            (OomSource::Counter, None, Some(64 << 20))
+        );
+    }
+
+    #[test]
+    fn throttling_samples_name_their_container_directly() {
+        let (mut a, _) = attributor();
+        synced_with_pods(&mut a);
+        let ev = TimedEvent {
+            at: t(5),
+            first_at: t(5),
+            event: RawEvent::Sample(Sample::Throttled {
+                container: ContainerRef {
+                    pod_uid: UID_A.into(),
+                    container_id: "c0ffee".repeat(2).into(),
+                },
+                throttling: crate::evidence::CpuThrottling {
+                    throttled_periods: 9,
+                    total_periods: 10,
+                    throttled_us: 900_000,
+                    limit_millicores: Some(100),
+                    interval_ms: 1000,
+                    cpu_pressure_some_avg10: None,
+                },
+            }),
+        };
+        let occ = one(a.event(ev, now(5)));
+        assert_eq!(occ.subject.pod.as_ref().unwrap().uid, UID_A);
+        assert_eq!(occ.subject.container.as_deref(), Some("app"));
+        assert_eq!(occ.subject.attribution, Attribution::Cgroup);
+    }
 }

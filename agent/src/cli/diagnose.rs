@@ -5,9 +5,12 @@
 
 use serde::Serialize;
 
-use crate::evidence::{
-    Cause, Connection, Detail, Direction, Dns, DnsOutcome, Drop, Evidence, Kind, Protocol,
-    tcp_flags_text,
+use crate::{
+    cli::render::mib,
+    evidence::{
+        Cause, Connection, CpuThrottling, Detail, Direction, Dns, DnsOutcome, Drop, Evidence, Kind,
+        OomKill, Protocol, tcp_flags_text,
+    },
 };
 
 /// One conclusion drawn from one or more records.
@@ -52,6 +55,118 @@ fn finding(e: &Evidence, all: &[Evidence]) -> Option<Finding> {
         Detail::PacketDrop(d) => Some(dropped(e, d, &pod)),
         Detail::Dns(d) => Some(dns(e, d, &pod, all)),
         Detail::DnsLookups(_) => None,
+        Detail::OomKill(o) => Some(oom_killed(e, o, &pod)),
+        Detail::CpuThrottling(c) => Some(throttled(e, c, &pod)),
+    }
+}
+
+/// `kubectl top` and `describe` commands for the record's pod.
+fn kubectl_target(e: &Evidence) -> (String, String) {
+    let ns = e.pod().map_or("<namespace>", |p| p.namespace.as_str());
+    let name = e.pod().map_or("<pod>", |p| p.name.as_str());
+    (ns.to_owned(), name.to_owned())
+}
+
+/// Processes killed by the OOM killer. A child's death is invisible to Kubernetes: it reports
+/// OOMKilled only when the container's main process dies.
+fn oom_killed(e: &Evidence, o: &OomKill, pod: &str) -> Finding {
+    let kind = e.kind();
+    let container = e
+        .subject
+        .container
+        .as_deref()
+        .map_or_else(|| "its container".to_owned(), |c| format!("container {c}"));
+    let victim = e.subject.process.as_ref().map_or_else(
+        || {
+            "a process (the cgroup's OOM counter saw it; the kernel event did not name it)"
+                .to_owned()
+        },
+        |p| format!("process {}[{}]", p.comm, p.pid),
+    );
+    let limit = o.memory_limit_bytes.map_or_else(
+        || "no memory limit of its own (the node or pod ran out)".to_owned(),
+        |l| format!("its memory limit of {}", mib(l)),
+    );
+    let rss = o
+        .victim_rss_bytes
+        .map(|r| format!(" The victim held {} resident.", mib(r)))
+        .unwrap_or_default();
+    let group = if o.group_kill == Some(true) {
+        " memory.oom.group is set: every process of the container was killed with it."
+    } else {
+        ""
+    };
+    let reported = match o.main_process {
+        Some(false) => format!(
+            " It was a child, not the container's main process: Kubernetes did not report it \
+             (no OOMKilled status, no restart, no event); {pod} keeps running with one \
+             worker fewer."
+        ),
+        Some(true) => " It was the container's main process: Kubernetes shows the container \
+                       as OOMKilled (lastState.terminated.reason) and restarts it."
+            .to_owned(),
+        None => " Kubernetes reports OOMKilled only if that was the container's main process \
+                 (check lastState.terminated.reason); otherwise it reported nothing."
+            .to_owned(),
+    };
+    let (ns, name) = kubectl_target(e);
+    Finding {
+        kind,
+        layer: kind.layer(),
+        summary: format!(
+            "In {pod}, {container} hit {limit}: the kernel OOM killer killed {victim} \
+             ({count} time(s) since {first}).{reported}{rss}{group}",
+            count = e.count,
+            first = crate::cli::render::rfc3339(e.first_seen),
+        ),
+        next_step: format!(
+            "Compare the container's limit with its working set (kubectl top pod -n {ns} {name} \
+             --containers; container_memory_working_set_bytes over time), then review the \
+             workload's memory settings: worker count or concurrency, heap/runtime limits \
+             (-Xmx, GOMEMLIMIT, pm.max_children), caches. Raise the limit only if the working \
+             set is legitimate; a leak will hit any limit. Restarting does not fix it."
+        ),
+    }
+}
+
+/// A container throttled by its CPU limit: latency and probe timeouts, never an event.
+fn throttled(e: &Evidence, c: &CpuThrottling, pod: &str) -> Finding {
+    let kind = e.kind();
+    let container = e
+        .subject
+        .container
+        .as_deref()
+        .map_or_else(|| "a container".to_owned(), |c| format!("container {c}"));
+    let limit = c.limit_cores().map_or_else(
+        || "its CPU limit".to_owned(),
+        |l| format!("its CPU limit of {l} cores"),
+    );
+    let pressure = c
+        .pressure_avg10()
+        .map(|p| format!(" CPU pressure (PSI some avg10) was {p:.1}%."))
+        .unwrap_or_default();
+    let (ns, name) = kubectl_target(e);
+    Finding {
+        kind,
+        layer: kind.layer(),
+        summary: format!(
+            "In {pod}, {container} was throttled by {limit} in {pct:.0}% of its CPU periods \
+             ({throttled} of {total}; {secs:.2}s spent throttled over {interval:.0}s sampled).\
+             {pressure} Expect higher latency, slow requests and probe timeouts; Kubernetes \
+             reports no event for this.",
+            pct = c.ratio() * 100.0,
+            throttled = c.throttled_periods,
+            total = c.total_periods,
+            secs = c.throttled_seconds(),
+            interval = c.interval_seconds(),
+        ),
+        next_step: format!(
+            "Review the CPU limit against what the container uses (kubectl top pod -n {ns} \
+             {name} --containers; kubectl get pod -n {ns} {name} -o \
+             jsonpath='{{.spec.containers[*].resources}}'): raise or remove the limit, or reduce \
+             the work per container (threads, GC, concurrency). Restarting will not help: \
+             the limit applies again to the new container."
+        ),
     }
 }
 
@@ -501,6 +616,31 @@ mod tests {
                 .contains("rejected by a firewall rule (ICMP_ADMIN_PROHIBITED)")
         );
         assert!(!f[2].summary.contains("nothing listens on"));
+    }
+
+    #[test]
+    fn a_child_oom_says_which_process_the_limit_and_that_kubernetes_did_not_report_it() {
+        use crate::evidence::fixtures::{oom_killed, throttled};
+        let f = diagnose(&[oom_killed().pod("shop", "web").evidence()]);
+        let s = &f[0].summary;
+        assert!(s.contains("worker[42]"), "{s}");
+        assert!(s.contains("64.0MiB"), "{s}");
+        assert!(s.contains("Kubernetes did not report it"), "{s}");
+        assert!(f[0].next_step.contains("kubectl top pod -n shop web"));
+        assert_eq!(f[0].layer, "memory");
+        let main = diagnose(&[oom_killed().main_process(Some(true)).evidence()]);
+        assert!(main[0].summary.contains("OOMKilled"));
+        assert!(!main[0].summary.contains("did not report"));
+
+        let t = diagnose(&[throttled().pod("shop", "web").evidence()]);
+        assert!(
+            t[0].summary.contains("80% of its CPU periods"),
+            "{}",
+            t[0].summary
+        );
+        assert!(t[0].summary.contains("0.1 cores"));
+        assert!(t[0].next_step.contains("Review the CPU limit"));
+        assert!(t[0].next_step.contains("Restarting will not help"));
     }
 
     #[test]

@@ -74,9 +74,14 @@ fn flow_of(e: &Evidence) -> Option<Result<Flow, &'static str>> {
     let (src, dst, protocol) = match &e.detail {
         Detail::PacketDrop(d) => (d.src, d.dst, d.protocol),
         Detail::ConnectionTimeout(c) => (c.src, c.dst, c.protocol),
-        // Refusals are not policy; a DNS timeout's queries go to a Service VIP that policy
-        // never sees (it applies after translation): its drop records carry the real flow.
-        Detail::ConnectionRefused(_) | Detail::Dns(_) | Detail::DnsLookups(_) => return None,
+        // Refusals and resources are not policy; a DNS timeout's queries go to a Service VIP
+        // that policy never sees (it applies after translation): its drop records carry the
+        // real flow.
+        Detail::ConnectionRefused(_)
+        | Detail::Dns(_)
+        | Detail::DnsLookups(_)
+        | Detail::OomKill(_)
+        | Detail::CpuThrottling(_) => return None,
     };
     let proto = match protocol {
         Protocol::Tcp => Proto::Tcp,

@@ -92,6 +92,17 @@ pub struct AgentArgs {
     /// or changes to the default ("+TCP_ZEROWINDOW,-QDISC_DROP"). See the README.
     #[arg(long, env = "TRIAGE_DROP_REASONS", default_value = "default")]
     pub drop_reasons: crate::probes::reasons::DropReasons,
+    /// kubelet's --cgroup-root: the cgroup that holds `kubepods` (or `kubepods.slice`), the
+    /// same in every hierarchy. Containers' cgroups are found under it.
+    #[arg(long, env = "TRIAGE_KUBELET_CGROUP_ROOT", default_value = "/")]
+    pub kubelet_cgroup_root: std::path::PathBuf,
+    /// How often every container's CPU and OOM counters are sampled, e.g. "10s".
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    pub sample_interval: Duration,
+    /// Throttled CFS periods in one sampling interval from which a container is reported
+    /// (10 = one second of throttling at the default 100 ms period).
+    #[arg(long, default_value_t = crate::samplers::DEFAULT_THROTTLE_THRESHOLD)]
+    pub throttle_threshold: u64,
     /// Ports whose UDP and TCP traffic is DNS, comma-separated (at most 8); "none" switches
     /// DNS capture off.
     #[arg(long = "dns-ports", env = "TRIAGE_DNS_PORTS", default_value = "53", value_parser = parse_dns_ports)]

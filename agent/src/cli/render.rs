@@ -17,7 +17,10 @@ use triage_agent_proto::v1 as pb;
 use crate::{
     api::convert::{self, PeerLoss},
     cli::{client::AgentAnswer, diagnose::Finding},
-    evidence::{Detail, DnsLookups, Evidence, Named as _, PodRef, Protocol, tcp_flags_text},
+    evidence::{
+        CpuThrottling, Detail, DnsLookups, Evidence, Named as _, OomKill, PodRef, Protocol,
+        tcp_flags_text,
+    },
     loss::Loss,
 };
 
@@ -240,7 +243,6 @@ fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
 
 /// Kind-specific table columns: (direction, src, dst, peer, detail).
 fn detail_cells(d: &Detail) -> [String; 5] {
-    let (direction, src, dst, peer) = d.endpoints();
     let detail = match d {
         Detail::ConnectionRefused(c) => match (&c.cause, &c.reason) {
             (Some(cause), Some(reason)) => format!("{}: {}", cause.as_str(), clean(reason)),
@@ -280,14 +282,60 @@ fn detail_cells(d: &Detail) -> [String; 5] {
             text
         }
         Detail::DnsLookups(l) => format!("{} lookups", l.lookups),
+        Detail::OomKill(o) => oom_text(o),
+        Detail::CpuThrottling(c) => throttling_text(c),
     };
-    [
-        direction.as_str().to_owned(),
-        src.to_string(),
-        dst.to_string(),
-        peer.map_or_else(|| "-".to_owned(), cleaned),
-        detail,
-    ]
+    match d.endpoints() {
+        Some((direction, src, dst, peer)) => [
+            direction.as_str().to_owned(),
+            src.to_string(),
+            dst.to_string(),
+            peer.map_or_else(|| "-".to_owned(), cleaned),
+            detail,
+        ],
+        None => ["-".into(), "-".into(), "-".into(), "-".into(), detail],
+    }
+}
+
+/// Bytes as MiB with one decimal ("64.0MiB").
+pub fn mib(bytes: u64) -> String {
+    format!("{:.1}MiB", bytes as f64 / f64::from(1u32 << 20))
+}
+
+/// The detail cell of an OOM kill: who died, against which limit.
+fn oom_text(o: &OomKill) -> String {
+    let who = match o.main_process {
+        Some(true) => "main process",
+        Some(false) => "child process",
+        None => "process unknown",
+    };
+    let mut parts = vec![who.to_owned()];
+    if let Some(limit) = o.memory_limit_bytes {
+        parts.push(format!("limit {}", mib(limit)));
+    }
+    if let Some(rss) = o.victim_rss_bytes {
+        parts.push(format!("rss {}", mib(rss)));
+    }
+    if o.group_kill == Some(true) {
+        parts.push("group kill".to_owned());
+    }
+    parts.push(format!("seen by {}", o.source.as_str()));
+    parts.join(", ")
+}
+
+/// The detail cell of CPU throttling: ratio and limit.
+fn throttling_text(c: &CpuThrottling) -> String {
+    let limit = c
+        .limit_cores()
+        .map_or_else(|| "no limit".to_owned(), |l| format!("limit {l} cores"));
+    format!(
+        "{:.0}% of periods throttled ({}/{}), {:.2}s throttled in {:.0}s, {limit}",
+        c.ratio() * 100.0,
+        c.throttled_periods,
+        c.total_periods,
+        c.throttled_seconds(),
+        c.interval_seconds()
+    )
 }
 
 /// The `query -o table` text. `since` is the query's window start.
@@ -513,6 +561,7 @@ pub fn status_json(statuses: &[(String, pb::StatusResponse)]) -> Value {
                     "store_capacity": s.store_capacity,
                     "store_expired": s.store_expired,
                     "events_received": s.events_received,
+                    "resources": s.resource_sources.iter().map(|r| json!({"signal": r.signal, "hierarchy": r.hierarchy, "files": r.files, "mount": r.mount, "containers": r.containers, "note": (!r.note.is_empty()).then_some(&r.note)})).collect::<Vec<_>>(),
                 })
             })
             .collect(),
@@ -568,6 +617,22 @@ pub fn status_table(statuses: &[(String, pb::StatusResponse)]) -> String {
                 "  probe {:<22} {:<36} {state}",
                 clean(&p.name),
                 clean(&p.hook)
+            );
+        }
+        for r in &s.resource_sources {
+            let note = if r.note.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", clean(&r.note))
+            };
+            let _ = writeln!(
+                out,
+                "  {:<14} {} {} [{}], {} containers{note}",
+                clean(&r.signal),
+                clean(&r.hierarchy),
+                clean(&r.mount),
+                clean(&r.files.join(", ")),
+                r.containers,
             );
         }
         let lost = lost_in_window(

@@ -14,8 +14,8 @@ use std::{
 };
 
 use super::{
-    Attribution, Cause, Connection, Detail, Direction, Dns, DnsOutcome, Drop, Evidence, Occurrence,
-    PodRef, Process, Protocol, Subject,
+    Attribution, Cause, Connection, CpuThrottling, Detail, Direction, Dns, DnsOutcome, Drop,
+    Evidence, Occurrence, OomKill, OomSource, PodRef, Process, Protocol, Subject,
 };
 
 /// A fixed instant `s` seconds after a base time (2023-11-14T22:13:20Z + s).
@@ -130,6 +130,41 @@ pub fn dns(outcome: DnsOutcome) -> Builder {
     b
 }
 
+/// A worker child (`worker[42]`) of container `app` killed at a 64 MiB limit, seen by the
+/// kernel event and confirmed by the cgroup counter.
+pub fn oom_killed() -> Builder {
+    let mut b = refused();
+    b.subject.process = Some(Process {
+        pid: 42,
+        comm: "worker".into(),
+    });
+    b.detail = Detail::OomKill(OomKill {
+        main_process: Some(false),
+        memory_limit_bytes: Some(64 << 20),
+        memory_usage_bytes: Some(64 << 20),
+        victim_rss_bytes: Some(60 << 20),
+        oom_score_adj: Some(0),
+        group_kill: None,
+        source: OomSource::Kernel,
+    });
+    b
+}
+
+/// Container `app` throttled in 40 of 50 periods of a 5 s interval at a 0.1-core limit.
+pub fn throttled() -> Builder {
+    let mut b = refused();
+    b.subject.process = None;
+    b.detail = Detail::CpuThrottling(CpuThrottling {
+        throttled_periods: 40,
+        total_periods: 50,
+        throttled_us: 3_600_000,
+        limit_millicores: Some(100),
+        interval_ms: 5000,
+        cpu_pressure_some_avg10: Some(8_512),
+    });
+    b
+}
+
 fn addr(s: &str) -> SocketAddr {
     s.parse()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
@@ -202,6 +237,7 @@ impl Builder {
             Detail::ConnectionRefused(c) | Detail::ConnectionTimeout(c) => c.direction = dir,
             Detail::PacketDrop(d) => d.direction = dir,
             Detail::Dns(_) | Detail::DnsLookups(_) => {}
+            Detail::OomKill(_) | Detail::CpuThrottling(_) => {}
         }
         self
     }
@@ -211,6 +247,7 @@ impl Builder {
             Detail::PacketDrop(d) => d.src = addr(s),
             Detail::Dns(d) => d.client = addr(s),
             Detail::DnsLookups(_) => {}
+            Detail::OomKill(_) | Detail::CpuThrottling(_) => {}
         }
         self
     }
@@ -220,6 +257,7 @@ impl Builder {
             Detail::PacketDrop(d) => d.dst = addr(s),
             Detail::Dns(d) => d.server = addr(s),
             Detail::DnsLookups(_) => {}
+            Detail::OomKill(_) | Detail::CpuThrottling(_) => {}
         }
         self
     }
@@ -231,12 +269,27 @@ impl Builder {
             Detail::PacketDrop(d) => d.reason = r.into(),
             Detail::Dns(d) => d.query = r.into(),
             Detail::DnsLookups(_) => {}
+            Detail::OomKill(_) | Detail::CpuThrottling(_) => {}
         }
         self
     }
     pub fn cause(mut self, cause: Option<Cause>) -> Self {
         if let Detail::ConnectionRefused(c) = &mut self.detail {
             c.cause = cause;
+        }
+        self
+    }
+    /// OOM kills: whether the victim was the main process.
+    pub fn main_process(mut self, main: Option<bool>) -> Self {
+        if let Detail::OomKill(o) = &mut self.detail {
+            o.main_process = main;
+        }
+        self
+    }
+    /// OOM kills: which source saw it.
+    pub fn oom_source(mut self, source: OomSource) -> Self {
+        if let Detail::OomKill(o) = &mut self.detail {
+            o.source = source;
         }
         self
     }
@@ -247,6 +300,7 @@ impl Builder {
             Detail::PacketDrop(d) => d.peer = peer,
             Detail::Dns(d) => d.server_pod = peer,
             Detail::DnsLookups(_) => {}
+            Detail::OomKill(_) | Detail::CpuThrottling(_) => {}
         }
         self
     }

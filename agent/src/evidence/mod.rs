@@ -306,6 +306,77 @@ pub fn tcp_flags_text(flags: u8) -> String {
     }
 }
 
+names::names! {
+    /// Which source saw an OOM kill.
+    pub enum OomSource {
+        /// The kernel's `mark_victim` event (victim identity read in the kernel); confirmed by
+        /// the cgroup's counter when it has one.
+        Kernel = "kernel",
+        /// The cgroup's OOM kill counter only (v2 `memory.events`, v1 `memory.oom_control`):
+        /// the victim process is unknown.
+        Counter = "counter",
+    }
+}
+
+/// A process killed by the OOM killer. The record's `process` is the victim (absent when only
+/// the cgroup counter saw the kill).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OomKill {
+    /// Whether the victim was the container's first process (the one Kubernetes watches), when
+    /// that can be known. `false`: a child died and Kubernetes reports nothing.
+    pub main_process: Option<bool>,
+    /// The memory limit that applied (the tightest of the cgroup and its parents), bytes.
+    pub memory_limit_bytes: Option<u64>,
+    /// The cgroup's memory usage at the kill, bytes.
+    pub memory_usage_bytes: Option<u64>,
+    /// The victim's resident memory (anon + file + shmem) when the kernel chose it, bytes.
+    pub victim_rss_bytes: Option<u64>,
+    pub oom_score_adj: Option<i16>,
+    /// v2 `memory.oom.group`: the whole container was killed with the victim.
+    pub group_kill: Option<bool>,
+    pub source: OomSource,
+}
+
+/// A container throttled by its CPU limit, over one or more sampling intervals (summed).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CpuThrottling {
+    /// CFS periods in which the container was throttled.
+    pub throttled_periods: u64,
+    /// CFS periods in which the container ran.
+    pub total_periods: u64,
+    /// Time spent throttled, microseconds.
+    pub throttled_us: u64,
+    /// The CPU limit (quota / period), thousandths of a core; `None` when unlimited.
+    pub limit_millicores: Option<u64>,
+    /// Time sampled, milliseconds.
+    pub interval_ms: u64,
+    /// PSI `cpu.pressure` some avg10, hundredths of a percent, when the kernel has PSI.
+    pub cpu_pressure_some_avg10: Option<u32>,
+}
+
+impl CpuThrottling {
+    /// Throttled periods over periods run (0 when none ran).
+    pub fn ratio(&self) -> f64 {
+        if self.total_periods == 0 {
+            0.0
+        } else {
+            self.throttled_periods as f64 / self.total_periods as f64
+        }
+    }
+    pub fn throttled_seconds(&self) -> f64 {
+        self.throttled_us as f64 / 1e6
+    }
+    pub fn limit_cores(&self) -> Option<f64> {
+        self.limit_millicores.map(|m| m as f64 / 1000.0)
+    }
+    pub fn interval_seconds(&self) -> f64 {
+        self.interval_ms as f64 / 1000.0
+    }
+    pub fn pressure_avg10(&self) -> Option<f64> {
+        self.cpu_pressure_some_avg10.map(|p| f64::from(p) / 100.0)
+    }
+}
+
 /// What happened, one variant per kind.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Detail {
@@ -316,6 +387,8 @@ pub enum Detail {
     /// A pod's successful lookups since the last report: kept beside the records, never a
     /// record itself (see [`DnsLookups`]).
     DnsLookups(DnsLookups),
+    OomKill(OomKill),
+    CpuThrottling(CpuThrottling),
 }
 
 /// What makes two occurrences of a kind "the same failure" (besides pod and container).
@@ -349,6 +422,12 @@ pub enum DetailKey {
         protocol: Protocol,
     },
     DnsLookups,
+    /// Kills of a container's main process and of its children are told apart.
+    OomKill {
+        main_process: Option<bool>,
+    },
+    /// One record per container.
+    CpuThrottling,
 }
 
 impl Detail {
@@ -358,6 +437,8 @@ impl Detail {
             Detail::ConnectionTimeout(_) => Kind::ConnectionTimeout,
             Detail::PacketDrop(_) => Kind::PacketDrop,
             Detail::Dns(_) | Detail::DnsLookups(_) => Kind::Dns,
+            Detail::OomKill(_) => Kind::OomKill,
+            Detail::CpuThrottling(_) => Kind::CpuThrottling,
         }
     }
 
@@ -389,6 +470,10 @@ impl Detail {
                 protocol: d.protocol,
             },
             Detail::DnsLookups(_) => DetailKey::DnsLookups,
+            Detail::OomKill(o) => DetailKey::OomKill {
+                main_process: o.main_process,
+            },
+            Detail::CpuThrottling(_) => DetailKey::CpuThrottling,
         }
     }
 
@@ -414,6 +499,31 @@ impl Detail {
                 d.search_nxdomains = l.search_nxdomains.max(d.search_nxdomains);
             }
             (Detail::DnsLookups(d), Detail::DnsLookups(l)) => d.add(&l),
+            (Detail::OomKill(o), Detail::OomKill(l)) => {
+                // A victim named once stays named.
+                let source = if o.source == OomSource::Kernel {
+                    o.source
+                } else {
+                    l.source
+                };
+                *o = OomKill {
+                    main_process: l.main_process.or(o.main_process),
+                    memory_limit_bytes: l.memory_limit_bytes.or(o.memory_limit_bytes),
+                    memory_usage_bytes: l.memory_usage_bytes.or(o.memory_usage_bytes),
+                    victim_rss_bytes: l.victim_rss_bytes.or(o.victim_rss_bytes),
+                    oom_score_adj: l.oom_score_adj.or(o.oom_score_adj),
+                    group_kill: l.group_kill.or(o.group_kill),
+                    source,
+                };
+            }
+            (Detail::CpuThrottling(c), Detail::CpuThrottling(l)) => {
+                c.throttled_periods = c.throttled_periods.saturating_add(l.throttled_periods);
+                c.total_periods = c.total_periods.saturating_add(l.total_periods);
+                c.throttled_us = c.throttled_us.saturating_add(l.throttled_us);
+                c.interval_ms = c.interval_ms.saturating_add(l.interval_ms);
+                c.limit_millicores = l.limit_millicores;
+                c.cpu_pressure_some_avg10 = l.cpu_pressure_some_avg10;
+            }
             // Same key means same kind; nothing to take from another kind.
             _ => {}
         }
@@ -435,35 +545,31 @@ impl Detail {
         }
     }
 
-    /// Direction, endpoints and peer, which every kind so far has.
-    pub fn endpoints(&self) -> (Direction, SocketAddr, SocketAddr, Option<&Arc<PodRef>>) {
+    /// Direction, endpoints and peer, for the traffic kinds; `None` for resource kinds.
+    pub fn endpoints(&self) -> Option<(Direction, SocketAddr, SocketAddr, Option<&Arc<PodRef>>)> {
         match self {
             Detail::ConnectionRefused(c) | Detail::ConnectionTimeout(c) => {
-                (c.direction, c.src, c.dst, c.peer.as_ref())
+                Some((c.direction, c.src, c.dst, c.peer.as_ref()))
             }
-            Detail::PacketDrop(d) => (d.direction, d.src, d.dst, d.peer.as_ref()),
-            Detail::Dns(d) => (
+            Detail::PacketDrop(d) => Some((d.direction, d.src, d.dst, d.peer.as_ref())),
+            Detail::Dns(d) => Some((
                 Direction::Outbound,
                 d.client,
                 d.server,
                 d.server_pod.as_ref(),
-            ),
-            Detail::DnsLookups(_) => (
-                Direction::Outbound,
-                SocketAddr::from(([0, 0, 0, 0], 0)),
-                SocketAddr::from(([0, 0, 0, 0], 0)),
-                None,
-            ),
+            )),
+            Detail::DnsLookups(_) | Detail::OomKill(_) | Detail::CpuThrottling(_) => None,
         }
     }
 
     /// The kind-specific JSON fields, flat beside the common ones (the JSON contract).
     pub fn json_fields(&self, out: &mut Map<String, Value>) {
-        let (direction, src, dst, peer) = self.endpoints();
-        out.insert("direction".into(), direction.as_str().into());
-        out.insert("src".into(), src.to_string().into());
-        out.insert("dst".into(), dst.to_string().into());
-        out.insert("peer".into(), peer.map(|p| p.json()).into());
+        if let Some((direction, src, dst, peer)) = self.endpoints() {
+            out.insert("direction".into(), direction.as_str().into());
+            out.insert("src".into(), src.to_string().into());
+            out.insert("dst".into(), dst.to_string().into());
+            out.insert("peer".into(), peer.map(|p| p.json()).into());
+        }
         match self {
             Detail::ConnectionRefused(c) => {
                 out.insert("protocol".into(), c.protocol.as_str().into());
@@ -497,8 +603,39 @@ impl Detail {
             Detail::DnsLookups(d) => {
                 out.insert("lookups".into(), d.json());
             }
+            Detail::OomKill(o) => {
+                out.insert("main_process".into(), o.main_process.into());
+                out.insert("memory_limit_bytes".into(), o.memory_limit_bytes.into());
+                out.insert("memory_usage_bytes".into(), o.memory_usage_bytes.into());
+                out.insert("victim_rss_bytes".into(), o.victim_rss_bytes.into());
+                out.insert("oom_score_adj".into(), o.oom_score_adj.into());
+                out.insert("group_kill".into(), o.group_kill.into());
+                out.insert("source".into(), o.source.as_str().into());
+            }
+            Detail::CpuThrottling(c) => {
+                out.insert("throttled_periods".into(), c.throttled_periods.into());
+                out.insert("total_periods".into(), c.total_periods.into());
+                out.insert(
+                    "throttled_seconds".into(),
+                    round3(c.throttled_seconds()).into(),
+                );
+                out.insert("cpu_limit_cores".into(), c.limit_cores().into());
+                out.insert("ratio".into(), round3(c.ratio()).into());
+                out.insert(
+                    "interval_seconds".into(),
+                    round3(c.interval_seconds()).into(),
+                );
+                if let Some(p) = c.pressure_avg10() {
+                    out.insert("cpu_pressure_some_avg10".into(), p.into());
+                }
+            }
         }
     }
+}
+
+/// Three decimals: JSON readers see 0.25, not 0.25000000000000006.
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
 }
 
 /// One or more occurrences of a failure, attributed, on its way to the store. Hot signals are

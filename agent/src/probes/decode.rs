@@ -5,10 +5,13 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use triage_agent_common::{
-    AF_INET, AF_INET6, COMM_LEN, EventHeader, FlowEvent, FlowKey, FlowStats, flow_flags, kind,
+    AF_INET, AF_INET6, COMM_LEN, EventHeader, FlowEvent, FlowKey, FlowStats, OomEvent, UNKNOWN_U8,
+    UNKNOWN_U64, flow_flags, kind,
 };
 
-/// A decoded kernel event, before attribution.
+use crate::samplers::Sample;
+
+/// A decoded kernel event (or a cgroupfs sampler's finding), before attribution.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RawEvent {
     /// One or more occurrences of a hot signal's flow.
@@ -17,15 +20,22 @@ pub enum RawEvent {
     Dns(Box<crate::dns::Finding>),
     /// A pod's successful DNS lookups since the last report.
     DnsLookups(crate::dns::Tally),
+    /// The OOM killer chose a victim.
+    OomVictim(OomVictim),
+    /// What a cgroupfs sampler found (throttling, OOM kill counters); its time is the sample's.
+    Sample(Sample),
 }
 
 impl RawEvent {
-    /// CLOCK_BOOTTIME nanoseconds of the latest occurrence.
+    /// CLOCK_BOOTTIME nanoseconds of the latest occurrence (0 for samples, which carry
+    /// wall-clock times).
     pub fn boot_ns(&self) -> u64 {
         match self {
             RawEvent::Flow(f) => f.last_ns,
             RawEvent::Dns(d) => d.at_ns,
+            RawEvent::OomVictim(o) => o.boot_ns,
             RawEvent::DnsLookups(_) => 0,
+            RawEvent::Sample(_) => 0,
         }
     }
 
@@ -34,17 +44,83 @@ impl RawEvent {
         match self {
             RawEvent::Flow(f) => f.first_ns,
             RawEvent::Dns(d) => d.first_ns,
-            RawEvent::DnsLookups(_) => 0,
+            _ => self.boot_ns(),
         }
     }
 
-    /// How many occurrences the event stands for (what is lost if it is dropped).
+    /// Occurrences the event stands for (what is lost if it is dropped).
     pub fn count(&self) -> u64 {
         match self {
             RawEvent::Flow(f) => f.count,
             RawEvent::Dns(_) => 1,
             RawEvent::DnsLookups(t) => t.lookups.lookups,
+            RawEvent::OomVictim(_) => 1,
+            RawEvent::Sample(s) => s.count(),
         }
+    }
+}
+
+/// A process the OOM killer chose, read from the victim's task in the kernel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OomVictim {
+    pub boot_ns: u64,
+    pub pid: u32,
+    pub tgid: u32,
+    pub comm: String,
+    pub uid: u32,
+    /// The victim's cgroup v2 id.
+    pub cgroup_id: Option<u64>,
+    /// Whether its parent process is outside its cgroup (it is the container's first process).
+    pub main_process: Option<bool>,
+    pub memcg_usage_bytes: Option<u64>,
+    /// The tightest limit of the memory cgroup and its ancestors; `None` when unlimited.
+    pub memcg_limit_bytes: Option<u64>,
+    pub rss_bytes: Option<u64>,
+    pub oom_score_adj: i16,
+    /// `mem_cgroup.oom_group` (meaningful on cgroup v2 only).
+    pub oom_group: Option<bool>,
+}
+
+/// The kernel's page size.
+pub fn page_size() -> u64 {
+    #[cfg(feature = "node-agent")]
+    {
+        // SAFETY: sysconf has no preconditions.
+        let v = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        if let Ok(v) = u64::try_from(v)
+            && v > 0
+        {
+            return v;
+        }
+    }
+    4096
+}
+
+/// A memory cgroup limit in bytes, `None` for "max" (PAGE_COUNTER_MAX = LONG_MAX / PAGE_SIZE,
+/// or anything near it).
+pub fn limit_bytes(pages: u64, page: u64) -> Option<u64> {
+    let max_pages = (i64::MAX as u64) / page.max(1);
+    (pages < max_pages).then(|| pages.saturating_mul(page))
+}
+
+fn oom_victim(e: &OomEvent) -> OomVictim {
+    let page = page_size();
+    let known = |v: u64| (v != UNKNOWN_U64).then_some(v);
+    let cgroup_id = Some(e.cgroup_id).filter(|id| *id != 0);
+    OomVictim {
+        boot_ns: e.header.boot_ns,
+        pid: e.pid,
+        tgid: e.tgid,
+        comm: comm_string(&e.comm),
+        uid: e.uid,
+        cgroup_id,
+        main_process: (cgroup_id.is_some() && e.parent_cgroup_id != 0)
+            .then_some(e.parent_cgroup_id != e.cgroup_id),
+        memcg_usage_bytes: known(e.memcg_usage_pages).map(|p| p.saturating_mul(page)),
+        memcg_limit_bytes: known(e.memcg_limit_pages).and_then(|p| limit_bytes(p, page)),
+        rss_bytes: known(e.rss_pages).map(|p| p.saturating_mul(page)),
+        oom_score_adj: e.oom_score_adj,
+        oom_group: (e.oom_group != UNKNOWN_U8).then_some(e.oom_group != 0),
     }
 }
 
@@ -210,6 +286,42 @@ pub fn decode(bytes: &[u8]) -> Result<RawEvent, DecodeError> {
             let stats = f.stats(std::mem::offset_of!(FlowEvent, stats))?;
             flow(&key, &stats).map(RawEvent::Flow)
         }
+        kind::OOM_VICTIM => {
+            use std::mem::offset_of;
+            let need = size_of::<OomEvent>();
+            if declared as usize != need || bytes.len() < need {
+                return Err(DecodeError::LengthMismatch {
+                    kind: event_kind,
+                    declared,
+                    len: bytes.len(),
+                });
+            }
+            let f = Fields {
+                bytes,
+                what: "oom event",
+                need,
+            };
+            let e = OomEvent {
+                header: EventHeader {
+                    kind: event_kind,
+                    len: declared,
+                    boot_ns: f.u64(offset_of!(EventHeader, boot_ns))?,
+                },
+                cgroup_id: f.u64(offset_of!(OomEvent, cgroup_id))?,
+                parent_cgroup_id: f.u64(offset_of!(OomEvent, parent_cgroup_id))?,
+                memcg_usage_pages: f.u64(offset_of!(OomEvent, memcg_usage_pages))?,
+                memcg_limit_pages: f.u64(offset_of!(OomEvent, memcg_limit_pages))?,
+                rss_pages: f.u64(offset_of!(OomEvent, rss_pages))?,
+                pid: f.u32(offset_of!(OomEvent, pid))?,
+                tgid: f.u32(offset_of!(OomEvent, tgid))?,
+                uid: f.u32(offset_of!(OomEvent, uid))?,
+                oom_score_adj: f.u16(offset_of!(OomEvent, oom_score_adj))? as i16,
+                oom_group: f.u8(offset_of!(OomEvent, oom_group))?,
+                _pad0: 0,
+                comm: f.array(offset_of!(OomEvent, comm))?,
+            };
+            Ok(RawEvent::OomVictim(oom_victim(&e)))
+        }
         other => Err(DecodeError::UnknownKind { kind: other }),
     }
 }
@@ -277,6 +389,47 @@ fn ipv6(a: [u8; 16]) -> IpAddr {
 fn comm_string(raw: &[u8; COMM_LEN]) -> String {
     let end = raw.iter().position(|b| *b == 0).unwrap_or(raw.len());
     String::from_utf8_lossy(raw.get(..end).unwrap_or_default()).into_owned()
+}
+
+/// Encodes an OOM event the way the kernel program lays it out (tests, fuzzing).
+pub fn encode_oom(e: &OomEvent) -> Vec<u8> {
+    use std::mem::offset_of;
+    let mut out = vec![0u8; size_of::<OomEvent>()];
+    let mut put = |offset: usize, bytes: &[u8]| {
+        if let Some(dst) = out.get_mut(offset..offset + bytes.len()) {
+            dst.copy_from_slice(bytes);
+        }
+    };
+    put(offset_of!(EventHeader, kind), &e.header.kind.to_ne_bytes());
+    put(offset_of!(EventHeader, len), &e.header.len.to_ne_bytes());
+    put(
+        offset_of!(EventHeader, boot_ns),
+        &e.header.boot_ns.to_ne_bytes(),
+    );
+    put(offset_of!(OomEvent, cgroup_id), &e.cgroup_id.to_ne_bytes());
+    put(
+        offset_of!(OomEvent, parent_cgroup_id),
+        &e.parent_cgroup_id.to_ne_bytes(),
+    );
+    put(
+        offset_of!(OomEvent, memcg_usage_pages),
+        &e.memcg_usage_pages.to_ne_bytes(),
+    );
+    put(
+        offset_of!(OomEvent, memcg_limit_pages),
+        &e.memcg_limit_pages.to_ne_bytes(),
+    );
+    put(offset_of!(OomEvent, rss_pages), &e.rss_pages.to_ne_bytes());
+    put(offset_of!(OomEvent, pid), &e.pid.to_ne_bytes());
+    put(offset_of!(OomEvent, tgid), &e.tgid.to_ne_bytes());
+    put(offset_of!(OomEvent, uid), &e.uid.to_ne_bytes());
+    put(
+        offset_of!(OomEvent, oom_score_adj),
+        &e.oom_score_adj.to_ne_bytes(),
+    );
+    put(offset_of!(OomEvent, oom_group), &[e.oom_group]);
+    put(offset_of!(OomEvent, comm), &e.comm);
+    out
 }
 
 /// Encodes a flow event the way the kernel programs lay it out (tests, fuzzing, benchmarks).
@@ -396,8 +549,8 @@ mod tests {
     }
 
     fn decoded(e: &FlowEvent) -> Flow {
-        let Ok(RawEvent::Flow(f)) = decode(&encode_flow(e)) else {
-            panic!("not a flow")
+        let RawEvent::Flow(f) = decode(&encode_flow(e)).unwrap() else {
+            unreachable!("a flow")
         };
         f
     }
@@ -514,6 +667,53 @@ mod tests {
                 .collect();
             let _ = decode(&bytes);
         }
+    }
+
+    #[test]
+    fn oom_victims_decode_with_unknowns_and_truncations_are_errors() {
+        let page = page_size();
+        let mut comm = [0u8; COMM_LEN];
+        comm[..6].copy_from_slice(b"worker");
+        let e = OomEvent {
+            header: EventHeader {
+                kind: kind::OOM_VICTIM,
+                len: size_of::<OomEvent>() as u32,
+                boot_ns: 77,
+            },
+            cgroup_id: 9,
+            parent_cgroup_id: 9,
+            memcg_usage_pages: 100,
+            memcg_limit_pages: (i64::MAX as u64) / page,
+            rss_pages: UNKNOWN_U64,
+            pid: 42,
+            tgid: 41,
+            uid: 1000,
+            oom_score_adj: -998,
+            oom_group: UNKNOWN_U8,
+            _pad0: 0,
+            comm,
+        };
+        let bytes = encode_oom(&e);
+        let RawEvent::OomVictim(v) = decode(&bytes).unwrap() else {
+            panic!("not an OOM victim")
+        };
+        assert_eq!((v.pid, v.tgid, v.comm.as_str()), (42, 41, "worker"));
+        assert_eq!(v.main_process, Some(false), "its parent is in its cgroup");
+        assert_eq!(v.memcg_usage_bytes, Some(100 * page));
+        assert_eq!(v.memcg_limit_bytes, None, "PAGE_COUNTER_MAX is no limit");
+        assert_eq!((v.rss_bytes, v.oom_group), (None, None));
+        assert_eq!(v.oom_score_adj, -998);
+        for len in 0..bytes.len() {
+            assert!(decode(&bytes[..len]).is_err(), "{len} bytes");
+        }
+        let orphan = OomEvent {
+            parent_cgroup_id: 0,
+            ..e
+        };
+        let RawEvent::OomVictim(v) = decode(&encode_oom(&orphan)).unwrap() else {
+            panic!("not an OOM victim")
+        };
+        assert_eq!(v.main_process, None, "unknown parent: unknown");
     }
 
     #[test]

@@ -98,6 +98,12 @@ pub const PROGRAMS: &[Program] = &[
         name: "dns_ingress",
         hook: Hook::CgroupSkb { egress: false },
     },
+    Program {
+        name: "mark_victim",
+        hook: Hook::RawTracePoint {
+            name: "mark_victim",
+        },
+    },
 ];
 
 /// A kernel program and whether it runs (for Status).

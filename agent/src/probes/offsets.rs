@@ -5,8 +5,8 @@
 use std::{collections::HashMap, path::Path};
 
 use triage_agent_common::{
-    ABSENT, KfreeSkbOffsets, Offsets, RetransmitOffsets, SendResetOffsets, SkbOffsets, SockOffsets,
-    send_reset_layout,
+    ABSENT, KfreeSkbOffsets, Offsets, OomOffsets, RetransmitOffsets, SendResetOffsets, SkbOffsets,
+    SockOffsets, send_reset_layout,
 };
 
 use crate::kernel::{
@@ -64,7 +64,66 @@ pub fn kernel_offsets(tracefs: &Path, btf: Option<&Btf>) -> (Offsets, Problems) 
             problems.insert("kfree_skb", e);
         }
     }
+    match oom(tracefs, btf, &o.sock) {
+        Ok(v) => o.oom = v,
+        Err(e) => {
+            problems.insert("mark_victim", e);
+        }
+    }
     (o, problems)
+}
+
+/// The raw tracepoint `mark_victim` passes the victim's task since the tracepoint gained its
+/// process fields (Linux 6.8; before, it passed only a pid): the tracefs format tells which.
+/// Everything else is read from the task through BTF offsets.
+fn oom(tracefs: &Path, btf: Option<&Btf>, sock: &SockOffsets) -> Result<OomOffsets, String> {
+    let f = Format::read(tracefs, "oom", "mark_victim").map_err(|e| e.to_string())?;
+    if f.size("uid").is_none() || f.size("anon_rss").is_none() {
+        return Err(
+            "this kernel's oom:mark_victim passes only a pid (before Linux 6.8): OOM kills come \
+             from the cgroup counters alone, without the victim's name"
+                .to_owned(),
+        );
+    }
+    let btf = btf.ok_or("kernel BTF unavailable: cannot read the victim's task")?;
+    if [sock.cgroup_kn, sock.kn_id].contains(&ABSENT) {
+        return Err("BTF: cgroup.kn or kernfs_node.id missing".to_owned());
+    }
+    let required = |strukt: &str, path: &str| {
+        btf.member_offset(strukt, path)
+            .map_err(|e| format!("BTF: {strukt}.{path}: {e}"))
+    };
+    let enumerator = |name: &str| {
+        btf.enumerator(name)
+            .ok()
+            .and_then(|v| u32::try_from(v).ok())
+            .unwrap_or(ABSENT)
+    };
+    Ok(OomOffsets {
+        task_pid: required("task_struct", "pid")?,
+        task_tgid: required("task_struct", "tgid")?,
+        task_comm: required("task_struct", "comm")?,
+        task_real_parent: required("task_struct", "real_parent")?,
+        task_cgroups: required("task_struct", "cgroups")?,
+        task_signal: member(btf, "task_struct", "signal"),
+        task_mm: member(btf, "task_struct", "mm"),
+        css_set_dfl_cgrp: required("css_set", "dfl_cgrp")?,
+        // Optional: without them the record lacks the limit, usage, rss or score.
+        css_set_subsys: member(btf, "css_set", "subsys"),
+        memory_cgrp_id: enumerator("memory_cgrp_id"),
+        memcg_memory: member(btf, "mem_cgroup", "memory"),
+        memcg_oom_group: member(btf, "mem_cgroup", "oom_group"),
+        page_counter_usage: member(btf, "page_counter", "usage"),
+        page_counter_max: member(btf, "page_counter", "max"),
+        page_counter_parent: member(btf, "page_counter", "parent"),
+        signal_oom_score_adj: member(btf, "signal_struct", "oom_score_adj"),
+        mm_rss_stat: member(btf, "mm_struct", "rss_stat"),
+        percpu_counter_count: member(btf, "percpu_counter", "count"),
+        percpu_counter_size: btf.struct_size("percpu_counter").unwrap_or(ABSENT),
+        rss_file: enumerator("MM_FILEPAGES"),
+        rss_anon: enumerator("MM_ANONPAGES"),
+        rss_shmem: enumerator("MM_SHMEMPAGES"),
+    })
 }
 
 /// A struct member's offset, [`ABSENT`] when this kernel does not have it.
@@ -243,6 +302,22 @@ mod tests {
             o.skb.dev_ifindex,
             o.skb.protocol,
             o.kfree_skb.no_socket,
+            o.oom.task_pid,
+            o.oom.css_set_dfl_cgrp,
+            o.oom.css_set_subsys,
+            o.oom.memory_cgrp_id,
+            o.oom.memcg_memory,
+            o.oom.memcg_oom_group,
+            o.oom.page_counter_usage,
+            o.oom.page_counter_max,
+            o.oom.page_counter_parent,
+            o.oom.signal_oom_score_adj,
+            o.oom.mm_rss_stat,
+            o.oom.percpu_counter_count,
+            o.oom.percpu_counter_size,
+            o.oom.rss_file,
+            o.oom.rss_anon,
+            o.oom.rss_shmem,
         ];
         assert!(!all.contains(&ABSENT), "{o:#?}");
         assert!(

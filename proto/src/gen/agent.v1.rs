@@ -198,7 +198,7 @@ pub struct Evidence {
     #[prost(message, optional, tag = "15")]
     pub peer: ::core::option::Option<PodRef>,
     /// What is specific to the kind.
-    #[prost(oneof = "evidence::Detail", tags = "16, 17, 18")]
+    #[prost(oneof = "evidence::Detail", tags = "16, 17, 18, 19, 20")]
     pub detail: ::core::option::Option<evidence::Detail>,
 }
 /// Nested message and enum types in `Evidence`.
@@ -215,7 +215,63 @@ pub mod evidence {
         /// dns.
         #[prost(message, tag = "18")]
         Dns(super::DnsDetail),
+        /// oom_kill.
+        #[prost(message, tag = "19")]
+        OomKill(super::OomKillDetail),
+        /// cpu_throttling.
+        #[prost(message, tag = "20")]
+        CpuThrottling(super::CpuThrottlingDetail),
     }
+}
+/// A process killed by the OOM killer (oom_kill). `Evidence.process` names the victim; it is
+/// unset when only the cgroup's counter saw the kill.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct OomKillDetail {
+    /// Whether the victim was the container's first process (the one Kubernetes watches).
+    #[prost(bool, optional, tag = "1")]
+    pub main_process: ::core::option::Option<bool>,
+    /// The memory limit that applied (the tightest of the cgroup and its parents), bytes.
+    #[prost(uint64, optional, tag = "2")]
+    pub memory_limit_bytes: ::core::option::Option<u64>,
+    /// The cgroup's memory usage at the kill, bytes.
+    #[prost(uint64, optional, tag = "3")]
+    pub memory_usage_bytes: ::core::option::Option<u64>,
+    /// The victim's resident memory (anon + file + shmem) when it was chosen, bytes.
+    #[prost(uint64, optional, tag = "4")]
+    pub victim_rss_bytes: ::core::option::Option<u64>,
+    /// The victim's oom_score_adj.
+    #[prost(int32, optional, tag = "5")]
+    pub oom_score_adj: ::core::option::Option<i32>,
+    /// cgroup v2 memory.oom.group: the whole container was killed with the victim.
+    #[prost(bool, optional, tag = "6")]
+    pub group_kill: ::core::option::Option<bool>,
+    /// Which source saw it: "kernel" (the oom:mark_victim event), "counter" (the cgroup's OOM
+    /// kill counter only) or "both".
+    #[prost(string, tag = "7")]
+    pub source: ::prost::alloc::string::String,
+}
+/// A container throttled by its CPU limit (cpu_throttling), summed over the sampling intervals
+/// the record counts.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct CpuThrottlingDetail {
+    /// CFS periods in which the container was throttled.
+    #[prost(uint64, tag = "1")]
+    pub throttled_periods: u64,
+    /// CFS periods in which the container ran.
+    #[prost(uint64, tag = "2")]
+    pub total_periods: u64,
+    /// Time spent throttled, microseconds.
+    #[prost(uint64, tag = "3")]
+    pub throttled_us: u64,
+    /// The CPU limit in thousandths of a core; unset when unlimited.
+    #[prost(uint64, optional, tag = "4")]
+    pub limit_millicores: ::core::option::Option<u64>,
+    /// Time sampled, milliseconds.
+    #[prost(uint64, tag = "5")]
+    pub interval_ms: u64,
+    /// PSI cpu.pressure "some avg10" in hundredths of a percent, when the kernel has PSI.
+    #[prost(uint32, optional, tag = "6")]
+    pub cpu_pressure_some_avg10: ::core::option::Option<u32>,
 }
 /// Filters shared by Query and Watch. Empty fields match everything.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -403,6 +459,33 @@ pub struct StatusResponse {
     /// Records expired by the retention age since start (not a loss: the retention policy).
     #[prost(uint64, tag = "11")]
     pub store_expired: u64,
+    /// Where each resource signal (oom_kill, cpu_throttling) comes from on this node: hierarchy
+    /// and files.
+    #[prost(message, repeated, tag = "20")]
+    pub resource_sources: ::prost::alloc::vec::Vec<ResourceSource>,
+}
+/// Where one resource signal is read on this node.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ResourceSource {
+    /// The signal: "oom_kill" or "cpu_throttling".
+    #[prost(string, tag = "1")]
+    pub signal: ::prost::alloc::string::String,
+    /// "cgroup v2", "cgroup v1" or "unavailable".
+    #[prost(string, tag = "2")]
+    pub hierarchy: ::prost::alloc::string::String,
+    /// The files read per container (e.g. "memory.events"), or the kernel event
+    /// ("tracepoint oom:mark_victim").
+    #[prost(string, repeated, tag = "3")]
+    pub files: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// The mount the files are read under, e.g. "/sys/fs/cgroup/memory".
+    #[prost(string, tag = "4")]
+    pub mount: ::prost::alloc::string::String,
+    /// Containers currently sampled.
+    #[prost(uint32, tag = "5")]
+    pub containers: u32,
+    /// Why the signal is unavailable or degraded, empty when fine.
+    #[prost(string, tag = "6")]
+    pub note: ::prost::alloc::string::String,
 }
 /// Which silent failure a record describes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]

@@ -1,6 +1,7 @@
 //! `cargo xtask demo`: a simulated node with pods, a NetworkPolicy its nftables rules enforce,
 //! the real agent, real failures (a policy drop that shows as a timeout, a firewall REJECT,
-//! refused connections), and what `triage-agent query` and `explain` say about them. Cleans up
+//! refused connections, a worker child OOM-killed while its container lives on, a container
+//! throttled by its CPU limit), and what `triage-agent query` and `explain` say about them. Cleans up
 //! on exit.
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
@@ -36,9 +37,14 @@ fn demo() -> anyhow::Result<()> {
     let cache = node.add_pod("shop", "cache")?;
     let web = node.add_pod("shop", "web")?;
     let pg = node.add_pod("data", "pg")?;
+    let jobs = node.add_pod("shop", "jobs")?;
+    let api = node.add_pod("shop", "api")?;
+    // shop/jobs: 64 MiB limit; shop/api: 0.1 core (v1 here, memory.max / cpu.max on v2).
+    node.cgroup_write(jobs, "memory.limit_in_bytes", &(64u64 << 20).to_string())?;
+    node.cgroup_write(api, "cpu.cfs_quota_us", "10000")?;
     node.start_process(db, &["listen", "5432"])?;
     node.start_process(pg, &["listen", "5432"])?;
-    for i in [db, cache, web, pg] {
+    for i in [db, cache, web, pg, jobs, api] {
         let p = node.pod(i);
         println!("  pod {}/{} ip {} uid {}", p.namespace, p.name, p.ip, p.uid);
     }
@@ -60,8 +66,17 @@ fn demo() -> anyhow::Result<()> {
         "  NetworkPolicy data/pg-ingress: pg:5432 only from app=api (enforced by nftables on the node bridge)"
     );
     println!("Starting the node agent ({})", agent_binary().display());
-    let mut agent = AgentProcess::start(&node)?;
+    let root = format!("/{}", node.cgroup_base().display());
+    let mut agent = AgentProcess::start_with(
+        &node,
+        &["--kubelet-cgroup-root", &root, "--sample-interval", "2s"],
+    )?;
     agent.wait_ready(true, Duration::from_secs(20))?;
+    agent.status_until(Duration::from_secs(20), |s| {
+        s.pointer("/resources/0/containers")
+            .and_then(serde_json::Value::as_u64)
+            == Some(6)
+    })?;
 
     let (db_ip, cache_ip) = (node.pod(db).ip, node.pod(cache).ip);
     println!(
@@ -92,6 +107,22 @@ fn demo() -> anyhow::Result<()> {
             && !records(v, "connection_timeout", "outbound").is_empty()
     })?;
     let _ = web_ip;
+    println!(
+        "shop/jobs starts a worker child that allocates 300 MiB against its 64 MiB limit; shop/api \
+         busy-loops under a 0.1-core limit."
+    );
+    node.start_process(jobs, &["alloc-child", "300"])?;
+    node.start_process(api, &["spin", "30"])?;
+    agent.query_until("shop", "jobs", Duration::from_secs(30), |v| {
+        v["evidence"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|e| e["kind"] == "oom_kill"))
+    })?;
+    agent.query_until("shop", "api", Duration::from_secs(30), |v| {
+        v["evidence"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|e| e["kind"] == "cpu_throttling"))
+    })?;
 
     let kubeconfig = node.kubeconfig();
     let kubeconfig = kubeconfig.to_string_lossy().into_owned();
@@ -123,6 +154,12 @@ fn demo() -> anyhow::Result<()> {
     show(
         &agent,
         &["query", "--pod", "db", "-n", "shop", "-o", "json"],
+    )?;
+    show(&agent, &["query", "--pod", "jobs", "-n", "shop"])?;
+    show(&agent, &["query", "--pod", "api", "-n", "shop"])?;
+    show(
+        &agent,
+        &["query", "--pod", "jobs", "-n", "shop", "-o", "json"],
     )?;
     show(&agent, &["status"])?;
     agent.stop()?;

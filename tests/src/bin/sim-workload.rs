@@ -3,8 +3,10 @@
 //! outcome), `udp IP:PORT COUNT` (COUNT datagrams from one socket, paced so the sender's own
 //! queues never drop any), `resolve NAME COUNT INTERVAL_MS` (glibc getaddrinfo with the pod's
 //! resolv.conf), `dns-upstream PORT RCODE DELAY_MS` (an upstream resolver answering every query
-//! with RCODE after DELAY_MS), `dns-flood IP:PORT COUNT NAME` (COUNT queries with distinct ids).
-//! Standard library only, so it starts in a millisecond.
+//! with RCODE after DELAY_MS), `dns-flood IP:PORT COUNT NAME` (COUNT queries with distinct ids),
+//! `alloc MIB` (allocates and holds memory), `alloc-child MIB` (a worker child allocates while
+//! the first process stays), `spin SECONDS` (a busy loop). Standard library only, so it starts
+//! in a millisecond.
 
 use std::{
     io::ErrorKind,
@@ -12,6 +14,20 @@ use std::{
     process::ExitCode,
     time::Duration,
 };
+
+/// Allocates and touches `mib` MiB, then holds it (until the OOM killer comes).
+fn alloc(mib: usize) {
+    let mut held: Vec<Vec<u8>> = Vec::new();
+    for _ in 0..mib {
+        // Touch every page so it is resident, not just reserved.
+        held.push(vec![1u8; 1 << 20]);
+    }
+    println!("allocated {mib}");
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+        std::hint::black_box(&held);
+    }
+}
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -206,9 +222,44 @@ fn main() -> ExitCode {
             println!("sent {sent}");
             ExitCode::SUCCESS
         }
+        ["alloc", mib] => {
+            let Ok(mib) = mib.parse::<usize>() else {
+                eprintln!("sim-workload: usage: alloc MIB");
+                return ExitCode::FAILURE;
+            };
+            alloc(mib);
+            ExitCode::SUCCESS
+        }
+        ["alloc-child", mib] => {
+            // The first process stays; a worker child allocates (and is the one OOM-killed).
+            let Ok(me) = std::env::current_exe() else {
+                return ExitCode::FAILURE;
+            };
+            let Ok(mut child) = std::process::Command::new(me).args(["alloc", mib]).spawn() else {
+                eprintln!("sim-workload: cannot start the child");
+                return ExitCode::FAILURE;
+            };
+            println!("child {}", child.id());
+            let _ = child.wait();
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
+        }
+        ["spin", seconds] => {
+            let Ok(seconds) = seconds.parse::<f64>() else {
+                eprintln!("sim-workload: usage: spin SECONDS");
+                return ExitCode::FAILURE;
+            };
+            let until = std::time::Instant::now() + Duration::from_secs_f64(seconds);
+            let mut x = 0u64;
+            while std::time::Instant::now() < until {
+                x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+            }
+            ExitCode::SUCCESS
+        }
         _ => {
             eprintln!(
-                "sim-workload: usage: sleep | listen PORT | connect IP:PORT COUNT INTERVAL_MS [TIMEOUT_MS] | udp IP:PORT COUNT | resolve NAME COUNT INTERVAL_MS | dns-upstream PORT RCODE DELAY_MS | dns-flood IP:PORT COUNT NAME"
+                "sim-workload: usage: sleep | listen PORT | connect IP:PORT COUNT INTERVAL_MS [TIMEOUT_MS] | udp IP:PORT COUNT | resolve NAME COUNT INTERVAL_MS | dns-upstream PORT RCODE DELAY_MS | dns-flood IP:PORT COUNT NAME | alloc MIB | alloc-child MIB | spin SECONDS"
             );
             ExitCode::FAILURE
         }

@@ -278,6 +278,46 @@ impl Btf {
         Ok(out)
     }
 
+    /// Size in bytes of a named struct or union (its full definition, not a forward one).
+    pub fn struct_size(&self, name: &str) -> Result<u32, BtfError> {
+        self.named(name, &[KIND_STRUCT, KIND_UNION])?
+            .into_iter()
+            .find(|t| t.vlen() > 0)
+            .map(|t| t.size_or_type)
+            .ok_or_else(|| BtfError::NotFound {
+                what: format!("struct {name}"),
+            })
+    }
+
+    /// The value of an enumerator found by its own name in any enum, anonymous ones included
+    /// (the kernel's `MM_ANONPAGES` belongs to an unnamed enum). Scans every enum: meant for a
+    /// few lookups at load time.
+    pub fn enumerator(&self, name: &str) -> Result<i64, BtfError> {
+        for id in 1..=self.types.len() {
+            let ty = self.ty(u32::try_from(id).map_err(|_| malformed("too many types", 0))?)?;
+            let is64 = match ty.kind() {
+                KIND_ENUM => false,
+                KIND_ENUM64 => true,
+                _ => continue,
+            };
+            for idx in 0..ty.vlen() {
+                let pos = ty.item_pos(idx, if is64 { 12 } else { 8 })?;
+                let word = |i| field(&self.data, pos, i, "enum value truncated");
+                if self.str_at(word(0)?)? != name {
+                    continue;
+                }
+                return Ok(match (is64, ty.kind_flag()) {
+                    (true, _) => ((u64::from(word(2)?) << 32) | u64::from(word(1)?)) as i64,
+                    (false, true) => i64::from(word(1)? as i32),
+                    (false, false) => i64::from(word(1)?),
+                });
+            }
+        }
+        Err(BtfError::NotFound {
+            what: format!("enumerator {name}"),
+        })
+    }
+
     fn build_index(&self) -> Result<HashMap<String, Vec<u32>>, BtfError> {
         let mut index: HashMap<String, Vec<u32>> = HashMap::new();
         for id in 1..=self.types.len() {

@@ -1,0 +1,200 @@
+//! Runs the [`Sampler`] on its own thread (file reads are blocking; a sweep of a thousand
+//! containers must not stall the async runtime), follows the pod set attribution publishes,
+//! and hands samples to attribution with `try_send` (a full channel is counted as
+//! [`Loss::PipelineFull`], never awaited).
+
+use std::{
+    future::Future,
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
+
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use super::{
+    PodContainers, Sample, SamplerStatus, SignalSource,
+    layout::Version,
+    sampler::{Sampler, SamplerConfig},
+};
+use crate::{
+    attribute::TimedEvent,
+    loss::{Counters, Loss},
+    probes::decode::RawEvent,
+};
+
+/// The signals' sources for a configuration; `oom_event` says whether the kernel event is
+/// attached (and why not).
+pub fn sources(config: &SamplerConfig, oom_event: Result<(), String>) -> Vec<SignalSource> {
+    let h = &config.hierarchies;
+    let psi = h.unified.is_some();
+    let cpu = match &h.cpu {
+        Some(c) => SignalSource {
+            signal: "cpu_throttling",
+            hierarchy: c.version.name(),
+            files: match c.version {
+                Version::V2 => vec!["cpu.stat".into(), "cpu.max".into()],
+                Version::V1 => vec![
+                    "cpu.stat".into(),
+                    "cpu.cfs_quota_us".into(),
+                    "cpu.cfs_period_us".into(),
+                ],
+            }
+            .into_iter()
+            .chain(psi.then(|| "cpu.pressure (cgroup v2)".to_owned()))
+            .collect(),
+            mount: c.mount.display().to_string(),
+            note: String::new(),
+        },
+        None => SignalSource {
+            signal: "cpu_throttling",
+            hierarchy: "unavailable",
+            note: "no cgroup hierarchy has the cpu controller".into(),
+            ..SignalSource::default()
+        },
+    };
+    let mut oom = match &h.memory {
+        Some(m) => SignalSource {
+            signal: "oom_kill",
+            hierarchy: m.version.name(),
+            files: match m.version {
+                Version::V2 => vec![
+                    "memory.events".into(),
+                    "memory.max".into(),
+                    "memory.peak".into(),
+                    "memory.oom.group".into(),
+                ],
+                Version::V1 => vec![
+                    "memory.oom_control".into(),
+                    "memory.limit_in_bytes".into(),
+                    "memory.max_usage_in_bytes".into(),
+                ],
+            },
+            mount: m.mount.display().to_string(),
+            note: String::new(),
+        },
+        None => SignalSource {
+            signal: "oom_kill",
+            hierarchy: "unavailable",
+            note: "no cgroup hierarchy has the memory controller: OOM counters unavailable".into(),
+            ..SignalSource::default()
+        },
+    };
+    match oom_event {
+        Ok(()) => oom.files.insert(0, "raw_tracepoint mark_victim".into()),
+        Err(why) => {
+            if !oom.note.is_empty() {
+                oom.note.push_str("; ");
+            }
+            oom.note.push_str(&format!(
+                "kernel OOM event unavailable ({why}): victims unnamed"
+            ));
+        }
+    }
+    vec![oom, cpu]
+}
+
+/// Makes the status channel; returns it and the task, which samples every `interval` until
+/// cancelled.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "each is a different piece of the agent's wiring"
+)]
+pub fn spawn(
+    config: SamplerConfig,
+    known: super::KnownCgroups,
+    interval: Duration,
+    oom_event: Result<(), String>,
+    pods: watch::Receiver<Arc<Vec<PodContainers>>>,
+    events: mpsc::Sender<TimedEvent>,
+    counters: Arc<Counters>,
+    cancel: CancellationToken,
+) -> (
+    watch::Receiver<SamplerStatus>,
+    impl Future<Output = Result<(), SamplerError>> + Send + 'static,
+) {
+    let (status_tx, status_rx) = watch::channel(SamplerStatus {
+        sources: sources(&config, oom_event),
+        ..SamplerStatus::default()
+    });
+    let task = async move {
+        tokio::task::spawn_blocking(move || {
+            run(
+                config, known, interval, pods, events, counters, cancel, status_tx,
+            )
+        })
+        .await
+        .map_err(|e| SamplerError::Thread(e.to_string()))?
+    };
+    (status_rx, task)
+}
+
+/// Why the sampler stopped on its own.
+#[derive(Debug, thiserror::Error)]
+pub enum SamplerError {
+    #[error("attribution stopped taking events")]
+    AttributionGone,
+    #[error("sampler thread: {0}")]
+    Thread(String),
+}
+
+/// Sleep granularity, so cancellation is seen quickly.
+const NAP: Duration = Duration::from_millis(50);
+
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the thread's whole world, handed over once"
+)]
+fn run(
+    config: SamplerConfig,
+    known: super::KnownCgroups,
+    interval: Duration,
+    mut pods: watch::Receiver<Arc<Vec<PodContainers>>>,
+    events: mpsc::Sender<TimedEvent>,
+    counters: Arc<Counters>,
+    cancel: CancellationToken,
+    status: watch::Sender<SamplerStatus>,
+) -> Result<(), SamplerError> {
+    info!(interval = ?interval, threshold = config.throttle_threshold, "sampling cgroups");
+    let mut sampler = Sampler::new(config).with_known(known);
+    let mut out: Vec<Sample> = Vec::new();
+    let mut next = Instant::now();
+    while !cancel.is_cancelled() {
+        let now = Instant::now();
+        if now < next {
+            std::thread::sleep(NAP.min(next - now));
+            continue;
+        }
+        next = now + interval;
+        if pods.has_changed().unwrap_or(false) {
+            let current = pods.borrow_and_update().clone();
+            sampler.set_pods(&current);
+        }
+        out.clear();
+        sampler.sweep(now, &mut out);
+        let wall = SystemTime::now();
+        for sample in out.drain(..) {
+            let count = sample.count();
+            let event = TimedEvent {
+                at: wall,
+                first_at: wall,
+                event: RawEvent::Sample(sample),
+            };
+            match events.try_send(event) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => counters.add(Loss::PipelineFull, count),
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    return Err(SamplerError::AttributionGone);
+                }
+            }
+        }
+        status.send_modify(|s| {
+            s.containers = u32::try_from(sampler.containers()).unwrap_or(u32::MAX);
+            s.open_files = u32::try_from(sampler.open_files()).unwrap_or(u32::MAX);
+            s.read_errors = sampler.totals.read_errors;
+            s.gone = sampler.totals.gone;
+        });
+    }
+    Ok(())
+}
