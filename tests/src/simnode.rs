@@ -348,6 +348,11 @@ impl SimNode {
         Ok(node)
     }
 
+    /// The node's network namespace (where the bridge and Service translation live).
+    pub fn node_netns(&self) -> &str {
+        &self.node_netns
+    }
+
     /// The node's own address on the bridge.
     pub fn node_ip(&self) -> Ipv4Addr {
         Ipv4Addr::new(self.subnet[0], self.subnet[1], self.subnet[2], 1)

@@ -33,8 +33,12 @@ enum Task {
     /// root.
     Demo,
     /// Overhead ratios under failure floods, agent attached vs detached, interleaved rounds on a
-    /// simulated node (not a test: numbers to read). Needs root.
-    Bench,
+    /// simulated node (not a test: numbers to read). Needs root. Name scenarios to run only
+    /// those: drop, refusal, memory, dns, sampling.
+    Bench {
+        /// Scenarios (all when none).
+        scenarios: Vec<String>,
+    },
     /// Regenerate proto/src/gen from proto/agent/v1/*.proto.
     Codegen,
     /// fmt check and clippy -D warnings on the host crates, the CLI-only build and the BPF crate.
@@ -191,11 +195,11 @@ fn main() -> anyhow::Result<()> {
             build_release()?;
             run(&mut Command::new(root().join("target/release/demo")))
         }
-        Task::Bench => {
+        Task::Bench { scenarios } => {
             require_root("the benchmarks")?;
             setup::setup()?;
             build_release()?;
-            run(&mut Command::new(root().join("target/release/bench")))
+            run(Command::new(root().join("target/release/bench")).args(&scenarios))
         }
     }
 }

@@ -3,8 +3,8 @@
 //! - the nightly toolchain's rust-src (the BPF target builds `core` from source);
 //! - bpf-linker 0.13, linked against the LLVM inside the nightly toolchain (no Debian LLVM):
 //!   rebuilt when that LLVM changes;
-//! - Debian packages the tests and the demo use (iproute2, nftables, iperf3, dnsmasq-base,
-//!   dnsutils).
+//! - Debian packages the tests, the demo and the bench use (iproute2, nftables, iperf3,
+//!   dnsmasq-base, dnsutils, tcpdump).
 
 use std::{
     path::{Path, PathBuf},
@@ -19,7 +19,14 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages: `ip` for network namespaces and veths; `nft` for the simulated node's
 /// NetworkPolicy enforcement and firewall rules; iperf3 for the benchmarks; a real DNS server
 /// and client for DNS tests.
-const DEBIAN_PACKAGES: &[&str] = &["iproute2", "nftables", "iperf3", "dnsmasq-base", "dnsutils"];
+const DEBIAN_PACKAGES: &[&str] = &[
+    "iproute2",
+    "nftables",
+    "iperf3",
+    "dnsmasq-base",
+    "dnsutils",
+    "tcpdump",
+];
 
 fn output(cmd: &mut Command) -> anyhow::Result<String> {
     let out = cmd

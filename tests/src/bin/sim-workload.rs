@@ -3,7 +3,8 @@
 //! outcome), `udp IP:PORT COUNT` (COUNT datagrams from one socket, paced so the sender's own
 //! queues never drop any), `resolve NAME COUNT INTERVAL_MS` (glibc getaddrinfo with the pod's
 //! resolv.conf), `dns-upstream PORT RCODE DELAY_MS` (an upstream resolver answering every query
-//! with RCODE after DELAY_MS), `dns-flood IP:PORT COUNT NAME` (COUNT queries with distinct ids),
+//! with RCODE after DELAY_MS), `dns-flood IP:PORT COUNT NAME` (COUNT queries with distinct ids), `dns-load IP:PORT SECONDS NAME`
+//! (one query at a time for SECONDS; prints answered and seconds),
 //! `alloc MIB` (allocates and holds memory), `alloc-child MIB` (a worker child allocates while
 //! the first process stays), `spin SECONDS` (a busy loop). Standard library only, so it starts
 //! in a millisecond.
@@ -193,6 +194,46 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
+        ["dns-load", addr, seconds, name] => {
+            // One query at a time, each waiting for its answer: queries per second through the
+            // resolver.
+            let (Ok(addr), Ok(seconds)) = (addr.parse::<SocketAddr>(), seconds.parse::<f64>())
+            else {
+                eprintln!("sim-workload: usage: dns-load IP:PORT SECONDS NAME");
+                return ExitCode::FAILURE;
+            };
+            let Ok(socket) = std::net::UdpSocket::bind("0.0.0.0:0") else {
+                return ExitCode::FAILURE;
+            };
+            let _ = socket.set_read_timeout(Some(Duration::from_millis(500)));
+            let mut query = vec![0, 0, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+            for label in name.split('.').filter(|l| !l.is_empty()) {
+                query.push(label.len() as u8);
+                query.extend_from_slice(label.as_bytes());
+            }
+            query.extend_from_slice(&[0, 0, 1, 0, 1]);
+            let started = std::time::Instant::now();
+            let until = started + Duration::from_secs_f64(seconds);
+            let (mut answered, mut id) = (0u64, 0u16);
+            let mut buf = [0u8; 1500];
+            while std::time::Instant::now() < until {
+                id = id.wrapping_add(1);
+                if let Some(q) = query.get_mut(..2) {
+                    q.copy_from_slice(&id.to_be_bytes());
+                }
+                if socket.send_to(&query, addr).is_err() {
+                    continue;
+                }
+                while let Ok(n) = socket.recv(&mut buf) {
+                    if buf.get(..2).is_some_and(|a| a == id.to_be_bytes()) && n >= 12 {
+                        answered += 1;
+                        break;
+                    }
+                }
+            }
+            println!("{answered} {}", started.elapsed().as_secs_f64());
+            ExitCode::SUCCESS
+        }
         ["dns-flood", addr, count, name] => {
             let (Ok(addr), Ok(count)) = (addr.parse::<SocketAddr>(), count.parse::<u32>()) else {
                 eprintln!("sim-workload: usage: dns-flood IP:PORT COUNT NAME");
@@ -259,7 +300,7 @@ fn main() -> ExitCode {
         }
         _ => {
             eprintln!(
-                "sim-workload: usage: sleep | listen PORT | connect IP:PORT COUNT INTERVAL_MS [TIMEOUT_MS] | udp IP:PORT COUNT | resolve NAME COUNT INTERVAL_MS | dns-upstream PORT RCODE DELAY_MS | dns-flood IP:PORT COUNT NAME | alloc MIB | alloc-child MIB | spin SECONDS"
+                "sim-workload: usage: sleep | listen PORT | connect IP:PORT COUNT INTERVAL_MS [TIMEOUT_MS] | udp IP:PORT COUNT | resolve NAME COUNT INTERVAL_MS | dns-upstream PORT RCODE DELAY_MS | dns-flood IP:PORT COUNT NAME | dns-load IP:PORT SECONDS NAME | alloc MIB | alloc-child MIB | spin SECONDS"
             );
             ExitCode::FAILURE
         }

@@ -1,0 +1,37 @@
+//! DNS ring records and payloads: decoding, parsing and matching never panic, whatever the
+//! bytes (the kernel copies them from any socket on a DNS port).
+#![no_main]
+use std::sync::Arc;
+
+use triage_agent::{
+    dns::{Tracker, TrackConfig, handle, packet},
+    evidence::Protocol,
+    loss::Counters,
+};
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    let _ = packet::parse(Protocol::Udp, data);
+    let _ = packet::parse(Protocol::Tcp, data);
+    let counters = Arc::new(Counters::default());
+    let mut tracker = Tracker::new(TrackConfig::default(), counters.clone());
+    // As a whole record, then as the payload of well-formed records from both sides.
+    let _ = handle(data, &mut tracker, &counters, &|p| p == 53);
+    for (side, src, dst) in [
+        (packet::Side::Egress, "10.0.0.1:40000", "10.96.0.10:53"),
+        (packet::Side::Ingress, "10.96.0.10:53", "10.0.0.1:40000"),
+    ] {
+        let record = packet::encode(&packet::Captured {
+            boot_ns: data.len() as u64,
+            cgroup_id: 7,
+            side,
+            protocol: Protocol::Udp,
+            src: src.parse().unwrap(),
+            dst: dst.parse().unwrap(),
+            wire_len: data.len() as u32,
+            payload: data,
+        });
+        let _ = handle(&record, &mut tracker, &counters, &|p| p == 53);
+    }
+    let _ = tracker.tick(u64::MAX / 2);
+    let _ = tracker.take_tallies();
+});
