@@ -12,13 +12,14 @@
 //! bpf_skb_cgroup_id (the socket's cgroup v2 id), bpf_ringbuf_reserve.
 
 use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{bpf_ktime_get_boot_ns, bpf_skb_cgroup_id, bpf_skb_load_bytes},
     macros::cgroup_skb,
     programs::SkBuffContext,
 };
 use triage_agent_common::{
-    AF_INET, AF_INET6, DNS_PAYLOAD_CAP, DnsEvent, DnsPorts, EventHeader, IPPROTO_TCP, IPPROTO_UDP,
-    LOST_DNS_RESERVE, dns_flags, kind,
+    AF_INET, AF_INET6, DNS_PAYLOAD_CAP, DNS_RING_BYTES, DnsEvent, DnsPorts, EventHeader,
+    IPPROTO_TCP, IPPROTO_UDP, LOST_DNS_RESERVE, dns_flags, kind,
 };
 
 use crate::maps::{DNS_RING, count_loss};
@@ -27,6 +28,9 @@ use crate::maps::{DNS_RING, count_loss};
 /// constants).
 #[unsafe(no_mangle)]
 static DNS_PORTS: DnsPorts = DnsPorts::NONE;
+
+/// Pending bytes in the ring from which a submit wakes the reader (a quarter of the ring).
+const WAKEUP_BYTES: u64 = DNS_RING_BYTES as u64 / 4;
 
 /// Smallest UDP payload worth copying: a DNS header.
 const DNS_HEADER: u32 = 12;
@@ -184,5 +188,12 @@ fn capture(ctx: &SkBuffContext, flags: u8) {
         (*event).saddr = p.saddr;
         (*event).daddr = p.daddr;
     }
-    entry.submit(0);
+    // Wake the reader only once a batch is waiting: it also drains on a short timer, so a
+    // wakeup per DNS packet (the costliest part of delivery) is not needed.
+    let flags = if DNS_RING.query(BPF_RB_AVAIL_DATA.into()) >= WAKEUP_BYTES {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    entry.submit(flags.into());
 }

@@ -17,6 +17,9 @@ use crate::{
 
 /// How often timeouts and settled search sequences are looked for.
 const TICK: Duration = Duration::from_millis(250);
+/// How often the ring is read without a wakeup: the programs wake the reader only when a
+/// quarter of the ring is waiting, so a packet waits at most this long.
+const DRAIN_EVERY: Duration = Duration::from_millis(20);
 /// How often pods' lookup counters are reported.
 const TALLY_EVERY: Duration = Duration::from_secs(1);
 /// How often the boot-time to wall-clock offset is refreshed.
@@ -48,6 +51,8 @@ pub async fn run(
     let mut refresh = tokio::time::interval(CLOCK_REFRESH);
     let mut tick = tokio::time::interval(TICK);
     let mut tally = tokio::time::interval(TALLY_EVERY);
+    let mut drain = tokio::time::interval(DRAIN_EVERY);
+    drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let emit = |event: RawEvent, clock: &BootClock| -> Result<(), DnsError> {
         let at = match &event {
             RawEvent::DnsLookups(_) => std::time::SystemTime::now(),
@@ -86,20 +91,22 @@ pub async fn run(
                     emit(RawEvent::DnsLookups(t), &clock)?;
                 }
             }
+            _ = drain.tick() => {
+                let ring = fd.get_mut();
+                let received = read_batch(ring, &mut tracker, &counters, &is_dns_port, |f| {
+                    emit(RawEvent::Dns(Box::new(f)), &clock)
+                })?;
+                if received >= BATCH {
+                    drain.reset_immediately();
+                }
+                tokio::task::yield_now().await;
+            }
             guard = fd.readable_mut() => {
                 let mut guard = guard?;
                 let ring = guard.get_inner_mut();
-                let mut received = 0usize;
-                while let Some(record) = ring.next() {
-                    received += 1;
-                    for finding in handle(&record, &mut tracker, &counters, &is_dns_port) {
-                        emit(RawEvent::Dns(Box::new(finding)), &clock)?;
-                    }
-                    if received >= BATCH {
-                        break;
-                    }
-                }
-                counters.add_events_received(received as u64);
+                let received = read_batch(ring, &mut tracker, &counters, &is_dns_port, |f| {
+                    emit(RawEvent::Dns(Box::new(f)), &clock)
+                })?;
                 if received < BATCH {
                     guard.clear_ready();
                 }
@@ -108,4 +115,26 @@ pub async fn run(
             }
         }
     }
+}
+
+/// Reads up to [`BATCH`] records; returns how many.
+fn read_batch(
+    ring: &mut RingBuf<MapData>,
+    tracker: &mut Tracker,
+    counters: &Counters,
+    is_dns_port: &impl Fn(u16) -> bool,
+    mut found: impl FnMut(super::Finding) -> Result<(), DnsError>,
+) -> Result<usize, DnsError> {
+    let mut received = 0usize;
+    while let Some(record) = ring.next() {
+        received += 1;
+        for finding in handle(&record, tracker, counters, is_dns_port) {
+            found(finding)?;
+        }
+        if received >= BATCH {
+            break;
+        }
+    }
+    counters.add_events_received(received as u64);
+    Ok(received)
 }
