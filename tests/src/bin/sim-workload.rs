@@ -3,8 +3,8 @@
 //! outcome), `udp IP:PORT COUNT` (COUNT datagrams from one socket, paced so the sender's own
 //! queues never drop any), `resolve NAME COUNT INTERVAL_MS` (glibc getaddrinfo with the pod's
 //! resolv.conf), `dns-upstream PORT RCODE DELAY_MS` (an upstream resolver answering every query
-//! with RCODE after DELAY_MS), `dns-flood IP:PORT COUNT NAME` (COUNT queries with distinct ids), `dns-load IP:PORT SECONDS NAME`
-//! (32 queries in flight for SECONDS; prints answered and seconds),
+//! with RCODE after DELAY_MS), `dns-flood IP:PORT COUNT NAME` (COUNT queries with distinct ids), `dns-load IP:PORT SECONDS NAME
+//! WINDOW` (WINDOW queries in flight for SECONDS; prints answered and seconds),
 //! `alloc MIB` (allocates and holds memory), `alloc-child MIB` (a worker child allocates while
 //! the first process stays), `spin SECONDS` (a busy loop). Standard library only, so it starts
 //! in a millisecond.
@@ -194,13 +194,14 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        ["dns-load", addr, seconds, name] => {
-            // 32 queries kept in flight, a new one for each answer: the resolver runs flat out
-            // (CPU-bound, so idle-state wakeups do not decide the rate).
-            const WINDOW: u16 = 32;
-            let (Ok(addr), Ok(seconds)) = (addr.parse::<SocketAddr>(), seconds.parse::<f64>())
-            else {
-                eprintln!("sim-workload: usage: dns-load IP:PORT SECONDS NAME");
+        ["dns-load", addr, seconds, name, window] => {
+            // WINDOW queries kept in flight, a new one for each answer.
+            let (Ok(addr), Ok(seconds), Ok(window)) = (
+                addr.parse::<SocketAddr>(),
+                seconds.parse::<f64>(),
+                window.parse::<u16>(),
+            ) else {
+                eprintln!("sim-workload: usage: dns-load IP:PORT SECONDS NAME WINDOW");
                 return ExitCode::FAILURE;
             };
             let Ok(socket) = std::net::UdpSocket::bind("0.0.0.0:0") else {
@@ -223,7 +224,7 @@ fn main() -> ExitCode {
             };
             let started = std::time::Instant::now();
             let until = started + Duration::from_secs_f64(seconds);
-            for _ in 0..WINDOW {
+            for _ in 0..window {
                 send(&socket);
             }
             let mut answered = 0u64;
@@ -237,7 +238,7 @@ fn main() -> ExitCode {
                     Ok(_) => {}
                     // A lost query: refill the window.
                     Err(_) => {
-                        for _ in 0..WINDOW {
+                        for _ in 0..window {
                             send(&socket);
                         }
                     }
@@ -312,7 +313,7 @@ fn main() -> ExitCode {
         }
         _ => {
             eprintln!(
-                "sim-workload: usage: sleep | listen PORT | connect IP:PORT COUNT INTERVAL_MS [TIMEOUT_MS] | udp IP:PORT COUNT | resolve NAME COUNT INTERVAL_MS | dns-upstream PORT RCODE DELAY_MS | dns-flood IP:PORT COUNT NAME | dns-load IP:PORT SECONDS NAME | alloc MIB | alloc-child MIB | spin SECONDS"
+                "sim-workload: usage: sleep | listen PORT | connect IP:PORT COUNT INTERVAL_MS [TIMEOUT_MS] | udp IP:PORT COUNT | resolve NAME COUNT INTERVAL_MS | dns-upstream PORT RCODE DELAY_MS | dns-flood IP:PORT COUNT NAME | dns-load IP:PORT SECONDS NAME WINDOW | alloc MIB | alloc-child MIB | spin SECONDS"
             );
             ExitCode::FAILURE
         }
