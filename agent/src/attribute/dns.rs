@@ -44,7 +44,7 @@ impl Attributor {
         Some(vec![Occurrence {
             at: event.at,
             first_at: event.first_at.min(event.at),
-            count: 1,
+            count: d.count.max(1),
             subject,
             detail,
         }])

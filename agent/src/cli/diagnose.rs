@@ -210,7 +210,7 @@ fn dns(e: &Evidence, d: &Dns, pod: &str, all: &[Evidence]) -> Finding {
                 count = e.count,
                 expanded = if d.search_nxdomains > 0 {
                     format!(
-                        " (and its {} search-path expansion(s) too)",
+                        " (each lookup also tried {} search-path expansion(s), all NXDOMAIN)",
                         d.search_nxdomains
                     )
                 } else {

@@ -90,8 +90,10 @@ pub struct Finding {
     pub server_answered: bool,
     /// The cgroup of the server socket that received the query, when one on this node did.
     pub server_cgroup: Option<u64>,
-    /// NXDOMAIN answers folded into this finding (search expansions).
+    /// NXDOMAIN answers folded into this finding (search expansions), per lookup.
     pub search_nxdomains: u32,
+    /// Lookups this finding stands for (several search walks of one name can settle together).
+    pub count: u64,
 }
 
 /// A pod's successful-lookup counters since the last flush.
@@ -321,6 +323,7 @@ impl Tracker {
             server_answered: false,
             server_cgroup: entry.server_cgroup,
             search_nxdomains: 0,
+            count: 1,
         };
         // A truncated UDP answer: the resolver asks again over TCP, which is the lookup.
         if m.truncated && c.protocol == Protocol::Udp {
@@ -403,6 +406,7 @@ impl Tracker {
             server_answered: false,
             server_cgroup: None,
             search_nxdomains: u32::try_from(related.len()).unwrap_or(u32::MAX),
+            count: 1,
         })
     }
 
@@ -450,6 +454,7 @@ impl Tracker {
                     server_answered: entry.server_answered,
                     server_cgroup: entry.server_cgroup,
                     search_nxdomains: 0,
+                    count: 1,
                 });
             }
             if !resent.is_empty() {
@@ -545,6 +550,16 @@ fn nxdomain_findings(mut held: Vec<HeldNx>) -> Vec<Finding> {
             .map(|h| h.first_ns)
             .fold(base.first_ns, u64::min);
         let at_ns = related.iter().map(|h| h.at_ns).fold(base.at_ns, u64::max);
+        // Lookups: how often the shortest name was asked with the base's type (a resolver asks
+        // each name once per walk); the other answers were its expansions.
+        let walks = 1 + related
+            .iter()
+            .filter(|h| *h.key.qname == *base.key.qname && h.key.qtype == base.key.qtype)
+            .count();
+        let expansions = related
+            .iter()
+            .filter(|h| *h.key.qname != *base.key.qname)
+            .count();
         out.push(Finding {
             outcome: DnsOutcome::Nxdomain,
             at_ns,
@@ -562,7 +577,8 @@ fn nxdomain_findings(mut held: Vec<HeldNx>) -> Vec<Finding> {
             reached_server: None,
             server_answered: false,
             server_cgroup: None,
-            search_nxdomains: u32::try_from(related.len()).unwrap_or(u32::MAX),
+            search_nxdomains: u32::try_from(expansions / walks).unwrap_or(u32::MAX),
+            count: walks as u64,
         });
     }
     out

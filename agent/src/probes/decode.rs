@@ -52,7 +52,7 @@ impl RawEvent {
     pub fn count(&self) -> u64 {
         match self {
             RawEvent::Flow(f) => f.count,
-            RawEvent::Dns(_) => 1,
+            RawEvent::Dns(d) => d.count.max(1),
             RawEvent::DnsLookups(t) => t.lookups.lookups,
             RawEvent::OomVictim(_) => 1,
             RawEvent::Sample(s) => s.count(),

@@ -1,7 +1,8 @@
 //! `cargo xtask demo`: a simulated node with pods, a NetworkPolicy its nftables rules enforce,
 //! the real agent, real failures (a policy drop that shows as a timeout, a firewall REJECT,
 //! refused connections, a worker child OOM-killed while its container lives on, a container
-//! throttled by its CPU limit), and what `triage-agent query` and `explain` say about them. Cleans up
+//! throttled by its CPU limit, DNS lookups that fail, walk the search path, or are dropped by a
+//! policy), and what `triage-agent query` and `explain` say about them. Cleans up
 //! on exit.
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
@@ -44,7 +45,26 @@ fn demo() -> anyhow::Result<()> {
     node.cgroup_write(api, "cpu.cfs_quota_us", "10000")?;
     node.start_process(db, &["listen", "5432"])?;
     node.start_process(pg, &["listen", "5432"])?;
-    for i in [db, cache, web, pg, jobs, api] {
+    // Cluster DNS: dnsmasq behind the Service VIP 10.96.0.10 (translated in the node's
+    // namespace, as kube-proxy does), authoritative for cluster.local and example.test.
+    const DNS_VIP: &str = "10.96.0.10";
+    let db_record = format!(
+        "--host-record=db.shop.svc.cluster.local,{}",
+        node.pod(db).ip
+    );
+    let coredns = node.add_dns_server(
+        "coredns",
+        DNS_VIP,
+        &[
+            "--local=/#/",
+            &db_record,
+            "--host-record=api.example.test,10.96.0.20",
+        ],
+    )?;
+    let batch = node.add_pod("jobs", "batch")?;
+    node.set_cluster_dns(web, DNS_VIP, "")?;
+    node.set_cluster_dns(batch, DNS_VIP, "timeout:2 attempts:1")?;
+    for i in [db, cache, web, pg, jobs, api, coredns, batch] {
         let p = node.pod(i);
         println!("  pod {}/{} ip {} uid {}", p.namespace, p.name, p.ip, p.uid);
     }
@@ -62,6 +82,19 @@ fn demo() -> anyhow::Result<()> {
     node.nft_node(&format!(
         "table bridge sim_policy {{\n chain forward {{\n  type filter hook forward priority 0; policy accept;\n  ip daddr {pg_ip} tcp dport 5432 drop\n }}\n}}\n"
     ))?;
+    // jobs/default-deny-egress: jobs/batch may send nothing, DNS included.
+    node.api
+        .apply_network_policy(serde_json::from_value(serde_json::json!({
+            "metadata": {"namespace": "jobs", "name": "default-deny-egress"},
+            "spec": {"podSelector": {}, "policyTypes": ["Egress"]}
+        }))?);
+    let batch_ip = node.pod(batch).ip;
+    node.nft_node(&format!(
+        "table ip sim_egress {{\n chain forward {{\n  type filter hook forward priority 0; policy accept;\n  ip saddr {batch_ip} drop\n }}\n}}\n"
+    ))?;
+    println!(
+        "  NetworkPolicy jobs/default-deny-egress: jobs/batch may send nothing (DNS included)"
+    );
     println!(
         "  NetworkPolicy data/pg-ingress: pg:5432 only from app=api (enforced by nftables on the node bridge)"
     );
@@ -75,7 +108,7 @@ fn demo() -> anyhow::Result<()> {
     agent.status_until(Duration::from_secs(20), |s| {
         s.pointer("/resources/0/containers")
             .and_then(serde_json::Value::as_u64)
-            == Some(6)
+            == Some(8)
     })?;
 
     let (db_ip, cache_ip) = (node.pod(db).ip, node.pod(cache).ip);
@@ -124,6 +157,24 @@ fn demo() -> anyhow::Result<()> {
             .is_some_and(|a| a.iter().any(|e| e["kind"] == "cpu_throttling"))
     })?;
 
+    println!(
+        "shop/web resolves db (found at once), nosuch-svc (does not exist) and api.example.test \
+         (found after its search-path expansions); jobs/batch resolves db.shop.svc.cluster.local \
+         (its queries are dropped)."
+    );
+    for name in ["db", "nosuch-svc", "api.example.test"] {
+        node.run(web, &["resolve", name, "2", "50"])?;
+    }
+    node.run(batch, &["resolve", "db.shop.svc.cluster.local.", "1", "0"])?;
+    agent.query_until("shop", "web", Duration::from_secs(20), |v| {
+        records(v, "dns", "outbound").len() >= 2
+    })?;
+    agent.query_until("jobs", "batch", Duration::from_secs(20), |v| {
+        records(v, "dns", "outbound")
+            .iter()
+            .any(|r| r["outcome"] == "timeout")
+    })?;
+
     let kubeconfig = node.kubeconfig();
     let kubeconfig = kubeconfig.to_string_lossy().into_owned();
     show(
@@ -146,6 +197,18 @@ fn demo() -> anyhow::Result<()> {
             "web",
             "-n",
             "shop",
+            "--kubeconfig",
+            &kubeconfig,
+        ],
+    )?;
+    show(
+        &agent,
+        &[
+            "query",
+            "--pod",
+            "batch",
+            "-n",
+            "jobs",
             "--kubeconfig",
             &kubeconfig,
         ],

@@ -239,6 +239,29 @@ fn a_short_name_is_reported_as_asked_when_only_its_expansions_were_sent() {
 }
 
 #[test]
+fn two_walks_that_settle_together_are_two_lookups() {
+    let mut s = Sim::new(TrackConfig::default());
+    let names = [
+        "nosuch.shop.svc.cluster.local",
+        "nosuch.cluster.local",
+        "nosuch",
+    ];
+    let mut id = 0;
+    for walk in 0..2u64 {
+        for name in names {
+            for qtype in [1, 28] {
+                id += 1;
+                s.ask(walk * 10 * MS, id, name, qtype);
+                s.answer(walk * 10 * MS + 1, id, name, qtype, 3);
+            }
+        }
+    }
+    let f = s.t.tick(2 * S);
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert_eq!((f[0].count, f[0].search_nxdomains), (2, 4), "{f:?}");
+}
+
+#[test]
 fn unrelated_nxdomains_stay_apart() {
     let mut s = Sim::new(TrackConfig::default());
     s.ask(0, 1, "one.example", 1);
