@@ -19,8 +19,10 @@ use crate::{
 
 fn init_logging(cli: &Cli) {
     let filter = EnvFilter::try_new(&cli.log).unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colours only on a terminal: `kubectl logs` and log files get plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let _ = match cli.log_format {
         LogFormat::Text => builder.try_init(),
@@ -68,6 +70,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             crate::node::run(crate::node::AgentConfig {
                 node: args.node_name,
                 listen: args.listen,
+                metrics_listen: args.metrics_listen.0,
                 store,
                 cgroup_root: args.cgroup_root,
                 drop_reasons: args.drop_reasons,

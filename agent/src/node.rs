@@ -45,6 +45,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 pub struct AgentConfig {
     pub node: String,
     pub listen: SocketAddr,
+    /// Prometheus `/metrics` (`None`: off).
+    pub metrics_listen: Option<SocketAddr>,
     pub store: StoreConfig,
     /// cgroup2 mount to resolve cgroup ids in; found in /proc/self/mountinfo when unset.
     pub cgroup_root: Option<PathBuf>,
@@ -134,6 +136,15 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listening on {}", config.listen))?;
+
+    let metrics_listener = match config.metrics_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listening for /metrics on {addr}"))?,
+        ),
+        None => None,
+    };
 
     let tracefs = tracefs::ensure_mounted()?;
     let btf = match Btf::vmlinux() {
@@ -253,7 +264,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         ),
     );
 
-    let api = AgentApi::new(AgentState {
+    let state = AgentState {
         info: AgentInfo {
             node: config.node.clone(),
             kernel: kernel_release(),
@@ -265,7 +276,18 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         meta: meta_health,
         attribution,
         resources: Some(resources),
-    });
+    };
+    if let Some(listener) = metrics_listener {
+        let metrics = api::metrics::MetricsState {
+            agent: state.clone(),
+            program_ids: Arc::new(loaded.program_ids.clone()),
+        };
+        supervisor.spawn(
+            "metrics",
+            api::metrics::serve(metrics, listener, cancel.child_token()),
+        );
+    }
+    let api = AgentApi::new(state);
     supervisor.spawn("api", api::serve(api, listener, cancel.child_token()));
     supervisor.tracker.close();
     info!(node = %config.node, listen = %config.listen, "agent running");

@@ -29,7 +29,7 @@ mod support {
     /// The capabilities the agent may add: what its code uses. Adding one is a decision an
     /// issue makes with its reason in daemonset.yaml; DAC_READ_SEARCH (open_by_handle_at
     /// escapes) and SYS_ADMIN are never in it.
-    pub const CAPABILITIES: [&str; 2] = ["BPF", "PERFMON"];
+    pub const CAPABILITIES: [&str; 3] = ["BPF", "PERFMON", "NET_ADMIN"];
     /// The agent's gRPC port.
     pub const GRPC_PORT: u64 = 9742;
     /// Host paths the agent may write to: none.
@@ -149,6 +149,10 @@ mod support {
         }
 
         /// The DaemonSet's containers, init containers included.
+        pub fn daemonset_pod_metadata(&self) -> &Value {
+            &self.one("DaemonSet")["spec"]["template"]["metadata"]
+        }
+
         pub fn containers(&self) -> Vec<&Value> {
             let pod = self.daemonset_pod();
             let containers = seq(&pod["containers"]);
@@ -447,6 +451,39 @@ fn grpc_listens_on_loopback_only() {
             );
         }
     }
+}
+
+#[test]
+fn metrics_are_served_on_the_pod_ip_and_declared() {
+    let m = Manifests::load();
+    let agent = m.agent_container();
+    let args: Vec<&str> = seq(&agent["args"])
+        .into_iter()
+        .filter_map(Value::as_str)
+        .collect();
+    let at = args
+        .iter()
+        .position(|a| *a == "--metrics-listen")
+        .expect("the agent args pass --metrics-listen");
+    assert_eq!(args.get(at + 1), Some(&"$(POD_IP):9743"));
+    let pod_ip = seq(&agent["env"])
+        .into_iter()
+        .find(|e| e["name"] == "POD_IP")
+        .expect("POD_IP in env");
+    assert_eq!(
+        pod_ip["valueFrom"]["fieldRef"]["fieldPath"], "status.podIP",
+        "POD_IP comes from the downward API"
+    );
+    let ports = seq(&agent["ports"]);
+    assert_eq!(
+        ports.len(),
+        1,
+        "only the metrics port is declared: {ports:?}"
+    );
+    assert_eq!(ports[0]["containerPort"].as_u64(), Some(9743));
+    assert_eq!(ports[0]["name"], "metrics");
+    let annotations = &m.daemonset_pod_metadata()["annotations"];
+    assert_eq!(annotations["prometheus.io/port"], "9743");
 }
 
 #[test]

@@ -21,7 +21,8 @@ pub fn agent_binary() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/triage-agent")
 }
 
-fn free_port() -> anyhow::Result<u16> {
+/// A TCP port free on loopback right now.
+pub fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 

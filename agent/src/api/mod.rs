@@ -5,6 +5,8 @@
 
 pub mod convert;
 mod error;
+#[cfg(feature = "node-agent")]
+pub mod metrics;
 mod status;
 
 use std::{pin::Pin, sync::atomic::Ordering, time::Duration};

@@ -154,6 +154,7 @@ async fn run(
                     let recovered = health.borrow().last_error.is_some();
                     health.send_modify(|h| {
                         h.synced = true;
+                        h.last_synced = Some(SystemTime::now());
                         h.retries = 0;
                         h.last_error = None;
                     });

@@ -397,6 +397,9 @@ impl Attributor {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MetaHealth {
     pub synced: bool,
+    /// When the pod list was last complete (a list ended, or a watch event arrived while in
+    /// sync).
+    pub last_synced: Option<SystemTime>,
     pub last_error: Option<String>,
     pub retries: u32,
 }

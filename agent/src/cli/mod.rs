@@ -103,6 +103,10 @@ pub struct AgentArgs {
     /// (10 = one second of throttling at the default 100 ms period).
     #[arg(long, default_value_t = crate::samplers::DEFAULT_THROTTLE_THRESHOLD)]
     pub throttle_threshold: u64,
+    /// Prometheus `/metrics` address (its own listener, apart from gRPC); the DaemonSet binds it
+    /// to the pod IP. "none" switches it off.
+    #[arg(long, env = "TRIAGE_METRICS_LISTEN", default_value = crate::api::metrics::DEFAULT_METRICS_LISTEN, value_parser = crate::api::metrics::parse_listen)]
+    pub metrics_listen: crate::api::metrics::MetricsListen,
     /// Ports whose UDP and TCP traffic is DNS, comma-separated (at most 8); "none" switches
     /// DNS capture off.
     #[arg(long = "dns-ports", env = "TRIAGE_DNS_PORTS", default_value = "53", value_parser = parse_dns_ports)]
@@ -254,6 +258,61 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    /// Every agent flag's value type matches its field (clap checks that only at parse time).
+    #[cfg(feature = "node-agent")]
+    #[test]
+    fn agent_flags_parse_with_defaults_and_values() {
+        use clap::Parser as _;
+        let parse = |extra: &[&str]| {
+            let mut args = vec!["triage-agent", "agent", "--node-name", "n"];
+            args.extend_from_slice(extra);
+            match Cli::try_parse_from(args).map(|c| c.command) {
+                Ok(Command::Agent(a)) => a,
+                Ok(_) => panic!("not the agent command"),
+                Err(e) => panic!("{e}"),
+            }
+        };
+        let a = parse(&[]);
+        assert_eq!(
+            a.metrics_listen.0,
+            Some("127.0.0.1:9743".parse().unwrap_or_else(|_| unreachable!()))
+        );
+        assert_eq!(a.dns_ports, DnsPorts(vec![53]));
+        let a = parse(&[
+            "--metrics-listen",
+            "none",
+            "--dns-ports",
+            "53,5353",
+            "--dns-timeout",
+            "2s",
+        ]);
+        assert_eq!(a.metrics_listen.0, None);
+        assert_eq!(a.dns_ports, DnsPorts(vec![53, 5353]));
+        assert_eq!(a.dns_timeout, Duration::from_secs(2));
+        assert!(
+            Cli::try_parse_from([
+                "triage-agent",
+                "agent",
+                "--node-name",
+                "n",
+                "--dns-ports",
+                "0"
+            ])
+            .is_err()
+        );
+        assert!(
+            Cli::try_parse_from([
+                "triage-agent",
+                "agent",
+                "--node-name",
+                "n",
+                "--metrics-listen",
+                "x"
+            ])
+            .is_err()
+        );
     }
 
     #[test]

@@ -118,6 +118,8 @@ pub struct Loaded {
     pub loss: LossMap,
     /// Names of the drop reasons reported, by value.
     pub drop_reasons: HashMap<u32, String>,
+    /// Kernel ids of the loaded programs, by name (for their run-time statistics).
+    pub program_ids: Vec<(String, u32)>,
 }
 
 /// What to load beyond the kernel's own layouts.
@@ -215,6 +217,13 @@ pub fn load(options: &LoadOptions<'_>) -> Result<Loaded, LoadError> {
         let why: Vec<String> = statuses.iter().filter_map(|s| s.error.clone()).collect();
         return Err(LoadError::NothingAttached(why.join("; ")));
     }
+    let program_ids = PROGRAMS
+        .iter()
+        .filter_map(|p| {
+            let info = ebpf.program(p.name)?.info().ok()?;
+            Some((p.name.to_owned(), info.id()))
+        })
+        .collect();
     let ring = take_map(&mut ebpf, EVENTS_MAP, RingBuf::try_from)?;
     let dns_ring = take_map(&mut ebpf, DNS_RING_MAP, RingBuf::try_from)?;
     let loss = take_map(&mut ebpf, LOSS_MAP, PerCpuArray::try_from)?;
@@ -241,6 +250,7 @@ pub fn load(options: &LoadOptions<'_>) -> Result<Loaded, LoadError> {
         flows,
         loss: LossMap(loss),
         drop_reasons: chosen.into_iter().map(|(n, v)| (v, n)).collect(),
+        program_ids,
     })
 }
 

@@ -15,7 +15,7 @@
 mod task;
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -196,15 +196,23 @@ struct OwnerState {
     evicted_newest: Option<SystemTime>,
 }
 
-/// Store counters for Status.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// Store counters for Status and the metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StoreStats {
     pub records: u64,
     pub capacity: u64,
     pub evicted: u64,
     pub expired: u64,
     pub subscribers: u64,
+    /// Occurrences recorded since the agent started, by kind and namespace ("" when tied to no
+    /// pod; [`OTHER_NAMESPACES`] beyond [`METRIC_NAMESPACES`] namespaces).
+    pub occurrences: Vec<(Kind, String, u64)>,
 }
+
+/// Distinct namespaces the occurrence counters keep apart (a bound on metric cardinality).
+pub const METRIC_NAMESPACES: usize = 1000;
+/// The namespace label of occurrences beyond [`METRIC_NAMESPACES`].
+pub const OTHER_NAMESPACES: &str = "_other";
 
 /// A query's answer.
 #[derive(Clone, Debug, Default)]
@@ -248,6 +256,9 @@ pub struct Store {
     counters: Arc<Counters>,
     subscribers: Vec<Subscriber>,
     backend: Option<Box<dyn Backend>>,
+    /// Occurrences by kind and namespace, for the metrics.
+    occurrences: HashMap<(Kind, Arc<str>), u64>,
+    metric_namespaces: HashSet<Arc<str>>,
     /// Per pod uid: the pod, its DNS lookup counters and when they last changed.
     dns_lookups: HashMap<String, (Arc<PodRef>, DnsLookups, SystemTime)>,
 }
@@ -267,6 +278,8 @@ impl Store {
             subscribers: Vec::new(),
             backend: None,
             dns_lookups: HashMap::new(),
+            occurrences: HashMap::new(),
+            metric_namespaces: HashSet::new(),
         }
     }
 
@@ -281,6 +294,7 @@ impl Store {
             self.add_dns_lookups(o.subject.pod.as_ref(), lookups, o.at);
             return;
         }
+        self.count_occurrence(&o);
         let key = Key::of(&o);
         let hash = self.records.hash(&key);
         self.seq += 1;
@@ -316,6 +330,22 @@ impl Store {
             b.upsert(&updated);
         }
         self.publish(&updated);
+    }
+
+    fn count_occurrence(&mut self, o: &Occurrence) {
+        let namespace: Arc<str> = match &o.subject.pod {
+            None => "".into(),
+            Some(p) => match self.metric_namespaces.get(p.namespace.as_str()) {
+                Some(ns) => ns.clone(),
+                None if self.metric_namespaces.len() < METRIC_NAMESPACES => {
+                    let ns: Arc<str> = p.namespace.as_str().into();
+                    self.metric_namespaces.insert(ns.clone());
+                    ns
+                }
+                None => OTHER_NAMESPACES.into(),
+            },
+        };
+        *self.occurrences.entry((o.kind(), namespace)).or_default() += o.count.max(1);
     }
 
     fn add_dns_lookups(&mut self, pod: Option<&Arc<PodRef>>, lookups: &DnsLookups, at: SystemTime) {
@@ -524,6 +554,11 @@ impl Store {
             evicted: self.evicted,
             expired: self.expired,
             subscribers: self.subscribers.len() as u64,
+            occurrences: self
+                .occurrences
+                .iter()
+                .map(|((kind, ns), n)| (*kind, ns.to_string(), *n))
+                .collect(),
         }
     }
 }

@@ -1,0 +1,342 @@
+//! `/metrics` for Prometheus, on its own listener (`--metrics-listen`), apart from gRPC.
+//!
+//! Low cardinality by design: labels are a kind, a namespace (bounded: at most 1000, then
+//! `_other`), a loss point or a program name: never a pod, an IP, a port, a DNS name or a
+//! process. Every value is read at scrape time from the state the agent already keeps (the
+//! loss counters, the store's statistics, the metadata feed, the probes), so scraping costs
+//! nothing between scrapes. Exposition by `prometheus-client` (OpenMetrics text).
+
+use std::{
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use axum::{Router, extract::State, http::header, response::IntoResponse, routing::get};
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric},
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
+    registry::Registry,
+};
+use tokio_util::sync::CancellationToken;
+
+use super::AgentState;
+use crate::{evidence::Kind, loss::Loss, store::StoreStats};
+
+/// The default metrics address: loopback until the DaemonSet binds it to the pod IP.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9743";
+
+/// What a scrape needs beyond [`AgentState`].
+#[derive(Clone)]
+pub struct MetricsState {
+    pub agent: AgentState,
+    /// Kernel ids of the loaded programs, by name.
+    pub program_ids: Arc<Vec<(String, u32)>>,
+}
+
+/// One scrape's values.
+#[derive(Debug)]
+struct Snapshot {
+    node: String,
+    kernel: String,
+    store: StoreStats,
+    losses: Vec<(Loss, u64)>,
+    events_received: u64,
+    probes: Vec<(String, bool)>,
+    synced: bool,
+    last_sync_age: Option<f64>,
+    retries: u32,
+    pods: u32,
+    pending: u32,
+    bpf_stats_enabled: bool,
+    /// (program, run time, runs)
+    bpf: Vec<(String, Duration, u64)>,
+}
+
+fn bpf_stats_enabled() -> bool {
+    std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").is_ok_and(|s| s.trim() == "1")
+}
+
+/// Run time and count of our programs (zero unless `kernel.bpf_stats_enabled` is 1).
+fn bpf_stats(ids: &[(String, u32)]) -> Vec<(String, Duration, u64)> {
+    let mut out = Vec::new();
+    for info in aya::programs::loaded_programs().flatten() {
+        if let Some((name, _)) = ids.iter().find(|(_, id)| *id == info.id()) {
+            out.push((name.clone(), info.run_time(), info.run_count()));
+        }
+    }
+    out.sort();
+    out
+}
+
+impl MetricsState {
+    async fn snapshot(&self) -> Option<Snapshot> {
+        let a = &self.agent;
+        let store = a.store.stats().await.ok()?;
+        let meta = a.meta.borrow().clone();
+        let attribution = a.attribution.borrow().clone();
+        let counts = a.counters.snapshot();
+        Some(Snapshot {
+            node: a.info.node.clone(),
+            kernel: a.info.kernel.clone(),
+            store,
+            losses: Loss::ALL.iter().map(|l| (*l, counts.get(*l))).collect(),
+            events_received: a.counters.events_received(),
+            probes: a
+                .probes
+                .iter()
+                .map(|p| (p.name.clone(), p.attached))
+                .collect(),
+            synced: meta.synced,
+            last_sync_age: meta.last_synced.map(|t| {
+                SystemTime::now()
+                    .duration_since(t)
+                    .unwrap_or_default()
+                    .as_secs_f64()
+            }),
+            retries: meta.retries,
+            pods: attribution.pods,
+            pending: attribution.pending,
+            bpf_stats_enabled: bpf_stats_enabled(),
+            bpf: bpf_stats(&self.program_ids),
+        })
+    }
+}
+
+fn gauge(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: f64,
+) -> Result<(), std::fmt::Error> {
+    let g = ConstGauge::new(value);
+    g.encode(e.encode_descriptor(name, help, None, MetricType::Gauge)?)
+}
+
+fn counter(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> Result<(), std::fmt::Error> {
+    let c = ConstCounter::new(value);
+    c.encode(e.encode_descriptor(name, help, None, MetricType::Counter)?)
+}
+
+impl Collector for Snapshot {
+    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        {
+            let mut m = e.encode_descriptor(
+                "triage_agent_info",
+                "The agent's version, node and kernel (value 1).",
+                None,
+                MetricType::Gauge,
+            )?;
+            let labels = [
+                ("version", env!("CARGO_PKG_VERSION").to_owned()),
+                ("node", self.node.clone()),
+                ("kernel", self.kernel.clone()),
+            ];
+            ConstGauge::new(1i64).encode(m.encode_family(&labels)?)?;
+        }
+        {
+            let mut m = e.encode_descriptor(
+                "triage_agent_evidence_occurrences",
+                "Failures recorded since the agent started, by kind and namespace (\"\": tied to no pod).",
+                None,
+                MetricType::Counter,
+            )?;
+            let mut rows = self.store.occurrences.clone();
+            rows.sort();
+            for (kind, namespace, n) in rows {
+                let labels = [("kind", kind.as_str().to_owned()), ("namespace", namespace)];
+                ConstCounter::new(n).encode(m.encode_family(&labels)?)?;
+            }
+            // Every kind appears, so a rate() over a kind never starts from nothing.
+            for kind in Kind::ALL {
+                if !self.store.occurrences.iter().any(|(k, _, _)| k == kind) {
+                    let labels = [
+                        ("kind", kind.as_str().to_owned()),
+                        ("namespace", String::new()),
+                    ];
+                    ConstCounter::new(0u64).encode(m.encode_family(&labels)?)?;
+                }
+            }
+        }
+        {
+            let mut m = e.encode_descriptor(
+                "triage_agent_loss",
+                "Evidence lost (or, for flow_table_full and dns_truncated, degraded), by where.",
+                None,
+                MetricType::Counter,
+            )?;
+            for (loss, n) in &self.losses {
+                let labels = [("point", loss.as_str().to_owned())];
+                ConstCounter::new(*n).encode(m.encode_family(&labels)?)?;
+            }
+        }
+        counter(
+            &mut e,
+            "triage_agent_kernel_events",
+            "Records read from the kernel's ring buffers.",
+            self.events_received,
+        )?;
+        {
+            let mut m = e.encode_descriptor(
+                "triage_agent_probe_attached",
+                "1 when the kernel program runs, 0 when it could not be attached (see Status).",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (program, attached) in &self.probes {
+                let labels = [("program", program.clone())];
+                ConstGauge::new(i64::from(*attached)).encode(m.encode_family(&labels)?)?;
+            }
+        }
+        gauge(
+            &mut e,
+            "triage_agent_store_records",
+            "Records in the evidence store.",
+            self.store.records as f64,
+        )?;
+        gauge(
+            &mut e,
+            "triage_agent_store_capacity",
+            "Records the store holds at most.",
+            self.store.capacity as f64,
+        )?;
+        counter(
+            &mut e,
+            "triage_agent_store_expired",
+            "Records removed for age (retention, not loss).",
+            self.store.expired,
+        )?;
+        gauge(
+            &mut e,
+            "triage_agent_watchers",
+            "Watch streams open.",
+            self.store.subscribers as f64,
+        )?;
+        gauge(
+            &mut e,
+            "triage_agent_metadata_synced",
+            "1 while the pod list from the API server is complete.",
+            f64::from(u8::from(self.synced)),
+        )?;
+        if let Some(age) = self.last_sync_age {
+            gauge(
+                &mut e,
+                "triage_agent_metadata_last_sync_age_seconds",
+                "Seconds since the pod list was last complete.",
+                age,
+            )?;
+        }
+        gauge(
+            &mut e,
+            "triage_agent_metadata_retries",
+            "Consecutive failed watch attempts.",
+            f64::from(self.retries),
+        )?;
+        gauge(
+            &mut e,
+            "triage_agent_pods",
+            "Pods of this node the agent knows.",
+            f64::from(self.pods),
+        )?;
+        gauge(
+            &mut e,
+            "triage_agent_attribution_pending_events",
+            "Events waiting for their pod's metadata.",
+            f64::from(self.pending),
+        )?;
+        gauge(
+            &mut e,
+            "triage_agent_bpf_stats_enabled",
+            "1 when kernel.bpf_stats_enabled is on (program run time and count below are then counted).",
+            f64::from(u8::from(self.bpf_stats_enabled)),
+        )?;
+        {
+            let mut m = e.encode_descriptor(
+                "triage_agent_bpf_program_run_time_seconds",
+                "Time the kernel spent running each program (needs kernel.bpf_stats_enabled=1).",
+                None,
+                MetricType::Counter,
+            )?;
+            for (program, time, _) in &self.bpf {
+                let labels = [("program", program.clone())];
+                ConstCounter::new(time.as_secs_f64()).encode(m.encode_family(&labels)?)?;
+            }
+        }
+        {
+            let mut m = e.encode_descriptor(
+                "triage_agent_bpf_program_runs",
+                "Times each program ran (needs kernel.bpf_stats_enabled=1).",
+                None,
+                MetricType::Counter,
+            )?;
+            for (program, _, runs) in &self.bpf {
+                let labels = [("program", program.clone())];
+                ConstCounter::new(*runs).encode(m.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn metrics(State(state): State<MetricsState>) -> impl IntoResponse {
+    let Some(snapshot) = state.snapshot().await else {
+        return (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            "the agent is shutting down\n".to_owned(),
+        );
+    };
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(snapshot));
+    let mut text = String::new();
+    if prometheus_client::encoding::text::encode(&mut text, &registry).is_err() {
+        return (
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            "encoding the metrics failed\n".to_owned(),
+        );
+    }
+    (
+        axum::http::StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+}
+
+/// Serves `/metrics` until cancelled.
+pub async fn serve(
+    state: MetricsState,
+    listener: tokio::net::TcpListener,
+    cancel: CancellationToken,
+) -> Result<(), std::io::Error> {
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .with_state(state);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { cancel.cancelled().await })
+        .await
+}
+
+/// `--metrics-listen`: the address to bind, or none (the endpoint is off).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MetricsListen(pub Option<SocketAddr>);
+
+/// Parses `--metrics-listen`: IP:PORT, or "none".
+pub fn parse_listen(s: &str) -> Result<MetricsListen, String> {
+    match s.trim() {
+        "" | "none" | "off" => Ok(MetricsListen(None)),
+        addr => addr
+            .parse()
+            .map(|a| MetricsListen(Some(a)))
+            .map_err(|_| format!("{addr:?} is not an IP:PORT address (or \"none\")")),
+    }
+}

@@ -1,0 +1,176 @@
+//! Privileged end to end: Prometheus scrapes a running agent. The exposition parses with a
+//! Prometheus text-format parser, every documented metric is there with its type, evidence is
+//! counted by kind and namespace, and no label could carry a pod, an address or a name.
+
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test scenarios panic with context; helpers shared by tests are not #[test] fns"
+)]
+
+use std::{
+    collections::HashSet,
+    io::{Read as _, Write as _},
+    time::{Duration, Instant},
+};
+
+use triage_agent_tests::{
+    agent::{AgentProcess, free_port},
+    simnode::{CgroupDriver, SimConfig, SimNode},
+};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn scrape(addr: &str) -> (String, String) {
+    let mut s = std::net::TcpStream::connect(addr).expect("metrics listener");
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    s.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    (head.to_owned(), body.to_owned())
+}
+
+fn sample(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => f64::NAN,
+        })
+}
+
+#[test]
+fn prometheus_scrapes_low_cardinality_metrics_of_a_running_agent() {
+    let mut node = SimNode::start(SimConfig {
+        workload: env!("CARGO_BIN_EXE_sim-workload").into(),
+        driver: CgroupDriver::Cgroupfs,
+    })
+    .unwrap();
+    let server = node.add_pod("shop", "db").unwrap();
+    let client = node.add_pod("shop", "web").unwrap();
+    let metrics = format!("127.0.0.1:{}", free_port().unwrap());
+    let mut agent = AgentProcess::start_with(&node, &["--metrics-listen", &metrics]).unwrap();
+    agent.wait_ready(true, WAIT).unwrap();
+    agent.wait_pods(2, WAIT).unwrap();
+    let dst = format!("{}:5433", node.pod(server).ip);
+    node.run(client, &["connect", &dst, "3", "10"]).unwrap();
+
+    let deadline = Instant::now() + WAIT;
+    let (head, body, parsed) = loop {
+        let (head, body) = scrape(&metrics);
+        let lines = body.lines().map(|l| Ok(l.to_owned()));
+        let parsed = prometheus_parse::Scrape::parse(lines).expect("Prometheus text format");
+        let refused = sample(
+            &parsed,
+            "triage_agent_evidence_occurrences_total",
+            &[("kind", "connection_refused"), ("namespace", "shop")],
+        );
+        if refused.is_some_and(|n| n >= 6.0) || Instant::now() > deadline {
+            break (head, body, parsed);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        head.to_lowercase()
+            .contains("content-type: application/openmetrics-text"),
+        "{head}"
+    );
+    // Three refusals, each a record on the client (outbound) and on the server (inbound).
+    assert_eq!(
+        sample(
+            &parsed,
+            "triage_agent_evidence_occurrences_total",
+            &[("kind", "connection_refused"), ("namespace", "shop")]
+        ),
+        Some(6.0),
+        "{body}"
+    );
+    for (name, kind) in [
+        ("triage_agent_info", "gauge"),
+        ("triage_agent_evidence_occurrences", "counter"),
+        ("triage_agent_loss", "counter"),
+        ("triage_agent_kernel_events", "counter"),
+        ("triage_agent_probe_attached", "gauge"),
+        ("triage_agent_store_records", "gauge"),
+        ("triage_agent_store_capacity", "gauge"),
+        ("triage_agent_store_expired", "counter"),
+        ("triage_agent_watchers", "gauge"),
+        ("triage_agent_metadata_synced", "gauge"),
+        ("triage_agent_metadata_last_sync_age_seconds", "gauge"),
+        ("triage_agent_metadata_retries", "gauge"),
+        ("triage_agent_pods", "gauge"),
+        ("triage_agent_attribution_pending_events", "gauge"),
+        ("triage_agent_bpf_stats_enabled", "gauge"),
+        ("triage_agent_bpf_program_run_time_seconds", "counter"),
+        ("triage_agent_bpf_program_runs", "counter"),
+    ] {
+        assert!(
+            body.contains(&format!("# TYPE {name} {kind}\n")),
+            "{name} ({kind}) missing:\n{body}"
+        );
+    }
+    // Every loss point is there by name, and every probe with its state.
+    for point in [
+        "ring_buffer_full",
+        "pipeline_full",
+        "store_evicted",
+        "dns_ring_full",
+        "decode_errors",
+        "attribution_expired",
+        "watch_lagged",
+    ] {
+        assert!(
+            sample(&parsed, "triage_agent_loss_total", &[("point", point)]).is_some(),
+            "{point}: {body}"
+        );
+    }
+    assert_eq!(
+        sample(
+            &parsed,
+            "triage_agent_probe_attached",
+            &[("program", "tcp_receive_reset")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&parsed, "triage_agent_metadata_synced", &[]),
+        Some(1.0)
+    );
+    assert_eq!(sample(&parsed, "triage_agent_pods", &[]), Some(2.0));
+    // Low cardinality: only these label names, and no value that is an address or a pod.
+    let allowed: HashSet<&str> = [
+        "kind",
+        "namespace",
+        "point",
+        "program",
+        "version",
+        "node",
+        "kernel",
+    ]
+    .into();
+    let pods: Vec<String> = [server, client]
+        .iter()
+        .map(|i| node.pod(*i).name.clone())
+        .collect();
+    for s in &parsed.samples {
+        for (k, v) in s.labels.iter() {
+            assert!(allowed.contains(k.as_str()), "label {k} on {}", s.metric);
+            assert!(
+                v.parse::<std::net::IpAddr>().is_err() && !v.contains(':') || k == "kernel",
+                "{k}={v}"
+            );
+            assert!(!pods.contains(v), "a pod name as a label value: {k}={v}");
+        }
+    }
+    assert!(agent.stop().unwrap().success(), "{}", agent.log());
+}
