@@ -149,8 +149,29 @@ fn parse(ctx: &SkBuffContext) -> Option<Packet> {
     Some(p)
 }
 
+/// Whether the packet's socket is connected to a peer and neither end uses a DNS port: then the
+/// packet is not DNS, known from the socket alone (no packet read). Bulk traffic of connected
+/// sockets (TCP streams, connected UDP) leaves here. Unconnected sockets (remote port 0: a DNS
+/// server, a resolver using sendto) go on to the packet's own ports.
+#[inline(always)]
+fn connected_elsewhere(ctx: &SkBuffContext) -> bool {
+    // __sk_buff.remote_port holds the port in network order, in the upper 16 bits on
+    // little-endian kernels (in the lower ones on others): take the half that is set.
+    let r = ctx.skb.remote_port();
+    let raw = if r & 0xffff == 0 {
+        (r >> 16) as u16
+    } else {
+        r as u16
+    };
+    let remote = u16::from_be(raw);
+    remote != 0 && !is_dns_port(remote) && !is_dns_port(ctx.skb.local_port() as u16)
+}
+
 #[inline(always)]
 fn capture(ctx: &SkBuffContext, flags: u8) {
+    if connected_elsewhere(ctx) {
+        return;
+    }
     let Some(p) = parse(ctx) else { return };
     if !is_dns_port(p.dport) && !is_dns_port(p.sport) {
         return;

@@ -30,6 +30,8 @@ pub fn free_port() -> anyhow::Result<u16> {
 pub struct AgentProcess {
     child: Option<Child>,
     pub addr: String,
+    /// Where its /metrics listens (unless the caller chose with --metrics-listen).
+    pub metrics: String,
     log: PathBuf,
 }
 
@@ -49,6 +51,13 @@ impl AgentProcess {
         );
         let port = free_port()?;
         let addr = format!("127.0.0.1:{port}");
+        // Agents of parallel tests each get their own metrics port.
+        let metrics = format!("127.0.0.1:{}", free_port()?);
+        let metrics_args: Vec<&str> = if extra.contains(&"--metrics-listen") {
+            Vec::new()
+        } else {
+            vec!["--metrics-listen", &metrics]
+        };
         let log = std::env::temp_dir().join(format!("{}-agent.log", node.name));
         let log_file = std::fs::File::create(&log)?;
         let child = Command::new(&bin)
@@ -61,6 +70,7 @@ impl AgentProcess {
                 "--log",
                 "info,triage_agent=debug",
             ])
+            .args(&metrics_args)
             .args(extra)
             .env("KUBECONFIG", node.kubeconfig())
             .stdin(Stdio::null())
@@ -71,6 +81,7 @@ impl AgentProcess {
         Ok(AgentProcess {
             child: Some(child),
             addr,
+            metrics,
             log,
         })
     }

@@ -676,6 +676,44 @@ impl SimNode {
         Ok(())
     }
 
+    /// Starts another program (iperf3, ...) in a pod's container, owned by the pod.
+    pub fn start_program(
+        &mut self,
+        index: usize,
+        program: &Path,
+        args: &[&str],
+    ) -> anyhow::Result<()> {
+        let child = self
+            .command_of(index, program, args)?
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", program.display()))?;
+        self.pods[index].children.push(child);
+        Ok(())
+    }
+
+    /// Runs another program in a pod's container to completion.
+    pub fn run_program(
+        &self,
+        index: usize,
+        program: &Path,
+        args: &[&str],
+    ) -> anyhow::Result<Output> {
+        let out = self
+            .command_of(index, program, args)?
+            .output()
+            .with_context(|| format!("running {}", program.display()))?;
+        if !out.status.success() {
+            bail!(
+                "{} {args:?} in pod failed: {}",
+                program.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(out)
+    }
+
     /// Starts a process in a pod's container (kept until the pod goes).
     pub fn spawn(&self, index: usize, args: &[&str]) -> anyhow::Result<Child> {
         self.command(index, args)?

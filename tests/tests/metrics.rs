@@ -15,7 +15,7 @@ use std::{
 };
 
 use triage_agent_tests::{
-    agent::{AgentProcess, free_port},
+    agent::AgentProcess,
     simnode::{CgroupDriver, SimConfig, SimNode},
 };
 
@@ -58,8 +58,8 @@ fn prometheus_scrapes_low_cardinality_metrics_of_a_running_agent() {
     .unwrap();
     let server = node.add_pod("shop", "db").unwrap();
     let client = node.add_pod("shop", "web").unwrap();
-    let metrics = format!("127.0.0.1:{}", free_port().unwrap());
-    let mut agent = AgentProcess::start_with(&node, &["--metrics-listen", &metrics]).unwrap();
+    let mut agent = AgentProcess::start(&node).unwrap();
+    let metrics = agent.metrics.clone();
     agent.wait_ready(true, WAIT).unwrap();
     agent.wait_pods(2, WAIT).unwrap();
     let dst = format!("{}:5433", node.pod(server).ip);

@@ -15,6 +15,8 @@
 //!   latency each lookup gains, with SCHED_IDLE spinners keeping the cores awake) with no agent, with the agent attached, and with
 //!   `tcpdump -i any udp port 53` capturing the same traffic in the node's namespace instead;
 //!   the agent's CPU per 10k queries/s, and that it lost nothing (every lookup counted);
+//! - healthy: TCP throughput (iperf3) and connection rate between two pods, attached vs
+//!   detached (every packet of every socket passes the DNS programs' port check);
 //! - sampling: the cgroupfs sampler on a fixture tree of 1,000 containers (cgroup v2 file
 //!   formats in a temporary directory): CPU time per full sweep, and allocations per sample in
 //!   steady state (a counting allocator wraps the system one). No root needed.
@@ -311,6 +313,70 @@ fn bench() -> anyhow::Result<()> {
     }
     if wanted("dns") {
         dns(&mut node)?;
+    }
+    if wanted("healthy") {
+        healthy(&mut node)?;
+    }
+    Ok(())
+}
+
+/// Healthy traffic: TCP throughput (iperf3) and TCP connection rate between two pods.
+fn healthy(node: &mut SimNode) -> anyhow::Result<()> {
+    let server = node.add_pod("bench", "iperf-server")?;
+    let client = node.add_pod("bench", "iperf-client")?;
+    let server_ip = node.pod(server).ip.to_string();
+    let iperf3 = std::path::Path::new("/usr/bin/iperf3");
+    node.start_program(server, iperf3, &["-s", "-p", "5201"])?;
+    node.start_process(server, &["listen", "7100"])?;
+    std::thread::sleep(Duration::from_millis(300));
+    let throughput = |node: &SimNode| -> anyhow::Result<f64> {
+        let out = node.run_program(
+            client,
+            iperf3,
+            &["-c", &server_ip, "-p", "5201", "-t", "2", "-J"],
+        )?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        v["end"]["sum_received"]["bits_per_second"]
+            .as_f64()
+            .context("iperf3 reported no throughput")
+    };
+    let connections =
+        |node: &SimNode| flood(node, client, "flood-connect", &format!("{server_ip}:7100"));
+    let mut rows: Vec<(&str, Vec<f64>, Vec<f64>)> = vec![
+        ("TCP throughput (iperf3, bits/s)", Vec::new(), Vec::new()),
+        (
+            "TCP connections/s (connect + close to a listener)",
+            Vec::new(),
+            Vec::new(),
+        ),
+    ];
+    for _ in 0..ROUNDS {
+        if let Some(r) = rows.get_mut(0) {
+            r.1.push(throughput(node)?);
+        }
+        if let Some(r) = rows.get_mut(1) {
+            r.1.push(connections(node)?);
+        }
+        let mut agent = AgentProcess::start(node)?;
+        agent.wait_ready(true, Duration::from_secs(20))?;
+        if let Some(r) = rows.get_mut(0) {
+            r.2.push(throughput(node)?);
+        }
+        if let Some(r) = rows.get_mut(1) {
+            r.2.push(connections(node)?);
+        }
+        agent.stop()?;
+    }
+    println!("\nhealthy traffic between two pods ({ROUNDS} rounds, interleaved)");
+    for (name, detached, attached) in &mut rows {
+        let (d, a) = (median(&mut detached.clone()), median(&mut attached.clone()));
+        let (dmin, dmax) = spread(detached);
+        let (amin, amax) = spread(attached);
+        println!(
+            "  {name}: detached {d:.0} ({dmin:.0}-{dmax:.0}), attached {a:.0} ({amin:.0}-{amax:.0}); ratio {:.3} (goal >= 0.99){}",
+            a / d,
+            if a / d >= 0.99 { "" } else { "  BELOW GOAL" }
+        );
     }
     Ok(())
 }
