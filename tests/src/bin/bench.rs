@@ -75,6 +75,17 @@ fn cpu_and_rss(pid: u32) -> anyhow::Result<(f64, f64)> {
     Ok(((utime + stime) / ticks, rss_kb / 1024.0))
 }
 
+/// The loss counters of a Status answer that are not zero, "name=count ...".
+fn nonzero_losses(status: &serde_json::Value) -> Option<String> {
+    let nonzero: Vec<String> = status["loss"]
+        .as_object()?
+        .iter()
+        .filter(|(_, n)| n.as_u64().unwrap_or(0) > 0)
+        .map(|(k, n)| format!("{k}={n}"))
+        .collect();
+    (!nonzero.is_empty()).then(|| nonzero.join(" "))
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
@@ -267,15 +278,8 @@ fn bench() -> anyhow::Result<()> {
             if counted == 0 || counted > sent + sent / 100 {
                 exact = false;
             }
-            if let Some(l) = status["loss"].as_object() {
-                let nonzero: Vec<String> = l
-                    .iter()
-                    .filter(|(_, n)| n.as_u64().unwrap_or(0) > 0)
-                    .map(|(k, n)| format!("{k}={n}"))
-                    .collect();
-                if !nonzero.is_empty() {
-                    losses = nonzero.join(" ");
-                }
+            if let Some(nonzero) = nonzero_losses(&status) {
+                losses = nonzero;
             }
             agent.stop()?;
         }
@@ -466,15 +470,8 @@ fn dns_round_trips(node: &SimNode, client: usize, window: u16) -> anyhow::Result
         answered_total += answered;
         counted_total += counted;
         let status = agent.status()?;
-        if let Some(l) = status["loss"].as_object() {
-            let nonzero: Vec<String> = l
-                .iter()
-                .filter(|(_, n)| n.as_u64().unwrap_or(0) > 0)
-                .map(|(k, n)| format!("{k}={n}"))
-                .collect();
-            if !nonzero.is_empty() {
-                losses = nonzero.join(" ");
-            }
+        if let Some(nonzero) = nonzero_losses(&status) {
+            losses = nonzero;
         }
         agent.stop()?;
 
