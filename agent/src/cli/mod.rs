@@ -74,19 +74,19 @@ pub struct AgentArgs {
     #[arg(long, env = "TRIAGE_STORE_CAPACITY", default_value_t = crate::store::DEFAULT_CAPACITY)]
     pub store_capacity: usize,
     /// Most records of one pod [default: capacity / 20].
-    #[arg(long)]
+    #[arg(long, env = "TRIAGE_STORE_POD_QUOTA")]
     pub store_pod_quota: Option<usize>,
     /// Most records of one namespace [default: capacity / 4].
-    #[arg(long)]
+    #[arg(long, env = "TRIAGE_STORE_NAMESPACE_QUOTA")]
     pub store_namespace_quota: Option<usize>,
     /// Most records tied to no pod [default: capacity / 10].
-    #[arg(long)]
+    #[arg(long, env = "TRIAGE_STORE_UNATTRIBUTED_QUOTA")]
     pub store_unattributed_quota: Option<usize>,
     /// Records not seen for this long are evicted, e.g. "24h", "90m".
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "24h")]
+    #[arg(long, env = "TRIAGE_STORE_MAX_AGE", value_parser = humantime::parse_duration, default_value = "24h")]
     pub store_max_age: Duration,
     /// cgroup2 mount point (found in /proc/self/mountinfo when not given).
-    #[arg(long)]
+    #[arg(long, env = "TRIAGE_CGROUP_ROOT")]
     pub cgroup_root: Option<std::path::PathBuf>,
     /// Kernel drop reasons to report: "default", "all", a list of names (NETFILTER_DROP,...),
     /// or changes to the default ("+TCP_ZEROWINDOW,-QDISC_DROP"). See the README.
@@ -97,11 +97,11 @@ pub struct AgentArgs {
     #[arg(long, env = "TRIAGE_KUBELET_CGROUP_ROOT", default_value = "/")]
     pub kubelet_cgroup_root: std::path::PathBuf,
     /// How often every container's CPU and OOM counters are sampled, e.g. "10s".
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    #[arg(long, env = "TRIAGE_SAMPLE_INTERVAL", value_parser = humantime::parse_duration, default_value = "10s")]
     pub sample_interval: Duration,
     /// Throttled CFS periods in one sampling interval from which a container is reported
     /// (10 = one second of throttling at the default 100 ms period).
-    #[arg(long, default_value_t = crate::samplers::DEFAULT_THROTTLE_THRESHOLD)]
+    #[arg(long, env = "TRIAGE_THROTTLE_THRESHOLD", default_value_t = crate::samplers::DEFAULT_THROTTLE_THRESHOLD)]
     pub throttle_threshold: u64,
     /// Prometheus `/metrics` address (its own listener, apart from gRPC); the DaemonSet binds it
     /// to the pod IP. "none" switches it off.
@@ -258,6 +258,23 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    /// Every agent flag can also be set by an environment variable (a DaemonSet sets env).
+    #[cfg(feature = "node-agent")]
+    #[test]
+    fn every_agent_flag_has_an_environment_variable() {
+        let cli = Cli::command();
+        let agent = cli
+            .find_subcommand("agent")
+            .unwrap_or_else(|| unreachable!("the agent subcommand exists"));
+        let missing: Vec<String> = agent
+            .get_arguments()
+            .filter(|a| a.get_long().is_some_and(|l| l != "help" && l != "version"))
+            .filter(|a| a.get_env().is_none())
+            .map(|a| a.get_id().to_string())
+            .collect();
+        assert!(missing.is_empty(), "flags without env: {missing:?}");
     }
 
     /// Every agent flag's value type matches its field (clap checks that only at parse time).
