@@ -30,6 +30,24 @@ fn init_logging(cli: &Cli) {
     };
 }
 
+/// Exit codes beyond 0 (success) and 1 (an error: bad input, output failed); clap uses 2 for
+/// a wrong command line.
+pub mod exit {
+    /// Some agents did not answer: the output is the others' answer, marked incomplete.
+    pub const PARTIAL: u8 = 3;
+    /// No agent answered.
+    pub const NO_ANSWER: u8 = 4;
+}
+
+/// An outcome that is not plain success or failure: printed as one line on stderr, exits with
+/// `code`.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Exit {
+    pub code: u8,
+    pub message: String,
+}
+
 /// Runs the command; errors are printed as one line on stderr.
 pub async fn run(cli: Cli) -> ExitCode {
     init_logging(&cli);
@@ -37,8 +55,20 @@ pub async fn run(cli: Cli) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             let chain: Vec<String> = error.chain().map(ToString::to_string).collect();
-            eprintln!("error: {}", chain.join(": "));
-            ExitCode::FAILURE
+            match error.downcast_ref::<Exit>() {
+                Some(exit) if exit.code == exit::PARTIAL => {
+                    eprintln!("warning: {}", chain.join(": "));
+                    ExitCode::from(exit.code)
+                }
+                Some(exit) => {
+                    eprintln!("error: {}", chain.join(": "));
+                    ExitCode::from(exit.code)
+                }
+                None => {
+                    eprintln!("error: {}", chain.join(": "));
+                    ExitCode::FAILURE
+                }
+            }
         }
     }
 }
@@ -121,48 +151,108 @@ async fn query(args: cli::QueryArgs, explain_only: bool) -> anyhow::Result<()> {
         kinds: args.kinds.clone(),
         include_unattributed: false,
     };
-    let answers = client::query_all(&args.agents.agents, &filter, args.agents.timeout).await?;
+    let mut answers = Vec::new();
+    let mut missing = Vec::new();
+    for answer in client::query_each(&args.agents.agents, &filter, args.agents.timeout).await {
+        match answer {
+            Ok(a) => answers.push(a),
+            Err(e) => missing.push(e),
+        }
+    }
+    if answers.is_empty()
+        && let Some(first) = missing.first()
+    {
+        let message = if missing.len() == 1 {
+            first.to_string()
+        } else {
+            format!(
+                "no agent answered ({}; and {} more)",
+                first,
+                missing.len() - 1
+            )
+        };
+        return Err(Exit {
+            code: exit::NO_ANSWER,
+            message,
+        }
+        .into());
+    }
+    let unanswered: Vec<render::Unanswered> = missing
+        .iter()
+        .map(|e| render::Unanswered {
+            agent: e.agent().to_owned(),
+            error: e.to_string(),
+        })
+        .collect();
+    let result = query_answer(&args, explain_only, since, &answers, &unanswered).await;
+    result?;
+    if unanswered.is_empty() {
+        return Ok(());
+    }
+    Err(Exit {
+        code: exit::PARTIAL,
+        message: format!(
+            "the answer is incomplete: {} of {} agents did not answer ({})",
+            unanswered.len(),
+            args.agents.agents.len(),
+            unanswered
+                .iter()
+                .map(|u| u.agent.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+    .into())
+}
+
+/// Prints what the agents that answered said; `unanswered` lists the others.
+async fn query_answer(
+    args: &cli::QueryArgs,
+    explain_only: bool,
+    since: SystemTime,
+    answers: &[client::AgentAnswer],
+    unanswered: &[render::Unanswered],
+) -> anyhow::Result<()> {
     let mut evidence: Vec<_> = answers
         .iter()
         .flat_map(|a| a.evidence.iter().cloned())
         .collect();
     evidence.sort_by(|a, b| b.last_seen.cmp(&a.last_seen).then(b.count.cmp(&a.count)));
     let findings = diagnose::diagnose(&evidence);
-    let notes = explanations(&args, &evidence).await;
+    let notes = explanations(args, &evidence).await;
+    let json = |findings: &[diagnose::Finding]| -> anyhow::Result<()> {
+        let mut v = render::query_json(&evidence, findings, answers, &notes);
+        if let Some(m) = v.as_object_mut() {
+            m.insert("complete".into(), unanswered.is_empty().into());
+            m.insert("unanswered".into(), render::unanswered_json(unanswered));
+        }
+        print(&format!("{}\n", serde_json::to_string_pretty(&v)?))
+    };
+    let missing = render::unanswered_text(unanswered);
     if explain_only {
         return match args.output {
-            Output::Json => print(&format!(
-                "{}\n",
-                serde_json::to_string_pretty(&render::query_json(
-                    &evidence,
-                    &[],
-                    &answers,
-                    &notes
-                ))?
-            )),
+            Output::Json => json(&[]),
             Output::Table if notes.is_empty() => print(&format!(
-                "Pod {}/{}: no drops or timeouts to explain in the requested window.\n",
+                "Pod {}/{}: no drops or timeouts to explain in the requested window.\n{missing}",
                 render::clean(&args.namespace),
                 render::clean(&args.pod)
             )),
-            Output::Table => print(&render::notes_text(&notes, true)),
+            Output::Table => print(&format!("{}{missing}", render::notes_text(&notes, true))),
         };
     }
     match args.output {
-        Output::Json => print(&format!(
-            "{}\n",
-            serde_json::to_string_pretty(&render::query_json(
-                &evidence, &findings, &answers, &notes
-            ))?
-        )),
-        Output::Table => print(&render::query_table(
-            &args.pod,
-            &args.namespace,
-            Some(since),
-            &evidence,
-            &findings,
-            &answers,
-            &notes,
+        Output::Json => json(&findings),
+        Output::Table => print(&format!(
+            "{}{missing}",
+            render::query_table(
+                &args.pod,
+                &args.namespace,
+                Some(since),
+                &evidence,
+                &findings,
+                answers,
+                &notes,
+            )
         )),
     }
 }

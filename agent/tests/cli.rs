@@ -45,7 +45,7 @@ fn unreachable_agent_is_a_one_line_error() {
         "-o",
         "json",
     ]);
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(4), "no agent answered: exit 4");
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(
@@ -215,7 +215,8 @@ fn query_and_status_over_grpc() {
         "{text}"
     );
 
-    // Fan-out to two agents, one of them down: the whole query fails, naming the bad one.
+    // Fan-out to two agents, one of them down: the answer of the other, marked incomplete,
+    // naming the missing one; exit 3.
     let out = cli(&[
         "query",
         "--pod",
@@ -227,8 +228,39 @@ fn query_and_status_over_grpc() {
         "--agent",
         "127.0.0.1:1",
     ]);
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("127.0.0.1:1 unreachable"));
+    assert_eq!(out.status.code(), Some(3), "partial answer: exit 3");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with(
+            "warning: the answer is incomplete: 1 of 2 agents did not answer (127.0.0.1:1)"
+        ),
+        "{err}"
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Pod shop/web:"), "{text}");
+    assert!(
+        text.contains("INCOMPLETE: 1 agent(s) did not answer")
+            && text.contains("127.0.0.1:1: agent 127.0.0.1:1 unreachable"),
+        "{text}"
+    );
+    let out = cli(&[
+        "query",
+        "--pod",
+        "web",
+        "-n",
+        "shop",
+        "--agent",
+        &agent,
+        "--agent",
+        "127.0.0.1:1",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(out.status.code(), Some(3));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(v["complete"], false);
+    assert_eq!(v["unanswered"][0]["agent"], "127.0.0.1:1");
+    assert_eq!(v["agents"].as_array().map(Vec::len), Some(1));
     cancel.cancel();
 }
 

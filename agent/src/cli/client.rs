@@ -32,6 +32,17 @@ pub enum ClientError {
     },
 }
 
+impl ClientError {
+    /// The agent the error is about.
+    pub fn agent(&self) -> &str {
+        match self {
+            ClientError::Unreachable { agent, .. }
+            | ClientError::Rpc { agent, .. }
+            | ClientError::Invalid { agent, .. } => agent,
+        }
+    }
+}
+
 /// One agent's answer to a query.
 #[derive(Clone, Debug)]
 pub struct AgentAnswer {
@@ -149,13 +160,14 @@ pub fn answer_from_pb(url: &str, response: pb::QueryResponse) -> Result<AgentAns
     })
 }
 
-/// Queries every agent concurrently.
-pub async fn query_all(
+/// Asks every agent concurrently; one answer or error per agent, in order. An agent that does
+/// not answer does not stop the others: the caller shows what it has and says what is missing.
+pub async fn query_each(
     agents: &[String],
     filter: &Filter,
     timeout: Duration,
-) -> Result<Vec<AgentAnswer>, ClientError> {
-    try_join_all(agents.iter().map(|url| async move {
+) -> Vec<Result<AgentAnswer, ClientError>> {
+    futures::future::join_all(agents.iter().map(|url| async move {
         let mut client = connect(url, timeout).await?;
         let response = client
             .query(pb::QueryRequest {

@@ -180,6 +180,38 @@ pub fn query_json(
     })
 }
 
+/// An agent that did not answer a query.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unanswered {
+    pub agent: String,
+    pub error: String,
+}
+
+/// `unanswered` in the JSON answer.
+pub fn unanswered_json(unanswered: &[Unanswered]) -> Value {
+    unanswered
+        .iter()
+        .map(|u| json!({"agent": u.agent, "error": u.error}))
+        .collect()
+}
+
+/// The table's section on agents that did not answer (empty when all did).
+pub fn unanswered_text(unanswered: &[Unanswered]) -> String {
+    let mut out = String::new();
+    if unanswered.is_empty() {
+        return out;
+    }
+    let _ = writeln!(
+        out,
+        "\nINCOMPLETE: {} agent(s) did not answer; their nodes' evidence is missing:",
+        unanswered.len()
+    );
+    for u in unanswered {
+        let _ = writeln!(out, "  {}: {}", cleaned(&u.agent), cleaned(&u.error));
+    }
+    out
+}
+
 /// DNS lookup counters per pod, summed over the agents that answered.
 pub fn dns_lookups(answers: &[AgentAnswer]) -> Vec<(PodRef, DnsLookups)> {
     let mut by_pod: Vec<(PodRef, DnsLookups)> = Vec::new();
