@@ -2,12 +2,6 @@
 //! update overlapping, or a second copy started by hand) each see everything exactly once: their
 //! programs, maps and rings are their own.
 
-#![expect(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    reason = "test scenarios panic with context; helpers shared by tests are not #[test] fns"
-)]
-
 use std::time::Duration;
 
 use serde_json::Value;
