@@ -77,24 +77,12 @@ fn cgroup_mounts() -> anyhow::Result<(PathBuf, Vec<PathBuf>)> {
     let mountinfo = fs::read_to_string("/proc/self/mountinfo")?;
     let mut v2 = None;
     let mut v1 = Vec::new();
-    for line in mountinfo.lines() {
-        let Some((left, right)) = line.split_once(" - ") else {
-            continue;
-        };
-        let mut r = right.split_whitespace();
-        let fstype = r.next().unwrap_or_default();
-        let options = r.nth(1).unwrap_or_default();
-        let Some(mount) = left.split_whitespace().nth(4) else {
-            continue;
-        };
-        if fstype == "cgroup2" && v2.is_none() {
-            v2 = Some(PathBuf::from(mount));
-        } else if fstype == "cgroup"
-            && ["memory", "cpu", "pids"]
-                .iter()
-                .any(|c| options.split(',').any(|o| o == *c))
+    for m in triage_agent::kernel::mountinfo::mounts(&mountinfo) {
+        if m.fstype == "cgroup2" && v2.is_none() {
+            v2 = Some(PathBuf::from(m.point));
+        } else if m.fstype == "cgroup" && ["memory", "cpu", "pids"].iter().any(|c| m.has_option(c))
         {
-            v1.push(PathBuf::from(mount));
+            v1.push(PathBuf::from(m.point));
         }
     }
     Ok((v2.context("no cgroup2 mount")?, v1))

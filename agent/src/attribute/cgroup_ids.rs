@@ -42,13 +42,9 @@ struct KernfsHandle {
 /// Where cgroup2 is mounted, from a mountinfo text: `/sys/fs/cgroup` on pure v2 nodes,
 /// `/sys/fs/cgroup/unified` on hybrid ones.
 pub fn cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
-    mountinfo.lines().find_map(|line| {
-        let (left, right) = line.split_once(" - ")?;
-        if right.split_whitespace().next()? != "cgroup2" {
-            return None;
-        }
-        left.split_whitespace().nth(4).map(PathBuf::from)
-    })
+    crate::kernel::mountinfo::mounts(mountinfo)
+        .find(|m| m.fstype == "cgroup2")
+        .map(|m| PathBuf::from(m.point))
 }
 
 /// What the walker thread found.

@@ -3,7 +3,10 @@
 //! copying: answer records are never looked at). Nothing here panics on any bytes; every
 //! failure is a [`PacketError`] the caller counts.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    sync::Arc,
+};
 
 use domain::base::Message as DnsMessage;
 use triage_agent_common::{
@@ -135,7 +138,7 @@ pub struct Message {
     /// The header's rcode (0 = NOERROR).
     pub rcode: u8,
     /// The question's name as asked, without the trailing dot ("." for the root).
-    pub qname: Box<str>,
+    pub qname: Arc<str>,
     pub qtype: u16,
 }
 
@@ -163,7 +166,7 @@ pub fn parse(protocol: Protocol, payload: &[u8]) -> Result<Message, PacketError>
         response: header.qr(),
         truncated: header.tc(),
         rcode: header.rcode().to_int(),
-        qname: qname.into_boxed_str(),
+        qname: qname.into(),
         qtype: question.qtype().to_int(),
     })
 }

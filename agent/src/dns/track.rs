@@ -223,7 +223,7 @@ impl Tracker {
             server: c.dst,
             id: m.id,
             qtype: m.qtype,
-            qname: m.qname.into(),
+            qname: m.qname,
         };
         if let Some(entry) = self.inflight.get_mut(&key) {
             entry.last_ns = c.boot_ns;
@@ -300,7 +300,7 @@ impl Tracker {
             server: c.src,
             id: m.id,
             qtype: m.qtype,
-            qname: m.qname.into(),
+            qname: m.qname,
         };
         // Unknown: asked before the agent started, evicted, or already timed out.
         let Some(entry) = self.remove(&key) else {

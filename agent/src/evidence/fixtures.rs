@@ -14,8 +14,8 @@ use std::{
 };
 
 use super::{
-    Attribution, Cause, Connection, CpuThrottling, Detail, Direction, Dns, DnsOutcome, Drop,
-    Evidence, Occurrence, OomKill, OomSource, PodRef, Process, Protocol, Subject,
+    Attribution, Cause, Connection, CpuThrottling, Detail, Direction, Drop, Evidence, Occurrence,
+    OomKill, OomSource, PodRef, Process, Protocol, Subject,
 };
 
 /// A fixed instant `s` seconds after a base time (2023-11-14T22:13:20Z + s).
@@ -101,32 +101,6 @@ pub fn dropped() -> Builder {
         peer: None,
         tcp_flags: Some(0x02),
     });
-    b
-}
-
-/// A DNS lookup of `nosuch.example` (A) from `default/client` answered NXDOMAIN by
-/// 10.96.0.10:53.
-pub fn dns(outcome: DnsOutcome) -> Builder {
-    let mut b = refused();
-    b.detail = Detail::Dns(Dns {
-        query: "nosuch.example".into(),
-        qtype: "A".into(),
-        outcome,
-        rcode: match outcome {
-            DnsOutcome::Timeout => None,
-            DnsOutcome::Nxdomain => Some("NXDOMAIN".into()),
-            DnsOutcome::Servfail => Some("SERVFAIL".into()),
-            _ => Some("NOERROR".into()),
-        },
-        client: addr("10.0.0.1:40000"),
-        server: addr("10.96.0.10:53"),
-        protocol: Protocol::Udp,
-        latency_ms: Some(3),
-        server_pod: None,
-        reached_server: (outcome == DnsOutcome::Timeout).then_some(false),
-        search_nxdomains: 0,
-    });
-    b.subject.process = None;
     b
 }
 

@@ -537,14 +537,6 @@ impl Detail {
         }
     }
 
-    /// The DNS lookup, for `dns` records.
-    pub fn dns(&self) -> Option<&Dns> {
-        match self {
-            Detail::Dns(d) => Some(d),
-            _ => None,
-        }
-    }
-
     /// Direction, endpoints and peer, for the traffic kinds; `None` for resource kinds.
     pub fn endpoints(&self) -> Option<(Direction, SocketAddr, SocketAddr, Option<&Arc<PodRef>>)> {
         match self {

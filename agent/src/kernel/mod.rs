@@ -5,4 +5,5 @@
 pub mod btf;
 #[cfg(feature = "node-agent")]
 pub mod clock;
+pub mod mountinfo;
 pub mod tracefs;

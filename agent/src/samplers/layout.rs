@@ -49,21 +49,14 @@ impl Hierarchies {
         let mut out = Hierarchies::default();
         let mut v1_cpu = None;
         let mut v1_memory = None;
-        for line in mountinfo.lines() {
-            let Some((left, right)) = line.split_once(" - ") else {
-                continue;
-            };
-            let mut r = right.split_whitespace();
-            let fstype = r.next().unwrap_or_default();
-            let options = r.nth(1).unwrap_or_default();
-            let Some(mount) = left.split_whitespace().nth(4) else {
-                continue;
-            };
-            let has = |c: &str| options.split(',').any(|o| o == c);
-            match fstype {
+        for m in crate::kernel::mountinfo::mounts(mountinfo) {
+            let mount = m.point;
+            match m.fstype {
                 "cgroup2" if out.unified.is_none() => out.unified = Some(PathBuf::from(mount)),
-                "cgroup" if has("cpu") && v1_cpu.is_none() => v1_cpu = Some(PathBuf::from(mount)),
-                "cgroup" if has("memory") && v1_memory.is_none() => {
+                "cgroup" if m.has_option("cpu") && v1_cpu.is_none() => {
+                    v1_cpu = Some(PathBuf::from(mount));
+                }
+                "cgroup" if m.has_option("memory") && v1_memory.is_none() => {
                     v1_memory = Some(PathBuf::from(mount));
                 }
                 _ => {}
