@@ -4,7 +4,7 @@
 //! - bpf-linker 0.13, linked against the LLVM inside the nightly toolchain (no Debian LLVM):
 //!   rebuilt when that LLVM changes;
 //! - Debian packages the tests, the demo and the bench use (iproute2, nftables, iperf3,
-//!   dnsmasq-base, dnsutils, tcpdump).
+//!   dnsmasq-base, dnsutils, tcpdump, procps).
 
 use std::{
     path::{Path, PathBuf},
@@ -26,6 +26,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "dnsmasq-base",
     "dnsutils",
     "tcpdump",
+    // sysctl, for the simulated node's forwarding settings.
+    "procps",
 ];
 
 fn output(cmd: &mut Command) -> anyhow::Result<String> {
