@@ -11,15 +11,19 @@
 //! which gives resumable watches, and compaction drops the history so old cursors get
 //! 410 Gone.
 //!
-//! Failure injection for tests: [`ApiServer::set_available`] (outage: 503 for everything,
+//! `pods/{name}/portforward` speaks the real WebSocket protocol (`portforward`) and connects
+//! to the address [`ApiServer::forward_port`] gave for that pod and port.
+//!
+//! Failure injection for tests: [`ApiServer::forbid`] (RBAC: 403 for a resource), [`ApiServer::set_available`] (outage: 503 for everything,
 //! open watches closed), [`ApiServer::set_latency`], [`ApiServer::close_watches`] (watches
 //! end, clients resume from their resourceVersion), [`ApiServer::compact`] (resuming from
 //! before now gets 410) and [`ApiServer::expire_watches`] (every open watch gets 410 now, so
 //! clients relist).
 //!
-//! Layout: `routing` (HTTP, paths, list and get), `watch` (watch streams),
+//! Layout: `routing` (HTTP, paths, list and get), `watch` (watch streams), `portforward`,
 //! `selectors`, `discovery`, `kinds`, `store`, `fixtures` (object builders).
 
+use std::collections::{BTreeSet, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,6 +37,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 mod discovery;
 mod fixtures;
 mod kinds;
+mod portforward;
 mod routing;
 mod selectors;
 mod store;
@@ -49,6 +54,8 @@ use store::Store;
 const BOOKMARK_EVERY: Duration = Duration::from_secs(1);
 /// Used when a watch has no timeoutSeconds (the real default is 30–60 min).
 const DEFAULT_WATCH_TIMEOUT: Duration = Duration::from_secs(1800);
+/// The user the written kubeconfig authenticates as (RBAC messages name it).
+const SIM_USER: &str = "sim";
 /// Bound on the request log kept for tests so a long soak cannot grow it forever.
 const LOG_CAP: usize = 1000;
 
@@ -82,6 +89,10 @@ struct State {
     closes: u64,
     expiries: u64,
     log: Vec<String>,
+    /// Where `pods/portforward` connects: (namespace, pod, port) -> a loopback address.
+    forwards: HashMap<(String, String, u16), SocketAddr>,
+    /// Resources RBAC denies ("pods", "pods/portforward", "events", ...): 403 for every verb.
+    forbidden: BTreeSet<String>,
 }
 
 impl Shared {
@@ -117,6 +128,8 @@ impl ApiServer {
                 closes: 0,
                 expiries: 0,
                 log: Vec::new(),
+                forwards: HashMap::new(),
+                forbidden: BTreeSet::new(),
             }),
             addr,
             changed: tokio::sync::watch::channel(()).0,
@@ -158,7 +171,7 @@ impl ApiServer {
     pub fn write_kubeconfig(&self, path: &Path) -> std::io::Result<()> {
         let text = format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: sim\n  cluster:\n    server: {}\n\
-             users:\n- name: sim\n  user: {{}}\ncontexts:\n- name: sim\n  context:\n    cluster: sim\n\
+             users:\n- name: {SIM_USER}\n  user: {{}}\ncontexts:\n- name: sim\n  context:\n    cluster: sim\n\
              \x20   user: sim\n    namespace: default\ncurrent-context: sim\npreferences: {{}}\n",
             self.url()
         );
@@ -285,6 +298,26 @@ impl ApiServer {
     pub fn close_watches(&self) {
         self.shared.lock().closes += 1;
         self.shared.notify();
+    }
+
+    /// Serves `pods/portforward` of `namespace/pod`, `port`, by connecting to `target` (the
+    /// process that plays the pod; its loopback port stands for the pod's).
+    pub fn forward_port(&self, namespace: &str, pod: &str, port: u16, target: SocketAddr) {
+        self.shared
+            .lock()
+            .forwards
+            .insert((namespace.to_owned(), pod.to_owned(), port), target);
+    }
+
+    /// RBAC denies `resource` ("pods", "pods/portforward", "events", ...) from now on: every
+    /// request for it gets the real server's 403 Forbidden Status. `allow` undoes it.
+    pub fn forbid(&self, resource: &str) {
+        self.shared.lock().forbidden.insert(resource.to_owned());
+    }
+
+    /// Undoes [`Self::forbid`].
+    pub fn allow(&self, resource: &str) {
+        self.shared.lock().forbidden.remove(resource);
     }
 
     /// Request URIs seen so far (bounded), to check what kube-rs actually sends.

@@ -56,6 +56,7 @@ async fn serve_connection(stream: tokio::net::TcpStream, shared: Arc<Shared>) {
     let result = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades()
         .await;
     if let Err(e) = result {
         // Clients hanging up (often mid-watch) are routine; only log the unexpected.
@@ -88,6 +89,11 @@ pub(super) enum Route<'a> {
     Object {
         kind: Kind,
         namespace: Option<&'a str>,
+        name: &'a str,
+    },
+    /// `pods/{name}/portforward`: a WebSocket upgrade ([`super::portforward`]).
+    PortForward {
+        namespace: &'a str,
         name: &'a str,
     },
     Discovery(Document<'a>),
@@ -136,6 +142,12 @@ pub(super) fn route(path: &str) -> Route<'_> {
             kind,
             namespace: Some(ns),
         }),
+        ["namespaces", ns, "pods", name, "portforward"] if (group, version) == ("", "v1") => {
+            Some(Route::PortForward {
+                namespace: ns,
+                name,
+            })
+        }
         ["namespaces", ns, plural, name] => find(plural, Some(true)).map(|kind| Route::Object {
             kind,
             namespace: Some(ns),
@@ -171,6 +183,18 @@ async fn handle(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> 
     if !shared.lock().available {
         let msg = "the server is currently unable to handle the request";
         return status(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", msg);
+    }
+    if let Some(denied) = forbidden(shared, &route, &params) {
+        return denied;
+    }
+    if let Route::PortForward { namespace, name } = route {
+        // GET for WebSocket clients (kube-rs, kubectl >= 1.30); POST is SPDY, not served.
+        if req.method() != Method::GET {
+            let msg = "port forwarding is served over WebSocket (GET with Upgrade) only";
+            return status(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", msg);
+        }
+        let query = parse_query(uri.query().unwrap_or("")).unwrap_or_default();
+        return super::portforward::start(shared, req, namespace, name, &query);
     }
     if req.method() != Method::GET {
         let msg = format!("the server does not allow this method: {}", req.method());
@@ -227,8 +251,66 @@ async fn handle(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> 
                 "buildDate": "2025-04-23T00:00:00Z", "goVersion": "go1.24.0",
                 "compiler": "gc", "platform": "linux/amd64"}),
         ),
-        Route::Unknown => not_found(),
+        Route::PortForward { .. } | Route::Unknown => not_found(),
     }
+}
+
+/// The 403 the real server's RBAC gives when [`super::ApiServer::forbid`] named the resource
+/// ("pods", "pods/portforward", "events", ...), with its message.
+fn forbidden(
+    shared: &Shared,
+    route: &Route<'_>,
+    params: &Result<Params, String>,
+) -> Option<Response<Body>> {
+    let (resource, group, verb, namespace, name) = match route {
+        Route::Collection { kind, namespace } => {
+            let watch = params.as_ref().is_ok_and(|p| p.watch);
+            let verb = if watch { "watch" } else { "list" };
+            (
+                kind.info().plural.to_owned(),
+                kind.info().group,
+                verb,
+                *namespace,
+                None,
+            )
+        }
+        Route::Object {
+            kind,
+            namespace,
+            name,
+        } => (
+            kind.info().plural.to_owned(),
+            kind.info().group,
+            "get",
+            *namespace,
+            Some(*name),
+        ),
+        Route::PortForward { namespace, name } => (
+            "pods/portforward".to_owned(),
+            "",
+            "create",
+            Some(*namespace),
+            Some(*name),
+        ),
+        Route::Discovery(_) | Route::Version | Route::Unknown => return None,
+    };
+    if !shared.lock().forbidden.contains(&resource) {
+        return None;
+    }
+    let top = resource.split('/').next().unwrap_or_default();
+    let subject = match name {
+        Some(n) => format!("{top} \"{n}\""),
+        None => top.to_owned(),
+    };
+    let scope = match namespace {
+        Some(ns) => format!(" in the namespace \"{ns}\""),
+        None => " at the cluster scope".to_owned(),
+    };
+    let msg = format!(
+        "{subject} is forbidden: User \"{}\" cannot {verb} resource \"{resource}\" in API group \"{group}\"{scope}",
+        super::SIM_USER
+    );
+    Some(status(StatusCode::FORBIDDEN, "Forbidden", &msg))
 }
 
 fn list(shared: &Shared, sel: &Selector) -> Response<Body> {

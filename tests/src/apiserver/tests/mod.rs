@@ -1,7 +1,7 @@
 //! Stand-in API server tests, with kube-rs as the client (raw HTTP only for protocol edges
 //! kube never sends). Helpers here; tests by concern: [`pods`] (the original pod protocol),
 //! [`kinds`] (namespaces, NetworkPolicies, one resourceVersion across kinds, forced 410),
-//! [`protocol`] (raw HTTP edges and discovery).
+//! [`protocol`] (raw HTTP edges and discovery), [`portforward`] (pods/portforward, RBAC 403).
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
@@ -17,6 +17,7 @@ use super::{ApiServer, PodFixture, pod_object};
 
 mod kinds;
 mod pods;
+mod portforward;
 mod protocol;
 
 /// Every await is bounded so a hang fails the test instead of blocking CI.
