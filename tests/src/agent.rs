@@ -43,6 +43,16 @@ impl AgentProcess {
 
     /// Starts the agent with extra flags.
     pub fn start_with(node: &SimNode, extra: &[&str]) -> anyhow::Result<AgentProcess> {
+        Self::start_as(node, &node.name, extra)
+    }
+
+    /// Starts an agent for the node named `node_name` on the simulated node's machine: with
+    /// several names, one machine plays several nodes (each agent owns its node's pods).
+    pub fn start_as(
+        node: &SimNode,
+        node_name: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<AgentProcess> {
         let bin = agent_binary();
         anyhow::ensure!(
             bin.exists(),
@@ -58,13 +68,13 @@ impl AgentProcess {
         } else {
             vec!["--metrics-listen", &metrics]
         };
-        let log = std::env::temp_dir().join(format!("{}-agent.log", node.name));
+        let log = std::env::temp_dir().join(format!("{node_name}-agent.log"));
         let log_file = std::fs::File::create(&log)?;
         let child = Command::new(&bin)
             .args([
                 "agent",
                 "--node-name",
-                &node.name,
+                node_name,
                 "--listen",
                 &addr,
                 "--log",
@@ -84,6 +94,16 @@ impl AgentProcess {
             metrics,
             log,
         })
+    }
+
+    /// Publishes this agent as the DaemonSet's pod `pod` on `node_name` to the API server,
+    /// whose pods/portforward to its gRPC port (9742) reaches this process.
+    pub fn publish(&self, api: &crate::apiserver::ApiServer, pod: &str, node_name: &str) {
+        api.apply_pod(crate::apiserver::agent_pod_object(pod, node_name));
+        match self.addr.parse() {
+            Ok(addr) => api.forward_port("triage-agent", pod, 9742, addr),
+            Err(e) => eprintln!("agent address {}: {e}", self.addr),
+        }
     }
 
     /// The agent's log so far (for failure messages).
@@ -238,4 +258,15 @@ pub fn records<'a>(answer: &'a Value, kind: &str, direction: &str) -> Vec<&'a Va
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// Runs the CLI as a user with only a kubeconfig would: no `--agent`, `KUBECONFIG` set.
+pub fn cli_with_kubeconfig(kubeconfig: &std::path::Path, args: &[&str]) -> anyhow::Result<Output> {
+    Command::new(agent_binary())
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .env_remove("TRIAGE_AGENTS")
+        .env_remove("NO_COLOR")
+        .output()
+        .context("running the CLI")
 }

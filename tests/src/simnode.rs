@@ -363,12 +363,37 @@ impl SimNode {
         self.add_pod_with_ip(namespace, name, ip)
     }
 
+    /// Like [`SimNode::add_pod`], but the API server says the pod runs on `node`: with one agent
+    /// per node name (`AgentProcess::start_as`), one machine plays several nodes, each agent
+    /// owning the pods of its node.
+    pub fn add_pod_on(&mut self, node: &str, namespace: &str, name: &str) -> anyhow::Result<usize> {
+        let ip = Ipv4Addr::new(
+            self.subnet[0],
+            self.subnet[1],
+            self.subnet[2],
+            self.next_host,
+        );
+        ensure!(self.next_host < 250, "subnet full");
+        self.next_host += 1;
+        self.add_pod_full(namespace, name, ip, Some(node))
+    }
+
     /// Like [`SimNode::add_pod`] with a chosen IP (to test IP reuse).
     pub fn add_pod_with_ip(
         &mut self,
         namespace: &str,
         name: &str,
         ip: Ipv4Addr,
+    ) -> anyhow::Result<usize> {
+        self.add_pod_full(namespace, name, ip, None)
+    }
+
+    fn add_pod_full(
+        &mut self,
+        namespace: &str,
+        name: &str,
+        ip: Ipv4Addr,
+        node: Option<&str>,
     ) -> anyhow::Result<usize> {
         self.pod_seq += 1;
         let seq = NEXT_POD.fetch_add(1, Ordering::Relaxed);
@@ -408,7 +433,7 @@ impl SimNode {
             namespace: &p.namespace,
             name: &p.name,
             uid: &p.uid,
-            node: &self.name,
+            node: node.unwrap_or(&self.name),
             pod_ip: Some(std::net::IpAddr::V4(p.ip)),
             host_ip: Some(node_ip),
             host_network: false,

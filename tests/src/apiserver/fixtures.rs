@@ -170,3 +170,59 @@ pub fn pod_object(f: &PodFixture<'_>) -> Pod {
         }),
     }
 }
+
+/// A pod of the agent DaemonSet as deploy/ makes it: namespace `triage-agent`, label
+/// `app.kubernetes.io/name: triage-agent`, on `node`.
+pub fn agent_pod_object(name: &str, node: &str) -> Pod {
+    let mut pod = pod_object(&PodFixture {
+        namespace: "triage-agent",
+        name,
+        uid: &format!("uid-agent-{name}"),
+        node,
+        pod_ip: None,
+        host_ip: None,
+        host_network: false,
+        qos_class: "Burstable",
+        containers: &[("agent", &format!("{:0>64}", name.len()))],
+    });
+    pod.metadata.labels = labels(&[("app.kubernetes.io/name", "triage-agent")]);
+    pod
+}
+
+/// An Event about a pod as kubelet or the scheduler records it (`lastTimestamp` now).
+pub fn pod_event_object(
+    namespace: &str,
+    pod: &str,
+    name: &str,
+    type_: &str,
+    reason: &str,
+    message: &str,
+) -> k8s_openapi::api::core::v1::Event {
+    use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
+    let at = now();
+    Event {
+        metadata: ObjectMeta {
+            namespace: Some(namespace.to_owned()),
+            name: Some(name.to_owned()),
+            ..ObjectMeta::default()
+        },
+        involved_object: ObjectReference {
+            api_version: Some("v1".to_owned()),
+            kind: Some("Pod".to_owned()),
+            namespace: Some(namespace.to_owned()),
+            name: Some(pod.to_owned()),
+            ..ObjectReference::default()
+        },
+        type_: Some(type_.to_owned()),
+        reason: Some(reason.to_owned()),
+        message: Some(message.to_owned()),
+        count: Some(1),
+        first_timestamp: Some(at.clone()),
+        last_timestamp: Some(at),
+        source: Some(EventSource {
+            component: Some("kubelet".to_owned()),
+            ..EventSource::default()
+        }),
+        ..Event::default()
+    }
+}

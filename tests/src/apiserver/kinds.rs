@@ -5,7 +5,8 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Namespace, NamespaceSpec, NamespaceStatus, Pod};
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::core::v1::{Event, Namespace, NamespaceSpec, NamespaceStatus, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::serde::Serialize;
@@ -23,6 +24,9 @@ pub(super) enum Kind {
     Namespace,
     Pod,
     NetworkPolicy,
+    Event,
+    ReplicaSet,
+    Deployment,
 }
 
 /// Names and scope of a kind, as discovery documents and URLs spell them.
@@ -41,13 +45,23 @@ pub(super) struct Info {
 }
 
 impl Kind {
-    pub(super) const ALL: [Kind; 3] = [Kind::Namespace, Kind::Pod, Kind::NetworkPolicy];
+    pub(super) const ALL: [Kind; 6] = [
+        Kind::Namespace,
+        Kind::Pod,
+        Kind::NetworkPolicy,
+        Kind::Event,
+        Kind::ReplicaSet,
+        Kind::Deployment,
+    ];
 
     pub(super) fn info(self) -> &'static Info {
         match self {
             Kind::Namespace => &NAMESPACE,
             Kind::Pod => &POD,
             Kind::NetworkPolicy => &NETWORK_POLICY,
+            Kind::Event => &EVENT,
+            Kind::ReplicaSet => &REPLICA_SET,
+            Kind::Deployment => &DEPLOYMENT,
         }
     }
 
@@ -59,6 +73,9 @@ impl Kind {
             Kind::Namespace => selectable(&Namespace::default()),
             Kind::Pod => selectable(&Pod::default()),
             Kind::NetworkPolicy => selectable(&NetworkPolicy::default()),
+            Kind::Event => selectable(&Event::default()),
+            Kind::ReplicaSet => selectable(&ReplicaSet::default()),
+            Kind::Deployment => selectable(&Deployment::default()),
         };
         fields.iter().any(|(name, _)| *name == field)
     }
@@ -77,6 +94,9 @@ impl Kind {
 static NAMESPACE: Info = info::<Namespace>("namespace", &["ns"]);
 static POD: Info = info::<Pod>("pod", &["po"]);
 static NETWORK_POLICY: Info = info::<NetworkPolicy>("networkpolicy", &["netpol"]);
+static EVENT: Info = info::<Event>("event", &["ev"]);
+static REPLICA_SET: Info = info::<ReplicaSet>("replicaset", &["rs"]);
+static DEPLOYMENT: Info = info::<Deployment>("deployment", &["deploy"]);
 
 const fn info<K: Stored>(singular: &'static str, short_names: &'static [&'static str]) -> Info {
     Info {
@@ -204,4 +224,50 @@ impl Stored for Namespace {
 
 impl Stored for NetworkPolicy {
     const STORED: Kind = Kind::NetworkPolicy;
+}
+
+impl Stored for Event {
+    const STORED: Kind = Kind::Event;
+
+    /// The real server's event field set (pkg/registry/core/event/strategy.go
+    /// `ToSelectableFields`).
+    fn fields(&self) -> Vec<(&'static str, String)> {
+        let o = &self.involved_object;
+        let text = |v: &Option<String>| v.clone().unwrap_or_default();
+        vec![
+            ("involvedObject.kind", text(&o.kind)),
+            ("involvedObject.namespace", text(&o.namespace)),
+            ("involvedObject.name", text(&o.name)),
+            ("involvedObject.uid", text(&o.uid)),
+            ("involvedObject.apiVersion", text(&o.api_version)),
+            ("involvedObject.resourceVersion", text(&o.resource_version)),
+            ("involvedObject.fieldPath", text(&o.field_path)),
+            ("reason", text(&self.reason)),
+            (
+                "reportingComponent",
+                self.reporting_component.clone().unwrap_or_default(),
+            ),
+            (
+                "source",
+                self.source
+                    .as_ref()
+                    .and_then(|s| s.component.clone())
+                    .unwrap_or_default(),
+            ),
+            ("type", text(&self.type_)),
+        ]
+    }
+}
+
+impl Stored for ReplicaSet {
+    const STORED: Kind = Kind::ReplicaSet;
+
+    fn fields(&self) -> Vec<(&'static str, String)> {
+        let replicas = self.status.as_ref().map_or(0, |s| s.replicas);
+        vec![("status.replicas", replicas.to_string())]
+    }
+}
+
+impl Stored for Deployment {
+    const STORED: Kind = Kind::Deployment;
 }

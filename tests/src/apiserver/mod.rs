@@ -3,8 +3,9 @@
 //! selectors) plus discovery and `/version`, on 127.0.0.1, so kube-rs runs unmodified
 //! against it.
 //!
-//! Scope: read-only over HTTP (get, list, watch) for `v1/pods`, `v1/namespaces` and
-//! `networking.k8s.io/v1/networkpolicies` (the table is `kinds`). Objects change through
+//! Scope: read-only over HTTP (get, list, watch) for `v1/pods`, `v1/namespaces`, `v1/events`,
+//! `networking.k8s.io/v1/networkpolicies`, `apps/v1/replicasets` and `apps/v1/deployments`
+//! (the table is `kinds`). Objects change through
 //! the Rust API ([`ApiServer::apply_pod`], [`ApiServer::delete_network_policy`], ...). Every
 //! change of every kind is appended to one in-memory history under one global
 //! resourceVersion, as etcd orders them (`store`); a watch is a cursor into that history,
@@ -45,7 +46,10 @@ mod store;
 mod tests;
 mod watch;
 
-pub use fixtures::{PodFixture, namespace_object, network_policy_object, pod_object};
+pub use fixtures::{
+    PodFixture, agent_pod_object, namespace_object, network_policy_object, pod_event_object,
+    pod_object,
+};
 use kinds::Stored;
 use store::Store;
 
@@ -208,6 +212,22 @@ impl ApiServer {
     /// later creates it afresh.
     pub fn delete_namespace(&self, name: &str) -> Option<Namespace> {
         self.delete("", name)
+    }
+
+    /// Create or replace an Event (namespaced; field selectors on `involvedObject.*`,
+    /// `reason`, `type`), as [`Self::apply_pod`] does for pods.
+    pub fn apply_event(&self, event: k8s_openapi::api::core::v1::Event) {
+        self.apply(event);
+    }
+
+    /// Create or replace a ReplicaSet (apps/v1).
+    pub fn apply_replica_set(&self, rs: k8s_openapi::api::apps::v1::ReplicaSet) {
+        self.apply(rs);
+    }
+
+    /// Create or replace a Deployment (apps/v1).
+    pub fn apply_deployment(&self, deployment: k8s_openapi::api::apps::v1::Deployment) {
+        self.apply(deployment);
     }
 
     /// Create or replace a NetworkPolicy, as [`Self::apply_pod`] does for pods.

@@ -30,6 +30,9 @@ use super::routing::{Body, status};
 /// The subprotocols the real server accepts for port forwarding, in its order of preference.
 const PROTOCOLS: [&str; 2] = ["v4.channel.k8s.io", "portforward.k8s.io"];
 
+/// How long a forward whose every port failed stays open after the errors were sent.
+const ERROR_LINGER: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// The real server's limit on ports per request.
 const MAX_PORTS: usize = 128;
 
@@ -219,6 +222,10 @@ async fn forward<S>(
     }
     drop(to_client);
     if usable == 0 {
+        // Read (and drop) what the client sends for a moment before closing: a client writing
+        // its first bytes must not fail on a closed socket before it has read the error.
+        let drain = async { while let Some(Ok(_)) = stream.next().await {} };
+        let _ = tokio::time::timeout(ERROR_LINGER, drain).await;
         let _ = sink.send(Message::Close(None)).await;
         return;
     }

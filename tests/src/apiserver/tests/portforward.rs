@@ -101,3 +101,30 @@ async fn unknown_pod_is_404_and_rbac_denial_is_403() {
     server.allow("pods");
     assert!(within(pods.list(&Default::default())).await.is_ok());
 }
+
+/// Events select by their involved object, as `kubectl get events --field-selector` and the
+/// timeline read them.
+#[tokio::test]
+async fn events_select_by_involved_object() {
+    use k8s_openapi::api::core::v1::Event;
+    let server = ApiServer::start().expect("start");
+    for (name, pod, reason) in [
+        ("e1", "web", "Scheduled"),
+        ("e2", "web", "BackOff"),
+        ("e3", "db", "Scheduled"),
+    ] {
+        server.apply_event(super::super::pod_event_object(
+            "shop", pod, name, "Normal", reason, "m",
+        ));
+    }
+    let events: Api<Event> = Api::namespaced(client(&server), "shop");
+    let lp = kube::api::ListParams::default()
+        .fields("involvedObject.kind=Pod,involvedObject.name=web,reason=Scheduled");
+    let got = within(events.list(&lp)).await.expect("list");
+    let names: Vec<_> = got
+        .items
+        .iter()
+        .filter_map(|e| e.metadata.name.clone())
+        .collect();
+    assert_eq!(names, vec!["e1".to_owned()]);
+}
