@@ -18,7 +18,17 @@ use crate::{
 };
 
 fn init_logging(cli: &Cli) {
-    let filter = EnvFilter::try_new(&cli.log).unwrap_or_else(|_| EnvFilter::new("info"));
+    #[cfg(feature = "node-agent")]
+    let agent = matches!(cli.command, Command::Agent(_));
+    #[cfg(not(feature = "node-agent"))]
+    let agent = false;
+    let default = if agent {
+        "info"
+    } else {
+        "warn,kube_client=off"
+    };
+    let filter = EnvFilter::try_new(cli.log.as_deref().unwrap_or(default))
+        .unwrap_or_else(|_| EnvFilter::new(default));
     // Colours only on a terminal: `kubectl logs` and log files get plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -37,6 +47,11 @@ pub mod exit {
     pub const PARTIAL: u8 = 3;
     /// No agent answered.
     pub const NO_ANSWER: u8 = 4;
+    /// The cluster could not be asked: no usable kubeconfig or context, the API server
+    /// unreachable, or RBAC denies what the command needs.
+    pub const CLUSTER: u8 = 5;
+    /// The pod asked about does not exist (and left no trace inside `--since`).
+    pub const NOT_FOUND: u8 = 6;
 }
 
 /// An outcome that is not plain success or failure: printed as one line on stderr, exits with
@@ -54,7 +69,8 @@ pub async fn run(cli: Cli) -> ExitCode {
     match dispatch(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            let chain: Vec<String> = error.chain().map(ToString::to_string).collect();
+            // One line, and nothing from the API server or an agent reaches the terminal raw.
+            let chain: Vec<String> = error.chain().map(render::cleaned).collect();
             match error.downcast_ref::<Exit>() {
                 Some(exit) if exit.code == exit::PARTIAL => {
                     eprintln!("warning: {}", chain.join(": "));
@@ -123,78 +139,88 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         #[cfg(feature = "cluster")]
         Command::Explain(args) => query(args, true).await,
         Command::Watch(args) => watch(args).await,
-        Command::Status(args) => {
-            let statuses = client::status_all(&args.agents.agents, args.agents.timeout).await?;
-            match args.output {
-                Output::Json => print(&format!(
-                    "{}\n",
-                    serde_json::to_string_pretty(&render::status_json(&statuses))?
-                )),
-                Output::Table => print(&render::status_table(&statuses)),
-            }
+        Command::Status(args) => status(args).await,
+        #[cfg(feature = "cluster")]
+        Command::Timeline(args) => timeline(args).await,
+        Command::Completion(args) => {
+            use clap::CommandFactory as _;
+            let bin = cli::invoked_as(std::env::args_os().next().as_deref());
+            // A plugin's completion is kubectl's; the script completes the binary's own name.
+            let name = if bin == "triage-agent" {
+                "triage-agent"
+            } else {
+                "kubectl-triage"
+            };
+            let mut script = Vec::new();
+            clap_complete::generate(args.shell, &mut Cli::command(), name, &mut script);
+            let mut out = std::io::stdout().lock();
+            out.write_all(&script).context("writing output")?;
+            out.flush().context("writing output")
         }
     }
 }
 
-/// The start of a window reaching `back` into the past. A window longer than the time since
-/// 1970 starts at 1970 (everything), never "no window at all".
-pub fn window_start(now: SystemTime, back: Duration) -> SystemTime {
-    now.checked_sub(back).unwrap_or(SystemTime::UNIX_EPOCH)
+/// JSON (pretty) or YAML of a value, for `-o json|yaml`; None for the table formats.
+fn structured(output: Output, value: &serde_json::Value) -> anyhow::Result<Option<String>> {
+    Ok(match output {
+        Output::Json => Some(format!("{}\n", serde_json::to_string_pretty(value)?)),
+        Output::Yaml => Some(serde_yaml::to_string(value)?),
+        Output::Table | Output::Wide => None,
+    })
 }
 
-async fn query(args: cli::QueryArgs, explain_only: bool) -> anyhow::Result<()> {
-    let since = window_start(SystemTime::now(), args.since);
-    let filter = Filter {
-        namespace: Some(args.namespace.clone()),
-        pod: Some(args.pod.clone()),
-        since: Some(since),
-        kinds: args.kinds.clone(),
-        include_unattributed: false,
-    };
-    let mut answers = Vec::new();
-    let mut missing = Vec::new();
-    for answer in client::query_each(&args.agents.agents, &filter, args.agents.timeout).await {
-        match answer {
-            Ok(a) => answers.push(a),
-            Err(e) => missing.push(e),
+/// Every agent's health, problems first; agents that do not answer are listed (exit 3), or
+/// the one-line error when none does (exit 4).
+async fn status(args: cli::StatusArgs) -> anyhow::Result<()> {
+    let (targets, mut unanswered) = targets(&args.agents, &Scope::AllNodes).await?;
+    let mut statuses = Vec::new();
+    let results = client::status_each(&targets, args.agents.timeout, progress()).await;
+    for (target, result) in targets.iter().zip(results) {
+        match result {
+            Ok(s) => statuses.push(s),
+            Err(e) => unanswered.push(render::Unanswered {
+                agent: e.agent().to_owned(),
+                node: target.node().map(str::to_owned),
+                error: e.to_string(),
+            }),
         }
     }
-    if answers.is_empty()
-        && let Some(first) = missing.first()
+    if statuses.is_empty()
+        && let Some(first) = unanswered.first()
     {
-        let message = if missing.len() == 1 {
-            first.to_string()
-        } else {
-            format!(
-                "no agent answered ({}; and {} more)",
-                first,
-                missing.len() - 1
-            )
-        };
         return Err(Exit {
             code: exit::NO_ANSWER,
-            message,
+            message: first.error.clone(),
         }
         .into());
     }
-    let unanswered: Vec<render::Unanswered> = missing
-        .iter()
-        .map(|e| render::Unanswered {
-            agent: e.agent().to_owned(),
-            error: e.to_string(),
-        })
-        .collect();
-    let result = query_answer(&args, explain_only, since, &answers, &unanswered).await;
-    result?;
+    let style = render::Style::detect(args.output == Output::Wide, args.no_headers);
+    let mut json = render::status_json(&statuses);
+    if let Some(items) = json.as_array_mut() {
+        for u in &unanswered {
+            items.push(serde_json::json!({"agent": u.agent, "node": u.node, "answered": false, "error": u.error}));
+        }
+    }
+    match structured(args.output, &json)? {
+        Some(text) => print(&text)?,
+        None => {
+            let mut text = render::status_summary(&statuses, &unanswered, &style);
+            if args.output == Output::Wide {
+                text.push('\n');
+                text.push_str(&render::status_table(&statuses));
+            }
+            print(&text)?;
+        }
+    }
     if unanswered.is_empty() {
         return Ok(());
     }
     Err(Exit {
         code: exit::PARTIAL,
         message: format!(
-            "the answer is incomplete: {} of {} agents did not answer ({})",
+            "{} of {} agents did not answer ({})",
             unanswered.len(),
-            args.agents.agents.len(),
+            unanswered.len() + statuses.len(),
             unanswered
                 .iter()
                 .map(|u| u.agent.as_str())
@@ -203,6 +229,306 @@ async fn query(args: cli::QueryArgs, explain_only: bool) -> anyhow::Result<()> {
         ),
     }
     .into())
+}
+
+/// The start of a window reaching `back` into the past. A window longer than the time since
+/// 1970 starts at 1970 (everything), never "no window at all".
+pub fn window_start(now: SystemTime, back: Duration) -> SystemTime {
+    now.checked_sub(back).unwrap_or(SystemTime::UNIX_EPOCH)
+}
+
+/// Which agents a command asks.
+#[cfg_attr(
+    not(feature = "cluster"),
+    expect(
+        dead_code,
+        reason = "without Kubernetes support only --agent targets exist"
+    )
+)]
+enum Scope {
+    /// The agents of the nodes a pod ran on.
+    Pod {
+        namespace: String,
+        name: String,
+        /// With `--since`: also the nodes of earlier pods of this name inside the window.
+        earlier: Option<SystemTime>,
+    },
+    AllNodes,
+}
+
+/// The agents to ask, and the nodes that should have one but have none (as unanswered).
+async fn targets(
+    args: &cli::AgentsArgs,
+    scope: &Scope,
+) -> anyhow::Result<(Vec<client::Target>, Vec<render::Unanswered>)> {
+    if !args.agents.is_empty() {
+        return Ok((client::direct(&args.agents), Vec::new()));
+    }
+    discover(args, scope).await
+}
+
+#[cfg(feature = "cluster")]
+async fn discover(
+    args: &cli::AgentsArgs,
+    scope: &Scope,
+) -> anyhow::Result<(Vec<client::Target>, Vec<render::Unanswered>)> {
+    use cli::cluster::{self, ClusterError};
+    let fail = |e: ClusterError| {
+        let code = match e {
+            ClusterError::NotFound { .. } => exit::NOT_FOUND,
+            _ => exit::CLUSTER,
+        };
+        anyhow::Error::from(Exit {
+            code,
+            message: e.to_string(),
+        })
+    };
+    let kube = cluster::client(&cluster::ClusterArgs {
+        kubeconfig: args.kubeconfig.clone(),
+        context: args.context.clone(),
+    })
+    .await
+    .map_err(fail)?;
+    let selector = cluster::AgentSelector {
+        namespace: args.agent_namespace.clone(),
+        selector: args.agent_selector.clone(),
+        port: args.agent_port,
+    };
+    let (agents, nodes) = match scope {
+        Scope::Pod {
+            namespace,
+            name,
+            earlier,
+        } => {
+            // The pod first: an unknown pod is the clearer error.
+            let nodes = cluster::pod_nodes(&kube, namespace, name, *earlier)
+                .await
+                .map_err(fail)?;
+            let agents = cluster::agent_pods(&kube, &selector).await.map_err(fail)?;
+            (agents, Some(nodes))
+        }
+        Scope::AllNodes => (
+            cluster::agent_pods(&kube, &selector).await.map_err(fail)?,
+            None,
+        ),
+    };
+    let Some(nodes) = nodes else {
+        if agents.is_empty() {
+            return Err(Exit {
+                code: exit::NO_ANSWER,
+                message: format!(
+                    "no agent pods in namespace {} with labels {} (see --agent-namespace, --agent-selector)",
+                    selector.namespace, selector.selector
+                ),
+            }
+            .into());
+        }
+        return Ok((
+            agents.into_values().map(client::Target::Forward).collect(),
+            Vec::new(),
+        ));
+    };
+    let mut targets = Vec::new();
+    let mut missing = Vec::new();
+    for node in nodes {
+        match agents.get(&node) {
+            Some(pod) => targets.push(client::Target::Forward(pod.clone())),
+            None => missing.push(render::Unanswered {
+                agent: format!("node {node}"),
+                node: Some(node.clone()),
+                error: format!(
+                    "no agent pod on node {node} (namespace {}, labels {})",
+                    selector.namespace, selector.selector
+                ),
+            }),
+        }
+    }
+    Ok((targets, missing))
+}
+
+#[cfg(not(feature = "cluster"))]
+async fn discover(
+    _: &cli::AgentsArgs,
+    _: &Scope,
+) -> anyhow::Result<(Vec<client::Target>, Vec<render::Unanswered>)> {
+    Err(Exit {
+        code: exit::CLUSTER,
+        message: "built without Kubernetes support (feature `cluster`): give --agent".into(),
+    }
+    .into())
+}
+
+/// A progress line on a terminal while more than a few agents answer; nothing otherwise.
+fn progress() -> impl FnMut(usize, usize) {
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    move |done, total| {
+        if !tty || total <= 3 {
+            return;
+        }
+        if done < total {
+            eprint!("\r{done}/{total} agents answered");
+        } else {
+            // Clear the line before the answer is printed.
+            eprint!("\r{}\r", " ".repeat(40));
+        }
+    }
+}
+
+async fn query(args: cli::QueryArgs, explain_only: bool) -> anyhow::Result<()> {
+    let now = SystemTime::now();
+    let since = window_start(now, args.since.unwrap_or(cli::DEFAULT_SINCE));
+    let scope = if args.all_nodes {
+        Scope::AllNodes
+    } else {
+        Scope::Pod {
+            namespace: args.namespace.clone(),
+            name: args.pod.clone(),
+            earlier: args.since.map(|_| since),
+        }
+    };
+    let filter = Filter {
+        namespace: Some(args.namespace.clone()),
+        pod: Some(args.pod.clone()),
+        since: Some(since),
+        kinds: args.kinds.clone(),
+        include_unattributed: false,
+    };
+    let (answers, unanswered) = gather(&args.agents, &scope, &filter).await?;
+    query_answer(&args, explain_only, since, &answers, &unanswered).await?;
+    incomplete(&answers, &unanswered)
+}
+
+/// Asks the agents of `scope`; the answers and the agents that did not answer. No answer at all
+/// is the one-line error (exit 4).
+async fn gather(
+    agents: &cli::AgentsArgs,
+    scope: &Scope,
+    filter: &Filter,
+) -> anyhow::Result<(Vec<client::AgentAnswer>, Vec<render::Unanswered>)> {
+    let (targets, mut unanswered) = targets(agents, scope).await?;
+    let mut answers = Vec::new();
+    let results = client::query_each(&targets, filter, agents.timeout, progress()).await;
+    for (target, answer) in targets.iter().zip(results) {
+        match answer {
+            Ok(a) => answers.push(a),
+            Err(e) => unanswered.push(render::Unanswered {
+                agent: e.agent().to_owned(),
+                node: target.node().map(str::to_owned),
+                error: e.to_string(),
+            }),
+        }
+    }
+    if answers.is_empty()
+        && let Some(first) = unanswered.first()
+    {
+        let message = if unanswered.len() == 1 {
+            first.error.clone()
+        } else {
+            format!(
+                "no agent answered ({}; and {} more)",
+                first.error,
+                unanswered.len() - 1
+            )
+        };
+        return Err(Exit {
+            code: exit::NO_ANSWER,
+            message,
+        }
+        .into());
+    }
+    Ok((answers, unanswered))
+}
+
+/// Ok when every agent answered, else the partial-answer warning (exit 3).
+fn incomplete(
+    answers: &[client::AgentAnswer],
+    unanswered: &[render::Unanswered],
+) -> anyhow::Result<()> {
+    if unanswered.is_empty() {
+        return Ok(());
+    }
+    Err(Exit {
+        code: exit::PARTIAL,
+        message: format!(
+            "the answer is incomplete: {} of {} agents did not answer ({})",
+            unanswered.len(),
+            answers.len() + unanswered.len(),
+            unanswered
+                .iter()
+                .map(|u| u.agent.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+    .into())
+}
+
+/// `timeline --pod X`: the incident timeline from the evidence, the pod's events and its
+/// owner's rollout history.
+#[cfg(feature = "cluster")]
+async fn timeline(args: cli::TimelineArgs) -> anyhow::Result<()> {
+    use cli::{TimelineFormat, cluster, timeline};
+    let since = window_start(SystemTime::now(), args.since);
+    let scope = if args.all_nodes {
+        Scope::AllNodes
+    } else {
+        Scope::Pod {
+            namespace: args.namespace.clone(),
+            name: args.pod.clone(),
+            earlier: Some(since),
+        }
+    };
+    let filter = Filter {
+        namespace: Some(args.namespace.clone()),
+        pod: Some(args.pod.clone()),
+        since: Some(since),
+        kinds: Vec::new(),
+        include_unattributed: false,
+    };
+    let (answers, unanswered) = gather(&args.agents, &scope, &filter).await?;
+    let mut evidence: Vec<_> = answers
+        .iter()
+        .flat_map(|a| a.evidence.iter().cloned())
+        .collect();
+    // Oldest first: the document reads as the incident unfolded.
+    evidence.sort_by(|a, b| a.first_seen.cmp(&b.first_seen).then(b.count.cmp(&a.count)));
+    let findings = diagnose::diagnose_cited(&evidence);
+    let view = match cluster::client(&cluster::ClusterArgs {
+        kubeconfig: args.agents.kubeconfig.clone(),
+        context: args.agents.context.clone(),
+    })
+    .await
+    {
+        Ok(kube) => timeline::read_cluster(&kube, &args.namespace, &args.pod, since).await,
+        Err(e) => timeline::ClusterView {
+            unreadable: vec![format!("the cluster: {e}")],
+            ..timeline::ClusterView::default()
+        },
+    };
+    let nodes: Vec<String> = answers.iter().map(|a| a.node.clone()).collect();
+    let missing: Vec<(String, String)> = unanswered
+        .iter()
+        .map(|u| (u.agent.clone(), u.error.clone()))
+        .collect();
+    let inputs = timeline::Inputs {
+        namespace: &args.namespace,
+        pod: &args.pod,
+        since,
+        evidence: &evidence,
+        findings: &findings,
+        nodes: &nodes,
+        unanswered: &missing,
+        cluster: &view,
+    };
+    match args.output {
+        TimelineFormat::Markdown => print(&timeline::markdown(&inputs))?,
+        TimelineFormat::Json => print(&format!(
+            "{}\n",
+            serde_json::to_string_pretty(&timeline::json(&inputs))?
+        ))?,
+        TimelineFormat::Yaml => print(&serde_yaml::to_string(&timeline::json(&inputs))?)?,
+    }
+    incomplete(&answers, &unanswered)
 }
 
 /// Prints what the agents that answered said; `unanswered` lists the others.
@@ -226,32 +552,41 @@ async fn query_answer(
             m.insert("complete".into(), unanswered.is_empty().into());
             m.insert("unanswered".into(), render::unanswered_json(unanswered));
         }
-        print(&format!("{}\n", serde_json::to_string_pretty(&v)?))
+        match structured(args.output, &v)? {
+            Some(text) => print(&text),
+            None => Ok(()),
+        }
     };
     let missing = render::unanswered_text(unanswered);
+    let style = render::Style::detect(args.output == Output::Wide, args.no_headers);
     if explain_only {
         return match args.output {
-            Output::Json => json(&[]),
-            Output::Table if notes.is_empty() => print(&format!(
+            Output::Json | Output::Yaml => json(&[]),
+            Output::Table | Output::Wide if notes.is_empty() => print(&format!(
                 "Pod {}/{}: no drops or timeouts to explain in the requested window.\n{missing}",
                 render::clean(&args.namespace),
                 render::clean(&args.pod)
             )),
-            Output::Table => print(&format!("{}{missing}", render::notes_text(&notes, true))),
+            Output::Table | Output::Wide => {
+                print(&format!("{}{missing}", render::notes_text(&notes, true)))
+            }
         };
     }
     match args.output {
-        Output::Json => json(&findings),
-        Output::Table => print(&format!(
+        Output::Json | Output::Yaml => json(&findings),
+        Output::Table | Output::Wide => print(&format!(
             "{}{missing}",
-            render::query_table(
-                &args.pod,
-                &args.namespace,
-                Some(since),
-                &evidence,
-                &findings,
-                answers,
-                &notes,
+            render::query_table_styled(
+                &render::Answer {
+                    pod: &args.pod,
+                    namespace: &args.namespace,
+                    since: Some(since),
+                    evidence: &evidence,
+                    findings: &findings,
+                    answers,
+                    notes: &notes,
+                },
+                &style,
             )
         )),
     }
@@ -270,9 +605,9 @@ async fn explanations(
     if args.no_explain || !needed {
         return Vec::new();
     }
-    let cluster = explain::ClusterArgs {
-        kubeconfig: args.kubeconfig.clone(),
-        context: args.context.clone(),
+    let cluster = cli::cluster::ClusterArgs {
+        kubeconfig: args.agents.kubeconfig.clone(),
+        context: args.agents.context.clone(),
     };
     let snapshot = explain::snapshot(&cluster).await.map_err(|e| {
         let chain: Vec<String> = e.chain().map(ToString::to_string).collect();
@@ -300,18 +635,73 @@ async fn explanations(_: &cli::QueryArgs, _: &[crate::evidence::Evidence]) -> Ve
 }
 
 async fn watch(args: cli::WatchArgs) -> anyhow::Result<()> {
+    let namespace = if args.all_namespaces {
+        None
+    } else {
+        args.namespace.clone()
+    };
     let filter = Filter {
-        namespace: args.namespace.clone(),
+        namespace: namespace.clone(),
         pod: args.pod.clone(),
         since: None,
-        kinds: Vec::new(),
-        include_unattributed: args.pod.is_none() && args.namespace.is_none(),
+        kinds: args.kinds.clone(),
+        include_unattributed: args.pod.is_none() && namespace.is_none(),
     };
-    let mut updates = client::watch_all(&args.agents.agents, &filter, args.agents.timeout).await?;
+    let scope = match &args.pod {
+        Some(pod) => Scope::Pod {
+            namespace: namespace.clone().unwrap_or_else(|| "default".into()),
+            name: pod.clone(),
+            earlier: None,
+        },
+        None => Scope::AllNodes,
+    };
+    let (targets, missing) = targets(&args.agents, &scope).await?;
+    for m in &missing {
+        eprintln!("warning: {}", render::clean(&m.error));
+    }
+    if targets.is_empty() {
+        return Err(Exit {
+            code: exit::NO_ANSWER,
+            message: "no agent to watch".into(),
+        }
+        .into());
+    }
+    let mut updates = client::watch_all(&targets, &filter, args.agents.timeout, args.give_up_after);
+    let mut watching = targets.len();
     // Each agent's loss counters at its previous update: growth means the stream missed events.
     let mut seen: HashMap<String, HashMap<String, u64>> = HashMap::new();
-    while let Some(update) = updates.recv().await {
-        let update = update?;
+    while let Some(item) = updates.recv().await {
+        let update = match item {
+            client::WatchItem::Update(u) => u,
+            client::WatchItem::Lost(e) => {
+                eprintln!("warning: {}; reconnecting", render::clean(&e.to_string()));
+                continue;
+            }
+            client::WatchItem::Reconnected { agent } => {
+                eprintln!(
+                    "warning: agent {} is back; updates recorded while it was away are in `query`",
+                    render::clean(&agent)
+                );
+                // Its counters restarted with it.
+                seen.remove(&agent);
+                continue;
+            }
+            client::WatchItem::GaveUp(e) => {
+                watching -= 1;
+                if watching == 0 {
+                    return Err(Exit {
+                        code: exit::NO_ANSWER,
+                        message: e.to_string(),
+                    }
+                    .into());
+                }
+                eprintln!(
+                    "warning: {}; no longer watched",
+                    render::clean(&e.to_string())
+                );
+                continue;
+            }
+        };
         let before = seen.entry(update.agent.clone()).or_default();
         let grown: Vec<_> = update
             .loss
@@ -325,7 +715,7 @@ async fn watch(args: cli::WatchArgs) -> anyhow::Result<()> {
             .collect();
         let e = &update.evidence;
         match args.output {
-            Output::Json => {
+            Output::Json | Output::Yaml => {
                 let mut v = render::evidence_json(e);
                 if !grown.is_empty()
                     && let Some(m) = v.as_object_mut()
@@ -339,9 +729,13 @@ async fn watch(args: cli::WatchArgs) -> anyhow::Result<()> {
                             .into(),
                     );
                 }
-                print(&format!("{v}\n"))?;
+                if args.output == Output::Yaml {
+                    print(&format!("---\n{}", serde_yaml::to_string(&v)?))?;
+                } else {
+                    print(&format!("{v}\n"))?;
+                }
             }
-            Output::Table => {
+            Output::Table | Output::Wide => {
                 if !grown.is_empty() {
                     print(&format!("{}\n", render::watch_loss_line(&e.node, &grown)))?;
                 }

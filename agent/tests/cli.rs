@@ -106,6 +106,11 @@ struct Agent {
 }
 
 fn start_agent(rt: &tokio::runtime::Runtime) -> Agent {
+    start_agent_at(rt, "127.0.0.1:0")
+}
+
+/// [`start_agent`] on a chosen address (to restart an agent where it was).
+fn start_agent_at(rt: &tokio::runtime::Runtime, addr: &str) -> Agent {
     rt.block_on(async {
         let cancel = CancellationToken::new();
         let counters = Arc::new(Counters::default());
@@ -135,7 +140,7 @@ fn start_agent(rt: &tokio::runtime::Runtime) -> Agent {
             attribution: watch::channel(AttributorStats::default()).1,
             resources: None,
         });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         tokio::spawn(api::serve(api, listener, cancel.clone()));
         Agent {
@@ -205,7 +210,7 @@ fn query_and_status_over_grpc() {
     assert_eq!(v["evidence"][0]["node"], "node-a");
     assert_eq!(v["diagnosis"][0]["layer"], "connection");
 
-    let out = cli(&["status", "--agent", &agent]);
+    let out = cli(&["status", "--agent", &agent, "-o", "wide"]);
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -273,6 +278,8 @@ fn watch_streams_updates_end_to_end() {
     let agent = start_agent(&rt);
     let mut child = Command::new(env!("CARGO_BIN_EXE_triage-agent"))
         .args(["watch", "-n", "shop", "--agent", &agent.addr, "-o", "json"])
+        // Given up at the first loss: this test is about the stream ending, not reconnecting.
+        .args(["--give-up-after", "0s"])
         .env_remove("TRIAGE_AGENTS")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -334,4 +341,154 @@ fn watch_streams_updates_end_to_end() {
     let mut err = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
     assert!(err.starts_with("error: agent 127.0.0.1:"), "{err}");
+}
+
+/// Completion scripts generate for each shell and know the commands.
+#[test]
+fn completions_generate() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = cli(&["completion", shell]);
+        assert!(out.status.success(), "{shell}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("triage-agent") && text.contains("query") && text.contains("namespace"),
+            "{shell}: {text}"
+        );
+    }
+    assert!(!cli(&["completion", "tcsh"]).status.success());
+}
+
+/// Installed as `kubectl-triage`, it is the kubectl plugin `kubectl triage`.
+#[test]
+fn runs_as_a_kubectl_plugin() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugin = dir.path().join("kubectl-triage");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_triage-agent"), &plugin).unwrap();
+    let out = Command::new(&plugin)
+        .args(["query", "--help"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Usage: kubectl triage query"), "{text}");
+}
+
+/// A process that names itself with terminal escapes cannot reach the terminal raw, in any
+/// table or line; JSON escapes them by its own rules. No colour when stdout is not a terminal.
+#[test]
+fn hostile_names_are_rendered_safely() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let agent = start_agent(&rt);
+    let evil = "\u{1b}[2J\u{1b}]0;pwned\u{7}\u{202e}gnp.exe";
+    rt.block_on(async {
+        agent
+            .occurrences
+            .send(
+                refused()
+                    .pod("shop", "web")
+                    .process(4242, evil)
+                    .at_time(SystemTime::now())
+                    .occurrence(),
+            )
+            .await
+            .unwrap();
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let out = cli(&[
+            "query",
+            "--pod",
+            "web",
+            "-n",
+            "shop",
+            "--agent",
+            &agent.addr,
+            "-o",
+            "wide",
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if text.contains("4242") || std::time::Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(text.contains("\\u{1b}[2J"), "{text}");
+    assert!(text.contains("\\u{202e}"), "{text}");
+    assert!(
+        !text
+            .chars()
+            .any(|c| c.is_control() && c != '\n' || c == '\u{202e}'),
+        "{text:?}"
+    );
+    let out = cli(&[
+        "query",
+        "--pod",
+        "web",
+        "-n",
+        "shop",
+        "--agent",
+        &agent.addr,
+        "-o",
+        "json",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["evidence"][0]["process"]["comm"], evil);
+    let out = cli(&["status", "--agent", &agent.addr, "--no-headers"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains("NODE") && text.contains("node-a"), "{text}");
+    assert!(
+        !text.contains('\u{1b}'),
+        "no colour off a terminal: {text:?}"
+    );
+    agent.cancel.cancel();
+}
+
+/// `watch` survives an agent restart: the stream is reconnected with backoff and updates
+/// flow again.
+#[test]
+fn watch_reconnects_after_an_agent_restart() {
+    use std::io::{BufRead as _, BufReader};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let agent = start_agent(&rt);
+    let addr = agent.addr.clone();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_triage-agent"))
+        .args(["watch", "-n", "shop", "--agent", &addr, "-o", "json"])
+        .env_remove("TRIAGE_AGENTS")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start watch");
+    let (tx, lines) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap()).is_err() {
+                return;
+            }
+        }
+    });
+    let seen = |agent: &Agent, name: &str| {
+        (0..100).any(|_| {
+            rt.block_on(agent.occurrences.send(occurrence(name)))
+                .unwrap();
+            std::iter::from_fn(|| lines.recv_timeout(Duration::from_millis(100)).ok())
+                .any(|l| l.contains(&format!("\"name\":\"{name}\"")))
+        })
+    };
+    assert!(seen(&agent, "before"), "an update before the restart");
+    agent.cancel.cancel();
+    // Let the old server go, then start again on the same address.
+    std::thread::sleep(Duration::from_millis(300));
+    let agent = start_agent_at(&rt, &addr);
+    assert!(seen(&agent, "after"), "an update after the restart");
+    assert!(child.try_wait().unwrap().is_none(), "watch still runs");
+    let _ = child.kill();
+    let _ = child.wait();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(
+        err.contains("reconnecting") && err.contains("is back"),
+        "{err}"
+    );
+    agent.cancel.cancel();
 }

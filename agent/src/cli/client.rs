@@ -1,10 +1,11 @@
-//! Talks to node agents: connects to each, fans the request out concurrently and collects the
-//! answers. Any agent failing makes the whole command fail with a one-line error naming it:
-//! a silent partial answer would read as "nothing wrong on that node".
+//! Talks to node agents: connects to each (directly, or through the API server's
+//! `pods/portforward`), fans the request out with bounded concurrency and a per-agent timeout,
+//! and collects one answer or error per agent. An agent that does not answer is named, never
+//! silently left out: a missing answer would read as "nothing wrong on that node".
 
 use std::time::Duration;
 
-use futures::future::try_join_all;
+use futures::StreamExt as _;
 use tonic::transport::{Channel, Endpoint};
 use triage_agent_proto::v1::{self as pb, agent_service_client::AgentServiceClient};
 
@@ -30,6 +31,45 @@ pub enum ClientError {
         #[source]
         source: ConvertError,
     },
+}
+
+/// Agents asked at once, at most: a 200-node cluster is asked in waves, not all at once (the
+/// API server carries every port-forward).
+pub const FAN_OUT: usize = 16;
+
+/// Where an agent is.
+#[derive(Clone, Debug)]
+pub enum Target {
+    /// A gRPC URL (`--agent`).
+    Direct(String),
+    /// An agent pod reached through the API server's `pods/portforward`.
+    #[cfg(feature = "cluster")]
+    Forward(crate::cli::cluster::AgentPod),
+}
+
+impl Target {
+    /// How answers and errors name it: the address, or the agent pod and its node.
+    pub fn label(&self) -> String {
+        match self {
+            Target::Direct(url) => display_addr(url),
+            #[cfg(feature = "cluster")]
+            Target::Forward(p) => format!("{}/{} on node {}", p.namespace, p.name, p.node),
+        }
+    }
+
+    /// The node, when known before asking.
+    pub fn node(&self) -> Option<&str> {
+        match self {
+            Target::Direct(_) => None,
+            #[cfg(feature = "cluster")]
+            Target::Forward(p) => Some(&p.node),
+        }
+    }
+}
+
+/// Direct targets from `--agent` URLs.
+pub fn direct(urls: &[String]) -> Vec<Target> {
+    urls.iter().cloned().map(Target::Direct).collect()
 }
 
 impl ClientError {
@@ -107,8 +147,63 @@ fn rpc_error(agent: &str, s: tonic::Status) -> ClientError {
     }
 }
 
+/// A connected agent.
+pub struct Connected {
+    pub client: AgentServiceClient<Channel>,
+    label: String,
+    #[cfg(feature = "cluster")]
+    forward_errors: Option<crate::cli::cluster::ForwardErrors>,
+}
+
+impl Connected {
+    /// A failed call as a [`ClientError`]; through a port-forward, the forward's own error
+    /// (e.g. nothing listens on the agent's port) says best why.
+    pub async fn error(&self, status: tonic::Status) -> ClientError {
+        #[cfg(feature = "cluster")]
+        if let Some(errors) = &self.forward_errors
+            && let Some(detail) = crate::cli::cluster::forward_error(errors).await
+        {
+            return ClientError::Unreachable {
+                agent: self.label.clone(),
+                detail,
+            };
+        }
+        rpc_error(&self.label, status)
+    }
+}
+
 /// Connects to one agent.
-pub async fn connect(
+pub async fn connect(target: &Target, timeout: Duration) -> Result<Connected, ClientError> {
+    match target {
+        Target::Direct(url) => Ok(Connected {
+            client: connect_url(url, timeout).await?,
+            label: display_addr(url),
+            #[cfg(feature = "cluster")]
+            forward_errors: None,
+        }),
+        #[cfg(feature = "cluster")]
+        Target::Forward(pod) => {
+            let errors = crate::cli::cluster::ForwardErrors::default();
+            match crate::cli::cluster::forward_channel(pod, timeout, &errors).await {
+                Ok(channel) => Ok(Connected {
+                    client: AgentServiceClient::new(channel),
+                    label: target.label(),
+                    forward_errors: Some(errors),
+                }),
+                Err(e) => Err(ClientError::Unreachable {
+                    agent: target.label(),
+                    detail: match crate::cli::cluster::forward_error(&errors).await {
+                        Some(detail) => detail,
+                        None => root_cause(&e),
+                    },
+                }),
+            }
+        }
+    }
+}
+
+/// Connects to an agent's gRPC URL.
+async fn connect_url(
     url: &str,
     timeout: Duration,
 ) -> Result<AgentServiceClient<Channel>, ClientError> {
@@ -160,90 +255,201 @@ pub fn answer_from_pb(url: &str, response: pb::QueryResponse) -> Result<AgentAns
     })
 }
 
-/// Asks every agent concurrently; one answer or error per agent, in order. An agent that does
-/// not answer does not stop the others: the caller shows what it has and says what is missing.
+/// Runs `call` on every target, at most [`FAN_OUT`] at once, each bounded by `timeout`
+/// (connection included); results in target order. `progress` is told after each answer.
+async fn fan_out<T, F, Fut>(
+    targets: &[Target],
+    timeout: Duration,
+    call: F,
+    mut progress: impl FnMut(usize, usize),
+) -> Vec<Result<T, ClientError>>
+where
+    F: Fn(Connected) -> Fut,
+    Fut: Future<Output = Result<T, ClientError>>,
+{
+    let total = targets.len();
+    let call = &call;
+    let mut results = futures::stream::iter(targets)
+        .map(|target| async move {
+            let work = async {
+                let connected = connect(target, timeout).await?;
+                call(connected).await
+            };
+            match tokio::time::timeout(timeout, work).await {
+                Ok(r) => r,
+                Err(_) => Err(ClientError::Unreachable {
+                    agent: target.label(),
+                    detail: format!("no answer within {}", humantime::format_duration(timeout)),
+                }),
+            }
+        })
+        .buffered(FAN_OUT);
+    let mut out = Vec::with_capacity(total);
+    while let Some(r) = results.next().await {
+        out.push(r);
+        progress(out.len(), total);
+    }
+    out
+}
+
+/// Asks every agent; one answer or error per agent, in order. An agent that does not answer
+/// does not stop the others: the caller shows what it has and says what is missing.
 pub async fn query_each(
-    agents: &[String],
+    targets: &[Target],
     filter: &Filter,
     timeout: Duration,
+    progress: impl FnMut(usize, usize),
 ) -> Vec<Result<AgentAnswer, ClientError>> {
-    futures::future::join_all(agents.iter().map(|url| async move {
-        let mut client = connect(url, timeout).await?;
-        let response = client
-            .query(pb::QueryRequest {
-                filter: Some(convert::filter_to_pb(filter)),
-                limit: 0,
-            })
-            .await
-            .map_err(|s| rpc_error(url, s))?
-            .into_inner();
-        answer_from_pb(url, response)
-    }))
+    let request = pb::QueryRequest {
+        filter: Some(convert::filter_to_pb(filter)),
+        limit: 0,
+    };
+    fan_out(
+        targets,
+        timeout,
+        |mut c| {
+            let request = request.clone();
+            async move {
+                let response = match c.client.query(request).await {
+                    Ok(r) => r.into_inner(),
+                    Err(s) => return Err(c.error(s).await),
+                };
+                answer_from_pb(&c.label, response)
+            }
+        },
+        progress,
+    )
     .await
 }
 
-/// Asks every agent for its status.
-pub async fn status_all(
-    agents: &[String],
+/// Asks every agent for its status; one status or error per agent, in order.
+pub async fn status_each(
+    targets: &[Target],
     timeout: Duration,
-) -> Result<Vec<(String, pb::StatusResponse)>, ClientError> {
-    try_join_all(agents.iter().map(|url| async move {
-        let mut client = connect(url, timeout).await?;
-        let status = client
-            .status(pb::StatusRequest {})
-            .await
-            .map_err(|s| rpc_error(url, s))?
-            .into_inner();
-        Ok((display_addr(url), status))
-    }))
+    progress: impl FnMut(usize, usize),
+) -> Vec<Result<(String, pb::StatusResponse), ClientError>> {
+    fan_out(
+        targets,
+        timeout,
+        |mut c| async move {
+            match c.client.status(pb::StatusRequest {}).await {
+                Ok(r) => Ok((c.label.clone(), r.into_inner())),
+                Err(s) => Err(c.error(s).await),
+            }
+        },
+        progress,
+    )
     .await
 }
 
-/// Opens a Watch on every agent; returns one merged stream of updates.
-pub async fn watch_all(
-    agents: &[String],
+/// What a merged watch delivers.
+#[derive(Debug)]
+pub enum WatchItem {
+    /// Boxed: updates are most of the traffic, but errors should not make every item large.
+    Update(Box<WatchUpdate>),
+    /// An agent's stream broke; it is being reconnected (with backoff).
+    Lost(ClientError),
+    /// An agent's stream is back after a loss (what happened in between is in Query).
+    Reconnected { agent: String },
+    /// An agent stayed unreachable past the give-up time; it is no longer watched.
+    GaveUp(ClientError),
+}
+
+/// First and longest wait between reconnection attempts of a watch.
+const BACKOFF_FIRST: Duration = Duration::from_millis(250);
+const BACKOFF_MAX: Duration = Duration::from_secs(8);
+
+/// Opens a Watch on every agent; returns one merged stream. Each agent's stream reconnects
+/// with exponential backoff when it breaks (an agent restart), and is given up after
+/// `give_up` without a successful reconnection.
+pub fn watch_all(
+    targets: &[Target],
     filter: &Filter,
     timeout: Duration,
-) -> Result<tokio::sync::mpsc::Receiver<Result<WatchUpdate, ClientError>>, ClientError> {
+    give_up: Duration,
+) -> tokio::sync::mpsc::Receiver<WatchItem> {
     let (tx, rx) = tokio::sync::mpsc::channel(256);
-    for url in agents {
-        let mut client = connect(url, timeout).await?;
-        let mut stream = client
-            .watch(pb::WatchRequest {
-                filter: Some(convert::filter_to_pb(filter)),
-            })
-            .await
-            .map_err(|s| rpc_error(url, s))?
-            .into_inner();
-        let tx = tx.clone();
-        let url = url.clone();
+    for target in targets {
+        let (tx, target) = (tx.clone(), target.clone());
+        let request = pb::WatchRequest {
+            filter: Some(convert::filter_to_pb(filter)),
+        };
         tokio::spawn(async move {
+            let mut backoff = BACKOFF_FIRST;
+            let mut lost_since: Option<std::time::Instant> = None;
             loop {
-                let item = match stream.message().await {
-                    Ok(Some(m)) => match m.evidence.map(convert::evidence_from_pb) {
-                        Some(Ok(evidence)) => Ok(WatchUpdate {
-                            agent: display_addr(&url),
-                            evidence,
-                            loss: convert::loss_from_pb(&m.loss.unwrap_or_default()),
-                        }),
-                        Some(Err(source)) => Err(ClientError::Invalid {
-                            agent: display_addr(&url),
-                            source,
-                        }),
-                        None => continue,
-                    },
-                    Ok(None) => Err(ClientError::Unreachable {
-                        agent: display_addr(&url),
-                        detail: "watch stream ended".into(),
-                    }),
-                    Err(s) => Err(rpc_error(&url, s)),
+                let opened = async {
+                    let mut c = connect(&target, timeout).await?;
+                    match c.client.watch(request.clone()).await {
+                        Ok(r) => Ok((r.into_inner(), c)),
+                        Err(s) => Err(c.error(s).await),
+                    }
                 };
-                let stop = item.is_err();
-                if tx.send(item).await.is_err() || stop {
+                let error = match opened.await {
+                    Ok((mut stream, c)) => {
+                        if lost_since.take().is_some()
+                            && tx
+                                .send(WatchItem::Reconnected {
+                                    agent: target.label(),
+                                })
+                                .await
+                                .is_err()
+                        {
+                            return;
+                        }
+                        backoff = BACKOFF_FIRST;
+                        pump(&mut stream, &c, &tx).await
+                    }
+                    Err(e) => Some(e),
+                };
+                let Some(error) = error else { return };
+                let since = *lost_since.get_or_insert_with(std::time::Instant::now);
+                if since.elapsed() >= give_up {
+                    let _ = tx.send(WatchItem::GaveUp(error)).await;
                     return;
                 }
+                if tx.send(WatchItem::Lost(error)).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
             }
         });
     }
-    Ok(rx)
+    rx
+}
+
+/// Forwards one Watch stream's updates until it breaks (the error) or the receiver is gone
+/// (None).
+async fn pump(
+    stream: &mut tonic::Streaming<pb::WatchResponse>,
+    c: &Connected,
+    tx: &tokio::sync::mpsc::Sender<WatchItem>,
+) -> Option<ClientError> {
+    loop {
+        let item = match stream.message().await {
+            Ok(Some(m)) => match m.evidence.map(convert::evidence_from_pb) {
+                Some(Ok(evidence)) => WatchItem::Update(Box::new(WatchUpdate {
+                    agent: c.label.clone(),
+                    evidence,
+                    loss: convert::loss_from_pb(&m.loss.unwrap_or_default()),
+                })),
+                Some(Err(source)) => WatchItem::Lost(ClientError::Invalid {
+                    agent: c.label.clone(),
+                    source,
+                }),
+                None => continue,
+            },
+            Ok(None) => {
+                return Some(ClientError::Unreachable {
+                    agent: c.label.clone(),
+                    detail: "watch stream ended".into(),
+                });
+            }
+            Err(s) => return Some(c.error(s).await),
+        };
+        if tx.send(item).await.is_err() {
+            return None;
+        }
+    }
 }

@@ -39,6 +39,17 @@ pub fn diagnose(evidence: &[Evidence]) -> Vec<Finding> {
         .collect()
 }
 
+/// [`diagnose`] with the index (into `evidence`) of the record each finding reads, so a
+/// report can cite it.
+pub fn diagnose_cited(evidence: &[Evidence]) -> Vec<(usize, Finding)> {
+    let mut order: Vec<(usize, &Evidence)> = evidence.iter().enumerate().collect();
+    order.sort_by(|(_, a), (_, b)| b.count.cmp(&a.count).then(b.last_seen.cmp(&a.last_seen)));
+    order
+        .into_iter()
+        .filter_map(|(i, e)| finding(e, evidence).map(|f| (i, f)))
+        .collect()
+}
+
 /// `all`: every record of the answer, for findings that read one record in the light of
 /// another (a DNS timeout and the drops of its queries).
 fn finding(e: &Evidence, all: &[Evidence]) -> Option<Finding> {

@@ -11,12 +11,7 @@ use crate::{
     policy::{Explanation, Flow, Proto, Snapshot, Verdict, evaluate},
 };
 
-/// How to reach the cluster: kubectl's flags and habits.
-#[derive(Clone, Debug, Default)]
-pub struct ClusterArgs {
-    pub kubeconfig: Option<std::path::PathBuf>,
-    pub context: Option<String>,
-}
+pub use crate::cli::cluster::ClusterArgs;
 
 /// How long reading the policies may take before explanations are given up.
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -30,22 +25,7 @@ pub async fn snapshot(args: &ClusterArgs) -> anyhow::Result<Snapshot> {
     };
     use kube::{Api, api::ListParams};
 
-    let options = kube::config::KubeConfigOptions {
-        context: args.context.clone(),
-        ..Default::default()
-    };
-    let config = match &args.kubeconfig {
-        Some(path) => {
-            let kubeconfig = kube::config::Kubeconfig::read_from(path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(kubeconfig, &options).await?
-        }
-        None if args.context.is_some() => kube::Config::from_kubeconfig(&options).await?,
-        None => kube::Config::infer()
-            .await
-            .context("no kubeconfig (set KUBECONFIG or --kubeconfig)")?,
-    };
-    let client = kube::Client::try_from(config)?;
+    let client = crate::cli::cluster::client(args).await?;
     let lp = ListParams::default();
     let (policy_api, namespace_api, pod_api) = (
         Api::<NetworkPolicy>::all(client.clone()),

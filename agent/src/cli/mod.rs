@@ -2,10 +2,13 @@
 //! `watch` and `status`, which talk to one or more node agents over gRPC.
 
 pub mod client;
+#[cfg(feature = "cluster")]
+pub mod cluster;
 pub mod diagnose;
 #[cfg(feature = "cluster")]
 pub mod explain;
 pub mod render;
+pub mod timeline;
 
 use std::time::Duration;
 
@@ -18,6 +21,12 @@ use crate::evidence::Kind;
 pub const DEFAULT_PORT: u16 = 9742;
 /// Default listen address of the node agent.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9742";
+/// Namespace of the agent DaemonSet in deploy/.
+pub const DEFAULT_AGENT_NAMESPACE: &str = "triage-agent";
+/// Label selector of the agent DaemonSet's pods in deploy/.
+pub const DEFAULT_AGENT_SELECTOR: &str = "app.kubernetes.io/name=triage-agent";
+/// The window of `query` when `--since` is not given.
+pub const DEFAULT_SINCE: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, Parser)]
 #[command(
@@ -27,9 +36,11 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:9742";
     long_about = None
 )]
 pub struct Cli {
-    /// Log filter (tracing EnvFilter syntax), e.g. "info" or "triage_agent=debug".
-    #[arg(long, global = true, env = "TRIAGE_LOG", default_value = "info")]
-    pub log: String,
+    /// Log filter (tracing EnvFilter syntax), e.g. "info" or "triage_agent=debug" [default:
+    /// "info" for the agent; for client commands "warn" without kube-rs's own error logs, as
+    /// the command reports every failure itself, on one line].
+    #[arg(long, global = true, env = "TRIAGE_LOG")]
+    pub log: Option<String>,
     /// Log format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -45,6 +56,8 @@ pub enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Print a shell completion script, e.g. `source <(triage-agent completion bash)`.
+    Completion(CompletionArgs),
     /// Run the node agent (DaemonSet): load the eBPF programs, watch this node's pods, serve gRPC.
     #[cfg(feature = "node-agent")]
     Agent(AgentArgs),
@@ -58,6 +71,40 @@ pub enum Command {
     Watch(WatchArgs),
     /// Agent health: probes attached, metadata sync, loss counters.
     Status(StatusArgs),
+    /// The incident timeline of a pod, ready to paste into an incident document: evidence,
+    /// the pod's events and its owner's rollout history, findings ranked with the safest next
+    /// step.
+    #[cfg(feature = "cluster")]
+    Timeline(TimelineArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+/// The command as the user typed it: `kubectl triage` when run as the kubectl plugin
+/// (installed as `kubectl-triage`), else `triage-agent`.
+pub fn invoked_as(argv0: Option<&std::ffi::OsStr>) -> &'static str {
+    let name = argv0
+        .and_then(|a| std::path::Path::new(a).file_name())
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    if name.starts_with("kubectl-triage") {
+        "kubectl triage"
+    } else {
+        "triage-agent"
+    }
+}
+
+/// Parses the command line, naming the program as it was invoked.
+pub fn parse() -> Cli {
+    use clap::{CommandFactory as _, FromArgMatches as _};
+    let bin = invoked_as(std::env::args_os().next().as_deref());
+    let matches = Cli::command().bin_name(bin).get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
 }
 
 #[cfg(feature = "node-agent")]
@@ -157,22 +204,43 @@ fn parse_dns_ports(s: &str) -> Result<DnsPorts, String> {
     Ok(DnsPorts(ports))
 }
 
-/// Where the node agents are.
+/// Where the node agents are: found through the kubeconfig (the DaemonSet's pods, reached
+/// through the API server's pods/portforward), or given with `--agent`.
 #[derive(Debug, Args)]
 pub struct AgentsArgs {
     /// A node agent's gRPC address, HOST:PORT (default port 9742); repeat for several nodes.
-    /// In a cluster, reach agents with `kubectl port-forward`.
-    #[arg(long = "agent", env = "TRIAGE_AGENTS", value_delimiter = ',', required = true, value_parser = parse_agent)]
+    /// Without it, the agents are found through the kubeconfig and reached through the API
+    /// server (pods/portforward).
+    #[arg(long = "agent", env = "TRIAGE_AGENTS", value_delimiter = ',', value_parser = parse_agent)]
     pub agents: Vec<String>,
     /// Give up on an agent after this long, e.g. "5s".
     #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
     pub timeout: Duration,
+    /// Path to the kubeconfig file (default: KUBECONFIG, ~/.kube/config, in-cluster).
+    #[arg(long)]
+    pub kubeconfig: Option<std::path::PathBuf>,
+    /// The kubeconfig context to use.
+    #[arg(long)]
+    pub context: Option<String>,
+    /// Namespace of the agent DaemonSet.
+    #[arg(long, env = "TRIAGE_AGENT_NAMESPACE", default_value = DEFAULT_AGENT_NAMESPACE)]
+    pub agent_namespace: String,
+    /// Label selector of the agent DaemonSet's pods.
+    #[arg(long, env = "TRIAGE_AGENT_SELECTOR", default_value = DEFAULT_AGENT_SELECTOR)]
+    pub agent_selector: String,
+    /// The agents' gRPC port inside their pods.
+    #[arg(long, env = "TRIAGE_AGENT_PORT", default_value_t = DEFAULT_PORT)]
+    pub agent_port: u16,
 }
 
+/// Output formats, as kubectl names them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Output {
     Table,
+    /// The table with more columns (and `status`: every agent's detail).
+    Wide,
     Json,
+    Yaml,
 }
 
 #[derive(Debug, Args)]
@@ -183,23 +251,25 @@ pub struct QueryArgs {
     /// Pod namespace.
     #[arg(short = 'n', long, default_value = "default")]
     pub namespace: String,
-    /// Only evidence seen within this long, e.g. "15m", "2h".
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "1h")]
-    pub since: Duration,
+    /// Only evidence seen within this long, e.g. "15m", "2h" [default: 1h]. Given, the nodes
+    /// earlier pods of this name ran on are asked too (a pod that moved).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub since: Option<Duration>,
     /// Only these kinds (repeatable): connection_refused, connection_timeout, packet_drop, dns, oom_kill, cpu_throttling.
     #[arg(long = "kind")]
     pub kinds: Vec<Kind>,
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
     pub output: Output,
+    /// Tables without their header row.
+    #[arg(long)]
+    pub no_headers: bool,
+    /// Ask every agent, not only those of the pod's nodes (a pod whose node is unknown, or
+    /// evidence on other nodes that names it).
+    #[arg(long)]
+    pub all_nodes: bool,
     #[command(flatten)]
     pub agents: AgentsArgs,
-    /// kubeconfig to read NetworkPolicies with (default: KUBECONFIG, ~/.kube/config, in-cluster).
-    #[arg(long)]
-    pub kubeconfig: Option<std::path::PathBuf>,
-    /// kubeconfig context to use.
-    #[arg(long)]
-    pub context: Option<String>,
     /// Do not read NetworkPolicies to explain drops and timeouts.
     #[arg(long)]
     pub no_explain: bool,
@@ -210,21 +280,64 @@ pub struct WatchArgs {
     /// Only this pod.
     #[arg(long)]
     pub pod: Option<String>,
-    /// Only this namespace.
+    /// Only this namespace (with --pod: the pod's namespace, default "default").
     #[arg(short = 'n', long)]
     pub namespace: Option<String>,
+    /// Every namespace (the default without -n), records tied to no pod included.
+    #[arg(short = 'A', long, conflicts_with = "namespace")]
+    pub all_namespaces: bool,
+    /// Only these kinds (repeatable).
+    #[arg(long = "kind")]
+    pub kinds: Vec<Kind>,
     /// Output format: a line per update, or a JSON object per line.
     #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
     pub output: Output,
+    /// Stop watching an agent that stays unreachable this long (its stream is reconnected
+    /// with backoff until then, e.g. across an agent restart).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
+    pub give_up_after: Duration,
+    #[command(flatten)]
+    pub agents: AgentsArgs,
+}
+
+/// Formats of `timeline`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TimelineFormat {
+    /// The incident template, in Markdown.
+    Markdown,
+    Json,
+    Yaml,
+}
+
+#[derive(Debug, Args)]
+pub struct TimelineArgs {
+    /// Pod name.
+    #[arg(long)]
+    pub pod: String,
+    /// Pod namespace.
+    #[arg(short = 'n', long, default_value = "default")]
+    pub namespace: String,
+    /// How far back, e.g. "1h", "30m"; earlier pods of this name inside it are included.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "1h")]
+    pub since: Duration,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = TimelineFormat::Markdown)]
+    pub output: TimelineFormat,
+    /// Ask every agent, not only those of the pod's nodes.
+    #[arg(long)]
+    pub all_nodes: bool,
     #[command(flatten)]
     pub agents: AgentsArgs,
 }
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// Output format.
+    /// Output format: a row per agent, problems first (wide: every agent's detail too).
     #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
     pub output: Output,
+    /// Tables without their header row.
+    #[arg(long)]
+    pub no_headers: bool,
     #[command(flatten)]
     pub agents: AgentsArgs,
 }
@@ -352,7 +465,7 @@ mod tests {
     }
 
     #[test]
-    fn query_requires_pod_and_agent() {
+    fn query_requires_pod_and_finds_agents_without_agent() {
         assert!(Cli::try_parse_from(["triage-agent", "query", "--agent", "a:1"]).is_err());
         // Without its TRIAGE_AGENTS binding, so the result cannot depend on the environment.
         let no_env = Cli::command()
@@ -360,8 +473,8 @@ mod tests {
         assert!(
             no_env
                 .try_get_matches_from(["triage-agent", "query", "--pod", "p"])
-                .is_err(),
-            "--agent is required"
+                .is_ok(),
+            "without --agent the agents are discovered"
         );
         let cli = Cli::try_parse_from([
             "triage-agent",
@@ -386,7 +499,7 @@ mod tests {
             panic!("query")
         };
         assert_eq!(q.agents.agents, vec!["http://a:1", "http://b:2"]);
-        assert_eq!(q.since, Duration::from_secs(300));
+        assert_eq!(q.since, Some(Duration::from_secs(300)));
         assert_eq!(q.kinds, vec![Kind::Dns]);
         assert!(
             Cli::try_parse_from([

@@ -14,6 +14,9 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Map, Value, json};
 use triage_agent_proto::v1 as pb;
 
+mod status;
+pub use status::{Paint, problems, status_summary};
+
 use crate::{
     api::convert::{self, PeerLoss},
     cli::{client::AgentAnswer, diagnose::Finding},
@@ -184,6 +187,8 @@ pub fn query_json(
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Unanswered {
     pub agent: String,
+    /// The node it runs on, when known (agents found through the cluster).
+    pub node: Option<String>,
     pub error: String,
 }
 
@@ -191,7 +196,7 @@ pub struct Unanswered {
 pub fn unanswered_json(unanswered: &[Unanswered]) -> Value {
     unanswered
         .iter()
-        .map(|u| json!({"agent": u.agent, "error": u.error}))
+        .map(|u| json!({"agent": u.agent, "node": u.node, "error": u.error}))
         .collect()
 }
 
@@ -251,22 +256,63 @@ fn dns_lookups_text(answers: &[AgentAnswer]) -> String {
 }
 
 /// Left-aligned columns, two spaces apart. Cells are already clean.
-fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+/// How tables look: kubectl's `-o wide` and `--no-headers`, and colours (only on a terminal,
+/// never with `NO_COLOR`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Style {
+    pub wide: bool,
+    pub no_headers: bool,
+    pub color: bool,
+}
+
+impl Style {
+    /// Colours when stdout is a terminal and `NO_COLOR` is unset or empty
+    /// (<https://no-color.org>).
+    pub fn detect(wide: bool, no_headers: bool) -> Style {
+        let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+        Style {
+            wide,
+            no_headers,
+            color: !no_color && std::io::IsTerminal::is_terminal(&std::io::stdout()),
+        }
+    }
+}
+
+/// Column widths count characters; ANSI colour sequences (only ours: cells are cleaned)
+/// take no room.
+fn visible_width(cell: &str) -> usize {
+    let mut n = 0;
+    let mut in_escape = false;
+    for c in cell.chars() {
+        match (in_escape, c) {
+            (false, '\x1b') => in_escape = true,
+            (true, 'm') => in_escape = false,
+            (true, _) => {}
+            (false, _) => n += 1,
+        }
+    }
+    n
+}
+
+fn table(headers: &[&str], rows: &[Vec<String>], style: &Style) -> String {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
+            *w = (*w).max(visible_width(cell));
         }
     }
     let mut out = String::new();
     let line = |cells: &mut dyn Iterator<Item = &str>, out: &mut String| {
         let mut parts = Vec::new();
         for (cell, w) in cells.zip(&widths) {
-            parts.push(format!("{cell:<w$}"));
+            let pad = w.saturating_sub(visible_width(cell));
+            parts.push(format!("{cell}{}", " ".repeat(pad)));
         }
         let _ = writeln!(out, "{}", parts.join("  ").trim_end());
     };
-    line(&mut headers.iter().copied(), &mut out);
+    if !style.no_headers {
+        line(&mut headers.iter().copied(), &mut out);
+    }
     for row in rows {
         line(&mut row.iter().map(String::as_str), &mut out);
     }
@@ -380,6 +426,42 @@ pub fn query_table(
     answers: &[AgentAnswer],
     notes: &[Note],
 ) -> String {
+    let answer = Answer {
+        pod,
+        namespace,
+        since,
+        evidence,
+        findings,
+        answers,
+        notes,
+    };
+    query_table_styled(&answer, &Style::default())
+}
+
+/// What a query answer holds, for rendering.
+pub struct Answer<'a> {
+    pub pod: &'a str,
+    pub namespace: &'a str,
+    /// The window's start.
+    pub since: Option<SystemTime>,
+    pub evidence: &'a [Evidence],
+    pub findings: &'a [Finding],
+    pub answers: &'a [AgentAnswer],
+    pub notes: &'a [Note],
+}
+
+/// [`query_table`] with `-o wide` (first seen and the pod's UID too), `--no-headers` and
+/// colours.
+pub fn query_table_styled(a: &Answer<'_>, style: &Style) -> String {
+    let Answer {
+        pod,
+        namespace,
+        since,
+        evidence,
+        findings,
+        answers,
+        notes,
+    } = *a;
     let mut out = String::new();
     let nodes: Vec<String> = answers.iter().map(|a| cleaned(&a.node)).collect();
     let _ = writeln!(
@@ -402,7 +484,7 @@ pub fn query_table(
             .map(|e| {
                 let [direction, src, dst, peer, detail] = detail_cells(&e.detail);
                 let s = &e.subject;
-                vec![
+                let mut row = vec![
                     e.kind().to_string(),
                     direction,
                     e.count.to_string(),
@@ -420,32 +502,43 @@ pub fn query_table(
                     ),
                     s.attribution.as_str().to_owned(),
                     cleaned(&e.node),
-                ]
+                ];
+                if style.wide {
+                    row.push(rfc3339(e.first_seen));
+                    row.push(
+                        s.pod
+                            .as_ref()
+                            .map_or_else(|| "-".to_owned(), |p| cleaned(&p.uid)),
+                    );
+                }
+                row
             })
             .collect();
+        let mut headers = vec![
+            "KIND",
+            "DIRECTION",
+            "COUNT",
+            "LAST SEEN",
+            "SRC",
+            "DST",
+            "PEER",
+            "DETAIL",
+            "CONTAINER",
+            "PROCESS",
+            "ATTRIBUTION",
+            "NODE",
+        ];
+        if style.wide {
+            headers.extend(["FIRST SEEN", "POD UID"]);
+        }
         out.push('\n');
-        out.push_str(&table(
-            &[
-                "KIND",
-                "DIRECTION",
-                "COUNT",
-                "LAST SEEN",
-                "SRC",
-                "DST",
-                "PEER",
-                "DETAIL",
-                "CONTAINER",
-                "PROCESS",
-                "ATTRIBUTION",
-                "NODE",
-            ],
-            &rows,
-        ));
+        out.push_str(&table(&headers, &rows, style));
     }
     if !findings.is_empty() {
         let _ = writeln!(out, "\nDiagnosis");
         for f in findings {
-            let _ = writeln!(out, "  [{}] {}", f.layer, clean(&f.summary));
+            let layer = style.paint(&format!("[{}]", f.layer), Paint::Warn);
+            let _ = writeln!(out, "  {layer} {}", clean(&f.summary));
             let _ = writeln!(out, "    next step: {}", clean(&f.next_step));
         }
     }

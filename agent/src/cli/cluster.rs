@@ -1,0 +1,355 @@
+//! The cluster as the CLI sees it, through the user's kubeconfig (so the user's RBAC applies):
+//! the kube client (`KUBECONFIG`, `--kubeconfig`, `--context`, in-cluster), the agent
+//! DaemonSet's pods and their nodes, the node of the pod asked about (and, for a pod that moved,
+//! of its earlier incarnations), and a gRPC connection to an agent pod through the API
+//! server's `pods/portforward` subresource, so the agent's port stays on its loopback.
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, SystemTime},
+};
+
+use futures::future::BoxFuture;
+use k8s_openapi::api::core::v1::{Event, Pod};
+use kube::{
+    Api,
+    api::ListParams,
+    config::{KubeConfigOptions, Kubeconfig},
+};
+
+/// How to reach the cluster: kubectl's flags and habits.
+#[derive(Clone, Debug, Default)]
+pub struct ClusterArgs {
+    pub kubeconfig: Option<std::path::PathBuf>,
+    pub context: Option<String>,
+}
+
+/// Where the agent DaemonSet's pods are; the defaults match deploy/.
+#[derive(Clone, Debug)]
+pub struct AgentSelector {
+    pub namespace: String,
+    pub selector: String,
+    /// The agent's gRPC port inside its pod.
+    pub port: u16,
+}
+
+/// Namespace of the DaemonSet in deploy/.
+pub const DEFAULT_AGENT_NAMESPACE: &str = "triage-agent";
+/// Label of the DaemonSet's pods in deploy/.
+pub const DEFAULT_AGENT_SELECTOR: &str = "app.kubernetes.io/name=triage-agent";
+
+/// How long one API request may take before the cluster counts as unreachable.
+const API_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why the cluster could not tell what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// No usable kubeconfig, context or in-cluster configuration.
+    #[error("{detail}")]
+    Config { detail: String },
+    /// The API server refused the request (RBAC: 401/403) or failed it.
+    #[error("{detail}")]
+    Api { code: u16, detail: String },
+    /// The API server could not be reached.
+    #[error("cannot reach the API server: {detail}")]
+    Unreachable { detail: String },
+    /// What was asked about does not exist.
+    #[error("{what} not found")]
+    NotFound { what: String },
+}
+
+/// The innermost cause of an error, which is what a user can act on, on one line (a YAML
+/// parser's message carries a multi-line excerpt of the file after its first line).
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    let text = cur.to_string();
+    text.lines()
+        .next()
+        .unwrap_or_default()
+        .trim_end()
+        .to_owned()
+}
+
+/// A kube-rs error as one line: the API server's own message for a Status.
+pub fn describe(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) if !s.message.is_empty() => s.message.clone(),
+        kube::Error::Api(s) => format!("the API server answered {}", s.code),
+        other => root_cause(other),
+    }
+}
+
+fn api_error(e: kube::Error) -> ClusterError {
+    match e {
+        kube::Error::Api(s) => ClusterError::Api {
+            code: s.code,
+            detail: if s.message.is_empty() {
+                format!("the API server answered {}", s.code)
+            } else {
+                s.message.clone()
+            },
+        },
+        other => ClusterError::Unreachable {
+            detail: root_cause(&other),
+        },
+    }
+}
+
+/// One API request, bounded in time.
+async fn bounded<T>(f: impl Future<Output = Result<T, kube::Error>>) -> Result<T, ClusterError> {
+    match tokio::time::timeout(API_TIMEOUT, f).await {
+        Ok(r) => r.map_err(api_error),
+        Err(_) => Err(ClusterError::Unreachable {
+            detail: format!("no answer within {}s", API_TIMEOUT.as_secs()),
+        }),
+    }
+}
+
+/// The client kubectl would use: `--kubeconfig` (else `KUBECONFIG`, else `~/.kube/config`),
+/// its `--context` (else the current one); in-cluster when there is no kubeconfig at all.
+pub async fn client(args: &ClusterArgs) -> Result<kube::Client, ClusterError> {
+    let config_error = |detail: String| ClusterError::Config { detail };
+    let kubeconfig = match &args.kubeconfig {
+        Some(path) => Some(Kubeconfig::read_from(path).map_err(|e| {
+            config_error(format!("kubeconfig {}: {}", path.display(), root_cause(&e)))
+        })?),
+        None => match Kubeconfig::read() {
+            Ok(k) => Some(k),
+            // No kubeconfig anywhere: in a pod, the in-cluster configuration.
+            Err(kube::config::KubeconfigError::FindPath) => None,
+            Err(e) => return Err(config_error(format!("kubeconfig: {}", root_cause(&e)))),
+        },
+    };
+    let config = match kubeconfig {
+        Some(kubeconfig) => {
+            if let Some(context) = &args.context
+                && !kubeconfig.contexts.iter().any(|c| &c.name == context)
+            {
+                let known: Vec<&str> = kubeconfig
+                    .contexts
+                    .iter()
+                    .map(|c| c.name.as_str())
+                    .collect();
+                return Err(config_error(format!(
+                    "context {context:?} not found in the kubeconfig (contexts: {})",
+                    if known.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        known.join(", ")
+                    }
+                )));
+            }
+            let options = KubeConfigOptions {
+                context: args.context.clone(),
+                ..KubeConfigOptions::default()
+            };
+            kube::Config::from_custom_kubeconfig(kubeconfig, &options)
+                .await
+                .map_err(|e| config_error(format!("kubeconfig: {}", root_cause(&e))))?
+        }
+        None if args.context.is_some() => {
+            return Err(config_error(
+                "--context given but no kubeconfig found (set KUBECONFIG or --kubeconfig)".into(),
+            ));
+        }
+        None => kube::Config::incluster().map_err(|e| {
+            config_error(format!(
+                "no kubeconfig (set KUBECONFIG or --kubeconfig) and not in a cluster: {}",
+                root_cause(&e)
+            ))
+        })?,
+    };
+    kube::Client::try_from(config).map_err(|e| config_error(root_cause(&e)))
+}
+
+/// An agent pod of the DaemonSet, reached through `pods/portforward`.
+#[derive(Clone)]
+pub struct AgentPod {
+    pub node: String,
+    pub namespace: String,
+    pub name: String,
+    pub port: u16,
+    pub client: kube::Client,
+}
+
+impl std::fmt::Debug for AgentPod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentPod")
+            .field("node", &self.node)
+            .field("namespace", &self.namespace)
+            .field("name", &self.name)
+            .field("port", &self.port)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The agent pod of each node, by node name. Of several on one node (a rolling update), the
+/// running one, else the newest.
+pub async fn agent_pods(
+    client: &kube::Client,
+    agents: &AgentSelector,
+) -> Result<BTreeMap<String, AgentPod>, ClusterError> {
+    let api = Api::<Pod>::namespaced(client.clone(), &agents.namespace);
+    let pods = bounded(api.list(&ListParams::default().labels(&agents.selector))).await?;
+    let mut by_node: BTreeMap<String, (bool, Option<SystemTime>, AgentPod)> = BTreeMap::new();
+    for pod in pods.items {
+        let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) else {
+            continue; // not scheduled yet
+        };
+        let Some(name) = pod.metadata.name.clone() else {
+            continue;
+        };
+        if pod.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        let running = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.phase.as_deref())
+            .is_some_and(|p| p == "Running");
+        let created = pod
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|t| SystemTime::from(t.0));
+        let candidate = AgentPod {
+            node: node.clone(),
+            namespace: agents.namespace.clone(),
+            name,
+            port: agents.port,
+            client: client.clone(),
+        };
+        let better = by_node
+            .get(&node)
+            .is_none_or(|(r, c, _)| (running, created) > (*r, *c));
+        if better {
+            by_node.insert(node, (running, created, candidate));
+        }
+    }
+    Ok(by_node.into_iter().map(|(n, (_, _, p))| (n, p)).collect())
+}
+
+/// The nodes a pod ran on: its current node, and with `since`, the nodes earlier pods of the
+/// same name were scheduled to inside the window (from the scheduler's `Scheduled` events,
+/// when readable). NotFound when the pod neither exists nor left such events.
+pub async fn pod_nodes(
+    client: &kube::Client,
+    namespace: &str,
+    pod: &str,
+    since: Option<SystemTime>,
+) -> Result<Vec<String>, ClusterError> {
+    let api = Api::<Pod>::namespaced(client.clone(), namespace);
+    let current = bounded(api.get_opt(pod)).await?;
+    let mut nodes: Vec<String> = current
+        .as_ref()
+        .and_then(|p| p.spec.as_ref())
+        .and_then(|s| s.node_name.clone())
+        .into_iter()
+        .collect();
+    if let Some(since) = since {
+        for node in scheduled_nodes(client, namespace, pod, since).await {
+            if !nodes.contains(&node) {
+                nodes.push(node);
+            }
+        }
+    }
+    if current.is_none() && nodes.is_empty() {
+        return Err(ClusterError::NotFound {
+            what: format!("pod {namespace}/{pod}"),
+        });
+    }
+    Ok(nodes)
+}
+
+/// Nodes named by the pod's `Scheduled` events inside the window ("Successfully assigned
+/// ns/pod to node"); best effort: events may be unreadable or expired.
+async fn scheduled_nodes(
+    client: &kube::Client,
+    namespace: &str,
+    pod: &str,
+    since: SystemTime,
+) -> Vec<String> {
+    let api = Api::<Event>::namespaced(client.clone(), namespace);
+    let lp = ListParams::default().fields(&format!(
+        "involvedObject.kind=Pod,involvedObject.name={pod},reason=Scheduled"
+    ));
+    let Ok(events) = bounded(api.list(&lp)).await else {
+        return Vec::new();
+    };
+    let mut nodes = Vec::new();
+    for e in events.items {
+        let when = e
+            .last_timestamp
+            .as_ref()
+            .map(|t| SystemTime::from(t.0))
+            .or_else(|| e.event_time.as_ref().map(|t| SystemTime::from(t.0)));
+        if when.is_some_and(|w| w < since) {
+            continue;
+        }
+        if let Some(node) = e
+            .message
+            .as_deref()
+            .and_then(|m| m.rsplit_once(" to "))
+            .map(|(_, node)| node.trim().to_owned())
+            .filter(|n| !n.is_empty() && !nodes.contains(n))
+        {
+            nodes.push(node);
+        }
+    }
+    nodes
+}
+
+/// Errors the port-forward sent on its error channel, collected so a failed connection can
+/// say why (e.g. nothing listens on the agent's port).
+pub type ForwardErrors = Arc<Mutex<Vec<BoxFuture<'static, Option<String>>>>>;
+
+/// A gRPC channel to an agent pod through `pods/portforward`; every (re)connection opens a
+/// new forward, as `kubectl port-forward` does per connection.
+pub async fn forward_channel(
+    pod: &AgentPod,
+    timeout: Duration,
+    errors: &ForwardErrors,
+) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    let api = Api::<Pod>::namespaced(pod.client.clone(), &pod.namespace);
+    let (name, port, sink) = (pod.name.clone(), pod.port, Arc::clone(errors));
+    let connector = tower::service_fn(move |_: tonic::transport::Uri| {
+        let (api, name, sink) = (api.clone(), name.clone(), Arc::clone(&sink));
+        async move {
+            let mut forward = api
+                .portforward(&name, &[port])
+                .await
+                .map_err(|e| std::io::Error::other(describe(&e)))?;
+            let stream = forward
+                .take_stream(port)
+                .ok_or_else(|| std::io::Error::other("port-forward gave no stream"))?;
+            if let Some(error) = forward.take_error(port) {
+                sink.lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(Box::pin(error));
+            }
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+        }
+    });
+    // The authority is never resolved: the connector ignores it.
+    tonic::transport::Endpoint::from_static("http://agent.portforward")
+        .connect_timeout(timeout)
+        .timeout(timeout)
+        .connect_with_connector(connector)
+        .await
+}
+
+/// The first error a forward reported, waiting briefly for it to arrive.
+pub async fn forward_error(errors: &ForwardErrors) -> Option<String> {
+    let pending: Vec<_> =
+        std::mem::take(&mut *errors.lock().unwrap_or_else(PoisonError::into_inner));
+    for error in pending {
+        if let Ok(Some(message)) = tokio::time::timeout(Duration::from_millis(500), error).await {
+            return Some(message);
+        }
+    }
+    None
+}

@@ -1,0 +1,169 @@
+//! `status` across many agents: one row per agent, problems first (agents that did not
+//! answer, probes not attached, metadata out of sync, losses, a store near its bound), then
+//! the reasons of each problem. The full per-agent detail stays in `-o json|yaml`.
+
+use std::fmt::Write as _;
+
+use triage_agent_proto::v1 as pb;
+
+use super::{Style, Unanswered, clean, cleaned, lost_in_window, table};
+use crate::api::convert;
+
+/// A store this full is worth a look: evictions are near.
+const STORE_NEARLY_FULL: f64 = 0.9;
+
+/// What is wrong with one agent, in words; empty when nothing is.
+pub fn problems(s: &pb::StatusResponse) -> Vec<String> {
+    let mut out = Vec::new();
+    for p in s.probes.iter().filter(|p| !p.attached) {
+        out.push(format!(
+            "probe {} not attached: {}",
+            clean(&p.name),
+            clean(&p.error)
+        ));
+    }
+    let meta = s.metadata.clone().unwrap_or_default();
+    if !meta.synced {
+        let why = if meta.last_error.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", clean(&meta.last_error))
+        };
+        out.push(format!(
+            "pod metadata not in sync ({} retries){why}",
+            meta.retries
+        ));
+    }
+    let lost = lost_in_window(
+        &convert::loss_from_pb(&s.loss.clone().unwrap_or_default()),
+        None,
+    );
+    if !lost.is_empty() {
+        out.push(format!("lost: {}", lost.join(", ")));
+    }
+    if s.store_capacity > 0 {
+        #[expect(
+            clippy::cast_precision_loss,
+            reason = "a fill ratio; precision beyond 2^52 records is irrelevant"
+        )]
+        let fill = s.store_records as f64 / s.store_capacity as f64;
+        if fill >= STORE_NEARLY_FULL {
+            out.push(format!(
+                "store {}/{} records: evictions near",
+                s.store_records, s.store_capacity
+            ));
+        }
+    }
+    out
+}
+
+/// The summary table: unanswered agents, then agents with problems, then healthy ones (each
+/// group by node), and the problems spelled out below.
+pub fn status_summary(
+    statuses: &[(String, pb::StatusResponse)],
+    unanswered: &[Unanswered],
+    style: &Style,
+) -> String {
+    let mut rows: Vec<(u8, String, Vec<String>)> = Vec::new();
+    let mut details: Vec<(String, Vec<String>)> = Vec::new();
+    for u in unanswered {
+        let node = u.node.clone().unwrap_or_else(|| u.agent.clone());
+        let mut row = vec![
+            cleaned(&node),
+            style.paint("NO ANSWER", Paint::Bad),
+            cleaned(&u.agent),
+            "-".into(),
+            "-".into(),
+            "-".into(),
+            "-".into(),
+            "-".into(),
+        ];
+        if style.wide {
+            row.extend(["-".to_owned(), "-".to_owned()]);
+        }
+        rows.push((0, node.clone(), row));
+        details.push((node, vec![cleaned(&u.error)]));
+    }
+    for (agent, s) in statuses {
+        let problems = problems(s);
+        let attached = s.probes.iter().filter(|p| p.attached).count();
+        let meta = s.metadata.clone().unwrap_or_default();
+        let lost = lost_in_window(
+            &convert::loss_from_pb(&s.loss.clone().unwrap_or_default()),
+            None,
+        );
+        let state = if problems.is_empty() {
+            style.paint("OK", Paint::Good)
+        } else {
+            style.paint(&format!("{} PROBLEM(S)", problems.len()), Paint::Bad)
+        };
+        let mut row = vec![
+            cleaned(&s.node),
+            state,
+            cleaned(agent),
+            cleaned(&s.version),
+            cleaned(&s.kernel),
+            format!("{attached}/{}", s.probes.len()),
+            if meta.synced {
+                format!("synced, {} pods", meta.pods)
+            } else {
+                "NOT synced".to_owned()
+            },
+            format!("{}/{}", s.store_records, s.store_capacity),
+        ];
+        if style.wide {
+            row.push(if lost.is_empty() {
+                "none".to_owned()
+            } else {
+                lost.join(", ")
+            });
+            row.push(s.events_received.to_string());
+        }
+        let rank = if problems.is_empty() { 2 } else { 1 };
+        rows.push((rank, s.node.clone(), row));
+        if !problems.is_empty() {
+            details.push((s.node.clone(), problems));
+        }
+    }
+    rows.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+    let mut headers = vec![
+        "NODE", "STATE", "AGENT", "VERSION", "KERNEL", "PROBES", "METADATA", "STORE",
+    ];
+    if style.wide {
+        headers.extend(["LOSS", "EVENTS"]);
+    }
+    let rows: Vec<Vec<String>> = rows.into_iter().map(|(_, _, r)| r).collect();
+    let mut out = table(&headers, &rows, style);
+    if !details.is_empty() {
+        let _ = writeln!(out, "\nProblems");
+        for (node, problems) in details {
+            for p in problems {
+                let _ = writeln!(out, "  {}: {p}", clean(&node));
+            }
+        }
+    }
+    out
+}
+
+/// What a colour says.
+#[derive(Clone, Copy)]
+pub enum Paint {
+    Good,
+    Bad,
+    Warn,
+}
+
+impl Style {
+    /// `text` in the colour of `paint` when colours are on; the text itself otherwise.
+    pub fn paint(&self, text: &str, paint: Paint) -> String {
+        if !self.color {
+            return text.to_owned();
+        }
+        let code = match paint {
+            Paint::Good => "32",
+            Paint::Bad => "1;31",
+            Paint::Warn => "33",
+        };
+        format!("\x1b[{code}m{text}\x1b[0m")
+    }
+}

@@ -1,0 +1,148 @@
+//! The Markdown timeline against a snapshot (`snapshot.md`; `UPDATE_SNAPSHOTS=1` rewrites it
+//! for review), and its safety rules.
+
+use std::time::{Duration, SystemTime};
+
+use super::*;
+use crate::{
+    cli::diagnose::diagnose_cited,
+    evidence::fixtures::{oom_killed, refused},
+};
+
+fn t(s: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(1_790_000_000 + s)
+}
+
+fn cluster() -> ClusterView {
+    ClusterView {
+        workload: Some("Deployment shop/web".into()),
+        revisions: vec![
+            Revision {
+                revision: "6".into(),
+                replica_set: "web-5c7d".into(),
+                created: Some(t(0)),
+                images: vec!["registry.example/web:1.4.1".into()],
+            },
+            Revision {
+                revision: "7".into(),
+                replica_set: "web-8f9a".into(),
+                created: Some(t(600)),
+                images: vec!["registry.example/web:1.5.0".into()],
+            },
+        ],
+        events: vec![
+            (
+                t(610),
+                "Normal".into(),
+                "Scheduled".into(),
+                "Successfully assigned shop/web to node-b".into(),
+                1,
+            ),
+            (
+                t(700),
+                "Warning".into(),
+                "Unhealthy".into(),
+                "Readiness probe failed: HTTP probe failed with statuscode: 503".into(),
+                4,
+            ),
+        ],
+        unreadable: vec![],
+    }
+}
+
+#[test]
+fn markdown_matches_the_snapshot() {
+    let at = |mut e: Evidence, first: u64, last: u64| {
+        e.first_seen = t(first);
+        e.last_seen = t(last);
+        e
+    };
+    let evidence = vec![
+        at(
+            refused()
+                .pod("shop", "web")
+                .node("node-b")
+                .count(12)
+                .evidence(),
+            650,
+            720,
+        ),
+        at(
+            oom_killed()
+                .pod("shop", "web")
+                .node("node-b")
+                .process(311, "worker\u{1b}[2J")
+                .evidence(),
+            680,
+            680,
+        ),
+    ];
+    let findings = diagnose_cited(&evidence);
+    let view = cluster();
+    let text = markdown(&Inputs {
+        namespace: "shop",
+        pod: "web",
+        since: t(0),
+        evidence: &evidence,
+        findings: &findings,
+        nodes: &["node-b".to_owned()],
+        unanswered: &[],
+        cluster: &view,
+    });
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/src/cli/timeline/snapshot.md");
+    if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
+        std::fs::write(path, &text).unwrap_or_else(|e| panic!("{path}: {e}"));
+    }
+    let expected = std::fs::read_to_string(path).unwrap_or_default();
+    assert!(
+        text == expected,
+        "timeline differs from {path} (UPDATE_SNAPSHOTS=1 to rewrite it):\n{text}"
+    );
+    assert!(
+        !text.contains('\u{1b}'),
+        "no raw escape reaches the document"
+    );
+}
+
+#[test]
+fn never_a_destructive_next_step() {
+    for step in [
+        "kubectl delete pod web",
+        "run kubectl rollout restart deployment/web",
+        "kubectl drain node-b",
+    ] {
+        let safe = safe_next_step(step);
+        assert!(!DESTRUCTIVE.iter().any(|d| safe.contains(d)), "{safe}");
+    }
+    assert_eq!(
+        safe_next_step("kubectl describe pod web"),
+        "kubectl describe pod web"
+    );
+}
+
+#[test]
+fn an_empty_window_still_has_the_template() {
+    let view = ClusterView::default();
+    let text = markdown(&Inputs {
+        namespace: "shop",
+        pod: "web",
+        since: t(0),
+        evidence: &[],
+        findings: &[],
+        nodes: &[],
+        unanswered: &[("node-c".into(), "unreachable".into())],
+        cluster: &view,
+    });
+    for heading in [
+        "# Incident: shop/web",
+        "## Timeline",
+        "## Evidence",
+        "## Findings (ranked)",
+        "## Root cause hypothesis",
+        "## Confirmed root cause",
+        "## Preventive actions",
+        "**Incomplete:** 1 agent(s)",
+    ] {
+        assert!(text.contains(heading), "{heading} in {text}");
+    }
+}

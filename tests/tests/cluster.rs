@@ -1,0 +1,322 @@
+//! Privileged end to end: the CLI with only a kubeconfig. One machine plays three nodes (an
+//! agent per node name against one stand-in API server, each published as a DaemonSet pod and
+//! reached through the API server's pods/portforward); real processes in simulated pods
+//! provoke real refusals. Plus the one-line errors and exit codes of cluster access, which need
+//! only the stand-in API server.
+
+#![expect(
+    clippy::unwrap_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test scenarios panic with context; helpers shared by tests are not #[test] fns"
+)]
+
+use std::{
+    io::{BufRead as _, BufReader},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use triage_agent_tests::{
+    agent::{AgentProcess, agent_binary, cli_with_kubeconfig},
+    apiserver::{ApiServer, PodFixture, pod_event_object, pod_object},
+    simnode::{CgroupDriver, SimConfig, SimNode},
+};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn json(out: &std::process::Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+fn nodes_answered(v: &Value) -> Vec<String> {
+    v["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["node"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Queries through discovery until the answer has a refusal, failing with the last one.
+fn query_until_refused(kubeconfig: &std::path::Path, ns: &str, pod: &str) -> Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let out = cli_with_kubeconfig(kubeconfig, &["query", "--pod", pod, "-n", ns, "-o", "json"])
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v = json(&out);
+        let refused = v["evidence"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "connection_refused" && e["direction"] == "outbound");
+        if refused {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "no refusal for {ns}/{pod}: {v}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+#[test]
+fn a_kubeconfig_is_all_it_takes() {
+    let mut node = SimNode::start(SimConfig {
+        workload: env!("CARGO_BIN_EXE_sim-workload").into(),
+        driver: CgroupDriver::Systemd,
+    })
+    .unwrap();
+    let (node_a, node_b, node_c) = (
+        node.name.clone(),
+        format!("{}-b", node.name),
+        format!("{}-c", node.name),
+    );
+    let db = node.add_pod("shop", "db").unwrap();
+    let web = node.add_pod("shop", "web").unwrap();
+    let api = node.add_pod_on(&node_b, "shop", "api").unwrap();
+    let db_ip = node.pod(db).ip;
+    let mut agents = Vec::new();
+    for (i, name) in [&node_a, &node_b, &node_c].into_iter().enumerate() {
+        let mut agent = AgentProcess::start_as(&node, name, &[]).unwrap();
+        agent.wait_ready(true, WAIT).unwrap();
+        agent.publish(&node.api, &format!("triage-agent-{i}"), name);
+        agents.push(agent);
+    }
+    let kubeconfig = node.kubeconfig();
+
+    // Refusals from a pod of node A and one of node B (nothing listens on 5433).
+    for pod in [web, api] {
+        node.run(pod, &["connect", &format!("{db_ip}:5433"), "2", "20"])
+            .unwrap();
+    }
+
+    // Only the pod's node is asked, through the API server.
+    let v = query_until_refused(&kubeconfig, "shop", "api");
+    assert_eq!(nodes_answered(&v), vec![node_b.clone()], "{v}");
+    assert_eq!(v["complete"], true);
+    assert!(
+        v["evidence"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["node"] == node_b.as_str() && e["pod"]["name"] == "api"),
+        "{v}"
+    );
+    let v = query_until_refused(&kubeconfig, "shop", "web");
+    assert_eq!(nodes_answered(&v), vec![node_a.clone()], "{v}");
+
+    // The table too, as a user runs it.
+    let out = cli_with_kubeconfig(&kubeconfig, &["query", "--pod", "api", "-n", "shop"]).unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("api") && text.contains(&node_b), "{text}");
+
+    // The incident timeline: the evidence and the pod's events, as Markdown.
+    node.api.apply_event(pod_event_object(
+        "shop",
+        "api",
+        "api.1",
+        "Warning",
+        "Unhealthy",
+        "Readiness probe failed: connection refused",
+    ));
+    let out = cli_with_kubeconfig(
+        &kubeconfig,
+        &["timeline", "--pod", "api", "-n", "shop", "-o", "markdown"],
+    )
+    .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "# Incident: shop/api",
+        "## Timeline",
+        "Pod event Warning Unhealthy: Readiness probe failed",
+        "first connection_refused on node",
+        "## Findings (ranked)",
+        "(evidence: E1)",
+        "## Preventive actions",
+    ] {
+        assert!(text.contains(needle), "{needle} in:\n{text}");
+    }
+
+    // watch -A merges the agents' streams.
+    let mut watch = Command::new(agent_binary())
+        .args(["watch", "-A", "-o", "json"])
+        .env("KUBECONFIG", &kubeconfig)
+        .env_remove("TRIAGE_AGENTS")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, lines) = std::sync::mpsc::channel();
+    let stdout = watch.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap()).is_err() {
+                return;
+            }
+        }
+    });
+    let mut seen = std::collections::BTreeSet::new();
+    let deadline = Instant::now() + WAIT;
+    while seen.len() < 2 {
+        assert!(Instant::now() < deadline, "watch saw only {seen:?}");
+        // New flows (new destination ports) so each is a new record, streamed at once.
+        for (pod, port) in [(web, 6000), (api, 6001)] {
+            node.run(pod, &["connect", &format!("{db_ip}:{port}"), "1", "0"])
+                .unwrap();
+        }
+        while let Ok(line) = lines.recv_timeout(Duration::from_millis(500)) {
+            let v: Value = serde_json::from_str(&line).unwrap();
+            if v["kind"] == "connection_refused" && v["pod"]["name"].is_string() {
+                seen.insert(v["node"].as_str().unwrap().to_owned());
+            }
+        }
+    }
+    assert!(seen.contains(&node_a) && seen.contains(&node_b), "{seen:?}");
+    let _ = watch.kill();
+    let _ = watch.wait();
+
+    // Node B's agent stops: asking every node is a partial answer naming it (exit 3) ...
+    agents[1].stop().unwrap();
+    let out = cli_with_kubeconfig(
+        &kubeconfig,
+        &[
+            "query",
+            "--pod",
+            "web",
+            "-n",
+            "shop",
+            "--all-nodes",
+            "-o",
+            "json",
+        ],
+    )
+    .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v = json(&out);
+    assert_eq!(v["complete"], false);
+    assert_eq!(v["unanswered"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v["unanswered"][0]["node"], node_b.as_str(), "{v}");
+    let mut answered = nodes_answered(&v);
+    answered.sort();
+    let mut expected = vec![node_a.clone(), node_c.clone()];
+    expected.sort();
+    assert_eq!(answered, expected);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("warning: the answer is incomplete") && err.contains(&node_b),
+        "{err}"
+    );
+    // ... and asking only its node is no answer at all (exit 4), one line naming it.
+    let out = cli_with_kubeconfig(&kubeconfig, &["query", "--pod", "api", "-n", "shop"]).unwrap();
+    assert_eq!(out.status.code(), Some(4));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("error: agent ") && err.contains(&node_b),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty());
+}
+
+/// Errors of cluster access: one line on stderr each, nothing on stdout, the documented code.
+#[test]
+fn cluster_errors_are_one_line_with_their_exit_code() {
+    let api = ApiServer::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    api.write_kubeconfig(&kubeconfig).unwrap();
+    api.apply_pod(pod_object(&PodFixture {
+        namespace: "shop",
+        name: "web",
+        uid: "uid-web",
+        node: "node-1",
+        pod_ip: None,
+        host_ip: None,
+        host_network: false,
+        qos_class: "BestEffort",
+        containers: &[("app", "c1")],
+    }));
+    let check = |args: &[&str], code: i32, needle: &str| {
+        let out = cli_with_kubeconfig(&kubeconfig, args).unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(
+            err.starts_with("error: ") && err.contains(needle),
+            "{args:?}: {err}"
+        );
+        assert!(out.stdout.is_empty(), "{args:?}");
+    };
+    let query = ["query", "--pod", "web", "-n", "shop"];
+    check(
+        &[&query[..], &["--kubeconfig", "/nonexistent/kubeconfig"]].concat(),
+        5,
+        "/nonexistent/kubeconfig",
+    );
+    let garbage = dir.path().join("garbage");
+    std::fs::write(&garbage, "clusters: [unterminated").unwrap();
+    check(
+        &[&query[..], &["--kubeconfig", garbage.to_str().unwrap()]].concat(),
+        5,
+        "kubeconfig",
+    );
+    check(
+        &[&query[..], &["--context", "nope"]].concat(),
+        5,
+        "context \"nope\" not found",
+    );
+    check(
+        &["query", "--pod", "nope", "-n", "shop"],
+        6,
+        "pod shop/nope not found",
+    );
+    // The pod exists but no agent runs on its node.
+    check(&query, 4, "no agent pod on node node-1");
+    // RBAC: reading pods is denied.
+    api.forbid("pods");
+    check(&query, 5, "forbidden");
+    api.allow("pods");
+    // RBAC: port-forwarding to the agent is denied.
+    api.apply_pod(triage_agent_tests::apiserver::agent_pod_object(
+        "triage-agent-0",
+        "node-1",
+    ));
+    api.forward_port(
+        "triage-agent",
+        "triage-agent-0",
+        9742,
+        "127.0.0.1:1".parse().unwrap(),
+    );
+    api.forbid("pods/portforward");
+    check(&query, 4, "cannot create resource \"pods/portforward\"");
+    api.allow("pods/portforward");
+    // Nothing listens on the agent's port: the forward's own error.
+    check(&query, 4, "error forwarding port 9742");
+    // The API server is down.
+    drop(api);
+    check(&query, 5, "cannot reach the API server");
+}
