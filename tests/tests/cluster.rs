@@ -123,6 +123,30 @@ fn a_kubeconfig_is_all_it_takes() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("api") && text.contains(&node_b), "{text}");
 
+    // A pod that moved: with --since, the node its earlier incarnation was scheduled to (the
+    // scheduler's event) is asked too.
+    node.api.apply_event(pod_event_object(
+        "shop",
+        "api",
+        "api.0",
+        "Normal",
+        "Scheduled",
+        &format!("Successfully assigned shop/api to {node_c}"),
+    ));
+    let out = cli_with_kubeconfig(
+        &kubeconfig,
+        &[
+            "query", "--pod", "api", "-n", "shop", "--since", "1h", "-o", "json",
+        ],
+    )
+    .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let mut answered = nodes_answered(&json(&out));
+    answered.sort();
+    let mut expected = vec![node_b.clone(), node_c.clone()];
+    expected.sort();
+    assert_eq!(answered, expected);
+
     // The incident timeline: the evidence and the pod's events, as Markdown.
     node.api.apply_event(pod_event_object(
         "shop",
@@ -229,6 +253,21 @@ fn a_kubeconfig_is_all_it_takes() {
     assert!(
         err.starts_with("warning: the answer is incomplete") && err.contains(&node_b),
         "{err}"
+    );
+    // ... status lists it first, as a problem (exit 3) ...
+    let out = cli_with_kubeconfig(&kubeconfig, &["status"]).unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rows: Vec<&str> = text.lines().collect();
+    assert!(rows[0].starts_with("NODE"), "{text}");
+    assert!(
+        rows[1].starts_with(node_b.as_str()) && rows[1].contains("NO ANSWER"),
+        "{text}"
+    );
+    assert_eq!(
+        rows.iter().filter(|r| r.contains(" OK ")).count(),
+        2,
+        "{text}"
     );
     // ... and asking only its node is no answer at all (exit 4), one line naming it.
     let out = cli_with_kubeconfig(&kubeconfig, &["query", "--pod", "api", "-n", "shop"]).unwrap();
