@@ -377,25 +377,94 @@ fn progress() -> impl FnMut(usize, usize) {
 async fn query(args: cli::QueryArgs, explain_only: bool) -> anyhow::Result<()> {
     let now = SystemTime::now();
     let since = window_start(now, args.since.unwrap_or(cli::DEFAULT_SINCE));
-    let scope = if args.all_nodes {
-        Scope::AllNodes
-    } else {
-        Scope::Pod {
-            namespace: args.namespace.clone(),
-            name: args.pod.clone(),
+    let namespace = match (&args.namespace, args.all_namespaces) {
+        (_, true) => None,
+        (Some(ns), false) => Some(ns.clone()),
+        (None, false) => Some("default".to_owned()),
+    };
+    let scope = match (&args.pod, &namespace) {
+        (Some(pod), Some(ns)) if !args.all_nodes => Scope::Pod {
+            namespace: ns.clone(),
+            name: pod.clone(),
             earlier: args.since.map(|_| since),
-        }
+        },
+        // -n, -A, -l and --all-nodes fan out to every agent.
+        _ => Scope::AllNodes,
     };
     let filter = Filter {
-        namespace: Some(args.namespace.clone()),
-        pod: Some(args.pod.clone()),
+        namespace: namespace.clone(),
+        pod: args.pod.clone(),
         since: Some(since),
         kinds: args.kinds.clone(),
         include_unattributed: false,
     };
-    let (answers, unanswered) = gather(&args.agents, &scope, &filter).await?;
-    query_answer(&args, explain_only, since, &answers, &unanswered).await?;
+    let selected = match &args.selector {
+        Some(selector) => Some(selected_pods(&args.agents, namespace.as_deref(), selector).await?),
+        None => None,
+    };
+    let (mut answers, unanswered) = gather(&args.agents, &scope, &filter).await?;
+    if let Some(selected) = &selected {
+        for a in &mut answers {
+            a.evidence.retain(|e| {
+                e.pod()
+                    .is_some_and(|p| selected.contains(&(p.namespace.clone(), p.name.clone())))
+            });
+        }
+    }
+    let subject = Subject {
+        namespace: namespace.unwrap_or_else(|| "*".to_owned()),
+        pod: match (&args.pod, &args.selector) {
+            (Some(pod), _) => pod.clone(),
+            (None, Some(selector)) => format!("* (-l {selector})"),
+            (None, None) => "*".to_owned(),
+        },
+    };
+    query_answer(&args, &subject, explain_only, since, &answers, &unanswered).await?;
     incomplete(&answers, &unanswered)
+}
+
+/// What a query is about, for its header: a pod, or `*` for a fan-out.
+struct Subject {
+    namespace: String,
+    pod: String,
+}
+
+/// The pods `-l` selects, (namespace, name), through the kubeconfig.
+#[cfg(feature = "cluster")]
+async fn selected_pods(
+    agents: &cli::AgentsArgs,
+    namespace: Option<&str>,
+    selector: &str,
+) -> anyhow::Result<std::collections::HashSet<(String, String)>> {
+    use cli::cluster;
+    let fail = |e: cluster::ClusterError| Exit {
+        code: exit::CLUSTER,
+        message: e.to_string(),
+    };
+    let kube = cluster::client(&cluster::ClusterArgs {
+        kubeconfig: agents.kubeconfig.clone(),
+        context: agents.context.clone(),
+    })
+    .await
+    .map_err(fail)?;
+    Ok(cluster::pods_by_selector(&kube, namespace, selector)
+        .await
+        .map_err(fail)?
+        .into_iter()
+        .collect())
+}
+
+#[cfg(not(feature = "cluster"))]
+async fn selected_pods(
+    _: &cli::AgentsArgs,
+    _: Option<&str>,
+    _: &str,
+) -> anyhow::Result<std::collections::HashSet<(String, String)>> {
+    Err(Exit {
+        code: exit::CLUSTER,
+        message: "built without Kubernetes support (feature `cluster`): -l needs it".into(),
+    }
+    .into())
 }
 
 /// Asks the agents of `scope`; the answers and the agents that did not answer. No answer at all
@@ -534,6 +603,7 @@ async fn timeline(args: cli::TimelineArgs) -> anyhow::Result<()> {
 /// Prints what the agents that answered said; `unanswered` lists the others.
 async fn query_answer(
     args: &cli::QueryArgs,
+    subject: &Subject,
     explain_only: bool,
     since: SystemTime,
     answers: &[client::AgentAnswer],
@@ -564,8 +634,8 @@ async fn query_answer(
             Output::Json | Output::Yaml => json(&[]),
             Output::Table | Output::Wide if notes.is_empty() => print(&format!(
                 "Pod {}/{}: no drops or timeouts to explain in the requested window.\n{missing}",
-                render::clean(&args.namespace),
-                render::clean(&args.pod)
+                render::clean(&subject.namespace),
+                render::clean(&subject.pod)
             )),
             Output::Table | Output::Wide => {
                 print(&format!("{}{missing}", render::notes_text(&notes, true)))
@@ -578,8 +648,8 @@ async fn query_answer(
             "{}{missing}",
             render::query_table_styled(
                 &render::Answer {
-                    pod: &args.pod,
-                    namespace: &args.namespace,
+                    pod: &subject.pod,
+                    namespace: &subject.namespace,
                     since: Some(since),
                     evidence: &evidence,
                     findings: &findings,

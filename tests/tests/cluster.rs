@@ -123,6 +123,35 @@ fn a_kubeconfig_is_all_it_takes() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("api") && text.contains(&node_b), "{text}");
 
+    // -n fans out to every agent; -l keeps the pods a label selector picks.
+    let pods_of = |v: &Value| {
+        let mut pods: Vec<String> = v["evidence"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|e| e["pod"]["name"].as_str().map(str::to_owned))
+            .collect();
+        pods.sort();
+        pods.dedup();
+        pods
+    };
+    let out = cli_with_kubeconfig(&kubeconfig, &["query", "-n", "shop", "-o", "json"]).unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let v = json(&out);
+    assert_eq!(nodes_answered(&v).len(), 3, "{v}");
+    let pods = pods_of(&v);
+    assert!(
+        pods.contains(&"web".to_owned()) && pods.contains(&"api".to_owned()),
+        "{v}"
+    );
+    let out = cli_with_kubeconfig(
+        &kubeconfig,
+        &["query", "-n", "shop", "-l", "app=api", "-o", "json"],
+    )
+    .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(pods_of(&json(&out)), vec!["api".to_owned()]);
+
     // A pod that moved: with --since, the node its earlier incarnation was scheduled to (the
     // scheduler's event) is asked too.
     node.api.apply_event(pod_event_object(

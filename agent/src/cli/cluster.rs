@@ -233,6 +233,24 @@ pub async fn agent_pods(
     Ok(by_node.into_iter().map(|(n, (_, _, p))| (n, p)).collect())
 }
 
+/// The pods a label selector picks, (namespace, name); every namespace when `namespace` is None.
+pub async fn pods_by_selector(
+    client: &kube::Client,
+    namespace: Option<&str>,
+    selector: &str,
+) -> Result<Vec<(String, String)>, ClusterError> {
+    let api = match namespace {
+        Some(ns) => Api::<Pod>::namespaced(client.clone(), ns),
+        None => Api::<Pod>::all(client.clone()),
+    };
+    let pods = bounded(api.list(&ListParams::default().labels(selector))).await?;
+    Ok(pods
+        .items
+        .into_iter()
+        .filter_map(|p| Some((p.metadata.namespace?, p.metadata.name?)))
+        .collect())
+}
+
 /// The nodes a pod ran on: its current node, and with `since`, the nodes earlier pods of the
 /// same name were scheduled to inside the window (from the scheduler's `Scheduled` events,
 /// when readable). NotFound when the pod neither exists nor left such events.

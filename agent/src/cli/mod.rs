@@ -244,13 +244,25 @@ pub enum Output {
 }
 
 #[derive(Debug, Args)]
+#[command(group(
+    clap::ArgGroup::new("which")
+        .required(true)
+        .multiple(true)
+        .args(["pod", "namespace", "all_namespaces", "selector"])
+))]
 pub struct QueryArgs {
-    /// Pod name.
+    /// Pod name (in -n's namespace, default "default").
     #[arg(long)]
-    pub pod: String,
-    /// Pod namespace.
-    #[arg(short = 'n', long, default_value = "default")]
-    pub namespace: String,
+    pub pod: Option<String>,
+    /// Namespace: of --pod; without --pod, every pod of it (every agent is asked).
+    #[arg(short = 'n', long)]
+    pub namespace: Option<String>,
+    /// Every namespace (every agent is asked).
+    #[arg(short = 'A', long, conflicts_with_all = ["namespace", "pod"])]
+    pub all_namespaces: bool,
+    /// Only pods matching this label selector (with -n or -A), e.g. "app=web".
+    #[arg(short = 'l', long, conflicts_with = "pod")]
+    pub selector: Option<String>,
     /// Only evidence seen within this long, e.g. "15m", "2h" [default: 1h]. Given, the nodes
     /// earlier pods of this name ran on are asked too (a pod that moved).
     #[arg(long, value_parser = humantime::parse_duration)]
@@ -472,10 +484,33 @@ mod tests {
             .mut_subcommand("query", |q| q.mut_arg("agents", |a| a.env(None::<&str>)));
         assert!(
             no_env
+                .clone()
                 .try_get_matches_from(["triage-agent", "query", "--pod", "p"])
                 .is_ok(),
             "without --agent the agents are discovered"
         );
+        for fan_out in [
+            &["-A"][..],
+            &["-n", "shop"],
+            &["-n", "shop", "-l", "app=web"],
+        ] {
+            let args = [&["triage-agent", "query"][..], fan_out].concat();
+            assert!(
+                no_env.clone().try_get_matches_from(&args).is_ok(),
+                "{args:?}"
+            );
+        }
+        for wrong in [
+            &["-A", "-n", "x"][..],
+            &["--pod", "p", "-l", "a=b"],
+            &["-A", "--pod", "p"],
+        ] {
+            let args = [&["triage-agent", "query"][..], wrong].concat();
+            assert!(
+                no_env.clone().try_get_matches_from(&args).is_err(),
+                "{args:?}"
+            );
+        }
         let cli = Cli::try_parse_from([
             "triage-agent",
             "query",
