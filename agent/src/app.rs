@@ -402,7 +402,10 @@ async fn query(args: cli::QueryArgs, explain_only: bool) -> anyhow::Result<()> {
         Some(selector) => Some(selected_pods(&args.agents, namespace.as_deref(), selector).await?),
         None => None,
     };
-    let (mut answers, unanswered) = gather(&args.agents, &scope, &filter).await?;
+    let (mut answers, mut unanswered) = gather(&args.agents, &scope, &filter).await?;
+    if args.agents.agents.is_empty() && matches!(scope, Scope::Pod { .. }) {
+        other_side(&args.agents, &filter, &mut answers, &mut unanswered).await;
+    }
     if let Some(selected) = &selected {
         for a in &mut answers {
             a.evidence.retain(|e| {
@@ -421,6 +424,99 @@ async fn query(args: cli::QueryArgs, explain_only: bool) -> anyhow::Result<()> {
     };
     query_answer(&args, &subject, explain_only, since, &answers, &unanswered).await?;
     incomplete(&answers, &unanswered)
+}
+
+/// Asks the agents of the nodes at the other end of the pod's unexplained failed connections
+/// (see [`cli::peers`]) for their records of those flows. Best effort: a peer that cannot be
+/// found is skipped; a peer agent that does not answer makes the answer incomplete.
+#[cfg(feature = "cluster")]
+async fn other_side(
+    agents: &cli::AgentsArgs,
+    filter: &Filter,
+    answers: &mut Vec<client::AgentAnswer>,
+    unanswered: &mut Vec<render::Unanswered>,
+) {
+    use cli::{cluster, peers};
+    let evidence: Vec<_> = answers
+        .iter()
+        .flat_map(|a| a.evidence.iter().cloned())
+        .collect();
+    let (own, destinations) = peers::other_side_flows(&evidence);
+    if destinations.is_empty() {
+        return;
+    }
+    let cluster_args = cluster::ClusterArgs {
+        kubeconfig: agents.kubeconfig.clone(),
+        context: agents.context.clone(),
+    };
+    let Ok(kube) = cluster::client(&cluster_args).await else {
+        return;
+    };
+    let selector = cluster::AgentSelector {
+        namespace: agents.agent_namespace.clone(),
+        selector: agents.agent_selector.clone(),
+        port: agents.agent_port,
+    };
+    let Ok(agent_pods) = cluster::agent_pods(&kube, &selector).await else {
+        return;
+    };
+    let asked: std::collections::BTreeSet<String> = answers
+        .iter()
+        .map(|a| a.node.clone())
+        .chain(unanswered.iter().filter_map(|u| u.node.clone()))
+        .collect();
+    let mut peers = Vec::new();
+    for ip in destinations.into_iter().take(client::FAN_OUT) {
+        if let Ok(Some(peer)) = cluster::pod_by_ip(&kube, ip).await
+            && !asked.contains(&peer.2)
+            && !peers.contains(&peer)
+        {
+            peers.push(peer);
+        }
+    }
+    for (namespace, name, node) in peers {
+        let Some(pod) = agent_pods.get(&node) else {
+            continue;
+        };
+        let target = client::Target::Forward(pod.clone());
+        let peer_filter = Filter {
+            namespace: Some(namespace),
+            pod: Some(name),
+            since: filter.since,
+            // The other side may hold another kind (a timeout here, drops there).
+            kinds: Vec::new(),
+            include_unattributed: false,
+        };
+        let results = client::query_each(
+            std::slice::from_ref(&target),
+            &peer_filter,
+            agents.timeout,
+            |_, _| {},
+        )
+        .await;
+        for result in results {
+            match result {
+                Ok(mut answer) => {
+                    peers::retain_flows_from(&mut answer.evidence, &own);
+                    answers.push(answer);
+                }
+                Err(e) => unanswered.push(render::Unanswered {
+                    agent: e.agent().to_owned(),
+                    node: Some(node.clone()),
+                    error: format!("the other side of this pod's connections: {e}"),
+                }),
+            }
+        }
+    }
+}
+
+#[cfg(not(feature = "cluster"))]
+async fn other_side(
+    _: &cli::AgentsArgs,
+    _: &Filter,
+    _: &mut Vec<client::AgentAnswer>,
+    _: &mut Vec<render::Unanswered>,
+) {
 }
 
 /// What a query is about, for its header: a pod, or `*` for a fan-out.

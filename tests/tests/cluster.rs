@@ -86,7 +86,8 @@ fn a_kubeconfig_is_all_it_takes() {
     let db = node.add_pod("shop", "db").unwrap();
     let web = node.add_pod("shop", "web").unwrap();
     let api = node.add_pod_on(&node_b, "shop", "api").unwrap();
-    let db_ip = node.pod(db).ip;
+    let cache = node.add_pod_on(&node_b, "shop", "cache").unwrap();
+    let (db_ip, cache_ip, api_ip) = (node.pod(db).ip, node.pod(cache).ip, node.pod(api).ip);
     let mut agents = Vec::new();
     for (i, name) in [&node_a, &node_b, &node_c].into_iter().enumerate() {
         let mut agent = AgentProcess::start_as(&node, name, &[]).unwrap();
@@ -96,9 +97,10 @@ fn a_kubeconfig_is_all_it_takes() {
     }
     let kubeconfig = node.kubeconfig();
 
-    // Refusals from a pod of node A and one of node B (nothing listens on 5433).
-    for pod in [web, api] {
-        node.run(pod, &["connect", &format!("{db_ip}:5433"), "2", "20"])
+    // Refusals inside node A and inside node B (nothing listens on 5433): each node saw the
+    // destination's stack refuse, so each answer is complete on its own node.
+    for (pod, ip) in [(web, db_ip), (api, cache_ip)] {
+        node.run(pod, &["connect", &format!("{ip}:5433"), "2", "20"])
             .unwrap();
     }
 
@@ -232,8 +234,8 @@ fn a_kubeconfig_is_all_it_takes() {
     while seen.len() < 2 {
         assert!(Instant::now() < deadline, "watch saw only {seen:?}");
         // New flows (new destination ports) so each is a new record, streamed at once.
-        for (pod, port) in [(web, 6000), (api, 6001)] {
-            node.run(pod, &["connect", &format!("{db_ip}:{port}"), "1", "0"])
+        for (pod, ip, port) in [(web, db_ip, 6000), (api, cache_ip, 6001)] {
+            node.run(pod, &["connect", &format!("{ip}:{port}"), "1", "0"])
                 .unwrap();
         }
         while let Ok(line) = lines.recv_timeout(Duration::from_millis(500)) {
@@ -246,6 +248,58 @@ fn a_kubeconfig_is_all_it_takes() {
     assert!(seen.contains(&node_a) && seen.contains(&node_b), "{seen:?}");
     let _ = watch.kill();
     let _ = watch.wait();
+
+    // A refusal from another node (api on B to db on A): B cannot tell who refused, so db's
+    // node is asked for its side of api's flows, and answers that db's stack refused them.
+    node.run(api, &["connect", &format!("{db_ip}:5434"), "2", "20"])
+        .unwrap();
+    let deadline = Instant::now() + WAIT;
+    let v = loop {
+        let out = cli_with_kubeconfig(
+            &kubeconfig,
+            &["query", "--pod", "api", "-n", "shop", "-o", "json"],
+        )
+        .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v = json(&out);
+        let other_side = v["evidence"].as_array().unwrap().iter().any(|e| {
+            e["kind"] == "connection_refused"
+                && e["direction"] == "inbound"
+                && e["pod"]["name"] == "db"
+                && e["node"] == node_a.as_str()
+                && e["src"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with(&format!("{api_ip}:"))
+        });
+        if other_side {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "db's side never came: {v}");
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let mut answered = nodes_answered(&v);
+    answered.sort();
+    let mut expected = vec![node_a.clone(), node_b.clone()];
+    expected.sort();
+    assert_eq!(answered, expected, "{v}");
+    assert!(
+        v["evidence"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["pod"]["name"] == "api"
+                || e["src"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with(&format!("{api_ip}:"))),
+        "only api's flows from db's side: {v}"
+    );
 
     // Node B's agent stops: asking every node is a partial answer naming it (exit 3) ...
     agents[1].stop().unwrap();

@@ -251,6 +251,24 @@ pub async fn pods_by_selector(
         .collect())
 }
 
+/// The pod holding `ip` now, as (namespace, name, node); None when no pod (or a hostNetwork
+/// pod, which shares its node's address) holds it.
+pub async fn pod_by_ip(
+    client: &kube::Client,
+    ip: std::net::IpAddr,
+) -> Result<Option<(String, String, String)>, ClusterError> {
+    let api = Api::<Pod>::all(client.clone());
+    let lp = ListParams::default().fields(&format!("status.podIP={ip}"));
+    let pods = bounded(api.list(&lp)).await?;
+    Ok(pods.items.into_iter().find_map(|p| {
+        let spec = p.spec?;
+        if spec.host_network == Some(true) {
+            return None;
+        }
+        Some((p.metadata.namespace?, p.metadata.name?, spec.node_name?))
+    }))
+}
+
 /// The nodes a pod ran on: its current node, and with `since`, the nodes earlier pods of the
 /// same name were scheduled to inside the window (from the scheduler's `Scheduled` events,
 /// when readable). NotFound when the pod neither exists nor left such events.

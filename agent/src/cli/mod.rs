@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod diagnose;
 #[cfg(feature = "cluster")]
 pub mod explain;
+pub mod peers;
 pub mod render;
 pub mod timeline;
 

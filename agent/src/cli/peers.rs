@@ -1,0 +1,106 @@
+//! The other side of a pod's failed connections. A node sees one end of a flow: a refusal
+//! whose reset came from another node (`cause: unknown`) or a connection that timed out cannot
+//! be explained from the pod's node alone. The destination's node can say whether its stack
+//! refused (nothing listens) or where the packets were dropped, so `query --pod` asks the agent
+//! of each such destination pod's node too, and keeps only its records of these flows.
+
+use std::{collections::BTreeSet, net::IpAddr};
+
+use crate::evidence::{Cause, Detail, Direction, Evidence};
+
+/// Whether a record can only be explained with the destination's side.
+fn needs_other_side(e: &Evidence) -> bool {
+    match &e.detail {
+        Detail::ConnectionRefused(c) => {
+            c.direction == Direction::Outbound && matches!(c.cause, Some(Cause::Unknown) | None)
+        }
+        Detail::ConnectionTimeout(c) => c.direction == Direction::Outbound,
+        _ => false,
+    }
+}
+
+/// The flows to look up on the other side: (this pod's addresses, the destinations').
+pub fn other_side_flows(evidence: &[Evidence]) -> (BTreeSet<IpAddr>, BTreeSet<IpAddr>) {
+    let mut own = BTreeSet::new();
+    let mut destinations = BTreeSet::new();
+    for e in evidence.iter().filter(|e| needs_other_side(e)) {
+        if let Some((_, src, dst, _)) = e.detail.endpoints() {
+            own.insert(src.ip());
+            destinations.insert(dst.ip());
+        }
+    }
+    (own, destinations)
+}
+
+/// Keeps the records of the destination's side that are about flows from `own`.
+pub fn retain_flows_from(evidence: &mut Vec<Evidence>, own: &BTreeSet<IpAddr>) {
+    evidence.retain(|e| {
+        e.detail
+            .endpoints()
+            .is_some_and(|(_, src, _, _)| own.contains(&src.ip()))
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::evidence::fixtures::{dropped, refused, timeout};
+
+    #[test]
+    fn only_unexplained_flows_ask_the_other_side() {
+        let evidence = [
+            // The destination's stack was seen refusing: explained here.
+            refused()
+                .src("10.0.0.1:40000")
+                .dst("10.0.1.1:5432")
+                .evidence(),
+            // A reset from another node: only that node can tell.
+            refused()
+                .src("10.0.0.1:40001")
+                .dst("10.0.2.2:5432")
+                .cause(Some(Cause::Unknown))
+                .evidence(),
+            timeout()
+                .src("10.0.0.1:40002")
+                .dst("10.0.3.3:443")
+                .evidence(),
+            // An inbound refusal is this pod's own side.
+            refused()
+                .direction(Direction::Inbound)
+                .src("10.0.9.9:1")
+                .dst("10.0.0.1:80")
+                .cause(Some(Cause::Unknown))
+                .evidence(),
+        ];
+        let (own, destinations) = other_side_flows(&evidence);
+        assert_eq!(own.into_iter().collect::<Vec<_>>(), vec![ip("10.0.0.1")]);
+        assert_eq!(
+            destinations.into_iter().collect::<Vec<_>>(),
+            vec![ip("10.0.2.2"), ip("10.0.3.3")]
+        );
+    }
+
+    #[test]
+    fn the_other_side_keeps_only_flows_from_this_pod() {
+        let own = BTreeSet::from([ip("10.0.0.1")]);
+        let mut theirs = vec![
+            refused()
+                .direction(Direction::Inbound)
+                .src("10.0.0.1:40001")
+                .dst("10.0.2.2:5432")
+                .evidence(),
+            dropped()
+                .direction(Direction::Inbound)
+                .src("10.0.7.7:1234")
+                .dst("10.0.2.2:5432")
+                .evidence(),
+        ];
+        retain_flows_from(&mut theirs, &own);
+        assert_eq!(theirs.len(), 1);
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse()
+            .unwrap_or_else(|_| unreachable!("a literal address"))
+    }
+}
