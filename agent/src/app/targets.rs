@@ -1,0 +1,345 @@
+//! Which agents a command asks and how their answers are gathered: `--agent` addresses, or
+//! the DaemonSet's pods found through the kubeconfig (the pod's nodes, every node, the other
+//! side of a pod's flows), fanned out with a progress line on a terminal; no answer at all is
+//! the one-line error (exit 4), a partial answer the warning (exit 3).
+
+use std::time::SystemTime;
+
+use super::{Exit, exit};
+use crate::{
+    cli::{self, client, render},
+    evidence::Filter,
+};
+
+/// Which agents a command asks.
+#[cfg_attr(
+    not(feature = "cluster"),
+    expect(
+        dead_code,
+        reason = "without Kubernetes support only --agent targets exist"
+    )
+)]
+pub(super) enum Scope {
+    /// The agents of the nodes a pod ran on.
+    Pod {
+        namespace: String,
+        name: String,
+        /// With `--since`: also the nodes of earlier pods of this name inside the window.
+        earlier: Option<SystemTime>,
+    },
+    AllNodes,
+}
+
+/// The agents to ask, and the nodes that should have one but have none (as unanswered).
+pub(super) async fn targets(
+    args: &cli::AgentsArgs,
+    scope: &Scope,
+) -> anyhow::Result<(Vec<client::Target>, Vec<render::Unanswered>)> {
+    if !args.agents.is_empty() {
+        return Ok((client::direct(&args.agents), Vec::new()));
+    }
+    discover(args, scope).await
+}
+
+#[cfg(feature = "cluster")]
+async fn discover(
+    args: &cli::AgentsArgs,
+    scope: &Scope,
+) -> anyhow::Result<(Vec<client::Target>, Vec<render::Unanswered>)> {
+    use cli::cluster::{self, ClusterError};
+    let fail = |e: ClusterError| {
+        let code = match e {
+            ClusterError::NotFound { .. } => exit::NOT_FOUND,
+            _ => exit::CLUSTER,
+        };
+        anyhow::Error::from(Exit {
+            code,
+            message: e.to_string(),
+        })
+    };
+    let kube = cluster::client(&cluster::ClusterArgs {
+        kubeconfig: args.kubeconfig.clone(),
+        context: args.context.clone(),
+    })
+    .await
+    .map_err(fail)?;
+    let selector = cluster::AgentSelector {
+        namespace: args.agent_namespace.clone(),
+        selector: args.agent_selector.clone(),
+        port: args.agent_port,
+    };
+    let (agents, nodes) = match scope {
+        Scope::Pod {
+            namespace,
+            name,
+            earlier,
+        } => {
+            // The pod first: an unknown pod is the clearer error.
+            let nodes = cluster::pod_nodes(&kube, namespace, name, *earlier)
+                .await
+                .map_err(fail)?;
+            let agents = cluster::agent_pods(&kube, &selector).await.map_err(fail)?;
+            (agents, Some(nodes))
+        }
+        Scope::AllNodes => (
+            cluster::agent_pods(&kube, &selector).await.map_err(fail)?,
+            None,
+        ),
+    };
+    let Some(nodes) = nodes else {
+        if agents.is_empty() {
+            return Err(Exit {
+                code: exit::NO_ANSWER,
+                message: format!(
+                    "no agent pods in namespace {} with labels {} (see --agent-namespace, --agent-selector)",
+                    selector.namespace, selector.selector
+                ),
+            }
+            .into());
+        }
+        return Ok((
+            agents.into_values().map(client::Target::Forward).collect(),
+            Vec::new(),
+        ));
+    };
+    let mut targets = Vec::new();
+    let mut missing = Vec::new();
+    for node in nodes {
+        match agents.get(&node) {
+            Some(pod) => targets.push(client::Target::Forward(pod.clone())),
+            None => missing.push(render::Unanswered {
+                agent: format!("node {node}"),
+                node: Some(node.clone()),
+                error: format!(
+                    "no agent pod on node {node} (namespace {}, labels {})",
+                    selector.namespace, selector.selector
+                ),
+            }),
+        }
+    }
+    Ok((targets, missing))
+}
+
+#[cfg(not(feature = "cluster"))]
+async fn discover(
+    _: &cli::AgentsArgs,
+    _: &Scope,
+) -> anyhow::Result<(Vec<client::Target>, Vec<render::Unanswered>)> {
+    Err(Exit {
+        code: exit::CLUSTER,
+        message: "built without Kubernetes support (feature `cluster`): give --agent".into(),
+    }
+    .into())
+}
+
+/// A progress line on a terminal while more than a few agents answer; nothing otherwise.
+pub(super) fn progress() -> impl FnMut(usize, usize) {
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    move |done, total| {
+        if !tty || total <= 3 {
+            return;
+        }
+        if done < total {
+            eprint!("\r{done}/{total} agents answered");
+        } else {
+            // Clear the line before the answer is printed.
+            eprint!("\r{}\r", " ".repeat(40));
+        }
+    }
+}
+
+/// Asks the agents of the nodes at the other end of the pod's unexplained failed connections
+/// (see [`cli::peers`]) for their records of those flows. Best effort: a peer that cannot be
+/// found is skipped; a peer agent that does not answer makes the answer incomplete.
+#[cfg(feature = "cluster")]
+pub(super) async fn other_side(
+    agents: &cli::AgentsArgs,
+    filter: &Filter,
+    answers: &mut Vec<client::AgentAnswer>,
+    unanswered: &mut Vec<render::Unanswered>,
+) {
+    use cli::{cluster, peers};
+    let evidence: Vec<_> = answers
+        .iter()
+        .flat_map(|a| a.evidence.iter().cloned())
+        .collect();
+    let (own, destinations) = peers::other_side_flows(&evidence);
+    if destinations.is_empty() {
+        return;
+    }
+    let cluster_args = cluster::ClusterArgs {
+        kubeconfig: agents.kubeconfig.clone(),
+        context: agents.context.clone(),
+    };
+    let Ok(kube) = cluster::client(&cluster_args).await else {
+        return;
+    };
+    let selector = cluster::AgentSelector {
+        namespace: agents.agent_namespace.clone(),
+        selector: agents.agent_selector.clone(),
+        port: agents.agent_port,
+    };
+    let Ok(agent_pods) = cluster::agent_pods(&kube, &selector).await else {
+        return;
+    };
+    let asked: std::collections::BTreeSet<String> = answers
+        .iter()
+        .map(|a| a.node.clone())
+        .chain(unanswered.iter().filter_map(|u| u.node.clone()))
+        .collect();
+    let mut peers = Vec::new();
+    for ip in destinations.into_iter().take(client::FAN_OUT) {
+        if let Ok(Some(peer)) = cluster::pod_by_ip(&kube, ip).await
+            && !asked.contains(&peer.2)
+            && !peers.contains(&peer)
+        {
+            peers.push(peer);
+        }
+    }
+    for (namespace, name, node) in peers {
+        let Some(pod) = agent_pods.get(&node) else {
+            continue;
+        };
+        let target = client::Target::Forward(pod.clone());
+        let peer_filter = Filter {
+            namespace: Some(namespace),
+            pod: Some(name),
+            since: filter.since,
+            // The other side may hold another kind (a timeout here, drops there).
+            kinds: Vec::new(),
+            include_unattributed: false,
+        };
+        let results = client::query_each(
+            std::slice::from_ref(&target),
+            &peer_filter,
+            agents.timeout,
+            |_, _| {},
+        )
+        .await;
+        for result in results {
+            match result {
+                Ok(mut answer) => {
+                    peers::retain_flows_from(&mut answer.evidence, &own);
+                    answers.push(answer);
+                }
+                Err(e) => unanswered.push(render::Unanswered {
+                    agent: e.agent().to_owned(),
+                    node: Some(node.clone()),
+                    error: format!("the other side of this pod's connections: {e}"),
+                }),
+            }
+        }
+    }
+}
+
+#[cfg(not(feature = "cluster"))]
+pub(super) async fn other_side(
+    _: &cli::AgentsArgs,
+    _: &Filter,
+    _: &mut Vec<client::AgentAnswer>,
+    _: &mut Vec<render::Unanswered>,
+) {
+}
+
+/// The pods `-l` selects, (namespace, name), through the kubeconfig.
+#[cfg(feature = "cluster")]
+pub(super) async fn selected_pods(
+    agents: &cli::AgentsArgs,
+    namespace: Option<&str>,
+    selector: &str,
+) -> anyhow::Result<std::collections::HashSet<(String, String)>> {
+    use cli::cluster;
+    let fail = |e: cluster::ClusterError| Exit {
+        code: exit::CLUSTER,
+        message: e.to_string(),
+    };
+    let kube = cluster::client(&cluster::ClusterArgs {
+        kubeconfig: agents.kubeconfig.clone(),
+        context: agents.context.clone(),
+    })
+    .await
+    .map_err(fail)?;
+    Ok(cluster::pods_by_selector(&kube, namespace, selector)
+        .await
+        .map_err(fail)?
+        .into_iter()
+        .collect())
+}
+
+#[cfg(not(feature = "cluster"))]
+pub(super) async fn selected_pods(
+    _: &cli::AgentsArgs,
+    _: Option<&str>,
+    _: &str,
+) -> anyhow::Result<std::collections::HashSet<(String, String)>> {
+    Err(Exit {
+        code: exit::CLUSTER,
+        message: "built without Kubernetes support (feature `cluster`): -l needs it".into(),
+    }
+    .into())
+}
+
+/// Asks the agents of `scope`; the answers and the agents that did not answer. No answer at all
+/// is the one-line error (exit 4).
+pub(super) async fn gather(
+    agents: &cli::AgentsArgs,
+    scope: &Scope,
+    filter: &Filter,
+) -> anyhow::Result<(Vec<client::AgentAnswer>, Vec<render::Unanswered>)> {
+    let (targets, mut unanswered) = targets(agents, scope).await?;
+    let mut answers = Vec::new();
+    let results = client::query_each(&targets, filter, agents.timeout, progress()).await;
+    for (target, answer) in targets.iter().zip(results) {
+        match answer {
+            Ok(a) => answers.push(a),
+            Err(e) => unanswered.push(render::Unanswered {
+                agent: e.agent().to_owned(),
+                node: target.node().map(str::to_owned),
+                error: e.to_string(),
+            }),
+        }
+    }
+    if answers.is_empty()
+        && let Some(first) = unanswered.first()
+    {
+        let message = if unanswered.len() == 1 {
+            first.error.clone()
+        } else {
+            format!(
+                "no agent answered ({}; and {} more)",
+                first.error,
+                unanswered.len() - 1
+            )
+        };
+        return Err(Exit {
+            code: exit::NO_ANSWER,
+            message,
+        }
+        .into());
+    }
+    Ok((answers, unanswered))
+}
+
+/// Ok when every agent answered, else the partial-answer warning (exit 3).
+pub(super) fn incomplete(
+    answers: &[client::AgentAnswer],
+    unanswered: &[render::Unanswered],
+) -> anyhow::Result<()> {
+    if unanswered.is_empty() {
+        return Ok(());
+    }
+    Err(Exit {
+        code: exit::PARTIAL,
+        message: format!(
+            "the answer is incomplete: {} of {} agents did not answer ({})",
+            unanswered.len(),
+            answers.len() + unanswered.len(),
+            unanswered
+                .iter()
+                .map(|u| u.agent.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+    .into())
+}
