@@ -20,7 +20,10 @@ use std::{
 use serde_json::Value;
 use triage_agent_tests::{
     agent::{AgentProcess, agent_binary, cli_with_kubeconfig},
-    apiserver::{ApiServer, PodFixture, pod_event_object, pod_object},
+    apiserver::{
+        ApiServer, PodFixture, deployment_objects, owned_by_replica_set, pod_event_object,
+        pod_object,
+    },
     simnode::{CgroupDriver, SimConfig, SimNode},
 };
 
@@ -178,7 +181,36 @@ fn a_kubeconfig_is_all_it_takes() {
     expected.sort();
     assert_eq!(answered, expected);
 
-    // The incident timeline: the evidence and the pod's events, as Markdown.
+    // The incident timeline: the evidence, the pod's events and its Deployment's rollout
+    // history, as Markdown.
+    let (deployment, replica_sets) = deployment_objects(
+        "shop",
+        "api",
+        &[
+            (1, "api-5c7d", "registry.example/api:1.0"),
+            (2, "api-8f9a", "registry.example/api:1.1"),
+        ],
+    );
+    node.api.apply_deployment(deployment);
+    for rs in replica_sets {
+        node.api.apply_replica_set(rs);
+    }
+    let p = node.pod(api);
+    node.api.apply_pod(owned_by_replica_set(
+        pod_object(&PodFixture {
+            namespace: "shop",
+            name: "api",
+            uid: &p.uid,
+            node: &node_b,
+            pod_ip: Some(p.ip.into()),
+            host_ip: Some(node.node_ip().into()),
+            host_network: false,
+            qos_class: "BestEffort",
+            containers: &[(&p.container, &p.container_id)],
+        }),
+        "shop",
+        "api-8f9a",
+    ));
     node.api.apply_event(pod_event_object(
         "shop",
         "api",
@@ -201,6 +233,10 @@ fn a_kubeconfig_is_all_it_takes() {
     let text = String::from_utf8_lossy(&out.stdout);
     for needle in [
         "# Incident: shop/api",
+        "- **Workload:** Deployment shop/api",
+        "Rollout: revision 2 (ReplicaSet api-8f9a, image registry.example/api:1.1)",
+        "kubectl rollout history: revision 1 = api-5c7d, revision 2 = api-8f9a",
+        "`kubectl rollout history deployment/api -n shop`",
         "## Timeline",
         "Pod event Warning Unhealthy: Readiness probe failed",
         "first connection_refused on node",

@@ -226,3 +226,85 @@ pub fn pod_event_object(
         ..Event::default()
     }
 }
+
+/// A Deployment and its ReplicaSets, one per `(revision, ReplicaSet name, image)`, owned as
+/// the Deployment controller owns them (controller ownerReference, the
+/// `deployment.kubernetes.io/revision` annotation): what `kubectl rollout history` reads.
+pub fn deployment_objects(
+    namespace: &str,
+    name: &str,
+    revisions: &[(u32, &str, &str)],
+) -> (
+    k8s_openapi::api::apps::v1::Deployment,
+    Vec<k8s_openapi::api::apps::v1::ReplicaSet>,
+) {
+    use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, ReplicaSetSpec};
+    use k8s_openapi::api::core::v1::PodTemplateSpec;
+    let uid = format!("uid-deploy-{namespace}-{name}");
+    let deployment = Deployment {
+        metadata: ObjectMeta {
+            namespace: Some(namespace.to_owned()),
+            name: Some(name.to_owned()),
+            uid: Some(uid.clone()),
+            ..ObjectMeta::default()
+        },
+        ..Deployment::default()
+    };
+    let replica_sets = revisions
+        .iter()
+        .map(|(revision, rs, image)| ReplicaSet {
+            metadata: ObjectMeta {
+                namespace: Some(namespace.to_owned()),
+                name: Some((*rs).to_owned()),
+                uid: Some(format!("uid-rs-{namespace}-{rs}")),
+                annotations: Some(BTreeMap::from([(
+                    "deployment.kubernetes.io/revision".to_owned(),
+                    revision.to_string(),
+                )])),
+                owner_references: Some(vec![controller_ref("Deployment", name, &uid)]),
+                ..ObjectMeta::default()
+            },
+            spec: Some(ReplicaSetSpec {
+                template: Some(PodTemplateSpec {
+                    spec: Some(PodSpec {
+                        containers: vec![Container {
+                            name: "app".to_owned(),
+                            image: Some((*image).to_owned()),
+                            ..Container::default()
+                        }],
+                        ..PodSpec::default()
+                    }),
+                    ..PodTemplateSpec::default()
+                }),
+                ..ReplicaSetSpec::default()
+            }),
+            ..ReplicaSet::default()
+        })
+        .collect();
+    (deployment, replica_sets)
+}
+
+/// The pod, owned by the ReplicaSet `rs` (from [`deployment_objects`]).
+pub fn owned_by_replica_set(mut pod: Pod, namespace: &str, rs: &str) -> Pod {
+    pod.metadata.owner_references = Some(vec![controller_ref(
+        "ReplicaSet",
+        rs,
+        &format!("uid-rs-{namespace}-{rs}"),
+    )]);
+    pod
+}
+
+fn controller_ref(
+    kind: &str,
+    name: &str,
+    uid: &str,
+) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+    k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+        api_version: "apps/v1".to_owned(),
+        kind: kind.to_owned(),
+        name: name.to_owned(),
+        uid: uid.to_owned(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }
+}

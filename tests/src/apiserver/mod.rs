@@ -47,8 +47,8 @@ mod tests;
 mod watch;
 
 pub use fixtures::{
-    PodFixture, agent_pod_object, namespace_object, network_policy_object, pod_event_object,
-    pod_object,
+    PodFixture, agent_pod_object, deployment_objects, namespace_object, network_policy_object,
+    owned_by_replica_set, pod_event_object, pod_object,
 };
 use kinds::Stored;
 use store::Store;
