@@ -68,10 +68,12 @@ pub fn status_summary(
     let mut details: Vec<(String, Vec<String>)> = Vec::new();
     for u in unanswered {
         let node = u.node.clone().unwrap_or_else(|| u.agent.clone());
+        let suffix = format!(" on node {node}");
+        let agent = u.agent.strip_suffix(&suffix).unwrap_or(&u.agent);
         let mut row = vec![
             cleaned(&node),
             style.paint("NO ANSWER", Paint::Bad),
-            cleaned(&u.agent),
+            cleaned(agent),
             "-".into(),
             "-".into(),
             "-".into(),
@@ -97,6 +99,9 @@ pub fn status_summary(
         } else {
             style.paint(&format!("{} PROBLEM(S)", problems.len()), Paint::Bad)
         };
+        // The node has its own column: "ns/pod on node N" names the agent pod alone here.
+        let suffix = format!(" on node {}", s.node);
+        let agent = agent.strip_suffix(&suffix).unwrap_or(agent);
         let mut row = vec![
             cleaned(&s.node),
             state,

@@ -340,3 +340,74 @@ fn explanations_are_flat_in_json_and_listed_in_the_table() {
     );
     assert!(notes_text(&[note], true).contains("      kind: NetworkPolicy"));
 }
+
+/// `status` across agents: those that did not answer first, then those with problems (with
+/// their reasons below), then the healthy ones; colours only when asked for.
+#[test]
+fn status_summary_puts_problems_first() {
+    let healthy = |node: &str| pb::StatusResponse {
+        node: node.into(),
+        version: "0.1.0".into(),
+        probes: vec![pb::Probe {
+            name: "kfree_skb".into(),
+            hook: "raw_tracepoint/kfree_skb".into(),
+            attached: true,
+            error: String::new(),
+        }],
+        metadata: Some(pb::MetadataStatus {
+            synced: true,
+            ..Default::default()
+        }),
+        store_capacity: 100,
+        ..Default::default()
+    };
+    let mut broken = healthy("node-a");
+    broken.probes[0].attached = false;
+    broken.probes[0].error = "kernel lacks BTF".into();
+    let statuses = vec![
+        ("ns/agent-z on node node-z".to_owned(), healthy("node-z")),
+        ("ns/agent-a on node node-a".to_owned(), broken),
+    ];
+    let unanswered = [Unanswered {
+        agent: "ns/agent-m on node node-m".into(),
+        node: Some("node-m".into()),
+        error: "agent ns/agent-m on node node-m unreachable: connection refused".into(),
+    }];
+    let text = status_summary(&statuses, &unanswered, &Style::default());
+    let rows: Vec<&str> = text.lines().collect();
+    assert!(rows[0].starts_with("NODE"), "{text}");
+    assert!(
+        rows[1].starts_with("node-m") && rows[1].contains("NO ANSWER"),
+        "{text}"
+    );
+    assert!(
+        rows[2].starts_with("node-a") && rows[2].contains("1 PROBLEM(S)"),
+        "{text}"
+    );
+    assert!(
+        rows[3].starts_with("node-z") && rows[3].contains("OK"),
+        "{text}"
+    );
+    assert!(
+        rows[3].contains("ns/agent-z") && !rows[3].contains("on node"),
+        "{text}"
+    );
+    assert!(
+        text.contains("node-a: probe kfree_skb not attached: kernel lacks BTF"),
+        "{text}"
+    );
+    assert!(!text.contains('\u{1b}'), "no colour unless asked");
+    let headless = status_summary(
+        &statuses,
+        &[],
+        &Style {
+            no_headers: true,
+            color: true,
+            ..Style::default()
+        },
+    );
+    assert!(
+        !headless.contains("NODE ") && headless.contains("\u{1b}[1;31m"),
+        "{headless}"
+    );
+}
