@@ -102,6 +102,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 listen: args.listen,
                 metrics_listen: args.metrics_listen.0,
                 store,
+                persist: args
+                    .store_path
+                    .map(|path| crate::store::persist::PersistConfig {
+                        path,
+                        max_bytes: args.store_max_bytes,
+                    }),
                 cgroup_root: args.cgroup_root,
                 drop_reasons: args.drop_reasons,
                 dns: crate::dns::DnsConfig {

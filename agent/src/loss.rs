@@ -48,6 +48,9 @@ names! {
         /// A DNS query left the in-flight table before its answer or timeout (the table was
         /// full for its pod or in total): its outcome is unknown.
         DnsInflightEvicted = "dns_inflight_evicted",
+        /// Records in the persistent store that could not be read back at startup (written
+        /// by a damaged disk or an incompatible version): removed.
+        StoreUnreadable = "store_unreadable",
     }
 }
 
@@ -73,6 +76,7 @@ impl Loss {
             Loss::DnsMalformed => "DNS packets unparsable",
             Loss::DnsTruncated => "DNS payloads longer than the copy (question read)",
             Loss::DnsInflightEvicted => "DNS queries evicted before their outcome",
+            Loss::StoreUnreadable => "stored records unreadable after a restart",
         }
     }
 

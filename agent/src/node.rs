@@ -34,7 +34,7 @@ use crate::{
     loss::Counters,
     probes::{loader, offsets, reader, reasons::DropReasons},
     samplers,
-    store::{self, Store, StoreConfig},
+    store::{self, PersistHealth, Store, StoreConfig},
 };
 
 /// How long shutdown waits for tasks before detaching anyway.
@@ -48,6 +48,8 @@ pub struct AgentConfig {
     /// Prometheus `/metrics` (`None`: off).
     pub metrics_listen: Option<SocketAddr>,
     pub store: StoreConfig,
+    /// The evidence store on disk (`None`: memory only).
+    pub persist: Option<store::persist::PersistConfig>,
     /// cgroup2 mount to resolve cgroup ids in; found in /proc/self/mountinfo when unset.
     pub cgroup_root: Option<PathBuf>,
     /// Which kernel drop reasons to report.
@@ -124,6 +126,38 @@ impl attribute::CgroupPaths for KnownFirst {
 }
 
 /// Runs the node agent until a termination signal; fails when any part of it fails.
+/// Opens the store on disk and puts its records back into `store`. A store that cannot be
+/// opened is an error in Status, `/readyz` and the log, not a reason to stop observing: the
+/// agent keeps its evidence in memory then.
+fn open_persistent(
+    config: &store::persist::PersistConfig,
+    store: &mut Store,
+    counters: &Arc<Counters>,
+) -> Arc<PersistHealth> {
+    match store::persist::open(config, counters.clone()) {
+        Ok(opened) => {
+            store.set_backend(Box::new(opened.backend));
+            let restored = opened.records.len();
+            for (id, e) in opened.records {
+                store.restore(id, e);
+            }
+            store.sweep(SystemTime::now());
+            info!(path = %config.path.display(), restored, "evidence store on disk opened");
+            opened.health
+        }
+        Err(e) => {
+            error!("{e}; keeping evidence in memory only");
+            let health = Arc::new(PersistHealth::default());
+            health.update(|s| {
+                s.path = config.path.clone();
+                s.max_bytes = config.max_bytes;
+                s.error = Some(e.to_string());
+            });
+            health
+        }
+    }
+}
+
 pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let started = SystemTime::now();
     let mut kube_config = kube::Config::infer()
@@ -190,10 +224,12 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         failed: Arc::new(AtomicBool::new(false)),
     };
 
-    let (store, occurrences, store_task) = store::spawn(
-        Store::new(config.store.clone(), counters.clone()),
-        cancel.child_token(),
-    );
+    let mut evidence = Store::new(config.store.clone(), counters.clone());
+    let persistence = config
+        .persist
+        .as_ref()
+        .map(|p| open_persistent(p, &mut evidence, &counters));
+    let (store, occurrences, store_task) = store::spawn(evidence, cancel.child_token());
     supervisor.spawn("store", infallible(store_task));
     let known = samplers::KnownCgroups::default();
     let attributor = Attributor::new(
@@ -276,6 +312,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         meta: meta_health,
         attribution,
         resources: Some(resources),
+        persistence,
     };
     if let Some(listener) = metrics_listener {
         let metrics = api::metrics::MetricsState {

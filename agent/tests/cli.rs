@@ -133,6 +133,7 @@ fn start_agent(rt: &tokio::runtime::Runtime) -> Agent {
             })
             .1,
             attribution: watch::channel(AttributorStats::default()).1,
+            persistence: None,
             resources: None,
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

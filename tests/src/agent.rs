@@ -199,6 +199,36 @@ impl AgentProcess {
         }
     }
 
+    /// Sends SIGKILL (no chance to flush or detach) and waits.
+    pub fn kill9(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        let mut child = self.child.take().context("already stopped")?;
+        child.kill().context("SIGKILL")?;
+        Ok(child.wait()?)
+    }
+
+    /// `GET path` on the agent's metrics listener: (status code, body).
+    pub fn http_get(&self, path: &str) -> anyhow::Result<(u16, String)> {
+        use std::io::{Read as _, Write as _};
+        let mut s = std::net::TcpStream::connect(&self.metrics).context("metrics listener")?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.metrics
+        )?;
+        let mut response = String::new();
+        s.read_to_string(&mut response)?;
+        let (head, body) = response
+            .split_once("\r\n\r\n")
+            .context("not an HTTP response")?;
+        let code = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .context("no status code")?;
+        Ok((code, body.to_owned()))
+    }
+
     /// Sends SIGTERM and waits; returns the exit status.
     pub fn stop(&mut self) -> anyhow::Result<std::process::ExitStatus> {
         let mut child = self.child.take().context("already stopped")?;

@@ -44,6 +44,13 @@ pub enum LogFormat {
 }
 
 #[derive(Debug, Subcommand)]
+#[cfg_attr(
+    feature = "node-agent",
+    expect(
+        clippy::large_enum_variant,
+        reason = "parsed once per process; boxing would only obscure the clap definitions"
+    )
+)]
 pub enum Command {
     /// Run the node agent (DaemonSet): load the eBPF programs, watch this node's pods, serve gRPC.
     #[cfg(feature = "node-agent")]
@@ -85,6 +92,15 @@ pub struct AgentArgs {
     /// Records not seen for this long are evicted, e.g. "24h", "90m".
     #[arg(long, env = "TRIAGE_STORE_MAX_AGE", value_parser = humantime::parse_duration, default_value = "24h")]
     pub store_max_age: Duration,
+    /// Keep the evidence in this file too, so it survives restarts and upgrades (SQLite,
+    /// written in batches every second: a kill -9 loses at most the last second). Memory only
+    /// when not given. An unusable file there is moved aside and a fresh store started.
+    #[arg(long, env = "TRIAGE_STORE_PATH")]
+    pub store_path: Option<std::path::PathBuf>,
+    /// Most bytes the store's file may use, e.g. "256MiB", "1GiB"; over it the oldest records
+    /// are evicted (fairly, and counted).
+    #[arg(long, env = "TRIAGE_STORE_MAX_BYTES", value_parser = parse_bytes, default_value = "256MiB")]
+    pub store_max_bytes: u64,
     /// cgroup2 mount point (found in /proc/self/mountinfo when not given).
     #[arg(long, env = "TRIAGE_CGROUP_ROOT")]
     pub cgroup_root: Option<std::path::PathBuf>,
@@ -123,6 +139,34 @@ pub struct AgentArgs {
     pub dns_inflight_per_pod: usize,
     #[arg(long, env = "TRIAGE_DNS_INFLIGHT", default_value_t = 16_384)]
     pub dns_inflight: usize,
+}
+
+/// A size in bytes: a number with an optional unit (B, KiB, MiB, GiB, or KB, MB, GB).
+#[cfg(feature = "node-agent")]
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 256MiB)"))?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "Ki" => 1 << 10,
+        "MiB" | "Mi" => 1 << 20,
+        "GiB" | "Gi" => 1 << 30,
+        "KB" | "K" => 1_000,
+        "MB" | "M" => 1_000_000,
+        "GB" | "G" => 1_000_000_000,
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?} (B, KiB, MiB, GiB, KB, MB, GB)"
+            ));
+        }
+    };
+    n.checked_mul(mult)
+        .filter(|b| *b > 0)
+        .ok_or_else(|| format!("{s:?} is not a usable size"))
 }
 
 /// The DNS ports of `--dns-ports`.
@@ -255,6 +299,23 @@ mod tests {
     use super::*;
     use clap::CommandFactory as _;
 
+    #[cfg(feature = "node-agent")]
+    #[test]
+    fn sizes_parse_with_units_and_bad_ones_are_clear() {
+        assert_eq!(parse_bytes("4096"), Ok(4096));
+        assert_eq!(parse_bytes("256MiB"), Ok(256 << 20));
+        assert_eq!(parse_bytes("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_bytes("10MB"), Ok(10_000_000));
+        assert!(parse_bytes("lots").unwrap_err().contains("not a size"));
+        assert!(
+            parse_bytes("5PiB")
+                .unwrap_err()
+                .contains("unknown size unit")
+        );
+        assert!(parse_bytes("0").is_err());
+        assert!(parse_bytes("99999999999GiB").is_err());
+    }
+
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
@@ -306,6 +367,8 @@ mod tests {
             "2s",
         ]);
         assert_eq!(a.metrics_listen.0, None);
+        assert_eq!(a.store_path, None);
+        assert_eq!(a.store_max_bytes, 256 << 20);
         assert_eq!(a.dns_ports, DnsPorts(vec![53, 5353]));
         assert_eq!(a.dns_timeout, Duration::from_secs(2));
         assert!(
