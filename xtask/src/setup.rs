@@ -4,7 +4,9 @@
 //! - bpf-linker 0.13, linked against the LLVM inside the nightly toolchain (no Debian LLVM):
 //!   rebuilt when that LLVM changes;
 //! - Debian packages the tests, the demo and the bench use (iproute2, nftables, iperf3,
-//!   dnsmasq-base, dnsutils, tcpdump, procps).
+//!   dnsmasq-base, dnsutils, tcpdump, procps, python3-venv);
+//! - `kubernetes-validate` (PyPI), in a virtualenv under target/tools: the manifest test
+//!   validates deploy/ against the Kubernetes OpenAPI schemas with it.
 
 use std::{
     path::{Path, PathBuf},
@@ -28,7 +30,11 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "tcpdump",
     // sysctl, for the simulated node's forwarding settings.
     "procps",
+    // A virtualenv for the manifest validator (Debian's Python refuses system-wide pip).
+    "python3-venv",
 ];
+/// The Kubernetes manifest validator (schemas of every Kubernetes release bundled), pinned.
+const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
 
 fn output(cmd: &mut Command) -> anyhow::Result<String> {
     let out = cmd
@@ -55,7 +61,38 @@ pub fn setup() -> anyhow::Result<()> {
     nightly()?;
     bpf_linker()?;
     debian_packages()?;
+    manifest_validator()?;
     Ok(())
+}
+
+/// Where `kubernetes-validate` is installed (agent/tests/deploy.rs runs it from there).
+pub fn manifest_validator_dir() -> PathBuf {
+    crate::root().join("target/tools/kubernetes-validate")
+}
+
+fn manifest_validator() -> anyhow::Result<()> {
+    let dir = manifest_validator_dir();
+    let bin = dir.join("bin/kubernetes-validate");
+    let want = KUBERNETES_VALIDATE.rsplit("==").next().unwrap_or_default();
+    let have = Command::new(&bin)
+        .arg("--version")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    if have.contains(want) {
+        return Ok(());
+    }
+    run(Command::new("python3")
+        .args(["-m", "venv", "--clear"])
+        .arg(&dir))?;
+    run(Command::new(dir.join("bin/pip")).args([
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        KUBERNETES_VALIDATE,
+    ]))
 }
 
 fn nightly() -> anyhow::Result<()> {

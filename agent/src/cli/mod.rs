@@ -30,8 +30,9 @@ pub struct Cli {
     /// Log filter (tracing EnvFilter syntax), e.g. "info" or "triage_agent=debug".
     #[arg(long, global = true, env = "TRIAGE_LOG", default_value = "info")]
     pub log: String,
-    /// Log format.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    /// Log format: text (no colours unless stderr is a terminal) or json (one object per line,
+    /// for log pipelines).
+    #[arg(long, global = true, env = "TRIAGE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
