@@ -95,3 +95,91 @@ fn two_agents_on_one_node_both_work_and_neither_counts_twice() {
         .unwrap();
     assert!(second.stop().unwrap().success(), "{}", second.log());
 }
+
+/// How long the API server stays away in the outage test (what the issue asks: a minute).
+const OUTAGE: Duration = Duration::from_secs(60);
+
+#[test]
+fn an_api_server_outage_loses_nothing_and_attributes_its_events_right_afterwards() {
+    let mut node = SimNode::start(SimConfig {
+        workload: env!("CARGO_BIN_EXE_sim-workload").into(),
+        driver: CgroupDriver::Cgroupfs,
+    })
+    .unwrap();
+    let client = node.add_pod("shop", "web").unwrap();
+    let old = node.add_pod("shop", "old").unwrap();
+    let reused_ip = node.pod(old).ip;
+    let mut agent = AgentProcess::start(&node).unwrap();
+    agent.wait_ready(true, WAIT).unwrap();
+    agent.wait_pods(2, WAIT).unwrap();
+
+    node.api.set_available(false);
+    let s = agent
+        .status_until(WAIT, |s| s["metadata"]["synced"] == false)
+        .unwrap();
+    assert!(
+        s["metadata"]["last_error"].is_string(),
+        "the outage is shown: {s}"
+    );
+    // Meanwhile the cluster moves on: a pod is deleted and another takes its IP.
+    let outage_started = std::time::Instant::now();
+    node.delete_pod(old);
+    let new = node.add_pod_with_ip("shop", "new", reused_ip).unwrap();
+    let dst = format!("{reused_ip}:5433");
+    node.run(client, &["connect", &dst, "3", "20"]).unwrap();
+    // The agent keeps answering during the outage, says it is not in sync, and holds the
+    // events whose pods it cannot name for sure (not lost: waiting).
+    let s = agent
+        .status_until(WAIT, |s| {
+            s["metadata"]["pending_events"].as_u64() >= Some(2)
+        })
+        .unwrap();
+    assert_eq!(s["metadata"]["synced"], false, "{s}");
+    let (code, body) = agent.http_get("/readyz").unwrap();
+    assert_eq!(
+        code, 200,
+        "synced once: still ready during an outage: {body}"
+    );
+    std::thread::sleep(OUTAGE.saturating_sub(outage_started.elapsed()));
+
+    node.api.set_available(true);
+    agent
+        .status_until(WAIT, |s| s["metadata"]["synced"] == true)
+        .unwrap();
+    // The refusals made during the outage: on the client (exact, its cgroup), naming the pod
+    // that really had the IP then, and on that pod, never on the deleted one.
+    let web = agent
+        .query_until("shop", "web", WAIT, |v| {
+            count_of(&records(v, "connection_refused", "outbound")) == 3
+        })
+        .unwrap();
+    let out = records(&web, "connection_refused", "outbound");
+    assert!(
+        out.iter().all(|r| r["peer"]["name"] == "new"),
+        "the peer is the pod holding the IP at the time: {web}"
+    );
+    let new_answer = agent
+        .query_until("shop", "new", WAIT, |v| {
+            count_of(&records(v, "connection_refused", "inbound")) == 3
+        })
+        .unwrap();
+    assert!(
+        records(&new_answer, "connection_refused", "inbound")
+            .iter()
+            .all(|r| r["pod"]["name"] == "new"),
+        "{new_answer}"
+    );
+    let old_answer = agent.query("shop", "old").unwrap();
+    assert_eq!(
+        count_of(&records(&old_answer, "connection_refused", "inbound")),
+        0,
+        "the deleted pod got the new pod's evidence: {old_answer}"
+    );
+    let s = agent.status().unwrap();
+    let lost = &s["loss"];
+    assert!(
+        lost["attribution_expired"].as_u64().unwrap_or(0) == 0,
+        "events waited for the outage to end rather than go unattributed: {s}"
+    );
+    let _ = new;
+}

@@ -5,6 +5,7 @@
 //!   rebuilt when that LLVM changes;
 //! - Debian packages the tests, the demo and the bench use (iproute2, nftables, iperf3,
 //!   dnsmasq-base, dnsutils, tcpdump, procps, python3-venv);
+//! - cargo-fuzz, for the fuzz targets;
 //! - `kubernetes-validate` (PyPI), in a virtualenv under target/tools: the manifest test
 //!   validates deploy/ against the Kubernetes OpenAPI schemas with it.
 
@@ -62,7 +63,30 @@ pub fn setup() -> anyhow::Result<()> {
     bpf_linker()?;
     debian_packages()?;
     manifest_validator()?;
+    cargo_fuzz()?;
     Ok(())
+}
+
+/// cargo-fuzz, for `cargo xtask fuzz` (and the short fuzz runs of `cargo xtask test`).
+const CARGO_FUZZ_VERSION: &str = "0.13.1";
+
+fn cargo_fuzz() -> anyhow::Result<()> {
+    let have = Command::new("cargo")
+        .args(["fuzz", "--version"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    if have.contains(CARGO_FUZZ_VERSION) {
+        return Ok(());
+    }
+    run(Command::new("cargo").args([
+        "install",
+        "--locked",
+        "cargo-fuzz",
+        "--version",
+        CARGO_FUZZ_VERSION,
+    ]))
 }
 
 /// Where `kubernetes-validate` is installed (agent/tests/deploy.rs runs it from there).
