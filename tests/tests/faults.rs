@@ -183,3 +183,144 @@ fn an_api_server_outage_loses_nothing_and_attributes_its_events_right_afterwards
     );
     let _ = new;
 }
+
+/// Kernel program ids the process holds open (its program and link fds say so in fdinfo).
+fn bpf_prog_ids(pid: u32) -> std::collections::BTreeSet<u32> {
+    let mut ids = std::collections::BTreeSet::new();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return ids;
+    };
+    for fd in fds.flatten() {
+        let info = std::fs::read_to_string(fd.path()).unwrap_or_default();
+        for line in info.lines() {
+            if let Some(id) = line.strip_prefix("prog_id:") {
+                ids.extend(id.trim().parse::<u32>().ok());
+            }
+        }
+    }
+    ids
+}
+
+/// Whether the kernel still has program `id` (BPF_PROG_GET_FD_BY_ID).
+fn bpf_prog_exists(id: u32) -> bool {
+    const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
+    // union bpf_attr for this command: prog_id, next_id, open_flags.
+    let mut attr = [0u32; 8];
+    attr[0] = id;
+    // SAFETY: bpf(2) reads `attr` (a zeroed bpf_attr prefix of the size passed) and returns a
+    // new fd or -1; the fd is closed at once.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_GET_FD_BY_ID,
+            attr.as_mut_ptr(),
+            size_of_val(&attr),
+        )
+    };
+    if fd >= 0 {
+        // SAFETY: closing the fd bpf(2) just returned to us.
+        unsafe { libc::close(fd as libc::c_int) };
+        return true;
+    }
+    false
+}
+
+#[test]
+fn kill_9_during_a_flood_leaves_nothing_attached_and_the_restart_keeps_the_evidence() {
+    let mut node = SimNode::start(SimConfig {
+        workload: env!("CARGO_BIN_EXE_sim-workload").into(),
+        driver: CgroupDriver::Cgroupfs,
+    })
+    .unwrap();
+    let server = node.add_pod("shop", "db").unwrap();
+    let client = node.add_pod("shop", "web").unwrap();
+    let server_ip = node.pod(server).ip;
+    node.nft_node(&format!(
+        "table bridge sim_policy {{\n chain forward {{\n  type filter hook forward priority 0; policy accept;\n  ip daddr {server_ip} udp dport 7000-7001 drop\n }}\n}}\n"
+    ))
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("evidence.db");
+    let store = store.to_str().unwrap();
+    let mut agent = AgentProcess::start_with(&node, &["--store-path", store]).unwrap();
+    agent.wait_ready(true, WAIT).unwrap();
+    agent.wait_pods(2, WAIT).unwrap();
+    node.run(client, &["udp", &format!("{server_ip}:7000"), "200"])
+        .unwrap();
+    let before = agent
+        .query_until("shop", "web", WAIT, |v| {
+            count_of(&records(v, "packet_drop", "outbound")) == 200
+        })
+        .unwrap();
+    let last_seen = records(&before, "packet_drop", "outbound")[0]["last_seen"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    agent
+        .status_until(WAIT, |s| {
+            s["store_disk"]["pending"] == 0
+                && s["store_disk"]["last_commit"]
+                    .as_str()
+                    .is_some_and(|t| t > last_seen.as_str())
+        })
+        .unwrap();
+    let programs = bpf_prog_ids(agent.pid().unwrap());
+    assert!(programs.len() >= 5, "the agent's programs: {programs:?}");
+
+    // The flood, and the kill in the middle of it.
+    let mut flood = node
+        .spawn(client, &["flood-udp", &format!("{server_ip}:7000"), "6"])
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    agent.kill9().unwrap();
+    // Nothing stays attached: every program the agent held is gone from the kernel (its
+    // links and maps went with its file descriptors; nothing is pinned).
+    let deadline = std::time::Instant::now() + WAIT;
+    while programs.iter().any(|id| bpf_prog_exists(*id)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "programs still loaded after kill -9: {:?}",
+            programs
+                .iter()
+                .filter(|id| bpf_prog_exists(**id))
+                .collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        std::fs::read_dir("/sys/fs/bpf").map_or(true, |mut d| !d
+            .any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().contains("triage")))),
+        "nothing pinned"
+    );
+
+    // The new agent attaches while the flood goes on, and answers at once with what the old
+    // one had committed.
+    let mut agent = AgentProcess::start_with(&node, &["--store-path", store]).unwrap();
+    agent.wait_ready(false, WAIT).unwrap();
+    let after = agent.query("shop", "web").unwrap();
+    assert!(
+        count_of(&records(&after, "packet_drop", "outbound")) >= 200,
+        "committed evidence survived the kill: {after}"
+    );
+    assert!(flood.wait().unwrap().success());
+    // And counts exactly from here: a new flow of 100 drops is 100.
+    agent.wait_pods(2, WAIT).unwrap();
+    node.run(client, &["udp", &format!("{server_ip}:7001"), "100"])
+        .unwrap();
+    agent
+        .query_until("shop", "web", WAIT, |v| {
+            records(v, "packet_drop", "outbound")
+                .iter()
+                .any(|r| r["dst"] == format!("{server_ip}:7001") && r["count"] == 100)
+        })
+        .unwrap();
+    let s = agent.status().unwrap();
+    assert!(
+        s["probes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["attached"] == true),
+        "every program attached after the kill: {s}"
+    );
+}
