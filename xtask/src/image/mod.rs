@@ -64,17 +64,26 @@ fn binary_path() -> PathBuf {
     root().join(format!("target/{TARGET}/release/triage-agent"))
 }
 
-/// The build's timestamp: SOURCE_DATE_EPOCH when set (reproducible-builds.org), else the
-/// commit's time, else the epoch; never the clock, so two builds of a commit are identical.
-fn created() -> i64 {
-    if let Some(t) = std::env::var("SOURCE_DATE_EPOCH")
+/// SOURCE_DATE_EPOCH (reproducible-builds.org), when set.
+fn source_date_epoch() -> Option<i64> {
+    std::env::var("SOURCE_DATE_EPOCH")
         .ok()
         .and_then(|v| v.trim().parse().ok())
-    {
-        return t;
-    }
-    git(&["log", "-1", "--format=%ct"])
-        .and_then(|t| t.parse().ok())
+}
+
+/// The image's `created`: SOURCE_DATE_EPOCH, else the commit's time, else the epoch; never the
+/// clock, so two builds of a commit are identical.
+fn created() -> i64 {
+    source_date_epoch()
+        .or_else(|| git(&["log", "-1", "--format=%ct"]).and_then(|t| t.parse().ok()))
+        .unwrap_or(0)
+}
+
+/// The files' mtime: SOURCE_DATE_EPOCH, else the epoch (not the commit's time: the layer then
+/// changes only when the binary does).
+fn mtime() -> u64 {
+    source_date_epoch()
+        .and_then(|t| u64::try_from(t).ok())
         .unwrap_or(0)
 }
 
@@ -91,7 +100,12 @@ fn git(args: &[&str]) -> Option<String> {
 }
 
 /// The image around `binary`.
-fn spec(binary: Vec<u8>, created: i64, revision: Option<String>) -> anyhow::Result<oci::Spec> {
+fn spec(
+    binary: Vec<u8>,
+    created: i64,
+    mtime: u64,
+    revision: Option<String>,
+) -> anyhow::Result<oci::Spec> {
     let mut labels = BTreeMap::new();
     let mut label = |k: &str, v: String| labels.insert(format!("org.opencontainers.image.{k}"), v);
     label("title", TITLE.into());
@@ -117,6 +131,7 @@ fn spec(binary: Vec<u8>, created: i64, revision: Option<String>) -> anyhow::Resu
         user: USER.into(),
         labels,
         created,
+        mtime,
     })
 }
 
@@ -138,7 +153,7 @@ fn build_binary() -> anyhow::Result<Vec<u8>> {
 /// and runs `triage-agent --version` in it.
 pub fn image(run_in_engine: bool) -> anyhow::Result<()> {
     let binary = build_binary()?;
-    let spec = spec(binary, created(), git(&["rev-parse", "HEAD"]))?;
+    let spec = spec(binary, created(), mtime(), git(&["rev-parse", "HEAD"]))?;
     let path = write_checked(&spec, oci::write(&spec)?)?;
     if run_in_engine {
         run_version(&path)?;
@@ -198,7 +213,7 @@ fn run_version(archive: &std::path::Path) -> anyhow::Result<()> {
 /// structure, load into podman and run `--version`.
 pub fn test() -> anyhow::Result<()> {
     let binary = build_binary()?;
-    let spec = spec(binary, created(), git(&["rev-parse", "HEAD"]))?;
+    let spec = spec(binary, created(), mtime(), git(&["rev-parse", "HEAD"]))?;
     let first = oci::write(&spec)?;
     let second = oci::write(&spec)?;
     ensure!(
@@ -220,6 +235,7 @@ mod tests {
         spec(
             elf::fixtures::static_with_bpf(),
             1_764_460_800,
+            0,
             Some("0123456789abcdef0123456789abcdef01234567".into()),
         )
         .unwrap()

@@ -47,8 +47,11 @@ pub struct Spec {
     pub user: String,
     /// `org.opencontainers.image.*` labels (also the manifest's annotations).
     pub labels: BTreeMap<String, String>,
-    /// Seconds since the epoch: the config's `created` and every tar entry's mtime.
+    /// Seconds since the epoch: the config's `created`.
     pub created: i64,
+    /// Every tar entry's mtime, kept apart from `created` so that the layer depends on its
+    /// files only (the same binary gives the same layer blob, whatever the commit).
+    pub mtime: u64,
 }
 
 /// A content-addressed blob and its descriptor fields.
@@ -159,7 +162,7 @@ pub fn write(spec: &Spec) -> anyhow::Result<Image> {
     }))?;
     let layout = to_json(&json!({ "imageLayoutVersion": LAYOUT_VERSION }))?;
 
-    let mut archive = TarWriter::new(spec.created);
+    let mut archive = TarWriter::new(spec.mtime);
     archive.file("oci-layout", 0o644, &layout)?;
     archive.file("index.json", 0o644, &index)?;
     archive.dir("blobs/")?;
@@ -186,7 +189,7 @@ pub fn blob_path(digest: &str) -> anyhow::Result<String> {
 
 /// The layer tar: each file's parent directories first, then the file.
 fn layer(spec: &Spec) -> anyhow::Result<Vec<u8>> {
-    let mut tar = TarWriter::new(spec.created);
+    let mut tar = TarWriter::new(spec.mtime);
     let mut dirs = std::collections::BTreeSet::new();
     for file in &spec.files {
         let mut prefix = String::new();
@@ -225,10 +228,10 @@ struct TarWriter {
 }
 
 impl TarWriter {
-    fn new(mtime: i64) -> Self {
+    fn new(mtime: u64) -> Self {
         Self {
             builder: tar::Builder::new(Vec::new()),
-            mtime: u64::try_from(mtime).unwrap_or_default(),
+            mtime,
         }
     }
 

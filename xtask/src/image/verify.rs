@@ -119,7 +119,7 @@ pub fn verify(archive: &[u8], spec: &Spec) -> anyhow::Result<Report> {
     let files = entries(archive).context("reading the archive")?;
     for (path, e) in &files {
         ensure!(
-            e.uid == 0 && e.gid == 0 && e.mtime == u64::try_from(spec.created).unwrap_or(0),
+            e.uid == 0 && e.gid == 0 && e.mtime == spec.mtime,
             "archive entry {path}: owner {}:{} mtime {}",
             e.uid,
             e.gid,
@@ -271,7 +271,7 @@ fn check_config(config: &Value, spec: &Spec, diff_id: &str) -> anyhow::Result<()
 
 fn check_layer(layer_tar: &[u8], spec: &Spec) -> anyhow::Result<()> {
     let entries = entries(layer_tar).context("reading the layer")?;
-    let mtime = u64::try_from(spec.created).unwrap_or(0);
+    let mtime = spec.mtime;
     let mut want_dirs = std::collections::BTreeSet::new();
     for file in &spec.files {
         let mut path = file.path.as_str();
