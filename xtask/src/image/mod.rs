@@ -353,6 +353,20 @@ mod tests {
     }
 
     #[test]
+    fn the_daemonset_runs_this_image() {
+        let manifest = std::fs::read_to_string(root().join("deploy/daemonset.yaml")).unwrap();
+        let images: Vec<&str> = manifest
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("image: "))
+            .collect();
+        assert_eq!(
+            images,
+            [reference()],
+            "deploy/daemonset.yaml names another image than `cargo xtask image` builds"
+        );
+    }
+
+    #[test]
     fn the_description_is_the_agent_crates() {
         let manifest = std::fs::read_to_string(root().join("agent/Cargo.toml")).unwrap();
         assert!(
