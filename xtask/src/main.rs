@@ -2,6 +2,7 @@
 //! run `setup` first, which installs what a fresh Debian 12 machine lacks (idempotent, and
 //! quick when everything is present).
 
+mod image;
 mod setup;
 
 use std::{
@@ -22,11 +23,24 @@ struct Cli {
 #[derive(Subcommand)]
 enum Task {
     /// Install the toolchains, bpf-linker and Debian packages the build and tests need.
-    Setup,
+    Setup {
+        /// Only what building the binaries needs (the Dockerfile's build stage): no test
+        /// packages.
+        #[arg(long)]
+        build_only: bool,
+    },
     /// Build the release binary target/release/triage-agent (eBPF embedded).
     Build,
+    /// The container image as an OCI archive, target/image/triage-agent-<version>.oci.tar: a
+    /// static musl build (eBPF embedded) on an empty base, built offline, checked after
+    /// writing.
+    Image {
+        /// Also load it into podman and run `triage-agent --version` in it (needs root).
+        #[arg(long)]
+        run: bool,
+    },
     /// Run every check and test: fmt, clippy (host, CLI-only, BPF), unit, gRPC and privileged
-    /// end-to-end tests. Needs root.
+    /// end-to-end tests, the image (built, checked, run in podman). Needs root.
     Test,
     /// Start a simulated node with a few pods and a NetworkPolicy, provoke drops, timeouts and
     /// refused connections, show what `triage-agent query` and `explain` say, clean up. Needs
@@ -246,7 +260,19 @@ fn fuzz(seconds: u64, only: &[String]) -> anyhow::Result<()> {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
-        Task::Setup => setup::setup(),
+        Task::Setup { build_only: false } => setup::setup(),
+        Task::Setup { build_only: true } => setup::setup_build(),
+        Task::Image { run } => {
+            if run {
+                if !is_root() {
+                    bail!("`cargo xtask image --run` runs podman as root: run it as root");
+                }
+                setup::setup()?;
+            } else {
+                setup::setup_build()?;
+            }
+            image::image(run)
+        }
         Task::Build => {
             setup::setup()?;
             build_release()
@@ -274,6 +300,7 @@ fn main() -> anyhow::Result<()> {
             run(cargo()
                 .args(["test", "--workspace", "--exclude", "triage-agent-ebpf"])
                 .env("RUST_BACKTRACE", "1"))?;
+            image::test()?;
             // Every fuzz target, briefly: it must build, take its seeds and not crash.
             fuzz(FUZZ_SECONDS_IN_TEST, &[])?;
             eprintln!("all checks and tests passed");
