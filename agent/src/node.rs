@@ -58,6 +58,8 @@ pub struct AgentConfig {
     pub kubelet_cgroup_root: PathBuf,
     pub sample_interval: Duration,
     pub throttle_threshold: u64,
+    /// Export of evidence as OpenTelemetry logs (`None`: off).
+    pub otlp: Option<crate::otlp::OtlpConfig>,
 }
 
 fn kernel_release() -> String {
@@ -264,6 +266,22 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         ),
     );
 
+    let otlp = match config.otlp.clone() {
+        Some(otlp) => {
+            let (stats, task) = crate::otlp::spawn(
+                otlp,
+                &config.node,
+                store.clone(),
+                counters.clone(),
+                cancel.child_token(),
+            )
+            .context("setting up the OTLP exporter")?;
+            supervisor.spawn("otlp", infallible(task));
+            Some(stats)
+        }
+        None => None,
+    };
+
     let state = AgentState {
         info: AgentInfo {
             node: config.node.clone(),
@@ -281,6 +299,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         let metrics = api::metrics::MetricsState {
             agent: state.clone(),
             program_ids: Arc::new(loaded.program_ids.clone()),
+            otlp,
         };
         supervisor.spawn(
             "metrics",

@@ -33,6 +33,17 @@ pub struct MetricsState {
     pub agent: AgentState,
     /// Kernel ids of the loaded programs, by name.
     pub program_ids: Arc<Vec<(String, u32)>>,
+    /// The OTLP exporter's figures, when it is on.
+    pub otlp: Option<Arc<crate::otlp::ExportStats>>,
+}
+
+/// The OTLP exporter's figures at one scrape.
+#[derive(Debug)]
+struct OtlpSnapshot {
+    exported: u64,
+    retries: u64,
+    queued: u64,
+    capacity: u64,
 }
 
 /// One scrape's values.
@@ -52,6 +63,7 @@ struct Snapshot {
     bpf_stats_enabled: bool,
     /// (program, run time, runs)
     bpf: Vec<(String, Duration, u64)>,
+    otlp: Option<OtlpSnapshot>,
 }
 
 fn bpf_stats_enabled() -> bool {
@@ -100,6 +112,15 @@ impl MetricsState {
             pending: attribution.pending,
             bpf_stats_enabled: bpf_stats_enabled(),
             bpf: bpf_stats(&self.program_ids),
+            otlp: self.otlp.as_ref().map(|o| {
+                use std::sync::atomic::Ordering::Relaxed;
+                OtlpSnapshot {
+                    exported: o.exported.load(Relaxed),
+                    retries: o.retries.load(Relaxed),
+                    queued: o.queued.load(Relaxed),
+                    capacity: o.capacity,
+                }
+            }),
         })
     }
 }
@@ -279,6 +300,32 @@ impl Collector for Snapshot {
                 let labels = [("program", program.clone())];
                 ConstCounter::new(*runs).encode(m.encode_family(&labels)?)?;
             }
+        }
+        if let Some(o) = &self.otlp {
+            counter(
+                &mut e,
+                "triage_agent_otlp_exported_records",
+                "Evidence record updates the OTLP collector accepted (losses: triage_agent_loss_total{point=~\"otlp_.*\"}).",
+                o.exported,
+            )?;
+            counter(
+                &mut e,
+                "triage_agent_otlp_export_retries",
+                "OTLP export attempts that failed with a retryable error and were retried.",
+                o.retries,
+            )?;
+            gauge(
+                &mut e,
+                "triage_agent_otlp_queue_records",
+                "Evidence record updates waiting for OTLP export.",
+                o.queued as f64,
+            )?;
+            gauge(
+                &mut e,
+                "triage_agent_otlp_queue_capacity",
+                "Record updates the OTLP export queue holds at most.",
+                o.capacity as f64,
+            )?;
         }
         Ok(())
     }
