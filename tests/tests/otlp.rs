@@ -30,7 +30,7 @@ use triage_agent_proto::opentelemetry::proto::{
     logs::v1::LogRecord,
 };
 use triage_agent_tests::{
-    agent::{AgentProcess, agent_binary},
+    agent::{AgentProcess, agent_binary, free_port, records},
     simnode::{CgroupDriver, SimConfig, SimNode},
 };
 
@@ -64,13 +64,11 @@ impl LogsService for Receiver {
     }
 }
 
-/// Starts the receiver on loopback; returns it, its address and the runtime serving it.
-fn start_receiver() -> (Receiver, String, tokio::runtime::Runtime) {
+/// Starts the receiver on `bind` (loopback); returns it, its address and the runtime serving it.
+fn start_receiver(bind: &str) -> (Receiver, String, tokio::runtime::Runtime) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let receiver = Receiver::default();
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
+    let listener = rt.block_on(tokio::net::TcpListener::bind(bind)).unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let service = LogsServiceServer::new(receiver.clone());
     rt.spawn(
@@ -183,7 +181,7 @@ fn metric(text: &str, line_start: &str) -> f64 {
 
 #[test]
 fn refusals_are_exported_as_otlp_logs_with_kubernetes_attributes() {
-    let (receiver, addr, _rt) = start_receiver();
+    let (receiver, addr, _rt) = start_receiver("127.0.0.1:0");
     let mut node = SimNode::start(SimConfig {
         workload: env!("CARGO_BIN_EXE_sim-workload").into(),
         driver: CgroupDriver::Cgroupfs,
@@ -293,6 +291,84 @@ fn refusals_are_exported_as_otlp_logs_with_kubernetes_attributes() {
         );
     }
 
+    let exit = agent.stop().unwrap();
+    assert!(
+        exit.success(),
+        "agent exits cleanly: {exit}\n{}",
+        agent.log()
+    );
+}
+
+/// The collector is down when the agent starts: the store keeps answering, the exporter
+/// retries (counted), and once the collector is up the records arrive, nothing lost.
+#[test]
+fn collector_down_at_start_then_up_gets_the_records() {
+    let addr = format!("127.0.0.1:{}", free_port().unwrap());
+    let mut node = SimNode::start(SimConfig {
+        workload: env!("CARGO_BIN_EXE_sim-workload").into(),
+        driver: CgroupDriver::Systemd,
+    })
+    .expect("simulated node");
+    let server = node.add_pod("data", "db").unwrap();
+    let client = node.add_pod("data", "api").unwrap();
+    node.start_process(server, &["listen", "5432"]).unwrap();
+    let endpoint = format!("http://{addr}");
+    let mut agent = AgentProcess::start_with_env(
+        &node,
+        &[],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "1000"),
+            ("OTEL_BLRP_SCHEDULE_DELAY", "100"),
+            // Retried for a minute: longer than the test keeps the collector down.
+            ("OTEL_BLRP_EXPORT_TIMEOUT", "60000"),
+        ],
+    )
+    .unwrap();
+    agent.wait_ready(true, WAIT).unwrap();
+    let dst = format!("{}:5433", node.pod(server).ip);
+    node.run(client, &["connect", &dst, "3", "50"]).unwrap();
+
+    // The store is not held up by the exporter.
+    agent
+        .query_until("data", "api", WAIT, |v| {
+            records(v, "connection_refused", "outbound")
+                .iter()
+                .any(|r| r["count"].as_u64() >= Some(3))
+        })
+        .unwrap();
+    let deadline = Instant::now() + WAIT;
+    while metric(
+        &scrape(&agent.metrics),
+        "triage_agent_otlp_export_retries_total ",
+    ) < 2.0
+    {
+        assert!(Instant::now() < deadline, "no retries:\n{}", agent.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let (receiver, _, _rt) = start_receiver(&addr);
+    let (_, a, _, _) = wait_record(
+        &receiver,
+        "api",
+        "connection_refused",
+        "outbound",
+        3,
+        &agent,
+    );
+    assert_eq!(a["k8s.namespace.name"], "data");
+    assert_eq!(a["k8s.container.name"], "app");
+    let text = scrape(&agent.metrics);
+    for point in ["otlp_queue_full", "otlp_export_failed"] {
+        assert_eq!(
+            metric(
+                &text,
+                &format!("triage_agent_loss_total{{point=\"{point}\"}} ")
+            ),
+            0.0,
+            "{point}"
+        );
+    }
     let exit = agent.stop().unwrap();
     assert!(
         exit.success(),
