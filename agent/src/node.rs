@@ -4,6 +4,7 @@
 //! kernel programs --ring buffer--> probes::reader --events--> attribute --occurrences--> store
 //! cgroupfs samplers ------------------------------^     ^                                 ^
 //!                        attribute::metadata (kube-rs) -+          api (gRPC) --commands--+
+//!                                                  otlp (when configured) --subscription--+
 //! ```
 //! Each component makes its own bounded channels (`spawn` returns its senders and its task);
 //! producers never await consumers on the event path, and every drop is counted in

@@ -82,6 +82,56 @@ struct Queued {
     evidence: Evidence,
 }
 
+/// Which record an update is about (the store's aggregation key): updates of one record that
+/// wait in the same batch are sent once, as the latest.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct RecordKey {
+    kind: crate::evidence::Kind,
+    pod: Option<String>,
+    container: Option<Arc<str>>,
+    detail: crate::evidence::DetailKey,
+}
+
+impl RecordKey {
+    fn of(e: &Evidence) -> RecordKey {
+        RecordKey {
+            kind: e.kind(),
+            pod: e.pod().map(|p| p.uid.clone()),
+            container: e.subject.container.clone(),
+            detail: e.detail.key(),
+        }
+    }
+}
+
+/// The batch being filled: distinct records, each at its latest update.
+#[derive(Default)]
+struct Pending {
+    updates: Vec<Queued>,
+    index: std::collections::HashMap<RecordKey, usize>,
+}
+
+impl Pending {
+    fn push(&mut self, q: Queued) {
+        let key = RecordKey::of(&q.evidence);
+        match self.index.get(&key).and_then(|i| self.updates.get_mut(*i)) {
+            Some(slot) => *slot = q,
+            None => {
+                self.index.insert(key, self.updates.len());
+                self.updates.push(q);
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.updates.len()
+    }
+
+    fn take(&mut self) -> Vec<Queued> {
+        self.index.clear();
+        std::mem::take(&mut self.updates)
+    }
+}
+
 fn channel(config: &OtlpConfig) -> Result<Channel, ExportError> {
     let error = |source| ExportError::Endpoint {
         endpoint: config.endpoint.clone(),
@@ -282,9 +332,9 @@ struct Sender {
 }
 
 impl Sender {
-    fn request(&self, batch: &mut Vec<Queued>) -> (ExportLogsServiceRequest, u64) {
+    fn request(&self, batch: Vec<Queued>) -> (ExportLogsServiceRequest, u64) {
         let records: Vec<_> = batch
-            .drain(..)
+            .iter()
             .map(|q| record::log_record(&q.evidence, q.observed))
             .collect();
         let n = records.len() as u64;
@@ -368,7 +418,7 @@ impl Sender {
 
     async fn run(mut self, mut queue: mpsc::Receiver<Queued>, cancel: CancellationToken) {
         let size = self.config.batch.size;
-        let mut batch: Vec<Queued> = Vec::with_capacity(size);
+        let mut batch = Pending::default();
         let mut due: Option<Instant> = None;
         let mut pending = None;
         loop {
@@ -388,14 +438,14 @@ impl Sender {
             };
             if send_now {
                 due = None;
-                let (request, n) = self.request(&mut batch);
+                let (request, n) = self.request(batch.take());
                 if let Sent::Cancelled(request) = self.send(request, n, &cancel).await {
                     pending = Some((request, n));
                     break;
                 }
             }
         }
-        self.flush(pending, batch, queue).await;
+        self.flush(pending, batch.take(), queue).await;
     }
 
     /// Shutdown: what is pending, batched and queued goes out once, within [`SHUTDOWN_FLUSH`];
@@ -403,28 +453,33 @@ impl Sender {
     async fn flush(
         &mut self,
         pending: Option<(ExportLogsServiceRequest, u64)>,
-        mut batch: Vec<Queued>,
+        batch: Vec<Queued>,
         mut queue: mpsc::Receiver<Queued>,
     ) {
         let deadline = Instant::now() + SHUTDOWN_FLUSH;
         // The drain ends at once on cancellation; its last updates are in the queue.
+        let mut all = Pending::default();
+        for q in batch {
+            all.push(q);
+        }
         let _ = tokio::time::timeout_at(deadline, async {
             while let Some(q) = queue.recv().await {
-                batch.push(q);
+                all.push(q);
             }
         })
         .await;
         queue.close();
         while let Ok(q) = queue.try_recv() {
-            batch.push(q);
+            all.push(q);
         }
         self.stats.queued.store(0, Relaxed);
         let mut requests: Vec<(ExportLogsServiceRequest, u64)> = pending.into_iter().collect();
-        while !batch.is_empty() {
-            let mut chunk: Vec<Queued> = batch
-                .drain(..batch.len().min(self.config.batch.size))
+        let mut rest = all.take();
+        while !rest.is_empty() {
+            let chunk: Vec<Queued> = rest
+                .drain(..rest.len().min(self.config.batch.size))
                 .collect();
-            requests.push(self.request(&mut chunk));
+            requests.push(self.request(chunk));
         }
         let total: u64 = requests.iter().map(|(_, n)| n).sum();
         let mut failed = 0;

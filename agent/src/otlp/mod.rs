@@ -10,7 +10,8 @@
 //! The drain only moves updates from the store's subscription into the exporter's own queue
 //! (never awaiting it), so neither the store nor the pipeline before it ever waits for the
 //! collector; a slow or absent collector fills the queue and every update it cannot hold is
-//! counted. [`record`] maps a record to a log record; [`export`] runs the task.
+//! counted. The batcher keeps the latest update of each record in a batch. [`record`] maps a
+//! record to a log record; [`export`] runs the task.
 
 pub mod config;
 pub mod export;

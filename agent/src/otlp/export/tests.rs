@@ -389,3 +389,42 @@ async fn shutdown_flushes_what_is_queued() {
     assert_eq!(receiver.records(), 5);
     assert_eq!(counters.get(Loss::OtlpExportFailed), 0);
 }
+
+#[tokio::test]
+async fn updates_of_one_record_in_a_batch_go_out_once_as_the_latest() {
+    let (receiver, addr) = receiver(vec![]).await;
+    let batch = Batch {
+        interval: Duration::from_millis(500),
+        ..fast_batch()
+    };
+    let running = start(config(addr, batch)).await;
+    for _ in 0..5 {
+        let o = fixtures::refused()
+            .pod("shop", "web")
+            .at_time(SystemTime::now())
+            .occurrence();
+        running.occurrences.send(o).await.unwrap();
+    }
+    wait_for("the batch", || {
+        let r = receiver.clone();
+        async move { r.records() > 0 }
+    })
+    .await;
+    let counts: Vec<i64> = receiver
+        .got
+        .lock()
+        .unwrap()
+        .iter()
+        .flat_map(|(r, _)| &r.resource_logs)
+        .flat_map(|r| &r.scope_logs)
+        .flat_map(|s| &s.log_records)
+        .flat_map(|l| &l.attributes)
+        .filter(|kv| kv.key == "triage.count")
+        .filter_map(|kv| match kv.value.as_ref()?.value.as_ref()? {
+            any_value::Value::IntValue(n) => Some(*n),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(counts, vec![5]);
+    running.stop().await;
+}
