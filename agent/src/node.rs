@@ -4,6 +4,7 @@
 //! kernel programs --ring buffer--> probes::reader --events--> attribute --occurrences--> store
 //! cgroupfs samplers ------------------------------^     ^                                 ^
 //!                        attribute::metadata (kube-rs) -+          api (gRPC) --commands--+
+//!                                                  otlp (when configured) --subscription--+
 //! ```
 //! Each component makes its own bounded channels (`spawn` returns its senders and its task);
 //! producers never await consumers on the event path, and every drop is counted in
@@ -60,6 +61,8 @@ pub struct AgentConfig {
     pub kubelet_cgroup_root: PathBuf,
     pub sample_interval: Duration,
     pub throttle_threshold: u64,
+    /// Export of evidence as OpenTelemetry logs (`None`: off).
+    pub otlp: Option<crate::otlp::OtlpConfig>,
 }
 
 fn kernel_release() -> String {
@@ -300,6 +303,22 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         ),
     );
 
+    let otlp = match config.otlp.clone() {
+        Some(otlp) => {
+            let (stats, task) = crate::otlp::spawn(
+                otlp,
+                &config.node,
+                store.clone(),
+                counters.clone(),
+                cancel.child_token(),
+            )
+            .context("setting up the OTLP exporter")?;
+            supervisor.spawn("otlp", infallible(task));
+            Some(stats)
+        }
+        None => None,
+    };
+
     let state = AgentState {
         info: AgentInfo {
             node: config.node.clone(),
@@ -318,6 +337,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         let metrics = api::metrics::MetricsState {
             agent: state.clone(),
             program_ids: Arc::new(loaded.program_ids.clone()),
+            otlp,
         };
         supervisor.spawn(
             "metrics",

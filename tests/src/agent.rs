@@ -43,6 +43,15 @@ impl AgentProcess {
 
     /// Starts the agent with extra flags.
     pub fn start_with(node: &SimNode, extra: &[&str]) -> anyhow::Result<AgentProcess> {
+        Self::start_with_env(node, extra, &[])
+    }
+
+    /// Starts the agent with extra flags and environment variables.
+    pub fn start_with_env(
+        node: &SimNode,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<AgentProcess> {
         let bin = agent_binary();
         anyhow::ensure!(
             bin.exists(),
@@ -73,6 +82,7 @@ impl AgentProcess {
             .args(&metrics_args)
             .args(extra)
             .env("KUBECONFIG", node.kubeconfig())
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file)

@@ -34,6 +34,17 @@ pub struct MetricsState {
     pub agent: AgentState,
     /// Kernel ids of the loaded programs, by name.
     pub program_ids: Arc<Vec<(String, u32)>>,
+    /// The OTLP exporter's figures, when it is on.
+    pub otlp: Option<Arc<crate::otlp::ExportStats>>,
+}
+
+/// The OTLP exporter's figures at one scrape.
+#[derive(Debug)]
+struct OtlpSnapshot {
+    exported: u64,
+    retries: u64,
+    queued: u64,
+    capacity: u64,
 }
 
 /// One scrape's values.
@@ -54,6 +65,7 @@ struct Snapshot {
     /// (program, run time, runs)
     bpf: Vec<(String, Duration, u64)>,
     persistence: Option<crate::store::PersistState>,
+    otlp: Option<OtlpSnapshot>,
 }
 
 fn bpf_stats_enabled() -> bool {
@@ -103,6 +115,15 @@ impl MetricsState {
             bpf_stats_enabled: bpf_stats_enabled(),
             bpf: bpf_stats(&self.program_ids),
             persistence: a.persistence.as_ref().map(|p| p.get()),
+            otlp: self.otlp.as_ref().map(|o| {
+                use std::sync::atomic::Ordering::Relaxed;
+                OtlpSnapshot {
+                    exported: o.exported.load(Relaxed),
+                    retries: o.retries.load(Relaxed),
+                    queued: o.queued.load(Relaxed),
+                    capacity: o.capacity,
+                }
+            }),
         })
     }
 }
@@ -329,6 +350,32 @@ impl Collector for Snapshot {
                 "triage_agent_store_disk_restored_records",
                 "Records read back from the file at startup.",
                 p.restored as f64,
+            )?;
+        }
+        if let Some(o) = &self.otlp {
+            counter(
+                &mut e,
+                "triage_agent_otlp_exported_records",
+                "Evidence record updates the OTLP collector accepted (losses: triage_agent_loss_total{point=~\"otlp_.*\"}).",
+                o.exported,
+            )?;
+            counter(
+                &mut e,
+                "triage_agent_otlp_export_retries",
+                "OTLP export attempts that failed with a retryable error and were retried.",
+                o.retries,
+            )?;
+            gauge(
+                &mut e,
+                "triage_agent_otlp_queue_records",
+                "Evidence record updates waiting for OTLP export.",
+                o.queued as f64,
+            )?;
+            gauge(
+                &mut e,
+                "triage_agent_otlp_queue_capacity",
+                "Record updates the OTLP export queue holds at most.",
+                o.capacity as f64,
             )?;
         }
         Ok(())
