@@ -116,11 +116,20 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             if let Some(q) = args.store_unattributed_quota {
                 store.unattributed_quota = q.max(1);
             }
+            // The standard OpenTelemetry variables; a wrong one stops the agent at startup.
+            let otlp = crate::otlp::OtlpConfig::from_env(|name| std::env::var(name).ok())
+                .context("OTLP export configuration")?;
             crate::node::run(crate::node::AgentConfig {
                 node: args.node_name,
                 listen: args.listen,
                 metrics_listen: args.metrics_listen.0,
                 store,
+                persist: args
+                    .store_path
+                    .map(|path| crate::store::persist::PersistConfig {
+                        path,
+                        max_bytes: args.store_max_bytes,
+                    }),
                 cgroup_root: args.cgroup_root,
                 drop_reasons: args.drop_reasons,
                 dns: crate::dns::DnsConfig {
@@ -135,6 +144,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 kubelet_cgroup_root: args.kubelet_cgroup_root,
                 sample_interval: args.sample_interval.max(Duration::from_millis(100)),
                 throttle_threshold: args.throttle_threshold,
+                otlp,
             })
             .await
         }

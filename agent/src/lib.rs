@@ -10,7 +10,8 @@
 //! - [`evidence`]: the model (one occurrence shape, a detail per kind) and its names;
 //! - [`store`]: aggregated, bounded, fair evidence; [`loss`]: every loss counter by name;
 //! - [`api`]: the gRPC service and its conversions; [`cli`]: the client commands;
-//! - `node`: the agent's wiring (needs the `node-agent` feature).
+//! - `node`: the agent's wiring, `otlp`: export of evidence as OpenTelemetry logs (both need
+//!   the `node-agent` feature).
 //!
 //! A new signal touches: its program (agent-ebpf) and event type (agent-ebpf/common), a
 //! [`probes::PROGRAMS`] entry and offsets family, a [`probes::decode::RawEvent`] variant, its
@@ -28,6 +29,8 @@ pub mod kernel;
 pub mod loss;
 #[cfg(feature = "node-agent")]
 pub mod node;
+#[cfg(feature = "node-agent")]
+pub mod otlp;
 #[cfg(feature = "cluster")]
 pub mod policy;
 pub mod probes;

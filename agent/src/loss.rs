@@ -48,6 +48,21 @@ names! {
         /// A DNS query left the in-flight table before its answer or timeout (the table was
         /// full for its pod or in total): its outcome is unknown.
         DnsInflightEvicted = "dns_inflight_evicted",
+        /// Records in the persistent store that could not be read back at startup (written
+        /// by a damaged disk or an incompatible version): removed.
+        StoreUnreadable = "store_unreadable",
+        /// OTLP export: a record update could not enter the exporter's queue (it was full: the
+        /// collector is slow or unreachable). Not exported; the store still has it.
+        OtlpQueueFull = "otlp_queue_full",
+        /// OTLP export: records given up after a non-retryable error, or after retrying a
+        /// retryable one (UNAVAILABLE, ...) past the retry window.
+        OtlpExportFailed = "otlp_export_failed",
+        /// OTLP export: records the collector accepted the request for but rejected
+        /// (`partial_success.rejected_log_records`).
+        OtlpRejected = "otlp_rejected",
+        /// OTLP export: the exporter's subscription to the store fell behind and was dropped
+        /// (it subscribes again); the updates in between are not exported.
+        OtlpLagged = "otlp_lagged",
     }
 }
 
@@ -73,15 +88,26 @@ impl Loss {
             Loss::DnsMalformed => "DNS packets unparsable",
             Loss::DnsTruncated => "DNS payloads longer than the copy (question read)",
             Loss::DnsInflightEvicted => "DNS queries evicted before their outcome",
+            Loss::StoreUnreadable => "stored records unreadable after a restart",
+            Loss::OtlpQueueFull => "record updates not exported (OTLP queue full)",
+            Loss::OtlpExportFailed => "records not exported (OTLP export failed)",
+            Loss::OtlpRejected => "records rejected by the OTLP collector",
+            Loss::OtlpLagged => "times the OTLP exporter fell behind the store",
         }
     }
 
     /// Whether this loss can make a query's answer incomplete. A slow watcher's lost updates do
-    /// not change what Query sees.
+    /// not change what Query sees, nor do records the OTLP exporter could not send.
     pub fn affects_answers(self) -> bool {
         !matches!(
             self,
-            Loss::WatchLagged | Loss::FlowTableFull | Loss::DnsTruncated
+            Loss::WatchLagged
+                | Loss::FlowTableFull
+                | Loss::DnsTruncated
+                | Loss::OtlpQueueFull
+                | Loss::OtlpExportFailed
+                | Loss::OtlpRejected
+                | Loss::OtlpLagged
         )
     }
 

@@ -4,6 +4,7 @@
 //! kernel programs --ring buffer--> probes::reader --events--> attribute --occurrences--> store
 //! cgroupfs samplers ------------------------------^     ^                                 ^
 //!                        attribute::metadata (kube-rs) -+          api (gRPC) --commands--+
+//!                                                  otlp (when configured) --subscription--+
 //! ```
 //! Each component makes its own bounded channels (`spawn` returns its senders and its task);
 //! producers never await consumers on the event path, and every drop is counted in
@@ -34,7 +35,7 @@ use crate::{
     loss::Counters,
     probes::{loader, offsets, reader, reasons::DropReasons},
     samplers,
-    store::{self, Store, StoreConfig},
+    store::{self, PersistHealth, Store, StoreConfig},
 };
 
 /// How long shutdown waits for tasks before detaching anyway.
@@ -48,6 +49,8 @@ pub struct AgentConfig {
     /// Prometheus `/metrics` (`None`: off).
     pub metrics_listen: Option<SocketAddr>,
     pub store: StoreConfig,
+    /// The evidence store on disk (`None`: memory only).
+    pub persist: Option<store::persist::PersistConfig>,
     /// cgroup2 mount to resolve cgroup ids in; found in /proc/self/mountinfo when unset.
     pub cgroup_root: Option<PathBuf>,
     /// Which kernel drop reasons to report.
@@ -58,6 +61,8 @@ pub struct AgentConfig {
     pub kubelet_cgroup_root: PathBuf,
     pub sample_interval: Duration,
     pub throttle_threshold: u64,
+    /// Export of evidence as OpenTelemetry logs (`None`: off).
+    pub otlp: Option<crate::otlp::OtlpConfig>,
 }
 
 fn kernel_release() -> String {
@@ -124,6 +129,38 @@ impl attribute::CgroupPaths for KnownFirst {
 }
 
 /// Runs the node agent until a termination signal; fails when any part of it fails.
+/// Opens the store on disk and puts its records back into `store`. A store that cannot be
+/// opened is an error in Status, `/readyz` and the log, not a reason to stop observing: the
+/// agent keeps its evidence in memory then.
+fn open_persistent(
+    config: &store::persist::PersistConfig,
+    store: &mut Store,
+    counters: &Arc<Counters>,
+) -> Arc<PersistHealth> {
+    match store::persist::open(config, counters.clone()) {
+        Ok(opened) => {
+            store.set_backend(Box::new(opened.backend));
+            let restored = opened.records.len();
+            for (id, e) in opened.records {
+                store.restore(id, e);
+            }
+            store.sweep(SystemTime::now());
+            info!(path = %config.path.display(), restored, "evidence store on disk opened");
+            opened.health
+        }
+        Err(e) => {
+            error!("{e}; keeping evidence in memory only");
+            let health = Arc::new(PersistHealth::default());
+            health.update(|s| {
+                s.path = config.path.clone();
+                s.max_bytes = config.max_bytes;
+                s.error = Some(e.to_string());
+            });
+            health
+        }
+    }
+}
+
 pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let started = SystemTime::now();
     let mut kube_config = kube::Config::infer()
@@ -190,10 +227,12 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         failed: Arc::new(AtomicBool::new(false)),
     };
 
-    let (store, occurrences, store_task) = store::spawn(
-        Store::new(config.store.clone(), counters.clone()),
-        cancel.child_token(),
-    );
+    let mut evidence = Store::new(config.store.clone(), counters.clone());
+    let persistence = config
+        .persist
+        .as_ref()
+        .map(|p| open_persistent(p, &mut evidence, &counters));
+    let (store, occurrences, store_task) = store::spawn(evidence, cancel.child_token());
     supervisor.spawn("store", infallible(store_task));
     let known = samplers::KnownCgroups::default();
     let attributor = Attributor::new(
@@ -264,6 +303,22 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         ),
     );
 
+    let otlp = match config.otlp.clone() {
+        Some(otlp) => {
+            let (stats, task) = crate::otlp::spawn(
+                otlp,
+                &config.node,
+                store.clone(),
+                counters.clone(),
+                cancel.child_token(),
+            )
+            .context("setting up the OTLP exporter")?;
+            supervisor.spawn("otlp", infallible(task));
+            Some(stats)
+        }
+        None => None,
+    };
+
     let state = AgentState {
         info: AgentInfo {
             node: config.node.clone(),
@@ -276,11 +331,13 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         meta: meta_health,
         attribution,
         resources: Some(resources),
+        persistence,
     };
     if let Some(listener) = metrics_listener {
         let metrics = api::metrics::MetricsState {
             agent: state.clone(),
             program_ids: Arc::new(loaded.program_ids.clone()),
+            otlp,
         };
         supervisor.spawn(
             "metrics",

@@ -138,6 +138,7 @@ fn start_agent_at(rt: &tokio::runtime::Runtime, addr: &str) -> Agent {
             })
             .1,
             attribution: watch::channel(AttributorStats::default()).1,
+            persistence: None,
             resources: None,
         });
         let listener = tokio::net::TcpListener::bind(addr).await.unwrap();

@@ -1,7 +1,10 @@
 //! Invariants of the Kubernetes manifests in `deploy/` (ARCHITECTURE.md, Deployment): the
 //! kustomization lists every manifest, the DaemonSet is not privileged and has exactly the
 //! capabilities the agent needs, gRPC stays on the pod's loopback, host paths are read-only
-//! where they should be, and RBAC grants get/list/watch on pods and nothing else.
+//! where they should be (the store's directory is the one writable host path), the probes ask
+//! the agent's own health, the Prometheus Operator overlay scrapes the metrics port, RBAC grants
+//! get/list/watch on pods and nothing else, and every manifest validates strictly against the
+//! Kubernetes OpenAPI schemas (`kubernetes-validate`, installed by `cargo xtask setup`).
 //!
 //! Parses the YAML into `serde_yaml::Value`, not k8s-openapi types, so it also runs with
 //! `--no-default-features` (the CLI-only build).
@@ -32,10 +35,10 @@ mod support {
     pub const CAPABILITIES: [&str; 3] = ["BPF", "PERFMON", "NET_ADMIN"];
     /// The agent's gRPC port.
     pub const GRPC_PORT: u64 = 9742;
-    /// Host paths the agent may write to: none.
-    pub const WRITABLE_HOST_PATHS: [&str; 0] = [];
+    /// Host paths the agent may write to: the evidence store's directory.
+    pub const WRITABLE_HOST_PATHS: [&str; 1] = ["/var/lib/triage-agent"];
 
-    fn deploy_dir() -> PathBuf {
+    pub fn deploy_dir() -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("..")
             .join("deploy")
@@ -693,27 +696,180 @@ fn seccomp_and_apparmor_are_the_runtime_default() {
 }
 
 #[test]
-fn liveness_is_backed_by_the_agents_own_answer() {
+fn probes_ask_the_agents_own_health_on_the_metrics_port() {
     let m = Manifests::load();
     let agent = m.agent_container();
-    for probe in ["livenessProbe", "readinessProbe"] {
-        let command: Vec<&str> = seq(&agent[probe]["exec"]["command"])
-            .into_iter()
-            .filter_map(Value::as_str)
-            .collect();
-        assert!(
-            command.first() == Some(&"triage-agent") && command.get(1) == Some(&"status"),
-            "{probe} must run `triage-agent status` against the agent: {command:?}"
+    let declared: Vec<&str> = seq(&agent["ports"])
+        .into_iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    for (probe, path) in [
+        ("startupProbe", "/healthz"),
+        ("livenessProbe", "/healthz"),
+        ("readinessProbe", "/readyz"),
+    ] {
+        let get = &agent[probe]["httpGet"];
+        assert_eq!(
+            get["path"], path,
+            "{probe} must ask the agent's {path} (its own health, not process liveness)"
         );
+        let port = get["port"].as_str().unwrap_or_default();
         assert!(
-            command.contains(&"127.0.0.1:9742"),
-            "{probe} must ask the loopback listener: {command:?}"
+            declared.contains(&port),
+            "{probe} must use the declared metrics port by name, not {:?}",
+            get["port"]
         );
         let timeout = agent[probe]["timeoutSeconds"].as_u64().unwrap_or(1);
         assert!(
             timeout >= 5,
             "{probe}: a timeout under 5 s flaps under load"
         );
+    }
+}
+
+#[test]
+fn the_evidence_store_lives_on_the_one_writable_host_path() {
+    let m = Manifests::load();
+    let agent = m.agent_container();
+    let args: Vec<&str> = seq(&agent["args"])
+        .into_iter()
+        .filter_map(Value::as_str)
+        .collect();
+    let store = args
+        .iter()
+        .position(|a| *a == "--store-path")
+        .and_then(|i| args.get(i + 1))
+        .expect("the DaemonSet keeps evidence across restarts (--store-path)");
+    let pod = m.daemonset_pod();
+    let volume = seq(&pod["volumes"])
+        .into_iter()
+        .find(|v| v["hostPath"]["path"] == WRITABLE_HOST_PATHS[0])
+        .expect("a hostPath volume for the store");
+    assert_eq!(
+        volume["hostPath"]["type"], "DirectoryOrCreate",
+        "the store's directory is created on first start"
+    );
+    let mount = seq(&agent["volumeMounts"])
+        .into_iter()
+        .find(|vm| vm["name"] == volume["name"])
+        .expect("the store's volume is mounted");
+    let mount_path = mount["mountPath"].as_str().expect("a mountPath");
+    assert!(
+        store.starts_with(&format!("{mount_path}/")),
+        "--store-path {store} must be inside the mounted host path {mount_path} (else it is lost with the container)"
+    );
+    assert_ne!(mount["readOnly"], Value::Bool(true));
+    assert_eq!(
+        agent["securityContext"]["readOnlyRootFilesystem"],
+        Value::Bool(true),
+        "the root filesystem stays read-only; the store is the one writable place"
+    );
+}
+
+#[test]
+fn the_prometheus_operator_overlay_scrapes_the_agents_metrics_port() {
+    let m = Manifests::load();
+    let dir = support::deploy_dir().join("overlays/prometheus-operator");
+    let read = |name: &str| -> Value {
+        let text = std::fs::read_to_string(dir.join(name))
+            .unwrap_or_else(|e| panic!("overlays/prometheus-operator/{name}: {e}"));
+        serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e}"))
+    };
+    let k = read("kustomization.yaml");
+    let resources: Vec<&str> = seq(&k["resources"])
+        .into_iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        resources.contains(&"../.."),
+        "the overlay builds on the base: {resources:?}"
+    );
+    assert_eq!(k["namespace"], m.namespace());
+    let monitor = read("podmonitor.yaml");
+    assert_eq!(monitor["kind"], "PodMonitor");
+    assert_eq!(monitor["apiVersion"], "monitoring.coreos.com/v1");
+    assert!(resources.contains(&"podmonitor.yaml"));
+    let template_labels = m.daemonset_pod_metadata()["labels"]
+        .as_mapping()
+        .expect("pod template labels")
+        .clone();
+    for (key, value) in monitor["spec"]["selector"]["matchLabels"]
+        .as_mapping()
+        .expect("the PodMonitor selects by labels")
+    {
+        assert_eq!(
+            template_labels.get(key),
+            Some(value),
+            "the PodMonitor selects {key:?}={value:?}, which the agent pods do not carry"
+        );
+    }
+    let endpoints = seq(&monitor["spec"]["podMetricsEndpoints"]);
+    assert_eq!(endpoints.len(), 1);
+    assert_eq!(endpoints[0]["port"], "metrics");
+    assert_eq!(endpoints[0]["path"], "/metrics");
+    let names: Vec<&str> = seq(&monitor["spec"]["namespaceSelector"]["matchNames"])
+        .into_iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(names, [m.namespace()]);
+}
+
+/// Every manifest (base and overlays) against the Kubernetes OpenAPI schemas, strictly
+/// (unknown fields are errors), for the oldest release the manifests support (1.30: the
+/// `appArmorProfile` field) and the newest the validator knows. `kubernetes-validate` is
+/// installed by `cargo xtask setup`; without it this test fails, it never skips.
+#[test]
+fn manifests_validate_against_the_kubernetes_schemas() {
+    let root = support::deploy_dir().join("..");
+    let validator = std::env::var_os("KUBERNETES_VALIDATE").map_or_else(
+        || root.join("target/tools/kubernetes-validate/bin/kubernetes-validate"),
+        std::path::PathBuf::from,
+    );
+    assert!(
+        validator.exists(),
+        "{} is missing: run `cargo xtask setup`",
+        validator.display()
+    );
+    let mut files = Vec::new();
+    let mut dirs = vec![support::deploy_dir()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).expect("reading deploy/") {
+            let path = entry.expect("a deploy/ entry").path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "yaml")
+                && path.file_name().is_some_and(|n| n != "kustomization.yaml")
+            {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    for version in ["1.30.0", "1.37.0"] {
+        let out = std::process::Command::new(&validator)
+            .args(["--strict", "--kubernetes-version", version])
+            .args(&files)
+            .output()
+            .expect("running kubernetes-validate");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success() && !text.contains("ERROR"),
+            "deploy/ does not validate against Kubernetes {version}:\n{text}"
+        );
+        for object in [
+            "daemonset/triage-agent",
+            "clusterrole/triage-agent",
+            "namespace/triage-agent",
+        ] {
+            assert!(
+                text.contains(&format!("passed for resource {object}")),
+                "{object} was not validated against {version}:\n{text}"
+            );
+        }
     }
 }
 

@@ -12,3 +12,43 @@ pub mod v1 {
     )]
     include!("gen/agent.v1.rs");
 }
+
+/// The OpenTelemetry protocol's logs service and the messages it carries, generated from the
+/// official definitions (opentelemetry-proto v1.10.0, vendored under opentelemetry/proto with
+/// their LICENSE): the agent's OTLP exporter is its client, and tests run its server.
+pub mod opentelemetry {
+    /// Package `opentelemetry.proto.*`.
+    pub mod proto {
+        /// Package `opentelemetry.proto.collector.logs.v1`: the `LogsService`.
+        pub mod collector {
+            pub mod logs {
+                pub mod v1 {
+                    #![expect(
+                        unused_qualifications,
+                        clippy::allow_attributes,
+                        reason = "generated code"
+                    )]
+                    include!("gen/opentelemetry.proto.collector.logs.v1.rs");
+                }
+            }
+        }
+        /// Package `opentelemetry.proto.common.v1`.
+        pub mod common {
+            pub mod v1 {
+                include!("gen/opentelemetry.proto.common.v1.rs");
+            }
+        }
+        /// Package `opentelemetry.proto.logs.v1`.
+        pub mod logs {
+            pub mod v1 {
+                include!("gen/opentelemetry.proto.logs.v1.rs");
+            }
+        }
+        /// Package `opentelemetry.proto.resource.v1`.
+        pub mod resource {
+            pub mod v1 {
+                include!("gen/opentelemetry.proto.resource.v1.rs");
+            }
+        }
+    }
+}

@@ -1,6 +1,7 @@
-//! The checked-in Rust code must be what agent/v1/agent.proto generates. `generated_code_is_fresh`
-//! only compares (it never writes, whatever the environment says); `cargo xtask codegen` runs the
-//! ignored `regenerate` test, which writes the fresh code.
+//! The checked-in Rust code must be what the .proto files generate: agent/v1/agent.proto and
+//! the vendored OpenTelemetry logs protocol (opentelemetry/proto/..., the official definitions).
+//! `generated_code_is_fresh` only compares (it never writes, whatever the environment says);
+//! `cargo xtask codegen` runs the ignored `regenerate` test, which writes the fresh code.
 #![expect(
     clippy::expect_used,
     reason = "test helpers panic with context, like the tests that call them"
@@ -12,10 +13,26 @@ fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn generate() -> String {
+/// The generated files, by name under src/gen.
+const GENERATED: &[&str] = &[
+    "agent.v1.rs",
+    "opentelemetry.proto.collector.logs.v1.rs",
+    "opentelemetry.proto.common.v1.rs",
+    "opentelemetry.proto.logs.v1.rs",
+    "opentelemetry.proto.resource.v1.rs",
+];
+
+/// (file name, contents) of every generated file.
+fn generate() -> Vec<(&'static str, String)> {
     let out = tempfile::tempdir().expect("tempdir");
-    let fds = protox::compile([root().join("agent/v1/agent.proto")], [root()])
-        .expect("agent.proto compiles");
+    let fds = protox::compile(
+        [
+            root().join("agent/v1/agent.proto"),
+            root().join("opentelemetry/proto/collector/logs/v1/logs_service.proto"),
+        ],
+        [root()],
+    )
+    .expect("the .proto files compile");
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
@@ -23,23 +40,32 @@ fn generate() -> String {
         .out_dir(out.path())
         .compile_fds(fds)
         .expect("code generation");
-    fs::read_to_string(out.path().join("agent.v1.rs")).expect("generated file")
+    GENERATED
+        .iter()
+        .map(|name| {
+            let code = fs::read_to_string(out.path().join(name)).expect("generated file");
+            (*name, code)
+        })
+        .collect()
 }
 
 #[test]
 fn generated_code_is_fresh() {
-    let current = fs::read_to_string(root().join("src/gen/agent.v1.rs")).unwrap_or_default();
-    assert!(
-        current == generate(),
-        "proto/src/gen/agent.v1.rs is stale: run `cargo xtask codegen` and commit the result"
-    );
+    for (name, fresh) in generate() {
+        let current = fs::read_to_string(root().join("src/gen").join(name)).unwrap_or_default();
+        assert!(
+            current == fresh,
+            "proto/src/gen/{name} is stale: run `cargo xtask codegen` and commit the result"
+        );
+    }
 }
 
 #[test]
 #[ignore = "writes proto/src/gen: run through `cargo xtask codegen`"]
 fn regenerate() {
-    let path = root().join("src/gen/agent.v1.rs");
-    let fresh = generate();
-    fs::write(&path, &fresh).expect("write src/gen/agent.v1.rs");
-    assert_eq!(fs::read_to_string(&path).expect("read back"), fresh);
+    for (name, fresh) in generate() {
+        let path = root().join("src/gen").join(name);
+        fs::write(&path, &fresh).expect("write src/gen");
+        assert_eq!(fs::read_to_string(&path).expect("read back"), fresh);
+    }
 }

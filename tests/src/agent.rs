@@ -43,7 +43,7 @@ impl AgentProcess {
 
     /// Starts the agent with extra flags.
     pub fn start_with(node: &SimNode, extra: &[&str]) -> anyhow::Result<AgentProcess> {
-        Self::start_as(node, &node.name, extra)
+        Self::start_full(node, &node.name, extra, &[])
     }
 
     /// Starts an agent for the node named `node_name` on the simulated node's machine: with
@@ -52,6 +52,25 @@ impl AgentProcess {
         node: &SimNode,
         node_name: &str,
         extra: &[&str],
+    ) -> anyhow::Result<AgentProcess> {
+        Self::start_full(node, node_name, extra, &[])
+    }
+
+    /// Starts the agent with extra flags and environment variables.
+    pub fn start_with_env(
+        node: &SimNode,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<AgentProcess> {
+        Self::start_full(node, &node.name, extra, env)
+    }
+
+    /// Starts an agent for `node_name` with extra flags and environment variables.
+    pub fn start_full(
+        node: &SimNode,
+        node_name: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
     ) -> anyhow::Result<AgentProcess> {
         let bin = agent_binary();
         anyhow::ensure!(
@@ -83,6 +102,7 @@ impl AgentProcess {
             .args(&metrics_args)
             .args(extra)
             .env("KUBECONFIG", node.kubeconfig())
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file)
@@ -217,6 +237,36 @@ impl AgentProcess {
             }
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+
+    /// Sends SIGKILL (no chance to flush or detach) and waits.
+    pub fn kill9(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        let mut child = self.child.take().context("already stopped")?;
+        child.kill().context("SIGKILL")?;
+        Ok(child.wait()?)
+    }
+
+    /// `GET path` on the agent's metrics listener: (status code, body).
+    pub fn http_get(&self, path: &str) -> anyhow::Result<(u16, String)> {
+        use std::io::{Read as _, Write as _};
+        let mut s = std::net::TcpStream::connect(&self.metrics).context("metrics listener")?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.metrics
+        )?;
+        let mut response = String::new();
+        s.read_to_string(&mut response)?;
+        let (head, body) = response
+            .split_once("\r\n\r\n")
+            .context("not an HTTP response")?;
+        let code = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .context("no status code")?;
+        Ok((code, body.to_owned()))
     }
 
     /// Sends SIGTERM and waits; returns the exit status.

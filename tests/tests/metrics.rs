@@ -58,7 +58,10 @@ fn prometheus_scrapes_low_cardinality_metrics_of_a_running_agent() {
     .unwrap();
     let server = node.add_pod("shop", "db").unwrap();
     let client = node.add_pod("shop", "web").unwrap();
-    let mut agent = AgentProcess::start(&node).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("evidence.db");
+    let mut agent =
+        AgentProcess::start_with(&node, &["--store-path", store.to_str().unwrap()]).unwrap();
     let metrics = agent.metrics.clone();
     agent.wait_ready(true, WAIT).unwrap();
     agent.wait_pods(2, WAIT).unwrap();
@@ -113,6 +116,16 @@ fn prometheus_scrapes_low_cardinality_metrics_of_a_running_agent() {
         ("triage_agent_bpf_stats_enabled", "gauge"),
         ("triage_agent_bpf_program_run_time_seconds", "counter"),
         ("triage_agent_bpf_program_runs", "counter"),
+        ("triage_agent_store_disk_healthy", "gauge"),
+        ("triage_agent_store_disk_used_bytes", "gauge"),
+        ("triage_agent_store_disk_max_bytes", "gauge"),
+        ("triage_agent_store_disk_commits", "counter"),
+        (
+            "triage_agent_store_disk_last_commit_timestamp_seconds",
+            "gauge",
+        ),
+        ("triage_agent_store_disk_pending_changes", "gauge"),
+        ("triage_agent_store_disk_restored_records", "gauge"),
     ] {
         assert!(
             body.contains(&format!("# TYPE {name} {kind}\n")),

@@ -2,6 +2,7 @@
 //! run `setup` first, which installs what a fresh Debian 12 machine lacks (idempotent, and
 //! quick when everything is present).
 
+mod image;
 mod setup;
 
 use std::{
@@ -22,11 +23,24 @@ struct Cli {
 #[derive(Subcommand)]
 enum Task {
     /// Install the toolchains, bpf-linker and Debian packages the build and tests need.
-    Setup,
+    Setup {
+        /// Only what building the binaries needs (the Dockerfile's build stage): no test
+        /// packages.
+        #[arg(long)]
+        build_only: bool,
+    },
     /// Build the release binary target/release/triage-agent (eBPF embedded).
     Build,
+    /// The container image as an OCI archive, target/image/triage-agent-<version>.oci.tar: a
+    /// static musl build (eBPF embedded) on an empty base, built offline, checked after
+    /// writing.
+    Image {
+        /// Also load it into podman and run `triage-agent --version` in it (needs root).
+        #[arg(long)]
+        run: bool,
+    },
     /// Run every check and test: fmt, clippy (host, CLI-only, BPF), unit, gRPC and privileged
-    /// end-to-end tests. Needs root.
+    /// end-to-end tests, the image (built, checked, run in podman). Needs root.
     Test,
     /// Start a simulated node with a few pods and a NetworkPolicy, provoke drops, timeouts and
     /// refused connections, show what `triage-agent query` and `explain` say, clean up. Needs
@@ -38,6 +52,16 @@ enum Task {
     Bench {
         /// Scenarios (all when none).
         scenarios: Vec<String>,
+    },
+    /// Run every cargo-fuzz target (fuzz/fuzz_targets) for N seconds each from its checked-in
+    /// seeds (fuzz/seeds/<target>), keeping what it finds in target/fuzz-corpus/<target>;
+    /// fails on the first crash (its input is in fuzz/artifacts/<target>/).
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Targets (all when none).
+        targets: Vec<String>,
     },
     /// Regenerate proto/src/gen from proto/agent/v1/*.proto.
     Codegen,
@@ -156,9 +180,99 @@ fn lint() -> anyhow::Result<()> {
         ))
 }
 
+/// Seconds each fuzz target runs in `cargo xtask test`.
+const FUZZ_SECONDS_IN_TEST: u64 = 5;
+
+/// Runs the fuzz targets (all when `only` is empty) for `seconds` each; prints each one's
+/// executions and fails on a crash.
+fn fuzz(seconds: u64, only: &[String]) -> anyhow::Result<()> {
+    let listed = Command::new("cargo")
+        .args(["+nightly", "fuzz", "list"])
+        .current_dir(root())
+        .output()
+        .context("running cargo fuzz list (cargo xtask setup installs cargo-fuzz)")?;
+    ensure!(
+        listed.status.success(),
+        "cargo fuzz list failed: {}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    let all: Vec<String> = String::from_utf8_lossy(&listed.stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect();
+    for t in only {
+        ensure!(
+            all.contains(t),
+            "no fuzz target {t:?} (there are: {})",
+            all.join(", ")
+        );
+    }
+    let targets: Vec<&String> = all
+        .iter()
+        .filter(|t| only.is_empty() || only.contains(t))
+        .collect();
+    run(Command::new("cargo").args(["+nightly", "fuzz", "build"]))?;
+    let mut summary = Vec::new();
+    for target in targets {
+        let corpus = root().join("target/fuzz-corpus").join(target);
+        std::fs::create_dir_all(&corpus)
+            .with_context(|| format!("creating {}", corpus.display()))?;
+        let seeds = root().join("fuzz/seeds").join(target);
+        ensure!(
+            seeds.is_dir(),
+            "fuzz target {target} has no seeds in {}",
+            seeds.display()
+        );
+        let mut cmd = Command::new("cargo");
+        cmd.args(["+nightly", "fuzz", "run", target])
+            .arg(&corpus)
+            .arg(&seeds)
+            .args([
+                "--",
+                &format!("-max_total_time={seconds}"),
+                "-timeout=10",
+                "-rss_limit_mb=2048",
+                "-print_final_stats=1",
+            ])
+            .current_dir(root());
+        eprintln!("+ {}", display(&cmd));
+        let out = cmd.output().context("running cargo fuzz run")?;
+        let log = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() {
+            eprintln!("{log}");
+            bail!("fuzz target {target} failed: its input is in fuzz/artifacts/{target}/");
+        }
+        let runs = log
+            .lines()
+            .find_map(|l| l.strip_prefix("stat::number_of_executed_units:"))
+            .map_or_else(|| "?".to_owned(), |n| n.trim().to_owned());
+        summary.push(format!(
+            "{target:<16} {runs:>10} executions in {seconds} s, no crash"
+        ));
+    }
+    for line in summary {
+        eprintln!("{line}");
+    }
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
-        Task::Setup => setup::setup(),
+        Task::Setup { build_only: false } => setup::setup(),
+        Task::Setup { build_only: true } => setup::setup_build(),
+        Task::Image { run } => {
+            if run {
+                if !is_root() {
+                    bail!("`cargo xtask image --run` runs podman as root: run it as root");
+                }
+                setup::setup()?;
+            } else {
+                setup::setup_build()?;
+            }
+            image::image(run)
+        }
         Task::Build => {
             setup::setup()?;
             build_release()
@@ -186,6 +300,9 @@ fn main() -> anyhow::Result<()> {
             run(cargo()
                 .args(["test", "--workspace", "--exclude", "triage-agent-ebpf"])
                 .env("RUST_BACKTRACE", "1"))?;
+            image::test()?;
+            // Every fuzz target, briefly: it must build, take its seeds and not crash.
+            fuzz(FUZZ_SECONDS_IN_TEST, &[])?;
             eprintln!("all checks and tests passed");
             Ok(())
         }
@@ -194,6 +311,10 @@ fn main() -> anyhow::Result<()> {
             setup::setup()?;
             build_release()?;
             run(&mut Command::new(root().join("target/release/demo")))
+        }
+        Task::Fuzz { seconds, targets } => {
+            setup::setup()?;
+            fuzz(seconds, &targets)
         }
         Task::Bench { scenarios } => {
             require_root("the benchmarks")?;

@@ -3,8 +3,15 @@
 //! - the nightly toolchain's rust-src (the BPF target builds `core` from source);
 //! - bpf-linker 0.13, linked against the LLVM inside the nightly toolchain (no Debian LLVM):
 //!   rebuilt when that LLVM changes;
+//! - the musl target and musl-tools, for the image's static binary (`cargo xtask image`);
 //! - Debian packages the tests, the demo and the bench use (iproute2, nftables, iperf3,
-//!   dnsmasq-base, dnsutils, tcpdump, procps).
+//!   dnsmasq-base, dnsutils, tcpdump, procps, python3-venv), and podman with runc, which the
+//!   image test loads the image into;
+//! - cargo-fuzz, for the fuzz targets;
+//! - `kubernetes-validate` (PyPI), in a virtualenv under target/tools: the manifest test
+//!   validates deploy/ against the Kubernetes OpenAPI schemas with it.
+//!
+//! `--build-only` installs just what building the binaries needs (the Dockerfile's build stage).
 
 use std::{
     path::{Path, PathBuf},
@@ -20,6 +27,8 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// NetworkPolicy enforcement and firewall rules; iperf3 for the benchmarks; a real DNS server
 /// and client for DNS tests.
 const DEBIAN_PACKAGES: &[&str] = &[
+    // musl-gcc: ring (rustls) compiles C for the static musl build.
+    "musl-tools",
     "iproute2",
     "nftables",
     "iperf3",
@@ -28,7 +37,19 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "tcpdump",
     // sysctl, for the simulated node's forwarding settings.
     "procps",
+    // A virtualenv for the manifest validator (Debian's Python refuses system-wide pip).
+    "python3-venv",
+    // The image test's engine. runc besides Debian 12's default crun 1.8, which refuses
+    // hosts with cgroup v1 controllers and a cgroup2 mount that has a controller of its own.
+    "podman",
+    "runc",
 ];
+/// What building needs of the above.
+const DEBIAN_BUILD_PACKAGES: &[&str] = &["musl-tools"];
+/// The image's binary is static: musl.
+const MUSL_TARGET: &str = crate::image::TARGET;
+/// The Kubernetes manifest validator (schemas of every Kubernetes release bundled), pinned.
+const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
 
 fn output(cmd: &mut Command) -> anyhow::Result<String> {
     let out = cmd
@@ -51,11 +72,83 @@ fn cargo_home() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/root/.cargo"))
 }
 
+/// Everything: building, the tests, the demo, the bench, the image test.
 pub fn setup() -> anyhow::Result<()> {
     nightly()?;
     bpf_linker()?;
-    debian_packages()?;
+    musl_target()?;
+    debian_packages(DEBIAN_PACKAGES)?;
+    manifest_validator()?;
+    cargo_fuzz()
+}
+
+/// What building the binaries needs, nothing for the tests.
+pub fn setup_build() -> anyhow::Result<()> {
+    nightly()?;
+    bpf_linker()?;
+    musl_target()?;
+    debian_packages(DEBIAN_BUILD_PACKAGES)
+}
+
+/// The musl standard library for the default (stable) toolchain.
+fn musl_target() -> anyhow::Result<()> {
+    let installed = output(Command::new("rustup").args(["target", "list", "--installed"]))?;
+    if !installed.lines().any(|l| l.trim() == MUSL_TARGET) {
+        run(Command::new("rustup").args(["target", "add", MUSL_TARGET]))?;
+    }
     Ok(())
+}
+
+/// cargo-fuzz, for `cargo xtask fuzz` (and the short fuzz runs of `cargo xtask test`).
+const CARGO_FUZZ_VERSION: &str = "0.13.1";
+
+fn cargo_fuzz() -> anyhow::Result<()> {
+    let have = Command::new("cargo")
+        .args(["fuzz", "--version"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    if have.contains(CARGO_FUZZ_VERSION) {
+        return Ok(());
+    }
+    run(Command::new("cargo").args([
+        "install",
+        "--locked",
+        "cargo-fuzz",
+        "--version",
+        CARGO_FUZZ_VERSION,
+    ]))
+}
+
+/// Where `kubernetes-validate` is installed (agent/tests/deploy.rs runs it from there).
+pub fn manifest_validator_dir() -> PathBuf {
+    crate::root().join("target/tools/kubernetes-validate")
+}
+
+fn manifest_validator() -> anyhow::Result<()> {
+    let dir = manifest_validator_dir();
+    let bin = dir.join("bin/kubernetes-validate");
+    let want = KUBERNETES_VALIDATE.rsplit("==").next().unwrap_or_default();
+    let have = Command::new(&bin)
+        .arg("--version")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    if have.contains(want) {
+        return Ok(());
+    }
+    run(Command::new("python3")
+        .args(["-m", "venv", "--clear"])
+        .arg(&dir))?;
+    run(Command::new(dir.join("bin/pip")).args([
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        KUBERNETES_VALIDATE,
+    ]))
 }
 
 fn nightly() -> anyhow::Result<()> {
@@ -187,8 +280,8 @@ fn llvm_works(bin: &Path) -> bool {
         .unwrap_or(false)
 }
 
-fn debian_packages() -> anyhow::Result<()> {
-    let missing: Vec<&str> = DEBIAN_PACKAGES
+fn debian_packages(packages: &[&'static str]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .copied()
         .filter(|p| {

@@ -1,4 +1,5 @@
-//! `/metrics` for Prometheus, on its own listener (`--metrics-listen`), apart from gRPC.
+//! `/metrics` for Prometheus, on its own listener (`--metrics-listen`), apart from gRPC; and
+//! `/healthz` and `/readyz` for kubelet's probes on the same port.
 //!
 //! Low cardinality by design: labels are a kind, a namespace (bounded: at most 1000, then
 //! `_other`), a loss point or a program name: never a pod, an IP, a port, a DNS name or a
@@ -33,6 +34,17 @@ pub struct MetricsState {
     pub agent: AgentState,
     /// Kernel ids of the loaded programs, by name.
     pub program_ids: Arc<Vec<(String, u32)>>,
+    /// The OTLP exporter's figures, when it is on.
+    pub otlp: Option<Arc<crate::otlp::ExportStats>>,
+}
+
+/// The OTLP exporter's figures at one scrape.
+#[derive(Debug)]
+struct OtlpSnapshot {
+    exported: u64,
+    retries: u64,
+    queued: u64,
+    capacity: u64,
 }
 
 /// One scrape's values.
@@ -52,6 +64,8 @@ struct Snapshot {
     bpf_stats_enabled: bool,
     /// (program, run time, runs)
     bpf: Vec<(String, Duration, u64)>,
+    persistence: Option<crate::store::PersistState>,
+    otlp: Option<OtlpSnapshot>,
 }
 
 fn bpf_stats_enabled() -> bool {
@@ -100,6 +114,16 @@ impl MetricsState {
             pending: attribution.pending,
             bpf_stats_enabled: bpf_stats_enabled(),
             bpf: bpf_stats(&self.program_ids),
+            persistence: a.persistence.as_ref().map(|p| p.get()),
+            otlp: self.otlp.as_ref().map(|o| {
+                use std::sync::atomic::Ordering::Relaxed;
+                OtlpSnapshot {
+                    exported: o.exported.load(Relaxed),
+                    retries: o.retries.load(Relaxed),
+                    queued: o.queued.load(Relaxed),
+                    capacity: o.capacity,
+                }
+            }),
         })
     }
 }
@@ -280,8 +304,122 @@ impl Collector for Snapshot {
                 ConstCounter::new(*runs).encode(m.encode_family(&labels)?)?;
             }
         }
+        if let Some(p) = &self.persistence {
+            gauge(
+                &mut e,
+                "triage_agent_store_disk_healthy",
+                "1 while the evidence store on disk takes writes (--store-path).",
+                f64::from(u8::from(p.error.is_none())),
+            )?;
+            gauge(
+                &mut e,
+                "triage_agent_store_disk_used_bytes",
+                "Bytes the records use in the store's file.",
+                p.used_bytes as f64,
+            )?;
+            gauge(
+                &mut e,
+                "triage_agent_store_disk_max_bytes",
+                "The file's budget (--store-max-bytes); over it the oldest records are evicted.",
+                p.max_bytes as f64,
+            )?;
+            counter(
+                &mut e,
+                "triage_agent_store_disk_commits",
+                "Batches written to the store's file.",
+                p.commits,
+            )?;
+            gauge(
+                &mut e,
+                "triage_agent_store_disk_last_commit_timestamp_seconds",
+                "When the last batch was written (what a kill -9 keeps); 0 before the first.",
+                p.last_commit.map_or(0.0, |t| {
+                    t.duration_since(SystemTime::UNIX_EPOCH)
+                        .unwrap_or_default()
+                        .as_secs_f64()
+                }),
+            )?;
+            gauge(
+                &mut e,
+                "triage_agent_store_disk_pending_changes",
+                "Record changes waiting for the next batch.",
+                p.pending as f64,
+            )?;
+            gauge(
+                &mut e,
+                "triage_agent_store_disk_restored_records",
+                "Records read back from the file at startup.",
+                p.restored as f64,
+            )?;
+        }
+        if let Some(o) = &self.otlp {
+            counter(
+                &mut e,
+                "triage_agent_otlp_exported_records",
+                "Evidence record updates the OTLP collector accepted (losses: triage_agent_loss_total{point=~\"otlp_.*\"}).",
+                o.exported,
+            )?;
+            counter(
+                &mut e,
+                "triage_agent_otlp_export_retries",
+                "OTLP export attempts that failed with a retryable error and were retried.",
+                o.retries,
+            )?;
+            gauge(
+                &mut e,
+                "triage_agent_otlp_queue_records",
+                "Evidence record updates waiting for OTLP export.",
+                o.queued as f64,
+            )?;
+            gauge(
+                &mut e,
+                "triage_agent_otlp_queue_capacity",
+                "Record updates the OTLP export queue holds at most.",
+                o.capacity as f64,
+            )?;
+        }
         Ok(())
     }
+}
+
+/// `/healthz`: 200 while the agent's core loop answers (kubelet's liveness probe).
+async fn healthz(State(state): State<MetricsState>) -> impl IntoResponse {
+    let health = state.agent.health().await;
+    let code = if health.live {
+        axum::http::StatusCode::OK
+    } else {
+        axum::http::StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = if health.live {
+        "ok\n".to_owned()
+    } else {
+        format!("{}\n", health.problems.join("\n"))
+    };
+    (
+        code,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        body,
+    )
+}
+
+/// `/readyz`: 200 when the agent's answers can be trusted (programs attached, pod list read,
+/// store on disk writable); 503 with one line per problem otherwise (kubelet's readiness
+/// probe, and a person with curl).
+async fn readyz(State(state): State<MetricsState>) -> impl IntoResponse {
+    let health = state.agent.health().await;
+    let (code, body) = if health.problems.is_empty() {
+        (axum::http::StatusCode::OK, "ok\n".to_owned())
+    } else {
+        (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            format!("{}\n", health.problems.join("\n")),
+        )
+    };
+    (
+        code,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        body,
+    )
 }
 
 async fn metrics(State(state): State<MetricsState>) -> impl IntoResponse {
@@ -320,6 +458,8 @@ pub async fn serve(
 ) -> Result<(), std::io::Error> {
     let app = Router::new()
         .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .with_state(state);
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { cancel.cancelled().await })

@@ -14,7 +14,7 @@ use crate::{
     loss::Counters,
     probes::ProbeStatus,
     samplers::SamplerStatus,
-    store::StoreHandle,
+    store::{PersistHealth, PersistState, StoreHandle},
 };
 
 /// Facts about this agent.
@@ -36,9 +36,67 @@ pub struct AgentState {
     pub attribution: watch::Receiver<AttributorStats>,
     /// The cgroupfs samplers' sources and state (`None` where no sampler runs).
     pub resources: Option<watch::Receiver<SamplerStatus>>,
+    /// The evidence store on disk (`None`: memory only).
+    pub persistence: Option<Arc<PersistHealth>>,
+}
+
+/// How long the health checks wait for the store task to answer.
+const HEALTH_DEADLINE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The agent's health for kubelet's probes (`/healthz`, `/readyz`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Health {
+    /// The agent's core loop answers (the store task, which every answer goes through).
+    /// False only when restarting the agent can help.
+    pub live: bool,
+    /// Why the agent is not ready to be trusted; empty when it is.
+    pub problems: Vec<String>,
 }
 
 impl AgentState {
+    /// Liveness and readiness: live when the store answers within [`HEALTH_DEADLINE`]; ready
+    /// when, besides, every program the configuration asks for is attached, the pod list has
+    /// been complete at least once (attribution works), and the store on disk, when
+    /// configured, takes writes.
+    pub async fn health(&self) -> Health {
+        let mut problems = Vec::new();
+        let live = tokio::time::timeout(HEALTH_DEADLINE, self.store.stats())
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if !live {
+            problems.push(format!(
+                "the evidence store did not answer within {HEALTH_DEADLINE:?}"
+            ));
+        }
+        for p in self
+            .probes
+            .iter()
+            .filter(|p| !p.attached && !p.switched_off)
+        {
+            problems.push(format!(
+                "program {} is not attached to {}: {}",
+                p.name,
+                p.hook,
+                p.error.as_deref().unwrap_or("unknown error")
+            ));
+        }
+        let meta = self.meta.borrow().clone();
+        if !meta.synced && meta.last_synced.is_none() {
+            problems.push(format!(
+                "the pod list has not been read from the API server yet{}",
+                meta.last_error
+                    .map(|e| format!(" (last error: {e})"))
+                    .unwrap_or_default()
+            ));
+        }
+        if let Some(p) = &self.persistence
+            && let Some(error) = p.get().error
+        {
+            problems.push(format!("the evidence store on disk: {error}"));
+        }
+        Health { live, problems }
+    }
+
     /// Every loss counter, now.
     pub fn loss(&self) -> pb::LossCounters {
         convert::loss_to_pb(&self.counters.snapshot())
@@ -93,6 +151,27 @@ impl AgentState {
                         .collect()
                 })
                 .unwrap_or_default(),
+            persistence: self
+                .persistence
+                .as_ref()
+                .map(|p| persistence_to_pb(&p.get())),
         })
+    }
+}
+
+fn persistence_to_pb(p: &PersistState) -> pb::PersistenceStatus {
+    pb::PersistenceStatus {
+        path: p.path.display().to_string(),
+        error: p.error.clone().unwrap_or_default(),
+        restored: p.restored,
+        moved_aside: p
+            .moved_aside
+            .as_ref()
+            .map(|(path, why)| format!("{} ({why})", path.display()))
+            .unwrap_or_default(),
+        used_bytes: p.used_bytes,
+        max_bytes: p.max_bytes,
+        last_commit: p.last_commit.map(convert::time_to_pb),
+        pending: p.pending,
     }
 }

@@ -24,6 +24,13 @@ impl Attributor {
         now: Now,
         last_chance: bool,
     ) -> Option<Vec<Occurrence>> {
+        // Flows and DNS name pods (their own, or the peer, or the server) by IP: not from a
+        // history that may be stale.
+        if matches!(event.event, RawEvent::Flow(_) | RawEvent::Dns(_))
+            && self.ip_history_uncertain(event.at, last_chance)
+        {
+            return None;
+        }
         let f = match &event.event {
             RawEvent::Flow(f) => f,
             RawEvent::Dns(d) => return self.dns(event, d, now, last_chance),

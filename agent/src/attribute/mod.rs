@@ -151,6 +151,10 @@ pub struct Attributor {
     stack_refusals: HashMap<(IpAddr, SocketAddr), Instant>,
     pending: VecDeque<(TimedEvent, Instant)>,
     synced: bool,
+    /// When metadata went out of sync (the watch failed after a sync): from then on the IP
+    /// history may be stale (pods deleted, IPs reused, unseen), so events that name pods by IP
+    /// wait for the next full list instead of trusting it.
+    unsynced_since: Option<SystemTime>,
     relist_seen: Option<HashSet<String>>,
     /// OOM kills seen by the kernel event and by the cgroup counters, joined into one record.
     oom: resources::OomJoin,
@@ -175,6 +179,7 @@ impl Attributor {
             stack_refusals: HashMap::new(),
             pending: VecDeque::new(),
             synced: false,
+            unsynced_since: None,
             relist_seen: None,
             oom: resources::OomJoin::default(),
             pods_dirty: true,
@@ -212,6 +217,7 @@ impl Attributor {
                     self.index.retain_live(&seen, now.wall);
                 }
                 self.synced = true;
+                self.unsynced_since = None;
             }
         }
         // During a re-list, retry once at its end rather than once per listed pod: a full
@@ -261,9 +267,24 @@ impl Attributor {
         }
     }
 
-    /// Marks metadata as out of sync (the watch failed): waiting events get the long deadline.
-    pub fn set_synced(&mut self, synced: bool) {
+    /// Marks metadata as out of sync (the watch failed) at `at`: waiting events get the long
+    /// deadline, and events from then on that name pods by IP wait for the next full list.
+    pub fn set_synced(&mut self, synced: bool, at: SystemTime) {
+        if !synced && self.synced {
+            self.unsynced_since.get_or_insert(at);
+        }
         self.synced = synced;
+        if synced {
+            self.unsynced_since = None;
+        }
+    }
+
+    /// Whether who held an IP at `at` may be unknown to us: the pod list went out of sync
+    /// before `at` and has not been re-read (during an API server outage a pod can be deleted
+    /// and its IP given to a new one without our knowing). `last_chance` settles for the
+    /// history as it is.
+    pub(super) fn ip_history_uncertain(&self, at: SystemTime, last_chance: bool) -> bool {
+        !last_chance && !self.synced && self.unsynced_since.is_some_and(|since| at >= since)
     }
 
     /// Periodic: retries waiting events and stores those whose wait ran out, unattributed.
@@ -502,7 +523,7 @@ async fn run(
             },
             m = meta.recv(), if meta_open => match m {
                 Some(Input::Meta(update)) => forward(attributor.update(update, Now::real())),
-                Some(Input::MetaLost) => attributor.set_synced(false),
+                Some(Input::MetaLost) => attributor.set_synced(false, SystemTime::now()),
                 None => meta_open = false,
             },
             _ = tick.tick() => {

@@ -250,7 +250,7 @@ fn full_queue_stores_the_oldest_unattributed() {
 fn relist_after_outage_deletes_vanished_pods() {
     let (mut a, _) = attributor();
     synced_with_pods(&mut a);
-    a.set_synced(false);
+    a.set_synced(false, t(0));
     a.update(MetaUpdate::RelistStarted, now(100));
     a.update(
         MetaUpdate::Apply(info("client", UID_A, "10.0.0.1", 0)),
@@ -564,4 +564,51 @@ mod oom {
         assert_eq!(occ.subject.container.as_deref(), Some("app"));
         assert_eq!(occ.subject.attribution, Attribution::Cgroup);
     }
+}
+
+#[test]
+fn events_of_an_outage_wait_for_the_relist_and_go_to_the_pod_that_held_the_ip() {
+    const UID_C: &str = "2f2b7a8e-1c3d-4e5f-8a9b-0c1d2e3f4a5b";
+    let (mut a, counters) = attributor();
+    synced_with_pods(&mut a);
+    a.set_synced(false, t(10));
+    // Unseen by us: the server was deleted and a new pod started on its IP at 15. A refusal
+    // at 20 must not be pinned on the server from the stale history.
+    assert!(a.event(syn_refused(20), now(20)).is_empty());
+    assert!(a.event(connect_refused(100, 21), now(21)).is_empty());
+    assert!(a.tick(now(25)).is_empty(), "still waiting");
+    assert_eq!(a.pending_len(), 2);
+    // Events from before the outage are not held.
+    assert_eq!(
+        one(a.event(syn_refused(5), now(26)))
+            .subject
+            .pod
+            .as_ref()
+            .unwrap()
+            .name,
+        "server"
+    );
+    a.update(MetaUpdate::RelistStarted, now(30));
+    a.update(
+        MetaUpdate::Apply(info("client", UID_A, "10.0.0.1", 0)),
+        now(30),
+    );
+    a.update(
+        MetaUpdate::Apply(info("new", UID_C, "10.0.0.2", 15)),
+        now(30),
+    );
+    let out = a.update(MetaUpdate::RelistDone, now(30));
+    assert_eq!(out.len(), 2, "{out:?}");
+    let inbound = out
+        .iter()
+        .find(|o| conn(o).direction == Direction::Inbound)
+        .unwrap();
+    assert_eq!(inbound.subject.pod.as_ref().unwrap().name, "new");
+    let outbound = out
+        .iter()
+        .find(|o| conn(o).direction == Direction::Outbound)
+        .unwrap();
+    assert_eq!(outbound.subject.pod.as_ref().unwrap().name, "client");
+    assert_eq!(conn(outbound).peer.as_ref().unwrap().name, "new");
+    assert_eq!(counters.get(Loss::AttributionExpired), 0);
 }

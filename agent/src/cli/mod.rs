@@ -42,8 +42,9 @@ pub struct Cli {
     /// the command reports every failure itself, on one line].
     #[arg(long, global = true, env = "TRIAGE_LOG")]
     pub log: Option<String>,
-    /// Log format.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    /// Log format: text (no colours unless stderr is a terminal) or json (one object per line,
+    /// for log pipelines).
+    #[arg(long, global = true, env = "TRIAGE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
@@ -112,65 +113,131 @@ pub fn parse() -> Cli {
 #[derive(Debug, Args)]
 pub struct AgentArgs {
     /// Name of the node this agent runs on (the DaemonSet sets NODE_NAME from the downward API).
-    #[arg(long, env = "NODE_NAME")]
+    #[arg(help_heading = "Node and endpoints", long, env = "NODE_NAME")]
     pub node_name: String,
     /// gRPC listen address.
-    #[arg(long, env = "TRIAGE_LISTEN", default_value = DEFAULT_LISTEN)]
+    #[arg(help_heading = "Node and endpoints", long, env = "TRIAGE_LISTEN", default_value = DEFAULT_LISTEN)]
     pub listen: std::net::SocketAddr,
     /// Most records kept in all. Room is made fairly: whoever is over its quota loses its own
     /// least recently seen records first (every eviction is counted, per pod too).
-    #[arg(long, env = "TRIAGE_STORE_CAPACITY", default_value_t = crate::store::DEFAULT_CAPACITY)]
+    #[arg(help_heading = "Evidence store", long, env = "TRIAGE_STORE_CAPACITY", default_value_t = crate::store::DEFAULT_CAPACITY)]
     pub store_capacity: usize,
     /// Most records of one pod [default: capacity / 20].
-    #[arg(long, env = "TRIAGE_STORE_POD_QUOTA")]
+    #[arg(help_heading = "Evidence store", long, env = "TRIAGE_STORE_POD_QUOTA")]
     pub store_pod_quota: Option<usize>,
     /// Most records of one namespace [default: capacity / 4].
-    #[arg(long, env = "TRIAGE_STORE_NAMESPACE_QUOTA")]
+    #[arg(
+        help_heading = "Evidence store",
+        long,
+        env = "TRIAGE_STORE_NAMESPACE_QUOTA"
+    )]
     pub store_namespace_quota: Option<usize>,
     /// Most records tied to no pod [default: capacity / 10].
-    #[arg(long, env = "TRIAGE_STORE_UNATTRIBUTED_QUOTA")]
+    #[arg(
+        help_heading = "Evidence store",
+        long,
+        env = "TRIAGE_STORE_UNATTRIBUTED_QUOTA"
+    )]
     pub store_unattributed_quota: Option<usize>,
     /// Records not seen for this long are evicted, e.g. "24h", "90m".
-    #[arg(long, env = "TRIAGE_STORE_MAX_AGE", value_parser = humantime::parse_duration, default_value = "24h")]
+    #[arg(help_heading = "Evidence store", long, env = "TRIAGE_STORE_MAX_AGE", value_parser = humantime::parse_duration, default_value = "24h")]
     pub store_max_age: Duration,
+    /// Keep the evidence in this file too, so it survives restarts and upgrades (SQLite,
+    /// written in batches every second: a kill -9 loses at most the last second). Memory only
+    /// when not given. An unusable file there is moved aside and a fresh store started.
+    #[arg(help_heading = "Evidence store", long, env = "TRIAGE_STORE_PATH")]
+    pub store_path: Option<std::path::PathBuf>,
+    /// Most bytes the store's file may use, e.g. "256MiB", "1GiB"; over it the oldest records
+    /// are evicted (fairly, and counted).
+    #[arg(help_heading = "Evidence store", long, env = "TRIAGE_STORE_MAX_BYTES", value_parser = parse_bytes, default_value = "256MiB")]
+    pub store_max_bytes: u64,
     /// cgroup2 mount point (found in /proc/self/mountinfo when not given).
-    #[arg(long, env = "TRIAGE_CGROUP_ROOT")]
+    #[arg(help_heading = "Kernel programs", long, env = "TRIAGE_CGROUP_ROOT")]
     pub cgroup_root: Option<std::path::PathBuf>,
     /// Kernel drop reasons to report: "default", "all", a list of names (NETFILTER_DROP,...),
     /// or changes to the default ("+TCP_ZEROWINDOW,-QDISC_DROP"). See the README.
-    #[arg(long, env = "TRIAGE_DROP_REASONS", default_value = "default")]
+    #[arg(
+        help_heading = "Kernel programs",
+        long,
+        env = "TRIAGE_DROP_REASONS",
+        default_value = "default"
+    )]
     pub drop_reasons: crate::probes::reasons::DropReasons,
     /// kubelet's --cgroup-root: the cgroup that holds `kubepods` (or `kubepods.slice`), the
     /// same in every hierarchy. Containers' cgroups are found under it.
-    #[arg(long, env = "TRIAGE_KUBELET_CGROUP_ROOT", default_value = "/")]
+    #[arg(
+        help_heading = "OOM kills and CPU throttling (cgroupfs)",
+        long,
+        env = "TRIAGE_KUBELET_CGROUP_ROOT",
+        default_value = "/"
+    )]
     pub kubelet_cgroup_root: std::path::PathBuf,
     /// How often every container's CPU and OOM counters are sampled, e.g. "10s".
-    #[arg(long, env = "TRIAGE_SAMPLE_INTERVAL", value_parser = humantime::parse_duration, default_value = "10s")]
+    #[arg(help_heading = "OOM kills and CPU throttling (cgroupfs)", long, env = "TRIAGE_SAMPLE_INTERVAL", value_parser = humantime::parse_duration, default_value = "10s")]
     pub sample_interval: Duration,
     /// Throttled CFS periods in one sampling interval from which a container is reported
     /// (10 = one second of throttling at the default 100 ms period).
-    #[arg(long, env = "TRIAGE_THROTTLE_THRESHOLD", default_value_t = crate::samplers::DEFAULT_THROTTLE_THRESHOLD)]
+    #[arg(help_heading = "OOM kills and CPU throttling (cgroupfs)", long, env = "TRIAGE_THROTTLE_THRESHOLD", default_value_t = crate::samplers::DEFAULT_THROTTLE_THRESHOLD)]
     pub throttle_threshold: u64,
     /// Prometheus `/metrics` address (its own listener, apart from gRPC); the DaemonSet binds it
     /// to the pod IP. "none" switches it off.
-    #[arg(long, env = "TRIAGE_METRICS_LISTEN", default_value = crate::api::metrics::DEFAULT_METRICS_LISTEN, value_parser = crate::api::metrics::parse_listen)]
+    #[arg(help_heading = "Node and endpoints", long, env = "TRIAGE_METRICS_LISTEN", default_value = crate::api::metrics::DEFAULT_METRICS_LISTEN, value_parser = crate::api::metrics::parse_listen)]
     pub metrics_listen: crate::api::metrics::MetricsListen,
     /// Ports whose UDP and TCP traffic is DNS, comma-separated (at most 8); "none" switches
     /// DNS capture off.
-    #[arg(long = "dns-ports", env = "TRIAGE_DNS_PORTS", default_value = "53", value_parser = parse_dns_ports)]
+    #[arg(help_heading = "DNS", long = "dns-ports", env = "TRIAGE_DNS_PORTS", default_value = "53", value_parser = parse_dns_ports)]
     pub dns_ports: DnsPorts,
     /// A DNS query with no answer after this long is a `timeout` (glibc waits 5s per try).
-    #[arg(long, env = "TRIAGE_DNS_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(help_heading = "DNS", long, env = "TRIAGE_DNS_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub dns_timeout: Duration,
     /// A DNS answer slower than this is `slow`.
-    #[arg(long, env = "TRIAGE_DNS_SLOW", default_value = "1s", value_parser = humantime::parse_duration)]
+    #[arg(help_heading = "DNS", long, env = "TRIAGE_DNS_SLOW", default_value = "1s", value_parser = humantime::parse_duration)]
     pub dns_slow: Duration,
     /// DNS queries awaiting their answer, at most, per pod container and in all; beyond them the
     /// oldest is given up (counted as dns_inflight_evicted).
-    #[arg(long, env = "TRIAGE_DNS_INFLIGHT_PER_POD", default_value_t = 1024)]
+    #[arg(
+        help_heading = "DNS",
+        long,
+        env = "TRIAGE_DNS_INFLIGHT_PER_POD",
+        default_value_t = 1024
+    )]
     pub dns_inflight_per_pod: usize,
-    #[arg(long, env = "TRIAGE_DNS_INFLIGHT", default_value_t = 16_384)]
+    /// DNS queries awaiting their answer, at most, in all (see --dns-inflight-per-pod).
+    #[arg(
+        help_heading = "DNS",
+        long,
+        env = "TRIAGE_DNS_INFLIGHT",
+        default_value_t = 16_384
+    )]
     pub dns_inflight: usize,
+}
+
+/// A size in bytes: a number with an optional unit (B, KiB, MiB, GiB, or KB, MB, GB).
+#[cfg(feature = "node-agent")]
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 256MiB)"))?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "Ki" => 1 << 10,
+        "MiB" | "Mi" => 1 << 20,
+        "GiB" | "Gi" => 1 << 30,
+        "KB" | "K" => 1_000,
+        "MB" | "M" => 1_000_000,
+        "GB" | "G" => 1_000_000_000,
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?} (B, KiB, MiB, GiB, KB, MB, GB)"
+            ));
+        }
+    };
+    n.checked_mul(mult)
+        .filter(|b| *b > 0)
+        .ok_or_else(|| format!("{s:?} is not a usable size"))
 }
 
 /// The DNS ports of `--dns-ports`.
@@ -381,6 +448,23 @@ mod tests {
     use super::*;
     use clap::CommandFactory as _;
 
+    #[cfg(feature = "node-agent")]
+    #[test]
+    fn sizes_parse_with_units_and_bad_ones_are_clear() {
+        assert_eq!(parse_bytes("4096"), Ok(4096));
+        assert_eq!(parse_bytes("256MiB"), Ok(256 << 20));
+        assert_eq!(parse_bytes("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_bytes("10MB"), Ok(10_000_000));
+        assert!(parse_bytes("lots").unwrap_err().contains("not a size"));
+        assert!(
+            parse_bytes("5PiB")
+                .unwrap_err()
+                .contains("unknown size unit")
+        );
+        assert!(parse_bytes("0").is_err());
+        assert!(parse_bytes("99999999999GiB").is_err());
+    }
+
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
@@ -401,6 +485,16 @@ mod tests {
             .map(|a| a.get_id().to_string())
             .collect();
         assert!(missing.is_empty(), "flags without env: {missing:?}");
+        let ungrouped: Vec<String> = agent
+            .get_arguments()
+            .filter(|a| a.get_long().is_some_and(|l| l != "help" && l != "version"))
+            .filter(|a| !a.is_global_set() && a.get_help_heading().is_none())
+            .map(|a| a.get_id().to_string())
+            .collect();
+        assert!(
+            ungrouped.is_empty(),
+            "flags without a --help group: {ungrouped:?}"
+        );
     }
 
     /// Every agent flag's value type matches its field (clap checks that only at parse time).
@@ -432,6 +526,8 @@ mod tests {
             "2s",
         ]);
         assert_eq!(a.metrics_listen.0, None);
+        assert_eq!(a.store_path, None);
+        assert_eq!(a.store_max_bytes, 256 << 20);
         assert_eq!(a.dns_ports, DnsPorts(vec![53, 5353]));
         assert_eq!(a.dns_timeout, Duration::from_secs(2));
         assert!(

@@ -685,6 +685,7 @@ pub fn status_json(statuses: &[(String, pb::StatusResponse)]) -> Value {
                     "store_records": s.store_records,
                     "store_capacity": s.store_capacity,
                     "store_expired": s.store_expired,
+                    "store_disk": s.persistence.as_ref().map(persistence_json),
                     "events_received": s.events_received,
                     "resources": s.resource_sources.iter().map(|r| json!({"signal": r.signal, "hierarchy": r.hierarchy, "files": r.files, "mount": r.mount, "containers": r.containers, "note": (!r.note.is_empty()).then_some(&r.note)})).collect::<Vec<_>>(),
                 })
@@ -731,6 +732,9 @@ pub fn status_table(statuses: &[(String, pb::StatusResponse)]) -> String {
             "  store: {}/{} records, {} expired by age, {} events received",
             s.store_records, s.store_capacity, s.store_expired, s.events_received
         );
+        if let Some(p) = &s.persistence {
+            let _ = writeln!(out, "  {}", persistence_line(p));
+        }
         for p in &s.probes {
             let state = if p.attached {
                 "attached".to_owned()
@@ -775,3 +779,42 @@ pub fn status_table(statuses: &[(String, pb::StatusResponse)]) -> String {
 
 #[cfg(test)]
 mod tests;
+
+fn persistence_json(p: &pb::PersistenceStatus) -> Value {
+    json!({
+        "path": p.path,
+        "error": (!p.error.is_empty()).then_some(&p.error),
+        "restored": p.restored,
+        "moved_aside": (!p.moved_aside.is_empty()).then_some(&p.moved_aside),
+        "used_bytes": p.used_bytes,
+        "max_bytes": p.max_bytes,
+        "last_commit": p.last_commit.as_ref().and_then(|t| convert::time_from_pb(Some(t), "last_commit").ok()).map(rfc3339),
+        "pending": p.pending,
+    })
+}
+
+/// One line about the store on disk, problems first.
+fn persistence_line(p: &pb::PersistenceStatus) -> String {
+    let mut line = if p.error.is_empty() {
+        format!(
+            "store on disk: {} ({} of {} KiB used, {} records restored at start)",
+            clean(&p.path),
+            p.used_bytes / 1024,
+            p.max_bytes / 1024,
+            p.restored
+        )
+    } else {
+        format!(
+            "store on disk: NOT WRITING {}: {}",
+            clean(&p.path),
+            clean(&p.error)
+        )
+    };
+    if !p.moved_aside.is_empty() {
+        line.push_str(&format!(
+            "; found an unusable file, moved to {}",
+            clean(&p.moved_aside)
+        ));
+    }
+    line
+}

@@ -154,7 +154,9 @@ pub fn load(options: &LoadOptions<'_>) -> Result<Loaded, LoadError> {
     {
         *slot = *port;
     }
+    let mut switched_off = Vec::new();
     if dns_ports.is_empty() {
+        switched_off.extend(["dns_egress", "dns_ingress"]);
         problems.insert(
             "dns_egress",
             "DNS capture switched off (no --dns-port)".to_owned(),
@@ -211,6 +213,7 @@ pub fn load(options: &LoadOptions<'_>) -> Result<Loaded, LoadError> {
             hook,
             attached,
             error: result.err().or_else(|| notes.remove(program.name)),
+            switched_off: !attached && switched_off.contains(&program.name),
         });
     }
     if !statuses.iter().any(|s| s.attached) {

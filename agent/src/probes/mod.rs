@@ -113,4 +113,7 @@ pub struct ProbeStatus {
     pub hook: String,
     pub attached: bool,
     pub error: Option<String>,
+    /// Not attached because the configuration switched it off (e.g. `--dns-ports none`): not
+    /// a fault for readiness.
+    pub switched_off: bool,
 }

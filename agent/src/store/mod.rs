@@ -12,6 +12,8 @@
 //!
 //! [`task`] runs the store as a single owner task reached through a [`StoreHandle`].
 
+#[cfg(feature = "node-agent")]
+pub mod persist;
 mod task;
 
 use std::{
@@ -26,7 +28,8 @@ use std::{
 use tokio::sync::mpsc;
 
 pub use task::{
-    Command, OCCURRENCES_CHANNEL, StoreGone, StoreHandle, SubscribeError, Subscription, spawn,
+    BATCH_INTERVAL, Command, OCCURRENCES_CHANNEL, StoreGone, StoreHandle, SubscribeError,
+    Subscription, spawn,
 };
 
 use crate::{
@@ -121,6 +124,8 @@ fn owner_of(uid: Option<&str>) -> Owner {
 struct Slot {
     evidence: Evidence,
     seq: u64,
+    /// The record's identity for the [`Backend`]: fixed for its life, across restarts.
+    id: u64,
 }
 
 /// Records by key without storing the key: the table maps a key's 64-bit hash to its record,
@@ -209,6 +214,44 @@ pub struct StoreStats {
     pub occurrences: Vec<(Kind, String, u64)>,
 }
 
+/// What the persistent store ([`persist`], node agent only) is doing, for Status, `/readyz`
+/// and the metrics.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PersistState {
+    pub path: std::path::PathBuf,
+    /// Records read back at startup.
+    pub restored: u64,
+    /// The file that was found unusable and moved aside at startup, with why.
+    pub moved_aside: Option<(std::path::PathBuf, String)>,
+    /// Bytes the records use in the file (pages in use), after the last commit.
+    pub used_bytes: u64,
+    pub max_bytes: u64,
+    /// When the last batch was committed.
+    pub last_commit: Option<SystemTime>,
+    /// Batches committed since start.
+    pub commits: u64,
+    /// The last commit's error, cleared by the next successful one.
+    pub error: Option<String>,
+    /// Changes waiting for the writer (a busy or failing disk makes this grow).
+    pub pending: u64,
+}
+
+/// Shared view of [`PersistState`].
+#[derive(Debug, Default)]
+pub struct PersistHealth(std::sync::Mutex<PersistState>);
+
+impl PersistHealth {
+    pub fn get(&self) -> PersistState {
+        self.0.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    pub fn update(&self, f: impl FnOnce(&mut PersistState)) {
+        if let Ok(mut s) = self.0.lock() {
+            f(&mut s);
+        }
+    }
+}
+
 /// Distinct namespaces the occurrence counters keep apart (a bound on metric cardinality).
 pub const METRIC_NAMESPACES: usize = 1000;
 /// The namespace label of occurrences beyond [`METRIC_NAMESPACES`].
@@ -229,11 +272,21 @@ pub struct QueryResult {
 /// Pods whose DNS lookup counters are kept, at most (the least recently updated go first).
 pub const DNS_LOOKUP_PODS: usize = 8192;
 
-/// Where records go besides memory (the persistent store plugs in here): told of every
-/// change, in order.
+/// Where records go besides memory (the persistent store, [`persist`]): told of every change,
+/// in order, with the record's lasting id; [`Backend::flush`] is called every batch interval
+/// and at shutdown.
 pub trait Backend: Send {
-    fn upsert(&mut self, e: &Evidence);
-    fn remove(&mut self, e: &Evidence);
+    fn upsert(&mut self, id: u64, e: &Evidence);
+    fn remove(&mut self, id: u64, e: &Evidence);
+    fn flush(&mut self) {}
+    /// Asked after each flush: how many records the backend needs evicted (its size budget is
+    /// exceeded). The store evicts them fairly, as for room, and counts them.
+    fn shrink(&mut self, records: usize) -> usize {
+        let _ = records;
+        0
+    }
+    /// At shutdown, after the last flush: finish writing (blocking; called off the runtime).
+    fn close(self: Box<Self>) {}
 }
 
 struct Subscriber {
@@ -251,6 +304,8 @@ pub struct Store {
     owners: HashMap<Owner, OwnerState>,
     namespaces: HashMap<String, usize>,
     seq: u64,
+    /// Last record id handed out (ids survive restarts through [`Store::restore`]).
+    last_id: u64,
     evicted: u64,
     expired: u64,
     counters: Arc<Counters>,
@@ -272,6 +327,7 @@ impl Store {
             owners: HashMap::new(),
             namespaces: HashMap::new(),
             seq: 0,
+            last_id: 0,
             evicted: 0,
             expired: 0,
             counters,
@@ -287,6 +343,12 @@ impl Store {
         self.backend = Some(backend);
     }
 
+    /// The backend, taken out for [`Backend::close`] at shutdown (after a last flush).
+    pub fn take_backend(&mut self) -> Option<Box<dyn Backend>> {
+        self.flush_backend();
+        self.backend.take()
+    }
+
     /// Adds one occurrence: a new record or one more count on an existing one. A pod's DNS
     /// lookup counters are kept beside the records, not as one.
     pub fn record(&mut self, o: Occurrence) {
@@ -299,37 +361,74 @@ impl Store {
         let hash = self.records.hash(&key);
         self.seq += 1;
         let seq = self.seq;
-        let updated = if let Some(slot) = self.records.get_mut(hash, &key) {
+        let (id, updated) = if let Some(slot) = self.records.get_mut(hash, &key) {
             let state = self.owners.entry(key.owner.clone()).or_default();
             state.order.remove(&(slot.evidence.last_seen, slot.seq));
             slot.evidence.absorb(o);
             slot.seq = seq;
             state.order.insert((slot.evidence.last_seen, seq), hash);
-            slot.evidence.clone()
+            (slot.id, slot.evidence.clone())
         } else {
             let pod = o.subject.pod.clone();
             self.make_room(&key.owner, pod.as_deref().map(|p| p.namespace.as_str()));
             let evidence = Evidence::first(self.node.clone(), o);
-            let state = self.owners.entry(key.owner.clone()).or_default();
-            state.order.insert((evidence.last_seen, seq), hash);
-            if let Some(pod) = pod {
-                *self.namespaces.entry(pod.namespace.clone()).or_default() += 1;
-                state.pod = Some(pod);
-            }
-            self.records.insert(
-                hash,
-                key,
-                Slot {
-                    evidence: evidence.clone(),
-                    seq,
-                },
-            );
-            evidence
+            self.last_id += 1;
+            let id = self.last_id;
+            self.insert(hash, key, evidence.clone(), seq, id);
+            (id, evidence)
         };
         if let Some(b) = &mut self.backend {
-            b.upsert(&updated);
+            b.upsert(id, &updated);
         }
         self.publish(&updated);
+    }
+
+    fn insert(&mut self, hash: u64, key: Key, evidence: Evidence, seq: u64, id: u64) {
+        let state = self.owners.entry(key.owner.clone()).or_default();
+        state.order.insert((evidence.last_seen, seq), hash);
+        if let Some(pod) = evidence.subject.pod.clone() {
+            *self.namespaces.entry(pod.namespace.clone()).or_default() += 1;
+            state.pod = Some(pod);
+        }
+        self.records.insert(hash, key, Slot { evidence, seq, id });
+    }
+
+    /// Puts back a record kept by the backend before a restart, under its id; call in
+    /// last-seen order, oldest first, so that if the bounds shrank the newest stay. Quotas
+    /// apply as for new records (an eviction goes to the backend too); the backend is not told
+    /// of the record itself, which it already holds. A second record with the same key (only
+    /// possible from a damaged file) is removed from the backend.
+    pub fn restore(&mut self, id: u64, evidence: Evidence) {
+        self.last_id = self.last_id.max(id);
+        let key = Key::of_evidence(&evidence);
+        let hash = self.records.hash(&key);
+        if self.records.get_mut(hash, &key).is_some() {
+            if let Some(b) = &mut self.backend {
+                b.remove(id, &evidence);
+            }
+            return;
+        }
+        self.make_room(&key.owner, evidence.pod().map(|p| p.namespace.as_str()));
+        self.seq += 1;
+        let seq = self.seq;
+        self.insert(hash, key, evidence, seq, id);
+    }
+
+    /// Hands the backend's pending changes over (see [`Backend::flush`]) and evicts what it
+    /// asks to be evicted for its size budget.
+    pub fn flush_backend(&mut self) {
+        let Some(b) = &mut self.backend else { return };
+        b.flush();
+        let mut n = b.shrink(self.records.len());
+        while n > 0 {
+            let Some(biggest) = self.biggest_owner(None) else {
+                break;
+            };
+            if !self.evict_oldest_of(&biggest, false) {
+                break;
+            }
+            n -= 1;
+        }
     }
 
     fn count_occurrence(&mut self, o: &Occurrence) {
@@ -397,15 +496,22 @@ impl Store {
         }
     }
 
-    /// The owner with the most records (in `namespace`, when given).
+    /// The owner with the most records (in `namespace`, when given); of equal owners, the one
+    /// with the oldest record.
     fn biggest_owner(&self, namespace: Option<&str>) -> Option<Owner> {
         self.owners
             .iter()
             .filter(|(_, s)| {
                 namespace.is_none_or(|ns| s.pod.as_ref().is_some_and(|p| p.namespace == ns))
             })
-            .max_by_key(|(_, s)| s.order.len())
             .filter(|(_, s)| !s.order.is_empty())
+            // Among owners of equal size, the one holding the oldest record.
+            .max_by_key(|(_, s)| {
+                (
+                    s.order.len(),
+                    std::cmp::Reverse(s.order.first_key_value().map(|(k, _)| *k)),
+                )
+            })
             .map(|(o, _)| o.clone())
     }
 
@@ -437,7 +543,7 @@ impl Store {
             }
         }
         if let Some(b) = &mut self.backend {
-            b.remove(&slot.evidence);
+            b.remove(slot.id, &slot.evidence);
         }
         true
     }

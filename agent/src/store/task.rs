@@ -22,6 +22,9 @@ const COMMANDS_CHANNEL: usize = 64;
 /// How often records older than the retention expire. Measured on the monotonic clock
 /// (tokio's interval), so a wall-clock step does not change the pace.
 const AGE_SWEEP: Duration = Duration::from_secs(10);
+/// How often changed records go to the [`super::Backend`] (the persistent store writes each
+/// batch in one transaction): the most a `kill -9` can lose is what changed since the last one.
+pub const BATCH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Requests to the store task.
 pub enum Command {
@@ -141,6 +144,8 @@ async fn run(
 ) {
     let mut sweep = tokio::time::interval(AGE_SWEEP);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut batch = tokio::time::interval(BATCH_INTERVAL);
+    batch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             () = cancel.cancelled() => break,
@@ -162,6 +167,11 @@ async fn run(
             },
             // Retention is about evidence times, which are wall-clock times.
             _ = sweep.tick() => store.sweep(SystemTime::now()),
+            _ = batch.tick() => store.flush_backend(),
         }
+    }
+    if let Some(backend) = store.take_backend() {
+        // Writing the last batch blocks (a database commit): off the runtime's workers.
+        let _ = tokio::task::spawn_blocking(move || backend.close()).await;
     }
 }

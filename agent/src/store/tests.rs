@@ -239,12 +239,12 @@ fn slow_watchers_are_dropped_and_counted_and_watchers_are_bounded() {
 #[derive(Default, Clone)]
 struct Recorder(Arc<std::sync::Mutex<Vec<String>>>);
 impl Backend for Recorder {
-    fn upsert(&mut self, e: &Evidence) {
+    fn upsert(&mut self, _: u64, e: &Evidence) {
         if let Ok(mut log) = self.0.lock() {
             log.push(format!("upsert {} {}", e.kind().as_str(), e.count));
         }
     }
-    fn remove(&mut self, e: &Evidence) {
+    fn remove(&mut self, _: u64, e: &Evidence) {
         if let Ok(mut log) = self.0.lock() {
             log.push(format!("remove {}", e.count));
         }
@@ -302,6 +302,7 @@ fn colliding_key_hashes_keep_their_records_apart() {
         Slot {
             evidence: a,
             seq: 1,
+            id: 1,
         },
     );
     r.insert(
@@ -310,6 +311,7 @@ fn colliding_key_hashes_keep_their_records_apart() {
         Slot {
             evidence: b,
             seq: 2,
+            id: 2,
         },
     );
     assert_eq!(r.len(), 2);

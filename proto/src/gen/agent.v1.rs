@@ -463,6 +463,37 @@ pub struct StatusResponse {
     /// and files.
     #[prost(message, repeated, tag = "20")]
     pub resource_sources: ::prost::alloc::vec::Vec<ResourceSource>,
+    /// The evidence store on disk (unset when the agent keeps evidence in memory only).
+    #[prost(message, optional, tag = "21")]
+    pub persistence: ::core::option::Option<PersistenceStatus>,
+}
+/// The evidence store on disk (--store-path): what survives a restart.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct PersistenceStatus {
+    /// The file, e.g. "/var/lib/triage-agent/evidence.db".
+    #[prost(string, tag = "1")]
+    pub path: ::prost::alloc::string::String,
+    /// Why the store on disk is not working (it could not be opened, or the last batch could not
+    /// be written); empty when healthy.
+    #[prost(string, tag = "2")]
+    pub error: ::prost::alloc::string::String,
+    /// Records read back at startup.
+    #[prost(uint64, tag = "3")]
+    pub restored: u64,
+    /// A file found unusable at startup and moved aside, with why; empty when none.
+    #[prost(string, tag = "4")]
+    pub moved_aside: ::prost::alloc::string::String,
+    /// Bytes the records use in the file, and the budget (over it, the oldest records are evicted).
+    #[prost(uint64, tag = "5")]
+    pub used_bytes: u64,
+    #[prost(uint64, tag = "6")]
+    pub max_bytes: u64,
+    /// When the last batch was committed (what a kill -9 keeps); unset before the first.
+    #[prost(message, optional, tag = "7")]
+    pub last_commit: ::core::option::Option<::prost_types::Timestamp>,
+    /// Changes waiting for the next batch.
+    #[prost(uint64, tag = "8")]
+    pub pending: u64,
 }
 /// Where one resource signal is read on this node.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]

@@ -20,6 +20,15 @@
 //! - sampling: the cgroupfs sampler on a fixture tree of 1,000 containers (cgroup v2 file
 //!   formats in a temporary directory): CPU time per full sweep, and allocations per sample in
 //!   steady state (a counting allocator wraps the system one). No root needed.
+//! - query: `Query` latency (p50, p99) for one pod's evidence against a store of 1,000,000
+//!   records, through the real gRPC server and the CLI's client (a connection per query, as a
+//!   CLI run makes). No root needed.
+//! - pipeline: what decode -> attribute -> store sustain on one core, fed kernel records past
+//!   the ring buffer (1,000 pods of metadata): events per second, and the cost of each stage.
+//!   No root needed.
+//!
+//! `--quick` runs every scenario reduced (2 rounds, short floods, smaller stores): `cargo xtask
+//! test` runs it to check that each scenario runs and reports, never what it measures.
 #![expect(
     clippy::indexing_slicing,
     reason = "serde_json::Value indexing yields Null for what is missing, it never panics"
@@ -37,10 +46,20 @@ use triage_agent_tests::{
     simnode::{CgroupDriver, SimConfig, SimNode},
 };
 
-/// Rounds of each configuration.
-const ROUNDS: usize = 10;
+/// Rounds of each configuration (2 with `--quick`).
+fn rounds() -> usize {
+    if quick() { 2 } else { 10 }
+}
+
 /// Length of one flood.
-const FLOOD_SECONDS: f64 = 2.0;
+fn flood_seconds() -> f64 {
+    if quick() { 0.5 } else { 2.0 }
+}
+
+/// `--quick`: every scenario, reduced.
+fn quick() -> bool {
+    std::env::args().any(|a| a == "--quick")
+}
 
 fn sibling(name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
@@ -49,7 +68,7 @@ fn sibling(name: &str) -> anyhow::Result<PathBuf> {
 
 /// (events, seconds) the workload reported.
 fn flood(node: &SimNode, pod: usize, what: &str, dst: &str) -> anyhow::Result<f64> {
-    let out = node.run(pod, &[what, dst, &FLOOD_SECONDS.to_string()])?;
+    let out = node.run(pod, &[what, dst, &flood_seconds().to_string()])?;
     let text = String::from_utf8_lossy(&out.stdout);
     let mut parts = text.split_whitespace();
     let n: f64 = parts.next().context("no count")?.parse()?;
@@ -197,13 +216,23 @@ sampling: {CONTAINERS} containers (cgroup v2 fixture tree), {SWEEPS} sweeps"
 }
 
 fn bench() -> anyhow::Result<()> {
-    let only: Vec<String> = std::env::args().skip(1).collect();
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--quick")
+        .collect();
     let wanted = |name: &str| only.is_empty() || only.iter().any(|o| o == name);
+    let unprivileged = ["sampling", "query", "pipeline"];
     if wanted("sampling") {
         sampling()?;
-        if only.len() == 1 {
-            return Ok(());
-        }
+    }
+    if wanted("query") {
+        query_latency()?;
+    }
+    if wanted("pipeline") {
+        pipeline()?;
+    }
+    if !only.is_empty() && only.iter().all(|o| unprivileged.contains(&o.as_str())) {
+        return Ok(());
     }
     let mut node = SimNode::start(SimConfig {
         workload: sibling("sim-workload")?,
@@ -234,8 +263,10 @@ fn bench() -> anyhow::Result<()> {
         },
     ];
     println!(
-        "triage-agent bench: {ROUNDS} rounds x {FLOOD_SECONDS} s per configuration, interleaved \
+        "triage-agent bench: {} rounds x {} s per configuration, interleaved \
          (detached, attached); kernel {}",
+        rounds(),
+        flood_seconds(),
         std::fs::read_to_string("/proc/sys/kernel/osrelease")?.trim()
     );
     for s in scenarios.iter().filter(|s| wanted(s.short)) {
@@ -246,7 +277,7 @@ fn bench() -> anyhow::Result<()> {
         let mut records_per_event = Vec::new();
         let mut exact = true;
         let mut losses = String::new();
-        for _ in 0..ROUNDS {
+        for _ in 0..rounds() {
             detached.push(flood(&node, source, s.what, &s.dst)?);
 
             let mut agent = AgentProcess::start(&node)?;
@@ -272,7 +303,7 @@ fn bench() -> anyhow::Result<()> {
             let status = agent.status()?;
             let received = status["events_received"].as_u64().unwrap_or(0) - received0;
             records_per_event.push(received as f64 / (counted.max(1) as f64));
-            let sent = (rate * FLOOD_SECONDS) as u64;
+            let sent = (rate * flood_seconds()) as u64;
             // The sender's own count is what left the socket; the agent must not report more,
             // and (for drops) the difference is what never reached the rule.
             if counted == 0 || counted > sent + sent / 100 {
@@ -354,7 +385,7 @@ fn healthy(node: &mut SimNode) -> anyhow::Result<()> {
             Vec::new(),
         ),
     ];
-    for _ in 0..ROUNDS {
+    for _ in 0..rounds() {
         if let Some(r) = rows.get_mut(0) {
             r.1.push(throughput(node)?);
         }
@@ -371,7 +402,10 @@ fn healthy(node: &mut SimNode) -> anyhow::Result<()> {
         }
         agent.stop()?;
     }
-    println!("\nhealthy traffic between two pods ({ROUNDS} rounds, interleaved)");
+    println!(
+        "\nhealthy traffic between two pods ({} rounds, interleaved)",
+        rounds()
+    );
     for (name, detached, attached) in &mut rows {
         let (d, a) = (median(&mut detached.clone()), median(&mut attached.clone()));
         let (dmin, dmax) = spread(detached);
@@ -447,7 +481,7 @@ fn dns_round_trips(node: &SimNode, client: usize, window: u16) -> anyhow::Result
     let (mut detached, mut attached, mut tcpdump) = (Vec::new(), Vec::new(), Vec::new());
     let (mut cpu_per_10k, mut losses) = (Vec::new(), String::new());
     let (mut answered_total, mut counted_total) = (0u64, 0u64);
-    for _ in 0..ROUNDS {
+    for _ in 0..rounds() {
         detached.push(load(node)?.0);
 
         let mut agent = AgentProcess::start(node)?;
@@ -500,7 +534,8 @@ fn dns_round_trips(node: &SimNode, client: usize, window: u16) -> anyhow::Result
     let a = median(&mut attached.clone());
     let t = median(&mut tcpdump.clone());
     println!(
-        "\ndns: queries/s through the simulated resolver, {window} in flight ({ROUNDS} rounds x {SECONDS} s, interleaved)"
+        "\ndns: queries/s through the simulated resolver, {window} in flight ({} rounds x {SECONDS} s, interleaved)",
+        rounds()
     );
     let (dmin, dmax) = spread(&detached);
     let (amin, amax) = spread(&attached);
@@ -580,6 +615,291 @@ memory: {records} records in the store"
     );
     println!("  losses: {}", status["loss"]);
     agent.stop()?;
+    Ok(())
+}
+
+/// p-th percentile (0-100) of sorted values.
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() - 1) as f64 * p / 100.0).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// `Query` latency for one pod against a store of a million records, through the real gRPC
+/// server and the CLI's client.
+fn query_latency() -> anyhow::Result<()> {
+    use std::sync::Arc;
+
+    use tokio::sync::watch;
+    use tokio_util::sync::CancellationToken;
+    use triage_agent::{
+        api::{self, AgentApi, AgentInfo, AgentState},
+        attribute::{AttributorStats, MetaHealth},
+        cli::client,
+        evidence::{Filter, fixtures::refused},
+        loss::Counters,
+        store::{Store, StoreConfig},
+    };
+
+    let (pods, per_pod) = if quick() { (100, 100) } else { (1000, 1000) };
+    let records = pods * per_pod;
+    let mut config = StoreConfig::new("bench", records, Duration::from_secs(24 * 3600));
+    config.pod_quota = per_pod;
+    config.namespace_quota = records;
+    let counters = Arc::new(Counters::default());
+    let mut store = Store::new(config, counters.clone());
+    let fill = Instant::now();
+    // Recent, so the store task's retention sweep keeps them.
+    let base = std::time::SystemTime::now() - Duration::from_secs(3600);
+    for pod in 0..pods {
+        let name = format!("pod-{pod}");
+        let uid = format!("uid-{pod}");
+        for r in 0..per_pod {
+            store.record(
+                refused()
+                    .pod_uid("bench", &name, &uid)
+                    .dst(&format!(
+                        "10.{}.{}.{}:{}",
+                        pod / 256,
+                        pod % 256,
+                        r % 250,
+                        1000 + r
+                    ))
+                    .at_time(base + Duration::from_millis(r as u64))
+                    .occurrence(),
+            );
+        }
+    }
+    let stats = store.stats();
+    anyhow::ensure!(
+        stats.records as usize == records,
+        "store holds {}",
+        stats.records
+    );
+    let fill = fill.elapsed();
+    let direct = store
+        .query(
+            &Filter {
+                namespace: Some("bench".into()),
+                pod: Some(format!("pod-{}", pods / 2)),
+                ..Filter::default()
+            },
+            usize::MAX,
+        )
+        .evidence
+        .len();
+    anyhow::ensure!(direct == per_pod, "the pod has {direct} records");
+    let rt = tokio::runtime::Runtime::new()?;
+    let (p50, p99, n, answer) = rt.block_on(async {
+        let cancel = CancellationToken::new();
+        let (handle, _occurrences, task) = triage_agent::store::spawn(store, cancel.clone());
+        tokio::spawn(task);
+        let state = AgentState {
+            info: AgentInfo {
+                node: "bench".into(),
+                kernel: String::new(),
+                started: std::time::SystemTime::now(),
+            },
+            store: handle,
+            counters,
+            probes: Arc::new(vec![]),
+            meta: watch::channel(MetaHealth::default()).1,
+            attribution: watch::channel(AttributorStats::default()).1,
+            resources: None,
+            persistence: None,
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        tokio::spawn(api::serve(AgentApi::new(state), listener, cancel.clone()));
+        let filter = Filter {
+            namespace: Some("bench".into()),
+            pod: Some(format!("pod-{}", pods / 2)),
+            ..Filter::default()
+        };
+        let agents = [client::Target::Direct(url)];
+        let mut times = Vec::new();
+        let mut answer = 0;
+        let queries = if quick() { 20 } else { 300 };
+        for _ in 0..queries {
+            let started = Instant::now();
+            let mut out =
+                client::query_each(&agents, &filter, Duration::from_secs(10), |_, _| {}).await;
+            let a = out
+                .pop()
+                .context("no answer")?
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            times.push(started.elapsed().as_secs_f64() * 1000.0);
+            answer = a.evidence.len();
+        }
+        cancel.cancel();
+        times.sort_by(f64::total_cmp);
+        anyhow::Ok((
+            percentile(&times, 50.0),
+            percentile(&times, 99.0),
+            times.len(),
+            answer,
+        ))
+    })?;
+    println!(
+        "\n| query: one pod's evidence, store of {records} records ({pods} pods), real gRPC server + CLI client | p50 | p99 | goal |\n| --- | --- | --- | --- |\n| {n} queries, {answer} records per answer (store filled in {:.1} s) | {p50:.1} ms | {p99:.1} ms | p99 < 50 ms |",
+        fill.as_secs_f64()
+    );
+    Ok(())
+}
+
+/// decode -> attribute -> store on one core, fed encoded kernel records.
+fn pipeline() -> anyhow::Result<()> {
+    use std::{collections::HashMap, sync::Arc};
+
+    use triage_agent::{
+        attribute::{
+            Attributor, CgroupPaths, KernelNames, MetaUpdate, Now, PathLookup, TimedEvent,
+            pods::PodInfo,
+        },
+        evidence::fixtures::pod_ref,
+        loss::Counters,
+        probes::decode::{RawEvent, decode, encode_flow},
+        store::{Store, StoreConfig},
+    };
+    use triage_agent_common::{
+        AF_INET, COMM_LEN, EventHeader, FlowEvent, FlowKey, FlowStats, flow_flags, kind,
+    };
+
+    struct Paths(HashMap<u64, String>);
+    impl CgroupPaths for Paths {
+        fn path(&mut self, id: u64) -> PathLookup {
+            self.0
+                .get(&id)
+                .cloned()
+                .map_or(PathLookup::Missing, PathLookup::Found)
+        }
+    }
+    const PODS: u64 = 1000;
+    let uid = |p: u64| format!("00000000-0000-4000-8000-{p:012}");
+    let cid = |p: u64| format!("{p:064x}");
+    let paths = Paths(
+        (0..PODS)
+            .map(|p| (p + 1, format!("/kubepods/pod{}/{}", uid(p), cid(p))))
+            .collect(),
+    );
+    let counters = Arc::new(Counters::default());
+    let mut attributor = Attributor::new(
+        Box::new(paths),
+        KernelNames {
+            reset: HashMap::new(),
+            drop: HashMap::from([(6, "NETFILTER_DROP".to_owned())]),
+            sees_stack_refusals: false,
+        },
+        counters.clone(),
+    );
+    let now = Now::real();
+    attributor.update(MetaUpdate::RelistStarted, now);
+    for p in 0..PODS {
+        let ip = std::net::IpAddr::from([10, 1, (p / 250) as u8, (p % 250) as u8 + 1]);
+        let mut pod = (*pod_ref("bench", &format!("pod-{p}"))).clone();
+        pod.uid = uid(p);
+        attributor.update(
+            MetaUpdate::Apply(PodInfo {
+                pod: Arc::new(pod),
+                ips: vec![ip],
+                host_network: false,
+                containers: HashMap::from([(cid(p), "app".into())]),
+                started: Some(std::time::SystemTime::UNIX_EPOCH),
+                finished: false,
+            }),
+            now,
+        );
+    }
+    attributor.update(MetaUpdate::RelistDone, now);
+    let mut store = Store::new(
+        StoreConfig::new("bench", 100_000, Duration::from_secs(3600)),
+        counters.clone(),
+    );
+    // First occurrences of distinct flows (what reaches userspace under in-kernel
+    // aggregation): pod p drops to port 1000 + i.
+    let events = if quick() { 20_000 } else { 500_000 };
+    let records: Vec<Vec<u8>> = (0..events as u64)
+        .map(|i| {
+            let p = i % PODS;
+            let mut saddr = [0u8; 16];
+            saddr[..4].copy_from_slice(&[10, 1, (p / 250) as u8, (p % 250) as u8 + 1]);
+            let mut daddr = [0u8; 16];
+            daddr[..4].copy_from_slice(&[10, 9, 9, 9]);
+            encode_flow(&FlowEvent {
+                header: EventHeader {
+                    kind: kind::PACKET_DROP,
+                    len: size_of::<FlowEvent>() as u32,
+                    boot_ns: i,
+                },
+                key: FlowKey {
+                    kind: kind::PACKET_DROP,
+                    reason: 6,
+                    cgroup_id: p + 1,
+                    family: AF_INET,
+                    protocol: 17,
+                    tcp_flags: 0,
+                    sport: 0,
+                    dport: 1000 + (i / PODS % 60_000) as u16,
+                    ifindex: 2,
+                    flags: flow_flags::HAS_PROCESS,
+                    saddr,
+                    daddr,
+                },
+                stats: FlowStats {
+                    count: 1,
+                    first_ns: i,
+                    last_ns: i,
+                    pid: 1,
+                    tgid: 1,
+                    comm: [0; COMM_LEN],
+                    extra: 0,
+                    last_sport: 40000,
+                    _pad0: 0,
+                },
+            })
+        })
+        .collect();
+    let (mut t_decode, mut t_attr, mut t_store) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+    let cpu0 = process_cpu();
+    let wall = Instant::now();
+    let mut stored = 0u64;
+    for bytes in &records {
+        let a = Instant::now();
+        let raw = decode(bytes).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let b = Instant::now();
+        let RawEvent::Flow(_) = &raw else {
+            anyhow::bail!("not a flow")
+        };
+        let event = TimedEvent {
+            at: std::time::SystemTime::now(),
+            first_at: std::time::SystemTime::now(),
+            event: raw,
+        };
+        let occurrences = attributor.event(event, now);
+        let c = Instant::now();
+        for o in occurrences {
+            store.record(o);
+            stored += 1;
+        }
+        let d = Instant::now();
+        t_decode += b - a;
+        t_attr += c - b;
+        t_store += d - c;
+    }
+    let wall = wall.elapsed().as_secs_f64();
+    let cpu = process_cpu() - cpu0;
+    anyhow::ensure!(stored == events as u64, "{stored} of {events} stored");
+    let per = |d: Duration| d.as_secs_f64() * 1e9 / events as f64;
+    println!(
+        "\n| pipeline: decode -> attribute -> store, one core, {events} first occurrences of distinct flows, 1,000 pods | events/s | decode | attribute | store |\n| --- | --- | --- | --- | --- |\n| sustained (CPU {:.2} s over {wall:.2} s) | {:.0} | {:.0} ns | {:.0} ns | {:.0} ns |",
+        cpu,
+        events as f64 / wall,
+        per(t_decode),
+        per(t_attr),
+        per(t_store)
+    );
     Ok(())
 }
 

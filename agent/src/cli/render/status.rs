@@ -41,6 +41,13 @@ pub fn problems(s: &pb::StatusResponse) -> Vec<String> {
     if !lost.is_empty() {
         out.push(format!("lost: {}", lost.join(", ")));
     }
+    if let Some(disk) = s.persistence.as_ref().filter(|d| !d.error.is_empty()) {
+        out.push(format!(
+            "store on disk {} not writing: {}",
+            clean(&disk.path),
+            clean(&disk.error)
+        ));
+    }
     if s.store_capacity > 0 {
         #[expect(
             clippy::cast_precision_loss,

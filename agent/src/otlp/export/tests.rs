@@ -1,0 +1,430 @@
+//! The exporter against a real OTLP LogsService receiver (the generated server, in process):
+//! delivery, retries on UNAVAILABLE, giving up on other errors, partial success, a collector
+//! that is not there (loss counted, the store never waits), and the flush at shutdown.
+
+use std::{
+    collections::VecDeque,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime},
+};
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::{Code, Request, Response, Status, codec::CompressionEncoding};
+use triage_agent_proto::opentelemetry::proto::{
+    collector::logs::v1::{
+        ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
+        logs_service_server::{LogsService, LogsServiceServer},
+    },
+    common::v1::any_value,
+};
+
+use super::*;
+use crate::{
+    evidence::{Filter, fixtures},
+    otlp::config::{Batch, OtlpConfig},
+    store::{self, Store, StoreConfig},
+};
+
+/// What the receiver answers to one call.
+#[derive(Clone, Debug)]
+enum Reply {
+    Ok,
+    Fail(Code),
+    Reject(i64),
+}
+
+#[derive(Default)]
+struct Receiver {
+    /// Replies for the next calls, in order; then `Ok`.
+    script: Mutex<VecDeque<Reply>>,
+    /// Accepted requests with their `x-tenant` header.
+    got: Mutex<Vec<(ExportLogsServiceRequest, Option<String>)>>,
+    calls: Mutex<u32>,
+}
+
+/// The receiver as a gRPC service (the test keeps the other handle).
+struct Service(Arc<Receiver>);
+
+#[tonic::async_trait]
+impl LogsService for Service {
+    async fn export(
+        &self,
+        request: Request<ExportLogsServiceRequest>,
+    ) -> Result<Response<ExportLogsServiceResponse>, Status> {
+        let this = &self.0;
+        this.record(request).await
+    }
+}
+
+impl Receiver {
+    async fn record(
+        &self,
+        request: Request<ExportLogsServiceRequest>,
+    ) -> Result<Response<ExportLogsServiceResponse>, Status> {
+        *self.calls.lock().unwrap() += 1;
+        let reply = self.script.lock().unwrap().pop_front().unwrap_or(Reply::Ok);
+        let tenant = request
+            .metadata()
+            .get("x-tenant")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        match reply {
+            Reply::Fail(code) => Err(Status::new(code, "scripted failure")),
+            Reply::Ok => {
+                self.got
+                    .lock()
+                    .unwrap()
+                    .push((request.into_inner(), tenant));
+                Ok(Response::new(ExportLogsServiceResponse::default()))
+            }
+            Reply::Reject(n) => {
+                self.got
+                    .lock()
+                    .unwrap()
+                    .push((request.into_inner(), tenant));
+                Ok(Response::new(ExportLogsServiceResponse {
+                    partial_success: Some(ExportLogsPartialSuccess {
+                        rejected_log_records: n,
+                        error_message: "scripted rejection".into(),
+                    }),
+                }))
+            }
+        }
+    }
+}
+
+impl Receiver {
+    fn records(&self) -> usize {
+        self.got
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|(r, _)| &r.resource_logs)
+            .flat_map(|r| &r.scope_logs)
+            .map(|s| s.log_records.len())
+            .sum()
+    }
+}
+
+async fn receiver(script: Vec<Reply>) -> (Arc<Receiver>, SocketAddr) {
+    let r = Arc::new(Receiver {
+        script: Mutex::new(script.into()),
+        ..Receiver::default()
+    });
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let service =
+        LogsServiceServer::new(Service(r.clone())).accept_compressed(CompressionEncoding::Gzip);
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    (r, addr)
+}
+
+fn config(addr: SocketAddr, batch: Batch) -> OtlpConfig {
+    OtlpConfig {
+        endpoint: format!("http://{addr}"),
+        tls: None,
+        headers: vec![("x-tenant".into(), "team-a".into())],
+        timeout: Duration::from_secs(2),
+        gzip: true,
+        resource: vec![("k8s.cluster.name".into(), "test".into())],
+        batch,
+    }
+}
+
+fn fast_batch() -> Batch {
+    Batch {
+        size: 4,
+        interval: Duration::from_millis(20),
+        queue: 64,
+        retry_window: Duration::from_secs(10),
+    }
+}
+
+struct Running {
+    counters: Arc<Counters>,
+    stats: Arc<ExportStats>,
+    store: StoreHandle,
+    occurrences: mpsc::Sender<crate::evidence::Occurrence>,
+    cancel: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+async fn start(config: OtlpConfig) -> Running {
+    let counters = Arc::new(Counters::default());
+    let cancel = CancellationToken::new();
+    let (store, occurrences, store_task) = store::spawn(
+        Store::new(
+            StoreConfig::new("node-a", 10_000, Duration::from_secs(3600)),
+            counters.clone(),
+        ),
+        cancel.child_token(),
+    );
+    tokio::spawn(store_task);
+    let (stats, task) = spawn(
+        config,
+        "node-a",
+        store.clone(),
+        counters.clone(),
+        cancel.child_token(),
+    )
+    .unwrap();
+    let task = tokio::spawn(task);
+    // The exporter subscribes before anything is recorded.
+    wait_for("the exporter's subscription", || {
+        let store = store.clone();
+        async move { store.stats().await.unwrap().subscribers == 1 }
+    })
+    .await;
+    Running {
+        counters,
+        stats,
+        store,
+        occurrences,
+        cancel,
+        task,
+    }
+}
+
+impl Running {
+    /// `n` distinct records (one pod each), seen now.
+    async fn record(&self, n: usize) {
+        for i in 0..n {
+            let o = fixtures::refused()
+                .pod("shop", &format!("web-{i}"))
+                .at_time(SystemTime::now())
+                .occurrence();
+            self.occurrences.send(o).await.unwrap();
+        }
+    }
+
+    async fn stop(self) -> Arc<Counters> {
+        self.cancel.cancel();
+        tokio::time::timeout(SHUTDOWN_FLUSH + Duration::from_secs(2), self.task)
+            .await
+            .expect("the exporter stops within its flush deadline")
+            .unwrap();
+        self.counters
+    }
+}
+
+async fn wait_for<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn delivers_batches_with_resource_headers_and_gzip() {
+    let (receiver, addr) = receiver(vec![]).await;
+    let running = start(config(addr, fast_batch())).await;
+    running.record(10).await;
+    wait_for("10 records", || {
+        let r = receiver.clone();
+        async move { r.records() == 10 }
+    })
+    .await;
+    assert_eq!(running.stats.exported.load(Relaxed), 10);
+    {
+        let got = receiver.got.lock().unwrap();
+        // Batches of at most 4.
+        assert!(got.len() >= 3, "{} requests", got.len());
+        let (request, tenant) = &got[0];
+        assert_eq!(tenant.as_deref(), Some("team-a"));
+        let rl = &request.resource_logs[0];
+        let resource = rl.resource.as_ref().unwrap();
+        let has = |k: &str, v: &str| {
+            resource.attributes.iter().any(|kv| {
+                kv.key == k
+                    && kv.value.as_ref().and_then(|v| v.value.as_ref())
+                        == Some(&any_value::Value::StringValue(v.to_owned()))
+            })
+        };
+        assert!(has("service.name", "triage-agent"));
+        assert!(has("k8s.node.name", "node-a"));
+        assert!(has("k8s.cluster.name", "test"));
+        let record = &rl.scope_logs[0].log_records[0];
+        assert!(record.attributes.iter().any(|kv| kv.key == "k8s.pod.name"));
+    }
+    let counters = running.stop().await;
+    for loss in Loss::ALL {
+        assert_eq!(counters.get(*loss), 0, "{loss:?}");
+    }
+}
+
+#[tokio::test]
+async fn retries_unavailable_until_the_collector_takes_it() {
+    let (receiver, addr) = receiver(vec![
+        Reply::Fail(Code::Unavailable),
+        Reply::Fail(Code::ResourceExhausted),
+    ])
+    .await;
+    let running = start(config(addr, fast_batch())).await;
+    running.record(2).await;
+    wait_for("2 records after retries", || {
+        let r = receiver.clone();
+        async move { r.records() == 2 }
+    })
+    .await;
+    assert_eq!(running.stats.retries.load(Relaxed), 2);
+    assert_eq!(*receiver.calls.lock().unwrap(), 3);
+    let counters = running.stop().await;
+    assert_eq!(counters.get(Loss::OtlpExportFailed), 0);
+}
+
+#[tokio::test]
+async fn gives_up_on_permanent_errors_and_counts_rejections() {
+    let (receiver, addr) =
+        receiver(vec![Reply::Fail(Code::InvalidArgument), Reply::Reject(1)]).await;
+    let batch = Batch {
+        size: 2,
+        ..fast_batch()
+    };
+    let running = start(config(addr, batch)).await;
+    running.record(2).await;
+    wait_for("the first batch given up", || {
+        let c = running.counters.clone();
+        async move { c.get(Loss::OtlpExportFailed) == 2 }
+    })
+    .await;
+    running.record(2).await;
+    wait_for("the second batch, one record rejected", || {
+        let c = running.counters.clone();
+        async move { c.get(Loss::OtlpRejected) == 1 }
+    })
+    .await;
+    assert_eq!(running.stats.exported.load(Relaxed), 1);
+    assert_eq!(running.stats.retries.load(Relaxed), 0);
+    assert_eq!(*receiver.calls.lock().unwrap(), 2);
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn collector_down_counts_every_update_and_never_blocks_the_store() {
+    // A port nobody listens on.
+    let addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let batch = Batch {
+        size: 2,
+        interval: Duration::from_millis(10),
+        queue: 4,
+        retry_window: Duration::from_millis(600),
+    };
+    let running = start(config(addr, batch)).await;
+    let n = 200;
+    running.record(n).await;
+    wait_for("the store to take every record", || {
+        let store = running.store.clone();
+        async move { store.stats().await.unwrap().records == n as u64 }
+    })
+    .await;
+    // The store answers while the exporter is stuck retrying.
+    let answered = tokio::time::timeout(
+        Duration::from_secs(2),
+        running.store.query(
+            Filter {
+                include_unattributed: true,
+                ..Filter::default()
+            },
+            1000,
+        ),
+    )
+    .await
+    .expect("the store answers while the collector is down")
+    .unwrap();
+    assert_eq!(answered.evidence.len(), n);
+    wait_for("queue overflow and failed exports", || {
+        let c = running.counters.clone();
+        async move { c.get(Loss::OtlpQueueFull) > 0 && c.get(Loss::OtlpExportFailed) > 0 }
+    })
+    .await;
+    assert!(running.stats.retries.load(Relaxed) > 0);
+    let stats = running.stats.clone();
+    let counters = running.stop().await;
+    // Every update is accounted for: none was exported, each was dropped at the full queue or
+    // given up after retries (or at the shutdown flush).
+    assert_eq!(stats.exported.load(Relaxed), 0);
+    assert_eq!(
+        counters.get(Loss::OtlpQueueFull) + counters.get(Loss::OtlpExportFailed),
+        n as u64
+    );
+    assert_eq!(counters.get(Loss::OtlpLagged), 0);
+}
+
+#[tokio::test]
+async fn shutdown_flushes_what_is_queued() {
+    let (receiver, addr) = receiver(vec![]).await;
+    let batch = Batch {
+        size: 512,
+        interval: Duration::from_secs(3600),
+        queue: 64,
+        retry_window: Duration::from_secs(10),
+    };
+    let running = start(config(addr, batch)).await;
+    running.record(5).await;
+    wait_for("5 queued or batched", || {
+        let s = running.stats.clone();
+        let r = running.store.clone();
+        async move {
+            // The store has them all and the exporter took them off its subscription.
+            r.stats().await.unwrap().records == 5 && s.queued.load(Relaxed) == 0
+        }
+    })
+    .await;
+    assert_eq!(receiver.records(), 0, "nothing sent before the interval");
+    let counters = running.stop().await;
+    assert_eq!(receiver.records(), 5);
+    assert_eq!(counters.get(Loss::OtlpExportFailed), 0);
+}
+
+#[tokio::test]
+async fn updates_of_one_record_in_a_batch_go_out_once_as_the_latest() {
+    let (receiver, addr) = receiver(vec![]).await;
+    let batch = Batch {
+        interval: Duration::from_millis(500),
+        ..fast_batch()
+    };
+    let running = start(config(addr, batch)).await;
+    for _ in 0..5 {
+        let o = fixtures::refused()
+            .pod("shop", "web")
+            .at_time(SystemTime::now())
+            .occurrence();
+        running.occurrences.send(o).await.unwrap();
+    }
+    wait_for("the batch", || {
+        let r = receiver.clone();
+        async move { r.records() > 0 }
+    })
+    .await;
+    let counts: Vec<i64> = receiver
+        .got
+        .lock()
+        .unwrap()
+        .iter()
+        .flat_map(|(r, _)| &r.resource_logs)
+        .flat_map(|r| &r.scope_logs)
+        .flat_map(|s| &s.log_records)
+        .flat_map(|l| &l.attributes)
+        .filter(|kv| kv.key == "triage.count")
+        .filter_map(|kv| match kv.value.as_ref()?.value.as_ref()? {
+            any_value::Value::IntValue(n) => Some(*n),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(counts, vec![5]);
+    running.stop().await;
+}

@@ -1,0 +1,21 @@
+//! Export of evidence as OpenTelemetry logs (OTLP over gRPC) to any OpenTelemetry Collector,
+//! for fleets whose evidence outgrows per-node storage. Off unless an OTLP endpoint is set
+//! (the standard `OTEL_EXPORTER_OTLP_*` variables, [`config`]).
+//!
+//! ```text
+//! store --subscription (WATCH_BUFFER)--> drain --try_send--> queue (bounded) --> batcher --> LogsService.Export
+//!                                          |                   full: otlp_queue_full          retries with backoff;
+//!                                          lagged: otlp_lagged, resubscribe                    otlp_export_failed, otlp_rejected
+//! ```
+//! The drain only moves updates from the store's subscription into the exporter's own queue
+//! (never awaiting it), so neither the store nor the pipeline before it ever waits for the
+//! collector; a slow or absent collector fills the queue and every update it cannot hold is
+//! counted. The batcher keeps the latest update of each record in a batch. [`record`] maps a
+//! record to a log record; [`export`] runs the task.
+
+pub mod config;
+pub mod export;
+pub mod record;
+
+pub use config::{ConfigError, OtlpConfig};
+pub use export::{ExportStats, spawn};

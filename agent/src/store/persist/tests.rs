@@ -1,0 +1,293 @@
+//! The persistent store on real SQLite files in a temporary directory: round trips through a
+//! restart, unusable files moved aside, one writer per file, unreadable rows, the size budget,
+//! and the store's eviction and restore paths reaching the file.
+
+use std::{sync::Arc, time::Duration};
+
+use super::*;
+use crate::{
+    evidence::{
+        Filter,
+        fixtures::{dropped, oom_killed, refused},
+    },
+    store::{DEFAULT_MAX_AGE, Store, StoreConfig},
+};
+
+fn config(dir: &tempfile::TempDir) -> PersistConfig {
+    PersistConfig {
+        path: dir.path().join("state").join("evidence.db"),
+        max_bytes: DEFAULT_MAX_BYTES,
+    }
+}
+
+fn everything() -> Filter {
+    Filter {
+        include_unattributed: true,
+        ..Filter::default()
+    }
+}
+
+/// A store of `capacity` records writing to `config`, with what was on disk restored.
+fn store_on(config: &PersistConfig, capacity: usize) -> (Store, Arc<PersistHealth>, Arc<Counters>) {
+    let counters = Arc::new(Counters::default());
+    let opened = open(config, counters.clone()).unwrap();
+    let mut store = Store::new(
+        StoreConfig::new("n1", capacity, DEFAULT_MAX_AGE),
+        counters.clone(),
+    );
+    store.set_backend(Box::new(opened.backend));
+    for (id, e) in opened.records {
+        store.restore(id, e);
+    }
+    (store, opened.health, counters)
+}
+
+fn close(mut store: Store) {
+    if let Some(b) = store.take_backend() {
+        b.close();
+    }
+}
+
+#[test]
+fn records_survive_a_restart_with_their_counts_and_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&dir);
+    let (mut store, health, _) = store_on(&cfg, 100);
+    store.record(refused().pod("shop", "web").at(10).occurrence());
+    store.record(refused().pod("shop", "web").at(20).occurrence());
+    store.record(dropped().pod("shop", "web").at(30).occurrence());
+    store.record(oom_killed().pod("data", "db").at(40).occurrence());
+    store.flush_backend();
+    close(store);
+    assert_eq!(health.get().commits, 1, "one batch, one transaction");
+
+    let (mut store, health, _) = store_on(&cfg, 100);
+    assert_eq!(health.get().restored, 3);
+    let back = store.query(&everything(), 10).evidence;
+    assert_eq!(back.len(), 3);
+    let web = back
+        .iter()
+        .find(|e| e.kind() == crate::evidence::Kind::ConnectionRefused)
+        .unwrap();
+    assert_eq!(web.count, 2);
+    assert_eq!(web.pod().unwrap().name, "web");
+    // The same failure after the restart counts on the same record (same key, same id).
+    store.record(refused().pod("shop", "web").at(50).occurrence());
+    store.flush_backend();
+    close(store);
+    let on_disk = read_only(&cfg.path).unwrap();
+    assert_eq!(on_disk.len(), 3, "no duplicate row for the restored record");
+    let refused_rows: Vec<_> = on_disk
+        .iter()
+        .filter(|(_, e)| e.kind() == crate::evidence::Kind::ConnectionRefused)
+        .collect();
+    assert_eq!(refused_rows.len(), 1);
+    assert_eq!(refused_rows[0].1.count, 3);
+}
+
+#[test]
+fn evictions_and_expiry_reach_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&dir);
+    let (mut store, _, _) = store_on(&cfg, 2);
+    for (i, port) in [1u16, 2, 3].iter().enumerate() {
+        store.record(
+            refused()
+                .pod_uid(&format!("ns{i}"), &format!("p{i}"), &format!("u{i}"))
+                .dst(&format!("10.0.0.2:{port}"))
+                .at(10 + i as u64)
+                .occurrence(),
+        );
+    }
+    store.flush_backend();
+    close(store);
+    let rows = read_only(&cfg.path).unwrap();
+    assert_eq!(rows.len(), 2, "the evicted record left the file");
+    let names: Vec<_> = rows
+        .iter()
+        .map(|(_, e)| e.pod().unwrap().name.clone())
+        .collect();
+    assert_eq!(names, ["p1", "p2"], "oldest first, the oldest gone");
+
+    // Restart after the retention: everything expires, from memory and file.
+    let (mut store, _, _) = store_on(&cfg, 2);
+    store.sweep(crate::evidence::fixtures::t(10) + DEFAULT_MAX_AGE + Duration::from_secs(60));
+    assert!(store.query(&everything(), 10).evidence.is_empty());
+    store.flush_backend();
+    close(store);
+    assert!(read_only(&cfg.path).unwrap().is_empty());
+}
+
+#[test]
+fn a_smaller_capacity_after_an_upgrade_keeps_the_newest() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&dir);
+    let (mut store, _, _) = store_on(&cfg, 100);
+    for i in 0..10u64 {
+        store.record(
+            refused()
+                .pod_uid(&format!("ns{i}"), &format!("p{i}"), &format!("u{i}"))
+                .at(100 + i)
+                .occurrence(),
+        );
+    }
+    store.flush_backend();
+    close(store);
+    let (store, _, counters) = store_on(&cfg, 4);
+    let kept: Vec<_> = store
+        .query(&everything(), 10)
+        .evidence
+        .iter()
+        .map(|e| e.pod().unwrap().name.clone())
+        .collect();
+    assert_eq!(kept, ["p9", "p8", "p7", "p6"]);
+    assert_eq!(counters.snapshot().get(Loss::StoreEvicted), 6);
+    close(store);
+    assert_eq!(read_only(&cfg.path).unwrap().len(), 4);
+}
+
+#[test]
+fn a_foreign_file_is_moved_aside_and_a_fresh_store_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&dir);
+    std::fs::create_dir_all(cfg.path.parent().unwrap()).unwrap();
+    std::fs::write(&cfg.path, b"this is not a database, just someone's notes\n").unwrap();
+    let (mut store, health, _) = store_on(&cfg, 10);
+    let state = health.get();
+    let (aside, why) = state.moved_aside.clone().unwrap();
+    assert!(why.contains("not a usable evidence store"), "{why}");
+    assert_eq!(
+        std::fs::read(&aside).unwrap(),
+        b"this is not a database, just someone's notes\n",
+        "the file is kept, untouched, beside"
+    );
+    store.record(refused().pod("ns", "a").occurrence());
+    store.flush_backend();
+    close(store);
+    assert_eq!(read_only(&cfg.path).unwrap().len(), 1);
+}
+
+#[test]
+fn another_programs_database_and_a_newer_schema_are_moved_aside() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&dir);
+    std::fs::create_dir_all(cfg.path.parent().unwrap()).unwrap();
+    {
+        let other = Connection::open(&cfg.path).unwrap();
+        other
+            .execute_batch("CREATE TABLE invoices (id INTEGER PRIMARY KEY, total REAL);")
+            .unwrap();
+    }
+    let (store, health, _) = store_on(&cfg, 10);
+    let why = health.get().moved_aside.unwrap().1;
+    assert!(why.contains("another program"), "{why}");
+    close(store);
+
+    {
+        let ours = Connection::open(&cfg.path).unwrap();
+        ours.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+    }
+    let (store, health, _) = store_on(&cfg, 10);
+    let why = health.get().moved_aside.unwrap().1;
+    assert!(why.contains("newer triage-agent"), "{why}");
+    close(store);
+}
+
+#[test]
+fn a_second_agent_on_the_same_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&dir);
+    let first = open(&cfg, Arc::default()).unwrap();
+    let second = open(&cfg, Arc::default());
+    let Err(err) = second else {
+        panic!("a second writer was allowed")
+    };
+    assert!(matches!(err, PersistError::Locked { .. }), "{err}");
+    assert!(err.to_string().contains("in use by another triage-agent"));
+    Box::new(first.backend).close();
+    // Released at close: the next agent gets it.
+    let third = open(&cfg, Arc::default()).unwrap();
+    Box::new(third.backend).close();
+}
+
+#[test]
+fn unreadable_rows_are_removed_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&dir);
+    let (mut store, _, _) = store_on(&cfg, 10);
+    store.record(refused().pod("ns", "a").occurrence());
+    store.flush_backend();
+    close(store);
+    {
+        let conn = Connection::open(&cfg.path).unwrap();
+        conn.execute(
+            "INSERT INTO evidence (id, record) VALUES (99, x'ffffffff0102')",
+            [],
+        )
+        .unwrap();
+    }
+    let (store, health, counters) = store_on(&cfg, 10);
+    assert_eq!(health.get().restored, 1);
+    assert_eq!(counters.snapshot().get(Loss::StoreUnreadable), 1);
+    close(store);
+    assert_eq!(
+        read_only(&cfg.path).unwrap().len(),
+        1,
+        "the bad row is gone"
+    );
+}
+
+#[test]
+fn over_the_size_budget_the_store_evicts_until_it_fits() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&dir);
+    cfg.max_bytes = 64 * 1024;
+    let (mut store, health, counters) = store_on(&cfg, 10_000);
+    for i in 0..2000u64 {
+        store.record(
+            refused()
+                .pod_uid("ns", &format!("pod-{i}"), &format!("uid-{i}"))
+                .at(1000 + i)
+                .occurrence(),
+        );
+    }
+    // The first flush writes everything and measures; the next acts on the measure.
+    store.flush_backend();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while health.get().commits == 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(health.get().used_bytes > cfg.max_bytes);
+    store.flush_backend();
+    let evicted = counters.snapshot().get(Loss::StoreEvicted);
+    assert!(evicted > 0, "nothing evicted");
+    let left = store.stats().records;
+    assert_eq!(left + evicted, 2000);
+    close(store);
+    let rows = read_only(&cfg.path).unwrap();
+    assert_eq!(rows.len() as u64, left);
+    // The newest stayed.
+    assert!(
+        rows.iter()
+            .any(|(_, e)| e.pod().unwrap().name == "pod-1999")
+    );
+}
+
+#[test]
+fn a_directory_that_cannot_be_created_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("plain-file");
+    std::fs::write(&file, b"").unwrap();
+    let cfg = PersistConfig {
+        path: file.join("evidence.db"),
+        max_bytes: DEFAULT_MAX_BYTES,
+    };
+    let Err(err) = open(&cfg, Arc::default()) else {
+        panic!("opened under a plain file")
+    };
+    assert!(
+        err.to_string().contains("creating the store's directory"),
+        "{err}"
+    );
+}

@@ -1,0 +1,253 @@
+//! The fuzz targets' binary seeds (fuzz/seeds/<target>/) are made here from the agent's own
+//! encoders, so they are real records of today's formats: kernel ring records, DNS records as
+//! the kernel copies them (their own ring), and gRPC answers. The test fails when a format changed and the
+//! checked-in seeds are stale; `TRIAGE_WRITE_SEEDS=1 cargo test -p triage-agent --test
+//! fuzz_seeds` writes them anew. (Text seeds, such as mountinfo and cgroup files, are copies of
+//! real files and are not generated.)
+
+#![expect(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    reason = "seed builders with fixed, known-good inputs; a panic is a test failure"
+)]
+
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, SystemTime},
+};
+
+use prost::Message as _;
+use triage_agent::{
+    api::convert,
+    dns::packet::{self, Captured, Side},
+    evidence::{
+        Protocol,
+        fixtures::{dropped, oom_killed, refused, throttled, timeout},
+    },
+    probes::decode::{self, encode_flow, encode_oom},
+};
+use triage_agent_common::{
+    AF_INET, AF_INET6, COMM_LEN, EventHeader, FlowEvent, FlowKey, FlowStats, OomEvent, flow_flags,
+    kind,
+};
+use triage_agent_proto::v1 as pb;
+
+fn seeds_dir(target: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fuzz/seeds")
+        .join(target)
+}
+
+fn comm(name: &[u8]) -> [u8; COMM_LEN] {
+    let mut c = [0u8; COMM_LEN];
+    let n = name.len().min(COMM_LEN - 1);
+    c[..n].copy_from_slice(&name[..n]);
+    c
+}
+
+fn flow(kind: u32, family: u16, reason: u32, protocol: u8) -> FlowEvent {
+    let mut saddr = [0u8; 16];
+    let mut daddr = [0u8; 16];
+    if family == AF_INET {
+        saddr[..4].copy_from_slice(&[10, 0, 0, 2]);
+        daddr[..4].copy_from_slice(&[10, 0, 0, 3]);
+    } else {
+        saddr = "fd00::2".parse::<std::net::Ipv6Addr>().unwrap().octets();
+        daddr = "fd00::3".parse::<std::net::Ipv6Addr>().unwrap().octets();
+    }
+    FlowEvent {
+        header: EventHeader {
+            kind,
+            len: size_of::<FlowEvent>() as u32,
+            boot_ns: 1_000_000_000,
+        },
+        key: FlowKey {
+            kind,
+            reason,
+            cgroup_id: 1234,
+            family,
+            protocol,
+            tcp_flags: 0x02,
+            sport: 0,
+            dport: 5432,
+            ifindex: 3,
+            flags: flow_flags::HAS_PROCESS,
+            saddr,
+            daddr,
+        },
+        stats: FlowStats {
+            count: 3,
+            first_ns: 900_000_000,
+            last_ns: 1_000_000_000,
+            pid: 11,
+            tgid: 10,
+            comm: comm(b"psql"),
+            extra: 0,
+            last_sport: 40000,
+            _pad0: 0,
+        },
+    }
+}
+
+/// A DNS message: header, one question (`name`, type A, class IN), no records.
+fn dns_message(id: u16, flags: u16, name: &str) -> Vec<u8> {
+    let mut m = Vec::new();
+    m.extend_from_slice(&id.to_be_bytes());
+    m.extend_from_slice(&flags.to_be_bytes());
+    m.extend_from_slice(&[0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in name.trim_end_matches('.').split('.') {
+        m.push(label.len() as u8);
+        m.extend_from_slice(label.as_bytes());
+    }
+    m.extend_from_slice(&[0, 0, 1, 0, 1]);
+    m
+}
+
+fn dns_record(side: Side, payload: &[u8]) -> Vec<u8> {
+    let (src, dst) = match side {
+        Side::Egress => ("10.0.0.2:40000", "10.96.0.10:53"),
+        Side::Ingress => ("10.96.0.10:53", "10.0.0.2:40000"),
+    };
+    packet::encode(&Captured {
+        boot_ns: 5_000_000_000,
+        cgroup_id: 1234,
+        side,
+        protocol: Protocol::Udp,
+        src: src.parse().unwrap(),
+        dst: dst.parse().unwrap(),
+        wire_len: payload.len() as u32,
+        payload,
+    })
+}
+
+fn query_response() -> pb::QueryResponse {
+    let evidence = [
+        refused().pod("shop", "web").process(11, "curl").evidence(),
+        timeout().pod("shop", "web").evidence(),
+        dropped()
+            .pod("shop", "web")
+            .peer("data", "db")
+            .reason("NETFILTER_DROP")
+            .evidence(),
+        oom_killed().pod("shop", "web").evidence(),
+        throttled().pod("shop", "web").evidence(),
+    ];
+    pb::QueryResponse {
+        evidence: evidence.iter().map(convert::evidence_to_pb).collect(),
+        ..pb::QueryResponse::default()
+    }
+}
+
+fn status_response() -> pb::StatusResponse {
+    pb::StatusResponse {
+        node: "node-a".into(),
+        kernel: "6.18.0".into(),
+        version: "0.1.0".into(),
+        started: Some(convert::time_to_pb(
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+        )),
+        probes: vec![pb::Probe {
+            name: "kfree_skb".into(),
+            hook: "tracepoint/skb/kfree_skb".into(),
+            attached: false,
+            error: "tracepoint missing".into(),
+        }],
+        store_records: 5,
+        store_capacity: 100_000,
+        ..pb::StatusResponse::default()
+    }
+}
+
+/// Every generated seed: (target, file name, bytes).
+fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
+    let mut oom = OomEvent {
+        header: EventHeader {
+            kind: kind::OOM_VICTIM,
+            len: size_of::<OomEvent>() as u32,
+            boot_ns: 7_000_000_000,
+        },
+        cgroup_id: 1234,
+        parent_cgroup_id: 1234,
+        memcg_usage_pages: 16_384,
+        memcg_limit_pages: 16_384,
+        rss_pages: 15_000,
+        pid: 42,
+        tgid: 42,
+        uid: 1000,
+        oom_score_adj: 985,
+        oom_group: 0,
+        _pad0: 0,
+        comm: comm(b"worker"),
+    };
+    let oom_main = encode_oom(&oom);
+    oom.parent_cgroup_id = 99;
+    let oom_child = encode_oom(&oom);
+    let query = dns_message(0x1234, 0x0100, "db.data.svc.cluster.local");
+    let nxdomain = dns_message(0x1234, 0x8183, "db.data.svc.cluster.local");
+    let mut seeds = vec![
+        (
+            "ring_record",
+            "refused_v4",
+            encode_flow(&flow(kind::CONNECT_REFUSED, AF_INET, 0, 6)),
+        ),
+        (
+            "ring_record",
+            "drop_v6",
+            encode_flow(&flow(kind::PACKET_DROP, AF_INET6, 6, 17)),
+        ),
+        ("ring_record", "oom_main", oom_main),
+        ("ring_record", "oom_child", oom_child),
+        (
+            "dns_packet",
+            "record_query",
+            dns_record(Side::Egress, &query),
+        ),
+        ("dns_packet", "query", query.clone()),
+        ("dns_packet", "nxdomain", nxdomain.clone()),
+        (
+            "dns_packet",
+            "record_answer",
+            dns_record(Side::Ingress, &nxdomain),
+        ),
+        (
+            "grpc_evidence",
+            "query_response",
+            query_response().encode_to_vec(),
+        ),
+        (
+            "render_answer",
+            "query_response",
+            query_response().encode_to_vec(),
+        ),
+        (
+            "render_answer",
+            "status_response",
+            status_response().encode_to_vec(),
+        ),
+    ];
+    seeds.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+    seeds
+}
+
+#[test]
+fn generated_fuzz_seeds_are_current_and_decode() {
+    let write = std::env::var_os("TRIAGE_WRITE_SEEDS").is_some();
+    let mut stale = Vec::new();
+    for (target, name, bytes) in seeds() {
+        if target == "ring_record" {
+            assert!(decode::decode(&bytes).is_ok(), "{name} does not decode");
+        }
+        let dir = seeds_dir(target);
+        let path = dir.join(name);
+        if write {
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(&path, &bytes).unwrap();
+        } else if std::fs::read(&path).ok().as_deref() != Some(bytes.as_slice()) {
+            stale.push(format!("{target}/{name}"));
+        }
+    }
+    assert!(
+        stale.is_empty(),
+        "fuzz seeds are stale or missing: {stale:?}; run TRIAGE_WRITE_SEEDS=1 cargo test -p triage-agent --test fuzz_seeds"
+    );
+}

@@ -1,0 +1,377 @@
+//! `cargo xtask image`: the container image, built offline. A static musl build of
+//! `triage-agent` (eBPF programs embedded) on an empty base, written as an OCI archive,
+//! target/image/triage-agent-<version>.oci.tar, that `podman load` and
+//! `ctr images import` take. The Dockerfile at the repository root builds the same image where a
+//! registry is at hand; a test keeps the two in agreement (dockerfile.rs).
+
+#[cfg(test)]
+mod dockerfile;
+mod elf;
+mod engine;
+mod oci;
+mod verify;
+
+use std::{collections::BTreeMap, path::PathBuf, process::Command};
+
+use anyhow::{Context as _, ensure};
+
+use crate::{cargo, root, run};
+
+/// Static: musl links everything in, so the image needs no libc and no loader.
+pub const TARGET: &str = "x86_64-unknown-linux-musl";
+/// The target's architecture as OCI spells it.
+const ARCHITECTURE: &str = "amd64";
+/// `cargo build` arguments for the image's binary (the Dockerfile's build stage runs the same).
+pub const CARGO_BUILD: &[&str] = &[
+    "build",
+    "--release",
+    "--locked",
+    "--target",
+    TARGET,
+    "-p",
+    "triage-agent",
+    "--bin",
+    "triage-agent",
+];
+/// Where the binary lives in the image. On PATH: the DaemonSet and its probes run it by name.
+pub const BINARY: &str = "usr/local/bin/triage-agent";
+pub const ENV: &[&str] = &["PATH=/usr/local/bin"];
+/// Arguments when none are given: the usage (the DaemonSet gives `agent ...`).
+pub const CMD: &[&str] = &["--help"];
+/// Not root by default: the CLI commands need no privilege, and an image that runs as root
+/// only when asked is the safer default. The node agent needs root (Kubernetes makes added
+/// capabilities effective only for uid 0), and deploy/daemonset.yaml asks for it with
+/// `runAsUser: 0`, saying why. 65532 is the `nonroot` user of distroless images.
+pub const USER: &str = "65532:65532";
+/// The registry repository the DaemonSet pulls; the archive carries this name, so loading it
+/// into a node's containerd (`ctr -n k8s.io images import`) satisfies the DaemonSet as is.
+pub const REPOSITORY: &str = "ghcr.io/triage-agent/triage-agent";
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+const TITLE: &str = "triage-agent";
+/// agent/Cargo.toml's description (a test keeps them equal).
+const DESCRIPTION: &str =
+    "Node agent and CLI that catch the Kubernetes failures that produce no Kubernetes event.";
+
+pub fn reference() -> String {
+    format!("{REPOSITORY}:{VERSION}")
+}
+
+pub fn archive_path() -> PathBuf {
+    root().join(format!("target/image/triage-agent-{VERSION}.oci.tar"))
+}
+
+fn binary_path() -> PathBuf {
+    root().join(format!("target/{TARGET}/release/triage-agent"))
+}
+
+/// SOURCE_DATE_EPOCH (reproducible-builds.org), when set.
+fn source_date_epoch() -> Option<i64> {
+    std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// The image's `created`: SOURCE_DATE_EPOCH, else the commit's time, else the epoch; never the
+/// clock, so two builds of a commit are identical.
+fn created() -> i64 {
+    source_date_epoch()
+        .or_else(|| git(&["log", "-1", "--format=%ct"]).and_then(|t| t.parse().ok()))
+        .unwrap_or(0)
+}
+
+/// The files' mtime: SOURCE_DATE_EPOCH, else the epoch (not the commit's time: the layer then
+/// changes only when the binary does).
+fn mtime() -> u64 {
+    source_date_epoch()
+        .and_then(|t| u64::try_from(t).ok())
+        .unwrap_or(0)
+}
+
+fn git(args: &[&str]) -> Option<String> {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(root())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        .filter(|s| !s.is_empty())
+}
+
+/// The image around `binary`.
+fn spec(
+    binary: Vec<u8>,
+    created: i64,
+    mtime: u64,
+    revision: Option<String>,
+) -> anyhow::Result<oci::Spec> {
+    let mut labels = BTreeMap::new();
+    let mut label = |k: &str, v: String| labels.insert(format!("org.opencontainers.image.{k}"), v);
+    label("title", TITLE.into());
+    label("description", DESCRIPTION.into());
+    label("version", VERSION.into());
+    label("licenses", env!("CARGO_PKG_LICENSE").into());
+    label("source", env!("CARGO_PKG_REPOSITORY").into());
+    label("created", oci::rfc3339(created)?);
+    if let Some(revision) = revision {
+        label("revision", revision);
+    }
+    Ok(oci::Spec {
+        reference: reference(),
+        architecture: ARCHITECTURE.into(),
+        files: vec![oci::File {
+            path: BINARY.into(),
+            mode: 0o755,
+            contents: binary,
+        }],
+        entrypoint: vec![format!("/{BINARY}")],
+        cmd: CMD.iter().map(|s| (*s).to_owned()).collect(),
+        env: ENV.iter().map(|s| (*s).to_owned()).collect(),
+        user: USER.into(),
+        labels,
+        created,
+        mtime,
+    })
+}
+
+/// Builds the static binary and checks it is one, with its eBPF programs.
+fn build_binary() -> anyhow::Result<Vec<u8>> {
+    run(cargo().args(CARGO_BUILD))?;
+    let path = binary_path();
+    let binary = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    elf::check_static(&binary).with_context(|| format!("{}", path.display()))?;
+    ensure!(
+        elf::embeds_bpf_object(&binary),
+        "{} embeds no eBPF object (built without the node-agent feature?)",
+        path.display()
+    );
+    Ok(binary)
+}
+
+/// `cargo xtask image`: builds, writes and checks the archive; with `run`, loads it into podman
+/// and runs `triage-agent --version` in it.
+pub fn image(run_in_engine: bool) -> anyhow::Result<()> {
+    let binary = build_binary()?;
+    let spec = spec(binary, created(), mtime(), git(&["rev-parse", "HEAD"]))?;
+    let path = write_checked(&spec, oci::write(&spec)?)?;
+    if run_in_engine {
+        run_version(&path)?;
+    }
+    Ok(())
+}
+
+/// Verifies `image` against `spec` and writes it to [`archive_path`].
+fn write_checked(spec: &oci::Spec, image: oci::Image) -> anyhow::Result<PathBuf> {
+    let report = verify::verify(&image.archive, spec).context("the archive just written")?;
+    ensure!(
+        [
+            &report.manifest_digest,
+            &report.config_digest,
+            &report.layer_digest
+        ] == [
+            &image.manifest.digest,
+            &image.config.digest,
+            &image.layer.digest
+        ],
+        "the archive read back holds other blobs than the ones written"
+    );
+    let path = archive_path();
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&path, &image.archive)?;
+    eprintln!(
+        "{}: {} bytes, {}\n  archive  {}\n  manifest {}\n  config   {}\n  layer    {} ({} bytes gzip, {} bytes tar, diff id {})",
+        path.display(),
+        image.archive.len(),
+        spec.reference,
+        oci::sha256(&image.archive),
+        report.manifest_digest,
+        report.config_digest,
+        report.layer_digest,
+        report.layer_size,
+        report.layer_tar_size,
+        image.diff_id,
+    );
+    Ok(path)
+}
+
+fn run_version(archive: &std::path::Path) -> anyhow::Result<()> {
+    let out = engine::load_and_run(archive, &reference(), &["--version"])?;
+    let want = format!("triage-agent {VERSION}");
+    ensure!(
+        out.trim() == want,
+        "`triage-agent --version` in the image printed {:?}, want {want:?}",
+        out.trim()
+    );
+    eprintln!("podman ran {}: {}", reference(), out.trim());
+    Ok(())
+}
+
+/// The image part of `cargo xtask test`: build, write twice (the same bytes), check the
+/// structure, load into podman and run `--version`.
+pub fn test() -> anyhow::Result<()> {
+    let binary = build_binary()?;
+    let spec = spec(binary, created(), mtime(), git(&["rev-parse", "HEAD"]))?;
+    let first = oci::write(&spec)?;
+    let second = oci::write(&spec)?;
+    ensure!(
+        first.archive == second.archive,
+        "two writes of the image differ: {} and {}",
+        oci::sha256(&first.archive),
+        oci::sha256(&second.archive)
+    );
+    let path = write_checked(&spec, first)?;
+    eprintln!("reproducible: a second write gave the same bytes");
+    run_version(&path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture() -> oci::Spec {
+        spec(
+            elf::fixtures::static_with_bpf(),
+            1_764_460_800,
+            0,
+            Some("0123456789abcdef0123456789abcdef01234567".into()),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn the_written_archive_verifies() {
+        let spec = fixture();
+        let image = oci::write(&spec).unwrap();
+        let report = verify::verify(&image.archive, &spec).unwrap();
+        assert_eq!(report.manifest_digest, image.manifest.digest);
+        assert_eq!(report.layer_digest, image.layer.digest);
+        let config: serde_json::Value = serde_json::from_slice(&image.config.bytes).unwrap();
+        assert_eq!(config["config"]["User"], USER);
+        assert_eq!(
+            config["config"]["Entrypoint"],
+            serde_json::json!(["/usr/local/bin/triage-agent"])
+        );
+        assert_eq!(config["created"], "2025-11-30T00:00:00Z");
+        assert_eq!(
+            config["config"]["Labels"]["org.opencontainers.image.version"],
+            VERSION
+        );
+        assert_eq!(config["rootfs"]["diff_ids"][0], image.diff_id.as_str());
+    }
+
+    #[test]
+    fn two_writes_are_identical_and_the_time_changes_them() {
+        let spec = fixture();
+        let a = oci::write(&spec).unwrap();
+        let b = oci::write(&spec).unwrap();
+        assert_eq!(a.archive, b.archive);
+        let mut later = spec.clone();
+        later.created += 1;
+        assert_ne!(
+            oci::write(&later).unwrap().manifest.digest,
+            a.manifest.digest
+        );
+    }
+
+    /// Rewrites one member of the outer archive, keeping the rest.
+    fn tamper(archive: &[u8], edit: impl Fn(&str, Vec<u8>) -> Option<Vec<u8>>) -> Vec<u8> {
+        use std::io::Read as _;
+        let mut out = tar::Builder::new(Vec::new());
+        for e in tar::Archive::new(archive).entries().unwrap() {
+            let mut e = e.unwrap();
+            let path = e.path().unwrap().to_string_lossy().into_owned();
+            let mut header = e.header().clone();
+            let mut data = Vec::new();
+            e.read_to_end(&mut data).unwrap();
+            if let Some(data) = edit(&path, data) {
+                header.set_size(data.len() as u64);
+                out.append_data(&mut header, &path, &data[..]).unwrap();
+            }
+        }
+        out.into_inner().unwrap()
+    }
+
+    #[test]
+    fn verification_catches_what_an_engine_would_reject() {
+        let spec = fixture();
+        let image = oci::write(&spec).unwrap();
+        let config_path = oci::blob_path(&image.config.digest).unwrap();
+        let layer_path = oci::blob_path(&image.layer.digest).unwrap();
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            (
+                "has digest",
+                tamper(&image.archive, |p, mut d| {
+                    if p == config_path {
+                        d.push(b' ');
+                    }
+                    Some(d)
+                }),
+            ),
+            (
+                "missing",
+                tamper(&image.archive, |p, d| (p != layer_path).then_some(d)),
+            ),
+            (
+                "media type",
+                tamper(&image.archive, |p, d| {
+                    Some(if p == "index.json" {
+                        String::from_utf8(d)
+                            .unwrap()
+                            .replace("manifest.v1+json", "manifest.v2+json")
+                            .into_bytes()
+                    } else {
+                        d
+                    })
+                }),
+            ),
+            (
+                "no oci-layout",
+                tamper(&image.archive, |p, d| (p != "oci-layout").then_some(d)),
+            ),
+        ];
+        for (want, archive) in cases {
+            let e = verify::verify(&archive, &spec).unwrap_err();
+            assert!(format!("{e:#}").contains(want), "want {want:?}: {e:#}");
+        }
+        // The same archive judged against another image definition.
+        let mut other = spec.clone();
+        other.user = "0:0".into();
+        let e = verify::verify(&image.archive, &other).unwrap_err();
+        assert!(format!("{e:#}").contains("config.config"), "{e:#}");
+    }
+
+    #[test]
+    fn a_dynamic_binary_is_refused() {
+        let mut spec = fixture();
+        spec.files[0].contents = elf::fixtures::elf(&[1, 3], 0, &[]);
+        let image = oci::write(&spec).unwrap();
+        let e = verify::verify(&image.archive, &spec).unwrap_err();
+        assert!(format!("{e:#}").contains("PT_INTERP"), "{e:#}");
+    }
+
+    #[test]
+    fn the_daemonset_runs_this_image() {
+        let manifest = std::fs::read_to_string(root().join("deploy/daemonset.yaml")).unwrap();
+        let images: Vec<&str> = manifest
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("image: "))
+            .collect();
+        assert_eq!(
+            images,
+            [reference()],
+            "deploy/daemonset.yaml names another image than `cargo xtask image` builds"
+        );
+    }
+
+    #[test]
+    fn the_description_is_the_agent_crates() {
+        let manifest = std::fs::read_to_string(root().join("agent/Cargo.toml")).unwrap();
+        assert!(
+            manifest.contains(&format!("description = \"{DESCRIPTION}\"")),
+            "agent/Cargo.toml's description changed: update image::DESCRIPTION"
+        );
+    }
+}
