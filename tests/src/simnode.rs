@@ -736,6 +736,15 @@ impl SimNode {
             .context("starting pod process")
     }
 
+    /// Like [`SimNode::spawn`], with its output piped (for `wait_with_output`).
+    pub fn spawn_piped(&self, index: usize, args: &[&str]) -> anyhow::Result<Child> {
+        self.command(index, args)?
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting pod process")
+    }
+
     /// Starts a long-running process in a pod, owned by the pod.
     pub fn start_process(&mut self, index: usize, args: &[&str]) -> anyhow::Result<()> {
         let child = self.spawn(index, args)?;

@@ -362,10 +362,10 @@ fn a_minute_of_drop_and_refusal_floods_keeps_the_agent_alive_bounded_exact_and_a
     let pid = agent.pid().unwrap();
     let secs = FLOOD.as_secs().to_string();
     let drops = node
-        .spawn(client, &["flood-udp", &format!("{server_ip}:7000"), &secs])
+        .spawn_piped(client, &["flood-udp", &format!("{server_ip}:7000"), &secs])
         .unwrap();
     let refusals = node
-        .spawn(
+        .spawn_piped(
             client,
             &["flood-connect", &format!("{server_ip}:7001"), &secs],
         )
@@ -388,7 +388,7 @@ fn a_minute_of_drop_and_refusal_floods_keeps_the_agent_alive_bounded_exact_and_a
             .split_whitespace()
             .next()
             .and_then(|n| n.parse().ok())
-            .expect("the flood's count")
+            .unwrap_or_else(|| panic!("the flood's count: {out:?}"))
     };
     let sent = parse(drops.wait_with_output().unwrap());
     let attempts = parse(refusals.wait_with_output().unwrap());
