@@ -225,23 +225,7 @@ async fn status(args: cli::StatusArgs) -> anyhow::Result<()> {
             print(&text)?;
         }
     }
-    if unanswered.is_empty() {
-        return Ok(());
-    }
-    Err(Exit {
-        code: exit::PARTIAL,
-        message: format!(
-            "{} of {} agents did not answer ({})",
-            unanswered.len(),
-            unanswered.len() + statuses.len(),
-            unanswered
-                .iter()
-                .map(|u| u.agent.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-    }
-    .into())
+    targets::partial("", statuses.len(), &unanswered)
 }
 
 /// The start of a window reaching `back` into the past. A window longer than the time since

@@ -20,20 +20,28 @@ fn count_of(records: &[&Value]) -> u64 {
         .sum()
 }
 
-#[test]
-fn two_agents_on_one_node_both_work_and_neither_counts_twice() {
+/// A simulated node with pods shop/db and shop/web, and a bridge rule dropping UDP to db's
+/// `ports` (an nftables port or range): (node, db, web, db's IP).
+fn node_dropping(
+    driver: CgroupDriver,
+    ports: &str,
+) -> anyhow::Result<(SimNode, usize, usize, std::net::Ipv4Addr)> {
     let mut node = SimNode::start(SimConfig {
         workload: env!("CARGO_BIN_EXE_sim-workload").into(),
-        driver: CgroupDriver::Systemd,
-    })
-    .unwrap();
-    let server = node.add_pod("shop", "db").unwrap();
-    let client = node.add_pod("shop", "web").unwrap();
+        driver,
+    })?;
+    let server = node.add_pod("shop", "db")?;
+    let client = node.add_pod("shop", "web")?;
     let server_ip = node.pod(server).ip;
     node.nft_node(&format!(
-        "table bridge sim_policy {{\n chain forward {{\n  type filter hook forward priority 0; policy accept;\n  ip daddr {server_ip} udp dport 7000 drop\n }}\n}}\n"
-    ))
-    .unwrap();
+        "table bridge sim_policy {{\n chain forward {{\n  type filter hook forward priority 0; policy accept;\n  ip daddr {server_ip} udp dport {ports} drop\n }}\n}}\n"
+    ))?;
+    Ok((node, server, client, server_ip))
+}
+
+#[test]
+fn two_agents_on_one_node_both_work_and_neither_counts_twice() {
+    let (node, _, client, server_ip) = node_dropping(CgroupDriver::Systemd, "7000").unwrap();
     let mut first = AgentProcess::start(&node).unwrap();
     first.wait_ready(true, WAIT).unwrap();
     let mut second = AgentProcess::start(&node).unwrap();
@@ -228,18 +236,7 @@ fn bpf_prog_exists(id: u32) -> bool {
 
 #[test]
 fn kill_9_during_a_flood_leaves_nothing_attached_and_the_restart_keeps_the_evidence() {
-    let mut node = SimNode::start(SimConfig {
-        workload: env!("CARGO_BIN_EXE_sim-workload").into(),
-        driver: CgroupDriver::Cgroupfs,
-    })
-    .unwrap();
-    let server = node.add_pod("shop", "db").unwrap();
-    let client = node.add_pod("shop", "web").unwrap();
-    let server_ip = node.pod(server).ip;
-    node.nft_node(&format!(
-        "table bridge sim_policy {{\n chain forward {{\n  type filter hook forward priority 0; policy accept;\n  ip daddr {server_ip} udp dport 7000-7001 drop\n }}\n}}\n"
-    ))
-    .unwrap();
+    let (node, _, client, server_ip) = node_dropping(CgroupDriver::Cgroupfs, "7000-7001").unwrap();
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("evidence.db");
     let store = store.to_str().unwrap();
@@ -344,18 +341,7 @@ fn rss_mib(pid: u32) -> f64 {
 
 #[test]
 fn a_minute_of_drop_and_refusal_floods_keeps_the_agent_alive_bounded_exact_and_answering() {
-    let mut node = SimNode::start(SimConfig {
-        workload: env!("CARGO_BIN_EXE_sim-workload").into(),
-        driver: CgroupDriver::Cgroupfs,
-    })
-    .unwrap();
-    let server = node.add_pod("shop", "db").unwrap();
-    let client = node.add_pod("shop", "web").unwrap();
-    let server_ip = node.pod(server).ip;
-    node.nft_node(&format!(
-        "table bridge sim_policy {{\n chain forward {{\n  type filter hook forward priority 0; policy accept;\n  ip daddr {server_ip} udp dport 7000 drop\n }}\n}}\n"
-    ))
-    .unwrap();
+    let (node, _, client, server_ip) = node_dropping(CgroupDriver::Cgroupfs, "7000").unwrap();
     let mut agent = AgentProcess::start(&node).unwrap();
     agent.wait_ready(true, WAIT).unwrap();
     agent.wait_pods(2, WAIT).unwrap();

@@ -325,15 +325,24 @@ pub(super) fn incomplete(
     answers: &[client::AgentAnswer],
     unanswered: &[render::Unanswered],
 ) -> anyhow::Result<()> {
+    partial("the answer is incomplete: ", answers.len(), unanswered)
+}
+
+/// Ok when no agent is missing, else exit 3 naming the missing ones after `what`.
+pub(super) fn partial(
+    what: &str,
+    answered: usize,
+    unanswered: &[render::Unanswered],
+) -> anyhow::Result<()> {
     if unanswered.is_empty() {
         return Ok(());
     }
     Err(Exit {
         code: exit::PARTIAL,
         message: format!(
-            "the answer is incomplete: {} of {} agents did not answer ({})",
+            "{what}{} of {} agents did not answer ({})",
             unanswered.len(),
-            answers.len() + unanswered.len(),
+            answered + unanswered.len(),
             unanswered
                 .iter()
                 .map(|u| u.agent.as_str())
