@@ -47,9 +47,14 @@ enum Task {
     /// root.
     Demo,
     /// Overhead ratios under failure floods, agent attached vs detached, interleaved rounds on a
-    /// simulated node (not a test: numbers to read). Needs root. Name scenarios to run only
-    /// those: drop, refusal, memory, dns, sampling.
+    /// simulated node, and the pipeline's own limits (not a test: numbers to read). Needs root.
+    /// Name scenarios to run only those: drop, refusal, memory, dns, healthy, detection,
+    /// sampling, query, pipeline.
     Bench {
+        /// Every scenario reduced (2 rounds, short floods, small stores): that each runs and
+        /// reports, as `cargo xtask test` checks.
+        #[arg(long)]
+        quick: bool,
         /// Scenarios (all when none).
         scenarios: Vec<String>,
     },
@@ -303,6 +308,9 @@ fn main() -> anyhow::Result<()> {
             image::test()?;
             // Every fuzz target, briefly: it must build, take its seeds and not crash.
             fuzz(FUZZ_SECONDS_IN_TEST, &[])?;
+            // Every bench scenario, reduced: it must run and report (what it measures is not
+            // checked: numbers are read, never asserted).
+            run(Command::new(root().join("target/release/bench")).arg("--quick"))?;
             eprintln!("all checks and tests passed");
             Ok(())
         }
@@ -316,11 +324,15 @@ fn main() -> anyhow::Result<()> {
             setup::setup()?;
             fuzz(seconds, &targets)
         }
-        Task::Bench { scenarios } => {
+        Task::Bench { quick, scenarios } => {
             require_root("the benchmarks")?;
             setup::setup()?;
             build_release()?;
-            run(Command::new(root().join("target/release/bench")).args(&scenarios))
+            let mut bench = Command::new(root().join("target/release/bench"));
+            if quick {
+                bench.arg("--quick");
+            }
+            run(bench.args(&scenarios))
         }
     }
 }
