@@ -8,7 +8,8 @@
 //! parses them with a DNS library. Every packet is allowed through (return 1): the programs
 //! observe, they never filter.
 //!
-//! Kernel interfaces: cgroup_skb (data starts at the IP header), bpf_skb_load_bytes,
+//! Kernel interfaces: cgroup_skb (data starts at the IP header; direct reads of the linear
+//! part), bpf_skb_load_bytes,
 //! bpf_skb_cgroup_id (the socket's cgroup v2 id), bpf_ringbuf_reserve.
 
 use aya_ebpf::{
@@ -85,9 +86,30 @@ fn load<const N: usize>(ctx: &SkBuffContext, offset: u32) -> Option<[u8; N]> {
     (ret == 0).then_some(buf)
 }
 
+/// The first `N` bytes of the packet (from the IP header): read in place when the linear part
+/// holds them (the usual case: no helper call), else copied with `bpf_skb_load_bytes`.
+#[inline(always)]
+fn head<const N: usize>(ctx: &SkBuffContext) -> Option<[u8; N]> {
+    // SAFETY: reads the context's data pointers, which the verifier gives cgroup_skb programs.
+    let (data, end) = unsafe {
+        (
+            (*ctx.skb.skb).data as usize,
+            (*ctx.skb.skb).data_end as usize,
+        )
+    };
+    if data + N <= end {
+        // SAFETY: [data, data + N) is inside the packet's linear part, checked just above.
+        Some(unsafe { core::ptr::read_unaligned(data as *const [u8; N]) })
+    } else {
+        load(ctx, 0)
+    }
+}
+
+/// Addresses, ports and payload of a packet to or from a DNS port; `None` for any other
+/// packet, decided from one read of the headers in the common case (IPv4 without options,
+/// IPv6 without extension headers), since most packets are not DNS.
 #[inline(always)]
 fn parse(ctx: &SkBuffContext) -> Option<Packet> {
-    let first: [u8; 1] = load(ctx, 0)?;
     let mut p = Packet {
         family: 0,
         protocol: 0,
@@ -98,53 +120,66 @@ fn parse(ctx: &SkBuffContext) -> Option<Packet> {
         payload_off: 0,
         payload_len: 0,
     };
-    let l4 = match first[0] >> 4 {
+    // IPv4 header and the first 8 transport bytes (both ports; the UDP length). Every IPv4
+    // packet with ports is at least this long; an IPv6 one is longer.
+    let v4: [u8; 28] = head(ctx)?;
+    // (transport header offset, its first 8 bytes)
+    let (l4, first8) = match v4[0] >> 4 {
         4 => {
-            let ip: [u8; 20] = load(ctx, 0)?;
             // Later fragments carry no transport header.
-            if u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff != 0 {
+            if u16::from_be_bytes([v4[6], v4[7]]) & 0x1fff != 0 {
                 return None;
             }
             p.family = AF_INET;
-            p.protocol = ip[9];
-            p.saddr[..4].copy_from_slice(&ip[12..16]);
-            p.daddr[..4].copy_from_slice(&ip[16..20]);
-            u32::from(ip[0] & 0x0f) * 4
+            p.protocol = v4[9];
+            p.saddr[..4].copy_from_slice(&v4[12..16]);
+            p.daddr[..4].copy_from_slice(&v4[16..20]);
+            let l4 = u32::from(v4[0] & 0x0f) * 4;
+            if l4 < 20 {
+                return None;
+            }
+            let mut first8 = [0u8; 8];
+            if l4 == 20 {
+                first8.copy_from_slice(&v4[20..28]);
+            } else {
+                first8 = load(ctx, l4)?;
+            }
+            (l4, first8)
         }
         6 => {
-            let ip: [u8; 40] = load(ctx, 0)?;
+            let ip: [u8; 48] = head(ctx)?;
             // Extension headers are not followed: DNS is sent without them.
             p.family = AF_INET6;
             p.protocol = ip[6];
             p.saddr.copy_from_slice(&ip[8..24]);
             p.daddr.copy_from_slice(&ip[24..40]);
-            40
+            let mut first8 = [0u8; 8];
+            first8.copy_from_slice(&ip[40..48]);
+            (40, first8)
         }
         _ => return None,
     };
-    if l4 < 20 {
+    if u16::from(p.protocol) != IPPROTO_TCP && p.protocol != IPPROTO_UDP {
+        return None;
+    }
+    p.sport = u16::from_be_bytes([first8[0], first8[1]]);
+    p.dport = u16::from_be_bytes([first8[2], first8[3]]);
+    if !is_dns_port(p.dport) && !is_dns_port(p.sport) {
         return None;
     }
     if u16::from(p.protocol) == IPPROTO_TCP {
         let tcp: [u8; 14] = load(ctx, l4)?;
-        p.sport = u16::from_be_bytes([tcp[0], tcp[1]]);
-        p.dport = u16::from_be_bytes([tcp[2], tcp[3]]);
         p.payload_off = l4 + u32::from(tcp[12] >> 4) * 4;
         p.payload_len = ctx.len().checked_sub(p.payload_off)?;
         if p.payload_len == 0 {
             return None;
         }
-    } else if p.protocol == IPPROTO_UDP {
-        let udp: [u8; 8] = load(ctx, l4)?;
-        p.sport = u16::from_be_bytes([udp[0], udp[1]]);
-        p.dport = u16::from_be_bytes([udp[2], udp[3]]);
+    } else {
         p.payload_off = l4 + 8;
-        p.payload_len = u32::from(u16::from_be_bytes([udp[4], udp[5]])).checked_sub(8)?;
+        p.payload_len = u32::from(u16::from_be_bytes([first8[4], first8[5]])).checked_sub(8)?;
         if p.payload_len < DNS_HEADER {
             return None;
         }
-    } else {
-        return None;
     }
     Some(p)
 }
@@ -173,25 +208,30 @@ fn capture(ctx: &SkBuffContext, flags: u8) {
         return;
     }
     let Some(p) = parse(ctx) else { return };
-    if !is_dns_port(p.dport) && !is_dns_port(p.sport) {
-        return;
-    }
     let Some(mut entry) = DNS_RING.reserve::<DnsEvent>(0) else {
         count_loss(LOST_DNS_RESERVE);
         return;
     };
     let event = entry.as_mut_ptr();
-    let mut n = p.payload_len;
-    if n > DNS_PAYLOAD_CAP as u32 {
-        n = DNS_PAYLOAD_CAP as u32;
-    }
+    // The copy's size, held in 64 bits: the verifier must see it bounded to 1..=CAP at the
+    // helper call, and a 32-bit value's zero-extension would cut the link between the
+    // register it checks and the one passed. Read back opaquely so the compiler cannot drop
+    // the check it knows to hold (parse returns none for an empty payload).
+    let n: u64 = u64::from(p.payload_len).min(DNS_PAYLOAD_CAP as u64);
+    // SAFETY: reads a local.
+    let n = unsafe { core::ptr::read_volatile(&n) };
     // SAFETY: the reserved record is a DnsEvent's worth of writable bytes; fields are written
     // in place (the payload is too big for the BPF stack) before submit.
     unsafe {
         let payload = (*event).payload.as_mut_ptr();
         let copied = n > 0
-            && n <= DNS_PAYLOAD_CAP as u32
-            && bpf_skb_load_bytes(ctx.skb.skb as *const _, p.payload_off, payload.cast(), n) == 0;
+            && n <= DNS_PAYLOAD_CAP as u64
+            && bpf_skb_load_bytes(
+                ctx.skb.skb as *const _,
+                p.payload_off,
+                payload.cast(),
+                n as u32,
+            ) == 0;
         (*event).header = EventHeader {
             kind: kind::DNS,
             len: size_of::<DnsEvent>() as u32,

@@ -447,6 +447,11 @@ impl SimNode {
         &self.pods[index]
     }
 
+    /// Pods of this node that exist (added and not deleted).
+    pub fn live_pods(&self) -> u64 {
+        self.pods.iter().filter(|p| !p.netns.is_empty()).count() as u64
+    }
+
     /// Routes a ClusterIP range out of a pod's eth0, as pods reach Service VIPs (the node
     /// would translate them; here nothing answers, which is all a drop test needs).
     pub fn route_services(&self, index: usize, cidr: &str) -> anyhow::Result<()> {
@@ -706,6 +711,20 @@ impl SimNode {
         Ok(())
     }
 
+    /// Starts another program in a pod's container with its output piped, owned by the caller.
+    pub fn spawn_program_piped(
+        &self,
+        index: usize,
+        program: &Path,
+        args: &[&str],
+    ) -> anyhow::Result<Child> {
+        self.command_of(index, program, args)?
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {}", program.display()))
+    }
+
     /// Runs another program in a pod's container to completion.
     pub fn run_program(
         &self,
@@ -789,6 +808,12 @@ impl OwnedNet {
 }
 
 impl SimPod {
+    /// The node side of the pod's veth pair (in the node's network namespace), where a capture
+    /// on "the pod's interface" runs.
+    pub fn host_interface(&self) -> &str {
+        &self.veth
+    }
+
     fn gone() -> SimPod {
         SimPod {
             namespace: String::new(),

@@ -5,7 +5,7 @@
 //!   rebuilt when that LLVM changes;
 //! - the musl target and musl-tools, for the image's static binary (`cargo xtask image`);
 //! - Debian packages the tests, the demo and the bench use (iproute2, nftables, iperf3,
-//!   dnsmasq-base, dnsutils, tcpdump, procps, python3-venv), and podman with runc, which the
+//!   dnsmasq-base, dnsutils, tcpdump, bpftrace, procps, python3-venv), and podman with runc, which the
 //!   image test loads the image into;
 //! - cargo-fuzz, for the fuzz targets;
 //! - `kubernetes-validate` (PyPI), in a virtualenv under target/tools: the manifest test
@@ -35,6 +35,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "dnsmasq-base",
     "dnsutils",
     "tcpdump",
+    // The bench's peers: bpftrace counting and printing the events the agent observes.
+    "bpftrace",
     // sysctl, for the simulated node's forwarding settings.
     "procps",
     // A virtualenv for the manifest validator (Debian's Python refuses system-wide pip).

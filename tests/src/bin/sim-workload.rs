@@ -1,6 +1,7 @@
 //! The process that runs inside simulated pods: `sleep` (the pod's pause process), `listen PORT`
 //! (a server), `connect IP:PORT COUNT INTERVAL_MS [TIMEOUT_MS]` (a client that reports each
-//! outcome), `udp IP:PORT COUNT` (COUNT datagrams from one socket, paced so the sender's own
+//! outcome), `connect-rate IP:PORT SECONDS` (whole connections to a listener, as fast as
+//! possible; prints connections, seconds, failures), `udp IP:PORT COUNT` (COUNT datagrams from one socket, paced so the sender's own
 //! queues never drop any), `resolve NAME COUNT INTERVAL_MS` (glibc getaddrinfo with the pod's
 //! resolv.conf), `dns-upstream PORT RCODE DELAY_MS` (an upstream resolver answering every query
 //! with RCODE after DELAY_MS), `dns-flood IP:PORT COUNT NAME` (COUNT queries with distinct ids), `dns-load IP:PORT SECONDS NAME
@@ -96,6 +97,31 @@ fn main() -> ExitCode {
                 }
             }
             println!("{n} {}", started.elapsed().as_secs_f64());
+            ExitCode::SUCCESS
+        }
+        ["connect-rate", addr, seconds] => {
+            // Whole connections to a listener: connect, wait for the server's close, close.
+            // The server closing first keeps TIME_WAIT on its side, so the client's ports are
+            // never exhausted and every counted connection is a real one.
+            let (Ok(addr), Ok(seconds)) = (addr.parse::<SocketAddr>(), seconds.parse::<f64>())
+            else {
+                eprintln!("sim-workload: usage: connect-rate IP:PORT SECONDS");
+                return ExitCode::FAILURE;
+            };
+            let started = std::time::Instant::now();
+            let until = started + Duration::from_secs_f64(seconds);
+            let (mut n, mut failed) = (0u64, 0u64);
+            while std::time::Instant::now() < until {
+                match TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+                    Ok(mut s) => {
+                        let mut buf = [0u8; 16];
+                        let _ = std::io::Read::read(&mut s, &mut buf);
+                        n += 1;
+                    }
+                    Err(_) => failed += 1,
+                }
+            }
+            println!("{n} {} {failed}", started.elapsed().as_secs_f64());
             ExitCode::SUCCESS
         }
         ["udp-sweep", ip, from, to] => {
