@@ -447,6 +447,12 @@ impl SimNode {
         &self.pods[index]
     }
 
+    /// The directory of a pod's container cgroup in the cgroup v2 hierarchy (the one whose ids
+    /// the kernel's programs report).
+    pub fn container_cgroup_v2(&self, index: usize) -> PathBuf {
+        self.hierarchies[0].join(&self.pods[index].container_cgroup)
+    }
+
     /// Pods of this node that exist (added and not deleted).
     pub fn live_pods(&self) -> u64 {
         self.pods.iter().filter(|p| !p.netns.is_empty()).count() as u64

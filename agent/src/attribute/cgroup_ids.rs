@@ -218,10 +218,59 @@ fn open_by_handle(dir: &std::fs::File, id: u64) -> Option<String> {
         return None;
     }
     let fd = i32::try_from(fd).ok()?;
-    let path = std::fs::read_link(format!("/proc/self/fd/{fd}")).ok();
+    let path = path_of(fd);
     // SAFETY: fd was returned by the kernel above and is closed exactly once.
     unsafe { libc::close(fd) };
-    path.map(|p| p.to_string_lossy().into_owned())
+    path
+}
+
+/// Ancestors climbed at most to name a cgroup whose path is longer than PATH_MAX.
+const MAX_CLIMB: usize = 64;
+
+/// The path of the directory `fd`. A path longer than PATH_MAX (a container can nest cgroups
+/// that deep below its own) has no name the kernel will print: then the nearest ancestor that
+/// has one, with `/...` for the levels below it. Pod and container lie near the root, so the
+/// identity is still read from it.
+fn path_of(fd: i32) -> Option<String> {
+    let read = |fd: i32| std::fs::read_link(format!("/proc/self/fd/{fd}"));
+    match read(fd) {
+        Ok(p) => return Some(p.to_string_lossy().into_owned()),
+        Err(e) if e.raw_os_error() != Some(libc::ENAMETOOLONG) => return None,
+        Err(_) => {}
+    }
+    let mut current = fd;
+    let mut found = None;
+    for _ in 0..MAX_CLIMB {
+        // SAFETY: `current` is an open directory fd; the path is a NUL-terminated literal.
+        let parent = unsafe {
+            libc::openat(
+                current,
+                c"..".as_ptr(),
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        };
+        if current != fd {
+            // SAFETY: an fd this loop opened, closed once.
+            unsafe { libc::close(current) };
+        }
+        if parent < 0 {
+            return None;
+        }
+        current = parent;
+        match read(current) {
+            Ok(p) => {
+                found = Some(format!("{}/...", p.to_string_lossy()));
+                break;
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENAMETOOLONG) => {}
+            Err(_) => break,
+        }
+    }
+    if current != fd {
+        // SAFETY: as above.
+        unsafe { libc::close(current) };
+    }
+    found
 }
 
 impl CgroupPaths for CgroupResolver {
@@ -252,6 +301,46 @@ mod tests {
             "30 23 0:26 / /sys/fs/cgroup rw,nosuid shared:4 - cgroup2 cgroup2 rw,nsdelegate\n";
         assert_eq!(cgroup2_mount(pure), Some(PathBuf::from("/sys/fs/cgroup")));
         assert_eq!(cgroup2_mount("garbage\n - \n"), None);
+    }
+
+    #[test]
+    fn a_path_past_path_max_is_named_by_its_nearest_printable_ancestor() {
+        let dir = tempfile::tempdir().unwrap();
+        let pod = "kubepods/burstable/pod12345678-1234-1234-1234-123456789abc";
+        let container = "a".repeat(64);
+        let top = dir.path().join(pod).join(&container);
+        std::fs::create_dir_all(&top).unwrap();
+        let open = |at: i32, name: &std::ffi::CStr| {
+            // SAFETY: `at` is an open directory (or AT_FDCWD); `name` is NUL-terminated.
+            unsafe {
+                libc::openat(
+                    at,
+                    name.as_ptr(),
+                    libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+                )
+            }
+        };
+        let top_c = std::ffi::CString::new(top.to_string_lossy().as_bytes()).unwrap();
+        let mut fd = open(libc::AT_FDCWD, &top_c);
+        assert!(fd >= 0);
+        // 17 levels of 255-byte names: more than PATH_MAX below the container.
+        let name = std::ffi::CString::new("d".repeat(255)).unwrap();
+        for _ in 0..17 {
+            // SAFETY: fd is an open directory; name is NUL-terminated.
+            assert_eq!(unsafe { libc::mkdirat(fd, name.as_ptr(), 0o755) }, 0);
+            let next = open(fd, &name);
+            // SAFETY: closes the fd opened above, once.
+            unsafe { libc::close(fd) };
+            assert!(next >= 0);
+            fd = next;
+        }
+        let path = path_of(fd).expect("a name for the deep directory");
+        // SAFETY: closes the last fd, once.
+        unsafe { libc::close(fd) };
+        assert!(path.starts_with(&*top.to_string_lossy()), "{path}");
+        assert!(path.ends_with("/..."), "{path}");
+        let id = crate::attribute::cgroup_path::parse_cgroup_path(&path).unwrap();
+        assert_eq!(id.container_id.as_deref(), Some(container.as_str()));
     }
 
     #[test]

@@ -7,7 +7,9 @@
 //! with RCODE after DELAY_MS), `dns-flood IP:PORT COUNT NAME` (COUNT queries with distinct ids), `dns-load IP:PORT SECONDS NAME
 //! WINDOW` (WINDOW queries in flight for SECONDS; prints answered and seconds),
 //! `alloc MIB` (allocates and holds memory), `alloc-child MIB` (a worker child allocates while
-//! the first process stays), `spin SECONDS` (a busy loop). Standard library only, so it starts
+//! the first process stays), `spin SECONDS` (a busy loop), `as NAME COMMAND...` (COMMAND under
+//! the process name NAME), `deep-cgroup BASE DEPTH COMMAND...` (COMMAND in a cgroup DEPTH levels
+//! of 255-byte names below BASE, a path longer than PATH_MAX; removed afterwards). Standard library only, so it starts
 //! in a millisecond.
 
 use std::{
@@ -34,7 +36,61 @@ fn alloc(mib: usize) {
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let words: Vec<&str> = args.iter().map(String::as_str).collect();
-    match words.as_slice() {
+    run(&words)
+}
+
+/// Runs `rest` inside a chain of `depth` new cgroups below `base`, each named with 255 bytes
+/// (the longest a name can be), so the process's cgroup path is longer than PATH_MAX; then
+/// moves back to `base` and removes the chain. Prints the added path length first.
+fn deep_cgroup(base: &str, depth: &str, rest: &[&str]) -> ExitCode {
+    let Ok(depth) = depth.parse::<usize>() else {
+        eprintln!("sim-workload: usage: deep-cgroup BASE DEPTH COMMAND...");
+        return ExitCode::FAILURE;
+    };
+    let name = |i: usize| format!("{i:x}{}", "d".repeat(255 - format!("{i:x}").len()));
+    let Ok(mut back) = std::fs::OpenOptions::new()
+        .write(true)
+        .open(format!("{base}/cgroup.procs"))
+    else {
+        eprintln!("sim-workload: cannot open {base}/cgroup.procs");
+        return ExitCode::FAILURE;
+    };
+    // Relative steps: the whole path is too long for one system call.
+    let mut made = 0;
+    let mut ok = std::env::set_current_dir(base).is_ok();
+    while ok && made < depth {
+        ok = std::fs::create_dir(name(made)).is_ok()
+            && std::env::set_current_dir(name(made)).is_ok();
+        made += usize::from(ok);
+    }
+    let pid = std::process::id().to_string();
+    let code = if ok && std::fs::write("cgroup.procs", &pid).is_ok() {
+        // (/proc/self/cgroup cannot tell: it stops at PATH_MAX.)
+        println!("cgroup path {} bytes below the container", made * 256);
+        run(rest)
+    } else {
+        eprintln!("sim-workload: could not make and enter {depth} nested cgroups under {base}");
+        ExitCode::FAILURE
+    };
+    let _ = std::io::Write::write_all(&mut back, pid.as_bytes());
+    for i in (0..made).rev() {
+        let _ = std::env::set_current_dir("..");
+        let _ = std::fs::remove_dir(name(i));
+    }
+    code
+}
+
+fn run(words: &[&str]) -> ExitCode {
+    match words {
+        // The process's name (comm, 15 bytes at most) as the kernel reports it, then COMMAND.
+        ["as", name, rest @ ..] => {
+            if std::fs::write("/proc/thread-self/comm", name).is_err() {
+                eprintln!("sim-workload: cannot set the process name");
+                return ExitCode::FAILURE;
+            }
+            run(rest)
+        }
+        ["deep-cgroup", base, depth, rest @ ..] => deep_cgroup(base, depth, rest),
         ["sleep"] => loop {
             std::thread::sleep(Duration::from_secs(3600));
         },
@@ -339,7 +395,7 @@ fn main() -> ExitCode {
         }
         _ => {
             eprintln!(
-                "sim-workload: usage: sleep | listen PORT | connect IP:PORT COUNT INTERVAL_MS [TIMEOUT_MS] | udp IP:PORT COUNT | resolve NAME COUNT INTERVAL_MS | dns-upstream PORT RCODE DELAY_MS | dns-flood IP:PORT COUNT NAME | dns-load IP:PORT SECONDS NAME WINDOW | alloc MIB | alloc-child MIB | spin SECONDS"
+                "sim-workload: usage: sleep | listen PORT | connect IP:PORT COUNT INTERVAL_MS [TIMEOUT_MS] | udp IP:PORT COUNT | resolve NAME COUNT INTERVAL_MS | dns-upstream PORT RCODE DELAY_MS | dns-flood IP:PORT COUNT NAME | dns-load IP:PORT SECONDS NAME WINDOW | alloc MIB | alloc-child MIB | spin SECONDS | as NAME COMMAND... | deep-cgroup BASE DEPTH COMMAND..."
             );
             ExitCode::FAILURE
         }
