@@ -42,6 +42,18 @@ pub static FLOWS1: HashMap<FlowKey, FlowStats> = HashMap::with_max_entries(FLOWS
 #[map]
 pub static GENERATION: Array<u32> = Array::with_max_entries(1, 0);
 
+/// Per CPU: the jiffy of the latest precise clock read and its value (see flows.rs).
+#[map]
+pub static CLOCK_CACHE: PerCpuArray<ClockCache> = PerCpuArray::with_max_entries(1, 0);
+
+/// A precise boot time and the jiffy it was read in.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ClockCache {
+    pub jiffies: u64,
+    pub boot_ns: u64,
+}
+
 /// Drop reasons to report (`DROP_REASONS_MAP`): 1 at the index of each wanted
 /// `enum skb_drop_reason` value of the running kernel, written by the agent from BTF names.
 #[map]
