@@ -499,20 +499,30 @@ impl Store {
     /// The owner with the most records (in `namespace`, when given); of equal owners, the one
     /// with the oldest record.
     fn biggest_owner(&self, namespace: Option<&str>) -> Option<Owner> {
-        self.owners
-            .iter()
-            .filter(|(_, s)| {
-                namespace.is_none_or(|ns| s.pod.as_ref().is_some_and(|p| p.namespace == ns))
-            })
-            .filter(|(_, s)| !s.order.is_empty())
+        // One pass over every owner on each eviction: compare sizes first (a field read) and
+        // look at an owner's oldest record only when its size ties the biggest so far.
+        let mut best: Option<(&Owner, usize, (SystemTime, u64))> = None;
+        for (owner, state) in &self.owners {
+            let len = state.order.len();
+            if len == 0 || best.is_some_and(|(_, most, _)| len < most) {
+                continue;
+            }
+            if namespace.is_some_and(|ns| state.pod.as_ref().is_none_or(|p| p.namespace != ns)) {
+                continue;
+            }
+            let Some((oldest, _)) = state.order.first_key_value() else {
+                continue;
+            };
             // Among owners of equal size, the one holding the oldest record.
-            .max_by_key(|(_, s)| {
-                (
-                    s.order.len(),
-                    std::cmp::Reverse(s.order.first_key_value().map(|(k, _)| *k)),
-                )
-            })
-            .map(|(o, _)| o.clone())
+            let better = match best {
+                None => true,
+                Some((_, most, best_oldest)) => len > most || *oldest < best_oldest,
+            };
+            if better {
+                best = Some((owner, len, *oldest));
+            }
+        }
+        best.map(|(owner, _, _)| owner.clone())
     }
 
     /// Removes the owner's least recently seen record; `expired` tells age from room.
