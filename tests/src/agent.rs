@@ -320,3 +320,22 @@ pub fn cli_with_kubeconfig(kubeconfig: &std::path::Path, args: &[&str]) -> anyho
         .output()
         .context("running the CLI")
 }
+
+/// The summed `count` of records (as [`records`] selects them).
+pub fn count_of(records: &[&Value]) -> u64 {
+    records
+        .iter()
+        .map(|r| r["count"].as_u64().unwrap_or(0))
+        .sum()
+}
+
+/// A process's resident memory in MiB (0 when it cannot be read).
+pub fn rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}

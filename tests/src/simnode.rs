@@ -336,6 +336,22 @@ impl SimNode {
         Ok(node)
     }
 
+    /// A node with pods shop/db and shop/web, and a bridge rule dropping UDP to db's `ports`
+    /// (an nftables port or range): (node, db, web, db's IP).
+    pub fn dropping_udp(
+        config: SimConfig,
+        ports: &str,
+    ) -> anyhow::Result<(SimNode, usize, usize, Ipv4Addr)> {
+        let mut node = SimNode::start(config)?;
+        let db = node.add_pod("shop", "db")?;
+        let web = node.add_pod("shop", "web")?;
+        let db_ip = node.pod(db).ip;
+        node.nft_node(&format!(
+            "table bridge sim_policy {{\n chain forward {{\n  type filter hook forward priority 0; policy accept;\n  ip daddr {db_ip} udp dport {ports} drop\n }}\n}}\n"
+        ))?;
+        Ok((node, db, web, db_ip))
+    }
+
     /// The node's network namespace (where the bridge and Service translation live).
     pub fn node_netns(&self) -> &str {
         &self.node_netns

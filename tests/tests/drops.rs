@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use triage_agent_tests::{
-    agent::{AgentProcess, records},
+    agent::{AgentProcess, count_of, records},
     simnode::{CgroupDriver, SimConfig, SimNode},
 };
 
@@ -24,13 +24,6 @@ fn node() -> SimNode {
         driver: CgroupDriver::Cgroupfs,
     })
     .expect("simulated node")
-}
-
-fn count_of(records: &[&Value]) -> u64 {
-    records
-        .iter()
-        .map(|r| r["count"].as_u64().unwrap_or(0))
-        .sum()
 }
 
 fn lines(out: &std::process::Output, word: &str) -> usize {

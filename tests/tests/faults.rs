@@ -5,20 +5,12 @@
 
 use std::time::Duration;
 
-use serde_json::Value;
 use triage_agent_tests::{
-    agent::{AgentProcess, records},
+    agent::{AgentProcess, count_of, records, rss_mib},
     simnode::{CgroupDriver, SimConfig, SimNode},
 };
 
 const WAIT: Duration = Duration::from_secs(20);
-
-fn count_of(records: &[&Value]) -> u64 {
-    records
-        .iter()
-        .map(|r| r["count"].as_u64().unwrap_or(0))
-        .sum()
-}
 
 /// A simulated node with pods shop/db and shop/web, and a bridge rule dropping UDP to db's
 /// `ports` (an nftables port or range): (node, db, web, db's IP).
@@ -26,17 +18,13 @@ fn node_dropping(
     driver: CgroupDriver,
     ports: &str,
 ) -> anyhow::Result<(SimNode, usize, usize, std::net::Ipv4Addr)> {
-    let mut node = SimNode::start(SimConfig {
-        workload: env!("CARGO_BIN_EXE_sim-workload").into(),
-        driver,
-    })?;
-    let server = node.add_pod("shop", "db")?;
-    let client = node.add_pod("shop", "web")?;
-    let server_ip = node.pod(server).ip;
-    node.nft_node(&format!(
-        "table bridge sim_policy {{\n chain forward {{\n  type filter hook forward priority 0; policy accept;\n  ip daddr {server_ip} udp dport {ports} drop\n }}\n}}\n"
-    ))?;
-    Ok((node, server, client, server_ip))
+    SimNode::dropping_udp(
+        SimConfig {
+            workload: env!("CARGO_BIN_EXE_sim-workload").into(),
+            driver,
+        },
+        ports,
+    )
 }
 
 #[test]
@@ -328,16 +316,6 @@ const FLOOD: Duration = Duration::from_secs(60);
 /// The agent's RSS bound under the floods: its store holds a handful of records (the floods are
 /// two flows, counted in the kernel), so growth would be a leak.
 const FLOOD_RSS_BOUND_MIB: f64 = 128.0;
-
-fn rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
-}
 
 #[test]
 fn a_minute_of_drop_and_refusal_floods_keeps_the_agent_alive_bounded_exact_and_answering() {

@@ -11,10 +11,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde_json::Value;
 use triage_agent_proto::v1::{self as pb, agent_service_client::AgentServiceClient};
 use triage_agent_tests::{
-    agent::{AgentProcess, records},
+    agent::{AgentProcess, count_of, records, rss_mib},
     simnode::{CgroupDriver, SimConfig, SimNode},
 };
 
@@ -22,38 +21,6 @@ const WAIT: Duration = Duration::from_secs(20);
 /// RSS the agent must stay under through every attack here (16 MiB empty, the store's
 /// default capacity is far from full in these tests).
 const RSS_BOUND_MIB: f64 = 128.0;
-
-fn rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
-fn count_of(records: &[&Value]) -> u64 {
-    records
-        .iter()
-        .map(|r| r["count"].as_u64().unwrap_or(0))
-        .sum()
-}
-
-/// A node with pods shop/db and shop/web and a bridge rule dropping UDP to db's `ports`.
-fn node_dropping(ports: &str) -> anyhow::Result<(SimNode, usize, usize, std::net::Ipv4Addr)> {
-    let mut node = SimNode::start(SimConfig {
-        workload: env!("CARGO_BIN_EXE_sim-workload").into(),
-        driver: CgroupDriver::Cgroupfs,
-    })?;
-    let db = node.add_pod("shop", "db")?;
-    let web = node.add_pod("shop", "web")?;
-    let db_ip = node.pod(db).ip;
-    node.nft_node(&format!(
-        "table bridge sim_policy {{\n chain forward {{\n  type filter hook forward priority 0; policy accept;\n  ip daddr {db_ip} udp dport {ports} drop\n }}\n}}\n"
-    ))?;
-    Ok((node, db, web, db_ip))
-}
 
 /// One gRPC call with a hand-made body (5-byte gRPC prefix included, or not): the grpc-status
 /// the agent answered (from the trailers, or the headers of a trailers-only answer).
@@ -110,7 +77,11 @@ fn noise(len: usize, mut seed: u64) -> Vec<u8> {
 #[test]
 fn hostile_grpc_clients_get_errors_and_non_reading_watchers_are_cut_off_while_the_agent_stays_bounded()
  {
-    let (node, _, web, db_ip) = node_dropping("10000-30000").unwrap();
+    let config = SimConfig {
+        workload: env!("CARGO_BIN_EXE_sim-workload").into(),
+        driver: CgroupDriver::Cgroupfs,
+    };
+    let (node, _, web, db_ip) = SimNode::dropping_udp(config, "10000-30000").unwrap();
     let mut agent = AgentProcess::start(&node).unwrap();
     agent.wait_ready(true, WAIT).unwrap();
     agent.wait_pods(2, WAIT).unwrap();

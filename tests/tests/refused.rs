@@ -11,9 +11,8 @@
 
 use std::time::Duration;
 
-use serde_json::Value;
 use triage_agent_tests::{
-    agent::{AgentProcess, records},
+    agent::{AgentProcess, count_of, records},
     simnode::{CgroupDriver, SimConfig, SimNode},
 };
 
@@ -32,13 +31,6 @@ fn refused_count(out: &std::process::Output) -> usize {
         .lines()
         .filter(|l| *l == "refused")
         .count()
-}
-
-fn count_of(records: &[&Value]) -> u64 {
-    records
-        .iter()
-        .map(|r| r["count"].as_u64().unwrap_or(0))
-        .sum()
 }
 
 fn both_sides_of_a_refusal(driver: CgroupDriver) {
