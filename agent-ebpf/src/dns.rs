@@ -3,32 +3,69 @@
 //! network namespace (pods and hostNetwork pods alike), after the pod's own netfilter on the
 //! way out and before the application reads it on the way in.
 //!
-//! Nothing is parsed beyond "IPv4/IPv6, UDP/TCP, one of the DNS ports, payload present": the
-//! first [`DNS_PAYLOAD_CAP`] bytes of the payload are copied into [`DNS_RING`] and userspace
-//! parses them with a DNS library. Every packet is allowed through (return 1): the programs
-//! observe, they never filter.
+//! Names are never parsed here: the first [`DNS_PAYLOAD_CAP`] bytes of a payload are copied
+//! for userspace, which parses them with a DNS library. What the kernel reads of DNS itself is
+//! the fixed start of the header (id, the QR bit, TC, rcode), so that the common case never
+//! leaves it: UDP lookups are matched here (see [`DNS_PENDING`]).
+//!
+//! - A query leaving a socket waits in [`DNS_PENDING`] under (client address, port, id), its
+//!   record already built.
+//! - Its answer, NOERROR, not truncated, faster than the slow threshold, for a cgroup without a
+//!   recent failure: counted in the current [`DNS_ANSWERED0`]/[`DNS_ANSWERED1`] table (lookups,
+//!   latency sum and maximum); nothing goes to userspace.
+//! - Any other answer: the waiting query and the answer both go to [`DNS_RING`], and the agent
+//!   decides the outcome exactly as for packets it sees one by one. After a failed answer the
+//!   cgroup's good answers go up too for [`DnsTiming::recent_ns`], so a search-path walk ends
+//!   in the agent.
+//! - Unanswered: the agent takes the query out of [`DNS_PENDING`] past a handover age (at most
+//!   the slow threshold) and waits for its answer or the timeout itself.
+//! - At a DNS server socket of this host, a query arriving and its answer leaving are noted on
+//!   the held query (the agent says from them where a timed-out query went).
+//! - TCP DNS, resends, unmatched answers and a full table: every packet goes to [`DNS_RING`], as
+//!   without any of the above.
+//!
+//! Every packet is allowed through (return 1): the programs observe, they never filter.
 //!
 //! Kernel interfaces: cgroup_skb (data starts at the IP header; direct reads of the linear
-//! part), bpf_skb_load_bytes,
-//! bpf_skb_cgroup_id (the socket's cgroup v2 id), bpf_ringbuf_reserve.
+//! part), bpf_skb_load_bytes, bpf_skb_cgroup_id (the socket's cgroup v2 id),
+//! bpf_ringbuf_reserve/output, hash and array maps.
+
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{
-    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{bpf_ktime_get_boot_ns, bpf_skb_cgroup_id, bpf_skb_load_bytes},
     macros::cgroup_skb,
+    maps::HashMap,
     programs::SkBuffContext,
 };
 use triage_agent_common::{
-    AF_INET, AF_INET6, DNS_PAYLOAD_CAP, DNS_RING_BYTES, DnsEvent, DnsPorts, EventHeader,
-    IPPROTO_TCP, IPPROTO_UDP, LOST_DNS_RESERVE, dns_flags, kind,
+    AF_INET, AF_INET6, DNS_PAYLOAD_CAP, DNS_RECENT_SLOTS, DNS_RING_BYTES, DnsAnswered, DnsEvent,
+    DnsHeld, DnsKey, DnsPorts, DnsTiming, EventHeader, IPPROTO_TCP, IPPROTO_UDP, LOST_DNS_ANSWERED,
+    LOST_DNS_RESERVE, dns_flags, kind,
 };
 
-use crate::maps::{DNS_RING, count_loss};
+use crate::maps::{
+    DNS_ANSWERED0, DNS_ANSWERED1, DNS_GENERATION, DNS_PENDING, DNS_RECENT, DNS_RING, DNS_SCRATCH,
+    count_loss,
+};
 
 /// Ports to capture, overwritten by the loader before load (frozen: the verifier sees
 /// constants).
 #[unsafe(no_mangle)]
 static DNS_PORTS: DnsPorts = DnsPorts::NONE;
+
+/// Thresholds, overwritten by the loader before load.
+#[unsafe(no_mangle)]
+static DNS_TIMING: DnsTiming = DnsTiming::UNSET;
+
+/// `-EEXIST`: the key is already in the map.
+const EEXIST: i32 = 17;
+
+/// Header flag bits (the second 16-bit word of a DNS header, host order).
+const QR: u16 = 0x8000;
+const TC: u16 = 0x0200;
+const RCODE: u16 = 0x000f;
 
 /// Pending bytes in the ring from which a submit wakes the reader (a quarter of the ring).
 const WAKEUP_BYTES: u64 = DNS_RING_BYTES as u64 / 4;
@@ -38,13 +75,13 @@ const DNS_HEADER: u32 = 12;
 
 #[cgroup_skb(egress)]
 pub fn dns_egress(ctx: SkBuffContext) -> i32 {
-    capture(&ctx, dns_flags::EGRESS);
+    observe(&ctx, true);
     1
 }
 
 #[cgroup_skb(ingress)]
 pub fn dns_ingress(ctx: SkBuffContext) -> i32 {
-    capture(&ctx, 0);
+    observe(&ctx, false);
     1
 }
 
@@ -69,6 +106,9 @@ struct Packet {
     dport: u16,
     payload_off: u32,
     payload_len: u32,
+    /// UDP: the DNS id (as on the wire) and flags word (host order) from the payload's start.
+    id: u16,
+    dns_flags: u16,
 }
 
 #[inline(always)]
@@ -119,12 +159,14 @@ fn parse(ctx: &SkBuffContext) -> Option<Packet> {
         dport: 0,
         payload_off: 0,
         payload_len: 0,
+        id: 0,
+        dns_flags: 0,
     };
-    // IPv4 header and the first 8 transport bytes (both ports; the UDP length). Every IPv4
-    // packet with ports is at least this long; an IPv6 one is longer.
-    let v4: [u8; 28] = head(ctx)?;
-    // (transport header offset, its first 8 bytes)
-    let (l4, first8) = match v4[0] >> 4 {
+    // IPv4 header, the first 8 transport bytes (both ports; the UDP length) and the first 4
+    // of a UDP payload (DNS id and flags). A packet shorter than this carries no DNS header.
+    let v4: [u8; 32] = head(ctx)?;
+    // (transport header offset, its first 8 bytes, the 4 bytes after them)
+    let (l4, first8, after8) = match v4[0] >> 4 {
         4 => {
             // Later fragments carry no transport header.
             if u16::from_be_bytes([v4[6], v4[7]]) & 0x1fff != 0 {
@@ -138,24 +180,28 @@ fn parse(ctx: &SkBuffContext) -> Option<Packet> {
             if l4 < 20 {
                 return None;
             }
-            let mut first8 = [0u8; 8];
+            let mut first12 = [0u8; 12];
             if l4 == 20 {
-                first8.copy_from_slice(&v4[20..28]);
+                first12.copy_from_slice(&v4[20..32]);
             } else {
-                first8 = load(ctx, l4)?;
+                first12 = load(ctx, l4)?;
             }
-            (l4, first8)
+            let (mut first8, mut after8) = ([0u8; 8], [0u8; 4]);
+            first8.copy_from_slice(&first12[..8]);
+            after8.copy_from_slice(&first12[8..]);
+            (l4, first8, after8)
         }
         6 => {
-            let ip: [u8; 48] = head(ctx)?;
+            let ip: [u8; 52] = head(ctx)?;
             // Extension headers are not followed: DNS is sent without them.
             p.family = AF_INET6;
             p.protocol = ip[6];
             p.saddr.copy_from_slice(&ip[8..24]);
             p.daddr.copy_from_slice(&ip[24..40]);
-            let mut first8 = [0u8; 8];
+            let (mut first8, mut after8) = ([0u8; 8], [0u8; 4]);
             first8.copy_from_slice(&ip[40..48]);
-            (40, first8)
+            after8.copy_from_slice(&ip[48..52]);
+            (40, first8, after8)
         }
         _ => return None,
     };
@@ -180,6 +226,8 @@ fn parse(ctx: &SkBuffContext) -> Option<Packet> {
         if p.payload_len < DNS_HEADER {
             return None;
         }
+        p.id = u16::from_ne_bytes([after8[0], after8[1]]);
+        p.dns_flags = u16::from_be_bytes([after8[2], after8[3]]);
     }
     Some(p)
 }
@@ -202,17 +250,255 @@ fn connected_elsewhere(ctx: &SkBuffContext) -> bool {
     remote != 0 && !is_dns_port(remote) && !is_dns_port(ctx.skb.local_port() as u16)
 }
 
+/// Where a UDP DNS packet stands, from its direction, its ports and the QR bit.
 #[inline(always)]
-fn capture(ctx: &SkBuffContext, flags: u8) {
+fn observe(ctx: &SkBuffContext, egress: bool) {
     if connected_elsewhere(ctx) {
         return;
     }
     let Some(p) = parse(ctx) else { return };
-    let Some(mut entry) = DNS_RING.reserve::<DnsEvent>(0) else {
-        count_loss(LOST_DNS_RESERVE);
+    if p.protocol == IPPROTO_UDP {
+        let answer = p.dns_flags & QR != 0;
+        match (egress, answer) {
+            (true, false) if is_dns_port(p.dport) => return client_query(ctx, &p),
+            (false, true) if is_dns_port(p.sport) => return client_answer(ctx, &p),
+            (false, false) if is_dns_port(p.dport) => return server_received(ctx, &p),
+            (true, true) if is_dns_port(p.sport) => return server_answered(&p),
+            _ => {}
+        }
+    }
+    send(ctx, &p, egress);
+}
+
+/// A query leaving the asking socket: it waits in [`DNS_PENDING`] with its record.
+#[inline(always)]
+fn client_query(ctx: &SkBuffContext, p: &Packet) {
+    let key = DnsKey {
+        client: p.saddr,
+        client_port: p.sport,
+        id: p.id,
+        family: p.family,
+        _pad0: 0,
+    };
+    let Some(held) = DNS_SCRATCH.get_ptr_mut(0) else {
+        send(ctx, p, true);
         return;
     };
-    let event = entry.as_mut_ptr();
+    // SAFETY: this CPU's scratch slot, a DnsHeld's worth of writable bytes, valid while the
+    // program runs (it cannot migrate meanwhile).
+    unsafe {
+        // SAFETY: helper without preconditions beyond a valid skb.
+        let cgroup_id = bpf_skb_cgroup_id(ctx.skb.skb);
+        fill(
+            ctx,
+            p,
+            core::ptr::addr_of_mut!((*held).query),
+            dns_flags::EGRESS | dns_flags::HELD,
+            cgroup_id,
+        );
+        (*held).server_cgroup = 0;
+        (*held).reached = 0;
+        (*held).answered = 0;
+    }
+    // SAFETY: as above; the map copies the value (passed by reference: it is too big for the
+    // BPF stack).
+    let value: &DnsHeld = unsafe { &*held };
+    match DNS_PENDING.insert(key, value, BPF_NOEXIST.into()) {
+        Ok(()) => {}
+        Err(e) if e == -EEXIST => {
+            // A resend with the same id from the same address: the agent sees both (it keeps
+            // the first send's time and refreshes the deadline), and the answer too.
+            // SAFETY: a map value, valid while the program runs.
+            if let Some(first) = unsafe { DNS_PENDING.get(key) } {
+                output(first);
+            }
+            let _ = DNS_PENDING.remove(key);
+            output(value);
+        }
+        // Full: this query is matched in userspace, as without the table.
+        Err(_) => output(value),
+    }
+}
+
+/// An answer arriving at the asking socket.
+#[inline(always)]
+fn client_answer(ctx: &SkBuffContext, p: &Packet) {
+    let key = DnsKey {
+        client: p.daddr,
+        client_port: p.dport,
+        id: p.id,
+        family: p.family,
+        _pad0: 0,
+    };
+    // SAFETY: helper without preconditions beyond a valid skb.
+    let cgroup_id = unsafe { bpf_skb_cgroup_id(ctx.skb.skb) };
+    // SAFETY: a map value, valid while the program runs.
+    let held = match unsafe { DNS_PENDING.get(key) } {
+        // The same socket's cgroup, from the server it asked.
+        Some(h)
+            if h.query.cgroup_id == cgroup_id
+                && h.query.dport == p.sport
+                && h.query.daddr == p.saddr =>
+        {
+            h
+        }
+        // Not held here (asked before the agent started, resent, taken over by the agent, or
+        // another socket's): the agent matches it.
+        _ => {
+            send(ctx, p, false);
+            return;
+        }
+    };
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    let latency = now.saturating_sub(held.query.header.boot_ns);
+    // SAFETY: a plain static of integers that lives for the whole program.
+    let timing = unsafe { core::ptr::read_volatile(&DNS_TIMING) };
+    let rcode = p.dns_flags & RCODE;
+    let good = rcode == 0 && p.dns_flags & TC == 0 && latency < timing.slow_ns;
+    if good && !recently_failed(cgroup_id, now, timing.recent_ns) {
+        if DNS_PENDING.remove(key).is_err() {
+            // The agent took the query over a moment ago: it matches the answer.
+            send(ctx, p, false);
+            return;
+        }
+        count_answered(cgroup_id, latency, p);
+        return;
+    }
+    // The agent decides: the query first, then its answer.
+    output(held);
+    let _ = DNS_PENDING.remove(key);
+    if rcode != 0 {
+        failed(cgroup_id, now);
+    }
+    send(ctx, p, false);
+}
+
+#[inline(always)]
+fn recent_slot(cgroup_id: u64) -> u32 {
+    (cgroup_id as u32) & (DNS_RECENT_SLOTS - 1)
+}
+
+/// Whether a lookup of this cgroup failed within `window` ns before `now`.
+#[inline(always)]
+fn recently_failed(cgroup_id: u64, now: u64, window: u64) -> bool {
+    match DNS_RECENT.get(recent_slot(cgroup_id)) {
+        Some(r) => r.cgroup_id == cgroup_id && now.saturating_sub(r.boot_ns) < window,
+        None => false,
+    }
+}
+
+/// Notes that a lookup of this cgroup failed now.
+#[inline(always)]
+fn failed(cgroup_id: u64, now: u64) {
+    if let Some(r) = DNS_RECENT.get_ptr_mut(recent_slot(cgroup_id)) {
+        // SAFETY: an array slot, valid while the program runs; a concurrent writer of the
+        // same slot can only shorten a window.
+        unsafe {
+            (*r).cgroup_id = cgroup_id;
+            (*r).boot_ns = now;
+        }
+    }
+}
+
+#[inline(always)]
+fn answered_table() -> &'static HashMap<u64, DnsAnswered> {
+    match DNS_GENERATION.get(0) {
+        Some(g) if *g & 1 == 1 => &DNS_ANSWERED1,
+        _ => &DNS_ANSWERED0,
+    }
+}
+
+/// One lookup answered well, into the cgroup's counters.
+#[inline(always)]
+fn count_answered(cgroup_id: u64, latency: u64, p: &Packet) {
+    let table = answered_table();
+    if let Some(a) = table.get_ptr_mut(cgroup_id) {
+        add_answered(a, latency);
+        return;
+    }
+    let first = DnsAnswered {
+        lookups: 1,
+        latency_sum_ns: latency,
+        latency_max_ns: latency,
+        family: p.family,
+        _pad0: [0; 3],
+        client: p.daddr,
+    };
+    match table.insert(cgroup_id, first, BPF_NOEXIST.into()) {
+        Ok(()) => {}
+        Err(e) if e == -EEXIST => {
+            if let Some(a) = table.get_ptr_mut(cgroup_id) {
+                add_answered(a, latency);
+            }
+        }
+        Err(_) => count_loss(LOST_DNS_ANSWERED),
+    }
+}
+
+#[inline(always)]
+fn add_answered(a: *mut DnsAnswered, latency: u64) {
+    // SAFETY: `a` points into a map value valid while this program runs; counts are shared
+    // between CPUs, hence atomic adds (BPF has no compare-and-swap for the maximum, which is
+    // best effort).
+    unsafe {
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
+            core::ptr::addr_of_mut!((*a).lookups),
+            1,
+        );
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
+            core::ptr::addr_of_mut!((*a).latency_sum_ns),
+            latency,
+        );
+        if latency > (*a).latency_max_ns {
+            (*a).latency_max_ns = latency;
+        }
+    }
+}
+
+/// A query arriving at a DNS server socket of this host: noted on the held query when its
+/// client is a socket of this host.
+#[inline(always)]
+fn server_received(ctx: &SkBuffContext, p: &Packet) {
+    let key = DnsKey {
+        client: p.saddr,
+        client_port: p.sport,
+        id: p.id,
+        family: p.family,
+        _pad0: 0,
+    };
+    if let Some(h) = DNS_PENDING.get_ptr_mut(key) {
+        // SAFETY: a map value, valid while the program runs; only this packet's programs
+        // write these fields.
+        unsafe {
+            (*h).server_cgroup = bpf_skb_cgroup_id(ctx.skb.skb);
+            (*h).reached = 1;
+        }
+    }
+}
+
+/// An answer leaving a DNS server socket of this host.
+#[inline(always)]
+fn server_answered(p: &Packet) {
+    let key = DnsKey {
+        client: p.daddr,
+        client_port: p.dport,
+        id: p.id,
+        family: p.family,
+        _pad0: 0,
+    };
+    if let Some(h) = DNS_PENDING.get_ptr_mut(key) {
+        // SAFETY: as above.
+        unsafe { (*h).answered = 1 };
+    }
+}
+
+/// Fills a record for the packet.
+///
+/// # Safety
+/// `event` must point to a DnsEvent's worth of writable bytes.
+#[inline(always)]
+unsafe fn fill(ctx: &SkBuffContext, p: &Packet, event: *mut DnsEvent, flags: u8, cgroup_id: u64) {
     // The copy's size, held in 64 bits: the verifier must see it bounded to 1..=CAP at the
     // helper call, and a 32-bit value's zero-extension would cut the link between the
     // register it checks and the one passed. Read back opaquely so the compiler cannot drop
@@ -220,8 +506,8 @@ fn capture(ctx: &SkBuffContext, flags: u8) {
     let n: u64 = u64::from(p.payload_len).min(DNS_PAYLOAD_CAP as u64);
     // SAFETY: reads a local.
     let n = unsafe { core::ptr::read_volatile(&n) };
-    // SAFETY: the reserved record is a DnsEvent's worth of writable bytes; fields are written
-    // in place (the payload is too big for the BPF stack) before submit.
+    // SAFETY: the caller's promise; fields are written in place (the payload is too big for
+    // the BPF stack).
     unsafe {
         let payload = (*event).payload.as_mut_ptr();
         let copied = n > 0
@@ -237,7 +523,7 @@ fn capture(ctx: &SkBuffContext, flags: u8) {
             len: size_of::<DnsEvent>() as u32,
             boot_ns: bpf_ktime_get_boot_ns(),
         };
-        (*event).cgroup_id = bpf_skb_cgroup_id(ctx.skb.skb);
+        (*event).cgroup_id = cgroup_id;
         (*event).family = p.family;
         (*event).protocol = p.protocol;
         (*event).flags = flags;
@@ -249,12 +535,39 @@ fn capture(ctx: &SkBuffContext, flags: u8) {
         (*event).saddr = p.saddr;
         (*event).daddr = p.daddr;
     }
-    // Wake the reader only once a batch is waiting: it also drains on a short timer, so a
-    // wakeup per DNS packet (the costliest part of delivery) is not needed.
+}
+
+/// Wake the reader only once a batch is waiting: it also drains on a short timer, so a wakeup
+/// per DNS packet (the costliest part of delivery) is not needed.
+#[inline(always)]
+fn wakeup() -> u64 {
     let flags = if DNS_RING.query(BPF_RB_AVAIL_DATA.into()) >= WAKEUP_BYTES {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
     };
-    entry.submit(flags.into());
+    flags.into()
+}
+
+/// Sends a held query to the agent.
+#[inline(always)]
+fn output(held: &DnsHeld) {
+    if DNS_RING.output::<DnsHeld>(held, wakeup()).is_err() {
+        count_loss(LOST_DNS_RESERVE);
+    }
+}
+
+/// Sends the packet to the agent.
+#[inline(always)]
+fn send(ctx: &SkBuffContext, p: &Packet, egress: bool) {
+    let Some(mut entry) = DNS_RING.reserve::<DnsEvent>(0) else {
+        count_loss(LOST_DNS_RESERVE);
+        return;
+    };
+    // SAFETY: helper without preconditions beyond a valid skb.
+    let cgroup_id = unsafe { bpf_skb_cgroup_id(ctx.skb.skb) };
+    let flags = if egress { dns_flags::EGRESS } else { 0 };
+    // SAFETY: the reserved record is a DnsEvent's worth of writable bytes.
+    unsafe { fill(ctx, p, entry.as_mut_ptr(), flags, cgroup_id) };
+    entry.submit(wakeup());
 }

@@ -6,8 +6,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use triage_agent_common::{
-    CONNECTS_ENTRIES, DNS_RING_BYTES, DROP_REASONS_ENTRIES, EVENTS_RING_BYTES, FLOWS_ENTRIES,
-    FlowKey, FlowStats, LOSS_SLOTS, Offsets, PendingConnect,
+    CONNECTS_ENTRIES, DNS_ANSWERED_ENTRIES, DNS_PENDING_ENTRIES, DNS_RECENT_SLOTS, DNS_RING_BYTES,
+    DROP_REASONS_ENTRIES, DnsAnswered, DnsHeld, DnsKey, EVENTS_RING_BYTES, FLOWS_ENTRIES, FlowKey,
+    FlowStats, LOSS_SLOTS, Offsets, PendingConnect,
 };
 
 /// The one ring buffer every program writes its events into (`EVENTS_MAP`).
@@ -18,6 +19,45 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
 /// cannot crowd out other signals' first occurrences.
 #[map]
 pub static DNS_RING: RingBuf = RingBuf::with_byte_size(DNS_RING_BYTES, 0);
+
+/// UDP queries waiting for their answer (`DNS_PENDING_MAP`). A plain hash: when it is full a
+/// query goes to [`DNS_RING`] instead, never evicting another one silently.
+#[map]
+pub static DNS_PENDING: HashMap<DnsKey, DnsHeld> =
+    HashMap::with_max_entries(DNS_PENDING_ENTRIES, 0);
+
+/// Lookups answered well per cgroup, double-buffered like the flow tables
+/// (`DNS_ANSWERED_MAPS`, switched by [`DNS_GENERATION`]).
+#[map]
+pub static DNS_ANSWERED0: HashMap<u64, DnsAnswered> =
+    HashMap::with_max_entries(DNS_ANSWERED_ENTRIES, 0);
+#[map]
+pub static DNS_ANSWERED1: HashMap<u64, DnsAnswered> =
+    HashMap::with_max_entries(DNS_ANSWERED_ENTRIES, 0);
+
+/// Which answered table is current (`DNS_GENERATION_MAP`), written by the agent.
+#[map]
+pub static DNS_GENERATION: Array<u32> = Array::with_max_entries(1, 0);
+
+/// When a cgroup's latest failed lookup was answered (kernel-internal): its good answers go to
+/// the agent for a while after, to end a search-path walk there. Direct-mapped by cgroup id
+/// (an array read costs a fraction of a hash lookup); a slot names its cgroup, and a cgroup
+/// that takes another's slot only ends that one's window early.
+#[map]
+pub static DNS_RECENT: Array<RecentFailure> = Array::with_max_entries(DNS_RECENT_SLOTS, 0);
+
+/// A cgroup and when one of its lookups last failed.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct RecentFailure {
+    pub cgroup_id: u64,
+    pub boot_ns: u64,
+}
+
+/// Per CPU: room to build a query's record (too big for the BPF stack) before it enters
+/// [`DNS_PENDING`].
+#[map]
+pub static DNS_SCRATCH: PerCpuArray<DnsHeld> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per-CPU loss counters (`LOSS_MAP`), indexed by the `LOST_*` constants.
 #[map]

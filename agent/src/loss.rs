@@ -63,6 +63,10 @@ names! {
         /// OTLP export: the exporter's subscription to the store fell behind and was dropped
         /// (it subscribes again); the updates in between are not exported.
         OtlpLagged = "otlp_lagged",
+        /// A DNS lookup the kernel found answered well could not be counted: its table of
+        /// per-cgroup counters was full (more cgroups with lookups in one drain interval than
+        /// it holds). The pod's "N of M lookups succeeded" misses it.
+        DnsAnsweredFull = "dns_answered_full",
     }
 }
 
@@ -93,6 +97,7 @@ impl Loss {
             Loss::OtlpExportFailed => "records not exported (OTLP export failed)",
             Loss::OtlpRejected => "records rejected by the OTLP collector",
             Loss::OtlpLagged => "times the OTLP exporter fell behind the store",
+            Loss::DnsAnsweredFull => "DNS lookups answered well not counted (kernel table full)",
         }
     }
 
@@ -153,6 +158,10 @@ impl LossCounts {
 #[derive(Debug, Default)]
 pub struct Counters {
     events_received: AtomicU64,
+    /// DNS packets read from the DNS ring (each one the agent parsed).
+    dns_records: AtomicU64,
+    /// DNS lookups the kernel matched to their answers and counted itself.
+    dns_kernel_lookups: AtomicU64,
     lost: [AtomicU64; LOSS_KINDS],
     /// Unix milliseconds of the latest growth, 0 for never.
     last_ms: [AtomicU64; LOSS_KINDS],
@@ -180,6 +189,18 @@ impl Counters {
     }
     pub fn events_received(&self) -> u64 {
         self.events_received.load(Relaxed)
+    }
+    pub fn add_dns_records(&self, n: u64) {
+        self.dns_records.fetch_add(n, Relaxed);
+    }
+    pub fn dns_records(&self) -> u64 {
+        self.dns_records.load(Relaxed)
+    }
+    pub fn add_dns_kernel_lookups(&self, n: u64) {
+        self.dns_kernel_lookups.fetch_add(n, Relaxed);
+    }
+    pub fn dns_kernel_lookups(&self) -> u64 {
+        self.dns_kernel_lookups.load(Relaxed)
     }
     pub fn snapshot(&self) -> LossCounts {
         let mut out = LossCounts::default();

@@ -204,6 +204,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         drop_reasons: &config.drop_reasons,
         cgroup_root: &cgroup_root,
         dns_ports: &config.dns.ports,
+        dns_timing: dns::kernel_timing(&config.dns.track),
     })
     .context("loading eBPF programs")?;
     let names = KernelNames {
@@ -285,6 +286,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         "dns",
         dns::run(
             loaded.dns_ring,
+            loaded.dns_maps,
             config.dns.clone(),
             inputs.events.clone(),
             counters.clone(),

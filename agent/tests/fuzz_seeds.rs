@@ -117,6 +117,7 @@ fn dns_record(side: Side, payload: &[u8]) -> Vec<u8> {
         dst: dst.parse().unwrap(),
         wire_len: payload.len() as u32,
         payload,
+        server: None,
     })
 }
 

@@ -367,3 +367,101 @@ fn a_query_flood_keeps_the_inflight_table_bounded_and_accounts_for_every_query()
     );
     assert!(agent.stop().unwrap().success(), "{}", agent.log());
 }
+
+/// A counter's value from the agent's /metrics (0 when absent).
+fn metric(agent: &AgentProcess, name: &str) -> u64 {
+    let (_, body) = agent.http_get("/metrics").unwrap();
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn good_lookups_are_matched_in_the_kernel_and_only_failures_reach_the_agent() {
+    const GOOD: u64 = 150;
+    let mut node = node();
+    cluster_dns(&mut node);
+    let pod = node.add_pod("shop", "busy").unwrap();
+    node.set_cluster_dns(pod, VIP, "").unwrap();
+    let mut agent = AgentProcess::start(&node).unwrap();
+    agent.wait_ready(true, WAIT).unwrap();
+    agent.wait_pods(3, WAIT).unwrap();
+    let parsed0 = metric(&agent, "triage_agent_dns_packets_parsed_total");
+
+    // "db" is found on the first search domain: an A and an AAAA lookup per getaddrinfo, each
+    // answered NOERROR at once.
+    let out = node
+        .run(pod, &["resolve", "db", &GOOD.to_string(), "1"])
+        .unwrap();
+    let out = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.matches("ok").count() as u64, GOOD, "{out}");
+    let v = agent
+        .query_until("shop", "busy", WAIT, |v| {
+            lookups(v).is_some_and(|l| l["lookups"].as_u64() >= Some(2 * GOOD))
+        })
+        .unwrap();
+    let l = lookups(&v).unwrap();
+    assert_eq!(l["lookups"].as_u64(), Some(2 * GOOD), "{l}");
+    assert_eq!(l["succeeded"].as_u64(), Some(2 * GOOD), "{l}");
+    assert!(records(&v, "dns", "outbound").is_empty(), "{v}");
+    let in_kernel = metric(&agent, "triage_agent_dns_lookups_matched_in_kernel_total");
+    let parsed = metric(&agent, "triage_agent_dns_packets_parsed_total") - parsed0;
+    assert!(in_kernel >= 2 * GOOD, "matched in the kernel: {in_kernel}");
+    // Each lookup is four packets (query and answer, at the client and at the server): none
+    // of the good ones is parsed here.
+    assert!(
+        parsed < 8,
+        "{parsed} DNS packets parsed for {GOOD} good lookups"
+    );
+
+    // A failure goes up with its query, and the pod's counters say both.
+    assert!(resolve(&node, pod, "nosuch.test.", "1").contains("fail"));
+    let v = agent
+        .query_until("shop", "busy", WAIT, |v| {
+            !dns_records(v, "nxdomain").is_empty()
+        })
+        .unwrap();
+    assert_eq!(
+        dns_records(&v, "nxdomain")[0]["query"],
+        "nosuch.test",
+        "{v}"
+    );
+    let parsed = metric(&agent, "triage_agent_dns_packets_parsed_total") - parsed0;
+    assert!(
+        parsed >= 2,
+        "the failed lookups' queries and answers: {parsed}"
+    );
+    let v = agent
+        .query_until("shop", "busy", WAIT, |v| {
+            lookups(v).is_some_and(|l| l["failed"].as_u64() >= Some(1))
+        })
+        .unwrap();
+    let l = lookups(&v).unwrap();
+    assert_eq!(l["succeeded"].as_u64(), Some(2 * GOOD), "{l}");
+
+    // A DNS server on this node that receives queries and never answers: the kernel notes on
+    // the held query that it arrived, and the timeout says so.
+    let mute = node.add_pod("kube-system", "mute").unwrap();
+    node.start_process(mute, &["dns-upstream", "53", "0", "600000"])
+        .unwrap();
+    let server_ip = node.pod(mute).ip.to_string();
+    let patient = node.add_pod("shop", "patient").unwrap();
+    node.set_cluster_dns(patient, &server_ip, "timeout:1 attempts:1")
+        .unwrap();
+    assert!(resolve(&node, patient, "x.test.", "1").contains("fail"));
+    let v = agent
+        .query_until("shop", "patient", WAIT, |v| {
+            !dns_records(v, "timeout").is_empty()
+        })
+        .unwrap();
+    let t = dns_records(&v, "timeout")[0];
+    assert_eq!(t["query"], "x.test", "{t}");
+    assert_eq!(t["reached_server"], true, "{t}");
+    assert_eq!(t["server"], format!("{server_ip}:53"), "{t}");
+    let diagnosis = v["diagnosis"].to_string();
+    assert!(
+        diagnosis.contains("reached the DNS server on this node but no answer"),
+        "{diagnosis}"
+    );
+    assert!(agent.stop().unwrap().success(), "{}", agent.log());
+}

@@ -26,6 +26,19 @@ pub const DROP_REASONS_MAP: &str = "DROP_REASONS";
 pub const DNS_RING_MAP: &str = "DNS_RING";
 /// Name of the read-only global holding the DNS ports to capture ([`DnsPorts`]).
 pub const DNS_PORTS_GLOBAL: &str = "DNS_PORTS";
+/// Name of the read-only global holding the DNS timing thresholds ([`DnsTiming`]).
+pub const DNS_TIMING_GLOBAL: &str = "DNS_TIMING";
+/// Name of the hash of UDP DNS queries waiting for their answer in the kernel ([`DnsKey`] ->
+/// [`DnsHeld`]). An answer that ends a lookup well is counted in the kernel; anything else
+/// sends the query and its answer to [`DNS_RING_MAP`]; the agent takes over queries left
+/// unanswered past a handover age.
+pub const DNS_PENDING_MAP: &str = "DNS_PENDING";
+/// Names of the two tables of lookups answered well, per socket cgroup (`u64` ->
+/// [`DnsAnswered`]): programs count into the one [`DNS_GENERATION_MAP`] selects while the agent
+/// drains the other.
+pub const DNS_ANSWERED_MAPS: [&str; 2] = ["DNS_ANSWERED0", "DNS_ANSWERED1"];
+/// Name of the one-entry array holding the generation (0 or 1) of [`DNS_ANSWERED_MAPS`].
+pub const DNS_GENERATION_MAP: &str = "DNS_GENERATION";
 /// Name of the read-only global carrying the running kernel's layouts ([`Offsets`]).
 pub const OFFSETS_GLOBAL: &str = "OFFSETS";
 
@@ -40,8 +53,11 @@ pub const LOST_FIELD_READ: u32 = 2;
 pub const LOST_FLOW_TABLE: u32 = 3;
 /// Index in [`LOSS_MAP`]: a DNS packet was not copied because [`DNS_RING_MAP`] was full.
 pub const LOST_DNS_RESERVE: u32 = 4;
+/// Index in [`LOSS_MAP`]: a lookup answered well could not be counted (the answered table was
+/// full).
+pub const LOST_DNS_ANSWERED: u32 = 5;
 /// Number of slots in [`LOSS_MAP`].
-pub const LOSS_SLOTS: u32 = 5;
+pub const LOSS_SLOTS: u32 = 6;
 
 /// Size of the ring buffer in bytes (a power of two multiple of the page size). It carries only
 /// first occurrences of flows (repeats are counted in the flow tables): 256 KiB holds about
@@ -55,6 +71,15 @@ pub const DNS_RING_BYTES: u32 = 1024 * 1024;
 /// 2-byte length prefix (12 + 255 + 4 + 2 = 273, rounded up to a multiple of 8). Answers are
 /// not needed: the outcome is the header's rcode.
 pub const DNS_PAYLOAD_CAP: usize = 288;
+/// Entries in [`DNS_PENDING_MAP`]: UDP queries waiting in the kernel. When it is full, a
+/// query goes to [`DNS_RING_MAP`] at once (nothing is lost; the agent does the matching).
+pub const DNS_PENDING_ENTRIES: u32 = 16 * 1024;
+/// Entries in each of [`DNS_ANSWERED_MAPS`]: cgroups with lookups per drain interval.
+pub const DNS_ANSWERED_ENTRIES: u32 = 8 * 1024;
+/// Slots in the kernel's direct-mapped table of cgroups with a recent failed lookup, whose
+/// good answers go to the agent for a while (it folds a search-path walk into one finding from
+/// them). A power of two.
+pub const DNS_RECENT_SLOTS: u32 = 4 * 1024;
 /// How many DNS ports can be configured.
 pub const DNS_PORTS_MAX: usize = 8;
 /// Entries in [`CONNECTS_MAP`]: concurrent connect() calls still waiting for SYN-ACK or RST.
@@ -492,6 +517,17 @@ pub mod errno {
 mod user {
     // SAFETY: plain #[repr(C)] data of integers and byte arrays with explicit padding; every bit
     // pattern is valid.
+    unsafe impl aya::Pod for super::DnsTiming {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::DnsKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::DnsEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::DnsHeld {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::DnsAnswered {}
+    // SAFETY: plain #[repr(C)] data of integers and byte arrays with explicit padding; every bit
+    // pattern is valid.
     unsafe impl aya::Pod for super::Offsets {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::PendingConnect {}
@@ -522,6 +558,9 @@ impl DnsPorts {
 pub mod dns_flags {
     /// The packet was leaving the socket (cgroup_skb egress); otherwise arriving.
     pub const EGRESS: u8 = 1 << 0;
+    /// A query the kernel held while waiting for its answer: the record is a
+    /// [`super::DnsHeld`], the event followed by what a server socket of this host did with it.
+    pub const HELD: u8 = 1 << 1;
 }
 
 /// A DNS packet seen at a socket: addresses, the socket's cgroup, and a bounded prefix of the
@@ -552,3 +591,73 @@ pub struct DnsEvent {
     pub payload: [u8; DNS_PAYLOAD_CAP],
 }
 const _: () = assert!(size_of::<DnsEvent>() == 360);
+
+/// DNS timing thresholds, set by the loader.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DnsTiming {
+    /// An answer at least this late (ns) is `slow`: it goes to the agent.
+    pub slow_ns: u64,
+    /// A cgroup's good answers go to the agent for this long (ns) after one of its lookups
+    /// failed (the rest of a search-path walk).
+    pub recent_ns: u64,
+}
+const _: () = assert!(size_of::<DnsTiming>() == 16);
+
+impl DnsTiming {
+    /// Placeholder until the loader sets it: everything is slow, so everything goes up.
+    pub const UNSET: Self = Self {
+        slow_ns: 0,
+        recent_ns: 0,
+    };
+}
+
+/// A UDP DNS lookup in flight, by what both its client and a server on this host see: the
+/// client's address and port and the message id. (The server may see another destination
+/// address than the client used, behind a Service's DNAT.) The answer is checked against the
+/// held query's socket cgroup and server before it counts.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DnsKey {
+    /// IPv4 in the first 4 bytes, or IPv6.
+    pub client: [u8; 16],
+    /// Host order.
+    pub client_port: u16,
+    /// The DNS message id: the wire's two bytes read in native order.
+    pub id: u16,
+    /// [`AF_INET`] or [`AF_INET6`].
+    pub family: u16,
+    pub _pad0: u16,
+}
+const _: () = assert!(size_of::<DnsKey>() == 24);
+
+/// A query held in the kernel, and what a DNS server socket of this host did with it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DnsHeld {
+    /// The query as it left the client (flags include [`dns_flags::HELD`]).
+    pub query: DnsEvent,
+    /// cgroup v2 id of the server socket that received it, 0 when none on this host did.
+    pub server_cgroup: u64,
+    /// 1 once a server socket of this host received it.
+    pub reached: u32,
+    /// 1 once that server sent its answer.
+    pub answered: u32,
+}
+const _: () = assert!(size_of::<DnsHeld>() == 376);
+
+/// A cgroup's lookups answered well (NOERROR, not truncated, below the slow threshold) in one
+/// generation of [`DNS_ANSWERED_MAPS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DnsAnswered {
+    pub lookups: u64,
+    /// Sum and maximum of their latencies (query sent to answer received).
+    pub latency_sum_ns: u64,
+    pub latency_max_ns: u64,
+    /// The asking address last seen ([`AF_INET`] or [`AF_INET6`]; IPv4 in the first 4 bytes).
+    pub family: u16,
+    pub _pad0: [u16; 3],
+    pub client: [u8; 16],
+}
+const _: () = assert!(size_of::<DnsAnswered>() == 48);

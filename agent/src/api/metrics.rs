@@ -55,6 +55,8 @@ struct Snapshot {
     store: StoreStats,
     losses: Vec<(Loss, u64)>,
     events_received: u64,
+    dns_records: u64,
+    dns_kernel_lookups: u64,
     probes: Vec<(String, bool)>,
     synced: bool,
     last_sync_age: Option<f64>,
@@ -97,6 +99,8 @@ impl MetricsState {
             store,
             losses: Loss::ALL.iter().map(|l| (*l, counts.get(*l))).collect(),
             events_received: a.counters.events_received(),
+            dns_records: a.counters.dns_records(),
+            dns_kernel_lookups: a.counters.dns_kernel_lookups(),
             probes: a
                 .probes
                 .iter()
@@ -205,6 +209,19 @@ impl Collector for Snapshot {
             "triage_agent_kernel_events",
             "Records read from the kernel's ring buffers.",
             self.events_received,
+        )?;
+        counter(
+            &mut e,
+            "triage_agent_dns_packets_parsed",
+            "DNS packets read from the DNS ring buffer and parsed (failures, slow answers, \
+             timeouts, TCP and what the kernel could not match).",
+            self.dns_records,
+        )?;
+        counter(
+            &mut e,
+            "triage_agent_dns_lookups_matched_in_kernel",
+            "UDP DNS lookups the kernel matched to a good answer and counted itself.",
+            self.dns_kernel_lookups,
         )?;
         {
             let mut m = e.encode_descriptor(

@@ -15,10 +15,14 @@ pub mod packet;
 pub mod track;
 
 #[cfg(feature = "node-agent")]
+mod kernel;
+#[cfg(feature = "node-agent")]
 mod task;
 
 use tracing::debug;
 
+#[cfg(feature = "node-agent")]
+pub use kernel::DnsMaps;
 #[cfg(feature = "node-agent")]
 pub use task::{DnsError, run};
 pub use track::{Finding, Tally, TrackConfig, Tracker};
@@ -41,6 +45,28 @@ impl Default for DnsConfig {
             ports: vec![DEFAULT_PORT],
             track: TrackConfig::default(),
         }
+    }
+}
+
+/// How long a UDP query may wait in the kernel before the agent takes it over (then its answer,
+/// or its timeout, is decided here): the slow threshold, at most half of the search hold (so
+/// the final query of a search-path walk is in flight here before the walk's held NXDOMAINs
+/// settle) and half of the timeout.
+pub fn handover_age(track: &TrackConfig) -> std::time::Duration {
+    track
+        .slow
+        .min(track::SEARCH_HOLD / 2)
+        .min(track.timeout / 2)
+}
+
+/// The thresholds the kernel applies when it matches a UDP answer itself: answers at least as
+/// late as the slow threshold go up, and so do a cgroup's answers for a timeout's length after
+/// one of its lookups failed (the rest of a search-path walk, which the tracker folds).
+pub fn kernel_timing(track: &TrackConfig) -> triage_agent_common::DnsTiming {
+    let ns = |d: std::time::Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+    triage_agent_common::DnsTiming {
+        slow_ns: ns(track.slow),
+        recent_ns: ns(track.timeout.max(track::SEARCH_HOLD)),
     }
 }
 
@@ -116,6 +142,10 @@ mod tests {
                 dst: "10.96.0.10:53".parse().unwrap_or(([0, 0, 0, 0], 0).into()),
                 wire_len: len as u32,
                 payload: &bytes,
+                server: (round % 5 == 0).then_some(packet::ServerSide {
+                    cgroup: Some(9),
+                    answered: round % 2 == 0,
+                }),
             });
             let _ = handle(&record, &mut tracker, &counters, &|p| p == 53);
         }

@@ -10,7 +10,7 @@ use std::{
 
 use domain::base::Message as DnsMessage;
 use triage_agent_common::{
-    AF_INET, AF_INET6, DNS_PAYLOAD_CAP, DnsEvent, EventHeader, dns_flags, kind,
+    AF_INET, AF_INET6, DNS_PAYLOAD_CAP, DnsEvent, DnsHeld, EventHeader, dns_flags, kind,
 };
 
 use crate::evidence::Protocol;
@@ -43,6 +43,15 @@ pub enum Side {
     Ingress,
 }
 
+/// What a DNS server socket of this host did with a query the kernel held.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServerSide {
+    /// The server socket's cgroup, when one of this host received the query.
+    pub cgroup: Option<u64>,
+    /// Whether that server sent its answer.
+    pub answered: bool,
+}
+
 /// The fixed fields of a DNS ring record and its payload prefix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Captured<'a> {
@@ -56,6 +65,8 @@ pub struct Captured<'a> {
     pub wire_len: u32,
     /// The copied prefix.
     pub payload: &'a [u8],
+    /// A query the kernel held ([`DnsHeld`]): what a server of this host did with it.
+    pub server: Option<ServerSide>,
 }
 
 impl Captured<'_> {
@@ -99,6 +110,21 @@ pub fn decode(record: &[u8]) -> Result<Captured<'_>, PacketError> {
     let saddr: [u8; 16] = field(record, HEADER + 24);
     let daddr: [u8; 16] = field(record, HEADER + 40);
     let payload_at = HEADER + 56;
+    let server = if flags & dns_flags::HELD != 0 {
+        if record.len() < size_of::<DnsHeld>() {
+            return Err(PacketError::Record(record.len()));
+        }
+        let at = size_of::<DnsEvent>();
+        let cgroup = u64::from_ne_bytes(field(record, at));
+        let reached = u32::from_ne_bytes(field(record, at + 8));
+        let answered = u32::from_ne_bytes(field(record, at + 12));
+        Some(ServerSide {
+            cgroup: (reached != 0).then_some(cgroup),
+            answered: answered != 0,
+        })
+    } else {
+        None
+    };
     if usize::from(captured) > DNS_PAYLOAD_CAP || captured as u32 > wire_len {
         return Err(PacketError::Captured(captured));
     }
@@ -124,6 +150,7 @@ pub fn decode(record: &[u8]) -> Result<Captured<'_>, PacketError> {
         payload: record
             .get(payload_at..payload_at + usize::from(captured))
             .ok_or(PacketError::Captured(captured))?,
+        server,
     })
 }
 
@@ -186,7 +213,12 @@ pub fn qtype_name(qtype: u16) -> String {
 
 /// A DNS ring record for tests and fuzzing: the kernel's layout, built in userspace.
 pub fn encode(c: &Captured<'_>) -> Vec<u8> {
-    let mut out = vec![0u8; size_of::<DnsEvent>()];
+    let size = if c.server.is_some() {
+        size_of::<DnsHeld>()
+    } else {
+        size_of::<DnsEvent>()
+    };
+    let mut out = vec![0u8; size];
     let header = size_of::<EventHeader>();
     let put = |out: &mut Vec<u8>, at: usize, bytes: &[u8]| {
         if let Some(dst) = out.get_mut(at..at + bytes.len()) {
@@ -218,11 +250,22 @@ pub fn encode(c: &Captured<'_>) -> Vec<u8> {
         Protocol::Tcp => 6,
         _ => 17,
     };
-    let flags = if c.side == Side::Egress {
+    let mut flags = if c.side == Side::Egress {
         dns_flags::EGRESS
     } else {
         0
     };
+    if let Some(server) = c.server {
+        flags |= dns_flags::HELD;
+        let at = size_of::<DnsEvent>();
+        put(&mut out, at, &server.cgroup.unwrap_or(0).to_ne_bytes());
+        put(
+            &mut out,
+            at + 8,
+            &u32::from(server.cgroup.is_some()).to_ne_bytes(),
+        );
+        put(&mut out, at + 12, &u32::from(server.answered).to_ne_bytes());
+    }
     put(&mut out, header + 10, &[protocol, flags]);
     put(&mut out, header + 12, &c.src.port().to_ne_bytes());
     put(&mut out, header + 14, &c.dst.port().to_ne_bytes());
@@ -284,6 +327,39 @@ mod tests {
             dst: "10.96.0.10:53".parse().unwrap(),
             wire_len: payload.len() as u32,
             payload,
+            server: None,
+        }
+    }
+
+    #[test]
+    fn held_queries_carry_what_the_server_did() {
+        let m = message(7, false, 0, false, "db", 1);
+        for server in [
+            ServerSide {
+                cgroup: Some(42),
+                answered: true,
+            },
+            ServerSide {
+                cgroup: Some(42),
+                answered: false,
+            },
+            ServerSide {
+                cgroup: None,
+                answered: false,
+            },
+        ] {
+            let held = Captured {
+                server: Some(server),
+                ..captured(&m)
+            };
+            let record = encode(&held);
+            assert_eq!(record.len(), size_of::<DnsHeld>());
+            assert_eq!(decode(&record).unwrap(), held);
+            // Cut to a plain event's size, the held flag's promise is broken: an error.
+            assert_eq!(
+                decode(&record[..size_of::<DnsEvent>()]),
+                Err(PacketError::Record(size_of::<DnsEvent>()))
+            );
         }
     }
 

@@ -7,7 +7,7 @@ use aya::maps::{MapData, RingBuf};
 use tokio::{io::unix::AsyncFd, sync::mpsc};
 use tokio_util::sync::CancellationToken;
 
-use super::{DnsConfig, Tracker, handle};
+use super::{DnsConfig, Tracker, handle, handover_age, kernel::DnsMaps, kernel::record_bytes};
 use crate::{
     attribute::TimedEvent,
     kernel::clock::BootClock,
@@ -22,6 +22,9 @@ const TICK: Duration = Duration::from_millis(250);
 const DRAIN_EVERY: Duration = Duration::from_millis(20);
 /// How often pods' lookup counters are reported.
 const TALLY_EVERY: Duration = Duration::from_secs(1);
+/// How long after switching the kernel's answered table the old one is left alone (programs
+/// that read the old generation are still running; they run in microseconds).
+const QUIESCE: Duration = Duration::from_millis(5);
 /// How often the boot-time to wall-clock offset is refreshed.
 const CLOCK_REFRESH: Duration = Duration::from_secs(10);
 
@@ -32,11 +35,14 @@ pub enum DnsError {
     Ring(#[from] std::io::Error),
     #[error("attribution stopped taking events")]
     AttributionGone,
+    #[error("switching the kernel's DNS answered table: {0}")]
+    Generation(#[from] aya::maps::MapError),
 }
 
 /// Reads DNS packets until cancelled, sending findings and lookup counters to attribution.
 pub async fn run(
     ring: RingBuf<MapData>,
+    mut maps: DnsMaps,
     config: DnsConfig,
     out: mpsc::Sender<TimedEvent>,
     counters: Arc<Counters>,
@@ -46,6 +52,7 @@ pub async fn run(
     let mut fd = unsafe { AsyncFd::register(ring) }.map_err(std::io::Error::from)?;
     let mut clock = BootClock::new()?;
     let mut tracker = Tracker::new(config.track.clone(), counters.clone());
+    let handover = handover_age(&config.track);
     let ports = config.ports.clone();
     let is_dns_port = |p: u16| ports.contains(&p);
     let mut refresh = tokio::time::interval(CLOCK_REFRESH);
@@ -82,11 +89,23 @@ pub async fn run(
             () = cancel.cancelled() => return Ok(()),
             _ = refresh.tick() => clock.refresh()?,
             _ = tick.tick() => {
+                // Queries the kernel has held past the handover age: matched here from now on.
+                for query in maps.take_older_than(clock.boot_now(), handover) {
+                    for finding in handle(record_bytes(&query), &mut tracker, &counters, &is_dns_port) {
+                        emit(RawEvent::Dns(Box::new(finding)), &clock)?;
+                    }
+                }
                 for finding in tracker.tick(clock.boot_now()) {
                     emit(RawEvent::Dns(Box::new(finding)), &clock)?;
                 }
             }
             _ = tally.tick() => {
+                let old = maps.flip()?;
+                tokio::time::sleep(QUIESCE).await;
+                for a in maps.drain(old) {
+                    counters.add_dns_kernel_lookups(a.lookups);
+                    tracker.answered_in_kernel(a.cgroup_id, a.client_ip, a.lookups, a.latency_sum, a.latency_max);
+                }
                 for t in tracker.take_tallies() {
                     emit(RawEvent::DnsLookups(t), &clock)?;
                 }
@@ -136,5 +155,6 @@ fn read_batch(
         }
     }
     counters.add_events_received(received as u64);
+    counters.add_dns_records(received as u64);
     Ok(received)
 }

@@ -167,6 +167,27 @@ impl Tracker {
         }
     }
 
+    /// Lookups of a cgroup the kernel matched and found answered well (NOERROR, not
+    /// truncated, below the slow threshold): they join its counters.
+    pub fn answered_in_kernel(
+        &mut self,
+        cgroup: u64,
+        client_ip: IpAddr,
+        lookups: u64,
+        latency_sum: Duration,
+        latency_max: Duration,
+    ) {
+        let t = self.tally(cgroup, client_ip);
+        t.lookups = t.lookups.saturating_add(lookups);
+        t.succeeded = t.succeeded.saturating_add(lookups);
+        t.latency_sum_us = t
+            .latency_sum_us
+            .saturating_add(u64::try_from(latency_sum.as_micros()).unwrap_or(u64::MAX));
+        t.latency_max_us = t
+            .latency_max_us
+            .max(u64::try_from(latency_max.as_micros()).unwrap_or(u64::MAX));
+    }
+
     /// Queries in flight.
     pub fn in_flight(&self) -> usize {
         self.inflight.len()
@@ -225,8 +246,16 @@ impl Tracker {
             qtype: m.qtype,
             qname: m.qname,
         };
+        let (reached_server, server_answered, server_cgroup) = match c.server {
+            Some(s) => (s.cgroup.is_some(), s.answered, s.cgroup),
+            None => (false, false, None),
+        };
         if let Some(entry) = self.inflight.get_mut(&key) {
-            entry.last_ns = c.boot_ns;
+            entry.last_ns = entry.last_ns.max(c.boot_ns);
+            entry.first_ns = entry.first_ns.min(c.boot_ns);
+            entry.reached_server |= reached_server;
+            entry.server_answered |= server_answered;
+            entry.server_cgroup = entry.server_cgroup.or(server_cgroup);
             return;
         }
         let per_pod = self.order.get(&key.cgroup).map_or(0, VecDeque::len);
@@ -252,9 +281,9 @@ impl Tracker {
                 first_ns: c.boot_ns,
                 last_ns: c.boot_ns,
                 protocol: c.protocol,
-                reached_server: false,
-                server_answered: false,
-                server_cgroup: None,
+                reached_server,
+                server_answered,
+                server_cgroup,
             },
         );
     }
@@ -307,6 +336,7 @@ impl Tracker {
             return Vec::new();
         };
         let latency = Duration::from_nanos(c.boot_ns.saturating_sub(entry.first_ns));
+        let server_cgroup = entry.server_cgroup;
         let finding = |outcome, rcode| Finding {
             outcome,
             at_ns: c.boot_ns,
@@ -321,7 +351,7 @@ impl Tracker {
             latency: Some(latency),
             reached_server: None,
             server_answered: false,
-            server_cgroup: entry.server_cgroup,
+            server_cgroup,
             search_nxdomains: 0,
             count: 1,
         };

@@ -12,9 +12,10 @@ use aya::{
 };
 use tracing::{info, warn};
 use triage_agent_common::{
-    DNS_PORTS_GLOBAL, DNS_PORTS_MAX, DNS_RING_MAP, DROP_REASONS_ENTRIES, DROP_REASONS_MAP,
-    DnsPorts, EVENTS_MAP, FLOWS_MAPS, FlowKey, FlowStats, GENERATION_MAP, LOSS_MAP,
-    LOST_CONNECT_TABLE, LOST_DNS_RESERVE, LOST_FIELD_READ, LOST_FLOW_TABLE, LOST_RESERVE,
+    DNS_ANSWERED_MAPS, DNS_GENERATION_MAP, DNS_PENDING_MAP, DNS_PORTS_GLOBAL, DNS_PORTS_MAX,
+    DNS_RING_MAP, DNS_TIMING_GLOBAL, DROP_REASONS_ENTRIES, DROP_REASONS_MAP, DnsPorts, DnsTiming,
+    EVENTS_MAP, FLOWS_MAPS, FlowKey, FlowStats, GENERATION_MAP, LOSS_MAP, LOST_CONNECT_TABLE,
+    LOST_DNS_ANSWERED, LOST_DNS_RESERVE, LOST_FIELD_READ, LOST_FLOW_TABLE, LOST_RESERVE,
     OFFSETS_GLOBAL,
 };
 
@@ -23,7 +24,7 @@ use super::{
     offsets::{drop_reason_values, kernel_offsets},
     reasons::DropReasons,
 };
-use crate::{kernel::btf::Btf, loss::Loss};
+use crate::{dns::DnsMaps, kernel::btf::Btf, loss::Loss};
 
 /// The eBPF object built by build.rs from agent-ebpf.
 static EBPF_OBJECT: &[u8] =
@@ -54,12 +55,13 @@ pub struct Probes {
 pub struct LossMap(PerCpuArray<MapData, u64>);
 
 /// Kernel loss slots and the names they are reported under.
-const KERNEL_LOSSES: [(u32, Loss); 5] = [
+const KERNEL_LOSSES: [(u32, Loss); 6] = [
     (LOST_RESERVE, Loss::RingBufferFull),
     (LOST_CONNECT_TABLE, Loss::ConnectTableFull),
     (LOST_FIELD_READ, Loss::KernelReadErrors),
     (LOST_FLOW_TABLE, Loss::FlowTableFull),
     (LOST_DNS_RESERVE, Loss::DnsRingFull),
+    (LOST_DNS_ANSWERED, Loss::DnsAnsweredFull),
 ];
 
 /// The two flow tables and the generation switch (see agent-ebpf/src/flows.rs), owned by the
@@ -114,6 +116,8 @@ pub struct Loaded {
     pub ring: RingBuf<MapData>,
     /// DNS packets (see agent-ebpf/src/dns.rs).
     pub dns_ring: RingBuf<MapData>,
+    /// The kernel's DNS matching tables.
+    pub dns_maps: DnsMaps,
     pub flows: FlowTables,
     pub loss: LossMap,
     /// Names of the drop reasons reported, by value.
@@ -133,6 +137,8 @@ pub struct LoadOptions<'a> {
     pub cgroup_root: &'a Path,
     /// Ports whose traffic is DNS (at most [`DNS_PORTS_MAX`]; empty: no DNS capture).
     pub dns_ports: &'a [u16],
+    /// DNS thresholds the kernel applies when it matches answers itself.
+    pub dns_timing: DnsTiming,
 }
 
 /// Loads and attaches the programs.
@@ -143,6 +149,7 @@ pub fn load(options: &LoadOptions<'_>) -> Result<Loaded, LoadError> {
         drop_reasons,
         cgroup_root,
         dns_ports,
+        dns_timing,
     } = options.clone();
     let started = std::time::Instant::now();
     let (offsets, mut problems) = kernel_offsets(tracefs, btf);
@@ -169,6 +176,7 @@ pub fn load(options: &LoadOptions<'_>) -> Result<Loaded, LoadError> {
     let mut ebpf = EbpfLoader::new()
         .override_global(OFFSETS_GLOBAL, &offsets, true)
         .override_global(DNS_PORTS_GLOBAL, &ports, true)
+        .override_global(DNS_TIMING_GLOBAL, &dns_timing, true)
         .load(EBPF_OBJECT)
         .map_err(LoadError::Load)?;
     let loaded = started.elapsed();
@@ -229,6 +237,15 @@ pub fn load(options: &LoadOptions<'_>) -> Result<Loaded, LoadError> {
         .collect();
     let ring = take_map(&mut ebpf, EVENTS_MAP, RingBuf::try_from)?;
     let dns_ring = take_map(&mut ebpf, DNS_RING_MAP, RingBuf::try_from)?;
+    let dns_maps = DnsMaps {
+        pending: take_map(&mut ebpf, DNS_PENDING_MAP, BpfHashMap::try_from)?,
+        answered: [
+            take_map(&mut ebpf, DNS_ANSWERED_MAPS[0], BpfHashMap::try_from)?,
+            take_map(&mut ebpf, DNS_ANSWERED_MAPS[1], BpfHashMap::try_from)?,
+        ],
+        generation: take_map(&mut ebpf, DNS_GENERATION_MAP, Array::try_from)?,
+        current: 0,
+    };
     let loss = take_map(&mut ebpf, LOSS_MAP, PerCpuArray::try_from)?;
     let flows = FlowTables {
         tables: [
@@ -250,6 +267,7 @@ pub fn load(options: &LoadOptions<'_>) -> Result<Loaded, LoadError> {
         },
         ring,
         dns_ring,
+        dns_maps,
         flows,
         loss: LossMap(loss),
         drop_reasons: chosen.into_iter().map(|(n, v)| (v, n)).collect(),

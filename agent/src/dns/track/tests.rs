@@ -45,6 +45,7 @@ impl Sim {
             dst,
             wire_len: msg.len() as u32,
             payload: msg,
+            server: None,
         };
         let m = parse(c.protocol, c.payload).unwrap();
         self.t.packet(&c, m, |p| p == 53)
@@ -151,6 +152,55 @@ fn a_timeout_says_whether_the_server_on_this_node_got_the_query() {
     assert_eq!(f[0].reached_server, Some(true));
     assert_eq!(f[0].server_cgroup, Some(99));
     assert!(!f[0].server_answered);
+}
+
+#[test]
+fn a_query_held_in_the_kernel_brings_what_the_server_did() {
+    let mut s = Sim::new(TrackConfig::default());
+    let q = message(4, false, 0, false, "held.example", 1);
+    let held = |answered| Captured {
+        boot_ns: 0,
+        cgroup_id: 7,
+        side: Side::Egress,
+        protocol: Protocol::Udp,
+        src: client(),
+        dst: server(),
+        wire_len: q.len() as u32,
+        payload: &q,
+        server: Some(crate::dns::packet::ServerSide {
+            cgroup: Some(99),
+            answered,
+        }),
+    };
+    // Handed over by the kernel half a second after it was sent, with its original time.
+    let c = held(true);
+    s.t.packet(&c, parse(c.protocol, c.payload).unwrap(), |p| p == 53);
+    let f = s.t.tick(6 * S);
+    assert_eq!(f.len(), 1);
+    assert_eq!(f[0].reached_server, Some(true));
+    assert!(f[0].server_answered);
+    assert_eq!(f[0].server_cgroup, Some(99));
+    assert_eq!(f[0].latency, Some(Duration::from_secs(6)));
+}
+
+#[test]
+fn lookups_the_kernel_counted_join_the_pods_counters() {
+    let mut s = Sim::new(TrackConfig::default());
+    s.ask(0, 1, "a.example", 1);
+    s.answer(2 * MS, 1, "a.example", 1, 0);
+    s.t.answered_in_kernel(
+        7,
+        client().ip(),
+        40,
+        Duration::from_millis(80),
+        Duration::from_millis(9),
+    );
+    let t = s.t.take_tallies();
+    assert_eq!(t.len(), 1);
+    let l = t[0].lookups;
+    assert_eq!((l.lookups, l.succeeded, l.failed), (41, 41, 0));
+    assert_eq!(l.latency_sum_us, 82_000);
+    assert_eq!(l.latency_max_us, 9_000);
 }
 
 #[test]

@@ -956,6 +956,7 @@ fn dns_round_trips(node: &SimNode, client: usize, window: u16, name: &str) -> an
         let _ = capture.kill();
         let _ = capture.wait();
     }
+    let costs = dns_program_costs(node, &|node| load(node).map(|(rate, _)| rate * SECONDS))?;
     let d = median(&mut detached.clone());
     let a = median(&mut attached.clone());
     let t = median(&mut tcpdump.clone());
@@ -983,6 +984,7 @@ fn dns_round_trips(node: &SimNode, client: usize, window: u16, name: &str) -> an
         median(&mut cpu_per_10k),
         if losses.is_empty() { "none" } else { &losses }
     );
+    println!("  eBPF time per query: {costs}");
     let what = if name == FOUND {
         "answered"
     } else {
@@ -997,7 +999,8 @@ fn dns_round_trips(node: &SimNode, client: usize, window: u16, name: &str) -> an
         goal: ">= 0.98".to_owned(),
         spread: format!(
             "detached {} ({}-{}), attached {} ({}-{}); agent {:.3} cores per 10k queries/s; \
-             answers {answered_total}, lookups counted {counted_total}; losses: {}",
+             answers {answered_total}, lookups counted {counted_total}; losses: {}; eBPF \
+             time per query {costs}",
             results::thousands(d),
             results::thousands(dmin),
             results::thousands(dmax),
@@ -1009,6 +1012,43 @@ fn dns_round_trips(node: &SimNode, client: usize, window: u16, name: &str) -> an
         ),
     });
     Ok(())
+}
+
+/// One more load with the kernel's run-time statistics on: the DNS programs' time per query
+/// (all four packets of a lookup: query out, query in at the server, answer out, answer in),
+/// and per program run. `load` returns the queries it made.
+fn dns_program_costs(
+    node: &SimNode,
+    load: &dyn Fn(&SimNode) -> anyhow::Result<f64>,
+) -> anyhow::Result<String> {
+    let _stats = peers::BpfStats::enable()?;
+    let mut agent = AgentProcess::start(node)?;
+    agent.wait_ready(true, Duration::from_secs(20))?;
+    let before = program_stats(&agent)?;
+    let queries = load(node);
+    let after = program_stats(&agent)?;
+    agent.stop()?;
+    let queries = queries?.max(1.0);
+    let mut total = 0.0;
+    let programs: Vec<String> = after
+        .iter()
+        .filter(|(name, _)| name.starts_with("dns_"))
+        .map(|(name, (secs, runs))| {
+            let (secs0, runs0) = before.get(name).copied().unwrap_or((0.0, 0.0));
+            let (secs, runs) = (secs - secs0, runs - runs0);
+            total += secs;
+            format!(
+                "{name} {:.0} ns x {:.2} per query",
+                secs * 1e9 / runs.max(1.0),
+                runs / queries
+            )
+        })
+        .collect();
+    Ok(format!(
+        "{:.0} ns [{}]",
+        total * 1e9 / queries,
+        programs.join(", ")
+    ))
 }
 
 /// Pods known only as metadata in the memory scenario, beside the node's real ones: 1,000 in

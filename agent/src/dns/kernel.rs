@@ -1,0 +1,118 @@
+//! The kernel's side of DNS matching (agent-ebpf/src/dns.rs): UDP queries waiting for their
+//! answer (with what a server socket of this host did with them), and lookups answered well,
+//! counted per cgroup in two tables switched by a generation like the flow tables.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    time::Duration,
+};
+
+use aya::maps::{Array, HashMap as BpfHashMap, MapData, MapError};
+use triage_agent_common::{AF_INET, AF_INET6, DnsAnswered, DnsHeld, DnsKey};
+
+/// The maps, owned by the DNS task.
+pub struct DnsMaps {
+    pub pending: BpfHashMap<MapData, DnsKey, DnsHeld>,
+    pub answered: [BpfHashMap<MapData, u64, DnsAnswered>; 2],
+    pub generation: Array<MapData, u32>,
+    pub current: u32,
+}
+
+/// A cgroup's lookups the kernel found answered well in one drain interval.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Answered {
+    pub cgroup_id: u64,
+    pub client_ip: IpAddr,
+    pub lookups: u64,
+    pub latency_sum: Duration,
+    pub latency_max: Duration,
+}
+
+/// The record's bytes, as the ring would have carried them.
+pub fn record_bytes(held: &DnsHeld) -> &[u8] {
+    // SAFETY: DnsHeld is #[repr(C)] plain data with explicit padding (no uninitialised
+    // bytes); the slice covers exactly the value and borrows it.
+    unsafe {
+        std::slice::from_raw_parts((held as *const DnsHeld).cast::<u8>(), size_of::<DnsHeld>())
+    }
+}
+
+fn address(family: u16, bytes: [u8; 16]) -> Option<IpAddr> {
+    match family {
+        AF_INET => Some(IpAddr::V4(Ipv4Addr::new(
+            bytes[0], bytes[1], bytes[2], bytes[3],
+        ))),
+        AF_INET6 => Some(IpAddr::V6(Ipv6Addr::from(bytes))),
+        _ => None,
+    }
+}
+
+impl DnsMaps {
+    /// Takes out of the kernel's table the queries older than `age` at `now_ns`
+    /// (CLOCK_BOOTTIME): from now on their answers come through the ring. A query the kernel
+    /// matched meanwhile is not returned (removal decides who owns it).
+    pub fn take_older_than(&mut self, now_ns: u64, age: Duration) -> Vec<DnsHeld> {
+        let age = u64::try_from(age.as_nanos()).unwrap_or(u64::MAX);
+        let keys: Vec<DnsKey> = self.pending.keys().filter_map(Result::ok).collect();
+        let mut out = Vec::new();
+        for key in keys {
+            let Ok(held) = self.pending.get(&key, 0) else {
+                continue;
+            };
+            if now_ns.saturating_sub(held.query.header.boot_ns) < age {
+                continue;
+            }
+            if self.pending.remove(&key).is_ok() {
+                out.push(held);
+            }
+        }
+        out
+    }
+
+    /// Makes programs count into the other answered table; returns the one they left, to
+    /// drain once programs still running on it are done.
+    pub fn flip(&mut self) -> Result<usize, MapError> {
+        let old = self.current;
+        self.generation.set(0, old ^ 1, 0)?;
+        self.current = old ^ 1;
+        Ok(old as usize)
+    }
+
+    /// Reads and empties an answered table no program counts into any more.
+    pub fn drain(&mut self, index: usize) -> Vec<Answered> {
+        let Some(table) = self.answered.get_mut(index) else {
+            return Vec::new();
+        };
+        let keys: Vec<u64> = table.keys().filter_map(Result::ok).collect();
+        let mut out = Vec::with_capacity(keys.len());
+        for cgroup_id in keys {
+            if let Ok(a) = table.get(&cgroup_id, 0)
+                && let Some(client_ip) = address(a.family, a.client)
+            {
+                out.push(Answered {
+                    cgroup_id,
+                    client_ip,
+                    lookups: a.lookups,
+                    latency_sum: Duration::from_nanos(a.latency_sum_ns),
+                    latency_max: Duration::from_nanos(a.latency_max_ns),
+                });
+            }
+            let _ = table.remove(&cgroup_id);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_of_unknown_families_are_none() {
+        assert_eq!(address(3, [0; 16]), None);
+        assert_eq!(
+            address(AF_INET, [10, 1, 2, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+            Some(IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3)))
+        );
+    }
+}
