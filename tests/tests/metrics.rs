@@ -103,6 +103,8 @@ fn prometheus_scrapes_low_cardinality_metrics_of_a_running_agent() {
         ("triage_agent_evidence_occurrences", "counter"),
         ("triage_agent_loss", "counter"),
         ("triage_agent_kernel_events", "counter"),
+        ("triage_agent_dns_packets_parsed", "counter"),
+        ("triage_agent_dns_lookups_matched_in_kernel", "counter"),
         ("triage_agent_probe_attached", "gauge"),
         ("triage_agent_store_records", "gauge"),
         ("triage_agent_store_capacity", "gauge"),

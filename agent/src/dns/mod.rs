@@ -1,15 +1,22 @@
-//! DNS evidence: every lookup of every pod, matched to its answer in userspace.
+//! DNS evidence: every lookup of every pod, matched to its answer.
 //!
 //! ```text
-//! cgroup_skb egress/ingress on the cgroup2 root --DNS ring--> run(): packet::decode,
-//!   packet::parse (domain) --> track::Tracker --findings, lookup counters--> attribution
+//! cgroup_skb egress/ingress on the cgroup2 root
+//!   UDP, answered well --> counted per cgroup in the kernel --(drained each second)--> tallies
+//!   anything else --DNS ring--> run(): packet::decode, packet::parse (domain)
+//!       --> track::Tracker --findings, lookup counters--> attribution
+//!   queries unanswered past the handover age --(taken from the kernel's table)--> Tracker
 //! ```
-//! The kernel copies the first 288 bytes of each DNS payload (UDP or TCP on the configured
-//! ports) with the socket's cgroup; [`packet`] reads the header and question with the `domain`
-//! crate; [`track`] matches answers to queries and decides outcomes. Failures and slow answers
-//! become `dns` evidence; successes only feed the pod's counters. Every packet that cannot be
-//! used is counted ([`Loss::DnsRingFull`] in the kernel, [`Loss::DnsMalformed`] here), as is
-//! every query the bounded in-flight table had to give up ([`Loss::DnsInflightEvicted`]).
+//! The kernel holds each UDP query (its first 288 payload bytes and the socket's cgroup) until
+//! the answer: a good one (NOERROR, not truncated, below the slow threshold) is counted there;
+//! otherwise the query and its answer come up through the ring, as do TCP, resends and what the
+//! kernel could not hold ([`kernel`] reads its tables). [`packet`] reads the header and question
+//! with the `domain` crate; [`track`] matches answers to queries and decides outcomes.
+//! Failures and slow answers become `dns` evidence; successes only feed the pod's counters.
+//! Every packet that cannot be used is counted ([`Loss::DnsRingFull`] in the kernel,
+//! [`Loss::DnsMalformed`] here), as is every query the bounded in-flight table had to give up
+//! ([`Loss::DnsInflightEvicted`]) and every good answer the kernel could not count
+//! ([`Loss::DnsAnsweredFull`]).
 
 pub mod packet;
 pub mod track;

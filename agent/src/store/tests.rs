@@ -278,7 +278,14 @@ async fn task_answers_commands() {
     let (handle, occurrences, task) = spawn(store(10), cancel.clone());
     let task = tokio::spawn(task);
     let mut watch = handle.subscribe(Filter::default()).await.unwrap();
-    occurrences.send(occ("a", 1, 1)).await.unwrap();
+    // A current time: the task's retention sweep (its first tick is at once) would expire an
+    // old one, racing the assertions below.
+    let now = refused()
+        .pod("ns", "a")
+        .dst("10.0.0.2:1")
+        .at_time(SystemTime::now())
+        .occurrence();
+    occurrences.send(now).await.unwrap();
     assert_eq!(watch.updates.recv().await.unwrap().count, 1);
     let r = handle.query(Filter::default(), 10).await.unwrap();
     assert_eq!(r.evidence.len(), 1);

@@ -18,7 +18,9 @@
 //!   for one answered NXDOMAIN; then one at a time, the latency each lookup gains, with
 //!   SCHED_IDLE spinners keeping the cores awake) with no agent, with the agent attached, and
 //!   with `tcpdump -i any udp port 53` capturing the same traffic in the node's namespace
-//!   instead; the agent's CPU per 10k queries/s, and that it lost nothing (every lookup counted);
+//!   instead; the agent's CPU per 10k queries/s, that it lost nothing (every lookup counted),
+//!   and the DNS programs' time per query (one more load with the kernel's run-time statistics
+//!   on); `dns-latency` runs only the one-at-a-time part;
 //! - healthy: TCP throughput (iperf3) and connection rate between two pods, attached vs
 //!   detached (every packet of every socket passes the DNS programs' port check);
 //! - sampling: the cgroupfs sampler on a fixture tree of 1,000 containers (cgroup v2 file
@@ -373,7 +375,9 @@ fn scenarios(only: &[String]) -> anyhow::Result<()> {
         memory(&mut node, source, sink)?;
     }
     if wanted("dns") {
-        dns(&mut node)?;
+        dns(&mut node, true)?;
+    } else if only.iter().any(|o| o == "dns-latency") {
+        dns(&mut node, false)?;
     }
     if wanted("healthy") {
         healthy(&mut node)?;
@@ -841,7 +845,9 @@ fn healthy(node: &mut SimNode) -> anyhow::Result<()> {
 }
 
 /// DNS queries/s through the simulated resolver: detached, agent attached, tcpdump instead.
-fn dns(node: &mut SimNode) -> anyhow::Result<()> {
+/// The DNS scenarios: flat out (answered, then NXDOMAIN) when `floods`, and one lookup at a
+/// time (`bench dns-latency` runs that alone).
+fn dns(node: &mut SimNode, floods: bool) -> anyhow::Result<()> {
     let record = format!(
         "--host-record=db.bench.svc.cluster.local,{}",
         node.node_ip()
@@ -849,9 +855,11 @@ fn dns(node: &mut SimNode) -> anyhow::Result<()> {
     node.add_dns_server("coredns", DNS_VIP, &["--local=/cluster.local/", &record])?;
     let client = node.add_pod("bench", "resolver")?;
     node.set_cluster_dns(client, DNS_VIP, "")?;
-    dns_round_trips(node, client, 32, FOUND)?;
-    // Failures: every lookup answered NXDOMAIN (each a failure the agent records).
-    dns_round_trips(node, client, 32, "missing.bench.svc.cluster.local")?;
+    if floods {
+        dns_round_trips(node, client, 32, FOUND)?;
+        // Failures: every lookup answered NXDOMAIN (each a failure the agent records).
+        dns_round_trips(node, client, 32, "missing.bench.svc.cluster.local")?;
+    }
     // One query at a time measures the latency each lookup gains. Idle cores would make the
     // wakeups of whichever configuration keeps them busier decide the rate, so SCHED_IDLE
     // spinners keep both cores out of idle states in every configuration (they yield to any
@@ -985,6 +993,18 @@ fn dns_round_trips(node: &SimNode, client: usize, window: u16, name: &str) -> an
         if losses.is_empty() { "none" } else { &losses }
     );
     println!("  eBPF time per query: {costs}");
+    let per_round = |v: &[f64]| -> String {
+        v.iter()
+            .map(|x| format!("{:.0}", x / 1000.0))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    println!(
+        "  rounds (thousands/s): detached {}; attached {}; tcpdump {}",
+        per_round(&detached),
+        per_round(&attached),
+        per_round(&tcpdump)
+    );
     let what = if name == FOUND {
         "answered"
     } else {
