@@ -10,7 +10,10 @@
 //!   errors are findings at once; NXDOMAIN waits briefly in the client's search group (below).
 //! - No answer within the timeout: a `timeout` finding, saying whether a DNS server's socket
 //!   on this node received the query and whether it answered (the same packets seen at the
-//!   server's side, matched by client address and id).
+//!   server's side, matched by client address and id; for a query the kernel held, its notes
+//!   arrive with the query, [`super::packet::ServerSide`]).
+//! - Good UDP answers are mostly counted in the kernel and join the pod's counters through
+//!   [`Tracker::answered_in_kernel`]; what reaches the tracker is the rest.
 //! - The search path: a resolver with `ndots:5` asks `name.ns.svc.cluster.local`,
 //!   `name.svc.cluster.local`, ... each answered NXDOMAIN before the name that exists. NXDOMAINs
 //!   wait in their client's group for [`SEARCH_HOLD`]; an answer for a related name (same
