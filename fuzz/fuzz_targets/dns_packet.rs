@@ -29,6 +29,14 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
             dst: dst.parse().unwrap(),
             wire_len: data.len() as u32,
             payload: data,
+            // Some as a query the kernel held, with what a server did with it.
+            server: data
+                .first()
+                .filter(|b| *b & 1 == 1)
+                .map(|b| packet::ServerSide {
+                    cgroup: (b & 2 != 0).then_some(9),
+                    answered: b & 4 != 0,
+                }),
         });
         let _ = handle(&record, &mut tracker, &counters, &|p| p == 53);
     }
