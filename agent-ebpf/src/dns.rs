@@ -145,6 +145,34 @@ fn head<const N: usize>(ctx: &SkBuffContext) -> Option<[u8; N]> {
     }
 }
 
+/// Which end of a packet is the DNS client.
+#[derive(Clone, Copy)]
+enum Client {
+    /// A query on its way to a server.
+    Source,
+    /// An answer on its way back.
+    Destination,
+}
+
+impl Packet {
+    /// The key its lookup is held under in [`DNS_PENDING`]: the client's address and port and
+    /// the id, which the client and a server on this host both see.
+    #[inline(always)]
+    fn key(&self, client: Client) -> DnsKey {
+        let (addr, port) = match client {
+            Client::Source => (self.saddr, self.sport),
+            Client::Destination => (self.daddr, self.dport),
+        };
+        DnsKey {
+            client: addr,
+            client_port: port,
+            id: self.id,
+            family: self.family,
+            _pad0: 0,
+        }
+    }
+}
+
 /// Addresses, ports and payload of a packet to or from a DNS port; `None` for any other
 /// packet, decided from one read of the headers in the common case (IPv4 without options,
 /// IPv6 without extension headers), since most packets are not DNS.
@@ -273,13 +301,7 @@ fn observe(ctx: &SkBuffContext, egress: bool) {
 /// A query leaving the asking socket: it waits in [`DNS_PENDING`] with its record.
 #[inline(always)]
 fn client_query(ctx: &SkBuffContext, p: &Packet) {
-    let key = DnsKey {
-        client: p.saddr,
-        client_port: p.sport,
-        id: p.id,
-        family: p.family,
-        _pad0: 0,
-    };
+    let key = p.key(Client::Source);
     let Some(held) = DNS_SCRATCH.get_ptr_mut(0) else {
         send(ctx, p, true);
         return;
@@ -323,13 +345,7 @@ fn client_query(ctx: &SkBuffContext, p: &Packet) {
 /// An answer arriving at the asking socket.
 #[inline(always)]
 fn client_answer(ctx: &SkBuffContext, p: &Packet) {
-    let key = DnsKey {
-        client: p.daddr,
-        client_port: p.dport,
-        id: p.id,
-        family: p.family,
-        _pad0: 0,
-    };
+    let key = p.key(Client::Destination);
     // SAFETY: helper without preconditions beyond a valid skb.
     let cgroup_id = unsafe { bpf_skb_cgroup_id(ctx.skb.skb) };
     // SAFETY: a map value, valid while the program runs.
@@ -460,13 +476,7 @@ fn add_answered(a: *mut DnsAnswered, latency: u64) {
 /// client is a socket of this host.
 #[inline(always)]
 fn server_received(ctx: &SkBuffContext, p: &Packet) {
-    let key = DnsKey {
-        client: p.saddr,
-        client_port: p.sport,
-        id: p.id,
-        family: p.family,
-        _pad0: 0,
-    };
+    let key = p.key(Client::Source);
     if let Some(h) = DNS_PENDING.get_ptr_mut(key) {
         // SAFETY: a map value, valid while the program runs; only this packet's programs
         // write these fields.
@@ -480,13 +490,7 @@ fn server_received(ctx: &SkBuffContext, p: &Packet) {
 /// An answer leaving a DNS server socket of this host.
 #[inline(always)]
 fn server_answered(p: &Packet) {
-    let key = DnsKey {
-        client: p.daddr,
-        client_port: p.dport,
-        id: p.id,
-        family: p.family,
-        _pad0: 0,
-    };
+    let key = p.key(Client::Destination);
     if let Some(h) = DNS_PENDING.get_ptr_mut(key) {
         // SAFETY: as above.
         unsafe { (*h).answered = 1 };
