@@ -278,10 +278,52 @@ fn connected_elsewhere(ctx: &SkBuffContext) -> bool {
     remote != 0 && !is_dns_port(remote) && !is_dns_port(ctx.skb.local_port() as u16)
 }
 
+/// Whether the packet is certainly not DNS, from three plain loads of its linear part: the IP
+/// version and header length, the protocol, and both ports (for IPv4 without options and IPv6
+/// without extension headers: the common case). Anything it cannot decide this cheaply goes to
+/// [`parse`]. Unconnected sockets' bulk traffic (a UDP flood sent with sendto) leaves here,
+/// before the full parse builds anything.
+#[inline(always)]
+fn plainly_not_dns(ctx: &SkBuffContext) -> bool {
+    // SAFETY: reads the context's data pointers, which the verifier gives cgroup_skb programs.
+    let (data, end) = unsafe {
+        (
+            (*ctx.skb.skb).data as usize,
+            (*ctx.skb.skb).data_end as usize,
+        )
+    };
+    // (protocol offset, transport offset) by the first byte; the ports end 4 bytes after the
+    // transport offset.
+    if data + 24 > end {
+        return false;
+    }
+    // SAFETY: the first byte, inside the linear part (checked just above).
+    let (protocol_at, ports_at) = match unsafe { *(data as *const u8) } {
+        0x45 => (9, 20),
+        b if b >> 4 == 6 && data + 44 <= end => (6, 40),
+        _ => return false,
+    };
+    // SAFETY: both inside the linear part: the checks above cover ports_at + 4.
+    let (protocol, ports) = unsafe {
+        (
+            *((data + protocol_at) as *const u8),
+            core::ptr::read_unaligned((data + ports_at) as *const u32),
+        )
+    };
+    if protocol != IPPROTO_UDP && u16::from(protocol) != IPPROTO_TCP {
+        return true;
+    }
+    // Both ports in network order: source first.
+    let bytes = ports.to_ne_bytes();
+    let sport = u16::from_be_bytes([bytes[0], bytes[1]]);
+    let dport = u16::from_be_bytes([bytes[2], bytes[3]]);
+    !is_dns_port(sport) && !is_dns_port(dport)
+}
+
 /// Where a UDP DNS packet stands, from its direction, its ports and the QR bit.
 #[inline(always)]
 fn observe(ctx: &SkBuffContext, egress: bool) {
-    if connected_elsewhere(ctx) {
+    if connected_elsewhere(ctx) || plainly_not_dns(ctx) {
         return;
     }
     let Some(p) = parse(ctx) else { return };

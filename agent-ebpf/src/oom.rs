@@ -116,20 +116,20 @@ fn try_mark_victim(ctx: &RawTracePointContext) -> Result<(), i32> {
     let pid: u32 = kread(task, o.oom.task_pid)?;
     let tgid: u32 = kread(task, o.oom.task_tgid)?;
     let comm: [u8; COMM_LEN] = kread(task, o.oom.task_comm).unwrap_or([0; COMM_LEN]);
-    let cgroup_id = cgroup2_id(&o, task).unwrap_or(0);
+    let cgroup_id = cgroup2_id(o, task).unwrap_or(0);
     let parent: u64 = kread(task, o.oom.task_real_parent).unwrap_or(0);
-    let parent_cgroup_id = cgroup2_id(&o, parent).unwrap_or(0);
+    let parent_cgroup_id = cgroup2_id(o, parent).unwrap_or(0);
     let signal: u64 = kread(task, o.oom.task_signal).unwrap_or(0);
     let oom_score_adj: i16 = kread(signal, o.oom.signal_oom_score_adj).unwrap_or(0);
-    let (usage, limit, group) = match memcg(&o, task) {
+    let (usage, limit, group) = match memcg(o, task) {
         Ok((counter, group)) => (
             kread::<u64>(counter, o.oom.page_counter_usage).unwrap_or(UNKNOWN_U64),
-            tightest_limit(&o, counter).unwrap_or(UNKNOWN_U64),
+            tightest_limit(o, counter).unwrap_or(UNKNOWN_U64),
             group,
         ),
         Err(_) => (UNKNOWN_U64, UNKNOWN_U64, UNKNOWN_U8),
     };
-    let rss = rss_pages(&o, task).unwrap_or(UNKNOWN_U64);
+    let rss = rss_pages(o, task).unwrap_or(UNKNOWN_U64);
     let Some(mut entry) = EVENTS.reserve::<OomEvent>(0) else {
         count_loss(LOST_RESERVE);
         return Ok(());

@@ -43,6 +43,7 @@
     reason = "serde_json::Value indexing yields Null for what is missing, it never panics"
 )]
 
+mod floor;
 mod peers;
 mod results;
 
@@ -274,6 +275,12 @@ fn results_path() -> PathBuf {
 
 fn bench() -> anyhow::Result<()> {
     let only = scenario_args();
+    if let Some(unknown) = only.iter().find(|o| !SCENARIOS.contains(&o.as_str())) {
+        anyhow::bail!(
+            "no scenario named {unknown:?}; the scenarios are: {}",
+            SCENARIOS.join(", ")
+        );
+    }
     let header = format!(
         "Written by `cargo xtask bench{}{}` on {}, kernel {}, {} CPUs; {} rounds per \
          configuration, interleaved. Ratios are attached / detached (1.000 = no cost); \
@@ -299,6 +306,20 @@ fn bench() -> anyhow::Result<()> {
     results::write(&results_path(), &header)?;
     result
 }
+
+/// Every scenario name `bench` takes.
+const SCENARIOS: &[&str] = &[
+    "sampling",
+    "query",
+    "pipeline",
+    "drop",
+    "refusal",
+    "memory",
+    "dns",
+    "dns-latency",
+    "healthy",
+    "detection",
+];
 
 fn scenarios(only: &[String]) -> anyhow::Result<()> {
     let wanted = |name: &str| only.is_empty() || only.iter().any(|o| o == name);
@@ -913,6 +934,7 @@ fn dns_round_trips(node: &SimNode, client: usize, window: u16, name: &str) -> an
         Ok((n / secs, n as u64))
     };
     let (mut detached, mut attached, mut tcpdump) = (Vec::new(), Vec::new(), Vec::new());
+    let mut floor = Vec::new();
     let (mut cpu_per_10k, mut losses) = (Vec::new(), String::new());
     let (mut answered_total, mut counted_total) = (0u64, 0u64);
     for _ in 0..rounds() {
@@ -963,11 +985,16 @@ fn dns_round_trips(node: &SimNode, client: usize, window: u16, name: &str) -> an
         tcpdump.push(load(node)?.0);
         let _ = capture.kill();
         let _ = capture.wait();
+
+        let empty = peers::floor().start(node, client)?;
+        floor.push(load(node)?.0);
+        empty.stop()?;
     }
     let costs = dns_program_costs(node, &|node| load(node).map(|(rate, _)| rate * SECONDS))?;
     let d = median(&mut detached.clone());
     let a = median(&mut attached.clone());
     let t = median(&mut tcpdump.clone());
+    let f = median(&mut floor.clone());
     println!(
         "\ndns: queries/s through the simulated resolver, {window} in flight ({} rounds x {SECONDS} s, interleaved)",
         rounds()
@@ -986,6 +1013,11 @@ fn dns_round_trips(node: &SimNode, client: usize, window: u16, name: &str) -> an
         t / d
     );
     println!(
+        "  {} instead: median {f:.0}/s; ratio {:.3}",
+        peers::FLOOR,
+        f / d
+    );
+    println!(
         "  agent CPU per 10k queries/s: {:.3} cores; answers the client got: {answered_total}, \
          lookups the agent counted: {counted_total} (a lost query's id, reused after 65,536 \
          queries on the client's one socket, reads as a resend); losses: {}",
@@ -1000,10 +1032,11 @@ fn dns_round_trips(node: &SimNode, client: usize, window: u16, name: &str) -> an
             .join(" ")
     };
     println!(
-        "  rounds (thousands/s): detached {}; attached {}; tcpdump {}",
+        "  rounds (thousands/s): detached {}; attached {}; tcpdump {}; floor {}",
         per_round(&detached),
         per_round(&attached),
-        per_round(&tcpdump)
+        per_round(&tcpdump),
+        per_round(&floor)
     );
     let what = if name == FOUND {
         "answered"
@@ -1015,7 +1048,12 @@ fn dns_round_trips(node: &SimNode, client: usize, window: u16, name: &str) -> an
             "dns: {window} lookup(s) in flight, {what}: queries/s with the agent / without"
         ),
         ours: results::against(a / d, 0.98),
-        peers: format!("tcpdump -i any udp port 53 {:.3}", t / d),
+        peers: format!(
+            "{} {:.3}; tcpdump -i any udp port 53 {:.3}",
+            peers::FLOOR,
+            f / d,
+            t / d
+        ),
         goal: ">= 0.98".to_owned(),
         spread: format!(
             "detached {} ({}-{}), attached {} ({}-{}); agent {:.3} cores per 10k queries/s; \
@@ -1502,6 +1540,15 @@ fn pipeline() -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
+    if std::env::args().any(|a| a == floor::HOLD_ARG) {
+        return match floor::hold() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("bench {}: {e:#}", floor::HOLD_ARG);
+                ExitCode::FAILURE
+            }
+        };
+    }
     match bench() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -1,7 +1,8 @@
 //! Other tools doing the agent's job during the same floods, for their ratios beside ours:
 //! bpftrace counting the events in a kernel map (the cheapest possible eBPF observer),
 //! bpftrace printing a line per event (per-event delivery to userspace, what the agent avoids)
-//! and `tcpdump -w` on the pod's interface (a packet capture). Each is started before a flood,
+//! `tcpdump -w` on the pod's interface (a packet capture), and empty programs at the agent's
+//! own hooks ([`crate::floor`]: what any work there costs at least). Each is started before a flood,
 //! checked attached, and stopped after it with SIGINT so it reports what it lost.
 
 use std::{
@@ -50,9 +51,27 @@ fn tcpdump() -> Peer {
     }
 }
 
+/// Empty programs at every hook the agent uses ([`crate::floor`]): the floor of its design.
+pub fn floor() -> Peer {
+    Peer {
+        label: FLOOR,
+        ebpf: true,
+        argv: vec![
+            "/proc/self/exe".to_owned(),
+            crate::floor::HOLD_ARG.to_owned(),
+        ],
+        in_node_netns: false,
+        ready: crate::floor::READY,
+    }
+}
+
+/// The floor's label.
+pub const FLOOR: &str = "empty programs at the agent's hooks (the floor)";
+
 /// Peers of the drop flood: packets freed with a drop reason.
 pub fn of_drops() -> Vec<Peer> {
     vec![
+        floor(),
         bpftrace(
             "bpftrace count (kfree_skb by reason, in a map)",
             "tracepoint:skb:kfree_skb { @drops[args->reason] = count(); }",
@@ -69,6 +88,7 @@ pub fn of_drops() -> Vec<Peer> {
 /// ports), the tracepoints the agent's refusal programs use.
 pub fn of_refusals() -> Vec<Peer> {
     vec![
+        floor(),
         bpftrace(
             "bpftrace count (tcp resets by comm, in a map)",
             "tracepoint:tcp:tcp_receive_reset { @refused[comm] = count(); } \
