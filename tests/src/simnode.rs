@@ -463,6 +463,15 @@ impl SimNode {
         &self.pods[index]
     }
 
+    /// The node-side interfaces of every live pod (in the node's network namespace).
+    pub fn pod_interfaces(&self) -> Vec<&str> {
+        self.pods
+            .iter()
+            .filter(|p| !p.netns.is_empty())
+            .map(SimPod::host_interface)
+            .collect()
+    }
+
     /// The directory of a pod's container cgroup in the cgroup v2 hierarchy (the one whose ids
     /// the kernel's programs report).
     pub fn container_cgroup_v2(&self, index: usize) -> PathBuf {

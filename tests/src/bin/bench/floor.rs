@@ -13,6 +13,10 @@
 //!   lower bound);
 //! - cgroup_skb egress and ingress on the cgroup2 root, as the agent's DNS programs, through
 //!   `BPF_LINK_CREATE` (Linux 5.7+), which runs beside any other program there.
+//!
+//! With `--hold-empty-hooks tcx IFACE,...` it holds empty TCX programs (Linux 6.6+) on both
+//! directions of those interfaces instead: the floor of the other way to capture DNS, tc on
+//! the pods' interfaces, for the DNS scenario to measure beside the cgroup hooks.
 
 use std::{
     ffi::CString,
@@ -26,6 +30,8 @@ use triage_agent::probes::{Hook, PROGRAMS};
 pub const HOLD_ARG: &str = "--hold-empty-hooks";
 /// What the holder prints once every program is attached.
 pub const READY: &str = "empty programs attached";
+/// After [`HOLD_ARG`]: TCX programs on the comma-separated interfaces that follow.
+pub const TCX_ARG: &str = "tcx";
 
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_RAW_TRACEPOINT_OPEN: libc::c_long = 17;
@@ -34,6 +40,11 @@ const BPF_PROG_TYPE_CGROUP_SKB: u32 = 8;
 const BPF_PROG_TYPE_RAW_TRACEPOINT: u32 = 17;
 const BPF_CGROUP_INET_INGRESS: u32 = 0;
 const BPF_CGROUP_INET_EGRESS: u32 = 1;
+const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
+const BPF_TCX_INGRESS: u32 = 46;
+const BPF_TCX_EGRESS: u32 = 47;
+/// A TCX program's "carry on as if I were not here".
+const TCX_NEXT: i32 = -1;
 
 /// `union bpf_attr`, as zeroed 8-byte words wide enough for the three commands used.
 #[repr(C, align(8))]
@@ -141,13 +152,54 @@ pub fn attach_all() -> anyhow::Result<Vec<OwnedFd>> {
     Ok(held)
 }
 
+/// Attaches an empty TCX program to both directions of each interface (names in this network
+/// namespace).
+pub fn attach_tcx(interfaces: &[&str]) -> anyhow::Result<Vec<OwnedFd>> {
+    let mut held = Vec::new();
+    for name in interfaces {
+        let name_c = CString::new(*name)?;
+        // SAFETY: a NUL-terminated name that outlives the call.
+        let ifindex = unsafe { libc::if_nametoindex(name_c.as_ptr()) };
+        if ifindex == 0 {
+            anyhow::bail!("no interface {name} here");
+        }
+        for attach in [BPF_TCX_INGRESS, BPF_TCX_EGRESS] {
+            let prog = load_empty(BPF_PROG_TYPE_SCHED_CLS, attach, TCX_NEXT)?;
+            let mut attr = Attr::default();
+            attr.put_u32(0, raw_fd(&prog));
+            attr.put_u32(4, ifindex);
+            attr.put_u32(8, attach);
+            let link = bpf(
+                BPF_LINK_CREATE,
+                &mut attr,
+                &format!("attaching TCX to {name}"),
+            )?;
+            held.extend([prog, link]);
+        }
+    }
+    Ok(held)
+}
+
 fn raw_fd(fd: &OwnedFd) -> u32 {
     std::os::fd::AsRawFd::as_raw_fd(fd) as u32
 }
 
 /// `bench --hold-empty-hooks`: attaches, says so, and holds until interrupted.
 pub fn hold() -> anyhow::Result<()> {
-    let held = attach_all()?;
+    let args: Vec<String> = std::env::args().collect();
+    let tcx = args
+        .iter()
+        .position(|a| a == TCX_ARG)
+        .map(|i| args.get(i + 1).map(String::as_str).unwrap_or_default());
+    let held = match tcx {
+        Some(list) => attach_tcx(
+            &list
+                .split(',')
+                .filter(|s| !s.is_empty())
+                .collect::<Vec<_>>(),
+        )?,
+        None => attach_all()?,
+    };
     println!("{READY} ({} descriptors)", held.len());
     loop {
         std::thread::sleep(std::time::Duration::from_secs(3600));

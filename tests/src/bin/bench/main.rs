@@ -11,14 +11,16 @@
 //!   (first occurrences only: repeats are counted in the kernel), that the count the agent
 //!   reports equals the drops the kernel counted, and every loss counter;
 //! - peers doing the same job in the same rounds ([`peers`]): bpftrace counting the events in a
-//!   kernel map, bpftrace printing a line per event, `tcpdump -w` on the pod's interface;
+//!   kernel map, bpftrace printing a line per event, `tcpdump -w` on the pod's interface, and
+//!   the floor, empty programs at the agent's own hooks ([`floor`]);
 //! - memory: the agent's RSS with 1,000 pods of metadata and 100,000 records;
 //! - dns: queries per second through the simulated cluster DNS (dnsmasq behind a Service VIP,
 //!   32 queries in flight from a pod, so the resolver runs flat out, for a name that exists and
 //!   for one answered NXDOMAIN; then one at a time, the latency each lookup gains, with
 //!   SCHED_IDLE spinners keeping the cores awake) with no agent, with the agent attached, and
 //!   with `tcpdump -i any udp port 53` capturing the same traffic in the node's namespace
-//!   instead; the agent's CPU per 10k queries/s, that it lost nothing (every lookup counted),
+//!   instead, and with the two candidate hooks' floors instead (empty programs on the cgroup
+//!   hooks the agent uses; empty TCX programs on every pod's interface); the agent's CPU per 10k queries/s, that it lost nothing (every lookup counted),
 //!   and the DNS programs' time per query (one more load with the kernel's run-time statistics
 //!   on); `dns-latency` runs only the one-at-a-time part;
 //! - healthy: TCP throughput (iperf3) and connection rate between two pods, attached vs
@@ -915,14 +917,15 @@ const FOUND: &str = "db.bench.svc.cluster.local";
 /// One DNS configuration: `window` queries in flight for `name`.
 fn dns_round_trips(node: &SimNode, client: usize, window: u16, name: &str) -> anyhow::Result<()> {
     const VIP: &str = DNS_VIP;
-    const SECONDS: f64 = 2.0;
+    // One load: 2 s (0.5 s with --quick, which only checks that the scenario runs).
+    let seconds = if quick() { 0.5 } else { 2.0 };
     let load = |node: &SimNode| -> anyhow::Result<(f64, u64)> {
         let out = node.run(
             client,
             &[
                 "dns-load",
                 &format!("{VIP}:53"),
-                &SECONDS.to_string(),
+                &seconds.to_string(),
                 name,
                 &window.to_string(),
             ],
@@ -934,7 +937,7 @@ fn dns_round_trips(node: &SimNode, client: usize, window: u16, name: &str) -> an
         Ok((n / secs, n as u64))
     };
     let (mut detached, mut attached, mut tcpdump) = (Vec::new(), Vec::new(), Vec::new());
-    let mut floor = Vec::new();
+    let (mut floor, mut tcx_floor) = (Vec::new(), Vec::new());
     let (mut cpu_per_10k, mut losses) = (Vec::new(), String::new());
     let (mut answered_total, mut counted_total) = (0u64, 0u64);
     for _ in 0..rounds() {
@@ -989,14 +992,19 @@ fn dns_round_trips(node: &SimNode, client: usize, window: u16, name: &str) -> an
         let empty = peers::floor().start(node, client)?;
         floor.push(load(node)?.0);
         empty.stop()?;
+
+        let empty = peers::tcx_floor()?.start(node, client)?;
+        tcx_floor.push(load(node)?.0);
+        empty.stop()?;
     }
-    let costs = dns_program_costs(node, &|node| load(node).map(|(rate, _)| rate * SECONDS))?;
+    let costs = dns_program_costs(node, &|node| load(node).map(|(rate, _)| rate * seconds))?;
     let d = median(&mut detached.clone());
     let a = median(&mut attached.clone());
     let t = median(&mut tcpdump.clone());
     let f = median(&mut floor.clone());
+    let x = median(&mut tcx_floor.clone());
     println!(
-        "\ndns: queries/s through the simulated resolver, {window} in flight ({} rounds x {SECONDS} s, interleaved)",
+        "\ndns: queries/s through the simulated resolver, {window} in flight ({} rounds x {seconds} s, interleaved)",
         rounds()
     );
     let (dmin, dmax) = spread(&detached);
@@ -1018,6 +1026,11 @@ fn dns_round_trips(node: &SimNode, client: usize, window: u16, name: &str) -> an
         f / d
     );
     println!(
+        "  {} instead: median {x:.0}/s; ratio {:.3}",
+        peers::TCX_FLOOR,
+        x / d
+    );
+    println!(
         "  agent CPU per 10k queries/s: {:.3} cores; answers the client got: {answered_total}, \
          lookups the agent counted: {counted_total} (a lost query's id, reused after 65,536 \
          queries on the client's one socket, reads as a resend); losses: {}",
@@ -1032,11 +1045,12 @@ fn dns_round_trips(node: &SimNode, client: usize, window: u16, name: &str) -> an
             .join(" ")
     };
     println!(
-        "  rounds (thousands/s): detached {}; attached {}; tcpdump {}; floor {}",
+        "  rounds (thousands/s): detached {}; attached {}; tcpdump {}; floor {}; TCX floor {}",
         per_round(&detached),
         per_round(&attached),
         per_round(&tcpdump),
-        per_round(&floor)
+        per_round(&floor),
+        per_round(&tcx_floor)
     );
     let what = if name == FOUND {
         "answered"
@@ -1049,9 +1063,11 @@ fn dns_round_trips(node: &SimNode, client: usize, window: u16, name: &str) -> an
         ),
         ours: results::against(a / d, 0.98),
         peers: format!(
-            "{} {:.3}; tcpdump -i any udp port 53 {:.3}",
+            "{} {:.3}; {} {:.3}; tcpdump -i any udp port 53 {:.3}",
             peers::FLOOR,
             f / d,
+            peers::TCX_FLOOR,
+            x / d,
             t / d
         ),
         goal: ">= 0.98".to_owned(),

@@ -68,6 +68,27 @@ pub fn floor() -> Peer {
 /// The floor's label.
 pub const FLOOR: &str = "empty programs at the agent's hooks (the floor)";
 
+/// Empty TCX programs, both directions, on every pod's node-side interface: the floor of the
+/// other way to capture DNS (tc on the pods' interfaces instead of cgroup_skb on the cgroup2
+/// root), measured beside [`floor`] in the DNS scenario.
+pub fn tcx_floor() -> anyhow::Result<Peer> {
+    Ok(Peer {
+        label: TCX_FLOOR,
+        ebpf: true,
+        argv: vec![
+            std::env::current_exe()?.to_string_lossy().into_owned(),
+            crate::floor::HOLD_ARG.to_owned(),
+            crate::floor::TCX_ARG.to_owned(),
+            "{ifaces}".to_owned(),
+        ],
+        in_node_netns: true,
+        ready: crate::floor::READY,
+    })
+}
+
+/// The TCX floor's label.
+pub const TCX_FLOOR: &str = "empty TCX programs on every pod interface (the other hook's floor)";
+
 /// Peers of the drop flood: packets freed with a drop reason.
 pub fn of_drops() -> Vec<Peer> {
     vec![
@@ -121,6 +142,7 @@ impl Peer {
             .map(|a| {
                 a.replace("{out}", &out.to_string_lossy())
                     .replace("{iface}", node.pod(pod).host_interface())
+                    .replace("{ifaces}", &node.pod_interfaces().join(","))
             })
             .collect();
         let mut cmd = if self.in_node_netns {
