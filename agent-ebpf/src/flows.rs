@@ -6,6 +6,14 @@
 //! Exact counting: the agent flips [`GENERATION`] before it drains a table and waits for
 //! programs still running on the old one, so no increment lands in a table being read. A full
 //! table is counted (`LOST_FLOW_TABLE`) and the occurrence still goes through the ring buffer.
+//!
+//! A flood repeats one flow on one CPU, so each CPU keeps, per generation and kind slot, the
+//! flow it counted last ([`FLOW_REPEATS`]): a repeat of it is a plain increment there, without
+//! the table's hash lookup and atomic add. Another flow of the kind moves the count to the
+//! flow's table entry (which exists: a flow enters the slot only after the table), and the
+//! agent adds what is left in the slots of a generation when it drains that generation's table,
+//! then clears them. Programs of the next generation use the other slots, so nothing is counted
+//! into a slot being read.
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
@@ -15,20 +23,28 @@ use aya_ebpf::{
     maps::HashMap,
 };
 use triage_agent_common::{
-    EventHeader, FlowEvent, FlowKey, FlowStats, LOST_FLOW_TABLE, LOST_RESERVE,
+    EventHeader, FLOW_REPEAT_SLOTS, FlowEvent, FlowKey, FlowRepeat, FlowStats, LOST_FLOW_TABLE,
+    LOST_RESERVE,
 };
 
-use crate::maps::{CLOCK_CACHE, EVENTS, FLOWS0, FLOWS1, GENERATION, count_loss};
+use crate::maps::{CLOCK_CACHE, EVENTS, FLOW_REPEATS, FLOWS0, FLOWS1, GENERATION, count_loss};
 
 /// `-EEXIST`: another CPU entered the same flow first.
 const EEXIST: i32 = 17;
 
+/// The current generation (0 or 1), read once per occurrence: its table and its slots go
+/// together.
 #[inline(always)]
-fn current_table() -> &'static HashMap<FlowKey, FlowStats> {
+fn generation() -> u32 {
     match GENERATION.get(0) {
-        Some(g) if *g & 1 == 1 => &FLOWS1,
-        _ => &FLOWS0,
+        Some(g) => *g & 1,
+        None => 0,
     }
+}
+
+#[inline(always)]
+fn table_of(generation: u32) -> &'static HashMap<FlowKey, FlowStats> {
+    if generation == 1 { &FLOWS1 } else { &FLOWS0 }
 }
 
 /// Boot time of a repeat, to a jiffy: the precise clock is read once per jiffy per CPU and
@@ -78,11 +94,67 @@ fn bump(stats: *mut FlowStats, now: u64, sport: u16, extra: u32) {
 /// Records one occurrence of `key`. `stats` carries what the first occurrence knows (process,
 /// source port, kind-specific sum); times are filled in here.
 #[inline(always)]
-pub fn record(key: &FlowKey, mut stats: FlowStats) {
-    let table = current_table();
+pub fn record(key: &FlowKey, stats: FlowStats) {
+    let generation = generation();
+    let table = table_of(generation);
+    let slot = generation * FLOW_REPEAT_SLOTS + key.kind % FLOW_REPEAT_SLOTS;
+    let Some(repeat) = FLOW_REPEATS.get_ptr_mut(slot) else {
+        enter(table, key, stats);
+        return;
+    };
+    // SAFETY: this CPU's slot, valid while the program runs; the program cannot migrate to
+    // another CPU meanwhile, and nothing else writes it while its generation is current.
+    unsafe {
+        if (*repeat).valid != 0 && (*repeat).key == *key {
+            (*repeat).count += 1;
+            (*repeat).last_ns = repeat_boot_ns();
+            (*repeat).last_sport = stats.last_sport;
+            (*repeat).extra = (*repeat).extra.wrapping_add(stats.extra);
+            return;
+        }
+        if (*repeat).valid != 0 && (*repeat).count != 0 {
+            match table.get_ptr_mut((*repeat).key) {
+                Some(entry) => add_repeats(entry, &*repeat),
+                // Cannot happen (a flow enters the slot after the table, and the table of this
+                // generation is drained only after the slot stops being written), but never
+                // silently: counted as a flow the table could not take.
+                None => count_loss(LOST_FLOW_TABLE),
+            }
+        }
+        (*repeat).valid = 0;
+        if enter(table, key, stats) {
+            (*repeat).key = *key;
+            (*repeat).count = 0;
+            (*repeat).last_ns = 0;
+            (*repeat).extra = 0;
+            (*repeat).valid = 1;
+        }
+    }
+}
+
+/// Moves a slot's repeats to the flow's table entry.
+#[inline(always)]
+fn add_repeats(stats: *mut FlowStats, repeat: &FlowRepeat) {
+    // SAFETY: as in [`bump`].
+    unsafe {
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
+            core::ptr::addr_of_mut!((*stats).count),
+            repeat.count,
+        );
+        if repeat.last_ns > (*stats).last_ns {
+            (*stats).last_ns = repeat.last_ns;
+        }
+        (*stats).last_sport = repeat.last_sport;
+        (*stats).extra = (*stats).extra.wrapping_add(repeat.extra);
+    }
+}
+
+/// Counts one occurrence in the table; `true` when the flow has an entry there afterwards.
+#[inline(always)]
+fn enter(table: &'static HashMap<FlowKey, FlowStats>, key: &FlowKey, mut stats: FlowStats) -> bool {
     if let Some(existing) = table.get_ptr_mut(key) {
         bump(existing, repeat_boot_ns(), stats.last_sport, stats.extra);
-        return;
+        return true;
     }
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_boot_ns() };
@@ -97,17 +169,21 @@ pub fn record(key: &FlowKey, mut stats: FlowStats) {
                     bump(entry, now, stats.last_sport, 0);
                 }
             }
+            true
         }
-        Err(e) if e == -EEXIST => {
-            if let Some(existing) = table.get_ptr_mut(key) {
+        Err(e) if e == -EEXIST => match table.get_ptr_mut(key) {
+            Some(existing) => {
                 bump(existing, now, stats.last_sport, stats.extra);
+                true
             }
-        }
+            None => false,
+        },
         Err(_) => {
             count_loss(LOST_FLOW_TABLE);
             if !emit(key, &stats, now) {
                 count_loss(LOST_RESERVE);
             }
+            false
         }
     }
 }

@@ -7,8 +7,8 @@ use aya_ebpf::{
 };
 use triage_agent_common::{
     CONNECTS_ENTRIES, DNS_ANSWERED_ENTRIES, DNS_PENDING_ENTRIES, DNS_RECENT_SLOTS, DNS_RING_BYTES,
-    DROP_REASONS_ENTRIES, DnsAnswered, DnsHeld, DnsKey, EVENTS_RING_BYTES, FLOWS_ENTRIES, FlowKey,
-    FlowStats, LOSS_SLOTS, Offsets, PendingConnect,
+    DROP_REASONS_ENTRIES, DnsAnswered, DnsHeld, DnsKey, EVENTS_RING_BYTES, FLOW_REPEAT_SLOTS,
+    FLOWS_ENTRIES, FlowKey, FlowRepeat, FlowStats, LOSS_SLOTS, Offsets, PendingConnect,
 };
 
 /// The one ring buffer every program writes its events into (`EVENTS_MAP`).
@@ -81,6 +81,12 @@ pub static FLOWS1: HashMap<FlowKey, FlowStats> = HashMap::with_max_entries(FLOWS
 /// Which flow table is current (`GENERATION_MAP`, one entry: 0 or 1), written by the agent.
 #[map]
 pub static GENERATION: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Per CPU, generation and kind slot: the flow counted last and its repeats not yet in the
+/// table (`FLOW_REPEATS_MAP`, see flows.rs).
+#[map]
+pub static FLOW_REPEATS: PerCpuArray<FlowRepeat> =
+    PerCpuArray::with_max_entries(2 * FLOW_REPEAT_SLOTS, 0);
 
 /// Per CPU: the jiffy of the latest precise clock read and its value (see flows.rs).
 #[map]

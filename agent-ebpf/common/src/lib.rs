@@ -19,6 +19,12 @@ pub const CONNECTS_MAP: &str = "CONNECTS";
 pub const FLOWS_MAPS: [&str; 2] = ["FLOWS0", "FLOWS1"];
 /// Name of the one-entry array holding the generation (0 or 1) programs count into.
 pub const GENERATION_MAP: &str = "GENERATION";
+/// Name of the per-CPU array of [`FlowRepeat`]s: per generation and kind slot, the flow a CPU
+/// counted last and its repeats since, which have not reached the flow table yet. Index:
+/// `generation * FLOW_REPEAT_SLOTS + kind % FLOW_REPEAT_SLOTS`.
+pub const FLOW_REPEATS_MAP: &str = "FLOW_REPEATS";
+/// Kind slots per generation in [`FLOW_REPEATS_MAP`] (kinds beyond share slots).
+pub const FLOW_REPEAT_SLOTS: u32 = 8;
 /// Name of the array of drop reasons to report: index = `enum skb_drop_reason` value, 1 = on.
 pub const DROP_REASONS_MAP: &str = "DROP_REASONS";
 /// Name of the ring buffer the DNS capture programs copy packets into ([`DnsEvent`]). Its own
@@ -198,6 +204,26 @@ pub struct FlowStats {
     pub _pad0: u16,
 }
 const _: () = assert!(size_of::<FlowStats>() == 56);
+
+/// The flow a CPU counted last, per kind, and its repeats since: a run of the same flow on one
+/// CPU (a flood) is counted here, without the hash lookup and atomic add of the flow table;
+/// the count moves to the table entry when another flow of the kind comes, and the agent adds
+/// what is left when it drains the table of the same generation.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowRepeat {
+    pub key: FlowKey,
+    /// Repeats counted here and not yet in the table.
+    pub count: u64,
+    /// Boot time of the latest of them (to a jiffy).
+    pub last_ns: u64,
+    /// Their kind-specific sum (see [`FlowStats::extra`]).
+    pub extra: u32,
+    pub last_sport: u16,
+    /// 1 when `key` has an entry in the flow table of this slot's generation.
+    pub valid: u16,
+}
+const _: () = assert!(size_of::<FlowRepeat>() == 88);
 
 /// A flow's first occurrence, sent through the ring buffer at once (detection stays immediate;
 /// repeats are counted in the flow table and drained periodically).
@@ -535,6 +561,8 @@ mod user {
     unsafe impl aya::Pod for super::FlowKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::FlowStats {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::FlowRepeat {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::DnsPorts {}
 }

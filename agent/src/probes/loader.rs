@@ -7,16 +7,16 @@ use std::{collections::HashMap, fs::File, path::Path};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuValues, RingBuf},
     programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, RawTracePoint, TracePoint},
 };
 use tracing::{info, warn};
 use triage_agent_common::{
     DNS_ANSWERED_MAPS, DNS_GENERATION_MAP, DNS_PENDING_MAP, DNS_PORTS_GLOBAL, DNS_PORTS_MAX,
     DNS_RING_MAP, DNS_TIMING_GLOBAL, DROP_REASONS_ENTRIES, DROP_REASONS_MAP, DnsPorts, DnsTiming,
-    EVENTS_MAP, FLOWS_MAPS, FlowKey, FlowStats, GENERATION_MAP, LOSS_MAP, LOST_CONNECT_TABLE,
-    LOST_DNS_ANSWERED, LOST_DNS_RESERVE, LOST_FIELD_READ, LOST_FLOW_TABLE, LOST_RESERVE,
-    OFFSETS_GLOBAL,
+    EVENTS_MAP, FLOW_REPEAT_SLOTS, FLOW_REPEATS_MAP, FLOWS_MAPS, FlowKey, FlowRepeat, FlowStats,
+    GENERATION_MAP, LOSS_MAP, LOST_CONNECT_TABLE, LOST_DNS_ANSWERED, LOST_DNS_RESERVE,
+    LOST_FIELD_READ, LOST_FLOW_TABLE, LOST_RESERVE, OFFSETS_GLOBAL,
 };
 
 use super::{
@@ -68,6 +68,9 @@ const KERNEL_LOSSES: [(u32, Loss); 6] = [
 /// reader, which drains them.
 pub struct FlowTables {
     tables: [BpfHashMap<MapData, FlowKey, FlowStats>; 2],
+    /// Per CPU, generation and kind slot: repeats of the flow counted last, not yet in the
+    /// table (see agent-ebpf/src/flows.rs).
+    repeats: PerCpuArray<MapData, FlowRepeat>,
     generation: Array<MapData, u32>,
     current: u32,
 }
@@ -82,7 +85,8 @@ impl FlowTables {
         Ok(old as usize)
     }
 
-    /// Reads and empties a table no program counts into any more.
+    /// Reads and empties a table no program counts into any more, with the repeats its
+    /// generation's per-CPU slots hold.
     pub fn drain(&mut self, index: usize) -> Vec<(FlowKey, FlowStats)> {
         let Some(table) = self.tables.get_mut(index) else {
             return Vec::new();
@@ -95,7 +99,58 @@ impl FlowTables {
             }
             let _ = table.remove(&key);
         }
+        let first = index as u32 * FLOW_REPEAT_SLOTS;
+        for slot in first..first + FLOW_REPEAT_SLOTS {
+            let values = match self.repeats.get(&slot, 0) {
+                Ok(values) => values,
+                Err(error) => {
+                    warn!(%error, slot, "reading repeat counts failed");
+                    continue;
+                }
+            };
+            let pending: Vec<FlowRepeat> = values
+                .iter()
+                .filter(|r| r.valid != 0 && r.count != 0)
+                .copied()
+                .collect();
+            merge_repeats(&mut out, &pending);
+            let cleared = vec![FlowRepeat::default(); values.len()];
+            if let Err(error) = PerCpuValues::try_from(cleared)
+                .map_err(aya::maps::MapError::from)
+                .and_then(|v| self.repeats.set(slot, v, 0))
+            {
+                warn!(%error, slot, "clearing repeat counts failed");
+            }
+        }
         out
+    }
+}
+
+/// Adds per-CPU repeat counts to the drained entries of their flows (an entry for a flow the
+/// table no longer has, which the programs never leave, would be added whole).
+fn merge_repeats(drained: &mut Vec<(FlowKey, FlowStats)>, repeats: &[FlowRepeat]) {
+    for r in repeats {
+        match drained.iter_mut().find(|(key, _)| *key == r.key) {
+            Some((_, stats)) => {
+                stats.count += r.count;
+                if r.last_ns > stats.last_ns {
+                    stats.last_ns = r.last_ns;
+                    stats.last_sport = r.last_sport;
+                }
+                stats.extra = stats.extra.wrapping_add(r.extra);
+            }
+            None => drained.push((
+                r.key,
+                FlowStats {
+                    count: r.count,
+                    first_ns: r.last_ns,
+                    last_ns: r.last_ns,
+                    extra: r.extra,
+                    last_sport: r.last_sport,
+                    ..FlowStats::default()
+                },
+            )),
+        }
     }
 }
 
@@ -252,6 +307,7 @@ pub fn load(options: &LoadOptions<'_>) -> Result<Loaded, LoadError> {
             take_map(&mut ebpf, FLOWS_MAPS[0], BpfHashMap::try_from)?,
             take_map(&mut ebpf, FLOWS_MAPS[1], BpfHashMap::try_from)?,
         ],
+        repeats: take_map(&mut ebpf, FLOW_REPEATS_MAP, PerCpuArray::try_from)?,
         generation: take_map(&mut ebpf, GENERATION_MAP, Array::try_from)?,
         current: 0,
     };
@@ -345,4 +401,72 @@ fn attach(ebpf: &mut Ebpf, name: &str, hook: Hook, cgroup_root: &Path) -> Result
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use triage_agent_common::{FlowKey, FlowRepeat, FlowStats, kind};
+
+    use super::merge_repeats;
+
+    fn key(dport: u16) -> FlowKey {
+        FlowKey {
+            kind: kind::PACKET_DROP,
+            dport,
+            ..FlowKey::default()
+        }
+    }
+
+    #[test]
+    fn repeats_left_in_cpu_slots_join_their_flows() {
+        let mut drained = vec![(
+            key(53),
+            FlowStats {
+                count: 10,
+                first_ns: 100,
+                last_ns: 200,
+                last_sport: 1000,
+                extra: 1,
+                ..FlowStats::default()
+            },
+        )];
+        let repeats = [
+            // Two CPUs counted repeats of the same flow.
+            FlowRepeat {
+                key: key(53),
+                count: 5,
+                last_ns: 300,
+                last_sport: 2000,
+                extra: 2,
+                valid: 1,
+            },
+            FlowRepeat {
+                key: key(53),
+                count: 7,
+                last_ns: 250,
+                last_sport: 3000,
+                extra: 0,
+                valid: 1,
+            },
+            // A flow the table no longer has is added whole, never dropped.
+            FlowRepeat {
+                key: key(80),
+                count: 4,
+                last_ns: 400,
+                last_sport: 4000,
+                extra: 0,
+                valid: 1,
+            },
+        ];
+        merge_repeats(&mut drained, &repeats);
+        let [(_, joined), (k, added)] = drained.as_slice() else {
+            panic!("two flows expected: {drained:?}");
+        };
+        assert_eq!(joined.count, 22);
+        assert_eq!((joined.first_ns, joined.last_ns), (100, 300));
+        assert_eq!(joined.last_sport, 2000, "the latest occurrence's port");
+        assert_eq!(joined.extra, 3);
+        assert_eq!(*k, key(80));
+        assert_eq!((added.count, added.last_ns), (4, 400));
+    }
 }

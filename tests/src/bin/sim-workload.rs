@@ -180,25 +180,33 @@ fn run(words: &[&str]) -> ExitCode {
             println!("{n} {} {failed}", started.elapsed().as_secs_f64());
             ExitCode::SUCCESS
         }
-        ["udp-sweep", ip, from, to] => {
-            let (Ok(ip), Ok(from), Ok(to)) = (
+        ["udp-sweep", ip, from, to, ..] if words.len() <= 6 => {
+            let rounds = words.get(4).map_or(Ok(1), |r| r.parse::<u32>());
+            let burst = words.get(5).map_or(Ok(1), |r| r.parse::<u32>());
+            let (Ok(ip), Ok(from), Ok(to), Ok(rounds), Ok(burst)) = (
                 ip.parse::<std::net::IpAddr>(),
                 from.parse::<u16>(),
                 to.parse::<u16>(),
+                rounds,
+                burst,
             ) else {
-                eprintln!("sim-workload: usage: udp-sweep IP FROM_PORT TO_PORT");
+                eprintln!("sim-workload: usage: udp-sweep IP FROM_PORT TO_PORT [ROUNDS [BURST]]");
                 return ExitCode::FAILURE;
             };
             let Ok(socket) = std::net::UdpSocket::bind("0.0.0.0:0") else {
                 return ExitCode::FAILURE;
             };
             let mut sent = 0u32;
-            for port in from..=to {
-                if socket.send_to(b"sweep", SocketAddr::new(ip, port)).is_ok() {
-                    sent += 1;
-                }
-                if port % 100 == 99 {
-                    std::thread::sleep(Duration::from_micros(500));
+            for _ in 0..rounds {
+                for port in from..=to {
+                    for _ in 0..burst {
+                        if socket.send_to(b"sweep", SocketAddr::new(ip, port)).is_ok() {
+                            sent += 1;
+                        }
+                        if sent % 100 == 99 {
+                            std::thread::sleep(Duration::from_micros(500));
+                        }
+                    }
                 }
             }
             println!("sent {sent}");
