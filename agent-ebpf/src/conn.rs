@@ -214,7 +214,7 @@ fn ended_without_reset(sk: u64, pending: &PendingConnect) -> Result<(), i32> {
                 sport,
                 dport,
             );
-            flows::record(&key, stats);
+            flows::record(flows::site::STATE_CHANGE, &key, stats);
             return Ok(());
         }
     }
@@ -226,7 +226,7 @@ fn ended_without_reset(sk: u64, pending: &PendingConnect) -> Result<(), i32> {
         _ => (kind::CONNECT_TIMEOUT, err, 0),
     };
     let (key, stats) = connector_flow(kind, reason, flags, pending, addrs, sport, dport);
-    flows::record(&key, stats);
+    flows::record(flows::site::STATE_CHANGE, &key, stats);
     Ok(())
 }
 
@@ -294,7 +294,7 @@ fn try_tcp_receive_reset(ctx: &RawTracePointContext) -> Result<(), i32> {
         Ok(Some((addrs, sport, dport))) => {
             let (key, stats) =
                 connector_flow(kind::CONNECT_REFUSED, 0, 0, &pending, addrs, sport, dport);
-            flows::record(&key, stats);
+            flows::record(flows::site::RESET_RECEIVED, &key, stats);
         }
         Ok(None) => {}
         Err(_) => count_loss(LOST_FIELD_READ),
@@ -373,6 +373,7 @@ fn try_tcp_send_reset(ctx: &RawTracePointContext) -> Result<(), i32> {
         daddr,
     };
     flows::record(
+        flows::site::RESET_SENT,
         &key,
         FlowStats {
             last_sport: u16::from_be_bytes([t[0], t[1]]),

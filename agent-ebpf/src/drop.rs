@@ -135,6 +135,7 @@ fn try_kfree_skb(ctx: &RawTracePointContext) -> Result<(), i32> {
         key.flags |= flow_flags::SOCKET_CGROUP;
     }
     flows::record(
+        flows::site::DROP,
         &key,
         FlowStats {
             last_sport: sport,

@@ -7,13 +7,16 @@
 //! programs still running on the old one, so no increment lands in a table being read. A full
 //! table is counted (`LOST_FLOW_TABLE`) and the occurrence still goes through the ring buffer.
 //!
-//! A flood repeats one flow on one CPU, so each CPU keeps, per generation and kind slot, the
-//! flow it counted last ([`FLOW_REPEATS`]): a repeat of it is a plain increment there, without
-//! the table's hash lookup and atomic add. Another flow of the kind moves the count to the
+//! A flood repeats one flow on one CPU, so each CPU keeps, per generation and recording
+//! program ([`site`]), the flow it counted last ([`FLOW_REPEATS`]): a repeat of it is a plain increment there, without
+//! the table's hash lookup and atomic add. Another flow from the same program moves the count to the
 //! flow's table entry (which exists: a flow enters the slot only after the table), and the
 //! agent adds what is left in the slots of a generation when it drains that generation's table,
 //! then clears them. Programs of the next generation use the other slots, so nothing is counted
-//! into a slot being read.
+//! into a slot being read. A slot belongs to one program, which the kernel never runs nested
+//! on one CPU (a tracepoint program that would interrupt itself is skipped, and counted in its
+//! `recursion_misses`), so the plain increments cannot interleave; two programs recording the
+//! same kind (a refusal by RST or by ICMP) could, from process context and a softirq.
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
@@ -31,6 +34,14 @@ use crate::maps::{CLOCK_CACHE, EVENTS, FLOW_REPEATS, FLOWS0, FLOWS1, GENERATION,
 
 /// `-EEXIST`: another CPU entered the same flow first.
 const EEXIST: i32 = 17;
+
+/// The programs that record flows, each with its own per-CPU repeat slot.
+pub mod site {
+    pub const DROP: u32 = 0;
+    pub const RESET_RECEIVED: u32 = 1;
+    pub const RESET_SENT: u32 = 2;
+    pub const STATE_CHANGE: u32 = 3;
+}
 
 /// The current generation (0 or 1), read once per occurrence: its table and its slots go
 /// together.
@@ -91,13 +102,13 @@ fn bump(stats: *mut FlowStats, now: u64, sport: u16, extra: u32) {
     }
 }
 
-/// Records one occurrence of `key`. `stats` carries what the first occurrence knows (process,
-/// source port, kind-specific sum); times are filled in here.
+/// Records one occurrence of `key`, from program `site`. `stats` carries what the first
+/// occurrence knows (process, source port, kind-specific sum); times are filled in here.
 #[inline(always)]
-pub fn record(key: &FlowKey, stats: FlowStats) {
+pub fn record(site: u32, key: &FlowKey, stats: FlowStats) {
     let generation = generation();
     let table = table_of(generation);
-    let slot = generation * FLOW_REPEAT_SLOTS + key.kind % FLOW_REPEAT_SLOTS;
+    let slot = generation * FLOW_REPEAT_SLOTS + site % FLOW_REPEAT_SLOTS;
     let Some(repeat) = FLOW_REPEATS.get_ptr_mut(slot) else {
         enter(table, key, stats);
         return;

@@ -82,7 +82,7 @@ pub static FLOWS1: HashMap<FlowKey, FlowStats> = HashMap::with_max_entries(FLOWS
 #[map]
 pub static GENERATION: Array<u32> = Array::with_max_entries(1, 0);
 
-/// Per CPU, generation and kind slot: the flow counted last and its repeats not yet in the
+/// Per CPU, generation and recording program: the flow counted last and its repeats not yet in the
 /// table (`FLOW_REPEATS_MAP`, see flows.rs).
 #[map]
 pub static FLOW_REPEATS: PerCpuArray<FlowRepeat> =

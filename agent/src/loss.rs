@@ -67,6 +67,10 @@ names! {
         /// per-cgroup counters was full (more cgroups with lookups in one drain interval than
         /// it holds). The pod's "N of M lookups succeeded" misses it.
         DnsAnsweredFull = "dns_answered_full",
+        /// A kernel program was not run for an event because it was already running on that
+        /// CPU (an interrupt came while it ran, and the kernel never nests a program in
+        /// itself: its `recursion_misses`). That drop, reset or state change was not seen.
+        KernelRunsSkipped = "kernel_runs_skipped",
     }
 }
 
@@ -98,6 +102,7 @@ impl Loss {
             Loss::OtlpRejected => "records rejected by the OTLP collector",
             Loss::OtlpLagged => "times the OTLP exporter fell behind the store",
             Loss::DnsAnsweredFull => "DNS lookups answered well not counted (kernel table full)",
+            Loss::KernelRunsSkipped => "kernel program runs skipped (nested on one CPU)",
         }
     }
 

@@ -19,11 +19,11 @@ pub const CONNECTS_MAP: &str = "CONNECTS";
 pub const FLOWS_MAPS: [&str; 2] = ["FLOWS0", "FLOWS1"];
 /// Name of the one-entry array holding the generation (0 or 1) programs count into.
 pub const GENERATION_MAP: &str = "GENERATION";
-/// Name of the per-CPU array of [`FlowRepeat`]s: per generation and kind slot, the flow a CPU
-/// counted last and its repeats since, which have not reached the flow table yet. Index:
-/// `generation * FLOW_REPEAT_SLOTS + kind % FLOW_REPEAT_SLOTS`.
+/// Name of the per-CPU array of [`FlowRepeat`]s: per generation and recording program, the
+/// flow a CPU counted last and its repeats since, which have not reached the flow table yet.
+/// Index: `generation * FLOW_REPEAT_SLOTS + program`.
 pub const FLOW_REPEATS_MAP: &str = "FLOW_REPEATS";
-/// Kind slots per generation in [`FLOW_REPEATS_MAP`] (kinds beyond share slots).
+/// Slots per generation in [`FLOW_REPEATS_MAP`]: one per program that records flows.
 pub const FLOW_REPEAT_SLOTS: u32 = 8;
 /// Name of the array of drop reasons to report: index = `enum skb_drop_reason` value, 1 = on.
 pub const DROP_REASONS_MAP: &str = "DROP_REASONS";
@@ -205,9 +205,9 @@ pub struct FlowStats {
 }
 const _: () = assert!(size_of::<FlowStats>() == 56);
 
-/// The flow a CPU counted last, per kind, and its repeats since: a run of the same flow on one
+/// The flow a CPU counted last, per recording program, and its repeats since: a run of the same flow on one
 /// CPU (a flood) is counted here, without the hash lookup and atomic add of the flow table;
-/// the count moves to the table entry when another flow of the kind comes, and the agent adds
+/// the count moves to the table entry when the program records another flow, and the agent adds
 /// what is left when it drains the table of the same generation.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -51,8 +51,24 @@ pub struct Probes {
 }
 
 /// The kernel side's per-CPU loss counters, owned by the reader, which adds their growth to
-/// the agent's counters.
-pub struct LossMap(PerCpuArray<MapData, u64>);
+/// the agent's counters; with them, the runs the kernel skipped of the agent's programs.
+pub struct LossMap {
+    map: PerCpuArray<MapData, u64>,
+    /// `/proc/self/fdinfo/N` of each loaded program: its `recursion_misses`.
+    programs: Vec<std::path::PathBuf>,
+}
+
+/// Why the kernel's loss counters could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum LossReadError {
+    #[error("loss map: {0}")]
+    Map(#[from] aya::maps::MapError),
+    #[error("{path}: {source}")]
+    Fdinfo {
+        path: String,
+        source: std::io::Error,
+    },
+}
 
 /// Kernel loss slots and the names they are reported under.
 const KERNEL_LOSSES: [(u32, Loss); 6] = [
@@ -68,8 +84,8 @@ const KERNEL_LOSSES: [(u32, Loss); 6] = [
 /// reader, which drains them.
 pub struct FlowTables {
     tables: [BpfHashMap<MapData, FlowKey, FlowStats>; 2],
-    /// Per CPU, generation and kind slot: repeats of the flow counted last, not yet in the
-    /// table (see agent-ebpf/src/flows.rs).
+    /// Per CPU, generation and recording program: repeats of the flow counted last, not yet in
+    /// the table (see agent-ebpf/src/flows.rs).
     repeats: PerCpuArray<MapData, FlowRepeat>,
     generation: Array<MapData, u32>,
     current: u32,
@@ -155,14 +171,50 @@ fn merge_repeats(drained: &mut Vec<(FlowKey, FlowStats)>, repeats: &[FlowRepeat]
 }
 
 impl LossMap {
-    /// Current totals, summed over CPUs. A slot that cannot be read is an error (never a zero
-    /// that would claim nothing was lost).
-    pub fn read(&self) -> Result<Vec<(Loss, u64)>, aya::maps::MapError> {
-        KERNEL_LOSSES
+    /// Current totals, summed over CPUs, and the programs' skipped runs. A slot or program that
+    /// cannot be read is an error (never a zero that would claim nothing was lost).
+    pub fn read(&self) -> Result<Vec<(Loss, u64)>, LossReadError> {
+        let mut totals = KERNEL_LOSSES
             .iter()
-            .map(|(slot, loss)| Ok((*loss, self.0.get(slot, 0)?.iter().sum::<u64>())))
-            .collect()
+            .map(|(slot, loss)| Ok((*loss, self.map.get(slot, 0)?.iter().sum::<u64>())))
+            .collect::<Result<Vec<_>, aya::maps::MapError>>()?;
+        let mut skipped = 0u64;
+        for path in &self.programs {
+            let text = std::fs::read_to_string(path).map_err(|source| LossReadError::Fdinfo {
+                path: path.display().to_string(),
+                source,
+            })?;
+            skipped += fdinfo_field(&text, "recursion_misses").unwrap_or(0);
+        }
+        totals.push((Loss::KernelRunsSkipped, skipped));
+        Ok(totals)
     }
+}
+
+/// A numeric field of an fdinfo text ("recursion_misses:\t3").
+fn fdinfo_field(text: &str, name: &str) -> Option<u64> {
+    text.lines().find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        (key.trim() == name).then(|| value.trim().parse().ok())?
+    })
+}
+
+/// The fdinfo files of this process's descriptors of the given programs.
+fn program_fdinfos(ids: &[u32]) -> Vec<std::path::PathBuf> {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fdinfo") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .map(|e| e.path())
+        .filter(|path| {
+            // Programs only: a link's fdinfo names its program too, but has no run counts.
+            std::fs::read_to_string(path).is_ok_and(|text| {
+                fdinfo_field(&text, "recursion_misses").is_some()
+                    && fdinfo_field(&text, "prog_id")
+                        .is_some_and(|id| ids.iter().any(|i| u64::from(*i) == id))
+            })
+        })
+        .collect()
 }
 
 /// The loaded programs, the ring buffer, the flow tables and the kernel loss counters.
@@ -283,7 +335,7 @@ pub fn load(options: &LoadOptions<'_>) -> Result<Loaded, LoadError> {
         let why: Vec<String> = statuses.iter().filter_map(|s| s.error.clone()).collect();
         return Err(LoadError::NothingAttached(why.join("; ")));
     }
-    let program_ids = PROGRAMS
+    let program_ids: Vec<(String, u32)> = PROGRAMS
         .iter()
         .filter_map(|p| {
             let info = ebpf.program(p.name)?.info().ok()?;
@@ -311,6 +363,14 @@ pub fn load(options: &LoadOptions<'_>) -> Result<Loaded, LoadError> {
         generation: take_map(&mut ebpf, GENERATION_MAP, Array::try_from)?,
         current: 0,
     };
+    let fdinfos = program_fdinfos(&program_ids.iter().map(|(_, id)| *id).collect::<Vec<_>>());
+    if fdinfos.len() < program_ids.len() {
+        warn!(
+            found = fdinfos.len(),
+            programs = program_ids.len(),
+            "some programs' skipped runs cannot be read (no fdinfo with recursion_misses: Linux < 5.12)"
+        );
+    }
     info!(
         load_ms = loaded.as_millis() as u64,
         total_ms = started.elapsed().as_millis() as u64,
@@ -325,7 +385,10 @@ pub fn load(options: &LoadOptions<'_>) -> Result<Loaded, LoadError> {
         dns_ring,
         dns_maps,
         flows,
-        loss: LossMap(loss),
+        loss: LossMap {
+            map: loss,
+            programs: fdinfos,
+        },
         drop_reasons: chosen.into_iter().map(|(n, v)| (v, n)).collect(),
         program_ids,
     })
@@ -415,6 +478,15 @@ mod tests {
             dport,
             ..FlowKey::default()
         }
+    }
+
+    #[test]
+    fn fdinfo_fields_are_read_by_name() {
+        let text = "pos:\t0\nflags:\t02000002\nprog_type:\t17\nprog_id:\t42\nrun_time_ns:\t0\nrecursion_misses:\t3\n";
+        assert_eq!(super::fdinfo_field(text, "prog_id"), Some(42));
+        assert_eq!(super::fdinfo_field(text, "recursion_misses"), Some(3));
+        assert_eq!(super::fdinfo_field(text, "verified_insns"), None);
+        assert_eq!(super::fdinfo_field("prog_id:\tx\n", "prog_id"), None);
     }
 
     #[test]
