@@ -132,20 +132,16 @@ pub fn attach_all() -> anyhow::Result<Vec<OwnedFd>> {
                 } else {
                     BPF_CGROUP_INET_INGRESS
                 };
-                // cgroup_skb programs return 1: let the packet through.
-                let prog = load_empty(BPF_PROG_TYPE_CGROUP_SKB, attach, 1)?;
                 let root = std::fs::File::open(&cgroup_root)
                     .with_context(|| format!("opening {cgroup_root}"))?;
-                let mut attr = Attr::default();
-                attr.put_u32(0, raw_fd(&prog));
-                attr.put_u32(4, std::os::fd::AsRawFd::as_raw_fd(&root) as u32);
-                attr.put_u32(8, attach);
-                let link = bpf(
-                    BPF_LINK_CREATE,
-                    &mut attr,
+                // cgroup_skb programs return 1: let the packet through.
+                held.extend(link_empty(
+                    BPF_PROG_TYPE_CGROUP_SKB,
+                    1,
+                    attach,
+                    std::os::fd::AsRawFd::as_raw_fd(&root) as u32,
                     &format!("attaching cgroup_skb to {cgroup_root}"),
-                )?;
-                held.extend([prog, link]);
+                )?);
             }
         }
     }
@@ -164,20 +160,34 @@ pub fn attach_tcx(interfaces: &[&str]) -> anyhow::Result<Vec<OwnedFd>> {
             anyhow::bail!("no interface {name} here");
         }
         for attach in [BPF_TCX_INGRESS, BPF_TCX_EGRESS] {
-            let prog = load_empty(BPF_PROG_TYPE_SCHED_CLS, attach, TCX_NEXT)?;
-            let mut attr = Attr::default();
-            attr.put_u32(0, raw_fd(&prog));
-            attr.put_u32(4, ifindex);
-            attr.put_u32(8, attach);
-            let link = bpf(
-                BPF_LINK_CREATE,
-                &mut attr,
+            held.extend(link_empty(
+                BPF_PROG_TYPE_SCHED_CLS,
+                TCX_NEXT,
+                attach,
+                ifindex,
                 &format!("attaching TCX to {name}"),
-            )?;
-            held.extend([prog, link]);
+            )?);
         }
     }
     Ok(held)
+}
+
+/// Loads an empty program returning `ret` and links it to `target` (a cgroup's descriptor or
+/// an interface index) with `BPF_LINK_CREATE`: the program and its link.
+fn link_empty(
+    prog_type: u32,
+    ret: i32,
+    attach: u32,
+    target: u32,
+    what: &str,
+) -> anyhow::Result<[OwnedFd; 2]> {
+    let prog = load_empty(prog_type, attach, ret)?;
+    let mut attr = Attr::default();
+    attr.put_u32(0, raw_fd(&prog));
+    attr.put_u32(4, target);
+    attr.put_u32(8, attach);
+    let link = bpf(BPF_LINK_CREATE, &mut attr, what)?;
+    Ok([prog, link])
 }
 
 fn raw_fd(fd: &OwnedFd) -> u32 {
