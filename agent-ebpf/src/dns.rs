@@ -40,14 +40,15 @@ use aya_ebpf::{
     programs::SkBuffContext,
 };
 use triage_agent_common::{
-    AF_INET, AF_INET6, DNS_PAYLOAD_CAP, DNS_RECENT_SLOTS, DNS_RING_BYTES, DnsAnswered, DnsEvent,
-    DnsHeld, DnsKey, DnsPorts, DnsTiming, EventHeader, IPPROTO_TCP, IPPROTO_UDP, LOST_DNS_ANSWERED,
-    LOST_DNS_RESERVE, dns_flags, kind,
+    AF_INET, AF_INET6, DNS_HASH_SEED, DNS_PAYLOAD_CAP, DNS_RECENT_SLOTS, DNS_RING_BYTES,
+    DnsAnswered, DnsEvent, DnsHeld, DnsKey, DnsPorts, DnsRepeatKey, DnsRepeats, DnsTiming,
+    EventHeader, IPPROTO_TCP, IPPROTO_UDP, LOST_DNS_ANSWERED, LOST_DNS_REPEATS, LOST_DNS_RESERVE,
+    dns_flags, dns_hash_step, kind,
 };
 
 use crate::maps::{
-    DNS_ANSWERED0, DNS_ANSWERED1, DNS_GENERATION, DNS_PENDING, DNS_RECENT, DNS_RING, DNS_SCRATCH,
-    count_loss,
+    DNS_ANSWERED0, DNS_ANSWERED1, DNS_GENERATION, DNS_PENDING, DNS_RECENT, DNS_REPEATABLE,
+    DNS_REPEATS0, DNS_REPEATS1, DNS_RING, DNS_SCRATCH, count_loss,
 };
 
 /// Ports to capture, overwritten by the loader before load (frozen: the verifier sees
@@ -423,6 +424,26 @@ fn client_answer(ctx: &SkBuffContext, p: &Packet) {
         count_answered(cgroup_id, latency, p);
         return;
     }
+    // A failure the agent has reported before, asked and answered the same way: counted here.
+    if rcode != 0 && p.dns_flags & TC == 0 && latency < timing.slow_ns {
+        let repeat = DnsRepeatKey {
+            cgroup_id,
+            question: question_hash(held),
+            rcode: u32::from(rcode),
+            _pad0: 0,
+        };
+        // SAFETY: a map value, valid while the program runs (only its presence is read).
+        if unsafe { DNS_REPEATABLE.get(repeat) }.is_some() {
+            if DNS_PENDING.remove(key).is_err() {
+                // The agent took the query over a moment ago: it matches the answer.
+                send(ctx, p, false);
+                return;
+            }
+            failed(cgroup_id, now);
+            count_repeat(&repeat, latency, now);
+            return;
+        }
+    }
     // The agent decides: the query first, then its answer.
     output(held);
     let _ = DNS_PENDING.remove(key);
@@ -430,6 +451,102 @@ fn client_answer(ctx: &SkBuffContext, p: &Packet) {
         failed(cgroup_id, now);
     }
     send(ctx, p, false);
+}
+
+/// [`triage_agent_common::dns_question_hash`] of a held query: its captured payload without the
+/// id, then its server.
+#[inline(always)]
+fn question_hash(held: &DnsHeld) -> u64 {
+    let q = &held.query;
+    let captured = usize::from(q.captured).min(DNS_PAYLOAD_CAP);
+    let base = q.payload.as_ptr();
+    let mut h = DNS_HASH_SEED;
+    for i in 0..DNS_PAYLOAD_CAP / 8 {
+        let at = i * 8;
+        if at >= captured {
+            break;
+        }
+        // SAFETY: at + 8 <= DNS_PAYLOAD_CAP (a multiple of 8): inside the payload array.
+        let mut w = u64::from_le(unsafe { core::ptr::read_unaligned(base.add(at).cast::<u64>()) });
+        let valid = captured - at;
+        if valid < 8 {
+            // Bytes past the capture are left over from earlier queries: not part of this one.
+            w &= (1u64 << (valid * 8)) - 1;
+        }
+        if i == 0 {
+            w &= !0xffff;
+        }
+        h = dns_hash_step(h, w);
+    }
+    // SAFETY: two halves of a 16-byte array.
+    let (lo, hi) = unsafe {
+        (
+            core::ptr::read_unaligned(q.daddr.as_ptr().cast::<u64>()),
+            core::ptr::read_unaligned(q.daddr.as_ptr().add(8).cast::<u64>()),
+        )
+    };
+    h = dns_hash_step(h, u64::from_le(lo));
+    h = dns_hash_step(h, u64::from_le(hi));
+    dns_hash_step(
+        h,
+        u64::from(q.dport) | u64::from(q.family) << 16 | (captured as u64) << 32,
+    )
+}
+
+#[inline(always)]
+fn repeats_table() -> &'static HashMap<DnsRepeatKey, DnsRepeats> {
+    match DNS_GENERATION.get(0) {
+        Some(g) if *g & 1 == 1 => &DNS_REPEATS1,
+        _ => &DNS_REPEATS0,
+    }
+}
+
+/// One more repeat of a failure the agent has reported.
+#[inline(always)]
+fn count_repeat(key: &DnsRepeatKey, latency: u64, now: u64) {
+    let table = repeats_table();
+    if let Some(r) = table.get_ptr_mut(key) {
+        add_repeat(r, latency, now);
+        return;
+    }
+    let first = DnsRepeats {
+        count: 1,
+        latency_sum_ns: latency,
+        latency_max_ns: latency,
+        first_ns: now,
+        last_ns: now,
+    };
+    match table.insert(key, first, BPF_NOEXIST.into()) {
+        Ok(()) => {}
+        Err(e) if e == -EEXIST => {
+            if let Some(r) = table.get_ptr_mut(key) {
+                add_repeat(r, latency, now);
+            }
+        }
+        Err(_) => count_loss(LOST_DNS_REPEATS),
+    }
+}
+
+#[inline(always)]
+fn add_repeat(r: *mut DnsRepeats, latency: u64, now: u64) {
+    // SAFETY: `r` points into a map value valid while this program runs; the counts are
+    // shared between CPUs, hence atomic adds (the maximum and the latest time are best effort).
+    unsafe {
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
+            core::ptr::addr_of_mut!((*r).count),
+            1,
+        );
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
+            core::ptr::addr_of_mut!((*r).latency_sum_ns),
+            latency,
+        );
+        if latency > (*r).latency_max_ns {
+            (*r).latency_max_ns = latency;
+        }
+        if now > (*r).last_ns {
+            (*r).last_ns = now;
+        }
+    }
 }
 
 #[inline(always)]

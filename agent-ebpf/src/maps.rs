@@ -6,9 +6,10 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use triage_agent_common::{
-    CONNECTS_ENTRIES, DNS_ANSWERED_ENTRIES, DNS_PENDING_ENTRIES, DNS_RECENT_SLOTS, DNS_RING_BYTES,
-    DROP_REASONS_ENTRIES, DnsAnswered, DnsHeld, DnsKey, EVENTS_RING_BYTES, FLOW_REPEAT_SLOTS,
-    FLOWS_ENTRIES, FlowKey, FlowRepeat, FlowStats, LOSS_SLOTS, Offsets, PendingConnect,
+    CONNECTS_ENTRIES, DNS_ANSWERED_ENTRIES, DNS_PENDING_ENTRIES, DNS_RECENT_SLOTS,
+    DNS_REPEATABLE_ENTRIES, DNS_REPEATS_ENTRIES, DNS_RING_BYTES, DROP_REASONS_ENTRIES, DnsAnswered,
+    DnsHeld, DnsKey, DnsRepeatKey, DnsRepeats, EVENTS_RING_BYTES, FLOW_REPEAT_SLOTS, FLOWS_ENTRIES,
+    FlowKey, FlowRepeat, FlowStats, LOSS_SLOTS, Offsets, PendingConnect,
 };
 
 /// The one ring buffer every program writes its events into (`EVENTS_MAP`).
@@ -34,6 +35,20 @@ pub static DNS_ANSWERED0: HashMap<u64, DnsAnswered> =
 #[map]
 pub static DNS_ANSWERED1: HashMap<u64, DnsAnswered> =
     HashMap::with_max_entries(DNS_ANSWERED_ENTRIES, 0);
+
+/// Failed lookups the agent has reported, whose repeats are counted here
+/// (`DNS_REPEATABLE_MAP`, written by the agent).
+#[map]
+pub static DNS_REPEATABLE: HashMap<DnsRepeatKey, u32> =
+    HashMap::with_max_entries(DNS_REPEATABLE_ENTRIES, 0);
+
+/// Repeats of those failures, double-buffered with the answered tables (`DNS_REPEATS_MAPS`).
+#[map]
+pub static DNS_REPEATS0: HashMap<DnsRepeatKey, DnsRepeats> =
+    HashMap::with_max_entries(DNS_REPEATS_ENTRIES, 0);
+#[map]
+pub static DNS_REPEATS1: HashMap<DnsRepeatKey, DnsRepeats> =
+    HashMap::with_max_entries(DNS_REPEATS_ENTRIES, 0);
 
 /// Which answered table is current (`DNS_GENERATION_MAP`), written by the agent.
 #[map]

@@ -71,6 +71,10 @@ names! {
         /// CPU (an interrupt came while it ran, and the kernel never nests a program in
         /// itself: its `recursion_misses`). That drop, reset or state change was not seen.
         KernelRunsSkipped = "kernel_runs_skipped",
+        /// Repeats of a reported DNS failure that the kernel could not count (its table of
+        /// repeats was full for the drain interval), or that the agent could no longer name.
+        /// Those failed lookups are missing from the pod's evidence and counters.
+        DnsRepeatsLost = "dns_repeats_lost",
     }
 }
 
@@ -103,6 +107,7 @@ impl Loss {
             Loss::OtlpLagged => "times the OTLP exporter fell behind the store",
             Loss::DnsAnsweredFull => "DNS lookups answered well not counted (kernel table full)",
             Loss::KernelRunsSkipped => "kernel program runs skipped (nested on one CPU)",
+            Loss::DnsRepeatsLost => "repeated DNS failures not counted (kernel table full)",
         }
     }
 

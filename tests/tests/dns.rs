@@ -368,6 +368,86 @@ fn a_query_flood_keeps_the_inflight_table_bounded_and_accounts_for_every_query()
     assert!(agent.stop().unwrap().success(), "{}", agent.log());
 }
 
+#[test]
+fn a_repeated_failure_is_counted_in_the_kernel_exactly_after_its_first_reports() {
+    const WINDOW: u64 = 32;
+    let mut node = node();
+    cluster_dns(&mut node);
+    let pod = node.add_pod("shop", "flood").unwrap();
+    node.set_cluster_dns(pod, VIP, "").unwrap();
+    let mut agent = AgentProcess::start(&node).unwrap();
+    agent.wait_ready(true, WAIT).unwrap();
+    agent.wait_pods(3, WAIT).unwrap();
+    let parsed0 = metric(&agent, "triage_agent_dns_packets_parsed_total");
+
+    // One socket asking a name that does not exist, 32 queries in flight, for 3 s: tens of
+    // thousands of NXDOMAINs.
+    let name = "missing.shop.svc.cluster.local";
+    let out = node
+        .run(
+            pod,
+            &[
+                "dns-load",
+                &format!("{VIP}:53"),
+                "3",
+                name,
+                &WINDOW.to_string(),
+            ],
+        )
+        .unwrap();
+    let answered: u64 = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert!(answered > 10_000, "{answered} answers");
+    let nx_count = |v: &Value| -> u64 {
+        dns_records(v, "nxdomain")
+            .iter()
+            .map(|r| r["count"].as_u64().unwrap_or(0))
+            .sum()
+    };
+    let failed = |v: &Value| lookups(v).and_then(|l| l["failed"].as_u64()).unwrap_or(0);
+    let v = agent
+        .query_until("shop", "flood", WAIT, |v| {
+            nx_count(v) >= answered && failed(v) >= answered
+        })
+        .unwrap();
+    // Every answer the client read is one NXDOMAIN lookup; those still in flight when it
+    // stopped reading may have been answered too (at most the window).
+    let n = nx_count(&v);
+    assert!(
+        n <= answered + WINDOW,
+        "{n} NXDOMAINs for {answered} answers: {v}"
+    );
+    for r in dns_records(&v, "nxdomain") {
+        assert_eq!(r["query"], name, "{r}");
+        assert_eq!(r["search_nxdomains"].as_u64().unwrap_or(0), 0, "{r}");
+    }
+    assert!(failed(&v) <= answered + WINDOW, "{v}");
+    // Most were counted in the kernel, not copied up one by one (two packets each).
+    let parsed = metric(&agent, "triage_agent_dns_packets_parsed_total") - parsed0;
+    println!("{answered} answers read, {n} NXDOMAINs reported, {parsed} DNS packets parsed");
+    assert!(
+        parsed < answered / 4,
+        "{parsed} DNS packets parsed for {answered} NXDOMAINs"
+    );
+    let status = agent.status().unwrap();
+    for point in [
+        "dns_ring_full",
+        "dns_repeats_lost",
+        "pipeline_full",
+        "dns_inflight_evicted",
+    ] {
+        assert_eq!(
+            status["loss"][point].as_u64().unwrap_or(0),
+            0,
+            "{point}: {status}"
+        );
+    }
+    assert!(agent.stop().unwrap().success(), "{}", agent.log());
+}
+
 /// A counter's value from the agent's /metrics (0 when absent).
 fn metric(agent: &AgentProcess, name: &str) -> u64 {
     let (_, body) = agent.http_get("/metrics").unwrap();

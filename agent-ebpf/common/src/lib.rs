@@ -45,6 +45,14 @@ pub const DNS_PENDING_MAP: &str = "DNS_PENDING";
 pub const DNS_ANSWERED_MAPS: [&str; 2] = ["DNS_ANSWERED0", "DNS_ANSWERED1"];
 /// Name of the one-entry array holding the generation (0 or 1) of [`DNS_ANSWERED_MAPS`].
 pub const DNS_GENERATION_MAP: &str = "DNS_GENERATION";
+/// Name of the hash of failed lookups the agent has reported and wants counted in the kernel
+/// from now on ([`DnsRepeatKey`] -> `u32`, written by the agent only): a UDP answer that fails
+/// the same way for the same question, asker and server is then counted in
+/// [`DNS_REPEATS_MAPS`] instead of travelling through [`DNS_RING_MAP`].
+pub const DNS_REPEATABLE_MAP: &str = "DNS_REPEATABLE";
+/// Names of the two tables of repeated failures ([`DnsRepeatKey`] -> [`DnsRepeats`]), switched
+/// by [`DNS_GENERATION_MAP`] together with [`DNS_ANSWERED_MAPS`].
+pub const DNS_REPEATS_MAPS: [&str; 2] = ["DNS_REPEATS0", "DNS_REPEATS1"];
 /// Name of the read-only global carrying the running kernel's layouts ([`Offsets`]).
 pub const OFFSETS_GLOBAL: &str = "OFFSETS";
 
@@ -62,8 +70,11 @@ pub const LOST_DNS_RESERVE: u32 = 4;
 /// Index in [`LOSS_MAP`]: a lookup answered well could not be counted (the answered table was
 /// full).
 pub const LOST_DNS_ANSWERED: u32 = 5;
+/// Index in [`LOSS_MAP`]: a repeated failed lookup could not be counted (the repeats table was
+/// full).
+pub const LOST_DNS_REPEATS: u32 = 6;
 /// Number of slots in [`LOSS_MAP`].
-pub const LOSS_SLOTS: u32 = 6;
+pub const LOSS_SLOTS: u32 = 7;
 
 /// Size of the ring buffer in bytes (a power of two multiple of the page size). It carries only
 /// first occurrences of flows (repeats are counted in the flow tables): 256 KiB holds about
@@ -82,6 +93,10 @@ pub const DNS_PAYLOAD_CAP: usize = 288;
 pub const DNS_PENDING_ENTRIES: u32 = 16 * 1024;
 /// Entries in each of [`DNS_ANSWERED_MAPS`]: cgroups with lookups per drain interval.
 pub const DNS_ANSWERED_ENTRIES: u32 = 8 * 1024;
+/// Entries in [`DNS_REPEATABLE_MAP`]: failures the kernel counts instead of copying.
+pub const DNS_REPEATABLE_ENTRIES: u32 = 4 * 1024;
+/// Entries in each of [`DNS_REPEATS_MAPS`]: repeated failures per drain interval.
+pub const DNS_REPEATS_ENTRIES: u32 = 4 * 1024;
 /// Slots in the kernel's direct-mapped table of cgroups with a recent failed lookup, whose
 /// good answers go to the agent for a while (it folds a search-path walk into one finding from
 /// them). A power of two.
@@ -565,6 +580,10 @@ mod user {
     unsafe impl aya::Pod for super::FlowRepeat {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::DnsPorts {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::DnsRepeatKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::DnsRepeats {}
 }
 
 /// The ports whose traffic is DNS (host order; 0 = unused slot), set by the loader.
@@ -673,6 +692,81 @@ pub struct DnsHeld {
     pub answered: u32,
 }
 const _: () = assert!(size_of::<DnsHeld>() == 376);
+
+/// A failed lookup's identity, for counting its repeats in the kernel: the asking socket's
+/// cgroup, [`dns_question_hash`] of the query as sent (without its id) and of the server it
+/// went to, and the answer's rcode.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DnsRepeatKey {
+    pub cgroup_id: u64,
+    pub question: u64,
+    pub rcode: u32,
+    pub _pad0: u32,
+}
+const _: () = assert!(size_of::<DnsRepeatKey>() == 24);
+
+/// Repeats of one failed lookup in one generation of [`DNS_REPEATS_MAPS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DnsRepeats {
+    pub count: u64,
+    /// Sum and maximum of their latencies (query sent to answer received).
+    pub latency_sum_ns: u64,
+    pub latency_max_ns: u64,
+    /// When the first and the latest of them were answered (CLOCK_BOOTTIME).
+    pub first_ns: u64,
+    pub last_ns: u64,
+}
+const _: () = assert!(size_of::<DnsRepeats>() == 40);
+
+/// The multiplier of [`dns_question_hash`] (FNV-1a's 64-bit prime).
+pub const DNS_HASH_PRIME: u64 = 0x0000_0100_0000_01b3;
+/// The starting value of [`dns_question_hash`] (FNV-1a's 64-bit offset basis).
+pub const DNS_HASH_SEED: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// One step of [`dns_question_hash`].
+#[inline(always)]
+pub const fn dns_hash_step(h: u64, word: u64) -> u64 {
+    (h ^ word).wrapping_mul(DNS_HASH_PRIME)
+}
+
+/// The identity of a query as the kernel and the agent both compute it: its payload as sent
+/// (`payload`: the captured bytes, at most [`DNS_PAYLOAD_CAP`]) read as little-endian 64-bit
+/// words, the last one zero-padded, with the id (bytes 0 and 1) left out; then the server's
+/// address (16 bytes, IPv4 in the first 4), its port and the family. The kernel computes the
+/// same steps over the held query in agent-ebpf/src/dns.rs.
+pub fn dns_question_hash(payload: &[u8], server: &[u8; 16], server_port: u16, family: u16) -> u64 {
+    let mut h = DNS_HASH_SEED;
+    let payload = payload.get(..DNS_PAYLOAD_CAP).unwrap_or(payload);
+    for (i, chunk) in payload.chunks(8).enumerate() {
+        let mut word = [0u8; 8];
+        for (to, from) in word.iter_mut().zip(chunk) {
+            *to = *from;
+        }
+        let mut w = u64::from_le_bytes(word);
+        if i == 0 {
+            w &= !0xffff;
+        }
+        h = dns_hash_step(h, w);
+    }
+    let (mut lo, mut hi) = ([0u8; 8], [0u8; 8]);
+    for (i, b) in server.iter().enumerate() {
+        if let Some(to) = if i < 8 {
+            lo.get_mut(i)
+        } else {
+            hi.get_mut(i - 8)
+        } {
+            *to = *b;
+        }
+    }
+    h = dns_hash_step(h, u64::from_le_bytes(lo));
+    h = dns_hash_step(h, u64::from_le_bytes(hi));
+    dns_hash_step(
+        h,
+        u64::from(server_port) | u64::from(family) << 16 | (payload.len() as u64) << 32,
+    )
+}
 
 /// A cgroup's lookups answered well (NOERROR, not truncated, below the slow threshold) in one
 /// generation of [`DNS_ANSWERED_MAPS`].

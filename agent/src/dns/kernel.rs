@@ -8,12 +8,20 @@ use std::{
 };
 
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, MapError};
-use triage_agent_common::{AF_INET, AF_INET6, DnsAnswered, DnsHeld, DnsKey};
+use triage_agent_common::{
+    AF_INET, AF_INET6, DnsAnswered, DnsHeld, DnsKey, DnsRepeatKey, DnsRepeats,
+};
+
+use super::track::{RepeatChange, RepeatKey, Repeated};
 
 /// The maps, owned by the DNS task.
 pub struct DnsMaps {
     pub pending: BpfHashMap<MapData, DnsKey, DnsHeld>,
     pub answered: [BpfHashMap<MapData, u64, DnsAnswered>; 2],
+    /// Failures whose repeats the kernel counts (written here only).
+    pub repeatable: BpfHashMap<MapData, DnsRepeatKey, u32>,
+    /// Their repeats, switched with `answered`.
+    pub repeats: [BpfHashMap<MapData, DnsRepeatKey, DnsRepeats>; 2],
     pub generation: Array<MapData, u32>,
     pub current: u32,
 }
@@ -26,6 +34,15 @@ pub struct Answered {
     pub lookups: u64,
     pub latency_sum: Duration,
     pub latency_max: Duration,
+}
+
+fn kernel_key(key: RepeatKey) -> DnsRepeatKey {
+    DnsRepeatKey {
+        cgroup_id: key.cgroup,
+        question: key.question,
+        rcode: u32::from(key.rcode),
+        _pad0: 0,
+    }
 }
 
 /// The record's bytes, as the ring would have carried them.
@@ -76,6 +93,44 @@ impl DnsMaps {
         self.generation.set(0, old ^ 1, 0)?;
         self.current = old ^ 1;
         Ok(old as usize)
+    }
+
+    /// Applies the tracker's changes to the kernel's table of failures it counts. A change the
+    /// kernel refuses (its table full) leaves that failure coming up one by one: nothing lost.
+    pub fn apply(&mut self, changes: Vec<RepeatChange>) {
+        for change in changes {
+            let _ = match change {
+                RepeatChange::Count(key) => self.repeatable.insert(kernel_key(key), 1, 0),
+                RepeatChange::Stop(key) => self.repeatable.remove(&kernel_key(key)),
+            };
+        }
+    }
+
+    /// Reads and empties a repeats table no program counts into any more.
+    pub fn drain_repeats(&mut self, index: usize) -> Vec<Repeated> {
+        let Some(table) = self.repeats.get_mut(index) else {
+            return Vec::new();
+        };
+        let keys: Vec<DnsRepeatKey> = table.keys().filter_map(Result::ok).collect();
+        let mut out = Vec::with_capacity(keys.len());
+        for k in keys {
+            if let Ok(r) = table.get(&k, 0) {
+                out.push(Repeated {
+                    key: RepeatKey {
+                        cgroup: k.cgroup_id,
+                        question: k.question,
+                        rcode: u8::try_from(k.rcode).unwrap_or(u8::MAX),
+                    },
+                    count: r.count,
+                    latency_sum: Duration::from_nanos(r.latency_sum_ns),
+                    latency_max: Duration::from_nanos(r.latency_max_ns),
+                    first_ns: r.first_ns,
+                    last_ns: r.last_ns,
+                });
+            }
+            let _ = table.remove(&k);
+        }
+        out
     }
 
     /// Reads and empties an answered table no program counts into any more.

@@ -98,6 +98,7 @@ pub async fn run(
                 for finding in tracker.tick(clock.boot_now()) {
                     emit(RawEvent::Dns(Box::new(finding)), &clock)?;
                 }
+                maps.apply(tracker.take_repeat_changes());
             }
             _ = tally.tick() => {
                 let old = maps.flip()?;
@@ -106,6 +107,14 @@ pub async fn run(
                     counters.add_dns_kernel_lookups(a.lookups);
                     tracker.answered_in_kernel(a.cgroup_id, a.client_ip, a.lookups, a.latency_sum, a.latency_max);
                 }
+                for r in maps.drain_repeats(old) {
+                    counters.add_dns_kernel_lookups(r.count);
+                    for finding in tracker.repeated_in_kernel(r) {
+                        emit(RawEvent::Dns(Box::new(finding)), &clock)?;
+                    }
+                }
+                tracker.age_repeats();
+                maps.apply(tracker.take_repeat_changes());
                 for t in tracker.take_tallies() {
                     emit(RawEvent::DnsLookups(t), &clock)?;
                 }
@@ -115,6 +124,7 @@ pub async fn run(
                 let received = read_batch(ring, &mut tracker, &counters, &is_dns_port, |f| {
                     emit(RawEvent::Dns(Box::new(f)), &clock)
                 })?;
+                maps.apply(tracker.take_repeat_changes());
                 if received >= BATCH {
                     drain.reset_immediately();
                 }
@@ -130,6 +140,7 @@ pub async fn run(
                     guard.clear_ready();
                 }
                 drop(guard);
+                maps.apply(tracker.take_repeat_changes());
                 tokio::task::yield_now().await;
             }
         }

@@ -31,6 +31,8 @@ use std::{
     time::Duration,
 };
 
+use triage_agent_common::{AF_INET, AF_INET6, dns_question_hash};
+
 use super::packet::{Captured, Message, Side};
 use crate::{
     evidence::{DnsLookups, DnsOutcome, Protocol},
@@ -40,6 +42,14 @@ use crate::{
 /// How long NXDOMAIN answers wait for the rest of their search sequence (after the latest one,
 /// and while the client has queries in flight).
 pub const SEARCH_HOLD: Duration = Duration::from_secs(1);
+
+/// Unfolded NXDOMAINs of one name in one search group after which its repeats are counted in
+/// the kernel (a flood of a name that does not exist; a search walk's expansion is folded by
+/// its answered name long before).
+pub const NX_REPEATS_TO_COUNT: u64 = 64;
+
+/// Drain intervals a failure may go without repeats before the kernel stops counting it.
+const REPEAT_IDLE_DRAINS: u32 = 60;
 
 /// rcode values.
 const NOERROR: u8 = 0;
@@ -108,6 +118,47 @@ pub struct Tally {
     pub lookups: DnsLookups,
 }
 
+/// A failed lookup's identity in the kernel's repeat counting ([`triage_agent_common::DnsRepeatKey`]):
+/// the asking cgroup, the hash of the query as sent and of its server, and the rcode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RepeatKey {
+    pub cgroup: u64,
+    pub question: u64,
+    pub rcode: u8,
+}
+
+/// Repeats of one failure the kernel counted in one drain interval.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Repeated {
+    pub key: RepeatKey,
+    pub count: u64,
+    pub latency_sum: Duration,
+    pub latency_max: Duration,
+    /// When the first and the latest were answered (CLOCK_BOOTTIME).
+    pub first_ns: u64,
+    pub last_ns: u64,
+}
+
+/// What the tracker asks of the kernel's repeat counting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RepeatChange {
+    /// Count this failure's repeats in the kernel from now on.
+    Count(RepeatKey),
+    /// Send them up one by one again.
+    Stop(RepeatKey),
+}
+
+/// A failure whose repeats the kernel counts: what they stand for.
+#[derive(Clone, Debug)]
+struct Known {
+    key: Key,
+    protocol: Protocol,
+    /// Drain intervals since its latest repeat.
+    idle: u32,
+    /// Stopped in the kernel, kept until repeats counted before that are drained.
+    stopping: bool,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct Key {
     cgroup: u64,
@@ -126,15 +177,35 @@ struct InFlight {
     reached_server: bool,
     server_answered: bool,
     server_cgroup: Option<u64>,
+    /// UDP: the query's hash as the kernel computes it, for counting repeats of its failure.
+    question: Option<u64>,
 }
 
-/// An NXDOMAIN waiting for the rest of its search sequence.
+/// NXDOMAINs of one name waiting for the rest of their search sequence (the same name, type,
+/// client address and server are merged).
 #[derive(Clone, Debug)]
 struct HeldNx {
     key: Key,
+    /// The first one's query and the latest one's answer.
     first_ns: u64,
     at_ns: u64,
+    /// The latest one's latency.
+    latency_ns: u64,
     protocol: Protocol,
+    /// How many.
+    count: u64,
+    /// Their identity in the kernel's repeat counting (UDP).
+    repeat: Option<RepeatKey>,
+}
+
+impl HeldNx {
+    fn same_lookup(&self, other: &HeldNx) -> bool {
+        self.key.qname == other.key.qname
+            && self.key.qtype == other.key.qtype
+            && self.key.server == other.key.server
+            && self.key.client.ip() == other.key.client.ip()
+            && self.protocol == other.protocol
+    }
 }
 
 #[derive(Default)]
@@ -154,8 +225,15 @@ pub struct Tracker {
     /// NXDOMAINs per (cgroup, client ip).
     search: HashMap<(u64, IpAddr), SearchGroup>,
     tallies: HashMap<u64, Tally>,
+    /// Failures whose repeats the kernel counts.
+    known: HashMap<RepeatKey, Known>,
+    /// Changes for the kernel not yet taken ([`Tracker::take_repeat_changes`]).
+    changes: Vec<RepeatChange>,
     counters: Arc<Counters>,
 }
+
+/// At most this many failures are counted in the kernel (its table's size).
+pub const KNOWN_MAX: usize = triage_agent_common::DNS_REPEATABLE_ENTRIES as usize;
 
 impl Tracker {
     pub fn new(config: TrackConfig, counters: Arc<Counters>) -> Tracker {
@@ -166,6 +244,8 @@ impl Tracker {
             by_client: HashMap::new(),
             search: HashMap::new(),
             tallies: HashMap::new(),
+            known: HashMap::new(),
+            changes: Vec::new(),
             counters,
         }
     }
@@ -278,6 +358,7 @@ impl Tracker {
             .or_default()
             .push_back(key.clone());
         self.by_client.insert((key.client, key.id), key.clone());
+        let question = (c.protocol == Protocol::Udp).then(|| question_hash(c));
         self.inflight.insert(
             key,
             InFlight {
@@ -287,6 +368,7 @@ impl Tracker {
                 reached_server,
                 server_answered,
                 server_cgroup,
+                question,
             },
         );
     }
@@ -378,19 +460,27 @@ impl Tracker {
             t.latency_sum_us = t.latency_sum_us.saturating_add(us);
             t.latency_max_us = t.latency_max_us.max(us);
         }
+        // A failure the kernel can count the repeats of (UDP, answered before the slow
+        // threshold: what the kernel matches itself).
+        let repeat = entry
+            .question
+            .filter(|_| m.rcode != NOERROR && !slow)
+            .map(|question| RepeatKey {
+                cgroup: key.cgroup,
+                question,
+                rcode: m.rcode,
+            });
         let mut out = Vec::new();
         match m.rcode {
             NXDOMAIN => {
-                let group = self
-                    .search
-                    .entry((key.cgroup, key.client.ip()))
-                    .or_default();
-                group.last_ns = c.boot_ns;
-                group.held.push(HeldNx {
+                self.hold_nx(HeldNx {
                     key,
                     first_ns: entry.first_ns,
                     at_ns: c.boot_ns,
+                    latency_ns: c.boot_ns.saturating_sub(entry.first_ns),
                     protocol: entry.protocol,
+                    count: 1,
+                    repeat,
                 });
                 return out;
             }
@@ -406,7 +496,173 @@ impl Tracker {
             REFUSED => out.push(finding(DnsOutcome::Refused, Some(m.rcode))),
             other => out.push(finding(DnsOutcome::Error, Some(other))),
         }
+        // Reported: its repeats are counted in the kernel from now on.
+        if let Some(repeat) = repeat {
+            self.count_in_kernel(repeat, &key, entry.protocol);
+        }
         out
+    }
+
+    /// Holds an NXDOMAIN in its client's search group, merged with earlier ones of the same
+    /// lookup. A name answered NXDOMAIN [`NX_REPEATS_TO_COUNT`] times with nothing folding it
+    /// is a flood of a missing name: its repeats are counted in the kernel from then on.
+    fn hold_nx(&mut self, nx: HeldNx) {
+        let group = self
+            .search
+            .entry((nx.key.cgroup, nx.key.client.ip()))
+            .or_default();
+        group.last_ns = group.last_ns.max(nx.at_ns);
+        let merged = match group.held.iter_mut().find(|h| h.same_lookup(&nx)) {
+            Some(h) => {
+                h.count = h.count.saturating_add(nx.count);
+                h.first_ns = h.first_ns.min(nx.first_ns);
+                if nx.at_ns >= h.at_ns {
+                    h.at_ns = nx.at_ns;
+                    h.latency_ns = nx.latency_ns;
+                }
+                h.repeat = h.repeat.or(nx.repeat);
+                h.clone()
+            }
+            None => {
+                group.held.push(nx.clone());
+                nx
+            }
+        };
+        if merged.count >= NX_REPEATS_TO_COUNT
+            && let Some(repeat) = merged.repeat
+        {
+            self.count_in_kernel(repeat, &merged.key, merged.protocol);
+        }
+    }
+
+    /// Asks the kernel to count this failure's repeats (once; within [`KNOWN_MAX`]).
+    fn count_in_kernel(&mut self, repeat: RepeatKey, key: &Key, protocol: Protocol) {
+        if let Some(k) = self.known.get_mut(&repeat) {
+            if k.stopping {
+                k.stopping = false;
+                k.idle = 0;
+                self.changes.push(RepeatChange::Count(repeat));
+            }
+            return;
+        }
+        if self.known.len() >= KNOWN_MAX {
+            return;
+        }
+        self.known.insert(
+            repeat,
+            Known {
+                key: key.clone(),
+                protocol,
+                idle: 0,
+                stopping: false,
+            },
+        );
+        self.changes.push(RepeatChange::Count(repeat));
+    }
+
+    /// Stops counting a failure's repeats in the kernel: they are part of search walks.
+    fn stop_in_kernel(&mut self, repeat: RepeatKey) {
+        if let Some(k) = self.known.get_mut(&repeat)
+            && !k.stopping
+        {
+            k.stopping = true;
+            k.idle = 0;
+            self.changes.push(RepeatChange::Stop(repeat));
+        }
+    }
+
+    /// Changes for the kernel's repeat counting since the last call, in order.
+    pub fn take_repeat_changes(&mut self) -> Vec<RepeatChange> {
+        std::mem::take(&mut self.changes)
+    }
+
+    /// Repeats of a reported failure the kernel counted in one drain interval: they join the
+    /// pod's counters and its evidence as if each had come up alone.
+    pub fn repeated_in_kernel(&mut self, r: Repeated) -> Vec<Finding> {
+        let Repeated {
+            key: repeat,
+            count,
+            latency_sum,
+            latency_max,
+            first_ns,
+            last_ns,
+        } = r;
+        let Some(known) = self.known.get_mut(&repeat) else {
+            self.counters.add(Loss::DnsRepeatsLost, count);
+            return Vec::new();
+        };
+        known.idle = 0;
+        let (key, protocol) = (known.key.clone(), known.protocol);
+        let mean = latency_sum / u32::try_from(count.max(1)).unwrap_or(u32::MAX);
+        {
+            let t = self.tally(key.cgroup, key.client.ip());
+            t.lookups = t.lookups.saturating_add(count);
+            t.failed = t.failed.saturating_add(count);
+            t.latency_sum_us = t
+                .latency_sum_us
+                .saturating_add(u64::try_from(latency_sum.as_micros()).unwrap_or(u64::MAX));
+            t.latency_max_us = t
+                .latency_max_us
+                .max(u64::try_from(latency_max.as_micros()).unwrap_or(u64::MAX));
+        }
+        let outcome = match repeat.rcode {
+            NXDOMAIN => {
+                self.hold_nx(HeldNx {
+                    key,
+                    first_ns,
+                    at_ns: last_ns,
+                    latency_ns: u64::try_from(mean.as_nanos()).unwrap_or(u64::MAX),
+                    protocol,
+                    count,
+                    repeat: Some(repeat),
+                });
+                return Vec::new();
+            }
+            SERVFAIL => DnsOutcome::Servfail,
+            REFUSED => DnsOutcome::Refused,
+            _ => DnsOutcome::Error,
+        };
+        vec![Finding {
+            outcome,
+            at_ns: last_ns,
+            first_ns,
+            cgroup_id: key.cgroup,
+            client: key.client,
+            server: key.server,
+            protocol,
+            query: key.qname.clone(),
+            qtype: key.qtype,
+            rcode: Some(repeat.rcode),
+            latency: Some(mean),
+            reached_server: None,
+            server_answered: false,
+            server_cgroup: None,
+            search_nxdomains: 0,
+            count,
+        }]
+    }
+
+    /// Once per drain interval, after the kernel's repeats: failures without repeats for
+    /// [`REPEAT_IDLE_DRAINS`] intervals stop being counted there, and stopped ones are
+    /// forgotten once nothing counted before the stop can still arrive.
+    pub fn age_repeats(&mut self) {
+        let mut forget = Vec::new();
+        for (repeat, k) in &mut self.known {
+            k.idle = k.idle.saturating_add(1);
+            if k.stopping {
+                // Two drains: the generation counting when it stopped, and the one after.
+                if k.idle > 2 {
+                    forget.push(*repeat);
+                }
+            } else if k.idle > REPEAT_IDLE_DRAINS {
+                k.stopping = true;
+                k.idle = 0;
+                self.changes.push(RepeatChange::Stop(*repeat));
+            }
+        }
+        for repeat in forget {
+            self.known.remove(&repeat);
+        }
     }
 
     /// An answered name ends the search sequence of its client: its held NXDOMAINs for related
@@ -422,7 +678,12 @@ impl Tracker {
         if group.held.is_empty() {
             self.search.remove(&group_key);
         }
+        // Search expansions: each must come up to be folded.
+        for repeat in related.iter().filter_map(|h| h.repeat) {
+            self.stop_in_kernel(repeat);
+        }
         let first_ns = related.iter().map(|h| h.first_ns).min()?;
+        let folded: u64 = related.iter().map(|h| h.count).sum();
         Some(Finding {
             outcome: DnsOutcome::SearchExpansion,
             at_ns,
@@ -438,7 +699,7 @@ impl Tracker {
             reached_server: None,
             server_answered: false,
             server_cgroup: None,
-            search_nxdomains: u32::try_from(related.len()).unwrap_or(u32::MAX),
+            search_nxdomains: u32::try_from(folded).unwrap_or(u32::MAX),
             count: 1,
         })
     }
@@ -497,19 +758,64 @@ impl Tracker {
             self.drop_empty(cgroup);
         }
         let hold = u64::try_from(SEARCH_HOLD.as_nanos()).unwrap_or(u64::MAX);
-        let settled: Vec<(u64, IpAddr)> = self
-            .search
-            .iter()
-            .filter(|((cgroup, _), g)| {
-                now_ns.saturating_sub(g.last_ns) >= hold && !self.order.contains_key(cgroup)
-                    || now_ns.saturating_sub(g.last_ns) >= timeout
-            })
-            .map(|(k, _)| *k)
-            .collect();
-        for group_key in settled {
-            if let Some(group) = self.search.remove(&group_key) {
-                out.extend(nxdomain_findings(group.held));
+        let group_keys: Vec<(u64, IpAddr)> = self.search.keys().copied().collect();
+        for group_key in group_keys {
+            let Some(group) = self.search.get_mut(&group_key) else {
+                continue;
+            };
+            let cgroup = group_key.0;
+            let quiet = now_ns.saturating_sub(group.last_ns) >= hold;
+            let in_flight: Vec<Arc<str>> = self
+                .order
+                .get(&cgroup)
+                .map(|q| {
+                    q.iter()
+                        .filter(|k| self.inflight.contains_key(*k))
+                        .map(|k| k.qname.clone())
+                        .collect()
+                })
+                .unwrap_or_default();
+            // Settled: held past the hold with no lookup in flight that could end its walk
+            // (a name it is an expansion of), or past the timeout. A group quiet for the hold
+            // with nothing in flight settles whole, as do the names related to a settled one
+            // (one walk's expansions are reported together).
+            let mut ripe: Vec<bool> = group
+                .held
+                .iter()
+                .map(|h| {
+                    let age = now_ns.saturating_sub(h.first_ns);
+                    quiet && in_flight.is_empty()
+                        || age >= timeout
+                        || age >= hold && !in_flight.iter().any(|q| expansion_of(&h.key.qname, q))
+                })
+                .collect();
+            let ripe_names: Vec<Arc<str>> = group
+                .held
+                .iter()
+                .zip(&ripe)
+                .filter(|(_, r)| **r)
+                .map(|(h, _)| h.key.qname.clone())
+                .collect();
+            for (h, r) in group.held.iter().zip(ripe.iter_mut()) {
+                let name = &h.key.qname;
+                *r = *r
+                    || ripe_names.iter().any(|other| {
+                        other == name || expansion_of(name, other) || expansion_of(other, name)
+                    });
             }
+            if !ripe.iter().any(|r| *r) {
+                continue;
+            }
+            let mut settled = Vec::new();
+            let mut keep = Vec::new();
+            for (h, r) in group.held.drain(..).zip(ripe) {
+                if r { settled.push(h) } else { keep.push(h) }
+            }
+            group.held = keep;
+            if group.held.is_empty() {
+                self.search.remove(&group_key);
+            }
+            out.extend(nxdomain_findings(settled));
         }
         out
     }
@@ -518,6 +824,19 @@ impl Tracker {
     pub fn take_tallies(&mut self) -> Vec<Tally> {
         self.tallies.drain().map(|(_, t)| t).collect()
     }
+}
+
+/// [`dns_question_hash`] of a captured query, as the kernel computes it for the query it held.
+fn question_hash(c: &Captured<'_>) -> u64 {
+    let (family, server) = match c.dst.ip() {
+        IpAddr::V4(v4) => {
+            let mut b = [0u8; 16];
+            b[..4].copy_from_slice(&v4.octets());
+            (AF_INET, b)
+        }
+        IpAddr::V6(v6) => (AF_INET6, v6.octets()),
+    };
+    dns_question_hash(c.payload, &server, c.dst.port(), family)
 }
 
 /// The labels of a name, lowercased comparison left to the caller.
@@ -585,14 +904,17 @@ fn nxdomain_findings(mut held: Vec<HeldNx>) -> Vec<Finding> {
         let at_ns = related.iter().map(|h| h.at_ns).fold(base.at_ns, u64::max);
         // Lookups: how often the shortest name was asked with the base's type (a resolver asks
         // each name once per walk); the other answers were its expansions.
-        let walks = 1 + related
-            .iter()
-            .filter(|h| *h.key.qname == *base.key.qname && h.key.qtype == base.key.qtype)
-            .count();
-        let expansions = related
+        let walks = base.count.max(1)
+            + related
+                .iter()
+                .filter(|h| *h.key.qname == *base.key.qname && h.key.qtype == base.key.qtype)
+                .map(|h| h.count)
+                .sum::<u64>();
+        let expansions: u64 = related
             .iter()
             .filter(|h| *h.key.qname != *base.key.qname)
-            .count();
+            .map(|h| h.count)
+            .sum();
         out.push(Finding {
             outcome: DnsOutcome::Nxdomain,
             at_ns,
@@ -604,14 +926,12 @@ fn nxdomain_findings(mut held: Vec<HeldNx>) -> Vec<Finding> {
             query,
             qtype: base.key.qtype,
             rcode: Some(NXDOMAIN),
-            latency: Some(Duration::from_nanos(
-                base.at_ns.saturating_sub(base.first_ns),
-            )),
+            latency: Some(Duration::from_nanos(base.latency_ns)),
             reached_server: None,
             server_answered: false,
             server_cgroup: None,
             search_nxdomains: u32::try_from(expansions / walks).unwrap_or(u32::MAX),
-            count: walks as u64,
+            count: walks,
         });
     }
     out

@@ -13,10 +13,11 @@ use aya::{
 use tracing::{info, warn};
 use triage_agent_common::{
     DNS_ANSWERED_MAPS, DNS_GENERATION_MAP, DNS_PENDING_MAP, DNS_PORTS_GLOBAL, DNS_PORTS_MAX,
-    DNS_RING_MAP, DNS_TIMING_GLOBAL, DROP_REASONS_ENTRIES, DROP_REASONS_MAP, DnsPorts, DnsTiming,
-    EVENTS_MAP, FLOW_REPEAT_SLOTS, FLOW_REPEATS_MAP, FLOWS_MAPS, FlowKey, FlowRepeat, FlowStats,
-    GENERATION_MAP, LOSS_MAP, LOST_CONNECT_TABLE, LOST_DNS_ANSWERED, LOST_DNS_RESERVE,
-    LOST_FIELD_READ, LOST_FLOW_TABLE, LOST_RESERVE, OFFSETS_GLOBAL,
+    DNS_REPEATABLE_MAP, DNS_REPEATS_MAPS, DNS_RING_MAP, DNS_TIMING_GLOBAL, DROP_REASONS_ENTRIES,
+    DROP_REASONS_MAP, DnsPorts, DnsTiming, EVENTS_MAP, FLOW_REPEAT_SLOTS, FLOW_REPEATS_MAP,
+    FLOWS_MAPS, FlowKey, FlowRepeat, FlowStats, GENERATION_MAP, LOSS_MAP, LOST_CONNECT_TABLE,
+    LOST_DNS_ANSWERED, LOST_DNS_REPEATS, LOST_DNS_RESERVE, LOST_FIELD_READ, LOST_FLOW_TABLE,
+    LOST_RESERVE, OFFSETS_GLOBAL,
 };
 
 use super::{
@@ -71,13 +72,14 @@ pub enum LossReadError {
 }
 
 /// Kernel loss slots and the names they are reported under.
-const KERNEL_LOSSES: [(u32, Loss); 6] = [
+const KERNEL_LOSSES: [(u32, Loss); 7] = [
     (LOST_RESERVE, Loss::RingBufferFull),
     (LOST_CONNECT_TABLE, Loss::ConnectTableFull),
     (LOST_FIELD_READ, Loss::KernelReadErrors),
     (LOST_FLOW_TABLE, Loss::FlowTableFull),
     (LOST_DNS_RESERVE, Loss::DnsRingFull),
     (LOST_DNS_ANSWERED, Loss::DnsAnsweredFull),
+    (LOST_DNS_REPEATS, Loss::DnsRepeatsLost),
 ];
 
 /// The two flow tables and the generation switch (see agent-ebpf/src/flows.rs), owned by the
@@ -349,6 +351,11 @@ pub fn load(options: &LoadOptions<'_>) -> Result<Loaded, LoadError> {
         answered: [
             take_map(&mut ebpf, DNS_ANSWERED_MAPS[0], BpfHashMap::try_from)?,
             take_map(&mut ebpf, DNS_ANSWERED_MAPS[1], BpfHashMap::try_from)?,
+        ],
+        repeatable: take_map(&mut ebpf, DNS_REPEATABLE_MAP, BpfHashMap::try_from)?,
+        repeats: [
+            take_map(&mut ebpf, DNS_REPEATS_MAPS[0], BpfHashMap::try_from)?,
+            take_map(&mut ebpf, DNS_REPEATS_MAPS[1], BpfHashMap::try_from)?,
         ],
         generation: take_map(&mut ebpf, DNS_GENERATION_MAP, Array::try_from)?,
         current: 0,

@@ -372,3 +372,188 @@ fn the_table_is_bounded_per_pod_and_evictions_are_counted() {
     assert_eq!(timeouts, 15);
     assert_eq!(s.t.in_flight(), 0);
 }
+
+/// The key the kernel would count a failure of this lookup under (as sent by [`Sim::ask`]).
+fn repeat_key(id: u16, name: &str, qtype: u16, rcode: u8) -> RepeatKey {
+    let query = message(id, false, 0, false, name, qtype);
+    RepeatKey {
+        cgroup: 7,
+        question: dns_question_hash(
+            &query,
+            &[10, 96, 0, 10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            53,
+            AF_INET,
+        ),
+        rcode,
+    }
+}
+
+#[test]
+fn the_question_hash_leaves_out_the_id_and_only_the_id() {
+    assert_eq!(
+        repeat_key(1, "a.example", 1, 2),
+        repeat_key(2, "a.example", 1, 2)
+    );
+    assert_ne!(
+        repeat_key(1, "a.example", 1, 2).question,
+        repeat_key(1, "a.example", 28, 2).question
+    );
+    assert_ne!(
+        repeat_key(1, "a.example", 1, 2).question,
+        repeat_key(1, "b.example", 1, 2).question
+    );
+}
+
+#[test]
+fn a_reported_servfail_is_counted_in_the_kernel_and_its_repeats_are_evidence() {
+    let mut s = Sim::new(TrackConfig::default());
+    s.ask(0, 1, "example.org", 1);
+    assert_eq!(s.answer(MS, 1, "example.org", 1, 2).len(), 1);
+    let key = repeat_key(1, "example.org", 1, 2);
+    assert_eq!(s.t.take_repeat_changes(), vec![RepeatChange::Count(key)]);
+    // Asked and failed again: no second change.
+    s.ask(2 * MS, 2, "example.org", 1);
+    s.answer(3 * MS, 2, "example.org", 1, 2);
+    assert!(s.t.take_repeat_changes().is_empty());
+    s.t.take_tallies();
+    let f = s.t.repeated_in_kernel(Repeated {
+        key,
+        count: 500,
+        latency_sum: Duration::from_millis(1000),
+        latency_max: Duration::from_millis(9),
+        first_ns: S,
+        last_ns: 2 * S,
+    });
+    assert_eq!(f.len(), 1);
+    assert_eq!(f[0].outcome, DnsOutcome::Servfail);
+    assert_eq!(f[0].count, 500);
+    assert_eq!(&*f[0].query, "example.org");
+    assert_eq!(f[0].latency, Some(Duration::from_millis(2)));
+    assert_eq!(f[0].server, server());
+    let tallies = s.t.take_tallies();
+    assert_eq!(tallies[0].lookups.lookups, 500);
+    assert_eq!(tallies[0].lookups.failed, 500);
+    assert_eq!(tallies[0].lookups.latency_max_us, 9000);
+    // A key the tracker does not know is counted as lost, never guessed.
+    let unknown = repeat_key(1, "other.org", 1, 2);
+    assert!(
+        s.t.repeated_in_kernel(Repeated {
+            key: unknown,
+            count: 3,
+            latency_sum: Duration::ZERO,
+            latency_max: Duration::ZERO,
+            first_ns: S,
+            last_ns: S
+        })
+        .is_empty()
+    );
+    assert_eq!(s.counters.get(Loss::DnsRepeatsLost), 3);
+}
+
+#[test]
+fn a_flood_of_one_missing_name_is_counted_in_the_kernel_and_stays_one_finding() {
+    let mut s = Sim::new(TrackConfig::default());
+    let name = "missing.bench.svc.cluster.local";
+    for i in 0..NX_REPEATS_TO_COUNT {
+        let id = i as u16;
+        s.ask(i * 10_000, id, name, 1);
+        assert!(s.answer(i * 10_000 + 5_000, id, name, 1, 3).is_empty());
+        let changes = s.t.take_repeat_changes();
+        if i + 1 < NX_REPEATS_TO_COUNT {
+            assert!(
+                changes.is_empty(),
+                "counted in the kernel after {i} NXDOMAINs"
+            );
+        } else {
+            assert_eq!(
+                changes,
+                vec![RepeatChange::Count(repeat_key(0, name, 1, 3))]
+            );
+        }
+    }
+    // The kernel's repeats join the same held lookup.
+    let key = repeat_key(0, name, 1, 3);
+    assert!(
+        s.t.repeated_in_kernel(Repeated {
+            key,
+            count: 10_000,
+            latency_sum: Duration::from_millis(50),
+            latency_max: Duration::from_millis(1),
+            first_ns: MS,
+            last_ns: 900 * MS
+        })
+        .is_empty()
+    );
+    // Still answered NXDOMAIN while held: one finding, every lookup counted.
+    let f = s.t.tick(2 * S);
+    assert_eq!(f.len(), 1);
+    assert_eq!(f[0].outcome, DnsOutcome::Nxdomain);
+    assert_eq!(f[0].count, NX_REPEATS_TO_COUNT + 10_000);
+    assert_eq!(f[0].search_nxdomains, 0);
+    let tallies = s.t.take_tallies();
+    assert_eq!(tallies[0].lookups.failed, NX_REPEATS_TO_COUNT + 10_000);
+}
+
+#[test]
+fn a_search_expansion_folded_by_its_answer_stops_being_counted_in_the_kernel() {
+    let mut s = Sim::new(TrackConfig::default());
+    let expansion = "db.shop.svc.cluster.local";
+    for i in 0..NX_REPEATS_TO_COUNT {
+        s.ask(i * 10_000, i as u16, expansion, 1);
+        s.answer(i * 10_000 + 5_000, i as u16, expansion, 1, 3);
+    }
+    let key = repeat_key(0, expansion, 1, 3);
+    assert_eq!(s.t.take_repeat_changes(), vec![RepeatChange::Count(key)]);
+    // Then the name it expands is answered: the NXDOMAINs were a walk's expansions.
+    s.ask(MS, 999, "db.shop", 1);
+    let f = s.answer(2 * MS, 999, "db.shop", 1, 0);
+    assert_eq!(f.len(), 1);
+    assert_eq!(f[0].outcome, DnsOutcome::SearchExpansion);
+    assert_eq!(s.t.take_repeat_changes(), vec![RepeatChange::Stop(key)]);
+    // Repeats counted before the stop still arrive and are still known; then it is forgotten.
+    s.t.age_repeats();
+    assert!(
+        s.t.repeated_in_kernel(Repeated {
+            key,
+            count: 2,
+            latency_sum: Duration::ZERO,
+            latency_max: Duration::ZERO,
+            first_ns: S,
+            last_ns: S
+        })
+        .is_empty()
+    );
+    assert_eq!(s.counters.get(Loss::DnsRepeatsLost), 0);
+    for _ in 0..4 {
+        s.t.age_repeats();
+    }
+    assert!(
+        s.t.repeated_in_kernel(Repeated {
+            key,
+            count: 1,
+            latency_sum: Duration::ZERO,
+            latency_max: Duration::ZERO,
+            first_ns: S,
+            last_ns: S
+        })
+        .is_empty()
+    );
+    assert_eq!(s.counters.get(Loss::DnsRepeatsLost), 1);
+}
+
+#[test]
+fn failures_without_repeats_stop_being_counted_in_the_kernel() {
+    let mut s = Sim::new(TrackConfig::default());
+    s.ask(0, 1, "example.org", 1);
+    s.answer(MS, 1, "example.org", 1, 5);
+    let key = repeat_key(1, "example.org", 1, 5);
+    assert_eq!(s.t.take_repeat_changes(), vec![RepeatChange::Count(key)]);
+    for _ in 0..=REPEAT_IDLE_DRAINS {
+        s.t.age_repeats();
+    }
+    assert_eq!(s.t.take_repeat_changes(), vec![RepeatChange::Stop(key)]);
+    // Failing again: counted in the kernel again.
+    s.ask(2 * MS, 2, "example.org", 1);
+    s.answer(3 * MS, 2, "example.org", 1, 5);
+    assert_eq!(s.t.take_repeat_changes(), vec![RepeatChange::Count(key)]);
+}
