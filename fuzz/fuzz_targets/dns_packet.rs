@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use triage_agent::{
-    dns::{Tracker, TrackConfig, handle, packet},
+    dns::{RepeatChange, Repeated, Tracker, TrackConfig, handle, packet},
     evidence::Protocol,
     loss::Counters,
 };
@@ -40,6 +40,21 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         });
         let _ = handle(&record, &mut tracker, &counters, &|p| p == 53);
     }
+    // Failures the tracker hands to the kernel, repeated as the kernel would count them.
+    for change in tracker.take_repeat_changes() {
+        if let RepeatChange::Count(key) = change {
+            let n = data.len() as u64;
+            let _ = tracker.repeated_in_kernel(Repeated {
+                key,
+                count: n,
+                latency_sum: std::time::Duration::from_nanos(n.wrapping_mul(1_000_003)),
+                latency_max: std::time::Duration::from_nanos(n),
+                first_ns: n,
+                last_ns: n / 2,
+            });
+        }
+    }
+    tracker.age_repeats();
     let _ = tracker.tick(u64::MAX / 2);
     let _ = tracker.take_tallies();
 });

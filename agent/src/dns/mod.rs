@@ -32,7 +32,7 @@ use tracing::debug;
 pub use kernel::DnsMaps;
 #[cfg(feature = "node-agent")]
 pub use task::{DnsError, run};
-pub use track::{Finding, Tally, TrackConfig, Tracker};
+pub use track::{Finding, RepeatChange, RepeatKey, Repeated, Tally, TrackConfig, Tracker};
 
 use crate::loss::{Counters, Loss};
 
