@@ -261,14 +261,8 @@ impl Tracker {
         latency_max: Duration,
     ) {
         let t = self.tally(cgroup, client_ip);
-        t.lookups = t.lookups.saturating_add(lookups);
         t.succeeded = t.succeeded.saturating_add(lookups);
-        t.latency_sum_us = t
-            .latency_sum_us
-            .saturating_add(u64::try_from(latency_sum.as_micros()).unwrap_or(u64::MAX));
-        t.latency_max_us = t
-            .latency_max_us
-            .max(u64::try_from(latency_max.as_micros()).unwrap_or(u64::MAX));
+        add_lookups(t, lookups, latency_sum, latency_max);
     }
 
     /// Queries in flight.
@@ -596,14 +590,8 @@ impl Tracker {
         let mean = latency_sum / u32::try_from(count.max(1)).unwrap_or(u32::MAX);
         {
             let t = self.tally(key.cgroup, key.client.ip());
-            t.lookups = t.lookups.saturating_add(count);
             t.failed = t.failed.saturating_add(count);
-            t.latency_sum_us = t
-                .latency_sum_us
-                .saturating_add(u64::try_from(latency_sum.as_micros()).unwrap_or(u64::MAX));
-            t.latency_max_us = t
-                .latency_max_us
-                .max(u64::try_from(latency_max.as_micros()).unwrap_or(u64::MAX));
+            add_lookups(t, count, latency_sum, latency_max);
         }
         let outcome = match repeat.rcode {
             NXDOMAIN => {
@@ -824,6 +812,14 @@ impl Tracker {
     pub fn take_tallies(&mut self) -> Vec<Tally> {
         self.tallies.drain().map(|(_, t)| t).collect()
     }
+}
+
+/// Lookups counted together (in the kernel), with their latencies' sum and maximum.
+fn add_lookups(t: &mut DnsLookups, lookups: u64, latency_sum: Duration, latency_max: Duration) {
+    let us = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+    t.lookups = t.lookups.saturating_add(lookups);
+    t.latency_sum_us = t.latency_sum_us.saturating_add(us(latency_sum));
+    t.latency_max_us = t.latency_max_us.max(us(latency_max));
 }
 
 /// [`dns_question_hash`] of a captured query, as the kernel computes it for the query it held.
