@@ -720,15 +720,18 @@ pub struct DnsRepeats {
 }
 const _: () = assert!(size_of::<DnsRepeats>() == 40);
 
-/// The multiplier of [`dns_question_hash`] (FNV-1a's 64-bit prime).
-pub const DNS_HASH_PRIME: u64 = 0x0000_0100_0000_01b3;
-/// The starting value of [`dns_question_hash`] (FNV-1a's 64-bit offset basis).
+/// The multiplier of [`dns_question_hash`] (2^64 divided by the golden ratio, odd).
+pub const DNS_HASH_MULTIPLIER: u64 = 0x9e37_79b9_7f4a_7c15;
+/// The starting value of [`dns_question_hash`].
 pub const DNS_HASH_SEED: u64 = 0xcbf2_9ce4_8422_2325;
 
-/// One step of [`dns_question_hash`].
+/// One step of [`dns_question_hash`]: the word mixed in by a multiplication (which carries
+/// each bit to the higher ones) and a shift back down (so a difference in a word's high bytes
+/// reaches every bit after the next step, not only the top ones).
 #[inline(always)]
 pub const fn dns_hash_step(h: u64, word: u64) -> u64 {
-    (h ^ word).wrapping_mul(DNS_HASH_PRIME)
+    let x = (h ^ word).wrapping_mul(DNS_HASH_MULTIPLIER);
+    x ^ (x >> 32)
 }
 
 /// The identity of a query as the kernel and the agent both compute it: its payload as sent

@@ -108,7 +108,6 @@ pub async fn run(
                     tracker.answered_in_kernel(a.cgroup_id, a.client_ip, a.lookups, a.latency_sum, a.latency_max);
                 }
                 for r in maps.drain_repeats(old) {
-                    counters.add_dns_kernel_lookups(r.count);
                     for finding in tracker.repeated_in_kernel(r) {
                         emit(RawEvent::Dns(Box::new(finding)), &clock)?;
                     }

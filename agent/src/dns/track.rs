@@ -48,6 +48,11 @@ pub const SEARCH_HOLD: Duration = Duration::from_secs(1);
 /// its answered name long before).
 pub const NX_REPEATS_TO_COUNT: u64 = 64;
 
+/// Names held per search group (a pod container's client address) at most: beyond, the one
+/// held longest settles at once (a flood of distinct missing names; a search walk tries a
+/// handful).
+pub const HELD_NAMES_MAX: usize = 256;
+
 /// Drain intervals a failure may go without repeats before the kernel stops counting it.
 const REPEAT_IDLE_DRAINS: u32 = 60;
 
@@ -227,6 +232,8 @@ pub struct Tracker {
     tallies: HashMap<u64, Tally>,
     /// Failures whose repeats the kernel counts.
     known: HashMap<RepeatKey, Known>,
+    /// The NXDOMAIN ones among them, per cgroup (an answered name stops its expansions').
+    nx_known: HashMap<u64, Vec<RepeatKey>>,
     /// Changes for the kernel not yet taken ([`Tracker::take_repeat_changes`]).
     changes: Vec<RepeatChange>,
     counters: Arc<Counters>,
@@ -245,6 +252,7 @@ impl Tracker {
             search: HashMap::new(),
             tallies: HashMap::new(),
             known: HashMap::new(),
+            nx_known: HashMap::new(),
             changes: Vec::new(),
             counters,
         }
@@ -467,18 +475,21 @@ impl Tracker {
         let mut out = Vec::new();
         match m.rcode {
             NXDOMAIN => {
-                self.hold_nx(HeldNx {
-                    key,
-                    first_ns: entry.first_ns,
-                    at_ns: c.boot_ns,
-                    latency_ns: c.boot_ns.saturating_sub(entry.first_ns),
-                    protocol: entry.protocol,
-                    count: 1,
-                    repeat,
-                });
-                return out;
+                return self.hold_nx(
+                    HeldNx {
+                        key,
+                        first_ns: entry.first_ns,
+                        at_ns: c.boot_ns,
+                        latency_ns: c.boot_ns.saturating_sub(entry.first_ns),
+                        protocol: entry.protocol,
+                        count: 1,
+                        repeat,
+                    },
+                    false,
+                );
             }
             NOERROR => {
+                self.stop_expansions_of(&key);
                 if let Some(folded) = self.fold_search(&key, c.boot_ns, entry.protocol) {
                     out.push(folded);
                 }
@@ -498,14 +509,27 @@ impl Tracker {
     }
 
     /// Holds an NXDOMAIN in its client's search group, merged with earlier ones of the same
-    /// lookup. A name answered NXDOMAIN [`NX_REPEATS_TO_COUNT`] times with nothing folding it
-    /// is a flood of a missing name: its repeats are counted in the kernel from then on.
-    fn hold_nx(&mut self, nx: HeldNx) {
+    /// lookup. A name answered NXDOMAIN [`NX_REPEATS_TO_COUNT`] times (one by one, not
+    /// `from_kernel`) with nothing folding it is a flood of a missing name: its repeats are
+    /// counted in the kernel from then on. Returns what settles to make room.
+    fn hold_nx(&mut self, nx: HeldNx, from_kernel: bool) -> Vec<Finding> {
         let group = self
             .search
             .entry((nx.key.cgroup, nx.key.client.ip()))
             .or_default();
         group.last_ns = group.last_ns.max(nx.at_ns);
+        let mut out = Vec::new();
+        if group.held.len() >= HELD_NAMES_MAX
+            && !group.held.iter().any(|h| h.same_lookup(&nx))
+            && let Some(oldest) = group
+                .held
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, h)| h.first_ns)
+                .map(|(i, _)| i)
+        {
+            out = nxdomain_findings(vec![group.held.swap_remove(oldest)]);
+        }
         let merged = match group.held.iter_mut().find(|h| h.same_lookup(&nx)) {
             Some(h) => {
                 h.count = h.count.saturating_add(nx.count);
@@ -522,10 +546,34 @@ impl Tracker {
                 nx
             }
         };
-        if merged.count >= NX_REPEATS_TO_COUNT
+        if !from_kernel
+            && merged.count >= NX_REPEATS_TO_COUNT
             && let Some(repeat) = merged.repeat
         {
             self.count_in_kernel(repeat, &merged.key, merged.protocol);
+        }
+        out
+    }
+
+    /// An answered name: the kernel stops counting NXDOMAINs of its client that are its
+    /// expansions (they are a search walk's, and must come up to be folded).
+    fn stop_expansions_of(&mut self, answered: &Key) {
+        let Some(keys) = self.nx_known.get(&answered.cgroup) else {
+            return;
+        };
+        let expansions: Vec<RepeatKey> = keys
+            .iter()
+            .filter(|r| {
+                self.known.get(r).is_some_and(|k| {
+                    !k.stopping
+                        && k.key.client.ip() == answered.client.ip()
+                        && expansion_of(&k.key.qname, &answered.qname)
+                })
+            })
+            .copied()
+            .collect();
+        for repeat in expansions {
+            self.stop_in_kernel(repeat);
         }
     }
 
@@ -551,6 +599,9 @@ impl Tracker {
                 stopping: false,
             },
         );
+        if repeat.rcode == NXDOMAIN {
+            self.nx_known.entry(repeat.cgroup).or_default().push(repeat);
+        }
         self.changes.push(RepeatChange::Count(repeat));
     }
 
@@ -585,7 +636,12 @@ impl Tracker {
             self.counters.add(Loss::DnsRepeatsLost, count);
             return Vec::new();
         };
-        known.idle = 0;
+        self.counters.add_dns_kernel_lookups(count);
+        // Counted before the kernel stopped: from then on they come up one by one.
+        let stopping = known.stopping;
+        if !stopping {
+            known.idle = 0;
+        }
         let (key, protocol) = (known.key.clone(), known.protocol);
         let mean = latency_sum / u32::try_from(count.max(1)).unwrap_or(u32::MAX);
         {
@@ -595,16 +651,18 @@ impl Tracker {
         }
         let outcome = match repeat.rcode {
             NXDOMAIN => {
-                self.hold_nx(HeldNx {
-                    key,
-                    first_ns,
-                    at_ns: last_ns,
-                    latency_ns: u64::try_from(mean.as_nanos()).unwrap_or(u64::MAX),
-                    protocol,
-                    count,
-                    repeat: Some(repeat),
-                });
-                return Vec::new();
+                return self.hold_nx(
+                    HeldNx {
+                        key,
+                        first_ns,
+                        at_ns: last_ns,
+                        latency_ns: u64::try_from(mean.as_nanos()).unwrap_or(u64::MAX),
+                        protocol,
+                        count,
+                        repeat: (!stopping).then_some(repeat),
+                    },
+                    true,
+                );
             }
             SERVFAIL => DnsOutcome::Servfail,
             REFUSED => DnsOutcome::Refused,
@@ -650,6 +708,12 @@ impl Tracker {
         }
         for repeat in forget {
             self.known.remove(&repeat);
+            if let Some(keys) = self.nx_known.get_mut(&repeat.cgroup) {
+                keys.retain(|k| *k != repeat);
+                if keys.is_empty() {
+                    self.nx_known.remove(&repeat.cgroup);
+                }
+            }
         }
     }
 
@@ -767,14 +831,22 @@ impl Tracker {
             // (a name it is an expansion of), or past the timeout. A group quiet for the hold
             // with nothing in flight settles whole, as do the names related to a settled one
             // (one walk's expansions are reported together).
+            let related = |a: &str, b: &str| a == b || expansion_of(a, b) || expansion_of(b, a);
             let mut ripe: Vec<bool> = group
                 .held
                 .iter()
                 .map(|h| {
-                    let age = now_ns.saturating_sub(h.first_ns);
+                    // Quiet: no NXDOMAIN for it or a related name within the hold.
+                    let latest = group
+                        .held
+                        .iter()
+                        .filter(|o| related(&h.key.qname, &o.key.qname))
+                        .map(|o| o.at_ns)
+                        .fold(h.at_ns, u64::max);
                     quiet && in_flight.is_empty()
-                        || age >= timeout
-                        || age >= hold && !in_flight.iter().any(|q| expansion_of(&h.key.qname, q))
+                        || now_ns.saturating_sub(h.first_ns) >= timeout
+                        || now_ns.saturating_sub(latest) >= hold
+                            && !in_flight.iter().any(|q| expansion_of(&h.key.qname, q))
                 })
                 .collect();
             let ripe_names: Vec<Arc<str>> = group
@@ -785,11 +857,7 @@ impl Tracker {
                 .map(|(h, _)| h.key.qname.clone())
                 .collect();
             for (h, r) in group.held.iter().zip(ripe.iter_mut()) {
-                let name = &h.key.qname;
-                *r = *r
-                    || ripe_names.iter().any(|other| {
-                        other == name || expansion_of(name, other) || expansion_of(other, name)
-                    });
+                *r = *r || ripe_names.iter().any(|other| related(&h.key.qname, other));
             }
             if !ripe.iter().any(|r| *r) {
                 continue;

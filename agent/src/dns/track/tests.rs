@@ -405,6 +405,19 @@ fn the_question_hash_leaves_out_the_id_and_only_the_id() {
 }
 
 #[test]
+fn names_differing_only_in_high_bytes_of_the_hashed_words_do_not_collide() {
+    // Bytes at offsets 7 mod 8 of the payload: a plain xor-and-multiply step keeps their
+    // differences in the hash's top bits only.
+    let mut seen = std::collections::HashSet::new();
+    for a in b'a'..=b'z' {
+        for b in b'0'..=b'9' {
+            let name = format!("sv{}-a-0000{}0x-0.example.com", a as char, b as char);
+            assert!(seen.insert(repeat_key(1, &name, 1, 3).question), "{name}");
+        }
+    }
+}
+
+#[test]
 fn a_reported_servfail_is_counted_in_the_kernel_and_its_repeats_are_evidence() {
     let mut s = Sim::new(TrackConfig::default());
     s.ask(0, 1, "example.org", 1);
@@ -556,4 +569,99 @@ fn failures_without_repeats_stop_being_counted_in_the_kernel() {
     s.ask(2 * MS, 2, "example.org", 1);
     s.answer(3 * MS, 2, "example.org", 1, 5);
     assert_eq!(s.t.take_repeat_changes(), vec![RepeatChange::Count(key)]);
+}
+
+#[test]
+fn repeats_counted_before_a_fold_stopped_them_do_not_restart_kernel_counting() {
+    let mut s = Sim::new(TrackConfig::default());
+    let expansion = "db.shop.svc.cluster.local";
+    for i in 0..NX_REPEATS_TO_COUNT {
+        s.ask(i * 10_000, i as u16, expansion, 1);
+        s.answer(i * 10_000 + 5_000, i as u16, expansion, 1, 3);
+    }
+    let key = repeat_key(0, expansion, 1, 3);
+    assert_eq!(s.t.take_repeat_changes(), vec![RepeatChange::Count(key)]);
+    s.ask(MS, 999, "db.shop", 1);
+    s.answer(2 * MS, 999, "db.shop", 1, 0);
+    assert_eq!(s.t.take_repeat_changes(), vec![RepeatChange::Stop(key)]);
+    // The kernel's last drain for it: many, but it stays stopped.
+    let r = Repeated {
+        key,
+        count: 5 * NX_REPEATS_TO_COUNT,
+        latency_sum: Duration::ZERO,
+        latency_max: Duration::ZERO,
+        first_ns: 3 * MS,
+        last_ns: 500 * MS,
+    };
+    assert!(s.t.repeated_in_kernel(r).is_empty());
+    assert!(s.t.take_repeat_changes().is_empty());
+    // The next answer of the walk folds them.
+    s.ask(600 * MS, 1000, "db.shop", 1);
+    let f = s.answer(601 * MS, 1000, "db.shop", 1, 0);
+    assert_eq!(f.len(), 1);
+    assert_eq!(f[0].outcome, DnsOutcome::SearchExpansion);
+    assert_eq!(u64::from(f[0].search_nxdomains), 5 * NX_REPEATS_TO_COUNT);
+}
+
+#[test]
+fn an_answered_name_stops_kernel_counting_of_its_expansions_even_when_none_is_held() {
+    let mut s = Sim::new(TrackConfig::default());
+    let expansion = "db.shop.svc.cluster.local";
+    for i in 0..NX_REPEATS_TO_COUNT {
+        s.ask(i * 10_000, i as u16, expansion, 1);
+        s.answer(i * 10_000 + 5_000, i as u16, expansion, 1, 3);
+    }
+    let key = repeat_key(0, expansion, 1, 3);
+    assert_eq!(s.t.take_repeat_changes(), vec![RepeatChange::Count(key)]);
+    // Settled as NXDOMAIN (nothing answered within the hold)...
+    assert_eq!(s.t.tick(3 * S)[0].outcome, DnsOutcome::Nxdomain);
+    // ...then the name it expands starts to exist: its expansions must come up again.
+    s.ask(4 * S, 999, "db.shop", 1);
+    s.answer(4 * S + MS, 999, "db.shop", 1, 0);
+    assert_eq!(s.t.take_repeat_changes(), vec![RepeatChange::Stop(key)]);
+    // An unrelated answered name stops nothing.
+    let mut s = Sim::new(TrackConfig::default());
+    for i in 0..NX_REPEATS_TO_COUNT {
+        s.ask(i * 10_000, i as u16, expansion, 1);
+        s.answer(i * 10_000 + 5_000, i as u16, expansion, 1, 3);
+    }
+    s.t.take_repeat_changes();
+    s.ask(4 * S, 999, "api.example.org", 1);
+    s.answer(4 * S + MS, 999, "api.example.org", 1, 0);
+    assert!(s.t.take_repeat_changes().is_empty());
+}
+
+#[test]
+fn a_slow_walk_is_not_settled_while_its_last_expansion_is_recent() {
+    let mut s = Sim::new(TrackConfig::default());
+    s.ask(0, 1, "db.shop.svc.cluster.local", 1);
+    s.answer(100 * MS, 1, "db.shop.svc.cluster.local", 1, 3);
+    s.ask(200 * MS, 2, "db.svc.cluster.local", 1);
+    s.answer(700 * MS, 2, "db.svc.cluster.local", 1, 3);
+    // The final query leaves at 0.7 s and waits in the kernel, unseen here: 1.0 s is too
+    // early to call the walk NXDOMAIN.
+    assert!(s.t.tick(S).is_empty());
+    s.ask(700 * MS, 3, "db.cluster.local", 1);
+    let f = s.answer(1200 * MS, 3, "db.cluster.local", 1, 0);
+    assert_eq!(f.len(), 1);
+    assert_eq!(f[0].outcome, DnsOutcome::SearchExpansion);
+    assert_eq!(f[0].search_nxdomains, 2);
+}
+
+#[test]
+fn a_flood_of_distinct_missing_names_holds_a_bounded_number() {
+    let mut s = Sim::new(TrackConfig::default());
+    let mut settled = 0;
+    for i in 0..(HELD_NAMES_MAX as u64 + 44) {
+        let name = format!("n{i}.example.org");
+        s.ask(i * MS, i as u16, &name, 1);
+        settled += s.answer(i * MS + 1, i as u16, &name, 1, 3).len();
+    }
+    assert_eq!(settled, 44);
+    let rest = s.t.tick(100 * S);
+    assert_eq!(rest.len(), HELD_NAMES_MAX);
+    assert!(
+        rest.iter()
+            .all(|f| f.outcome == DnsOutcome::Nxdomain && f.count == 1)
+    );
 }
