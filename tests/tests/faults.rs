@@ -95,6 +95,8 @@ fn two_agents_on_one_node_both_work_and_neither_counts_twice() {
 
 /// How long the API server stays away in the outage test (what the issue asks: a minute).
 const OUTAGE: Duration = Duration::from_secs(60);
+/// The agent's longest wait between pod watch attempts.
+const WATCH_BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 #[test]
 fn an_api_server_outage_loses_nothing_and_attributes_its_events_right_afterwards() {
@@ -140,8 +142,12 @@ fn an_api_server_outage_loses_nothing_and_attributes_its_events_right_afterwards
     std::thread::sleep(OUTAGE.saturating_sub(outage_started.elapsed()));
 
     node.api.set_available(true);
+    // After a minute of failed attempts the agent's backoff is at its longest (30 s,
+    // agent/src/attribute/metadata.rs): its next list can come that long after the server.
     agent
-        .status_until(WAIT, |s| s["metadata"]["synced"] == true)
+        .status_until(WATCH_BACKOFF_MAX + WAIT, |s| {
+            s["metadata"]["synced"] == true
+        })
         .unwrap();
     // The refusals made during the outage: on the client (exact, its cgroup), naming the pod
     // that really had the IP then, and on that pod, never on the deleted one.
