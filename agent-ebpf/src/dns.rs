@@ -529,20 +529,15 @@ fn count_repeat(key: &DnsRepeatKey, latency: u64, now: u64) {
 
 #[inline(always)]
 fn add_repeat(r: *mut DnsRepeats, latency: u64, now: u64) {
-    // SAFETY: `r` points into a map value valid while this program runs; the counts are
-    // shared between CPUs, hence atomic adds (the maximum and the latest time are best effort).
+    // SAFETY: `r` points into a map value valid while this program runs (the latest time,
+    // like the maximum, is best effort).
     unsafe {
-        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
+        add_lookup(
             core::ptr::addr_of_mut!((*r).count),
-            1,
-        );
-        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
             core::ptr::addr_of_mut!((*r).latency_sum_ns),
+            core::ptr::addr_of_mut!((*r).latency_max_ns),
             latency,
         );
-        if latency > (*r).latency_max_ns {
-            (*r).latency_max_ns = latency;
-        }
         if now > (*r).last_ns {
             (*r).last_ns = now;
         }
@@ -613,20 +608,35 @@ fn count_answered(cgroup_id: u64, latency: u64, p: &Packet) {
 
 #[inline(always)]
 fn add_answered(a: *mut DnsAnswered, latency: u64) {
-    // SAFETY: `a` points into a map value valid while this program runs; counts are shared
-    // between CPUs, hence atomic adds (BPF has no compare-and-swap for the maximum, which is
-    // best effort).
+    // SAFETY: `a` points into a map value valid while this program runs.
     unsafe {
-        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
+        add_lookup(
             core::ptr::addr_of_mut!((*a).lookups),
-            1,
-        );
-        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
             core::ptr::addr_of_mut!((*a).latency_sum_ns),
+            core::ptr::addr_of_mut!((*a).latency_max_ns),
             latency,
         );
-        if latency > (*a).latency_max_ns {
-            (*a).latency_max_ns = latency;
+    }
+}
+
+/// One lookup into shared counters: atomic adds (they are shared between CPUs); the maximum
+/// is a plain compare and store, best effort.
+///
+/// # Safety
+/// All three point into a map value valid while the program runs.
+#[inline(always)]
+unsafe fn add_lookup(
+    lookups: *mut u64,
+    latency_sum: *mut u64,
+    latency_max: *mut u64,
+    latency: u64,
+) {
+    // SAFETY: the caller's promise.
+    unsafe {
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(lookups, 1);
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(latency_sum, latency);
+        if latency > *latency_max {
+            *latency_max = latency;
         }
     }
 }

@@ -7,7 +7,10 @@ use std::{
     time::Duration,
 };
 
-use aya::maps::{Array, HashMap as BpfHashMap, MapData, MapError};
+use aya::{
+    Pod,
+    maps::{Array, HashMap as BpfHashMap, MapData, MapError},
+};
 use triage_agent_common::{
     AF_INET, AF_INET6, DnsAnswered, DnsHeld, DnsKey, DnsRepeatKey, DnsRepeats,
 };
@@ -111,26 +114,21 @@ impl DnsMaps {
         let Some(table) = self.repeats.get_mut(index) else {
             return Vec::new();
         };
-        let keys: Vec<DnsRepeatKey> = table.keys().filter_map(Result::ok).collect();
-        let mut out = Vec::with_capacity(keys.len());
-        for k in keys {
-            if let Ok(r) = table.get(&k, 0) {
-                out.push(Repeated {
-                    key: RepeatKey {
-                        cgroup: k.cgroup_id,
-                        question: k.question,
-                        rcode: u8::try_from(k.rcode).unwrap_or(u8::MAX),
-                    },
-                    count: r.count,
-                    latency_sum: Duration::from_nanos(r.latency_sum_ns),
-                    latency_max: Duration::from_nanos(r.latency_max_ns),
-                    first_ns: r.first_ns,
-                    last_ns: r.last_ns,
-                });
-            }
-            let _ = table.remove(&k);
-        }
-        out
+        take_all(table)
+            .into_iter()
+            .map(|(k, r)| Repeated {
+                key: RepeatKey {
+                    cgroup: k.cgroup_id,
+                    question: k.question,
+                    rcode: u8::try_from(k.rcode).unwrap_or(u8::MAX),
+                },
+                count: r.count,
+                latency_sum: Duration::from_nanos(r.latency_sum_ns),
+                latency_max: Duration::from_nanos(r.latency_max_ns),
+                first_ns: r.first_ns,
+                last_ns: r.last_ns,
+            })
+            .collect()
     }
 
     /// Reads and empties an answered table no program counts into any more.
@@ -138,24 +136,32 @@ impl DnsMaps {
         let Some(table) = self.answered.get_mut(index) else {
             return Vec::new();
         };
-        let keys: Vec<u64> = table.keys().filter_map(Result::ok).collect();
-        let mut out = Vec::with_capacity(keys.len());
-        for cgroup_id in keys {
-            if let Ok(a) = table.get(&cgroup_id, 0)
-                && let Some(client_ip) = address(a.family, a.client)
-            {
-                out.push(Answered {
+        take_all(table)
+            .into_iter()
+            .filter_map(|(cgroup_id, a)| {
+                Some(Answered {
                     cgroup_id,
-                    client_ip,
+                    client_ip: address(a.family, a.client)?,
                     lookups: a.lookups,
                     latency_sum: Duration::from_nanos(a.latency_sum_ns),
                     latency_max: Duration::from_nanos(a.latency_max_ns),
-                });
-            }
-            let _ = table.remove(&cgroup_id);
-        }
-        out
+                })
+            })
+            .collect()
     }
+}
+
+/// Every entry of a table no program writes any more, each removed once read.
+fn take_all<K: Pod, V: Pod>(table: &mut BpfHashMap<MapData, K, V>) -> Vec<(K, V)> {
+    let keys: Vec<K> = table.keys().filter_map(Result::ok).collect();
+    let mut out = Vec::with_capacity(keys.len());
+    for k in keys {
+        if let Ok(v) = table.get(&k, 0) {
+            out.push((k, v));
+        }
+        let _ = table.remove(&k);
+    }
+    out
 }
 
 #[cfg(test)]

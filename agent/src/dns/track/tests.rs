@@ -62,6 +62,14 @@ impl Sim {
         )
     }
 
+    /// `n` lookups of `name` (A), 10 us apart, each answered NXDOMAIN 5 us later.
+    fn nxdomains(&mut self, n: u64, name: &str) {
+        for i in 0..n {
+            self.ask(i * 10_000, i as u16, name, 1);
+            self.answer(i * 10_000 + 5_000, i as u16, name, 1, 3);
+        }
+    }
+
     fn answer(&mut self, at: u64, id: u16, name: &str, qtype: u16, rcode: u8) -> Vec<Finding> {
         self.send(
             at,
@@ -511,10 +519,7 @@ fn a_flood_of_one_missing_name_is_counted_in_the_kernel_and_stays_one_finding() 
 fn a_search_expansion_folded_by_its_answer_stops_being_counted_in_the_kernel() {
     let mut s = Sim::new(TrackConfig::default());
     let expansion = "db.shop.svc.cluster.local";
-    for i in 0..NX_REPEATS_TO_COUNT {
-        s.ask(i * 10_000, i as u16, expansion, 1);
-        s.answer(i * 10_000 + 5_000, i as u16, expansion, 1, 3);
-    }
+    s.nxdomains(NX_REPEATS_TO_COUNT, expansion);
     let key = repeat_key(0, expansion, 1, 3);
     assert_eq!(s.t.take_repeat_changes(), vec![RepeatChange::Count(key)]);
     // Then the name it expands is answered: the NXDOMAINs were a walk's expansions.
@@ -575,10 +580,7 @@ fn failures_without_repeats_stop_being_counted_in_the_kernel() {
 fn repeats_counted_before_a_fold_stopped_them_do_not_restart_kernel_counting() {
     let mut s = Sim::new(TrackConfig::default());
     let expansion = "db.shop.svc.cluster.local";
-    for i in 0..NX_REPEATS_TO_COUNT {
-        s.ask(i * 10_000, i as u16, expansion, 1);
-        s.answer(i * 10_000 + 5_000, i as u16, expansion, 1, 3);
-    }
+    s.nxdomains(NX_REPEATS_TO_COUNT, expansion);
     let key = repeat_key(0, expansion, 1, 3);
     assert_eq!(s.t.take_repeat_changes(), vec![RepeatChange::Count(key)]);
     s.ask(MS, 999, "db.shop", 1);
@@ -607,10 +609,7 @@ fn repeats_counted_before_a_fold_stopped_them_do_not_restart_kernel_counting() {
 fn an_answered_name_stops_kernel_counting_of_its_expansions_even_when_none_is_held() {
     let mut s = Sim::new(TrackConfig::default());
     let expansion = "db.shop.svc.cluster.local";
-    for i in 0..NX_REPEATS_TO_COUNT {
-        s.ask(i * 10_000, i as u16, expansion, 1);
-        s.answer(i * 10_000 + 5_000, i as u16, expansion, 1, 3);
-    }
+    s.nxdomains(NX_REPEATS_TO_COUNT, expansion);
     let key = repeat_key(0, expansion, 1, 3);
     assert_eq!(s.t.take_repeat_changes(), vec![RepeatChange::Count(key)]);
     // Settled as NXDOMAIN (nothing answered within the hold)...
@@ -621,10 +620,7 @@ fn an_answered_name_stops_kernel_counting_of_its_expansions_even_when_none_is_he
     assert_eq!(s.t.take_repeat_changes(), vec![RepeatChange::Stop(key)]);
     // An unrelated answered name stops nothing.
     let mut s = Sim::new(TrackConfig::default());
-    for i in 0..NX_REPEATS_TO_COUNT {
-        s.ask(i * 10_000, i as u16, expansion, 1);
-        s.answer(i * 10_000 + 5_000, i as u16, expansion, 1, 3);
-    }
+    s.nxdomains(NX_REPEATS_TO_COUNT, expansion);
     s.t.take_repeat_changes();
     s.ask(4 * S, 999, "api.example.org", 1);
     s.answer(4 * S + MS, 999, "api.example.org", 1, 0);
