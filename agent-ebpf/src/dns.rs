@@ -6,10 +6,12 @@
 //! Names are never parsed here: the first [`DNS_PAYLOAD_CAP`] bytes of a payload are copied
 //! for userspace, which parses them with a DNS library. What the kernel reads of DNS itself is
 //! the fixed start of the header (id, the QR bit, TC, rcode), so that the common case never
-//! leaves it: UDP lookups are matched here (see [`DNS_PENDING`]).
+//! leaves it: UDP lookups are matched here (see [`DNS_HELD`]).
 //!
-//! - A query leaving a socket waits in [`DNS_PENDING`] under (client address, port, id), its
-//!   record already built.
+//! - A query leaving a socket waits in its slot of [`DNS_HELD`], direct-mapped by (client
+//!   address, port, id), its record written in place. The slot's state word is claimed and
+//!   handed on with compare-and-swap: no lock, no allocation and no hashing of the key
+//!   beyond the slot's index.
 //! - Its answer, NOERROR, not truncated, faster than the slow threshold, for a cgroup without a
 //!   recent failure: counted in the current [`DNS_ANSWERED0`]/[`DNS_ANSWERED1`] table (lookups,
 //!   latency sum and maximum); nothing goes to userspace.
@@ -17,20 +19,22 @@
 //!   decides the outcome exactly as for packets it sees one by one. After a failed answer the
 //!   cgroup's good answers go up too for [`DnsTiming::recent_ns`], so a search-path walk ends
 //!   in the agent.
-//! - Unanswered: the agent takes the query out of [`DNS_PENDING`] past a handover age (at most
-//!   the slow threshold) and waits for its answer or the timeout itself.
+//! - Unanswered: the agent takes the query out of its slot past a handover age (at most the
+//!   slow threshold), with the same compare-and-swap through its mapping of the arrays, and
+//!   waits for its answer or the timeout itself.
 //! - At a DNS server socket of this host, a query arriving and its answer leaving are noted on
 //!   the held query (the agent says from them where a timed-out query went).
-//! - TCP DNS, resends, unmatched answers and a full table: every packet goes to [`DNS_RING`], as
-//!   without any of the above.
+//! - TCP DNS, resends, unmatched answers and a query whose slot holds another: every packet goes
+//!   to [`DNS_RING`], as without any of the above.
 //!
 //! Every packet is allowed through (return 1): the programs observe, they never filter.
 //!
 //! Kernel interfaces: cgroup_skb (data starts at the IP header; direct reads of the linear
 //! part), bpf_skb_load_bytes, bpf_skb_cgroup_id (the socket's cgroup v2 id),
-//! bpf_ringbuf_reserve/output, hash and array maps.
+//! bpf_ringbuf_reserve/output, hash and array maps, BPF_CMPXCHG and BPF_XCHG on array values
+//! (kernel 5.12 and later).
 
-use core::intrinsics::{AtomicOrdering, atomic_xadd};
+use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xadd, atomic_xchg};
 
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
@@ -41,15 +45,16 @@ use aya_ebpf::{
 };
 use triage_agent_common::{
     AF_INET, AF_INET6, DNS_HASH_SEED, DNS_PAYLOAD_CAP, DNS_RECENT_SLOTS, DNS_RING_BYTES,
-    DnsAnswered, DnsEvent, DnsHeld, DnsKey, DnsPorts, DnsRepeatKey, DnsRepeats, DnsTiming,
+    DnsAnswered, DnsEvent, DnsHeld, DnsKey, DnsPorts, DnsRepeatKey, DnsRepeats, DnsSlot, DnsTiming,
     EventHeader, IPPROTO_TCP, IPPROTO_UDP, LOST_DNS_ANSWERED, LOST_DNS_REPEATS, LOST_DNS_RESERVE,
-    dns_flags, dns_hash_step, kind,
+    dns_flags, dns_hash_step, dns_slot_index, held_state, kind,
 };
 
 use crate::maps::{
-    DNS_ANSWERED0, DNS_ANSWERED1, DNS_GENERATION, DNS_PENDING, DNS_RECENT, DNS_REPEATABLE,
-    DNS_REPEATS0, DNS_REPEATS1, DNS_RING, DNS_SCRATCH, count_loss,
+    DNS_ANSWERED0, DNS_ANSWERED1, DNS_GENERATION, DNS_HELD, DNS_RECENT, DNS_REPEATABLE,
+    DNS_REPEATS0, DNS_REPEATS1, DNS_RING, count_loss,
 };
+use held_state::{FREE, HELD, MASK, TAKING};
 
 /// Ports to capture, overwritten by the loader before load (frozen: the verifier sees
 /// constants).
@@ -156,8 +161,8 @@ enum Client {
 }
 
 impl Packet {
-    /// The key its lookup is held under in [`DNS_PENDING`]: the client's address and port and
-    /// the id, which the client and a server on this host both see.
+    /// The key its lookup is held under in [`DNS_HELD`]: the client's address and port and the
+    /// id, which the client and a server on this host both see.
     #[inline(always)]
     fn key(&self, client: Client) -> DnsKey {
         let (addr, port) = match client {
@@ -341,48 +346,138 @@ fn observe(ctx: &SkBuffContext, egress: bool) {
     send(ctx, &p, egress);
 }
 
-/// A query leaving the asking socket: it waits in [`DNS_PENDING`] with its record.
+/// A held query's slot: its state word and its key and record.
+struct Slot {
+    state: *mut u64,
+    slot: *mut DnsSlot,
+}
+
+impl Slot {
+    #[inline(always)]
+    fn of(key: &DnsKey) -> Option<Self> {
+        let slot = DNS_HELD.get_ptr_mut(dns_slot_index(key))?;
+        Some(Self {
+            // SAFETY: a field of an array value, valid while the program runs.
+            state: unsafe { core::ptr::addr_of_mut!((*slot).state) },
+            slot,
+        })
+    }
+
+    /// The state word as it is now.
+    #[inline(always)]
+    fn word(&self) -> u64 {
+        // SAFETY: an array value, valid while the program runs; a plain 8-byte load, which
+        // does not tear.
+        unsafe { core::ptr::read_volatile(self.state) }
+    }
+
+    /// Moves the word from `seen` to `to`; false when it is no longer `seen` (the slot moved
+    /// on meanwhile: someone else owns it now).
+    #[inline(always)]
+    fn swap(&self, seen: u64, to: u64) -> bool {
+        // SAFETY: as above; an atomic instruction on an array value.
+        unsafe {
+            atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
+                self.state, seen, to,
+            )
+            .1
+        }
+    }
+
+    /// Stores the word of a slot this program owns (`WRITING` or `TAKING`): a full barrier, so
+    /// whoever reads the word next also sees what was written before it.
+    #[inline(always)]
+    fn set(&self, to: u64) {
+        // SAFETY: as above.
+        unsafe { atomic_xchg::<u64, { AtomicOrdering::SeqCst }>(self.state, to) };
+    }
+
+    /// Whether the slot's key is `key` (read without owning it: the caller checks again, or
+    /// only annotates).
+    #[inline(always)]
+    fn holds(&self, key: &DnsKey) -> bool {
+        // SAFETY: an array value, valid while the program runs.
+        let k = unsafe { &(*self.slot).key };
+        k.client == key.client
+            && k.client_port == key.client_port
+            && k.id == key.id
+            && k.family == key.family
+    }
+
+    /// Whether the slot holds `key`'s query, asked by the socket cgroup `cgroup_id` of the
+    /// server the answer `p` comes from.
+    #[inline(always)]
+    fn asked(&self, key: &DnsKey, cgroup_id: u64, p: &Packet) -> bool {
+        // SAFETY: an array value, valid while the program runs.
+        let q = unsafe { &(*self.slot).held.query };
+        self.holds(key) && q.cgroup_id == cgroup_id && q.dport == p.sport && q.daddr == p.saddr
+    }
+
+    #[inline(always)]
+    fn held(&self) -> &DnsHeld {
+        // SAFETY: an array value, valid while the program runs.
+        unsafe { &(*self.slot).held }
+    }
+}
+
+/// A query leaving the asking socket: it waits in its slot of [`DNS_HELD`] with its record.
 #[inline(always)]
 fn client_query(ctx: &SkBuffContext, p: &Packet) {
     let key = p.key(Client::Source);
-    let Some(held) = DNS_SCRATCH.get_ptr_mut(0) else {
+    let Some(slot) = Slot::of(&key) else {
         send(ctx, p, true);
         return;
     };
-    // SAFETY: this CPU's scratch slot, a DnsHeld's worth of writable bytes, valid while the
-    // program runs (it cannot migrate meanwhile).
+    let seen = slot.word();
+    match seen & MASK {
+        FREE => {}
+        HELD if slot.holds(&key) => {
+            // A resend with the same id from the same address: the agent sees both (it keeps
+            // the first send's time and refreshes the deadline), and the answer too.
+            if slot.swap(seen, held_state::with(seen, TAKING)) {
+                if slot.holds(&key) {
+                    output(slot.held());
+                    slot.set(held_state::with(seen, FREE));
+                } else {
+                    slot.set(seen);
+                }
+            }
+            send(ctx, p, true);
+            return;
+        }
+        // Another query's slot (held, or being written or taken): this one is matched in
+        // userspace, as without the table.
+        _ => {
+            send(ctx, p, true);
+            return;
+        }
+    }
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    let claimed = held_state::claimed(seen, now);
+    if !slot.swap(seen, claimed) {
+        send(ctx, p, true);
+        return;
+    }
+    // SAFETY: the slot is this program's until it publishes it; an array value, a DnsSlot's
+    // worth of writable bytes, valid while the program runs.
     unsafe {
-        // SAFETY: helper without preconditions beyond a valid skb.
         let cgroup_id = bpf_skb_cgroup_id(ctx.skb.skb);
+        (*slot.slot).key = key;
+        let held = core::ptr::addr_of_mut!((*slot.slot).held);
         fill(
             ctx,
             p,
             core::ptr::addr_of_mut!((*held).query),
             dns_flags::EGRESS | dns_flags::HELD,
             cgroup_id,
+            now,
         );
         (*held).server_cgroup = 0;
         (*held).reached = 0;
         (*held).answered = 0;
     }
-    // SAFETY: as above; the map copies the value (passed by reference: it is too big for the
-    // BPF stack).
-    let value: &DnsHeld = unsafe { &*held };
-    match DNS_PENDING.insert(key, value, BPF_NOEXIST.into()) {
-        Ok(()) => {}
-        Err(e) if e == -EEXIST => {
-            // A resend with the same id from the same address: the agent sees both (it keeps
-            // the first send's time and refreshes the deadline), and the answer too.
-            // SAFETY: a map value, valid while the program runs.
-            if let Some(first) = unsafe { DNS_PENDING.get(key) } {
-                output(first);
-            }
-            let _ = DNS_PENDING.remove(key);
-            output(value);
-        }
-        // Full: this query is matched in userspace, as without the table.
-        Err(_) => output(value),
-    }
+    slot.set(held_state::with(claimed, HELD));
 }
 
 /// An answer arriving at the asking socket.
@@ -391,23 +486,30 @@ fn client_answer(ctx: &SkBuffContext, p: &Packet) {
     let key = p.key(Client::Destination);
     // SAFETY: helper without preconditions beyond a valid skb.
     let cgroup_id = unsafe { bpf_skb_cgroup_id(ctx.skb.skb) };
-    // SAFETY: a map value, valid while the program runs.
-    let held = match unsafe { DNS_PENDING.get(key) } {
-        // The same socket's cgroup, from the server it asked.
-        Some(h)
-            if h.query.cgroup_id == cgroup_id
-                && h.query.dport == p.sport
-                && h.query.daddr == p.saddr =>
-        {
-            h
-        }
-        // Not held here (asked before the agent started, resent, taken over by the agent, or
-        // another socket's): the agent matches it.
-        _ => {
-            send(ctx, p, false);
-            return;
-        }
+    let Some(slot) = Slot::of(&key) else {
+        send(ctx, p, false);
+        return;
     };
+    // Its query, from the same socket's cgroup to the server it asked, taken out of the table;
+    // anything else (asked before the agent started, resent, taken over by the agent, another
+    // socket's, another query in the slot): the agent matches it.
+    let seen = slot.word();
+    if seen & MASK != HELD
+        || !slot.asked(&key, cgroup_id, p)
+        || !slot.swap(seen, held_state::with(seen, TAKING))
+    {
+        send(ctx, p, false);
+        return;
+    }
+    // Checked again now that the slot is ours: the first reads could have been made before
+    // the word's on a CPU that reorders loads.
+    if !slot.asked(&key, cgroup_id, p) {
+        slot.set(seen);
+        send(ctx, p, false);
+        return;
+    }
+    let free = held_state::with(seen, FREE);
+    let held = slot.held();
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_boot_ns() };
     let latency = now.saturating_sub(held.query.header.boot_ns);
@@ -416,11 +518,7 @@ fn client_answer(ctx: &SkBuffContext, p: &Packet) {
     let rcode = p.dns_flags & RCODE;
     let good = rcode == 0 && p.dns_flags & TC == 0 && latency < timing.slow_ns;
     if good && !recently_failed(cgroup_id, now, timing.recent_ns) {
-        if DNS_PENDING.remove(key).is_err() {
-            // The agent took the query over a moment ago: it matches the answer.
-            send(ctx, p, false);
-            return;
-        }
+        slot.set(free);
         count_answered(cgroup_id, latency, p);
         return;
     }
@@ -434,11 +532,7 @@ fn client_answer(ctx: &SkBuffContext, p: &Packet) {
         };
         // SAFETY: a map value, valid while the program runs (only its presence is read).
         if unsafe { DNS_REPEATABLE.get(repeat) }.is_some() {
-            if DNS_PENDING.remove(key).is_err() {
-                // The agent took the query over a moment ago: it matches the answer.
-                send(ctx, p, false);
-                return;
-            }
+            slot.set(free);
             failed(cgroup_id, now);
             count_repeat(&repeat, latency, now);
             return;
@@ -446,7 +540,7 @@ fn client_answer(ctx: &SkBuffContext, p: &Packet) {
     }
     // The agent decides: the query first, then its answer.
     output(held);
-    let _ = DNS_PENDING.remove(key);
+    slot.set(free);
     if rcode != 0 {
         failed(cgroup_id, now);
     }
@@ -646,12 +740,16 @@ unsafe fn add_lookup(
 #[inline(always)]
 fn server_received(ctx: &SkBuffContext, p: &Packet) {
     let key = p.key(Client::Source);
-    if let Some(h) = DNS_PENDING.get_ptr_mut(key) {
-        // SAFETY: a map value, valid while the program runs; only this packet's programs
-        // write these fields.
+    // A note, made without owning the slot: only this query's server writes these fields, and
+    // the client's program published the slot before the query left it.
+    if let Some(slot) = Slot::of(&key)
+        && slot.word() & MASK == HELD
+        && slot.holds(&key)
+    {
+        // SAFETY: an array value, valid while the program runs.
         unsafe {
-            (*h).server_cgroup = bpf_skb_cgroup_id(ctx.skb.skb);
-            (*h).reached = 1;
+            (*slot.slot).held.server_cgroup = bpf_skb_cgroup_id(ctx.skb.skb);
+            (*slot.slot).held.reached = 1;
         }
     }
 }
@@ -660,9 +758,12 @@ fn server_received(ctx: &SkBuffContext, p: &Packet) {
 #[inline(always)]
 fn server_answered(p: &Packet) {
     let key = p.key(Client::Destination);
-    if let Some(h) = DNS_PENDING.get_ptr_mut(key) {
+    if let Some(slot) = Slot::of(&key)
+        && slot.word() & MASK == HELD
+        && slot.holds(&key)
+    {
         // SAFETY: as above.
-        unsafe { (*h).answered = 1 };
+        unsafe { (*slot.slot).held.answered = 1 };
     }
 }
 
@@ -671,7 +772,14 @@ fn server_answered(p: &Packet) {
 /// # Safety
 /// `event` must point to a DnsEvent's worth of writable bytes.
 #[inline(always)]
-unsafe fn fill(ctx: &SkBuffContext, p: &Packet, event: *mut DnsEvent, flags: u8, cgroup_id: u64) {
+unsafe fn fill(
+    ctx: &SkBuffContext,
+    p: &Packet,
+    event: *mut DnsEvent,
+    flags: u8,
+    cgroup_id: u64,
+    boot_ns: u64,
+) {
     // The copy's size, held in 64 bits: the verifier must see it bounded to 1..=CAP at the
     // helper call, and a 32-bit value's zero-extension would cut the link between the
     // register it checks and the one passed. Read back opaquely so the compiler cannot drop
@@ -694,7 +802,7 @@ unsafe fn fill(ctx: &SkBuffContext, p: &Packet, event: *mut DnsEvent, flags: u8,
         (*event).header = EventHeader {
             kind: kind::DNS,
             len: size_of::<DnsEvent>() as u32,
-            boot_ns: bpf_ktime_get_boot_ns(),
+            boot_ns,
         };
         (*event).cgroup_id = cgroup_id;
         (*event).family = p.family;
@@ -740,7 +848,17 @@ fn send(ctx: &SkBuffContext, p: &Packet, egress: bool) {
     // SAFETY: helper without preconditions beyond a valid skb.
     let cgroup_id = unsafe { bpf_skb_cgroup_id(ctx.skb.skb) };
     let flags = if egress { dns_flags::EGRESS } else { 0 };
-    // SAFETY: the reserved record is a DnsEvent's worth of writable bytes.
-    unsafe { fill(ctx, p, entry.as_mut_ptr(), flags, cgroup_id) };
+    // SAFETY: the reserved record is a DnsEvent's worth of writable bytes; the clock helper
+    // has no preconditions.
+    unsafe {
+        fill(
+            ctx,
+            p,
+            entry.as_mut_ptr(),
+            flags,
+            cgroup_id,
+            bpf_ktime_get_boot_ns(),
+        )
+    };
     entry.submit(wakeup());
 }

@@ -6,9 +6,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use triage_agent_common::{
-    CONNECTS_ENTRIES, DNS_ANSWERED_ENTRIES, DNS_PENDING_ENTRIES, DNS_RECENT_SLOTS,
+    BPF_F_MMAPABLE, CONNECTS_ENTRIES, DNS_ANSWERED_ENTRIES, DNS_HELD_SLOTS, DNS_RECENT_SLOTS,
     DNS_REPEATABLE_ENTRIES, DNS_REPEATS_ENTRIES, DNS_RING_BYTES, DROP_REASONS_ENTRIES, DnsAnswered,
-    DnsHeld, DnsKey, DnsRepeatKey, DnsRepeats, EVENTS_RING_BYTES, FLOW_REPEAT_SLOTS, FLOWS_ENTRIES,
+    DnsRepeatKey, DnsRepeats, DnsSlot, EVENTS_RING_BYTES, FLOW_REPEAT_SLOTS, FLOWS_ENTRIES,
     FlowKey, FlowRepeat, FlowStats, LOSS_SLOTS, Offsets, PendingConnect,
 };
 
@@ -21,11 +21,13 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
 #[map]
 pub static DNS_RING: RingBuf = RingBuf::with_byte_size(DNS_RING_BYTES, 0);
 
-/// UDP queries waiting for their answer (`DNS_PENDING_MAP`). A plain hash: when it is full a
-/// query goes to [`DNS_RING`] instead, never evicting another one silently.
+/// UDP queries waiting for their answer (`DNS_HELD_MAP`), direct-mapped by
+/// `dns_slot_index`: a query whose slot holds another goes to [`DNS_RING`] instead, never
+/// evicting one silently. Who may touch a slot is decided by its state word (see
+/// `held_state`); the agent maps the array and takes over old queries with the same
+/// compare-and-swap the programs use.
 #[map]
-pub static DNS_PENDING: HashMap<DnsKey, DnsHeld> =
-    HashMap::with_max_entries(DNS_PENDING_ENTRIES, 0);
+pub static DNS_HELD: Array<DnsSlot> = Array::with_max_entries(DNS_HELD_SLOTS, BPF_F_MMAPABLE);
 
 /// Lookups answered well per cgroup, double-buffered like the flow tables
 /// (`DNS_ANSWERED_MAPS`, switched by [`DNS_GENERATION`]).
@@ -68,11 +70,6 @@ pub struct RecentFailure {
     pub cgroup_id: u64,
     pub boot_ns: u64,
 }
-
-/// Per CPU: room to build a query's record (too big for the BPF stack) before it enters
-/// [`DNS_PENDING`].
-#[map]
-pub static DNS_SCRATCH: PerCpuArray<DnsHeld> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per-CPU loss counters (`LOSS_MAP`), indexed by the `LOST_*` constants.
 #[map]

@@ -34,11 +34,13 @@ pub const DNS_RING_MAP: &str = "DNS_RING";
 pub const DNS_PORTS_GLOBAL: &str = "DNS_PORTS";
 /// Name of the read-only global holding the DNS timing thresholds ([`DnsTiming`]).
 pub const DNS_TIMING_GLOBAL: &str = "DNS_TIMING";
-/// Name of the hash of UDP DNS queries waiting for their answer in the kernel ([`DnsKey`] ->
-/// [`DnsHeld`]). An answer that ends a lookup well is counted in the kernel; anything else
-/// sends the query and its answer to [`DNS_RING_MAP`]; the agent takes over queries left
-/// unanswered past a handover age.
-pub const DNS_PENDING_MAP: &str = "DNS_PENDING";
+/// Name of the table of UDP DNS queries waiting for their answer in the kernel: an array of
+/// [`DNS_HELD_SLOTS`] [`DnsSlot`]s, a query in the slot [`dns_slot_index`] of its [`DnsKey`].
+/// Who owns a slot is decided by its state word ([`held_state`]). An answer that ends a lookup
+/// well is counted in the kernel; anything else sends the query and its answer to
+/// [`DNS_RING_MAP`]; the agent takes over queries left unanswered past a handover age, through
+/// its mapping of the array ([`BPF_F_MMAPABLE`]).
+pub const DNS_HELD_MAP: &str = "DNS_HELD";
 /// Names of the two tables of lookups answered well, per socket cgroup (`u64` ->
 /// [`DnsAnswered`]): programs count into the one [`DNS_GENERATION_MAP`] selects while the agent
 /// drains the other.
@@ -88,9 +90,14 @@ pub const DNS_RING_BYTES: u32 = 1024 * 1024;
 /// 2-byte length prefix (12 + 255 + 4 + 2 = 273, rounded up to a multiple of 8). Answers are
 /// not needed: the outcome is the header's rcode.
 pub const DNS_PAYLOAD_CAP: usize = 288;
-/// Entries in [`DNS_PENDING_MAP`]: UDP queries waiting in the kernel. When it is full, a
-/// query goes to [`DNS_RING_MAP`] at once (nothing is lost; the agent does the matching).
-pub const DNS_PENDING_ENTRIES: u32 = 16 * 1024;
+/// Slots in [`DNS_HELD_MAP`] (a power of two). A query whose slot is taken by another one goes
+/// to [`DNS_RING_MAP`] at once (nothing is lost; the agent does the matching): with 32 lookups
+/// in flight that is about one query in 130. More slots cost more than those few: the table is
+/// touched at random, and at 16,384 slots (7 MiB) cache and TLB misses made every lookup
+/// dearer.
+pub const DNS_HELD_SLOTS: u32 = 4 * 1024;
+/// `BPF_F_MMAPABLE`: an array map userspace can map into its memory.
+pub const BPF_F_MMAPABLE: u32 = 1 << 10;
 /// Entries in each of [`DNS_ANSWERED_MAPS`]: cgroups with lookups per drain interval.
 pub const DNS_ANSWERED_ENTRIES: u32 = 8 * 1024;
 /// Entries in [`DNS_REPEATABLE_MAP`]: failures the kernel counts instead of copying.
@@ -566,6 +573,8 @@ mod user {
     // SAFETY: as above.
     unsafe impl aya::Pod for super::DnsHeld {}
     // SAFETY: as above.
+    unsafe impl aya::Pod for super::DnsSlot {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::DnsAnswered {}
     // SAFETY: plain #[repr(C)] data of integers and byte arrays with explicit padding; every bit
     // pattern is valid.
@@ -692,6 +701,93 @@ pub struct DnsHeld {
     pub answered: u32,
 }
 const _: () = assert!(size_of::<DnsHeld>() == 376);
+
+/// A slot of [`DNS_HELD_MAP`]: its state word, the key of the query it holds and its record.
+/// Key and record are valid only while the word says [`held_state::HELD`], and are read or
+/// written only by whoever moved the word out of `FREE` or `HELD`. 448 bytes, a multiple of a
+/// cache line: an answer reads only the slot's first two lines (word, key, time, cgroup,
+/// server).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DnsSlot {
+    /// [`held_state`].
+    pub state: u64,
+    pub key: DnsKey,
+    pub held: DnsHeld,
+    pub _pad0: [u8; 40],
+}
+const _: () = assert!(size_of::<DnsSlot>() == 448);
+
+/// The state word of a [`DNS_HELD_MAP`] slot ([`DnsSlot::state`]): the state in the low
+/// two bits, and above them ([`held_state::TIME_SHIFT`]) the CLOCK_BOOTTIME ns at which the
+/// slot was last claimed for a query. Each claim stores a later time than the slot's last one,
+/// so a word names one occupancy: a compare-and-swap from a word read earlier fails once the
+/// slot has been freed and claimed again in between (no ABA), and the agent reads a query's age
+/// from the word alone.
+///
+/// - A query claims a `FREE` slot (`FREE` -> `WRITING` with a new time), writes key and record,
+///   then publishes it (`HELD`).
+/// - Its answer, or the agent taking it over, claims it (`HELD` -> `TAKING`, same time), reads
+///   it, and frees it (`FREE`, same time).
+/// - Anyone finding the slot in another state, or `HELD` for another key, leaves it alone.
+pub mod held_state {
+    pub const FREE: u64 = 0;
+    pub const WRITING: u64 = 1;
+    pub const HELD: u64 = 2;
+    pub const TAKING: u64 = 3;
+    /// The state bits.
+    pub const MASK: u64 = 3;
+    /// Where the claim time starts.
+    pub const TIME_SHIFT: u32 = 2;
+
+    /// The word `seen` with its state replaced by `state`.
+    #[inline(always)]
+    pub const fn with(seen: u64, state: u64) -> u64 {
+        (seen & !MASK) | state
+    }
+
+    /// The word a claim at `now_ns` stores over `seen`: a time later than `seen`'s.
+    #[inline(always)]
+    pub const fn claimed(seen: u64, now_ns: u64) -> u64 {
+        let last = seen >> TIME_SHIFT;
+        let time = if now_ns > last { now_ns } else { last + 1 };
+        (time << TIME_SHIFT) | WRITING
+    }
+
+    /// When the slot was claimed (CLOCK_BOOTTIME ns, its top two bits cut).
+    #[inline(always)]
+    pub const fn time(word: u64) -> u64 {
+        word >> TIME_SHIFT
+    }
+}
+
+/// The slot of [`DNS_HELD_MAP`] a query's key maps to.
+#[inline(always)]
+pub fn dns_slot_index(key: &DnsKey) -> u32 {
+    let lo = u64::from_le_bytes([
+        key.client[0],
+        key.client[1],
+        key.client[2],
+        key.client[3],
+        key.client[4],
+        key.client[5],
+        key.client[6],
+        key.client[7],
+    ]);
+    let hi = u64::from_le_bytes([
+        key.client[8],
+        key.client[9],
+        key.client[10],
+        key.client[11],
+        key.client[12],
+        key.client[13],
+        key.client[14],
+        key.client[15],
+    ]);
+    let rest = u64::from(key.client_port) | u64::from(key.id) << 16 | u64::from(key.family) << 32;
+    let h = dns_hash_step(dns_hash_step(dns_hash_step(DNS_HASH_SEED, lo), hi), rest);
+    (h as u32) & (DNS_HELD_SLOTS - 1)
+}
 
 /// A failed lookup's identity, for counting its repeats in the kernel: the asking socket's
 /// cgroup, [`dns_question_hash`] of the query as sent (without its id) and of the server it

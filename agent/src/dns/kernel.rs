@@ -11,15 +11,16 @@ use aya::{
     Pod,
     maps::{Array, HashMap as BpfHashMap, MapData, MapError},
 };
-use triage_agent_common::{
-    AF_INET, AF_INET6, DnsAnswered, DnsHeld, DnsKey, DnsRepeatKey, DnsRepeats,
-};
+use triage_agent_common::{AF_INET, AF_INET6, DnsAnswered, DnsHeld, DnsRepeatKey, DnsRepeats};
 
-use super::track::{RepeatChange, RepeatKey, Repeated};
+use super::{
+    held::HeldTable,
+    track::{RepeatChange, RepeatKey, Repeated},
+};
 
 /// The maps, owned by the DNS task.
 pub struct DnsMaps {
-    pub pending: BpfHashMap<MapData, DnsKey, DnsHeld>,
+    pub held: HeldTable,
     pub answered: [BpfHashMap<MapData, u64, DnsAnswered>; 2],
     /// Failures whose repeats the kernel counts (written here only).
     pub repeatable: BpfHashMap<MapData, DnsRepeatKey, u32>,
@@ -70,23 +71,9 @@ fn address(family: u16, bytes: [u8; 16]) -> Option<IpAddr> {
 impl DnsMaps {
     /// Takes out of the kernel's table the queries older than `age` at `now_ns`
     /// (CLOCK_BOOTTIME): from now on their answers come through the ring. A query the kernel
-    /// matched meanwhile is not returned (removal decides who owns it).
+    /// matched meanwhile is not returned (the slot's compare-and-swap decides who owns it).
     pub fn take_older_than(&mut self, now_ns: u64, age: Duration) -> Vec<DnsHeld> {
-        let age = u64::try_from(age.as_nanos()).unwrap_or(u64::MAX);
-        let keys: Vec<DnsKey> = self.pending.keys().filter_map(Result::ok).collect();
-        let mut out = Vec::new();
-        for key in keys {
-            let Ok(held) = self.pending.get(&key, 0) else {
-                continue;
-            };
-            if now_ns.saturating_sub(held.query.header.boot_ns) < age {
-                continue;
-            }
-            if self.pending.remove(&key).is_ok() {
-                out.push(held);
-            }
-        }
-        out
+        self.held.take_older_than(now_ns, age)
     }
 
     /// Makes programs count into the other answered table; returns the one they left, to

@@ -22,12 +22,16 @@ pub mod packet;
 pub mod track;
 
 #[cfg(feature = "node-agent")]
+mod held;
+#[cfg(feature = "node-agent")]
 mod kernel;
 #[cfg(feature = "node-agent")]
 mod task;
 
 use tracing::debug;
 
+#[cfg(feature = "node-agent")]
+pub use held::{HeldError, HeldTable};
 #[cfg(feature = "node-agent")]
 pub use kernel::DnsMaps;
 #[cfg(feature = "node-agent")]

@@ -12,7 +12,7 @@ use aya::{
 };
 use tracing::{info, warn};
 use triage_agent_common::{
-    DNS_ANSWERED_MAPS, DNS_GENERATION_MAP, DNS_PENDING_MAP, DNS_PORTS_GLOBAL, DNS_PORTS_MAX,
+    DNS_ANSWERED_MAPS, DNS_GENERATION_MAP, DNS_HELD_MAP, DNS_PORTS_GLOBAL, DNS_PORTS_MAX,
     DNS_REPEATABLE_MAP, DNS_REPEATS_MAPS, DNS_RING_MAP, DNS_TIMING_GLOBAL, DROP_REASONS_ENTRIES,
     DROP_REASONS_MAP, DnsPorts, DnsTiming, EVENTS_MAP, FLOW_REPEAT_SLOTS, FLOW_REPEATS_MAP,
     FLOWS_MAPS, FlowKey, FlowRepeat, FlowStats, GENERATION_MAP, LOSS_MAP, LOST_CONNECT_TABLE,
@@ -25,7 +25,11 @@ use super::{
     offsets::{drop_reason_values, kernel_offsets},
     reasons::DropReasons,
 };
-use crate::{dns::DnsMaps, kernel::btf::Btf, loss::Loss};
+use crate::{
+    dns::{DnsMaps, HeldTable},
+    kernel::btf::Btf,
+    loss::Loss,
+};
 
 /// The eBPF object built by build.rs from agent-ebpf.
 static EBPF_OBJECT: &[u8] =
@@ -43,6 +47,8 @@ pub enum LoadError {
     },
     #[error("no program could be attached: {0}")]
     NothingAttached(String),
+    #[error("the kernel's table of held DNS queries")]
+    DnsHeld(#[source] crate::dns::HeldError),
 }
 
 /// The loaded programs. Keep alive while collecting; drop to detach.
@@ -347,7 +353,7 @@ pub fn load(options: &LoadOptions<'_>) -> Result<Loaded, LoadError> {
     let ring = take_map(&mut ebpf, EVENTS_MAP, RingBuf::try_from)?;
     let dns_ring = take_map(&mut ebpf, DNS_RING_MAP, RingBuf::try_from)?;
     let dns_maps = DnsMaps {
-        pending: take_map(&mut ebpf, DNS_PENDING_MAP, BpfHashMap::try_from)?,
+        held: HeldTable::new(take_map(&mut ebpf, DNS_HELD_MAP, Ok)?).map_err(LoadError::DnsHeld)?,
         answered: [
             take_map(&mut ebpf, DNS_ANSWERED_MAPS[0], BpfHashMap::try_from)?,
             take_map(&mut ebpf, DNS_ANSWERED_MAPS[1], BpfHashMap::try_from)?,
