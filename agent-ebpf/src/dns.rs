@@ -392,6 +392,13 @@ impl Slot {
         unsafe { atomic_xchg::<u64, { AtomicOrdering::SeqCst }>(self.state, to) };
     }
 
+    /// The slot of `key`'s query while it is held there, for a note made without owning it.
+    #[inline(always)]
+    fn holding(key: &DnsKey) -> Option<Self> {
+        let slot = Self::of(key)?;
+        (slot.word() & MASK == HELD && slot.holds(key)).then_some(slot)
+    }
+
     /// Whether the slot's key is `key` (read without owning it: the caller checks again, or
     /// only annotates).
     #[inline(always)]
@@ -742,10 +749,7 @@ fn server_received(ctx: &SkBuffContext, p: &Packet) {
     let key = p.key(Client::Source);
     // A note, made without owning the slot: only this query's server writes these fields, and
     // the client's program published the slot before the query left it.
-    if let Some(slot) = Slot::of(&key)
-        && slot.word() & MASK == HELD
-        && slot.holds(&key)
-    {
+    if let Some(slot) = Slot::holding(&key) {
         // SAFETY: an array value, valid while the program runs.
         unsafe {
             (*slot.slot).held.server_cgroup = bpf_skb_cgroup_id(ctx.skb.skb);
@@ -758,10 +762,7 @@ fn server_received(ctx: &SkBuffContext, p: &Packet) {
 #[inline(always)]
 fn server_answered(p: &Packet) {
     let key = p.key(Client::Destination);
-    if let Some(slot) = Slot::of(&key)
-        && slot.word() & MASK == HELD
-        && slot.holds(&key)
-    {
+    if let Some(slot) = Slot::holding(&key) {
         // SAFETY: as above.
         unsafe { (*slot.slot).held.answered = 1 };
     }
