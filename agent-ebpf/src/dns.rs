@@ -8,8 +8,8 @@
 //! the fixed start of the header (id, the QR bit, TC, rcode), so that the common case never
 //! leaves it: UDP lookups are matched here (see [`DNS_HELD`]).
 //!
-//! - A query leaving a socket waits in its slot of [`DNS_HELD`], direct-mapped by (client
-//!   address, port, id), its record written in place. The slot's state word is claimed and
+//! - A query leaving a socket waits in one of its two slots of [`DNS_HELD`], direct-mapped by
+//!   (client address, port, id), its record written in place. The slot's state word is claimed and
 //!   handed on with compare-and-swap: no lock, no allocation and no hashing of the key
 //!   beyond the slot's index.
 //! - Its answer, NOERROR, not truncated, faster than the slow threshold, for a cgroup without a
@@ -20,12 +20,13 @@
 //!   cgroup's good answers go up too for [`DnsTiming::recent_ns`], so a search-path walk ends
 //!   in the agent.
 //! - Unanswered: the agent takes the query out of its slot past a handover age (at most the
-//!   slow threshold), with the same compare-and-swap through its mapping of the arrays, and
+//!   slow threshold), with the same compare-and-swap through its mapping of the array, and
 //!   waits for its answer or the timeout itself.
 //! - At a DNS server socket of this host, a query arriving and its answer leaving are noted on
 //!   the held query (the agent says from them where a timed-out query went).
-//! - TCP DNS, resends, unmatched answers and a query whose slot holds another: every packet goes
-//!   to [`DNS_RING`], as without any of the above.
+//! - TCP DNS, resends, unmatched answers and a query whose two slots hold others: every packet
+//!   goes to [`DNS_RING`], as without any of the above. A slot the agent took a query from
+//!   keeps its key for a while, so the lookup's resends and answer go up too.
 //!
 //! Every packet is allowed through (return 1): the programs observe, they never filter.
 //!
@@ -54,7 +55,7 @@ use crate::maps::{
     DNS_ANSWERED0, DNS_ANSWERED1, DNS_GENERATION, DNS_HELD, DNS_RECENT, DNS_REPEATABLE,
     DNS_REPEATS0, DNS_REPEATS1, DNS_RING, count_loss,
 };
-use held_state::{FREE, HELD, MASK, TAKING};
+use held_state::{AGENT, FREE, HELD, MASK, TAKING};
 
 /// Ports to capture, overwritten by the loader before load (frozen: the verifier sees
 /// constants).
@@ -352,15 +353,60 @@ struct Slot {
     slot: *mut DnsSlot,
 }
 
+/// A state as a bit, for [`Slot::find`].
+const fn bit(state: u64) -> u32 {
+    1 << state
+}
+
 impl Slot {
     #[inline(always)]
-    fn of(key: &DnsKey) -> Option<Self> {
-        let slot = DNS_HELD.get_ptr_mut(dns_slot_index(key))?;
+    fn at(index: u32) -> Option<Self> {
+        let slot = DNS_HELD.get_ptr_mut(index)?;
         Some(Self {
             // SAFETY: a field of an array value, valid while the program runs.
             state: unsafe { core::ptr::addr_of_mut!((*slot).state) },
             slot,
         })
+    }
+
+    /// The slot of `key`'s two whose word is in one of the `states` (bits) with `key`'s
+    /// query, and that word.
+    #[inline(always)]
+    fn find(key: &DnsKey, states: u32) -> Option<(Self, u64)> {
+        let first = dns_slot_index(key);
+        for index in [first, first ^ 1] {
+            if let Some(slot) = Self::at(index) {
+                let seen = slot.word();
+                if bit(seen & MASK) & states != 0 && slot.holds(key) {
+                    return Some((slot, seen));
+                }
+            }
+        }
+        None
+    }
+
+    /// Claims one of `key`'s two slots for a query sent at `now`: a free one, else one the
+    /// agent keeps for an earlier lookup (whose later resends are then matched like new
+    /// queries: a timeout flood must not fill the table for everyone). The slot and the word
+    /// it claimed with.
+    #[inline(always)]
+    fn claim(key: &DnsKey, now: u64) -> Option<(Self, u64)> {
+        let first = dns_slot_index(key);
+        for wanted in [FREE, AGENT] {
+            for index in [first, first ^ 1] {
+                if let Some(slot) = Self::at(index) {
+                    let seen = slot.word();
+                    if seen & MASK == wanted {
+                        let claimed = held_state::claimed(seen, now);
+                        // Lost to another program (or the agent): the next one is tried.
+                        if slot.swap(seen, claimed) {
+                            return Some((slot, claimed));
+                        }
+                    }
+                }
+            }
+        }
+        None
     }
 
     /// The state word as it is now.
@@ -392,13 +438,6 @@ impl Slot {
         unsafe { atomic_xchg::<u64, { AtomicOrdering::SeqCst }>(self.state, to) };
     }
 
-    /// The slot of `key`'s query while it is held there, for a note made without owning it.
-    #[inline(always)]
-    fn holding(key: &DnsKey) -> Option<Self> {
-        let slot = Self::of(key)?;
-        (slot.word() & MASK == HELD && slot.holds(key)).then_some(slot)
-    }
-
     /// Whether the slot's key is `key` (read without owning it: the caller checks again, or
     /// only annotates).
     #[inline(always)]
@@ -420,69 +459,63 @@ impl Slot {
         self.holds(key) && q.cgroup_id == cgroup_id && q.dport == p.sport && q.daddr == p.saddr
     }
 
+    /// The record of the query this program took (`TAKING` from `seen`), its server notes
+    /// cleared unless they were made for it.
     #[inline(always)]
-    fn held(&self) -> &DnsHeld {
-        // SAFETY: an array value, valid while the program runs.
-        unsafe { &(*self.slot).held }
+    fn taken(&self, seen: u64) -> &DnsHeld {
+        // SAFETY: an array value, valid while the program runs, owned by this program.
+        unsafe {
+            if (*self.slot).notes_time != held_state::time(seen) {
+                (*self.slot).held.server_cgroup = 0;
+                (*self.slot).held.reached = 0;
+                (*self.slot).held.answered = 0;
+            }
+            &(*self.slot).held
+        }
     }
 }
 
-/// A query leaving the asking socket: it waits in its slot of [`DNS_HELD`] with its record.
+/// A query leaving the asking socket: it waits in a slot of [`DNS_HELD`] with its record.
 #[inline(always)]
 fn client_query(ctx: &SkBuffContext, p: &Packet) {
     let key = p.key(Client::Source);
-    let Some(slot) = Slot::of(&key) else {
+    if let Some((slot, seen)) = Slot::find(&key, bit(HELD) | bit(AGENT)) {
+        // A resend with the same id from the same address: the agent sees both (it keeps the
+        // first send's time and refreshes the deadline), and the answer too. A first send
+        // still held goes up first; the slot is left to the agent either way.
+        if seen & MASK == HELD && slot.swap(seen, held_state::with(seen, TAKING)) {
+            if slot.holds(&key) {
+                output(slot.taken(seen));
+                slot.set(held_state::with(seen, AGENT));
+            } else {
+                slot.set(seen);
+            }
+        }
         send(ctx, p, true);
         return;
-    };
-    let seen = slot.word();
-    match seen & MASK {
-        FREE => {}
-        HELD if slot.holds(&key) => {
-            // A resend with the same id from the same address: the agent sees both (it keeps
-            // the first send's time and refreshes the deadline), and the answer too.
-            if slot.swap(seen, held_state::with(seen, TAKING)) {
-                if slot.holds(&key) {
-                    output(slot.held());
-                    slot.set(held_state::with(seen, FREE));
-                } else {
-                    slot.set(seen);
-                }
-            }
-            send(ctx, p, true);
-            return;
-        }
-        // Another query's slot (held, or being written or taken): this one is matched in
-        // userspace, as without the table.
-        _ => {
-            send(ctx, p, true);
-            return;
-        }
     }
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_boot_ns() };
-    let claimed = held_state::claimed(seen, now);
-    if !slot.swap(seen, claimed) {
+    // Both slots hold other queries (or are being written or taken): this one is matched in
+    // userspace, as without the table.
+    let Some((slot, claimed)) = Slot::claim(&key, now) else {
         send(ctx, p, true);
         return;
-    }
+    };
     // SAFETY: the slot is this program's until it publishes it; an array value, a DnsSlot's
-    // worth of writable bytes, valid while the program runs.
+    // worth of writable bytes, valid while the program runs. The server fields are left to
+    // the servers (`notes_time` tells whose they are).
     unsafe {
         let cgroup_id = bpf_skb_cgroup_id(ctx.skb.skb);
         (*slot.slot).key = key;
-        let held = core::ptr::addr_of_mut!((*slot.slot).held);
         fill(
             ctx,
             p,
-            core::ptr::addr_of_mut!((*held).query),
+            core::ptr::addr_of_mut!((*slot.slot).held.query),
             dns_flags::EGRESS | dns_flags::HELD,
             cgroup_id,
             now,
         );
-        (*held).server_cgroup = 0;
-        (*held).reached = 0;
-        (*held).answered = 0;
     }
     slot.set(held_state::with(claimed, HELD));
 }
@@ -493,18 +526,14 @@ fn client_answer(ctx: &SkBuffContext, p: &Packet) {
     let key = p.key(Client::Destination);
     // SAFETY: helper without preconditions beyond a valid skb.
     let cgroup_id = unsafe { bpf_skb_cgroup_id(ctx.skb.skb) };
-    let Some(slot) = Slot::of(&key) else {
+    // Its query, from the same socket's cgroup to the server it asked, taken out of the table;
+    // anything else (asked before the agent started, resent, taken over by the agent, another
+    // socket's, not held): the agent matches it.
+    let Some((slot, seen)) = Slot::find(&key, bit(HELD)) else {
         send(ctx, p, false);
         return;
     };
-    // Its query, from the same socket's cgroup to the server it asked, taken out of the table;
-    // anything else (asked before the agent started, resent, taken over by the agent, another
-    // socket's, another query in the slot): the agent matches it.
-    let seen = slot.word();
-    if seen & MASK != HELD
-        || !slot.asked(&key, cgroup_id, p)
-        || !slot.swap(seen, held_state::with(seen, TAKING))
-    {
+    if !slot.asked(&key, cgroup_id, p) || !slot.swap(seen, held_state::with(seen, TAKING)) {
         send(ctx, p, false);
         return;
     }
@@ -516,7 +545,7 @@ fn client_answer(ctx: &SkBuffContext, p: &Packet) {
         return;
     }
     let free = held_state::with(seen, FREE);
-    let held = slot.held();
+    let held = slot.taken(seen);
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_boot_ns() };
     let latency = now.saturating_sub(held.query.header.boot_ns);
@@ -747,24 +776,31 @@ unsafe fn add_lookup(
 #[inline(always)]
 fn server_received(ctx: &SkBuffContext, p: &Packet) {
     let key = p.key(Client::Source);
-    // A note, made without owning the slot: only this query's server writes these fields, and
-    // the client's program published the slot before the query left it.
-    if let Some(slot) = Slot::holding(&key) {
+    // A note, made without owning the slot: only servers write these fields, and the claim
+    // time written last says which query they are about.
+    if let Some((slot, seen)) = Slot::find(&key, bit(HELD)) {
         // SAFETY: an array value, valid while the program runs.
         unsafe {
             (*slot.slot).held.server_cgroup = bpf_skb_cgroup_id(ctx.skb.skb);
             (*slot.slot).held.reached = 1;
+            (*slot.slot).held.answered = 0;
+            (*slot.slot).notes_time = held_state::time(seen);
         }
     }
 }
 
-/// An answer leaving a DNS server socket of this host.
+/// An answer leaving a DNS server socket of this host: noted on the held query whose arrival
+/// at the server was noted.
 #[inline(always)]
 fn server_answered(p: &Packet) {
     let key = p.key(Client::Destination);
-    if let Some(slot) = Slot::holding(&key) {
+    if let Some((slot, seen)) = Slot::find(&key, bit(HELD)) {
         // SAFETY: as above.
-        unsafe { (*slot.slot).held.answered = 1 };
+        unsafe {
+            if (*slot.slot).notes_time == held_state::time(seen) {
+                (*slot.slot).held.answered = 1;
+            }
+        }
     }
 }
 

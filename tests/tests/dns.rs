@@ -545,3 +545,50 @@ fn good_lookups_are_matched_in_the_kernel_and_only_failures_reach_the_agent() {
     );
     assert!(agent.stop().unwrap().success(), "{}", agent.log());
 }
+
+/// A resolver's resend of a query the agent has taken over from the kernel (unanswered past
+/// the handover age) must reach the agent: held in the kernel again, the resend would be
+/// matched there while the agent waited for the first send's answer and reported a timeout
+/// for a lookup that succeeded. The first query is dropped once by a rule; glibc resends it
+/// (same socket, same id) after its 2 s timeout, and that one is answered.
+#[test]
+fn a_resend_after_the_agent_took_its_query_over_is_matched_by_the_agent() {
+    let mut node = node();
+    cluster_dns(&mut node);
+    let pod = node.add_pod("shop", "retry").unwrap();
+    node.set_cluster_dns(pod, VIP, "timeout:2 attempts:2 single-request")
+        .unwrap();
+    let ip = node.pod(pod).ip;
+    // The pod's first DNS query is dropped (it is within the limit's burst); later ones exceed
+    // the limit and pass.
+    node.nft_node(&format!(
+        "table ip sim_drop_first {{\n chain forward {{\n  type filter hook forward priority 0; policy accept;\n  ip saddr {ip} udp dport 53 limit rate 1/hour burst 1 packets drop\n }}\n}}\n"
+    ))
+    .unwrap();
+    let mut agent = AgentProcess::start(&node).unwrap();
+    agent.wait_ready(true, WAIT).unwrap();
+    agent.wait_pods(3, WAIT).unwrap();
+
+    let out = resolve(&node, pod, "db", "1");
+    assert_eq!(out.matches("ok").count(), 1, "{out}");
+    // The answered resend reaches the tracker: the lookup is slow (about 2 s from its first
+    // send), never a timeout, and the pod's counters say it succeeded.
+    let v = agent
+        .query_until("shop", "retry", WAIT, |v| {
+            !dns_records(v, "slow").is_empty()
+                && lookups(v).is_some_and(|l| l["lookups"].as_u64() >= Some(2))
+        })
+        .unwrap();
+    let slow = dns_records(&v, "slow");
+    assert_eq!(slow.len(), 1, "{v}");
+    assert_eq!(slow[0]["query"], "db.shop.svc.cluster.local", "{v}");
+    let latency = slow[0]["latency_ms"].as_f64().unwrap();
+    assert!((1900.0..4000.0).contains(&latency), "{v}");
+    // Past the tracker's timeout for the first send: still no timeout.
+    std::thread::sleep(Duration::from_secs(6));
+    let v = agent.query("shop", "retry").unwrap();
+    assert!(dns_records(&v, "timeout").is_empty(), "{v}");
+    let l = lookups(&v).unwrap();
+    assert_eq!(l["succeeded"], l["lookups"], "{l}");
+    assert!(agent.stop().unwrap().success(), "{}", agent.log());
+}

@@ -90,9 +90,9 @@ pub const DNS_RING_BYTES: u32 = 1024 * 1024;
 /// 2-byte length prefix (12 + 255 + 4 + 2 = 273, rounded up to a multiple of 8). Answers are
 /// not needed: the outcome is the header's rcode.
 pub const DNS_PAYLOAD_CAP: usize = 288;
-/// Slots in [`DNS_HELD_MAP`] (a power of two). A query whose slot is taken by another one goes
-/// to [`DNS_RING_MAP`] at once (nothing is lost; the agent does the matching): with 32 lookups
-/// in flight that is about one query in 130. More slots cost more than those few: the table is
+/// Slots in [`DNS_HELD_MAP`] (a power of two). A query may be held in either of two
+/// neighbouring slots; when both hold others it goes to [`DNS_RING_MAP`] at once (nothing is
+/// lost; the agent does the matching). More slots cost more than those few: the table is
 /// touched at random, and at 16,384 slots (7 MiB) cache and TLB misses made every lookup
 /// dearer.
 pub const DNS_HELD_SLOTS: u32 = 4 * 1024;
@@ -703,10 +703,11 @@ pub struct DnsHeld {
 const _: () = assert!(size_of::<DnsHeld>() == 376);
 
 /// A slot of [`DNS_HELD_MAP`]: its state word, the key of the query it holds and its record.
-/// Key and record are valid only while the word says [`held_state::HELD`], and are read or
-/// written only by whoever moved the word out of `FREE` or `HELD`. 448 bytes, a multiple of a
-/// cache line: an answer reads only the slot's first two lines (word, key, time, cgroup,
-/// server).
+/// The key is valid while the word says [`held_state::HELD`] or [`held_state::AGENT`], the
+/// record while it says `HELD`; both are written only by whoever moved the word out of `FREE`,
+/// and read whole only by whoever moved it out of `HELD` (a DNS server socket's notes are the
+/// exception: see `notes_time`). 448 bytes, a multiple of a cache line: an answer reads only
+/// the slot's first two lines (word, key, time, cgroup, server).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DnsSlot {
@@ -714,7 +715,13 @@ pub struct DnsSlot {
     pub state: u64,
     pub key: DnsKey,
     pub held: DnsHeld,
-    pub _pad0: [u8; 40],
+    /// The claim time ([`held_state::time`]) of the occupancy whose query a DNS server socket
+    /// of this host noted in `held`'s server fields: those fields belong to the query held now
+    /// only when this equals its word's time. A query never clears them, so the notes are
+    /// written only by servers (a note made late for an earlier occupancy is then ignored,
+    /// never credited to the next query).
+    pub notes_time: u64,
+    pub _pad0: [u8; 32],
 }
 const _: () = assert!(size_of::<DnsSlot>() == 448);
 
@@ -727,18 +734,27 @@ const _: () = assert!(size_of::<DnsSlot>() == 448);
 ///
 /// - A query claims a `FREE` slot (`FREE` -> `WRITING` with a new time), writes key and record,
 ///   then publishes it (`HELD`).
-/// - Its answer, or the agent taking it over, claims it (`HELD` -> `TAKING`, same time), reads
-///   it, and frees it (`FREE`, same time).
-/// - Anyone finding the slot in another state, or `HELD` for another key, leaves it alone.
+/// - Its answer claims it (`HELD` -> `TAKING`, same time), reads it, and frees it (`FREE`,
+///   same time).
+/// - The agent taking an old query over, or a resend handing its first send to the agent,
+///   claims it the same way and leaves it `AGENT`: the agent tracks that lookup now, and the
+///   slot keeps its key so that further resends and the answer go to the agent too (held
+///   again in the kernel, a resend would be matched there while the agent waits for the
+///   first send's answer, and reports a timeout for a lookup that succeeded). The agent
+///   frees it (`AGENT` -> `FREE`) once the lookup must have ended; before that, a query that
+///   finds neither of its slots free may claim it (`AGENT` -> `WRITING`), so that a timeout
+///   flood cannot fill the table for everyone.
+/// - Anyone finding the slot in another state, or holding another key, leaves it alone.
 pub mod held_state {
     pub const FREE: u64 = 0;
     pub const WRITING: u64 = 1;
     pub const HELD: u64 = 2;
     pub const TAKING: u64 = 3;
+    pub const AGENT: u64 = 4;
     /// The state bits.
-    pub const MASK: u64 = 3;
+    pub const MASK: u64 = 7;
     /// Where the claim time starts.
-    pub const TIME_SHIFT: u32 = 2;
+    pub const TIME_SHIFT: u32 = 3;
 
     /// The word `seen` with its state replaced by `state`.
     #[inline(always)]
@@ -754,14 +770,15 @@ pub mod held_state {
         (time << TIME_SHIFT) | WRITING
     }
 
-    /// When the slot was claimed (CLOCK_BOOTTIME ns, its top two bits cut).
+    /// When the slot was claimed (CLOCK_BOOTTIME ns, its top three bits cut).
     #[inline(always)]
     pub const fn time(word: u64) -> u64 {
         word >> TIME_SHIFT
     }
 }
 
-/// The slot of [`DNS_HELD_MAP`] a query's key maps to.
+/// The first of the two slots of [`DNS_HELD_MAP`] a query's key may be held in; the other is
+/// its neighbour (`index ^ 1`, in the same 896 bytes).
 #[inline(always)]
 pub fn dns_slot_index(key: &DnsKey) -> u32 {
     let lo = u64::from_le_bytes([

@@ -1,8 +1,9 @@
 //! The kernel's table of held UDP queries (agent-ebpf/src/dns.rs), mapped into this process:
-//! [`DNS_HELD_SLOTS`] slots, each a state word in one array ([`held_state`]) and a key and
-//! record in another. The agent takes queries left unanswered past the handover age out of
-//! their slots with the same compare-and-swap the programs use, so a query is owned by exactly
-//! one of its answer's program and the agent, never both and never neither.
+//! [`DNS_HELD_SLOTS`] slots, each a state word ([`held_state`]), a key and a record. The agent
+//! takes queries left unanswered past the handover age out of their slots with the same
+//! compare-and-swap the programs use, so a query is owned by exactly one of its answer's
+//! program and the agent, never both and never neither; the slot then stays the agent's for a
+//! while, so the lookup's resends come up too.
 
 use std::{
     os::fd::{AsFd, AsRawFd},
@@ -14,7 +15,7 @@ use std::{
 use aya::maps::{Map, MapData};
 use triage_agent_common::{
     BPF_F_MMAPABLE, DNS_HELD_SLOTS, DnsHeld, DnsSlot,
-    held_state::{self, FREE, HELD, MASK, TAKING},
+    held_state::{self, AGENT, FREE, HELD, MASK, TAKING},
 };
 
 /// Why the table could not be mapped.
@@ -142,8 +143,9 @@ impl HeldTable {
 
     /// Takes out of the table the queries held longer than `age` at `now_ns`
     /// (CLOCK_BOOTTIME): from now on their answers come through the ring. A query whose answer
-    /// took it meanwhile is not returned.
-    pub fn take_older_than(&mut self, now_ns: u64, age: Duration) -> Vec<DnsHeld> {
+    /// took it meanwhile is not returned. Each slot taken keeps its key, so the lookup's
+    /// resends come through the ring too, until `keep` after the query was sent.
+    pub fn take_older_than(&mut self, now_ns: u64, age: Duration, keep: Duration) -> Vec<DnsHeld> {
         // SAFETY: DNS_HELD_SLOTS DnsSlots (checked in `Mapping::new`), page-aligned, alive as
         // long as `self`; the kernel changes their state words only atomically.
         unsafe {
@@ -152,45 +154,76 @@ impl HeldTable {
                 DNS_HELD_SLOTS as usize,
                 now_ns,
                 age,
+                keep,
             )
         }
     }
 }
 
+fn ns(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
 /// The slots whose state word says `HELD` since longer than `age` at `now_ns`, each claimed
-/// (`HELD` -> `TAKING`), read, and freed (`FREE`, keeping its claim time).
+/// (`HELD` -> `TAKING`), read, and left to the agent (`AGENT`, keeping its claim time); and
+/// the slots left to the agent longer than `keep` ago, freed.
 ///
 /// # Safety
 /// `slots` points to `n` aligned DnsSlots, whose state words are only ever changed atomically
 /// and whose keys and records only the owner of the word writes (apart from a server's notes
 /// on a held query).
-unsafe fn take_older(slots: *mut DnsSlot, n: usize, now_ns: u64, age: Duration) -> Vec<DnsHeld> {
-    let age = u64::try_from(age.as_nanos()).unwrap_or(u64::MAX);
+unsafe fn take_older(
+    slots: *mut DnsSlot,
+    n: usize,
+    now_ns: u64,
+    age: Duration,
+    keep: Duration,
+) -> Vec<DnsHeld> {
+    let (age, keep) = (ns(age), ns(keep));
     let mut out = Vec::new();
     for i in 0..n {
         // SAFETY: slot i of the n; its word is an aligned u64 only accessed atomically.
         let state = unsafe { word(slots, i) };
         let seen = state.load(Ordering::Acquire);
-        if seen & MASK != HELD || now_ns.saturating_sub(held_state::time(seen)) < age {
-            continue;
-        }
+        let held_for = now_ns.saturating_sub(held_state::time(seen));
+        let (from, to) = match seen & MASK {
+            HELD if held_for >= age => (seen, held_state::with(seen, TAKING)),
+            AGENT if held_for >= keep => {
+                // The lookup has ended for the agent: the slot is free for another (unless a
+                // query claimed it meanwhile).
+                let _ = state.compare_exchange(
+                    seen,
+                    held_state::with(seen, FREE),
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                );
+                continue;
+            }
+            _ => continue,
+        };
         // The word names one occupancy (its claim time): if it still reads `seen`, the query
         // that was old is the one taken.
         if state
-            .compare_exchange(
-                seen,
-                held_state::with(seen, TAKING),
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            )
+            .compare_exchange(from, to, Ordering::AcqRel, Ordering::Relaxed)
             .is_err()
         {
             continue;
         }
-        // SAFETY: slot i is ours until it is freed below; the caller's promise for the rest.
-        // Volatile: a server's note may still land on it.
-        let held = unsafe { std::ptr::read_volatile(std::ptr::addr_of!((*slots.add(i)).held)) };
-        state.store(held_state::with(seen, FREE), Ordering::Release);
+        // SAFETY: slot i is ours until it is handed on below; the caller's promise for the
+        // rest. Volatile: a server's note may still land on it.
+        let (mut held, notes_time) = unsafe {
+            (
+                std::ptr::read_volatile(std::ptr::addr_of!((*slots.add(i)).held)),
+                std::ptr::read_volatile(std::ptr::addr_of!((*slots.add(i)).notes_time)),
+            )
+        };
+        if notes_time != held_state::time(seen) {
+            // Notes about an earlier query in this slot.
+            held.server_cgroup = 0;
+            held.reached = 0;
+            held.answered = 0;
+        }
+        state.store(held_state::with(seen, AGENT), Ordering::Release);
         out.push(held);
     }
     out
@@ -209,7 +242,7 @@ unsafe fn word<'a>(slots: *mut DnsSlot, i: usize) -> &'a AtomicU64 {
 #[cfg(test)]
 mod tests {
     use std::sync::{
-        Arc, Barrier,
+        Arc,
         atomic::{AtomicU64, Ordering},
     };
 
@@ -217,7 +250,7 @@ mod tests {
 
     use super::*;
 
-    const SLOTS: usize = 64;
+    const SLOTS: usize = 1024;
     const MS: u64 = 1_000_000;
 
     fn empty() -> DnsSlot {
@@ -248,7 +281,8 @@ mod tests {
                 reached: 0,
                 answered: 0,
             },
-            _pad0: [0; 40],
+            notes_time: 0,
+            _pad0: [0; 32],
         }
     }
 
@@ -288,13 +322,33 @@ mod tests {
         true
     }
 
+    const KEEP: Duration = Duration::from_secs(10);
+
     fn take(slots: *mut DnsSlot, now_ns: u64, age: Duration) -> Vec<DnsHeld> {
         // SAFETY: the table's SLOTS slots, leaked.
-        unsafe { take_older(slots, SLOTS, now_ns, age) }
+        unsafe { take_older(slots, SLOTS, now_ns, age, KEEP) }
+    }
+
+    fn state_of(slots: *mut DnsSlot, i: usize) -> u64 {
+        state(slots, i).load(Ordering::Acquire) & MASK
+    }
+
+    /// What a DNS server socket's program notes on the query held in slot i.
+    fn note(slots: *mut DnsSlot, i: usize, server_cgroup: u64) {
+        let seen = state(slots, i).load(Ordering::Acquire);
+        assert_eq!(seen & MASK, HELD);
+        // SAFETY: one of the table's slots, leaked.
+        unsafe {
+            let slot = slots.add(i);
+            (*slot).held.server_cgroup = server_cgroup;
+            (*slot).held.reached = 1;
+            (*slot).held.answered = 1;
+            (*slot).notes_time = held_state::time(seen);
+        }
     }
 
     #[test]
-    fn only_held_queries_past_the_age_are_taken_and_their_slots_freed() {
+    fn only_held_queries_past_the_age_are_taken_and_their_slots_kept_for_the_agent() {
         let slots = table();
         assert!(hold(slots, 1, 100 * MS, 1));
         assert!(hold(slots, 2, 900 * MS, 2));
@@ -312,18 +366,60 @@ mod tests {
         let ids: Vec<u64> = taken.iter().map(|h| h.query.cgroup_id).collect();
         assert_eq!(ids, vec![1, 3]);
         assert_eq!(taken[0].query.header.boot_ns, 100 * MS);
+        // Taken slots stay the agent's, with their key (the kernel sends resends up).
         for i in [1, 3] {
-            let w = state(slots, i).load(Ordering::Acquire);
-            assert_eq!(w & MASK, FREE);
-            // The claim time stays, and the next claim stores a later one, even with an
-            // earlier clock.
-            assert!(held_state::time(held_state::claimed(w, 0)) > held_state::time(w));
+            assert_eq!(state_of(slots, i), AGENT);
         }
-        assert_eq!(state(slots, 2).load(Ordering::Acquire) & MASK, HELD);
-        assert_eq!(state(slots, 4).load(Ordering::Acquire) & MASK, WRITING);
-        assert_eq!(state(slots, 5).load(Ordering::Acquire) & MASK, TAKING);
-        // Nothing is taken twice.
-        assert!(take(slots, 1_000 * MS, Duration::from_millis(500)).is_empty());
+        assert_eq!(state_of(slots, 2), HELD);
+        assert_eq!(state_of(slots, 4), WRITING);
+        assert_eq!(state_of(slots, 5), TAKING);
+        // Nothing is taken twice, and the agent's slots are kept until KEEP after their query.
+        let later = take(slots, 10_049 * MS, Duration::from_millis(500));
+        assert_eq!(later.len(), 1, "only slot 2's query, now old too");
+        assert_eq!(later[0].query.cgroup_id, 2);
+        assert_eq!(state_of(slots, 3), AGENT);
+        assert_eq!(state_of(slots, 1), AGENT);
+        // A query that found no free slot claimed slot 1 meanwhile: it is not freed under it.
+        let seen = state(slots, 1).load(Ordering::Acquire);
+        state(slots, 1).store(held_state::claimed(seen, 9_000 * MS), Ordering::Release);
+        assert!(take(slots, 10_050 * MS, Duration::from_millis(500)).is_empty());
+        assert_eq!(state_of(slots, 3), FREE);
+        assert_eq!(state_of(slots, 1), WRITING);
+        // A freed slot's next claim gets a later time than its last, whatever the clock says.
+        let w = state(slots, 3).load(Ordering::Acquire);
+        assert_eq!(held_state::time(w), 50 * MS);
+        assert!(hold(slots, 3, 0, 7));
+        assert_eq!(
+            held_state::time(state(slots, 3).load(Ordering::Acquire)),
+            50 * MS + 1
+        );
+    }
+
+    #[test]
+    fn server_notes_reach_the_agent_only_with_the_query_they_were_made_for() {
+        let slots = table();
+        // Slot 1: noted for the query held now. Slot 2: noted for an earlier query, whose
+        // slot was taken and freed before this one claimed it (a query never clears notes).
+        assert!(hold(slots, 1, 100 * MS, 1));
+        note(slots, 1, 77);
+        assert!(hold(slots, 2, 100 * MS, 2));
+        note(slots, 2, 88);
+        let seen = state(slots, 2).load(Ordering::Acquire);
+        state(slots, 2).store(held_state::with(seen, FREE), Ordering::Release);
+        assert!(hold(slots, 2, 200 * MS, 3));
+
+        let taken = take(slots, 1_000 * MS, Duration::from_millis(500));
+        assert_eq!(taken.len(), 2);
+        assert_eq!(taken[0].query.cgroup_id, 1);
+        assert_eq!(
+            (taken[0].server_cgroup, taken[0].reached, taken[0].answered),
+            (77, 1, 1)
+        );
+        assert_eq!(taken[1].query.cgroup_id, 3);
+        assert_eq!(
+            (taken[1].server_cgroup, taken[1].reached, taken[1].answered),
+            (0, 0, 0)
+        );
     }
 
     /// A client's queries spread over the slots at least as well as a random choice would,
@@ -390,24 +486,24 @@ mod tests {
     }
 
     /// Answers racing the agent for the same old queries: each query is owned by exactly one
-    /// of them.
+    /// of them. Both sides start each round spinning on one flag and sweep the table from
+    /// opposite ends, so they meet in the middle; over the rounds, each wins some.
     #[test]
     fn every_query_is_owned_once_when_answers_race_the_takeover() {
-        const ROUNDS: u64 = 2_000;
+        const ROUNDS: u64 = 500;
         let slots = table();
         let shared = slots as usize;
+        let go = Arc::new(AtomicU64::new(0));
+        let done = Arc::new(AtomicU64::new(0));
         let answered = Arc::new(AtomicU64::new(0));
-        let mut taken = 0u64;
-        for round in 1..=ROUNDS {
-            for i in 0..SLOTS {
-                assert!(hold(slots, i, round * 10, i as u16));
-            }
-            let start = Arc::new(Barrier::new(2));
-            let answers = {
-                let (answered, start) = (answered.clone(), start.clone());
-                std::thread::spawn(move || {
-                    let slots = shared as *mut DnsSlot;
-                    start.wait();
+        let answers = {
+            let (go, done, answered) = (go.clone(), done.clone(), answered.clone());
+            std::thread::spawn(move || {
+                let slots = shared as *mut DnsSlot;
+                for round in 1..=ROUNDS {
+                    while go.load(Ordering::Acquire) != round {
+                        std::hint::spin_loop();
+                    }
                     for i in (0..SLOTS).rev() {
                         let w = state(slots, i);
                         let seen = w.load(Ordering::Acquire);
@@ -424,22 +520,38 @@ mod tests {
                             w.store(held_state::with(seen, FREE), Ordering::Release);
                         }
                     }
-                })
-            };
-            start.wait();
-            let got = take(slots, round * 10 + 5, Duration::ZERO);
+                    done.store(round, Ordering::Release);
+                }
+            })
+        };
+        let mut taken = 0u64;
+        for round in 1..=ROUNDS {
+            let sent = round * 100 * MS;
+            for i in 0..SLOTS {
+                assert!(hold(slots, i, sent, i as u16));
+            }
+            go.store(round, Ordering::Release);
+            let got = take(slots, sent + 1, Duration::ZERO);
+            while done.load(Ordering::Acquire) != round {
+                std::hint::spin_loop();
+            }
             for h in &got {
-                assert_eq!(h.query.header.boot_ns, round * 10, "a query of this round");
+                assert_eq!(h.query.header.boot_ns, sent, "a query of this round");
             }
             taken += got.len() as u64;
-            answers.join().unwrap();
-            for i in 0..SLOTS {
-                assert_eq!(state(slots, i).load(Ordering::Acquire) & MASK, FREE);
-            }
+            // Answered slots are free; taken ones the agent's, until it frees them.
+            let agent = (0..SLOTS).filter(|&i| state_of(slots, i) == AGENT).count();
+            let free = (0..SLOTS).filter(|&i| state_of(slots, i) == FREE).count();
+            assert_eq!((agent, free), (got.len(), SLOTS - got.len()));
+            assert!(take(slots, sent + KEEP.as_nanos() as u64, Duration::MAX).is_empty());
+            assert!((0..SLOTS).all(|i| state_of(slots, i) == FREE));
         }
-        assert_eq!(
-            taken + answered.load(Ordering::Relaxed),
-            ROUNDS * SLOTS as u64
+        answers.join().unwrap();
+        let answered = answered.load(Ordering::Relaxed);
+        assert_eq!(taken + answered, ROUNDS * SLOTS as u64);
+        assert!(
+            taken > 0 && answered > 0,
+            "no race: taken {taken}, answered {answered}"
         );
     }
 }

@@ -72,8 +72,10 @@ impl DnsMaps {
     /// Takes out of the kernel's table the queries older than `age` at `now_ns`
     /// (CLOCK_BOOTTIME): from now on their answers come through the ring. A query the kernel
     /// matched meanwhile is not returned (the slot's compare-and-swap decides who owns it).
-    pub fn take_older_than(&mut self, now_ns: u64, age: Duration) -> Vec<DnsHeld> {
-        self.held.take_older_than(now_ns, age)
+    /// Their slots keep sending the lookups' resends and answers up until `keep` after each
+    /// was sent.
+    pub fn take_older_than(&mut self, now_ns: u64, age: Duration, keep: Duration) -> Vec<DnsHeld> {
+        self.held.take_older_than(now_ns, age, keep)
     }
 
     /// Makes programs count into the other answered table; returns the one they left, to

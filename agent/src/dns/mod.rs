@@ -70,6 +70,15 @@ pub fn handover_age(track: &TrackConfig) -> std::time::Duration {
         .min(track.timeout / 2)
 }
 
+/// How long a kernel slot the agent took a query from keeps sending that lookup's resends and
+/// answer to the agent: two timeouts, the span of a resolver's usual two tries (glibc's
+/// `attempts:2`; musl resends within one). Held in the kernel instead, a resend would be
+/// matched there while the tracker waits for the first send's answer and reports a timeout
+/// for a lookup that succeeded.
+pub fn agent_keeps(track: &TrackConfig) -> std::time::Duration {
+    track.timeout.saturating_mul(2)
+}
+
 /// The thresholds the kernel applies when it matches a UDP answer itself: answers at least as
 /// late as the slow threshold go up, and so do a cgroup's answers for a timeout's length after
 /// one of its lookups failed (the rest of a search-path walk, which the tracker folds).

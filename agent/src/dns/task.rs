@@ -7,7 +7,9 @@ use aya::maps::{MapData, RingBuf};
 use tokio::{io::unix::AsyncFd, sync::mpsc};
 use tokio_util::sync::CancellationToken;
 
-use super::{DnsConfig, Tracker, handle, handover_age, kernel::DnsMaps, kernel::record_bytes};
+use super::{
+    DnsConfig, Tracker, agent_keeps, handle, handover_age, kernel::DnsMaps, kernel::record_bytes,
+};
 use crate::{
     attribute::TimedEvent,
     kernel::clock::BootClock,
@@ -53,6 +55,7 @@ pub async fn run(
     let mut clock = BootClock::new()?;
     let mut tracker = Tracker::new(config.track.clone(), counters.clone());
     let handover = handover_age(&config.track);
+    let keep = agent_keeps(&config.track);
     let ports = config.ports.clone();
     let is_dns_port = |p: u16| ports.contains(&p);
     let mut refresh = tokio::time::interval(CLOCK_REFRESH);
@@ -90,7 +93,7 @@ pub async fn run(
             _ = refresh.tick() => clock.refresh()?,
             _ = tick.tick() => {
                 // Queries the kernel has held past the handover age: matched here from now on.
-                for query in maps.take_older_than(clock.boot_now(), handover) {
+                for query in maps.take_older_than(clock.boot_now(), handover, keep) {
                     for finding in handle(record_bytes(&query), &mut tracker, &counters, &is_dns_port) {
                         emit(RawEvent::Dns(Box::new(finding)), &clock)?;
                     }
