@@ -459,19 +459,41 @@ impl Slot {
         self.holds(key) && q.cgroup_id == cgroup_id && q.dport == p.sport && q.daddr == p.saddr
     }
 
-    /// The record of the query this program took (`TAKING` from `seen`), its server notes
-    /// cleared unless they were made for it.
+    /// The record of the query this program took. Its server fields may belong to an earlier
+    /// query in the slot: only [`Slot::send_taken`] reads them.
     #[inline(always)]
-    fn taken(&self, seen: u64) -> &DnsHeld {
-        // SAFETY: an array value, valid while the program runs, owned by this program.
+    fn held(&self) -> &DnsHeld {
+        // SAFETY: an array value, valid while the program runs.
+        unsafe { &(*self.slot).held }
+    }
+
+    /// Sends the query this program took (`TAKING` from `seen`) to the agent, with its server
+    /// notes only if they were made for it. The copy is fixed, never the slot: only servers
+    /// write the notes.
+    #[inline(always)]
+    fn send_taken(&self, seen: u64) {
+        // First the time, then the notes: a note landing in between pairs new notes with an
+        // old time (dropped), never old notes with this query's time.
+        // SAFETY: an array value, valid while the program runs.
+        let notes_time =
+            unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*self.slot).notes_time)) };
+        let Some(mut entry) = DNS_RING.reserve::<DnsHeld>(0) else {
+            count_loss(LOST_DNS_RESERVE);
+            return;
+        };
+        // SAFETY: the reserved record is a DnsHeld's worth of writable bytes; the slot's
+        // record is owned by this program (the notes are plain integers a server may be
+        // writing: any value read is one it wrote).
         unsafe {
-            if (*self.slot).notes_time != held_state::time(seen) {
-                (*self.slot).held.server_cgroup = 0;
-                (*self.slot).held.reached = 0;
-                (*self.slot).held.answered = 0;
+            let out = entry.as_mut_ptr();
+            core::ptr::copy_nonoverlapping(core::ptr::addr_of!((*self.slot).held), out, 1);
+            if notes_time != held_state::time(seen) {
+                (*out).server_cgroup = 0;
+                (*out).reached = 0;
+                (*out).answered = 0;
             }
-            &(*self.slot).held
         }
+        entry.submit(wakeup());
     }
 }
 
@@ -479,23 +501,35 @@ impl Slot {
 #[inline(always)]
 fn client_query(ctx: &SkBuffContext, p: &Packet) {
     let key = p.key(Client::Source);
-    if let Some((slot, seen)) = Slot::find(&key, bit(HELD) | bit(AGENT)) {
-        // A resend with the same id from the same address: the agent sees both (it keeps the
-        // first send's time and refreshes the deadline), and the answer too. A first send
-        // still held goes up first; the slot is left to the agent either way.
-        if seen & MASK == HELD && slot.swap(seen, held_state::with(seen, TAKING)) {
-            if slot.holds(&key) {
-                output(slot.taken(seen));
-                slot.set(held_state::with(seen, AGENT));
-            } else {
-                slot.set(seen);
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    // Any slot with this key, whatever its state (being taken over by the agent, too): a
+    // resend with the same id from the same address. The agent sees both sends (it keeps the
+    // first one's time and refreshes the deadline), and the answer too.
+    if let Some((slot, seen)) = Slot::find(&key, !bit(FREE)) {
+        match seen & MASK {
+            // The first send still held goes up first; the slot is the agent's from now on.
+            HELD if slot.swap(seen, held_state::with(seen, TAKING)) => {
+                if slot.holds(&key) {
+                    slot.send_taken(seen);
+                    slot.set(held_state::with(seen, AGENT));
+                } else {
+                    slot.set(seen);
+                }
             }
+            // The agent's slot stays its own for as long after this send as after the first
+            // (the tracker refreshes the lookup's deadline too).
+            AGENT => {
+                let _ = slot.swap(
+                    seen,
+                    held_state::with(held_state::claimed(seen, now), AGENT),
+                );
+            }
+            _ => {}
         }
         send(ctx, p, true);
         return;
     }
-    // SAFETY: helper without preconditions.
-    let now = unsafe { bpf_ktime_get_boot_ns() };
     // Both slots hold other queries (or are being written or taken): this one is matched in
     // userspace, as without the table.
     let Some((slot, claimed)) = Slot::claim(&key, now) else {
@@ -545,7 +579,7 @@ fn client_answer(ctx: &SkBuffContext, p: &Packet) {
         return;
     }
     let free = held_state::with(seen, FREE);
-    let held = slot.taken(seen);
+    let held = slot.held();
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_boot_ns() };
     let latency = now.saturating_sub(held.query.header.boot_ns);
@@ -575,7 +609,7 @@ fn client_answer(ctx: &SkBuffContext, p: &Packet) {
         }
     }
     // The agent decides: the query first, then its answer.
-    output(held);
+    slot.send_taken(seen);
     slot.set(free);
     if rcode != 0 {
         failed(cgroup_id, now);
@@ -776,8 +810,9 @@ unsafe fn add_lookup(
 #[inline(always)]
 fn server_received(ctx: &SkBuffContext, p: &Packet) {
     let key = p.key(Client::Source);
-    // A note, made without owning the slot: only servers write these fields, and the claim
-    // time written last says which query they are about.
+    // A note, made without owning the slot: only servers write these fields (a query leaves
+    // them; whoever sends a taken query up checks them), and the claim time written last
+    // says which query they are about.
     if let Some((slot, seen)) = Slot::find(&key, bit(HELD)) {
         // SAFETY: an array value, valid while the program runs.
         unsafe {
@@ -865,14 +900,6 @@ fn wakeup() -> u64 {
         BPF_RB_NO_WAKEUP
     };
     flags.into()
-}
-
-/// Sends a held query to the agent.
-#[inline(always)]
-fn output(held: &DnsHeld) {
-    if DNS_RING.output::<DnsHeld>(held, wakeup()).is_err() {
-        count_loss(LOST_DNS_RESERVE);
-    }
 }
 
 /// Sends the packet to the agent.

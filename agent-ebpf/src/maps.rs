@@ -22,10 +22,12 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
 pub static DNS_RING: RingBuf = RingBuf::with_byte_size(DNS_RING_BYTES, 0);
 
 /// UDP queries waiting for their answer (`DNS_HELD_MAP`), direct-mapped by
-/// `dns_slot_index`: a query whose slot holds another goes to [`DNS_RING`] instead, never
-/// evicting one silently. Who may touch a slot is decided by its state word (see
-/// `held_state`); the agent maps the array and takes over old queries with the same
-/// compare-and-swap the programs use.
+/// `dns_slot_index` to two neighbouring slots: a query whose two slots hold other queries
+/// goes to [`DNS_RING`] instead, never evicting one. Who may touch a slot is decided by its
+/// state word (see `held_state`); the agent maps the array and takes over old queries with
+/// the same compare-and-swap the programs use. A slot the agent keeps for a lookup it took
+/// over may be claimed by a new query: the agent still has that lookup, only its later
+/// resends are then held like new queries.
 #[map]
 pub static DNS_HELD: Array<DnsSlot> = Array::with_max_entries(DNS_HELD_SLOTS, BPF_F_MMAPABLE);
 

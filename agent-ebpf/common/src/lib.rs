@@ -92,9 +92,9 @@ pub const DNS_RING_BYTES: u32 = 1024 * 1024;
 pub const DNS_PAYLOAD_CAP: usize = 288;
 /// Slots in [`DNS_HELD_MAP`] (a power of two). A query may be held in either of two
 /// neighbouring slots; when both hold others it goes to [`DNS_RING_MAP`] at once (nothing is
-/// lost; the agent does the matching). More slots cost more than those few: the table is
-/// touched at random, and at 16,384 slots (7 MiB) cache and TLB misses made every lookup
-/// dearer.
+/// lost; the agent does the matching). More slots cost more than the queries they would keep
+/// off the ring: the table is touched at random, and at 16,384 slots (7 MiB) cache and TLB
+/// misses made every lookup dearer.
 pub const DNS_HELD_SLOTS: u32 = 4 * 1024;
 /// `BPF_F_MMAPABLE`: an array map userspace can map into its memory.
 pub const BPF_F_MMAPABLE: u32 = 1 << 10;
@@ -704,10 +704,11 @@ const _: () = assert!(size_of::<DnsHeld>() == 376);
 
 /// A slot of [`DNS_HELD_MAP`]: its state word, the key of the query it holds and its record.
 /// The key is valid while the word says [`held_state::HELD`] or [`held_state::AGENT`], the
-/// record while it says `HELD`; both are written only by whoever moved the word out of `FREE`,
-/// and read whole only by whoever moved it out of `HELD` (a DNS server socket's notes are the
-/// exception: see `notes_time`). 448 bytes, a multiple of a cache line: an answer reads only
-/// the slot's first two lines (word, key, time, cgroup, server).
+/// record while it says `HELD`; both are written only by whoever claimed the slot (moved the
+/// word to `WRITING`), and read whole only by whoever moved it out of `HELD` (a DNS server
+/// socket's notes are the exception: see `notes_time`). 448 bytes, a multiple of a cache line:
+/// an answer matched in the kernel reads only the slot's first two lines (word, key, time,
+/// cgroup, server).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DnsSlot {
@@ -726,7 +727,7 @@ pub struct DnsSlot {
 const _: () = assert!(size_of::<DnsSlot>() == 448);
 
 /// The state word of a [`DNS_HELD_MAP`] slot ([`DnsSlot::state`]): the state in the low
-/// two bits, and above them ([`held_state::TIME_SHIFT`]) the CLOCK_BOOTTIME ns at which the
+/// three bits, and above them ([`held_state::TIME_SHIFT`]) the CLOCK_BOOTTIME ns at which the
 /// slot was last claimed for a query. Each claim stores a later time than the slot's last one,
 /// so a word names one occupancy: a compare-and-swap from a word read earlier fails once the
 /// slot has been freed and claimed again in between (no ABA), and the agent reads a query's age
@@ -740,8 +741,9 @@ const _: () = assert!(size_of::<DnsSlot>() == 448);
 ///   claims it the same way and leaves it `AGENT`: the agent tracks that lookup now, and the
 ///   slot keeps its key so that further resends and the answer go to the agent too (held
 ///   again in the kernel, a resend would be matched there while the agent waits for the
-///   first send's answer, and reports a timeout for a lookup that succeeded). The agent
-///   frees it (`AGENT` -> `FREE`) once the lookup must have ended; before that, a query that
+///   first send's answer, and reports a timeout for a lookup that succeeded). A resend moves
+///   the word's time to its own, as the tracker moves the lookup's deadline. The agent frees
+///   it (`AGENT` -> `FREE`) once the lookup must have ended; before that, a query that
 ///   finds neither of its slots free may claim it (`AGENT` -> `WRITING`), so that a timeout
 ///   flood cannot fill the table for everyone.
 /// - Anyone finding the slot in another state, or holding another key, leaves it alone.

@@ -166,7 +166,8 @@ fn ns(d: Duration) -> u64 {
 
 /// The slots whose state word says `HELD` since longer than `age` at `now_ns`, each claimed
 /// (`HELD` -> `TAKING`), read, and left to the agent (`AGENT`, keeping its claim time); and
-/// the slots left to the agent longer than `keep` ago, freed.
+/// the agent's slots whose lookup was last sent longer than `keep` ago (a resend moves the
+/// word's time), freed.
 ///
 /// # Safety
 /// `slots` points to `n` aligned DnsSlots, whose state words are only ever changed atomically
@@ -210,13 +211,13 @@ unsafe fn take_older(
             continue;
         }
         // SAFETY: slot i is ours until it is handed on below; the caller's promise for the
-        // rest. Volatile: a server's note may still land on it.
-        let (mut held, notes_time) = unsafe {
-            (
-                std::ptr::read_volatile(std::ptr::addr_of!((*slots.add(i)).held)),
-                std::ptr::read_volatile(std::ptr::addr_of!((*slots.add(i)).notes_time)),
-            )
-        };
+        // rest. Volatile: a server's note may still land on it. The notes' time first: a note
+        // landing in between pairs new notes with an old time (dropped), never old notes with
+        // this query's time.
+        let notes_time =
+            unsafe { std::ptr::read_volatile(std::ptr::addr_of!((*slots.add(i)).notes_time)) };
+        // SAFETY: as above.
+        let mut held = unsafe { std::ptr::read_volatile(std::ptr::addr_of!((*slots.add(i)).held)) };
         if notes_time != held_state::time(seen) {
             // Notes about an earlier query in this slot.
             held.server_cgroup = 0;
