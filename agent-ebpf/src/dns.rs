@@ -450,13 +450,13 @@ impl Slot {
             && k.family == key.family
     }
 
-    /// Whether the slot holds `key`'s query, asked by the socket cgroup `cgroup_id` of the
-    /// server the answer `p` comes from.
+    /// Whether the slot's query was asked by the socket cgroup `cgroup_id` of the server the
+    /// answer `p` comes from.
     #[inline(always)]
-    fn asked(&self, key: &DnsKey, cgroup_id: u64, p: &Packet) -> bool {
+    fn asked(&self, cgroup_id: u64, p: &Packet) -> bool {
         // SAFETY: an array value, valid while the program runs.
         let q = unsafe { &(*self.slot).held.query };
-        self.holds(key) && q.cgroup_id == cgroup_id && q.dport == p.sport && q.daddr == p.saddr
+        q.cgroup_id == cgroup_id && q.dport == p.sport && q.daddr == p.saddr
     }
 
     /// The record of the query this program took. Its server fields may belong to an earlier
@@ -567,13 +567,14 @@ fn client_answer(ctx: &SkBuffContext, p: &Packet) {
         send(ctx, p, false);
         return;
     };
-    if !slot.asked(&key, cgroup_id, p) || !slot.swap(seen, held_state::with(seen, TAKING)) {
+    // (`find` has compared the key.)
+    if !slot.asked(cgroup_id, p) || !slot.swap(seen, held_state::with(seen, TAKING)) {
         send(ctx, p, false);
         return;
     }
     // Checked again now that the slot is ours: the first reads could have been made before
     // the word's on a CPU that reorders loads.
-    if !slot.asked(&key, cgroup_id, p) {
+    if !slot.holds(&key) || !slot.asked(cgroup_id, p) {
         slot.set(seen);
         send(ctx, p, false);
         return;

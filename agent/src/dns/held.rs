@@ -18,6 +18,8 @@ use triage_agent_common::{
     held_state::{self, AGENT, FREE, HELD, MASK, TAKING},
 };
 
+use super::ns;
+
 /// Why the table could not be mapped.
 #[derive(Debug, thiserror::Error)]
 pub enum HeldError {
@@ -158,10 +160,6 @@ impl HeldTable {
             )
         }
     }
-}
-
-fn ns(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// The slots whose state word says `HELD` since longer than `age` at `now_ns`, each claimed

@@ -79,11 +79,15 @@ pub fn agent_keeps(track: &TrackConfig) -> std::time::Duration {
     track.timeout.saturating_mul(2)
 }
 
+/// A duration in nanoseconds, as the kernel's clocks count (saturating).
+pub fn ns(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
 /// The thresholds the kernel applies when it matches a UDP answer itself: answers at least as
 /// late as the slow threshold go up, and so do a cgroup's answers for a timeout's length after
 /// one of its lookups failed (the rest of a search-path walk, which the tracker folds).
 pub fn kernel_timing(track: &TrackConfig) -> triage_agent_common::DnsTiming {
-    let ns = |d: std::time::Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
     triage_agent_common::DnsTiming {
         slow_ns: ns(track.slow),
         recent_ns: ns(track.timeout.max(track::SEARCH_HOLD)),

@@ -656,7 +656,7 @@ impl Tracker {
                         key,
                         first_ns,
                         at_ns: last_ns,
-                        latency_ns: u64::try_from(mean.as_nanos()).unwrap_or(u64::MAX),
+                        latency_ns: super::ns(mean),
                         protocol,
                         count,
                         repeat: (!stopping).then_some(repeat),
@@ -759,7 +759,7 @@ impl Tracker {
     /// Periodic: timeouts and settled search groups. `now_ns`: CLOCK_BOOTTIME now.
     pub fn tick(&mut self, now_ns: u64) -> Vec<Finding> {
         let mut out = Vec::new();
-        let timeout = u64::try_from(self.config.timeout.as_nanos()).unwrap_or(u64::MAX);
+        let timeout = super::ns(self.config.timeout);
         let cgroups: Vec<u64> = self.order.keys().copied().collect();
         for cgroup in cgroups {
             let mut resent = Vec::new();
@@ -809,7 +809,7 @@ impl Tracker {
             }
             self.drop_empty(cgroup);
         }
-        let hold = u64::try_from(SEARCH_HOLD.as_nanos()).unwrap_or(u64::MAX);
+        let hold = super::ns(SEARCH_HOLD);
         let group_keys: Vec<(u64, IpAddr)> = self.search.keys().copied().collect();
         for group_key in group_keys {
             let Some(group) = self.search.get_mut(&group_key) else {
