@@ -21,9 +21,36 @@ pub fn agent_binary() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/triage-agent")
 }
 
-/// A TCP port free on loopback right now.
+/// A TCP port free on loopback right now, for a process the test starts next to bind.
+///
+/// Ports come from below the kernel's ephemeral range
+/// (`/proc/sys/net/ipv4/ip_local_port_range`), never from it: a port picked by binding port 0
+/// is released before the agent binds it, and in between any `bind(0)` or outgoing connection
+/// on the host may take it ("Address already in use" in a parallel run; a client connecting
+/// to a port nobody listens on can even connect to itself). Below the range only explicit
+/// binds compete. Within this process no port is handed out twice; a port something else
+/// holds is skipped.
 pub fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    // A window of up to 10,000 ports just below the range, above the well-known ones.
+    let high = ephemeral_low.clamp(2048, 65536);
+    let low = high.saturating_sub(10_000).max(1024);
+    let span = high - low;
+    // Processes started together begin at different places in the window.
+    let start = std::process::id().wrapping_mul(2_654_435_761) % span;
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = u16::try_from(low + (start + n) % span)?;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free loopback port in {low}..{high}")
 }
 
 /// A running node agent; SIGTERM and wait on drop.
