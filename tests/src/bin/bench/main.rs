@@ -20,7 +20,9 @@
 //!   SCHED_IDLE spinners keeping the cores awake) with no agent, with the agent attached, and
 //!   with `tcpdump -i any udp port 53` capturing the same traffic in the node's namespace
 //!   instead, and with the two candidate hooks' floors instead (empty programs on the cgroup
-//!   hooks the agent uses; empty TCX programs on every pod's interface); the agent's CPU per 10k queries/s, that it lost nothing (every lookup counted),
+//!   hooks the agent uses; empty TCX programs on every pod's interface), and with programs on
+//!   the cgroup hooks that only find DNS packets (the least any DNS capture there does); the
+//!   agent's CPU per 10k queries/s, that it lost nothing (every lookup counted),
 //!   and the DNS programs' time per query (one more load with the kernel's run-time statistics
 //!   on); `dns-latency` runs only the one-at-a-time part;
 //! - healthy: TCP throughput (iperf3) and connection rate between two pods, attached vs
@@ -937,7 +939,7 @@ fn dns_round_trips(node: &SimNode, client: usize, window: u16, name: &str) -> an
         Ok((n / secs, n as u64))
     };
     let (mut detached, mut attached, mut tcpdump) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut floor, mut tcx_floor) = (Vec::new(), Vec::new());
+    let (mut floor, mut tcx_floor, mut classify) = (Vec::new(), Vec::new(), Vec::new());
     let (mut cpu_per_10k, mut losses) = (Vec::new(), String::new());
     let (mut answered_total, mut counted_total) = (0u64, 0u64);
     for _ in 0..rounds() {
@@ -996,6 +998,10 @@ fn dns_round_trips(node: &SimNode, client: usize, window: u16, name: &str) -> an
         let empty = peers::tcx_floor()?.start(node, client)?;
         tcx_floor.push(load(node)?.0);
         empty.stop()?;
+
+        let classifier = peers::classify_floor().start(node, client)?;
+        classify.push(load(node)?.0);
+        classifier.stop()?;
     }
     let costs = dns_program_costs(node, &|node| load(node).map(|(rate, _)| rate * seconds))?;
     let d = median(&mut detached.clone());
@@ -1003,6 +1009,7 @@ fn dns_round_trips(node: &SimNode, client: usize, window: u16, name: &str) -> an
     let t = median(&mut tcpdump.clone());
     let f = median(&mut floor.clone());
     let x = median(&mut tcx_floor.clone());
+    let c = median(&mut classify.clone());
     println!(
         "\ndns: queries/s through the simulated resolver, {window} in flight ({} rounds x {seconds} s, interleaved)",
         rounds()
@@ -1031,6 +1038,11 @@ fn dns_round_trips(node: &SimNode, client: usize, window: u16, name: &str) -> an
         x / d
     );
     println!(
+        "  {} instead: median {c:.0}/s; ratio {:.3}",
+        peers::CLASSIFY_FLOOR,
+        c / d
+    );
+    println!(
         "  agent CPU per 10k queries/s: {:.3} cores; answers the client got: {answered_total}, \
          lookups the agent counted: {counted_total} (a lost query's id, reused after 65,536 \
          queries on the client's one socket, reads as a resend); losses: {}",
@@ -1045,12 +1057,14 @@ fn dns_round_trips(node: &SimNode, client: usize, window: u16, name: &str) -> an
             .join(" ")
     };
     println!(
-        "  rounds (thousands/s): detached {}; attached {}; tcpdump {}; floor {}; TCX floor {}",
+        "  rounds (thousands/s): detached {}; attached {}; tcpdump {}; floor {}; TCX floor {}; \
+         classifier {}",
         per_round(&detached),
         per_round(&attached),
         per_round(&tcpdump),
         per_round(&floor),
-        per_round(&tcx_floor)
+        per_round(&tcx_floor),
+        per_round(&classify)
     );
     let what = if name == FOUND {
         "answered"
@@ -1063,11 +1077,13 @@ fn dns_round_trips(node: &SimNode, client: usize, window: u16, name: &str) -> an
         ),
         ours: results::against(a / d, 0.98),
         peers: format!(
-            "{} {:.3}; {} {:.3}; tcpdump -i any udp port 53 {:.3}",
+            "{} {:.3}; {} {:.3}; {} {:.3}; tcpdump -i any udp port 53 {:.3}",
             peers::FLOOR,
             f / d,
             peers::TCX_FLOOR,
             x / d,
+            peers::CLASSIFY_FLOOR,
+            c / d,
             t / d
         ),
         goal: ">= 0.98".to_owned(),

@@ -68,6 +68,26 @@ pub fn floor() -> Peer {
 /// The floor's label.
 pub const FLOOR: &str = "empty programs at the agent's hooks (the floor)";
 
+/// [`floor`] with programs at the cgroup_skb hooks that find DNS packets and do nothing else
+/// (`crate::floor::CLASSIFY`): the least a DNS capture at those hooks costs.
+pub fn classify_floor() -> Peer {
+    Peer {
+        label: CLASSIFY_FLOOR,
+        ebpf: true,
+        argv: vec![
+            "/proc/self/exe".to_owned(),
+            crate::floor::HOLD_ARG.to_owned(),
+            crate::floor::CLASSIFY_ARG.to_owned(),
+        ],
+        in_node_netns: false,
+        ready: crate::floor::READY,
+    }
+}
+
+/// The classifier floor's label.
+pub const CLASSIFY_FLOOR: &str =
+    "programs that only find DNS packets (IP version, protocol and ports read; nothing kept)";
+
 /// Empty TCX programs, both directions, on every pod's node-side interface: the floor of the
 /// other way to capture DNS (tc on the pods' interfaces instead of cgroup_skb on the cgroup2
 /// root), measured beside [`floor`] in the DNS scenario.
