@@ -53,13 +53,20 @@ fn tcpdump() -> Peer {
 
 /// Empty programs at every hook the agent uses ([`crate::floor`]): the floor of its design.
 pub fn floor() -> Peer {
+    held_by_the_bench(FLOOR, &[])
+}
+
+/// The bench itself holding programs at the agent's hooks (`--hold-empty-hooks` and `args`).
+fn held_by_the_bench(label: &'static str, args: &[&str]) -> Peer {
+    let mut argv = vec![
+        "/proc/self/exe".to_owned(),
+        crate::floor::HOLD_ARG.to_owned(),
+    ];
+    argv.extend(args.iter().map(|a| (*a).to_owned()));
     Peer {
-        label: FLOOR,
+        label,
         ebpf: true,
-        argv: vec![
-            "/proc/self/exe".to_owned(),
-            crate::floor::HOLD_ARG.to_owned(),
-        ],
+        argv,
         in_node_netns: false,
         ready: crate::floor::READY,
     }
@@ -71,17 +78,7 @@ pub const FLOOR: &str = "empty programs at the agent's hooks (the floor)";
 /// [`floor`] with programs at the cgroup_skb hooks that find DNS packets and do nothing else
 /// (`crate::floor::CLASSIFY`): the least a DNS capture at those hooks costs.
 pub fn classify_floor() -> Peer {
-    Peer {
-        label: CLASSIFY_FLOOR,
-        ebpf: true,
-        argv: vec![
-            "/proc/self/exe".to_owned(),
-            crate::floor::HOLD_ARG.to_owned(),
-            crate::floor::CLASSIFY_ARG.to_owned(),
-        ],
-        in_node_netns: false,
-        ready: crate::floor::READY,
-    }
+    held_by_the_bench(CLASSIFY_FLOOR, &[crate::floor::CLASSIFY_ARG])
 }
 
 /// The classifier floor's label.
