@@ -48,7 +48,7 @@ use triage_agent_common::{
     AF_INET, AF_INET6, DNS_HASH_SEED, DNS_PAYLOAD_CAP, DNS_RECENT_SLOTS, DNS_RING_BYTES,
     DnsAnswered, DnsEvent, DnsHeld, DnsKey, DnsPorts, DnsRepeatKey, DnsRepeats, DnsSlot, DnsTiming,
     EventHeader, IPPROTO_TCP, IPPROTO_UDP, LOST_DNS_ANSWERED, LOST_DNS_REPEATS, LOST_DNS_RESERVE,
-    dns_flags, dns_hash_step, dns_slot_index, held_state, kind,
+    dns_flags, dns_hash_step, dns_slot_index, held_notes, held_state, kind,
 };
 
 use crate::maps::{
@@ -92,15 +92,23 @@ pub fn dns_ingress(ctx: SkBuffContext) -> i32 {
     1
 }
 
+/// Whether `port` is one of the configured DNS ports. The loader packs them from the first
+/// entry, so the first unused entry (0) ends the list; the values are constants to the
+/// verifier (a frozen global), which drops the compares past the last port configured: with
+/// the default (53 alone) this is one compare.
 #[inline(always)]
 fn is_dns_port(port: u16) -> bool {
     // SAFETY: a plain static of integers that lives for the whole program.
     let ports = unsafe { core::ptr::read_volatile(&DNS_PORTS) };
-    let mut found = false;
     for p in ports.ports {
-        found |= p != 0 && p == port;
+        if p == 0 {
+            return false;
+        }
+        if p == port {
+            return true;
+        }
     }
-    found
+    false
 }
 
 /// Addresses, ports and where the payload starts, from the headers.
@@ -451,12 +459,12 @@ impl Slot {
     }
 
     /// Whether the slot's query was asked by the socket cgroup `cgroup_id` of the server the
-    /// answer `p` comes from.
+    /// answer `p` comes from (read from the slot's first line).
     #[inline(always)]
     fn asked(&self, cgroup_id: u64, p: &Packet) -> bool {
         // SAFETY: an array value, valid while the program runs.
-        let q = unsafe { &(*self.slot).held.query };
-        q.cgroup_id == cgroup_id && q.dport == p.sport && q.daddr == p.saddr
+        let s = unsafe { &*self.slot };
+        s.cgroup_id == cgroup_id && s.server_port == p.sport && s.server == p.saddr
     }
 
     /// The record of the query this program took. Its server fields may belong to an earlier
@@ -472,11 +480,10 @@ impl Slot {
     /// write the notes.
     #[inline(always)]
     fn send_taken(&self, seen: u64) {
-        // First the time, then the notes: a note landing in between pairs new notes with an
-        // old time (dropped), never old notes with this query's time.
+        // The notes word first, then the server's cgroup written before it.
         // SAFETY: an array value, valid while the program runs.
-        let notes_time =
-            unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*self.slot).notes_time)) };
+        let notes = unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*self.slot).notes)) };
+        let (reached, answered) = held_notes::of(notes, seen);
         let Some(mut entry) = DNS_RING.reserve::<DnsHeld>(0) else {
             count_loss(LOST_DNS_RESERVE);
             return;
@@ -487,11 +494,11 @@ impl Slot {
         unsafe {
             let out = entry.as_mut_ptr();
             core::ptr::copy_nonoverlapping(core::ptr::addr_of!((*self.slot).held), out, 1);
-            if notes_time != held_state::time(seen) {
+            if !reached {
                 (*out).server_cgroup = 0;
-                (*out).reached = 0;
-                (*out).answered = 0;
             }
+            (*out).reached = u32::from(reached);
+            (*out).answered = u32::from(answered);
         }
         entry.submit(wakeup());
     }
@@ -538,10 +545,13 @@ fn client_query(ctx: &SkBuffContext, p: &Packet) {
     };
     // SAFETY: the slot is this program's until it publishes it; an array value, a DnsSlot's
     // worth of writable bytes, valid while the program runs. The server fields are left to
-    // the servers (`notes_time` tells whose they are).
+    // the servers (`notes` tells whose they are).
     unsafe {
         let cgroup_id = bpf_skb_cgroup_id(ctx.skb.skb);
         (*slot.slot).key = key;
+        (*slot.slot).cgroup_id = cgroup_id;
+        (*slot.slot).server = p.daddr;
+        (*slot.slot).server_port = p.dport;
         fill(
             ctx,
             p,
@@ -580,10 +590,10 @@ fn client_answer(ctx: &SkBuffContext, p: &Packet) {
         return;
     }
     let free = held_state::with(seen, FREE);
-    let held = slot.held();
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_boot_ns() };
-    let latency = now.saturating_sub(held.query.header.boot_ns);
+    // The claim time is the query's send time (the record's `boot_ns`), on the line already read.
+    let latency = now.saturating_sub(held_state::time(seen));
     // SAFETY: a plain static of integers that lives for the whole program.
     let timing = unsafe { core::ptr::read_volatile(&DNS_TIMING) };
     let rcode = p.dns_flags & RCODE;
@@ -597,7 +607,7 @@ fn client_answer(ctx: &SkBuffContext, p: &Packet) {
     if rcode != 0 && p.dns_flags & TC == 0 && latency < timing.slow_ns {
         let repeat = DnsRepeatKey {
             cgroup_id,
-            question: question_hash(held),
+            question: question_hash(slot.held()),
             rcode: u32::from(rcode),
             _pad0: 0,
         };
@@ -812,15 +822,17 @@ unsafe fn add_lookup(
 fn server_received(ctx: &SkBuffContext, p: &Packet) {
     let key = p.key(Client::Source);
     // A note, made without owning the slot: only servers write these fields (a query leaves
-    // them; whoever sends a taken query up checks them), and the claim time written last
-    // says which query they are about.
+    // them; whoever sends a taken query up checks them), and the notes word written last
+    // says which query they are about. The cgroup goes to the record's line, which stays
+    // with this CPU; the word to the line the answer reads anyway.
     if let Some((slot, seen)) = Slot::find(&key, bit(HELD)) {
         // SAFETY: an array value, valid while the program runs.
         unsafe {
             (*slot.slot).held.server_cgroup = bpf_skb_cgroup_id(ctx.skb.skb);
-            (*slot.slot).held.reached = 1;
-            (*slot.slot).held.answered = 0;
-            (*slot.slot).notes_time = held_state::time(seen);
+            core::ptr::write_volatile(
+                core::ptr::addr_of_mut!((*slot.slot).notes),
+                held_notes::tag(seen) | held_notes::REACHED,
+            );
         }
     }
 }
@@ -831,10 +843,12 @@ fn server_received(ctx: &SkBuffContext, p: &Packet) {
 fn server_answered(p: &Packet) {
     let key = p.key(Client::Destination);
     if let Some((slot, seen)) = Slot::find(&key, bit(HELD)) {
+        let reached = held_notes::tag(seen) | held_notes::REACHED;
         // SAFETY: as above.
         unsafe {
-            if (*slot.slot).notes_time == held_state::time(seen) {
-                (*slot.slot).held.answered = 1;
+            let notes = core::ptr::addr_of_mut!((*slot.slot).notes);
+            if core::ptr::read_volatile(notes) == reached {
+                core::ptr::write_volatile(notes, reached | held_notes::ANSWERED);
             }
         }
     }

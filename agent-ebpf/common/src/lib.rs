@@ -595,7 +595,8 @@ mod user {
     unsafe impl aya::Pod for super::DnsRepeats {}
 }
 
-/// The ports whose traffic is DNS (host order; 0 = unused slot), set by the loader.
+/// The ports whose traffic is DNS (host order), set by the loader: packed from the first
+/// entry, every unused entry after them 0 (the programs stop at the first 0).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DnsPorts {
@@ -706,25 +707,34 @@ const _: () = assert!(size_of::<DnsHeld>() == 376);
 /// The key is valid while the word says [`held_state::HELD`] or [`held_state::AGENT`], the
 /// record while it says `HELD`; both are written only by whoever claimed the slot (moved the
 /// word to `WRITING`), and read whole only by whoever moved it out of `HELD` (a DNS server
-/// socket's notes are the exception: see `notes_time`). 448 bytes, a multiple of a cache line:
-/// an answer matched in the kernel reads only the slot's first two lines (word, key, time,
-/// cgroup, server).
+/// socket's notes are the exception: see `notes`). 448 bytes, a multiple of a cache line.
+/// The first line holds all an answer matched in the kernel reads (word, key, asking cgroup,
+/// server; the query's time is the word's claim time): that one line moves between the CPU
+/// that sent the query and the one that receives its answer, the record's lines stay with the
+/// sender unless the lookup goes to the agent.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DnsSlot {
     /// [`held_state`].
     pub state: u64,
     pub key: DnsKey,
+    /// The asking socket's cgroup v2 id (`held.query.cgroup_id`, repeated here).
+    pub cgroup_id: u64,
+    /// The server the query was sent to (`held.query.daddr` and `dport`, repeated here).
+    pub server: [u8; 16],
+    pub server_port: u16,
+    pub _pad1: u16,
+    /// What a DNS server socket of this host did with a query held here ([`held_notes`]):
+    /// which occupancy the notes are about, and whether the server received it and answered.
+    /// Written only by servers, in one store, on the line the answer reads anyway; with it
+    /// `held.server_cgroup` (written before it) and not `held`'s other server fields, which
+    /// whoever sends the query up fills from this word.
+    pub notes: u32,
     pub held: DnsHeld,
-    /// The claim time ([`held_state::time`]) of the occupancy whose query a DNS server socket
-    /// of this host noted in `held`'s server fields: those fields belong to the query held now
-    /// only when this equals its word's time. A query never clears them, so the notes are
-    /// written only by servers (a note made late for an earlier occupancy is then ignored,
-    /// never credited to the next query).
-    pub notes_time: u64,
-    pub _pad0: [u8; 32],
+    pub _pad0: u64,
 }
 const _: () = assert!(size_of::<DnsSlot>() == 448);
+const _: () = assert!(core::mem::offset_of!(DnsSlot, held) == 64);
 
 /// The state word of a [`DNS_HELD_MAP`] slot ([`DnsSlot::state`]): the state in the low
 /// three bits, and above them ([`held_state::TIME_SHIFT`]) the CLOCK_BOOTTIME ns at which the
@@ -776,6 +786,36 @@ pub mod held_state {
     #[inline(always)]
     pub const fn time(word: u64) -> u64 {
         word >> TIME_SHIFT
+    }
+}
+
+/// [`DnsSlot::notes`]: the tag of the occupancy whose query a DNS server socket of this host
+/// received (above [`held_notes::TAG_SHIFT`]), and what it did ([`held_notes::REACHED`],
+/// [`held_notes::ANSWERED`]). A query never clears the word, so a note made late for an earlier
+/// occupancy (its tag differs) is ignored, never credited to the next query.
+pub mod held_notes {
+    /// A server socket received the query.
+    pub const REACHED: u32 = 1;
+    /// That server sent its answer.
+    pub const ANSWERED: u32 = 2;
+    /// Where the tag starts.
+    pub const TAG_SHIFT: u32 = 2;
+
+    /// The tag of the occupancy whose state word is `word`: its claim time in units of
+    /// 1,024 ns, cut to 30 bits (it repeats every 1,100 s; two claims of one slot are always
+    /// further apart than 1,024 ns, a query's round trip).
+    #[inline(always)]
+    pub const fn tag(word: u64) -> u32 {
+        ((super::held_state::time(word) >> 10) as u32) << TAG_SHIFT
+    }
+
+    /// (reached, answered) for the occupancy of `word`, from the notes `notes`.
+    #[inline(always)]
+    pub const fn of(notes: u32, word: u64) -> (bool, bool) {
+        if notes & !(REACHED | ANSWERED) != tag(word) {
+            return (false, false);
+        }
+        (notes & REACHED != 0, notes & ANSWERED != 0)
     }
 }
 

@@ -14,7 +14,7 @@ use std::{
 
 use aya::maps::{Map, MapData};
 use triage_agent_common::{
-    BPF_F_MMAPABLE, DNS_HELD_SLOTS, DnsHeld, DnsSlot,
+    BPF_F_MMAPABLE, DNS_HELD_SLOTS, DnsHeld, DnsSlot, held_notes,
     held_state::{self, AGENT, FREE, HELD, MASK, TAKING},
 };
 
@@ -209,19 +209,18 @@ unsafe fn take_older(
             continue;
         }
         // SAFETY: slot i is ours until it is handed on below; the caller's promise for the
-        // rest. Volatile: a server's note may still land on it. The notes' time first: a note
-        // landing in between pairs new notes with an old time (dropped), never old notes with
-        // this query's time.
-        let notes_time =
-            unsafe { std::ptr::read_volatile(std::ptr::addr_of!((*slots.add(i)).notes_time)) };
+        // rest. Volatile: a server's note may still land on it. The notes word first, then the
+        // server's cgroup written before it.
+        let notes = unsafe { std::ptr::read_volatile(std::ptr::addr_of!((*slots.add(i)).notes)) };
         // SAFETY: as above.
         let mut held = unsafe { std::ptr::read_volatile(std::ptr::addr_of!((*slots.add(i)).held)) };
-        if notes_time != held_state::time(seen) {
-            // Notes about an earlier query in this slot.
+        // Notes about an earlier query in this slot (another tag) count as none.
+        let (reached, answered) = held_notes::of(notes, seen);
+        if !reached {
             held.server_cgroup = 0;
-            held.reached = 0;
-            held.answered = 0;
         }
+        held.reached = u32::from(reached);
+        held.answered = u32::from(answered);
         state.store(held_state::with(seen, AGENT), Ordering::Release);
         out.push(held);
     }
@@ -256,6 +255,11 @@ mod tests {
         DnsSlot {
             state: FREE,
             key: DnsKey::default(),
+            cgroup_id: 0,
+            server: [0; 16],
+            server_port: 53,
+            _pad1: 0,
+            notes: 0,
             held: DnsHeld {
                 query: DnsEvent {
                     header: EventHeader {
@@ -280,8 +284,7 @@ mod tests {
                 reached: 0,
                 answered: 0,
             },
-            notes_time: 0,
-            _pad0: [0; 32],
+            _pad0: 0,
         }
     }
 
@@ -332,17 +335,18 @@ mod tests {
         state(slots, i).load(Ordering::Acquire) & MASK
     }
 
-    /// What a DNS server socket's program notes on the query held in slot i.
-    fn note(slots: *mut DnsSlot, i: usize, server_cgroup: u64) {
+    /// What a DNS server socket's programs note on the query held in slot i: received, and
+    /// answered when `answered`.
+    fn note(slots: *mut DnsSlot, i: usize, server_cgroup: u64, answered: bool) {
         let seen = state(slots, i).load(Ordering::Acquire);
         assert_eq!(seen & MASK, HELD);
         // SAFETY: one of the table's slots, leaked.
         unsafe {
             let slot = slots.add(i);
             (*slot).held.server_cgroup = server_cgroup;
-            (*slot).held.reached = 1;
-            (*slot).held.answered = 1;
-            (*slot).notes_time = held_state::time(seen);
+            (*slot).notes = held_notes::tag(seen)
+                | held_notes::REACHED
+                | if answered { held_notes::ANSWERED } else { 0 };
         }
     }
 
@@ -400,15 +404,18 @@ mod tests {
         // Slot 1: noted for the query held now. Slot 2: noted for an earlier query, whose
         // slot was taken and freed before this one claimed it (a query never clears notes).
         assert!(hold(slots, 1, 100 * MS, 1));
-        note(slots, 1, 77);
+        note(slots, 1, 77, true);
         assert!(hold(slots, 2, 100 * MS, 2));
-        note(slots, 2, 88);
+        note(slots, 2, 88, true);
         let seen = state(slots, 2).load(Ordering::Acquire);
         state(slots, 2).store(held_state::with(seen, FREE), Ordering::Release);
         assert!(hold(slots, 2, 200 * MS, 3));
+        // Slot 3: received by a server that has not answered.
+        assert!(hold(slots, 3, 300 * MS, 4));
+        note(slots, 3, 99, false);
 
         let taken = take(slots, 1_000 * MS, Duration::from_millis(500));
-        assert_eq!(taken.len(), 2);
+        assert_eq!(taken.len(), 3);
         assert_eq!(taken[0].query.cgroup_id, 1);
         assert_eq!(
             (taken[0].server_cgroup, taken[0].reached, taken[0].answered),
@@ -418,6 +425,11 @@ mod tests {
         assert_eq!(
             (taken[1].server_cgroup, taken[1].reached, taken[1].answered),
             (0, 0, 0)
+        );
+        assert_eq!(taken[2].query.cgroup_id, 4);
+        assert_eq!(
+            (taken[2].server_cgroup, taken[2].reached, taken[2].answered),
+            (99, 1, 0)
         );
     }
 

@@ -24,7 +24,9 @@
 //!   the cgroup hooks that only find DNS packets (the least any DNS capture there does); the
 //!   agent's CPU per 10k queries/s, that it lost nothing (every lookup counted),
 //!   and the DNS programs' time per query (one more load with the kernel's run-time statistics
-//!   on); `dns-latency` runs only the one-at-a-time part;
+//!   on, beside the classifier's and the empty floor's); `dns-latency` runs only the
+//!   one-at-a-time part, `dns-cost` only the eBPF time per query (a quick comparison of
+//!   builds);
 //! - healthy: TCP throughput (iperf3) and connection rate between two pods, attached vs
 //!   detached (every packet of every socket passes the DNS programs' port check);
 //! - sampling: the cgroupfs sampler on a fixture tree of 1,000 containers (cgroup v2 file
@@ -125,6 +127,14 @@ fn nonzero_losses(status: &serde_json::Value) -> Option<String> {
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// The median of each round's own ratio `x[i] / base[i]`: a configuration against the
+/// detached load of the same round, seconds apart, so that a slow drift of the machine's speed
+/// over the run (other guests on the host) weighs less than in a ratio of medians.
+fn paired(base: &[f64], x: &[f64]) -> f64 {
+    let mut ratios: Vec<f64> = base.iter().zip(x).map(|(b, x)| x / b).collect();
+    median(&mut ratios)
 }
 
 fn spread(v: &[f64]) -> (f64, f64) {
@@ -321,6 +331,7 @@ const SCENARIOS: &[&str] = &[
     "memory",
     "dns",
     "dns-latency",
+    "dns-cost",
     "healthy",
     "detection",
 ];
@@ -400,9 +411,11 @@ fn scenarios(only: &[String]) -> anyhow::Result<()> {
         memory(&mut node, source, sink)?;
     }
     if wanted("dns") {
-        dns(&mut node, true)?;
+        dns(&mut node, DnsPart::All)?;
     } else if only.iter().any(|o| o == "dns-latency") {
-        dns(&mut node, false)?;
+        dns(&mut node, DnsPart::Latency)?;
+    } else if only.iter().any(|o| o == "dns-cost") {
+        dns(&mut node, DnsPart::Costs)?;
     }
     if wanted("healthy") {
         healthy(&mut node)?;
@@ -869,10 +882,21 @@ fn healthy(node: &mut SimNode) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What of the DNS scenario runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum DnsPart {
+    /// The floods, then one lookup at a time (`bench dns`).
+    All,
+    /// One lookup at a time (`bench dns-latency`).
+    Latency,
+    /// The eBPF time per query only (`bench dns-cost`).
+    Costs,
+}
+
 /// DNS queries/s through the simulated resolver: detached, agent attached, tcpdump instead.
-/// The DNS scenarios: flat out (answered, then NXDOMAIN) when `floods`, and one lookup at a
-/// time (`bench dns-latency` runs that alone).
-fn dns(node: &mut SimNode, floods: bool) -> anyhow::Result<()> {
+/// The DNS scenarios ([`DnsPart`]): flat out (answered, then NXDOMAIN), and one lookup at a
+/// time.
+fn dns(node: &mut SimNode, part: DnsPart) -> anyhow::Result<()> {
     let record = format!(
         "--host-record=db.bench.svc.cluster.local,{}",
         node.node_ip()
@@ -880,10 +904,13 @@ fn dns(node: &mut SimNode, floods: bool) -> anyhow::Result<()> {
     node.add_dns_server("coredns", DNS_VIP, &["--local=/cluster.local/", &record])?;
     let client = node.add_pod("bench", "resolver")?;
     node.set_cluster_dns(client, DNS_VIP, "")?;
-    if floods {
+    if part == DnsPart::Costs {
+        return dns_costs(node, client);
+    }
+    if part == DnsPart::All {
         dns_round_trips(node, client, 32, FOUND)?;
         // Failures: every lookup answered NXDOMAIN (each a failure the agent records).
-        dns_round_trips(node, client, 32, "missing.bench.svc.cluster.local")?;
+        dns_round_trips(node, client, 32, MISSING)?;
     }
     // One query at a time measures the latency each lookup gains. Idle cores would make the
     // wakeups of whichever configuration keeps them busier decide the rate, so SCHED_IDLE
@@ -916,28 +943,54 @@ const DNS_VIP: &str = "10.96.0.10";
 /// The name the simulated DNS answers.
 const FOUND: &str = "db.bench.svc.cluster.local";
 
+/// A name it answers NXDOMAIN.
+const MISSING: &str = "missing.bench.svc.cluster.local";
+
+/// One DNS load: 2 s (0.5 s with --quick, which only checks that the scenario runs).
+fn dns_load_seconds() -> f64 {
+    if quick() { 0.5 } else { 2.0 }
+}
+
+/// One DNS load from the pod `client`, `window` queries in flight for `name`: queries/s and
+/// the answers the client got.
+fn dns_load(node: &SimNode, client: usize, window: u16, name: &str) -> anyhow::Result<(f64, u64)> {
+    let seconds = dns_load_seconds();
+    let out = node.run(
+        client,
+        &[
+            "dns-load",
+            &format!("{DNS_VIP}:53"),
+            &seconds.to_string(),
+            name,
+            &window.to_string(),
+        ],
+    )?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut parts = text.split_whitespace();
+    let n: f64 = parts.next().context("no count")?.parse()?;
+    let secs: f64 = parts.next().context("no time")?.parse()?;
+    Ok((n / secs, n as u64))
+}
+
+/// `bench dns-cost`: only the eBPF time per query, ours and the two cgroup-hook floors', for
+/// both floods, once per round: the quick way to compare builds of the DNS programs.
+fn dns_costs(node: &SimNode, client: usize) -> anyhow::Result<()> {
+    let seconds = dns_load_seconds();
+    for round in 1..=rounds() {
+        for (what, name) in [("answered", FOUND), ("NXDOMAIN", MISSING)] {
+            let costs = dns_program_costs(node, client, &|node| {
+                dns_load(node, client, 32, name).map(|(rate, _)| rate * seconds)
+            })?;
+            println!("dns-cost round {round}, {what}: eBPF time per query {costs}");
+        }
+    }
+    Ok(())
+}
+
 /// One DNS configuration: `window` queries in flight for `name`.
 fn dns_round_trips(node: &SimNode, client: usize, window: u16, name: &str) -> anyhow::Result<()> {
-    const VIP: &str = DNS_VIP;
-    // One load: 2 s (0.5 s with --quick, which only checks that the scenario runs).
-    let seconds = if quick() { 0.5 } else { 2.0 };
-    let load = |node: &SimNode| -> anyhow::Result<(f64, u64)> {
-        let out = node.run(
-            client,
-            &[
-                "dns-load",
-                &format!("{VIP}:53"),
-                &seconds.to_string(),
-                name,
-                &window.to_string(),
-            ],
-        )?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        let mut parts = text.split_whitespace();
-        let n: f64 = parts.next().context("no count")?.parse()?;
-        let secs: f64 = parts.next().context("no time")?.parse()?;
-        Ok((n / secs, n as u64))
-    };
+    let seconds = dns_load_seconds();
+    let load = |node: &SimNode| dns_load(node, client, window, name);
     let (mut detached, mut attached, mut tcpdump) = (Vec::new(), Vec::new(), Vec::new());
     let (mut floor, mut tcx_floor, mut classify) = (Vec::new(), Vec::new(), Vec::new());
     let (mut cpu_per_10k, mut losses) = (Vec::new(), String::new());
@@ -1003,7 +1056,9 @@ fn dns_round_trips(node: &SimNode, client: usize, window: u16, name: &str) -> an
         classify.push(load(node)?.0);
         classifier.stop()?;
     }
-    let costs = dns_program_costs(node, &|node| load(node).map(|(rate, _)| rate * seconds))?;
+    let costs = dns_program_costs(node, client, &|node| {
+        load(node).map(|(rate, _)| rate * seconds)
+    })?;
     let d = median(&mut detached.clone());
     let a = median(&mut attached.clone());
     let t = median(&mut tcpdump.clone());
@@ -1019,29 +1074,29 @@ fn dns_round_trips(node: &SimNode, client: usize, window: u16, name: &str) -> an
     let (tmin, tmax) = spread(&tcpdump);
     println!("  detached: median {d:.0}/s (min {dmin:.0}, max {dmax:.0})");
     println!(
-        "  attached: median {a:.0}/s (min {amin:.0}, max {amax:.0}); ratio {:.3} (goal >= 0.98){}",
+        "  attached: median {a:.0}/s (min {amin:.0}, max {amax:.0}); ratio {:.3} (goal >= 0.98){}; \
+         paired by round {:.3}",
         a / d,
-        if a / d >= 0.98 { "" } else { "  BELOW GOAL" }
+        if a / d >= 0.98 { "" } else { "  BELOW GOAL" },
+        paired(&detached, &attached)
     );
     println!(
-        "  tcpdump -i any udp port 53 instead: median {t:.0}/s (min {tmin:.0}, max {tmax:.0}); ratio {:.3}",
-        t / d
+        "  tcpdump -i any udp port 53 instead: median {t:.0}/s (min {tmin:.0}, max {tmax:.0}); ratio {:.3}; \
+         paired by round {:.3}",
+        t / d,
+        paired(&detached, &tcpdump)
     );
-    println!(
-        "  {} instead: median {f:.0}/s; ratio {:.3}",
-        peers::FLOOR,
-        f / d
-    );
-    println!(
-        "  {} instead: median {x:.0}/s; ratio {:.3}",
-        peers::TCX_FLOOR,
-        x / d
-    );
-    println!(
-        "  {} instead: median {c:.0}/s; ratio {:.3}",
-        peers::CLASSIFY_FLOOR,
-        c / d
-    );
+    for (label, median, rounds) in [
+        (peers::FLOOR, f, &floor),
+        (peers::TCX_FLOOR, x, &tcx_floor),
+        (peers::CLASSIFY_FLOOR, c, &classify),
+    ] {
+        println!(
+            "  {label} instead: median {median:.0}/s; ratio {:.3}; paired by round {:.3}",
+            median / d,
+            paired(&detached, rounds)
+        );
+    }
     println!(
         "  agent CPU per 10k queries/s: {:.3} cores; answers the client got: {answered_total}, \
          lookups the agent counted: {counted_total} (a lost query's id, reused after 65,536 \
@@ -1088,15 +1143,19 @@ fn dns_round_trips(node: &SimNode, client: usize, window: u16, name: &str) -> an
         ),
         goal: ">= 0.98".to_owned(),
         spread: format!(
-            "detached {} ({}-{}), attached {} ({}-{}); agent {:.3} cores per 10k queries/s; \
-             answers {answered_total}, lookups counted {counted_total}; losses: {}; eBPF \
-             time per query {costs}",
+            "detached {} ({}-{}), attached {} ({}-{}); paired by round: ours {:.3}, floor \
+             {:.3}, classifier {:.3}; agent {:.3} cores per 10k queries/s; answers \
+             {answered_total}, lookups counted {counted_total}; losses: {}; eBPF time per \
+             query {costs}",
             results::thousands(d),
             results::thousands(dmin),
             results::thousands(dmax),
             results::thousands(a),
             results::thousands(amin),
             results::thousands(amax),
+            paired(&detached, &attached),
+            paired(&detached, &floor),
+            paired(&detached, &classify),
             median(&mut cpu_per_10k),
             if losses.is_empty() { "none" } else { &losses }
         ),
@@ -1106,9 +1165,12 @@ fn dns_round_trips(node: &SimNode, client: usize, window: u16, name: &str) -> an
 
 /// One more load with the kernel's run-time statistics on: the DNS programs' time per query
 /// (all four packets of a lookup: query out, query in at the server, answer out, answer in),
-/// and per program run. `load` returns the queries it made.
+/// and per program run; then the same for the classifier floor and the empty floor, so the
+/// agent's own time is read against theirs from the same run (run time is steadier than a
+/// rate). `load` returns the queries it made.
 fn dns_program_costs(
     node: &SimNode,
+    client: usize,
     load: &dyn Fn(&SimNode) -> anyhow::Result<f64>,
 ) -> anyhow::Result<String> {
     let _stats = peers::BpfStats::enable()?;
@@ -1134,11 +1196,22 @@ fn dns_program_costs(
             )
         })
         .collect();
-    Ok(format!(
-        "{:.0} ns [{}]",
-        total * 1e9 / queries,
-        programs.join(", ")
-    ))
+    let mut out = format!("{:.0} ns [{}]", total * 1e9 / queries, programs.join(", "));
+    for (label, peer) in [
+        ("classifier floor", peers::classify_floor()),
+        ("empty floor", peers::floor()),
+    ] {
+        let running = peer.start(node, client)?;
+        let (ns0, _) = peers::bpf_run_stats(running.pid());
+        let queries = load(node);
+        let (ns1, _) = peers::bpf_run_stats(running.pid());
+        running.stop()?;
+        out.push_str(&format!(
+            "; {label} {:.0} ns",
+            ns1.saturating_sub(ns0) as f64 / queries?.max(1.0)
+        ));
+    }
+    Ok(out)
 }
 
 /// Pods known only as metadata in the memory scenario, beside the node's real ones: 1,000 in
