@@ -282,8 +282,22 @@ fn raw_fd(fd: &OwnedFd) -> u32 {
     std::os::fd::AsRawFd::as_raw_fd(fd) as u32
 }
 
-/// `bench --hold-empty-hooks`: attaches, says so, and holds until interrupted.
+/// `bench --hold-empty-hooks`: attaches, says so, and holds until interrupted, or until the
+/// bench that started it dies (killed mid-run, it must not leave programs on the hooks to
+/// slow down every later measurement).
 pub fn hold() -> anyhow::Result<()> {
+    // SAFETY: prctl with integer arguments, on this process only.
+    let set = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    anyhow::ensure!(
+        set == 0,
+        "prctl(PR_SET_PDEATHSIG): {}",
+        std::io::Error::last_os_error()
+    );
+    // The bench may have died before the signal was asked for: then this was reparented.
+    // SAFETY: no preconditions.
+    if unsafe { libc::getppid() } == 1 {
+        anyhow::bail!("the bench that started this holder is gone");
+    }
     let args: Vec<String> = std::env::args().collect();
     let tcx = args
         .iter()
