@@ -483,7 +483,6 @@ impl Slot {
         // The notes word first, then the server's cgroup written before it.
         // SAFETY: an array value, valid while the program runs.
         let notes = unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*self.slot).notes)) };
-        let (reached, answered) = held_notes::of(notes, seen);
         let Some(mut entry) = DNS_RING.reserve::<DnsHeld>(0) else {
             count_loss(LOST_DNS_RESERVE);
             return;
@@ -494,11 +493,7 @@ impl Slot {
         unsafe {
             let out = entry.as_mut_ptr();
             core::ptr::copy_nonoverlapping(core::ptr::addr_of!((*self.slot).held), out, 1);
-            if !reached {
-                (*out).server_cgroup = 0;
-            }
-            (*out).reached = u32::from(reached);
-            (*out).answered = u32::from(answered);
+            held_notes::apply(notes, seen, &mut *out);
         }
         entry.submit(wakeup());
     }

@@ -817,6 +817,19 @@ pub mod held_notes {
         }
         (notes & REACHED != 0, notes & ANSWERED != 0)
     }
+
+    /// Sets the server fields of `held`, a copy of the record of the occupancy whose word is
+    /// `word`, from the slot's notes read before the copy: notes about another occupancy
+    /// count as none (and its server cgroup is then not this query's).
+    #[inline(always)]
+    pub fn apply(notes: u32, word: u64, held: &mut super::DnsHeld) {
+        let (reached, answered) = of(notes, word);
+        if !reached {
+            held.server_cgroup = 0;
+        }
+        held.reached = u32::from(reached);
+        held.answered = u32::from(answered);
+    }
 }
 
 /// The first of the two slots of [`DNS_HELD_MAP`] a query's key may be held in; the other is

@@ -215,12 +215,7 @@ unsafe fn take_older(
         // SAFETY: as above.
         let mut held = unsafe { std::ptr::read_volatile(std::ptr::addr_of!((*slots.add(i)).held)) };
         // Notes about an earlier query in this slot (another tag) count as none.
-        let (reached, answered) = held_notes::of(notes, seen);
-        if !reached {
-            held.server_cgroup = 0;
-        }
-        held.reached = u32::from(reached);
-        held.answered = u32::from(answered);
+        held_notes::apply(notes, seen, &mut held);
         state.store(held_state::with(seen, AGENT), Ordering::Release);
         out.push(held);
     }
