@@ -66,6 +66,11 @@ static DNS_PORTS: DnsPorts = DnsPorts::NONE;
 #[unsafe(no_mangle)]
 static DNS_TIMING: DnsTiming = DnsTiming::UNSET;
 
+/// 1 when stores reach other CPUs in program order (see
+/// [`triage_agent_common::DNS_STORES_ORDERED_GLOBAL`]), overwritten by the loader before load.
+#[unsafe(no_mangle)]
+static DNS_STORES_ORDERED: u32 = 0;
+
 /// `-EEXIST`: the key is already in the map.
 const EEXIST: i32 = 17;
 
@@ -438,12 +443,26 @@ impl Slot {
         }
     }
 
-    /// Stores the word of a slot this program owns (`WRITING` or `TAKING`): a full barrier, so
-    /// whoever reads the word next also sees what was written before it.
+    /// Stores the word of a slot this program owns (`WRITING` or `TAKING`), released: whoever
+    /// reads the word next also sees what this program wrote and read before it. Where stores
+    /// reach other CPUs in program order (x86) a plain store does that, and the program goes on
+    /// while its stores drain (a slot's record lines are seldom in this CPU's cache); elsewhere
+    /// an exchange, a full barrier. The verifier sees the global as a constant and keeps one
+    /// branch.
     #[inline(always)]
     fn set(&self, to: u64) {
-        // SAFETY: as above.
-        unsafe { atomic_xchg::<u64, { AtomicOrdering::SeqCst }>(self.state, to) };
+        // SAFETY: a plain static of an integer that lives for the whole program.
+        if unsafe { core::ptr::read_volatile(&DNS_STORES_ORDERED) } != 0 {
+            // The compiler must not move earlier stores (the record's) after this one: an
+            // empty asm block that may touch memory, so no instruction.
+            // SAFETY: empty.
+            unsafe { core::arch::asm!("", options(nostack, preserves_flags)) };
+            // SAFETY: as above; an aligned 8-byte store, which does not tear.
+            unsafe { core::ptr::write_volatile(self.state, to) };
+        } else {
+            // SAFETY: as above.
+            unsafe { atomic_xchg::<u64, { AtomicOrdering::SeqCst }>(self.state, to) };
+        }
     }
 
     /// Whether the slot's key is `key` (read without owning it: the caller checks again, or

@@ -15,6 +15,8 @@
     reason = "core::intrinsics::atomic_xadd is the BPF atomic add"
 )]
 #![feature(core_intrinsics)]
+// An empty asm block: the compiler barrier before a DNS slot's publishing store (dns.rs).
+#![feature(asm_experimental_arch)]
 
 mod conn;
 mod dns;

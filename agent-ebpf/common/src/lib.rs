@@ -34,6 +34,15 @@ pub const DNS_RING_MAP: &str = "DNS_RING";
 pub const DNS_PORTS_GLOBAL: &str = "DNS_PORTS";
 /// Name of the read-only global holding the DNS timing thresholds ([`DnsTiming`]).
 pub const DNS_TIMING_GLOBAL: &str = "DNS_TIMING";
+/// Name of the read-only global (`u32`) saying whether this host's CPUs make stores visible to
+/// other CPUs in program order (x86: total store order), set by the loader from the agent's
+/// own architecture. Then a program publishes a DNS slot it wrote with a plain store, without
+/// waiting for its earlier stores to reach the cache (what an atomic exchange, a full barrier,
+/// waits for); elsewhere it exchanges.
+pub const DNS_STORES_ORDERED_GLOBAL: &str = "DNS_STORES_ORDERED";
+/// Whether the CPUs the agent is built for make stores visible in program order (see
+/// [`DNS_STORES_ORDERED_GLOBAL`]).
+pub const STORES_ORDERED: bool = cfg!(any(target_arch = "x86_64", target_arch = "x86"));
 /// Name of the table of UDP DNS queries waiting for their answer in the kernel: an array of
 /// [`DNS_HELD_SLOTS`] [`DnsSlot`]s, a query in the slot [`dns_slot_index`] of its [`DnsKey`].
 /// Who owns a slot is decided by its state word ([`held_state`]). An answer that ends a lookup

@@ -13,11 +13,12 @@ use aya::{
 use tracing::{info, warn};
 use triage_agent_common::{
     DNS_ANSWERED_MAPS, DNS_GENERATION_MAP, DNS_HELD_MAP, DNS_PORTS_GLOBAL, DNS_PORTS_MAX,
-    DNS_REPEATABLE_MAP, DNS_REPEATS_MAPS, DNS_RING_MAP, DNS_TIMING_GLOBAL, DROP_REASONS_ENTRIES,
-    DROP_REASONS_MAP, DnsPorts, DnsTiming, EVENTS_MAP, FLOW_REPEAT_SLOTS, FLOW_REPEATS_MAP,
-    FLOWS_MAPS, FlowKey, FlowRepeat, FlowStats, GENERATION_MAP, LOSS_MAP, LOST_CONNECT_TABLE,
-    LOST_DNS_ANSWERED, LOST_DNS_REPEATS, LOST_DNS_RESERVE, LOST_FIELD_READ, LOST_FLOW_TABLE,
-    LOST_RESERVE, OFFSETS_GLOBAL,
+    DNS_REPEATABLE_MAP, DNS_REPEATS_MAPS, DNS_RING_MAP, DNS_STORES_ORDERED_GLOBAL,
+    DNS_TIMING_GLOBAL, DROP_REASONS_ENTRIES, DROP_REASONS_MAP, DnsPorts, DnsTiming, EVENTS_MAP,
+    FLOW_REPEAT_SLOTS, FLOW_REPEATS_MAP, FLOWS_MAPS, FlowKey, FlowRepeat, FlowStats,
+    GENERATION_MAP, LOSS_MAP, LOST_CONNECT_TABLE, LOST_DNS_ANSWERED, LOST_DNS_REPEATS,
+    LOST_DNS_RESERVE, LOST_FIELD_READ, LOST_FLOW_TABLE, LOST_RESERVE, OFFSETS_GLOBAL,
+    STORES_ORDERED,
 };
 
 use super::{
@@ -292,6 +293,7 @@ pub fn load(options: &LoadOptions<'_>) -> Result<Loaded, LoadError> {
         .override_global(OFFSETS_GLOBAL, &offsets, true)
         .override_global(DNS_PORTS_GLOBAL, &ports, true)
         .override_global(DNS_TIMING_GLOBAL, &dns_timing, true)
+        .override_global(DNS_STORES_ORDERED_GLOBAL, &u32::from(STORES_ORDERED), true)
         .load(EBPF_OBJECT)
         .map_err(LoadError::Load)?;
     let loaded = started.elapsed();

@@ -946,9 +946,15 @@ const FOUND: &str = "db.bench.svc.cluster.local";
 /// A name it answers NXDOMAIN.
 const MISSING: &str = "missing.bench.svc.cluster.local";
 
-/// One DNS load: 2 s (0.5 s with --quick, which only checks that the scenario runs).
+/// One DNS load: 2 s (0.5 s with --quick, which only checks that the scenario runs), or the
+/// seconds in `TA_BENCH_DNS_SECONDS` (longer loads for a profiler to sample).
 fn dns_load_seconds() -> f64 {
-    if quick() { 0.5 } else { 2.0 }
+    let set = std::env::var("TA_BENCH_DNS_SECONDS").ok();
+    match set.and_then(|s| s.parse::<f64>().ok()) {
+        Some(s) if s > 0.0 => s,
+        _ if quick() => 0.5,
+        _ => 2.0,
+    }
 }
 
 /// One DNS load from the pod `client`, `window` queries in flight for `name`: queries/s and
