@@ -13,7 +13,9 @@
 //!   handed on with compare-and-swap: no lock, no allocation and no hashing of the key
 //!   beyond the slot's index.
 //! - Its answer, NOERROR, not truncated, faster than the slow threshold, for a cgroup without a
-//!   recent failure: counted in the current [`DNS_ANSWERED0`]/[`DNS_ANSWERED1`] table (lookups,
+//!   recent failure: counted in the cgroup's slot of the current
+//!   [`DNS_ANSWERED_SLOTS0`]/[`DNS_ANSWERED_SLOTS1`] array, or in the current
+//!   [`DNS_ANSWERED0`]/[`DNS_ANSWERED1`] table when another cgroup holds that slot (lookups,
 //!   latency sum and maximum); nothing goes to userspace.
 //! - Any other answer: the waiting query and the answer both go to [`DNS_RING`], and the agent
 //!   decides the outcome exactly as for packets it sees one by one. After a failed answer the
@@ -48,12 +50,12 @@ use triage_agent_common::{
     AF_INET, AF_INET6, DNS_HASH_SEED, DNS_PAYLOAD_CAP, DNS_RECENT_SLOTS, DNS_RING_BYTES,
     DnsAnswered, DnsEvent, DnsHeld, DnsKey, DnsPorts, DnsRepeatKey, DnsRepeats, DnsSlot, DnsTiming,
     EventHeader, IPPROTO_TCP, IPPROTO_UDP, LOST_DNS_ANSWERED, LOST_DNS_REPEATS, LOST_DNS_RESERVE,
-    dns_flags, dns_hash_step, dns_slot_index, held_notes, held_state, kind,
+    dns_answered_slot, dns_flags, dns_hash_step, dns_slot_index, held_notes, held_state, kind,
 };
 
 use crate::maps::{
-    DNS_ANSWERED0, DNS_ANSWERED1, DNS_GENERATION, DNS_HELD, DNS_RECENT, DNS_REPEATABLE,
-    DNS_REPEATS0, DNS_REPEATS1, DNS_RING, count_loss,
+    DNS_ANSWERED_SLOTS0, DNS_ANSWERED_SLOTS1, DNS_ANSWERED0, DNS_ANSWERED1, DNS_GENERATION,
+    DNS_HELD, DNS_RECENT, DNS_REPEATABLE, DNS_REPEATS0, DNS_REPEATS1, DNS_RING, count_loss,
 };
 use held_state::{AGENT, FREE, HELD, MASK, TAKING};
 
@@ -684,9 +686,10 @@ fn question_hash(held: &DnsHeld) -> u64 {
 
 #[inline(always)]
 fn repeats_table() -> &'static HashMap<DnsRepeatKey, DnsRepeats> {
-    match DNS_GENERATION.get(0) {
-        Some(g) if *g & 1 == 1 => &DNS_REPEATS1,
-        _ => &DNS_REPEATS0,
+    if odd_generation() {
+        &DNS_REPEATS1
+    } else {
+        &DNS_REPEATS0
     }
 }
 
@@ -760,18 +763,48 @@ fn failed(cgroup_id: u64, now: u64) {
     }
 }
 
+/// Whether programs count into the second of each pair of switched tables.
 #[inline(always)]
-fn answered_table() -> &'static HashMap<u64, DnsAnswered> {
-    match DNS_GENERATION.get(0) {
-        Some(g) if *g & 1 == 1 => &DNS_ANSWERED1,
-        _ => &DNS_ANSWERED0,
-    }
+fn odd_generation() -> bool {
+    matches!(DNS_GENERATION.get(0), Some(g) if *g & 1 == 1)
 }
 
-/// One lookup answered well, into the cgroup's counters.
+/// One lookup answered well, into the cgroup's counters: its slot of the current answered
+/// array when free or its own, else its entry in the current hash table.
 #[inline(always)]
 fn count_answered(cgroup_id: u64, latency: u64, p: &Packet) {
-    let table = answered_table();
+    let odd = odd_generation();
+    let slots = if odd {
+        &DNS_ANSWERED_SLOTS1
+    } else {
+        &DNS_ANSWERED_SLOTS0
+    };
+    if let Some(s) = slots.get_ptr_mut(dns_answered_slot(cgroup_id)) {
+        // SAFETY: an array value, valid while the program runs; its owner word only changes
+        // from 0 with compare-and-swap here (the agent empties it once no program counts into
+        // this generation).
+        unsafe {
+            let owner = core::ptr::addr_of_mut!((*s).cgroup_id);
+            let mut seen = core::ptr::read_volatile(owner);
+            if seen == 0 {
+                let (was, took) =
+                    atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
+                        owner, 0, cgroup_id,
+                    );
+                if took {
+                    // Read by the agent only after the generation has moved on.
+                    (*s).answered.family = p.family;
+                    (*s).answered.client = p.daddr;
+                }
+                seen = if took { cgroup_id } else { was };
+            }
+            if seen == cgroup_id {
+                add_answered(core::ptr::addr_of_mut!((*s).answered), latency);
+                return;
+            }
+        }
+    }
+    let table = if odd { &DNS_ANSWERED1 } else { &DNS_ANSWERED0 };
     if let Some(a) = table.get_ptr_mut(cgroup_id) {
         add_answered(a, latency);
         return;

@@ -6,10 +6,11 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use triage_agent_common::{
-    BPF_F_MMAPABLE, CONNECTS_ENTRIES, DNS_ANSWERED_ENTRIES, DNS_HELD_SLOTS, DNS_RECENT_SLOTS,
-    DNS_REPEATABLE_ENTRIES, DNS_REPEATS_ENTRIES, DNS_RING_BYTES, DROP_REASONS_ENTRIES, DnsAnswered,
-    DnsRepeatKey, DnsRepeats, DnsSlot, EVENTS_RING_BYTES, FLOW_REPEAT_SLOTS, FLOWS_ENTRIES,
-    FlowKey, FlowRepeat, FlowStats, LOSS_SLOTS, Offsets, PendingConnect,
+    BPF_F_MMAPABLE, CONNECTS_ENTRIES, DNS_ANSWERED_ENTRIES, DNS_ANSWERED_SLOTS, DNS_HELD_SLOTS,
+    DNS_RECENT_SLOTS, DNS_REPEATABLE_ENTRIES, DNS_REPEATS_ENTRIES, DNS_RING_BYTES,
+    DROP_REASONS_ENTRIES, DnsAnswered, DnsAnsweredSlot, DnsRepeatKey, DnsRepeats, DnsSlot,
+    EVENTS_RING_BYTES, FLOW_REPEAT_SLOTS, FLOWS_ENTRIES, FlowKey, FlowRepeat, FlowStats,
+    LOSS_SLOTS, Offsets, PendingConnect,
 };
 
 /// The one ring buffer every program writes its events into (`EVENTS_MAP`).
@@ -39,6 +40,15 @@ pub static DNS_ANSWERED0: HashMap<u64, DnsAnswered> =
 #[map]
 pub static DNS_ANSWERED1: HashMap<u64, DnsAnswered> =
     HashMap::with_max_entries(DNS_ANSWERED_ENTRIES, 0);
+
+/// In front of those, switched with them (`DNS_ANSWERED_SLOTS_MAPS`): a cgroup's counts in its
+/// direct-mapped slot, the hash table only when another cgroup holds the slot.
+#[map]
+pub static DNS_ANSWERED_SLOTS0: Array<DnsAnsweredSlot> =
+    Array::with_max_entries(DNS_ANSWERED_SLOTS, BPF_F_MMAPABLE);
+#[map]
+pub static DNS_ANSWERED_SLOTS1: Array<DnsAnsweredSlot> =
+    Array::with_max_entries(DNS_ANSWERED_SLOTS, BPF_F_MMAPABLE);
 
 /// Failed lookups the agent has reported, whose repeats are counted here
 /// (`DNS_REPEATABLE_MAP`, written by the agent).

@@ -54,6 +54,11 @@ pub const DNS_HELD_MAP: &str = "DNS_HELD";
 /// [`DnsAnswered`]): programs count into the one [`DNS_GENERATION_MAP`] selects while the agent
 /// drains the other.
 pub const DNS_ANSWERED_MAPS: [&str; 2] = ["DNS_ANSWERED0", "DNS_ANSWERED1"];
+/// Names of the two arrays in front of [`DNS_ANSWERED_MAPS`], switched with them: a cgroup's
+/// good answers are counted in its slot ([`dns_answered_slot`], [`DnsAnsweredSlot`]) when the
+/// slot is free or already its own (an array read costs no helper call and no hashing), and in
+/// the hash table otherwise. Mappable: the agent reads and empties them in place.
+pub const DNS_ANSWERED_SLOTS_MAPS: [&str; 2] = ["DNS_ANSWERED_SLOTS0", "DNS_ANSWERED_SLOTS1"];
 /// Name of the one-entry array holding the generation (0 or 1) of [`DNS_ANSWERED_MAPS`].
 pub const DNS_GENERATION_MAP: &str = "DNS_GENERATION";
 /// Name of the hash of failed lookups the agent has reported and wants counted in the kernel
@@ -107,6 +112,8 @@ pub const DNS_PAYLOAD_CAP: usize = 288;
 pub const DNS_HELD_SLOTS: u32 = 4 * 1024;
 /// `BPF_F_MMAPABLE`: an array map userspace can map into its memory.
 pub const BPF_F_MMAPABLE: u32 = 1 << 10;
+/// Slots in each of [`DNS_ANSWERED_SLOTS_MAPS`] (a power of two): one cache line each, 64 KiB.
+pub const DNS_ANSWERED_SLOTS: u32 = 1024;
 /// Entries in each of [`DNS_ANSWERED_MAPS`]: cgroups with lookups per drain interval.
 pub const DNS_ANSWERED_ENTRIES: u32 = 8 * 1024;
 /// Entries in [`DNS_REPEATABLE_MAP`]: failures the kernel counts instead of copying.
@@ -963,3 +970,22 @@ pub struct DnsAnswered {
     pub client: [u8; 16],
 }
 const _: () = assert!(size_of::<DnsAnswered>() == 48);
+
+/// A slot of [`DNS_ANSWERED_SLOTS_MAPS`]: the cgroup that took it (0: free; taken with
+/// compare-and-swap, released only by the agent once no program counts into its generation)
+/// and its counts. One cache line.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DnsAnsweredSlot {
+    pub cgroup_id: u64,
+    pub answered: DnsAnswered,
+    pub _pad0: u64,
+}
+const _: () = assert!(size_of::<DnsAnsweredSlot>() == 64);
+
+/// The slot of [`DNS_ANSWERED_SLOTS_MAPS`] a cgroup counts in (cgroup ids are inode numbers,
+/// mostly consecutive on a node, so the low bits spread them).
+#[inline(always)]
+pub const fn dns_answered_slot(cgroup_id: u64) -> u32 {
+    (cgroup_id as u32) & (DNS_ANSWERED_SLOTS - 1)
+}

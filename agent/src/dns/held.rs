@@ -51,7 +51,7 @@ pub enum HeldError {
 }
 
 /// One array map's values in this process's memory (shared with the kernel).
-struct Mapping {
+pub(super) struct Mapping {
     at: NonNull<u8>,
     len: usize,
     /// Owns the map's file descriptor for as long as the mapping is used.
@@ -65,14 +65,18 @@ unsafe impl Send for Mapping {}
 
 impl Mapping {
     /// Maps the `entries` values of `size` bytes of an array created with `BPF_F_MMAPABLE`.
-    fn new(name: &'static str, map: Map, size: usize) -> Result<Self, HeldError> {
+    pub(super) fn new(
+        name: &'static str,
+        map: Map,
+        entries: u32,
+        size: usize,
+    ) -> Result<Self, HeldError> {
         let Map::Array(data) = map else {
             return Err(HeldError::NotArray { name });
         };
         let info = data
             .info()
             .map_err(|source| HeldError::Info { name, source })?;
-        let entries = DNS_HELD_SLOTS;
         if info.max_entries() != entries
             || info.value_size() as usize != size
             || info.map_flags() & BPF_F_MMAPABLE == 0
@@ -118,6 +122,13 @@ impl Mapping {
     }
 }
 
+impl Mapping {
+    /// The first value's address.
+    pub(super) fn base(&self) -> *mut u8 {
+        self.at.as_ptr()
+    }
+}
+
 impl Drop for Mapping {
     fn drop(&mut self) {
         // SAFETY: unmaps exactly what `new` mapped; nothing borrows it any more (borrows of
@@ -138,6 +149,7 @@ impl HeldTable {
             slots: Mapping::new(
                 triage_agent_common::DNS_HELD_MAP,
                 slots,
+                DNS_HELD_SLOTS,
                 size_of::<DnsSlot>(),
             )?,
         })

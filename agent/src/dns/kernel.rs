@@ -4,23 +4,84 @@
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    sync::atomic::{AtomicU64, Ordering},
     time::Duration,
 };
 
 use aya::{
     Pod,
-    maps::{Array, HashMap as BpfHashMap, MapData, MapError},
+    maps::{Array, HashMap as BpfHashMap, Map, MapData, MapError},
 };
-use triage_agent_common::{AF_INET, AF_INET6, DnsAnswered, DnsHeld, DnsRepeatKey, DnsRepeats};
+use triage_agent_common::{
+    AF_INET, AF_INET6, DNS_ANSWERED_SLOTS, DnsAnswered, DnsAnsweredSlot, DnsHeld, DnsRepeatKey,
+    DnsRepeats,
+};
 
 use super::{
-    held::HeldTable,
+    held::{HeldError, HeldTable, Mapping},
     track::{RepeatChange, RepeatKey, Repeated},
 };
+
+/// One of the arrays in front of the answered tables, mapped into this process: a cgroup's
+/// counts in its direct-mapped slot.
+pub struct AnsweredSlots {
+    slots: Mapping,
+}
+
+impl AnsweredSlots {
+    /// Maps the array `name` (one of `DNS_ANSWERED_SLOTS_MAPS`).
+    pub fn new(name: &'static str, map: Map) -> Result<Self, HeldError> {
+        Ok(Self {
+            slots: Mapping::new(name, map, DNS_ANSWERED_SLOTS, size_of::<DnsAnsweredSlot>())?,
+        })
+    }
+
+    /// Reads and empties every taken slot (no program counts into this generation any more).
+    fn take_all(&mut self) -> Vec<(u64, DnsAnswered)> {
+        // SAFETY: DNS_ANSWERED_SLOTS DnsAnsweredSlots (checked in `Mapping::new`),
+        // page-aligned, alive as long as `self`.
+        unsafe {
+            take_slots(
+                self.slots.base().cast::<DnsAnsweredSlot>(),
+                DNS_ANSWERED_SLOTS as usize,
+            )
+        }
+    }
+}
+
+/// Every taken slot's cgroup and counts, each slot emptied once read (its owner word last).
+///
+/// # Safety
+/// `slots` points to `n` aligned DnsAnsweredSlots whose owner words are only changed
+/// atomically, and no program counts into them any more.
+unsafe fn take_slots(slots: *mut DnsAnsweredSlot, n: usize) -> Vec<(u64, DnsAnswered)> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        // SAFETY: slot i of the n, in bounds and aligned; its owner word is an aligned u64.
+        unsafe {
+            let slot = slots.add(i);
+            let owner = AtomicU64::from_ptr(std::ptr::addr_of_mut!((*slot).cgroup_id));
+            let cgroup_id = owner.load(Ordering::Acquire);
+            if cgroup_id == 0 {
+                continue;
+            }
+            let counts = std::ptr::addr_of_mut!((*slot).answered);
+            let answered = std::ptr::read_volatile(counts);
+            std::ptr::write_volatile(counts, DnsAnswered::default());
+            owner.store(0, Ordering::Release);
+            if answered.lookups > 0 {
+                out.push((cgroup_id, answered));
+            }
+        }
+    }
+    out
+}
 
 /// The maps, owned by the DNS task.
 pub struct DnsMaps {
     pub held: HeldTable,
+    /// In front of `answered`, switched with it.
+    pub answered_slots: [AnsweredSlots; 2],
     pub answered: [BpfHashMap<MapData, u64, DnsAnswered>; 2],
     /// Failures whose repeats the kernel counts (written here only).
     pub repeatable: BpfHashMap<MapData, DnsRepeatKey, u32>,
@@ -122,11 +183,15 @@ impl DnsMaps {
 
     /// Reads and empties an answered table no program counts into any more.
     pub fn drain(&mut self, index: usize) -> Vec<Answered> {
-        let Some(table) = self.answered.get_mut(index) else {
+        let (Some(slots), Some(table)) = (
+            self.answered_slots.get_mut(index),
+            self.answered.get_mut(index),
+        ) else {
             return Vec::new();
         };
-        take_all(table)
-            .into_iter()
+        let mut all = slots.take_all();
+        all.extend(take_all(table));
+        all.into_iter()
             .filter_map(|(cgroup_id, a)| {
                 Some(Answered {
                     cgroup_id,
@@ -156,6 +221,37 @@ fn take_all<K: Pod, V: Pod>(table: &mut BpfHashMap<MapData, K, V>) -> Vec<(K, V)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn taken_answered_slots_are_read_once_and_emptied() {
+        let counts = |lookups| DnsAnswered {
+            lookups,
+            latency_sum_ns: lookups * 1000,
+            latency_max_ns: 2000,
+            family: AF_INET,
+            _pad0: [0; 3],
+            client: [10, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        };
+        let mut slots = vec![DnsAnsweredSlot::default(); 8];
+        slots[1] = DnsAnsweredSlot {
+            cgroup_id: 4097,
+            answered: counts(3),
+            _pad0: 0,
+        };
+        slots[6] = DnsAnsweredSlot {
+            cgroup_id: 4102,
+            answered: counts(40),
+            _pad0: 0,
+        };
+        // Taken, nothing counted yet (a program between its claim and its add).
+        slots[7].cgroup_id = 4103;
+        // SAFETY: 8 aligned slots owned by this test.
+        let taken = unsafe { take_slots(slots.as_mut_ptr(), slots.len()) };
+        assert_eq!(taken, vec![(4097, counts(3)), (4102, counts(40))]);
+        assert!(slots.iter().all(|s| *s == DnsAnsweredSlot::default()));
+        // SAFETY: as above.
+        assert!(unsafe { take_slots(slots.as_mut_ptr(), slots.len()) }.is_empty());
+    }
 
     #[test]
     fn addresses_of_unknown_families_are_none() {

@@ -33,7 +33,7 @@ use tracing::debug;
 #[cfg(feature = "node-agent")]
 pub use held::{HeldError, HeldTable};
 #[cfg(feature = "node-agent")]
-pub use kernel::DnsMaps;
+pub use kernel::{AnsweredSlots, DnsMaps};
 #[cfg(feature = "node-agent")]
 pub use task::{DnsError, run};
 pub use track::{Finding, RepeatChange, RepeatKey, Repeated, Tally, TrackConfig, Tracker};

@@ -12,8 +12,8 @@ use aya::{
 };
 use tracing::{info, warn};
 use triage_agent_common::{
-    DNS_ANSWERED_MAPS, DNS_GENERATION_MAP, DNS_HELD_MAP, DNS_PORTS_GLOBAL, DNS_PORTS_MAX,
-    DNS_REPEATABLE_MAP, DNS_REPEATS_MAPS, DNS_RING_MAP, DNS_STORES_ORDERED_GLOBAL,
+    DNS_ANSWERED_MAPS, DNS_ANSWERED_SLOTS_MAPS, DNS_GENERATION_MAP, DNS_HELD_MAP, DNS_PORTS_GLOBAL,
+    DNS_PORTS_MAX, DNS_REPEATABLE_MAP, DNS_REPEATS_MAPS, DNS_RING_MAP, DNS_STORES_ORDERED_GLOBAL,
     DNS_TIMING_GLOBAL, DROP_REASONS_ENTRIES, DROP_REASONS_MAP, DnsPorts, DnsTiming, EVENTS_MAP,
     FLOW_REPEAT_SLOTS, FLOW_REPEATS_MAP, FLOWS_MAPS, FlowKey, FlowRepeat, FlowStats,
     GENERATION_MAP, LOSS_MAP, LOST_CONNECT_TABLE, LOST_DNS_ANSWERED, LOST_DNS_REPEATS,
@@ -27,7 +27,7 @@ use super::{
     reasons::DropReasons,
 };
 use crate::{
-    dns::{DnsMaps, HeldTable},
+    dns::{AnsweredSlots, DnsMaps, HeldTable},
     kernel::btf::Btf,
     loss::Loss,
 };
@@ -50,6 +50,8 @@ pub enum LoadError {
     NothingAttached(String),
     #[error("the kernel's table of held DNS queries")]
     DnsHeld(#[source] crate::dns::HeldError),
+    #[error("the kernel's arrays of DNS lookups answered well")]
+    DnsAnsweredSlots(#[source] crate::dns::HeldError),
 }
 
 /// The loaded programs. Keep alive while collecting; drop to detach.
@@ -356,6 +358,18 @@ pub fn load(options: &LoadOptions<'_>) -> Result<Loaded, LoadError> {
     let dns_ring = take_map(&mut ebpf, DNS_RING_MAP, RingBuf::try_from)?;
     let dns_maps = DnsMaps {
         held: HeldTable::new(take_map(&mut ebpf, DNS_HELD_MAP, Ok)?).map_err(LoadError::DnsHeld)?,
+        answered_slots: [
+            AnsweredSlots::new(
+                DNS_ANSWERED_SLOTS_MAPS[0],
+                take_map(&mut ebpf, DNS_ANSWERED_SLOTS_MAPS[0], Ok)?,
+            )
+            .map_err(LoadError::DnsAnsweredSlots)?,
+            AnsweredSlots::new(
+                DNS_ANSWERED_SLOTS_MAPS[1],
+                take_map(&mut ebpf, DNS_ANSWERED_SLOTS_MAPS[1], Ok)?,
+            )
+            .map_err(LoadError::DnsAnsweredSlots)?,
+        ],
         answered: [
             take_map(&mut ebpf, DNS_ANSWERED_MAPS[0], BpfHashMap::try_from)?,
             take_map(&mut ebpf, DNS_ANSWERED_MAPS[1], BpfHashMap::try_from)?,
