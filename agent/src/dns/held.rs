@@ -64,6 +64,11 @@ pub(super) struct Mapping {
 unsafe impl Send for Mapping {}
 
 impl Mapping {
+    /// The first value's address.
+    pub(super) fn base(&self) -> *mut u8 {
+        self.at.as_ptr()
+    }
+
     /// Maps the `entries` values of `size` bytes of an array created with `BPF_F_MMAPABLE`.
     pub(super) fn new(
         name: &'static str,
@@ -119,13 +124,6 @@ impl Mapping {
             len,
             _map: data,
         })
-    }
-}
-
-impl Mapping {
-    /// The first value's address.
-    pub(super) fn base(&self) -> *mut u8 {
-        self.at.as_ptr()
     }
 }
 
