@@ -23,6 +23,17 @@
 //! and both ports from the packet, and compare the ports with 53 ([`CLASSIFY`], 20-odd
 //! instructions, nothing kept and nothing sent). A goal above its ratio cannot be met by a
 //! DNS capture there, whatever it does with the packets it finds.
+//!
+//! With `--hold-empty-hooks match` they do the least any exact matching of answers to queries
+//! at those hooks must do on top ([`matcher`]): a query leaving its socket stores its key
+//! (client port and DNS id) in a slot of an array, one cache line per slot, the slot chosen by
+//! a multiplicative hash of the key; an answer arriving loads the slot of its key and, when the
+//! key is there, clears it. No clock, no counter, no cgroup, no address compared and nothing
+//! sent: whatever an exact matcher keeps about a lookup, it must at least carry something
+//! from the query's packet to the answer's, and the answer is often handled on another CPU (in
+//! the server's send). IPv4 UDP without options (the DNS floods' packets); every other packet
+//! gets the classifier's header checks and goes through. A goal above its ratio cannot be met
+//! by exact matching at those hooks.
 
 use std::{
     ffi::CString,
@@ -40,8 +51,12 @@ pub const READY: &str = "empty programs attached";
 pub const TCX_ARG: &str = "tcx";
 /// After [`HOLD_ARG`]: [`CLASSIFY`] at the cgroup_skb hooks instead of empty programs.
 pub const CLASSIFY_ARG: &str = "classify";
+/// After [`HOLD_ARG`]: [`matcher`] at the cgroup_skb hooks instead of empty programs.
+pub const MATCH_ARG: &str = "match";
 
+const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_MAP_TYPE_ARRAY: u32 = 2;
 const BPF_RAW_TRACEPOINT_OPEN: libc::c_long = 17;
 const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_PROG_TYPE_CGROUP_SKB: u32 = 8;
@@ -121,6 +136,21 @@ const JEQ_K: u8 = 0x15; // if r_dst == imm: pc += off
 const JNE_K: u8 = 0x55; // if r_dst != imm: pc += off
 const JA: u8 = 0x05; // pc += off
 const EXIT: u8 = 0x95;
+const LDX_DW: u8 = 0x79; // r_dst = *(u64 *)(r_src + off)
+const STX_DW: u8 = 0x7b; // *(u64 *)(r_dst + off) = r_src
+const ST_DW: u8 = 0x7a; // *(u64 *)(r_dst + off) = imm
+const LD_IMM64: u8 = 0x18; // r_dst = a 64-bit value over two instructions (here: a map value)
+const ADD_X: u8 = 0x0f; // r_dst += r_src
+const OR_X: u8 = 0x4f; // r_dst |= r_src
+const LSH_K: u8 = 0x67; // r_dst <<= imm
+const MOV32_X: u8 = 0xbc; // w_dst = w_src (upper half zeroed)
+const MUL32_K: u8 = 0x24; // w_dst *= imm
+const RSH32_K: u8 = 0x74; // w_dst >>= imm
+const JSET_K: u8 = 0x45; // if r_dst & imm: pc += off
+const JNE_X: u8 = 0x5d; // if r_dst != r_src: pc += off
+/// `src_reg` of an `LD_IMM64` whose immediates are a map's descriptor and an offset into its
+/// one value: the address of that value.
+const PSEUDO_MAP_VALUE: u8 = 2;
 
 /// `__sk_buff.data` and `__sk_buff.data_end`.
 const SKB_DATA: i16 = 76;
@@ -161,6 +191,91 @@ const CLASSIFY: [[u8; 8]; 27] = [
     insn(EXIT, 0, 0, 0, 0),               // 26
 ];
 
+/// Slots of the [`matcher`]'s array: one 64-byte line each (256 KiB, as one value).
+const MATCH_SLOTS_LOG2: i32 = 12;
+const MATCH_SLOT_BYTES_LOG2: i32 = 6;
+const MATCH_VALUE_BYTES: u32 = 1 << (MATCH_SLOTS_LOG2 + MATCH_SLOT_BYTES_LOG2);
+/// Multiplier of the slot hash (2^32 / golden ratio): the slot is the product's top bits.
+const MATCH_HASH: i32 = 0x9e37_79b1_u32 as i32;
+/// A jump to the program's end (let the packet through), resolved by [`matcher`].
+const TO_PASS: i16 = i16::MIN;
+
+/// The least exact matcher, as a cgroup_skb program for `egress` (queries leaving) or
+/// ingress (answers arriving), with the slots in the one value of the array map `map_fd`.
+/// The key is the client's port and the DNS id as loaded from the packet (the same 32 bits
+/// either way round); r6..r9 hold source port, destination port, id and the flags' first byte.
+fn matcher(egress: bool, map_fd: i32) -> Vec<[u8; 8]> {
+    let mut p = vec![
+        insn(LDX_W, 2, 1, SKB_DATA, 0),     // r2 = data
+        insn(LDX_W, 3, 1, SKB_DATA_END, 0), // r3 = data_end
+        insn(MOV_X, 4, 2, 0, 0),            //
+        insn(ADD_K, 4, 0, 0, 32),           // r4 = data + 32 (through the DNS flags)
+        insn(JGT_X, 4, 3, TO_PASS, 0),      // short
+        insn(LDX_B, 5, 2, 0, 0),            //
+        insn(JNE_K, 5, 0, TO_PASS, 0x45),   // not IPv4 without options
+        insn(LDX_B, 5, 2, 9, 0),            //
+        insn(JNE_K, 5, 0, TO_PASS, 17),     // not UDP
+        insn(LDX_H, 6, 2, 20, 0),           // r6 = source port
+        insn(LDX_H, 7, 2, 22, 0),           // r7 = destination port
+        insn(LDX_H, 8, 2, 28, 0),           // r8 = DNS id
+        insn(LDX_B, 9, 2, 30, 0),           // r9 = DNS flags, first byte (QR is 0x80)
+    ];
+    // (the client's port register) for the key.
+    let client = if egress {
+        p.extend([
+            insn(JNE_K, 7, 0, TO_PASS, PORT_53_LOADED), // not to a DNS port: an answer sent
+            insn(JSET_K, 9, 0, TO_PASS, 0x80),          // an answer
+        ]);
+        6
+    } else {
+        p.extend([
+            insn(JNE_K, 6, 0, TO_PASS, PORT_53_LOADED), // not from a DNS port: a query received
+            insn(JSET_K, 9, 0, 1, 0x80),                // an answer -> over the next
+            insn(JA, 0, 0, TO_PASS, 0),                 // a query
+        ]);
+        7
+    };
+    p.extend([
+        insn(LSH_K, client, 0, 0, 16),
+        insn(OR_X, client, 8, 0, 0),    // key = client port << 16 | id
+        insn(MOV32_X, 0, client, 0, 0), //
+        insn(MUL32_K, 0, 0, 0, MATCH_HASH), //
+        insn(RSH32_K, 0, 0, 0, 32 - MATCH_SLOTS_LOG2), // slot
+        insn(LSH_K, 0, 0, 0, MATCH_SLOT_BYTES_LOG2), // its offset
+        insn(LD_IMM64, 1, PSEUDO_MAP_VALUE, 0, map_fd), // r1 = the array's value
+        insn(0, 0, 0, 0, 0),            // (offset 0 into it)
+        insn(ADD_X, 1, 0, 0, 0),        // r1 = the slot
+    ]);
+    if egress {
+        p.push(insn(STX_DW, 1, client, 0, 0)); // held
+    } else {
+        p.extend([
+            insn(LDX_DW, 4, 1, 0, 0),           // what the slot holds
+            insn(JNE_X, 4, client, TO_PASS, 0), // not this answer's query
+            insn(ST_DW, 1, 0, 0, 0),            // matched: the slot is free again
+        ]);
+    }
+    let pass = p.len();
+    p.extend([insn(MOV_K, 0, 0, 0, 1), insn(EXIT, 0, 0, 0, 0)]);
+    for (at, i) in p.iter_mut().enumerate() {
+        if i16::from_le_bytes([i[2], i[3]]) == TO_PASS && i[0] != LD_IMM64 {
+            let off = (pass - at - 1) as i16;
+            i[2..4].copy_from_slice(&off.to_le_bytes());
+        }
+    }
+    p
+}
+
+/// The [`matcher`]'s array: one value of [`MATCH_VALUE_BYTES`].
+fn match_slots() -> anyhow::Result<OwnedFd> {
+    let mut attr = Attr::default();
+    attr.put_u32(0, BPF_MAP_TYPE_ARRAY);
+    attr.put_u32(4, 4);
+    attr.put_u32(8, MATCH_VALUE_BYTES);
+    attr.put_u32(12, 1);
+    bpf(BPF_MAP_CREATE, &mut attr, "creating the matcher's array")
+}
+
 /// Loads `r0 = ret; exit` as a program of `prog_type`.
 fn load_empty(prog_type: u32, expected_attach: u32, ret: i32) -> anyhow::Result<OwnedFd> {
     load(
@@ -189,15 +304,27 @@ fn load(
     bpf(BPF_PROG_LOAD, &mut attr, what)
 }
 
-/// Attaches an empty program to every hook of the agent, or [`CLASSIFY`] to its cgroup_skb
-/// hooks with `classify`; the descriptors keep them attached.
-pub fn attach_all(classify: bool) -> anyhow::Result<Vec<OwnedFd>> {
+/// What [`attach_all`] puts at the cgroup_skb hooks.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum AtCgroupHooks {
+    Empty,
+    Classify,
+    Match,
+}
+
+/// Attaches an empty program to every hook of the agent, with `at_cgroup` at its cgroup_skb
+/// hooks; the descriptors keep them attached.
+pub fn attach_all(at_cgroup: AtCgroupHooks) -> anyhow::Result<Vec<OwnedFd>> {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
     let cgroup_root = triage_agent::kernel::mountinfo::mounts(&mountinfo)
         .find(|m| m.fstype == "cgroup2")
         .map(|m| m.point.to_owned())
         .context("no cgroup2 mount")?;
     let mut held = Vec::new();
+    let slots = match at_cgroup {
+        AtCgroupHooks::Match => Some(match_slots()?),
+        _ => None,
+    };
     for program in PROGRAMS {
         match program.hook {
             Hook::RawTracePoint { name } | Hook::TracePoint { name, .. } => {
@@ -222,15 +349,20 @@ pub fn attach_all(classify: bool) -> anyhow::Result<Vec<OwnedFd>> {
                 let root = std::fs::File::open(&cgroup_root)
                     .with_context(|| format!("opening {cgroup_root}"))?;
                 // cgroup_skb programs return 1: let the packet through.
-                let prog = if classify {
-                    load(
+                let prog = match (at_cgroup, &slots) {
+                    (AtCgroupHooks::Classify, _) => load(
                         BPF_PROG_TYPE_CGROUP_SKB,
                         attach,
                         &CLASSIFY,
                         "loading the DNS classifier",
-                    )?
-                } else {
-                    load_empty(BPF_PROG_TYPE_CGROUP_SKB, attach, 1)?
+                    )?,
+                    (AtCgroupHooks::Match, Some(slots)) => load(
+                        BPF_PROG_TYPE_CGROUP_SKB,
+                        attach,
+                        &matcher(egress, raw_fd(slots) as i32),
+                        "loading the DNS matcher",
+                    )?,
+                    _ => load_empty(BPF_PROG_TYPE_CGROUP_SKB, attach, 1)?,
                 };
                 held.extend(link(
                     prog,
@@ -241,6 +373,7 @@ pub fn attach_all(classify: bool) -> anyhow::Result<Vec<OwnedFd>> {
             }
         }
     }
+    held.extend(slots);
     Ok(held)
 }
 
@@ -310,7 +443,9 @@ pub fn hold() -> anyhow::Result<()> {
                 .filter(|s| !s.is_empty())
                 .collect::<Vec<_>>(),
         )?,
-        None => attach_all(args.iter().any(|a| a == CLASSIFY_ARG))?,
+        None if args.iter().any(|a| a == CLASSIFY_ARG) => attach_all(AtCgroupHooks::Classify)?,
+        None if args.iter().any(|a| a == MATCH_ARG) => attach_all(AtCgroupHooks::Match)?,
+        None => attach_all(AtCgroupHooks::Empty)?,
     };
     println!("{READY} ({} descriptors)", held.len());
     loop {
@@ -322,16 +457,20 @@ pub fn hold() -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
-    /// Runs [`CLASSIFY`] over `packet` with the few instructions it uses, as the kernel would
-    /// (packet loads little-endian, as on the hosts it runs on): the index of the `exit` it
-    /// reached. Out-of-bounds packet loads fail the test, as the verifier would refuse them.
-    fn exit_reached(packet: &[u8]) -> usize {
+    /// Where the map value lives in [`run`]'s address space (the packet starts at 0).
+    const VALUE_BASE: u64 = 1 << 40;
+
+    /// Runs `prog` over `packet` with the few instructions the floor's programs use, as the
+    /// kernel would (loads and stores little-endian, as on the hosts they run on), with `value`
+    /// as the one map value an `LD_IMM64` names: the index of the `exit` it reached. A load or
+    /// store outside the packet or the value fails the test, as the verifier would refuse it.
+    fn run(prog: &[[u8; 8]], packet: &[u8], value: &mut [u8]) -> usize {
         let mut r = [0u64; 11];
         // r1: the context; its data and data_end are offsets into `packet` here.
         let (data, data_end) = (0u64, packet.len() as u64);
         let mut pc = 0usize;
         for _ in 0..100 {
-            let [code, regs, o0, o1, i0, i1, i2, i3] = CLASSIFY[pc];
+            let [code, regs, o0, o1, i0, i1, i2, i3] = prog[pc];
             let (dst, src) = (usize::from(regs & 0x0f), usize::from(regs >> 4));
             let off = i16::from_le_bytes([o0, o1]);
             let imm = i32::from_le_bytes([i0, i1, i2, i3]);
@@ -342,15 +481,31 @@ mod tests {
                     pc + 1
                 }
             };
-            let at = |base: u64, width: usize| {
-                let start = (base as i64 + i64::from(off)) as usize;
-                assert!(
-                    start + width <= packet.len(),
-                    "load past the packet at {pc}"
-                );
+            let address = |base: u64| (base as i64 + i64::from(off)) as u64;
+            let load = |value: &[u8], base: u64, width: usize| {
+                let at = address(base);
+                let bytes = if at >= VALUE_BASE {
+                    let start = (at - VALUE_BASE) as usize;
+                    assert!(start + width <= value.len(), "load past the value at {pc}");
+                    &value[start..start + width]
+                } else {
+                    let start = at as usize;
+                    assert!(
+                        start + width <= packet.len(),
+                        "load past the packet at {pc}"
+                    );
+                    &packet[start..start + width]
+                };
                 let mut v = [0u8; 8];
-                v[..width].copy_from_slice(&packet[start..start + width]);
+                v[..width].copy_from_slice(bytes);
                 u64::from_le_bytes(v)
+            };
+            let mut store = |base: u64, v: u64| {
+                let at = address(base);
+                assert!(at >= VALUE_BASE, "store outside the map value at {pc}");
+                let start = (at - VALUE_BASE) as usize;
+                assert!(start + 8 <= value.len(), "store past the value at {pc}");
+                value[start..start + 8].copy_from_slice(&v.to_le_bytes());
             };
             pc = match code {
                 LDX_W if src == 1 => {
@@ -361,16 +516,38 @@ mod tests {
                     };
                     pc + 1
                 }
+                LDX_DW => {
+                    r[dst] = load(value, r[src], 8);
+                    pc + 1
+                }
                 LDX_H => {
-                    r[dst] = at(r[src], 2);
+                    r[dst] = load(value, r[src], 2);
                     pc + 1
                 }
                 LDX_B => {
-                    r[dst] = at(r[src], 1);
+                    r[dst] = load(value, r[src], 1);
                     pc + 1
+                }
+                STX_DW => {
+                    store(r[dst], r[src]);
+                    pc + 1
+                }
+                ST_DW => {
+                    store(r[dst], imm as i64 as u64);
+                    pc + 1
+                }
+                LD_IMM64 => {
+                    assert_eq!(src, usize::from(PSEUDO_MAP_VALUE), "LD_IMM64 at {pc}");
+                    let offset = i32::from_le_bytes(prog[pc + 1][4..8].try_into().unwrap());
+                    r[dst] = VALUE_BASE + offset as u64;
+                    pc + 2
                 }
                 MOV_X => {
                     r[dst] = r[src];
+                    pc + 1
+                }
+                MOV32_X => {
+                    r[dst] = r[src] & 0xffff_ffff;
                     pc + 1
                 }
                 MOV_K => {
@@ -381,19 +558,46 @@ mod tests {
                     r[dst] = r[dst].wrapping_add(imm as u64);
                     pc + 1
                 }
+                ADD_X => {
+                    r[dst] = r[dst].wrapping_add(r[src]);
+                    pc + 1
+                }
+                OR_X => {
+                    r[dst] |= r[src];
+                    pc + 1
+                }
+                LSH_K => {
+                    r[dst] <<= imm;
+                    pc + 1
+                }
                 RSH_K => {
                     r[dst] >>= imm;
                     pc + 1
                 }
+                MUL32_K => {
+                    r[dst] = u64::from((r[dst] as u32).wrapping_mul(imm as u32));
+                    pc + 1
+                }
+                RSH32_K => {
+                    r[dst] = u64::from((r[dst] as u32) >> imm);
+                    pc + 1
+                }
                 JGT_X => jump(r[dst] > r[src]),
+                JNE_X => jump(r[dst] != r[src]),
                 JEQ_K => jump(r[dst] == imm as u64),
                 JNE_K => jump(r[dst] != imm as u64),
+                JSET_K => jump(r[dst] & imm as u64 != 0),
                 JA => jump(true),
                 EXIT => return pc,
                 other => panic!("opcode {other:#x} at {pc}"),
             };
         }
         panic!("no exit within 100 steps");
+    }
+
+    /// [`CLASSIFY`] over `packet`: the index of the `exit` it reached.
+    fn exit_reached(packet: &[u8]) -> usize {
+        run(&CLASSIFY, packet, &mut [])
     }
 
     /// An IPv4 (no options) or IPv6 packet with `protocol` and both ports, padded to `len`.
@@ -443,5 +647,57 @@ mod tests {
         let mut options = packet(false, 17, 1, 53, 64);
         options[0] = 0x46;
         assert_eq!(exit_reached(&options), NOT_DNS);
+    }
+
+    /// A UDP DNS packet over IPv4: `sport` to `dport`, the DNS `id`, a query or an answer.
+    fn dns(sport: u16, dport: u16, id: u16, answer: bool) -> Vec<u8> {
+        let mut p = packet(false, 17, sport, dport, 60);
+        p[28..30].copy_from_slice(&id.to_be_bytes());
+        p[30] = if answer { 0x81 } else { 0x01 };
+        p
+    }
+
+    /// The non-zero slots of the matcher's value.
+    fn held(value: &[u8]) -> usize {
+        value
+            .chunks(1 << MATCH_SLOT_BYTES_LOG2)
+            .filter(|slot| slot.iter().any(|b| *b != 0))
+            .count()
+    }
+
+    #[test]
+    fn the_matcher_holds_a_query_until_its_answer_and_only_its_answer() {
+        let (egress, ingress) = (matcher(true, 7), matcher(false, 7));
+        let mut value = vec![0u8; MATCH_VALUE_BYTES as usize];
+        // Two queries from one socket, with different ids: two slots.
+        run(&egress, &dns(40000, 53, 1, false), &mut value);
+        run(&egress, &dns(40000, 53, 2, false), &mut value);
+        assert_eq!(held(&value), 2);
+        // What the server sees and sends is only classified.
+        run(&ingress, &dns(40000, 53, 1, false), &mut value);
+        run(&egress, &dns(53, 40000, 1, true), &mut value);
+        assert_eq!(held(&value), 2);
+        // An answer with another id, or to another port, or a query arriving: nothing freed.
+        run(&ingress, &dns(53, 40000, 3, true), &mut value);
+        run(&ingress, &dns(53, 40001, 1, true), &mut value);
+        run(&ingress, &dns(53, 40000, 1, false), &mut value);
+        assert_eq!(held(&value), 2);
+        // The answers free their queries' slots.
+        run(&ingress, &dns(53, 40000, 1, true), &mut value);
+        assert_eq!(held(&value), 1);
+        run(&ingress, &dns(53, 40000, 2, true), &mut value);
+        assert_eq!(held(&value), 0);
+        // Not DNS, not UDP, IPv6, or short: nothing kept, nothing read past the end.
+        for p in [
+            packet(false, 17, 40000, 5353, 60),
+            packet(false, 6, 40000, 53, 60),
+            packet(true, 17, 40000, 53, 60),
+            dns(40000, 53, 1, false)[..31].to_vec(),
+        ] {
+            for prog in [&egress, &ingress] {
+                assert_eq!(run(prog, &p, &mut value), prog.len() - 1);
+            }
+        }
+        assert_eq!(held(&value), 0);
     }
 }

@@ -999,6 +999,7 @@ fn dns_round_trips(node: &SimNode, client: usize, window: u16, name: &str) -> an
     let load = |node: &SimNode| dns_load(node, client, window, name);
     let (mut detached, mut attached, mut tcpdump) = (Vec::new(), Vec::new(), Vec::new());
     let (mut floor, mut tcx_floor, mut classify) = (Vec::new(), Vec::new(), Vec::new());
+    let mut matcher = Vec::new();
     let (mut cpu_per_10k, mut losses) = (Vec::new(), String::new());
     let (mut answered_total, mut counted_total) = (0u64, 0u64);
     for _ in 0..rounds() {
@@ -1061,6 +1062,10 @@ fn dns_round_trips(node: &SimNode, client: usize, window: u16, name: &str) -> an
         let classifier = peers::classify_floor().start(node, client)?;
         classify.push(load(node)?.0);
         classifier.stop()?;
+
+        let matching = peers::match_floor().start(node, client)?;
+        matcher.push(load(node)?.0);
+        matching.stop()?;
     }
     let costs = dns_program_costs(node, client, &|node| {
         load(node).map(|(rate, _)| rate * seconds)
@@ -1071,6 +1076,7 @@ fn dns_round_trips(node: &SimNode, client: usize, window: u16, name: &str) -> an
     let f = median(&mut floor.clone());
     let x = median(&mut tcx_floor.clone());
     let c = median(&mut classify.clone());
+    let m = median(&mut matcher.clone());
     println!(
         "\ndns: queries/s through the simulated resolver, {window} in flight ({} rounds x {seconds} s, interleaved)",
         rounds()
@@ -1096,6 +1102,7 @@ fn dns_round_trips(node: &SimNode, client: usize, window: u16, name: &str) -> an
         (peers::FLOOR, f, &floor),
         (peers::TCX_FLOOR, x, &tcx_floor),
         (peers::CLASSIFY_FLOOR, c, &classify),
+        (peers::MATCH_FLOOR, m, &matcher),
     ] {
         println!(
             "  {label} instead: median {median:.0}/s; ratio {:.3}; paired by round {:.3}",
@@ -1119,13 +1126,14 @@ fn dns_round_trips(node: &SimNode, client: usize, window: u16, name: &str) -> an
     };
     println!(
         "  rounds (thousands/s): detached {}; attached {}; tcpdump {}; floor {}; TCX floor {}; \
-         classifier {}",
+         classifier {}; matcher {}",
         per_round(&detached),
         per_round(&attached),
         per_round(&tcpdump),
         per_round(&floor),
         per_round(&tcx_floor),
-        per_round(&classify)
+        per_round(&classify),
+        per_round(&matcher)
     );
     let what = if name == FOUND {
         "answered"
@@ -1138,19 +1146,21 @@ fn dns_round_trips(node: &SimNode, client: usize, window: u16, name: &str) -> an
         ),
         ours: results::against(a / d, 0.98),
         peers: format!(
-            "{} {:.3}; {} {:.3}; {} {:.3}; tcpdump -i any udp port 53 {:.3}",
+            "{} {:.3}; {} {:.3}; {} {:.3}; {} {:.3}; tcpdump -i any udp port 53 {:.3}",
             peers::FLOOR,
             f / d,
             peers::TCX_FLOOR,
             x / d,
             peers::CLASSIFY_FLOOR,
             c / d,
+            peers::MATCH_FLOOR,
+            m / d,
             t / d
         ),
         goal: ">= 0.98".to_owned(),
         spread: format!(
             "detached {} ({}-{}), attached {} ({}-{}); paired by round: ours {:.3}, floor \
-             {:.3}, classifier {:.3}; agent {:.3} cores per 10k queries/s; answers \
+             {:.3}, classifier {:.3}, matcher {:.3}; agent {:.3} cores per 10k queries/s; answers \
              {answered_total}, lookups counted {counted_total}; losses: {}; eBPF time per \
              query {costs}",
             results::thousands(d),
@@ -1162,6 +1172,7 @@ fn dns_round_trips(node: &SimNode, client: usize, window: u16, name: &str) -> an
             paired(&detached, &attached),
             paired(&detached, &floor),
             paired(&detached, &classify),
+            paired(&detached, &matcher),
             median(&mut cpu_per_10k),
             if losses.is_empty() { "none" } else { &losses }
         ),
@@ -1206,6 +1217,7 @@ fn dns_program_costs(
     for (label, peer) in [
         ("classifier floor", peers::classify_floor()),
         ("empty floor", peers::floor()),
+        ("matcher floor", peers::match_floor()),
     ] {
         let running = peer.start(node, client)?;
         let (ns0, _) = peers::bpf_run_stats(running.pid());

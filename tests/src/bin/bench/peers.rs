@@ -85,6 +85,17 @@ pub fn classify_floor() -> Peer {
 pub const CLASSIFY_FLOOR: &str =
     "programs that only find DNS packets (IP version, protocol and ports read; nothing kept)";
 
+/// [`floor`] with programs at the cgroup_skb hooks that match answers to queries and do
+/// nothing else (`crate::floor::matcher`): the least exact matching at those hooks costs.
+pub fn match_floor() -> Peer {
+    held_by_the_bench(MATCH_FLOOR, &[crate::floor::MATCH_ARG])
+}
+
+/// The matcher floor's label.
+pub const MATCH_FLOOR: &str = "programs that only match answers to queries (a key stored per \
+     query in a one-line slot, loaded, compared and cleared by its answer; no clock, counter or \
+     cgroup)";
+
 /// Empty TCX programs, both directions, on every pod's node-side interface: the floor of the
 /// other way to capture DNS (tc on the pods' interfaces instead of cgroup_skb on the cgroup2
 /// root), measured beside [`floor`] in the DNS scenario.
