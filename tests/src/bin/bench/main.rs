@@ -21,10 +21,11 @@
 //!   with `tcpdump -i any udp port 53` capturing the same traffic in the node's namespace
 //!   instead, and with the two candidate hooks' floors instead (empty programs on the cgroup
 //!   hooks the agent uses; empty TCX programs on every pod's interface), and with programs on
-//!   the cgroup hooks that only find DNS packets (the least any DNS capture there does); the
-//!   agent's CPU per 10k queries/s, that it lost nothing (every lookup counted),
-//!   and the DNS programs' time per query (one more load with the kernel's run-time statistics
-//!   on, beside the classifier's and the empty floor's); `dns-latency` runs only the
+//!   the cgroup hooks that only find DNS packets (the least any DNS capture there does), and
+//!   that only match answers to queries (the least exact matching there does); the agent's
+//!   CPU per 10k queries/s, that it lost nothing (every lookup counted), and the DNS programs'
+//!   time per query (one more load with the kernel's run-time statistics on, beside the
+//!   classifier's, the empty floor's and the matcher's); `dns-latency` runs only the
 //!   one-at-a-time part, `dns-cost` only the eBPF time per query (a quick comparison of
 //!   builds);
 //! - healthy: TCP throughput (iperf3) and connection rate between two pods, attached vs
@@ -978,7 +979,7 @@ fn dns_load(node: &SimNode, client: usize, window: u16, name: &str) -> anyhow::R
     Ok((n / secs, n as u64))
 }
 
-/// `bench dns-cost`: only the eBPF time per query, ours and the two cgroup-hook floors', for
+/// `bench dns-cost`: only the eBPF time per query, ours and the three cgroup-hook floors', for
 /// both floods, once per round: the quick way to compare builds of the DNS programs.
 fn dns_costs(node: &SimNode, client: usize) -> anyhow::Result<()> {
     let seconds = dns_load_seconds();
@@ -1182,7 +1183,7 @@ fn dns_round_trips(node: &SimNode, client: usize, window: u16, name: &str) -> an
 
 /// One more load with the kernel's run-time statistics on: the DNS programs' time per query
 /// (all four packets of a lookup: query out, query in at the server, answer out, answer in),
-/// and per program run; then the same for the classifier floor and the empty floor, so the
+/// and per program run; then the same for the classifier, empty and matcher floors, so the
 /// agent's own time is read against theirs from the same run (run time is steadier than a
 /// rate). `load` returns the queries it made.
 fn dns_program_costs(
