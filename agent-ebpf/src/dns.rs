@@ -84,6 +84,9 @@ const RCODE: u16 = 0x000f;
 /// Pending bytes in the ring from which a submit wakes the reader (a quarter of the ring).
 const WAKEUP_BYTES: u64 = DNS_RING_BYTES as u64 / 4;
 
+/// The smallest power of two minus one at or above the payload cap: see [`fill`].
+const PAYLOAD_LEN_MASK: u64 = (DNS_PAYLOAD_CAP as u64).next_power_of_two() - 1;
+
 /// Smallest UDP payload worth copying: a DNS header.
 const DNS_HEADER: u32 = 12;
 
@@ -97,6 +100,35 @@ pub fn dns_egress(ctx: SkBuffContext) -> i32 {
 pub fn dns_ingress(ctx: SkBuffContext) -> i32 {
     observe(&ctx, false);
     1
+}
+
+/// The same capture for kernels whose verifier takes no BPF atomics (before Linux 5.12: the
+/// loader falls back to these when [`dns_egress`] is rejected): every DNS packet goes to
+/// [`DNS_RING`] and the agent matches answers to queries itself, as it does for TCP DNS. The
+/// evidence is the same; the cost per lookup is higher (two ring records instead of none).
+/// No atomic instruction may appear here: 5.10 rejects the whole program for one
+/// ("BPF_STX uses reserved fields"), reachable or not.
+#[cgroup_skb(egress)]
+pub fn dns_egress_all(ctx: SkBuffContext) -> i32 {
+    observe_all(&ctx, true);
+    1
+}
+
+/// See [`dns_egress_all`].
+#[cgroup_skb(ingress)]
+pub fn dns_ingress_all(ctx: SkBuffContext) -> i32 {
+    observe_all(&ctx, false);
+    1
+}
+
+#[inline(always)]
+fn observe_all(ctx: &SkBuffContext, egress: bool) {
+    if connected_elsewhere(ctx) || plainly_not_dns(ctx) {
+        return;
+    }
+    if let Some(p) = parse(ctx) {
+        send(ctx, &p, egress);
+    }
 }
 
 /// Whether `port` is one of the configured DNS ports. The loader packs them from the first
@@ -914,18 +946,25 @@ unsafe fn fill(
     cgroup_id: u64,
     boot_ns: u64,
 ) {
-    // The copy's size, held in 64 bits: the verifier must see it bounded to 1..=CAP at the
-    // helper call, and a 32-bit value's zero-extension would cut the link between the
-    // register it checks and the one passed. Read back opaquely so the compiler cannot drop
-    // the check it knows to hold (parse returns none for an empty payload).
+    // The copy's size must be seen by the verifier as 1..=CAP at the helper call, on every
+    // kernel. Older verifiers (Debian's 5.10-6.18 builds) lose a bound the compiler proves
+    // on a copy of the register (`r1 = r7 - 1; if r6 > r1`: "R4 invalid zero-sized read"),
+    // so the lower bound comes from arithmetic every verifier tracks (a mask gives
+    // 0..=MASK, plus one gives 1..=MASK+1) and the upper bound from one compare of the very
+    // register passed. Each step is read back opaquely, so the compiler can neither fold the
+    // mask away (parse returns none for an empty payload) nor compare a copy. For
+    // 1 <= len <= CAP the mask keeps len - 1 as it is, so n is len capped at CAP.
     let n: u64 = u64::from(p.payload_len).min(DNS_PAYLOAD_CAP as u64);
+    // SAFETY: reads a local.
+    let n = unsafe { core::ptr::read_volatile(&n) };
+    let n = (n.wrapping_sub(1) & PAYLOAD_LEN_MASK) + 1;
     // SAFETY: reads a local.
     let n = unsafe { core::ptr::read_volatile(&n) };
     // SAFETY: the caller's promise; fields are written in place (the payload is too big for
     // the BPF stack).
     unsafe {
         let payload = (*event).payload.as_mut_ptr();
-        let copied = n > 0
+        let copied = p.payload_len > 0
             && n <= DNS_PAYLOAD_CAP as u64
             && bpf_skb_load_bytes(
                 ctx.skb.skb as *const _,

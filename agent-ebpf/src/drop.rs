@@ -11,7 +11,8 @@
 //!
 //! Kernel interfaces:
 //! - raw tracepoint kfree_skb: arguments (skb, location, reason, ...); the tracefs format of
-//!   skb:kfree_skb tells whether this kernel has the reason (Linux 5.17+; else not attached)
+//!   skb:kfree_skb tells whether this kernel has the reason (Linux 5.17+; before, the location
+//!   argument is recorded in its place, see `flow_flags::LOCATION`)
 //! - struct sk_buff.protocol (__be16 ETH_P_*)
 //! - struct sk_buff: head (ptr), network_header / transport_header (u16 offsets from head,
 //!   0xffff when unset), sk (ptr)
@@ -33,6 +34,7 @@ use crate::{
 /// `TP_PROTO(struct sk_buff *skb, void *location, enum skb_drop_reason reason, ...)`: the
 /// argument indexes (stable since the reason was added in Linux 5.17).
 const ARG_SKB: usize = 0;
+const ARG_LOCATION: usize = 1;
 const ARG_REASON: usize = 2;
 
 pub const ETH_P_IP: u16 = 0x0800;
@@ -53,16 +55,20 @@ pub fn kfree_skb(ctx: RawTracePointContext) -> i32 {
 
 fn try_kfree_skb(ctx: &RawTracePointContext) -> Result<(), i32> {
     let o = offsets();
-    // The loader leaves this absent on kernels without drop reasons.
-    if o.kfree_skb.reason == triage_agent_common::ABSENT {
-        return Ok(());
-    }
-    let reason: u64 = ctx.arg(ARG_REASON);
-    let reason = reason as u32;
-    match DROP_REASONS.get(reason) {
-        Some(wanted) if *wanted != 0 => {}
-        _ => return Ok(()),
-    }
+    // Before Linux 5.17 there is no reason: every freed packet is a drop candidate and where it
+    // was freed (the tracepoint's second argument) stands in for the reason.
+    let (reason, flags) = if o.kfree_skb.reason == triage_agent_common::ABSENT {
+        let location: u64 = ctx.arg(ARG_LOCATION);
+        (location as u32, flow_flags::LOCATION)
+    } else {
+        let reason: u64 = ctx.arg(ARG_REASON);
+        let reason = reason as u32;
+        match DROP_REASONS.get(reason) {
+            Some(wanted) if *wanted != 0 => {}
+            _ => return Ok(()),
+        }
+        (reason, flow_flags::HAS_REASON)
+    };
     let skb: u64 = ctx.arg(ARG_SKB);
     let (protocol, th, nh, head) = skb_headers(skb)?;
     if protocol != ETH_P_IP && protocol != ETH_P_IPV6 {
@@ -75,7 +81,7 @@ fn try_kfree_skb(ctx: &RawTracePointContext) -> Result<(), i32> {
     let mut key = FlowKey {
         kind: kind::PACKET_DROP,
         reason,
-        flags: flow_flags::HAS_REASON,
+        flags,
         ..FlowKey::default()
     };
     // The IP header and the first transport bytes in one read when the transport header
@@ -106,7 +112,10 @@ fn try_kfree_skb(ctx: &RawTracePointContext) -> Result<(), i32> {
         l4.copy_from_slice(&hdr[40..54]);
     }
     // TCP drops for want of a socket are refusals the refusal probes report.
-    if reason == o.kfree_skb.no_socket && key.protocol == IPPROTO_TCP as u8 {
+    if flags == flow_flags::HAS_REASON
+        && reason == o.kfree_skb.no_socket
+        && key.protocol == IPPROTO_TCP as u8
+    {
         return Ok(());
     }
     if !l4_inline {

@@ -92,6 +92,41 @@ pub async fn run(cli: Cli) -> ExitCode {
     }
 }
 
+/// `doctor`: checks this node, prints the report, exits by the worst finding.
+#[cfg(feature = "node-agent")]
+fn doctor(args: cli::DoctorArgs) -> anyhow::Result<()> {
+    let report = crate::doctor::run(&crate::doctor::DoctorConfig {
+        cgroup_root: args.cgroup_root,
+        kubelet_cgroup_root: args.kubelet_cgroup_root,
+        dns_ports: args.dns_ports.0,
+        drop_reasons: args.drop_reasons,
+    });
+    let text = match args.output {
+        cli::DoctorOutput::Table => crate::doctor::render_table(&report),
+        cli::DoctorOutput::Json => {
+            let mut json = serde_json::to_string_pretty(&report).context("encoding the report")?;
+            json.push('\n');
+            json
+        }
+    };
+    print(&text)?;
+    let s = &report.summary;
+    match s.exit_code {
+        0 => Ok(()),
+        code => Err(Exit {
+            code,
+            message: format!(
+                "{} of {} signals degraded, {} off, {} checks failed",
+                s.degraded,
+                report.signals.len(),
+                s.off,
+                s.failed_checks
+            ),
+        }
+        .into()),
+    }
+}
+
 fn print(text: &str) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     out.write_all(text.as_bytes()).context("writing output")?;
@@ -153,6 +188,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Explain(args) => query(args, true).await,
         Command::Watch(args) => watch(args).await,
         Command::Status(args) => status(args).await,
+        #[cfg(feature = "node-agent")]
+        Command::Doctor(args) => doctor(args),
         #[cfg(feature = "cluster")]
         Command::Timeline(args) => timeline(args).await,
         Command::Completion(args) => {

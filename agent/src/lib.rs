@@ -24,6 +24,8 @@ pub mod app;
 pub mod attribute;
 pub mod cli;
 pub mod dns;
+#[cfg(feature = "node-agent")]
+pub mod doctor;
 pub mod evidence;
 pub mod kernel;
 pub mod loss;
@@ -35,4 +37,5 @@ pub mod otlp;
 pub mod policy;
 pub mod probes;
 pub mod samplers;
+pub mod signals;
 pub mod store;

@@ -215,6 +215,13 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             .statuses
             .iter()
             .any(|p| p.name == "tcp_send_reset" && p.attached),
+        // Only where drops carry a location instead of a reason.
+        symbols: loaded
+            .probes
+            .statuses
+            .iter()
+            .any(|p| p.name == "kfree_skb" && p.attached && p.degraded.is_some())
+            .then(|| Arc::new(crate::kernel::kallsyms::Symbols::load())),
     };
     drop(btf);
 

@@ -152,6 +152,7 @@ fn status_response() -> pb::StatusResponse {
             hook: "tracepoint/skb/kfree_skb".into(),
             attached: false,
             error: "tracepoint missing".into(),
+            ..pb::Probe::default()
         }],
         store_records: 5,
         store_capacity: 100_000,

@@ -165,6 +165,10 @@ pub mod flow_flags {
     pub const ICMP_REJECT: u32 = 1 << 2;
     /// `cgroup_id` is the cgroup of the socket that sent the dropped packet.
     pub const SOCKET_CGROUP: u32 = 1 << 3;
+    /// A drop on a kernel without drop reasons (before Linux 5.17): `reason` holds the low 32
+    /// bits of the address of the kernel code that freed the packet (kernel and module text
+    /// sit in the top 2 GiB, so the high half is all ones).
+    pub const LOCATION: u32 = 1 << 4;
 }
 
 /// Address family values as the kernel reports them.

@@ -181,6 +181,7 @@ fn drop_to_pb(d: &Drop) -> pb::DropDetail {
         reason: d.reason.to_string(),
         peer: d.peer.as_deref().map(pod_to_pb),
         tcp_flags: d.tcp_flags.map(tcp_flags_text).unwrap_or_default(),
+        location: d.location.as_deref().unwrap_or_default().to_owned(),
     }
 }
 
@@ -194,6 +195,7 @@ fn drop_from_pb(d: pb::DropDetail) -> Result<Drop, ConvertError> {
         reason: d.reason.into(),
         peer: d.peer.map(pod_from_pb),
         tcp_flags: (protocol == Protocol::Tcp).then(|| tcp_flags_from_text(&d.tcp_flags)),
+        location: (!d.location.is_empty()).then(|| d.location.into()),
     })
 }
 

@@ -55,7 +55,7 @@ pub struct Health {
 
 impl AgentState {
     /// Liveness and readiness: live when the store answers within [`HEALTH_DEADLINE`]; ready
-    /// when, besides, every program the configuration asks for is attached, the pod list has
+    /// when, besides, no signal the configuration asks for is off (degraded is ready), the pod list has
     /// been complete at least once (attribution works), and the store on disk, when
     /// configured, takes writes.
     pub async fn health(&self) -> Health {
@@ -68,17 +68,15 @@ impl AgentState {
                 "the evidence store did not answer within {HEALTH_DEADLINE:?}"
             ));
         }
-        for p in self
-            .probes
+        // A signal this kernel gives in a reduced form (Status and `doctor` say what is lost)
+        // is no reason to stop serving; a signal the configuration wants and gets nothing of
+        // is.
+        for s in self
+            .signals()
             .iter()
-            .filter(|p| !p.attached && !p.switched_off)
+            .filter(|s| s.mode == crate::signals::Mode::Off && !s.switched_off)
         {
-            problems.push(format!(
-                "program {} is not attached to {}: {}",
-                p.name,
-                p.hook,
-                p.error.as_deref().unwrap_or("unknown error")
-            ));
+            problems.push(format!("signal {} is off: {}", s.signal, s.detail));
         }
         let meta = self.meta.borrow().clone();
         if !meta.synced && meta.last_synced.is_none() {
@@ -102,6 +100,16 @@ impl AgentState {
         convert::loss_to_pb(&self.counters.snapshot())
     }
 
+    /// Each signal's mode, from the programs that run and the samplers' sources.
+    pub fn signals(&self) -> Vec<crate::signals::SignalState> {
+        let sources = self
+            .resources
+            .as_ref()
+            .map(|r| r.borrow().sources.clone())
+            .unwrap_or_default();
+        crate::signals::states(&self.probes, &sources)
+    }
+
     pub async fn status(&self) -> Result<pb::StatusResponse, ApiError> {
         let store = self.store.stats().await?;
         let meta = self.meta.borrow().clone();
@@ -119,8 +127,20 @@ impl AgentState {
                     hook: p.hook.clone(),
                     attached: p.attached,
                     error: p.error.clone().unwrap_or_default(),
+                    fallback: p
+                        .degraded
+                        .as_ref()
+                        .filter(|d| d.program != p.name)
+                        .map(|d| d.program.clone())
+                        .unwrap_or_default(),
+                    degraded: p
+                        .degraded
+                        .as_ref()
+                        .map(|d| format!("{} ({})", d.loses, d.rejected))
+                        .unwrap_or_default(),
                 })
                 .collect(),
+            signals: self.signals().into_iter().map(signal_to_pb).collect(),
             metadata: Some(pb::MetadataStatus {
                 synced: meta.synced,
                 pods: attribution.pods,
@@ -156,6 +176,19 @@ impl AgentState {
                 .as_ref()
                 .map(|p| persistence_to_pb(&p.get())),
         })
+    }
+}
+
+fn signal_to_pb(s: crate::signals::SignalState) -> pb::SignalState {
+    use crate::signals::Mode;
+    pb::SignalState {
+        signal: s.signal.to_owned(),
+        mode: match s.mode {
+            Mode::Full => pb::SignalMode::Full,
+            Mode::Degraded => pb::SignalMode::Degraded,
+            Mode::Off => pb::SignalMode::Off,
+        } as i32,
+        detail: s.detail,
     }
 }
 

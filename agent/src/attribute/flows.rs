@@ -13,6 +13,7 @@ use crate::{
     evidence::{
         Cause, Connection, Detail, Direction, Drop, Occurrence, PodRef, Process, Protocol, Subject,
     },
+    kernel::kallsyms::Symbols,
     probes::decode::{Flow, FlowKind, RawEvent},
 };
 
@@ -105,6 +106,17 @@ impl Attributor {
                 let reason = f
                     .reason
                     .map_or_else(|| "UNKNOWN".into(), |r| self.names.drop(r));
+                let location = f.location.map(|a| self.names.location(a));
+                // Without reasons, a SYN to a closed port is freed where TCP finds no socket
+                // (after answering it with a RST): a refusal the refusal probes report, as
+                // NO_SOCKET drops are skipped in the kernel when there are reasons.
+                if f.protocol == 6
+                    && location
+                        .as_deref()
+                        .is_some_and(|l| NO_SOCKET_SITES.iter().any(|s| l.starts_with(s)))
+                {
+                    return Some(Vec::new());
+                }
                 let protocol = Protocol::from_ip(f.protocol);
                 let drop = |direction, peer| {
                     Detail::PacketDrop(Drop {
@@ -115,6 +127,7 @@ impl Attributor {
                         reason: reason.clone(),
                         peer,
                         tcp_flags: (protocol == Protocol::Tcp).then_some(f.tcp_flags),
+                        location: location.clone(),
                     })
                 };
                 // Each end that is a pod of this node gets its own record.
@@ -237,13 +250,20 @@ pub struct KernelNames {
     /// Whether this node sees its own stack's refusals (tcp_send_reset attached): without
     /// them a reset cannot be told from a firewall's.
     pub sees_stack_refusals: bool,
+    /// Kernel symbols, to name where a packet was dropped on kernels without drop reasons
+    /// (`None` where drops carry reasons).
+    pub symbols: Option<Arc<Symbols>>,
 }
+
+/// Where TCP frees a segment that found no socket (kernels without drop reasons).
+const NO_SOCKET_SITES: [&str; 2] = ["tcp_v4_rcv+", "tcp_v6_rcv+"];
 
 /// [`KernelNames`] as shared strings.
 pub(super) struct Names {
     reset: HashMap<u32, Arc<str>>,
     drop: HashMap<u32, Arc<str>>,
     sees_stack_refusals: bool,
+    symbols: Option<Arc<Symbols>>,
 }
 
 impl From<KernelNames> for Names {
@@ -253,6 +273,7 @@ impl From<KernelNames> for Names {
             reset: shared(n.reset),
             drop: shared(n.drop),
             sees_stack_refusals: n.sees_stack_refusals,
+            symbols: n.symbols,
         }
     }
 }
@@ -263,6 +284,13 @@ impl Names {
             .get(&v)
             .cloned()
             .unwrap_or_else(|| format!("reason {v}").into())
+    }
+    /// Where a packet was freed: `function+0xoffset`, or the address when symbols are hidden.
+    fn location(&self, address: u64) -> Arc<str> {
+        match &self.symbols {
+            Some(s) => s.describe(address).into(),
+            None => format!("{address:#x}").into(),
+        }
     }
     fn drop(&self, v: u32) -> Arc<str> {
         self.drop

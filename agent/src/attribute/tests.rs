@@ -43,6 +43,12 @@ impl CgroupPaths for MapPaths {
 }
 
 fn attributor() -> (Attributor, Arc<Counters>) {
+    attributor_with(None)
+}
+
+fn attributor_with(
+    symbols: Option<Arc<crate::kernel::kallsyms::Symbols>>,
+) -> (Attributor, Arc<Counters>) {
     let cid = "c0ffee".repeat(2);
     let paths = MapPaths(HashMap::from([
         (
@@ -62,6 +68,7 @@ fn attributor() -> (Attributor, Arc<Counters>) {
             reset: HashMap::from([(1, "NO_SOCKET".to_owned())]),
             drop: HashMap::from([(12, "NETFILTER_DROP".to_owned())]),
             sees_stack_refusals: true,
+            symbols,
         },
         counters.clone(),
     );
@@ -84,6 +91,7 @@ fn flow(kind: FlowKind) -> Flow {
         task: None,
         ifindex: 0,
         syn_retransmits: 0,
+        location: None,
     }
 }
 
@@ -362,6 +370,48 @@ fn drop_between_two_pods_of_the_node_is_evidence_on_both() {
     };
     assert_eq!(d.direction, Direction::Inbound);
     assert_eq!(d.peer.as_ref().unwrap().name, "client");
+}
+
+#[test]
+fn drops_without_a_reason_carry_where_the_kernel_freed_them() {
+    let symbols = crate::kernel::kallsyms::Symbols::parse(
+        "ffffffff81a00000 t nf_hook_slow\nffffffff81b00000 T tcp_v4_rcv\n",
+    );
+    let (mut a, _) = attributor_with(Some(Arc::new(symbols)));
+    synced_with_pods(&mut a);
+    let mut dropped = drop_of("10.0.0.1:40000", "10.0.0.2:5432", Some(100), 5);
+    if let RawEvent::Flow(f) = &mut dropped.event {
+        f.reason = None;
+        f.location = Some(0xffff_ffff_81a0_008c);
+    }
+    let occs = a.event(dropped, now(5));
+    assert_eq!(occs.len(), 2, "{occs:?}");
+    let Detail::PacketDrop(d) = &occs[0].detail else {
+        panic!("{occs:?}")
+    };
+    assert_eq!(&*d.reason, "UNKNOWN");
+    assert_eq!(d.location.as_deref(), Some("nf_hook_slow+0x8c"));
+    // A SYN freed where TCP found no socket is a refusal (the refusal probes report it), as
+    // NO_SOCKET drops are where reasons exist.
+    let mut refused = drop_of("10.0.0.1:40000", "10.0.0.2:5433", Some(100), 6);
+    if let RawEvent::Flow(f) = &mut refused.event {
+        f.reason = None;
+        f.location = Some(0xffff_ffff_81b0_0044);
+    }
+    assert!(a.event(refused, now(6)).is_empty());
+    // Without symbols (kptr_restrict), the address stands.
+    let (mut a, _) = attributor();
+    synced_with_pods(&mut a);
+    let mut dropped = drop_of("10.0.0.1:40000", "10.0.0.2:5432", Some(100), 5);
+    if let RawEvent::Flow(f) = &mut dropped.event {
+        f.reason = None;
+        f.location = Some(0xffff_ffff_81a0_008c);
+    }
+    let occs = a.event(dropped, now(5));
+    let Detail::PacketDrop(d) = &occs[0].detail else {
+        panic!("{occs:?}")
+    };
+    assert_eq!(d.location.as_deref(), Some("0xffffffff81a0008c"));
 }
 
 #[test]

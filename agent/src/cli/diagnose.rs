@@ -417,6 +417,14 @@ fn timed_out(e: &Evidence, c: &Connection, pod: &str) -> Finding {
     }
 }
 
+/// The kernel's reason, or where it dropped the packet on kernels without reasons.
+fn drop_reason(d: &Drop) -> String {
+    match &d.location {
+        Some(location) => format!("{}, at {}", d.reason, crate::cli::render::cleaned(location)),
+        None => d.reason.to_string(),
+    }
+}
+
 /// Packets the kernel dropped.
 fn dropped(e: &Evidence, d: &Drop, pod: &str) -> Finding {
     let kind = e.kind();
@@ -432,7 +440,7 @@ fn dropped(e: &Evidence, d: &Drop, pod: &str) -> Finding {
                  {count} since {first}.",
                 dst = d.dst,
                 peer = peer_of(d),
-                reason = d.reason,
+                reason = drop_reason(d),
                 count = e.count,
                 first = crate::cli::render::rfc3339(e.first_seen),
             ),
@@ -445,7 +453,7 @@ fn dropped(e: &Evidence, d: &Drop, pod: &str) -> Finding {
                 src = d.src.ip(),
                 peer = peer_of(d),
                 port = d.dst.port(),
-                reason = d.reason,
+                reason = drop_reason(d),
                 count = e.count,
                 first = crate::cli::render::rfc3339(e.first_seen),
             ),

@@ -73,6 +73,12 @@ pub enum Command {
     Watch(WatchArgs),
     /// Agent health: probes attached, metadata sync, loss counters.
     Status(StatusArgs),
+    /// Check this node for the agent (run on the node, or `kubectl exec` in the agent's pod):
+    /// capabilities, BTF, tracefs, cgroups, each program's load and attach (with the
+    /// verifier's reason), each signal's mode. Exit 0: every signal full; 3: some degraded;
+    /// 4: some off or a check failed.
+    #[cfg(feature = "node-agent")]
+    Doctor(DoctorArgs),
     /// The incident timeline of a pod, ready to paste into an incident document: evidence,
     /// the pod's events and its owner's rollout history, findings ranked with the safest next
     /// step.
@@ -213,6 +219,36 @@ pub struct AgentArgs {
 }
 
 /// A size in bytes: a number with an optional unit (B, KiB, MiB, GiB, or KB, MB, GB).
+/// `doctor`'s flags: the agent's own flags that change what it loads, with the same defaults
+/// and variables.
+#[cfg(feature = "node-agent")]
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = DoctorOutput::Table)]
+    pub output: DoctorOutput,
+    /// The cgroup2 mount the DNS programs attach to (default: the first cgroup2 mount).
+    #[arg(long, env = "TRIAGE_CGROUP_ROOT")]
+    pub cgroup_root: Option<std::path::PathBuf>,
+    /// kubelet's --cgroup-root, where pod cgroups are looked for.
+    #[arg(long, env = "TRIAGE_KUBELET_CGROUP_ROOT", default_value = "/")]
+    pub kubelet_cgroup_root: std::path::PathBuf,
+    /// Drop reasons to report, as the agent's --drop-reasons.
+    #[arg(long, env = "TRIAGE_DROP_REASONS", default_value = "default")]
+    pub drop_reasons: crate::probes::reasons::DropReasons,
+    /// DNS ports, as the agent's --dns-ports ("none": no DNS capture).
+    #[arg(long = "dns-ports", env = "TRIAGE_DNS_PORTS", default_value = "53", value_parser = parse_dns_ports)]
+    pub dns_ports: DnsPorts,
+}
+
+/// `doctor` output formats.
+#[cfg(feature = "node-agent")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DoctorOutput {
+    Table,
+    Json,
+}
+
 #[cfg(feature = "node-agent")]
 pub fn parse_bytes(s: &str) -> Result<u64, String> {
     let t = s.trim();

@@ -329,15 +329,21 @@ fn detail_cells(d: &Detail) -> [String; 5] {
             (None, None) => "-".to_owned(),
         },
         Detail::ConnectionTimeout(c) => format!("{} SYN retransmits", c.syn_retransmits),
-        Detail::PacketDrop(p) => match p.tcp_flags {
-            Some(flags) => format!(
-                "{} {} {}",
-                clean(&p.reason),
-                p.protocol.as_str(),
-                tcp_flags_text(flags)
-            ),
-            None => format!("{} {}", clean(&p.reason), p.protocol.as_str()),
-        },
+        Detail::PacketDrop(p) => {
+            let mut text = match p.tcp_flags {
+                Some(flags) => format!(
+                    "{} {} {}",
+                    clean(&p.reason),
+                    p.protocol.as_str(),
+                    tcp_flags_text(flags)
+                ),
+                None => format!("{} {}", clean(&p.reason), p.protocol.as_str()),
+            };
+            if let Some(location) = &p.location {
+                text.push_str(&format!(" at {}", clean(location)));
+            }
+            text
+        }
         Detail::Dns(d) => {
             let mut text = format!(
                 "{} {} {}",
@@ -679,7 +685,8 @@ pub fn status_json(statuses: &[(String, pb::StatusResponse)]) -> Value {
                     "kernel": s.kernel,
                     "version": s.version,
                     "started": s.started.as_ref().and_then(|t| convert::time_from_pb(Some(t), "started").ok()).map(rfc3339),
-                    "probes": s.probes.iter().map(|p| json!({"name": p.name, "hook": p.hook, "attached": p.attached, "error": (!p.error.is_empty()).then_some(&p.error)})).collect::<Vec<_>>(),
+                    "probes": s.probes.iter().map(|p| json!({"name": p.name, "hook": p.hook, "attached": p.attached, "error": (!p.error.is_empty()).then_some(&p.error), "fallback": (!p.fallback.is_empty()).then_some(&p.fallback), "degraded": (!p.degraded.is_empty()).then_some(&p.degraded)})).collect::<Vec<_>>(),
+                    "signals": s.signals.iter().map(|g| json!({"signal": g.signal, "mode": signal_mode(g.mode), "detail": (!g.detail.is_empty()).then_some(&g.detail)})).collect::<Vec<_>>(),
                     "metadata": {"synced": meta.synced, "pods": meta.pods, "pending_events": meta.pending_events, "retries": meta.retries, "last_error": (!meta.last_error.is_empty()).then_some(&meta.last_error)},
                     "loss": loss_json(&convert::loss_from_pb(&s.loss.clone().unwrap_or_default())),
                     "store_records": s.store_records,
@@ -692,6 +699,16 @@ pub fn status_json(statuses: &[(String, pb::StatusResponse)]) -> Value {
             })
             .collect(),
     )
+}
+
+/// A signal mode's name (`full`, `degraded`, `off`), as in JSON and `doctor`.
+fn signal_mode(mode: i32) -> &'static str {
+    match pb::SignalMode::try_from(mode) {
+        Ok(pb::SignalMode::Full) => "full",
+        Ok(pb::SignalMode::Degraded) => "degraded",
+        Ok(pb::SignalMode::Off) => "off",
+        _ => "unknown",
+    }
 }
 
 pub fn status_table(statuses: &[(String, pb::StatusResponse)]) -> String {
@@ -736,16 +753,32 @@ pub fn status_table(statuses: &[(String, pb::StatusResponse)]) -> String {
             let _ = writeln!(out, "  {}", persistence_line(p));
         }
         for p in &s.probes {
-            let state = if p.attached {
-                "attached".to_owned()
-            } else {
+            let state = if !p.attached {
                 format!("NOT attached: {}", clean(&p.error))
+            } else if !p.degraded.is_empty() {
+                let runs = if p.fallback.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (runs {})", clean(&p.fallback))
+                };
+                format!("attached, DEGRADED{runs}: {}", clean(&p.degraded))
+            } else {
+                "attached".to_owned()
             };
             let _ = writeln!(
                 out,
                 "  probe {:<22} {:<36} {state}",
                 clean(&p.name),
                 clean(&p.hook)
+            );
+        }
+        for g in s.signals.iter().filter(|g| !g.detail.is_empty()) {
+            let _ = writeln!(
+                out,
+                "  signal {:<18} {}: {}",
+                clean(&g.signal),
+                signal_mode(g.mode),
+                clean(&g.detail)
             );
         }
         for r in &s.resource_sources {

@@ -100,6 +100,7 @@ pub fn dropped() -> Builder {
         reason: "NETFILTER_DROP".into(),
         peer: None,
         tcp_flags: Some(0x02),
+        location: None,
     });
     b
 }

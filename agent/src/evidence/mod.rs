@@ -213,6 +213,9 @@ pub struct Drop {
     pub peer: Option<Arc<PodRef>>,
     /// TCP flags of the dropped segment (FIN, SYN, RST, ACK bits).
     pub tcp_flags: Option<u8>,
+    /// Where the kernel freed the packet (`nf_hook_slow+0x8c`, or the address when symbols
+    /// are hidden), on kernels without drop reasons (before Linux 5.17; reason UNKNOWN).
+    pub location: Option<Arc<str>>,
 }
 
 /// A DNS lookup that failed or was slow, seen from the asking pod.
@@ -411,6 +414,7 @@ pub enum DetailKey {
         dst: SocketAddr,
         reason: Arc<str>,
         tcp_flags: Option<u8>,
+        location: Option<Arc<str>>,
     },
     /// Client ports are ephemeral: the asking side is its IP.
     Dns {
@@ -460,6 +464,7 @@ impl Detail {
                 dst: d.dst,
                 reason: d.reason.clone(),
                 tcp_flags: d.tcp_flags,
+                location: d.location.clone(),
             },
             Detail::Dns(d) => DetailKey::Dns {
                 outcome: d.outcome,
@@ -577,6 +582,9 @@ impl Detail {
                 out.insert("reason".into(), (*d.reason).into());
                 if let Some(flags) = d.tcp_flags {
                     out.insert("tcp_flags".into(), tcp_flags_text(flags).into());
+                }
+                if let Some(location) = &d.location {
+                    out.insert("location".into(), (**location).into());
                 }
             }
             Detail::Dns(d) => {

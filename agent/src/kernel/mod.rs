@@ -5,5 +5,6 @@
 pub mod btf;
 #[cfg(feature = "node-agent")]
 pub mod clock;
+pub mod kallsyms;
 pub mod mountinfo;
 pub mod tracefs;

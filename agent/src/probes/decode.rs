@@ -168,6 +168,9 @@ pub struct Flow {
     pub task: Option<TaskInfo>,
     pub ifindex: u32,
     pub syn_retransmits: u32,
+    /// Where the kernel freed a dropped packet, on kernels without drop reasons (an address in
+    /// kernel text).
+    pub location: Option<u64>,
 }
 
 /// Why a record could not be decoded.
@@ -326,6 +329,9 @@ pub fn decode(bytes: &[u8]) -> Result<RawEvent, DecodeError> {
     }
 }
 
+/// The high half of every kernel text address (see `flow_flags::LOCATION`).
+const KERNEL_TEXT_HIGH: u64 = 0xffff_ffff_0000_0000;
+
 /// A flow from its key and counts (a ring buffer event, or a drained flow table entry).
 pub fn flow(key: &FlowKey, stats: &FlowStats) -> Result<Flow, DecodeError> {
     let kind = match key.kind {
@@ -369,6 +375,7 @@ pub fn flow(key: &FlowKey, stats: &FlowStats) -> Result<Flow, DecodeError> {
         }),
         ifindex: key.ifindex,
         syn_retransmits: stats.extra,
+        location: has(flow_flags::LOCATION).then_some(KERNEL_TEXT_HIGH | u64::from(key.reason)),
     })
 }
 
@@ -619,6 +626,12 @@ mod tests {
             (f.reason, f.protocol, f.task.is_some()),
             (Some(12), 17, false)
         );
+        assert_eq!(f.location, None);
+        // Kernels without drop reasons: the low half of where the packet was freed.
+        drop.key.flags = flow_flags::LOCATION | flow_flags::SOCKET_CGROUP;
+        drop.key.reason = 0x81a0_008c;
+        let f = flow(&drop.key, &drop.stats).unwrap();
+        assert_eq!((f.reason, f.location), (None, Some(0xffff_ffff_81a0_008c)));
         let mut timeout = event(kind::CONNECT_TIMEOUT, AF_INET);
         timeout.stats.extra = 3;
         assert_eq!(decoded(&timeout).syn_retransmits, 3);

@@ -22,7 +22,7 @@ use triage_agent_common::{
 };
 
 use super::{
-    Hook, PROGRAMS, ProbeStatus,
+    Degraded, Hook, PROGRAMS, ProbeStatus,
     offsets::{drop_reason_values, kernel_offsets},
     reasons::DropReasons,
 };
@@ -259,6 +259,35 @@ pub struct LoadOptions<'a> {
     pub dns_timing: DnsTiming,
 }
 
+/// Raises RLIMIT_MEMLOCK as far as this process may (unlimited with CAP_SYS_RESOURCE, else
+/// to the hard limit): kernels before 5.11 charge every map against it, and the agent's maps
+/// take a few MiB. Later kernels charge the memory cgroup instead and ignore it. Returns the
+/// limit left when it is not unlimited.
+pub fn raise_memlock() -> std::io::Result<Option<u64>> {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: a valid rlimit struct for the duration of the call.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } == 0 {
+        return Ok(None);
+    }
+    let mut current = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: a valid, writable rlimit struct for the duration of the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut current) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    current.rlim_cur = current.rlim_max;
+    // SAFETY: as above.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &current) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok((current.rlim_cur != libc::RLIM_INFINITY).then_some(current.rlim_cur))
+}
+
 /// Loads and attaches the programs.
 pub fn load(options: &LoadOptions<'_>) -> Result<Loaded, LoadError> {
     let LoadOptions {
@@ -270,6 +299,16 @@ pub fn load(options: &LoadOptions<'_>) -> Result<Loaded, LoadError> {
         dns_timing,
     } = options.clone();
     let started = std::time::Instant::now();
+    match raise_memlock() {
+        Ok(None) => {}
+        Ok(Some(limit)) => info!(
+            limit,
+            "RLIMIT_MEMLOCK stays limited (only kernels before 5.11 charge maps to it)"
+        ),
+        Err(error) => {
+            warn!(%error, "RLIMIT_MEMLOCK could not be raised (only kernels before 5.11 charge maps to it)")
+        }
+    }
     let (offsets, mut problems) = kernel_offsets(tracefs, btf);
     let mut ports = DnsPorts::NONE;
     for (slot, port) in ports
@@ -309,7 +348,8 @@ pub fn load(options: &LoadOptions<'_>) -> Result<Loaded, LoadError> {
             warn!(reason = %name, value, "drop reason cannot be selected");
         }
     }
-    if chosen.is_empty() && !problems.contains_key("kfree_skb") {
+    let drops_have_reasons = offsets.kfree_skb.reason != triage_agent_common::ABSENT;
+    if drops_have_reasons && chosen.is_empty() && !problems.contains_key("kfree_skb") {
         problems.insert("kfree_skb", "no drop reason selected".to_owned());
     }
     let mut notes: HashMap<&str, String> = HashMap::new();
@@ -323,12 +363,37 @@ pub fn load(options: &LoadOptions<'_>) -> Result<Loaded, LoadError> {
         );
     }
 
+    let events = available_events(tracefs);
     let mut statuses = Vec::new();
     for program in PROGRAMS {
         let hook = program.hook.to_string();
+        let mut degraded = None;
         let result = match problems.get(program.name) {
             Some(p) => Err(p.clone()),
-            None => attach(&mut ebpf, program.name, program.hook, cgroup_root),
+            None => match missing_hook(events.as_deref(), program.hook) {
+                Some(missing) => Err(missing),
+                None => match attach(&mut ebpf, program.name, program.hook, cgroup_root) {
+                    Err(rejected) if let Some(fallback) = program.fallback => {
+                        warn!(program = program.name, %hook, error = %rejected, fallback = fallback.name, "rejected; loading the fallback");
+                        attach(&mut ebpf, fallback.name, program.hook, cgroup_root).map(|()| {
+                            degraded = Some(Degraded {
+                                program: fallback.name.to_owned(),
+                                rejected,
+                                loses: fallback.loses.to_owned(),
+                            });
+                        })
+                    }
+                    Ok(()) if program.name == "kfree_skb" && !drops_have_reasons => {
+                        degraded = Some(Degraded {
+                            program: program.name.to_owned(),
+                            rejected: super::offsets::NO_DROP_REASON.to_owned(),
+                            loses: super::offsets::DROPS_WITHOUT_REASON.to_owned(),
+                        });
+                        Ok(())
+                    }
+                    other => other,
+                },
+            },
         };
         match &result {
             Ok(()) => info!(program = program.name, %hook, "attached"),
@@ -340,6 +405,7 @@ pub fn load(options: &LoadOptions<'_>) -> Result<Loaded, LoadError> {
             hook,
             attached,
             error: result.err().or_else(|| notes.remove(program.name)),
+            degraded,
             switched_off: !attached && switched_off.contains(&program.name),
         });
     }
@@ -347,11 +413,14 @@ pub fn load(options: &LoadOptions<'_>) -> Result<Loaded, LoadError> {
         let why: Vec<String> = statuses.iter().filter_map(|s| s.error.clone()).collect();
         return Err(LoadError::NothingAttached(why.join("; ")));
     }
-    let program_ids: Vec<(String, u32)> = PROGRAMS
+    // The program that runs on each hook, under the hook's program name.
+    let program_ids: Vec<(String, u32)> = statuses
         .iter()
-        .filter_map(|p| {
-            let info = ebpf.program(p.name)?.info().ok()?;
-            Some((p.name.to_owned(), info.id()))
+        .filter(|s| s.attached)
+        .filter_map(|s| {
+            let running = s.degraded.as_ref().map_or(s.name.as_str(), |d| &d.program);
+            let info = ebpf.program(running)?.info().ok()?;
+            Some((s.name.clone(), info.id()))
         })
         .collect();
     let ring = take_map(&mut ebpf, EVENTS_MAP, RingBuf::try_from)?;
@@ -448,6 +517,70 @@ fn take_map<T>(
     typed(map).map_err(|source| LoadError::Map { name, source })
 }
 
+/// Every tracepoint this kernel has, `category:name` (tracefs `available_events`); `None` when
+/// it cannot be read (then a missing tracepoint shows as an attach error).
+fn available_events(tracefs: &Path) -> Option<String> {
+    std::fs::read_to_string(tracefs.join("available_events")).ok()
+}
+
+/// Why a tracepoint hook cannot be attached on this kernel, when it does not exist here: named,
+/// rather than the attach call's bare errno.
+fn missing_hook(events: Option<&str>, hook: Hook) -> Option<String> {
+    let events = events?;
+    let (category, name) = match hook {
+        Hook::TracePoint { category, name } => (Some(category), name),
+        Hook::RawTracePoint { name } => (None, name),
+        Hook::CgroupSkb { .. } => return None,
+    };
+    let present = events.lines().any(|line| match line.split_once(':') {
+        Some((c, n)) => n.trim() == name && category.is_none_or(|want| want == c),
+        None => false,
+    });
+    (!present).then(|| {
+        let since = super::TRACEPOINT_SINCE
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, since)| format!(" (added in Linux {since})"))
+            .unwrap_or_default();
+        format!("this kernel has no {name} tracepoint{since}")
+    })
+}
+
+/// A program the kernel would not load, with the verifier's own reason: the last lines of its
+/// log that say what is wrong (not the instruction dump, not its statistics).
+fn load_error(e: aya::programs::ProgramError) -> String {
+    match &e {
+        aya::programs::ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            let log = verifier_log.to_string();
+            let reason = verifier_reason(&log);
+            if reason.is_empty() {
+                format!("the kernel would not load it: {io_error}")
+            } else {
+                format!("the verifier rejects it: {reason} ({io_error})")
+            }
+        }
+        _ => format!("load: {}", chain(&e)),
+    }
+}
+
+/// The verifier's reason from its log: the last line that is not statistics.
+pub fn verifier_reason(log: &str) -> String {
+    log.lines()
+        .map(str::trim)
+        .rfind(|l| {
+            !l.is_empty()
+                && !l.starts_with("processed ")
+                && !l.starts_with("verification time")
+                && !l.starts_with("stack depth")
+                && !l.starts_with("-- END PROG LOAD LOG --")
+        })
+        .map(str::to_owned)
+        .unwrap_or_default()
+}
+
 fn attach(ebpf: &mut Ebpf, name: &str, hook: Hook, cgroup_root: &Path) -> Result<(), String> {
     match hook {
         Hook::TracePoint { category, name: tp } => {
@@ -456,7 +589,7 @@ fn attach(ebpf: &mut Ebpf, name: &str, hook: Hook, cgroup_root: &Path) -> Result
                 .ok_or_else(|| format!("program {name} not in the object"))?
                 .try_into()
                 .map_err(|e| format!("{e}"))?;
-            program.load().map_err(|e| format!("verifier/load: {e}"))?;
+            program.load().map_err(load_error)?;
             program
                 .attach(category, tp)
                 .map_err(|e| format!("attach: {e}"))?;
@@ -467,8 +600,10 @@ fn attach(ebpf: &mut Ebpf, name: &str, hook: Hook, cgroup_root: &Path) -> Result
                 .ok_or_else(|| format!("program {name} not in the object"))?
                 .try_into()
                 .map_err(|e| format!("{e}"))?;
-            program.load().map_err(|e| format!("verifier/load: {e}"))?;
-            program.attach(tp).map_err(|e| format!("attach: {e}"))?;
+            program.load().map_err(load_error)?;
+            program
+                .attach(tp)
+                .map_err(|e| format!("attach: {}", chain(&e)))?;
         }
         Hook::CgroupSkb { egress } => {
             let program: &mut CgroupSkb = ebpf
@@ -476,7 +611,7 @@ fn attach(ebpf: &mut Ebpf, name: &str, hook: Hook, cgroup_root: &Path) -> Result
                 .ok_or_else(|| format!("program {name} not in the object"))?
                 .try_into()
                 .map_err(|e| format!("{e}"))?;
-            program.load().map_err(|e| format!("verifier/load: {e}"))?;
+            program.load().map_err(load_error)?;
             let root = File::open(cgroup_root)
                 .map_err(|e| format!("opening {}: {e}", cgroup_root.display()))?;
             let direction = if egress {

@@ -51,7 +51,24 @@ pub struct Program {
     /// The program's name in the object (its function name in agent-ebpf).
     pub name: &'static str,
     pub hook: Hook,
+    /// A simpler program for the same hook, loaded when this kernel's verifier rejects this
+    /// one: the signal then works in a documented degraded form.
+    pub fallback: Option<Fallback>,
 }
+
+/// A program loaded in place of another that the kernel rejects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fallback {
+    /// Its name in the object.
+    pub name: &'static str,
+    /// What the degraded form loses, for Status and `doctor`.
+    pub loses: &'static str,
+}
+
+/// What the DNS capture loses without BPF atomics.
+const DNS_WITHOUT_ATOMICS: &str = "the kernel rejects the in-kernel matching of answers to \
+     queries (BPF atomics, Linux 5.12+): every DNS packet goes to the agent, which matches them \
+     itself; the evidence is the same, the CPU cost per lookup is higher";
 
 /// Every program the agent loads.
 pub const PROGRAMS: &[Program] = &[
@@ -60,24 +77,28 @@ pub const PROGRAMS: &[Program] = &[
         hook: Hook::RawTracePoint {
             name: "inet_sock_set_state",
         },
+        fallback: None,
     },
     Program {
         name: "tcp_receive_reset",
         hook: Hook::RawTracePoint {
             name: "tcp_receive_reset",
         },
+        fallback: None,
     },
     Program {
         name: "tcp_send_reset",
         hook: Hook::RawTracePoint {
             name: "tcp_send_reset",
         },
+        fallback: None,
     },
     Program {
         name: "inet_sk_error_report",
         hook: Hook::RawTracePoint {
             name: "inet_sk_error_report",
         },
+        fallback: None,
     },
     Program {
         name: "tcp_retransmit_skb",
@@ -85,26 +106,60 @@ pub const PROGRAMS: &[Program] = &[
             category: "tcp",
             name: "tcp_retransmit_skb",
         },
+        fallback: None,
     },
     Program {
         name: "kfree_skb",
         hook: Hook::RawTracePoint { name: "kfree_skb" },
+        fallback: None,
     },
     Program {
         name: "dns_egress",
         hook: Hook::CgroupSkb { egress: true },
+        fallback: Some(Fallback {
+            name: "dns_egress_all",
+            loses: DNS_WITHOUT_ATOMICS,
+        }),
     },
     Program {
         name: "dns_ingress",
         hook: Hook::CgroupSkb { egress: false },
+        fallback: Some(Fallback {
+            name: "dns_ingress_all",
+            loses: DNS_WITHOUT_ATOMICS,
+        }),
     },
     Program {
         name: "mark_victim",
         hook: Hook::RawTracePoint {
             name: "mark_victim",
         },
+        fallback: None,
     },
 ];
+
+/// The Linux release that added each tracepoint a program needs, for naming what a kernel lacks
+/// (the check itself is whether the running kernel lists the tracepoint, never its version).
+pub const TRACEPOINT_SINCE: &[(&str, &str)] = &[
+    ("inet_sock_set_state", "4.16"),
+    ("tcp_receive_reset", "4.16"),
+    ("tcp_send_reset", "4.16"),
+    ("inet_sk_error_report", "5.14"),
+    ("tcp_retransmit_skb", "4.15"),
+    ("kfree_skb", "2.6.32"),
+    ("mark_victim", "4.3"),
+];
+
+/// A fallback program running in place of the one the kernel rejected.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Degraded {
+    /// The program that runs.
+    pub program: String,
+    /// Why the first choice did not load (the verifier's reason).
+    pub rejected: String,
+    /// What the signal loses.
+    pub loses: String,
+}
 
 /// A kernel program and whether it runs (for Status).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -113,6 +168,9 @@ pub struct ProbeStatus {
     pub hook: String,
     pub attached: bool,
     pub error: Option<String>,
+    /// The program that runs when it is a fallback (see [`Program::fallback`]), with what the
+    /// signal loses.
+    pub degraded: Option<Degraded>,
     /// Not attached because the configuration switched it off (e.g. `--dns-ports none`): not
     /// a fault for readiness.
     pub switched_off: bool,

@@ -172,6 +172,14 @@ fn retransmit(tracefs: &Path) -> Result<RetransmitOffsets, TracefsError> {
     })
 }
 
+/// Why drops carry no reason on a kernel whose kfree_skb has none.
+pub const NO_DROP_REASON: &str = "this kernel's kfree_skb has no drop reason (added in Linux 5.17)";
+
+/// What drop evidence loses without the kernel's reason.
+pub const DROPS_WITHOUT_REASON: &str = "drops carry the kernel function that freed the packet \
+     (`location`) instead of the kernel's reason (reason UNKNOWN), and packets freed for other \
+     causes (a socket closed with unread data, ...) count as drops too";
+
 fn kfree_skb(
     tracefs: &Path,
     btf: Option<&Btf>,
@@ -179,9 +187,9 @@ fn kfree_skb(
 ) -> Result<KfreeSkbOffsets, String> {
     let f = Format::read(tracefs, "skb", "kfree_skb").map_err(|e| e.to_string())?;
     let t = "skb:kfree_skb";
-    let reason = f.offset(t, "reason", Some(4)).map_err(|_| {
-        "this kernel's kfree_skb has no drop reason (added in Linux 5.17)".to_owned()
-    })?;
+    // Without a reason (before Linux 5.17) the program records where the kernel dropped the
+    // packet instead: the loader reports the signal degraded (see [`NO_DROP_REASON`]).
+    let reason = f.offset(t, "reason", Some(4)).unwrap_or(ABSENT);
     let btf = btf.ok_or("kernel BTF unavailable: cannot read packet headers")?;
     if [skb.head, skb.network_header, skb.transport_header].contains(&ABSENT) {
         return Err("BTF: struct sk_buff has no head/network_header/transport_header".to_owned());
@@ -227,9 +235,7 @@ fn send_reset(
     let f = Format::read(tracefs, "tcp", "tcp_send_reset").map_err(|e| e.to_string())?;
     if f.size("saddr") != Some(28) {
         return Err(
-            "this kernel's tcp_send_reset has no packet addresses (added in Linux 6.10): \
-             refusals are seen from the connecting side only"
-                .to_owned(),
+            "this kernel's tcp_send_reset has no packet addresses (added in Linux 6.10)".to_owned(),
         );
     }
     btf.ok_or("kernel BTF unavailable: cannot read TCP flags")?;

@@ -79,6 +79,11 @@ pub struct DropDetail {
     /// TCP flags of the dropped segment, e.g. "SYN"; empty for other protocols.
     #[prost(string, tag = "7")]
     pub tcp_flags: ::prost::alloc::string::String,
+    /// Where the kernel freed the packet, e.g. "nf_hook_slow+0x8c" (the address in hex when the
+    /// kernel hides its symbols), on kernels without drop reasons (before Linux 5.17: reason is
+    /// then "UNKNOWN"); empty when the kernel gave a reason.
+    #[prost(string, tag = "8")]
+    pub location: ::prost::alloc::string::String,
 }
 /// A DNS lookup that failed or was slow, seen from the asking pod (dns).
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -361,6 +366,26 @@ pub struct Probe {
     /// Why not, when not attached (or degraded).
     #[prost(string, tag = "4")]
     pub error: ::prost::alloc::string::String,
+    /// The program that runs in its place when the kernel rejected this one, e.g.
+    /// "dns_egress_all"; empty when this one runs.
+    #[prost(string, tag = "5")]
+    pub fallback: ::prost::alloc::string::String,
+    /// What its signal loses when it runs degraded (a fallback, or a kernel that lacks what it
+    /// reads), with why; empty when it runs in full.
+    #[prost(string, tag = "6")]
+    pub degraded: ::prost::alloc::string::String,
+}
+/// One signal's state on the node, from the programs that run and the cgroup files read.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SignalState {
+    /// The evidence kind, e.g. "packet_drop".
+    #[prost(string, tag = "1")]
+    pub signal: ::prost::alloc::string::String,
+    #[prost(enumeration = "SignalMode", tag = "2")]
+    pub mode: i32,
+    /// What is lost (degraded) or why there is nothing (off); empty when full.
+    #[prost(string, tag = "3")]
+    pub detail: ::prost::alloc::string::String,
 }
 /// Every way evidence can be lost between the kernel and the store. Cumulative since start.
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -466,6 +491,9 @@ pub struct StatusResponse {
     /// The evidence store on disk (unset when the agent keeps evidence in memory only).
     #[prost(message, optional, tag = "21")]
     pub persistence: ::core::option::Option<PersistenceStatus>,
+    /// Each signal's mode on this node: full, degraded (and what is lost) or off (and why).
+    #[prost(message, repeated, tag = "22")]
+    pub signals: ::prost::alloc::vec::Vec<SignalState>,
 }
 /// The evidence store on disk (--store-path): what survives a restart.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -675,6 +703,42 @@ impl Protocol {
             "PROTOCOL_ICMP" => Some(Self::Icmp),
             "PROTOCOL_ICMPV6" => Some(Self::Icmpv6),
             "PROTOCOL_OTHER" => Some(Self::Other),
+            _ => None,
+        }
+    }
+}
+/// How much of a signal works on a node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum SignalMode {
+    Unspecified = 0,
+    /// Every part of the signal works.
+    Full = 1,
+    /// Evidence comes in a documented reduced form (the detail says what is lost).
+    Degraded = 2,
+    /// No evidence of this signal on this node (the detail says why).
+    Off = 3,
+}
+impl SignalMode {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "SIGNAL_MODE_UNSPECIFIED",
+            Self::Full => "SIGNAL_MODE_FULL",
+            Self::Degraded => "SIGNAL_MODE_DEGRADED",
+            Self::Off => "SIGNAL_MODE_OFF",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "SIGNAL_MODE_UNSPECIFIED" => Some(Self::Unspecified),
+            "SIGNAL_MODE_FULL" => Some(Self::Full),
+            "SIGNAL_MODE_DEGRADED" => Some(Self::Degraded),
+            "SIGNAL_MODE_OFF" => Some(Self::Off),
             _ => None,
         }
     }

@@ -184,8 +184,15 @@ fn hostile_names_cannot_forge_or_hide_output() {
         probes: vec![pb::Probe {
             name: hostile.into(),
             hook: hostile.into(),
-            attached: false,
+            attached: true,
             error: hostile.into(),
+            fallback: hostile.into(),
+            degraded: hostile.into(),
+        }],
+        signals: vec![pb::SignalState {
+            signal: hostile.into(),
+            mode: pb::SignalMode::Degraded as i32,
+            detail: hostile.into(),
         }],
         ..Default::default()
     };
@@ -353,6 +360,7 @@ fn status_summary_puts_problems_first() {
             hook: "raw_tracepoint/kfree_skb".into(),
             attached: true,
             error: String::new(),
+            ..Default::default()
         }],
         metadata: Some(pb::MetadataStatus {
             synced: true,

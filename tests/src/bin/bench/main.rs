@@ -1536,6 +1536,7 @@ fn pipeline() -> anyhow::Result<()> {
             reset: HashMap::new(),
             drop: HashMap::from([(6, "NETFILTER_DROP".to_owned())]),
             sees_stack_refusals: false,
+            symbols: None,
         },
         counters.clone(),
     );
