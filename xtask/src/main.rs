@@ -3,6 +3,7 @@
 //! quick when everything is present).
 
 mod image;
+mod matrix;
 mod setup;
 
 use std::{
@@ -72,6 +73,24 @@ enum Task {
     Codegen,
     /// fmt check and clippy -D warnings on the host crates, the CLI-only build and the BPF crate.
     Lint,
+    /// Boot Debian's cloud kernels under qemu (software emulation) and run the payload in each:
+    /// kernels fetched once into target/kernel-matrix/cache (later runs need no network),
+    /// consoles in target/kernel-matrix/<kernel>/console.log, results in
+    /// target/kernel-matrix/results.json.
+    KernelMatrix {
+        /// Kernel series, comma-separated ("7" is the newest 7.x).
+        #[arg(long, value_delimiter = ',', default_values = matrix::DEFAULT_KERNELS)]
+        kernels: Vec<String>,
+        /// VMs at a time (default: the number of cores).
+        #[arg(long)]
+        jobs: Option<usize>,
+        /// Seconds before a VM is killed.
+        #[arg(long, default_value_t = matrix::DEFAULT_TIMEOUT_SECS)]
+        timeout: u64,
+        /// Look for newer kernels even when the cache has some (needs the network).
+        #[arg(long)]
+        refresh: bool,
+    },
 }
 
 fn root() -> PathBuf {
@@ -341,6 +360,23 @@ fn main() -> anyhow::Result<()> {
         Task::Fuzz { seconds, targets } => {
             setup::setup()?;
             fuzz(seconds, &targets)
+        }
+        Task::KernelMatrix {
+            kernels,
+            jobs,
+            timeout,
+            refresh,
+        } => {
+            setup::setup_kernel_matrix()?;
+            let jobs = jobs.unwrap_or_else(|| {
+                std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+            });
+            matrix::kernel_matrix(&matrix::Options {
+                kernels,
+                jobs,
+                timeout: std::time::Duration::from_secs(timeout),
+                refresh,
+            })
         }
         Task::Bench { quick, scenarios } => {
             require_root("the benchmarks")?;

@@ -7,6 +7,8 @@
 //! - Debian packages the tests, the demo and the bench use (iproute2, nftables, iperf3,
 //!   dnsmasq-base, dnsutils, tcpdump, bpftrace, procps, python3-venv), and podman with runc, which the
 //!   image test loads the image into;
+//! - what `cargo xtask kernel-matrix` needs: qemu-system-x86, busybox-static (the VMs' init),
+//!   kmod (depmod), xz-utils and zstd (compressed kernel modules);
 //! - cargo-fuzz, for the fuzz targets;
 //! - `kubernetes-validate` (PyPI), in a virtualenv under target/tools: the manifest test
 //!   validates deploy/ against the Kubernetes OpenAPI schemas with it.
@@ -46,6 +48,21 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "podman",
     "runc",
 ];
+/// `cargo xtask kernel-matrix`: qemu with software emulation, a static busybox for the VMs'
+/// init, depmod for the kernels' module tables, xz and zstd for compressed modules, and the
+/// host programs the smoke payload copies into the VMs (ip, nft, dnsmasq). The kernels come
+/// through a private apt configuration signed by the Debian archive keyring.
+const KERNEL_MATRIX_PACKAGES: &[&str] = &[
+    "qemu-system-x86",
+    "busybox-static",
+    "kmod",
+    "xz-utils",
+    "zstd",
+    "debian-archive-keyring",
+    "iproute2",
+    "nftables",
+    "dnsmasq-base",
+];
 /// What building needs of the above.
 const DEBIAN_BUILD_PACKAGES: &[&str] = &["musl-tools"];
 /// The image's binary is static: musl.
@@ -79,7 +96,7 @@ pub fn setup() -> anyhow::Result<()> {
     nightly()?;
     bpf_linker()?;
     musl_target()?;
-    debian_packages(DEBIAN_PACKAGES)?;
+    debian_packages(&[DEBIAN_PACKAGES, KERNEL_MATRIX_PACKAGES].concat())?;
     manifest_validator()?;
     cargo_fuzz()
 }
@@ -90,6 +107,11 @@ pub fn setup_build() -> anyhow::Result<()> {
     bpf_linker()?;
     musl_target()?;
     debian_packages(DEBIAN_BUILD_PACKAGES)
+}
+
+/// What `cargo xtask kernel-matrix` needs besides a built payload.
+pub fn setup_kernel_matrix() -> anyhow::Result<()> {
+    debian_packages(KERNEL_MATRIX_PACKAGES)
 }
 
 /// The musl standard library for the default (stable) toolchain.
@@ -283,7 +305,7 @@ fn llvm_works(bin: &Path) -> bool {
 }
 
 fn debian_packages(packages: &[&'static str]) -> anyhow::Result<()> {
-    let missing: Vec<&str> = packages
+    let mut missing: Vec<&str> = packages
         .iter()
         .copied()
         .filter(|p| {
@@ -294,6 +316,8 @@ fn debian_packages(packages: &[&'static str]) -> anyhow::Result<()> {
                 .unwrap_or(true)
         })
         .collect();
+    missing.sort_unstable();
+    missing.dedup();
     if missing.is_empty() {
         return Ok(());
     }

@@ -1,0 +1,386 @@
+//! `cargo xtask kernel-matrix`: the agent's kernel code paths on the kernels nodes run, not
+//! just this host's. Debian's cloud kernels (5.10, 6.1, 6.12, 6.18 and the newest 7.x) boot
+//! under qemu with software emulation, each from an initramfs holding a payload; /init prepares
+//! what a node has (cgroup2 alone, tracefs, bpffs, the network modules), runs the payload's
+//! command, and the payload's `TA-MATRIX {json}` lines come back over the serial console.
+//!
+//! - fetch.rs, apt.rs: the kernels, through a private apt configuration, cached under
+//!   target/kernel-matrix/cache (a re-run needs no network);
+//! - packages.rs: which package versions to take (pure);
+//! - modules.rs: the wanted modules' dependency closure per kernel, decompressed on the host;
+//! - cpio.rs, initramfs.rs: the archive and its /init;
+//! - qemu.rs, console.rs: the VM, its timeout and what its console said.
+//!
+//! The payload is a [`Payload`]; [`payload`] is where the real checks plug in (today a smoke
+//! test). Results land in target/kernel-matrix/<kernel>/console.log and results.json.
+
+mod apt;
+mod console;
+mod cpio;
+mod fetch;
+mod initramfs;
+mod modules;
+mod packages;
+mod qemu;
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{
+        Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, ensure};
+use serde_json::json;
+
+pub use console::Console;
+pub use fetch::{Kernel, fetch_kernels};
+
+/// The series `--kernels` defaults to; "7" is the newest 7.x.
+pub const DEFAULT_KERNELS: &[&str] = &["5.10", "6.1", "6.12", "6.18", "7"];
+/// Per VM: a boot takes seconds under emulation, the smoke payload about as much; the real
+/// checks run the agent for tens of seconds.
+pub const DEFAULT_TIMEOUT_SECS: u64 = 300;
+
+/// What runs inside every VM.
+#[derive(Debug, Clone, Default)]
+pub struct Payload {
+    /// Host files and their absolute paths in the guest (permission bits kept).
+    pub files: Vec<(PathBuf, String)>,
+    /// Host programs ("ip", "nft", "dnsmasq", or a path), copied to their host paths with every
+    /// shared library `ldd` lists and the ELF interpreter.
+    pub host_binaries: Vec<String>,
+    /// The command /init runs (PATH has /usr/local/bin, /usr/sbin, ... and busybox last); its
+    /// stdout and stderr go to the console.
+    pub command: Vec<String>,
+    /// Modules to load with their dependencies, where the kernel has them as modules.
+    pub modules: Vec<String>,
+}
+
+/// One kernel's run.
+#[derive(Debug, Clone)]
+pub struct VmResult {
+    /// The series, "6.1".
+    pub kernel: String,
+    pub release: String,
+    /// The payload's `TA-MATRIX` lines.
+    pub lines: Vec<serde_json::Value>,
+    /// The payload command's exit code; none when the VM never got there.
+    pub exit: Option<i32>,
+    pub console_log: PathBuf,
+    /// From qemu's start to its end.
+    pub elapsed: Duration,
+    /// From qemu's start to /init's first line on the console.
+    pub boot_to_init: Option<Duration>,
+    /// From /init's first line to the exit line (modules, mounts and the payload).
+    pub payload_time: Option<Duration>,
+    pub timed_out: bool,
+    /// A failure on the host's side (building the initramfs, starting qemu).
+    pub error: Option<String>,
+    /// Everything else the console said (modules, cgroup controllers, bad result lines).
+    pub console: Console,
+}
+
+impl VmResult {
+    fn new(kernel: &str, release: &str, console_log: PathBuf) -> Self {
+        Self {
+            kernel: kernel.to_owned(),
+            release: release.to_owned(),
+            lines: Vec::new(),
+            exit: None,
+            console_log,
+            elapsed: Duration::ZERO,
+            boot_to_init: None,
+            payload_time: None,
+            timed_out: false,
+            error: None,
+            console: Console::default(),
+        }
+    }
+
+    /// The payload exited 0, every result line parsed, every module loaded.
+    pub fn passed(&self) -> bool {
+        self.exit == Some(0)
+            && !self.timed_out
+            && self.error.is_none()
+            && self.console.bad_lines.is_empty()
+            && self.console.modules_with("failed").is_empty()
+    }
+}
+
+/// target/kernel-matrix: per-kernel directories, results.json, the cache.
+pub fn out_dir() -> PathBuf {
+    crate::root().join("target/kernel-matrix")
+}
+
+pub fn cache_dir() -> PathBuf {
+    out_dir().join("cache")
+}
+
+/// Runs `payload` on every kernel, `jobs` VMs at a time, each killed after `timeout`. An error
+/// is returned only for what fails every kernel (the payload's files); a kernel's own failure is
+/// in its result.
+pub fn run_all(
+    kernels: &[Kernel],
+    payload: &Payload,
+    jobs: usize,
+    timeout: Duration,
+) -> anyhow::Result<Vec<VmResult>> {
+    let base = initramfs::Base::new(payload).context("assembling the payload")?;
+    let next = AtomicUsize::new(0);
+    let results: Mutex<Vec<(usize, VmResult)>> = Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..jobs.clamp(1, kernels.len().max(1)) {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(kernel) = kernels.get(i) else {
+                        break;
+                    };
+                    let result = run_one(kernel, &base, payload, timeout);
+                    eprintln!("{}", summary_line(&result));
+                    if let Ok(mut r) = results.lock() {
+                        r.push((i, result));
+                    }
+                }
+            });
+        }
+    });
+    let mut results = results.into_inner().unwrap_or_default();
+    results.sort_by_key(|(i, _)| *i);
+    Ok(results.into_iter().map(|(_, r)| r).collect())
+}
+
+fn run_one(
+    kernel: &Kernel,
+    base: &initramfs::Base,
+    payload: &Payload,
+    timeout: Duration,
+) -> VmResult {
+    let dir = out_dir().join(&kernel.name);
+    let prepared = prepare(kernel, base, payload, &dir);
+    match prepared {
+        Ok(initramfs) => {
+            eprintln!("{}: booting {}", kernel.name, kernel.release);
+            qemu::run(&qemu::Vm {
+                name: &kernel.name,
+                release: &kernel.release,
+                vmlinuz: &kernel.vmlinuz,
+                initramfs: &initramfs,
+                dir: &dir,
+                timeout,
+            })
+        }
+        Err(e) => {
+            let mut r = VmResult::new(&kernel.name, &kernel.release, dir.join("console.log"));
+            r.error = Some(format!("{e:#}"));
+            r
+        }
+    }
+}
+
+/// The kernel's initramfs: its modules planned, decompressed (cached) and archived with `base`.
+fn prepare(
+    kernel: &Kernel,
+    base: &initramfs::Base,
+    payload: &Payload,
+    dir: &Path,
+) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let plan = modules::plan_for(&kernel.modules_dir, &payload.modules)?;
+    let files = modules::prepare(
+        &kernel.modules_dir,
+        &plan,
+        &cache_dir().join("modules").join(&kernel.release),
+    )?;
+    let skipped: Vec<(String, &str)> = plan
+        .builtin
+        .iter()
+        .map(|m| (m.clone(), "builtin"))
+        .chain(plan.absent.iter().map(|m| (m.clone(), "absent")))
+        .collect();
+    let path = dir.join("initramfs.cpio");
+    let started = Instant::now();
+    let bytes = initramfs::write(&path, base, &files, &skipped)?;
+    eprintln!(
+        "{}: initramfs {} MB ({} modules, {} built in, {} absent) in {:.1} s",
+        kernel.name,
+        bytes / 1_000_000,
+        files.len(),
+        plan.builtin.len(),
+        plan.absent.len(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(path)
+}
+
+/// `cargo xtask kernel-matrix` options.
+pub struct Options {
+    pub kernels: Vec<String>,
+    pub jobs: usize,
+    pub timeout: Duration,
+    /// Resolve the kernels again even when cached.
+    pub refresh: bool,
+}
+
+/// Fetches the kernels, runs [`payload`] on each, reports, fails unless every kernel passed.
+pub fn kernel_matrix(options: &Options) -> anyhow::Result<()> {
+    let wanted: Vec<&str> = options.kernels.iter().map(String::as_str).collect();
+    let started = Instant::now();
+    let kernels = fetch_kernels(&cache_dir(), &wanted, options.refresh)?;
+    eprintln!(
+        "kernels ready in {:.1} s: {}",
+        started.elapsed().as_secs_f64(),
+        kernels
+            .iter()
+            .map(|k| format!("{} ({} {})", k.name, k.package, k.version))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let payload = payload()?;
+    let started = Instant::now();
+    let results = run_all(&kernels, &payload, options.jobs, options.timeout)?;
+    let wall = started.elapsed();
+    write_results(&results)?;
+    eprintln!("\n{}", report(&results));
+    eprintln!(
+        "{} VMs in {:.1} s ({} at a time); consoles in {}",
+        results.len(),
+        wall.as_secs_f64(),
+        options.jobs.clamp(1, results.len().max(1)),
+        out_dir().display()
+    );
+    let failed: Vec<&str> = results
+        .iter()
+        .filter(|r| !r.passed())
+        .map(|r| r.kernel.as_str())
+        .collect();
+    ensure!(failed.is_empty(), "failed on {}", failed.join(", "));
+    Ok(())
+}
+
+/// The payload every VM runs: where the real checks (the tests crate's static `vm-check`)
+/// plug in. Until then, a smoke test.
+pub fn payload() -> anyhow::Result<Payload> {
+    smoke_payload()
+}
+
+/// The image's static binary runs, the network modules work (a veth pair, an nftables table in
+/// the bridge family) and the copied dynamic binaries start.
+fn smoke_payload() -> anyhow::Result<Payload> {
+    let binary = crate::root().join(format!(
+        "target/{}/release/triage-agent",
+        crate::image::TARGET
+    ));
+    if !binary.is_file() {
+        crate::setup::setup_build()?;
+        crate::image::image(false)?;
+    }
+    Ok(Payload {
+        files: vec![(binary, "/usr/local/bin/triage-agent".to_owned())],
+        host_binaries: ["ip", "nft", "dnsmasq"].map(str::to_owned).to_vec(),
+        command: [
+            "sh",
+            "-c",
+            "triage-agent doctor; echo TA-MATRIX $(triage-agent doctor -o json | tr -d '\\n')",
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+        modules: modules::NETWORK.iter().map(|m| (*m).to_owned()).collect(),
+    })
+}
+
+fn secs(d: Option<Duration>) -> String {
+    d.map_or_else(|| "-".to_owned(), |d| format!("{:.1} s", d.as_secs_f64()))
+}
+
+fn verdict(r: &VmResult) -> String {
+    if r.passed() {
+        "ok".to_owned()
+    } else if let Some(e) = &r.error {
+        format!("error: {e}")
+    } else if r.timed_out {
+        "timed out".to_owned()
+    } else {
+        match r.exit {
+            Some(code) => format!("exit {code}"),
+            None => "no exit line".to_owned(),
+        }
+    }
+}
+
+fn summary_line(r: &VmResult) -> String {
+    format!(
+        "{}: {} (boot to init {}, total {})",
+        r.kernel,
+        verdict(r),
+        secs(r.boot_to_init),
+        secs(Some(r.elapsed))
+    )
+}
+
+/// The table printed at the end.
+fn report(results: &[VmResult]) -> String {
+    let mut out = format!(
+        "{:<6} {:<28} {:>10} {:>9} {:>8}  {:<26} {:>5}  result\n",
+        "kernel", "release", "boot-init", "payload", "total", "modules ld/bi/abs/fail", "lines"
+    );
+    for r in results {
+        let c = &r.console;
+        let modules = format!(
+            "{}/{}/{}/{}",
+            c.modules_with("loaded").len(),
+            c.modules_with("builtin").len(),
+            c.modules_with("absent").len(),
+            c.modules_with("failed").len()
+        );
+        out.push_str(&format!(
+            "{:<6} {:<28} {:>10} {:>9} {:>8}  {:<26} {:>5}  {}\n",
+            r.kernel,
+            r.release,
+            secs(r.boot_to_init),
+            secs(r.payload_time),
+            secs(Some(r.elapsed)),
+            modules,
+            r.lines.len(),
+            verdict(r)
+        ));
+        for m in c.modules.iter().filter(|m| m.status == "failed") {
+            out.push_str(&format!("       module {} failed: {}\n", m.name, m.detail));
+        }
+    }
+    out
+}
+
+/// target/kernel-matrix/results.json: every kernel's outcome and result lines.
+fn write_results(results: &[VmResult]) -> anyhow::Result<()> {
+    let ms = |d: Option<Duration>| d.map(|d| d.as_millis());
+    let all: Vec<serde_json::Value> = results
+        .iter()
+        .map(|r| {
+            json!({
+                "kernel": r.kernel,
+                "release": r.release,
+                "passed": r.passed(),
+                "exit": r.exit,
+                "timed_out": r.timed_out,
+                "error": r.error,
+                "elapsed_ms": r.elapsed.as_millis(),
+                "boot_to_init_ms": ms(r.boot_to_init),
+                "payload_ms": ms(r.payload_time),
+                "cgroup_controllers": r.console.cgroup_controllers,
+                "modules": r.console.modules.iter().map(|m| json!({
+                    "name": m.name, "status": m.status, "detail": m.detail,
+                })).collect::<Vec<_>>(),
+                "lines": r.lines,
+                "bad_lines": r.console.bad_lines,
+                "console_log": r.console_log,
+            })
+        })
+        .collect();
+    let path = out_dir().join("results.json");
+    std::fs::write(&path, serde_json::to_vec_pretty(&all)?)
+        .with_context(|| format!("writing {}", path.display()))
+}
