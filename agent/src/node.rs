@@ -169,6 +169,12 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     // kube's built-in retry hides 503/429 for minutes; the watcher's own backoff retries instead,
     // so every failure is logged and shown in Status while it lasts.
     kube_config.default_retry = false;
+    // A plain-HTTP API server (`kubectl proxy`, the simulated node) needs no trust roots; without
+    // this the client would still ask the system for CA certificates, and a FROM-scratch image
+    // has none ("No CA certificates were loaded from the system").
+    if kube_config.cluster_url.scheme_str() == Some("http") && kube_config.root_cert.is_none() {
+        kube_config.root_cert = Some(Vec::new());
+    }
     let client = kube::Client::try_from(kube_config).context("building the Kubernetes client")?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
