@@ -90,6 +90,7 @@ pub struct Report {
 pub struct Summary {
     pub full: usize,
     pub degraded: usize,
+    /// Off, not counting signals the flags switched off.
     pub off: usize,
     pub failed_checks: usize,
     pub exit_code: u8,
@@ -109,7 +110,7 @@ const NEEDED_CAPS: [(u32, &str, &str); 3] = [
         "attach the DNS programs to the cgroup2 root",
     ),
 ];
-/// CAP_SYS_ADMIN: covers BPF and PERFMON (and is what kernels before 5.8 ask for).
+/// CAP_SYS_ADMIN: the kernel accepts it for all three (and kernels before 5.8 ask for it).
 const CAP_SYS_ADMIN: u32 = 21;
 
 /// Runs every check. Loads and attaches the programs for real (and detaches them again).
@@ -281,7 +282,13 @@ fn program_report(p: &ProbeStatus) -> ProgramReport {
 }
 
 fn summarize(checks: &[Check], signals: &[SignalState]) -> Summary {
-    let count = |m| signals.iter().filter(|s| s.mode == m).count();
+    // A signal the flags switched off (`--dns-ports none`) is what was asked for.
+    let count = |m| {
+        signals
+            .iter()
+            .filter(|s| s.mode == m && !s.switched_off)
+            .count()
+    };
     let failed_checks = checks.iter().filter(|c| c.result == Outcome::Fail).count();
     let (full, degraded, off) = (count(Mode::Full), count(Mode::Degraded), count(Mode::Off));
     let exit_code = if off > 0 || failed_checks > 0 {
@@ -324,7 +331,7 @@ fn caps_check(eff: u64) -> Check {
     let has = |bit: u32| eff & (1u64 << bit) != 0;
     let missing: Vec<String> = NEEDED_CAPS
         .iter()
-        .filter(|(bit, name, _)| !(has(*bit) || has(CAP_SYS_ADMIN) && *name != "NET_ADMIN"))
+        .filter(|(bit, _, _)| !(has(*bit) || has(CAP_SYS_ADMIN)))
         .map(|(_, name, why)| format!("CAP_{name} ({why})"))
         .collect();
     if missing.is_empty() {
@@ -526,9 +533,8 @@ mod tests {
         let missing = caps_check(1 << 39);
         assert_eq!(missing.result, Outcome::Fail);
         assert!(missing.detail.contains("CAP_PERFMON") && missing.detail.contains("CAP_NET_ADMIN"));
-        // SYS_ADMIN covers BPF and PERFMON (kernels before 5.8), never NET_ADMIN.
-        assert_eq!(caps_check(1 << 21 | 1 << 12).result, Outcome::Ok);
-        assert_eq!(caps_check(1 << 21).result, Outcome::Fail);
+        // SYS_ADMIN covers all three (bpf_capable, perfmon_capable, bpf_net_capable).
+        assert_eq!(caps_check(1 << 21).result, Outcome::Ok);
         assert_eq!(effective_caps("CapEff:\tzz\n"), None);
     }
 
