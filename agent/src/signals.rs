@@ -85,15 +85,26 @@ impl<'a> Judge<'a> {
         }
     }
 
+    /// A program runs degraded: "name: what is lost (why)", one entry for several programs
+    /// degraded the same way ("dns_egress, dns_ingress: ...").
+    fn degraded_program(&mut self, name: &str, text: &str) {
+        self.mode = self.mode.max(Mode::Degraded);
+        let tail = format!(": {text}");
+        match self.details.iter_mut().find(|d| d.ends_with(&tail)) {
+            Some(d) => {
+                let names = d[..d.len() - tail.len()].to_owned();
+                *d = format!("{names}, {name}{tail}");
+            }
+            None => self.details.push(format!("{name}{tail}")),
+        }
+    }
+
     /// The signal needs this program: off without it, degraded when it runs degraded.
     fn needs(&mut self, name: &str) {
         match self.probe(name) {
             Some(p) if p.attached => {
                 if let Some(d) = &p.degraded {
-                    self.worse(
-                        Mode::Degraded,
-                        format!("{name}: {} ({})", d.loses, d.rejected),
-                    );
+                    self.degraded_program(name, &format!("{} ({})", d.loses, d.rejected));
                 }
             }
             Some(p) => {
@@ -113,10 +124,7 @@ impl<'a> Judge<'a> {
         match self.probe(name) {
             Some(p) if p.attached => {
                 if let Some(d) = &p.degraded {
-                    self.worse(
-                        Mode::Degraded,
-                        format!("{name}: {} ({})", d.loses, d.rejected),
-                    );
+                    self.degraded_program(name, &format!("{} ({})", d.loses, d.rejected));
                 }
             }
             Some(p) => {

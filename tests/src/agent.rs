@@ -60,6 +60,10 @@ pub struct AgentProcess {
     /// Where its /metrics listens (unless the caller chose with --metrics-listen).
     pub metrics: String,
     log: PathBuf,
+    /// The binary this agent runs; its CLI is run from the same one.
+    bin: PathBuf,
+    /// `--timeout` for every CLI command (the CLI's own default when `None`).
+    cli_timeout: Option<Duration>,
 }
 
 impl AgentProcess {
@@ -99,7 +103,18 @@ impl AgentProcess {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> anyhow::Result<AgentProcess> {
-        let bin = agent_binary();
+        Self::start_binary(agent_binary(), node, node_name, extra, env)
+    }
+
+    /// Starts the agent binary `bin` (not [`agent_binary`]) for `node_name` with extra flags
+    /// and environment variables; its CLI runs from `bin` too.
+    pub fn start_binary(
+        bin: PathBuf,
+        node: &SimNode,
+        node_name: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<AgentProcess> {
         anyhow::ensure!(
             bin.exists(),
             "{} missing: build it with `cargo build --release -p triage-agent` (cargo xtask test does)",
@@ -140,7 +155,22 @@ impl AgentProcess {
             addr,
             metrics,
             log,
+            bin,
+            cli_timeout: None,
         })
+    }
+
+    /// Gives every later CLI command `--timeout` (for a slow machine: software emulation).
+    pub fn set_cli_timeout(&mut self, timeout: Duration) {
+        self.cli_timeout = Some(timeout);
+    }
+
+    /// The agent's exit status once it has exited (`None` while it runs).
+    pub fn exited(&mut self) -> anyhow::Result<Option<std::process::ExitStatus>> {
+        match self.child.as_mut() {
+            Some(child) => Ok(child.try_wait()?),
+            None => Ok(None),
+        }
     }
 
     /// Publishes this agent as the DaemonSet's pod `pod` on `node_name` to the API server,
@@ -160,11 +190,12 @@ impl AgentProcess {
 
     /// Runs the CLI against this agent.
     pub fn cli(&self, args: &[&str]) -> anyhow::Result<Output> {
-        Command::new(agent_binary())
-            .args(args)
-            .args(["--agent", &self.addr])
-            .output()
-            .context("running the CLI")
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(args).args(["--agent", &self.addr]);
+        if let Some(t) = self.cli_timeout {
+            cmd.arg("--timeout").arg(format!("{}ms", t.as_millis()));
+        }
+        cmd.output().context("running the CLI")
     }
 
     /// `triage-agent status -o json` for this agent.

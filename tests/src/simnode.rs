@@ -3,6 +3,12 @@
 //! processes, and the stand-in API server serving those pods. Everything is torn down on drop,
 //! also when a test fails, and names are unique so tests run in parallel.
 //!
+//! Cgroups: on a hybrid host (v1 controllers, cgroup2 without them) a pod's container gets a
+//! directory in cgroup2 and in each v1 hierarchy of memory, cpu and pids; on a pure cgroup2
+//! machine the controllers those pods need are enabled in `cgroup.subtree_control` of each of
+//! their ancestors (and nowhere else). [`SimNode::set_memory_limit`] and
+//! [`SimNode::set_cpu_quota`] write whichever of the v1 and v2 files exist.
+//!
 //! Pod creation goes through [`PodBackend`]: [`HandMade`] builds pods directly (fast, fully
 //! controlled); a CRI backend (containerd + runc + CNI) can be added behind the same interface.
 
@@ -20,6 +26,11 @@ use anyhow::{Context as _, bail, ensure};
 
 use crate::apiserver::{ApiServer, PodFixture, pod_object};
 
+mod cgroup;
+mod tools;
+
+use tools::{find_program, nft, sh, sysctl_in};
+
 /// Which kubelet cgroup driver the simulated pods' cgroups imitate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CgroupDriver {
@@ -32,61 +43,6 @@ pub enum CgroupDriver {
 static NEXT_NODE: AtomicU32 = AtomicU32::new(0);
 /// Pod numbers are unique in the process, so UIDs and container IDs never repeat across nodes.
 static NEXT_POD: AtomicU32 = AtomicU32::new(1);
-
-/// Runs a command, failing with its stderr.
-fn sh(program: &str, args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .with_context(|| format!("running {program}"))?;
-    ensure!(
-        out.status.success(),
-        "{program} {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    Ok(())
-}
-
-/// `nft -f -` inside a network namespace.
-fn nft(netns: &str, ruleset: &str) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", netns, "nft", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("running nft (cargo xtask setup installs nftables)")?;
-    child
-        .stdin
-        .take()
-        .context("nft stdin")?
-        .write_all(ruleset.as_bytes())?;
-    let out = child.wait_with_output()?;
-    ensure!(
-        out.status.success(),
-        "nft in {netns}: {}\n{ruleset}",
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    Ok(())
-}
-
-/// The cgroup2 mount and the v1 hierarchies (hybrid hosts) that pods get a cgroup in.
-fn cgroup_mounts() -> anyhow::Result<(PathBuf, Vec<PathBuf>)> {
-    let mountinfo = fs::read_to_string("/proc/self/mountinfo")?;
-    let mut v2 = None;
-    let mut v1 = Vec::new();
-    for m in triage_agent::kernel::mountinfo::mounts(&mountinfo) {
-        if m.fstype == "cgroup2" && v2.is_none() {
-            v2 = Some(PathBuf::from(m.point));
-        } else if m.fstype == "cgroup" && ["memory", "cpu", "pids"].iter().any(|c| m.has_option(c))
-        {
-            v1.push(PathBuf::from(m.point));
-        }
-    }
-    Ok((v2.context("no cgroup2 mount")?, v1))
-}
 
 /// One simulated pod.
 #[derive(Debug)]
@@ -193,10 +149,14 @@ impl PodBackend for HandMade {
                 (p, c)
             }
         };
-        for root in node.hierarchies {
+        for (i, root) in node.hierarchies.iter().enumerate() {
             fs::create_dir_all(root.join(&container_dir)).with_context(|| {
                 format!("creating cgroup {}", root.join(&container_dir).display())
             })?;
+            if i == 0 {
+                // cgroup2: controllers down to the pod, so its container has limit files.
+                cgroup::enable_v2_controllers(root, &pod_dir);
+            }
         }
         pod.pod_cgroup = pod_dir;
         pod.container_cgroup = container_dir;
@@ -210,6 +170,8 @@ impl PodBackend for HandMade {
         }
         let _ = sh("ip", &["netns", "del", &pod.netns]);
         for root in node.hierarchies {
+            // Processes the pod's own left behind (a worker child of a killed parent).
+            cgroup::empty_cgroup(root, &pod.container_cgroup);
             let _ = fs::remove_dir(root.join(&pod.container_cgroup));
             let _ = fs::remove_dir(root.join(&pod.pod_cgroup));
         }
@@ -288,7 +250,7 @@ impl SimNode {
         // 10.<64..191>.<seq>.0/24: unique per test in this process, and per process in
         // practice, so IP attribution of parallel tests never mixes pods.
         let subnet = [10, 64 + (pid % 128) as u8, (seq % 256) as u8];
-        let (v2, v1) = cgroup_mounts()?;
+        let (v2, v1) = cgroup::cgroup_mounts()?;
         let base_name = match config.driver {
             CgroupDriver::Cgroupfs => format!("ta-sim-{id}"),
             CgroupDriver::Systemd => format!("ta-sim-{id}.slice"),
@@ -609,6 +571,12 @@ impl SimNode {
             .path()
             .join(format!("resolv-{}.conf", self.pods[index].name));
         fs::write(&path, text)?;
+        // The bind mount needs a file to cover (a minimal VM may have none).
+        let etc_resolv = Path::new("/etc/resolv.conf");
+        if fs::symlink_metadata(etc_resolv).is_err() {
+            fs::create_dir_all("/etc")?;
+            fs::write(etc_resolv, "").context("creating /etc/resolv.conf to mount over")?;
+        }
         self.pods[index].resolv_conf = Some(std::ffi::CString::new(
             path.to_str().context("temp path is not UTF-8")?,
         )?);
@@ -664,16 +632,13 @@ impl SimNode {
             "ip",
             &["-n", &netns, "route", "add", &subnet, "via", &node_ip],
         )?;
-        for sysctl in [
-            "net.ipv4.ip_forward=1",
-            "net.ipv4.conf.all.send_redirects=0",
-            "net.ipv4.conf.br0.send_redirects=0",
+        for key in [
+            "net.ipv4.conf.all.send_redirects",
+            "net.ipv4.conf.br0.send_redirects",
         ] {
-            sh(
-                "ip",
-                &["netns", "exec", &self.node_netns, "sysctl", "-qw", sysctl],
-            )?;
+            sysctl_in(&self.node_netns, key, "0")?;
         }
+        sysctl_in(&self.node_netns, "net.ipv4.ip_forward", "1")?;
         let table = format!("sim_svc_{}", name.replace('-', "_"));
         nft(
             &self.node_netns,
@@ -689,17 +654,21 @@ impl SimNode {
             "--bind-interfaces",
             "--port=53",
             "--pid-file=",
-            "--user=root",
+            // No user to switch to, so no passwd lookup (a minimal VM may have no /etc/passwd).
+            "--user=",
+            "--group=",
             "--cache-size=0",
             &listen,
         ];
         dnsmasq_args.extend_from_slice(args);
+        let dnsmasq = find_program("dnsmasq")
+            .context("dnsmasq not found on PATH (Debian package dnsmasq-base)")?;
         let child = self
-            .command_of(index, Path::new("/usr/sbin/dnsmasq"), &dnsmasq_args)?
+            .command_of(index, &dnsmasq, &dnsmasq_args)?
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .context("starting dnsmasq (Debian package dnsmasq-base)")?;
+            .with_context(|| format!("starting {}", dnsmasq.display()))?;
         self.pods[index].children.push(child);
         Ok(index)
     }
@@ -723,6 +692,53 @@ impl SimNode {
         }
         ensure!(written > 0, "no hierarchy has {file}");
         Ok(())
+    }
+
+    /// Limits the memory of a pod's container: v2 `memory.max` and v1
+    /// `memory.limit_in_bytes`, whichever exist. Returns the files written.
+    pub fn set_memory_limit(&self, index: usize, bytes: u64) -> anyhow::Result<Vec<PathBuf>> {
+        let value = bytes.to_string();
+        self.write_limit(
+            index,
+            &[("memory.max", &value), ("memory.limit_in_bytes", &value)],
+        )
+    }
+
+    /// Limits the CPU of a pod's container to `quota_us` per `period_us`: v2 `cpu.max`, v1
+    /// `cpu.cfs_period_us` and `cpu.cfs_quota_us`, whichever exist. Returns the files written.
+    pub fn set_cpu_quota(
+        &self,
+        index: usize,
+        quota_us: u64,
+        period_us: u64,
+    ) -> anyhow::Result<Vec<PathBuf>> {
+        let (quota, period) = (quota_us.to_string(), period_us.to_string());
+        let max = format!("{quota} {period}");
+        self.write_limit(
+            index,
+            &[
+                ("cpu.max", &max),
+                // The period first: a quota is checked against the period in place.
+                ("cpu.cfs_period_us", &period),
+                ("cpu.cfs_quota_us", &quota),
+            ],
+        )
+    }
+
+    /// Writes each `(file, value)` that exists in the container's cgroup of any hierarchy, in
+    /// order; fails when none exists (the controller is enabled nowhere for this cgroup).
+    fn write_limit(&self, index: usize, files: &[(&str, &str)]) -> anyhow::Result<Vec<PathBuf>> {
+        let pod = &self.pods[index];
+        ensure!(!pod.netns.is_empty(), "pod was deleted");
+        let written = cgroup::write_existing(&self.hierarchies, &pod.container_cgroup, files)?;
+        ensure!(
+            !written.is_empty(),
+            "no cgroup of {}/{} has any of {} (controller not enabled for it)",
+            pod.namespace,
+            pod.name,
+            files.iter().map(|(f, _)| *f).collect::<Vec<_>>().join(", ")
+        );
+        Ok(written)
     }
 
     /// Starts another program (iperf3, ...) in a pod's container, owned by the pod.
@@ -885,21 +901,9 @@ impl Drop for SimNode {
         }
         let _ = sh("ip", &["netns", "del", &self.node_netns]);
         for root in &self.hierarchies {
-            remove_cgroup_tree(&root.join(&self.cgroup_base));
+            cgroup::remove_cgroup_tree(&root.join(&self.cgroup_base));
         }
     }
-}
-
-/// Removes a cgroup directory tree bottom-up (cgroup directories are removed with rmdir).
-fn remove_cgroup_tree(dir: &Path) {
-    if let Ok(entries) = fs::read_dir(dir) {
-        for entry in entries.flatten() {
-            if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                remove_cgroup_tree(&entry.path());
-            }
-        }
-    }
-    let _ = fs::remove_dir(dir);
 }
 
 /// Writes a line to stderr for test logs.

@@ -77,8 +77,7 @@ fn oom_kills_of_a_child_and_of_a_main_process() {
     let hog = node.add_pod("shop", "hog").unwrap();
     let idle = node.add_pod("shop", "idle").unwrap();
     for pod in [worker, hog] {
-        node.cgroup_write(pod, "memory.limit_in_bytes", &LIMIT.to_string())
-            .unwrap();
+        node.set_memory_limit(pod, LIMIT).unwrap();
     }
     let agent = agent(&node);
     let status = wait_sampled(&agent, 3);
@@ -176,8 +175,7 @@ fn throttling_then_deletion(driver: CgroupDriver) {
     let idle = node.add_pod("web", "idle").unwrap();
     let doomed = node.add_pod("web", "doomed").unwrap();
     // 0.1 core: 10 ms per 100 ms period.
-    node.cgroup_write(busy, "cpu.cfs_quota_us", "10000")
-        .unwrap();
+    node.set_cpu_quota(busy, 10_000, 100_000).unwrap();
     let agent = agent(&node);
     wait_sampled(&agent, 3);
     node.start_process(busy, &["spin", "60"]).unwrap();

@@ -90,6 +90,10 @@ enum Task {
         /// Look for newer kernels even when the cache has some (needs the network).
         #[arg(long)]
         refresh: bool,
+        /// Write the results as the committed table (docs/kernel-matrix.json) and regenerate
+        /// the README's kernel support table, instead of failing on cells worse than it.
+        #[arg(long)]
+        update: bool,
     },
 }
 
@@ -118,6 +122,44 @@ fn display(cmd: &Command) -> String {
         s.push_str(&a.to_string_lossy());
     }
     s
+}
+
+/// How long each phase of `cargo xtask test` took (printed at the end, and so far on failure).
+#[derive(Default)]
+struct Phases(Vec<(&'static str, std::time::Duration)>);
+
+impl Phases {
+    fn time(
+        &mut self,
+        name: &'static str,
+        phase: impl FnOnce() -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        let started = std::time::Instant::now();
+        let result = phase();
+        self.0.push((name, started.elapsed()));
+        if result.is_err() {
+            eprintln!("{}", self.summary());
+        }
+        result
+    }
+
+    fn summary(&self) -> String {
+        let total: std::time::Duration = self.0.iter().map(|(_, d)| *d).sum();
+        let parts: Vec<String> = self
+            .0
+            .iter()
+            .map(|(name, d)| format!("{name} {:.0} s", d.as_secs_f64()))
+            .collect();
+        format!(
+            "phases: {} (total {:.1} min)",
+            parts.join(", "),
+            total.as_secs_f64() / 60.0
+        )
+    }
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
 }
 
 fn cargo() -> Command {
@@ -332,23 +374,44 @@ fn main() -> anyhow::Result<()> {
             .args(["--ignored", "--exact", "regenerate"])),
         Task::Test => {
             require_root("`cargo xtask test` runs privileged end-to-end tests")?;
-            setup::setup()?;
-            lint_workspace()?;
+            let mut phases = Phases::default();
+            phases.time("setup", setup::setup)?;
+            phases.time("lint", lint_workspace)?;
             // The fuzz targets now, so a target that no longer builds fails here and not after
             // the privileged suites; they run at the end.
-            run(Command::new("cargo").args(["+nightly", "fuzz", "build"]))?;
-            build_release()?;
+            phases.time("fuzz build", || {
+                run(Command::new("cargo").args(["+nightly", "fuzz", "build"]))
+            })?;
+            phases.time("release build", build_release)?;
             // Everything, privileged tests included; they fail (never skip) without privileges.
-            run(cargo()
-                .args(["test", "--workspace", "--exclude", "triage-agent-ebpf"])
-                .env("RUST_BACKTRACE", "1"))?;
-            image::test()?;
+            phases.time("cargo test", || {
+                run(cargo()
+                    .args(["test", "--workspace", "--exclude", "triage-agent-ebpf"])
+                    .env("RUST_BACKTRACE", "1"))
+            })?;
+            phases.time("image", image::test)?;
+            // Every signal on the kernels users run, in VMs, against the committed table.
+            phases.time("kernel matrix", || {
+                setup::setup_kernel_matrix()?;
+                matrix::kernel_matrix(&matrix::Options {
+                    kernels: matrix::DEFAULT_KERNELS
+                        .iter()
+                        .map(|k| (*k).to_owned())
+                        .collect(),
+                    jobs: cores(),
+                    timeout: std::time::Duration::from_secs(matrix::DEFAULT_TIMEOUT_SECS),
+                    refresh: false,
+                    update: false,
+                })
+            })?;
             // Every fuzz target, briefly: it must build, take its seeds and not crash.
-            fuzz(FUZZ_SECONDS_IN_TEST, &[])?;
+            phases.time("fuzz", || fuzz(FUZZ_SECONDS_IN_TEST, &[]))?;
             // Every bench scenario, reduced: it must run and report (what it measures is not
             // checked: numbers are read, never asserted).
-            run(Command::new(root().join("target/release/bench")).arg("--quick"))?;
-            eprintln!("all checks and tests passed");
+            phases.time("bench --quick", || {
+                run(Command::new(root().join("target/release/bench")).arg("--quick"))
+            })?;
+            eprintln!("all checks and tests passed\n{}", phases.summary());
             Ok(())
         }
         Task::Demo => {
@@ -366,16 +429,16 @@ fn main() -> anyhow::Result<()> {
             jobs,
             timeout,
             refresh,
+            update,
         } => {
             setup::setup_kernel_matrix()?;
-            let jobs = jobs.unwrap_or_else(|| {
-                std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
-            });
+            let jobs = jobs.unwrap_or_else(cores);
             matrix::kernel_matrix(&matrix::Options {
                 kernels,
                 jobs,
                 timeout: std::time::Duration::from_secs(timeout),
                 refresh,
+                update,
             })
         }
         Task::Bench { quick, scenarios } => {

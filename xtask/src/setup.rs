@@ -50,7 +50,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
 ];
 /// `cargo xtask kernel-matrix`: qemu with software emulation, a static busybox for the VMs'
 /// init, depmod for the kernels' module tables, xz and zstd for compressed modules, and the
-/// host programs the smoke payload copies into the VMs (ip, nft, dnsmasq). The kernels come
+/// host programs the payload copies into the VMs (ip, nft, dnsmasq). The kernels come
 /// through a private apt configuration signed by the Debian archive keyring.
 const KERNEL_MATRIX_PACKAGES: &[&str] = &[
     "qemu-system-x86",
@@ -109,8 +109,10 @@ pub fn setup_build() -> anyhow::Result<()> {
     debian_packages(DEBIAN_BUILD_PACKAGES)
 }
 
-/// What `cargo xtask kernel-matrix` needs besides a built payload.
+/// What `cargo xtask kernel-matrix` needs: the build (its payload is the static binaries) and
+/// the VMs' packages.
 pub fn setup_kernel_matrix() -> anyhow::Result<()> {
+    setup_build()?;
     debian_packages(KERNEL_MATRIX_PACKAGES)
 }
 

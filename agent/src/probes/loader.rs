@@ -559,7 +559,8 @@ fn load_error(e: aya::programs::ProgramError) -> String {
             if reason.is_empty() {
                 format!("the kernel would not load it: {io_error}")
             } else {
-                format!("the verifier rejects it: {reason} ({io_error})")
+                let errno = io_error.raw_os_error().unwrap_or_default();
+                format!("the verifier rejects it: {reason} (errno {errno})")
             }
         }
         _ => format!("load: {}", chain(&e)),

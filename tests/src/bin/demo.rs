@@ -40,9 +40,10 @@ fn demo() -> anyhow::Result<()> {
     let pg = node.add_pod("data", "pg")?;
     let jobs = node.add_pod("shop", "jobs")?;
     let api = node.add_pod("shop", "api")?;
-    // shop/jobs: 64 MiB limit; shop/api: 0.1 core (v1 here, memory.max / cpu.max on v2).
-    node.cgroup_write(jobs, "memory.limit_in_bytes", &(64u64 << 20).to_string())?;
-    node.cgroup_write(api, "cpu.cfs_quota_us", "10000")?;
+    // shop/jobs: 64 MiB limit; shop/api: 0.1 core (v1 files on a hybrid host, memory.max and
+    // cpu.max on cgroup v2).
+    node.set_memory_limit(jobs, 64 << 20)?;
+    node.set_cpu_quota(api, 10_000, 100_000)?;
     node.start_process(db, &["listen", "5432"])?;
     node.start_process(pg, &["listen", "5432"])?;
     // Cluster DNS: dnsmasq behind the Service VIP 10.96.0.10 (translated in the node's

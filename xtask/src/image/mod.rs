@@ -135,6 +135,12 @@ fn spec(
     })
 }
 
+/// Builds the static binary, checks it, and returns where it is (the kernel matrix boots it).
+pub fn build_binary_path() -> anyhow::Result<PathBuf> {
+    build_binary()?;
+    Ok(binary_path())
+}
+
 /// Builds the static binary and checks it is one, with its eBPF programs.
 fn build_binary() -> anyhow::Result<Vec<u8>> {
     run(cargo().args(CARGO_BUILD))?;

@@ -11,8 +11,13 @@
 //! - cpio.rs, initramfs.rs: the archive and its /init;
 //! - qemu.rs, console.rs: the VM, its timeout and what its console said.
 //!
-//! The payload is a [`Payload`]; [`payload`] is where the real checks plug in (today a smoke
-//! test). Results land in target/kernel-matrix/<kernel>/console.log and results.json.
+//! - table.rs: the kernel x signal table, compared with the committed docs/kernel-matrix.json
+//!   and rendered into the README's support table.
+//!
+//! The payload ([`payload`]) is the image's static agent and the tests crate's static
+//! `vm-check`, which builds a simulated node in the VM and checks every signal by the agent's
+//! own answer. Results land in target/kernel-matrix/<kernel>/console.log, results.json and
+//! table.json.
 
 mod apt;
 mod console;
@@ -22,6 +27,7 @@ mod initramfs;
 mod modules;
 mod packages;
 mod qemu;
+pub mod table;
 
 use std::{
     path::{Path, PathBuf},
@@ -40,7 +46,7 @@ pub use fetch::{Kernel, fetch_kernels};
 
 /// The series `--kernels` defaults to; "7" is the newest 7.x.
 pub const DEFAULT_KERNELS: &[&str] = &["5.10", "6.1", "6.12", "6.18", "7"];
-/// Per VM: a boot takes seconds under emulation, the smoke payload about as much; the real
+/// Per VM: a boot takes seconds under emulation; the checks run the agent for tens of
 /// checks run the agent for tens of seconds.
 pub const DEFAULT_TIMEOUT_SECS: u64 = 300;
 
@@ -223,6 +229,9 @@ pub struct Options {
     pub timeout: Duration,
     /// Resolve the kernels again even when cached.
     pub refresh: bool,
+    /// Write the table as the committed one (docs/kernel-matrix.json and the README's
+    /// support table) instead of comparing with it.
+    pub update: bool,
 }
 
 /// Fetches the kernels, runs [`payload`] on each, reports, fails unless every kernel passed.
@@ -252,42 +261,77 @@ pub fn kernel_matrix(options: &Options) -> anyhow::Result<()> {
         options.jobs.clamp(1, results.len().max(1)),
         out_dir().display()
     );
-    let failed: Vec<&str> = results
-        .iter()
-        .filter(|r| !r.passed())
-        .map(|r| r.kernel.as_str())
-        .collect();
-    ensure!(failed.is_empty(), "failed on {}", failed.join(", "));
+    let table = table::Table::from_results(&results);
+    eprintln!("\n{}", table.markdown());
+    let table_path = out_dir().join("table.json");
+    std::fs::write(&table_path, serde_json::to_string_pretty(&table)?)
+        .with_context(|| format!("writing {}", table_path.display()))?;
+    if options.update {
+        table.write_committed()?;
+        let readme_path = crate::root().join("README.md");
+        let readme = std::fs::read_to_string(&readme_path)?;
+        std::fs::write(&readme_path, table.in_readme(&readme)?)?;
+        eprintln!(
+            "wrote {} and the README's kernel support table",
+            table::committed_path().display()
+        );
+        return Ok(());
+    }
+    let committed = table::Table::read_committed()?;
+    for better in table.improvements(&committed) {
+        eprintln!("better than the committed table: {better}");
+    }
+    let worse = table.regressions(&committed);
+    ensure!(
+        worse.is_empty(),
+        "the kernel matrix regressed from docs/kernel-matrix.json:\n  {}\n(consoles in {})",
+        worse.join("\n  "),
+        out_dir().display()
+    );
+    eprintln!("kernel matrix: no cell worse than docs/kernel-matrix.json");
     Ok(())
 }
 
-/// The payload every VM runs: where the real checks (the tests crate's static `vm-check`)
-/// plug in. Until then, a smoke test.
-pub fn payload() -> anyhow::Result<Payload> {
-    smoke_payload()
-}
+/// How much slower than this host every wait inside a VM may be (software emulation).
+/// Cells settle within about 10 s under emulation (their base waits are 20-30 s); a cell
+/// that really fails then costs minutes, not the VM's whole timeout.
+const VM_TIMEOUT_SCALE: &str = "6";
 
-/// The image's static binary runs, the network modules work (a veth pair, an nftables table in
-/// the bridge family) and the copied dynamic binaries start.
-fn smoke_payload() -> anyhow::Result<Payload> {
-    let binary = crate::root().join(format!(
-        "target/{}/release/triage-agent",
-        crate::image::TARGET
-    ));
-    if !binary.is_file() {
-        crate::setup::setup_build()?;
-        crate::image::image(false)?;
-    }
+/// The payload every VM runs: the image's static agent, the tests crate's static `vm-check`
+/// (the simulated node and a check of every signal by the agent's own answer) and
+/// `sim-workload` (the pods' processes), with the host programs the simulated node runs.
+pub fn payload() -> anyhow::Result<Payload> {
+    let agent = crate::image::build_binary_path()?;
+    crate::run(crate::cargo().args([
+        "build",
+        "--release",
+        "--locked",
+        "--target",
+        crate::image::TARGET,
+        "-p",
+        "triage-agent-tests",
+        "--bin",
+        "vm-check",
+        "--bin",
+        "sim-workload",
+    ]))?;
+    let bin =
+        |name: &str| crate::root().join(format!("target/{}/release/{name}", crate::image::TARGET));
     Ok(Payload {
-        files: vec![(binary, "/usr/local/bin/triage-agent".to_owned())],
+        files: vec![
+            (agent, "/usr/local/bin/triage-agent".to_owned()),
+            (bin("vm-check"), "/usr/local/bin/vm-check".to_owned()),
+            (
+                bin("sim-workload"),
+                "/usr/local/bin/sim-workload".to_owned(),
+            ),
+        ],
         host_binaries: ["ip", "nft", "dnsmasq"].map(str::to_owned).to_vec(),
-        command: [
-            "sh",
-            "-c",
-            "triage-agent doctor; echo TA-MATRIX $(triage-agent doctor -o json | tr -d '\\n')",
-        ]
-        .map(str::to_owned)
-        .to_vec(),
+        command: vec![
+            "vm-check".to_owned(),
+            "--timeout-scale".to_owned(),
+            VM_TIMEOUT_SCALE.to_owned(),
+        ],
         modules: modules::NETWORK.iter().map(|m| (*m).to_owned()).collect(),
     })
 }

@@ -32,6 +32,11 @@ pub const NETWORK: &[&str] = &[
     "nft_meta_bridge",
     // `ct` matches in the bridge family.
     "nf_conntrack_bridge",
+    // The cluster DNS Service address, translated to the DNS pod in the node's namespace (as
+    // kube-proxy does).
+    "nf_nat",
+    "nft_chain_nat",
+    "nft_nat",
 ];
 
 /// One module file to load, relative to the modules directory.
