@@ -71,11 +71,12 @@ impl AgentState {
         // A signal this kernel gives in a reduced form (Status and `doctor` say what is lost)
         // is no reason to stop serving; a signal the configuration wants and gets nothing of
         // is.
-        for s in self
-            .signals()
-            .iter()
-            .filter(|s| s.mode == crate::signals::Mode::Off && !s.switched_off)
-        {
+        // CPU throttling comes from cgroup files alone: a node without a cpu controller has none
+        // to give, Status says so, and no restart changes it (readiness would only stall the
+        // DaemonSet's rollout).
+        for s in self.signals().iter().filter(|s| {
+            s.mode == crate::signals::Mode::Off && !s.switched_off && s.signal != "cpu_throttling"
+        }) {
             problems.push(format!("signal {} is off: {}", s.signal, s.detail));
         }
         let meta = self.meta.borrow().clone();

@@ -106,11 +106,13 @@ impl Attributor {
                 let reason = f
                     .reason
                     .map_or_else(|| "UNKNOWN".into(), |r| self.names.drop(r));
-                let location = f.location.map(|a| self.names.location(a));
+                let location = f.location.and_then(|a| self.names.location(a));
                 // Without reasons, a SYN to a closed port is freed where TCP finds no socket
                 // (after answering it with a RST): a refusal the refusal probes report, as
-                // NO_SOCKET drops are skipped in the kernel when there are reasons.
-                if f.protocol == 6
+                // NO_SOCKET drops are skipped in the kernel when there are reasons. Only the
+                // bare SYN: other segments freed there (backlog, filter, checksum) are drops.
+                if f.protocol == IPPROTO_TCP
+                    && f.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
                     && location
                         .as_deref()
                         .is_some_and(|l| NO_SOCKET_SITES.iter().any(|s| l.starts_with(s)))
@@ -255,6 +257,10 @@ pub struct KernelNames {
     pub symbols: Option<Arc<Symbols>>,
 }
 
+const IPPROTO_TCP: u8 = 6;
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
+
 /// Where TCP frees a segment that found no socket (kernels without drop reasons).
 const NO_SOCKET_SITES: [&str; 2] = ["tcp_v4_rcv+", "tcp_v6_rcv+"];
 
@@ -285,12 +291,14 @@ impl Names {
             .cloned()
             .unwrap_or_else(|| format!("reason {v}").into())
     }
-    /// Where a packet was freed: `function+0xoffset`, or the address when symbols are hidden.
-    fn location(&self, address: u64) -> Arc<str> {
-        match &self.symbols {
-            Some(s) => s.describe(address).into(),
-            None => format!("{address:#x}").into(),
-        }
+    /// Where a packet was freed, `function+0xoffset`; none when the kernel hides its symbols
+    /// from the agent (no CAP_SYSLOG): the raw address would undo KASLR for anyone reading
+    /// evidence.
+    fn location(&self, address: u64) -> Option<Arc<str>> {
+        self.symbols
+            .as_ref()
+            .and_then(|s| s.name(address))
+            .map(Into::into)
     }
     fn drop(&self, v: u32) -> Arc<str> {
         self.drop

@@ -218,7 +218,6 @@ pub struct AgentArgs {
     pub dns_inflight: usize,
 }
 
-/// A size in bytes: a number with an optional unit (B, KiB, MiB, GiB, or KB, MB, GB).
 /// `doctor`'s flags: the agent's own flags that change what it loads, with the same defaults
 /// and variables.
 #[cfg(feature = "node-agent")]
@@ -249,6 +248,7 @@ pub enum DoctorOutput {
     Json,
 }
 
+/// A size in bytes: a number with an optional unit (B, KiB, MiB, GiB, or KB, MB, GB).
 #[cfg(feature = "node-agent")]
 pub fn parse_bytes(s: &str) -> Result<u64, String> {
     let t = s.trim();

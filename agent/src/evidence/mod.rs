@@ -213,8 +213,8 @@ pub struct Drop {
     pub peer: Option<Arc<PodRef>>,
     /// TCP flags of the dropped segment (FIN, SYN, RST, ACK bits).
     pub tcp_flags: Option<u8>,
-    /// Where the kernel freed the packet (`nf_hook_slow+0x8c`, or the address when symbols
-    /// are hidden), on kernels without drop reasons (before Linux 5.17; reason UNKNOWN).
+    /// Where the kernel freed the packet (`nf_hook_slow+0x8c`), on kernels without drop
+    /// reasons (before Linux 5.17; reason UNKNOWN) that show the agent their symbols.
     pub location: Option<Arc<str>>,
 }
 

@@ -1,7 +1,8 @@
 //! Kernel code addresses to names, from `/proc/kallsyms`: where a kernel without drop reasons
-//! (before Linux 5.17) freed a dropped packet (`nf_hook_slow+0x8c`). Read once, text symbols
-//! only. Without CAP_SYSLOG the kernel shows every address as zero (kptr_restrict): then
-//! nothing resolves and a location is shown as its address.
+//! (before Linux 5.17) freed a dropped packet (`nf_hook_slow+0x8c`). Read once at startup,
+//! text symbols only (a module loaded later resolves to nothing, or to the symbol before it
+//! within [`MAX_FUNCTION`]). Without CAP_SYSLOG the kernel shows every address as zero
+//! (kptr_restrict): then nothing resolves, and no address is ever shown in its place.
 
 /// Text symbols of the running kernel and its modules, sorted by address.
 #[derive(Debug, Default)]
@@ -40,14 +41,14 @@ impl Symbols {
         self.by_address.is_empty()
     }
 
-    /// `name+0xoffset` of the symbol holding `address`, or the address in hex.
-    pub fn describe(&self, address: u64) -> String {
+    /// `name+0xoffset` of the symbol holding `address`; none when no symbol does.
+    pub fn name(&self, address: u64) -> Option<String> {
         let at = self.by_address.partition_point(|(a, _)| *a <= address);
         match at.checked_sub(1).and_then(|i| self.by_address.get(i)) {
             Some((start, name)) if address - start < MAX_FUNCTION => {
-                format!("{name}+{:#x}", address - start)
+                Some(format!("{name}+{:#x}", address - start))
             }
-            _ => format!("{address:#x}"),
+            _ => None,
         }
     }
 }
@@ -70,12 +71,19 @@ mod tests {
              garbage line\n\
              zz T bad_address\n",
         );
-        assert_eq!(s.describe(0xffffffff81a0008c), "nf_hook_slow+0x8c");
-        assert_eq!(s.describe(0xffffffff81a00100), "tcp_v4_rcv+0x0");
-        assert_eq!(s.describe(0xffffffffc0100010), "nft_do_chain+0x10");
-        // Before the first symbol, or far past the last one: the address itself.
-        assert_eq!(s.describe(0xffffffff80000000), "0xffffffff80000000");
-        assert_eq!(s.describe(0xffffffffc0300000), "0xffffffffc0300000");
+        let name = |a| s.name(a);
+        assert_eq!(
+            name(0xffffffff81a0008c).as_deref(),
+            Some("nf_hook_slow+0x8c")
+        );
+        assert_eq!(name(0xffffffff81a00100).as_deref(), Some("tcp_v4_rcv+0x0"));
+        assert_eq!(
+            name(0xffffffffc0100010).as_deref(),
+            Some("nft_do_chain+0x10")
+        );
+        // Before the first symbol, or far past the last one: nothing.
+        assert_eq!(name(0xffffffff80000000), None);
+        assert_eq!(name(0xffffffffc0300000), None);
     }
 
     #[test]
@@ -83,6 +91,6 @@ mod tests {
         // Without CAP_SYSLOG every address reads as zero.
         let s = Symbols::parse("0000000000000000 T _stext\n0000000000000000 t nf_hook_slow\n");
         assert!(s.is_empty());
-        assert_eq!(s.describe(0xffffffff81a0008c), "0xffffffff81a0008c");
+        assert_eq!(s.name(0xffffffff81a0008c), None);
     }
 }

@@ -364,6 +364,19 @@ pub fn load(options: &LoadOptions<'_>) -> Result<Loaded, LoadError> {
     }
 
     let events = available_events(tracefs);
+    // Programs with a fallback (the DNS pair) run in the same form or not at all: one matching
+    // answers in the kernel while the other sends every packet up would split a lookup between
+    // the kernel and the agent. They are loaded first; if the kernel rejects either, both run
+    // their fallbacks. Only a rejection at load falls back: an attach failure is an error.
+    let grouped: Vec<&str> = PROGRAMS
+        .iter()
+        .filter(|p| p.fallback.is_some() && !problems.contains_key(p.name))
+        .map(|p| p.name)
+        .collect();
+    let group_rejected = load_group(&mut ebpf, &grouped);
+    if let Some(rejected) = &group_rejected {
+        warn!(programs = ?grouped, error = %rejected, "rejected by the kernel; loading their fallbacks");
+    }
     let mut statuses = Vec::new();
     for program in PROGRAMS {
         let hook = program.hook.to_string();
@@ -372,26 +385,27 @@ pub fn load(options: &LoadOptions<'_>) -> Result<Loaded, LoadError> {
             Some(p) => Err(p.clone()),
             None => match missing_hook(events.as_deref(), program.hook) {
                 Some(missing) => Err(missing),
-                None => match attach(&mut ebpf, program.name, program.hook, cgroup_root) {
-                    Err(rejected) if let Some(fallback) = program.fallback => {
-                        warn!(program = program.name, %hook, error = %rejected, fallback = fallback.name, "rejected; loading the fallback");
+                None => match (program.fallback, &group_rejected) {
+                    (Some(fallback), Some(rejected)) => {
                         attach(&mut ebpf, fallback.name, program.hook, cgroup_root).map(|()| {
                             degraded = Some(Degraded {
                                 program: fallback.name.to_owned(),
-                                rejected,
+                                rejected: rejected.clone(),
                                 loses: fallback.loses.to_owned(),
                             });
                         })
                     }
-                    Ok(()) if program.name == "kfree_skb" && !drops_have_reasons => {
-                        degraded = Some(Degraded {
-                            program: program.name.to_owned(),
-                            rejected: super::offsets::NO_DROP_REASON.to_owned(),
-                            loses: super::offsets::DROPS_WITHOUT_REASON.to_owned(),
-                        });
-                        Ok(())
-                    }
-                    other => other,
+                    _ => match attach(&mut ebpf, program.name, program.hook, cgroup_root) {
+                        Ok(()) if program.name == "kfree_skb" && !drops_have_reasons => {
+                            degraded = Some(Degraded {
+                                program: program.name.to_owned(),
+                                rejected: super::offsets::NO_DROP_REASON.to_owned(),
+                                loses: super::offsets::DROPS_WITHOUT_REASON.to_owned(),
+                            });
+                            Ok(())
+                        }
+                        other => other,
+                    },
                 },
             },
         };
@@ -517,6 +531,36 @@ fn take_map<T>(
     typed(map).map_err(|source| LoadError::Map { name, source })
 }
 
+/// Loads (without attaching) cgroup_skb programs that must run in the same form; the first
+/// rejection, with the others unloaded again (their fallbacks take the hooks).
+fn load_group(ebpf: &mut Ebpf, names: &[&str]) -> Option<String> {
+    let mut rejected = None;
+    for name in names {
+        let program: Result<&mut CgroupSkb, String> = ebpf
+            .program_mut(name)
+            .ok_or_else(|| format!("program {name} not in the object"))
+            .and_then(|p| p.try_into().map_err(|e| format!("{e}")));
+        match program.and_then(|p| p.load().map_err(load_error)) {
+            Ok(()) => {}
+            Err(e) => {
+                rejected = Some(format!("{name}: {e}"));
+                break;
+            }
+        }
+    }
+    if rejected.is_some() {
+        for name in names {
+            if let Some(Ok(p)) = ebpf.program_mut(name).map(<&mut CgroupSkb>::try_from)
+                && p.fd().is_ok()
+                && let Err(error) = p.unload()
+            {
+                warn!(program = name, %error, "unloading a rejected group's program");
+            }
+        }
+    }
+    rejected
+}
+
 /// Every tracepoint this kernel has, `category:name` (tracefs `available_events`); `None` when
 /// it cannot be read (then a missing tracepoint shows as an attach error).
 fn available_events(tracefs: &Path) -> Option<String> {
@@ -612,7 +656,9 @@ fn attach(ebpf: &mut Ebpf, name: &str, hook: Hook, cgroup_root: &Path) -> Result
                 .ok_or_else(|| format!("program {name} not in the object"))?
                 .try_into()
                 .map_err(|e| format!("{e}"))?;
-            program.load().map_err(load_error)?;
+            if program.fd().is_err() {
+                program.load().map_err(load_error)?;
+            }
             let root = File::open(cgroup_root)
                 .map_err(|e| format!("opening {}: {e}", cgroup_root.display()))?;
             let direction = if egress {

@@ -177,8 +177,9 @@ pub const NO_DROP_REASON: &str = "this kernel's kfree_skb has no drop reason (ad
 
 /// What drop evidence loses without the kernel's reason.
 pub const DROPS_WITHOUT_REASON: &str = "drops carry the kernel function that freed the packet \
-     (`location`) instead of the kernel's reason (reason UNKNOWN), and packets freed for other \
-     causes (a socket closed with unread data, ...) count as drops too";
+     (`location`, when the kernel shows the agent its symbols) instead of the kernel's reason \
+     (reason UNKNOWN), --drop-reasons selects nothing, and packets freed for other causes (a \
+     socket closed with unread data, ...) count as drops too";
 
 fn kfree_skb(
     tracefs: &Path,

@@ -79,9 +79,9 @@ pub struct DropDetail {
     /// TCP flags of the dropped segment, e.g. "SYN"; empty for other protocols.
     #[prost(string, tag = "7")]
     pub tcp_flags: ::prost::alloc::string::String,
-    /// Where the kernel freed the packet, e.g. "nf_hook_slow+0x8c" (the address in hex when the
-    /// kernel hides its symbols), on kernels without drop reasons (before Linux 5.17: reason is
-    /// then "UNKNOWN"); empty when the kernel gave a reason.
+    /// Where the kernel freed the packet, e.g. "nf_hook_slow+0x8c", on kernels without drop
+    /// reasons (before Linux 5.17: reason is then "UNKNOWN"); empty when the kernel gave a reason
+    /// or hides its symbols from the agent (never a raw address).
     #[prost(string, tag = "8")]
     pub location: ::prost::alloc::string::String,
 }

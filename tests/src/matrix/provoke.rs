@@ -346,10 +346,14 @@ fn judge_drop(drops: &[&Value], dst: &str) -> Seen {
             txt(&r["tcp_flags"])
         ));
     }
-    if let Some(r) = drops
-        .iter()
-        .find(|r| matches!(reason(r).as_str(), "" | "UNKNOWN"))
-    {
+    // Without reasons (before 5.17) the reduced form names where netfilter freed the packet:
+    // any other location is not the drop the rule made.
+    if let Some(r) = drops.iter().find(|r| {
+        matches!(reason(r).as_str(), "" | "UNKNOWN")
+            && r["location"]
+                .as_str()
+                .is_some_and(|l| l.starts_with("nf_hook_slow+"))
+    }) {
         return Seen::Reduced(format!(
             "{} drop(s) to {dst} recorded without a reason ({}, location {})",
             count_of(drops),
