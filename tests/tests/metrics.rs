@@ -106,6 +106,7 @@ fn prometheus_scrapes_low_cardinality_metrics_of_a_running_agent() {
         ("triage_agent_dns_packets_parsed", "counter"),
         ("triage_agent_dns_lookups_matched_in_kernel", "counter"),
         ("triage_agent_probe_attached", "gauge"),
+        ("triage_agent_signal_mode", "gauge"),
         ("triage_agent_store_records", "gauge"),
         ("triage_agent_store_capacity", "gauge"),
         ("triage_agent_store_expired", "counter"),
@@ -157,6 +158,20 @@ fn prometheus_scrapes_low_cardinality_metrics_of_a_running_agent() {
         ),
         Some(1.0)
     );
+    // Each signal in exactly one mode: on this host, every one full.
+    for signal in ["connection_refused", "packet_drop", "dns", "oom_kill"] {
+        for (mode, value) in [("full", 1.0), ("degraded", 0.0), ("off", 0.0)] {
+            assert_eq!(
+                sample(
+                    &parsed,
+                    "triage_agent_signal_mode",
+                    &[("signal", signal), ("mode", mode)]
+                ),
+                Some(value),
+                "{signal} {mode}: {body}"
+            );
+        }
+    }
     assert_eq!(
         sample(&parsed, "triage_agent_metadata_synced", &[]),
         Some(1.0)
@@ -168,6 +183,8 @@ fn prometheus_scrapes_low_cardinality_metrics_of_a_running_agent() {
         "namespace",
         "point",
         "program",
+        "signal",
+        "mode",
         "version",
         "node",
         "kernel",

@@ -58,6 +58,8 @@ struct Snapshot {
     dns_records: u64,
     dns_kernel_lookups: u64,
     probes: Vec<(String, bool)>,
+    /// Each signal's mode on this node.
+    signals: Vec<(&'static str, crate::signals::Mode)>,
     synced: bool,
     last_sync_age: Option<f64>,
     retries: u32,
@@ -106,6 +108,7 @@ impl MetricsState {
                 .iter()
                 .map(|p| (p.name.clone(), p.attached))
                 .collect(),
+            signals: a.signals().iter().map(|s| (s.signal, s.mode)).collect(),
             synced: meta.synced,
             last_sync_age: meta.last_synced.map(|t| {
                 SystemTime::now()
@@ -233,6 +236,22 @@ impl Collector for Snapshot {
             for (program, attached) in &self.probes {
                 let labels = [("program", program.clone())];
                 ConstGauge::new(i64::from(*attached)).encode(m.encode_family(&labels)?)?;
+            }
+        }
+        {
+            use crate::signals::Mode;
+            let mut m = e.encode_descriptor(
+                "triage_agent_signal_mode",
+                "1 for the mode each signal runs in on this node (full, degraded: evidence in a \
+                 reduced form, off), 0 for the others (see Status and `triage-agent doctor`).",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (signal, mode) in &self.signals {
+                for each in [Mode::Full, Mode::Degraded, Mode::Off] {
+                    let labels = [("signal", *signal), ("mode", each.as_str())];
+                    ConstGauge::new(i64::from(*mode == each)).encode(m.encode_family(&labels)?)?;
+                }
             }
         }
         gauge(
