@@ -18,7 +18,10 @@ use serde::Serialize;
 use crate::{
     cli::render::cleaned,
     kernel::{btf::Btf, mountinfo, tracefs},
-    probes::{PROGRAMS, ProbeStatus, loader},
+    probes::{
+        PROGRAMS, ProbeStatus,
+        loader::{self, chain},
+    },
     samplers::{self, layout::Hierarchies},
     signals::{self, Mode, SignalState},
 };
@@ -222,17 +225,6 @@ fn check(name: &str, result: Outcome, detail: &str) -> Check {
         result,
         detail: detail.to_owned(),
     }
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 fn kernel_release() -> String {

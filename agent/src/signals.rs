@@ -327,6 +327,26 @@ mod tests {
     }
 
     #[test]
+    fn programs_degraded_the_same_way_are_one_entry() {
+        let mut p = all_attached();
+        for name in ["dns_egress", "dns_ingress"] {
+            set(&mut p, name, |p| {
+                p.degraded = Some(Degraded {
+                    program: format!("{name}_all"),
+                    rejected: "BPF_STX uses reserved fields".into(),
+                    loses: "every DNS packet goes to the agent".into(),
+                });
+            });
+        }
+        let (mode, detail) = mode_of(&p, &sources(), "dns");
+        assert_eq!(mode, Mode::Degraded);
+        assert_eq!(
+            detail,
+            "dns_egress, dns_ingress: every DNS packet goes to the agent (BPF_STX uses reserved fields)"
+        );
+    }
+
+    #[test]
     fn oom_kills_need_the_event_or_the_controller() {
         let mut p = all_attached();
         set(&mut p, "mark_victim", |p| {

@@ -507,7 +507,7 @@ pub fn load(options: &LoadOptions<'_>) -> Result<Loaded, LoadError> {
 }
 
 /// An error with its sources ("bpf_link_create failed: Invalid argument").
-fn chain(e: &dyn std::error::Error) -> String {
+pub fn chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
