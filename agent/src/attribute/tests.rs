@@ -372,6 +372,17 @@ fn drop_between_two_pods_of_the_node_is_evidence_on_both() {
     assert_eq!(d.peer.as_ref().unwrap().name, "client");
 }
 
+/// A drop on a kernel without reasons: freed at `location`, with these TCP flags.
+fn unreasoned_drop(dst: &str, at: u64, tcp_flags: u8, location: u64) -> TimedEvent {
+    let mut e = drop_of("10.0.0.1:40000", dst, Some(100), at);
+    if let RawEvent::Flow(f) = &mut e.event {
+        f.reason = None;
+        f.tcp_flags = tcp_flags;
+        f.location = Some(location);
+    }
+    e
+}
+
 #[test]
 fn drops_without_a_reason_carry_where_the_kernel_freed_them() {
     let symbols = crate::kernel::kallsyms::Symbols::parse(
@@ -379,11 +390,7 @@ fn drops_without_a_reason_carry_where_the_kernel_freed_them() {
     );
     let (mut a, _) = attributor_with(Some(Arc::new(symbols)));
     synced_with_pods(&mut a);
-    let mut dropped = drop_of("10.0.0.1:40000", "10.0.0.2:5432", Some(100), 5);
-    if let RawEvent::Flow(f) = &mut dropped.event {
-        f.reason = None;
-        f.location = Some(0xffff_ffff_81a0_008c);
-    }
+    let dropped = unreasoned_drop("10.0.0.2:5432", 5, 0x02, 0xffff_ffff_81a0_008c);
     let occs = a.event(dropped, now(5));
     assert_eq!(occs.len(), 2, "{occs:?}");
     let Detail::PacketDrop(d) = &occs[0].detail else {
@@ -393,28 +400,15 @@ fn drops_without_a_reason_carry_where_the_kernel_freed_them() {
     assert_eq!(d.location.as_deref(), Some("nf_hook_slow+0x8c"));
     // A SYN freed where TCP found no socket is a refusal (the refusal probes report it), as
     // NO_SOCKET drops are where reasons exist.
-    let mut refused = drop_of("10.0.0.1:40000", "10.0.0.2:5433", Some(100), 6);
-    if let RawEvent::Flow(f) = &mut refused.event {
-        f.reason = None;
-        f.location = Some(0xffff_ffff_81b0_0044);
-    }
+    let refused = unreasoned_drop("10.0.0.2:5433", 6, 0x02, 0xffff_ffff_81b0_0044);
     assert!(a.event(refused, now(6)).is_empty());
     // A SYN|ACK freed there is a drop (only the bare SYN is a refusal).
-    let mut synack = drop_of("10.0.0.1:40000", "10.0.0.2:5433", Some(100), 7);
-    if let RawEvent::Flow(f) = &mut synack.event {
-        f.reason = None;
-        f.tcp_flags = 0x12;
-        f.location = Some(0xffff_ffff_81b0_0044);
-    }
+    let synack = unreasoned_drop("10.0.0.2:5433", 7, 0x12, 0xffff_ffff_81b0_0044);
     assert_eq!(a.event(synack, now(7)).len(), 2);
     // Without symbols (kptr_restrict), no location: never the raw address (KASLR).
     let (mut a, _) = attributor();
     synced_with_pods(&mut a);
-    let mut dropped = drop_of("10.0.0.1:40000", "10.0.0.2:5432", Some(100), 5);
-    if let RawEvent::Flow(f) = &mut dropped.event {
-        f.reason = None;
-        f.location = Some(0xffff_ffff_81a0_008c);
-    }
+    let dropped = unreasoned_drop("10.0.0.2:5432", 5, 0x02, 0xffff_ffff_81a0_008c);
     let occs = a.event(dropped, now(5));
     let Detail::PacketDrop(d) = &occs[0].detail else {
         panic!("{occs:?}")
