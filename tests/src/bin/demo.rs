@@ -2,7 +2,8 @@
 //! the real agent, real failures (a policy drop that shows as a timeout, a firewall REJECT,
 //! refused connections, a worker child OOM-killed while its container lives on, a container
 //! throttled by its CPU limit, DNS lookups that fail, walk the search path, or are dropped by a
-//! policy), and what `triage-agent query` and `explain` say about them. Cleans up
+//! policy), what `triage-agent query` and `explain` say about them, and what `doctor` says
+//! works on this kernel. Cleans up
 //! on exit.
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
@@ -226,6 +227,15 @@ fn demo() -> anyhow::Result<()> {
         &["query", "--pod", "jobs", "-n", "shop", "-o", "json"],
     )?;
     show(&agent, &["status"])?;
+    // What works on this node's kernel, as an operator checks it (on a node, or `kubectl exec`
+    // in the agent's pod).
+    println!("\n$ triage-agent doctor");
+    let doctor = std::process::Command::new(agent_binary())
+        .arg("doctor")
+        .output()
+        .context("running triage-agent doctor")?;
+    print!("{}", String::from_utf8_lossy(&doctor.stdout));
+    eprint!("{}", String::from_utf8_lossy(&doctor.stderr));
     agent.stop()?;
     println!("\nAgent stopped (programs detached); removing the simulated node.");
     Ok(())
