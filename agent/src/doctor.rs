@@ -16,13 +16,14 @@ use std::{
 use serde::Serialize;
 
 use crate::{
+    cgroup::layout::Hierarchies,
     cli::render::cleaned,
     kernel::{btf::Btf, mountinfo, tracefs},
     probes::{
         PROGRAMS, ProbeStatus,
         loader::{self, chain},
     },
-    samplers::{self, layout::Hierarchies},
+    samplers,
     signals::{self, Mode, SignalState},
 };
 

@@ -14,7 +14,7 @@
 //!   the `node-agent` feature).
 //!
 //! A new signal touches: its program (agent-ebpf) and event type (agent-ebpf/common), a
-//! [`probes::PROGRAMS`] entry and offsets family, a [`probes::decode::RawEvent`] variant, its
+//! [`probes::PROGRAMS`] entry and offsets family, a [`event::RawEvent`] variant, its
 //! attribution clues in [`attribute`], a [`evidence::Detail`] variant (key, merge, JSON fields),
 //! its proto `oneof` arm and conversion in [`api::convert`], and its diagnosis in
 //! [`cli::diagnose`]. Nothing else changes.
@@ -22,10 +22,12 @@
 pub mod api;
 pub mod app;
 pub mod attribute;
+pub mod cgroup;
 pub mod cli;
 pub mod dns;
 #[cfg(feature = "node-agent")]
 pub mod doctor;
+pub mod event;
 pub mod evidence;
 pub mod kernel;
 pub mod loss;
@@ -39,3 +41,5 @@ pub mod probes;
 pub mod samplers;
 pub mod signals;
 pub mod store;
+#[cfg(feature = "node-agent")]
+pub mod supervisor;

@@ -13,7 +13,6 @@
 //! non-zero so the DaemonSet restarts it.
 
 use std::{
-    future::Future,
     net::SocketAddr,
     path::PathBuf,
     sync::{
@@ -25,17 +24,20 @@ use std::{
 
 use anyhow::Context as _;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tracing::{Instrument as _, error, info, info_span, warn};
+use tracing::{error, info, warn};
 
 use crate::{
     api::{self, AgentApi, AgentInfo, AgentState},
-    attribute::{self, Attributor, KernelNames, cgroup_ids, metadata},
+    attribute,
+    attribute::{Attributor, KernelNames, metadata},
+    cgroup::{self, KnownFirst, ids as cgroup_ids},
     dns,
     kernel::{btf::Btf, tracefs},
     loss::Counters,
     probes::{loader, offsets, reader, reasons::DropReasons},
     samplers,
     store::{self, PersistHealth, Store, StoreConfig},
+    supervisor::{Supervisor, infallible},
 };
 
 /// How long shutdown waits for tasks before detaching anyway.
@@ -69,63 +71,6 @@ fn kernel_release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_owned())
         .unwrap_or_default()
-}
-
-/// Runs tasks so that one ending early stops the agent with a failure.
-struct Supervisor {
-    tracker: TaskTracker,
-    cancel: CancellationToken,
-    failed: Arc<AtomicBool>,
-}
-
-impl Supervisor {
-    fn spawn<F, E>(&self, name: &'static str, task: F)
-    where
-        F: Future<Output = Result<(), E>> + Send + 'static,
-        E: std::fmt::Display + Send + 'static,
-    {
-        let cancel = self.cancel.clone();
-        let failed = self.failed.clone();
-        let task = tokio::spawn(task.instrument(info_span!("task", name)));
-        self.tracker.spawn(async move {
-            let outcome = task.await;
-            if cancel.is_cancelled() && matches!(outcome, Ok(Ok(()))) {
-                return;
-            }
-            match outcome {
-                Ok(Ok(())) => error!(
-                    task = name,
-                    "task ended before shutdown; stopping the agent"
-                ),
-                Ok(Err(error)) => error!(task = name, %error, "task failed; stopping the agent"),
-                Err(error) => error!(task = name, %error, "task panicked; stopping the agent"),
-            }
-            failed.store(true, Ordering::SeqCst);
-            cancel.cancel();
-        });
-    }
-}
-
-/// A task that cannot fail on its own: it returns when cancelled or when its inputs close.
-async fn infallible(task: impl Future<Output = ()>) -> Result<(), std::convert::Infallible> {
-    task.await;
-    Ok(())
-}
-
-/// cgroup ids the samplers found first (containers that may already be gone), then the
-/// resolver.
-struct KnownFirst {
-    known: samplers::KnownCgroups,
-    inner: cgroup_ids::CgroupResolver,
-}
-
-impl attribute::CgroupPaths for KnownFirst {
-    fn path(&mut self, id: u64) -> attribute::PathLookup {
-        match self.known.get(id) {
-            Some(path) => attribute::PathLookup::Found(path),
-            None => self.inner.path(id),
-        }
-    }
 }
 
 /// Runs the node agent until a termination signal; fails when any part of it fails.
@@ -248,7 +193,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         .map(|p| open_persistent(p, &mut evidence, &counters));
     let (store, occurrences, store_task) = store::spawn(evidence, cancel.child_token());
     supervisor.spawn("store", infallible(store_task));
-    let known = samplers::KnownCgroups::default();
+    let known = cgroup::KnownCgroups::default();
     let attributor = Attributor::new(
         Box::new(KnownFirst {
             known: known.clone(),
@@ -280,7 +225,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             }
         });
     let sampler_config = samplers::sampler::SamplerConfig {
-        hierarchies: samplers::layout::Hierarchies::detect(),
+        hierarchies: cgroup::layout::Hierarchies::detect(),
         kubelet_root: config.kubelet_cgroup_root.clone(),
         throttle_threshold: config.throttle_threshold,
     };

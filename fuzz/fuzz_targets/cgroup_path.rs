@@ -1,7 +1,7 @@
 //! Cgroup paths (any process can create cgroups below its own): parsing never panics, and a pod
 //! identity is only ever taken from text that is in the path.
 #![no_main]
-use triage_agent::attribute::cgroup_path::{container_id_of, parse_cgroup_path, strip_runtime_scheme};
+use triage_agent::cgroup::path::{container_id_of, parse_cgroup_path, strip_runtime_scheme};
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let Ok(path) = std::str::from_utf8(data) else {

@@ -2,9 +2,10 @@
 //! (exact, hostNetwork pods included), else by the client IP; the server by the cgroup of the
 //! server socket on this node that received the query, else by its IP.
 
-use super::{Attributor, CgroupLookup, Clues, Now, TimedEvent};
+use super::{Attributor, CgroupLookup, Clues, Now};
 use crate::{
-    dns::{Finding, Tally, packet},
+    dns::packet,
+    event::{Finding, Tally, TimedEvent},
     evidence::{Detail, Dns, Occurrence, PodRef},
 };
 use std::sync::Arc;

@@ -8,13 +8,13 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use super::{Attributor, Clues, Now, TimedEvent};
+use super::{Attributor, Clues, Now};
 use crate::{
+    event::{Flow, FlowKind, RawEvent, TimedEvent},
     evidence::{
         Cause, Connection, Detail, Direction, Drop, Occurrence, PodRef, Process, Protocol, Subject,
     },
     kernel::kallsyms::Symbols,
-    probes::decode::{Flow, FlowKind, RawEvent},
 };
 
 impl Attributor {

@@ -21,7 +21,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::{
-    attribute::{Input, MetaHealth, MetaUpdate, cgroup_path::strip_runtime_scheme, pods::PodInfo},
+    attribute::{Input, MetaHealth, MetaUpdate, pods::PodInfo},
+    cgroup::path::strip_runtime_scheme,
     evidence::PodRef,
 };
 

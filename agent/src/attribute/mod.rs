@@ -20,9 +20,6 @@
 //! Deadlines (how long an event waits, negative cache entries) run on the monotonic clock, so a
 //! wall-clock step cannot expire or keep events early; event times stay wall-clock times.
 
-#[cfg(feature = "node-agent")]
-pub mod cgroup_ids;
-pub mod cgroup_path;
 mod dns;
 mod flows;
 #[cfg(feature = "node-agent")]
@@ -43,11 +40,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::{
+    cgroup::{
+        CgroupPaths, PathLookup,
+        path::{CgroupIdentity, parse_cgroup_path},
+    },
+    event::{FlowKind, RawEvent, TimedEvent},
     evidence::{Attribution, Occurrence, Process, Subject},
     loss::{Counters, Loss},
-    probes::decode::{FlowKind, RawEvent},
 };
-use cgroup_path::{CgroupIdentity, parse_cgroup_path};
 pub use flows::KernelNames;
 use flows::{Names, STACK_REFUSAL_TTL, STACK_REFUSALS_CAPACITY, event_count};
 use pods::{PodIndex, PodInfo};
@@ -83,14 +83,6 @@ impl Now {
     }
 }
 
-/// A decoded event with its wall-clock times (latest and earliest occurrence).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TimedEvent {
-    pub at: SystemTime,
-    pub first_at: SystemTime,
-    pub event: RawEvent,
-}
-
 /// Changes to the pod metadata, from the watcher.
 #[derive(Clone, Debug)]
 pub enum MetaUpdate {
@@ -102,22 +94,6 @@ pub enum MetaUpdate {
     Delete { uid: String },
     /// The full list ended: pods not listed since [`MetaUpdate::RelistStarted`] are gone.
     RelistDone,
-}
-
-/// The answer to "which cgroup has this id".
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum PathLookup {
-    Found(String),
-    /// No such cgroup (any more).
-    Missing,
-    /// Not known yet (a walk of the tree is under way): ask again later.
-    Pending,
-}
-
-/// Finds the path of a cgroup (v2) by id, never blocking. Implemented on the real cgroupfs by
-/// `cgroup_ids`; by maps in tests.
-pub trait CgroupPaths: Send {
-    fn path(&mut self, id: u64) -> PathLookup;
 }
 
 /// What a cgroup id told us.
@@ -188,7 +164,7 @@ impl Attributor {
     }
 
     /// Live pods and their container IDs, for the samplers.
-    pub fn pod_containers(&self) -> Vec<crate::samplers::PodContainers> {
+    pub fn pod_containers(&self) -> Vec<crate::cgroup::PodContainers> {
         self.index.pod_containers()
     }
 
@@ -476,7 +452,7 @@ pub fn spawn_with_pods(
 ) -> (
     AttributeInputs,
     watch::Receiver<AttributorStats>,
-    watch::Receiver<Arc<Vec<crate::samplers::PodContainers>>>,
+    watch::Receiver<Arc<Vec<crate::cgroup::PodContainers>>>,
     impl Future<Output = ()> + Send + 'static,
 ) {
     let (events_tx, events) = mpsc::channel(EVENTS_CHANNEL);
@@ -500,7 +476,7 @@ async fn run(
     mut meta: mpsc::Receiver<Input>,
     store: mpsc::Sender<Occurrence>,
     stats: watch::Sender<AttributorStats>,
-    pods: watch::Sender<Arc<Vec<crate::samplers::PodContainers>>>,
+    pods: watch::Sender<Arc<Vec<crate::cgroup::PodContainers>>>,
     cancel: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(TICK);

@@ -160,12 +160,12 @@ impl PodIndex {
     }
 
     /// Live pods (not deleted, not finished) and their container IDs.
-    pub fn pod_containers(&self) -> Vec<crate::samplers::PodContainers> {
+    pub fn pod_containers(&self) -> Vec<crate::cgroup::PodContainers> {
         let mut out: Vec<_> = self
             .pods
             .values()
             .filter(|k| k.deleted_at.is_none() && !k.info.finished)
-            .map(|k| crate::samplers::PodContainers {
+            .map(|k| crate::cgroup::PodContainers {
                 uid: k.info.pod.uid.as_str().into(),
                 container_ids: k
                     .info

@@ -13,11 +13,11 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use super::{Attributor, CgroupLookup, Now, TimedEvent};
+use super::{Attributor, CgroupLookup, Now};
 use crate::{
+    cgroup::ContainerRef,
+    event::{OomCounts, OomVictim, RawEvent, Sample, TimedEvent},
     evidence::{Attribution, Detail, Occurrence, OomKill, OomSource, Process, Subject},
-    probes::decode::{OomVictim, RawEvent},
-    samplers::{ContainerRef, OomCounts, Sample},
 };
 
 /// How long counted kills wait for their kernel event before being recorded without a victim.

@@ -7,8 +7,8 @@ use super::{
     *,
 };
 use crate::{
+    event::{Flow, TaskInfo},
     evidence::{Cause, Connection, Detail, Direction},
-    probes::decode::{Flow, TaskInfo},
 };
 
 /// Both clocks `secs` after a fixed base, as the agent would read them.
@@ -490,9 +490,9 @@ fn timeouts_are_never_refusals() {
 mod oom {
     use super::*;
     use crate::{
+        cgroup::ContainerRef,
+        event::{OomCounts, OomVictim, Sample},
         evidence::{OomKill, OomSource},
-        probes::decode::OomVictim,
-        samplers::{ContainerRef, OomCounts, Sample},
     };
 
     fn victim(at: u64, main: bool) -> TimedEvent {

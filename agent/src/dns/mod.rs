@@ -22,23 +22,18 @@ pub mod packet;
 pub mod track;
 
 #[cfg(feature = "node-agent")]
-mod held;
-#[cfg(feature = "node-agent")]
-mod kernel;
-#[cfg(feature = "node-agent")]
 mod task;
 
 use tracing::debug;
 
 #[cfg(feature = "node-agent")]
-pub use held::{HeldError, HeldTable};
-#[cfg(feature = "node-agent")]
-pub use kernel::{AnsweredSlots, DnsMaps};
-#[cfg(feature = "node-agent")]
 pub use task::{DnsError, run};
-pub use track::{Finding, RepeatChange, RepeatKey, Repeated, Tally, TrackConfig, Tracker};
+pub use track::{TrackConfig, Tracker};
 
-use crate::loss::{Counters, Loss};
+use crate::{
+    event::Finding,
+    loss::{Counters, Loss},
+};
 
 /// The default DNS port.
 pub const DEFAULT_PORT: u16 = 53;
@@ -79,18 +74,13 @@ pub fn agent_keeps(track: &TrackConfig) -> std::time::Duration {
     track.timeout.saturating_mul(2)
 }
 
-/// A duration in nanoseconds, as the kernel's clocks count (saturating).
-pub fn ns(d: std::time::Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
-}
-
 /// The thresholds the kernel applies when it matches a UDP answer itself: answers at least as
 /// late as the slow threshold go up, and so do a cgroup's answers for a timeout's length after
 /// one of its lookups failed (the rest of a search-path walk, which the tracker folds).
 pub fn kernel_timing(track: &TrackConfig) -> triage_agent_common::DnsTiming {
     triage_agent_common::DnsTiming {
-        slow_ns: ns(track.slow),
-        recent_ns: ns(track.timeout.max(track::SEARCH_HOLD)),
+        slow_ns: crate::kernel::ns(track.slow),
+        recent_ns: crate::kernel::ns(track.timeout.max(track::SEARCH_HOLD)),
     }
 }
 

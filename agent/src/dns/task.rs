@@ -4,17 +4,18 @@
 use std::{sync::Arc, time::Duration};
 
 use aya::maps::{MapData, RingBuf};
-use tokio::{io::unix::AsyncFd, sync::mpsc};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{
-    DnsConfig, Tracker, agent_keeps, handle, handover_age, kernel::DnsMaps, kernel::record_bytes,
-};
+use super::{DnsConfig, Tracker, agent_keeps, handle, handover_age};
 use crate::{
-    attribute::TimedEvent,
+    event::{RawEvent, TimedEvent},
     kernel::clock::BootClock,
-    loss::{Counters, Loss},
-    probes::{decode::RawEvent, reader::BATCH},
+    loss::Counters,
+    probes::{
+        dns_maps::{DnsMaps, record_bytes},
+        ring::{AttributionGone, BATCH, CLOCK_REFRESH, Ring, ToAttribution, switch_generation},
+    },
 };
 
 /// How often timeouts and settled search sequences are looked for.
@@ -24,19 +25,14 @@ const TICK: Duration = Duration::from_millis(250);
 const DRAIN_EVERY: Duration = Duration::from_millis(20);
 /// How often pods' lookup counters are reported.
 const TALLY_EVERY: Duration = Duration::from_secs(1);
-/// How long after switching the kernel's answered table the old one is left alone (programs
-/// that read the old generation are still running; they run in microseconds).
-const QUIESCE: Duration = Duration::from_millis(5);
-/// How often the boot-time to wall-clock offset is refreshed.
-const CLOCK_REFRESH: Duration = Duration::from_secs(10);
 
 /// Why the DNS task stopped on its own.
 #[derive(Debug, thiserror::Error)]
 pub enum DnsError {
     #[error("DNS ring buffer: {0}")]
     Ring(#[from] std::io::Error),
-    #[error("attribution stopped taking events")]
-    AttributionGone,
+    #[error(transparent)]
+    AttributionGone(#[from] AttributionGone),
     #[error("switching the kernel's DNS answered table: {0}")]
     Generation(#[from] aya::maps::MapError),
 }
@@ -50,8 +46,8 @@ pub async fn run(
     counters: Arc<Counters>,
     cancel: CancellationToken,
 ) -> Result<(), DnsError> {
-    // SAFETY: the RingBuf owns its map fd for its whole life, and the AsyncFd owns the RingBuf.
-    let mut fd = unsafe { AsyncFd::register(ring) }.map_err(std::io::Error::from)?;
+    let mut ring = Ring::new(ring)?;
+    let out = ToAttribution::new(out, counters.clone());
     let mut clock = BootClock::new()?;
     let mut tracker = Tracker::new(config.track.clone(), counters.clone());
     let handover = handover_age(&config.track);
@@ -63,28 +59,23 @@ pub async fn run(
     let mut tally = tokio::time::interval(TALLY_EVERY);
     let mut drain = tokio::time::interval(DRAIN_EVERY);
     drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let emit = |event: RawEvent, clock: &BootClock| -> Result<(), DnsError> {
-        let at = match &event {
-            RawEvent::DnsLookups(_) => std::time::SystemTime::now(),
-            other => clock.wall(other.boot_ns()),
+    let emit = |event: RawEvent, clock: &BootClock| -> Result<(), AttributionGone> {
+        let (at, first_at) = match &event {
+            // Tallies are of the last interval, which ends now.
+            RawEvent::DnsLookups(_) => {
+                let now = std::time::SystemTime::now();
+                (now, now)
+            }
+            other => (
+                clock.wall(other.boot_ns()),
+                clock.wall(other.first_boot_ns()),
+            ),
         };
-        let first_at = match &event {
-            RawEvent::DnsLookups(_) => at,
-            other => clock.wall(other.first_boot_ns()),
-        };
-        let count = event.count();
-        match out.try_send(TimedEvent {
+        out.send(TimedEvent {
             at,
             first_at,
             event,
-        }) {
-            Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                counters.add(Loss::PipelineFull, count.max(1));
-                Ok(())
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(DnsError::AttributionGone),
-        }
+        })
     };
     loop {
         tokio::select! {
@@ -104,8 +95,7 @@ pub async fn run(
                 maps.apply(tracker.take_repeat_changes());
             }
             _ = tally.tick() => {
-                let old = maps.flip()?;
-                tokio::time::sleep(QUIESCE).await;
+                let old = switch_generation(|| maps.flip()).await?;
                 for a in maps.drain(old) {
                     counters.add_dns_kernel_lookups(a.lookups);
                     tracker.answered_in_kernel(a.cgroup_id, a.client_ip, a.lookups, a.latency_sum, a.latency_max);
@@ -122,26 +112,26 @@ pub async fn run(
                 }
             }
             _ = drain.tick() => {
-                let ring = fd.get_mut();
-                let received = read_batch(ring, &mut tracker, &counters, &is_dns_port, |f| {
-                    emit(RawEvent::Dns(Box::new(f)), &clock)
+                let received = ring.poll(|record| {
+                    for finding in handle(record, &mut tracker, &counters, &is_dns_port) {
+                        emit(RawEvent::Dns(Box::new(finding)), &clock)?;
+                    }
+                    Ok::<(), DnsError>(())
                 })?;
+                counted(&counters, received);
                 maps.apply(tracker.take_repeat_changes());
                 if received >= BATCH {
                     drain.reset_immediately();
                 }
                 tokio::task::yield_now().await;
             }
-            guard = fd.readable_mut() => {
-                let mut guard = guard?;
-                let ring = guard.get_inner_mut();
-                let received = read_batch(ring, &mut tracker, &counters, &is_dns_port, |f| {
-                    emit(RawEvent::Dns(Box::new(f)), &clock)
-                })?;
-                if received < BATCH {
-                    guard.clear_ready();
+            received = ring.readable(|record| {
+                for finding in handle(record, &mut tracker, &counters, &is_dns_port) {
+                    emit(RawEvent::Dns(Box::new(finding)), &clock)?;
                 }
-                drop(guard);
+                Ok::<(), DnsError>(())
+            }) => {
+                counted(&counters, received?);
                 maps.apply(tracker.take_repeat_changes());
                 tokio::task::yield_now().await;
             }
@@ -149,25 +139,7 @@ pub async fn run(
     }
 }
 
-/// Reads up to [`BATCH`] records; returns how many.
-fn read_batch(
-    ring: &mut RingBuf<MapData>,
-    tracker: &mut Tracker,
-    counters: &Counters,
-    is_dns_port: &impl Fn(u16) -> bool,
-    mut found: impl FnMut(super::Finding) -> Result<(), DnsError>,
-) -> Result<usize, DnsError> {
-    let mut received = 0usize;
-    while let Some(record) = ring.next() {
-        received += 1;
-        for finding in handle(&record, tracker, counters, is_dns_port) {
-            found(finding)?;
-        }
-        if received >= BATCH {
-            break;
-        }
-    }
+fn counted(counters: &Counters, received: usize) {
     counters.add_events_received(received as u64);
     counters.add_dns_records(received as u64);
-    Ok(received)
 }

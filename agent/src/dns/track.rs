@@ -24,6 +24,7 @@
 //!   the cgroup (or of the cgroup holding most) makes room, counted as
 //!   [`Loss::DnsInflightEvicted`].
 
+use crate::probes::dns_repeats::{RepeatChange, RepeatKey, Repeated};
 use std::{
     collections::{HashMap, VecDeque},
     net::{IpAddr, SocketAddr},
@@ -35,6 +36,7 @@ use triage_agent_common::{AF_INET, AF_INET6, dns_question_hash};
 
 use super::packet::{Captured, Message, Side};
 use crate::{
+    event::{Finding, Tally},
     evidence::{DnsLookups, DnsOutcome, Protocol},
     loss::{Counters, Loss},
 };
@@ -84,73 +86,6 @@ impl Default for TrackConfig {
             total: 16_384,
         }
     }
-}
-
-/// A failed or slow lookup, ready for attribution.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Finding {
-    pub outcome: DnsOutcome,
-    /// When it was decided (answer arrival, or the deadline) and when the lookup began.
-    pub at_ns: u64,
-    pub first_ns: u64,
-    /// The asking socket's cgroup.
-    pub cgroup_id: u64,
-    pub client: SocketAddr,
-    pub server: SocketAddr,
-    pub protocol: Protocol,
-    pub query: Arc<str>,
-    pub qtype: u16,
-    pub rcode: Option<u8>,
-    pub latency: Option<Duration>,
-    /// Timeouts: whether a DNS server's socket on this node received the query.
-    pub reached_server: Option<bool>,
-    /// Timeouts: whether that server sent an answer (which then never arrived).
-    pub server_answered: bool,
-    /// The cgroup of the server socket that received the query, when one on this node did.
-    pub server_cgroup: Option<u64>,
-    /// NXDOMAIN answers folded into this finding (search expansions), per lookup.
-    pub search_nxdomains: u32,
-    /// Lookups this finding stands for (several search walks of one name can settle together).
-    pub count: u64,
-}
-
-/// A pod's successful-lookup counters since the last flush.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Tally {
-    pub cgroup_id: u64,
-    /// The client IP last seen for this cgroup (attribution by IP when the cgroup is gone).
-    pub client_ip: IpAddr,
-    pub lookups: DnsLookups,
-}
-
-/// A failed lookup's identity in the kernel's repeat counting ([`triage_agent_common::DnsRepeatKey`]):
-/// the asking cgroup, the hash of the query as sent and of its server, and the rcode.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct RepeatKey {
-    pub cgroup: u64,
-    pub question: u64,
-    pub rcode: u8,
-}
-
-/// Repeats of one failure the kernel counted in one drain interval.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Repeated {
-    pub key: RepeatKey,
-    pub count: u64,
-    pub latency_sum: Duration,
-    pub latency_max: Duration,
-    /// When the first and the latest were answered (CLOCK_BOOTTIME).
-    pub first_ns: u64,
-    pub last_ns: u64,
-}
-
-/// What the tracker asks of the kernel's repeat counting.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RepeatChange {
-    /// Count this failure's repeats in the kernel from now on.
-    Count(RepeatKey),
-    /// Send them up one by one again.
-    Stop(RepeatKey),
 }
 
 /// A failure whose repeats the kernel counts: what they stand for.
@@ -656,7 +591,7 @@ impl Tracker {
                         key,
                         first_ns,
                         at_ns: last_ns,
-                        latency_ns: super::ns(mean),
+                        latency_ns: crate::kernel::ns(mean),
                         protocol,
                         count,
                         repeat: (!stopping).then_some(repeat),
@@ -759,7 +694,7 @@ impl Tracker {
     /// Periodic: timeouts and settled search groups. `now_ns`: CLOCK_BOOTTIME now.
     pub fn tick(&mut self, now_ns: u64) -> Vec<Finding> {
         let mut out = Vec::new();
-        let timeout = super::ns(self.config.timeout);
+        let timeout = crate::kernel::ns(self.config.timeout);
         let cgroups: Vec<u64> = self.order.keys().copied().collect();
         for cgroup in cgroups {
             let mut resent = Vec::new();
@@ -809,7 +744,7 @@ impl Tracker {
             }
             self.drop_empty(cgroup);
         }
-        let hold = super::ns(SEARCH_HOLD);
+        let hold = crate::kernel::ns(SEARCH_HOLD);
         let group_keys: Vec<(u64, IpAddr)> = self.search.keys().copied().collect();
         for group_key in group_keys {
             let Some(group) = self.search.get_mut(&group_key) else {

@@ -8,3 +8,8 @@ pub mod clock;
 pub mod kallsyms;
 pub mod mountinfo;
 pub mod tracefs;
+
+/// A duration in nanoseconds, as the kernel's clocks count (saturating).
+pub fn ns(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}

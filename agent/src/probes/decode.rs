@@ -9,77 +9,7 @@ use triage_agent_common::{
     UNKNOWN_U64, flow_flags, kind,
 };
 
-use crate::samplers::Sample;
-
-/// A decoded kernel event (or a cgroupfs sampler's finding), before attribution.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum RawEvent {
-    /// One or more occurrences of a hot signal's flow.
-    Flow(Flow),
-    /// A failed or slow DNS lookup, matched in userspace ([`crate::dns`]).
-    Dns(Box<crate::dns::Finding>),
-    /// A pod's successful DNS lookups since the last report.
-    DnsLookups(crate::dns::Tally),
-    /// The OOM killer chose a victim.
-    OomVictim(OomVictim),
-    /// What a cgroupfs sampler found (throttling, OOM kill counters); its time is the sample's.
-    Sample(Sample),
-}
-
-impl RawEvent {
-    /// CLOCK_BOOTTIME nanoseconds of the latest occurrence (0 for samples, which carry
-    /// wall-clock times).
-    pub fn boot_ns(&self) -> u64 {
-        match self {
-            RawEvent::Flow(f) => f.last_ns,
-            RawEvent::Dns(d) => d.at_ns,
-            RawEvent::OomVictim(o) => o.boot_ns,
-            RawEvent::DnsLookups(_) => 0,
-            RawEvent::Sample(_) => 0,
-        }
-    }
-
-    /// CLOCK_BOOTTIME nanoseconds of the earliest occurrence.
-    pub fn first_boot_ns(&self) -> u64 {
-        match self {
-            RawEvent::Flow(f) => f.first_ns,
-            RawEvent::Dns(d) => d.first_ns,
-            _ => self.boot_ns(),
-        }
-    }
-
-    /// Occurrences the event stands for (what is lost if it is dropped).
-    pub fn count(&self) -> u64 {
-        match self {
-            RawEvent::Flow(f) => f.count,
-            RawEvent::Dns(d) => d.count.max(1),
-            RawEvent::DnsLookups(t) => t.lookups.lookups,
-            RawEvent::OomVictim(_) => 1,
-            RawEvent::Sample(s) => s.count(),
-        }
-    }
-}
-
-/// A process the OOM killer chose, read from the victim's task in the kernel.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct OomVictim {
-    pub boot_ns: u64,
-    pub pid: u32,
-    pub tgid: u32,
-    pub comm: String,
-    pub uid: u32,
-    /// The victim's cgroup v2 id.
-    pub cgroup_id: Option<u64>,
-    /// Whether its parent process is outside its cgroup (it is the container's first process).
-    pub main_process: Option<bool>,
-    pub memcg_usage_bytes: Option<u64>,
-    /// The tightest limit of the memory cgroup and its ancestors; `None` when unlimited.
-    pub memcg_limit_bytes: Option<u64>,
-    pub rss_bytes: Option<u64>,
-    pub oom_score_adj: i16,
-    /// `mem_cgroup.oom_group` (meaningful on cgroup v2 only).
-    pub oom_group: Option<bool>,
-}
+use crate::event::{Flow, FlowKind, OomVictim, RawEvent, TaskInfo};
 
 /// The kernel's page size.
 pub fn page_size() -> u64 {
@@ -122,55 +52,6 @@ fn oom_victim(e: &OomEvent) -> OomVictim {
         oom_score_adj: e.oom_score_adj,
         oom_group: (e.oom_group != UNKNOWN_U8).then_some(e.oom_group != 0),
     }
-}
-
-/// Which hot signal a flow is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FlowKind {
-    /// A local connect() was refused (by RST, or by ICMP with `icmp_errno`).
-    ConnectRefused,
-    /// A local port with no listener answered a SYN with RST.
-    SynRefused,
-    /// The kernel dropped a packet (`reason`).
-    PacketDrop,
-    /// A local connect() ended without any answer.
-    ConnectTimeout,
-}
-
-/// The process that called connect().
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TaskInfo {
-    pub pid: u32,
-    pub tgid: u32,
-    pub comm: String,
-}
-
-/// Occurrences of one flow: `src` sent the packet or SYN, `dst` was its destination.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Flow {
-    pub kind: FlowKind,
-    pub count: u64,
-    pub first_ns: u64,
-    pub last_ns: u64,
-    /// The source port is the latest occurrence's.
-    pub src: SocketAddr,
-    pub dst: SocketAddr,
-    /// IP protocol number.
-    pub protocol: u8,
-    /// TCP flags of a dropped segment.
-    pub tcp_flags: u8,
-    /// Raw kernel enum value (`sk_rst_reason`, `skb_drop_reason`).
-    pub reason: Option<u32>,
-    /// The errno of a connect() refused by ICMP.
-    pub icmp_errno: Option<u32>,
-    /// cgroup v2 id of the process (connects) or sending socket (drops).
-    pub cgroup_id: Option<u64>,
-    pub task: Option<TaskInfo>,
-    pub ifindex: u32,
-    pub syn_retransmits: u32,
-    /// Where the kernel freed a dropped packet, on kernels without drop reasons (an address in
-    /// kernel text).
-    pub location: Option<u64>,
 }
 
 /// Why a record could not be decoded.

@@ -27,9 +27,12 @@ use super::{
     reasons::DropReasons,
 };
 use crate::{
-    dns::{AnsweredSlots, DnsMaps, HeldTable},
     kernel::btf::Btf,
     loss::Loss,
+    probes::{
+        dns_held::HeldTable,
+        dns_maps::{AnsweredSlots, DnsMaps},
+    },
 };
 
 /// The eBPF object built by build.rs from agent-ebpf.
@@ -49,9 +52,9 @@ pub enum LoadError {
     #[error("no program could be attached: {0}")]
     NothingAttached(String),
     #[error("the kernel's table of held DNS queries")]
-    DnsHeld(#[source] crate::dns::HeldError),
+    DnsHeld(#[source] super::dns_held::HeldError),
     #[error("the kernel's arrays of DNS lookups answered well")]
-    DnsAnsweredSlots(#[source] crate::dns::HeldError),
+    DnsAnsweredSlots(#[source] super::dns_held::HeldError),
 }
 
 /// The loaded programs. Keep alive while collecting; drop to detach.
@@ -118,14 +121,7 @@ impl FlowTables {
         let Some(table) = self.tables.get_mut(index) else {
             return Vec::new();
         };
-        let keys: Vec<FlowKey> = table.keys().filter_map(Result::ok).collect();
-        let mut out = Vec::with_capacity(keys.len());
-        for key in keys {
-            if let Ok(stats) = table.get(&key, 0) {
-                out.push((key, stats));
-            }
-            let _ = table.remove(&key);
-        }
+        let mut out = super::ring::take_all(table);
         let first = index as u32 * FLOW_REPEAT_SLOTS;
         for slot in first..first + FLOW_REPEAT_SLOTS {
             let values = match self.repeats.get(&slot, 0) {
@@ -182,6 +178,9 @@ fn merge_repeats(drained: &mut Vec<(FlowKey, FlowStats)>, repeats: &[FlowRepeat]
 }
 
 impl LossMap {
+    /// How many totals [`LossMap::read`] returns: every kernel slot, and skipped runs.
+    pub const TOTALS: usize = KERNEL_LOSSES.len() + 1;
+
     /// Current totals, summed over CPUs, and the programs' skipped runs. A slot or program that
     /// cannot be read is an error (never a zero that would claim nothing was lost).
     pub fn read(&self) -> Result<Vec<(Loss, u64)>, LossReadError> {

@@ -9,12 +9,19 @@
 
 pub mod decode;
 #[cfg(feature = "node-agent")]
+pub mod dns_held;
+#[cfg(feature = "node-agent")]
+pub mod dns_maps;
+pub mod dns_repeats;
+#[cfg(feature = "node-agent")]
 pub mod loader;
 #[cfg(feature = "node-agent")]
 pub mod offsets;
 #[cfg(feature = "node-agent")]
 pub mod reader;
 pub mod reasons;
+#[cfg(feature = "node-agent")]
+pub mod ring;
 
 use std::fmt;
 

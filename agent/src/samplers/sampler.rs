@@ -11,12 +11,15 @@ use std::{
 
 use tracing::{debug, warn};
 
-use super::{
-    ContainerRef, OomCounts, PodContainers, Sample,
-    cgroupfs::{self, CgroupFile, CpuStat, READ_BUF},
-    layout::{Hierarchies, Version, find_containers},
+use super::cgroupfs::{self, CgroupFile, CpuStat, READ_BUF};
+use crate::{
+    cgroup::{
+        ContainerRef, PodContainers,
+        layout::{Hierarchies, Version, find_containers},
+    },
+    event::{OomCounts, Sample},
+    evidence::CpuThrottling,
 };
-use crate::evidence::CpuThrottling;
 
 /// Sweeps between retries of pods whose containers were not all found (a container that has
 /// not started yet, or one that exited).
@@ -72,7 +75,7 @@ pub struct Sampler {
     pods: Vec<PodContainers>,
     sweeps: u64,
     buf: Vec<u8>,
-    known: Option<super::KnownCgroups>,
+    known: Option<crate::cgroup::KnownCgroups>,
     /// Cumulative totals.
     pub totals: SweepStats,
 }
@@ -92,7 +95,7 @@ impl Sampler {
     }
 
     /// Also records the cgroup2 id of every container found into `known`.
-    pub fn with_known(mut self, known: super::KnownCgroups) -> Sampler {
+    pub fn with_known(mut self, known: crate::cgroup::KnownCgroups) -> Sampler {
         self.known = Some(known);
         self
     }
@@ -191,7 +194,7 @@ impl Sampler {
 
     fn track(&self, rel: &Path) -> Tracked {
         let h = &self.config.hierarchies;
-        let files = |hier: Option<&super::layout::Hierarchy>, v2: &str, v1: &str| {
+        let files = |hier: Option<&crate::cgroup::layout::Hierarchy>, v2: &str, v1: &str| {
             hier.map(|hier| {
                 let dir = hier.mount.join(rel);
                 let name = if hier.version == Version::V2 { v2 } else { v1 };
@@ -458,7 +461,7 @@ pub fn write_v2_counters(
 
 /// A sampler config for a fixture tree: pure v2 at `root`.
 pub fn v2_fixture_config(root: &Path, threshold: u64) -> SamplerConfig {
-    let h = super::layout::Hierarchy {
+    let h = crate::cgroup::layout::Hierarchy {
         mount: root.to_owned(),
         version: Version::V2,
     };
@@ -573,14 +576,14 @@ mod tests {
         use std::os::unix::fs::MetadataExt as _;
         let dir = tempfile::tempdir().unwrap();
         let pods = write_v2_fixture(dir.path(), 2).unwrap();
-        let known = crate::samplers::KnownCgroups::default();
+        let known = crate::cgroup::KnownCgroups::default();
         let mut s = Sampler::new(v2_fixture_config(dir.path(), 1)).with_known(known.clone());
         s.set_pods(&pods);
         let c = container_dir(dir.path(), &pods, 1);
         let ino = std::fs::metadata(&c).unwrap().ino();
         let path = known.get(ino).unwrap();
         assert_eq!(
-            crate::attribute::cgroup_path::parse_cgroup_path(&path)
+            crate::cgroup::path::parse_cgroup_path(&path)
                 .unwrap()
                 .pod_uid,
             &*pods[1].uid

@@ -14,14 +14,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use super::{
-    PodContainers, Sample, SamplerStatus, SignalSource,
-    layout::Version,
+    SamplerStatus, SignalSource,
     sampler::{Sampler, SamplerConfig},
 };
 use crate::{
-    attribute::TimedEvent,
+    cgroup::{PodContainers, layout::Version},
+    event::{RawEvent, Sample, TimedEvent},
     loss::{Counters, Loss},
-    probes::decode::RawEvent,
 };
 
 /// The signals' sources for a configuration; `oom_event` says whether the kernel event is
@@ -103,7 +102,7 @@ pub fn sources(config: &SamplerConfig, oom_event: Result<(), String>) -> Vec<Sig
 )]
 pub fn spawn(
     config: SamplerConfig,
-    known: super::KnownCgroups,
+    known: crate::cgroup::KnownCgroups,
     interval: Duration,
     oom_event: Result<(), String>,
     pods: watch::Receiver<Arc<Vec<PodContainers>>>,
@@ -148,7 +147,7 @@ const NAP: Duration = Duration::from_millis(50);
 )]
 fn run(
     config: SamplerConfig,
-    known: super::KnownCgroups,
+    known: crate::cgroup::KnownCgroups,
     interval: Duration,
     mut pods: watch::Receiver<Arc<Vec<PodContainers>>>,
     events: mpsc::Sender<TimedEvent>,

@@ -2,6 +2,7 @@ use std::sync::Arc;
 
 use super::*;
 use crate::dns::packet::{Captured, Side, message, parse};
+use crate::probes::dns_repeats::{RepeatChange, RepeatKey, Repeated};
 
 const S: u64 = 1_000_000_000;
 const MS: u64 = 1_000_000;

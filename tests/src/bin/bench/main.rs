@@ -1499,13 +1499,12 @@ fn pipeline() -> anyhow::Result<()> {
     use std::{collections::HashMap, sync::Arc};
 
     use triage_agent::{
-        attribute::{
-            Attributor, CgroupPaths, KernelNames, MetaUpdate, Now, PathLookup, TimedEvent,
-            pods::PodInfo,
-        },
+        attribute::{Attributor, KernelNames, MetaUpdate, Now, pods::PodInfo},
+        cgroup::{CgroupPaths, PathLookup},
+        event::{RawEvent, TimedEvent},
         evidence::fixtures::pod_ref,
         loss::Counters,
-        probes::decode::{RawEvent, decode, encode_flow},
+        probes::decode::{decode, encode_flow},
         store::{Store, StoreConfig},
     };
     use triage_agent_common::{

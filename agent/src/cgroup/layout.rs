@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::attribute::cgroup_path::container_id_of;
+use crate::cgroup::path::container_id_of;
 
 /// The cgroup version a controller is on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

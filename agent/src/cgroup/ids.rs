@@ -16,10 +16,8 @@ use std::{
 
 use tracing::{debug, info, warn};
 
-use crate::{
-    attribute::{CgroupPaths, PathLookup},
-    loss::{Counters, Loss},
-};
+use super::{CgroupPaths, PathLookup};
+use crate::loss::{Counters, Loss};
 
 /// `FILEID_KERNFS` from include/linux/exportfs.h: a kernfs handle is the 64-bit node id.
 const FILEID_KERNFS: i32 = 0xfe;
@@ -339,7 +337,7 @@ mod tests {
         unsafe { libc::close(fd) };
         assert!(path.starts_with(&*top.to_string_lossy()), "{path}");
         assert!(path.ends_with("/..."), "{path}");
-        let id = crate::attribute::cgroup_path::parse_cgroup_path(&path).unwrap();
+        let id = crate::cgroup::path::parse_cgroup_path(&path).unwrap();
         assert_eq!(id.container_id.as_deref(), Some(container.as_str()));
     }
 

@@ -8,18 +8,16 @@ use std::{
     time::Duration,
 };
 
-use aya::{
-    Pod,
-    maps::{Array, HashMap as BpfHashMap, Map, MapData, MapError},
-};
+use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData, MapError};
 use triage_agent_common::{
     AF_INET, AF_INET6, DNS_ANSWERED_SLOTS, DnsAnswered, DnsAnsweredSlot, DnsHeld, DnsRepeatKey,
     DnsRepeats,
 };
 
 use super::{
-    held::{HeldError, HeldTable, Mapping},
-    track::{RepeatChange, RepeatKey, Repeated},
+    dns_held::{HeldError, HeldTable, Mapping},
+    dns_repeats::{RepeatChange, RepeatKey, Repeated},
+    ring::take_all,
 };
 
 /// One of the arrays in front of the answered tables, mapped into this process: a cgroup's
@@ -203,19 +201,6 @@ impl DnsMaps {
             })
             .collect()
     }
-}
-
-/// Every entry of a table no program writes any more, each removed once read.
-fn take_all<K: Pod, V: Pod>(table: &mut BpfHashMap<MapData, K, V>) -> Vec<(K, V)> {
-    let keys: Vec<K> = table.keys().filter_map(Result::ok).collect();
-    let mut out = Vec::with_capacity(keys.len());
-    for k in keys {
-        if let Ok(v) = table.get(&k, 0) {
-            out.push((k, v));
-        }
-        let _ = table.remove(&k);
-    }
-    out
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use triage_agent_common::{
     held_state::{self, AGENT, FREE, HELD, MASK, TAKING},
 };
 
-use super::ns;
+use crate::kernel::ns;
 
 /// Why the table could not be mapped.
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,71 @@
+//! The events producers hand to attribution: what the kernel programs, the DNS matcher and the
+//! cgroupfs samplers found, before it is known which pod it is about. Producers
+//! ([`crate::probes`], [`crate::dns`], [`crate::samplers`]) and attribution ([`crate::attribute`])
+//! both import this module; no producer imports attribution.
+
+pub mod dns;
+pub mod flow;
+pub mod sample;
+
+use std::time::SystemTime;
+
+pub use dns::{Finding, Tally};
+pub use flow::{Flow, FlowKind, OomVictim, TaskInfo};
+pub use sample::{OomCounts, Sample};
+
+/// A decoded kernel event (or a cgroupfs sampler's finding), before attribution.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RawEvent {
+    /// One or more occurrences of a hot signal's flow.
+    Flow(Flow),
+    /// A failed or slow DNS lookup, matched in userspace ([`crate::dns`]).
+    Dns(Box<Finding>),
+    /// A pod's successful DNS lookups since the last report.
+    DnsLookups(Tally),
+    /// The OOM killer chose a victim.
+    OomVictim(OomVictim),
+    /// What a cgroupfs sampler found (throttling, OOM kill counters); its time is the sample's.
+    Sample(Sample),
+}
+
+impl RawEvent {
+    /// CLOCK_BOOTTIME nanoseconds of the latest occurrence (0 for samples, which carry
+    /// wall-clock times).
+    pub fn boot_ns(&self) -> u64 {
+        match self {
+            RawEvent::Flow(f) => f.last_ns,
+            RawEvent::Dns(d) => d.at_ns,
+            RawEvent::OomVictim(o) => o.boot_ns,
+            RawEvent::DnsLookups(_) => 0,
+            RawEvent::Sample(_) => 0,
+        }
+    }
+
+    /// CLOCK_BOOTTIME nanoseconds of the earliest occurrence.
+    pub fn first_boot_ns(&self) -> u64 {
+        match self {
+            RawEvent::Flow(f) => f.first_ns,
+            RawEvent::Dns(d) => d.first_ns,
+            _ => self.boot_ns(),
+        }
+    }
+
+    /// Occurrences the event stands for (what is lost if it is dropped).
+    pub fn count(&self) -> u64 {
+        match self {
+            RawEvent::Flow(f) => f.count,
+            RawEvent::Dns(d) => d.count.max(1),
+            RawEvent::DnsLookups(t) => t.lookups.lookups,
+            RawEvent::OomVictim(_) => 1,
+            RawEvent::Sample(s) => s.count(),
+        }
+    }
+}
+
+/// A decoded event with its wall-clock times (latest and earliest occurrence).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TimedEvent {
+    pub at: SystemTime,
+    pub first_at: SystemTime,
+    pub event: RawEvent,
+}
