@@ -10,7 +10,7 @@ use std::{
 
 use super::{Attributor, Clues, Now};
 use crate::{
-    event::{Flow, FlowKind, RawEvent, TimedEvent},
+    event::{Flow, FlowKind, TimedEvent},
     evidence::{
         Cause, Connection, Detail, Direction, Drop, Occurrence, PodRef, Process, Protocol, Subject,
     },
@@ -18,26 +18,14 @@ use crate::{
 };
 
 impl Attributor {
-    /// `None`: wait for metadata. With `last_chance`, always `Some` (unattributed if need be).
-    pub(super) fn try_attribute(
+    /// A refused, timed-out or dropped flow; `None`: wait for metadata.
+    pub(super) fn flow(
         &mut self,
         event: &TimedEvent,
+        f: &Flow,
         now: Now,
         last_chance: bool,
     ) -> Option<Vec<Occurrence>> {
-        // Flows and DNS name pods (their own, or the peer, or the server) by IP: not from a
-        // history that may be stale.
-        if matches!(event.event, RawEvent::Flow(_) | RawEvent::Dns(_))
-            && self.ip_history_uncertain(event.at, last_chance)
-        {
-            return None;
-        }
-        let f = match &event.event {
-            RawEvent::Flow(f) => f,
-            RawEvent::Dns(d) => return self.dns(event, d, now, last_chance),
-            RawEvent::DnsLookups(t) => return self.dns_lookups(event, t, now, last_chance),
-            _ => return self.try_attribute_resource(event, now, last_chance),
-        };
         let occurrence = |subject, detail| Occurrence {
             at: event.at,
             first_at: event.first_at.min(event.at),

@@ -204,6 +204,30 @@ impl Attributor {
         self.retry(now, false)
     }
 
+    /// Each event to its attribution arm. `None`: wait for metadata. With `last_chance`, always
+    /// `Some` (unattributed if need be).
+    fn try_attribute(
+        &mut self,
+        event: &TimedEvent,
+        now: Now,
+        last_chance: bool,
+    ) -> Option<Vec<Occurrence>> {
+        // Flows and DNS name pods (their own, or the peer, or the server) by IP: not from a
+        // history that may be stale.
+        if matches!(event.event, RawEvent::Flow(_) | RawEvent::Dns(_))
+            && self.ip_history_uncertain(event.at, last_chance)
+        {
+            return None;
+        }
+        match &event.event {
+            RawEvent::Flow(f) => self.flow(event, f, now, last_chance),
+            RawEvent::Dns(d) => self.dns(event, d, now, last_chance),
+            RawEvent::DnsLookups(t) => self.dns_lookups(event, t, now, last_chance),
+            RawEvent::OomVictim(v) => self.oom_victim(event, v, now, last_chance),
+            RawEvent::Sample(s) => self.sample(event, s, now, last_chance),
+        }
+    }
+
     /// Attributes a new event, or holds it until metadata arrives. When the waiting queue is
     /// full, its oldest event is stored unattributed (and counted) to make room.
     pub fn event(&mut self, event: TimedEvent, now: Now) -> Vec<Occurrence> {

@@ -16,7 +16,7 @@ use std::{
 use super::{Attributor, CgroupLookup, Now};
 use crate::{
     cgroup::ContainerRef,
-    event::{OomCounts, OomVictim, RawEvent, Sample, TimedEvent},
+    event::{OomCounts, OomVictim, Sample, TimedEvent},
     evidence::{Attribution, Detail, Occurrence, OomKill, OomSource, Process, Subject},
 };
 
@@ -128,21 +128,19 @@ impl OomJoin {
 }
 
 impl Attributor {
-    /// Attributes a resource event; `None`: wait for metadata.
-    pub(super) fn try_attribute_resource(
+    /// What a cgroupfs sampler found; `None`: wait for metadata.
+    pub(super) fn sample(
         &mut self,
         event: &TimedEvent,
+        sample: &Sample,
         now: Now,
         last_chance: bool,
     ) -> Option<Vec<Occurrence>> {
-        match &event.event {
-            // Not resource events (try_attribute dispatches them elsewhere).
-            RawEvent::Flow(_) | RawEvent::Dns(_) | RawEvent::DnsLookups(_) => Some(Vec::new()),
-            RawEvent::OomVictim(v) => self.oom_victim(event, v, now, last_chance),
-            RawEvent::Sample(Sample::Throttled {
+        match sample {
+            Sample::Throttled {
                 container,
                 throttling,
-            }) => {
+            } => {
                 let subject = self.container_subject(container, None, last_chance)?;
                 Some(vec![Occurrence {
                     at: event.at,
@@ -152,7 +150,7 @@ impl Attributor {
                     detail: Detail::CpuThrottling(throttling.clone()),
                 }])
             }
-            RawEvent::Sample(Sample::OomKills(counts)) => {
+            Sample::OomKills(counts) => {
                 self.oom.counted(counts, event.at, now.mono);
                 Some(Vec::new())
             }
@@ -178,7 +176,7 @@ impl Attributor {
         }
     }
 
-    fn oom_victim(
+    pub(super) fn oom_victim(
         &mut self,
         event: &TimedEvent,
         v: &OomVictim,
