@@ -1,24 +1,25 @@
 //! Runs a parsed command line: sets up logging, dispatches to the node agent or a client
 //! command, and turns failures into a one-line error and a non-zero exit code.
 
-use std::{
-    collections::HashMap,
-    io::Write as _,
-    process::ExitCode,
-    time::{Duration, SystemTime},
-};
+pub mod args;
+
+#[cfg(feature = "node-agent")]
+use std::time::Duration;
+use std::{io::Write as _, process::ExitCode};
 
 use anyhow::Context as _;
-use targets::{Scope, gather, incomplete, other_side, progress, selected_pods, targets};
+use args::{Cli, Command, LogFormat};
 use tracing_subscriber::EnvFilter;
 
+#[cfg(feature = "node-agent")]
+use crate::cli::commands::print;
 use crate::{
-    cli::{self, Cli, Command, LogFormat, Output, client, diagnose, render},
-    evidence::{Filter, Named as _},
-    loss::Loss,
+    cli::{
+        commands,
+        exit::{self, Exit},
+    },
+    text,
 };
-
-mod targets;
 
 fn init_logging(cli: &Cli) {
     #[cfg(feature = "node-agent")]
@@ -43,29 +44,6 @@ fn init_logging(cli: &Cli) {
     };
 }
 
-/// Exit codes beyond 0 (success) and 1 (an error: bad input, output failed); clap uses 2 for
-/// a wrong command line.
-pub mod exit {
-    /// Some agents did not answer: the output is the others' answer, marked incomplete.
-    pub const PARTIAL: u8 = 3;
-    /// No agent answered.
-    pub const NO_ANSWER: u8 = 4;
-    /// The cluster could not be asked: no usable kubeconfig or context, the API server
-    /// unreachable, or RBAC denies what the command needs.
-    pub const CLUSTER: u8 = 5;
-    /// The pod asked about does not exist (and left no trace inside `--since`).
-    pub const NOT_FOUND: u8 = 6;
-}
-
-/// An outcome that is not plain success or failure: printed as one line on stderr, exits with
-/// `code`.
-#[derive(Debug, thiserror::Error)]
-#[error("{message}")]
-pub struct Exit {
-    pub code: u8,
-    pub message: String,
-}
-
 /// Runs the command; errors are printed as one line on stderr.
 pub async fn run(cli: Cli) -> ExitCode {
     init_logging(&cli);
@@ -73,7 +51,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             // One line, and nothing from the API server or an agent reaches the terminal raw.
-            let chain: Vec<String> = error.chain().map(render::cleaned).collect();
+            let chain: Vec<String> = error.chain().map(text::cleaned).collect();
             match error.downcast_ref::<Exit>() {
                 Some(exit) if exit.code == exit::PARTIAL => {
                     eprintln!("warning: {}", chain.join(": "));
@@ -94,7 +72,7 @@ pub async fn run(cli: Cli) -> ExitCode {
 
 /// `doctor`: checks this node, prints the report, exits by the worst finding.
 #[cfg(feature = "node-agent")]
-fn doctor(args: cli::DoctorArgs) -> anyhow::Result<()> {
+fn doctor(args: args::DoctorArgs) -> anyhow::Result<()> {
     let report = crate::doctor::run(&crate::doctor::DoctorConfig {
         cgroup_root: args.cgroup_root,
         kubelet_cgroup_root: args.kubelet_cgroup_root,
@@ -102,8 +80,8 @@ fn doctor(args: cli::DoctorArgs) -> anyhow::Result<()> {
         drop_reasons: args.drop_reasons,
     });
     let text = match args.output {
-        cli::DoctorOutput::Table => crate::doctor::render_table(&report),
-        cli::DoctorOutput::Json => {
+        args::DoctorOutput::Table => crate::doctor::render_table(&report),
+        args::DoctorOutput::Json => {
             let mut json = serde_json::to_string_pretty(&report).context("encoding the report")?;
             json.push('\n');
             json
@@ -125,12 +103,6 @@ fn doctor(args: cli::DoctorArgs) -> anyhow::Result<()> {
         }
         .into()),
     }
-}
-
-fn print(text: &str) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
-    out.write_all(text.as_bytes()).context("writing output")?;
-    out.flush().context("writing output")
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<()> {
@@ -183,18 +155,18 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             })
             .await
         }
-        Command::Query(args) => query(args, false).await,
+        Command::Query(args) => commands::query(args, false).await,
         #[cfg(feature = "cluster")]
-        Command::Explain(args) => query(args, true).await,
-        Command::Watch(args) => watch(args).await,
-        Command::Status(args) => status(args).await,
+        Command::Explain(args) => commands::query(args, true).await,
+        Command::Watch(args) => commands::watch(args).await,
+        Command::Status(args) => commands::status(args).await,
         #[cfg(feature = "node-agent")]
         Command::Doctor(args) => doctor(args),
         #[cfg(feature = "cluster")]
-        Command::Timeline(args) => timeline(args).await,
+        Command::Timeline(args) => commands::timeline(args).await,
         Command::Completion(args) => {
             use clap::CommandFactory as _;
-            let bin = cli::invoked_as(std::env::args_os().next().as_deref());
+            let bin = args::invoked_as(std::env::args_os().next().as_deref());
             // A plugin's completion is kubectl's; the script completes the binary's own name.
             let name = if bin == "triage-agent" {
                 "triage-agent"
@@ -208,407 +180,4 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             out.flush().context("writing output")
         }
     }
-}
-
-/// JSON (pretty) or YAML of a value, for `-o json|yaml`; None for the table formats.
-fn structured(output: Output, value: &serde_json::Value) -> anyhow::Result<Option<String>> {
-    Ok(match output {
-        Output::Json => Some(format!("{}\n", serde_json::to_string_pretty(value)?)),
-        Output::Yaml => Some(serde_yaml::to_string(value)?),
-        Output::Table | Output::Wide => None,
-    })
-}
-
-/// Every agent's health, problems first; agents that do not answer are listed (exit 3), or
-/// the one-line error when none does (exit 4).
-async fn status(args: cli::StatusArgs) -> anyhow::Result<()> {
-    let (targets, mut unanswered) = targets(&args.agents, &Scope::AllNodes).await?;
-    let mut statuses = Vec::new();
-    let results = client::status_each(&targets, args.agents.timeout, progress()).await;
-    for (target, result) in targets.iter().zip(results) {
-        match result {
-            Ok(s) => statuses.push(s),
-            Err(e) => unanswered.push(render::Unanswered {
-                agent: e.agent().to_owned(),
-                node: target.node().map(str::to_owned),
-                error: e.to_string(),
-            }),
-        }
-    }
-    if statuses.is_empty()
-        && let Some(first) = unanswered.first()
-    {
-        return Err(Exit {
-            code: exit::NO_ANSWER,
-            message: first.error.clone(),
-        }
-        .into());
-    }
-    let style = render::Style::detect(args.output == Output::Wide, args.no_headers);
-    let mut json = render::status_json(&statuses);
-    if let Some(items) = json.as_array_mut() {
-        for u in &unanswered {
-            items.push(serde_json::json!({"agent": u.agent, "node": u.node, "answered": false, "error": u.error}));
-        }
-    }
-    match structured(args.output, &json)? {
-        Some(text) => print(&text)?,
-        None => {
-            let mut text = render::status_summary(&statuses, &unanswered, &style);
-            if args.output == Output::Wide {
-                text.push('\n');
-                text.push_str(&render::status_table(&statuses));
-            }
-            print(&text)?;
-        }
-    }
-    targets::partial("", statuses.len(), &unanswered)
-}
-
-/// The start of a window reaching `back` into the past. A window longer than the time since
-/// 1970 starts at 1970 (everything), never "no window at all".
-pub fn window_start(now: SystemTime, back: Duration) -> SystemTime {
-    now.checked_sub(back).unwrap_or(SystemTime::UNIX_EPOCH)
-}
-
-async fn query(args: cli::QueryArgs, explain_only: bool) -> anyhow::Result<()> {
-    let now = SystemTime::now();
-    let since = window_start(now, args.since.unwrap_or(cli::DEFAULT_SINCE));
-    let namespace = match (&args.namespace, args.all_namespaces) {
-        (_, true) => None,
-        (Some(ns), false) => Some(ns.clone()),
-        (None, false) => Some("default".to_owned()),
-    };
-    let scope = match (&args.pod, &namespace) {
-        (Some(pod), Some(ns)) if !args.all_nodes => Scope::Pod {
-            namespace: ns.clone(),
-            name: pod.clone(),
-            earlier: args.since.map(|_| since),
-        },
-        // -n, -A, -l and --all-nodes fan out to every agent.
-        _ => Scope::AllNodes,
-    };
-    let filter = Filter {
-        namespace: namespace.clone(),
-        pod: args.pod.clone(),
-        since: Some(since),
-        kinds: args.kinds.clone(),
-        include_unattributed: false,
-    };
-    let selected = match &args.selector {
-        Some(selector) => Some(selected_pods(&args.agents, namespace.as_deref(), selector).await?),
-        None => None,
-    };
-    let (mut answers, mut unanswered) = gather(&args.agents, &scope, &filter).await?;
-    if args.agents.agents.is_empty() && matches!(scope, Scope::Pod { .. }) {
-        other_side(&args.agents, &filter, &mut answers, &mut unanswered).await;
-    }
-    if let Some(selected) = &selected {
-        for a in &mut answers {
-            a.evidence.retain(|e| {
-                e.pod()
-                    .is_some_and(|p| selected.contains(&(p.namespace.clone(), p.name.clone())))
-            });
-        }
-    }
-    let subject = Subject {
-        namespace: namespace.unwrap_or_else(|| "*".to_owned()),
-        pod: match (&args.pod, &args.selector) {
-            (Some(pod), _) => pod.clone(),
-            (None, Some(selector)) => format!("* (-l {selector})"),
-            (None, None) => "*".to_owned(),
-        },
-    };
-    query_answer(&args, &subject, explain_only, since, &answers, &unanswered).await?;
-    incomplete(&answers, &unanswered)
-}
-
-/// What a query is about, for its header: a pod, or `*` for a fan-out.
-struct Subject {
-    namespace: String,
-    pod: String,
-}
-
-/// `timeline --pod X`: the incident timeline from the evidence, the pod's events and its
-/// owner's rollout history.
-#[cfg(feature = "cluster")]
-async fn timeline(args: cli::TimelineArgs) -> anyhow::Result<()> {
-    use cli::{TimelineFormat, cluster, timeline};
-    let since = window_start(SystemTime::now(), args.since);
-    let scope = if args.all_nodes {
-        Scope::AllNodes
-    } else {
-        Scope::Pod {
-            namespace: args.namespace.clone(),
-            name: args.pod.clone(),
-            earlier: Some(since),
-        }
-    };
-    let filter = Filter {
-        namespace: Some(args.namespace.clone()),
-        pod: Some(args.pod.clone()),
-        since: Some(since),
-        kinds: Vec::new(),
-        include_unattributed: false,
-    };
-    let (answers, unanswered) = gather(&args.agents, &scope, &filter).await?;
-    let mut evidence: Vec<_> = answers
-        .iter()
-        .flat_map(|a| a.evidence.iter().cloned())
-        .collect();
-    // Oldest first: the document reads as the incident unfolded.
-    evidence.sort_by(|a, b| a.first_seen.cmp(&b.first_seen).then(b.count.cmp(&a.count)));
-    let findings = diagnose::diagnose_cited(&evidence);
-    let view = match cluster::client(&cluster::ClusterArgs {
-        kubeconfig: args.agents.kubeconfig.clone(),
-        context: args.agents.context.clone(),
-    })
-    .await
-    {
-        Ok(kube) => timeline::read_cluster(&kube, &args.namespace, &args.pod, since).await,
-        Err(e) => timeline::ClusterView {
-            unreadable: vec![format!("the cluster: {e}")],
-            ..timeline::ClusterView::default()
-        },
-    };
-    let nodes: Vec<String> = answers.iter().map(|a| a.node.clone()).collect();
-    let missing: Vec<(String, String)> = unanswered
-        .iter()
-        .map(|u| (u.agent.clone(), u.error.clone()))
-        .collect();
-    let inputs = timeline::Inputs {
-        namespace: &args.namespace,
-        pod: &args.pod,
-        since,
-        evidence: &evidence,
-        findings: &findings,
-        nodes: &nodes,
-        unanswered: &missing,
-        cluster: &view,
-    };
-    match args.output {
-        TimelineFormat::Markdown => print(&timeline::markdown(&inputs))?,
-        TimelineFormat::Json => print(&format!(
-            "{}\n",
-            serde_json::to_string_pretty(&timeline::json(&inputs))?
-        ))?,
-        TimelineFormat::Yaml => print(&serde_yaml::to_string(&timeline::json(&inputs))?)?,
-    }
-    incomplete(&answers, &unanswered)
-}
-
-/// Prints what the agents that answered said; `unanswered` lists the others.
-async fn query_answer(
-    args: &cli::QueryArgs,
-    subject: &Subject,
-    explain_only: bool,
-    since: SystemTime,
-    answers: &[client::AgentAnswer],
-    unanswered: &[render::Unanswered],
-) -> anyhow::Result<()> {
-    let mut evidence: Vec<_> = answers
-        .iter()
-        .flat_map(|a| a.evidence.iter().cloned())
-        .collect();
-    evidence.sort_by(|a, b| b.last_seen.cmp(&a.last_seen).then(b.count.cmp(&a.count)));
-    let findings = diagnose::diagnose(&evidence);
-    let notes = explanations(args, &evidence).await;
-    let json = |findings: &[diagnose::Finding]| -> anyhow::Result<()> {
-        let mut v = render::query_json(&evidence, findings, answers, &notes);
-        if let Some(m) = v.as_object_mut() {
-            m.insert("complete".into(), unanswered.is_empty().into());
-            m.insert("unanswered".into(), render::unanswered_json(unanswered));
-        }
-        match structured(args.output, &v)? {
-            Some(text) => print(&text),
-            None => Ok(()),
-        }
-    };
-    let missing = render::unanswered_text(unanswered);
-    let style = render::Style::detect(args.output == Output::Wide, args.no_headers);
-    if explain_only {
-        return match args.output {
-            Output::Json | Output::Yaml => json(&[]),
-            Output::Table | Output::Wide if notes.is_empty() => print(&format!(
-                "Pod {}/{}: no drops or timeouts to explain in the requested window.\n{missing}",
-                render::clean(&subject.namespace),
-                render::clean(&subject.pod)
-            )),
-            Output::Table | Output::Wide => {
-                print(&format!("{}{missing}", render::notes_text(&notes, true)))
-            }
-        };
-    }
-    match args.output {
-        Output::Json | Output::Yaml => json(&findings),
-        Output::Table | Output::Wide => print(&format!(
-            "{}{missing}",
-            render::query_table_styled(
-                &render::Answer {
-                    pod: &subject.pod,
-                    namespace: &subject.namespace,
-                    since: Some(since),
-                    evidence: &evidence,
-                    findings: &findings,
-                    answers,
-                    notes: &notes,
-                },
-                &style,
-            )
-        )),
-    }
-}
-
-/// NetworkPolicy explanations of the drops and timeouts, read with the user's kubeconfig.
-#[cfg(feature = "cluster")]
-async fn explanations(
-    args: &cli::QueryArgs,
-    evidence: &[crate::evidence::Evidence],
-) -> Vec<render::Note> {
-    use crate::{cli::explain, evidence::Kind};
-    let needed = evidence
-        .iter()
-        .any(|e| matches!(e.kind(), Kind::PacketDrop | Kind::ConnectionTimeout));
-    if args.no_explain || !needed {
-        return Vec::new();
-    }
-    let cluster = cli::cluster::ClusterArgs {
-        kubeconfig: args.agents.kubeconfig.clone(),
-        context: args.agents.context.clone(),
-    };
-    let snapshot = explain::snapshot(&cluster).await.map_err(|e| {
-        let chain: Vec<String> = e.chain().map(ToString::to_string).collect();
-        format!("cannot read NetworkPolicies ({})", chain.join(": "))
-    });
-    explain::explain_all(evidence, snapshot.as_ref().map_err(String::as_str))
-        .into_iter()
-        .map(|(index, x)| render::Note {
-            index,
-            verdict: match x.verdict {
-                crate::policy::Verdict::Denied => "denied",
-                crate::policy::Verdict::Allowed => "allowed",
-                crate::policy::Verdict::Unknown => "unknown",
-            },
-            policies: x.policies,
-            text: x.text,
-            fix: x.fix,
-        })
-        .collect()
-}
-
-#[cfg(not(feature = "cluster"))]
-async fn explanations(_: &cli::QueryArgs, _: &[crate::evidence::Evidence]) -> Vec<render::Note> {
-    Vec::new()
-}
-
-async fn watch(args: cli::WatchArgs) -> anyhow::Result<()> {
-    let namespace = if args.all_namespaces {
-        None
-    } else {
-        args.namespace.clone()
-    };
-    let filter = Filter {
-        namespace: namespace.clone(),
-        pod: args.pod.clone(),
-        since: None,
-        kinds: args.kinds.clone(),
-        include_unattributed: args.pod.is_none() && namespace.is_none(),
-    };
-    let scope = match &args.pod {
-        Some(pod) => Scope::Pod {
-            namespace: namespace.clone().unwrap_or_else(|| "default".into()),
-            name: pod.clone(),
-            earlier: None,
-        },
-        None => Scope::AllNodes,
-    };
-    let (targets, missing) = targets(&args.agents, &scope).await?;
-    for m in &missing {
-        eprintln!("warning: {}", render::clean(&m.error));
-    }
-    if targets.is_empty() {
-        return Err(Exit {
-            code: exit::NO_ANSWER,
-            message: "no agent to watch".into(),
-        }
-        .into());
-    }
-    let mut updates = client::watch_all(&targets, &filter, args.agents.timeout, args.give_up_after);
-    let mut watching = targets.len();
-    // Each agent's loss counters at its previous update: growth means the stream missed events.
-    let mut seen: HashMap<String, HashMap<String, u64>> = HashMap::new();
-    while let Some(item) = updates.recv().await {
-        let update = match item {
-            client::WatchItem::Update(u) => u,
-            client::WatchItem::Lost(e) => {
-                eprintln!("warning: {}; reconnecting", render::clean(&e.to_string()));
-                continue;
-            }
-            client::WatchItem::Reconnected { agent } => {
-                eprintln!(
-                    "warning: agent {} is back; updates recorded while it was away are in `query`",
-                    render::clean(&agent)
-                );
-                // Its counters restarted with it.
-                seen.remove(&agent);
-                continue;
-            }
-            client::WatchItem::GaveUp(e) => {
-                watching -= 1;
-                if watching == 0 {
-                    return Err(Exit {
-                        code: exit::NO_ANSWER,
-                        message: e.to_string(),
-                    }
-                    .into());
-                }
-                eprintln!(
-                    "warning: {}; no longer watched",
-                    render::clean(&e.to_string())
-                );
-                continue;
-            }
-        };
-        let before = seen.entry(update.agent.clone()).or_default();
-        let grown: Vec<_> = update
-            .loss
-            .iter()
-            .filter(|l| {
-                let was = before.insert(l.name.clone(), l.count);
-                was.is_some_and(|was| l.count > was)
-                    && Loss::from_name(&l.name).map_or(true, Loss::affects_answers)
-            })
-            .cloned()
-            .collect();
-        let e = &update.evidence;
-        match args.output {
-            Output::Json | Output::Yaml => {
-                let mut v = render::evidence_json(e);
-                if !grown.is_empty()
-                    && let Some(m) = v.as_object_mut()
-                {
-                    m.insert(
-                        "lost_since_previous".into(),
-                        grown
-                            .iter()
-                            .map(|l| (l.name.clone(), serde_json::Value::from(l.count)))
-                            .collect::<serde_json::Map<_, _>>()
-                            .into(),
-                    );
-                }
-                if args.output == Output::Yaml {
-                    print(&format!("---\n{}", serde_yaml::to_string(&v)?))?;
-                } else {
-                    print(&format!("{v}\n"))?;
-                }
-            }
-            Output::Table | Output::Wide => {
-                if !grown.is_empty() {
-                    print(&format!("{}\n", render::watch_loss_line(&e.node, &grown)))?;
-                }
-                print(&format!("{}\n", render::watch_line(e)))?;
-            }
-        }
-    }
-    Ok(())
 }

@@ -17,7 +17,6 @@ use serde::Serialize;
 
 use crate::{
     cgroup::layout::Hierarchies,
-    cli::render::cleaned,
     kernel::{btf::Btf, mountinfo, tracefs},
     probes::{
         PROGRAMS, ProbeStatus,
@@ -25,6 +24,7 @@ use crate::{
     },
     samplers,
     signals::{self, Mode, SignalState},
+    text::cleaned,
 };
 
 /// Exit code when some signal runs degraded (and none is off).

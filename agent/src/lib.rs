@@ -16,14 +16,16 @@
 //! A new signal touches: its program (agent-ebpf) and event type (agent-ebpf/common), a
 //! [`probes::PROGRAMS`] entry and offsets family, a [`event::RawEvent`] variant, its
 //! attribution clues in [`attribute`], a [`evidence::Detail`] variant (key, merge, JSON fields),
-//! its proto `oneof` arm and conversion in [`api::convert`], and its diagnosis in
-//! [`cli::diagnose`]. Nothing else changes.
+//! its proto `oneof` arm and conversion in [`codec`], and its diagnosis in
+//! [`diagnose`]. Nothing else changes.
 
 pub mod api;
 pub mod app;
 pub mod attribute;
 pub mod cgroup;
 pub mod cli;
+pub mod codec;
+pub mod diagnose;
 pub mod dns;
 #[cfg(feature = "node-agent")]
 pub mod doctor;
@@ -31,6 +33,8 @@ pub mod event;
 pub mod evidence;
 pub mod kernel;
 pub mod loss;
+#[cfg(feature = "node-agent")]
+pub mod metrics;
 #[cfg(feature = "node-agent")]
 pub mod node;
 #[cfg(feature = "node-agent")]
@@ -43,3 +47,4 @@ pub mod signals;
 pub mod store;
 #[cfg(feature = "node-agent")]
 pub mod supervisor;
+pub mod text;

@@ -294,14 +294,14 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         persistence,
     };
     if let Some(listener) = metrics_listener {
-        let metrics = api::metrics::MetricsState {
+        let metrics = crate::metrics::MetricsState {
             agent: state.clone(),
             program_ids: Arc::new(loaded.program_ids.clone()),
             otlp,
         };
         supervisor.spawn(
             "metrics",
-            api::metrics::serve(metrics, listener, cancel.child_token()),
+            crate::metrics::serve(metrics, listener, cancel.child_token()),
         );
     }
     let api = AgentApi::new(state);

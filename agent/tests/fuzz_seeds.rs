@@ -18,7 +18,7 @@ use std::{
 
 use prost::Message as _;
 use triage_agent::{
-    api::convert,
+    codec,
     dns::packet::{self, Captured, Side},
     evidence::{
         Protocol,
@@ -134,7 +134,7 @@ fn query_response() -> pb::QueryResponse {
         throttled().pod("shop", "web").evidence(),
     ];
     pb::QueryResponse {
-        evidence: evidence.iter().map(convert::evidence_to_pb).collect(),
+        evidence: evidence.iter().map(codec::evidence_to_pb).collect(),
         ..pb::QueryResponse::default()
     }
 }
@@ -144,7 +144,7 @@ fn status_response() -> pb::StatusResponse {
         node: "node-a".into(),
         kernel: "6.18.0".into(),
         version: "0.1.0".into(),
-        started: Some(convert::time_to_pb(
+        started: Some(codec::time_to_pb(
             SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
         )),
         probes: vec![pb::Probe {

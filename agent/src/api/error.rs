@@ -2,7 +2,7 @@
 
 use tonic::Status;
 
-use super::convert::ConvertError;
+use crate::codec::ConvertError;
 use crate::store::{StoreGone, SubscribeError};
 
 /// Why a request failed.

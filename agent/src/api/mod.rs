@@ -1,12 +1,9 @@
 //! The gRPC service `agent.v1.AgentService`: Query (filtered snapshot), Watch (live stream,
 //! slow watchers dropped, every update with the loss counters) and Status (node, kernel,
-//! probes, metadata feed, every loss counter). Thin: requests are converted ([`convert`]),
+//! probes, metadata feed, every loss counter). Thin: requests are converted ([`crate::codec`]),
 //! answered by the store task, converted back. [`serve`] runs it with its limits.
 
-pub mod convert;
 mod error;
-#[cfg(feature = "node-agent")]
-pub mod metrics;
 mod status;
 
 use std::{pin::Pin, sync::atomic::Ordering, time::Duration};
@@ -19,7 +16,7 @@ use triage_agent_proto::v1::{self as pb, agent_service_server::AgentService};
 pub use error::ApiError;
 pub use status::{AgentInfo, AgentState};
 
-use crate::store::DEFAULT_QUERY_LIMIT;
+use crate::{codec, store::DEFAULT_QUERY_LIMIT};
 
 /// Most requests served at once per connection.
 pub const MAX_CONCURRENT_STREAMS: u32 = 32;
@@ -53,7 +50,7 @@ impl AgentService for AgentApi {
         request: Request<pb::QueryRequest>,
     ) -> Result<Response<pb::QueryResponse>, Status> {
         let req = request.into_inner();
-        let filter = convert::filter_from_pb(req.filter).map_err(ApiError::from)?;
+        let filter = codec::filter_from_pb(req.filter).map_err(ApiError::from)?;
         let limit = match req.limit {
             0 => DEFAULT_QUERY_LIMIT,
             n => (n as usize).min(DEFAULT_QUERY_LIMIT * 10),
@@ -65,20 +62,16 @@ impl AgentService for AgentApi {
             .await
             .map_err(ApiError::from)?;
         Ok(Response::new(pb::QueryResponse {
-            evidence: result
-                .evidence
-                .iter()
-                .map(convert::evidence_to_pb)
-                .collect(),
+            evidence: result.evidence.iter().map(codec::evidence_to_pb).collect(),
             node: self.state.info.node.clone(),
             truncated: result.truncated,
             loss: Some(self.state.loss()),
             evicted_in_window: result.evicted,
-            agent_started: Some(convert::time_to_pb(self.state.info.started)),
+            agent_started: Some(codec::time_to_pb(self.state.info.started)),
             dns_lookups: result
                 .dns_lookups
                 .iter()
-                .map(|(pod, l)| convert::dns_lookups_to_pb(pod, l))
+                .map(|(pod, l)| codec::dns_lookups_to_pb(pod, l))
                 .collect(),
         }))
     }
@@ -89,8 +82,7 @@ impl AgentService for AgentApi {
         &self,
         request: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let filter =
-            convert::filter_from_pb(request.into_inner().filter).map_err(ApiError::from)?;
+        let filter = codec::filter_from_pb(request.into_inner().filter).map_err(ApiError::from)?;
         let sub = self
             .state
             .store
@@ -103,7 +95,7 @@ impl AgentService for AgentApi {
             match sub.updates.recv().await {
                 Some(e) => {
                     let update = pb::WatchResponse {
-                        evidence: Some(convert::evidence_to_pb(&e)),
+                        evidence: Some(codec::evidence_to_pb(&e)),
                         loss: Some(state.loss()),
                     };
                     Some((Ok(update), Some((sub, state))))

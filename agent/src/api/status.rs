@@ -8,7 +8,8 @@ use std::{sync::Arc, time::SystemTime};
 use tokio::sync::watch;
 use triage_agent_proto::v1 as pb;
 
-use super::{ApiError, convert};
+use super::ApiError;
+use crate::codec;
 use crate::{
     attribute::{AttributorStats, MetaHealth},
     loss::Counters,
@@ -98,7 +99,7 @@ impl AgentState {
 
     /// Every loss counter, now.
     pub fn loss(&self) -> pb::LossCounters {
-        convert::loss_to_pb(&self.counters.snapshot())
+        codec::loss_to_pb(&self.counters.snapshot())
     }
 
     /// Each signal's mode, from the programs that run and the samplers' sources.
@@ -119,7 +120,7 @@ impl AgentState {
             node: self.info.node.clone(),
             kernel: self.info.kernel.clone(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
-            started: Some(convert::time_to_pb(self.info.started)),
+            started: Some(codec::time_to_pb(self.info.started)),
             probes: self
                 .probes
                 .iter()
@@ -205,7 +206,7 @@ fn persistence_to_pb(p: &PersistState) -> pb::PersistenceStatus {
             .unwrap_or_default(),
         used_bytes: p.used_bytes,
         max_bytes: p.max_bytes,
-        last_commit: p.last_commit.map(convert::time_to_pb),
+        last_commit: p.last_commit.map(codec::time_to_pb),
         pending: p.pending,
     }
 }

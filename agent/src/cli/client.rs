@@ -10,7 +10,7 @@ use tonic::transport::{Channel, Endpoint};
 use triage_agent_proto::v1::{self as pb, agent_service_client::AgentServiceClient};
 
 use crate::{
-    api::convert::{self, ConvertError, PeerLoss},
+    codec::{self, ConvertError, PeerLoss},
     evidence::{Evidence, Filter},
 };
 
@@ -230,7 +230,7 @@ pub fn answer_from_pb(url: &str, response: pb::QueryResponse) -> Result<AgentAns
     let evidence = response
         .evidence
         .into_iter()
-        .map(convert::evidence_from_pb)
+        .map(codec::evidence_from_pb)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|source| ClientError::Invalid {
             agent: display_addr(url),
@@ -241,16 +241,16 @@ pub fn answer_from_pb(url: &str, response: pb::QueryResponse) -> Result<AgentAns
         node: response.node,
         evidence,
         truncated: response.truncated,
-        loss: convert::loss_from_pb(&response.loss.unwrap_or_default()),
+        loss: codec::loss_from_pb(&response.loss.unwrap_or_default()),
         evicted_in_window: response.evicted_in_window,
         agent_started: response
             .agent_started
             .as_ref()
-            .and_then(|t| convert::time_from_pb(Some(t), "agent_started").ok()),
+            .and_then(|t| codec::time_from_pb(Some(t), "agent_started").ok()),
         dns_lookups: response
             .dns_lookups
             .into_iter()
-            .filter_map(convert::dns_lookups_from_pb)
+            .filter_map(codec::dns_lookups_from_pb)
             .collect(),
     })
 }
@@ -301,7 +301,7 @@ pub async fn query_each(
     progress: impl FnMut(usize, usize),
 ) -> Vec<Result<AgentAnswer, ClientError>> {
     let request = pb::QueryRequest {
-        filter: Some(convert::filter_to_pb(filter)),
+        filter: Some(codec::filter_to_pb(filter)),
         limit: 0,
     };
     fan_out(
@@ -372,7 +372,7 @@ pub fn watch_all(
     for target in targets {
         let (tx, target) = (tx.clone(), target.clone());
         let request = pb::WatchRequest {
-            filter: Some(convert::filter_to_pb(filter)),
+            filter: Some(codec::filter_to_pb(filter)),
         };
         tokio::spawn(async move {
             let mut backoff = BACKOFF_FIRST;
@@ -428,11 +428,11 @@ async fn pump(
 ) -> Option<ClientError> {
     loop {
         let item = match stream.message().await {
-            Ok(Some(m)) => match m.evidence.map(convert::evidence_from_pb) {
+            Ok(Some(m)) => match m.evidence.map(codec::evidence_from_pb) {
                 Some(Ok(evidence)) => WatchItem::Update(Box::new(WatchUpdate {
                     agent: c.label.clone(),
                     evidence,
-                    loss: convert::loss_from_pb(&m.loss.unwrap_or_default()),
+                    loss: codec::loss_from_pb(&m.loss.unwrap_or_default()),
                 })),
                 Some(Err(source)) => WatchItem::Lost(ClientError::Invalid {
                     agent: c.label.clone(),

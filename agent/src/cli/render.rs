@@ -10,7 +10,6 @@
 
 use std::{borrow::Cow, fmt::Write as _, time::SystemTime};
 
-use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Map, Value, json};
 use triage_agent_proto::v1 as pb;
 
@@ -18,53 +17,13 @@ mod status;
 pub use status::{Paint, problems, status_summary};
 
 use crate::{
-    api::convert::{self, PeerLoss},
-    cli::{client::AgentAnswer, diagnose::Finding},
-    evidence::{
-        CpuThrottling, Detail, DnsLookups, Evidence, Named as _, OomKill, PodRef, Protocol,
-        tcp_flags_text,
-    },
+    cli::client::AgentAnswer,
+    codec::{self, PeerLoss},
+    diagnose::Finding,
+    evidence::{DnsLookups, Evidence, Named as _, PodRef},
     loss::Loss,
+    text::{clean, cleaned, line::detail_cells, rfc3339},
 };
-
-/// RFC 3339 UTC with milliseconds; never panics (times beyond chrono's range, which the
-/// conversions already reject, print as the Unix seconds they are).
-pub fn rfc3339(t: SystemTime) -> String {
-    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    i64::try_from(d.as_secs())
-        .ok()
-        .and_then(|secs| DateTime::<Utc>::from_timestamp(secs, d.subsec_nanos()))
-        .map_or_else(
-            || format!("@{}", d.as_secs()),
-            |dt| dt.to_rfc3339_opts(SecondsFormat::Millis, true),
-        )
-}
-
-/// Escapes what a terminal would interpret: C0 and C1 control characters, DEL, and the Unicode
-/// bidirectional controls (which can reorder what is shown). Printable text is untouched.
-pub fn clean(s: &str) -> Cow<'_, str> {
-    let bad = |c: char| {
-        c.is_control()
-            || matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
-    };
-    if !s.chars().any(bad) {
-        return Cow::Borrowed(s);
-    }
-    let mut out = String::with_capacity(s.len() + 8);
-    for c in s.chars() {
-        if bad(c) {
-            let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
-        } else {
-            out.push(c);
-        }
-    }
-    Cow::Owned(out)
-}
-
-/// [`clean`] for an owned display value.
-pub(crate) fn cleaned(s: impl std::fmt::Display) -> String {
-    clean(&s.to_string()).into_owned()
-}
 
 /// One evidence record as a flat JSON object.
 pub fn evidence_json(e: &Evidence) -> Value {
@@ -319,109 +278,6 @@ fn table(headers: &[&str], rows: &[Vec<String>], style: &Style) -> String {
     out
 }
 
-/// Kind-specific table columns: (direction, src, dst, peer, detail).
-fn detail_cells(d: &Detail) -> [String; 5] {
-    let detail = match d {
-        Detail::ConnectionRefused(c) => match (&c.cause, &c.reason) {
-            (Some(cause), Some(reason)) => format!("{}: {}", cause.as_str(), clean(reason)),
-            (Some(cause), None) => cause.as_str().to_owned(),
-            (None, Some(reason)) => cleaned(reason),
-            (None, None) => "-".to_owned(),
-        },
-        Detail::ConnectionTimeout(c) => format!("{} SYN retransmits", c.syn_retransmits),
-        Detail::PacketDrop(p) => {
-            let mut text = match p.tcp_flags {
-                Some(flags) => format!(
-                    "{} {} {}",
-                    clean(&p.reason),
-                    p.protocol.as_str(),
-                    tcp_flags_text(flags)
-                ),
-                None => format!("{} {}", clean(&p.reason), p.protocol.as_str()),
-            };
-            if let Some(location) = &p.location {
-                text.push_str(&format!(" at {}", clean(location)));
-            }
-            text
-        }
-        Detail::Dns(d) => {
-            let mut text = format!(
-                "{} {} {}",
-                d.outcome.as_str(),
-                clean(&d.query),
-                clean(&d.qtype)
-            );
-            if let Some(rcode) = &d.rcode {
-                text.push_str(&format!(" {}", clean(rcode)));
-            }
-            if let Some(ms) = d.latency_ms {
-                text.push_str(&format!(" {ms}ms"));
-            }
-            if d.search_nxdomains > 0 {
-                text.push_str(&format!(" ({} NXDOMAIN before)", d.search_nxdomains));
-            }
-            if d.protocol == Protocol::Tcp {
-                text.push_str(" tcp");
-            }
-            text
-        }
-        Detail::DnsLookups(l) => format!("{} lookups", l.lookups),
-        Detail::OomKill(o) => oom_text(o),
-        Detail::CpuThrottling(c) => throttling_text(c),
-    };
-    match d.endpoints() {
-        Some((direction, src, dst, peer)) => [
-            direction.as_str().to_owned(),
-            src.to_string(),
-            dst.to_string(),
-            peer.map_or_else(|| "-".to_owned(), cleaned),
-            detail,
-        ],
-        None => ["-".into(), "-".into(), "-".into(), "-".into(), detail],
-    }
-}
-
-/// Bytes as MiB with one decimal ("64.0MiB").
-pub fn mib(bytes: u64) -> String {
-    format!("{:.1}MiB", bytes as f64 / f64::from(1u32 << 20))
-}
-
-/// The detail cell of an OOM kill: who died, against which limit.
-fn oom_text(o: &OomKill) -> String {
-    let who = match o.main_process {
-        Some(true) => "main process",
-        Some(false) => "child process",
-        None => "process unknown",
-    };
-    let mut parts = vec![who.to_owned()];
-    if let Some(limit) = o.memory_limit_bytes {
-        parts.push(format!("limit {}", mib(limit)));
-    }
-    if let Some(rss) = o.victim_rss_bytes {
-        parts.push(format!("rss {}", mib(rss)));
-    }
-    if o.group_kill == Some(true) {
-        parts.push("group kill".to_owned());
-    }
-    parts.push(format!("seen by {}", o.source.as_str()));
-    parts.join(", ")
-}
-
-/// The detail cell of CPU throttling: ratio and limit.
-fn throttling_text(c: &CpuThrottling) -> String {
-    let limit = c
-        .limit_cores()
-        .map_or_else(|| "no limit".to_owned(), |l| format!("limit {l} cores"));
-    format!(
-        "{:.0}% of periods throttled ({}/{}), {:.2}s throttled in {:.0}s, {limit}",
-        c.ratio() * 100.0,
-        c.throttled_periods,
-        c.total_periods,
-        c.throttled_seconds(),
-        c.interval_seconds()
-    )
-}
-
 /// The `query -o table` text. `since` is the query's window start.
 pub fn query_table(
     pod: &str,
@@ -643,23 +499,6 @@ fn completeness(a: &AgentAnswer, since: Option<SystemTime>) -> String {
     out
 }
 
-/// One line per watch update.
-pub fn watch_line(e: &Evidence) -> String {
-    let [direction, src, dst, _, detail] = detail_cells(&e.detail);
-    format!(
-        "{} {} {} {} {} -> {} ({}) count={} attribution={}",
-        rfc3339(e.last_seen),
-        e.pod().map_or_else(|| "-".to_owned(), cleaned),
-        e.kind(),
-        direction,
-        src,
-        dst,
-        detail,
-        e.count,
-        e.subject.attribution.as_str()
-    )
-}
-
 /// The line a watch prints when an agent's loss counters grew: what the stream missed.
 pub fn watch_loss_line(node: &str, grown: &[PeerLoss]) -> String {
     let parts: Vec<String> = grown
@@ -684,11 +523,11 @@ pub fn status_json(statuses: &[(String, pb::StatusResponse)]) -> Value {
                     "node": s.node,
                     "kernel": s.kernel,
                     "version": s.version,
-                    "started": s.started.as_ref().and_then(|t| convert::time_from_pb(Some(t), "started").ok()).map(rfc3339),
+                    "started": s.started.as_ref().and_then(|t| codec::time_from_pb(Some(t), "started").ok()).map(rfc3339),
                     "probes": s.probes.iter().map(|p| json!({"name": p.name, "hook": p.hook, "attached": p.attached, "error": (!p.error.is_empty()).then_some(&p.error), "fallback": (!p.fallback.is_empty()).then_some(&p.fallback), "degraded": (!p.degraded.is_empty()).then_some(&p.degraded)})).collect::<Vec<_>>(),
                     "signals": s.signals.iter().map(|g| json!({"signal": g.signal, "mode": signal_mode(g.mode), "detail": (!g.detail.is_empty()).then_some(&g.detail)})).collect::<Vec<_>>(),
                     "metadata": {"synced": meta.synced, "pods": meta.pods, "pending_events": meta.pending_events, "retries": meta.retries, "last_error": (!meta.last_error.is_empty()).then_some(&meta.last_error)},
-                    "loss": loss_json(&convert::loss_from_pb(&s.loss.clone().unwrap_or_default())),
+                    "loss": loss_json(&codec::loss_from_pb(&s.loss.clone().unwrap_or_default())),
                     "store_records": s.store_records,
                     "store_capacity": s.store_capacity,
                     "store_expired": s.store_expired,
@@ -798,7 +637,7 @@ pub fn status_table(statuses: &[(String, pb::StatusResponse)]) -> String {
             );
         }
         let lost = lost_in_window(
-            &convert::loss_from_pb(&s.loss.clone().unwrap_or_default()),
+            &codec::loss_from_pb(&s.loss.clone().unwrap_or_default()),
             None,
         );
         if lost.is_empty() {
@@ -821,7 +660,7 @@ fn persistence_json(p: &pb::PersistenceStatus) -> Value {
         "moved_aside": (!p.moved_aside.is_empty()).then_some(&p.moved_aside),
         "used_bytes": p.used_bytes,
         "max_bytes": p.max_bytes,
-        "last_commit": p.last_commit.as_ref().and_then(|t| convert::time_from_pb(Some(t), "last_commit").ok()).map(rfc3339),
+        "last_commit": p.last_commit.as_ref().and_then(|t| codec::time_from_pb(Some(t), "last_commit").ok()).map(rfc3339),
         "pending": p.pending,
     })
 }

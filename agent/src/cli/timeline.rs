@@ -11,11 +11,9 @@ use std::{fmt::Write as _, time::SystemTime};
 use serde_json::{Value, json};
 
 use crate::{
-    cli::{
-        diagnose::Finding,
-        render::{clean, cleaned, rfc3339},
-    },
+    diagnose::Finding,
     evidence::Evidence,
+    text::{clean, cleaned, rfc3339},
 };
 
 /// One line of the timeline.

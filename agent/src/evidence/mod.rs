@@ -8,7 +8,7 @@
 //! tables: `as_str`, JSON, the table, `--kind` parsing and the proto conversions all use them.
 //!
 //! Adding a signal: a [`Kind`] name, a [`Detail`] variant with its key and merge rule, its JSON
-//! fields in [`Detail::json_fields`], its proto `oneof` arm in [`crate::api::convert`].
+//! fields in [`Detail::json_fields`], its proto `oneof` arm in [`crate::codec`].
 
 pub mod fixtures;
 pub(crate) mod names;

@@ -16,8 +16,9 @@ use triage_agent_proto::opentelemetry::proto::{
 
 use super::config::SERVICE_NAME;
 use crate::{
-    cli::{diagnose, render::rfc3339},
+    diagnose,
     evidence::{Detail, DnsOutcome, Evidence, Protocol},
+    text::{line::watch_line, rfc3339},
 };
 
 /// The instrumentation scope every record is sent under.
@@ -206,7 +207,7 @@ fn summary(e: &Evidence) -> (String, Option<String>) {
         .next()
     {
         Some(f) => (one_line(&f.summary), Some(one_line(&f.next_step))),
-        None => (crate::cli::render::watch_line(e), None),
+        None => (watch_line(e), None),
     }
 }
 

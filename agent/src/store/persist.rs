@@ -34,7 +34,7 @@ use triage_agent_proto::v1 as pb;
 
 use super::{Backend, PersistHealth};
 use crate::{
-    api::convert,
+    codec,
     evidence::Evidence,
     loss::{Counters, Loss},
 };
@@ -367,7 +367,7 @@ fn read_back(
             let bytes: Vec<u8> = row.get(1).unwrap_or_default();
             let decoded = pb::Evidence::decode(bytes.as_slice())
                 .map_err(|e| e.to_string())
-                .and_then(|p| convert::evidence_from_pb(p).map_err(|e| e.to_string()));
+                .and_then(|p| codec::evidence_from_pb(p).map_err(|e| e.to_string()));
             match decoded {
                 Ok(e) if id > 0 => records.push((id as u64, e)),
                 Ok(_) => bad.push((id, "id out of range".to_owned())),
@@ -462,7 +462,7 @@ fn commit(conn: &Connection, changes: &HashMap<u64, Change>) -> rusqlite::Result
             let id = i64::try_from(*id).unwrap_or(i64::MAX);
             match change {
                 Change::Upsert(e) => {
-                    upsert.execute(params![id, convert::evidence_to_pb(e).encode_to_vec()])?;
+                    upsert.execute(params![id, codec::evidence_to_pb(e).encode_to_vec()])?;
                 }
                 Change::Remove => {
                     remove.execute([id])?;

@@ -6,8 +6,11 @@ use std::fmt::Write as _;
 
 use triage_agent_proto::v1 as pb;
 
-use super::{Style, Unanswered, clean, cleaned, lost_in_window, table};
-use crate::api::convert;
+use super::{Style, Unanswered, lost_in_window, table};
+use crate::{
+    codec,
+    text::{clean, cleaned},
+};
 
 /// A store this full is worth a look: evictions are near.
 const STORE_NEARLY_FULL: f64 = 0.9;
@@ -35,7 +38,7 @@ pub fn problems(s: &pb::StatusResponse) -> Vec<String> {
         ));
     }
     let lost = lost_in_window(
-        &convert::loss_from_pb(&s.loss.clone().unwrap_or_default()),
+        &codec::loss_from_pb(&s.loss.clone().unwrap_or_default()),
         None,
     );
     if !lost.is_empty() {
@@ -98,7 +101,7 @@ pub fn status_summary(
         let attached = s.probes.iter().filter(|p| p.attached).count();
         let meta = s.metadata.clone().unwrap_or_default();
         let lost = lost_in_window(
-            &convert::loss_from_pb(&s.loss.clone().unwrap_or_default()),
+            &codec::loss_from_pb(&s.loss.clone().unwrap_or_default()),
             None,
         );
         let state = if problems.is_empty() {

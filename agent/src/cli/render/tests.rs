@@ -68,7 +68,7 @@ fn json_matches_the_contract() {
 
 #[test]
 fn table_shows_rows_diagnosis_and_completeness() {
-    let findings = crate::cli::diagnose::diagnose(&[sample()]);
+    let findings = crate::diagnose::diagnose(&[sample()]);
     let text = query_table(
         "web",
         "shop",
@@ -153,7 +153,7 @@ fn hostile_names_cannot_forge_or_hide_output() {
         .container(Some(hostile))
         .peer("shop", hostile)
         .evidence();
-    let findings = crate::cli::diagnose::diagnose(std::slice::from_ref(&e));
+    let findings = crate::diagnose::diagnose(std::slice::from_ref(&e));
     let mut a = answer(vec![lost("ring_buffer_full", 1, None)]);
     a.node = hostile.into();
     let text = query_table(
@@ -165,7 +165,7 @@ fn hostile_names_cannot_forge_or_hide_output() {
         &[a],
         &[],
     );
-    let line = watch_line(&e);
+    let line = crate::text::line::watch_line(&e);
     for out in [&text, &line] {
         assert!(
             !out.chars()
@@ -208,7 +208,7 @@ fn far_future_times_never_panic() {
     let far = SystemTime::UNIX_EPOCH + Duration::from_secs(i64::MAX as u64);
     assert!(rfc3339(far).starts_with('@'));
     assert_eq!(
-        rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs(convert::MAX_TIMESTAMP_SECS)),
+        rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs(codec::MAX_TIMESTAMP_SECS)),
         "9999-12-31T23:59:59.000Z"
     );
 }
@@ -296,7 +296,7 @@ fn arbitrary_answers_never_panic_and_tables_stay_clean() {
         let Ok(a) = crate::cli::client::answer_from_pb("http://x:1", response) else {
             continue;
         };
-        let findings = crate::cli::diagnose::diagnose(&a.evidence);
+        let findings = crate::diagnose::diagnose(&a.evidence);
         let evidence = a.evidence.clone();
         let answers = [a];
         let text = query_table("p", "ns", Some(t(0)), &evidence, &findings, &answers, &[]);

@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime};
 
 use super::*;
 use crate::{
-    cli::diagnose::diagnose_cited,
+    diagnose::diagnose_cited,
     evidence::fixtures::{oom_killed, refused},
 };
 

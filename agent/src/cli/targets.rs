@@ -5,11 +5,12 @@
 
 use std::time::SystemTime;
 
-use super::{Exit, exit};
-use crate::{
-    cli::{self, client, render},
-    evidence::Filter,
+use super::{
+    client,
+    exit::{self, Exit},
+    render,
 };
+use crate::{cli, evidence::Filter};
 
 /// Which agents a command asks.
 #[cfg_attr(

@@ -22,8 +22,7 @@ use prometheus_client::{
 };
 use tokio_util::sync::CancellationToken;
 
-use super::AgentState;
-use crate::{evidence::Kind, loss::Loss, store::StoreStats};
+use crate::{api::AgentState, evidence::Kind, loss::Loss, store::StoreStats};
 
 /// The default metrics address: loopback until the DaemonSet binds it to the pod IP.
 pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9743";

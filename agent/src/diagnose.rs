@@ -6,11 +6,11 @@
 use serde::Serialize;
 
 use crate::{
-    cli::render::mib,
     evidence::{
         Cause, Connection, CpuThrottling, Detail, Direction, Dns, DnsOutcome, Drop, Evidence, Kind,
         OomKill, Protocol, tcp_flags_text,
     },
+    text::mib,
 };
 
 /// One conclusion drawn from one or more records.
@@ -128,7 +128,7 @@ fn oom_killed(e: &Evidence, o: &OomKill, pod: &str) -> Finding {
             "In {pod}, {container} hit {limit}: the kernel OOM killer killed {victim} \
              ({count} time(s) since {first}).{reported}{rss}{group}",
             count = e.count,
-            first = crate::cli::render::rfc3339(e.first_seen),
+            first = crate::text::rfc3339(e.first_seen),
         ),
         next_step: format!(
             "Compare the container's limit with its working set (kubectl top pod -n {ns} {name} \
@@ -366,7 +366,7 @@ fn dns(e: &Evidence, d: &Dns, pod: &str, all: &[Evidence]) -> Finding {
 
 /// A name from the network, safe to print.
 fn clean_name(s: &str) -> String {
-    crate::cli::render::cleaned(s)
+    crate::text::cleaned(s)
 }
 
 /// A connection refused by a firewall rule (REJECT), not by the destination.
@@ -420,7 +420,7 @@ fn timed_out(e: &Evidence, c: &Connection, pod: &str) -> Finding {
 /// The kernel's reason, or where it dropped the packet on kernels without reasons.
 fn drop_reason(d: &Drop) -> String {
     match &d.location {
-        Some(location) => format!("{}, at {}", d.reason, crate::cli::render::cleaned(location)),
+        Some(location) => format!("{}, at {}", d.reason, crate::text::cleaned(location)),
         None => d.reason.to_string(),
     }
 }
@@ -442,7 +442,7 @@ fn dropped(e: &Evidence, d: &Drop, pod: &str) -> Finding {
                 peer = peer_of(d),
                 reason = drop_reason(d),
                 count = e.count,
-                first = crate::cli::render::rfc3339(e.first_seen),
+                first = crate::text::rfc3339(e.first_seen),
             ),
             drop_step(&d.reason, pod, "egress"),
         ),
@@ -455,7 +455,7 @@ fn dropped(e: &Evidence, d: &Drop, pod: &str) -> Finding {
                 port = d.dst.port(),
                 reason = drop_reason(d),
                 count = e.count,
-                first = crate::cli::render::rfc3339(e.first_seen),
+                first = crate::text::rfc3339(e.first_seen),
             ),
             drop_step(&d.reason, pod, "ingress"),
         ),
