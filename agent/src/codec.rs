@@ -323,8 +323,6 @@ pub fn evidence_to_pb(e: &Evidence) -> pb::Evidence {
             m.reason.clone_from(&d.rcode);
             m.detail = Some(pb::evidence::Detail::Dns(d));
         }
-        // Never a record (the store keeps lookup counters apart).
-        Detail::DnsLookups(_) => {}
         Detail::OomKill(o) => {
             m.detail = Some(pb::evidence::Detail::OomKill(pb::OomKillDetail {
                 main_process: o.main_process,

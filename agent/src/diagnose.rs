@@ -65,7 +65,6 @@ fn finding(e: &Evidence, all: &[Evidence]) -> Option<Finding> {
         Detail::ConnectionTimeout(c) => Some(timed_out(e, c, &pod)),
         Detail::PacketDrop(d) => Some(dropped(e, d, &pod)),
         Detail::Dns(d) => Some(dns(e, d, &pod, all)),
-        Detail::DnsLookups(_) => None,
         Detail::OomKill(o) => Some(oom_killed(e, o, &pod)),
         Detail::CpuThrottling(c) => Some(throttled(e, c, &pod)),
     }

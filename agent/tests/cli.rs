@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use triage_agent::{
     api::{self, AgentApi, AgentInfo, AgentState},
-    attribute::{AttributorStats, MetaHealth},
+    attribute::{Attributed, AttributorStats, MetaHealth},
     evidence::{Occurrence, fixtures::refused},
     loss::{Counters, Loss},
     store::{self, Store, StoreConfig},
@@ -101,7 +101,7 @@ fn help_documents_every_command() {
 /// already counted.
 struct Agent {
     addr: String,
-    occurrences: mpsc::Sender<Occurrence>,
+    occurrences: mpsc::Sender<Attributed>,
     cancel: CancellationToken,
 }
 
@@ -187,9 +187,18 @@ fn query_and_status_over_grpc() {
     );
 
     rt.block_on(async {
-        occ_tx.send(occurrence("web")).await.unwrap();
-        occ_tx.send(occurrence("web")).await.unwrap();
-        occ_tx.send(occurrence("other")).await.unwrap();
+        occ_tx
+            .send(Attributed::Occurrence(occurrence("web")))
+            .await
+            .unwrap();
+        occ_tx
+            .send(Attributed::Occurrence(occurrence("web")))
+            .await
+            .unwrap();
+        occ_tx
+            .send(Attributed::Occurrence(occurrence("other")))
+            .await
+            .unwrap();
     });
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     let v = loop {
@@ -299,8 +308,12 @@ fn watch_streams_updates_end_to_end() {
     // the test does not depend on how fast the CLI connects.
     let first = (0..50)
         .find_map(|_| {
-            rt.block_on(agent.occurrences.send(occurrence("web")))
-                .unwrap();
+            rt.block_on(
+                agent
+                    .occurrences
+                    .send(Attributed::Occurrence(occurrence("web"))),
+            )
+            .unwrap();
             lines.recv_timeout(Duration::from_millis(200)).ok()
         })
         .expect("a watch update within 10 s");
@@ -317,11 +330,16 @@ fn watch_streams_updates_end_to_end() {
                 refused()
                     .pod("elsewhere", "x")
                     .at_time(SystemTime::now())
-                    .occurrence(),
+                    .occurrence()
+                    .into(),
             )
             .await
             .unwrap();
-        agent.occurrences.send(occurrence("db")).await.unwrap();
+        agent
+            .occurrences
+            .send(Attributed::Occurrence(occurrence("db")))
+            .await
+            .unwrap();
     });
     let v = loop {
         let v: serde_json::Value =
@@ -389,7 +407,8 @@ fn hostile_names_are_rendered_safely() {
                     .pod("shop", "web")
                     .process(4242, evil)
                     .at_time(SystemTime::now())
-                    .occurrence(),
+                    .occurrence()
+                    .into(),
             )
             .await
             .unwrap();
@@ -470,8 +489,12 @@ fn watch_reconnects_after_an_agent_restart() {
     });
     let seen = |agent: &Agent, name: &str| {
         (0..100).any(|_| {
-            rt.block_on(agent.occurrences.send(occurrence(name)))
-                .unwrap();
+            rt.block_on(
+                agent
+                    .occurrences
+                    .send(Attributed::Occurrence(occurrence(name))),
+            )
+            .unwrap();
             std::iter::from_fn(|| lines.recv_timeout(Duration::from_millis(100)).ok())
                 .any(|l| l.contains(&format!("\"name\":\"{name}\"")))
         })

@@ -63,11 +63,15 @@ impl Attributor {
             ip: Some(t.client_ip),
         };
         let subject = self.subject(clues, None, event.at, now, last_chance)?;
-        Some(vec![Occurrence::single(
-            event.at,
-            subject,
-            Detail::DnsLookups(t.lookups),
-        )])
+        // Lookups nobody can be named for are not kept (they are no failure).
+        if let Some(pod) = subject.pod {
+            self.lookups.push(super::PodLookups {
+                at: event.at,
+                pod,
+                lookups: t.lookups,
+            });
+        }
+        Some(Vec::new())
     }
 
     /// The pod a cgroup belongs to, when it is known now (no waiting).

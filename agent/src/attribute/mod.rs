@@ -45,7 +45,7 @@ use crate::{
         path::{CgroupIdentity, parse_cgroup_path},
     },
     event::{FlowKind, RawEvent, TimedEvent},
-    evidence::{Attribution, Occurrence, Process, Subject},
+    evidence::{Attribution, DnsLookups, Occurrence, PodRef, Process, Subject},
     loss::{Counters, Loss},
 };
 pub use flows::KernelNames;
@@ -114,6 +114,30 @@ pub struct Clues {
     pub ip: Option<IpAddr>,
 }
 
+/// What attribution hands to the store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Attributed {
+    /// A failure about a subject (one or more occurrences).
+    Occurrence(Occurrence),
+    /// A pod's successful DNS lookups: counters the store keeps beside the records, never a
+    /// record.
+    DnsLookups(PodLookups),
+}
+
+impl From<Occurrence> for Attributed {
+    fn from(o: Occurrence) -> Self {
+        Attributed::Occurrence(o)
+    }
+}
+
+/// A pod's successful DNS lookups since the last report.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodLookups {
+    pub at: SystemTime,
+    pub pod: Arc<PodRef>,
+    pub lookups: DnsLookups,
+}
+
 /// The attribution state machine (synchronous, so it is unit-testable); [`spawn`] drives it.
 pub struct Attributor {
     index: PodIndex,
@@ -136,6 +160,8 @@ pub struct Attributor {
     oom: resources::OomJoin,
     /// The pod set changed since it was last published for the samplers.
     pods_dirty: bool,
+    /// Pods' successful DNS lookups attributed since [`Attributor::take_lookups`].
+    lookups: Vec<PodLookups>,
     counters: Arc<Counters>,
 }
 
@@ -159,8 +185,14 @@ impl Attributor {
             relist_seen: None,
             oom: resources::OomJoin::default(),
             pods_dirty: true,
+            lookups: Vec::new(),
             counters,
         }
+    }
+
+    /// Pods' successful DNS lookups attributed since the last call.
+    pub fn take_lookups(&mut self) -> Vec<PodLookups> {
+        std::mem::take(&mut self.lookups)
     }
 
     /// Live pods and their container IDs, for the samplers.
@@ -456,7 +488,7 @@ pub struct AttributeInputs {
 /// [`Loss::StoreChannelFull`]) until cancelled or until the events senders are gone.
 pub fn spawn(
     attributor: Attributor,
-    store: mpsc::Sender<Occurrence>,
+    store: mpsc::Sender<Attributed>,
     cancel: CancellationToken,
 ) -> (
     AttributeInputs,
@@ -471,7 +503,7 @@ pub fn spawn(
 /// at most once per tick when they changed.
 pub fn spawn_with_pods(
     attributor: Attributor,
-    store: mpsc::Sender<Occurrence>,
+    store: mpsc::Sender<Attributed>,
     cancel: CancellationToken,
 ) -> (
     AttributeInputs,
@@ -498,7 +530,7 @@ async fn run(
     mut attributor: Attributor,
     mut events: mpsc::Receiver<TimedEvent>,
     mut meta: mpsc::Receiver<Input>,
-    store: mpsc::Sender<Occurrence>,
+    store: mpsc::Sender<Attributed>,
     stats: watch::Sender<AttributorStats>,
     pods: watch::Sender<Arc<Vec<crate::cgroup::PodContainers>>>,
     cancel: CancellationToken,
@@ -506,11 +538,17 @@ async fn run(
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let counters = attributor.counters.clone();
-    let forward = |occs: Vec<Occurrence>| {
+    let send = |a: Attributed| {
+        if store.try_send(a).is_err() {
+            counters.add(Loss::StoreChannelFull, 1);
+        }
+    };
+    let forward = |occs: Vec<Occurrence>, attributor: &mut Attributor| {
         for occ in occs {
-            if store.try_send(occ).is_err() {
-                counters.add(Loss::StoreChannelFull, 1);
-            }
+            send(Attributed::Occurrence(occ));
+        }
+        for lookups in attributor.take_lookups() {
+            send(Attributed::DnsLookups(lookups));
         }
     };
     let mut meta_open = true;
@@ -518,16 +556,23 @@ async fn run(
         tokio::select! {
             () = cancel.cancelled() => break,
             ev = events.recv() => match ev {
-                Some(ev) => forward(attributor.event(ev, Now::real())),
+                Some(ev) => {
+                    let occs = attributor.event(ev, Now::real());
+                    forward(occs, &mut attributor);
+                }
                 None => break,
             },
             m = meta.recv(), if meta_open => match m {
-                Some(Input::Meta(update)) => forward(attributor.update(update, Now::real())),
+                Some(Input::Meta(update)) => {
+                    let occs = attributor.update(update, Now::real());
+                    forward(occs, &mut attributor);
+                }
                 Some(Input::MetaLost) => attributor.set_synced(false, SystemTime::now()),
                 None => meta_open = false,
             },
             _ = tick.tick() => {
-                forward(attributor.tick(Now::real()));
+                let occs = attributor.tick(Now::real());
+                forward(occs, &mut attributor);
                 if attributor.pods_dirty && attributor.relist_seen.is_none() {
                     attributor.pods_dirty = false;
                     let _ = pods.send(Arc::new(attributor.pod_containers()));

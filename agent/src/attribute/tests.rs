@@ -665,3 +665,32 @@ fn events_of_an_outage_wait_for_the_relist_and_go_to_the_pod_that_held_the_ip() 
     assert_eq!(conn(outbound).peer.as_ref().unwrap().name, "new");
     assert_eq!(counters.get(Loss::AttributionExpired), 0);
 }
+
+/// A pod's successful lookups are no record: attribution hands them over as counters, named
+/// by the asking cgroup, and lookups of no pod are not kept.
+#[test]
+fn dns_lookups_are_counters_beside_the_records() {
+    let (mut a, _) = attributor();
+    synced_with_pods(&mut a);
+    let tally = |cgroup_id, ip: &str| TimedEvent {
+        at: t(5),
+        first_at: t(5),
+        event: RawEvent::DnsLookups(crate::event::Tally {
+            cgroup_id,
+            client_ip: ip.parse().unwrap(),
+            lookups: DnsLookups {
+                lookups: 12,
+                ..DnsLookups::default()
+            },
+        }),
+    };
+    assert!(a.event(tally(100, "10.0.0.1"), now(5)).is_empty());
+    let taken = a.take_lookups();
+    assert_eq!(taken.len(), 1);
+    assert_eq!(taken[0].pod.name, "client");
+    assert_eq!(taken[0].lookups.lookups, 12);
+    assert!(a.take_lookups().is_empty(), "taken once");
+    // A host process's lookups: nobody to name.
+    assert!(a.event(tally(200, "10.9.9.9"), now(6)).is_empty());
+    assert!(a.take_lookups().is_empty());
+}

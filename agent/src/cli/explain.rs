@@ -59,7 +59,6 @@ fn flow_of(e: &Evidence) -> Option<Result<Flow, &'static str>> {
         // real flow.
         Detail::ConnectionRefused(_)
         | Detail::Dns(_)
-        | Detail::DnsLookups(_)
         | Detail::OomKill(_)
         | Detail::CpuThrottling(_) => return None,
     };

@@ -211,7 +211,7 @@ impl Builder {
         match &mut self.detail {
             Detail::ConnectionRefused(c) | Detail::ConnectionTimeout(c) => c.direction = dir,
             Detail::PacketDrop(d) => d.direction = dir,
-            Detail::Dns(_) | Detail::DnsLookups(_) => {}
+            Detail::Dns(_) => {}
             Detail::OomKill(_) | Detail::CpuThrottling(_) => {}
         }
         self
@@ -221,7 +221,6 @@ impl Builder {
             Detail::ConnectionRefused(c) | Detail::ConnectionTimeout(c) => c.src = addr(s),
             Detail::PacketDrop(d) => d.src = addr(s),
             Detail::Dns(d) => d.client = addr(s),
-            Detail::DnsLookups(_) => {}
             Detail::OomKill(_) | Detail::CpuThrottling(_) => {}
         }
         self
@@ -231,7 +230,6 @@ impl Builder {
             Detail::ConnectionRefused(c) | Detail::ConnectionTimeout(c) => c.dst = addr(s),
             Detail::PacketDrop(d) => d.dst = addr(s),
             Detail::Dns(d) => d.server = addr(s),
-            Detail::DnsLookups(_) => {}
             Detail::OomKill(_) | Detail::CpuThrottling(_) => {}
         }
         self
@@ -243,7 +241,6 @@ impl Builder {
             }
             Detail::PacketDrop(d) => d.reason = r.into(),
             Detail::Dns(d) => d.query = r.into(),
-            Detail::DnsLookups(_) => {}
             Detail::OomKill(_) | Detail::CpuThrottling(_) => {}
         }
         self
@@ -274,7 +271,6 @@ impl Builder {
             Detail::ConnectionRefused(c) | Detail::ConnectionTimeout(c) => c.peer = peer,
             Detail::PacketDrop(d) => d.peer = peer,
             Detail::Dns(d) => d.server_pod = peer,
-            Detail::DnsLookups(_) => {}
             Detail::OomKill(_) | Detail::CpuThrottling(_) => {}
         }
         self

@@ -387,9 +387,6 @@ pub enum Detail {
     ConnectionTimeout(Connection),
     PacketDrop(Drop),
     Dns(Dns),
-    /// A pod's successful lookups since the last report: kept beside the records, never a
-    /// record itself (see [`DnsLookups`]).
-    DnsLookups(DnsLookups),
     OomKill(OomKill),
     CpuThrottling(CpuThrottling),
 }
@@ -425,11 +422,8 @@ pub enum DetailKey {
         server: SocketAddr,
         protocol: Protocol,
     },
-    DnsLookups,
     /// Kills of a container's main process and of its children are told apart.
-    OomKill {
-        main_process: Option<bool>,
-    },
+    OomKill { main_process: Option<bool> },
     /// One record per container.
     CpuThrottling,
 }
@@ -440,7 +434,7 @@ impl Detail {
             Detail::ConnectionRefused(_) => Kind::ConnectionRefused,
             Detail::ConnectionTimeout(_) => Kind::ConnectionTimeout,
             Detail::PacketDrop(_) => Kind::PacketDrop,
-            Detail::Dns(_) | Detail::DnsLookups(_) => Kind::Dns,
+            Detail::Dns(_) => Kind::Dns,
             Detail::OomKill(_) => Kind::OomKill,
             Detail::CpuThrottling(_) => Kind::CpuThrottling,
         }
@@ -474,7 +468,6 @@ impl Detail {
                 server: d.server,
                 protocol: d.protocol,
             },
-            Detail::DnsLookups(_) => DetailKey::DnsLookups,
             Detail::OomKill(o) => DetailKey::OomKill {
                 main_process: o.main_process,
             },
@@ -503,7 +496,6 @@ impl Detail {
                 d.reached_server = l.reached_server.or(d.reached_server);
                 d.search_nxdomains = l.search_nxdomains.max(d.search_nxdomains);
             }
-            (Detail::DnsLookups(d), Detail::DnsLookups(l)) => d.add(&l),
             (Detail::OomKill(o), Detail::OomKill(l)) => {
                 // A victim named once stays named.
                 let source = if o.source == OomSource::Kernel {
@@ -555,7 +547,7 @@ impl Detail {
                 d.server,
                 d.server_pod.as_ref(),
             )),
-            Detail::DnsLookups(_) | Detail::OomKill(_) | Detail::CpuThrottling(_) => None,
+            Detail::OomKill(_) | Detail::CpuThrottling(_) => None,
         }
     }
 
@@ -599,9 +591,6 @@ impl Detail {
                 if d.outcome == DnsOutcome::SearchExpansion || d.search_nxdomains > 0 {
                     out.insert("search_nxdomains".into(), d.search_nxdomains.into());
                 }
-            }
-            Detail::DnsLookups(d) => {
-                out.insert("lookups".into(), d.json());
             }
             Detail::OomKill(o) => {
                 out.insert("main_process".into(), o.main_process.into());

@@ -37,7 +37,7 @@ use triage_agent_proto::opentelemetry::proto::{
 
 use super::{OtlpConfig, record};
 use crate::{
-    evidence::{Detail, Evidence, Filter},
+    evidence::{Evidence, Filter},
     loss::{Counters, Loss},
     store::{StoreHandle, SubscribeError},
 };
@@ -214,10 +214,6 @@ struct Drain {
 impl Drain {
     /// `false` when the queue is closed (the sender ended).
     fn offer(&self, evidence: Evidence) -> bool {
-        // A pod's successful lookups are a tally, not a record.
-        if matches!(evidence.detail, Detail::DnsLookups(_)) {
-            return true;
-        }
         let queued = Queued {
             observed: SystemTime::now(),
             evidence,

@@ -88,9 +88,7 @@ pub fn severity(detail: &Detail) -> SeverityNumber {
             | DnsOutcome::TruncatedRetry
             | DnsOutcome::SearchExpansion => SeverityNumber::Warn,
         },
-        Detail::PacketDrop(_) | Detail::CpuThrottling(_) | Detail::DnsLookups(_) => {
-            SeverityNumber::Warn
-        }
+        Detail::PacketDrop(_) | Detail::CpuThrottling(_) => SeverityNumber::Warn,
     }
 }
 

@@ -33,7 +33,8 @@ pub use task::{
 };
 
 use crate::{
-    evidence::{Detail, DetailKey, DnsLookups, Evidence, Filter, Kind, Occurrence, PodRef},
+    attribute::Attributed,
+    evidence::{DetailKey, DnsLookups, Evidence, Filter, Kind, Occurrence, PodRef},
     loss::{Counters, Loss},
 };
 
@@ -349,13 +350,17 @@ impl Store {
         self.backend.take()
     }
 
-    /// Adds one occurrence: a new record or one more count on an existing one. A pod's DNS
-    /// lookup counters are kept beside the records, not as one.
-    pub fn record(&mut self, o: Occurrence) {
-        if let Detail::DnsLookups(lookups) = &o.detail {
-            self.add_dns_lookups(o.subject.pod.as_ref(), lookups, o.at);
-            return;
+    /// What attribution found: an occurrence, or a pod's lookup counters (kept beside the
+    /// records, never as one).
+    pub fn add(&mut self, a: Attributed) {
+        match a {
+            Attributed::Occurrence(o) => self.record(o),
+            Attributed::DnsLookups(l) => self.add_dns_lookups(&l.pod, &l.lookups, l.at),
         }
+    }
+
+    /// Adds one occurrence: a new record or one more count on an existing one.
+    pub fn record(&mut self, o: Occurrence) {
         self.count_occurrence(&o);
         let key = Key::of(&o);
         let hash = self.records.hash(&key);
@@ -447,8 +452,7 @@ impl Store {
         *self.occurrences.entry((o.kind(), namespace)).or_default() += o.count.max(1);
     }
 
-    fn add_dns_lookups(&mut self, pod: Option<&Arc<PodRef>>, lookups: &DnsLookups, at: SystemTime) {
-        let Some(pod) = pod else { return };
+    fn add_dns_lookups(&mut self, pod: &Arc<PodRef>, lookups: &DnsLookups, at: SystemTime) {
         if !self.dns_lookups.contains_key(&pod.uid)
             && self.dns_lookups.len() >= DNS_LOOKUP_PODS
             && let Some(oldest) = self

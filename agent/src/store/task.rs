@@ -13,7 +13,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::{QueryResult, Store, StoreStats, WATCH_BUFFER};
-use crate::evidence::{Evidence, Filter, Occurrence};
+use crate::{
+    attribute::Attributed,
+    evidence::{Evidence, Filter},
+};
 
 /// Capacity of the occurrence channel into the store: a few seconds of a heavy burst.
 pub const OCCURRENCES_CHANNEL: usize = 8192;
@@ -124,7 +127,7 @@ pub fn spawn(
     cancel: CancellationToken,
 ) -> (
     StoreHandle,
-    mpsc::Sender<Occurrence>,
+    mpsc::Sender<Attributed>,
     impl Future<Output = ()> + Send + 'static,
 ) {
     let (occ_tx, occ_rx) = mpsc::channel(OCCURRENCES_CHANNEL);
@@ -138,7 +141,7 @@ pub fn spawn(
 
 async fn run(
     mut store: Store,
-    mut occurrences: mpsc::Receiver<Occurrence>,
+    mut occurrences: mpsc::Receiver<Attributed>,
     mut commands: mpsc::Receiver<Command>,
     cancel: CancellationToken,
 ) {
@@ -150,7 +153,7 @@ async fn run(
         tokio::select! {
             () = cancel.cancelled() => break,
             o = occurrences.recv() => match o {
-                Some(o) => store.record(o),
+                Some(a) => store.add(a),
                 None => break,
             },
             c = commands.recv() => match c {

@@ -285,7 +285,7 @@ async fn task_answers_commands() {
         .dst("10.0.0.2:1")
         .at_time(SystemTime::now())
         .occurrence();
-    occurrences.send(now).await.unwrap();
+    occurrences.send(Attributed::Occurrence(now)).await.unwrap();
     assert_eq!(watch.updates.recv().await.unwrap().count, 1);
     let r = handle.query(Filter::default(), 10).await.unwrap();
     assert_eq!(r.evidence.len(), 1);
@@ -331,4 +331,28 @@ fn colliding_key_hashes_keep_their_records_apart() {
     assert_eq!(r.get_mut(7, &kb).unwrap().seq, 2, "the other survives");
     assert!(r.remove(7, 2).is_some());
     assert_eq!(r.len(), 0);
+}
+
+/// A pod's lookup counters are kept beside the records: they add up per pod, take no record's
+/// room and are answered with the pod's query.
+#[test]
+fn dns_lookups_add_up_beside_the_records() {
+    let mut s = store(10);
+    let pod = crate::evidence::fixtures::pod_ref("ns", "a");
+    for at in [1, 2] {
+        s.add(Attributed::DnsLookups(crate::attribute::PodLookups {
+            at: t(at),
+            pod: pod.clone(),
+            lookups: DnsLookups {
+                lookups: 5,
+                ..DnsLookups::default()
+            },
+        }));
+    }
+    s.add(occ("a", 80, 3).into());
+    let r = s.query(&only("a"), 10);
+    assert_eq!(r.evidence.len(), 1, "lookups are no record");
+    assert_eq!(r.dns_lookups.len(), 1);
+    assert_eq!(r.dns_lookups[0].1.lookups, 10);
+    assert_eq!(s.stats().records, 1);
 }

@@ -49,7 +49,6 @@ pub fn detail_cells(d: &Detail) -> [String; 5] {
             }
             text
         }
-        Detail::DnsLookups(l) => format!("{} lookups", l.lookups),
         Detail::OomKill(o) => oom_text(o),
         Detail::CpuThrottling(c) => throttling_text(c),
     };

@@ -150,7 +150,7 @@ struct Running {
     counters: Arc<Counters>,
     stats: Arc<ExportStats>,
     store: StoreHandle,
-    occurrences: mpsc::Sender<crate::evidence::Occurrence>,
+    occurrences: mpsc::Sender<crate::attribute::Attributed>,
     cancel: CancellationToken,
     task: tokio::task::JoinHandle<()>,
 }
@@ -199,7 +199,10 @@ impl Running {
                 .pod("shop", &format!("web-{i}"))
                 .at_time(SystemTime::now())
                 .occurrence();
-            self.occurrences.send(o).await.unwrap();
+            self.occurrences
+                .send(crate::attribute::Attributed::Occurrence(o))
+                .await
+                .unwrap();
         }
     }
 
@@ -403,7 +406,11 @@ async fn updates_of_one_record_in_a_batch_go_out_once_as_the_latest() {
             .pod("shop", "web")
             .at_time(SystemTime::now())
             .occurrence();
-        running.occurrences.send(o).await.unwrap();
+        running
+            .occurrences
+            .send(crate::attribute::Attributed::Occurrence(o))
+            .await
+            .unwrap();
     }
     wait_for("the batch", || {
         let r = receiver.clone();
