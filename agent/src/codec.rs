@@ -16,7 +16,7 @@ use crate::{
     evidence::{
         Attribution, Cause, Connection, CpuThrottling, Detail, Dns, DnsLookups, DnsOutcome, Drop,
         Evidence, Filter, Kind, Named, OomKill, OomSource, PodRef, Process, Protocol, Subject,
-        tcp_flags_text,
+        TCP_FLAGS, tcp_flags_text,
     },
     loss::{Loss, LossCounts},
 };
@@ -270,14 +270,8 @@ pub fn dns_lookups_from_pb(l: pb::DnsLookups) -> Option<(Arc<PodRef>, DnsLookups
 /// "SYN|ACK" -> bits; unknown names are ignored.
 fn tcp_flags_from_text(text: &str) -> u8 {
     text.split('|')
-        .map(|f| match f {
-            "FIN" => 0x01,
-            "SYN" => 0x02,
-            "RST" => 0x04,
-            "ACK" => 0x10,
-            _ => 0,
-        })
-        .fold(0, |a, b| a | b)
+        .filter_map(|f| TCP_FLAGS.iter().find(|(_, name)| *name == f))
+        .fold(0, |a, (bit, _)| a | bit)
 }
 
 pub fn evidence_to_pb(e: &Evidence) -> pb::Evidence {

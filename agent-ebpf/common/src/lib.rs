@@ -574,6 +574,7 @@ pub const IPPROTO_ICMPV6: u8 = 58;
 /// Socket errnos a failed connect() ends with (asm-generic/errno.h; the same on every
 /// architecture Kubernetes nodes run).
 pub mod errno {
+    pub const EPERM: u32 = 1;
     pub const EACCES: u32 = 13;
     pub const ENETUNREACH: u32 = 101;
     pub const ETIMEDOUT: u32 = 110;

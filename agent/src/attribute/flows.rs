@@ -8,6 +8,8 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+use triage_agent_common::errno;
+
 use super::{Attributor, Clues, Now};
 use crate::{
     event::{Flow, FlowKind, TimedEvent},
@@ -198,25 +200,25 @@ impl Attributor {
 }
 
 /// What an ICMP-refused connect() ended with, as a reason name.
-fn icmp_reject_reason(errno: u32) -> &'static str {
-    match errno {
-        111 => "ICMP_PORT_UNREACHABLE",
-        113 => "ICMP_HOST_UNREACHABLE",
-        101 => "ICMP_NET_UNREACHABLE",
-        13 => "ICMP_ADMIN_PROHIBITED",
+fn icmp_reject_reason(e: u32) -> &'static str {
+    match e {
+        errno::ECONNREFUSED => "ICMP_PORT_UNREACHABLE",
+        errno::EHOSTUNREACH => "ICMP_HOST_UNREACHABLE",
+        errno::ENETUNREACH => "ICMP_NET_UNREACHABLE",
+        errno::EACCES => "ICMP_ADMIN_PROHIBITED",
         _ => "ICMP_ERROR",
     }
 }
 
 /// The name of a connect() errno.
-fn errno_name(errno: u32) -> String {
-    match errno {
-        110 => "ETIMEDOUT".to_owned(),
-        111 => "ECONNREFUSED".to_owned(),
-        113 => "EHOSTUNREACH".to_owned(),
-        101 => "ENETUNREACH".to_owned(),
-        13 => "EACCES".to_owned(),
-        1 => "EPERM".to_owned(),
+fn errno_name(e: u32) -> String {
+    match e {
+        errno::ETIMEDOUT => "ETIMEDOUT".to_owned(),
+        errno::ECONNREFUSED => "ECONNREFUSED".to_owned(),
+        errno::EHOSTUNREACH => "EHOSTUNREACH".to_owned(),
+        errno::ENETUNREACH => "ENETUNREACH".to_owned(),
+        errno::EACCES => "EACCES".to_owned(),
+        errno::EPERM => "EPERM".to_owned(),
         other => format!("errno {other}"),
     }
 }

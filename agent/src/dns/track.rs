@@ -32,6 +32,7 @@ use std::{
     time::Duration,
 };
 
+use domain::base::iana::Rcode;
 use triage_agent_common::{AF_INET, AF_INET6, dns_question_hash};
 
 use super::packet::{Captured, Message, Side};
@@ -58,11 +59,11 @@ pub const HELD_NAMES_MAX: usize = 256;
 /// Drain intervals a failure may go without repeats before the kernel stops counting it.
 const REPEAT_IDLE_DRAINS: u32 = 60;
 
-/// rcode values.
-const NOERROR: u8 = 0;
-const SERVFAIL: u8 = 2;
-const NXDOMAIN: u8 = 3;
-const REFUSED: u8 = 5;
+/// rcode values, as the DNS library defines them (its names are what records show).
+const NOERROR: u8 = Rcode::NOERROR.to_int();
+const SERVFAIL: u8 = Rcode::SERVFAIL.to_int();
+const NXDOMAIN: u8 = Rcode::NXDOMAIN.to_int();
+const REFUSED: u8 = Rcode::REFUSED.to_int();
 
 /// Tracker settings.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -294,9 +294,12 @@ impl DnsLookups {
     }
 }
 
+/// The TCP flags a dropped segment's record names, in the order they are written.
+pub const TCP_FLAGS: [(u8, &str); 4] = [(0x02, "SYN"), (0x10, "ACK"), (0x01, "FIN"), (0x04, "RST")];
+
 /// TCP flags as text: "SYN", "SYN|ACK".
 pub fn tcp_flags_text(flags: u8) -> String {
-    let names = [(0x02, "SYN"), (0x10, "ACK"), (0x01, "FIN"), (0x04, "RST")];
+    let names = TCP_FLAGS;
     let set: Vec<&str> = names
         .iter()
         .filter(|(bit, _)| flags & bit != 0)
