@@ -5,7 +5,11 @@
 
 use serde::Serialize;
 
-use crate::{probes::ProbeStatus, samplers::SignalSource};
+use crate::{
+    evidence::Kind,
+    probes::{PROGRAMS, ProbeStatus, Role},
+    samplers::SignalSource,
+};
 
 /// How much of a signal works.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -147,46 +151,38 @@ impl<'a> Judge<'a> {
 
 /// Every signal's state, in the order the README lists them.
 pub fn states(probes: &[ProbeStatus], sources: &[SignalSource]) -> Vec<SignalState> {
-    let mut refused = Judge::new(probes);
-    refused.needs("inet_sock_set_state");
-    refused.needs("tcp_receive_reset");
-    refused.wants(
-        "tcp_send_reset",
-        "refusals are seen from the connecting side only: a destination pod is not told that \
-         its own stack refused (nothing listening)",
-    );
-    refused.wants(
-        "inet_sk_error_report",
-        "connections refused by ICMP (a firewall's reject rule) are not seen",
-    );
+    let by_programs = |kind: Kind| {
+        let mut judge = Judge::new(probes);
+        for program in PROGRAMS {
+            for (_, role) in program.serves.iter().filter(|(k, _)| *k == kind) {
+                match role {
+                    Role::Needed => judge.needs(program.name),
+                    Role::Wanted { loses } => judge.wants(program.name, loses),
+                }
+            }
+        }
+        judge
+    };
+    let refused = by_programs(Kind::ConnectionRefused);
+    let timeout = by_programs(Kind::ConnectionTimeout);
+    let drop = by_programs(Kind::PacketDrop);
+    let dns = by_programs(Kind::Dns);
 
-    let mut timeout = Judge::new(probes);
-    timeout.needs("inet_sock_set_state");
-    timeout.wants(
-        "tcp_retransmit_skb",
-        "timeouts carry no count of SYN retransmissions",
-    );
-
-    let mut drop = Judge::new(probes);
-    drop.needs("kfree_skb");
-
-    let mut dns = Judge::new(probes);
-    dns.needs("dns_egress");
-    dns.needs("dns_ingress");
-
+    // OOM kills have two sources: the kernel's event (programs) and memory.events (samplers).
     let source = |signal: &str| sources.iter().find(|s| s.signal == signal);
-    let mut oom = Judge::new(probes);
     let memory = source("oom_kill").filter(|s| s.hierarchy != "unavailable");
-    match (oom.probe("mark_victim").is_some_and(|p| p.attached), memory) {
-        (true, Some(_)) => {}
+    let kernel_event = PROGRAMS
+        .iter()
+        .filter(|p| p.serves.iter().any(|(k, _)| *k == Kind::OomKill))
+        .all(|p| probes.iter().any(|s| s.name == p.name && s.attached));
+    let mut oom = Judge::new(probes);
+    match (kernel_event, memory) {
+        (true, Some(_)) => oom = by_programs(Kind::OomKill),
         (true, None) => oom.worse(
             Mode::Degraded,
             "no cgroup hierarchy has the memory controller: kills carry no limit or usage".into(),
         ),
-        (false, Some(_)) => oom.wants(
-            "mark_victim",
-            "kills are counted from memory.events only: the killed process is not named",
-        ),
+        (false, Some(_)) => oom = by_programs(Kind::OomKill),
         (false, None) => oom.worse(
             Mode::Off,
             "neither the kernel's OOM event nor a memory controller is available".into(),

@@ -27,6 +27,7 @@ use super::{
     reasons::DropReasons,
 };
 use crate::{
+    evidence::Kind,
     kernel::btf::Btf,
     loss::Loss,
     probes::{
@@ -319,15 +320,16 @@ pub fn load(options: &LoadOptions<'_>) -> Result<Loaded, LoadError> {
     }
     let mut switched_off = Vec::new();
     if dns_ports.is_empty() {
-        switched_off.extend(["dns_egress", "dns_ingress"]);
-        problems.insert(
-            "dns_egress",
-            "DNS capture switched off (no --dns-port)".to_owned(),
-        );
-        problems.insert(
-            "dns_ingress",
-            "DNS capture switched off (no --dns-port)".to_owned(),
-        );
+        for program in PROGRAMS
+            .iter()
+            .filter(|p| p.serves.iter().any(|(k, _)| *k == Kind::Dns))
+        {
+            switched_off.push(program.name);
+            problems.insert(
+                program.name,
+                "DNS capture switched off (no --dns-port)".to_owned(),
+            );
+        }
     }
     let mut ebpf = EbpfLoader::new()
         .override_global(OFFSETS_GLOBAL, &offsets, true)

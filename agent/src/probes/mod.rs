@@ -25,6 +25,8 @@ pub mod ring;
 
 use std::fmt;
 
+use crate::evidence::Kind;
+
 /// Where a program attaches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Hook {
@@ -61,6 +63,18 @@ pub struct Program {
     /// A simpler program for the same hook, loaded when this kernel's verifier rejects this
     /// one: the signal then works in a documented degraded form.
     pub fallback: Option<Fallback>,
+    /// The signals it serves, and what it is to each: [`crate::signals`] judges every
+    /// signal's mode from this.
+    pub serves: &'static [(Kind, Role)],
+}
+
+/// What a program is to a signal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Without it the signal is off.
+    Needed,
+    /// Without it the signal is degraded: it loses this.
+    Wanted { loses: &'static str },
 }
 
 /// A program loaded in place of another that the kernel rejects.
@@ -85,6 +99,10 @@ pub const PROGRAMS: &[Program] = &[
             name: "inet_sock_set_state",
         },
         fallback: None,
+        serves: &[
+            (Kind::ConnectionRefused, Role::Needed),
+            (Kind::ConnectionTimeout, Role::Needed),
+        ],
     },
     Program {
         name: "tcp_receive_reset",
@@ -92,6 +110,7 @@ pub const PROGRAMS: &[Program] = &[
             name: "tcp_receive_reset",
         },
         fallback: None,
+        serves: &[(Kind::ConnectionRefused, Role::Needed)],
     },
     Program {
         name: "tcp_send_reset",
@@ -99,6 +118,13 @@ pub const PROGRAMS: &[Program] = &[
             name: "tcp_send_reset",
         },
         fallback: None,
+        serves: &[(
+            Kind::ConnectionRefused,
+            Role::Wanted {
+                loses: "refusals are seen from the connecting side only: a destination pod is not \
+                        told that its own stack refused (nothing listening)",
+            },
+        )],
     },
     Program {
         name: "inet_sk_error_report",
@@ -106,6 +132,12 @@ pub const PROGRAMS: &[Program] = &[
             name: "inet_sk_error_report",
         },
         fallback: None,
+        serves: &[(
+            Kind::ConnectionRefused,
+            Role::Wanted {
+                loses: "connections refused by ICMP (a firewall's reject rule) are not seen",
+            },
+        )],
     },
     Program {
         name: "tcp_retransmit_skb",
@@ -114,11 +146,18 @@ pub const PROGRAMS: &[Program] = &[
             name: "tcp_retransmit_skb",
         },
         fallback: None,
+        serves: &[(
+            Kind::ConnectionTimeout,
+            Role::Wanted {
+                loses: "timeouts carry no count of SYN retransmissions",
+            },
+        )],
     },
     Program {
         name: "kfree_skb",
         hook: Hook::RawTracePoint { name: "kfree_skb" },
         fallback: None,
+        serves: &[(Kind::PacketDrop, Role::Needed)],
     },
     Program {
         name: "dns_egress",
@@ -127,6 +166,7 @@ pub const PROGRAMS: &[Program] = &[
             name: "dns_egress_all",
             loses: DNS_WITHOUT_ATOMICS,
         }),
+        serves: &[(Kind::Dns, Role::Needed)],
     },
     Program {
         name: "dns_ingress",
@@ -135,6 +175,7 @@ pub const PROGRAMS: &[Program] = &[
             name: "dns_ingress_all",
             loses: DNS_WITHOUT_ATOMICS,
         }),
+        serves: &[(Kind::Dns, Role::Needed)],
     },
     Program {
         name: "mark_victim",
@@ -142,6 +183,12 @@ pub const PROGRAMS: &[Program] = &[
             name: "mark_victim",
         },
         fallback: None,
+        serves: &[(
+            Kind::OomKill,
+            Role::Wanted {
+                loses: "kills are counted from memory.events only: the killed process is not named",
+            },
+        )],
     },
 ];
 
