@@ -164,22 +164,6 @@ impl SimNode {
         Ok(node)
     }
 
-    /// A node with pods shop/db and shop/web, and a bridge rule dropping UDP to db's `ports`
-    /// (an nftables port or range): (node, db, web, db's IP).
-    pub fn dropping_udp(
-        config: SimConfig,
-        ports: &str,
-    ) -> anyhow::Result<(SimNode, usize, usize, Ipv4Addr)> {
-        let mut node = SimNode::start(config)?;
-        let db = node.add_pod("shop", "db")?;
-        let web = node.add_pod("shop", "web")?;
-        let db_ip = node.pod(db).ip;
-        node.nft_node(&format!(
-            "table bridge sim_policy {{\n chain forward {{\n  type filter hook forward priority 0; policy accept;\n  ip daddr {db_ip} udp dport {ports} drop\n }}\n}}\n"
-        ))?;
-        Ok((node, db, web, db_ip))
-    }
-
     pub fn kubeconfig(&self) -> PathBuf {
         self.kubeconfig.path().join("kubeconfig")
     }
