@@ -24,7 +24,8 @@ use triage_agent_tests::{
         ApiServer, PodFixture, deployment_objects, owned_by_replica_set, pod_event_object,
         pod_object,
     },
-    simnode::{CgroupDriver, SimConfig, SimNode},
+    fixture::NodeFixture,
+    simnode::CgroupDriver,
 };
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -76,11 +77,10 @@ fn query_until_refused(kubeconfig: &std::path::Path, ns: &str, pod: &str) -> Val
 
 #[test]
 fn a_kubeconfig_is_all_it_takes() {
-    let mut node = SimNode::start(SimConfig {
-        workload: env!("CARGO_BIN_EXE_sim-workload").into(),
-        driver: CgroupDriver::Systemd,
-    })
-    .unwrap();
+    let (mut node, []) = NodeFixture::new()
+        .driver(CgroupDriver::Systemd)
+        .node()
+        .unwrap();
     let (node_a, node_b, node_c) = (
         node.name.clone(),
         format!("{}-b", node.name),
@@ -91,6 +91,7 @@ fn a_kubeconfig_is_all_it_takes() {
     let api = node.add_pod_on(&node_b, "shop", "api").unwrap();
     let cache = node.add_pod_on(&node_b, "shop", "cache").unwrap();
     let (db_ip, cache_ip, api_ip) = (node.pod(db).ip, node.pod(cache).ip, node.pod(api).ip);
+    // An agent per node name, each published as the DaemonSet's pod on its node.
     let mut agents = Vec::new();
     for (i, name) in [&node_a, &node_b, &node_c].into_iter().enumerate() {
         let mut agent = AgentProcess::start_as(&node, name, &[]).unwrap();

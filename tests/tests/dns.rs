@@ -14,19 +14,12 @@ use std::time::Duration;
 use serde_json::Value;
 use triage_agent_tests::{
     agent::{AgentProcess, records},
-    simnode::{CgroupDriver, SimConfig, SimNode},
+    fixture::NodeFixture,
+    simnode::{CgroupDriver, SimNode},
 };
 
 const WAIT: Duration = Duration::from_secs(25);
 const VIP: &str = "10.96.0.10";
-
-fn node() -> SimNode {
-    SimNode::start(SimConfig {
-        workload: env!("CARGO_BIN_EXE_sim-workload").into(),
-        driver: CgroupDriver::Systemd,
-    })
-    .expect("simulated node")
-}
 
 /// The cluster DNS: dnsmasq authoritative for cluster.local and test., forwarding
 /// servfail.test and slow.test to an upstream pod that answers SERVFAIL, or NOERROR after
@@ -90,7 +83,11 @@ fn lookups(v: &Value) -> Option<&Value> {
 
 #[test]
 fn lookups_are_matched_to_answers_and_each_failure_is_one_finding() {
-    let mut node = node();
+    let fixture = NodeFixture::new()
+        .driver(CgroupDriver::Systemd)
+        // The upstream's ports too, so the DNS server's own forwarded lookups are seen.
+        .agent_flags(["--dns-ports", "53,5353,5354"]);
+    let (mut node, []) = fixture.node().unwrap();
     cluster_dns(&mut node);
     let mut pods = Vec::new();
     for (name, options) in [
@@ -105,10 +102,7 @@ fn lookups_are_matched_to_answers_and_each_failure_is_one_finding() {
         node.set_cluster_dns(pod, VIP, options).unwrap();
         pods.push(pod);
     }
-    // The upstream's ports too, so the DNS server's own forwarded lookups are seen.
-    let mut agent = AgentProcess::start_with(&node, &["--dns-ports", "53,5353,5354"]).unwrap();
-    agent.wait_ready(true, WAIT).unwrap();
-    agent.wait_pods(8, WAIT).unwrap();
+    let mut agent = fixture.agent(&node).unwrap();
 
     // Success: "db" is found on the first search domain; nothing to report, only counted.
     let out = resolve(&node, pods[0], "db", "5");
@@ -222,7 +216,8 @@ fn lookups_are_matched_to_answers_and_each_failure_is_one_finding() {
 
 #[test]
 fn a_lookup_whose_queries_are_dropped_times_out_and_names_the_drop_and_the_policy() {
-    let mut node = node();
+    let fixture = NodeFixture::new().driver(CgroupDriver::Systemd);
+    let (mut node, []) = fixture.node().unwrap();
     cluster_dns(&mut node);
     let batch = node.add_pod("jobs", "batch").unwrap();
     node.set_cluster_dns(batch, VIP, "timeout:2 attempts:1")
@@ -238,9 +233,7 @@ fn a_lookup_whose_queries_are_dropped_times_out_and_names_the_drop_and_the_polic
         "table ip sim_policy {{\n chain forward {{\n  type filter hook forward priority 0; policy accept;\n  ip saddr {batch_ip} drop\n }}\n}}\n"
     ))
     .unwrap();
-    let mut agent = AgentProcess::start(&node).unwrap();
-    agent.wait_ready(true, WAIT).unwrap();
-    agent.wait_pods(3, WAIT).unwrap();
+    let mut agent = fixture.agent(&node).unwrap();
 
     assert!(resolve(&node, batch, "db.shop.svc.cluster.local.", "1").contains("fail"));
     let v = agent
@@ -292,8 +285,16 @@ fn a_lookup_whose_queries_are_dropped_times_out_and_names_the_drop_and_the_polic
 fn a_query_flood_keeps_the_inflight_table_bounded_and_accounts_for_every_query() {
     const QUERIES: u64 = 10_000;
     const PER_POD: u64 = 1000;
-    let mut node = node();
-    let flood = node.add_pod("load", "flood").unwrap();
+    let fixture = NodeFixture::new()
+        .driver(CgroupDriver::Systemd)
+        .pod("load", "flood")
+        .agent_flags([
+            "--dns-inflight-per-pod",
+            &PER_POD.to_string(),
+            "--dns-timeout",
+            "2s",
+        ]);
+    let (mut node, [flood]) = fixture.node().unwrap();
     node.set_cluster_dns(flood, VIP, "").unwrap();
     let ip = node.pod(flood).ip;
     // Nobody answers: every query stays in flight until evicted or timed out.
@@ -301,18 +302,7 @@ fn a_query_flood_keeps_the_inflight_table_bounded_and_accounts_for_every_query()
         "table ip sim_blackhole {{\n chain forward {{\n  type filter hook forward priority 0; policy accept;\n  ip saddr {ip} drop\n }}\n}}\n"
     ))
     .unwrap();
-    let mut agent = AgentProcess::start_with(
-        &node,
-        &[
-            "--dns-inflight-per-pod",
-            &PER_POD.to_string(),
-            "--dns-timeout",
-            "2s",
-        ],
-    )
-    .unwrap();
-    agent.wait_ready(true, WAIT).unwrap();
-    agent.wait_pods(1, WAIT).unwrap();
+    let mut agent = fixture.agent(&node).unwrap();
 
     let out = node
         .run(
@@ -371,13 +361,12 @@ fn a_query_flood_keeps_the_inflight_table_bounded_and_accounts_for_every_query()
 #[test]
 fn a_repeated_failure_is_counted_in_the_kernel_exactly_after_its_first_reports() {
     const WINDOW: u64 = 32;
-    let mut node = node();
+    let fixture = NodeFixture::new().driver(CgroupDriver::Systemd);
+    let (mut node, []) = fixture.node().unwrap();
     cluster_dns(&mut node);
     let pod = node.add_pod("shop", "flood").unwrap();
     node.set_cluster_dns(pod, VIP, "").unwrap();
-    let mut agent = AgentProcess::start(&node).unwrap();
-    agent.wait_ready(true, WAIT).unwrap();
-    agent.wait_pods(3, WAIT).unwrap();
+    let mut agent = fixture.agent(&node).unwrap();
     let parsed0 = metric(&agent, "triage_agent_dns_packets_parsed_total");
 
     // One socket asking a name that does not exist, 32 queries in flight, for 3 s: tens of
@@ -459,13 +448,12 @@ fn metric(agent: &AgentProcess, name: &str) -> u64 {
 #[test]
 fn good_lookups_are_matched_in_the_kernel_and_only_failures_reach_the_agent() {
     const GOOD: u64 = 150;
-    let mut node = node();
+    let fixture = NodeFixture::new().driver(CgroupDriver::Systemd);
+    let (mut node, []) = fixture.node().unwrap();
     cluster_dns(&mut node);
     let pod = node.add_pod("shop", "busy").unwrap();
     node.set_cluster_dns(pod, VIP, "").unwrap();
-    let mut agent = AgentProcess::start(&node).unwrap();
-    agent.wait_ready(true, WAIT).unwrap();
-    agent.wait_pods(3, WAIT).unwrap();
+    let mut agent = fixture.agent(&node).unwrap();
     let parsed0 = metric(&agent, "triage_agent_dns_packets_parsed_total");
 
     // "db" is found on the first search domain: an A and an AAAA lookup per getaddrinfo, each
@@ -553,7 +541,8 @@ fn good_lookups_are_matched_in_the_kernel_and_only_failures_reach_the_agent() {
 /// (same socket, same id) after its 2 s timeout, and that one is answered.
 #[test]
 fn a_resend_after_the_agent_took_its_query_over_is_matched_by_the_agent() {
-    let mut node = node();
+    let fixture = NodeFixture::new().driver(CgroupDriver::Systemd);
+    let (mut node, []) = fixture.node().unwrap();
     cluster_dns(&mut node);
     let pod = node.add_pod("shop", "retry").unwrap();
     node.set_cluster_dns(pod, VIP, "timeout:2 attempts:2 single-request")
@@ -565,9 +554,7 @@ fn a_resend_after_the_agent_took_its_query_over_is_matched_by_the_agent() {
         "table ip sim_drop_first {{\n chain forward {{\n  type filter hook forward priority 0; policy accept;\n  ip saddr {ip} udp dport 53 limit rate 1/hour burst 1 packets drop\n }}\n}}\n"
     ))
     .unwrap();
-    let mut agent = AgentProcess::start(&node).unwrap();
-    agent.wait_ready(true, WAIT).unwrap();
-    agent.wait_pods(3, WAIT).unwrap();
+    let mut agent = fixture.agent(&node).unwrap();
 
     let out = resolve(&node, pod, "db", "1");
     assert_eq!(out.matches("ok").count(), 1, "{out}");

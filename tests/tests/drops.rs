@@ -13,18 +13,10 @@ use std::time::Duration;
 use serde_json::Value;
 use triage_agent_tests::{
     agent::{AgentProcess, count_of, records},
-    simnode::{CgroupDriver, SimConfig, SimNode},
+    fixture::NodeFixture,
 };
 
 const WAIT: Duration = Duration::from_secs(20);
-
-fn node() -> SimNode {
-    SimNode::start(SimConfig {
-        workload: env!("CARGO_BIN_EXE_sim-workload").into(),
-        driver: CgroupDriver::Cgroupfs,
-    })
-    .expect("simulated node")
-}
 
 fn lines(out: &std::process::Output, word: &str) -> usize {
     String::from_utf8_lossy(&out.stdout)
@@ -42,18 +34,15 @@ fn policy(rule: &str) -> String {
 
 #[test]
 fn ingress_drop_between_two_pods_is_evidence_on_both_and_a_timeout_not_a_refusal() {
-    let mut node = node();
-    let db = node.add_pod("data", "db").unwrap();
-    let web = node.add_pod("shop", "web").unwrap();
+    let fixture = NodeFixture::new().pod("data", "db").pod("shop", "web");
+    let (mut node, [db, web]) = fixture.node().unwrap();
     let (db_ip, web_ip) = (node.pod(db).ip, node.pod(web).ip);
     node.start_process(db, &["listen", "5432"]).unwrap();
     node.nft_node(&policy(&format!(
         "ip saddr {web_ip} ip daddr {db_ip} tcp dport 5432 drop"
     )))
     .unwrap();
-    let mut agent = AgentProcess::start(&node).unwrap();
-    agent.wait_ready(true, WAIT).unwrap();
-    agent.wait_pods(2, WAIT).unwrap();
+    let mut agent = fixture.agent(&node).unwrap();
 
     let dst = format!("{db_ip}:5432");
     let out = node
@@ -115,9 +104,8 @@ fn ingress_drop_between_two_pods_is_evidence_on_both_and_a_timeout_not_a_refusal
 
 #[test]
 fn rejects_are_refusals_by_a_firewall_not_missing_listeners() {
-    let mut node = node();
-    let api = node.add_pod("shop", "api").unwrap();
-    let web = node.add_pod("shop", "web").unwrap();
+    let fixture = NodeFixture::new().pod("shop", "api").pod("shop", "web");
+    let (mut node, [api, web]) = fixture.node().unwrap();
     let api_ip = node.pod(api).ip;
     // A listener on both ports: any refusal must come from the firewall.
     node.start_process(api, &["listen", "8080"]).unwrap();
@@ -129,9 +117,7 @@ fn rejects_are_refusals_by_a_firewall_not_missing_listeners() {
         "table inet sim_firewall {\n  chain input {\n    type filter hook input priority 0; policy accept;\n    tcp dport 8080 reject with tcp reset\n    tcp dport 8081 reject with icmpx type admin-prohibited\n  }\n}\n",
     )
     .unwrap();
-    let mut agent = AgentProcess::start(&node).unwrap();
-    agent.wait_ready(true, WAIT).unwrap();
-    agent.wait_pods(2, WAIT).unwrap();
+    let mut agent = fixture.agent(&node).unwrap();
 
     let out = node
         .run(web, &["connect", &format!("{api_ip}:8080"), "2", "10"])
@@ -201,17 +187,16 @@ fn rejects_are_refusals_by_a_firewall_not_missing_listeners() {
 #[test]
 fn a_flood_of_20000_dropped_packets_is_counted_exactly_and_working_traffic_is_quiet() {
     const PACKETS: u64 = 20_000;
-    let mut node = node();
-    let sink = node.add_pod("load", "sink").unwrap();
-    let source = node.add_pod("load", "source").unwrap();
-    let fine = node.add_pod("load", "fine").unwrap();
+    let fixture = NodeFixture::new()
+        .pod("load", "sink")
+        .pod("load", "source")
+        .pod("load", "fine");
+    let (mut node, [sink, source, fine]) = fixture.node().unwrap();
     let sink_ip = node.pod(sink).ip;
     node.start_process(sink, &["listen", "9000"]).unwrap();
     node.nft_node(&policy(&format!("ip daddr {sink_ip} udp dport 7000 drop")))
         .unwrap();
-    let mut agent = AgentProcess::start(&node).unwrap();
-    agent.wait_ready(true, WAIT).unwrap();
-    agent.wait_pods(3, WAIT).unwrap();
+    let mut agent = fixture.agent(&node).unwrap();
 
     let out = node
         .run(
@@ -269,18 +254,15 @@ fn interleaved_flows_are_each_counted_exactly() {
     const ROUNDS: u64 = 100;
     const BURST: u64 = 5;
     const PORTS: u16 = 10;
-    let mut node = node();
-    let sink = node.add_pod("load", "sink").unwrap();
-    let source = node.add_pod("load", "source").unwrap();
+    let fixture = NodeFixture::new().pod("load", "sink").pod("load", "source");
+    let (node, [sink, source]) = fixture.node().unwrap();
     let sink_ip = node.pod(sink).ip;
     node.nft_node(&policy(&format!(
         "ip daddr {sink_ip} udp dport 7100-{} drop",
         7100 + PORTS - 1
     )))
     .unwrap();
-    let mut agent = AgentProcess::start(&node).unwrap();
-    agent.wait_ready(true, WAIT).unwrap();
-    agent.wait_pods(2, WAIT).unwrap();
+    let mut agent = fixture.agent(&node).unwrap();
 
     let out = node
         .run(
@@ -362,9 +344,8 @@ fn network_policy(
 
 #[test]
 fn drops_are_explained_by_the_networkpolicy_that_denies_them_or_not_at_all() {
-    let mut node = node();
-    let db = node.add_pod("data", "db").unwrap();
-    let web = node.add_pod("shop", "web").unwrap();
+    let fixture = NodeFixture::new().pod("data", "db").pod("shop", "web");
+    let (mut node, [db, web]) = fixture.node().unwrap();
     let (db_ip, web_ip) = (node.pod(db).ip, node.pod(web).ip);
     node.start_process(db, &["listen", "5432"]).unwrap();
     node.start_process(db, &["listen", "6000"]).unwrap();
@@ -385,9 +366,7 @@ fn drops_are_explained_by_the_networkpolicy_that_denies_them_or_not_at_all() {
         "ip saddr {web_ip} ip daddr {db_ip} tcp dport {{ 5432, 6000 }} drop"
     )))
     .unwrap();
-    let mut agent = AgentProcess::start(&node).unwrap();
-    agent.wait_ready(true, WAIT).unwrap();
-    agent.wait_pods(2, WAIT).unwrap();
+    let mut agent = fixture.agent(&node).unwrap();
     for port in [5432, 6000] {
         let dst = format!("{db_ip}:{port}");
         let out = node
@@ -472,9 +451,10 @@ fn drops_are_explained_by_the_networkpolicy_that_denies_them_or_not_at_all() {
 #[test]
 fn default_deny_egress_blocking_dns_to_a_cluster_ip_is_explained_with_the_dns_fix() {
     const DNS_VIP: &str = "10.96.0.10";
-    let mut node = node();
-    node.add_pod("kube-system", "coredns").unwrap();
-    let batch = node.add_pod("jobs", "batch").unwrap();
+    let fixture = NodeFixture::new()
+        .pod("kube-system", "coredns")
+        .pod("jobs", "batch");
+    let (node, [_coredns, batch]) = fixture.node().unwrap();
     node.api.apply_network_policy(network_policy(
         "jobs",
         "default-deny-egress",
@@ -487,9 +467,7 @@ fn default_deny_egress_blocking_dns_to_a_cluster_ip_is_explained_with_the_dns_fi
     )
     .unwrap();
     node.route_services(batch, "10.96.0.0/12").unwrap();
-    let mut agent = AgentProcess::start(&node).unwrap();
-    agent.wait_ready(true, WAIT).unwrap();
-    agent.wait_pods(2, WAIT).unwrap();
+    let mut agent = fixture.agent(&node).unwrap();
 
     let out = node
         .run(batch, &["udp", &format!("{DNS_VIP}:53"), "3"])

@@ -6,37 +6,22 @@
 use std::time::Duration;
 
 use triage_agent_tests::{
-    agent::{AgentProcess, count_of, records, rss_mib},
-    simnode::{CgroupDriver, SimConfig, SimNode},
+    agent::{count_of, records, rss_mib},
+    fixture::NodeFixture,
+    simnode::CgroupDriver,
 };
 
 const WAIT: Duration = Duration::from_secs(20);
 
-/// A simulated node with pods shop/db and shop/web, and a bridge rule dropping UDP to db's
-/// `ports` (an nftables port or range): (node, db, web, db's IP).
-fn node_dropping(
-    driver: CgroupDriver,
-    ports: &str,
-) -> anyhow::Result<(SimNode, usize, usize, std::net::Ipv4Addr)> {
-    SimNode::dropping_udp(
-        SimConfig {
-            workload: env!("CARGO_BIN_EXE_sim-workload").into(),
-            driver,
-        },
-        ports,
-    )
-}
-
 #[test]
 fn two_agents_on_one_node_both_work_and_neither_counts_twice() {
-    let (node, _, client, server_ip) = node_dropping(CgroupDriver::Systemd, "7000").unwrap();
-    let mut first = AgentProcess::start(&node).unwrap();
-    first.wait_ready(true, WAIT).unwrap();
-    let mut second = AgentProcess::start(&node).unwrap();
-    second.wait_ready(true, WAIT).unwrap();
-    for agent in [&first, &second] {
-        agent.wait_pods(2, WAIT).unwrap();
-    }
+    let fixture = NodeFixture::new()
+        .driver(CgroupDriver::Systemd)
+        .dropping_udp("7000");
+    let (node, [server, client]) = fixture.node().unwrap();
+    let server_ip = node.pod(server).ip;
+    let mut first = fixture.agent(&node).unwrap();
+    let mut second = fixture.agent(&node).unwrap();
 
     let out = node
         .run(client, &["udp", &format!("{server_ip}:7000"), "200"])
@@ -100,17 +85,12 @@ const WATCH_BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 #[test]
 fn an_api_server_outage_loses_nothing_and_attributes_its_events_right_afterwards() {
-    let mut node = SimNode::start(SimConfig {
-        workload: env!("CARGO_BIN_EXE_sim-workload").into(),
-        driver: CgroupDriver::Cgroupfs,
-    })
-    .unwrap();
-    let client = node.add_pod("shop", "web").unwrap();
-    let old = node.add_pod("shop", "old").unwrap();
+    let (mut node, agent, [client, old]) = NodeFixture::new()
+        .pod("shop", "web")
+        .pod("shop", "old")
+        .start()
+        .unwrap();
     let reused_ip = node.pod(old).ip;
-    let mut agent = AgentProcess::start(&node).unwrap();
-    agent.wait_ready(true, WAIT).unwrap();
-    agent.wait_pods(2, WAIT).unwrap();
 
     node.api.set_available(false);
     let s = agent
@@ -230,13 +210,14 @@ fn bpf_prog_exists(id: u32) -> bool {
 
 #[test]
 fn kill_9_during_a_flood_leaves_nothing_attached_and_the_restart_keeps_the_evidence() {
-    let (node, _, client, server_ip) = node_dropping(CgroupDriver::Cgroupfs, "7000-7001").unwrap();
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("evidence.db");
     let store = store.to_str().unwrap();
-    let mut agent = AgentProcess::start_with(&node, &["--store-path", store]).unwrap();
-    agent.wait_ready(true, WAIT).unwrap();
-    agent.wait_pods(2, WAIT).unwrap();
+    let fixture = NodeFixture::new()
+        .dropping_udp("7000-7001")
+        .agent_flags(["--store-path", store]);
+    let (node, mut agent, [server, client]) = fixture.start().unwrap();
+    let server_ip = node.pod(server).ip;
     node.run(client, &["udp", &format!("{server_ip}:7000"), "200"])
         .unwrap();
     let before = agent
@@ -287,8 +268,7 @@ fn kill_9_during_a_flood_leaves_nothing_attached_and_the_restart_keeps_the_evide
 
     // The new agent attaches while the flood goes on, and answers at once with what the old
     // one had committed.
-    let mut agent = AgentProcess::start_with(&node, &["--store-path", store]).unwrap();
-    agent.wait_ready(false, WAIT).unwrap();
+    let agent = fixture.agent_unsynced(&node).unwrap();
     let after = agent.query("shop", "web").unwrap();
     assert!(
         count_of(&records(&after, "packet_drop", "outbound")) >= 200,
@@ -325,10 +305,9 @@ const FLOOD_RSS_BOUND_MIB: f64 = 128.0;
 
 #[test]
 fn a_minute_of_drop_and_refusal_floods_keeps_the_agent_alive_bounded_exact_and_answering() {
-    let (node, _, client, server_ip) = node_dropping(CgroupDriver::Cgroupfs, "7000").unwrap();
-    let mut agent = AgentProcess::start(&node).unwrap();
-    agent.wait_ready(true, WAIT).unwrap();
-    agent.wait_pods(2, WAIT).unwrap();
+    let fixture = NodeFixture::new().dropping_udp("7000");
+    let (node, mut agent, [server, client]) = fixture.start().unwrap();
+    let server_ip = node.pod(server).ip;
     let pid = agent.pid().unwrap();
     let secs = FLOOD.as_secs().to_string();
     let drops = node

@@ -13,8 +13,9 @@ use std::{
 
 use triage_agent_proto::v1::{self as pb, agent_service_client::AgentServiceClient};
 use triage_agent_tests::{
-    agent::{AgentProcess, count_of, records, rss_mib},
-    simnode::{CgroupDriver, SimConfig, SimNode},
+    agent::{count_of, records, rss_mib},
+    fixture::NodeFixture,
+    simnode::CgroupDriver,
 };
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -77,14 +78,11 @@ fn noise(len: usize, mut seed: u64) -> Vec<u8> {
 #[test]
 fn hostile_grpc_clients_get_errors_and_non_reading_watchers_are_cut_off_while_the_agent_stays_bounded()
  {
-    let config = SimConfig {
-        workload: env!("CARGO_BIN_EXE_sim-workload").into(),
-        driver: CgroupDriver::Cgroupfs,
-    };
-    let (node, _, web, db_ip) = SimNode::dropping_udp(config, "10000-30000").unwrap();
-    let mut agent = AgentProcess::start(&node).unwrap();
-    agent.wait_ready(true, WAIT).unwrap();
-    agent.wait_pods(2, WAIT).unwrap();
+    let (node, mut agent, [db, web]) = NodeFixture::new()
+        .dropping_udp("10000-30000")
+        .start()
+        .unwrap();
+    let db_ip = node.pod(db).ip;
     let pid = agent.pid().unwrap();
     let addr = agent.addr.clone();
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -265,17 +263,13 @@ const HOSTILE_NAME: &str = "\x1b[2J\x1b]0;x\x07\u{202e}";
 #[test]
 fn escape_sequences_longest_names_and_a_cgroup_past_path_max_are_shown_safely_and_attributed() {
     let (namespace, pod) = longest_names();
-    let mut node = SimNode::start(SimConfig {
-        workload: env!("CARGO_BIN_EXE_sim-workload").into(),
-        driver: CgroupDriver::Systemd,
-    })
-    .unwrap();
-    let server = node.add_pod(&namespace, "server").unwrap();
-    let client = node.add_pod(&namespace, &pod).unwrap();
+    let (node, mut agent, [server, client]) = NodeFixture::new()
+        .driver(CgroupDriver::Systemd)
+        .pod(&namespace, "server")
+        .pod(&namespace, &pod)
+        .start()
+        .unwrap();
     let server_ip = node.pod(server).ip;
-    let mut agent = AgentProcess::start(&node).unwrap();
-    agent.wait_ready(true, WAIT).unwrap();
-    agent.wait_pods(2, WAIT).unwrap();
 
     // 17 levels of 255-byte names below the container's cgroup: a path past PATH_MAX (4096).
     let base = node.container_cgroup_v2(client);
@@ -347,23 +341,19 @@ fn escape_sequences_longest_names_and_a_cgroup_past_path_max_are_shown_safely_an
 
 #[test]
 fn a_pod_flooding_distinct_flows_cannot_push_out_another_pods_evidence() {
-    let mut node = SimNode::start(SimConfig {
-        workload: env!("CARGO_BIN_EXE_sim-workload").into(),
-        driver: CgroupDriver::Cgroupfs,
-    })
-    .unwrap();
-    let sink = node.add_pod("attack", "sink").unwrap();
-    let noisy = node.add_pod("attack", "noisy").unwrap();
-    let quiet = node.add_pod("shop", "quiet").unwrap();
+    let fixture = NodeFixture::new()
+        .pod("attack", "sink")
+        .pod("attack", "noisy")
+        .pod("shop", "quiet")
+        // A small store: 2,000 records, so 100 per pod and 500 per namespace.
+        .agent_flags(["--store-capacity", "2000"]);
+    let (node, [sink, noisy, quiet]) = fixture.node().unwrap();
     let sink_ip = node.pod(sink).ip;
     node.nft_node(&format!(
         "table bridge sim_policy {{\n chain forward {{\n  type filter hook forward priority 0; policy accept;\n  ip daddr {sink_ip} udp dport 10000-60000 drop\n }}\n}}\n"
     ))
     .unwrap();
-    // A small store: 2,000 records, so 100 per pod and 500 per namespace.
-    let mut agent = AgentProcess::start_with(&node, &["--store-capacity", "2000"]).unwrap();
-    agent.wait_ready(true, WAIT).unwrap();
-    agent.wait_pods(3, WAIT).unwrap();
+    let mut agent = fixture.agent(&node).unwrap();
 
     // The quiet pod's evidence first: three refusals.
     node.run(quiet, &["connect", &format!("{sink_ip}:5433"), "3", "20"])

@@ -2,28 +2,12 @@
 //! fails after the initial sync (Status says "not in sync" while it lasts) and when a running
 //! watch is answered with 410 Gone (the agent re-lists and keeps attributing correctly).
 
-#![expect(
-    clippy::expect_used,
-    reason = "test scenarios panic with context; helpers shared by tests are not #[test] fns"
-)]
-
 use std::time::Duration;
 
 use serde_json::Value;
-use triage_agent_tests::{
-    agent::{AgentProcess, records},
-    simnode::{CgroupDriver, SimConfig, SimNode},
-};
+use triage_agent_tests::{agent::records, fixture::NodeFixture};
 
 const WAIT: Duration = Duration::from_secs(30);
-
-fn node() -> SimNode {
-    SimNode::start(SimConfig {
-        workload: env!("CARGO_BIN_EXE_sim-workload").into(),
-        driver: CgroupDriver::Cgroupfs,
-    })
-    .expect("simulated node")
-}
 
 fn inbound(v: &Value) -> u64 {
     records(v, "connection_refused", "inbound")
@@ -34,10 +18,7 @@ fn inbound(v: &Value) -> u64 {
 
 #[test]
 fn api_server_down_after_sync_is_shown_as_not_in_sync() {
-    let mut node = node();
-    node.add_pod("meta", "a").unwrap();
-    let mut agent = AgentProcess::start(&node).unwrap();
-    agent.wait_ready(true, WAIT).unwrap();
+    let (node, mut agent, [_a]) = NodeFixture::new().pod("meta", "a").start().unwrap();
 
     node.api.set_available(false);
     // The running watch breaks when the server goes away; the agent must stop claiming sync.
@@ -56,12 +37,11 @@ fn api_server_down_after_sync_is_shown_as_not_in_sync() {
 
 #[test]
 fn watch_answered_with_410_relists_and_attribution_stays_right() {
-    let mut node = node();
-    let server = node.add_pod("meta", "server").unwrap();
-    let client = node.add_pod("meta", "client").unwrap();
-    let mut agent = AgentProcess::start(&node).unwrap();
-    agent.wait_ready(true, WAIT).unwrap();
-    agent.wait_pods(2, WAIT).unwrap();
+    let (mut node, mut agent, [server, client]) = NodeFixture::new()
+        .pod("meta", "server")
+        .pod("meta", "client")
+        .start()
+        .unwrap();
 
     // A 410 Gone in the running watch (history compacted under it, as etcd compaction does
     // to a watcher that fell behind): the agent must re-list.

@@ -14,10 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use triage_agent_tests::{
-    agent::AgentProcess,
-    simnode::{CgroupDriver, SimConfig, SimNode},
-};
+use triage_agent_tests::fixture::NodeFixture;
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -51,20 +48,15 @@ fn sample(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]
 
 #[test]
 fn prometheus_scrapes_low_cardinality_metrics_of_a_running_agent() {
-    let mut node = SimNode::start(SimConfig {
-        workload: env!("CARGO_BIN_EXE_sim-workload").into(),
-        driver: CgroupDriver::Cgroupfs,
-    })
-    .unwrap();
-    let server = node.add_pod("shop", "db").unwrap();
-    let client = node.add_pod("shop", "web").unwrap();
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("evidence.db");
-    let mut agent =
-        AgentProcess::start_with(&node, &["--store-path", store.to_str().unwrap()]).unwrap();
+    let (node, mut agent, [server, client]) = NodeFixture::new()
+        .pod("shop", "db")
+        .pod("shop", "web")
+        .agent_flags(["--store-path", store.to_str().unwrap()])
+        .start()
+        .unwrap();
     let metrics = agent.metrics.clone();
-    agent.wait_ready(true, WAIT).unwrap();
-    agent.wait_pods(2, WAIT).unwrap();
     let dst = format!("{}:5433", node.pod(server).ip);
     node.run(client, &["connect", &dst, "3", "10"]).unwrap();
 

@@ -31,7 +31,8 @@ use triage_agent_proto::opentelemetry::proto::{
 };
 use triage_agent_tests::{
     agent::{AgentProcess, agent_binary, free_port, records},
-    simnode::{CgroupDriver, SimConfig, SimNode},
+    fixture::NodeFixture,
+    simnode::CgroupDriver,
 };
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -182,28 +183,20 @@ fn metric(text: &str, line_start: &str) -> f64 {
 #[test]
 fn refusals_are_exported_as_otlp_logs_with_kubernetes_attributes() {
     let (receiver, addr, _rt) = start_receiver("127.0.0.1:0");
-    let mut node = SimNode::start(SimConfig {
-        workload: env!("CARGO_BIN_EXE_sim-workload").into(),
-        driver: CgroupDriver::Cgroupfs,
-    })
-    .expect("simulated node");
-    let server = node.add_pod("shop", "db").unwrap();
-    let client = node.add_pod("shop", "web").unwrap();
-    node.start_process(server, &["listen", "5432"]).unwrap();
     let endpoint = format!("http://{addr}");
-    let mut agent = AgentProcess::start_with_env(
-        &node,
-        &[],
-        &[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+    let fixture = NodeFixture::new()
+        .pod("shop", "db")
+        .pod("shop", "web")
+        .agent_env([
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
             ("OTEL_EXPORTER_OTLP_HEADERS", "x-tenant=team%20a"),
             ("OTEL_RESOURCE_ATTRIBUTES", "k8s.cluster.name=sim"),
             ("OTEL_BLRP_SCHEDULE_DELAY", "200"),
-        ],
-    )
-    .unwrap();
-    agent.wait_ready(true, WAIT).unwrap();
+        ]);
+    let (mut node, [server, client]) = fixture.node().unwrap();
+    node.start_process(server, &["listen", "5432"]).unwrap();
+    let mut agent = fixture.agent(&node).unwrap();
 
     let dst = format!("{}:5433", node.pod(server).ip);
     node.run(client, &["connect", &dst, "3", "50"]).unwrap();
@@ -304,28 +297,21 @@ fn refusals_are_exported_as_otlp_logs_with_kubernetes_attributes() {
 #[test]
 fn collector_down_at_start_then_up_gets_the_records() {
     let addr = format!("127.0.0.1:{}", free_port().unwrap());
-    let mut node = SimNode::start(SimConfig {
-        workload: env!("CARGO_BIN_EXE_sim-workload").into(),
-        driver: CgroupDriver::Systemd,
-    })
-    .expect("simulated node");
-    let server = node.add_pod("data", "db").unwrap();
-    let client = node.add_pod("data", "api").unwrap();
-    node.start_process(server, &["listen", "5432"]).unwrap();
     let endpoint = format!("http://{addr}");
-    let mut agent = AgentProcess::start_with_env(
-        &node,
-        &[],
-        &[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+    let fixture = NodeFixture::new()
+        .driver(CgroupDriver::Systemd)
+        .pod("data", "db")
+        .pod("data", "api")
+        .agent_env([
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
             ("OTEL_EXPORTER_OTLP_TIMEOUT", "1000"),
             ("OTEL_BLRP_SCHEDULE_DELAY", "100"),
             // Retried for a minute: longer than the test keeps the collector down.
             ("OTEL_BLRP_EXPORT_TIMEOUT", "60000"),
-        ],
-    )
-    .unwrap();
-    agent.wait_ready(true, WAIT).unwrap();
+        ]);
+    let (mut node, [server, client]) = fixture.node().unwrap();
+    node.start_process(server, &["listen", "5432"]).unwrap();
+    let mut agent = fixture.agent(&node).unwrap();
     let dst = format!("{}:5433", node.pod(server).ip);
     node.run(client, &["connect", &dst, "3", "50"]).unwrap();
 

@@ -6,28 +6,20 @@
 
 use std::time::Duration;
 
-use triage_agent_tests::{
-    agent::{AgentProcess, records},
-    simnode::{CgroupDriver, SimConfig, SimNode},
-};
+use triage_agent_tests::{agent::records, fixture::NodeFixture};
 
 const WAIT: Duration = Duration::from_secs(20);
 
 #[test]
 fn evidence_committed_before_a_kill_9_is_answered_after_the_restart() {
-    let mut node = SimNode::start(SimConfig {
-        workload: env!("CARGO_BIN_EXE_sim-workload").into(),
-        driver: CgroupDriver::Cgroupfs,
-    })
-    .unwrap();
-    let server = node.add_pod("shop", "db").unwrap();
-    let client = node.add_pod("shop", "web").unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("evidence.db");
     let path_arg = path.to_str().unwrap();
-    let mut agent = AgentProcess::start_with(&node, &["--store-path", path_arg]).unwrap();
-    agent.wait_ready(true, WAIT).unwrap();
-    agent.wait_pods(2, WAIT).unwrap();
+    let fixture = NodeFixture::new()
+        .pod("shop", "db")
+        .pod("shop", "web")
+        .agent_flags(["--store-path", path_arg]);
+    let (node, mut agent, [server, client]) = fixture.start().unwrap();
     let (code, body) = agent.http_get("/readyz").unwrap();
     assert_eq!(code, 200, "{body}");
     assert_eq!(agent.http_get("/healthz").unwrap().0, 200);
@@ -58,8 +50,9 @@ fn evidence_committed_before_a_kill_9_is_answered_after_the_restart() {
     assert!(status["store_disk"]["error"].is_null(), "{status}");
 
     agent.kill9().unwrap();
-    let mut agent = AgentProcess::start_with(&node, &["--store-path", path_arg]).unwrap();
-    let status = agent.wait_ready(false, WAIT).unwrap();
+    // Started again on the same file, without waiting for the pod list.
+    let agent = fixture.agent_unsynced(&node).unwrap();
+    let status = agent.status().unwrap();
     assert!(
         status["store_disk"]["restored"].as_u64().unwrap() >= 2,
         "client and server records: {status}"
@@ -88,8 +81,7 @@ fn evidence_committed_before_a_kill_9_is_answered_after_the_restart() {
         .unwrap();
 
     // A second agent on the same file: refused the file, says so, not ready; still observes.
-    let mut second = AgentProcess::start_with(&node, &["--store-path", path_arg]).unwrap();
-    second.wait_ready(false, WAIT).unwrap();
+    let second = fixture.agent_unsynced(&node).unwrap();
     let status = second
         .status_until(WAIT, |s| s["store_disk"]["error"].is_string())
         .unwrap();

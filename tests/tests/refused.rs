@@ -4,7 +4,6 @@
 
 #![expect(
     clippy::unwrap_used,
-    clippy::expect_used,
     clippy::indexing_slicing,
     reason = "test scenarios panic with context; helpers shared by tests are not #[test] fns"
 )]
@@ -12,19 +11,12 @@
 use std::time::Duration;
 
 use triage_agent_tests::{
-    agent::{AgentProcess, count_of, records},
-    simnode::{CgroupDriver, SimConfig, SimNode},
+    agent::{count_of, records},
+    fixture::NodeFixture,
+    simnode::CgroupDriver,
 };
 
 const WAIT: Duration = Duration::from_secs(20);
-
-fn node(driver: CgroupDriver) -> SimNode {
-    SimNode::start(SimConfig {
-        workload: env!("CARGO_BIN_EXE_sim-workload").into(),
-        driver,
-    })
-    .expect("simulated node")
-}
 
 fn refused_count(out: &std::process::Output) -> usize {
     String::from_utf8_lossy(&out.stdout)
@@ -34,13 +26,15 @@ fn refused_count(out: &std::process::Output) -> usize {
 }
 
 fn both_sides_of_a_refusal(driver: CgroupDriver) {
-    let mut node = node(driver);
-    let server = node.add_pod("shop", "db").unwrap();
-    let client = node.add_pod("shop", "web").unwrap();
+    let fixture = NodeFixture::new()
+        .driver(driver)
+        .pod("shop", "db")
+        .pod("shop", "web");
+    let (mut node, [server, client]) = fixture.node().unwrap();
     // The server listens on 5432, the client is configured for 5433: nothing listens there.
     node.start_process(server, &["listen", "5432"]).unwrap();
-    let mut agent = AgentProcess::start(&node).unwrap();
-    let status = agent.wait_ready(true, WAIT).unwrap();
+    let mut agent = fixture.agent(&node).unwrap();
+    let status = agent.status().unwrap();
     assert!(
         status["probes"]
             .as_array()
@@ -146,11 +140,11 @@ fn refusal_attributed_to_both_pods_systemd_driver() {
 
 #[test]
 fn reused_ip_goes_to_the_new_pod() {
-    let mut node = node(CgroupDriver::Cgroupfs);
-    let old = node.add_pod("team", "old").unwrap();
-    let client = node.add_pod("team", "client").unwrap();
-    let mut agent = AgentProcess::start(&node).unwrap();
-    agent.wait_ready(true, WAIT).unwrap();
+    let (mut node, agent, [old, client]) = NodeFixture::new()
+        .pod("team", "old")
+        .pod("team", "client")
+        .start()
+        .unwrap();
     let ip = node.pod(old).ip;
     let dst = format!("{ip}:8080");
     let out = node.run(client, &["connect", &dst, "2", "20"]).unwrap();
@@ -201,12 +195,11 @@ fn reused_ip_goes_to_the_new_pod() {
 
 #[test]
 fn api_server_down_at_start_then_events_attributed_when_it_returns() {
-    let mut node = node(CgroupDriver::Cgroupfs);
-    let server = node.add_pod("ops", "target").unwrap();
-    let client = node.add_pod("ops", "caller").unwrap();
+    let fixture = NodeFixture::new().pod("ops", "target").pod("ops", "caller");
+    let (node, [server, client]) = fixture.node().unwrap();
     node.api.set_available(false);
-    let mut agent = AgentProcess::start(&node).unwrap();
-    let status = agent.wait_ready(false, WAIT).unwrap();
+    let agent = fixture.agent_unsynced(&node).unwrap();
+    let status = agent.status().unwrap();
     assert_eq!(status["metadata"]["synced"], false);
 
     let dst = format!("{}:9999", node.pod(server).ip);

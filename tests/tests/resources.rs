@@ -5,7 +5,6 @@
 
 #![expect(
     clippy::unwrap_used,
-    clippy::expect_used,
     clippy::indexing_slicing,
     reason = "test scenarios panic with context; helpers shared by tests are not #[test] fns"
 )]
@@ -13,39 +12,18 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use triage_agent_tests::{
-    agent::AgentProcess,
-    simnode::{CgroupDriver, SimConfig, SimNode},
-};
+use triage_agent_tests::{agent::AgentProcess, fixture::NodeFixture, simnode::CgroupDriver};
 
 const WAIT: Duration = Duration::from_secs(30);
 const LIMIT: u64 = 64 << 20;
 
-fn node(driver: CgroupDriver) -> SimNode {
-    SimNode::start(SimConfig {
-        workload: env!("CARGO_BIN_EXE_sim-workload").into(),
-        driver,
-    })
-    .expect("simulated node")
-}
-
-/// The agent, sampling every second, reporting any throttled period.
-fn agent(node: &SimNode) -> AgentProcess {
-    let root = format!("/{}", node.cgroup_base().display());
-    let mut agent = AgentProcess::start_with(
-        node,
-        &[
-            "--kubelet-cgroup-root",
-            &root,
-            "--sample-interval",
-            "1s",
-            "--throttle-threshold",
-            "1",
-        ],
-    )
-    .unwrap();
-    agent.wait_ready(true, WAIT).unwrap();
-    agent
+/// A node with the `driver`, and the agent on it sampling its pods' cgroups every second,
+/// reporting any throttled period.
+fn sampling_fixture(driver: CgroupDriver) -> NodeFixture {
+    NodeFixture::new()
+        .driver(driver)
+        .kubelet_cgroup_root()
+        .agent_flags(["--sample-interval", "1s", "--throttle-threshold", "1"])
 }
 
 fn of_kind<'a>(answer: &'a Value, kind: &str) -> Vec<&'a Value> {
@@ -72,14 +50,15 @@ fn wait_sampled(agent: &AgentProcess, n: u64) -> Value {
 
 #[test]
 fn oom_kills_of_a_child_and_of_a_main_process() {
-    let mut node = node(CgroupDriver::Cgroupfs);
-    let worker = node.add_pod("shop", "worker").unwrap();
-    let hog = node.add_pod("shop", "hog").unwrap();
-    let idle = node.add_pod("shop", "idle").unwrap();
+    let fixture = sampling_fixture(CgroupDriver::Cgroupfs)
+        .pod("shop", "worker")
+        .pod("shop", "hog")
+        .pod("shop", "idle");
+    let (node, [worker, hog, idle]) = fixture.node().unwrap();
     for pod in [worker, hog] {
         node.set_memory_limit(pod, LIMIT).unwrap();
     }
-    let agent = agent(&node);
+    let agent = fixture.agent(&node).unwrap();
     let status = wait_sampled(&agent, 3);
     let oom_source = status["resources"]
         .as_array()
@@ -170,13 +149,14 @@ fn oom_kills_of_a_child_and_of_a_main_process() {
 }
 
 fn throttling_then_deletion(driver: CgroupDriver) {
-    let mut node = node(driver);
-    let busy = node.add_pod("web", "busy").unwrap();
-    let idle = node.add_pod("web", "idle").unwrap();
-    let doomed = node.add_pod("web", "doomed").unwrap();
+    let fixture = sampling_fixture(driver)
+        .pod("web", "busy")
+        .pod("web", "idle")
+        .pod("web", "doomed");
+    let (mut node, [busy, idle, doomed]) = fixture.node().unwrap();
     // 0.1 core: 10 ms per 100 ms period.
     node.set_cpu_quota(busy, 10_000, 100_000).unwrap();
-    let agent = agent(&node);
+    let agent = fixture.agent(&node).unwrap();
     wait_sampled(&agent, 3);
     node.start_process(busy, &["spin", "60"]).unwrap();
     node.start_process(doomed, &["spin", "60"]).unwrap();

@@ -1,15 +1,25 @@
 //! The simulated node's cgroups on either layout: a hybrid host (v1 memory, cpu and pids
 //! hierarchies beside a controller-less cgroup2) or pure cgroup2, where the controllers pods
-//! need are enabled down to them.
+//! need are enabled down to them. Pods' directories follow kubelet's layout for either cgroup
+//! driver; their limits are written in whichever of the v1 and v2 files exist.
 
 use std::{
     fs,
     path::{Path, PathBuf},
 };
 
-use anyhow::Context as _;
+use anyhow::{Context as _, ensure};
 
-use super::note;
+use super::{NodeNet, SimNode, SimPod, note};
+
+/// Which kubelet cgroup driver the simulated pods' cgroups imitate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CgroupDriver {
+    /// `kubepods/besteffort/pod<uid>/<container-id>`
+    Cgroupfs,
+    /// `kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod<uid_>.slice/cri-containerd-<id>.scope`
+    Systemd,
+}
 
 /// The cgroup2 mount and the v1 hierarchies (hybrid hosts) that pods get a cgroup in.
 pub(super) fn cgroup_mounts() -> anyhow::Result<(PathBuf, Vec<PathBuf>)> {
@@ -36,7 +46,7 @@ const V2_CONTROLLERS: [&str; 3] = ["memory", "cpu", "pids"];
 /// `cpu.max`). On a hybrid host cgroup2 offers none (they are bound to v1): nothing is
 /// written. A controller that cannot be enabled is reported, not fatal: the pods work without
 /// it and a limit written later says which file is missing.
-pub(super) fn enable_v2_controllers(root: &Path, dir: &Path) {
+fn enable_v2_controllers(root: &Path, dir: &Path) {
     let mut at = root.to_path_buf();
     let mut steps = vec![at.clone()];
     for part in dir.components() {
@@ -61,7 +71,7 @@ pub(super) fn enable_v2_controllers(root: &Path, dir: &Path) {
 /// Kills the processes still in the cgroup `rel` below `root` and waits (up to 2 s) until they
 /// are gone, so it can be removed. Never touches `root` itself (an empty `rel`, a pod whose
 /// creation failed before its cgroup was named).
-pub(super) fn empty_cgroup(root: &Path, rel: &Path) {
+fn empty_cgroup(root: &Path, rel: &Path) {
     if rel.as_os_str().is_empty() || rel.is_absolute() {
         return;
     }
@@ -99,7 +109,7 @@ pub(super) fn remove_cgroup_tree(dir: &Path) {
 
 /// Writes each `(file, value)` that exists in the cgroup `rel` of any of `roots`, in order;
 /// returns the files written.
-pub(super) fn write_existing(
+fn write_existing(
     roots: &[PathBuf],
     rel: &Path,
     files: &[(&str, &str)],
@@ -116,4 +126,126 @@ pub(super) fn write_existing(
         }
     }
     Ok(written)
+}
+
+/// The pod's cgroup and its container's, in kubelet's layout for the node's driver, in every
+/// hierarchy; cgroup2's controllers are enabled down to the pod, so its container has limit
+/// files. The directories (relative to each hierarchy root) are the pod's once all exist.
+pub(super) fn create_pod_cgroups(node: &NodeNet<'_>, pod: &mut SimPod) -> anyhow::Result<()> {
+    let uid_ = pod.uid.replace('-', "_");
+    let (pod_dir, container_dir) = match node.driver {
+        CgroupDriver::Cgroupfs => {
+            let p = node
+                .cgroup_base
+                .join("kubepods/besteffort")
+                .join(format!("pod{}", pod.uid));
+            let c = p.join(&pod.container_id);
+            (p, c)
+        }
+        CgroupDriver::Systemd => {
+            let p = node
+                .cgroup_base
+                .join("kubepods.slice/kubepods-besteffort.slice")
+                .join(format!("kubepods-besteffort-pod{uid_}.slice"));
+            let c = p.join(format!("cri-containerd-{}.scope", pod.container_id));
+            (p, c)
+        }
+    };
+    for (i, root) in node.hierarchies.iter().enumerate() {
+        fs::create_dir_all(root.join(&container_dir))
+            .with_context(|| format!("creating cgroup {}", root.join(&container_dir).display()))?;
+        if i == 0 {
+            // cgroup2: controllers down to the pod, so its container has limit files.
+            enable_v2_controllers(root, &pod_dir);
+        }
+    }
+    pod.pod_cgroup = pod_dir;
+    pod.container_cgroup = container_dir;
+    Ok(())
+}
+
+/// Removes the pod's cgroups from every hierarchy, after killing what its processes left
+/// behind there (a worker child of a killed parent).
+pub(super) fn remove_pod_cgroups(node: &NodeNet<'_>, pod: &SimPod) {
+    for root in node.hierarchies {
+        empty_cgroup(root, &pod.container_cgroup);
+        let _ = fs::remove_dir(root.join(&pod.container_cgroup));
+        let _ = fs::remove_dir(root.join(&pod.pod_cgroup));
+    }
+}
+
+impl SimNode {
+    /// kubelet's cgroup root of this node (the parent of `kubepods`), for `--kubelet-cgroup-root`.
+    pub fn cgroup_base(&self) -> &Path {
+        &self.cgroup_base
+    }
+
+    /// The directory of a pod's container cgroup in the cgroup v2 hierarchy (the one whose ids
+    /// the kernel's programs report).
+    pub fn container_cgroup_v2(&self, index: usize) -> PathBuf {
+        self.hierarchies[0].join(&self.pods[index].container_cgroup)
+    }
+
+    /// Writes a cgroup file of a pod's container in every hierarchy that has it (e.g.
+    /// `memory.limit_in_bytes` on v1, `memory.max` on v2); fails when none has it.
+    pub fn cgroup_write(&self, index: usize, file: &str, value: &str) -> anyhow::Result<()> {
+        let pod = &self.pods[index];
+        let mut written = 0;
+        for root in &self.hierarchies {
+            let path = root.join(&pod.container_cgroup).join(file);
+            if path.exists() {
+                fs::write(&path, value).with_context(|| format!("writing {}", path.display()))?;
+                written += 1;
+            }
+        }
+        ensure!(written > 0, "no hierarchy has {file}");
+        Ok(())
+    }
+
+    /// Limits the memory of a pod's container: v2 `memory.max` and v1
+    /// `memory.limit_in_bytes`, whichever exist. Returns the files written.
+    pub fn set_memory_limit(&self, index: usize, bytes: u64) -> anyhow::Result<Vec<PathBuf>> {
+        let value = bytes.to_string();
+        self.write_limit(
+            index,
+            &[("memory.max", &value), ("memory.limit_in_bytes", &value)],
+        )
+    }
+
+    /// Limits the CPU of a pod's container to `quota_us` per `period_us`: v2 `cpu.max`, v1
+    /// `cpu.cfs_period_us` and `cpu.cfs_quota_us`, whichever exist. Returns the files written.
+    pub fn set_cpu_quota(
+        &self,
+        index: usize,
+        quota_us: u64,
+        period_us: u64,
+    ) -> anyhow::Result<Vec<PathBuf>> {
+        let (quota, period) = (quota_us.to_string(), period_us.to_string());
+        let max = format!("{quota} {period}");
+        self.write_limit(
+            index,
+            &[
+                ("cpu.max", &max),
+                // The period first: a quota is checked against the period in place.
+                ("cpu.cfs_period_us", &period),
+                ("cpu.cfs_quota_us", &quota),
+            ],
+        )
+    }
+
+    /// Writes each `(file, value)` that exists in the container's cgroup of any hierarchy, in
+    /// order; fails when none exists (the controller is enabled nowhere for this cgroup).
+    fn write_limit(&self, index: usize, files: &[(&str, &str)]) -> anyhow::Result<Vec<PathBuf>> {
+        let pod = &self.pods[index];
+        ensure!(!pod.netns.is_empty(), "pod was deleted");
+        let written = write_existing(&self.hierarchies, &pod.container_cgroup, files)?;
+        ensure!(
+            !written.is_empty(),
+            "no cgroup of {}/{} has any of {} (controller not enabled for it)",
+            pod.namespace,
+            pod.name,
+            files.iter().map(|(f, _)| *f).collect::<Vec<_>>().join(", ")
+        );
+        Ok(written)
+    }
 }

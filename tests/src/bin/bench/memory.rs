@@ -1,0 +1,131 @@
+//! The memory scenario: the agent's RSS with 1,000 pods of metadata and 100,000 records.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use triage_agent_tests::{agent::AgentProcess, simnode::SimNode};
+
+use crate::{
+    measure::{cpu_and_rss, nonzero_losses, quick},
+    results,
+};
+
+/// Pods known only as metadata in the memory scenario, beside the node's real ones: 1,000 in
+/// all (each with a container), as a busy node has.
+const MEMORY_PODS: u64 = 1000;
+
+/// Agent RSS with 1,000 pods of metadata and 100,000 records: one dropped UDP packet to each
+/// of 50,000 ports is a record on the sender and one on the receiver.
+pub fn run(node: &mut SimNode, source: usize, sink: usize) -> anyhow::Result<()> {
+    use triage_agent_tests::apiserver::{PodFixture, pod_object};
+
+    let sink_ip = node.pod(sink).ip;
+    node.nft_node(&format!(
+        "table bridge bench_sweep {{\n chain forward {{\n  type filter hook forward priority 0; policy accept;\n  ip daddr {sink_ip} udp dport 10000-60000 drop\n }}\n}}\n"
+    ))?;
+    let extra = MEMORY_PODS.saturating_sub(node.live_pods());
+    let names: Vec<(String, String, String)> = (0..extra)
+        .map(|i| {
+            (
+                format!("meta-{i:04}"),
+                format!("6d657461-0000-4000-8000-{i:012x}"),
+                format!("{i:064x}"),
+            )
+        })
+        .collect();
+    for (i, (name, uid, container_id)) in names.iter().enumerate() {
+        let ip = std::net::Ipv4Addr::new(10, 250, (i / 250) as u8, (i % 250 + 1) as u8);
+        node.api.apply_pod(pod_object(&PodFixture {
+            namespace: "bench-meta",
+            name,
+            uid,
+            node: &node.name,
+            pod_ip: Some(ip.into()),
+            host_ip: Some(node.node_ip().into()),
+            host_network: false,
+            qos_class: "Burstable",
+            containers: &[("app", container_id)],
+        }));
+    }
+    let result = memory_with(node, source, sink_ip, extra);
+    for (name, _, _) in &names {
+        node.api.delete_pod("bench-meta", name);
+    }
+    result
+}
+
+fn memory_with(
+    node: &SimNode,
+    source: usize,
+    sink_ip: std::net::Ipv4Addr,
+    extra: u64,
+) -> anyhow::Result<()> {
+    let mut agent = AgentProcess::start_with(
+        node,
+        &[
+            "--store-capacity",
+            "100000",
+            "--store-pod-quota",
+            "100000",
+            "--store-namespace-quota",
+            "100000",
+        ],
+    )?;
+    agent.wait_ready(true, Duration::from_secs(20))?;
+    let pods = node.live_pods() + extra;
+    agent.wait_pods(pods, Duration::from_secs(30))?;
+    let pid = agent.pid().context("agent pid")?;
+    let (_, before) = cpu_and_rss(pid)?;
+    let (ports, halves) = if quick() {
+        (2_000u16, [(10000u16, 10999u16), (11000, 11999)])
+    } else {
+        (50_000, [(10000, 34999), (35000, 59999)])
+    };
+    for (from, to) in halves {
+        node.run(
+            source,
+            &[
+                "udp-sweep",
+                &sink_ip.to_string(),
+                &from.to_string(),
+                &to.to_string(),
+            ],
+        )?;
+    }
+    let want = u64::from(ports) * 2;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let records = loop {
+        let s = agent.status()?;
+        let n = s["store_records"].as_u64().unwrap_or(0);
+        if n >= want || Instant::now() > deadline {
+            break n;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let (_, after) = cpu_and_rss(pid)?;
+    let status = agent.status()?;
+    let per_record = (after - before) * 1024.0 * 1024.0 / (records.max(1) as f64);
+    println!("\nmemory: {pods} pods of metadata, {records} records in the store");
+    println!(
+        "  agent RSS {after:.1} MiB ({before:.1} MiB with the pods, before the records; goal \
+         <= 64 MiB); {per_record:.0} bytes per record"
+    );
+    let losses = nonzero_losses(&status).unwrap_or_else(|| "none".to_owned());
+    println!("  losses: {losses}");
+    agent.stop()?;
+    results::add(results::Row {
+        scenario: format!(
+            "memory: agent RSS with {} pods of metadata and {} records",
+            results::thousands(pods as f64),
+            results::thousands(records as f64)
+        ),
+        ours: format!("{after:.1} MiB"),
+        peers: "-".to_owned(),
+        goal: "<= 64 MiB".to_owned(),
+        spread: format!(
+            "{before:.1} MiB with the pods and no records; {per_record:.0} bytes per record; \
+             bounded by --store-capacity (records) and the node's pods; losses: {losses}"
+        ),
+    });
+    Ok(())
+}
