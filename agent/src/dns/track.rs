@@ -24,7 +24,6 @@
 //!   the cgroup (or of the cgroup holding most) makes room, counted as
 //!   [`Loss::DnsInflightEvicted`].
 
-use crate::probes::dns_repeats::{RepeatChange, RepeatKey, Repeated};
 use std::{
     collections::{HashMap, VecDeque},
     net::{IpAddr, SocketAddr},
@@ -40,6 +39,7 @@ use crate::{
     event::{Finding, Tally},
     evidence::{DnsLookups, DnsOutcome, Protocol},
     loss::{Counters, Loss},
+    probes::dns_repeats::{RepeatChange, RepeatKey},
 };
 
 /// How long NXDOMAIN answers wait for the rest of their search sequence (after the latest one,
@@ -55,9 +55,6 @@ pub const NX_REPEATS_TO_COUNT: u64 = 64;
 /// held longest settles at once (a flood of distinct missing names; a search walk tries a
 /// handful).
 pub const HELD_NAMES_MAX: usize = 256;
-
-/// Drain intervals a failure may go without repeats before the kernel stops counting it.
-const REPEAT_IDLE_DRAINS: u32 = 60;
 
 /// rcode values, as the DNS library defines them (its names are what records show).
 const NOERROR: u8 = Rcode::NOERROR.to_int();
@@ -448,250 +445,18 @@ impl Tracker {
     /// lookup. A name answered NXDOMAIN [`NX_REPEATS_TO_COUNT`] times (one by one, not
     /// `from_kernel`) with nothing folding it is a flood of a missing name: its repeats are
     /// counted in the kernel from then on. Returns what settles to make room.
-    fn hold_nx(&mut self, nx: HeldNx, from_kernel: bool) -> Vec<Finding> {
-        let group = self
-            .search
-            .entry((nx.key.cgroup, nx.key.client.ip()))
-            .or_default();
-        group.last_ns = group.last_ns.max(nx.at_ns);
-        let mut out = Vec::new();
-        if group.held.len() >= HELD_NAMES_MAX
-            && !group.held.iter().any(|h| h.same_lookup(&nx))
-            && let Some(oldest) = group
-                .held
-                .iter()
-                .enumerate()
-                .min_by_key(|(_, h)| h.first_ns)
-                .map(|(i, _)| i)
-        {
-            out = nxdomain_findings(vec![group.held.swap_remove(oldest)]);
-        }
-        let merged = match group.held.iter_mut().find(|h| h.same_lookup(&nx)) {
-            Some(h) => {
-                h.count = h.count.saturating_add(nx.count);
-                h.first_ns = h.first_ns.min(nx.first_ns);
-                if nx.at_ns >= h.at_ns {
-                    h.at_ns = nx.at_ns;
-                    h.latency_ns = nx.latency_ns;
-                }
-                h.repeat = h.repeat.or(nx.repeat);
-                h.clone()
-            }
-            None => {
-                group.held.push(nx.clone());
-                nx
-            }
-        };
-        if !from_kernel
-            && merged.count >= NX_REPEATS_TO_COUNT
-            && let Some(repeat) = merged.repeat
-        {
-            self.count_in_kernel(repeat, &merged.key, merged.protocol);
-        }
-        out
-    }
-
     /// An answered name: the kernel stops counting NXDOMAINs of its client that are its
     /// expansions (they are a search walk's, and must come up to be folded).
-    fn stop_expansions_of(&mut self, answered: &Key) {
-        let Some(keys) = self.nx_known.get(&answered.cgroup) else {
-            return;
-        };
-        let expansions: Vec<RepeatKey> = keys
-            .iter()
-            .filter(|r| {
-                self.known.get(r).is_some_and(|k| {
-                    !k.stopping
-                        && k.key.client.ip() == answered.client.ip()
-                        && expansion_of(&k.key.qname, &answered.qname)
-                })
-            })
-            .copied()
-            .collect();
-        for repeat in expansions {
-            self.stop_in_kernel(repeat);
-        }
-    }
-
     /// Asks the kernel to count this failure's repeats (once; within [`KNOWN_MAX`]).
-    fn count_in_kernel(&mut self, repeat: RepeatKey, key: &Key, protocol: Protocol) {
-        if let Some(k) = self.known.get_mut(&repeat) {
-            if k.stopping {
-                k.stopping = false;
-                k.idle = 0;
-                self.changes.push(RepeatChange::Count(repeat));
-            }
-            return;
-        }
-        if self.known.len() >= KNOWN_MAX {
-            return;
-        }
-        self.known.insert(
-            repeat,
-            Known {
-                key: key.clone(),
-                protocol,
-                idle: 0,
-                stopping: false,
-            },
-        );
-        if repeat.rcode == NXDOMAIN {
-            self.nx_known.entry(repeat.cgroup).or_default().push(repeat);
-        }
-        self.changes.push(RepeatChange::Count(repeat));
-    }
-
     /// Stops counting a failure's repeats in the kernel: they are part of search walks.
-    fn stop_in_kernel(&mut self, repeat: RepeatKey) {
-        if let Some(k) = self.known.get_mut(&repeat)
-            && !k.stopping
-        {
-            k.stopping = true;
-            k.idle = 0;
-            self.changes.push(RepeatChange::Stop(repeat));
-        }
-    }
-
     /// Changes for the kernel's repeat counting since the last call, in order.
-    pub fn take_repeat_changes(&mut self) -> Vec<RepeatChange> {
-        std::mem::take(&mut self.changes)
-    }
-
     /// Repeats of a reported failure the kernel counted in one drain interval: they join the
     /// pod's counters and its evidence as if each had come up alone.
-    pub fn repeated_in_kernel(&mut self, r: Repeated) -> Vec<Finding> {
-        let Repeated {
-            key: repeat,
-            count,
-            latency_sum,
-            latency_max,
-            first_ns,
-            last_ns,
-        } = r;
-        let Some(known) = self.known.get_mut(&repeat) else {
-            self.counters.add(Loss::DnsRepeatsLost, count);
-            return Vec::new();
-        };
-        self.counters.add_dns_kernel_lookups(count);
-        // Counted before the kernel stopped: from then on they come up one by one.
-        let stopping = known.stopping;
-        if !stopping {
-            known.idle = 0;
-        }
-        let (key, protocol) = (known.key.clone(), known.protocol);
-        let mean = latency_sum / u32::try_from(count.max(1)).unwrap_or(u32::MAX);
-        {
-            let t = self.tally(key.cgroup, key.client.ip());
-            t.failed = t.failed.saturating_add(count);
-            add_lookups(t, count, latency_sum, latency_max);
-        }
-        let outcome = match repeat.rcode {
-            NXDOMAIN => {
-                return self.hold_nx(
-                    HeldNx {
-                        key,
-                        first_ns,
-                        at_ns: last_ns,
-                        latency_ns: crate::kernel::ns(mean),
-                        protocol,
-                        count,
-                        repeat: (!stopping).then_some(repeat),
-                    },
-                    true,
-                );
-            }
-            SERVFAIL => DnsOutcome::Servfail,
-            REFUSED => DnsOutcome::Refused,
-            _ => DnsOutcome::Error,
-        };
-        vec![Finding {
-            outcome,
-            at_ns: last_ns,
-            first_ns,
-            cgroup_id: key.cgroup,
-            client: key.client,
-            server: key.server,
-            protocol,
-            query: key.qname.clone(),
-            qtype: key.qtype,
-            rcode: Some(repeat.rcode),
-            latency: Some(mean),
-            reached_server: None,
-            server_answered: false,
-            server_cgroup: None,
-            search_nxdomains: 0,
-            count,
-        }]
-    }
-
     /// Once per drain interval, after the kernel's repeats: failures without repeats for
     /// [`REPEAT_IDLE_DRAINS`] intervals stop being counted there, and stopped ones are
     /// forgotten once nothing counted before the stop can still arrive.
-    pub fn age_repeats(&mut self) {
-        let mut forget = Vec::new();
-        for (repeat, k) in &mut self.known {
-            k.idle = k.idle.saturating_add(1);
-            if k.stopping {
-                // Two drains: the generation counting when it stopped, and the one after.
-                if k.idle > 2 {
-                    forget.push(*repeat);
-                }
-            } else if k.idle > REPEAT_IDLE_DRAINS {
-                k.stopping = true;
-                k.idle = 0;
-                self.changes.push(RepeatChange::Stop(*repeat));
-            }
-        }
-        for repeat in forget {
-            self.known.remove(&repeat);
-            if let Some(keys) = self.nx_known.get_mut(&repeat.cgroup) {
-                keys.retain(|k| *k != repeat);
-                if keys.is_empty() {
-                    self.nx_known.remove(&repeat.cgroup);
-                }
-            }
-        }
-    }
-
     /// An answered name ends the search sequence of its client: its held NXDOMAINs for related
     /// names become one `search_expansion` finding.
-    fn fold_search(&mut self, answered: &Key, at_ns: u64, protocol: Protocol) -> Option<Finding> {
-        let group_key = (answered.cgroup, answered.client.ip());
-        let group = self.search.get_mut(&group_key)?;
-        let (related, rest): (Vec<HeldNx>, Vec<HeldNx>) = group
-            .held
-            .drain(..)
-            .partition(|h| expansion_of(&h.key.qname, &answered.qname));
-        group.held = rest;
-        if group.held.is_empty() {
-            self.search.remove(&group_key);
-        }
-        // Search expansions: each must come up to be folded.
-        for repeat in related.iter().filter_map(|h| h.repeat) {
-            self.stop_in_kernel(repeat);
-        }
-        let first_ns = related.iter().map(|h| h.first_ns).min()?;
-        let folded: u64 = related.iter().map(|h| h.count).sum();
-        Some(Finding {
-            outcome: DnsOutcome::SearchExpansion,
-            at_ns,
-            first_ns,
-            cgroup_id: answered.cgroup,
-            client: answered.client,
-            server: answered.server,
-            protocol,
-            query: answered.qname.clone(),
-            qtype: answered.qtype,
-            rcode: Some(NOERROR),
-            latency: Some(Duration::from_nanos(at_ns.saturating_sub(first_ns))),
-            reached_server: None,
-            server_answered: false,
-            server_cgroup: None,
-            search_nxdomains: u32::try_from(folded).unwrap_or(u32::MAX),
-            count: 1,
-        })
-    }
-
     /// Periodic: timeouts and settled search groups. `now_ns`: CLOCK_BOOTTIME now.
     pub fn tick(&mut self, now_ns: u64) -> Vec<Finding> {
         let mut out = Vec::new();
@@ -839,103 +604,9 @@ fn question_hash(c: &Captured<'_>) -> u64 {
     dns_question_hash(c.payload, &server, c.dst.port(), family)
 }
 
-/// The labels of a name, lowercased comparison left to the caller.
-fn labels(name: &str) -> Vec<&str> {
-    name.split('.').filter(|l| !l.is_empty()).collect()
-}
+mod repeats;
+mod search;
 
-/// Whether `nx` is a search expansion related to `answered`: after their common leading labels
-/// (at least one), `answered` has no labels left or a suffix of what `nx` has left (search
-/// domains of a pod get shorter: `ns.svc.cluster.local`, `svc.cluster.local`, `cluster.local`).
-pub fn expansion_of(nx: &str, answered: &str) -> bool {
-    let (n, a) = (labels(nx), labels(answered));
-    if n.len() <= a.len() && n == a {
-        return false;
-    }
-    let common = n
-        .iter()
-        .zip(&a)
-        .take_while(|(x, y)| x.eq_ignore_ascii_case(y))
-        .count();
-    if common == 0 {
-        return false;
-    }
-    let (n_rest, a_rest) = (
-        n.get(common..).unwrap_or_default(),
-        a.get(common..).unwrap_or_default(),
-    );
-    a_rest.len() < n_rest.len()
-        && n_rest
-            .iter()
-            .rev()
-            .zip(a_rest.iter().rev())
-            .all(|(x, y)| x.eq_ignore_ascii_case(y))
-}
-
-/// The leading labels two names share, when they share any.
-fn common_prefix(a: &str, b: &str) -> Option<String> {
-    let (a, b) = (labels(a), labels(b));
-    let n = a
-        .iter()
-        .zip(&b)
-        .take_while(|(x, y)| x.eq_ignore_ascii_case(y))
-        .count();
-    a.get(..n).filter(|l| !l.is_empty()).map(|l| l.join("."))
-}
-
-/// NXDOMAINs nothing answered after: one finding per name asked (the shortest of each related
-/// set), counting its expansions.
-fn nxdomain_findings(mut held: Vec<HeldNx>) -> Vec<Finding> {
-    held.sort_by_key(|h| (h.key.qname.len(), h.first_ns));
-    let mut out = Vec::new();
-    while let Some(base) = (!held.is_empty()).then(|| held.remove(0)) {
-        let (related, rest): (Vec<HeldNx>, Vec<HeldNx>) = held.into_iter().partition(|h| {
-            *h.key.qname == *base.key.qname || expansion_of(&h.key.qname, &base.key.qname)
-        });
-        held = rest;
-        // The name as the application asked it: what every name tried begins with.
-        let query = related.iter().fold(base.key.qname.clone(), |asked, h| {
-            common_prefix(&asked, &h.key.qname).map_or(asked, Into::into)
-        });
-        let first_ns = related
-            .iter()
-            .map(|h| h.first_ns)
-            .fold(base.first_ns, u64::min);
-        let at_ns = related.iter().map(|h| h.at_ns).fold(base.at_ns, u64::max);
-        // Lookups: how often the shortest name was asked with the base's type (a resolver asks
-        // each name once per walk); the other answers were its expansions.
-        let walks = base.count.max(1)
-            + related
-                .iter()
-                .filter(|h| *h.key.qname == *base.key.qname && h.key.qtype == base.key.qtype)
-                .map(|h| h.count)
-                .sum::<u64>();
-        let expansions: u64 = related
-            .iter()
-            .filter(|h| *h.key.qname != *base.key.qname)
-            .map(|h| h.count)
-            .sum();
-        out.push(Finding {
-            outcome: DnsOutcome::Nxdomain,
-            at_ns,
-            first_ns,
-            cgroup_id: base.key.cgroup,
-            client: base.key.client,
-            server: base.key.server,
-            protocol: base.protocol,
-            query,
-            qtype: base.key.qtype,
-            rcode: Some(NXDOMAIN),
-            latency: Some(Duration::from_nanos(base.latency_ns)),
-            reached_server: None,
-            server_answered: false,
-            server_cgroup: None,
-            search_nxdomains: u32::try_from(expansions / walks).unwrap_or(u32::MAX),
-            count: walks,
-        });
-    }
-    out
-}
-
+use search::{expansion_of, nxdomain_findings};
 #[cfg(test)]
 mod tests;

@@ -567,7 +567,7 @@ fn failures_without_repeats_stop_being_counted_in_the_kernel() {
     s.answer(MS, 1, "example.org", 1, 5);
     let key = repeat_key(1, "example.org", 1, 5);
     assert_eq!(s.t.take_repeat_changes(), vec![RepeatChange::Count(key)]);
-    for _ in 0..=REPEAT_IDLE_DRAINS {
+    for _ in 0..=repeats::REPEAT_IDLE_DRAINS {
         s.t.age_repeats();
     }
     assert_eq!(s.t.take_repeat_changes(), vec![RepeatChange::Stop(key)]);
