@@ -10,52 +10,19 @@
 
 use std::{borrow::Cow, fmt::Write as _, time::SystemTime};
 
-use serde_json::{Map, Value, json};
-use triage_agent_proto::v1 as pb;
-
+mod json;
 mod status;
-pub use status::{Paint, problems, status_summary};
+pub use json::{evidence_json, query_json, unanswered_json};
+pub use status::{Paint, problems, status_json, status_summary, status_table};
 
 use crate::{
     cli::client::AgentAnswer,
-    codec::{self, PeerLoss},
+    codec::PeerLoss,
     diagnose::Finding,
     evidence::{DnsLookups, Evidence, Named as _, PodRef},
     loss::Loss,
     text::{clean, cleaned, line::detail_cells, rfc3339},
 };
-
-/// One evidence record as a flat JSON object.
-pub fn evidence_json(e: &Evidence) -> Value {
-    let s = &e.subject;
-    let mut m = Map::new();
-    m.insert("kind".into(), e.kind().as_str().into());
-    m.insert("node".into(), (*e.node).into());
-    m.insert("pod".into(), e.pod().map(|p| p.json()).into());
-    m.insert("container".into(), s.container.as_deref().into());
-    m.insert(
-        "process".into(),
-        s.process
-            .as_ref()
-            .map(|p| json!({"pid": p.pid, "comm": &*p.comm}))
-            .into(),
-    );
-    m.insert("first_seen".into(), rfc3339(e.first_seen).into());
-    m.insert("last_seen".into(), rfc3339(e.last_seen).into());
-    m.insert("count".into(), e.count.into());
-    m.insert("attribution".into(), s.attribution.as_str().into());
-    e.detail.json_fields(&mut m);
-    Value::Object(m)
-}
-
-fn loss_json(losses: &[PeerLoss]) -> Value {
-    Value::Object(
-        losses
-            .iter()
-            .map(|l| (l.name.clone(), l.count.into()))
-            .collect(),
-    )
-}
 
 /// Words for a loss counter's name; a name this version does not know is shown as it is.
 fn describe(name: &str) -> Cow<'static, str> {
@@ -93,55 +60,6 @@ pub struct Note {
     pub fix: Option<String>,
 }
 
-/// The `query -o json` document: `{"evidence": [...], "diagnosis": [...], "agents": [...]}`.
-/// Drop and timeout items that were evaluated carry `explanation`.
-pub fn query_json(
-    evidence: &[Evidence],
-    findings: &[Finding],
-    answers: &[AgentAnswer],
-    notes: &[Note],
-) -> Value {
-    let items: Vec<Value> = evidence
-        .iter()
-        .enumerate()
-        .map(|(i, e)| {
-            let mut v = evidence_json(e);
-            if let (Some(note), Some(m)) = (notes.iter().find(|n| n.index == i), v.as_object_mut())
-            {
-                let mut x = json!({
-                    "verdict": note.verdict,
-                    "policies": note.policies,
-                    "text": note.text,
-                });
-                if let (Some(fix), Some(xm)) = (&note.fix, x.as_object_mut()) {
-                    xm.insert("fix".into(), fix.as_str().into());
-                }
-                m.insert("explanation".into(), x);
-            }
-            v
-        })
-        .collect();
-    json!({
-        "evidence": items,
-        "diagnosis": findings,
-        "agents": answers.iter().map(|a| json!({
-            "agent": a.agent,
-            "node": a.node,
-            "truncated": a.truncated,
-            "evicted_in_window": a.evicted_in_window,
-            "agent_started": a.agent_started.map(rfc3339),
-            "loss": loss_json(&a.loss),
-        })).collect::<Vec<_>>(),
-        "dns_lookups": dns_lookups(answers).iter().map(|(pod, l)| {
-            let mut v = l.json();
-            if let Some(m) = v.as_object_mut() {
-                m.insert("pod".into(), pod.json());
-            }
-            v
-        }).collect::<Vec<_>>(),
-    })
-}
-
 /// An agent that did not answer a query.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Unanswered {
@@ -149,14 +67,6 @@ pub struct Unanswered {
     /// The node it runs on, when known (agents found through the cluster).
     pub node: Option<String>,
     pub error: String,
-}
-
-/// `unanswered` in the JSON answer.
-pub fn unanswered_json(unanswered: &[Unanswered]) -> Value {
-    unanswered
-        .iter()
-        .map(|u| json!({"agent": u.agent, "node": u.node, "error": u.error}))
-        .collect()
 }
 
 /// The table's section on agents that did not answer (empty when all did).
@@ -512,181 +422,5 @@ pub fn watch_loss_line(node: &str, grown: &[PeerLoss]) -> String {
     )
 }
 
-pub fn status_json(statuses: &[(String, pb::StatusResponse)]) -> Value {
-    Value::Array(
-        statuses
-            .iter()
-            .map(|(agent, s)| {
-                let meta = s.metadata.clone().unwrap_or_default();
-                json!({
-                    "agent": agent,
-                    "node": s.node,
-                    "kernel": s.kernel,
-                    "version": s.version,
-                    "started": s.started.as_ref().and_then(|t| codec::time_from_pb(Some(t), "started").ok()).map(rfc3339),
-                    "probes": s.probes.iter().map(|p| json!({"name": p.name, "hook": p.hook, "attached": p.attached, "error": (!p.error.is_empty()).then_some(&p.error), "fallback": (!p.fallback.is_empty()).then_some(&p.fallback), "degraded": (!p.degraded.is_empty()).then_some(&p.degraded)})).collect::<Vec<_>>(),
-                    "signals": s.signals.iter().map(|g| json!({"signal": g.signal, "mode": signal_mode(g.mode), "detail": (!g.detail.is_empty()).then_some(&g.detail)})).collect::<Vec<_>>(),
-                    "metadata": {"synced": meta.synced, "pods": meta.pods, "pending_events": meta.pending_events, "retries": meta.retries, "last_error": (!meta.last_error.is_empty()).then_some(&meta.last_error)},
-                    "loss": loss_json(&codec::loss_from_pb(&s.loss.clone().unwrap_or_default())),
-                    "store_records": s.store_records,
-                    "store_capacity": s.store_capacity,
-                    "store_expired": s.store_expired,
-                    "store_disk": s.persistence.as_ref().map(persistence_json),
-                    "events_received": s.events_received,
-                    "resources": s.resource_sources.iter().map(|r| json!({"signal": r.signal, "hierarchy": r.hierarchy, "files": r.files, "mount": r.mount, "containers": r.containers, "note": (!r.note.is_empty()).then_some(&r.note)})).collect::<Vec<_>>(),
-                })
-            })
-            .collect(),
-    )
-}
-
-/// A signal mode's name (`full`, `degraded`, `off`), as in JSON and `doctor`.
-fn signal_mode(mode: i32) -> &'static str {
-    match pb::SignalMode::try_from(mode) {
-        Ok(pb::SignalMode::Full) => "full",
-        Ok(pb::SignalMode::Degraded) => "degraded",
-        Ok(pb::SignalMode::Off) => "off",
-        _ => "unknown",
-    }
-}
-
-pub fn status_table(statuses: &[(String, pb::StatusResponse)]) -> String {
-    let mut out = String::new();
-    for (agent, s) in statuses {
-        let meta = s.metadata.clone().unwrap_or_default();
-        let _ = writeln!(
-            out,
-            "Node {} (agent {}, kernel {}, version {})",
-            clean(&s.node),
-            clean(agent),
-            clean(&s.kernel),
-            clean(&s.version)
-        );
-        let _ = writeln!(
-            out,
-            "  metadata: {} ({} pods, {} events waiting{}{})",
-            if meta.synced {
-                "in sync"
-            } else {
-                "NOT in sync"
-            },
-            meta.pods,
-            meta.pending_events,
-            if meta.retries > 0 {
-                format!(", {} retries", meta.retries)
-            } else {
-                String::new()
-            },
-            if meta.last_error.is_empty() {
-                String::new()
-            } else {
-                format!(", last error: {}", clean(&meta.last_error))
-            },
-        );
-        let _ = writeln!(
-            out,
-            "  store: {}/{} records, {} expired by age, {} events received",
-            s.store_records, s.store_capacity, s.store_expired, s.events_received
-        );
-        if let Some(p) = &s.persistence {
-            let _ = writeln!(out, "  {}", persistence_line(p));
-        }
-        for p in &s.probes {
-            let state = if !p.attached {
-                format!("NOT attached: {}", clean(&p.error))
-            } else if !p.degraded.is_empty() {
-                let runs = if p.fallback.is_empty() {
-                    String::new()
-                } else {
-                    format!(" (runs {})", clean(&p.fallback))
-                };
-                format!("attached, DEGRADED{runs}: {}", clean(&p.degraded))
-            } else {
-                "attached".to_owned()
-            };
-            let _ = writeln!(
-                out,
-                "  probe {:<22} {:<36} {state}",
-                clean(&p.name),
-                clean(&p.hook)
-            );
-        }
-        for g in s.signals.iter().filter(|g| !g.detail.is_empty()) {
-            let _ = writeln!(
-                out,
-                "  signal {:<18} {}: {}",
-                clean(&g.signal),
-                signal_mode(g.mode),
-                clean(&g.detail)
-            );
-        }
-        for r in &s.resource_sources {
-            let note = if r.note.is_empty() {
-                String::new()
-            } else {
-                format!(" ({})", clean(&r.note))
-            };
-            let _ = writeln!(
-                out,
-                "  {:<14} {} {} [{}], {} containers{note}",
-                clean(&r.signal),
-                clean(&r.hierarchy),
-                clean(&r.mount),
-                clean(&r.files.join(", ")),
-                r.containers,
-            );
-        }
-        let lost = lost_in_window(
-            &codec::loss_from_pb(&s.loss.clone().unwrap_or_default()),
-            None,
-        );
-        if lost.is_empty() {
-            let _ = writeln!(out, "  loss: none");
-        } else {
-            let _ = writeln!(out, "  loss: {}", lost.join(", "));
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests;
-
-fn persistence_json(p: &pb::PersistenceStatus) -> Value {
-    json!({
-        "path": p.path,
-        "error": (!p.error.is_empty()).then_some(&p.error),
-        "restored": p.restored,
-        "moved_aside": (!p.moved_aside.is_empty()).then_some(&p.moved_aside),
-        "used_bytes": p.used_bytes,
-        "max_bytes": p.max_bytes,
-        "last_commit": p.last_commit.as_ref().and_then(|t| codec::time_from_pb(Some(t), "last_commit").ok()).map(rfc3339),
-        "pending": p.pending,
-    })
-}
-
-/// One line about the store on disk, problems first.
-fn persistence_line(p: &pb::PersistenceStatus) -> String {
-    let mut line = if p.error.is_empty() {
-        format!(
-            "store on disk: {} ({} of {} KiB used, {} records restored at start)",
-            clean(&p.path),
-            p.used_bytes / 1024,
-            p.max_bytes / 1024,
-            p.restored
-        )
-    } else {
-        format!(
-            "store on disk: NOT WRITING {}: {}",
-            clean(&p.path),
-            clean(&p.error)
-        )
-    };
-    if !p.moved_aside.is_empty() {
-        line.push_str(&format!(
-            "; found an unusable file, moved to {}",
-            clean(&p.moved_aside)
-        ));
-    }
-    line
-}

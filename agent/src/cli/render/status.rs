@@ -4,12 +4,13 @@
 
 use std::fmt::Write as _;
 
+use serde_json::{Value, json};
 use triage_agent_proto::v1 as pb;
 
-use super::{Style, Unanswered, lost_in_window, table};
+use super::{Style, Unanswered, json::loss_json, lost_in_window, table};
 use crate::{
     codec,
-    text::{clean, cleaned},
+    text::{clean, cleaned, rfc3339},
 };
 
 /// A store this full is worth a look: evictions are near.
@@ -181,4 +182,180 @@ impl Style {
         };
         format!("\x1b[{code}m{text}\x1b[0m")
     }
+}
+
+pub fn status_json(statuses: &[(String, pb::StatusResponse)]) -> Value {
+    Value::Array(
+        statuses
+            .iter()
+            .map(|(agent, s)| {
+                let meta = s.metadata.clone().unwrap_or_default();
+                json!({
+                    "agent": agent,
+                    "node": s.node,
+                    "kernel": s.kernel,
+                    "version": s.version,
+                    "started": s.started.as_ref().and_then(|t| codec::time_from_pb(Some(t), "started").ok()).map(rfc3339),
+                    "probes": s.probes.iter().map(|p| json!({"name": p.name, "hook": p.hook, "attached": p.attached, "error": (!p.error.is_empty()).then_some(&p.error), "fallback": (!p.fallback.is_empty()).then_some(&p.fallback), "degraded": (!p.degraded.is_empty()).then_some(&p.degraded)})).collect::<Vec<_>>(),
+                    "signals": s.signals.iter().map(|g| json!({"signal": g.signal, "mode": signal_mode(g.mode), "detail": (!g.detail.is_empty()).then_some(&g.detail)})).collect::<Vec<_>>(),
+                    "metadata": {"synced": meta.synced, "pods": meta.pods, "pending_events": meta.pending_events, "retries": meta.retries, "last_error": (!meta.last_error.is_empty()).then_some(&meta.last_error)},
+                    "loss": loss_json(&codec::loss_from_pb(&s.loss.clone().unwrap_or_default())),
+                    "store_records": s.store_records,
+                    "store_capacity": s.store_capacity,
+                    "store_expired": s.store_expired,
+                    "store_disk": s.persistence.as_ref().map(persistence_json),
+                    "events_received": s.events_received,
+                    "resources": s.resource_sources.iter().map(|r| json!({"signal": r.signal, "hierarchy": r.hierarchy, "files": r.files, "mount": r.mount, "containers": r.containers, "note": (!r.note.is_empty()).then_some(&r.note)})).collect::<Vec<_>>(),
+                })
+            })
+            .collect(),
+    )
+}
+
+/// A signal mode's name (`full`, `degraded`, `off`), as in JSON and `doctor`.
+fn signal_mode(mode: i32) -> &'static str {
+    match pb::SignalMode::try_from(mode) {
+        Ok(pb::SignalMode::Full) => "full",
+        Ok(pb::SignalMode::Degraded) => "degraded",
+        Ok(pb::SignalMode::Off) => "off",
+        _ => "unknown",
+    }
+}
+
+pub fn status_table(statuses: &[(String, pb::StatusResponse)]) -> String {
+    let mut out = String::new();
+    for (agent, s) in statuses {
+        let meta = s.metadata.clone().unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "Node {} (agent {}, kernel {}, version {})",
+            clean(&s.node),
+            clean(agent),
+            clean(&s.kernel),
+            clean(&s.version)
+        );
+        let _ = writeln!(
+            out,
+            "  metadata: {} ({} pods, {} events waiting{}{})",
+            if meta.synced {
+                "in sync"
+            } else {
+                "NOT in sync"
+            },
+            meta.pods,
+            meta.pending_events,
+            if meta.retries > 0 {
+                format!(", {} retries", meta.retries)
+            } else {
+                String::new()
+            },
+            if meta.last_error.is_empty() {
+                String::new()
+            } else {
+                format!(", last error: {}", clean(&meta.last_error))
+            },
+        );
+        let _ = writeln!(
+            out,
+            "  store: {}/{} records, {} expired by age, {} events received",
+            s.store_records, s.store_capacity, s.store_expired, s.events_received
+        );
+        if let Some(p) = &s.persistence {
+            let _ = writeln!(out, "  {}", persistence_line(p));
+        }
+        for p in &s.probes {
+            let state = if !p.attached {
+                format!("NOT attached: {}", clean(&p.error))
+            } else if !p.degraded.is_empty() {
+                let runs = if p.fallback.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (runs {})", clean(&p.fallback))
+                };
+                format!("attached, DEGRADED{runs}: {}", clean(&p.degraded))
+            } else {
+                "attached".to_owned()
+            };
+            let _ = writeln!(
+                out,
+                "  probe {:<22} {:<36} {state}",
+                clean(&p.name),
+                clean(&p.hook)
+            );
+        }
+        for g in s.signals.iter().filter(|g| !g.detail.is_empty()) {
+            let _ = writeln!(
+                out,
+                "  signal {:<18} {}: {}",
+                clean(&g.signal),
+                signal_mode(g.mode),
+                clean(&g.detail)
+            );
+        }
+        for r in &s.resource_sources {
+            let note = if r.note.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", clean(&r.note))
+            };
+            let _ = writeln!(
+                out,
+                "  {:<14} {} {} [{}], {} containers{note}",
+                clean(&r.signal),
+                clean(&r.hierarchy),
+                clean(&r.mount),
+                clean(&r.files.join(", ")),
+                r.containers,
+            );
+        }
+        let lost = lost_in_window(
+            &codec::loss_from_pb(&s.loss.clone().unwrap_or_default()),
+            None,
+        );
+        if lost.is_empty() {
+            let _ = writeln!(out, "  loss: none");
+        } else {
+            let _ = writeln!(out, "  loss: {}", lost.join(", "));
+        }
+    }
+    out
+}
+
+fn persistence_json(p: &pb::PersistenceStatus) -> Value {
+    json!({
+        "path": p.path,
+        "error": (!p.error.is_empty()).then_some(&p.error),
+        "restored": p.restored,
+        "moved_aside": (!p.moved_aside.is_empty()).then_some(&p.moved_aside),
+        "used_bytes": p.used_bytes,
+        "max_bytes": p.max_bytes,
+        "last_commit": p.last_commit.as_ref().and_then(|t| codec::time_from_pb(Some(t), "last_commit").ok()).map(rfc3339),
+        "pending": p.pending,
+    })
+}
+
+/// One line about the store on disk, problems first.
+fn persistence_line(p: &pb::PersistenceStatus) -> String {
+    let mut line = if p.error.is_empty() {
+        format!(
+            "store on disk: {} ({} of {} KiB used, {} records restored at start)",
+            clean(&p.path),
+            p.used_bytes / 1024,
+            p.max_bytes / 1024,
+            p.restored
+        )
+    } else {
+        format!(
+            "store on disk: NOT WRITING {}: {}",
+            clean(&p.path),
+            clean(&p.error)
+        )
+    };
+    if !p.moved_aside.is_empty() {
+        line.push_str(&format!(
+            "; found an unusable file, moved to {}",
+            clean(&p.moved_aside)
+        ));
+    }
+    line
 }

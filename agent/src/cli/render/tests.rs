@@ -2,7 +2,11 @@
 
 use std::time::Duration;
 
+use serde_json::json;
+use triage_agent_proto::v1 as pb;
+
 use super::*;
+use crate::codec;
 use crate::evidence::fixtures::{refused, t};
 
 fn sample() -> Evidence {
