@@ -24,7 +24,7 @@ use triage_agent::{
         Protocol,
         fixtures::{dropped, oom_killed, refused, throttled, timeout},
     },
-    probes::decode::{self, encode_flow, encode_oom},
+    probes::decode::{self, encode},
 };
 use triage_agent_common::{
     AF_INET, AF_INET6, COMM_LEN, EventHeader, FlowEvent, FlowKey, FlowStats, OomEvent, flow_flags,
@@ -181,21 +181,21 @@ fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
         _pad0: 0,
         comm: comm(b"worker"),
     };
-    let oom_main = encode_oom(&oom);
+    let oom_main = encode(&oom);
     oom.parent_cgroup_id = 99;
-    let oom_child = encode_oom(&oom);
+    let oom_child = encode(&oom);
     let query = dns_message(0x1234, 0x0100, "db.data.svc.cluster.local");
     let nxdomain = dns_message(0x1234, 0x8183, "db.data.svc.cluster.local");
     let mut seeds = vec![
         (
             "ring_record",
             "refused_v4",
-            encode_flow(&flow(kind::CONNECT_REFUSED, AF_INET, 0, 6)),
+            encode(&flow(kind::CONNECT_REFUSED, AF_INET, 0, 6)),
         ),
         (
             "ring_record",
             "drop_v6",
-            encode_flow(&flow(kind::PACKET_DROP, AF_INET6, 6, 17)),
+            encode(&flow(kind::PACKET_DROP, AF_INET6, 6, 17)),
         ),
         ("ring_record", "oom_main", oom_main),
         ("ring_record", "oom_child", oom_child),

@@ -75,135 +75,76 @@ pub enum DecodeError {
     UnknownFamily { family: u16 },
 }
 
-/// Little cursor over a record: every read is bounds-checked.
-struct Fields<'a> {
-    bytes: &'a [u8],
-    what: &'static str,
-    need: usize,
+/// A record type the kernel programs write: `#[repr(C)]` integers and byte arrays only, every
+/// padding byte an explicit field, so every bit pattern is a valid value and every byte of a
+/// value is initialized. The layout is the type in triage-agent-common, written once: decoding
+/// reads it, [`encode`] (tests, fuzzing, the bench) writes it.
+///
+/// # Safety
+/// Only for types of that shape.
+pub unsafe trait Record: Copy {}
+
+// SAFETY: plain #[repr(C)] records of integers and byte arrays with explicit padding (the same
+// claim triage-agent-common makes for aya::Pod; the sizes below hold it to no hidden padding).
+unsafe impl Record for EventHeader {}
+// SAFETY: as above.
+unsafe impl Record for FlowEvent {}
+// SAFETY: as above.
+unsafe impl Record for OomEvent {}
+
+const _: () = {
+    assert!(size_of::<EventHeader>() == 16);
+    assert!(size_of::<FlowKey>() == 64);
+    assert!(
+        size_of::<FlowEvent>()
+            == size_of::<EventHeader>() + size_of::<FlowKey>() + size_of::<FlowStats>()
+    );
+};
+
+/// Reads a record from the front of `bytes`; a short record is an error, never a panic.
+fn read<T: Record>(bytes: &[u8], what: &'static str) -> Result<T, DecodeError> {
+    if bytes.len() < size_of::<T>() {
+        return Err(DecodeError::Short {
+            what,
+            len: bytes.len(),
+            need: size_of::<T>(),
+        });
+    }
+    // SAFETY: `bytes` holds at least size_of::<T>() bytes, any bit pattern is a valid T
+    // (Record), and read_unaligned needs no alignment.
+    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
 }
 
-impl Fields<'_> {
-    fn array<const N: usize>(&self, offset: usize) -> Result<[u8; N], DecodeError> {
-        offset
-            .checked_add(N)
-            .and_then(|end| self.bytes.get(offset..end))
-            .and_then(|s| s.try_into().ok())
-            .ok_or(DecodeError::Short {
-                what: self.what,
-                len: self.bytes.len(),
-                need: self.need,
-            })
-    }
-    fn u8(&self, offset: usize) -> Result<u8, DecodeError> {
-        self.array::<1>(offset).map(|[b]| b)
-    }
-    fn u16(&self, offset: usize) -> Result<u16, DecodeError> {
-        self.array(offset).map(u16::from_ne_bytes)
-    }
-    fn u32(&self, offset: usize) -> Result<u32, DecodeError> {
-        self.array(offset).map(u32::from_ne_bytes)
-    }
-    fn u64(&self, offset: usize) -> Result<u64, DecodeError> {
-        self.array(offset).map(u64::from_ne_bytes)
-    }
-
-    fn key(&self, at: usize) -> Result<FlowKey, DecodeError> {
-        use std::mem::offset_of;
-        Ok(FlowKey {
-            kind: self.u32(at + offset_of!(FlowKey, kind))?,
-            reason: self.u32(at + offset_of!(FlowKey, reason))?,
-            cgroup_id: self.u64(at + offset_of!(FlowKey, cgroup_id))?,
-            family: self.u16(at + offset_of!(FlowKey, family))?,
-            protocol: self.u8(at + offset_of!(FlowKey, protocol))?,
-            tcp_flags: self.u8(at + offset_of!(FlowKey, tcp_flags))?,
-            sport: self.u16(at + offset_of!(FlowKey, sport))?,
-            dport: self.u16(at + offset_of!(FlowKey, dport))?,
-            ifindex: self.u32(at + offset_of!(FlowKey, ifindex))?,
-            flags: self.u32(at + offset_of!(FlowKey, flags))?,
-            saddr: self.array(at + offset_of!(FlowKey, saddr))?,
-            daddr: self.array(at + offset_of!(FlowKey, daddr))?,
-        })
-    }
-
-    fn stats(&self, at: usize) -> Result<FlowStats, DecodeError> {
-        use std::mem::offset_of;
-        Ok(FlowStats {
-            count: self.u64(at + offset_of!(FlowStats, count))?,
-            first_ns: self.u64(at + offset_of!(FlowStats, first_ns))?,
-            last_ns: self.u64(at + offset_of!(FlowStats, last_ns))?,
-            pid: self.u32(at + offset_of!(FlowStats, pid))?,
-            tgid: self.u32(at + offset_of!(FlowStats, tgid))?,
-            comm: self.array(at + offset_of!(FlowStats, comm))?,
-            extra: self.u32(at + offset_of!(FlowStats, extra))?,
-            last_sport: self.u16(at + offset_of!(FlowStats, last_sport))?,
-            _pad0: 0,
-        })
-    }
+/// The bytes of a record as the kernel programs lay it out (tests, fuzzing, benchmarks).
+pub fn encode<T: Record>(record: &T) -> Vec<u8> {
+    // SAFETY: a Record has no uninitialized (implicit padding) bytes; the slice covers exactly
+    // the value, which outlives it.
+    unsafe { std::slice::from_raw_parts(std::ptr::from_ref(record).cast::<u8>(), size_of::<T>()) }
+        .to_vec()
 }
 
-/// Decodes one ring buffer record (a flow's first occurrence).
+/// Decodes one ring buffer record (a flow's first occurrence, or an OOM victim).
 pub fn decode(bytes: &[u8]) -> Result<RawEvent, DecodeError> {
-    let header_len = size_of::<EventHeader>();
-    let f = Fields {
-        bytes,
-        what: "event header",
-        need: header_len,
+    let header: EventHeader = read(bytes, "event header")?;
+    let check = |need: usize| {
+        if header.len as usize != need || bytes.len() < need {
+            return Err(DecodeError::LengthMismatch {
+                kind: header.kind,
+                declared: header.len,
+                len: bytes.len(),
+            });
+        }
+        Ok(())
     };
-    let event_kind = f.u32(std::mem::offset_of!(EventHeader, kind))?;
-    let declared = f.u32(std::mem::offset_of!(EventHeader, len))?;
-    match event_kind {
+    match header.kind {
         kind::CONNECT_REFUSED | kind::SYN_REFUSED | kind::PACKET_DROP | kind::CONNECT_TIMEOUT => {
-            let need = size_of::<FlowEvent>();
-            if declared as usize != need || bytes.len() < need {
-                return Err(DecodeError::LengthMismatch {
-                    kind: event_kind,
-                    declared,
-                    len: bytes.len(),
-                });
-            }
-            let f = Fields {
-                bytes,
-                what: "flow event",
-                need,
-            };
-            let key = f.key(std::mem::offset_of!(FlowEvent, key))?;
-            let stats = f.stats(std::mem::offset_of!(FlowEvent, stats))?;
-            flow(&key, &stats).map(RawEvent::Flow)
+            check(size_of::<FlowEvent>())?;
+            let e: FlowEvent = read(bytes, "flow event")?;
+            flow(&e.key, &e.stats).map(RawEvent::Flow)
         }
         kind::OOM_VICTIM => {
-            use std::mem::offset_of;
-            let need = size_of::<OomEvent>();
-            if declared as usize != need || bytes.len() < need {
-                return Err(DecodeError::LengthMismatch {
-                    kind: event_kind,
-                    declared,
-                    len: bytes.len(),
-                });
-            }
-            let f = Fields {
-                bytes,
-                what: "oom event",
-                need,
-            };
-            let e = OomEvent {
-                header: EventHeader {
-                    kind: event_kind,
-                    len: declared,
-                    boot_ns: f.u64(offset_of!(EventHeader, boot_ns))?,
-                },
-                cgroup_id: f.u64(offset_of!(OomEvent, cgroup_id))?,
-                parent_cgroup_id: f.u64(offset_of!(OomEvent, parent_cgroup_id))?,
-                memcg_usage_pages: f.u64(offset_of!(OomEvent, memcg_usage_pages))?,
-                memcg_limit_pages: f.u64(offset_of!(OomEvent, memcg_limit_pages))?,
-                rss_pages: f.u64(offset_of!(OomEvent, rss_pages))?,
-                pid: f.u32(offset_of!(OomEvent, pid))?,
-                tgid: f.u32(offset_of!(OomEvent, tgid))?,
-                uid: f.u32(offset_of!(OomEvent, uid))?,
-                oom_score_adj: f.u16(offset_of!(OomEvent, oom_score_adj))? as i16,
-                oom_group: f.u8(offset_of!(OomEvent, oom_group))?,
-                _pad0: 0,
-                comm: f.array(offset_of!(OomEvent, comm))?,
-            };
+            check(size_of::<OomEvent>())?;
+            let e: OomEvent = read(bytes, "oom event")?;
             Ok(RawEvent::OomVictim(oom_victim(&e)))
         }
         other => Err(DecodeError::UnknownKind { kind: other }),
@@ -279,118 +220,6 @@ fn comm_string(raw: &[u8; COMM_LEN]) -> String {
     String::from_utf8_lossy(raw.get(..end).unwrap_or_default()).into_owned()
 }
 
-/// Encodes an OOM event the way the kernel program lays it out (tests, fuzzing).
-pub fn encode_oom(e: &OomEvent) -> Vec<u8> {
-    use std::mem::offset_of;
-    let mut out = vec![0u8; size_of::<OomEvent>()];
-    let mut put = |offset: usize, bytes: &[u8]| {
-        if let Some(dst) = out.get_mut(offset..offset + bytes.len()) {
-            dst.copy_from_slice(bytes);
-        }
-    };
-    put(offset_of!(EventHeader, kind), &e.header.kind.to_ne_bytes());
-    put(offset_of!(EventHeader, len), &e.header.len.to_ne_bytes());
-    put(
-        offset_of!(EventHeader, boot_ns),
-        &e.header.boot_ns.to_ne_bytes(),
-    );
-    put(offset_of!(OomEvent, cgroup_id), &e.cgroup_id.to_ne_bytes());
-    put(
-        offset_of!(OomEvent, parent_cgroup_id),
-        &e.parent_cgroup_id.to_ne_bytes(),
-    );
-    put(
-        offset_of!(OomEvent, memcg_usage_pages),
-        &e.memcg_usage_pages.to_ne_bytes(),
-    );
-    put(
-        offset_of!(OomEvent, memcg_limit_pages),
-        &e.memcg_limit_pages.to_ne_bytes(),
-    );
-    put(offset_of!(OomEvent, rss_pages), &e.rss_pages.to_ne_bytes());
-    put(offset_of!(OomEvent, pid), &e.pid.to_ne_bytes());
-    put(offset_of!(OomEvent, tgid), &e.tgid.to_ne_bytes());
-    put(offset_of!(OomEvent, uid), &e.uid.to_ne_bytes());
-    put(
-        offset_of!(OomEvent, oom_score_adj),
-        &e.oom_score_adj.to_ne_bytes(),
-    );
-    put(offset_of!(OomEvent, oom_group), &[e.oom_group]);
-    put(offset_of!(OomEvent, comm), &e.comm);
-    out
-}
-
-/// Encodes a flow event the way the kernel programs lay it out (tests, fuzzing, benchmarks).
-pub fn encode_flow(e: &FlowEvent) -> Vec<u8> {
-    use std::mem::offset_of;
-    let mut out = vec![0u8; size_of::<FlowEvent>()];
-    let mut put = |offset: usize, bytes: &[u8]| {
-        if let Some(dst) = out.get_mut(offset..offset + bytes.len()) {
-            dst.copy_from_slice(bytes);
-        }
-    };
-    let h = offset_of!(FlowEvent, header);
-    put(
-        h + offset_of!(EventHeader, kind),
-        &e.header.kind.to_ne_bytes(),
-    );
-    put(
-        h + offset_of!(EventHeader, len),
-        &e.header.len.to_ne_bytes(),
-    );
-    put(
-        h + offset_of!(EventHeader, boot_ns),
-        &e.header.boot_ns.to_ne_bytes(),
-    );
-    let k = offset_of!(FlowEvent, key);
-    put(k + offset_of!(FlowKey, kind), &e.key.kind.to_ne_bytes());
-    put(k + offset_of!(FlowKey, reason), &e.key.reason.to_ne_bytes());
-    put(
-        k + offset_of!(FlowKey, cgroup_id),
-        &e.key.cgroup_id.to_ne_bytes(),
-    );
-    put(k + offset_of!(FlowKey, family), &e.key.family.to_ne_bytes());
-    put(k + offset_of!(FlowKey, protocol), &[e.key.protocol]);
-    put(k + offset_of!(FlowKey, tcp_flags), &[e.key.tcp_flags]);
-    put(k + offset_of!(FlowKey, sport), &e.key.sport.to_ne_bytes());
-    put(k + offset_of!(FlowKey, dport), &e.key.dport.to_ne_bytes());
-    put(
-        k + offset_of!(FlowKey, ifindex),
-        &e.key.ifindex.to_ne_bytes(),
-    );
-    put(k + offset_of!(FlowKey, flags), &e.key.flags.to_ne_bytes());
-    put(k + offset_of!(FlowKey, saddr), &e.key.saddr);
-    put(k + offset_of!(FlowKey, daddr), &e.key.daddr);
-    let st = offset_of!(FlowEvent, stats);
-    put(
-        st + offset_of!(FlowStats, count),
-        &e.stats.count.to_ne_bytes(),
-    );
-    put(
-        st + offset_of!(FlowStats, first_ns),
-        &e.stats.first_ns.to_ne_bytes(),
-    );
-    put(
-        st + offset_of!(FlowStats, last_ns),
-        &e.stats.last_ns.to_ne_bytes(),
-    );
-    put(st + offset_of!(FlowStats, pid), &e.stats.pid.to_ne_bytes());
-    put(
-        st + offset_of!(FlowStats, tgid),
-        &e.stats.tgid.to_ne_bytes(),
-    );
-    put(st + offset_of!(FlowStats, comm), &e.stats.comm);
-    put(
-        st + offset_of!(FlowStats, extra),
-        &e.stats.extra.to_ne_bytes(),
-    );
-    put(
-        st + offset_of!(FlowStats, last_sport),
-        &e.stats.last_sport.to_ne_bytes(),
-    );
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -437,7 +266,7 @@ mod tests {
     }
 
     fn decoded(e: &FlowEvent) -> Flow {
-        let RawEvent::Flow(f) = decode(&encode_flow(e)).unwrap() else {
+        let RawEvent::Flow(f) = decode(&encode(e)).unwrap() else {
             unreachable!("a flow")
         };
         f
@@ -520,7 +349,7 @@ mod tests {
 
     #[test]
     fn every_truncation_is_an_error() {
-        let raw = encode_flow(&event(kind::CONNECT_REFUSED, AF_INET));
+        let raw = encode(&event(kind::CONNECT_REFUSED, AF_INET));
         for len in 0..raw.len() {
             assert!(decode(&raw[..len]).is_err(), "len {len}");
         }
@@ -528,24 +357,24 @@ mod tests {
 
     #[test]
     fn garbage_is_an_error() {
-        let mut raw = encode_flow(&event(kind::CONNECT_REFUSED, AF_INET));
+        let mut raw = encode(&event(kind::CONNECT_REFUSED, AF_INET));
         raw[0] = 0xff;
         assert!(matches!(decode(&raw), Err(DecodeError::UnknownKind { .. })));
         let mut ev = event(kind::CONNECT_REFUSED, 77);
         assert!(matches!(
-            decode(&encode_flow(&ev)),
+            decode(&encode(&ev)),
             Err(DecodeError::UnknownFamily { family: 77 })
         ));
         ev.key.family = AF_INET;
         ev.header.len = 8;
         assert!(matches!(
-            decode(&encode_flow(&ev)),
+            decode(&encode(&ev)),
             Err(DecodeError::LengthMismatch { .. })
         ));
         ev.header.len = size_of::<FlowEvent>() as u32;
         ev.key.kind = 99;
         assert!(matches!(
-            decode(&encode_flow(&ev)),
+            decode(&encode(&ev)),
             Err(DecodeError::UnknownKind { kind: 99 })
         ));
         // Arbitrary bytes of every length never panic.
@@ -587,7 +416,7 @@ mod tests {
             _pad0: 0,
             comm,
         };
-        let bytes = encode_oom(&e);
+        let bytes = encode(&e);
         let RawEvent::OomVictim(v) = decode(&bytes).unwrap() else {
             panic!("not an OOM victim")
         };
@@ -604,7 +433,7 @@ mod tests {
             parent_cgroup_id: 0,
             ..e
         };
-        let RawEvent::OomVictim(v) = decode(&encode_oom(&orphan)).unwrap() else {
+        let RawEvent::OomVictim(v) = decode(&encode(&orphan)).unwrap() else {
             panic!("not an OOM victim")
         };
         assert_eq!(v.main_process, None, "unknown parent: unknown");

@@ -19,7 +19,7 @@ pub fn run() -> anyhow::Result<()> {
         event::{RawEvent, TimedEvent},
         evidence::fixtures::pod_ref,
         loss::Counters,
-        probes::decode::{decode, encode_flow},
+        probes::decode::{decode, encode},
         store::{Store, StoreConfig},
     };
     use triage_agent_common::{
@@ -87,7 +87,7 @@ pub fn run() -> anyhow::Result<()> {
             saddr[..4].copy_from_slice(&[10, 1, (p / 250) as u8, (p % 250) as u8 + 1]);
             let mut daddr = [0u8; 16];
             daddr[..4].copy_from_slice(&[10, 9, 9, 9]);
-            encode_flow(&FlowEvent {
+            encode(&FlowEvent {
                 header: EventHeader {
                     kind: kind::PACKET_DROP,
                     len: size_of::<FlowEvent>() as u32,
