@@ -2,22 +2,26 @@
 //! event (refused connections first; drops, DNS, OOM kills and CPU throttling next) with eBPF,
 //! attributes them to pods, keeps bounded evidence, and serves it to the CLI over gRPC.
 //!
-//! Modules by concern, in the order data flows:
+//! Modules by stage, in the order data flows (docs/architecture.md; agent/tests/layers.rs
+//! checks that no module imports a later stage and no two files import each other):
 //! - [`kernel`]: what the running kernel says about itself (BTF, tracefs, clocks);
-//! - [`probes`]: the programs, their hooks and layouts, the ring buffer reader, decoding;
-//! - [`samplers`]: cgroupfs/procfs pollers that feed the same pipeline;
-//! - [`attribute`]: kernel events -> occurrences about a pod (metadata, cgroups, IP history);
 //! - [`evidence`]: the model (one occurrence shape, a detail per kind) and its names;
-//! - [`store`]: aggregated, bounded, fair evidence; [`loss`]: every loss counter by name;
-//! - [`api`]: the gRPC service and its conversions; [`cli`]: the client commands;
-//! - `node`: the agent's wiring, `otlp`: export of evidence as OpenTelemetry logs (both need
-//!   the `node-agent` feature).
+//! - [`loss`]: every loss counter by name; [`text`]: text for people;
+//! - [`cgroup`]: cgroup paths, ids and hierarchies; [`codec`]: Evidence <-> protobuf;
+//!   [`diagnose`]: what is wrong and the safest next step;
+//! - [`event`]: what producers hand to attribution;
+//! - [`probes`], [`samplers`], [`dns`]: the producers; [`signals`]: each signal's mode;
+//! - [`attribute`]: events -> occurrences about a pod (metadata, cgroups, IP history);
+//! - [`store`]: aggregated, bounded, fair evidence;
+//! - [`api`]: the gRPC service; `otlp`: export as OpenTelemetry logs; [`cli`]: the client
+//!   commands; `metrics`, `doctor`, `supervisor`, `node` (these need the `node-agent`
+//!   feature) and [`app`]: the wiring.
 //!
 //! A new signal touches: its program (agent-ebpf) and event type (agent-ebpf/common), a
-//! [`probes::PROGRAMS`] entry and offsets family, a [`event::RawEvent`] variant, its
-//! attribution clues in [`attribute`], a [`evidence::Detail`] variant (key, merge, JSON fields),
-//! its proto `oneof` arm and conversion in [`codec`], and its diagnosis in
-//! [`diagnose`]. Nothing else changes.
+//! [`probes::PROGRAMS`] entry (with the signals it serves) and offsets family, a
+//! [`event::RawEvent`] variant, its arm in [`attribute`], a [`evidence::Detail`] variant (key,
+//! merge, JSON fields), after which the compiler names every arm left: [`codec`] (and the
+//! proto's `oneof`), [`diagnose`], [`text`], the OTLP record.
 
 pub mod api;
 pub mod app;

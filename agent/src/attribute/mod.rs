@@ -8,7 +8,7 @@
 //! silently.
 //!
 //! Each event offers [`Clues`], strongest first: the cgroup of the process or socket involved
-//! (exact: [`cgroup_path`] parses kubelet's layout, `cgroup_ids` finds a cgroup's path by id),
+//! (exact: [`crate::cgroup::path`] parses kubelet's layout, `cgroup::ids` finds a cgroup's path by id),
 //! then a pod IP through the IP history at the event's time ([`pods`]; exact for pod IPs,
 //! hostNetwork pods are never attributed by IP).
 //!

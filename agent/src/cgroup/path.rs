@@ -1,6 +1,6 @@
 //! Pod and container identity from a cgroup path, in every layout kubelet produces: both cgroup
 //! drivers (cgroupfs and systemd), both cgroup versions, containerd / CRI-O / docker container
-//! scope names. Pure string work; which path a cgroup id has is [`super::cgroup_ids`]'s job.
+//! scope names. Pure string work; which path a cgroup id has is `cgroup::ids`'s job.
 //!
 //! - cgroupfs: `.../kubepods[/burstable|/besteffort]/pod<uid>/<container-id>`
 //! - systemd:  `.../kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod<uid_with_underscores>.slice/cri-containerd-<id>.scope`

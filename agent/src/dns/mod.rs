@@ -10,7 +10,7 @@
 //! The kernel holds each UDP query (its first 288 payload bytes and the socket's cgroup) until
 //! the answer: a good one (NOERROR, not truncated, below the slow threshold) is counted there;
 //! otherwise the query and its answer come up through the ring, as do TCP, resends and what the
-//! kernel could not hold ([`kernel`] reads its tables). [`packet`] reads the header and question
+//! kernel could not hold (`probes::dns_maps` reads its tables). [`packet`] reads the header and question
 //! with the `domain` crate; [`track`] matches answers to queries and decides outcomes.
 //! Failures and slow answers become `dns` evidence; successes only feed the pod's counters.
 //! Every packet that cannot be used is counted ([`Loss::DnsRingFull`] in the kernel,

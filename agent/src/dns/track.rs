@@ -453,7 +453,7 @@ impl Tracker {
     /// Repeats of a reported failure the kernel counted in one drain interval: they join the
     /// pod's counters and its evidence as if each had come up alone.
     /// Once per drain interval, after the kernel's repeats: failures without repeats for
-    /// [`REPEAT_IDLE_DRAINS`] intervals stop being counted there, and stopped ones are
+    /// `REPEAT_IDLE_DRAINS` intervals stop being counted there, and stopped ones are
     /// forgotten once nothing counted before the stop can still arrive.
     /// An answered name ends the search sequence of its client: its held NXDOMAINs for related
     /// names become one `search_expansion` finding.

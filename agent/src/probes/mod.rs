@@ -1,11 +1,12 @@
-//! The kernel side, seen from userspace: which program goes on which hook ([`PROGRAMS`]),
-//! loading and attaching them with this kernel's layouts ([`loader`], [`offsets`]), reading the
-//! ring buffer ([`reader`]) and decoding its records ([`decode`]).
+//! The kernel side, seen from userspace: which program goes on which hook and which signals it
+//! serves ([`PROGRAMS`]), loading and attaching them with this kernel's layouts (`loader`,
+//! `offsets`), reading rings and draining tables (`ring`, used by the flow `reader` and the DNS
+//! task; the DNS maps in `dns_maps` and `dns_held`) and decoding records ([`decode`]).
 //!
 //! Adding a signal on the kernel side: the program in agent-ebpf (one file per hook family),
 //! its event layout and kind id in agent-ebpf/common, a [`Program`] entry here, its offsets
-//! family in [`offsets`] when it reads kernel structs or tracepoint records, and a
-//! [`decode::RawEvent`] variant.
+//! family in `offsets` when it reads kernel structs or tracepoint records, and a
+//! [`crate::event::RawEvent`] variant decoded in [`decode`].
 
 pub mod decode;
 #[cfg(feature = "node-agent")]

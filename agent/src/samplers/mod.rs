@@ -1,12 +1,12 @@
 //! Samplers: evidence that comes from polling cgroupfs rather than from eBPF: CPU throttling
 //! counters, and OOM kill counters (the source of truth for OOM kills, and the fallback when
 //! the kernel event is unavailable). The sampler runs on its own thread ([`task`]), reads
-//! files on a tick and sends [`Sample`]s into the same attribution channel as the ring buffer
+//! files on a tick and sends [`crate::event::Sample`]s into the same attribution channel as the ring buffer
 //! reader ([`crate::attribute::AttributeInputs::events`]), with `try_send` and a counted loss
 //! ([`crate::loss::Loss::PipelineFull`]) when it is full, exactly like the reader.
 //!
 //! Containers are found from pod metadata (attribution publishes each live pod's UID and
-//! container IDs) plus kubelet's cgroup layout ([`layout`]: both drivers, v1 and v2): a pod's
+//! container IDs) plus kubelet's cgroup layout ([`crate::cgroup::layout`]: both drivers, v1 and v2): a pod's
 //! cgroup directory is looked up once among the few places kubelet can put it, and listed once
 //! to find its containers; no tree walk per interval. Files stay open and are re-read at offset
 //! 0 into one reused buffer ([`cgroupfs`]): a sample costs one `pread` per file and allocates
