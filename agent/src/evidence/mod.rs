@@ -7,16 +7,20 @@
 //! Names (kinds, directions, attributions, protocols) are written once, in [`names!`]
 //! tables: `as_str`, JSON, the table, `--kind` parsing and the proto conversions all use them.
 //!
-//! Adding a signal: a [`Kind`] name, a [`Detail`] variant with its key and merge rule, its JSON
-//! fields in [`Detail::json_fields`], its proto `oneof` arm in [`crate::codec`].
+//! Adding a signal: a [`Kind`] name, a [`Detail`] variant, and a module in `kinds/` whose type
+//! implements [`KindDetail`] (key, merge rule, endpoints, JSON fields); its proto `oneof` arm in
+//! [`crate::codec`].
 
 pub mod fixtures;
+mod kinds;
 pub(crate) mod names;
 
 use std::{fmt, net::IpAddr, net::SocketAddr, sync::Arc, time::SystemTime};
 
 use serde_json::{Map, Value, json};
 
+use kinds::each_detail;
+pub use kinds::{Connection, CpuThrottling, Dns, DnsLookups, Drop, Endpoints, KindDetail, OomKill};
 pub use names::Named;
 
 names::names! {
@@ -179,121 +183,6 @@ impl Subject {
     }
 }
 
-/// A connection between two endpoints, seen from the record's pod (refusals; timeouts next).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Connection {
-    pub direction: Direction,
-    /// The side that initiated the traffic.
-    pub src: SocketAddr,
-    /// The side that received it.
-    pub dst: SocketAddr,
-    pub protocol: Protocol,
-    /// The kernel's reason, when it gave one.
-    pub reason: Option<Arc<str>>,
-    /// The pod at the other end, when known.
-    pub peer: Option<Arc<PodRef>>,
-    /// Refusals: who answered.
-    pub cause: Option<Cause>,
-    /// Timeouts: SYN retransmissions the kernel made before giving up.
-    pub syn_retransmits: u32,
-}
-
-/// A dropped packet, seen from the record's pod.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Drop {
-    /// `outbound`: this pod's packet was dropped; `inbound`: a packet to this pod was.
-    pub direction: Direction,
-    /// The packet's source; its port is the latest occurrence's. ICMP: type and code as ports.
-    pub src: SocketAddr,
-    pub dst: SocketAddr,
-    pub protocol: Protocol,
-    /// The kernel's `skb_drop_reason` name (e.g. NETFILTER_DROP).
-    pub reason: Arc<str>,
-    /// The pod at the other end, when known.
-    pub peer: Option<Arc<PodRef>>,
-    /// TCP flags of the dropped segment (FIN, SYN, RST, ACK bits).
-    pub tcp_flags: Option<u8>,
-    /// Where the kernel freed the packet (`nf_hook_slow+0x8c`), on kernels without drop
-    /// reasons (before Linux 5.17; reason UNKNOWN) that show the agent their symbols.
-    pub location: Option<Arc<str>>,
-}
-
-/// A DNS lookup that failed or was slow, seen from the asking pod.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Dns {
-    /// The name as asked (for a search expansion: the name before the search domains).
-    pub query: Arc<str>,
-    /// The query type ("A", "AAAA", "SRV", ...).
-    pub qtype: Arc<str>,
-    pub outcome: DnsOutcome,
-    /// The answer's rcode name ("NXDOMAIN"), when answered.
-    pub rcode: Option<Arc<str>>,
-    /// The asking socket; its port is the latest occurrence's.
-    pub client: SocketAddr,
-    /// The server asked (a Service VIP, a node-local cache or an external resolver).
-    pub server: SocketAddr,
-    pub protocol: Protocol,
-    /// Latest latency: answer time, or for timeouts how long the query went unanswered.
-    pub latency_ms: Option<u64>,
-    /// The DNS server's pod, when it runs on this node and received the query.
-    pub server_pod: Option<Arc<PodRef>>,
-    /// Timeouts: whether the query was seen arriving at a DNS server's socket on this node
-    /// (`None`: no server on this node saw it, or it is elsewhere).
-    pub reached_server: Option<bool>,
-    /// `search_expansion`: NXDOMAIN answers before the real one (their round trips);
-    /// `nxdomain`: the search-path expansions of the name also answered NXDOMAIN.
-    pub search_nxdomains: u32,
-}
-
-/// Successful DNS lookups of a pod (not evidence: the background against which failures are
-/// read, "37 of 40 lookups succeeded").
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct DnsLookups {
-    /// Lookups that ended (answered, timed out), retransmissions not counted twice.
-    pub lookups: u64,
-    /// Answered with NOERROR.
-    pub succeeded: u64,
-    /// Answered with an error rcode (NXDOMAIN included).
-    pub failed: u64,
-    /// Never answered.
-    pub timeouts: u64,
-    /// Answered above the slow threshold.
-    pub slow: u64,
-    /// Sum and maximum of answer latencies, in microseconds.
-    pub latency_sum_us: u64,
-    pub latency_max_us: u64,
-}
-
-impl DnsLookups {
-    pub fn add(&mut self, other: &DnsLookups) {
-        self.lookups = self.lookups.saturating_add(other.lookups);
-        self.succeeded = self.succeeded.saturating_add(other.succeeded);
-        self.failed = self.failed.saturating_add(other.failed);
-        self.timeouts = self.timeouts.saturating_add(other.timeouts);
-        self.slow = self.slow.saturating_add(other.slow);
-        self.latency_sum_us = self.latency_sum_us.saturating_add(other.latency_sum_us);
-        self.latency_max_us = self.latency_max_us.max(other.latency_max_us);
-    }
-
-    /// Mean answer latency in microseconds (answered lookups only).
-    pub fn latency_avg_us(&self) -> u64 {
-        let answered = self.succeeded + self.failed;
-        self.latency_sum_us.checked_div(answered).unwrap_or(0)
-    }
-
-    pub fn json(&self) -> Value {
-        json!({
-            "lookups": self.lookups,
-            "succeeded": self.succeeded,
-            "failed": self.failed,
-            "timeouts": self.timeouts,
-            "slow": self.slow,
-            "latency_avg_ms": self.latency_avg_us() as f64 / 1000.0,
-            "latency_max_ms": self.latency_max_us as f64 / 1000.0,
-        })
-    }
-}
-
 /// The TCP flags a dropped segment's record names, in the order they are written.
 pub const TCP_FLAGS: [(u8, &str); 4] = [(0x02, "SYN"), (0x10, "ACK"), (0x01, "FIN"), (0x04, "RST")];
 
@@ -321,65 +210,6 @@ names::names! {
         /// The cgroup's OOM kill counter only (v2 `memory.events`, v1 `memory.oom_control`):
         /// the victim process is unknown.
         Counter = "counter",
-    }
-}
-
-/// A process killed by the OOM killer. The record's `process` is the victim (absent when only
-/// the cgroup counter saw the kill).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct OomKill {
-    /// Whether the victim was the container's first process (the one Kubernetes watches), when
-    /// that can be known. `false`: a child died and Kubernetes reports nothing.
-    pub main_process: Option<bool>,
-    /// The memory limit that applied (the tightest of the cgroup and its parents), bytes.
-    pub memory_limit_bytes: Option<u64>,
-    /// The cgroup's memory usage at the kill, bytes.
-    pub memory_usage_bytes: Option<u64>,
-    /// The victim's resident memory (anon + file + shmem) when the kernel chose it, bytes.
-    pub victim_rss_bytes: Option<u64>,
-    pub oom_score_adj: Option<i16>,
-    /// v2 `memory.oom.group`: the whole container was killed with the victim.
-    pub group_kill: Option<bool>,
-    pub source: OomSource,
-}
-
-/// A container throttled by its CPU limit, over one or more sampling intervals (summed).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CpuThrottling {
-    /// CFS periods in which the container was throttled.
-    pub throttled_periods: u64,
-    /// CFS periods in which the container ran.
-    pub total_periods: u64,
-    /// Time spent throttled, microseconds.
-    pub throttled_us: u64,
-    /// The CPU limit (quota / period), thousandths of a core; `None` when unlimited.
-    pub limit_millicores: Option<u64>,
-    /// Time sampled, milliseconds.
-    pub interval_ms: u64,
-    /// PSI `cpu.pressure` some avg10, hundredths of a percent, when the kernel has PSI.
-    pub cpu_pressure_some_avg10: Option<u32>,
-}
-
-impl CpuThrottling {
-    /// Throttled periods over periods run (0 when none ran).
-    pub fn ratio(&self) -> f64 {
-        if self.total_periods == 0 {
-            0.0
-        } else {
-            self.throttled_periods as f64 / self.total_periods as f64
-        }
-    }
-    pub fn throttled_seconds(&self) -> f64 {
-        self.throttled_us as f64 / 1e6
-    }
-    pub fn limit_cores(&self) -> Option<f64> {
-        self.limit_millicores.map(|m| m as f64 / 1000.0)
-    }
-    pub fn interval_seconds(&self) -> f64 {
-        self.interval_ms as f64 / 1000.0
-    }
-    pub fn pressure_avg10(&self) -> Option<f64> {
-        self.cpu_pressure_some_avg10.map(|p| f64::from(p) / 100.0)
     }
 }
 
@@ -445,85 +275,18 @@ impl Detail {
 
     /// The aggregation key.
     pub fn key(&self) -> DetailKey {
-        match self {
-            Detail::ConnectionRefused(c) | Detail::ConnectionTimeout(c) => DetailKey::Connection {
-                direction: c.direction,
-                protocol: c.protocol,
-                src_ip: c.src.ip(),
-                dst: c.dst,
-                reason: c.reason.clone(),
-                cause: c.cause,
-            },
-            Detail::PacketDrop(d) => DetailKey::Drop {
-                direction: d.direction,
-                protocol: d.protocol,
-                src_ip: d.src.ip(),
-                dst: d.dst,
-                reason: d.reason.clone(),
-                tcp_flags: d.tcp_flags,
-                location: d.location.clone(),
-            },
-            Detail::Dns(d) => DetailKey::Dns {
-                outcome: d.outcome,
-                query: d.query.clone(),
-                qtype: d.qtype.clone(),
-                client_ip: d.client.ip(),
-                server: d.server,
-                protocol: d.protocol,
-            },
-            Detail::OomKill(o) => DetailKey::OomKill {
-                main_process: o.main_process,
-            },
-            Detail::CpuThrottling(_) => DetailKey::CpuThrottling,
-        }
+        each_detail!(self, d => d.key())
     }
 
     /// Takes in a later occurrence with the same key: the latest values win where they vary.
     fn absorb(&mut self, later: Detail) {
         match (self, later) {
             (Detail::ConnectionRefused(c), Detail::ConnectionRefused(l))
-            | (Detail::ConnectionTimeout(c), Detail::ConnectionTimeout(l)) => {
-                c.src = l.src;
-                c.peer = l.peer.or(c.peer.take());
-                c.syn_retransmits = c.syn_retransmits.saturating_add(l.syn_retransmits);
-            }
-            (Detail::PacketDrop(d), Detail::PacketDrop(l)) => {
-                d.src = l.src;
-                d.peer = l.peer.or(d.peer.take());
-            }
-            (Detail::Dns(d), Detail::Dns(l)) => {
-                d.client = l.client;
-                d.rcode = l.rcode.or(d.rcode.take());
-                d.latency_ms = l.latency_ms.or(d.latency_ms);
-                d.server_pod = l.server_pod.or(d.server_pod.take());
-                d.reached_server = l.reached_server.or(d.reached_server);
-                d.search_nxdomains = l.search_nxdomains.max(d.search_nxdomains);
-            }
-            (Detail::OomKill(o), Detail::OomKill(l)) => {
-                // A victim named once stays named.
-                let source = if o.source == OomSource::Kernel {
-                    o.source
-                } else {
-                    l.source
-                };
-                *o = OomKill {
-                    main_process: l.main_process.or(o.main_process),
-                    memory_limit_bytes: l.memory_limit_bytes.or(o.memory_limit_bytes),
-                    memory_usage_bytes: l.memory_usage_bytes.or(o.memory_usage_bytes),
-                    victim_rss_bytes: l.victim_rss_bytes.or(o.victim_rss_bytes),
-                    oom_score_adj: l.oom_score_adj.or(o.oom_score_adj),
-                    group_kill: l.group_kill.or(o.group_kill),
-                    source,
-                };
-            }
-            (Detail::CpuThrottling(c), Detail::CpuThrottling(l)) => {
-                c.throttled_periods = c.throttled_periods.saturating_add(l.throttled_periods);
-                c.total_periods = c.total_periods.saturating_add(l.total_periods);
-                c.throttled_us = c.throttled_us.saturating_add(l.throttled_us);
-                c.interval_ms = c.interval_ms.saturating_add(l.interval_ms);
-                c.limit_millicores = l.limit_millicores;
-                c.cpu_pressure_some_avg10 = l.cpu_pressure_some_avg10;
-            }
+            | (Detail::ConnectionTimeout(c), Detail::ConnectionTimeout(l)) => c.absorb(l),
+            (Detail::PacketDrop(d), Detail::PacketDrop(l)) => d.absorb(l),
+            (Detail::Dns(d), Detail::Dns(l)) => d.absorb(l),
+            (Detail::OomKill(o), Detail::OomKill(l)) => o.absorb(l),
+            (Detail::CpuThrottling(c), Detail::CpuThrottling(l)) => c.absorb(l),
             // Same key means same kind; nothing to take from another kind.
             _ => {}
         }
@@ -538,20 +301,8 @@ impl Detail {
     }
 
     /// Direction, endpoints and peer, for the traffic kinds; `None` for resource kinds.
-    pub fn endpoints(&self) -> Option<(Direction, SocketAddr, SocketAddr, Option<&Arc<PodRef>>)> {
-        match self {
-            Detail::ConnectionRefused(c) | Detail::ConnectionTimeout(c) => {
-                Some((c.direction, c.src, c.dst, c.peer.as_ref()))
-            }
-            Detail::PacketDrop(d) => Some((d.direction, d.src, d.dst, d.peer.as_ref())),
-            Detail::Dns(d) => Some((
-                Direction::Outbound,
-                d.client,
-                d.server,
-                d.server_pod.as_ref(),
-            )),
-            Detail::OomKill(_) | Detail::CpuThrottling(_) => None,
-        }
+    pub fn endpoints(&self) -> Option<Endpoints<'_>> {
+        each_detail!(self, d => d.endpoints())
     }
 
     /// The kind-specific JSON fields, flat beside the common ones (the JSON contract).
@@ -562,72 +313,9 @@ impl Detail {
             out.insert("dst".into(), dst.to_string().into());
             out.insert("peer".into(), peer.map(|p| p.json()).into());
         }
-        match self {
-            Detail::ConnectionRefused(c) => {
-                out.insert("protocol".into(), c.protocol.as_str().into());
-                out.insert("reason".into(), c.reason.as_deref().into());
-                out.insert("cause".into(), c.cause.map(Cause::as_str).into());
-            }
-            Detail::ConnectionTimeout(c) => {
-                out.insert("protocol".into(), c.protocol.as_str().into());
-                out.insert("syn_retransmits".into(), c.syn_retransmits.into());
-            }
-            Detail::PacketDrop(d) => {
-                out.insert("protocol".into(), d.protocol.as_str().into());
-                out.insert("reason".into(), (*d.reason).into());
-                if let Some(flags) = d.tcp_flags {
-                    out.insert("tcp_flags".into(), tcp_flags_text(flags).into());
-                }
-                if let Some(location) = &d.location {
-                    out.insert("location".into(), (**location).into());
-                }
-            }
-            Detail::Dns(d) => {
-                out.insert("protocol".into(), d.protocol.as_str().into());
-                out.insert("query".into(), (*d.query).into());
-                out.insert("qtype".into(), (*d.qtype).into());
-                out.insert("outcome".into(), d.outcome.as_str().into());
-                out.insert("rcode".into(), d.rcode.as_deref().into());
-                out.insert("server".into(), d.server.to_string().into());
-                out.insert("latency_ms".into(), d.latency_ms.into());
-                out.insert("reached_server".into(), d.reached_server.into());
-                if d.outcome == DnsOutcome::SearchExpansion || d.search_nxdomains > 0 {
-                    out.insert("search_nxdomains".into(), d.search_nxdomains.into());
-                }
-            }
-            Detail::OomKill(o) => {
-                out.insert("main_process".into(), o.main_process.into());
-                out.insert("memory_limit_bytes".into(), o.memory_limit_bytes.into());
-                out.insert("memory_usage_bytes".into(), o.memory_usage_bytes.into());
-                out.insert("victim_rss_bytes".into(), o.victim_rss_bytes.into());
-                out.insert("oom_score_adj".into(), o.oom_score_adj.into());
-                out.insert("group_kill".into(), o.group_kill.into());
-                out.insert("source".into(), o.source.as_str().into());
-            }
-            Detail::CpuThrottling(c) => {
-                out.insert("throttled_periods".into(), c.throttled_periods.into());
-                out.insert("total_periods".into(), c.total_periods.into());
-                out.insert(
-                    "throttled_seconds".into(),
-                    round3(c.throttled_seconds()).into(),
-                );
-                out.insert("cpu_limit_cores".into(), c.limit_cores().into());
-                out.insert("ratio".into(), round3(c.ratio()).into());
-                out.insert(
-                    "interval_seconds".into(),
-                    round3(c.interval_seconds()).into(),
-                );
-                if let Some(p) = c.pressure_avg10() {
-                    out.insert("cpu_pressure_some_avg10".into(), p.into());
-                }
-            }
-        }
+        let kind = self.kind();
+        each_detail!(self, d => d.json_fields(kind, out));
     }
-}
-
-/// Three decimals: JSON readers see 0.25, not 0.25000000000000006.
-fn round3(x: f64) -> f64 {
-    (x * 1000.0).round() / 1000.0
 }
 
 /// One or more occurrences of a failure, attributed, on its way to the store. Hot signals are
