@@ -24,6 +24,8 @@ mod drop;
 mod flows;
 mod maps;
 mod oom;
+mod read;
+mod skb;
 
 #[cfg(not(test))]
 #[panic_handler]
