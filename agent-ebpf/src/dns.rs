@@ -55,7 +55,7 @@ use triage_agent_common::{
 
 use crate::maps::{
     DNS_ANSWERED_SLOTS0, DNS_ANSWERED_SLOTS1, DNS_ANSWERED0, DNS_ANSWERED1, DNS_GENERATION,
-    DNS_HELD, DNS_RECENT, DNS_REPEATABLE, DNS_REPEATS0, DNS_REPEATS1, DNS_RING, count_loss,
+    DNS_HELD, DNS_RECENT, DNS_REPEATABLE, DNS_REPEATS0, DNS_REPEATS1, DNS_RING, EEXIST, count_loss,
 };
 use held_state::{AGENT, FREE, HELD, MASK, TAKING};
 
@@ -72,9 +72,6 @@ static DNS_TIMING: DnsTiming = DnsTiming::UNSET;
 /// [`triage_agent_common::DNS_STORES_ORDERED_GLOBAL`]), overwritten by the loader before load.
 #[unsafe(no_mangle)]
 static DNS_STORES_ORDERED: u32 = 0;
-
-/// `-EEXIST`: the key is already in the map.
-const EEXIST: i32 = 17;
 
 /// Header flag bits (the second 16-bit word of a DNS header, host order).
 const QR: u16 = 0x8000;
