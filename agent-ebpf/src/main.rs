@@ -15,7 +15,7 @@
     reason = "core::intrinsics::atomic_xadd is the BPF atomic add"
 )]
 #![feature(core_intrinsics)]
-// An empty asm block: the compiler barrier before a DNS slot's publishing store (dns.rs).
+// An empty asm block: the compiler barrier before a DNS slot's publishing store (dns/held.rs).
 #![feature(asm_experimental_arch)]
 
 mod conn;

@@ -20,7 +20,7 @@ pub const fn dns_hash_step(h: u64, word: u64) -> u64 {
 /// (`payload`: the captured bytes, at most [`DNS_PAYLOAD_CAP`]) read as little-endian 64-bit
 /// words, the last one zero-padded, with the id (bytes 0 and 1) left out; then the server's
 /// address (16 bytes, IPv4 in the first 4), its port and the family. The kernel computes the
-/// same steps over the held query in agent-ebpf/src/dns.rs.
+/// same steps over the held query in agent-ebpf/src/dns/repeats.rs.
 pub fn dns_question_hash(payload: &[u8], server: &[u8; 16], server_port: u16, family: u16) -> u64 {
     let mut h = DNS_HASH_SEED;
     let payload = payload.get(..DNS_PAYLOAD_CAP).unwrap_or(payload);
