@@ -25,10 +25,7 @@
 //! - struct sock.sk_err (BTF): how a connect() without RST ended
 
 use aya_ebpf::{
-    helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_probe_read_kernel,
-    },
+    helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid},
     macros::{raw_tracepoint, tracepoint},
     programs::{RawTracePointContext, TracePointContext},
 };
@@ -39,33 +36,11 @@ use triage_agent_common::{
 };
 
 use crate::{
-    drop::{ETH_P_IP, ETH_P_IPV6, HEADER_UNSET, skb_headers},
     flows,
     maps::{CONNECTS, count_loss, offsets},
+    read::{field, kread},
+    skb::{ETH_P_IP, ETH_P_IPV6, HEADER_UNSET, TCP_ACK, TCP_SYN, skb_headers},
 };
-
-const TCP_FLAG_SYN: u8 = 0x02;
-const TCP_FLAG_ACK: u8 = 0x10;
-
-/// Reads a field of the tracepoint record at a load-time offset.
-#[inline(always)]
-pub fn field<T>(ctx: &TracePointContext, offset: u32) -> Result<T, i32> {
-    if offset == ABSENT {
-        return Err(-1);
-    }
-    // SAFETY: bpf_probe_read_kernel checks the address; a bad offset yields an error.
-    unsafe { ctx.read_at::<T>(offset as usize) }
-}
-
-/// Reads `T` at `base + offset` in kernel memory.
-#[inline(always)]
-pub fn kread<T>(base: u64, offset: u32) -> Result<T, i32> {
-    if offset == ABSENT || base == 0 {
-        return Err(-1);
-    }
-    // SAFETY: probe read of kernel memory; a bad address yields an error, never a fault.
-    unsafe { bpf_probe_read_kernel((base + offset as u64) as *const T) }
-}
 
 /// Family, source and destination address of a flow.
 type Addresses = (u16, [u8; 16], [u8; 16]);
@@ -348,7 +323,7 @@ fn try_tcp_send_reset(ctx: &RawTracePointContext) -> Result<(), i32> {
     };
     let t: [u8; 14] = kread(tcp, 0)?;
     let flags = t[13];
-    if flags & TCP_FLAG_SYN == 0 || flags & TCP_FLAG_ACK != 0 {
+    if flags & TCP_SYN == 0 || flags & TCP_ACK != 0 {
         return Ok(());
     }
     let (reason, reason_flag) = if o.send_reset.reason == ABSENT {

@@ -26,9 +26,10 @@ use triage_agent_common::{
 };
 
 use crate::{
-    conn::kread,
     flows,
     maps::{DROP_REASONS, offsets},
+    read::kread,
+    skb::{ETH_P_IP, ETH_P_IPV6, HEADER_UNSET, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, skb_headers},
 };
 
 /// `TP_PROTO(struct sk_buff *skb, void *location, enum skb_drop_reason reason, ...)`: the
@@ -37,12 +38,8 @@ const ARG_SKB: usize = 0;
 const ARG_LOCATION: usize = 1;
 const ARG_REASON: usize = 2;
 
-pub const ETH_P_IP: u16 = 0x0800;
-pub const ETH_P_IPV6: u16 = 0x86dd;
-/// `skb->*_header` value meaning "not set".
-pub const HEADER_UNSET: u16 = 0xffff;
 /// TCP flags kept in the flow key.
-const TCP_FLAGS_KEPT: u8 = 0x01 | 0x02 | 0x04 | 0x10; // FIN, SYN, RST, ACK
+const TCP_FLAGS_KEPT: u8 = TCP_FIN | TCP_SYN | TCP_RST | TCP_ACK;
 
 /// A raw tracepoint: the kernel hands over the tracepoint's arguments as they are, without
 /// building the trace record a classic tracepoint program reads (the costliest part per
@@ -152,33 +149,6 @@ fn try_kfree_skb(ctx: &RawTracePointContext) -> Result<(), i32> {
         },
     );
     Ok(())
-}
-
-/// The packet's ETH_P_* protocol, transport and network header offsets, and head pointer. In
-/// every kernel since 4.x these four sit in one 24-byte stretch of `struct sk_buff`
-/// (protocol, transport_header, network_header, ..., head): one read then, else four.
-#[inline(always)]
-pub fn skb_headers(skb: u64) -> Result<(u16, u16, u16, u64), i32> {
-    let o = offsets();
-    let base = o.skb.protocol;
-    if o.skb.transport_header == base + 2
-        && o.skb.network_header == base + 4
-        && o.skb.head == base + 16
-    {
-        let w: [u8; 24] = kread(skb, base)?;
-        return Ok((
-            u16::from_be_bytes([w[0], w[1]]),
-            u16::from_ne_bytes([w[2], w[3]]),
-            u16::from_ne_bytes([w[4], w[5]]),
-            u64::from_ne_bytes([w[16], w[17], w[18], w[19], w[20], w[21], w[22], w[23]]),
-        ));
-    }
-    Ok((
-        u16::from_be(kread::<u16>(skb, o.skb.protocol)?),
-        kread(skb, o.skb.transport_header).unwrap_or(HEADER_UNSET),
-        kread(skb, o.skb.network_header)?,
-        kread(skb, o.skb.head)?,
-    ))
 }
 
 /// The cgroup2 id of a full socket (not a request or timewait mini socket).

@@ -30,10 +30,9 @@ use triage_agent_common::{
     LOST_RESERVE,
 };
 
-use crate::maps::{CLOCK_CACHE, EVENTS, FLOW_REPEATS, FLOWS0, FLOWS1, GENERATION, count_loss};
-
-/// `-EEXIST`: another CPU entered the same flow first.
-const EEXIST: i32 = 17;
+use crate::maps::{
+    CLOCK_CACHE, EEXIST, EVENTS, FLOW_REPEATS, FLOWS0, FLOWS1, GENERATION, count_loss,
+};
 
 /// The programs that record flows, each with its own per-CPU repeat slot.
 pub mod site {
@@ -182,6 +181,7 @@ fn enter(table: &'static HashMap<FlowKey, FlowStats>, key: &FlowKey, mut stats: 
             }
             true
         }
+        // Another CPU entered the same flow first.
         Err(e) if e == -EEXIST => match table.get_ptr_mut(key) {
             Some(existing) => {
                 bump(existing, now, stats.last_sport, stats.extra);

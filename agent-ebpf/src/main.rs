@@ -15,7 +15,7 @@
     reason = "core::intrinsics::atomic_xadd is the BPF atomic add"
 )]
 #![feature(core_intrinsics)]
-// An empty asm block: the compiler barrier before a DNS slot's publishing store (dns.rs).
+// An empty asm block: the compiler barrier before a DNS slot's publishing store (dns/held.rs).
 #![feature(asm_experimental_arch)]
 
 mod conn;
@@ -24,6 +24,8 @@ mod drop;
 mod flows;
 mod maps;
 mod oom;
+mod read;
+mod skb;
 
 #[cfg(not(test))]
 #[panic_handler]

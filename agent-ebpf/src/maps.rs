@@ -145,6 +145,10 @@ pub fn offsets() -> &'static Offsets {
     unsafe { &*core::ptr::read_volatile(&layouts) }
 }
 
+/// `EEXIST`: a map insert with `BPF_NOEXIST` fails with its negative when the key is already
+/// in the map (another CPU entered it first).
+pub const EEXIST: i32 = 17;
+
 /// Adds one to a loss counter of this CPU.
 #[inline(always)]
 pub fn count_loss(slot: u32) {

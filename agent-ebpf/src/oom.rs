@@ -23,8 +23,8 @@ use triage_agent_common::{
 };
 
 use crate::{
-    conn::kread,
     maps::{EVENTS, count_loss, offsets},
+    read::kread,
 };
 
 #[raw_tracepoint(tracepoint = "mark_victim")]

@@ -1,4 +1,4 @@
-//! The kernel's table of held UDP queries (agent-ebpf/src/dns.rs), mapped into this process:
+//! The kernel's table of held UDP queries (agent-ebpf/src/dns/), mapped into this process:
 //! [`DNS_HELD_SLOTS`] slots, each a state word ([`held_state`]), a key and a record. The agent
 //! takes queries left unanswered past the handover age out of their slots with the same
 //! compare-and-swap the programs use, so a query is owned by exactly one of its answer's

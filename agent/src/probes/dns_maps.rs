@@ -1,4 +1,4 @@
-//! The kernel's side of DNS matching (agent-ebpf/src/dns.rs): UDP queries waiting for their
+//! The kernel's side of DNS matching (agent-ebpf/src/dns/): UDP queries waiting for their
 //! answer (with what a server socket of this host did with them), and lookups answered well,
 //! counted per cgroup in two tables switched by a generation like the flow tables.
 

@@ -232,7 +232,7 @@ fn program_fdinfos(ids: &[u32]) -> Vec<std::path::PathBuf> {
 pub struct Loaded {
     pub probes: Probes,
     pub ring: RingBuf<MapData>,
-    /// DNS packets (see agent-ebpf/src/dns.rs).
+    /// DNS packets (see agent-ebpf/src/dns/).
     pub dns_ring: RingBuf<MapData>,
     /// The kernel's DNS matching tables.
     pub dns_maps: DnsMaps,
