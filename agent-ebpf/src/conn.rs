@@ -31,7 +31,7 @@ use aya_ebpf::{
 };
 use triage_agent_common::{
     ABSENT, AF_INET, AF_INET6, COMM_LEN, ERROR_UNKNOWN, FlowKey, FlowStats, IPPROTO_TCP,
-    LOST_CONNECT_TABLE, LOST_FIELD_READ, PendingConnect, errno, flow_flags, kind,
+    LOST_CONNECT_TABLE, LOST_FIELD_READ, PendingConnect, TCP_ACK, TCP_SYN, errno, flow_flags, kind,
     send_reset_layout, tcp_state,
 };
 
@@ -39,7 +39,7 @@ use crate::{
     flows,
     maps::{CONNECTS, count_loss, offsets},
     read::{field, kread},
-    skb::{ETH_P_IP, ETH_P_IPV6, HEADER_UNSET, TCP_ACK, TCP_SYN, skb_headers},
+    skb::{ETH_P_IP, ETH_P_IPV6, HEADER_UNSET, skb_headers},
 };
 
 /// Family, source and destination address of a flow.

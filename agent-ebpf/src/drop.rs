@@ -22,14 +22,14 @@
 use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 use triage_agent_common::{
     AF_INET, AF_INET6, FlowKey, FlowStats, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
-    flow_flags, kind, tcp_state,
+    TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, flow_flags, kind, tcp_state,
 };
 
 use crate::{
     flows,
     maps::{DROP_REASONS, offsets},
     read::kread,
-    skb::{ETH_P_IP, ETH_P_IPV6, HEADER_UNSET, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, skb_headers},
+    skb::{ETH_P_IP, ETH_P_IPV6, HEADER_UNSET, skb_headers},
 };
 
 /// `TP_PROTO(struct sk_buff *skb, void *location, enum skb_drop_reason reason, ...)`: the

@@ -12,12 +12,6 @@ pub const ETH_P_IPV6: u16 = 0x86dd;
 /// `skb->*_header` value meaning "not set".
 pub const HEADER_UNSET: u16 = 0xffff;
 
-/// TCP header flag bits (byte 13 of the header).
-pub const TCP_FIN: u8 = 0x01;
-pub const TCP_SYN: u8 = 0x02;
-pub const TCP_RST: u8 = 0x04;
-pub const TCP_ACK: u8 = 0x10;
-
 /// The packet's ETH_P_* protocol, transport and network header offsets, and head pointer. In
 /// every kernel since 4.x these four sit in one 24-byte stretch of `struct sk_buff`
 /// (protocol, transport_header, network_header, ..., head): one read then, else four.

@@ -24,6 +24,12 @@ pub const IPPROTO_TCP: u16 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 pub const IPPROTO_ICMPV6: u8 = 58;
 
+/// TCP header flag bits (byte 13 of the header).
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
 /// Socket errnos a failed connect() ends with (asm-generic/errno.h; the same on every
 /// architecture Kubernetes nodes run).
 pub mod errno {

@@ -8,7 +8,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use triage_agent_common::errno;
+use triage_agent_common::{IPPROTO_TCP, TCP_ACK, TCP_SYN, errno};
 
 use super::{Attributor, Clues, Now};
 use crate::{
@@ -101,7 +101,7 @@ impl Attributor {
                 // (after answering it with a RST): a refusal the refusal probes report, as
                 // NO_SOCKET drops are skipped in the kernel when there are reasons. Only the
                 // bare SYN: other segments freed there (backlog, filter, checksum) are drops.
-                if f.protocol == IPPROTO_TCP
+                if u16::from(f.protocol) == IPPROTO_TCP
                     && f.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
                     && location
                         .as_deref()
@@ -246,10 +246,6 @@ pub struct KernelNames {
     /// (`None` where drops carry reasons).
     pub symbols: Option<Arc<Symbols>>,
 }
-
-const IPPROTO_TCP: u8 = 6;
-const TCP_SYN: u8 = 0x02;
-const TCP_ACK: u8 = 0x10;
 
 /// Where TCP frees a segment that found no socket (kernels without drop reasons).
 const NO_SOCKET_SITES: [&str; 2] = ["tcp_v4_rcv+", "tcp_v6_rcv+"];

@@ -10,7 +10,8 @@ use std::{
 
 use domain::base::Message as DnsMessage;
 use triage_agent_common::{
-    AF_INET, AF_INET6, DNS_PAYLOAD_CAP, DnsEvent, DnsHeld, EventHeader, dns_flags, kind,
+    AF_INET, AF_INET6, DNS_PAYLOAD_CAP, DnsEvent, DnsHeld, EventHeader, IPPROTO_TCP, IPPROTO_UDP,
+    dns_flags, kind,
 };
 
 use crate::evidence::Protocol;
@@ -99,8 +100,8 @@ pub fn decode(record: &[u8]) -> Result<Captured<'_>, PacketError> {
     let family = u16::from_ne_bytes(field(record, HEADER + 8));
     let [protocol, flags] = field::<2>(record, HEADER + 10);
     let protocol = match protocol {
-        6 => Protocol::Tcp,
-        17 => Protocol::Udp,
+        p if u16::from(p) == IPPROTO_TCP => Protocol::Tcp,
+        IPPROTO_UDP => Protocol::Udp,
         other => return Err(PacketError::Protocol(other)),
     };
     let sport = u16::from_ne_bytes(field(record, HEADER + 12));

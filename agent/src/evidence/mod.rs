@@ -18,6 +18,9 @@ pub(crate) mod names;
 use std::{fmt, net::IpAddr, net::SocketAddr, sync::Arc, time::SystemTime};
 
 use serde_json::{Map, Value, json};
+use triage_agent_common::{
+    IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
+};
 
 use kinds::each_detail;
 pub use kinds::{Connection, CpuThrottling, Dns, DnsLookups, Drop, Endpoints, KindDetail, OomKill};
@@ -88,10 +91,10 @@ impl Protocol {
     /// From the IP protocol number.
     pub fn from_ip(number: u8) -> Protocol {
         match number {
-            6 => Protocol::Tcp,
-            17 => Protocol::Udp,
-            1 => Protocol::Icmp,
-            58 => Protocol::Icmpv6,
+            n if u16::from(n) == IPPROTO_TCP => Protocol::Tcp,
+            IPPROTO_UDP => Protocol::Udp,
+            IPPROTO_ICMP => Protocol::Icmp,
+            IPPROTO_ICMPV6 => Protocol::Icmpv6,
             _ => Protocol::Other,
         }
     }
@@ -184,7 +187,12 @@ impl Subject {
 }
 
 /// The TCP flags a dropped segment's record names, in the order they are written.
-pub const TCP_FLAGS: [(u8, &str); 4] = [(0x02, "SYN"), (0x10, "ACK"), (0x01, "FIN"), (0x04, "RST")];
+pub const TCP_FLAGS: [(u8, &str); 4] = [
+    (TCP_SYN, "SYN"),
+    (TCP_ACK, "ACK"),
+    (TCP_FIN, "FIN"),
+    (TCP_RST, "RST"),
+];
 
 /// TCP flags as text: "SYN", "SYN|ACK".
 pub fn tcp_flags_text(flags: u8) -> String {
