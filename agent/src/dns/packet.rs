@@ -8,6 +8,7 @@ use std::{
     sync::Arc,
 };
 
+use crate::probes::decode::{encode as record_bytes, read_record};
 use domain::base::Message as DnsMessage;
 use triage_agent_common::{
     AF_INET, AF_INET6, DNS_PAYLOAD_CAP, DnsEvent, DnsHeld, EventHeader, IPPROTO_TCP, IPPROTO_UDP,
@@ -77,80 +78,52 @@ impl Captured<'_> {
     }
 }
 
-fn field<const N: usize>(bytes: &[u8], at: usize) -> [u8; N] {
-    let mut out = [0u8; N];
-    if let Some(src) = bytes.get(at..at + N) {
-        out.copy_from_slice(src);
-    }
-    out
-}
-
-/// Reads a ring record (the layout of [`DnsEvent`], native byte order).
+/// Reads a ring record (a [`DnsEvent`], or a [`DnsHeld`] when flagged held).
 pub fn decode(record: &[u8]) -> Result<Captured<'_>, PacketError> {
-    const HEADER: usize = size_of::<EventHeader>();
-    if record.len() < size_of::<DnsEvent>() {
+    let e: DnsEvent = read_record(record).ok_or(PacketError::Record(record.len()))?;
+    if e.header.kind != kind::DNS {
         return Err(PacketError::Record(record.len()));
     }
-    let kind_id = u32::from_ne_bytes(field(record, 0));
-    if kind_id != kind::DNS {
-        return Err(PacketError::Record(record.len()));
-    }
-    let boot_ns = u64::from_ne_bytes(field(record, 8));
-    let cgroup_id = u64::from_ne_bytes(field(record, HEADER));
-    let family = u16::from_ne_bytes(field(record, HEADER + 8));
-    let [protocol, flags] = field::<2>(record, HEADER + 10);
-    let protocol = match protocol {
+    let protocol = match e.protocol {
         p if u16::from(p) == IPPROTO_TCP => Protocol::Tcp,
         IPPROTO_UDP => Protocol::Udp,
         other => return Err(PacketError::Protocol(other)),
     };
-    let sport = u16::from_ne_bytes(field(record, HEADER + 12));
-    let dport = u16::from_ne_bytes(field(record, HEADER + 14));
-    let wire_len = u32::from_ne_bytes(field(record, HEADER + 16));
-    let captured = u16::from_ne_bytes(field(record, HEADER + 20));
-    let saddr: [u8; 16] = field(record, HEADER + 24);
-    let daddr: [u8; 16] = field(record, HEADER + 40);
-    let payload_at = HEADER + 56;
-    let server = if flags & dns_flags::HELD != 0 {
-        if record.len() < size_of::<DnsHeld>() {
-            return Err(PacketError::Record(record.len()));
-        }
-        let at = size_of::<DnsEvent>();
-        let cgroup = u64::from_ne_bytes(field(record, at));
-        let reached = u32::from_ne_bytes(field(record, at + 8));
-        let answered = u32::from_ne_bytes(field(record, at + 12));
+    let server = if e.flags & dns_flags::HELD != 0 {
+        let held: DnsHeld = read_record(record).ok_or(PacketError::Record(record.len()))?;
         Some(ServerSide {
-            cgroup: (reached != 0).then_some(cgroup),
-            answered: answered != 0,
+            cgroup: (held.reached != 0).then_some(held.server_cgroup),
+            answered: held.answered != 0,
         })
     } else {
         None
     };
-    if usize::from(captured) > DNS_PAYLOAD_CAP || captured as u32 > wire_len {
-        return Err(PacketError::Captured(captured));
+    if usize::from(e.captured) > DNS_PAYLOAD_CAP || u32::from(e.captured) > e.wire_len {
+        return Err(PacketError::Captured(e.captured));
     }
     let ip = |a: [u8; 16]| -> Result<IpAddr, PacketError> {
-        match family {
+        match e.family {
             AF_INET => Ok(IpAddr::V4(Ipv4Addr::new(a[0], a[1], a[2], a[3]))),
             AF_INET6 => Ok(IpAddr::V6(Ipv6Addr::from(a)).to_canonical()),
             other => Err(PacketError::Family(other)),
         }
     };
+    let payload_at = std::mem::offset_of!(DnsEvent, payload);
     Ok(Captured {
-        boot_ns,
-        cgroup_id,
-        side: if flags & dns_flags::EGRESS != 0 {
+        boot_ns: e.header.boot_ns,
+        cgroup_id: e.cgroup_id,
+        side: if e.flags & dns_flags::EGRESS != 0 {
             Side::Egress
         } else {
             Side::Ingress
         },
         protocol,
-        src: SocketAddr::new(ip(saddr)?, sport),
-        dst: SocketAddr::new(ip(daddr)?, dport),
-        wire_len,
+        src: SocketAddr::new(ip(e.saddr)?, e.sport),
+        dst: SocketAddr::new(ip(e.daddr)?, e.dport),
+        wire_len: e.wire_len,
         payload: record
-            .get(payload_at..payload_at + usize::from(captured))
-            .ok_or(PacketError::Captured(captured))?,
+            .get(payload_at..payload_at + usize::from(e.captured))
+            .ok_or(PacketError::Captured(e.captured))?,
         server,
     })
 }
@@ -214,23 +187,7 @@ pub fn qtype_name(qtype: u16) -> String {
 
 /// A DNS ring record for tests and fuzzing: the kernel's layout, built in userspace.
 pub fn encode(c: &Captured<'_>) -> Vec<u8> {
-    let size = if c.server.is_some() {
-        size_of::<DnsHeld>()
-    } else {
-        size_of::<DnsEvent>()
-    };
-    let mut out = vec![0u8; size];
-    let header = size_of::<EventHeader>();
-    let put = |out: &mut Vec<u8>, at: usize, bytes: &[u8]| {
-        if let Some(dst) = out.get_mut(at..at + bytes.len()) {
-            dst.copy_from_slice(bytes);
-        }
-    };
-    put(&mut out, 0, &kind::DNS.to_ne_bytes());
-    put(&mut out, 4, &(size_of::<DnsEvent>() as u32).to_ne_bytes());
-    put(&mut out, 8, &c.boot_ns.to_ne_bytes());
-    put(&mut out, header, &c.cgroup_id.to_ne_bytes());
-    let (family, s, d) = match (c.src.ip(), c.dst.ip()) {
+    let (family, saddr, daddr) = match (c.src.ip(), c.dst.ip()) {
         (IpAddr::V4(s), IpAddr::V4(d)) => {
             let mut sa = [0u8; 16];
             let mut da = [0u8; 16];
@@ -246,41 +203,50 @@ pub fn encode(c: &Captured<'_>) -> Vec<u8> {
             (AF_INET6, v6(s), v6(d))
         }
     };
-    put(&mut out, header + 8, &family.to_ne_bytes());
-    let protocol: u8 = match c.protocol {
-        Protocol::Tcp => 6,
-        _ => 17,
-    };
+    let n = c.payload.len().min(DNS_PAYLOAD_CAP);
+    let mut payload = [0u8; DNS_PAYLOAD_CAP];
+    for (to, from) in payload.iter_mut().zip(c.payload) {
+        *to = *from;
+    }
     let mut flags = if c.side == Side::Egress {
         dns_flags::EGRESS
     } else {
         0
     };
-    if let Some(server) = c.server {
+    if c.server.is_some() {
         flags |= dns_flags::HELD;
-        let at = size_of::<DnsEvent>();
-        put(&mut out, at, &server.cgroup.unwrap_or(0).to_ne_bytes());
-        put(
-            &mut out,
-            at + 8,
-            &u32::from(server.cgroup.is_some()).to_ne_bytes(),
-        );
-        put(&mut out, at + 12, &u32::from(server.answered).to_ne_bytes());
     }
-    put(&mut out, header + 10, &[protocol, flags]);
-    put(&mut out, header + 12, &c.src.port().to_ne_bytes());
-    put(&mut out, header + 14, &c.dst.port().to_ne_bytes());
-    put(&mut out, header + 16, &c.wire_len.to_ne_bytes());
-    let n = c.payload.len().min(DNS_PAYLOAD_CAP);
-    put(&mut out, header + 20, &(n as u16).to_ne_bytes());
-    put(&mut out, header + 24, &s);
-    put(&mut out, header + 40, &d);
-    put(
-        &mut out,
-        header + 56,
-        c.payload.get(..n).unwrap_or_default(),
-    );
-    out
+    let event = DnsEvent {
+        header: EventHeader {
+            kind: kind::DNS,
+            len: size_of::<DnsEvent>() as u32,
+            boot_ns: c.boot_ns,
+        },
+        cgroup_id: c.cgroup_id,
+        family,
+        protocol: match c.protocol {
+            Protocol::Tcp => u8::try_from(IPPROTO_TCP).unwrap_or_default(),
+            _ => IPPROTO_UDP,
+        },
+        flags,
+        sport: c.src.port(),
+        dport: c.dst.port(),
+        wire_len: c.wire_len,
+        captured: n as u16,
+        _pad0: 0,
+        saddr,
+        daddr,
+        payload,
+    };
+    match c.server {
+        Some(server) => record_bytes(&DnsHeld {
+            query: event,
+            server_cgroup: server.cgroup.unwrap_or(0),
+            reached: u32::from(server.cgroup.is_some()),
+            answered: u32::from(server.answered),
+        }),
+        None => record_bytes(&event),
+    }
 }
 
 /// A DNS message for tests: header and one question (IN class), no records.

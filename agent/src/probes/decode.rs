@@ -5,8 +5,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use triage_agent_common::{
-    AF_INET, AF_INET6, COMM_LEN, EventHeader, FlowEvent, FlowKey, FlowStats, OomEvent, UNKNOWN_U8,
-    UNKNOWN_U64, flow_flags, kind,
+    AF_INET, AF_INET6, COMM_LEN, DnsEvent, DnsHeld, EventHeader, FlowEvent, FlowKey, FlowStats,
+    OomEvent, UNKNOWN_U8, UNKNOWN_U64, flow_flags, kind,
 };
 
 use crate::event::{Flow, FlowKind, OomVictim, RawEvent, TaskInfo};
@@ -91,6 +91,10 @@ unsafe impl Record for EventHeader {}
 unsafe impl Record for FlowEvent {}
 // SAFETY: as above.
 unsafe impl Record for OomEvent {}
+// SAFETY: as above.
+unsafe impl Record for DnsEvent {}
+// SAFETY: as above.
+unsafe impl Record for DnsHeld {}
 
 const _: () = {
     assert!(size_of::<EventHeader>() == 16);
@@ -101,18 +105,22 @@ const _: () = {
     );
 };
 
-/// Reads a record from the front of `bytes`; a short record is an error, never a panic.
-fn read<T: Record>(bytes: &[u8], what: &'static str) -> Result<T, DecodeError> {
+/// Reads a record from the front of `bytes`; `None` when they are too short, never a panic.
+pub fn read_record<T: Record>(bytes: &[u8]) -> Option<T> {
     if bytes.len() < size_of::<T>() {
-        return Err(DecodeError::Short {
-            what,
-            len: bytes.len(),
-            need: size_of::<T>(),
-        });
+        return None;
     }
     // SAFETY: `bytes` holds at least size_of::<T>() bytes, any bit pattern is a valid T
     // (Record), and read_unaligned needs no alignment.
-    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
+fn read<T: Record>(bytes: &[u8], what: &'static str) -> Result<T, DecodeError> {
+    read_record(bytes).ok_or(DecodeError::Short {
+        what,
+        len: bytes.len(),
+        need: size_of::<T>(),
+    })
 }
 
 /// The bytes of a record as the kernel programs lay it out (tests, fuzzing, benchmarks).
