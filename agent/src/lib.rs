@@ -27,6 +27,9 @@ pub mod dns;
 #[cfg(feature = "node-agent")]
 pub mod doctor;
 pub mod evidence;
+/// The fuzz targets' bodies (fuzz/fuzz_targets calls them; a test replays their seeds).
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod kernel;
 pub mod loss;
 #[cfg(feature = "node-agent")]
