@@ -35,6 +35,9 @@ pub mod dns;
 pub mod doctor;
 pub mod event;
 pub mod evidence;
+/// The fuzz targets' bodies (fuzz/fuzz_targets calls them; a test replays their seeds).
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod kernel;
 pub mod loss;
 #[cfg(feature = "node-agent")]

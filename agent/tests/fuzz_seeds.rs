@@ -1,9 +1,15 @@
-//! The fuzz targets' binary seeds (fuzz/seeds/<target>/) are made here from the agent's own
-//! encoders, so they are real records of today's formats: kernel ring records, DNS records as
-//! the kernel copies them (their own ring), and gRPC answers. The test fails when a format changed and the
-//! checked-in seeds are stale; `TRIAGE_WRITE_SEEDS=1 cargo test -p triage-agent --test
-//! fuzz_seeds` writes them anew. (Text seeds, such as mountinfo and cgroup files, are copies of
-//! real files and are not generated.)
+//! The fuzz targets' seeds (fuzz/seeds/<target>/).
+//!
+//! The binary ones are made here from the agent's own encoders, so they are real records of
+//! today's formats: kernel ring records, DNS records as the kernel copies them (their own
+//! ring), and gRPC answers. The test fails when a format changed and the checked-in seeds are
+//! stale; `TRIAGE_WRITE_SEEDS=1 cargo test -p triage-agent --test fuzz_seeds` writes them anew.
+//! (Text seeds, such as mountinfo and cgroup files, are copies of real files and are not
+//! generated.)
+//!
+//! Every seed of every target is also replayed through the target's body
+//! (`triage_agent::fuzzing`), the code the fuzz targets run, so `cargo test` checks each target
+//! on its corpus without a sanitizer build; `cargo xtask fuzz` fuzzes them.
 
 #![expect(
     clippy::unwrap_used,
@@ -32,10 +38,12 @@ use triage_agent_common::{
 };
 use triage_agent_proto::v1 as pb;
 
+fn fuzz_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz")
+}
+
 fn seeds_dir(target: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../fuzz/seeds")
-        .join(target)
+    fuzz_dir().join("seeds").join(target)
 }
 
 fn comm(name: &[u8]) -> [u8; COMM_LEN] {
@@ -251,5 +259,76 @@ fn generated_fuzz_seeds_are_current_and_decode() {
     assert!(
         stale.is_empty(),
         "fuzz seeds are stale or missing: {stale:?}; run TRIAGE_WRITE_SEEDS=1 cargo test -p triage-agent --test fuzz_seeds"
+    );
+}
+
+/// The fuzz crate builds the agent with `cluster` (policy_eval needs it), so the targets are
+/// all there only with it.
+#[cfg(feature = "cluster")]
+#[test]
+fn every_fuzz_target_takes_every_seed() {
+    use std::collections::BTreeSet;
+
+    /// The names of the entries of `dir` (file stems when `ext` is given: only files with it).
+    fn names_in(dir: &Path, ext: Option<&str>) -> BTreeSet<String> {
+        std::fs::read_dir(dir)
+            .map_err(|e| format!("reading {}: {e}", dir.display()))
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .filter_map(|path| match ext {
+                Some(ext) => (path.extension()? == ext)
+                    .then(|| path.file_stem()?.to_str().map(str::to_owned))
+                    .flatten(),
+                None => path.file_name()?.to_str().map(str::to_owned),
+            })
+            .collect()
+    }
+
+    let targets: BTreeSet<String> = triage_agent::fuzzing::TARGETS
+        .iter()
+        .map(|(name, _)| (*name).to_owned())
+        .collect();
+    let files = names_in(&fuzz_dir().join("fuzz_targets"), Some("rs"));
+    assert_eq!(
+        files, targets,
+        "fuzz/fuzz_targets/*.rs and triage_agent::fuzzing::TARGETS name other targets"
+    );
+    let manifest = std::fs::read_to_string(fuzz_dir().join("Cargo.toml")).unwrap();
+    for target in &targets {
+        let source =
+            std::fs::read_to_string(fuzz_dir().join(format!("fuzz_targets/{target}.rs"))).unwrap();
+        assert!(
+            source.contains(&format!("triage_agent::fuzzing::{target}(data)")),
+            "fuzz/fuzz_targets/{target}.rs does not call triage_agent::fuzzing::{target}"
+        );
+        assert!(
+            manifest.contains(&format!(
+                "name = \"{target}\"\npath = \"fuzz_targets/{target}.rs\""
+            )),
+            "fuzz/Cargo.toml has no [[bin]] {target}"
+        );
+    }
+    let seed_dirs = names_in(&fuzz_dir().join("seeds"), None);
+    assert_eq!(
+        seed_dirs, targets,
+        "fuzz/seeds/<dir> without a fuzz target, or a fuzz target without seeds"
+    );
+    let mut replayed = 0;
+    for (target, body) in triage_agent::fuzzing::TARGETS {
+        let seeds = names_in(&seeds_dir(target), None);
+        assert!(!seeds.is_empty(), "fuzz/seeds/{target} is empty");
+        for seed in seeds {
+            let path = seeds_dir(target).join(&seed);
+            let bytes = std::fs::read(&path).unwrap();
+            // A panic names the target and the seed; replay it with
+            // `cargo +nightly fuzz run <target> <path>`.
+            eprintln!("replaying fuzz/seeds/{target}/{seed}");
+            body(&bytes);
+            replayed += 1;
+        }
+    }
+    eprintln!(
+        "{replayed} seeds replayed through {} targets",
+        targets.len()
     );
 }

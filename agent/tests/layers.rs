@@ -39,10 +39,11 @@ const STAGES: &[&[&str]] = &[
     &["api", "otlp"],
     // The client commands; the Prometheus endpoint (reads the API's state and the export's).
     &["cli", "metrics"],
-    // Wiring: node checks, task supervision, the node agent, the binary's command line.
+    // Wiring: node checks, task supervision, the node agent, the binary's command line; the
+    // fuzz targets' bodies (they drive every stage).
     &["doctor", "supervisor"],
     &["node"],
-    &["app"],
+    &["app", "fuzzing"],
 ];
 
 fn stage(module: &str) -> Option<usize> {

@@ -13,12 +13,14 @@ use serde_json::Value;
 
 use crate::simnode::SimNode;
 
-/// The release binary the README's build produces; `TRIAGE_AGENT_BIN` overrides it.
+/// The static release binary `cargo xtask build` produces (the image's binary, built once for
+/// every test); `TRIAGE_AGENT_BIN` overrides it.
 pub fn agent_binary() -> PathBuf {
     if let Some(p) = std::env::var_os("TRIAGE_AGENT_BIN") {
         return PathBuf::from(p);
     }
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/triage-agent")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/x86_64-unknown-linux-musl/release/triage-agent")
 }
 
 /// A TCP port free on loopback right now, for a process the test starts next to bind.
@@ -117,7 +119,7 @@ impl AgentProcess {
     ) -> anyhow::Result<AgentProcess> {
         anyhow::ensure!(
             bin.exists(),
-            "{} missing: build it with `cargo build --release -p triage-agent` (cargo xtask test does)",
+            "{} missing: build it with `cargo xtask build` (cargo xtask test does)",
             bin.display()
         );
         let port = free_port()?;

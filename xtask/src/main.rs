@@ -30,7 +30,9 @@ enum Task {
         #[arg(long)]
         build_only: bool,
     },
-    /// Build the release binary target/release/triage-agent (eBPF embedded).
+    /// Build the static release binaries every task runs, in
+    /// target/x86_64-unknown-linux-musl/release: triage-agent (eBPF embedded, the image's
+    /// binary) and the test programs (demo, bench, sim-workload, vm-check).
     Build,
     /// The container image as an OCI archive, target/image/triage-agent-<version>.oci.tar: a
     /// static musl build (eBPF embedded) on an empty base, built offline, checked after
@@ -41,7 +43,8 @@ enum Task {
         run: bool,
     },
     /// Run every check and test: fmt, clippy (host, CLI-only, BPF), unit, gRPC and privileged
-    /// end-to-end tests, the image (built, checked, run in podman). Needs root.
+    /// end-to-end tests, every fuzz seed replayed, the image (built, checked, run in podman),
+    /// the kernel matrix, the bench reduced. Needs root.
     Test,
     /// Start a simulated node with a few pods and a NetworkPolicy, provoke drops, timeouts and
     /// refused connections, show what `triage-agent query` and `explain` say, clean up. Needs
@@ -184,24 +187,41 @@ fn require_root(what: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The one release build every task runs from, static (musl) as the image ships it: the agent
+/// (the image's binary, the one the end-to-end tests, the demo, the bench and the kernel matrix
+/// run) and the tests crate's programs (demo, bench, sim-workload, vm-check). One cargo
+/// invocation, so the agent and every dependency are compiled once for all of them.
+pub const RELEASE_BUILD: &[&str] = &[
+    "build",
+    "--release",
+    "--locked",
+    "--target",
+    image::TARGET,
+    "-p",
+    "triage-agent",
+    "-p",
+    "triage-agent-tests",
+    "--bins",
+];
+
+/// Where [`RELEASE_BUILD`] leaves the binaries (tests/src/agent.rs `agent_binary()` looks
+/// there too).
+pub fn release_dir() -> PathBuf {
+    root().join(format!("target/{}/release", image::TARGET))
+}
+
 fn build_release() -> anyhow::Result<()> {
-    run(cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "triage-agent",
-        "-p",
-        "triage-agent-tests",
-        "--bins",
-    ]))
+    run(cargo().args(RELEASE_BUILD))
 }
 
 /// Formatting and clippy for the workspace and the kernel programs, then a type check of the
 /// fuzz targets.
 fn lint() -> anyhow::Result<()> {
     lint_workspace()?;
-    // The fuzz targets (their own workspace, built with nightly): checked here so a change to
-    // what they call fails in a minute. (`cargo xtask test` builds them for real instead.)
+    // The fuzz targets (their own workspace, built with nightly). Each is a one-line call into
+    // `triage_agent::fuzzing`, which `cargo test` compiles and runs on every seed, so
+    // `cargo xtask test` leaves this out: from nothing it takes minutes (libFuzzer's C++ and
+    // every dependency checked again with nightly), warm under a second.
     run(Command::new("cargo").args([
         "+nightly",
         "check",
@@ -260,9 +280,6 @@ fn lint_workspace() -> anyhow::Result<()> {
             "--cfg=bpf_target_arch=\"x86_64\"",
         ))
 }
-
-/// Seconds each fuzz target runs in `cargo xtask test`.
-const FUZZ_SECONDS_IN_TEST: u64 = 5;
 
 /// Runs the fuzz targets (all when `only` is empty) for `seconds` each; prints each one's
 /// executions and fails on a crash.
@@ -377,19 +394,18 @@ fn main() -> anyhow::Result<()> {
             let mut phases = Phases::default();
             phases.time("setup", setup::setup)?;
             phases.time("lint", lint_workspace)?;
-            // The fuzz targets now, so a target that no longer builds fails here and not after
-            // the privileged suites; they run at the end.
-            phases.time("fuzz build", || {
-                run(Command::new("cargo").args(["+nightly", "fuzz", "build"]))
-            })?;
+            // Built once: the end-to-end tests, the image, the kernel matrix and the bench all
+            // run these static binaries.
             phases.time("release build", build_release)?;
             // Everything, privileged tests included; they fail (never skip) without privileges.
+            // The fuzz targets' bodies run here on every seed (agent/tests/fuzz_seeds.rs);
+            // `cargo xtask fuzz` fuzzes them.
             phases.time("cargo test", || {
                 run(cargo()
                     .args(["test", "--workspace", "--exclude", "triage-agent-ebpf"])
                     .env("RUST_BACKTRACE", "1"))
             })?;
-            phases.time("image", image::test)?;
+            phases.time("image", || image::test(&release_dir().join("triage-agent")))?;
             // Every signal on the kernels users run, in VMs, against the committed table.
             phases.time("kernel matrix", || {
                 setup::setup_kernel_matrix()?;
@@ -404,12 +420,10 @@ fn main() -> anyhow::Result<()> {
                     update: false,
                 })
             })?;
-            // Every fuzz target, briefly: it must build, take its seeds and not crash.
-            phases.time("fuzz", || fuzz(FUZZ_SECONDS_IN_TEST, &[]))?;
             // Every bench scenario, reduced: it must run and report (what it measures is not
             // checked: numbers are read, never asserted).
             phases.time("bench --quick", || {
-                run(Command::new(root().join("target/release/bench")).arg("--quick"))
+                run(Command::new(release_dir().join("bench")).arg("--quick"))
             })?;
             eprintln!("all checks and tests passed\n{}", phases.summary());
             Ok(())
@@ -418,7 +432,7 @@ fn main() -> anyhow::Result<()> {
             require_root("the demo")?;
             setup::setup()?;
             build_release()?;
-            run(&mut Command::new(root().join("target/release/demo")))
+            run(&mut Command::new(release_dir().join("demo")))
         }
         Task::Fuzz { seconds, targets } => {
             setup::setup()?;
@@ -432,6 +446,7 @@ fn main() -> anyhow::Result<()> {
             update,
         } => {
             setup::setup_kernel_matrix()?;
+            build_release()?;
             let jobs = jobs.unwrap_or_else(cores);
             matrix::kernel_matrix(&matrix::Options {
                 kernels,
@@ -445,7 +460,7 @@ fn main() -> anyhow::Result<()> {
             require_root("the benchmarks")?;
             setup::setup()?;
             build_release()?;
-            let mut bench = Command::new(root().join("target/release/bench"));
+            let mut bench = Command::new(release_dir().join("bench"));
             if quick {
                 bench.arg("--quick");
             }

@@ -125,7 +125,7 @@ fn musl_target() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// cargo-fuzz, for `cargo xtask fuzz` (and the short fuzz runs of `cargo xtask test`).
+/// cargo-fuzz, for `cargo xtask fuzz`.
 const CARGO_FUZZ_VERSION: &str = "0.13.1";
 
 fn cargo_fuzz() -> anyhow::Result<()> {

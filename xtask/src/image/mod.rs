@@ -11,7 +11,11 @@ mod engine;
 mod oci;
 mod verify;
 
-use std::{collections::BTreeMap, path::PathBuf, process::Command};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use anyhow::{Context as _, ensure};
 
@@ -22,6 +26,8 @@ pub const TARGET: &str = "x86_64-unknown-linux-musl";
 /// The target's architecture as OCI spells it.
 const ARCHITECTURE: &str = "amd64";
 /// `cargo build` arguments for the image's binary (the Dockerfile's build stage runs the same).
+/// `cargo xtask test` builds it together with the test programs instead
+/// ([`crate::RELEASE_BUILD`]: same profile, target and flags, so the same artifact path).
 pub const CARGO_BUILD: &[&str] = &[
     "build",
     "--release",
@@ -135,17 +141,15 @@ fn spec(
     })
 }
 
-/// Builds the static binary, checks it, and returns where it is (the kernel matrix boots it).
-pub fn build_binary_path() -> anyhow::Result<PathBuf> {
-    build_binary()?;
-    Ok(binary_path())
-}
-
-/// Builds the static binary and checks it is one, with its eBPF programs.
+/// Builds the static binary alone (as the Dockerfile does) and checks it.
 fn build_binary() -> anyhow::Result<Vec<u8>> {
     run(cargo().args(CARGO_BUILD))?;
-    let path = binary_path();
-    let binary = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    checked_binary(&binary_path())
+}
+
+/// The binary at `path`, checked to be static and to embed its eBPF programs.
+fn checked_binary(path: &Path) -> anyhow::Result<Vec<u8>> {
+    let binary = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     elf::check_static(&binary).with_context(|| format!("{}", path.display()))?;
     ensure!(
         elf::embeds_bpf_object(&binary),
@@ -203,7 +207,7 @@ fn write_checked(spec: &oci::Spec, image: oci::Image) -> anyhow::Result<PathBuf>
     Ok(path)
 }
 
-fn run_version(archive: &std::path::Path) -> anyhow::Result<()> {
+fn run_version(archive: &Path) -> anyhow::Result<()> {
     let out = engine::load_and_run(archive, &reference(), &["--version"])?;
     let want = format!("triage-agent {VERSION}");
     ensure!(
@@ -215,10 +219,11 @@ fn run_version(archive: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The image part of `cargo xtask test`: build, write twice (the same bytes), check the
-/// structure, load into podman and run `--version`.
-pub fn test() -> anyhow::Result<()> {
-    let binary = build_binary()?;
+/// The image part of `cargo xtask test`, around `binary`, the static agent the end-to-end tests
+/// and the kernel matrix run (built once, by [`crate::build_release`]): check it, write the
+/// image twice (the same bytes), check the structure, load into podman and run `--version`.
+pub fn test(binary: &Path) -> anyhow::Result<()> {
+    let binary = checked_binary(binary)?;
     let spec = spec(binary, created(), mtime(), git(&["rev-parse", "HEAD"]))?;
     let first = oci::write(&spec)?;
     let second = oci::write(&spec)?;

@@ -14,7 +14,7 @@
 //! - table.rs: the kernel x signal table, compared with the committed docs/kernel-matrix.json
 //!   and rendered into the README's support table.
 //!
-//! The payload ([`payload`]) is the image's static agent and the tests crate's static
+//! The payload ([`payload`]) is the static agent the image ships and the tests crate's static
 //! `vm-check`, which builds a simulated node in the VM and checks every signal by the agent's
 //! own answer. Results land in target/kernel-matrix/<kernel>/console.log, results.json and
 //! table.json.
@@ -301,26 +301,20 @@ pub fn kernel_matrix(options: &Options) -> anyhow::Result<()> {
 /// that really fails then costs minutes, not the VM's whole timeout.
 const VM_TIMEOUT_SCALE: &str = "6";
 
-/// The payload every VM runs: the image's static agent, the tests crate's static `vm-check`
-/// (the simulated node and a check of every signal by the agent's own answer) and
-/// `sim-workload` (the pods' processes), with the host programs the simulated node runs.
+/// The payload every VM runs, from the static release build ([`crate::build_release`], which
+/// the caller ran): the agent the image ships, the tests crate's `vm-check` (the simulated node
+/// and a check of every signal by the agent's own answer) and `sim-workload` (the pods'
+/// processes), with the host programs the simulated node runs.
 pub fn payload() -> anyhow::Result<Payload> {
-    let agent = crate::image::build_binary_path()?;
-    crate::run(crate::cargo().args([
-        "build",
-        "--release",
-        "--locked",
-        "--target",
-        crate::image::TARGET,
-        "-p",
-        "triage-agent-tests",
-        "--bin",
-        "vm-check",
-        "--bin",
-        "sim-workload",
-    ]))?;
-    let bin =
-        |name: &str| crate::root().join(format!("target/{}/release/{name}", crate::image::TARGET));
+    let bin = |name: &str| crate::release_dir().join(name);
+    let agent = bin("triage-agent");
+    for path in [agent.clone(), bin("vm-check"), bin("sim-workload")] {
+        ensure!(
+            path.is_file(),
+            "{} missing: the kernel matrix runs the static release build (`cargo xtask build`)",
+            path.display()
+        );
+    }
     Ok(Payload {
         files: vec![
             (agent, "/usr/local/bin/triage-agent".to_owned()),

@@ -54,9 +54,20 @@ pub fn run(node: &mut SimNode, part: Part) -> anyhow::Result<()> {
         .map(|_| {
             let stop = stop.clone();
             std::thread::spawn(move || {
-                let param = libc::sched_param { sched_priority: 0 };
-                // SAFETY: sets this thread's own policy.
-                unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+                // SAFETY: sched_param is plain integers (musl's has fields glibc's lacks); all
+                // zero is priority 0, the one SCHED_IDLE takes.
+                let param: libc::sched_param = unsafe { std::mem::zeroed() };
+                // The system call, not libc's wrapper: musl's (the bench is built static) only
+                // returns ENOSYS, which would leave the spinners competing with the load.
+                // SAFETY: sets this thread's own policy from a valid sched_param.
+                unsafe {
+                    libc::syscall(
+                        libc::SYS_sched_setscheduler,
+                        0,
+                        libc::SCHED_IDLE,
+                        &raw const param,
+                    )
+                };
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     std::hint::spin_loop();
                 }
