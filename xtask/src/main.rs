@@ -45,7 +45,13 @@ enum Task {
     /// Run every check and test: fmt, clippy (host, CLI-only, BPF), unit, gRPC and privileged
     /// end-to-end tests, every fuzz seed replayed, the image (built, checked, run in podman),
     /// the kernel matrix, the bench reduced. Needs root.
-    Test,
+    Test {
+        /// Only what runs without root (a laptop): lint, unit tests, and the agent's tests that
+        /// need no privileges. The privileged suites, `doctor`'s test, the image, the kernel
+        /// matrix and the bench are left out (and named); CI runs everything.
+        #[arg(long)]
+        unprivileged: bool,
+    },
     /// Start a simulated node with a few pods and a NetworkPolicy, provoke drops, timeouts and
     /// refused connections, show what `triage-agent query` and `explain` say, clean up. Needs
     /// root.
@@ -281,6 +287,49 @@ fn lint_workspace() -> anyhow::Result<()> {
         ))
 }
 
+/// The agent's integration tests (agent/tests/<name>.rs) that need root; every other one runs
+/// in `cargo xtask test --unprivileged`.
+const AGENT_PRIVILEGED_TESTS: &[&str] = &["doctor"];
+
+/// The agent's integration tests (agent/tests/*.rs) by name.
+fn agent_tests() -> anyhow::Result<Vec<String>> {
+    let dir = root().join("agent/tests");
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "rs")
+            && let Some(stem) = path.file_stem().and_then(|s| s.to_str())
+        {
+            names.push(stem.to_owned());
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// Every test that runs without root: unit tests of every crate (the tests crate's privileged
+/// suites are its integration tests, left out), and the agent's unprivileged integration tests.
+fn test_unprivileged() -> anyhow::Result<()> {
+    let mut cmd = cargo();
+    cmd.args([
+        "test",
+        "--workspace",
+        "--exclude",
+        "triage-agent-ebpf",
+        "--lib",
+        "--bins",
+    ]);
+    run(&mut cmd)?;
+    let mut agent = cargo();
+    agent.args(["test", "-p", "triage-agent"]);
+    for name in agent_tests()? {
+        if !AGENT_PRIVILEGED_TESTS.contains(&name.as_str()) {
+            agent.args(["--test", &name]);
+        }
+    }
+    run(&mut agent)
+}
+
 /// Runs the fuzz targets (all when `only` is empty) for `seconds` each; prints each one's
 /// executions and fails on a crash.
 fn fuzz(seconds: u64, only: &[String]) -> anyhow::Result<()> {
@@ -389,7 +438,22 @@ fn main() -> anyhow::Result<()> {
                 "--",
             ])
             .args(["--ignored", "--exact", "regenerate"])),
-        Task::Test => {
+        Task::Test { unprivileged: true } => {
+            let mut phases = Phases::default();
+            phases.time("lint", lint_workspace)?;
+            phases.time("cargo test (unprivileged)", test_unprivileged)?;
+            eprintln!(
+                "unprivileged checks and tests passed; not run (they need root, CI runs them): \
+                 the privileged end-to-end suites (tests/tests), agent/tests/{{{}}}.rs, the \
+                 image, the kernel matrix, the bench\n{}",
+                AGENT_PRIVILEGED_TESTS.join(","),
+                phases.summary()
+            );
+            Ok(())
+        }
+        Task::Test {
+            unprivileged: false,
+        } => {
             require_root("`cargo xtask test` runs privileged end-to-end tests")?;
             let mut phases = Phases::default();
             phases.time("setup", setup::setup)?;
