@@ -426,6 +426,11 @@ pub fn hold() -> anyhow::Result<()> {
         "prctl(PR_SET_PDEATHSIG): {}",
         std::io::Error::last_os_error()
     );
+    // The bench stops its peers with SIGINT, and a bench started with SIGINT ignored (a
+    // background job of a non-interactive shell, `cargo xtask test &` in a script) hands that
+    // on to this holder, which then outlives every stop's 30 s deadline: take the default back.
+    // SAFETY: sets one signal's disposition to the default, no handler involved.
+    unsafe { libc::signal(libc::SIGINT, libc::SIG_DFL) };
     // The bench may have died before the signal was asked for: then this was reparented.
     // SAFETY: no preconditions.
     if unsafe { libc::getppid() } == 1 {
