@@ -572,23 +572,20 @@ fn available_events(tracefs: &Path) -> Option<String> {
 /// rather than the attach call's bare errno.
 fn missing_hook(events: Option<&str>, hook: Hook) -> Option<String> {
     let events = events?;
-    let (category, name) = match hook {
-        Hook::TracePoint { category, name } => (Some(category), name),
-        Hook::RawTracePoint { name } => (None, name),
+    let (category, name, since) = match hook {
+        Hook::TracePoint {
+            category,
+            name,
+            since,
+        } => (Some(category), name, since),
+        Hook::RawTracePoint { name, since } => (None, name, since),
         Hook::CgroupSkb { .. } => return None,
     };
     let present = events.lines().any(|line| match line.split_once(':') {
         Some((c, n)) => n.trim() == name && category.is_none_or(|want| want == c),
         None => false,
     });
-    (!present).then(|| {
-        let since = super::TRACEPOINT_SINCE
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, since)| format!(" (added in Linux {since})"))
-            .unwrap_or_default();
-        format!("this kernel has no {name} tracepoint{since}")
-    })
+    (!present).then(|| format!("this kernel has no {name} tracepoint (added in Linux {since})"))
 }
 
 /// A program the kernel would not load, with the verifier's own reason: the last lines of its
@@ -629,7 +626,9 @@ pub fn verifier_reason(log: &str) -> String {
 
 fn attach(ebpf: &mut Ebpf, name: &str, hook: Hook, cgroup_root: &Path) -> Result<(), String> {
     match hook {
-        Hook::TracePoint { category, name: tp } => {
+        Hook::TracePoint {
+            category, name: tp, ..
+        } => {
             let program: &mut TracePoint = ebpf
                 .program_mut(name)
                 .ok_or_else(|| format!("program {name} not in the object"))?
@@ -640,7 +639,7 @@ fn attach(ebpf: &mut Ebpf, name: &str, hook: Hook, cgroup_root: &Path) -> Result
                 .attach(category, tp)
                 .map_err(|e| format!("attach: {e}"))?;
         }
-        Hook::RawTracePoint { name: tp } => {
+        Hook::RawTracePoint { name: tp, .. } => {
             let program: &mut RawTracePoint = ebpf
                 .program_mut(name)
                 .ok_or_else(|| format!("program {name} not in the object"))?
@@ -682,7 +681,36 @@ fn attach(ebpf: &mut Ebpf, name: &str, hook: Hook, cgroup_root: &Path) -> Result
 mod tests {
     use triage_agent_common::{FlowKey, FlowRepeat, FlowStats, kind};
 
-    use super::merge_repeats;
+    use super::{merge_repeats, missing_hook};
+    use crate::probes::{Hook, PROGRAMS};
+
+    /// A tracepoint the kernel does not list is named with the release that added it, taken
+    /// from the program's own hook; a listed one, or no tracefs, is no finding.
+    #[test]
+    fn a_missing_tracepoint_is_named_with_its_release() {
+        let hook = |name: &str| {
+            PROGRAMS
+                .iter()
+                .find(|p| p.name == name)
+                .map(|p| p.hook)
+                .unwrap_or_else(|| unreachable!("{name} is a program"))
+        };
+        let events = "sock:inet_sock_set_state\ntcp:tcp_retransmit_skb\n";
+        assert_eq!(
+            missing_hook(Some(events), hook("inet_sk_error_report")).as_deref(),
+            Some("this kernel has no inet_sk_error_report tracepoint (added in Linux 5.14)")
+        );
+        assert_eq!(
+            missing_hook(Some(events), hook("inet_sock_set_state")),
+            None
+        );
+        assert_eq!(missing_hook(Some(events), hook("tcp_retransmit_skb")), None);
+        assert_eq!(missing_hook(None, hook("inet_sk_error_report")), None);
+        assert_eq!(
+            missing_hook(Some(""), Hook::CgroupSkb { egress: true }),
+            None
+        );
+    }
 
     fn key(dport: u16) -> FlowKey {
         FlowKey {

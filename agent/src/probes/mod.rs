@@ -35,10 +35,17 @@ pub enum Hook {
     TracePoint {
         category: &'static str,
         name: &'static str,
+        /// The Linux release that added it, for naming what a kernel lacks (the check itself
+        /// is whether the running kernel lists the tracepoint, never its version).
+        since: &'static str,
     },
     /// A raw tracepoint: the tracepoint's arguments without the trace record (cheaper per
     /// hit; used where the hit rate is a packet rate).
-    RawTracePoint { name: &'static str },
+    RawTracePoint {
+        name: &'static str,
+        /// As for [`Hook::TracePoint`].
+        since: &'static str,
+    },
     /// A cgroup_skb program on the cgroup2 root: every packet every socket of the node sends
     /// (`egress`) or receives (`egress: false`), with the socket's cgroup.
     CgroupSkb { egress: bool },
@@ -47,8 +54,8 @@ pub enum Hook {
 impl fmt::Display for Hook {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Hook::TracePoint { category, name } => write!(f, "tracepoint/{category}/{name}"),
-            Hook::RawTracePoint { name } => write!(f, "raw_tracepoint/{name}"),
+            Hook::TracePoint { category, name, .. } => write!(f, "tracepoint/{category}/{name}"),
+            Hook::RawTracePoint { name, .. } => write!(f, "raw_tracepoint/{name}"),
             Hook::CgroupSkb { egress: true } => f.write_str("cgroup_skb/egress"),
             Hook::CgroupSkb { egress: false } => f.write_str("cgroup_skb/ingress"),
         }
@@ -98,6 +105,7 @@ pub const PROGRAMS: &[Program] = &[
         name: "inet_sock_set_state",
         hook: Hook::RawTracePoint {
             name: "inet_sock_set_state",
+            since: "4.16",
         },
         fallback: None,
         serves: &[
@@ -109,6 +117,7 @@ pub const PROGRAMS: &[Program] = &[
         name: "tcp_receive_reset",
         hook: Hook::RawTracePoint {
             name: "tcp_receive_reset",
+            since: "4.16",
         },
         fallback: None,
         serves: &[(Kind::ConnectionRefused, Role::Needed)],
@@ -117,6 +126,7 @@ pub const PROGRAMS: &[Program] = &[
         name: "tcp_send_reset",
         hook: Hook::RawTracePoint {
             name: "tcp_send_reset",
+            since: "4.16",
         },
         fallback: None,
         serves: &[(
@@ -131,6 +141,7 @@ pub const PROGRAMS: &[Program] = &[
         name: "inet_sk_error_report",
         hook: Hook::RawTracePoint {
             name: "inet_sk_error_report",
+            since: "5.14",
         },
         fallback: None,
         serves: &[(
@@ -145,6 +156,7 @@ pub const PROGRAMS: &[Program] = &[
         hook: Hook::TracePoint {
             category: "tcp",
             name: "tcp_retransmit_skb",
+            since: "4.15",
         },
         fallback: None,
         serves: &[(
@@ -156,7 +168,10 @@ pub const PROGRAMS: &[Program] = &[
     },
     Program {
         name: "kfree_skb",
-        hook: Hook::RawTracePoint { name: "kfree_skb" },
+        hook: Hook::RawTracePoint {
+            name: "kfree_skb",
+            since: "2.6.32",
+        },
         fallback: None,
         serves: &[(Kind::PacketDrop, Role::Needed)],
     },
@@ -182,6 +197,7 @@ pub const PROGRAMS: &[Program] = &[
         name: "mark_victim",
         hook: Hook::RawTracePoint {
             name: "mark_victim",
+            since: "4.3",
         },
         fallback: None,
         serves: &[(
@@ -191,18 +207,6 @@ pub const PROGRAMS: &[Program] = &[
             },
         )],
     },
-];
-
-/// The Linux release that added each tracepoint a program needs, for naming what a kernel lacks
-/// (the check itself is whether the running kernel lists the tracepoint, never its version).
-pub const TRACEPOINT_SINCE: &[(&str, &str)] = &[
-    ("inet_sock_set_state", "4.16"),
-    ("tcp_receive_reset", "4.16"),
-    ("tcp_send_reset", "4.16"),
-    ("inet_sk_error_report", "5.14"),
-    ("tcp_retransmit_skb", "4.15"),
-    ("kfree_skb", "2.6.32"),
-    ("mark_victim", "4.3"),
 ];
 
 /// A fallback program running in place of the one the kernel rejected.

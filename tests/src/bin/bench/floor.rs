@@ -327,7 +327,7 @@ pub fn attach_all(at_cgroup: AtCgroupHooks) -> anyhow::Result<Vec<OwnedFd>> {
     };
     for program in PROGRAMS {
         match program.hook {
-            Hook::RawTracePoint { name } | Hook::TracePoint { name, .. } => {
+            Hook::RawTracePoint { name, .. } | Hook::TracePoint { name, .. } => {
                 let prog = load_empty(BPF_PROG_TYPE_RAW_TRACEPOINT, 0, 0)?;
                 let name_c = CString::new(name)?;
                 let mut attr = Attr::default();
