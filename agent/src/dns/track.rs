@@ -156,8 +156,11 @@ struct SearchGroup {
 pub struct Tracker {
     config: TrackConfig,
     inflight: HashMap<Key, InFlight>,
-    /// Per cgroup, keys in the order they were sent (oldest first).
+    /// Per cgroup, keys in the order they were sent (oldest first). Answered keys stay until
+    /// they reach the front or the queue is compacted ([`Tracker::compact`]).
     order: HashMap<u64, VecDeque<Key>>,
+    /// Per cgroup, how many of its queries are in flight (what the per-pod bound counts).
+    live: HashMap<u64, usize>,
     /// (client address, id) -> key, to match what a server on this node saw.
     by_client: HashMap<(SocketAddr, u16), Key>,
     /// NXDOMAINs per (cgroup, client ip).
@@ -181,6 +184,7 @@ impl Tracker {
             config,
             inflight: HashMap::new(),
             order: HashMap::new(),
+            live: HashMap::new(),
             by_client: HashMap::new(),
             search: HashMap::new(),
             tallies: HashMap::new(),
@@ -276,14 +280,14 @@ impl Tracker {
             entry.server_cgroup = entry.server_cgroup.or(server_cgroup);
             return;
         }
-        let per_pod = self.order.get(&key.cgroup).map_or(0, VecDeque::len);
+        let per_pod = self.live.get(&key.cgroup).copied().unwrap_or(0);
         if per_pod >= self.config.per_pod {
             self.evict_oldest(key.cgroup);
         } else if self.inflight.len() >= self.config.total
             && let Some(biggest) = self
-                .order
+                .live
                 .iter()
-                .max_by_key(|(_, q)| q.len())
+                .max_by_key(|(_, n)| **n)
                 .map(|(cgroup, _)| *cgroup)
         {
             self.evict_oldest(biggest);
@@ -292,6 +296,8 @@ impl Tracker {
             .entry(key.cgroup)
             .or_default()
             .push_back(key.clone());
+        *self.live.entry(key.cgroup).or_default() += 1;
+        self.compact(key.cgroup);
         self.by_client.insert((key.client, key.id), key.clone());
         let question = (c.protocol == Protocol::Udp).then(|| question_hash(c));
         self.inflight.insert(
@@ -324,8 +330,27 @@ impl Tracker {
         }
     }
 
+    /// Drops the answered keys from a cgroup's order once they outnumber the live ones, so the
+    /// order stays within about twice the bound however fast lookups are answered behind an
+    /// unanswered one (amortised: each key is dropped once).
+    fn compact(&mut self, cgroup: u64) {
+        let live = self.live.get(&cgroup).copied().unwrap_or(0);
+        let inflight = &self.inflight;
+        if let Some(q) = self.order.get_mut(&cgroup)
+            && q.len() > 2 * live + 64
+        {
+            q.retain(|k| inflight.contains_key(k));
+        }
+    }
+
     fn remove(&mut self, key: &Key) -> Option<InFlight> {
         let entry = self.inflight.remove(key)?;
+        if let Some(n) = self.live.get_mut(&key.cgroup) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.live.remove(&key.cgroup);
+            }
+        }
         if self.by_client.get(&(key.client, key.id)) == Some(key) {
             self.by_client.remove(&(key.client, key.id));
         }

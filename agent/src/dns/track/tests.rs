@@ -382,6 +382,28 @@ fn the_table_is_bounded_per_pod_and_evictions_are_counted() {
     assert_eq!(s.t.in_flight(), 0);
 }
 
+#[test]
+fn answered_lookups_do_not_count_against_the_bound_of_one_still_in_flight() {
+    // One lookup never answered, then 1,100 answered ones (more than the per-pod bound of
+    // 1,024) within the timeout: the bound counts what is in flight, so the unanswered one
+    // stays and becomes its timeout.
+    let mut s = Sim::new(TrackConfig::default());
+    s.ask(0, 0, "lost.example", 1);
+    for i in 1..=1_100u64 {
+        let id = u16::try_from(i).unwrap();
+        s.ask(i * 4 * MS, id, "ok.example", 1);
+        assert!(s.answer(i * 4 * MS + MS, id, "ok.example", 1, 0).is_empty());
+    }
+    assert_eq!(s.t.in_flight(), 1);
+    assert_eq!(s.counters.get(Loss::DnsInflightEvicted), 0);
+    // The answered keys behind the unanswered one are compacted away, not kept until it ends.
+    assert!(s.t.order.get(&7).map_or(0, VecDeque::len) <= 2 * 1 + 64 + 1);
+    let f = s.t.tick(6 * S);
+    assert_eq!(f.len(), 1);
+    assert_eq!(f[0].outcome, DnsOutcome::Timeout);
+    assert_eq!(&*f[0].query, "lost.example");
+}
+
 /// The key the kernel would count a failure of this lookup under (as sent by [`Sim::ask`]).
 fn repeat_key(id: u16, name: &str, qtype: u16, rcode: u8) -> RepeatKey {
     let query = message(id, false, 0, false, name, qtype);
