@@ -26,7 +26,8 @@ names! {
         DecodeErrors = "decode_errors",
         /// The reader -> attribution channel was full.
         PipelineFull = "pipeline_full",
-        /// The attribution -> store channel was full.
+        /// Occurrences the attribution -> store channel could not take (it was full),
+        /// counted by their occurrence counts.
         StoreChannelFull = "store_channel_full",
         /// Records evicted from the store to make room (capacity or quota).
         StoreEvicted = "store_evicted",
@@ -75,6 +76,9 @@ names! {
         /// repeats was full for the drain interval), or that the agent could no longer name.
         /// Those failed lookups are missing from the pod's evidence and counters.
         DnsRepeatsLost = "dns_repeats_lost",
+        /// DNS lookups whose per-pod tallies (the successes and failures behind each pod's
+        /// lookup counters) could not reach the store (its channel was full).
+        DnsLookupsLost = "dns_lookups_lost",
     }
 }
 
@@ -108,6 +112,7 @@ impl Loss {
             Loss::DnsAnsweredFull => "DNS lookups answered well not counted (kernel table full)",
             Loss::KernelRunsSkipped => "kernel program runs skipped (nested on one CPU)",
             Loss::DnsRepeatsLost => "repeated DNS failures not counted (kernel table full)",
+            Loss::DnsLookupsLost => "DNS lookups missing from pods' counters (store channel full)",
         }
     }
 

@@ -75,18 +75,6 @@ fn bpf_stats_enabled() -> bool {
     std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").is_ok_and(|s| s.trim() == "1")
 }
 
-/// Run time and count of our programs (zero unless `kernel.bpf_stats_enabled` is 1).
-fn bpf_stats(ids: &[(String, u32)]) -> Vec<(String, Duration, u64)> {
-    let mut out = Vec::new();
-    for info in aya::programs::loaded_programs().flatten() {
-        if let Some((name, _)) = ids.iter().find(|(_, id)| *id == info.id()) {
-            out.push((name.clone(), info.run_time(), info.run_count()));
-        }
-    }
-    out.sort();
-    out
-}
-
 impl MetricsState {
     async fn snapshot(&self) -> Option<Snapshot> {
         let a = &self.agent;
@@ -119,7 +107,7 @@ impl MetricsState {
             pods: attribution.pods,
             pending: attribution.pending,
             bpf_stats_enabled: bpf_stats_enabled(),
-            bpf: bpf_stats(&self.program_ids),
+            bpf: crate::probes::loader::program_run_stats(&self.program_ids),
             persistence: a.persistence.as_ref().map(|p| p.get()),
             otlp: self.otlp.as_ref().map(|o| {
                 use std::sync::atomic::Ordering::Relaxed;

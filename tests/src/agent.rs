@@ -133,7 +133,10 @@ impl AgentProcess {
         };
         let log = std::env::temp_dir().join(format!("{node_name}-agent.log"));
         let log_file = std::fs::File::create(&log)?;
-        let child = Command::new(&bin)
+        let mut cmd = Command::new(&bin);
+        // Exactly the DaemonSet's capabilities, as in production.
+        crate::caps::restrict_to_daemonset(&mut cmd)?;
+        let child = cmd
             .args([
                 "agent",
                 "--node-name",
@@ -152,6 +155,13 @@ impl AgentProcess {
             .stderr(log_file)
             .spawn()
             .context("starting the agent")?;
+        // Spawning returned after the exec: the agent runs with what it will have.
+        let held = crate::caps::effective(child.id())?;
+        let want = crate::caps::daemonset_mask()?;
+        anyhow::ensure!(
+            held == want,
+            "the agent holds capabilities {held:#x}, not the DaemonSet's {want:#x}"
+        );
         Ok(AgentProcess {
             child: Some(child),
             addr,

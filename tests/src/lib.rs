@@ -10,6 +10,7 @@
 
 pub mod agent;
 pub mod apiserver;
+pub mod caps;
 pub mod fixture;
 pub mod matrix;
 pub mod simnode;

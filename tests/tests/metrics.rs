@@ -150,6 +150,24 @@ fn prometheus_scrapes_low_cardinality_metrics_of_a_running_agent() {
         ),
         Some(1.0)
     );
+    // Every attached program's run time and count, read from the agent's own program
+    // descriptors: the DaemonSet's capabilities cannot list the kernel's programs.
+    for program in [
+        "tcp_receive_reset",
+        "kfree_skb",
+        "dns_egress",
+        "mark_victim",
+    ] {
+        for metric in [
+            "triage_agent_bpf_program_runs_total",
+            "triage_agent_bpf_program_run_time_seconds_total",
+        ] {
+            assert!(
+                sample(&parsed, metric, &[("program", program)]).is_some(),
+                "{metric} {program}: {body}"
+            );
+        }
+    }
     // Each signal in exactly one mode: on this host, every one full.
     for signal in ["connection_refused", "packet_drop", "dns", "oom_kill"] {
         for (mode, value) in [("full", 1.0), ("degraded", 0.0), ("off", 0.0)] {

@@ -271,9 +271,16 @@ impl Attributor {
             self.pending
                 .pop_front()
                 .and_then(|(oldest, _)| {
-                    self.counters
-                        .add(Loss::AttributionExpired, event_count(&oldest));
-                    self.try_attribute(&oldest, now, true)
+                    // Its last attempt often finds the pod: counted only when it does not.
+                    let occs = self.try_attribute(&oldest, now, true)?;
+                    if occs
+                        .iter()
+                        .all(|o| o.subject.attribution == Attribution::None)
+                    {
+                        self.counters
+                            .add(Loss::AttributionExpired, event_count(&oldest));
+                    }
+                    Some(occs)
                 })
                 .unwrap_or_default()
         } else {
@@ -538,9 +545,15 @@ async fn run(
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let counters = attributor.counters.clone();
+    // Counted in what is lost: an occurrence's count, a tally's lookups.
     let send = |a: Attributed| {
-        if store.try_send(a).is_err() {
-            counters.add(Loss::StoreChannelFull, 1);
+        if let Err(e) = store.try_send(a) {
+            match e.into_inner() {
+                Attributed::Occurrence(o) => counters.add(Loss::StoreChannelFull, o.count.max(1)),
+                Attributed::DnsLookups(l) => {
+                    counters.add(Loss::DnsLookupsLost, l.lookups.lookups);
+                }
+            }
         }
     };
     let forward = |occs: Vec<Occurrence>, attributor: &mut Attributor| {

@@ -255,6 +255,35 @@ fn full_queue_stores_the_oldest_unattributed() {
 }
 
 #[test]
+fn an_event_pushed_out_of_a_full_queue_that_finds_its_pod_is_not_counted_as_expired() {
+    // Not synced: events about unknown pods wait.
+    let (mut a, counters) = attributor();
+    for i in 0..PENDING_CAPACITY {
+        assert!(a.event(syn_refused(i as u64), now(0)).is_empty());
+    }
+    // The pods arrive in a list (waiting events are retried at its end, not before).
+    a.update(MetaUpdate::RelistStarted, now(1));
+    a.update(
+        MetaUpdate::Apply(info("client", UID_A, "10.0.0.1", 0)),
+        now(1),
+    );
+    a.update(
+        MetaUpdate::Apply(info("server", UID_B, "10.0.0.2", 0)),
+        now(1),
+    );
+    // A new event about an unknown address waits and pushes the oldest out: its last
+    // attempt finds its pod.
+    let mut unknown = syn_refused(1);
+    let RawEvent::Flow(c) = &mut unknown.event else {
+        unreachable!("a flow")
+    };
+    c.dst = "192.168.1.1:22".parse().unwrap();
+    let pushed_out = one(a.event(unknown, now(1)));
+    assert!(pushed_out.subject.pod.is_some(), "{pushed_out:?}");
+    assert_eq!(counters.get(Loss::AttributionExpired), 0);
+}
+
+#[test]
 fn relist_after_outage_deletes_vanished_pods() {
     let (mut a, _) = attributor();
     synced_with_pods(&mut a);
@@ -693,4 +722,27 @@ fn dns_lookups_are_counters_beside_the_records() {
     // A host process's lookups: nobody to name.
     assert!(a.event(tally(200, "10.9.9.9"), now(6)).is_empty());
     assert!(a.take_lookups().is_empty());
+}
+
+#[tokio::test]
+async fn what_the_store_channel_cannot_take_is_counted_by_its_occurrences() {
+    let (mut a, counters) = attributor();
+    synced_with_pods(&mut a);
+    // Nobody reads the store's end: the first occurrence fills the channel.
+    let (store, _unread) = mpsc::channel(1);
+    let cancel = CancellationToken::new();
+    let (inputs, _stats, task) = spawn(a, store, cancel.clone());
+    let task = tokio::spawn(task);
+    for at in [5, 6] {
+        let drop = drop_of("10.0.0.1:40000", "192.0.2.9:443", None, at);
+        inputs.events.send(drop).await.unwrap();
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while counters.get(Loss::StoreChannelFull) == 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The second flow's 500 drops, not one.
+    assert_eq!(counters.get(Loss::StoreChannelFull), 500);
+    cancel.cancel();
+    task.await.unwrap();
 }

@@ -6,7 +6,7 @@ use std::{
     collections::{HashMap, HashSet},
     path::{Path, PathBuf},
     sync::Arc,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use tracing::{debug, warn};
@@ -76,6 +76,10 @@ pub struct Sampler {
     sweeps: u64,
     buf: Vec<u8>,
     known: Option<crate::cgroup::KnownCgroups>,
+    /// When this sampler started: a container whose cgroup was made later has its whole
+    /// history inside the agent's life, so its first reading reports what its counters
+    /// already hold (since container start) instead of being a silent baseline.
+    started: SystemTime,
     /// Cumulative totals.
     pub totals: SweepStats,
 }
@@ -90,6 +94,7 @@ impl Sampler {
             sweeps: 0,
             buf: vec![0; READ_BUF],
             known: None,
+            started: SystemTime::now(),
             totals: SweepStats::default(),
         }
     }
@@ -122,8 +127,8 @@ impl Sampler {
     }
 
     /// The live pods changed: stops following containers that are gone from metadata, finds
-    /// the new ones.
-    pub fn set_pods(&mut self, pods: &[PodContainers]) {
+    /// the new ones and takes their first reading at once (into `out` when it is evidence).
+    pub fn set_pods(&mut self, pods: &[PodContainers], now: Instant, out: &mut Vec<Sample>) {
         let wanted: HashSet<ContainerRef> = pods
             .iter()
             .flat_map(|p| {
@@ -147,11 +152,12 @@ impl Sampler {
             })
             .map(|p| p.uid.clone())
             .collect();
-        self.discover();
+        self.discover(now, out);
     }
 
-    /// Looks for the cgroups of pods with containers not followed yet.
-    fn discover(&mut self) {
+    /// Looks for the cgroups of pods with containers not followed yet and takes the first
+    /// reading of each one found.
+    fn discover(&mut self, now: Instant, out: &mut Vec<Sample>) {
         let base = self
             .config
             .hierarchies
@@ -186,13 +192,31 @@ impl Sampler {
                     container_id: id.into(),
                 };
                 debug!(pod_uid = %key.pod_uid, container = %key.container_id, path = %rel.display(), "sampling container");
-                self.tracked.insert(key, self.track(&rel));
+                let mut t = self.track(&rel, now);
+                let mut stats = SweepStats::default();
+                let ctx = self.context();
+                if !read_container(&key, &mut t, now, &ctx, &mut self.buf, out, &mut stats) {
+                    self.tracked.insert(key, t);
+                }
+                self.totals.files_read += stats.files_read;
+                self.totals.read_errors += stats.read_errors;
             }
         }
         self.incomplete = still;
     }
 
-    fn track(&self, rel: &Path) -> Tracked {
+    fn context(&self) -> Context {
+        Context {
+            cpu_v2: self.config.hierarchies.cpu.as_ref().map(|h| h.version) == Some(Version::V2),
+            mem_v2: self.config.hierarchies.memory.as_ref().map(|h| h.version) == Some(Version::V2),
+            threshold: self.config.throttle_threshold.max(1),
+        }
+    }
+
+    /// Opens a container's files. A container whose cgroup was made after this sampler
+    /// started gets a zero baseline at its creation, so its first reading reports what
+    /// happened since it started; an older one's first reading is its baseline.
+    fn track(&self, rel: &Path, now: Instant) -> Tracked {
         let h = &self.config.hierarchies;
         let files = |hier: Option<&crate::cgroup::layout::Hierarchy>, v2: &str, v1: &str| {
             hier.map(|hier| {
@@ -217,12 +241,23 @@ impl Sampler {
             .map(|m| m.join(rel).join("cpu.pressure"))
             .filter(|p| p.exists())
             .map(CgroupFile::new);
+        let cpu = files(h.cpu.as_ref(), "cpu.stat", "cpu.stat");
+        let memory = files(h.memory.as_ref(), "memory.events", "memory.oom_control");
+        let born = cpu
+            .as_ref()
+            .or(memory.as_ref())
+            .and_then(|f| std::fs::metadata(&f.dir).ok()?.modified().ok())
+            .filter(|made| *made >= self.started)
+            .and_then(|made| {
+                let age = SystemTime::now().duration_since(made).unwrap_or_default();
+                now.checked_sub(age)
+            });
         Tracked {
-            cpu: files(h.cpu.as_ref(), "cpu.stat", "cpu.stat"),
-            memory: files(h.memory.as_ref(), "memory.events", "memory.oom_control"),
+            cpu,
+            memory,
             psi,
-            prev_cpu: None,
-            prev_oom: None,
+            prev_cpu: born.map(|at| (CpuStat::default(), at)),
+            prev_oom: born.map(|_| (0, 0)),
             warned: false,
         }
     }
@@ -231,105 +266,18 @@ impl Sampler {
     pub fn sweep(&mut self, now: Instant, out: &mut Vec<Sample>) -> SweepStats {
         self.sweeps += 1;
         if !self.incomplete.is_empty() && self.sweeps.is_multiple_of(REDISCOVER_EVERY) {
-            self.discover();
+            self.discover(now, out);
         }
         let mut stats = SweepStats {
             containers: self.tracked.len(),
             ..SweepStats::default()
         };
-        let cpu_v2 = self.config.hierarchies.cpu.as_ref().map(|h| h.version) == Some(Version::V2);
-        let mem_v2 =
-            self.config.hierarchies.memory.as_ref().map(|h| h.version) == Some(Version::V2);
-        let threshold = self.config.throttle_threshold.max(1);
+        let ctx = self.context();
         let buf = &mut self.buf;
         let mut gone = Vec::new();
         for (key, t) in &mut self.tracked {
-            if let Some(cpu) = t.cpu.as_mut() {
-                stats.files_read += 1;
-                let read = cpu.counter.read(buf);
-                match read.map(|b| cgroupfs::cpu_stat(b, cpu_v2)) {
-                    Ok(Some(stat)) => {
-                        if let Some((prev, at)) = t.prev_cpu
-                            && stat.periods >= prev.periods
-                            && stat.throttled >= prev.throttled
-                        {
-                            let throttled = stat.throttled - prev.throttled;
-                            if throttled >= threshold {
-                                let interval = now.saturating_duration_since(at);
-                                let limit = cpu_limit(&cpu.dir, cpu_v2, buf);
-                                stats.files_read += 1 + u64::from(!cpu_v2);
-                                let pressure = t.psi.as_mut().and_then(|p| {
-                                    stats.files_read += 1;
-                                    p.read(buf).ok().and_then(cgroupfs::psi_some_avg10)
-                                });
-                                out.push(Sample::Throttled {
-                                    container: key.clone(),
-                                    throttling: CpuThrottling {
-                                        throttled_periods: throttled,
-                                        total_periods: stat.periods - prev.periods,
-                                        throttled_us: stat
-                                            .throttled_us
-                                            .saturating_sub(prev.throttled_us),
-                                        limit_millicores: limit,
-                                        interval_ms: u64::try_from(interval.as_millis())
-                                            .unwrap_or(u64::MAX),
-                                        cpu_pressure_some_avg10: pressure,
-                                    },
-                                });
-                            }
-                        }
-                        t.prev_cpu = Some((stat, now));
-                    }
-                    Ok(None) => {
-                        let path = cpu.counter.path().to_owned();
-                        stats.read_errors += 1;
-                        failed(t, &path, None);
-                    }
-                    Err(e) => {
-                        let path = cpu.counter.path().to_owned();
-                        if failed(t, &path, Some(e)) {
-                            gone.push(key.clone());
-                            continue;
-                        }
-                        stats.read_errors += 1;
-                    }
-                }
-            }
-            if let Some(mem) = t.memory.as_mut() {
-                stats.files_read += 1;
-                let read = mem.counter.read(buf);
-                match read.map(|b| cgroupfs::oom_counts(b, mem_v2)) {
-                    Ok(Some((kills, group))) => {
-                        if let Some((pk, pg)) = t.prev_oom
-                            && kills > pk
-                        {
-                            let (limit, usage, group_flag) = memory_state(&mem.dir, mem_v2, buf);
-                            stats.files_read += 3;
-                            out.push(Sample::OomKills(OomCounts {
-                                container: key.clone(),
-                                kills: kills - pk,
-                                group_kills: group.saturating_sub(pg),
-                                limit_bytes: limit,
-                                usage_bytes: usage,
-                                group: group_flag,
-                            }));
-                        }
-                        t.prev_oom = Some((kills, group));
-                    }
-                    Ok(None) => {
-                        let path = mem.counter.path().to_owned();
-                        stats.read_errors += 1;
-                        failed(t, &path, None);
-                    }
-                    Err(e) => {
-                        let path = mem.counter.path().to_owned();
-                        if failed(t, &path, Some(e)) {
-                            gone.push(key.clone());
-                        } else {
-                            stats.read_errors += 1;
-                        }
-                    }
-                }
+            if read_container(key, t, now, &ctx, buf, out, &mut stats) {
+                gone.push(key.clone());
             }
         }
         stats.gone = gone.len() as u64;
@@ -343,6 +291,115 @@ impl Sampler {
         self.totals.containers = self.tracked.len();
         stats
     }
+}
+
+/// What every container's reading needs to know about the node.
+struct Context {
+    cpu_v2: bool,
+    mem_v2: bool,
+    threshold: u64,
+}
+
+/// Reads one container's counters, appends what changed past the thresholds to `out` and
+/// keeps the reading as the next baseline. `true` when its cgroup is gone.
+fn read_container(
+    key: &ContainerRef,
+    t: &mut Tracked,
+    now: Instant,
+    ctx: &Context,
+    buf: &mut [u8],
+    out: &mut Vec<Sample>,
+    stats: &mut SweepStats,
+) -> bool {
+    let Context {
+        cpu_v2,
+        mem_v2,
+        threshold,
+    } = *ctx;
+    if let Some(cpu) = t.cpu.as_mut() {
+        stats.files_read += 1;
+        let read = cpu.counter.read(buf);
+        match read.map(|b| cgroupfs::cpu_stat(b, cpu_v2)) {
+            Ok(Some(stat)) => {
+                if let Some((prev, at)) = t.prev_cpu
+                    && stat.periods >= prev.periods
+                    && stat.throttled >= prev.throttled
+                {
+                    let throttled = stat.throttled - prev.throttled;
+                    if throttled >= threshold {
+                        let interval = now.saturating_duration_since(at);
+                        let limit = cpu_limit(&cpu.dir, cpu_v2, buf);
+                        stats.files_read += 1 + u64::from(!cpu_v2);
+                        let pressure = t.psi.as_mut().and_then(|p| {
+                            stats.files_read += 1;
+                            p.read(buf).ok().and_then(cgroupfs::psi_some_avg10)
+                        });
+                        out.push(Sample::Throttled {
+                            container: key.clone(),
+                            throttling: CpuThrottling {
+                                throttled_periods: throttled,
+                                total_periods: stat.periods - prev.periods,
+                                throttled_us: stat.throttled_us.saturating_sub(prev.throttled_us),
+                                limit_millicores: limit,
+                                interval_ms: u64::try_from(interval.as_millis())
+                                    .unwrap_or(u64::MAX),
+                                cpu_pressure_some_avg10: pressure,
+                            },
+                        });
+                    }
+                }
+                t.prev_cpu = Some((stat, now));
+            }
+            Ok(None) => {
+                let path = cpu.counter.path().to_owned();
+                stats.read_errors += 1;
+                failed(t, &path, None);
+            }
+            Err(e) => {
+                let path = cpu.counter.path().to_owned();
+                if failed(t, &path, Some(e)) {
+                    return true;
+                }
+                stats.read_errors += 1;
+            }
+        }
+    }
+    if let Some(mem) = t.memory.as_mut() {
+        stats.files_read += 1;
+        let read = mem.counter.read(buf);
+        match read.map(|b| cgroupfs::oom_counts(b, mem_v2)) {
+            Ok(Some((kills, group))) => {
+                if let Some((pk, pg)) = t.prev_oom
+                    && kills > pk
+                {
+                    let (limit, usage, group_flag) = memory_state(&mem.dir, mem_v2, buf);
+                    stats.files_read += 3;
+                    out.push(Sample::OomKills(OomCounts {
+                        container: key.clone(),
+                        kills: kills - pk,
+                        group_kills: group.saturating_sub(pg),
+                        limit_bytes: limit,
+                        usage_bytes: usage,
+                        group: group_flag,
+                    }));
+                }
+                t.prev_oom = Some((kills, group));
+            }
+            Ok(None) => {
+                let path = mem.counter.path().to_owned();
+                stats.read_errors += 1;
+                failed(t, &path, None);
+            }
+            Err(e) => {
+                let path = mem.counter.path().to_owned();
+                if failed(t, &path, Some(e)) {
+                    return true;
+                }
+                stats.read_errors += 1;
+            }
+        }
+    }
+    false
 }
 
 /// Notes a failed read; `true` when the cgroup is gone (the container is dropped quietly),
@@ -496,7 +553,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let pods = write_v2_fixture(dir.path(), 3).unwrap();
         let mut s = Sampler::new(v2_fixture_config(dir.path(), 5));
-        s.set_pods(&pods);
+        s.set_pods(&pods, Instant::now(), &mut Vec::new());
         assert_eq!(s.containers(), 3);
         let t0 = Instant::now();
         let mut out = Vec::new();
@@ -550,7 +607,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let pods = write_v2_fixture(dir.path(), 2).unwrap();
         let mut s = Sampler::new(v2_fixture_config(dir.path(), 1));
-        s.set_pods(&pods);
+        s.set_pods(&pods, Instant::now(), &mut Vec::new());
         let mut out = Vec::new();
         s.sweep(Instant::now(), &mut out);
         assert_eq!(
@@ -564,10 +621,10 @@ mod tests {
         // A regular file that was removed still reads through its open descriptor; on
         // cgroupfs the read fails with ENODEV. Either way, metadata removal ends it.
         assert_eq!(stats.read_errors, 0, "{stats:?}");
-        s.set_pods(&pods[1..]);
+        s.set_pods(&pods[1..], Instant::now(), &mut Vec::new());
         assert_eq!(s.containers(), 1);
         assert_eq!(s.open_files(), 2);
-        s.set_pods(&[]);
+        s.set_pods(&[], Instant::now(), &mut Vec::new());
         assert_eq!((s.containers(), s.open_files()), (0, 0));
     }
 
@@ -578,7 +635,7 @@ mod tests {
         let pods = write_v2_fixture(dir.path(), 2).unwrap();
         let known = crate::cgroup::KnownCgroups::default();
         let mut s = Sampler::new(v2_fixture_config(dir.path(), 1)).with_known(known.clone());
-        s.set_pods(&pods);
+        s.set_pods(&pods, Instant::now(), &mut Vec::new());
         let c = container_dir(dir.path(), &pods, 1);
         let ino = std::fs::metadata(&c).unwrap().ino();
         let path = known.get(ino).unwrap();
@@ -591,13 +648,56 @@ mod tests {
     }
 
     #[test]
+    fn a_container_made_after_the_agent_started_reports_what_its_counters_hold_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let pods = write_v2_fixture(dir.path(), 2).unwrap();
+        let c = container_dir(dir.path(), &pods, 0);
+        // Throttled and OOM-killed before the agent first read it.
+        write_v2_counters(&c, 43, 41, 1).unwrap();
+        let mut s = Sampler::new(v2_fixture_config(dir.path(), 5));
+        // As if both containers' cgroups were made after the sampler started.
+        s.started = SystemTime::UNIX_EPOCH;
+        let mut out = Vec::new();
+        s.set_pods(&pods, Instant::now(), &mut out);
+        // Reported when first seen, not one interval later; the idle one says nothing.
+        assert_eq!(out.len(), 2, "{out:?}");
+        for sample in &out {
+            match sample {
+                Sample::Throttled {
+                    container,
+                    throttling,
+                } => {
+                    assert_eq!(&*container.pod_uid, &*pods[0].uid);
+                    assert_eq!(
+                        (throttling.throttled_periods, throttling.total_periods),
+                        (41, 43)
+                    );
+                }
+                Sample::OomKills(k) => {
+                    assert_eq!((&*k.container.pod_uid, k.kills), (&*pods[0].uid, 1));
+                }
+            }
+        }
+        // And once only: the next sweep has nothing new.
+        out.clear();
+        s.sweep(Instant::now(), &mut out);
+        assert!(out.is_empty(), "{out:?}");
+        // A container older than the sampler: its first reading is a silent baseline (an
+        // agent restarted; what came before was the earlier agent's to report).
+        let mut s = Sampler::new(v2_fixture_config(dir.path(), 5));
+        s.started = SystemTime::now() + Duration::from_secs(3600);
+        s.set_pods(&pods, Instant::now(), &mut out);
+        assert!(out.is_empty(), "{out:?}");
+    }
+
+    #[test]
     fn counters_going_backwards_are_a_new_baseline() {
         let dir = tempfile::tempdir().unwrap();
         let pods = write_v2_fixture(dir.path(), 1).unwrap();
         let c = container_dir(dir.path(), &pods, 0);
         write_v2_counters(&c, 100, 90, 3).unwrap();
         let mut s = Sampler::new(v2_fixture_config(dir.path(), 1));
-        s.set_pods(&pods);
+        s.set_pods(&pods, Instant::now(), &mut Vec::new());
         let mut out = Vec::new();
         s.sweep(Instant::now(), &mut out);
         write_v2_counters(&c, 10, 1, 0).unwrap();

@@ -161,17 +161,20 @@ fn run(
     let mut next = Instant::now();
     while !cancel.is_cancelled() {
         let now = Instant::now();
-        if now < next {
+        out.clear();
+        // New pods are read at once, not at the next sweep: what a container's counters
+        // hold when it is first seen must not hide what happens before that sweep.
+        if pods.has_changed().unwrap_or(false) {
+            let current = pods.borrow_and_update().clone();
+            sampler.set_pods(&current, now, &mut out);
+        }
+        if now >= next {
+            next = now + interval;
+            sampler.sweep(now, &mut out);
+        } else if out.is_empty() {
             std::thread::sleep(NAP.min(next - now));
             continue;
         }
-        next = now + interval;
-        if pods.has_changed().unwrap_or(false) {
-            let current = pods.borrow_and_update().clone();
-            sampler.set_pods(&current);
-        }
-        out.clear();
-        sampler.sweep(now, &mut out);
         let wall = SystemTime::now();
         for sample in out.drain(..) {
             let count = sample.count();

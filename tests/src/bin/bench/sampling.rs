@@ -44,7 +44,7 @@ pub fn run() -> anyhow::Result<()> {
     let pods = write_v2_fixture(dir.path(), CONTAINERS)?;
     let mut sampler = Sampler::new(v2_fixture_config(dir.path(), 10));
     let started = Instant::now();
-    sampler.set_pods(&pods);
+    sampler.set_pods(&pods, Instant::now(), &mut Vec::new());
     let discovery = started.elapsed();
     anyhow::ensure!(
         sampler.containers() == CONTAINERS,
