@@ -4,9 +4,11 @@
 //!
 //! Modules by stage, in the order data flows (docs/architecture.md; agent/tests/layers.rs
 //! checks that no module imports a later stage and no two files import each other):
-//! - [`kernel`]: what the running kernel says about itself (BTF, tracefs, clocks);
-//! - [`evidence`]: the model (one occurrence shape, a detail per kind) and its names;
-//! - [`loss`]: every loss counter by name; [`text`]: text for people;
+//! - [`kernel`]: what the running kernel says about itself (BTF, tracefs, clocks); [`text`]:
+//!   text for people (times, sizes, escaped names);
+//! - [`evidence`]: the model (one occurrence shape, a detail per kind) and its names, one line
+//!   a record;
+//! - [`loss`]: every loss counter by name;
 //! - [`cgroup`]: cgroup paths, ids and hierarchies; [`codec`]: Evidence <-> protobuf;
 //!   [`diagnose`]: what is wrong and the safest next step;
 //! - [`event`]: what producers hand to attribution;

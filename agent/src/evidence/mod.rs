@@ -13,6 +13,7 @@
 
 pub mod fixtures;
 mod kinds;
+pub mod line;
 pub(crate) mod names;
 
 use std::{fmt, net::IpAddr, net::SocketAddr, sync::Arc, time::SystemTime};

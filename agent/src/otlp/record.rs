@@ -17,8 +17,8 @@ use triage_agent_proto::opentelemetry::proto::{
 use super::config::SERVICE_NAME;
 use crate::{
     diagnose,
-    evidence::{Detail, DnsOutcome, Evidence, Protocol},
-    text::{line::watch_line, rfc3339},
+    evidence::{Detail, DnsOutcome, Evidence, Protocol, line::watch_line},
+    text::rfc3339,
 };
 
 /// The instrumentation scope every record is sent under.

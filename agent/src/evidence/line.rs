@@ -1,7 +1,7 @@
 //! One evidence record as a line, and its kind-specific cells.
 
-use super::{clean, cleaned, mib, rfc3339};
-use crate::evidence::{CpuThrottling, Detail, Evidence, OomKill, Protocol, tcp_flags_text};
+use super::{CpuThrottling, Detail, Evidence, OomKill, Protocol, tcp_flags_text};
+use crate::text::{clean, cleaned, mib, rfc3339};
 
 /// Kind-specific table columns: (direction, src, dst, peer, detail).
 pub fn detail_cells(d: &Detail) -> [String; 5] {
