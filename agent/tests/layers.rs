@@ -20,7 +20,9 @@ use std::{
 const STAGES: &[&[&str]] = &[
     // Leaves: what the kernel says about itself; text for people (times, sizes, escaped names).
     &["kernel", "text"],
-    // The model: one occurrence shape, a detail per kind, their names, one line a record.
+    // The model: one occurrence shape, a detail per kind, their names; each kind's module holds
+    // all it means (key, merge, JSON, text cells, diagnosis, severity, wire codec), one line a
+    // record.
     &["evidence"],
     // Loss counters by name.
     &["loss"],

@@ -1,57 +1,12 @@
-//! One evidence record as a line, and its kind-specific cells.
+//! One evidence record as a line, and its table cells (the kind-specific one is the kind's
+//! own, [`KindDetail::cell`](super::KindDetail::cell)).
 
-use super::{CpuThrottling, Detail, Evidence, OomKill, Protocol, tcp_flags_text};
-use crate::text::{clean, cleaned, mib, rfc3339};
+use super::{Detail, Evidence};
+use crate::text::{cleaned, rfc3339};
 
 /// Kind-specific table columns: (direction, src, dst, peer, detail).
 pub fn detail_cells(d: &Detail) -> [String; 5] {
-    let detail = match d {
-        Detail::ConnectionRefused(c) => match (&c.cause, &c.reason) {
-            (Some(cause), Some(reason)) => format!("{}: {}", cause.as_str(), clean(reason)),
-            (Some(cause), None) => cause.as_str().to_owned(),
-            (None, Some(reason)) => cleaned(reason),
-            (None, None) => "-".to_owned(),
-        },
-        Detail::ConnectionTimeout(c) => format!("{} SYN retransmits", c.syn_retransmits),
-        Detail::PacketDrop(p) => {
-            let mut text = match p.tcp_flags {
-                Some(flags) => format!(
-                    "{} {} {}",
-                    clean(&p.reason),
-                    p.protocol.as_str(),
-                    tcp_flags_text(flags)
-                ),
-                None => format!("{} {}", clean(&p.reason), p.protocol.as_str()),
-            };
-            if let Some(location) = &p.location {
-                text.push_str(&format!(" at {}", clean(location)));
-            }
-            text
-        }
-        Detail::Dns(d) => {
-            let mut text = format!(
-                "{} {} {}",
-                d.outcome.as_str(),
-                clean(&d.query),
-                clean(&d.qtype)
-            );
-            if let Some(rcode) = &d.rcode {
-                text.push_str(&format!(" {}", clean(rcode)));
-            }
-            if let Some(ms) = d.latency_ms {
-                text.push_str(&format!(" {ms}ms"));
-            }
-            if d.search_nxdomains > 0 {
-                text.push_str(&format!(" ({} NXDOMAIN before)", d.search_nxdomains));
-            }
-            if d.protocol == Protocol::Tcp {
-                text.push_str(" tcp");
-            }
-            text
-        }
-        Detail::OomKill(o) => oom_text(o),
-        Detail::CpuThrottling(c) => throttling_text(c),
-    };
+    let detail = d.cell();
     match d.endpoints() {
         Some((direction, src, dst, peer)) => [
             direction.as_str().to_owned(),
@@ -62,42 +17,6 @@ pub fn detail_cells(d: &Detail) -> [String; 5] {
         ],
         None => ["-".into(), "-".into(), "-".into(), "-".into(), detail],
     }
-}
-
-/// The detail cell of an OOM kill: who died, against which limit.
-fn oom_text(o: &OomKill) -> String {
-    let who = match o.main_process {
-        Some(true) => "main process",
-        Some(false) => "child process",
-        None => "process unknown",
-    };
-    let mut parts = vec![who.to_owned()];
-    if let Some(limit) = o.memory_limit_bytes {
-        parts.push(format!("limit {}", mib(limit)));
-    }
-    if let Some(rss) = o.victim_rss_bytes {
-        parts.push(format!("rss {}", mib(rss)));
-    }
-    if o.group_kill == Some(true) {
-        parts.push("group kill".to_owned());
-    }
-    parts.push(format!("seen by {}", o.source.as_str()));
-    parts.join(", ")
-}
-
-/// The detail cell of CPU throttling: ratio and limit.
-fn throttling_text(c: &CpuThrottling) -> String {
-    let limit = c
-        .limit_cores()
-        .map_or_else(|| "no limit".to_owned(), |l| format!("limit {l} cores"));
-    format!(
-        "{:.0}% of periods throttled ({}/{}), {:.2}s throttled in {:.0}s, {limit}",
-        c.ratio() * 100.0,
-        c.throttled_periods,
-        c.total_periods,
-        c.throttled_seconds(),
-        c.interval_seconds()
-    )
 }
 
 /// One line per watch update.
