@@ -1,22 +1,23 @@
 //! Conversions between the domain model ([`crate::evidence`], [`crate::loss`]) and the gRPC
-//! types (`agent.v1`). The only place that knows both. Enum values convert through their stable
-//! names (`connection_refused` <-> `EVIDENCE_KIND_CONNECTION_REFUSED`), so a name is written
-//! once. Decoding a peer's message never panics: unknown enum values, malformed addresses and
-//! out-of-range timestamps become [`ConvertError`]s.
+//! types (`agent.v1`): the fields every record has, times, loss counters, filters and DNS
+//! lookup counters. Each kind converts its own detail (`KindDetail::to_pb` and `from_pb`, in
+//! `evidence/kinds/`) with the helpers of [`crate::evidence::wire`]. Enum values convert through
+//! their stable names (`connection_refused` <-> `EVIDENCE_KIND_CONNECTION_REFUSED`), so a name
+//! is written once. Decoding a peer's message never panics: unknown enum values, malformed
+//! addresses and out-of-range timestamps become [`ConvertError`]s.
 
 use std::{
-    net::SocketAddr,
     sync::Arc,
     time::{Duration, SystemTime},
 };
 
 use triage_agent_proto::v1 as pb;
 
+pub use crate::evidence::wire::ConvertError;
 use crate::{
     evidence::{
-        Attribution, Cause, Connection, CpuThrottling, Detail, Dns, DnsLookups, DnsOutcome, Drop,
-        Evidence, Filter, Kind, Named, OomKill, OomSource, PodRef, Process, Protocol, Subject,
-        TCP_FLAGS, tcp_flags_text,
+        Attribution, Detail, DnsLookups, Evidence, Filter, Kind, PodRef, Process, Subject,
+        wire::{from_pb, pod_from_pb, pod_to_pb, to_pb},
     },
     loss::{Loss, LossCounts},
 };
@@ -25,73 +26,12 @@ use crate::{
 /// (and chrono) can print. Later values are rejected, not rendered.
 pub const MAX_TIMESTAMP_SECS: u64 = 253_402_300_799;
 
-/// A message from a peer that does not describe valid evidence.
-#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
-pub enum ConvertError {
-    #[error("unknown {field} value {value}")]
-    UnknownEnum { field: &'static str, value: i32 },
-    #[error("unknown {field} name {value:?}")]
-    Unknown { field: &'static str, value: String },
-    #[error("field {field} is missing")]
-    Missing { field: &'static str },
-    #[error("field {field} is not an \"ip:port\" address: {value:?}")]
-    BadAddress { field: &'static str, value: String },
-    #[error("field {field} is not a valid timestamp")]
-    BadTimestamp { field: &'static str },
-    #[error("evidence of kind {kind} carries no detail this version understands")]
-    MissingDetail { kind: Kind },
-}
-
-/// A generated proto enum: its value-name prefix and its name lookups.
-trait PbEnum: Sized + Into<i32> + TryFrom<i32> {
-    const PREFIX: &'static str;
-    fn pb_name(&self) -> &'static str;
-    fn from_pb_name(s: &str) -> Option<Self>;
-}
-
-macro_rules! pb_enum {
-    ($($t:ty => $prefix:literal),* $(,)?) => {$(
-        impl PbEnum for $t {
-            const PREFIX: &'static str = $prefix;
-            fn pb_name(&self) -> &'static str {
-                self.as_str_name()
-            }
-            fn from_pb_name(s: &str) -> Option<Self> {
-                Self::from_str_name(s)
-            }
-        }
-    )*};
-}
-pb_enum!(
-    pb::EvidenceKind => "EVIDENCE_KIND_",
-    pb::Attribution => "ATTRIBUTION_",
-    pb::Direction => "DIRECTION_",
-    pb::Protocol => "PROTOCOL_",
-);
-
-/// Domain value -> proto value, through the stable name. 0 (UNSPECIFIED) when the proto lacks
-/// the name (a test checks that never happens).
-fn to_pb<P: PbEnum>(value: impl Named) -> i32 {
-    let name = format!("{}{}", P::PREFIX, value.as_str().to_ascii_uppercase());
-    P::from_pb_name(&name).map_or(0, Into::into)
-}
-
-/// Proto value -> domain value, through the stable name.
-fn from_pb<P: PbEnum, D: Named>(field: &'static str, value: i32) -> Result<D, ConvertError> {
-    let unknown = ConvertError::UnknownEnum { field, value };
-    let p = P::try_from(value).map_err(|_| unknown.clone())?;
-    let name = p
-        .pb_name()
-        .strip_prefix(P::PREFIX)
-        .ok_or(unknown.clone())?
-        .to_ascii_lowercase();
-    D::from_name(&name).map_err(|_| unknown)
-}
-
+/// A kind for the wire.
 pub fn kind_to_pb(k: Kind) -> i32 {
     to_pb::<pb::EvidenceKind>(k)
 }
 
+/// A kind from the wire.
 pub fn kind_from_pb(v: i32) -> Result<Kind, ConvertError> {
     from_pb::<pb::EvidenceKind, _>("kind", v)
 }
@@ -120,121 +60,6 @@ pub fn time_from_pb(
     SystemTime::UNIX_EPOCH
         .checked_add(Duration::new(secs, nanos))
         .ok_or(ConvertError::BadTimestamp { field })
-}
-
-fn pod_to_pb(p: &PodRef) -> pb::PodRef {
-    pb::PodRef {
-        namespace: p.namespace.clone(),
-        name: p.name.clone(),
-        uid: p.uid.clone(),
-    }
-}
-
-fn pod_from_pb(p: pb::PodRef) -> Arc<PodRef> {
-    Arc::new(PodRef {
-        namespace: p.namespace,
-        name: p.name,
-        uid: p.uid,
-    })
-}
-
-fn addr_from_pb(s: &str, field: &'static str) -> Result<SocketAddr, ConvertError> {
-    s.parse().map_err(|_| ConvertError::BadAddress {
-        field,
-        value: s.to_owned(),
-    })
-}
-
-fn connection_to_pb(c: &Connection) -> pb::ConnectionDetail {
-    pb::ConnectionDetail {
-        direction: to_pb::<pb::Direction>(c.direction),
-        src: c.src.to_string(),
-        dst: c.dst.to_string(),
-        protocol: to_pb::<pb::Protocol>(c.protocol),
-        reason: c.reason.as_deref().unwrap_or_default().to_owned(),
-        peer: c.peer.as_deref().map(pod_to_pb),
-        cause: c.cause.map(Cause::as_str).unwrap_or_default().to_owned(),
-        syn_retransmits: c.syn_retransmits,
-    }
-}
-
-fn connection_from_pb(c: pb::ConnectionDetail) -> Result<Connection, ConvertError> {
-    Ok(Connection {
-        direction: from_pb::<pb::Direction, _>("direction", c.direction)?,
-        src: addr_from_pb(&c.src, "src")?,
-        dst: addr_from_pb(&c.dst, "dst")?,
-        protocol: from_pb::<pb::Protocol, _>("protocol", c.protocol)?,
-        reason: Some(c.reason).filter(|r| !r.is_empty()).map(Into::into),
-        peer: c.peer.map(pod_from_pb),
-        // A cause this version does not know is one it cannot explain.
-        cause: (!c.cause.is_empty()).then(|| Cause::from_name(&c.cause).unwrap_or(Cause::Unknown)),
-        syn_retransmits: c.syn_retransmits,
-    })
-}
-
-fn drop_to_pb(d: &Drop) -> pb::DropDetail {
-    pb::DropDetail {
-        direction: to_pb::<pb::Direction>(d.direction),
-        src: d.src.to_string(),
-        dst: d.dst.to_string(),
-        protocol: to_pb::<pb::Protocol>(d.protocol),
-        reason: d.reason.to_string(),
-        peer: d.peer.as_deref().map(pod_to_pb),
-        tcp_flags: d.tcp_flags.map(tcp_flags_text).unwrap_or_default(),
-        location: d.location.as_deref().unwrap_or_default().to_owned(),
-    }
-}
-
-fn drop_from_pb(d: pb::DropDetail) -> Result<Drop, ConvertError> {
-    let protocol = from_pb::<pb::Protocol, _>("protocol", d.protocol)?;
-    Ok(Drop {
-        direction: from_pb::<pb::Direction, _>("direction", d.direction)?,
-        src: addr_from_pb(&d.src, "src")?,
-        dst: addr_from_pb(&d.dst, "dst")?,
-        protocol,
-        reason: d.reason.into(),
-        peer: d.peer.map(pod_from_pb),
-        tcp_flags: (protocol == Protocol::Tcp).then(|| tcp_flags_from_text(&d.tcp_flags)),
-        location: (!d.location.is_empty()).then(|| d.location.into()),
-    })
-}
-
-fn dns_to_pb(d: &Dns) -> pb::DnsDetail {
-    pb::DnsDetail {
-        query: d.query.to_string(),
-        qtype: d.qtype.to_string(),
-        outcome: d.outcome.as_str().to_owned(),
-        rcode: d.rcode.as_deref().unwrap_or_default().to_owned(),
-        client: d.client.to_string(),
-        server: d.server.to_string(),
-        protocol: to_pb::<pb::Protocol>(d.protocol),
-        latency_ms: d.latency_ms,
-        server_pod: d.server_pod.as_deref().map(pod_to_pb),
-        reached_server: d.reached_server,
-        search_nxdomains: d.search_nxdomains,
-    }
-}
-
-fn dns_from_pb(d: pb::DnsDetail) -> Result<Dns, ConvertError> {
-    Ok(Dns {
-        query: d.query.into(),
-        qtype: d.qtype.into(),
-        outcome: d
-            .outcome
-            .parse::<DnsOutcome>()
-            .map_err(|_| ConvertError::Unknown {
-                field: "outcome",
-                value: d.outcome.clone(),
-            })?,
-        rcode: Some(d.rcode).filter(|r| !r.is_empty()).map(Into::into),
-        client: addr_from_pb(&d.client, "client")?,
-        server: addr_from_pb(&d.server, "server")?,
-        protocol: from_pb::<pb::Protocol, _>("protocol", d.protocol)?,
-        latency_ms: d.latency_ms,
-        server_pod: d.server_pod.map(pod_from_pb),
-        reached_server: d.reached_server,
-        search_nxdomains: d.search_nxdomains,
-    })
 }
 
 /// A pod's DNS lookup counters for the wire.
@@ -267,13 +92,7 @@ pub fn dns_lookups_from_pb(l: pb::DnsLookups) -> Option<(Arc<PodRef>, DnsLookups
     ))
 }
 
-/// "SYN|ACK" -> bits; unknown names are ignored.
-fn tcp_flags_from_text(text: &str) -> u8 {
-    text.split('|')
-        .filter_map(|f| TCP_FLAGS.iter().find(|(_, name)| *name == f))
-        .fold(0, |a, (bit, _)| a | bit)
-}
-
+/// A record for the wire.
 pub fn evidence_to_pb(e: &Evidence) -> pb::Evidence {
     let s = &e.subject;
     let mut m = pb::Evidence {
@@ -298,100 +117,14 @@ pub fn evidence_to_pb(e: &Evidence) -> pb::Evidence {
         m.dst = dst.to_string();
         m.peer = peer.map(|p| pod_to_pb(p));
     }
-    match &e.detail {
-        Detail::ConnectionRefused(c) | Detail::ConnectionTimeout(c) => {
-            let d = connection_to_pb(c);
-            m.protocol = d.protocol;
-            m.reason.clone_from(&d.reason);
-            m.detail = Some(pb::evidence::Detail::Connection(d));
-        }
-        Detail::PacketDrop(d) => {
-            let d = drop_to_pb(d);
-            m.protocol = d.protocol;
-            m.reason.clone_from(&d.reason);
-            m.detail = Some(pb::evidence::Detail::Drop(d));
-        }
-        Detail::Dns(d) => {
-            let d = dns_to_pb(d);
-            m.protocol = d.protocol;
-            m.reason.clone_from(&d.rcode);
-            m.detail = Some(pb::evidence::Detail::Dns(d));
-        }
-        Detail::OomKill(o) => {
-            m.detail = Some(pb::evidence::Detail::OomKill(pb::OomKillDetail {
-                main_process: o.main_process,
-                memory_limit_bytes: o.memory_limit_bytes,
-                memory_usage_bytes: o.memory_usage_bytes,
-                victim_rss_bytes: o.victim_rss_bytes,
-                oom_score_adj: o.oom_score_adj.map(i32::from),
-                group_kill: o.group_kill,
-                source: o.source.as_str().to_owned(),
-            }));
-        }
-        Detail::CpuThrottling(c) => {
-            m.detail = Some(pb::evidence::Detail::CpuThrottling(
-                pb::CpuThrottlingDetail {
-                    throttled_periods: c.throttled_periods,
-                    total_periods: c.total_periods,
-                    throttled_us: c.throttled_us,
-                    limit_millicores: c.limit_millicores,
-                    interval_ms: c.interval_ms,
-                    cpu_pressure_some_avg10: c.cpu_pressure_some_avg10,
-                },
-            ));
-        }
-    }
+    e.detail.to_pb(&mut m);
     m
 }
 
-pub fn evidence_from_pb(e: pb::Evidence) -> Result<Evidence, ConvertError> {
+/// A record from the wire.
+pub fn evidence_from_pb(mut e: pb::Evidence) -> Result<Evidence, ConvertError> {
     let kind = kind_from_pb(e.kind)?;
-    let detail = match (kind, e.detail) {
-        (Kind::ConnectionRefused, Some(pb::evidence::Detail::Connection(c))) => {
-            Detail::ConnectionRefused(connection_from_pb(c)?)
-        }
-        (Kind::ConnectionTimeout, Some(pb::evidence::Detail::Connection(c))) => {
-            Detail::ConnectionTimeout(connection_from_pb(c)?)
-        }
-        (Kind::PacketDrop, Some(pb::evidence::Detail::Drop(d))) => {
-            Detail::PacketDrop(drop_from_pb(d)?)
-        }
-        (Kind::Dns, Some(pb::evidence::Detail::Dns(d))) => Detail::Dns(dns_from_pb(d)?),
-        (Kind::OomKill, Some(pb::evidence::Detail::OomKill(o))) => Detail::OomKill(OomKill {
-            main_process: o.main_process,
-            memory_limit_bytes: o.memory_limit_bytes,
-            memory_usage_bytes: o.memory_usage_bytes,
-            victim_rss_bytes: o.victim_rss_bytes,
-            oom_score_adj: o.oom_score_adj.and_then(|v| i16::try_from(v).ok()),
-            group_kill: o.group_kill,
-            // A source this version does not know: the kernel saw it at least.
-            source: OomSource::from_name(&o.source).unwrap_or(OomSource::Kernel),
-        }),
-        (Kind::CpuThrottling, Some(pb::evidence::Detail::CpuThrottling(c))) => {
-            Detail::CpuThrottling(CpuThrottling {
-                throttled_periods: c.throttled_periods,
-                total_periods: c.total_periods,
-                throttled_us: c.throttled_us,
-                limit_millicores: c.limit_millicores,
-                interval_ms: c.interval_ms,
-                cpu_pressure_some_avg10: c.cpu_pressure_some_avg10,
-            })
-        }
-        // An agent that predates `detail`: its refusals are in fields 10-15.
-        (Kind::ConnectionRefused, None) => {
-            Detail::ConnectionRefused(connection_from_pb(pb::ConnectionDetail {
-                direction: e.direction,
-                src: e.src,
-                dst: e.dst,
-                protocol: e.protocol,
-                reason: e.reason,
-                peer: e.peer,
-                cause: String::new(),
-                syn_retransmits: 0,
-            })?)
-        }
-        _ => return Err(ConvertError::MissingDetail { kind }),
-    };
+    let detail = Detail::from_pb(kind, &mut e)?;
     Ok(Evidence {
         node: e.node.into(),
         subject: Subject {
@@ -510,7 +243,7 @@ pub fn filter_from_pb(f: Option<pb::EvidenceFilter>) -> Result<Filter, ConvertEr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::evidence::{Direction, Protocol, fixtures::refused};
+    use crate::evidence::{Cause, Direction, OomSource, Protocol, fixtures::refused};
 
     fn sample() -> Evidence {
         refused()

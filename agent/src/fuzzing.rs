@@ -244,7 +244,7 @@ pub fn render_answer(data: &[u8]) {
         assert!(printable(&table), "control character in {table:?}");
         let _ = render::query_json(&evidence, &findings, &answers, &[]).to_string();
         for e in &evidence {
-            let _ = crate::text::line::watch_line(e);
+            let _ = crate::evidence::line::watch_line(e);
         }
     }
     if let Ok(status) = pb::StatusResponse::decode(data) {

@@ -4,9 +4,11 @@
 //!
 //! Modules by stage, in the order data flows (docs/architecture.md; agent/tests/layers.rs
 //! checks that no module imports a later stage and no two files import each other):
-//! - [`kernel`]: what the running kernel says about itself (BTF, tracefs, clocks);
-//! - [`evidence`]: the model (one occurrence shape, a detail per kind) and its names;
-//! - [`loss`]: every loss counter by name; [`text`]: text for people;
+//! - [`kernel`]: what the running kernel says about itself (BTF, tracefs, clocks); [`text`]:
+//!   text for people (times, sizes, escaped names);
+//! - [`evidence`]: the model (one occurrence shape, a detail per kind) and its names; each
+//!   kind's module holds its text cell, diagnosis, severity and wire codec;
+//! - [`loss`]: every loss counter by name;
 //! - [`cgroup`]: cgroup paths, ids and hierarchies; [`codec`]: Evidence <-> protobuf;
 //!   [`diagnose`]: what is wrong and the safest next step;
 //! - [`event`]: what producers hand to attribution;
@@ -19,9 +21,12 @@
 //!
 //! A new signal touches: its program (agent-ebpf) and event type (agent-ebpf/common), a
 //! [`probes::PROGRAMS`] entry (with the signals it serves) and offsets family, a
-//! [`event::RawEvent`] variant, its arm in [`attribute`], a [`evidence::Detail`] variant (key,
-//! merge, JSON fields), after which the compiler names every arm left: [`codec`] (and the
-//! proto's `oneof`), [`diagnose`], [`text`], the OTLP record.
+//! [`event::RawEvent`] variant decoded in `probes`, its arm in [`attribute`], and its kind: a
+//! [`evidence::Kind`] name, a [`evidence::Detail`] variant, its line in the kinds table and one
+//! module in `evidence/kinds/` implementing [`evidence::KindDetail`] (key, merge, JSON fields,
+//! text cell, diagnosis, OpenTelemetry severity and attributes, NetworkPolicy, wire codec; the
+//! compiler names every method left), with its message in the proto's `oneof`.
+//! docs/architecture.md has the recipe.
 
 pub mod api;
 pub mod app;

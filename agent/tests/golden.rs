@@ -24,8 +24,8 @@ use triage_agent::{
     evidence::{
         Cause, Direction, Evidence, OomSource,
         fixtures::{dropped, oom_killed, refused, t, throttled, timeout},
+        line::watch_line,
     },
-    text::line::watch_line,
 };
 use triage_agent_proto::v1 as pb;
 

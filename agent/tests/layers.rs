@@ -18,12 +18,14 @@ use std::{
 /// Top-level modules by stage, earliest first. A module imports only modules of earlier
 /// stages; modules of one stage are peers and import none of each other.
 const STAGES: &[&[&str]] = &[
-    // What the kernel says about itself.
-    &["kernel"],
-    // The model: one occurrence shape, a detail per kind, their names.
+    // Leaves: what the kernel says about itself; text for people (times, sizes, escaped names).
+    &["kernel", "text"],
+    // The model: one occurrence shape, a detail per kind, their names; each kind's module holds
+    // all it means (key, merge, JSON, text cells, diagnosis, severity, wire codec), one line a
+    // record.
     &["evidence"],
-    // Loss counters by name; text for people (times, sizes, escaped names, one line a record).
-    &["loss", "text"],
+    // Loss counters by name.
+    &["loss"],
     // cgroups; the wire codec beside the model; the diagnosis of evidence.
     &["cgroup", "codec", "diagnose"],
     // The events producers hand to attribution.

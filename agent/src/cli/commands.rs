@@ -19,9 +19,9 @@ use super::{
 };
 use crate::{
     diagnose,
-    evidence::{Filter, Named as _},
+    evidence::{Filter, Named as _, line::watch_line},
     loss::Loss,
-    text::{self, line::watch_line},
+    text,
 };
 
 pub fn print(text: &str) -> anyhow::Result<()> {

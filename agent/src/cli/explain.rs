@@ -51,18 +51,13 @@ pub async fn snapshot(args: &ClusterArgs) -> anyhow::Result<Snapshot> {
 
 /// The flow a record is about, when NetworkPolicy can say anything about it.
 fn flow_of(e: &Evidence) -> Option<Result<Flow, &'static str>> {
-    let (src, dst, protocol) = match &e.detail {
-        Detail::PacketDrop(d) => (d.src, d.dst, d.protocol),
-        Detail::ConnectionTimeout(c) => (c.src, c.dst, c.protocol),
-        // Refusals and resources are not policy; a DNS timeout's queries go to a Service VIP
-        // that policy never sees (it applies after translation): its drop records carry the
-        // real flow.
-        Detail::ConnectionRefused(_)
-        | Detail::Dns(_)
-        | Detail::OomKill(_)
-        | Detail::CpuThrottling(_) => return None,
-    };
-    let proto = match protocol {
+    // Each kind says whether policy decides its traffic (refusals and resources are not
+    // policy, nor are DNS lookups to a Service VIP).
+    if !e.detail.policy_decides() {
+        return None;
+    }
+    let (_, src, dst, _) = e.detail.endpoints()?;
+    let proto = match e.detail.protocol()? {
         Protocol::Tcp => Proto::Tcp,
         Protocol::Udp => Proto::Udp,
         _ => return Some(Err("NetworkPolicy filters only TCP, UDP and SCTP")),

@@ -19,9 +19,9 @@ use crate::{
     cli::client::AgentAnswer,
     codec::PeerLoss,
     diagnose::Finding,
-    evidence::{DnsLookups, Evidence, Named as _, PodRef},
+    evidence::{DnsLookups, Evidence, Named as _, PodRef, line::detail_cells},
     loss::Loss,
-    text::{clean, cleaned, line::detail_cells, rfc3339},
+    text::{clean, cleaned, rfc3339},
 };
 
 /// Words for a loss counter's name; a name this version does not know is shown as it is.

@@ -7,13 +7,16 @@
 //! Names (kinds, directions, attributions, protocols) are written once, in [`names!`]
 //! tables: `as_str`, JSON, the table, `--kind` parsing and the proto conversions all use them.
 //!
-//! Adding a signal: a [`Kind`] name, a [`Detail`] variant, and a module in `kinds/` whose type
-//! implements [`KindDetail`] (key, merge rule, endpoints, JSON fields); its proto `oneof` arm in
-//! [`crate::codec`].
+//! Adding a kind: a [`Kind`] name, a [`Detail`] variant, a module in `kinds/` whose type
+//! implements [`KindDetail`] (key, merge rule, endpoints, JSON fields, text cell, diagnosis,
+//! OpenTelemetry severity and attributes, NetworkPolicy, wire codec) and its line in the
+//! `kinds!` table there; the proto's `oneof` gets its detail message.
 
 pub mod fixtures;
 mod kinds;
+pub mod line;
 pub(crate) mod names;
+pub mod wire;
 
 use std::{fmt, net::IpAddr, net::SocketAddr, sync::Arc, time::SystemTime};
 
@@ -21,10 +24,15 @@ use serde_json::{Map, Value, json};
 use triage_agent_common::{
     IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
 };
+use triage_agent_proto::v1 as pb;
 
-use kinds::each_detail;
-pub use kinds::{Connection, CpuThrottling, Dns, DnsLookups, Drop, Endpoints, KindDetail, OomKill};
+pub use kinds::{
+    Connection, CpuThrottling, Dns, DnsLookups, Drop, Endpoints, Finding, KindDetail, OomKill,
+    Semantic, Severity,
+};
+use kinds::{each_detail, each_kind, kind_of, same_kind};
 pub use names::Named;
+use wire::ConvertError;
 
 names::names! {
     /// Which silent failure a record describes.
@@ -209,6 +217,13 @@ pub fn tcp_flags_text(flags: u8) -> String {
     }
 }
 
+/// TCP flags from text: "SYN|ACK" -> bits; unknown names are ignored.
+pub fn tcp_flags_from_text(text: &str) -> u8 {
+    text.split('|')
+        .filter_map(|f| TCP_FLAGS.iter().find(|(_, name)| *name == f))
+        .fold(0, |a, (bit, _)| a | bit)
+}
+
 names::names! {
     /// Which source saw an OOM kill.
     pub enum OomSource {
@@ -270,15 +285,9 @@ pub enum DetailKey {
 }
 
 impl Detail {
+    /// Which kind this is.
     pub fn kind(&self) -> Kind {
-        match self {
-            Detail::ConnectionRefused(_) => Kind::ConnectionRefused,
-            Detail::ConnectionTimeout(_) => Kind::ConnectionTimeout,
-            Detail::PacketDrop(_) => Kind::PacketDrop,
-            Detail::Dns(_) => Kind::Dns,
-            Detail::OomKill(_) => Kind::OomKill,
-            Detail::CpuThrottling(_) => Kind::CpuThrottling,
-        }
+        kind_of!(self)
     }
 
     /// The aggregation key.
@@ -288,16 +297,8 @@ impl Detail {
 
     /// Takes in a later occurrence with the same key: the latest values win where they vary.
     fn absorb(&mut self, later: Detail) {
-        match (self, later) {
-            (Detail::ConnectionRefused(c), Detail::ConnectionRefused(l))
-            | (Detail::ConnectionTimeout(c), Detail::ConnectionTimeout(l)) => c.absorb(l),
-            (Detail::PacketDrop(d), Detail::PacketDrop(l)) => d.absorb(l),
-            (Detail::Dns(d), Detail::Dns(l)) => d.absorb(l),
-            (Detail::OomKill(o), Detail::OomKill(l)) => o.absorb(l),
-            (Detail::CpuThrottling(c), Detail::CpuThrottling(l)) => c.absorb(l),
-            // Same key means same kind; nothing to take from another kind.
-            _ => {}
-        }
+        // Same key means same kind; nothing to take from another kind.
+        same_kind!(self, later, d, l => d.absorb(l))
     }
 
     /// The connection, for kinds that have one.
@@ -313,6 +314,11 @@ impl Detail {
         each_detail!(self, d => d.endpoints())
     }
 
+    /// The transport protocol, for the traffic kinds; `None` for resource kinds.
+    pub fn protocol(&self) -> Option<Protocol> {
+        each_detail!(self, d => d.protocol())
+    }
+
     /// The kind-specific JSON fields, flat beside the common ones (the JSON contract).
     pub fn json_fields(&self, out: &mut Map<String, Value>) {
         if let Some((direction, src, dst, peer)) = self.endpoints() {
@@ -323,6 +329,44 @@ impl Detail {
         }
         let kind = self.kind();
         each_detail!(self, d => d.json_fields(kind, out));
+    }
+
+    /// The kind-specific cell of the table and of a watch line.
+    pub fn cell(&self) -> String {
+        let kind = self.kind();
+        each_detail!(self, d => d.cell(kind))
+    }
+
+    /// What `record` (whose detail this is) says is wrong and the safest next step; `pod` names
+    /// its pod for people, `all` is every record of the answer.
+    pub fn diagnose(&self, record: &Evidence, pod: &str, all: &[Evidence]) -> Finding {
+        each_detail!(self, d => d.diagnose(record, pod, all))
+    }
+
+    /// How serious the record is (the OpenTelemetry log record's severity).
+    pub fn severity(&self) -> Severity {
+        each_detail!(self, d => d.severity())
+    }
+
+    /// OpenTelemetry semantic-convention attributes beyond the endpoints.
+    pub fn semantic(&self) -> Semantic<'_> {
+        each_detail!(self, d => d.semantic())
+    }
+
+    /// Whether NetworkPolicy decides the fate of this record's traffic.
+    pub fn policy_decides(&self) -> bool {
+        let kind = self.kind();
+        each_detail!(self, d => d.policy_decides(kind))
+    }
+
+    /// Fills the message's `detail` (and the legacy fields the kind had).
+    pub fn to_pb(&self, m: &mut pb::Evidence) {
+        each_detail!(self, d => d.to_pb(m))
+    }
+
+    /// The detail of a record of `kind`, taken out of `m`.
+    pub fn from_pb(kind: Kind, m: &mut pb::Evidence) -> Result<Detail, ConvertError> {
+        each_kind!(kind, T => T::from_pb(kind, m))
     }
 }
 

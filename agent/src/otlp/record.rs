@@ -17,8 +17,8 @@ use triage_agent_proto::opentelemetry::proto::{
 use super::config::SERVICE_NAME;
 use crate::{
     diagnose,
-    evidence::{Detail, DnsOutcome, Evidence, Protocol},
-    text::{line::watch_line, rfc3339},
+    evidence::{Detail, Evidence, Protocol, Severity, line::watch_line},
+    text::rfc3339,
 };
 
 /// The instrumentation scope every record is sent under.
@@ -70,25 +70,14 @@ pub fn resource(node: &str, configured: &[(String, String)]) -> Resource {
     }
 }
 
-/// How serious a record is: ERROR where something failed outright (a refusal, a timeout, a
-/// kill, a failed lookup), WARN where it degraded or may recover (drops that retransmissions
-/// can survive, throttling, slow or walked lookups, NXDOMAIN that may be a search-path probe).
+/// How serious a record is (each kind says, `KindDetail::severity`): ERROR where something
+/// failed outright (a refusal, a timeout, a kill, a failed lookup), WARN where it degraded or
+/// may recover (drops that retransmissions can survive, throttling, slow or walked lookups,
+/// NXDOMAIN that may be a search-path probe).
 pub fn severity(detail: &Detail) -> SeverityNumber {
-    match detail {
-        Detail::ConnectionRefused(_) | Detail::ConnectionTimeout(_) | Detail::OomKill(_) => {
-            SeverityNumber::Error
-        }
-        Detail::Dns(d) => match d.outcome {
-            DnsOutcome::Servfail
-            | DnsOutcome::Refused
-            | DnsOutcome::Error
-            | DnsOutcome::Timeout => SeverityNumber::Error,
-            DnsOutcome::Nxdomain
-            | DnsOutcome::Slow
-            | DnsOutcome::TruncatedRetry
-            | DnsOutcome::SearchExpansion => SeverityNumber::Warn,
-        },
-        Detail::PacketDrop(_) | Detail::CpuThrottling(_) => SeverityNumber::Warn,
+    match detail.severity() {
+        Severity::Error => SeverityNumber::Error,
+        Severity::Warn => SeverityNumber::Warn,
     }
 }
 
@@ -145,12 +134,7 @@ pub fn attributes(e: &Evidence) -> Vec<KeyValue> {
     out.push(string("triage.last_seen", rfc3339(e.last_seen)));
 
     if let Some((_, src, dst, peer)) = e.detail.endpoints() {
-        let protocol = match &e.detail {
-            Detail::ConnectionRefused(c) | Detail::ConnectionTimeout(c) => c.protocol,
-            Detail::PacketDrop(d) => d.protocol,
-            Detail::Dns(d) => d.protocol,
-            _ => Protocol::Other,
-        };
+        let protocol = e.detail.protocol().unwrap_or(Protocol::Other);
         match protocol {
             Protocol::Tcp | Protocol::Udp => {
                 out.push(string("network.transport", protocol.as_str()));
@@ -171,18 +155,17 @@ pub fn attributes(e: &Evidence) -> Vec<KeyValue> {
             out.push(string("triage.peer.uid", peer.uid.as_str()));
         }
     }
-    if let Detail::Dns(d) = &e.detail {
-        out.push(string("dns.question.name", &*d.query));
+    let semantic = e.detail.semantic();
+    for (key, v) in &semantic.attributes {
+        out.push(string(key, *v));
     }
 
     // Every other field of the kind, by its JSON name.
     let mut fields = Map::new();
     e.detail.json_fields(&mut fields);
     for (name, v) in &fields {
-        let mapped = matches!(
-            name.as_str(),
-            "src" | "dst" | "peer" | "protocol" | "query" | "server"
-        );
+        let mapped = matches!(name.as_str(), "src" | "dst" | "peer" | "protocol")
+            || semantic.carried.contains(&name.as_str());
         if mapped {
             continue;
         }
@@ -257,7 +240,7 @@ mod tests {
     use std::{collections::HashMap, sync::Arc};
 
     use super::*;
-    use crate::evidence::{Attribution, Dns, fixtures};
+    use crate::evidence::{Attribution, Dns, DnsOutcome, fixtures};
 
     /// Attributes by key, values as text (the test reads them like a backend's query would).
     fn attrs(kvs: &[KeyValue]) -> HashMap<String, String> {

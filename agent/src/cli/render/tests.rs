@@ -169,7 +169,7 @@ fn hostile_names_cannot_forge_or_hide_output() {
         &[a],
         &[],
     );
-    let line = crate::text::line::watch_line(&e);
+    let line = crate::evidence::line::watch_line(&e);
     for out in [&text, &line] {
         assert!(
             !out.chars()

@@ -1,9 +1,10 @@
 //! Containers throttled by their CPU limit.
 
 use serde_json::{Map, Value};
+use triage_agent_proto::v1 as pb;
 
-use super::KindDetail;
-use crate::evidence::{DetailKey, Kind};
+use super::{Endpoints, Finding, KindDetail, Semantic, Severity, kubectl_target};
+use crate::evidence::{Detail, DetailKey, Evidence, Kind, Protocol, wire::ConvertError};
 
 /// A container throttled by its CPU limit, over one or more sampling intervals (summed).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -61,6 +62,14 @@ impl KindDetail for CpuThrottling {
         self.cpu_pressure_some_avg10 = later.cpu_pressure_some_avg10;
     }
 
+    fn endpoints(&self) -> Option<Endpoints<'_>> {
+        None
+    }
+
+    fn protocol(&self) -> Option<Protocol> {
+        None
+    }
+
     fn json_fields(&self, _: Kind, out: &mut Map<String, Value>) {
         out.insert("throttled_periods".into(), self.throttled_periods.into());
         out.insert("total_periods".into(), self.total_periods.into());
@@ -78,9 +87,109 @@ impl KindDetail for CpuThrottling {
             out.insert("cpu_pressure_some_avg10".into(), p.into());
         }
     }
+
+    /// The detail cell: ratio and limit.
+    fn cell(&self, _: Kind) -> String {
+        let limit = self
+            .limit_cores()
+            .map_or_else(|| "no limit".to_owned(), |l| format!("limit {l} cores"));
+        format!(
+            "{:.0}% of periods throttled ({}/{}), {:.2}s throttled in {:.0}s, {limit}",
+            self.ratio() * 100.0,
+            self.throttled_periods,
+            self.total_periods,
+            self.throttled_seconds(),
+            self.interval_seconds()
+        )
+    }
+
+    fn diagnose(&self, record: &Evidence, pod: &str, _: &[Evidence]) -> Finding {
+        throttled(record, self, pod)
+    }
+
+    /// Throttling degrades; nothing failed yet.
+    fn severity(&self) -> Severity {
+        Severity::Warn
+    }
+
+    fn semantic(&self) -> Semantic<'_> {
+        Semantic::default()
+    }
+
+    fn policy_decides(&self, _: Kind) -> bool {
+        false
+    }
+
+    fn to_pb(&self, m: &mut pb::Evidence) {
+        m.detail = Some(pb::evidence::Detail::CpuThrottling(
+            pb::CpuThrottlingDetail {
+                throttled_periods: self.throttled_periods,
+                total_periods: self.total_periods,
+                throttled_us: self.throttled_us,
+                limit_millicores: self.limit_millicores,
+                interval_ms: self.interval_ms,
+                cpu_pressure_some_avg10: self.cpu_pressure_some_avg10,
+            },
+        ));
+    }
+
+    fn from_pb(kind: Kind, m: &mut pb::Evidence) -> Result<Detail, ConvertError> {
+        let Some(pb::evidence::Detail::CpuThrottling(c)) = m.detail.take() else {
+            return Err(ConvertError::MissingDetail { kind });
+        };
+        Ok(Detail::CpuThrottling(CpuThrottling {
+            throttled_periods: c.throttled_periods,
+            total_periods: c.total_periods,
+            throttled_us: c.throttled_us,
+            limit_millicores: c.limit_millicores,
+            interval_ms: c.interval_ms,
+            cpu_pressure_some_avg10: c.cpu_pressure_some_avg10,
+        }))
+    }
 }
 
 /// Three decimals: JSON readers see 0.25, not 0.25000000000000006.
 fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
+}
+
+/// A container throttled by its CPU limit: latency and probe timeouts, never an event.
+fn throttled(e: &Evidence, c: &CpuThrottling, pod: &str) -> Finding {
+    let kind = e.kind();
+    let container = e
+        .subject
+        .container
+        .as_deref()
+        .map_or_else(|| "a container".to_owned(), |c| format!("container {c}"));
+    let limit = c.limit_cores().map_or_else(
+        || "its CPU limit".to_owned(),
+        |l| format!("its CPU limit of {l} cores"),
+    );
+    let pressure = c
+        .pressure_avg10()
+        .map(|p| format!(" CPU pressure (PSI some avg10) was {p:.1}%."))
+        .unwrap_or_default();
+    let (ns, name) = kubectl_target(e);
+    Finding {
+        kind,
+        layer: kind.layer(),
+        summary: format!(
+            "In {pod}, {container} was throttled by {limit} in {pct:.0}% of its CPU periods \
+             ({throttled} of {total}; {secs:.2}s spent throttled over {interval:.0}s sampled).\
+             {pressure} Expect higher latency, slow requests and probe timeouts; Kubernetes \
+             reports no event for this.",
+            pct = c.ratio() * 100.0,
+            throttled = c.throttled_periods,
+            total = c.total_periods,
+            secs = c.throttled_seconds(),
+            interval = c.interval_seconds(),
+        ),
+        next_step: format!(
+            "Review the CPU limit against what the container uses (kubectl top pod -n {ns} \
+             {name} --containers; kubectl get pod -n {ns} {name} -o \
+             jsonpath='{{.spec.containers[*].resources}}'): raise or remove the limit, or reduce \
+             the work per container (threads, GC, concurrency). Restarting will not help: \
+             the limit applies again to the new container."
+        ),
+    }
 }

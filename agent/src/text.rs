@@ -1,12 +1,11 @@
-//! Text for people, shared by the CLI's tables and lines, the diagnosis, `doctor` and the
-//! OpenTelemetry log bodies: times, sizes, escaped names, and one line per evidence record.
+//! Text for people, shared by the model's lines and cells, the diagnosis, the CLI's tables,
+//! `doctor` and the OpenTelemetry log bodies: times, sizes and escaped names. A leaf: it imports
+//! nothing of the crate, so every stage can use it.
 //!
 //! Every string that comes from an agent or a pod (pod, container and process names, kernel
 //! reasons, node names, errors) is untrusted: any process can name itself with
 //! `prctl(PR_SET_NAME)`. Text passes them through [`clean`], which escapes control characters
 //! and bidi overrides, so no pod can hide lines, forge them, or erase the loss warnings.
-
-pub mod line;
 
 use std::{borrow::Cow, fmt::Write as _, time::SystemTime};
 
