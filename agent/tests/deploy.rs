@@ -32,7 +32,7 @@ mod support {
     /// The capabilities the agent may add: what its code uses. Adding one is a decision an
     /// issue makes with its reason in daemonset.yaml; DAC_READ_SEARCH (open_by_handle_at
     /// escapes) and SYS_ADMIN are never in it.
-    pub const CAPABILITIES: [&str; 3] = ["BPF", "PERFMON", "NET_ADMIN"];
+    pub const CAPABILITIES: [&str; 4] = ["BPF", "PERFMON", "NET_ADMIN", "SYS_RESOURCE"];
     /// The agent's gRPC port.
     pub const GRPC_PORT: u64 = 9742;
     /// Host paths the agent may write to: the evidence store's directory.

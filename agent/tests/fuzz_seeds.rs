@@ -3,7 +3,8 @@
 //! The binary ones are made here from the agent's own encoders, so they are real records of
 //! today's formats: kernel ring records, DNS records as the kernel copies them (their own
 //! ring), and gRPC answers. The test fails when a format changed and the checked-in seeds are
-//! stale; `TRIAGE_WRITE_SEEDS=1 cargo test -p triage-agent --test fuzz_seeds` writes them anew.
+//! stale; `cargo test -p triage-agent --test fuzz_seeds -- --ignored write_fuzz_seeds` writes
+//! them anew (a separate command: the check never rewrites what it checks).
 //! (Text seeds, such as mountinfo and cgroup files, are copies of real files and are not
 //! generated.)
 //!
@@ -241,25 +242,32 @@ fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
 
 #[test]
 fn generated_fuzz_seeds_are_current_and_decode() {
-    let write = std::env::var_os("TRIAGE_WRITE_SEEDS").is_some();
     let mut stale = Vec::new();
     for (target, name, bytes) in seeds() {
         if target == "ring_record" {
             assert!(decode::decode(&bytes).is_ok(), "{name} does not decode");
         }
-        let dir = seeds_dir(target);
-        let path = dir.join(name);
-        if write {
-            std::fs::create_dir_all(&dir).unwrap();
-            std::fs::write(&path, &bytes).unwrap();
-        } else if std::fs::read(&path).ok().as_deref() != Some(bytes.as_slice()) {
+        let path = seeds_dir(target).join(name);
+        if std::fs::read(&path).ok().as_deref() != Some(bytes.as_slice()) {
             stale.push(format!("{target}/{name}"));
         }
     }
     assert!(
         stale.is_empty(),
-        "fuzz seeds are stale or missing: {stale:?}; run TRIAGE_WRITE_SEEDS=1 cargo test -p triage-agent --test fuzz_seeds"
+        "fuzz seeds are stale or missing: {stale:?}; write them with \
+         cargo test -p triage-agent --test fuzz_seeds -- --ignored write_fuzz_seeds"
     );
+}
+
+/// Writes the generated seeds (a command, not a check: ignored unless asked for by name).
+#[test]
+#[ignore = "writes the seed files; run by name to regenerate them"]
+fn write_fuzz_seeds() {
+    for (target, name, bytes) in seeds() {
+        let dir = seeds_dir(target);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(name), &bytes).unwrap();
+    }
 }
 
 /// The fuzz crate builds the agent with `cluster` (policy_eval needs it), so the targets are

@@ -157,10 +157,11 @@ impl AgentProcess {
             .context("starting the agent")?;
         // Spawning returned after the exec: the agent runs with what it will have.
         let held = crate::caps::effective(child.id())?;
-        let want = crate::caps::daemonset_mask()?;
+        let want = crate::caps::expected_mask()?;
         anyhow::ensure!(
             held == want,
-            "the agent holds capabilities {held:#x}, not the DaemonSet's {want:#x}"
+            "the agent holds capabilities {held:#x}, not the DaemonSet's {want:#x} (as far as \
+             this machine grants them)"
         );
         Ok(AgentProcess {
             child: Some(child),

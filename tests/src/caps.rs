@@ -136,6 +136,19 @@ pub fn daemonset_mask() -> anyhow::Result<u64> {
         .fold(0, |m, bit| m | (1u64 << bit)))
 }
 
+/// What an agent started by [`restrict_to_daemonset`] holds: the DaemonSet's capabilities
+/// that this process can pass on (its own bounding set). A machine whose root lacks one (a
+/// sandbox without CAP_SYS_RESOURCE, say) runs the agent with less than the DaemonSet, never
+/// with more.
+pub fn expected_mask() -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let hex = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:"))
+        .context("no CapBnd line")?;
+    Ok(daemonset_mask()? & u64::from_str_radix(hex.trim(), 16)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,8 +156,11 @@ mod tests {
     #[test]
     fn the_manifest_lists_what_the_agent_needs_and_every_name_is_known() {
         let caps = daemonset_capabilities().unwrap();
-        assert_eq!(caps, ["BPF", "PERFMON", "NET_ADMIN"]);
-        assert_eq!(daemonset_mask().unwrap(), (1 << 39) | (1 << 38) | (1 << 12));
+        assert_eq!(caps, ["BPF", "PERFMON", "NET_ADMIN", "SYS_RESOURCE"]);
+        assert_eq!(
+            daemonset_mask().unwrap(),
+            (1 << 39) | (1 << 38) | (1 << 12) | (1 << 24)
+        );
     }
 
     #[test]
@@ -167,7 +183,7 @@ mod tests {
         // SAFETY: geteuid(2) has no preconditions and cannot fail.
         let euid = unsafe { libc::geteuid() };
         let want = if euid == 0 {
-            daemonset_mask().unwrap()
+            expected_mask().unwrap()
         } else {
             0
         };

@@ -161,8 +161,8 @@ pub struct AgentArgs {
         default_value = "/"
     )]
     pub kubelet_cgroup_root: std::path::PathBuf,
-    /// How often every container's CPU and OOM counters are sampled, e.g. "10s".
-    #[arg(help_heading = "OOM kills and CPU throttling (cgroupfs)", long, env = "TRIAGE_SAMPLE_INTERVAL", value_parser = humantime::parse_duration, default_value = "10s")]
+    /// How often every container's CPU and OOM counters are sampled, e.g. "10s" (100ms to 1h).
+    #[arg(help_heading = "OOM kills and CPU throttling (cgroupfs)", long, env = "TRIAGE_SAMPLE_INTERVAL", value_parser = parse_sample_interval, default_value = "10s")]
     pub sample_interval: Duration,
     /// Throttled CFS periods in one sampling interval from which a container is reported
     /// (10 = one second of throttling at the default 100 ms period).
@@ -264,6 +264,17 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DnsPorts(pub Vec<u16>);
 
+/// `--sample-interval`: a duration between 100 ms (each sweep reads every container's files)
+/// and an hour (a longer one hides throttling in its average).
+#[cfg(feature = "node-agent")]
+pub fn parse_sample_interval(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if !(Duration::from_millis(100)..=Duration::from_secs(3600)).contains(&d) {
+        return Err(format!("{s}: must be between 100ms and 1h"));
+    }
+    Ok(d)
+}
+
 #[cfg(feature = "node-agent")]
 fn parse_dns_ports(s: &str) -> Result<DnsPorts, String> {
     if s.trim() == "none" {
@@ -298,6 +309,25 @@ mod tests {
 
     use crate::{cli::parse_agent, evidence::Kind};
     use clap::CommandFactory as _;
+
+    #[cfg(feature = "node-agent")]
+    #[test]
+    fn the_sample_interval_is_bounded_and_absurd_ones_are_refused() {
+        assert_eq!(parse_sample_interval("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(
+            parse_sample_interval("100ms"),
+            Ok(Duration::from_millis(100))
+        );
+        assert!(
+            parse_sample_interval("1ms")
+                .unwrap_err()
+                .contains("between")
+        );
+        assert!(parse_sample_interval("2h").unwrap_err().contains("between"));
+        // Before the bound it parsed, and the sampler's first deadline overflowed (a panic).
+        assert!(parse_sample_interval("500000000years").is_err());
+        assert!(parse_sample_interval("soon").is_err());
+    }
 
     #[cfg(feature = "node-agent")]
     #[test]

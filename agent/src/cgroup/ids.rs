@@ -24,8 +24,10 @@ const FILEID_KERNFS: i32 = 0xfe;
 /// Walks start at most this often (a miss on a vanished cgroup must not turn into a walk per
 /// event).
 const RESCAN_INTERVAL: Duration = Duration::from_secs(1);
-/// Bounds of the walk.
-const MAX_DEPTH: usize = 16;
+/// Bounds of the walk: levels below the cgroup2 root (kubelet's containers are 3 to 6 levels
+/// down; a cgroup nested deeper than this inside a container is attributed by its IP), and
+/// directories in all.
+const MAX_DEPTH: usize = 64;
 const MAX_ENTRIES: usize = 200_000;
 /// Bound on the ids waiting for a walk.
 const MAX_ASKED: usize = 8192;
@@ -127,28 +129,74 @@ impl Walker {
 
 /// Every cgroup directory under `root` by inode, up to the bounds (hitting the entry cap is
 /// counted as [`Loss::CgroupWalkCapped`]).
+///
+/// A path longer than the kernel's PATH_MAX (4096 bytes: a pod can nest cgroups with long
+/// names below its container) cannot be opened by name; such a directory is opened through
+/// its parent's descriptor (`/proc/self/fd/N/name`, a short path), so depth, not length, is
+/// what bounds the walk. At most [`MAX_DEPTH`] descriptors are held at once.
 fn walk(root: &Path, counters: &Counters) -> HashMap<u64, String> {
+    /// Paths at least this long are opened through their parent's descriptor.
+    const LONG: usize = 3072;
+    struct Dir {
+        /// The cgroup's path, as attribution parses it.
+        path: String,
+        /// A path that opens it (its own, or one through its parent's descriptor).
+        open: PathBuf,
+        /// The parent's descriptor, kept open while `open` goes through it.
+        _parent: Option<Arc<std::fs::File>>,
+        depth: usize,
+    }
     let mut found = HashMap::new();
-    let mut stack = vec![(root.to_path_buf(), 0usize)];
-    while let Some((dir, depth)) = stack.pop() {
+    let mut stack = vec![Dir {
+        path: root.to_string_lossy().into_owned(),
+        open: root.to_path_buf(),
+        _parent: None,
+        depth: 0,
+    }];
+    while let Some(dir) = stack.pop() {
         if found.len() >= MAX_ENTRIES {
             counters.add(Loss::CgroupWalkCapped, 1);
             warn!(cap = MAX_ENTRIES, "cgroup tree walk stopped at its cap");
             break;
         }
-        if let Ok(meta) = std::fs::metadata(&dir) {
-            found.insert(meta.ino(), dir.to_string_lossy().into_owned());
+        if let Ok(meta) = std::fs::metadata(&dir.open) {
+            found.insert(meta.ino(), dir.path.clone());
         }
-        if depth >= MAX_DEPTH {
+        if dir.depth >= MAX_DEPTH {
             continue;
         }
-        let Ok(entries) = std::fs::read_dir(&dir) else {
+        let Ok(entries) = std::fs::read_dir(&dir.open) else {
             continue;
         };
+        // Opened only when a child's path is long.
+        let mut held: Option<(Arc<std::fs::File>, PathBuf)> = None;
         for entry in entries.flatten() {
-            if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                stack.push((entry.path(), depth + 1));
+            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
             }
+            let name = entry.file_name();
+            let path = format!("{}/{}", dir.path, name.to_string_lossy());
+            let (open, parent) = if path.len() >= LONG {
+                if held.is_none() {
+                    let Ok(file) = std::fs::File::open(&dir.open) else {
+                        continue;
+                    };
+                    let through = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+                    held = Some((Arc::new(file), through));
+                }
+                let Some((file, through)) = &held else {
+                    continue;
+                };
+                (through.join(&name), Some(file.clone()))
+            } else {
+                (PathBuf::from(&path), None)
+            };
+            stack.push(Dir {
+                path,
+                open,
+                _parent: parent,
+                depth: dir.depth + 1,
+            });
         }
     }
     found
@@ -339,6 +387,27 @@ mod tests {
         assert!(path.ends_with("/..."), "{path}");
         let id = crate::cgroup::path::parse_cgroup_path(&path).unwrap();
         assert_eq!(id.container_id.as_deref(), Some(container.as_str()));
+    }
+
+    #[test]
+    fn a_walk_finds_directories_past_path_max_and_names_them_in_full() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = "n".repeat(250);
+        // 20 levels of 250-byte names: past PATH_MAX, so each is made through its parent's
+        // descriptor, as the walk opens them.
+        let mut parent = std::fs::File::open(dir.path()).unwrap();
+        for _ in 0..20 {
+            let through = format!("/proc/self/fd/{}/{name}", parent.as_raw_fd());
+            std::fs::create_dir(&through).unwrap();
+            parent = std::fs::File::open(&through).unwrap();
+        }
+        let deepest = parent.metadata().unwrap().ino();
+        let found = walk(dir.path(), &Counters::default());
+        let path = found.get(&deepest).expect("the deepest directory is found");
+        assert!(path.len() > 4096, "{}", path.len());
+        assert!(path.starts_with(&*dir.path().to_string_lossy()));
+        assert_eq!(path.matches(&name).count(), 20);
+        assert_eq!(found.len(), 21);
     }
 
     #[test]

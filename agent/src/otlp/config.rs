@@ -205,6 +205,29 @@ fn key_values(s: &str) -> Vec<Result<(String, String), String>> {
         .collect()
 }
 
+/// An endpoint as it may be shown in logs and errors: credentials in its authority
+/// (`https://user:token@host`) are replaced by `***`.
+pub fn redacted_endpoint(endpoint: &str) -> String {
+    let Some((scheme, rest)) = endpoint.split_once("://") else {
+        return endpoint.to_owned();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((_, host)) => format!("{scheme}://***@{host}{tail}"),
+        None => endpoint.to_owned(),
+    }
+}
+
+/// A header entry as it may be shown in an error: its key, never its value (a bearer token,
+/// an API key); an entry that is not `key=value` is shown by its length only.
+fn redacted_entry(entry: &str) -> String {
+    match entry.split_once('=') {
+        Some((k, v)) => format!("{}=<{} bytes, not shown>", k.trim(), v.trim().len()),
+        None => format!("<{} bytes, not shown>", entry.len()),
+    }
+}
+
 fn millis(n: Option<u64>, default: Duration) -> Duration {
     n.map_or(default, Duration::from_millis)
 }
@@ -238,7 +261,7 @@ impl OtlpConfig {
         let uri = tonic::transport::Endpoint::from_shared(endpoint.clone()).map_err(|e| {
             ConfigError::Endpoint {
                 var: endpoint_var,
-                value: endpoint.clone(),
+                value: redacted_endpoint(&endpoint),
                 reason: e.to_string(),
             }
         })?;
@@ -248,14 +271,14 @@ impl OtlpConfig {
             _ => {
                 return Err(ConfigError::Scheme {
                     var: endpoint_var,
-                    value: endpoint,
+                    value: redacted_endpoint(&endpoint),
                 });
             }
         };
         if uri.uri().host().is_none_or(str::is_empty) {
             return Err(ConfigError::Endpoint {
                 var: endpoint_var,
-                value: endpoint,
+                value: redacted_endpoint(&endpoint),
                 reason: "no host".to_owned(),
             });
         }
@@ -302,7 +325,10 @@ impl OtlpConfig {
             "OTEL_EXPORTER_OTLP_HEADERS",
         ) {
             for kv in key_values(&value) {
-                let (k, v) = kv.map_err(|entry| ConfigError::Header { var, entry })?;
+                let (k, v) = kv.map_err(|entry| ConfigError::Header {
+                    var,
+                    entry: redacted_entry(&entry),
+                })?;
                 let k = k.to_ascii_lowercase();
                 let valid = k
                     .parse::<tonic::metadata::MetadataKey<tonic::metadata::Ascii>>()
@@ -312,7 +338,7 @@ impl OtlpConfig {
                 if !valid {
                     return Err(ConfigError::Header {
                         var,
-                        entry: format!("{k}={v}"),
+                        entry: redacted_entry(&format!("{k}={v}")),
                     });
                 }
                 headers.push((k, v));
@@ -410,6 +436,42 @@ mod tests {
             Err(e) => e.to_string(),
             Ok(c) => panic!("expected an error for {vars:?}, got {c:?}"),
         }
+    }
+
+    #[test]
+    fn secrets_never_reach_an_error_or_a_log() {
+        // A header whose value does not parse: the key is named, the token is not.
+        let e = error(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317"),
+            (
+                "OTEL_EXPORTER_OTLP_HEADERS",
+                "authorization=Bearer s3cr3t\u{7f}tok",
+            ),
+        ]);
+        assert!(e.contains("authorization=") && !e.contains("s3cr3t"), "{e}");
+        // An entry that is not key=value may be the token itself.
+        let e = error(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317"),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "s3cr3t-token"),
+        ]);
+        assert!(!e.contains("s3cr3t"), "{e}");
+        // Credentials in the endpoint.
+        let e = error(&[(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "ftp://user:s3cr3t@collector:4317",
+        )]);
+        assert!(
+            !e.contains("s3cr3t") && e.contains("***@collector:4317"),
+            "{e}"
+        );
+        assert_eq!(
+            redacted_endpoint("https://user:s3cr3t@logs.example:4317/v1?x=1"),
+            "https://***@logs.example:4317/v1?x=1"
+        );
+        assert_eq!(
+            redacted_endpoint("http://collector:4317/a@b"),
+            "http://collector:4317/a@b"
+        );
     }
 
     #[test]
@@ -545,7 +607,12 @@ mod tests {
             )
         );
         assert!(error(&[ep, ("OTEL_EXPORTER_OTLP_COMPRESSION", "zstd")]).contains("gzip or none"));
-        assert!(error(&[ep, ("OTEL_EXPORTER_OTLP_HEADERS", "novalue")]).contains("novalue"));
+        // An entry without `=` may be a bare token: its length is shown, not its text.
+        let e = error(&[ep, ("OTEL_EXPORTER_OTLP_HEADERS", "novalue")]);
+        assert!(
+            e.contains("<7 bytes, not shown>") && !e.contains("novalue"),
+            "{e}"
+        );
         assert!(error(&[ep, ("OTEL_EXPORTER_OTLP_HEADERS", "bad key=v")]).contains("bad key"));
         assert!(error(&[ep, ("OTEL_EXPORTER_OTLP_HEADERS", "k=a%0Ab")]).contains("k="));
         assert!(error(&[ep, ("OTEL_RESOURCE_ATTRIBUTES", "=x")]).contains("=x"));

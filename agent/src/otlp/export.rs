@@ -134,7 +134,7 @@ impl Pending {
 
 fn channel(config: &OtlpConfig) -> Result<Channel, ExportError> {
     let error = |source| ExportError::Endpoint {
-        endpoint: config.endpoint.clone(),
+        endpoint: super::config::redacted_endpoint(&config.endpoint),
         source,
     };
     let mut endpoint = Endpoint::from_shared(config.endpoint.clone())
@@ -189,7 +189,10 @@ pub fn spawn(
         config,
     };
     let task = async move {
-        info!(endpoint = %sender.config.endpoint, "exporting evidence as OTLP logs");
+        info!(
+            endpoint = %super::config::redacted_endpoint(&sender.config.endpoint),
+            "exporting evidence as OTLP logs"
+        );
         tokio::join!(drain.run(cancel.clone()), sender.run(rx, cancel));
     };
     Ok((stats, task))

@@ -1,4 +1,4 @@
-//! The Markdown timeline against a snapshot (`snapshot.md`; `UPDATE_SNAPSHOTS=1` rewrites it
+//! The Markdown timeline against a snapshot (`snapshot.md`; a difference is written to `snapshot.md.new` for review
 //! for review), and its safety rules.
 
 use std::time::{Duration, SystemTime};
@@ -90,13 +90,19 @@ fn markdown_matches_the_snapshot() {
         cluster: &view,
     });
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/src/cli/timeline/snapshot.md");
-    if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
-        std::fs::write(path, &text).unwrap_or_else(|e| panic!("{path}: {e}"));
-    }
     let expected = std::fs::read_to_string(path).unwrap_or_default();
+    // A difference is written beside the snapshot for review (`diff`, then `mv` to accept
+    // it); the test never rewrites what it compares against.
+    let new = format!("{path}.new");
+    if text == expected {
+        let _ = std::fs::remove_file(&new);
+    } else {
+        std::fs::write(&new, &text).unwrap_or_else(|e| panic!("{new}: {e}"));
+    }
     assert!(
         text == expected,
-        "timeline differs from {path} (UPDATE_SNAPSHOTS=1 to rewrite it):\n{text}"
+        "timeline differs from {path}; the new text is in {new} (review it, then mv it over \
+         the snapshot to accept):\n{text}"
     );
     assert!(
         !text.contains('\u{1b}'),
