@@ -365,7 +365,7 @@ impl Collector for Snapshot {
             gauge(
                 &mut e,
                 "triage_agent_store_disk_pending_changes",
-                "Record changes waiting for the next batch.",
+                "Record changes not yet committed to disk (queued or being written).",
                 p.pending as f64,
             )?;
             gauge(

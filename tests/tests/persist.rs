@@ -37,7 +37,9 @@ fn evidence_committed_before_a_kill_9_is_answered_after_the_restart() {
         .as_str()
         .unwrap()
         .to_owned();
-    // Acknowledged: a batch committed after the failure, nothing pending.
+    // Acknowledged: nothing pending once the store held all three (pending counts what is not
+    // committed yet, in the writer too). The record's last_seen is not when the store got it:
+    // attribution may hold an event a moment (while the cgroup tree is walked, say).
     let status = agent
         .status_until(WAIT, |s| {
             let d = &s["store_disk"];

@@ -19,6 +19,7 @@
 //!   a fresh store starts at the path: the agent never crash-loops on its own data. A second
 //!   agent on the same file is refused (an advisory lock), so two never write one file.
 
+use std::sync::atomic::Ordering::SeqCst;
 use std::{
     collections::HashMap,
     fs::File,
@@ -113,10 +114,12 @@ pub struct PersistBackend {
 impl Backend for PersistBackend {
     fn upsert(&mut self, id: u64, e: &Evidence) {
         self.pending.insert(id, Change::Upsert(Box::new(e.clone())));
+        self.health.queued.store(self.pending.len() as u64, SeqCst);
     }
 
     fn remove(&mut self, id: u64, _: &Evidence) {
         self.pending.insert(id, Change::Remove);
+        self.health.queued.store(self.pending.len() as u64, SeqCst);
     }
 
     fn flush(&mut self) {
@@ -124,16 +127,19 @@ impl Backend for PersistBackend {
             && let Some(tx) = &self.batches
         {
             let batch = std::mem::take(&mut self.pending);
+            let n = batch.len() as u64;
+            // Counted as in the writer before it leaves the queue (see PersistHealth::get).
+            self.health.in_writer.fetch_add(n, SeqCst);
             match tx.try_send(batch) {
                 Ok(()) => {}
                 // The writer is still on the previous batch: these go with the next one.
                 Err(mpsc::TrySendError::Full(batch) | mpsc::TrySendError::Disconnected(batch)) => {
                     self.pending = batch;
+                    self.health.in_writer.fetch_sub(n, SeqCst);
                 }
             }
         }
-        let pending = self.pending.len() as u64;
-        self.health.update(|s| s.pending = pending);
+        self.health.queued.store(self.pending.len() as u64, SeqCst);
     }
 
     fn shrink(&mut self, records: usize) -> usize {
@@ -410,7 +416,10 @@ fn write_batches(
     _lock: File,
 ) {
     let mut carried: HashMap<u64, Change> = HashMap::new();
+    // Changes received since the last commit (as counted into `in_writer`).
+    let mut received = 0u64;
     while let Ok(batch) = batches.recv() {
+        received += batch.len() as u64;
         if carried.is_empty() {
             carried = batch;
         } else {
@@ -426,6 +435,9 @@ fn write_batches(
                     s.used_bytes = used;
                     s.error = None;
                 });
+                // After the commit is on record: 0 pending always comes with its commit.
+                health.in_writer.fetch_sub(received, SeqCst);
+                received = 0;
             }
             Err(e) => {
                 let error = format!("writing a batch of {} changes: {e}", carried.len());

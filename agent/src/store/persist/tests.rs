@@ -291,3 +291,31 @@ fn a_directory_that_cannot_be_created_is_a_clear_error() {
         "{err}"
     );
 }
+
+#[test]
+fn pending_counts_every_change_until_it_is_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&dir);
+    let (mut store, health, _) = store_on(&cfg, 100);
+    store.record(refused().pod("shop", "web").at(10).occurrence());
+    store.record(dropped().pod("shop", "web").at(20).occurrence());
+    // Recorded, not handed over yet: pending already says so (Status reads it at any time).
+    assert_eq!(health.get().pending, 2);
+    store.flush_backend();
+    // Handed to the writer: pending until the writer has committed them.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = health.get();
+        if s.pending == 0 {
+            assert_eq!(s.commits, 1, "0 pending only after the commit: {s:?}");
+            break;
+        }
+        assert_eq!(s.commits, 0, "{s:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never committed: {s:?}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    close(store);
+}
