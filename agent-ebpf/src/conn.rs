@@ -8,17 +8,18 @@
 //!   the connection was refused by a RST.
 //! - SYN_SENT -> CLOSE while still remembered (no RST came): refused by an ICMP error when the
 //!   socket's `sk_err` says so (ECONNREFUSED, EHOSTUNREACH, ENETUNREACH, EACCES), otherwise it
-//!   was never answered: a timeout, with the SYN retransmissions `tcp:tcp_retransmit_skb` saw.
+//!   was never answered: a timeout, with the SYN retransmissions `tcp_retransmit_skb` saw.
 //!
 //! Refusing side: `tcp:tcp_send_reset` with no socket, answering a bare SYN, means a connection
 //! attempt reached a port nothing listens on.
 //!
-//! Kernel interfaces (field offsets come from tracefs `format` and BTF at load time):
+//! Kernel interfaces (field offsets come from tracefs `format` and BTF at load time); every hook
+//! is a raw tracepoint (attached with bpf(2), no perf_event_open):
 //! - raw tracepoint inet_sock_set_state: arguments (sk, oldstate, newstate); struct sock
 //!   (BTF): sk_protocol, __sk_common.{skc_family, skc_dport, skc_rcv_saddr, skc_daddr,
 //!   skc_v6_rcv_saddr, skc_v6_daddr}, inet_sock.inet_sport, sk_err, sk_err_soft
 //! - raw tracepoint tcp_receive_reset: argument (sk); the socket's fields as above
-//! - tcp:tcp_retransmit_skb: skaddr, state
+//! - raw tracepoint tcp_retransmit_skb: argument (sk)
 //! - raw tracepoint tcp_send_reset (Linux >= 6.10: sk, skb, reason); the tracefs format of
 //!   tcp:tcp_send_reset tells the layout (and whether it has a reason); the SYN's IP and TCP
 //!   headers are read from the packet (`skb->head` + header offsets)
@@ -26,8 +27,8 @@
 
 use aya_ebpf::{
     helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid},
-    macros::{raw_tracepoint, tracepoint},
-    programs::{RawTracePointContext, TracePointContext},
+    macros::raw_tracepoint,
+    programs::RawTracePointContext,
 };
 use triage_agent_common::{
     ABSENT, AF_INET, AF_INET6, COMM_LEN, ERROR_UNKNOWN, FlowKey, FlowStats, IPPROTO_TCP,
@@ -38,7 +39,7 @@ use triage_agent_common::{
 use crate::{
     flows,
     maps::{CONNECTS, count_loss, offsets},
-    read::{field, kread},
+    read::kread,
     skb::{ETH_P_IP, ETH_P_IPV6, HEADER_UNSET, skb_headers},
 };
 
@@ -226,24 +227,19 @@ pub fn inet_sk_error_report(ctx: RawTracePointContext) -> i32 {
     0
 }
 
-#[tracepoint(category = "tcp", name = "tcp_retransmit_skb")]
-pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
-    let _ = try_tcp_retransmit_skb(&ctx);
-    0
-}
-
-fn try_tcp_retransmit_skb(ctx: &TracePointContext) -> Result<(), i32> {
-    let o = offsets();
-    let state: i32 = field(ctx, o.retransmit.state)?;
-    if state != tcp_state::SYN_SENT {
-        return Ok(());
-    }
-    let sk: u64 = field(ctx, o.retransmit.skaddr)?;
+/// A raw tracepoint (argument `sk`), not the classic one: attaching a classic tracepoint takes
+/// perf_event_open, which kernels with `perf_event_paranoid` 3 (Debian's default) refuse
+/// without CAP_SYS_ADMIN. No state check is needed: a socket is in `CONNECTS` only
+/// while it is in SYN_SENT (`inet_sock_set_state` takes it out on any other state), so a hit
+/// there is a SYN retransmission.
+#[raw_tracepoint(tracepoint = "tcp_retransmit_skb")]
+pub fn tcp_retransmit_skb(ctx: RawTracePointContext) -> i32 {
+    let sk: u64 = ctx.arg(0);
     if let Some(pending) = CONNECTS.get_ptr_mut(sk) {
         // SAFETY: the entry belongs to this socket, whose retransmissions are serialized.
         unsafe { (*pending).syn_retransmits = (*pending).syn_retransmits.wrapping_add(1) };
     }
-    Ok(())
+    0
 }
 
 /// A raw tracepoint (argument `sk`): the socket that got the reset.

@@ -55,14 +55,6 @@ pub struct OomOffsets {
     pub rss_shmem: u32,
 }
 
-/// `tcp:tcp_retransmit_skb` record offsets (tracefs `format`).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RetransmitOffsets {
-    pub skaddr: u32,
-    pub state: u32,
-}
-
 /// `skb:kfree_skb` record offsets (tracefs `format`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -140,13 +132,12 @@ pub struct SkbOffsets {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Offsets {
     pub send_reset: SendResetOffsets,
-    pub retransmit: RetransmitOffsets,
     pub kfree_skb: KfreeSkbOffsets,
     pub sock: SockOffsets,
     pub skb: SkbOffsets,
     pub oom: OomOffsets,
 }
-const _: () = assert!(size_of::<Offsets>() == 224);
+const _: () = assert!(size_of::<Offsets>() == 216);
 
 impl Offsets {
     /// Every offset absent: the programs attach but do nothing until real offsets are set.
@@ -158,10 +149,6 @@ impl Offsets {
             reason: ABSENT,
             saddr: ABSENT,
             daddr: ABSENT,
-        },
-        retransmit: RetransmitOffsets {
-            skaddr: ABSENT,
-            state: ABSENT,
         },
         kfree_skb: KfreeSkbOffsets {
             skbaddr: ABSENT,

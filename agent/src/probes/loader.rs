@@ -8,7 +8,7 @@ use std::{collections::HashMap, fs::File, path::Path};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuValues, RingBuf},
-    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, RawTracePoint, TracePoint},
+    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, RawTracePoint},
 };
 use tracing::{info, warn};
 use triage_agent_common::{
@@ -604,17 +604,13 @@ fn available_events(tracefs: &Path) -> Option<String> {
 /// rather than the attach call's bare errno.
 fn missing_hook(events: Option<&str>, hook: Hook) -> Option<String> {
     let events = events?;
-    let (category, name, since) = match hook {
-        Hook::TracePoint {
-            category,
-            name,
-            since,
-        } => (Some(category), name, since),
-        Hook::RawTracePoint { name, since } => (None, name, since),
+    let (name, since) = match hook {
+        Hook::RawTracePoint { name, since } => (name, since),
         Hook::CgroupSkb { .. } => return None,
     };
+    // A raw tracepoint is named without its category.
     let present = events.lines().any(|line| match line.split_once(':') {
-        Some((c, n)) => n.trim() == name && category.is_none_or(|want| want == c),
+        Some((_, n)) => n.trim() == name,
         None => false,
     });
     (!present).then(|| format!("this kernel has no {name} tracepoint (added in Linux {since})"))
@@ -658,19 +654,6 @@ pub fn verifier_reason(log: &str) -> String {
 
 fn attach(ebpf: &mut Ebpf, name: &str, hook: Hook, cgroup_root: &Path) -> Result<(), String> {
     match hook {
-        Hook::TracePoint {
-            category, name: tp, ..
-        } => {
-            let program: &mut TracePoint = ebpf
-                .program_mut(name)
-                .ok_or_else(|| format!("program {name} not in the object"))?
-                .try_into()
-                .map_err(|e| format!("{e}"))?;
-            program.load().map_err(load_error)?;
-            program
-                .attach(category, tp)
-                .map_err(|e| format!("attach: {e}"))?;
-        }
         Hook::RawTracePoint { name: tp, .. } => {
             let program: &mut RawTracePoint = ebpf
                 .program_mut(name)

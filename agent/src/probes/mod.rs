@@ -31,19 +31,14 @@ use crate::evidence::Kind;
 /// Where a program attaches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Hook {
-    /// A classic tracepoint (`/sys/kernel/tracing/events/<category>/<name>`).
-    TracePoint {
-        category: &'static str,
+    /// A raw tracepoint: the tracepoint's arguments without the trace record (cheaper per
+    /// hit), attached with bpf(2). Classic tracepoints are not used: attaching one takes
+    /// perf_event_open, which kernels with `perf_event_paranoid` 3 (Debian's default) refuse
+    /// to anything short of CAP_SYS_ADMIN, which the DaemonSet does not have.
+    RawTracePoint {
         name: &'static str,
         /// The Linux release that added it, for naming what a kernel lacks (the check itself
         /// is whether the running kernel lists the tracepoint, never its version).
-        since: &'static str,
-    },
-    /// A raw tracepoint: the tracepoint's arguments without the trace record (cheaper per
-    /// hit; used where the hit rate is a packet rate).
-    RawTracePoint {
-        name: &'static str,
-        /// As for [`Hook::TracePoint`].
         since: &'static str,
     },
     /// A cgroup_skb program on the cgroup2 root: every packet every socket of the node sends
@@ -54,7 +49,6 @@ pub enum Hook {
 impl fmt::Display for Hook {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Hook::TracePoint { category, name, .. } => write!(f, "tracepoint/{category}/{name}"),
             Hook::RawTracePoint { name, .. } => write!(f, "raw_tracepoint/{name}"),
             Hook::CgroupSkb { egress: true } => f.write_str("cgroup_skb/egress"),
             Hook::CgroupSkb { egress: false } => f.write_str("cgroup_skb/ingress"),
@@ -153,8 +147,7 @@ pub const PROGRAMS: &[Program] = &[
     },
     Program {
         name: "tcp_retransmit_skb",
-        hook: Hook::TracePoint {
-            category: "tcp",
+        hook: Hook::RawTracePoint {
             name: "tcp_retransmit_skb",
             since: "4.15",
         },

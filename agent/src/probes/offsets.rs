@@ -5,8 +5,8 @@
 use std::{collections::HashMap, path::Path};
 
 use triage_agent_common::{
-    ABSENT, KfreeSkbOffsets, Offsets, OomOffsets, RetransmitOffsets, SendResetOffsets, SkbOffsets,
-    SockOffsets, send_reset_layout,
+    ABSENT, KfreeSkbOffsets, Offsets, OomOffsets, SendResetOffsets, SkbOffsets, SockOffsets,
+    send_reset_layout,
 };
 
 use crate::kernel::{
@@ -21,12 +21,6 @@ pub type Problems = HashMap<&'static str, String>;
 pub fn kernel_offsets(tracefs: &Path, btf: Option<&Btf>) -> (Offsets, Problems) {
     let mut o = Offsets::ABSENT;
     let mut problems = Problems::new();
-    match retransmit(tracefs) {
-        Ok(v) => o.retransmit = v,
-        Err(e) => {
-            problems.insert("tcp_retransmit_skb", e.to_string());
-        }
-    }
     if let Some(btf) = btf {
         o.skb = skb(btf);
         o.sock = sock(btf);
@@ -161,15 +155,6 @@ fn sock(btf: &Btf) -> SockOffsets {
         v6_rcv_saddr: member(btf, "sock", "__sk_common.skc_v6_rcv_saddr"),
         v6_daddr: member(btf, "sock", "__sk_common.skc_v6_daddr"),
     }
-}
-
-fn retransmit(tracefs: &Path) -> Result<RetransmitOffsets, TracefsError> {
-    let f = Format::read(tracefs, "tcp", "tcp_retransmit_skb")?;
-    let t = "tcp:tcp_retransmit_skb";
-    Ok(RetransmitOffsets {
-        skaddr: f.offset(t, "skaddr", Some(8))?,
-        state: f.offset(t, "state", Some(4))?,
-    })
 }
 
 /// Why drops carry no reason on a kernel whose kfree_skb has none.

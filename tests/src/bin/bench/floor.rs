@@ -8,9 +8,7 @@
 //! attaches them, says so, and holds them until it is interrupted (closing its descriptors
 //! detaches everything).
 //!
-//! - raw tracepoints: `BPF_RAW_TRACEPOINT_OPEN`, for the agent's raw tracepoints and also for
-//!   its classic one (a raw tracepoint costs less than a classic one, so the floor stays a
-//!   lower bound);
+//! - raw tracepoints: `BPF_RAW_TRACEPOINT_OPEN`, as the agent's;
 //! - cgroup_skb egress and ingress on the cgroup2 root, as the agent's DNS programs, through
 //!   `BPF_LINK_CREATE` (Linux 5.7+), which runs beside any other program there.
 //!
@@ -327,7 +325,7 @@ pub fn attach_all(at_cgroup: AtCgroupHooks) -> anyhow::Result<Vec<OwnedFd>> {
     };
     for program in PROGRAMS {
         match program.hook {
-            Hook::RawTracePoint { name, .. } | Hook::TracePoint { name, .. } => {
+            Hook::RawTracePoint { name, .. } => {
                 let prog = load_empty(BPF_PROG_TYPE_RAW_TRACEPOINT, 0, 0)?;
                 let name_c = CString::new(name)?;
                 let mut attr = Attr::default();
