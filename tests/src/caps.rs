@@ -119,14 +119,21 @@ pub fn restrict_to_daemonset(cmd: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The effective capabilities of process `pid` (`CapEff` of /proc/PID/status).
-pub fn effective(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+/// A capability set (`CapEff`, `CapBnd`, ...) from a /proc/PID/status text.
+fn cap_set(status: &str, name: &str) -> anyhow::Result<u64> {
     let hex = status
         .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .context("no CapEff line")?;
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .with_context(|| format!("no {name} line"))?;
     Ok(u64::from_str_radix(hex.trim(), 16)?)
+}
+
+/// The effective capabilities of process `pid`.
+pub fn effective(pid: u32) -> anyhow::Result<u64> {
+    cap_set(
+        &std::fs::read_to_string(format!("/proc/{pid}/status"))?,
+        "CapEff",
+    )
 }
 
 /// The mask of the DaemonSet's capabilities.
@@ -142,11 +149,7 @@ pub fn daemonset_mask() -> anyhow::Result<u64> {
 /// with more.
 pub fn expected_mask() -> anyhow::Result<u64> {
     let status = std::fs::read_to_string("/proc/self/status")?;
-    let hex = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapBnd:"))
-        .context("no CapBnd line")?;
-    Ok(daemonset_mask()? & u64::from_str_radix(hex.trim(), 16)?)
+    Ok(daemonset_mask()? & cap_set(&status, "CapBnd")?)
 }
 
 #[cfg(test)]
@@ -177,8 +180,7 @@ mod tests {
         restrict_to_daemonset(&mut cmd).unwrap();
         let out = cmd.output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
-        let hex = text.trim().trim_start_matches("CapEff:").trim();
-        let eff = u64::from_str_radix(hex, 16).unwrap();
+        let eff = cap_set(&text, "CapEff").unwrap();
         // Root gets its bounding set at exec; as another user nothing is effective at all.
         // SAFETY: geteuid(2) has no preconditions and cannot fail.
         let euid = unsafe { libc::geteuid() };

@@ -236,16 +236,7 @@ names::names! {
     }
 }
 
-/// What happened, one variant per kind.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Detail {
-    ConnectionRefused(Connection),
-    ConnectionTimeout(Connection),
-    PacketDrop(Drop),
-    Dns(Dns),
-    OomKill(OomKill),
-    CpuThrottling(CpuThrottling),
-}
+kinds::kinds!(detail_enum! {});
 
 /// What makes two occurrences of a kind "the same failure" (besides pod and container).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

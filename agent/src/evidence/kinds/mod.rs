@@ -149,6 +149,17 @@ macro_rules! kind_of {
     };
 }
 
+/// Declares [`Detail`](crate::evidence::Detail), one variant per row of the table.
+macro_rules! detail_enum {
+    ([] $($variant:ident($ty:ident),)*) => {
+        /// What happened, one variant per kind (from the `kinds!` table).
+        #[derive(Clone, Debug, PartialEq, Eq)]
+        pub enum Detail {
+            $($variant($ty),)*
+        }
+    };
+}
+
 macro_rules! by_value {
     ([$detail:expr, $d:ident => $body:expr] $($variant:ident($ty:ident),)*) => {
         match $detail {
@@ -190,7 +201,8 @@ macro_rules! by_name {
 }
 
 pub(crate) use {
-    by_kind, by_name, by_pair, by_value, each_detail, each_kind, kind_of, kinds, same_kind,
+    by_kind, by_name, by_pair, by_value, detail_enum, each_detail, each_kind, kind_of, kinds,
+    same_kind,
 };
 
 /// `kubectl` targets (namespace, pod) for a record's pod, placeholders when it has none.
