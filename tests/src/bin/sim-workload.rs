@@ -72,6 +72,11 @@ fn deep_cgroup(base: &str, depth: &str, rest: &[&str]) -> ExitCode {
         eprintln!("sim-workload: could not make and enter {depth} nested cgroups under {base}");
         ExitCode::FAILURE
     };
+    // The chain outlives the command by two seconds: the DaemonSet's agent (no
+    // CAP_DAC_READ_SEARCH) names a cgroup by walking the tree when an event needs it, and a
+    // cgroup already removed by then is attributed by IP. This tool tests names and lengths,
+    // not that race.
+    std::thread::sleep(Duration::from_secs(2));
     let _ = std::io::Write::write_all(&mut back, pid.as_bytes());
     for i in (0..made).rev() {
         let _ = std::env::set_current_dir("..");
