@@ -324,7 +324,7 @@ async fn collector_down_counts_every_update_and_never_blocks_the_store() {
         size: 2,
         interval: Duration::from_millis(10),
         queue: 4,
-        retry_window: Duration::from_millis(600),
+        retry_window: Duration::from_millis(1500),
     };
     let running = start(config(addr, batch)).await;
     let n = 200;
@@ -349,12 +349,18 @@ async fn collector_down_counts_every_update_and_never_blocks_the_store() {
     .expect("the store answers while the collector is down")
     .unwrap();
     assert_eq!(answered.evidence.len(), n);
-    wait_for("queue overflow and failed exports", || {
+    // Retries are waited for, not asserted at once: on a loaded machine the first attempt of a
+    // batch can outlast the retry window, and that batch fails without a retry.
+    wait_for("queue overflow, retries and failed exports", || {
         let c = running.counters.clone();
-        async move { c.get(Loss::OtlpQueueFull) > 0 && c.get(Loss::OtlpExportFailed) > 0 }
+        let stats = running.stats.clone();
+        async move {
+            c.get(Loss::OtlpQueueFull) > 0
+                && c.get(Loss::OtlpExportFailed) > 0
+                && stats.retries.load(Relaxed) > 0
+        }
     })
     .await;
-    assert!(running.stats.retries.load(Relaxed) > 0);
     let stats = running.stats.clone();
     let counters = running.stop().await;
     // Every update is accounted for: none was exported, each was dropped at the full queue or
