@@ -16,7 +16,7 @@ use triage_agent_proto::v1 as pb;
 pub use crate::evidence::wire::ConvertError;
 use crate::{
     evidence::{
-        Attribution, Detail, DnsLookups, Evidence, Filter, Kind, PodRef, Process, Subject,
+        Attribution, Detail, DnsLookups, Evidence, Filter, Folded, Kind, PodRef, Process, Subject,
         wire::{from_pb, pod_from_pb, pod_to_pb, to_pb},
     },
     loss::{Loss, LossCounts},
@@ -118,6 +118,7 @@ pub fn evidence_to_pb(e: &Evidence) -> pb::Evidence {
         m.peer = peer.map(|p| pod_to_pb(p));
     }
     e.detail.to_pb(&mut m);
+    m.folded = e.folded.as_deref().map(Folded::to_pb);
     m
 }
 
@@ -139,6 +140,11 @@ pub fn evidence_from_pb(mut e: pb::Evidence) -> Result<Evidence, ConvertError> {
         first_seen: time_from_pb(e.first_seen.as_ref(), "first_seen")?,
         last_seen: time_from_pb(e.last_seen.as_ref(), "last_seen")?,
         count: e.count,
+        folded: match e.folded {
+            Some(f) if detail.folding().is_some() => Some(Box::new(Folded::from_pb(f)?)),
+            // Only inbound refusals and drops fold.
+            _ => None,
+        },
         detail,
     })
 }

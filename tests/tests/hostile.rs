@@ -23,6 +23,17 @@ const WAIT: Duration = Duration::from_secs(20);
 /// default capacity is far from full in these tests).
 const RSS_BOUND_MIB: f64 = 128.0;
 
+/// Every agent sees the whole machine's kernel events, and one machine plays several simulated
+/// nodes: one test's flood is, to another test's agent, a flood of pods it does not know (kernel
+/// tables, rings and attribution shared with it). The two flood tests never run side by side.
+static FLOODS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_flood_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    FLOODS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// One gRPC call with a hand-made body (5-byte gRPC prefix included, or not): the grpc-status
 /// the agent answered (from the trailers, or the headers of a trailers-only answer).
 async fn raw_call(addr: &str, method: &str, body: Vec<u8>) -> anyhow::Result<String> {
@@ -341,6 +352,7 @@ fn escape_sequences_longest_names_and_a_cgroup_past_path_max_are_shown_safely_an
 
 #[test]
 fn a_pod_flooding_distinct_flows_cannot_push_out_another_pods_evidence() {
+    let _alone = one_flood_at_a_time();
     let fixture = NodeFixture::new()
         .pod("attack", "sink")
         .pod("attack", "noisy")
@@ -433,6 +445,136 @@ fn a_pod_flooding_distinct_flows_cannot_push_out_another_pods_evidence() {
          {sink_kept} records (quota 100 each); store {} records, {evicted} evicted and counted; \
          losses {}",
         status["store_records"], status["loss"]
+    );
+    assert!(agent.stop().unwrap().success(), "{}", agent.log());
+}
+
+#[test]
+fn a_port_scan_and_a_dropped_flood_against_a_pod_fold_and_leave_its_own_evidence() {
+    let _alone = one_flood_at_a_time();
+    const LIMIT: u64 = 64 << 20;
+    let fixture = NodeFixture::new()
+        .pod("shop", "victim")
+        .pod("shop", "other")
+        .pod("kube-system", "resolver")
+        .pod("attack", "scanner")
+        // A small store: 2,000 records, so 100 per pod.
+        .agent_flags(["--store-capacity", "2000"]);
+    let (mut node, [victim, other, resolver, scanner]) = fixture.node().unwrap();
+    let (victim_ip, other_ip, resolver_ip, scanner_ip) = (
+        node.pod(victim).ip,
+        node.pod(other).ip,
+        node.pod(resolver).ip,
+        node.pod(scanner).ip,
+    );
+    node.nft_node(&format!(
+        "table bridge sim_policy {{\n chain forward {{\n  type filter hook forward priority 0; policy accept;\n  ip saddr {scanner_ip} ip daddr {victim_ip} udp dport 10000-60000 drop\n }}\n}}\n"
+    ))
+    .unwrap();
+    // A resolver that answers every name with NXDOMAIN.
+    node.start_process(resolver, &["dns-upstream", "53", "3", "0"])
+        .unwrap();
+    node.set_cluster_dns(victim, &resolver_ip.to_string(), "")
+        .unwrap();
+    node.set_memory_limit(victim, LIMIT).unwrap();
+    let mut agent = fixture.agent(&node).unwrap();
+
+    // The victim's own evidence first: a refusal, a failed lookup, an OOM kill.
+    node.run(victim, &["connect", &format!("{other_ip}:5433"), "1", "0"])
+        .unwrap();
+    node.run(victim, &["resolve", "payments", "1", "0"])
+        .unwrap();
+    // Killed by the OOM killer at the limit.
+    let killed = node
+        .spawn(victim, &["alloc", "300"])
+        .unwrap()
+        .wait()
+        .unwrap();
+    assert!(!killed.success(), "{killed:?}");
+    let own = |v: &serde_json::Value| {
+        (
+            count_of(&records(v, "connection_refused", "outbound")),
+            records(v, "dns", "outbound").len(),
+            v["evidence"]
+                .as_array()
+                .map_or(0, |a| a.iter().filter(|e| e["kind"] == "oom_kill").count()),
+        )
+    };
+    let before = agent
+        .query_until("shop", "victim", WAIT, |v| {
+            let (refused, dns, oom) = own(v);
+            refused == 1 && dns > 0 && oom == 1
+        })
+        .unwrap();
+
+    // The attack: a connect scan of 40,000 closed ports, then 40,000 datagrams (40 rounds
+    // over 1,000 ports) that the node's policy drops. (40,000 distinct dropped flows at once
+    // overflow the kernel's shared flow table, counted as flow_table_full: the kernel tables'
+    // bounds, not the store's, are tested apart.)
+    let scan = node
+        .run(
+            scanner,
+            &["tcp-sweep", &victim_ip.to_string(), "1", "40000"],
+        )
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&scan.stdout).trim(),
+        "refused 40000 other 0",
+        "{scan:?}"
+    );
+    let flood = node
+        .run(
+            scanner,
+            &["udp-sweep", &victim_ip.to_string(), "10000", "10999", "40"],
+        )
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&flood.stdout).trim(), "sent 40000");
+
+    // Every scanned port is one refusal on the victim, every datagram one drop, all counted
+    // exactly, in a handful of records.
+    let inbound = |v: &serde_json::Value, kind: &str| count_of(&records(v, kind, "inbound"));
+    let after = agent
+        .query_until("shop", "victim", Duration::from_secs(60), |v| {
+            inbound(v, "connection_refused") == 40_000 && inbound(v, "packet_drop") == 40_000
+        })
+        .unwrap_or_else(|e| {
+            panic!(
+                "{e}: {} / losses {}",
+                agent.query("shop", "victim").unwrap(),
+                agent.status().unwrap()["loss"]
+            )
+        });
+    for kind in ["connection_refused", "packet_drop"] {
+        let rs = records(&after, kind, "inbound");
+        assert!(rs.len() <= 33, "{kind}: {} records", rs.len());
+        let folded: Vec<_> = rs.iter().filter(|r| r["folded"] == true).collect();
+        assert_eq!(folded.len(), 1, "{kind}: {after}");
+        let f = folded[0];
+        assert_eq!(f["senders"][0]["ip"], scanner_ip.to_string(), "{f}");
+        assert_eq!(f["senders"][0]["count"], f["count"], "one sender: {f}");
+        assert_eq!(f["other_senders_count"], 0, "{f}");
+        assert_eq!(f["ports_more"], true, "{f}");
+    }
+    // The victim's own evidence is all still there.
+    let (kept, was) = (own(&after), own(&before));
+    assert!(
+        kept.0 == 1 && kept.2 == 1 && kept.1 >= was.1,
+        "{was:?} -> {kept:?}: {after}"
+    );
+    assert_eq!(after["agents"][0]["evicted_in_window"], 0, "{after}");
+    let table = agent
+        .cli(&["query", "--pod", "victim", "-n", "shop"])
+        .unwrap();
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(text.contains("port scan"), "{text}");
+    assert!(
+        text.contains("folded: 1 sender, more than 64 ports"),
+        "{text}"
+    );
+    eprintln!(
+        "a 40,000-port scan and a 40,000-datagram flood: victim holds {} records; losses {}",
+        after["evidence"].as_array().map_or(0, Vec::len),
+        agent.status().unwrap()["loss"]
     );
     assert!(agent.stop().unwrap().success(), "{}", agent.log());
 }

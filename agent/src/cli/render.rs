@@ -19,7 +19,7 @@ use crate::{
     cli::client::AgentAnswer,
     codec::PeerLoss,
     diagnose::Finding,
-    evidence::{DnsLookups, Evidence, Named as _, PodRef, line::detail_cells},
+    evidence::{DnsLookups, Evidence, Named as _, PodRef},
     loss::Loss,
     text::{clean, cleaned, rfc3339},
 };
@@ -254,7 +254,7 @@ pub fn query_table_styled(a: &Answer<'_>, style: &Style) -> String {
         let rows: Vec<Vec<String>> = evidence
             .iter()
             .map(|e| {
-                let [direction, src, dst, peer, detail] = detail_cells(&e.detail);
+                let [direction, src, dst, peer, detail] = e.detail_cells();
                 let s = &e.subject;
                 let mut row = vec![
                     e.kind().to_string(),

@@ -295,6 +295,7 @@ impl Builder {
             last_seen: self.at,
             count: self.count,
             detail: self.detail,
+            folded: None,
         }
     }
 }

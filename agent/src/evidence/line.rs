@@ -21,7 +21,7 @@ pub fn detail_cells(d: &Detail) -> [String; 5] {
 
 /// One line per watch update.
 pub fn watch_line(e: &Evidence) -> String {
-    let [direction, src, dst, _, detail] = detail_cells(&e.detail);
+    let [direction, src, dst, _, detail] = e.detail_cells();
     format!(
         "{} {} {} {} {} -> {} ({}) count={} attribution={}",
         rfc3339(e.last_seen),

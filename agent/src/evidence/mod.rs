@@ -13,6 +13,7 @@
 //! `kinds!` table there; the proto's `oneof` gets its detail message.
 
 pub mod fixtures;
+pub mod folded;
 mod kinds;
 pub mod line;
 pub(crate) mod names;
@@ -26,6 +27,7 @@ use triage_agent_common::{
 };
 use triage_agent_proto::v1 as pb;
 
+pub use folded::Folded;
 pub use kinds::{
     Connection, CpuThrottling, Dns, DnsLookups, Drop, Endpoints, Finding, KindDetail, OomKill,
     Semantic, Severity,
@@ -275,6 +277,51 @@ pub enum DetailKey {
     CpuThrottling,
 }
 
+impl DetailKey {
+    /// The key of a folded record (see [`folded`]): one per kind, protocol, reason and cause,
+    /// whatever the sender, port, TCP flags or drop location (all chosen by the sender).
+    pub fn folded(self) -> DetailKey {
+        let unspecified = |ip: IpAddr| match ip {
+            IpAddr::V4(_) => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+            IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+        };
+        match self {
+            DetailKey::Connection {
+                direction,
+                protocol,
+                src_ip,
+                dst,
+                reason,
+                cause,
+            } => DetailKey::Connection {
+                direction,
+                protocol,
+                src_ip: unspecified(src_ip),
+                dst: SocketAddr::new(dst.ip(), 0),
+                reason,
+                cause,
+            },
+            DetailKey::Drop {
+                direction,
+                protocol,
+                src_ip,
+                dst,
+                reason,
+                ..
+            } => DetailKey::Drop {
+                direction,
+                protocol,
+                src_ip: unspecified(src_ip),
+                dst: SocketAddr::new(dst.ip(), 0),
+                reason,
+                tcp_flags: None,
+                location: None,
+            },
+            other => other,
+        }
+    }
+}
+
 impl Detail {
     /// Which kind this is.
     pub fn kind(&self) -> Kind {
@@ -290,6 +337,33 @@ impl Detail {
     fn absorb(&mut self, later: Detail) {
         // Same key means same kind; nothing to take from another kind.
         same_kind!(self, later, d, l => d.absorb(l))
+    }
+
+    /// For a peer-driven occurrence (an inbound refusal or drop, which its sender causes, not
+    /// the pod): the sender and the destination port a folded record tallies. `None` for
+    /// everything the pod does itself.
+    pub fn folding(&self) -> Option<(IpAddr, u16)> {
+        match self {
+            Detail::ConnectionRefused(Connection {
+                direction: Direction::Inbound,
+                src,
+                dst,
+                ..
+            })
+            | Detail::ConnectionTimeout(Connection {
+                direction: Direction::Inbound,
+                src,
+                dst,
+                ..
+            })
+            | Detail::PacketDrop(Drop {
+                direction: Direction::Inbound,
+                src,
+                dst,
+                ..
+            }) => Some((src.ip(), dst.port())),
+            _ => None,
+        }
     }
 
     /// The connection, for kinds that have one.
@@ -402,6 +476,9 @@ pub struct Evidence {
     pub last_seen: SystemTime,
     pub count: u64,
     pub detail: Detail,
+    /// Set when the record folds inbound occurrences from many senders and ports (see
+    /// [`folded`]); `detail`'s addresses are then the latest occurrence's.
+    pub folded: Option<Box<Folded>>,
 }
 
 impl Evidence {
@@ -414,13 +491,52 @@ impl Evidence {
             last_seen: o.at,
             count: o.count.max(1),
             detail: o.detail,
+            folded: None,
         }
+    }
+
+    /// A new folded record of one occurrence (see [`folded`]); `None` for kinds that do not
+    /// fold.
+    pub fn first_folded(node: Arc<str>, o: Occurrence) -> Option<Evidence> {
+        let (sender, port) = o.detail.folding()?;
+        let count = o.count.max(1);
+        let mut e = Evidence::first(node, o);
+        e.folded = Some(Box::new(Folded::new(sender, port, count)));
+        Some(e)
+    }
+
+    /// The table cells after pod and kind: (direction, src, dst, peer, detail). A folded
+    /// record's source is its senders and its destination port the range of ports.
+    pub fn detail_cells(&self) -> [String; 5] {
+        let mut cells = line::detail_cells(&self.detail);
+        if let Some(f) = &self.folded
+            && let Some((_, _, dst, _)) = self.detail.endpoints()
+        {
+            cells[1] = match f.senders.as_slice() {
+                [(ip, _)] if f.other_senders_count == 0 => ip.to_string(),
+                _ => f.senders_text(),
+            };
+            cells[2] = if f.port_min == f.port_max {
+                dst.to_string()
+            } else {
+                let ip = SocketAddr::new(dst.ip(), 0).to_string();
+                format!("{}:{}-{}", &ip[..ip.len() - 2], f.port_min, f.port_max)
+            };
+            cells[4] = format!("{}; {}", cells[4], f.cell());
+        }
+        cells
     }
 
     /// Counts more occurrences with the same key; the latest one's varying values win.
     pub fn absorb(&mut self, o: Occurrence) {
         self.count = self.count.saturating_add(o.count.max(1));
         self.first_seen = self.first_seen.min(o.first_at).min(o.at);
+        if let Some(f) = &mut self.folded
+            && let Some((sender, port)) = o.detail.folding()
+        {
+            // Every occurrence is tallied, in whatever order it arrives.
+            f.add(sender, port, o.count.max(1));
+        }
         if o.at >= self.last_seen {
             self.last_seen = o.at;
             self.subject.process = o.subject.process.or(self.subject.process.take());

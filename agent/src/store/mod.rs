@@ -48,6 +48,11 @@ pub const DEFAULT_QUERY_LIMIT: usize = 1000;
 pub const WATCH_BUFFER: usize = 1024;
 /// Most concurrent watchers; more are refused (each holds a buffer of [`WATCH_BUFFER`]).
 pub const MAX_SUBSCRIBERS: usize = 64;
+/// Inbound refusal and drop records a pod keeps one per sender and port; past these, new ones
+/// fold into one record per kind, protocol and reason ([`crate::evidence::folded`]). They are
+/// caused by the senders, not by the pod, so they never push out the pod's own evidence: when
+/// a pod must lose a record for room, it loses its oldest inbound one first.
+pub const INBOUND_RECORDS: usize = 32;
 
 /// Bounds of the store.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -96,24 +101,31 @@ struct Key {
     owner: Owner,
     container: Option<Arc<str>>,
     detail: DetailKey,
+    /// A folded record's key ([`DetailKey::folded`]), kept apart from a single sender's.
+    folded: bool,
 }
 
 impl Key {
-    fn of(o: &Occurrence) -> Key {
+    fn of(o: &Occurrence, folded: bool) -> Key {
+        let detail = o.detail.key();
         Key {
             kind: o.kind(),
             owner: owner_of(o.subject.pod.as_deref().map(|p| p.uid.as_str())),
             container: o.subject.container.clone(),
-            detail: o.detail.key(),
+            detail: if folded { detail.folded() } else { detail },
+            folded,
         }
     }
 
     fn of_evidence(e: &Evidence) -> Key {
+        let detail = e.detail.key();
+        let folded = e.folded.is_some();
         Key {
             kind: e.kind(),
             owner: owner_of(e.pod().map(|p| p.uid.as_str())),
             container: e.subject.container.clone(),
-            detail: e.detail.key(),
+            detail: if folded { detail.folded() } else { detail },
+            folded,
         }
     }
 }
@@ -197,6 +209,8 @@ struct OwnerState {
     pod: Option<Arc<PodRef>>,
     /// (last_seen, sequence) -> the record's key hash.
     order: BTreeMap<(SystemTime, u64), u64>,
+    /// The inbound (peer-driven) records of `order`, evicted first.
+    inbound: BTreeMap<(SystemTime, u64), u64>,
     evicted: u64,
     /// Newest last_seen among this owner's evicted records.
     evicted_newest: Option<SystemTime>,
@@ -375,21 +389,42 @@ impl Store {
     /// Adds one occurrence: a new record or one more count on an existing one.
     pub fn record(&mut self, o: Occurrence) {
         self.count_occurrence(&o);
-        let key = Key::of(&o);
-        let hash = self.records.hash(&key);
+        let mut key = Key::of(&o, false);
+        let mut hash = self.records.hash(&key);
+        let inbound = o.detail.folding().is_some();
+        // A new inbound record past the pod's allowance is folded.
+        let folded = inbound
+            && self.records.get_mut(hash, &key).is_none()
+            && self
+                .owners
+                .get(&key.owner)
+                .is_some_and(|s| s.inbound.len() >= INBOUND_RECORDS);
+        if folded {
+            key = Key::of(&o, true);
+            hash = self.records.hash(&key);
+        }
         self.seq += 1;
         let seq = self.seq;
         let (id, updated) = if let Some(slot) = self.records.get_mut(hash, &key) {
             let state = self.owners.entry(key.owner.clone()).or_default();
-            state.order.remove(&(slot.evidence.last_seen, slot.seq));
+            let before = (slot.evidence.last_seen, slot.seq);
+            state.order.remove(&before);
             slot.evidence.absorb(o);
             slot.seq = seq;
-            state.order.insert((slot.evidence.last_seen, seq), hash);
+            let after = (slot.evidence.last_seen, seq);
+            state.order.insert(after, hash);
+            if state.inbound.remove(&before).is_some() {
+                state.inbound.insert(after, hash);
+            }
             (slot.id, slot.evidence.clone())
         } else {
             let pod = o.subject.pod.clone();
             self.make_room(&key.owner, pod.as_deref().map(|p| p.namespace.as_str()));
-            let evidence = Evidence::first(self.node.clone(), o);
+            let node = self.node.clone();
+            let evidence = match folded {
+                true => Evidence::first_folded(node, o).expect("an inbound occurrence folds"),
+                false => Evidence::first(node, o),
+            };
             self.last_id += 1;
             let id = self.last_id;
             self.insert(hash, key, evidence.clone(), seq, id);
@@ -404,6 +439,9 @@ impl Store {
     fn insert(&mut self, hash: u64, key: Key, evidence: Evidence, seq: u64, id: u64) {
         let state = self.owners.entry(key.owner.clone()).or_default();
         state.order.insert((evidence.last_seen, seq), hash);
+        if evidence.detail.folding().is_some() {
+            state.inbound.insert((evidence.last_seen, seq), hash);
+        }
         if let Some(pod) = evidence.subject.pod.clone() {
             *self.namespaces.entry(pod.namespace.clone()).or_default() += 1;
             state.pod = Some(pod);
@@ -542,14 +580,23 @@ impl Store {
         best.map(|(owner, _, _)| owner.clone())
     }
 
-    /// Removes the owner's least recently seen record; `expired` tells age from room.
+    /// Removes the owner's least recently seen record; `expired` tells age from room. For room,
+    /// an inbound record goes first: what others send to a pod never pushes out its own.
     fn evict_oldest_of(&mut self, owner: &Owner, expired: bool) -> bool {
         let Some(state) = self.owners.get_mut(owner) else {
             return false;
         };
-        let Some(((_, seq), hash)) = state.order.pop_first() else {
+        let oldest = match expired {
+            false => state.inbound.pop_first(),
+            true => None,
+        };
+        let Some(((at, seq), hash)) =
+            oldest.or_else(|| state.order.first_key_value().map(|(k, v)| (*k, *v)))
+        else {
             return false;
         };
+        state.order.remove(&(at, seq));
+        state.inbound.remove(&(at, seq));
         let Some(slot) = self.records.remove(hash, seq) else {
             return false;
         };

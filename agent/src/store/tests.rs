@@ -356,3 +356,116 @@ fn dns_lookups_add_up_beside_the_records() {
     assert_eq!(r.dns_lookups[0].1.lookups, 10);
     assert_eq!(s.stats().records, 1);
 }
+
+/// What a scan and a flood send a pod: `n` inbound occurrences, each from `sender(i)` to
+/// `port(i)`, starting at second `at`.
+fn inbound(
+    s: &mut Store,
+    b: fn() -> crate::evidence::fixtures::Builder,
+    n: u32,
+    at: u64,
+    sender: impl Fn(u32) -> String,
+    port: impl Fn(u32) -> u16,
+) {
+    for i in 0..n {
+        s.record(
+            b().pod("ns", "victim")
+                .direction(crate::evidence::Direction::Inbound)
+                .src(&format!("{}:{}", sender(i), 30_000 + i % 1000))
+                .dst(&format!("10.0.0.9:{}", port(i)))
+                .at(at + u64::from(i) / 1000)
+                .occurrence(),
+        );
+    }
+}
+
+#[test]
+fn a_scan_and_a_flood_against_a_pod_fold_and_never_push_out_its_own_evidence() {
+    use crate::evidence::fixtures::{dropped, oom_killed};
+    // 2,000 records: a pod may hold 100.
+    let mut s = store(2000);
+    let victim = |b: crate::evidence::fixtures::Builder| b.pod("ns", "victim");
+    s.record(victim(oom_killed()).at(1).occurrence());
+    s.record(victim(refused()).dst("10.0.0.7:5432").at(2).occurrence());
+    // 40,000 closed ports scanned from one address; 40,000 dropped datagrams from 200.
+    inbound(
+        &mut s,
+        refused,
+        40_000,
+        10,
+        |_| "10.0.0.66".into(),
+        |i| 1 + i as u16,
+    );
+    inbound(
+        &mut s,
+        dropped,
+        40_000,
+        60,
+        |i| format!("10.1.{}.{}", i % 200 / 100, i % 100),
+        |i| 10_000 + (i % 30_000) as u16,
+    );
+    let r = s.query(&only("victim"), 1000);
+    let of = |kind: Kind| r.evidence.iter().filter(move |e| e.kind() == kind);
+    assert_eq!(of(Kind::OomKill).count(), 1, "the OOM kill stays");
+    assert!(
+        of(Kind::ConnectionRefused).any(|e| e.detail.connection().unwrap().dst.port() == 5432
+            && e.detail.endpoints().unwrap().0 == crate::evidence::Direction::Outbound),
+        "the outbound refusal stays"
+    );
+    assert_eq!(r.evicted, 0, "nothing of the victim's was lost");
+    // Each attack: 32 single records at most, then one folded record; counts are exact.
+    for kind in [Kind::ConnectionRefused, Kind::PacketDrop] {
+        let inbound: Vec<&Evidence> = of(kind).filter(|e| e.detail.folding().is_some()).collect();
+        assert!(
+            inbound.len() <= INBOUND_RECORDS + 1,
+            "{kind}: {}",
+            inbound.len()
+        );
+        assert_eq!(
+            inbound.iter().map(|e| e.count).sum::<u64>(),
+            40_000,
+            "{kind}"
+        );
+        let folded: Vec<&Evidence> = inbound
+            .iter()
+            .copied()
+            .filter(|e| e.folded.is_some())
+            .collect();
+        assert_eq!(folded.len(), 1, "{kind}");
+        let f = folded[0].folded.as_deref().unwrap();
+        assert!(f.ports_more);
+        let named: u64 = f.senders.iter().map(|(_, n)| n).sum();
+        assert_eq!(named + f.other_senders_count, folded[0].count, "{kind}");
+    }
+    let scan = of(Kind::ConnectionRefused)
+        .find(|e| e.folded.is_some())
+        .unwrap();
+    let f = scan.folded.as_deref().unwrap();
+    assert_eq!(f.senders, vec![("10.0.0.66".parse().unwrap(), 40_000 - 32)]);
+    assert_eq!((f.port_min, f.port_max), (33, 40_000));
+    assert_eq!(
+        scan.detail_cells()[1..3],
+        ["10.0.0.66".to_owned(), "10.0.0.9:33-40000".to_owned()]
+    );
+}
+
+#[test]
+fn a_pod_over_its_quota_loses_inbound_records_before_its_own() {
+    // 200 records: a pod may hold 10.
+    let mut s = store(200);
+    for port in 0..8 {
+        s.record(occ("victim", 5000 + port, u64::from(port)));
+    }
+    inbound(&mut s, refused, 5, 100, |i| format!("10.2.0.{i}"), |_| 22);
+    let r = s.query(&only("victim"), 100);
+    assert_eq!(r.evidence.len(), 10);
+    assert_eq!(
+        r.evidence
+            .iter()
+            .filter(|e| e.detail.folding().is_none())
+            .count(),
+        8,
+        "the pod's own 8 outlive newer inbound records"
+    );
+    assert_eq!(r.evicted, 3);
+}

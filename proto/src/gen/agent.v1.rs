@@ -154,7 +154,7 @@ pub struct DnsLookups {
 /// One aggregated record: repeats of the same failure (same kind, pod, and the kind's own key,
 /// e.g. direction and endpoints) are counted, not stored again. Common fields first; what is
 /// specific to the kind is in `detail`.
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct Evidence {
     /// What failed.
     #[prost(enumeration = "EvidenceKind", tag = "1")]
@@ -202,6 +202,12 @@ pub struct Evidence {
     /// The pod at the other end, when it is known to this node (same-node traffic).
     #[prost(message, optional, tag = "15")]
     pub peer: ::core::option::Option<PodRef>,
+    /// Set on a folded record: inbound refusals or drops (caused by the senders, not by the pod)
+    /// beyond the pod's first 32 such records, counted together per kind, protocol and reason so a
+    /// scan or flood cannot crowd out the pod's own evidence. `src` and `dst` are then the latest
+    /// occurrence's; the senders and ports are here.
+    #[prost(message, optional, tag = "21")]
+    pub folded: ::core::option::Option<Folded>,
     /// What is specific to the kind.
     #[prost(oneof = "evidence::Detail", tags = "16, 17, 18, 19, 20")]
     pub detail: ::core::option::Option<evidence::Detail>,
@@ -227,6 +233,35 @@ pub mod evidence {
         #[prost(message, tag = "20")]
         CpuThrottling(super::CpuThrottlingDetail),
     }
+}
+/// The senders and destination ports of a folded record. Counts are exact; the lists are bounded.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct Folded {
+    /// Distinct senders with their occurrence counts, most first (at most 16: the first seen).
+    #[prost(message, repeated, tag = "1")]
+    pub senders: ::prost::alloc::vec::Vec<SenderCount>,
+    /// Occurrences from senders not listed (there were more distinct senders than 16).
+    #[prost(uint64, tag = "2")]
+    pub other_senders_count: u64,
+    /// Distinct destination ports, ascending (at most 64: the first seen).
+    #[prost(uint32, repeated, tag = "3")]
+    pub ports: ::prost::alloc::vec::Vec<u32>,
+    /// More distinct ports were seen than listed.
+    #[prost(bool, tag = "4")]
+    pub ports_more: bool,
+    /// Lowest and highest destination port seen.
+    #[prost(uint32, tag = "5")]
+    pub port_min: u32,
+    #[prost(uint32, tag = "6")]
+    pub port_max: u32,
+}
+/// One sender of a folded record.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SenderCount {
+    #[prost(string, tag = "1")]
+    pub ip: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "2")]
+    pub count: u64,
 }
 /// A process killed by the OOM killer (oom_kill). `Evidence.process` names the victim; it is
 /// unset when only the cgroup's counter saw the kill.

@@ -1,6 +1,7 @@
 //! The process that runs inside simulated pods: `sleep` (the pod's pause process), `listen PORT`
 //! (a server), `connect IP:PORT COUNT INTERVAL_MS [TIMEOUT_MS]` (a client that reports each
-//! outcome), `connect-rate IP:PORT SECONDS` (whole connections to a listener, as fast as
+//! outcome), `tcp-sweep IP FROM TO` (a connect scan of the ports FROM..=TO; prints `refused N
+//! other M`), `connect-rate IP:PORT SECONDS` (whole connections to a listener, as fast as
 //! possible; prints connections, seconds, failures), `udp IP:PORT COUNT` (COUNT datagrams from one socket, paced so the sender's own
 //! queues never drop any), `resolve NAME COUNT INTERVAL_MS` (glibc getaddrinfo with the pod's
 //! resolv.conf), `dns-upstream PORT RCODE DELAY_MS` (an upstream resolver answering every query
@@ -215,6 +216,29 @@ fn run(words: &[&str]) -> ExitCode {
                 }
             }
             println!("sent {sent}");
+            ExitCode::SUCCESS
+        }
+        ["tcp-sweep", ip, from, to] => {
+            let (Ok(ip), Ok(from), Ok(to)) = (
+                ip.parse::<std::net::IpAddr>(),
+                from.parse::<u16>(),
+                to.parse::<u16>(),
+            ) else {
+                eprintln!("sim-workload: usage: tcp-sweep IP FROM_PORT TO_PORT");
+                return ExitCode::FAILURE;
+            };
+            // A connect scan, one port after another: prints how each ended, in totals.
+            let (mut refused, mut other) = (0u32, 0u32);
+            for port in from..=to {
+                match TcpStream::connect_timeout(
+                    &SocketAddr::new(ip, port),
+                    Duration::from_millis(2000),
+                ) {
+                    Err(e) if e.kind() == ErrorKind::ConnectionRefused => refused += 1,
+                    _ => other += 1,
+                }
+            }
+            println!("refused {refused} other {other}");
             ExitCode::SUCCESS
         }
         ["udp", addr, count] => {

@@ -29,6 +29,9 @@ pub fn evidence_json(e: &Evidence) -> Value {
     m.insert("count".into(), e.count.into());
     m.insert("attribution".into(), s.attribution.as_str().into());
     e.detail.json_fields(&mut m);
+    if let Some(f) = &e.folded {
+        f.json_fields(&mut m);
+    }
     Value::Object(m)
 }
 

@@ -280,6 +280,17 @@ fn arbitrary_answers_never_panic_and_tables_stay_clean() {
             reason: pick(next(), &strings),
             peer: None,
             detail: None,
+            folded: (next() % 2 == 0).then(|| pb::Folded {
+                senders: vec![pb::SenderCount {
+                    ip: pick(next(), &strings),
+                    count: next(),
+                }],
+                other_senders_count: next(),
+                ports: vec![next() as u32],
+                ports_more: next() % 2 == 0,
+                port_min: next() as u32,
+                port_max: next() as u32,
+            }),
         };
         let response = pb::QueryResponse {
             evidence: vec![ev],

@@ -262,6 +262,31 @@ fn refused(e: &Evidence, c: &Connection, pod: &str) -> Finding {
                 ),
             }
         }
+        Direction::Inbound if e.folded.is_some() => {
+            let f = e.folded.as_deref().unwrap_or_else(|| unreachable!());
+            Finding {
+                kind,
+                layer: kind.layer(),
+                summary: format!(
+                    "{pod} refused {count} connection attempt(s) on {ports} from {senders} \
+                     (most: {top}): nothing listens there. Many ports from few senders is a \
+                     port scan or a client sweeping ports; they are counted in one record so \
+                     they cannot crowd out {pod}'s own evidence.",
+                    count = e.count,
+                    ports = f.ports_text(),
+                    senders = f.senders_text(),
+                    top = f.top_text(3),
+                ),
+                next_step: format!(
+                    "If the senders are not expected, find them (kubectl get pods -A -o wide | \
+                     grep <ip>) and restrict ingress to {pod} with a NetworkPolicy; if they are, \
+                     compare the ports they try with what the container listens on \
+                     (kubectl exec -n {ns} {name} -- ss -ltn).",
+                    ns = e.pod().map_or("<namespace>", |p| p.namespace.as_str()),
+                    name = e.pod().map_or("<pod>", |p| p.name.as_str()),
+                ),
+            }
+        }
         Direction::Inbound => Finding {
             kind,
             layer: kind.layer(),

@@ -168,6 +168,23 @@ fn dropped(e: &Evidence, d: &Drop, pod: &str) -> Finding {
             ),
             drop_step(&d.reason, pod, "egress"),
         ),
+        Direction::Inbound if e.folded.is_some() => {
+            let f = e.folded.as_deref().unwrap_or_else(|| unreachable!());
+            (
+                format!(
+                    "{what} packets from {senders} (most: {top}) to {pod} on {ports} are being \
+                     dropped by the kernel ({reason}): {count} since {first}, counted in one \
+                     record so they cannot crowd out {pod}'s own evidence.",
+                    senders = f.senders_text(),
+                    top = f.top_text(3),
+                    ports = f.ports_text(),
+                    reason = drop_reason(d),
+                    count = e.count,
+                    first = rfc3339(e.first_seen),
+                ),
+                drop_step(&d.reason, pod, "ingress"),
+            )
+        }
         Direction::Inbound => (
             format!(
                 "{what} packets from {src}{peer} to {pod} on port {port} are being dropped by \
