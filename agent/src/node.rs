@@ -127,8 +127,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
 
     let metrics_listener = match config.metrics_listen {
         Some(addr) => Some(
-            tokio::net::TcpListener::bind(addr)
-                .await
+            crate::metrics::http::bind(addr)
                 .with_context(|| format!("listening for /metrics on {addr}"))?,
         ),
         None => None,

@@ -146,7 +146,7 @@ impl ConnectionLimit {
 
 /// Closes a refused connection with a reset rather than a FIN: the client learns at once, and
 /// the agent keeps no TIME_WAIT entry per refusal.
-fn refuse(stream: TcpStream) {
+pub fn refuse(stream: TcpStream) {
     let _ = stream.set_zero_linger();
     drop(stream);
 }
@@ -185,11 +185,6 @@ pub struct Limited<IO> {
 impl<IO> Limited<IO> {
     pub fn get_ref(&self) -> &IO {
         &self.io
-    }
-
-    /// The stream and its slot, for a server that drives the connection itself.
-    pub fn into_parts(self) -> (IO, ConnectionPermit) {
-        (self.io, self._permit)
     }
 }
 
@@ -233,9 +228,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Limited<IO> {
     }
 }
 
-impl<IO: tonic::transport::server::Connected> tonic::transport::server::Connected
-    for Limited<IO>
-{
+impl<IO: tonic::transport::server::Connected> tonic::transport::server::Connected for Limited<IO> {
     type ConnectInfo = IO::ConnectInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {

@@ -56,7 +56,10 @@ pub struct AgentApi {
 impl AgentApi {
     /// The service with the default bound of [`MAX_CONNECTIONS`].
     pub fn new(state: AgentState) -> Self {
-        Self::with_connections(state, ConnectionLimit::new("grpc", MAX_CONNECTIONS, MAX_CONNECTIONS))
+        Self::with_connections(
+            state,
+            ConnectionLimit::new("grpc", MAX_CONNECTIONS, MAX_CONNECTIONS),
+        )
     }
 
     /// The service with its own connection bound.

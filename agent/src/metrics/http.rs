@@ -32,7 +32,7 @@ use tower::ServiceExt as _;
 use tracing::debug;
 
 use super::MetricsState;
-use crate::api::ConnectionLimit;
+use crate::api::{ConnectionLimit, limit};
 
 /// Most connections open at once. Who scrapes or probes holds one or two each (a Prometheus
 /// replica, kubelet's three probes, a person's curl).
@@ -60,6 +60,11 @@ pub const MAX_HEADERS: usize = 32;
 /// every 15 s or more; one second keeps values current for anyone and makes a flood of scrapes
 /// cost the store one command a second.
 pub const SCRAPE_CACHE: Duration = Duration::from_secs(1);
+/// Connections the kernel queues until the server accepts them (Linux caps it at
+/// `net.core.somaxconn`, 4096 by default). During a flood of connections the accept loop
+/// refuses in bursts; a queue this deep keeps kubelet's connection from being dropped meanwhile
+/// (a dropped SYN is retried only after a second).
+pub const LISTEN_BACKLOG: u32 = 4096;
 /// How long a scrape waits for the store's statistics (behind queries in its queue).
 const SCRAPE_STORE_DEADLINE: Duration = Duration::from_secs(5);
 /// After an accept error (out of file descriptors, most likely), wait before the next accept
@@ -72,6 +77,30 @@ const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=
 /// The peer of the connection a request came on.
 #[derive(Clone, Copy, Debug)]
 struct Peer(SocketAddr);
+
+/// When the connection a request came on was last answered a `/metrics`: one asking again
+/// within [`SCRAPE_CACHE`] waits for the next snapshot (there is nothing new before it), so a
+/// client scraping in a loop gets one answer a second per connection instead of the bandwidth
+/// and CPU of a loop.
+#[derive(Clone, Debug, Default)]
+struct LastScrape(Arc<std::sync::Mutex<Option<Instant>>>);
+
+impl LastScrape {
+    /// Waits until a scrape on this connection is due, and marks it done.
+    async fn pace(&self) {
+        let last = *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(last) = last {
+            tokio::time::sleep_until((last + SCRAPE_CACHE).into()).await;
+        }
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now());
+    }
+}
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -102,15 +131,18 @@ impl ScrapeCache {
         let snapshot =
             match tokio::time::timeout(SCRAPE_STORE_DEADLINE, server.state.snapshot()).await {
                 Ok(Some(mut snapshot)) => {
-                    snapshot.connections = [Some(&server.connections), server.state.grpc_connections.as_ref()]
-                        .into_iter()
-                        .flatten()
-                        .map(|c| super::ListenerSnapshot {
-                            listener: c.name(),
-                            open: c.open() as u64,
-                            refused: c.refused(),
-                        })
-                        .collect();
+                    snapshot.connections = [
+                        Some(&server.connections),
+                        server.state.grpc_connections.as_ref(),
+                    ]
+                    .into_iter()
+                    .flatten()
+                    .map(|c| super::ListenerSnapshot {
+                        listener: c.name(),
+                        open: c.open() as u64,
+                        refused: c.refused(),
+                    })
+                    .collect();
                     snapshot
                 }
                 Ok(None) => return Err("the agent is shutting down\n"),
@@ -156,14 +188,16 @@ async fn readyz(State(server): State<Server>, request: Request) -> Response {
         ),
         (false, false) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready (the reasons: `triage-agent status`, or /readyz from loopback)\n"
-                .to_owned(),
+            "not ready (the reasons: `triage-agent status`, or /readyz from loopback)\n".to_owned(),
         ),
     };
     (code, [(header::CONTENT_TYPE, TEXT)], body).into_response()
 }
 
-async fn metrics(State(server): State<Server>) -> Response {
+async fn metrics(State(server): State<Server>, request: Request) -> Response {
+    if let Some(last) = request.extensions().get::<LastScrape>() {
+        last.pace().await;
+    }
     match server.cache.body(&server).await {
         Ok(body) => (StatusCode::OK, [(header::CONTENT_TYPE, OPENMETRICS)], body).into_response(),
         Err(why) => (
@@ -181,6 +215,18 @@ fn router(server: Server) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(server)
+}
+
+/// Binds the metrics listener with a backlog of [`LISTEN_BACKLOG`].
+pub fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    // As std and tokio's own bind: a restarted agent rebinds at once.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Serves `/metrics`, `/healthz` and `/readyz` until cancelled, with the bounds above.
@@ -223,13 +269,15 @@ pub async fn serve_with(
                 }
             },
         };
-        let Some(admitted) = connections.admit_stream(stream) else {
+        let Some(permit) = connections.admit(peer.ip()) else {
+            limit::refuse(stream);
             continue;
         };
-        let (stream, permit) = admitted.into_parts();
         let app = app.clone();
+        let last_scrape = LastScrape::default();
         let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
             request.extensions_mut().insert(Peer(peer));
+            request.extensions_mut().insert(last_scrape.clone());
             app.clone().oneshot(request)
         });
         let connection = http.serve_connection(TokioIo::new(stream), service);

@@ -440,7 +440,8 @@ impl Collector for Snapshot {
                 MetricType::Gauge,
             )?;
             for c in &self.connections {
-                ConstGauge::new(c.open as i64).encode(m.encode_family(&[("listener", c.listener)])?)?;
+                ConstGauge::new(c.open as i64)
+                    .encode(m.encode_family(&[("listener", c.listener)])?)?;
             }
         }
         if !self.connections.is_empty() {
@@ -452,7 +453,8 @@ impl Collector for Snapshot {
                 MetricType::Counter,
             )?;
             for c in &self.connections {
-                ConstCounter::new(c.refused).encode(m.encode_family(&[("listener", c.listener)])?)?;
+                ConstCounter::new(c.refused)
+                    .encode(m.encode_family(&[("listener", c.listener)])?)?;
             }
         }
         Ok(())

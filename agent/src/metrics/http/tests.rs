@@ -110,7 +110,10 @@ async fn readyz_explains_itself_to_loopback_only() {
     assert!(body.contains("403 Forbidden"), "{body}");
     let (status, body) = get(&app, "/readyz", POD).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-    assert!(!body.contains("403") && !body.contains("pod list"), "{body}");
+    assert!(
+        !body.contains("403") && !body.contains("pod list"),
+        "{body}"
+    );
     assert!(body.starts_with("not ready"), "{body}");
     // Liveness is the store's loop, which turns.
     let (status, body) = get(&app, "/healthz", POD).await;
@@ -174,7 +177,10 @@ async fn excess_and_slow_connections_are_closed() {
     // The slow ones are closed once the header read timeout passes.
     for s in &mut slow {
         let waited = time_to_close(s).await;
-        assert!(waited < HEADER_READ_TIMEOUT + Duration::from_secs(2), "{waited:?}");
+        assert!(
+            waited < HEADER_READ_TIMEOUT + Duration::from_secs(2),
+            "{waited:?}"
+        );
     }
     while connections.open() > 0 {
         tokio::time::sleep(Duration::from_millis(10)).await;
