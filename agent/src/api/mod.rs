@@ -204,3 +204,33 @@ pub async fn serve(
         .serve_with_incoming_shutdown(incoming, cancel.cancelled_owned())
         .await
 }
+
+#[cfg(test)]
+mod tests {
+    use prost::Message as _;
+
+    use super::*;
+    use crate::evidence::Kind;
+
+    /// The largest request a client sends: a Query with the longest names Kubernetes allows,
+    /// a time, every kind and the largest limit.
+    #[test]
+    fn largest_request_fits() {
+        let request = pb::QueryRequest {
+            filter: Some(pb::EvidenceFilter {
+                namespace: "n".repeat(63),
+                pod: "p".repeat(253),
+                since: Some(prost_types::Timestamp {
+                    seconds: i64::MAX,
+                    nanos: 999_999_999,
+                }),
+                kinds: Kind::ALL.iter().map(|k| codec::kind_to_pb(*k)).collect(),
+                include_unattributed: true,
+            }),
+            limit: u32::MAX,
+        };
+        let len = request.encoded_len();
+        assert!(len < 400, "{len} bytes");
+        assert!(MAX_REQUEST_BYTES >= 10 * len, "{len} bytes");
+    }
+}
