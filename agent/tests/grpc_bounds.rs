@@ -4,7 +4,6 @@
 //! hold the store task, which keeps answering other commands meanwhile.
 #![expect(
     clippy::unwrap_used,
-    clippy::expect_used,
     clippy::panic,
     reason = "test scenarios panic with context; helpers are not #[test] fns"
 )]

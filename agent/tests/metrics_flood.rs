@@ -8,8 +8,6 @@
 #![cfg(feature = "node-agent")]
 #![expect(
     clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
     reason = "test scenarios panic with context; helpers are not #[test] fns"
 )]
 
