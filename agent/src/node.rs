@@ -127,8 +127,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
 
     let metrics_listener = match config.metrics_listen {
         Some(addr) => Some(
-            tokio::net::TcpListener::bind(addr)
-                .await
+            crate::metrics::http::bind(addr)
                 .with_context(|| format!("listening for /metrics on {addr}"))?,
         ),
         None => None,
@@ -293,18 +292,19 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         resources: Some(resources),
         persistence,
     };
+    let api = AgentApi::new(state.clone());
     if let Some(listener) = metrics_listener {
         let metrics = crate::metrics::MetricsState {
-            agent: state.clone(),
+            agent: state,
             program_ids: Arc::new(loaded.program_ids.clone()),
             otlp,
+            grpc_connections: Some(api.connections()),
         };
         supervisor.spawn(
             "metrics",
             crate::metrics::serve(metrics, listener, cancel.child_token()),
         );
     }
-    let api = AgentApi::new(state);
     supervisor.spawn("api", api::serve(api, listener, cancel.child_token()));
     supervisor.tracker.close();
     info!(node = %config.node, listen = %config.listen, "agent running");

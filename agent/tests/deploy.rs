@@ -3,7 +3,8 @@
 //! capabilities the agent needs, gRPC stays on the pod's loopback, host paths are read-only
 //! where they should be (the store's directory is the one writable host path), the probes ask
 //! the agent's own health, the Prometheus Operator overlay scrapes the metrics port, RBAC grants
-//! get/list/watch on pods and nothing else, and every manifest validates strictly against the
+//! get/list/watch on pods and nothing else, the NetworkPolicy admits only the declared metrics
+//! port and only from a chosen namespace, and every manifest validates strictly against the
 //! Kubernetes OpenAPI schemas (`kubernetes-validate`, installed by `cargo xtask setup`).
 //!
 //! Parses the YAML into `serde_yaml::Value`, not k8s-openapi types, so it also runs with
@@ -489,6 +490,101 @@ fn metrics_are_served_on_the_pod_ip_and_declared() {
     assert_eq!(annotations["prometheus.io/port"], "9743");
 }
 
+/// The NetworkPolicy selects the agents' pods, governs their ingress only, and admits exactly
+/// the ports the DaemonSet declares (the metrics port), each from a namespace selector (never
+/// from everywhere), and never the loopback-only gRPC port.
+#[test]
+fn network_policy_admits_only_the_declared_ports_from_a_chosen_namespace() {
+    let m = Manifests::load();
+    let policy = m.one("NetworkPolicy");
+    assert_eq!(policy["apiVersion"], "networking.k8s.io/v1");
+    let template_labels = m.daemonset_pod_metadata()["labels"]
+        .as_mapping()
+        .expect("pod template labels")
+        .clone();
+    let selector = policy["spec"]["podSelector"]["matchLabels"]
+        .as_mapping()
+        .expect("the policy selects pods by labels");
+    assert!(
+        !selector.is_empty(),
+        "an empty podSelector is every pod of the namespace"
+    );
+    for (key, value) in selector {
+        assert_eq!(
+            template_labels.get(key),
+            Some(value),
+            "the NetworkPolicy selects {key:?}={value:?}, which the agent pods do not carry"
+        );
+    }
+    let types = string_set(&policy["spec"]["policyTypes"], "policyTypes");
+    assert_eq!(
+        types,
+        BTreeSet::from(["Ingress".to_owned()]),
+        "ingress only: the agent reaches the API server and the OTLP collector"
+    );
+
+    let agent = m.agent_container();
+    let declared: BTreeSet<(u64, String)> = seq(&agent["ports"])
+        .into_iter()
+        .map(|p| {
+            (
+                p["containerPort"]
+                    .as_u64()
+                    .expect("a numeric containerPort"),
+                p["protocol"].as_str().unwrap_or("TCP").to_owned(),
+            )
+        })
+        .collect();
+    let mut admitted = BTreeSet::new();
+    let rules = seq(&policy["spec"]["ingress"]);
+    assert!(
+        !rules.is_empty(),
+        "no rule: the metrics port would be closed to Prometheus"
+    );
+    for rule in rules {
+        let from = seq(&rule["from"]);
+        assert!(
+            !from.is_empty(),
+            "a rule without `from` admits every source: {rule:?}"
+        );
+        for peer in from {
+            let labels = peer["namespaceSelector"]["matchLabels"]
+                .as_mapping()
+                .unwrap_or_else(|| panic!("each source is a namespace chosen by label: {peer:?}"));
+            assert!(
+                !labels.is_empty(),
+                "an empty namespaceSelector is every namespace"
+            );
+            assert!(
+                peer.get("ipBlock").is_none(),
+                "no ipBlock: pod addresses are not identities"
+            );
+        }
+        let ports = seq(&rule["ports"]);
+        assert!(
+            !ports.is_empty(),
+            "a rule without ports admits every port: {rule:?}"
+        );
+        for port in ports {
+            let number = port["port"].as_u64().unwrap_or_else(|| {
+                panic!("ports by number (every plugin supports them): {port:?}")
+            });
+            assert_ne!(
+                number, GRPC_PORT,
+                "gRPC is reached through port-forward, never the pod network"
+            );
+            admitted.insert((
+                number,
+                port["protocol"].as_str().unwrap_or("TCP").to_owned(),
+            ));
+        }
+    }
+    assert_eq!(
+        admitted, declared,
+        "the policy admits exactly the ports the DaemonSet declares"
+    );
+}
+
 #[test]
 fn service_account_is_the_one_deployed() {
     let m = Manifests::load();
@@ -864,6 +960,7 @@ fn manifests_validate_against_the_kubernetes_schemas() {
             "daemonset/triage-agent",
             "clusterrole/triage-agent",
             "namespace/triage-agent",
+            "networkpolicy/triage-agent",
         ] {
             assert!(
                 text.contains(&format!("passed for resource {object}")),

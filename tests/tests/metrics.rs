@@ -121,6 +121,8 @@ fn prometheus_scrapes_low_cardinality_metrics_of_a_running_agent() {
         ),
         ("triage_agent_store_disk_pending_changes", "gauge"),
         ("triage_agent_store_disk_restored_records", "gauge"),
+        ("triage_agent_connections_open", "gauge"),
+        ("triage_agent_connections_refused", "counter"),
     ] {
         assert!(
             body.contains(&format!("# TYPE {name} {kind}\n")),
@@ -187,6 +189,18 @@ fn prometheus_scrapes_low_cardinality_metrics_of_a_running_agent() {
         Some(1.0)
     );
     assert_eq!(sample(&parsed, "triage_agent_pods", &[]), Some(2.0));
+    // Both listeners' connections: this scrape's own is open on the metrics listener.
+    for listener in ["metrics", "grpc"] {
+        assert_eq!(
+            sample(
+                &parsed,
+                "triage_agent_connections_refused_total",
+                &[("listener", listener)]
+            ),
+            Some(0.0),
+            "{listener}: {body}"
+        );
+    }
     // Low cardinality: only these label names, and no value that is an address or a pod.
     let allowed: HashSet<&str> = [
         "kind",
@@ -198,6 +212,7 @@ fn prometheus_scrapes_low_cardinality_metrics_of_a_running_agent() {
         "version",
         "node",
         "kernel",
+        "listener",
     ]
     .into();
     let pods: Vec<String> = [server, client]

@@ -14,6 +14,9 @@ pub enum ApiError {
     Unavailable(#[from] StoreGone),
     #[error("{0}")]
     Exhausted(String),
+    /// The task that sorts and encodes an answer failed (it panicked: a bug).
+    #[error("answering the query failed")]
+    Answer(#[source] tokio::task::JoinError),
 }
 
 impl From<SubscribeError> for ApiError {
@@ -31,6 +34,7 @@ impl From<ApiError> for Status {
             ApiError::InvalidArgument(_) => Status::invalid_argument(e.to_string()),
             ApiError::Unavailable(_) => Status::unavailable(e.to_string()),
             ApiError::Exhausted(_) => Status::resource_exhausted(e.to_string()),
+            ApiError::Answer(_) => Status::internal(e.to_string()),
         }
     }
 }

@@ -41,13 +41,42 @@ pub struct AgentState {
     pub persistence: Option<Arc<PersistHealth>>,
 }
 
-/// How long the health checks wait for the store task to answer.
-const HEALTH_DEADLINE: std::time::Duration = std::time::Duration::from_secs(2);
+impl AgentState {
+    /// An agent's state with no probes, no samplers and no store on disk, its pod list read:
+    /// what an in-process server runs on (tests, benchmarks), around a real store task.
+    pub fn in_process(node: &str, store: StoreHandle, counters: Arc<Counters>) -> AgentState {
+        AgentState {
+            info: AgentInfo {
+                node: node.to_owned(),
+                kernel: "test".to_owned(),
+                started: SystemTime::now(),
+            },
+            store,
+            counters,
+            probes: Arc::new(Vec::new()),
+            meta: watch::channel(MetaHealth {
+                synced: true,
+                last_synced: Some(SystemTime::now()),
+                ..MetaHealth::default()
+            })
+            .1,
+            attribution: watch::channel(AttributorStats::default()).1,
+            resources: None,
+            persistence: None,
+        }
+    }
+}
+
+/// Liveness: the store task's loop (which every occurrence and answer goes through) must have
+/// turned within this. It turns at least once per [`crate::store::BATCH_INTERVAL`] (one second)
+/// even when idle, so five seconds is a loop stuck or starved for several turns: only then does
+/// a restart help.
+pub const HEARTBEAT_STALE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The agent's health for kubelet's probes (`/healthz`, `/readyz`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Health {
-    /// The agent's core loop answers (the store task, which every answer goes through).
+    /// The agent's core loop turns (the store task, which every answer goes through).
     /// False only when restarting the agent can help.
     pub live: bool,
     /// Why the agent is not ready to be trusted; empty when it is.
@@ -55,18 +84,19 @@ pub struct Health {
 }
 
 impl AgentState {
-    /// Liveness and readiness: live when the store answers within [`HEALTH_DEADLINE`]; ready
-    /// when, besides, no signal the configuration asks for is off (degraded is ready), the pod list has
-    /// been complete at least once (attribution works), and the store on disk, when
-    /// configured, takes writes.
-    pub async fn health(&self) -> Health {
+    /// Liveness and readiness, from state the components publish (no command to the store, so
+    /// a queue of scrapes or queries cannot delay it): live when the store task's loop turned
+    /// within [`HEARTBEAT_STALE`]; ready when, besides, no signal the configuration asks for is
+    /// off (degraded is ready), the pod list has been complete at least once (attribution
+    /// works), and the store on disk, when configured, takes writes.
+    pub fn health(&self) -> Health {
         let mut problems = Vec::new();
-        let live = tokio::time::timeout(HEALTH_DEADLINE, self.store.stats())
-            .await
-            .is_ok_and(|r| r.is_ok());
+        let age = self.store.heartbeat_age();
+        let live = age <= HEARTBEAT_STALE;
         if !live {
             problems.push(format!(
-                "the evidence store did not answer within {HEALTH_DEADLINE:?}"
+                "the evidence store's loop has not turned for {} (limit {HEARTBEAT_STALE:?})",
+                humantime::format_duration(std::time::Duration::from_secs(age.as_secs()))
             ));
         }
         // A signal this kernel gives in a reduced form (Status and `doctor` say what is lost)

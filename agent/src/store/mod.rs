@@ -28,8 +28,8 @@ use std::{
 use tokio::sync::mpsc;
 
 pub use task::{
-    BATCH_INTERVAL, Command, OCCURRENCES_CHANNEL, StoreGone, StoreHandle, SubscribeError,
-    Subscription, spawn,
+    BATCH_INTERVAL, Command, Heartbeat, OCCURRENCES_CHANNEL, StoreGone, StoreHandle,
+    SubscribeError, Subscription, spawn,
 };
 
 use crate::{
@@ -295,6 +295,52 @@ pub struct QueryResult {
     pub evicted: u64,
     /// DNS lookup counters of the pods asked about (since the agent started).
     pub dns_lookups: Vec<(Arc<PodRef>, DnsLookups)>,
+}
+
+/// A query's records as the store selected them: the newest `limit` (and whether there were
+/// more), in no order. Sorting is [`Selection::finish`]'s, done by whoever asked, so a large
+/// answer's sort does not hold the store task (which every occurrence goes through).
+#[derive(Clone, Debug, Default)]
+pub struct Selection {
+    evidence: Vec<Evidence>,
+    truncated: bool,
+    evicted: u64,
+    dns_lookups: Vec<(Arc<PodRef>, DnsLookups)>,
+}
+
+impl Selection {
+    /// Records matching: this many.
+    pub fn len(&self) -> usize {
+        self.evidence.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.evidence.is_empty()
+    }
+
+    /// The answer: records most recent first (of equal times, the higher count first), DNS
+    /// lookup counters by pod.
+    pub fn finish(self) -> QueryResult {
+        let Selection {
+            mut evidence,
+            truncated,
+            evicted,
+            mut dns_lookups,
+        } = self;
+        evidence.sort_by(newest_first);
+        dns_lookups.sort_by(|a, b| a.0.cmp(&b.0));
+        QueryResult {
+            evidence,
+            truncated,
+            evicted,
+            dns_lookups,
+        }
+    }
+}
+
+/// The answer's order: most recent first, then the higher count.
+fn newest_first(a: &Evidence, b: &Evidence) -> std::cmp::Ordering {
+    b.last_seen.cmp(&a.last_seen).then(b.count.cmp(&a.count))
 }
 
 /// Pods whose DNS lookup counters are kept, at most (the least recently updated go first).
@@ -666,7 +712,13 @@ impl Store {
 
     /// Records matching `filter`, most recent first, at most `limit`.
     pub fn query(&self, filter: &Filter, limit: usize) -> QueryResult {
-        let mut evidence = Vec::new();
+        self.select(filter, limit).finish()
+    }
+
+    /// The records [`Store::query`] answers with, unsorted: matches are found by reference,
+    /// the newest `limit` picked in linear time, and only those cloned.
+    pub fn select(&self, filter: &Filter, limit: usize) -> Selection {
+        let mut found: Vec<&Evidence> = Vec::new();
         let mut evicted = 0;
         for (owner, state) in &self.owners {
             let pod = match owner {
@@ -690,25 +742,26 @@ impl Store {
                 if let Some(slot) = self.records.get(*hash, *seq)
                     && filter.matches(&slot.evidence)
                 {
-                    evidence.push(slot.evidence.clone());
+                    found.push(&slot.evidence);
                 }
             }
         }
-        evidence.sort_by(|a, b| b.last_seen.cmp(&a.last_seen).then(b.count.cmp(&a.count)));
-        let truncated = evidence.len() > limit;
-        evidence.truncate(limit);
-        let mut dns_lookups: Vec<(Arc<PodRef>, DnsLookups)> = self
-            .dns_lookups
-            .values()
-            .filter(|(pod, _, _)| filter.matches_pod(Some(pod)))
-            .map(|(pod, l, _)| (pod.clone(), *l))
-            .collect();
-        dns_lookups.sort_by(|a, b| a.0.cmp(&b.0));
-        QueryResult {
-            evidence,
+        let truncated = found.len() > limit;
+        if truncated {
+            // The first `limit` are then the newest, in no order.
+            found.select_nth_unstable_by(limit, |a, b| newest_first(a, b));
+            found.truncate(limit);
+        }
+        Selection {
+            evidence: found.into_iter().cloned().collect(),
             truncated,
             evicted,
-            dns_lookups,
+            dns_lookups: self
+                .dns_lookups
+                .values()
+                .filter(|(pod, _, _)| filter.matches_pod(Some(pod)))
+                .map(|(pod, l, _)| (pod.clone(), *l))
+                .collect(),
         }
     }
 

@@ -2,17 +2,24 @@
 //! channel and reached by readers through [`StoreHandle`] commands. [`spawn`] makes the
 //! channels and returns the handle, the occurrence sender and the task to run, so the wiring
 //! and the tests never build the plumbing by hand.
+//!
+//! The task does the least work per command that keeps the store consistent: a query's
+//! selection is made here, its sorting is the caller's ([`Selection::finish`]); liveness reads
+//! the task's [`Heartbeat`] and never queues a command.
 
 use std::{
     future::Future,
-    sync::{Arc, atomic::AtomicBool},
-    time::{Duration, SystemTime},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant, SystemTime},
 };
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::{QueryResult, Store, StoreStats, WATCH_BUFFER};
+use super::{QueryResult, Selection, Store, StoreStats, WATCH_BUFFER};
 use crate::{
     attribute::Attributed,
     evidence::{Evidence, Filter},
@@ -29,12 +36,46 @@ const AGE_SWEEP: Duration = Duration::from_secs(10);
 /// batch in one transaction): the most a `kill -9` can lose is what changed since the last one.
 pub const BATCH_INTERVAL: Duration = Duration::from_secs(1);
 
+/// When the store task's loop last turned. The loop turns for every occurrence and command and
+/// at least every [`BATCH_INTERVAL`] when idle, so a beat older than a few intervals means the
+/// task is stuck or starved: what liveness reads, at the cost of an atomic load (a health check
+/// that queued a command would wait behind every scrape and query in the queue).
+#[derive(Debug)]
+pub struct Heartbeat {
+    /// The monotonic clock's origin for `last`.
+    origin: Instant,
+    /// Milliseconds from `origin` to the last beat.
+    last: AtomicU64,
+}
+
+impl Heartbeat {
+    fn new() -> Heartbeat {
+        Heartbeat {
+            origin: Instant::now(),
+            last: AtomicU64::new(0),
+        }
+    }
+
+    fn beat(&self) {
+        let now = u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last.store(now, Ordering::Relaxed);
+    }
+
+    /// Time since the last beat.
+    pub fn age(&self) -> Duration {
+        self.origin
+            .elapsed()
+            .saturating_sub(Duration::from_millis(self.last.load(Ordering::Relaxed)))
+    }
+}
+
 /// Requests to the store task.
 pub enum Command {
+    /// The records a query answers with, unsorted ([`Selection::finish`] sorts them).
     Query {
         filter: Filter,
         limit: usize,
-        reply: oneshot::Sender<QueryResult>,
+        reply: oneshot::Sender<Selection>,
     },
     /// `ready` is answered once the subscription is in place (or refused: `false`), so nothing
     /// recorded after `subscribe` returns is missed.
@@ -74,10 +115,19 @@ pub struct Subscription {
 #[derive(Clone)]
 pub struct StoreHandle {
     tx: mpsc::Sender<Command>,
+    heartbeat: Arc<Heartbeat>,
 }
 
 impl StoreHandle {
+    /// Records matching `filter`, most recent first, at most `limit`: the store task selects
+    /// them, this (the caller's) task sorts them.
     pub async fn query(&self, filter: Filter, limit: usize) -> Result<QueryResult, StoreGone> {
+        Ok(self.select(filter, limit).await?.finish())
+    }
+
+    /// The records of a query, unsorted: for callers that sort them off the runtime's workers
+    /// (a large answer).
+    pub async fn select(&self, filter: Filter, limit: usize) -> Result<Selection, StoreGone> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Command::Query {
@@ -118,6 +168,11 @@ impl StoreHandle {
             .map_err(|_| StoreGone)?;
         rx.await.map_err(|_| StoreGone)
     }
+
+    /// Time since the store task's loop last turned (see [`Heartbeat`]); no command is sent.
+    pub fn heartbeat_age(&self) -> Duration {
+        self.heartbeat.age()
+    }
 }
 
 /// Makes the store's channels: returns the handle for readers, the sender for occurrences and
@@ -132,10 +187,14 @@ pub fn spawn(
 ) {
     let (occ_tx, occ_rx) = mpsc::channel(OCCURRENCES_CHANNEL);
     let (cmd_tx, cmd_rx) = mpsc::channel(COMMANDS_CHANNEL);
+    let heartbeat = Arc::new(Heartbeat::new());
     (
-        StoreHandle { tx: cmd_tx },
+        StoreHandle {
+            tx: cmd_tx,
+            heartbeat: heartbeat.clone(),
+        },
         occ_tx,
-        run(store, occ_rx, cmd_rx, cancel),
+        run(store, occ_rx, cmd_rx, heartbeat, cancel),
     )
 }
 
@@ -143,6 +202,7 @@ async fn run(
     mut store: Store,
     mut occurrences: mpsc::Receiver<Attributed>,
     mut commands: mpsc::Receiver<Command>,
+    heartbeat: Arc<Heartbeat>,
     cancel: CancellationToken,
 ) {
     let mut sweep = tokio::time::interval(AGE_SWEEP);
@@ -150,6 +210,7 @@ async fn run(
     let mut batch = tokio::time::interval(BATCH_INTERVAL);
     batch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        heartbeat.beat();
         tokio::select! {
             () = cancel.cancelled() => break,
             o = occurrences.recv() => match o {
@@ -158,7 +219,7 @@ async fn run(
             },
             c = commands.recv() => match c {
                 Some(Command::Query { filter, limit, reply }) => {
-                    let _ = reply.send(store.query(&filter, limit));
+                    let _ = reply.send(store.select(&filter, limit));
                 }
                 Some(Command::Subscribe { filter, tx, lagged, ready }) => {
                     let _ = ready.send(store.subscribe(filter, tx, lagged));

@@ -469,3 +469,42 @@ fn a_pod_over_its_quota_loses_inbound_records_before_its_own() {
     );
     assert_eq!(r.evicted, 3);
 }
+
+#[test]
+fn a_selection_is_the_newest_records_and_finish_orders_them() {
+    let mut s = store(1000);
+    // Five pods, 40 records each, times interleaved across pods; one tie on time broken by
+    // count.
+    for i in 0..200u64 {
+        let pod = format!("p{}", i % 5);
+        s.record(occ(&pod, u16::try_from(i).unwrap(), 1000 + i));
+    }
+    s.record(occ("p0", 10_000, 1199));
+    s.record(occ("p0", 10_000, 1199));
+    let all = s.query(&everything(), 1000).evidence;
+    assert_eq!(all.len(), 201);
+
+    let selection = s.select(&everything(), 25);
+    assert_eq!(selection.len(), 25);
+    let r = selection.finish();
+    assert!(r.truncated);
+    assert_eq!(
+        r.evidence,
+        all[..25],
+        "the newest 25, in the full answer's order"
+    );
+    assert_eq!(
+        r.evidence[0].count, 2,
+        "of equal times, the higher count first"
+    );
+    assert!(
+        r.evidence
+            .windows(2)
+            .all(|w| w[0].last_seen >= w[1].last_seen)
+    );
+
+    // Not cut: everything, not truncated; a limit of 0 is an empty, truncated answer.
+    assert!(!s.select(&everything(), 201).finish().truncated);
+    let none = s.select(&everything(), 0).finish();
+    assert!(none.evidence.is_empty() && none.truncated);
+}

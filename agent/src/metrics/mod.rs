@@ -1,11 +1,15 @@
 //! `/metrics` for Prometheus, on its own listener (`--metrics-listen`), apart from gRPC; and
-//! `/healthz` and `/readyz` for kubelet's probes on the same port.
+//! `/healthz` and `/readyz` for kubelet's probes on the same port ([`http`] serves them, with
+//! the bounds a port any pod can reach needs).
 //!
 //! Low cardinality by design: labels are a kind, a namespace (bounded: at most 1000, then
-//! `_other`), a loss point or a program name: never a pod, an IP, a port, a DNS name or a
-//! process. Every value is read at scrape time from the state the agent already keeps (the
-//! loss counters, the store's statistics, the metadata feed, the probes), so scraping costs
-//! nothing between scrapes. Exposition by `prometheus-client` (OpenMetrics text).
+//! `_other`), a loss point, a program name or a listener: never a pod, an IP, a port, a DNS name
+//! or a process. Every value is read from the state the agent already keeps (the loss counters,
+//! the store's statistics, the metadata feed, the probes) when a snapshot is taken, at most once
+//! a second however many scrape ([`http::SCRAPE_CACHE`]), so scraping costs nothing between
+//! scrapes. Exposition by `prometheus-client` (OpenMetrics text).
+
+pub mod http;
 
 use std::{
     net::SocketAddr,
@@ -13,16 +17,21 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use axum::{Router, extract::State, http::header, response::IntoResponse, routing::get};
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric},
     metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
     registry::Registry,
 };
-use tokio_util::sync::CancellationToken;
 
-use crate::{api::AgentState, evidence::Kind, loss::Loss, store::StoreStats};
+pub use http::{serve, serve_with};
+
+use crate::{
+    api::{AgentState, ConnectionLimit},
+    evidence::Kind,
+    loss::Loss,
+    store::StoreStats,
+};
 
 /// The default metrics address: loopback until the DaemonSet binds it to the pod IP.
 pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9743";
@@ -35,6 +44,16 @@ pub struct MetricsState {
     pub program_ids: Arc<Vec<(String, u32)>>,
     /// The OTLP exporter's figures, when it is on.
     pub otlp: Option<Arc<crate::otlp::ExportStats>>,
+    /// The gRPC listener's connections (open, refused), when it runs.
+    pub grpc_connections: Option<Arc<ConnectionLimit>>,
+}
+
+/// One listener's connections at one scrape.
+#[derive(Debug)]
+struct ListenerSnapshot {
+    listener: &'static str,
+    open: u64,
+    refused: u64,
 }
 
 /// The OTLP exporter's figures at one scrape.
@@ -69,6 +88,8 @@ struct Snapshot {
     bpf: Vec<(String, Duration, u64)>,
     persistence: Option<crate::store::PersistState>,
     otlp: Option<OtlpSnapshot>,
+    /// Filled in by the server, which knows its listeners.
+    connections: Vec<ListenerSnapshot>,
 }
 
 fn bpf_stats_enabled() -> bool {
@@ -118,8 +139,18 @@ impl MetricsState {
                     capacity: o.capacity,
                 }
             }),
+            connections: Vec::new(),
         })
     }
+}
+
+/// The OpenMetrics text of one snapshot.
+fn render(snapshot: Snapshot) -> Result<String, std::fmt::Error> {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(snapshot));
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry)?;
+    Ok(text)
 }
 
 fn gauge(
@@ -401,92 +432,33 @@ impl Collector for Snapshot {
                 o.capacity as f64,
             )?;
         }
+        if !self.connections.is_empty() {
+            let mut m = e.encode_descriptor(
+                "triage_agent_connections_open",
+                "Connections open on each listener (metrics: this port; grpc: the API).",
+                None,
+                MetricType::Gauge,
+            )?;
+            for c in &self.connections {
+                ConstGauge::new(c.open as i64)
+                    .encode(m.encode_family(&[("listener", c.listener)])?)?;
+            }
+        }
+        if !self.connections.is_empty() {
+            let mut m = e.encode_descriptor(
+                "triage_agent_connections_refused",
+                "Connections closed at once for being over the listener's bound, in all or from \
+                 one address (a flood, or too many clients).",
+                None,
+                MetricType::Counter,
+            )?;
+            for c in &self.connections {
+                ConstCounter::new(c.refused)
+                    .encode(m.encode_family(&[("listener", c.listener)])?)?;
+            }
+        }
         Ok(())
     }
-}
-
-/// `/healthz`: 200 while the agent's core loop answers (kubelet's liveness probe).
-async fn healthz(State(state): State<MetricsState>) -> impl IntoResponse {
-    let health = state.agent.health().await;
-    let code = if health.live {
-        axum::http::StatusCode::OK
-    } else {
-        axum::http::StatusCode::SERVICE_UNAVAILABLE
-    };
-    let body = if health.live {
-        "ok\n".to_owned()
-    } else {
-        format!("{}\n", health.problems.join("\n"))
-    };
-    (
-        code,
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        body,
-    )
-}
-
-/// `/readyz`: 200 when the agent's answers can be trusted (programs attached, pod list read,
-/// store on disk writable); 503 with one line per problem otherwise (kubelet's readiness
-/// probe, and a person with curl).
-async fn readyz(State(state): State<MetricsState>) -> impl IntoResponse {
-    let health = state.agent.health().await;
-    let (code, body) = if health.problems.is_empty() {
-        (axum::http::StatusCode::OK, "ok\n".to_owned())
-    } else {
-        (
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            format!("{}\n", health.problems.join("\n")),
-        )
-    };
-    (
-        code,
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        body,
-    )
-}
-
-async fn metrics(State(state): State<MetricsState>) -> impl IntoResponse {
-    let Some(snapshot) = state.snapshot().await else {
-        return (
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-            "the agent is shutting down\n".to_owned(),
-        );
-    };
-    let mut registry = Registry::default();
-    registry.register_collector(Box::new(snapshot));
-    let mut text = String::new();
-    if prometheus_client::encoding::text::encode(&mut text, &registry).is_err() {
-        return (
-            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-            "encoding the metrics failed\n".to_owned(),
-        );
-    }
-    (
-        axum::http::StatusCode::OK,
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        text,
-    )
-}
-
-/// Serves `/metrics` until cancelled.
-pub async fn serve(
-    state: MetricsState,
-    listener: tokio::net::TcpListener,
-    cancel: CancellationToken,
-) -> Result<(), std::io::Error> {
-    let app = Router::new()
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .with_state(state);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { cancel.cancelled().await })
-        .await
 }
 
 /// `--metrics-listen`: the address to bind, or none (the endpoint is off).
