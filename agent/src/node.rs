@@ -238,8 +238,8 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         counters.clone(),
         cancel.child_token(),
     );
-    supervisor.spawn("sampler", sampler_task);
-    supervisor.spawn(
+    supervisor.spawn_producer("sampler", sampler_task);
+    supervisor.spawn_producer(
         "dns",
         dns::run(
             loaded.dns_ring,
@@ -250,7 +250,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             cancel.child_token(),
         ),
     );
-    supervisor.spawn(
+    supervisor.spawn_producer(
         "reader",
         reader::run(
             loaded.ring,

@@ -43,6 +43,30 @@ impl Supervisor {
     }
 }
 
+/// A producer's error that only says its consumer is gone.
+pub trait ConsumerGone {
+    fn consumer_gone(&self) -> bool;
+}
+
+impl Supervisor {
+    /// Runs a producer: its consumer (attribution) stops after it at shutdown, but one that
+    /// outlives the drain finds the consumer gone; after shutdown began that is its end, not a
+    /// failure (what it could not hand over is counted by the producer).
+    pub fn spawn_producer<F, E>(&self, name: &'static str, task: F)
+    where
+        F: Future<Output = Result<(), E>> + Send + 'static,
+        E: std::fmt::Display + ConsumerGone + Send + 'static,
+    {
+        let cancel = self.cancel.clone();
+        self.spawn(name, async move {
+            match task.await {
+                Err(e) if e.consumer_gone() && cancel.is_cancelled() => Ok(()),
+                other => other,
+            }
+        });
+    }
+}
+
 /// A task that cannot fail on its own: it returns when cancelled or when its inputs close.
 pub async fn infallible(task: impl Future<Output = ()>) -> Result<(), std::convert::Infallible> {
     task.await;

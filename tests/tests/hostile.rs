@@ -24,12 +24,13 @@ const WAIT: Duration = Duration::from_secs(20);
 const RSS_BOUND_MIB: f64 = 128.0;
 
 /// Every agent sees the whole machine's kernel events, and one machine plays several simulated
-/// nodes: one test's flood is, to another test's agent, a flood of pods it does not know (kernel
-/// tables, rings and attribution shared with it). The two flood tests never run side by side.
-static FLOODS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+/// nodes: one test's flood is, to every other test's agent, a flood of pods it does not know
+/// (kernel tables, rings and CPU shared with it), and the floods here are meant to push an agent
+/// to its bounds. The tests of this file run one at a time.
+static ALONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-fn one_flood_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-    FLOODS
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ALONE
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
@@ -89,6 +90,7 @@ fn noise(len: usize, mut seed: u64) -> Vec<u8> {
 #[test]
 fn hostile_grpc_clients_get_errors_and_non_reading_watchers_are_cut_off_while_the_agent_stays_bounded()
  {
+    let _alone = one_at_a_time();
     let (node, mut agent, [db, web]) = NodeFixture::new()
         .dropping_udp("10000-30000")
         .start()
@@ -273,6 +275,7 @@ const HOSTILE_NAME: &str = "\x1b[2J\x1b]0;x\x07\u{202e}";
 
 #[test]
 fn escape_sequences_longest_names_and_a_cgroup_past_path_max_are_shown_safely_and_attributed() {
+    let _alone = one_at_a_time();
     let (namespace, pod) = longest_names();
     let (node, mut agent, [server, client]) = NodeFixture::new()
         .driver(CgroupDriver::Systemd)
@@ -352,7 +355,7 @@ fn escape_sequences_longest_names_and_a_cgroup_past_path_max_are_shown_safely_an
 
 #[test]
 fn a_pod_flooding_distinct_flows_cannot_push_out_another_pods_evidence() {
-    let _alone = one_flood_at_a_time();
+    let _alone = one_at_a_time();
     let fixture = NodeFixture::new()
         .pod("attack", "sink")
         .pod("attack", "noisy")
@@ -451,7 +454,7 @@ fn a_pod_flooding_distinct_flows_cannot_push_out_another_pods_evidence() {
 
 #[test]
 fn a_port_scan_and_a_dropped_flood_against_a_pod_fold_and_leave_its_own_evidence() {
-    let _alone = one_flood_at_a_time();
+    let _alone = one_at_a_time();
     const LIMIT: u64 = 64 << 20;
     let fixture = NodeFixture::new()
         .pod("shop", "victim")

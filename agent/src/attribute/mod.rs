@@ -83,6 +83,17 @@ impl Now {
     }
 }
 
+/// How [`Attributor::retry`] treats the events still waiting.
+#[derive(Clone, Copy)]
+enum Retry {
+    /// They keep waiting.
+    Waiting,
+    /// Those past their deadline have their last chance.
+    Expire,
+    /// All have their last chance (shutdown).
+    LastChance,
+}
+
 /// Changes to the pod metadata, from the watcher.
 #[derive(Clone, Debug)]
 pub enum MetaUpdate {
@@ -233,7 +244,7 @@ impl Attributor {
         if self.relist_seen.is_some() {
             return Vec::new();
         }
-        self.retry(now, false)
+        self.retry(now, Retry::Waiting)
     }
 
     /// Each event to its attribution arm. `None`: wait for metadata. With `last_chance`, always
@@ -330,12 +341,19 @@ impl Attributor {
     pub fn tick(&mut self, now: Now) -> Vec<Occurrence> {
         self.index.prune(now.wall);
         self.cgroup_gone.retain(|_, until| *until > now.mono);
-        let mut out = self.retry(now, true);
+        let mut out = self.retry(now, Retry::Expire);
         out.extend(self.oom_tick(now));
         out
     }
 
-    fn retry(&mut self, now: Now, expire: bool) -> Vec<Occurrence> {
+    /// At shutdown: every event still waiting for its pod's metadata has its last chance now
+    /// (attributed by what is known, else stored tied to no pod and counted as
+    /// `attribution_expired`), so none vanishes uncounted.
+    pub fn flush(&mut self, now: Now) -> Vec<Occurrence> {
+        self.retry(now, Retry::LastChance)
+    }
+
+    fn retry(&mut self, now: Now, how: Retry) -> Vec<Occurrence> {
         let mut out = Vec::new();
         let mut still = VecDeque::with_capacity(self.pending.len());
         let waiting = std::mem::take(&mut self.pending);
@@ -345,7 +363,11 @@ impl Attributor {
             PENDING_MAX_WAIT
         };
         for (event, since) in waiting {
-            let last_chance = expire && now.mono.saturating_duration_since(since) >= deadline;
+            let last_chance = match how {
+                Retry::Waiting => false,
+                Retry::Expire => now.mono.saturating_duration_since(since) >= deadline,
+                Retry::LastChance => true,
+            };
             match self.try_attribute(&event, now, last_chance) {
                 Some(occs) => {
                     if last_chance
@@ -565,9 +587,18 @@ async fn run(
         }
     };
     let mut meta_open = true;
+    // At shutdown the producers stop first; what they already sent is still attributed (until
+    // they are gone, at most DRAIN), then everything waiting gets its last chance.
+    let drain = tokio::time::sleep(Duration::from_secs(3600));
+    tokio::pin!(drain);
+    let mut draining = false;
     loop {
         tokio::select! {
-            () = cancel.cancelled() => break,
+            () = cancel.cancelled(), if !draining => {
+                draining = true;
+                drain.as_mut().reset(tokio::time::Instant::now() + DRAIN);
+            }
+            () = &mut drain, if draining => break,
             ev = events.recv() => match ev {
                 Some(ev) => {
                     let occs = attributor.event(ev, Now::real());
@@ -597,7 +628,18 @@ async fn run(
             }
         }
     }
+    // What is still in the channel (producers that outlived DRAIN) and what waits.
+    events.close();
+    while let Ok(ev) = events.try_recv() {
+        let occs = attributor.event(ev, Now::real());
+        forward(occs, &mut attributor);
+    }
+    let occs = attributor.flush(Now::real());
+    forward(occs, &mut attributor);
 }
+
+/// How long attribution waits at shutdown for the producers to stop.
+pub const DRAIN: Duration = Duration::from_secs(2);
 
 #[cfg(test)]
 mod tests;

@@ -746,3 +746,28 @@ async fn what_the_store_channel_cannot_take_is_counted_by_its_occurrences() {
     cancel.cancel();
     task.await.unwrap();
 }
+
+#[tokio::test]
+async fn at_shutdown_what_was_sent_and_what_waits_for_metadata_reaches_the_store() {
+    // Not synced: a drop from the pod's cgroup waits for the pod's metadata (minutes).
+    let (a, counters) = attributor();
+    let (store, mut stored) = mpsc::channel(16);
+    let cancel = CancellationToken::new();
+    let (inputs, _stats, task) = spawn(a, store, cancel.clone());
+    for at in [5, 6] {
+        let drop = drop_of("10.0.0.1:40000", "192.0.2.9:443", Some(100), at);
+        inputs.events.send(drop).await.unwrap();
+    }
+    // Shutdown before the task ran at all; the producers stop (their senders go).
+    cancel.cancel();
+    drop(inputs);
+    tokio::time::timeout(Duration::from_secs(1), task)
+        .await
+        .expect("attribution ends once its producers are gone, not at the drain deadline");
+    let mut total = 0;
+    while let Ok(Attributed::Occurrence(o)) = stored.try_recv() {
+        total += o.count;
+    }
+    assert_eq!(total, 1000, "both flows' 500 drops reached the store");
+    assert_eq!(counters.get(Loss::StoreChannelFull), 0);
+}

@@ -143,3 +143,9 @@ fn counted(counters: &Counters, received: usize) {
     counters.add_events_received(received as u64);
     counters.add_dns_records(received as u64);
 }
+
+impl crate::supervisor::ConsumerGone for DnsError {
+    fn consumer_gone(&self) -> bool {
+        matches!(self, DnsError::AttributionGone(_))
+    }
+}

@@ -61,7 +61,10 @@ pub async fn run(
     loop {
         tokio::select! {
             biased;
-            () = cancel.cancelled() => return Ok(()),
+            () = cancel.cancelled() => {
+                // Repeats the kernel counted since the last drain are handed over, not lost.
+                return drain_flows(&mut flows, &out, &clock, &counters).await;
+            }
             _ = refresh.tick() => clock.refresh()?,
             _ = poll.tick() => match loss_map.read() {
                 Ok(totals) => {
@@ -74,35 +77,7 @@ pub async fn run(
                 }
                 Err(error) => warn!(%error, "reading the kernel's loss counters failed"),
             },
-            _ = drain.tick() => {
-                let old = match switch_generation(|| flows.flip()).await {
-                    Ok(old) => old,
-                    Err(error) => {
-                        warn!(%error, "switching flow tables failed; repeats wait for the next drain");
-                        continue;
-                    }
-                };
-                for (key, stats) in flows.drain(old) {
-                    // Entries with no repeats were reported whole by their ring buffer event.
-                    if stats.count == 0 {
-                        continue;
-                    }
-                    match decode::flow(&key, &stats) {
-                        Ok(flow) => {
-                            let event = RawEvent::Flow(flow);
-                            out.send(TimedEvent {
-                                at: clock.wall(event.boot_ns()),
-                                first_at: clock.wall(event.first_boot_ns()),
-                                event,
-                            })?;
-                        }
-                        Err(error) => {
-                            counters.add(Loss::DecodeErrors, 1);
-                            debug!(%error, "undecodable flow table entry");
-                        }
-                    }
-                }
-            }
+            _ = drain.tick() => drain_flows(&mut flows, &out, &clock, &counters).await?,
             received = ring.readable(|record| -> Result<(), ReaderError> {
                 match decode(record) {
                     Ok(event) => {
@@ -120,5 +95,49 @@ pub async fn run(
                 tokio::task::yield_now().await;
             }
         }
+    }
+}
+
+/// Switches the flow tables' generation and hands the repeats counted in the old one to
+/// attribution.
+async fn drain_flows(
+    flows: &mut FlowTables,
+    out: &ToAttribution,
+    clock: &BootClock,
+    counters: &Counters,
+) -> Result<(), ReaderError> {
+    let old = match switch_generation(|| flows.flip()).await {
+        Ok(old) => old,
+        Err(error) => {
+            warn!(%error, "switching flow tables failed; repeats wait for the next drain");
+            return Ok(());
+        }
+    };
+    for (key, stats) in flows.drain(old) {
+        // Entries with no repeats were reported whole by their ring buffer event.
+        if stats.count == 0 {
+            continue;
+        }
+        match decode::flow(&key, &stats) {
+            Ok(flow) => {
+                let event = RawEvent::Flow(flow);
+                out.send(TimedEvent {
+                    at: clock.wall(event.boot_ns()),
+                    first_at: clock.wall(event.first_boot_ns()),
+                    event,
+                })?;
+            }
+            Err(error) => {
+                counters.add(Loss::DecodeErrors, 1);
+                debug!(%error, "undecodable flow table entry");
+            }
+        }
+    }
+    Ok(())
+}
+
+impl crate::supervisor::ConsumerGone for ReaderError {
+    fn consumer_gone(&self) -> bool {
+        matches!(self, ReaderError::AttributionGone(_))
     }
 }

@@ -89,7 +89,8 @@ impl ToAttribution {
     }
 
     /// Hands an event over without waiting: a full channel is counted as `pipeline_full` (as
-    /// many occurrences as the event stands for, at least one), a closed one is an error.
+    /// many occurrences as the event stands for, at least one); a closed one is counted the
+    /// same way and is an error (the producer stops).
     pub fn send(&self, event: TimedEvent) -> Result<(), AttributionGone> {
         let count = event.event.count().max(1);
         match self.out.try_send(event) {
@@ -98,7 +99,11 @@ impl ToAttribution {
                 self.counters.add(Loss::PipelineFull, count);
                 Ok(())
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(AttributionGone),
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                // Only at shutdown, once attribution has drained: still counted.
+                self.counters.add(Loss::PipelineFull, count);
+                Err(AttributionGone)
+            }
         }
     }
 }

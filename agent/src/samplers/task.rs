@@ -187,6 +187,7 @@ fn run(
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(_)) => counters.add(Loss::PipelineFull, count),
                 Err(mpsc::error::TrySendError::Closed(_)) => {
+                    counters.add(Loss::PipelineFull, count);
                     return Err(SamplerError::AttributionGone);
                 }
             }
@@ -199,4 +200,10 @@ fn run(
         });
     }
     Ok(())
+}
+
+impl crate::supervisor::ConsumerGone for SamplerError {
+    fn consumer_gone(&self) -> bool {
+        matches!(self, SamplerError::AttributionGone)
+    }
 }

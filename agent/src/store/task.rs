@@ -198,6 +198,10 @@ pub fn spawn(
     )
 }
 
+/// How long the store waits at shutdown for attribution to hand over its last occurrences
+/// (attribution's own drain, plus time to flush what waits for metadata).
+pub const DRAIN: Duration = Duration::from_secs(4);
+
 async fn run(
     mut store: Store,
     mut occurrences: mpsc::Receiver<Attributed>,
@@ -209,15 +213,26 @@ async fn run(
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut batch = tokio::time::interval(BATCH_INTERVAL);
     batch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // At shutdown, attribution drains first (its producers' events, then what waits for
+    // metadata) and hands every occurrence here; the store records them until attribution is
+    // gone (at most DRAIN), then what is left in the channel, then closes the backend.
+    let drain = tokio::time::sleep(Duration::from_secs(3600));
+    tokio::pin!(drain);
+    let mut draining = false;
+    let mut commands_open = true;
     loop {
         heartbeat.beat();
         tokio::select! {
-            () = cancel.cancelled() => break,
+            () = cancel.cancelled(), if !draining => {
+                draining = true;
+                drain.as_mut().reset(tokio::time::Instant::now() + DRAIN);
+            }
+            () = &mut drain, if draining => break,
             o = occurrences.recv() => match o {
                 Some(a) => store.add(a),
                 None => break,
             },
-            c = commands.recv() => match c {
+            c = commands.recv(), if commands_open => match c {
                 Some(Command::Query { filter, limit, reply }) => {
                     let _ = reply.send(store.select(&filter, limit));
                 }
@@ -227,12 +242,16 @@ async fn run(
                 Some(Command::Stats { reply }) => {
                     let _ = reply.send(store.stats());
                 }
-                None => break,
+                None => commands_open = false,
             },
             // Retention is about evidence times, which are wall-clock times.
             _ = sweep.tick() => store.sweep(SystemTime::now()),
             _ = batch.tick() => store.flush_backend(),
         }
+    }
+    occurrences.close();
+    while let Ok(a) = occurrences.try_recv() {
+        store.add(a);
     }
     if let Some(backend) = store.take_backend() {
         // Writing the last batch blocks (a database commit): off the runtime's workers.

@@ -508,3 +508,33 @@ fn a_selection_is_the_newest_records_and_finish_orders_them() {
     let none = s.select(&everything(), 0).finish();
     assert!(none.evidence.is_empty() && none.truncated);
 }
+
+#[tokio::test]
+async fn at_shutdown_every_occurrence_already_sent_is_recorded_before_the_backend_closes() {
+    let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut s = store(100);
+    s.set_backend(Box::new(Recorder(log.clone())));
+    let cancel = CancellationToken::new();
+    let (_handle, occurrences, task) = spawn(s, cancel.clone());
+    for port in 0..20 {
+        let o = refused()
+            .pod("ns", "a")
+            .dst(&format!("10.0.0.2:{port}"))
+            .at_time(SystemTime::now())
+            .occurrence();
+        occurrences.send(Attributed::Occurrence(o)).await.unwrap();
+    }
+    // Shutdown before the task ran; then attribution (the sender) ends.
+    cancel.cancel();
+    drop(occurrences);
+    tokio::time::timeout(Duration::from_secs(2), task)
+        .await
+        .expect("the store ends once attribution is gone");
+    let upserts = log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.starts_with("upsert"))
+        .count();
+    assert_eq!(upserts, 20);
+}
