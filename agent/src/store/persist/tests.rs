@@ -255,8 +255,8 @@ fn over_the_size_budget_the_store_evicts_until_it_fits() {
     }
     // The first flush writes everything and measures; the next acts on the measure.
     store.flush_backend();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while health.get().commits == 0 && std::time::Instant::now() < deadline {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while health.get().commits == 0 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
     assert!(health.get().used_bytes > cfg.max_bytes);
@@ -305,7 +305,7 @@ fn pending_counts_every_change_until_it_is_committed() {
     assert_eq!(health.get().pending, 2);
     store.flush_backend();
     // Handed to the writer: pending until the writer has committed them.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let s = health.get();
         if s.pending == 0 {
@@ -314,7 +314,7 @@ fn pending_counts_every_change_until_it_is_committed() {
         }
         assert_eq!(s.commits, 0, "{s:?}");
         assert!(
-            std::time::Instant::now() < deadline,
+            Instant::now() < deadline,
             "never committed: {s:?}"
         );
         std::thread::sleep(Duration::from_millis(5));
