@@ -12,7 +12,7 @@
 //!
 //! [`task`] runs the store as a single owner task reached through a [`StoreHandle`].
 
-#[cfg(feature = "node-agent")]
+#[cfg(feature = "disk-store")]
 pub mod persist;
 mod task;
 

@@ -53,6 +53,8 @@ use crate::{
 const APPLICATION_ID: i32 = 0x5452_4941;
 /// `PRAGMA user_version`: the schema. A file with a newer one is moved aside, not misread.
 const SCHEMA_VERSION: i32 = 1;
+/// The one table: a record's lasting id and its protobuf encoding.
+const SCHEMA: &str = "CREATE TABLE evidence (id INTEGER PRIMARY KEY, record BLOB NOT NULL);";
 /// Default bound of the file's used size.
 pub const DEFAULT_MAX_BYTES: u64 = 256 * 1024 * 1024;
 /// When over budget, shrink to this share of it (so one eviction round does not repeat at once).
@@ -417,11 +419,7 @@ fn open_ours(path: &Path) -> Result<Connection, String> {
         let tables: i64 = conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))?;
         if app == 0 && version == 0 && tables == 0 {
             conn.pragma_update(None, "journal_mode", "WAL")?;
-            conn.execute_batch(
-                "BEGIN;
-                 CREATE TABLE evidence (id INTEGER PRIMARY KEY, record BLOB NOT NULL);
-                 COMMIT;",
-            )?;
+            conn.execute_batch(&format!("BEGIN; {SCHEMA} COMMIT;"))?;
             conn.pragma_update(None, "application_id", APPLICATION_ID)?;
             conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
             return Ok(Ok(()));
@@ -526,6 +524,44 @@ fn read_back(
     }
     records.sort_by_key(|(id, e)| (e.last_seen, *id));
     Ok(records)
+}
+
+/// How a row holds its record in [`read_back_rows`]: SQLite keeps any type in any column, so
+/// a damaged or foreign file can have text or a number where a blob belongs.
+#[doc(hidden)]
+#[derive(Clone, Debug)]
+pub enum StoredValue {
+    Blob(Vec<u8>),
+    Text(String),
+    Integer(i64),
+    Null,
+}
+
+/// Rows as a store file could hold them, read back as at startup, repairs included (in an
+/// in-memory database with the store's schema): the fuzz target's way into [`read_back`].
+/// Returns the records read and the rows left in the table after the repair.
+#[doc(hidden)]
+pub fn read_back_rows(
+    rows: &[(i64, StoredValue)],
+    counters: &Counters,
+) -> rusqlite::Result<(Vec<(u64, Evidence)>, u64)> {
+    let conn = Connection::open_in_memory()?;
+    // Without NOT NULL, so a null record can be stored, as a damaged file could hold it.
+    conn.execute_batch(&SCHEMA.replace(" NOT NULL", ""))?;
+    {
+        let mut insert = conn.prepare("INSERT OR REPLACE INTO evidence (id, record) VALUES (?1, ?2)")?;
+        for (id, value) in rows {
+            match value {
+                StoredValue::Blob(b) => insert.execute(params![id, b])?,
+                StoredValue::Text(t) => insert.execute(params![id, t])?,
+                StoredValue::Integer(n) => insert.execute(params![id, n])?,
+                StoredValue::Null => insert.execute(params![id, rusqlite::types::Null])?,
+            };
+        }
+    }
+    let records = read_back(&conn, counters, true)?;
+    let left: i64 = conn.query_row("SELECT count(*) FROM evidence", [], |r| r.get(0))?;
+    Ok((records, u64::try_from(left).unwrap_or(0)))
 }
 
 /// Bytes in pages holding data (the file may be larger: freed pages are reused, not returned).
