@@ -553,7 +553,10 @@ pub fn otlp_env(data: &[u8]) {
 
     let text = String::from_utf8_lossy(data);
     // The secret only comes from where this function puts it.
-    if text.to_ascii_lowercase().contains(&OTLP_SECRET.to_ascii_lowercase()) {
+    if text
+        .to_ascii_lowercase()
+        .contains(&OTLP_SECRET.to_ascii_lowercase())
+    {
         return;
     }
     let mut lines = text.split('\n');
@@ -565,13 +568,19 @@ pub fn otlp_env(data: &[u8]) {
     // Around the secret, no comma: it stays one entry's value.
     let prefix = lines.next().unwrap_or_default().replace(',', "");
     let suffix = lines.next().unwrap_or_default().replace(',', "");
-    for var in ["OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_LOGS_HEADERS"] {
+    for var in [
+        "OTEL_EXPORTER_OTLP_HEADERS",
+        "OTEL_EXPORTER_OTLP_LOGS_HEADERS",
+    ] {
         if let Some(value) = env.get_mut(var) {
             value.push_str(&format!(",authorization={prefix}{OTLP_SECRET}{suffix}"));
         }
     }
     if data.first().is_some_and(|b| b & 1 == 1) {
-        for var in ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT"] {
+        for var in [
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT",
+        ] {
             if let Some(value) = env.get_mut(var)
                 && let Some((scheme, rest)) = value.split_once("://")
             {
@@ -618,7 +627,10 @@ pub fn store_readback(data: &[u8]) {
     let distinct = rows.iter().map(|(id, _)| *id).collect::<HashSet<_>>().len() as u64;
     let counters = Counters::default();
     let result = read_back_rows(&rows, &counters);
-    assert!(result.is_ok(), "SQLite failed on an in-memory database: {result:?}");
+    assert!(
+        result.is_ok(),
+        "SQLite failed on an in-memory database: {result:?}"
+    );
     let Ok((records, left)) = result else { return };
     let unreadable = counters.get(Loss::StoreUnreadable);
     assert_eq!(
@@ -627,7 +639,10 @@ pub fn store_readback(data: &[u8]) {
         "a row neither read nor counted"
     );
     assert_eq!(left, records.len() as u64, "an unreadable row was kept");
-    assert!(records.iter().all(|(id, _)| *id > 0), "an id out of range read back");
+    assert!(
+        records.iter().all(|(id, _)| *id > 0),
+        "an id out of range read back"
+    );
 }
 
 /// The bytes [`store_readback`] reads as `rows` (its seeds are made with this).

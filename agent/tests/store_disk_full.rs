@@ -13,7 +13,6 @@
 #![expect(
     clippy::expect_used,
     clippy::unwrap_used,
-    clippy::panic,
     reason = "test scenarios panic with context"
 )]
 

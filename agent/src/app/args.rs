@@ -284,10 +284,10 @@ pub fn parse_sample_interval(s: &str) -> Result<Duration, String> {
 pub fn parse_node_name(s: &str) -> Result<String, String> {
     let ok = !s.is_empty()
         && s.len() <= 253
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
-        && s.split('.').all(|label| {
-            !label.is_empty() && !label.starts_with('-') && !label.ends_with('-')
-        });
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && s.split('.')
+            .all(|label| !label.is_empty() && !label.starts_with('-') && !label.ends_with('-'));
     if ok {
         Ok(s.to_owned())
     } else {
@@ -353,17 +353,26 @@ mod tests {
     }
 
     #[cfg(feature = "node-agent")]
-    #[cfg(feature = "node-agent")]
     #[test]
     fn the_node_name_is_one_selector_term() {
         for good in ["node-a", "ip-10-0-0-1.eu-west-1.compute.internal", "n1"] {
             assert_eq!(parse_node_name(good).as_deref(), Ok(good));
         }
-        for bad in ["", "Node", "a,spec.nodeName!=a", "a=b", "-a", "a..b", " a", "a\n"] {
+        for bad in [
+            "",
+            "Node",
+            "a,spec.nodeName!=a",
+            "a=b",
+            "-a",
+            "a..b",
+            " a",
+            "a\n",
+        ] {
             assert!(parse_node_name(bad).is_err(), "{bad:?} accepted");
         }
     }
 
+    #[cfg(feature = "node-agent")]
     #[test]
     fn sizes_parse_with_units_and_bad_ones_are_clear() {
         assert_eq!(parse_bytes("4096"), Ok(4096));

@@ -197,7 +197,10 @@ mod tests {
     #[test]
     fn only_the_pods_of_this_node_are_listed_and_watched() {
         let config = watch_config("node-a");
-        assert_eq!(config.field_selector.as_deref(), Some("spec.nodeName=node-a"));
+        assert_eq!(
+            config.field_selector.as_deref(),
+            Some("spec.nodeName=node-a")
+        );
         assert_eq!(config.label_selector, None);
     }
 

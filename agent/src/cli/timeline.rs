@@ -260,9 +260,7 @@ pub fn markdown(i: &Inputs<'_>) -> String {
         i.cluster
             .revisions
             .iter()
-            .map(|r| {
-                format!("revision {} = {}", md(&r.revision), md(&r.replica_set))
-            })
+            .map(|r| format!("revision {} = {}", md(&r.revision), md(&r.replica_set)))
             .collect::<Vec<_>>()
             .join(", ")
     };

@@ -549,7 +549,8 @@ pub fn read_back_rows(
     // Without NOT NULL, so a null record can be stored, as a damaged file could hold it.
     conn.execute_batch(&SCHEMA.replace(" NOT NULL", ""))?;
     {
-        let mut insert = conn.prepare("INSERT OR REPLACE INTO evidence (id, record) VALUES (?1, ?2)")?;
+        let mut insert =
+            conn.prepare("INSERT OR REPLACE INTO evidence (id, record) VALUES (?1, ?2)")?;
         for (id, value) in rows {
             match value {
                 StoredValue::Blob(b) => insert.execute(params![id, b])?,
@@ -635,7 +636,10 @@ fn write_batches(
                 retry = None;
             }
             Err(e) => {
-                let error = format!("writing {} changed records: {e}", shared.lock().changes.len());
+                let error = format!(
+                    "writing {} changed records: {e}",
+                    shared.lock().changes.len()
+                );
                 let wait = retry.map_or(RETRY_FIRST, |(_, wait)| (wait * 2).min(RETRY_MAX));
                 if health.get().error.is_none() {
                     tracing::error!("evidence store: {error}; retrying with backoff");

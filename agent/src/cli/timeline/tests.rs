@@ -169,7 +169,11 @@ fn shape(line: &str) -> String {
 fn rendered(ns: &str, pod: &str, name: &str) -> String {
     let evidence = vec![
         refused().pod(ns, pod).node(name).count(3).evidence(),
-        oom_killed().pod(ns, pod).node(name).process(7, name).evidence(),
+        oom_killed()
+            .pod(ns, pod)
+            .node(name)
+            .process(7, name)
+            .evidence(),
         dropped().pod(ns, pod).node(name).reason(name).evidence(),
     ];
     let findings = diagnose_cited(&evidence);
@@ -203,7 +207,8 @@ fn hostile_names_stay_literal_text_and_keep_the_documents_shape() {
     // Markdown could read as markup backslash-escaped.
     let escaped = r"a\|b\*c\_d\`e\<img src=x\>\[l\](javascript:x)\!\~\~s\~\~\&amp;\#\\\\u{a}- item\\u{a}\# heading\\u{d}\|";
     // In a code span, where backslashes are literal, only control characters are spelled out.
-    let in_code = r"a|b*c_d`e<img src=x>[l](javascript:x)!~~s~~&amp;#\\u{a}- item\u{a}# heading\u{d}|";
+    let in_code =
+        r"a|b*c_d`e<img src=x>[l](javascript:x)!~~s~~&amp;#\\u{a}- item\u{a}# heading\u{d}|";
     let plain = rendered("plain", "plain", "plain");
     let text = rendered(hostile, hostile, hostile);
     let shapes = |t: &str| t.lines().map(shape).collect::<Vec<_>>();

@@ -313,10 +313,7 @@ fn pending_counts_every_change_until_it_is_committed() {
             break;
         }
         assert_eq!(s.commits, 0, "{s:?}");
-        assert!(
-            Instant::now() < deadline,
-            "never committed: {s:?}"
-        );
+        assert!(Instant::now() < deadline, "never committed: {s:?}");
         std::thread::sleep(Duration::from_millis(5));
     }
     close(store);
@@ -329,7 +326,11 @@ fn the_backlog_keeps_the_newest_change_of_each_record_within_its_bound() {
     assert_eq!(b.put(1, e()), 0);
     assert_eq!(b.put(1, e()), 0, "a later upsert replaces the pending one");
     assert_eq!(b.put(2, e()), 0);
-    assert_eq!(b.put(1, Change::Remove), 0, "a removal replaces the upserts");
+    assert_eq!(
+        b.put(1, Change::Remove),
+        0,
+        "a removal replaces the upserts"
+    );
     assert_eq!(b.changes.len(), 2);
     assert_eq!(b.put(3, e()), 0);
     // Full: the least recently changed record (2) is given up for the new one.
@@ -347,7 +348,11 @@ fn the_backlog_keeps_the_newest_change_of_each_record_within_its_bound() {
     assert_eq!(b.take_attempt().len(), 3);
     assert_eq!(b.put(6, e()), 0);
     assert_eq!(b.put(4, e()), 0, "changed again while in flight");
-    assert_eq!(b.attempt_done(true), 0, "3 was written before it was given up");
+    assert_eq!(
+        b.attempt_done(true),
+        0,
+        "3 was written before it was given up"
+    );
     // Committed records leave; 4 changed since its attempt and stays, as does the new 6.
     let mut ids: Vec<_> = b.changes.keys().copied().collect();
     ids.sort_unstable();
