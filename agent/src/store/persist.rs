@@ -3,10 +3,10 @@
 //! read back at startup.
 //!
 //! - The store tells the [`PersistBackend`] of every change (`upsert`/`remove` by the record's
-//!   lasting id); changes wait in a map keyed by id, so a record updated a thousand times in a
-//!   batch interval is written once. Every [`super::BATCH_INTERVAL`] the map goes to the writer
-//!   thread, which commits it as one transaction. A commit is the acknowledgement: `kill -9`
-//!   (or a node crash) loses at most what changed since the last commit.
+//!   lasting id); changes wait keyed by id, so a record updated a thousand times in a batch
+//!   interval is written once. Every [`super::BATCH_INTERVAL`] the store wakes the writer
+//!   thread, which commits what waits as one transaction. A commit is the acknowledgement:
+//!   `kill -9` (or a node crash) loses at most what changed since the last commit.
 //! - Changes wait in one bounded backlog shared with the writer: the newest state of each
 //!   record (a later upsert replaces an earlier one, a removal replaces pending upserts), at
 //!   most [`PersistConfig::max_pending`] records. A record leaves it only when a commit holding
