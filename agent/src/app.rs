@@ -136,6 +136,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                     .map(|path| crate::store::persist::PersistConfig {
                         path,
                         max_bytes: args.store_max_bytes,
+                        max_pending: crate::store::persist::DEFAULT_MAX_PENDING,
                     }),
                 cgroup_root: args.cgroup_root,
                 drop_reasons: args.drop_reasons,

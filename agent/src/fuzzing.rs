@@ -5,7 +5,8 @@
 //!
 //! Every function takes arbitrary bytes: it must not panic on any input, and panics (through
 //! `assert!`) only where a property of the code under test does not hold. [`TARGETS`] names
-//! them; the test fails when it and the fuzz targets or seed directories disagree.
+//! them; the test fails when it and the fuzz targets or seed directories disagree. The fuzz
+//! crate builds the agent with `cluster` and `disk-store` (no eBPF toolchain needed).
 
 use std::{
     collections::HashMap,
@@ -44,13 +45,17 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("cgroup_files", cgroup_files),
     ("cgroup_path", cgroup_path),
     ("dns_packet", dns_packet),
+    ("dns_sequence", dns_sequence),
     ("grpc_evidence", grpc_evidence),
     ("mountinfo", mountinfo),
+    ("otlp_env", otlp_env),
     #[cfg(feature = "cluster")]
     ("policy_eval", policy_eval),
     ("render_answer", render_answer),
     ("ring_record", ring_record),
     ("store_events", store_events),
+    #[cfg(feature = "disk-store")]
+    ("store_readback", store_readback),
     ("tracefs_format", tracefs_format),
 ];
 
@@ -363,4 +368,292 @@ pub fn tracefs_format(data: &[u8]) {
         let f = tracefs::Format::parse(text);
         let _ = f.offset("t", "saddr", Some(28));
     }
+}
+
+/// The DNS tracker's bounds in [`dns_sequence`]: small, so a short input reaches them.
+const DNS_PER_POD: usize = 3;
+const DNS_TOTAL: usize = 5;
+
+/// Names a structured step asks for: a search walk's expansions and the name that exists.
+const DNS_NAMES: [&str; 4] = [
+    "db.shop.svc.cluster.local",
+    "db.svc.cluster.local",
+    "db.cluster.local",
+    "db",
+];
+
+/// One DNS tracker driven by a sequence of packets (queries and answers, from both ends, at
+/// arbitrary times, forwards and backwards) and ticks; each step is 6 bytes, then as many
+/// payload bytes as its last byte says (none: a well-formed message the step describes). It
+/// never panics, the queries in flight stay within the tracker's bounds, and every query that
+/// entered the table ends exactly once: answered (a lookup in the tallies, or a
+/// `truncated_retry` finding), timed out (a lookup), or evicted (`dns_inflight_evicted`).
+pub fn dns_sequence(data: &[u8]) {
+    let counters = Arc::new(Counters::default());
+    let config = TrackConfig {
+        timeout: Duration::from_secs(5),
+        slow: Duration::from_secs(1),
+        per_pod: DNS_PER_POD,
+        total: DNS_TOTAL,
+    };
+    let mut tracker = Tracker::new(config, counters.clone());
+    let is_dns = |port| port == 53;
+    let server = SocketAddr::from((Ipv4Addr::new(10, 96, 0, 10), 53));
+    let mut now: u64 = 10_000_000_000;
+    // Lookups ended so far, as the tracker reports them.
+    let mut ended = 0u64;
+    let mut rest = data;
+    while let Some((&[op, time, who, id, rcode, len], tail)) = rest.split_first_chunk::<6>() {
+        let (payload, after) = tail.split_at(usize::from(len).min(tail.len()));
+        rest = after;
+        // Time: up to ~12.8 s per step, sometimes backwards (CPUs' clocks interleave).
+        let step = u64::from(time) * 50_000_000;
+        now = if op & 0x80 != 0 {
+            now.saturating_sub(step / 8)
+        } else {
+            now.saturating_add(step)
+        };
+        if op & 0x40 != 0 {
+            let findings = tracker.tick(now);
+            ended += ended_by(findings, &mut tracker);
+            continue;
+        }
+        let client = SocketAddr::from((
+            Ipv4Addr::new(10, 0, 0, 1 + who % 3),
+            40000 + u16::from(who / 3 % 4),
+        ));
+        let answer = op & 1 != 0;
+        // Which end the packet is seen at: the asking socket, or a server on this node.
+        let at_server = op & 2 != 0;
+        let side = match (answer, at_server) {
+            (false, false) | (true, true) => packet::Side::Egress,
+            (true, false) | (false, true) => packet::Side::Ingress,
+        };
+        let (src, dst) = if answer {
+            (server, client)
+        } else {
+            (client, server)
+        };
+        let protocol = if op & 4 != 0 {
+            Protocol::Tcp
+        } else {
+            Protocol::Udp
+        };
+        let built;
+        let payload = if payload.is_empty() {
+            let name = DNS_NAMES
+                .get(usize::from(id >> 2) % DNS_NAMES.len())
+                .copied()
+                .unwrap_or("db");
+            let message = packet::message(
+                u16::from(id & 3),
+                answer,
+                rcode % 6,
+                op & 8 != 0,
+                name,
+                if op & 16 != 0 { 28 } else { 1 },
+            );
+            built = if protocol == Protocol::Tcp {
+                // TCP carries a two-byte length first.
+                let mut framed = u16::try_from(message.len())
+                    .unwrap_or(u16::MAX)
+                    .to_be_bytes()
+                    .to_vec();
+                framed.extend_from_slice(&message);
+                framed
+            } else {
+                message
+            };
+            built.as_slice()
+        } else {
+            payload
+        };
+        let record = packet::encode(&packet::Captured {
+            boot_ns: now,
+            cgroup_id: u64::from(who % 3),
+            side,
+            protocol,
+            src,
+            dst,
+            wire_len: u32::try_from(payload.len()).unwrap_or(u32::MAX),
+            payload,
+            server: (op & 32 != 0).then_some(packet::ServerSide {
+                cgroup: (rcode & 0x80 != 0).then_some(9),
+                answered: rcode & 0x40 != 0,
+            }),
+        });
+        let findings = dns::handle(&record, &mut tracker, &counters, &is_dns);
+        ended += ended_by(findings, &mut tracker);
+        assert!(tracker.in_flight() <= DNS_TOTAL, "over the total bound");
+        let evicted = counters.get(Loss::DnsInflightEvicted);
+        assert_eq!(
+            tracker.queries_tracked(),
+            tracker.in_flight() as u64 + ended + evicted,
+            "a query ended twice or never (ended {ended}, evicted {evicted})"
+        );
+    }
+    // Long after: every query still in flight times out.
+    let findings = tracker.tick(now.saturating_add(3_600_000_000_000));
+    ended += ended_by(findings, &mut tracker);
+    assert_eq!(tracker.in_flight(), 0, "a query outlived its timeout");
+    assert_eq!(
+        tracker.queries_tracked(),
+        ended + counters.get(Loss::DnsInflightEvicted),
+        "a query ended twice or never"
+    );
+}
+
+/// Lookups ended by `findings` and the tallies taken now (see [`dns_sequence`]).
+fn ended_by(findings: Vec<crate::event::Finding>, tracker: &mut Tracker) -> u64 {
+    let truncated: u64 = findings
+        .iter()
+        .filter(|f| f.outcome == crate::evidence::DnsOutcome::TruncatedRetry)
+        .map(|f| f.count)
+        .sum();
+    let tallied: u64 = tracker
+        .take_tallies()
+        .iter()
+        .map(|t| t.lookups.lookups)
+        .sum();
+    truncated + tallied
+}
+
+/// A header value and endpoint password [`otlp_env`] puts in the environment: no error may
+/// show it.
+const OTLP_SECRET: &str = "s3cr3t-T0KEN-nOt-To-ShOw";
+
+/// The OTLP variables [`otlp_env`] sets, one line of the input each, in this order (the
+/// certificate and key files are left out: their values are paths the parser reads).
+const OTLP_VARS: [&str; 17] = [
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_HEADERS",
+    "OTEL_EXPORTER_OTLP_LOGS_HEADERS",
+    "OTEL_EXPORTER_OTLP_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_LOGS_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_COMPRESSION",
+    "OTEL_EXPORTER_OTLP_LOGS_COMPRESSION",
+    "OTEL_EXPORTER_OTLP_TIMEOUT",
+    "OTEL_EXPORTER_OTLP_LOGS_TIMEOUT",
+    "OTEL_RESOURCE_ATTRIBUTES",
+    "OTEL_SERVICE_NAME",
+    "OTEL_SDK_DISABLED",
+    "OTEL_BLRP_MAX_EXPORT_BATCH_SIZE",
+    "OTEL_BLRP_SCHEDULE_DELAY",
+    "OTEL_BLRP_MAX_QUEUE_SIZE",
+    "OTEL_BLRP_EXPORT_TIMEOUT",
+];
+
+/// The OTLP exporter's settings from arbitrary environment values (one line per variable of
+/// [`OTLP_VARS`]; the two lines after them wrap a secret header value, and the first byte
+/// puts the secret in the endpoint's credentials too): parsing never panics, and no error
+/// ever shows a header value or the endpoint's password.
+pub fn otlp_env(data: &[u8]) {
+    use crate::otlp::config::OtlpConfig;
+
+    let text = String::from_utf8_lossy(data);
+    // The secret only comes from where this function puts it.
+    if text
+        .to_ascii_lowercase()
+        .contains(&OTLP_SECRET.to_ascii_lowercase())
+    {
+        return;
+    }
+    let mut lines = text.split('\n');
+    let mut env: HashMap<&str, String> = OTLP_VARS
+        .iter()
+        .zip(lines.by_ref())
+        .map(|(var, value)| (*var, value.to_owned()))
+        .collect();
+    // Around the secret, no comma: it stays one entry's value.
+    let prefix = lines.next().unwrap_or_default().replace(',', "");
+    let suffix = lines.next().unwrap_or_default().replace(',', "");
+    for var in [
+        "OTEL_EXPORTER_OTLP_HEADERS",
+        "OTEL_EXPORTER_OTLP_LOGS_HEADERS",
+    ] {
+        if let Some(value) = env.get_mut(var) {
+            value.push_str(&format!(",authorization={prefix}{OTLP_SECRET}{suffix}"));
+        }
+    }
+    if data.first().is_some_and(|b| b & 1 == 1) {
+        for var in [
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT",
+        ] {
+            if let Some(value) = env.get_mut(var)
+                && let Some((scheme, rest)) = value.split_once("://")
+            {
+                *value = format!("{scheme}://user:{OTLP_SECRET}@{rest}");
+            }
+        }
+    }
+    if let Err(e) = OtlpConfig::from_env(|name| env.get(name).cloned()) {
+        let shown = format!("{e} {e:?}");
+        assert!(
+            !shown.contains(OTLP_SECRET),
+            "an error shows the secret: {shown}"
+        );
+    }
+}
+
+/// Rows of a store file from arbitrary bytes (each: a flag byte, an 8-byte id, a 2-byte
+/// length and that many bytes of record), read back as at startup: it never panics, every row is
+/// either a record or counted as `store_unreadable` and removed, and what is left is exactly
+/// what was read.
+#[cfg(feature = "disk-store")]
+pub fn store_readback(data: &[u8]) {
+    use std::collections::HashSet;
+
+    use crate::store::persist::{StoredValue, read_back_rows};
+
+    let mut rows = Vec::new();
+    let mut rest = data;
+    while let Some((&[flag, i0, i1, i2, i3, i4, i5, i6, i7, l0, l1], tail)) =
+        rest.split_first_chunk::<11>()
+    {
+        let len = u16::from_le_bytes([l0, l1]);
+        let (bytes, after) = tail.split_at(usize::from(len).min(tail.len()));
+        rest = after;
+        let id = i64::from_le_bytes([i0, i1, i2, i3, i4, i5, i6, i7]);
+        let value = match flag % 8 {
+            0..=4 => StoredValue::Blob(bytes.to_vec()),
+            5 => StoredValue::Text(String::from_utf8_lossy(bytes).into_owned()),
+            6 => StoredValue::Integer(i64::from(len)),
+            _ => StoredValue::Null,
+        };
+        rows.push((id, value));
+    }
+    let distinct = rows.iter().map(|(id, _)| *id).collect::<HashSet<_>>().len() as u64;
+    let counters = Counters::default();
+    let result = read_back_rows(&rows, &counters);
+    assert!(
+        result.is_ok(),
+        "SQLite failed on an in-memory database: {result:?}"
+    );
+    let Ok((records, left)) = result else { return };
+    let unreadable = counters.get(Loss::StoreUnreadable);
+    assert_eq!(
+        records.len() as u64 + unreadable,
+        distinct,
+        "a row neither read nor counted"
+    );
+    assert_eq!(left, records.len() as u64, "an unreadable row was kept");
+    assert!(
+        records.iter().all(|(id, _)| *id > 0),
+        "an id out of range read back"
+    );
+}
+
+/// The bytes [`store_readback`] reads as `rows` (its seeds are made with this).
+pub fn store_readback_input(rows: &[(i64, &[u8])]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (id, bytes) in rows {
+        let bytes = bytes.get(..usize::from(u16::MAX)).unwrap_or(bytes);
+        out.push(0);
+        out.extend_from_slice(&id.to_le_bytes());
+        out.extend_from_slice(&u16::try_from(bytes.len()).unwrap_or(u16::MAX).to_le_bytes());
+        out.extend_from_slice(bytes);
+    }
+    out
 }

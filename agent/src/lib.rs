@@ -49,7 +49,6 @@ pub mod loss;
 pub mod metrics;
 #[cfg(feature = "node-agent")]
 pub mod node;
-#[cfg(feature = "node-agent")]
 pub mod otlp;
 #[cfg(feature = "cluster")]
 pub mod policy;

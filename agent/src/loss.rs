@@ -79,6 +79,12 @@ names! {
         /// DNS lookups whose per-pod tallies (the successes and failures behind each pod's
         /// lookup counters) could not reach the store (its channel was full).
         DnsLookupsLost = "dns_lookups_lost",
+        /// Records whose newest change never reached the persistent store: the disk kept
+        /// failing (full, I/O errors) and the backlog of changes waiting for it was full, so
+        /// the least recently changed record was given up (or what was left at shutdown).
+        /// Memory still has them; after a restart such a record is older, missing, or (a
+        /// removal given up) back.
+        StoreBacklogFull = "store_backlog_full",
     }
 }
 
@@ -113,11 +119,14 @@ impl Loss {
             Loss::KernelRunsSkipped => "kernel program runs skipped (nested on one CPU)",
             Loss::DnsRepeatsLost => "repeated DNS failures not counted (kernel table full)",
             Loss::DnsLookupsLost => "DNS lookups missing from pods' counters (store channel full)",
+            Loss::StoreBacklogFull => "records not written to disk (disk failing, backlog full)",
         }
     }
 
     /// Whether this loss can make a query's answer incomplete. A slow watcher's lost updates do
-    /// not change what Query sees, nor do records the OTLP exporter could not send.
+    /// not change what Query sees, nor do records the OTLP exporter could not send, nor records
+    /// the disk could not take (memory still has them; the counter starts from 0 after the
+    /// restart that would miss them, so it could never warn then).
     pub fn affects_answers(self) -> bool {
         !matches!(
             self,
@@ -128,6 +137,7 @@ impl Loss {
                 | Loss::OtlpExportFailed
                 | Loss::OtlpRejected
                 | Loss::OtlpLagged
+                | Loss::StoreBacklogFull
         )
     }
 

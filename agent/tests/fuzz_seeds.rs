@@ -236,8 +236,147 @@ fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
             status_response().encode_to_vec(),
         ),
     ];
+    seeds.extend(dns_sequences());
+    seeds.extend(otlp_environments());
+    seeds.extend(store_rows());
     seeds.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
     seeds
+}
+
+/// One step of `dns_sequence`: op bits (1 answer, 2 seen at the server, 4 TCP, 8 truncated,
+/// 16 AAAA, 32 with the server's notes, 64 a tick, 128 time backwards), time (50 ms units),
+/// client, id and name (id & 3, name index id >> 2), rcode; a well-formed message (no payload).
+fn step(op: u8, time: u8, who: u8, id: u8, rcode: u8) -> [u8; 6] {
+    [op, time, who, id, rcode, 0]
+}
+
+fn dns_sequences() -> Vec<(&'static str, &'static str, Vec<u8>)> {
+    let answered = [step(0, 0, 0, 0, 0), step(1, 1, 0, 0, 0)].concat();
+    // A search walk: NXDOMAIN for two expansions, then the name that exists.
+    let walk = [
+        step(0, 0, 1, 1, 0),
+        step(1, 1, 1, 1, 3),
+        step(0, 0, 1, 5, 0),
+        step(1, 1, 1, 5, 3),
+        step(0, 0, 1, 13, 0),
+        step(1, 1, 1, 13, 0),
+        step(64, 40, 0, 0, 0),
+    ]
+    .concat();
+    // More queries than the bounds hold, unanswered, then a timeout; a resend; a truncated
+    // UDP answer; one seen at a server on the node; TCP; time going backwards.
+    let mut flood = Vec::new();
+    for who in 0..9u8 {
+        flood.extend(step(0, 1, who, who % 4, 0));
+    }
+    flood.extend(step(0, 0, 0, 0, 0));
+    flood.extend(step(2 | 32, 0, 0, 0, 0xc0));
+    flood.extend(step(1 | 8, 1, 0, 0, 0));
+    flood.extend(step(4, 1, 2, 2, 0));
+    flood.extend(step(4 | 1, 1, 2, 2, 2));
+    flood.extend(step(128, 30, 1, 1, 0));
+    flood.extend(step(64, 200, 0, 0, 0));
+    // An arbitrary payload as the answer.
+    let mut raw = step(0, 0, 0, 0, 0).to_vec();
+    let garbage = b"\x00\x00\x81\x80\x00\x01\xff\xff";
+    raw.extend([1, 1, 0, 0, 0, garbage.len() as u8]);
+    raw.extend_from_slice(garbage);
+    vec![
+        ("dns_sequence", "answered", answered),
+        ("dns_sequence", "search_walk", walk),
+        ("dns_sequence", "flood_and_timeouts", flood),
+        ("dns_sequence", "raw_answer", raw),
+    ]
+}
+
+/// `otlp_env` input: one line per variable of its list, then the secret's prefix and suffix.
+fn otlp_environments() -> Vec<(&'static str, &'static str, Vec<u8>)> {
+    let env = |values: &[&str]| values.join("\n").into_bytes();
+    vec![
+        (
+            "otlp_env",
+            "valid",
+            env(&[
+                "https://collector.example:4317",
+                "",
+                "x-tenant=shop,x-api-key=abc%20def",
+                "",
+                "grpc",
+                "",
+                "gzip",
+                "",
+                "5000",
+                "",
+                "deployment.environment=prod,k8s.cluster.name=c1",
+                "triage-agent",
+                "false",
+                "256",
+                "500",
+                "4096",
+                "30000",
+                "Bearer ",
+                "",
+            ]),
+        ),
+        (
+            "otlp_env",
+            "bad_header",
+            env(&[
+                "http://127.0.0.1:4317",
+                "",
+                "no-equals-sign,x-ok=1",
+                "",
+                "",
+                "",
+                "",
+                "",
+                "",
+                "",
+                "",
+                "",
+                "",
+                "",
+                "",
+                "",
+                "",
+                "bad value \u{7f} ",
+                "",
+            ]),
+        ),
+        (
+            "otlp_env",
+            "bad_endpoint",
+            // The first byte is odd: credentials go into the endpoint.
+            env(&["grpc://host name:99999/x?y#z", "", "", "", "http/protobuf"]),
+        ),
+    ]
+}
+
+/// `store_readback` input: records as the store writes them, and rows a damaged file holds.
+fn store_rows() -> Vec<(&'static str, &'static str, Vec<u8>)> {
+    let record = |e: &triage_agent::evidence::Evidence| codec::evidence_to_pb(e).encode_to_vec();
+    let refused = record(&refused().pod("shop", "web").process(11, "curl").evidence());
+    let oom = record(&oom_killed().pod("shop", "web").evidence());
+    let rows = |r: &[(i64, &[u8])]| triage_agent::fuzzing::store_readback_input(r);
+    vec![
+        (
+            "store_readback",
+            "records",
+            rows(&[(1, &refused), (2, &oom)]),
+        ),
+        (
+            "store_readback",
+            "damaged",
+            rows(&[
+                (1, &refused),
+                (0, &oom),
+                (-5, &oom),
+                (7, b"\xff\xff\xff\xff\x01\x02"),
+                (8, &refused[..refused.len() / 2]),
+                (1, &oom),
+            ]),
+        ),
+    ]
 }
 
 #[test]

@@ -289,7 +289,7 @@ fn lint_workspace() -> anyhow::Result<()> {
 
 /// The agent's integration tests (agent/tests/<name>.rs) that need root; every other one runs
 /// in `cargo xtask test --unprivileged`.
-const AGENT_PRIVILEGED_TESTS: &[&str] = &["doctor"];
+const AGENT_PRIVILEGED_TESTS: &[&str] = &["doctor", "store_disk_full"];
 
 /// The agent's integration tests (agent/tests/*.rs) by name.
 fn agent_tests() -> anyhow::Result<Vec<String>> {

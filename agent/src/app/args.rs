@@ -102,7 +102,8 @@ pub fn parse() -> Cli {
 #[derive(Debug, Args)]
 pub struct AgentArgs {
     /// Name of the node this agent runs on (the DaemonSet sets NODE_NAME from the downward API).
-    #[arg(help_heading = "Node and endpoints", long, env = "NODE_NAME")]
+    /// The agent watches only the pods bound to it (fieldSelector spec.nodeName).
+    #[arg(help_heading = "Node and endpoints", long, env = "NODE_NAME", value_parser = parse_node_name)]
     pub node_name: String,
     /// gRPC listen address.
     #[arg(help_heading = "Node and endpoints", long, env = "TRIAGE_LISTEN", default_value = DEFAULT_LISTEN)]
@@ -275,6 +276,28 @@ pub fn parse_sample_interval(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// A node name as Kubernetes allows it (a DNS subdomain: at most 253 lowercase letters,
+/// digits, `-` and `.`, alphanumeric at both ends). It goes into the pod watch's field
+/// selector, so nothing else may: an empty name would select the unscheduled pods instead, and
+/// a comma or `!=` would add terms that widen what the agent receives.
+#[cfg(feature = "node-agent")]
+pub fn parse_node_name(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 253
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && s.split('.')
+            .all(|label| !label.is_empty() && !label.starts_with('-') && !label.ends_with('-'));
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "{:?} is not a Kubernetes node name (lowercase letters, digits, '-' and '.'; set NODE_NAME from spec.nodeName)",
+            crate::text::clean(s)
+        ))
+    }
+}
+
 #[cfg(feature = "node-agent")]
 fn parse_dns_ports(s: &str) -> Result<DnsPorts, String> {
     if s.trim() == "none" {
@@ -327,6 +350,26 @@ mod tests {
         // Before the bound it parsed, and the sampler's first deadline overflowed (a panic).
         assert!(parse_sample_interval("500000000years").is_err());
         assert!(parse_sample_interval("soon").is_err());
+    }
+
+    #[cfg(feature = "node-agent")]
+    #[test]
+    fn the_node_name_is_one_selector_term() {
+        for good in ["node-a", "ip-10-0-0-1.eu-west-1.compute.internal", "n1"] {
+            assert_eq!(parse_node_name(good).as_deref(), Ok(good));
+        }
+        for bad in [
+            "",
+            "Node",
+            "a,spec.nodeName!=a",
+            "a=b",
+            "-a",
+            "a..b",
+            " a",
+            "a\n",
+        ] {
+            assert!(parse_node_name(bad).is_err(), "{bad:?} accepted");
+        }
     }
 
     #[cfg(feature = "node-agent")]

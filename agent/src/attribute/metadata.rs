@@ -94,6 +94,17 @@ pub fn spawn(
     (rx, run(client, node, out, health, cancel))
 }
 
+/// What the agent asks the API server: the pods bound to this node only (the API server
+/// filters, so the agent neither receives nor keeps any other pod; RBAC cannot express this
+/// scope, see docs/rbac.md), relisted from the watch cache (resourceVersion=0), as kubelet
+/// does: a thousand agents restarting must not turn into a thousand quorum reads of etcd.
+/// `node` is a validated node name (`app::args`), so the selector is exactly one term.
+pub(crate) fn watch_config(node: &str) -> watcher::Config {
+    watcher::Config::default()
+        .fields(&format!("spec.nodeName={node}"))
+        .any_semantic()
+}
+
 /// Backoff between watch attempts after a failure: doubles from the first to the last.
 const BACKOFF_FIRST: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
@@ -106,11 +117,7 @@ async fn run(
     cancel: CancellationToken,
 ) {
     let api: Api<Pod> = Api::all(client);
-    // Relists from the watch cache (resourceVersion=0), as kubelet does: a thousand agents
-    // restarting must not turn into a thousand quorum reads of etcd.
-    let config = watcher::Config::default()
-        .fields(&format!("spec.nodeName={node}"))
-        .any_semantic();
+    let config = watch_config(&node);
     let mut backoff = BACKOFF_FIRST;
     loop {
         // A fresh watcher per attempt: it starts with a full list, so "in sync" is only ever
@@ -186,6 +193,16 @@ async fn run(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn only_the_pods_of_this_node_are_listed_and_watched() {
+        let config = watch_config("node-a");
+        assert_eq!(
+            config.field_selector.as_deref(),
+            Some("spec.nodeName=node-a")
+        );
+        assert_eq!(config.label_selector, None);
+    }
 
     #[test]
     fn pod_object_to_info() {

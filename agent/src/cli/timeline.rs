@@ -89,6 +89,12 @@ fn safe_next_step(step: &str) -> String {
 
 /// The timeline entries, oldest first.
 pub fn entries(i: &Inputs<'_>) -> Vec<Entry> {
+    entries_with(i, &|s| clean(s).into_owned())
+}
+
+/// The entries with every piece of text from the cluster, the agents or the kernel passed
+/// through `text` (escaped for people, or also for Markdown).
+fn entries_with(i: &Inputs<'_>, text: &dyn Fn(&str) -> String) -> Vec<Entry> {
     let mut out = Vec::new();
     for r in &i.cluster.revisions {
         if let Some(at) = r.created.filter(|t| *t >= i.since) {
@@ -97,12 +103,12 @@ pub fn entries(i: &Inputs<'_>) -> Vec<Entry> {
                 source: "rollout",
                 text: format!(
                     "Rollout: revision {} (ReplicaSet {}{})",
-                    clean(&r.revision),
-                    clean(&r.replica_set),
+                    text(&r.revision),
+                    text(&r.replica_set),
                     if r.images.is_empty() {
                         String::new()
                     } else {
-                        format!(", image {}", cleaned(r.images.join(", ")))
+                        format!(", image {}", text(&r.images.join(", ")))
                     }
                 ),
             });
@@ -119,9 +125,9 @@ pub fn entries(i: &Inputs<'_>) -> Vec<Entry> {
             source: "event",
             text: format!(
                 "Pod event {} {}: {}{times}",
-                clean(kind),
-                clean(reason),
-                clean(message)
+                text(kind),
+                text(reason),
+                text(message)
             ),
         });
     }
@@ -133,7 +139,7 @@ pub fn entries(i: &Inputs<'_>) -> Vec<Entry> {
                 "[E{}] first {} on node {} ({} occurrence(s), last {})",
                 n + 1,
                 e.kind(),
-                clean(&e.node),
+                text(&e.node),
                 e.count,
                 rfc3339(e.last_seen)
             ),
@@ -143,16 +149,56 @@ pub fn entries(i: &Inputs<'_>) -> Vec<Entry> {
     out
 }
 
+/// Text from pods, agents and the kernel as literal Markdown: control characters escaped
+/// ([`clean`]: a newline cannot start a line, a heading or a list item), then every character
+/// that has a meaning inside a CommonMark or GitHub line backslash-escaped (any ASCII
+/// punctuation may be): no emphasis, code span, link, image, HTML, entity, table cell,
+/// strikethrough or closing heading sequence can come from a name.
+fn md(s: &str) -> String {
+    let s = clean(s);
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if matches!(
+            c,
+            '\\' | '`' | '*' | '_' | '[' | ']' | '<' | '>' | '|' | '~' | '&' | '#' | '!'
+        ) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// `s` (control characters escaped) as one code span: backslashes are literal there, so the
+/// fence is one backtick longer than the longest run inside, padded by a space when the text
+/// starts or ends with a backtick (CommonMark 6.1).
+fn code(s: &str) -> String {
+    let s = clean(s);
+    let mut longest = 0;
+    let mut run = 0;
+    for c in s.chars() {
+        run = if c == '`' { run + 1 } else { 0 };
+        longest = longest.max(run);
+    }
+    let fence = "`".repeat(longest + 1);
+    let pad = if s.starts_with('`') || s.ends_with('`') {
+        " "
+    } else {
+        ""
+    };
+    format!("{fence}{pad}{s}{pad}{fence}")
+}
+
 /// The timeline in the template's shape, as Markdown ready to paste into an incident document.
 pub fn markdown(i: &Inputs<'_>) -> String {
-    let entries = entries(i);
+    let entries = entries_with(i, &md);
     let mut out = String::new();
-    let (ns, pod) = (clean(i.namespace), clean(i.pod));
+    let (ns, pod) = (md(i.namespace), md(i.pod));
     let workload = i
         .cluster
         .workload
         .as_deref()
-        .map_or_else(|| format!("Pod {ns}/{pod} (no owner)"), cleaned);
+        .map_or_else(|| format!("Pod {ns}/{pod} (no owner)"), md);
     // The first sign of trouble: a record or a warning event, not a routine rollout.
     let trouble = i
         .evidence
@@ -177,12 +223,12 @@ pub fn markdown(i: &Inputs<'_>) -> String {
         if i.nodes.is_empty() {
             "no node".to_owned()
         } else {
-            cleaned(i.nodes.join(", "))
+            md(&i.nodes.join(", "))
         },
         rfc3339(i.since)
     );
     let impact = match i.findings.first() {
-        Some((_, f)) => format!("{} ({} layer)", clean(&f.summary), f.layer),
+        Some((_, f)) => format!("{} ({} layer)", md(&f.summary), f.layer),
         None => "no silent failure recorded for this pod in the window".to_owned(),
     };
     let _ = writeln!(out, "- **User impact:** {impact}");
@@ -193,7 +239,7 @@ pub fn markdown(i: &Inputs<'_>) -> String {
             i.unanswered.len(),
             i.unanswered
                 .iter()
-                .map(|(a, e)| format!("{} ({})", clean(a), clean(e)))
+                .map(|(a, e)| format!("{} ({})", md(a), md(e)))
                 .collect::<Vec<_>>()
                 .join("; ")
         );
@@ -214,13 +260,7 @@ pub fn markdown(i: &Inputs<'_>) -> String {
         i.cluster
             .revisions
             .iter()
-            .map(|r| {
-                format!(
-                    "revision {} = {}",
-                    clean(&r.revision),
-                    clean(&r.replica_set)
-                )
-            })
+            .map(|r| format!("revision {} = {}", md(&r.revision), md(&r.replica_set)))
             .collect::<Vec<_>>()
             .join(", ")
     };
@@ -237,7 +277,7 @@ pub fn markdown(i: &Inputs<'_>) -> String {
         i.cluster.events.len()
     );
     for why in &i.cluster.unreadable {
-        let _ = writeln!(out, "- not readable: {}", clean(why));
+        let _ = writeln!(out, "- not readable: {}", md(why));
     }
     let _ = writeln!(
         out,
@@ -251,7 +291,7 @@ pub fn markdown(i: &Inputs<'_>) -> String {
             "  - [E{}] {} on node {}, {} occurrence(s) from {} to {}, attribution {}",
             n + 1,
             e.kind(),
-            clean(&e.node),
+            md(&e.node),
             e.count,
             rfc3339(e.first_seen),
             rfc3339(e.last_seen),
@@ -260,16 +300,17 @@ pub fn markdown(i: &Inputs<'_>) -> String {
     }
 
     let _ = writeln!(out, "\n## Findings (ranked)\n");
+    let (raw_ns, raw_pod) = (clean(i.namespace), clean(i.pod));
     let workload_ref = i
         .cluster
         .workload
         .as_deref()
         .and_then(|w| w.split_once(' '))
         .map_or_else(
-            || format!("pod/{pod}"),
+            || format!("pod/{raw_pod}"),
             |(kind, name)| {
                 let name = name.rsplit('/').next().unwrap_or(name);
-                format!("{}/{}", kind.to_lowercase(), clean(name))
+                format!("{}/{}", kind.to_lowercase(), name)
             },
         );
     let _ = writeln!(out, "Read-only checks first:");
@@ -277,13 +318,16 @@ pub fn markdown(i: &Inputs<'_>) -> String {
         if check.contains("{workload}") && i.cluster.revisions.is_empty() {
             continue;
         }
+        // In a code span, where backslashes are literal: the fence outgrows any backtick run.
         let _ = writeln!(
             out,
-            "- `{}`",
-            check
-                .replace("{pod}", &pod)
-                .replace("{ns}", &ns)
-                .replace("{workload}", &workload_ref)
+            "- {}",
+            code(
+                &check
+                    .replace("{pod}", &raw_pod)
+                    .replace("{ns}", &raw_ns)
+                    .replace("{workload}", &workload_ref)
+            )
         );
     }
     let _ = writeln!(out);
@@ -296,16 +340,16 @@ pub fn markdown(i: &Inputs<'_>) -> String {
             "{}. **[{}]** {} (evidence: E{})\n   - Next step: {}",
             rank + 1,
             f.layer,
-            clean(&f.summary),
+            md(&f.summary),
             index + 1,
-            safe_next_step(&f.next_step)
+            md(&safe_next_step(&f.next_step))
         );
     }
 
     let _ = writeln!(out, "\n## Root cause hypothesis\n");
     match i.findings.first() {
         Some((index, f)) => {
-            let _ = writeln!(out, "- {} (E{})", clean(&f.summary), index + 1);
+            let _ = writeln!(out, "- {} (E{})", md(&f.summary), index + 1);
         }
         None => {
             let _ = writeln!(out, "- <hypothesis>");

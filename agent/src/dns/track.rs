@@ -172,6 +172,8 @@ pub struct Tracker {
     nx_known: HashMap<u64, Vec<RepeatKey>>,
     /// Changes for the kernel not yet taken ([`Tracker::take_repeat_changes`]).
     changes: Vec<RepeatChange>,
+    /// Queries that entered the in-flight table since start (resends not counted again).
+    tracked: u64,
     counters: Arc<Counters>,
 }
 
@@ -191,6 +193,7 @@ impl Tracker {
             known: HashMap::new(),
             nx_known: HashMap::new(),
             changes: Vec::new(),
+            tracked: 0,
             counters,
         }
     }
@@ -213,6 +216,13 @@ impl Tracker {
     /// Queries in flight.
     pub fn in_flight(&self) -> usize {
         self.inflight.len()
+    }
+
+    /// Queries that entered the in-flight table since start (a resend is the same query).
+    /// Each ends once: answered (a lookup in the tallies, or a `truncated_retry` finding),
+    /// timed out (a lookup in the tallies), or evicted ([`Loss::DnsInflightEvicted`]).
+    pub fn queries_tracked(&self) -> u64 {
+        self.tracked
     }
 
     /// Takes in one packet; returns findings decided by it. `is_dns_port` tells which end is
@@ -300,6 +310,7 @@ impl Tracker {
         self.compact(key.cgroup);
         self.by_client.insert((key.client, key.id), key.clone());
         let question = (c.protocol == Protocol::Udp).then(|| question_hash(c));
+        self.tracked += 1;
         self.inflight.insert(
             key,
             InFlight {

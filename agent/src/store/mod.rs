@@ -12,7 +12,7 @@
 //!
 //! [`task`] runs the store as a single owner task reached through a [`StoreHandle`].
 
-#[cfg(feature = "node-agent")]
+#[cfg(feature = "disk-store")]
 pub mod persist;
 mod task;
 
@@ -247,8 +247,9 @@ pub struct PersistState {
     pub commits: u64,
     /// The last commit's error, cleared by the next successful one.
     pub error: Option<String>,
-    /// Changes not yet committed: waiting for the writer or being written (a busy or failing
-    /// disk makes this grow). 0 means everything the store held when it was read is on disk.
+    /// Records whose newest change is not committed yet: waiting for the writer or being
+    /// written (a busy or failing disk makes this grow, up to the backlog's bound). 0 means
+    /// everything the store held when it was read is on disk.
     pub pending: u64,
 }
 
@@ -256,20 +257,15 @@ pub struct PersistState {
 #[derive(Debug, Default)]
 pub struct PersistHealth {
     state: std::sync::Mutex<PersistState>,
-    /// Changes the store has not handed to the writer yet.
+    /// Records in the backlog: their newest change is not committed yet.
     pub(crate) queued: std::sync::atomic::AtomicU64,
-    /// Changes handed to the writer and not committed yet.
-    pub(crate) in_writer: std::sync::atomic::AtomicU64,
 }
 
 impl PersistHealth {
     pub fn get(&self) -> PersistState {
         use std::sync::atomic::Ordering::SeqCst;
         let mut s = self.state.lock().map(|s| s.clone()).unwrap_or_default();
-        // Queued first: a change moves from queued to in_writer (added there before it leaves
-        // queued), so a change is counted at least once, never missed.
-        let queued = self.queued.load(SeqCst);
-        s.pending = queued + self.in_writer.load(SeqCst);
+        s.pending = self.queued.load(SeqCst);
         s
     }
 

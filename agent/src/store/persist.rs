@@ -3,13 +3,21 @@
 //! read back at startup.
 //!
 //! - The store tells the [`PersistBackend`] of every change (`upsert`/`remove` by the record's
-//!   lasting id); changes wait in a map keyed by id, so a record updated a thousand times in a
-//!   batch interval is written once. Every [`super::BATCH_INTERVAL`] the map goes to the writer
-//!   thread, which commits it as one transaction. A commit is the acknowledgement: `kill -9`
-//!   (or a node crash) loses at most what changed since the last commit.
-//! - When the writer is still busy, changes keep accumulating and go with the next batch; when
-//!   a commit fails (disk full, I/O error) the batch is kept and retried with the next one, and
-//!   [`PersistHealth`] says so (Status, `/readyz`, the metrics).
+//!   lasting id); changes wait keyed by id, so a record updated a thousand times in a batch
+//!   interval is written once. Every [`super::BATCH_INTERVAL`] the store wakes the writer
+//!   thread, which commits what waits as one transaction. A commit is the acknowledgement:
+//!   `kill -9` (or a node crash) loses at most what changed since the last commit.
+//! - Changes wait in one bounded backlog shared with the writer: the newest state of each
+//!   record (a later upsert replaces an earlier one, a removal replaces pending upserts), at
+//!   most [`PersistConfig::max_pending`] records. A record leaves it only when a commit holding
+//!   its newest state succeeded, so `pending` is exactly what the disk lacks.
+//! - When a commit fails (disk full, I/O error), the writer retries with backoff
+//!   ([`RETRY_FIRST`] doubling to [`RETRY_MAX`]), each time with the newest state of every
+//!   record; [`PersistHealth`] says so (Status, `/readyz`, the metrics). While the disk keeps
+//!   failing, changes of new records still arrive: past the bound the least recently changed
+//!   record is given up (counted as `store_backlog_full`, in records), so a failing disk
+//!   costs bounded memory, never an OOM kill. When the disk recovers, the newest state of every
+//!   record kept is written.
 //! - The file is bounded: it holds the store's records (bounded by count and age), and when its
 //!   used pages exceed `max_bytes` the store evicts its oldest records fairly (counted as
 //!   `store_evicted`) until it fits.
@@ -21,12 +29,12 @@
 
 use std::sync::atomic::Ordering::SeqCst;
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     fs::File,
     os::fd::AsRawFd as _,
     path::{Path, PathBuf},
-    sync::{Arc, mpsc},
-    time::{Duration, SystemTime},
+    sync::{Arc, Condvar, Mutex, mpsc},
+    time::{Duration, Instant, SystemTime},
 };
 
 use prost::Message as _;
@@ -45,12 +53,26 @@ use crate::{
 const APPLICATION_ID: i32 = 0x5452_4941;
 /// `PRAGMA user_version`: the schema. A file with a newer one is moved aside, not misread.
 const SCHEMA_VERSION: i32 = 1;
+/// The one table: a record's lasting id and its protobuf encoding.
+const SCHEMA: &str = "CREATE TABLE evidence (id INTEGER PRIMARY KEY, record BLOB NOT NULL);";
 /// Default bound of the file's used size.
 pub const DEFAULT_MAX_BYTES: u64 = 256 * 1024 * 1024;
 /// When over budget, shrink to this share of it (so one eviction round does not repeat at once).
 const SHRINK_TO: f64 = 0.9;
 /// How long shutdown waits for the last commit.
 const CLOSE_DEADLINE: Duration = Duration::from_secs(10);
+/// Default bound of the backlog: distinct records whose newest change waits for the disk.
+/// Each holds a copy of its record (about 700 bytes), and the writer's attempt may hold as many
+/// again, so a disk that fails for hours costs at most ~25 MiB. A healthy disk empties the
+/// backlog every [`super::BATCH_INTERVAL`]: reaching the bound takes more distinct records
+/// changed within a second than a store of the default capacity churns.
+pub const DEFAULT_MAX_PENDING: usize = 16_384;
+/// First wait before a failed commit is tried again; doubles on every failure up to
+/// [`RETRY_MAX`], back to this after a success.
+pub const RETRY_FIRST: Duration = Duration::from_millis(500);
+/// Longest wait between two attempts at a failing disk (it is written within this of
+/// recovering).
+pub const RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// Where and how big.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -58,6 +80,8 @@ pub struct PersistConfig {
     pub path: PathBuf,
     /// Most bytes the records may use in the file.
     pub max_bytes: u64,
+    /// Most distinct records whose change waits for the disk ([`DEFAULT_MAX_PENDING`]).
+    pub max_pending: usize,
 }
 
 /// Why the persistent store could not start (the agent then runs without it and says so).
@@ -97,49 +121,153 @@ pub struct Opened {
     pub health: Arc<PersistHealth>,
 }
 
+#[derive(Clone)]
 enum Change {
-    Upsert(Box<Evidence>),
+    Upsert(Arc<Evidence>),
     Remove,
 }
 
-/// The store's side: collects changes and hands them to the writer thread.
+/// The changes the disk lacks: the newest of each record, at most `max` records.
+struct Backlog {
+    /// id -> (order of its latest change, the change).
+    changes: HashMap<u64, (u64, Change)>,
+    /// Order of latest change -> id: the least recently changed first, given up first.
+    order: BTreeMap<u64, u64>,
+    next: u64,
+    max: usize,
+    /// What the writer's current attempt holds: id -> order of the change it writes.
+    in_flight: HashMap<u64, u64>,
+    /// Records given up while the attempt writing their newest state runs: lost only if it
+    /// fails.
+    doubtful: u64,
+    /// The store handed its changes over since the writer last took them.
+    flushed: bool,
+    /// The store is done: one last attempt, then the writer ends.
+    closed: bool,
+}
+
+impl Backlog {
+    fn new(max: usize) -> Backlog {
+        Backlog {
+            changes: HashMap::new(),
+            order: BTreeMap::new(),
+            next: 0,
+            max: max.max(1),
+            in_flight: HashMap::new(),
+            doubtful: 0,
+            flushed: false,
+            closed: false,
+        }
+    }
+
+    /// Records `change` as the newest of `id`; returns how many records were given up for
+    /// room (0 or 1).
+    fn put(&mut self, id: u64, change: Change) -> u64 {
+        self.next += 1;
+        let seq = self.next;
+        let mut given_up = 0;
+        if let Some((old, _)) = self.changes.remove(&id) {
+            self.order.remove(&old);
+        } else if self.changes.len() >= self.max
+            && let Some((oldest, victim)) = self.order.pop_first()
+        {
+            self.changes.remove(&victim);
+            if self.in_flight.get(&victim) == Some(&oldest) {
+                // Its newest state is being written: lost only if that attempt fails.
+                self.doubtful += 1;
+            } else {
+                given_up = 1;
+            }
+        }
+        self.changes.insert(id, (seq, change));
+        self.order.insert(seq, id);
+        given_up
+    }
+
+    /// What an attempt writes: the newest change of every record, noted as in flight.
+    fn take_attempt(&mut self) -> Vec<(u64, Change)> {
+        self.in_flight = self
+            .changes
+            .iter()
+            .map(|(id, (seq, _))| (*id, *seq))
+            .collect();
+        self.changes
+            .iter()
+            .map(|(id, (_, change))| (*id, change.clone()))
+            .collect()
+    }
+
+    /// After an attempt: when committed, the records it wrote that did not change since leave
+    /// the backlog. Returns the records lost (given up while in flight, and the attempt
+    /// failed).
+    fn attempt_done(&mut self, committed: bool) -> u64 {
+        let in_flight = std::mem::take(&mut self.in_flight);
+        let doubtful = std::mem::take(&mut self.doubtful);
+        if !committed {
+            return doubtful;
+        }
+        for (id, seq) in in_flight {
+            if self.changes.get(&id).is_some_and(|(s, _)| *s == seq) {
+                self.changes.remove(&id);
+                self.order.remove(&seq);
+            }
+        }
+        0
+    }
+}
+
+/// The backlog and the writer's wake-up, shared by the store's side and the writer thread.
+struct Shared {
+    backlog: Mutex<Backlog>,
+    wake: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Backlog> {
+        // A panic elsewhere while holding the lock leaves a consistent backlog (every update
+        // is a few map operations): keep going with it.
+        self.backlog
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// The store's side: puts changes in the backlog and wakes the writer thread.
 pub struct PersistBackend {
-    pending: HashMap<u64, Change>,
-    batches: Option<mpsc::SyncSender<HashMap<u64, Change>>>,
+    shared: Arc<Shared>,
     writer: Option<std::thread::JoinHandle<()>>,
     health: Arc<PersistHealth>,
+    counters: Arc<Counters>,
     max_bytes: u64,
+}
+
+impl PersistBackend {
+    fn put(&mut self, id: u64, change: Change) {
+        let (given_up, len) = {
+            let mut b = self.shared.lock();
+            let given_up = b.put(id, change);
+            (given_up, b.changes.len())
+        };
+        self.counters.add(Loss::StoreBacklogFull, given_up);
+        self.health.queued.store(len as u64, SeqCst);
+    }
 }
 
 impl Backend for PersistBackend {
     fn upsert(&mut self, id: u64, e: &Evidence) {
-        self.pending.insert(id, Change::Upsert(Box::new(e.clone())));
-        self.health.queued.store(self.pending.len() as u64, SeqCst);
+        self.put(id, Change::Upsert(Arc::new(e.clone())));
     }
 
     fn remove(&mut self, id: u64, _: &Evidence) {
-        self.pending.insert(id, Change::Remove);
-        self.health.queued.store(self.pending.len() as u64, SeqCst);
+        self.put(id, Change::Remove);
     }
 
     fn flush(&mut self) {
-        if !self.pending.is_empty()
-            && let Some(tx) = &self.batches
-        {
-            let batch = std::mem::take(&mut self.pending);
-            let n = batch.len() as u64;
-            // Counted as in the writer before it leaves the queue (see PersistHealth::get).
-            self.health.in_writer.fetch_add(n, SeqCst);
-            match tx.try_send(batch) {
-                Ok(()) => {}
-                // The writer is still on the previous batch: these go with the next one.
-                Err(mpsc::TrySendError::Full(batch) | mpsc::TrySendError::Disconnected(batch)) => {
-                    self.pending = batch;
-                    self.health.in_writer.fetch_sub(n, SeqCst);
-                }
-            }
+        let mut b = self.shared.lock();
+        if !b.changes.is_empty() {
+            b.flushed = true;
+            self.shared.wake.notify_one();
         }
-        self.health.queued.store(self.pending.len() as u64, SeqCst);
     }
 
     fn shrink(&mut self, records: usize) -> usize {
@@ -155,14 +283,11 @@ impl Backend for PersistBackend {
     }
 
     fn close(mut self: Box<Self>) {
-        self.flush();
-        if !self.pending.is_empty()
-            && let Some(tx) = &self.batches
         {
-            let batch = std::mem::take(&mut self.pending);
-            let _ = tx.send(batch);
+            let mut b = self.shared.lock();
+            b.closed = true;
+            self.shared.wake.notify_one();
         }
-        drop(self.batches.take());
         if let Some(writer) = self.writer.take() {
             let (done_tx, done_rx) = mpsc::channel();
             std::thread::spawn(move || {
@@ -217,12 +342,17 @@ pub fn open(config: &PersistConfig, counters: Arc<Counters>) -> Result<Opened, P
         s.max_bytes = config.max_bytes;
         s.used_bytes = used_bytes(&conn).unwrap_or(0);
     });
-    let (tx, rx) = mpsc::sync_channel(1);
+    let shared = Arc::new(Shared {
+        backlog: Mutex::new(Backlog::new(config.max_pending)),
+        wake: Condvar::new(),
+    });
     let writer = {
         let health = health.clone();
+        let shared = shared.clone();
+        let counters = counters.clone();
         std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || write_batches(conn, rx, &health, lock))
+            .spawn(move || write_batches(conn, &shared, &health, &counters, lock))
             .map_err(|source| PersistError::Io {
                 path: path.clone(),
                 source,
@@ -230,10 +360,10 @@ pub fn open(config: &PersistConfig, counters: Arc<Counters>) -> Result<Opened, P
     };
     Ok(Opened {
         backend: PersistBackend {
-            pending: HashMap::new(),
-            batches: Some(tx),
+            shared,
             writer: Some(writer),
             health: health.clone(),
+            counters,
             max_bytes: config.max_bytes,
         },
         records,
@@ -289,11 +419,7 @@ fn open_ours(path: &Path) -> Result<Connection, String> {
         let tables: i64 = conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))?;
         if app == 0 && version == 0 && tables == 0 {
             conn.pragma_update(None, "journal_mode", "WAL")?;
-            conn.execute_batch(
-                "BEGIN;
-                 CREATE TABLE evidence (id INTEGER PRIMARY KEY, record BLOB NOT NULL);
-                 COMMIT;",
-            )?;
+            conn.execute_batch(&format!("BEGIN; {SCHEMA} COMMIT;"))?;
             conn.pragma_update(None, "application_id", APPLICATION_ID)?;
             conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
             return Ok(Ok(()));
@@ -400,6 +526,45 @@ fn read_back(
     Ok(records)
 }
 
+/// How a row holds its record in [`read_back_rows`]: SQLite keeps any type in any column, so
+/// a damaged or foreign file can have text or a number where a blob belongs.
+#[doc(hidden)]
+#[derive(Clone, Debug)]
+pub enum StoredValue {
+    Blob(Vec<u8>),
+    Text(String),
+    Integer(i64),
+    Null,
+}
+
+/// Rows as a store file could hold them, read back as at startup, repairs included (in an
+/// in-memory database with the store's schema): the fuzz target's way into [`read_back`].
+/// Returns the records read and the rows left in the table after the repair.
+#[doc(hidden)]
+pub fn read_back_rows(
+    rows: &[(i64, StoredValue)],
+    counters: &Counters,
+) -> rusqlite::Result<(Vec<(u64, Evidence)>, u64)> {
+    let conn = Connection::open_in_memory()?;
+    // Without NOT NULL, so a null record can be stored, as a damaged file could hold it.
+    conn.execute_batch(&SCHEMA.replace(" NOT NULL", ""))?;
+    {
+        let mut insert =
+            conn.prepare("INSERT OR REPLACE INTO evidence (id, record) VALUES (?1, ?2)")?;
+        for (id, value) in rows {
+            match value {
+                StoredValue::Blob(b) => insert.execute(params![id, b])?,
+                StoredValue::Text(t) => insert.execute(params![id, t])?,
+                StoredValue::Integer(n) => insert.execute(params![id, n])?,
+                StoredValue::Null => insert.execute(params![id, rusqlite::types::Null])?,
+            };
+        }
+    }
+    let records = read_back(&conn, counters, true)?;
+    let left: i64 = conn.query_row("SELECT count(*) FROM evidence", [], |r| r.get(0))?;
+    Ok((records, u64::try_from(left).unwrap_or(0)))
+}
+
 /// Bytes in pages holding data (the file may be larger: freed pages are reused, not returned).
 fn used_bytes(conn: &Connection) -> rusqlite::Result<u64> {
     let pages: i64 = conn.pragma_query_value(None, "page_count", |r| r.get(0))?;
@@ -408,26 +573,59 @@ fn used_bytes(conn: &Connection) -> rusqlite::Result<u64> {
     Ok((pages.saturating_sub(free).max(0) as u64).saturating_mul(size.max(0) as u64))
 }
 
-/// The writer thread: one transaction per batch; a failed batch is retried with the next.
+/// The writer thread: one transaction per attempt, holding the newest state of every record
+/// in the backlog; after a failure, the next attempt waits [`RETRY_FIRST`], doubling up to
+/// [`RETRY_MAX`].
 fn write_batches(
     conn: Connection,
-    batches: mpsc::Receiver<HashMap<u64, Change>>,
+    shared: &Shared,
     health: &PersistHealth,
+    counters: &Counters,
     _lock: File,
 ) {
-    let mut carried: HashMap<u64, Change> = HashMap::new();
-    // Changes received since the last commit (as counted into `in_writer`).
-    let mut received = 0u64;
-    while let Ok(batch) = batches.recv() {
-        received += batch.len() as u64;
-        if carried.is_empty() {
-            carried = batch;
-        } else {
-            carried.extend(batch);
+    // When the last attempt failed: when to try again, and the wait after that.
+    let mut retry: Option<(Instant, Duration)> = None;
+    loop {
+        let (attempt, closing) = {
+            let mut b = shared.lock();
+            loop {
+                if b.closed {
+                    break;
+                }
+                let now = Instant::now();
+                match retry {
+                    // A failed attempt is retried when due, without waiting for a flush.
+                    Some((at, _)) if now >= at => break,
+                    Some((at, _)) => {
+                        b = shared
+                            .wake
+                            .wait_timeout(b, at - now)
+                            .map_or_else(|e| e.into_inner().0, |(b, _)| b);
+                    }
+                    None if b.flushed => break,
+                    None => {
+                        b = shared
+                            .wake
+                            .wait(b)
+                            .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    }
+                }
+            }
+            b.flushed = false;
+            (b.take_attempt(), b.closed)
+        };
+        if attempt.is_empty() {
+            shared.lock().attempt_done(true);
+            retry = None;
+            if closing {
+                break;
+            }
+            continue;
         }
-        match commit(&conn, &carried) {
+        let result = commit(&conn, &attempt);
+        drop(attempt);
+        match &result {
             Ok(()) => {
-                carried.clear();
                 let used = used_bytes(&conn).unwrap_or(0);
                 health.update(|s| {
                     s.last_commit = Some(SystemTime::now());
@@ -435,34 +633,44 @@ fn write_batches(
                     s.used_bytes = used;
                     s.error = None;
                 });
-                // After the commit is on record: 0 pending always comes with its commit.
-                health.in_writer.fetch_sub(received, SeqCst);
-                received = 0;
+                retry = None;
             }
             Err(e) => {
-                let error = format!("writing a batch of {} changes: {e}", carried.len());
+                let error = format!(
+                    "writing {} changed records: {e}",
+                    shared.lock().changes.len()
+                );
+                let wait = retry.map_or(RETRY_FIRST, |(_, wait)| (wait * 2).min(RETRY_MAX));
                 if health.get().error.is_none() {
-                    tracing::error!("evidence store: {error}; retrying with the next batch");
+                    tracing::error!("evidence store: {error}; retrying with backoff");
                 }
                 health.update(|s| s.error = Some(error));
+                retry = Some((Instant::now() + wait, wait));
             }
         }
-    }
-    // Shutdown: the store sent its last batch; one more try for anything carried.
-    if !carried.is_empty()
-        && let Err(e) = commit(&conn, &carried)
-    {
-        tracing::error!(
-            "evidence store: {} changes not written at shutdown: {e}",
-            carried.len()
-        );
+        // After the commit is on record: 0 pending always comes with its commit.
+        let (lost, left) = {
+            let mut b = shared.lock();
+            let lost = b.attempt_done(result.is_ok());
+            (lost, b.changes.len())
+        };
+        counters.add(Loss::StoreBacklogFull, lost);
+        health.queued.store(left as u64, SeqCst);
+        if closing {
+            if left > 0 {
+                // Shutdown with the disk still failing: what is left is given up.
+                tracing::error!("evidence store: {left} changed records not written at shutdown");
+                counters.add(Loss::StoreBacklogFull, left as u64);
+            }
+            break;
+        }
     }
     if let Err((_, e)) = conn.close() {
         tracing::warn!("closing the evidence store: {e}");
     }
 }
 
-fn commit(conn: &Connection, changes: &HashMap<u64, Change>) -> rusqlite::Result<()> {
+fn commit(conn: &Connection, changes: &[(u64, Change)]) -> rusqlite::Result<()> {
     let tx = conn.unchecked_transaction()?;
     {
         let mut upsert = tx.prepare_cached(

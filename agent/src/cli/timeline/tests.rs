@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 use super::*;
 use crate::{
     diagnose::diagnose_cited,
-    evidence::fixtures::{oom_killed, refused},
+    evidence::fixtures::{dropped, oom_killed, refused},
 };
 
 fn t(s: u64) -> SystemTime {
@@ -150,5 +150,81 @@ fn an_empty_window_still_has_the_template() {
         "**Incomplete:** 1 agent(s)",
     ] {
         assert!(text.contains(heading), "{heading} in {text}");
+    }
+}
+
+/// Where a line's structure is decided: its heading marks, list marker or number, indent.
+fn shape(line: &str) -> String {
+    let indent = line.len() - line.trim_start().len();
+    let rest = line.trim_start();
+    let marker: String = rest
+        .chars()
+        .take_while(|c| matches!(c, '#' | '-' | '*' | '+' | '>' | '|') || c.is_ascii_digit())
+        .collect();
+    format!("{indent}:{marker}")
+}
+
+/// The timeline of pod `pod` in `ns`, every cell from the cluster, the agents and the kernel
+/// set to `name`.
+fn rendered(ns: &str, pod: &str, name: &str) -> String {
+    let evidence = vec![
+        refused().pod(ns, pod).node(name).count(3).evidence(),
+        oom_killed()
+            .pod(ns, pod)
+            .node(name)
+            .process(7, name)
+            .evidence(),
+        dropped().pod(ns, pod).node(name).reason(name).evidence(),
+    ];
+    let findings = diagnose_cited(&evidence);
+    let view = ClusterView {
+        workload: Some(format!("Deployment {ns}/{name}")),
+        revisions: vec![Revision {
+            revision: name.into(),
+            replica_set: name.into(),
+            created: Some(t(10)),
+            images: vec![name.into()],
+        }],
+        events: vec![(t(20), "Warning".into(), name.into(), name.into(), 2)],
+        unreadable: vec![name.into()],
+    };
+    markdown(&Inputs {
+        namespace: ns,
+        pod,
+        since: t(0),
+        evidence: &evidence,
+        findings: &findings,
+        nodes: &[name.to_owned()],
+        unanswered: &[(name.to_owned(), name.to_owned())],
+        cluster: &view,
+    })
+}
+
+#[test]
+fn hostile_names_stay_literal_text_and_keep_the_documents_shape() {
+    let hostile = "a|b*c_d`e<img src=x>[l](javascript:x)!~~s~~&amp;#\\\n- item\n# heading\r|";
+    // The name as a reader must see it: control characters spelled out, every character
+    // Markdown could read as markup backslash-escaped.
+    let escaped = r"a\|b\*c\_d\`e\<img src=x\>\[l\](javascript:x)\!\~\~s\~\~\&amp;\#\\\\u{a}- item\\u{a}\# heading\\u{d}\|";
+    // In a code span, where backslashes are literal, only control characters are spelled out.
+    let in_code =
+        r"a|b*c_d`e<img src=x>[l](javascript:x)!~~s~~&amp;#\\u{a}- item\u{a}# heading\u{d}|";
+    let plain = rendered("plain", "plain", "plain");
+    let text = rendered(hostile, hostile, hostile);
+    let shapes = |t: &str| t.lines().map(shape).collect::<Vec<_>>();
+    assert_eq!(
+        shapes(&text),
+        shapes(&plain),
+        "a name changed the document's structure:\n{text}"
+    );
+    // Everything else is the same document: every occurrence of the name is escaped as a
+    // whole, and the code spans' fence outgrows the backtick in the name.
+    for (line, plain_line) in text.lines().zip(plain.lines()) {
+        let back = if line.starts_with("- `") {
+            line.replace(in_code, "plain").replace("``", "`")
+        } else {
+            line.replace(escaped, "plain")
+        };
+        assert_eq!(back, plain_line, "{line:?}");
     }
 }

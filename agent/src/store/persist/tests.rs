@@ -17,6 +17,7 @@ fn config(dir: &tempfile::TempDir) -> PersistConfig {
     PersistConfig {
         path: dir.path().join("state").join("evidence.db"),
         max_bytes: DEFAULT_MAX_BYTES,
+        max_pending: DEFAULT_MAX_PENDING,
     }
 }
 
@@ -254,8 +255,8 @@ fn over_the_size_budget_the_store_evicts_until_it_fits() {
     }
     // The first flush writes everything and measures; the next acts on the measure.
     store.flush_backend();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while health.get().commits == 0 && std::time::Instant::now() < deadline {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while health.get().commits == 0 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
     assert!(health.get().used_bytes > cfg.max_bytes);
@@ -282,6 +283,7 @@ fn a_directory_that_cannot_be_created_is_a_clear_error() {
     let cfg = PersistConfig {
         path: file.join("evidence.db"),
         max_bytes: DEFAULT_MAX_BYTES,
+        max_pending: DEFAULT_MAX_PENDING,
     };
     let Err(err) = open(&cfg, Arc::default()) else {
         panic!("opened under a plain file")
@@ -303,7 +305,7 @@ fn pending_counts_every_change_until_it_is_committed() {
     assert_eq!(health.get().pending, 2);
     store.flush_backend();
     // Handed to the writer: pending until the writer has committed them.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let s = health.get();
         if s.pending == 0 {
@@ -311,11 +313,49 @@ fn pending_counts_every_change_until_it_is_committed() {
             break;
         }
         assert_eq!(s.commits, 0, "{s:?}");
-        assert!(
-            std::time::Instant::now() < deadline,
-            "never committed: {s:?}"
-        );
+        assert!(Instant::now() < deadline, "never committed: {s:?}");
         std::thread::sleep(Duration::from_millis(5));
     }
     close(store);
+}
+
+#[test]
+fn the_backlog_keeps_the_newest_change_of_each_record_within_its_bound() {
+    let e = || Change::Upsert(Arc::new(refused().pod("ns", "a").evidence()));
+    let mut b = Backlog::new(3);
+    assert_eq!(b.put(1, e()), 0);
+    assert_eq!(b.put(1, e()), 0, "a later upsert replaces the pending one");
+    assert_eq!(b.put(2, e()), 0);
+    assert_eq!(
+        b.put(1, Change::Remove),
+        0,
+        "a removal replaces the upserts"
+    );
+    assert_eq!(b.changes.len(), 2);
+    assert_eq!(b.put(3, e()), 0);
+    // Full: the least recently changed record (2) is given up for the new one.
+    assert_eq!(b.put(4, e()), 1);
+    let mut ids: Vec<_> = b.changes.keys().copied().collect();
+    ids.sort_unstable();
+    assert_eq!(ids, [1, 3, 4]);
+    assert!(matches!(b.changes.get(&1), Some((_, Change::Remove))));
+
+    // Given up while its newest state is being written: lost only if that attempt fails.
+    assert_eq!(b.take_attempt().len(), 3);
+    assert_eq!(b.put(5, e()), 0, "1 is in flight: not counted yet");
+    assert_eq!(b.attempt_done(false), 1, "the attempt failed: 1 is lost");
+    assert_eq!(b.changes.len(), 3);
+    assert_eq!(b.take_attempt().len(), 3);
+    assert_eq!(b.put(6, e()), 0);
+    assert_eq!(b.put(4, e()), 0, "changed again while in flight");
+    assert_eq!(
+        b.attempt_done(true),
+        0,
+        "3 was written before it was given up"
+    );
+    // Committed records leave; 4 changed since its attempt and stays, as does the new 6.
+    let mut ids: Vec<_> = b.changes.keys().copied().collect();
+    ids.sort_unstable();
+    assert_eq!(ids, [4, 6]);
+    assert_eq!(b.order.len(), 2);
 }
