@@ -43,11 +43,6 @@ impl Supervisor {
     }
 }
 
-/// A producer's error that only says its consumer is gone.
-pub trait ConsumerGone {
-    fn consumer_gone(&self) -> bool;
-}
-
 impl Supervisor {
     /// Runs a producer: its consumer (attribution) stops after it at shutdown, but one that
     /// outlives the drain finds the consumer gone; after shutdown began that is its end, not a
@@ -55,7 +50,7 @@ impl Supervisor {
     pub fn spawn_producer<F, E>(&self, name: &'static str, task: F)
     where
         F: Future<Output = Result<(), E>> + Send + 'static,
-        E: std::fmt::Display + ConsumerGone + Send + 'static,
+        E: std::fmt::Display + crate::event::ConsumerGone + Send + 'static,
     {
         let cancel = self.cancel.clone();
         self.spawn(name, async move {

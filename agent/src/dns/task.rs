@@ -144,7 +144,7 @@ fn counted(counters: &Counters, received: usize) {
     counters.add_dns_records(received as u64);
 }
 
-impl crate::supervisor::ConsumerGone for DnsError {
+impl crate::event::ConsumerGone for DnsError {
     fn consumer_gone(&self) -> bool {
         matches!(self, DnsError::AttributionGone(_))
     }

@@ -69,3 +69,9 @@ pub struct TimedEvent {
     pub first_at: SystemTime,
     pub event: RawEvent,
 }
+
+/// A producer's error that only says its consumer (attribution) is gone: at shutdown, once
+/// attribution has drained, that is how a producer ends, not a failure.
+pub trait ConsumerGone {
+    fn consumer_gone(&self) -> bool;
+}

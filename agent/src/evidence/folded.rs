@@ -196,16 +196,20 @@ impl Folded {
             port(f.port_min, "folded.port_min")?,
             port(f.port_max, "folded.port_max")?,
         );
-        if senders.is_empty() || ports.is_empty() {
+        let (Some(lowest), Some(highest), false) = (
+            ports.first().copied(),
+            ports.last().copied(),
+            senders.is_empty(),
+        ) else {
             return Err(ConvertError::Missing {
                 field: "folded.senders",
             });
-        }
+        };
         Ok(Folded {
             senders,
             other_senders_count,
-            port_min: port_min.min(ports[0]),
-            port_max: port_max.max(ports[ports.len() - 1]),
+            port_min: port_min.min(lowest),
+            port_max: port_max.max(highest),
             ports,
             ports_more,
         })

@@ -495,14 +495,14 @@ impl Evidence {
         }
     }
 
-    /// A new folded record of one occurrence (see [`folded`]); `None` for kinds that do not
-    /// fold.
-    pub fn first_folded(node: Arc<str>, o: Occurrence) -> Option<Evidence> {
-        let (sender, port) = o.detail.folding()?;
+    /// A new folded record of one occurrence (see [`folded`]); a plain one for kinds that do
+    /// not fold.
+    pub fn first_folded(node: Arc<str>, o: Occurrence) -> Evidence {
+        let folding = o.detail.folding();
         let count = o.count.max(1);
         let mut e = Evidence::first(node, o);
-        e.folded = Some(Box::new(Folded::new(sender, port, count)));
-        Some(e)
+        e.folded = folding.map(|(sender, port)| Box::new(Folded::new(sender, port, count)));
+        e
     }
 
     /// The table cells after pod and kind: (direction, src, dst, peer, detail). A folded

@@ -136,7 +136,7 @@ async fn drain_flows(
     Ok(())
 }
 
-impl crate::supervisor::ConsumerGone for ReaderError {
+impl crate::event::ConsumerGone for ReaderError {
     fn consumer_gone(&self) -> bool {
         matches!(self, ReaderError::AttributionGone(_))
     }

@@ -202,7 +202,7 @@ fn run(
     Ok(())
 }
 
-impl crate::supervisor::ConsumerGone for SamplerError {
+impl crate::event::ConsumerGone for SamplerError {
     fn consumer_gone(&self) -> bool {
         matches!(self, SamplerError::AttributionGone)
     }

@@ -464,7 +464,8 @@ impl Store {
             self.make_room(&key.owner, pod.as_deref().map(|p| p.namespace.as_str()));
             let node = self.node.clone();
             let evidence = match folded {
-                true => Evidence::first_folded(node, o).expect("an inbound occurrence folds"),
+                // Only inbound occurrences fold, and they all can.
+                true => Evidence::first_folded(node, o),
                 false => Evidence::first(node, o),
             };
             self.last_id += 1;
