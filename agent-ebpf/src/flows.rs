@@ -3,9 +3,11 @@
 //! current flow table, which the agent drains periodically. Userspace work scales with flows,
 //! not packets.
 //!
-//! Exact counting: the agent flips [`GENERATION`] before it drains a table and waits for
-//! programs still running on the old one, so no increment lands in a table being read. A full
-//! table is counted (`LOST_FLOW_TABLE`) and the occurrence still goes through the ring buffer.
+//! Exact counting: a program counts itself in flight in the generation it writes
+//! ([`enter_generation`]); the agent flips [`GENERATION`] and drains the old generation's table
+//! only once no program is in flight there, so no increment lands in a table being read, however
+//! long a program is preempted. A full table is counted (`LOST_FLOW_TABLE`) and the occurrence
+//! still goes through the ring buffer.
 //!
 //! A flood repeats one flow on one CPU, so each CPU keeps, per generation and recording
 //! program ([`site`]), the flow it counted last ([`FLOW_REPEATS`]): a repeat of it is a plain increment there, without
@@ -57,6 +59,37 @@ fn table_of(generation: u32) -> &'static HashMap<FlowKey, FlowStats> {
     if generation == 1 { &FLOWS1 } else { &FLOWS0 }
 }
 
+/// Enters the current generation: counted in flight there (`GENERATION[1 + g]`) until
+/// [`leave_generation`]. The agent flips the generation before it reads that count, so a program
+/// that counted itself in after the agent's read sees the flip when it reads the generation
+/// again, and moves to the new one. `None` (the occurrence counted lost) only if the generation
+/// flipped between each of three reads, which a program preempted across three drains could see.
+#[inline(always)]
+fn enter_generation() -> Option<u32> {
+    for _ in 0..3 {
+        let g = generation();
+        let in_flight = GENERATION.get_ptr_mut(1 + g)?;
+        // SAFETY: a map value valid while the program runs; shared between CPUs, hence atomic.
+        unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::SeqCst }>(in_flight, 1) };
+        if generation() == g {
+            return Some(g);
+        }
+        // SAFETY: as above; adding u32::MAX subtracts one.
+        unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::SeqCst }>(in_flight, u32::MAX) };
+    }
+    count_loss(LOST_FLOW_TABLE);
+    None
+}
+
+/// Leaves generation `g` (see [`enter_generation`]).
+#[inline(always)]
+fn leave_generation(g: u32) {
+    if let Some(in_flight) = GENERATION.get_ptr_mut(1 + g) {
+        // SAFETY: as in [`enter_generation`].
+        unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::SeqCst }>(in_flight, u32::MAX) };
+    }
+}
+
 /// Boot time of a repeat, to a jiffy: the precise clock is read once per jiffy per CPU and
 /// reused within it. It costs about 40 ns per call on a virtual machine's TSC, a fifth of the
 /// drop program's run, and a repeat's time needs no finer resolution (a flow's first
@@ -105,7 +138,15 @@ fn bump(stats: *mut FlowStats, now: u64, sport: u16, extra: u32) {
 /// occurrence knows (process, source port, kind-specific sum); times are filled in here.
 #[inline(always)]
 pub fn record(site: u32, key: &FlowKey, stats: FlowStats) {
-    let generation = generation();
+    let Some(generation) = enter_generation() else {
+        return;
+    };
+    record_in(generation, site, key, stats);
+    leave_generation(generation);
+}
+
+#[inline(always)]
+fn record_in(generation: u32, site: u32, key: &FlowKey, stats: FlowStats) {
     let table = table_of(generation);
     let slot = generation * FLOW_REPEAT_SLOTS + site % FLOW_REPEAT_SLOTS;
     let Some(repeat) = FLOW_REPEATS.get_ptr_mut(slot) else {

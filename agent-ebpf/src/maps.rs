@@ -64,9 +64,11 @@ pub static DNS_REPEATS0: HashMap<DnsRepeatKey, DnsRepeats> =
 pub static DNS_REPEATS1: HashMap<DnsRepeatKey, DnsRepeats> =
     HashMap::with_max_entries(DNS_REPEATS_ENTRIES, 0);
 
-/// Which answered table is current (`DNS_GENERATION_MAP`), written by the agent.
+/// Which answered and repeats tables are current (`DNS_GENERATION_MAP`, entry 0, written by the
+/// agent), and how many programs are writing each generation (entries 1 and 2, see
+/// dns/counters.rs): the agent drains a generation when its count is 0.
 #[map]
-pub static DNS_GENERATION: Array<u32> = Array::with_max_entries(1, 0);
+pub static DNS_GENERATION: Array<u32> = Array::with_max_entries(3, 0);
 
 /// When a cgroup's latest failed lookup was answered (kernel-internal): its good answers go to
 /// the agent for a while after, to end a search-path walk there. Direct-mapped by cgroup id
@@ -102,9 +104,11 @@ pub static FLOWS0: HashMap<FlowKey, FlowStats> = HashMap::with_max_entries(FLOWS
 #[map]
 pub static FLOWS1: HashMap<FlowKey, FlowStats> = HashMap::with_max_entries(FLOWS_ENTRIES, 0);
 
-/// Which flow table is current (`GENERATION_MAP`, one entry: 0 or 1), written by the agent.
+/// Which flow table is current (`GENERATION_MAP`, entry 0: 0 or 1, written by the agent), and
+/// how many programs are writing each generation (entries 1 and 2, see flows.rs): the agent
+/// drains a generation when its count is 0.
 #[map]
-pub static GENERATION: Array<u32> = Array::with_max_entries(1, 0);
+pub static GENERATION: Array<u32> = Array::with_max_entries(3, 0);
 
 /// Per CPU, generation and recording program: the flow counted last and its repeats not yet in the
 /// table (`FLOW_REPEATS_MAP`, see flows.rs).

@@ -7,7 +7,7 @@ use aya_ebpf::bindings::BPF_NOEXIST;
 use triage_agent_common::{DnsAnswered, LOST_DNS_ANSWERED, dns_answered_slot};
 
 use super::{
-    counters::{add_lookup, odd_generation},
+    counters::{add_lookup, enter_generation, leave_generation},
     packet::Packet,
 };
 use crate::maps::{
@@ -18,7 +18,15 @@ use crate::maps::{
 /// array when free or its own, else its entry in the current hash table.
 #[inline(always)]
 pub(super) fn count_answered(cgroup_id: u64, latency: u64, p: &Packet) {
-    let odd = odd_generation();
+    let Some(odd) = enter_generation(LOST_DNS_ANSWERED) else {
+        return;
+    };
+    count_answered_in(odd, cgroup_id, latency, p);
+    leave_generation(odd);
+}
+
+#[inline(always)]
+fn count_answered_in(odd: bool, cgroup_id: u64, latency: u64, p: &Packet) {
     let slots = if odd {
         &DNS_ANSWERED_SLOTS1
     } else {

@@ -7,7 +7,7 @@ use triage_agent_common::{
     dns_hash_step,
 };
 
-use super::counters::{add_lookup, odd_generation};
+use super::counters::{add_lookup, enter_generation, leave_generation};
 use crate::maps::{DNS_REPEATS0, DNS_REPEATS1, EEXIST, count_loss};
 
 /// [`triage_agent_common::dns_question_hash`] of a held query: its captured payload without the
@@ -51,18 +51,23 @@ pub(super) fn question_hash(held: &DnsHeld) -> u64 {
 }
 
 #[inline(always)]
-fn repeats_table() -> &'static HashMap<DnsRepeatKey, DnsRepeats> {
-    if odd_generation() {
-        &DNS_REPEATS1
-    } else {
-        &DNS_REPEATS0
-    }
+fn repeats_table(odd: bool) -> &'static HashMap<DnsRepeatKey, DnsRepeats> {
+    if odd { &DNS_REPEATS1 } else { &DNS_REPEATS0 }
 }
 
 /// One more repeat of a failure the agent has reported.
 #[inline(always)]
 pub(super) fn count_repeat(key: &DnsRepeatKey, latency: u64, now: u64) {
-    let table = repeats_table();
+    let Some(odd) = enter_generation(LOST_DNS_REPEATS) else {
+        return;
+    };
+    count_repeat_in(odd, key, latency, now);
+    leave_generation(odd);
+}
+
+#[inline(always)]
+fn count_repeat_in(odd: bool, key: &DnsRepeatKey, latency: u64, now: u64) {
+    let table = repeats_table(odd);
     if let Some(r) = table.get_ptr_mut(key) {
         add_repeat(r, latency, now);
         return;

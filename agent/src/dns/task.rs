@@ -95,7 +95,14 @@ pub async fn run(
                 maps.apply(tracker.take_repeat_changes());
             }
             _ = tally.tick() => {
-                let old = switch_generation(|| maps.flip()).await?;
+                let flipped = maps.flip();
+                // A unique borrow: the maps are not Sync, the future must stay Send.
+                let held = &mut maps;
+                let Some(old) = switch_generation(flipped, move |g| held.in_flight(g)).await?
+                else {
+                    // A program still writes the old tables: drained at a later switch.
+                    continue;
+                };
                 for a in maps.drain(old) {
                     counters.add_dns_kernel_lookups(a.lookups);
                     tracker.answered_in_kernel(a.cgroup_id, a.client_ip, a.lookups, a.latency_sum, a.latency_max);

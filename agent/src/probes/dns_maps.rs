@@ -146,6 +146,11 @@ impl DnsMaps {
         Ok(old as usize)
     }
 
+    /// How many programs are writing generation `index` (see agent-ebpf/src/dns/counters.rs).
+    pub fn in_flight(&self, index: usize) -> Result<u32, MapError> {
+        self.generation.get(&(1 + index as u32), 0)
+    }
+
     /// Applies the tracker's changes to the kernel's table of failures it counts. A change the
     /// kernel refuses (its table full) leaves that failure coming up one by one: nothing lost.
     pub fn apply(&mut self, changes: Vec<RepeatChange>) {

@@ -116,6 +116,11 @@ impl FlowTables {
         Ok(old as usize)
     }
 
+    /// How many programs are writing generation `index` (see agent-ebpf/src/flows.rs).
+    pub fn in_flight(&self, index: usize) -> Result<u32, aya::maps::MapError> {
+        self.generation.get(&(1 + index as u32), 0)
+    }
+
     /// Reads and empties a table no program counts into any more, with the repeats its
     /// generation's per-CPU slots hold.
     pub fn drain(&mut self, index: usize) -> Vec<(FlowKey, FlowStats)> {

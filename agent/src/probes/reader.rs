@@ -106,8 +106,12 @@ async fn drain_flows(
     clock: &BootClock,
     counters: &Counters,
 ) -> Result<(), ReaderError> {
-    let old = match switch_generation(|| flows.flip()).await {
-        Ok(old) => old,
+    let old = match switch_generation(flows.flip(), |g| flows.in_flight(g)).await {
+        Ok(Some(old)) => old,
+        Ok(None) => {
+            debug!("a program is still writing the old flow table; it is drained later");
+            return Ok(());
+        }
         Err(error) => {
             warn!(%error, "switching flow tables failed; repeats wait for the next drain");
             return Ok(());

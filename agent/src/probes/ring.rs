@@ -25,6 +25,9 @@ pub const CLOCK_REFRESH: Duration = Duration::from_secs(10);
 /// generation are still running. eBPF programs run to completion without being preempted (with
 /// migration disabled, in microseconds); this is orders of magnitude more than they need.
 pub const QUIESCE: Duration = Duration::from_millis(5);
+/// How long a switch waits for programs still writing the old generation before it leaves that
+/// generation for a later drain.
+pub const HANDOVER_WAIT: Duration = Duration::from_millis(200);
 
 /// A kernel ring buffer, registered with the runtime.
 pub struct Ring(AsyncFd<RingBuf<MapData>>);
@@ -108,13 +111,26 @@ impl ToAttribution {
     }
 }
 
-/// Switches the programs to the other generation of their tables (`flip` returns the index of
-/// the one they left), then waits until programs still running on the old one are done; the
-/// old tables can then be drained.
-pub async fn switch_generation<E>(flip: impl FnOnce() -> Result<usize, E>) -> Result<usize, E> {
-    let old = flip()?;
+/// After the programs were switched to the other generation of their tables (`flipped`: the
+/// index of the one they left), waits until no program is writing the old one: `in_flight` reads
+/// how many are (programs count themselves in and out, see agent-ebpf/src/flows.rs). `None`
+/// when one still is after [`HANDOVER_WAIT`] (a program stalled across the flip): the old
+/// tables are left as they are and drained at a later switch, when the generation has come back
+/// to them; nothing is lost.
+pub async fn switch_generation<E>(
+    flipped: Result<usize, E>,
+    mut in_flight: impl FnMut(usize) -> Result<u32, E>,
+) -> Result<Option<usize>, E> {
+    let old = flipped?;
     tokio::time::sleep(QUIESCE).await;
-    Ok(old)
+    let deadline = tokio::time::Instant::now() + HANDOVER_WAIT;
+    while in_flight(old)? != 0 {
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(None);
+        }
+        tokio::time::sleep(QUIESCE).await;
+    }
+    Ok(Some(old))
 }
 
 /// Every entry of a table no program writes any more, each removed once read.
@@ -128,4 +144,50 @@ pub fn take_all<K: Pod, V: Pod>(table: &mut BpfHashMap<MapData, K, V>) -> Vec<(K
         let _ = table.remove(&k);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering::SeqCst},
+    };
+
+    use super::*;
+
+    /// A writer that counted itself into generation 0 and is stalled across the flip.
+    fn stalled_for(held: Duration) -> Arc<AtomicU32> {
+        let in_flight = Arc::new(AtomicU32::new(1));
+        let writer = in_flight.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(held).await;
+            writer.fetch_sub(1, SeqCst);
+        });
+        in_flight
+    }
+
+    #[tokio::test]
+    async fn the_drain_waits_for_a_writer_stalled_across_the_flip() {
+        let in_flight = stalled_for(Duration::from_millis(60));
+        let started = tokio::time::Instant::now();
+        let old = switch_generation(Ok::<_, ()>(0), |g| {
+            Ok(if g == 0 { in_flight.load(SeqCst) } else { 0 })
+        })
+        .await;
+        assert_eq!(old, Ok(Some(0)));
+        assert!(
+            started.elapsed() >= Duration::from_millis(60),
+            "not before it left"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_writer_stalled_past_the_wait_leaves_its_generation_for_later() {
+        let in_flight = stalled_for(HANDOVER_WAIT * 3);
+        let old = switch_generation(Ok::<_, ()>(0), |_| Ok(in_flight.load(SeqCst))).await;
+        assert_eq!(old, Ok(None), "not drained while written");
+        // A generation nobody writes is drained at once.
+        let old = switch_generation(Ok::<_, ()>(1), |_| Ok(0)).await;
+        assert_eq!(old, Ok(Some(1)));
+    }
 }
