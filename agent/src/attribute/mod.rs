@@ -42,7 +42,7 @@ use tracing::debug;
 use crate::{
     cgroup::{
         CgroupPaths, PathLookup,
-        path::{CgroupIdentity, parse_cgroup_path},
+        path::{CgroupIdentity, KubeletLayout},
     },
     event::{FlowKind, RawEvent, TimedEvent},
     evidence::{Attribution, DnsLookups, Occurrence, PodRef, Process, Subject},
@@ -153,6 +153,8 @@ pub struct PodLookups {
 pub struct Attributor {
     index: PodIndex,
     cgroups: Box<dyn CgroupPaths>,
+    /// How a cgroup path names its pod (kubelet's root, when the agent was told it).
+    layout: KubeletLayout,
     cgroup_cache: HashMap<u64, CgroupLookup>,
     /// cgroup ids found gone, and until when that is believed.
     cgroup_gone: HashMap<u64, Instant>,
@@ -186,6 +188,7 @@ impl Attributor {
         Attributor {
             index: PodIndex::default(),
             cgroups,
+            layout: KubeletLayout::anywhere(),
             cgroup_cache: HashMap::new(),
             cgroup_gone: HashMap::new(),
             names: Names::from(names),
@@ -199,6 +202,13 @@ impl Attributor {
             lookups: Vec::new(),
             counters,
         }
+    }
+
+    /// Reads cgroup paths with `layout` (kubelet's root) instead of looking for a pod level
+    /// anywhere in them.
+    pub fn with_layout(mut self, layout: KubeletLayout) -> Self {
+        self.layout = layout;
+        self
     }
 
     /// Pods' successful DNS lookups attributed since the last call.
@@ -407,7 +417,7 @@ impl Attributor {
                 self.cgroup_gone.insert(id, now.mono + NEGATIVE_TTL);
                 return CgroupLookup::Gone;
             }
-            PathLookup::Found(path) => match parse_cgroup_path(&path) {
+            PathLookup::Found(path) => match self.layout.parse(&path) {
                 Some(identity) => CgroupLookup::Pod(identity),
                 None => CgroupLookup::NotAPod,
             },
