@@ -235,10 +235,15 @@ impl Attributor {
         match update {
             MetaUpdate::RelistStarted => self.relist_seen = Some(HashSet::new()),
             MetaUpdate::Apply(info) => {
-                if let Some(seen) = &mut self.relist_seen {
-                    seen.insert(info.pod.uid.clone());
-                }
-                self.index.apply(info, now.wall);
+                let seen = match &mut self.relist_seen {
+                    Some(seen) => {
+                        seen.insert(info.pod.uid.clone());
+                        pods::Seen::Listed
+                    }
+                    None if self.synced => pods::Seen::Watching,
+                    None => pods::Seen::Listed,
+                };
+                self.index.observe(info, now.wall, seen);
             }
             MetaUpdate::Delete { uid } => self.index.delete(&uid, now.wall),
             MetaUpdate::RelistDone => {

@@ -847,3 +847,21 @@ fn under_kinds_root_pods_are_named_by_cgroup_and_forged_pods_are_not_believed() 
     assert_eq!(occ.subject.pod.as_ref().unwrap().name, "client");
     assert_eq!(occ.subject.attribution, Attribution::Ip);
 }
+
+/// The server terminates until 105; a new pod (startTime 50) is seen on its IP at 100.
+#[test]
+fn a_reused_ip_is_the_terminating_pods_until_it_is_gone_not_from_the_new_pods_start() {
+    const UID_C: &str = "2f2b7a8e-1c3d-4e5f-8a9b-0c1d2e3f4a5b";
+    let (mut a, _) = attributor();
+    synced_with_pods(&mut a);
+    a.update(
+        MetaUpdate::Apply(info("new", UID_C, "10.0.0.2", 50)),
+        now(100),
+    );
+    a.update(MetaUpdate::Delete { uid: UID_B.into() }, now(105));
+    for (at, pod) in [(60, "server"), (102, "server"), (106, "new")] {
+        let occ = one(a.event(syn_refused(at), now(107)));
+        assert_eq!(occ.subject.pod.as_ref().unwrap().name, pod, "at {at}");
+        assert_eq!(occ.subject.attribution, Attribution::Ip);
+    }
+}
