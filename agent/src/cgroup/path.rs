@@ -30,11 +30,11 @@ pub struct CgroupIdentity {
 /// level is at one place only.
 pub fn parse_cgroup_path(path: &str) -> Option<CgroupIdentity> {
     let segments = segments_of(path);
-    (0..segments.len()).find_map(|i| {
-        let prefix = segments[i]
+    segments.iter().enumerate().find_map(|(i, &segment)| {
+        let prefix = segment
             .strip_suffix("kubepods.slice")
             .filter(|p| p.is_empty() || p.ends_with('-'));
-        match (segments[i], prefix) {
+        match (segment, prefix) {
             ("kubepods", _) => kubelet_pod_at(&segments, i, ""),
             (_, Some(prefix)) => kubelet_pod_at(&segments, i, prefix),
             _ => None,
@@ -164,7 +164,7 @@ impl KubeletLayout {
             .mounts
             .iter()
             .filter(|m| starts_with(&segments, m))
-            .map(|m| &segments[m.len()..])
+            .filter_map(|m| segments.get(m.len()..))
             .min_by_key(|rest| rest.len())
             .unwrap_or(&segments);
         anchors

@@ -257,7 +257,7 @@ pub async fn pods_by_selector(
 pub async fn pod_by_ip(
     client: &kube::Client,
     ip: std::net::IpAddr,
-) -> Result<Option<((String, String, String), Option<std::time::SystemTime>)>, ClusterError> {
+) -> Result<Option<((String, String, String), Option<SystemTime>)>, ClusterError> {
     let api = Api::<Pod>::all(client.clone());
     let lp = ListParams::default().fields(&format!("status.podIP={ip}"));
     let pods = bounded(api.list(&lp)).await?;
@@ -271,7 +271,7 @@ pub async fn pod_by_ip(
             .as_ref()
             .and_then(|s| s.start_time.as_ref())
             .or(p.metadata.creation_timestamp.as_ref())
-            .map(|t| std::time::SystemTime::from(t.0));
+            .map(|t| SystemTime::from(t.0));
         Some((
             (p.metadata.namespace?, p.metadata.name?, spec.node_name?),
             started,
