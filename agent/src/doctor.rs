@@ -16,7 +16,7 @@ use std::{
 use serde::Serialize;
 
 use crate::{
-    cgroup::layout::Hierarchies,
+    cgroup::{layout::Hierarchies, path::KubeletRoot},
     kernel::{btf::Btf, mountinfo, tracefs},
     probes::{
         PROGRAMS, ProbeStatus,
@@ -36,7 +36,8 @@ pub const EXIT_FAILED: u8 = 4;
 #[derive(Clone, Debug)]
 pub struct DoctorConfig {
     pub cgroup_root: Option<PathBuf>,
-    pub kubelet_cgroup_root: PathBuf,
+    /// `None`: `/`.
+    pub kubelet_cgroup_root: Option<PathBuf>,
     pub dns_ports: Vec<u16>,
     pub drop_reasons: crate::probes::reasons::DropReasons,
 }
@@ -158,10 +159,13 @@ pub fn run(config: &DoctorConfig) -> Report {
     let mountinfo_text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let (cgroup_check, cgroup_root) = cgroups(&mountinfo_text, config.cgroup_root.clone());
     checks.push(cgroup_check);
-    checks.push(kubelet_layout(
-        cgroup_root.as_deref(),
-        &config.kubelet_cgroup_root,
-    ));
+    let kubelet_root = KubeletRoot::new(
+        config
+            .kubelet_cgroup_root
+            .as_deref()
+            .unwrap_or(Path::new("/")),
+    );
+    checks.push(kubelet_layout(cgroup_root.as_deref(), &kubelet_root));
 
     let statuses = match (&tracefs, &cgroup_root) {
         (Some(tracefs), Some(root)) => {
@@ -204,7 +208,7 @@ pub fn run(config: &DoctorConfig) -> Report {
     let sources = samplers::task::sources(
         &samplers::sampler::SamplerConfig {
             hierarchies: Hierarchies::detect(),
-            kubelet_root: config.kubelet_cgroup_root.clone(),
+            kubelet_root,
             throttle_threshold: samplers::DEFAULT_THROTTLE_THRESHOLD,
         },
         oom_event,
@@ -424,7 +428,7 @@ fn cgroups(mountinfo_text: &str, root: Option<PathBuf>) -> (Check, Option<PathBu
 }
 
 /// Where kubelet's pod cgroups are, and with which driver.
-fn kubelet_layout(cgroup2: Option<&Path>, kubelet_root: &Path) -> Check {
+fn kubelet_layout(cgroup2: Option<&Path>, kubelet_root: &KubeletRoot) -> Check {
     let Some(mount) = cgroup2 else {
         return check(
             "kubelet_cgroups",
@@ -432,9 +436,20 @@ fn kubelet_layout(cgroup2: Option<&Path>, kubelet_root: &Path) -> Check {
             "no cgroup2 mount to look in",
         );
     };
-    let base = mount.join(kubelet_root.strip_prefix("/").unwrap_or(kubelet_root));
-    for (dir, driver) in [("kubepods.slice", "systemd"), ("kubepods", "cgroupfs")] {
-        let path = base.join(dir);
+    let anchors = kubelet_root.anchors();
+    let base = anchors.first().map_or_else(
+        || mount.to_path_buf(),
+        |a| mount.join(a.dir.iter().collect::<PathBuf>()),
+    );
+    let places = anchors.iter().flat_map(|a| {
+        let dir = mount.join(a.dir.iter().collect::<PathBuf>());
+        let systemd = (dir.join(format!("{}kubepods.slice", a.prefix)), "systemd");
+        let cgroupfs = (dir.join("kubepods"), "cgroupfs");
+        [Some(systemd), a.prefix.is_empty().then_some(cgroupfs)]
+            .into_iter()
+            .flatten()
+    });
+    for (path, driver) in places {
         if path.is_dir() {
             let pods = std::fs::read_dir(&path)
                 .map(|d| d.flatten().filter(|e| e.path().is_dir()).count())

@@ -19,7 +19,9 @@ use prost::Message as _;
 use triage_agent_proto::v1 as pb;
 
 use crate::{
-    cgroup::path::{container_id_of, parse_cgroup_path, strip_runtime_scheme},
+    cgroup::path::{
+        KubeletLayout, KubeletRoot, container_id_of, parse_cgroup_path, strip_runtime_scheme,
+    },
     cli::{client, render},
     diagnose,
     dns::{self, TrackConfig, Tracker, packet},
@@ -91,7 +93,14 @@ pub fn cgroup_path(data: &[u8]) {
     let Ok(path) = std::str::from_utf8(data) else {
         return;
     };
-    if let Some(id) = parse_cgroup_path(path) {
+    let kind = KubeletLayout::under(
+        &KubeletRoot::new(std::path::Path::new("/kubelet")),
+        ["/sys/fs/cgroup"],
+    );
+    for id in [parse_cgroup_path(path), kind.parse(path)]
+        .into_iter()
+        .flatten()
+    {
         assert!(!id.pod_uid.is_empty());
         // Container ids are normalised to lower case.
         if let Some(c) = &id.container_id {

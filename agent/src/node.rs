@@ -14,7 +14,7 @@
 
 use std::{
     net::SocketAddr,
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -30,7 +30,10 @@ use crate::{
     api::{self, AgentApi, AgentInfo, AgentState},
     attribute,
     attribute::{Attributor, KernelNames, metadata},
-    cgroup::{self, KnownFirst, ids as cgroup_ids},
+    cgroup::{
+        self, KnownFirst, ids as cgroup_ids,
+        path::{KubeletLayout, KubeletRoot},
+    },
     dns,
     kernel::{btf::Btf, tracefs},
     loss::Counters,
@@ -59,8 +62,9 @@ pub struct AgentConfig {
     pub drop_reasons: DropReasons,
     /// DNS capture.
     pub dns: dns::DnsConfig,
-    /// kubelet's --cgroup-root, relative to every hierarchy's mount.
-    pub kubelet_cgroup_root: PathBuf,
+    /// kubelet's --cgroup-root, relative to every hierarchy's mount (`None`: not given; `/`
+    /// for the samplers, pods anywhere in a path for attribution).
+    pub kubelet_cgroup_root: Option<PathBuf>,
     pub sample_interval: Duration,
     pub throttle_threshold: u64,
     /// Export of evidence as OpenTelemetry logs (`None`: off).
@@ -193,6 +197,22 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let (store, occurrences, store_task) = store::spawn(evidence, cancel.child_token());
     supervisor.spawn("store", infallible(store_task));
     let known = cgroup::KnownCgroups::default();
+    let hierarchies = cgroup::layout::Hierarchies::detect();
+    let kubelet_root = KubeletRoot::new(
+        config
+            .kubelet_cgroup_root
+            .as_deref()
+            .unwrap_or(Path::new("/")),
+    );
+    // Paths come from the cgroup2 walk (under `cgroup_root`) and from the samplers (under the
+    // unified mount): pods are read right under kubelet's root in either.
+    let layout = match &config.kubelet_cgroup_root {
+        Some(_) => KubeletLayout::under(
+            &kubelet_root,
+            std::iter::once(cgroup_root.clone()).chain(hierarchies.unified.clone()),
+        ),
+        None => KubeletLayout::anywhere(),
+    };
     let attributor = Attributor::new(
         Box::new(KnownFirst {
             known: known.clone(),
@@ -200,7 +220,8 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         }),
         names,
         counters.clone(),
-    );
+    )
+    .with_layout(layout);
     let (inputs, attribution, live_pods, attribute_task) =
         attribute::spawn_with_pods(attributor, occurrences, cancel.child_token());
     supervisor.spawn("attribute", infallible(attribute_task));
@@ -224,8 +245,8 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             }
         });
     let sampler_config = samplers::sampler::SamplerConfig {
-        hierarchies: cgroup::layout::Hierarchies::detect(),
-        kubelet_root: config.kubelet_cgroup_root.clone(),
+        hierarchies,
+        kubelet_root,
         throttle_threshold: config.throttle_threshold,
     };
     let (resources, sampler_task) = samplers::task::spawn(

@@ -153,15 +153,17 @@ pub struct AgentArgs {
         default_value = "default"
     )]
     pub drop_reasons: crate::probes::reasons::DropReasons,
-    /// kubelet's --cgroup-root: the cgroup that holds `kubepods` (or `kubepods.slice`), the
-    /// same in every hierarchy. Containers' cgroups are found under it.
+    /// kubelet's --cgroup-root as kubelet was given it (`/kubelet`, or its slice
+    /// `/kubelet.slice`): the cgroup that holds `kubepods` (or `kubepods.slice`, or
+    /// `kubelet-kubepods.slice` for the systemd driver), the same in every hierarchy.
+    /// Containers' cgroups are found under it, and a cgroup is a pod's only right under it; when
+    /// not given, `/` for the samplers and a pod level anywhere in a path for attribution.
     #[arg(
         help_heading = "OOM kills and CPU throttling (cgroupfs)",
         long,
-        env = "TRIAGE_KUBELET_CGROUP_ROOT",
-        default_value = "/"
+        env = "TRIAGE_KUBELET_CGROUP_ROOT"
     )]
-    pub kubelet_cgroup_root: std::path::PathBuf,
+    pub kubelet_cgroup_root: Option<std::path::PathBuf>,
     /// How often every container's CPU and OOM counters are sampled, e.g. "10s" (100ms to 1h).
     #[arg(help_heading = "OOM kills and CPU throttling (cgroupfs)", long, env = "TRIAGE_SAMPLE_INTERVAL", value_parser = parse_sample_interval, default_value = "10s")]
     pub sample_interval: Duration,
@@ -213,9 +215,9 @@ pub struct DoctorArgs {
     /// The cgroup2 mount the DNS programs attach to (default: the first cgroup2 mount).
     #[arg(long, env = "TRIAGE_CGROUP_ROOT")]
     pub cgroup_root: Option<std::path::PathBuf>,
-    /// kubelet's --cgroup-root, where pod cgroups are looked for.
-    #[arg(long, env = "TRIAGE_KUBELET_CGROUP_ROOT", default_value = "/")]
-    pub kubelet_cgroup_root: std::path::PathBuf,
+    /// kubelet's --cgroup-root, where pod cgroups are looked for (default `/`).
+    #[arg(long, env = "TRIAGE_KUBELET_CGROUP_ROOT")]
+    pub kubelet_cgroup_root: Option<std::path::PathBuf>,
     /// Drop reasons to report, as the agent's --drop-reasons.
     #[arg(long, env = "TRIAGE_DROP_REASONS", default_value = "default")]
     pub drop_reasons: crate::probes::reasons::DropReasons,

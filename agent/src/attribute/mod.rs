@@ -42,7 +42,7 @@ use tracing::debug;
 use crate::{
     cgroup::{
         CgroupPaths, PathLookup,
-        path::{CgroupIdentity, parse_cgroup_path},
+        path::{CgroupIdentity, KubeletLayout},
     },
     event::{FlowKind, RawEvent, TimedEvent},
     evidence::{Attribution, DnsLookups, Occurrence, PodRef, Process, Subject},
@@ -153,6 +153,8 @@ pub struct PodLookups {
 pub struct Attributor {
     index: PodIndex,
     cgroups: Box<dyn CgroupPaths>,
+    /// How a cgroup path names its pod (kubelet's root, when the agent was told it).
+    layout: KubeletLayout,
     cgroup_cache: HashMap<u64, CgroupLookup>,
     /// cgroup ids found gone, and until when that is believed.
     cgroup_gone: HashMap<u64, Instant>,
@@ -186,6 +188,7 @@ impl Attributor {
         Attributor {
             index: PodIndex::default(),
             cgroups,
+            layout: KubeletLayout::anywhere(),
             cgroup_cache: HashMap::new(),
             cgroup_gone: HashMap::new(),
             names: Names::from(names),
@@ -199,6 +202,13 @@ impl Attributor {
             lookups: Vec::new(),
             counters,
         }
+    }
+
+    /// Reads cgroup paths with `layout` (kubelet's root) instead of looking for a pod level
+    /// anywhere in them.
+    pub fn with_layout(mut self, layout: KubeletLayout) -> Self {
+        self.layout = layout;
+        self
     }
 
     /// Pods' successful DNS lookups attributed since the last call.
@@ -225,10 +235,15 @@ impl Attributor {
         match update {
             MetaUpdate::RelistStarted => self.relist_seen = Some(HashSet::new()),
             MetaUpdate::Apply(info) => {
-                if let Some(seen) = &mut self.relist_seen {
-                    seen.insert(info.pod.uid.clone());
-                }
-                self.index.apply(info, now.wall);
+                let seen = match &mut self.relist_seen {
+                    Some(seen) => {
+                        seen.insert(info.pod.uid.clone());
+                        pods::Seen::Listed
+                    }
+                    None if self.synced => pods::Seen::Watching,
+                    None => pods::Seen::Listed,
+                };
+                self.index.observe(info, now.wall, seen);
             }
             MetaUpdate::Delete { uid } => self.index.delete(&uid, now.wall),
             MetaUpdate::RelistDone => {
@@ -407,7 +422,7 @@ impl Attributor {
                 self.cgroup_gone.insert(id, now.mono + NEGATIVE_TTL);
                 return CgroupLookup::Gone;
             }
-            PathLookup::Found(path) => match parse_cgroup_path(&path) {
+            PathLookup::Found(path) => match self.layout.parse(&path) {
                 Some(identity) => CgroupLookup::Pod(identity),
                 None => CgroupLookup::NotAPod,
             },

@@ -34,11 +34,27 @@ pub struct PodInfo {
     pub finished: bool,
 }
 
+/// A pod's hold on an IP. `from` is when the agent knows the pod had it: when it first saw the
+/// pod with the IP while watching (not `status.startTime`, which is before CNI gave it the IP,
+/// while the previous holder may still be terminating), or its start when the agent was not
+/// watching (the first list, a re-list after an outage). `since` (at most `from`) is how early
+/// it may have had it: its start, but never before a previous holder let the IP go; the hold
+/// counts from there only where no other hold covers the time.
 #[derive(Clone, Debug)]
 struct Hold {
     uid: String,
     from: SystemTime,
+    since: SystemTime,
     to: Option<SystemTime>,
+}
+
+/// How a pod update reached the agent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Seen {
+    /// A watch event while in sync: the time it arrived bounds when the pod got its IPs.
+    Watching,
+    /// A (re-)list: the agent was not watching before, so its start is the best bound.
+    Listed,
 }
 
 #[derive(Debug)]
@@ -55,8 +71,16 @@ pub struct PodIndex {
 }
 
 impl PodIndex {
-    /// Adds or updates a pod observed at `now`.
+    /// Adds or updates a pod listed at `now` (see [`PodIndex::observe`]).
     pub fn apply(&mut self, info: PodInfo, now: SystemTime) {
+        self.observe(info, now, Seen::Listed);
+    }
+
+    /// Adds or updates a pod observed at `now`. Watching, a new hold starts at `now` and an
+    /// earlier holder still open keeps the IP until its own hold ends (it is terminating:
+    /// inbound failures are still about it); listed, a new hold starts at the pod's start and
+    /// ends any earlier one still open there (its end was not seen).
+    pub fn observe(&mut self, info: PodInfo, now: SystemTime, seen: Seen) {
         let uid = info.pod.uid.clone();
         let held: HashSet<IpAddr> = if info.host_network || info.finished {
             HashSet::new()
@@ -78,21 +102,34 @@ impl PodIndex {
                 continue;
             }
             // The IP went to this pod when it started, but never before the previous holder
-            // let it go. A previous holder still open lost it by the time this pod has it.
-            let mut from = info.started.unwrap_or(now).min(now);
-            for h in holds.iter_mut().filter(|h| h.uid != uid) {
-                match h.to {
-                    Some(to) => from = from.max(to),
-                    None => {
-                        let cut = from.max(h.from);
-                        h.to = Some(cut);
-                        from = cut;
+            // let it go.
+            let mut since = info.started.unwrap_or(now).min(now);
+            let from = match seen {
+                Seen::Watching => {
+                    for h in holds.iter().filter(|h| h.uid != uid) {
+                        since = since.max(h.to.unwrap_or(now));
                     }
+                    now
                 }
-            }
+                // A previous holder still open lost it by the time this pod has it.
+                Seen::Listed => {
+                    for h in holds.iter_mut().filter(|h| h.uid != uid) {
+                        match h.to {
+                            Some(to) => since = since.max(to),
+                            None => {
+                                let cut = since.max(h.from);
+                                h.to = Some(cut);
+                                since = cut;
+                            }
+                        }
+                    }
+                    since
+                }
+            };
             holds.push(Hold {
                 uid: uid.clone(),
                 from,
+                since: since.min(from),
                 to: None,
             });
         }
@@ -148,14 +185,24 @@ impl PodIndex {
         self.pods.get(uid).map(|k| &k.info)
     }
 
-    /// The pod that held `ip` at time `at`.
+    /// The pod that held `ip` at time `at`: of the holds known to cover `at`, the earliest
+    /// (a terminating pod keeps its IP until it is gone); else the hold that may have (a pod
+    /// between its start and the agent seeing it with the IP, when no one else had it).
     pub fn pod_at_ip(&self, ip: IpAddr, at: SystemTime) -> Option<&PodInfo> {
-        let hold = self
-            .holds
-            .get(&ip)?
+        let holds = self.holds.get(&ip)?;
+        let until = |h: &&Hold| h.to.is_none_or(|to| at < to);
+        let hold = holds
             .iter()
-            .filter(|h| h.from <= at && h.to.is_none_or(|to| at < to))
-            .max_by_key(|h| h.from)?;
+            .filter(|h| h.from <= at)
+            .filter(until)
+            .min_by_key(|h| h.from)
+            .or_else(|| {
+                holds
+                    .iter()
+                    .filter(|h| h.since <= at)
+                    .filter(until)
+                    .max_by_key(|h| h.since)
+            })?;
         self.by_uid(&hold.uid)
     }
 
@@ -247,6 +294,40 @@ pub(crate) mod tests {
         assert_eq!(name_at(&idx, "10.0.0.5", 30).as_deref(), Some("new"));
         idx.delete("u1", t(40));
         assert_eq!(name_at(&idx, "10.0.0.5", 35).as_deref(), Some("new"));
+    }
+
+    #[test]
+    fn a_pod_seen_watching_holds_its_ip_from_then_and_a_terminating_holder_keeps_it_till_gone() {
+        let mut idx = PodIndex::default();
+        idx.apply(info("old", "u1", "10.0.0.5", 10), t(11));
+        // Created (startTime 50) while the old pod terminates; seen with the IP at 100.
+        idx.observe(info("new", "u2", "10.0.0.5", 50), t(100), Seen::Watching);
+        idx.delete("u1", t(105));
+        assert_eq!(
+            name_at(&idx, "10.0.0.5", 60).as_deref(),
+            Some("old"),
+            "not its startTime"
+        );
+        assert_eq!(name_at(&idx, "10.0.0.5", 102).as_deref(), Some("old"));
+        assert_eq!(name_at(&idx, "10.0.0.5", 106).as_deref(), Some("new"));
+        // Had the new pod been listed rather than seen, its start would have cut the old.
+        let mut listed = PodIndex::default();
+        listed.apply(info("old", "u1", "10.0.0.5", 10), t(11));
+        listed.apply(info("new", "u2", "10.0.0.5", 50), t(100));
+        assert_eq!(name_at(&listed, "10.0.0.5", 60).as_deref(), Some("new"));
+    }
+
+    #[test]
+    fn a_pod_seen_watching_on_a_free_ip_may_have_had_it_since_the_last_holder_left() {
+        let mut idx = PodIndex::default();
+        idx.observe(info("first", "u0", "10.0.0.6", 10), t(12), Seen::Watching);
+        // No one had it before: from its start.
+        assert_eq!(name_at(&idx, "10.0.0.6", 11).as_deref(), Some("first"));
+        idx.delete("u0", t(40));
+        idx.observe(info("next", "u1", "10.0.0.6", 30), t(45), Seen::Watching);
+        assert_eq!(name_at(&idx, "10.0.0.6", 35).as_deref(), Some("first"));
+        assert_eq!(name_at(&idx, "10.0.0.6", 42).as_deref(), Some("next"));
+        assert_eq!(name_at(&idx, "10.0.0.6", 50).as_deref(), Some("next"));
     }
 
     #[test]

@@ -771,3 +771,97 @@ async fn at_shutdown_what_was_sent_and_what_waits_for_metadata_reaches_the_store
     assert_eq!(total, 1000, "both flows' 500 drops reached the store");
     assert_eq!(counters.get(Loss::StoreChannelFull), 0);
 }
+
+/// kind's node: kubelet's root `/kubelet` with the systemd driver, given to the agent.
+fn attributor_under_kinds_root() -> Attributor {
+    let cid = "c0ffee".repeat(2);
+    let (a_, b_) = (UID_A.replace('-', "_"), UID_B.replace('-', "_"));
+    let kind = |qos: &str, u: &str| {
+        format!(
+            "/sys/fs/cgroup/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-{qos}.slice/kubelet-kubepods-{qos}-pod{u}.slice/cri-containerd-{cid}.scope"
+        )
+    };
+    let paths = MapPaths(HashMap::from([
+        (100, kind("burstable", &a_)),
+        // The client's container made cgroups named like the server's pod inside its own.
+        (
+            101,
+            format!(
+                "{}/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-pod{b_}.slice/cri-containerd-{cid}.scope",
+                kind("burstable", &a_)
+            ),
+        ),
+        (
+            102,
+            format!(
+                "{}/kubepods/besteffort/pod{UID_B}/{cid}",
+                kind("burstable", &a_)
+            ),
+        ),
+        // Outside kubelet's root: not a pod, whatever it is named.
+        (
+            103,
+            format!("/sys/fs/cgroup/system.slice/kubepods/pod{UID_B}/{cid}"),
+        ),
+        (
+            200,
+            "/sys/fs/cgroup/system.slice/kubelet.service".to_owned(),
+        ),
+    ]));
+    let root = crate::cgroup::path::KubeletRoot::new(std::path::Path::new("/kubelet"));
+    Attributor::new(
+        Box::new(paths),
+        KernelNames {
+            reset: HashMap::new(),
+            drop: HashMap::new(),
+            sees_stack_refusals: true,
+            symbols: None,
+        },
+        Arc::new(Counters::default()),
+    )
+    .with_layout(KubeletLayout::under(&root, ["/sys/fs/cgroup"]))
+}
+
+#[test]
+fn under_kinds_root_pods_are_named_by_cgroup_and_forged_pods_are_not_believed() {
+    let mut a = attributor_under_kinds_root();
+    synced_with_pods(&mut a);
+    for cgroup in [100, 101, 102] {
+        let occ = one(a.event(connect_refused(cgroup, 5), now(5)));
+        assert_eq!(occ.subject.pod.as_ref().unwrap().name, "client", "{cgroup}");
+        assert_eq!(occ.subject.container.as_deref(), Some("app"), "{cgroup}");
+        assert_eq!(occ.subject.attribution, Attribution::Cgroup, "{cgroup}");
+    }
+    // Not a pod (as a host process always was): node-level at once, not the IP.
+    for cgroup in [103, 200] {
+        let occ = one(a.event(connect_refused(cgroup, 5), now(5)));
+        assert_eq!(occ.subject.pod, None, "{cgroup}");
+        assert_eq!(occ.subject.attribution, Attribution::None, "{cgroup}");
+    }
+    // A cgroup gone, or still being looked up at the last chance: the IP, as before.
+    let occ = one(a.event(connect_refused(999, 5), now(5)));
+    assert_eq!(occ.subject.pod.as_ref().unwrap().name, "client");
+    assert_eq!(occ.subject.attribution, Attribution::Ip);
+    assert!(a.event(connect_refused(555, 5), now(5)).is_empty());
+    let occ = one(a.tick(later(now(5), PENDING_GRACE)));
+    assert_eq!(occ.subject.pod.as_ref().unwrap().name, "client");
+    assert_eq!(occ.subject.attribution, Attribution::Ip);
+}
+
+/// The server terminates until 105; a new pod (startTime 50) is seen on its IP at 100.
+#[test]
+fn a_reused_ip_is_the_terminating_pods_until_it_is_gone_not_from_the_new_pods_start() {
+    const UID_C: &str = "2f2b7a8e-1c3d-4e5f-8a9b-0c1d2e3f4a5b";
+    let (mut a, _) = attributor();
+    synced_with_pods(&mut a);
+    a.update(
+        MetaUpdate::Apply(info("new", UID_C, "10.0.0.2", 50)),
+        now(100),
+    );
+    a.update(MetaUpdate::Delete { uid: UID_B.into() }, now(105));
+    for (at, pod) in [(60, "server"), (102, "server"), (106, "new")] {
+        let occ = one(a.event(syn_refused(at), now(107)));
+        assert_eq!(occ.subject.pod.as_ref().unwrap().name, pod, "at {at}");
+        assert_eq!(occ.subject.attribution, Attribution::Ip);
+    }
+}

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::cgroup::path::container_id_of;
+use crate::cgroup::path::{KubeletRoot, container_id_of};
 
 /// The cgroup version a controller is on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,31 +93,38 @@ impl Hierarchies {
 }
 
 /// Where kubelet may have put a pod's cgroup, relative to a hierarchy's mount, under kubelet's
-/// `--cgroup-root` (`root`, "" or "/" for the default): cgroupfs driver
+/// `--cgroup-root` (each of the root's [`KubeletRoot::anchors`]): cgroupfs driver
 /// `kubepods[/burstable|/besteffort]/pod<uid>`, systemd driver
-/// `kubepods.slice[/kubepods-<qos>.slice]/kubepods[-<qos>]-pod<uid_>.slice`.
-pub fn pod_dir_candidates(root: &Path, uid: &str) -> [PathBuf; 6] {
-    let root = root.strip_prefix("/").unwrap_or(root);
+/// `<p>kubepods.slice[/<p>kubepods-<qos>.slice]/<p>kubepods[-<qos>]-pod<uid_>.slice`.
+pub fn pod_dir_candidates(root: &KubeletRoot, uid: &str) -> Vec<PathBuf> {
     let u = uid.replace('-', "_");
-    let k = root.join("kubepods");
-    let s = root.join("kubepods.slice");
-    [
-        k.join(format!("pod{uid}")),
-        k.join("burstable").join(format!("pod{uid}")),
-        k.join("besteffort").join(format!("pod{uid}")),
-        s.join(format!("kubepods-pod{u}.slice")),
-        s.join("kubepods-burstable.slice")
-            .join(format!("kubepods-burstable-pod{u}.slice")),
-        s.join("kubepods-besteffort.slice")
-            .join(format!("kubepods-besteffort-pod{u}.slice")),
-    ]
+    let mut out = Vec::new();
+    for anchor in root.anchors() {
+        let dir: PathBuf = anchor.dir.iter().collect();
+        if anchor.prefix.is_empty() {
+            let k = dir.join("kubepods");
+            out.push(k.join(format!("pod{uid}")));
+            out.push(k.join("burstable").join(format!("pod{uid}")));
+            out.push(k.join("besteffort").join(format!("pod{uid}")));
+        }
+        let base = format!("{}kubepods", anchor.prefix);
+        let s = dir.join(format!("{base}.slice"));
+        out.push(s.join(format!("{base}-pod{u}.slice")));
+        for qos in ["burstable", "besteffort"] {
+            out.push(
+                s.join(format!("{base}-{qos}.slice"))
+                    .join(format!("{base}-{qos}-pod{u}.slice")),
+            );
+        }
+    }
+    out
 }
 
 /// Finds a pod's cgroup under `mount` and its containers' directories (relative to `mount`),
 /// for the container IDs asked for. One `stat` per candidate and one directory listing.
 pub fn find_containers(
     mount: &Path,
-    root: &Path,
+    root: &KubeletRoot,
     uid: &str,
     ids: &[&str],
 ) -> Vec<(String, PathBuf)> {
@@ -181,11 +188,55 @@ mod tests {
             uid.replace('-', "_")
         ));
         std::fs::create_dir_all(&systemd).unwrap();
-        let found = find_containers(dir.path(), Path::new("/sim"), uid, &[&cid]);
+        let found = find_containers(dir.path(), &root("/sim"), uid, &[&cid]);
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].0, cid);
         assert!(dir.path().join(&found[0].1).is_dir());
-        let other = find_containers(dir.path(), Path::new("/"), uid, &[&cid]);
+        let other = find_containers(dir.path(), &root("/"), uid, &[&cid]);
         assert!(other.is_empty(), "another kubelet root");
+    }
+
+    fn root(r: &str) -> KubeletRoot {
+        KubeletRoot::new(Path::new(r))
+    }
+
+    #[test]
+    fn kinds_systemd_root_and_a_nested_cgroupfs_root_are_found() {
+        let uid = "0f2b7a8e-1c3d-4e5f-8a9b-0c1d2e3f4a5b";
+        let u = uid.replace('-', "_");
+        let cid = "cd".repeat(32);
+        for (kubelet_root, dir) in [
+            (
+                "/kubelet",
+                format!(
+                    "kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-besteffort.slice/kubelet-kubepods-besteffort-pod{u}.slice/cri-containerd-{cid}.scope"
+                ),
+            ),
+            (
+                "/kubelet.slice",
+                format!(
+                    "kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-pod{u}.slice/cri-containerd-{cid}.scope"
+                ),
+            ),
+            ("/a/b", format!("a/b/kubepods/burstable/pod{uid}/{cid}")),
+        ] {
+            let mount = tempfile::tempdir().unwrap();
+            std::fs::create_dir_all(mount.path().join(&dir)).unwrap();
+            let found = find_containers(mount.path(), &root(kubelet_root), uid, &[&cid]);
+            assert_eq!(
+                found,
+                [(cid.clone(), PathBuf::from(&dir))],
+                "{kubelet_root}"
+            );
+            // What the samplers find, attribution reads as the same pod under the same root.
+            let path = mount.path().join(&found[0].1);
+            let layout =
+                crate::cgroup::path::KubeletLayout::under(&root(kubelet_root), [mount.path()]);
+            let id = layout.parse(&path.to_string_lossy()).unwrap();
+            assert_eq!(
+                (id.pod_uid.as_str(), id.container_id.as_deref()),
+                (uid, Some(cid.as_str()))
+            );
+        }
     }
 }

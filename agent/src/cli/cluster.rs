@@ -251,12 +251,13 @@ pub async fn pods_by_selector(
         .collect())
 }
 
-/// The pod holding `ip` now, as (namespace, name, node); None when no pod (or a hostNetwork
-/// pod, which shares its node's address) holds it.
+/// The pod holding `ip` now, as (namespace, name, node) and when it started (status.startTime,
+/// else its creation: the API keeps no history of who held an IP before); None when no pod (or
+/// a hostNetwork pod, which shares its node's address) holds it.
 pub async fn pod_by_ip(
     client: &kube::Client,
     ip: std::net::IpAddr,
-) -> Result<Option<(String, String, String)>, ClusterError> {
+) -> Result<Option<((String, String, String), Option<SystemTime>)>, ClusterError> {
     let api = Api::<Pod>::all(client.clone());
     let lp = ListParams::default().fields(&format!("status.podIP={ip}"));
     let pods = bounded(api.list(&lp)).await?;
@@ -265,7 +266,16 @@ pub async fn pod_by_ip(
         if spec.host_network == Some(true) {
             return None;
         }
-        Some((p.metadata.namespace?, p.metadata.name?, spec.node_name?))
+        let started = p
+            .status
+            .as_ref()
+            .and_then(|s| s.start_time.as_ref())
+            .or(p.metadata.creation_timestamp.as_ref())
+            .map(|t| SystemTime::from(t.0));
+        Some((
+            (p.metadata.namespace?, p.metadata.name?, spec.node_name?),
+            started,
+        ))
     }))
 }
 

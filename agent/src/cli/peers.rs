@@ -4,7 +4,11 @@
 //! refused (nothing listens) or where the packets were dropped, so `query --pod` asks the agent
 //! of each such destination pod's node too, and keeps only its records of these flows.
 
-use std::{collections::BTreeSet, net::IpAddr};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+    time::SystemTime,
+};
 
 use crate::evidence::{Cause, Detail, Direction, Evidence};
 
@@ -30,6 +34,27 @@ pub fn other_side_flows(evidence: &[Evidence]) -> (BTreeSet<IpAddr>, BTreeSet<Ip
         }
     }
     (own, destinations)
+}
+
+/// The earliest time each destination of [`other_side_flows`] was seen in a record.
+pub fn destinations_since(evidence: &[Evidence]) -> BTreeMap<IpAddr, SystemTime> {
+    let mut out = BTreeMap::new();
+    for e in evidence.iter().filter(|e| needs_other_side(e)) {
+        if let Some((_, _, dst, _)) = e.detail.endpoints() {
+            out.entry(dst.ip())
+                .and_modify(|t: &mut SystemTime| *t = (*t).min(e.first_seen))
+                .or_insert(e.first_seen);
+        }
+    }
+    out
+}
+
+/// Whether the pod holding an address now (`started`: its start, from the cluster's pod list,
+/// which keeps no history of addresses) held it at `at`, when the records began: only when it
+/// started before. A pod started since, or of unknown start, is not the other side of those
+/// records: who was is unknown.
+pub fn held_then(started: Option<SystemTime>, at: SystemTime) -> bool {
+    started.is_some_and(|s| s <= at)
 }
 
 /// Keeps the records of the destination's side that are about flows from `own`.
@@ -97,6 +122,35 @@ mod tests {
         ];
         retain_flows_from(&mut theirs, &own);
         assert_eq!(theirs.len(), 1);
+    }
+
+    #[test]
+    fn the_pod_holding_a_destination_now_is_its_other_side_only_if_it_held_it_then() {
+        let at = |secs| SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000 + secs);
+        let record = |dst: &str, first: u64| {
+            let mut e = timeout().src("10.0.0.1:40002").dst(dst).evidence();
+            e.first_seen = at(first);
+            e.last_seen = at(first + 50);
+            e
+        };
+        let evidence = [
+            record("10.0.3.3:443", 100),
+            record("10.0.3.3:443", 80),
+            record("10.0.4.4:443", 100),
+        ];
+        let since = destinations_since(&evidence);
+        assert_eq!(
+            since.get(&ip("10.0.3.3")),
+            Some(&at(80)),
+            "the earliest record"
+        );
+        let t = since[&ip("10.0.4.4")];
+        assert!(held_then(Some(at(10)), t), "started before the records");
+        assert!(
+            !held_then(Some(at(120)), t),
+            "given the address since: not the other side"
+        );
+        assert!(!held_then(None, t), "unknown start");
     }
 
     fn ip(s: &str) -> IpAddr {

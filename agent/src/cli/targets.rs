@@ -165,6 +165,7 @@ pub(super) async fn other_side(
         .flat_map(|a| a.evidence.iter().cloned())
         .collect();
     let (own, destinations) = peers::other_side_flows(&evidence);
+    let since = peers::destinations_since(&evidence);
     if destinations.is_empty() {
         return;
     }
@@ -190,7 +191,12 @@ pub(super) async fn other_side(
         .collect();
     let mut peers = Vec::new();
     for ip in destinations.into_iter().take(client::FAN_OUT) {
-        if let Ok(Some(peer)) = cluster::pod_by_ip(&kube, ip).await
+        // The pod holding the address now is the other side only if it held it already when
+        // the records began: a pod started since may have been given a reused address.
+        if let Ok(Some((peer, started))) = cluster::pod_by_ip(&kube, ip).await
+            && since
+                .get(&ip)
+                .is_some_and(|at| peers::held_then(started, *at))
             && !asked.contains(&peer.2)
             && !peers.contains(&peer)
         {

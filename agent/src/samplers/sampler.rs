@@ -29,8 +29,9 @@ const REDISCOVER_EVERY: u64 = 10;
 #[derive(Clone, Debug)]
 pub struct SamplerConfig {
     pub hierarchies: Hierarchies,
-    /// kubelet's `--cgroup-root` (the parent of `kubepods`), relative to each mount.
-    pub kubelet_root: PathBuf,
+    /// kubelet's `--cgroup-root` (the parent of `kubepods`), relative to each mount; the same
+    /// root attribution reads cgroup paths under.
+    pub kubelet_root: crate::cgroup::path::KubeletRoot,
     /// Throttled periods per interval from which a container is reported.
     pub throttle_threshold: u64,
 }
@@ -528,7 +529,7 @@ pub fn v2_fixture_config(root: &Path, threshold: u64) -> SamplerConfig {
             memory: Some(h),
             unified: Some(root.to_owned()),
         },
-        kubelet_root: PathBuf::from("/"),
+        kubelet_root: crate::cgroup::path::KubeletRoot::new(Path::new("/")),
         throttle_threshold: threshold,
     }
 }
