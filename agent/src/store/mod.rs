@@ -134,6 +134,32 @@ fn owner_of(uid: Option<&str>) -> Owner {
     uid.map_or(Owner::Unattributed, |u| Owner::Pod(u.into()))
 }
 
+impl Owner {
+    /// The owner's name for the [`Backend`]: the pod's uid, "" for the unattributed records.
+    fn name(&self) -> &str {
+        match self {
+            Owner::Pod(uid) => uid,
+            Owner::Unattributed => "",
+        }
+    }
+
+    fn from_name(name: &str) -> Owner {
+        owner_of(Some(name).filter(|n| !n.is_empty()))
+    }
+}
+
+/// What one owner lost to evictions for room, kept by the [`Backend`] across restarts so an
+/// answer after a restart still says what was evicted before it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Evictions {
+    /// The pod (`None` for the unattributed records).
+    pub pod: Option<Arc<PodRef>>,
+    /// Records evicted.
+    pub evicted: u64,
+    /// Newest last_seen among them.
+    pub newest: SystemTime,
+}
+
 struct Slot {
     evidence: Evidence,
     seq: u64,
@@ -357,6 +383,11 @@ pub trait Backend: Send {
     }
     /// At shutdown, after the last flush: finish writing (blocking; called off the runtime).
     fn close(self: Box<Self>) {}
+    /// An owner's evictions changed (`None`: the owner is forgotten); `owner` is its name
+    /// (the pod's uid, "" for the unattributed records). Told before each flush.
+    fn evictions(&mut self, owner: &str, evictions: Option<&Evictions>) {
+        let _ = (owner, evictions);
+    }
 }
 
 struct Subscriber {
@@ -386,6 +417,8 @@ pub struct Store {
     metric_namespaces: HashSet<Arc<str>>,
     /// Per pod uid: the pod, its DNS lookup counters and when they last changed.
     dns_lookups: HashMap<String, (Arc<PodRef>, DnsLookups, SystemTime)>,
+    /// Owners whose evictions changed since the backend was last told.
+    evictions_changed: HashSet<Owner>,
 }
 
 impl Store {
@@ -406,6 +439,7 @@ impl Store {
             dns_lookups: HashMap::new(),
             occurrences: HashMap::new(),
             metric_namespaces: HashSet::new(),
+            evictions_changed: HashSet::new(),
         }
     }
 
@@ -513,10 +547,32 @@ impl Store {
         self.insert(hash, key, evidence, seq, id);
     }
 
+    /// Puts back an owner's evictions kept by the backend before a restart (`owner` as
+    /// [`Backend::evictions`] names it), added to what it counted since; call before
+    /// [`Store::sweep`], which forgets those past the retention.
+    pub fn restore_evictions(&mut self, owner: &str, saved: Evictions) {
+        let state = self.owners.entry(Owner::from_name(owner)).or_default();
+        state.evicted = state.evicted.saturating_add(saved.evicted);
+        state.evicted_newest = state.evicted_newest.max(Some(saved.newest));
+        if state.pod.is_none() {
+            state.pod = saved.pod;
+        }
+    }
+
     /// Hands the backend's pending changes over (see [`Backend::flush`]) and evicts what it
     /// asks to be evicted for its size budget.
     pub fn flush_backend(&mut self) {
         let Some(b) = &mut self.backend else { return };
+        for owner in self.evictions_changed.drain() {
+            let saved = self.owners.get(&owner).and_then(|s| {
+                Some(Evictions {
+                    pod: s.pod.clone(),
+                    evicted: s.evicted,
+                    newest: s.evicted_newest.filter(|_| s.evicted > 0)?,
+                })
+            });
+            b.evictions(owner.name(), saved.as_ref());
+        }
         b.flush();
         let mut n = b.shrink(self.records.len());
         while n > 0 {
@@ -649,6 +705,9 @@ impl Store {
             state.evicted += 1;
             state.evicted_newest = state.evicted_newest.max(Some(slot.evidence.last_seen));
             self.evicted += 1;
+            if self.backend.is_some() {
+                self.evictions_changed.insert(owner.clone());
+            }
             self.counters.add(Loss::StoreEvicted, 1);
         }
         if let Some(pod) = &state.pod
@@ -682,8 +741,15 @@ impl Store {
                 self.evict_oldest_of(&owner, true);
             }
         }
-        self.owners
-            .retain(|_, s| !s.order.is_empty() || s.evicted_newest.is_some_and(|t| t >= horizon));
+        let changed = &mut self.evictions_changed;
+        let told = self.backend.is_some();
+        self.owners.retain(|owner, s| {
+            let keep = !s.order.is_empty() || s.evicted_newest.is_some_and(|t| t >= horizon);
+            if !keep && told && s.evicted > 0 {
+                changed.insert(owner.clone());
+            }
+            keep
+        });
     }
 
     fn publish(&mut self, e: &Evidence) {
