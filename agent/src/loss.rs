@@ -89,8 +89,9 @@ names! {
         /// counters of at most `DNS_LOOKUP_PODS` (8,192) pods and drops the least recently
         /// updated pod's; counted by that pod's lookups. Its "N of M lookups succeeded" is gone.
         DnsLookupsForgotten = "dns_lookups_forgotten",
-        /// DNS lookups counted by the kernel for a cgroup attribution could not tie to a pod
-        /// (no pod known for it): they are in no pod's counters.
+        /// DNS lookups the kernel counted for a socket attribution could not tie to a pod (a
+        /// host process's, or a pod's whose metadata never came): in no pod's counters. Most
+        /// are the node's own lookups, so they never make an answer incomplete.
         DnsLookupsUnattributed = "dns_lookups_unattributed",
     }
 }
@@ -130,7 +131,9 @@ impl Loss {
             Loss::DnsLookupsForgotten => {
                 "DNS lookups forgotten with their pod's counters (over 8,192 pods)"
             }
-            Loss::DnsLookupsUnattributed => "DNS lookups in no pod's counters (pod unknown)",
+            Loss::DnsLookupsUnattributed => {
+                "DNS lookups in no pod's counters (no pod known: host processes or metadata missing)"
+            }
         }
     }
 
@@ -149,6 +152,7 @@ impl Loss {
                 | Loss::OtlpRejected
                 | Loss::OtlpLagged
                 | Loss::StoreBacklogFull
+                | Loss::DnsLookupsUnattributed
         )
     }
 

@@ -365,7 +365,8 @@ fn newest_first(a: &Evidence, b: &Evidence) -> std::cmp::Ordering {
     b.last_seen.cmp(&a.last_seen).then(b.count.cmp(&a.count))
 }
 
-/// Pods whose DNS lookup counters are kept, at most (the least recently updated go first).
+/// Pods whose DNS lookup counters are kept, at most (the least recently updated go first,
+/// counted as [`Loss::DnsLookupsForgotten`] by their lookups).
 pub const DNS_LOOKUP_PODS: usize = 8192;
 
 /// Where records go besides memory (the persistent store, [`persist`]): told of every change,
@@ -611,7 +612,11 @@ impl Store {
                 .min_by_key(|(_, (_, _, t))| *t)
                 .map(|(uid, _)| uid.clone())
         {
-            self.dns_lookups.remove(&oldest);
+            // Counted in what the pod's counters held: its lookups.
+            if let Some((_, forgotten, _)) = self.dns_lookups.remove(&oldest) {
+                self.counters
+                    .add(Loss::DnsLookupsForgotten, forgotten.lookups);
+            }
         }
         let entry = self
             .dns_lookups

@@ -357,6 +357,41 @@ fn dns_lookups_add_up_beside_the_records() {
     assert_eq!(s.stats().records, 1);
 }
 
+/// Past [`DNS_LOOKUP_PODS`] pods, the least recently updated pod's counters are forgotten and
+/// counted by their lookups.
+#[test]
+fn forgotten_dns_lookup_counters_are_counted_by_their_lookups() {
+    let counters = Arc::new(Counters::default());
+    let mut s = Store::new(
+        StoreConfig::new("n1", 10, DEFAULT_MAX_AGE),
+        counters.clone(),
+    );
+    let lookups = |pod: &str, at: u64, n: u64| {
+        Attributed::DnsLookups(crate::attribute::PodLookups {
+            at: t(at),
+            pod: crate::evidence::fixtures::pod_ref("ns", pod),
+            lookups: DnsLookups {
+                lookups: n,
+                ..DnsLookups::default()
+            },
+        })
+    };
+    // The oldest pod has 7 lookups in two tallies; every other pod 1.
+    s.add(lookups("oldest", 1, 3));
+    s.add(lookups("oldest", 2, 4));
+    for i in 1..DNS_LOOKUP_PODS {
+        s.add(lookups(&format!("p{i}"), 10, 1));
+    }
+    assert_eq!(counters.get(Loss::DnsLookupsForgotten), 0, "all fit");
+    s.add(lookups("newcomer", 20, 1));
+    assert_eq!(counters.get(Loss::DnsLookupsForgotten), 7);
+    assert!(s.query(&only("oldest"), 10).dns_lookups.is_empty());
+    assert_eq!(s.query(&only("newcomer"), 10).dns_lookups.len(), 1);
+    // A pod already kept adds up without forgetting anyone.
+    s.add(lookups("newcomer", 21, 1));
+    assert_eq!(counters.get(Loss::DnsLookupsForgotten), 7);
+}
+
 /// What a scan and a flood send a pod: `n` inbound occurrences, each from `sender(i)` to
 /// `port(i)`, starting at second `at`.
 fn inbound(
