@@ -61,8 +61,9 @@ names! {
         /// OTLP export: records the collector accepted the request for but rejected
         /// (`partial_success.rejected_log_records`).
         OtlpRejected = "otlp_rejected",
-        /// OTLP export: the exporter's subscription to the store fell behind and was dropped
-        /// (it subscribes again); the updates in between are not exported.
+        /// OTLP export: record updates not exported because the exporter's subscription to the
+        /// store fell behind and was dropped: the update that did not fit and every one
+        /// published until it subscribed again (the store counts them for it).
         OtlpLagged = "otlp_lagged",
         /// A DNS lookup the kernel found answered well could not be counted: its table of
         /// per-cgroup counters was full (more cgroups with lookups in one drain interval than
@@ -122,7 +123,7 @@ impl Loss {
             Loss::OtlpQueueFull => "record updates not exported (OTLP queue full)",
             Loss::OtlpExportFailed => "records not exported (OTLP export failed)",
             Loss::OtlpRejected => "records rejected by the OTLP collector",
-            Loss::OtlpLagged => "times the OTLP exporter fell behind the store",
+            Loss::OtlpLagged => "record updates not exported (OTLP exporter fell behind the store)",
             Loss::DnsAnsweredFull => "DNS lookups answered well not counted (kernel table full)",
             Loss::KernelRunsSkipped => "kernel program runs skipped (nested on one CPU)",
             Loss::DnsRepeatsLost => "repeated DNS failures not counted (kernel table full)",

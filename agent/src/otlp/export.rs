@@ -39,7 +39,7 @@ use super::{OtlpConfig, record};
 use crate::{
     evidence::{Evidence, Filter},
     loss::{Counters, Loss},
-    store::{StoreHandle, SubscribeError},
+    store::{Lag, StoreHandle, SubscribeError},
 };
 
 /// First wait before a retry; doubled per attempt up to [`MAX_BACKOFF`], each wait jittered
@@ -239,10 +239,18 @@ impl Drain {
             include_unattributed: true,
             ..Filter::default()
         };
+        // The lag of the subscription the store dropped, until a new one is in place.
+        let mut behind: Option<Arc<Lag>> = None;
         loop {
+            let resume = behind.clone();
             let subscription = tokio::select! {
                 () = cancel.cancelled() => return,
-                s = self.store.subscribe(filter.clone()) => s,
+                s = async {
+                    match resume {
+                        Some(lag) => self.store.resubscribe(filter.clone(), lag).await,
+                        None => self.store.subscribe(filter.clone()).await,
+                    }
+                } => s,
             };
             let mut subscription = match subscription {
                 Ok(s) => s,
@@ -255,6 +263,15 @@ impl Drain {
                     }
                 }
             };
+            if let Some(lag) = behind.take() {
+                // Final now that the new subscription is in place: every update in between.
+                let missed = lag.missed();
+                self.counters.add(Loss::OtlpLagged, missed);
+                warn!(
+                    missed,
+                    "the OTLP exporter fell behind the store; subscribed again"
+                );
+            }
             loop {
                 tokio::select! {
                     biased;
@@ -277,12 +294,12 @@ impl Drain {
                     },
                 }
             }
-            if !subscription.lagged.load(Relaxed) {
+            if !subscription.lag.is_lagged() {
                 // Closed without lagging: the store is gone.
                 return;
             }
-            self.counters.add(Loss::OtlpLagged, 1);
-            warn!("the OTLP exporter fell behind the store and was dropped; subscribing again");
+            // The store counts what this subscription misses until the next one is in place.
+            behind = Some(subscription.lag.clone());
         }
     }
 }

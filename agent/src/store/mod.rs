@@ -20,7 +20,7 @@ use std::{
     collections::{BTreeMap, HashMap, HashSet},
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, SystemTime},
 };
@@ -284,7 +284,7 @@ pub struct PersistState {
 pub struct PersistHealth {
     state: std::sync::Mutex<PersistState>,
     /// Records in the backlog: their newest change is not committed yet.
-    pub(crate) queued: std::sync::atomic::AtomicU64,
+    pub(crate) queued: AtomicU64,
 }
 
 impl PersistHealth {
@@ -395,7 +395,35 @@ struct Subscriber {
     filter: Filter,
     tx: mpsc::Sender<Evidence>,
     /// Set when the store dropped this watcher for being too slow.
-    lagged: Arc<AtomicBool>,
+    lag: Arc<Lag>,
+}
+
+/// A watcher the store dropped for being too slow, whose missed updates are still counted.
+struct Behind {
+    filter: Filter,
+    lag: Arc<Lag>,
+}
+
+/// How a watcher fell behind: set when the store drops it for being too slow, with the updates
+/// it missed from then on (the one that did not fit and every matching one after), counted
+/// until the watcher subscribes again resuming this lag ([`StoreHandle::resubscribe`]) or
+/// goes away.
+#[derive(Debug, Default)]
+pub struct Lag {
+    dropped: AtomicBool,
+    missed: AtomicU64,
+}
+
+impl Lag {
+    /// Whether the store dropped the watcher for being too slow.
+    pub fn is_lagged(&self) -> bool {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Updates the watcher missed since it was dropped (final once it resubscribed).
+    pub fn missed(&self) -> u64 {
+        self.missed.load(Ordering::Relaxed)
+    }
 }
 
 /// The aggregation state (synchronous, unit-tested); [`task`] owns it.
@@ -412,6 +440,9 @@ pub struct Store {
     expired: u64,
     counters: Arc<Counters>,
     subscribers: Vec<Subscriber>,
+    /// Watchers dropped for being too slow, counting what they miss (at most
+    /// [`MAX_SUBSCRIBERS`] with the subscribers).
+    behind: Vec<Behind>,
     backend: Option<Box<dyn Backend>>,
     /// Occurrences by kind and namespace, for the metrics.
     occurrences: HashMap<(Kind, Arc<str>), u64>,
@@ -436,6 +467,7 @@ impl Store {
             expired: 0,
             counters,
             subscribers: Vec::new(),
+            behind: Vec::new(),
             backend: None,
             dns_lookups: HashMap::new(),
             occurrences: HashMap::new(),
@@ -758,7 +790,16 @@ impl Store {
     }
 
     fn publish(&mut self, e: &Evidence) {
+        // A dropped watcher nobody holds any more has nothing left to count for.
+        self.behind.retain(|b| {
+            let held = Arc::strong_count(&b.lag) > 1;
+            if held && b.filter.matches(e) {
+                b.lag.missed.fetch_add(1, Ordering::Relaxed);
+            }
+            held
+        });
         let mut lagged = 0;
+        let behind = &mut self.behind;
         self.subscribers.retain(|s| {
             if !s.filter.matches(e) {
                 return !s.tx.is_closed();
@@ -766,7 +807,12 @@ impl Store {
             match s.tx.try_send(e.clone()) {
                 Ok(()) => true,
                 Err(mpsc::error::TrySendError::Full(_)) => {
-                    s.lagged.store(true, Ordering::Relaxed);
+                    s.lag.dropped.store(true, Ordering::Relaxed);
+                    s.lag.missed.fetch_add(1, Ordering::Relaxed);
+                    behind.push(Behind {
+                        filter: s.filter.clone(),
+                        lag: s.lag.clone(),
+                    });
                     lagged += 1;
                     false
                 }
@@ -833,18 +879,26 @@ impl Store {
         }
     }
 
-    /// Adds a watcher, unless [`MAX_SUBSCRIBERS`] are already watching.
+    /// Adds a watcher, unless [`MAX_SUBSCRIBERS`] are already watching (or were dropped and
+    /// are still counted). `resume`: the lag of this watcher's earlier subscription, whose
+    /// count of missed updates stops here when the watcher is added (final then).
     pub fn subscribe(
         &mut self,
         filter: Filter,
         tx: mpsc::Sender<Evidence>,
-        lagged: Arc<AtomicBool>,
+        lag: Arc<Lag>,
+        resume: Option<&Arc<Lag>>,
     ) -> bool {
         self.subscribers.retain(|s| !s.tx.is_closed());
-        if self.subscribers.len() >= MAX_SUBSCRIBERS {
+        self.behind.retain(|b| Arc::strong_count(&b.lag) > 1);
+        let resumed = |b: &Behind| resume.is_some_and(|r| Arc::ptr_eq(r, &b.lag));
+        let others = self.behind.iter().filter(|b| !resumed(b)).count();
+        if self.subscribers.len() + others >= MAX_SUBSCRIBERS {
+            // Refused: a resumed lag goes on counting until the watcher gets its place.
             return false;
         }
-        self.subscribers.push(Subscriber { filter, tx, lagged });
+        self.behind.retain(|b| !resumed(b));
+        self.subscribers.push(Subscriber { filter, tx, lag });
         true
     }
 
