@@ -21,6 +21,10 @@
 //! - The file is bounded: it holds the store's records (bounded by count and age), and when its
 //!   used pages exceed `max_bytes` the store evicts its oldest records fairly (counted as
 //!   `store_evicted`) until it fits.
+//! - What was lost is kept too, in the same transactions: the loss counters (with when each
+//!   last grew and since when they count) whenever they grew, and each owner's evictions
+//!   (what an answer about a pod says was evicted) whenever they changed. At startup they are
+//!   read back first, so the counters continue from where they were.
 //! - At startup [`open`] reads every record back (a record that no longer decodes is removed
 //!   and counted as `store_unreadable`). A file that is not this agent's store (another
 //!   program's database, a damaged file, a newer schema) is moved aside with a clear error and
