@@ -20,7 +20,8 @@ RUN cargo xtask setup --build-only
 RUN cargo build --release --locked --target x86_64-unknown-linux-musl -p triage-agent --bin triage-agent
 
 # Run: nothing but the binary. It needs no libc, no shell and no CA bundle (in a pod it trusts
-# the service account's CA).
+# the service account's CA; an https OTLP collector is checked against Mozilla's roots compiled
+# into the binary, or the CA that OTEL_EXPORTER_OTLP_CERTIFICATE names).
 FROM scratch
 ARG VERSION=0.1.0
 ARG REVISION

@@ -170,6 +170,7 @@ pub fn loss_to_pb(l: &LossCounts) -> pb::LossCounters {
                 last: l.last(loss).map(time_to_pb),
             })
             .collect(),
+        since: l.since().map(time_to_pb),
     }
 }
 

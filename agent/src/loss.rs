@@ -61,8 +61,9 @@ names! {
         /// OTLP export: records the collector accepted the request for but rejected
         /// (`partial_success.rejected_log_records`).
         OtlpRejected = "otlp_rejected",
-        /// OTLP export: the exporter's subscription to the store fell behind and was dropped
-        /// (it subscribes again); the updates in between are not exported.
+        /// OTLP export: record updates not exported because the exporter's subscription to the
+        /// store fell behind and was dropped: the update that did not fit and every one
+        /// published until it subscribed again (the store counts them for it).
         OtlpLagged = "otlp_lagged",
         /// A DNS lookup the kernel found answered well could not be counted: its table of
         /// per-cgroup counters was full (more cgroups with lookups in one drain interval than
@@ -85,6 +86,14 @@ names! {
         /// Memory still has them; after a restart such a record is older, missing, or (a
         /// removal given up) back.
         StoreBacklogFull = "store_backlog_full",
+        /// DNS lookups whose pod's counters were forgotten to make room: the store keeps the
+        /// counters of at most `DNS_LOOKUP_PODS` (8,192) pods and drops the least recently
+        /// updated pod's; counted by that pod's lookups. Its "N of M lookups succeeded" is gone.
+        DnsLookupsForgotten = "dns_lookups_forgotten",
+        /// DNS lookups the kernel counted for a socket attribution could not tie to a pod (a
+        /// host process's, or a pod's whose metadata never came): in no pod's counters. Most
+        /// are the node's own lookups, so they never make an answer incomplete.
+        DnsLookupsUnattributed = "dns_lookups_unattributed",
     }
 }
 
@@ -114,19 +123,25 @@ impl Loss {
             Loss::OtlpQueueFull => "record updates not exported (OTLP queue full)",
             Loss::OtlpExportFailed => "records not exported (OTLP export failed)",
             Loss::OtlpRejected => "records rejected by the OTLP collector",
-            Loss::OtlpLagged => "times the OTLP exporter fell behind the store",
+            Loss::OtlpLagged => "record updates not exported (OTLP exporter fell behind the store)",
             Loss::DnsAnsweredFull => "DNS lookups answered well not counted (kernel table full)",
             Loss::KernelRunsSkipped => "kernel program runs skipped (nested on one CPU)",
             Loss::DnsRepeatsLost => "repeated DNS failures not counted (kernel table full)",
             Loss::DnsLookupsLost => "DNS lookups missing from pods' counters (store channel full)",
             Loss::StoreBacklogFull => "records not written to disk (disk failing, backlog full)",
+            Loss::DnsLookupsForgotten => {
+                "DNS lookups forgotten with their pod's counters (over 8,192 pods)"
+            }
+            Loss::DnsLookupsUnattributed => {
+                "DNS lookups in no pod's counters (no pod known: host processes or metadata missing)"
+            }
         }
     }
 
     /// Whether this loss can make a query's answer incomplete. A slow watcher's lost updates do
     /// not change what Query sees, nor do records the OTLP exporter could not send, nor records
-    /// the disk could not take (memory still has them; the counter starts from 0 after the
-    /// restart that would miss them, so it could never warn then).
+    /// the disk could not take (memory still has them; a failing disk seldom keeps the counter
+    /// across the restart that would miss them, so it could not warn then).
     pub fn affects_answers(self) -> bool {
         !matches!(
             self,
@@ -138,6 +153,7 @@ impl Loss {
                 | Loss::OtlpRejected
                 | Loss::OtlpLagged
                 | Loss::StoreBacklogFull
+                | Loss::DnsLookupsUnattributed
         )
     }
 
@@ -151,6 +167,9 @@ impl Loss {
 pub struct LossCounts {
     counts: [u64; LOSS_KINDS],
     last: [Option<SystemTime>; LOSS_KINDS],
+    /// Since when the counters count: this agent's start, or with a persistent store the first
+    /// start of an agent on it (the counters continue across restarts).
+    since: Option<SystemTime>,
 }
 
 impl LossCounts {
@@ -166,6 +185,18 @@ impl LossCounts {
     pub fn last(&self, loss: Loss) -> Option<SystemTime> {
         self.last.get(loss.index()).copied().flatten()
     }
+    pub fn set_last(&mut self, loss: Loss, at: Option<SystemTime>) {
+        if let Some(slot) = self.last.get_mut(loss.index()) {
+            *slot = at;
+        }
+    }
+    /// Since when the counters count (`None`: not said).
+    pub fn since(&self) -> Option<SystemTime> {
+        self.since
+    }
+    pub fn set_since(&mut self, since: Option<SystemTime>) {
+        self.since = since;
+    }
     /// Every loss with its count, in [`Loss::ALL`] order.
     pub fn iter(&self) -> impl Iterator<Item = (Loss, u64)> + '_ {
         Loss::ALL.iter().map(|l| (*l, self.get(*l)))
@@ -179,7 +210,9 @@ impl LossCounts {
 }
 
 /// Every loss counter (the kernel's are added by the reader as they grow), cumulative since
-/// start, with the time each last grew. Relaxed atomics: they are statistics.
+/// [`Counters::since`] (this start, or the first start of an agent on the persistent store,
+/// which keeps them across restarts: [`Counters::restore`]), with the time each last grew.
+/// Relaxed atomics: they are statistics.
 #[derive(Debug, Default)]
 pub struct Counters {
     events_received: AtomicU64,
@@ -190,6 +223,18 @@ pub struct Counters {
     lost: [AtomicU64; LOSS_KINDS],
     /// Unix milliseconds of the latest growth, 0 for never.
     last_ms: [AtomicU64; LOSS_KINDS],
+    /// Unix milliseconds since which the counters count, 0 until [`Counters::begin`].
+    since_ms: AtomicU64,
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH).map_or(1, |d| {
+        u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+    })
+}
+
+fn from_unix_ms(ms: u64) -> Option<SystemTime> {
+    (ms > 0).then(|| SystemTime::UNIX_EPOCH + Duration::from_millis(ms))
 }
 
 impl Counters {
@@ -201,13 +246,42 @@ impl Counters {
             c.fetch_add(n, Relaxed);
         }
         if let Some(t) = self.last_ms.get(loss.index()) {
-            let now = SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(1, |d| {
-                    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
-                });
-            t.fetch_max(now, Relaxed);
+            t.fetch_max(unix_ms(SystemTime::now()), Relaxed);
         }
+    }
+
+    /// Puts back counters kept from before a restart: their counts are added to what was
+    /// counted since, their times kept when newer, and they count since `saved.since()`.
+    pub fn restore(&self, saved: &LossCounts) {
+        for l in Loss::ALL {
+            if let Some(c) = self.lost.get(l.index()) {
+                c.fetch_add(saved.get(*l), Relaxed);
+            }
+            if let (Some(t), Some(last)) = (self.last_ms.get(l.index()), saved.last(*l)) {
+                t.fetch_max(unix_ms(last), Relaxed);
+            }
+        }
+        if let Some(since) = saved.since() {
+            let ms = unix_ms(since);
+            let _ = self
+                .since_ms
+                .fetch_update(Relaxed, Relaxed, |now| match now {
+                    0 => Some(ms),
+                    now => Some(now.min(ms)),
+                });
+        }
+    }
+
+    /// The counters count since `at`, unless they already count since earlier (restored).
+    pub fn begin(&self, at: SystemTime) {
+        let _ = self
+            .since_ms
+            .compare_exchange(0, unix_ms(at), Relaxed, Relaxed);
+    }
+
+    /// Since when the counters count (`None` before [`Counters::begin`]).
+    pub fn since(&self) -> Option<SystemTime> {
+        from_unix_ms(self.since_ms.load(Relaxed))
     }
     pub fn add_events_received(&self, n: u64) {
         self.events_received.fetch_add(n, Relaxed);
@@ -232,10 +306,9 @@ impl Counters {
         for l in Loss::ALL {
             out.set(*l, self.get(*l));
             let ms = self.last_ms.get(l.index()).map_or(0, |t| t.load(Relaxed));
-            if let Some(slot) = out.last.get_mut(l.index()) {
-                *slot = (ms > 0).then(|| SystemTime::UNIX_EPOCH + Duration::from_millis(ms));
-            }
+            out.set_last(*l, from_unix_ms(ms));
         }
+        out.since = self.since();
         out
     }
     pub fn get(&self, loss: Loss) -> u64 {
@@ -262,5 +335,23 @@ mod tests {
         let mut unique = names.clone();
         unique.dedup();
         assert_eq!(names, unique);
+    }
+
+    #[test]
+    fn restored_counters_continue_from_the_first_start() {
+        let first = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        let before = Counters::default();
+        before.begin(first);
+        before.add(Loss::StoreEvicted, 3);
+        let saved = before.snapshot();
+
+        let after = Counters::default();
+        after.add(Loss::StoreEvicted, 1);
+        after.restore(&saved);
+        after.begin(first + Duration::from_secs(60));
+        let s = after.snapshot();
+        assert_eq!(s.get(Loss::StoreEvicted), 4);
+        assert_eq!(s.since(), Some(first));
+        assert!(s.last(Loss::StoreEvicted).is_some());
     }
 }

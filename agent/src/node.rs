@@ -90,6 +90,9 @@ fn open_persistent(
         Ok(opened) => {
             store.set_backend(Box::new(opened.backend));
             let restored = opened.records.len();
+            for (owner, evictions) in opened.evictions {
+                store.restore_evictions(&owner, evictions);
+            }
             for (id, e) in opened.records {
                 store.restore(id, e);
             }
@@ -180,6 +183,8 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     drop(btf);
 
     let counters = Arc::new(Counters::default());
+    // Since this start, unless the persistent store kept them from an earlier one.
+    counters.begin(started);
     let resolver = cgroup_ids::CgroupResolver::new(cgroup_root.clone(), counters.clone())
         .with_context(|| format!("opening the cgroup2 tree at {}", cgroup_root.display()))?;
     let cancel = CancellationToken::new();

@@ -134,6 +134,7 @@ fn answer(loss: Vec<PeerLoss>) -> AgentAnswer {
         loss,
         evicted_in_window: 0,
         agent_started: Some(t(0)),
+        losses_since: Some(t(0)),
     }
 }
 

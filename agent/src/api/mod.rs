@@ -9,7 +9,7 @@ mod error;
 pub mod limit;
 mod status;
 
-use std::{pin::Pin, sync::Arc, sync::atomic::Ordering, time::Duration};
+use std::{pin::Pin, sync::Arc, time::Duration};
 
 use futures::Stream;
 use tokio_util::sync::CancellationToken;
@@ -154,7 +154,7 @@ impl AgentService for AgentApi {
                     };
                     Some((Ok(update), Some((sub, state))))
                 }
-                None if sub.lagged.load(Ordering::Relaxed) => Some((
+                None if sub.lag.is_lagged() => Some((
                     Err(Status::resource_exhausted(
                         "watcher fell behind and was disconnected; reconnect and use Query for what was missed",
                     )),

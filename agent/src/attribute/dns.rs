@@ -63,13 +63,17 @@ impl Attributor {
             ip: Some(t.client_ip),
         };
         let subject = self.subject(clues, None, event.at, now, last_chance)?;
-        // Lookups nobody can be named for are not kept (they are no failure).
-        if let Some(pod) = subject.pod {
-            self.lookups.push(super::PodLookups {
+        // Lookups nobody can be named for are in no pod's counters: counted, by their lookups
+        // (a host process's, or a pod's whose metadata never came).
+        match subject.pod {
+            Some(pod) => self.lookups.push(super::PodLookups {
                 at: event.at,
                 pod,
                 lookups: t.lookups,
-            });
+            }),
+            None => self
+                .counters
+                .add(crate::loss::Loss::DnsLookupsUnattributed, t.lookups.lookups),
         }
         Some(Vec::new())
     }

@@ -696,10 +696,10 @@ fn events_of_an_outage_wait_for_the_relist_and_go_to_the_pod_that_held_the_ip() 
 }
 
 /// A pod's successful lookups are no record: attribution hands them over as counters, named
-/// by the asking cgroup, and lookups of no pod are not kept.
+/// by the asking cgroup, and lookups of no pod are counted as such.
 #[test]
 fn dns_lookups_are_counters_beside_the_records() {
-    let (mut a, _) = attributor();
+    let (mut a, counters) = attributor();
     synced_with_pods(&mut a);
     let tally = |cgroup_id, ip: &str| TimedEvent {
         at: t(5),
@@ -719,9 +719,11 @@ fn dns_lookups_are_counters_beside_the_records() {
     assert_eq!(taken[0].pod.name, "client");
     assert_eq!(taken[0].lookups.lookups, 12);
     assert!(a.take_lookups().is_empty(), "taken once");
-    // A host process's lookups: nobody to name.
+    // A host process's lookups: nobody to name, counted by its lookups.
+    assert_eq!(counters.get(Loss::DnsLookupsUnattributed), 0);
     assert!(a.event(tally(200, "10.9.9.9"), now(6)).is_empty());
     assert!(a.take_lookups().is_empty());
+    assert_eq!(counters.get(Loss::DnsLookupsUnattributed), 12);
 }
 
 #[tokio::test]

@@ -96,6 +96,9 @@ pub struct AgentAnswer {
     pub evicted_in_window: u64,
     /// When the agent started, if it says.
     pub agent_started: Option<std::time::SystemTime>,
+    /// Since when its store and loss counters count, if it says: its start, or with its
+    /// persistent store the first start on that store (they outlive restarts).
+    pub losses_since: Option<std::time::SystemTime>,
     /// DNS lookup counters of the pods asked about.
     pub dns_lookups: Vec<(
         std::sync::Arc<crate::evidence::PodRef>,
@@ -241,6 +244,11 @@ pub fn answer_from_pb(url: &str, response: pb::QueryResponse) -> Result<AgentAns
         node: response.node,
         evidence,
         truncated: response.truncated,
+        losses_since: response
+            .loss
+            .as_ref()
+            .and_then(|l| l.since.as_ref())
+            .and_then(|t| codec::time_from_pb(Some(t), "loss.since").ok()),
         loss: codec::loss_from_pb(&response.loss.unwrap_or_default()),
         evicted_in_window: response.evicted_in_window,
         agent_started: response

@@ -351,30 +351,70 @@ pub fn notes_text(notes: &[Note], with_fixes: bool) -> String {
     out
 }
 
+/// Where an agent's memory of the window begins, when not before it.
+enum Start {
+    /// Its store and loss counters begin inside the window (its start, or the first start on
+    /// its persistent store): nothing from before then.
+    Began { at: SystemTime, restart: bool },
+    /// It restarted inside the window, and its persistent store kept records, evictions and
+    /// loss counters from before (since `kept`): only what happened while no agent ran, and
+    /// changes of the last second before it stopped, were not seen.
+    Restarted { at: SystemTime, kept: SystemTime },
+}
+
+fn start_in_window(a: &AgentAnswer, since: Option<SystemTime>) -> Option<Start> {
+    let inside = |t: &SystemTime| since.is_none_or(|since| *t > since);
+    // An agent that does not say since when it counts counts since its start.
+    let kept = a.losses_since.or(a.agent_started)?;
+    if inside(&kept) {
+        let restart = a.agent_started.is_some_and(|started| started > kept);
+        return Some(Start::Began { at: kept, restart });
+    }
+    let started = a.agent_started.filter(inside)?;
+    (started > kept).then_some(Start::Restarted { at: started, kept })
+}
+
 /// What one agent's answer may lack, in words.
 fn completeness(a: &AgentAnswer, since: Option<SystemTime>) -> String {
     let mut out = String::new();
     let node = cleaned(&a.node);
     let lost = lost_in_window(&a.loss, since);
-    let restarted = a
-        .agent_started
-        .filter(|started| since.is_none_or(|since| *started > since));
-    match (lost.is_empty() && a.evicted_in_window == 0, restarted) {
+    let start = start_in_window(a, since);
+    let clean = lost.is_empty() && a.evicted_in_window == 0;
+    match (clean, &start) {
         (true, None) => {
             let _ = writeln!(
                 out,
                 "Completeness: node {node} lost no events in this window."
             );
         }
-        (true, Some(started)) => {
+        (true, Some(Start::Began { at, restart: false })) => {
             let _ = writeln!(
                 out,
                 "Completeness: node {node} lost no events since its agent started at {}, inside \
                  this window: evidence from before then is not in its store.",
-                rfc3339(started)
+                rfc3339(*at)
             );
         }
-        (false, started) => {
+        (true, Some(Start::Began { at, restart: true })) => {
+            let _ = writeln!(
+                out,
+                "Completeness: node {node} lost no events since its evidence store began at {}, \
+                 inside this window: evidence from before then is not in its store.",
+                rfc3339(*at)
+            );
+        }
+        (true, Some(Start::Restarted { at, kept })) => {
+            let _ = writeln!(
+                out,
+                "Completeness: node {node} counted no lost events since {} (its store on disk \
+                 outlives restarts), but its agent restarted at {} inside this window: what \
+                 happened while no agent ran was not seen.",
+                rfc3339(*kept),
+                rfc3339(*at)
+            );
+        }
+        (false, _) => {
             if !lost.is_empty() {
                 let _ = writeln!(
                     out,
@@ -390,13 +430,34 @@ fn completeness(a: &AgentAnswer, since: Option<SystemTime>) -> String {
                     a.evicted_in_window
                 );
             }
-            if let Some(started) = started {
-                let _ = writeln!(
-                    out,
-                    "WARNING: the agent on node {node} started at {} inside this window: \
-                     evidence from before then is not in its store.",
-                    rfc3339(started)
-                );
+            match start {
+                None => {}
+                Some(Start::Began { at, restart: false }) => {
+                    let _ = writeln!(
+                        out,
+                        "WARNING: the agent on node {node} started at {} inside this window: \
+                         evidence from before then is not in its store.",
+                        rfc3339(at)
+                    );
+                }
+                Some(Start::Began { at, restart: true }) => {
+                    let _ = writeln!(
+                        out,
+                        "WARNING: the evidence store of node {node} began at {} inside this \
+                         window: evidence from before then is not in its store.",
+                        rfc3339(at)
+                    );
+                }
+                Some(Start::Restarted { at, kept }) => {
+                    let _ = writeln!(
+                        out,
+                        "WARNING: the agent on node {node} restarted at {} inside this window: \
+                         what happened while no agent ran was not seen (its records and loss \
+                         counters are kept on disk since {}).",
+                        rfc3339(at),
+                        rfc3339(kept)
+                    );
+                }
             }
         }
     }

@@ -25,7 +25,8 @@ pub const DEFAULT_RETRY_WINDOW: Duration = Duration::from_secs(30);
 /// otherwise.
 pub const SERVICE_NAME: &str = "triage-agent";
 
-/// TLS towards an `https` endpoint: the system's roots, plus the files the variables name.
+/// TLS towards an `https` endpoint: the system's roots (Mozilla's, compiled in, when the system
+/// has none), plus the files the variables name.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Tls {
     /// PEM CA certificate(s) to trust (`OTEL_EXPORTER_OTLP_CERTIFICATE`).

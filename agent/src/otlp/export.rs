@@ -39,7 +39,7 @@ use super::{OtlpConfig, record};
 use crate::{
     evidence::{Evidence, Filter},
     loss::{Counters, Loss},
-    store::{StoreHandle, SubscribeError},
+    store::{Lag, StoreHandle, SubscribeError},
 };
 
 /// First wait before a retry; doubled per attempt up to [`MAX_BACKOFF`], each wait jittered
@@ -132,6 +132,52 @@ impl Pending {
     }
 }
 
+/// Which roots an https collector's certificate is checked against (besides the operator's
+/// `OTEL_EXPORTER_OTLP_CERTIFICATE`, always trusted when set).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Roots {
+    /// The system's store (`SSL_CERT_FILE`/`SSL_CERT_DIR`, or the distribution's bundle).
+    System,
+    /// Mozilla's bundle compiled in (webpki-roots): the system has none, as in the agent's
+    /// image (`FROM scratch`).
+    Compiled,
+}
+
+/// The system's roots when it has any, else the compiled-in ones.
+fn choose_roots(system_roots: usize) -> Roots {
+    match system_roots {
+        0 => Roots::Compiled,
+        _ => Roots::System,
+    }
+}
+
+/// How many trust roots the system store holds (read once, at setup).
+fn system_roots() -> usize {
+    let found = rustls_native_certs::load_native_certs();
+    if !found.errors.is_empty() {
+        debug!(errors = ?found.errors, "reading the system's trust roots");
+    }
+    found.certs.len()
+}
+
+fn trust_roots(tls: ClientTlsConfig, system_roots: usize) -> ClientTlsConfig {
+    match choose_roots(system_roots) {
+        Roots::System => tls.with_native_roots(),
+        Roots::Compiled => {
+            info!(
+                roots = webpki_roots_len(),
+                "no trust roots in the system store: the OTLP exporter trusts Mozilla's, compiled in"
+            );
+            tls.with_webpki_roots()
+        }
+    }
+}
+
+/// Roots of the compiled-in bundle.
+fn webpki_roots_len() -> usize {
+    webpki_roots::TLS_SERVER_ROOTS.len()
+}
+
 fn channel(config: &OtlpConfig) -> Result<Channel, ExportError> {
     let error = |source| ExportError::Endpoint {
         endpoint: super::config::redacted_endpoint(&config.endpoint),
@@ -142,7 +188,7 @@ fn channel(config: &OtlpConfig) -> Result<Channel, ExportError> {
         .connect_timeout(config.timeout)
         .timeout(config.timeout);
     if let Some(tls) = &config.tls {
-        let mut tls_config = ClientTlsConfig::new().with_native_roots();
+        let mut tls_config = trust_roots(ClientTlsConfig::new(), system_roots());
         if let Some(ca) = &tls.ca {
             tls_config = tls_config.ca_certificate(Certificate::from_pem(ca));
         }
@@ -239,10 +285,18 @@ impl Drain {
             include_unattributed: true,
             ..Filter::default()
         };
+        // The lag of the subscription the store dropped, until a new one is in place.
+        let mut behind: Option<Arc<Lag>> = None;
         loop {
+            let resume = behind.clone();
             let subscription = tokio::select! {
                 () = cancel.cancelled() => return,
-                s = self.store.subscribe(filter.clone()) => s,
+                s = async {
+                    match resume {
+                        Some(lag) => self.store.resubscribe(filter.clone(), lag).await,
+                        None => self.store.subscribe(filter.clone()).await,
+                    }
+                } => s,
             };
             let mut subscription = match subscription {
                 Ok(s) => s,
@@ -255,6 +309,15 @@ impl Drain {
                     }
                 }
             };
+            if let Some(lag) = behind.take() {
+                // Final now that the new subscription is in place: every update in between.
+                let missed = lag.missed();
+                self.counters.add(Loss::OtlpLagged, missed);
+                warn!(
+                    missed,
+                    "the OTLP exporter fell behind the store; subscribed again"
+                );
+            }
             loop {
                 tokio::select! {
                     biased;
@@ -277,12 +340,12 @@ impl Drain {
                     },
                 }
             }
-            if !subscription.lagged.load(Relaxed) {
+            if !subscription.lag.is_lagged() {
                 // Closed without lagging: the store is gone.
                 return;
             }
-            self.counters.add(Loss::OtlpLagged, 1);
-            warn!("the OTLP exporter fell behind the store and was dropped; subscribing again");
+            // The store counts what this subscription misses until the next one is in place.
+            behind = Some(subscription.lag.clone());
         }
     }
 }

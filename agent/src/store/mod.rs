@@ -20,7 +20,7 @@ use std::{
     collections::{BTreeMap, HashMap, HashSet},
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, SystemTime},
 };
@@ -132,6 +132,32 @@ impl Key {
 
 fn owner_of(uid: Option<&str>) -> Owner {
     uid.map_or(Owner::Unattributed, |u| Owner::Pod(u.into()))
+}
+
+impl Owner {
+    /// The owner's name for the [`Backend`]: the pod's uid, "" for the unattributed records.
+    fn name(&self) -> &str {
+        match self {
+            Owner::Pod(uid) => uid,
+            Owner::Unattributed => "",
+        }
+    }
+
+    fn from_name(name: &str) -> Owner {
+        owner_of(Some(name).filter(|n| !n.is_empty()))
+    }
+}
+
+/// What one owner lost to evictions for room, kept by the [`Backend`] across restarts so an
+/// answer after a restart still says what was evicted before it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Evictions {
+    /// The pod (`None` for the unattributed records).
+    pub pod: Option<Arc<PodRef>>,
+    /// Records evicted.
+    pub evicted: u64,
+    /// Newest last_seen among them.
+    pub newest: SystemTime,
 }
 
 struct Slot {
@@ -258,7 +284,7 @@ pub struct PersistState {
 pub struct PersistHealth {
     state: std::sync::Mutex<PersistState>,
     /// Records in the backlog: their newest change is not committed yet.
-    pub(crate) queued: std::sync::atomic::AtomicU64,
+    pub(crate) queued: AtomicU64,
 }
 
 impl PersistHealth {
@@ -339,7 +365,8 @@ fn newest_first(a: &Evidence, b: &Evidence) -> std::cmp::Ordering {
     b.last_seen.cmp(&a.last_seen).then(b.count.cmp(&a.count))
 }
 
-/// Pods whose DNS lookup counters are kept, at most (the least recently updated go first).
+/// Pods whose DNS lookup counters are kept, at most (the least recently updated go first,
+/// counted as [`Loss::DnsLookupsForgotten`] by their lookups).
 pub const DNS_LOOKUP_PODS: usize = 8192;
 
 /// Where records go besides memory (the persistent store, [`persist`]): told of every change,
@@ -357,13 +384,46 @@ pub trait Backend: Send {
     }
     /// At shutdown, after the last flush: finish writing (blocking; called off the runtime).
     fn close(self: Box<Self>) {}
+    /// An owner's evictions changed (`None`: the owner is forgotten); `owner` is its name
+    /// (the pod's uid, "" for the unattributed records). Told before each flush.
+    fn evictions(&mut self, owner: &str, evictions: Option<&Evictions>) {
+        let _ = (owner, evictions);
+    }
 }
 
 struct Subscriber {
     filter: Filter,
     tx: mpsc::Sender<Evidence>,
     /// Set when the store dropped this watcher for being too slow.
-    lagged: Arc<AtomicBool>,
+    lag: Arc<Lag>,
+}
+
+/// A watcher the store dropped for being too slow, whose missed updates are still counted.
+struct Behind {
+    filter: Filter,
+    lag: Arc<Lag>,
+}
+
+/// How a watcher fell behind: set when the store drops it for being too slow, with the updates
+/// it missed from then on (the one that did not fit and every matching one after), counted
+/// until the watcher subscribes again resuming this lag ([`StoreHandle::resubscribe`]) or
+/// goes away.
+#[derive(Debug, Default)]
+pub struct Lag {
+    dropped: AtomicBool,
+    missed: AtomicU64,
+}
+
+impl Lag {
+    /// Whether the store dropped the watcher for being too slow.
+    pub fn is_lagged(&self) -> bool {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Updates the watcher missed since it was dropped (final once it resubscribed).
+    pub fn missed(&self) -> u64 {
+        self.missed.load(Ordering::Relaxed)
+    }
 }
 
 /// The aggregation state (synchronous, unit-tested); [`task`] owns it.
@@ -380,12 +440,17 @@ pub struct Store {
     expired: u64,
     counters: Arc<Counters>,
     subscribers: Vec<Subscriber>,
+    /// Watchers dropped for being too slow, counting what they miss (at most
+    /// [`MAX_SUBSCRIBERS`] with the subscribers).
+    behind: Vec<Behind>,
     backend: Option<Box<dyn Backend>>,
     /// Occurrences by kind and namespace, for the metrics.
     occurrences: HashMap<(Kind, Arc<str>), u64>,
     metric_namespaces: HashSet<Arc<str>>,
     /// Per pod uid: the pod, its DNS lookup counters and when they last changed.
     dns_lookups: HashMap<String, (Arc<PodRef>, DnsLookups, SystemTime)>,
+    /// Owners whose evictions changed since the backend was last told.
+    evictions_changed: HashSet<Owner>,
 }
 
 impl Store {
@@ -402,10 +467,12 @@ impl Store {
             expired: 0,
             counters,
             subscribers: Vec::new(),
+            behind: Vec::new(),
             backend: None,
             dns_lookups: HashMap::new(),
             occurrences: HashMap::new(),
             metric_namespaces: HashSet::new(),
+            evictions_changed: HashSet::new(),
         }
     }
 
@@ -513,10 +580,32 @@ impl Store {
         self.insert(hash, key, evidence, seq, id);
     }
 
+    /// Puts back an owner's evictions kept by the backend before a restart (`owner` as
+    /// [`Backend::evictions`] names it), added to what it counted since; call before
+    /// [`Store::sweep`], which forgets those past the retention.
+    pub fn restore_evictions(&mut self, owner: &str, saved: Evictions) {
+        let state = self.owners.entry(Owner::from_name(owner)).or_default();
+        state.evicted = state.evicted.saturating_add(saved.evicted);
+        state.evicted_newest = state.evicted_newest.max(Some(saved.newest));
+        if state.pod.is_none() {
+            state.pod = saved.pod;
+        }
+    }
+
     /// Hands the backend's pending changes over (see [`Backend::flush`]) and evicts what it
     /// asks to be evicted for its size budget.
     pub fn flush_backend(&mut self) {
         let Some(b) = &mut self.backend else { return };
+        for owner in self.evictions_changed.drain() {
+            let saved = self.owners.get(&owner).and_then(|s| {
+                Some(Evictions {
+                    pod: s.pod.clone(),
+                    evicted: s.evicted,
+                    newest: s.evicted_newest.filter(|_| s.evicted > 0)?,
+                })
+            });
+            b.evictions(owner.name(), saved.as_ref());
+        }
         b.flush();
         let mut n = b.shrink(self.records.len());
         while n > 0 {
@@ -555,7 +644,11 @@ impl Store {
                 .min_by_key(|(_, (_, _, t))| *t)
                 .map(|(uid, _)| uid.clone())
         {
-            self.dns_lookups.remove(&oldest);
+            // Counted in what the pod's counters held: its lookups.
+            if let Some((_, forgotten, _)) = self.dns_lookups.remove(&oldest) {
+                self.counters
+                    .add(Loss::DnsLookupsForgotten, forgotten.lookups);
+            }
         }
         let entry = self
             .dns_lookups
@@ -649,6 +742,9 @@ impl Store {
             state.evicted += 1;
             state.evicted_newest = state.evicted_newest.max(Some(slot.evidence.last_seen));
             self.evicted += 1;
+            if self.backend.is_some() {
+                self.evictions_changed.insert(owner.clone());
+            }
             self.counters.add(Loss::StoreEvicted, 1);
         }
         if let Some(pod) = &state.pod
@@ -682,12 +778,28 @@ impl Store {
                 self.evict_oldest_of(&owner, true);
             }
         }
-        self.owners
-            .retain(|_, s| !s.order.is_empty() || s.evicted_newest.is_some_and(|t| t >= horizon));
+        let changed = &mut self.evictions_changed;
+        let told = self.backend.is_some();
+        self.owners.retain(|owner, s| {
+            let keep = !s.order.is_empty() || s.evicted_newest.is_some_and(|t| t >= horizon);
+            if !keep && told && s.evicted > 0 {
+                changed.insert(owner.clone());
+            }
+            keep
+        });
     }
 
     fn publish(&mut self, e: &Evidence) {
+        // A dropped watcher nobody holds any more has nothing left to count for.
+        self.behind.retain(|b| {
+            let held = Arc::strong_count(&b.lag) > 1;
+            if held && b.filter.matches(e) {
+                b.lag.missed.fetch_add(1, Ordering::Relaxed);
+            }
+            held
+        });
         let mut lagged = 0;
+        let behind = &mut self.behind;
         self.subscribers.retain(|s| {
             if !s.filter.matches(e) {
                 return !s.tx.is_closed();
@@ -695,7 +807,12 @@ impl Store {
             match s.tx.try_send(e.clone()) {
                 Ok(()) => true,
                 Err(mpsc::error::TrySendError::Full(_)) => {
-                    s.lagged.store(true, Ordering::Relaxed);
+                    s.lag.dropped.store(true, Ordering::Relaxed);
+                    s.lag.missed.fetch_add(1, Ordering::Relaxed);
+                    behind.push(Behind {
+                        filter: s.filter.clone(),
+                        lag: s.lag.clone(),
+                    });
                     lagged += 1;
                     false
                 }
@@ -762,18 +879,26 @@ impl Store {
         }
     }
 
-    /// Adds a watcher, unless [`MAX_SUBSCRIBERS`] are already watching.
+    /// Adds a watcher, unless [`MAX_SUBSCRIBERS`] are already watching (or were dropped and
+    /// are still counted). `resume`: the lag of this watcher's earlier subscription, whose
+    /// count of missed updates stops here when the watcher is added (final then).
     pub fn subscribe(
         &mut self,
         filter: Filter,
         tx: mpsc::Sender<Evidence>,
-        lagged: Arc<AtomicBool>,
+        lag: Arc<Lag>,
+        resume: Option<&Arc<Lag>>,
     ) -> bool {
         self.subscribers.retain(|s| !s.tx.is_closed());
-        if self.subscribers.len() >= MAX_SUBSCRIBERS {
+        self.behind.retain(|b| Arc::strong_count(&b.lag) > 1);
+        let resumed = |b: &Behind| resume.is_some_and(|r| Arc::ptr_eq(r, &b.lag));
+        let others = self.behind.iter().filter(|b| !resumed(b)).count();
+        if self.subscribers.len() + others >= MAX_SUBSCRIBERS {
+            // Refused: a resumed lag goes on counting until the watcher gets its place.
             return false;
         }
-        self.subscribers.push(Subscriber { filter, tx, lagged });
+        self.behind.retain(|b| !resumed(b));
+        self.subscribers.push(Subscriber { filter, tx, lag });
         true
     }
 

@@ -21,6 +21,10 @@
 //! - The file is bounded: it holds the store's records (bounded by count and age), and when its
 //!   used pages exceed `max_bytes` the store evicts its oldest records fairly (counted as
 //!   `store_evicted`) until it fits.
+//! - What was lost is kept too, in the same transactions: the loss counters (with when each
+//!   last grew and since when they count) whenever they grew, and each owner's evictions
+//!   (what an answer about a pod says was evicted) whenever they changed. At startup they are
+//!   read back first, so the counters continue from where they were.
 //! - At startup [`open`] reads every record back (a record that no longer decodes is removed
 //!   and counted as `store_unreadable`). A file that is not this agent's store (another
 //!   program's database, a damaged file, a newer schema) is moved aside with a clear error and
@@ -41,20 +45,36 @@ use prost::Message as _;
 use rusqlite::{Connection, OptionalExtension as _, params};
 use triage_agent_proto::v1 as pb;
 
-use super::{Backend, PersistHealth};
+use super::{Backend, Evictions, PersistHealth};
 use crate::{
     codec,
-    evidence::Evidence,
-    loss::{Counters, Loss},
+    evidence::{
+        Evidence, Named as _,
+        wire::{pod_from_pb, pod_to_pb},
+    },
+    loss::{Counters, Loss, LossCounts},
 };
 
 /// `PRAGMA application_id` of a triage-agent store ("TRIA"): tells our file from any other
 /// SQLite database.
 const APPLICATION_ID: i32 = 0x5452_4941;
-/// `PRAGMA user_version`: the schema. A file with a newer one is moved aside, not misread.
-const SCHEMA_VERSION: i32 = 1;
-/// The one table: a record's lasting id and its protobuf encoding.
+/// `PRAGMA user_version`: the schema. A file with a newer one is moved aside, not misread; an
+/// older one is brought up to this one ([`MIGRATIONS`]).
+const SCHEMA_VERSION: i32 = 2;
+/// The records: a record's lasting id and its protobuf encoding.
 const SCHEMA: &str = "CREATE TABLE evidence (id INTEGER PRIMARY KEY, record BLOB NOT NULL);";
+/// Schema 2: what was lost, kept across restarts. `losses`: every loss counter by its stable
+/// name, with when it last grew (Unix ms, 0 for never); `owners`: each owner's evictions for
+/// room (the pod's uid, "" for the unattributed records; the pod as a protobuf `PodRef`; the
+/// newest evicted record's last_seen in Unix ms); `meta`: `losses_since`, when the counters
+/// began (Unix ms).
+const SCHEMA_2: &str = "CREATE TABLE IF NOT EXISTS losses (name TEXT PRIMARY KEY, \
+     count INTEGER NOT NULL, last_ms INTEGER NOT NULL); \
+     CREATE TABLE IF NOT EXISTS owners (owner TEXT PRIMARY KEY, pod BLOB, \
+     evicted INTEGER NOT NULL, newest_ms INTEGER NOT NULL); \
+     CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);";
+/// What brings a file of schema `version - 1` to `version`, in order.
+const MIGRATIONS: &[(i32, &str)] = &[(2, SCHEMA_2)];
 /// Default bound of the file's used size.
 pub const DEFAULT_MAX_BYTES: u64 = 256 * 1024 * 1024;
 /// When over budget, shrink to this share of it (so one eviction round does not repeat at once).
@@ -115,9 +135,12 @@ pub enum PersistError {
 
 /// An opened store: the backend to give the [`super::Store`], the records to
 /// [`super::Store::restore`] (oldest first) and the health to report.
+/// The loss counters kept in the file are already back in the counters given to [`open`].
 pub struct Opened {
     pub backend: PersistBackend,
     pub records: Vec<(u64, Evidence)>,
+    /// Each owner's evictions, for [`super::Store::restore_evictions`].
+    pub evictions: Vec<(String, Evictions)>,
     pub health: Arc<PersistHealth>,
 }
 
@@ -137,6 +160,11 @@ struct Backlog {
     max: usize,
     /// What the writer's current attempt holds: id -> order of the change it writes.
     in_flight: HashMap<u64, u64>,
+    /// Owners whose evictions changed: name -> (order of the change, the newest state;
+    /// `None`: forget the owner). As many as the store has owners, so not bounded apart.
+    owners: HashMap<String, (u64, Option<Evictions>)>,
+    /// The owners' changes the current attempt writes: name -> order.
+    owners_in_flight: HashMap<String, u64>,
     /// Records given up while the attempt writing their newest state runs: lost only if it
     /// fails.
     doubtful: u64,
@@ -154,6 +182,8 @@ impl Backlog {
             next: 0,
             max: max.max(1),
             in_flight: HashMap::new(),
+            owners: HashMap::new(),
+            owners_in_flight: HashMap::new(),
             doubtful: 0,
             flushed: false,
             closed: false,
@@ -184,17 +214,37 @@ impl Backlog {
         given_up
     }
 
-    /// What an attempt writes: the newest change of every record, noted as in flight.
-    fn take_attempt(&mut self) -> Vec<(u64, Change)> {
+    fn put_owner(&mut self, owner: &str, evictions: Option<Evictions>) {
+        self.next += 1;
+        self.owners.insert(owner.to_owned(), (self.next, evictions));
+    }
+
+    /// What an attempt writes: the newest change of every record and owner, noted as in
+    /// flight.
+    fn take_attempt(&mut self) -> Attempt {
         self.in_flight = self
             .changes
             .iter()
             .map(|(id, (seq, _))| (*id, *seq))
             .collect();
-        self.changes
+        self.owners_in_flight = self
+            .owners
             .iter()
-            .map(|(id, (_, change))| (*id, change.clone()))
-            .collect()
+            .map(|(owner, (seq, _))| (owner.clone(), *seq))
+            .collect();
+        Attempt {
+            records: self
+                .changes
+                .iter()
+                .map(|(id, (_, change))| (*id, change.clone()))
+                .collect(),
+            owners: self
+                .owners
+                .iter()
+                .map(|(owner, (_, e))| (owner.clone(), e.clone()))
+                .collect(),
+            losses: None,
+        }
     }
 
     /// After an attempt: when committed, the records it wrote that did not change since leave
@@ -203,8 +253,14 @@ impl Backlog {
     fn attempt_done(&mut self, committed: bool) -> u64 {
         let in_flight = std::mem::take(&mut self.in_flight);
         let doubtful = std::mem::take(&mut self.doubtful);
+        let owners = std::mem::take(&mut self.owners_in_flight);
         if !committed {
             return doubtful;
+        }
+        for (owner, seq) in owners {
+            if self.owners.get(&owner).is_some_and(|(s, _)| *s == seq) {
+                self.owners.remove(&owner);
+            }
         }
         for (id, seq) in in_flight {
             if self.changes.get(&id).is_some_and(|(s, _)| *s == seq) {
@@ -213,6 +269,20 @@ impl Backlog {
             }
         }
         0
+    }
+}
+
+/// One transaction's worth: the records' and owners' newest changes, and the loss counters
+/// when they changed since the last commit.
+struct Attempt {
+    records: Vec<(u64, Change)>,
+    owners: Vec<(String, Option<Evictions>)>,
+    losses: Option<LossCounts>,
+}
+
+impl Attempt {
+    fn is_empty(&self) -> bool {
+        self.records.is_empty() && self.owners.is_empty() && self.losses.is_none()
     }
 }
 
@@ -238,6 +308,8 @@ pub struct PersistBackend {
     writer: Option<std::thread::JoinHandle<()>>,
     health: Arc<PersistHealth>,
     counters: Arc<Counters>,
+    /// The loss counters at the last flush.
+    losses_flushed: LossCounts,
     max_bytes: u64,
 }
 
@@ -263,11 +335,19 @@ impl Backend for PersistBackend {
     }
 
     fn flush(&mut self) {
+        // Also without changed records when the loss counters grew since the last flush.
+        let losses = self.counters.snapshot();
+        let grew = losses != self.losses_flushed;
+        self.losses_flushed = losses;
         let mut b = self.shared.lock();
-        if !b.changes.is_empty() {
+        if grew || !b.changes.is_empty() || !b.owners.is_empty() {
             b.flushed = true;
             self.shared.wake.notify_one();
         }
+    }
+
+    fn evictions(&mut self, owner: &str, evictions: Option<&Evictions>) {
+        self.shared.lock().put_owner(owner, evictions.cloned());
     }
 
     fn shrink(&mut self, records: usize) -> usize {
@@ -330,10 +410,15 @@ pub fn open(config: &PersistConfig, counters: Arc<Counters>) -> Result<Opened, P
             })?
         }
     };
-    let records = read_back(&conn, &counters, true).map_err(|source| PersistError::Sqlite {
+    let sqlite = |source| PersistError::Sqlite {
         path: path.clone(),
         source,
-    })?;
+    };
+    // The counters first: what read_back counts adds to them.
+    let saved = read_losses(&conn).map_err(sqlite)?;
+    counters.restore(&saved);
+    let evictions = read_owners(&conn).map_err(sqlite)?;
+    let records = read_back(&conn, &counters, true).map_err(sqlite)?;
     let health = Arc::new(PersistHealth::default());
     health.update(|s| {
         s.path = path.clone();
@@ -364,11 +449,90 @@ pub fn open(config: &PersistConfig, counters: Arc<Counters>) -> Result<Opened, P
             writer: Some(writer),
             health: health.clone(),
             counters,
+            losses_flushed: LossCounts::default(),
             max_bytes: config.max_bytes,
         },
         records,
+        evictions,
         health,
     })
+}
+
+fn ms_of(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn time_of_ms(ms: i64) -> Option<SystemTime> {
+    let ms = u64::try_from(ms).ok().filter(|ms| *ms > 0)?;
+    SystemTime::UNIX_EPOCH.checked_add(Duration::from_millis(ms))
+}
+
+/// The loss counters kept in the file (names this version does not know are skipped, as are
+/// values out of range).
+fn read_losses(conn: &Connection) -> rusqlite::Result<LossCounts> {
+    let mut out = LossCounts::default();
+    let mut stmt = conn.prepare("SELECT name, count, last_ms FROM losses")?;
+    let mut rows = stmt.query([])?;
+    while let Some(row) = rows.next()? {
+        let (Ok(name), Ok(count), Ok(last)) = (
+            row.get::<_, String>(0),
+            row.get::<_, i64>(1),
+            row.get::<_, i64>(2),
+        ) else {
+            continue;
+        };
+        if let Ok(loss) = Loss::from_name(&name) {
+            out.set(loss, u64::try_from(count).unwrap_or(0));
+            out.set_last(loss, time_of_ms(last));
+        }
+    }
+    let since: Option<i64> = conn
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'losses_since'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    out.set_since(since.and_then(time_of_ms));
+    Ok(out)
+}
+
+/// Each owner's evictions kept in the file.
+fn read_owners(conn: &Connection) -> rusqlite::Result<Vec<(String, Evictions)>> {
+    let mut out = Vec::new();
+    let mut stmt = conn.prepare("SELECT owner, pod, evicted, newest_ms FROM owners")?;
+    let mut rows = stmt.query([])?;
+    while let Some(row) = rows.next()? {
+        let (Ok(owner), Ok(evicted), Ok(newest)) = (
+            row.get::<_, String>(0),
+            row.get::<_, i64>(2),
+            row.get::<_, i64>(3),
+        ) else {
+            continue;
+        };
+        let pod = row
+            .get::<_, Vec<u8>>(1)
+            .ok()
+            .and_then(|b| pb::PodRef::decode(b.as_slice()).ok())
+            .map(pod_from_pb);
+        let (Ok(evicted), Some(newest)) = (u64::try_from(evicted), time_of_ms(newest)) else {
+            continue;
+        };
+        // A pod's evictions without its pod could never match a query: skip them.
+        if evicted == 0 || (!owner.is_empty() && pod.as_ref().is_none_or(|p| p.uid != owner)) {
+            continue;
+        }
+        out.push((
+            owner,
+            Evictions {
+                pod,
+                evicted,
+                newest,
+            },
+        ));
+    }
+    Ok(out)
 }
 
 /// Takes the advisory lock beside the file (`<path>.lock`), held for the writer's life.
@@ -419,7 +583,7 @@ fn open_ours(path: &Path) -> Result<Connection, String> {
         let tables: i64 = conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))?;
         if app == 0 && version == 0 && tables == 0 {
             conn.pragma_update(None, "journal_mode", "WAL")?;
-            conn.execute_batch(&format!("BEGIN; {SCHEMA} COMMIT;"))?;
+            conn.execute_batch(&format!("BEGIN; {SCHEMA} {SCHEMA_2} COMMIT;"))?;
             conn.pragma_update(None, "application_id", APPLICATION_ID)?;
             conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
             return Ok(Ok(()));
@@ -439,6 +603,13 @@ fn open_ours(path: &Path) -> Result<Connection, String> {
         let ok: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
         if ok != "ok" {
             return Ok(Err(format!("{} is damaged ({ok})", path.display())));
+        }
+        // An older agent's file: brought up to this schema, one version at a time, each in
+        // the transaction that records it (the old tables are kept as they are).
+        for (to, migration) in MIGRATIONS.iter().filter(|(to, _)| *to > version) {
+            conn.execute_batch(&format!(
+                "BEGIN; {migration} PRAGMA user_version = {to}; COMMIT;"
+            ))?;
         }
         Ok(Ok(()))
     };
@@ -585,6 +756,8 @@ fn write_batches(
 ) {
     // When the last attempt failed: when to try again, and the wait after that.
     let mut retry: Option<(Instant, Duration)> = None;
+    // The loss counters as last committed: none yet, so the first commit writes them all.
+    let mut losses_written = LossCounts::default();
     loop {
         let (attempt, closing) = {
             let mut b = shared.lock();
@@ -614,6 +787,11 @@ fn write_batches(
             b.flushed = false;
             (b.take_attempt(), b.closed)
         };
+        let mut attempt = attempt;
+        let losses = counters.snapshot();
+        if losses != losses_written {
+            attempt.losses = Some(losses);
+        }
         if attempt.is_empty() {
             shared.lock().attempt_done(true);
             retry = None;
@@ -623,9 +801,13 @@ fn write_batches(
             continue;
         }
         let result = commit(&conn, &attempt);
+        let committed_losses = attempt.losses.take();
         drop(attempt);
         match &result {
             Ok(()) => {
+                if let Some(l) = committed_losses {
+                    losses_written = l;
+                }
                 let used = used_bytes(&conn).unwrap_or(0);
                 health.update(|s| {
                     s.last_commit = Some(SystemTime::now());
@@ -670,8 +852,52 @@ fn write_batches(
     }
 }
 
-fn commit(conn: &Connection, changes: &[(u64, Change)]) -> rusqlite::Result<()> {
+fn commit(conn: &Connection, attempt: &Attempt) -> rusqlite::Result<()> {
+    let changes = &attempt.records;
     let tx = conn.unchecked_transaction()?;
+    if let Some(losses) = &attempt.losses {
+        let mut put = tx.prepare_cached(
+            "INSERT INTO losses (name, count, last_ms) VALUES (?1, ?2, ?3)
+             ON CONFLICT (name) DO UPDATE SET count = excluded.count, last_ms = excluded.last_ms",
+        )?;
+        for (loss, count) in losses.iter().filter(|(_, n)| *n > 0) {
+            put.execute(params![
+                loss.as_str(),
+                i64::try_from(count).unwrap_or(i64::MAX),
+                losses.last(loss).map_or(0, ms_of),
+            ])?;
+        }
+        if let Some(since) = losses.since() {
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES ('losses_since', ?1)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                [ms_of(since)],
+            )?;
+        }
+    }
+    {
+        let mut put = tx.prepare_cached(
+            "INSERT INTO owners (owner, pod, evicted, newest_ms) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (owner) DO UPDATE SET pod = excluded.pod, evicted = excluded.evicted,
+             newest_ms = excluded.newest_ms",
+        )?;
+        let mut forget = tx.prepare_cached("DELETE FROM owners WHERE owner = ?1")?;
+        for (owner, evictions) in &attempt.owners {
+            match evictions {
+                Some(e) => {
+                    put.execute(params![
+                        owner,
+                        e.pod.as_deref().map(|p| pod_to_pb(p).encode_to_vec()),
+                        i64::try_from(e.evicted).unwrap_or(i64::MAX),
+                        ms_of(e.newest),
+                    ])?;
+                }
+                None => {
+                    forget.execute([owner])?;
+                }
+            }
+        }
+    }
     {
         let mut upsert = tx.prepare_cached(
             "INSERT INTO evidence (id, record) VALUES (?1, ?2)

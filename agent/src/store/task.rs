@@ -11,7 +11,7 @@ use std::{
     future::Future,
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant, SystemTime},
 };
@@ -19,7 +19,7 @@ use std::{
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::{QueryResult, Selection, Store, StoreStats, WATCH_BUFFER};
+use super::{Lag, QueryResult, Selection, Store, StoreStats, WATCH_BUFFER};
 use crate::{
     attribute::Attributed,
     evidence::{Evidence, Filter},
@@ -82,7 +82,9 @@ pub enum Command {
     Subscribe {
         filter: Filter,
         tx: mpsc::Sender<Evidence>,
-        lagged: Arc<AtomicBool>,
+        lag: Arc<Lag>,
+        /// The lag of the watcher's earlier subscription: its count stops here.
+        resume: Option<Arc<Lag>>,
         ready: oneshot::Sender<bool>,
     },
     Stats {
@@ -107,8 +109,8 @@ pub enum SubscribeError {
 /// A live stream of updated records.
 pub struct Subscription {
     pub updates: mpsc::Receiver<Evidence>,
-    /// Set when the store dropped this watcher for being too slow.
-    pub lagged: Arc<AtomicBool>,
+    /// Whether the store dropped this watcher for being too slow, and what it missed since.
+    pub lag: Arc<Lag>,
 }
 
 /// Cloneable access to the store task.
@@ -142,20 +144,40 @@ impl StoreHandle {
 
     /// Updated records matching `filter`, from now on.
     pub async fn subscribe(&self, filter: Filter) -> Result<Subscription, SubscribeError> {
+        self.subscribe_resuming(filter, None).await
+    }
+
+    /// A watcher the store dropped for being too slow subscribes again: once this succeeds,
+    /// `lag.missed()` is every matching update it missed in between (refused, the lag goes on
+    /// counting: resume it again).
+    pub async fn resubscribe(
+        &self,
+        filter: Filter,
+        lag: Arc<Lag>,
+    ) -> Result<Subscription, SubscribeError> {
+        self.subscribe_resuming(filter, Some(lag)).await
+    }
+
+    async fn subscribe_resuming(
+        &self,
+        filter: Filter,
+        resume: Option<Arc<Lag>>,
+    ) -> Result<Subscription, SubscribeError> {
         let (tx, updates) = mpsc::channel(WATCH_BUFFER);
-        let lagged = Arc::new(AtomicBool::new(false));
+        let lag = Arc::new(Lag::default());
         let (ready, ack) = oneshot::channel();
         self.tx
             .send(Command::Subscribe {
                 filter,
                 tx,
-                lagged: lagged.clone(),
+                lag: lag.clone(),
+                resume,
                 ready,
             })
             .await
             .map_err(|_| StoreGone)?;
         match ack.await.map_err(|_| StoreGone)? {
-            true => Ok(Subscription { updates, lagged }),
+            true => Ok(Subscription { updates, lag }),
             false => Err(SubscribeError::TooMany),
         }
     }
@@ -236,8 +258,8 @@ async fn run(
                 Some(Command::Query { filter, limit, reply }) => {
                     let _ = reply.send(store.select(&filter, limit));
                 }
-                Some(Command::Subscribe { filter, tx, lagged, ready }) => {
-                    let _ = ready.send(store.subscribe(filter, tx, lagged));
+                Some(Command::Subscribe { filter, tx, lag, resume, ready }) => {
+                    let _ = ready.send(store.subscribe(filter, tx, lag, resume.as_ref()));
                 }
                 Some(Command::Stats { reply }) => {
                     let _ = reply.send(store.stats());

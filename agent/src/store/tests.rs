@@ -213,27 +213,28 @@ fn slow_watchers_are_dropped_and_counted_and_watchers_are_bounded() {
         counters.clone(),
     );
     let (tx, mut rx) = mpsc::channel(1);
-    let lagged = Arc::new(AtomicBool::new(false));
-    assert!(s.subscribe(Filter::default(), tx, lagged.clone()));
+    let lag = Arc::new(Lag::default());
+    assert!(s.subscribe(Filter::default(), tx, lag.clone(), None));
     s.record(occ("a", 1, 1));
     s.record(occ("a", 1, 2)); // buffer full: dropped
-    assert!(lagged.load(Ordering::Relaxed));
+    assert!(lag.is_lagged());
     assert_eq!(counters.get(Loss::WatchLagged), 1);
     assert_eq!(rx.try_recv().unwrap().count, 1);
     s.record(occ("a", 1, 3));
     assert!(rx.try_recv().is_err(), "unsubscribed");
+    drop(lag); // the watcher went away: nothing left to count for it
 
     let mut keep = Vec::new();
     for _ in 0..MAX_SUBSCRIBERS {
         let (tx, rx) = mpsc::channel(1);
         keep.push(rx);
-        assert!(s.subscribe(Filter::default(), tx, Arc::default()));
+        assert!(s.subscribe(Filter::default(), tx, Arc::default(), None));
     }
     let (tx, _rx) = mpsc::channel(1);
-    assert!(!s.subscribe(Filter::default(), tx, Arc::default()));
+    assert!(!s.subscribe(Filter::default(), tx, Arc::default(), None));
     keep.pop(); // a watcher that went away frees its place
     let (tx, _rx) = mpsc::channel(1);
-    assert!(s.subscribe(Filter::default(), tx, Arc::default()));
+    assert!(s.subscribe(Filter::default(), tx, Arc::default(), None));
 }
 
 #[derive(Default, Clone)]
@@ -355,6 +356,41 @@ fn dns_lookups_add_up_beside_the_records() {
     assert_eq!(r.dns_lookups.len(), 1);
     assert_eq!(r.dns_lookups[0].1.lookups, 10);
     assert_eq!(s.stats().records, 1);
+}
+
+/// Past [`DNS_LOOKUP_PODS`] pods, the least recently updated pod's counters are forgotten and
+/// counted by their lookups.
+#[test]
+fn forgotten_dns_lookup_counters_are_counted_by_their_lookups() {
+    let counters = Arc::new(Counters::default());
+    let mut s = Store::new(
+        StoreConfig::new("n1", 10, DEFAULT_MAX_AGE),
+        counters.clone(),
+    );
+    let lookups = |pod: &str, at: u64, n: u64| {
+        Attributed::DnsLookups(crate::attribute::PodLookups {
+            at: t(at),
+            pod: crate::evidence::fixtures::pod_ref("ns", pod),
+            lookups: DnsLookups {
+                lookups: n,
+                ..DnsLookups::default()
+            },
+        })
+    };
+    // The oldest pod has 7 lookups in two tallies; every other pod 1.
+    s.add(lookups("oldest", 1, 3));
+    s.add(lookups("oldest", 2, 4));
+    for i in 1..DNS_LOOKUP_PODS {
+        s.add(lookups(&format!("p{i}"), 10, 1));
+    }
+    assert_eq!(counters.get(Loss::DnsLookupsForgotten), 0, "all fit");
+    s.add(lookups("newcomer", 20, 1));
+    assert_eq!(counters.get(Loss::DnsLookupsForgotten), 7);
+    assert!(s.query(&only("oldest"), 10).dns_lookups.is_empty());
+    assert_eq!(s.query(&only("newcomer"), 10).dns_lookups.len(), 1);
+    // A pod already kept adds up without forgetting anyone.
+    s.add(lookups("newcomer", 21, 1));
+    assert_eq!(counters.get(Loss::DnsLookupsForgotten), 7);
 }
 
 /// What a scan and a flood send a pod: `n` inbound occurrences, each from `sender(i)` to
@@ -537,4 +573,57 @@ async fn at_shutdown_every_occurrence_already_sent_is_recorded_before_the_backen
         .filter(|l| l.starts_with("upsert"))
         .count();
     assert_eq!(upserts, 20);
+}
+
+/// A dropped watcher's missed updates are counted, by update, until it subscribes again
+/// resuming its lag; updates of other pods than its filter's are not.
+#[test]
+fn a_dropped_watcher_learns_how_many_updates_it_missed() {
+    let mut s = store(100);
+    let (tx, mut rx) = mpsc::channel(1);
+    let lag = Arc::new(Lag::default());
+    assert!(s.subscribe(only("a"), tx, lag.clone(), None));
+    s.record(occ("a", 1, 1)); // delivered
+    s.record(occ("a", 1, 2)); // did not fit: dropped, 1 missed
+    assert!(lag.is_lagged());
+    s.record(occ("a", 2, 3)); // missed
+    s.record(occ("b", 1, 4)); // not its filter's
+    s.record(occ("a", 1, 5)); // missed
+    assert_eq!(rx.try_recv().unwrap().count, 1);
+    assert!(rx.try_recv().is_err());
+    let (tx, mut rx) = mpsc::channel(4);
+    let next = Arc::new(Lag::default());
+    assert!(s.subscribe(only("a"), tx, next.clone(), Some(&lag)));
+    assert_eq!(lag.missed(), 3);
+    s.record(occ("a", 1, 6));
+    assert_eq!(lag.missed(), 3, "counting stopped at the new subscription");
+    assert_eq!(rx.try_recv().unwrap().count, 4);
+    assert_eq!(next.missed(), 0);
+}
+
+/// Through the task, as the OTLP exporter does: a subscription that is never read is dropped,
+/// and resubscribing resuming its lag tells how many updates it missed in all.
+#[tokio::test]
+async fn a_resubscribing_watcher_is_told_every_update_it_missed() {
+    let cancel = CancellationToken::new();
+    let (handle, occurrences, task) = spawn(store(100_000), cancel.clone());
+    let task = tokio::spawn(task);
+    let sub = handle.subscribe(everything()).await.unwrap();
+    let sent = WATCH_BUFFER as u64 + 10;
+    for i in 0..sent {
+        occurrences
+            .send(occ("a", (i % 60_000) as u16 + 1, i).into())
+            .await
+            .unwrap();
+    }
+    // A query is answered after every occurrence sent before it.
+    handle.query(everything(), 1).await.unwrap();
+    assert!(sub.lag.is_lagged());
+    let lag = sub.lag.clone();
+    drop(sub);
+    let next = handle.resubscribe(everything(), lag.clone()).await.unwrap();
+    assert_eq!(lag.missed(), sent - WATCH_BUFFER as u64);
+    assert!(!next.lag.is_lagged());
+    cancel.cancel();
+    task.await.unwrap();
 }

@@ -422,7 +422,7 @@ pub struct SignalState {
     #[prost(string, tag = "3")]
     pub detail: ::prost::alloc::string::String,
 }
-/// Every way evidence can be lost between the kernel and the store. Cumulative since start.
+/// Every way evidence can be lost between the kernel and the store. Cumulative since `since`.
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct LossCounters {
     /// Events the kernel could not put in the ring buffer (it was full).
@@ -451,6 +451,11 @@ pub struct LossCounters {
     /// clients): names are listed in the README and grow with the agent.
     #[prost(message, repeated, tag = "8")]
     pub counts: ::prost::alloc::vec::Vec<LossCount>,
+    /// Since when the counters count: the agent's start, or, with its persistent store, the first
+    /// start of an agent on that store (counters, records and evictions continue across
+    /// restarts). Unset from agents that predate it: since the agent started.
+    #[prost(message, optional, tag = "9")]
+    pub since: ::core::option::Option<::prost_types::Timestamp>,
 }
 /// One loss counter.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -458,7 +463,7 @@ pub struct LossCount {
     /// Stable snake_case name, e.g. "ring_buffer_full".
     #[prost(string, tag = "1")]
     pub name: ::prost::alloc::string::String,
-    /// Cumulative count since the agent started.
+    /// Cumulative count since `LossCounters.since`.
     #[prost(uint64, tag = "2")]
     pub count: u64,
     /// When the counter last grew; unset when it never did.

@@ -81,6 +81,7 @@ pub fn query_json(
             "truncated": a.truncated,
             "evicted_in_window": a.evicted_in_window,
             "agent_started": a.agent_started.map(rfc3339),
+            "losses_since": a.losses_since.or(a.agent_started).map(rfc3339),
             "loss": loss_json(&a.loss),
         })).collect::<Vec<_>>(),
         "dns_lookups": dns_lookups(answers).iter().map(|(pod, l)| {

@@ -29,6 +29,7 @@ fn answer(loss: Vec<PeerLoss>) -> AgentAnswer {
         loss,
         evicted_in_window: 0,
         agent_started: Some(t(0)),
+        losses_since: Some(t(0)),
     }
 }
 
@@ -121,10 +122,75 @@ fn completeness_counts_only_losses_inside_the_window() {
 }
 
 #[test]
+fn completeness_after_a_restart_with_the_store_on_disk() {
+    // Counting since t(50) (first start), restarted at t(200); the window starts at t(100).
+    let mut a = answer(vec![]);
+    a.losses_since = Some(t(50));
+    a.agent_started = Some(t(200));
+    let text = query_table("web", "shop", Some(t(100)), &[], &[], &[a.clone()], &[]);
+    assert!(
+        text.contains(
+            "Completeness: node node-a counted no lost events since 2023-11-14T22:14:10.000Z \
+             (its store on disk outlives restarts), but its agent restarted at \
+             2023-11-14T22:16:40.000Z inside this window: what happened while no agent ran \
+             was not seen."
+        ),
+        "{text}"
+    );
+    assert!(!text.contains("not in its store"), "{text}");
+
+    // A loss before the restart, inside the window, is still reported.
+    a.loss = vec![lost("ring_buffer_full", 3, Some(t(150)))];
+    a.evicted_in_window = 2;
+    let text = query_table("web", "shop", Some(t(100)), &[], &[], &[a.clone()], &[]);
+    assert!(text.contains("lost events (3 ring buffer full)"), "{text}");
+    assert!(text.contains("evicted 2 record(s)"), "{text}");
+    assert!(
+        text.contains(
+            "restarted at 2023-11-14T22:16:40.000Z inside this window: what happened while no \
+             agent ran was not seen (its records and loss counters are kept on disk since \
+             2023-11-14T22:14:10.000Z)."
+        ),
+        "{text}"
+    );
+
+    // The restart before the window: nothing to say about it.
+    let mut old = answer(vec![]);
+    old.losses_since = Some(t(50));
+    old.agent_started = Some(t(60));
+    let text = query_table("web", "shop", Some(t(100)), &[], &[], &[old], &[]);
+    assert!(text.contains("lost no events in this window"), "{text}");
+
+    // The store itself began inside the window, the agent restarted since.
+    let mut young = answer(vec![]);
+    young.losses_since = Some(t(150));
+    young.agent_started = Some(t(200));
+    let text = query_table("web", "shop", Some(t(100)), &[], &[], &[young], &[]);
+    assert!(
+        text.contains(
+            "lost no events since its evidence store began at 2023-11-14T22:15:50.000Z, inside \
+             this window: evidence from before then is not in its store."
+        ),
+        "{text}"
+    );
+
+    // An agent that does not say since when it counts: since its start, as before.
+    let mut older_agent = answer(vec![]);
+    older_agent.losses_since = None;
+    older_agent.agent_started = Some(t(200));
+    let text = query_table("web", "shop", Some(t(100)), &[], &[], &[older_agent], &[]);
+    assert!(
+        text.contains("lost no events since its agent started at"),
+        "{text}"
+    );
+}
+
+#[test]
 fn completeness_says_what_was_evicted_and_when_the_agent_restarted() {
     let mut a = answer(vec![]);
     a.evicted_in_window = 12;
     a.agent_started = Some(t(200));
+    a.losses_since = Some(t(200));
     a.truncated = true;
     let text = query_table("web", "shop", Some(t(100)), &[], &[], &[a], &[]);
     assert!(text.contains("evicted 12 record(s) of this pod"), "{text}");
@@ -137,6 +203,7 @@ fn completeness_says_what_was_evicted_and_when_the_agent_restarted() {
 
     let mut fresh = answer(vec![]);
     fresh.agent_started = Some(t(200));
+    fresh.losses_since = Some(t(200));
     let text = query_table("web", "shop", Some(t(100)), &[], &[], &[fresh], &[]);
     assert!(
         text.contains(

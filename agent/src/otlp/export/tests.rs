@@ -441,3 +441,71 @@ async fn updates_of_one_record_in_a_batch_go_out_once_as_the_latest() {
     assert_eq!(counts, vec![5]);
     running.stop().await;
 }
+
+/// A collector behind TLS with a certificate from a CA made here: the exporter trusts it
+/// through `OTEL_EXPORTER_OTLP_CERTIFICATE` (the config's `tls.ca`) and delivers.
+#[tokio::test]
+async fn delivers_over_tls_to_a_collector_signed_by_the_configured_ca() {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let server_key = KeyPair::generate().unwrap();
+    let server_cert = CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .signed_by(&server_key, &issuer)
+        .unwrap();
+
+    let r = Arc::new(Receiver::default());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let identity = Identity::from_pem(server_cert.pem(), server_key.serialize_pem());
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+            .unwrap()
+            .add_service(
+                LogsServiceServer::new(Service(r.clone()))
+                    .accept_compressed(CompressionEncoding::Gzip),
+            )
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+
+    let mut cfg = config(([127, 0, 0, 1], port).into(), fast_batch());
+    cfg.endpoint = format!("https://localhost:{port}");
+    cfg.tls = Some(crate::otlp::config::Tls {
+        ca: Some(ca_cert.pem().into_bytes()),
+        identity: None,
+    });
+    let running = start(cfg).await;
+    running.record(3).await;
+    wait_for("3 records over TLS", || {
+        let r = r.clone();
+        async move { r.records() == 3 }
+    })
+    .await;
+    let counters = running.stop().await;
+    assert_eq!(counters.get(Loss::OtlpExportFailed), 0);
+}
+
+/// Without roots in the system store (the image is FROM scratch), Mozilla's compiled-in roots
+/// are trusted; with some, the system's.
+#[test]
+fn without_system_roots_the_compiled_in_roots_are_used() {
+    assert_eq!(choose_roots(0), Roots::Compiled);
+    assert_eq!(choose_roots(140), Roots::System);
+    assert!(
+        webpki_roots_len() > 100,
+        "the compiled-in bundle holds Mozilla's roots: {}",
+        webpki_roots_len()
+    );
+    // Both build a TLS configuration tonic accepts.
+    for system in [0, 1] {
+        let tls = trust_roots(ClientTlsConfig::new(), system);
+        Endpoint::from_static("https://localhost:4317")
+            .tls_config(tls)
+            .unwrap();
+    }
+}

@@ -37,6 +37,9 @@ fn store_on(config: &PersistConfig, capacity: usize) -> (Store, Arc<PersistHealt
         counters.clone(),
     );
     store.set_backend(Box::new(opened.backend));
+    for (owner, evictions) in opened.evictions {
+        store.restore_evictions(&owner, evictions);
+    }
     for (id, e) in opened.records {
         store.restore(id, e);
     }
@@ -341,11 +344,11 @@ fn the_backlog_keeps_the_newest_change_of_each_record_within_its_bound() {
     assert!(matches!(b.changes.get(&1), Some((_, Change::Remove))));
 
     // Given up while its newest state is being written: lost only if that attempt fails.
-    assert_eq!(b.take_attempt().len(), 3);
+    assert_eq!(b.take_attempt().records.len(), 3);
     assert_eq!(b.put(5, e()), 0, "1 is in flight: not counted yet");
     assert_eq!(b.attempt_done(false), 1, "the attempt failed: 1 is lost");
     assert_eq!(b.changes.len(), 3);
-    assert_eq!(b.take_attempt().len(), 3);
+    assert_eq!(b.take_attempt().records.len(), 3);
     assert_eq!(b.put(6, e()), 0);
     assert_eq!(b.put(4, e()), 0, "changed again while in flight");
     assert_eq!(
@@ -358,4 +361,139 @@ fn the_backlog_keeps_the_newest_change_of_each_record_within_its_bound() {
     ids.sort_unstable();
     assert_eq!(ids, [4, 6]);
     assert_eq!(b.order.len(), 2);
+}
+
+#[test]
+fn losses_and_evictions_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&dir);
+    let first_start = crate::evidence::fixtures::t(1);
+    let (mut store, _, counters) = store_on(&cfg, 40);
+    counters.begin(first_start);
+    counters.add(Loss::PipelineFull, 5);
+    counters.add(Loss::DnsRingFull, 2);
+    // A pod's quota is 2 of 40: its third and fourth records evict its oldest two.
+    for port in 1..=4u16 {
+        store.record(
+            refused()
+                .pod_uid("shop", "web", "uid-web")
+                .dst(&format!("10.0.0.2:{port}"))
+                .at(10 + u64::from(port))
+                .occurrence(),
+        );
+    }
+    store.record(
+        oom_killed()
+            .pod_uid("data", "db", "uid-db")
+            .at(20)
+            .occurrence(),
+    );
+    assert_eq!(counters.get(Loss::StoreEvicted), 2);
+    let web = Filter {
+        pod: Some("web".into()),
+        namespace: Some("shop".into()),
+        ..Filter::default()
+    };
+    assert_eq!(store.query(&web, 10).evicted, 2);
+    store.flush_backend();
+    close(store);
+
+    // The next start: the counters continue, and an answer about the pod still says what was
+    // evicted before the restart.
+    let (mut store, _, counters) = store_on(&cfg, 40);
+    counters.begin(crate::evidence::fixtures::t(5000));
+    let s = counters.snapshot();
+    assert_eq!(s.get(Loss::PipelineFull), 5);
+    assert_eq!(s.get(Loss::DnsRingFull), 2);
+    assert_eq!(s.get(Loss::StoreEvicted), 2);
+    assert!(s.last(Loss::PipelineFull).is_some());
+    assert_eq!(
+        s.since(),
+        Some(first_start),
+        "they count since the first start"
+    );
+    let answer = store.query(&web, 10);
+    assert_eq!(answer.evicted, 2);
+    assert_eq!(answer.evidence.len(), 2);
+    let db = Filter {
+        pod: Some("db".into()),
+        ..Filter::default()
+    };
+    assert_eq!(store.query(&db, 10).evicted, 0);
+
+    // More losses after the restart add up, and the next start sees the sum.
+    counters.add(Loss::PipelineFull, 1);
+    store.record(
+        refused()
+            .pod_uid("shop", "web", "uid-web")
+            .dst("10.0.0.2:9")
+            .at(30)
+            .occurrence(),
+    );
+    store.flush_backend();
+    close(store);
+    let (store, _, counters) = store_on(&cfg, 40);
+    assert_eq!(counters.get(Loss::PipelineFull), 6);
+    assert_eq!(counters.get(Loss::StoreEvicted), 3);
+    assert_eq!(store.query(&web, 10).evicted, 3);
+    close(store);
+}
+
+#[test]
+fn evictions_past_the_retention_leave_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&dir);
+    let (mut store, _, _) = store_on(&cfg, 20);
+    for port in 1..=2u16 {
+        store.record(
+            refused()
+                .pod_uid("shop", "web", "uid-web")
+                .dst(&format!("10.0.0.2:{port}"))
+                .at(10 + u64::from(port))
+                .occurrence(),
+        );
+    }
+    store.flush_backend();
+    close(store);
+    let (mut store, _, _) = store_on(&cfg, 20);
+    assert_eq!(store.query(&everything(), 10).evicted, 1);
+    store.sweep(crate::evidence::fixtures::t(10) + DEFAULT_MAX_AGE + Duration::from_secs(60));
+    store.flush_backend();
+    close(store);
+    let (store, _, _) = store_on(&cfg, 20);
+    assert_eq!(store.query(&everything(), 10).evicted, 0);
+    close(store);
+}
+
+#[test]
+fn a_file_of_the_first_schema_is_brought_up_to_date() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&dir);
+    std::fs::create_dir_all(cfg.path.parent().unwrap()).unwrap();
+    {
+        let old = Connection::open(&cfg.path).unwrap();
+        old.execute_batch(SCHEMA).unwrap();
+        old.pragma_update(None, "application_id", APPLICATION_ID)
+            .unwrap();
+        old.pragma_update(None, "user_version", 1).unwrap();
+        let e = refused().pod("shop", "web").at(10).evidence();
+        old.execute(
+            "INSERT INTO evidence (id, record) VALUES (1, ?1)",
+            [codec::evidence_to_pb(&e).encode_to_vec()],
+        )
+        .unwrap();
+    }
+    let (store, health, counters) = store_on(&cfg, 10);
+    assert!(health.get().moved_aside.is_none(), "{:?}", health.get());
+    assert_eq!(store.query(&everything(), 10).evidence.len(), 1);
+    counters.add(Loss::DecodeErrors, 1);
+    close(store);
+    let version: i32 = Connection::open(&cfg.path)
+        .unwrap()
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, SCHEMA_VERSION);
+    let (store, _, counters) = store_on(&cfg, 10);
+    assert_eq!(counters.get(Loss::DecodeErrors), 1);
+    close(store);
 }
