@@ -10,24 +10,13 @@ use std::{
     time::SystemTime,
 };
 
-use crate::evidence::{Cause, Detail, Direction, Evidence};
-
-/// Whether a record can only be explained with the destination's side.
-fn needs_other_side(e: &Evidence) -> bool {
-    match &e.detail {
-        Detail::ConnectionRefused(c) => {
-            c.direction == Direction::Outbound && matches!(c.cause, Some(Cause::Unknown) | None)
-        }
-        Detail::ConnectionTimeout(c) => c.direction == Direction::Outbound,
-        _ => false,
-    }
-}
+use crate::evidence::Evidence;
 
 /// The flows to look up on the other side: (this pod's addresses, the destinations').
 pub fn other_side_flows(evidence: &[Evidence]) -> (BTreeSet<IpAddr>, BTreeSet<IpAddr>) {
     let mut own = BTreeSet::new();
     let mut destinations = BTreeSet::new();
-    for e in evidence.iter().filter(|e| needs_other_side(e)) {
+    for e in evidence.iter().filter(|e| e.detail.needs_other_side()) {
         if let Some((_, src, dst, _)) = e.detail.endpoints() {
             own.insert(src.ip());
             destinations.insert(dst.ip());
@@ -39,7 +28,7 @@ pub fn other_side_flows(evidence: &[Evidence]) -> (BTreeSet<IpAddr>, BTreeSet<Ip
 /// The earliest time each destination of [`other_side_flows`] was seen in a record.
 pub fn destinations_since(evidence: &[Evidence]) -> BTreeMap<IpAddr, SystemTime> {
     let mut out = BTreeMap::new();
-    for e in evidence.iter().filter(|e| needs_other_side(e)) {
+    for e in evidence.iter().filter(|e| e.detail.needs_other_side()) {
         if let Some((_, _, dst, _)) = e.detail.endpoints() {
             out.entry(dst.ip())
                 .and_modify(|t: &mut SystemTime| *t = (*t).min(e.first_seen))
@@ -69,7 +58,10 @@ pub fn retain_flows_from(evidence: &mut Vec<Evidence>, own: &BTreeSet<IpAddr>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::evidence::fixtures::{dropped, refused, timeout};
+    use crate::evidence::{
+        Cause, Direction,
+        fixtures::{dropped, refused, timeout},
+    };
 
     #[test]
     fn only_unexplained_flows_ask_the_other_side() {

@@ -424,6 +424,12 @@ impl Detail {
         each_detail!(self, d => d.policy_decides(kind))
     }
 
+    /// Whether only the other end's node can explain this record.
+    pub fn needs_other_side(&self) -> bool {
+        let kind = self.kind();
+        each_detail!(self, d => d.needs_other_side(kind))
+    }
+
     /// Fills the message's `detail` (and the legacy fields the kind had).
     pub fn to_pb(&self, m: &mut pb::Evidence) {
         each_detail!(self, d => d.to_pb(m))

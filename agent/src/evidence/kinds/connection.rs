@@ -102,6 +102,12 @@ impl KindDetail for Connection {
         kind == Kind::ConnectionTimeout
     }
 
+    fn needs_other_side(&self, kind: Kind) -> bool {
+        self.direction == Direction::Outbound
+            && (kind == Kind::ConnectionTimeout
+                || matches!(self.cause, Some(Cause::Unknown) | None))
+    }
+
     fn to_pb(&self, m: &mut pb::Evidence) {
         let d = pb::ConnectionDetail {
             direction: to_pb::<pb::Direction>(self.direction),

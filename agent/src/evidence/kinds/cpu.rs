@@ -120,6 +120,10 @@ impl KindDetail for CpuThrottling {
         false
     }
 
+    fn needs_other_side(&self, _: Kind) -> bool {
+        false
+    }
+
     fn to_pb(&self, m: &mut pb::Evidence) {
         m.detail = Some(pb::evidence::Detail::CpuThrottling(
             pb::CpuThrottlingDetail {

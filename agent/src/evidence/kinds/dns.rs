@@ -144,6 +144,10 @@ impl KindDetail for Dns {
         false
     }
 
+    fn needs_other_side(&self, _: Kind) -> bool {
+        false
+    }
+
     fn to_pb(&self, m: &mut pb::Evidence) {
         let d = pb::DnsDetail {
             query: self.query.to_string(),

@@ -105,6 +105,10 @@ impl KindDetail for Drop {
         true
     }
 
+    fn needs_other_side(&self, _: Kind) -> bool {
+        false
+    }
+
     fn to_pb(&self, m: &mut pb::Evidence) {
         let d = pb::DropDetail {
             direction: to_pb::<pb::Direction>(self.direction),

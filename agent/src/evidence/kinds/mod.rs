@@ -94,6 +94,9 @@ pub trait KindDetail: Sized {
     /// Whether NetworkPolicy decides the fate of this record's traffic, so `explain` evaluates
     /// its flow (its endpoints and protocol).
     fn policy_decides(&self, kind: Kind) -> bool;
+    /// Whether only the other end's node can explain this record (a refusal whose cause this
+    /// node could not see, a timeout), so the CLI asks the agent there about the same flow.
+    fn needs_other_side(&self, kind: Kind) -> bool;
     /// Fills the message's `detail` (and the fields 10-15 that clients older than `detail`
     /// read, where the kind had them); the common fields are `crate::codec`'s.
     fn to_pb(&self, m: &mut pb::Evidence);

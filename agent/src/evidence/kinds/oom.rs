@@ -110,6 +110,10 @@ impl KindDetail for OomKill {
         false
     }
 
+    fn needs_other_side(&self, _: Kind) -> bool {
+        false
+    }
+
     fn to_pb(&self, m: &mut pb::Evidence) {
         m.detail = Some(pb::evidence::Detail::OomKill(pb::OomKillDetail {
             main_process: self.main_process,
