@@ -185,9 +185,11 @@ impl PodIndex {
         self.pods.get(uid).map(|k| &k.info)
     }
 
-    /// The pod that held `ip` at time `at`: of the holds known to cover `at`, the earliest
-    /// (a terminating pod keeps its IP until it is gone); else the hold that may have (a pod
-    /// between its start and the agent seeing it with the IP, when no one else had it).
+    /// The pod that held `ip` at time `at`: of the holds known to cover `at`, the latest to
+    /// begin (a pod seen with the IP has it from then: the network plugin gave it the address,
+    /// so a pod still terminating, even one stuck there, no longer has it); else the hold that
+    /// may have (a pod between its start and the agent seeing it with the IP, when no one else
+    /// had it).
     pub fn pod_at_ip(&self, ip: IpAddr, at: SystemTime) -> Option<&PodInfo> {
         let holds = self.holds.get(&ip)?;
         let until = |h: &&Hold| h.to.is_none_or(|to| at < to);
@@ -195,7 +197,7 @@ impl PodIndex {
             .iter()
             .filter(|h| h.from <= at)
             .filter(until)
-            .min_by_key(|h| h.from)
+            .max_by_key(|h| h.from)
             .or_else(|| {
                 holds
                     .iter()
@@ -297,7 +299,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn a_pod_seen_watching_holds_its_ip_from_then_and_a_terminating_holder_keeps_it_till_gone() {
+    fn a_pod_seen_watching_holds_its_ip_from_then_not_from_its_start() {
         let mut idx = PodIndex::default();
         idx.apply(info("old", "u1", "10.0.0.5", 10), t(11));
         // Created (startTime 50) while the old pod terminates; seen with the IP at 100.
@@ -308,7 +310,9 @@ pub(crate) mod tests {
             Some("old"),
             "not its startTime"
         );
-        assert_eq!(name_at(&idx, "10.0.0.5", 102).as_deref(), Some("old"));
+        // Seen with the address: it has it, though the old pod's object still lists it (a
+        // pod stuck terminating keeps no address it lost).
+        assert_eq!(name_at(&idx, "10.0.0.5", 102).as_deref(), Some("new"));
         assert_eq!(name_at(&idx, "10.0.0.5", 106).as_deref(), Some("new"));
         // Had the new pod been listed rather than seen, its start would have cut the old.
         let mut listed = PodIndex::default();

@@ -850,9 +850,10 @@ fn under_kinds_root_pods_are_named_by_cgroup_and_forged_pods_are_not_believed() 
     assert_eq!(occ.subject.attribution, Attribution::Ip);
 }
 
-/// The server terminates until 105; a new pod (startTime 50) is seen on its IP at 100.
+/// The server terminates until 105 (its object still lists the address); a new pod
+/// (startTime 50) is seen on its IP at 100, when the network plugin has given it the address.
 #[test]
-fn a_reused_ip_is_the_terminating_pods_until_it_is_gone_not_from_the_new_pods_start() {
+fn a_reused_ip_is_the_new_pods_from_when_it_is_seen_with_it_not_from_its_start() {
     const UID_C: &str = "2f2b7a8e-1c3d-4e5f-8a9b-0c1d2e3f4a5b";
     let (mut a, _) = attributor();
     synced_with_pods(&mut a);
@@ -861,7 +862,7 @@ fn a_reused_ip_is_the_terminating_pods_until_it_is_gone_not_from_the_new_pods_st
         now(100),
     );
     a.update(MetaUpdate::Delete { uid: UID_B.into() }, now(105));
-    for (at, pod) in [(60, "server"), (102, "server"), (106, "new")] {
+    for (at, pod) in [(60, "server"), (99, "server"), (102, "new"), (106, "new")] {
         let occ = one(a.event(syn_refused(at), now(107)));
         assert_eq!(occ.subject.pod.as_ref().unwrap().name, pod, "at {at}");
         assert_eq!(occ.subject.attribution, Attribution::Ip);

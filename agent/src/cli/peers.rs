@@ -47,11 +47,15 @@ pub fn held_then(started: Option<SystemTime>, at: SystemTime) -> bool {
 }
 
 /// Keeps the records of the destination's side that are about flows from `own`.
+/// A folded record (many senders counted together) is kept when one of its named senders is
+/// one of `own`, or when it has senders it does not name (`own` may be among them).
 pub fn retain_flows_from(evidence: &mut Vec<Evidence>, own: &BTreeSet<IpAddr>) {
-    evidence.retain(|e| {
-        e.detail
+    evidence.retain(|e| match &e.folded {
+        Some(f) => f.other_senders_count > 0 || f.senders.iter().any(|(ip, _)| own.contains(ip)),
+        None => e
+            .detail
             .endpoints()
-            .is_some_and(|(_, src, _, _)| own.contains(&src.ip()))
+            .is_some_and(|(_, src, _, _)| own.contains(&src.ip())),
     });
 }
 
@@ -114,6 +118,37 @@ mod tests {
         ];
         retain_flows_from(&mut theirs, &own);
         assert_eq!(theirs.len(), 1);
+    }
+
+    #[test]
+    fn a_folded_record_is_this_pods_when_it_names_it_or_may_hide_it() {
+        use crate::evidence::Folded;
+        let own = BTreeSet::from([ip("10.0.0.1")]);
+        let folded = |latest: &str, senders: &[(&str, u64)], others: u64| {
+            let mut e = dropped()
+                .direction(Direction::Inbound)
+                .src(&format!("{latest}:1234"))
+                .dst("10.0.2.2:5432")
+                .evidence();
+            let mut f = Folded::new(ip(senders[0].0), 5432, senders[0].1);
+            for (sender, n) in &senders[1..] {
+                f.add(ip(sender), 5432, *n);
+            }
+            f.other_senders_count = others;
+            e.folded = Some(Box::new(f));
+            e
+        };
+        let mut theirs = vec![
+            // This pod is named, though another sender was the latest.
+            folded("10.0.9.9", &[("10.0.0.1", 3), ("10.0.9.9", 1)], 0),
+            // Senders beyond the named ones: this pod may be one of them.
+            folded("10.0.9.9", &[("10.0.9.8", 3)], 7),
+            // Every sender named, none of them this pod, though it is the latest's address
+            // family and port.
+            folded("10.0.9.9", &[("10.0.9.9", 2)], 0),
+        ];
+        retain_flows_from(&mut theirs, &own);
+        assert_eq!(theirs.len(), 2);
     }
 
     #[test]

@@ -77,10 +77,16 @@ pub async fn run(
             event,
         })
     };
+    // At shutdown the kernel's counts and the tallies are handed over once more (the next
+    // switch, at once), then the task ends.
+    let mut stopping = false;
     loop {
         tokio::select! {
             biased;
-            () = cancel.cancelled() => return Ok(()),
+            () = cancel.cancelled(), if !stopping => {
+                stopping = true;
+                tally.reset_immediately();
+            }
             _ = refresh.tick() => clock.refresh()?,
             _ = tick.tick() => {
                 // Queries the kernel has held past the handover age: matched here from now on.
@@ -116,6 +122,9 @@ pub async fn run(
                 maps.apply(tracker.take_repeat_changes());
                 for t in tracker.take_tallies() {
                     emit(RawEvent::DnsLookups(t), &clock)?;
+                }
+                if stopping {
+                    return Ok(());
                 }
             }
             _ = drain.tick() => {

@@ -528,6 +528,8 @@ impl Evidence {
                 let ip = SocketAddr::new(dst.ip(), 0).to_string();
                 format!("{}:{}-{}", &ip[..ip.len() - 2], f.port_min, f.port_max)
             };
+            // The latest sender's pod is no peer of the whole record.
+            cells[3] = "-".to_owned();
             cells[4] = format!("{}; {}", cells[4], f.cell());
         }
         cells

@@ -149,7 +149,8 @@ pub fn attributes(e: &Evidence) -> Vec<KeyValue> {
         ));
         endpoint(&mut out, "source", src, protocol);
         endpoint(&mut out, "destination", dst, protocol);
-        if let Some(peer) = peer {
+        // A folded record's peer is only its latest sender's pod: not named as the peer.
+        if let Some(peer) = peer.filter(|_| e.folded.is_none()) {
             out.push(string("triage.peer.namespace", peer.namespace.as_str()));
             out.push(string("triage.peer.name", peer.name.as_str()));
             out.push(string("triage.peer.uid", peer.uid.as_str()));
@@ -163,6 +164,15 @@ pub fn attributes(e: &Evidence) -> Vec<KeyValue> {
     // Every other field of the kind, by its JSON name.
     let mut fields = Map::new();
     e.detail.json_fields(&mut fields);
+    if let Some(f) = &e.folded {
+        // triage.folded, triage.other_senders_count, triage.ports_more, triage.port_min and
+        // triage.port_max; the senders, by name and count, in one string.
+        f.json_fields(&mut fields);
+        out.push(string(
+            "triage.senders",
+            f.top_text(crate::evidence::folded::SENDERS_NAMED),
+        ));
+    }
     for (name, v) in &fields {
         let mapped = matches!(name.as_str(), "src" | "dst" | "peer" | "protocol")
             || semantic.carried.contains(&name.as_str());

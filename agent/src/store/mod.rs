@@ -501,16 +501,25 @@ impl Store {
         let mut key = Key::of(&o, false);
         let mut hash = self.records.hash(&key);
         let inbound = o.detail.folding().is_some();
-        // A new inbound record past the pod's allowance is folded.
+        let (inbound_len, owner_len) = self
+            .owners
+            .get(&key.owner)
+            .map_or((0, 0), |s| (s.inbound.len(), s.order.len()));
+        let at_quota = owner_len >= self.own_quota(&key.owner);
+        // A new inbound record past the pod's allowance, or when the pod is at its quota (each
+        // would push out the one before), is folded.
         let folded = inbound
             && self.records.get_mut(hash, &key).is_none()
-            && self
-                .owners
-                .get(&key.owner)
-                .is_some_and(|s| s.inbound.len() >= INBOUND_RECORDS);
+            && (inbound_len >= INBOUND_RECORDS || at_quota);
         if folded {
             key = Key::of(&o, true);
             hash = self.records.hash(&key);
+            // A pod at its quota with its own evidence only: a new folded record would push
+            // some out. The occurrence is given up instead, counted as evicted for the pod.
+            if at_quota && inbound_len == 0 && self.records.get_mut(hash, &key).is_none() {
+                self.give_up(&key.owner, o.at);
+                return;
+            }
         }
         self.seq += 1;
         let seq = self.seq;
@@ -664,11 +673,30 @@ impl Store {
 
     /// Before a new record of `owner` (in `namespace`) is added: evicts from whoever is over
     /// quota, oldest first.
-    fn make_room(&mut self, owner: &Owner, namespace: Option<&str>) {
-        let own_quota = match owner {
+    fn own_quota(&self, owner: &Owner) -> usize {
+        match owner {
             Owner::Pod(_) => self.config.pod_quota,
             Owner::Unattributed => self.config.unattributed_quota,
+        }
+    }
+
+    /// An occurrence not kept, so that the owner keeps its own evidence: counted as one
+    /// record evicted for it, seen at `at`.
+    fn give_up(&mut self, owner: &Owner, at: SystemTime) {
+        let Some(state) = self.owners.get_mut(owner) else {
+            return;
         };
+        state.evicted += 1;
+        state.evicted_newest = state.evicted_newest.max(Some(at));
+        self.evicted += 1;
+        if self.backend.is_some() {
+            self.evictions_changed.insert(owner.clone());
+        }
+        self.counters.add(Loss::StoreEvicted, 1);
+    }
+
+    fn make_room(&mut self, owner: &Owner, namespace: Option<&str>) {
+        let own_quota = self.own_quota(owner);
         if self.owner_len(owner) >= own_quota {
             self.evict_oldest_of(owner, false);
             return;

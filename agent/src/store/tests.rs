@@ -503,7 +503,11 @@ fn a_pod_over_its_quota_loses_inbound_records_before_its_own() {
         8,
         "the pod's own 8 outlive newer inbound records"
     );
-    assert_eq!(r.evicted, 3);
+    // Two kept whole fill the quota; the third folds (pushing out the older inbound record),
+    // the last two count into the folded one.
+    assert_eq!(r.evicted, 1);
+    let folded = r.evidence.iter().find(|e| e.folded.is_some()).unwrap();
+    assert_eq!(folded.count, 3);
 }
 
 #[test]
@@ -626,4 +630,68 @@ async fn a_resubscribing_watcher_is_told_every_update_it_missed() {
     assert!(!next.lag.is_lagged());
     cancel.cancel();
     task.await.unwrap();
+}
+
+#[test]
+fn a_scan_against_a_pod_at_its_quota_folds_and_never_pushes_out_its_own() {
+    // 200 records: a pod may hold 10, all its own.
+    let mut s = store(200);
+    for port in 0..10 {
+        s.record(occ("victim", 5000 + port, u64::from(port)));
+    }
+    inbound(
+        &mut s,
+        refused,
+        500,
+        100,
+        |_| "10.2.0.9".into(),
+        |i| 1 + i as u16,
+    );
+    let r = s.query(&only("victim"), 100);
+    assert_eq!(
+        r.evidence
+            .iter()
+            .filter(|e| e.detail.folding().is_none())
+            .count(),
+        10,
+        "all its own records stay"
+    );
+    // Nothing of the scan could be kept without pushing one out: given up, counted once per
+    // occurrence.
+    assert_eq!(r.evidence.len(), 10);
+    assert_eq!(r.evicted, 500);
+
+    // With one inbound record already there, the scan folds into one record beside it.
+    let mut s = store(200);
+    for port in 0..9 {
+        s.record(occ("victim", 5000 + port, u64::from(port)));
+    }
+    inbound(
+        &mut s,
+        refused,
+        500,
+        100,
+        |_| "10.2.0.9".into(),
+        |i| 1 + i as u16,
+    );
+    let r = s.query(&only("victim"), 100);
+    assert_eq!(
+        r.evidence
+            .iter()
+            .filter(|e| e.detail.folding().is_none())
+            .count(),
+        9
+    );
+    let inbound_counts: u64 = r
+        .evidence
+        .iter()
+        .filter(|e| e.detail.folding().is_some())
+        .map(|e| e.count)
+        .sum();
+    assert_eq!(
+        inbound_counts + r.evicted,
+        500,
+        "every occurrence kept or counted"
+    );
+    assert!(r.evidence.iter().any(|e| e.folded.is_some()));
 }
