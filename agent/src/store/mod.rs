@@ -441,7 +441,8 @@ pub struct Store {
     counters: Arc<Counters>,
     subscribers: Vec<Subscriber>,
     /// Watchers dropped for being too slow, counting what they miss (at most
-    /// [`MAX_SUBSCRIBERS`] with the subscribers).
+    /// [`MAX_SUBSCRIBERS`], apart from the subscribers: a dropped watcher that keeps its
+    /// stream open without reading must not hold a watcher's place).
     behind: Vec<Behind>,
     backend: Option<Box<dyn Backend>>,
     /// Occurrences by kind and namespace, for the metrics.
@@ -837,6 +838,11 @@ impl Store {
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     s.lag.dropped.store(true, Ordering::Relaxed);
                     s.lag.missed.fetch_add(1, Ordering::Relaxed);
+                    // Bounded apart from the watchers: a dropped watcher never holds a
+                    // watcher's place (the oldest stops being counted past the bound).
+                    if behind.len() >= MAX_SUBSCRIBERS {
+                        behind.remove(0);
+                    }
                     behind.push(Behind {
                         filter: s.filter.clone(),
                         lag: s.lag.clone(),
@@ -907,9 +913,9 @@ impl Store {
         }
     }
 
-    /// Adds a watcher, unless [`MAX_SUBSCRIBERS`] are already watching (or were dropped and
-    /// are still counted). `resume`: the lag of this watcher's earlier subscription, whose
-    /// count of missed updates stops here when the watcher is added (final then).
+    /// Adds a watcher, unless [`MAX_SUBSCRIBERS`] are already watching. `resume`: the lag of
+    /// this watcher's earlier subscription, whose count of missed updates stops here when the
+    /// watcher is added (final then).
     pub fn subscribe(
         &mut self,
         filter: Filter,
@@ -920,8 +926,7 @@ impl Store {
         self.subscribers.retain(|s| !s.tx.is_closed());
         self.behind.retain(|b| Arc::strong_count(&b.lag) > 1);
         let resumed = |b: &Behind| resume.is_some_and(|r| Arc::ptr_eq(r, &b.lag));
-        let others = self.behind.iter().filter(|b| !resumed(b)).count();
-        if self.subscribers.len() + others >= MAX_SUBSCRIBERS {
+        if self.subscribers.len() >= MAX_SUBSCRIBERS {
             // Refused: a resumed lag goes on counting until the watcher gets its place.
             return false;
         }
