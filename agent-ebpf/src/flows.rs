@@ -4,7 +4,7 @@
 //! not packets.
 //!
 //! Exact counting: a program counts itself in flight in the generation it writes
-//! ([`enter_generation`]); the agent flips [`GENERATION`] and drains the old generation's table
+//! ([`generation::enter`]); the agent flips [`GENERATION`] and drains the old generation's table
 //! only once no program is in flight there, so no increment lands in a table being read, however
 //! long a program is preempted. A full table is counted (`LOST_FLOW_TABLE`) and the occurrence
 //! still goes through the ring buffer.
@@ -32,8 +32,9 @@ use triage_agent_common::{
     LOST_RESERVE,
 };
 
-use crate::maps::{
-    CLOCK_CACHE, EEXIST, EVENTS, FLOW_REPEATS, FLOWS0, FLOWS1, GENERATION, count_loss,
+use crate::{
+    generation,
+    maps::{CLOCK_CACHE, EEXIST, EVENTS, FLOW_REPEATS, FLOWS0, FLOWS1, GENERATION, count_loss},
 };
 
 /// The programs that record flows, each with its own per-CPU repeat slot.
@@ -44,50 +45,9 @@ pub mod site {
     pub const STATE_CHANGE: u32 = 3;
 }
 
-/// The current generation (0 or 1), read once per occurrence: its table and its slots go
-/// together.
-#[inline(always)]
-fn generation() -> u32 {
-    match GENERATION.get(0) {
-        Some(g) => *g & 1,
-        None => 0,
-    }
-}
-
 #[inline(always)]
 fn table_of(generation: u32) -> &'static HashMap<FlowKey, FlowStats> {
     if generation == 1 { &FLOWS1 } else { &FLOWS0 }
-}
-
-/// Enters the current generation: counted in flight there (`GENERATION[1 + g]`) until
-/// [`leave_generation`]. The agent flips the generation before it reads that count, so a program
-/// that counted itself in after the agent's read sees the flip when it reads the generation
-/// again, and moves to the new one. `None` (the occurrence counted lost) only if the generation
-/// flipped between each of three reads, which a program preempted across three drains could see.
-#[inline(always)]
-fn enter_generation() -> Option<u32> {
-    for _ in 0..3 {
-        let g = generation();
-        let in_flight = GENERATION.get_ptr_mut(1 + g)?;
-        // SAFETY: a map value valid while the program runs; shared between CPUs, hence atomic.
-        unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::SeqCst }>(in_flight, 1) };
-        if generation() == g {
-            return Some(g);
-        }
-        // SAFETY: as above; adding u32::MAX subtracts one.
-        unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::SeqCst }>(in_flight, u32::MAX) };
-    }
-    count_loss(LOST_FLOW_TABLE);
-    None
-}
-
-/// Leaves generation `g` (see [`enter_generation`]).
-#[inline(always)]
-fn leave_generation(g: u32) {
-    if let Some(in_flight) = GENERATION.get_ptr_mut(1 + g) {
-        // SAFETY: as in [`enter_generation`].
-        unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::SeqCst }>(in_flight, u32::MAX) };
-    }
 }
 
 /// Boot time of a repeat, to a jiffy: the precise clock is read once per jiffy per CPU and
@@ -138,11 +98,11 @@ fn bump(stats: *mut FlowStats, now: u64, sport: u16, extra: u32) {
 /// occurrence knows (process, source port, kind-specific sum); times are filled in here.
 #[inline(always)]
 pub fn record(site: u32, key: &FlowKey, stats: FlowStats) {
-    let Some(generation) = enter_generation() else {
+    let Some(generation) = generation::enter(&GENERATION, LOST_FLOW_TABLE) else {
         return;
     };
     record_in(generation, site, key, stats);
-    leave_generation(generation);
+    generation::leave(&GENERATION, generation);
 }
 
 #[inline(always)]

@@ -22,6 +22,7 @@ mod conn;
 mod dns;
 mod drop;
 mod flows;
+mod generation;
 mod maps;
 mod oom;
 mod read;

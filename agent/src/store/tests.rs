@@ -496,10 +496,7 @@ fn a_pod_over_its_quota_loses_inbound_records_before_its_own() {
     let r = s.query(&only("victim"), 100);
     assert_eq!(r.evidence.len(), 10);
     assert_eq!(
-        r.evidence
-            .iter()
-            .filter(|e| e.detail.folding().is_none())
-            .count(),
+        own_records(&r),
         8,
         "the pod's own 8 outlive newer inbound records"
     );
@@ -632,11 +629,19 @@ async fn a_resubscribing_watcher_is_told_every_update_it_missed() {
     task.await.unwrap();
 }
 
-#[test]
-fn a_scan_against_a_pod_at_its_quota_folds_and_never_pushes_out_its_own() {
-    // 200 records: a pod may hold 10, all its own.
+/// The pod's own records in an answer (not inbound ones).
+fn own_records(r: &QueryResult) -> usize {
+    r.evidence
+        .iter()
+        .filter(|e| e.detail.folding().is_none())
+        .count()
+}
+
+/// A store of 200 records (a pod may hold 10) with `own` records of the victim's own, then a
+/// 500-port scan of it from one address.
+fn scanned_at_quota(own: u16) -> QueryResult {
     let mut s = store(200);
-    for port in 0..10 {
+    for port in 0..own {
         s.record(occ("victim", 5000 + port, u64::from(port)));
     }
     inbound(
@@ -647,41 +652,21 @@ fn a_scan_against_a_pod_at_its_quota_folds_and_never_pushes_out_its_own() {
         |_| "10.2.0.9".into(),
         |i| 1 + i as u16,
     );
-    let r = s.query(&only("victim"), 100);
-    assert_eq!(
-        r.evidence
-            .iter()
-            .filter(|e| e.detail.folding().is_none())
-            .count(),
-        10,
-        "all its own records stay"
-    );
-    // Nothing of the scan could be kept without pushing one out: given up, counted once per
-    // occurrence.
+    s.query(&only("victim"), 100)
+}
+
+#[test]
+fn a_scan_against_a_pod_at_its_quota_folds_and_never_pushes_out_its_own() {
+    // Ten of its own: nothing of the scan could be kept without pushing one out; given up,
+    // counted once per occurrence.
+    let r = scanned_at_quota(10);
+    assert_eq!(own_records(&r), 10, "all its own records stay");
     assert_eq!(r.evidence.len(), 10);
     assert_eq!(r.evicted, 500);
 
-    // With one inbound record already there, the scan folds into one record beside it.
-    let mut s = store(200);
-    for port in 0..9 {
-        s.record(occ("victim", 5000 + port, u64::from(port)));
-    }
-    inbound(
-        &mut s,
-        refused,
-        500,
-        100,
-        |_| "10.2.0.9".into(),
-        |i| 1 + i as u16,
-    );
-    let r = s.query(&only("victim"), 100);
-    assert_eq!(
-        r.evidence
-            .iter()
-            .filter(|e| e.detail.folding().is_none())
-            .count(),
-        9
-    );
+    // Nine: the scan's first record fills the quota, the rest fold into one record beside it.
+    let r = scanned_at_quota(9);
+    assert_eq!(own_records(&r), 9);
     let inbound_counts: u64 = r
         .evidence
         .iter()
