@@ -32,14 +32,15 @@ use aya_ebpf::{
 };
 use triage_agent_common::{
     ABSENT, AF_INET, AF_INET6, COMM_LEN, ERROR_UNKNOWN, FlowKey, FlowStats, IPPROTO_TCP,
-    LOST_CONNECT_TABLE, LOST_FIELD_READ, PendingConnect, TCP_ACK, TCP_SYN, errno, flow_flags, kind,
-    send_reset_layout, tcp_state,
+    LOST_CONNECT_TABLE, LOST_FIELD_READ, PendingConnect, TCP_ACK, TCP_SYN, cgroup_loss, errno,
+    flow_flags, kind, send_reset_layout, tcp_state,
 };
 
 use crate::{
     flows,
     maps::{CONNECTS, count_loss, offsets},
     read::kread,
+    share,
     skb::{ETH_P_IP, ETH_P_IPV6, HEADER_UNSET, skb_headers},
 };
 
@@ -113,9 +114,16 @@ fn try_inet_sock_set_state(ctx: &RawTracePointContext) -> Result<(), i32> {
             error: 0,
         };
         // A plain hash, not LRU: when it is full the insert fails and is counted, instead of
-        // silently evicting another attempt. Entries leave at the next state change.
-        if CONNECTS.insert(sk, pending, 0).is_err() {
+        // silently evicting another attempt. Entries leave at the next state change. A cgroup
+        // holds at most its share of the table, so one pod's attempts to a black hole cannot
+        // blind the agent to everyone else's; what it loses is counted against it.
+        if !share::take_connect(pending.cgroup_id) {
             count_loss(LOST_CONNECT_TABLE);
+            share::lose(pending.cgroup_id, cgroup_loss::CONNECTS);
+        } else if CONNECTS.insert(sk, pending, 0).is_err() {
+            share::give_connect(pending.cgroup_id);
+            count_loss(LOST_CONNECT_TABLE);
+            share::lose(pending.cgroup_id, cgroup_loss::CONNECTS);
         }
     } else if old == tcp_state::SYN_SENT {
         // SAFETY: the value is copied out before the entry is removed.
@@ -125,16 +133,25 @@ fn try_inet_sock_set_state(ctx: &RawTracePointContext) -> Result<(), i32> {
         {
             // Still remembered: no RST came. Every field is read before the entry goes.
             let result = ended_without_reset(sk, &pending);
-            let _ = CONNECTS.remove(sk);
+            forget(sk, &pending);
             if result.is_err() {
                 count_loss(LOST_FIELD_READ);
             }
-        } else {
+        } else if let Some(pending) = pending {
             // Answered (ESTABLISHED): nothing more to learn about this attempt.
-            let _ = CONNECTS.remove(sk);
+            forget(sk, &pending);
         }
     }
     Ok(())
+}
+
+/// Takes a remembered attempt out of the table and gives its place back to its cgroup's share
+/// (only the program that removed the entry does).
+#[inline(always)]
+fn forget(sk: u64, pending: &PendingConnect) {
+    if CONNECTS.remove(sk).is_ok() {
+        share::give_connect(pending.cgroup_id);
+    }
 }
 
 /// A connecting socket's addresses and ports (local first); `None` for a family that is
@@ -260,7 +277,7 @@ fn try_tcp_receive_reset(ctx: &RawTracePointContext) -> Result<(), i32> {
     // Every field is read before the entry goes: a refusal whose socket cannot be read is
     // counted, never silently lost.
     let ends = socket_ends(sk);
-    let _ = CONNECTS.remove(sk);
+    forget(sk, &pending);
     match ends {
         Ok(Some((addrs, sport, dport))) => {
             let (key, stats) =

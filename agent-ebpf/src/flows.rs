@@ -29,12 +29,13 @@ use aya_ebpf::{
 };
 use triage_agent_common::{
     EventHeader, FLOW_REPEAT_SLOTS, FlowEvent, FlowKey, FlowRepeat, FlowStats, LOST_FLOW_TABLE,
-    LOST_RESERVE,
+    LOST_RESERVE, cgroup_loss, share_class,
 };
 
 use crate::{
     generation,
     maps::{CLOCK_CACHE, EEXIST, EVENTS, FLOW_REPEATS, FLOWS0, FLOWS1, GENERATION, count_loss},
+    share,
 };
 
 /// The programs that record flows, each with its own per-CPU repeat slot.
@@ -172,7 +173,14 @@ fn enter(table: &'static HashMap<FlowKey, FlowStats>, key: &FlowKey, mut stats: 
     stats.count = 0;
     stats.first_ns = now;
     stats.last_ns = now;
-    match table.insert(key, stats, BPF_NOEXIST as u64) {
+    // Past its share of the table a cgroup's new flows go through the ring one by one, as if
+    // the table were full: one pod's many flows cannot keep everyone else's out.
+    let inserted = if share::within(key.cgroup_id, share_class::FLOWS, now) {
+        table.insert(key, stats, BPF_NOEXIST as u64)
+    } else {
+        Err(0)
+    };
+    match inserted {
         Ok(()) => {
             if !emit(key, &stats, now) {
                 // Not lost: the drain reports it with the repeats.
@@ -194,15 +202,20 @@ fn enter(table: &'static HashMap<FlowKey, FlowStats>, key: &FlowKey, mut stats: 
             count_loss(LOST_FLOW_TABLE);
             if !emit(key, &stats, now) {
                 count_loss(LOST_RESERVE);
+                share::lose(key.cgroup_id, cgroup_loss::OCCURRENCES);
             }
             false
         }
     }
 }
 
-/// Sends a first occurrence through the ring buffer; `false` when it is full.
+/// Sends a first occurrence through the ring buffer; `false` when it is full, or the flow's
+/// cgroup has used its share of it in this window.
 #[inline(always)]
 fn emit(key: &FlowKey, stats: &FlowStats, now: u64) -> bool {
+    if !share::within(key.cgroup_id, share_class::EVENTS, now) {
+        return false;
+    }
     match EVENTS.reserve::<FlowEvent>(0) {
         Some(mut entry) => {
             let mut first = *stats;

@@ -26,6 +26,7 @@ mod generation;
 mod maps;
 mod oom;
 mod read;
+mod share;
 mod skb;
 
 #[cfg(not(test))]

@@ -3,7 +3,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use triage_agent_common::{
     BPF_F_MMAPABLE, CONNECTS_ENTRIES, DNS_ANSWERED_ENTRIES, DNS_ANSWERED_SLOTS, DNS_HELD_SLOTS,
@@ -12,6 +12,7 @@ use triage_agent_common::{
     EVENTS_RING_BYTES, FLOW_REPEAT_SLOTS, FLOWS_ENTRIES, FlowKey, FlowRepeat, FlowStats,
     LOSS_SLOTS, Offsets, PendingConnect,
 };
+use triage_agent_common::{CGROUP_LOSSES_ENTRIES, CgroupLosses, SHARE_ENTRIES, Share, ShareKey};
 
 /// The one ring buffer every program writes its events into (`EVENTS_MAP`).
 #[map]
@@ -95,6 +96,23 @@ pub static LOSS: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOSS_SLOTS, 0)
 /// (an LRU map would evict older attempts silently).
 #[map]
 pub static CONNECTS: HashMap<u64, PendingConnect> = HashMap::with_max_entries(CONNECTS_ENTRIES, 0);
+
+/// Connect attempts in flight per socket cgroup (`CONNECT_SHARES_MAP`, see share.rs).
+#[map]
+pub static CONNECT_SHARES: LruHashMap<u64, i64> = LruHashMap::with_max_entries(SHARE_ENTRIES, 0);
+
+/// What each cgroup (or the peers' share) used of the flow tables and the rings in its current
+/// window (`SHARES_MAP`, see share.rs).
+#[map]
+pub static SHARES: LruHashMap<ShareKey, Share> = LruHashMap::with_max_entries(SHARE_ENTRIES, 0);
+
+/// What each cgroup lost (`CGROUP_LOSSES_MAPS`), switched by [`GENERATION`] with the flow tables.
+#[map]
+pub static CGROUP_LOSSES0: HashMap<u64, CgroupLosses> =
+    HashMap::with_max_entries(CGROUP_LOSSES_ENTRIES, 0);
+#[map]
+pub static CGROUP_LOSSES1: HashMap<u64, CgroupLosses> =
+    HashMap::with_max_entries(CGROUP_LOSSES_ENTRIES, 0);
 
 /// The two flow tables (`FLOWS_MAPS`): programs count into the one [`GENERATION`] names; the
 /// agent flips the generation, waits for programs still counting into the old table, and

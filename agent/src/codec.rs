@@ -16,7 +16,8 @@ use triage_agent_proto::v1 as pb;
 pub use crate::evidence::wire::ConvertError;
 use crate::{
     evidence::{
-        Attribution, Detail, DnsLookups, Evidence, Filter, Folded, Kind, PodRef, Process, Subject,
+        Attribution, Detail, DnsLookups, Evidence, Filter, Folded, Kind, PodLosses, PodRef,
+        Process, Subject,
         wire::{from_pb, pod_from_pb, pod_to_pb, to_pb},
     },
     loss::{Loss, LossCounts},
@@ -89,6 +90,31 @@ pub fn dns_lookups_from_pb(l: pb::DnsLookups) -> Option<(Arc<PodRef>, DnsLookups
             latency_sum_us: l.latency_sum_us,
             latency_max_us: l.latency_max_us,
         },
+    ))
+}
+
+/// A pod's kernel losses for the wire.
+pub fn pod_losses_to_pb(pod: &PodRef, l: &PodLosses, last: SystemTime) -> pb::PodLosses {
+    pb::PodLosses {
+        pod: Some(pod_to_pb(pod)),
+        connects: l.connects,
+        occurrences: l.occurrences,
+        dns_packets: l.dns_packets,
+        last_lost: Some(time_to_pb(last)),
+    }
+}
+
+/// A pod's kernel losses from the wire (`None` without a pod or a valid time).
+pub fn pod_losses_from_pb(l: pb::PodLosses) -> Option<(Arc<PodRef>, PodLosses, SystemTime)> {
+    let last = time_from_pb(l.last_lost.as_ref(), "last_lost").ok()?;
+    Some((
+        pod_from_pb(l.pod?),
+        PodLosses {
+            connects: l.connects,
+            occurrences: l.occurrences,
+            dns_packets: l.dns_packets,
+        },
+        last,
     ))
 }
 

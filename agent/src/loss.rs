@@ -12,9 +12,12 @@ use crate::evidence::names::names;
 names! {
     /// A place where evidence can be lost.
     pub enum Loss {
-        /// The kernel could not reserve ring buffer space (it was full).
+        /// The kernel could not send a flow's first occurrence, and the flow table did not
+        /// hold it either: the ring buffer was full, or the pod had used its share of it
+        /// (counted against the pod too, `PodLosses::occurrences`).
         RingBufferFull = "ring_buffer_full",
-        /// A connect() could not be remembered in the kernel's table.
+        /// A connect() could not be remembered in the kernel's table: it was full, or the pod
+        /// held its share of it (counted against the pod too, `PodLosses::connects`).
         ConnectTableFull = "connect_table_full",
         /// The kernel saw an event but could not read a field of its record.
         KernelReadErrors = "kernel_read_errors",
@@ -38,7 +41,8 @@ names! {
         /// A walk of the cgroup tree stopped at its cap: some cgroups could not be resolved,
         /// and their events were attributed by IP or not at all.
         CgroupWalkCapped = "cgroup_walk_capped",
-        /// A DNS packet was not copied: the kernel's DNS ring buffer was full.
+        /// A DNS packet was not copied: the kernel's DNS ring buffer was full, or the pod had
+        /// used its share of it (counted against the pod too, `PodLosses::dns_packets`).
         DnsRingFull = "dns_ring_full",
         /// A DNS packet whose header or question could not be parsed (malformed, or cut
         /// before the question ended).
@@ -104,10 +108,10 @@ impl Loss {
     /// Words for people: "{n} {describe}".
     pub fn describe(self) -> &'static str {
         match self {
-            Loss::RingBufferFull => "ring buffer full",
-            Loss::ConnectTableFull => "connect table full",
+            Loss::RingBufferFull => "ring buffer full (or a pod's share of it)",
+            Loss::ConnectTableFull => "connect table full (or a pod's share of it)",
             Loss::KernelReadErrors => "unreadable in the kernel",
-            Loss::FlowTableFull => "sent one by one (flow table full)",
+            Loss::FlowTableFull => "sent one by one (flow table or a pod's share of it full)",
             Loss::DecodeErrors => "undecodable",
             Loss::PipelineFull => "pipeline full",
             Loss::StoreChannelFull => "store channel full",
@@ -115,7 +119,9 @@ impl Loss {
             Loss::AttributionExpired => "stored unattributed (pod metadata missing)",
             Loss::WatchLagged => "watch updates dropped (slow watcher)",
             Loss::CgroupWalkCapped => "cgroup walks cut short",
-            Loss::DnsRingFull => "DNS packets not copied (DNS ring buffer full)",
+            Loss::DnsRingFull => {
+                "DNS packets not copied (DNS ring buffer or a pod's share of it full)"
+            }
             Loss::DnsMalformed => "DNS packets unparsable",
             Loss::DnsTruncated => "DNS payloads longer than the copy (question read)",
             Loss::DnsInflightEvicted => "DNS queries evicted before their outcome",

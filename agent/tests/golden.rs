@@ -129,6 +129,7 @@ fn answer(loss: Vec<PeerLoss>) -> AgentAnswer {
         agent: "triage-agent/triage-agent-x7k2p on node node-a".into(),
         node: "node-a".into(),
         dns_lookups: vec![],
+        pod_losses: vec![],
         evidence: evidence(),
         truncated: false,
         loss,

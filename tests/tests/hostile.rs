@@ -581,3 +581,119 @@ fn a_port_scan_and_a_dropped_flood_against_a_pod_fold_and_leave_its_own_evidence
     );
     assert!(agent.stop().unwrap().success(), "{}", agent.log());
 }
+
+#[test]
+fn a_pod_saturating_the_kernels_tables_and_rings_loses_only_its_own_evidence() {
+    let _alone = one_at_a_time();
+    let fixture = NodeFixture::new()
+        .pod("attack", "sink")
+        .pod("attack", "noisy")
+        .pod("shop", "quiet")
+        .pod("kube-system", "resolver");
+    let (mut node, [sink, noisy, quiet, resolver]) = fixture.node().unwrap();
+    let (sink_ip, resolver_ip) = (node.pod(sink).ip, node.pod(resolver).ip);
+    // SYNs to sink:5432 and queries to sink:53 vanish on the node's bridge: attempts wait.
+    node.nft_node(&format!(
+        "table bridge sim_policy {{\n chain forward {{\n  type filter hook forward priority 0; policy accept;\n  ip daddr {sink_ip} tcp dport 5432 drop\n  ip daddr {sink_ip} udp dport 53 drop\n }}\n}}\n"
+    ))
+    .unwrap();
+    // A resolver that answers every name with NXDOMAIN, for the quiet pod.
+    node.start_process(resolver, &["dns-upstream", "53", "3", "0"])
+        .unwrap();
+    node.set_cluster_dns(quiet, &resolver_ip.to_string(), "")
+        .unwrap();
+    let mut agent = fixture.agent(&node).unwrap();
+
+    // The noisy pod: 17,000 connects held waiting (more than the whole connect table), a
+    // sweep of 40,000 closed ports (as many distinct refusals), and 30,000 DNS queries to a
+    // resolver that never answers (more than the held-query slots and the DNS ring).
+    let mut hold = node
+        .spawn_piped(
+            noisy,
+            &["hold-connects", &format!("{sink_ip}:5432"), "17000", "30"],
+        )
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(hold.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "holding 17000", "{line}");
+    let sweep = node
+        .spawn_piped(
+            noisy,
+            &["tcp-sweep", &sink_ip.to_string(), "10000", "49999"],
+        )
+        .unwrap();
+    let flood = node
+        .run(
+            noisy,
+            &[
+                "dns-flood",
+                &format!("{sink_ip}:53"),
+                "30000",
+                "flood.example",
+            ],
+        )
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&flood.stdout).trim(), "sent 30000");
+
+    // Meanwhile the quiet pod fails three ways: refused, timed out, NXDOMAIN.
+    node.run(quiet, &["connect", &format!("{sink_ip}:5433"), "1", "0"])
+        .unwrap();
+    node.run(
+        quiet,
+        &["connect", &format!("{sink_ip}:5432"), "1", "0", "1000"],
+    )
+    .unwrap();
+    node.run(quiet, &["resolve", "payments", "1", "0"]).unwrap();
+    let quiet_v = agent
+        .query_until("shop", "quiet", WAIT, |v| {
+            count_of(&records(v, "connection_refused", "outbound")) >= 1
+                && count_of(&records(v, "connection_timeout", "outbound")) >= 1
+                && !records(v, "dns", "outbound").is_empty()
+        })
+        .unwrap_or_else(|e| {
+            panic!(
+                "{e}: the quiet pod's evidence was lost: {} / losses {}",
+                agent.query("shop", "quiet").unwrap(),
+                agent.status().unwrap()["loss"]
+            )
+        });
+    // The quiet pod lost nothing of its own.
+    assert_eq!(quiet_v["pod_losses"], serde_json::json!([]), "{quiet_v}");
+
+    // What the noisy pod lost is counted against it, in its answer.
+    let noisy_v = agent
+        .query_until("attack", "noisy", WAIT, |v| {
+            let l = &v["pod_losses"][0];
+            l["connects"].as_u64().unwrap_or(0) > 0 && l["dns_packets"].as_u64().unwrap_or(0) > 0
+        })
+        .unwrap_or_else(|e| panic!("{e}: {}", agent.query("attack", "noisy").unwrap()));
+    let lost = &noisy_v["pod_losses"][0];
+    assert_eq!(lost["pod"]["name"], "noisy", "{lost}");
+    // At most its share (2,048) of the 17,000 attempts was remembered.
+    assert!(
+        lost["connects"].as_u64().unwrap_or(0) >= 17_000 - 2_048,
+        "{lost}"
+    );
+    let table = agent
+        .cli(&["query", "--pod", "noisy", "-n", "attack"])
+        .unwrap();
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        text.contains("the kernel lost") && text.contains("connect attempt(s) not watched"),
+        "{text}"
+    );
+    let status = agent.status().unwrap();
+    eprintln!(
+        "one pod saturating the kernel's tables: the quiet pod kept its refusal, timeout and DNS \
+         failure; the noisy pod lost {lost}; node losses {}",
+        status["loss"]
+    );
+    let _ = hold.kill();
+    let _ = hold.wait();
+    assert!(sweep.wait_with_output().unwrap().status.success());
+    assert!(agent.stop().unwrap().success(), "{}", agent.log());
+}

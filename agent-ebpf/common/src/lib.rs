@@ -17,6 +17,7 @@ mod kernel;
 mod maps;
 mod offsets;
 mod oom;
+mod share;
 #[cfg(feature = "user")]
 mod user;
 
@@ -28,3 +29,4 @@ pub use kernel::*;
 pub use maps::*;
 pub use offsets::*;
 pub use oom::*;
+pub use share::*;

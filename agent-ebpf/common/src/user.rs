@@ -31,3 +31,9 @@ unsafe impl aya::Pod for crate::DnsPorts {}
 unsafe impl aya::Pod for crate::DnsRepeatKey {}
 // SAFETY: as above.
 unsafe impl aya::Pod for crate::DnsRepeats {}
+// SAFETY: as above.
+unsafe impl aya::Pod for crate::ShareKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for crate::Share {}
+// SAFETY: as above.
+unsafe impl aya::Pod for crate::CgroupLosses {}

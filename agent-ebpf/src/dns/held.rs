@@ -3,12 +3,14 @@
 
 use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xchg};
 
-use triage_agent_common::{
-    DnsHeld, DnsKey, DnsSlot, LOST_DNS_RESERVE, dns_slot_index, held_notes, held_state,
-};
+use aya_ebpf::helpers::bpf_ktime_get_boot_ns;
+use triage_agent_common::{DnsHeld, DnsKey, DnsSlot, dns_slot_index, held_notes, held_state};
 
-use super::{packet::Packet, ring::wakeup};
-use crate::maps::{DNS_HELD, DNS_RING, count_loss};
+use super::{
+    packet::Packet,
+    ring::{reserve, wakeup},
+};
+use crate::maps::DNS_HELD;
 use held_state::{AGENT, FREE, MASK};
 
 /// 1 when stores reach other CPUs in program order (see
@@ -158,8 +160,10 @@ impl Slot {
         // The notes word first, then the server's cgroup written before it.
         // SAFETY: an array value, valid while the program runs.
         let notes = unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*self.slot).notes)) };
-        let Some(mut entry) = DNS_RING.reserve::<DnsHeld>(0) else {
-            count_loss(LOST_DNS_RESERVE);
+        // SAFETY: an array value, valid while the program runs; the clock helper has no
+        // preconditions.
+        let (cgroup_id, now) = unsafe { ((*self.slot).cgroup_id, bpf_ktime_get_boot_ns()) };
+        let Some(mut entry) = reserve::<DnsHeld>(cgroup_id, now) else {
             return;
         };
         // SAFETY: the reserved record is a DnsHeld's worth of writable bytes; the slot's

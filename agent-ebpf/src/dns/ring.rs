@@ -4,14 +4,19 @@
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{bpf_ktime_get_boot_ns, bpf_skb_cgroup_id, bpf_skb_load_bytes},
+    maps::ring_buf::RingBufEntry,
     programs::SkBuffContext,
 };
 use triage_agent_common::{
-    DNS_PAYLOAD_CAP, DNS_RING_BYTES, DnsEvent, EventHeader, LOST_DNS_RESERVE, dns_flags, kind,
+    DNS_PAYLOAD_CAP, DNS_RING_BYTES, DnsEvent, EventHeader, LOST_DNS_RESERVE, cgroup_loss,
+    dns_flags, kind, share_class,
 };
 
 use super::packet::Packet;
-use crate::maps::{DNS_RING, count_loss};
+use crate::{
+    maps::{DNS_RING, count_loss},
+    share,
+};
 
 /// Pending bytes in the ring from which a submit wakes the reader (a quarter of the ring).
 const WAKEUP_BYTES: u64 = DNS_RING_BYTES as u64 / 4;
@@ -92,24 +97,29 @@ pub(super) fn wakeup() -> u64 {
 /// Sends the packet to the agent.
 #[inline(always)]
 pub(super) fn send(ctx: &SkBuffContext, p: &Packet, egress: bool) {
-    let Some(mut entry) = DNS_RING.reserve::<DnsEvent>(0) else {
-        count_loss(LOST_DNS_RESERVE);
+    // SAFETY: helpers without preconditions beyond a valid skb.
+    let (cgroup_id, now) = unsafe { (bpf_skb_cgroup_id(ctx.skb.skb), bpf_ktime_get_boot_ns()) };
+    let Some(mut entry) = reserve(cgroup_id, now) else {
         return;
     };
-    // SAFETY: helper without preconditions beyond a valid skb.
-    let cgroup_id = unsafe { bpf_skb_cgroup_id(ctx.skb.skb) };
     let flags = if egress { dns_flags::EGRESS } else { 0 };
-    // SAFETY: the reserved record is a DnsEvent's worth of writable bytes; the clock helper
-    // has no preconditions.
-    unsafe {
-        fill(
-            ctx,
-            p,
-            entry.as_mut_ptr(),
-            flags,
-            cgroup_id,
-            bpf_ktime_get_boot_ns(),
-        )
-    };
+    // SAFETY: the reserved record is a DnsEvent's worth of writable bytes.
+    unsafe { fill(ctx, p, entry.as_mut_ptr(), flags, cgroup_id, now) };
     entry.submit(wakeup());
+}
+
+/// Room in the ring for one record of `cgroup_id`'s, within its share of the ring; `None`
+/// (counted, against the cgroup too) when the share is used up or the ring is full.
+#[inline(always)]
+pub(super) fn reserve<T: 'static>(cgroup_id: u64, now: u64) -> Option<RingBufEntry<T>> {
+    let entry = if share::within(cgroup_id, share_class::DNS, now) {
+        DNS_RING.reserve::<T>(0)
+    } else {
+        None
+    };
+    if entry.is_none() {
+        count_loss(LOST_DNS_RESERVE);
+        share::lose(cgroup_id, cgroup_loss::DNS_PACKETS);
+    }
+    entry
 }

@@ -94,6 +94,11 @@ fn query_response(
             .iter()
             .map(|(pod, l)| codec::dns_lookups_to_pb(pod, l))
             .collect(),
+        pod_losses: result
+            .pod_losses
+            .iter()
+            .map(|(pod, l, last)| codec::pod_losses_to_pb(pod, l, *last))
+            .collect(),
     }
 }
 

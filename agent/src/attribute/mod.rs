@@ -45,7 +45,7 @@ use crate::{
         path::{CgroupIdentity, KubeletLayout},
     },
     event::{FlowKind, RawEvent, TimedEvent},
-    evidence::{Attribution, DnsLookups, Occurrence, PodRef, Process, Subject},
+    evidence::{Attribution, DnsLookups, Occurrence, PodLosses, PodRef, Process, Subject},
     loss::{Counters, Loss},
 };
 pub use flows::KernelNames;
@@ -133,6 +133,9 @@ pub enum Attributed {
     /// A pod's successful DNS lookups: counters the store keeps beside the records, never a
     /// record.
     DnsLookups(PodLookups),
+    /// What the kernel lost of a pod's evidence (its share of a table or ring was used up):
+    /// counters the store keeps beside the records.
+    PodLosses(PodLossTally),
 }
 
 impl From<Occurrence> for Attributed {
@@ -147,6 +150,14 @@ pub struct PodLookups {
     pub at: SystemTime,
     pub pod: Arc<PodRef>,
     pub lookups: DnsLookups,
+}
+
+/// What the kernel lost of a pod's evidence in one drain interval, and when it was read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodLossTally {
+    pub at: SystemTime,
+    pub pod: Arc<PodRef>,
+    pub losses: PodLosses,
 }
 
 /// The attribution state machine (synchronous, so it is unit-testable); [`spawn`] drives it.
@@ -175,6 +186,8 @@ pub struct Attributor {
     pods_dirty: bool,
     /// Pods' successful DNS lookups attributed since [`Attributor::take_lookups`].
     lookups: Vec<PodLookups>,
+    /// Pods' kernel losses attributed since [`Attributor::take_pod_losses`].
+    pod_losses: Vec<PodLossTally>,
     counters: Arc<Counters>,
 }
 
@@ -200,6 +213,7 @@ impl Attributor {
             oom: resources::OomJoin::default(),
             pods_dirty: true,
             lookups: Vec::new(),
+            pod_losses: Vec::new(),
             counters,
         }
     }
@@ -214,6 +228,11 @@ impl Attributor {
     /// Pods' successful DNS lookups attributed since the last call.
     pub fn take_lookups(&mut self) -> Vec<PodLookups> {
         std::mem::take(&mut self.lookups)
+    }
+
+    /// Pods' kernel losses attributed since the last call.
+    pub fn take_pod_losses(&mut self) -> Vec<PodLossTally> {
+        std::mem::take(&mut self.pod_losses)
     }
 
     /// Live pods and their container IDs, for the samplers.
@@ -283,7 +302,32 @@ impl Attributor {
             RawEvent::DnsLookups(t) => self.dns_lookups(event, t, now, last_chance),
             RawEvent::OomVictim(v) => self.oom_victim(event, v, now, last_chance),
             RawEvent::Sample(s) => self.sample(event, s, now, last_chance),
+            RawEvent::CgroupLosses(l) => self.cgroup_losses(event, l, now, last_chance),
         }
+    }
+
+    /// A cgroup's kernel losses go to its pod's counters. A cgroup of no pod (a host process's)
+    /// has them in the node-wide counters only, where they already are.
+    fn cgroup_losses(
+        &mut self,
+        event: &TimedEvent,
+        l: &crate::event::CgroupLosses,
+        now: Now,
+        last_chance: bool,
+    ) -> Option<Vec<Occurrence>> {
+        let clues = Clues {
+            cgroup: Some(l.cgroup_id),
+            ip: None,
+        };
+        let subject = self.subject(clues, None, event.at, now, last_chance)?;
+        if let Some(pod) = subject.pod {
+            self.pod_losses.push(PodLossTally {
+                at: event.at,
+                pod,
+                losses: l.losses,
+            });
+        }
+        Some(Vec::new())
     }
 
     /// Attributes a new event, or holds it until metadata arrives. When the waiting queue is
@@ -590,6 +634,8 @@ async fn run(
                 Attributed::DnsLookups(l) => {
                     counters.add(Loss::DnsLookupsLost, l.lookups.lookups);
                 }
+                // The losses are in the node-wide counters; which pod they were is lost.
+                Attributed::PodLosses(_) => counters.add(Loss::StoreChannelFull, 1),
             }
         }
     };
@@ -599,6 +645,9 @@ async fn run(
         }
         for lookups in attributor.take_lookups() {
             send(Attributed::DnsLookups(lookups));
+        }
+        for losses in attributor.take_pod_losses() {
+            send(Attributed::PodLosses(losses));
         }
     };
     let mut meta_open = true;

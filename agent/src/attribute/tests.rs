@@ -726,6 +726,35 @@ fn dns_lookups_are_counters_beside_the_records() {
     assert_eq!(counters.get(Loss::DnsLookupsUnattributed), 12);
 }
 
+/// What the kernel lost of a cgroup's evidence goes to its pod's counters; a host process's
+/// stays in the node-wide counters only (where the kernel's counters already put it).
+#[test]
+fn kernel_losses_of_a_cgroup_go_to_its_pod() {
+    let (mut a, _counters) = attributor();
+    synced_with_pods(&mut a);
+    let losses = |cgroup_id| TimedEvent {
+        at: t(5),
+        first_at: t(5),
+        event: RawEvent::CgroupLosses(crate::event::CgroupLosses {
+            cgroup_id,
+            losses: crate::evidence::PodLosses {
+                connects: 3,
+                dns_packets: 2,
+                ..Default::default()
+            },
+        }),
+    };
+    assert!(a.event(losses(100), now(5)).is_empty());
+    let taken = a.take_pod_losses();
+    assert_eq!(taken.len(), 1);
+    assert_eq!(taken[0].pod.name, "client");
+    assert_eq!(taken[0].losses.connects, 3);
+    assert_eq!(taken[0].losses.dns_packets, 2);
+    assert!(a.take_pod_losses().is_empty(), "taken once");
+    assert!(a.event(losses(200), now(6)).is_empty());
+    assert!(a.take_pod_losses().is_empty(), "a host process has no pod");
+}
+
 #[tokio::test]
 async fn what_the_store_channel_cannot_take_is_counted_by_its_occurrences() {
     let (mut a, counters) = attributor();

@@ -104,6 +104,12 @@ pub struct AgentAnswer {
         std::sync::Arc<crate::evidence::PodRef>,
         crate::evidence::DnsLookups,
     )>,
+    /// What the kernel lost of the pods asked about, and when each pod's losses last grew.
+    pub pod_losses: Vec<(
+        std::sync::Arc<crate::evidence::PodRef>,
+        crate::evidence::PodLosses,
+        std::time::SystemTime,
+    )>,
 }
 
 /// One Watch update.
@@ -259,6 +265,11 @@ pub fn answer_from_pb(url: &str, response: pb::QueryResponse) -> Result<AgentAns
             .dns_lookups
             .into_iter()
             .filter_map(codec::dns_lookups_from_pb)
+            .collect(),
+        pod_losses: response
+            .pod_losses
+            .into_iter()
+            .filter_map(codec::pod_losses_from_pb)
             .collect(),
     })
 }

@@ -19,7 +19,7 @@ use crate::{
     cli::client::AgentAnswer,
     codec::PeerLoss,
     diagnose::Finding,
-    evidence::{DnsLookups, Evidence, Named as _, PodRef},
+    evidence::{DnsLookups, Evidence, Named as _, PodLosses, PodRef},
     loss::Loss,
     text::{clean, cleaned, rfc3339},
 };
@@ -119,6 +119,42 @@ fn dns_lookups_text(answers: &[AgentAnswer]) -> String {
             slow = l.slow,
             avg = l.latency_avg_us() as f64 / 1000.0,
             max = l.latency_max_us as f64 / 1000.0,
+        );
+    }
+    out
+}
+
+/// Kernel losses per pod, summed over the agents that answered, with when they last grew.
+pub fn pod_losses(answers: &[AgentAnswer]) -> Vec<(PodRef, PodLosses, SystemTime)> {
+    let mut by_pod: Vec<(PodRef, PodLosses, SystemTime)> = Vec::new();
+    for (pod, l, last) in answers.iter().flat_map(|a| &a.pod_losses) {
+        match by_pod.iter_mut().find(|(p, _, _)| p == &**pod) {
+            Some((_, sum, at)) => {
+                sum.add(l);
+                *at = (*at).max(*last);
+            }
+            None => by_pod.push(((**pod).clone(), *l, *last)),
+        }
+    }
+    by_pod
+}
+
+/// "WARNING (shop/web, since the agent started): the kernel lost 12 connect attempt(s) ..."
+fn pod_losses_text(answers: &[AgentAnswer]) -> String {
+    let mut out = String::new();
+    for (pod, l, last) in pod_losses(answers) {
+        if l.total() == 0 {
+            continue;
+        }
+        let _ = writeln!(
+            out,
+            "\nWARNING ({pod}, since the agent started): the kernel lost {what} of this pod's \
+             evidence, the last at {last}. Each pod has a bounded share of the kernel's tables \
+             and rings; this pod used up its share (or a table was full), so what came past it \
+             is missing from this answer, and only from this pod's.",
+            pod = cleaned(&pod),
+            what = l.describe(),
+            last = rfc3339(last),
         );
     }
     out
@@ -315,6 +351,7 @@ pub fn query_table_styled(a: &Answer<'_>, style: &Style) -> String {
         }
     }
     out.push_str(&dns_lookups_text(answers));
+    out.push_str(&pod_losses_text(answers));
     out.push_str(&notes_text(notes, false));
     let _ = writeln!(out);
     for a in answers {

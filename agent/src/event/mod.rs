@@ -24,6 +24,9 @@ pub enum RawEvent {
     DnsLookups(Tally),
     /// The OOM killer chose a victim.
     OomVictim(OomVictim),
+    /// What the kernel lost of one cgroup's evidence in a drain interval (its share of a table
+    /// or ring was used up, or the table was full).
+    CgroupLosses(CgroupLosses),
     /// What a cgroupfs sampler found (throttling, OOM kill counters); its time is the sample's.
     Sample(Sample),
 }
@@ -36,7 +39,7 @@ impl RawEvent {
             RawEvent::Flow(f) => f.last_ns,
             RawEvent::Dns(d) => d.at_ns,
             RawEvent::OomVictim(o) => o.boot_ns,
-            RawEvent::DnsLookups(_) => 0,
+            RawEvent::DnsLookups(_) | RawEvent::CgroupLosses(_) => 0,
             RawEvent::Sample(_) => 0,
         }
     }
@@ -58,8 +61,18 @@ impl RawEvent {
             RawEvent::DnsLookups(t) => t.lookups.lookups,
             RawEvent::OomVictim(_) => 1,
             RawEvent::Sample(s) => s.count(),
+            // Losses the node-wide counters already have: dropping this loses only which pod
+            // they were, one event.
+            RawEvent::CgroupLosses(_) => 1,
         }
     }
+}
+
+/// What the kernel lost of one cgroup's evidence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CgroupLosses {
+    pub cgroup_id: u64,
+    pub losses: crate::evidence::PodLosses,
 }
 
 /// A decoded event with its wall-clock times (latest and earliest occurrence).

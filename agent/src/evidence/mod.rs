@@ -17,6 +17,7 @@ pub mod folded;
 mod kinds;
 pub mod line;
 pub(crate) mod names;
+pub mod pod_losses;
 pub mod wire;
 
 use std::{fmt, net::IpAddr, net::SocketAddr, sync::Arc, time::SystemTime};
@@ -34,6 +35,7 @@ pub use kinds::{
 };
 use kinds::{each_detail, each_kind, kind_of, same_kind};
 pub use names::Named;
+pub use pod_losses::PodLosses;
 use wire::ConvertError;
 
 names::names! {

@@ -12,13 +12,13 @@ use aya::{
 };
 use tracing::{info, warn};
 use triage_agent_common::{
-    DNS_ANSWERED_MAPS, DNS_ANSWERED_SLOTS_MAPS, DNS_GENERATION_MAP, DNS_HELD_MAP, DNS_PORTS_GLOBAL,
-    DNS_PORTS_MAX, DNS_REPEATABLE_MAP, DNS_REPEATS_MAPS, DNS_RING_MAP, DNS_STORES_ORDERED_GLOBAL,
-    DNS_TIMING_GLOBAL, DROP_REASONS_ENTRIES, DROP_REASONS_MAP, DnsPorts, DnsTiming, EVENTS_MAP,
-    FLOW_REPEAT_SLOTS, FLOW_REPEATS_MAP, FLOWS_MAPS, FlowKey, FlowRepeat, FlowStats,
-    GENERATION_MAP, LOSS_MAP, LOSS_SLOTS, LOST_CONNECT_TABLE, LOST_DNS_ANSWERED, LOST_DNS_REPEATS,
-    LOST_DNS_RESERVE, LOST_FIELD_READ, LOST_FLOW_TABLE, LOST_RESERVE, OFFSETS_GLOBAL,
-    STORES_ORDERED,
+    CGROUP_LOSSES_MAPS, CgroupLosses, DNS_ANSWERED_MAPS, DNS_ANSWERED_SLOTS_MAPS,
+    DNS_GENERATION_MAP, DNS_HELD_MAP, DNS_PORTS_GLOBAL, DNS_PORTS_MAX, DNS_REPEATABLE_MAP,
+    DNS_REPEATS_MAPS, DNS_RING_MAP, DNS_STORES_ORDERED_GLOBAL, DNS_TIMING_GLOBAL,
+    DROP_REASONS_ENTRIES, DROP_REASONS_MAP, DnsPorts, DnsTiming, EVENTS_MAP, FLOW_REPEAT_SLOTS,
+    FLOW_REPEATS_MAP, FLOWS_MAPS, FlowKey, FlowRepeat, FlowStats, GENERATION_MAP, LOSS_MAP,
+    LOSS_SLOTS, LOST_CONNECT_TABLE, LOST_DNS_ANSWERED, LOST_DNS_REPEATS, LOST_DNS_RESERVE,
+    LOST_FIELD_READ, LOST_FLOW_TABLE, LOST_RESERVE, OFFSETS_GLOBAL, STORES_ORDERED,
 };
 
 use super::{
@@ -102,6 +102,8 @@ pub struct FlowTables {
     /// Per CPU, generation and recording program: repeats of the flow counted last, not yet in
     /// the table (see agent-ebpf/src/flows.rs).
     repeats: PerCpuArray<MapData, FlowRepeat>,
+    /// What each cgroup lost, switched with the tables (see agent-ebpf/src/share.rs).
+    losses: [BpfHashMap<MapData, u64, CgroupLosses>; 2],
     generation: Array<MapData, u32>,
     current: u32,
 }
@@ -119,6 +121,15 @@ impl FlowTables {
     /// How many programs are writing generation `index` (see agent-ebpf/src/flows.rs).
     pub fn in_flight(&self, index: usize) -> Result<u32, aya::maps::MapError> {
         self.generation.get(&(1 + index as u32), 0)
+    }
+
+    /// Reads and empties what each cgroup lost in generation `index`, once no program writes
+    /// it (as for [`FlowTables::drain`]).
+    pub fn drain_losses(&mut self, index: usize) -> Vec<(u64, CgroupLosses)> {
+        match self.losses.get_mut(index) {
+            Some(table) => super::ring::take_all(table),
+            None => Vec::new(),
+        }
     }
 
     /// Reads and empties a table no program counts into any more, with the repeats its
@@ -510,6 +521,10 @@ pub fn load(options: &LoadOptions<'_>) -> Result<Loaded, LoadError> {
             take_map(&mut ebpf, FLOWS_MAPS[1], BpfHashMap::try_from)?,
         ],
         repeats: take_map(&mut ebpf, FLOW_REPEATS_MAP, PerCpuArray::try_from)?,
+        losses: [
+            take_map(&mut ebpf, CGROUP_LOSSES_MAPS[0], BpfHashMap::try_from)?,
+            take_map(&mut ebpf, CGROUP_LOSSES_MAPS[1], BpfHashMap::try_from)?,
+        ],
         generation: take_map(&mut ebpf, GENERATION_MAP, Array::try_from)?,
         current: 0,
     };

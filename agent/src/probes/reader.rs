@@ -15,7 +15,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::{
-    event::{RawEvent, TimedEvent},
+    event::{CgroupLosses, RawEvent, TimedEvent},
+    evidence::PodLosses,
     kernel::clock::BootClock,
     loss::{Counters, Loss},
     probes::{
@@ -117,6 +118,23 @@ async fn drain_flows(
             return Ok(());
         }
     };
+    // What the kernel lost of each cgroup's evidence, for that cgroup's pod (the node-wide
+    // counters have it already).
+    let now = std::time::SystemTime::now();
+    for (cgroup_id, l) in flows.drain_losses(old) {
+        let losses = PodLosses {
+            connects: l.connects,
+            occurrences: l.occurrences,
+            dns_packets: l.dns_packets,
+        };
+        if losses.total() > 0 {
+            out.send(TimedEvent {
+                at: now,
+                first_at: now,
+                event: RawEvent::CgroupLosses(CgroupLosses { cgroup_id, losses }),
+            })?;
+        }
+    }
     for (key, stats) in flows.drain(old) {
         // Entries with no repeats were reported whole by their ring buffer event.
         if stats.count == 0 {

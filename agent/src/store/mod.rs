@@ -14,6 +14,7 @@
 
 #[cfg(feature = "disk-store")]
 pub mod persist;
+mod pod_losses;
 mod task;
 
 use std::{
@@ -34,7 +35,7 @@ pub use task::{
 
 use crate::{
     attribute::Attributed,
-    evidence::{DetailKey, DnsLookups, Evidence, Filter, Kind, Occurrence, PodRef},
+    evidence::{DetailKey, DnsLookups, Evidence, Filter, Kind, Occurrence, PodLosses, PodRef},
     loss::{Counters, Loss},
 };
 
@@ -317,6 +318,9 @@ pub struct QueryResult {
     pub evicted: u64,
     /// DNS lookup counters of the pods asked about (since the agent started).
     pub dns_lookups: Vec<(Arc<PodRef>, DnsLookups)>,
+    /// What the kernel lost of the pods asked about (since the agent started), and when each
+    /// pod's losses last grew.
+    pub pod_losses: Vec<(Arc<PodRef>, PodLosses, SystemTime)>,
 }
 
 /// A query's records as the store selected them: the newest `limit` (and whether there were
@@ -328,6 +332,7 @@ pub struct Selection {
     truncated: bool,
     evicted: u64,
     dns_lookups: Vec<(Arc<PodRef>, DnsLookups)>,
+    pod_losses: Vec<(Arc<PodRef>, PodLosses, SystemTime)>,
 }
 
 impl Selection {
@@ -348,14 +353,17 @@ impl Selection {
             truncated,
             evicted,
             mut dns_lookups,
+            mut pod_losses,
         } = self;
         evidence.sort_by(newest_first);
         dns_lookups.sort_by(|a, b| a.0.cmp(&b.0));
+        pod_losses.sort_by(|a, b| a.0.cmp(&b.0));
         QueryResult {
             evidence,
             truncated,
             evicted,
             dns_lookups,
+            pod_losses,
         }
     }
 }
@@ -450,6 +458,8 @@ pub struct Store {
     metric_namespaces: HashSet<Arc<str>>,
     /// Per pod uid: the pod, its DNS lookup counters and when they last changed.
     dns_lookups: HashMap<String, (Arc<PodRef>, DnsLookups, SystemTime)>,
+    /// What the kernel lost of each pod's evidence.
+    pod_losses: pod_losses::PodLossBook,
     /// Owners whose evictions changed since the backend was last told.
     evictions_changed: HashSet<Owner>,
 }
@@ -471,6 +481,7 @@ impl Store {
             behind: Vec::new(),
             backend: None,
             dns_lookups: HashMap::new(),
+            pod_losses: pod_losses::PodLossBook::default(),
             occurrences: HashMap::new(),
             metric_namespaces: HashSet::new(),
             evictions_changed: HashSet::new(),
@@ -493,6 +504,7 @@ impl Store {
         match a {
             Attributed::Occurrence(o) => self.record(o),
             Attributed::DnsLookups(l) => self.add_dns_lookups(&l.pod, &l.lookups, l.at),
+            Attributed::PodLosses(l) => self.pod_losses.add(&l.pod, &l.losses, l.at),
         }
     }
 
@@ -910,6 +922,7 @@ impl Store {
                 .filter(|(pod, _, _)| filter.matches_pod(Some(pod)))
                 .map(|(pod, l, _)| (pod.clone(), *l))
                 .collect(),
+            pod_losses: self.pod_losses.select(filter),
         }
     }
 

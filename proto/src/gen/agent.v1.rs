@@ -151,6 +151,24 @@ pub struct DnsLookups {
     #[prost(uint64, tag = "8")]
     pub latency_max_us: u64,
 }
+/// What the kernel lost of one pod's evidence, each count in its own unit.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct PodLosses {
+    #[prost(message, optional, tag = "1")]
+    pub pod: ::core::option::Option<PodRef>,
+    /// connect() attempts the kernel could not remember: their refusal or timeout is not seen.
+    #[prost(uint64, tag = "2")]
+    pub connects: u64,
+    /// Failure occurrences (refusals, timeouts, drops) neither counted nor sent.
+    #[prost(uint64, tag = "3")]
+    pub occurrences: u64,
+    /// DNS packets not copied to the agent: the lookups they belong to may be missing.
+    #[prost(uint64, tag = "4")]
+    pub dns_packets: u64,
+    /// When the pod's losses last grew.
+    #[prost(message, optional, tag = "5")]
+    pub last_lost: ::core::option::Option<::prost_types::Timestamp>,
+}
 /// One aggregated record: repeats of the same failure (same kind, pod, and the kind's own key,
 /// e.g. direction and endpoints) are counted, not stored again. Common fields first; what is
 /// specific to the kind is in `detail`.
@@ -366,6 +384,11 @@ pub struct QueryResponse {
     /// DNS lookups of the pods asked about, counted since the agent started (per pod).
     #[prost(message, repeated, tag = "7")]
     pub dns_lookups: ::prost::alloc::vec::Vec<DnsLookups>,
+    /// What the kernel lost of the pods asked about, since the agent started (per pod): each pod
+    /// has a bounded share of the kernel's shared tables and rings, and what is past its share
+    /// (or past a full table) is counted here against it.
+    #[prost(message, repeated, tag = "8")]
+    pub pod_losses: ::prost::alloc::vec::Vec<PodLosses>,
 }
 /// Watch input.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]

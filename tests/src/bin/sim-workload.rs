@@ -7,6 +7,7 @@
 //! resolv.conf), `dns-upstream PORT RCODE DELAY_MS` (an upstream resolver answering every query
 //! with RCODE after DELAY_MS), `dns-flood IP:PORT COUNT NAME` (COUNT queries with distinct ids), `dns-load IP:PORT SECONDS NAME
 //! WINDOW` (WINDOW queries in flight for SECONDS; prints answered and seconds),
+//! `hold-connects IPV4:PORT COUNT SECONDS` (COUNT connects left waiting for SECONDS),
 //! `alloc MIB` (allocates and holds memory), `alloc-child MIB` (a worker child allocates while
 //! the first process stays), `spin SECONDS` (a busy loop), `as NAME COMMAND...` (COMMAND under
 //! the process name NAME), `deep-cgroup BASE DEPTH COMMAND...` (COMMAND in a cgroup DEPTH levels
@@ -160,6 +161,30 @@ fn run(words: &[&str]) -> ExitCode {
             }
             println!("{n} {}", started.elapsed().as_secs_f64());
             ExitCode::SUCCESS
+        }
+        ["hold-connects", addr, count, seconds] => {
+            // COUNT connection attempts left waiting for an answer that never comes (the
+            // destination drops SYNs), held SECONDS, then closed.
+            let (Ok(addr), Ok(count), Ok(seconds)) = (
+                addr.parse::<std::net::SocketAddrV4>(),
+                count.parse::<usize>(),
+                seconds.parse::<f64>(),
+            ) else {
+                eprintln!("sim-workload: usage: hold-connects IPV4:PORT COUNT SECONDS");
+                return ExitCode::FAILURE;
+            };
+            match hold_connects(addr, count) {
+                Ok(held) => {
+                    println!("holding {}", held.len());
+                    std::thread::sleep(Duration::from_secs_f64(seconds));
+                    drop(held);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("sim-workload: hold-connects: {e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         ["connect-rate", addr, seconds] => {
             // Whole connections to a listener: connect, wait for the server's close, close.
@@ -437,4 +462,53 @@ fn run(words: &[&str]) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Starts `count` non-blocking connects to `addr` (the open-files limit raised to fit them).
+fn hold_connects(
+    addr: std::net::SocketAddrV4,
+    count: usize,
+) -> std::io::Result<Vec<std::os::fd::OwnedFd>> {
+    use std::os::fd::FromRawFd;
+    let wanted = (count + 64) as libc::rlim_t;
+    let limit = libc::rlimit {
+        rlim_cur: wanted,
+        rlim_max: wanted,
+    };
+    // SAFETY: a plain struct passed by pointer.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let sin = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: addr.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*addr.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let mut held = Vec::with_capacity(count);
+    for _ in 0..count {
+        // SAFETY: plain system calls; the descriptor is owned at once.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: fd is a new descriptor nobody else owns.
+        let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        // SAFETY: sin is a valid sockaddr_in for its size.
+        let rc = unsafe {
+            libc::connect(
+                fd,
+                (&sin as *const libc::sockaddr_in).cast(),
+                size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
+        };
+        let err = std::io::Error::last_os_error();
+        if rc != 0 && err.raw_os_error() != Some(libc::EINPROGRESS) {
+            return Err(err);
+        }
+        held.push(owned);
+    }
+    Ok(held)
 }

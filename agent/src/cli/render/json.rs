@@ -4,7 +4,7 @@
 
 use serde_json::{Map, Value, json};
 
-use super::{Note, Unanswered, dns_lookups};
+use super::{Note, Unanswered, dns_lookups, pod_losses};
 use crate::{
     cli::client::AgentAnswer, codec::PeerLoss, diagnose::Finding, evidence::Evidence, text::rfc3339,
 };
@@ -88,6 +88,14 @@ pub fn query_json(
             let mut v = l.json();
             if let Some(m) = v.as_object_mut() {
                 m.insert("pod".into(), pod.json());
+            }
+            v
+        }).collect::<Vec<_>>(),
+        "pod_losses": pod_losses(answers).iter().map(|(pod, l, last)| {
+            let mut v = l.json();
+            if let Some(m) = v.as_object_mut() {
+                m.insert("pod".into(), pod.json());
+                m.insert("last_lost".into(), rfc3339(*last).into());
             }
             v
         }).collect::<Vec<_>>(),

@@ -24,6 +24,7 @@ fn answer(loss: Vec<PeerLoss>) -> AgentAnswer {
         agent: "127.0.0.1:9742".into(),
         node: "node-a".into(),
         dns_lookups: vec![],
+        pod_losses: vec![],
         evidence: vec![],
         truncated: false,
         loss,
@@ -69,6 +70,55 @@ fn json_matches_the_contract() {
     assert!(e["reason"].is_null());
     assert!(e["peer"].is_null());
     assert_eq!(v["agents"][0]["loss"]["ring_buffer_full"], 0);
+}
+
+/// A pod's kernel losses are in its answer: a warning in the table, flat counts in JSON, summed
+/// over the agents that answered.
+#[test]
+fn a_pods_kernel_losses_are_shown_in_table_and_json() {
+    let web = crate::evidence::fixtures::pod_ref("shop", "web");
+    let mut a = answer(vec![]);
+    a.pod_losses = vec![(
+        web.clone(),
+        crate::evidence::PodLosses {
+            connects: 12,
+            occurrences: 0,
+            dns_packets: 3,
+        },
+        t(90),
+    )];
+    let mut b = answer(vec![]);
+    b.pod_losses = vec![(
+        web,
+        crate::evidence::PodLosses {
+            connects: 1,
+            ..Default::default()
+        },
+        t(95),
+    )];
+    let v = query_json(&[], &[], &[a.clone(), b.clone()], &[]);
+    assert_eq!(
+        v["pod_losses"],
+        json!([{
+            "pod": {"namespace": "shop", "name": "web", "uid": "uid-web"},
+            "connects": 13,
+            "occurrences": 0,
+            "dns_packets": 3,
+            "last_lost": "2023-11-14T22:14:55.000Z",
+        }])
+    );
+    let text = query_table("web", "shop", None, &[], &[], &[a, b], &[]);
+    assert!(
+        text.contains(
+            "WARNING (shop/web, since the agent started): the kernel lost 13 connect attempt(s) \
+             not watched (no refusal or timeout of theirs can be seen), 3 DNS packet(s) not \
+             copied (their lookups may be missing) of this pod's evidence, the last at \
+             2023-11-14T22:14:55.000Z."
+        ),
+        "{text}"
+    );
+    let none = query_json(&[], &[], &[answer(vec![])], &[]);
+    assert_eq!(none["pod_losses"], json!([]));
 }
 
 #[test]
@@ -362,6 +412,7 @@ fn arbitrary_answers_never_panic_and_tables_stay_clean() {
         let response = pb::QueryResponse {
             evidence: vec![ev],
             dns_lookups: vec![],
+            pod_losses: vec![],
             node: pick(next(), &strings),
             truncated: next() % 2 == 0,
             loss: Some(pb::LossCounters {

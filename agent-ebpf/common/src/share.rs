@@ -1,0 +1,113 @@
+//! Each cgroup's bounded share of the kernel's shared tables and rings, and what a cgroup lost
+//! when its share was used up (or the table was full), so that one pod cannot blind the agent
+//! to every other pod's failures, and what it loses is counted against it.
+//!
+//! - The connect table ([`CONNECT_SHARES_MAP`]): attempts in flight per socket cgroup, counted
+//!   up on insert and down when the attempt leaves; at [`CONNECTS_PER_CGROUP`] a cgroup's next
+//!   attempt is not remembered.
+//! - The flow tables, the event ring and the DNS ring ([`SHARES_MAP`]): entries or records per
+//!   [`ShareKey`] within a window ([`share_class`]). Past the share a new flow is sent through
+//!   the ring instead of entering the table, a flow's first occurrence waits for the table's
+//!   drain instead of the ring (neither is lost), and a DNS packet is not copied (lost).
+//!
+//! Both maps are LRU hashes: a count the kernel forgets starts again from zero, which only
+//! loosens a share. What each cgroup lost goes to [`CGROUP_LOSSES_MAPS`], switched with the flow
+//! tables' generation so the agent reads each count exactly once.
+
+use core::mem::size_of;
+
+use crate::{
+    CONNECTS_ENTRIES, DNS_RING_BYTES, DnsEvent, EVENTS_RING_BYTES, FLOWS_ENTRIES, FlowEvent,
+};
+
+/// Name of the LRU hash of connect attempts in flight per socket cgroup (`u64` -> `i64`).
+pub const CONNECT_SHARES_MAP: &str = "CONNECT_SHARES";
+/// Name of the LRU hash of what each [`ShareKey`] used in its current window ([`Share`]).
+pub const SHARES_MAP: &str = "SHARES";
+/// Names of the two tables of what each cgroup lost (`u64` -> [`CgroupLosses`]), switched by
+/// the flow tables' generation (`GENERATION_MAP`).
+pub const CGROUP_LOSSES_MAPS: [&str; 2] = ["CGROUP_LOSSES0", "CGROUP_LOSSES1"];
+
+/// Entries in [`CONNECT_SHARES_MAP`] and in [`SHARES_MAP`]: cgroups with recent activity.
+pub const SHARE_ENTRIES: u32 = 8 * 1024;
+/// Entries in each of [`CGROUP_LOSSES_MAPS`]: cgroups that lost something in one drain
+/// interval (past that, a loss is counted node-wide only).
+pub const CGROUP_LOSSES_ENTRIES: u32 = 4 * 1024;
+
+/// Connect attempts one cgroup may have in the connect table at once: an eighth of it.
+pub const CONNECTS_PER_CGROUP: i64 = CONNECTS_ENTRIES as i64 / 8;
+
+/// The shares counted in windows, and their window and limit.
+pub mod share_class {
+    use super::*;
+
+    /// New entries in the flow table per window of an eighth of a second: a generation of the
+    /// table (one 500 ms drain interval) sees at most five windows of a key, so a cgroup adds at
+    /// most 5/32 of the table to one generation.
+    pub const FLOWS: u32 = 0;
+    /// Flow first occurrences through the event ring per window: an eighth of the records it
+    /// holds, per tenth of a second (the reader is woken by each record and drains at once;
+    /// the ring fills only while it is descheduled). A first occurrence past the share waits
+    /// in the flow table for the next drain; lost only when the table did not take it either.
+    pub const EVENTS: u32 = 1;
+    /// DNS packets copied through the DNS ring per window: an eighth of the records it holds.
+    pub const DNS: u32 = 2;
+
+    /// Window length and limit of each class, for a cgroup.
+    pub const WINDOW_NS: [u64; 3] = [125_000_000, 100_000_000, 100_000_000];
+    pub const LIMIT: [u32; 3] = [
+        FLOWS_ENTRIES / 32,
+        EVENTS_RING_BYTES / size_of::<FlowEvent>() as u32 / 8,
+        DNS_RING_BYTES / size_of::<DnsEvent>() as u32 / 8,
+    ];
+    /// The flows with no local socket (peers' packets: refused SYNs, drops on the node's
+    /// bridge) share one key (id 0), with twice a cgroup's limit (at most 5/16 of a
+    /// generation). They have no share of the event ring: a peer's flood is counted in the
+    /// table, and past it through the ring; a pod's own first occurrence that a full ring
+    /// cannot take still waits in the table, under the pod's own share, for the next drain.
+    pub const PEER_FLOWS_LIMIT: u32 = FLOWS_ENTRIES / 16;
+}
+
+/// Whose share a flow, event or DNS packet uses: a socket cgroup's (`id` its cgroup id), or,
+/// for a flow with no local socket (a peer's packet: a refused SYN, a drop on the node's
+/// bridge), the one share of all such flows (`id` 0).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ShareKey {
+    pub id: u64,
+    /// A [`share_class`].
+    pub class: u32,
+    pub _pad0: u32,
+}
+const _: () = assert!(size_of::<ShareKey>() == 16);
+
+/// What a key used in its window: the window's start (boot ns) and the count since.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Share {
+    pub window_start: u64,
+    pub used: u32,
+    pub _pad0: u32,
+}
+const _: () = assert!(size_of::<Share>() == 16);
+
+/// What one cgroup lost in a drain interval, each counted in its unit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CgroupLosses {
+    /// connect() attempts not remembered: their refusal or timeout cannot be seen.
+    pub connects: u64,
+    /// Flow occurrences (refusals, timeouts, drops) neither counted in the flow table nor
+    /// sent through the event ring.
+    pub occurrences: u64,
+    /// DNS packets not copied to the agent.
+    pub dns_packets: u64,
+}
+const _: () = assert!(size_of::<CgroupLosses>() == 24);
+
+/// Field indexes of [`CgroupLosses`] for the programs' counting helper.
+pub mod cgroup_loss {
+    pub const CONNECTS: u32 = 0;
+    pub const OCCURRENCES: u32 = 1;
+    pub const DNS_PACKETS: u32 = 2;
+}
