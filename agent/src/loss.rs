@@ -108,10 +108,10 @@ impl Loss {
     /// Words for people: "{n} {describe}".
     pub fn describe(self) -> &'static str {
         match self {
-            Loss::RingBufferFull => "ring buffer full (or a pod's share of it)",
-            Loss::ConnectTableFull => "connect table full (or a pod's share of it)",
+            Loss::RingBufferFull => "ring buffer full",
+            Loss::ConnectTableFull => "connect table full",
             Loss::KernelReadErrors => "unreadable in the kernel",
-            Loss::FlowTableFull => "sent one by one (flow table or a pod's share of it full)",
+            Loss::FlowTableFull => "sent one by one (flow table full)",
             Loss::DecodeErrors => "undecodable",
             Loss::PipelineFull => "pipeline full",
             Loss::StoreChannelFull => "store channel full",
@@ -119,9 +119,7 @@ impl Loss {
             Loss::AttributionExpired => "stored unattributed (pod metadata missing)",
             Loss::WatchLagged => "watch updates dropped (slow watcher)",
             Loss::CgroupWalkCapped => "cgroup walks cut short",
-            Loss::DnsRingFull => {
-                "DNS packets not copied (DNS ring buffer or a pod's share of it full)"
-            }
+            Loss::DnsRingFull => "DNS packets not copied (DNS ring buffer full)",
             Loss::DnsMalformed => "DNS packets unparsable",
             Loss::DnsTruncated => "DNS payloads longer than the copy (question read)",
             Loss::DnsInflightEvicted => "DNS queries evicted before their outcome",
