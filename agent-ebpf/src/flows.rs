@@ -23,13 +23,13 @@
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
+    bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA},
     helpers::{bpf_jiffies64, bpf_ktime_get_boot_ns},
     maps::HashMap,
 };
 use triage_agent_common::{
-    EventHeader, FLOW_REPEAT_SLOTS, FlowEvent, FlowKey, FlowRepeat, FlowStats, LOST_FLOW_TABLE,
-    LOST_RESERVE, cgroup_loss, share_class,
+    EVENTS_RING_BYTES, EventHeader, FLOW_REPEAT_SLOTS, FlowEvent, FlowKey, FlowRepeat, FlowStats,
+    LOST_FLOW_TABLE, LOST_RESERVE, cgroup_loss, share_class,
 };
 
 use crate::{
@@ -175,7 +175,7 @@ fn enter(table: &'static HashMap<FlowKey, FlowStats>, key: &FlowKey, mut stats: 
     stats.last_ns = now;
     // Past its share of the table a cgroup's new flows go through the ring one by one, as if
     // the table were full: one pod's many flows cannot keep everyone else's out.
-    let inserted = if share::within(key.cgroup_id, share_class::FLOWS, now) {
+    let inserted = if share::within_generation(key.cgroup_id, generation::epoch(&GENERATION)) {
         table.insert(key, stats, BPF_NOEXIST as u64)
     } else {
         Err(0)
@@ -209,11 +209,14 @@ fn enter(table: &'static HashMap<FlowKey, FlowStats>, key: &FlowKey, mut stats: 
     }
 }
 
-/// Sends a first occurrence through the ring buffer; `false` when it is full, or the flow's
-/// cgroup has used its share of it in this window.
+/// Sends a first occurrence through the ring buffer; `false` when it is full, or when it is
+/// half full and the flow's cgroup has used its share of it in this window.
 #[inline(always)]
 fn emit(key: &FlowKey, stats: &FlowStats, now: u64) -> bool {
-    if !share::within(key.cgroup_id, share_class::EVENTS, now) {
+    // Shares apply once the ring is half full (the reader is behind).
+    if EVENTS.query(BPF_RB_AVAIL_DATA.into()) >= EVENTS_RING_BYTES as u64 / 2
+        && !share::within(key.cgroup_id, share_class::EVENTS, now)
+    {
         return false;
     }
     match EVENTS.reserve::<FlowEvent>(0) {

@@ -11,6 +11,16 @@ use aya_ebpf::maps::Array;
 
 use crate::maps::count_loss;
 
+/// The generation word as the agent wrote it: the flow tables' counts every switch, so it
+/// tells one generation from the next (its lowest bit is [`current`]).
+#[inline(always)]
+pub fn epoch(map: &Array<u32>) -> u32 {
+    match map.get(0) {
+        Some(g) => *g,
+        None => 0,
+    }
+}
+
 /// The current generation (0 or 1).
 #[inline(always)]
 pub fn current(map: &Array<u32>) -> u32 {

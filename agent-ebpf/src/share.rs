@@ -59,18 +59,41 @@ pub fn give_connect(cgroup: u64) {
     }
 }
 
-/// Counts one use of `id`'s share of `class` at boot time `now`; `false` (nothing counted)
-/// when the share of the current window is used up.
+/// Counts one new entry of `id` in the flow table of generation `epoch` (the generation word);
+/// `false` (nothing counted) when `id` has added its share to this generation's table. Counted
+/// per generation, not per time, so a drain that comes late cannot let a share grow.
+#[inline(always)]
+pub fn within_generation(id: u64, epoch: u32) -> bool {
+    let limit = if id == 0 {
+        share_class::PEER_FLOWS_LIMIT
+    } else {
+        share_class::FLOWS_LIMIT
+    };
+    count(id, share_class::FLOWS, u64::from(epoch), limit, |start| {
+        start != u64::from(epoch)
+    })
+}
+
+/// Counts one use of `id`'s share of ring `class` ([`share_class::EVENTS`] or
+/// [`share_class::DNS`]) at boot time `now`; `false` (nothing counted) when the share of the
+/// current window is used up. Peers' flows have no share of the event ring (see
+/// `PEER_FLOWS_LIMIT`).
 #[inline(always)]
 pub fn within(id: u64, class: u32, now: u64) -> bool {
-    let (window, limit) = match class {
-        share_class::FLOWS if id == 0 => (share_class::WINDOW_NS[0], share_class::PEER_FLOWS_LIMIT),
-        share_class::FLOWS => (share_class::WINDOW_NS[0], share_class::LIMIT[0]),
-        // Peers' flows have no share of the event ring (see `PEER_FLOWS_LIMIT`).
+    let limit = match class {
         share_class::EVENTS if id == 0 => return true,
-        share_class::EVENTS => (share_class::WINDOW_NS[1], share_class::LIMIT[1]),
-        _ => (share_class::WINDOW_NS[2], share_class::LIMIT[2]),
+        share_class::EVENTS => share_class::EVENTS_LIMIT,
+        _ => share_class::DNS_LIMIT,
     };
+    count(id, class, now, limit, |start| {
+        now.wrapping_sub(start) >= share_class::WINDOW_NS
+    })
+}
+
+/// One use of `id`'s share of `class`: a new window (starting at `start`) when `expired` says the
+/// current one is over.
+#[inline(always)]
+fn count(id: u64, class: u32, start: u64, limit: u32, expired: impl Fn(u64) -> bool) -> bool {
     let key = ShareKey {
         id,
         class,
@@ -79,8 +102,8 @@ pub fn within(id: u64, class: u32, now: u64) -> bool {
     match SHARES.get_ptr_mut(key) {
         // SAFETY: a map value, valid while the program runs; see the module's note on races.
         Some(s) => unsafe {
-            if now.wrapping_sub((*s).window_start) >= window {
-                (*s).window_start = now;
+            if expired((*s).window_start) {
+                (*s).window_start = start;
                 (*s).used = 1;
                 return true;
             }
@@ -92,7 +115,7 @@ pub fn within(id: u64, class: u32, now: u64) -> bool {
         },
         None => {
             let first = Share {
-                window_start: now,
+                window_start: start,
                 used: 1,
                 _pad0: 0,
             };

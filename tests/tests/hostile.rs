@@ -626,28 +626,39 @@ fn a_pod_saturating_the_kernels_tables_and_rings_loses_only_its_own_evidence() {
             &["tcp-sweep", &sink_ip.to_string(), "10000", "49999"],
         )
         .unwrap();
-    let flood = node
-        .run(
-            noisy,
-            &[
-                "dns-flood",
-                &format!("{sink_ip}:53"),
-                "30000",
-                "flood.example",
-            ],
-        )
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&flood.stdout).trim(), "sent 30000");
-
+    // The DNS flood and the quiet pod's failures while the agent is stopped (descheduled):
+    // its readers fall behind, the rings fill past half, where each pod gets only its share of
+    // the rest, and no drain comes to empty the flow table.
+    let pid = libc::pid_t::try_from(agent.pid().unwrap()).unwrap();
+    // SAFETY: a signal to the agent process this test started.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let flood = node.run(
+        noisy,
+        &[
+            "dns-flood",
+            &format!("{sink_ip}:53"),
+            "30000",
+            "flood.example",
+        ],
+    );
     // Meanwhile the quiet pod fails three ways: refused, timed out, NXDOMAIN.
-    node.run(quiet, &["connect", &format!("{sink_ip}:5433"), "1", "0"])
-        .unwrap();
-    node.run(
-        quiet,
-        &["connect", &format!("{sink_ip}:5432"), "1", "0", "1000"],
-    )
-    .unwrap();
-    node.run(quiet, &["resolve", "payments", "1", "0"]).unwrap();
+    let quiet_runs = [
+        node.run(quiet, &["connect", &format!("{sink_ip}:5433"), "1", "0"]),
+        node.run(
+            quiet,
+            &["connect", &format!("{sink_ip}:5432"), "1", "0", "1000"],
+        ),
+        node.run(quiet, &["resolve", "payments", "1", "0"]),
+    ];
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    assert_eq!(
+        String::from_utf8_lossy(&flood.unwrap().stdout).trim(),
+        "sent 30000"
+    );
+    for run in quiet_runs {
+        run.unwrap();
+    }
     let quiet_v = agent
         .query_until("shop", "quiet", WAIT, |v| {
             count_of(&records(v, "connection_refused", "outbound")) >= 1

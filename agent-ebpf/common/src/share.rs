@@ -6,7 +6,7 @@
 //!   up on insert and down when the attempt leaves; at [`CONNECTS_PER_CGROUP`] a cgroup's next
 //!   attempt is not remembered.
 //! - The flow tables, the event ring and the DNS ring ([`SHARES_MAP`]): entries or records per
-//!   [`ShareKey`] within a window ([`share_class`]). Past the share a new flow is sent through
+//!   [`ShareKey`] within a window ([`share_class`]); the rings only once they are half full. Past the share a new flow is sent through
 //!   the ring instead of entering the table, a flow's first occurrence waits for the table's
 //!   drain instead of the ring (neither is lost), and a DNS packet is not copied (lost).
 //!
@@ -37,35 +37,36 @@ pub const CGROUP_LOSSES_ENTRIES: u32 = 4 * 1024;
 /// Connect attempts one cgroup may have in the connect table at once: an eighth of it.
 pub const CONNECTS_PER_CGROUP: i64 = CONNECTS_ENTRIES as i64 / 8;
 
-/// The shares counted in windows, and their window and limit.
+/// The shares and their limits.
 pub mod share_class {
     use super::*;
 
-    /// New entries in the flow table per window of an eighth of a second: a generation of the
-    /// table (one 500 ms drain interval) sees at most five windows of a key, so a cgroup adds at
-    /// most 5/32 of the table to one generation.
+    /// New entries in one generation of the flow table (one drain interval, 500 ms; counted per
+    /// generation, so a late drain cannot let a share grow): an eighth of the table per cgroup.
     pub const FLOWS: u32 = 0;
-    /// Flow first occurrences through the event ring per window: an eighth of the records it
-    /// holds, per tenth of a second (the reader is woken by each record and drains at once;
-    /// the ring fills only while it is descheduled). A first occurrence past the share waits
-    /// in the flow table for the next drain; lost only when the table did not take it either.
+    /// Flow first occurrences through the event ring per window, once it is half full (the
+    /// reader is behind: it is woken by each record and drains at once, so the ring fills only
+    /// while it is descheduled): a 32nd of the records it holds per [`WINDOW_NS`], so one
+    /// cgroup takes the other half only if the reader stalls for 1.6 s. A first occurrence past
+    /// the share waits in the flow table for the next drain; lost only when the table did not
+    /// take it either.
     pub const EVENTS: u32 = 1;
-    /// DNS packets copied through the DNS ring per window: an eighth of the records it holds.
+    /// DNS packets copied through the DNS ring per window, once it is half full: a 32nd of the
+    /// records it holds. Below half every packet goes up, so a busy pod's lookups are counted
+    /// exactly while the reader keeps up.
     pub const DNS: u32 = 2;
 
-    /// Window length and limit of each class, for a cgroup.
-    pub const WINDOW_NS: [u64; 3] = [125_000_000, 100_000_000, 100_000_000];
-    pub const LIMIT: [u32; 3] = [
-        FLOWS_ENTRIES / 32,
-        EVENTS_RING_BYTES / size_of::<FlowEvent>() as u32 / 8,
-        DNS_RING_BYTES / size_of::<DnsEvent>() as u32 / 8,
-    ];
+    pub const FLOWS_LIMIT: u32 = FLOWS_ENTRIES / 8;
+    pub const EVENTS_LIMIT: u32 = EVENTS_RING_BYTES / size_of::<FlowEvent>() as u32 / 32;
+    pub const DNS_LIMIT: u32 = DNS_RING_BYTES / size_of::<DnsEvent>() as u32 / 32;
+    /// The window of the ring shares.
+    pub const WINDOW_NS: u64 = 100_000_000;
     /// The flows with no local socket (peers' packets: refused SYNs, drops on the node's
-    /// bridge) share one key (id 0), with twice a cgroup's limit (at most 5/16 of a
-    /// generation). They have no share of the event ring: a peer's flood is counted in the
-    /// table, and past it through the ring; a pod's own first occurrence that a full ring
-    /// cannot take still waits in the table, under the pod's own share, for the next drain.
-    pub const PEER_FLOWS_LIMIT: u32 = FLOWS_ENTRIES / 16;
+    /// bridge) share one key (id 0), with twice a cgroup's limit: a quarter of each generation.
+    /// They have no share of the event ring: a peer's flood is counted in the table, and past
+    /// it through the ring; a pod's own first occurrence that a full ring cannot take still
+    /// waits in the table, under the pod's own share, for the next drain.
+    pub const PEER_FLOWS_LIMIT: u32 = FLOWS_ENTRIES / 4;
 }
 
 /// Whose share a flow, event or DNS packet uses: a socket cgroup's (`id` its cgroup id), or,
@@ -81,7 +82,8 @@ pub struct ShareKey {
 }
 const _: () = assert!(size_of::<ShareKey>() == 16);
 
-/// What a key used in its window: the window's start (boot ns) and the count since.
+/// What a key used in its window: the window's start (boot ns for the rings, the generation word
+/// for the flow table) and the count since.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Share {

@@ -21,6 +21,9 @@ use crate::{
 /// Pending bytes in the ring from which a submit wakes the reader (a quarter of the ring).
 const WAKEUP_BYTES: u64 = DNS_RING_BYTES as u64 / 4;
 
+/// Pending bytes from which the ring is shared out (half of it).
+const SHARED_FROM: u64 = DNS_RING_BYTES as u64 / 2;
+
 /// The smallest power of two minus one at or above the payload cap: see [`fill`].
 const PAYLOAD_LEN_MASK: u64 = (DNS_PAYLOAD_CAP as u64).next_power_of_two() - 1;
 
@@ -108,11 +111,15 @@ pub(super) fn send(ctx: &SkBuffContext, p: &Packet, egress: bool) {
     entry.submit(wakeup());
 }
 
-/// Room in the ring for one record of `cgroup_id`'s, within its share of the ring; `None`
-/// (counted, against the cgroup too) when the share is used up or the ring is full.
+/// Room in the ring for one record of `cgroup_id`'s, within its share of the ring once the
+/// ring is half full; `None` (counted, against the cgroup too) when the share is used up or
+/// the ring is full.
 #[inline(always)]
 pub(super) fn reserve<T: 'static>(cgroup_id: u64, now: u64) -> Option<RingBufEntry<T>> {
-    let entry = if share::within(cgroup_id, share_class::DNS, now) {
+    // Shares apply once the ring is half full (the reader is behind): until then every
+    // packet goes up, and a busy pod's lookups are counted exactly.
+    let crowded = DNS_RING.query(BPF_RB_AVAIL_DATA.into()) >= SHARED_FROM;
+    let entry = if !crowded || share::within(cgroup_id, share_class::DNS, now) {
         DNS_RING.reserve::<T>(0)
     } else {
         None

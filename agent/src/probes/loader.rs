@@ -105,16 +105,19 @@ pub struct FlowTables {
     /// What each cgroup lost, switched with the tables (see agent-ebpf/src/share.rs).
     losses: [BpfHashMap<MapData, u64, CgroupLosses>; 2],
     generation: Array<MapData, u32>,
-    current: u32,
+    /// The generation word: counts every switch (programs use its lowest bit as the table's
+    /// index, and the whole word to tell one generation's shares from the next's).
+    epoch: u32,
 }
 
 impl FlowTables {
     /// Makes programs count into the other table; returns the index of the one they left,
     /// which can be drained once programs still running on it are done.
     pub fn flip(&mut self) -> Result<usize, aya::maps::MapError> {
-        let old = self.current;
-        self.generation.set(0, old ^ 1, 0)?;
-        self.current = old ^ 1;
+        let next = self.epoch.wrapping_add(1);
+        self.generation.set(0, next, 0)?;
+        let old = self.epoch & 1;
+        self.epoch = next;
         Ok(old as usize)
     }
 
@@ -526,7 +529,7 @@ pub fn load(options: &LoadOptions<'_>) -> Result<Loaded, LoadError> {
             take_map(&mut ebpf, CGROUP_LOSSES_MAPS[1], BpfHashMap::try_from)?,
         ],
         generation: take_map(&mut ebpf, GENERATION_MAP, Array::try_from)?,
-        current: 0,
+        epoch: 0,
     };
     let fdinfos = program_fdinfos(&program_ids.iter().map(|(_, id)| *id).collect::<Vec<_>>());
     if fdinfos.len() < program_ids.len() {
