@@ -737,7 +737,7 @@ fn kernel_losses_of_a_cgroup_go_to_its_pod() {
         first_at: t(5),
         event: RawEvent::CgroupLosses(crate::event::CgroupLosses {
             cgroup_id,
-            losses: crate::evidence::PodLosses {
+            losses: PodLosses {
                 connects: 3,
                 dns_packets: 2,
                 ..Default::default()

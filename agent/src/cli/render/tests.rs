@@ -80,7 +80,7 @@ fn a_pods_kernel_losses_are_shown_in_table_and_json() {
     let mut a = answer(vec![]);
     a.pod_losses = vec![(
         web.clone(),
-        crate::evidence::PodLosses {
+        PodLosses {
             connects: 12,
             occurrences: 0,
             dns_packets: 3,
@@ -90,7 +90,7 @@ fn a_pods_kernel_losses_are_shown_in_table_and_json() {
     let mut b = answer(vec![]);
     b.pod_losses = vec![(
         web,
-        crate::evidence::PodLosses {
+        PodLosses {
             connects: 1,
             ..Default::default()
         },
