@@ -12,11 +12,11 @@ use std::{borrow::Cow, fmt::Write as _, time::SystemTime};
 
 mod json;
 mod status;
-pub use json::{evidence_json, query_json, unanswered_json};
+pub use json::{evidence_json, not_shown_json, query_json, unanswered_json};
 pub use status::{Paint, problems, status_json, status_summary, status_table};
 
 use crate::{
-    cli::client::AgentAnswer,
+    cli::{client::AgentAnswer, peers::NotShown},
     codec::PeerLoss,
     diagnose::Finding,
     evidence::{DnsLookups, Evidence, Named as _, PodRef},
@@ -82,6 +82,37 @@ pub fn unanswered_text(unanswered: &[Unanswered]) -> String {
     );
     for u in unanswered {
         let _ = writeln!(out, "  {}: {}", cleaned(&u.agent), cleaned(&u.error));
+    }
+    out
+}
+
+/// The table's section on records whose other side is not shown: the pod holding their
+/// destination now started after them (empty when there are none).
+pub fn not_shown_text(not_shown: &[NotShown]) -> String {
+    let mut out = String::new();
+    if not_shown.is_empty() {
+        return out;
+    }
+    let _ = writeln!(out, "\nOther side");
+    for n in not_shown {
+        let holder = format!("{}/{}", cleaned(&n.holder.0), cleaned(&n.holder.1));
+        let _ = match n.started {
+            Some(started) => writeln!(
+                out,
+                "  {} record(s) to {} are from before {holder} held it (it started at {}): \
+                 not shown as its own; who held {} then is unknown.",
+                n.records,
+                n.ip,
+                rfc3339(started),
+                n.ip
+            ),
+            None => writeln!(
+                out,
+                "  {} record(s) to {} are not shown as {holder}'s, which holds it now: when it \
+                 started is unknown, so it may not have held it then.",
+                n.records, n.ip
+            ),
+        };
     }
     out
 }
