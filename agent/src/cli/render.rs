@@ -139,7 +139,7 @@ fn dns_lookups_text(answers: &[AgentAnswer]) -> String {
         }
         let _ = writeln!(
             out,
-            "\nDNS ({pod}, since the agent started): {ok} of {n} lookups succeeded ({failed} failed, \
+            "\nDNS ({pod}, since the agent's store began): {ok} of {n} lookups succeeded ({failed} failed, \
              {timeouts} unanswered, {slow} slow); answers took {avg:.1} ms on average, {max:.1} ms \
              at most.",
             pod = cleaned(&pod),

@@ -33,7 +33,7 @@ pub use task::{
 };
 
 use crate::{
-    attribute::Attributed,
+    attribute::{Attributed, PodLookups},
     evidence::{DetailKey, DnsLookups, Evidence, Filter, Kind, Occurrence, PodRef},
     loss::{Counters, Loss},
 };
@@ -247,7 +247,10 @@ struct OwnerState {
 pub struct StoreStats {
     pub records: u64,
     pub capacity: u64,
+    /// Records evicted for room: [`Loss::StoreEvicted`], so with the store on disk since the
+    /// first start on it (it continues across restarts, as the loss counters do).
     pub evicted: u64,
+    /// Records expired for age since this start.
     pub expired: u64,
     pub subscribers: u64,
     /// Occurrences recorded since the agent started, by kind and namespace ("" when tied to no
@@ -315,7 +318,8 @@ pub struct QueryResult {
     /// Records of the pods asked about that were evicted for room and had been seen inside
     /// the query's window: the answer lacks them.
     pub evicted: u64,
-    /// DNS lookup counters of the pods asked about (since the agent started).
+    /// DNS lookup counters of the pods asked about (since the agent started; with the store on
+    /// disk, since the first start on it).
     pub dns_lookups: Vec<(Arc<PodRef>, DnsLookups)>,
 }
 
@@ -389,6 +393,11 @@ pub trait Backend: Send {
     fn evictions(&mut self, owner: &str, evictions: Option<&Evictions>) {
         let _ = (owner, evictions);
     }
+    /// A pod's DNS lookup counters changed (`None`: the store forgot them for room); `pod` is
+    /// its uid. Told before each flush.
+    fn dns_lookups(&mut self, pod: &str, lookups: Option<&PodLookups>) {
+        let _ = (pod, lookups);
+    }
 }
 
 struct Subscriber {
@@ -436,7 +445,6 @@ pub struct Store {
     seq: u64,
     /// Last record id handed out (ids survive restarts through [`Store::restore`]).
     last_id: u64,
-    evicted: u64,
     expired: u64,
     counters: Arc<Counters>,
     subscribers: Vec<Subscriber>,
@@ -452,6 +460,8 @@ pub struct Store {
     dns_lookups: HashMap<String, (Arc<PodRef>, DnsLookups, SystemTime)>,
     /// Owners whose evictions changed since the backend was last told.
     evictions_changed: HashSet<Owner>,
+    /// Pods (uids) whose DNS lookup counters changed since the backend was last told.
+    dns_lookups_changed: HashSet<String>,
 }
 
 impl Store {
@@ -464,7 +474,6 @@ impl Store {
             namespaces: HashMap::new(),
             seq: 0,
             last_id: 0,
-            evicted: 0,
             expired: 0,
             counters,
             subscribers: Vec::new(),
@@ -474,6 +483,7 @@ impl Store {
             occurrences: HashMap::new(),
             metric_namespaces: HashSet::new(),
             evictions_changed: HashSet::new(),
+            dns_lookups_changed: HashSet::new(),
         }
     }
 
@@ -602,10 +612,32 @@ impl Store {
         }
     }
 
+    /// Puts back a pod's DNS lookup counters kept by the backend before a restart, added to
+    /// what was counted since (the backend already holds them).
+    pub fn restore_dns_lookups(&mut self, saved: PodLookups) {
+        let uid = saved.pod.uid.clone();
+        let changed = self.dns_lookups_changed.contains(&uid);
+        self.add_dns_lookups(&saved.pod, &saved.lookups, saved.at);
+        if !changed {
+            self.dns_lookups_changed.remove(&uid);
+        }
+    }
+
     /// Hands the backend's pending changes over (see [`Backend::flush`]) and evicts what it
     /// asks to be evicted for its size budget.
     pub fn flush_backend(&mut self) {
         let Some(b) = &mut self.backend else { return };
+        for uid in self.dns_lookups_changed.drain() {
+            let saved = self
+                .dns_lookups
+                .get(&uid)
+                .map(|(pod, lookups, at)| PodLookups {
+                    at: *at,
+                    pod: pod.clone(),
+                    lookups: *lookups,
+                });
+            b.dns_lookups(&uid, saved.as_ref());
+        }
         for owner in self.evictions_changed.drain() {
             let saved = self.owners.get(&owner).and_then(|s| {
                 Some(Evictions {
@@ -659,6 +691,9 @@ impl Store {
                 self.counters
                     .add(Loss::DnsLookupsForgotten, forgotten.lookups);
             }
+            if self.backend.is_some() {
+                self.dns_lookups_changed.insert(oldest);
+            }
         }
         let entry = self
             .dns_lookups
@@ -666,6 +701,9 @@ impl Store {
             .or_insert_with(|| (pod.clone(), DnsLookups::default(), at));
         entry.1.add(lookups);
         entry.2 = entry.2.max(at);
+        if self.backend.is_some() {
+            self.dns_lookups_changed.insert(pod.uid.clone());
+        }
     }
 
     fn owner_len(&self, owner: &Owner) -> usize {
@@ -689,7 +727,6 @@ impl Store {
         };
         state.evicted += 1;
         state.evicted_newest = state.evicted_newest.max(Some(at));
-        self.evicted += 1;
         if self.backend.is_some() {
             self.evictions_changed.insert(owner.clone());
         }
@@ -770,7 +807,6 @@ impl Store {
         } else {
             state.evicted += 1;
             state.evicted_newest = state.evicted_newest.max(Some(slot.evidence.last_seen));
-            self.evicted += 1;
             if self.backend.is_some() {
                 self.evictions_changed.insert(owner.clone());
             }
@@ -939,7 +975,9 @@ impl Store {
         StoreStats {
             records: self.records.len() as u64,
             capacity: self.config.capacity as u64,
-            evicted: self.evicted,
+            // The loss counter is the one count of evictions: it continues across restarts
+            // with the store on disk (persisted with the other loss counters).
+            evicted: self.counters.get(Loss::StoreEvicted),
             expired: self.expired,
             subscribers: self.subscribers.len() as u64,
             occurrences: self

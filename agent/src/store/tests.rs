@@ -341,7 +341,7 @@ fn dns_lookups_add_up_beside_the_records() {
     let mut s = store(10);
     let pod = crate::evidence::fixtures::pod_ref("ns", "a");
     for at in [1, 2] {
-        s.add(Attributed::DnsLookups(crate::attribute::PodLookups {
+        s.add(Attributed::DnsLookups(PodLookups {
             at: t(at),
             pod: pod.clone(),
             lookups: DnsLookups {
@@ -368,7 +368,7 @@ fn forgotten_dns_lookup_counters_are_counted_by_their_lookups() {
         counters.clone(),
     );
     let lookups = |pod: &str, at: u64, n: u64| {
-        Attributed::DnsLookups(crate::attribute::PodLookups {
+        Attributed::DnsLookups(PodLookups {
             at: t(at),
             pod: crate::evidence::fixtures::pod_ref("ns", pod),
             lookups: DnsLookups {

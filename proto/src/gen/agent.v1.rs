@@ -363,7 +363,8 @@ pub struct QueryResponse {
     /// When the answering agent started: evidence from before then is not in its store.
     #[prost(message, optional, tag = "6")]
     pub agent_started: ::core::option::Option<::prost_types::Timestamp>,
-    /// DNS lookups of the pods asked about, counted since the agent started (per pod).
+    /// DNS lookups of the pods asked about, counted per pod since the agent started, or with the
+    /// store on disk since `loss.since` (they are kept across restarts).
     #[prost(message, repeated, tag = "7")]
     pub dns_lookups: ::prost::alloc::vec::Vec<DnsLookups>,
 }
