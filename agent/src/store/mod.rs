@@ -417,13 +417,30 @@ struct Behind {
 /// it missed from then on (the one that did not fit and every matching one after), counted
 /// until the watcher subscribes again resuming this lag ([`StoreHandle::resubscribe`]) or
 /// goes away.
+///
+/// Who counts the missed updates as a loss: for a watch (a gRPC `Watch` stream, which ends
+/// when it is dropped; the client reconnects with a new one), the store, each one as
+/// [`Loss::WatchLagged`] as it is missed; for a subscriber that resumes its lag
+/// ([`Lag::resumable`], the OTLP exporter), the subscriber, from [`Lag::missed`] once it
+/// subscribed again (`otlp_lagged`), so no update is counted twice.
 #[derive(Debug, Default)]
 pub struct Lag {
     dropped: AtomicBool,
     missed: AtomicU64,
+    /// The subscriber resumes this lag and counts what it missed itself.
+    resumable: bool,
 }
 
 impl Lag {
+    /// The lag of a subscriber that resumes it when it subscribes again and counts what it
+    /// missed itself.
+    pub fn resumable() -> Lag {
+        Lag {
+            resumable: true,
+            ..Lag::default()
+        }
+    }
+
     /// Whether the store dropped the watcher for being too slow.
     pub fn is_lagged(&self) -> bool {
         self.dropped.load(Ordering::Relaxed)
@@ -855,15 +872,18 @@ impl Store {
     }
 
     fn publish(&mut self, e: &Evidence) {
+        // Updates dropped watches miss (not those of resumable subscribers, which count their
+        // own): the one that did not fit, and every matching one until the watch is gone.
+        let mut lagged = 0;
         // A dropped watcher nobody holds any more has nothing left to count for.
         self.behind.retain(|b| {
             let held = Arc::strong_count(&b.lag) > 1;
             if held && b.filter.matches(e) {
                 b.lag.missed.fetch_add(1, Ordering::Relaxed);
+                lagged += u64::from(!b.lag.resumable);
             }
             held
         });
-        let mut lagged = 0;
         let behind = &mut self.behind;
         self.subscribers.retain(|s| {
             if !s.filter.matches(e) {
@@ -883,7 +903,7 @@ impl Store {
                         filter: s.filter.clone(),
                         lag: s.lag.clone(),
                     });
-                    lagged += 1;
+                    lagged += u64::from(!s.lag.resumable);
                     false
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => false,

@@ -445,7 +445,9 @@ pub struct LossCounters {
     /// Events that waited for pod metadata and were stored unattributed when the wait expired.
     #[prost(uint64, tag = "6")]
     pub attribution_expired: u64,
-    /// Watch updates dropped because a watcher was too slow (the watcher is disconnected).
+    /// Watch updates (record updates) missed by watchers too slow to keep up: the one that did not
+    /// fit in a watcher's buffer and every matching one until its stream ended (it is
+    /// disconnected). Counts updates, not watchers.
     #[prost(uint64, tag = "7")]
     pub watch_lagged: u64,
     /// Every loss counter by its stable name (a superset of fields 1-7, which stay for older
