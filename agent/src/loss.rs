@@ -36,7 +36,10 @@ names! {
         StoreEvicted = "store_evicted",
         /// Events that waited for pod metadata and were stored unattributed.
         AttributionExpired = "attribution_expired",
-        /// Watch updates dropped because a watcher was too slow (it is disconnected).
+        /// Watch updates (record updates) a `Watch` stream missed because it was too slow:
+        /// the one that did not fit in its buffer and every matching one published until its
+        /// stream ended (it is disconnected; Query still has everything). The OTLP exporter's
+        /// are `otlp_lagged`.
         WatchLagged = "watch_lagged",
         /// A walk of the cgroup tree stopped at its cap: some cgroups could not be resolved,
         /// and their events were attributed by IP or not at all.
@@ -117,7 +120,7 @@ impl Loss {
             Loss::StoreChannelFull => "store channel full",
             Loss::StoreEvicted => "evicted from store",
             Loss::AttributionExpired => "stored unattributed (pod metadata missing)",
-            Loss::WatchLagged => "watch updates dropped (slow watcher)",
+            Loss::WatchLagged => "watch updates missed by slow watchers (disconnected)",
             Loss::CgroupWalkCapped => "cgroup walks cut short",
             Loss::DnsRingFull => "DNS packets not copied (DNS ring buffer full)",
             Loss::DnsMalformed => "DNS packets unparsable",

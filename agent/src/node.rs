@@ -93,6 +93,9 @@ fn open_persistent(
             for (owner, evictions) in opened.evictions {
                 store.restore_evictions(&owner, evictions);
             }
+            for lookups in opened.dns_lookups {
+                store.restore_dns_lookups(lookups);
+            }
             for (id, e) in opened.records {
                 store.restore(id, e);
             }

@@ -120,8 +120,9 @@ pub async fn query(args: QueryArgs, explain_only: bool) -> anyhow::Result<()> {
         None => None,
     };
     let (mut answers, mut unanswered) = gather(&args.agents, &scope, &filter).await?;
+    let mut not_shown = Vec::new();
     if args.agents.agents.is_empty() && matches!(scope, Scope::Pod { .. }) {
-        other_side(&args.agents, &filter, &mut answers, &mut unanswered).await;
+        not_shown = other_side(&args.agents, &filter, &mut answers, &mut unanswered).await;
     }
     if let Some(selected) = &selected {
         for a in &mut answers {
@@ -139,8 +140,21 @@ pub async fn query(args: QueryArgs, explain_only: bool) -> anyhow::Result<()> {
             (None, None) => "*".to_owned(),
         },
     };
-    query_answer(&args, &subject, explain_only, since, &answers, &unanswered).await?;
+    let gathered = Gathered {
+        answers: &answers,
+        unanswered: &unanswered,
+        not_shown: &not_shown,
+    };
+    query_answer(&args, &subject, explain_only, since, &gathered).await?;
     incomplete(&answers, &unanswered)
+}
+
+/// What the agents said: the answers, the agents that did not answer, and the records whose
+/// other side is not shown.
+struct Gathered<'a> {
+    answers: &'a [client::AgentAnswer],
+    unanswered: &'a [render::Unanswered],
+    not_shown: &'a [super::peers::NotShown],
 }
 
 /// What a query is about, for its header: a pod, or `*` for a fan-out.
@@ -223,9 +237,13 @@ async fn query_answer(
     subject: &Subject,
     explain_only: bool,
     since: SystemTime,
-    answers: &[client::AgentAnswer],
-    unanswered: &[render::Unanswered],
+    gathered: &Gathered<'_>,
 ) -> anyhow::Result<()> {
+    let Gathered {
+        answers,
+        unanswered,
+        not_shown,
+    } = *gathered;
     let mut evidence: Vec<_> = answers
         .iter()
         .flat_map(|a| a.evidence.iter().cloned())
@@ -238,6 +256,10 @@ async fn query_answer(
         if let Some(m) = v.as_object_mut() {
             m.insert("complete".into(), unanswered.is_empty().into());
             m.insert("unanswered".into(), render::unanswered_json(unanswered));
+            m.insert(
+                "other_side_not_shown".into(),
+                render::not_shown_json(not_shown),
+            );
         }
         match structured(args.output, &v)? {
             Some(text) => print(&text),
@@ -262,7 +284,7 @@ async fn query_answer(
     match args.output {
         Output::Json | Output::Yaml => json(&findings),
         Output::Table | Output::Wide => print(&format!(
-            "{}{missing}",
+            "{}{}{missing}",
             render::query_table_styled(
                 &render::Answer {
                     pod: &subject.pod,
@@ -274,7 +296,8 @@ async fn query_answer(
                     notes: &notes,
                 },
                 &style,
-            )
+            ),
+            render::not_shown_text(not_shown),
         )),
     }
 }

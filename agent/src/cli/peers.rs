@@ -4,11 +4,7 @@
 //! refused (nothing listens) or where the packets were dropped, so `query --pod` asks the agent
 //! of each such destination pod's node too, and keeps only its records of these flows.
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    net::IpAddr,
-    time::SystemTime,
-};
+use std::{collections::BTreeSet, net::IpAddr, time::SystemTime};
 
 use crate::evidence::Evidence;
 
@@ -25,25 +21,41 @@ pub fn other_side_flows(evidence: &[Evidence]) -> (BTreeSet<IpAddr>, BTreeSet<Ip
     (own, destinations)
 }
 
-/// The earliest time each destination of [`other_side_flows`] was seen in a record.
-pub fn destinations_since(evidence: &[Evidence]) -> BTreeMap<IpAddr, SystemTime> {
-    let mut out = BTreeMap::new();
-    for e in evidence.iter().filter(|e| e.detail.needs_other_side()) {
-        if let Some((_, _, dst, _)) = e.detail.endpoints() {
-            out.entry(dst.ip())
-                .and_modify(|t: &mut SystemTime| *t = (*t).min(e.first_seen))
-                .or_insert(e.first_seen);
-        }
-    }
-    out
+/// The pod holding a destination now, and this pod's records to that destination it cannot
+/// be the other side of: what an answer says instead of showing that pod's side for them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NotShown {
+    /// The destination.
+    pub ip: IpAddr,
+    /// The pod holding it now, (namespace, name).
+    pub holder: (String, String),
+    /// When that pod started (`None`: unknown, so none of the records can be said to be its).
+    pub started: Option<SystemTime>,
+    /// This pod's records to `ip` whose last occurrence is before `started`.
+    pub records: usize,
 }
 
-/// Whether the pod holding an address now (`started`: its start, from the cluster's pod list,
-/// which keeps no history of addresses) held it at `at`, when the records began: only when it
-/// started before. A pod started since, or of unknown start, is not the other side of those
-/// records: who was is unknown.
-pub fn held_then(started: Option<SystemTime>, at: SystemTime) -> bool {
-    started.is_some_and(|s| s <= at)
+/// Of this pod's records to `ip` that need the other side, how many the pod holding `ip` now
+/// (started at `started`, from the cluster's pod list, which keeps no history of addresses) may
+/// be the other side of, and how many it cannot: (its, before it). A record is its when the
+/// record's last occurrence is at or after its start; a record whose last occurrence is before
+/// it started is all from before it held the address (an earlier holder's, who is unknown).
+/// A pod of unknown start is the other side of none.
+pub fn held_by(evidence: &[Evidence], ip: IpAddr, started: Option<SystemTime>) -> (usize, usize) {
+    let mut its = 0;
+    let mut before = 0;
+    for e in evidence.iter().filter(|e| e.detail.needs_other_side()) {
+        if e.detail
+            .endpoints()
+            .is_some_and(|(_, _, dst, _)| dst.ip() == ip)
+        {
+            match started.is_some_and(|s| s <= e.last_seen) {
+                true => its += 1,
+                false => before += 1,
+            }
+        }
+    }
+    (its, before)
 }
 
 /// Keeps the records of the destination's side that are about flows from `own`.
@@ -152,32 +164,48 @@ mod tests {
     }
 
     #[test]
-    fn the_pod_holding_a_destination_now_is_its_other_side_only_if_it_held_it_then() {
+    fn the_pod_holding_a_destination_now_is_the_other_side_of_records_seen_since_it_started() {
         let at = |secs| SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000 + secs);
-        let record = |dst: &str, first: u64| {
+        let record = |dst: &str, first: u64, last: u64| {
             let mut e = timeout().src("10.0.0.1:40002").dst(dst).evidence();
             e.first_seen = at(first);
-            e.last_seen = at(first + 50);
+            e.last_seen = at(last);
             e
         };
         let evidence = [
-            record("10.0.3.3:443", 100),
-            record("10.0.3.3:443", 80),
-            record("10.0.4.4:443", 100),
+            // Over before the holder started: an earlier holder's.
+            record("10.0.3.3:443", 10, 90),
+            // Began before it started and went on after: its (the latest occurrences are).
+            record("10.0.3.3:443", 80, 150),
+            // Entirely since it started.
+            record("10.0.3.3:5432", 120, 130),
+            // Another destination.
+            record("10.0.4.4:443", 10, 20),
         ];
-        let since = destinations_since(&evidence);
+        let holder = ip("10.0.3.3");
+        assert_eq!(held_by(&evidence, holder, Some(at(100))), (2, 1));
         assert_eq!(
-            since.get(&ip("10.0.3.3")),
-            Some(&at(80)),
-            "the earliest record"
+            held_by(&evidence, holder, Some(at(5))),
+            (3, 0),
+            "started before every record"
         );
-        let t = since[&ip("10.0.4.4")];
-        assert!(held_then(Some(at(10)), t), "started before the records");
-        assert!(
-            !held_then(Some(at(120)), t),
-            "given the address since: not the other side"
+        assert_eq!(
+            held_by(&evidence, holder, Some(at(150))),
+            (1, 2),
+            "a record last seen as it started is its"
         );
-        assert!(!held_then(None, t), "unknown start");
+        assert_eq!(
+            held_by(&evidence, holder, Some(at(200))),
+            (0, 3),
+            "given the address since: the other side of none"
+        );
+        assert_eq!(held_by(&evidence, holder, None), (0, 3), "unknown start");
+        // Records that need no other side are not counted either way.
+        let explained = [refused()
+            .src("10.0.0.1:40000")
+            .dst("10.0.3.3:5432")
+            .evidence()];
+        assert_eq!(held_by(&explained, holder, Some(at(0))), (0, 0));
     }
 
     fn ip(s: &str) -> IpAddr {

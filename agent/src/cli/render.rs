@@ -12,11 +12,11 @@ use std::{borrow::Cow, fmt::Write as _, time::SystemTime};
 
 mod json;
 mod status;
-pub use json::{evidence_json, query_json, unanswered_json};
+pub use json::{evidence_json, not_shown_json, query_json, unanswered_json};
 pub use status::{Paint, problems, status_json, status_summary, status_table};
 
 use crate::{
-    cli::client::AgentAnswer,
+    cli::{client::AgentAnswer, peers::NotShown},
     codec::PeerLoss,
     diagnose::Finding,
     evidence::{DnsLookups, Evidence, Named as _, PodLosses, PodRef},
@@ -86,6 +86,37 @@ pub fn unanswered_text(unanswered: &[Unanswered]) -> String {
     out
 }
 
+/// The table's section on records whose other side is not shown: the pod holding their
+/// destination now started after them (empty when there are none).
+pub fn not_shown_text(not_shown: &[NotShown]) -> String {
+    let mut out = String::new();
+    if not_shown.is_empty() {
+        return out;
+    }
+    let _ = writeln!(out, "\nOther side");
+    for n in not_shown {
+        let holder = format!("{}/{}", cleaned(&n.holder.0), cleaned(&n.holder.1));
+        let _ = match n.started {
+            Some(started) => writeln!(
+                out,
+                "  {} record(s) to {} are from before {holder} held it (it started at {}): \
+                 not shown as its own; who held {} then is unknown.",
+                n.records,
+                n.ip,
+                rfc3339(started),
+                n.ip
+            ),
+            None => writeln!(
+                out,
+                "  {} record(s) to {} are not shown as {holder}'s, which holds it now: when it \
+                 started is unknown, so it may not have held it then.",
+                n.records, n.ip
+            ),
+        };
+    }
+    out
+}
+
 /// DNS lookup counters per pod, summed over the agents that answered.
 pub fn dns_lookups(answers: &[AgentAnswer]) -> Vec<(PodRef, DnsLookups)> {
     let mut by_pod: Vec<(PodRef, DnsLookups)> = Vec::new();
@@ -108,7 +139,7 @@ fn dns_lookups_text(answers: &[AgentAnswer]) -> String {
         }
         let _ = writeln!(
             out,
-            "\nDNS ({pod}, since the agent started): {ok} of {n} lookups succeeded ({failed} failed, \
+            "\nDNS ({pod}, since the agent's store began): {ok} of {n} lookups succeeded ({failed} failed, \
              {timeouts} unanswered, {slow} slow); answers took {avg:.1} ms on average, {max:.1} ms \
              at most.",
             pod = cleaned(&pod),

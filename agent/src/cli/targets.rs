@@ -151,30 +151,32 @@ pub(super) fn progress() -> impl FnMut(usize, usize) {
 
 /// Asks the agents of the nodes at the other end of the pod's unexplained failed connections
 /// (see [`cli::peers`]) for their records of those flows. Best effort: a peer that cannot be
-/// found is skipped; a peer agent that does not answer makes the answer incomplete.
+/// found is skipped; a peer agent that does not answer makes the answer incomplete. Returns,
+/// per destination, the records whose other side is not shown because the pod holding the
+/// address now started after them (the answer says so).
 #[cfg(feature = "cluster")]
 pub(super) async fn other_side(
     agents: &cli::AgentsArgs,
     filter: &Filter,
     answers: &mut Vec<client::AgentAnswer>,
     unanswered: &mut Vec<render::Unanswered>,
-) {
+) -> Vec<cli::peers::NotShown> {
     use cli::{cluster, peers};
+    let mut not_shown = Vec::new();
     let evidence: Vec<_> = answers
         .iter()
         .flat_map(|a| a.evidence.iter().cloned())
         .collect();
     let (own, destinations) = peers::other_side_flows(&evidence);
-    let since = peers::destinations_since(&evidence);
     if destinations.is_empty() {
-        return;
+        return not_shown;
     }
     let cluster_args = cluster::ClusterArgs {
         kubeconfig: agents.kubeconfig.clone(),
         context: agents.context.clone(),
     };
     let Ok(kube) = cluster::client(&cluster_args).await else {
-        return;
+        return not_shown;
     };
     let selector = cluster::AgentSelector {
         namespace: agents.agent_namespace.clone(),
@@ -182,7 +184,7 @@ pub(super) async fn other_side(
         port: agents.agent_port,
     };
     let Ok(agent_pods) = cluster::agent_pods(&kube, &selector).await else {
-        return;
+        return not_shown;
     };
     let asked: std::collections::BTreeSet<String> = answers
         .iter()
@@ -191,15 +193,21 @@ pub(super) async fn other_side(
         .collect();
     let mut peers = Vec::new();
     for ip in destinations.into_iter().take(client::FAN_OUT) {
-        // The pod holding the address now is the other side only if it held it already when
-        // the records began: a pod started since may have been given a reused address.
-        if let Ok(Some((peer, started))) = cluster::pod_by_ip(&kube, ip).await
-            && since
-                .get(&ip)
-                .is_some_and(|at| peers::held_then(started, *at))
-            && !asked.contains(&peer.2)
-            && !peers.contains(&peer)
-        {
+        // The pod holding the address now is the other side only of records seen since it
+        // started: one over before then was an earlier holder's (a reused address).
+        let Ok(Some((peer, started))) = cluster::pod_by_ip(&kube, ip).await else {
+            continue;
+        };
+        let (its, before) = peers::held_by(&evidence, ip, started);
+        if before > 0 {
+            not_shown.push(peers::NotShown {
+                ip,
+                holder: (peer.0.clone(), peer.1.clone()),
+                started,
+                records: before,
+            });
+        }
+        if its > 0 && !asked.contains(&peer.2) && !peers.contains(&peer) {
             peers.push(peer);
         }
     }
@@ -237,6 +245,7 @@ pub(super) async fn other_side(
             }
         }
     }
+    not_shown
 }
 
 #[cfg(not(feature = "cluster"))]
@@ -245,7 +254,8 @@ pub(super) async fn other_side(
     _: &Filter,
     _: &mut Vec<client::AgentAnswer>,
     _: &mut Vec<render::Unanswered>,
-) {
+) -> Vec<cli::peers::NotShown> {
+    Vec::new()
 }
 
 /// The pods `-l` selects, (namespace, name), through the kubeconfig.

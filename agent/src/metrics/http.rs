@@ -5,8 +5,9 @@
 //!
 //! What a request costs is bounded too: `/healthz` and `/readyz` read the state the components
 //! publish (the store task's heartbeat, never a store command), and `/metrics` is served from a
-//! snapshot computed at most once per [`SCRAPE_CACHE`] and shared by every scraper (one store
-//! command per interval however many scrape). `/readyz` explains itself only to a loopback peer;
+//! snapshot computed at most once per [`SCRAPE_CACHE`] and shared by every scraper, as is a
+//! failure to compute one (one store command per interval however many scrape, also while the
+//! store is too slow to answer). `/readyz` explains itself only to a loopback peer;
 //! others get the status line.
 
 use std::{
@@ -110,11 +111,14 @@ struct Server {
     connections: Arc<ConnectionLimit>,
 }
 
-/// The last `/metrics` body and when it was computed: computed by one scraper at a time (the
-/// others wait on the lock and then take it), at most once per [`SCRAPE_CACHE`].
+/// The last `/metrics` answer and when it was computed: computed by one scraper at a time (the
+/// others wait on the lock and then take it), at most once per [`SCRAPE_CACHE`]. A failure
+/// (the store did not answer within [`SCRAPE_STORE_DEADLINE`], or is gone) is the answer for
+/// the interval too: the scrapes that queued while the store was slow take it instead of each
+/// sending the store another command.
 #[derive(Default)]
 struct ScrapeCache {
-    last: tokio::sync::Mutex<Option<(Instant, Bytes)>>,
+    last: tokio::sync::Mutex<Option<(Instant, Result<Bytes, &'static str>)>>,
     /// Snapshots computed since start (each is one store command).
     computed: AtomicU64,
 }
@@ -122,12 +126,19 @@ struct ScrapeCache {
 impl ScrapeCache {
     async fn body(&self, server: &Server) -> Result<Bytes, &'static str> {
         let mut last = self.last.lock().await;
-        if let Some((at, body)) = &*last
+        if let Some((at, answer)) = &*last
             && at.elapsed() < SCRAPE_CACHE
         {
-            return Ok(body.clone());
+            return answer.clone();
         }
         self.computed.fetch_add(1, Ordering::Relaxed);
+        let answer = Self::compute(server).await;
+        *last = Some((Instant::now(), answer.clone()));
+        answer
+    }
+
+    /// One snapshot (one store command), rendered.
+    async fn compute(server: &Server) -> Result<Bytes, &'static str> {
         let snapshot =
             match tokio::time::timeout(SCRAPE_STORE_DEADLINE, server.state.snapshot()).await {
                 Ok(Some(mut snapshot)) => {
@@ -149,9 +160,7 @@ impl ScrapeCache {
                 Err(_) => return Err("the evidence store did not answer in time\n"),
             };
         let text = super::render(snapshot).map_err(|_| "encoding the metrics failed\n")?;
-        let body = Bytes::from(text);
-        *last = Some((Instant::now(), body.clone()));
-        Ok(body)
+        Ok(Bytes::from(text))
     }
 }
 

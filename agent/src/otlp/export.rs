@@ -294,7 +294,7 @@ impl Drain {
                 s = async {
                     match resume {
                         Some(lag) => self.store.resubscribe(filter.clone(), lag).await,
-                        None => self.store.subscribe(filter.clone()).await,
+                        None => self.store.subscribe_resumable(filter.clone()).await,
                     }
                 } => s,
             };

@@ -34,7 +34,7 @@ pub use task::{
 };
 
 use crate::{
-    attribute::Attributed,
+    attribute::{Attributed, PodLookups},
     evidence::{DetailKey, DnsLookups, Evidence, Filter, Kind, Occurrence, PodLosses, PodRef},
     loss::{Counters, Loss},
 };
@@ -248,7 +248,10 @@ struct OwnerState {
 pub struct StoreStats {
     pub records: u64,
     pub capacity: u64,
+    /// Records evicted for room: [`Loss::StoreEvicted`], so with the store on disk since the
+    /// first start on it (it continues across restarts, as the loss counters do).
     pub evicted: u64,
+    /// Records expired for age since this start.
     pub expired: u64,
     pub subscribers: u64,
     /// Occurrences recorded since the agent started, by kind and namespace ("" when tied to no
@@ -316,7 +319,8 @@ pub struct QueryResult {
     /// Records of the pods asked about that were evicted for room and had been seen inside
     /// the query's window: the answer lacks them.
     pub evicted: u64,
-    /// DNS lookup counters of the pods asked about (since the agent started).
+    /// DNS lookup counters of the pods asked about (since the agent started; with the store on
+    /// disk, since the first start on it).
     pub dns_lookups: Vec<(Arc<PodRef>, DnsLookups)>,
     /// What the kernel lost of the pods asked about (since the agent started), and when each
     /// pod's losses last grew.
@@ -397,6 +401,11 @@ pub trait Backend: Send {
     fn evictions(&mut self, owner: &str, evictions: Option<&Evictions>) {
         let _ = (owner, evictions);
     }
+    /// A pod's DNS lookup counters changed (`None`: the store forgot them for room); `pod` is
+    /// its uid. Told before each flush.
+    fn dns_lookups(&mut self, pod: &str, lookups: Option<&PodLookups>) {
+        let _ = (pod, lookups);
+    }
 }
 
 struct Subscriber {
@@ -416,13 +425,30 @@ struct Behind {
 /// it missed from then on (the one that did not fit and every matching one after), counted
 /// until the watcher subscribes again resuming this lag ([`StoreHandle::resubscribe`]) or
 /// goes away.
+///
+/// Who counts the missed updates as a loss: for a watch (a gRPC `Watch` stream, which ends
+/// when it is dropped; the client reconnects with a new one), the store, each one as
+/// [`Loss::WatchLagged`] as it is missed; for a subscriber that resumes its lag
+/// ([`Lag::resumable`], the OTLP exporter), the subscriber, from [`Lag::missed`] once it
+/// subscribed again (`otlp_lagged`), so no update is counted twice.
 #[derive(Debug, Default)]
 pub struct Lag {
     dropped: AtomicBool,
     missed: AtomicU64,
+    /// The subscriber resumes this lag and counts what it missed itself.
+    resumable: bool,
 }
 
 impl Lag {
+    /// The lag of a subscriber that resumes it when it subscribes again and counts what it
+    /// missed itself.
+    pub fn resumable() -> Lag {
+        Lag {
+            resumable: true,
+            ..Lag::default()
+        }
+    }
+
     /// Whether the store dropped the watcher for being too slow.
     pub fn is_lagged(&self) -> bool {
         self.dropped.load(Ordering::Relaxed)
@@ -444,7 +470,6 @@ pub struct Store {
     seq: u64,
     /// Last record id handed out (ids survive restarts through [`Store::restore`]).
     last_id: u64,
-    evicted: u64,
     expired: u64,
     counters: Arc<Counters>,
     subscribers: Vec<Subscriber>,
@@ -462,6 +487,8 @@ pub struct Store {
     pod_losses: pod_losses::PodLossBook,
     /// Owners whose evictions changed since the backend was last told.
     evictions_changed: HashSet<Owner>,
+    /// Pods (uids) whose DNS lookup counters changed since the backend was last told.
+    dns_lookups_changed: HashSet<String>,
 }
 
 impl Store {
@@ -474,7 +501,6 @@ impl Store {
             namespaces: HashMap::new(),
             seq: 0,
             last_id: 0,
-            evicted: 0,
             expired: 0,
             counters,
             subscribers: Vec::new(),
@@ -485,6 +511,7 @@ impl Store {
             occurrences: HashMap::new(),
             metric_namespaces: HashSet::new(),
             evictions_changed: HashSet::new(),
+            dns_lookups_changed: HashSet::new(),
         }
     }
 
@@ -614,10 +641,32 @@ impl Store {
         }
     }
 
+    /// Puts back a pod's DNS lookup counters kept by the backend before a restart, added to
+    /// what was counted since (the backend already holds them).
+    pub fn restore_dns_lookups(&mut self, saved: PodLookups) {
+        let uid = saved.pod.uid.clone();
+        let changed = self.dns_lookups_changed.contains(&uid);
+        self.add_dns_lookups(&saved.pod, &saved.lookups, saved.at);
+        if !changed {
+            self.dns_lookups_changed.remove(&uid);
+        }
+    }
+
     /// Hands the backend's pending changes over (see [`Backend::flush`]) and evicts what it
     /// asks to be evicted for its size budget.
     pub fn flush_backend(&mut self) {
         let Some(b) = &mut self.backend else { return };
+        for uid in self.dns_lookups_changed.drain() {
+            let saved = self
+                .dns_lookups
+                .get(&uid)
+                .map(|(pod, lookups, at)| PodLookups {
+                    at: *at,
+                    pod: pod.clone(),
+                    lookups: *lookups,
+                });
+            b.dns_lookups(&uid, saved.as_ref());
+        }
         for owner in self.evictions_changed.drain() {
             let saved = self.owners.get(&owner).and_then(|s| {
                 Some(Evictions {
@@ -671,6 +720,9 @@ impl Store {
                 self.counters
                     .add(Loss::DnsLookupsForgotten, forgotten.lookups);
             }
+            if self.backend.is_some() {
+                self.dns_lookups_changed.insert(oldest);
+            }
         }
         let entry = self
             .dns_lookups
@@ -678,6 +730,9 @@ impl Store {
             .or_insert_with(|| (pod.clone(), DnsLookups::default(), at));
         entry.1.add(lookups);
         entry.2 = entry.2.max(at);
+        if self.backend.is_some() {
+            self.dns_lookups_changed.insert(pod.uid.clone());
+        }
     }
 
     fn owner_len(&self, owner: &Owner) -> usize {
@@ -701,7 +756,6 @@ impl Store {
         };
         state.evicted += 1;
         state.evicted_newest = state.evicted_newest.max(Some(at));
-        self.evicted += 1;
         if self.backend.is_some() {
             self.evictions_changed.insert(owner.clone());
         }
@@ -782,7 +836,6 @@ impl Store {
         } else {
             state.evicted += 1;
             state.evicted_newest = state.evicted_newest.max(Some(slot.evidence.last_seen));
-            self.evicted += 1;
             if self.backend.is_some() {
                 self.evictions_changed.insert(owner.clone());
             }
@@ -831,15 +884,18 @@ impl Store {
     }
 
     fn publish(&mut self, e: &Evidence) {
+        // Updates dropped watches miss (not those of resumable subscribers, which count their
+        // own): the one that did not fit, and every matching one until the watch is gone.
+        let mut lagged = 0;
         // A dropped watcher nobody holds any more has nothing left to count for.
         self.behind.retain(|b| {
             let held = Arc::strong_count(&b.lag) > 1;
             if held && b.filter.matches(e) {
                 b.lag.missed.fetch_add(1, Ordering::Relaxed);
+                lagged += u64::from(!b.lag.resumable);
             }
             held
         });
-        let mut lagged = 0;
         let behind = &mut self.behind;
         self.subscribers.retain(|s| {
             if !s.filter.matches(e) {
@@ -859,7 +915,7 @@ impl Store {
                         filter: s.filter.clone(),
                         lag: s.lag.clone(),
                     });
-                    lagged += 1;
+                    lagged += u64::from(!s.lag.resumable);
                     false
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => false,
@@ -952,7 +1008,9 @@ impl Store {
         StoreStats {
             records: self.records.len() as u64,
             capacity: self.config.capacity as u64,
-            evicted: self.evicted,
+            // The loss counter is the one count of evictions: it continues across restarts
+            // with the store on disk (persisted with the other loss counters).
+            evicted: self.counters.get(Loss::StoreEvicted),
             expired: self.expired,
             subscribers: self.subscribers.len() as u64,
             occurrences: self

@@ -23,8 +23,9 @@
 //!   `store_evicted`) until it fits.
 //! - What was lost is kept too, in the same transactions: the loss counters (with when each
 //!   last grew and since when they count) whenever they grew, and each owner's evictions
-//!   (what an answer about a pod says was evicted) whenever they changed. At startup they are
-//!   read back first, so the counters continue from where they were.
+//!   (what an answer about a pod says was evicted) whenever they changed. So are each pod's DNS
+//!   lookup counters (an answer's "37 of 40 lookups succeeded") whenever they changed. At
+//!   startup they are read back first, so the counters continue from where they were.
 //! - At startup [`open`] reads every record back (a record that no longer decodes is removed
 //!   and counted as `store_unreadable`). A file that is not this agent's store (another
 //!   program's database, a damaged file, a newer schema) is moved aside with a clear error and
@@ -47,6 +48,7 @@ use triage_agent_proto::v1 as pb;
 
 use super::{Backend, Evictions, PersistHealth};
 use crate::{
+    attribute::PodLookups,
     codec,
     evidence::{
         Evidence, Named as _,
@@ -60,7 +62,7 @@ use crate::{
 const APPLICATION_ID: i32 = 0x5452_4941;
 /// `PRAGMA user_version`: the schema. A file with a newer one is moved aside, not misread; an
 /// older one is brought up to this one ([`MIGRATIONS`]).
-const SCHEMA_VERSION: i32 = 2;
+const SCHEMA_VERSION: i32 = 3;
 /// The records: a record's lasting id and its protobuf encoding.
 const SCHEMA: &str = "CREATE TABLE evidence (id INTEGER PRIMARY KEY, record BLOB NOT NULL);";
 /// Schema 2: what was lost, kept across restarts. `losses`: every loss counter by its stable
@@ -73,8 +75,13 @@ const SCHEMA_2: &str = "CREATE TABLE IF NOT EXISTS losses (name TEXT PRIMARY KEY
      CREATE TABLE IF NOT EXISTS owners (owner TEXT PRIMARY KEY, pod BLOB, \
      evicted INTEGER NOT NULL, newest_ms INTEGER NOT NULL); \
      CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);";
+/// Schema 3: each pod's DNS lookup counters, kept across restarts. `dns_lookups`: the pod's
+/// uid, its counters as a protobuf `DnsLookups` (the pod with them), when they last changed
+/// (Unix ms).
+const SCHEMA_3: &str = "CREATE TABLE IF NOT EXISTS dns_lookups (pod TEXT PRIMARY KEY, \
+     lookups BLOB NOT NULL, at_ms INTEGER NOT NULL);";
 /// What brings a file of schema `version - 1` to `version`, in order.
-const MIGRATIONS: &[(i32, &str)] = &[(2, SCHEMA_2)];
+const MIGRATIONS: &[(i32, &str)] = &[(2, SCHEMA_2), (3, SCHEMA_3)];
 /// Default bound of the file's used size.
 pub const DEFAULT_MAX_BYTES: u64 = 256 * 1024 * 1024;
 /// When over budget, shrink to this share of it (so one eviction round does not repeat at once).
@@ -141,6 +148,8 @@ pub struct Opened {
     pub records: Vec<(u64, Evidence)>,
     /// Each owner's evictions, for [`super::Store::restore_evictions`].
     pub evictions: Vec<(String, Evictions)>,
+    /// Each pod's DNS lookup counters, for [`super::Store::restore_dns_lookups`].
+    pub dns_lookups: Vec<PodLookups>,
     pub health: Arc<PersistHealth>,
 }
 
@@ -160,11 +169,12 @@ struct Backlog {
     max: usize,
     /// What the writer's current attempt holds: id -> order of the change it writes.
     in_flight: HashMap<u64, u64>,
-    /// Owners whose evictions changed: name -> (order of the change, the newest state;
-    /// `None`: forget the owner). As many as the store has owners, so not bounded apart.
-    owners: HashMap<String, (u64, Option<Evictions>)>,
-    /// The owners' changes the current attempt writes: name -> order.
-    owners_in_flight: HashMap<String, u64>,
+    /// Owners whose evictions changed, by name. As many as the store has owners, so not
+    /// bounded apart.
+    owners: Rows<Evictions>,
+    /// Pods whose DNS lookup counters changed, by uid (at most the store's
+    /// [`super::DNS_LOOKUP_PODS`]).
+    dns: Rows<PodLookups>,
     /// Records given up while the attempt writing their newest state runs: lost only if it
     /// fails.
     doubtful: u64,
@@ -182,8 +192,8 @@ impl Backlog {
             next: 0,
             max: max.max(1),
             in_flight: HashMap::new(),
-            owners: HashMap::new(),
-            owners_in_flight: HashMap::new(),
+            owners: Rows::default(),
+            dns: Rows::default(),
             doubtful: 0,
             flushed: false,
             closed: false,
@@ -216,7 +226,12 @@ impl Backlog {
 
     fn put_owner(&mut self, owner: &str, evictions: Option<Evictions>) {
         self.next += 1;
-        self.owners.insert(owner.to_owned(), (self.next, evictions));
+        self.owners.put(self.next, owner, evictions);
+    }
+
+    fn put_dns(&mut self, pod: &str, lookups: Option<PodLookups>) {
+        self.next += 1;
+        self.dns.put(self.next, pod, lookups);
     }
 
     /// What an attempt writes: the newest change of every record and owner, noted as in
@@ -227,22 +242,14 @@ impl Backlog {
             .iter()
             .map(|(id, (seq, _))| (*id, *seq))
             .collect();
-        self.owners_in_flight = self
-            .owners
-            .iter()
-            .map(|(owner, (seq, _))| (owner.clone(), *seq))
-            .collect();
         Attempt {
             records: self
                 .changes
                 .iter()
                 .map(|(id, (_, change))| (*id, change.clone()))
                 .collect(),
-            owners: self
-                .owners
-                .iter()
-                .map(|(owner, (_, e))| (owner.clone(), e.clone()))
-                .collect(),
+            owners: self.owners.take_attempt(),
+            dns: self.dns.take_attempt(),
             losses: None,
         }
     }
@@ -253,14 +260,10 @@ impl Backlog {
     fn attempt_done(&mut self, committed: bool) -> u64 {
         let in_flight = std::mem::take(&mut self.in_flight);
         let doubtful = std::mem::take(&mut self.doubtful);
-        let owners = std::mem::take(&mut self.owners_in_flight);
+        self.owners.attempt_done(committed);
+        self.dns.attempt_done(committed);
         if !committed {
             return doubtful;
-        }
-        for (owner, seq) in owners {
-            if self.owners.get(&owner).is_some_and(|(s, _)| *s == seq) {
-                self.owners.remove(&owner);
-            }
         }
         for (id, seq) in in_flight {
             if self.changes.get(&id).is_some_and(|(s, _)| *s == seq) {
@@ -272,17 +275,75 @@ impl Backlog {
     }
 }
 
-/// One transaction's worth: the records' and owners' newest changes, and the loss counters
-/// when they changed since the last commit.
+/// Rows of a table beside the records (an owner's evictions, a pod's DNS lookup counters)
+/// whose newest state the disk lacks, by key: key -> (order of the change, the newest state;
+/// `None`: delete the row). A row leaves only when a commit holding its newest state succeeded.
+struct Rows<T> {
+    changes: HashMap<String, (u64, Option<T>)>,
+    /// The changes the current attempt writes: key -> order.
+    in_flight: HashMap<String, u64>,
+}
+
+impl<T> Default for Rows<T> {
+    fn default() -> Self {
+        Rows {
+            changes: HashMap::new(),
+            in_flight: HashMap::new(),
+        }
+    }
+}
+
+impl<T: Clone> Rows<T> {
+    fn put(&mut self, seq: u64, key: &str, state: Option<T>) {
+        self.changes.insert(key.to_owned(), (seq, state));
+    }
+
+    fn is_empty(&self) -> bool {
+        self.changes.is_empty()
+    }
+
+    /// The newest state of every row, noted as in flight.
+    fn take_attempt(&mut self) -> Vec<(String, Option<T>)> {
+        self.in_flight = self
+            .changes
+            .iter()
+            .map(|(key, (seq, _))| (key.clone(), *seq))
+            .collect();
+        self.changes
+            .iter()
+            .map(|(key, (_, state))| (key.clone(), state.clone()))
+            .collect()
+    }
+
+    /// After an attempt: when committed, the rows it wrote that did not change since leave.
+    fn attempt_done(&mut self, committed: bool) {
+        let in_flight = std::mem::take(&mut self.in_flight);
+        if !committed {
+            return;
+        }
+        for (key, seq) in in_flight {
+            if self.changes.get(&key).is_some_and(|(s, _)| *s == seq) {
+                self.changes.remove(&key);
+            }
+        }
+    }
+}
+
+/// One transaction's worth: the records', owners' and pods' DNS counters' newest changes, and
+/// the loss counters when they changed since the last commit.
 struct Attempt {
     records: Vec<(u64, Change)>,
     owners: Vec<(String, Option<Evictions>)>,
+    dns: Vec<(String, Option<PodLookups>)>,
     losses: Option<LossCounts>,
 }
 
 impl Attempt {
     fn is_empty(&self) -> bool {
-        self.records.is_empty() && self.owners.is_empty() && self.losses.is_none()
+        self.records.is_empty()
+            && self.owners.is_empty()
+            && self.dns.is_empty()
+            && self.losses.is_none()
     }
 }
 
@@ -340,7 +401,7 @@ impl Backend for PersistBackend {
         let grew = losses != self.losses_flushed;
         self.losses_flushed = losses;
         let mut b = self.shared.lock();
-        if grew || !b.changes.is_empty() || !b.owners.is_empty() {
+        if grew || !b.changes.is_empty() || !b.owners.is_empty() || !b.dns.is_empty() {
             b.flushed = true;
             self.shared.wake.notify_one();
         }
@@ -348,6 +409,10 @@ impl Backend for PersistBackend {
 
     fn evictions(&mut self, owner: &str, evictions: Option<&Evictions>) {
         self.shared.lock().put_owner(owner, evictions.cloned());
+    }
+
+    fn dns_lookups(&mut self, pod: &str, lookups: Option<&PodLookups>) {
+        self.shared.lock().put_dns(pod, lookups.cloned());
     }
 
     fn shrink(&mut self, records: usize) -> usize {
@@ -418,6 +483,7 @@ pub fn open(config: &PersistConfig, counters: Arc<Counters>) -> Result<Opened, P
     let saved = read_losses(&conn).map_err(sqlite)?;
     counters.restore(&saved);
     let evictions = read_owners(&conn).map_err(sqlite)?;
+    let dns_lookups = read_dns_lookups(&conn).map_err(sqlite)?;
     let records = read_back(&conn, &counters, true).map_err(sqlite)?;
     let health = Arc::new(PersistHealth::default());
     health.update(|s| {
@@ -454,6 +520,7 @@ pub fn open(config: &PersistConfig, counters: Arc<Counters>) -> Result<Opened, P
         },
         records,
         evictions,
+        dns_lookups,
         health,
     })
 }
@@ -535,6 +602,38 @@ fn read_owners(conn: &Connection) -> rusqlite::Result<Vec<(String, Evictions)>> 
     Ok(out)
 }
 
+/// Each pod's DNS lookup counters kept in the file (a row that does not decode, or names no
+/// pod or another pod than its key, is skipped).
+fn read_dns_lookups(conn: &Connection) -> rusqlite::Result<Vec<PodLookups>> {
+    let mut out = Vec::new();
+    // Oldest first, as the store takes them back (the newest stay, were its bound smaller).
+    let mut stmt = conn.prepare("SELECT pod, lookups, at_ms FROM dns_lookups ORDER BY at_ms")?;
+    let mut rows = stmt.query([])?;
+    while let Some(row) = rows.next()? {
+        let (Ok(uid), Ok(bytes), Ok(at)) = (
+            row.get::<_, String>(0),
+            row.get::<_, Vec<u8>>(1),
+            row.get::<_, i64>(2),
+        ) else {
+            continue;
+        };
+        let Some((pod, lookups)) = pb::DnsLookups::decode(bytes.as_slice())
+            .ok()
+            .and_then(codec::dns_lookups_from_pb)
+        else {
+            continue;
+        };
+        let Some(at) = time_of_ms(at) else {
+            continue;
+        };
+        if pod.uid != uid {
+            continue;
+        }
+        out.push(PodLookups { at, pod, lookups });
+    }
+    Ok(out)
+}
+
 /// Takes the advisory lock beside the file (`<path>.lock`), held for the writer's life.
 fn lock(path: &Path) -> Result<File, PersistError> {
     let lock_path = sibling(path, ".lock");
@@ -583,7 +682,7 @@ fn open_ours(path: &Path) -> Result<Connection, String> {
         let tables: i64 = conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))?;
         if app == 0 && version == 0 && tables == 0 {
             conn.pragma_update(None, "journal_mode", "WAL")?;
-            conn.execute_batch(&format!("BEGIN; {SCHEMA} {SCHEMA_2} COMMIT;"))?;
+            conn.execute_batch(&format!("BEGIN; {SCHEMA} {SCHEMA_2} {SCHEMA_3} COMMIT;"))?;
             conn.pragma_update(None, "application_id", APPLICATION_ID)?;
             conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
             return Ok(Ok(()));
@@ -894,6 +993,27 @@ fn commit(conn: &Connection, attempt: &Attempt) -> rusqlite::Result<()> {
                 }
                 None => {
                     forget.execute([owner])?;
+                }
+            }
+        }
+    }
+    {
+        let mut put = tx.prepare_cached(
+            "INSERT INTO dns_lookups (pod, lookups, at_ms) VALUES (?1, ?2, ?3)
+             ON CONFLICT (pod) DO UPDATE SET lookups = excluded.lookups, at_ms = excluded.at_ms",
+        )?;
+        let mut forget = tx.prepare_cached("DELETE FROM dns_lookups WHERE pod = ?1")?;
+        for (pod, lookups) in &attempt.dns {
+            match lookups {
+                Some(l) => {
+                    put.execute(params![
+                        pod,
+                        codec::dns_lookups_to_pb(&l.pod, &l.lookups).encode_to_vec(),
+                        ms_of(l.at),
+                    ])?;
+                }
+                None => {
+                    forget.execute([pod])?;
                 }
             }
         }

@@ -142,29 +142,42 @@ impl StoreHandle {
         rx.await.map_err(|_| StoreGone)
     }
 
-    /// Updated records matching `filter`, from now on.
+    /// Updated records matching `filter`, from now on: a watch, whose updates missed when the
+    /// store drops it for being too slow the store counts as `watch_lagged` (see [`Lag`]).
     pub async fn subscribe(&self, filter: Filter) -> Result<Subscription, SubscribeError> {
-        self.subscribe_resuming(filter, None).await
+        self.subscribe_resuming(filter, Lag::default(), None).await
     }
 
-    /// A watcher the store dropped for being too slow subscribes again: once this succeeds,
-    /// `lag.missed()` is every matching update it missed in between (refused, the lag goes on
-    /// counting: resume it again).
+    /// As [`StoreHandle::subscribe`], for a subscriber that resumes its lag when dropped
+    /// ([`StoreHandle::resubscribe`]) and counts what it missed itself (the OTLP exporter).
+    pub async fn subscribe_resumable(
+        &self,
+        filter: Filter,
+    ) -> Result<Subscription, SubscribeError> {
+        self.subscribe_resuming(filter, Lag::resumable(), None)
+            .await
+    }
+
+    /// A resumable subscriber the store dropped for being too slow subscribes again: once this
+    /// succeeds, `lag.missed()` is every matching update it missed in between (refused, the
+    /// lag goes on counting: resume it again).
     pub async fn resubscribe(
         &self,
         filter: Filter,
         lag: Arc<Lag>,
     ) -> Result<Subscription, SubscribeError> {
-        self.subscribe_resuming(filter, Some(lag)).await
+        self.subscribe_resuming(filter, Lag::resumable(), Some(lag))
+            .await
     }
 
     async fn subscribe_resuming(
         &self,
         filter: Filter,
+        lag: Lag,
         resume: Option<Arc<Lag>>,
     ) -> Result<Subscription, SubscribeError> {
         let (tx, updates) = mpsc::channel(WATCH_BUFFER);
-        let lag = Arc::new(Lag::default());
+        let lag = Arc::new(lag);
         let (ready, ack) = oneshot::channel();
         self.tx
             .send(Command::Subscribe {

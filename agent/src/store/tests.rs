@@ -341,7 +341,7 @@ fn dns_lookups_add_up_beside_the_records() {
     let mut s = store(10);
     let pod = crate::evidence::fixtures::pod_ref("ns", "a");
     for at in [1, 2] {
-        s.add(Attributed::DnsLookups(crate::attribute::PodLookups {
+        s.add(Attributed::DnsLookups(PodLookups {
             at: t(at),
             pod: pod.clone(),
             lookups: DnsLookups {
@@ -368,7 +368,7 @@ fn forgotten_dns_lookup_counters_are_counted_by_their_lookups() {
         counters.clone(),
     );
     let lookups = |pod: &str, at: u64, n: u64| {
-        Attributed::DnsLookups(crate::attribute::PodLookups {
+        Attributed::DnsLookups(PodLookups {
             at: t(at),
             pod: crate::evidence::fixtures::pod_ref("ns", pod),
             lookups: DnsLookups {
@@ -602,6 +602,43 @@ fn a_dropped_watcher_learns_how_many_updates_it_missed() {
     assert_eq!(next.missed(), 0);
 }
 
+/// A dropped watch's missed updates are `watch_lagged`, each as it is missed (the one that did
+/// not fit, and every matching one while the watch is held), not one per watcher; a resumable
+/// subscriber's (the OTLP exporter's) are its own to count, not `watch_lagged`.
+#[test]
+fn watch_lagged_counts_every_update_a_dropped_watch_missed() {
+    let counters = Arc::new(Counters::default());
+    let mut s = Store::new(
+        StoreConfig::new("n1", 100, DEFAULT_MAX_AGE),
+        counters.clone(),
+    );
+    let (tx, _watch_rx) = mpsc::channel(1);
+    let watch = Arc::new(Lag::default());
+    assert!(s.subscribe(only("a"), tx, watch.clone(), None));
+    let (tx, _otlp_rx) = mpsc::channel(1);
+    let otlp = Arc::new(Lag::resumable());
+    assert!(s.subscribe(everything(), tx, otlp.clone(), None));
+    s.record(occ("a", 1, 1)); // delivered to both
+    s.record(occ("a", 1, 2)); // fits neither: both dropped
+    assert!(watch.is_lagged() && otlp.is_lagged());
+    assert_eq!(counters.get(Loss::WatchLagged), 1);
+    s.record(occ("a", 2, 3)); // missed by both
+    s.record(occ("b", 1, 4)); // not the watch's filter: missed by the exporter only
+    s.record(occ("a", 1, 5)); // missed by both
+    assert_eq!(watch.missed(), 3);
+    assert_eq!(otlp.missed(), 4);
+    assert_eq!(
+        counters.get(Loss::WatchLagged),
+        3,
+        "the watch's missed updates, none of the exporter's"
+    );
+    // The watch's stream ended: nothing more is counted for it.
+    drop(watch);
+    s.record(occ("a", 1, 6));
+    assert_eq!(counters.get(Loss::WatchLagged), 3);
+    assert_eq!(otlp.missed(), 5);
+}
+
 /// Through the task, as the OTLP exporter does: a subscription that is never read is dropped,
 /// and resubscribing resuming its lag tells how many updates it missed in all.
 #[tokio::test]
@@ -609,7 +646,7 @@ async fn a_resubscribing_watcher_is_told_every_update_it_missed() {
     let cancel = CancellationToken::new();
     let (handle, occurrences, task) = spawn(store(100_000), cancel.clone());
     let task = tokio::spawn(task);
-    let sub = handle.subscribe(everything()).await.unwrap();
+    let sub = handle.subscribe_resumable(everything()).await.unwrap();
     let sent = WATCH_BUFFER as u64 + 10;
     for i in 0..sent {
         occurrences

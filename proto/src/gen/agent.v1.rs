@@ -381,7 +381,8 @@ pub struct QueryResponse {
     /// When the answering agent started: evidence from before then is not in its store.
     #[prost(message, optional, tag = "6")]
     pub agent_started: ::core::option::Option<::prost_types::Timestamp>,
-    /// DNS lookups of the pods asked about, counted since the agent started (per pod).
+    /// DNS lookups of the pods asked about, counted per pod since the agent started, or with the
+    /// store on disk since `loss.since` (they are kept across restarts).
     #[prost(message, repeated, tag = "7")]
     pub dns_lookups: ::prost::alloc::vec::Vec<DnsLookups>,
     /// What the kernel lost of the pods asked about, since the agent started (per pod): each pod
@@ -467,7 +468,9 @@ pub struct LossCounters {
     /// Events that waited for pod metadata and were stored unattributed when the wait expired.
     #[prost(uint64, tag = "6")]
     pub attribution_expired: u64,
-    /// Watch updates dropped because a watcher was too slow (the watcher is disconnected).
+    /// Watch updates (record updates) missed by watchers too slow to keep up: the one that did not
+    /// fit in a watcher's buffer and every matching one until its stream ended (it is
+    /// disconnected). Counts updates, not watchers.
     #[prost(uint64, tag = "7")]
     pub watch_lagged: u64,
     /// Every loss counter by its stable name (a superset of fields 1-7, which stay for older

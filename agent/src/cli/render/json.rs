@@ -6,7 +6,11 @@ use serde_json::{Map, Value, json};
 
 use super::{Note, Unanswered, dns_lookups, pod_losses};
 use crate::{
-    cli::client::AgentAnswer, codec::PeerLoss, diagnose::Finding, evidence::Evidence, text::rfc3339,
+    cli::{client::AgentAnswer, peers::NotShown},
+    codec::PeerLoss,
+    diagnose::Finding,
+    evidence::Evidence,
+    text::rfc3339,
 };
 
 /// One evidence record as a flat JSON object.
@@ -107,5 +111,20 @@ pub fn unanswered_json(unanswered: &[Unanswered]) -> Value {
     unanswered
         .iter()
         .map(|u| json!({"agent": u.agent, "node": u.node, "error": u.error}))
+        .collect()
+}
+
+/// `other_side_not_shown` in the JSON answer.
+pub fn not_shown_json(not_shown: &[NotShown]) -> Value {
+    not_shown
+        .iter()
+        .map(|n| {
+            json!({
+                "ip": n.ip.to_string(),
+                "holder": {"namespace": n.holder.0, "name": n.holder.1},
+                "holder_started": n.started.map(rfc3339),
+                "records": n.records,
+            })
+        })
         .collect()
 }

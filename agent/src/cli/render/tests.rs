@@ -552,3 +552,47 @@ fn status_summary_puts_problems_first() {
         "{headless}"
     );
 }
+
+#[test]
+fn records_whose_other_side_is_not_shown_are_said_in_table_and_json() {
+    use crate::cli::peers::NotShown;
+    let not_shown = [
+        NotShown {
+            ip: "10.0.3.3".parse().unwrap(),
+            holder: ("data".into(), "db-7".into()),
+            started: Some(t(100)),
+            records: 2,
+        },
+        NotShown {
+            ip: "10.0.4.4".parse().unwrap(),
+            holder: ("data".into(), "cache\u{1b}[2J".into()),
+            started: None,
+            records: 1,
+        },
+    ];
+    let text = not_shown_text(&not_shown);
+    assert!(
+        text.contains(
+            "2 record(s) to 10.0.3.3 are from before data/db-7 held it (it started at \
+             2023-11-14T22:15:00.000Z): not shown as its own"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("1 record(s) to 10.0.4.4 are not shown as data/cache\\u{1b}[2J's"),
+        "{text}"
+    );
+    assert!(!text.contains('\u{1b}'), "names are cleaned: {text}");
+    assert_eq!(not_shown_text(&[]), "", "nothing to say: no section");
+    let v = not_shown_json(&not_shown);
+    assert_eq!(
+        v[0],
+        json!({
+            "ip": "10.0.3.3",
+            "holder": {"namespace": "data", "name": "db-7"},
+            "holder_started": "2023-11-14T22:15:00.000Z",
+            "records": 2,
+        })
+    );
+    assert!(v[1]["holder_started"].is_null());
+}

@@ -94,6 +94,51 @@ async fn concurrent_scrapes_share_one_snapshot() {
     cancel.cancel();
 }
 
+/// A store too slow to answer: the failure is shared like a snapshot, so the scrapes that
+/// queue meanwhile send it no command of their own, and all are answered when the first is.
+#[tokio::test]
+async fn a_store_that_does_not_answer_gets_one_command_per_interval() {
+    let counters = Arc::new(Counters::default());
+    // The store task is never run: every command waits in its queue.
+    let (store, _occurrences, _task) = store::spawn(
+        Store::new(
+            StoreConfig::new("node-a", 100, Duration::from_secs(3600)),
+            counters.clone(),
+        ),
+        CancellationToken::new(),
+    );
+    let server = server(MetricsState {
+        agent: AgentState::in_process("node-a", store, counters),
+        program_ids: Arc::new(Vec::new()),
+        otlp: None,
+        grpc_connections: None,
+    });
+    let cache = server.cache.clone();
+    let app = router(server);
+    let started = Instant::now();
+    let scrapes: Vec<_> = (0..5)
+        .map(|_| {
+            let app = app.clone();
+            tokio::spawn(async move { get(&app, "/metrics", POD).await })
+        })
+        .collect();
+    for scrape in scrapes {
+        let (status, body) = scrape.await.unwrap();
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert_eq!(body, "the evidence store did not answer in time\n");
+    }
+    assert_eq!(
+        cache.computed.load(Ordering::Relaxed),
+        1,
+        "one store command for all five scrapes"
+    );
+    assert!(
+        started.elapsed() < SCRAPE_STORE_DEADLINE + SCRAPE_CACHE,
+        "the queued scrapes waited for commands of their own: {:?}",
+        started.elapsed()
+    );
+}
+
 #[tokio::test]
 async fn readyz_explains_itself_to_loopback_only() {
     let cancel = CancellationToken::new();

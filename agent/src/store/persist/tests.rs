@@ -6,11 +6,12 @@ use std::{sync::Arc, time::Duration};
 
 use super::*;
 use crate::{
+    attribute::{Attributed, PodLookups},
     evidence::{
-        Filter,
-        fixtures::{dropped, oom_killed, refused},
+        DnsLookups, Filter,
+        fixtures::{dropped, oom_killed, pod_ref, refused, t},
     },
-    store::{DEFAULT_MAX_AGE, Store, StoreConfig},
+    store::{DEFAULT_MAX_AGE, DNS_LOOKUP_PODS, Store, StoreConfig},
 };
 
 fn config(dir: &tempfile::TempDir) -> PersistConfig {
@@ -39,6 +40,9 @@ fn store_on(config: &PersistConfig, capacity: usize) -> (Store, Arc<PersistHealt
     store.set_backend(Box::new(opened.backend));
     for (owner, evictions) in opened.evictions {
         store.restore_evictions(&owner, evictions);
+    }
+    for lookups in opened.dns_lookups {
+        store.restore_dns_lookups(lookups);
     }
     for (id, e) in opened.records {
         store.restore(id, e);
@@ -115,7 +119,7 @@ fn evictions_and_expiry_reach_the_file() {
 
     // Restart after the retention: everything expires, from memory and file.
     let (mut store, _, _) = store_on(&cfg, 2);
-    store.sweep(crate::evidence::fixtures::t(10) + DEFAULT_MAX_AGE + Duration::from_secs(60));
+    store.sweep(t(10) + DEFAULT_MAX_AGE + Duration::from_secs(60));
     assert!(store.query(&everything(), 10).evidence.is_empty());
     store.flush_backend();
     close(store);
@@ -367,7 +371,7 @@ fn the_backlog_keeps_the_newest_change_of_each_record_within_its_bound() {
 fn losses_and_evictions_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(&dir);
-    let first_start = crate::evidence::fixtures::t(1);
+    let first_start = t(1);
     let (mut store, _, counters) = store_on(&cfg, 40);
     counters.begin(first_start);
     counters.add(Loss::PipelineFull, 5);
@@ -389,6 +393,7 @@ fn losses_and_evictions_survive_a_restart() {
             .occurrence(),
     );
     assert_eq!(counters.get(Loss::StoreEvicted), 2);
+    assert_eq!(store.stats().evicted, 2);
     let web = Filter {
         pod: Some("web".into()),
         namespace: Some("shop".into()),
@@ -401,11 +406,16 @@ fn losses_and_evictions_survive_a_restart() {
     // The next start: the counters continue, and an answer about the pod still says what was
     // evicted before the restart.
     let (mut store, _, counters) = store_on(&cfg, 40);
-    counters.begin(crate::evidence::fixtures::t(5000));
+    counters.begin(t(5000));
     let s = counters.snapshot();
     assert_eq!(s.get(Loss::PipelineFull), 5);
     assert_eq!(s.get(Loss::DnsRingFull), 2);
     assert_eq!(s.get(Loss::StoreEvicted), 2);
+    assert_eq!(
+        store.stats().evicted,
+        2,
+        "the store's count of evictions continues too"
+    );
     assert!(s.last(Loss::PipelineFull).is_some());
     assert_eq!(
         s.since(),
@@ -435,6 +445,7 @@ fn losses_and_evictions_survive_a_restart() {
     let (store, _, counters) = store_on(&cfg, 40);
     assert_eq!(counters.get(Loss::PipelineFull), 6);
     assert_eq!(counters.get(Loss::StoreEvicted), 3);
+    assert_eq!(store.stats().evicted, 3);
     assert_eq!(store.query(&web, 10).evicted, 3);
     close(store);
 }
@@ -457,7 +468,7 @@ fn evictions_past_the_retention_leave_the_file() {
     close(store);
     let (mut store, _, _) = store_on(&cfg, 20);
     assert_eq!(store.query(&everything(), 10).evicted, 1);
-    store.sweep(crate::evidence::fixtures::t(10) + DEFAULT_MAX_AGE + Duration::from_secs(60));
+    store.sweep(t(10) + DEFAULT_MAX_AGE + Duration::from_secs(60));
     store.flush_backend();
     close(store);
     let (store, _, _) = store_on(&cfg, 20);
@@ -495,5 +506,147 @@ fn a_file_of_the_first_schema_is_brought_up_to_date() {
     assert_eq!(version, SCHEMA_VERSION);
     let (store, _, counters) = store_on(&cfg, 10);
     assert_eq!(counters.get(Loss::DecodeErrors), 1);
+    close(store);
+}
+
+/// A pod's DNS lookup tally as attribution hands it to the store.
+fn tally(pod: &str, at: u64, lookups: u64, succeeded: u64) -> Attributed {
+    Attributed::DnsLookups(PodLookups {
+        at: t(at),
+        pod: pod_ref("shop", pod),
+        lookups: DnsLookups {
+            lookups,
+            succeeded,
+            failed: lookups - succeeded,
+            latency_sum_us: 1000 * lookups,
+            latency_max_us: 900 + at,
+            ..DnsLookups::default()
+        },
+    })
+}
+
+fn pod(name: &str) -> Filter {
+    Filter {
+        namespace: Some("shop".into()),
+        pod: Some(name.into()),
+        ..Filter::default()
+    }
+}
+
+fn lookups_of(store: &Store, name: &str) -> Option<DnsLookups> {
+    let r = store.query(&pod(name), 10);
+    assert!(r.dns_lookups.len() <= 1, "{:?}", r.dns_lookups);
+    r.dns_lookups.first().map(|(p, l)| {
+        assert_eq!(p.name, name);
+        *l
+    })
+}
+
+#[test]
+fn dns_lookup_counters_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&dir);
+    let (mut store, _, _) = store_on(&cfg, 100);
+    store.add(tally("web", 10, 30, 28));
+    store.add(tally("web", 20, 10, 9));
+    store.add(tally("api", 15, 5, 5));
+    store.flush_backend();
+    close(store);
+
+    // After the restart the pods' answers still have their counts, and new tallies add up.
+    let (mut store, _, _) = store_on(&cfg, 100);
+    let web = lookups_of(&store, "web").unwrap();
+    assert_eq!((web.lookups, web.succeeded, web.failed), (40, 37, 3));
+    assert_eq!(web.latency_sum_us, 40_000);
+    assert_eq!(web.latency_max_us, 920);
+    assert_eq!(lookups_of(&store, "api").unwrap().lookups, 5);
+    store.add(tally("web", 30, 2, 2));
+    store.flush_backend();
+    close(store);
+    let (store, _, _) = store_on(&cfg, 100);
+    let web = lookups_of(&store, "web").unwrap();
+    assert_eq!((web.lookups, web.succeeded), (42, 39));
+    assert_eq!(lookups_of(&store, "api").unwrap().lookups, 5);
+    close(store);
+}
+
+#[test]
+fn dns_lookup_counters_forgotten_for_room_leave_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&dir);
+    let (mut store, _, counters) = store_on(&cfg, 100);
+    store.add(tally("oldest", 1, 7, 7));
+    for i in 1..DNS_LOOKUP_PODS {
+        store.add(tally(&format!("p{i}"), 10, 1, 1));
+    }
+    store.flush_backend();
+    // One pod more than the store keeps counters of: the least recently updated is forgotten.
+    store.add(tally("newcomer", 20, 1, 1));
+    assert_eq!(counters.get(Loss::DnsLookupsForgotten), 7);
+    store.flush_backend();
+    close(store);
+    let rows: i64 = Connection::open(&cfg.path)
+        .unwrap()
+        .query_row("SELECT count(*) FROM dns_lookups", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(rows, DNS_LOOKUP_PODS as i64);
+    let (store, _, counters) = store_on(&cfg, 100);
+    assert!(lookups_of(&store, "oldest").is_none(), "forgotten for good");
+    assert_eq!(lookups_of(&store, "newcomer").unwrap().lookups, 1);
+    assert_eq!(counters.get(Loss::DnsLookupsForgotten), 7);
+    close(store);
+}
+
+#[test]
+fn a_file_of_schema_2_is_brought_up_to_date_with_what_it_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&dir);
+    std::fs::create_dir_all(cfg.path.parent().unwrap()).unwrap();
+    {
+        // As the previous agent left it: records, loss counters and an owner's evictions.
+        let old = Connection::open(&cfg.path).unwrap();
+        old.execute_batch(&format!("{SCHEMA} {SCHEMA_2}")).unwrap();
+        old.pragma_update(None, "application_id", APPLICATION_ID)
+            .unwrap();
+        old.pragma_update(None, "user_version", 2).unwrap();
+        let e = refused().pod("shop", "web").at(10).evidence();
+        old.execute(
+            "INSERT INTO evidence (id, record) VALUES (1, ?1)",
+            [codec::evidence_to_pb(&e).encode_to_vec()],
+        )
+        .unwrap();
+        old.execute(
+            "INSERT INTO losses (name, count, last_ms) VALUES ('store_evicted', 4, ?1)",
+            [ms_of(t(5))],
+        )
+        .unwrap();
+        old.execute(
+            "INSERT INTO owners (owner, pod, evicted, newest_ms) VALUES ('uid-web', ?1, 4, ?2)",
+            params![
+                pod_to_pb(&pod_ref("shop", "web")).encode_to_vec(),
+                ms_of(t(5))
+            ],
+        )
+        .unwrap();
+    }
+    let (mut store, health, counters) = store_on(&cfg, 10);
+    assert!(health.get().moved_aside.is_none(), "{:?}", health.get());
+    assert_eq!(store.query(&everything(), 10).evidence.len(), 1);
+    assert_eq!(counters.get(Loss::StoreEvicted), 4);
+    assert_eq!(store.stats().evicted, 4);
+    assert_eq!(store.query(&pod("web"), 10).evicted, 4);
+    assert!(lookups_of(&store, "web").is_none(), "none were kept before");
+    store.add(tally("web", 20, 3, 2));
+    store.flush_backend();
+    close(store);
+    let version: i32 = Connection::open(&cfg.path)
+        .unwrap()
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, SCHEMA_VERSION);
+    let (store, health, _) = store_on(&cfg, 10);
+    assert!(health.get().moved_aside.is_none());
+    assert_eq!(lookups_of(&store, "web").unwrap().lookups, 3);
+    assert_eq!(store.query(&everything(), 10).evidence.len(), 1);
     close(store);
 }
