@@ -38,7 +38,7 @@ use triage_agent_common::{
 
 use crate::{
     flows,
-    maps::{CONNECTS, count_loss, offsets},
+    maps::{CGROUP_NETNS, CONNECTS, count_loss, offsets},
     read::kread,
     share,
     skb::{ETH_P_IP, ETH_P_IPV6, HEADER_UNSET, skb_headers},
@@ -67,7 +67,7 @@ fn connector_flow(
         tcp_flags: 0,
         sport: 0,
         dport,
-        ifindex: 0,
+        ingress_netns: 0,
         flags: flags | flow_flags::HAS_PROCESS,
         saddr,
         daddr,
@@ -113,6 +113,7 @@ fn try_inet_sock_set_state(ctx: &RawTracePointContext) -> Result<(), i32> {
             syn_retransmits: 0,
             error: 0,
         };
+        learn_netns(sk, pending.cgroup_id);
         // A plain hash, not LRU: when it is full the insert fails and is counted, instead of
         // silently evicting another attempt. Entries leave at the next state change. A cgroup
         // holds at most its share of the table, so one pod's attempts to a black hole cannot
@@ -143,6 +144,25 @@ fn try_inet_sock_set_state(ctx: &RawTracePointContext) -> Result<(), i32> {
         }
     }
     Ok(())
+}
+
+/// Notes the network namespace of a connecting socket's cgroup (the agent tells pods' namespaces
+/// from it, see drop.rs): a read of the socket's namespace, a lookup, and a write only when it
+/// changed.
+#[inline(always)]
+fn learn_netns(sk: u64, cgroup_id: u64) {
+    let o = offsets();
+    // (An absent offset fails the read.)
+    let Ok(net) = kread::<u64>(sk, o.ingress.sock_net) else {
+        return;
+    };
+    let Ok(inum) = kread::<u32>(net, o.ingress.net_inum) else {
+        return;
+    };
+    // SAFETY: a map value, read at once.
+    if unsafe { CGROUP_NETNS.get(cgroup_id) }.copied() != Some(inum) {
+        let _ = CGROUP_NETNS.insert(cgroup_id, inum, 0);
+    }
 }
 
 /// Takes a remembered attempt out of the table and gives its place back to its cgroup's share
@@ -355,7 +375,7 @@ fn try_tcp_send_reset(ctx: &RawTracePointContext) -> Result<(), i32> {
         tcp_flags: 0,
         sport: 0,
         dport: u16::from_be_bytes([t[2], t[3]]),
-        ifindex: 0,
+        ingress_netns: 0,
         flags: reason_flag,
         saddr,
         daddr,

@@ -139,6 +139,11 @@ fn try_kfree_skb(ctx: &RawTracePointContext) -> Result<(), i32> {
     if let Some(id) = socket_cgroup(sk) {
         key.cgroup_id = id;
         key.flags |= flow_flags::SOCKET_CGROUP;
+    } else if let Some(netns) = ingress_netns(skb) {
+        // No socket: the source address says who sent it, and a pod with CAP_NET_RAW can write
+        // any. Where it entered says it truly.
+        key.ingress_netns = netns;
+        key.flags |= flow_flags::INGRESS_NETNS;
     }
     flows::record(
         flows::site::DROP,
@@ -149,6 +154,67 @@ fn try_kfree_skb(ctx: &RawTracePointContext) -> Result<(), i32> {
         },
     );
     Ok(())
+}
+
+/// The network namespace a packet came from when it entered through the node's end of a veth
+/// pair: the namespace of the pair's other end (a pod's). The device it entered through is
+/// `skb->dev` where the drop happened on the way in (routing, rp_filter), else (a bridge, whose
+/// `skb->dev` is the output port by then) the one of its namespace with that ifindex, found
+/// in the namespace's ifindex hash. `None` for a packet that did not enter through a veth (a
+/// physical interface, a tunnel, sent by this host) or when a read fails.
+#[inline(always)]
+fn ingress_netns(skb: u64) -> Option<u32> {
+    let o = offsets();
+    let i = &o.ingress;
+    if i.skb_iif == triage_agent_common::ABSENT {
+        return None;
+    }
+    let iif: i32 = kread(skb, i.skb_iif).ok()?;
+    if iif <= 0 {
+        return None;
+    }
+    let dev: u64 = kread(skb, o.skb.dev).ok()?;
+    let ifindex: i32 = kread(dev, o.skb.dev_ifindex).ok()?;
+    let input = if ifindex == iif {
+        dev
+    } else {
+        let net: u64 = kread(dev, i.dev_net).ok()?;
+        let heads: u64 = kread(net, i.net_index_head).ok()?;
+        let mut node: u64 = kread(heads + ((iif as u64) & 255) * 8, 0).ok()?;
+        let mut found = 0u64;
+        // A bucket holds the devices whose ifindex shares the low 8 bits: a handful at most.
+        for _ in 0..4 {
+            if node == 0 {
+                break;
+            }
+            let candidate = node - u64::from(i.dev_index_hlist);
+            if kread::<i32>(candidate, o.skb.dev_ifindex).ok()? == iif {
+                found = candidate;
+                break;
+            }
+            node = kread(node, 0).ok()?;
+        }
+        found
+    };
+    if input == 0 {
+        return None;
+    }
+    let ops: u64 = kread(input, i.dev_link_ops).ok()?;
+    if ops == 0 {
+        return None;
+    }
+    let kind: u64 = kread(ops, i.link_ops_kind).ok()?;
+    let name: [u8; 5] = kread(kind, 0).ok()?;
+    if name != *b"veth\0" {
+        return None;
+    }
+    let peer: u64 = kread(input, i.dev_priv).ok()?;
+    if peer == 0 {
+        return None;
+    }
+    let net: u64 = kread(peer, i.dev_net).ok()?;
+    let inum: u32 = kread(net, i.net_inum).ok()?;
+    (inum != 0).then_some(inum)
 }
 
 /// The cgroup2 id of a full socket (not a request or timewait mini socket).

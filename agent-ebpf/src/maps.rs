@@ -12,7 +12,9 @@ use triage_agent_common::{
     EVENTS_RING_BYTES, FLOW_REPEAT_SLOTS, FLOWS_ENTRIES, FlowKey, FlowRepeat, FlowStats,
     LOSS_SLOTS, Offsets, PendingConnect,
 };
-use triage_agent_common::{CGROUP_LOSSES_ENTRIES, CgroupLosses, SHARE_ENTRIES, Share, ShareKey};
+use triage_agent_common::{
+    CGROUP_LOSSES_ENTRIES, CGROUP_NETNS_ENTRIES, CgroupLosses, SHARE_ENTRIES, Share, ShareKey,
+};
 
 /// The one ring buffer every program writes its events into (`EVENTS_MAP`).
 #[map]
@@ -113,6 +115,11 @@ pub static CGROUP_LOSSES0: HashMap<u64, CgroupLosses> =
 #[map]
 pub static CGROUP_LOSSES1: HashMap<u64, CgroupLosses> =
     HashMap::with_max_entries(CGROUP_LOSSES_ENTRIES, 0);
+
+/// Each socket cgroup's network namespace inode (`CGROUP_NETNS_MAP`), learned at connect().
+#[map]
+pub static CGROUP_NETNS: LruHashMap<u64, u32> =
+    LruHashMap::with_max_entries(CGROUP_NETNS_ENTRIES, 0);
 
 /// The two flow tables (`FLOWS_MAPS`): programs count into the one [`GENERATION`] names; the
 /// agent flips the generation, waits for programs still counting into the old table, and

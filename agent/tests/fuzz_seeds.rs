@@ -79,7 +79,7 @@ fn flow(kind: u32, family: u16, reason: u32, protocol: u8) -> FlowEvent {
             tcp_flags: 0x02,
             sport: 0,
             dport: 5432,
-            ifindex: 3,
+            ingress_netns: 3,
             flags: flow_flags::HAS_PROCESS,
             saddr,
             daddr,

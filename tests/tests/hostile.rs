@@ -714,3 +714,87 @@ fn a_pod_saturating_the_kernels_tables_and_rings_loses_only_its_own_evidence() {
     assert!(sweep.wait_with_output().unwrap().status.success());
     assert!(agent.stop().unwrap().success(), "{}", agent.log());
 }
+
+#[test]
+fn a_pod_writing_another_pods_source_address_is_named_for_its_drops_not_the_other_pod() {
+    let _alone = one_at_a_time();
+    let fixture = NodeFixture::new()
+        .pod("shop", "victim")
+        .pod("attack", "spoofer")
+        .pod("data", "target")
+        .pod("data", "udp-only");
+    let (node, [victim, spoofer, target, udp_only]) = fixture.node().unwrap();
+    let (victim_ip, target_ip) = (node.pod(victim).ip, node.pod(target).ip);
+    node.nft_node(&format!(
+        "table bridge sim_policy {{\n chain forward {{\n  type filter hook forward priority 0; policy accept;\n  ip daddr {target_ip} udp dport 9999 drop\n }}\n}}\n"
+    ))
+    .unwrap();
+    let mut agent = fixture.agent(&node).unwrap();
+
+    // The spoofer has connected somewhere before (as nearly every pod does): the kernel knows
+    // its network namespace. Then it writes the victim's address on datagrams the node's
+    // policy drops.
+    node.run(
+        spoofer,
+        &["connect", &format!("{target_ip}:5433"), "1", "0"],
+    )
+    .unwrap();
+    let out = node
+        .run(
+            spoofer,
+            &[
+                "spoof-udp",
+                &victim_ip.to_string(),
+                &target_ip.to_string(),
+                "9999",
+                "5",
+            ],
+        )
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "sent 5");
+    // A pod that never connected anywhere sends real datagrams the policy drops: its way in
+    // cannot be checked, so its drops are named by their source address, unverified.
+    node.run(udp_only, &["udp", &format!("{target_ip}:9999"), "3"])
+        .unwrap();
+
+    let spoofer_v = agent
+        .query_until("attack", "spoofer", WAIT, |v| {
+            count_of(&records(v, "packet_drop", "outbound")) == 5
+        })
+        .unwrap_or_else(|e| panic!("{e}: {}", agent.query("attack", "spoofer").unwrap()));
+    let d = records(&spoofer_v, "packet_drop", "outbound")[0];
+    assert_eq!(
+        d["src"].as_str().unwrap().split(':').next(),
+        Some(victim_ip.to_string().as_str()),
+        "the record shows the forged source: {d}"
+    );
+    assert_eq!(d["attribution"], "cgroup", "{d}");
+    let udp_v = agent
+        .query_until("data", "udp-only", WAIT, |v| {
+            count_of(&records(v, "packet_drop", "outbound")) == 3
+        })
+        .unwrap();
+    assert_eq!(
+        records(&udp_v, "packet_drop", "outbound")[0]["attribution"],
+        "unverified",
+        "{udp_v}"
+    );
+    // Nothing of it is the victim's.
+    let victim_v = agent.query("shop", "victim").unwrap();
+    assert_eq!(
+        victim_v["evidence"],
+        serde_json::json!([]),
+        "the victim is blamed for drops it never sent: {victim_v}"
+    );
+    // The target's inbound records are there, naming who the packets claimed to be from.
+    let target_v = agent
+        .query_until("data", "target", WAIT, |v| {
+            count_of(&records(v, "packet_drop", "inbound")) == 8
+        })
+        .unwrap();
+    eprintln!(
+        "spoofed source: spoofer {} / target {}",
+        spoofer_v["evidence"], target_v["evidence"]
+    );
+    assert!(agent.stop().unwrap().success(), "{}", agent.log());
+}

@@ -24,6 +24,8 @@ pub mod flow_flags {
     /// bits of the address of the kernel code that freed the packet (kernel and module text
     /// sit in the top 2 GiB, so the high half is all ones).
     pub const LOCATION: u32 = 1 << 4;
+    /// `ingress_netns` holds the network namespace the packet came from.
+    pub const INGRESS_NETNS: u32 = 1 << 5;
 }
 
 /// What makes occurrences of a hot signal "the same flow" in the kernel: repeats are counted
@@ -51,8 +53,11 @@ pub struct FlowKey {
     pub sport: u16,
     /// Destination port (host order). For ICMP: the code.
     pub dport: u16,
-    /// Interface the dropped packet was on, 0 when none.
-    pub ifindex: u32,
+    /// A dropped packet with no local socket that entered through the node's end of a veth
+    /// pair: the inode number of the network namespace at the pair's other end, where the packet
+    /// was really sent from (whatever its source address says; see
+    /// [`flow_flags::INGRESS_NETNS`]). 0 otherwise.
+    pub ingress_netns: u32,
     /// Bitset of [`flow_flags`].
     pub flags: u32,
     /// Source address: IPv4 in the first 4 bytes, or IPv6.

@@ -125,6 +125,29 @@ pub struct SkbOffsets {
     pub protocol: u32,
 }
 
+/// Where a dropped packet came from: its input interface, that interface's veth peer and the
+/// peer's network namespace; and a socket's network namespace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IngressOffsets {
+    /// `sk_buff.skb_iif`: the ifindex the packet was last received on.
+    pub skb_iif: u32,
+    /// `net_device.nd_net` (its first word is the `struct net *`).
+    pub dev_net: u32,
+    /// `net_device.rtnl_link_ops`, and `rtnl_link_ops.kind` (a `const char *`).
+    pub dev_link_ops: u32,
+    pub link_ops_kind: u32,
+    /// `net_device.index_hlist`: a device's node in its namespace's ifindex hash.
+    pub dev_index_hlist: u32,
+    /// Where a device's private data starts (`netdev_priv`): a veth's first word is its peer.
+    pub dev_priv: u32,
+    /// `net.dev_index_head` (an array of 256 `hlist_head`) and `net.ns.inum`.
+    pub net_index_head: u32,
+    pub net_inum: u32,
+    /// `sock.__sk_common.skc_net` (its first word is the `struct net *`).
+    pub sock_net: u32,
+}
+
 /// The running kernel's layouts, one typed struct per hook family, handed to the programs as a
 /// read-only global so the verifier sees them as constants. Tracepoint record offsets come from
 /// tracefs `format` files; struct member offsets from /sys/kernel/btf/vmlinux.
@@ -136,8 +159,9 @@ pub struct Offsets {
     pub sock: SockOffsets,
     pub skb: SkbOffsets,
     pub oom: OomOffsets,
+    pub ingress: IngressOffsets,
 }
-const _: () = assert!(size_of::<Offsets>() == 216);
+const _: () = assert!(size_of::<Offsets>() == 252);
 
 impl Offsets {
     /// Every offset absent: the programs attach but do nothing until real offsets are set.
@@ -205,6 +229,17 @@ impl Offsets {
             rss_file: ABSENT,
             rss_anon: ABSENT,
             rss_shmem: ABSENT,
+        },
+        ingress: IngressOffsets {
+            skb_iif: ABSENT,
+            dev_net: ABSENT,
+            dev_link_ops: ABSENT,
+            link_ops_kind: ABSENT,
+            dev_index_hlist: ABSENT,
+            dev_priv: ABSENT,
+            net_index_head: ABSENT,
+            net_inum: ABSENT,
+            sock_net: ABSENT,
         },
     };
 }

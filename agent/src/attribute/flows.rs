@@ -14,7 +14,8 @@ use super::{Attributor, Clues, Now};
 use crate::{
     event::{Flow, FlowKind, TimedEvent},
     evidence::{
-        Cause, Connection, Detail, Direction, Drop, Occurrence, PodRef, Process, Protocol, Subject,
+        Attribution, Cause, Connection, Detail, Direction, Drop, Occurrence, PodRef, Process,
+        Protocol, Subject,
     },
     kernel::kallsyms::Symbols,
 };
@@ -122,17 +123,50 @@ impl Attributor {
                         location: location.clone(),
                     })
                 };
-                // Each end that is a pod of this node gets its own record.
-                let sender = self.subject(
-                    Clues {
-                        cgroup: f.cgroup_id,
-                        ip: Some(f.src.ip()),
+                // Each end that is a pod of this node gets its own record. The sender is the
+                // socket's cgroup when the packet had one; else the pod whose network namespace
+                // it entered from; else, unverified, whoever holds its source address (which a
+                // pod with CAP_NET_RAW can forge).
+                let (clues, verified) = match (f.cgroup_id, f.ingress_netns) {
+                    (Some(_), _) => (
+                        Clues {
+                            cgroup: f.cgroup_id,
+                            ip: Some(f.src.ip()),
+                        },
+                        true,
+                    ),
+                    (None, Some(_)) => match self.cgroup_of_pod_netns(&f.ingress_cgroups, now) {
+                        Some(cgroup) => (
+                            Clues {
+                                cgroup: Some(cgroup),
+                                ip: None,
+                            },
+                            true,
+                        ),
+                        None => (
+                            Clues {
+                                cgroup: None,
+                                ip: Some(f.src.ip()),
+                            },
+                            false,
+                        ),
                     },
-                    None,
-                    event.at,
-                    now,
-                    false,
-                );
+                    (None, None) => (
+                        Clues {
+                            cgroup: None,
+                            ip: Some(f.src.ip()),
+                        },
+                        false,
+                    ),
+                };
+                let sender = self
+                    .subject(clues, None, event.at, now, false)
+                    .map(|mut s| {
+                        if !verified && s.attribution == Attribution::Ip {
+                            s.attribution = Attribution::Unverified;
+                        }
+                        s
+                    });
                 let receiver = self.subject(
                     Clues {
                         cgroup: None,
@@ -165,6 +199,24 @@ impl Attributor {
                 )])
             }
         }
+    }
+
+    /// A cgroup of the one pod whose network namespace held these socket cgroups, when they all
+    /// belong to one pod that has its own namespace (not hostNetwork): the packet came from it.
+    /// `None` when the namespace is unknown, shared (the node's), or holds a host process.
+    fn cgroup_of_pod_netns(&mut self, cgroups: &[u64], now: Now) -> Option<u64> {
+        let mut found: Option<(u64, Arc<PodRef>)> = None;
+        for &cgroup in cgroups {
+            let pod = self.pod_of_cgroup(cgroup, now)?;
+            match &found {
+                Some((_, first)) if first.uid != pod.uid => return None,
+                Some(_) => {}
+                None => found = Some((cgroup, pod)),
+            }
+        }
+        let (cgroup, pod) = found?;
+        let own_netns = self.index.by_uid(&pod.uid).is_some_and(|p| !p.host_network);
+        own_netns.then_some(cgroup)
     }
 
     /// The pod of this node that held `ip` at `at`.

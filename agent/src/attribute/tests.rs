@@ -89,7 +89,8 @@ fn flow(kind: FlowKind) -> Flow {
         icmp_errno: None,
         cgroup_id: None,
         task: None,
-        ifindex: 0,
+        ingress_netns: None,
+        ingress_cgroups: Vec::new(),
         syn_retransmits: 0,
         location: None,
     }
@@ -452,7 +453,8 @@ fn drop_to_the_outside_is_evidence_on_the_sender_and_unknown_ends_wait() {
     synced_with_pods(&mut a);
     let occs = a.event(drop_of("10.0.0.1:40000", "192.0.2.9:443", None, 5), now(5));
     assert_eq!(occs.len(), 1);
-    assert_eq!(occs[0].subject.attribution, Attribution::Ip);
+    // No socket and no way in: named by its source address, unverified.
+    assert_eq!(occs[0].subject.attribution, Attribution::Unverified);
     // Neither end known: waits, then is stored unattributed with its whole count.
     assert!(
         a.event(drop_of("192.0.2.1:1", "192.0.2.9:443", None, 5), now(5))
@@ -896,4 +898,49 @@ fn a_reused_ip_is_the_new_pods_from_when_it_is_seen_with_it_not_from_its_start()
         assert_eq!(occ.subject.pod.as_ref().unwrap().name, pod, "at {at}");
         assert_eq!(occ.subject.attribution, Attribution::Ip);
     }
+}
+
+/// A dropped packet with no socket is the sender's by the network namespace it came from; by
+/// its source address only when that cannot be told, and then said to be unverified.
+#[test]
+fn a_drop_without_a_socket_is_credited_by_where_it_came_from_not_its_source_address() {
+    let (mut a, _) = attributor();
+    synced_with_pods(&mut a);
+    let drop_from = |ingress: Option<Vec<u64>>| {
+        let mut e = drop_of("10.0.0.1:40000", "10.9.9.9:53", None, 5);
+        if let RawEvent::Flow(f) = &mut e.event {
+            f.ingress_netns = ingress.as_ref().map(|_| 7);
+            f.ingress_cgroups = ingress.unwrap_or_default();
+        }
+        e
+    };
+    // The server's namespace, the client's address: the server wrote it.
+    let occ = one(a.event(drop_from(Some(vec![300])), now(5)));
+    assert_eq!(occ.subject.pod.as_ref().unwrap().name, "server");
+    assert_eq!(occ.subject.attribution, Attribution::Cgroup);
+    assert_eq!(occ.subject.container.as_deref(), Some("app"));
+    // Unknown, shared by two pods, or holding a host process (the node's): not a pod's own
+    // namespace, so the address is all there is, unverified.
+    for cgroups in [
+        Some(vec![]),
+        Some(vec![100, 300]),
+        Some(vec![100, 200]),
+        None,
+    ] {
+        let occ = one(a.event(drop_from(cgroups.clone()), now(6)));
+        assert_eq!(
+            occ.subject.pod.as_ref().unwrap().name,
+            "client",
+            "{cgroups:?}"
+        );
+        assert_eq!(
+            occ.subject.attribution,
+            Attribution::Unverified,
+            "{cgroups:?}"
+        );
+    }
+    // The client's own namespace: verified, its own.
+    let occ = one(a.event(drop_from(Some(vec![100])), now(7)));
+    assert_eq!(occ.subject.pod.as_ref().unwrap().name, "client");
+    assert_eq!(occ.subject.attribution, Attribution::Cgroup);
 }

@@ -65,7 +65,12 @@ pub struct Flow {
     /// cgroup v2 id of the process (connects) or sending socket (drops).
     pub cgroup_id: Option<u64>,
     pub task: Option<TaskInfo>,
-    pub ifindex: u32,
+    /// A dropped packet with no local socket: the network namespace it truly came from (the
+    /// far end of the veth it entered through), whatever its source address says.
+    pub ingress_netns: Option<u32>,
+    /// The socket cgroups the kernel has seen in `ingress_netns` (filled by the reader): who may
+    /// have sent it.
+    pub ingress_cgroups: Vec<u64>,
     pub syn_retransmits: u32,
     /// Where the kernel freed a dropped packet, on kernels without drop reasons (an address in
     /// kernel text).

@@ -72,6 +72,10 @@ names::names! {
         Socket = "socket",
         /// The pod IP at the time of the event.
         Ip = "ip",
+        /// The source IP of a packet whose way in could not be checked (it had no socket, and
+        /// did not enter from a known pod's own interface): any pod with CAP_NET_RAW can write
+        /// another's address, so this names who the packet claims, not who sent it.
+        Unverified = "unverified",
         /// Not tied to a pod of this node.
         None = "none",
     }

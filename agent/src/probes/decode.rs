@@ -203,7 +203,8 @@ pub fn flow(key: &FlowKey, stats: &FlowStats) -> Result<Flow, DecodeError> {
             tgid: stats.tgid,
             comm: comm_string(&stats.comm),
         }),
-        ifindex: key.ifindex,
+        ingress_netns: has(flow_flags::INGRESS_NETNS).then_some(key.ingress_netns),
+        ingress_cgroups: Vec::new(),
         syn_retransmits: stats.extra,
         location: has(flow_flags::LOCATION).then_some(KERNEL_TEXT_HIGH | u64::from(key.reason)),
     })
@@ -254,7 +255,7 @@ mod tests {
                 tcp_flags: 0,
                 sport: 0,
                 dport: 8080,
-                ifindex: 0,
+                ingress_netns: 0,
                 flags: flow_flags::HAS_PROCESS,
                 saddr,
                 daddr,

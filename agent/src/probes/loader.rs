@@ -12,7 +12,7 @@ use aya::{
 };
 use tracing::{info, warn};
 use triage_agent_common::{
-    CGROUP_LOSSES_MAPS, CgroupLosses, DNS_ANSWERED_MAPS, DNS_ANSWERED_SLOTS_MAPS,
+    CGROUP_LOSSES_MAPS, CGROUP_NETNS_MAP, CgroupLosses, DNS_ANSWERED_MAPS, DNS_ANSWERED_SLOTS_MAPS,
     DNS_GENERATION_MAP, DNS_HELD_MAP, DNS_PORTS_GLOBAL, DNS_PORTS_MAX, DNS_REPEATABLE_MAP,
     DNS_REPEATS_MAPS, DNS_RING_MAP, DNS_STORES_ORDERED_GLOBAL, DNS_TIMING_GLOBAL,
     DROP_REASONS_ENTRIES, DROP_REASONS_MAP, DnsPorts, DnsTiming, EVENTS_MAP, FLOW_REPEAT_SLOTS,
@@ -104,6 +104,8 @@ pub struct FlowTables {
     repeats: PerCpuArray<MapData, FlowRepeat>,
     /// What each cgroup lost, switched with the tables (see agent-ebpf/src/share.rs).
     losses: [BpfHashMap<MapData, u64, CgroupLosses>; 2],
+    /// Which cgroups each network namespace holds, for drops that name where they came from.
+    pub netns: super::netns::NetnsIndex,
     generation: Array<MapData, u32>,
     /// The generation word: counts every switch (programs use its lowest bit as the table's
     /// index, and the whole word to tell one generation's shares from the next's).
@@ -528,6 +530,11 @@ pub fn load(options: &LoadOptions<'_>) -> Result<Loaded, LoadError> {
             take_map(&mut ebpf, CGROUP_LOSSES_MAPS[0], BpfHashMap::try_from)?,
             take_map(&mut ebpf, CGROUP_LOSSES_MAPS[1], BpfHashMap::try_from)?,
         ],
+        netns: super::netns::NetnsIndex::new(take_map(
+            &mut ebpf,
+            CGROUP_NETNS_MAP,
+            BpfHashMap::try_from,
+        )?),
         generation: take_map(&mut ebpf, GENERATION_MAP, Array::try_from)?,
         epoch: 0,
     };

@@ -17,6 +17,8 @@ pub mod dns_repeats;
 #[cfg(feature = "node-agent")]
 pub mod loader;
 #[cfg(feature = "node-agent")]
+pub mod netns;
+#[cfg(feature = "node-agent")]
 pub mod offsets;
 #[cfg(feature = "node-agent")]
 pub mod reader;

@@ -5,8 +5,8 @@
 use std::{collections::HashMap, path::Path};
 
 use triage_agent_common::{
-    ABSENT, KfreeSkbOffsets, Offsets, OomOffsets, SendResetOffsets, SkbOffsets, SockOffsets,
-    send_reset_layout,
+    ABSENT, IngressOffsets, KfreeSkbOffsets, Offsets, OomOffsets, SendResetOffsets, SkbOffsets,
+    SockOffsets, send_reset_layout,
 };
 
 use crate::kernel::{
@@ -24,6 +24,7 @@ pub fn kernel_offsets(tracefs: &Path, btf: Option<&Btf>) -> (Offsets, Problems) 
     if let Some(btf) = btf {
         o.skb = skb(btf);
         o.sock = sock(btf);
+        o.ingress = ingress(btf);
     }
     // The raw tracepoints read the socket itself (their arguments are the socket and states).
     let s = &o.sock;
@@ -135,6 +136,45 @@ fn skb(btf: &Btf) -> SkbOffsets {
         dev: member(btf, "sk_buff", "dev"),
         dev_ifindex: member(btf, "net_device", "ifindex"),
         protocol: member(btf, "sk_buff", "protocol"),
+    }
+}
+
+/// Where a dropped packet came from (see agent-ebpf/src/drop.rs). Any member missing leaves the
+/// whole set absent: drops are then attributed to their sender by source address, unverified.
+fn ingress(btf: &Btf) -> IngressOffsets {
+    // `netdev_priv()`: the `priv` member where the kernel declares one (6.x), else the struct's
+    // size aligned to NETDEV_ALIGN (32).
+    let dev_priv = btf.member_offset("net_device", "priv").ok().or_else(|| {
+        btf.struct_size("net_device")
+            .ok()
+            .map(|size| size.div_ceil(32) * 32)
+    });
+    let o = IngressOffsets {
+        skb_iif: member(btf, "sk_buff", "skb_iif"),
+        dev_net: member(btf, "net_device", "nd_net"),
+        dev_link_ops: member(btf, "net_device", "rtnl_link_ops"),
+        link_ops_kind: member(btf, "rtnl_link_ops", "kind"),
+        dev_index_hlist: member(btf, "net_device", "index_hlist"),
+        dev_priv: dev_priv.unwrap_or(ABSENT),
+        net_index_head: member(btf, "net", "dev_index_head"),
+        net_inum: member(btf, "net", "ns.inum"),
+        sock_net: member(btf, "sock", "__sk_common.skc_net"),
+    };
+    let all = [
+        o.skb_iif,
+        o.dev_net,
+        o.dev_link_ops,
+        o.link_ops_kind,
+        o.dev_index_hlist,
+        o.dev_priv,
+        o.net_index_head,
+        o.net_inum,
+        o.sock_net,
+    ];
+    if all.contains(&ABSENT) {
+        Offsets::ABSENT.ingress
+    } else {
+        o
     }
 }
 

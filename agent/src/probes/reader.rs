@@ -81,7 +81,8 @@ pub async fn run(
             _ = drain.tick() => drain_flows(&mut flows, &out, &clock, &counters).await?,
             received = ring.readable(|record| -> Result<(), ReaderError> {
                 match decode(record) {
-                    Ok(event) => {
+                    Ok(mut event) => {
+                        flows.netns.fill(&mut event);
                         let at = clock.wall(event.boot_ns());
                         out.send(TimedEvent { at, first_at: at, event })?;
                     }
@@ -142,7 +143,8 @@ async fn drain_flows(
         }
         match decode::flow(&key, &stats) {
             Ok(flow) => {
-                let event = RawEvent::Flow(flow);
+                let mut event = RawEvent::Flow(flow);
+                flows.netns.fill(&mut event);
                 out.send(TimedEvent {
                     at: clock.wall(event.boot_ns()),
                     first_at: clock.wall(event.first_boot_ns()),

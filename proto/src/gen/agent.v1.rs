@@ -674,6 +674,10 @@ pub enum Attribution {
     Ip = 3,
     /// Not tied to any pod of this node (a host process, or metadata never arrived).
     None = 4,
+    /// From the source IP of a packet whose way in could not be checked: it had no socket and did
+    /// not enter from a known pod's own interface. A pod with CAP_NET_RAW can write another pod's
+    /// address, so this names who the packet claims to be from, not who sent it.
+    Unverified = 5,
 }
 impl Attribution {
     /// String value of the enum field names used in the ProtoBuf definition.
@@ -687,6 +691,7 @@ impl Attribution {
             Self::Socket => "ATTRIBUTION_SOCKET",
             Self::Ip => "ATTRIBUTION_IP",
             Self::None => "ATTRIBUTION_NONE",
+            Self::Unverified => "ATTRIBUTION_UNVERIFIED",
         }
     }
     /// Creates an enum from field names used in the ProtoBuf definition.
@@ -697,6 +702,7 @@ impl Attribution {
             "ATTRIBUTION_SOCKET" => Some(Self::Socket),
             "ATTRIBUTION_IP" => Some(Self::Ip),
             "ATTRIBUTION_NONE" => Some(Self::None),
+            "ATTRIBUTION_UNVERIFIED" => Some(Self::Unverified),
             _ => None,
         }
     }

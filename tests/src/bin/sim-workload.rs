@@ -8,6 +8,7 @@
 //! with RCODE after DELAY_MS), `dns-flood IP:PORT COUNT NAME` (COUNT queries with distinct ids), `dns-load IP:PORT SECONDS NAME
 //! WINDOW` (WINDOW queries in flight for SECONDS; prints answered and seconds),
 //! `hold-connects IPV4:PORT COUNT SECONDS` (COUNT connects left waiting for SECONDS),
+//! `spoof-udp SRC DST PORT COUNT` (datagrams from a raw socket with any source address),
 //! `alloc MIB` (allocates and holds memory), `alloc-child MIB` (a worker child allocates while
 //! the first process stays), `spin SECONDS` (a busy loop), `as NAME COMMAND...` (COMMAND under
 //! the process name NAME), `deep-cgroup BASE DEPTH COMMAND...` (COMMAND in a cgroup DEPTH levels
@@ -182,6 +183,29 @@ fn run(words: &[&str]) -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("sim-workload: hold-connects: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        ["spoof-udp", src, dst, port, count] => {
+            // COUNT UDP datagrams written whole on a raw socket (CAP_NET_RAW), with SRC as their
+            // source address, whoever SRC is.
+            let (Ok(src), Ok(dst), Ok(port), Ok(count)) = (
+                src.parse::<std::net::Ipv4Addr>(),
+                dst.parse::<std::net::Ipv4Addr>(),
+                port.parse::<u16>(),
+                count.parse::<u32>(),
+            ) else {
+                eprintln!("sim-workload: usage: spoof-udp SRC_IPV4 DST_IPV4 PORT COUNT");
+                return ExitCode::FAILURE;
+            };
+            match spoof_udp(src, dst, port, count) {
+                Ok(sent) => {
+                    println!("sent {sent}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("sim-workload: spoof-udp: {e}");
                     ExitCode::FAILURE
                 }
             }
@@ -511,4 +535,63 @@ fn hold_connects(
         held.push(owned);
     }
     Ok(held)
+}
+
+/// Sends `count` UDP datagrams from `src` (any address) to `dst:port` on a raw socket.
+fn spoof_udp(
+    src: std::net::Ipv4Addr,
+    dst: std::net::Ipv4Addr,
+    port: u16,
+    count: u32,
+) -> std::io::Result<u32> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    // SAFETY: a plain system call; the descriptor is owned at once.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a new descriptor nobody else owns.
+    let socket = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    let payload = b"spoofed";
+    let total = (20 + 8 + payload.len()) as u16;
+    // The kernel fills in the IP checksum and id of a raw IPPROTO_RAW packet; a UDP checksum of
+    // 0 means none.
+    let mut packet = Vec::with_capacity(usize::from(total));
+    packet.extend_from_slice(&[0x45, 0]);
+    packet.extend_from_slice(&total.to_be_bytes());
+    packet.extend_from_slice(&[0, 0, 0, 0, 64, libc::IPPROTO_UDP as u8, 0, 0]);
+    packet.extend_from_slice(&src.octets());
+    packet.extend_from_slice(&dst.octets());
+    packet.extend_from_slice(&40000u16.to_be_bytes());
+    packet.extend_from_slice(&port.to_be_bytes());
+    packet.extend_from_slice(&(total - 20).to_be_bytes());
+    packet.extend_from_slice(&[0, 0]);
+    packet.extend_from_slice(payload);
+    let sin = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(dst).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let mut sent = 0;
+    for _ in 0..count {
+        // SAFETY: the buffer and address are valid for their sizes.
+        let n = unsafe {
+            libc::sendto(
+                socket.as_raw_fd(),
+                packet.as_ptr().cast(),
+                packet.len(),
+                0,
+                (&sin as *const libc::sockaddr_in).cast(),
+                size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
+        };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        sent += 1;
+    }
+    Ok(sent)
 }

@@ -102,7 +102,7 @@ pub fn run() -> anyhow::Result<()> {
                     tcp_flags: 0,
                     sport: 0,
                     dport: 1000 + (i / PODS % 60_000) as u16,
-                    ifindex: 2,
+                    ingress_netns: 0,
                     flags: flow_flags::HAS_PROCESS,
                     saddr,
                     daddr,
