@@ -18,6 +18,10 @@
 //!   0xffff when unset), sk (ptr)
 //! - struct sock: __sk_common.skc_state (u8), sk_cgrp_data.cgroup -> cgroup.kn -> kernfs_node.id
 //!   (the sending socket's cgroup2 id, read only for full sockets)
+//! - with no socket, where the packet came from: sk_buff.skb_iif and dev; net_device.ifindex,
+//!   nd_net, index_hlist, rtnl_link_ops -> rtnl_link_ops.kind ("veth"), and its private data
+//!   (`netdev_priv`, the `priv` member or the struct's size aligned to 32), whose first word is
+//!   a veth's peer; net.dev_index_head (256 buckets) and ns.inum
 
 use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 use triage_agent_common::{
