@@ -79,7 +79,7 @@ impl Attributor {
     }
 
     /// The pod a cgroup belongs to, when it is known now (no waiting).
-    pub(super) fn pod_of_cgroup(&mut self, id: u64, now: Now) -> Option<Arc<PodRef>> {
+    fn pod_of_cgroup(&mut self, id: u64, now: Now) -> Option<Arc<PodRef>> {
         match self.lookup_cgroup(id, now) {
             CgroupLookup::Pod(identity) => {
                 self.index.by_uid(&identity.pod_uid).map(|p| p.pod.clone())

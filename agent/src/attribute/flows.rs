@@ -10,7 +10,7 @@ use std::{
 
 use triage_agent_common::{IPPROTO_TCP, TCP_ACK, TCP_SYN, errno};
 
-use super::{Attributor, Clues, Now};
+use super::{Attributor, CgroupLookup, Clues, Now};
 use crate::{
     event::{Flow, FlowKind, TimedEvent},
     evidence::{
@@ -19,6 +19,14 @@ use crate::{
     },
     kernel::kallsyms::Symbols,
 };
+
+/// Whose network namespace a dropped packet came from (see [`Attributor::pod_netns`]).
+enum NetnsOwner {
+    /// One pod's: one of its socket cgroups.
+    Pod(u64),
+    NotOnePod,
+    Wait,
+}
 
 impl Attributor {
     /// A refused, timed-out or dropped flow; `None`: wait for metadata.
@@ -135,15 +143,17 @@ impl Attributor {
                         },
                         true,
                     ),
-                    (None, Some(_)) => match self.cgroup_of_pod_netns(&f.ingress_cgroups, now) {
-                        Some(cgroup) => (
+                    (None, Some(_)) => match self.pod_netns(&f.ingress_cgroups, now) {
+                        // A cgroup or its pod not known yet: asked again later.
+                        NetnsOwner::Wait if !last_chance => return None,
+                        NetnsOwner::Pod(cgroup) => (
                             Clues {
                                 cgroup: Some(cgroup),
                                 ip: None,
                             },
                             true,
                         ),
-                        None => (
+                        NetnsOwner::Wait | NetnsOwner::NotOnePod => (
                             Clues {
                                 cgroup: None,
                                 ip: Some(f.src.ip()),
@@ -201,22 +211,28 @@ impl Attributor {
         }
     }
 
-    /// A cgroup of the one pod whose network namespace held these socket cgroups, when they all
-    /// belong to one pod that has its own namespace (not hostNetwork): the packet came from it.
-    /// `None` when the namespace is unknown, shared (the node's), or holds a host process.
-    fn cgroup_of_pod_netns(&mut self, cgroups: &[u64], now: Now) -> Option<u64> {
+    /// Whose network namespace held these socket cgroups: one pod's own (not hostNetwork), and
+    /// which of its cgroups; or not one pod's (unknown, shared by two pods, or holding a host
+    /// process: the node's); or not known yet.
+    fn pod_netns(&mut self, cgroups: &[u64], now: Now) -> NetnsOwner {
         let mut found: Option<(u64, Arc<PodRef>)> = None;
         for &cgroup in cgroups {
-            let pod = self.pod_of_cgroup(cgroup, now)?;
+            let pod = match self.lookup_cgroup(cgroup, now) {
+                CgroupLookup::Pending => return NetnsOwner::Wait,
+                CgroupLookup::Pod(identity) => match self.index.by_uid(&identity.pod_uid) {
+                    Some(p) if p.host_network => return NetnsOwner::NotOnePod,
+                    Some(p) => p.pod.clone(),
+                    None => return NetnsOwner::Wait,
+                },
+                CgroupLookup::NotAPod | CgroupLookup::Gone => return NetnsOwner::NotOnePod,
+            };
             match &found {
-                Some((_, first)) if first.uid != pod.uid => return None,
+                Some((_, first)) if first.uid != pod.uid => return NetnsOwner::NotOnePod,
                 Some(_) => {}
                 None => found = Some((cgroup, pod)),
             }
         }
-        let (cgroup, pod) = found?;
-        let own_netns = self.index.by_uid(&pod.uid).is_some_and(|p| !p.host_network);
-        own_netns.then_some(cgroup)
+        found.map_or(NetnsOwner::NotOnePod, |(cgroup, _)| NetnsOwner::Pod(cgroup))
     }
 
     /// The pod of this node that held `ip` at `at`.
