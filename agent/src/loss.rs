@@ -227,6 +227,12 @@ pub struct Counters {
     dns_records: AtomicU64,
     /// DNS lookups the kernel matched to their answers and counted itself.
     dns_kernel_lookups: AtomicU64,
+    /// Drains of the kernel's flow tables, of its DNS tables, and sweeps of the cgroup
+    /// sampler: how far each of the agent's periodic reads has come (Status, the metrics; a
+    /// test waits on them instead of sleeping).
+    flow_table_drains: AtomicU64,
+    dns_table_drains: AtomicU64,
+    cgroup_sweeps: AtomicU64,
     lost: [AtomicU64; LOSS_KINDS],
     /// Unix milliseconds of the latest growth, 0 for never.
     last_ms: [AtomicU64; LOSS_KINDS],
@@ -308,6 +314,28 @@ impl Counters {
     pub fn dns_kernel_lookups(&self) -> u64 {
         self.dns_kernel_lookups.load(Relaxed)
     }
+    /// The reader drained the kernel's flow tables: everything the old generation counted is
+    /// in attribution's channel (or counted as lost).
+    pub fn flow_table_drained(&self) {
+        self.flow_table_drains.fetch_add(1, Relaxed);
+    }
+    pub fn flow_table_drains(&self) -> u64 {
+        self.flow_table_drains.load(Relaxed)
+    }
+    /// The DNS task drained the kernel's DNS tables and handed the pods' lookup counters on.
+    pub fn dns_table_drained(&self) {
+        self.dns_table_drains.fetch_add(1, Relaxed);
+    }
+    pub fn dns_table_drains(&self) -> u64 {
+        self.dns_table_drains.load(Relaxed)
+    }
+    /// The cgroup sampler read every sampled container and handed what it found on.
+    pub fn cgroup_swept(&self) {
+        self.cgroup_sweeps.fetch_add(1, Relaxed);
+    }
+    pub fn cgroup_sweeps(&self) -> u64 {
+        self.cgroup_sweeps.load(Relaxed)
+    }
     pub fn snapshot(&self) -> LossCounts {
         let mut out = LossCounts::default();
         for l in Loss::ALL {
@@ -342,6 +370,29 @@ mod tests {
         let mut unique = names.clone();
         unique.dedup();
         assert_eq!(names, unique);
+    }
+
+    /// Drains and sweeps count this start's progress: apart from the losses, never restored.
+    #[test]
+    fn drains_and_sweeps_count_apart_from_the_losses() {
+        let c = Counters::default();
+        c.flow_table_drained();
+        c.flow_table_drained();
+        c.dns_table_drained();
+        c.cgroup_swept();
+        assert_eq!(
+            (
+                c.flow_table_drains(),
+                c.dns_table_drains(),
+                c.cgroup_sweeps()
+            ),
+            (2, 1, 1)
+        );
+        assert!(c.snapshot().iter().all(|(_, n)| n == 0), "no loss");
+        let saved = Counters::default();
+        saved.flow_table_drained();
+        c.restore(&saved.snapshot());
+        assert_eq!(c.flow_table_drains(), 2, "not carried over a restart");
     }
 
     #[test]

@@ -96,6 +96,9 @@ fn open_persistent(
             for lookups in opened.dns_lookups {
                 store.restore_dns_lookups(lookups);
             }
+            for losses in opened.pod_losses {
+                store.restore_pod_losses(losses);
+            }
             for (id, e) in opened.records {
                 store.restore(id, e);
             }

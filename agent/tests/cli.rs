@@ -115,6 +115,13 @@ fn start_agent_at(rt: &tokio::runtime::Runtime, addr: &str) -> Agent {
         let cancel = CancellationToken::new();
         let counters = Arc::new(Counters::default());
         counters.add(Loss::ConnectTableFull, 7);
+        // How far the periodic reads have come: 4 flow table drains, 2 DNS drains, 1 sweep.
+        for _ in 0..4 {
+            counters.flow_table_drained();
+        }
+        counters.dns_table_drained();
+        counters.dns_table_drained();
+        counters.cgroup_swept();
         let (store, occurrences, task) = store::spawn(
             Store::new(
                 StoreConfig::new("node-a", 100, Duration::from_secs(3600)),
@@ -219,6 +226,13 @@ fn query_and_status_over_grpc() {
     assert_eq!(v["evidence"][0]["count"], 2);
     assert_eq!(v["evidence"][0]["node"], "node-a");
     assert_eq!(v["diagnosis"][0]["layer"], "connection");
+
+    let out = cli(&["status", "--agent", &agent, "-o", "json"]);
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["flow_table_drains"], 4, "{v}");
+    assert_eq!(v[0]["dns_table_drains"], 2, "{v}");
+    assert_eq!(v[0]["cgroup_sweeps"], 1, "{v}");
 
     let out = cli(&["status", "--agent", &agent, "-o", "wide"]);
     assert!(out.status.success());

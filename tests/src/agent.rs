@@ -266,6 +266,40 @@ impl AgentProcess {
         }
     }
 
+    /// How many times the agent has made the periodic read `which` so far (Status).
+    pub fn drains(&self, which: Drains) -> anyhow::Result<u64> {
+        let s = self.status()?;
+        which.of(&s)
+    }
+
+    /// Waits until the agent's count of `which` is at least `from + n`: `n` reads made after
+    /// `from` was read. Fails with the last Status and the log after `timeout`.
+    pub fn wait_drains_past(
+        &self,
+        which: Drains,
+        from: u64,
+        n: u64,
+        timeout: Duration,
+    ) -> anyhow::Result<Value> {
+        let field = which.field();
+        // An agent that does not count them fails here, not after the timeout.
+        which.of(&self.status()?)?;
+        self.status_until(timeout, |s| {
+            which.of(s).is_ok_and(|now| now >= from.saturating_add(n))
+        })
+        .with_context(|| format!("waiting for {n} more {field} past {from}"))
+    }
+
+    /// Waits for `n` more of the agent's periodic reads `which` than it has made now: the wait
+    /// for "a drain later" before a negative check (nothing changed, nothing counted twice),
+    /// instead of a sleep. Call it after the action; `n` = 2 lets the first drain, which may
+    /// have begun before, finish and what it handed on reach the store. Bounded by
+    /// [`DRAIN_WAIT`].
+    pub fn wait_more_drains(&self, which: Drains, n: u64) -> anyhow::Result<Value> {
+        let from = self.drains(which)?;
+        self.wait_drains_past(which, from, n, DRAIN_WAIT)
+    }
+
     /// Waits until the agent knows exactly `pods` live pods of its node.
     pub fn wait_pods(&self, pods: u64, timeout: Duration) -> anyhow::Result<Value> {
         self.status_until(timeout, |s| s["metadata"]["pods"] == pods)
@@ -366,6 +400,46 @@ impl Drop for AgentProcess {
             let _ = self.stop();
         }
         let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// The longest wait for a few more of the agent's periodic reads: far more than a handful of
+/// them take on a busy machine (flow tables every 500 ms, DNS tables every second, cgroups every
+/// `--sample-interval`).
+pub const DRAIN_WAIT: Duration = Duration::from_secs(60);
+
+/// A periodic read the agent counts in Status, which a test can wait on instead of sleeping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Drains {
+    /// Drains of the kernel's flow tables (`flow_table_drains`, every 500 ms): repeats of
+    /// refusals, timeouts and drops, and pods' kernel losses.
+    FlowTables,
+    /// Drains of the kernel's DNS tables by the DNS task (`dns_table_drains`, once a second),
+    /// with the pods' lookup counters.
+    DnsTables,
+    /// Sweeps of the cgroup sampler over every sampled container (`cgroup_sweeps`, once per
+    /// `--sample-interval`): OOM and throttling counters.
+    CgroupSweeps,
+}
+
+impl Drains {
+    /// Its field in `triage-agent status -o json`.
+    pub fn field(self) -> &'static str {
+        match self {
+            Drains::FlowTables => "flow_table_drains",
+            Drains::DnsTables => "dns_table_drains",
+            Drains::CgroupSweeps => "cgroup_sweeps",
+        }
+    }
+
+    /// Its count in a Status; an error when the agent does not report it (an older binary).
+    pub fn of(self, status: &Value) -> anyhow::Result<u64> {
+        status[self.field()].as_u64().with_context(|| {
+            format!(
+                "Status has no {}: the agent binary predates it (rebuild it: cargo xtask build)",
+                self.field()
+            )
+        })
     }
 }
 

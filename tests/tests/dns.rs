@@ -13,13 +13,16 @@ use std::time::Duration;
 
 use serde_json::Value;
 use triage_agent_tests::{
-    agent::{AgentProcess, records},
+    agent::{AgentProcess, DRAIN_WAIT, Drains, records},
     fixture::NodeFixture,
     simnode::{CgroupDriver, SimNode},
 };
 
 const WAIT: Duration = Duration::from_secs(25);
 const VIP: &str = "10.96.0.10";
+/// The DNS task's drains (one a second) that the tracker's timeout (`--dns-timeout`, 5 s by
+/// default) spans.
+const DNS_TIMEOUT_DRAINS: u64 = 5;
 
 /// The cluster DNS: dnsmasq authoritative for cluster.local and test., forwarding
 /// servfail.test and slow.test to an upstream pod that answers SERVFAIL, or NOERROR after
@@ -556,6 +559,7 @@ fn a_resend_after_the_agent_took_its_query_over_is_matched_by_the_agent() {
     .unwrap();
     let mut agent = fixture.agent(&node).unwrap();
 
+    let before = agent.drains(Drains::DnsTables).unwrap();
     let out = resolve(&node, pod, "db", "1");
     assert_eq!(out.matches("ok").count(), 1, "{out}");
     // The answered resend reaches the tracker: the lookup is slow (about 2 s from its first
@@ -571,8 +575,19 @@ fn a_resend_after_the_agent_took_its_query_over_is_matched_by_the_agent() {
     assert_eq!(slow[0]["query"], "db.shop.svc.cluster.local", "{v}");
     let latency = slow[0]["latency_ms"].as_f64().unwrap();
     assert!((1900.0..4000.0).contains(&latency), "{v}");
-    // Past the tracker's timeout for the first send: still no timeout.
-    std::thread::sleep(Duration::from_secs(6));
+    // Past the tracker's timeout for the first send, which went after `before` was read: the
+    // drains its timeout spans, one for the drain that was under way then, one for the
+    // tracker's tick (250 ms) that would decide the timeout, and two for a timeout decided
+    // then to reach the store (the drain that hands the pod's counters on, and one more).
+    // Still no timeout.
+    agent
+        .wait_drains_past(
+            Drains::DnsTables,
+            before,
+            DNS_TIMEOUT_DRAINS + 4,
+            DRAIN_WAIT,
+        )
+        .unwrap();
     let v = agent.query("shop", "retry").unwrap();
     assert!(dns_records(&v, "timeout").is_empty(), "{v}");
     let l = lookups(&v).unwrap();

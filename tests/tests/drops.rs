@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use triage_agent_tests::{
-    agent::{AgentProcess, count_of, records},
+    agent::{AgentProcess, Drains, count_of, records},
     fixture::NodeFixture,
 };
 
@@ -230,8 +230,8 @@ fn a_flood_of_20000_dropped_packets_is_counted_exactly_and_working_traffic_is_qu
     assert_eq!(drops.len(), 1, "one flow, one record: {v}");
     assert_eq!(drops[0]["protocol"], "udp");
     assert!(drops[0].get("tcp_flags").is_none());
-    // Still exact a drain later (nothing counted twice).
-    std::thread::sleep(Duration::from_millis(1200));
+    // Still exact two drains later (nothing counted twice).
+    agent.wait_more_drains(Drains::FlowTables, 2).unwrap();
     let v = agent.query("load", "source").unwrap();
     assert_eq!(count_of(&records(&v, "packet_drop", "outbound")), PACKETS);
     let receiver = agent.query("load", "sink").unwrap();
@@ -289,8 +289,8 @@ fn interleaved_flows_are_each_counted_exactly() {
             count_of(&records(v, "packet_drop", "outbound")) >= total
         })
         .unwrap();
-    // A drain later, nothing counted twice.
-    std::thread::sleep(Duration::from_millis(1200));
+    // Two drains later, nothing counted twice.
+    agent.wait_more_drains(Drains::FlowTables, 2).unwrap();
     let v2 = agent.query("load", "source").unwrap();
     assert_eq!(v["evidence"], v2["evidence"], "changed after a drain");
     let drops = records(&v2, "packet_drop", "outbound");

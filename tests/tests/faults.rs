@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use triage_agent_tests::{
-    agent::{count_of, records, rss_mib},
+    agent::{Drains, count_of, records, rss_mib},
     fixture::NodeFixture,
     simnode::CgroupDriver,
 };
@@ -55,8 +55,9 @@ fn two_agents_on_one_node_both_work_and_neither_counts_twice() {
                     && count_of(&records(v, "connection_refused", "outbound")) >= 3
             })
             .unwrap();
-        // Let a late drain land, then the counts must be exact: not 400, not 6.
-        std::thread::sleep(Duration::from_millis(1200));
+        // Let a late drain land (two more of this agent's drains), then the counts must be
+        // exact: not 400, not 6.
+        agent.wait_more_drains(Drains::FlowTables, 2).unwrap();
         let v = agent.query("shop", "web").unwrap();
         assert_eq!(
             count_of(&records(&v, "packet_drop", "outbound")),

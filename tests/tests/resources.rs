@@ -12,10 +12,18 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use triage_agent_tests::{agent::AgentProcess, fixture::NodeFixture, simnode::CgroupDriver};
+use triage_agent_tests::{
+    agent::{AgentProcess, Drains},
+    fixture::NodeFixture,
+    simnode::CgroupDriver,
+};
 
 const WAIT: Duration = Duration::from_secs(30);
 const LIMIT: u64 = 64 << 20;
+/// Sweeps (one a second: `--sample-interval 1s`) that outlast attribution's wait for a late
+/// kernel event before it records an OOM count the kernel event did not report
+/// (`COUNTER_HOLD`, 3 s, agent/src/attribute/resources.rs) and its next tick (1 s).
+const COUNTER_HOLD_SWEEPS: u64 = 4;
 
 /// A node with the `driver`, and the agent on it sampling its pods' cgroups every second,
 /// reporting any throttled period.
@@ -113,8 +121,11 @@ fn oom_kills_of_a_child_and_of_a_main_process() {
     );
 
     // The counter confirms the kill: still one record, counted once, after the counter was
-    // sampled and any unmatched count would have been recorded.
-    std::thread::sleep(Duration::from_secs(6));
+    // sampled (two sweeps begun after the kill was seen) and any unmatched count would have
+    // been recorded (the hold after them).
+    agent
+        .wait_more_drains(Drains::CgroupSweeps, 2 + COUNTER_HOLD_SWEEPS)
+        .unwrap();
     let answer = agent.query("shop", "worker").unwrap();
     let kills = of_kind(&answer, "oom_kill");
     assert_eq!(kills.len(), 1, "{answer}");
@@ -196,7 +207,8 @@ fn throttling_then_deletion(driver: CgroupDriver) {
     agent
         .status_until(WAIT, |s| sampled(s, "cpu_throttling") == 2)
         .unwrap();
-    std::thread::sleep(Duration::from_secs(2));
+    // Two sweeps later: any error reading the deleted pod's files would be in the log.
+    agent.wait_more_drains(Drains::CgroupSweeps, 2).unwrap();
     let log = agent.log();
     assert!(
         !log.contains("cannot read cgroup file") && !log.contains("not understood"),
@@ -210,7 +222,7 @@ fn throttling_then_deletion(driver: CgroupDriver) {
     agent
         .status_until(WAIT, |s| sampled(s, "cpu_throttling") == 1)
         .unwrap();
-    std::thread::sleep(Duration::from_secs(2));
+    agent.wait_more_drains(Drains::CgroupSweeps, 2).unwrap();
     let after = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
         .count();

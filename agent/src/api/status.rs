@@ -207,6 +207,9 @@ impl AgentState {
                 .persistence
                 .as_ref()
                 .map(|p| persistence_to_pb(&p.get())),
+            flow_table_drains: self.counters.flow_table_drains(),
+            dns_table_drains: self.counters.dns_table_drains(),
+            cgroup_sweeps: self.counters.cgroup_sweeps(),
         })
     }
 }

@@ -123,6 +123,7 @@ pub async fn run(
                 for t in tracker.take_tallies() {
                     emit(RawEvent::DnsLookups(t), &clock)?;
                 }
+                counters.dns_table_drained();
                 if stopping {
                     return Ok(());
                 }

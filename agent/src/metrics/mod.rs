@@ -75,6 +75,8 @@ struct Snapshot {
     events_received: u64,
     dns_records: u64,
     dns_kernel_lookups: u64,
+    /// (flow table drains, DNS table drains, cgroup sweeps)
+    drains: (u64, u64, u64),
     probes: Vec<(String, bool)>,
     /// Each signal's mode on this node.
     signals: Vec<(&'static str, crate::signals::Mode)>,
@@ -111,6 +113,11 @@ impl MetricsState {
             events_received: a.counters.events_received(),
             dns_records: a.counters.dns_records(),
             dns_kernel_lookups: a.counters.dns_kernel_lookups(),
+            drains: (
+                a.counters.flow_table_drains(),
+                a.counters.dns_table_drains(),
+                a.counters.cgroup_sweeps(),
+            ),
             probes: a
                 .probes
                 .iter()
@@ -243,6 +250,24 @@ impl Collector for Snapshot {
             "triage_agent_dns_lookups_matched_in_kernel",
             "UDP DNS lookups the kernel matched to a good answer and counted itself.",
             self.dns_kernel_lookups,
+        )?;
+        counter(
+            &mut e,
+            "triage_agent_flow_table_drains",
+            "Times the kernel's flow tables were drained (every 500 ms while the agent keeps up).",
+            self.drains.0,
+        )?;
+        counter(
+            &mut e,
+            "triage_agent_dns_table_drains",
+            "Times the kernel's DNS tables were drained (once a second).",
+            self.drains.1,
+        )?;
+        counter(
+            &mut e,
+            "triage_agent_cgroup_sweeps",
+            "Times the cgroup sampler read every sampled container (once per sample interval).",
+            self.drains.2,
         )?;
         {
             let mut m = e.encode_descriptor(

@@ -101,7 +101,7 @@ pub async fn run(
 }
 
 /// Switches the flow tables' generation and hands the repeats counted in the old one to
-/// attribution.
+/// attribution; counts the drain ([`Counters::flow_table_drains`]) when it is done.
 async fn drain_flows(
     flows: &mut FlowTables,
     out: &ToAttribution,
@@ -157,6 +157,9 @@ async fn drain_flows(
             }
         }
     }
+    // Counted once everything the old generation held is in attribution's channel (Status:
+    // how many drains the agent has made, which a client can wait on).
+    counters.flow_table_drained();
     Ok(())
 }
 

@@ -168,7 +168,8 @@ fn run(
             let current = pods.borrow_and_update().clone();
             sampler.set_pods(&current, now, &mut out);
         }
-        if now >= next {
+        let swept = now >= next;
+        if swept {
             next = now + interval;
             sampler.sweep(now, &mut out);
         } else if out.is_empty() {
@@ -198,6 +199,10 @@ fn run(
             s.read_errors = sampler.totals.read_errors;
             s.gone = sampler.totals.gone;
         });
+        if swept {
+            // After its samples went to attribution and its state to Status.
+            counters.cgroup_swept();
+        }
     }
     Ok(())
 }
@@ -205,5 +210,78 @@ fn run(
 impl crate::event::ConsumerGone for SamplerError {
     fn consumer_gone(&self) -> bool {
         matches!(self, SamplerError::AttributionGone)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        event::Sample,
+        samplers::sampler::{v2_fixture_config, write_v2_counters, write_v2_fixture},
+    };
+
+    async fn sweeps_past(counters: &Counters, n: u64) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while counters.cgroup_sweeps() < n {
+            assert!(
+                Instant::now() < deadline,
+                "only {} sweeps",
+                counters.cgroup_sweeps()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// A sweep is counted once what it found is in attribution's channel and Status has its
+    /// state: whoever sees the count grow past the value it read knows the files were read
+    /// after it asked, and what they held was handed on.
+    #[tokio::test]
+    async fn each_sweep_is_counted_after_it_is_handed_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let pods = write_v2_fixture(dir.path(), 2).unwrap();
+        let container = dir
+            .path()
+            .join("kubepods/burstable")
+            .join(format!("pod{}", pods[0].uid))
+            .join(&*pods[0].container_ids[0]);
+        let counters = Arc::new(Counters::default());
+        let cancel = CancellationToken::new();
+        let (pods_tx, pods_rx) = watch::channel(Arc::new(Vec::new()));
+        let (events_tx, mut events) = mpsc::channel(1024);
+        let (status, task) = spawn(
+            v2_fixture_config(dir.path(), 1),
+            crate::cgroup::KnownCgroups::default(),
+            Duration::from_millis(20),
+            Ok(()),
+            pods_rx,
+            events_tx,
+            counters.clone(),
+            cancel.clone(),
+        );
+        let task = tokio::spawn(task);
+        assert_eq!(counters.cgroup_sweeps(), 0);
+        pods_tx.send(Arc::new(pods)).unwrap();
+        sweeps_past(&counters, 2).await;
+        assert_eq!(
+            status.borrow().containers,
+            2,
+            "Status has the sweep's state"
+        );
+        while events.try_recv().is_ok() {}
+
+        // Throttled after the count was read: the sweeps counted after it found it.
+        write_v2_counters(&container, 100, 50, 0).unwrap();
+        let read = counters.cgroup_sweeps();
+        sweeps_past(&counters, read + 2).await;
+        let mut throttled = 0;
+        while let Ok(e) = events.try_recv() {
+            if let RawEvent::Sample(Sample::Throttled { .. }) = e.event {
+                throttled += 1;
+            }
+        }
+        assert!(throttled >= 1, "the throttling is in the channel");
+        cancel.cancel();
+        task.await.unwrap().unwrap();
     }
 }

@@ -34,7 +34,7 @@ pub use task::{
 };
 
 use crate::{
-    attribute::{Attributed, PodLookups},
+    attribute::{Attributed, PodLookups, PodLossTally},
     evidence::{DetailKey, DnsLookups, Evidence, Filter, Kind, Occurrence, PodLosses, PodRef},
     loss::{Counters, Loss},
 };
@@ -322,8 +322,8 @@ pub struct QueryResult {
     /// DNS lookup counters of the pods asked about (since the agent started; with the store on
     /// disk, since the first start on it).
     pub dns_lookups: Vec<(Arc<PodRef>, DnsLookups)>,
-    /// What the kernel lost of the pods asked about (since the agent started), and when each
-    /// pod's losses last grew.
+    /// What the kernel lost of the pods asked about (since the agent started; with the store on
+    /// disk, since the first start on it), and when each pod's losses last grew.
     pub pod_losses: Vec<(Arc<PodRef>, PodLosses, SystemTime)>,
 }
 
@@ -405,6 +405,11 @@ pub trait Backend: Send {
     /// its uid. Told before each flush.
     fn dns_lookups(&mut self, pod: &str, lookups: Option<&PodLookups>) {
         let _ = (pod, lookups);
+    }
+    /// A pod's kernel losses changed (`None`: the store forgot them for room); `pod` is its
+    /// uid. Told before each flush.
+    fn pod_losses(&mut self, pod: &str, losses: Option<&PodLossTally>) {
+        let _ = (pod, losses);
     }
 }
 
@@ -489,6 +494,9 @@ pub struct Store {
     evictions_changed: HashSet<Owner>,
     /// Pods (uids) whose DNS lookup counters changed since the backend was last told.
     dns_lookups_changed: HashSet<String>,
+    /// Pods (uids) whose kernel losses changed (or were forgotten) since the backend was last
+    /// told.
+    pod_losses_changed: HashSet<String>,
 }
 
 impl Store {
@@ -512,6 +520,7 @@ impl Store {
             metric_namespaces: HashSet::new(),
             evictions_changed: HashSet::new(),
             dns_lookups_changed: HashSet::new(),
+            pod_losses_changed: HashSet::new(),
         }
     }
 
@@ -531,7 +540,7 @@ impl Store {
         match a {
             Attributed::Occurrence(o) => self.record(o),
             Attributed::DnsLookups(l) => self.add_dns_lookups(&l.pod, &l.lookups, l.at),
-            Attributed::PodLosses(l) => self.pod_losses.add(&l.pod, &l.losses, l.at),
+            Attributed::PodLosses(l) => self.add_pod_losses(&l.pod, &l.losses, l.at),
         }
     }
 
@@ -652,10 +661,32 @@ impl Store {
         }
     }
 
+    /// Puts back a pod's kernel losses kept by the backend before a restart, added to what was
+    /// counted since (the backend already holds them).
+    pub fn restore_pod_losses(&mut self, saved: PodLossTally) {
+        let uid = saved.pod.uid.clone();
+        let changed = self.pod_losses_changed.contains(&uid);
+        self.add_pod_losses(&saved.pod, &saved.losses, saved.at);
+        if !changed {
+            self.pod_losses_changed.remove(&uid);
+        }
+    }
+
+    fn add_pod_losses(&mut self, pod: &Arc<PodRef>, losses: &PodLosses, at: SystemTime) {
+        let forgotten = self.pod_losses.add(pod, losses, at);
+        if self.backend.is_some() {
+            self.pod_losses_changed.extend(forgotten);
+            self.pod_losses_changed.insert(pod.uid.clone());
+        }
+    }
+
     /// Hands the backend's pending changes over (see [`Backend::flush`]) and evicts what it
     /// asks to be evicted for its size budget.
     pub fn flush_backend(&mut self) {
         let Some(b) = &mut self.backend else { return };
+        for uid in self.pod_losses_changed.drain() {
+            b.pod_losses(&uid, self.pod_losses.get(&uid).as_ref());
+        }
         for uid in self.dns_lookups_changed.drain() {
             let saved = self
                 .dns_lookups

@@ -24,8 +24,10 @@
 //! - What was lost is kept too, in the same transactions: the loss counters (with when each
 //!   last grew and since when they count) whenever they grew, and each owner's evictions
 //!   (what an answer about a pod says was evicted) whenever they changed. So are each pod's DNS
-//!   lookup counters (an answer's "37 of 40 lookups succeeded") whenever they changed. At
-//!   startup they are read back first, so the counters continue from where they were.
+//!   lookup counters (an answer's "37 of 40 lookups succeeded") and each pod's kernel losses
+//!   (what the kernel lost of the pod's evidence past its share of a table or ring) whenever
+//!   they changed. At startup they are read back first, so the counters continue from where
+//!   they were.
 //! - At startup [`open`] reads every record back (a record that no longer decodes is removed
 //!   and counted as `store_unreadable`). A file that is not this agent's store (another
 //!   program's database, a damaged file, a newer schema) is moved aside with a clear error and
@@ -48,7 +50,7 @@ use triage_agent_proto::v1 as pb;
 
 use super::{Backend, Evictions, PersistHealth};
 use crate::{
-    attribute::PodLookups,
+    attribute::{PodLookups, PodLossTally},
     codec,
     evidence::{
         Evidence, Named as _,
@@ -62,7 +64,7 @@ use crate::{
 const APPLICATION_ID: i32 = 0x5452_4941;
 /// `PRAGMA user_version`: the schema. A file with a newer one is moved aside, not misread; an
 /// older one is brought up to this one ([`MIGRATIONS`]).
-const SCHEMA_VERSION: i32 = 3;
+const SCHEMA_VERSION: i32 = 4;
 /// The records: a record's lasting id and its protobuf encoding.
 const SCHEMA: &str = "CREATE TABLE evidence (id INTEGER PRIMARY KEY, record BLOB NOT NULL);";
 /// Schema 2: what was lost, kept across restarts. `losses`: every loss counter by its stable
@@ -80,8 +82,13 @@ const SCHEMA_2: &str = "CREATE TABLE IF NOT EXISTS losses (name TEXT PRIMARY KEY
 /// (Unix ms).
 const SCHEMA_3: &str = "CREATE TABLE IF NOT EXISTS dns_lookups (pod TEXT PRIMARY KEY, \
      lookups BLOB NOT NULL, at_ms INTEGER NOT NULL);";
+/// Schema 4: each pod's kernel losses, kept across restarts. `pod_losses`: the pod's uid, its
+/// losses as a protobuf `PodLosses` (the pod and when they last grew with them), when they last
+/// grew (Unix ms).
+const SCHEMA_4: &str = "CREATE TABLE IF NOT EXISTS pod_losses (pod TEXT PRIMARY KEY, \
+     losses BLOB NOT NULL, at_ms INTEGER NOT NULL);";
 /// What brings a file of schema `version - 1` to `version`, in order.
-const MIGRATIONS: &[(i32, &str)] = &[(2, SCHEMA_2), (3, SCHEMA_3)];
+const MIGRATIONS: &[(i32, &str)] = &[(2, SCHEMA_2), (3, SCHEMA_3), (4, SCHEMA_4)];
 /// Default bound of the file's used size.
 pub const DEFAULT_MAX_BYTES: u64 = 256 * 1024 * 1024;
 /// When over budget, shrink to this share of it (so one eviction round does not repeat at once).
@@ -150,6 +157,8 @@ pub struct Opened {
     pub evictions: Vec<(String, Evictions)>,
     /// Each pod's DNS lookup counters, for [`super::Store::restore_dns_lookups`].
     pub dns_lookups: Vec<PodLookups>,
+    /// Each pod's kernel losses, for [`super::Store::restore_pod_losses`].
+    pub pod_losses: Vec<PodLossTally>,
     pub health: Arc<PersistHealth>,
 }
 
@@ -175,6 +184,9 @@ struct Backlog {
     /// Pods whose DNS lookup counters changed, by uid (at most the store's
     /// [`super::DNS_LOOKUP_PODS`]).
     dns: Rows<PodLookups>,
+    /// Pods whose kernel losses changed, by uid (at most the store's
+    /// [`super::pod_losses::LOSS_PODS`], and those it forgot).
+    pod_losses: Rows<PodLossTally>,
     /// Records given up while the attempt writing their newest state runs: lost only if it
     /// fails.
     doubtful: u64,
@@ -194,6 +206,7 @@ impl Backlog {
             in_flight: HashMap::new(),
             owners: Rows::default(),
             dns: Rows::default(),
+            pod_losses: Rows::default(),
             doubtful: 0,
             flushed: false,
             closed: false,
@@ -234,6 +247,11 @@ impl Backlog {
         self.dns.put(self.next, pod, lookups);
     }
 
+    fn put_pod_losses(&mut self, pod: &str, losses: Option<PodLossTally>) {
+        self.next += 1;
+        self.pod_losses.put(self.next, pod, losses);
+    }
+
     /// What an attempt writes: the newest change of every record and owner, noted as in
     /// flight.
     fn take_attempt(&mut self) -> Attempt {
@@ -250,6 +268,7 @@ impl Backlog {
                 .collect(),
             owners: self.owners.take_attempt(),
             dns: self.dns.take_attempt(),
+            pod_losses: self.pod_losses.take_attempt(),
             losses: None,
         }
     }
@@ -262,6 +281,7 @@ impl Backlog {
         let doubtful = std::mem::take(&mut self.doubtful);
         self.owners.attempt_done(committed);
         self.dns.attempt_done(committed);
+        self.pod_losses.attempt_done(committed);
         if !committed {
             return doubtful;
         }
@@ -275,7 +295,8 @@ impl Backlog {
     }
 }
 
-/// Rows of a table beside the records (an owner's evictions, a pod's DNS lookup counters)
+/// Rows of a table beside the records (an owner's evictions, a pod's DNS lookup counters or
+/// kernel losses)
 /// whose newest state the disk lacks, by key: key -> (order of the change, the newest state;
 /// `None`: delete the row). A row leaves only when a commit holding its newest state succeeded.
 struct Rows<T> {
@@ -329,12 +350,13 @@ impl<T: Clone> Rows<T> {
     }
 }
 
-/// One transaction's worth: the records', owners' and pods' DNS counters' newest changes, and
-/// the loss counters when they changed since the last commit.
+/// One transaction's worth: the records', owners', pods' DNS counters' and pods' kernel losses'
+/// newest changes, and the loss counters when they changed since the last commit.
 struct Attempt {
     records: Vec<(u64, Change)>,
     owners: Vec<(String, Option<Evictions>)>,
     dns: Vec<(String, Option<PodLookups>)>,
+    pod_losses: Vec<(String, Option<PodLossTally>)>,
     losses: Option<LossCounts>,
 }
 
@@ -343,6 +365,7 @@ impl Attempt {
         self.records.is_empty()
             && self.owners.is_empty()
             && self.dns.is_empty()
+            && self.pod_losses.is_empty()
             && self.losses.is_none()
     }
 }
@@ -401,7 +424,12 @@ impl Backend for PersistBackend {
         let grew = losses != self.losses_flushed;
         self.losses_flushed = losses;
         let mut b = self.shared.lock();
-        if grew || !b.changes.is_empty() || !b.owners.is_empty() || !b.dns.is_empty() {
+        if grew
+            || !b.changes.is_empty()
+            || !b.owners.is_empty()
+            || !b.dns.is_empty()
+            || !b.pod_losses.is_empty()
+        {
             b.flushed = true;
             self.shared.wake.notify_one();
         }
@@ -413,6 +441,10 @@ impl Backend for PersistBackend {
 
     fn dns_lookups(&mut self, pod: &str, lookups: Option<&PodLookups>) {
         self.shared.lock().put_dns(pod, lookups.cloned());
+    }
+
+    fn pod_losses(&mut self, pod: &str, losses: Option<&PodLossTally>) {
+        self.shared.lock().put_pod_losses(pod, losses.cloned());
     }
 
     fn shrink(&mut self, records: usize) -> usize {
@@ -484,6 +516,7 @@ pub fn open(config: &PersistConfig, counters: Arc<Counters>) -> Result<Opened, P
     counters.restore(&saved);
     let evictions = read_owners(&conn).map_err(sqlite)?;
     let dns_lookups = read_dns_lookups(&conn).map_err(sqlite)?;
+    let pod_losses = read_pod_losses(&conn).map_err(sqlite)?;
     let records = read_back(&conn, &counters, true).map_err(sqlite)?;
     let health = Arc::new(PersistHealth::default());
     health.update(|s| {
@@ -521,6 +554,7 @@ pub fn open(config: &PersistConfig, counters: Arc<Counters>) -> Result<Opened, P
         records,
         evictions,
         dns_lookups,
+        pod_losses,
         health,
     })
 }
@@ -634,6 +668,37 @@ fn read_dns_lookups(conn: &Connection) -> rusqlite::Result<Vec<PodLookups>> {
     Ok(out)
 }
 
+/// Each pod's kernel losses kept in the file, oldest first (a row that does not decode, or
+/// names no pod or another pod than its key, is skipped).
+fn read_pod_losses(conn: &Connection) -> rusqlite::Result<Vec<PodLossTally>> {
+    let mut out = Vec::new();
+    let mut stmt = conn.prepare("SELECT pod, losses, at_ms FROM pod_losses ORDER BY at_ms")?;
+    let mut rows = stmt.query([])?;
+    while let Some(row) = rows.next()? {
+        let (Ok(uid), Ok(bytes), Ok(at)) = (
+            row.get::<_, String>(0),
+            row.get::<_, Vec<u8>>(1),
+            row.get::<_, i64>(2),
+        ) else {
+            continue;
+        };
+        let Some((pod, losses, _)) = pb::PodLosses::decode(bytes.as_slice())
+            .ok()
+            .and_then(codec::pod_losses_from_pb)
+        else {
+            continue;
+        };
+        let Some(at) = time_of_ms(at) else {
+            continue;
+        };
+        if pod.uid != uid {
+            continue;
+        }
+        out.push(PodLossTally { at, pod, losses });
+    }
+    Ok(out)
+}
+
 /// Takes the advisory lock beside the file (`<path>.lock`), held for the writer's life.
 fn lock(path: &Path) -> Result<File, PersistError> {
     let lock_path = sibling(path, ".lock");
@@ -682,7 +747,9 @@ fn open_ours(path: &Path) -> Result<Connection, String> {
         let tables: i64 = conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))?;
         if app == 0 && version == 0 && tables == 0 {
             conn.pragma_update(None, "journal_mode", "WAL")?;
-            conn.execute_batch(&format!("BEGIN; {SCHEMA} {SCHEMA_2} {SCHEMA_3} COMMIT;"))?;
+            conn.execute_batch(&format!(
+                "BEGIN; {SCHEMA} {SCHEMA_2} {SCHEMA_3} {SCHEMA_4} COMMIT;"
+            ))?;
             conn.pragma_update(None, "application_id", APPLICATION_ID)?;
             conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
             return Ok(Ok(()));
@@ -1009,6 +1076,27 @@ fn commit(conn: &Connection, attempt: &Attempt) -> rusqlite::Result<()> {
                     put.execute(params![
                         pod,
                         codec::dns_lookups_to_pb(&l.pod, &l.lookups).encode_to_vec(),
+                        ms_of(l.at),
+                    ])?;
+                }
+                None => {
+                    forget.execute([pod])?;
+                }
+            }
+        }
+    }
+    {
+        let mut put = tx.prepare_cached(
+            "INSERT INTO pod_losses (pod, losses, at_ms) VALUES (?1, ?2, ?3)
+             ON CONFLICT (pod) DO UPDATE SET losses = excluded.losses, at_ms = excluded.at_ms",
+        )?;
+        let mut forget = tx.prepare_cached("DELETE FROM pod_losses WHERE pod = ?1")?;
+        for (pod, losses) in &attempt.pod_losses {
+            match losses {
+                Some(l) => {
+                    put.execute(params![
+                        pod,
+                        codec::pod_losses_to_pb(&l.pod, &l.losses, l.at).encode_to_vec(),
                         ms_of(l.at),
                     ])?;
                 }

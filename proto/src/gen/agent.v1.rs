@@ -560,6 +560,22 @@ pub struct StatusResponse {
     /// Each signal's mode on this node: full, degraded (and what is lost) or off (and why).
     #[prost(message, repeated, tag = "22")]
     pub signals: ::prost::alloc::vec::Vec<SignalState>,
+    /// Times the agent has drained the kernel's flow tables since it started: switched their
+    /// generation and handed what the old one counted (repeats of failures, each pod's kernel
+    /// losses) to attribution. Every 500 ms while the kernel's programs let it; a drain skipped
+    /// because a program still writes the old table is not counted. What the kernel counted
+    /// before a drain has reached the store a drain or two later.
+    #[prost(uint64, tag = "23")]
+    pub flow_table_drains: u64,
+    /// Times the DNS task has drained the kernel's DNS tables since the agent started (lookups the
+    /// kernel answered and counted, repeats of reported failures) and handed the pods' lookup
+    /// counters on: once a second.
+    #[prost(uint64, tag = "24")]
+    pub dns_table_drains: u64,
+    /// Times the cgroup sampler has read every sampled container's files since the agent started:
+    /// once per --sample-interval (0 where no sampler runs).
+    #[prost(uint64, tag = "25")]
+    pub cgroup_sweeps: u64,
 }
 /// The evidence store on disk (--store-path): what survives a restart.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]

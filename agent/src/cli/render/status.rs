@@ -205,6 +205,9 @@ pub fn status_json(statuses: &[(String, pb::StatusResponse)]) -> Value {
                     "store_expired": s.store_expired,
                     "store_disk": s.persistence.as_ref().map(persistence_json),
                     "events_received": s.events_received,
+                    "flow_table_drains": s.flow_table_drains,
+                    "dns_table_drains": s.dns_table_drains,
+                    "cgroup_sweeps": s.cgroup_sweeps,
                     "resources": s.resource_sources.iter().map(|r| json!({"signal": r.signal, "hierarchy": r.hierarchy, "files": r.files, "mount": r.mount, "containers": r.containers, "note": (!r.note.is_empty()).then_some(&r.note)})).collect::<Vec<_>>(),
                 })
             })

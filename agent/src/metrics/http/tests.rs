@@ -232,3 +232,31 @@ async fn excess_and_slow_connections_are_closed() {
     }
     cancel.cancel();
 }
+
+/// How far the agent's periodic reads have come (kernel flow tables, DNS tables, cgroup
+/// sweeps) is scraped as counters.
+#[tokio::test]
+async fn drains_and_sweeps_are_counters() {
+    let cancel = CancellationToken::new();
+    let state = state(&cancel);
+    let counters = state.agent.counters.clone();
+    for _ in 0..3 {
+        counters.flow_table_drained();
+    }
+    counters.dns_table_drained();
+    for _ in 0..2 {
+        counters.cgroup_swept();
+    }
+    let app = router(server(state));
+    let (status, body) = get(&app, "/metrics", POD).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    for line in [
+        "# TYPE triage_agent_flow_table_drains counter",
+        "triage_agent_flow_table_drains_total 3",
+        "triage_agent_dns_table_drains_total 1",
+        "triage_agent_cgroup_sweeps_total 2",
+    ] {
+        assert!(body.lines().any(|l| l == line), "{line} in {body}");
+    }
+    cancel.cancel();
+}

@@ -6,9 +6,9 @@ use std::{sync::Arc, time::Duration};
 
 use super::*;
 use crate::{
-    attribute::{Attributed, PodLookups},
+    attribute::{Attributed, PodLookups, PodLossTally},
     evidence::{
-        DnsLookups, Filter,
+        DnsLookups, Filter, PodLosses,
         fixtures::{dropped, oom_killed, pod_ref, refused, t},
     },
     store::{DEFAULT_MAX_AGE, DNS_LOOKUP_PODS, Store, StoreConfig},
@@ -43,6 +43,9 @@ fn store_on(config: &PersistConfig, capacity: usize) -> (Store, Arc<PersistHealt
     }
     for lookups in opened.dns_lookups {
         store.restore_dns_lookups(lookups);
+    }
+    for losses in opened.pod_losses {
+        store.restore_pod_losses(losses);
     }
     for (id, e) in opened.records {
         store.restore(id, e);
@@ -647,6 +650,180 @@ fn a_file_of_schema_2_is_brought_up_to_date_with_what_it_kept() {
     let (store, health, _) = store_on(&cfg, 10);
     assert!(health.get().moved_aside.is_none());
     assert_eq!(lookups_of(&store, "web").unwrap().lookups, 3);
+    assert_eq!(store.query(&everything(), 10).evidence.len(), 1);
+    close(store);
+}
+
+/// What the kernel lost of a pod's evidence in one drain, as attribution hands it to the store.
+fn kernel_lost(pod: &str, at: u64, connects: u64, dns_packets: u64) -> Attributed {
+    Attributed::PodLosses(PodLossTally {
+        at: t(at),
+        pod: pod_ref("shop", pod),
+        losses: PodLosses {
+            connects,
+            occurrences: 1,
+            dns_packets,
+        },
+    })
+}
+
+fn pod_losses_of(store: &Store, name: &str) -> Option<(PodLosses, SystemTime)> {
+    let r = store.query(&pod(name), 10);
+    assert!(r.pod_losses.len() <= 1, "{:?}", r.pod_losses);
+    r.pod_losses.first().map(|(p, l, at)| {
+        assert_eq!(p.name, name);
+        assert_eq!(p.uid, format!("uid-{name}"));
+        (*l, *at)
+    })
+}
+
+#[test]
+fn pod_losses_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&dir);
+    let (mut store, _, _) = store_on(&cfg, 100);
+    store.add(kernel_lost("noisy", 10, 2_000, 30));
+    store.add(kernel_lost("noisy", 20, 48, 0));
+    store.add(kernel_lost("other", 15, 1, 0));
+    store.flush_backend();
+    close(store);
+
+    // After the restart the pod's answer still says what the kernel lost of it, and when.
+    let (mut store, _, _) = store_on(&cfg, 100);
+    let (noisy, last) = pod_losses_of(&store, "noisy").unwrap();
+    assert_eq!(
+        noisy,
+        PodLosses {
+            connects: 2_048,
+            occurrences: 2,
+            dns_packets: 30,
+        }
+    );
+    assert_eq!(last, t(20));
+    assert_eq!(pod_losses_of(&store, "other").unwrap().0.connects, 1);
+    assert!(pod_losses_of(&store, "quiet").is_none());
+    // What the kernel loses after the restart adds up, and the next start sees the sum.
+    store.add(kernel_lost("noisy", 30, 2, 5));
+    store.flush_backend();
+    close(store);
+    let (store, _, _) = store_on(&cfg, 100);
+    let (noisy, last) = pod_losses_of(&store, "noisy").unwrap();
+    assert_eq!(
+        (noisy.connects, noisy.occurrences, noisy.dns_packets),
+        (2_050, 3, 35)
+    );
+    assert_eq!(last, t(30));
+    assert_eq!(pod_losses_of(&store, "other").unwrap().0.connects, 1);
+    close(store);
+}
+
+#[test]
+fn pod_losses_forgotten_for_room_leave_the_file() {
+    use crate::store::pod_losses::LOSS_PODS;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&dir);
+    let (mut store, _, _) = store_on(&cfg, 100);
+    store.add(kernel_lost("oldest", 1, 7, 0));
+    for i in 1..LOSS_PODS {
+        store.add(kernel_lost(&format!("p{i}"), 10, 1, 0));
+    }
+    store.flush_backend();
+    // One pod more than the store keeps the losses of: the least recently grown is forgotten.
+    store.add(kernel_lost("newcomer", 20, 1, 0));
+    assert!(pod_losses_of(&store, "oldest").is_none());
+    store.flush_backend();
+    close(store);
+    let rows: i64 = Connection::open(&cfg.path)
+        .unwrap()
+        .query_row("SELECT count(*) FROM pod_losses", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(rows, LOSS_PODS as i64, "the bound holds in the file too");
+    let (store, _, _) = store_on(&cfg, 100);
+    assert!(
+        pod_losses_of(&store, "oldest").is_none(),
+        "forgotten for good"
+    );
+    assert_eq!(pod_losses_of(&store, "newcomer").unwrap().0.connects, 1);
+    assert_eq!(
+        store.query(&Filter::default(), 10).pod_losses.len(),
+        LOSS_PODS
+    );
+    close(store);
+}
+
+#[test]
+fn a_file_of_schema_3_is_brought_up_to_date_with_what_it_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&dir);
+    std::fs::create_dir_all(cfg.path.parent().unwrap()).unwrap();
+    {
+        // As the previous agent left it: records, loss counters, an owner's evictions and a
+        // pod's DNS lookup counters; no table of pods' kernel losses.
+        let old = Connection::open(&cfg.path).unwrap();
+        old.execute_batch(&format!("{SCHEMA} {SCHEMA_2} {SCHEMA_3}"))
+            .unwrap();
+        old.pragma_update(None, "application_id", APPLICATION_ID)
+            .unwrap();
+        old.pragma_update(None, "user_version", 3).unwrap();
+        let e = refused().pod("shop", "web").at(10).evidence();
+        old.execute(
+            "INSERT INTO evidence (id, record) VALUES (1, ?1)",
+            [codec::evidence_to_pb(&e).encode_to_vec()],
+        )
+        .unwrap();
+        old.execute(
+            "INSERT INTO losses (name, count, last_ms) VALUES ('connect_table_full', 9, ?1)",
+            [ms_of(t(5))],
+        )
+        .unwrap();
+        old.execute(
+            "INSERT INTO owners (owner, pod, evicted, newest_ms) VALUES ('uid-web', ?1, 4, ?2)",
+            params![
+                pod_to_pb(&pod_ref("shop", "web")).encode_to_vec(),
+                ms_of(t(5))
+            ],
+        )
+        .unwrap();
+        let lookups = DnsLookups {
+            lookups: 40,
+            succeeded: 37,
+            failed: 3,
+            ..DnsLookups::default()
+        };
+        old.execute(
+            "INSERT INTO dns_lookups (pod, lookups, at_ms) VALUES ('uid-web', ?1, ?2)",
+            params![
+                codec::dns_lookups_to_pb(&pod_ref("shop", "web"), &lookups).encode_to_vec(),
+                ms_of(t(6))
+            ],
+        )
+        .unwrap();
+    }
+    let (mut store, health, counters) = store_on(&cfg, 10);
+    assert!(health.get().moved_aside.is_none(), "{:?}", health.get());
+    assert_eq!(store.query(&everything(), 10).evidence.len(), 1);
+    assert_eq!(counters.get(Loss::ConnectTableFull), 9);
+    assert_eq!(store.query(&pod("web"), 10).evicted, 4);
+    let web = lookups_of(&store, "web").unwrap();
+    assert_eq!((web.lookups, web.succeeded), (40, 37));
+    assert!(
+        pod_losses_of(&store, "web").is_none(),
+        "none were kept before"
+    );
+    let version: i32 = Connection::open(&cfg.path)
+        .unwrap()
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, SCHEMA_VERSION, "brought up to date at the start");
+    store.add(kernel_lost("web", 20, 3, 2));
+    store.flush_backend();
+    close(store);
+    let (store, health, counters) = store_on(&cfg, 10);
+    assert!(health.get().moved_aside.is_none());
+    let (web_lost, _) = pod_losses_of(&store, "web").unwrap();
+    assert_eq!((web_lost.connects, web_lost.dns_packets), (3, 2));
+    assert_eq!(lookups_of(&store, "web").unwrap().lookups, 40);
+    assert_eq!(counters.get(Loss::ConnectTableFull), 9);
     assert_eq!(store.query(&everything(), 10).evidence.len(), 1);
     close(store);
 }
