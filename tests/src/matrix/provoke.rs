@@ -341,9 +341,10 @@ fn judge_drop(drops: &[&Value], dst: &str) -> Seen {
     let reason = |r: &&&Value| r["reason"].as_str().unwrap_or("").to_owned();
     if let Some(r) = drops.iter().find(|r| reason(r) == "NETFILTER_DROP") {
         return Seen::Full(format!(
-            "{} drop(s) to {dst} (reason NETFILTER_DROP, tcp_flags {})",
+            "{} drop(s) to {dst} (reason NETFILTER_DROP, tcp_flags {}, attribution {})",
             count_of(drops),
-            txt(&r["tcp_flags"])
+            txt(&r["tcp_flags"]),
+            txt(&r["attribution"])
         ));
     }
     // Without reasons (before 5.17) the reduced form names where netfilter freed the packet:
@@ -355,10 +356,11 @@ fn judge_drop(drops: &[&Value], dst: &str) -> Seen {
                 .is_some_and(|l| l.starts_with("nf_hook_slow+"))
     }) {
         return Seen::Reduced(format!(
-            "{} drop(s) to {dst} recorded without a reason ({}, location {})",
+            "{} drop(s) to {dst} recorded without a reason ({}, location {}, attribution {})",
             count_of(drops),
             txt(&r["reason"]),
-            txt(&r["location"])
+            txt(&r["location"]),
+            txt(&r["attribution"])
         ));
     }
     match drops.first() {
