@@ -26,6 +26,7 @@
 //! - struct sock.sk_err (BTF): how a connect() without RST ended
 
 use aya_ebpf::{
+    bindings::BPF_NOEXIST,
     helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid},
     macros::raw_tracepoint,
     programs::RawTracePointContext,
@@ -38,7 +39,7 @@ use triage_agent_common::{
 
 use crate::{
     flows,
-    maps::{CGROUP_NETNS, CONNECTS, count_loss, offsets},
+    maps::{CGROUP_NETNS, CONNECTS, EEXIST, count_loss, offsets},
     read::kread,
     share,
     skb::{ETH_P_IP, ETH_P_IPV6, HEADER_UNSET, skb_headers},
@@ -121,10 +122,28 @@ fn try_inet_sock_set_state(ctx: &RawTracePointContext) -> Result<(), i32> {
         if !share::take_connect(pending.cgroup_id) {
             count_loss(LOST_CONNECT_TABLE);
             share::lose(pending.cgroup_id, cgroup_loss::CONNECTS);
-        } else if CONNECTS.insert(sk, pending, 0).is_err() {
-            share::give_connect(pending.cgroup_id);
-            count_loss(LOST_CONNECT_TABLE);
-            share::lose(pending.cgroup_id, cgroup_loss::CONNECTS);
+        } else {
+            match CONNECTS.insert(sk, pending, u64::from(BPF_NOEXIST)) {
+                Ok(()) => {}
+                // An earlier socket at this address whose end no program saw (a run the kernel
+                // skipped): its place goes back to its cgroup, and the entry is this one's.
+                Err(e) if e == -EEXIST => {
+                    // SAFETY: the value is copied out at once.
+                    if let Some(stale) = unsafe { CONNECTS.get(sk) }.copied() {
+                        share::give_connect(stale.cgroup_id);
+                    }
+                    if CONNECTS.insert(sk, pending, 0).is_err() {
+                        share::give_connect(pending.cgroup_id);
+                        count_loss(LOST_CONNECT_TABLE);
+                        share::lose(pending.cgroup_id, cgroup_loss::CONNECTS);
+                    }
+                }
+                Err(_) => {
+                    share::give_connect(pending.cgroup_id);
+                    count_loss(LOST_CONNECT_TABLE);
+                    share::lose(pending.cgroup_id, cgroup_loss::CONNECTS);
+                }
+            }
         }
     } else if old == tcp_state::SYN_SENT {
         // SAFETY: the value is copied out before the entry is removed.

@@ -23,7 +23,7 @@
 //!   (`netdev_priv`, the `priv` member or the struct's size aligned to 32), whose first word is
 //!   a veth's peer; net.dev_index_head (256 buckets) and ns.inum
 
-use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
+use aya_ebpf::{helpers::bpf_jiffies64, macros::raw_tracepoint, programs::RawTracePointContext};
 use triage_agent_common::{
     AF_INET, AF_INET6, FlowKey, FlowStats, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
     TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, flow_flags, kind, tcp_state,
@@ -31,7 +31,7 @@ use triage_agent_common::{
 
 use crate::{
     flows,
-    maps::{DROP_REASONS, offsets},
+    maps::{DROP_REASONS, INGRESS_CACHE, offsets},
     read::kread,
     skb::{ETH_P_IP, ETH_P_IPV6, HEADER_UNSET, skb_headers},
 };
@@ -178,6 +178,39 @@ fn ingress_netns(skb: u64) -> Option<u32> {
         return None;
     }
     let dev: u64 = kread(skb, o.skb.dev).ok()?;
+    // A flood repeats one way in on one CPU: the last answer is kept per CPU for a few jiffies
+    // (a device and its ifindex, both, name one veth; a device freed and another allocated at
+    // its address gets a new ifindex).
+    // SAFETY: helper without preconditions.
+    let jiffies = unsafe { bpf_jiffies64() };
+    let cache = INGRESS_CACHE.get_ptr_mut(0);
+    if let Some(c) = cache {
+        // SAFETY: this CPU's slot, valid while the program runs; it cannot migrate meanwhile.
+        unsafe {
+            if (*c).dev == dev && (*c).iif == iif && jiffies.wrapping_sub((*c).jiffies) < 16 {
+                return ((*c).netns != 0).then_some((*c).netns);
+            }
+        }
+    }
+    let netns = veth_peer_netns(dev, iif).unwrap_or(0);
+    if let Some(c) = cache {
+        // SAFETY: as above.
+        unsafe {
+            (*c).dev = dev;
+            (*c).iif = iif;
+            (*c).netns = netns;
+            (*c).jiffies = jiffies;
+        }
+    }
+    (netns != 0).then_some(netns)
+}
+
+/// The namespace at the far end of the veth with ifindex `iif` in `dev`'s namespace (see
+/// [`ingress_netns`]).
+#[inline(always)]
+fn veth_peer_netns(dev: u64, iif: i32) -> Option<u32> {
+    let o = offsets();
+    let i = &o.ingress;
     let ifindex: i32 = kread(dev, o.skb.dev_ifindex).ok()?;
     let input = if ifindex == iif {
         dev

@@ -175,7 +175,7 @@ fn enter(table: &'static HashMap<FlowKey, FlowStats>, key: &FlowKey, mut stats: 
     stats.last_ns = now;
     // Past its share of the table a cgroup's new flows go through the ring one by one, as if
     // the table were full: one pod's many flows cannot keep everyone else's out.
-    let inserted = if share::within_generation(key.cgroup_id, generation::epoch(&GENERATION)) {
+    let inserted = if share::within_generation(share::owner(key), generation::epoch(&GENERATION)) {
         table.insert(key, stats, BPF_NOEXIST as u64)
     } else {
         Err(0)
@@ -214,10 +214,11 @@ fn enter(table: &'static HashMap<FlowKey, FlowStats>, key: &FlowKey, mut stats: 
 #[inline(always)]
 fn emit(key: &FlowKey, stats: &FlowStats, now: u64) -> bool {
     // Shares apply once the ring is half full (the reader is behind).
-    if EVENTS.query(BPF_RB_AVAIL_DATA.into()) >= EVENTS_RING_BYTES as u64 / 2
-        && !share::within(key.cgroup_id, share_class::EVENTS, now)
-    {
-        return false;
+    if EVENTS.query(BPF_RB_AVAIL_DATA.into()) >= EVENTS_RING_BYTES as u64 / 2 {
+        let (id, tag) = share::owner(key);
+        if !share::within(id, share_class::EVENTS | tag, now) {
+            return false;
+        }
     }
     match EVENTS.reserve::<FlowEvent>(0) {
         Some(mut entry) => {

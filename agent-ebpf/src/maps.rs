@@ -145,6 +145,20 @@ pub static FLOW_REPEATS: PerCpuArray<FlowRepeat> =
 #[map]
 pub static CLOCK_CACHE: PerCpuArray<ClockCache> = PerCpuArray::with_max_entries(1, 0);
 
+/// Per CPU: the input device and ifindex of the latest dropped packet with no socket, the
+/// namespace found for them (0: none) and the jiffy it was found in (see drop.rs).
+#[map]
+pub static INGRESS_CACHE: PerCpuArray<IngressCache> = PerCpuArray::with_max_entries(1, 0);
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct IngressCache {
+    pub dev: u64,
+    pub jiffies: u64,
+    pub iif: i32,
+    pub netns: u32,
+}
+
 /// A precise boot time and the jiffy it was read in.
 #[repr(C)]
 #[derive(Clone, Copy)]

@@ -11,7 +11,8 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::bindings::BPF_NOEXIST;
 use triage_agent_common::{
-    CONNECTS_PER_CGROUP, CgroupLosses, LOST_FLOW_TABLE, Share, ShareKey, cgroup_loss, share_class,
+    CONNECTS_PER_CGROUP, CgroupLosses, FlowKey, LOST_FLOW_TABLE, Share, ShareKey, cgroup_loss,
+    flow_flags, share_class,
 };
 
 use crate::{
@@ -59,31 +60,48 @@ pub fn give_connect(cgroup: u64) {
     }
 }
 
-/// Counts one new entry of `id` in the flow table of generation `epoch` (the generation word);
-/// `false` (nothing counted) when `id` has added its share to this generation's table. Counted
-/// per generation, not per time, so a drain that comes late cannot let a share grow.
+/// Whose share a flow uses: its socket's cgroup; else the network namespace it came from; else
+/// the peers' one share (id 0). Returns (id, tag added to the class).
 #[inline(always)]
-pub fn within_generation(id: u64, epoch: u32) -> bool {
-    let limit = if id == 0 {
+pub fn owner(key: &FlowKey) -> (u64, u32) {
+    if key.cgroup_id != 0 {
+        (key.cgroup_id, 0)
+    } else if key.flags & flow_flags::INGRESS_NETNS != 0 {
+        (u64::from(key.ingress_netns), share_class::NETNS)
+    } else {
+        (0, 0)
+    }
+}
+
+/// Counts one new entry of `(id, tag)` ([`owner`]) in the flow table of generation `epoch`
+/// (the generation word); `false` (nothing counted) when it has added its share to this
+/// generation's table. Counted per generation, not per time, so a drain that comes late cannot
+/// let a share grow.
+#[inline(always)]
+pub fn within_generation((id, tag): (u64, u32), epoch: u32) -> bool {
+    let limit = if id == 0 && tag == 0 {
         share_class::PEER_FLOWS_LIMIT
     } else {
         share_class::FLOWS_LIMIT
     };
-    count(id, share_class::FLOWS, u64::from(epoch), limit, |start| {
-        start != u64::from(epoch)
-    })
+    count(
+        id,
+        share_class::FLOWS | tag,
+        u64::from(epoch),
+        limit,
+        |start| start != u64::from(epoch),
+    )
 }
 
-/// Counts one use of `id`'s share of ring `class` ([`share_class::EVENTS`] or
-/// [`share_class::DNS`]) at boot time `now`; `false` (nothing counted) when the share of the
-/// current window is used up. Peers' flows have no share of the event ring (see
-/// `PEER_FLOWS_LIMIT`).
+/// Counts one use of the share of ring `class` ([`share_class::EVENTS`], with an [`owner`]'s
+/// tag, or [`share_class::DNS`]) of `id` at boot time `now`; `false` (nothing counted) when the
+/// share of the current window is used up.
 #[inline(always)]
 pub fn within(id: u64, class: u32, now: u64) -> bool {
     let limit = match class {
-        share_class::EVENTS if id == 0 => return true,
-        share_class::EVENTS => share_class::EVENTS_LIMIT,
-        _ => share_class::DNS_LIMIT,
+        share_class::EVENTS if id == 0 => share_class::PEER_EVENTS_LIMIT,
+        share_class::DNS => share_class::DNS_LIMIT,
+        _ => share_class::EVENTS_LIMIT,
     };
     count(id, class, now, limit, |start| {
         now.wrapping_sub(start) >= share_class::WINDOW_NS

@@ -56,17 +56,24 @@ pub mod share_class {
     /// exactly while the reader keeps up.
     pub const DNS: u32 = 2;
 
+    /// Added to a class for a key that is a network namespace (the inode number a dropped
+    /// packet with no socket came from, see `FlowKey::ingress_netns`), not a cgroup: such a
+    /// packet is its sender's, whose share it uses.
+    pub const NETNS: u32 = 0x100;
+
     pub const FLOWS_LIMIT: u32 = FLOWS_ENTRIES / 8;
     pub const EVENTS_LIMIT: u32 = EVENTS_RING_BYTES / size_of::<FlowEvent>() as u32 / 32;
     pub const DNS_LIMIT: u32 = DNS_RING_BYTES / size_of::<DnsEvent>() as u32 / 32;
     /// The window of the ring shares.
     pub const WINDOW_NS: u64 = 100_000_000;
     /// The flows with no local socket (peers' packets: refused SYNs, drops on the node's
-    /// bridge) share one key (id 0), with twice a cgroup's limit: a quarter of each generation.
-    /// They have no share of the event ring: a peer's flood is counted in the table, and past
-    /// it through the ring; a pod's own first occurrence that a full ring cannot take still
-    /// waits in the table, under the pod's own share, for the next drain.
+    /// bridge, when it did not come through a pod's veth) share one key (id 0), with twice a
+    /// cgroup's limit: a quarter of each generation, and eight times a cgroup's share of the
+    /// event ring. A pod's own first occurrence that a full ring cannot take still waits in the
+    /// table, under the pod's own share, for the next drain.
     pub const PEER_FLOWS_LIMIT: u32 = FLOWS_ENTRIES / 4;
+    /// The peers' share of the event ring once it is half full: a quarter of it per window.
+    pub const PEER_EVENTS_LIMIT: u32 = EVENTS_LIMIT * 8;
 }
 
 /// Whose share a flow, event or DNS packet uses: a socket cgroup's (`id` its cgroup id), or,

@@ -22,8 +22,11 @@ use crate::{
 
 /// Whose network namespace a dropped packet came from (see [`Attributor::pod_netns`]).
 enum NetnsOwner {
-    /// One pod's: one of its socket cgroups.
-    Pod(u64),
+    /// One pod's: one of its socket cgroups, and whether it is the only container seen there.
+    Pod {
+        cgroup: u64,
+        one_container: bool,
+    },
     NotOnePod,
     Wait,
 }
@@ -135,6 +138,7 @@ impl Attributor {
                 // socket's cgroup when the packet had one; else the pod whose network namespace
                 // it entered from; else, unverified, whoever holds its source address (which a
                 // pod with CAP_NET_RAW can forge).
+                let mut one_container = true;
                 let (clues, verified) = match (f.cgroup_id, f.ingress_netns) {
                     (Some(_), _) => (
                         Clues {
@@ -146,13 +150,19 @@ impl Attributor {
                     (None, Some(_)) => match self.pod_netns(&f.ingress_cgroups, now) {
                         // A cgroup or its pod not known yet: asked again later.
                         NetnsOwner::Wait if !last_chance => return None,
-                        NetnsOwner::Pod(cgroup) => (
-                            Clues {
-                                cgroup: Some(cgroup),
-                                ip: None,
-                            },
-                            true,
-                        ),
+                        NetnsOwner::Pod {
+                            cgroup,
+                            one_container: one,
+                        } => {
+                            one_container = one;
+                            (
+                                Clues {
+                                    cgroup: Some(cgroup),
+                                    ip: None,
+                                },
+                                true,
+                            )
+                        }
                         NetnsOwner::Wait | NetnsOwner::NotOnePod => (
                             Clues {
                                 cgroup: None,
@@ -174,6 +184,10 @@ impl Attributor {
                     .map(|mut s| {
                         if !verified && s.attribution == Attribution::Ip {
                             s.attribution = Attribution::Unverified;
+                        }
+                        // The pod is known, not which of its containers sent it.
+                        if !one_container {
+                            s.container = None;
                         }
                         s
                     });
@@ -211,28 +225,48 @@ impl Attributor {
         }
     }
 
-    /// Whose network namespace held these socket cgroups: one pod's own (not hostNetwork), and
-    /// which of its cgroups; or not one pod's (unknown, shared by two pods, or holding a host
-    /// process: the node's); or not known yet.
+    /// Whose network namespace held these socket cgroups: one running pod's own (not
+    /// hostNetwork), and which of its cgroups (`None`: several, so no one container); or not
+    /// one pod's (unknown, shared by two pods, a hostNetwork pod's: the node's); or not known
+    /// yet. Cgroups that are gone (an init container's, a restarted container's) or of no pod
+    /// (a host process that dialled inside the namespace, such as a port-forward) do not decide.
+    /// Cgroups of a pod no longer running are skipped: a dead pod's namespace number is reused.
     fn pod_netns(&mut self, cgroups: &[u64], now: Now) -> NetnsOwner {
-        let mut found: Option<(u64, Arc<PodRef>)> = None;
+        let mut found: Option<(Option<u64>, Arc<PodRef>)> = None;
         for &cgroup in cgroups {
             let pod = match self.lookup_cgroup(cgroup, now) {
                 CgroupLookup::Pending => return NetnsOwner::Wait,
                 CgroupLookup::Pod(identity) => match self.index.by_uid(&identity.pod_uid) {
-                    Some(p) if p.host_network => return NetnsOwner::NotOnePod,
-                    Some(p) => p.pod.clone(),
                     None => return NetnsOwner::Wait,
+                    Some(p) if p.host_network => return NetnsOwner::NotOnePod,
+                    Some(_) => match self.index.live_by_uid(&identity.pod_uid) {
+                        Some(p) => p.pod.clone(),
+                        None => continue,
+                    },
                 },
-                CgroupLookup::NotAPod | CgroupLookup::Gone => return NetnsOwner::NotOnePod,
+                CgroupLookup::NotAPod | CgroupLookup::Gone => continue,
             };
-            match &found {
+            match &mut found {
                 Some((_, first)) if first.uid != pod.uid => return NetnsOwner::NotOnePod,
-                Some(_) => {}
-                None => found = Some((cgroup, pod)),
+                Some((one, _)) => {
+                    if *one != Some(cgroup) {
+                        *one = None;
+                    }
+                }
+                None => found = Some((Some(cgroup), pod)),
             }
         }
-        found.map_or(NetnsOwner::NotOnePod, |(cgroup, _)| NetnsOwner::Pod(cgroup))
+        match found {
+            Some((Some(cgroup), _)) => NetnsOwner::Pod {
+                cgroup,
+                one_container: true,
+            },
+            Some((None, _)) => NetnsOwner::Pod {
+                cgroup: cgroups.first().copied().unwrap_or_default(),
+                one_container: false,
+            },
+            None => NetnsOwner::NotOnePod,
+        }
     }
 
     /// The pod of this node that held `ip` at `at`.

@@ -181,6 +181,14 @@ impl PodIndex {
         self.holds.retain(|_, holds| !holds.is_empty());
     }
 
+    /// A pod that is running now: known, not deleted, not finished.
+    pub fn live_by_uid(&self, uid: &str) -> Option<&PodInfo> {
+        self.pods
+            .get(uid)
+            .filter(|k| k.deleted_at.is_none() && !k.info.finished)
+            .map(|k| &k.info)
+    }
+
     pub fn by_uid(&self, uid: &str) -> Option<&PodInfo> {
         self.pods.get(uid).map(|k| &k.info)
     }

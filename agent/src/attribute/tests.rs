@@ -919,14 +919,9 @@ fn a_drop_without_a_socket_is_credited_by_where_it_came_from_not_its_source_addr
     assert_eq!(occ.subject.pod.as_ref().unwrap().name, "server");
     assert_eq!(occ.subject.attribution, Attribution::Cgroup);
     assert_eq!(occ.subject.container.as_deref(), Some("app"));
-    // Unknown, shared by two pods, or holding a host process (the node's): not a pod's own
+    // Unknown, shared by two pods, or only a host process's (the node's): not a pod's own
     // namespace, so the address is all there is, unverified.
-    for cgroups in [
-        Some(vec![]),
-        Some(vec![100, 300]),
-        Some(vec![100, 200]),
-        None,
-    ] {
+    for cgroups in [Some(vec![]), Some(vec![100, 300]), Some(vec![200]), None] {
         let occ = one(a.event(drop_from(cgroups.clone()), now(6)));
         assert_eq!(
             occ.subject.pod.as_ref().unwrap().name,
@@ -939,8 +934,20 @@ fn a_drop_without_a_socket_is_credited_by_where_it_came_from_not_its_source_addr
             "{cgroups:?}"
         );
     }
-    // The client's own namespace: verified, its own.
-    let occ = one(a.event(drop_from(Some(vec![100])), now(7)));
+    // The client's own namespace: verified, its own; a host process that dialled inside it (a
+    // port-forward) does not make it the node's.
+    for cgroups in [vec![100], vec![200, 100]] {
+        let occ = one(a.event(drop_from(Some(cgroups.clone())), now(7)));
+        assert_eq!(
+            occ.subject.pod.as_ref().unwrap().name,
+            "client",
+            "{cgroups:?}"
+        );
+        assert_eq!(occ.subject.attribution, Attribution::Cgroup, "{cgroups:?}");
+    }
+    // A deleted pod's namespace number may be a new pod's now: its cgroups do not decide.
+    a.update(MetaUpdate::Delete { uid: UID_B.into() }, now(8));
+    let occ = one(a.event(drop_from(Some(vec![300])), now(9)));
     assert_eq!(occ.subject.pod.as_ref().unwrap().name, "client");
-    assert_eq!(occ.subject.attribution, Attribution::Cgroup);
+    assert_eq!(occ.subject.attribution, Attribution::Unverified);
 }
