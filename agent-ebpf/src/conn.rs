@@ -33,13 +33,13 @@ use aya_ebpf::{
 };
 use triage_agent_common::{
     ABSENT, AF_INET, AF_INET6, COMM_LEN, ERROR_UNKNOWN, FlowKey, FlowStats, IPPROTO_TCP,
-    LOST_CONNECT_TABLE, LOST_FIELD_READ, PendingConnect, TCP_ACK, TCP_SYN, cgroup_loss, errno,
-    flow_flags, kind, send_reset_layout, tcp_state,
+    LOST_CONNECT_TABLE, LOST_FIELD_READ, NetnsCgroups, PendingConnect, TCP_ACK, TCP_SYN,
+    cgroup_loss, errno, flow_flags, kind, send_reset_layout, tcp_state,
 };
 
 use crate::{
     flows,
-    maps::{CGROUP_NETNS, CONNECTS, EEXIST, count_loss, offsets},
+    maps::{CONNECTS, EEXIST, NETNS_CGROUPS, count_loss, offsets},
     read::kread,
     share,
     skb::{ETH_P_IP, ETH_P_IPV6, HEADER_UNSET, skb_headers},
@@ -165,9 +165,9 @@ fn try_inet_sock_set_state(ctx: &RawTracePointContext) -> Result<(), i32> {
     Ok(())
 }
 
-/// Notes the network namespace of a connecting socket's cgroup (the agent tells pods' namespaces
-/// from it, see drop.rs): a read of the socket's namespace, a lookup, and a write only when it
-/// changed.
+/// Notes a connecting socket's cgroup in its network namespace's entry (the agent tells pods'
+/// namespaces from it, see drop.rs): a read of the socket's namespace, a lookup, and a write
+/// only for a cgroup the entry does not hold.
 #[inline(always)]
 fn learn_netns(sk: u64, cgroup_id: u64) {
     let o = offsets();
@@ -178,9 +178,21 @@ fn learn_netns(sk: u64, cgroup_id: u64) {
     let Ok(inum) = kread::<u32>(net, o.ingress.net_inum) else {
         return;
     };
-    // SAFETY: a map value, read at once.
-    if unsafe { CGROUP_NETNS.get(cgroup_id) }.copied() != Some(inum) {
-        let _ = CGROUP_NETNS.insert(cgroup_id, inum, 0);
+    match NETNS_CGROUPS.get_ptr_mut(inum) {
+        // SAFETY: a map value, valid while the program runs; two CPUs racing here each write
+        // a cgroup that was seen, which is all the value says.
+        Some(seen) => unsafe {
+            if (*seen).first != cgroup_id && (*seen).other != cgroup_id {
+                (*seen).other = cgroup_id;
+            }
+        },
+        None => {
+            let first = NetnsCgroups {
+                first: cgroup_id,
+                other: 0,
+            };
+            let _ = NETNS_CGROUPS.insert(inum, first, u64::from(BPF_NOEXIST));
+        }
     }
 }
 

@@ -13,7 +13,8 @@ use triage_agent_common::{
     LOSS_SLOTS, Offsets, PendingConnect,
 };
 use triage_agent_common::{
-    CGROUP_LOSSES_ENTRIES, CGROUP_NETNS_ENTRIES, CgroupLosses, SHARE_ENTRIES, Share, ShareKey,
+    CGROUP_LOSSES_ENTRIES, CgroupLosses, NETNS_CGROUPS_ENTRIES, NetnsCgroups, SHARE_ENTRIES, Share,
+    ShareKey,
 };
 
 /// The one ring buffer every program writes its events into (`EVENTS_MAP`).
@@ -116,10 +117,11 @@ pub static CGROUP_LOSSES0: HashMap<u64, CgroupLosses> =
 pub static CGROUP_LOSSES1: HashMap<u64, CgroupLosses> =
     HashMap::with_max_entries(CGROUP_LOSSES_ENTRIES, 0);
 
-/// Each socket cgroup's network namespace inode (`CGROUP_NETNS_MAP`), learned at connect().
+/// The socket cgroups seen in each network namespace (`NETNS_CGROUPS_MAP`), learned at
+/// connect().
 #[map]
-pub static CGROUP_NETNS: LruHashMap<u64, u32> =
-    LruHashMap::with_max_entries(CGROUP_NETNS_ENTRIES, 0);
+pub static NETNS_CGROUPS: LruHashMap<u32, NetnsCgroups> =
+    LruHashMap::with_max_entries(NETNS_CGROUPS_ENTRIES, 0);
 
 /// The two flow tables (`FLOWS_MAPS`): programs count into the one [`GENERATION`] names; the
 /// agent flips the generation, waits for programs still counting into the old table, and

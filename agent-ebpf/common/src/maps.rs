@@ -70,13 +70,25 @@ pub const DNS_REPEATABLE_MAP: &str = "DNS_REPEATABLE";
 /// Names of the two tables of repeated failures ([`DnsRepeatKey`] -> [`DnsRepeats`]), switched
 /// by [`DNS_GENERATION_MAP`] together with [`DNS_ANSWERED_MAPS`].
 pub const DNS_REPEATS_MAPS: [&str; 2] = ["DNS_REPEATS0", "DNS_REPEATS1"];
-/// Name of the LRU hash of each socket cgroup's network namespace (`u64` cgroup id -> `u32`
-/// namespace inode), learned when a socket of the cgroup connects: the agent reads it to tell
-/// which pod a network namespace belongs to, so a dropped packet is credited to the pod it came
-/// from, not to whoever its source address names.
-pub const CGROUP_NETNS_MAP: &str = "CGROUP_NETNS";
-/// Entries in [`CGROUP_NETNS_MAP`].
-pub const CGROUP_NETNS_ENTRIES: u32 = 16 * 1024;
+/// Name of the LRU hash of the socket cgroups seen in each network namespace (`u32` namespace
+/// inode -> [`NetnsCgroups`]), learned when a socket connects: the agent reads it to tell which
+/// pod a network namespace belongs to, so a dropped packet is credited to the pod it came from,
+/// not to whoever its source address names.
+pub const NETNS_CGROUPS_MAP: &str = "NETNS_CGROUPS";
+/// Entries in [`NETNS_CGROUPS_MAP`].
+pub const NETNS_CGROUPS_ENTRIES: u32 = 16 * 1024;
+
+/// The socket cgroups seen connecting in one network namespace: the first, and the latest
+/// other one (0: none yet). Two are enough to tell a pod's own namespace (one pod's cgroups,
+/// perhaps a host process dialling inside it) from a shared one (the node's).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetnsCgroups {
+    pub first: u64,
+    pub other: u64,
+}
+const _: () = assert!(size_of::<NetnsCgroups>() == 16);
+
 /// Name of the read-only global carrying the running kernel's layouts ([`Offsets`]).
 pub const OFFSETS_GLOBAL: &str = "OFFSETS";
 

@@ -37,3 +37,5 @@ unsafe impl aya::Pod for crate::ShareKey {}
 unsafe impl aya::Pod for crate::Share {}
 // SAFETY: as above.
 unsafe impl aya::Pod for crate::CgroupLosses {}
+// SAFETY: as above.
+unsafe impl aya::Pod for crate::NetnsCgroups {}

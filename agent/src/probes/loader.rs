@@ -12,13 +12,14 @@ use aya::{
 };
 use tracing::{info, warn};
 use triage_agent_common::{
-    CGROUP_LOSSES_MAPS, CGROUP_NETNS_MAP, CgroupLosses, DNS_ANSWERED_MAPS, DNS_ANSWERED_SLOTS_MAPS,
+    CGROUP_LOSSES_MAPS, CgroupLosses, DNS_ANSWERED_MAPS, DNS_ANSWERED_SLOTS_MAPS,
     DNS_GENERATION_MAP, DNS_HELD_MAP, DNS_PORTS_GLOBAL, DNS_PORTS_MAX, DNS_REPEATABLE_MAP,
     DNS_REPEATS_MAPS, DNS_RING_MAP, DNS_STORES_ORDERED_GLOBAL, DNS_TIMING_GLOBAL,
     DROP_REASONS_ENTRIES, DROP_REASONS_MAP, DnsPorts, DnsTiming, EVENTS_MAP, FLOW_REPEAT_SLOTS,
     FLOW_REPEATS_MAP, FLOWS_MAPS, FlowKey, FlowRepeat, FlowStats, GENERATION_MAP, LOSS_MAP,
     LOSS_SLOTS, LOST_CONNECT_TABLE, LOST_DNS_ANSWERED, LOST_DNS_REPEATS, LOST_DNS_RESERVE,
-    LOST_FIELD_READ, LOST_FLOW_TABLE, LOST_RESERVE, OFFSETS_GLOBAL, STORES_ORDERED,
+    LOST_FIELD_READ, LOST_FLOW_TABLE, LOST_RESERVE, NETNS_CGROUPS_MAP, OFFSETS_GLOBAL,
+    STORES_ORDERED,
 };
 
 use super::{
@@ -532,7 +533,7 @@ pub fn load(options: &LoadOptions<'_>) -> Result<Loaded, LoadError> {
         ],
         netns: super::netns::NetnsIndex::new(take_map(
             &mut ebpf,
-            CGROUP_NETNS_MAP,
+            NETNS_CGROUPS_MAP,
             BpfHashMap::try_from,
         )?),
         generation: take_map(&mut ebpf, GENERATION_MAP, Array::try_from)?,

@@ -1,4 +1,4 @@
-//! Which socket cgroups the kernel has seen in each network namespace (`CGROUP_NETNS`, learned
+//! The socket cgroups the kernel has seen in each network namespace (`NETNS_CGROUPS`, learned
 //! at connect(), see agent-ebpf/src/conn.rs): a dropped packet that entered from a namespace
 //! is credited to the pod those cgroups belong to (attribution decides), not to whoever its
 //! source address names.
@@ -9,28 +9,27 @@ use std::{
 };
 
 use aya::maps::{HashMap as BpfHashMap, MapData};
+use triage_agent_common::NetnsCgroups;
 
 use crate::event::RawEvent;
 
-/// How often a namespace the index does not know makes it read the map again, at most.
-const REREAD_ON_MISS: Duration = Duration::from_millis(250);
-/// How often the index is read again anyway: a namespace gains cgroups (another container of
-/// the pod, or host processes in the node's namespace), and a dead pod's number is reused.
-const REREAD: Duration = Duration::from_secs(2);
+/// How long an answer is reused: a namespace gains cgroups (another container of the pod, a
+/// host process in the node's namespace), and a dead pod's number is reused.
+const KEEP: Duration = Duration::from_secs(1);
+/// Namespaces remembered at most (cleared when reached).
+const CAPACITY: usize = 4096;
 
-/// The kernel's cgroup -> namespace map, read into namespace -> cgroups.
+/// Reads of the kernel's map, one namespace at a time, kept for [`KEEP`].
 pub struct NetnsIndex {
-    map: BpfHashMap<MapData, u64, u32>,
-    by_netns: HashMap<u32, Vec<u64>>,
-    read_at: Option<Instant>,
+    map: BpfHashMap<MapData, u32, NetnsCgroups>,
+    known: HashMap<u32, (Vec<u64>, Instant)>,
 }
 
 impl NetnsIndex {
-    pub fn new(map: BpfHashMap<MapData, u64, u32>) -> Self {
+    pub fn new(map: BpfHashMap<MapData, u32, NetnsCgroups>) -> Self {
         NetnsIndex {
             map,
-            by_netns: HashMap::new(),
-            read_at: None,
+            known: HashMap::new(),
         }
     }
 
@@ -38,28 +37,28 @@ impl NetnsIndex {
     pub fn fill(&mut self, event: &mut RawEvent) {
         let RawEvent::Flow(f) = event else { return };
         let Some(netns) = f.ingress_netns else { return };
-        let since = self.read_at.map(|t| t.elapsed());
-        let stale = since.is_none_or(|s| s >= REREAD)
-            || (!self.by_netns.contains_key(&netns) && since.is_none_or(|s| s >= REREAD_ON_MISS));
-        if stale {
-            self.read();
+        if let Some((cgroups, at)) = self.known.get(&netns)
+            && !cgroups.is_empty()
+            && at.elapsed() < KEEP
+        {
+            f.ingress_cgroups = cgroups.clone();
+            return;
         }
-        f.ingress_cgroups = self.by_netns.get(&netns).cloned().unwrap_or_default();
-    }
-
-    fn read(&mut self) {
-        self.by_netns = index(self.map.iter().filter_map(Result::ok));
-        self.read_at = Some(Instant::now());
+        let cgroups = self.map.get(&netns, 0).map_or_else(|_| Vec::new(), cgroups);
+        if self.known.len() >= CAPACITY {
+            self.known.clear();
+        }
+        self.known.insert(netns, (cgroups.clone(), Instant::now()));
+        f.ingress_cgroups = cgroups;
     }
 }
 
-/// namespace -> cgroups, from (cgroup, namespace) pairs.
-fn index(pairs: impl Iterator<Item = (u64, u32)>) -> HashMap<u32, Vec<u64>> {
-    let mut by_netns: HashMap<u32, Vec<u64>> = HashMap::new();
-    for (cgroup, netns) in pairs {
-        by_netns.entry(netns).or_default().push(cgroup);
-    }
-    by_netns
+/// The cgroups an entry names.
+fn cgroups(seen: NetnsCgroups) -> Vec<u64> {
+    [seen.first, seen.other]
+        .into_iter()
+        .filter(|c| *c != 0)
+        .collect()
 }
 
 #[cfg(test)]
@@ -67,11 +66,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn namespaces_list_every_cgroup_seen_in_them() {
-        let by = index([(10, 7), (11, 7), (12, 8)].into_iter());
-        let mut seven = by[&7].clone();
-        seven.sort_unstable();
-        assert_eq!(seven, vec![10, 11]);
-        assert_eq!(by[&8], vec![12]);
+    fn an_entry_names_its_cgroups() {
+        let both = NetnsCgroups {
+            first: 10,
+            other: 11,
+        };
+        assert_eq!(cgroups(both), vec![10, 11]);
+        let one = NetnsCgroups {
+            first: 10,
+            other: 0,
+        };
+        assert_eq!(cgroups(one), vec![10]);
     }
 }
