@@ -39,7 +39,7 @@ use triage_agent_common::{
 
 use crate::{
     flows,
-    maps::{CONNECTS, EEXIST, NETNS_CGROUPS, count_loss, offsets},
+    maps::{CONNECTS, EEXIST, NETNS_CGROUPS, NETNS_LEARNED, count_loss, offsets},
     read::kread,
     share,
     skb::{ETH_P_IP, ETH_P_IPV6, HEADER_UNSET, skb_headers},
@@ -178,6 +178,19 @@ fn learn_netns(sk: u64, cgroup_id: u64) {
     let Ok(inum) = kread::<u32>(net, o.ingress.net_inum) else {
         return;
     };
+    // A connecting workload connects again and again from one cgroup: what this CPU told the
+    // map last is not told again.
+    let learned = NETNS_LEARNED.get_ptr_mut(0);
+    if let Some(l) = learned {
+        // SAFETY: this CPU's slot, valid while the program runs; it cannot migrate meanwhile.
+        unsafe {
+            if (*l).cgroup_id == cgroup_id && (*l).netns == inum {
+                return;
+            }
+            (*l).cgroup_id = cgroup_id;
+            (*l).netns = inum;
+        }
+    }
     match NETNS_CGROUPS.get_ptr_mut(inum) {
         // SAFETY: a map value, valid while the program runs; two CPUs racing here each write
         // a cgroup that was seen, which is all the value says.

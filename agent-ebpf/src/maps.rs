@@ -161,6 +161,18 @@ pub struct IngressCache {
     pub netns: u32,
 }
 
+/// Per CPU: the cgroup and namespace [`NETNS_CGROUPS`] was last told of (see conn.rs).
+#[map]
+pub static NETNS_LEARNED: PerCpuArray<NetnsLearned> = PerCpuArray::with_max_entries(1, 0);
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct NetnsLearned {
+    pub cgroup_id: u64,
+    pub netns: u32,
+    pub _pad0: u32,
+}
+
 /// A precise boot time and the jiffy it was read in.
 #[repr(C)]
 #[derive(Clone, Copy)]
