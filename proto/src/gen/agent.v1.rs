@@ -385,7 +385,8 @@ pub struct QueryResponse {
     /// store on disk since `loss.since` (they are kept across restarts).
     #[prost(message, repeated, tag = "7")]
     pub dns_lookups: ::prost::alloc::vec::Vec<DnsLookups>,
-    /// What the kernel lost of the pods asked about, since the agent started (per pod): each pod
+    /// What the kernel lost of the pods asked about (per pod; since the agent started, or with the
+    /// store on disk since the store began, as `LossCounters.since` says): each pod
     /// has a bounded share of the kernel's shared tables and rings, and what is past its share
     /// (or past a full table) is counted here against it.
     #[prost(message, repeated, tag = "8")]
