@@ -1018,6 +1018,34 @@ fn write_batches(
     }
 }
 
+/// Writes a table of per-pod counters (`pod` key, one encoded `column`, `at_ms`): the newest
+/// state of each pod that changed, or its removal (`None`: forgotten for room).
+fn write_per_pod<T>(
+    tx: &Connection,
+    table: &str,
+    column: &str,
+    rows: &[(String, Option<T>)],
+    encode: impl Fn(&T) -> (Vec<u8>, i64),
+) -> rusqlite::Result<()> {
+    let mut put = tx.prepare_cached(&format!(
+        "INSERT INTO {table} (pod, {column}, at_ms) VALUES (?1, ?2, ?3)
+         ON CONFLICT (pod) DO UPDATE SET {column} = excluded.{column}, at_ms = excluded.at_ms"
+    ))?;
+    let mut forget = tx.prepare_cached(&format!("DELETE FROM {table} WHERE pod = ?1"))?;
+    for (pod, row) in rows {
+        match row {
+            Some(r) => {
+                let (value, at_ms) = encode(r);
+                put.execute(params![pod, value, at_ms])?;
+            }
+            None => {
+                forget.execute([pod])?;
+            }
+        }
+    }
+    Ok(())
+}
+
 fn commit(conn: &Connection, attempt: &Attempt) -> rusqlite::Result<()> {
     let changes = &attempt.records;
     let tx = conn.unchecked_transaction()?;
@@ -1064,48 +1092,18 @@ fn commit(conn: &Connection, attempt: &Attempt) -> rusqlite::Result<()> {
             }
         }
     }
-    {
-        let mut put = tx.prepare_cached(
-            "INSERT INTO dns_lookups (pod, lookups, at_ms) VALUES (?1, ?2, ?3)
-             ON CONFLICT (pod) DO UPDATE SET lookups = excluded.lookups, at_ms = excluded.at_ms",
-        )?;
-        let mut forget = tx.prepare_cached("DELETE FROM dns_lookups WHERE pod = ?1")?;
-        for (pod, lookups) in &attempt.dns {
-            match lookups {
-                Some(l) => {
-                    put.execute(params![
-                        pod,
-                        codec::dns_lookups_to_pb(&l.pod, &l.lookups).encode_to_vec(),
-                        ms_of(l.at),
-                    ])?;
-                }
-                None => {
-                    forget.execute([pod])?;
-                }
-            }
-        }
-    }
-    {
-        let mut put = tx.prepare_cached(
-            "INSERT INTO pod_losses (pod, losses, at_ms) VALUES (?1, ?2, ?3)
-             ON CONFLICT (pod) DO UPDATE SET losses = excluded.losses, at_ms = excluded.at_ms",
-        )?;
-        let mut forget = tx.prepare_cached("DELETE FROM pod_losses WHERE pod = ?1")?;
-        for (pod, losses) in &attempt.pod_losses {
-            match losses {
-                Some(l) => {
-                    put.execute(params![
-                        pod,
-                        codec::pod_losses_to_pb(&l.pod, &l.losses, l.at).encode_to_vec(),
-                        ms_of(l.at),
-                    ])?;
-                }
-                None => {
-                    forget.execute([pod])?;
-                }
-            }
-        }
-    }
+    write_per_pod(&tx, "dns_lookups", "lookups", &attempt.dns, |l| {
+        (
+            codec::dns_lookups_to_pb(&l.pod, &l.lookups).encode_to_vec(),
+            ms_of(l.at),
+        )
+    })?;
+    write_per_pod(&tx, "pod_losses", "losses", &attempt.pod_losses, |l| {
+        (
+            codec::pod_losses_to_pb(&l.pod, &l.losses, l.at).encode_to_vec(),
+            ms_of(l.at),
+        )
+    })?;
     {
         let mut upsert = tx.prepare_cached(
             "INSERT INTO evidence (id, record) VALUES (?1, ?2)
