@@ -52,3 +52,19 @@ pub mod opentelemetry {
         }
     }
 }
+
+/// The Kubernetes Container Runtime Interface, package `runtime.v1` (the official
+/// `api.proto` of kubernetes/cri-api at 7d8ade91, vendored under cri/ with its LICENSE),
+/// client only: the agent reads container metadata from the node's runtime with it, and the
+/// simulated node makes its pods through it.
+pub mod cri {
+    /// Package `runtime.v1`.
+    pub mod v1 {
+        #![expect(
+            unused_qualifications,
+            clippy::allow_attributes,
+            reason = "generated code"
+        )]
+        include!("gen/runtime.v1.rs");
+    }
+}

@@ -1,5 +1,6 @@
 //! The checked-in Rust code must be what the .proto files generate: agent/v1/agent.proto and
-//! the vendored OpenTelemetry logs protocol (opentelemetry/proto/..., the official definitions).
+//! the vendored OpenTelemetry logs protocol (opentelemetry/proto/..., the official definitions)
+//! and the vendored Kubernetes CRI v1 API (cri/runtime/v1/api.proto, client only).
 //! `generated_code_is_fresh` only compares (it never writes, whatever the environment says);
 //! `cargo xtask codegen` runs the ignored `regenerate` test, which writes the fresh code.
 #![expect(
@@ -20,6 +21,7 @@ const GENERATED: &[&str] = &[
     "opentelemetry.proto.common.v1.rs",
     "opentelemetry.proto.logs.v1.rs",
     "opentelemetry.proto.resource.v1.rs",
+    "runtime.v1.rs",
 ];
 
 /// (file name, contents) of every generated file.
@@ -40,6 +42,16 @@ fn generate() -> Vec<(&'static str, String)> {
         .out_dir(out.path())
         .compile_fds(fds)
         .expect("code generation");
+    // The container runtime's CRI v1 API: the agent and the test harness are its clients only.
+    let cri = protox::compile([root().join("cri/runtime/v1/api.proto")], [root()])
+        .expect("the CRI .proto compiles");
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(false)
+        .emit_rerun_if_changed(false)
+        .out_dir(out.path())
+        .compile_fds(cri)
+        .expect("CRI code generation");
     GENERATED
         .iter()
         .map(|name| {

@@ -13,7 +13,7 @@ use anyhow::{Context as _, ensure};
 
 use crate::{
     agent::AgentProcess,
-    simnode::{CgroupDriver, SimConfig, SimNode},
+    simnode::{CgroupDriver, PodRuntime, SimConfig, SimNode},
 };
 
 /// How long an agent may take to be ready: its programs loaded and attached, the pods of its
@@ -25,6 +25,7 @@ pub const READY_WITHIN: Duration = Duration::from_secs(30);
 #[derive(Clone, Debug)]
 pub struct NodeFixture {
     driver: CgroupDriver,
+    runtime: PodRuntime,
     /// Ports (an nftables port or range) of shop/db that a bridge rule drops UDP to.
     dropping_udp: Option<String>,
     /// (namespace, name) of each pod, in order.
@@ -45,6 +46,7 @@ impl NodeFixture {
     pub fn new() -> Self {
         NodeFixture {
             driver: CgroupDriver::Cgroupfs,
+            runtime: PodRuntime::HandMade,
             dropping_udp: None,
             pods: Vec::new(),
             kubelet_cgroup_root: false,
@@ -56,6 +58,12 @@ impl NodeFixture {
     /// The kubelet cgroup driver whose layout the pods' cgroups imitate.
     pub fn driver(mut self, driver: CgroupDriver) -> Self {
         self.driver = driver;
+        self
+    }
+
+    /// Who makes the node's pods: the harness by hand, or a real container runtime.
+    pub fn runtime(mut self, runtime: PodRuntime) -> Self {
+        self.runtime = runtime;
         self
     }
 
@@ -99,6 +107,7 @@ impl NodeFixture {
         let mut node = SimNode::start(SimConfig {
             workload: workload_binary()?,
             driver: self.driver,
+            runtime: self.runtime,
         })
         .context("starting the simulated node")?;
         let mut pods = Vec::new();

@@ -30,6 +30,7 @@ use anyhow::{Context as _, ensure};
 use crate::apiserver::ApiServer;
 
 mod cgroup;
+pub mod containerd;
 mod dns;
 mod network;
 mod pods;
@@ -37,6 +38,7 @@ mod processes;
 mod tools;
 
 pub use cgroup::CgroupDriver;
+pub use containerd::CriPodSpec;
 pub use pods::{HandMade, NodeNet, PodBackend};
 
 use tools::sh;
@@ -61,6 +63,26 @@ pub struct SimPod {
     /// The pod's /etc/resolv.conf (bind-mounted over the host's for its processes), as kubelet
     /// writes one per pod.
     resolv_conf: Option<std::ffi::CString>,
+    /// The runtime's sandbox ID (runtime backend), empty for hand-made pods.
+    pub sandbox_id: String,
+    /// How many times the runtime restarted the container (its CRI `attempt`).
+    pub restart_count: u32,
+    /// The sandbox config the pod was made with (runtime backend): kubelet sends it again with
+    /// every container it creates.
+    cri_sandbox: Option<Box<containerd_api::PodSandboxConfig>>,
+    /// What the pod was made with (hostNetwork, resources).
+    cri_spec: CriPodSpec,
+}
+
+use triage_agent_proto::cri::v1 as containerd_api;
+
+/// Who makes the simulated node's pods.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PodRuntime {
+    /// The harness itself: `ip netns`, veths, cgroup directories, a `sleep` as pause process.
+    HandMade,
+    /// A private containerd with runc and the CNI plugins, driven through CRI as kubelet does.
+    Containerd,
 }
 
 /// Settings of a simulated node.
@@ -68,6 +90,7 @@ pub struct SimConfig {
     /// The `sim-workload` binary that pod processes run.
     pub workload: PathBuf,
     pub driver: CgroupDriver,
+    pub runtime: PodRuntime,
 }
 
 /// A simulated node with its API server. Dropping it removes everything it made.
@@ -145,6 +168,23 @@ impl SimNode {
         let api = ApiServer::start().context("starting the stand-in API server")?;
         let kubeconfig = tempfile_path::TempDir::new(&format!("triage-sim-{id}"))?;
         api.write_kubeconfig(&kubeconfig.path().join("kubeconfig"))?;
+        network::create_node_network(&node_netns, Ipv4Addr::new(subnet[0], subnet[1], subnet[2], 1))?;
+        let backend: Box<dyn PodBackend + Send> = match config.runtime {
+            PodRuntime::HandMade => Box::new(HandMade),
+            PodRuntime::Containerd => {
+                ensure!(
+                    config.driver == CgroupDriver::Cgroupfs,
+                    "the runtime backend uses the cgroupfs driver (systemd's needs systemd as PID 1)"
+                );
+                match containerd::Containerd::start(&id, &node_netns, subnet) {
+                    Ok(c) => Box::new(containerd::Cri::new(c)),
+                    Err(e) => {
+                        let _ = sh("ip", &["netns", "del", &node_netns]);
+                        return Err(e.context("starting the node's containerd"));
+                    }
+                }
+            }
+        };
         let node = SimNode {
             name,
             api,
@@ -156,11 +196,10 @@ impl SimNode {
             driver: config.driver,
             workload: config.workload,
             kubeconfig,
-            backend: Box::new(HandMade),
+            backend,
             pods: Vec::new(),
             pod_seq: 0,
         };
-        network::create_node_network(&node.node_netns, node.node_ip())?;
         Ok(node)
     }
 
@@ -177,9 +216,21 @@ impl Drop for SimNode {
                 self.backend.remove(&net.as_net(), &mut pod);
             }
         }
+        let mut leftovers = self.backend.finish();
         let _ = sh("ip", &["netns", "del", &self.node_netns]);
         for root in &self.hierarchies {
-            cgroup::remove_cgroup_tree(&root.join(&self.cgroup_base));
+            let base = root.join(&self.cgroup_base);
+            if self.backend.cri().is_some() && cgroup::has_pod_cgroups(&base) {
+                leftovers.push(format!("cgroups below {}", base.display()));
+            }
+            cgroup::remove_cgroup_tree(&base);
+        }
+        if !leftovers.is_empty() {
+            note(&format!("teardown left behind (now removed): {leftovers:?}"));
+            assert!(
+                std::thread::panicking(),
+                "the runtime backend's teardown left {leftovers:?} behind"
+            );
         }
     }
 }

@@ -11,7 +11,7 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 use anyhow::Context as _;
 use triage_agent_tests::{
     agent::{AgentProcess, agent_binary, records},
-    simnode::{CgroupDriver, SimConfig, SimNode},
+    simnode::{CgroupDriver, PodRuntime, SimConfig, SimNode},
 };
 
 fn sibling(name: &str) -> anyhow::Result<PathBuf> {
@@ -34,6 +34,7 @@ fn demo() -> anyhow::Result<()> {
     let mut node = SimNode::start(SimConfig {
         workload: sibling("sim-workload")?,
         driver: CgroupDriver::Cgroupfs,
+        runtime: PodRuntime::Containerd,
     })?;
     let db = node.add_pod("shop", "db")?;
     let cache = node.add_pod("shop", "cache")?;

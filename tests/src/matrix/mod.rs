@@ -31,7 +31,7 @@ use serde_json::{Value, json};
 
 use crate::{
     agent::AgentProcess,
-    simnode::{CgroupDriver, SimConfig, SimNode},
+    simnode::{CgroupDriver, PodRuntime, SimConfig, SimNode},
 };
 
 /// What a run is given.
@@ -246,6 +246,7 @@ pub fn run(opts: &Options) -> anyhow::Result<Vec<CellResult>> {
     let node = SimNode::start(SimConfig {
         workload: opts.workload.clone(),
         driver: CgroupDriver::Cgroupfs,
+        runtime: PodRuntime::HandMade,
     })
     .context("starting the simulated node")?;
     let mut agent = start_agent(&opts.agent_bin, &node, scale)?;

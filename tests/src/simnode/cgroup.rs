@@ -71,7 +71,7 @@ fn enable_v2_controllers(root: &Path, dir: &Path) {
 /// Kills the processes still in the cgroup `rel` below `root` and waits (up to 2 s) until they
 /// are gone, so it can be removed. Never touches `root` itself (an empty `rel`, a pod whose
 /// creation failed before its cgroup was named).
-fn empty_cgroup(root: &Path, rel: &Path) {
+pub(super) fn empty_cgroup(root: &Path, rel: &Path) {
     if rel.as_os_str().is_empty() || rel.is_absolute() {
         return;
     }
@@ -93,6 +93,27 @@ fn empty_cgroup(root: &Path, rel: &Path) {
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+}
+
+/// Whether a pod's cgroup is left below the node's cgroup root `base` (a directory below a
+/// QoS class's, `kubepods/<qos>/pod<uid>`, or a guaranteed pod's `kubepods/pod<uid>`).
+pub(super) fn has_pod_cgroups(base: &Path) -> bool {
+    let dirs = |p: &Path| -> Vec<PathBuf> {
+        fs::read_dir(p)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    dirs(&base.join("kubepods")).iter().any(|d| {
+        d.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("pod"))
+            || !dirs(d).is_empty()
+    })
 }
 
 /// Removes a cgroup directory tree bottom-up (cgroup directories are removed with rmdir).

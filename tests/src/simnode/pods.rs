@@ -8,7 +8,9 @@ use std::{
     sync::atomic::{AtomicU32, Ordering},
 };
 
-use super::{CgroupDriver, SimNode, SimPod, cgroup, network};
+use anyhow::Context as _;
+
+use super::{CgroupDriver, SimNode, SimPod, cgroup, containerd::CriPodSpec, network};
 use crate::apiserver::{PodFixture, pod_object};
 
 /// Pod numbers are unique in the process, so UIDs and container IDs never repeat across nodes.
@@ -28,6 +30,23 @@ pub struct NodeNet<'a> {
 pub trait PodBackend {
     fn create(&mut self, node: &NodeNet<'_>, pod: &mut SimPod) -> anyhow::Result<()>;
     fn remove(&mut self, node: &NodeNet<'_>, pod: &mut SimPod);
+    /// Whether the node must start the pod's pause process itself (a runtime starts its own).
+    fn spawns_pause(&self) -> bool {
+        true
+    }
+    /// Whether the backend picks pods' addresses (a CNI's IPAM) instead of the node.
+    fn assigns_addresses(&self) -> bool {
+        false
+    }
+    /// The container runtime behind the pods, if any.
+    fn cri(&self) -> Option<&super::containerd::Containerd> {
+        None
+    }
+    /// Called once when the node goes, after every pod was removed: stops what the backend
+    /// runs and returns what it found left behind (none is expected).
+    fn finish(&mut self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// Pods built by hand: `ip netns`, a veth pair on the node bridge, cgroup directories.
@@ -75,16 +94,25 @@ impl OwnedNet {
 impl SimNode {
     /// Creates a running pod with one container ("app") and publishes it to the API server.
     pub fn add_pod(&mut self, namespace: &str, name: &str) -> anyhow::Result<usize> {
-        let ip = self.next_pod_ip()?;
-        self.add_pod_with_ip(namespace, name, ip)
+        self.add_pod_full(namespace, name, None, None, CriPodSpec::default())
+    }
+
+    /// Like [`SimNode::add_pod`], made with `spec` (hostNetwork, resources) on the runtime
+    /// backend; on the hand-made backend only `spec.host_network = false` and no resources.
+    pub fn add_pod_spec(
+        &mut self,
+        namespace: &str,
+        name: &str,
+        spec: CriPodSpec,
+    ) -> anyhow::Result<usize> {
+        self.add_pod_full(namespace, name, None, None, spec)
     }
 
     /// Like [`SimNode::add_pod`], but the API server says the pod runs on `node`: with one agent
     /// per node name (`AgentProcess::start_as`), one machine plays several nodes, each agent
     /// owning the pods of its node.
     pub fn add_pod_on(&mut self, node: &str, namespace: &str, name: &str) -> anyhow::Result<usize> {
-        let ip = self.next_pod_ip()?;
-        self.add_pod_full(namespace, name, ip, Some(node))
+        self.add_pod_full(namespace, name, None, Some(node), CriPodSpec::default())
     }
 
     /// Like [`SimNode::add_pod`] with a chosen IP (to test IP reuse).
@@ -94,16 +122,33 @@ impl SimNode {
         name: &str,
         ip: Ipv4Addr,
     ) -> anyhow::Result<usize> {
-        self.add_pod_full(namespace, name, ip, None)
+        self.add_pod_full(namespace, name, Some(ip), None, CriPodSpec::default())
     }
 
     fn add_pod_full(
         &mut self,
         namespace: &str,
         name: &str,
-        ip: Ipv4Addr,
+        ip: Option<Ipv4Addr>,
         node: Option<&str>,
+        spec: CriPodSpec,
     ) -> anyhow::Result<usize> {
+        let ip = if self.backend.assigns_addresses() {
+            anyhow::ensure!(
+                ip.is_none(),
+                "the runtime's CNI assigns pod addresses: a chosen IP needs the hand-made backend"
+            );
+            Ipv4Addr::UNSPECIFIED
+        } else {
+            anyhow::ensure!(
+                !spec.host_network && spec.cpu_quota_us.is_none() && spec.memory_limit.is_none(),
+                "hostNetwork pods and resources at creation need the runtime backend"
+            );
+            match ip {
+                Some(ip) => ip,
+                None => self.next_pod_ip()?,
+            }
+        };
         self.pod_seq += 1;
         let seq = NEXT_POD.fetch_add(1, Ordering::Relaxed);
         let uid = uuid_like(seq);
@@ -124,6 +169,10 @@ impl SimNode {
             veth: format!("vp{}", self.pod_seq),
             children: Vec::new(),
             resolv_conf: None,
+            sandbox_id: String::new(),
+            restart_count: 0,
+            cri_sandbox: None,
+            cri_spec: spec,
         };
         let owned = self.net_owned();
         let net = owned.as_net();
@@ -131,25 +180,68 @@ impl SimNode {
             self.backend.remove(&net, &mut pod);
             return Err(e);
         }
+        if pod.cri_spec.host_network {
+            pod.ip = self.node_ip();
+        }
         self.pods.push(pod);
         let index = self.pods.len() - 1;
-        // The pause process: a pod always has one process, like a real sandbox.
-        let pause = self.spawn(index, &["sleep"])?;
-        self.pods[index].children.push(pause);
+        if self.backend.spawns_pause() {
+            // The pause process: a pod always has one process, like a real sandbox.
+            let pause = self.spawn(index, &["sleep"])?;
+            self.pods[index].children.push(pause);
+        }
+        self.publish(index, node);
+        Ok(index)
+    }
+
+    /// Publishes pod `index` to the API server as kubelet reports it (again after a change).
+    fn publish(&self, index: usize, node: Option<&str>) {
         let p = &self.pods[index];
         let node_ip = IpAddr::V4(self.node_ip());
-        self.api.apply_pod(pod_object(&PodFixture {
+        let mut object = pod_object(&PodFixture {
             namespace: &p.namespace,
             name: &p.name,
             uid: &p.uid,
             node: node.unwrap_or(&self.name),
             pod_ip: Some(IpAddr::V4(p.ip)),
             host_ip: Some(node_ip),
-            host_network: false,
+            host_network: p.cri_spec.host_network,
             qos_class: "BestEffort",
             containers: &[(&p.container, &p.container_id)],
-        }));
-        Ok(index)
+        });
+        for status in object
+            .status
+            .iter_mut()
+            .flat_map(|s| s.container_statuses.iter_mut().flatten())
+        {
+            status.restart_count = i32::try_from(p.restart_count).unwrap_or(i32::MAX);
+        }
+        self.api.apply_pod(object);
+    }
+
+    /// Restarts pod `index`'s container through the runtime (a new container ID in the same
+    /// sandbox, restart count + 1), then, unless `quietly`, tells the API server. Runtime
+    /// backend only.
+    pub fn restart_container(&mut self, index: usize, quietly: bool) -> anyhow::Result<()> {
+        let cri = self
+            .backend
+            .cri()
+            .context("restarting a container needs the runtime backend")?;
+        let pod = &mut self.pods[index];
+        for mut child in pod.children.drain(..) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        cri.restart_container(pod)?;
+        if !quietly {
+            self.publish(index, None);
+        }
+        Ok(())
+    }
+
+    /// The runtime's CRI socket, on the runtime backend.
+    pub fn cri_socket(&self) -> Option<&Path> {
+        self.backend.cri().map(|c| c.socket())
     }
 
     pub fn pod(&self, index: usize) -> &SimPod {
@@ -199,6 +291,10 @@ impl SimPod {
             veth: String::new(),
             children: Vec::new(),
             resolv_conf: None,
+            sandbox_id: String::new(),
+            restart_count: 0,
+            cri_sandbox: None,
+            cri_spec: CriPodSpec::default(),
         }
     }
 }

@@ -71,7 +71,7 @@ mod sampling;
 use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
-use triage_agent_tests::simnode::{CgroupDriver, SimConfig, SimNode};
+use triage_agent_tests::simnode::{CgroupDriver, PodRuntime, SimConfig, SimNode};
 
 use crate::measure::{quick, rounds};
 
@@ -176,6 +176,7 @@ fn scenarios(only: &[String]) -> anyhow::Result<()> {
     let mut node = SimNode::start(SimConfig {
         workload: sibling("sim-workload")?,
         driver: CgroupDriver::Cgroupfs,
+        runtime: PodRuntime::HandMade,
     })?;
     let sink = node.add_pod("bench", "sink")?;
     let source = node.add_pod("bench", "source")?;
