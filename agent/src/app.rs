@@ -150,6 +150,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                     },
                 },
                 kubelet_cgroup_root: args.kubelet_cgroup_root,
+                cri_socket: args
+                    .cri_socket
+                    .unwrap_or(crate::attribute::runtime::CriSocket::Discover),
                 sample_interval: args.sample_interval.max(Duration::from_millis(100)),
                 throttle_threshold: args.throttle_threshold,
                 otlp,

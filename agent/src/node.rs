@@ -65,6 +65,8 @@ pub struct AgentConfig {
     /// kubelet's --cgroup-root, relative to every hierarchy's mount (`None`: not given; `/`
     /// for the samplers, pods anywhere in a path for attribution).
     pub kubelet_cgroup_root: Option<PathBuf>,
+    /// The container runtime's CRI socket (`attribute::runtime`).
+    pub cri_socket: attribute::runtime::CriSocket,
     pub sample_interval: Duration,
     pub throttle_threshold: u64,
     /// Export of evidence as OpenTelemetry logs (`None`: off).
@@ -208,6 +210,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let (store, occurrences, store_task) = store::spawn(evidence, cancel.child_token());
     supervisor.spawn("store", infallible(store_task));
     let known = cgroup::KnownCgroups::default();
+    let runtime_wake = Arc::new(tokio::sync::Notify::new());
     let hierarchies = cgroup::layout::Hierarchies::detect();
     let kubelet_root = KubeletRoot::new(
         config
@@ -232,7 +235,8 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         names,
         counters.clone(),
     )
-    .with_layout(layout);
+    .with_layout(layout)
+    .with_runtime_wake(runtime_wake.clone());
     let (inputs, attribution, live_pods, attribute_task) =
         attribute::spawn_with_pods(attributor, occurrences, cancel.child_token());
     supervisor.spawn("attribute", infallible(attribute_task));
@@ -243,6 +247,13 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         cancel.child_token(),
     );
     supervisor.spawn("metadata", infallible(metadata_task));
+    let (runtime_health, runtime_task) = attribute::runtime::spawn(
+        config.cri_socket.clone(),
+        inputs.meta.clone(),
+        runtime_wake,
+        cancel.child_token(),
+    );
+    supervisor.spawn("runtime", infallible(runtime_task));
     let oom_event = loaded
         .probes
         .statuses
@@ -320,6 +331,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         counters,
         probes: Arc::new(loaded.probes.statuses.clone()),
         meta: meta_health,
+        runtime: Some(runtime_health),
         attribution,
         resources: Some(resources),
         persistence,

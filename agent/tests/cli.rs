@@ -139,6 +139,7 @@ fn start_agent_at(rt: &tokio::runtime::Runtime, addr: &str) -> Agent {
             store,
             counters,
             probes: Arc::new(vec![]),
+            runtime: None,
             meta: watch::channel(MetaHealth {
                 synced: true,
                 ..MetaHealth::default()

@@ -237,6 +237,7 @@ fn start_agent() -> Agent {
                 store: store.clone(),
                 counters: counters.clone(),
                 probes: Arc::new(vec![]),
+                runtime: None,
                 meta: watch::channel(MetaHealth {
                     synced: true,
                     ..MetaHealth::default()

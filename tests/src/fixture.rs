@@ -161,6 +161,14 @@ impl NodeFixture {
         if self.kubelet_cgroup_root {
             flags.extend(["--kubelet-cgroup-root", &root]);
         }
+        // On the runtime backend, the node's own runtime; elsewhere the agent looks where
+        // runtimes put their socket, as in production (none runs on these machines).
+        let socket = node.cri_socket().map(|s| s.display().to_string());
+        if let Some(socket) = &socket
+            && !self.flags.iter().any(|f| f == "--cri-socket")
+        {
+            flags.extend(["--cri-socket", socket]);
+        }
         flags.extend(self.flags.iter().map(String::as_str));
         let env: Vec<(&str, &str)> = self
             .env

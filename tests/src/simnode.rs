@@ -168,7 +168,10 @@ impl SimNode {
         let api = ApiServer::start().context("starting the stand-in API server")?;
         let kubeconfig = tempfile_path::TempDir::new(&format!("triage-sim-{id}"))?;
         api.write_kubeconfig(&kubeconfig.path().join("kubeconfig"))?;
-        network::create_node_network(&node_netns, Ipv4Addr::new(subnet[0], subnet[1], subnet[2], 1))?;
+        network::create_node_network(
+            &node_netns,
+            Ipv4Addr::new(subnet[0], subnet[1], subnet[2], 1),
+        )?;
         let backend: Box<dyn PodBackend + Send> = match config.runtime {
             PodRuntime::HandMade => Box::new(HandMade),
             PodRuntime::Containerd => {
@@ -226,7 +229,9 @@ impl Drop for SimNode {
             cgroup::remove_cgroup_tree(&base);
         }
         if !leftovers.is_empty() {
-            note(&format!("teardown left behind (now removed): {leftovers:?}"));
+            note(&format!(
+                "teardown left behind (now removed): {leftovers:?}"
+            ));
             assert!(
                 std::thread::panicking(),
                 "the runtime backend's teardown left {leftovers:?} behind"

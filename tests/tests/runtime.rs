@@ -8,9 +8,13 @@
     reason = "test scenarios panic with context"
 )]
 
-use std::{fs, path::Path};
+use std::{fs, path::Path, time::Duration};
 
-use triage_agent_tests::{fixture::NodeFixture, simnode::PodRuntime};
+use triage_agent_tests::{
+    agent::{count_of, records},
+    fixture::NodeFixture,
+    simnode::{PodRuntime, SimNode},
+};
 
 /// The harness's own check: pods from containerd have kubelet's cgroupfs layout (the
 /// container's cgroup is `<pod cgroup>/<runtime's container id>` in cgroup2 and in every v1
@@ -29,7 +33,10 @@ fn pods_from_containerd_have_kubelets_layout_and_a_restart_keeps_the_sandbox() {
     assert_eq!(w.container_id.len(), 64, "{}", w.container_id);
     let cgroup = node.container_cgroup_v2(web);
     assert!(
-        cgroup.ends_with(format!("kubepods/besteffort/pod{}/{}", w.uid, w.container_id)),
+        cgroup.ends_with(format!(
+            "kubepods/besteffort/pod{}/{}",
+            w.uid, w.container_id
+        )),
         "{}",
         cgroup.display()
     );
@@ -37,7 +44,15 @@ fn pods_from_containerd_have_kubelets_layout_and_a_restart_keeps_the_sandbox() {
     let procs = fs::read_to_string(cgroup.join("cgroup.procs")).unwrap();
     let main: u32 = procs.split_whitespace().next().unwrap().parse().unwrap();
     let stat = fs::read_to_string(format!("/proc/{main}/stat")).unwrap();
-    let ppid: u32 = stat.rsplit(')').next().unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
+    let ppid: u32 = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
     let parent = fs::read(format!("/proc/{ppid}/cmdline")).unwrap();
     assert!(
         String::from_utf8_lossy(&parent).contains("containerd-shim-runc-v2"),
@@ -46,7 +61,10 @@ fn pods_from_containerd_have_kubelets_layout_and_a_restart_keeps_the_sandbox() {
     );
     // A process of the test joins the container and reaches the other pod over the bridge.
     let out = node
-        .run(web, &["connect", &format!("{}:9", node.pod(db).ip), "1", "0"])
+        .run(
+            web,
+            &["connect", &format!("{}:9", node.pod(db).ip), "1", "0"],
+        )
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
     eprintln!("probe: {out:?}");
     let before = node.pod(web).container_id.clone();
@@ -55,5 +73,110 @@ fn pods_from_containerd_have_kubelets_layout_and_a_restart_keeps_the_sandbox() {
     assert_ne!(after.container_id, before);
     assert_eq!(after.restart_count, 1);
     assert!(node.container_cgroup_v2(web).is_dir());
-    assert!(!Path::new(&cgroup).exists(), "the old container's cgroup is gone");
+    assert!(
+        !Path::new(&cgroup).exists(),
+        "the old container's cgroup is gone"
+    );
+}
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn refusals_from(node: &SimNode, from: usize, to: usize, port: u16, n: usize) {
+    let dst = format!("{}:{port}", node.pod(to).ip);
+    let out = node
+        .run(from, &["connect", &dst, &n.to_string(), "20"])
+        .unwrap();
+    let seen = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| *l == "refused")
+        .count();
+    assert_eq!(seen, n, "the workload itself saw {n} refusals");
+}
+
+/// A pod the runtime started and the API server has not reported yet: its failure is named
+/// by the runtime (pod and container), right away, not held until the watch catches up or
+/// stored unattributed; Status says the runtime is read and that one pod is known from it
+/// only.
+#[test]
+fn a_container_the_api_server_does_not_know_yet_is_named_through_cri() {
+    let fixture = NodeFixture::new()
+        .runtime(PodRuntime::Containerd)
+        .pod("shop", "db");
+    let (mut node, [db]) = fixture.node().unwrap();
+    let agent = fixture.agent(&node).unwrap();
+    let late = node.add_pod_unannounced("shop", "late").unwrap();
+    refusals_from(&node, late, db, 5433, 3);
+    let answer = agent
+        .query_until("shop", "late", WAIT, |v| {
+            count_of(&records(v, "connection_refused", "outbound")) >= 3
+        })
+        .unwrap();
+    let r = records(&answer, "connection_refused", "outbound")[0];
+    assert_eq!(r["container"], "app", "{r}");
+    assert_eq!(r["attribution"], "cgroup", "{r}");
+    assert_eq!(r["pod"]["uid"], node.pod(late).uid.as_str(), "{r}");
+    // Attribution publishes its counts once a second.
+    let status = agent
+        .status_until(WAIT, |s| s["runtime"]["pods_not_in_api"] == 1)
+        .unwrap();
+    let runtime = &status["runtime"];
+    assert_eq!(runtime["connected"], true, "{status}");
+    assert_eq!(runtime["pods"], 2, "{status}");
+    assert_eq!(runtime["pods_not_in_api"], 1, "{status}");
+    assert!(
+        runtime["runtime"]
+            .as_str()
+            .unwrap()
+            .starts_with("containerd "),
+        "{status}"
+    );
+    assert_eq!(
+        status["metadata"]["pods"], 1,
+        "only the API server's pods are the node's"
+    );
+    // The API server catches up: the pod is one pod, not two.
+    node.announce(late);
+    agent
+        .status_until(WAIT, |s| {
+            s["metadata"]["pods"] == 2 && s["runtime"]["pods_not_in_api"] == 0
+        })
+        .unwrap();
+}
+
+/// kubelet restarts a container: a new container ID in the same sandbox, which the pod's
+/// status shows only later. Evidence from before and after the restart is under the same pod
+/// and container name, including what happened before the API server reported the new ID.
+#[test]
+fn a_restarted_container_keeps_its_evidence_under_the_same_pod_and_container() {
+    let fixture = NodeFixture::new()
+        .runtime(PodRuntime::Containerd)
+        .pod("shop", "db")
+        .pod("shop", "web");
+    let (mut node, [db, web]) = fixture.node().unwrap();
+    let agent = fixture.agent(&node).unwrap();
+    refusals_from(&node, web, db, 5433, 2);
+    agent
+        .query_until("shop", "web", WAIT, |v| {
+            count_of(&records(v, "connection_refused", "outbound")) >= 2
+        })
+        .unwrap();
+    let old_id = node.pod(web).container_id.clone();
+    // Restarted; the API server still shows the old container ID.
+    node.restart_container(web, true).unwrap();
+    assert_ne!(node.pod(web).container_id, old_id);
+    refusals_from(&node, web, db, 5434, 3);
+    let answer = agent
+        .query_until("shop", "web", WAIT, |v| {
+            records(v, "connection_refused", "outbound")
+                .iter()
+                .any(|r| r["dst"].as_str().is_some_and(|d| d.ends_with(":5434")) && r["count"] == 3)
+        })
+        .unwrap();
+    let recs = records(&answer, "connection_refused", "outbound");
+    assert_eq!(recs.len(), 2, "{answer}");
+    for r in recs {
+        assert_eq!(r["container"], "app", "{r}");
+        assert_eq!(r["pod"]["name"], "web", "{r}");
+    }
+    assert_eq!(node.pod(web).restart_count, 1);
 }

@@ -34,6 +34,8 @@ pub struct AgentState {
     pub counters: Arc<Counters>,
     pub probes: Arc<Vec<ProbeStatus>>,
     pub meta: watch::Receiver<MetaHealth>,
+    /// The container runtime source (`None` where none runs).
+    pub runtime: Option<watch::Receiver<crate::attribute::RuntimeHealth>>,
     pub attribution: watch::Receiver<AttributorStats>,
     /// The cgroupfs samplers' sources and state (`None` where no sampler runs).
     pub resources: Option<watch::Receiver<SamplerStatus>>,
@@ -60,6 +62,7 @@ impl AgentState {
                 ..MetaHealth::default()
             })
             .1,
+            runtime: None,
             attribution: watch::channel(AttributorStats::default()).1,
             resources: None,
             persistence: None,
@@ -179,6 +182,22 @@ impl AgentState {
                 last_error: meta.last_error.unwrap_or_default(),
                 pending_events: attribution.pending,
                 retries: meta.retries,
+            }),
+            runtime: self.runtime.as_ref().map(|r| {
+                let r = r.borrow();
+                pb::RuntimeStatus {
+                    socket: r
+                        .socket
+                        .as_ref()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default(),
+                    runtime: r.runtime.clone(),
+                    connected: r.connected,
+                    pods: r.pods,
+                    containers: r.containers,
+                    last_error: r.last_error.clone(),
+                    pods_not_in_api: attribution.runtime_only,
+                }
             }),
             loss: Some(self.loss()),
             store_records: store.records,

@@ -164,6 +164,12 @@ pub struct AgentArgs {
         env = "TRIAGE_KUBELET_CGROUP_ROOT"
     )]
     pub kubelet_cgroup_root: Option<std::path::PathBuf>,
+    /// The container runtime's CRI socket, read (never written) to name containers' pods
+    /// before the API server reports them. Default: the first of
+    /// /run/containerd/containerd.sock, /run/crio/crio.sock,
+    /// /run/k3s/containerd/containerd.sock (or under /var/run) that exists; "none": not read.
+    #[arg(help_heading = "Pod metadata", long, env = "TRIAGE_CRI_SOCKET", value_parser = parse_cri_socket)]
+    pub cri_socket: Option<crate::attribute::runtime::CriSocket>,
     /// How often every container's CPU and OOM counters are sampled, e.g. "10s" (100ms to 1h).
     #[arg(help_heading = "OOM kills and CPU throttling (cgroupfs)", long, env = "TRIAGE_SAMPLE_INTERVAL", value_parser = parse_sample_interval, default_value = "10s")]
     pub sample_interval: Duration,
@@ -572,5 +578,17 @@ mod tests {
             ])
             .is_err()
         );
+    }
+}
+
+/// `--cri-socket`: a path, or "none".
+#[cfg(feature = "node-agent")]
+fn parse_cri_socket(s: &str) -> Result<crate::attribute::runtime::CriSocket, String> {
+    use crate::attribute::runtime::CriSocket;
+    match s {
+        "" => Err("empty: give the socket's path, or \"none\"".to_owned()),
+        "none" => Ok(CriSocket::Off),
+        path if path.starts_with('/') => Ok(CriSocket::Path(path.into())),
+        other => Err(format!("{other:?} is not an absolute path (or \"none\")")),
     }
 }

@@ -26,6 +26,8 @@ mod flows;
 pub mod metadata;
 pub mod pods;
 mod resources;
+#[cfg(feature = "node-agent")]
+pub mod runtime;
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
@@ -105,6 +107,8 @@ pub enum MetaUpdate {
     Delete { uid: String },
     /// The full list ended: pods not listed since [`MetaUpdate::RelistStarted`] are gone.
     RelistDone,
+    /// The container runtime's pods and containers, all of them (CRI; [`runtime`]).
+    Runtime(Arc<Vec<pods::RuntimePod>>),
 }
 
 /// What a cgroup id told us.
@@ -188,6 +192,9 @@ pub struct Attributor {
     lookups: Vec<PodLookups>,
     /// Pods' kernel losses attributed since [`Attributor::take_pod_losses`].
     pod_losses: Vec<PodLossTally>,
+    /// Wakes the container runtime source to report now (an event waits for a pod nobody
+    /// has named yet).
+    runtime_wake: Option<Arc<tokio::sync::Notify>>,
     counters: Arc<Counters>,
 }
 
@@ -214,7 +221,21 @@ impl Attributor {
             pods_dirty: true,
             lookups: Vec::new(),
             pod_losses: Vec::new(),
+            runtime_wake: None,
             counters,
+        }
+    }
+
+    /// Wakes `wake`'s waiter (the container runtime source) whenever an event waits for a pod
+    /// no source has named yet.
+    pub fn with_runtime_wake(mut self, wake: Arc<tokio::sync::Notify>) -> Self {
+        self.runtime_wake = Some(wake);
+        self
+    }
+
+    fn ask_runtime(&self) {
+        if let Some(wake) = &self.runtime_wake {
+            wake.notify_one();
         }
     }
 
@@ -271,6 +292,12 @@ impl Attributor {
                 }
                 self.synced = true;
                 self.unsynced_since = None;
+            }
+            MetaUpdate::Runtime(pods) => {
+                self.index.apply_runtime(&pods, now.wall);
+                // Cgroups read as no pod's may be a runtime's container in a layout of its own.
+                self.cgroup_cache
+                    .retain(|_, found| *found != CgroupLookup::NotAPod);
             }
         }
         // During a re-list, retry once at its end rather than once per listed pod: a full
@@ -468,7 +495,14 @@ impl Attributor {
             }
             PathLookup::Found(path) => match self.layout.parse(&path) {
                 Some(identity) => CgroupLookup::Pod(identity),
-                None => CgroupLookup::NotAPod,
+                // Not kubelet's layout: the runtime may still have said whose it is.
+                None => match self.index.runtime_cgroup(&path) {
+                    Some((uid, id)) => CgroupLookup::Pod(CgroupIdentity {
+                        pod_uid: uid.to_owned(),
+                        container_id: Some(id.to_owned()),
+                    }),
+                    None => CgroupLookup::NotAPod,
+                },
             },
         };
         if self.cgroup_cache.len() >= CGROUP_CACHE_CAPACITY {
@@ -508,6 +542,7 @@ impl Attributor {
                 }
                 if !last_chance {
                     debug!(uid = %identity.pod_uid, "pod not known yet; waiting for metadata");
+                    self.ask_runtime();
                     return None;
                 }
                 Some(Subject::unattributed(process))
@@ -545,6 +580,22 @@ pub struct MetaHealth {
     pub retries: u32,
 }
 
+/// The container runtime source's state ([`runtime`]), for Status.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RuntimeHealth {
+    /// The socket read, or none found.
+    pub socket: Option<std::path::PathBuf>,
+    /// Runtime name and version (`containerd 1.6.20`), once it answered.
+    pub runtime: String,
+    /// The last report succeeded.
+    pub connected: bool,
+    /// Pods (sandboxes) and containers of the last report.
+    pub pods: u32,
+    pub containers: u32,
+    /// Why the runtime is not read (no socket, an error), empty when it is.
+    pub last_error: String,
+}
+
 /// Input of the attribution task from the metadata watcher.
 pub enum Input {
     Meta(MetaUpdate),
@@ -557,6 +608,8 @@ pub enum Input {
 pub struct AttributorStats {
     pub pods: u32,
     pub pending: u32,
+    /// Pods only the container runtime has named.
+    pub runtime_only: u32,
 }
 
 /// How often waiting events are retried and expired.
@@ -688,6 +741,8 @@ async fn run(
                 let _ = stats.send(AttributorStats {
                     pods: u32::try_from(attributor.index().live_pods()).unwrap_or(u32::MAX),
                     pending: u32::try_from(attributor.pending_len()).unwrap_or(u32::MAX),
+                    runtime_only: u32::try_from(attributor.index().runtime_only_pods())
+                        .unwrap_or(u32::MAX),
                 });
             }
         }

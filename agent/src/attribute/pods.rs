@@ -2,7 +2,10 @@
 //! ID, and a time-aware history of which pod held which IP, so an event on a reused IP goes to
 //! the pod that held it at the time of the event, not to whoever holds it now.
 //!
-//! Fed by the metadata watcher (`attribute::metadata`); read by the attributor. hostNetwork
+//! Fed by the metadata watcher (`attribute::metadata`) and by the container runtime
+//! (`attribute::runtime`, CRI): the runtime names a pod and its containers before the API
+//! server reports them, and a restarted container's new ID before the pod's status has it.
+//! Only the API server's pods hold IPs or count as the node's pods. Read by the attributor. hostNetwork
 //! pods share the node's IP and are never entered in the IP history: they are attributed by
 //! cgroup only.
 
@@ -61,6 +64,31 @@ pub enum Seen {
 struct Known {
     info: PodInfo,
     deleted_at: Option<SystemTime>,
+    /// Only the container runtime knows this pod (the API server has not reported it).
+    runtime_only: bool,
+}
+
+/// A pod as the container runtime reports it (CRI `ListPodSandbox` and `ListContainers`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuntimePod {
+    pub pod: PodRef,
+    pub containers: Vec<RuntimeContainer>,
+}
+
+/// A container as the runtime reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuntimeContainer {
+    /// The runtime's container ID (no scheme).
+    pub id: String,
+    /// The container's name in the pod spec.
+    pub name: String,
+    /// The image it runs, as the pod spec names it.
+    pub image: String,
+    /// How many times kubelet restarted it (its CRI `attempt`).
+    pub restart_count: u32,
+    /// Its cgroup directory relative to the cgroup root (the runtime's `cgroupsPath`, the
+    /// systemd driver's form expanded), when the runtime said.
+    pub cgroup: Option<String>,
 }
 
 /// Pods of this node by UID and by IP over time.
@@ -68,6 +96,10 @@ struct Known {
 pub struct PodIndex {
     pods: HashMap<String, Known>,
     holds: HashMap<IpAddr, Vec<Hold>>,
+    /// The runtime's last report: pod UID -> container ID -> name.
+    runtime: HashMap<String, HashMap<String, Arc<str>>>,
+    /// The runtime's cgroup directories (no leading `/`) -> (pod UID, container ID).
+    runtime_cgroups: HashMap<String, (String, String)>,
 }
 
 impl PodIndex {
@@ -80,8 +112,16 @@ impl PodIndex {
     /// earlier holder still open keeps the IP until its own hold ends (it is terminating:
     /// inbound failures are still about it); listed, a new hold starts at the pod's start and
     /// ends any earlier one still open there (its end was not seen).
-    pub fn observe(&mut self, info: PodInfo, now: SystemTime, seen: Seen) {
+    pub fn observe(&mut self, mut info: PodInfo, now: SystemTime, seen: Seen) {
         let uid = info.pod.uid.clone();
+        // Containers the runtime has and the pod's status does not show yet (a restart).
+        if let Some(containers) = self.runtime.get(&uid) {
+            for (id, name) in containers {
+                info.containers
+                    .entry(id.clone())
+                    .or_insert_with(|| name.clone());
+            }
+        }
         let held: HashSet<IpAddr> = if info.host_network || info.finished {
             HashSet::new()
         } else {
@@ -138,8 +178,75 @@ impl PodIndex {
             Known {
                 info,
                 deleted_at: None,
+                runtime_only: false,
             },
         );
+    }
+
+    /// Takes the runtime's report at `now`: its containers join the pods the API server
+    /// reported; a pod only the runtime knows is known by its identity (no IP: the IP history
+    /// is the API server's); a runtime-only pod the runtime no longer reports is deleted.
+    /// Never revives a pod the API server deleted.
+    pub fn apply_runtime(&mut self, pods: &[RuntimePod], now: SystemTime) {
+        self.runtime.clear();
+        self.runtime_cgroups.clear();
+        for rp in pods {
+            let containers: HashMap<String, Arc<str>> = rp
+                .containers
+                .iter()
+                .map(|c| (c.id.clone(), Arc::from(c.name.as_str())))
+                .collect();
+            for c in &rp.containers {
+                if let Some(dir) = &c.cgroup {
+                    self.runtime_cgroups.insert(
+                        dir.trim_start_matches('/').to_owned(),
+                        (rp.pod.uid.clone(), c.id.clone()),
+                    );
+                }
+            }
+            match self.pods.get_mut(&rp.pod.uid) {
+                Some(known) => {
+                    for (id, name) in &containers {
+                        known
+                            .info
+                            .containers
+                            .entry(id.clone())
+                            .or_insert_with(|| name.clone());
+                    }
+                }
+                None => {
+                    self.pods.insert(
+                        rp.pod.uid.clone(),
+                        Known {
+                            info: PodInfo {
+                                pod: Arc::new(rp.pod.clone()),
+                                ips: Vec::new(),
+                                host_network: false,
+                                containers: containers.clone(),
+                                started: None,
+                                finished: false,
+                            },
+                            deleted_at: None,
+                            runtime_only: true,
+                        },
+                    );
+                }
+            }
+            self.runtime.insert(rp.pod.uid.clone(), containers);
+        }
+        for (uid, known) in &mut self.pods {
+            if known.runtime_only && known.deleted_at.is_none() && !self.runtime.contains_key(uid) {
+                known.deleted_at = Some(now);
+            }
+        }
+    }
+
+    /// The pod and container whose cgroup directory the runtime reported as `path` (relative to
+    /// the cgroup root, with or without a leading `/`).
+    pub fn runtime_cgroup(&self, path: &str) -> Option<(&str, &str)> {
+        self.runtime_cgroups
+            .get(path.trim_start_matches('/'))
+            .map(|(uid, id)| (uid.as_str(), id.as_str()))
     }
 
     /// Marks a pod deleted at `at`: its IPs are released, its identity kept for a while.
@@ -160,7 +267,7 @@ impl PodIndex {
         let gone: Vec<String> = self
             .pods
             .iter()
-            .filter(|(uid, k)| k.deleted_at.is_none() && !live.contains(*uid))
+            .filter(|(uid, k)| k.deleted_at.is_none() && !k.runtime_only && !live.contains(*uid))
             .map(|(uid, _)| uid.clone())
             .collect();
         for uid in gone {
@@ -236,11 +343,19 @@ impl PodIndex {
         out
     }
 
-    /// Pods currently known and not deleted.
+    /// Pods the API server reported and did not delete.
     pub fn live_pods(&self) -> usize {
         self.pods
             .values()
-            .filter(|k| k.deleted_at.is_none())
+            .filter(|k| k.deleted_at.is_none() && !k.runtime_only)
+            .count()
+    }
+
+    /// Pods only the container runtime knows (not reported by the API server yet).
+    pub fn runtime_only_pods(&self) -> usize {
+        self.pods
+            .values()
+            .filter(|k| k.deleted_at.is_none() && k.runtime_only)
             .count()
     }
 }

@@ -498,6 +498,31 @@ pub struct LossCount {
     pub last: ::core::option::Option<::prost_types::Timestamp>,
 }
 /// State of the pod metadata feed (list/watch of this node's pods).
+/// The container runtime read as a metadata source (CRI), beside the API server.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RuntimeStatus {
+    /// The CRI socket read; empty when none was found.
+    #[prost(string, tag = "1")]
+    pub socket: ::prost::alloc::string::String,
+    /// Runtime name and version, e.g. "containerd 1.6.20".
+    #[prost(string, tag = "2")]
+    pub runtime: ::prost::alloc::string::String,
+    /// The last report from the runtime succeeded.
+    #[prost(bool, tag = "3")]
+    pub connected: bool,
+    /// Pods (sandboxes) and containers in the runtime's last report.
+    #[prost(uint32, tag = "4")]
+    pub pods: u32,
+    #[prost(uint32, tag = "5")]
+    pub containers: u32,
+    /// Why the runtime is not read (no socket, an error); empty when it is.
+    #[prost(string, tag = "6")]
+    pub last_error: ::prost::alloc::string::String,
+    /// Pods the runtime has and the API server has not reported (yet): evidence about them is
+    /// attributed by the runtime's names.
+    #[prost(uint32, tag = "7")]
+    pub pods_not_in_api: u32,
+}
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct MetadataStatus {
     /// True once the first full list arrived.
@@ -577,6 +602,9 @@ pub struct StatusResponse {
     /// once per --sample-interval (0 where no sampler runs).
     #[prost(uint64, tag = "25")]
     pub cgroup_sweeps: u64,
+    /// The container runtime as a metadata source; unset on agents without one.
+    #[prost(message, optional, tag = "26")]
+    pub runtime: ::core::option::Option<RuntimeStatus>,
 }
 /// The evidence store on disk (--store-path): what survives a restart.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]

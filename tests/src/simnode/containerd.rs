@@ -28,9 +28,7 @@ use std::{
 use anyhow::{Context as _, bail, ensure};
 use serde_json::Value;
 use tonic::transport::{Channel, Endpoint, Uri};
-use triage_agent_proto::cri::v1::{
-    self as cri, runtime_service_client::RuntimeServiceClient,
-};
+use triage_agent_proto::cri::v1::{self as cri, runtime_service_client::RuntimeServiceClient};
 
 use super::{NodeNet, PodBackend, SimPod, cgroup, note, tools::find_program};
 
@@ -64,6 +62,8 @@ pub struct CriPodSpec {
     pub cpu_quota_us: Option<i64>,
     /// `resources.limits.memory`.
     pub memory_limit: Option<i64>,
+    /// The API server is not told about the pod when it is made ([`super::SimNode::announce`]).
+    pub unannounced: bool,
 }
 
 fn block<T>(
@@ -272,10 +272,9 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
             pod.netns = node.node_netns.to_owned();
             pod.veth = String::new();
         } else {
-            let info: Value = serde_json::from_str(
-                status.info.get("info").map(String::as_str).unwrap_or("{}"),
-            )
-            .context("the sandbox's verbose info")?;
+            let info: Value =
+                serde_json::from_str(status.info.get("info").map(String::as_str).unwrap_or("{}"))
+                    .context("the sandbox's verbose info")?;
             pod.netns = netns_name(&info).context("the sandbox's network namespace")?;
             pod.veth = host_veth(&info).context("the sandbox's host-side interface")?;
             let ip = status
@@ -507,13 +506,19 @@ impl PodBackend for Cri {
         if !pod.sandbox_id.is_empty()
             && let Err(e) = self.containerd.remove_pod(&pod.sandbox_id)
         {
-            self.leftovers
-                .push(format!("sandbox {} of {}/{}: {e:#}", pod.sandbox_id, pod.namespace, pod.name));
+            self.leftovers.push(format!(
+                "sandbox {} of {}/{}: {e:#}",
+                pod.sandbox_id, pod.namespace, pod.name
+            ));
         }
         // kubelet removes the pod's cgroup; the runtime removed its containers'.
         cgroup::remove_pod_cgroups(node, pod);
-        if !pod.netns.is_empty() && !pod.cri_spec.host_network && Path::new("/run/netns").join(&pod.netns).exists() {
-            self.leftovers.push(format!("network namespace {}", pod.netns));
+        if !pod.netns.is_empty()
+            && !pod.cri_spec.host_network
+            && Path::new("/run/netns").join(&pod.netns).exists()
+        {
+            self.leftovers
+                .push(format!("network namespace {}", pod.netns));
         }
     }
 
@@ -552,12 +557,13 @@ fn sandbox_config(pod: &SimPod, pod_cgroup: &Path, host_network: bool) -> cri::P
         labels: HashMap::from([
             ("app".to_owned(), pod.name.clone()),
             ("io.kubernetes.pod.name".to_owned(), pod.name.clone()),
-            ("io.kubernetes.pod.namespace".to_owned(), pod.namespace.clone()),
+            (
+                "io.kubernetes.pod.namespace".to_owned(),
+                pod.namespace.clone(),
+            ),
             ("io.kubernetes.pod.uid".to_owned(), pod.uid.clone()),
         ]),
-        annotations: HashMap::from([
-            ("kubernetes.io/config.source".to_owned(), "api".to_owned()),
-        ]),
+        annotations: HashMap::from([("kubernetes.io/config.source".to_owned(), "api".to_owned())]),
         linux: Some(cri::LinuxPodSandboxConfig {
             // kubelet's cgroupfs driver passes the absolute path.
             cgroup_parent: format!("/{}", pod_cgroup.display()),
@@ -584,7 +590,11 @@ fn sandbox_config(pod: &SimPod, pod_cgroup: &Path, host_network: bool) -> cri::P
 fn container_config(pod: &SimPod, attempt: u32) -> cri::ContainerConfig {
     let spec = &pod.cri_spec;
     let resources = cri::LinuxContainerResources {
-        cpu_period: if spec.cpu_quota_us.is_some() { 100_000 } else { 0 },
+        cpu_period: if spec.cpu_quota_us.is_some() {
+            100_000
+        } else {
+            0
+        },
         cpu_quota: spec.cpu_quota_us.unwrap_or(0),
         cpu_shares: 2,
         memory_limit_in_bytes: spec.memory_limit.unwrap_or(0),
@@ -601,9 +611,15 @@ fn container_config(pod: &SimPod, attempt: u32) -> cri::ContainerConfig {
         }),
         command: SLEEP.iter().map(|s| (*s).to_owned()).collect(),
         labels: HashMap::from([
-            ("io.kubernetes.container.name".to_owned(), pod.container.clone()),
+            (
+                "io.kubernetes.container.name".to_owned(),
+                pod.container.clone(),
+            ),
             ("io.kubernetes.pod.name".to_owned(), pod.name.clone()),
-            ("io.kubernetes.pod.namespace".to_owned(), pod.namespace.clone()),
+            (
+                "io.kubernetes.pod.namespace".to_owned(),
+                pod.namespace.clone(),
+            ),
             ("io.kubernetes.pod.uid".to_owned(), pod.uid.clone()),
         ]),
         annotations: HashMap::from([(
@@ -678,7 +694,12 @@ fn tail(log: &Path) -> String {
 
 fn cmdline(pid: i32) -> String {
     fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|b| String::from_utf8_lossy(&b).replace('\0', " ").trim().to_owned())
+        .map(|b| {
+            String::from_utf8_lossy(&b)
+                .replace('\0', " ")
+                .trim()
+                .to_owned()
+        })
         .unwrap_or_default()
 }
 

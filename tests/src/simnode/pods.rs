@@ -115,6 +115,22 @@ impl SimNode {
         self.add_pod_full(namespace, name, None, Some(node), CriPodSpec::default())
     }
 
+    /// Like [`SimNode::add_pod`], but the API server is not told (yet): what an agent sees
+    /// between the runtime starting a pod and its watch event arriving. [`SimNode::announce`]
+    /// tells it.
+    pub fn add_pod_unannounced(&mut self, namespace: &str, name: &str) -> anyhow::Result<usize> {
+        let spec = CriPodSpec {
+            unannounced: true,
+            ..CriPodSpec::default()
+        };
+        self.add_pod_full(namespace, name, None, None, spec)
+    }
+
+    /// Publishes pod `index` (again) to the API server as kubelet reports it now.
+    pub fn announce(&self, index: usize) {
+        self.publish(index, None);
+    }
+
     /// Like [`SimNode::add_pod`] with a chosen IP (to test IP reuse).
     pub fn add_pod_with_ip(
         &mut self,
@@ -190,7 +206,9 @@ impl SimNode {
             let pause = self.spawn(index, &["sleep"])?;
             self.pods[index].children.push(pause);
         }
-        self.publish(index, node);
+        if !self.pods[index].cri_spec.unannounced {
+            self.publish(index, node);
+        }
         Ok(index)
     }
 

@@ -199,6 +199,7 @@ pub fn status_json(statuses: &[(String, pb::StatusResponse)]) -> Value {
                     "probes": s.probes.iter().map(|p| json!({"name": p.name, "hook": p.hook, "attached": p.attached, "error": (!p.error.is_empty()).then_some(&p.error), "fallback": (!p.fallback.is_empty()).then_some(&p.fallback), "degraded": (!p.degraded.is_empty()).then_some(&p.degraded)})).collect::<Vec<_>>(),
                     "signals": s.signals.iter().map(|g| json!({"signal": g.signal, "mode": signal_mode(g.mode), "detail": (!g.detail.is_empty()).then_some(&g.detail)})).collect::<Vec<_>>(),
                     "metadata": {"synced": meta.synced, "pods": meta.pods, "pending_events": meta.pending_events, "retries": meta.retries, "last_error": (!meta.last_error.is_empty()).then_some(&meta.last_error)},
+                    "runtime": s.runtime.as_ref().map(|r| json!({"socket": (!r.socket.is_empty()).then_some(&r.socket), "runtime": (!r.runtime.is_empty()).then_some(&r.runtime), "connected": r.connected, "pods": r.pods, "containers": r.containers, "pods_not_in_api": r.pods_not_in_api, "last_error": (!r.last_error.is_empty()).then_some(&r.last_error)})),
                     "loss": loss_json(&codec::loss_from_pb(&s.loss.clone().unwrap_or_default())),
                     "store_records": s.store_records,
                     "store_capacity": s.store_capacity,
@@ -213,6 +214,32 @@ pub fn status_json(statuses: &[(String, pb::StatusResponse)]) -> Value {
             })
             .collect(),
     )
+}
+
+/// The container runtime source in one line: what it reads, or why it reads nothing.
+fn runtime_line(r: &pb::RuntimeStatus) -> String {
+    if r.connected {
+        let waiting = if r.pods_not_in_api > 0 {
+            format!(", {} not reported by the API server yet", r.pods_not_in_api)
+        } else {
+            String::new()
+        };
+        format!(
+            "runtime: {} at {} ({} pods, {} containers{waiting})",
+            clean(&r.runtime),
+            clean(&r.socket),
+            r.pods,
+            r.containers
+        )
+    } else if r.socket.is_empty() {
+        format!("runtime: not read: {}", clean(&r.last_error))
+    } else {
+        format!(
+            "runtime: NOT connected to {}: {}",
+            clean(&r.socket),
+            clean(&r.last_error)
+        )
+    }
 }
 
 /// A signal mode's name (`full`, `degraded`, `off`), as in JSON and `doctor`.
@@ -258,6 +285,9 @@ pub fn status_table(statuses: &[(String, pb::StatusResponse)]) -> String {
                 format!(", last error: {}", clean(&meta.last_error))
             },
         );
+        if let Some(r) = &s.runtime {
+            let _ = writeln!(out, "  {}", runtime_line(r));
+        }
         let _ = writeln!(
             out,
             "  store: {}/{} records, {} expired by age, {} events received",

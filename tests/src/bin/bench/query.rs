@@ -89,6 +89,7 @@ pub fn run() -> anyhow::Result<()> {
             store: handle,
             counters,
             probes: Arc::new(vec![]),
+            runtime: None,
             meta: watch::channel(MetaHealth::default()).1,
             attribution: watch::channel(AttributorStats::default()).1,
             resources: None,
