@@ -42,11 +42,12 @@ impl Default for NodeFixture {
 }
 
 impl NodeFixture {
-    /// A node with the cgroupfs driver and no pods; an agent with no extra flags.
+    /// A node whose pods come from containerd (cgroupfs driver), with no pods; an agent with
+    /// no extra flags.
     pub fn new() -> Self {
         NodeFixture {
             driver: CgroupDriver::Cgroupfs,
-            runtime: PodRuntime::HandMade,
+            runtime: PodRuntime::Containerd,
             dropping_udp: None,
             pods: Vec::new(),
             kubelet_cgroup_root: false,
@@ -55,9 +56,13 @@ impl NodeFixture {
         }
     }
 
-    /// The kubelet cgroup driver whose layout the pods' cgroups imitate.
+    /// The kubelet cgroup driver whose layout the pods' cgroups have. The systemd driver's
+    /// pods are hand-made: a runtime here cannot use it (PID 1 is not systemd).
     pub fn driver(mut self, driver: CgroupDriver) -> Self {
         self.driver = driver;
+        if driver == CgroupDriver::Systemd {
+            self.runtime = PodRuntime::HandMade;
+        }
         self
     }
 

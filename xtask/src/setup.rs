@@ -47,6 +47,10 @@ const DEBIAN_PACKAGES: &[&str] = &[
     // hosts with cgroup v1 controllers and a cgroup2 mount that has a controller of its own.
     "podman",
     "runc",
+    // The simulated node's runtime backend: a private containerd (CRI plugin, `ctr` to import
+    // the locally written image), runc, and the CNI bridge, host-local and portmap plugins.
+    "containerd",
+    "containernetworking-plugins",
 ];
 /// `cargo xtask kernel-matrix`: qemu with software emulation, a static busybox for the VMs'
 /// init, depmod for the kernels' module tables, xz and zstd for compressed modules, and the

@@ -59,6 +59,9 @@ pub const PENDING_CAPACITY: usize = 16_384;
 /// How long an event waits for its pod once metadata is in sync: covers the delay between a pod
 /// starting to send traffic and its watch event reaching us.
 pub const PENDING_GRACE: Duration = Duration::from_secs(30);
+/// How long an event from a container its pod's status does not show waits for the container
+/// runtime to name it (a runtime is read; it is asked at once).
+pub const RUNTIME_WAIT: Duration = Duration::from_secs(2);
 /// How long an event waits at most while metadata is not in sync (API server down or slow).
 pub const PENDING_MAX_WAIT: Duration = Duration::from_secs(15 * 60);
 /// How long "this cgroup does not exist" is believed before asking again: a retry of the
@@ -195,6 +198,9 @@ pub struct Attributor {
     /// Wakes the container runtime source to report now (an event waits for a pod nobody
     /// has named yet).
     runtime_wake: Option<Arc<tokio::sync::Notify>>,
+    /// The container runtime has reported (so a container unknown to the API server's pod
+    /// status is worth [`RUNTIME_WAIT`]).
+    runtime_reports: bool,
     counters: Arc<Counters>,
 }
 
@@ -222,6 +228,7 @@ impl Attributor {
             lookups: Vec::new(),
             pod_losses: Vec::new(),
             runtime_wake: None,
+            runtime_reports: false,
             counters,
         }
     }
@@ -294,6 +301,7 @@ impl Attributor {
                 self.unsynced_since = None;
             }
             MetaUpdate::Runtime(pods) => {
+                self.runtime_reports = true;
                 self.index.apply_runtime(&pods, now.wall);
                 // Cgroups read as no pod's may be a runtime's container in a layout of its own.
                 self.cgroup_cache
@@ -533,6 +541,17 @@ impl Attributor {
                         .container_id
                         .as_ref()
                         .and_then(|cid| pod.containers.get(cid).cloned());
+                    // A container the pod's status does not show yet (it just started, or was
+                    // restarted): a runtime that is read names it within a moment.
+                    if container.is_none()
+                        && identity.container_id.is_some()
+                        && !last_chance
+                        && self.runtime_reports
+                        && now.wall.duration_since(at).unwrap_or_default() < RUNTIME_WAIT
+                    {
+                        self.ask_runtime();
+                        return None;
+                    }
                     return Some(Subject {
                         pod: Some(pod.pod.clone()),
                         container,

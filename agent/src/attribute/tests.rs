@@ -951,3 +951,111 @@ fn a_drop_without_a_socket_is_credited_by_where_it_came_from_not_its_source_addr
     assert_eq!(occ.subject.pod.as_ref().unwrap().name, "client");
     assert_eq!(occ.subject.attribution, Attribution::Unverified);
 }
+
+fn runtime_pod(name: &str, uid: &str, containers: &[(&str, &str)]) -> pods::RuntimePod {
+    pods::RuntimePod {
+        pod: PodRef {
+            namespace: "default".into(),
+            name: name.into(),
+            uid: uid.into(),
+        },
+        containers: containers
+            .iter()
+            .map(|(id, name)| pods::RuntimeContainer {
+                id: (*id).to_owned(),
+                name: (*name).to_owned(),
+                image: "registry.example/app:1".to_owned(),
+                restart_count: 0,
+                cgroup: None,
+            })
+            .collect(),
+    }
+}
+
+fn runtime(pods: Vec<pods::RuntimePod>) -> MetaUpdate {
+    MetaUpdate::Runtime(Arc::new(pods))
+}
+
+#[test]
+fn the_runtime_names_a_pod_the_api_server_has_not_reported() {
+    let (mut a, counters) = attributor();
+    synced_with_pods(&mut a);
+    // A pod only the runtime knows (its cgroup 400), asked about before the runtime said.
+    let cid = "beef".repeat(3);
+    let uid = "2f2b7a8e-1c3d-4e5f-8a9b-0c1d2e3f4a5b";
+    let mut paths = HashMap::new();
+    paths.insert(400, format!("/kubepods/besteffort/pod{uid}/{cid}"));
+    a.cgroups = Box::new(MapPaths(paths));
+    assert!(a.event(connect_refused(400, 5), now(5)).is_empty(), "waits");
+    let out = a.update(runtime(vec![runtime_pod("late", uid, &[(&cid, "worker")])]), now(6));
+    let occ = one(out);
+    assert_eq!(occ.subject.pod.as_ref().unwrap().name, "late");
+    assert_eq!(occ.subject.container.as_deref(), Some("worker"));
+    assert_eq!(occ.subject.attribution, Attribution::Cgroup);
+    // Not one of the node's pods until the API server says so; then one pod, not two.
+    assert_eq!(a.index().live_pods(), 2);
+    assert_eq!(a.index().runtime_only_pods(), 1);
+    a.update(MetaUpdate::Apply(info("late", uid, "10.0.0.9", 6)), now(7));
+    assert_eq!(a.index().live_pods(), 3);
+    assert_eq!(a.index().runtime_only_pods(), 0);
+    // The API server's status shows another container ID: the runtime's stays known.
+    assert_eq!(
+        a.index().by_uid(uid).unwrap().containers.get(&cid).map(|c| &**c),
+        Some("worker")
+    );
+    assert_eq!(counters.get(Loss::AttributionExpired), 0);
+}
+
+#[test]
+fn a_pod_only_the_runtime_knew_is_forgotten_when_the_runtime_no_longer_has_it() {
+    let (mut a, _) = attributor();
+    synced_with_pods(&mut a);
+    let uid = "3f2b7a8e-1c3d-4e5f-8a9b-0c1d2e3f4a5b";
+    a.update(runtime(vec![runtime_pod("brief", uid, &[("aa", "app")])]), now(1));
+    assert_eq!(a.index().runtime_only_pods(), 1);
+    // A relist of the API server does not delete what it never listed.
+    a.update(MetaUpdate::RelistStarted, now(2));
+    a.update(MetaUpdate::RelistDone, now(2));
+    assert_eq!(a.index().runtime_only_pods(), 1);
+    a.update(runtime(Vec::new()), now(3));
+    assert_eq!(a.index().runtime_only_pods(), 0);
+    assert!(a.index().live_by_uid(uid).is_none());
+    // Still named for late events, until the deleted pods' retention ends.
+    assert!(a.index().by_uid(uid).is_some());
+    // The runtime never revives a pod the API server deleted.
+    a.update(MetaUpdate::Delete { uid: UID_A.into() }, now(4));
+    a.update(
+        runtime(vec![runtime_pod("client", UID_A, &[("bb", "app")])]),
+        now(5),
+    );
+    assert!(a.index().live_by_uid(UID_A).is_none());
+}
+
+#[test]
+fn a_restarted_container_waits_briefly_for_the_runtime_to_name_it() {
+    let (mut a, _) = attributor();
+    synced_with_pods(&mut a);
+    let new = "feed".repeat(3);
+    let mut paths = HashMap::new();
+    paths.insert(100, format!("/kubepods/burstable/pod{UID_A}/{new}"));
+    a.cgroups = Box::new(MapPaths(paths));
+    // Without a runtime: the pod at once, its container unknown.
+    let occ = one(a.event(connect_refused(100, 5), now(5)));
+    assert_eq!(occ.subject.container, None);
+    // With one: the event waits for its report, then has the container's name.
+    a.update(runtime(vec![runtime_pod("client", UID_A, &[])]), now(6));
+    assert!(a.event(connect_refused(100, 7), now(7)).is_empty());
+    let occ = one(a.update(
+        runtime(vec![runtime_pod("client", UID_A, &[(&new, "app")])]),
+        now(7),
+    ));
+    assert_eq!(occ.subject.container.as_deref(), Some("app"));
+    // A container the runtime never names: the pod, no container, after RUNTIME_WAIT.
+    let mut paths = HashMap::new();
+    paths.insert(101, format!("/kubepods/burstable/pod{UID_A}/{}", "dead".repeat(3)));
+    a.cgroups = Box::new(MapPaths(paths));
+    assert!(a.event(connect_refused(101, 8), now(8)).is_empty());
+    let occ = one(a.tick(later(now(8), RUNTIME_WAIT + Duration::from_secs(1))));
+    assert_eq!(occ.subject.pod.as_ref().unwrap().name, "client");
+    assert_eq!(occ.subject.container, None);
+}

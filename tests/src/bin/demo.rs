@@ -29,7 +29,7 @@ fn show(agent: &AgentProcess, args: &[&str]) -> anyhow::Result<()> {
 
 fn demo() -> anyhow::Result<()> {
     println!(
-        "Starting a simulated node: network namespaces on a bridge, kubelet-style cgroups, a stand-in API server."
+        "Starting a simulated node: pods from a private containerd (runc, CNI bridge), a stand-in API server."
     );
     let mut node = SimNode::start(SimConfig {
         workload: sibling("sim-workload")?,
@@ -103,9 +103,20 @@ fn demo() -> anyhow::Result<()> {
     );
     println!("Starting the node agent ({})", agent_binary().display());
     let root = format!("/{}", node.cgroup_base().display());
+    let socket = node
+        .cri_socket()
+        .map(|s| s.display().to_string())
+        .unwrap_or_else(|| "none".to_owned());
     let mut agent = AgentProcess::start_with(
         &node,
-        &["--kubelet-cgroup-root", &root, "--sample-interval", "2s"],
+        &[
+            "--kubelet-cgroup-root",
+            &root,
+            "--sample-interval",
+            "2s",
+            "--cri-socket",
+            &socket,
+        ],
     )?;
     agent.wait_ready(true, Duration::from_secs(20))?;
     agent.status_until(Duration::from_secs(20), |s| {

@@ -227,6 +227,17 @@ impl SimNode {
     /// `memory.limit_in_bytes`, whichever exist. Returns the files written.
     pub fn set_memory_limit(&self, index: usize, bytes: u64) -> anyhow::Result<Vec<PathBuf>> {
         let value = bytes.to_string();
+        if let Some(cri) = self.backend.cri() {
+            // Through the runtime, as kubelet resizes a container: runc writes the files.
+            cri.update_resources(
+                &self.pods[index],
+                triage_agent_proto::cri::v1::LinuxContainerResources {
+                    memory_limit_in_bytes: i64::try_from(bytes)?,
+                    ..Default::default()
+                },
+            )?;
+            return self.limit_files(index, &["memory.max", "memory.limit_in_bytes"]);
+        }
         self.write_limit(
             index,
             &[("memory.max", &value), ("memory.limit_in_bytes", &value)],
@@ -241,6 +252,17 @@ impl SimNode {
         quota_us: u64,
         period_us: u64,
     ) -> anyhow::Result<Vec<PathBuf>> {
+        if let Some(cri) = self.backend.cri() {
+            cri.update_resources(
+                &self.pods[index],
+                triage_agent_proto::cri::v1::LinuxContainerResources {
+                    cpu_quota: i64::try_from(quota_us)?,
+                    cpu_period: i64::try_from(period_us)?,
+                    ..Default::default()
+                },
+            )?;
+            return self.limit_files(index, &["cpu.max", "cpu.cfs_quota_us"]);
+        }
         let (quota, period) = (quota_us.to_string(), period_us.to_string());
         let max = format!("{quota} {period}");
         self.write_limit(
@@ -252,6 +274,26 @@ impl SimNode {
                 ("cpu.cfs_quota_us", &quota),
             ],
         )
+    }
+
+    /// Which of `files` the container's cgroup has in any hierarchy (written by the runtime);
+    /// fails when none.
+    fn limit_files(&self, index: usize, files: &[&str]) -> anyhow::Result<Vec<PathBuf>> {
+        let pod = &self.pods[index];
+        let found: Vec<PathBuf> = self
+            .hierarchies
+            .iter()
+            .flat_map(|root| files.iter().map(move |f| root.join(&pod.container_cgroup).join(f)))
+            .filter(|p| p.exists())
+            .collect();
+        ensure!(
+            !found.is_empty(),
+            "no cgroup of {}/{} has any of {}",
+            pod.namespace,
+            pod.name,
+            files.join(", ")
+        );
+        Ok(found)
     }
 
     /// Writes each `(file, value)` that exists in the container's cgroup of any hierarchy, in

@@ -321,29 +321,28 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
 
     /// Restarts the pod's container as kubelet does after it exits: the old container is
     /// stopped and removed, a new one (new ID, restart count + 1) made in the same sandbox.
-    pub fn restart_container(&self, pod: &mut SimPod) -> anyhow::Result<()> {
-        self.remove_container(&pod.container_id)?;
-        self.start_container(pod, pod.restart_count + 1)
-    }
-
-    fn remove_container(&self, id: &str) -> anyhow::Result<()> {
+    /// What test processes left in the old container's cgroups (in `hierarchies`) is killed
+    /// once the runtime stopped it.
+    pub fn restart_container(&self, pod: &mut SimPod, hierarchies: &[PathBuf]) -> anyhow::Result<()> {
+        let id = pod.container_id.clone();
         let mut client = self.client();
         block(
             &self.rt,
             "StopContainer",
             client.stop_container(cri::StopContainerRequest {
-                container_id: id.to_owned(),
+                container_id: id.clone(),
                 timeout: 0,
             }),
         )?;
+        for root in hierarchies {
+            cgroup::empty_cgroup(root, &pod.container_cgroup);
+        }
         block(
             &self.rt,
             "RemoveContainer",
-            client.remove_container(cri::RemoveContainerRequest {
-                container_id: id.to_owned(),
-            }),
+            client.remove_container(cri::RemoveContainerRequest { container_id: id }),
         )?;
-        Ok(())
+        self.start_container(pod, pod.restart_count + 1)
     }
 
     /// Changes a running container's resources through the runtime, as kubelet does for an
@@ -367,8 +366,8 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
         Ok(())
     }
 
-    /// Stops and removes the pod's sandbox (and with it its containers and network).
-    pub fn remove_pod(&self, sandbox_id: &str) -> anyhow::Result<()> {
+    /// Stops the pod's sandbox (and with it its containers and network).
+    pub fn stop_pod(&self, sandbox_id: &str) -> anyhow::Result<()> {
         let mut client = self.client();
         block(
             &self.rt,
@@ -377,6 +376,12 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
                 pod_sandbox_id: sandbox_id.to_owned(),
             }),
         )?;
+        Ok(())
+    }
+
+    /// Removes a stopped sandbox and its containers.
+    pub fn remove_pod(&self, sandbox_id: &str) -> anyhow::Result<()> {
+        let mut client = self.client();
         block(
             &self.rt,
             "RemovePodSandbox",
@@ -409,6 +414,16 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
         }
         for point in mounts_under(&self.dir) {
             leftovers.push(format!("mount {point}"));
+        }
+        if !leftovers.is_empty() {
+            // containerd's own account, kept for the failing test's reader.
+            let kept = std::env::temp_dir().join(format!(
+                "{}.containerd.log",
+                self.dir.file_name().unwrap_or_default().to_string_lossy()
+            ));
+            if fs::copy(self.dir.join("containerd.log"), &kept).is_ok() {
+                leftovers.push(format!("containerd's log: {}", kept.display()));
+            }
         }
         remove_dir_all_unmounting(&self.dir);
         leftovers

@@ -250,7 +250,7 @@ impl SimNode {
             let _ = child.kill();
             let _ = child.wait();
         }
-        cri.restart_container(pod)?;
+        cri.restart_container(pod, &self.hierarchies)?;
         if !quietly {
             self.publish(index, None);
         }
