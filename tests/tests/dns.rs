@@ -87,7 +87,6 @@ fn lookups(v: &Value) -> Option<&Value> {
 #[test]
 fn lookups_are_matched_to_answers_and_each_failure_is_one_finding() {
     let fixture = NodeFixture::new()
-        .driver(CgroupDriver::Systemd)
         // The upstream's ports too, so the DNS server's own forwarded lookups are seen.
         .agent_flags(["--dns-ports", "53,5353,5354"]);
     let (mut node, []) = fixture.node().unwrap();
@@ -219,7 +218,7 @@ fn lookups_are_matched_to_answers_and_each_failure_is_one_finding() {
 
 #[test]
 fn a_lookup_whose_queries_are_dropped_times_out_and_names_the_drop_and_the_policy() {
-    let fixture = NodeFixture::new().driver(CgroupDriver::Systemd);
+    let fixture = NodeFixture::new();
     let (mut node, []) = fixture.node().unwrap();
     cluster_dns(&mut node);
     let batch = node.add_pod("jobs", "batch").unwrap();
@@ -364,7 +363,7 @@ fn a_query_flood_keeps_the_inflight_table_bounded_and_accounts_for_every_query()
 #[test]
 fn a_repeated_failure_is_counted_in_the_kernel_exactly_after_its_first_reports() {
     const WINDOW: u64 = 32;
-    let fixture = NodeFixture::new().driver(CgroupDriver::Systemd);
+    let fixture = NodeFixture::new();
     let (mut node, []) = fixture.node().unwrap();
     cluster_dns(&mut node);
     let pod = node.add_pod("shop", "flood").unwrap();
@@ -451,7 +450,7 @@ fn metric(agent: &AgentProcess, name: &str) -> u64 {
 #[test]
 fn good_lookups_are_matched_in_the_kernel_and_only_failures_reach_the_agent() {
     const GOOD: u64 = 150;
-    let fixture = NodeFixture::new().driver(CgroupDriver::Systemd);
+    let fixture = NodeFixture::new();
     let (mut node, []) = fixture.node().unwrap();
     cluster_dns(&mut node);
     let pod = node.add_pod("shop", "busy").unwrap();
@@ -544,7 +543,7 @@ fn good_lookups_are_matched_in_the_kernel_and_only_failures_reach_the_agent() {
 /// (same socket, same id) after its 2 s timeout, and that one is answered.
 #[test]
 fn a_resend_after_the_agent_took_its_query_over_is_matched_by_the_agent() {
-    let fixture = NodeFixture::new().driver(CgroupDriver::Systemd);
+    let fixture = NodeFixture::new();
     let (mut node, []) = fixture.node().unwrap();
     cluster_dns(&mut node);
     let pod = node.add_pod("shop", "retry").unwrap();

@@ -8,7 +8,7 @@ use std::time::Duration;
 use triage_agent_tests::{
     agent::{Drains, count_of, records, rss_mib},
     fixture::NodeFixture,
-    simnode::CgroupDriver,
+    simnode::{CgroupDriver, PodRuntime},
 };
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -101,6 +101,9 @@ const WATCH_BACKOFF_MAX: Duration = Duration::from_secs(30);
 fn an_api_server_outage_loses_nothing_and_attributes_its_events_right_afterwards() {
     let _quiet = quiet();
     let (mut node, agent, [client, old]) = NodeFixture::new()
+        // Hand-made pods: the new pod takes the deleted one's IP, which a CNI's IPAM gives
+        // back only after its whole range.
+        .runtime(PodRuntime::HandMade)
         .pod("shop", "web")
         .pod("shop", "old")
         .start()

@@ -13,7 +13,7 @@ use std::time::Duration;
 use triage_agent_tests::{
     agent::{count_of, records},
     fixture::NodeFixture,
-    simnode::CgroupDriver,
+    simnode::{CgroupDriver, PodRuntime},
 };
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -141,6 +141,9 @@ fn refusal_attributed_to_both_pods_systemd_driver() {
 #[test]
 fn reused_ip_goes_to_the_new_pod() {
     let (mut node, agent, [old, client]) = NodeFixture::new()
+        // Hand-made pods: the new pod takes the deleted one's IP, which a CNI's IPAM gives
+        // back only after its whole range.
+        .runtime(PodRuntime::HandMade)
         .pod("team", "old")
         .pod("team", "client")
         .start()

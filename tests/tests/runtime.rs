@@ -13,7 +13,7 @@ use std::{fs, path::Path, time::Duration};
 use triage_agent_tests::{
     agent::{count_of, records},
     fixture::NodeFixture,
-    simnode::{PodRuntime, SimNode},
+    simnode::{CriPodSpec, PodRuntime, SimNode},
 };
 
 /// The harness's own check: pods from containerd have kubelet's cgroupfs layout (the
@@ -179,4 +179,112 @@ fn a_restarted_container_keeps_its_evidence_under_the_same_pod_and_container() {
         assert_eq!(r["pod"]["name"], "web", "{r}");
     }
     assert_eq!(node.pod(web).restart_count, 1);
+}
+
+/// An agent started while the API server is away (a node reboot during a control-plane
+/// outage): the runtime alone names the pods and containers of the failures it sees.
+#[test]
+fn an_agent_started_while_the_api_server_is_away_names_pods_through_cri() {
+    let fixture = NodeFixture::new()
+        .runtime(PodRuntime::Containerd)
+        .pod("shop", "db")
+        .pod("shop", "web");
+    let (node, [db, web]) = fixture.node().unwrap();
+    node.api.set_available(false);
+    let agent = fixture.agent_unsynced(&node).unwrap();
+    refusals_from(&node, web, db, 5433, 3);
+    let answer = agent
+        .query_until("shop", "web", WAIT, |v| {
+            count_of(&records(v, "connection_refused", "outbound")) >= 3
+        })
+        .unwrap();
+    let r = records(&answer, "connection_refused", "outbound")[0];
+    assert_eq!(r["container"], "app", "{r}");
+    assert_eq!(r["pod"]["uid"], node.pod(web).uid.as_str(), "{r}");
+    let status = agent.status().unwrap();
+    assert_eq!(status["metadata"]["synced"], false, "{status}");
+    assert_eq!(status["runtime"]["pods_not_in_api"], 2, "{status}");
+}
+
+/// A hostNetwork pod (the node's network namespace, its own cgroup from the runtime) whose
+/// lookups fail: the failure is its own, by cgroup, never the node's or another pod's.
+#[test]
+fn a_host_network_pods_dns_failure_is_its_own() {
+    let fixture = NodeFixture::new().runtime(PodRuntime::Containerd);
+    let (mut node, []) = fixture.node().unwrap();
+    let dns = node
+        .add_dns_server("coredns", "10.96.0.10", &["--local=/#/"])
+        .unwrap();
+    let host = node
+        .add_pod_spec(
+            "monitoring",
+            "node-exporter",
+            CriPodSpec {
+                host_network: true,
+                ..CriPodSpec::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(node.pod(host).ip, node.node_ip());
+    // kubelet's dnsPolicy Default: the node's resolver, here the DNS pod itself.
+    let server = node.pod(dns).ip.to_string();
+    node.set_cluster_dns(host, &server, "").unwrap();
+    let agent = fixture.agent(&node).unwrap();
+    let out = node
+        .run(host, &["resolve", "nosuch.example.", "1", "50"])
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("fail"));
+    let answer = agent
+        .query_until("monitoring", "node-exporter", WAIT, |v| {
+            records(v, "dns", "outbound")
+                .iter()
+                .any(|r| r["outcome"] == "nxdomain")
+        })
+        .unwrap();
+    let r = records(&answer, "dns", "outbound")[0];
+    assert_eq!(r["query"], "nosuch.example", "{r}");
+    assert_eq!(r["attribution"], "cgroup", "{r}");
+    assert_eq!(r["container"], "app", "{r}");
+    assert_eq!(r["server"], format!("{server}:53"), "{r}");
+}
+
+/// Without a runtime socket (none at the usual paths: no runtime runs on these machines, and
+/// hand-made pods have none) the agent says so in one Status line and works from the API
+/// server alone.
+#[test]
+fn without_a_runtime_socket_status_says_so_and_pods_come_from_the_api_server() {
+    let fixture = NodeFixture::new()
+        .runtime(PodRuntime::HandMade)
+        .pod("shop", "db")
+        .pod("shop", "web");
+    let (node, agent, [db, web]) = fixture.start().unwrap();
+    let status = agent
+        .status_until(WAIT, |s| s["runtime"]["last_error"].is_string())
+        .unwrap();
+    assert_eq!(status["runtime"]["connected"], false, "{status}");
+    assert!(
+        status["runtime"]["last_error"]
+            .as_str()
+            .unwrap()
+            .starts_with("no container runtime socket at /run/containerd/containerd.sock"),
+        "{status}"
+    );
+    refusals_from(&node, web, db, 5433, 1);
+    let answer = agent
+        .query_until("shop", "web", WAIT, |v| {
+            count_of(&records(v, "connection_refused", "outbound")) >= 1
+        })
+        .unwrap();
+    assert_eq!(
+        records(&answer, "connection_refused", "outbound")[0]["container"],
+        "app"
+    );
+    let table = agent.cli(&["status", "-o", "wide"]).unwrap();
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        text.lines().any(|l| l
+            .trim_start()
+            .starts_with("runtime: not read: no container runtime socket")),
+        "{text}"
+    );
 }

@@ -987,7 +987,10 @@ fn the_runtime_names_a_pod_the_api_server_has_not_reported() {
     paths.insert(400, format!("/kubepods/besteffort/pod{uid}/{cid}"));
     a.cgroups = Box::new(MapPaths(paths));
     assert!(a.event(connect_refused(400, 5), now(5)).is_empty(), "waits");
-    let out = a.update(runtime(vec![runtime_pod("late", uid, &[(&cid, "worker")])]), now(6));
+    let out = a.update(
+        runtime(vec![runtime_pod("late", uid, &[(&cid, "worker")])]),
+        now(6),
+    );
     let occ = one(out);
     assert_eq!(occ.subject.pod.as_ref().unwrap().name, "late");
     assert_eq!(occ.subject.container.as_deref(), Some("worker"));
@@ -1000,7 +1003,12 @@ fn the_runtime_names_a_pod_the_api_server_has_not_reported() {
     assert_eq!(a.index().runtime_only_pods(), 0);
     // The API server's status shows another container ID: the runtime's stays known.
     assert_eq!(
-        a.index().by_uid(uid).unwrap().containers.get(&cid).map(|c| &**c),
+        a.index()
+            .by_uid(uid)
+            .unwrap()
+            .containers
+            .get(&cid)
+            .map(|c| &**c),
         Some("worker")
     );
     assert_eq!(counters.get(Loss::AttributionExpired), 0);
@@ -1011,7 +1019,10 @@ fn a_pod_only_the_runtime_knew_is_forgotten_when_the_runtime_no_longer_has_it() 
     let (mut a, _) = attributor();
     synced_with_pods(&mut a);
     let uid = "3f2b7a8e-1c3d-4e5f-8a9b-0c1d2e3f4a5b";
-    a.update(runtime(vec![runtime_pod("brief", uid, &[("aa", "app")])]), now(1));
+    a.update(
+        runtime(vec![runtime_pod("brief", uid, &[("aa", "app")])]),
+        now(1),
+    );
     assert_eq!(a.index().runtime_only_pods(), 1);
     // A relist of the API server does not delete what it never listed.
     a.update(MetaUpdate::RelistStarted, now(2));
@@ -1052,7 +1063,10 @@ fn a_restarted_container_waits_briefly_for_the_runtime_to_name_it() {
     assert_eq!(occ.subject.container.as_deref(), Some("app"));
     // A container the runtime never names: the pod, no container, after RUNTIME_WAIT.
     let mut paths = HashMap::new();
-    paths.insert(101, format!("/kubepods/burstable/pod{UID_A}/{}", "dead".repeat(3)));
+    paths.insert(
+        101,
+        format!("/kubepods/burstable/pod{UID_A}/{}", "dead".repeat(3)),
+    );
     a.cgroups = Box::new(MapPaths(paths));
     assert!(a.event(connect_refused(101, 8), now(8)).is_empty());
     let occ = one(a.tick(later(now(8), RUNTIME_WAIT + Duration::from_secs(1))));

@@ -283,7 +283,11 @@ impl SimNode {
         let found: Vec<PathBuf> = self
             .hierarchies
             .iter()
-            .flat_map(|root| files.iter().map(move |f| root.join(&pod.container_cgroup).join(f)))
+            .flat_map(|root| {
+                files
+                    .iter()
+                    .map(move |f| root.join(&pod.container_cgroup).join(f))
+            })
             .filter(|p| p.exists())
             .collect();
         ensure!(

@@ -323,7 +323,11 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
     /// stopped and removed, a new one (new ID, restart count + 1) made in the same sandbox.
     /// What test processes left in the old container's cgroups (in `hierarchies`) is killed
     /// once the runtime stopped it.
-    pub fn restart_container(&self, pod: &mut SimPod, hierarchies: &[PathBuf]) -> anyhow::Result<()> {
+    pub fn restart_container(
+        &self,
+        pod: &mut SimPod,
+        hierarchies: &[PathBuf],
+    ) -> anyhow::Result<()> {
         let id = pod.container_id.clone();
         let mut client = self.client();
         block(
@@ -565,7 +569,12 @@ fn sandbox_config(pod: &SimPod, pod_cgroup: &Path, host_network: bool) -> cri::P
             namespace: pod.namespace.clone(),
             attempt: 0,
         }),
-        hostname: pod.name.clone(),
+        // kubelet leaves a hostNetwork pod the node's hostname (no UTS namespace of its own).
+        hostname: if host_network {
+            String::new()
+        } else {
+            pod.name.clone()
+        },
         log_directory: String::new(),
         dns_config: None,
         port_mappings: Vec::new(),

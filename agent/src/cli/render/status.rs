@@ -38,6 +38,18 @@ pub fn problems(s: &pb::StatusResponse) -> Vec<String> {
             meta.retries
         ));
     }
+    // A runtime that was found (or named) and does not answer; none found is no problem.
+    if let Some(r) = s
+        .runtime
+        .as_ref()
+        .filter(|r| !r.connected && !r.socket.is_empty())
+    {
+        out.push(format!(
+            "container runtime at {} not answering: {}",
+            clean(&r.socket),
+            clean(&r.last_error)
+        ));
+    }
     let lost = lost_in_window(
         &codec::loss_from_pb(&s.loss.clone().unwrap_or_default()),
         None,
