@@ -78,6 +78,9 @@ fn doctor(args: args::DoctorArgs) -> anyhow::Result<()> {
         kubelet_cgroup_root: args.kubelet_cgroup_root,
         dns_ports: args.dns_ports.0,
         drop_reasons: args.drop_reasons,
+        cri_socket: args
+            .cri_socket
+            .unwrap_or(crate::attribute::runtime::CriSocket::Discover),
     });
     let text = match args.output {
         args::DoctorOutput::Table => crate::doctor::render_table(&report),

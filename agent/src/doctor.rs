@@ -40,6 +40,8 @@ pub struct DoctorConfig {
     pub kubelet_cgroup_root: Option<PathBuf>,
     pub dns_ports: Vec<u16>,
     pub drop_reasons: crate::probes::reasons::DropReasons,
+    /// The container runtime's CRI socket, as the agent's `--cri-socket`.
+    pub cri_socket: crate::attribute::runtime::CriSocket,
 }
 
 /// A check's outcome.
@@ -166,6 +168,7 @@ pub fn run(config: &DoctorConfig) -> Report {
             .unwrap_or(Path::new("/")),
     );
     checks.push(kubelet_layout(cgroup_root.as_deref(), &kubelet_root));
+    checks.push(container_runtime(&config.cri_socket));
 
     let statuses = match (&tracefs, &cgroup_root) {
         (Some(tracefs), Some(root)) => {
@@ -221,6 +224,33 @@ pub fn run(config: &DoctorConfig) -> Report {
         programs,
         signals,
         summary,
+    }
+}
+
+/// Whether the agent will find the container runtime's socket. Without one it names pods
+/// from the API server alone: a caveat, not a fault.
+fn container_runtime(socket: &crate::attribute::runtime::CriSocket) -> Check {
+    use crate::attribute::runtime::{CriSocket, find_socket};
+    match (socket, find_socket(socket)) {
+        (CriSocket::Off, _) => check(
+            "container_runtime",
+            Outcome::Ok,
+            "not read (--cri-socket none): pods are named from the API server only",
+        ),
+        (_, Ok(path)) if path.exists() => check(
+            "container_runtime",
+            Outcome::Ok,
+            &format!("CRI socket {}", path.display()),
+        ),
+        (_, Ok(path)) => check(
+            "container_runtime",
+            Outcome::Warn,
+            &format!(
+                "{} does not exist: pods are named from the API server only",
+                path.display()
+            ),
+        ),
+        (_, Err(why)) => check("container_runtime", Outcome::Warn, &why),
     }
 }
 

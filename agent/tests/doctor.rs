@@ -72,6 +72,7 @@ fn every_signal_is_full_on_this_host_and_the_report_has_every_part() {
         "tracefs",
         "cgroup",
         "kubelet_cgroups",
+        "container_runtime",
         "load",
     ] {
         assert!(checks.contains(&name), "{name} missing: {checks:?}");

@@ -62,8 +62,8 @@ pub mod cri {
     pub mod v1 {
         #![expect(
             unused_qualifications,
-            clippy::allow_attributes,
-            reason = "generated code"
+            clippy::doc_lazy_continuation,
+            reason = "generated code, its comments the CRI's own"
         )]
         include!("gen/runtime.v1.rs");
     }

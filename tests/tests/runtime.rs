@@ -2,11 +2,7 @@
 //! and the CNI bridge plugin, driven through CRI as kubelet drives it) on the simulated node,
 //! and the agent attributing their failures. Needs root; fails (never skips) without.
 
-#![expect(
-    clippy::unwrap_used,
-    clippy::indexing_slicing,
-    reason = "test scenarios panic with context"
-)]
+#![expect(clippy::unwrap_used, reason = "test scenarios panic with context")]
 
 use std::{fs, path::Path, time::Duration};
 

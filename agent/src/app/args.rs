@@ -230,6 +230,10 @@ pub struct DoctorArgs {
     /// DNS ports, as the agent's --dns-ports ("none": no DNS capture).
     #[arg(long = "dns-ports", env = "TRIAGE_DNS_PORTS", default_value = "53", value_parser = parse_dns_ports)]
     pub dns_ports: DnsPorts,
+    /// The container runtime's CRI socket, as the agent's --cri-socket (default: the usual
+    /// paths; "none").
+    #[arg(long, env = "TRIAGE_CRI_SOCKET", value_parser = parse_cri_socket)]
+    pub cri_socket: Option<crate::attribute::runtime::CriSocket>,
 }
 
 /// `doctor` output formats.
@@ -331,6 +335,18 @@ fn parse_dns_ports(s: &str) -> Result<DnsPorts, String> {
         return Err("no port given (use \"none\" to switch DNS capture off)".into());
     }
     Ok(DnsPorts(ports))
+}
+
+/// `--cri-socket`: a path, or "none".
+#[cfg(feature = "node-agent")]
+fn parse_cri_socket(s: &str) -> Result<crate::attribute::runtime::CriSocket, String> {
+    use crate::attribute::runtime::CriSocket;
+    match s {
+        "" => Err("empty: give the socket's path, or \"none\"".to_owned()),
+        "none" => Ok(CriSocket::Off),
+        path if path.starts_with('/') => Ok(CriSocket::Path(path.into())),
+        other => Err(format!("{other:?} is not an absolute path (or \"none\")")),
+    }
 }
 
 #[cfg(test)]
@@ -578,17 +594,5 @@ mod tests {
             ])
             .is_err()
         );
-    }
-}
-
-/// `--cri-socket`: a path, or "none".
-#[cfg(feature = "node-agent")]
-fn parse_cri_socket(s: &str) -> Result<crate::attribute::runtime::CriSocket, String> {
-    use crate::attribute::runtime::CriSocket;
-    match s {
-        "" => Err("empty: give the socket's path, or \"none\"".to_owned()),
-        "none" => Ok(CriSocket::Off),
-        path if path.starts_with('/') => Ok(CriSocket::Path(path.into())),
-        other => Err(format!("{other:?} is not an absolute path (or \"none\")")),
     }
 }

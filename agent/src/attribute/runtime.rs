@@ -87,7 +87,7 @@ pub fn spawn(
 }
 
 /// The socket to use now, or why there is none.
-fn find_socket(socket: &CriSocket) -> Result<PathBuf, String> {
+pub fn find_socket(socket: &CriSocket) -> Result<PathBuf, String> {
     match socket {
         CriSocket::Off => Err("off (--cri-socket none)".to_owned()),
         CriSocket::Path(p) => Ok(p.clone()),

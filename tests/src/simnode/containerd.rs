@@ -743,7 +743,6 @@ fn processes_mentioning(needle: &str) -> Vec<i32> {
 fn mounts_under(dir: &Path) -> Vec<String> {
     let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     triage_agent::kernel::mountinfo::mounts(&mountinfo)
-        .into_iter()
         .filter(|m| Path::new(&m.point).starts_with(dir))
         .map(|m| m.point.to_string())
         .collect()
