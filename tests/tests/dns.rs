@@ -474,7 +474,15 @@ fn good_lookups_are_matched_in_the_kernel_and_only_failures_reach_the_agent() {
     assert_eq!(l["lookups"].as_u64(), Some(2 * GOOD), "{l}");
     assert_eq!(l["succeeded"].as_u64(), Some(2 * GOOD), "{l}");
     assert!(records(&v, "dns", "outbound").is_empty(), "{v}");
-    let in_kernel = metric(&agent, "triage_agent_dns_lookups_matched_in_kernel_total");
+    // /metrics is a snapshot at most a second old: read until it has caught up with the query.
+    let deadline = std::time::Instant::now() + WAIT;
+    let in_kernel = loop {
+        let n = metric(&agent, "triage_agent_dns_lookups_matched_in_kernel_total");
+        if n >= 2 * GOOD || std::time::Instant::now() > deadline {
+            break n;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
     let parsed = metric(&agent, "triage_agent_dns_packets_parsed_total") - parsed0;
     assert!(in_kernel >= 2 * GOOD, "matched in the kernel: {in_kernel}");
     // Each lookup is four packets (query and answer, at the client and at the server): none

@@ -3,9 +3,9 @@
 //! CNI bridge, host-local and portmap plugins attaching pods to the node's bridge. Pods and
 //! containers are made through the CRI v1 API as kubelet makes them: the pod's labels and
 //! annotations, a `cgroup_parent` in kubelet's cgroupfs layout, a container's resources,
-//! `hostNetwork`. Images cannot be pulled here: one tiny image (busybox-static, whose `sleep`
-//! is both the pause process and the container's main process) is written as an OCI archive
-//! and imported with `ctr`.
+//! `hostNetwork`. Images cannot be pulled here: two tiny images (the static `sim-pause` for
+//! sandboxes; busybox-static, whose `sleep` is a container's main process) are written as OCI
+//! archives and imported with `ctr`.
 //!
 //! Test processes join a container as `runc exec` does (its cgroups in every hierarchy, its
 //! pod's network namespace) but keep the host's mounts, so they run the host's programs; the
@@ -39,8 +39,10 @@ use super::{NodeNet, PodBackend, SimPod, cgroup, note, tools::find_program};
 )]
 mod oci;
 
-/// The one image: busybox-static.
+/// The containers' image: busybox-static.
 pub const IMAGE: &str = "triage.local/busybox:1";
+/// The sandboxes' image: the static `sim-pause`.
+pub const PAUSE_IMAGE: &str = "triage.local/pause:1";
 /// What a container and the sandbox run: sleep (as long as a signed 32-bit count allows).
 const SLEEP: [&str; 3] = ["/bin/busybox", "sleep", "2147483647"];
 
@@ -122,7 +124,7 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
 [ttrpc]
   address = "{d}/containerd.sock.ttrpc"
 [plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "{IMAGE}"
+  sandbox_image = "{PAUSE_IMAGE}"
   restrict_oom_score_adj = true
   disable_apparmor = true
   stream_server_address = "127.0.0.1"
@@ -182,7 +184,7 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
             rt,
             client,
         };
-        if let Err(e) = this.import_image() {
+        if let Err(e) = this.import_images() {
             this.stop();
             return Err(e);
         }
@@ -194,38 +196,51 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
         &self.socket
     }
 
-    fn import_image(&self) -> anyhow::Result<()> {
+    /// Writes the two images as OCI archives and imports them.
+    fn import_images(&self) -> anyhow::Result<()> {
         let busybox = fs::read("/bin/busybox")
             .context("reading /bin/busybox (Debian package busybox-static)")?;
-        let image = oci::write(&oci::Spec {
-            reference: IMAGE.to_owned(),
-            architecture: oci_architecture().to_owned(),
-            files: vec![oci::File {
-                path: "bin/busybox".to_owned(),
-                mode: 0o755,
-                contents: busybox,
-            }],
-            entrypoint: Vec::new(),
-            cmd: SLEEP.iter().map(|s| (*s).to_owned()).collect(),
-            env: vec!["PATH=/bin".to_owned()],
-            user: "0:0".to_owned(),
-            labels: Default::default(),
-            created: 0,
-            mtime: 0,
+        let pause_path = pause_binary();
+        let pause = fs::read(&pause_path).with_context(|| {
+            format!(
+                "reading {} (`cargo xtask build` builds it)",
+                pause_path.display()
+            )
         })?;
-        let archive = self.dir.join("busybox.oci.tar");
-        fs::write(&archive, &image.archive)?;
-        let out = Command::new(find_program("ctr").context("ctr not found (package containerd)")?)
-            .arg("--address")
-            .arg(&self.socket)
-            .args(["-n", "k8s.io", "images", "import"])
-            .arg(&archive)
-            .output()?;
-        ensure!(
-            out.status.success(),
-            "ctr images import: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        for (reference, path, contents, cmd) in [
+            (IMAGE, "bin/busybox", busybox, SLEEP.to_vec()),
+            (PAUSE_IMAGE, "pause", pause, vec!["/pause"]),
+        ] {
+            let image = oci::write(&oci::Spec {
+                reference: reference.to_owned(),
+                architecture: oci_architecture().to_owned(),
+                files: vec![oci::File {
+                    path: path.to_owned(),
+                    mode: 0o755,
+                    contents,
+                }],
+                entrypoint: Vec::new(),
+                cmd: cmd.iter().map(|s| (*s).to_owned()).collect(),
+                env: vec!["PATH=/bin".to_owned()],
+                user: "0:0".to_owned(),
+                labels: Default::default(),
+                created: 0,
+                mtime: 0,
+            })?;
+            let archive = self.dir.join(format!("{}.oci.tar", path.replace('/', "-")));
+            fs::write(&archive, &image.archive)?;
+            let out = Command::new(find_program("ctr").context("ctr not found (package containerd)")?)
+                .arg("--address")
+                .arg(&self.socket)
+                .args(["-n", "k8s.io", "images", "import"])
+                .arg(&archive)
+                .output()?;
+            ensure!(
+                out.status.success(),
+                "ctr images import {reference}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
         Ok(())
     }
 
@@ -517,18 +532,21 @@ impl PodBackend for Cri {
             let _ = child.kill();
             let _ = child.wait();
         }
-        // What test processes left in the container (runc's kill reaches only its pid
-        // namespace): kubelet's runtime would find none, exec'd processes die with the init.
-        for root in node.hierarchies {
-            cgroup::empty_cgroup(root, &pod.container_cgroup);
-        }
-        if !pod.sandbox_id.is_empty()
-            && let Err(e) = self.containerd.remove_pod(&pod.sandbox_id)
-        {
-            self.leftovers.push(format!(
-                "sandbox {} of {}/{}: {e:#}",
-                pod.sandbox_id, pod.namespace, pod.name
-            ));
+        if !pod.sandbox_id.is_empty() {
+            // The runtime stops its own processes first (killing a container's init under
+            // the shim's feet races its exit handling); then what test processes left in the
+            // container is killed (runc's kill reaches only the container's pid namespace; on
+            // a real node an exec'd process dies with it), then the sandbox is removed.
+            let stopped = self.containerd.stop_pod(&pod.sandbox_id);
+            for root in node.hierarchies {
+                cgroup::empty_cgroup(root, &pod.container_cgroup);
+            }
+            if let Err(e) = stopped.and_then(|()| self.containerd.remove_pod(&pod.sandbox_id)) {
+                self.leftovers.push(format!(
+                    "sandbox {} of {}/{}: {e:#}",
+                    pod.sandbox_id, pod.namespace, pod.name
+                ));
+            }
         }
         // kubelet removes the pod's cgroup; the runtime removed its containers'.
         cgroup::remove_pod_cgroups(node, pod);
@@ -700,6 +718,15 @@ fn host_veth(info: &Value) -> Option<String> {
                     .is_none_or(str::is_empty)
         })
         .map(|(name, _)| name.clone())
+}
+
+/// The static pause binary `cargo xtask build` makes (`TRIAGE_PAUSE_BIN` overrides it).
+pub fn pause_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("TRIAGE_PAUSE_BIN") {
+        return PathBuf::from(p);
+    }
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/x86_64-unknown-linux-musl/release/sim-pause")
 }
 
 fn oci_architecture() -> &'static str {
