@@ -225,6 +225,8 @@ impl Drop for SimNode {
             let base = root.join(&self.cgroup_base);
             if self.backend.cri().is_some() && cgroup::has_pod_cgroups(&base) {
                 leftovers.push(format!("cgroups below {}", base.display()));
+                // Processes a lost shim left behind hold them.
+                cgroup::kill_tree(&base);
             }
             cgroup::remove_cgroup_tree(&base);
         }

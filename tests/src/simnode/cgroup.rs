@@ -116,6 +116,32 @@ pub(super) fn has_pod_cgroups(base: &Path) -> bool {
     })
 }
 
+/// Kills every process in the cgroup tree at `dir` (never this process), and waits a moment.
+pub(super) fn kill_tree(dir: &Path) {
+    let me = std::process::id();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for pid in fs::read_to_string(d.join("cgroup.procs"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+            .filter(|&p| p > 1 && u32::try_from(p) != Ok(me))
+        {
+            // SAFETY: kill(2); the pid is in the node's own cgroup tree.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        if let Ok(entries) = fs::read_dir(&d) {
+            stack.extend(
+                entries
+                    .flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path()),
+            );
+        }
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+}
+
 /// Removes a cgroup directory tree bottom-up (cgroup directories are removed with rmdir).
 pub(super) fn remove_cgroup_tree(dir: &Path) {
     if let Ok(entries) = fs::read_dir(dir) {

@@ -229,12 +229,13 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
             })?;
             let archive = self.dir.join(format!("{}.oci.tar", path.replace('/', "-")));
             fs::write(&archive, &image.archive)?;
-            let out = Command::new(find_program("ctr").context("ctr not found (package containerd)")?)
-                .arg("--address")
-                .arg(&self.socket)
-                .args(["-n", "k8s.io", "images", "import"])
-                .arg(&archive)
-                .output()?;
+            let out =
+                Command::new(find_program("ctr").context("ctr not found (package containerd)")?)
+                    .arg("--address")
+                    .arg(&self.socket)
+                    .args(["-n", "k8s.io", "images", "import"])
+                    .arg(&archive)
+                    .output()?;
             ensure!(
                 out.status.success(),
                 "ctr images import {reference}: {}",
@@ -510,6 +511,8 @@ fn connect(
 pub struct Cri {
     pub containerd: Containerd,
     leftovers: Vec<String>,
+    /// Every sandbox made, for the check that their shims' sockets are gone.
+    sandboxes: Vec<String>,
 }
 
 impl Cri {
@@ -517,14 +520,35 @@ impl Cri {
         Cri {
             containerd,
             leftovers: Vec::new(),
+            sandboxes: Vec::new(),
         }
     }
+}
+
+/// Where containerd 1.6's shim for `id` listens: `/run/containerd/s/<sha256 of the containerd
+/// address, namespace and id joined as a path>`, for every containerd on the machine (the
+/// shim removes it when it exits cleanly).
+fn shim_socket(address: &Path, id: &str) -> PathBuf {
+    use sha2::{Digest as _, Sha256};
+    let digest = Sha256::digest(
+        address
+            .join("k8s.io")
+            .join(id)
+            .as_os_str()
+            .as_encoded_bytes(),
+    );
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    Path::new("/run/containerd/s").join(hex)
 }
 
 impl PodBackend for Cri {
     fn create(&mut self, node: &NodeNet<'_>, pod: &mut SimPod) -> anyhow::Result<()> {
         let spec = pod.cri_spec.clone();
-        self.containerd.run_pod(node, pod, &spec)
+        let made = self.containerd.run_pod(node, pod, &spec);
+        if !pod.sandbox_id.is_empty() {
+            self.sandboxes.push(pod.sandbox_id.clone());
+        }
+        made
     }
 
     fn remove(&mut self, node: &NodeNet<'_>, pod: &mut SimPod) {
@@ -556,6 +580,9 @@ impl PodBackend for Cri {
         {
             self.leftovers
                 .push(format!("network namespace {}", pod.netns));
+            let _ = Command::new("ip")
+                .args(["netns", "del", &pod.netns])
+                .status();
         }
     }
 
@@ -574,6 +601,13 @@ impl PodBackend for Cri {
     fn finish(&mut self) -> Vec<String> {
         let mut leftovers = std::mem::take(&mut self.leftovers);
         leftovers.extend(self.containerd.stop());
+        for id in &self.sandboxes {
+            let socket = shim_socket(&self.containerd.socket, id);
+            if socket.exists() {
+                leftovers.push(format!("shim socket {}", socket.display()));
+                let _ = fs::remove_file(&socket);
+            }
+        }
         leftovers
     }
 }
@@ -786,4 +820,38 @@ fn remove_dir_all_unmounting(dir: &Path) {
         }
     }
     let _ = fs::remove_dir_all(dir);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A socket a SIGKILLed shim of this containerd left in /run/containerd/s, named as
+    /// containerd 1.6 names it.
+    #[test]
+    fn shim_sockets_are_named_as_containerd_names_them() {
+        assert_eq!(
+            shim_socket(
+                Path::new("/run/ta-cri-730a-0/containerd.sock"),
+                "5f943ae96eca630b9a6157827c35f0f30132b99aa4cf99839306e69b20a1423f"
+            ),
+            Path::new(
+                "/run/containerd/s/a610ddb20c9c24486aec5eeeda3e2d1a619b5005dc3c01fbd809b28c9d721d68"
+            )
+        );
+    }
+
+    #[test]
+    fn the_sandbox_info_names_its_network_namespace_and_host_interface() {
+        let info: Value = serde_json::from_str(
+            r#"{"runtimeSpec":{"linux":{"namespaces":[{"type":"pid"},{"type":"network","path":"/var/run/netns/cni-1ec23062-0f52-8870-f128-23b02c3d44b2"}]}},
+                "cniResult":{"Interfaces":{"br0":{"IPConfigs":null,"Mac":"aa","Sandbox":""},"eth0":{"Sandbox":"/var/run/netns/cni-1ec23062"},"veth1a2b3c4d":{"Mac":"bb","Sandbox":""}}}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            netns_name(&info).as_deref(),
+            Some("cni-1ec23062-0f52-8870-f128-23b02c3d44b2")
+        );
+        assert_eq!(host_veth(&info).as_deref(), Some("veth1a2b3c4d"));
+    }
 }
