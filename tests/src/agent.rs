@@ -455,6 +455,14 @@ pub fn records<'a>(answer: &'a Value, kind: &str, direction: &str) -> Vec<&'a Va
         .unwrap_or_default()
 }
 
+/// Records of a `query -o json` answer of a kind (OOM kills, throttling: no direction).
+pub fn of_kind<'a>(answer: &'a Value, kind: &str) -> Vec<&'a Value> {
+    answer["evidence"]
+        .as_array()
+        .map(|a| a.iter().filter(|e| e["kind"] == kind).collect())
+        .unwrap_or_default()
+}
+
 /// Runs the CLI as a user with only a kubeconfig would: no `--agent`, `KUBECONFIG` set.
 pub fn cli_with_kubeconfig(kubeconfig: &std::path::Path, args: &[&str]) -> anyhow::Result<Output> {
     Command::new(agent_binary())

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use triage_agent_tests::{
-    agent::{AgentProcess, Drains},
+    agent::{AgentProcess, Drains, of_kind},
     fixture::NodeFixture,
     simnode::CgroupDriver,
 };
@@ -32,13 +32,6 @@ fn sampling_fixture(driver: CgroupDriver) -> NodeFixture {
         .driver(driver)
         .kubelet_cgroup_root()
         .agent_flags(["--sample-interval", "1s", "--throttle-threshold", "1"])
-}
-
-fn of_kind<'a>(answer: &'a Value, kind: &str) -> Vec<&'a Value> {
-    answer["evidence"]
-        .as_array()
-        .map(|a| a.iter().filter(|e| e["kind"] == kind).collect())
-        .unwrap_or_default()
 }
 
 fn sampled(status: &Value, signal: &str) -> u64 {

@@ -7,7 +7,7 @@
 use std::{fs, path::Path, time::Duration};
 
 use triage_agent_tests::{
-    agent::{count_of, records},
+    agent::{count_of, of_kind, records},
     fixture::NodeFixture,
     simnode::{CriPodSpec, PodRuntime, SimNode},
 };
@@ -283,4 +283,68 @@ fn without_a_runtime_socket_status_says_so_and_pods_come_from_the_api_server() {
             .starts_with("runtime: not read: no container runtime socket")),
         "{text}"
     );
+}
+
+/// Limits as kubelet sets them, in the container's CreateContainer request (runc writes them
+/// when it makes the container's cgroups): a worker child OOM-killed in a container with a
+/// memory limit, and a container throttled by its CPU quota, are each named by pod and
+/// container.
+#[test]
+fn limits_set_at_creation_name_the_container_of_an_oom_kill_and_of_throttling() {
+    const LIMIT: i64 = 64 << 20;
+    let fixture = NodeFixture::new()
+        .runtime(PodRuntime::Containerd)
+        .kubelet_cgroup_root()
+        .agent_flags(["--sample-interval", "1s", "--throttle-threshold", "1"]);
+    let (mut node, []) = fixture.node().unwrap();
+    let worker = node
+        .add_pod_spec(
+            "shop",
+            "worker",
+            CriPodSpec {
+                memory_limit: Some(LIMIT),
+                ..CriPodSpec::default()
+            },
+        )
+        .unwrap();
+    let busy = node
+        .add_pod_spec(
+            "shop",
+            "busy",
+            CriPodSpec {
+                cpu_quota_us: Some(10_000),
+                ..CriPodSpec::default()
+            },
+        )
+        .unwrap();
+    let agent = fixture.agent(&node).unwrap();
+    agent
+        .status_until(WAIT, |s| {
+            s["resources"]
+                .as_array()
+                .is_some_and(|a| a.iter().all(|r| r["containers"] == 2))
+        })
+        .unwrap();
+    let mut main = node.spawn(worker, &["alloc-child", "300"]).unwrap();
+    node.start_process(busy, &["spin", "60"]).unwrap();
+    let answer = agent
+        .query_until("shop", "worker", WAIT, |v| {
+            !of_kind(v, "oom_kill").is_empty()
+        })
+        .unwrap();
+    let r = of_kind(&answer, "oom_kill")[0];
+    assert_eq!(r["container"], "app", "{r}");
+    assert_eq!(r["memory_limit_bytes"], LIMIT, "{r}");
+    assert_eq!(r["main_process"], false, "{r}");
+    assert_ne!(r["process"]["pid"], u64::from(main.id()), "{r}");
+    let answer = agent
+        .query_until("shop", "busy", WAIT, |v| {
+            !of_kind(v, "cpu_throttling").is_empty()
+        })
+        .unwrap();
+    let r = of_kind(&answer, "cpu_throttling")[0];
+    assert_eq!(r["container"], "app", "{r}");
+    assert_eq!(r["cpu_limit_cores"], 0.1, "{r}");
+    let _ = main.kill();
+    let _ = main.wait();
 }

@@ -644,21 +644,27 @@ fn sandbox_config(pod: &SimPod, pod_cgroup: &Path, host_network: bool) -> cri::P
             // kubelet's cgroupfs driver passes the absolute path.
             cgroup_parent: format!("/{}", pod_cgroup.display()),
             security_context: Some(cri::LinuxSandboxSecurityContext {
-                namespace_options: Some(cri::NamespaceOption {
-                    network: if host_network {
-                        cri::NamespaceMode::Node
-                    } else {
-                        cri::NamespaceMode::Pod
-                    } as i32,
-                    pid: cri::NamespaceMode::Container as i32,
-                    ipc: cri::NamespaceMode::Pod as i32,
-                    ..Default::default()
-                }),
+                namespace_options: Some(namespace_options(host_network)),
                 ..Default::default()
             }),
             ..Default::default()
         }),
         windows: None,
+    }
+}
+
+/// The namespaces kubelet asks for a pod's sandbox and containers: the pod's network (or the
+/// node's, `hostNetwork`), a pid namespace per container, the pod's IPC.
+fn namespace_options(host_network: bool) -> cri::NamespaceOption {
+    cri::NamespaceOption {
+        network: if host_network {
+            cri::NamespaceMode::Node
+        } else {
+            cri::NamespaceMode::Pod
+        } as i32,
+        pid: cri::NamespaceMode::Container as i32,
+        ipc: cri::NamespaceMode::Pod as i32,
+        ..Default::default()
     }
 }
 
@@ -705,16 +711,7 @@ fn container_config(pod: &SimPod, attempt: u32) -> cri::ContainerConfig {
         linux: Some(cri::LinuxContainerConfig {
             resources: Some(resources),
             security_context: Some(cri::LinuxContainerSecurityContext {
-                namespace_options: Some(cri::NamespaceOption {
-                    network: if spec.host_network {
-                        cri::NamespaceMode::Node
-                    } else {
-                        cri::NamespaceMode::Pod
-                    } as i32,
-                    pid: cri::NamespaceMode::Container as i32,
-                    ipc: cri::NamespaceMode::Pod as i32,
-                    ..Default::default()
-                }),
+                namespace_options: Some(namespace_options(spec.host_network)),
                 ..Default::default()
             }),
         }),
