@@ -531,3 +531,74 @@ fn watch_reconnects_after_an_agent_restart() {
     );
     agent.cancel.cancel();
 }
+
+/// Without `-n`, a pod is looked for in the kubeconfig context's namespace, as kubectl does
+/// (after `kubens shop`, `query --pod web` is shop/web), and `--context` picks another
+/// context's; with no kubeconfig at all, "default".
+#[test]
+fn without_n_the_kubeconfig_contexts_namespace_is_used() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let Agent {
+        addr: agent,
+        occurrences: occ_tx,
+        cancel,
+    } = start_agent(&rt);
+    rt.block_on(async {
+        occ_tx
+            .send(Attributed::Occurrence(occurrence("web")))
+            .await
+            .unwrap();
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("config");
+    // The server is never asked: the agent is named with --agent.
+    std::fs::write(
+        &kubeconfig,
+        "apiVersion: v1\nkind: Config\ncurrent-context: shop\n\
+         clusters:\n- name: c\n  cluster:\n    server: https://127.0.0.1:9\n\
+         users:\n- name: u\n  user:\n    token: t\n\
+         contexts:\n- name: shop\n  context:\n    cluster: c\n    user: u\n    namespace: shop\n\
+         - name: other\n  context:\n    cluster: c\n    user: u\n",
+    )
+    .unwrap();
+    let kubeconfig = kubeconfig.to_str().unwrap();
+    let ask = |extra: &[&str]| -> serde_json::Value {
+        let mut args = vec!["query", "--pod", "web", "--agent", &agent, "-o", "json"];
+        args.extend_from_slice(extra);
+        let out = cli(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    // The record is stored: shop/web has it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while ask(&["-n", "shop"])["evidence"]
+        .as_array()
+        .unwrap()
+        .is_empty()
+    {
+        assert!(std::time::Instant::now() < deadline, "never stored");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let v = ask(&["--kubeconfig", kubeconfig]);
+    assert_eq!(v["evidence"][0]["pod"]["namespace"], "shop", "{v}");
+    let v = ask(&["--kubeconfig", kubeconfig, "--context", "other"]);
+    assert_eq!(
+        v["evidence"],
+        serde_json::json!([]),
+        "default/web has none: {v}"
+    );
+    let v = ask(&[
+        "--kubeconfig",
+        kubeconfig,
+        "-n",
+        "shop",
+        "--context",
+        "other",
+    ]);
+    assert_eq!(v["evidence"][0]["pod"]["name"], "web", "{v}");
+    cancel.cancel();
+}

@@ -112,6 +112,24 @@ async fn bounded<T>(f: impl Future<Output = Result<T, kube::Error>>) -> Result<T
 /// The client kubectl would use: `--kubeconfig` (else `KUBECONFIG`, else `~/.kube/config`),
 /// its `--context` (else the current one); in-cluster when there is no kubeconfig at all.
 pub async fn client(args: &ClusterArgs) -> Result<kube::Client, ClusterError> {
+    let config = config(args).await?;
+    kube::Client::try_from(config).map_err(|e| ClusterError::Config {
+        detail: root_cause(&e),
+    })
+}
+
+/// The namespace kubectl would use without `-n`: the context's (or, in a pod, its own), else
+/// "default"; also "default" when there is no usable kubeconfig (the agents may be named
+/// with `--agent`).
+pub async fn default_namespace(args: &ClusterArgs) -> String {
+    config(args)
+        .await
+        .map(|c| c.default_namespace)
+        .unwrap_or_else(|_| "default".to_owned())
+}
+
+/// The configuration [`client`] is made from.
+async fn config(args: &ClusterArgs) -> Result<kube::Config, ClusterError> {
     let config_error = |detail: String| ClusterError::Config { detail };
     let kubeconfig = match &args.kubeconfig {
         Some(path) => Some(Kubeconfig::read_from(path).map_err(|e| {
@@ -163,7 +181,7 @@ pub async fn client(args: &ClusterArgs) -> Result<kube::Client, ClusterError> {
             ))
         })?,
     };
-    kube::Client::try_from(config).map_err(|e| config_error(root_cause(&e)))
+    Ok(config)
 }
 
 /// An agent pod of the DaemonSet, reached through `pods/portforward`.

@@ -91,13 +91,31 @@ pub fn window_start(now: SystemTime, back: Duration) -> SystemTime {
     now.checked_sub(back).unwrap_or(SystemTime::UNIX_EPOCH)
 }
 
+/// The namespace of a command without `-n`: the kubeconfig context's, as kubectl's (in a pod,
+/// its own), else "default".
+async fn default_namespace(agents: &super::AgentsArgs) -> String {
+    #[cfg(feature = "cluster")]
+    {
+        super::cluster::default_namespace(&super::cluster::ClusterArgs {
+            kubeconfig: agents.kubeconfig.clone(),
+            context: agents.context.clone(),
+        })
+        .await
+    }
+    #[cfg(not(feature = "cluster"))]
+    {
+        let _ = agents;
+        "default".to_owned()
+    }
+}
+
 pub async fn query(args: QueryArgs, explain_only: bool) -> anyhow::Result<()> {
     let now = SystemTime::now();
     let since = window_start(now, args.since.unwrap_or(DEFAULT_SINCE));
     let namespace = match (&args.namespace, args.all_namespaces) {
         (_, true) => None,
         (Some(ns), false) => Some(ns.clone()),
-        (None, false) => Some("default".to_owned()),
+        (None, false) => Some(default_namespace(&args.agents).await),
     };
     let scope = match (&args.pod, &namespace) {
         (Some(pod), Some(ns)) if !args.all_nodes => Scope::Pod {
@@ -169,17 +187,21 @@ struct Subject {
 pub async fn timeline(args: TimelineArgs) -> anyhow::Result<()> {
     use super::{TimelineFormat, cluster, timeline};
     let since = window_start(SystemTime::now(), args.since);
+    let namespace = match &args.namespace {
+        Some(ns) => ns.clone(),
+        None => default_namespace(&args.agents).await,
+    };
     let scope = if args.all_nodes {
         Scope::AllNodes
     } else {
         Scope::Pod {
-            namespace: args.namespace.clone(),
+            namespace: namespace.clone(),
             name: args.pod.clone(),
             earlier: Some(since),
         }
     };
     let filter = Filter {
-        namespace: Some(args.namespace.clone()),
+        namespace: Some(namespace.clone()),
         pod: Some(args.pod.clone()),
         since: Some(since),
         kinds: Vec::new(),
@@ -199,7 +221,7 @@ pub async fn timeline(args: TimelineArgs) -> anyhow::Result<()> {
     })
     .await
     {
-        Ok(kube) => timeline::read_cluster(&kube, &args.namespace, &args.pod, since).await,
+        Ok(kube) => timeline::read_cluster(&kube, &namespace, &args.pod, since).await,
         Err(e) => timeline::ClusterView {
             unreadable: vec![format!("the cluster: {e}")],
             ..timeline::ClusterView::default()
@@ -211,7 +233,7 @@ pub async fn timeline(args: TimelineArgs) -> anyhow::Result<()> {
         .map(|u| (u.agent.clone(), u.error.clone()))
         .collect();
     let inputs = timeline::Inputs {
-        namespace: &args.namespace,
+        namespace: &namespace,
         pod: &args.pod,
         since,
         evidence: &evidence,
@@ -347,6 +369,8 @@ async fn explanations(_: &QueryArgs, _: &[crate::evidence::Evidence]) -> Vec<ren
 pub async fn watch(args: WatchArgs) -> anyhow::Result<()> {
     let namespace = if args.all_namespaces {
         None
+    } else if args.namespace.is_none() && args.pod.is_some() {
+        Some(default_namespace(&args.agents).await)
     } else {
         args.namespace.clone()
     };

@@ -79,7 +79,7 @@ pub enum Output {
         .args(["pod", "namespace", "all_namespaces", "selector"])
 ))]
 pub struct QueryArgs {
-    /// Pod name (in -n's namespace, default "default").
+    /// Pod name (in -n's namespace; without -n, the kubeconfig context's, as kubectl).
     #[arg(long)]
     pub pod: Option<String>,
     /// Namespace: of --pod; without --pod, every pod of it (every agent is asked).
@@ -120,7 +120,8 @@ pub struct WatchArgs {
     /// Only this pod.
     #[arg(long)]
     pub pod: Option<String>,
-    /// Only this namespace (with --pod: the pod's namespace, default "default").
+    /// Only this namespace (with --pod: the pod's namespace; without -n, the kubeconfig
+    /// context's, as kubectl).
     #[arg(short = 'n', long)]
     pub namespace: Option<String>,
     /// Every namespace (the default without -n), records tied to no pod included.
@@ -154,9 +155,9 @@ pub struct TimelineArgs {
     /// Pod name.
     #[arg(long)]
     pub pod: String,
-    /// Pod namespace.
-    #[arg(short = 'n', long, default_value = "default")]
-    pub namespace: String,
+    /// Pod namespace (default: the kubeconfig context's, as kubectl).
+    #[arg(short = 'n', long)]
+    pub namespace: Option<String>,
     /// How far back, e.g. "1h", "30m"; earlier pods of this name inside it are included.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "1h")]
     pub since: Duration,
