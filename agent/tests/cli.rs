@@ -2,7 +2,6 @@
 //! against an agent that answers exits 0 even without evidence. The agent side here is the real
 //! gRPC service over a real socket, fed by the real store task (no kernel needed).
 #![expect(
-    clippy::unwrap_used,
     clippy::expect_used,
     reason = "test scenarios panic with context; helpers are not #[test] fns"
 )]
@@ -13,14 +12,10 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use tokio::sync::{mpsc, watch};
-use tokio_util::sync::CancellationToken;
 use triage_agent::{
-    api::{self, AgentApi, AgentInfo, AgentState},
-    attribute::{Attributed, AttributorStats, MetaHealth},
+    attribute::Attributed,
     evidence::{Occurrence, fixtures::refused},
     loss::{Counters, Loss},
-    store::{self, Store, StoreConfig},
 };
 
 fn cli(args: &[&str]) -> std::process::Output {
@@ -99,11 +94,7 @@ fn help_documents_every_command() {
 
 /// The real store task and the real gRPC service on 127.0.0.1, with one kernel-side loss
 /// already counted.
-struct Agent {
-    addr: String,
-    occurrences: mpsc::Sender<Attributed>,
-    cancel: CancellationToken,
-}
+use triage_agent::api::fixtures::LocalAgent as Agent;
 
 fn start_agent(rt: &tokio::runtime::Runtime) -> Agent {
     start_agent_at(rt, "127.0.0.1:0")
@@ -111,53 +102,18 @@ fn start_agent(rt: &tokio::runtime::Runtime) -> Agent {
 
 /// [`start_agent`] on a chosen address (to restart an agent where it was).
 fn start_agent_at(rt: &tokio::runtime::Runtime, addr: &str) -> Agent {
-    rt.block_on(async {
-        let cancel = CancellationToken::new();
-        let counters = Arc::new(Counters::default());
-        counters.add(Loss::ConnectTableFull, 7);
-        // How far the periodic reads have come: 4 flow table drains, 2 DNS drains, 1 sweep.
-        for _ in 0..4 {
-            counters.flow_table_drained();
-        }
-        counters.dns_table_drained();
-        counters.dns_table_drained();
-        counters.cgroup_swept();
-        let (store, occurrences, task) = store::spawn(
-            Store::new(
-                StoreConfig::new("node-a", 100, Duration::from_secs(3600)),
-                counters.clone(),
-            ),
-            cancel.clone(),
-        );
-        tokio::spawn(task);
-        let api = AgentApi::new(AgentState {
-            info: AgentInfo {
-                node: "node-a".into(),
-                kernel: "6.18".into(),
-                started: SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000),
-            },
-            store,
-            counters,
-            probes: Arc::new(vec![]),
-            runtime: None,
-            meta: watch::channel(MetaHealth {
-                synced: true,
-                ..MetaHealth::default()
-            })
-            .1,
-            attribution: watch::channel(AttributorStats::default()).1,
-            persistence: None,
-            resources: None,
-        });
-        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        tokio::spawn(api::serve(api, listener, cancel.clone()));
-        Agent {
-            addr,
-            occurrences,
-            cancel,
-        }
-    })
+    let counters = Arc::new(Counters::default());
+    counters.add(Loss::ConnectTableFull, 7);
+    // How far the periodic reads have come: 4 flow table drains, 2 DNS drains, 1 sweep.
+    for _ in 0..4 {
+        counters.flow_table_drained();
+    }
+    counters.dns_table_drained();
+    counters.dns_table_drained();
+    counters.cgroup_swept();
+    rt.block_on(triage_agent::api::fixtures::serve_local(
+        "node-a", addr, counters,
+    ))
 }
 
 fn occurrence(name: &str) -> Occurrence {

@@ -6,6 +6,8 @@
 //! the store task and off the runtime's workers.
 
 mod error;
+#[doc(hidden)]
+pub mod fixtures;
 pub mod limit;
 mod status;
 

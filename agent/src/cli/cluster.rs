@@ -100,7 +100,9 @@ fn api_error(e: kube::Error) -> ClusterError {
 }
 
 /// One API request, bounded in time.
-async fn bounded<T>(f: impl Future<Output = Result<T, kube::Error>>) -> Result<T, ClusterError> {
+pub(super) async fn bounded<T>(
+    f: impl Future<Output = Result<T, kube::Error>>,
+) -> Result<T, ClusterError> {
     match tokio::time::timeout(API_TIMEOUT, f).await {
         Ok(r) => r.map_err(api_error),
         Err(_) => Err(ClusterError::Unreachable {
@@ -346,25 +348,42 @@ async fn scheduled_nodes(
     };
     let mut nodes = Vec::new();
     for e in events.items {
-        let when = e
-            .last_timestamp
-            .as_ref()
-            .map(|t| SystemTime::from(t.0))
-            .or_else(|| e.event_time.as_ref().map(|t| SystemTime::from(t.0)));
-        if when.is_some_and(|w| w < since) {
+        if event_time(&e).is_some_and(|w| w < since) {
             continue;
         }
         if let Some(node) = e
             .message
             .as_deref()
-            .and_then(|m| m.rsplit_once(" to "))
-            .map(|(_, node)| node.trim().to_owned())
-            .filter(|n| !n.is_empty() && !nodes.contains(n))
+            .and_then(scheduled_to)
+            .filter(|n| !nodes.contains(n))
         {
             nodes.push(node);
         }
     }
     nodes
+}
+
+/// The node a `Scheduled` event names: "Successfully assigned ns/pod to NODE".
+pub fn scheduled_to(message: &str) -> Option<String> {
+    message
+        .rsplit_once(" to ")
+        .map(|(_, node)| node.trim().to_owned())
+        .filter(|n| !n.is_empty())
+}
+
+/// When an event last happened: `lastTimestamp`, else `eventTime` (events.k8s.io), else its
+/// creation.
+pub fn event_time(e: &Event) -> Option<SystemTime> {
+    e.last_timestamp
+        .as_ref()
+        .map(|t| SystemTime::from(t.0))
+        .or_else(|| e.event_time.as_ref().map(|t| SystemTime::from(t.0)))
+        .or_else(|| {
+            e.metadata
+                .creation_timestamp
+                .as_ref()
+                .map(|t| SystemTime::from(t.0))
+        })
 }
 
 /// Errors the port-forward sent on its error channel, collected so a failed connection can

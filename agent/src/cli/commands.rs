@@ -15,7 +15,10 @@ use super::{
     DEFAULT_SINCE, Output, QueryArgs, StatusArgs, WatchArgs, client,
     exit::{self, Exit},
     render,
-    targets::{Scope, gather, incomplete, other_side, progress, selected_pods, targets},
+    subject::{self, Target},
+    targets::{
+        Scope, gather, incomplete, other_side, progress, selected_pods, targets, workload_pods,
+    },
 };
 use crate::{
     diagnose,
@@ -96,11 +99,7 @@ pub fn window_start(now: SystemTime, back: Duration) -> SystemTime {
 async fn default_namespace(agents: &super::AgentsArgs) -> String {
     #[cfg(feature = "cluster")]
     {
-        super::cluster::default_namespace(&super::cluster::ClusterArgs {
-            kubeconfig: agents.kubeconfig.clone(),
-            context: agents.context.clone(),
-        })
-        .await
+        super::cluster::default_namespace(&agents.cluster()).await
     }
     #[cfg(not(feature = "cluster"))]
     {
@@ -112,34 +111,66 @@ async fn default_namespace(agents: &super::AgentsArgs) -> String {
 pub async fn query(args: QueryArgs, explain_only: bool) -> anyhow::Result<()> {
     let now = SystemTime::now();
     let since = window_start(now, args.since.unwrap_or(DEFAULT_SINCE));
-    let namespace = match (&args.namespace, args.all_namespaces) {
+    let subject = subject::choose(
+        args.subject.as_deref(),
+        args.pod.as_deref(),
+        args.namespace.as_deref(),
+    )
+    .map_err(anyhow::Error::msg)?;
+    let written = subject.as_ref().and_then(|s| s.namespace.clone());
+    let namespace = match (
+        written.or_else(|| args.namespace.clone()),
+        args.all_namespaces,
+    ) {
         (_, true) => None,
-        (Some(ns), false) => Some(ns.clone()),
+        (Some(ns), false) => Some(ns),
         (None, false) => Some(default_namespace(&args.agents).await),
     };
-    let scope = match (&args.pod, &namespace) {
-        (Some(pod), Some(ns)) if !args.all_nodes => Scope::Pod {
+    let target = subject.map(|s| s.target);
+    let pod = match &target {
+        Some(Target::Pod(pod)) => Some(pod.clone()),
+        _ => None,
+    };
+    // A workload is its pods inside the window, gone ones included.
+    let workload = match (&target, &namespace) {
+        (Some(Target::Workload(kind, name)), Some(ns)) => {
+            Some(workload_pods(&args.agents, ns, *kind, name, since).await?)
+        }
+        _ => None,
+    };
+    let scope = match (&pod, &workload, &namespace) {
+        _ if args.all_nodes => Scope::AllNodes,
+        (Some(pod), _, Some(ns)) => Scope::Pod {
             namespace: ns.clone(),
             name: pod.clone(),
             earlier: args.since.map(|_| since),
         },
-        // -n, -A, -l and --all-nodes fan out to every agent.
+        (_, Some(w), _) => Scope::Nodes(w.nodes.iter().cloned().collect()),
+        // -n, -A and -l fan out to every agent.
         _ => Scope::AllNodes,
     };
     let filter = Filter {
         namespace: namespace.clone(),
-        pod: args.pod.clone(),
+        pod: pod.clone(),
         since: Some(since),
         kinds: args.kinds.clone(),
         include_unattributed: false,
     };
-    let selected = match &args.selector {
-        Some(selector) => Some(selected_pods(&args.agents, namespace.as_deref(), selector).await?),
-        None => None,
+    let selected = match (&args.selector, &workload, &namespace) {
+        (Some(selector), _, _) => {
+            Some(selected_pods(&args.agents, namespace.as_deref(), selector).await?)
+        }
+        (None, Some(w), Some(ns)) => Some(
+            w.pods
+                .iter()
+                .map(|p| (ns.clone(), p.clone()))
+                .collect::<std::collections::HashSet<_>>(),
+        ),
+        _ => None,
     };
     let (mut answers, mut unanswered) = gather(&args.agents, &scope, &filter).await?;
     let mut not_shown = Vec::new();
-    if args.agents.agents.is_empty() && matches!(scope, Scope::Pod { .. }) {
+    if args.agents.agents.is_empty() && matches!(scope, Scope::Pod { .. } | Scope::Nodes(_)) {
         not_shown = other_side(&args.agents, &filter, &mut answers, &mut unanswered).await;
     }
     if let Some(selected) = &selected {
@@ -152,8 +183,8 @@ pub async fn query(args: QueryArgs, explain_only: bool) -> anyhow::Result<()> {
     }
     let subject = Subject {
         namespace: namespace.unwrap_or_else(|| "*".to_owned()),
-        pod: match (&args.pod, &args.selector) {
-            (Some(pod), _) => pod.clone(),
+        pod: match (&target, &args.selector) {
+            (Some(target), _) => target.to_string(),
             (None, Some(selector)) => format!("* (-l {selector})"),
             (None, None) => "*".to_owned(),
         },
@@ -187,8 +218,23 @@ struct Subject {
 pub async fn timeline(args: TimelineArgs) -> anyhow::Result<()> {
     use super::{TimelineFormat, cluster, timeline};
     let since = window_start(SystemTime::now(), args.since);
-    let namespace = match &args.namespace {
-        Some(ns) => ns.clone(),
+    let subject = subject::choose(
+        args.subject.as_deref(),
+        args.pod.as_deref(),
+        args.namespace.as_deref(),
+    )
+    .map_err(anyhow::Error::msg)?;
+    let Some(subject::Subject {
+        namespace: written,
+        target: Target::Pod(pod),
+    }) = subject
+    else {
+        anyhow::bail!(
+            "timeline is about one pod: give POD, pod/POD or NAMESPACE/POD (a workload's pods: `query TYPE/NAME`)"
+        );
+    };
+    let namespace = match written.or_else(|| args.namespace.clone()) {
+        Some(ns) => ns,
         None => default_namespace(&args.agents).await,
     };
     let scope = if args.all_nodes {
@@ -196,13 +242,13 @@ pub async fn timeline(args: TimelineArgs) -> anyhow::Result<()> {
     } else {
         Scope::Pod {
             namespace: namespace.clone(),
-            name: args.pod.clone(),
+            name: pod.clone(),
             earlier: Some(since),
         }
     };
     let filter = Filter {
         namespace: Some(namespace.clone()),
-        pod: Some(args.pod.clone()),
+        pod: Some(pod.clone()),
         since: Some(since),
         kinds: Vec::new(),
         include_unattributed: false,
@@ -215,13 +261,8 @@ pub async fn timeline(args: TimelineArgs) -> anyhow::Result<()> {
     // Oldest first: the document reads as the incident unfolded.
     evidence.sort_by(|a, b| a.first_seen.cmp(&b.first_seen).then(b.count.cmp(&a.count)));
     let findings = diagnose::diagnose_cited(&evidence);
-    let view = match cluster::client(&cluster::ClusterArgs {
-        kubeconfig: args.agents.kubeconfig.clone(),
-        context: args.agents.context.clone(),
-    })
-    .await
-    {
-        Ok(kube) => timeline::read_cluster(&kube, &namespace, &args.pod, since).await,
+    let view = match cluster::client(&args.agents.cluster()).await {
+        Ok(kube) => timeline::read_cluster(&kube, &namespace, &pod, since).await,
         Err(e) => timeline::ClusterView {
             unreadable: vec![format!("the cluster: {e}")],
             ..timeline::ClusterView::default()
@@ -234,7 +275,7 @@ pub async fn timeline(args: TimelineArgs) -> anyhow::Result<()> {
         .collect();
     let inputs = timeline::Inputs {
         namespace: &namespace,
-        pod: &args.pod,
+        pod: &pod,
         since,
         evidence: &evidence,
         findings: &findings,
@@ -337,10 +378,7 @@ async fn explanations(
     if args.no_explain || !needed {
         return Vec::new();
     }
-    let cluster = super::cluster::ClusterArgs {
-        kubeconfig: args.agents.kubeconfig.clone(),
-        context: args.agents.context.clone(),
-    };
+    let cluster = args.agents.cluster();
     let snapshot = explain::snapshot(&cluster).await.map_err(|e| {
         let chain: Vec<String> = e.chain().map(ToString::to_string).collect();
         format!("cannot read NetworkPolicies ({})", chain.join(": "))
@@ -366,28 +404,62 @@ async fn explanations(_: &QueryArgs, _: &[crate::evidence::Evidence]) -> Vec<ren
     Vec::new()
 }
 
+/// Least time between two look-ups of a watched workload's pods.
+const WORKLOAD_RELOOK: Duration = Duration::from_secs(5);
+
 pub async fn watch(args: WatchArgs) -> anyhow::Result<()> {
+    let subject = subject::choose(
+        args.subject.as_deref(),
+        args.pod.as_deref(),
+        args.namespace.as_deref(),
+    )
+    .map_err(anyhow::Error::msg)?;
+    let written = subject.as_ref().and_then(|s| s.namespace.clone());
     let namespace = if args.all_namespaces {
         None
-    } else if args.namespace.is_none() && args.pod.is_some() {
+    } else if let Some(ns) = written.or_else(|| args.namespace.clone()) {
+        Some(ns)
+    } else if subject.is_some() {
         Some(default_namespace(&args.agents).await)
     } else {
-        args.namespace.clone()
+        None
+    };
+    let target = subject.map(|s| s.target);
+    let pod = match &target {
+        Some(Target::Pod(pod)) => Some(pod.clone()),
+        _ => None,
+    };
+    // A workload's pods, looked up again when an update names a pod not among them (a new
+    // pod of a rollout or a scale-up), at most every few seconds.
+    let mut workload = match (&target, &namespace) {
+        (Some(Target::Workload(kind, name)), Some(ns)) => {
+            let since = window_start(SystemTime::now(), DEFAULT_SINCE);
+            let pods = workload_pods(&args.agents, ns, *kind, name, since).await?;
+            Some((
+                ns.clone(),
+                *kind,
+                name.clone(),
+                pods.pods,
+                std::time::Instant::now(),
+            ))
+        }
+        _ => None,
     };
     let filter = Filter {
         namespace: namespace.clone(),
-        pod: args.pod.clone(),
+        pod: pod.clone(),
         since: None,
         kinds: args.kinds.clone(),
-        include_unattributed: args.pod.is_none() && namespace.is_none(),
+        include_unattributed: target.is_none() && namespace.is_none(),
     };
-    let scope = match &args.pod {
-        Some(pod) => Scope::Pod {
-            namespace: namespace.clone().unwrap_or_else(|| "default".into()),
+    let scope = match (&pod, &namespace) {
+        (Some(pod), Some(ns)) => Scope::Pod {
+            namespace: ns.clone(),
             name: pod.clone(),
             earlier: None,
         },
-        None => Scope::AllNodes,
+        // A workload's new pods may land on any node.
+        _ => Scope::AllNodes,
     };
     let (targets, missing) = targets(&args.agents, &scope).await?;
     for m in &missing {
@@ -436,6 +508,23 @@ pub async fn watch(args: WatchArgs) -> anyhow::Result<()> {
                 continue;
             }
         };
+        // Another pod's update: skipped before its loss counters are read, so the next
+        // shown update reports their growth.
+        if let Some((ns, kind, name, pods, looked)) = &mut workload {
+            let Some(of) = update.evidence.pod().map(|p| p.name.clone()) else {
+                continue;
+            };
+            if !pods.contains(&of) && looked.elapsed() >= WORKLOAD_RELOOK {
+                let since = window_start(SystemTime::now(), DEFAULT_SINCE);
+                if let Ok(now) = workload_pods(&args.agents, ns, *kind, name, since).await {
+                    *pods = now.pods;
+                }
+                *looked = std::time::Instant::now();
+            }
+            if !pods.contains(&of) {
+                continue;
+            }
+        }
         let before = seen.entry(update.agent.clone()).or_default();
         let grown: Vec<_> = update
             .loss

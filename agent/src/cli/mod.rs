@@ -11,6 +11,7 @@ pub mod exit;
 pub mod explain;
 pub mod peers;
 pub mod render;
+pub mod subject;
 pub mod targets;
 pub mod timeline;
 
@@ -61,6 +62,17 @@ pub struct AgentsArgs {
     pub agent_port: u16,
 }
 
+impl AgentsArgs {
+    /// How to reach the cluster, from these flags.
+    #[cfg(feature = "cluster")]
+    pub fn cluster(&self) -> cluster::ClusterArgs {
+        cluster::ClusterArgs {
+            kubeconfig: self.kubeconfig.clone(),
+            context: self.context.clone(),
+        }
+    }
+}
+
 /// Output formats, as kubectl names them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Output {
@@ -76,20 +88,26 @@ pub enum Output {
     clap::ArgGroup::new("which")
         .required(true)
         .multiple(true)
-        .args(["pod", "namespace", "all_namespaces", "selector"])
+        .args(["subject", "pod", "namespace", "all_namespaces", "selector"])
 ))]
 pub struct QueryArgs {
-    /// Pod name (in -n's namespace; without -n, the kubeconfig context's, as kubectl).
+    /// What to ask about: a pod (`web-7c9f-abcde`, `pod/NAME`), a workload's pods, current
+    /// and earlier ones inside the window (`deploy/web`, `sts/db`, `ds/NAME`, `job/NAME`,
+    /// `rs/NAME`), or `NAMESPACE/NAME`. In -n's namespace; without -n, the kubeconfig
+    /// context's, as kubectl.
+    #[arg(value_name = "TYPE/NAME", conflicts_with = "pod")]
+    pub subject: Option<String>,
+    /// Pod name (as the subject argument).
     #[arg(long)]
     pub pod: Option<String>,
     /// Namespace: of --pod; without --pod, every pod of it (every agent is asked).
     #[arg(short = 'n', long)]
     pub namespace: Option<String>,
     /// Every namespace (every agent is asked).
-    #[arg(short = 'A', long, conflicts_with_all = ["namespace", "pod"])]
+    #[arg(short = 'A', long, conflicts_with_all = ["namespace", "pod", "subject"])]
     pub all_namespaces: bool,
     /// Only pods matching this label selector (with -n or -A), e.g. "app=web".
-    #[arg(short = 'l', long, conflicts_with = "pod")]
+    #[arg(short = 'l', long, conflicts_with_all = ["pod", "subject"])]
     pub selector: Option<String>,
     /// Only evidence seen within this long, e.g. "15m", "2h" [default: 1h]. Given, the nodes
     /// earlier pods of this name ran on are asked too (a pod that moved).
@@ -117,6 +135,9 @@ pub struct QueryArgs {
 
 #[derive(Debug, Args)]
 pub struct WatchArgs {
+    /// Only this pod, or this workload's pods (`deploy/web`, `sts/db`, ...), as `query`'s.
+    #[arg(value_name = "TYPE/NAME", conflicts_with = "pod")]
+    pub subject: Option<String>,
     /// Only this pod.
     #[arg(long)]
     pub pod: Option<String>,
@@ -125,7 +146,7 @@ pub struct WatchArgs {
     #[arg(short = 'n', long)]
     pub namespace: Option<String>,
     /// Every namespace (the default without -n), records tied to no pod included.
-    #[arg(short = 'A', long, conflicts_with = "namespace")]
+    #[arg(short = 'A', long, conflicts_with_all = ["namespace", "pod", "subject"])]
     pub all_namespaces: bool,
     /// Only these kinds (repeatable).
     #[arg(long = "kind")]
@@ -151,10 +172,14 @@ pub enum TimelineFormat {
 }
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["subject", "pod"])))]
 pub struct TimelineArgs {
-    /// Pod name.
+    /// The pod: `NAME`, `pod/NAME` or `NAMESPACE/NAME`.
+    #[arg(value_name = "POD")]
+    pub subject: Option<String>,
+    /// Pod name (as the subject argument).
     #[arg(long)]
-    pub pod: String,
+    pub pod: Option<String>,
     /// Pod namespace (default: the kubeconfig context's, as kubectl).
     #[arg(short = 'n', long)]
     pub namespace: Option<String>,

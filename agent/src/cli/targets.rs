@@ -28,7 +28,67 @@ pub(super) enum Scope {
         /// With `--since`: also the nodes of earlier pods of this name inside the window.
         earlier: Option<SystemTime>,
     },
+    /// The agents of these nodes (a workload's pods ran there).
+    Nodes(Vec<String>),
     AllNodes,
+}
+
+/// A cluster error as the command's exit: NotFound is exit 6, the rest exit 5.
+#[cfg(feature = "cluster")]
+pub(super) fn cluster_exit(e: cli::cluster::ClusterError) -> anyhow::Error {
+    let code = match e {
+        cli::cluster::ClusterError::NotFound { .. } => exit::NOT_FOUND,
+        _ => exit::CLUSTER,
+    };
+    anyhow::Error::from(Exit {
+        code,
+        message: e.to_string(),
+    })
+}
+
+/// The pods of a workload inside the window, and the nodes they ran on; a workload that has
+/// no pods and created none inside the window is exit 6.
+#[cfg(feature = "cluster")]
+pub(super) async fn workload_pods(
+    agents: &cli::AgentsArgs,
+    namespace: &str,
+    kind: cli::subject::WorkloadKind,
+    name: &str,
+    since: SystemTime,
+) -> anyhow::Result<cli::subject::Resolved> {
+    let kube = cli::cluster::client(&agents.cluster())
+        .await
+        .map_err(cluster_exit)?;
+    let resolved = cli::subject::resolve(&kube, namespace, kind, name, since)
+        .await
+        .map_err(cluster_exit)?;
+    if resolved.pods.is_empty() {
+        return Err(Exit {
+            code: exit::NOT_FOUND,
+            message: format!(
+                "{} {namespace}/{name} has no pods, and created none since {}",
+                kind.kind().to_ascii_lowercase(),
+                crate::text::rfc3339(since)
+            ),
+        }
+        .into());
+    }
+    Ok(resolved)
+}
+
+#[cfg(not(feature = "cluster"))]
+pub(super) async fn workload_pods(
+    _: &cli::AgentsArgs,
+    _: &str,
+    _: cli::subject::WorkloadKind,
+    _: &str,
+    _: SystemTime,
+) -> anyhow::Result<cli::subject::Resolved> {
+    Err(Exit {
+        code: exit::CLUSTER,
+        message: "built without Kubernetes support (feature `cluster`): a workload needs it".into(),
+    }
+    .into())
 }
 
 /// The agents to ask, and the nodes that should have one but have none (as unanswered).
@@ -47,23 +107,9 @@ async fn discover(
     args: &cli::AgentsArgs,
     scope: &Scope,
 ) -> anyhow::Result<(Vec<client::Target>, Vec<render::Unanswered>)> {
-    use cli::cluster::{self, ClusterError};
-    let fail = |e: ClusterError| {
-        let code = match e {
-            ClusterError::NotFound { .. } => exit::NOT_FOUND,
-            _ => exit::CLUSTER,
-        };
-        anyhow::Error::from(Exit {
-            code,
-            message: e.to_string(),
-        })
-    };
-    let kube = cluster::client(&cluster::ClusterArgs {
-        kubeconfig: args.kubeconfig.clone(),
-        context: args.context.clone(),
-    })
-    .await
-    .map_err(fail)?;
+    use cli::cluster;
+    let fail = cluster_exit;
+    let kube = cluster::client(&args.cluster()).await.map_err(fail)?;
     let selector = cluster::AgentSelector {
         namespace: args.agent_namespace.clone(),
         selector: args.agent_selector.clone(),
@@ -82,6 +128,10 @@ async fn discover(
             let agents = cluster::agent_pods(&kube, &selector).await.map_err(fail)?;
             (agents, Some(nodes))
         }
+        Scope::Nodes(nodes) => (
+            cluster::agent_pods(&kube, &selector).await.map_err(fail)?,
+            Some(nodes.clone()),
+        ),
         Scope::AllNodes => (
             cluster::agent_pods(&kube, &selector).await.map_err(fail)?,
             None,
@@ -171,11 +221,7 @@ pub(super) async fn other_side(
     if destinations.is_empty() {
         return not_shown;
     }
-    let cluster_args = cluster::ClusterArgs {
-        kubeconfig: agents.kubeconfig.clone(),
-        context: agents.context.clone(),
-    };
-    let Ok(kube) = cluster::client(&cluster_args).await else {
+    let Ok(kube) = cluster::client(&agents.cluster()).await else {
         return not_shown;
     };
     let selector = cluster::AgentSelector {
@@ -270,12 +316,7 @@ pub(super) async fn selected_pods(
         code: exit::CLUSTER,
         message: e.to_string(),
     };
-    let kube = cluster::client(&cluster::ClusterArgs {
-        kubeconfig: agents.kubeconfig.clone(),
-        context: agents.context.clone(),
-    })
-    .await
-    .map_err(fail)?;
+    let kube = cluster::client(&agents.cluster()).await.map_err(fail)?;
     Ok(cluster::pods_by_selector(&kube, namespace, selector)
         .await
         .map_err(fail)?

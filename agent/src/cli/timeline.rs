@@ -405,18 +405,7 @@ pub async fn read_cluster(
     match events.list(&lp).await {
         Ok(list) => {
             for e in list.items {
-                let at = e
-                    .last_timestamp
-                    .as_ref()
-                    .map(|t| SystemTime::from(t.0))
-                    .or_else(|| e.event_time.as_ref().map(|t| SystemTime::from(t.0)))
-                    .or_else(|| {
-                        e.metadata
-                            .creation_timestamp
-                            .as_ref()
-                            .map(|t| SystemTime::from(t.0))
-                    });
-                let Some(at) = at.filter(|t| *t >= since) else {
+                let Some(at) = crate::cli::cluster::event_time(&e).filter(|t| *t >= since) else {
                     continue;
                 };
                 view.events.push((

@@ -285,13 +285,35 @@ pub fn deployment_objects(
 }
 
 /// The pod, owned by the ReplicaSet `rs` (from [`deployment_objects`]).
-pub fn owned_by_replica_set(mut pod: Pod, namespace: &str, rs: &str) -> Pod {
-    pod.metadata.owner_references = Some(vec![controller_ref(
-        "ReplicaSet",
-        rs,
-        &format!("uid-rs-{namespace}-{rs}"),
-    )]);
+pub fn owned_by_replica_set(pod: Pod, namespace: &str, rs: &str) -> Pod {
+    owned_by(pod, "ReplicaSet", rs, &format!("uid-rs-{namespace}-{rs}"))
+}
+
+/// The pod, controlled by the workload `kind`/`name` with `uid` (a StatefulSet, DaemonSet or
+/// Job owns its pods directly).
+pub fn owned_by(mut pod: Pod, kind: &str, name: &str, uid: &str) -> Pod {
+    pod.metadata.owner_references = Some(vec![controller_ref(kind, name, uid)]);
     pod
+}
+
+/// An Event about a controller (`SuccessfulCreate` "Created pod: NAME" from a ReplicaSet,
+/// DaemonSet or Job controller), `lastTimestamp` now.
+pub fn controller_event_object(
+    namespace: &str,
+    (kind, object, uid): (&str, &str, &str),
+    name: &str,
+    reason: &str,
+    message: &str,
+) -> k8s_openapi::api::core::v1::Event {
+    let mut event = pod_event_object(namespace, object, name, "Normal", reason, message);
+    event.involved_object.kind = Some(kind.to_owned());
+    event.involved_object.api_version =
+        Some(if kind == "Job" { "batch/v1" } else { "apps/v1" }.to_owned());
+    event.involved_object.uid = Some(uid.to_owned());
+    if let Some(source) = event.source.as_mut() {
+        source.component = Some(format!("{}-controller", kind.to_ascii_lowercase()));
+    }
+    event
 }
 
 fn controller_ref(
@@ -300,7 +322,7 @@ fn controller_ref(
     uid: &str,
 ) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
     k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
-        api_version: "apps/v1".to_owned(),
+        api_version: if kind == "Job" { "batch/v1" } else { "apps/v1" }.to_owned(),
         kind: kind.to_owned(),
         name: name.to_owned(),
         uid: uid.to_owned(),

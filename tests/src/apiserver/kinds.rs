@@ -5,7 +5,8 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Event, Namespace, NamespaceSpec, NamespaceStatus, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -27,6 +28,9 @@ pub(super) enum Kind {
     Event,
     ReplicaSet,
     Deployment,
+    StatefulSet,
+    DaemonSet,
+    Job,
 }
 
 /// Names and scope of a kind, as discovery documents and URLs spell them.
@@ -45,13 +49,16 @@ pub(super) struct Info {
 }
 
 impl Kind {
-    pub(super) const ALL: [Kind; 6] = [
+    pub(super) const ALL: [Kind; 9] = [
         Kind::Namespace,
         Kind::Pod,
         Kind::NetworkPolicy,
         Kind::Event,
         Kind::ReplicaSet,
         Kind::Deployment,
+        Kind::StatefulSet,
+        Kind::DaemonSet,
+        Kind::Job,
     ];
 
     pub(super) fn info(self) -> &'static Info {
@@ -62,6 +69,9 @@ impl Kind {
             Kind::Event => &EVENT,
             Kind::ReplicaSet => &REPLICA_SET,
             Kind::Deployment => &DEPLOYMENT,
+            Kind::StatefulSet => &STATEFUL_SET,
+            Kind::DaemonSet => &DAEMON_SET,
+            Kind::Job => &JOB,
         }
     }
 
@@ -76,6 +86,9 @@ impl Kind {
             Kind::Event => selectable(&Event::default()),
             Kind::ReplicaSet => selectable(&ReplicaSet::default()),
             Kind::Deployment => selectable(&Deployment::default()),
+            Kind::StatefulSet => selectable(&StatefulSet::default()),
+            Kind::DaemonSet => selectable(&DaemonSet::default()),
+            Kind::Job => selectable(&Job::default()),
         };
         fields.iter().any(|(name, _)| *name == field)
     }
@@ -97,6 +110,9 @@ static NETWORK_POLICY: Info = info::<NetworkPolicy>("networkpolicy", &["netpol"]
 static EVENT: Info = info::<Event>("event", &["ev"]);
 static REPLICA_SET: Info = info::<ReplicaSet>("replicaset", &["rs"]);
 static DEPLOYMENT: Info = info::<Deployment>("deployment", &["deploy"]);
+static STATEFUL_SET: Info = info::<StatefulSet>("statefulset", &["sts"]);
+static DAEMON_SET: Info = info::<DaemonSet>("daemonset", &["ds"]);
+static JOB: Info = info::<Job>("job", &[]);
 
 const fn info<K: Stored>(singular: &'static str, short_names: &'static [&'static str]) -> Info {
     Info {
@@ -270,4 +286,22 @@ impl Stored for ReplicaSet {
 
 impl Stored for Deployment {
     const STORED: Kind = Kind::Deployment;
+}
+
+impl Stored for StatefulSet {
+    const STORED: Kind = Kind::StatefulSet;
+}
+
+impl Stored for DaemonSet {
+    const STORED: Kind = Kind::DaemonSet;
+}
+
+/// The real server's job field set adds `status.successful` (pkg/registry/batch/job).
+impl Stored for Job {
+    const STORED: Kind = Kind::Job;
+
+    fn fields(&self) -> Vec<(&'static str, String)> {
+        let successful = self.status.as_ref().and_then(|s| s.succeeded).unwrap_or(0);
+        vec![("status.successful", successful.to_string())]
+    }
 }

@@ -47,8 +47,8 @@ mod tests;
 mod watch;
 
 pub use fixtures::{
-    PodFixture, agent_pod_object, deployment_objects, namespace_object, network_policy_object,
-    owned_by_replica_set, pod_event_object, pod_object,
+    PodFixture, agent_pod_object, controller_event_object, deployment_objects, namespace_object,
+    network_policy_object, owned_by, owned_by_replica_set, pod_event_object, pod_object,
 };
 use kinds::Stored;
 use store::Store;
@@ -228,6 +228,21 @@ impl ApiServer {
     /// Create or replace a Deployment (apps/v1).
     pub fn apply_deployment(&self, deployment: k8s_openapi::api::apps::v1::Deployment) {
         self.apply(deployment);
+    }
+
+    /// Create or replace a StatefulSet (apps/v1).
+    pub fn apply_stateful_set(&self, sts: k8s_openapi::api::apps::v1::StatefulSet) {
+        self.apply(sts);
+    }
+
+    /// Create or replace a DaemonSet (apps/v1).
+    pub fn apply_daemon_set(&self, ds: k8s_openapi::api::apps::v1::DaemonSet) {
+        self.apply(ds);
+    }
+
+    /// Create or replace a Job (batch/v1).
+    pub fn apply_job(&self, job: k8s_openapi::api::batch::v1::Job) {
+        self.apply(job);
     }
 
     /// Create or replace a NetworkPolicy, as [`Self::apply_pod`] does for pods.
