@@ -3,6 +3,7 @@
 //! quick when everything is present).
 
 mod image;
+mod links;
 mod matrix;
 mod setup;
 
@@ -80,7 +81,8 @@ enum Task {
     },
     /// Regenerate proto/src/gen from proto/agent/v1/*.proto.
     Codegen,
-    /// fmt check and clippy -D warnings on the host crates, the CLI-only build and the BPF crate.
+    /// The Markdown's relative links and anchors, fmt check, and clippy -D warnings on the host
+    /// crates, the CLI-only build and the BPF crate.
     Lint,
     /// Boot Debian's cloud kernels under qemu (software emulation) and run the payload in each:
     /// kernels fetched once into target/kernel-matrix/cache (later runs need no network),
@@ -238,6 +240,8 @@ fn lint() -> anyhow::Result<()> {
 }
 
 fn lint_workspace() -> anyhow::Result<()> {
+    // First: it takes milliseconds and needs no build.
+    links::check(&root())?;
     run(cargo().args(["fmt", "--all", "--check"]))?;
     run(cargo().args([
         "clippy",
