@@ -24,6 +24,40 @@ pub fn rfc3339(t: SystemTime) -> String {
         )
 }
 
+/// How long ago `t` was, as kubectl prints an age (its `HumanDuration`): "45s", "3m20s",
+/// "2h15m", "3d4h"; "0s" for a time in the future (clocks of two machines differ).
+pub fn age(now: SystemTime, t: SystemTime) -> String {
+    let secs = now.duration_since(t).map_or(0, |d| d.as_secs());
+    let (minutes, hours) = (secs / 60, secs / 3600);
+    let days = hours / 24;
+    let pair = |a: u64, ua: &str, b: u64, ub: &str| {
+        if b == 0 {
+            format!("{a}{ua}")
+        } else {
+            format!("{a}{ua}{b}{ub}")
+        }
+    };
+    if secs < 120 {
+        format!("{secs}s")
+    } else if minutes < 10 {
+        pair(minutes, "m", secs % 60, "s")
+    } else if minutes < 180 {
+        format!("{minutes}m")
+    } else if hours < 8 {
+        pair(hours, "h", minutes % 60, "m")
+    } else if hours < 48 {
+        format!("{hours}h")
+    } else if hours < 24 * 8 {
+        pair(days, "d", hours % 24, "h")
+    } else if days < 365 * 2 {
+        format!("{days}d")
+    } else if days < 365 * 8 {
+        pair(days / 365, "y", days % 365, "d")
+    } else {
+        format!("{}y", days / 365)
+    }
+}
+
 /// Escapes what a terminal would interpret: C0 and C1 control characters, DEL, and the Unicode
 /// bidirectional controls (which can reorder what is shown). Printable text is untouched.
 pub fn clean(s: &str) -> Cow<'_, str> {
@@ -53,4 +87,46 @@ pub fn cleaned(s: impl std::fmt::Display) -> String {
 /// Bytes as MiB with one decimal ("64.0MiB").
 pub fn mib(bytes: u64) -> String {
     format!("{:.1}MiB", bytes as f64 / f64::from(1u32 << 20))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use super::age;
+
+    /// kubectl's ages (k8s.io/apimachinery/pkg/util/duration.HumanDuration), boundary by
+    /// boundary.
+    #[test]
+    fn ages_read_as_kubectl_prints_them() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+        let ago = |s: u64| age(now, now - Duration::from_secs(s));
+        for (secs, want) in [
+            (0, "0s"),
+            (119, "119s"),
+            (120, "2m"),
+            (200, "3m20s"),
+            (599, "9m59s"),
+            (600, "10m"),
+            (179 * 60, "179m"),
+            (3 * 3600, "3h"),
+            (3 * 3600 + 5 * 60, "3h5m"),
+            (8 * 3600, "8h"),
+            (47 * 3600, "47h"),
+            (48 * 3600, "2d"),
+            (3 * 86400 + 4 * 3600, "3d4h"),
+            (8 * 86400, "8d"),
+            (729 * 86400, "729d"),
+            (730 * 86400, "2y"),
+            (800 * 86400, "2y70d"),
+            (8 * 365 * 86400, "8y"),
+        ] {
+            assert_eq!(ago(secs), want, "{secs}s");
+        }
+        assert_eq!(
+            age(now, now + Duration::from_secs(5)),
+            "0s",
+            "a future time"
+        );
+    }
 }

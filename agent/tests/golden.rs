@@ -152,6 +152,8 @@ fn query(style: &Style) -> String {
             pod: "web-7c9f-abcde",
             namespace: "shop",
             since: Some(t(1)),
+            now: t(160),
+            pod_column: false,
             evidence: &evidence,
             findings: &findings,
             answers: &answers,
@@ -163,7 +165,60 @@ fn query(style: &Style) -> String {
 
 #[test]
 fn query_table() {
-    golden("query", &query(&Style::default()));
+    let text = query(&Style::default());
+    golden("query", &text);
+    // The table fits a 120-column terminal; the prose under it wraps as prose does.
+    let table = text.split("\n\n").nth(1).expect("a table after the header");
+    for line in table.lines() {
+        assert!(
+            line.chars().count() <= 120,
+            "wider than 120 columns: {line}"
+        );
+    }
+}
+
+/// A workload's answer names each row's pod.
+#[test]
+fn query_table_of_a_workload() {
+    let evidence = evidence();
+    let answers = [answer(vec![])];
+    golden(
+        "query-workload",
+        &render::query_table_styled(
+            &Answer {
+                pod: "deploy/web",
+                namespace: "shop",
+                since: Some(t(1)),
+                now: t(160),
+                pod_column: true,
+                evidence: &evidence,
+                findings: &[],
+                answers: &answers,
+                notes: &[],
+            },
+            &Style::default(),
+        ),
+    );
+}
+
+/// The README's example answer is this renderer's: its `query` block is the golden table.
+#[test]
+fn the_readme_shows_the_golden_query_table() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let readme = std::fs::read_to_string(root.join("README.md")).expect("README.md");
+    let golden = std::fs::read_to_string(root.join("agent/tests/golden/query.txt"))
+        .expect("the golden table");
+    let (begin, end) = (
+        "<!-- example:query -->\n```\n",
+        "```\n<!-- /example:query -->",
+    );
+    let start = readme.find(begin).expect("the README's query example") + begin.len();
+    let stop = readme[start..].find(end).expect("its end") + start;
+    assert_eq!(
+        &readme[start..stop],
+        golden,
+        "README.md's query example is not agent/tests/golden/query.txt: copy it over"
+    );
 }
 
 #[test]

@@ -188,6 +188,7 @@ pub async fn query(args: QueryArgs, explain_only: bool) -> anyhow::Result<()> {
             (None, Some(selector)) => format!("* (-l {selector})"),
             (None, None) => "*".to_owned(),
         },
+        single_pod: pod.is_some(),
     };
     let gathered = Gathered {
         answers: &answers,
@@ -206,10 +207,12 @@ struct Gathered<'a> {
     not_shown: &'a [super::peers::NotShown],
 }
 
-/// What a query is about, for its header: a pod, or `*` for a fan-out.
+/// What a query is about, for its header: a pod, a workload, or `*` for a fan-out.
 struct Subject {
     namespace: String,
     pod: String,
+    /// Whether it is one pod (its rows need not name it).
+    single_pod: bool,
 }
 
 /// `timeline --pod X`: the incident timeline from the evidence, the pod's events and its
@@ -335,9 +338,8 @@ async fn query_answer(
         return match args.output {
             Output::Json | Output::Yaml => json(&[]),
             Output::Table | Output::Wide if notes.is_empty() => print(&format!(
-                "Pod {}/{}: no drops or timeouts to explain in the requested window.\n{missing}",
-                text::clean(&subject.namespace),
-                text::clean(&subject.pod)
+                "{}: no drops or timeouts to explain in the requested window.\n{missing}",
+                render::subject_text(&subject.pod, &subject.namespace)
             )),
             Output::Table | Output::Wide => {
                 print(&format!("{}{missing}", render::notes_text(&notes, true)))
@@ -353,6 +355,8 @@ async fn query_answer(
                     pod: &subject.pod,
                     namespace: &subject.namespace,
                     since: Some(since),
+                    now: SystemTime::now(),
+                    pod_column: !subject.single_pod,
                     evidence: &evidence,
                     findings: &findings,
                     answers,

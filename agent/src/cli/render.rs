@@ -21,7 +21,7 @@ use crate::{
     diagnose::Finding,
     evidence::{DnsLookups, Evidence, Named as _, PodLosses, PodRef},
     loss::Loss,
-    text::{clean, cleaned, rfc3339},
+    text::{self, clean, cleaned, rfc3339},
 };
 
 /// Words for a loss counter's name; a name this version does not know is shown as it is.
@@ -214,9 +214,11 @@ impl Style {
     }
 }
 
-/// Column widths count characters; ANSI colour sequences (only ours: cells are cleaned)
-/// take no room.
+/// Column widths count terminal columns (a CJK character takes two, a combining mark none:
+/// Unicode's East Asian Width, as terminals draw them); ANSI colour sequences (only ours:
+/// cells are cleaned) take no room.
 fn visible_width(cell: &str) -> usize {
+    use unicode_width::UnicodeWidthChar as _;
     let mut n = 0;
     let mut in_escape = false;
     for c in cell.chars() {
@@ -224,7 +226,7 @@ fn visible_width(cell: &str) -> usize {
             (false, '\x1b') => in_escape = true,
             (true, 'm') => in_escape = false,
             (true, _) => {}
-            (false, _) => n += 1,
+            (false, _) => n += c.width().unwrap_or(0),
         }
     }
     n
@@ -269,6 +271,8 @@ pub fn query_table(
         pod,
         namespace,
         since,
+        now: SystemTime::now(),
+        pod_column: false,
         evidence,
         findings,
         answers,
@@ -283,6 +287,10 @@ pub struct Answer<'a> {
     pub namespace: &'a str,
     /// The window's start.
     pub since: Option<SystemTime>,
+    /// When the answer is printed: ages are counted to it.
+    pub now: SystemTime,
+    /// Whether rows name their pod (the subject is more than one pod).
+    pub pod_column: bool,
     pub evidence: &'a [Evidence],
     pub findings: &'a [Finding],
     pub answers: &'a [AgentAnswer],
@@ -296,6 +304,8 @@ pub fn query_table_styled(a: &Answer<'_>, style: &Style) -> String {
         pod,
         namespace,
         since,
+        now,
+        pod_column,
         evidence,
         findings,
         answers,
@@ -303,11 +313,10 @@ pub fn query_table_styled(a: &Answer<'_>, style: &Style) -> String {
     } = *a;
     let mut out = String::new();
     let nodes: Vec<String> = answers.iter().map(|a| cleaned(&a.node)).collect();
+    let subject = subject_text(pod, namespace);
     let _ = writeln!(
         out,
-        "Pod {}/{}: {} record(s) from {} agent(s) ({})",
-        clean(namespace),
-        clean(pod),
+        "{subject}: {} record(s) from {} agent(s) ({})",
         evidence.len(),
         answers.len(),
         nodes.join(", ")
@@ -318,58 +327,88 @@ pub fn query_table_styled(a: &Answer<'_>, style: &Style) -> String {
             "\nNo silent failures recorded for this pod in the requested window."
         );
     } else {
-        let rows: Vec<Vec<String>> = evidence
-            .iter()
-            .map(|e| {
-                let [direction, src, dst, peer, detail] = e.detail_cells();
-                let s = &e.subject;
-                let mut row = vec![
-                    e.kind().to_string(),
-                    direction,
-                    e.count.to_string(),
-                    rfc3339(e.last_seen),
-                    src,
-                    dst,
-                    peer,
-                    detail,
-                    s.container
-                        .as_deref()
-                        .map_or_else(|| "-".to_owned(), cleaned),
-                    s.process.as_ref().map_or_else(
-                        || "-".to_owned(),
-                        |p| format!("{}[{}]", clean(&p.comm), p.pid),
-                    ),
-                    s.attribution.as_str().to_owned(),
-                    cleaned(&e.node),
-                ];
-                if style.wide {
-                    row.push(rfc3339(e.first_seen));
-                    row.push(
+        let pod_of = |e: &Evidence| e.pod().map_or_else(|| "-".to_owned(), |p| cleaned(&p.name));
+        let (headers, rows): (Vec<&str>, Vec<Vec<String>>) = if style.wide {
+            let mut headers = vec!["KIND"];
+            if pod_column {
+                headers.push("POD");
+            }
+            headers.extend([
+                "DIRECTION",
+                "COUNT",
+                "LAST SEEN",
+                "SRC",
+                "DST",
+                "PEER",
+                "DETAIL",
+                "CONTAINER",
+                "PROCESS",
+                "ATTRIBUTION",
+                "NODE",
+                "FIRST SEEN",
+                "POD UID",
+            ]);
+            let rows = evidence
+                .iter()
+                .map(|e| {
+                    let [direction, src, dst, peer, detail] = e.detail_cells();
+                    let s = &e.subject;
+                    let mut row = vec![e.kind().to_string()];
+                    if pod_column {
+                        row.push(pod_of(e));
+                    }
+                    row.extend([
+                        direction,
+                        e.count.to_string(),
+                        rfc3339(e.last_seen),
+                        src,
+                        dst,
+                        peer,
+                        detail,
+                        s.container
+                            .as_deref()
+                            .map_or_else(|| "-".to_owned(), cleaned),
+                        s.process.as_ref().map_or_else(
+                            || "-".to_owned(),
+                            |p| format!("{}[{}]", clean(&p.comm), p.pid),
+                        ),
+                        s.attribution.as_str().to_owned(),
+                        cleaned(&e.node),
+                        rfc3339(e.first_seen),
                         s.pod
                             .as_ref()
                             .map_or_else(|| "-".to_owned(), |p| cleaned(&p.uid)),
-                    );
-                }
-                row
-            })
-            .collect();
-        let mut headers = vec![
-            "KIND",
-            "DIRECTION",
-            "COUNT",
-            "LAST SEEN",
-            "SRC",
-            "DST",
-            "PEER",
-            "DETAIL",
-            "CONTAINER",
-            "PROCESS",
-            "ATTRIBUTION",
-            "NODE",
-        ];
-        if style.wide {
-            headers.extend(["FIRST SEEN", "POD UID"]);
-        }
+                    ]);
+                    row
+                })
+                .collect();
+            (headers, rows)
+        } else {
+            // The columns read first; the rest is under -o wide.
+            let mut headers = vec!["KIND", "COUNT", "LAST SEEN"];
+            if pod_column {
+                headers.push("POD");
+            }
+            headers.extend(["PEER", "DETAIL"]);
+            let rows = evidence
+                .iter()
+                .map(|e| {
+                    let [direction, src, dst, peer, detail] = e.detail_cells();
+                    let mut row = vec![
+                        e.kind().to_string(),
+                        e.count.to_string(),
+                        text::age(now, e.last_seen),
+                    ];
+                    if pod_column {
+                        row.push(pod_of(e));
+                    }
+                    let own = e.pod().map(|p| p.namespace.as_str());
+                    row.extend([peer_cell(&direction, &src, &dst, &peer, own), detail]);
+                    row
+                })
+                .collect();
+            (headers, rows)
+        };
         out.push('\n');
         out.push_str(&table(&headers, &rows, style));
     }
@@ -389,6 +428,39 @@ pub fn query_table_styled(a: &Answer<'_>, style: &Style) -> String {
         out.push_str(&completeness(a, since));
     }
     out
+}
+
+/// What an answer is about, for its first line: a pod as "Pod NAMESPACE/NAME", a workload as
+/// "TYPE/NAME in namespace NAMESPACE".
+pub fn subject_text(pod: &str, namespace: &str) -> String {
+    match pod.split_once('/') {
+        Some(_) => format!("{} in namespace {}", clean(pod), clean(namespace)),
+        None => format!("Pod {}/{}", clean(namespace), clean(pod)),
+    }
+}
+
+/// The other end of a record, as `hubble observe` writes it: "-> NAME:PORT" to where it went
+/// (outbound), "<- NAME:PORT" from where it came (inbound); NAME is the peer pod when known
+/// (without its namespace when it is the record's own), else the address; "-" for none.
+fn peer_cell(direction: &str, src: &str, dst: &str, peer: &str, own: Option<&str>) -> String {
+    let (arrow, remote) = match direction {
+        "inbound" => ("<-", src),
+        _ if dst != "-" => ("->", dst),
+        _ => return "-".to_owned(),
+    };
+    if peer == "-" {
+        return format!("{arrow} {remote}");
+    }
+    let name = match (own, peer.split_once('/')) {
+        (Some(own), Some((ns, name))) if ns == own => name,
+        _ => peer,
+    };
+    match remote.rsplit_once(':') {
+        Some((_, port)) if port.bytes().all(|b| b.is_ascii_digit()) => {
+            format!("{arrow} {name}:{port}")
+        }
+        _ => format!("{arrow} {name}"),
+    }
 }
 
 /// The NetworkPolicy section: one line per explained record (and the fixes, when asked).

@@ -88,18 +88,17 @@ impl KindDetail for CpuThrottling {
         }
     }
 
-    /// The detail cell: ratio and limit.
+    /// The detail cell: ratio and limit (the seconds throttled are in the diagnosis and the
+    /// JSON).
     fn cell(&self, _: Kind) -> String {
         let limit = self
             .limit_cores()
             .map_or_else(|| "no limit".to_owned(), |l| format!("limit {l} cores"));
         format!(
-            "{:.0}% of periods throttled ({}/{}), {:.2}s throttled in {:.0}s, {limit}",
+            "{:.0}% throttled ({}/{} periods), {limit}",
             self.ratio() * 100.0,
             self.throttled_periods,
             self.total_periods,
-            self.throttled_seconds(),
-            self.interval_seconds()
         )
     }
 
