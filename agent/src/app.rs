@@ -47,6 +47,7 @@ fn init_logging(cli: &Cli) {
 /// Runs the command; errors are printed as one line on stderr.
 pub async fn run(cli: Cli) -> ExitCode {
     init_logging(&cli);
+    crate::cli::render::set_color(cli.color);
     match dispatch(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

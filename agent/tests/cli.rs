@@ -558,3 +558,149 @@ fn without_n_the_kubeconfig_contexts_namespace_is_used() {
     assert_eq!(v["evidence"][0]["pod"]["name"], "web", "{v}");
     cancel.cancel();
 }
+
+/// `-o jsonpath=` and `custom-columns=` over the JSON of `-o json`, the filters on the records'
+/// fields, `--until`, and `query -w`; each bad one is one line, exit 1.
+#[test]
+fn templates_filters_and_the_window_end() {
+    use triage_agent::evidence::{Direction, fixtures::dropped};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let Agent {
+        addr: agent,
+        occurrences: occ_tx,
+        cancel,
+    } = start_agent(&rt);
+    let drop = dropped()
+        .pod("shop", "web")
+        .direction(Direction::Inbound)
+        .src("10.244.2.9:51234")
+        .dst("10.244.1.5:8080")
+        .reason("NETFILTER_DROP")
+        .at_time(SystemTime::now())
+        .occurrence();
+    rt.block_on(async {
+        occ_tx
+            .send(Attributed::Occurrence(occurrence("web")))
+            .await
+            .unwrap();
+        occ_tx.send(Attributed::Occurrence(drop)).await.unwrap();
+    });
+    let query = |extra: &[&str]| {
+        let mut args = vec!["query", "web", "-n", "shop", "--agent", &agent];
+        args.extend_from_slice(extra);
+        cli(&args)
+    };
+    let text = |out: &std::process::Output| {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while text(&query(&["-o", "jsonpath={.evidence[*].kind}"]))
+        .split(' ')
+        .count()
+        < 2
+    {
+        assert!(std::time::Instant::now() < deadline, "never stored");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let kinds = |extra: &[&str]| {
+        let mut args = vec!["-o", "jsonpath={range .evidence[*]}{.kind}{\"\\n\"}{end}"];
+        args.extend_from_slice(extra);
+        let mut k: Vec<String> = text(&query(&args)).lines().map(str::to_owned).collect();
+        k.sort();
+        k
+    };
+    assert_eq!(kinds(&[]), ["connection_refused", "packet_drop"]);
+    assert_eq!(kinds(&["--reason", "netfilter_drop"]), ["packet_drop"]);
+    assert_eq!(kinds(&["--direction", "outbound"]), ["connection_refused"]);
+    assert_eq!(kinds(&["--port", "5432"]), ["connection_refused"]);
+    assert_eq!(kinds(&["--peer", "10.244.2.9"]), ["packet_drop"]);
+    assert!(kinds(&["--outcome", "nxdomain"]).is_empty());
+    // The window's end: both were first seen just now, so not before 1h ago.
+    assert!(kinds(&["--until", "1h"]).is_empty());
+    assert_eq!(kinds(&["--until", "2999-01-01T00:00:00Z"]).len(), 2);
+    let columns = text(&query(&[
+        "-o",
+        "custom-columns=KIND:.kind,PORT:.dst,REASON:.reason",
+        "--kind",
+        "packet_drop",
+    ]));
+    assert_eq!(
+        columns,
+        "KIND         PORT             REASON\npacket_drop  10.244.1.5:8080  NETFILTER_DROP\n"
+    );
+
+    // query -w is watch: it streams what is recorded from now on.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_triage-agent"))
+        .args([
+            "query", "web", "-n", "shop", "--agent", &agent, "-w", "-o", "json",
+        ])
+        .env_remove("TRIAGE_AGENTS")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap()).is_err() {
+                return;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let line = loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "query -w streamed nothing"
+        );
+        rt.block_on(occ_tx.send(Attributed::Occurrence(occurrence("web"))))
+            .unwrap();
+        if let Ok(line) = lines.recv_timeout(Duration::from_millis(300)) {
+            break line;
+        }
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["kind"], "connection_refused", "{v}");
+
+    // Bad input: one line, exit 1, nothing asked or printed.
+    for (args, needle) in [
+        (&["-o", "jsonpath={.evidence"][..], "'{' without its '}'"),
+        (
+            &["-o", "jsonpath={range .evidence[*]}"],
+            "{range} without {end}",
+        ),
+        (&["-o", "custom-columns=KIND"], "expected NAME:PATH"),
+        (&["--since", "yesterday"], "neither a duration"),
+        (
+            &["--since", "5m", "--until", "1h"],
+            "--until is before --since",
+        ),
+    ] {
+        let out = query(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        let code = if args[0] == "--since" && args.len() == 2 {
+            2
+        } else {
+            1
+        };
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {err}");
+        assert!(
+            err.starts_with("error: ") && err.contains(needle),
+            "{args:?}: {err}"
+        );
+        if code == 1 {
+            assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        }
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+    cancel.cancel();
+}

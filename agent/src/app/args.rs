@@ -29,6 +29,9 @@ pub struct Cli {
     /// for log pipelines).
     #[arg(long, global = true, env = "TRIAGE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Colours in tables: auto (on a terminal, unless NO_COLOR is set), always, never.
+    #[arg(long, global = true, value_enum, default_value_t = crate::cli::render::ColorChoice::Auto)]
+    pub color: crate::cli::render::ColorChoice,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -579,7 +582,10 @@ mod tests {
             panic!("query")
         };
         assert_eq!(q.agents.agents, vec!["http://a:1", "http://b:2"]);
-        assert_eq!(q.since, Some(Duration::from_secs(300)));
+        assert_eq!(
+            q.since,
+            Some(crate::cli::select::When::Ago(Duration::from_secs(300)))
+        );
         assert_eq!(q.kinds, vec![Kind::Dns]);
         assert!(
             Cli::try_parse_from([

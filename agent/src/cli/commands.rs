@@ -14,6 +14,7 @@ use super::TimelineArgs;
 use super::{
     DEFAULT_SINCE, Output, QueryArgs, StatusArgs, WatchArgs, client,
     exit::{self, Exit},
+    output::Format,
     render,
     subject::{self, Target},
     targets::{
@@ -33,18 +34,32 @@ pub fn print(text: &str) -> anyhow::Result<()> {
     out.flush().context("writing output")
 }
 
-/// JSON (pretty) or YAML of a value, for `-o json|yaml`; None for the table formats.
-pub fn structured(output: Output, value: &serde_json::Value) -> anyhow::Result<Option<String>> {
+/// JSON (pretty), YAML, a template's or columns' text of a value, for `-o json|yaml|
+/// jsonpath=|custom-columns=`; None for the table formats.
+pub fn structured(
+    output: &Output,
+    value: &serde_json::Value,
+    no_headers: bool,
+) -> anyhow::Result<Option<String>> {
     Ok(match output {
         Output::Json => Some(format!("{}\n", serde_json::to_string_pretty(value)?)),
         Output::Yaml => Some(serde_yaml::to_string(value)?),
+        Output::JsonPath(_) | Output::CustomColumns(_) => Format::new(output)
+            .map_err(anyhow::Error::msg)?
+            .map(|f| f.render(value, no_headers)),
         Output::Table | Output::Wide => None,
     })
+}
+
+/// Checks `-o`'s template or columns before anything is asked.
+fn check_output(output: &Output) -> anyhow::Result<()> {
+    Format::new(output).map(|_| ()).map_err(anyhow::Error::msg)
 }
 
 /// Every agent's health, problems first; agents that do not answer are listed (exit 3), or
 /// the one-line error when none does (exit 4).
 pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
+    check_output(&args.output)?;
     let (targets, mut unanswered) = targets(&args.agents, &Scope::AllNodes).await?;
     let mut statuses = Vec::new();
     let results = client::status_each(&targets, args.agents.timeout, progress()).await;
@@ -67,18 +82,18 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
         }
         .into());
     }
-    let style = render::Style::detect(args.output == Output::Wide, args.no_headers);
+    let style = render::Style::detect(args.output.is_wide(), args.no_headers);
     let mut json = render::status_json(&statuses);
     if let Some(items) = json.as_array_mut() {
         for u in &unanswered {
             items.push(serde_json::json!({"agent": u.agent, "node": u.node, "answered": false, "error": u.error}));
         }
     }
-    match structured(args.output, &json)? {
+    match structured(&args.output, &json, args.no_headers)? {
         Some(text) => print(&text)?,
         None => {
             let mut text = render::status_summary(&statuses, &unanswered, &style);
-            if args.output == Output::Wide {
+            if args.output.is_wide() {
                 text.push('\n');
                 text.push_str(&render::status_table(&statuses));
             }
@@ -109,8 +124,18 @@ async fn default_namespace(agents: &super::AgentsArgs) -> String {
 }
 
 pub async fn query(args: QueryArgs, explain_only: bool) -> anyhow::Result<()> {
+    if args.watch {
+        return watch(watch_args(args)).await;
+    }
+    check_output(&args.output)?;
     let now = SystemTime::now();
-    let since = window_start(now, args.since.unwrap_or(DEFAULT_SINCE));
+    let since = args
+        .since
+        .map_or_else(|| window_start(now, DEFAULT_SINCE), |w| w.at(now));
+    let until = args.until.map(|w| w.at(now));
+    if until.is_some_and(|u| u < since) {
+        anyhow::bail!("--until is before --since: the window is empty");
+    }
     let subject = subject::choose(
         args.subject.as_deref(),
         args.pod.as_deref(),
@@ -173,13 +198,14 @@ pub async fn query(args: QueryArgs, explain_only: bool) -> anyhow::Result<()> {
     if args.agents.agents.is_empty() && matches!(scope, Scope::Pod { .. } | Scope::Nodes(_)) {
         not_shown = other_side(&args.agents, &filter, &mut answers, &mut unanswered).await;
     }
-    if let Some(selected) = &selected {
-        for a in &mut answers {
-            a.evidence.retain(|e| {
+    for a in &mut answers {
+        a.evidence.retain(|e| {
+            selected.as_ref().is_none_or(|selected| {
                 e.pod()
                     .is_some_and(|p| selected.contains(&(p.namespace.clone(), p.name.clone())))
-            });
-        }
+            }) && until.is_none_or(|u| e.first_seen <= u)
+                && (!args.filters.any() || args.filters.keeps(&render::evidence_json(e)))
+        });
     }
     let subject = Subject {
         namespace: namespace.unwrap_or_else(|| "*".to_owned()),
@@ -327,16 +353,18 @@ async fn query_answer(
                 render::not_shown_json(not_shown),
             );
         }
-        match structured(args.output, &v)? {
+        match structured(&args.output, &v, args.no_headers)? {
             Some(text) => print(&text),
             None => Ok(()),
         }
     };
     let missing = render::unanswered_text(unanswered);
-    let style = render::Style::detect(args.output == Output::Wide, args.no_headers);
+    let style = render::Style::detect(args.output.is_wide(), args.no_headers);
     if explain_only {
         return match args.output {
-            Output::Json | Output::Yaml => json(&[]),
+            Output::Json | Output::Yaml | Output::JsonPath(_) | Output::CustomColumns(_) => {
+                json(&[])
+            }
             Output::Table | Output::Wide if notes.is_empty() => print(&format!(
                 "{}: no drops or timeouts to explain in the requested window.\n{missing}",
                 render::subject_text(&subject.pod, &subject.namespace)
@@ -347,7 +375,9 @@ async fn query_answer(
         };
     }
     match args.output {
-        Output::Json | Output::Yaml => json(&findings),
+        Output::Json | Output::Yaml | Output::JsonPath(_) | Output::CustomColumns(_) => {
+            json(&findings)
+        }
         Output::Table | Output::Wide => print(&format!(
             "{}{}{missing}",
             render::query_table_styled(
@@ -408,10 +438,28 @@ async fn explanations(_: &QueryArgs, _: &[crate::evidence::Evidence]) -> Vec<ren
     Vec::new()
 }
 
+/// `query -w`: the same subject and filters, watched.
+fn watch_args(q: QueryArgs) -> WatchArgs {
+    WatchArgs {
+        subject: q.subject,
+        pod: q.pod,
+        namespace: q.namespace,
+        all_namespaces: q.all_namespaces,
+        kinds: q.kinds,
+        filters: q.filters,
+        output: q.output,
+        give_up_after: super::DEFAULT_GIVE_UP,
+        agents: q.agents,
+    }
+}
+
 /// Least time between two look-ups of a watched workload's pods.
 const WORKLOAD_RELOOK: Duration = Duration::from_secs(5);
 
 pub async fn watch(args: WatchArgs) -> anyhow::Result<()> {
+    check_output(&args.output)?;
+    let format = Format::new(&args.output).map_err(anyhow::Error::msg)?;
+    let mut first = true;
     let subject = subject::choose(
         args.subject.as_deref(),
         args.pod.as_deref(),
@@ -529,6 +577,9 @@ pub async fn watch(args: WatchArgs) -> anyhow::Result<()> {
                 continue;
             }
         }
+        if args.filters.any() && !args.filters.keeps(&render::evidence_json(&update.evidence)) {
+            continue;
+        }
         let before = seen.entry(update.agent.clone()).or_default();
         let grown: Vec<_> = update
             .loss
@@ -542,7 +593,7 @@ pub async fn watch(args: WatchArgs) -> anyhow::Result<()> {
             .collect();
         let e = &update.evidence;
         match args.output {
-            Output::Json | Output::Yaml => {
+            Output::Json | Output::Yaml | Output::JsonPath(_) | Output::CustomColumns(_) => {
                 let mut v = render::evidence_json(e);
                 if !grown.is_empty()
                     && let Some(m) = v.as_object_mut()
@@ -556,7 +607,16 @@ pub async fn watch(args: WatchArgs) -> anyhow::Result<()> {
                             .into(),
                     );
                 }
-                if args.output == Output::Yaml {
+                if let Some(format) = &format {
+                    // Columns' header once, before the first update.
+                    let text = format.render(&v, !first);
+                    first = false;
+                    print(&if text.ends_with('\n') {
+                        text
+                    } else {
+                        format!("{text}\n")
+                    })?;
+                } else if args.output == Output::Yaml {
                     print(&format!("---\n{}", serde_yaml::to_string(&v)?))?;
                 } else {
                     print(&format!("{v}\n"))?;

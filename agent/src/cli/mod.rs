@@ -9,8 +9,10 @@ pub mod commands;
 pub mod exit;
 #[cfg(feature = "cluster")]
 pub mod explain;
+pub mod output;
 pub mod peers;
 pub mod render;
+pub mod select;
 pub mod subject;
 pub mod targets;
 pub mod timeline;
@@ -30,6 +32,8 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:9742";
 pub const DEFAULT_AGENT_NAMESPACE: &str = "triage-agent";
 /// Label selector of the agent DaemonSet's pods in deploy/.
 pub const DEFAULT_AGENT_SELECTOR: &str = "app.kubernetes.io/name=triage-agent";
+/// How long `watch` keeps reconnecting to an agent that does not answer, by default.
+pub const DEFAULT_GIVE_UP: Duration = Duration::from_secs(60);
 /// The window of `query` when `--since` is not given.
 pub const DEFAULT_SINCE: Duration = Duration::from_secs(3600);
 
@@ -73,15 +77,7 @@ impl AgentsArgs {
     }
 }
 
-/// Output formats, as kubectl names them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Output {
-    Table,
-    /// The table with more columns (and `status`: every agent's detail).
-    Wide,
-    Json,
-    Yaml,
-}
+pub use output::Output;
 
 #[derive(Debug, Args)]
 #[command(group(
@@ -109,15 +105,28 @@ pub struct QueryArgs {
     /// Only pods matching this label selector (with -n or -A), e.g. "app=web".
     #[arg(short = 'l', long, conflicts_with_all = ["pod", "subject"])]
     pub selector: Option<String>,
-    /// Only evidence seen within this long, e.g. "15m", "2h" [default: 1h]. Given, the nodes
-    /// earlier pods of this name ran on are asked too (a pod that moved).
-    #[arg(long, value_parser = humantime::parse_duration)]
-    pub since: Option<Duration>,
+    /// Only evidence seen since then: a duration back ("15m", "2h") or an RFC 3339 time
+    /// [default: 1h]. Given, the nodes earlier pods of this name ran on are asked too (a pod
+    /// that moved).
+    #[arg(long, value_parser = select::parse_when)]
+    pub since: Option<select::When>,
+    /// Only evidence first seen before then: a duration back ("10m") or an RFC 3339 time (a
+    /// record seen across it counts every occurrence it aggregates).
+    #[arg(long, value_parser = select::parse_when)]
+    pub until: Option<select::When>,
+    #[command(flatten)]
+    pub filters: select::RecordFilters,
+    /// Watch instead: stream the subject's evidence as it is recorded (`watch`, as kubectl
+    /// get -w).
+    #[arg(short = 'w', long, conflicts_with_all = ["selector", "since", "until", "all_nodes"])]
+    pub watch: bool,
     /// Only these kinds (repeatable): connection_refused, connection_timeout, packet_drop, dns, oom_kill, cpu_throttling.
     #[arg(long = "kind")]
     pub kinds: Vec<Kind>,
-    /// Output format.
-    #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+    /// Output format: table, wide, json, yaml, jsonpath=TEMPLATE (kubectl's, e.g.
+    /// '{.evidence[*].kind}'), custom-columns=NAME:PATH,... (a row per record), over the JSON
+    /// of -o json.
+    #[arg(short = 'o', long, value_name = "FORMAT", value_parser = output::parse_output, default_value = "table")]
     pub output: Output,
     /// Tables without their header row.
     #[arg(long)]
@@ -151,8 +160,12 @@ pub struct WatchArgs {
     /// Only these kinds (repeatable).
     #[arg(long = "kind")]
     pub kinds: Vec<Kind>,
-    /// Output format: a line per update, or a JSON object per line.
-    #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+    #[command(flatten)]
+    pub filters: select::RecordFilters,
+    /// Output format: a line per update (table), a JSON object per line (json), a YAML
+    /// document per update (yaml), or jsonpath=TEMPLATE / custom-columns=NAME:PATH,... applied
+    /// to each update's JSON.
+    #[arg(short = 'o', long, value_name = "FORMAT", value_parser = output::parse_output, default_value = "table")]
     pub output: Output,
     /// Stop watching an agent that stays unreachable this long (its stream is reconnected
     /// with backoff until then, e.g. across an agent restart).
@@ -198,8 +211,9 @@ pub struct TimelineArgs {
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// Output format: a row per agent, problems first (wide: every agent's detail too).
-    #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+    /// Output format: a row per agent, problems first (wide: every agent's detail too); json,
+    /// yaml, jsonpath=TEMPLATE, custom-columns=NAME:PATH,... (a row per agent).
+    #[arg(short = 'o', long, value_name = "FORMAT", value_parser = output::parse_output, default_value = "table")]
     pub output: Output,
     /// Tables without their header row.
     #[arg(long)]

@@ -201,15 +201,40 @@ pub struct Style {
     pub color: bool,
 }
 
+/// `--color`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ColorChoice {
+    /// On a terminal, unless `NO_COLOR` is set (<https://no-color.org>).
+    #[default]
+    Auto,
+    Always,
+    Never,
+}
+
+/// The command line's `--color`, set once before a command runs.
+static COLOR: std::sync::OnceLock<ColorChoice> = std::sync::OnceLock::new();
+
+/// Sets `--color` for every table this process prints.
+pub fn set_color(choice: ColorChoice) {
+    let _ = COLOR.set(choice);
+}
+
 impl Style {
-    /// Colours when stdout is a terminal and `NO_COLOR` is unset or empty
-    /// (<https://no-color.org>).
+    /// Colours as `--color` says: by default when stdout is a terminal and `NO_COLOR` is
+    /// unset or empty (<https://no-color.org>).
     pub fn detect(wide: bool, no_headers: bool) -> Style {
-        let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+        let color = match COLOR.get().copied().unwrap_or_default() {
+            ColorChoice::Always => true,
+            ColorChoice::Never => false,
+            ColorChoice::Auto => {
+                let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+                !no_color && std::io::IsTerminal::is_terminal(&std::io::stdout())
+            }
+        };
         Style {
             wide,
             no_headers,
-            color: !no_color && std::io::IsTerminal::is_terminal(&std::io::stdout()),
+            color,
         }
     }
 }
@@ -232,7 +257,7 @@ fn visible_width(cell: &str) -> usize {
     n
 }
 
-fn table(headers: &[&str], rows: &[Vec<String>], style: &Style) -> String {
+pub(super) fn table(headers: &[&str], rows: &[Vec<String>], style: &Style) -> String {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
