@@ -635,7 +635,7 @@ fn templates_filters_and_the_window_end() {
     );
 
     // query -w is watch: it streams what is recorded from now on.
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_triage-agent"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_triage-agent"))
         .args([
             "query", "web", "-n", "shop", "--agent", &agent, "-w", "-o", "json",
         ])
