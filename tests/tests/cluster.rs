@@ -458,7 +458,47 @@ fn cluster_errors_are_one_line_with_their_exit_code() {
     // RBAC: reading pods is denied.
     api.forbid("pods");
     check(&query, 5, "forbidden");
+    // kubectl's connection flags: --as and --as-group impersonate (RBAC then names that
+    // user), --cluster and --user pick the kubeconfig's entries, --request-timeout bounds a
+    // request.
+    check(
+        &[
+            &query[..],
+            &["--as", "alice", "--as-group", "ops", "--as-group", "dev"],
+        ]
+        .concat(),
+        5,
+        "User \"alice\" cannot get resource \"pods\"",
+    );
+    assert!(
+        api.impersonations()
+            .contains(&("alice".to_owned(), vec!["ops".to_owned(), "dev".to_owned()])),
+        "{:?}",
+        api.impersonations()
+    );
     api.allow("pods");
+    check(
+        &[&query[..], &["--cluster", "nope"]].concat(),
+        5,
+        "cluster \"nope\" not found in the kubeconfig (clusters: sim)",
+    );
+    check(
+        &[&query[..], &["--user", "nope"]].concat(),
+        5,
+        "user \"nope\" not found in the kubeconfig",
+    );
+    check(
+        &[&query[..], &["--cluster", "sim", "--user", "sim"]].concat(),
+        4,
+        "no agent pod on node node-1",
+    );
+    api.set_latency(Duration::from_secs(3));
+    check(
+        &[&query[..], &["--request-timeout", "1s"]].concat(),
+        5,
+        "no answer within 1s (--request-timeout)",
+    );
+    api.set_latency(Duration::ZERO);
     // RBAC: port-forwarding to the agent is denied.
     api.apply_pod(triage_agent_tests::apiserver::agent_pod_object(
         "triage-agent-0",

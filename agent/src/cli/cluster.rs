@@ -19,10 +19,18 @@ use kube::{
 };
 
 /// How to reach the cluster: kubectl's flags and habits.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct ClusterArgs {
     pub kubeconfig: Option<std::path::PathBuf>,
     pub context: Option<String>,
+    /// The kubeconfig's cluster and user, instead of the context's.
+    pub cluster: Option<String>,
+    pub user: Option<String>,
+    /// Impersonation (`--as`, `--as-group`).
+    pub impersonate: Option<String>,
+    pub impersonate_groups: Vec<String>,
+    /// One request's bound (`--request-timeout`, [`API_TIMEOUT`] by default; zero: none).
+    pub request_timeout: Duration,
 }
 
 /// Where the agent DaemonSet's pods are; the defaults match deploy/.
@@ -39,8 +47,12 @@ pub const DEFAULT_AGENT_NAMESPACE: &str = "triage-agent";
 /// Label of the DaemonSet's pods in deploy/.
 pub const DEFAULT_AGENT_SELECTOR: &str = "app.kubernetes.io/name=triage-agent";
 
-/// How long one API request may take before the cluster counts as unreachable.
-const API_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one API request may take before the cluster counts as unreachable, by default.
+pub const API_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `--request-timeout`, set by [`client`] from the command's flags (one process runs one
+/// command); zero: no bound.
+static REQUEST_TIMEOUT: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
 
 /// Why the cluster could not tell what was asked.
 #[derive(Debug, thiserror::Error)]
@@ -103,18 +115,31 @@ fn api_error(e: kube::Error) -> ClusterError {
 pub(super) async fn bounded<T>(
     f: impl Future<Output = Result<T, kube::Error>>,
 ) -> Result<T, ClusterError> {
-    match tokio::time::timeout(API_TIMEOUT, f).await {
+    let limit = REQUEST_TIMEOUT.get().copied().unwrap_or(API_TIMEOUT);
+    if limit.is_zero() {
+        return f.await.map_err(api_error);
+    }
+    match tokio::time::timeout(limit, f).await {
         Ok(r) => r.map_err(api_error),
         Err(_) => Err(ClusterError::Unreachable {
-            detail: format!("no answer within {}s", API_TIMEOUT.as_secs()),
+            detail: format!(
+                "no answer within {} (--request-timeout)",
+                humantime::format_duration(limit)
+            ),
         }),
     }
 }
-
 /// The client kubectl would use: `--kubeconfig` (else `KUBECONFIG`, else `~/.kube/config`),
 /// its `--context` (else the current one); in-cluster when there is no kubeconfig at all.
 pub async fn client(args: &ClusterArgs) -> Result<kube::Client, ClusterError> {
-    let config = config(args).await?;
+    let _ = REQUEST_TIMEOUT.set(args.request_timeout);
+    let mut config = config(args).await?;
+    if let Some(user) = &args.impersonate {
+        config.auth_info.impersonate = Some(user.clone());
+        if !args.impersonate_groups.is_empty() {
+            config.auth_info.impersonate_groups = Some(args.impersonate_groups.clone());
+        }
+    }
     kube::Client::try_from(config).map_err(|e| ClusterError::Config {
         detail: root_cause(&e),
     })
@@ -163,9 +188,43 @@ async fn config(args: &ClusterArgs) -> Result<kube::Config, ClusterError> {
                     }
                 )));
             }
+            for (what, given, known) in [
+                (
+                    "cluster",
+                    &args.cluster,
+                    kubeconfig
+                        .clusters
+                        .iter()
+                        .map(|c| c.name.as_str())
+                        .collect::<Vec<_>>(),
+                ),
+                (
+                    "user",
+                    &args.user,
+                    kubeconfig
+                        .auth_infos
+                        .iter()
+                        .map(|u| u.name.as_str())
+                        .collect(),
+                ),
+            ] {
+                if let Some(given) = given
+                    && !known.contains(&given.as_str())
+                {
+                    return Err(config_error(format!(
+                        "{what} {given:?} not found in the kubeconfig ({what}s: {})",
+                        if known.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            known.join(", ")
+                        }
+                    )));
+                }
+            }
             let options = KubeConfigOptions {
                 context: args.context.clone(),
-                ..KubeConfigOptions::default()
+                cluster: args.cluster.clone(),
+                user: args.user.clone(),
             };
             kube::Config::from_custom_kubeconfig(kubeconfig, &options)
                 .await

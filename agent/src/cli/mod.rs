@@ -55,6 +55,21 @@ pub struct AgentsArgs {
     /// The kubeconfig context to use.
     #[arg(long)]
     pub context: Option<String>,
+    /// The kubeconfig cluster to use (instead of the context's).
+    #[arg(long)]
+    pub cluster: Option<String>,
+    /// The kubeconfig user to use (instead of the context's).
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Act as this user (impersonation, as kubectl --as).
+    #[arg(long = "as", value_name = "USER")]
+    pub impersonate: Option<String>,
+    /// Act as this group too (repeatable, as kubectl --as-group).
+    #[arg(long = "as-group", value_name = "GROUP", requires = "impersonate")]
+    pub impersonate_groups: Vec<String>,
+    /// Give up on one API server request after this long, e.g. "10s" ("0": no limit).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    pub request_timeout: Duration,
     /// Namespace of the agent DaemonSet.
     #[arg(long, env = "TRIAGE_AGENT_NAMESPACE", default_value = DEFAULT_AGENT_NAMESPACE)]
     pub agent_namespace: String,
@@ -73,6 +88,11 @@ impl AgentsArgs {
         cluster::ClusterArgs {
             kubeconfig: self.kubeconfig.clone(),
             context: self.context.clone(),
+            cluster: self.cluster.clone(),
+            user: self.user.clone(),
+            impersonate: self.impersonate.clone(),
+            impersonate_groups: self.impersonate_groups.clone(),
+            request_timeout: self.request_timeout,
         }
     }
 }

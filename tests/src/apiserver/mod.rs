@@ -97,6 +97,8 @@ struct State {
     forwards: HashMap<(String, String, u16), SocketAddr>,
     /// Resources RBAC denies ("pods", "pods/portforward", "events", ...): 403 for every verb.
     forbidden: BTreeSet<String>,
+    /// Every request's `Impersonate-User` and `Impersonate-Group` headers, when it had one.
+    impersonations: Vec<(String, Vec<String>)>,
 }
 
 impl Shared {
@@ -134,6 +136,7 @@ impl ApiServer {
                 log: Vec::new(),
                 forwards: HashMap::new(),
                 forbidden: BTreeSet::new(),
+                impersonations: Vec::new(),
             }),
             addr,
             changed: tokio::sync::watch::channel(()).0,
@@ -346,6 +349,12 @@ impl ApiServer {
 
     /// RBAC denies `resource` ("pods", "pods/portforward", "events", ...) from now on: every
     /// request for it gets the real server's 403 Forbidden Status. `allow` undoes it.
+    /// The users (with their groups) requests impersonated, in order (kubectl's `--as`,
+    /// `--as-group`).
+    pub fn impersonations(&self) -> Vec<(String, Vec<String>)> {
+        self.shared.lock().impersonations.clone()
+    }
+
     pub fn forbid(&self, resource: &str) {
         self.shared.lock().forbidden.insert(resource.to_owned());
     }

@@ -166,6 +166,24 @@ async fn handle(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> 
             st.log.push(format!("{} {uri}", req.method()));
         }
     }
+    // Impersonation, as the real server applies it (the stand-in lets anyone impersonate):
+    // the request is made as that user, whom RBAC's messages name.
+    let header = |name: &str| {
+        req.headers()
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok().map(str::to_owned))
+            .collect::<Vec<_>>()
+    };
+    let user = header("impersonate-user").into_iter().next();
+    if let Some(user) = &user {
+        let groups = header("impersonate-group");
+        let mut st = shared.lock();
+        if st.impersonations.len() < LOG_CAP {
+            st.impersonations.push((user.clone(), groups));
+        }
+    }
+    let user = user.unwrap_or_else(|| super::SIM_USER.to_owned());
     let route = route(uri.path());
     let params = parse_query(uri.query().unwrap_or("")).and_then(|q| Params::parse(&q));
     if let (Route::Collection { .. }, Ok(p)) = (&route, &params) {
@@ -184,7 +202,7 @@ async fn handle(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> 
         let msg = "the server is currently unable to handle the request";
         return status(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", msg);
     }
-    if let Some(denied) = forbidden(shared, &route, &params) {
+    if let Some(denied) = forbidden(shared, &route, &params, &user) {
         return denied;
     }
     if let Route::PortForward { namespace, name } = route {
@@ -261,6 +279,7 @@ fn forbidden(
     shared: &Shared,
     route: &Route<'_>,
     params: &Result<Params, String>,
+    user: &str,
 ) -> Option<Response<Body>> {
     let (resource, group, verb, namespace, name) = match route {
         Route::Collection { kind, namespace } => {
@@ -307,8 +326,7 @@ fn forbidden(
         None => " at the cluster scope".to_owned(),
     };
     let msg = format!(
-        "{subject} is forbidden: User \"{}\" cannot {verb} resource \"{resource}\" in API group \"{group}\"{scope}",
-        super::SIM_USER
+        "{subject} is forbidden: User \"{user}\" cannot {verb} resource \"{resource}\" in API group \"{group}\"{scope}"
     );
     Some(status(StatusCode::FORBIDDEN, "Forbidden", &msg))
 }
