@@ -44,6 +44,21 @@ fn init_logging(cli: &Cli) {
     };
 }
 
+/// Answers a completion request (kubectl's plugin completion protocol) on stdout.
+pub async fn complete(words: &[String]) -> ExitCode {
+    use clap::CommandFactory as _;
+    let text = crate::cli::complete::complete(&Cli::command(), words).await;
+    let mut out = std::io::stdout().lock();
+    if out
+        .write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .is_err()
+    {
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
+
 /// Runs the command; errors are printed as one line on stderr.
 pub async fn run(cli: Cli) -> ExitCode {
     init_logging(&cli);
@@ -175,11 +190,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Completion(args) => {
             use clap::CommandFactory as _;
             let bin = args::invoked_as(std::env::args_os().next().as_deref());
-            // A plugin's completion is kubectl's; the script completes the binary's own name.
+            // A plugin's completion is kubectl's (through the helper); the script completes
+            // the binary's own name.
             let name = if bin == "triage-agent" {
                 "triage-agent"
             } else {
-                "kubectl-triage"
+                args::PLUGIN
             };
             let mut script = Vec::new();
             clap_complete::generate(args.shell, &mut Cli::command(), name, &mut script);

@@ -3,7 +3,11 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let cli = triage_agent::app::args::parse();
+    let completing = triage_agent::app::args::completion_request();
+    let cli = match completing {
+        Some(_) => None,
+        None => Some(triage_agent::app::args::parse()),
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -14,5 +18,8 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(triage_agent::app::run(cli))
+    match (cli, completing) {
+        (Some(cli), _) => runtime.block_on(triage_agent::app::run(cli)),
+        (None, words) => runtime.block_on(triage_agent::app::complete(&words.unwrap_or_default())),
+    }
 }

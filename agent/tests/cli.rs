@@ -348,11 +348,14 @@ fn completions_generate() {
     assert!(!cli(&["completion", "tcsh"]).status.success());
 }
 
-/// Installed as `kubectl-triage`, it is the kubectl plugin `kubectl triage`.
+/// Installed as `kubectl-triage_agent`, it is the kubectl plugin `kubectl triage-agent`;
+/// installed as `kubectl_complete-triage_agent` it answers kubectl's completion requests
+/// (subcommands, flags and fixed flag values here; the cluster's pods and workloads in
+/// tests/tests/subjects.rs).
 #[test]
-fn runs_as_a_kubectl_plugin() {
+fn runs_as_a_kubectl_plugin_with_its_completion_helper() {
     let dir = tempfile::tempdir().unwrap();
-    let plugin = dir.path().join("kubectl-triage");
+    let plugin = dir.path().join("kubectl-triage_agent");
     std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_triage-agent"), &plugin).unwrap();
     let out = Command::new(&plugin)
         .args(["query", "--help"])
@@ -360,7 +363,53 @@ fn runs_as_a_kubectl_plugin() {
         .unwrap();
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("Usage: kubectl triage query"), "{text}");
+    assert!(text.contains("Usage: kubectl triage-agent query"), "{text}");
+
+    let helper = dir.path().join("kubectl_complete-triage_agent");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_triage-agent"), &helper).unwrap();
+    let complete = |words: &[&str]| -> Vec<String> {
+        let out = Command::new(&helper)
+            .args(words)
+            // No cluster: lookups complete nothing, quickly.
+            .env("KUBECONFIG", "/nonexistent")
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| l.split('\t').next().unwrap_or_default().to_owned())
+            .collect()
+    };
+    let subs = complete(&["q"]);
+    assert_eq!(subs, ["query", ":4"]);
+    let flags = complete(&["query", "--na"]);
+    assert_eq!(flags, ["--namespace", ":4"]);
+    let kinds = complete(&["query", "web", "--kind", "conn"]);
+    assert_eq!(kinds, ["connection_refused", "connection_timeout", ":4"]);
+    let formats = complete(&["query", "-o", "j"]);
+    assert_eq!(
+        formats,
+        ["json", "jsonpath=", ":6"],
+        "no space after jsonpath="
+    );
+    let formats = complete(&["query", "--output=y"]);
+    assert_eq!(formats, ["--output=yaml", ":4"]);
+    let types = complete(&["query", "de"]);
+    assert_eq!(types, ["deploy/", ":6"]);
+    let shells = complete(&["completion", "b"]);
+    assert_eq!(shells, ["bash", ":4"]);
+    // The same engine as `triage-agent __complete`.
+    let out = Command::new(env!("CARGO_BIN_EXE_triage-agent"))
+        .args(["__complete", "sta"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .next()
+            .map(|l| l.split('\t').next()),
+        Some(Some("status"))
+    );
 }
 
 /// A process that names itself with terminal escapes cannot reach the terminal raw, in any

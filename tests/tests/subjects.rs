@@ -358,6 +358,55 @@ fn workloads_and_pods_are_named_as_kubectl_names_them() {
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.contains("deploy/web"), "{table}");
 
+    // kubectl's plugin completion: the helper completes the cluster's namespaces, pods and
+    // workloads and the kubeconfig's contexts, in the namespace the words name.
+    let helper = dir.path().join("kubectl_complete-triage_agent");
+    std::os::unix::fs::symlink(agent_binary(), &helper).unwrap();
+    let complete = |words: &[&str]| -> Vec<String> {
+        let out = Command::new(&helper)
+            .args(words)
+            .env("KUBECONFIG", &kubeconfig)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| l.split('\t').next().unwrap_or_default().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        complete(&["query", "-n", NS, "web-"]),
+        ["web-debug", "web-new-a", ":4"]
+    );
+    assert_eq!(
+        complete(&["query", "-n", NS, "deploy/"]),
+        ["deploy/idle", "deploy/web", ":4"]
+    );
+    assert_eq!(
+        complete(&["watch", "--namespace=shop", "sts/"]),
+        ["sts/db", ":4"]
+    );
+    assert_eq!(complete(&["query", "shop/db"]), ["shop/db-0", ":4"]);
+    assert_eq!(complete(&["query", "-n", "sh"]), ["shop", ":4"]);
+    assert_eq!(complete(&["status", "--context", ""]), ["sim", ":4"]);
+    assert_eq!(
+        complete(&["timeline", "-n", NS, "deploy/"]),
+        [":4"],
+        "timeline is about pods"
+    );
+    // Without -n: the context's namespace ("default" here, which has none).
+    assert_eq!(complete(&["query", "web"]), [":4"]);
+    assert_eq!(
+        Command::new(&helper)
+            .args(["query", "w"])
+            .env("KUBECONFIG", &in_shop)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).lines().count())
+            .unwrap(),
+        3,
+        "web-debug, web-new-a and the directive, in the context's namespace"
+    );
+
     // Bad subjects: one line each, with its code.
     let check = |args: &[&str], code: i32, needle: &str| {
         let out = cli_with_kubeconfig(&kubeconfig, args).unwrap();

@@ -79,17 +79,42 @@ pub struct CompletionArgs {
     pub shell: clap_complete::Shell,
 }
 
-/// The command as the user typed it: `kubectl triage` when run as the kubectl plugin
-/// (installed as `kubectl-triage`), else `triage-agent`.
-pub fn invoked_as(argv0: Option<&std::ffi::OsStr>) -> &'static str {
-    let name = argv0
+/// The name of the kubectl plugin: `kubectl triage-agent` runs `kubectl-triage_agent` from
+/// PATH (kubectl maps a `-` in the command to `_` in the file name), and completes it with
+/// `kubectl_complete-triage_agent`.
+pub const PLUGIN: &str = "kubectl-triage_agent";
+/// The completion helper kubectl runs for the plugin (kubectl 1.26+).
+pub const PLUGIN_COMPLETION: &str = "kubectl_complete-triage_agent";
+
+fn file_name(argv0: Option<&std::ffi::OsStr>) -> &str {
+    argv0
         .and_then(|a| std::path::Path::new(a).file_name())
         .and_then(|n| n.to_str())
-        .unwrap_or_default();
-    if name.starts_with("kubectl-triage") {
-        "kubectl triage"
+        .unwrap_or_default()
+}
+
+/// The command as the user typed it: `kubectl triage-agent` when run as the kubectl plugin
+/// (installed as [`PLUGIN`]), else `triage-agent`.
+pub fn invoked_as(argv0: Option<&std::ffi::OsStr>) -> &'static str {
+    if file_name(argv0) == PLUGIN {
+        "kubectl triage-agent"
     } else {
         "triage-agent"
+    }
+}
+
+/// The words to complete when this run is a completion request: run as [`PLUGIN_COMPLETION`]
+/// (every argument), or as `triage-agent __complete ARGS...`.
+pub fn completion_request() -> Option<Vec<String>> {
+    let mut args = std::env::args_os();
+    let argv0 = args.next();
+    let words: Vec<String> = args.map(|a| a.to_string_lossy().into_owned()).collect();
+    if file_name(argv0.as_deref()) == PLUGIN_COMPLETION {
+        return Some(words);
+    }
+    match words.split_first() {
+        Some((first, rest)) if first == "__complete" => Some(rest.to_vec()),
+        _ => None,
     }
 }
 

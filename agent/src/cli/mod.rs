@@ -6,6 +6,7 @@ pub mod client;
 #[cfg(feature = "cluster")]
 pub mod cluster;
 pub mod commands;
+pub mod complete;
 pub mod exit;
 #[cfg(feature = "cluster")]
 pub mod explain;

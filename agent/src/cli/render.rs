@@ -13,7 +13,7 @@ use std::{borrow::Cow, fmt::Write as _, time::SystemTime};
 mod json;
 mod status;
 pub use json::{evidence_json, not_shown_json, query_json, unanswered_json};
-pub use status::{Paint, problems, status_json, status_summary, status_table};
+pub use status::{Paint, problems, status_json, status_summary, status_table, version_skew};
 
 use crate::{
     cli::{client::AgentAnswer, peers::NotShown},

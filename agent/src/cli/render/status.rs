@@ -64,6 +64,9 @@ pub fn problems(s: &pb::StatusResponse) -> Vec<String> {
             clean(&disk.error)
         ));
     }
+    if let Some(skew) = version_skew(&s.version, env!("CARGO_PKG_VERSION")) {
+        out.push(skew);
+    }
     if s.store_capacity > 0 {
         #[expect(
             clippy::cast_precision_loss,
@@ -78,6 +81,28 @@ pub fn problems(s: &pb::StatusResponse) -> Vec<String> {
         }
     }
     out
+}
+
+/// The skew policy: the CLI and the agents are meant to run the same minor version. The gRPC
+/// API only grows (new fields and oneof variants, never renumbered), so other versions still
+/// talk, but what one side added the other does not show; a minor version or more apart is a
+/// problem `status` names.
+pub fn version_skew(agent: &str, cli: &str) -> Option<String> {
+    let minor = |v: &str| -> Option<(u64, u64)> {
+        let mut parts = v.trim_start_matches('v').split(['.', '-', '+']);
+        Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+    };
+    match (minor(agent), minor(cli)) {
+        (Some(a), Some(c)) if a == c => None,
+        (Some(_), Some(_)) => Some(format!(
+            "agent version {} differs from this CLI's {cli} by a minor version or more: run the same minor version (what one side added, the other does not show)",
+            clean(agent)
+        )),
+        _ => Some(format!(
+            "agent version {:?} is not a version this CLI ({cli}) can compare",
+            clean(agent)
+        )),
+    }
 }
 
 /// The summary table: unanswered agents, then agents with problems, then healthy ones (each

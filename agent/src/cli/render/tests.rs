@@ -595,3 +595,27 @@ fn records_whose_other_side_is_not_shown_are_said_in_table_and_json() {
     );
     assert!(v[1]["holder_started"].is_null());
 }
+
+/// The skew policy: the same minor version is fine; a minor apart or more, or a version that
+/// cannot be read, is a problem `status` names.
+#[test]
+fn versions_a_minor_apart_are_a_problem() {
+    assert_eq!(version_skew("0.1.0", "0.1.7"), None);
+    assert_eq!(version_skew("v0.1.2-rc1", "0.1.0"), None);
+    for (agent, cli) in [("0.2.0", "0.1.0"), ("0.1.0", "0.3.1"), ("1.1.0", "0.1.0")] {
+        let p = version_skew(agent, cli).unwrap_or_default();
+        assert!(p.contains("by a minor version or more"), "{agent} {cli}: {p}");
+    }
+    assert!(
+        version_skew("", "0.1.0")
+            .unwrap_or_default()
+            .contains("not a version")
+    );
+    let mut s = pb::StatusResponse {
+        version: "0.0.1".into(),
+        ..pb::StatusResponse::default()
+    };
+    assert!(problems(&s).iter().any(|p| p.contains("0.0.1")));
+    s.version = env!("CARGO_PKG_VERSION").into();
+    assert!(!problems(&s).iter().any(|p| p.contains("version")));
+}
