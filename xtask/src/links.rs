@@ -17,8 +17,6 @@ const FILES: &[&str] = &["README.md", "CONTRIBUTING.md", "deploy/README.md"];
 
 /// Pages another change generates (from the CLI's clap definitions): a link to one passes while
 /// it is absent, and is checked like any other once it exists.
-const GENERATED_ELSEWHERE: &[&str] = &["docs/cli.md"];
-
 /// Checks every link of the project's Markdown under `root`; prints one line per broken link
 /// and fails when there is any.
 pub fn check(root: &Path) -> anyhow::Result<()> {
@@ -239,7 +237,6 @@ fn problem(file: &str, dest: &str, target: &mut dyn FnMut(&str) -> Target) -> Op
         }
     };
     match (target(&rel), anchor) {
-        (Target::Missing, _) if GENERATED_ELSEWHERE.contains(&rel.as_str()) => None,
         (Target::Missing, _) => Some(format!("no such file: {rel}")),
         (_, None | Some("")) => None,
         (Target::File(Some(anchors)), Some(anchor)) => (!anchors.iter().any(|a| a == anchor))
@@ -382,7 +379,7 @@ mod tests {
     fn broken_links_are_named_one_per_line() {
         let text = "[ok](a.md) [ok](a.md#a-title) [ok](../README.md#requirements) [ok](#a-title)\n\
                     [ok](../deploy/) [ok](kernel-matrix.json) [ok](https://github.com/x/y#z)\n\
-                    [ok](/README.md) [ok](a%2Emd) [ok](mailto:a@b.c) [ok](cli.md)\n\
+                    [ok](/README.md) [ok](a%2Emd) [ok](mailto:a@b.c)\n\
                     [bad](b.md) [bad](a.md#nope) [bad](kernel-matrix.json#x) [bad](../../x.md)\n\
                     [bad](https://) [bad](ftp://host/x) [bad](#nope)\n";
         let lines = problems("docs/a.md", text, &mut tree);

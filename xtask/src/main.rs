@@ -79,7 +79,8 @@ enum Task {
         /// Targets (all when none).
         targets: Vec<String>,
     },
-    /// Regenerate proto/src/gen from proto/agent/v1/*.proto.
+    /// Regenerate proto/src/gen from the .proto files, and the CLI reference (docs/cli.md,
+    /// docs/man/) from the command line's definition.
     Codegen,
     /// The Markdown's relative links and anchors, fmt check, and clippy -D warnings on the host
     /// crates, the CLI-only build and the BPF crate.
@@ -432,16 +433,29 @@ fn main() -> anyhow::Result<()> {
             setup::setup()?;
             lint()
         }
-        Task::Codegen => run(cargo()
-            .args([
-                "test",
-                "-p",
-                "triage-agent-proto",
-                "--test",
-                "codegen",
-                "--",
-            ])
-            .args(["--ignored", "--exact", "regenerate"])),
+        Task::Codegen => {
+            run(cargo()
+                .args([
+                    "test",
+                    "-p",
+                    "triage-agent-proto",
+                    "--test",
+                    "codegen",
+                    "--",
+                ])
+                .args(["--ignored", "--exact", "regenerate"]))?;
+            // The CLI reference (docs/cli.md, docs/man/) from the command line's definition.
+            run(cargo()
+                .args([
+                    "test",
+                    "-p",
+                    "triage-agent",
+                    "--test",
+                    "cli_reference",
+                    "--",
+                ])
+                .args(["--ignored", "--exact", "regenerate"]))
+        }
         Task::Test { unprivileged: true } => {
             let mut phases = Phases::default();
             phases.time("lint", lint_workspace)?;

@@ -173,7 +173,7 @@ pub struct AgentArgs {
     #[arg(help_heading = "Kernel programs", long, env = "TRIAGE_CGROUP_ROOT")]
     pub cgroup_root: Option<std::path::PathBuf>,
     /// Kernel drop reasons to report: "default", "all", a list of names (NETFILTER_DROP,...),
-    /// or changes to the default ("+TCP_ZEROWINDOW,-QDISC_DROP"). See the README.
+    /// or changes to the default ("+TCP_ZEROWINDOW,-QDISC_DROP"); docs/json.md lists them.
     #[arg(
         help_heading = "Kernel programs",
         long,

@@ -604,7 +604,10 @@ fn versions_a_minor_apart_are_a_problem() {
     assert_eq!(version_skew("v0.1.2-rc1", "0.1.0"), None);
     for (agent, cli) in [("0.2.0", "0.1.0"), ("0.1.0", "0.3.1"), ("1.1.0", "0.1.0")] {
         let p = version_skew(agent, cli).unwrap_or_default();
-        assert!(p.contains("by a minor version or more"), "{agent} {cli}: {p}");
+        assert!(
+            p.contains("by a minor version or more"),
+            "{agent} {cli}: {p}"
+        );
     }
     assert!(
         version_skew("", "0.1.0")
