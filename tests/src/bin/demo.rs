@@ -19,11 +19,52 @@ fn sibling(name: &str) -> anyhow::Result<PathBuf> {
     Ok(exe.parent().context("exe has no directory")?.join(name))
 }
 
-fn show(agent: &AgentProcess, args: &[&str]) -> anyhow::Result<()> {
+fn show(agent: &AgentProcess, args: &[&str]) -> anyhow::Result<String> {
     println!("\n$ triage-agent {} --agent {}", args.join(" "), agent.addr);
     let out = agent.cli(args)?;
-    print!("{}", String::from_utf8_lossy(&out.stdout));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    print!("{text}");
     eprint!("{}", String::from_utf8_lossy(&out.stderr));
+    Ok(text)
+}
+
+/// The README's example block `name` (between `<!-- example:NAME -->` and its end marker).
+fn readme_example(name: &str) -> anyhow::Result<String> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md");
+    let readme = std::fs::read_to_string(path).context("reading README.md")?;
+    let begin = format!("<!-- example:{name} -->\n```\n");
+    let end = format!("```\n<!-- /example:{name} -->");
+    let start = readme
+        .find(&begin)
+        .with_context(|| format!("README.md has no {name} example"))?
+        + begin.len();
+    let stop = readme[start..]
+        .find(&end)
+        .with_context(|| format!("README.md's {name} example has no end"))?;
+    Ok(readme[start..start + stop].to_owned())
+}
+
+/// The README shows what the demo prints: its `explain` example verbatim, and its `query`
+/// example's columns (the rest of that example is the renderer's golden output, whose
+/// addresses and times a live run cannot repeat).
+fn readme_matches(query: &str, explain: &str) -> anyhow::Result<()> {
+    let example = readme_example("explain")?;
+    anyhow::ensure!(
+        explain.contains(example.trim_end()),
+        "README.md's explain example is not what `explain` printed:\n{example}"
+    );
+    let header = |text: &str| {
+        text.lines()
+            .find(|l| l.starts_with("KIND "))
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+    };
+    let example = readme_example("query")?;
+    anyhow::ensure!(
+        header(query).is_some() && header(query) == header(&example),
+        "README.md's query example has columns {:?}; `query` printed {:?}",
+        header(&example),
+        header(query)
+    );
     Ok(())
 }
 
@@ -191,30 +232,12 @@ fn demo() -> anyhow::Result<()> {
 
     let kubeconfig = node.kubeconfig();
     let kubeconfig = kubeconfig.to_string_lossy().into_owned();
-    show(
+    let query = show(&agent, &["query", "web", "-n", "shop", "--kubeconfig", &kubeconfig])?;
+    let explain = show(
         &agent,
-        &[
-            "query",
-            "--pod",
-            "web",
-            "-n",
-            "shop",
-            "--kubeconfig",
-            &kubeconfig,
-        ],
+        &["explain", "web", "-n", "shop", "--kubeconfig", &kubeconfig],
     )?;
-    show(
-        &agent,
-        &[
-            "explain",
-            "--pod",
-            "web",
-            "-n",
-            "shop",
-            "--kubeconfig",
-            &kubeconfig,
-        ],
-    )?;
+    readme_matches(&query, &explain)?;
     show(
         &agent,
         &[
