@@ -355,10 +355,13 @@ pub fn markdown(i: &Inputs<'_>) -> String {
             let _ = writeln!(out, "- <hypothesis>");
         }
     }
-    let _ = writeln!(out, "\n## Confirmed root cause\n\n- <after validation>");
     let _ = writeln!(
         out,
-        "\n## Preventive actions\n\n- <tests/policy/alerts/runbook/platform guardrail>"
+        "\n## Confirmed root cause\n\n- _to fill in after validation_"
+    );
+    let _ = writeln!(
+        out,
+        "\n## Preventive actions\n\n- _to fill in: tests, policy, alerts, runbook or a platform guardrail_"
     );
     out
 }

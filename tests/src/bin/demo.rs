@@ -232,7 +232,10 @@ fn demo() -> anyhow::Result<()> {
 
     let kubeconfig = node.kubeconfig();
     let kubeconfig = kubeconfig.to_string_lossy().into_owned();
-    let query = show(&agent, &["query", "web", "-n", "shop", "--kubeconfig", &kubeconfig])?;
+    let query = show(
+        &agent,
+        &["query", "web", "-n", "shop", "--kubeconfig", &kubeconfig],
+    )?;
     let explain = show(
         &agent,
         &["explain", "web", "-n", "shop", "--kubeconfig", &kubeconfig],

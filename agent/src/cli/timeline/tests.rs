@@ -228,3 +228,24 @@ fn hostile_names_stay_literal_text_and_keep_the_documents_shape() {
         assert_eq!(back, plain_line, "{line:?}");
     }
 }
+
+/// docs/examples/timeline.md shows the snapshot, unchanged.
+#[test]
+fn the_documented_example_is_the_snapshot() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let read = |p: &str| std::fs::read_to_string(format!("{root}/{p}")).unwrap_or_default();
+    let (doc, snapshot) = (
+        read("docs/examples/timeline.md"),
+        read("agent/src/cli/timeline/snapshot.md"),
+    );
+    let (begin, end) = ("<!-- example:timeline -->\n", "<!-- /example:timeline -->");
+    let shown = doc
+        .split_once(begin)
+        .and_then(|(_, rest)| rest.split_once(end))
+        .map(|(shown, _)| shown);
+    assert_eq!(
+        shown,
+        Some(snapshot.as_str()),
+        "docs/examples/timeline.md is not the snapshot: copy it between the markers"
+    );
+}
