@@ -149,7 +149,7 @@ impl<'a> Judge<'a> {
     }
 }
 
-/// Every signal's state, in the order the README lists them.
+/// Every signal's state, in the order docs/kernels.md lists them.
 pub fn states(probes: &[ProbeStatus], sources: &[SignalSource]) -> Vec<SignalState> {
     let by_programs = |kind: Kind| {
         let mut judge = Judge::new(probes);

@@ -1,7 +1,7 @@
 //! Evidence -> OTLP: one log record per record update, its attributes named after
 //! OpenTelemetry's semantic conventions where one exists (`k8s.*`, `process.*`, `network.*`,
 //! `source.*`, `destination.*`, `dns.question.name`) and `triage.<json field>` for the rest,
-//! so the JSON contract (README "kinds and fields") is the one place fields are defined.
+//! so the JSON contract (docs/json.md) is the one place fields are defined.
 //! <https://opentelemetry.io/docs/specs/semconv/resource/k8s/>
 
 use std::{net::SocketAddr, time::SystemTime};
@@ -107,7 +107,7 @@ fn endpoint(out: &mut Vec<KeyValue>, side: &str, addr: SocketAddr, protocol: Pro
     }
 }
 
-/// The record's attributes (see the module doc and the README's mapping table).
+/// The record's attributes (see the module doc and docs/otlp.md's mapping table).
 pub fn attributes(e: &Evidence) -> Vec<KeyValue> {
     let mut out = Vec::with_capacity(24);
     let s = &e.subject;

@@ -475,7 +475,7 @@ pub struct LossCounters {
     #[prost(uint64, tag = "7")]
     pub watch_lagged: u64,
     /// Every loss counter by its stable name (a superset of fields 1-7, which stay for older
-    /// clients): names are listed in the README and grow with the agent.
+    /// clients): names are listed in docs/loss-counters.md and grow with the agent.
     #[prost(message, repeated, tag = "8")]
     pub counts: ::prost::alloc::vec::Vec<LossCount>,
     /// Since when the counters count: the agent's start, or, with its persistent store, the first
