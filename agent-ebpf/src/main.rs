@@ -29,6 +29,15 @@ mod read;
 mod share;
 mod skb;
 
+/// The programs' licence, read by the loader from the object's `license` section and given to
+/// the kernel with each program: GPL-compatible, as the GPL-only helpers they call
+/// (`bpf_probe_read_kernel`, ...) require; dual MIT/GPL, as aya's templates declare it (without
+/// it aya would say "GPL", which the crate's metadata does not).
+#[cfg(not(test))]
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

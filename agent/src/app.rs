@@ -40,7 +40,9 @@ fn init_logging(cli: &Cli) {
         .with_writer(std::io::stderr);
     let _ = match cli.log_format {
         LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
+        // The event's fields (`message` first) at the top level of each object, as log
+        // pipelines (Loki, Elasticsearch, Cloud Logging) expect.
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
 }
 

@@ -753,3 +753,35 @@ fn templates_filters_and_the_window_end() {
     }
     cancel.cancel();
 }
+
+/// `--log-format json`: one object per line, the message at the top level (as log pipelines
+/// expect), never nested under `fields`.
+#[test]
+fn json_logs_put_the_message_at_the_top_level() {
+    // A warning the CLI logs: an agent that cannot be reached is reported, then logged at warn.
+    let out = Command::new(env!("CARGO_BIN_EXE_triage-agent"))
+        .args([
+            "--log-format",
+            "json",
+            "--log",
+            "debug",
+            "query",
+            "web",
+            "-n",
+            "shop",
+            "--agent",
+            "127.0.0.1:1",
+        ])
+        .env_remove("TRIAGE_AGENTS")
+        .output()
+        .expect("run triage-agent");
+    let logs: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert!(!logs.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    for l in &logs {
+        assert!(l["message"].is_string() && l.get("fields").is_none(), "{l}");
+        assert!(l["level"].is_string() && l["timestamp"].is_string(), "{l}");
+    }
+}

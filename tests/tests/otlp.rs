@@ -218,6 +218,13 @@ fn refusals_are_exported_as_otlp_logs_with_kubernetes_attributes() {
     assert!(!resource["service.version"].is_empty());
     assert_eq!(resource["k8s.node.name"], node.name);
     assert_eq!(resource["k8s.cluster.name"], "sim");
+    // The pod the record is about is on its resource, where Loki and the Collector look.
+    assert_eq!(resource["k8s.namespace.name"], "shop");
+    assert_eq!(resource["k8s.pod.name"], "web");
+    assert_eq!(resource["k8s.pod.uid"], node.pod(client).uid);
+    assert_eq!(resource["k8s.container.name"], "app");
+    assert_eq!(a["error.type"], "connection_refused");
+    assert_eq!(a["triage.record_id"].len(), 16, "{a:?}");
     let expect = [
         ("k8s.node.name", node.name.as_str()),
         ("k8s.namespace.name", "shop"),

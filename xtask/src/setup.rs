@@ -51,6 +51,9 @@ const DEBIAN_PACKAGES: &[&str] = &[
     // the locally written image), runc, and the CNI bridge, host-local and portmap plugins.
     "containerd",
     "containernetworking-plugins",
+    // A real Prometheus scrapes the agent in the metrics test; promtool checks the exposition
+    // and the shipped alert rules.
+    "prometheus",
 ];
 /// `cargo xtask kernel-matrix`: qemu with software emulation, a static busybox for the VMs'
 /// init, depmod for the kernels' module tables, xz and zstd for compressed modules, and the

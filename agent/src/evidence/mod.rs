@@ -30,8 +30,8 @@ use triage_agent_proto::v1 as pb;
 
 pub use folded::Folded;
 pub use kinds::{
-    Connection, CpuThrottling, Dns, DnsLookups, Drop, Endpoints, Finding, KindDetail, OomKill,
-    Semantic, Severity,
+    Connection, CpuThrottling, Dns, DnsLookups, Drop, Endpoints, FailureCounter, Finding,
+    KindDetail, OomKill, Semantic, Severity,
 };
 use kinds::{each_detail, each_kind, kind_of, same_kind};
 pub use names::Named;
@@ -434,6 +434,12 @@ impl Detail {
     pub fn needs_other_side(&self) -> bool {
         let kind = self.kind();
         each_detail!(self, d => d.needs_other_side(kind))
+    }
+
+    /// The node-level failure counter an occurrence of this detail counts in.
+    pub fn failure_counter(&self) -> Option<FailureCounter> {
+        let kind = self.kind();
+        each_detail!(self, d => d.failure_counter(kind))
     }
 
     /// Fills the message's `detail` (and the legacy fields the kind had).

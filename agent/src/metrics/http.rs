@@ -74,6 +74,24 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
 const TEXT: &str = "text/plain; charset=utf-8";
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// Prometheus's text format, for scrapers that do not ask for OpenMetrics.
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Whether the scrape's `Accept` asks for OpenMetrics (Prometheus 2.5 and later do, first);
+/// anything else (curl, older scrapers, `promtool check metrics`) gets the text format 0.0.4.
+fn wants_openmetrics(request: &Request) -> bool {
+    request
+        .headers()
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|part| {
+            let mut params = part.split(';');
+            params.next().map(str::trim) == Some("application/openmetrics-text")
+                && !params.any(|p| matches!(p.trim(), "q=0" | "q=0.0" | "q=0.00" | "q=0.000"))
+        })
+}
 
 /// The peer of the connection a request came on.
 #[derive(Clone, Copy, Debug)]
@@ -207,8 +225,17 @@ async fn metrics(State(server): State<Server>, request: Request) -> Response {
     if let Some(last) = request.extensions().get::<LastScrape>() {
         last.pace().await;
     }
+    let openmetrics = wants_openmetrics(&request);
     match server.cache.body(&server).await {
-        Ok(body) => (StatusCode::OK, [(header::CONTENT_TYPE, OPENMETRICS)], body).into_response(),
+        Ok(body) if openmetrics => {
+            (StatusCode::OK, [(header::CONTENT_TYPE, OPENMETRICS)], body).into_response()
+        }
+        Ok(body) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, PROMETHEUS_TEXT)],
+            super::openmetrics_to_text(&String::from_utf8_lossy(&body)),
+        )
+            .into_response(),
         Err(why) => (
             StatusCode::SERVICE_UNAVAILABLE,
             [(header::CONTENT_TYPE, TEXT)],

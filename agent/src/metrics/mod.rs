@@ -81,7 +81,8 @@ struct Snapshot {
     /// Each signal's mode on this node.
     signals: Vec<(&'static str, crate::signals::Mode)>,
     synced: bool,
-    last_sync_age: Option<f64>,
+    /// When the pod list was last complete, Unix seconds.
+    last_sync: Option<f64>,
     retries: u32,
     pods: u32,
     pending: u32,
@@ -92,6 +93,52 @@ struct Snapshot {
     otlp: Option<OtlpSnapshot>,
     /// Filled in by the server, which knows its listeners.
     connections: Vec<ListenerSnapshot>,
+    process: Option<ProcessSnapshot>,
+}
+
+/// The agent process's own figures, as every Prometheus exporter has them (`process_*`).
+#[derive(Debug)]
+struct ProcessSnapshot {
+    cpu_seconds: f64,
+    resident_bytes: u64,
+    virtual_bytes: u64,
+    open_fds: u64,
+    max_fds: Option<u64>,
+    start_time_seconds: f64,
+}
+
+/// Reads /proc/self (procfs); None when it cannot be read.
+fn process_snapshot() -> Option<ProcessSnapshot> {
+    use procfs::process::{LimitValue, Process};
+    let me = Process::myself().ok()?;
+    let stat = me.stat().ok()?;
+    #[expect(
+        clippy::cast_precision_loss,
+        reason = "CPU ticks and boot seconds: far below 2^52"
+    )]
+    let (ticks, boot) = (
+        procfs::ticks_per_second() as f64,
+        procfs::boot_time_secs().ok()? as f64,
+    );
+    #[expect(clippy::cast_precision_loss, reason = "CPU ticks: far below 2^52")]
+    let (cpu, start) = (
+        (stat.utime + stat.stime) as f64 / ticks,
+        boot + stat.starttime as f64 / ticks,
+    );
+    Some(ProcessSnapshot {
+        cpu_seconds: cpu,
+        resident_bytes: stat.rss.saturating_mul(procfs::page_size()),
+        virtual_bytes: stat.vsize,
+        open_fds: me.fd_count().ok()? as u64,
+        max_fds: me
+            .limits()
+            .ok()
+            .and_then(|l| match l.max_open_files.soft_limit {
+                LimitValue::Value(v) => Some(v),
+                LimitValue::Unlimited => None,
+            }),
+        start_time_seconds: start,
+    })
 }
 
 fn bpf_stats_enabled() -> bool {
@@ -125,12 +172,12 @@ impl MetricsState {
                 .collect(),
             signals: a.signals().iter().map(|s| (s.signal, s.mode)).collect(),
             synced: meta.synced,
-            last_sync_age: meta.last_synced.map(|t| {
-                SystemTime::now()
-                    .duration_since(t)
+            last_sync: meta.last_synced.map(|t| {
+                t.duration_since(SystemTime::UNIX_EPOCH)
                     .unwrap_or_default()
                     .as_secs_f64()
             }),
+            process: process_snapshot(),
             retries: meta.retries,
             pods: attribution.pods,
             pending: attribution.pending,
@@ -180,11 +227,38 @@ fn counter(
     c.encode(e.encode_descriptor(name, help, None, MetricType::Counter)?)
 }
 
+fn counter_f64(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: f64,
+) -> Result<(), std::fmt::Error> {
+    let c = ConstCounter::new(value);
+    c.encode(e.encode_descriptor(name, help, None, MetricType::Counter)?)
+}
+
+/// The node-level failure counters: every occurrence of these kinds on this node, by labels
+/// from fixed sets only (no namespace, pod or address), so alerts can read them directly.
+const FAILURE_FAMILIES: &[(&str, &str)] = &[
+    (
+        "packet_drops",
+        "Packets the kernel dropped to or from this node's pods, by the kernel's reason and direction.",
+    ),
+    (
+        "dns_failures",
+        "DNS lookups of this node's pods that failed, went unanswered or were slow, by outcome.",
+    ),
+    (
+        "connection_failures",
+        "Connections of this node's pods refused or never answered, by kind and cause (\"\" for a timeout).",
+    ),
+];
+
 impl Collector for Snapshot {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         {
             let mut m = e.encode_descriptor(
-                "triage_agent_info",
+                "triage_agent_build_info",
                 "The agent's version, node and kernel (value 1).",
                 None,
                 MetricType::Gauge,
@@ -327,12 +401,12 @@ impl Collector for Snapshot {
             "1 while the pod list from the API server is complete.",
             f64::from(u8::from(self.synced)),
         )?;
-        if let Some(age) = self.last_sync_age {
+        if let Some(at) = self.last_sync {
             gauge(
                 &mut e,
-                "triage_agent_metadata_last_sync_age_seconds",
-                "Seconds since the pod list was last complete.",
-                age,
+                "triage_agent_metadata_last_sync_timestamp_seconds",
+                "When the pod list was last complete (Unix time; time() minus it is its age).",
+                at,
             )?;
         }
         gauge(
@@ -457,6 +531,64 @@ impl Collector for Snapshot {
                 o.capacity as f64,
             )?;
         }
+        for (family, help) in FAILURE_FAMILIES {
+            let name = format!("triage_agent_{family}");
+            let mut m = e.encode_descriptor(
+                &name,
+                help,
+                None,
+                MetricType::Counter,
+            )?;
+            for (c, n) in self
+                .store
+                .failures
+                .iter()
+                .filter(|(c, _)| c.family == *family)
+            {
+                let labels: Vec<(&str, &str)> = c.labels.iter().map(|(k, v)| (*k, &**v)).collect();
+                ConstCounter::new(*n).encode(m.encode_family(&labels)?)?;
+            }
+        }
+        if let Some(p) = &self.process {
+            counter_f64(
+                &mut e,
+                "process_cpu_seconds",
+                "Total user and system CPU time spent in seconds.",
+                p.cpu_seconds,
+            )?;
+            gauge(
+                &mut e,
+                "process_resident_memory_bytes",
+                "Resident memory size in bytes.",
+                p.resident_bytes as f64,
+            )?;
+            gauge(
+                &mut e,
+                "process_virtual_memory_bytes",
+                "Virtual memory size in bytes.",
+                p.virtual_bytes as f64,
+            )?;
+            gauge(
+                &mut e,
+                "process_open_fds",
+                "Number of open file descriptors.",
+                p.open_fds as f64,
+            )?;
+            if let Some(max) = p.max_fds {
+                gauge(
+                    &mut e,
+                    "process_max_fds",
+                    "Maximum number of open file descriptors.",
+                    max as f64,
+                )?;
+            }
+            gauge(
+                &mut e,
+                "process_start_time_seconds",
+                "Start time of the process since unix epoch in seconds.",
+                p.start_time_seconds,
+            )?;
+        }
         if !self.connections.is_empty() {
             let mut m = e.encode_descriptor(
                 "triage_agent_connections_open",
@@ -484,6 +616,35 @@ impl Collector for Snapshot {
         }
         Ok(())
     }
+}
+
+/// OpenMetrics text as Prometheus's text format 0.0.4: a counter's family is named with its
+/// `_total` (as its samples are), and the lines 0.0.4 does not have (`# UNIT`, `# EOF`) go.
+pub fn openmetrics_to_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let renamed = ["# TYPE ", "# HELP "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        match renamed {
+            Some(l) => out.push_str(&l),
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
 }
 
 /// `--metrics-listen`: the address to bind, or none (the endpoint is off).

@@ -397,7 +397,12 @@ impl Sender {
     fn request(&self, batch: Vec<Queued>) -> (ExportLogsServiceRequest, u64) {
         let records: Vec<_> = batch
             .iter()
-            .map(|q| record::log_record(&q.evidence, q.observed))
+            .map(|q| {
+                (
+                    record::Subject::of(&q.evidence),
+                    record::log_record(&q.evidence, q.observed),
+                )
+            })
             .collect();
         let n = records.len() as u64;
         (record::request(&self.resource, records), n)

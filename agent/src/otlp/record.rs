@@ -202,11 +202,55 @@ fn summary(e: &Evidence) -> (String, Option<String>) {
     }
 }
 
+/// A record's id, the same for every update of it (and across restarts of an agent with the
+/// same version): FNV-1a over its node, kind, pod, container and key, as 16 hex digits. A
+/// backend keeps the latest update of each record by it.
+pub fn record_id(e: &Evidence) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for b in bytes.iter().chain(&[0xff]) {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    };
+    eat(e.node.as_bytes());
+    eat(e.kind().as_str().as_bytes());
+    eat(e.pod().map_or("", |p| p.uid.as_str()).as_bytes());
+    eat(e
+        .subject
+        .container
+        .as_deref()
+        .unwrap_or_default()
+        .as_bytes());
+    let key = e.detail.key();
+    let key = if e.folded.is_some() {
+        key.folded()
+    } else {
+        key
+    };
+    eat(format!("{key:?}").as_bytes());
+    format!("{h:016x}")
+}
+
+/// OpenTelemetry's `error.type`: the class of failure, low-cardinality: a drop's kernel reason,
+/// a DNS outcome, else the kind.
+fn error_type(e: &Evidence) -> String {
+    e.detail
+        .failure_counter()
+        .and_then(|c| match c.family {
+            "packet_drops" | "dns_failures" => c.labels.first().map(|(_, v)| v.to_string()),
+            _ => None,
+        })
+        .unwrap_or_else(|| e.kind().as_str().to_owned())
+}
+
 /// One evidence record update as an OTLP log record, observed at `observed`.
 pub fn log_record(e: &Evidence, observed: SystemTime) -> LogRecord {
     let severity = severity(&e.detail);
     let (body, next_step) = summary(e);
     let mut attributes = attributes(e);
+    attributes.push(string("triage.record_id", record_id(e)));
+    attributes.push(string("error.type", error_type(e)));
     if let Some(step) = next_step {
         attributes.push(string("triage.next_step", step));
     }
@@ -226,22 +270,79 @@ pub fn log_record(e: &Evidence, observed: SystemTime) -> LogRecord {
     }
 }
 
-/// One export request: the agent's resource, its scope, the records.
-pub fn request(resource: &Resource, records: Vec<LogRecord>) -> ExportLogsServiceRequest {
+/// The pod (and container) a record is about, for its resource.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Subject {
+    pub namespace: String,
+    pub pod: String,
+    pub uid: String,
+    pub container: Option<String>,
+}
+
+impl Subject {
+    /// The subject of `e`; None for a record tied to no pod.
+    pub fn of(e: &Evidence) -> Option<Subject> {
+        e.pod().map(|p| Subject {
+            namespace: p.namespace.to_string(),
+            pod: p.name.to_string(),
+            uid: p.uid.to_string(),
+            container: e.subject.container.as_deref().map(str::to_owned),
+        })
+    }
+}
+
+/// One export request: a `ResourceLogs` per subject pod and container, its resource the
+/// agent's plus `k8s.namespace.name`, `k8s.pod.name`, `k8s.pod.uid` and `k8s.container.name`
+/// (what Loki indexes and the Collector's k8sattributes processor reads, so records are filed
+/// under the pod they are about, not under the agent's pod); records tied to no pod under the
+/// agent's resource alone. The agent is the instrumentation scope of every one.
+pub fn request(
+    resource: &Resource,
+    records: Vec<(Option<Subject>, LogRecord)>,
+) -> ExportLogsServiceRequest {
+    let scope = InstrumentationScope {
+        name: SCOPE.to_owned(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        ..InstrumentationScope::default()
+    };
+    let mut groups: Vec<(Option<Subject>, Vec<LogRecord>)> = Vec::new();
+    for (subject, record) in records {
+        match groups.iter_mut().find(|(s, _)| *s == subject) {
+            Some((_, rs)) => rs.push(record),
+            None => groups.push((subject, vec![record])),
+        }
+    }
     ExportLogsServiceRequest {
-        resource_logs: vec![ResourceLogs {
-            resource: Some(resource.clone()),
-            scope_logs: vec![ScopeLogs {
-                scope: Some(InstrumentationScope {
-                    name: SCOPE.to_owned(),
-                    version: env!("CARGO_PKG_VERSION").to_owned(),
-                    ..InstrumentationScope::default()
-                }),
-                log_records: records,
-                ..ScopeLogs::default()
-            }],
-            ..ResourceLogs::default()
-        }],
+        resource_logs: groups
+            .into_iter()
+            .map(|(subject, log_records)| {
+                let mut resource = resource.clone();
+                if let Some(s) = subject {
+                    resource.attributes.retain(|kv| {
+                        !kv.key.starts_with("k8s.pod.")
+                            && kv.key != "k8s.namespace.name"
+                            && kv.key != "k8s.container.name"
+                    });
+                    resource
+                        .attributes
+                        .push(string("k8s.namespace.name", s.namespace));
+                    resource.attributes.push(string("k8s.pod.name", s.pod));
+                    resource.attributes.push(string("k8s.pod.uid", s.uid));
+                    if let Some(c) = s.container {
+                        resource.attributes.push(string("k8s.container.name", c));
+                    }
+                }
+                ResourceLogs {
+                    resource: Some(resource),
+                    scope_logs: vec![ScopeLogs {
+                        scope: Some(scope.clone()),
+                        log_records,
+                        ..ScopeLogs::default()
+                    }],
+                    ..ResourceLogs::default()
+                }
+            })
+            .collect(),
     }
 }
 
@@ -270,6 +371,63 @@ mod tests {
             );
         }
         out
+    }
+
+    /// A ResourceLogs per pod and container, the pod on its resource over the agent's; the
+    /// record id the same for every update of a record and different between records.
+    #[test]
+    fn each_pod_is_its_own_resource_and_records_keep_their_id() {
+        let web = fixtures::refused()
+            .pod_uid("shop", "web", "u1")
+            .dst("10.0.0.2:80")
+            .evidence();
+        let web2 = fixtures::refused()
+            .pod_uid("shop", "web", "u1")
+            .dst("10.0.0.3:80")
+            .evidence();
+        let db = fixtures::refused().pod_uid("shop", "db", "u2").evidence();
+        let base = resource("node-a", &[("k8s.cluster.name".into(), "prod".into())]);
+        let req = request(
+            &base,
+            [&web, &db, &web2]
+                .into_iter()
+                .map(|e| (Subject::of(e), log_record(e, fixtures::t(1))))
+                .collect(),
+        );
+        assert_eq!(req.resource_logs.len(), 2);
+        let r = |i: usize| {
+            attrs(
+                &req.resource_logs[i]
+                    .resource
+                    .clone()
+                    .unwrap_or_default()
+                    .attributes,
+            )
+        };
+        assert_eq!(r(0)["k8s.pod.name"], "web");
+        assert_eq!(r(0)["k8s.pod.uid"], "u1");
+        assert_eq!(r(0)["k8s.namespace.name"], "shop");
+        assert_eq!(r(0)["k8s.node.name"], "node-a");
+        assert_eq!(r(0)["k8s.cluster.name"], "prod");
+        assert_eq!(r(0)["service.name"], "triage-agent");
+        assert_eq!(r(1)["k8s.pod.name"], "db");
+        assert_eq!(req.resource_logs[0].scope_logs[0].log_records.len(), 2);
+        assert_eq!(
+            req.resource_logs[0].scope_logs[0]
+                .scope
+                .as_ref()
+                .map(|s| s.name.as_str()),
+            Some("triage-agent")
+        );
+        let mut later = web.clone();
+        later.count += 5;
+        later.last_seen = fixtures::t(200);
+        assert_eq!(record_id(&web), record_id(&later));
+        assert_ne!(record_id(&web), record_id(&web2));
+        assert_ne!(record_id(&web), record_id(&db));
+        let a = attrs(&log_record(&web, fixtures::t(1)).attributes);
+        assert_eq!(a["triage.record_id"], record_id(&web));
+        assert_eq!(a["error.type"], "connection_refused");
     }
 
     #[test]

@@ -730,6 +730,19 @@ mod tests {
     use super::{merge_repeats, missing_hook};
     use crate::probes::{Hook, PROGRAMS};
 
+    /// The embedded object declares its licence in a `license` section, so the kernel is told
+    /// "Dual MIT/GPL" (what the programs' crate says), not aya's default "GPL".
+    #[test]
+    fn the_programs_declare_their_licence() {
+        let has = |needle: &[u8]| {
+            super::EBPF_OBJECT
+                .windows(needle.len())
+                .any(|w| w == needle)
+        };
+        assert!(has(b"Dual MIT/GPL\0"), "the licence string");
+        assert!(has(b"\0license\0"), "the license section's name");
+    }
+
     /// A tracepoint the kernel does not list is named with the release that added it, taken
     /// from the program's own hook; a listed one, or no tracefs, is no finding.
     #[test]

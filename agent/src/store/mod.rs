@@ -257,6 +257,8 @@ pub struct StoreStats {
     /// Occurrences recorded since the agent started, by kind and namespace ("" when tied to no
     /// pod; [`OTHER_NAMESPACES`] beyond [`METRIC_NAMESPACES`] namespaces).
     pub occurrences: Vec<(Kind, String, u64)>,
+    /// Occurrences by node-level failure counter (family and labels), since the agent started.
+    pub failures: Vec<(crate::evidence::FailureCounter, u64)>,
 }
 
 /// What the persistent store ([`persist`], node agent only) is doing, for Status, `/readyz`
@@ -310,6 +312,9 @@ impl PersistHealth {
 pub const METRIC_NAMESPACES: usize = 1000;
 /// The namespace label of occurrences beyond [`METRIC_NAMESPACES`].
 pub const OTHER_NAMESPACES: &str = "_other";
+/// Most label sets of the node-level failure counters together (kernel drop reasons x
+/// directions, DNS outcomes, refusal causes: under 200 in practice); beyond it, `_other`.
+pub const FAILURE_SERIES: usize = 256;
 
 /// A query's answer.
 #[derive(Clone, Debug, Default)]
@@ -486,6 +491,8 @@ pub struct Store {
     /// Occurrences by kind and namespace, for the metrics.
     occurrences: HashMap<(Kind, Arc<str>), u64>,
     metric_namespaces: HashSet<Arc<str>>,
+    /// Occurrences by node-level failure counter (at most [`FAILURE_SERIES`] label sets).
+    failures: HashMap<crate::evidence::FailureCounter, u64>,
     /// Per pod uid: the pod, its DNS lookup counters and when they last changed.
     dns_lookups: HashMap<String, (Arc<PodRef>, DnsLookups, SystemTime)>,
     /// What the kernel lost of each pod's evidence.
@@ -517,6 +524,7 @@ impl Store {
             dns_lookups: HashMap::new(),
             pod_losses: pod_losses::PodLossBook::default(),
             occurrences: HashMap::new(),
+            failures: HashMap::new(),
             metric_namespaces: HashSet::new(),
             evictions_changed: HashSet::new(),
             dns_lookups_changed: HashSet::new(),
@@ -735,6 +743,15 @@ impl Store {
             },
         };
         *self.occurrences.entry((o.kind(), namespace)).or_default() += o.count.max(1);
+        if let Some(mut c) = o.detail.failure_counter() {
+            // Label values come from fixed sets; the bound holds even if one did not.
+            if !self.failures.contains_key(&c) && self.failures.len() >= FAILURE_SERIES {
+                for (_, value) in &mut c.labels {
+                    *value = OTHER_NAMESPACES.into();
+                }
+            }
+            *self.failures.entry(c).or_default() += o.count.max(1);
+        }
     }
 
     fn add_dns_lookups(&mut self, pod: &Arc<PodRef>, lookups: &DnsLookups, at: SystemTime) {
@@ -1049,6 +1066,11 @@ impl Store {
                 .iter()
                 .map(|((kind, ns), n)| (*kind, ns.to_string(), *n))
                 .collect(),
+            failures: {
+                let mut f: Vec<_> = self.failures.iter().map(|(c, n)| (c.clone(), *n)).collect();
+                f.sort();
+                f
+            },
         }
     }
 }

@@ -5,7 +5,7 @@ use std::{net::SocketAddr, sync::Arc};
 use serde_json::{Map, Value};
 use triage_agent_proto::v1 as pb;
 
-use super::{Endpoints, Finding, KindDetail, Semantic, Severity, peer_text};
+use super::{Endpoints, FailureCounter, Finding, KindDetail, Semantic, Severity, peer_text};
 use crate::{
     evidence::{
         Cause, Detail, DetailKey, Direction, Evidence, Kind, Named as _, PodRef, Protocol,
@@ -106,6 +106,17 @@ impl KindDetail for Connection {
         self.direction == Direction::Outbound
             && (kind == Kind::ConnectionTimeout
                 || matches!(self.cause, Some(Cause::Unknown) | None))
+    }
+
+    /// `connection_failures_total{kind, cause}` (a timeout's cause is "").
+    fn failure_counter(&self, kind: Kind) -> Option<FailureCounter> {
+        Some(FailureCounter {
+            family: "connection_failures",
+            labels: vec![
+                ("kind", kind.as_str().into()),
+                ("cause", self.cause.map_or("", Cause::as_str).into()),
+            ],
+        })
     }
 
     fn to_pb(&self, m: &mut pb::Evidence) {

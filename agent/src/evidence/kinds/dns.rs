@@ -5,7 +5,7 @@ use std::{net::SocketAddr, sync::Arc};
 use serde_json::{Map, Value, json};
 use triage_agent_proto::v1 as pb;
 
-use super::{Endpoints, Finding, KindDetail, Semantic, Severity};
+use super::{Endpoints, FailureCounter, Finding, KindDetail, Semantic, Severity};
 use crate::{
     evidence::{
         Detail, DetailKey, Direction, DnsOutcome, Evidence, Kind, PodRef, Protocol,
@@ -146,6 +146,14 @@ impl KindDetail for Dns {
 
     fn needs_other_side(&self, _: Kind) -> bool {
         false
+    }
+
+    /// `dns_failures_total{outcome}`.
+    fn failure_counter(&self, _: Kind) -> Option<FailureCounter> {
+        Some(FailureCounter {
+            family: "dns_failures",
+            labels: vec![("outcome", self.outcome.as_str().into())],
+        })
     }
 
     fn to_pb(&self, m: &mut pb::Evidence) {

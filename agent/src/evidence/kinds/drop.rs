@@ -5,7 +5,7 @@ use std::{net::SocketAddr, sync::Arc};
 use serde_json::{Map, Value};
 use triage_agent_proto::v1 as pb;
 
-use super::{Endpoints, Finding, KindDetail, Semantic, Severity, peer_text};
+use super::{Endpoints, FailureCounter, Finding, KindDetail, Semantic, Severity, peer_text};
 use crate::{
     evidence::{
         Detail, DetailKey, Direction, Evidence, Kind, PodRef, Protocol, tcp_flags_from_text,
@@ -107,6 +107,17 @@ impl KindDetail for Drop {
 
     fn needs_other_side(&self, _: Kind) -> bool {
         false
+    }
+
+    /// `packet_drops_total{reason, direction}`: the kernel's reason names are a fixed set.
+    fn failure_counter(&self, _: Kind) -> Option<FailureCounter> {
+        Some(FailureCounter {
+            family: "packet_drops",
+            labels: vec![
+                ("reason", self.reason.clone()),
+                ("direction", self.direction.as_str().into()),
+            ],
+        })
     }
 
     fn to_pb(&self, m: &mut pb::Evidence) {

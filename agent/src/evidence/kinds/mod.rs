@@ -67,6 +67,13 @@ pub struct Finding {
     pub next_step: String,
 }
 
+/// A node-level failure counter's family (`triage_agent_<family>_total`) and labels.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FailureCounter {
+    pub family: &'static str,
+    pub labels: Vec<(&'static str, Arc<str>)>,
+}
+
 /// Everything the agent does with one kind's detail. `kind` arguments are the record's kind,
 /// for types that serve more than one ([`Connection`]: refused and timed out).
 pub trait KindDetail: Sized {
@@ -97,6 +104,10 @@ pub trait KindDetail: Sized {
     /// Whether only the other end's node can explain this record (a refusal whose cause this
     /// node could not see, a timeout), so the CLI asks the agent there about the same flow.
     fn needs_other_side(&self, kind: Kind) -> bool;
+    /// The node-level failure counter of `/metrics` an occurrence counts in, with its labels,
+    /// every value from a small fixed set (a kernel drop reason, an outcome, a cause, a
+    /// direction: never a pod, an address or a name); None for kinds without one.
+    fn failure_counter(&self, kind: Kind) -> Option<FailureCounter>;
     /// Fills the message's `detail` (and the fields 10-15 that clients older than `detail`
     /// read, where the kind had them); the common fields are `crate::codec`'s.
     fn to_pb(&self, m: &mut pb::Evidence);

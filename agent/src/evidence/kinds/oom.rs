@@ -3,7 +3,7 @@
 use serde_json::{Map, Value};
 use triage_agent_proto::v1 as pb;
 
-use super::{Endpoints, Finding, KindDetail, Semantic, Severity, kubectl_target};
+use super::{Endpoints, FailureCounter, Finding, KindDetail, Semantic, Severity, kubectl_target};
 use crate::{
     evidence::{
         Detail, DetailKey, Evidence, Kind, Named as _, OomSource, Protocol, wire::ConvertError,
@@ -112,6 +112,10 @@ impl KindDetail for OomKill {
 
     fn needs_other_side(&self, _: Kind) -> bool {
         false
+    }
+
+    fn failure_counter(&self, _: Kind) -> Option<FailureCounter> {
+        None
     }
 
     fn to_pb(&self, m: &mut pb::Evidence) {

@@ -251,12 +251,59 @@ async fn drains_and_sweeps_are_counters() {
     let (status, body) = get(&app, "/metrics", POD).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     for line in [
-        "# TYPE triage_agent_flow_table_drains counter",
+        "# TYPE triage_agent_flow_table_drains_total counter",
         "triage_agent_flow_table_drains_total 3",
         "triage_agent_dns_table_drains_total 1",
         "triage_agent_cgroup_sweeps_total 2",
     ] {
         assert!(body.lines().any(|l| l == line), "{line} in {body}");
+    }
+    cancel.cancel();
+}
+
+/// A scrape that asks for OpenMetrics (as Prometheus does) gets it; any other gets the text
+/// format 0.0.4: counters' families named with `_total`, no `# EOF`.
+#[tokio::test]
+async fn the_scrapes_accept_header_chooses_the_format() {
+    let cancel = CancellationToken::new();
+    let app = router(server(state(&cancel)));
+    let scrape = |accept: Option<&'static str>| {
+        let app = app.clone();
+        async move {
+            let mut request = axum::http::Request::get("/metrics")
+                .extension(Peer(SocketAddr::new(POD, 40000)));
+            if let Some(a) = accept {
+                request = request.header(axum::http::header::ACCEPT, a);
+            }
+            let response = app
+                .oneshot(request.body(Body::empty()).unwrap())
+                .await
+                .unwrap();
+            let kind = response.headers()[axum::http::header::CONTENT_TYPE]
+                .to_str()
+                .unwrap()
+                .to_owned();
+            let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+                .await
+                .unwrap();
+            (kind, String::from_utf8(body.to_vec()).unwrap())
+        }
+    };
+    let (kind, body) = scrape(Some(
+        "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
+    ))
+    .await;
+    assert!(kind.starts_with("application/openmetrics-text"), "{kind}");
+    assert!(body.contains("# TYPE triage_agent_loss counter\n") && body.ends_with("# EOF\n"));
+    for accept in [None, Some("text/plain"), Some("application/openmetrics-text;q=0, */*")] {
+        let (kind, body) = scrape(accept).await;
+        assert!(kind.starts_with("text/plain; version=0.0.4"), "{accept:?}: {kind}");
+        assert!(
+            body.contains("# TYPE triage_agent_loss_total counter\n")
+                && body.contains("# HELP triage_agent_loss_total ")
+                && !body.contains("# EOF"),
+            "{accept:?}: {body}"
+        );
     }
     cancel.cancel();
 }

@@ -31,7 +31,7 @@ fn raw_protocol_edges_and_garbage() {
             b"GET /api/v1/pods?watch=1&sendInitialEvents=true HTTP/1.1",
             422,
         ),
-        (b"GET /apis/batch/v1/jobs HTTP/1.1", 404),
+        (b"GET /apis/batch/v1/cronjobs HTTP/1.1", 404),
         (b"GET /api/v1/namespaces/default/pods/missing HTTP/1.1", 404),
         (b"POST /api/v1/pods HTTP/1.1", 405),
     ] {
@@ -213,8 +213,11 @@ async fn discovery_through_kube() {
         assert_eq!(
             found,
             [
+                "apps/v1/daemonsets Namespaced",
                 "apps/v1/deployments Namespaced",
                 "apps/v1/replicasets Namespaced",
+                "apps/v1/statefulsets Namespaced",
+                "batch/v1/jobs Namespaced",
                 "networking.k8s.io/v1/networkpolicies Namespaced",
                 "v1/events Namespaced",
                 "v1/namespaces Cluster",
