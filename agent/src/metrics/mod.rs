@@ -533,12 +533,7 @@ impl Collector for Snapshot {
         }
         for (family, help) in FAILURE_FAMILIES {
             let name = format!("triage_agent_{family}");
-            let mut m = e.encode_descriptor(
-                &name,
-                help,
-                None,
-                MetricType::Counter,
-            )?;
+            let mut m = e.encode_descriptor(&name, help, None, MetricType::Counter)?;
             for (c, n) in self
                 .store
                 .failures

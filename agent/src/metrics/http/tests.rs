@@ -270,8 +270,8 @@ async fn the_scrapes_accept_header_chooses_the_format() {
     let scrape = |accept: Option<&'static str>| {
         let app = app.clone();
         async move {
-            let mut request = axum::http::Request::get("/metrics")
-                .extension(Peer(SocketAddr::new(POD, 40000)));
+            let mut request =
+                axum::http::Request::get("/metrics").extension(Peer(SocketAddr::new(POD, 40000)));
             if let Some(a) = accept {
                 request = request.header(axum::http::header::ACCEPT, a);
             }
@@ -295,9 +295,16 @@ async fn the_scrapes_accept_header_chooses_the_format() {
     .await;
     assert!(kind.starts_with("application/openmetrics-text"), "{kind}");
     assert!(body.contains("# TYPE triage_agent_loss counter\n") && body.ends_with("# EOF\n"));
-    for accept in [None, Some("text/plain"), Some("application/openmetrics-text;q=0, */*")] {
+    for accept in [
+        None,
+        Some("text/plain"),
+        Some("application/openmetrics-text;q=0, */*"),
+    ] {
         let (kind, body) = scrape(accept).await;
-        assert!(kind.starts_with("text/plain; version=0.0.4"), "{accept:?}: {kind}");
+        assert!(
+            kind.starts_with("text/plain; version=0.0.4"),
+            "{accept:?}: {kind}"
+        );
         assert!(
             body.contains("# TYPE triage_agent_loss_total counter\n")
                 && body.contains("# HELP triage_agent_loss_total ")
