@@ -273,13 +273,13 @@ async fn the_scrapes_accept_header_chooses_the_format() {
             let mut request =
                 axum::http::Request::get("/metrics").extension(Peer(SocketAddr::new(POD, 40000)));
             if let Some(a) = accept {
-                request = request.header(axum::http::header::ACCEPT, a);
+                request = request.header(header::ACCEPT, a);
             }
             let response = app
                 .oneshot(request.body(Body::empty()).unwrap())
                 .await
                 .unwrap();
-            let kind = response.headers()[axum::http::header::CONTENT_TYPE]
+            let kind = response.headers()[header::CONTENT_TYPE]
                 .to_str()
                 .unwrap()
                 .to_owned();
