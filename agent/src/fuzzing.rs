@@ -226,6 +226,7 @@ pub fn policy_eval(data: &[u8]) {
         policies: input.policies,
         namespaces: input.namespaces,
         pods: input.pods,
+        unevaluated: Vec::new(),
     };
     let flow = Flow {
         src: Ipv4Addr::new(10, 0, 0, src % 8).into(),

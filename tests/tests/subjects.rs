@@ -506,3 +506,101 @@ fn workloads_and_pods_are_named_as_kubectl_names_them() {
         agent.cancel.cancel();
     }
 }
+
+/// On a cluster that also has policy kinds `explain` does not evaluate (Cilium's, the upstream
+/// AdminNetworkPolicy API), it does not say "NetworkPolicy allows this flow" as if it knew:
+/// the verdict is unknown and names the kinds present; kinds served with no objects change
+/// nothing.
+#[test]
+fn explain_names_the_policy_kinds_it_does_not_evaluate() {
+    use triage_agent::evidence::fixtures::dropped;
+    use triage_agent_tests::apiserver::{AdminNetworkPolicy, CiliumNetworkPolicy};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let api = ApiServer::start().unwrap();
+    let agent = rt.block_on(serve_local(
+        "node-1",
+        "127.0.0.1:0",
+        Arc::new(Counters::default()),
+    ));
+    api.apply_pod(agent_pod_object("triage-agent-0", "node-1"));
+    api.forward_port(
+        "triage-agent",
+        "triage-agent-0",
+        9742,
+        agent.addr.parse().unwrap(),
+    );
+    for (ns, name, ip) in [("shop", "web", "10.0.0.5"), ("data", "pg", "10.0.0.6")] {
+        api.apply_pod(pod_object(&PodFixture {
+            namespace: ns,
+            name,
+            uid: &format!("uid-{name}"),
+            node: "node-1",
+            pod_ip: Some(ip.parse().unwrap()),
+            host_ip: None,
+            host_network: false,
+            qos_class: "BestEffort",
+            containers: &[("app", &format!("{:0>64}", name.len()))],
+        }));
+    }
+    let drop = dropped()
+        .pod("shop", "web")
+        .src("10.0.0.5:40000")
+        .dst("10.0.0.6:5432")
+        .reason("NETFILTER_DROP")
+        .at_time(SystemTime::now())
+        .occurrence();
+    rt.block_on(agent.occurrences.send(Attributed::Occurrence(drop)))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    api.write_kubeconfig(&kubeconfig).unwrap();
+    let explanation = || -> Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let v = json(
+                &cli_with_kubeconfig(&kubeconfig, &["explain", "web", "-n", "shop", "-o", "json"])
+                    .unwrap(),
+            );
+            if let Some(x) = v["evidence"][0].get("explanation") {
+                return x.clone();
+            }
+            assert!(Instant::now() < deadline, "no explanation: {v}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    // No policy of any kind: NetworkPolicy allows it, and nothing else could say otherwise.
+    let x = explanation();
+    assert_eq!(x["verdict"], "allowed", "{x}");
+    // A CiliumNetworkPolicy in the cluster: the verdict is no longer NetworkPolicy's to give.
+    let mut cnp = CiliumNetworkPolicy::default();
+    cnp.metadata.namespace = Some("data".into());
+    cnp.metadata.name = Some("pg-only-from-api".into());
+    api.apply_cilium_network_policy(cnp);
+    let x = explanation();
+    assert_eq!(x["verdict"], "unknown", "{x}");
+    let text = x["text"].as_str().unwrap();
+    assert!(
+        text.starts_with("by NetworkPolicy alone, allowed")
+            && text.contains("CiliumNetworkPolicy (cilium.io) objects")
+            && !text.contains("AdminNetworkPolicy"),
+        "{text}"
+    );
+    // And an AdminNetworkPolicy (cluster-scoped): both are named.
+    let mut anp = AdminNetworkPolicy::default();
+    anp.metadata.name = Some("deny-data".into());
+    api.apply_admin_network_policy(anp);
+    let text = explanation()["text"].as_str().unwrap().to_owned();
+    assert!(
+        text.contains("CiliumNetworkPolicy (cilium.io) objects")
+            && text.contains("AdminNetworkPolicy (policy.networking.k8s.io) objects"),
+        "{text}"
+    );
+    // RBAC may hide a kind's objects: it is named as unreadable, not passed over.
+    api.forbid("ciliumnetworkpolicies");
+    let text = explanation()["text"].as_str().unwrap().to_owned();
+    assert!(
+        text.contains("CiliumNetworkPolicy (cilium.io), whose objects cannot be read"),
+        "{text}"
+    );
+    agent.cancel.cancel();
+}

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::{
     evidence::{Detail, Evidence, Protocol},
-    policy::{Explanation, Flow, Proto, Snapshot, Verdict, evaluate},
+    policy::{Explanation, Flow, OTHER_POLICY_KINDS, Proto, Snapshot, Verdict, evaluate},
 };
 
 pub use crate::cli::cluster::ClusterArgs;
@@ -26,6 +26,7 @@ pub async fn snapshot(args: &ClusterArgs) -> anyhow::Result<Snapshot> {
     use kube::{Api, api::ListParams};
 
     let client = crate::cli::cluster::client(args).await?;
+    let client_for_discovery = client.clone();
     let lp = ListParams::default();
     let (policy_api, namespace_api, pod_api) = (
         Api::<NetworkPolicy>::all(client.clone()),
@@ -42,11 +43,66 @@ pub async fn snapshot(args: &ClusterArgs) -> anyhow::Result<Snapshot> {
             policies: policies.items,
             namespaces: namespaces.items,
             pods: pods.items,
+            unevaluated: Vec::new(),
         })
     };
-    Ok(tokio::time::timeout(READ_TIMEOUT, read)
-        .await
-        .context("reading NetworkPolicies timed out")??)
+    let (snapshot, unevaluated) = tokio::join!(
+        tokio::time::timeout(READ_TIMEOUT, read),
+        tokio::time::timeout(READ_TIMEOUT, unevaluated(client_for_discovery)),
+    );
+    let mut snapshot = snapshot.context("reading NetworkPolicies timed out")??;
+    snapshot.unevaluated = unevaluated.unwrap_or_else(|_| {
+        vec![
+            "policy kinds beyond NetworkPolicy that could not be looked for (discovery timed out)"
+                .to_owned(),
+        ]
+    });
+    Ok(snapshot)
+}
+
+/// The policy kinds besides NetworkPolicy ([`OTHER_POLICY_KINDS`]) the API server serves and
+/// has at least one object of, named with their group (`CiliumNetworkPolicy (cilium.io)`);
+/// one that is served but cannot be read is named too, with why. When discovery itself fails,
+/// that is said instead: the explanation cannot rule them out.
+async fn unevaluated(client: kube::Client) -> Vec<String> {
+    use kube::{
+        Api,
+        api::{DynamicObject, ListParams},
+        discovery::Discovery,
+    };
+    let groups: Vec<&str> = OTHER_POLICY_KINDS.iter().map(|(g, _)| *g).collect();
+    let discovery = match Discovery::new(client.clone()).filter(&groups).run().await {
+        Ok(d) => d,
+        Err(e) => {
+            return vec![format!(
+                "policy kinds beyond NetworkPolicy that could not be looked for ({})",
+                crate::cli::cluster::describe(&e)
+            )];
+        }
+    };
+    let mut found = Vec::new();
+    for group in discovery.groups() {
+        let known = OTHER_POLICY_KINDS
+            .iter()
+            .find(|(g, _)| *g == group.name())
+            .map_or(&[][..], |(_, kinds)| *kinds);
+        for (resource, _) in group.recommended_resources() {
+            if !known.contains(&resource.kind.as_str()) {
+                continue;
+            }
+            let name = format!("{} ({})", resource.kind, resource.group);
+            let api = Api::<DynamicObject>::all_with(client.clone(), &resource);
+            match api.list(&ListParams::default().limit(1)).await {
+                Ok(list) if list.items.is_empty() => {}
+                Ok(_) => found.push(format!("{name} objects")),
+                Err(e) => found.push(format!(
+                    "{name}, whose objects cannot be read ({})",
+                    crate::cli::cluster::describe(&e)
+                )),
+            }
+        }
+    }
+    found
 }
 
 /// The flow a record is about, when NetworkPolicy can say anything about it.
@@ -83,7 +139,9 @@ pub fn explain_all(
             let mut x = match (flow, snapshot) {
                 (Err(why), _) => Explanation::unavailable(why),
                 (Ok(_), Err(why)) => Explanation::unavailable(why),
-                (Ok(flow), Ok(snapshot)) => evaluate(snapshot, &flow),
+                (Ok(flow), Ok(snapshot)) => {
+                    evaluate(snapshot, &flow).qualified(&snapshot.unevaluated)
+                }
             };
             if x.verdict == Verdict::Allowed
                 && let Detail::PacketDrop(d) = &e.detail

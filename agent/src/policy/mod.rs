@@ -45,7 +45,48 @@ pub struct Snapshot {
     pub policies: Vec<NetworkPolicy>,
     pub namespaces: Vec<Namespace>,
     pub pods: Vec<Pod>,
+    /// Policy kinds beyond NetworkPolicy that this cluster has objects of and the evaluator
+    /// does not evaluate (`AdminNetworkPolicy`, `CiliumNetworkPolicy (cilium.io)`, ...), or
+    /// why that could not be found out: each can allow or deny a flow NetworkPolicy decided.
+    pub unevaluated: Vec<String>,
 }
+
+/// Policy kinds that decide traffic besides NetworkPolicy, by API group: the upstream
+/// AdminNetworkPolicy API (tiers before and after NetworkPolicy), Cilium's, Calico's (CRDs
+/// and its API server) and Antrea's.
+pub const OTHER_POLICY_KINDS: &[(&str, &[&str])] = &[
+    (
+        "policy.networking.k8s.io",
+        &[
+            "AdminNetworkPolicy",
+            "BaselineAdminNetworkPolicy",
+            "ClusterNetworkPolicy",
+        ],
+    ),
+    (
+        "cilium.io",
+        &["CiliumNetworkPolicy", "CiliumClusterwideNetworkPolicy"],
+    ),
+    (
+        "crd.projectcalico.org",
+        &[
+            "NetworkPolicy",
+            "GlobalNetworkPolicy",
+            "StagedNetworkPolicy",
+            "StagedGlobalNetworkPolicy",
+        ],
+    ),
+    (
+        "projectcalico.org",
+        &[
+            "NetworkPolicy",
+            "GlobalNetworkPolicy",
+            "StagedNetworkPolicy",
+            "StagedGlobalNetworkPolicy",
+        ],
+    ),
+    ("crd.antrea.io", &["NetworkPolicy", "ClusterNetworkPolicy"]),
+];
 
 /// A transport protocol as NetworkPolicy names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,6 +147,30 @@ pub struct Explanation {
 }
 
 impl Explanation {
+    /// The verdict of NetworkPolicy alone, qualified by the policy kinds the cluster also has
+    /// and the evaluator does not evaluate: they can allow what NetworkPolicy denies or deny
+    /// what it allows, so the verdict becomes unknown and says what NetworkPolicy alone decided
+    /// and which kinds are left. Unchanged when there are none.
+    #[must_use]
+    pub fn qualified(mut self, unevaluated: &[String]) -> Explanation {
+        if unevaluated.is_empty() {
+            return self;
+        }
+        let alone = match self.verdict {
+            Verdict::Denied => "by NetworkPolicy alone, denied: ",
+            Verdict::Allowed => "by NetworkPolicy alone, allowed: ",
+            Verdict::Unknown => "",
+        };
+        self.text = format!(
+            "{alone}{}; this cluster also has {}, which explain does not evaluate: they can \
+             allow or deny this flow whatever NetworkPolicy says",
+            self.text,
+            unevaluated.join(", ")
+        );
+        self.verdict = Verdict::Unknown;
+        self
+    }
+
     /// No snapshot: say why rather than guess.
     pub fn unavailable(why: &str) -> Explanation {
         Explanation {

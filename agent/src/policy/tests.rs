@@ -2,7 +2,7 @@
 
 use serde_json::{Value, json};
 
-use super::{Flow, Proto, Verdict, evaluate, fixtures::*};
+use super::{Explanation, Flow, Proto, Verdict, evaluate, fixtures::*};
 
 /// One case: policies (namespace, name, spec), a flow, the expected verdict and the policies
 /// the answer must name.
@@ -711,4 +711,45 @@ fn host_network_and_finished_pods_are_not_found_by_ip() {
     assert!(snapshot.pod_at("10.0.9.9".parse().unwrap()).is_none());
     assert!(snapshot.pod_at("10.0.9.8".parse().unwrap()).is_none());
     assert!(snapshot.pod_at(WEB.parse().unwrap()).is_some());
+}
+
+/// Policy kinds the evaluator does not evaluate turn any verdict into "unknown", saying what
+/// NetworkPolicy alone decided and which kinds are left; none leaves it as it was.
+#[test]
+fn other_policy_kinds_make_the_verdict_unknown_and_are_named() {
+    let denied = Explanation {
+        verdict: Verdict::Denied,
+        policies: vec!["data/pg-ingress".into()],
+        text: "ingress to data/pg tcp/5432 from shop/web is denied".into(),
+        fix: Some("kind: NetworkPolicy".into()),
+    };
+    assert_eq!(denied.clone().qualified(&[]), denied);
+    let q = denied.qualified(&["CiliumNetworkPolicy (cilium.io) objects".into()]);
+    assert_eq!(q.verdict, Verdict::Unknown);
+    assert!(
+        q.text
+            .starts_with("by NetworkPolicy alone, denied: ingress to data/pg")
+            && q.text.contains("CiliumNetworkPolicy (cilium.io) objects")
+            && q.text.contains("which explain does not evaluate"),
+        "{}",
+        q.text
+    );
+    assert_eq!(
+        q.policies,
+        ["data/pg-ingress"],
+        "what NetworkPolicy said stays"
+    );
+    let allowed = Explanation {
+        verdict: Verdict::Allowed,
+        policies: Vec::new(),
+        text: "no NetworkPolicy selects either end".into(),
+        fix: None,
+    };
+    let q = allowed.qualified(&["AdminNetworkPolicy (policy.networking.k8s.io) objects".into()]);
+    assert_eq!(q.verdict, Verdict::Unknown);
+    assert!(
+        q.text.starts_with("by NetworkPolicy alone, allowed: "),
+        "{}",
+        q.text
+    );
 }

@@ -9,6 +9,8 @@ use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet}
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Event, Namespace, NamespaceSpec, NamespaceStatus, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+
+use super::crd::{AdminNetworkPolicy, CiliumNetworkPolicy};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::serde::Serialize;
 use k8s_openapi::serde::de::DeserializeOwned;
@@ -31,6 +33,8 @@ pub(super) enum Kind {
     StatefulSet,
     DaemonSet,
     Job,
+    CiliumNetworkPolicy,
+    AdminNetworkPolicy,
 }
 
 /// Names and scope of a kind, as discovery documents and URLs spell them.
@@ -49,7 +53,7 @@ pub(super) struct Info {
 }
 
 impl Kind {
-    pub(super) const ALL: [Kind; 9] = [
+    pub(super) const ALL: [Kind; 11] = [
         Kind::Namespace,
         Kind::Pod,
         Kind::NetworkPolicy,
@@ -59,6 +63,8 @@ impl Kind {
         Kind::StatefulSet,
         Kind::DaemonSet,
         Kind::Job,
+        Kind::CiliumNetworkPolicy,
+        Kind::AdminNetworkPolicy,
     ];
 
     pub(super) fn info(self) -> &'static Info {
@@ -72,6 +78,8 @@ impl Kind {
             Kind::StatefulSet => &STATEFUL_SET,
             Kind::DaemonSet => &DAEMON_SET,
             Kind::Job => &JOB,
+            Kind::CiliumNetworkPolicy => &CILIUM_NETWORK_POLICY,
+            Kind::AdminNetworkPolicy => &ADMIN_NETWORK_POLICY,
         }
     }
 
@@ -89,6 +97,8 @@ impl Kind {
             Kind::StatefulSet => selectable(&StatefulSet::default()),
             Kind::DaemonSet => selectable(&DaemonSet::default()),
             Kind::Job => selectable(&Job::default()),
+            Kind::CiliumNetworkPolicy => selectable(&CiliumNetworkPolicy::default()),
+            Kind::AdminNetworkPolicy => selectable(&AdminNetworkPolicy::default()),
         };
         fields.iter().any(|(name, _)| *name == field)
     }
@@ -113,6 +123,9 @@ static DEPLOYMENT: Info = info::<Deployment>("deployment", &["deploy"]);
 static STATEFUL_SET: Info = info::<StatefulSet>("statefulset", &["sts"]);
 static DAEMON_SET: Info = info::<DaemonSet>("daemonset", &["ds"]);
 static JOB: Info = info::<Job>("job", &[]);
+static CILIUM_NETWORK_POLICY: Info =
+    info::<CiliumNetworkPolicy>("ciliumnetworkpolicy", &["cnp", "ciliumnp"]);
+static ADMIN_NETWORK_POLICY: Info = info::<AdminNetworkPolicy>("adminnetworkpolicy", &["anp"]);
 
 const fn info<K: Stored>(singular: &'static str, short_names: &'static [&'static str]) -> Info {
     Info {
@@ -304,4 +317,12 @@ impl Stored for Job {
         let successful = self.status.as_ref().and_then(|s| s.succeeded).unwrap_or(0);
         vec![("status.successful", successful.to_string())]
     }
+}
+
+impl Stored for CiliumNetworkPolicy {
+    const STORED: Kind = Kind::CiliumNetworkPolicy;
+}
+
+impl Stored for AdminNetworkPolicy {
+    const STORED: Kind = Kind::AdminNetworkPolicy;
 }

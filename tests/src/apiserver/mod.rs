@@ -35,6 +35,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 
+mod crd;
 mod discovery;
 mod fixtures;
 mod kinds;
@@ -46,6 +47,7 @@ mod store;
 mod tests;
 mod watch;
 
+pub use crd::{AdminNetworkPolicy, CiliumNetworkPolicy};
 pub use fixtures::{
     PodFixture, agent_pod_object, controller_event_object, deployment_objects, namespace_object,
     network_policy_object, owned_by, owned_by_replica_set, pod_event_object, pod_object,
@@ -246,6 +248,18 @@ impl ApiServer {
     /// Create or replace a Job (batch/v1).
     pub fn apply_job(&self, job: k8s_openapi::api::batch::v1::Job) {
         self.apply(job);
+    }
+
+    /// Create or replace a CiliumNetworkPolicy (cilium.io/v2), as a cluster running Cilium
+    /// serves them.
+    pub fn apply_cilium_network_policy(&self, policy: CiliumNetworkPolicy) {
+        self.apply(policy);
+    }
+
+    /// Create or replace an AdminNetworkPolicy (policy.networking.k8s.io/v1alpha1,
+    /// cluster-scoped).
+    pub fn apply_admin_network_policy(&self, policy: AdminNetworkPolicy) {
+        self.apply(policy);
     }
 
     /// Create or replace a NetworkPolicy, as [`Self::apply_pod`] does for pods.
