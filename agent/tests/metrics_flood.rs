@@ -23,12 +23,11 @@ use std::{
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpSocket, TcpStream},
-    sync::{mpsc, watch},
+    sync::mpsc,
 };
 use tokio_util::sync::CancellationToken;
 use triage_agent::{
-    api::{AgentInfo, AgentState},
-    attribute::{Attributed, AttributorStats, MetaHealth},
+    attribute::Attributed,
     evidence::fixtures::{dropped, refused, timeout},
     loss::{Counters, Loss},
     metrics::{self, MetricsState},
@@ -228,25 +227,11 @@ fn start_agent() -> Agent {
         );
         tokio::spawn(task);
         let state = MetricsState {
-            agent: AgentState {
-                info: AgentInfo {
-                    node: "node-a".into(),
-                    kernel: "test".into(),
-                    started: SystemTime::now(),
-                },
-                store: store.clone(),
-                counters: counters.clone(),
-                probes: Arc::new(vec![]),
-                runtime: None,
-                meta: watch::channel(MetaHealth {
-                    synced: true,
-                    ..MetaHealth::default()
-                })
-                .1,
-                attribution: watch::channel(AttributorStats::default()).1,
-                resources: None,
-                persistence: None,
-            },
+            agent: triage_agent::api::fixtures::agent_state(
+                "node-a",
+                store.clone(),
+                counters.clone(),
+            ),
             program_ids: Arc::new(vec![]),
             otlp: None,
             grpc_connections: None,

@@ -474,6 +474,36 @@ pub fn cli_with_kubeconfig(kubeconfig: &std::path::Path, args: &[&str]) -> anyho
         .context("running the CLI")
 }
 
+/// Runs the CLI with this kubeconfig in the background (a `watch`), its stdout's lines on a
+/// channel as they come; stderr is discarded. Kill the child when done.
+pub fn cli_lines_with_kubeconfig(
+    kubeconfig: &std::path::Path,
+    args: &[&str],
+) -> anyhow::Result<(Child, std::sync::mpsc::Receiver<String>)> {
+    use std::io::BufRead as _;
+    let mut child = Command::new(agent_binary())
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .env_remove("TRIAGE_AGENTS")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("running the CLI")?;
+    let stdout = child.stdout.take().context("the CLI's stdout")?;
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    Ok((child, lines))
+}
+
 /// The summed `count` of records (as [`records`] selects them).
 pub fn count_of(records: &[&Value]) -> u64 {
     records

@@ -11,15 +11,11 @@
     reason = "test scenarios panic with context; helpers shared by tests are not #[test] fns"
 )]
 
-use std::{
-    io::{BufRead as _, BufReader},
-    process::{Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use triage_agent_tests::{
-    agent::{AgentProcess, agent_binary, cli_with_kubeconfig},
+    agent::{AgentProcess, cli_lines_with_kubeconfig, cli_with_kubeconfig},
     apiserver::{
         ApiServer, PodFixture, deployment_objects, owned_by_replica_set, pod_event_object,
         pod_object,
@@ -249,23 +245,8 @@ fn a_kubeconfig_is_all_it_takes() {
     }
 
     // watch -A merges the agents' streams.
-    let mut watch = Command::new(agent_binary())
-        .args(["watch", "-A", "-o", "json"])
-        .env("KUBECONFIG", &kubeconfig)
-        .env_remove("TRIAGE_AGENTS")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let (tx, lines) = std::sync::mpsc::channel();
-    let stdout = watch.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            if tx.send(line.unwrap()).is_err() {
-                return;
-            }
-        }
-    });
+    let (mut watch, lines) =
+        cli_lines_with_kubeconfig(&kubeconfig, &["watch", "-A", "-o", "json"]).unwrap();
     let mut seen = std::collections::BTreeSet::new();
     let deadline = Instant::now() + WAIT;
     while seen.len() < 2 {

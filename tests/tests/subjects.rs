@@ -14,8 +14,7 @@
 
 use std::{
     collections::BTreeSet,
-    io::{BufRead as _, BufReader},
-    process::{Command, Stdio},
+    process::Command,
     sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
@@ -38,7 +37,7 @@ use triage_agent::{
     loss::Counters,
 };
 use triage_agent_tests::{
-    agent::{agent_binary, cli_with_kubeconfig},
+    agent::{agent_binary, cli_lines_with_kubeconfig, cli_with_kubeconfig},
     apiserver::{
         ApiServer, PodFixture, agent_pod_object, controller_event_object, owned_by,
         pod_event_object, pod_object,
@@ -452,23 +451,11 @@ fn workloads_and_pods_are_named_as_kubectl_names_them() {
     );
 
     // watch deploy/web: the Deployment's updates only, and a pod a scale-up adds later.
-    let mut watch = Command::new(agent_binary())
-        .args(["watch", "deploy/web", "-n", NS, "-o", "json"])
-        .env("KUBECONFIG", &kubeconfig)
-        .env_remove("TRIAGE_AGENTS")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let (tx, lines) = std::sync::mpsc::channel();
-    let stdout = watch.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            if tx.send(line.unwrap()).is_err() {
-                return;
-            }
-        }
-    });
+    let (mut watch, lines) = cli_lines_with_kubeconfig(
+        &kubeconfig,
+        &["watch", "deploy/web", "-n", NS, "-o", "json"],
+    )
+    .unwrap();
     let mut seen = BTreeSet::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut scaled = false;

@@ -13,8 +13,32 @@ use super::{AgentApi, AgentInfo, AgentState, serve};
 use crate::{
     attribute::{Attributed, AttributorStats, MetaHealth},
     loss::Counters,
-    store::{self, Store, StoreConfig},
+    store::{self, Store, StoreConfig, StoreHandle},
 };
+
+/// An agent's state for tests: node `node`, kernel "6.18", no probes or runtime, its
+/// metadata feed synced.
+pub fn agent_state(node: &str, store: StoreHandle, counters: Arc<Counters>) -> AgentState {
+    AgentState {
+        info: AgentInfo {
+            node: node.into(),
+            kernel: "6.18".into(),
+            started: SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000),
+        },
+        store,
+        counters,
+        probes: Arc::new(vec![]),
+        runtime: None,
+        meta: watch::channel(MetaHealth {
+            synced: true,
+            ..MetaHealth::default()
+        })
+        .1,
+        attribution: watch::channel(AttributorStats::default()).1,
+        persistence: None,
+        resources: None,
+    }
+}
 
 /// A served agent: its address (HOST:PORT), where its occurrences go in, and what stops it.
 pub struct LocalAgent {
@@ -42,25 +66,7 @@ pub async fn serve_local(node: &str, addr: &str, counters: Arc<Counters>) -> Loc
         cancel.clone(),
     );
     tokio::spawn(task);
-    let api = AgentApi::new(AgentState {
-        info: AgentInfo {
-            node: node.into(),
-            kernel: "6.18".into(),
-            started: SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000),
-        },
-        store,
-        counters,
-        probes: Arc::new(vec![]),
-        runtime: None,
-        meta: watch::channel(MetaHealth {
-            synced: true,
-            ..MetaHealth::default()
-        })
-        .1,
-        attribution: watch::channel(AttributorStats::default()).1,
-        persistence: None,
-        resources: None,
-    });
+    let api = AgentApi::new(agent_state(node, store, counters));
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .expect("bind the agent's socket");

@@ -136,22 +136,16 @@ pub async fn query(args: QueryArgs, explain_only: bool) -> anyhow::Result<()> {
     if until.is_some_and(|u| u < since) {
         anyhow::bail!("--until is before --since: the window is empty");
     }
-    let subject = subject::choose(
+    let (target, given) = subject_of(
         args.subject.as_deref(),
         args.pod.as_deref(),
         args.namespace.as_deref(),
-    )
-    .map_err(anyhow::Error::msg)?;
-    let written = subject.as_ref().and_then(|s| s.namespace.clone());
-    let namespace = match (
-        written.or_else(|| args.namespace.clone()),
-        args.all_namespaces,
-    ) {
+    )?;
+    let namespace = match (given, args.all_namespaces) {
         (_, true) => None,
         (Some(ns), false) => Some(ns),
         (None, false) => Some(default_namespace(&args.agents).await),
     };
-    let target = subject.map(|s| s.target);
     let pod = match &target {
         Some(Target::Pod(pod)) => Some(pod.clone()),
         _ => None,
@@ -247,22 +241,17 @@ struct Subject {
 pub async fn timeline(args: TimelineArgs) -> anyhow::Result<()> {
     use super::{TimelineFormat, cluster, timeline};
     let since = window_start(SystemTime::now(), args.since);
-    let subject = subject::choose(
+    let (target, given) = subject_of(
         args.subject.as_deref(),
         args.pod.as_deref(),
         args.namespace.as_deref(),
-    )
-    .map_err(anyhow::Error::msg)?;
-    let Some(subject::Subject {
-        namespace: written,
-        target: Target::Pod(pod),
-    }) = subject
-    else {
+    )?;
+    let Some(Target::Pod(pod)) = target else {
         anyhow::bail!(
             "timeline is about one pod: give POD, pod/POD or NAMESPACE/POD (a workload's pods: `query TYPE/NAME`)"
         );
     };
-    let namespace = match written.or_else(|| args.namespace.clone()) {
+    let namespace = match given {
         Some(ns) => ns,
         None => default_namespace(&args.agents).await,
     };
@@ -438,6 +427,21 @@ async fn explanations(_: &QueryArgs, _: &[crate::evidence::Evidence]) -> Vec<ren
     Vec::new()
 }
 
+/// The subject (from the argument or `--pod`) and its namespace as given: written in front of
+/// it, else `-n`; None for the kubeconfig's to decide.
+fn subject_of(
+    positional: Option<&str>,
+    pod: Option<&str>,
+    namespace: Option<&str>,
+) -> anyhow::Result<(Option<Target>, Option<String>)> {
+    let subject = subject::choose(positional, pod, namespace).map_err(anyhow::Error::msg)?;
+    let given = subject
+        .as_ref()
+        .and_then(|s| s.namespace.clone())
+        .or_else(|| namespace.map(str::to_owned));
+    Ok((subject.map(|s| s.target), given))
+}
+
 /// `query -w`: the same subject and filters, watched.
 fn watch_args(q: QueryArgs) -> WatchArgs {
     WatchArgs {
@@ -460,23 +464,20 @@ pub async fn watch(args: WatchArgs) -> anyhow::Result<()> {
     check_output(&args.output)?;
     let format = Format::new(&args.output).map_err(anyhow::Error::msg)?;
     let mut first = true;
-    let subject = subject::choose(
+    let (target, given) = subject_of(
         args.subject.as_deref(),
         args.pod.as_deref(),
         args.namespace.as_deref(),
-    )
-    .map_err(anyhow::Error::msg)?;
-    let written = subject.as_ref().and_then(|s| s.namespace.clone());
+    )?;
     let namespace = if args.all_namespaces {
         None
-    } else if let Some(ns) = written.or_else(|| args.namespace.clone()) {
-        Some(ns)
-    } else if subject.is_some() {
+    } else if given.is_some() {
+        given
+    } else if target.is_some() {
         Some(default_namespace(&args.agents).await)
     } else {
         None
     };
-    let target = subject.map(|s| s.target);
     let pod = match &target {
         Some(Target::Pod(pod)) => Some(pod.clone()),
         _ => None,

@@ -259,8 +259,6 @@ pub fn choose(
 pub struct Resolved {
     /// Pod names, current and gone.
     pub pods: BTreeSet<String>,
-    /// Of them, those that exist now.
-    pub current: BTreeSet<String>,
     pub nodes: BTreeSet<String>,
 }
 
@@ -426,7 +424,6 @@ mod resolve {
             if let Some(node) = pod.spec.and_then(|s| s.node_name) {
                 resolved.nodes.insert(node);
             }
-            resolved.current.insert(pod_name.clone());
             resolved.pods.insert(pod_name);
         }
         // Pods created inside the window and gone since; events are best effort (expired

@@ -31,7 +31,7 @@ use triage_agent_proto::v1 as pb;
 pub use folded::Folded;
 pub use kinds::{
     Connection, CpuThrottling, Dns, DnsLookups, Drop, Endpoints, FailureCounter, Finding,
-    KindDetail, OomKill, Semantic, Severity,
+    KindDetail, Label, OomKill, Semantic, Severity,
 };
 use kinds::{each_detail, each_kind, kind_of, same_kind};
 pub use names::Named;

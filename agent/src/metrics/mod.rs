@@ -540,7 +540,7 @@ impl Collector for Snapshot {
                 .iter()
                 .filter(|(c, _)| c.family == *family)
             {
-                let labels: Vec<(&str, &str)> = c.labels.iter().map(|(k, v)| (*k, &**v)).collect();
+                let labels: Vec<(&str, &str)> = c.labels().collect();
                 ConstCounter::new(*n).encode(m.encode_family(&labels)?)?;
             }
         }

@@ -238,7 +238,7 @@ fn error_type(e: &Evidence) -> String {
     e.detail
         .failure_counter()
         .and_then(|c| match c.family {
-            "packet_drops" | "dns_failures" => c.labels.first().map(|(_, v)| v.to_string()),
+            "packet_drops" | "dns_failures" => c.labels().next().map(|(_, v)| v.to_owned()),
             _ => None,
         })
         .unwrap_or_else(|| e.kind().as_str().to_owned())

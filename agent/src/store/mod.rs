@@ -746,8 +746,8 @@ impl Store {
         if let Some(mut c) = o.detail.failure_counter() {
             // Label values come from fixed sets; the bound holds even if one did not.
             if !self.failures.contains_key(&c) && self.failures.len() >= FAILURE_SERIES {
-                for (_, value) in &mut c.labels {
-                    *value = OTHER_NAMESPACES.into();
+                for (_, value) in c.labels.iter_mut().flatten() {
+                    *value = crate::evidence::Label::Static(OTHER_NAMESPACES);
                 }
             }
             *self.failures.entry(c).or_default() += o.count.max(1);

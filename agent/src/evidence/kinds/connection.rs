@@ -5,7 +5,7 @@ use std::{net::SocketAddr, sync::Arc};
 use serde_json::{Map, Value};
 use triage_agent_proto::v1 as pb;
 
-use super::{Endpoints, FailureCounter, Finding, KindDetail, Semantic, Severity, peer_text};
+use super::{Endpoints, FailureCounter, Finding, KindDetail, Label, Semantic, Severity, peer_text};
 use crate::{
     evidence::{
         Cause, Detail, DetailKey, Direction, Evidence, Kind, Named as _, PodRef, Protocol,
@@ -112,9 +112,9 @@ impl KindDetail for Connection {
     fn failure_counter(&self, kind: Kind) -> Option<FailureCounter> {
         Some(FailureCounter {
             family: "connection_failures",
-            labels: vec![
-                ("kind", kind.as_str().into()),
-                ("cause", self.cause.map_or("", Cause::as_str).into()),
+            labels: [
+                Some(("kind", Label::Static(kind.as_str()))),
+                Some(("cause", Label::Static(self.cause.map_or("", Cause::as_str)))),
             ],
         })
     }

@@ -5,7 +5,7 @@ use std::{net::SocketAddr, sync::Arc};
 use serde_json::{Map, Value, json};
 use triage_agent_proto::v1 as pb;
 
-use super::{Endpoints, FailureCounter, Finding, KindDetail, Semantic, Severity};
+use super::{Endpoints, FailureCounter, Finding, KindDetail, Label, Semantic, Severity};
 use crate::{
     evidence::{
         Detail, DetailKey, Direction, DnsOutcome, Evidence, Kind, PodRef, Protocol,
@@ -152,7 +152,10 @@ impl KindDetail for Dns {
     fn failure_counter(&self, _: Kind) -> Option<FailureCounter> {
         Some(FailureCounter {
             family: "dns_failures",
-            labels: vec![("outcome", self.outcome.as_str().into())],
+            labels: [
+                Some(("outcome", Label::Static(self.outcome.as_str()))),
+                None,
+            ],
         })
     }
 

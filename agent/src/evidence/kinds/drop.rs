@@ -5,7 +5,7 @@ use std::{net::SocketAddr, sync::Arc};
 use serde_json::{Map, Value};
 use triage_agent_proto::v1 as pb;
 
-use super::{Endpoints, FailureCounter, Finding, KindDetail, Semantic, Severity, peer_text};
+use super::{Endpoints, FailureCounter, Finding, KindDetail, Label, Semantic, Severity, peer_text};
 use crate::{
     evidence::{
         Detail, DetailKey, Direction, Evidence, Kind, PodRef, Protocol, tcp_flags_from_text,
@@ -113,9 +113,9 @@ impl KindDetail for Drop {
     fn failure_counter(&self, _: Kind) -> Option<FailureCounter> {
         Some(FailureCounter {
             family: "packet_drops",
-            labels: vec![
-                ("reason", self.reason.clone()),
-                ("direction", self.direction.as_str().into()),
+            labels: [
+                Some(("reason", Label::Shared(self.reason.clone()))),
+                Some(("direction", Label::Static(self.direction.as_str()))),
             ],
         })
     }

@@ -67,11 +67,62 @@ pub struct Finding {
     pub next_step: String,
 }
 
-/// A node-level failure counter's family (`triage_agent_<family>_total`) and labels.
+/// A node-level failure counter's family (`triage_agent_<family>_total`) and its (at most two)
+/// labels. Made for every occurrence the store counts, so it allocates nothing: values are
+/// static names or the record's own shared strings.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FailureCounter {
     pub family: &'static str,
-    pub labels: Vec<(&'static str, Arc<str>)>,
+    pub labels: [Option<(&'static str, Label)>; 2],
+}
+
+impl FailureCounter {
+    /// The labels present, as (name, value).
+    pub fn labels(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        self.labels.iter().flatten().map(|(k, v)| (*k, v.as_str()))
+    }
+}
+
+/// A label value: a static name, or a string the record already shares (a kernel reason).
+#[derive(Clone, Debug)]
+pub enum Label {
+    Static(&'static str),
+    Shared(Arc<str>),
+}
+
+impl Label {
+    pub fn as_str(&self) -> &str {
+        match self {
+            Label::Static(s) => s,
+            Label::Shared(s) => s,
+        }
+    }
+}
+
+impl PartialEq for Label {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for Label {}
+
+impl std::hash::Hash for Label {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.as_str().hash(h);
+    }
+}
+
+impl PartialOrd for Label {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Label {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_str().cmp(other.as_str())
+    }
 }
 
 /// Everything the agent does with one kind's detail. `kind` arguments are the record's kind,
