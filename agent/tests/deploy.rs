@@ -7,12 +7,12 @@
 //! port and only from a chosen namespace, and every manifest validates strictly against the
 //! Kubernetes OpenAPI schemas (`kubernetes-validate`, installed by `cargo xtask setup`).
 //!
-//! Parses the YAML into `serde_yaml::Value`, not k8s-openapi types, so it also runs with
+//! Parses the YAML (serde-saphyr, as kube does) into `serde_json::Value`, not k8s-openapi types, so it also runs with
 //! `--no-default-features` (the CLI-only build).
 
 use std::collections::BTreeSet;
 
-use serde_yaml::Value;
+use serde_json::Value;
 
 use crate::support::{
     CAPABILITIES, GRPC_PORT, Manifests, WRITABLE_HOST_PATHS, seq, string_set, walk,
@@ -27,8 +27,7 @@ mod support {
         path::{Path, PathBuf},
     };
 
-    use serde::Deserialize;
-    use serde_yaml::Value;
+    use serde_json::Value;
 
     /// The capabilities the agent may add: what its code uses. Adding one is a decision an
     /// issue makes with its reason in daemonset.yaml; DAC_READ_SEARCH (open_by_handle_at
@@ -77,9 +76,9 @@ mod support {
                 let text = std::fs::read_to_string(&path)
                     .unwrap_or_else(|e| panic!("reading {name}: {e}"));
                 let mut docs = Vec::new();
-                for doc in serde_yaml::Deserializer::from_str(&text) {
-                    let value = Value::deserialize(doc)
-                        .unwrap_or_else(|e| panic!("{name} is not valid YAML: {e}"));
+                for value in serde_saphyr::from_str_multiple::<Value, Vec<Value>>(&text)
+                    .unwrap_or_else(|e| panic!("{name} is not valid YAML: {e}"))
+                {
                     // An empty document (a stray `---`) is not an object.
                     if !value.is_null() {
                         docs.push(value);
@@ -148,7 +147,7 @@ mod support {
 
         pub fn daemonset_pod(&self) -> &Value {
             let pod = &self.one("DaemonSet")["spec"]["template"]["spec"];
-            assert!(pod.is_mapping(), "the DaemonSet has no spec.template.spec");
+            assert!(pod.is_object(), "the DaemonSet has no spec.template.spec");
             pod
         }
 
@@ -187,7 +186,7 @@ mod support {
     pub fn seq(value: &Value) -> Vec<&Value> {
         match value {
             Value::Null => Vec::new(),
-            Value::Sequence(items) => items.iter().collect(),
+            Value::Array(items) => items.iter().collect(),
             other => panic!("expected a list, found {other:?}"),
         }
     }
@@ -208,12 +207,12 @@ mod support {
     pub fn walk<'a>(value: &'a Value, key: &str, out: &mut Vec<(String, &'a Value)>) {
         out.push((key.to_owned(), value));
         match value {
-            Value::Mapping(map) => {
+            Value::Object(map) => {
                 for (k, v) in map {
-                    walk(v, k.as_str().unwrap_or_default(), out);
+                    walk(v, k, out);
                 }
             }
-            Value::Sequence(items) => {
+            Value::Array(items) => {
                 for v in items {
                     walk(v, key, out);
                 }
@@ -272,13 +271,13 @@ fn kustomization_sets_namespace_and_name_label() {
     );
 
     let mut labels = Vec::new();
-    if let Some(common) = m.kustomization["commonLabels"].as_mapping() {
+    if let Some(common) = m.kustomization["commonLabels"].as_object() {
         labels.push(common);
     }
     labels.extend(
         seq(&m.kustomization["labels"])
             .into_iter()
-            .filter_map(|l| l["pairs"].as_mapping()),
+            .filter_map(|l| l["pairs"].as_object()),
     );
     assert!(
         labels.iter().any(
@@ -499,11 +498,11 @@ fn network_policy_admits_only_the_declared_ports_from_a_chosen_namespace() {
     let policy = m.one("NetworkPolicy");
     assert_eq!(policy["apiVersion"], "networking.k8s.io/v1");
     let template_labels = m.daemonset_pod_metadata()["labels"]
-        .as_mapping()
+        .as_object()
         .expect("pod template labels")
         .clone();
     let selector = policy["spec"]["podSelector"]["matchLabels"]
-        .as_mapping()
+        .as_object()
         .expect("the policy selects pods by labels");
     assert!(
         !selector.is_empty(),
@@ -549,7 +548,7 @@ fn network_policy_admits_only_the_declared_ports_from_a_chosen_namespace() {
         );
         for peer in from {
             let labels = peer["namespaceSelector"]["matchLabels"]
-                .as_mapping()
+                .as_object()
                 .unwrap_or_else(|| panic!("each source is a namespace chosen by label: {peer:?}"));
             assert!(
                 !labels.is_empty(),
@@ -869,7 +868,7 @@ fn the_prometheus_operator_overlay_scrapes_the_agents_metrics_port() {
     let read = |name: &str| -> Value {
         let text = std::fs::read_to_string(dir.join(name))
             .unwrap_or_else(|e| panic!("overlays/prometheus-operator/{name}: {e}"));
-        serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e}"))
+        serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e}"))
     };
     let k = read("kustomization.yaml");
     let resources: Vec<&str> = seq(&k["resources"])
@@ -886,11 +885,11 @@ fn the_prometheus_operator_overlay_scrapes_the_agents_metrics_port() {
     assert_eq!(monitor["apiVersion"], "monitoring.coreos.com/v1");
     assert!(resources.contains(&"podmonitor.yaml"));
     let template_labels = m.daemonset_pod_metadata()["labels"]
-        .as_mapping()
+        .as_object()
         .expect("pod template labels")
         .clone();
     for (key, value) in monitor["spec"]["selector"]["matchLabels"]
-        .as_mapping()
+        .as_object()
         .expect("the PodMonitor selects by labels")
     {
         assert_eq!(
@@ -983,16 +982,16 @@ fn the_selinux_overlay_runs_the_agent_as_spc_t() {
     let text =
         std::fs::read_to_string(support::deploy_dir().join("overlays/selinux/kustomization.yaml"))
             .expect("the selinux overlay");
-    let k: Value = serde_yaml::from_str(&text).expect("YAML");
+    let k: Value = serde_saphyr::from_str(&text).expect("YAML");
     assert_eq!(seq(&k["resources"]), [&Value::from("../..")]);
     let patches = seq(&k["patches"]);
     assert_eq!(patches.len(), 1);
     assert_eq!(patches[0]["target"]["kind"], "DaemonSet");
     let ops: Value =
-        serde_yaml::from_str(patches[0]["patch"].as_str().expect("a JSON patch")).expect("YAML");
+        serde_saphyr::from_str(patches[0]["patch"].as_str().expect("a JSON patch")).expect("YAML");
     assert_eq!(
         ops,
-        serde_yaml::from_str::<Value>(
+        serde_saphyr::from_str::<Value>(
             "- op: add\n  path: /spec/template/spec/containers/0/securityContext/seLinuxOptions\n  value: {type: spc_t}\n"
         )
         .expect("YAML")
@@ -1004,12 +1003,7 @@ fn the_selinux_overlay_runs_the_agent_as_spc_t() {
 fn the_cli_role_reads_and_port_forwards_only_to_the_agents() {
     let text = std::fs::read_to_string(support::deploy_dir().join("cli/rbac.yaml"))
         .expect("cli/rbac.yaml");
-    let docs: Vec<Value> = serde_yaml::Deserializer::from_str(&text)
-        .map(|d| {
-            use serde::Deserialize as _;
-            Value::deserialize(d).expect("YAML")
-        })
-        .collect();
+    let docs: Vec<Value> = serde_saphyr::from_str_multiple(&text).expect("YAML");
     let role = docs.iter().find(|d| d["kind"] == "Role").expect("a Role");
     assert_eq!(role["metadata"]["namespace"], "triage-agent");
     let cluster = docs
@@ -1070,7 +1064,7 @@ fn the_prometheus_rule_is_the_rules_file() {
     let read = |path: &str| -> Value {
         let text = std::fs::read_to_string(support::deploy_dir().join(path))
             .unwrap_or_else(|e| panic!("{path}: {e}"));
-        serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
+        serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
     };
     let rules = read("prometheus/rules.yaml");
     let rule = read("overlays/prometheus-operator/prometheusrule.yaml");

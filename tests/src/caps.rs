@@ -40,10 +40,10 @@ pub fn daemonset_capabilities() -> anyhow::Result<Vec<String>> {
 }
 
 fn capabilities_of(manifest: &str) -> anyhow::Result<Vec<String>> {
-    let doc: serde_yaml::Value =
-        serde_yaml::from_str(manifest).context("parsing daemonset.yaml")?;
+    let doc: serde_json::Value =
+        serde_saphyr::from_str(manifest).context("parsing daemonset.yaml")?;
     let containers = doc["spec"]["template"]["spec"]["containers"]
-        .as_sequence()
+        .as_array()
         .context("daemonset.yaml: no containers")?;
     let agent = containers
         .iter()
@@ -51,14 +51,14 @@ fn capabilities_of(manifest: &str) -> anyhow::Result<Vec<String>> {
         .context("daemonset.yaml: no container named agent")?;
     let caps = &agent["securityContext"]["capabilities"];
     let drop: Vec<&str> = caps["drop"]
-        .as_sequence()
+        .as_array()
         .map(|s| s.iter().filter_map(|v| v.as_str()).collect())
         .unwrap_or_default();
     if drop != ["ALL"] {
         bail!("daemonset.yaml: the agent's container drops {drop:?}, not [ALL]");
     }
     let add: Vec<String> = caps["add"]
-        .as_sequence()
+        .as_array()
         .context("daemonset.yaml: the agent's container adds no capabilities")?
         .iter()
         .map(|v| {

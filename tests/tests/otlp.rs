@@ -224,7 +224,11 @@ fn refusals_are_exported_as_otlp_logs_with_kubernetes_attributes() {
     assert_eq!(resource["k8s.pod.uid"], node.pod(client).uid);
     assert_eq!(resource["k8s.container.name"], "app");
     assert_eq!(a["error.type"], "connection_refused");
-    assert_eq!(a["triage.record_id"].len(), 16, "{a:?}");
+    let id = &a["triage.record_id"];
+    assert!(
+        id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "triage.record_id is 128 bits of SHA-256 in hex: {a:?}"
+    );
     let expect = [
         ("k8s.node.name", node.name.as_str()),
         ("k8s.namespace.name", "shop"),

@@ -16,6 +16,7 @@
 //! `--build-only` installs just what building the binaries needs (the Dockerfile's build stage).
 
 use std::{
+    os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     process::Command,
 };
@@ -337,8 +338,26 @@ fn debian_packages(packages: &[&'static str]) -> anyhow::Result<()> {
         );
     }
     run(Command::new("apt-get").arg("update"))?;
-    run(Command::new("apt-get")
+    // Packages such as prometheus, containerd and dnsmasq start a service when installed on a
+    // host that runs an init system; the tests run their own, on their own ports. Debian's
+    // policy-rc.d (exit 101: "action forbidden") keeps the install from starting any, unless
+    // the machine already has a policy of its own.
+    let policy = Path::new("/usr/sbin/policy-rc.d");
+    let guard = !policy.exists();
+    if guard {
+        std::fs::write(
+            policy,
+            "#!/bin/sh\n# written by cargo xtask setup for one apt-get install\nexit 101\n",
+        )
+        .and_then(|()| std::fs::set_permissions(policy, std::fs::Permissions::from_mode(0o755)))
+        .with_context(|| format!("writing {}", policy.display()))?;
+    }
+    let installed = run(Command::new("apt-get")
         .args(["install", "-y", "--no-install-recommends"])
         .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive"))
+        .env("DEBIAN_FRONTEND", "noninteractive"));
+    if guard {
+        std::fs::remove_file(policy).with_context(|| format!("removing {}", policy.display()))?;
+    }
+    installed
 }

@@ -43,7 +43,7 @@ pub fn structured(
 ) -> anyhow::Result<Option<String>> {
     Ok(match output {
         Output::Json => Some(format!("{}\n", serde_json::to_string_pretty(value)?)),
-        Output::Yaml => Some(serde_yaml::to_string(value)?),
+        Output::Yaml => Some(serde_saphyr::to_string(value)?),
         Output::JsonPath(_) | Output::CustomColumns(_) => Format::new(output)
             .map_err(anyhow::Error::msg)?
             .map(|f| f.render(value, no_headers)),
@@ -307,7 +307,7 @@ pub async fn timeline(args: TimelineArgs) -> anyhow::Result<()> {
             "{}\n",
             serde_json::to_string_pretty(&timeline::json(&inputs))?
         ))?,
-        TimelineFormat::Yaml => print(&serde_yaml::to_string(&timeline::json(&inputs))?)?,
+        TimelineFormat::Yaml => print(&serde_saphyr::to_string(&timeline::json(&inputs))?)?,
     }
     incomplete(&answers, &unanswered)
 }
@@ -618,7 +618,7 @@ pub async fn watch(args: WatchArgs) -> anyhow::Result<()> {
                         format!("{text}\n")
                     })?;
                 } else if args.output == Output::Yaml {
-                    print(&format!("---\n{}", serde_yaml::to_string(&v)?))?;
+                    print(&format!("---\n{}", serde_saphyr::to_string(&v)?))?;
                 } else {
                     print(&format!("{v}\n"))?;
                 }

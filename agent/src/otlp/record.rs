@@ -203,33 +203,37 @@ fn summary(e: &Evidence) -> (String, Option<String>) {
 }
 
 /// A record's id, the same for every update of it (and across restarts of an agent with the
-/// same version): FNV-1a over its node, kind, pod, container and key, as 16 hex digits. A
-/// backend keeps the latest update of each record by it.
+/// same version): SHA-256 over its node, kind, pod, container and key, each field
+/// length-prefixed, the first 128 bits as 32 hex digits. A backend keeps the latest update of
+/// each record by it. A pod chooses part of the key (the names it looks up, the ports it
+/// dials), so the hash is one no pod can steer into another pod's record id: a backend that
+/// deduplicates by it cannot be made to hide one pod's evidence behind another's.
 pub fn record_id(e: &Evidence) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut eat = |bytes: &[u8]| {
-        for b in bytes.iter().chain(&[0xff]) {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    };
-    eat(e.node.as_bytes());
-    eat(e.kind().as_str().as_bytes());
-    eat(e.pod().map_or("", |p| p.uid.as_str()).as_bytes());
-    eat(e
-        .subject
-        .container
-        .as_deref()
-        .unwrap_or_default()
-        .as_bytes());
+    use sha2::{Digest as _, Sha256};
     let key = e.detail.key();
     let key = if e.folded.is_some() {
         key.folded()
     } else {
         key
     };
-    eat(format!("{key:?}").as_bytes());
-    format!("{h:016x}")
+    let key = format!("{key:?}");
+    let container = e.subject.container.as_deref().unwrap_or_default();
+    let mut h = Sha256::new();
+    for field in [
+        &*e.node,
+        e.kind().as_str(),
+        e.pod().map_or("", |p| p.uid.as_str()),
+        container,
+        key.as_str(),
+    ] {
+        h.update((field.len() as u64).to_be_bytes());
+        h.update(field.as_bytes());
+    }
+    h.finalize()
+        .iter()
+        .take(16)
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// OpenTelemetry's `error.type`: the class of failure, low-cardinality: a drop's kernel reason,
@@ -427,6 +431,21 @@ mod tests {
         assert_ne!(record_id(&web), record_id(&db));
         let a = attrs(&log_record(&web, fixtures::t(1)).attributes);
         assert_eq!(a["triage.record_id"], record_id(&web));
+        // The first 128 bits of SHA-256 over the length-prefixed fields, computed here apart.
+        let mut fields = Vec::new();
+        for f in [
+            &*web.node,
+            "connection_refused",
+            "u1",
+            web.subject.container.as_deref().unwrap_or_default(),
+            &format!("{:?}", web.detail.key()),
+        ] {
+            fields.extend_from_slice(&(f.len() as u64).to_be_bytes());
+            fields.extend_from_slice(f.as_bytes());
+        }
+        let digest = <sha2::Sha256 as sha2::Digest>::digest(&fields);
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(record_id(&web), hex[..32]);
         assert_eq!(a["error.type"], "connection_refused");
     }
 

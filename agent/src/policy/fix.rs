@@ -54,12 +54,12 @@ fn port(flow: &Flow, proto: Proto) -> NetworkPolicyPort {
 }
 
 fn yaml(policy: &NetworkPolicy) -> String {
-    let mut v = serde_yaml::to_value(policy).unwrap_or_default();
-    if let Some(m) = v.as_mapping_mut() {
+    let mut v = serde_json::to_value(policy).unwrap_or_default();
+    if let Some(m) = v.as_object_mut() {
         m.insert("apiVersion".into(), "networking.k8s.io/v1".into());
         m.insert("kind".into(), "NetworkPolicy".into());
     }
-    serde_yaml::to_string(&v).unwrap_or_default()
+    serde_saphyr::to_string(&v).unwrap_or_default()
 }
 
 fn meta(name: String, namespace: &str) -> ObjectMeta {

@@ -636,7 +636,7 @@ fn texts_say_who_denies_what() {
     // The fix is the reviewed allow-DNS policy, valid YAML for a NetworkPolicy.
     let fix = e.fix.unwrap();
     let parsed: k8s_openapi::api::networking::v1::NetworkPolicy =
-        serde_yaml::from_str(&fix).unwrap();
+        serde_saphyr::from_str(&fix).unwrap();
     let rule = &parsed.spec.unwrap().egress.unwrap()[0];
     assert_eq!(
         rule.ports.as_ref().unwrap().len(),

@@ -87,6 +87,9 @@ pub struct VmResult {
     pub error: Option<String>,
     /// Everything else the console said (modules, cgroup controllers, bad result lines).
     pub console: Console,
+    /// The harness error of an earlier boot of this kernel, when the payload broke before any
+    /// cell ran and the VM was booted once more (see [`run_one`]).
+    pub rebooted_after: Option<String>,
 }
 
 impl VmResult {
@@ -103,7 +106,18 @@ impl VmResult {
             timed_out: false,
             error: None,
             console: Console::default(),
+            rebooted_after: None,
         }
+    }
+
+    /// The payload's own `{"error"}` line: its harness broke (no agent, no simulated node)
+    /// before any cell ran.
+    pub fn harness_error(&self) -> Option<&str> {
+        self.lines.iter().find_map(|line| {
+            (line.get("doctor").is_none() && line.get("signal").is_none())
+                .then(|| line.get("error").and_then(serde_json::Value::as_str))
+                .flatten()
+        })
     }
 
     /// The payload exited 0, every result line parsed, every module loaded.
@@ -169,15 +183,41 @@ fn run_one(
     let prepared = prepare(kernel, base, payload, &dir);
     match prepared {
         Ok(initramfs) => {
-            eprintln!("{}: booting {}", kernel.name, kernel.release);
-            qemu::run(&qemu::Vm {
-                name: &kernel.name,
-                release: &kernel.release,
-                vmlinuz: &kernel.vmlinuz,
-                initramfs: &initramfs,
-                dir: &dir,
-                timeout,
-            })
+            let boot = || {
+                eprintln!("{}: booting {}", kernel.name, kernel.release);
+                qemu::run(&qemu::Vm {
+                    name: &kernel.name,
+                    release: &kernel.release,
+                    vmlinuz: &kernel.vmlinuz,
+                    initramfs: &initramfs,
+                    dir: &dir,
+                    timeout,
+                })
+            };
+            let first = boot();
+            if first.passed() {
+                return first;
+            }
+            // Whatever failed, the console's own lines say why: printed here, as CI keeps
+            // only what the command printed.
+            eprintln!(
+                "{}: {}; the console's last lines ({}):\n{}",
+                kernel.name,
+                verdict(&first),
+                first.console_log.display(),
+                console_tail(&first.console_log, 40)
+            );
+            // A harness that broke before any cell ran (the simulated node or the agent did
+            // not start) judged nothing: the VM is booted once more, and the table says so.
+            // A kernel whose cells fail, or whose harness breaks twice, fails.
+            let Some(error) = first.harness_error().map(str::to_owned) else {
+                return first;
+            };
+            let saved = dir.join("console.first.log");
+            let _ = std::fs::rename(&first.console_log, &saved);
+            let mut second = boot();
+            second.rebooted_after = Some(format!("{error} (console {})", saved.display()));
+            second
         }
         Err(e) => {
             let mut r = VmResult::new(&kernel.name, &kernel.release, dir.join("console.log"));
@@ -354,13 +394,36 @@ fn verdict(r: &VmResult) -> String {
 }
 
 fn summary_line(r: &VmResult) -> String {
+    let rebooted = r
+        .rebooted_after
+        .as_ref()
+        .map(|e| format!("; booted twice, the first boot's harness broke: {e}"))
+        .unwrap_or_default();
     format!(
-        "{}: {} (boot to init {}, total {})",
+        "{}: {} (boot to init {}, total {}){rebooted}",
         r.kernel,
         verdict(r),
         secs(r.boot_to_init),
         secs(Some(r.elapsed))
     )
+}
+
+/// The console's last `n` lines that are not the kernel's own messages (`[   1.234] ...`).
+fn console_tail(path: &Path, n: usize) -> String {
+    let text = match std::fs::read(path) {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(e) => return format!("  (unreadable: {e})"),
+    };
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('['))
+        .collect();
+    lines
+        .iter()
+        .skip(lines.len().saturating_sub(n))
+        .map(|l| format!("  {}", l.chars().take(400).collect::<String>()))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// The table printed at the end.
@@ -409,6 +472,7 @@ fn write_results(results: &[VmResult]) -> anyhow::Result<()> {
                 "exit": r.exit,
                 "timed_out": r.timed_out,
                 "error": r.error,
+                "rebooted_after": r.rebooted_after,
                 "elapsed_ms": r.elapsed.as_millis(),
                 "boot_to_init_ms": ms(r.boot_to_init),
                 "payload_ms": ms(r.payload_time),
@@ -425,4 +489,51 @@ fn write_results(results: &[VmResult]) -> anyhow::Result<()> {
     let path = out_dir().join("results.json");
     std::fs::write(&path, serde_json::to_vec_pretty(&all)?)
         .with_context(|| format!("writing {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn a_harness_error_is_the_payloads_own_error_line_only() {
+        let mut r = VmResult::new("6.12", "6.12.1", PathBuf::from("/nonexistent"));
+        r.lines = vec![
+            json!({"kernel": "6.12.1"}),
+            // doctor's own error and a cell's are results, not a broken harness.
+            json!({"doctor": null, "error": "doctor exited 3"}),
+            json!({"signal": "oom_kill", "result": "fails", "error": "x"}),
+        ];
+        assert_eq!(r.harness_error(), None);
+        r.lines
+            .push(json!({"error": "starting the simulated node: ip: RTNETLINK answers"}));
+        assert_eq!(
+            r.harness_error(),
+            Some("starting the simulated node: ip: RTNETLINK answers")
+        );
+    }
+
+    #[test]
+    fn the_console_tail_leaves_out_kernel_messages() {
+        let dir = std::env::temp_dir().join(format!("xtask-console-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("console.log");
+        let mut text = String::new();
+        for i in 0..50 {
+            text.push_str(&format!(
+                "[    {i}.000] kernel says {i}\npayload line {i}\n"
+            ));
+        }
+        text.push_str("vm-check: the agent exited with exit status: 1\n");
+        std::fs::write(&path, text).unwrap();
+        let tail = console_tail(&path, 3);
+        assert_eq!(
+            tail,
+            "  payload line 48\n  payload line 49\n  vm-check: the agent exited with exit status: 1"
+        );
+        assert!(console_tail(&dir.join("absent"), 3).contains("unreadable"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

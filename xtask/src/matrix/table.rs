@@ -106,7 +106,12 @@ impl Table {
                         cells.insert("doctor".to_owned(), doctor_cell(doctor, line));
                     }
                 }
-                let why = super::verdict(r);
+                // The payload's own `{"error"}` line (its harness broke) says more than the
+                // exit code does.
+                let why = match r.harness_error() {
+                    Some(error) => format!("{}: {error}", super::verdict(r)),
+                    None => super::verdict(r),
+                };
                 for (cell, _) in CELLS {
                     cells.entry((*cell).to_owned()).or_insert_with(|| Cell {
                         result: "fails".into(),
