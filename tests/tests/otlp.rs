@@ -80,6 +80,90 @@ fn start_receiver(bind: &str) -> (Receiver, String, tokio::runtime::Runtime) {
     (receiver, addr, rt)
 }
 
+/// Every HTTP request the receiver saw: path, content type, content encoding.
+type HttpCalls = Arc<Mutex<Vec<(String, String, String)>>>;
+
+/// An OTLP/HTTP receiver (`POST /v1/logs`, protobuf, gzip when the request says so), as the
+/// specification's OTLP/HTTP section describes it: the first request gets a 503 with
+/// `Retry-After: 1`, the rest are accepted into a [`Receiver`].
+fn start_http_receiver() -> (Receiver, HttpCalls, String, tokio::runtime::Runtime) {
+    use http_body_util::BodyExt as _;
+    use prost::Message as _;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let receiver = Receiver::default();
+    let calls = HttpCalls::default();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (got, seen) = (receiver.got.clone(), calls.clone());
+    rt.spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let (got, seen) = (got.clone(), seen.clone());
+            let service =
+                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let (got, seen) = (got.clone(), seen.clone());
+                    async move {
+                        let header = |k: &str| {
+                            req.headers()
+                                .get(k)
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or_default()
+                                .to_owned()
+                        };
+                        let (encoding, tenant) = (header("content-encoding"), header("x-tenant"));
+                        let first = {
+                            let mut seen = seen.lock().unwrap();
+                            seen.push((
+                                req.uri().path().to_owned(),
+                                header("content-type"),
+                                encoding.clone(),
+                            ));
+                            seen.len() == 1
+                        };
+                        let body = req.into_body().collect().await.unwrap().to_bytes();
+                        let body = if encoding == "gzip" {
+                            let mut out = Vec::new();
+                            flate2::read::GzDecoder::new(&body[..])
+                                .read_to_end(&mut out)
+                                .unwrap();
+                            out
+                        } else {
+                            body.to_vec()
+                        };
+                        let response = hyper::Response::builder();
+                        let response = if first {
+                            response
+                                .status(503)
+                                .header("retry-after", "1")
+                                .body(String::new().into())
+                        } else {
+                            let request = ExportLogsServiceRequest::decode(&body[..]).unwrap();
+                            got.lock()
+                                .unwrap()
+                                .push((request, Some(tenant).filter(|t| !t.is_empty())));
+                            response
+                                .header("content-type", "application/x-protobuf")
+                                .body(ExportLogsServiceResponse::default().encode_to_vec().into())
+                        };
+                        Ok::<
+                            hyper::Response<http_body_util::Full<bytes::Bytes>>,
+                            std::convert::Infallible,
+                        >(response.unwrap())
+                    }
+                });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), service),
+            );
+        }
+    });
+    (receiver, calls, addr, rt)
+}
+
 /// Attribute values as text, by key.
 fn attrs(kvs: &[KeyValue]) -> HashMap<String, String> {
     kvs.iter()
@@ -303,6 +387,74 @@ fn refusals_are_exported_as_otlp_logs_with_kubernetes_attributes() {
     );
 }
 
+/// `OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf`: the records go as protobuf POSTs to the
+/// endpoint's `/v1/logs`, gzip-compressed, with the operator's headers and the pod on the
+/// resource; a 503 with `Retry-After` is retried, nothing lost.
+#[test]
+fn refusals_are_exported_over_otlp_http() {
+    let (receiver, calls, addr, _rt) = start_http_receiver();
+    let endpoint = format!("http://{addr}");
+    let fixture = NodeFixture::new()
+        .pod("shop", "db")
+        .pod("shop", "web")
+        .agent_env([
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+            ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "x-tenant=team%20b"),
+            ("OTEL_BLRP_SCHEDULE_DELAY", "200"),
+        ]);
+    let (mut node, [server, client]) = fixture.node().unwrap();
+    node.start_process(server, &["listen", "5432"]).unwrap();
+    let mut agent = fixture.agent(&node).unwrap();
+    let dst = format!("{}:5433", node.pod(server).ip);
+    node.run(client, &["connect", &dst, "3", "50"]).unwrap();
+
+    let (resource, a, record, tenant) = wait_record(
+        &receiver,
+        "web",
+        "connection_refused",
+        "outbound",
+        3,
+        &agent,
+    );
+    assert_eq!(tenant.as_deref(), Some("team b"));
+    assert_eq!(resource["k8s.namespace.name"], "shop");
+    assert_eq!(resource["k8s.pod.name"], "web");
+    assert_eq!(resource["k8s.pod.uid"], node.pod(client).uid);
+    assert_eq!(resource["k8s.node.name"], node.name);
+    assert_eq!(a["destination.port"], "5433");
+    assert_eq!(record.event_name, "triage.connection_refused");
+    {
+        let calls = calls.lock().unwrap();
+        assert!(calls.len() >= 2, "the 503 and the retry: {calls:?}");
+        for (path, content_type, encoding) in calls.iter() {
+            assert_eq!(
+                (path.as_str(), content_type.as_str(), encoding.as_str()),
+                ("/v1/logs", "application/x-protobuf", "gzip")
+            );
+        }
+    }
+    let text = scrape(&agent.metrics);
+    assert!(metric(&text, "triage_agent_otlp_export_retries_total ") >= 1.0);
+    for point in ["otlp_queue_full", "otlp_export_failed", "otlp_rejected"] {
+        assert_eq!(
+            metric(
+                &text,
+                &format!("triage_agent_loss_total{{point=\"{point}\"}} ")
+            ),
+            0.0,
+            "{point}"
+        );
+    }
+    let exit = agent.stop().unwrap();
+    assert!(
+        exit.success(),
+        "agent exits cleanly: {exit}\n{}",
+        agent.log()
+    );
+}
+
 /// The collector is down when the agent starts: the store keeps answering, the exporter
 /// retries (counted), and once the collector is up the records arrive, nothing lost.
 #[test]
@@ -379,8 +531,8 @@ fn unsupported_otlp_settings_stop_the_agent_at_startup() {
     for (var, value, says) in [
         (
             "OTEL_EXPORTER_OTLP_PROTOCOL",
-            "http/protobuf",
-            "only the grpc protocol is supported",
+            "http/json",
+            "grpc (the collector's port 4317) or http/protobuf",
         ),
         (
             "OTEL_EXPORTER_OTLP_TIMEOUT",

@@ -56,14 +56,40 @@ impl Default for Batch {
     }
 }
 
+/// How export requests travel (`OTEL_EXPORTER_OTLP_PROTOCOL`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// `grpc`: the collector's LogsService (port 4317); the default, as it always was here.
+    Grpc,
+    /// `http/protobuf`: a protobuf POST to `/v1/logs` (port 4318), for receivers that speak
+    /// only HTTP (Loki's native OTLP intake, many hosted backends).
+    HttpProtobuf,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Grpc => "grpc",
+            Protocol::HttpProtobuf => "http/protobuf",
+        }
+    }
+}
+
+/// The path the specification appends to `OTEL_EXPORTER_OTLP_ENDPOINT` for logs over HTTP.
+pub const HTTP_LOGS_PATH: &str = "v1/logs";
+
 /// The OTLP log exporter's settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OtlpConfig {
-    /// `http://host:port` or `https://host:port` of the collector's gRPC service.
+    pub protocol: Protocol,
+    /// gRPC: `http://host:port` or `https://host:port` of the collector's gRPC service.
+    /// http/protobuf: the full URL requests are POSTed to (`OTEL_EXPORTER_OTLP_LOGS_ENDPOINT`
+    /// as given, or `OTEL_EXPORTER_OTLP_ENDPOINT` with `v1/logs` appended, as the
+    /// specification says).
     pub endpoint: String,
     /// `Some` for an `https` endpoint.
     pub tls: Option<Tls>,
-    /// gRPC metadata sent with every request (lowercase ASCII keys).
+    /// gRPC metadata or HTTP headers sent with every request (lowercase ASCII keys).
     pub headers: Vec<(String, String)>,
     /// Deadline of one export request.
     pub timeout: Duration,
@@ -87,7 +113,7 @@ pub enum ConfigError {
     #[error("{var}={value:?}: the scheme must be http (plaintext) or https (TLS)")]
     Scheme { var: &'static str, value: String },
     #[error(
-        "{var}={value:?}: only the grpc protocol is supported (http/protobuf and http/json are not); set it to grpc and point the endpoint at the collector's gRPC port (4317)"
+        "{var}={value:?}: the protocol must be grpc (the collector's port 4317) or http/protobuf (port 4318); http/json is not supported"
     )]
     Protocol { var: &'static str, value: String },
     #[error("{var}={value:?}: compression must be gzip or none")]
@@ -229,6 +255,24 @@ fn redacted_entry(entry: &str) -> String {
     }
 }
 
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` as a base URL: `v1/logs` appended to its path, with one
+/// slash between (`http://c:4318` and `http://c:4318/` both give `http://c:4318/v1/logs`,
+/// `https://gw/otlp` gives `https://gw/otlp/v1/logs`); a query string stays at the end.
+fn http_logs_url(base: &str) -> String {
+    let (base, query) = match base.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (base, None),
+    };
+    let mut url = base.trim_end_matches('/').to_owned();
+    url.push('/');
+    url.push_str(HTTP_LOGS_PATH);
+    if let Some(q) = query {
+        url.push('?');
+        url.push_str(q);
+    }
+    url
+}
+
 fn millis(n: Option<u64>, default: Duration) -> Duration {
     n.map_or(default, Duration::from_millis)
 }
@@ -252,13 +296,23 @@ impl OtlpConfig {
         ) else {
             return Ok(None);
         };
-        if let Some((var, value)) = env.signal(
+        let protocol = match env.signal(
             "OTEL_EXPORTER_OTLP_LOGS_PROTOCOL",
             "OTEL_EXPORTER_OTLP_PROTOCOL",
-        ) && value != "grpc"
-        {
-            return Err(ConfigError::Protocol { var, value });
-        }
+        ) {
+            None => Protocol::Grpc,
+            Some((_, v)) if v == "grpc" => Protocol::Grpc,
+            Some((_, v)) if v == "http/protobuf" => Protocol::HttpProtobuf,
+            Some((var, value)) => return Err(ConfigError::Protocol { var, value }),
+        };
+        // Over HTTP the general endpoint is a base URL the signal's path is appended to; the
+        // logs endpoint is used as it is.
+        let endpoint = match protocol {
+            Protocol::HttpProtobuf if endpoint_var == "OTEL_EXPORTER_OTLP_ENDPOINT" => {
+                http_logs_url(&endpoint)
+            }
+            _ => endpoint,
+        };
         let uri = tonic::transport::Endpoint::from_shared(endpoint.clone()).map_err(|e| {
             ConfigError::Endpoint {
                 var: endpoint_var,
@@ -406,6 +460,7 @@ impl OtlpConfig {
         };
 
         Ok(Some(OtlpConfig {
+            protocol,
             endpoint,
             tls,
             headers,
@@ -528,6 +583,7 @@ mod tests {
         .unwrap()
         .unwrap();
         assert_eq!(c.endpoint, "https://logs:4317");
+        assert_eq!(c.protocol, Protocol::Grpc);
         assert_eq!(c.tls, Some(Tls::default()));
         assert_eq!(
             c.headers,
@@ -590,11 +646,54 @@ mod tests {
     }
 
     #[test]
+    fn http_protobuf_posts_to_v1_logs() {
+        let http = |vars: &[(&str, &str)]| {
+            let mut vars = vars.to_vec();
+            vars.push(("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"));
+            parse(&vars).unwrap().unwrap()
+        };
+        // The general endpoint is a base: the signal's path is appended.
+        for (base, url) in [
+            ("http://c:4318", "http://c:4318/v1/logs"),
+            ("http://c:4318/", "http://c:4318/v1/logs"),
+            ("https://gw.example/otlp", "https://gw.example/otlp/v1/logs"),
+            (
+                "https://gw.example/otlp/?t=1",
+                "https://gw.example/otlp/v1/logs?t=1",
+            ),
+        ] {
+            let c = http(&[("OTEL_EXPORTER_OTLP_ENDPOINT", base)]);
+            assert_eq!(c.protocol, Protocol::HttpProtobuf);
+            assert_eq!(c.endpoint, url, "{base}");
+        }
+        // The logs endpoint is used as it is.
+        let c = http(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://general:4318"),
+            (
+                "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT",
+                "https://loki:3100/otlp/v1/logs",
+            ),
+        ]);
+        assert_eq!(c.endpoint, "https://loki:3100/otlp/v1/logs");
+        assert_eq!(c.tls, Some(Tls::default()));
+        // The logs protocol wins over the general one.
+        let c = parse(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_EXPORTER_OTLP_LOGS_PROTOCOL", "http/protobuf"),
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(c.protocol, Protocol::HttpProtobuf);
+        assert_eq!(c.endpoint, "http://c:4318/v1/logs");
+    }
+
+    #[test]
     fn clear_errors() {
         let ep = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317");
         assert!(
-            error(&[ep, ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")])
-                .contains("only the grpc protocol is supported")
+            error(&[ep, ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")])
+                .contains("grpc (the collector's port 4317) or http/protobuf")
         );
         assert!(error(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "c:4317")]).contains("scheme"));
         assert!(error(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "ftp://c:4317")]).contains("scheme"));

@@ -31,11 +31,18 @@ use tonic::{
 };
 use tracing::{debug, info, warn};
 use triage_agent_proto::opentelemetry::proto::{
-    collector::logs::v1::{ExportLogsServiceRequest, logs_service_client::LogsServiceClient},
+    collector::logs::v1::{
+        ExportLogsPartialSuccess, ExportLogsServiceRequest, logs_service_client::LogsServiceClient,
+    },
     resource::v1::Resource,
 };
 
-use super::{OtlpConfig, record};
+use super::{
+    OtlpConfig,
+    config::Protocol,
+    http::{Failure, HttpTransport},
+    record,
+};
 use crate::{
     evidence::{Evidence, Filter},
     loss::{Counters, Loss},
@@ -74,6 +81,8 @@ pub enum ExportError {
         #[source]
         source: tonic::transport::Error,
     },
+    #[error(transparent)]
+    Http(#[from] super::http::SetupError),
 }
 
 /// A record update waiting for export, with when the agent saw it.
@@ -211,10 +220,19 @@ pub fn spawn(
     counters: Arc<Counters>,
     cancel: CancellationToken,
 ) -> Result<(Arc<ExportStats>, impl Future<Output = ()> + Send + 'static), ExportError> {
-    let mut client = LogsServiceClient::new(channel(&config)?);
-    if config.gzip {
-        client = client.send_compressed(CompressionEncoding::Gzip);
-    }
+    let transport = match config.protocol {
+        Protocol::Grpc => {
+            let mut client = LogsServiceClient::new(channel(&config)?);
+            if config.gzip {
+                client = client.send_compressed(CompressionEncoding::Gzip);
+            }
+            Transport::Grpc {
+                client,
+                headers: headers(&config.headers),
+            }
+        }
+        Protocol::HttpProtobuf => Transport::Http(Box::new(HttpTransport::new(&config)?)),
+    };
     let stats = Arc::new(ExportStats {
         capacity: config.batch.queue as u64,
         ..ExportStats::default()
@@ -227,9 +245,8 @@ pub fn spawn(
         stats: stats.clone(),
     };
     let sender = Sender {
-        client,
+        transport,
         resource: record::resource(node, &config.resource),
-        headers: headers(&config.headers),
         counters,
         stats: stats.clone(),
         config,
@@ -237,6 +254,7 @@ pub fn spawn(
     let task = async move {
         info!(
             endpoint = %super::config::redacted_endpoint(&sender.config.endpoint),
+            protocol = sender.config.protocol.as_str(),
             "exporting evidence as OTLP logs"
         );
         tokio::join!(drain.run(cancel.clone()), sender.run(rx, cancel));
@@ -383,11 +401,45 @@ enum Sent {
     Cancelled(ExportLogsServiceRequest),
 }
 
+/// How requests reach the collector.
+enum Transport {
+    Grpc {
+        client: LogsServiceClient<Channel>,
+        headers: Vec<(MetadataKey<Ascii>, MetadataValue<Ascii>)>,
+    },
+    Http(Box<HttpTransport>),
+}
+
+/// The records a partial success rejected (0 when the response has none).
+pub(super) fn rejected(partial: Option<ExportLogsPartialSuccess>) -> i64 {
+    match partial {
+        Some(p) if p.rejected_log_records > 0 || !p.error_message.is_empty() => {
+            warn!(
+                rejected = p.rejected_log_records,
+                message = %p.error_message,
+                "the OTLP collector rejected part of an export"
+            );
+            p.rejected_log_records.max(0)
+        }
+        _ => 0,
+    }
+}
+
+impl From<tonic::Status> for Failure {
+    fn from(status: tonic::Status) -> Failure {
+        Failure {
+            retryable: retryable(status.code()),
+            code: format!("{:?}", status.code()),
+            message: status.message().to_owned(),
+            retry_after: None,
+        }
+    }
+}
+
 /// Batches the queue and sends it.
 struct Sender {
-    client: LogsServiceClient<Channel>,
+    transport: Transport,
     resource: Resource,
-    headers: Vec<(MetadataKey<Ascii>, MetadataValue<Ascii>)>,
     counters: Arc<Counters>,
     stats: Arc<ExportStats>,
     config: OtlpConfig,
@@ -412,23 +464,18 @@ impl Sender {
         &mut self,
         request: &ExportLogsServiceRequest,
         timeout: Duration,
-    ) -> Result<i64, tonic::Status> {
-        let mut req = tonic::Request::new(request.clone());
-        req.set_timeout(timeout);
-        for (k, v) in &self.headers {
-            req.metadata_mut().insert(k.clone(), v.clone());
-        }
-        let response = self.client.export(req).await?.into_inner();
-        match response.partial_success {
-            Some(p) if p.rejected_log_records > 0 || !p.error_message.is_empty() => {
-                warn!(
-                    rejected = p.rejected_log_records,
-                    message = %p.error_message,
-                    "the OTLP collector rejected part of an export"
-                );
-                Ok(p.rejected_log_records.max(0))
+    ) -> Result<i64, Failure> {
+        match &mut self.transport {
+            Transport::Grpc { client, headers } => {
+                let mut req = tonic::Request::new(request.clone());
+                req.set_timeout(timeout);
+                for (k, v) in headers.iter() {
+                    req.metadata_mut().insert(k.clone(), v.clone());
+                }
+                let response = client.export(req).await?.into_inner();
+                Ok(rejected(response.partial_success))
             }
-            _ => Ok(0),
+            Transport::Http(http) => http.export(request, timeout).await,
         }
     }
 
@@ -453,28 +500,27 @@ impl Sender {
                 () = cancel.cancelled() => return Sent::Cancelled(request),
                 outcome = self.attempt(&request, timeout) => outcome,
             };
-            let status = match outcome {
+            let failure = match outcome {
                 Ok(rejected) => {
                     self.accepted(n, rejected);
                     return Sent::Done;
                 }
-                Err(status) => status,
+                Err(failure) => failure,
             };
-            let wait = jittered(backoff);
-            if !retryable(status.code())
-                || started.elapsed() + wait > self.config.batch.retry_window
-            {
+            // The receiver's Retry-After, when it asks for longer than the backoff.
+            let wait = jittered(backoff).max(failure.retry_after.unwrap_or_default());
+            if !failure.retryable || started.elapsed() + wait > self.config.batch.retry_window {
                 self.counters.add(Loss::OtlpExportFailed, n);
                 warn!(
-                    code = ?status.code(),
-                    message = status.message(),
+                    code = %failure.code,
+                    message = %failure.message,
                     records = n,
                     "OTLP export failed; records dropped"
                 );
                 return Sent::Done;
             }
             self.stats.retries.fetch_add(1, Relaxed);
-            debug!(code = ?status.code(), message = status.message(), ?wait, "OTLP export failed; retrying");
+            debug!(code = %failure.code, message = %failure.message, ?wait, "OTLP export failed; retrying");
             tokio::select! {
                 () = cancel.cancelled() => return Sent::Cancelled(request),
                 () = tokio::time::sleep(wait) => {}

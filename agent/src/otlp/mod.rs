@@ -1,9 +1,10 @@
-//! Export of evidence as OpenTelemetry logs (OTLP over gRPC) to any OpenTelemetry Collector,
+//! Export of evidence as OpenTelemetry logs (OTLP over gRPC or HTTP) to any OpenTelemetry
+//! Collector or OTLP receiver,
 //! for fleets whose evidence outgrows per-node storage. Off unless an OTLP endpoint is set
 //! (the standard `OTEL_EXPORTER_OTLP_*` variables, [`config`]).
 //!
 //! ```text
-//! store --subscription (WATCH_BUFFER)--> drain --try_send--> queue (bounded) --> batcher --> LogsService.Export
+//! store --subscription (WATCH_BUFFER)--> drain --try_send--> queue (bounded) --> batcher --> LogsService.Export or POST /v1/logs
 //!                                          |                   full: otlp_queue_full          retries with backoff;
 //!                                          lagged: otlp_lagged, resubscribe                    otlp_export_failed, otlp_rejected
 //! ```
@@ -18,6 +19,8 @@ pub mod config;
 // without it (the fuzz targets read the settings).
 #[cfg(feature = "node-agent")]
 pub mod export;
+#[cfg(feature = "node-agent")]
+pub mod http;
 pub mod record;
 
 pub use config::{ConfigError, OtlpConfig};

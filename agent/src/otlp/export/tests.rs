@@ -127,6 +127,7 @@ async fn receiver(script: Vec<Reply>) -> (Arc<Receiver>, SocketAddr) {
 
 fn config(addr: SocketAddr, batch: Batch) -> OtlpConfig {
     OtlpConfig {
+        protocol: Protocol::Grpc,
         endpoint: format!("http://{addr}"),
         tls: None,
         headers: vec![("x-tenant".into(), "team-a".into())],
@@ -508,4 +509,325 @@ fn without_system_roots_the_compiled_in_roots_are_used() {
             .tls_config(tls)
             .unwrap();
     }
+}
+
+/// What the HTTP receiver answers to one POST.
+#[derive(Clone, Debug)]
+enum HttpReply {
+    Ok,
+    Status(u16, Option<&'static str>),
+    Reject(i64),
+    /// 200 with a body that is not an ExportLogsServiceResponse.
+    Garbage,
+}
+
+/// An OTLP/HTTP receiver: `POST /v1/logs`, protobuf, gzip when the request says so.
+#[derive(Default)]
+struct HttpReceiver {
+    script: Mutex<VecDeque<HttpReply>>,
+    /// Accepted requests with their `x-tenant` header.
+    got: Mutex<Vec<(ExportLogsServiceRequest, Option<String>)>>,
+    /// Every call: (path, content type, content encoding, when).
+    calls: Mutex<Vec<(String, String, String, Instant)>>,
+}
+
+async fn http_receiver(script: Vec<HttpReply>) -> (Arc<HttpReceiver>, SocketAddr) {
+    let (r, app) = http_app(script);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (r, addr)
+}
+
+fn http_app(script: Vec<HttpReply>) -> (Arc<HttpReceiver>, axum::Router) {
+    use axum::{
+        body::Bytes,
+        extract::State,
+        http::{HeaderMap, StatusCode, Uri},
+        response::IntoResponse,
+    };
+    use prost::Message as _;
+    async fn handle(
+        State(r): State<Arc<HttpReceiver>>,
+        uri: Uri,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> axum::response::Response {
+        let header = |k: &str| {
+            headers
+                .get(k)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned()
+        };
+        r.calls.lock().unwrap().push((
+            uri.path().to_owned(),
+            header("content-type"),
+            header("content-encoding"),
+            Instant::now(),
+        ));
+        let reply = r
+            .script
+            .lock()
+            .unwrap()
+            .pop_front()
+            .unwrap_or(HttpReply::Ok);
+        let body = if header("content-encoding") == "gzip" {
+            let mut out = Vec::new();
+            std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&body[..]), &mut out)
+                .unwrap();
+            out
+        } else {
+            body.to_vec()
+        };
+        let request = ExportLogsServiceRequest::decode(&body[..]).unwrap();
+        let tenant = Some(header("x-tenant")).filter(|t| !t.is_empty());
+        let ok = |response: ExportLogsServiceResponse| {
+            (
+                StatusCode::OK,
+                [("content-type", "application/x-protobuf")],
+                response.encode_to_vec(),
+            )
+                .into_response()
+        };
+        match reply {
+            HttpReply::Status(code, retry_after) => {
+                let mut response = StatusCode::from_u16(code).unwrap().into_response();
+                if let Some(after) = retry_after {
+                    response
+                        .headers_mut()
+                        .insert("retry-after", after.parse().unwrap());
+                }
+                response
+            }
+            HttpReply::Garbage => (StatusCode::OK, "<html>not protobuf</html>").into_response(),
+            HttpReply::Ok => {
+                r.got.lock().unwrap().push((request, tenant));
+                ok(ExportLogsServiceResponse::default())
+            }
+            HttpReply::Reject(n) => {
+                r.got.lock().unwrap().push((request, tenant));
+                ok(ExportLogsServiceResponse {
+                    partial_success: Some(ExportLogsPartialSuccess {
+                        rejected_log_records: n,
+                        error_message: "scripted rejection".into(),
+                    }),
+                })
+            }
+        }
+    }
+    let r = Arc::new(HttpReceiver {
+        script: Mutex::new(script.into()),
+        ..HttpReceiver::default()
+    });
+    let app = axum::Router::new()
+        .route("/v1/logs", axum::routing::post(handle))
+        .with_state(r.clone());
+    (r, app)
+}
+
+impl HttpReceiver {
+    fn records(&self) -> usize {
+        self.got
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|(r, _)| &r.resource_logs)
+            .flat_map(|r| &r.scope_logs)
+            .map(|s| s.log_records.len())
+            .sum()
+    }
+}
+
+fn http_config(addr: SocketAddr, batch: Batch) -> OtlpConfig {
+    OtlpConfig {
+        protocol: Protocol::HttpProtobuf,
+        endpoint: format!("http://{addr}/v1/logs"),
+        ..config(addr, batch)
+    }
+}
+
+#[tokio::test]
+async fn http_protobuf_delivers_gzip_with_headers_and_retries_what_may_succeed() {
+    let (receiver, addr) = http_receiver(vec![
+        HttpReply::Status(503, Some("1")),
+        HttpReply::Status(429, None),
+    ])
+    .await;
+    let running = start(http_config(addr, fast_batch())).await;
+    running.record(3).await;
+    wait_for("3 records after a 503 and a 429", || {
+        let r = receiver.clone();
+        async move { r.records() == 3 }
+    })
+    .await;
+    assert_eq!(running.stats.exported.load(Relaxed), 3);
+    assert_eq!(running.stats.retries.load(Relaxed), 2);
+    {
+        let calls = receiver.calls.lock().unwrap();
+        for (path, content_type, encoding, _) in calls.iter() {
+            assert_eq!(path, "/v1/logs");
+            assert_eq!(content_type, "application/x-protobuf");
+            assert_eq!(encoding, "gzip");
+        }
+        // The 503's Retry-After (1 s) is waited out, longer than the first backoff (<= 0.75 s).
+        assert!(
+            calls[1].3 - calls[0].3 >= Duration::from_secs(1),
+            "{:?}",
+            calls[1].3 - calls[0].3
+        );
+        let got = receiver.got.lock().unwrap();
+        assert_eq!(got[0].1.as_deref(), Some("team-a"));
+        let resource = got[0].0.resource_logs[0].resource.as_ref().unwrap();
+        assert!(
+            resource
+                .attributes
+                .iter()
+                .any(|kv| kv.key == "k8s.pod.name")
+        );
+    }
+    let counters = running.stop().await;
+    for loss in Loss::ALL {
+        assert_eq!(counters.get(*loss), 0, "{loss:?}");
+    }
+}
+
+#[tokio::test]
+async fn http_protobuf_gives_up_on_client_errors_and_bad_bodies_and_counts_rejections() {
+    let (receiver, addr) = http_receiver(vec![
+        HttpReply::Status(400, None),
+        HttpReply::Garbage,
+        HttpReply::Reject(1),
+    ])
+    .await;
+    let batch = Batch {
+        size: 2,
+        ..fast_batch()
+    };
+    let running = start(http_config(addr, batch)).await;
+    running.record(2).await;
+    wait_for("the 400's batch given up", || {
+        let c = running.counters.clone();
+        async move { c.get(Loss::OtlpExportFailed) == 2 }
+    })
+    .await;
+    running.record(2).await;
+    wait_for(
+        "the batch answered with a body that is not a response, given up",
+        || {
+            let c = running.counters.clone();
+            async move { c.get(Loss::OtlpExportFailed) == 4 }
+        },
+    )
+    .await;
+    running.record(2).await;
+    wait_for("the third batch, one record rejected", || {
+        let c = running.counters.clone();
+        async move { c.get(Loss::OtlpRejected) == 1 }
+    })
+    .await;
+    assert_eq!(running.stats.exported.load(Relaxed), 1);
+    assert_eq!(running.stats.retries.load(Relaxed), 0);
+    assert_eq!(receiver.calls.lock().unwrap().len(), 3);
+    running.stop().await;
+}
+
+/// An OTLP/HTTP receiver behind TLS that demands a client certificate, both signed by a CA
+/// made here: the exporter trusts the server through the configured CA and presents the
+/// configured identity (`OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE`/`_KEY`).
+#[tokio::test]
+async fn http_protobuf_delivers_over_mutual_tls() {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let leaf = |name: &str| {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec![name.to_owned()])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    let (server_cert, server_key) = leaf("localhost");
+    let (client_cert, client_key) = leaf("triage-agent");
+
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(ca_cert.pem().as_bytes()).unwrap())
+        .unwrap();
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider.clone())
+            .build()
+            .unwrap();
+    let server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(
+            vec![CertificateDer::from_pem_slice(server_cert.as_bytes()).unwrap()],
+            PrivateKeyDer::from_pem_slice(server_key.as_bytes()).unwrap(),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+    let (r, app) = http_app(vec![]);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let handshakes = Arc::new(Mutex::new(Vec::new()));
+    let seen = handshakes.clone();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let acceptor = acceptor.clone();
+            let app = app.clone();
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let tls = match acceptor.accept(tcp).await {
+                    Ok(tls) => tls,
+                    Err(e) => {
+                        seen.lock().unwrap().push(format!("refused: {e}"));
+                        return;
+                    }
+                };
+                let client = tls.get_ref().1.peer_certificates().map(<[_]>::len);
+                seen.lock()
+                    .unwrap()
+                    .push(format!("client certificates {client:?}"));
+                let service = hyper::service::service_fn(move |req| {
+                    tower::ServiceExt::oneshot(app.clone(), req)
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+
+    let mut cfg = http_config(([127, 0, 0, 1], port).into(), fast_batch());
+    cfg.endpoint = format!("https://localhost:{port}/v1/logs");
+    cfg.tls = Some(crate::otlp::config::Tls {
+        ca: Some(ca_cert.pem().into_bytes()),
+        identity: Some((client_cert.into_bytes(), client_key.into_bytes())),
+    });
+    let running = start(cfg).await;
+    running.record(3).await;
+    wait_for("3 records over mutual TLS", || {
+        let r = r.clone();
+        async move { r.records() == 3 }
+    })
+    .await;
+    assert!(
+        handshakes
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|h| h == "client certificates Some(1)"),
+        "{handshakes:?}"
+    );
+    let counters = running.stop().await;
+    assert_eq!(counters.get(Loss::OtlpExportFailed), 0);
 }
