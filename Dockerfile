@@ -27,6 +27,9 @@ ARG VERSION=0.1.0
 ARG REVISION
 ARG CREATED
 COPY --from=build /src/target/x86_64-unknown-linux-musl/release/triage-agent /usr/local/bin/triage-agent
+# The software's licence and the notices of what it links (cargo xtask codegen writes them).
+COPY --from=build /src/LICENSE /usr/share/doc/triage-agent/LICENSE
+COPY --from=build /src/THIRD-PARTY-NOTICES.txt /usr/share/doc/triage-agent/THIRD-PARTY-NOTICES.txt
 # The DaemonSet and its probes run `triage-agent` by name.
 ENV PATH=/usr/local/bin
 # Not root by default; the node agent needs root for its capabilities to be effective, and

@@ -5,6 +5,7 @@
 mod image;
 mod links;
 mod matrix;
+mod notices;
 mod setup;
 
 use std::{
@@ -79,8 +80,9 @@ enum Task {
         /// Targets (all when none).
         targets: Vec<String>,
     },
-    /// Regenerate proto/src/gen from the .proto files, and the CLI reference (docs/cli.md,
-    /// docs/man/) from the command line's definition.
+    /// Regenerate proto/src/gen from the .proto files, the CLI reference (docs/cli.md,
+    /// docs/man/) from the command line's definition, and THIRD-PARTY-NOTICES.txt from the
+    /// dependencies (cargo-about).
     Codegen,
     /// The Markdown's relative links and anchors, fmt check, and clippy -D warnings on the host
     /// crates, the CLI-only build and the BPF crate.
@@ -244,6 +246,18 @@ fn lint_workspace() -> anyhow::Result<()> {
     // First: it takes milliseconds and needs no build.
     links::check(&root())?;
     run(cargo().args(["fmt", "--all", "--check"]))?;
+    // The dependency policy (deny.toml): licences, duplicate majors, sources. Advisories need
+    // the RustSec database from github.com, which CI machines cannot reach (CONTRIBUTING.md).
+    run(cargo().args([
+        "deny",
+        "--offline",
+        "--locked",
+        "check",
+        "licenses",
+        "bans",
+        "sources",
+    ]))?;
+    notices::check()?;
     run(cargo().args([
         "clippy",
         "--workspace",
@@ -454,7 +468,8 @@ fn main() -> anyhow::Result<()> {
                     "cli_reference",
                     "--",
                 ])
-                .args(["--ignored", "--exact", "regenerate"]))
+                .args(["--ignored", "--exact", "regenerate"]))?;
+            notices::write()
         }
         Task::Test { unprivileged: true } => {
             let mut phases = Phases::default();

@@ -9,7 +9,8 @@
 //!   image test loads the image into;
 //! - what `cargo xtask kernel-matrix` needs: qemu-system-x86, busybox-static (the VMs' init),
 //!   kmod (depmod), xz-utils and zstd (compressed kernel modules);
-//! - cargo-fuzz, for the fuzz targets;
+//! - cargo-fuzz, for the fuzz targets; cargo-deny (the dependency policy in `cargo xtask
+//!   lint`) and cargo-about (the third-party notices), from crates.io;
 //! - `kubernetes-validate` (PyPI), in a virtualenv under target/tools: the manifest test
 //!   validates deploy/ against the Kubernetes OpenAPI schemas with it.
 //!
@@ -106,7 +107,10 @@ pub fn setup() -> anyhow::Result<()> {
     musl_target()?;
     debian_packages(&[DEBIAN_PACKAGES, KERNEL_MATRIX_PACKAGES].concat())?;
     manifest_validator()?;
-    cargo_fuzz()
+    for tool in CARGO_TOOLS {
+        cargo_tool(tool)?;
+    }
+    Ok(())
 }
 
 /// What building the binaries needs, nothing for the tests.
@@ -133,26 +137,52 @@ fn musl_target() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// cargo-fuzz, for `cargo xtask fuzz`.
-const CARGO_FUZZ_VERSION: &str = "0.13.1";
+/// A cargo subcommand from crates.io, at a pinned version.
+struct CargoTool {
+    /// The crate, and `cargo <subcommand>` without the `cargo-`.
+    krate: &'static str,
+    version: &'static str,
+    /// Features its binary needs.
+    features: &'static str,
+}
 
-fn cargo_fuzz() -> anyhow::Result<()> {
+/// cargo-fuzz for `cargo xtask fuzz`; cargo-deny (licences, bans, sources) in `cargo xtask
+/// lint`; cargo-about for the third-party notices the image ships (`cargo xtask notices`).
+const CARGO_TOOLS: &[CargoTool] = &[
+    CargoTool {
+        krate: "cargo-fuzz",
+        version: "0.13.1",
+        features: "",
+    },
+    CargoTool {
+        krate: "cargo-deny",
+        version: "0.20.2",
+        features: "",
+    },
+    CargoTool {
+        krate: "cargo-about",
+        version: "0.9.3",
+        features: "cli",
+    },
+];
+
+fn cargo_tool(tool: &CargoTool) -> anyhow::Result<()> {
+    let subcommand = tool.krate.trim_start_matches("cargo-");
     let have = Command::new("cargo")
-        .args(["fuzz", "--version"])
+        .args([subcommand, "--version"])
         .output()
         .ok()
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_default();
-    if have.contains(CARGO_FUZZ_VERSION) {
+    if have.split_whitespace().any(|w| w == tool.version) {
         return Ok(());
     }
-    run(Command::new("cargo").args([
-        "install",
-        "--locked",
-        "cargo-fuzz",
-        "--version",
-        CARGO_FUZZ_VERSION,
-    ]))
+    let mut install = Command::new("cargo");
+    install.args(["install", "--locked", tool.krate, "--version", tool.version]);
+    if !tool.features.is_empty() {
+        install.args(["--features", tool.features]);
+    }
+    run(&mut install)
 }
 
 /// Where `kubernetes-validate` is installed (agent/tests/deploy.rs runs it from there).

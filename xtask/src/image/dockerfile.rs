@@ -124,13 +124,26 @@ mod tests {
         let stages = stages();
         let runtime = &stages[1];
         assert_eq!(one(runtime, "FROM"), "scratch", "an empty base");
+        let copies: Vec<&str> = runtime
+            .iter()
+            .filter(|i| i.keyword == "COPY")
+            .map(|i| i.args.as_str())
+            .collect();
         assert_eq!(
-            one(runtime, "COPY"),
-            format!(
-                "--from=build /src/target/{}/release/triage-agent /{}",
-                image::TARGET,
-                image::BINARY
-            )
+            copies,
+            [
+                format!(
+                    "--from=build /src/target/{}/release/triage-agent /{}",
+                    image::TARGET,
+                    image::BINARY
+                ),
+                format!("--from=build /src/LICENSE /{}", image::LICENSE_PATH),
+                format!(
+                    "--from=build /src/THIRD-PARTY-NOTICES.txt /{}",
+                    crate::notices::IMAGE_PATH
+                ),
+            ],
+            "the runtime stage copies the archive's files, no others"
         );
         assert_eq!(one(runtime, "USER"), image::USER);
         assert_eq!(

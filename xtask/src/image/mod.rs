@@ -126,11 +126,24 @@ fn spec(
     Ok(oci::Spec {
         reference: reference(),
         architecture: ARCHITECTURE.into(),
-        files: vec![oci::File {
-            path: BINARY.into(),
-            mode: 0o755,
-            contents: binary,
-        }],
+        files: vec![
+            oci::File {
+                path: BINARY.into(),
+                mode: 0o755,
+                contents: binary,
+            },
+            // The licence of the software and of what it links, where images keep them.
+            oci::File {
+                path: LICENSE_PATH.into(),
+                mode: 0o644,
+                contents: read(&root().join("LICENSE"))?,
+            },
+            oci::File {
+                path: crate::notices::IMAGE_PATH.into(),
+                mode: 0o644,
+                contents: read(&crate::notices::path())?,
+            },
+        ],
         entrypoint: vec![format!("/{BINARY}")],
         cmd: CMD.iter().map(|s| (*s).to_owned()).collect(),
         env: ENV.iter().map(|s| (*s).to_owned()).collect(),
@@ -139,6 +152,13 @@ fn spec(
         created,
         mtime,
     })
+}
+
+/// The project's licence in the image.
+pub const LICENSE_PATH: &str = "usr/share/doc/triage-agent/LICENSE";
+
+fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("reading {}", path.display()))
 }
 
 /// Builds the static binary alone (as the Dockerfile does) and checks it.
@@ -250,6 +270,28 @@ mod tests {
             Some("0123456789abcdef0123456789abcdef01234567".into()),
         )
         .unwrap()
+    }
+
+    #[test]
+    fn the_image_ships_the_licence_and_the_third_party_notices() {
+        let spec = fixture();
+        let file = |path: &str| {
+            spec.files
+                .iter()
+                .find(|f| f.path == path)
+                .map(|f| (f.mode, f.contents.clone()))
+        };
+        assert_eq!(
+            file(LICENSE_PATH),
+            Some((0o644, std::fs::read(root().join("LICENSE")).unwrap()))
+        );
+        let notices = file(crate::notices::IMAGE_PATH).unwrap();
+        assert_eq!(notices.0, 0o644);
+        assert!(
+            String::from_utf8(notices.1)
+                .unwrap()
+                .starts_with("Third-party software in triage-agent")
+        );
     }
 
     #[test]
