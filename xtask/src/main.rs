@@ -2,6 +2,8 @@
 //! run `setup` first, which installs what a fresh Debian 12 machine lacks (idempotent, and
 //! quick when everything is present).
 
+mod arm64;
+mod dist;
 mod image;
 mod links;
 mod matrix;
@@ -44,6 +46,10 @@ enum Task {
         #[arg(long)]
         run: bool,
     },
+    /// The CLI for Linux on amd64 and arm64 as tarballs in target/dist, with the kubectl
+    /// plugin's names, shell completions, the licence and the notices, and SHA256SUMS; the
+    /// arm64 binary cross-built (see xtask/src/arm64.rs) and run under qemu-user.
+    Dist,
     /// Run every check and test: fmt, clippy (host, CLI-only, BPF), unit, gRPC and privileged
     /// end-to-end tests, every fuzz seed replayed, the image (built, checked, run in podman),
     /// the kernel matrix, the bench reduced. Needs root.
@@ -424,6 +430,24 @@ fn fuzz(seconds: u64, only: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Both architectures' binaries, the arm64 one checked under qemu-user, as tarballs, each
+/// read back and verified.
+fn dist() -> anyhow::Result<()> {
+    // Up to date after `cargo xtask build` (the same binary): a no-op then.
+    run(cargo().args(image::CARGO_BUILD))?;
+    let amd64 = release_dir().join("triage-agent");
+    let arm64 = arm64::build()?;
+    arm64::check(&arm64)?;
+    let written = dist::write(
+        &[("amd64", amd64.clone()), (arm64::ARCHITECTURE, arm64)],
+        &amd64,
+    )?;
+    for (path, arch) in written.iter().zip(["amd64", arm64::ARCHITECTURE]) {
+        dist::verify(path, arch)?;
+    }
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::Setup { build_only: false } => setup::setup(),
@@ -442,6 +466,10 @@ fn main() -> anyhow::Result<()> {
         Task::Build => {
             setup::setup()?;
             build_release()
+        }
+        Task::Dist => {
+            setup::setup()?;
+            dist()
         }
         Task::Lint => {
             setup::setup()?;
@@ -503,6 +531,8 @@ fn main() -> anyhow::Result<()> {
                     .env("RUST_BACKTRACE", "1"))
             })?;
             phases.time("image", || image::test(&release_dir().join("triage-agent")))?;
+            // arm64: the static binary cross-built and run under qemu-user; the CLI tarballs.
+            phases.time("arm64 and dist", dist)?;
             // Every signal on the kernels users run, in VMs, against the committed table.
             phases.time("kernel matrix", || {
                 setup::setup_kernel_matrix()?;

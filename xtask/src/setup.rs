@@ -57,6 +57,9 @@ const DEBIAN_PACKAGES: &[&str] = &[
     // and the shipped alert rules.
     "prometheus",
 ];
+/// The arm64 build: gcc for arm64's C and assembly (ring, SQLite, psm), qemu-user to run the
+/// result.
+const ARM64_PACKAGES: &[&str] = &["gcc-aarch64-linux-gnu", "qemu-user"];
 /// `cargo xtask kernel-matrix`: qemu with software emulation, a static busybox for the VMs'
 /// init, depmod for the kernels' module tables, xz and zstd for compressed modules, and the
 /// host programs the payload copies into the VMs (ip, nft, dnsmasq). The kernels come
@@ -105,8 +108,9 @@ pub fn setup() -> anyhow::Result<()> {
     nightly()?;
     bpf_linker()?;
     musl_target()?;
-    debian_packages(&[DEBIAN_PACKAGES, KERNEL_MATRIX_PACKAGES].concat())?;
+    debian_packages(&[DEBIAN_PACKAGES, KERNEL_MATRIX_PACKAGES, ARM64_PACKAGES].concat())?;
     manifest_validator()?;
+    arm64()?;
     for tool in CARGO_TOOLS {
         cargo_tool(tool)?;
     }
@@ -130,11 +134,23 @@ pub fn setup_kernel_matrix() -> anyhow::Result<()> {
 
 /// The musl standard library for the default (stable) toolchain.
 fn musl_target() -> anyhow::Result<()> {
+    rust_target(MUSL_TARGET)
+}
+
+fn rust_target(target: &str) -> anyhow::Result<()> {
     let installed = output(Command::new("rustup").args(["target", "list", "--installed"]))?;
-    if !installed.lines().any(|l| l.trim() == MUSL_TARGET) {
-        run(Command::new("rustup").args(["target", "add", MUSL_TARGET]))?;
+    if !installed.lines().any(|l| l.trim() == target) {
+        run(Command::new("rustup").args(["target", "add", target]))?;
     }
     Ok(())
+}
+
+/// The arm64 static binary's cross build (see xtask/src/arm64.rs): the target's standard
+/// library, the cross compiler and qemu-user (Debian), musl's arm64 headers.
+fn arm64() -> anyhow::Result<()> {
+    rust_target(crate::arm64::TARGET)?;
+    debian_packages(ARM64_PACKAGES)?;
+    crate::arm64::setup()
 }
 
 /// A cargo subcommand from crates.io, at a pinned version.

@@ -87,7 +87,13 @@ fn created() -> i64 {
 
 /// The files' mtime: SOURCE_DATE_EPOCH, else the epoch (not the commit's time: the layer then
 /// changes only when the binary does).
-fn mtime() -> u64 {
+/// `hex` of SHA-256, as sha256sum prints it.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    oci::sha256(bytes).trim_start_matches("sha256:").to_owned()
+}
+
+/// Every archive entry's mtime: `SOURCE_DATE_EPOCH`, else 0.
+pub fn mtime() -> u64 {
     source_date_epoch()
         .and_then(|t| u64::try_from(t).ok())
         .unwrap_or(0)
