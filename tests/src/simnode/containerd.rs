@@ -211,7 +211,7 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
             (IMAGE, "bin/busybox", busybox, SLEEP.to_vec()),
             (PAUSE_IMAGE, "pause", pause, vec!["/pause"]),
         ] {
-            let image = oci::write(&oci::Spec {
+            let image = oci::write(&[oci::Spec {
                 reference: reference.to_owned(),
                 architecture: oci_architecture().to_owned(),
                 files: vec![oci::File {
@@ -226,7 +226,7 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
                 labels: Default::default(),
                 created: 0,
                 mtime: 0,
-            })?;
+            }])?;
             let archive = self.dir.join(format!("{}.oci.tar", path.replace('/', "-")));
             fs::write(&archive, &image.archive)?;
             let out =

@@ -171,7 +171,7 @@ mod tests {
             args.contains(&("VERSION".into(), image::VERSION.into())),
             "{args:?}"
         );
-        let spec = image::spec(Vec::new(), 0, 0, Some("r".into())).unwrap();
+        let spec = image::spec(Vec::new(), "amd64", 0, 0, Some("r".into())).unwrap();
         let mut labels: Vec<(String, String)> = pairs(one(runtime, "LABEL"));
         labels.sort();
         let want: Vec<(String, String)> = spec

@@ -6,6 +6,24 @@
 use anyhow::{Context as _, bail, ensure};
 
 const EM_X86_64: u16 = 62;
+const EM_AARCH64: u16 = 183;
+
+/// The ELF machine of an OCI architecture (`amd64`, `arm64`).
+pub fn machine_of(architecture: &str) -> Option<u16> {
+    match architecture {
+        "amd64" => Some(EM_X86_64),
+        "arm64" => Some(EM_AARCH64),
+        _ => None,
+    }
+}
+
+/// The ELF machine of `binary`.
+pub fn machine(binary: &[u8]) -> Option<u16> {
+    binary
+        .starts_with(MAGIC)
+        .then(|| u16_at(binary, 0x12).ok())
+        .flatten()
+}
 const EM_BPF: u16 = 247;
 const ET_EXEC: u16 = 2;
 /// Static PIE (Rust's musl targets link this way by default).
@@ -38,8 +56,8 @@ fn usize_at(b: &[u8], at: usize) -> anyhow::Result<usize> {
     Ok(usize::try_from(u64_at(b, at)?)?)
 }
 
-/// Fails unless `binary` is a static x86-64 executable.
-pub fn check_static(binary: &[u8]) -> anyhow::Result<()> {
+/// Fails unless `binary` is a static executable for `architecture` (OCI's spelling).
+pub fn check_static(binary: &[u8], architecture: &str) -> anyhow::Result<()> {
     ensure!(
         binary.starts_with(MAGIC),
         "not a 64-bit little-endian ELF file"
@@ -50,7 +68,10 @@ pub fn check_static(binary: &[u8]) -> anyhow::Result<()> {
         "ELF type {kind}: not an executable"
     );
     let machine = u16_at(binary, 0x12)?;
-    ensure!(machine == EM_X86_64, "ELF machine {machine}: not x86-64");
+    ensure!(
+        Some(machine) == machine_of(architecture),
+        "ELF machine {machine}: not {architecture}"
+    );
     let phoff = usize_at(binary, 0x20)?;
     let phentsize = usize::from(u16_at(binary, 0x36)?);
     let phnum = usize::from(u16_at(binary, 0x38)?);
@@ -141,30 +162,33 @@ mod tests {
 
     #[test]
     fn static_pie_with_an_empty_dynamic_section_is_static() {
-        check_static(&fixtures::static_with_bpf()).unwrap();
-        check_static(&elf(&[1], 0, &[])).unwrap();
+        check_static(&fixtures::static_with_bpf(), "amd64").unwrap();
+        // The same executable is not an arm64 one.
+        assert!(check_static(&fixtures::static_with_bpf(), "arm64").is_err());
+        assert_eq!(machine(&fixtures::static_with_bpf()), machine_of("amd64"));
+        check_static(&elf(&[1], 0, &[]), "amd64").unwrap();
     }
 
     #[test]
     fn an_interpreter_or_a_needed_library_is_dynamic() {
-        let e = check_static(&elf(&[1, PT_INTERP], 0, &[])).unwrap_err();
+        let e = check_static(&elf(&[1, PT_INTERP], 0, &[]), "amd64").unwrap_err();
         assert!(e.to_string().contains("PT_INTERP"), "{e}");
-        let e = check_static(&elf(&[1, PT_DYNAMIC], 1, &[])).unwrap_err();
+        let e = check_static(&elf(&[1, PT_DYNAMIC], 1, &[]), "amd64").unwrap_err();
         assert!(e.to_string().contains("shared library"), "{e}");
     }
 
     #[test]
     fn not_an_x86_64_executable() {
-        assert!(check_static(b"#!/bin/sh\n").is_err());
+        assert!(check_static(b"#!/bin/sh\n", "amd64").is_err());
         let mut b = elf(&[1], 0, &[]);
         b[0x12] = 183; // aarch64
-        assert!(check_static(&b).is_err());
+        assert!(check_static(&b, "amd64").is_err());
         let mut b = elf(&[1], 0, &[]);
         b[0x10] = 1; // relocatable object
-        assert!(check_static(&b).is_err());
+        assert!(check_static(&b, "amd64").is_err());
         // Program headers past the end.
         let b = elf(&[1], 0, &[]);
-        assert!(check_static(&b[..80]).is_err());
+        assert!(check_static(&b[..80], "amd64").is_err());
     }
 
     #[test]

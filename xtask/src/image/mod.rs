@@ -6,7 +6,7 @@
 
 #[cfg(test)]
 mod dockerfile;
-mod elf;
+pub mod elf;
 mod engine;
 mod oci;
 mod verify;
@@ -111,9 +111,10 @@ fn git(args: &[&str]) -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
-/// The image around `binary`.
+/// The image around `binary`, for `architecture`.
 fn spec(
     binary: Vec<u8>,
+    architecture: &str,
     created: i64,
     mtime: u64,
     revision: Option<String>,
@@ -131,7 +132,7 @@ fn spec(
     }
     Ok(oci::Spec {
         reference: reference(),
-        architecture: ARCHITECTURE.into(),
+        architecture: architecture.into(),
         files: vec![
             oci::File {
                 path: BINARY.into(),
@@ -170,13 +171,23 @@ fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
 /// Builds the static binary alone (as the Dockerfile does) and checks it.
 fn build_binary() -> anyhow::Result<Vec<u8>> {
     run(cargo().args(CARGO_BUILD))?;
-    checked_binary(&binary_path())
+    checked_binary(&binary_path(), ARCHITECTURE)
 }
 
-/// The binary at `path`, checked to be static and to embed its eBPF programs.
-fn checked_binary(path: &Path) -> anyhow::Result<Vec<u8>> {
+/// The image's platforms: amd64 around `amd64`, arm64 around `arm64`.
+fn specs(amd64: Vec<u8>, arm64: Vec<u8>) -> anyhow::Result<Vec<oci::Spec>> {
+    let (created, mtime, revision) = (created(), mtime(), git(&["rev-parse", "HEAD"]));
+    Ok(vec![
+        spec(amd64, ARCHITECTURE, created, mtime, revision.clone())?,
+        spec(arm64, crate::arm64::ARCHITECTURE, created, mtime, revision)?,
+    ])
+}
+
+/// The binary at `path`, checked to be static for `architecture` and to embed its eBPF
+/// programs.
+fn checked_binary(path: &Path, architecture: &str) -> anyhow::Result<Vec<u8>> {
     let binary = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    elf::check_static(&binary).with_context(|| format!("{}", path.display()))?;
+    elf::check_static(&binary, architecture).with_context(|| format!("{}", path.display()))?;
     ensure!(
         elf::embeds_bpf_object(&binary),
         "{} embeds no eBPF object (built without the node-agent feature?)",
@@ -185,31 +196,30 @@ fn checked_binary(path: &Path) -> anyhow::Result<Vec<u8>> {
     Ok(binary)
 }
 
-/// `cargo xtask image`: builds, writes and checks the archive; with `run`, loads it into podman
-/// and runs `triage-agent --version` in it.
+/// `cargo xtask image`: builds both platforms' binaries, writes and checks the archive; with
+/// `run`, loads it into podman and runs `triage-agent --version` in it (the host's platform).
 pub fn image(run_in_engine: bool) -> anyhow::Result<()> {
-    let binary = build_binary()?;
-    let spec = spec(binary, created(), mtime(), git(&["rev-parse", "HEAD"]))?;
-    let path = write_checked(&spec, oci::write(&spec)?)?;
+    let amd64 = build_binary()?;
+    let arm64 = checked_binary(&crate::arm64::build()?, crate::arm64::ARCHITECTURE)?;
+    let specs = specs(amd64, arm64)?;
+    let path = write_checked(&specs, oci::write(&specs)?)?;
     if run_in_engine {
         run_version(&path)?;
     }
     Ok(())
 }
 
-/// Verifies `image` against `spec` and writes it to [`archive_path`].
-fn write_checked(spec: &oci::Spec, image: oci::Image) -> anyhow::Result<PathBuf> {
-    let report = verify::verify(&image.archive, spec).context("the archive just written")?;
+/// Verifies `image` against `specs` and writes it to [`archive_path`].
+fn write_checked(specs: &[oci::Spec], image: oci::Image) -> anyhow::Result<PathBuf> {
+    let (index_digest, reports) =
+        verify::verify(&image.archive, specs).context("the archive just written")?;
     ensure!(
-        [
-            &report.manifest_digest,
-            &report.config_digest,
-            &report.layer_digest
-        ] == [
-            &image.manifest.digest,
-            &image.config.digest,
-            &image.layer.digest
-        ],
+        index_digest == image.index.digest
+            && reports.len() == image.images.len()
+            && reports.iter().zip(&image.images).all(|(r, i)| {
+                [&r.manifest_digest, &r.config_digest, &r.layer_digest]
+                    == [&i.manifest.digest, &i.config.digest, &i.layer.digest]
+            }),
         "the archive read back holds other blobs than the ones written"
     );
     let path = archive_path();
@@ -217,19 +227,29 @@ fn write_checked(spec: &oci::Spec, image: oci::Image) -> anyhow::Result<PathBuf>
         std::fs::create_dir_all(dir)?;
     }
     std::fs::write(&path, &image.archive)?;
+    let reference = specs
+        .first()
+        .map(|s| s.reference.as_str())
+        .unwrap_or_default();
     eprintln!(
-        "{}: {} bytes, {}\n  archive  {}\n  manifest {}\n  config   {}\n  layer    {} ({} bytes gzip, {} bytes tar, diff id {})",
+        "{}: {} bytes, {reference}\n  archive  {}\n  index    {}",
         path.display(),
         image.archive.len(),
-        spec.reference,
         oci::sha256(&image.archive),
-        report.manifest_digest,
-        report.config_digest,
-        report.layer_digest,
-        report.layer_size,
-        report.layer_tar_size,
-        image.diff_id,
+        index_digest,
     );
+    for ((report, image), spec) in reports.iter().zip(&image.images).zip(specs) {
+        eprintln!(
+            "  linux/{}: manifest {}\n    config {}\n    layer  {} ({} bytes gzip, {} bytes tar, diff id {})",
+            spec.architecture,
+            report.manifest_digest,
+            report.config_digest,
+            report.layer_digest,
+            report.layer_size,
+            report.layer_tar_size,
+            image.diff_id,
+        );
+    }
     Ok(path)
 }
 
@@ -246,20 +266,23 @@ fn run_version(archive: &Path) -> anyhow::Result<()> {
 }
 
 /// The image part of `cargo xtask test`, around `binary`, the static agent the end-to-end tests
-/// and the kernel matrix run (built once, by [`crate::build_release`]): check it, write the
-/// image twice (the same bytes), check the structure, load into podman and run `--version`.
+/// and the kernel matrix run (built once, by [`crate::build_release`]), and the arm64 binary
+/// ([`crate::arm64::build`], an earlier phase): check them, write the image twice (the same
+/// bytes), check the structure, load into podman and run `--version`.
 pub fn test(binary: &Path) -> anyhow::Result<()> {
-    let binary = checked_binary(binary)?;
-    let spec = spec(binary, created(), mtime(), git(&["rev-parse", "HEAD"]))?;
-    let first = oci::write(&spec)?;
-    let second = oci::write(&spec)?;
+    let specs = specs(
+        checked_binary(binary, ARCHITECTURE)?,
+        checked_binary(&crate::arm64::binary(), crate::arm64::ARCHITECTURE)?,
+    )?;
+    let first = oci::write(&specs)?;
+    let second = oci::write(&specs)?;
     ensure!(
         first.archive == second.archive,
         "two writes of the image differ: {} and {}",
         oci::sha256(&first.archive),
         oci::sha256(&second.archive)
     );
-    let path = write_checked(&spec, first)?;
+    let path = write_checked(&specs, first)?;
     eprintln!("reproducible: a second write gave the same bytes");
     run_version(&path)
 }
@@ -271,6 +294,7 @@ mod tests {
     fn fixture() -> oci::Spec {
         spec(
             elf::fixtures::static_with_bpf(),
+            ARCHITECTURE,
             1_764_460_800,
             0,
             Some("0123456789abcdef0123456789abcdef01234567".into()),
@@ -303,8 +327,10 @@ mod tests {
     #[test]
     fn the_written_archive_verifies() {
         let spec = fixture();
-        let image = oci::write(&spec).unwrap();
-        let report = verify::verify(&image.archive, &spec).unwrap();
+        let image = oci::write(std::slice::from_ref(&spec)).unwrap();
+        let (index, reports) = verify::verify(&image.archive, std::slice::from_ref(&spec)).unwrap();
+        assert_eq!(index, image.index.digest);
+        let (report, image) = (&reports[0], &image.images[0]);
         assert_eq!(report.manifest_digest, image.manifest.digest);
         assert_eq!(report.layer_digest, image.layer.digest);
         let config: serde_json::Value = serde_json::from_slice(&image.config.bytes).unwrap();
@@ -323,16 +349,50 @@ mod tests {
 
     #[test]
     fn two_writes_are_identical_and_the_time_changes_them() {
-        let spec = fixture();
-        let a = oci::write(&spec).unwrap();
-        let b = oci::write(&spec).unwrap();
+        let specs = [fixture(), arm64_fixture()];
+        let a = oci::write(&specs).unwrap();
+        let b = oci::write(&specs).unwrap();
         assert_eq!(a.archive, b.archive);
-        let mut later = spec.clone();
-        later.created += 1;
-        assert_ne!(
-            oci::write(&later).unwrap().manifest.digest,
-            a.manifest.digest
-        );
+        let mut later = specs.clone();
+        later[1].created += 1;
+        let c = oci::write(&later).unwrap();
+        assert_eq!(c.images[0].manifest.digest, a.images[0].manifest.digest);
+        assert_ne!(c.images[1].manifest.digest, a.images[1].manifest.digest);
+        assert_ne!(c.index.digest, a.index.digest);
+    }
+
+    /// The fixture's image for arm64: the same static executable, its ELF machine aarch64.
+    fn arm64_fixture() -> oci::Spec {
+        let mut binary = elf::fixtures::static_with_bpf();
+        binary[0x12..0x14].copy_from_slice(&183u16.to_le_bytes());
+        let mut spec = fixture();
+        spec.architecture = crate::arm64::ARCHITECTURE.into();
+        spec.files[0].contents = binary;
+        spec
+    }
+
+    #[test]
+    fn the_index_lists_each_platform_once_and_in_order() {
+        let specs = [fixture(), arm64_fixture()];
+        let image = oci::write(&specs).unwrap();
+        let (_, reports) = verify::verify(&image.archive, &specs).unwrap();
+        assert_eq!(reports.len(), 2);
+        let index: serde_json::Value = serde_json::from_slice(&image.index.bytes).unwrap();
+        assert_eq!(index["manifests"][0]["platform"]["architecture"], "amd64");
+        assert_eq!(index["manifests"][1]["platform"]["architecture"], "arm64");
+        // Judged against the platforms in the other order, or one of them alone: refused.
+        let swapped = [arm64_fixture(), fixture()];
+        let e = verify::verify(&image.archive, &swapped).unwrap_err();
+        assert!(format!("{e:#}").contains("platform"), "{e:#}");
+        let e = verify::verify(&image.archive, &specs[..1]).unwrap_err();
+        assert!(format!("{e:#}").contains("one per platform"), "{e:#}");
+        // An amd64 binary in the arm64 image is caught.
+        let mut wrong = arm64_fixture();
+        wrong.files[0].contents = elf::fixtures::static_with_bpf();
+        let both = [fixture(), wrong];
+        let image = oci::write(&both).unwrap();
+        let e = verify::verify(&image.archive, &both).unwrap_err();
+        assert!(format!("{e:#}").contains("not arm64"), "{e:#}");
     }
 
     /// Rewrites one member of the outer archive, keeping the rest.
@@ -356,9 +416,10 @@ mod tests {
     #[test]
     fn verification_catches_what_an_engine_would_reject() {
         let spec = fixture();
-        let image = oci::write(&spec).unwrap();
-        let config_path = oci::blob_path(&image.config.digest).unwrap();
-        let layer_path = oci::blob_path(&image.layer.digest).unwrap();
+        let specs = std::slice::from_ref(&spec);
+        let image = oci::write(specs).unwrap();
+        let config_path = oci::blob_path(&image.images[0].config.digest).unwrap();
+        let layer_path = oci::blob_path(&image.images[0].layer.digest).unwrap();
         let cases: Vec<(&str, Vec<u8>)> = vec![
             (
                 "has digest",
@@ -377,9 +438,10 @@ mod tests {
                 "media type",
                 tamper(&image.archive, |p, d| {
                     Some(if p == "index.json" {
+                        // The descriptor's (the first), not index.json's own.
                         String::from_utf8(d)
                             .unwrap()
-                            .replace("manifest.v1+json", "manifest.v2+json")
+                            .replacen("image.index.v1+json", "image.index.v2+json", 1)
                             .into_bytes()
                     } else {
                         d
@@ -392,13 +454,13 @@ mod tests {
             ),
         ];
         for (want, archive) in cases {
-            let e = verify::verify(&archive, &spec).unwrap_err();
+            let e = verify::verify(&archive, specs).unwrap_err();
             assert!(format!("{e:#}").contains(want), "want {want:?}: {e:#}");
         }
         // The same archive judged against another image definition.
         let mut other = spec.clone();
         other.user = "0:0".into();
-        let e = verify::verify(&image.archive, &other).unwrap_err();
+        let e = verify::verify(&image.archive, &[other]).unwrap_err();
         assert!(format!("{e:#}").contains("config.config"), "{e:#}");
     }
 
@@ -406,8 +468,8 @@ mod tests {
     fn a_dynamic_binary_is_refused() {
         let mut spec = fixture();
         spec.files[0].contents = elf::fixtures::elf(&[1, 3], 0, &[]);
-        let image = oci::write(&spec).unwrap();
-        let e = verify::verify(&image.archive, &spec).unwrap_err();
+        let image = oci::write(std::slice::from_ref(&spec)).unwrap();
+        let e = verify::verify(&image.archive, &[spec]).unwrap_err();
         assert!(format!("{e:#}").contains("PT_INTERP"), "{e:#}");
     }
 

@@ -1,5 +1,5 @@
-//! An OCI image written by hand: one layer on an empty base, as an OCI archive (a tar of an
-//! image layout: `oci-layout`, `index.json`, `blobs/sha256/<digest>`).
+//! An OCI image written by hand: per platform one layer on an empty base, as an OCI archive (a
+//! tar of an image layout: `oci-layout`, `index.json`, `blobs/sha256/<digest>`).
 //!
 //! Reproducible: every tar entry has a fixed mtime, uid and gid 0 and no user names, the gzip
 //! header has no time or name, JSON keys are sorted, so the same files give the same bytes.
@@ -80,10 +80,9 @@ impl Blob {
     }
 }
 
-/// The written image: the archive and what it holds.
+/// One platform's image in the archive.
 #[derive(Debug)]
-pub struct Image {
-    pub archive: Vec<u8>,
+pub struct PlatformImage {
     pub manifest: Blob,
     pub config: Blob,
     pub layer: Blob,
@@ -109,7 +108,7 @@ pub fn rfc3339(secs: i64) -> anyhow::Result<String> {
     Ok(t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
 }
 
-pub fn write(spec: &Spec) -> anyhow::Result<Image> {
+fn platform(spec: &Spec) -> anyhow::Result<PlatformImage> {
     let layer_tar = layer(spec)?;
     let diff_id = sha256(&layer_tar);
     let layer = Blob::new(MEDIA_TYPE_LAYER_GZIP, gzip(&layer_tar)?);
@@ -141,37 +140,7 @@ pub fn write(spec: &Spec) -> anyhow::Result<Image> {
             "annotations": spec.labels,
         }))?,
     );
-    let mut manifest_descriptor = manifest.descriptor();
-    if let Some(d) = manifest_descriptor.as_object_mut() {
-        d.insert(
-            "platform".into(),
-            json!({ "architecture": spec.architecture, "os": "linux" }),
-        );
-        d.insert(
-            "annotations".into(),
-            json!({
-                ANNOTATION_REF_NAME: spec.reference,
-                ANNOTATION_CONTAINERD_NAME: spec.reference,
-            }),
-        );
-    }
-    let index = to_json(&json!({
-        "schemaVersion": 2,
-        "mediaType": MEDIA_TYPE_INDEX,
-        "manifests": [manifest_descriptor],
-    }))?;
-    let layout = to_json(&json!({ "imageLayoutVersion": LAYOUT_VERSION }))?;
-
-    let mut archive = TarWriter::new(spec.mtime);
-    archive.file("oci-layout", 0o644, &layout)?;
-    archive.file("index.json", 0o644, &index)?;
-    archive.dir("blobs/")?;
-    archive.dir("blobs/sha256/")?;
-    for blob in [&manifest, &config, &layer] {
-        archive.file(&blob_path(&blob.digest)?, 0o644, &blob.bytes)?;
-    }
-    Ok(Image {
-        archive: archive.finish()?,
+    Ok(PlatformImage {
         manifest,
         config,
         layer,
@@ -179,7 +148,103 @@ pub fn write(spec: &Spec) -> anyhow::Result<Image> {
     })
 }
 
-/// `blobs/sha256/<hex>` for `sha256:<hex>`.
+/// `descriptor` with the annotations that name the image `reference`.
+fn named(mut descriptor: Value, reference: &str) -> Value {
+    if let Some(d) = descriptor.as_object_mut() {
+        d.insert(
+            "annotations".into(),
+            json!({
+                ANNOTATION_REF_NAME: reference,
+                ANNOTATION_CONTAINERD_NAME: reference,
+            }),
+        );
+    }
+    descriptor
+}
+
+fn with_platform(mut descriptor: Value, architecture: &str) -> Value {
+    if let Some(d) = descriptor.as_object_mut() {
+        d.insert(
+            "platform".into(),
+            json!({ "architecture": architecture, "os": "linux" }),
+        );
+    }
+    descriptor
+}
+
+fn archive(mtime: u64, index: &Value, blobs: &[&Blob]) -> anyhow::Result<Vec<u8>> {
+    let layout = to_json(&json!({ "imageLayoutVersion": LAYOUT_VERSION }))?;
+    let mut archive = TarWriter::new(mtime);
+    archive.file("oci-layout", 0o644, &layout)?;
+    archive.file("index.json", 0o644, &to_json(index)?)?;
+    archive.dir("blobs/")?;
+    archive.dir("blobs/sha256/")?;
+    // Content-addressed: a blob two platforms share (the same layer) is stored once.
+    let mut written = std::collections::BTreeSet::new();
+    for blob in blobs {
+        if written.insert(&blob.digest) {
+            archive.file(&blob_path(&blob.digest)?, 0o644, &blob.bytes)?;
+        }
+    }
+    archive.finish()
+}
+
+/// The written image: the archive, its image index and each platform's image.
+#[derive(Debug)]
+pub struct Image {
+    pub archive: Vec<u8>,
+    /// The image index (a blob) listing one manifest per platform.
+    pub index: Blob,
+    /// Per spec, in order.
+    pub images: Vec<PlatformImage>,
+}
+
+/// One image for one or more platforms (one spec each, same reference and mtime), as
+/// registries and `docker buildx` write them: index.json names an image index (the
+/// reference's annotations on it), which lists each platform's manifest with its platform; an
+/// engine pulls or loads the one for its own.
+pub fn write(specs: &[Spec]) -> anyhow::Result<Image> {
+    let first = specs.first().context("no platform")?;
+    anyhow::ensure!(
+        specs
+            .iter()
+            .all(|s| s.reference == first.reference && s.mtime == first.mtime),
+        "the platforms of one image share its reference and mtime"
+    );
+    let platforms = specs
+        .iter()
+        .map(platform)
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let index = Blob::new(
+        MEDIA_TYPE_INDEX,
+        to_json(&json!({
+            "schemaVersion": 2,
+            "mediaType": MEDIA_TYPE_INDEX,
+            "manifests": platforms
+                .iter()
+                .zip(specs)
+                .map(|(p, s)| with_platform(p.manifest.descriptor(), &s.architecture))
+                .collect::<Vec<_>>(),
+        }))?,
+    );
+    let top = json!({
+        "schemaVersion": 2,
+        "mediaType": MEDIA_TYPE_INDEX,
+        "manifests": [named(index.descriptor(), &first.reference)],
+    });
+    let mut blobs = vec![&index];
+    for p in &platforms {
+        blobs.extend([&p.manifest, &p.config, &p.layer]);
+    }
+    let archive = archive(first.mtime, &top, &blobs)?;
+    Ok(Image {
+        archive,
+        index,
+        images: platforms,
+    })
+}
+
+/// `blobs/sha256/<hex>` of a `sha256:<hex>` digest.
 pub fn blob_path(digest: &str) -> anyhow::Result<String> {
     let hex = digest
         .strip_prefix("sha256:")

@@ -115,11 +115,12 @@ fn resolve<'a>(
     Ok(&blob.contents)
 }
 
-pub fn verify(archive: &[u8], spec: &Spec) -> anyhow::Result<Report> {
+/// The archive's layout, entries and index.json, checked; its blobs.
+fn open(archive: &[u8], mtime: u64) -> anyhow::Result<(Value, BTreeMap<String, Entry>)> {
     let files = entries(archive).context("reading the archive")?;
     for (path, e) in &files {
         ensure!(
-            e.uid == 0 && e.gid == 0 && e.mtime == spec.mtime,
+            e.uid == 0 && e.gid == 0 && e.mtime == mtime,
             "archive entry {path}: owner {}:{} mtime {}",
             e.uid,
             e.gid,
@@ -137,32 +138,7 @@ pub fn verify(archive: &[u8], spec: &Spec) -> anyhow::Result<Report> {
         &files.get("index.json").context("no index.json")?.contents,
         "index.json",
     )?;
-    ensure!(index["schemaVersion"] == 2, "index schemaVersion");
-    ensure!(
-        index["mediaType"] == oci::MEDIA_TYPE_INDEX,
-        "index mediaType"
-    );
-    let [manifest_descriptor] = index["manifests"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
-    else {
-        bail!("index.json must list exactly one manifest");
-    };
-    let annotations = &manifest_descriptor["annotations"];
-    for key in [oci::ANNOTATION_REF_NAME, oci::ANNOTATION_CONTAINERD_NAME] {
-        ensure!(
-            annotations[key] == spec.reference.as_str(),
-            "index annotation {key} is {}, want {}",
-            annotations[key],
-            spec.reference
-        );
-    }
-    ensure!(
-        manifest_descriptor["platform"]
-            == json!({ "architecture": spec.architecture, "os": "linux" }),
-        "index platform"
-    );
+    check_index(&index, "index.json")?;
     for path in files.keys() {
         ensure!(
             ["oci-layout", "index.json", "blobs", "blobs/sha256"].contains(&path.as_str())
@@ -174,9 +150,103 @@ pub fn verify(archive: &[u8], spec: &Spec) -> anyhow::Result<Report> {
         .into_iter()
         .filter(|(p, _)| p.starts_with("blobs/sha256/"))
         .collect();
+    Ok((index, blobs))
+}
 
+fn check_index(index: &Value, what: &str) -> anyhow::Result<()> {
+    ensure!(index["schemaVersion"] == 2, "{what} schemaVersion");
+    ensure!(
+        index["mediaType"] == oci::MEDIA_TYPE_INDEX,
+        "{what} mediaType"
+    );
+    Ok(())
+}
+
+/// index.json's one descriptor, named `reference`.
+fn the_named_descriptor<'a>(index: &'a Value, reference: &str) -> anyhow::Result<&'a Value> {
+    let [descriptor] = index["manifests"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+    else {
+        bail!("index.json must list exactly one descriptor");
+    };
+    let annotations = &descriptor["annotations"];
+    for key in [oci::ANNOTATION_REF_NAME, oci::ANNOTATION_CONTAINERD_NAME] {
+        ensure!(
+            annotations[key] == reference,
+            "index annotation {key} is {}, want {reference}",
+            annotations[key],
+        );
+    }
+    Ok(descriptor)
+}
+
+/// No blob the descriptors do not name.
+fn nothing_left_over(blobs: &BTreeMap<String, Entry>, referenced: &[String]) -> anyhow::Result<()> {
+    for path in blobs.keys() {
+        ensure!(
+            referenced.contains(path),
+            "{path} is named by no descriptor"
+        );
+    }
+    Ok(())
+}
+
+/// An archive of [`oci::write`]: index.json names an image index that lists one manifest per
+/// spec, in order, each with its platform. The index's digest and each platform's report.
+pub fn verify(archive: &[u8], specs: &[Spec]) -> anyhow::Result<(String, Vec<Report>)> {
+    let first = specs.first().context("no platform")?;
+    let (index, blobs) = open(archive, first.mtime)?;
+    let descriptor = the_named_descriptor(&index, &first.reference)?;
+    let inner_bytes = resolve(&blobs, descriptor, oci::MEDIA_TYPE_INDEX, "image index")?;
+    let inner = parse(inner_bytes, "image index")?;
+    check_index(&inner, "image index")?;
+    let manifests = inner["manifests"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    ensure!(
+        manifests.len() == specs.len(),
+        "the image index lists {} manifests, want one per platform ({})",
+        manifests.len(),
+        specs.len()
+    );
+    let mut referenced = vec![blob_of(descriptor)];
+    let mut reports = Vec::new();
+    for (manifest_descriptor, spec) in manifests.iter().zip(specs) {
+        let (report, blobs_named) = verify_platform(&blobs, manifest_descriptor, spec)
+            .with_context(|| format!("the {} image", spec.architecture))?;
+        referenced.extend(blobs_named);
+        reports.push(report);
+    }
+    nothing_left_over(&blobs, &referenced)?;
+    Ok((oci::sha256(inner_bytes), reports))
+}
+
+fn blob_of(descriptor: &Value) -> String {
+    descriptor["digest"]
+        .as_str()
+        .and_then(|d| oci::blob_path(d).ok())
+        .unwrap_or_default()
+}
+
+/// One platform's manifest (its descriptor's platform too), config and layer; the report and
+/// the blobs they name.
+fn verify_platform(
+    blobs: &BTreeMap<String, Entry>,
+    manifest_descriptor: &Value,
+    spec: &Spec,
+) -> anyhow::Result<(Report, Vec<String>)> {
+    ensure!(
+        manifest_descriptor["platform"]
+            == json!({ "architecture": spec.architecture, "os": "linux" }),
+        "index platform {}, want linux/{}",
+        manifest_descriptor["platform"],
+        spec.architecture
+    );
     let manifest_bytes = resolve(
-        &blobs,
+        blobs,
         manifest_descriptor,
         oci::MEDIA_TYPE_MANIFEST,
         "manifest",
@@ -191,12 +261,7 @@ pub fn verify(archive: &[u8], spec: &Spec) -> anyhow::Result<Report> {
         manifest["annotations"] == json!(spec.labels),
         "manifest annotations"
     );
-    let config_bytes = resolve(
-        &blobs,
-        &manifest["config"],
-        oci::MEDIA_TYPE_CONFIG,
-        "config",
-    )?;
+    let config_bytes = resolve(blobs, &manifest["config"], oci::MEDIA_TYPE_CONFIG, "config")?;
     let [layer_descriptor] = manifest["layers"]
         .as_array()
         .map(Vec::as_slice)
@@ -204,24 +269,12 @@ pub fn verify(archive: &[u8], spec: &Spec) -> anyhow::Result<Report> {
     else {
         bail!("the manifest must have exactly one layer");
     };
-    let layer_gz = resolve(
-        &blobs,
-        layer_descriptor,
-        oci::MEDIA_TYPE_LAYER_GZIP,
-        "layer",
-    )?;
-    let referenced = [
-        manifest_descriptor["digest"].as_str(),
-        manifest["config"]["digest"].as_str(),
-        layer_descriptor["digest"].as_str(),
-    ]
-    .map(|d| d.and_then(|d| oci::blob_path(d).ok()).unwrap_or_default());
-    for path in blobs.keys() {
-        ensure!(
-            referenced.contains(path),
-            "{path} is named by no descriptor"
-        );
-    }
+    let layer_gz = resolve(blobs, layer_descriptor, oci::MEDIA_TYPE_LAYER_GZIP, "layer")?;
+    let referenced = vec![
+        blob_of(manifest_descriptor),
+        blob_of(&manifest["config"]),
+        blob_of(layer_descriptor),
+    ];
 
     let mut layer_tar = Vec::new();
     flate2::read::GzDecoder::new(layer_gz)
@@ -231,13 +284,16 @@ pub fn verify(archive: &[u8], spec: &Spec) -> anyhow::Result<Report> {
     check_config(&config, spec, &oci::sha256(&layer_tar))?;
     check_layer(&layer_tar, spec)?;
 
-    Ok(Report {
-        manifest_digest: oci::sha256(manifest_bytes),
-        config_digest: oci::sha256(config_bytes),
-        layer_digest: oci::sha256(layer_gz),
-        layer_size: layer_gz.len(),
-        layer_tar_size: layer_tar.len(),
-    })
+    Ok((
+        Report {
+            manifest_digest: oci::sha256(manifest_bytes),
+            config_digest: oci::sha256(config_bytes),
+            layer_digest: oci::sha256(layer_gz),
+            layer_size: layer_gz.len(),
+            layer_tar_size: layer_tar.len(),
+        },
+        referenced,
+    ))
 }
 
 fn check_config(config: &Value, spec: &Spec, diff_id: &str) -> anyhow::Result<()> {
@@ -333,7 +389,7 @@ fn check_layer(layer_tar: &[u8], spec: &Spec) -> anyhow::Result<()> {
         "entrypoint /{entrypoint} is not executable by everyone (mode {:o})",
         binary.mode
     );
-    elf::check_static(&binary.contents)
+    elf::check_static(&binary.contents, &spec.architecture)
         .with_context(|| format!("entrypoint /{entrypoint} cannot run on an empty base"))?;
     let path = spec
         .env
