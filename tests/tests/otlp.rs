@@ -32,7 +32,7 @@ use triage_agent_proto::opentelemetry::proto::{
 use triage_agent_tests::{
     agent::{AgentProcess, agent_binary, free_port, records},
     fixture::NodeFixture,
-    simnode::CgroupDriver,
+    simnode::{CgroupDriver, SimNode},
 };
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -264,26 +264,32 @@ fn metric(text: &str, line_start: &str) -> f64 {
         .unwrap_or_else(|| panic!("no {line_start} in\n{text}"))
 }
 
+/// A simulated node whose agent runs with `env`, shop/db listening on 5432 and shop/web
+/// refused three times on 5433: the node, the agent, and (db, web).
+fn web_refused_three_times(env: &[(&str, &str)]) -> (SimNode, AgentProcess, [usize; 2]) {
+    let fixture = NodeFixture::new()
+        .pod("shop", "db")
+        .pod("shop", "web")
+        .agent_env(env.iter().copied());
+    let (mut node, [server, client]) = fixture.node().unwrap();
+    node.start_process(server, &["listen", "5432"]).unwrap();
+    let agent = fixture.agent(&node).unwrap();
+    let dst = format!("{}:5433", node.pod(server).ip);
+    node.run(client, &["connect", &dst, "3", "50"]).unwrap();
+    (node, agent, [server, client])
+}
+
 #[test]
 fn refusals_are_exported_as_otlp_logs_with_kubernetes_attributes() {
     let (receiver, addr, _rt) = start_receiver("127.0.0.1:0");
     let endpoint = format!("http://{addr}");
-    let fixture = NodeFixture::new()
-        .pod("shop", "db")
-        .pod("shop", "web")
-        .agent_env([
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
-            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
-            ("OTEL_EXPORTER_OTLP_HEADERS", "x-tenant=team%20a"),
-            ("OTEL_RESOURCE_ATTRIBUTES", "k8s.cluster.name=sim"),
-            ("OTEL_BLRP_SCHEDULE_DELAY", "200"),
-        ]);
-    let (mut node, [server, client]) = fixture.node().unwrap();
-    node.start_process(server, &["listen", "5432"]).unwrap();
-    let mut agent = fixture.agent(&node).unwrap();
-
-    let dst = format!("{}:5433", node.pod(server).ip);
-    node.run(client, &["connect", &dst, "3", "50"]).unwrap();
+    let (node, mut agent, [server, client]) = web_refused_three_times(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ("OTEL_EXPORTER_OTLP_HEADERS", "x-tenant=team%20a"),
+        ("OTEL_RESOURCE_ATTRIBUTES", "k8s.cluster.name=sim"),
+        ("OTEL_BLRP_SCHEDULE_DELAY", "200"),
+    ]);
 
     let (resource, a, record, tenant) = wait_record(
         &receiver,
@@ -394,21 +400,13 @@ fn refusals_are_exported_as_otlp_logs_with_kubernetes_attributes() {
 fn refusals_are_exported_over_otlp_http() {
     let (receiver, calls, addr, _rt) = start_http_receiver();
     let endpoint = format!("http://{addr}");
-    let fixture = NodeFixture::new()
-        .pod("shop", "db")
-        .pod("shop", "web")
-        .agent_env([
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
-            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
-            ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"),
-            ("OTEL_EXPORTER_OTLP_HEADERS", "x-tenant=team%20b"),
-            ("OTEL_BLRP_SCHEDULE_DELAY", "200"),
-        ]);
-    let (mut node, [server, client]) = fixture.node().unwrap();
-    node.start_process(server, &["listen", "5432"]).unwrap();
-    let mut agent = fixture.agent(&node).unwrap();
-    let dst = format!("{}:5433", node.pod(server).ip);
-    node.run(client, &["connect", &dst, "3", "50"]).unwrap();
+    let (node, mut agent, [_, client]) = web_refused_three_times(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"),
+        ("OTEL_EXPORTER_OTLP_HEADERS", "x-tenant=team%20b"),
+        ("OTEL_BLRP_SCHEDULE_DELAY", "200"),
+    ]);
 
     let (resource, a, record, tenant) = wait_record(
         &receiver,

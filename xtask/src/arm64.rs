@@ -91,18 +91,16 @@ pub fn setup() -> anyhow::Result<()> {
 /// The release build of the agent for arm64.
 pub fn build() -> anyhow::Result<PathBuf> {
     setup()?;
+    // The image's build for the other target.
+    let args = crate::image::CARGO_BUILD.iter().map(|a| {
+        if *a == crate::image::TARGET {
+            TARGET
+        } else {
+            a
+        }
+    });
     run(cargo()
-        .args([
-            "build",
-            "--release",
-            "--locked",
-            "--target",
-            TARGET,
-            "-p",
-            "triage-agent",
-            "--bin",
-            "triage-agent",
-        ])
+        .args(args)
         .env("CC_aarch64_unknown_linux_musl", wrapper())
         .env("AR_aarch64_unknown_linux_musl", AR)
         .env("CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER", "rust-lld"))?;

@@ -180,7 +180,7 @@ impl HttpTransport {
             let response = self.client.request(req).await.map_err(|e| Failure {
                 retryable: true,
                 code: "connect".into(),
-                message: error_chain(&e),
+                message: crate::probes::loader::chain(&e),
                 retry_after: None,
             })?;
             let status = response.status();
@@ -230,16 +230,4 @@ impl HttpTransport {
             retry_after,
         })
     }
-}
-
-/// An error and its sources, one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }

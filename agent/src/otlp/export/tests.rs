@@ -207,6 +207,15 @@ impl Running {
         }
     }
 
+    /// Waits until `loss` has counted `n`.
+    async fn wait_loss(&self, what: &str, loss: Loss, n: u64) {
+        wait_for(what, || {
+            let c = self.counters.clone();
+            async move { c.get(loss) == n }
+        })
+        .await;
+    }
+
     async fn stop(self) -> Arc<Counters> {
         self.cancel.cancel();
         tokio::time::timeout(SHUTDOWN_FLUSH + Duration::from_secs(2), self.task)
@@ -234,12 +243,12 @@ async fn delivers_batches_with_resource_headers_and_gzip() {
     let (receiver, addr) = receiver(vec![]).await;
     let running = start(config(addr, fast_batch())).await;
     running.record(10).await;
+    // Received, and the answers read by the exporter (it counts after each response).
     wait_for("10 records", || {
-        let r = receiver.clone();
-        async move { r.records() == 10 }
+        let (r, stats) = (receiver.clone(), running.stats.clone());
+        async move { r.records() == 10 && stats.exported.load(Relaxed) == 10 }
     })
     .await;
-    assert_eq!(running.stats.exported.load(Relaxed), 10);
     {
         let got = receiver.got.lock().unwrap();
         // Batches of at most 4.
@@ -297,17 +306,17 @@ async fn gives_up_on_permanent_errors_and_counts_rejections() {
     };
     let running = start(config(addr, batch)).await;
     running.record(2).await;
-    wait_for("the first batch given up", || {
-        let c = running.counters.clone();
-        async move { c.get(Loss::OtlpExportFailed) == 2 }
-    })
-    .await;
+    running
+        .wait_loss("the first batch given up", Loss::OtlpExportFailed, 2)
+        .await;
     running.record(2).await;
-    wait_for("the second batch, one record rejected", || {
-        let c = running.counters.clone();
-        async move { c.get(Loss::OtlpRejected) == 1 }
-    })
-    .await;
+    running
+        .wait_loss(
+            "the second batch, one record rejected",
+            Loss::OtlpRejected,
+            1,
+        )
+        .await;
     assert_eq!(running.stats.exported.load(Relaxed), 1);
     assert_eq!(running.stats.retries.load(Relaxed), 0);
     assert_eq!(*receiver.calls.lock().unwrap(), 2);
@@ -443,26 +452,48 @@ async fn updates_of_one_record_in_a_batch_go_out_once_as_the_latest() {
     running.stop().await;
 }
 
+/// A CA made for one test, and the certificates it signs.
+struct TestCa {
+    /// The CA's certificate, PEM.
+    pem: String,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl TestCa {
+    fn new() -> TestCa {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let pem = params.self_signed(&key).unwrap().pem();
+        TestCa {
+            pem,
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    /// A certificate for `name` and its key, PEM.
+    fn leaf(&self, name: &str) -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec![name.to_owned()])
+            .unwrap()
+            .signed_by(&key, &self.issuer)
+            .unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
 /// A collector behind TLS with a certificate from a CA made here: the exporter trusts it
 /// through `OTEL_EXPORTER_OTLP_CERTIFICATE` (the config's `tls.ca`) and delivers.
 #[tokio::test]
 async fn delivers_over_tls_to_a_collector_signed_by_the_configured_ca() {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let server_key = KeyPair::generate().unwrap();
-    let server_cert = CertificateParams::new(vec!["localhost".to_owned()])
-        .unwrap()
-        .signed_by(&server_key, &issuer)
-        .unwrap();
+    let ca = TestCa::new();
+    let (server_cert, server_key) = ca.leaf("localhost");
 
     let r = Arc::new(Receiver::default());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    let identity = Identity::from_pem(server_cert.pem(), server_key.serialize_pem());
+    let identity = Identity::from_pem(server_cert, server_key);
     tokio::spawn(
         tonic::transport::Server::builder()
             .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
@@ -477,7 +508,7 @@ async fn delivers_over_tls_to_a_collector_signed_by_the_configured_ca() {
     let mut cfg = config(([127, 0, 0, 1], port).into(), fast_batch());
     cfg.endpoint = format!("https://localhost:{port}");
     cfg.tls = Some(crate::otlp::config::Tls {
-        ca: Some(ca_cert.pem().into_bytes()),
+        ca: Some(ca.pem.into_bytes()),
         identity: None,
     });
     let running = start(cfg).await;
@@ -656,12 +687,12 @@ async fn http_protobuf_delivers_gzip_with_headers_and_retries_what_may_succeed()
     .await;
     let running = start(http_config(addr, fast_batch())).await;
     running.record(3).await;
+    // Received, and the answer read by the exporter (it counts after the response).
     wait_for("3 records after a 503 and a 429", || {
-        let r = receiver.clone();
-        async move { r.records() == 3 }
+        let (r, stats) = (receiver.clone(), running.stats.clone());
+        async move { r.records() == 3 && stats.exported.load(Relaxed) == 3 }
     })
     .await;
-    assert_eq!(running.stats.exported.load(Relaxed), 3);
     assert_eq!(running.stats.retries.load(Relaxed), 2);
     {
         let calls = receiver.calls.lock().unwrap();
@@ -706,26 +737,25 @@ async fn http_protobuf_gives_up_on_client_errors_and_bad_bodies_and_counts_rejec
     };
     let running = start(http_config(addr, batch)).await;
     running.record(2).await;
-    wait_for("the 400's batch given up", || {
-        let c = running.counters.clone();
-        async move { c.get(Loss::OtlpExportFailed) == 2 }
-    })
-    .await;
+    running
+        .wait_loss("the 400's batch given up", Loss::OtlpExportFailed, 2)
+        .await;
     running.record(2).await;
-    wait_for(
-        "the batch answered with a body that is not a response, given up",
-        || {
-            let c = running.counters.clone();
-            async move { c.get(Loss::OtlpExportFailed) == 4 }
-        },
-    )
-    .await;
+    running
+        .wait_loss(
+            "the batch answered with a body that is not a response, given up",
+            Loss::OtlpExportFailed,
+            4,
+        )
+        .await;
     running.record(2).await;
-    wait_for("the third batch, one record rejected", || {
-        let c = running.counters.clone();
-        async move { c.get(Loss::OtlpRejected) == 1 }
-    })
-    .await;
+    running
+        .wait_loss(
+            "the third batch, one record rejected",
+            Loss::OtlpRejected,
+            1,
+        )
+        .await;
     assert_eq!(running.stats.exported.load(Relaxed), 1);
     assert_eq!(running.stats.retries.load(Relaxed), 0);
     assert_eq!(receiver.calls.lock().unwrap().len(), 3);
@@ -737,28 +767,15 @@ async fn http_protobuf_gives_up_on_client_errors_and_bad_bodies_and_counts_rejec
 /// configured identity (`OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE`/`_KEY`).
 #[tokio::test]
 async fn http_protobuf_delivers_over_mutual_tls() {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let leaf = |name: &str| {
-        let key = KeyPair::generate().unwrap();
-        let cert = CertificateParams::new(vec![name.to_owned()])
-            .unwrap()
-            .signed_by(&key, &issuer)
-            .unwrap();
-        (cert.pem(), key.serialize_pem())
-    };
-    let (server_cert, server_key) = leaf("localhost");
-    let (client_cert, client_key) = leaf("triage-agent");
+    let ca = TestCa::new();
+    let (server_cert, server_key) = ca.leaf("localhost");
+    let (client_cert, client_key) = ca.leaf("triage-agent");
 
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     roots
-        .add(CertificateDer::from_pem_slice(ca_cert.pem().as_bytes()).unwrap())
+        .add(CertificateDer::from_pem_slice(ca.pem.as_bytes()).unwrap())
         .unwrap();
     let verifier =
         rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider.clone())
@@ -810,7 +827,7 @@ async fn http_protobuf_delivers_over_mutual_tls() {
     let mut cfg = http_config(([127, 0, 0, 1], port).into(), fast_batch());
     cfg.endpoint = format!("https://localhost:{port}/v1/logs");
     cfg.tls = Some(crate::otlp::config::Tls {
-        ca: Some(ca_cert.pem().into_bytes()),
+        ca: Some(ca.pem.clone().into_bytes()),
         identity: Some((client_cert.into_bytes(), client_key.into_bytes())),
     });
     let running = start(cfg).await;
