@@ -305,7 +305,70 @@ pub fn reset_reason_names(btf: Option<&Btf>) -> HashMap<u32, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernel::tracefs;
+    use crate::kernel::{btf::Lookup, tracefs};
+
+    /// The kernel's BTF bytes for btfparse.
+    struct Bytes(Vec<u8>);
+
+    impl btfparse::Readable for Bytes {
+        fn read(&self, offset: u64, buffer: &mut [u8]) -> btfparse::Result<()> {
+            let eof = || btfparse::Error::new(btfparse::ErrorKind::EOF, "past the end");
+            let start = usize::try_from(offset).map_err(|_| eof())?;
+            let end = start.checked_add(buffer.len()).ok_or_else(eof)?;
+            buffer.copy_from_slice(self.0.get(start..end).ok_or_else(eof)?);
+            Ok(())
+        }
+    }
+
+    /// The hand-written BTF reader against a second, independent one (btfparse, Apache-2.0):
+    /// every layout the loader asks of the running kernel's BTF (member offsets, struct sizes)
+    /// gets the same answer from both, absent members included.
+    #[test]
+    fn the_btf_reader_agrees_with_btfparse_on_every_layout_the_loader_reads() {
+        let btf = Btf::vmlinux().expect("kernel BTF at /sys/kernel/btf/vmlinux");
+        let tracefs = tracefs::find_mounted()
+            .or_else(|| tracefs::ensure_mounted().ok())
+            .expect("tracefs (run as root)");
+        let _ = kernel_offsets(&tracefs, Some(&btf));
+        let asked = btf.asked();
+        assert!(asked.len() >= 40, "the loader asked only {asked:?}");
+        let bytes = std::fs::read(crate::kernel::btf::VMLINUX_BTF).unwrap();
+        let theirs = btfparse::TypeInformation::new(&Bytes(bytes)).expect("btfparse reads it");
+        let mut disagreements = Vec::new();
+        let mut compared = 0;
+        for lookup in &asked {
+            let (ours, other) = match lookup {
+                Lookup::Member(strukt, path) => (
+                    btf.member_offset(strukt, path).ok(),
+                    theirs
+                        .id_of(strukt)
+                        .and_then(|id| theirs.offset_of(id, path).ok())
+                        .and_then(|(_, offset)| match offset {
+                            btfparse::Offset::ByteOffset(n) => Some(n),
+                            // A bitfield: ours refuses it too.
+                            btfparse::Offset::BitOffsetAndSize(..) => None,
+                        }),
+                ),
+                Lookup::Size(strukt) => (
+                    btf.struct_size(strukt).ok(),
+                    theirs
+                        .id_of(strukt)
+                        .and_then(|id| theirs.size_of(id).ok())
+                        .and_then(|n| u32::try_from(n).ok()),
+                ),
+            };
+            compared += 1;
+            if ours != other {
+                disagreements.push(format!("{lookup:?}: ours {ours:?}, btfparse {other:?}"));
+            }
+        }
+        assert!(
+            disagreements.is_empty(),
+            "{} of {compared} layouts differ:\n{}",
+            disagreements.len(),
+            disagreements.join("\n")
+        );
+    }
 
     /// On the running kernel (BTF and tracefs are there on every machine this project builds
     /// on), every offset a program reads resolves and no program has a problem.

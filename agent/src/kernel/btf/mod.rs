@@ -9,10 +9,13 @@
 //!
 //! Why our own reader: aya-obj keeps its BTF lookups private, and the crate that exposes
 //! member offsets and enum values (btf-rs) is LGPL-licensed, which this project does not take
-//! on. Offsets it returns were cross-checked against `pahole` on the build machines (e.g.
-//! `sock.sk_err` 284, `sock.sk_cgrp_data` 672 on 6.18). Its public surface is the two
-//! lookups, [`Btf::member_offset`] and [`Btf::enum_values`]; the format parsing is in
-//! [`format`].
+//! on. A differential test (`probes::offsets`) asks Trail of Bits' btfparse (Apache-2.0, a
+//! test dependency) every layout the loader reads from the running kernel's BTF and requires
+//! the same answer; btfparse itself is not used at run time because it indexes one type per
+//! name (the kernel has same-named types) and resolves no enumerator by its own name, which
+//! the loader needs (`MM_ANONPAGES`). Its public surface is the lookups,
+//! [`Btf::member_offset`], [`Btf::struct_size`], [`Btf::enum_values`] and
+//! [`Btf::enumerator`]; the format parsing is in [`format`].
 
 mod format;
 #[cfg(test)]
@@ -119,6 +122,20 @@ pub struct Btf {
     /// not rescan ~150k records. A name can map to several ids: forward-declared enums and
     /// same-named types from different parts of the kernel survive deduplication.
     by_name: HashMap<String, Vec<u32>>,
+    /// Tests: every layout lookup asked of this BTF, for the differential test against a
+    /// second reader.
+    #[cfg(test)]
+    asked: std::sync::Mutex<Vec<Lookup>>,
+}
+
+/// A layout lookup, as the differential test replays it.
+#[cfg(test)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Lookup {
+    /// [`Btf::member_offset`].
+    Member(String, String),
+    /// [`Btf::struct_size`].
+    Size(String),
 }
 
 impl fmt::Debug for Btf {
@@ -197,6 +214,8 @@ impl Btf {
             str_start,
             str_end,
             by_name: HashMap::new(),
+            #[cfg(test)]
+            asked: std::sync::Mutex::default(),
         };
         btf.by_name = btf.build_index()?;
         Ok(btf)
@@ -209,6 +228,22 @@ impl Btf {
             source,
         })?;
         Self::from_bytes(data)
+    }
+
+    #[cfg(test)]
+    fn record(&self, lookup: Lookup) {
+        if let Ok(mut asked) = self.asked.lock() {
+            asked.push(lookup);
+        }
+    }
+
+    /// Tests: the lookups asked so far, each once, sorted.
+    #[cfg(test)]
+    pub fn asked(&self) -> Vec<Lookup> {
+        let mut asked = self.asked.lock().map(|a| a.clone()).unwrap_or_default();
+        asked.sort();
+        asked.dedup();
+        asked
     }
 
     /// Loads the running kernel's BTF from [`VMLINUX_BTF`].
@@ -229,6 +264,8 @@ impl Btf {
     /// a byte boundary, [`BtfError::NotFound`] for a missing struct or member,
     /// [`BtfError::NotComposite`] when the path goes through a pointer or scalar.
     pub fn member_offset(&self, struct_name: &str, path: &str) -> Result<u32, BtfError> {
+        #[cfg(test)]
+        self.record(Lookup::Member(struct_name.to_owned(), path.to_owned()));
         if path.split('.').any(str::is_empty) {
             return Err(BtfError::BadPath {
                 path: path.to_owned(),
@@ -280,6 +317,8 @@ impl Btf {
 
     /// Size in bytes of a named struct or union (its full definition, not a forward one).
     pub fn struct_size(&self, name: &str) -> Result<u32, BtfError> {
+        #[cfg(test)]
+        self.record(Lookup::Size(name.to_owned()));
         self.named(name, &[KIND_STRUCT, KIND_UNION])?
             .into_iter()
             .find(|t| t.vlen() > 0)
