@@ -31,16 +31,14 @@ use tonic::{
 };
 use tracing::{debug, info, warn};
 use triage_agent_proto::opentelemetry::proto::{
-    collector::logs::v1::{
-        ExportLogsPartialSuccess, ExportLogsServiceRequest, logs_service_client::LogsServiceClient,
-    },
+    collector::logs::v1::{ExportLogsServiceRequest, logs_service_client::LogsServiceClient},
     resource::v1::Resource,
 };
 
 use super::{
     OtlpConfig,
     config::Protocol,
-    http::{Failure, HttpTransport},
+    http::{Failure, HttpTransport, rejected},
     record,
 };
 use crate::{
@@ -408,21 +406,6 @@ enum Transport {
         headers: Vec<(MetadataKey<Ascii>, MetadataValue<Ascii>)>,
     },
     Http(Box<HttpTransport>),
-}
-
-/// The records a partial success rejected (0 when the response has none).
-pub(super) fn rejected(partial: Option<ExportLogsPartialSuccess>) -> i64 {
-    match partial {
-        Some(p) if p.rejected_log_records > 0 || !p.error_message.is_empty() => {
-            warn!(
-                rejected = p.rejected_log_records,
-                message = %p.error_message,
-                "the OTLP collector rejected part of an export"
-            );
-            p.rejected_log_records.max(0)
-        }
-        _ => 0,
-    }
 }
 
 impl From<tonic::Status> for Failure {

@@ -25,8 +25,9 @@ use hyper_util::{
 };
 use prost::Message as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
+use tracing::warn;
 use triage_agent_proto::opentelemetry::proto::collector::logs::v1::{
-    ExportLogsServiceRequest, ExportLogsServiceResponse,
+    ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
 };
 
 use super::{OtlpConfig, config::redacted_endpoint};
@@ -218,7 +219,7 @@ impl HttpTransport {
                 message: format!("the body is not an ExportLogsServiceResponse: {e}"),
                 retry_after: None,
             })?;
-            return Ok(super::export::rejected(response.partial_success));
+            return Ok(rejected(response.partial_success));
         }
         Err(Failure {
             retryable: matches!(status.as_u16(), 429 | 502 | 503 | 504),
@@ -229,5 +230,21 @@ impl HttpTransport {
                 .to_owned(),
             retry_after,
         })
+    }
+}
+
+/// The records a partial success rejected (0 when the response has none), for either
+/// transport: both answer with an `ExportLogsServiceResponse`.
+pub(super) fn rejected(partial: Option<ExportLogsPartialSuccess>) -> i64 {
+    match partial {
+        Some(p) if p.rejected_log_records > 0 || !p.error_message.is_empty() => {
+            warn!(
+                rejected = p.rejected_log_records,
+                message = %p.error_message,
+                "the OTLP collector rejected part of an export"
+            );
+            p.rejected_log_records.max(0)
+        }
+        _ => 0,
     }
 }
