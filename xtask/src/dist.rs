@@ -5,14 +5,17 @@
 
 use std::{
     collections::BTreeMap,
-    io::{Read as _, Write as _},
+    io::Read as _,
     path::{Path, PathBuf},
     process::Command,
 };
 
 use anyhow::{Context as _, ensure};
 
-use crate::root;
+use crate::{
+    image::oci::{self, TarWriter},
+    root,
+};
 
 /// The kubectl plugin's executable and its completion helper, both the binary itself.
 const PLUGIN_LINKS: [&str; 2] = ["kubectl-triage_agent", "kubectl_complete-triage_agent"];
@@ -71,23 +74,11 @@ fn tarball(arch: &str, binary: &[u8], shared: &[(String, Vec<u8>)]) -> anyhow::R
     for (path, contents) in shared {
         entries.insert(path.clone(), Entry::File(0o644, contents.clone()));
     }
-    let mtime = crate::image::mtime();
-    let mut tar = tar::Builder::new(Vec::new());
+    let mut tar = TarWriter::new(crate::image::mtime());
     let mut dirs = std::collections::BTreeSet::new();
-    let header = |kind: tar::EntryType, mode: u32, size: u64| {
-        let mut h = tar::Header::new_ustar();
-        h.set_entry_type(kind);
-        h.set_mode(mode);
-        h.set_size(size);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(mtime);
-        h
-    };
-    let mut dir = |tar: &mut tar::Builder<Vec<u8>>, path: &str| -> anyhow::Result<()> {
+    let mut dir = |tar: &mut TarWriter, path: &str| -> anyhow::Result<()> {
         if dirs.insert(path.to_owned()) {
-            let mut h = header(tar::EntryType::Directory, 0o755, 0);
-            tar.append_data(&mut h, format!("{path}/"), std::io::empty())?;
+            tar.dir(&format!("{path}/"))?;
         }
         Ok(())
     };
@@ -98,27 +89,11 @@ fn tarball(arch: &str, binary: &[u8], shared: &[(String, Vec<u8>)]) -> anyhow::R
         }
         let full = format!("{top}/{path}");
         match entry {
-            Entry::File(mode, contents) => {
-                let mut h = header(tar::EntryType::Regular, *mode, contents.len() as u64);
-                tar.append_data(&mut h, &full, contents.as_slice())?;
-            }
-            Entry::Link(target) => {
-                let mut h = header(tar::EntryType::Symlink, 0o777, 0);
-                tar.append_link(&mut h, &full, target)?;
-            }
+            Entry::File(mode, contents) => tar.file(&full, *mode, contents)?,
+            Entry::Link(target) => tar.symlink(&full, target)?,
         }
     }
-    let tar = tar.into_inner()?;
-    let mut gz = flate2::GzBuilder::new()
-        .mtime(0)
-        .operating_system(255)
-        .write(Vec::new(), flate2::Compression::best());
-    gz.write_all(&tar)?;
-    Ok(gz.finish()?)
-}
-
-fn hex_sha256(bytes: &[u8]) -> String {
-    crate::image::sha256_hex(bytes)
+    oci::gzip(&tar.finish()?)
 }
 
 /// Writes the tarballs and SHA256SUMS for `binaries` (architecture, path); returns the
@@ -145,7 +120,7 @@ pub fn write(binaries: &[(&str, PathBuf)], host_binary: &Path) -> anyhow::Result
         let file = format!("{}.tar.gz", name(arch));
         let out = dir().join(&file);
         std::fs::write(&out, &bytes).with_context(|| format!("writing {}", out.display()))?;
-        sums.push_str(&format!("{}  {file}\n", hex_sha256(&bytes)));
+        sums.push_str(&format!("{}  {file}\n", crate::image::sha256_hex(&bytes)));
         eprintln!("{}: {} bytes", out.display(), bytes.len());
         written.push(out);
     }
@@ -214,7 +189,7 @@ pub fn verify(tarball: &Path, arch: &str) -> anyhow::Result<()> {
         .unwrap_or_default();
     ensure!(
         sums.lines()
-            .any(|l| l == format!("{}  {file_name}", hex_sha256(&bytes))),
+            .any(|l| l == format!("{}  {file_name}", crate::image::sha256_hex(&bytes))),
         "SHA256SUMS does not name {file_name}'s digest"
     );
     let check = Command::new("sha256sum")

@@ -38,7 +38,9 @@ use triage_agent_proto::opentelemetry::proto::{
 use super::{
     OtlpConfig,
     config::Protocol,
-    http::{Failure, HttpTransport, rejected},
+    http::{
+        Failure, HttpTransport, Roots, choose_roots, compiled_roots_note, rejected, system_roots,
+    },
     record,
 };
 use crate::{
@@ -139,50 +141,16 @@ impl Pending {
     }
 }
 
-/// Which roots an https collector's certificate is checked against (besides the operator's
-/// `OTEL_EXPORTER_OTLP_CERTIFICATE`, always trusted when set).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Roots {
-    /// The system's store (`SSL_CERT_FILE`/`SSL_CERT_DIR`, or the distribution's bundle).
-    System,
-    /// Mozilla's bundle compiled in (webpki-roots): the system has none, as in the agent's
-    /// image (`FROM scratch`).
-    Compiled,
-}
-
-/// The system's roots when it has any, else the compiled-in ones.
-fn choose_roots(system_roots: usize) -> Roots {
-    match system_roots {
-        0 => Roots::Compiled,
-        _ => Roots::System,
-    }
-}
-
-/// How many trust roots the system store holds (read once, at setup).
-fn system_roots() -> usize {
-    let found = rustls_native_certs::load_native_certs();
-    if !found.errors.is_empty() {
-        debug!(errors = ?found.errors, "reading the system's trust roots");
-    }
-    found.certs.len()
-}
-
+/// The gRPC transport's roots: the system's, or the compiled-in ones when it has none
+/// ([`choose_roots`], shared with the HTTP transport).
 fn trust_roots(tls: ClientTlsConfig, system_roots: usize) -> ClientTlsConfig {
     match choose_roots(system_roots) {
         Roots::System => tls.with_native_roots(),
         Roots::Compiled => {
-            info!(
-                roots = webpki_roots_len(),
-                "no trust roots in the system store: the OTLP exporter trusts Mozilla's, compiled in"
-            );
+            compiled_roots_note();
             tls.with_webpki_roots()
         }
     }
-}
-
-/// Roots of the compiled-in bundle.
-fn webpki_roots_len() -> usize {
-    webpki_roots::TLS_SERVER_ROOTS.len()
 }
 
 fn channel(config: &OtlpConfig) -> Result<Channel, ExportError> {
@@ -195,7 +163,7 @@ fn channel(config: &OtlpConfig) -> Result<Channel, ExportError> {
         .connect_timeout(config.timeout)
         .timeout(config.timeout);
     if let Some(tls) = &config.tls {
-        let mut tls_config = trust_roots(ClientTlsConfig::new(), system_roots());
+        let mut tls_config = trust_roots(ClientTlsConfig::new(), system_roots().len());
         if let Some(ca) = &tls.ca {
             tls_config = tls_config.ca_certificate(Certificate::from_pem(ca));
         }

@@ -25,7 +25,7 @@ use hyper_util::{
 };
 use prost::Message as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
-use tracing::warn;
+use tracing::{debug, info, warn};
 use triage_agent_proto::opentelemetry::proto::collector::logs::v1::{
     ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
 };
@@ -65,17 +65,65 @@ pub struct HttpTransport {
     gzip: bool,
 }
 
-/// The roots an https receiver's certificate is checked against: the system's, or Mozilla's
-/// compiled in when the system has none; the operator's CA besides.
+/// Which roots an https collector's certificate is checked against, over either transport
+/// (besides the operator's `OTEL_EXPORTER_OTLP_CERTIFICATE`, always trusted when set).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Roots {
+    /// The system's store (`SSL_CERT_FILE`/`SSL_CERT_DIR`, or the distribution's bundle).
+    System,
+    /// Mozilla's bundle compiled in (webpki-roots): the system has none, as in the agent's
+    /// image (`FROM scratch`).
+    Compiled,
+}
+
+/// The system's roots when it has any, else the compiled-in ones.
+pub(super) fn choose_roots(system_roots: usize) -> Roots {
+    match system_roots {
+        0 => Roots::Compiled,
+        _ => Roots::System,
+    }
+}
+
+/// The system store's trust roots (read once, at setup).
+pub(super) fn system_roots() -> Vec<CertificateDer<'static>> {
+    let found = rustls_native_certs::load_native_certs();
+    if !found.errors.is_empty() {
+        debug!(errors = ?found.errors, "reading the system's trust roots");
+    }
+    found.certs
+}
+
+/// Roots of the compiled-in bundle.
+pub(super) fn webpki_roots_len() -> usize {
+    webpki_roots::TLS_SERVER_ROOTS.len()
+}
+
+/// Says so when the compiled-in roots are the ones trusted.
+pub(super) fn compiled_roots_note() {
+    info!(
+        roots = webpki_roots_len(),
+        "no trust roots in the system store: the OTLP exporter trusts Mozilla's, compiled in"
+    );
+}
+
+/// The roots an https receiver's certificate is checked against ([`choose_roots`]); the
+/// operator's CA besides.
 fn tls_config(config: &OtlpConfig) -> Result<rustls::ClientConfig, SetupError> {
     let mut roots = rustls::RootCertStore::empty();
-    let native = rustls_native_certs::load_native_certs();
-    if native.certs.is_empty() {
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    } else {
-        let (_added, _ignored) = roots.add_parsable_certificates(native.certs);
-    }
+    // A plaintext endpoint (`tls` none) trusts nothing: no https request is ever made.
     let tls = config.tls.clone().unwrap_or_default();
+    if config.tls.is_some() {
+        let system = system_roots();
+        match choose_roots(system.len()) {
+            Roots::System => {
+                let (_added, _ignored) = roots.add_parsable_certificates(system);
+            }
+            Roots::Compiled => {
+                compiled_roots_note();
+                roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+            }
+        }
+    }
     if let Some(ca) = &tls.ca {
         for cert in CertificateDer::pem_slice_iter(ca) {
             let cert = cert.map_err(|e| SetupError::Tls(format!("the CA certificate: {e}")))?;

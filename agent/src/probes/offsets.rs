@@ -307,6 +307,15 @@ mod tests {
     use super::*;
     use crate::kernel::{btf::Lookup, tracefs};
 
+    /// The running kernel's BTF and tracefs (there on every machine this project builds on).
+    fn this_kernel() -> (Btf, std::path::PathBuf) {
+        let btf = Btf::vmlinux().expect("kernel BTF at /sys/kernel/btf/vmlinux");
+        let tracefs = tracefs::find_mounted()
+            .or_else(|| tracefs::ensure_mounted().ok())
+            .expect("tracefs (run as root)");
+        (btf, tracefs)
+    }
+
     /// The kernel's BTF bytes for btfparse.
     struct Bytes(Vec<u8>);
 
@@ -325,10 +334,7 @@ mod tests {
     /// gets the same answer from both, absent members included.
     #[test]
     fn the_btf_reader_agrees_with_btfparse_on_every_layout_the_loader_reads() {
-        let btf = Btf::vmlinux().expect("kernel BTF at /sys/kernel/btf/vmlinux");
-        let tracefs = tracefs::find_mounted()
-            .or_else(|| tracefs::ensure_mounted().ok())
-            .expect("tracefs (run as root)");
+        let (btf, tracefs) = this_kernel();
         let _ = kernel_offsets(&tracefs, Some(&btf));
         let asked = btf.asked();
         assert!(asked.len() >= 40, "the loader asked only {asked:?}");
@@ -374,10 +380,7 @@ mod tests {
     /// on), every offset a program reads resolves and no program has a problem.
     #[test]
     fn every_offset_resolves_on_this_kernel() {
-        let btf = Btf::vmlinux().expect("kernel BTF at /sys/kernel/btf/vmlinux");
-        let tracefs = tracefs::find_mounted()
-            .or_else(|| tracefs::ensure_mounted().ok())
-            .expect("tracefs (run as root)");
+        let (btf, tracefs) = this_kernel();
         let (o, problems) = kernel_offsets(&tracefs, Some(&btf));
         assert!(problems.is_empty(), "{problems:?}");
         let all = [

@@ -8,7 +8,7 @@
 mod dockerfile;
 pub mod elf;
 mod engine;
-mod oci;
+pub mod oci;
 mod verify;
 
 use std::{

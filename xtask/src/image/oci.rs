@@ -271,7 +271,7 @@ fn layer(spec: &Spec) -> anyhow::Result<Vec<u8>> {
     tar.finish()
 }
 
-fn gzip(bytes: &[u8]) -> anyhow::Result<Vec<u8>> {
+pub fn gzip(bytes: &[u8]) -> anyhow::Result<Vec<u8>> {
     use std::io::Write as _;
     // No name, mtime 0, OS "unknown": the header carries nothing of the build machine.
     let mut gz = flate2::GzBuilder::new()
@@ -287,13 +287,13 @@ fn to_json(value: &Value) -> anyhow::Result<Vec<u8>> {
 }
 
 /// ustar entries owned by 0:0 with no user names and one mtime.
-struct TarWriter {
+pub struct TarWriter {
     builder: tar::Builder<Vec<u8>>,
     mtime: u64,
 }
 
 impl TarWriter {
-    fn new(mtime: u64) -> Self {
+    pub fn new(mtime: u64) -> Self {
         Self {
             builder: tar::Builder::new(Vec::new()),
             mtime,
@@ -311,21 +311,29 @@ impl TarWriter {
         h
     }
 
-    fn dir(&mut self, path: &str) -> anyhow::Result<()> {
+    pub fn dir(&mut self, path: &str) -> anyhow::Result<()> {
         let mut h = self.header(tar::EntryType::Directory, 0o755, 0);
         self.builder
             .append_data(&mut h, path, std::io::empty())
             .with_context(|| format!("tar entry {path}"))
     }
 
-    fn file(&mut self, path: &str, mode: u32, contents: &[u8]) -> anyhow::Result<()> {
+    pub fn file(&mut self, path: &str, mode: u32, contents: &[u8]) -> anyhow::Result<()> {
         let mut h = self.header(tar::EntryType::Regular, mode, contents.len());
         self.builder
             .append_data(&mut h, path, contents)
             .with_context(|| format!("tar entry {path}"))
     }
 
-    fn finish(self) -> anyhow::Result<Vec<u8>> {
+    /// A symbolic link at `path` to `target` (the CLI tarballs' plugin names).
+    pub fn symlink(&mut self, path: &str, target: &str) -> anyhow::Result<()> {
+        let mut h = self.header(tar::EntryType::Symlink, 0o777, 0);
+        self.builder
+            .append_link(&mut h, path, target)
+            .with_context(|| format!("tar entry {path}"))
+    }
+
+    pub fn finish(self) -> anyhow::Result<Vec<u8>> {
         Ok(self.builder.into_inner()?)
     }
 }

@@ -21,6 +21,7 @@ use triage_agent_proto::opentelemetry::proto::{
 };
 
 use super::*;
+use crate::otlp::http::webpki_roots_len;
 use crate::{
     evidence::{Filter, fixtures},
     otlp::config::{Batch, OtlpConfig},
