@@ -252,6 +252,10 @@ fn lint_workspace() -> anyhow::Result<()> {
     // First: it takes milliseconds and needs no build.
     links::check(&root())?;
     run(cargo().args(["fmt", "--all", "--check"]))?;
+    // cargo deny and cargo about read `cargo metadata` offline, which wants the sources of
+    // every platform's dependencies (Windows, Android), not only the ones a build here
+    // downloads: fetched first (nothing to do once present).
+    run(cargo().args(["fetch", "--locked"]))?;
     // The dependency policy (deny.toml): licences, duplicate majors, sources. Advisories need
     // the RustSec database from github.com, which CI machines cannot reach (CONTRIBUTING.md).
     run(cargo().args([
