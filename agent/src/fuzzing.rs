@@ -203,7 +203,7 @@ pub fn policy_eval(data: &[u8]) {
         networking::v1::NetworkPolicy,
     };
 
-    use crate::policy::{Flow, Proto, Snapshot, Verdict, evaluate};
+    use crate::policy::{Flow, Proto, Snapshot, Verdict, admin::TierPolicy, evaluate};
 
     #[derive(serde::Deserialize)]
     struct Input {
@@ -213,6 +213,10 @@ pub fn policy_eval(data: &[u8]) {
         namespaces: Vec<Namespace>,
         #[serde(default)]
         pods: Vec<Pod>,
+        #[serde(default)]
+        admin: Vec<serde_json::Value>,
+        #[serde(default)]
+        baseline: Vec<serde_json::Value>,
     }
 
     let Some((&[src, dst, port_lo, port_hi, proto, _], json)) = data.split_first_chunk::<6>()
@@ -226,6 +230,16 @@ pub fn policy_eval(data: &[u8]) {
         policies: input.policies,
         namespaces: input.namespaces,
         pods: input.pods,
+        admin: input
+            .admin
+            .iter()
+            .filter_map(|o| TierPolicy::from_object(o).ok())
+            .collect(),
+        baseline: input
+            .baseline
+            .iter()
+            .filter_map(|o| TierPolicy::from_object(o).ok())
+            .collect(),
         unevaluated: Vec::new(),
     };
     let flow = Flow {

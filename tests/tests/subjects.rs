@@ -494,14 +494,18 @@ fn workloads_and_pods_are_named_as_kubectl_names_them() {
     }
 }
 
-/// On a cluster that also has policy kinds `explain` does not evaluate (Cilium's, the upstream
-/// AdminNetworkPolicy API), it does not say "NetworkPolicy allows this flow" as if it knew:
-/// the verdict is unknown and names the kinds present; kinds served with no objects change
-/// nothing.
+/// `explain` reads the AdminNetworkPolicy API's two tiers from the API server and evaluates
+/// them around NetworkPolicy (an admin Deny, a Pass down to the baseline's Deny); on a
+/// cluster that also has policy kinds it does not evaluate (Cilium's), it does not give a
+/// verdict as if it knew: the verdict is unknown and names the kinds present; a kind it
+/// cannot read or parse is named too; kinds served with no objects change nothing.
 #[test]
-fn explain_names_the_policy_kinds_it_does_not_evaluate() {
+fn explain_evaluates_the_admin_tiers_and_names_the_policy_kinds_it_does_not_evaluate() {
+    use serde_json::json;
     use triage_agent::evidence::fixtures::dropped;
-    use triage_agent_tests::apiserver::{AdminNetworkPolicy, CiliumNetworkPolicy};
+    use triage_agent_tests::apiserver::{
+        AdminNetworkPolicy, BaselineAdminNetworkPolicy, CiliumNetworkPolicy,
+    };
     let rt = tokio::runtime::Runtime::new().unwrap();
     let api = ApiServer::start().unwrap();
     let agent = rt.block_on(serve_local(
@@ -558,7 +562,63 @@ fn explain_names_the_policy_kinds_it_does_not_evaluate() {
     // No policy of any kind: NetworkPolicy allows it, and nothing else could say otherwise.
     let x = explanation();
     assert_eq!(x["verdict"], "allowed", "{x}");
-    // A CiliumNetworkPolicy in the cluster: the verdict is no longer NetworkPolicy's to give.
+    // An AdminNetworkPolicy denying shop's ingress to data, before any NetworkPolicy.
+    let by_name = |name: &str| json!({"matchLabels": {"kubernetes.io/metadata.name": name}});
+    let admin = |action: &str| {
+        let mut anp = AdminNetworkPolicy::default();
+        anp.metadata.name = Some("data-from-shop".into());
+        anp.spec = json!({
+            "priority": 10,
+            "subject": {"namespaces": by_name("data")},
+            "ingress": [{"name": "shop", "action": action, "from": [{"namespaces": by_name("shop")}],
+                         "ports": [{"portNumber": {"protocol": "TCP", "port": 5432}}]}]
+        });
+        anp
+    };
+    api.apply_admin_network_policy(admin("Deny"));
+    let x = explanation();
+    assert_eq!(x["verdict"], "denied", "{x}");
+    let text = x["text"].as_str().unwrap();
+    assert!(
+        text.contains(
+            "ingress to data/pg tcp/5432 from shop/web is denied: AdminNetworkPolicy \
+             data-from-shop (priority 10) rule \"shop\" denies it, before any NetworkPolicy"
+        ),
+        "{text}"
+    );
+    assert!(x.get("fix").is_none(), "no NetworkPolicy allows it: {x}");
+    assert!(
+        x["policies"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("AdminNetworkPolicy/data-from-shop")),
+        "{x}"
+    );
+    // Pass: no NetworkPolicy selects data/pg, so the baseline's Deny decides, and a
+    // NetworkPolicy is the fix to review.
+    api.apply_admin_network_policy(admin("Pass"));
+    let mut banp = BaselineAdminNetworkPolicy::default();
+    banp.metadata.name = Some("default".into());
+    banp.spec = json!({
+        "subject": {"namespaces": {}},
+        "ingress": [{"name": "only-own-namespace", "action": "Deny",
+                     "from": [{"namespaces": {"matchExpressions": [
+                         {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["data"]}]}}]}]
+    });
+    api.apply_baseline_admin_network_policy(banp);
+    let x = explanation();
+    assert_eq!(x["verdict"], "denied", "{x}");
+    let text = x["text"].as_str().unwrap();
+    assert!(
+        text.contains("BaselineAdminNetworkPolicy default rule \"only-own-namespace\" denies it")
+            && text.contains("data-from-shop (priority 10) rule \"shop\" passes it on"),
+        "{text}"
+    );
+    assert!(
+        x["fix"].as_str().unwrap().contains("kind: NetworkPolicy"),
+        "{x}"
+    );
+    // A CiliumNetworkPolicy in the cluster: the verdict is no longer the evaluated kinds' to give.
     let mut cnp = CiliumNetworkPolicy::default();
     cnp.metadata.namespace = Some("data".into());
     cnp.metadata.name = Some("pg-only-from-api".into());
@@ -567,22 +627,35 @@ fn explain_names_the_policy_kinds_it_does_not_evaluate() {
     assert_eq!(x["verdict"], "unknown", "{x}");
     let text = x["text"].as_str().unwrap();
     assert!(
-        text.starts_with("by NetworkPolicy alone, allowed")
-            && text.contains("CiliumNetworkPolicy (cilium.io) objects")
-            && !text.contains("AdminNetworkPolicy"),
+        text.starts_with(
+            "by AdminNetworkPolicy, NetworkPolicy and BaselineAdminNetworkPolicy, denied"
+        ) && text.contains("CiliumNetworkPolicy (cilium.io) objects")
+            && !text.contains("AdminNetworkPolicy (policy.networking.k8s.io)"),
         "{text}"
     );
-    // And an AdminNetworkPolicy (cluster-scoped): both are named.
-    let mut anp = AdminNetworkPolicy::default();
-    anp.metadata.name = Some("deny-data".into());
-    api.apply_admin_network_policy(anp);
+    // An AdminNetworkPolicy this reader cannot read is named, not passed over.
+    let mut broken = AdminNetworkPolicy::default();
+    broken.metadata.name = Some("broken".into());
+    broken.spec = json!({"priority": "high"});
+    api.apply_admin_network_policy(broken);
     let text = explanation()["text"].as_str().unwrap().to_owned();
     assert!(
         text.contains("CiliumNetworkPolicy (cilium.io) objects")
-            && text.contains("AdminNetworkPolicy (policy.networking.k8s.io) objects"),
+            && text.contains(
+                "AdminNetworkPolicy (policy.networking.k8s.io) broken, which could not be read \
+                 as v1alpha1"
+            ),
         "{text}"
     );
     // RBAC may hide a kind's objects: it is named as unreadable, not passed over.
+    api.forbid("adminnetworkpolicies");
+    let text = explanation()["text"].as_str().unwrap().to_owned();
+    assert!(
+        text.contains(
+            "AdminNetworkPolicy (policy.networking.k8s.io), whose objects cannot be read"
+        ),
+        "{text}"
+    );
     api.forbid("ciliumnetworkpolicies");
     let text = explanation()["text"].as_str().unwrap().to_owned();
     assert!(

@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use crate::{
     evidence::{Detail, Evidence, Protocol},
-    policy::{Explanation, Flow, OTHER_POLICY_KINDS, Proto, Snapshot, Verdict, evaluate},
+    policy::{
+        EVALUATED_KINDS, Explanation, Flow, OTHER_POLICY_KINDS, Proto, Snapshot, Verdict,
+        admin::TierPolicy, evaluate,
+    },
 };
 
 pub use crate::cli::cluster::ClusterArgs;
@@ -43,28 +46,48 @@ pub async fn snapshot(args: &ClusterArgs) -> anyhow::Result<Snapshot> {
             policies: policies.items,
             namespaces: namespaces.items,
             pods: pods.items,
-            unevaluated: Vec::new(),
+            ..Snapshot::default()
         })
     };
-    let (snapshot, unevaluated) = tokio::join!(
+    let (snapshot, others) = tokio::join!(
         tokio::time::timeout(READ_TIMEOUT, read),
-        tokio::time::timeout(READ_TIMEOUT, unevaluated(client_for_discovery)),
+        tokio::time::timeout(READ_TIMEOUT, other_kinds(client_for_discovery)),
     );
     let mut snapshot = snapshot.context("reading NetworkPolicies timed out")??;
-    snapshot.unevaluated = unevaluated.unwrap_or_else(|_| {
-        vec![
-            "policy kinds beyond NetworkPolicy that could not be looked for (discovery timed out)"
-                .to_owned(),
-        ]
-    });
+    match others {
+        Ok(others) => {
+            snapshot.admin = others.admin;
+            snapshot.baseline = others.baseline;
+            snapshot.unevaluated = others.unevaluated;
+        }
+        Err(_) => {
+            snapshot.unevaluated = vec![
+                "policy kinds beyond NetworkPolicy that could not be looked for (discovery \
+                 timed out)"
+                    .to_owned(),
+            ];
+        }
+    }
     Ok(snapshot)
 }
 
-/// The policy kinds besides NetworkPolicy ([`OTHER_POLICY_KINDS`]) the API server serves and
-/// has at least one object of, named with their group (`CiliumNetworkPolicy (cilium.io)`);
-/// one that is served but cannot be read is named too, with why. When discovery itself fails,
-/// that is said instead: the explanation cannot rule them out.
-async fn unevaluated(client: kube::Client) -> Vec<String> {
+/// The policy kinds besides NetworkPolicy the cluster has objects of.
+#[derive(Default)]
+struct OtherKinds {
+    /// AdminNetworkPolicies, read whole.
+    admin: Vec<TierPolicy>,
+    /// The BaselineAdminNetworkPolicy, read whole.
+    baseline: Vec<TierPolicy>,
+    /// The rest ([`OTHER_POLICY_KINDS`]), named with their group (`CiliumNetworkPolicy
+    /// (cilium.io) objects`); one that is served but cannot be read is named too, with why.
+    /// When discovery itself fails, that is said instead: the explanation cannot rule them
+    /// out.
+    unevaluated: Vec<String>,
+}
+
+/// Looks the other policy kinds up by discovery: the evaluated ones ([`EVALUATED_KINDS`], at
+/// their version) are listed whole and read; of the others, one object is enough to name them.
+async fn other_kinds(client: kube::Client) -> OtherKinds {
     use kube::{
         Api,
         api::{DynamicObject, ListParams},
@@ -74,13 +97,16 @@ async fn unevaluated(client: kube::Client) -> Vec<String> {
     let discovery = match Discovery::new(client.clone()).filter(&groups).run().await {
         Ok(d) => d,
         Err(e) => {
-            return vec![format!(
-                "policy kinds beyond NetworkPolicy that could not be looked for ({})",
-                crate::cli::cluster::describe(&e)
-            )];
+            return OtherKinds {
+                unevaluated: vec![format!(
+                    "policy kinds beyond NetworkPolicy that could not be looked for ({})",
+                    crate::cli::cluster::describe(&e)
+                )],
+                ..OtherKinds::default()
+            };
         }
     };
-    let mut found = Vec::new();
+    let mut found = OtherKinds::default();
     for group in discovery.groups() {
         let known = OTHER_POLICY_KINDS
             .iter()
@@ -91,14 +117,50 @@ async fn unevaluated(client: kube::Client) -> Vec<String> {
                 continue;
             }
             let name = format!("{} ({})", resource.kind, resource.group);
+            let evaluated = EVALUATED_KINDS.iter().any(|(g, v, k)| {
+                *g == resource.group && *v == resource.version && *k == resource.kind
+            });
             let api = Api::<DynamicObject>::all_with(client.clone(), &resource);
-            match api.list(&ListParams::default().limit(1)).await {
-                Ok(list) if list.items.is_empty() => {}
-                Ok(_) => found.push(format!("{name} objects")),
-                Err(e) => found.push(format!(
-                    "{name}, whose objects cannot be read ({})",
-                    crate::cli::cluster::describe(&e)
-                )),
+            let params = if evaluated {
+                ListParams::default()
+            } else {
+                ListParams::default().limit(1)
+            };
+            let list = match api.list(&params).await {
+                Ok(list) => list,
+                Err(e) => {
+                    found.unevaluated.push(format!(
+                        "{name}, whose objects cannot be read ({})",
+                        crate::cli::cluster::describe(&e)
+                    ));
+                    continue;
+                }
+            };
+            if list.items.is_empty() {
+                continue;
+            }
+            if !evaluated {
+                found.unevaluated.push(format!("{name} objects"));
+                continue;
+            }
+            let mut read = Vec::new();
+            for object in &list.items {
+                let value = serde_json::to_value(object).unwrap_or_default();
+                match TierPolicy::from_object(&value) {
+                    Ok(p) => read.push(p),
+                    Err(e) => {
+                        found.unevaluated.push(format!(
+                            "{name} {}, which could not be read as {} ({e})",
+                            object.metadata.name.as_deref().unwrap_or_default(),
+                            resource.version
+                        ));
+                    }
+                }
+            }
+            if resource.kind == "AdminNetworkPolicy" {
+                found.admin.extend(read);
+            } else {
+                found.baseline.extend(read);
             }
         }
     }
@@ -139,9 +201,7 @@ pub fn explain_all(
             let mut x = match (flow, snapshot) {
                 (Err(why), _) => Explanation::unavailable(why),
                 (Ok(_), Err(why)) => Explanation::unavailable(why),
-                (Ok(flow), Ok(snapshot)) => {
-                    evaluate(snapshot, &flow).qualified(&snapshot.unevaluated)
-                }
+                (Ok(flow), Ok(snapshot)) => evaluate(snapshot, &flow).qualified(snapshot),
             };
             if x.verdict == Verdict::Allowed
                 && let Detail::PacketDrop(d) = &e.detail

@@ -4,7 +4,9 @@
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 
 use super::{
-    Explanation, Flow, Snapshot, Verdict, WorkloadRef, fix,
+    Explanation, Flow, Snapshot, Verdict, WorkloadRef,
+    admin::{Action, Decided, Far, Outcome, Tier, evaluate_tier},
+    fix,
     peer::{peer_matches, ports_match},
     select,
 };
@@ -114,6 +116,212 @@ fn endpoint(pod: Option<&WorkloadRef>, ip: std::net::IpAddr) -> String {
     pod.map_or_else(|| ip.to_string(), WorkloadRef::id)
 }
 
+/// Who decided one side of a flow, through the tiers: AdminNetworkPolicy, NetworkPolicy,
+/// BaselineAdminNetworkPolicy, then the default (allowed).
+enum By {
+    /// An AdminNetworkPolicy's Allow or Deny.
+    Admin(Decided),
+    /// NetworkPolicy selects the pod for the direction; `passed` is the admin rule that
+    /// handed the flow on, if one did.
+    NetworkPolicy { passed: Option<Decided> },
+    /// The BaselineAdminNetworkPolicy's Allow or Deny.
+    Baseline {
+        rule: Decided,
+        passed: Option<Decided>,
+    },
+    /// Nothing selects the pod for the direction.
+    Default { passed: Option<Decided> },
+}
+
+impl By {
+    fn passed(&self) -> Option<&Decided> {
+        match self {
+            By::Admin(_) => None,
+            By::NetworkPolicy { passed } | By::Baseline { passed, .. } | By::Default { passed } => {
+                passed.as_ref()
+            }
+        }
+    }
+
+    /// Whether a tier beyond NetworkPolicy took part.
+    fn admin_tiers(&self) -> bool {
+        matches!(self, By::Admin(_) | By::Baseline { .. }) || self.passed().is_some()
+    }
+}
+
+/// One side through every tier.
+struct Decision {
+    np: Side,
+    by: Result<By, String>,
+    allowed: bool,
+}
+
+fn decide(
+    snapshot: &Snapshot,
+    direction: Direction,
+    pod: &WorkloadRef,
+    flow: &Flow,
+    other: Option<&WorkloadRef>,
+    dst: Option<&WorkloadRef>,
+) -> Decision {
+    let np = side(snapshot, direction, pod, flow, other, dst);
+    let far = Far {
+        ip: match direction {
+            Direction::Egress => flow.dst,
+            Direction::Ingress => flow.src,
+        },
+        pod: other,
+        dst,
+        port: flow.port,
+        proto: flow.proto,
+    };
+    let ingress = direction == Direction::Ingress;
+    let unknown = |why: String| Decision {
+        np: Side {
+            selecting: np.selecting.clone(),
+            allowed: np.allowed,
+        },
+        by: Err(why),
+        allowed: false,
+    };
+    let passed = match evaluate_tier(Tier::Admin, &snapshot.admin, ingress, pod, &far, snapshot) {
+        Outcome::Unknown(why) => return unknown(why),
+        Outcome::Decided(d) if d.action != Action::Pass => {
+            let allowed = d.action == Action::Allow;
+            return Decision {
+                np,
+                by: Ok(By::Admin(d)),
+                allowed,
+            };
+        }
+        Outcome::Decided(pass) => Some(pass),
+        Outcome::Nothing => None,
+    };
+    if !np.selecting.is_empty() {
+        let allowed = np.allowed;
+        return Decision {
+            np,
+            by: Ok(By::NetworkPolicy { passed }),
+            allowed,
+        };
+    }
+    match evaluate_tier(
+        Tier::Baseline,
+        &snapshot.baseline,
+        ingress,
+        pod,
+        &far,
+        snapshot,
+    ) {
+        Outcome::Unknown(why) => unknown(why),
+        Outcome::Decided(rule) => {
+            let allowed = rule.action == Action::Allow;
+            Decision {
+                np,
+                by: Ok(By::Baseline { rule, passed }),
+                allowed,
+            }
+        }
+        Outcome::Nothing => Decision {
+            np,
+            by: Ok(By::Default { passed }),
+            allowed: true,
+        },
+    }
+}
+
+/// " (AdminNetworkPolicy x (priority 5) rule \"r\" passes it on)", when one did.
+fn passed_note(by: &By) -> String {
+    by.passed()
+        .map(|p| format!(" ({} passes it to NetworkPolicy)", p.by))
+        .unwrap_or_default()
+}
+
+/// A side's denial: the sentence and, where a NetworkPolicy can allow it, that policy.
+/// `flow_words` is "egress from a to b tcp/80"; `pod` the side's pod; `allows` what no
+/// NetworkPolicy rule allows (the service for egress, the sender for ingress).
+fn denial(
+    decision: &Decision,
+    direction: Direction,
+    flow_words: &str,
+    pod: &str,
+    allows: &str,
+    fix: impl FnOnce() -> String,
+) -> (String, Option<String>) {
+    let d = direction.name();
+    match &decision.by {
+        Ok(By::Admin(rule)) => (
+            format!(
+                "{flow_words} is denied: {} denies it, before any NetworkPolicy (no \
+                 NetworkPolicy can allow it; the cluster's administrators own that policy)",
+                rule.by
+            ),
+            None,
+        ),
+        Ok(By::Baseline { rule, passed }) => (
+            format!(
+                "{flow_words} is denied: {} denies it{} no NetworkPolicy selects {pod} ({d}); a \
+                 NetworkPolicy that selects {pod} for {d} and allows it takes precedence over \
+                 the baseline (and {pod} then accepts only the {d} traffic NetworkPolicies \
+                 allow)",
+                rule.by,
+                match passed {
+                    Some(p) => format!(": {} passes it on and", p.by),
+                    None => ", as".to_owned(),
+                },
+            ),
+            Some(fix()),
+        ),
+        Ok(by) => (
+            format!(
+                "{flow_words} is denied: {} {} {pod} ({d}) and no rule allows {}{}",
+                decision.np.selecting.join(", "),
+                if decision.np.selecting.len() == 1 {
+                    "selects"
+                } else {
+                    "select"
+                },
+                allows,
+                passed_note(by),
+            ),
+            Some(fix()),
+        ),
+        Err(_) => (String::new(), None),
+    }
+}
+
+/// What allowed one side, for an answer where a tier beyond NetworkPolicy took part.
+fn allowed_by(d: &Decision) -> String {
+    match &d.by {
+        Ok(By::Admin(rule)) => format!("{} allows it", rule.by),
+        Ok(By::Baseline { rule, passed }) => format!(
+            "{}{} allows it",
+            passed
+                .as_ref()
+                .map(|p| format!("{} passes it on, ", p.by))
+                .unwrap_or_default(),
+            rule.by
+        ),
+        Ok(By::NetworkPolicy { passed }) => format!(
+            "{}{} allow{} it",
+            passed
+                .as_ref()
+                .map(|p| format!("{} passes it on, ", p.by))
+                .unwrap_or_default(),
+            d.np.selecting.join(", "),
+            if d.np.selecting.len() == 1 { "s" } else { "" }
+        ),
+        Ok(By::Default { passed }) => format!(
+            "{}no policy selects it",
+            passed
+                .as_ref()
+                .map(|p| format!("{} passes it on, ", p.by))
+                .unwrap_or_default(),
+        ),
+        Err(why) => why.clone(),
+    }
+}
+
 /// Evaluates a flow against the snapshot.
 pub fn evaluate(snapshot: &Snapshot, flow: &Flow) -> Explanation {
     let sender = snapshot.pod_at(flow.src);
@@ -132,7 +340,7 @@ pub fn evaluate(snapshot: &Snapshot, flow: &Flow) -> Explanation {
         };
     }
     let egress = sender.as_ref().map(|s| {
-        side(
+        decide(
             snapshot,
             Direction::Egress,
             s,
@@ -142,7 +350,7 @@ pub fn evaluate(snapshot: &Snapshot, flow: &Flow) -> Explanation {
         )
     });
     let ingress = receiver.as_ref().map(|r| {
-        side(
+        decide(
             snapshot,
             Direction::Ingress,
             r,
@@ -151,53 +359,82 @@ pub fn evaluate(snapshot: &Snapshot, flow: &Flow) -> Explanation {
             receiver.as_ref(),
         )
     });
-    let mut policies: Vec<String> = egress
-        .iter()
-        .chain(ingress.iter())
-        .flat_map(|s| s.selecting.iter().cloned())
-        .collect();
-    policies.dedup();
+    let mut policies: Vec<String> = Vec::new();
+    for d in egress.iter().chain(ingress.iter()) {
+        let admin = match &d.by {
+            Ok(By::Admin(rule) | By::Baseline { rule, .. }) => Some(rule),
+            _ => None,
+        };
+        for id in
+            d.by.as_ref()
+                .ok()
+                .and_then(By::passed)
+                .into_iter()
+                .chain(admin)
+                .map(|r| r.id.clone())
+                .chain(d.np.selecting.iter().cloned())
+        {
+            if !policies.contains(&id) {
+                policies.push(id);
+            }
+        }
+    }
     let from = endpoint(sender.as_ref(), flow.src);
     let to = endpoint(receiver.as_ref(), flow.dst);
 
+    let undecided: Vec<String> = [("egress", &egress), ("ingress", &ingress)]
+        .into_iter()
+        .filter_map(|(d, x)| match x.as_ref().map(|x| &x.by) {
+            Some(Err(why)) => Some(format!("{d} cannot be decided: {why}")),
+            _ => None,
+        })
+        .collect();
     let mut denials = Vec::new();
     let mut fixes = Vec::new();
     if let (Some(s), Some(e)) = (&sender, &egress)
+        && e.by.is_ok()
         && !e.allowed
     {
-        denials.push(format!(
-            "egress from {from} to {to} {service} is denied: {} {} {from} (Egress) and no rule \
-             allows {service}",
-            e.selecting.join(", "),
-            if e.selecting.len() == 1 {
-                "selects"
-            } else {
-                "select"
-            },
-        ));
-        fixes.push(fix::allow_egress(s, receiver.as_ref(), flow));
+        let (text, fix) = denial(
+            e,
+            Direction::Egress,
+            &format!("egress from {from} to {to} {service}"),
+            &from,
+            &service,
+            || fix::allow_egress(s, receiver.as_ref(), flow),
+        );
+        denials.push(text);
+        fixes.extend(fix);
     }
     if let (Some(r), Some(i)) = (&receiver, &ingress)
+        && i.by.is_ok()
         && !i.allowed
     {
-        denials.push(format!(
-            "ingress to {to} {service} from {from} is denied: {} {} {to} (Ingress) and no rule \
-             allows {from}",
-            i.selecting.join(", "),
-            if i.selecting.len() == 1 {
-                "selects"
-            } else {
-                "select"
-            },
-        ));
-        fixes.push(fix::allow_ingress(r, sender.as_ref(), flow));
+        let (text, fix) = denial(
+            i,
+            Direction::Ingress,
+            &format!("ingress to {to} {service} from {from}"),
+            &to,
+            &from,
+            || fix::allow_ingress(r, sender.as_ref(), flow),
+        );
+        denials.push(text);
+        fixes.extend(fix);
     }
     if !denials.is_empty() {
         return Explanation {
             verdict: Verdict::Denied,
             policies,
             text: denials.join("; "),
-            fix: Some(fixes.join("---\n")),
+            fix: (!fixes.is_empty()).then(|| fixes.join("---\n")),
+        };
+    }
+    if !undecided.is_empty() {
+        return Explanation {
+            verdict: Verdict::Unknown,
+            policies,
+            text: undecided.join("; "),
+            fix: None,
         };
     }
     let unknown_end = match (&sender, &receiver) {
@@ -205,7 +442,21 @@ pub fn evaluate(snapshot: &Snapshot, flow: &Flow) -> Explanation {
         (_, None) => Some(format!("{} maps to no pod the API server knows", flow.dst)),
         _ => None,
     };
-    let text = if policies.is_empty() {
+    let tiers = [&egress, &ingress]
+        .into_iter()
+        .flatten()
+        .any(|d| d.by.as_ref().is_ok_and(By::admin_tiers));
+    let text = if tiers {
+        let sides: Vec<String> = [("egress", &egress), ("ingress", &ingress)]
+            .into_iter()
+            .filter_map(|(d, x)| Some((d, x.as_ref()?)))
+            .map(|(d, x)| format!("{d}: {}", allowed_by(x)))
+            .collect();
+        format!(
+            "policy allows this flow ({}); the drop happened elsewhere",
+            sides.join("; ")
+        )
+    } else if policies.is_empty() {
         format!(
             "no NetworkPolicy selects {from} (Egress) or {to} (Ingress): NetworkPolicy allows this flow; the drop happened elsewhere"
         )

@@ -124,6 +124,6 @@ pub fn cluster() -> Snapshot {
             ),
             pod("shop", "v6", "fd00::5", json!({"app": "v6"}), json!([])),
         ],
-        unevaluated: Vec::new(),
+        ..Snapshot::default()
     }
 }

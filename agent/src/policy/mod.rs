@@ -18,12 +18,18 @@
 //!   looked up among the destination pod's container ports;
 //! - a flow between two pods must be allowed by the sender's egress and the receiver's
 //!   ingress.
+//!
+//! Around NetworkPolicy, the AdminNetworkPolicy API's tiers (admin.rs): AdminNetworkPolicies
+//! before it, the BaselineAdminNetworkPolicy after it for pods no NetworkPolicy selects.
 
+pub mod admin;
 mod eval;
 pub mod fix;
 mod peer;
 mod select;
 
+#[cfg(test)]
+mod admin_tests;
 #[cfg(test)]
 mod fixtures;
 #[cfg(test)]
@@ -45,15 +51,22 @@ pub struct Snapshot {
     pub policies: Vec<NetworkPolicy>,
     pub namespaces: Vec<Namespace>,
     pub pods: Vec<Pod>,
+    /// AdminNetworkPolicies (policy.networking.k8s.io/v1alpha1), evaluated before
+    /// NetworkPolicy.
+    pub admin: Vec<admin::TierPolicy>,
+    /// The BaselineAdminNetworkPolicy (one, `default`), evaluated for pods no NetworkPolicy
+    /// selects.
+    pub baseline: Vec<admin::TierPolicy>,
     /// Policy kinds beyond NetworkPolicy that this cluster has objects of and the evaluator
-    /// does not evaluate (`AdminNetworkPolicy`, `CiliumNetworkPolicy (cilium.io)`, ...), or
-    /// why that could not be found out: each can allow or deny a flow NetworkPolicy decided.
+    /// does not evaluate (`CiliumNetworkPolicy (cilium.io)`, ...), or why that could not be
+    /// found out: each can allow or deny a flow NetworkPolicy decided.
     pub unevaluated: Vec<String>,
 }
 
 /// Policy kinds that decide traffic besides NetworkPolicy, by API group: the upstream
-/// AdminNetworkPolicy API (tiers before and after NetworkPolicy), Cilium's, Calico's (CRDs
-/// and its API server) and Antrea's.
+/// AdminNetworkPolicy API (tiers before and after NetworkPolicy; AdminNetworkPolicy and
+/// BaselineAdminNetworkPolicy are read and evaluated, [`EVALUATED_KINDS`]), Cilium's,
+/// Calico's (CRDs and its API server) and Antrea's.
 pub const OTHER_POLICY_KINDS: &[(&str, &[&str])] = &[
     (
         "policy.networking.k8s.io",
@@ -86,6 +99,17 @@ pub const OTHER_POLICY_KINDS: &[(&str, &[&str])] = &[
         ],
     ),
     ("crd.antrea.io", &["NetworkPolicy", "ClusterNetworkPolicy"]),
+];
+
+/// The kinds of [`OTHER_POLICY_KINDS`] the evaluator reads and evaluates, at the version it
+/// reads: (group, version, kind).
+pub const EVALUATED_KINDS: &[(&str, &str, &str)] = &[
+    ("policy.networking.k8s.io", "v1alpha1", "AdminNetworkPolicy"),
+    (
+        "policy.networking.k8s.io",
+        "v1alpha1",
+        "BaselineAdminNetworkPolicy",
+    ),
 ];
 
 /// A transport protocol as NetworkPolicy names it.
@@ -147,23 +171,30 @@ pub struct Explanation {
 }
 
 impl Explanation {
-    /// The verdict of NetworkPolicy alone, qualified by the policy kinds the cluster also has
-    /// and the evaluator does not evaluate: they can allow what NetworkPolicy denies or deny
-    /// what it allows, so the verdict becomes unknown and says what NetworkPolicy alone decided
-    /// and which kinds are left. Unchanged when there are none.
+    /// The verdict of the kinds evaluated, qualified by the policy kinds the cluster also has
+    /// and the evaluator does not evaluate (`snapshot.unevaluated`): they can allow what the
+    /// evaluated ones deny or deny what they allow, so the verdict becomes unknown and says
+    /// what the evaluated kinds alone decided and which kinds are left. Unchanged when there
+    /// are none.
     #[must_use]
-    pub fn qualified(mut self, unevaluated: &[String]) -> Explanation {
+    pub fn qualified(mut self, snapshot: &Snapshot) -> Explanation {
+        let unevaluated = &snapshot.unevaluated;
         if unevaluated.is_empty() {
             return self;
         }
+        let by = if snapshot.admin.is_empty() && snapshot.baseline.is_empty() {
+            "by NetworkPolicy alone"
+        } else {
+            "by AdminNetworkPolicy, NetworkPolicy and BaselineAdminNetworkPolicy"
+        };
         let alone = match self.verdict {
-            Verdict::Denied => "by NetworkPolicy alone, denied: ",
-            Verdict::Allowed => "by NetworkPolicy alone, allowed: ",
-            Verdict::Unknown => "",
+            Verdict::Denied => format!("{by}, denied: "),
+            Verdict::Allowed => format!("{by}, allowed: "),
+            Verdict::Unknown => String::new(),
         };
         self.text = format!(
             "{alone}{}; this cluster also has {}, which explain does not evaluate: they can \
-             allow or deny this flow whatever NetworkPolicy says",
+             allow or deny this flow whatever the evaluated policies say",
             self.text,
             unevaluated.join(", ")
         );

@@ -2,7 +2,7 @@
 
 use serde_json::{Value, json};
 
-use super::{Explanation, Flow, Proto, Verdict, evaluate, fixtures::*};
+use super::{Explanation, Flow, Proto, Snapshot, Verdict, evaluate, fixtures::*};
 
 /// One case: policies (namespace, name, spec), a flow, the expected verdict and the policies
 /// the answer must name.
@@ -723,8 +723,12 @@ fn other_policy_kinds_make_the_verdict_unknown_and_are_named() {
         text: "ingress to data/pg tcp/5432 from shop/web is denied".into(),
         fix: Some("kind: NetworkPolicy".into()),
     };
-    assert_eq!(denied.clone().qualified(&[]), denied);
-    let q = denied.qualified(&["CiliumNetworkPolicy (cilium.io) objects".into()]);
+    let with = |kinds: &[&str]| Snapshot {
+        unevaluated: kinds.iter().map(|k| (*k).to_owned()).collect(),
+        ..Snapshot::default()
+    };
+    assert_eq!(denied.clone().qualified(&with(&[])), denied);
+    let q = denied.qualified(&with(&["CiliumNetworkPolicy (cilium.io) objects"]));
     assert_eq!(q.verdict, Verdict::Unknown);
     assert!(
         q.text
@@ -745,10 +749,29 @@ fn other_policy_kinds_make_the_verdict_unknown_and_are_named() {
         text: "no NetworkPolicy selects either end".into(),
         fix: None,
     };
-    let q = allowed.qualified(&["AdminNetworkPolicy (policy.networking.k8s.io) objects".into()]);
+    let q = allowed
+        .clone()
+        .qualified(&with(&["CiliumNetworkPolicy (cilium.io) objects"]));
     assert_eq!(q.verdict, Verdict::Unknown);
     assert!(
         q.text.starts_with("by NetworkPolicy alone, allowed: "),
+        "{}",
+        q.text
+    );
+    // With the admin tiers read, the answer says they were part of the verdict.
+    let mut tiers = with(&["CiliumNetworkPolicy (cilium.io) objects"]);
+    tiers.baseline = vec![
+        super::admin::TierPolicy::from_object(&serde_json::json!({
+            "metadata": {"name": "default"},
+            "spec": {"subject": {"namespaces": {}}}
+        }))
+        .unwrap_or_else(|e| panic!("{e}")),
+    ];
+    let q = allowed.qualified(&tiers);
+    assert!(
+        q.text.starts_with(
+            "by AdminNetworkPolicy, NetworkPolicy and BaselineAdminNetworkPolicy, allowed: "
+        ),
         "{}",
         q.text
     );

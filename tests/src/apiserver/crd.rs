@@ -1,5 +1,5 @@
 //! Custom resources the stand-in serves as a cluster with another network plugin would: policy
-//! kinds beyond NetworkPolicy (Cilium's, the upstream AdminNetworkPolicy API), so `explain`
+//! kinds beyond NetworkPolicy (Cilium's, the upstream AdminNetworkPolicy API's two kinds), so `explain`
 //! can be tested on a cluster that has them. Only what the stand-in reads is typed (metadata);
 //! the spec is kept as JSON.
 
@@ -70,5 +70,12 @@ custom_resource!(
     "policy.networking.k8s.io",
     "v1alpha1",
     "adminnetworkpolicies",
+    k8s_openapi::ClusterResourceScope
+);
+custom_resource!(
+    BaselineAdminNetworkPolicy,
+    "policy.networking.k8s.io",
+    "v1alpha1",
+    "baselineadminnetworkpolicies",
     k8s_openapi::ClusterResourceScope
 );

@@ -10,7 +10,7 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Event, Namespace, NamespaceSpec, NamespaceStatus, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 
-use super::crd::{AdminNetworkPolicy, CiliumNetworkPolicy};
+use super::crd::{AdminNetworkPolicy, BaselineAdminNetworkPolicy, CiliumNetworkPolicy};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::serde::Serialize;
 use k8s_openapi::serde::de::DeserializeOwned;
@@ -35,6 +35,7 @@ pub(super) enum Kind {
     Job,
     CiliumNetworkPolicy,
     AdminNetworkPolicy,
+    BaselineAdminNetworkPolicy,
 }
 
 /// Names and scope of a kind, as discovery documents and URLs spell them.
@@ -53,7 +54,7 @@ pub(super) struct Info {
 }
 
 impl Kind {
-    pub(super) const ALL: [Kind; 11] = [
+    pub(super) const ALL: [Kind; 12] = [
         Kind::Namespace,
         Kind::Pod,
         Kind::NetworkPolicy,
@@ -65,6 +66,7 @@ impl Kind {
         Kind::Job,
         Kind::CiliumNetworkPolicy,
         Kind::AdminNetworkPolicy,
+        Kind::BaselineAdminNetworkPolicy,
     ];
 
     pub(super) fn info(self) -> &'static Info {
@@ -80,6 +82,7 @@ impl Kind {
             Kind::Job => &JOB,
             Kind::CiliumNetworkPolicy => &CILIUM_NETWORK_POLICY,
             Kind::AdminNetworkPolicy => &ADMIN_NETWORK_POLICY,
+            Kind::BaselineAdminNetworkPolicy => &BASELINE_ADMIN_NETWORK_POLICY,
         }
     }
 
@@ -99,6 +102,7 @@ impl Kind {
             Kind::Job => selectable(&Job::default()),
             Kind::CiliumNetworkPolicy => selectable(&CiliumNetworkPolicy::default()),
             Kind::AdminNetworkPolicy => selectable(&AdminNetworkPolicy::default()),
+            Kind::BaselineAdminNetworkPolicy => selectable(&BaselineAdminNetworkPolicy::default()),
         };
         fields.iter().any(|(name, _)| *name == field)
     }
@@ -126,6 +130,8 @@ static JOB: Info = info::<Job>("job", &[]);
 static CILIUM_NETWORK_POLICY: Info =
     info::<CiliumNetworkPolicy>("ciliumnetworkpolicy", &["cnp", "ciliumnp"]);
 static ADMIN_NETWORK_POLICY: Info = info::<AdminNetworkPolicy>("adminnetworkpolicy", &["anp"]);
+static BASELINE_ADMIN_NETWORK_POLICY: Info =
+    info::<BaselineAdminNetworkPolicy>("baselineadminnetworkpolicy", &["banp"]);
 
 const fn info<K: Stored>(singular: &'static str, short_names: &'static [&'static str]) -> Info {
     Info {
@@ -325,4 +331,8 @@ impl Stored for CiliumNetworkPolicy {
 
 impl Stored for AdminNetworkPolicy {
     const STORED: Kind = Kind::AdminNetworkPolicy;
+}
+
+impl Stored for BaselineAdminNetworkPolicy {
+    const STORED: Kind = Kind::BaselineAdminNetworkPolicy;
 }

@@ -47,7 +47,7 @@ mod store;
 mod tests;
 mod watch;
 
-pub use crd::{AdminNetworkPolicy, CiliumNetworkPolicy};
+pub use crd::{AdminNetworkPolicy, BaselineAdminNetworkPolicy, CiliumNetworkPolicy};
 pub use fixtures::{
     PodFixture, agent_pod_object, controller_event_object, deployment_objects, namespace_object,
     network_policy_object, owned_by, owned_by_replica_set, pod_event_object, pod_object,
@@ -259,6 +259,12 @@ impl ApiServer {
     /// Create or replace an AdminNetworkPolicy (policy.networking.k8s.io/v1alpha1,
     /// cluster-scoped).
     pub fn apply_admin_network_policy(&self, policy: AdminNetworkPolicy) {
+        self.apply(policy);
+    }
+
+    /// Create or replace the BaselineAdminNetworkPolicy (policy.networking.k8s.io/v1alpha1,
+    /// cluster-scoped, named `default`).
+    pub fn apply_baseline_admin_network_policy(&self, policy: BaselineAdminNetworkPolicy) {
         self.apply(policy);
     }
 

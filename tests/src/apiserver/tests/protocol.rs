@@ -221,6 +221,7 @@ async fn discovery_through_kube() {
                 "cilium.io/v2/ciliumnetworkpolicies Namespaced",
                 "networking.k8s.io/v1/networkpolicies Namespaced",
                 "policy.networking.k8s.io/v1alpha1/adminnetworkpolicies Cluster",
+                "policy.networking.k8s.io/v1alpha1/baselineadminnetworkpolicies Cluster",
                 "v1/events Namespaced",
                 "v1/namespaces Cluster",
                 "v1/pods Namespaced",
