@@ -51,8 +51,8 @@ pub enum Command {
     Agent(AgentArgs),
     /// What is silently going wrong with a pod, with a diagnosis and the safest next step.
     Query(QueryArgs),
-    /// NetworkPolicy explanations of a pod's drops and timeouts: which policy denies them, with
-    /// a policy that would allow each, to review.
+    /// NetworkPolicy explanations of a pod's drops and timeouts (AdminNetworkPolicy tiers
+    /// included): which policy denies them, with a policy that would allow each, to review.
     #[cfg(feature = "cluster")]
     Explain(QueryArgs),
     /// Stream evidence as it is recorded.

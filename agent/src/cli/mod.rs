@@ -158,7 +158,7 @@ pub struct QueryArgs {
     pub all_nodes: bool,
     #[command(flatten)]
     pub agents: AgentsArgs,
-    /// Do not read NetworkPolicies to explain drops and timeouts.
+    /// Do not read NetworkPolicies (and the other policy kinds) to explain drops and timeouts.
     #[arg(long)]
     pub no_explain: bool,
 }
