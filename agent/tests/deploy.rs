@@ -909,14 +909,34 @@ fn the_prometheus_operator_overlay_scrapes_the_agents_metrics_port() {
     assert_eq!(names, [m.namespace()]);
 }
 
-/// The DaemonSet is scheduled only where its image runs (Linux, amd64), and a start-up
-/// failure shows in `kubectl describe pod` (the log's tail as the termination message).
+/// The DaemonSet is scheduled only where its image runs (Linux, on the image's two platforms,
+/// amd64 and arm64, which `cargo xtask image` writes and the kernel matrix tests on kernels of
+/// each), and a start-up failure shows in `kubectl describe pod` (the log's tail as the
+/// termination message).
 #[test]
 fn the_daemonset_lands_only_where_it_can_run() {
     let m = Manifests::load();
     let spec = m.daemonset_pod();
     assert_eq!(spec["nodeSelector"]["kubernetes.io/os"], "linux");
-    assert_eq!(spec["nodeSelector"]["kubernetes.io/arch"], "amd64");
+    assert!(spec["nodeSelector"].get("kubernetes.io/arch").is_none());
+    let terms = seq(
+        &spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"],
+    );
+    assert_eq!(terms.len(), 1, "one term: every node must match it");
+    let arch: Vec<&Value> = terms
+        .iter()
+        .flat_map(|t| seq(&t["matchExpressions"]))
+        .filter(|e| e["key"] == "kubernetes.io/arch")
+        .collect();
+    assert_eq!(arch.len(), 1);
+    assert_eq!(
+        arch.first().map(|e| &e["operator"]),
+        Some(&Value::from("In"))
+    );
+    assert_eq!(
+        arch.first().map(|e| &e["values"]),
+        Some(&serde_json::json!(["amd64", "arm64"]))
+    );
     assert_eq!(
         m.agent_container()["terminationMessagePolicy"],
         "FallbackToLogsOnError"

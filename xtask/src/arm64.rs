@@ -99,16 +99,44 @@ pub fn build() -> anyhow::Result<PathBuf> {
             a
         }
     });
-    run(cargo()
-        .args(args)
-        .env("CC_aarch64_unknown_linux_musl", wrapper())
-        .env("AR_aarch64_unknown_linux_musl", AR)
-        .env("CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER", "rust-lld"))?;
+    run(cross(cargo().args(args)))?;
     Ok(binary())
 }
 
+/// Where the arm64 release builds leave their binaries.
+pub fn release_dir() -> PathBuf {
+    root().join(format!("target/{TARGET}/release"))
+}
+
 pub fn binary() -> PathBuf {
-    root().join(format!("target/{TARGET}/release/triage-agent"))
+    release_dir().join("triage-agent")
+}
+
+/// The kernel matrix's arm64 payload besides the agent ([`build`]): the tests crate's
+/// `vm-check` and `sim-workload`, built for arm64 on their own (a build together with the
+/// agent would unify features and change the agent the image ships).
+pub fn build_matrix_payload() -> anyhow::Result<()> {
+    setup()?;
+    run(cross(cargo().args([
+        "build",
+        "--release",
+        "--locked",
+        "--target",
+        TARGET,
+        "-p",
+        "triage-agent-tests",
+        "--bin",
+        "vm-check",
+        "--bin",
+        "sim-workload",
+    ])))
+}
+
+/// `cmd` with the cross toolchain: musl's arm64 headers through the gcc wrapper, rust-lld.
+fn cross(cmd: &mut Command) -> &mut Command {
+    cmd.env("CC_aarch64_unknown_linux_musl", wrapper())
+        .env("AR_aarch64_unknown_linux_musl", AR)
+        .env("CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER", "rust-lld")
 }
 
 fn qemu(binary: &Path, args: &[&str]) -> anyhow::Result<std::process::Output> {

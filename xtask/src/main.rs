@@ -98,7 +98,8 @@ enum Task {
     /// consoles in target/kernel-matrix/<kernel>/console.log, results in
     /// target/kernel-matrix/results.json.
     KernelMatrix {
-        /// Kernel series, comma-separated ("7" is the newest 7.x).
+        /// Kernel series, comma-separated ("7" is the newest 7.x; "6.1-arm64" an arm64
+        /// kernel, booted on qemu's arm64 machine with an arm64 payload).
         #[arg(long, value_delimiter = ',', default_values = matrix::DEFAULT_KERNELS)]
         kernels: Vec<String>,
         /// VMs at a time (default: the number of cores).
@@ -528,8 +529,12 @@ fn main() -> anyhow::Result<()> {
             // Built once: the end-to-end tests, the image, the kernel matrix and the bench all
             // run these static binaries.
             phases.time("release build", build_release)?;
-            // The image's second platform and the CLI's arm64 tarball.
-            phases.time("arm64 build", || arm64::build().map(drop))?;
+            // The image's second platform and the CLI's arm64 tarball; the kernel matrix's
+            // arm64 payload.
+            phases.time("arm64 build", || {
+                arm64::build()?;
+                arm64::build_matrix_payload()
+            })?;
             // Everything, privileged tests included; they fail (never skip) without privileges.
             // The fuzz targets' bodies run here on every seed (agent/tests/fuzz_seeds.rs);
             // `cargo xtask fuzz` fuzzes them.
@@ -582,6 +587,13 @@ fn main() -> anyhow::Result<()> {
         } => {
             setup::setup_kernel_matrix()?;
             build_release()?;
+            if kernels
+                .iter()
+                .any(|k| matrix::Arch::of_wanted(k).0 == matrix::Arch::Arm64)
+            {
+                arm64::build()?;
+                arm64::build_matrix_payload()?;
+            }
             let jobs = jobs.unwrap_or_else(cores);
             matrix::kernel_matrix(&matrix::Options {
                 kernels,

@@ -60,12 +60,16 @@ const DEBIAN_PACKAGES: &[&str] = &[
 /// The arm64 build: gcc for arm64's C and assembly (ring, SQLite, psm), qemu-user to run the
 /// result.
 const ARM64_PACKAGES: &[&str] = &["gcc-aarch64-linux-gnu", "qemu-user"];
-/// `cargo xtask kernel-matrix`: qemu with software emulation, a static busybox for the VMs'
-/// init, depmod for the kernels' module tables, xz and zstd for compressed modules, and the
-/// host programs the payload copies into the VMs (ip, nft, dnsmasq). The kernels come
-/// through a private apt configuration signed by the Debian archive keyring.
+/// `cargo xtask kernel-matrix`: qemu with software emulation (x86 and arm64 machines), a
+/// static busybox for the VMs' init, depmod for the kernels' module tables, xz and zstd for
+/// compressed modules, and the host programs the payload copies into the amd64 VMs (ip, nft,
+/// dnsmasq; the arm64 VMs get Debian's arm64 ones, whose libraries qemu-user lists). The
+/// kernels and the arm64 programs come through a private apt configuration signed by the
+/// Debian archive keyring.
 const KERNEL_MATRIX_PACKAGES: &[&str] = &[
     "qemu-system-x86",
+    "qemu-system-arm",
+    "qemu-user",
     "busybox-static",
     "kmod",
     "xz-utils",
@@ -129,7 +133,9 @@ pub fn setup_build() -> anyhow::Result<()> {
 /// the VMs' packages.
 pub fn setup_kernel_matrix() -> anyhow::Result<()> {
     setup_build()?;
-    debian_packages(KERNEL_MATRIX_PACKAGES)
+    debian_packages(KERNEL_MATRIX_PACKAGES)?;
+    // The arm64 VMs' payload is cross-built.
+    arm64()
 }
 
 /// The musl standard library for the default (stable) toolchain.

@@ -12,6 +12,7 @@ use std::{
 use anyhow::{Context as _, bail};
 
 use super::{
+    Arch,
     fetch::run_quiet,
     packages::{self, Candidate},
 };
@@ -31,14 +32,15 @@ const SOURCES: &[(&str, &str)] = &[
 /// From the debian-archive-keyring package: it signs every suite above.
 const KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
 
-/// apt with a configuration of its own under `root`.
+/// apt with a configuration of its own under `root`, for one architecture.
 pub struct Apt {
     root: PathBuf,
     config: PathBuf,
+    arch: Arch,
 }
 
 impl Apt {
-    pub fn new(root: &Path) -> anyhow::Result<Self> {
+    pub fn new(root: &Path, arch: Arch) -> anyhow::Result<Self> {
         for d in [
             "etc/apt.conf.d",
             "etc/preferences.d",
@@ -54,7 +56,8 @@ impl Apt {
         let mut sources = String::new();
         for (uri, suite) in SOURCES {
             sources.push_str(&format!(
-                "deb [arch=amd64 signed-by={KEYRING}] {uri} {suite} main\n"
+                "deb [arch={} signed-by={KEYRING}] {uri} {suite} main\n",
+                arch.debian()
             ));
         }
         fs::write(root.join("etc/sources.list"), sources)?;
@@ -63,10 +66,11 @@ impl Apt {
             fs::write(&status, b"")?;
         }
         let config = root.join("apt.conf");
-        fs::write(&config, apt_conf(root))?;
+        fs::write(&config, apt_conf(root, arch))?;
         Ok(Self {
             root: root.to_owned(),
             config,
+            arch,
         })
     }
 
@@ -81,9 +85,10 @@ impl Apt {
         run_quiet(self.command("apt-get").args(["update", "-q"]))
     }
 
-    /// Every kernel image of our flavour with its versions.
+    /// Every kernel image of the architecture's flavour with its versions.
     pub fn candidates(&self) -> anyhow::Result<Vec<Candidate>> {
-        let pattern = format!("^linux-image-[0-9].*-{}$", packages::FLAVOUR);
+        let flavour = self.arch.flavour();
+        let pattern = format!("^linux-image-[0-9].*-{flavour}$");
         let names = output(
             self.command("apt-cache")
                 .args(["search", "--names-only", &pattern]),
@@ -95,9 +100,10 @@ impl Apt {
         if names.is_empty() {
             bail!("apt-cache finds no kernel package matching {pattern}");
         }
-        Ok(packages::parse_madison(&output(
-            self.command("apt-cache").arg("madison").args(&names),
-        )?))
+        Ok(packages::parse_madison(
+            &output(self.command("apt-cache").arg("madison").args(&names))?,
+            flavour,
+        ))
     }
 
     /// The package's control fields; an error when no suite has that version (apt-cache
@@ -127,19 +133,8 @@ impl Apt {
             .args(packages.iter().map(|(p, v)| format!("{p}={v}")))
             .current_dir(&partial)
             .output();
-        let mut files = Vec::new();
         let outcome = match result {
-            Ok(out) if out.status.success() => {
-                for entry in fs::read_dir(&partial)?.flatten() {
-                    let name = entry.file_name().to_string_lossy().into_owned();
-                    if name.ends_with(".deb") {
-                        fs::rename(entry.path(), dir.join(&name))?;
-                        files.push(name);
-                    }
-                }
-                files.sort();
-                Ok(files)
-            }
+            Ok(out) if out.status.success() => move_debs(&partial, dir),
             Ok(out) => Err(anyhow::anyhow!(
                 "apt-get download failed: {}",
                 last_line(&out.stderr)
@@ -149,10 +144,49 @@ impl Apt {
         fs::remove_dir_all(&partial).with_context(|| format!("removing {}", partial.display()))?;
         outcome
     }
+
+    /// Downloads `packages` and everything they depend on, as apt would install them on a
+    /// system with nothing installed (no recommends), into `dir`; returns the file names.
+    pub fn download_closure(&self, packages: &[&str], dir: &Path) -> anyhow::Result<Vec<String>> {
+        let archives = dir.join(format!(".archives-{}", std::process::id()));
+        fs::create_dir_all(archives.join("partial"))
+            .with_context(|| format!("creating {}", archives.display()))?;
+        let result = run_quiet(
+            self.command("apt-get")
+                .args([
+                    "install",
+                    "--download-only",
+                    "--no-install-recommends",
+                    "-y",
+                    "-q",
+                ])
+                .arg(format!("-oDir::Cache::archives={}/", archives.display()))
+                .args(packages),
+        );
+        let outcome = result.and_then(|()| move_debs(&archives, dir));
+        fs::remove_dir_all(&archives)
+            .with_context(|| format!("removing {}", archives.display()))?;
+        outcome
+    }
 }
 
-fn apt_conf(root: &Path) -> String {
+/// Moves the packages apt left in `from` to `to`; their file names, sorted.
+fn move_debs(from: &Path, to: &Path) -> anyhow::Result<Vec<String>> {
+    let mut files = Vec::new();
+    for entry in fs::read_dir(from)?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".deb") {
+            fs::rename(entry.path(), to.join(&name))?;
+            files.push(name);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+fn apt_conf(root: &Path, arch: Arch) -> String {
     let r = root.display();
+    let a = arch.debian();
     format!(
         "Dir::State \"{r}/state\";\n\
          Dir::State::status \"{r}/state/status\";\n\
@@ -167,8 +201,8 @@ fn apt_conf(root: &Path) -> String {
          Dir::Etc::preferencesparts \"preferences.d\";\n\
          Dir::Etc::trusted \"trusted.gpg\";\n\
          Dir::Etc::trustedparts \"trusted.gpg.d\";\n\
-         APT::Architecture \"amd64\";\n\
-         APT::Architectures {{ \"amd64\"; }};\n\
+         APT::Architecture \"{a}\";\n\
+         APT::Architectures {{ \"{a}\"; }};\n\
          Acquire::Languages \"none\";\n\
          Acquire::Retries \"2\";\n\
          APT::Sandbox::User \"root\";\n"

@@ -19,6 +19,7 @@ use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
 
 use super::{
+    Arch,
     apt::Apt,
     packages::{self, Candidate},
 };
@@ -26,8 +27,10 @@ use super::{
 /// A kernel ready to boot: its image and its modules with depmod's tables.
 #[derive(Debug, Clone)]
 pub struct Kernel {
-    /// The series, "6.1" (for "7" or "7.x" the newest series found, e.g. "7.3").
+    /// The series, "6.1" (for "7" or "7.x" the newest series found, e.g. "7.3"), with
+    /// `-arm64` for an arm64 kernel.
     pub name: String,
+    pub arch: Arch,
     /// `uname -r`, e.g. "6.1.0-57-cloud-amd64".
     pub release: String,
     pub package: String,
@@ -40,31 +43,35 @@ const INDEX: &str = "kernels.json";
 /// Written last into a tree: extraction and depmod finished.
 const COMPLETE: &str = ".ta-matrix-complete";
 
-/// The kernels `wanted` ("5.10", "6.1", "7" for the newest 7.x), from the cache when it has
-/// them (no network), else resolved and downloaded. `refresh` resolves again even when cached
-/// (a newer kernel of a series replaces the cached one).
+/// The kernels `wanted` ("5.10", "6.1", "7" for the newest 7.x; "6.1-arm64" for arm64), from
+/// the cache when it has them (no network), else resolved and downloaded. `refresh` resolves
+/// again even when cached (a newer kernel of a series replaces the cached one).
 pub fn fetch_kernels(cache: &Path, wanted: &[&str], refresh: bool) -> anyhow::Result<Vec<Kernel>> {
     let index_path = cache.join(INDEX);
     let mut index: Value = fs::read(&index_path)
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_else(|| json!({}));
-    let mut online: Option<Online> = None;
+    let mut online: Vec<(Arch, Online)> = Vec::new();
     let mut kernels = Vec::new();
     for want in wanted {
-        let cached = index.get(*want).filter(|_| !refresh).cloned();
+        let (arch, series) = Arch::of_wanted(want);
+        let key = arch.name(series);
+        let cached = index.get(&key).filter(|_| !refresh).cloned();
         let entry = match cached.and_then(|e| Entry::from_json(&e)) {
             Some(entry) if entry.available(cache) => entry,
             _ => {
-                let o = match online.take() {
-                    Some(o) => o,
-                    None => Online::new(cache)?,
-                };
-                let resolved = resolve(&o.apt, &o.candidates, want, &cache.join("debs"));
-                online = Some(o);
-                let entry = resolved?;
+                if !online.iter().any(|(a, _)| *a == arch) {
+                    online.push((arch, Online::new(cache, arch)?));
+                }
+                let o = online
+                    .iter()
+                    .find(|(a, _)| *a == arch)
+                    .map(|(_, o)| o)
+                    .context("apt for the architecture")?;
+                let entry = resolve(&o.apt, &o.candidates, series, arch, &cache.join("debs"))?;
                 if let Some(map) = index.as_object_mut() {
-                    map.insert((*want).to_owned(), entry.to_json());
+                    map.insert(key, entry.to_json());
                 }
                 fs::write(&index_path, serde_json::to_vec_pretty(&index)?)
                     .with_context(|| format!("writing {}", index_path.display()))?;
@@ -73,22 +80,81 @@ pub fn fetch_kernels(cache: &Path, wanted: &[&str], refresh: bool) -> anyhow::Re
         };
         kernels.push(entry.tree(cache)?);
     }
-    if online.is_some() {
+    if !online.is_empty() {
         prune(cache, &index)?;
     }
     Ok(kernels)
 }
 
-/// apt with fresh package lists and the kernels they offer: set up once, the first time a
-/// kernel is not in the cache.
+/// The programs a foreign architecture's VMs run besides the payload's own (busybox, and the
+/// simulated node's `ip`, `nft` and `dnsmasq`, as the host's are for amd64), from Debian's
+/// packages for that architecture.
+const USERLAND: &[&str] = &["busybox-static", "iproute2", "nftables", "dnsmasq-base"];
+
+/// A userland of `arch` ([`USERLAND`] and every package they depend on, unpacked into one tree
+/// with the merged-/usr links a system has), cached like the kernels: downloaded and unpacked
+/// once, then used without the network. Returns the tree's root.
+pub fn userland(cache: &Path, arch: Arch) -> anyhow::Result<PathBuf> {
+    let dir = cache.join(format!("userland-{}", arch.debian()));
+    let root = dir.join("root");
+    if root.join(COMPLETE).exists() {
+        return Ok(root);
+    }
+    let debs = dir.join("debs");
+    fs::create_dir_all(&debs).with_context(|| format!("creating {}", debs.display()))?;
+    let apt = Apt::new(&cache.join(format!("apt-{}", arch.debian())), arch)?;
+    apt.update()?;
+    let files = apt
+        .download_closure(USERLAND, &debs)
+        .with_context(|| format!("downloading {} for {}", USERLAND.join(", "), arch.debian()))?;
+    eprintln!(
+        "userland {}: {} packages ({})",
+        arch.debian(),
+        files.len(),
+        USERLAND.join(", ")
+    );
+    let partial = dir.join("root.partial");
+    if partial.exists() {
+        fs::remove_dir_all(&partial).with_context(|| format!("removing {}", partial.display()))?;
+    }
+    fs::create_dir_all(partial.join("usr"))?;
+    // Merged /usr first, so packages that still ship /lib, /bin or /sbin land in /usr too.
+    for d in ["lib", "bin", "sbin"] {
+        fs::create_dir_all(partial.join("usr").join(d))?;
+        std::os::unix::fs::symlink(format!("usr/{d}"), partial.join(d))
+            .with_context(|| format!("linking {d}"))?;
+    }
+    for deb in &files {
+        run_quiet(
+            Command::new("dpkg-deb")
+                .arg("-x")
+                .arg(debs.join(deb))
+                .arg(&partial),
+        )?;
+    }
+    fs::write(partial.join(COMPLETE), b"")?;
+    if root.exists() {
+        fs::remove_dir_all(&root).with_context(|| format!("removing {}", root.display()))?;
+    }
+    fs::rename(&partial, &root).with_context(|| format!("renaming to {}", root.display()))?;
+    Ok(root)
+}
+
+/// apt with fresh package lists and the kernels they offer: set up once per architecture, the
+/// first time one of its kernels is not in the cache.
 struct Online {
     apt: Apt,
     candidates: Vec<Candidate>,
 }
 
 impl Online {
-    fn new(cache: &Path) -> anyhow::Result<Self> {
-        let apt = Apt::new(&cache.join("apt"))?;
+    fn new(cache: &Path, arch: Arch) -> anyhow::Result<Self> {
+        // amd64's apt state keeps the directory it always had.
+        let dir = match arch {
+            Arch::Amd64 => cache.join("apt"),
+            other => cache.join(format!("apt-{}", other.debian())),
+        };
+        let apt = Apt::new(&dir, arch)?;
         apt.update()?;
         let candidates = apt.candidates()?;
         Ok(Self { apt, candidates })
@@ -204,6 +270,7 @@ impl Entry {
             .with_context(|| format!("no modules for {} in {}", self.release, dir.display()))?;
         Ok(Kernel {
             name: self.name.clone(),
+            arch: Arch::of_wanted(&self.name).0,
             release: self.release.clone(),
             package: self.package.clone(),
             version: self.version.clone(),
@@ -247,12 +314,18 @@ fn extract(debs: &[PathBuf], release: &str, dir: &Path) -> anyhow::Result<()> {
 
 /// The newest kernel of `want` that downloads, with the packages it depends on from the same
 /// build.
-fn resolve(apt: &Apt, candidates: &[Candidate], want: &str, debs: &Path) -> anyhow::Result<Entry> {
+fn resolve(
+    apt: &Apt,
+    candidates: &[Candidate],
+    want: &str,
+    arch: Arch,
+    debs: &Path,
+) -> anyhow::Result<Entry> {
     let chosen = packages::select(candidates, want);
     if chosen.is_empty() {
         bail!(
             "no linux-image-*-{} package of series {want} in the configured suites",
-            packages::FLAVOUR
+            arch.flavour()
         );
     }
     let mut failures = Vec::new();
@@ -288,7 +361,7 @@ fn resolve(apt: &Apt, candidates: &[Candidate], want: &str, debs: &Path) -> anyh
                     files.join(", ")
                 );
                 return Ok(Entry {
-                    name: c.series.clone(),
+                    name: arch.name(&c.series),
                     package: c.package.clone(),
                     version: c.version.clone(),
                     release: c.release.clone(),

@@ -111,7 +111,10 @@ impl Base {
         }
         // The kernel opens the initial console before /init runs, from the archive itself.
         tree.add(Entry::char_device("dev/console", 0o600, 5, 1));
-        let busybox = busybox()?;
+        let busybox = match &payload.userland {
+            None => busybox()?,
+            Some(u) => u.busybox()?,
+        };
         tree.host_file(&busybox, "bin/busybox")?;
         tree.add(Entry::symlink("bin/sh", "busybox"));
         tree.text("etc/passwd", 0o644, PASSWD);
@@ -125,12 +128,26 @@ impl Base {
             }
         }
         for name in &payload.host_binaries {
-            let binary = find_binary(name)
-                .with_context(|| format!("host binary {name:?} is not installed"))?;
-            let guest = binary.to_string_lossy().into_owned();
+            let (binary, guest, libraries) = match &payload.userland {
+                None => {
+                    let binary = find_binary(name)
+                        .with_context(|| format!("host binary {name:?} is not installed"))?;
+                    let guest = binary.to_string_lossy().into_owned();
+                    let libraries = shared_libraries(&binary)?
+                        .into_iter()
+                        .map(|l| (PathBuf::from(&l), l))
+                        .collect();
+                    (binary, guest, libraries)
+                }
+                Some(u) => {
+                    let (binary, guest) = u.find(name)?;
+                    let libraries = u.libraries(&binary)?;
+                    (binary, guest, libraries)
+                }
+            };
             tree.host_file(&binary, &guest)?;
-            for lib in shared_libraries(&binary)? {
-                tree.host_file(Path::new(&lib), &lib)?;
+            for (host, guest) in libraries {
+                tree.host_file(&host, &guest)?;
             }
         }
         for (host, guest) in &payload.files {
@@ -189,6 +206,62 @@ fn busybox() -> anyhow::Result<PathBuf> {
         path.display()
     );
     Ok(path)
+}
+
+/// Another architecture's userland for the VMs: a tree unpacked from Debian's packages for it
+/// (fetch.rs), and the qemu-user emulator that runs its programs on this machine, so that its
+/// own loader lists their libraries as `ldd` does for the host's.
+#[derive(Debug, Clone)]
+pub struct Userland {
+    pub root: PathBuf,
+    /// `qemu-aarch64` (Debian's qemu-user).
+    pub qemu: &'static str,
+}
+
+impl Userland {
+    fn busybox(&self) -> anyhow::Result<PathBuf> {
+        BUSYBOX
+            .iter()
+            .map(|b| self.root.join(b.trim_start_matches('/')))
+            .find(|p| p.is_file())
+            .with_context(|| format!("no busybox in {}", self.root.display()))
+    }
+
+    /// `name` in the tree's program directories: its path here and in the guest.
+    fn find(&self, name: &str) -> anyhow::Result<(PathBuf, String)> {
+        HOST_DIRS
+            .iter()
+            .map(|d| (self.root.join(d.trim_start_matches('/')).join(name), d))
+            .find(|(p, _)| p.is_file())
+            .map(|(p, d)| (p, format!("{d}/{name}")))
+            .with_context(|| format!("no {name} in {}", self.root.display()))
+    }
+
+    /// The libraries and interpreter `binary` loads, as the tree's own loader finds them
+    /// (glibc's loader lists them, as for `ldd`, when LD_TRACE_LOADED_OBJECTS is set): their
+    /// paths here and in the guest.
+    fn libraries(&self, binary: &Path) -> anyhow::Result<Vec<(PathBuf, String)>> {
+        let out = Command::new(self.qemu)
+            .arg("-L")
+            .arg(&self.root)
+            .args(["-E", "LD_TRACE_LOADED_OBJECTS=1"])
+            .arg(binary)
+            .output()
+            .with_context(|| format!("running {} (Debian's qemu-user)", self.qemu))?;
+        ensure!(
+            out.status.success(),
+            "listing the libraries of {} under {} failed: {}",
+            binary.display(),
+            self.qemu,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        let guest = parse_ldd(&String::from_utf8_lossy(&out.stdout))
+            .with_context(|| format!("the libraries of {}", binary.display()))?;
+        Ok(guest
+            .into_iter()
+            .map(|g| (self.root.join(g.trim_start_matches('/')), g))
+            .collect())
+    }
 }
 
 fn find_binary(name: &str) -> Option<PathBuf> {

@@ -1,11 +1,13 @@
 //! `cargo xtask kernel-matrix`: the agent's kernel code paths on the kernels nodes run, not
-//! just this host's. Debian's cloud kernels (5.10, 6.1, 6.12, 6.18 and the newest 7.x) boot
-//! under qemu with software emulation, each from an initramfs holding a payload; /init prepares
+//! just this host's. Debian's cloud kernels (amd64: 5.10, 6.1, 6.12, 6.18 and the newest 7.x;
+//! arm64: 6.1 and the newest 7.x, on qemu's `virt` machine) boot under qemu with software
+//! emulation, each from an initramfs holding a payload of its architecture; /init prepares
 //! what a node has (cgroup2 alone, tracefs, bpffs, the network modules), runs the payload's
 //! command, and the payload's `TA-MATRIX {json}` lines come back over the serial console.
 //!
-//! - fetch.rs, apt.rs: the kernels, through a private apt configuration, cached under
-//!   target/kernel-matrix/cache (a re-run needs no network);
+//! - fetch.rs, apt.rs: the kernels (and arm64's userland: busybox, ip, nft, dnsmasq), through
+//!   a private apt configuration per architecture, cached under target/kernel-matrix/cache (a
+//!   re-run needs no network);
 //! - packages.rs: which package versions to take (pure);
 //! - modules.rs: the wanted modules' dependency closure per kernel, decompressed on the host;
 //! - cpio.rs, initramfs.rs: the archive and its /init;
@@ -44,8 +46,51 @@ use serde_json::json;
 pub use console::Console;
 pub use fetch::{Kernel, fetch_kernels};
 
-/// The series `--kernels` defaults to; "7" is the newest 7.x.
-pub const DEFAULT_KERNELS: &[&str] = &["5.10", "6.1", "6.12", "6.18", "7"];
+/// The kernels `--kernels` defaults to: series of amd64 kernels ("7" is the newest 7.x), and
+/// arm64 ones (`-arm64`): the oldest series with every signal and the newest.
+pub const DEFAULT_KERNELS: &[&str] = &["5.10", "6.1", "6.12", "6.18", "7", "6.1-arm64", "7-arm64"];
+
+/// A machine architecture of the matrix's VMs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Arch {
+    Amd64,
+    Arm64,
+}
+
+impl Arch {
+    /// Debian's name.
+    pub fn debian(self) -> &'static str {
+        match self {
+            Arch::Amd64 => "amd64",
+            Arch::Arm64 => "arm64",
+        }
+    }
+
+    /// The kernel flavour the matrix boots.
+    pub fn flavour(self) -> &'static str {
+        match self {
+            Arch::Amd64 => "cloud-amd64",
+            Arch::Arm64 => "cloud-arm64",
+        }
+    }
+
+    /// A kernel as `--kernels` names it: "6.1" (amd64) or "6.1-arm64"; the series and its
+    /// architecture.
+    pub fn of_wanted(wanted: &str) -> (Arch, &str) {
+        match wanted.strip_suffix("-arm64") {
+            Some(series) => (Arch::Arm64, series),
+            None => (Arch::Amd64, wanted.strip_suffix("-amd64").unwrap_or(wanted)),
+        }
+    }
+
+    /// A kernel's name in the table and its directory: the series, with `-arm64` for arm64.
+    pub fn name(self, series: &str) -> String {
+        match self {
+            Arch::Amd64 => series.to_owned(),
+            Arch::Arm64 => format!("{series}-arm64"),
+        }
+    }
+}
 /// Per VM: a boot takes seconds under emulation; the checks run the agent for tens of
 /// checks run the agent for tens of seconds.
 pub const DEFAULT_TIMEOUT_SECS: u64 = 300;
@@ -58,6 +103,9 @@ pub struct Payload {
     /// Host programs ("ip", "nft", "dnsmasq", or a path), copied to their host paths with every
     /// shared library `ldd` lists and the ELF interpreter.
     pub host_binaries: Vec<String>,
+    /// For another architecture: where busybox and the host programs come from instead of
+    /// this machine.
+    pub userland: Option<initramfs::Userland>,
     /// The command /init runs (PATH has /usr/local/bin, /usr/sbin, ... and busybox last); its
     /// stdout and stderr go to the console.
     pub command: Vec<String>,
@@ -139,16 +187,21 @@ pub fn cache_dir() -> PathBuf {
     out_dir().join("cache")
 }
 
-/// Runs `payload` on every kernel, `jobs` VMs at a time, each killed after `timeout`. An error
-/// is returned only for what fails every kernel (the payload's files); a kernel's own failure is
-/// in its result.
+/// Runs the payload of each kernel's architecture on every kernel, `jobs` VMs at a time, each
+/// killed after `timeout`. An error is returned only for what fails every kernel of an
+/// architecture (the payload's files); a kernel's own failure is in its result.
 pub fn run_all(
     kernels: &[Kernel],
-    payload: &Payload,
+    payloads: &[(Arch, Payload)],
     jobs: usize,
     timeout: Duration,
 ) -> anyhow::Result<Vec<VmResult>> {
-    let base = initramfs::Base::new(payload).context("assembling the payload")?;
+    let mut bases = Vec::new();
+    for (arch, payload) in payloads {
+        let base = initramfs::Base::new(payload)
+            .with_context(|| format!("assembling the {} payload", arch.debian()))?;
+        bases.push((*arch, base, payload));
+    }
     let next = AtomicUsize::new(0);
     let results: Mutex<Vec<(usize, VmResult)>> = Mutex::new(Vec::new());
     std::thread::scope(|s| {
@@ -159,7 +212,19 @@ pub fn run_all(
                     let Some(kernel) = kernels.get(i) else {
                         break;
                     };
-                    let result = run_one(kernel, &base, payload, timeout);
+                    let result = match bases.iter().find(|(a, _, _)| *a == kernel.arch) {
+                        Some((_, base, payload)) => run_one(kernel, base, payload, timeout),
+                        None => {
+                            let dir = out_dir().join(&kernel.name);
+                            let mut r = VmResult::new(
+                                &kernel.name,
+                                &kernel.release,
+                                dir.join("console.log"),
+                            );
+                            r.error = Some(format!("no {} payload", kernel.arch.debian()));
+                            r
+                        }
+                    };
                     eprintln!("{}", summary_line(&result));
                     if let Ok(mut r) = results.lock() {
                         r.push((i, result));
@@ -187,6 +252,7 @@ fn run_one(
                 eprintln!("{}: booting {}", kernel.name, kernel.release);
                 qemu::run(&qemu::Vm {
                     name: &kernel.name,
+                    arch: kernel.arch,
                     release: &kernel.release,
                     vmlinuz: &kernel.vmlinuz,
                     initramfs: &initramfs,
@@ -288,9 +354,14 @@ pub fn kernel_matrix(options: &Options) -> anyhow::Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let payload = payload()?;
+    let mut payloads = Vec::new();
+    for arch in [Arch::Amd64, Arch::Arm64] {
+        if kernels.iter().any(|k| k.arch == arch) {
+            payloads.push((arch, payload(arch)?));
+        }
+    }
     let started = Instant::now();
-    let results = run_all(&kernels, &payload, options.jobs, options.timeout)?;
+    let results = run_all(&kernels, &payloads, options.jobs, options.timeout)?;
     let wall = started.elapsed();
     write_results(&results)?;
     eprintln!("\n{}", report(&results));
@@ -341,20 +412,35 @@ pub fn kernel_matrix(options: &Options) -> anyhow::Result<()> {
 /// that really fails then costs minutes, not the VM's whole timeout.
 const VM_TIMEOUT_SCALE: &str = "6";
 
-/// The payload every VM runs, from the static release build ([`crate::build_release`], which
-/// the caller ran): the agent the image ships, the tests crate's `vm-check` (the simulated node
-/// and a check of every signal by the agent's own answer) and `sim-workload` (the pods'
-/// processes), with the host programs the simulated node runs.
-pub fn payload() -> anyhow::Result<Payload> {
-    let bin = |name: &str| crate::release_dir().join(name);
+/// The payload every VM of `arch` runs, from the static release build of that architecture
+/// (amd64: [`crate::build_release`]; arm64: the image's arm64 build and
+/// [`crate::arm64::build_matrix_payload`]; the caller ran them): the agent the image ships,
+/// the tests crate's `vm-check` (the simulated node and a check of every signal by the agent's
+/// own answer) and `sim-workload` (the pods' processes), with the programs the simulated node
+/// runs: the host's for amd64, Debian's arm64 packages for arm64 ([`fetch::userland`]).
+pub fn payload(arch: Arch) -> anyhow::Result<Payload> {
+    let dir = match arch {
+        Arch::Amd64 => crate::release_dir(),
+        Arch::Arm64 => crate::arm64::release_dir(),
+    };
+    let bin = |name: &str| dir.join(name);
     let agent = bin("triage-agent");
     for path in [agent.clone(), bin("vm-check"), bin("sim-workload")] {
         ensure!(
             path.is_file(),
-            "{} missing: the kernel matrix runs the static release build (`cargo xtask build`)",
-            path.display()
+            "{} missing: the kernel matrix runs the static release build of {} (`cargo xtask \
+             kernel-matrix` builds it)",
+            path.display(),
+            arch.debian()
         );
     }
+    let userland = match arch {
+        Arch::Amd64 => None,
+        Arch::Arm64 => Some(initramfs::Userland {
+            root: fetch::userland(&cache_dir(), arch)?,
+            qemu: "qemu-aarch64",
+        }),
+    };
     Ok(Payload {
         files: vec![
             (agent, "/usr/local/bin/triage-agent".to_owned()),
@@ -365,6 +451,7 @@ pub fn payload() -> anyhow::Result<Payload> {
             ),
         ],
         host_binaries: ["ip", "nft", "dnsmasq"].map(str::to_owned).to_vec(),
+        userland,
         command: vec![
             "vm-check".to_owned(),
             "--timeout-scale".to_owned(),
@@ -496,6 +583,24 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn kernels_are_named_with_their_architecture() {
+        assert_eq!(Arch::of_wanted("6.1"), (Arch::Amd64, "6.1"));
+        assert_eq!(Arch::of_wanted("7"), (Arch::Amd64, "7"));
+        assert_eq!(Arch::of_wanted("6.1-amd64"), (Arch::Amd64, "6.1"));
+        assert_eq!(Arch::of_wanted("6.1-arm64"), (Arch::Arm64, "6.1"));
+        assert_eq!(Arch::Arm64.name("6.1"), "6.1-arm64");
+        assert_eq!(Arch::Amd64.name("6.12"), "6.12");
+        // A name read back gives the architecture it was made with.
+        for arch in [Arch::Amd64, Arch::Arm64] {
+            assert_eq!(Arch::of_wanted(&arch.name("6.18")), (arch, "6.18"));
+        }
+        assert_eq!(table::series_key(&Arch::Arm64.name("6.1")), "6.1-arm64");
+        assert_eq!(table::series_key(&Arch::Arm64.name("7.3")), "7.x-arm64");
+        assert_eq!(table::series_key("7.3"), "7.x");
+        assert_eq!(table::series_key("6.12"), "6.12");
+    }
 
     #[test]
     fn a_harness_error_is_the_payloads_own_error_line_only() {

@@ -1,12 +1,10 @@
 //! Choosing Debian kernel packages from what apt reports, without touching apt: Debian version
 //! ordering (deb-version(7)), `apt-cache madison` and `apt-cache show` parsing, and the
-//! selection of the newest `linux-image-<release>-cloud-amd64` of each kernel series. fetch.rs
-//! feeds it apt's output and downloads what it picks.
+//! selection of the newest `linux-image-<release>-<flavour>` of each kernel series
+//! (`cloud-amd64`, `cloud-arm64`). fetch.rs feeds it apt's output and downloads what it picks.
 
 use std::cmp::Ordering;
 
-/// The flavour every kernel of the matrix is built as.
-pub const FLAVOUR: &str = "cloud-amd64";
 const IMAGE_PREFIX: &str = "linux-image-";
 
 /// One installable version of a kernel image package.
@@ -92,11 +90,11 @@ fn compare_part(a: &[u8], b: &[u8]) -> Ordering {
 }
 
 /// The kernel release a `linux-image-<release>` package holds, or `None` for what is not one
-/// kernel of our flavour (meta-packages such as `linux-image-6.1-cloud-amd64`, `-dbg`,
+/// kernel of `flavour` (meta-packages such as `linux-image-6.1-cloud-amd64`, `-dbg`,
 /// `-unsigned`).
-pub fn release_of(package: &str) -> Option<&str> {
+pub fn release_of<'a>(package: &'a str, flavour: &str) -> Option<&'a str> {
     let release = package.strip_prefix(IMAGE_PREFIX)?;
-    let abi = release.strip_suffix(FLAVOUR)?.strip_suffix('-')?;
+    let abi = release.strip_suffix(flavour)?.strip_suffix('-')?;
     // A real kernel's release starts with a three-part version: 5.10.0, 6.12.117.
     let numeric: Vec<&str> = abi
         .split(['-', '+'])
@@ -116,15 +114,17 @@ pub fn series_of(version: &str) -> Option<String> {
     Some(format!("{major}.{minor}"))
 }
 
-/// Kernel image candidates from `apt-cache madison` output (`pkg | version | source`).
-pub fn parse_madison(text: &str) -> Vec<Candidate> {
+/// Kernel image candidates of `flavour` from `apt-cache madison` output (`pkg | version |
+/// source`).
+pub fn parse_madison(text: &str, flavour: &str) -> Vec<Candidate> {
     let mut out: Vec<Candidate> = Vec::new();
     for line in text.lines() {
         let mut fields = line.split('|').map(str::trim);
         let (Some(package), Some(version)) = (fields.next(), fields.next()) else {
             continue;
         };
-        let (Some(release), Some(series)) = (release_of(package), series_of(version)) else {
+        let (Some(release), Some(series)) = (release_of(package, flavour), series_of(version))
+        else {
             continue;
         };
         let candidate = Candidate {
@@ -223,21 +223,38 @@ mod tests {
     #[test]
     fn only_real_kernels_have_a_release() {
         assert_eq!(
-            release_of("linux-image-5.10.0-46-cloud-amd64"),
+            release_of("linux-image-5.10.0-46-cloud-amd64", "cloud-amd64"),
             Some("5.10.0-46-cloud-amd64")
         );
         assert_eq!(
-            release_of("linux-image-6.12.117+deb13-cloud-amd64"),
+            release_of("linux-image-6.12.117+deb13-cloud-amd64", "cloud-amd64"),
             Some("6.12.117+deb13-cloud-amd64")
         );
         assert_eq!(
-            release_of("linux-image-6.1.0-0.deb11.52-cloud-amd64"),
+            release_of("linux-image-6.1.0-0.deb11.52-cloud-amd64", "cloud-amd64"),
             Some("6.1.0-0.deb11.52-cloud-amd64")
         );
-        assert_eq!(release_of("linux-image-6.1-cloud-amd64"), None);
-        assert_eq!(release_of("linux-image-cloud-amd64"), None);
-        assert_eq!(release_of("linux-image-6.1.0-57-cloud-amd64-dbg"), None);
-        assert_eq!(release_of("linux-image-6.1.0-57-amd64"), None);
+        assert_eq!(
+            release_of("linux-image-6.1-cloud-amd64", "cloud-amd64"),
+            None
+        );
+        assert_eq!(release_of("linux-image-cloud-amd64", "cloud-amd64"), None);
+        assert_eq!(
+            release_of("linux-image-6.1.0-57-cloud-amd64-dbg", "cloud-amd64"),
+            None
+        );
+        assert_eq!(
+            release_of("linux-image-6.1.0-57-amd64", "cloud-amd64"),
+            None
+        );
+        assert_eq!(
+            release_of("linux-image-6.1.0-57-cloud-arm64", "cloud-arm64"),
+            Some("6.1.0-57-cloud-arm64")
+        );
+        assert_eq!(
+            release_of("linux-image-6.1.0-57-cloud-arm64", "cloud-amd64"),
+            None
+        );
     }
 
     const MADISON: &str = "\
@@ -254,7 +271,7 @@ linux-image-5.10.0-46-cloud-amd64 | 5.10.262-1 | http://security.debian.org/debi
 ";
 
     fn picks(wanted: &str) -> Vec<String> {
-        let candidates = parse_madison(MADISON);
+        let candidates = parse_madison(MADISON, "cloud-amd64");
         select(&candidates, wanted)
             .into_iter()
             .map(|c| c.package.clone())

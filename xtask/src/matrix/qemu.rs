@@ -13,9 +13,26 @@ use std::{
 
 use anyhow::Context as _;
 
-use super::{VmResult, console};
+use super::{Arch, VmResult, console};
 
-pub const QEMU: &str = "qemu-system-x86_64";
+/// The emulator of an architecture, and the Debian package it comes in.
+fn qemu(arch: Arch) -> (&'static str, &'static str) {
+    match arch {
+        Arch::Amd64 => ("qemu-system-x86_64", "qemu-system-x86"),
+        Arch::Arm64 => ("qemu-system-aarch64", "qemu-system-arm"),
+    }
+}
+
+/// The machine and CPU of an architecture. arm64: qemu's `virt` board; `max` has every
+/// feature qemu emulates (LSE atomics among them, as on Neoverse servers), with pointer
+/// authentication computed by qemu's own cheap function instead of QARMA (which made a boot
+/// 3 to 5 times slower).
+fn machine(arch: Arch) -> &'static [&'static str] {
+    match arch {
+        Arch::Amd64 => &["-cpu", "max"],
+        Arch::Arm64 => &["-machine", "virt", "-cpu", "max,pauth-impdef=on"],
+    }
+}
 /// Guest memory. The payload allocates 300 MiB in an OOM test, and the initramfs (unpacked
 /// into RAM) carries several static binaries of about 30 MB.
 pub const MEMORY_MIB: u32 = 1536;
@@ -23,13 +40,22 @@ pub const MEMORY_MIB: u32 = 1536;
 /// kernel messages below error level stay off the console (slow under emulation, and they
 /// would interleave with the payload's lines; a failed payload prints dmesg instead).
 /// `cgroup_no_v1=all`: cgroup2 is the only hierarchy, as on a modern node.
-const CMDLINE: &str = "console=ttyS0 panic=-1 quiet rdinit=/init cgroup_no_v1=all";
+const CMDLINE: &str = "panic=-1 quiet rdinit=/init cgroup_no_v1=all";
+
+/// The serial console: the PC's UART, the `virt` board's PL011.
+fn console_device(arch: Arch) -> &'static str {
+    match arch {
+        Arch::Amd64 => "ttyS0",
+        Arch::Arm64 => "ttyAMA0",
+    }
+}
 /// How often a running VM is checked for having exited.
 const POLL: Duration = Duration::from_millis(50);
 
 /// One VM to run.
 pub struct Vm<'a> {
     pub name: &'a str,
+    pub arch: Arch,
     pub release: &'a str,
     pub vmlinuz: &'a Path,
     pub initramfs: &'a Path,
@@ -56,8 +82,9 @@ pub fn run(vm: &Vm<'_>) -> VmResult {
     let spawned = fs::File::create(&stderr_log)
         .with_context(|| format!("creating {}", stderr_log.display()))
         .and_then(|stderr| {
+            let (program, package) = qemu(vm.arch);
             command(vm).stderr(stderr).spawn().with_context(|| {
-                format!("starting {QEMU} (cargo xtask setup installs qemu-system-x86)")
+                format!("starting {program} (cargo xtask setup installs {package})")
             })
         });
     let mut child = match spawned {
@@ -81,12 +108,13 @@ pub fn run(vm: &Vm<'_>) -> VmResult {
         .zip(capture.exit_at)
         .map(|(i, e)| e.saturating_sub(i));
     let parsed = console::parse(&String::from_utf8_lossy(&capture.text));
+    let program = qemu(vm.arch).0;
     result.error = capture.error.or_else(|| match status {
         Some(Ok(s)) if !s.success() && parsed.exit.is_none() => Some(format!(
-            "{QEMU} exited with {s}: {}",
+            "{program} exited with {s}: {}",
             fs::read_to_string(&stderr_log).unwrap_or_default().trim()
         )),
-        Some(Err(e)) => Some(format!("waiting for {QEMU}: {e}")),
+        Some(Err(e)) => Some(format!("waiting for {program}: {e}")),
         _ => None,
     });
     result.exit = parsed.exit;
@@ -96,27 +124,21 @@ pub fn run(vm: &Vm<'_>) -> VmResult {
 }
 
 fn command(vm: &Vm<'_>) -> Command {
-    let mut cmd = Command::new(QEMU);
-    cmd.args([
-        "-accel",
-        "tcg",
-        "-cpu",
-        "max",
-        "-smp",
-        "1",
-        "-nic",
-        "none",
-        "-nographic",
-        "-no-reboot",
-    ])
-    .args(["-m", &MEMORY_MIB.to_string()])
-    .arg("-kernel")
-    .arg(vm.vmlinuz)
-    .arg("-initrd")
-    .arg(vm.initramfs)
-    .args(["-append", CMDLINE])
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped());
+    let mut cmd = Command::new(qemu(vm.arch).0);
+    cmd.args(["-accel", "tcg"])
+        .args(machine(vm.arch))
+        .args(["-smp", "1", "-nic", "none", "-nographic", "-no-reboot"])
+        .args(["-m", &MEMORY_MIB.to_string()])
+        .arg("-kernel")
+        .arg(vm.vmlinuz)
+        .arg("-initrd")
+        .arg(vm.initramfs)
+        .args([
+            "-append",
+            &format!("console={} {CMDLINE}", console_device(vm.arch)),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped());
     cmd
 }
 

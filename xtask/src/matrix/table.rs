@@ -60,13 +60,19 @@ pub struct Table {
     pub rows: Vec<Row>,
 }
 
-/// "7.3" -> "7.x": the newest of a major series that moves on; older series stay exact.
+/// "7.3" -> "7.x": the newest of a major series that moves on; older series stay exact. An
+/// architecture's suffix stays: "7.3-arm64" -> "7.x-arm64".
 pub fn series_key(name: &str) -> String {
-    match name.split_once('.') {
+    let (series, arch) = match name.split_once('-') {
+        Some((series, arch)) => (series, format!("-{arch}")),
+        None => (name, String::new()),
+    };
+    let key = match series.split_once('.') {
         Some((major, _)) if major.parse::<u32>().is_ok_and(|m| m >= 7) => format!("{major}.x"),
-        _ if name.parse::<u32>().is_ok_and(|m| m >= 7) => format!("{name}.x"),
-        _ => name.to_owned(),
-    }
+        _ if series.parse::<u32>().is_ok_and(|m| m >= 7) => format!("{series}.x"),
+        _ => series.to_owned(),
+    };
+    format!("{key}{arch}")
 }
 
 fn rank(result: &str) -> u8 {
