@@ -203,7 +203,11 @@ pub fn policy_eval(data: &[u8]) {
         networking::v1::NetworkPolicy,
     };
 
-    use crate::policy::{Flow, Proto, Snapshot, Verdict, admin::TierPolicy, evaluate};
+    use crate::policy::{
+        Flow, Proto, Snapshot, Verdict,
+        admin::{Tier, TierPolicy},
+        evaluate,
+    };
 
     #[derive(serde::Deserialize)]
     struct Input {
@@ -233,12 +237,12 @@ pub fn policy_eval(data: &[u8]) {
         admin: input
             .admin
             .iter()
-            .filter_map(|o| TierPolicy::from_object(o).ok())
+            .filter_map(|o| TierPolicy::from_object(o, Tier::Admin).ok())
             .collect(),
         baseline: input
             .baseline
             .iter()
-            .filter_map(|o| TierPolicy::from_object(o).ok())
+            .filter_map(|o| TierPolicy::from_object(o, Tier::Baseline).ok())
             .collect(),
         unevaluated: Vec::new(),
     };

@@ -10,7 +10,8 @@ use crate::{
     evidence::{Detail, Evidence, Protocol},
     policy::{
         EVALUATED_KINDS, Explanation, Flow, OTHER_POLICY_KINDS, Proto, Snapshot, Verdict,
-        admin::TierPolicy, evaluate,
+        admin::{Tier, TierPolicy},
+        evaluate,
     },
 };
 
@@ -112,14 +113,31 @@ async fn other_kinds(client: kube::Client) -> OtherKinds {
             .iter()
             .find(|(g, _)| *g == group.name())
             .map_or(&[][..], |(_, kinds)| *kinds);
-        for (resource, _) in group.recommended_resources() {
-            if !known.contains(&resource.kind.as_str()) {
-                continue;
+        // The evaluated kinds at the version read, whichever version the group prefers (a
+        // group that also serves a newer version, such as v1alpha2's ClusterNetworkPolicy,
+        // prefers that one); then the other kinds at the preferred version.
+        let mut resources: Vec<(kube::discovery::ApiResource, bool)> = Vec::new();
+        for (_, version, kind) in EVALUATED_KINDS
+            .iter()
+            .filter(|(g, _, _)| *g == group.name())
+        {
+            if let Some((r, _)) = group
+                .versioned_resources(version)
+                .into_iter()
+                .find(|(r, _)| r.kind == *kind)
+            {
+                resources.push((r, true));
             }
+        }
+        for (resource, _) in group.recommended_resources() {
+            if known.contains(&resource.kind.as_str())
+                && !resources.iter().any(|(r, _)| r.kind == resource.kind)
+            {
+                resources.push((resource, false));
+            }
+        }
+        for (resource, evaluated) in resources {
             let name = format!("{} ({})", resource.kind, resource.group);
-            let evaluated = EVALUATED_KINDS.iter().any(|(g, v, k)| {
-                *g == resource.group && *v == resource.version && *k == resource.kind
-            });
             let api = Api::<DynamicObject>::all_with(client.clone(), &resource);
             let params = if evaluated {
                 ListParams::default()
@@ -146,7 +164,12 @@ async fn other_kinds(client: kube::Client) -> OtherKinds {
             let mut read = Vec::new();
             for object in &list.items {
                 let value = serde_json::to_value(object).unwrap_or_default();
-                match TierPolicy::from_object(&value) {
+                let tier = if resource.kind == "AdminNetworkPolicy" {
+                    Tier::Admin
+                } else {
+                    Tier::Baseline
+                };
+                match TierPolicy::from_object(&value, tier) {
                     Ok(p) => read.push(p),
                     Err(e) => {
                         found.unevaluated.push(format!(

@@ -17,14 +17,18 @@
 //! pods are never subjects (the snapshot's pod lookup does not find them). Peers are
 //! namespaces, pods, `networks` (CIDRs, which match cluster addresses too), and the
 //! experimental `nodes` and `domainNames`, which the snapshot cannot resolve: a rule that
-//! could match through them makes the answer unknown, naming the rule. A peer or port of a
-//! form this reader does not know is taken as the API asks ("fail closed"): it matches
-//! nothing in an `Allow` rule and everything in a `Deny` or `Pass` rule.
+//! could match through them makes the answer unknown, naming the rule. So does a peer or port
+//! of a form this reader does not know: the API server keeps only fields its CRD defines, so
+//! such a field means a newer API than this reader, which the network plugin may implement.
+//! Objects are read strictly (a selector with fields other than `matchLabels` and
+//! `matchExpressions` or an unknown operator, a protocol other than TCP, UDP and SCTP, an
+//! unknown field in a subject, rule or port, an AdminNetworkPolicy without a priority): an
+//! older or newer form of v1alpha1 is reported unreadable, never read as something wider.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer, de::Error as _};
 use serde_json::Value;
 
 use super::{Proto, Snapshot, WorkloadRef, peer::cidr_contains, select};
@@ -60,20 +64,59 @@ impl Action {
     }
 }
 
+/// A label selector, read strictly: `matchLabels` and `matchExpressions` only (the API's
+/// earlier v1alpha1 nested selectors under other names, which a lenient read would take for an
+/// empty selector: everything), and only the four operators (a CRD does not check them).
+#[derive(Clone, Debug, Default, PartialEq)]
+struct Selector(LabelSelector);
+
+impl<'de> Deserialize<'de> for Selector {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let map = serde_json::Map::<String, Value>::deserialize(d)?;
+        if let Some(k) = map
+            .keys()
+            .find(|k| !["matchLabels", "matchExpressions"].contains(&k.as_str()))
+        {
+            return Err(D::Error::custom(format!(
+                "a label selector has no field {k:?} (another form of the API?)"
+            )));
+        }
+        let selector: LabelSelector =
+            serde_json::from_value(Value::Object(map)).map_err(D::Error::custom)?;
+        if let Some(e) = selector
+            .match_expressions
+            .iter()
+            .flatten()
+            .find(|e| !["In", "NotIn", "Exists", "DoesNotExist"].contains(&e.operator.as_str()))
+        {
+            return Err(D::Error::custom(format!(
+                "unknown selector operator {:?}",
+                e.operator
+            )));
+        }
+        Ok(Selector(selector))
+    }
+}
+
+impl Selector {
+    fn matches(&self, labels: &select::Labels) -> bool {
+        select::matches(&self.0, labels)
+    }
+}
+
 /// Pods in namespaces, and of those the ones a pod selector picks.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct NamespacedPod {
-    #[serde(default)]
-    namespace_selector: LabelSelector,
-    #[serde(default)]
-    pod_selector: LabelSelector,
+    namespace_selector: Selector,
+    pod_selector: Selector,
 }
 
 /// The pods a policy applies to: exactly one of the two is set.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
 struct Subject {
-    namespaces: Option<LabelSelector>,
+    namespaces: Option<Selector>,
     pods: Option<NamespacedPod>,
 }
 
@@ -81,31 +124,56 @@ struct Subject {
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 struct Peer {
-    namespaces: Option<LabelSelector>,
+    namespaces: Option<Selector>,
     pods: Option<NamespacedPod>,
-    nodes: Option<LabelSelector>,
+    nodes: Option<Selector>,
     networks: Option<Vec<String>>,
     domain_names: Option<Vec<String>>,
     #[serde(flatten)]
     unknown: BTreeMap<String, Value>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+/// A protocol as the API spells it (a CRD does not check it).
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+enum Protocol {
+    #[serde(rename = "TCP")]
+    Tcp,
+    #[serde(rename = "UDP")]
+    Udp,
+    #[serde(rename = "SCTP")]
+    Sctp,
+}
+
+impl Protocol {
+    /// Whether `protocol` (TCP when not given) is the flow's.
+    fn is(protocol: Option<Protocol>, proto: Proto) -> bool {
+        matches!(
+            (protocol.unwrap_or(Protocol::Tcp), proto),
+            (Protocol::Tcp, Proto::Tcp)
+                | (Protocol::Udp, Proto::Udp)
+                | (Protocol::Sctp, Proto::Sctp)
+        )
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
 struct PortNumber {
-    protocol: Option<String>,
+    protocol: Option<Protocol>,
     port: i32,
 }
 
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
 struct PortRange {
-    protocol: Option<String>,
+    protocol: Option<Protocol>,
     start: i32,
     end: i32,
 }
 
 /// A destination port: exactly one field is set.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct Port {
     port_number: Option<PortNumber>,
     named_port: Option<String>,
@@ -114,6 +182,7 @@ struct Port {
 
 /// One ingress (`from`) or egress (`to`) rule.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
 struct RawRule {
     #[serde(default)]
     name: String,
@@ -125,9 +194,7 @@ struct RawRule {
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 struct RawSpec {
-    #[serde(default)]
-    priority: i32,
-    #[serde(default)]
+    priority: Option<i32>,
     subject: Subject,
     #[serde(default)]
     ingress: Vec<RawRule>,
@@ -164,9 +231,14 @@ pub struct TierPolicy {
 }
 
 impl TierPolicy {
-    /// Reads one object (`metadata` and `spec`, as the API server returns it).
-    pub fn from_object(object: &Value) -> Result<TierPolicy, String> {
+    /// Reads one object of `tier` (`metadata` and `spec`, as the API server returns it).
+    pub fn from_object(object: &Value, tier: Tier) -> Result<TierPolicy, String> {
         let raw = RawObject::deserialize(object).map_err(|e| e.to_string())?;
+        let priority = match (tier, raw.spec.priority) {
+            (Tier::Admin, None) => return Err("spec.priority is missing".to_owned()),
+            (Tier::Admin, Some(p)) => p,
+            (Tier::Baseline, _) => 0,
+        };
         let rules = |rules: Vec<RawRule>, direction: &str| {
             rules
                 .into_iter()
@@ -185,22 +257,21 @@ impl TierPolicy {
         };
         Ok(TierPolicy {
             name: raw.metadata.name.unwrap_or_default(),
-            priority: raw.spec.priority,
+            priority,
             subject: raw.spec.subject,
             ingress: rules(raw.spec.ingress, "ingress"),
             egress: rules(raw.spec.egress, "egress"),
         })
     }
 
-    /// Whether this policy applies to `pod`; `None` for a subject of a form not known here.
-    fn selects(&self, pod: &WorkloadRef, snapshot: &Snapshot) -> Option<bool> {
-        let namespace = || snapshot.namespace_labels(&pod.namespace);
+    /// Whether this policy applies to `pod` (whose namespace has `namespace` labels); `None`
+    /// for a subject of a form not known here.
+    fn selects(&self, pod: &WorkloadRef, namespace: &select::Labels) -> Option<bool> {
         match (&self.subject.namespaces, &self.subject.pods) {
-            (Some(ns), None) => Some(select::matches(ns, &namespace())),
-            (None, Some(p)) => Some(
-                select::matches(&p.namespace_selector, &namespace())
-                    && select::matches(&p.pod_selector, &pod.labels),
-            ),
+            (Some(ns), None) => Some(ns.matches(namespace)),
+            (None, Some(p)) => {
+                Some(p.namespace_selector.matches(namespace) && p.pod_selector.matches(&pod.labels))
+            }
             _ => None,
         }
     }
@@ -219,66 +290,93 @@ enum Hit {
 pub struct Far<'a> {
     pub ip: std::net::IpAddr,
     pub pod: Option<&'a WorkloadRef>,
+    /// The labels of the far pod's namespace (read once per flow).
+    pub namespace: Option<select::Labels>,
     pub dst: Option<&'a WorkloadRef>,
     pub port: u16,
     pub proto: Proto,
 }
 
-fn peer_hit(peer: &Peer, action: &Action, far: &Far<'_>, snapshot: &Snapshot) -> Hit {
+impl<'a> Far<'a> {
+    pub fn new(
+        snapshot: &Snapshot,
+        ip: std::net::IpAddr,
+        pod: Option<&'a WorkloadRef>,
+        dst: Option<&'a WorkloadRef>,
+        (port, proto): (u16, Proto),
+    ) -> Far<'a> {
+        Far {
+            ip,
+            pod,
+            namespace: pod.map(|p| snapshot.namespace_labels(&p.namespace)),
+            dst,
+            port,
+            proto,
+        }
+    }
+
+    /// The far pod, with its namespace's labels.
+    fn pod(&self) -> Option<(&WorkloadRef, &select::Labels)> {
+        self.pod.zip(self.namespace.as_ref())
+    }
+}
+
+fn peer_hit(peer: &Peer, far: &Far<'_>) -> Hit {
     let yes = |b: bool| if b { Hit::Yes } else { Hit::No };
-    let namespace = |pod: &WorkloadRef| snapshot.namespace_labels(&pod.namespace);
     if let Some(sel) = &peer.namespaces {
-        return yes(far.pod.is_some_and(|p| select::matches(sel, &namespace(p))));
+        return yes(far.pod().is_some_and(|(_, ns)| sel.matches(ns)));
     }
     if let Some(np) = &peer.pods {
-        return yes(far.pod.is_some_and(|p| {
-            select::matches(&np.namespace_selector, &namespace(p))
-                && select::matches(&np.pod_selector, &p.labels)
+        return yes(far.pod().is_some_and(|(p, ns)| {
+            np.namespace_selector.matches(ns) && np.pod_selector.matches(&p.labels)
         }));
     }
     if let Some(networks) = &peer.networks {
         return yes(networks.iter().any(|c| cidr_contains(c, far.ip)));
     }
-    // Nodes and domain names select addresses the snapshot does not hold; a pod's address
-    // is neither (host-network pods are not found by address).
-    for (field, set) in [
-        ("nodes", peer.nodes.is_some()),
-        ("domainNames", peer.domain_names.is_some()),
-    ] {
-        if set {
-            return match far.pod {
-                Some(_) => Hit::No,
-                None => Hit::Maybe(format!(
-                    "its `{field}` peer may be {}, which explain does not resolve",
-                    far.ip
-                )),
-            };
+    // Nodes select node addresses the snapshot does not hold; a pod's address is none
+    // (host-network pods are not found by address).
+    if peer.nodes.is_some() {
+        return match far.pod {
+            Some(_) => Hit::No,
+            None => Hit::Maybe(format!(
+                "its `nodes` peer may be {}, which explain does not resolve",
+                far.ip
+            )),
+        };
+    }
+    // Which addresses a name stands for (in-cluster names included) is the plugin's choice.
+    if peer.domain_names.is_some() {
+        return Hit::Maybe(format!(
+            "its `domainNames` peer may be {}, which explain does not resolve",
+            far.ip
+        ));
+    }
+    unknown_form("peer", peer.unknown.keys())
+}
+
+/// A peer or port of a form not known here: what it selects cannot be told.
+fn unknown_form<'k>(what: &str, fields: impl Iterator<Item = &'k String>) -> Hit {
+    let fields: Vec<&str> = fields.map(String::as_str).collect();
+    Hit::Maybe(format!(
+        "it has a {what} of a form explain does not know ({})",
+        if fields.is_empty() {
+            "no field set".to_owned()
+        } else {
+            fields.join(", ")
         }
-    }
-    fail_closed(action)
+    ))
 }
 
-/// A peer or port of a form not known here, as the API asks: matches nothing in an Allow
-/// rule, everything in a Deny or Pass rule.
-fn fail_closed(action: &Action) -> Hit {
-    match action {
-        Action::Allow => Hit::No,
-        _ => Hit::Yes,
-    }
-}
-
-fn protocol_is(protocol: Option<&String>, proto: Proto) -> bool {
-    protocol.map_or("TCP", String::as_str) == proto.as_k8s()
-}
-
-fn port_hit(port: &Port, action: &Action, far: &Far<'_>) -> Hit {
+fn port_hit(port: &Port, far: &Far<'_>) -> Hit {
     let yes = |b: bool| if b { Hit::Yes } else { Hit::No };
     if let Some(p) = &port.port_number {
-        return yes(protocol_is(p.protocol.as_ref(), far.proto) && p.port == i32::from(far.port));
+        return yes(Protocol::is(p.protocol, far.proto) && p.port == i32::from(far.port));
     }
     if let Some(r) = &port.port_range {
-        return yes(protocol_is(r.protocol.as_ref(), far.proto)
-            && (r.start..=r.end).contains(&i32::from(far.port)));
+        return yes(
+            Protocol::is(r.protocol, far.proto) && (r.start..=r.end).contains(&i32::from(far.port))
+        );
     }
     if let Some(name) = &port.named_port {
         return yes(far.dst.is_some_and(|d| {
@@ -287,36 +385,34 @@ fn port_hit(port: &Port, action: &Action, far: &Far<'_>) -> Hit {
                 .any(|(n, p, pr)| n == name && *p == far.port && *pr == far.proto)
         }));
     }
-    fail_closed(action)
+    unknown_form("port", std::iter::empty())
 }
 
-fn rule_hit(rule: &Rule, far: &Far<'_>, snapshot: &Snapshot) -> Hit {
-    let ports = match &rule.ports {
-        None => Hit::Yes,
-        Some(ports) => {
-            let hits: Vec<Hit> = ports
-                .iter()
-                .map(|p| port_hit(p, &rule.action, far))
-                .collect();
-            if hits.contains(&Hit::Yes) {
-                Hit::Yes
-            } else {
-                Hit::No
-            }
-        }
-    };
-    if ports == Hit::No {
-        return Hit::No;
-    }
+/// A match among `hits`: one certain match decides, a "maybe" wins over no match.
+fn any(hits: impl Iterator<Item = Hit>) -> Hit {
     let mut maybe = None;
-    for peer in &rule.peers {
-        match peer_hit(peer, &rule.action, far, snapshot) {
+    for hit in hits {
+        match hit {
             Hit::Yes => return Hit::Yes,
             Hit::Maybe(why) => maybe = maybe.or(Some(why)),
             Hit::No => {}
         }
     }
     maybe.map_or(Hit::No, Hit::Maybe)
+}
+
+/// Whether a rule matches: one of its ports (none listed: every port) and one of its peers.
+fn rule_hit(rule: &Rule, far: &Far<'_>) -> Hit {
+    let ports = match &rule.ports {
+        None => Hit::Yes,
+        Some(ports) => any(ports.iter().map(|p| port_hit(p, far))),
+    };
+    let peers = any(rule.peers.iter().map(|p| peer_hit(p, far)));
+    match (ports, peers) {
+        (Hit::No, _) | (_, Hit::No) => Hit::No,
+        (Hit::Maybe(why), _) | (_, Hit::Maybe(why)) => Hit::Maybe(why),
+        (Hit::Yes, Hit::Yes) => Hit::Yes,
+    }
 }
 
 /// A rule that decided, named for the answer.
@@ -365,6 +461,10 @@ pub fn evaluate_tier(
     far: &Far<'_>,
     snapshot: &Snapshot,
 ) -> Outcome {
+    if policies.is_empty() {
+        return Outcome::Nothing;
+    }
+    let namespace = snapshot.namespace_labels(&pod.namespace);
     let mut ordered: Vec<&TierPolicy> = policies.iter().collect();
     ordered.sort_by(|a, b| (a.priority, &a.name).cmp(&(b.priority, &b.name)));
     let mut at_priority: Vec<Decided> = Vec::new();
@@ -385,7 +485,7 @@ pub fn evaluate_tier(
             ),
             Tier::Baseline => format!("{} {}", tier.kind(), policy.name),
         };
-        match policy.selects(pod, snapshot) {
+        match policy.selects(pod, &namespace) {
             Some(true) => {}
             Some(false) => continue,
             None => {
@@ -400,21 +500,26 @@ pub fn evaluate_tier(
             &policy.egress
         };
         for rule in rules {
-            match rule_hit(rule, far, snapshot) {
+            match rule_hit(rule, far) {
                 Hit::No => continue,
                 Hit::Maybe(why) => {
-                    return Outcome::Unknown(format!("{name} rule \"{}\": {why}", rule.name));
+                    return Outcome::Unknown(format!("{name} rule {:?}: {why}", rule.name));
                 }
                 Hit::Yes => {}
             }
-            if let Action::Other(a) = &rule.action {
+            if matches!(
+                (&rule.action, tier),
+                (Action::Other(_), _) | (Action::Pass, Tier::Baseline)
+            ) {
                 return Outcome::Unknown(format!(
-                    "{name} rule \"{}\" has action {a}, which explain does not know",
-                    rule.name
+                    "{name} rule {:?} has action {:?}, which explain does not know for a {}",
+                    rule.name,
+                    rule.action.name(),
+                    tier.kind()
                 ));
             }
             at_priority.push(Decided {
-                by: format!("{name} rule \"{}\"", rule.name),
+                by: format!("{name} rule {:?}", rule.name),
                 id: format!("{}/{}", tier.kind(), policy.name),
                 action: rule.action.clone(),
             });

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use super::{
     Flow, Proto, Snapshot, Verdict,
-    admin::TierPolicy,
+    admin::{Tier, TierPolicy},
     evaluate,
     fixtures::{namespace, pod, policy},
 };
@@ -55,22 +55,26 @@ fn houses() -> Snapshot {
     }
 }
 
-fn tier(kind: &str, name: &str, spec: Value) -> TierPolicy {
-    TierPolicy::from_object(&json!({
+fn object(kind: &str, name: &str, spec: Value) -> Value {
+    json!({
         "apiVersion": "policy.networking.k8s.io/v1alpha1",
         "kind": kind,
         "metadata": {"name": name},
         "spec": spec
-    }))
-    .unwrap_or_else(|e| panic!("{kind} {name}: {e}"))
+    })
 }
 
 fn anp(name: &str, spec: Value) -> TierPolicy {
-    tier("AdminNetworkPolicy", name, spec)
+    TierPolicy::from_object(&object("AdminNetworkPolicy", name, spec), Tier::Admin)
+        .unwrap_or_else(|e| panic!("AdminNetworkPolicy {name}: {e}"))
 }
 
 fn banp(spec: Value) -> TierPolicy {
-    tier("BaselineAdminNetworkPolicy", "default", spec)
+    TierPolicy::from_object(
+        &object("BaselineAdminNetworkPolicy", "default", spec),
+        Tier::Baseline,
+    )
+    .unwrap_or_else(|e| panic!("BaselineAdminNetworkPolicy: {e}"))
 }
 
 fn houses_selector(house: &str) -> Value {
@@ -473,31 +477,259 @@ fn what_the_snapshot_cannot_resolve_or_the_api_leaves_open_is_unknown() {
         &["AdminNetworkPolicy a (priority 7)"],
     );
 
-    // A peer of a form not known here fails closed: everything in a Deny rule, nothing in an
-    // Allow rule.
+    // A peer of a form not known here (a newer API the plugin may implement): unknown,
+    // whatever the action.
     let unknown_peer = |action: &str| {
         json!({"priority": 1, "subject": {"namespaces": houses_selector("gryffindor")},
                "ingress": [{"name": "future", "action": action,
                             "from": [{"someFuturePeer": {"x": 1}}]}]})
     };
-    c.admin = vec![anp("future", unknown_peer("Deny"))];
-    check(&c, tcp(s, g, 80), Verdict::Denied, &["rule \"future\""]);
-    c.admin = vec![anp("future", unknown_peer("Allow"))];
-    c.policies = vec![policy(
-        &ns("gryffindor"),
-        "deny-all",
-        json!({"podSelector": {}, "policyTypes": ["Ingress"]}),
-    )];
-    check(&c, tcp(s, g, 80), Verdict::Denied, &["deny-all selects"]);
+    for action in ["Deny", "Allow", "Pass"] {
+        c.admin = vec![anp("future", unknown_peer(action))];
+        check(
+            &c,
+            tcp(s, g, 80),
+            Verdict::Unknown,
+            &["rule \"future\": it has a peer of a form explain does not know (someFuturePeer)"],
+        );
+    }
+    // But a rule whose ports do not match is not that flow's rule.
+    let mut p = unknown_peer("Deny");
+    p["ingress"][0]["ports"] = json!([{"portNumber": {"port": 443}}]);
+    c.admin = vec![anp("future", p)];
+    check(&c, tcp(s, g, 80), Verdict::Allowed, &[]);
 
-    // An action not known here.
+    // An action not known here, and Pass in the baseline (which has no Pass).
     c.admin = vec![anp("future", {
-        let mut p = unknown_peer("Deny");
+        let mut p = deny_or_allow("Deny");
         p["ingress"][0]["action"] = "Log".into();
         p
     })];
-    check(&c, tcp(s, g, 80), Verdict::Unknown, &["has action Log"]);
+    check(&c, tcp(s, g, 80), Verdict::Unknown, &["has action \"Log\""]);
+    c.admin.clear();
+    c.baseline = vec![banp({
+        let mut p = deny_or_allow("Pass");
+        if let Some(m) = p.as_object_mut() {
+            m.remove("priority");
+        }
+        p
+    })];
+    check(
+        &c,
+        tcp(s, g, 80),
+        Verdict::Unknown,
+        &["has action \"Pass\", which explain does not know for a BaselineAdminNetworkPolicy"],
+    );
+    c.baseline.clear();
 
-    // An object that is not an AdminNetworkPolicy at all is an error, not a policy.
-    assert!(TierPolicy::from_object(&json!({"metadata": {"name": "x"}})).is_err());
+    // Domain names: which addresses they stand for is the plugin's choice, pods included.
+    c.admin = vec![anp(
+        "names",
+        json!({"priority": 1, "subject": {"namespaces": houses_selector("gryffindor")},
+               "egress": [{"name": "allow-names", "action": "Allow",
+                           "to": [{"domainNames": ["*.example.com"]}]}]}),
+    )];
+    check(&c, tcp(g, s, 80), Verdict::Unknown, &["`domainNames` peer"]);
+
+    // A subject with neither field.
+    c.admin = vec![anp(
+        "no-subject",
+        json!({"priority": 1, "subject": {}, "ingress": []}),
+    )];
+    check(&c, tcp(s, g, 80), Verdict::Unknown, &["subject of a form"]);
+}
+
+/// Objects are read strictly: an earlier or later form of v1alpha1 is reported unreadable
+/// (and the CLI names it, making the verdict unknown), never read as a wider policy.
+#[test]
+fn other_forms_of_the_api_are_unreadable_not_widened() {
+    let read = |spec: Value| {
+        TierPolicy::from_object(&object("AdminNetworkPolicy", "x", spec), Tier::Admin)
+    };
+    let good = json!({"priority": 1, "subject": {"namespaces": {}},
+        "ingress": [{"action": "Deny", "from": [{"namespaces": {"matchLabels": {"a": "b"}}}]}]});
+    assert!(read(good.clone()).is_ok());
+    // v0.1.0's peer: namespaces held a namespaceSelector (read leniently: every namespace).
+    let mut old = good.clone();
+    old["ingress"][0]["from"][0]["namespaces"] =
+        json!({"namespaceSelector": {"matchLabels": {"a": "b"}}});
+    let e = read(old).err().unwrap_or_default();
+    assert!(e.contains("no field \"namespaceSelector\""), "{e}");
+    // v0.1.0's subject and pods peer.
+    let mut old = good.clone();
+    old["subject"] = json!({"namespaceSelector": {}});
+    assert!(read(old).is_err());
+    let mut old = good.clone();
+    old["ingress"][0]["from"][0] =
+        json!({"pods": {"namespaces": {"namespaceSelector": {}}, "podSelector": {}}});
+    assert!(read(old).is_err());
+    // A selector operator, a protocol, a port field, a missing priority.
+    let mut bad = good.clone();
+    bad["subject"]["namespaces"] =
+        json!({"matchExpressions": [{"key": "a", "operator": "Equals", "values": ["b"]}]});
+    assert!(read(bad).err().unwrap_or_default().contains("operator"));
+    let mut bad = good.clone();
+    bad["ingress"][0]["ports"] = json!([{"portNumber": {"protocol": "tcp", "port": 80}}]);
+    assert!(read(bad).is_err());
+    let mut bad = good.clone();
+    bad["ingress"][0]["ports"] = json!([{"portSet": [80]}]);
+    assert!(read(bad).is_err());
+    let mut bad = good;
+    if let Some(m) = bad.as_object_mut() {
+        m.remove("priority");
+    }
+    assert_eq!(read(bad).err().as_deref(), Some("spec.priority is missing"));
+    // Not an object with a spec at all.
+    assert!(TierPolicy::from_object(&json!({"metadata": {"name": "x"}}), Tier::Admin).is_err());
+}
+
+/// Selectors by pod and by namespace are told apart, ports default to TCP, a named port on
+/// egress is the destination pod's, networks match pod addresses (and IPv6), Pass against
+/// Deny at one priority is ambiguous, and one side denied wins over the other unknown.
+#[test]
+fn pods_namespaces_ports_networks_and_sides() {
+    let mut c = houses();
+    c.pods.push(pod(
+        &ns("gryffindor"),
+        "hermione-granger-0",
+        "10.2.0.2",
+        json!({"conformance-house": "gryffindor", "role": "prefect"}),
+        json!([]),
+    ));
+    c.pods.push(pod(
+        &ns("slytherin"),
+        "v6",
+        "fd00::7",
+        json!({"conformance-house": "slytherin"}),
+        json!([{"name": "web", "containerPort": 8080}]),
+    ));
+    let (g, s, hermione) = (ip("gryffindor"), ip("slytherin"), "10.2.0.2");
+    c.admin = vec![anp(
+        "prefects",
+        json!({
+            "priority": 5,
+            "subject": {"pods": {"namespaceSelector": houses_selector("gryffindor"),
+                                 "podSelector": {"matchLabels": {"role": "prefect"}}}},
+            "ingress": [{"name": "no-slytherin", "action": "Deny",
+                         "from": [{"pods": {"namespaceSelector": {},
+                                            "podSelector": houses_selector("slytherin")}}],
+                         "ports": [{"portNumber": {"port": 80}}]}],
+            "egress": [
+                {"name": "no-web", "action": "Deny", "to": [{"namespaces": {}}],
+                 "ports": [{"namedPort": "web"}]},
+                {"name": "no-house-net", "action": "Deny",
+                 "to": [{"networks": ["10.2.3.0/24", "fd00::/64"]}]}
+            ]
+        }),
+    )];
+    // Only the prefect is the subject; TCP is the default protocol.
+    check(
+        &c,
+        tcp(s, hermione, 80),
+        Verdict::Denied,
+        &["rule \"no-slytherin\""],
+    );
+    check(&c, tcp(s, g, 80), Verdict::Allowed, &[]);
+    let udp = Flow {
+        proto: Proto::Udp,
+        ..tcp(s, hermione, 80)
+    };
+    check(&c, udp, Verdict::Allowed, &[]);
+    // A pods peer selects by the pod's own labels, not its namespace's.
+    for p in &mut c.pods {
+        if p.metadata.name.as_deref() == Some("draco-malfoy-0") {
+            p.metadata.labels = Some([("app".to_owned(), "x".to_owned())].into());
+        }
+    }
+    check(&c, tcp(s, hermione, 80), Verdict::Allowed, &[]);
+    // Egress: the named port is the destination pod's (web is 80 on harry, 8080 on v6).
+    check(
+        &c,
+        tcp(hermione, g, 80),
+        Verdict::Denied,
+        &["rule \"no-web\""],
+    );
+    check(&c, tcp(hermione, g, 8080), Verdict::Allowed, &[]);
+    check(
+        &c,
+        tcp(hermione, "fd00::7", 8080),
+        Verdict::Denied,
+        &["rule \"no-web\""],
+    );
+    // Networks match a pod's address too, and IPv6.
+    check(
+        &c,
+        tcp(hermione, ip("ravenclaw"), 22),
+        Verdict::Denied,
+        &["no-house-net"],
+    );
+    check(
+        &c,
+        tcp(hermione, "fd00::9", 22),
+        Verdict::Denied,
+        &["no-house-net"],
+    );
+
+    // Pass and Deny at one priority: which applies is the implementation's.
+    let one = |action: &str| {
+        json!({"priority": 3, "subject": {"namespaces": houses_selector("gryffindor")},
+               "ingress": [{"name": action, "action": action,
+                            "from": [{"namespaces": houses_selector("ravenclaw")}]}],
+               "egress": [{"name": "maybe-nodes", "action": "Deny", "to": [{"nodes": {}}]}]})
+    };
+    c.admin = vec![anp("a", one("Pass")), anp("b", one("Deny"))];
+    check(
+        &c,
+        tcp(ip("ravenclaw"), g, 80),
+        Verdict::Unknown,
+        &["with different actions"],
+    );
+    // One side denied and the other undecided: denied. Harry's egress to draco may match a
+    // domain name (unknown); draco's ingress from gryffindor is denied.
+    c.admin = vec![
+        anp(
+            "names",
+            json!({"priority": 1, "subject": {"namespaces": houses_selector("gryffindor")},
+                   "egress": [{"name": "names", "action": "Allow",
+                               "to": [{"domainNames": ["*.example.com"]}]}]}),
+        ),
+        anp(
+            "deny-in",
+            json!({"priority": 2, "subject": {"namespaces": houses_selector("slytherin")},
+                   "ingress": [{"name": "no-gryffindor", "action": "Deny",
+                                "from": [{"namespaces": houses_selector("gryffindor")}]}]}),
+        ),
+    ];
+    check(
+        &c,
+        tcp(g, s, 80),
+        Verdict::Denied,
+        &["rule \"no-gryffindor\" denies it"],
+    );
+    // Nodes: a host-network pod's address is a node's, not a pod's.
+    c.admin = vec![anp("b", one("Deny"))];
+    c.pods.push(pod(
+        &ns("ravenclaw"),
+        "host-net",
+        "192.0.2.50",
+        json!({}),
+        json!([]),
+    ));
+    if let Some(p) = c.pods.last_mut()
+        && let Some(spec) = p.spec.as_mut()
+    {
+        spec.host_network = Some(true);
+    }
+    check(
+        &c,
+        tcp(g, "192.0.2.50", 80),
+        Verdict::Unknown,
+        &["`nodes` peer may be 192.0.2.50"],
+    );
+    check(
+        &c,
+        tcp(ip("ravenclaw"), g, 80),
+        Verdict::Denied,
+        &["rule \"Deny\""],
+    );
 }

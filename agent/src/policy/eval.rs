@@ -165,16 +165,16 @@ fn decide(
     dst: Option<&WorkloadRef>,
 ) -> Decision {
     let np = side(snapshot, direction, pod, flow, other, dst);
-    let far = Far {
-        ip: match direction {
+    let far = Far::new(
+        snapshot,
+        match direction {
             Direction::Egress => flow.dst,
             Direction::Ingress => flow.src,
         },
-        pod: other,
+        other,
         dst,
-        port: flow.port,
-        proto: flow.proto,
-    };
+        (flow.port, flow.proto),
+    );
     let ingress = direction == Direction::Ingress;
     let unknown = |why: String| Decision {
         np: Side {
@@ -262,8 +262,8 @@ fn denial(
             format!(
                 "{flow_words} is denied: {} denies it{} no NetworkPolicy selects {pod} ({d}); a \
                  NetworkPolicy that selects {pod} for {d} and allows it takes precedence over \
-                 the baseline (and {pod} then accepts only the {d} traffic NetworkPolicies \
-                 allow)",
+                 the baseline (and {pod}'s {d} traffic is then limited to what \
+                 NetworkPolicies allow)",
                 rule.by,
                 match passed {
                     Some(p) => format!(": {} passes it on and", p.by),
@@ -312,7 +312,7 @@ fn allowed_by(d: &Decision) -> String {
             if d.np.selecting.len() == 1 { "s" } else { "" }
         ),
         Ok(By::Default { passed }) => format!(
-            "{}no policy selects it",
+            "{}no NetworkPolicy selects it and no baseline rule matches",
             passed
                 .as_ref()
                 .map(|p| format!("{} passes it on, ", p.by))

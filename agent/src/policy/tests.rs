@@ -761,10 +761,13 @@ fn other_policy_kinds_make_the_verdict_unknown_and_are_named() {
     // With the admin tiers read, the answer says they were part of the verdict.
     let mut tiers = with(&["CiliumNetworkPolicy (cilium.io) objects"]);
     tiers.baseline = vec![
-        super::admin::TierPolicy::from_object(&serde_json::json!({
-            "metadata": {"name": "default"},
-            "spec": {"subject": {"namespaces": {}}}
-        }))
+        super::admin::TierPolicy::from_object(
+            &serde_json::json!({
+                "metadata": {"name": "default"},
+                "spec": {"subject": {"namespaces": {}}}
+            }),
+            super::admin::Tier::Baseline,
+        )
         .unwrap_or_else(|e| panic!("{e}")),
     ];
     let q = allowed.qualified(&tiers);

@@ -66,6 +66,13 @@ custom_resource!(
     k8s_openapi::NamespaceResourceScope
 );
 custom_resource!(
+    ClusterNetworkPolicy,
+    "policy.networking.k8s.io",
+    "v1alpha2",
+    "clusternetworkpolicies",
+    k8s_openapi::ClusterResourceScope
+);
+custom_resource!(
     AdminNetworkPolicy,
     "policy.networking.k8s.io",
     "v1alpha1",

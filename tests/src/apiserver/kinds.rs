@@ -10,7 +10,9 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Event, Namespace, NamespaceSpec, NamespaceStatus, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 
-use super::crd::{AdminNetworkPolicy, BaselineAdminNetworkPolicy, CiliumNetworkPolicy};
+use super::crd::{
+    AdminNetworkPolicy, BaselineAdminNetworkPolicy, CiliumNetworkPolicy, ClusterNetworkPolicy,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::serde::Serialize;
 use k8s_openapi::serde::de::DeserializeOwned;
@@ -34,6 +36,9 @@ pub(super) enum Kind {
     DaemonSet,
     Job,
     CiliumNetworkPolicy,
+    // Before the v1alpha1 kinds: the group then prefers v1alpha2, as a cluster with the
+    // newer API installed does.
+    ClusterNetworkPolicy,
     AdminNetworkPolicy,
     BaselineAdminNetworkPolicy,
 }
@@ -54,7 +59,7 @@ pub(super) struct Info {
 }
 
 impl Kind {
-    pub(super) const ALL: [Kind; 12] = [
+    pub(super) const ALL: [Kind; 13] = [
         Kind::Namespace,
         Kind::Pod,
         Kind::NetworkPolicy,
@@ -65,6 +70,7 @@ impl Kind {
         Kind::DaemonSet,
         Kind::Job,
         Kind::CiliumNetworkPolicy,
+        Kind::ClusterNetworkPolicy,
         Kind::AdminNetworkPolicy,
         Kind::BaselineAdminNetworkPolicy,
     ];
@@ -81,6 +87,7 @@ impl Kind {
             Kind::DaemonSet => &DAEMON_SET,
             Kind::Job => &JOB,
             Kind::CiliumNetworkPolicy => &CILIUM_NETWORK_POLICY,
+            Kind::ClusterNetworkPolicy => &CLUSTER_NETWORK_POLICY,
             Kind::AdminNetworkPolicy => &ADMIN_NETWORK_POLICY,
             Kind::BaselineAdminNetworkPolicy => &BASELINE_ADMIN_NETWORK_POLICY,
         }
@@ -101,6 +108,7 @@ impl Kind {
             Kind::DaemonSet => selectable(&DaemonSet::default()),
             Kind::Job => selectable(&Job::default()),
             Kind::CiliumNetworkPolicy => selectable(&CiliumNetworkPolicy::default()),
+            Kind::ClusterNetworkPolicy => selectable(&ClusterNetworkPolicy::default()),
             Kind::AdminNetworkPolicy => selectable(&AdminNetworkPolicy::default()),
             Kind::BaselineAdminNetworkPolicy => selectable(&BaselineAdminNetworkPolicy::default()),
         };
@@ -129,6 +137,7 @@ static DAEMON_SET: Info = info::<DaemonSet>("daemonset", &["ds"]);
 static JOB: Info = info::<Job>("job", &[]);
 static CILIUM_NETWORK_POLICY: Info =
     info::<CiliumNetworkPolicy>("ciliumnetworkpolicy", &["cnp", "ciliumnp"]);
+static CLUSTER_NETWORK_POLICY: Info = info::<ClusterNetworkPolicy>("clusternetworkpolicy", &[]);
 static ADMIN_NETWORK_POLICY: Info = info::<AdminNetworkPolicy>("adminnetworkpolicy", &["anp"]);
 static BASELINE_ADMIN_NETWORK_POLICY: Info =
     info::<BaselineAdminNetworkPolicy>("baselineadminnetworkpolicy", &["banp"]);
@@ -327,6 +336,10 @@ impl Stored for Job {
 
 impl Stored for CiliumNetworkPolicy {
     const STORED: Kind = Kind::CiliumNetworkPolicy;
+}
+
+impl Stored for ClusterNetworkPolicy {
+    const STORED: Kind = Kind::ClusterNetworkPolicy;
 }
 
 impl Stored for AdminNetworkPolicy {

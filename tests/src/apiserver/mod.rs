@@ -47,7 +47,9 @@ mod store;
 mod tests;
 mod watch;
 
-pub use crd::{AdminNetworkPolicy, BaselineAdminNetworkPolicy, CiliumNetworkPolicy};
+pub use crd::{
+    AdminNetworkPolicy, BaselineAdminNetworkPolicy, CiliumNetworkPolicy, ClusterNetworkPolicy,
+};
 pub use fixtures::{
     PodFixture, agent_pod_object, controller_event_object, deployment_objects, namespace_object,
     network_policy_object, owned_by, owned_by_replica_set, pod_event_object, pod_object,

@@ -220,8 +220,9 @@ async fn discovery_through_kube() {
                 "batch/v1/jobs Namespaced",
                 "cilium.io/v2/ciliumnetworkpolicies Namespaced",
                 "networking.k8s.io/v1/networkpolicies Namespaced",
-                "policy.networking.k8s.io/v1alpha1/adminnetworkpolicies Cluster",
-                "policy.networking.k8s.io/v1alpha1/baselineadminnetworkpolicies Cluster",
+                // The group's preferred version only: v1alpha2 (the v1alpha1 kinds are
+                // there too, at their version).
+                "policy.networking.k8s.io/v1alpha2/clusternetworkpolicies Cluster",
                 "v1/events Namespaced",
                 "v1/namespaces Cluster",
                 "v1/pods Namespaced",
