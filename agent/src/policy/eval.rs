@@ -50,6 +50,7 @@ fn policy_id(policy: &NetworkPolicy) -> String {
 }
 
 /// One direction's result for the pod on that side.
+#[derive(Clone)]
 struct Side {
     /// Policies selecting the pod for the direction.
     selecting: Vec<String>,
@@ -177,10 +178,7 @@ fn decide(
     );
     let ingress = direction == Direction::Ingress;
     let unknown = |why: String| Decision {
-        np: Side {
-            selecting: np.selecting.clone(),
-            allowed: np.allowed,
-        },
+        np: np.clone(),
         by: Err(why),
         allowed: false,
     };

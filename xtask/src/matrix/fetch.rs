@@ -113,30 +113,17 @@ pub fn userland(cache: &Path, arch: Arch) -> anyhow::Result<PathBuf> {
         files.len(),
         USERLAND.join(", ")
     );
-    let partial = dir.join("root.partial");
-    if partial.exists() {
-        fs::remove_dir_all(&partial).with_context(|| format!("removing {}", partial.display()))?;
-    }
-    fs::create_dir_all(partial.join("usr"))?;
+    let paths: Vec<PathBuf> = files.iter().map(|f| debs.join(f)).collect();
     // Merged /usr first, so packages that still ship /lib, /bin or /sbin land in /usr too.
-    for d in ["lib", "bin", "sbin"] {
-        fs::create_dir_all(partial.join("usr").join(d))?;
-        std::os::unix::fs::symlink(format!("usr/{d}"), partial.join(d))
-            .with_context(|| format!("linking {d}"))?;
-    }
-    for deb in &files {
-        run_quiet(
-            Command::new("dpkg-deb")
-                .arg("-x")
-                .arg(debs.join(deb))
-                .arg(&partial),
-        )?;
-    }
-    fs::write(partial.join(COMPLETE), b"")?;
-    if root.exists() {
-        fs::remove_dir_all(&root).with_context(|| format!("removing {}", root.display()))?;
-    }
-    fs::rename(&partial, &root).with_context(|| format!("renaming to {}", root.display()))?;
+    let merged_usr = |tree: &Path| {
+        for d in ["lib", "bin", "sbin"] {
+            fs::create_dir_all(tree.join("usr").join(d))?;
+            std::os::unix::fs::symlink(format!("usr/{d}"), tree.join(d))
+                .with_context(|| format!("linking {d}"))?;
+        }
+        Ok(())
+    };
+    unpack(&paths, &root, merged_usr, |_| Ok(()))?;
     Ok(root)
 }
 
@@ -289,22 +276,43 @@ fn modules_dir(tree: &Path, release: &str) -> Option<PathBuf> {
 
 /// Unpacks `debs` into `dir` and writes depmod's tables there.
 fn extract(debs: &[PathBuf], release: &str, dir: &Path) -> anyhow::Result<()> {
+    unpack(
+        debs,
+        dir,
+        |_| Ok(()),
+        |tree| {
+            // depmod (kmod 30) looks in <base>/lib/modules only; trixie's packages install
+            // into usr/lib/modules (merged /usr), so give the tree the merged-/usr link a
+            // system has.
+            if !tree.join("lib").exists() && tree.join("usr/lib/modules").is_dir() {
+                std::os::unix::fs::symlink("usr/lib", tree.join("lib"))
+                    .context("linking lib to usr/lib")?;
+            }
+            run_quiet(Command::new("depmod").arg("-b").arg(tree).arg(release))
+                .context("depmod (cargo xtask setup installs kmod)")
+        },
+    )
+}
+
+/// Unpacks `debs` into `dir`, whole or not at all: into `<dir>.partial`, `before` run on the
+/// empty tree and `after` on the unpacked one, then marked complete ([`COMPLETE`]) and
+/// renamed into place.
+fn unpack(
+    debs: &[PathBuf],
+    dir: &Path,
+    before: impl FnOnce(&Path) -> anyhow::Result<()>,
+    after: impl FnOnce(&Path) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
     let partial = dir.with_extension("partial");
     if partial.exists() {
         fs::remove_dir_all(&partial).with_context(|| format!("removing {}", partial.display()))?;
     }
     fs::create_dir_all(&partial).with_context(|| format!("creating {}", partial.display()))?;
+    before(&partial)?;
     for deb in debs {
         run_quiet(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&partial))?;
     }
-    // depmod (kmod 30) looks in <base>/lib/modules only; trixie's packages install into
-    // usr/lib/modules (merged /usr), so give the tree the merged-/usr link a system has.
-    if !partial.join("lib").exists() && partial.join("usr/lib/modules").is_dir() {
-        std::os::unix::fs::symlink("usr/lib", partial.join("lib"))
-            .context("linking lib to usr/lib")?;
-    }
-    run_quiet(Command::new("depmod").arg("-b").arg(&partial).arg(release))
-        .context("depmod (cargo xtask setup installs kmod)")?;
+    after(&partial)?;
     fs::write(partial.join(COMPLETE), b"")?;
     if dir.exists() {
         fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
