@@ -3,7 +3,11 @@
 //! repeats are counted in the kernel.
 //!
 //! Connecting side: `sock:inet_sock_set_state` CLOSE -> SYN_SENT runs in the connect() caller's
-//! context, so pid, comm and cgroup id are remembered there, keyed by the socket address.
+//! context, so pid, comm and cgroup id are remembered there, in the socket's slot of
+//! [`CONNECT_SLOTS`]: an array the verifier inlines, so an attempt that is answered (cleared at
+//! ESTABLISHED) costs no map operation. An attempt becomes interesting, and moves to the
+//! [`CONNECTS`] hash with its cgroup's share checked, only when its SYN is retransmitted or
+//! another attempt in flight needs its slot.
 //! - `tcp:tcp_receive_reset` (softirq, where "current" means nothing) on a remembered socket:
 //!   the connection was refused by a RST.
 //! - SYN_SENT -> CLOSE while still remembered (no RST came): refused by an ICMP error when the
@@ -32,14 +36,17 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 use triage_agent_common::{
-    ABSENT, AF_INET, AF_INET6, COMM_LEN, ERROR_UNKNOWN, FlowKey, FlowStats, IPPROTO_TCP,
-    LOST_CONNECT_TABLE, LOST_FIELD_READ, NetnsCgroups, PendingConnect, TCP_ACK, TCP_SYN,
-    cgroup_loss, errno, flow_flags, kind, send_reset_layout, tcp_state,
+    ABSENT, AF_INET, AF_INET6, COMM_LEN, CONNECT_SLOT_BITS, ERROR_UNKNOWN, FlowKey, FlowStats,
+    IPPROTO_TCP, LOST_CONNECT_TABLE, LOST_FIELD_READ, NetnsCgroups, PendingConnect, TCP_ACK,
+    TCP_SYN, cgroup_loss, errno, flow_flags, kind, send_reset_layout, tcp_state,
 };
 
 use crate::{
     flows,
-    maps::{CONNECTS, EEXIST, NETNS_CGROUPS, NETNS_LEARNED, count_loss, offsets},
+    maps::{
+        CONNECT_SLOTS, CONNECTS, ConnectSlot, EEXIST, NETNS_CGROUPS, NETNS_LEARNED, count_loss,
+        offsets,
+    },
     read::kread,
     share,
     skb::{ETH_P_IP, ETH_P_IPV6, HEADER_UNSET, skb_headers},
@@ -115,54 +122,170 @@ fn try_inet_sock_set_state(ctx: &RawTracePointContext) -> Result<(), i32> {
             error: 0,
         };
         learn_netns(sk, pending.cgroup_id);
-        // A plain hash, not LRU: when it is full the insert fails and is counted, instead of
-        // silently evicting another attempt. Entries leave at the next state change. A cgroup
-        // holds at most its share of the table, so one pod's attempts to a black hole cannot
-        // blind the agent to everyone else's; what it loses is counted against it.
-        if !share::take_connect(pending.cgroup_id) {
-            count_loss(LOST_CONNECT_TABLE);
-            share::lose(pending.cgroup_id, cgroup_loss::CONNECTS);
-        } else {
-            match CONNECTS.insert(sk, pending, u64::from(BPF_NOEXIST)) {
-                Ok(()) => {}
-                // An earlier socket at this address whose end no program saw (a run the kernel
-                // skipped): its place goes back to its cgroup, and the entry is this one's.
-                Err(e) if e == -EEXIST => {
-                    // SAFETY: the value is copied out at once.
-                    if let Some(stale) = unsafe { CONNECTS.get(sk) }.copied() {
-                        share::give_connect(stale.cgroup_id);
-                    }
-                    if CONNECTS.insert(sk, pending, 0).is_err() {
-                        share::give_connect(pending.cgroup_id);
-                        count_loss(LOST_CONNECT_TABLE);
-                        share::lose(pending.cgroup_id, cgroup_loss::CONNECTS);
-                    }
-                }
-                Err(_) => {
-                    share::give_connect(pending.cgroup_id);
-                    count_loss(LOST_CONNECT_TABLE);
-                    share::lose(pending.cgroup_id, cgroup_loss::CONNECTS);
-                }
-            }
-        }
+        hold(sk, &pending);
     } else if old == tcp_state::SYN_SENT {
-        // SAFETY: the value is copied out before the entry is removed.
-        let pending = unsafe { CONNECTS.get(sk) }.copied();
-        if let Some(pending) = pending
-            && new == tcp_state::CLOSE
-        {
-            // Still remembered: no RST came. Every field is read before the entry goes.
-            let result = ended_without_reset(sk, &pending);
-            forget(sk, &pending);
-            if result.is_err() {
-                count_loss(LOST_FIELD_READ);
+        match held(sk) {
+            Held::Slot(slot, pending) => {
+                // Every field is read before the slot is freed.
+                if new == tcp_state::CLOSE && ended_without_reset(sk, &pending).is_err() {
+                    count_loss(LOST_FIELD_READ);
+                }
+                free(slot, sk);
             }
-        } else if let Some(pending) = pending {
-            // Answered (ESTABLISHED): nothing more to learn about this attempt.
-            forget(sk, &pending);
+            Held::Table(pending) => {
+                if new == tcp_state::CLOSE && ended_without_reset(sk, &pending).is_err() {
+                    count_loss(LOST_FIELD_READ);
+                }
+                // Answered (ESTABLISHED) or ended: nothing more to learn about this attempt.
+                forget(sk, &pending);
+            }
+            Held::Torn(slot) => {
+                free(slot, sk);
+                if new == tcp_state::CLOSE {
+                    count_loss(LOST_CONNECT_TABLE);
+                }
+            }
+            Held::Nowhere => {}
         }
     }
     Ok(())
+}
+
+/// Where a connect in flight is kept.
+enum Held {
+    /// In its slot of [`CONNECT_SLOTS`] (a copy; the slot is still the attempt's).
+    Slot(*mut ConnectSlot, PendingConnect),
+    /// In [`CONNECTS`] (a copy).
+    Table(PendingConnect),
+    /// Its slot names it but does not pass its seal: two CPUs wrote it at once; who connected
+    /// is not known.
+    Torn(*mut ConnectSlot),
+    /// Not kept: not a connect in flight, or one that could not be kept (counted then).
+    Nowhere,
+}
+
+/// The slot of `sk` in [`CONNECT_SLOTS`]: a multiplicative hash of the socket's address
+/// (sockets come from slabs, so the low bits alone would crowd a few slots).
+#[inline(always)]
+fn slot_index(sk: u64) -> u32 {
+    (sk.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - CONNECT_SLOT_BITS)) as u32
+}
+
+/// A seal over a slot's socket and who connected: a slot written by two CPUs at once holds one
+/// writer's socket and a mix of both writers' other fields, which this tells.
+#[inline(always)]
+fn seal(sk: u64, p: &PendingConnect) -> u64 {
+    let c = &p.comm;
+    let comm0 = u64::from_ne_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+    let comm1 = u64::from_ne_bytes([c[8], c[9], c[10], c[11], c[12], c[13], c[14], c[15]]);
+    let ids = (u64::from(p.tgid) << 32) | u64::from(p.pid);
+    let mut h = sk ^ 0x243f_6a88_85a3_08d3;
+    for word in [p.cgroup_id, ids, comm0, comm1] {
+        h = (h ^ word)
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            .rotate_left(29);
+    }
+    // Never 0, so a zeroed slot never passes for a sealed one.
+    h | 1
+}
+
+/// Keeps a new attempt in its slot. An attempt of another socket still there moves to
+/// [`CONNECTS`] first (its share checked there), so nothing in flight is dropped for room.
+#[inline(always)]
+fn hold(sk: u64, pending: &PendingConnect) {
+    let Some(slot) = CONNECT_SLOTS.get_ptr_mut(slot_index(sk)) else {
+        remember(sk, *pending);
+        return;
+    };
+    // SAFETY: a map value, valid while the program runs; other CPUs may write it at the same
+    // time, which the seal tells.
+    unsafe {
+        let occupant = core::ptr::read_volatile(&(*slot).sk);
+        if occupant != 0 && occupant != sk {
+            let other = core::ptr::read_volatile(&(*slot).pending);
+            if core::ptr::read_volatile(&(*slot).seal) == seal(occupant, &other) {
+                remember(occupant, other);
+            } else {
+                count_loss(LOST_CONNECT_TABLE);
+            }
+        }
+        // The socket last: a reader that finds it finds the rest written.
+        core::ptr::write_volatile(&mut (*slot).pending, *pending);
+        core::ptr::write_volatile(&mut (*slot).seal, seal(sk, pending));
+        core::ptr::write_volatile(&mut (*slot).sk, sk);
+    }
+}
+
+/// Where the attempt of `sk` is kept, if anywhere: its slot first (no map operation), then
+/// [`CONNECTS`].
+#[inline(always)]
+fn held(sk: u64) -> Held {
+    if let Some(slot) = CONNECT_SLOTS.get_ptr_mut(slot_index(sk)) {
+        // SAFETY: as in [`hold`].
+        unsafe {
+            if core::ptr::read_volatile(&(*slot).sk) == sk {
+                let pending = core::ptr::read_volatile(&(*slot).pending);
+                let sealed = core::ptr::read_volatile(&(*slot).seal) == seal(sk, &pending);
+                return if sealed && core::ptr::read_volatile(&(*slot).sk) == sk {
+                    Held::Slot(slot, pending)
+                } else {
+                    Held::Torn(slot)
+                };
+            }
+        }
+    }
+    // SAFETY: the value is copied out at once.
+    match unsafe { CONNECTS.get(sk) } {
+        Some(p) => Held::Table(*p),
+        None => Held::Nowhere,
+    }
+}
+
+/// Frees `sk`'s slot, unless another attempt has taken it meanwhile.
+#[inline(always)]
+fn free(slot: *mut ConnectSlot, sk: u64) {
+    // SAFETY: as in [`hold`].
+    unsafe {
+        if core::ptr::read_volatile(&(*slot).sk) == sk {
+            core::ptr::write_volatile(&mut (*slot).sk, 0);
+        }
+    }
+}
+
+/// Keeps an attempt in [`CONNECTS`], within its cgroup's share; what does not fit is counted
+/// against the cgroup.
+#[inline(always)]
+fn remember(sk: u64, pending: PendingConnect) {
+    // A plain hash, not LRU: when it is full the insert fails and is counted, instead of
+    // silently evicting another attempt. Entries leave at the next state change. A cgroup
+    // holds at most its share of the table, so one pod's attempts to a black hole cannot
+    // blind the agent to everyone else's; what it loses is counted against it.
+    if !share::take_connect(pending.cgroup_id) {
+        count_loss(LOST_CONNECT_TABLE);
+        share::lose(pending.cgroup_id, cgroup_loss::CONNECTS);
+        return;
+    }
+    match CONNECTS.insert(sk, pending, u64::from(BPF_NOEXIST)) {
+        Ok(()) => {}
+        // An earlier socket at this address whose end no program saw (a run the kernel
+        // skipped): its place goes back to its cgroup, and the entry is this one's.
+        Err(e) if e == -EEXIST => {
+            // SAFETY: the value is copied out at once.
+            if let Some(stale) = unsafe { CONNECTS.get(sk) }.copied() {
+                share::give_connect(stale.cgroup_id);
+            }
+            if CONNECTS.insert(sk, pending, 0).is_err() {
+                share::give_connect(pending.cgroup_id);
+                count_loss(LOST_CONNECT_TABLE);
+                share::lose(pending.cgroup_id, cgroup_loss::CONNECTS);
+            }
+        }
+        Err(_) => {
+            share::give_connect(pending.cgroup_id);
+            count_loss(LOST_CONNECT_TABLE);
+            share::lose(pending.cgroup_id, cgroup_loss::CONNECTS);
+        }
+    }
 }
 
 /// Notes a connecting socket's cgroup in its network namespace's entry (the agent tells pods'
@@ -294,31 +417,59 @@ fn ended_without_reset(sk: u64, pending: &PendingConnect) -> Result<(), i32> {
 #[raw_tracepoint(tracepoint = "inet_sk_error_report")]
 pub fn inet_sk_error_report(ctx: RawTracePointContext) -> i32 {
     let sk: u64 = ctx.arg(0);
-    if let Some(pending) = CONNECTS.get_ptr_mut(sk) {
-        let o = offsets();
-        let err: i32 = kread(sk, o.sock.sk_err).unwrap_or(0);
-        let err = if err != 0 {
+    let error = || {
+        let err: i32 = kread(sk, offsets().sock.sk_err).unwrap_or(0);
+        if err != 0 {
             err.unsigned_abs()
         } else {
             ERROR_UNKNOWN
-        };
-        // SAFETY: the entry belongs to this socket, whose error reports are serialized.
-        unsafe { (*pending).error = err };
+        }
+    };
+    match held(sk) {
+        // SAFETY: the slot is this socket's, whose error reports are serialized; another
+        // attempt taking the slot meanwhile rewrites the whole of it.
+        Held::Slot(slot, _) => unsafe {
+            core::ptr::write_volatile(&mut (*slot).pending.error, error());
+        },
+        Held::Table(_) => {
+            if let Some(pending) = CONNECTS.get_ptr_mut(sk) {
+                // SAFETY: the entry belongs to this socket, whose error reports are serialized.
+                unsafe { (*pending).error = error() };
+            }
+        }
+        Held::Torn(_) | Held::Nowhere => {}
     }
     0
 }
 
 /// A raw tracepoint (argument `sk`), not the classic one: attaching a classic tracepoint takes
 /// perf_event_open, which kernels with `perf_event_paranoid` 3 (Debian's default) refuse
-/// without CAP_SYS_ADMIN. No state check is needed: a socket is in `CONNECTS` only
-/// while it is in SYN_SENT (`inet_sock_set_state` takes it out on any other state), so a hit
-/// there is a SYN retransmission.
+/// without CAP_SYS_ADMIN. No state check is needed: a socket is in a slot or in `CONNECTS`
+/// only while it is in SYN_SENT (`inet_sock_set_state` takes it out on any other state), so a
+/// hit there is a SYN retransmission. The first one makes the attempt interesting: it moves
+/// from its slot to `CONNECTS`, where it waits, its cgroup's share checked, as long as the
+/// kernel retries (its slot must stay free for the attempts that are answered).
 #[raw_tracepoint(tracepoint = "tcp_retransmit_skb")]
 pub fn tcp_retransmit_skb(ctx: RawTracePointContext) -> i32 {
     let sk: u64 = ctx.arg(0);
-    if let Some(pending) = CONNECTS.get_ptr_mut(sk) {
-        // SAFETY: the entry belongs to this socket, whose retransmissions are serialized.
-        unsafe { (*pending).syn_retransmits = (*pending).syn_retransmits.wrapping_add(1) };
+    match held(sk) {
+        Held::Slot(slot, mut pending) => {
+            pending.syn_retransmits = pending.syn_retransmits.wrapping_add(1);
+            remember(sk, pending);
+            free(slot, sk);
+        }
+        Held::Table(_) => {
+            if let Some(pending) = CONNECTS.get_ptr_mut(sk) {
+                // SAFETY: the entry belongs to this socket, whose retransmissions are
+                // serialized.
+                unsafe { (*pending).syn_retransmits = (*pending).syn_retransmits.wrapping_add(1) };
+            }
+        }
+        Held::Torn(slot) => {
+            free(slot, sk);
+            count_loss(LOST_CONNECT_TABLE);
+        }
+        Held::Nowhere => {}
     }
     0
 }
@@ -332,16 +483,27 @@ pub fn tcp_receive_reset(ctx: RawTracePointContext) -> i32 {
 
 fn try_tcp_receive_reset(ctx: &RawTracePointContext) -> Result<(), i32> {
     let sk: u64 = ctx.arg(0);
-    // SAFETY: the value is copied out before the entry is removed.
-    let pending = match unsafe { CONNECTS.get(sk) } {
-        Some(pending) => *pending,
+    // Every field is read before the attempt is let go: a refusal whose socket cannot be read
+    // is counted, never silently lost.
+    let (pending, ends) = match held(sk) {
+        Held::Slot(slot, pending) => {
+            let ends = socket_ends(sk);
+            free(slot, sk);
+            (pending, ends)
+        }
+        Held::Table(pending) => {
+            let ends = socket_ends(sk);
+            forget(sk, &pending);
+            (pending, ends)
+        }
+        Held::Torn(slot) => {
+            free(slot, sk);
+            count_loss(LOST_CONNECT_TABLE);
+            return Ok(());
+        }
         // Not a socket in SYN_SENT: a reset of an established connection, not a refusal.
-        None => return Ok(()),
+        Held::Nowhere => return Ok(()),
     };
-    // Every field is read before the entry goes: a refusal whose socket cannot be read is
-    // counted, never silently lost.
-    let ends = socket_ends(sk);
-    forget(sk, &pending);
     match ends {
         Ok(Some((addrs, sport, dport))) => {
             let (key, stats) =

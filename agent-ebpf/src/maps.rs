@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use triage_agent_common::{
-    BPF_F_MMAPABLE, CONNECTS_ENTRIES, DNS_ANSWERED_ENTRIES, DNS_ANSWERED_SLOTS, DNS_HELD_SLOTS,
-    DNS_RECENT_SLOTS, DNS_REPEATABLE_ENTRIES, DNS_REPEATS_ENTRIES, DNS_RING_BYTES,
+    BPF_F_MMAPABLE, CONNECT_SLOT_BITS, CONNECTS_ENTRIES, DNS_ANSWERED_ENTRIES, DNS_ANSWERED_SLOTS,
+    DNS_HELD_SLOTS, DNS_RECENT_SLOTS, DNS_REPEATABLE_ENTRIES, DNS_REPEATS_ENTRIES, DNS_RING_BYTES,
     DROP_REASONS_ENTRIES, DnsAnswered, DnsAnsweredSlot, DnsRepeatKey, DnsRepeats, DnsSlot,
     EVENTS_RING_BYTES, FLOW_REPEAT_SLOTS, FLOWS_ENTRIES, FlowKey, FlowRepeat, FlowStats,
     LOSS_SLOTS, Offsets, PendingConnect,
@@ -94,11 +94,29 @@ pub struct RecentFailure {
 pub static LOSS: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOSS_SLOTS, 0);
 
 /// Who called connect() on a socket still in SYN_SENT, keyed by the socket's address
-/// (`CONNECTS_MAP`). Every attempt leaves at its next state change (ESTABLISHED or CLOSE), so
-/// the table holds only attempts in flight; when it is full, new attempts are counted as lost
-/// (an LRU map would evict older attempts silently).
+/// (`CONNECTS_MAP`), for attempts that outlived their slot in [`CONNECT_SLOTS`] (a SYN
+/// retransmitted, or the slot taken by another attempt). Every attempt leaves at its next
+/// state change (ESTABLISHED or CLOSE), so the table holds only attempts in flight; when it is
+/// full, new attempts are counted as lost (an LRU map would evict older attempts silently).
 #[map]
 pub static CONNECTS: HashMap<u64, PendingConnect> = HashMap::with_max_entries(CONNECTS_ENTRIES, 0);
+
+/// connect() calls in flight, one cache line each at a slot chosen by a multiplicative hash
+/// of the socket's address (see conn.rs): an array, whose lookups the verifier inlines, so an
+/// attempt that is answered costs no map operation.
+#[map]
+pub static CONNECT_SLOTS: Array<ConnectSlot> = Array::with_max_entries(1 << CONNECT_SLOT_BITS, 0);
+
+/// An attempt in [`CONNECT_SLOTS`]: its socket (0: a free slot), who connected, and a seal over
+/// both that tells a slot two CPUs wrote at once from one either wrote.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ConnectSlot {
+    pub sk: u64,
+    pub seal: u64,
+    pub pending: PendingConnect,
+    pub _pad0: u64,
+}
 
 /// Connect attempts in flight per socket cgroup (`CONNECT_SHARES_MAP`, see share.rs).
 #[map]

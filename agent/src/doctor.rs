@@ -114,7 +114,7 @@ const NEEDED_CAPS: [(u32, &str, &str); 3] = [
     (
         12,
         "NET_ADMIN",
-        "attach the DNS programs to the cgroup2 root",
+        "attach the DNS programs to the pods' cgroup",
     ),
 ];
 /// CAP_SYS_ADMIN: the kernel accepts it for all three (and kernels before 5.8 ask for it).
@@ -176,7 +176,8 @@ pub fn run(config: &DoctorConfig) -> Report {
                 tracefs,
                 btf: btf.as_ref(),
                 drop_reasons: &config.drop_reasons,
-                cgroup_root: root,
+                skb_cgroup: &crate::cgroup::layout::pods_cgroup(root, &kubelet_root)
+                    .unwrap_or_else(|| root.clone()),
                 dns_ports: &config.dns_ports,
                 dns_timing: crate::dns::kernel_timing(&crate::dns::TrackConfig::default()),
             });
@@ -466,37 +467,36 @@ fn kubelet_layout(cgroup2: Option<&Path>, kubelet_root: &KubeletRoot) -> Check {
             "no cgroup2 mount to look in",
         );
     };
-    let anchors = kubelet_root.anchors();
-    let base = anchors.first().map_or_else(
-        || mount.to_path_buf(),
-        |a| mount.join(a.dir.iter().collect::<PathBuf>()),
-    );
-    let places = anchors.iter().flat_map(|a| {
-        let dir = mount.join(a.dir.iter().collect::<PathBuf>());
-        let systemd = (dir.join(format!("{}kubepods.slice", a.prefix)), "systemd");
-        let cgroupfs = (dir.join("kubepods"), "cgroupfs");
-        [Some(systemd), a.prefix.is_empty().then_some(cgroupfs)]
-            .into_iter()
-            .flatten()
-    });
-    for (path, driver) in places {
-        if path.is_dir() {
-            let pods = std::fs::read_dir(&path)
-                .map(|d| d.flatten().filter(|e| e.path().is_dir()).count())
-                .unwrap_or(0);
-            return check(
-                "kubelet_cgroups",
-                Outcome::Ok,
-                &format!("{driver} driver: {} ({pods} entries)", path.display()),
-            );
-        }
-    }
+    let Some(pods) = crate::cgroup::layout::pods_cgroup(mount, kubelet_root) else {
+        let base = kubelet_root.anchors().first().map_or_else(
+            || mount.to_path_buf(),
+            |a| mount.join(a.dir.iter().collect::<PathBuf>()),
+        );
+        return check(
+            "kubelet_cgroups",
+            Outcome::Warn,
+            &format!(
+                "no kubepods or kubepods.slice under {}: not a kubelet node yet, or kubelet's \
+                 --cgroup-root differs (pass --kubelet-cgroup-root); the DNS programs would \
+                 attach to the cgroup2 root, where every process of the node runs them",
+                base.display()
+            ),
+        );
+    };
+    let driver = if pods.extension().is_some_and(|e| e == "slice") {
+        "systemd"
+    } else {
+        "cgroupfs"
+    };
+    let entries = std::fs::read_dir(&pods)
+        .map(|d| d.flatten().filter(|e| e.path().is_dir()).count())
+        .unwrap_or(0);
     check(
         "kubelet_cgroups",
-        Outcome::Warn,
+        Outcome::Ok,
         &format!(
-            "no kubepods or kubepods.slice under {}: not a kubelet node yet, or kubelet's --cgroup-root differs (pass --kubelet-cgroup-root)",
-            base.display()
+            "{driver} driver: {} ({entries} entries); the DNS programs attach here",
+            pods.display()
         ),
     )
 }

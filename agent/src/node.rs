@@ -121,6 +121,28 @@ fn open_persistent(
     }
 }
 
+/// Where the cgroup_skb programs attach: the pods' cgroup under kubelet's root, so node
+/// daemons (kubelet, the runtime, etcd) pay nothing per packet; the cgroup2 root when no pod
+/// cgroup is there (a node without kubelet, or a wrong `--kubelet-cgroup-root`), said in the log
+/// and in Status.
+fn skb_cgroup(mount: &Path, root: &KubeletRoot) -> PathBuf {
+    match cgroup::layout::pods_cgroup(mount, root) {
+        Some(pods) => {
+            info!(cgroup = %pods.display(), "DNS programs attach to the pods' cgroup");
+            pods
+        }
+        None => {
+            warn!(
+                mount = %mount.display(),
+                "no pods' cgroup (kubepods) under kubelet's cgroup root: the DNS programs attach \
+                 to the cgroup2 root, where every process of the node runs them; pass \
+                 --kubelet-cgroup-root"
+            );
+            mount.to_owned()
+        }
+    }
+}
+
 pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let started = SystemTime::now();
     let mut kube_config = kube::Config::infer()
@@ -163,11 +185,18 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             .and_then(|m| cgroup_ids::cgroup2_mount(&m))
             .context("no cgroup2 mount found; pass --cgroup-root")?,
     };
+    let kubelet_root = KubeletRoot::new(
+        config
+            .kubelet_cgroup_root
+            .as_deref()
+            .unwrap_or(Path::new("/")),
+    );
+    let skb_cgroup = skb_cgroup(&cgroup_root, &kubelet_root);
     let loaded = loader::load(&loader::LoadOptions {
         tracefs: &tracefs,
         btf: btf.as_ref(),
         drop_reasons: &config.drop_reasons,
-        cgroup_root: &cgroup_root,
+        skb_cgroup: &skb_cgroup,
         dns_ports: &config.dns.ports,
         dns_timing: dns::kernel_timing(&config.dns.track),
     })
@@ -212,12 +241,6 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let known = cgroup::KnownCgroups::default();
     let runtime_wake = Arc::new(tokio::sync::Notify::new());
     let hierarchies = cgroup::layout::Hierarchies::detect();
-    let kubelet_root = KubeletRoot::new(
-        config
-            .kubelet_cgroup_root
-            .as_deref()
-            .unwrap_or(Path::new("/")),
-    );
     // Paths come from the cgroup2 walk (under `cgroup_root`) and from the samplers (under the
     // unified mount): pods are read right under kubelet's root in either.
     let layout = match &config.kubelet_cgroup_root {

@@ -252,7 +252,7 @@ fn statuses() -> Vec<(String, pb::StatusResponse)> {
             },
             pb::Probe {
                 name: "dns_egress".into(),
-                hook: "cgroup_skb/egress".into(),
+                hook: "cgroup_skb/egress on /sys/fs/cgroup/kubepods.slice".into(),
                 attached: true,
                 ..Default::default()
             },

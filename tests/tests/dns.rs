@@ -601,3 +601,85 @@ fn a_resend_after_the_agent_took_its_query_over_is_matched_by_the_agent() {
     assert_eq!(l["succeeded"], l["lookups"], "{l}");
     assert!(agent.stop().unwrap().success(), "{}", agent.log());
 }
+
+/// With kubelet's cgroup root known, the DNS programs hang on the pods' cgroup (`kubepods`),
+/// not on the cgroup2 root: a node daemon's lookups run no program (none of its packets is
+/// parsed, with the server on the node too), while a pod's still are, and Status says where
+/// the programs hang.
+#[test]
+fn the_dns_programs_hang_on_the_pods_cgroup_and_node_daemons_pay_nothing() {
+    const PORT: &str = "5399";
+    let fixture = NodeFixture::new()
+        .kubelet_cgroup_root()
+        .agent_flags(["--dns-ports", PORT]);
+    let (mut node, []) = fixture.node().unwrap();
+    let pod = node.add_pod("shop", "client").unwrap();
+    let mut agent = fixture.agent(&node).unwrap();
+    let status = agent.status().unwrap();
+    let kubepods = format!("/{}/kubepods", node.cgroup_base().display());
+    let probes = status["probes"].as_array().expect("probes");
+    for name in ["dns_egress", "dns_ingress"] {
+        let hook = probes
+            .iter()
+            .find(|p| p["name"] == name)
+            .and_then(|p| p["hook"].as_str())
+            .unwrap_or_default();
+        assert!(
+            hook.starts_with("cgroup_skb/") && hook.ends_with(&kubepods),
+            "{name} hangs on {hook:?}, not on {kubepods}"
+        );
+    }
+
+    // A server and a client in the node's network namespace and outside every pod's cgroup,
+    // as kubelet or a node-local resolver: every answer NXDOMAIN.
+    let workload = triage_agent_tests::fixture::workload_binary().unwrap();
+    let in_node = |args: &[&str]| {
+        let mut cmd = std::process::Command::new("ip");
+        cmd.args(["netns", "exec", node.node_netns()])
+            .arg(&workload)
+            .args(args);
+        cmd
+    };
+    let mut server = in_node(&["dns-upstream", PORT, "3", "0"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let server_addr = format!("{}:{PORT}", node.node_ip());
+    let parsed0 = metric(&agent, "triage_agent_dns_packets_parsed_total");
+    let out = in_node(&["dns-flood", &server_addr, "50", "daemon.test"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    // Three DNS drains (a second each) and a /metrics snapshot (at most a second old) later,
+    // anything the programs had sent up would show.
+    agent.wait_more_drains(Drains::DnsTables, 3).unwrap();
+    let after_daemon = metric(&agent, "triage_agent_dns_packets_parsed_total");
+    assert_eq!(
+        after_daemon - parsed0,
+        0,
+        "a node daemon's failed lookups were parsed: the programs ran for it"
+    );
+    // The pod's lookups to the same server are seen: the programs run there.
+    let out = node
+        .run(pod, &["dns-flood", &server_addr, "50", "pod.test"])
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let v = agent
+        .query_until("shop", "client", WAIT, |v| {
+            !dns_records(v, "nxdomain").is_empty()
+        })
+        .unwrap();
+    assert_eq!(dns_records(&v, "nxdomain")[0]["query"], "pod.test", "{v}");
+    let deadline = std::time::Instant::now() + WAIT;
+    while metric(&agent, "triage_agent_dns_packets_parsed_total") == after_daemon {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the pod's failed lookups were never counted as parsed"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(agent.stop().unwrap().success(), "{}", agent.log());
+}

@@ -139,8 +139,12 @@ pub const DNS_REPEATS_ENTRIES: u32 = 4 * 1024;
 /// good answers go to the agent for a while (it folds a search-path walk into one finding from
 /// them). A power of two.
 pub const DNS_RECENT_SLOTS: u32 = 4 * 1024;
-/// Entries in [`CONNECTS_MAP`]: concurrent connect() calls still waiting for SYN-ACK or RST.
+/// Entries in [`CONNECTS_MAP`]: concurrent connect() calls still waiting for SYN-ACK or RST
+/// after their first SYN retransmission (or moved there from a slot another attempt took).
 pub const CONNECTS_ENTRIES: u32 = 16 * 1024;
+/// log2 of the slots of the kernel's direct-mapped table of connect() calls in flight (one
+/// cache line each), where an attempt waits for its answer with no map operation.
+pub const CONNECT_SLOT_BITS: u32 = 13;
 /// Entries in each flow table: distinct flows per drain interval.
 pub const FLOWS_ENTRIES: u32 = 16 * 1024;
 /// Entries in [`DROP_REASONS_MAP`]: reason values at or above it are never reported.

@@ -120,6 +120,26 @@ pub fn pod_dir_candidates(root: &KubeletRoot, uid: &str) -> Vec<PathBuf> {
     out
 }
 
+/// The cgroup that holds every pod of this kubelet under `mount` (a cgroup2 mount), either
+/// driver: `<root>/kubepods`, `<root>/kubepods.slice`, or a systemd root's
+/// `<p>kubepods.slice` (each of the root's [`KubeletRoot::anchors`]); the first that exists.
+/// Programs attached there run for the sockets of every pod, hostNetwork pods included (their
+/// processes live in pod cgroups too), and of no node daemon.
+pub fn pods_cgroup(mount: &Path, root: &KubeletRoot) -> Option<PathBuf> {
+    root.anchors().into_iter().find_map(|anchor| {
+        let dir: PathBuf = anchor.dir.iter().collect();
+        let mut names = Vec::new();
+        if anchor.prefix.is_empty() {
+            names.push("kubepods".to_owned());
+        }
+        names.push(format!("{}kubepods.slice", anchor.prefix));
+        names
+            .into_iter()
+            .map(|n| mount.join(&dir).join(n))
+            .find(|p| p.is_dir())
+    })
+}
+
 /// Finds a pod's cgroup under `mount` and its containers' directories (relative to `mount`),
 /// for the container IDs asked for. One `stat` per candidate and one directory listing.
 pub fn find_containers(
@@ -194,6 +214,33 @@ mod tests {
         assert!(dir.path().join(&found[0].1).is_dir());
         let other = find_containers(dir.path(), &root("/"), uid, &[&cid]);
         assert!(other.is_empty(), "another kubelet root");
+    }
+
+    #[test]
+    fn the_pods_cgroup_is_found_for_either_driver() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(pods_cgroup(dir.path(), &root("/")), None, "no kubelet here");
+        std::fs::create_dir_all(dir.path().join("sim/kubepods/besteffort")).unwrap();
+        assert_eq!(
+            pods_cgroup(dir.path(), &root("/sim")),
+            Some(dir.path().join("sim/kubepods"))
+        );
+        assert_eq!(pods_cgroup(dir.path(), &root("/")), None, "another root");
+        std::fs::create_dir_all(dir.path().join("kubepods.slice")).unwrap();
+        assert_eq!(
+            pods_cgroup(dir.path(), &root("/")),
+            Some(dir.path().join("kubepods.slice"))
+        );
+        // kind's `--cgroup-root=/kubelet` under the systemd driver.
+        std::fs::create_dir_all(dir.path().join("kubelet.slice/kubelet-kubepods.slice")).unwrap();
+        assert_eq!(
+            pods_cgroup(dir.path(), &root("/kubelet")),
+            Some(dir.path().join("kubelet.slice/kubelet-kubepods.slice"))
+        );
+        // A file of that name is not a cgroup.
+        let file = tempfile::tempdir().unwrap();
+        std::fs::write(file.path().join("kubepods"), "").unwrap();
+        assert_eq!(pods_cgroup(file.path(), &root("/")), None);
     }
 
     fn root(r: &str) -> KubeletRoot {

@@ -1,7 +1,7 @@
 //! DNS evidence: every lookup of every pod, matched to its answer.
 //!
 //! ```text
-//! cgroup_skb egress/ingress on the cgroup2 root
+//! cgroup_skb egress/ingress on the pods' cgroup (kubepods)
 //!   UDP, answered well --> counted per cgroup in the kernel --(drained each second)--> tallies
 //!   anything else --DNS ring--> run(): packet::decode, packet::parse (domain)
 //!       --> track::Tracker --findings, lookup counters--> attribution

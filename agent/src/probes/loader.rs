@@ -305,8 +305,10 @@ pub struct LoadOptions<'a> {
     pub btf: Option<&'a Btf>,
     /// Which drops to report.
     pub drop_reasons: &'a DropReasons,
-    /// The cgroup2 mount the DNS capture programs attach to (its root covers every socket).
-    pub cgroup_root: &'a Path,
+    /// The cgroup the cgroup_skb (DNS) programs attach to: the pods' cgroup
+    /// ([`crate::cgroup::layout::pods_cgroup`]), so node daemons' packets run no program, or
+    /// the cgroup2 mount's root when no pod cgroup is found (every socket of the node).
+    pub skb_cgroup: &'a Path,
     /// Ports whose traffic is DNS (at most [`DNS_PORTS_MAX`]; empty: no DNS capture).
     pub dns_ports: &'a [u16],
     /// DNS thresholds the kernel applies when it matches answers itself.
@@ -348,7 +350,7 @@ pub fn load(options: &LoadOptions<'_>) -> Result<Loaded, LoadError> {
         tracefs,
         btf,
         drop_reasons,
-        cgroup_root,
+        skb_cgroup,
         dns_ports,
         dns_timing,
     } = options.clone();
@@ -434,7 +436,10 @@ pub fn load(options: &LoadOptions<'_>) -> Result<Loaded, LoadError> {
     }
     let mut statuses = Vec::new();
     for program in PROGRAMS {
-        let hook = program.hook.to_string();
+        let hook = match program.hook {
+            Hook::CgroupSkb { .. } => format!("{} on {}", program.hook, skb_cgroup.display()),
+            Hook::RawTracePoint { .. } => program.hook.to_string(),
+        };
         let mut degraded = None;
         let result = match problems.get(program.name) {
             Some(p) => Err(p.clone()),
@@ -442,7 +447,7 @@ pub fn load(options: &LoadOptions<'_>) -> Result<Loaded, LoadError> {
                 Some(missing) => Err(missing),
                 None => match (program.fallback, &group_rejected) {
                     (Some(fallback), Some(rejected)) => {
-                        attach(&mut ebpf, fallback.name, program.hook, cgroup_root).map(|()| {
+                        attach(&mut ebpf, fallback.name, program.hook, skb_cgroup).map(|()| {
                             degraded = Some(Degraded {
                                 program: fallback.name.to_owned(),
                                 rejected: rejected.clone(),
@@ -450,7 +455,7 @@ pub fn load(options: &LoadOptions<'_>) -> Result<Loaded, LoadError> {
                             });
                         })
                     }
-                    _ => match attach(&mut ebpf, program.name, program.hook, cgroup_root) {
+                    _ => match attach(&mut ebpf, program.name, program.hook, skb_cgroup) {
                         Ok(()) if program.name == "kfree_skb" && !drops_have_reasons => {
                             degraded = Some(Degraded {
                                 program: program.name.to_owned(),
@@ -683,7 +688,7 @@ pub fn verifier_reason(log: &str) -> String {
         .unwrap_or_default()
 }
 
-fn attach(ebpf: &mut Ebpf, name: &str, hook: Hook, cgroup_root: &Path) -> Result<(), String> {
+fn attach(ebpf: &mut Ebpf, name: &str, hook: Hook, skb_cgroup: &Path) -> Result<(), String> {
     match hook {
         Hook::RawTracePoint { name: tp, .. } => {
             let program: &mut RawTracePoint = ebpf
@@ -705,19 +710,19 @@ fn attach(ebpf: &mut Ebpf, name: &str, hook: Hook, cgroup_root: &Path) -> Result
             if program.fd().is_err() {
                 program.load().map_err(load_error)?;
             }
-            let root = File::open(cgroup_root)
-                .map_err(|e| format!("opening {}: {e}", cgroup_root.display()))?;
+            let root = File::open(skb_cgroup)
+                .map_err(|e| format!("opening {}: {e}", skb_cgroup.display()))?;
             let direction = if egress {
                 CgroupSkbAttachType::Egress
             } else {
                 CgroupSkbAttachType::Ingress
             };
-            // A bpf_link (Linux 5.7+): always runs beside other programs on the root and below
+            // A bpf_link (Linux 5.7+): always runs beside other programs there and below
             // (the kernel takes no mode flags for links; `Single` passes none). Older kernels
             // get a legacy attachment, also without flags.
             program
                 .attach(root, direction, CgroupAttachMode::Single)
-                .map_err(|e| format!("attach to {}: {}", cgroup_root.display(), chain(&e)))?;
+                .map_err(|e| format!("attach to {}: {}", skb_cgroup.display(), chain(&e)))?;
         }
     }
     Ok(())

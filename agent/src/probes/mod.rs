@@ -43,8 +43,9 @@ pub enum Hook {
         /// is whether the running kernel lists the tracepoint, never its version).
         since: &'static str,
     },
-    /// A cgroup_skb program on the cgroup2 root: every packet every socket of the node sends
-    /// (`egress`) or receives (`egress: false`), with the socket's cgroup.
+    /// A cgroup_skb program on the pods' cgroup (the cgroup2 root when none is found): every
+    /// packet every pod's sockets send (`egress`) or receive (`egress: false`), with the
+    /// socket's cgroup.
     CgroupSkb { egress: bool },
 }
 

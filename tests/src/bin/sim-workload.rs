@@ -6,7 +6,9 @@
 //! queues never drop any), `resolve NAME COUNT INTERVAL_MS` (glibc getaddrinfo with the pod's
 //! resolv.conf), `dns-upstream PORT RCODE DELAY_MS` (an upstream resolver answering every query
 //! with RCODE after DELAY_MS), `dns-flood IP:PORT COUNT NAME` (COUNT queries with distinct ids), `dns-load IP:PORT SECONDS NAME
-//! WINDOW` (WINDOW queries in flight for SECONDS; prints answered and seconds),
+//! WINDOW` (WINDOW queries in flight for SECONDS; prints answered and seconds), `udp-echo PORT`
+//! (sends every datagram back), `udp-rr IP:PORT SECONDS WINDOW` (WINDOW 64-byte requests in
+//! flight to a `udp-echo` for SECONDS; prints responses and seconds),
 //! `hold-connects IPV4:PORT COUNT SECONDS` (COUNT connects left waiting for SECONDS),
 //! `spoof-udp SRC DST PORT COUNT` (datagrams from a raw socket with any source address),
 //! `alloc MIB` (allocates and holds memory), `alloc-child MIB` (a worker child allocates while
@@ -408,6 +410,66 @@ fn run(words: &[&str]) -> ExitCode {
                     Err(_) => {
                         for _ in 0..window {
                             send(&socket);
+                        }
+                    }
+                }
+            }
+            println!("{answered} {}", started.elapsed().as_secs_f64());
+            ExitCode::SUCCESS
+        }
+        ["udp-echo", port] => {
+            // Sends every datagram back at once, from one thread (a small request/response
+            // server: the per-packet cost of a hook shows most here).
+            let Ok(port) = port.parse::<u16>() else {
+                eprintln!("sim-workload: usage: udp-echo PORT");
+                return ExitCode::FAILURE;
+            };
+            let Ok(socket) = std::net::UdpSocket::bind(("0.0.0.0", port)) else {
+                eprintln!("sim-workload: cannot bind UDP port {port}");
+                return ExitCode::FAILURE;
+            };
+            let mut buf = [0u8; 1500];
+            while let Ok((n, from)) = socket.recv_from(&mut buf) {
+                let _ = socket.send_to(buf.get(..n).unwrap_or_default(), from);
+            }
+            ExitCode::SUCCESS
+        }
+        ["udp-rr", addr, seconds, window] => {
+            // WINDOW 64-byte requests kept in flight to a `udp-echo`, a new one for each
+            // response; prints responses and seconds.
+            let (Ok(addr), Ok(seconds), Ok(window)) = (
+                addr.parse::<SocketAddr>(),
+                seconds.parse::<f64>(),
+                window.parse::<u16>(),
+            ) else {
+                eprintln!("sim-workload: usage: udp-rr IP:PORT SECONDS WINDOW");
+                return ExitCode::FAILURE;
+            };
+            let Ok(socket) = std::net::UdpSocket::bind("0.0.0.0:0") else {
+                return ExitCode::FAILURE;
+            };
+            if socket.connect(addr).is_err() {
+                return ExitCode::FAILURE;
+            }
+            let _ = socket.set_read_timeout(Some(Duration::from_millis(200)));
+            let request = [0x5au8; 64];
+            let started = std::time::Instant::now();
+            let until = started + Duration::from_secs_f64(seconds);
+            for _ in 0..window {
+                let _ = socket.send(&request);
+            }
+            let mut answered = 0u64;
+            let mut buf = [0u8; 1500];
+            while std::time::Instant::now() < until {
+                match socket.recv(&mut buf) {
+                    Ok(_) => {
+                        answered += 1;
+                        let _ = socket.send(&request);
+                    }
+                    // A lost request: refill the window.
+                    Err(_) => {
+                        for _ in 0..window {
+                            let _ = socket.send(&request);
                         }
                     }
                 }

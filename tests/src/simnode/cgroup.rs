@@ -227,6 +227,16 @@ impl SimNode {
         &self.cgroup_base
     }
 
+    /// The cgroup that holds every pod of this node in the cgroup v2 hierarchy (`kubepods`, or
+    /// `kubepods.slice` for the systemd driver), where the agent hangs its cgroup_skb programs.
+    pub fn pods_cgroup_v2(&self) -> PathBuf {
+        let base = self.hierarchies[0].join(&self.cgroup_base);
+        match self.driver {
+            CgroupDriver::Cgroupfs => base.join("kubepods"),
+            CgroupDriver::Systemd => base.join("kubepods.slice"),
+        }
+    }
+
     /// The directory of a pod's container cgroup in the cgroup v2 hierarchy (the one whose ids
     /// the kernel's programs report).
     pub fn container_cgroup_v2(&self, index: usize) -> PathBuf {

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use triage_agent_tests::{agent::AgentProcess, simnode::SimNode};
+use triage_agent_tests::simnode::SimNode;
 
 use crate::{
     measure::{percentile, quick},
@@ -17,7 +17,7 @@ use crate::{
 pub fn run(node: &SimNode, source: usize, sink: usize) -> anyhow::Result<()> {
     use std::io::BufRead as _;
 
-    let mut agent = AgentProcess::start(node)?;
+    let mut agent = crate::measure::start_agent(node, &[])?;
     // Synced: the pods added before (by other scenarios too) are known.
     agent.wait_ready(true, Duration::from_secs(20))?;
     let mut watch = std::process::Command::new(triage_agent_tests::agent::agent_binary())

@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use triage_agent_tests::{agent::AgentProcess, simnode::SimNode};
+use triage_agent_tests::simnode::SimNode;
 
 use crate::{
     measure::{cpu_and_rss, median, nonzero_losses, program_stats, quick, rounds, spread},
@@ -157,7 +157,7 @@ fn dns_round_trips(node: &SimNode, client: usize, window: u16, name: &str) -> an
     for _ in 0..rounds() {
         detached.push(load(node)?.0);
 
-        let mut agent = AgentProcess::start(node)?;
+        let mut agent = crate::measure::start_agent(node, &[])?;
         agent.wait_ready(true, Duration::from_secs(20))?;
         agent.wait_pods(node.live_pods(), Duration::from_secs(20))?;
         let pid = agent.pid().context("agent pid")?;
@@ -343,7 +343,7 @@ fn dns_program_costs(
     load: &dyn Fn(&SimNode) -> anyhow::Result<f64>,
 ) -> anyhow::Result<String> {
     let _stats = peers::BpfStats::enable()?;
-    let mut agent = AgentProcess::start(node)?;
+    let mut agent = crate::measure::start_agent(node, &[])?;
     agent.wait_ready(true, Duration::from_secs(20))?;
     let before = program_stats(&agent)?;
     let queries = load(node);

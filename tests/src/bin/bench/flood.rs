@@ -142,7 +142,7 @@ pub fn run(node: &SimNode, source: usize, s: &Scenario<'_>) -> anyhow::Result<()
             stream_detached.push(stream.beside(node, source, s)?);
         }
 
-        let mut agent = AgentProcess::start(node)?;
+        let mut agent = crate::measure::start_agent(node, &[])?;
         agent.wait_ready(true, Duration::from_secs(20))?;
         agent.wait_pods(node.live_pods(), Duration::from_secs(20))?;
         let pid = agent.pid().context("agent pid")?;
@@ -299,7 +299,7 @@ fn program_costs(node: &SimNode, source: usize, s: &Scenario<'_>) -> anyhow::Res
         ))
     };
     let flood_once = || flood(node, source, s.what, &s.dst);
-    let mut agent = AgentProcess::start(node)?;
+    let mut agent = crate::measure::start_agent(node, &[])?;
     agent.wait_ready(true, Duration::from_secs(20))?;
     let before = program_stats(&agent)?;
     let ours = per_event(agent.pid().context("agent pid")?, &flood_once);

@@ -9,8 +9,9 @@
 //! detaches everything).
 //!
 //! - raw tracepoints: `BPF_RAW_TRACEPOINT_OPEN`, as the agent's;
-//! - cgroup_skb egress and ingress on the cgroup2 root, as the agent's DNS programs, through
-//!   `BPF_LINK_CREATE` (Linux 5.7+), which runs beside any other program there.
+//! - cgroup_skb egress and ingress where the agent's DNS programs hang (`--at-cgroup`: the
+//!   pods' cgroup; the cgroup2 root without it), through `BPF_LINK_CREATE` (Linux 5.7+), which
+//!   runs beside any other program there.
 //!
 //! With `--hold-empty-hooks tcx IFACE,...` it holds empty TCX programs (Linux 6.6+) on both
 //! directions of those interfaces instead: the floor of the other way to capture DNS, tc on
@@ -51,6 +52,9 @@ pub const TCX_ARG: &str = "tcx";
 pub const CLASSIFY_ARG: &str = "classify";
 /// After [`HOLD_ARG`]: [`matcher`] at the cgroup_skb hooks instead of empty programs.
 pub const MATCH_ARG: &str = "match";
+/// After [`HOLD_ARG`]: the cgroup the cgroup_skb programs hang on (the next argument; default
+/// the cgroup2 root), the one the agent hangs its own on.
+pub const AT_CGROUP_ARG: &str = "--at-cgroup";
 
 const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_PROG_LOAD: libc::c_long = 5;
@@ -311,13 +315,17 @@ pub enum AtCgroupHooks {
 }
 
 /// Attaches an empty program to every hook of the agent, with `at_cgroup` at its cgroup_skb
-/// hooks; the descriptors keep them attached.
-pub fn attach_all(at_cgroup: AtCgroupHooks) -> anyhow::Result<Vec<OwnedFd>> {
+/// hooks, which hang on `cgroup` (where the agent hangs its own: the pods' cgroup) or on the
+/// cgroup2 root; the descriptors keep them attached.
+pub fn attach_all(at_cgroup: AtCgroupHooks, cgroup: Option<&str>) -> anyhow::Result<Vec<OwnedFd>> {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
-    let cgroup_root = triage_agent::kernel::mountinfo::mounts(&mountinfo)
-        .find(|m| m.fstype == "cgroup2")
-        .map(|m| m.point.to_owned())
-        .context("no cgroup2 mount")?;
+    let cgroup_root = match cgroup {
+        Some(c) => c.to_owned(),
+        None => triage_agent::kernel::mountinfo::mounts(&mountinfo)
+            .find(|m| m.fstype == "cgroup2")
+            .map(|m| m.point.to_owned())
+            .context("no cgroup2 mount")?,
+    };
     let mut held = Vec::new();
     let slots = match at_cgroup {
         AtCgroupHooks::Match => Some(match_slots()?),
@@ -439,6 +447,11 @@ pub fn hold() -> anyhow::Result<()> {
         .iter()
         .position(|a| a == TCX_ARG)
         .map(|i| args.get(i + 1).map(String::as_str).unwrap_or_default());
+    let at = args
+        .iter()
+        .position(|a| a == AT_CGROUP_ARG)
+        .and_then(|i| args.get(i + 1))
+        .map(String::as_str);
     let held = match tcx {
         Some(list) => attach_tcx(
             &list
@@ -446,9 +459,9 @@ pub fn hold() -> anyhow::Result<()> {
                 .filter(|s| !s.is_empty())
                 .collect::<Vec<_>>(),
         )?,
-        None if args.iter().any(|a| a == CLASSIFY_ARG) => attach_all(AtCgroupHooks::Classify)?,
-        None if args.iter().any(|a| a == MATCH_ARG) => attach_all(AtCgroupHooks::Match)?,
-        None => attach_all(AtCgroupHooks::Empty)?,
+        None if args.iter().any(|a| a == CLASSIFY_ARG) => attach_all(AtCgroupHooks::Classify, at)?,
+        None if args.iter().any(|a| a == MATCH_ARG) => attach_all(AtCgroupHooks::Match, at)?,
+        None => attach_all(AtCgroupHooks::Empty, at)?,
     };
     println!("{READY} ({} descriptors)", held.len());
     loop {

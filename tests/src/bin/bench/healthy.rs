@@ -1,17 +1,78 @@
-//! The healthy-traffic scenario: TCP throughput (iperf3) and connection rate between two pods,
-//! attached vs detached (every packet of every socket passes the DNS programs' port check).
+//! The healthy-traffic scenario, the cost every user pays all day: between two pods, TCP
+//! throughput (iperf3), the TCP connection rate, and small UDP requests and responses (one and
+//! 32 in flight, the traffic that pays per-packet hooks the most), each with no agent, with the
+//! agent attached and with the floor (empty programs at every hook the agent uses, where it
+//! uses them), interleaved round by round; and the same UDP requests between two processes of
+//! the node outside every pod (node daemons: kubelet, the runtime, etcd), which the agent must
+//! not cost anything, its cgroup_skb programs hanging on the pods' cgroup only.
+//!
+//! Each row has the ratio of medians and the median of the paired (same round) ratios, the
+//! floor's ratio beside it, and the eBPF run time per connection or per packet, from one more
+//! pass with the kernel's run-time statistics on (the agent's programs and the floor's).
 
-use std::{path::Path, time::Duration};
+use std::{
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
 
 use anyhow::Context as _;
-use triage_agent_tests::{agent::AgentProcess, simnode::SimNode};
+use triage_agent_tests::simnode::SimNode;
 
 use crate::{
-    measure::{IPERF3, flood, median, rounds, spread},
+    measure::{IPERF3, flood_seconds, median, quick, rounds, spread},
+    peers::{self, BpfStats, FLOOR},
     results,
 };
 
-/// Healthy traffic: TCP throughput (iperf3) and TCP connection rate between two pods.
+/// What a workload did: operations (bits, connections, responses) and seconds.
+type Done = (f64, f64);
+
+struct Workload<'a> {
+    name: &'static str,
+    /// What an operation is, for the per-operation eBPF time ("connection", "packet", ...).
+    per: &'static str,
+    /// Packets (or connections) per operation, for the eBPF time per `per`.
+    units_per_op: f64,
+    /// Node processes, not pods: the agent's ratio must be 1.000.
+    host: bool,
+    run: Box<dyn Fn(&SimNode) -> anyhow::Result<Done> + 'a>,
+}
+
+/// Runs a command and reads "COUNT SECONDS" from its output.
+fn count_and_seconds(out: &std::process::Output) -> anyhow::Result<Done> {
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut parts = text.split_whitespace();
+    let n: f64 = parts.next().context("no count")?.parse()?;
+    let secs: f64 = parts.next().context("no time")?.parse()?;
+    Ok((n, secs))
+}
+
+/// A process of the node (its network namespace, the bench's own cgroup: no pod's).
+fn in_node(node: &SimNode, workload: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", node.node_netns()])
+        .arg(workload)
+        .args(args);
+    cmd
+}
+
+/// Kills the node's echo server when the scenario ends, however it ends.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Lets a freshly started agent finish what it does once at start (the first cgroup walk and
+/// sweep, the pod list), so the attached rounds measure what it costs all day.
+fn settle() {
+    std::thread::sleep(Duration::from_millis(if quick() { 500 } else { 2000 }));
+}
+
 pub fn run(node: &mut SimNode) -> anyhow::Result<()> {
     let server = node.add_pod("bench", "iperf-server")?;
     let client = node.add_pod("bench", "iperf-client")?;
@@ -19,71 +80,200 @@ pub fn run(node: &mut SimNode) -> anyhow::Result<()> {
     let iperf3 = Path::new(IPERF3);
     node.start_program(server, iperf3, &["-s", "-p", "5201"])?;
     node.start_process(server, &["listen", "7100"])?;
+    node.start_process(server, &["udp-echo", "7200"])?;
+    let workload = crate::sibling("sim-workload")?;
+    let _host_echo = Reaped(
+        in_node(node, &workload, &["udp-echo", "7201"])
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting a UDP echo server in the node's namespace")?,
+    );
     std::thread::sleep(Duration::from_millis(300));
-    let throughput = |node: &SimNode| -> anyhow::Result<f64> {
-        let out = node.run_program(
-            client,
-            iperf3,
-            &["-c", &server_ip, "-p", "5201", "-t", "2", "-J"],
-        )?;
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-        v["end"]["sum_received"]["bits_per_second"]
-            .as_f64()
-            .context("iperf3 reported no throughput")
-    };
-    let connections =
-        |node: &SimNode| flood(node, client, "connect-rate", &format!("{server_ip}:7100"));
-    let mut rows: Vec<(&str, Vec<f64>, Vec<f64>)> = vec![
-        ("TCP throughput (iperf3, bits/s)", Vec::new(), Vec::new()),
-        (
-            "TCP connections/s (connect, server closes, close)",
-            Vec::new(),
-            Vec::new(),
-        ),
+    let seconds = flood_seconds().to_string();
+    let iperf_seconds = if quick() { "1" } else { "2" };
+    let udp = format!("{server_ip}:7200");
+    let host_udp = format!("{}:7201", node.node_ip());
+    let workloads = [
+        Workload {
+            name: "TCP throughput (iperf3, bits/s)",
+            per: "MiB",
+            // Operations are bits: the eBPF time is given per MiB.
+            units_per_op: 1.0 / (8.0 * 1024.0 * 1024.0),
+            host: false,
+            run: Box::new(|node| {
+                let out = node.run_program(
+                    client,
+                    iperf3,
+                    &["-c", &server_ip, "-p", "5201", "-t", iperf_seconds, "-J"],
+                )?;
+                let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+                let end = &v["end"]["sum_received"];
+                let bits = end["bytes"].as_f64().context("iperf3 reported no bytes")? * 8.0;
+                let secs = end["seconds"].as_f64().context("iperf3 reported no time")?;
+                Ok((bits, secs))
+            }),
+        },
+        Workload {
+            name: "TCP connections/s (connect, server closes, close)",
+            per: "connection",
+            units_per_op: 1.0,
+            host: false,
+            run: Box::new(|node| {
+                count_and_seconds(&node.run(
+                    client,
+                    &["connect-rate", &format!("{server_ip}:7100"), &seconds],
+                )?)
+            }),
+        },
+        Workload {
+            name: "UDP requests/s, 1 in flight (64 bytes, echoed)",
+            per: "packet",
+            units_per_op: 2.0,
+            host: false,
+            run: Box::new(|node| {
+                count_and_seconds(&node.run(client, &["udp-rr", &udp, &seconds, "1"])?)
+            }),
+        },
+        Workload {
+            name: "UDP requests/s, 32 in flight (64 bytes, echoed)",
+            per: "packet",
+            units_per_op: 2.0,
+            host: false,
+            run: Box::new(|node| {
+                count_and_seconds(&node.run(client, &["udp-rr", &udp, &seconds, "32"])?)
+            }),
+        },
+        Workload {
+            name: "node processes outside every pod: UDP requests/s, 32 in flight",
+            per: "packet",
+            units_per_op: 2.0,
+            host: true,
+            run: Box::new(|node| {
+                let out = in_node(node, &workload, &["udp-rr", &host_udp, &seconds, "32"])
+                    .output()
+                    .context("running a UDP client in the node's namespace")?;
+                anyhow::ensure!(out.status.success(), "udp-rr in the node failed: {out:?}");
+                count_and_seconds(&out)
+            }),
+        },
     ];
+    let floor = peers::floor();
+    // Per workload: rates detached, attached, with the floor.
+    let mut rates: Vec<[Vec<f64>; 3]> = workloads.iter().map(|_| Default::default()).collect();
+    let all = |node: &SimNode, rates: &mut Vec<[Vec<f64>; 3]>, config: usize| {
+        for (w, r) in workloads.iter().zip(rates.iter_mut()) {
+            let (n, secs) = (w.run)(node)?;
+            if let Some(v) = r.get_mut(config) {
+                v.push(n / secs);
+            }
+        }
+        anyhow::Ok(())
+    };
     for _ in 0..rounds() {
-        if let Some(r) = rows.get_mut(0) {
-            r.1.push(throughput(node)?);
-        }
-        if let Some(r) = rows.get_mut(1) {
-            r.1.push(connections(node)?);
-        }
-        let mut agent = AgentProcess::start(node)?;
+        all(node, &mut rates, 0)?;
+        let mut agent = crate::measure::start_agent(node, &[])?;
         agent.wait_ready(true, Duration::from_secs(20))?;
-        if let Some(r) = rows.get_mut(0) {
-            r.2.push(throughput(node)?);
-        }
-        if let Some(r) = rows.get_mut(1) {
-            r.2.push(connections(node)?);
+        settle();
+        all(node, &mut rates, 1)?;
+        agent.stop()?;
+        let held = floor.start(node, client)?;
+        all(node, &mut rates, 2)?;
+        held.stop()?;
+    }
+
+    // One more pass of each workload with the kernel's run-time statistics on: eBPF time per
+    // operation, the agent's and the floor's.
+    let mut ours_ns = Vec::new();
+    let mut floor_ns = Vec::new();
+    {
+        let _stats = BpfStats::enable()?;
+        let mut agent = crate::measure::start_agent(node, &[])?;
+        agent.wait_ready(true, Duration::from_secs(20))?;
+        settle();
+        let pid = agent.pid().context("agent pid")?;
+        for w in &workloads {
+            // From the programs' descriptors, as for the floor (/metrics lags by a second).
+            let (ns0, _) = peers::bpf_run_stats(pid);
+            let (n, _) = (w.run)(node)?;
+            let (ns1, _) = peers::bpf_run_stats(pid);
+            ours_ns.push(ns1.saturating_sub(ns0) as f64 / (n * w.units_per_op).max(1.0));
         }
         agent.stop()?;
+        let held = floor.start(node, client)?;
+        for w in &workloads {
+            let (ns0, _) = peers::bpf_run_stats(held.pid());
+            let (n, _) = (w.run)(node)?;
+            let (ns1, _) = peers::bpf_run_stats(held.pid());
+            floor_ns.push(ns1.saturating_sub(ns0) as f64 / (n * w.units_per_op).max(1.0));
+        }
+        held.stop()?;
     }
+
     println!(
-        "\nhealthy traffic between two pods ({} rounds, interleaved)",
+        "\nhealthy traffic ({} rounds, interleaved: detached, attached, floor)",
         rounds()
     );
-    for (name, detached, attached) in &mut rows {
-        let (d, a) = (median(&mut detached.clone()), median(&mut attached.clone()));
+    for (i, (w, [detached, attached, floored])) in workloads.iter().zip(&rates).enumerate() {
+        let d = median(&mut detached.clone());
+        let a = median(&mut attached.clone());
+        let f = median(&mut floored.clone());
+        let paired = |with: &[f64]| {
+            median(
+                &mut with
+                    .iter()
+                    .zip(detached)
+                    .map(|(x, d)| x / d)
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let (ratio, floor_ratio) = (a / d, f / d);
+        let (paired_ours, paired_floor) = (paired(attached), paired(floored));
+        let goal = if w.host {
+            "1.000 (no program runs for them)".to_owned()
+        } else {
+            ">= 0.99 and within 0.005 of the floor".to_owned()
+        };
+        let met = if w.host {
+            ratio >= 0.995
+        } else {
+            ratio >= 0.99 && ratio >= floor_ratio - 0.005
+        };
+        let ns = |v: &[f64]| v.get(i).copied().unwrap_or(f64::NAN);
+        println!(
+            "  {}: ratio {ratio:.3} (paired {paired_ours:.3}), floor {floor_ratio:.3} (paired \
+             {paired_floor:.3}); eBPF {:.0} ns per {} (floor {:.0} ns){}",
+            w.name,
+            ns(&ours_ns),
+            w.per,
+            ns(&floor_ns),
+            if met { "" } else { "  BELOW GOAL" }
+        );
+        let unit = |v: f64| results::thousands(v);
         let (dmin, dmax) = spread(detached);
         let (amin, amax) = spread(attached);
-        println!(
-            "  {name}: detached {d:.0} ({dmin:.0}-{dmax:.0}), attached {a:.0} ({amin:.0}-{amax:.0}); ratio {:.3} (goal >= 0.99){}",
-            a / d,
-            if a / d >= 0.99 { "" } else { "  BELOW GOAL" }
-        );
         results::add(results::Row {
-            scenario: format!("healthy traffic between two pods: {name}"),
-            ours: results::against(a / d, 0.99),
-            peers: "-".to_owned(),
-            goal: ">= 0.99".to_owned(),
+            scenario: format!("healthy traffic: {}", w.name),
+            ours: format!(
+                "{ratio:.3}{} (paired {paired_ours:.3}); eBPF {:.0} ns per {}",
+                if met { "" } else { " (below goal)" },
+                ns(&ours_ns),
+                w.per
+            ),
+            peers: format!(
+                "{FLOOR} {floor_ratio:.3} (paired {paired_floor:.3}); eBPF {:.0} ns per {}",
+                ns(&floor_ns),
+                w.per
+            ),
+            goal,
             spread: format!(
-                "detached {} ({}-{}), attached {} ({}-{})",
-                results::thousands(d),
-                results::thousands(dmin),
-                results::thousands(dmax),
-                results::thousands(a),
-                results::thousands(amin),
-                results::thousands(amax)
+                "detached {} ({}-{}), attached {} ({}-{}), floor {}",
+                unit(d),
+                unit(dmin),
+                unit(dmax),
+                unit(a),
+                unit(amin),
+                unit(amax),
+                unit(f)
             ),
         });
     }

@@ -28,8 +28,9 @@
 //!   classifier's, the empty floor's and the matcher's); `dns-latency` runs only the
 //!   one-at-a-time part, `dns-cost` only the eBPF time per query (a quick comparison of
 //!   builds);
-//! - healthy: TCP throughput (iperf3) and connection rate between two pods, attached vs
-//!   detached (every packet of every socket passes the DNS programs' port check);
+//! - healthy: TCP throughput (iperf3), the connection rate and small UDP requests (one and 32
+//!   in flight) between two pods, and UDP requests between two node processes outside every
+//!   pod, detached, attached and with the floor ([`healthy`]);
 //! - sampling: the cgroupfs sampler on a fixture tree of 1,000 containers (cgroup v2 file
 //!   formats in a temporary directory): CPU time per full sweep, and allocations per sample in
 //!   steady state (a counting allocator wraps the system one). No root needed.

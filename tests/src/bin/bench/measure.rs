@@ -10,6 +10,15 @@ pub fn rounds() -> usize {
     if quick() { 2 } else { 10 }
 }
 
+/// The agent as the DaemonSet runs it on a kubelet node: with kubelet's cgroup root, so its
+/// cgroup_skb programs hang on the pods' cgroup (`extra`: more flags).
+pub fn start_agent(node: &SimNode, extra: &[&str]) -> anyhow::Result<AgentProcess> {
+    let root = format!("/{}", node.cgroup_base().display());
+    let mut flags = vec!["--kubelet-cgroup-root", &root];
+    flags.extend_from_slice(extra);
+    AgentProcess::start_with(node, &flags)
+}
+
 /// Length of one flood.
 pub fn flood_seconds() -> f64 {
     if quick() { 0.5 } else { 2.0 }

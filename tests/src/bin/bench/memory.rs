@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use triage_agent_tests::{agent::AgentProcess, simnode::SimNode};
+use triage_agent_tests::simnode::SimNode;
 
 use crate::{
     measure::{cpu_and_rss, nonzero_losses, quick},
@@ -60,7 +60,7 @@ fn memory_with(
     sink_ip: std::net::Ipv4Addr,
     extra: u64,
 ) -> anyhow::Result<()> {
-    let mut agent = AgentProcess::start_with(
+    let mut agent = crate::measure::start_agent(
         node,
         &[
             "--store-capacity",

@@ -61,6 +61,8 @@ fn held_by_the_bench(label: &'static str, args: &[&str]) -> Peer {
     let mut argv = vec![
         "/proc/self/exe".to_owned(),
         crate::floor::HOLD_ARG.to_owned(),
+        crate::floor::AT_CGROUP_ARG.to_owned(),
+        "{pods_cgroup}".to_owned(),
     ];
     argv.extend(args.iter().map(|a| (*a).to_owned()));
     Peer {
@@ -171,6 +173,7 @@ impl Peer {
                 a.replace("{out}", &out.to_string_lossy())
                     .replace("{iface}", node.pod(pod).host_interface())
                     .replace("{ifaces}", &node.pod_interfaces().join(","))
+                    .replace("{pods_cgroup}", &node.pods_cgroup_v2().to_string_lossy())
             })
             .collect();
         let mut cmd = if self.in_node_netns {
