@@ -362,6 +362,52 @@ mod tests {
         );
     }
 
+    /// A Deployment's pod as the API server sends it (managedFields, a last-applied annotation,
+    /// init and app containers with env, volumes and probes): the view reads what the whole
+    /// object says.
+    #[test]
+    fn the_view_reads_what_the_whole_pod_says() {
+        let text = include_str!("fixtures/deployment-pod.json");
+        let pod: Pod = serde_json::from_str(text).unwrap();
+        let view: PodView = serde_json::from_str(text).unwrap();
+        use kube::Resource as _;
+        assert_eq!(view.meta().resource_version, pod.metadata.resource_version);
+        assert_eq!(view.meta().uid, pod.metadata.uid);
+        assert!(view.meta().managed_fields.is_none() && view.meta().annotations.is_none());
+        let info = pod_info(&view).unwrap();
+        assert_eq!(info.pod.namespace, pod.metadata.namespace.unwrap());
+        assert_eq!(info.pod.name, pod.metadata.name.unwrap());
+        let status = pod.status.unwrap();
+        let ips: Vec<IpAddr> = status
+            .pod_ips
+            .unwrap()
+            .iter()
+            .map(|ip| ip.ip.parse().unwrap())
+            .collect();
+        assert_eq!(info.ips, ips);
+        let containers: HashMap<String, Arc<str>> = status
+            .container_statuses
+            .into_iter()
+            .chain(status.init_container_statuses)
+            .flatten()
+            .map(|c| {
+                let id = c.container_id.unwrap();
+                (strip_runtime_scheme(&id).to_owned(), c.name.as_str().into())
+            })
+            .collect();
+        assert_eq!(info.containers.len(), 3);
+        assert_eq!(info.containers, containers);
+        assert_eq!(
+            info.started,
+            status.start_time.map(|t| SystemTime::from(t.0))
+        );
+        assert_eq!(
+            info.host_network,
+            pod.spec.unwrap().host_network.unwrap_or(false)
+        );
+        assert!(!info.finished);
+    }
+
     #[test]
     fn pod_without_uid_or_status() {
         let pod: PodView = serde_json::from_value(json!({"metadata": {"name": "x"}})).unwrap();
