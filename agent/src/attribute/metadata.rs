@@ -408,6 +408,38 @@ mod tests {
         assert!(!info.finished);
     }
 
+    /// The watch's events and the list's pages are decoded as kube-rs decodes them.
+    #[test]
+    fn watch_events_and_lists_decode_as_views() {
+        use kube::core::{ObjectList, WatchEvent};
+        let pod = json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "web", "namespace": "shop", "uid": "u-1", "resourceVersion": "7",
+                         "managedFields": [{"manager": "kubelet", "fieldsV1": {"f:status": {}}}]},
+            "spec": {"containers": [{"name": "app", "env": [{"name": "A", "value": "b"}]}]},
+            "status": {"podIP": "10.0.0.5", "containerStatuses": [{"name": "app", "containerID": "cri-o://ab", "image": "i", "imageID": "", "ready": true, "restartCount": 0}]}
+        });
+        for kind in ["ADDED", "MODIFIED", "DELETED"] {
+            let line = json!({"type": kind, "object": pod}).to_string();
+            let event: WatchEvent<PodView> = serde_json::from_str(&line).unwrap();
+            let view = match event {
+                WatchEvent::Added(v) | WatchEvent::Modified(v) | WatchEvent::Deleted(v) => v,
+                other => panic!("{other:?}"),
+            };
+            assert_eq!(view.metadata.resource_version.as_deref(), Some("7"));
+            assert!(view.metadata.managed_fields.is_none());
+            let info = pod_info(&view).unwrap();
+            assert_eq!(info.containers.get("ab").map(|s| &**s), Some("app"));
+        }
+        let bookmark = json!({"type": "BOOKMARK", "object": {"kind": "Pod", "apiVersion": "v1", "metadata": {"resourceVersion": "9"}}});
+        let event: WatchEvent<PodView> = serde_json::from_value(bookmark).unwrap();
+        assert!(matches!(event, WatchEvent::Bookmark(b) if b.metadata.resource_version == "9"));
+        let list = json!({"apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": "8"}, "items": [pod]});
+        let list: ObjectList<PodView> = serde_json::from_value(list).unwrap();
+        assert_eq!(list.metadata.resource_version.as_deref(), Some("8"));
+        assert_eq!(list.items.len(), 1);
+    }
+
     #[test]
     fn pod_without_uid_or_status() {
         let pod: PodView = serde_json::from_value(json!({"metadata": {"name": "x"}})).unwrap();
