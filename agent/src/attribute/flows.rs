@@ -55,7 +55,7 @@ impl Attributor {
                 };
                 let process = f.task.as_ref().map(|t| Process {
                     pid: t.tgid,
-                    comm: t.comm.as_str().into(),
+                    comm: self.strings.get(&t.comm),
                 });
                 let subject = self.subject(clues, process, event.at, now, last_chance)?;
                 let peer = self.peer(f.dst.ip(), event.at);
@@ -108,7 +108,10 @@ impl Attributor {
                 let reason = f
                     .reason
                     .map_or_else(|| "UNKNOWN".into(), |r| self.names.drop(r));
-                let location = f.location.and_then(|a| self.names.location(a));
+                let location = f
+                    .location
+                    .and_then(|a| self.names.location(a))
+                    .map(|l| self.strings.get(&l));
                 // Without reasons, a SYN to a closed port is freed where TCP finds no socket
                 // (after answering it with a RST): a refusal the refusal probes report, as
                 // NO_SOCKET drops are skipped in the kernel when there are reasons. Only the
@@ -353,6 +356,29 @@ pub struct KernelNames {
 const NO_SOCKET_SITES: [&str; 2] = ["tcp_v4_rcv+", "tcp_v6_rcv+"];
 
 /// [`KernelNames`] as shared strings.
+/// Strings many records repeat (process names, drop locations), one shared copy each: a
+/// record holds a pointer, not its own copy. Bounded: forgotten all at once when full (records
+/// keep the copies they hold).
+#[derive(Debug, Default)]
+pub(super) struct Interned(std::collections::HashSet<Arc<str>>);
+
+/// Bound on [`Interned`].
+const INTERNED_CAPACITY: usize = 4096;
+
+impl Interned {
+    pub(super) fn get(&mut self, s: &str) -> Arc<str> {
+        if let Some(shared) = self.0.get(s) {
+            return shared.clone();
+        }
+        if self.0.len() >= INTERNED_CAPACITY {
+            self.0.clear();
+        }
+        let shared: Arc<str> = s.into();
+        self.0.insert(shared.clone());
+        shared
+    }
+}
+
 pub(super) struct Names {
     reset: HashMap<u32, Arc<str>>,
     drop: HashMap<u32, Arc<str>>,
@@ -382,11 +408,8 @@ impl Names {
     /// Where a packet was freed, `function+0xoffset`; none when the kernel hides its symbols
     /// from the agent (no CAP_SYSLOG): the raw address would undo KASLR for anyone reading
     /// evidence.
-    fn location(&self, address: u64) -> Option<Arc<str>> {
-        self.symbols
-            .as_ref()
-            .and_then(|s| s.name(address))
-            .map(Into::into)
+    fn location(&self, address: u64) -> Option<String> {
+        self.symbols.as_ref().and_then(|s| s.name(address))
     }
     fn drop(&self, v: u32) -> Arc<str> {
         self.drop

@@ -177,6 +177,8 @@ pub struct Attributor {
     /// cgroup ids found gone, and until when that is believed.
     cgroup_gone: HashMap<u64, Instant>,
     names: Names,
+    /// Process names and drop locations, shared by the records that repeat them.
+    strings: flows::Interned,
     /// (SYN sender IP, refusing end) -> when this node's stack refused it: a reset the
     /// connecting side got from a local pod without one of these came from a firewall.
     stack_refusals: HashMap<(IpAddr, SocketAddr), Instant>,
@@ -218,6 +220,7 @@ impl Attributor {
             cgroup_cache: HashMap::new(),
             cgroup_gone: HashMap::new(),
             names: Names::from(names),
+            strings: flows::Interned::default(),
             stack_refusals: HashMap::new(),
             pending: VecDeque::new(),
             synced: false,

@@ -45,7 +45,8 @@ pub struct PodInfo {
 /// counts from there only where no other hold covers the time.
 #[derive(Clone, Debug)]
 struct Hold {
-    uid: String,
+    /// The pod (shared with its [`PodInfo`]).
+    pod: Arc<PodRef>,
     from: SystemTime,
     since: SystemTime,
     to: Option<SystemTime>,
@@ -114,6 +115,12 @@ impl PodIndex {
     /// ends any earlier one still open there (its end was not seen).
     pub fn observe(&mut self, mut info: PodInfo, now: SystemTime, seen: Seen) {
         let uid = info.pod.uid.clone();
+        // One copy of an unchanged identity, shared by the index, its holds and the records.
+        if let Some(known) = self.pods.get(&uid)
+            && *known.info.pod == *info.pod
+        {
+            info.pod = known.info.pod.clone();
+        }
         // Containers the runtime has and the pod's status does not show yet (a restart).
         if let Some(containers) = self.runtime.get(&uid) {
             for (id, name) in containers {
@@ -132,13 +139,20 @@ impl PodIndex {
             if held.contains(ip) {
                 continue;
             }
-            for h in holds.iter_mut().filter(|h| h.uid == uid && h.to.is_none()) {
+            for h in holds
+                .iter_mut()
+                .filter(|h| h.pod.uid == uid && h.to.is_none())
+            {
                 h.to = Some(now.max(h.from));
             }
         }
         for ip in held {
-            let holds = self.holds.entry(ip).or_default();
-            if holds.iter().any(|h| h.uid == uid && h.to.is_none()) {
+            // Most addresses are held by one pod in their life here: room for one hold.
+            let holds = self
+                .holds
+                .entry(ip)
+                .or_insert_with(|| Vec::with_capacity(1));
+            if holds.iter().any(|h| h.pod.uid == uid && h.to.is_none()) {
                 continue;
             }
             // The IP went to this pod when it started, but never before the previous holder
@@ -146,14 +160,14 @@ impl PodIndex {
             let mut since = info.started.unwrap_or(now).min(now);
             let from = match seen {
                 Seen::Watching => {
-                    for h in holds.iter().filter(|h| h.uid != uid) {
+                    for h in holds.iter().filter(|h| h.pod.uid != uid) {
                         since = since.max(h.to.unwrap_or(now));
                     }
                     now
                 }
                 // A previous holder still open lost it by the time this pod has it.
                 Seen::Listed => {
-                    for h in holds.iter_mut().filter(|h| h.uid != uid) {
+                    for h in holds.iter_mut().filter(|h| h.pod.uid != uid) {
                         match h.to {
                             Some(to) => since = since.max(to),
                             None => {
@@ -167,7 +181,7 @@ impl PodIndex {
                 }
             };
             holds.push(Hold {
-                uid: uid.clone(),
+                pod: info.pod.clone(),
                 from,
                 since: since.min(from),
                 to: None,
@@ -255,7 +269,10 @@ impl PodIndex {
             known.deleted_at.get_or_insert(at);
         }
         for holds in self.holds.values_mut() {
-            for h in holds.iter_mut().filter(|h| h.uid == uid && h.to.is_none()) {
+            for h in holds
+                .iter_mut()
+                .filter(|h| h.pod.uid == uid && h.to.is_none())
+            {
                 h.to = Some(at.max(h.from));
             }
         }
@@ -320,7 +337,7 @@ impl PodIndex {
                     .filter(until)
                     .max_by_key(|h| h.since)
             })?;
-        self.by_uid(&hold.uid)
+        self.by_uid(&hold.pod.uid)
     }
 
     /// Live pods (not deleted, not finished) and their container IDs.

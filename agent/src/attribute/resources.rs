@@ -185,7 +185,7 @@ impl Attributor {
     ) -> Option<Vec<Occurrence>> {
         let process = Some(Process {
             pid: v.tgid,
-            comm: v.comm.as_str().into(),
+            comm: self.strings.get(&v.comm),
         });
         let mut detail = OomKill {
             main_process: v.main_process,

@@ -165,6 +165,17 @@ fn connector_side_by_cgroup_with_container_and_peer() {
 }
 
 #[test]
+fn records_of_one_process_name_share_one_copy_of_it() {
+    let (mut a, _) = attributor();
+    synced_with_pods(&mut a);
+    let first = one(a.event(connect_refused(100, 5), now(5)));
+    let second = one(a.event(connect_refused(100, 6), now(6)));
+    let comm = |o: &Occurrence| o.subject.process.clone().unwrap().comm;
+    assert_eq!(&*comm(&first), "curl");
+    assert!(Arc::ptr_eq(&comm(&first), &comm(&second)));
+}
+
+#[test]
 fn refuser_side_by_ip_with_reason_name() {
     let (mut a, _) = attributor();
     synced_with_pods(&mut a);

@@ -8,32 +8,39 @@ use std::{
     io,
     os::unix::fs::FileExt as _,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 /// Size of the buffer a file is read into: every file read here is far shorter (cpu.stat with
 /// every v2 field is ~200 bytes).
 pub const READ_BUF: usize = 4096;
 
-/// A cgroup file kept open between samples.
+/// A cgroup file kept open between samples: its cgroup's directory (shared with the other
+/// files of the cgroup) and its name.
 #[derive(Debug)]
 pub struct CgroupFile {
-    path: PathBuf,
+    dir: Arc<Path>,
+    name: &'static str,
     file: Option<File>,
 }
 
 impl CgroupFile {
-    pub fn new(path: PathBuf) -> CgroupFile {
-        CgroupFile { path, file: None }
+    pub fn new(dir: Arc<Path>, name: &'static str) -> CgroupFile {
+        CgroupFile {
+            dir,
+            name,
+            file: None,
+        }
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
+    pub fn path(&self) -> PathBuf {
+        self.dir.join(self.name)
     }
 
     /// Reads the whole file into `buf` (opened on first use); returns the bytes read.
     pub fn read<'b>(&mut self, buf: &'b mut [u8]) -> io::Result<&'b [u8]> {
         if self.file.is_none() {
-            self.file = Some(File::open(&self.path)?);
+            self.file = Some(File::open(self.path())?);
         }
         let Some(file) = self.file.as_ref() else {
             return Err(io::ErrorKind::NotFound.into());

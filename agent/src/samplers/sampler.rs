@@ -4,7 +4,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    path::{Path, PathBuf},
+    path::Path,
     sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
@@ -39,7 +39,9 @@ pub struct SamplerConfig {
 /// One controller's files of a container.
 #[derive(Debug)]
 struct Files {
-    dir: PathBuf,
+    /// The container's cgroup directory in the controller's hierarchy, one copy for all its
+    /// files (and for every controller on cgroup v2).
+    dir: Arc<Path>,
     counter: CgroupFile,
 }
 
@@ -219,15 +221,16 @@ impl Sampler {
     /// happened since it started; an older one's first reading is its baseline.
     fn track(&self, rel: &Path, now: Instant) -> Tracked {
         let h = &self.config.hierarchies;
-        let files = |hier: Option<&crate::cgroup::layout::Hierarchy>, v2: &str, v1: &str| {
-            hier.map(|hier| {
-                let dir = hier.mount.join(rel);
-                let name = if hier.version == Version::V2 { v2 } else { v1 };
-                Files {
-                    counter: CgroupFile::new(dir.join(name)),
-                    dir,
-                }
-            })
+        // The container's directories, one copy each (on cgroup v2, one for all).
+        let mut dirs: Vec<Arc<Path>> = Vec::new();
+        let mut dir_in = |mount: &Path| -> Arc<Path> {
+            let dir = mount.join(rel);
+            if let Some(d) = dirs.iter().find(|d| ***d == *dir) {
+                return d.clone();
+            }
+            let d: Arc<Path> = dir.into();
+            dirs.push(d.clone());
+            d
         };
         if let (Some(known), Some(unified)) = (&self.known, &h.unified) {
             use std::os::unix::fs::MetadataExt as _;
@@ -239,11 +242,28 @@ impl Sampler {
         let psi = h
             .unified
             .as_ref()
-            .map(|m| m.join(rel).join("cpu.pressure"))
-            .filter(|p| p.exists())
-            .map(CgroupFile::new);
-        let cpu = files(h.cpu.as_ref(), "cpu.stat", "cpu.stat");
-        let memory = files(h.memory.as_ref(), "memory.events", "memory.oom_control");
+            .map(|m| dir_in(m))
+            .filter(|d| d.join("cpu.pressure").exists())
+            .map(|d| CgroupFile::new(d, "cpu.pressure"));
+        let cpu = h.cpu.as_ref().map(|hier| {
+            let dir = dir_in(&hier.mount);
+            Files {
+                counter: CgroupFile::new(dir.clone(), "cpu.stat"),
+                dir,
+            }
+        });
+        let memory = h.memory.as_ref().map(|hier| {
+            let dir = dir_in(&hier.mount);
+            let name = if hier.version == Version::V2 {
+                "memory.events"
+            } else {
+                "memory.oom_control"
+            };
+            Files {
+                counter: CgroupFile::new(dir.clone(), name),
+                dir,
+            }
+        });
         let born = cpu
             .as_ref()
             .or(memory.as_ref())
@@ -352,12 +372,12 @@ fn read_container(
                 t.prev_cpu = Some((stat, now));
             }
             Ok(None) => {
-                let path = cpu.counter.path().to_owned();
+                let path = cpu.counter.path();
                 stats.read_errors += 1;
                 failed(t, &path, None);
             }
             Err(e) => {
-                let path = cpu.counter.path().to_owned();
+                let path = cpu.counter.path();
                 if failed(t, &path, Some(e)) {
                     return true;
                 }
@@ -387,12 +407,12 @@ fn read_container(
                 t.prev_oom = Some((kills, group));
             }
             Ok(None) => {
-                let path = mem.counter.path().to_owned();
+                let path = mem.counter.path();
                 stats.read_errors += 1;
                 failed(t, &path, None);
             }
             Err(e) => {
-                let path = mem.counter.path().to_owned();
+                let path = mem.counter.path();
                 if failed(t, &path, Some(e)) {
                     return true;
                 }
@@ -542,6 +562,7 @@ pub fn ms(n: u64) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
 
     fn container_dir(root: &Path, pods: &[PodContainers], i: usize) -> PathBuf {
         root.join("kubepods/burstable")
