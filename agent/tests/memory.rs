@@ -1,6 +1,7 @@
 //! Heap bytes the agent holds per pod of metadata and per record, measured with a counting
 //! allocator, against the budgets: at most 4 KiB a pod (what attribution and the samplers keep,
-//! and what decoding a pod costs on the way), at most 150 bytes a record in the store.
+//! and what decoding a pod costs on the way); a record must not grow past what the store holds
+//! today (the 150 bytes a record needs a compact record layout in the store).
 //!
 //! The allocator counts the bytes live on each thread (allocated minus freed there), so tests
 //! running beside each other do not disturb a measurement: each one allocates, keeps and frees
