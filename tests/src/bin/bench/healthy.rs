@@ -28,6 +28,9 @@ use crate::{
 /// What a workload did: operations (bits, connections, responses) and seconds.
 type Done = (f64, f64);
 
+/// Runs a workload once on the node.
+type Runner<'a> = Box<dyn Fn(&SimNode) -> anyhow::Result<Done> + 'a>;
+
 struct Workload<'a> {
     name: &'static str,
     /// What an operation is, for the per-operation eBPF time ("connection", "packet", ...).
@@ -36,7 +39,7 @@ struct Workload<'a> {
     units_per_op: f64,
     /// Node processes, not pods: the agent's ratio must be 1.000.
     host: bool,
-    run: Box<dyn Fn(&SimNode) -> anyhow::Result<Done> + 'a>,
+    run: Runner<'a>,
 }
 
 /// Runs a command and reads "COUNT SECONDS" from its output.
