@@ -111,7 +111,12 @@ impl Owner {
 
 impl PartialEq for Owner {
     fn eq(&self, other: &Owner) -> bool {
-        self.uid() == other.uid()
+        match (self, other) {
+            // Most often the one PodRef every record of the pod shares.
+            (Owner::Pod(a), Owner::Pod(b)) => Arc::ptr_eq(a, b) || a.uid == b.uid,
+            (Owner::Unattributed, Owner::Unattributed) => true,
+            _ => false,
+        }
     }
 }
 
@@ -131,7 +136,10 @@ impl PartialOrd for Owner {
 
 impl Ord for Owner {
     fn cmp(&self, other: &Owner) -> std::cmp::Ordering {
-        self.uid().cmp(&other.uid())
+        match (self, other) {
+            (Owner::Pod(a), Owner::Pod(b)) if Arc::ptr_eq(a, b) => std::cmp::Ordering::Equal,
+            _ => self.uid().cmp(&other.uid()),
+        }
     }
 }
 
@@ -339,7 +347,9 @@ impl Ranking {
         }
         match (was, now) {
             // The same namespace: one lookup.
-            (Some((was, Some(from))), Some((rank, Some(to)))) if from == to => {
+            (Some((was, Some(from))), Some((rank, Some(to))))
+                if std::ptr::eq(from, to) || from == to =>
+            {
                 match self.by_namespace.get_mut(from) {
                     Some(set) => {
                         set.remove(&(was, owner.clone()));
@@ -748,7 +758,7 @@ impl Store {
             (slot.id, slot.evidence.clone())
         } else {
             let pod = o.subject.pod.clone();
-            self.make_room(&key.owner, pod.as_deref().map(|p| p.namespace.as_str()));
+            let evicted = self.make_room(&key.owner, pod.as_deref().map(|p| p.namespace.as_str()));
             let node = self.node.clone();
             let evidence = match folded {
                 // Only inbound occurrences fold, and they all can.
@@ -757,12 +767,17 @@ impl Store {
             };
             self.last_id += 1;
             let id = self.last_id;
-            if self.backend.is_none() && self.subscribers.is_empty() && self.behind.is_empty() {
-                // Nobody to tell: the record moves in without a copy.
-                self.insert(hash, key, evidence, seq, id);
-                return;
+            // The owner that made room is filed with the new record's (once when the same).
+            let other = evicted.filter(|e| *e != key.owner);
+            let told =
+                self.backend.is_some() || !self.subscribers.is_empty() || !self.behind.is_empty();
+            let copy = told.then(|| evidence.clone());
+            self.insert(hash, key, evidence, seq, id);
+            if let Some(other) = other {
+                self.file(&other);
             }
-            self.insert(hash, key, evidence.clone(), seq, id);
+            // Nobody to tell: the record moved in without a copy.
+            let Some(evidence) = copy else { return };
             (id, evidence)
         };
         if let Some(b) = &mut self.backend {
@@ -805,10 +820,14 @@ impl Store {
             }
             return;
         }
-        self.make_room(&key.owner, evidence.pod().map(|p| p.namespace.as_str()));
+        let evicted = self.make_room(&key.owner, evidence.pod().map(|p| p.namespace.as_str()));
+        let other = evicted.filter(|e| *e != key.owner);
         self.seq += 1;
         let seq = self.seq;
         self.insert(hash, key, evidence, seq, id);
+        if let Some(other) = other {
+            self.file(&other);
+        }
     }
 
     /// Puts back an owner's evictions kept by the backend before a restart (`owner` as
@@ -981,23 +1000,33 @@ impl Store {
         self.counters.add(Loss::StoreEvicted, 1);
     }
 
-    fn make_room(&mut self, owner: &Owner, namespace: Option<&str>) {
+    /// Evicts one record if `owner`'s new record needs room; returns whose it was. That owner
+    /// is left for the caller to file in the ranking ([`Store::file`]) once the new record is
+    /// in: the two are often the same owner, filed once.
+    fn make_room(&mut self, owner: &Owner, namespace: Option<&str>) -> Option<Owner> {
         let own_quota = self.own_quota(owner);
-        if self.owner_len(owner) >= own_quota {
-            self.evict_oldest_of(owner, false);
-            return;
-        }
-        if let Some(ns) = namespace
+        let from = if self.owner_len(owner) >= own_quota {
+            owner.clone()
+        } else if let Some(ns) = namespace
             && self.namespaces.get(ns).copied().unwrap_or(0) >= self.config.namespace_quota
             && let Some(biggest) = self.biggest_owner(Some(ns))
         {
-            self.evict_oldest_of(&biggest, false);
-            return;
-        }
-        if self.records.len() >= self.config.capacity
+            biggest
+        } else if self.records.len() >= self.config.capacity
             && let Some(biggest) = self.biggest_owner(None)
         {
-            self.evict_oldest_of(&biggest, false);
+            biggest
+        } else {
+            return None;
+        };
+        self.evict_oldest(&from, false, false);
+        Some(from)
+    }
+
+    /// Files `owner` in the ranking as its records now stand.
+    fn file(&mut self, owner: &Owner) {
+        if let Some(state) = self.owners.get_mut(owner) {
+            self.ranking.file(owner, state);
         }
     }
 
@@ -1010,6 +1039,12 @@ impl Store {
     /// Removes the owner's least recently seen record; `expired` tells age from room. For room,
     /// an inbound record goes first: what others send to a pod never pushes out its own.
     fn evict_oldest_of(&mut self, owner: &Owner, expired: bool) -> bool {
+        self.evict_oldest(owner, expired, true)
+    }
+
+    /// [`Store::evict_oldest_of`]; unless `file`, the owner is left for the caller to file in
+    /// the ranking before the next look at it.
+    fn evict_oldest(&mut self, owner: &Owner, expired: bool, file: bool) -> bool {
         let Some(state) = self.owners.get_mut(owner) else {
             return false;
         };
@@ -1030,7 +1065,9 @@ impl Store {
                 (at_seq, hash)
             }
         };
-        self.ranking.file(owner, state);
+        if file {
+            self.ranking.file(owner, state);
+        }
         let Some(slot) = self.records.remove(hash, seq) else {
             return false;
         };
