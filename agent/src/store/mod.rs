@@ -314,11 +314,20 @@ struct Rank {
 
 /// The owners holding records in eviction order, over all and per namespace (of the owner's
 /// pod), so that the biggest owner is found in O(log owners). Kept in step with every change
-/// to an owner's records or pod by [`Ranking::file`].
+/// to an owner's records or pod by [`Ranking::file`]. A rank names its owner's own oldest
+/// record (its sequence is unique), so no two owners share one.
 #[derive(Default)]
 struct Ranking {
-    all: std::collections::BTreeSet<(Rank, Owner)>,
-    by_namespace: foldhash::HashMap<String, std::collections::BTreeSet<(Rank, Owner)>>,
+    all: BTreeMap<Rank, Owner>,
+    by_namespace: foldhash::HashMap<String, BTreeMap<Rank, Owner>>,
+}
+
+/// Moves `owner` in `set` from rank `was` to rank `now` (either absent: in or out only).
+fn rerank(set: &mut BTreeMap<Rank, Owner>, was: Option<Rank>, now: Option<Rank>, owner: &Owner) {
+    let moved = was.and_then(|was| set.remove(&was));
+    if let Some(now) = now {
+        set.insert(now, moved.unwrap_or_else(|| owner.clone()));
+    }
 }
 
 impl Ranking {
@@ -339,55 +348,55 @@ impl Ranking {
         if was == now {
             return;
         }
-        if let Some((was, _)) = was {
-            self.all.remove(&(was, owner.clone()));
-        }
-        if let Some((rank, _)) = now {
-            self.all.insert((rank, owner.clone()));
-        }
-        match (was, now) {
+        rerank(&mut self.all, was.map(|w| w.0), rank, owner);
+        let from = was.and_then(|(rank, ns)| Some((rank, ns?)));
+        let to = now.and_then(|(rank, ns)| Some((rank, ns?)));
+        match (from, to) {
             // The same namespace: one lookup.
-            (Some((was, Some(from))), Some((rank, Some(to))))
-                if std::ptr::eq(from, to) || from == to =>
-            {
+            (Some((was, from)), Some((now, to))) if std::ptr::eq(from, to) || from == to => {
                 match self.by_namespace.get_mut(from) {
-                    Some(set) => {
-                        set.remove(&(was, owner.clone()));
-                        set.insert((rank, owner.clone()));
-                    }
+                    Some(set) => rerank(set, Some(was), Some(now), owner),
                     None => {
-                        self.by_namespace.insert(
-                            to.to_owned(),
-                            std::collections::BTreeSet::from([(rank, owner.clone())]),
-                        );
+                        self.by_namespace
+                            .insert(to.to_owned(), BTreeMap::from([(now, owner.clone())]));
                     }
                 }
             }
             _ => {
-                if let Some((was, Some(from))) = was
+                if let Some((was, from)) = from
                     && let Some(set) = self.by_namespace.get_mut(from)
                 {
-                    set.remove(&(was, owner.clone()));
+                    set.remove(&was);
                     if set.is_empty() {
                         self.by_namespace.remove(from);
                     }
                 }
-                if let Some((rank, Some(to))) = now {
+                if let Some((now, to)) = to {
                     match self.by_namespace.get_mut(to) {
-                        Some(set) => {
-                            set.insert((rank, owner.clone()));
-                        }
+                        Some(set) => rerank(set, None, Some(now), owner),
                         None => {
-                            self.by_namespace.insert(
-                                to.to_owned(),
-                                std::collections::BTreeSet::from([(rank, owner.clone())]),
-                            );
+                            self.by_namespace
+                                .insert(to.to_owned(), BTreeMap::from([(now, owner.clone())]));
                         }
                     }
                 }
             }
         }
-        state.ranked = rank.map(|rank| (rank, state.pod.clone()));
+        match (&mut state.ranked, rank) {
+            // The pod is most often the one it was filed with: kept, not cloned again.
+            (Some((filed, pod)), Some(rank)) => {
+                *filed = rank;
+                let same = match (&*pod, &state.pod) {
+                    (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                    (None, None) => true,
+                    _ => false,
+                };
+                if !same {
+                    *pod = state.pod.clone();
+                }
+            }
+            (ranked, rank) => *ranked = rank.map(|rank| (rank, state.pod.clone())),
+        }
     }
 
     /// The owner with the most records (in `namespace`, when given); of equal owners, the one
@@ -397,7 +406,7 @@ impl Ranking {
             None => &self.all,
             Some(ns) => self.by_namespace.get(ns)?,
         };
-        set.first().map(|(_, owner)| owner)
+        set.first_key_value().map(|(_, owner)| owner)
     }
 }
 

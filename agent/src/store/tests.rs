@@ -745,7 +745,7 @@ fn biggest_by_scan(s: &Store, namespace: Option<&str>) -> Option<Owner> {
 /// The ranking holds exactly every owner with records, at its rank, over all and under its
 /// pod's namespace, and answers as a scan does.
 fn assert_ranking_is_true(s: &Store, namespaces: &[&str]) {
-    type Set = std::collections::BTreeSet<(Rank, Owner)>;
+    type Set = BTreeMap<Rank, Owner>;
     let mut all = Set::new();
     let mut by_namespace: foldhash::HashMap<String, Set> = foldhash::HashMap::default();
     for (owner, state) in &s.owners {
@@ -756,12 +756,15 @@ fn assert_ranking_is_true(s: &Store, namespaces: &[&str]) {
             most: std::cmp::Reverse(state.order.len()),
             oldest: *oldest,
         };
-        all.insert((rank, owner.clone()));
+        assert!(
+            all.insert(rank, owner.clone()).is_none(),
+            "ranks are unique"
+        );
         if let Some(pod) = &state.pod {
             by_namespace
                 .entry(pod.namespace.clone())
                 .or_default()
-                .insert((rank, owner.clone()));
+                .insert(rank, owner.clone());
         }
     }
     assert_eq!(s.ranking.all, all);
