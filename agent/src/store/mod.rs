@@ -224,6 +224,36 @@ struct Slot {
     id: u64,
 }
 
+/// A hasher that gathers a key's bytes and hands them to `inner` in one write: a key is a
+/// score of small fields, and SipHash pays for each write. SipHash streams, so the hash is the
+/// one `inner` would give the same bytes written one by one. Past the buffer, bytes stream on.
+struct Buffered<H> {
+    inner: H,
+    buf: [u8; 256],
+    len: usize,
+}
+
+impl<H: std::hash::Hasher + Clone> std::hash::Hasher for Buffered<H> {
+    fn write(&mut self, bytes: &[u8]) {
+        let end = self.len + bytes.len();
+        if let Some(room) = self.buf.get_mut(self.len..end) {
+            room.copy_from_slice(bytes);
+            self.len = end;
+            return;
+        }
+        self.inner
+            .write(self.buf.get(..self.len).unwrap_or_default());
+        self.len = 0;
+        self.inner.write(bytes);
+    }
+
+    fn finish(&self) -> u64 {
+        let mut h = self.inner.clone();
+        h.write(self.buf.get(..self.len).unwrap_or_default());
+        h.finish()
+    }
+}
+
 /// Records by key without storing the key: the table maps a key's 64-bit hash to its record,
 /// and the key is recomputed from the record to compare. The rare collision of two keys'
 /// hashes goes to `overflow`, keyed in full. A record costs its slot and two table words.
@@ -238,8 +268,14 @@ struct Records {
 
 impl Records {
     fn hash(&self, key: &Key) -> u64 {
-        use std::hash::BuildHasher as _;
-        self.hasher.hash_one(key)
+        use std::hash::{BuildHasher as _, Hash as _, Hasher as _};
+        let mut h = Buffered {
+            inner: self.hasher.build_hasher(),
+            buf: [0; 256],
+            len: 0,
+        };
+        key.hash(&mut h);
+        h.finish()
     }
 
     fn get_mut(&mut self, hash: u64, key: &Key) -> Option<&mut Slot> {
@@ -272,8 +308,10 @@ impl Records {
     }
 
     fn remove(&mut self, hash: u64, seq: u64) -> Option<Box<Slot>> {
-        if self.by_hash.get(&hash).is_some_and(|s| s.seq == seq) {
-            return self.by_hash.remove(&hash);
+        if let std::collections::hash_map::Entry::Occupied(o) = self.by_hash.entry(hash)
+            && o.get().seq == seq
+        {
+            return Some(o.remove());
         }
         let key = self
             .overflow

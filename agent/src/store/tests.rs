@@ -953,3 +953,26 @@ fn the_ranking_answers_as_a_scan_of_every_owner_after_random_operations() {
         );
     }
 }
+
+#[test]
+fn a_key_hashed_through_the_buffer_hashes_as_written_field_by_field() {
+    use std::hash::{BuildHasher as _, Hash as _, Hasher as _};
+    let state = std::hash::RandomState::new();
+    let long = "r".repeat(600); // past the buffer: the bytes stream on
+    for e in [
+        refused().pod("ns", "a").evidence(),
+        refused().unattributed().reason(&long).evidence(),
+        crate::evidence::fixtures::dropped()
+            .pod("ns", "b")
+            .evidence(),
+    ] {
+        let key = Key::of_evidence(&e);
+        let mut buffered = Buffered {
+            inner: state.build_hasher(),
+            buf: [0; 256],
+            len: 0,
+        };
+        key.hash(&mut buffered);
+        assert_eq!(buffered.finish(), state.hash_one(&key));
+    }
+}
