@@ -380,15 +380,18 @@ impl Interned {
 }
 
 pub(super) struct Names {
-    reset: HashMap<u32, Arc<str>>,
-    drop: HashMap<u32, Arc<str>>,
+    /// By the kernel's enum values (looked up for every drop or reset: foldhash).
+    reset: foldhash::HashMap<u32, Arc<str>>,
+    drop: foldhash::HashMap<u32, Arc<str>>,
     sees_stack_refusals: bool,
     symbols: Option<Arc<Symbols>>,
 }
 
 impl From<KernelNames> for Names {
     fn from(n: KernelNames) -> Names {
-        let shared = |m: HashMap<u32, String>| m.into_iter().map(|(k, v)| (k, v.into())).collect();
+        let shared = |m: HashMap<u32, String>| -> foldhash::HashMap<u32, Arc<str>> {
+            m.into_iter().map(|(k, v)| (k, v.into())).collect()
+        };
         Names {
             reset: shared(n.reset),
             drop: shared(n.drop),

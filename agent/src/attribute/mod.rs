@@ -117,7 +117,8 @@ pub enum MetaUpdate {
 /// What a cgroup id told us.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) enum CgroupLookup {
-    Pod(CgroupIdentity),
+    /// Shared with the cache, so a hit copies no strings.
+    Pod(Arc<CgroupIdentity>),
     NotAPod,
     Gone,
     Pending,
@@ -173,9 +174,10 @@ pub struct Attributor {
     cgroups: Box<dyn CgroupPaths>,
     /// How a cgroup path names its pod (kubelet's root, when the agent was told it).
     layout: KubeletLayout,
-    cgroup_cache: HashMap<u64, CgroupLookup>,
+    /// By cgroup id (the kernel's numbers; foldhash, as read for every event).
+    cgroup_cache: foldhash::HashMap<u64, CgroupLookup>,
     /// cgroup ids found gone, and until when that is believed.
-    cgroup_gone: HashMap<u64, Instant>,
+    cgroup_gone: foldhash::HashMap<u64, Instant>,
     names: Names,
     /// Process names and drop locations, shared by the records that repeat them.
     strings: flows::Interned,
@@ -217,8 +219,8 @@ impl Attributor {
             index: PodIndex::default(),
             cgroups,
             layout: KubeletLayout::anywhere(),
-            cgroup_cache: HashMap::new(),
-            cgroup_gone: HashMap::new(),
+            cgroup_cache: foldhash::HashMap::default(),
+            cgroup_gone: foldhash::HashMap::default(),
             names: Names::from(names),
             strings: flows::Interned::default(),
             stack_refusals: HashMap::new(),
@@ -505,13 +507,13 @@ impl Attributor {
                 return CgroupLookup::Gone;
             }
             PathLookup::Found(path) => match self.layout.parse(&path) {
-                Some(identity) => CgroupLookup::Pod(identity),
+                Some(identity) => CgroupLookup::Pod(Arc::new(identity)),
                 // Not kubelet's layout: the runtime may still have said whose it is.
                 None => match self.index.runtime_cgroup(&path) {
-                    Some((uid, id)) => CgroupLookup::Pod(CgroupIdentity {
+                    Some((uid, id)) => CgroupLookup::Pod(Arc::new(CgroupIdentity {
                         pod_uid: uid.to_owned(),
                         container_id: Some(id.to_owned()),
-                    }),
+                    })),
                     None => CgroupLookup::NotAPod,
                 },
             },

@@ -95,8 +95,10 @@ pub struct RuntimeContainer {
 /// Pods of this node by UID and by IP over time.
 #[derive(Debug, Default)]
 pub struct PodIndex {
-    pods: HashMap<String, Known>,
-    holds: HashMap<IpAddr, Vec<Hold>>,
+    /// By uid and by pod IP (what the API server names; a packet's addresses only look up):
+    /// foldhash, as these are read for every event.
+    pods: foldhash::HashMap<String, Known>,
+    holds: foldhash::HashMap<IpAddr, Vec<Hold>>,
     /// The runtime's last report: pod UID -> container ID -> name.
     runtime: HashMap<String, HashMap<String, Arc<str>>>,
     /// The runtime's cgroup directories (no leading `/`) -> (pod UID, container ID).

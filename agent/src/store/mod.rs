@@ -6,6 +6,9 @@
 //! fairly: a pod over its quota, a namespace over its quota, or the unattributed records over
 //! their budget lose their own oldest records; when the whole store is full, the biggest owner
 //! loses its oldest. One noisy pod can therefore never push out another pod's evidence.
+//! Owners are kept ranked by their record count (then by their oldest record), over all and per
+//! namespace, in step with every change, so the biggest is found in O(log owners), never by a
+//! scan of them all.
 //! Evictions are counted per owner (an answer says what was lost for the pod asked about) and
 //! globally ([`Loss::StoreEvicted`]); records past the retention age expire and are counted
 //! apart (expiry is the retention policy, not a loss).
@@ -88,11 +91,56 @@ impl StoreConfig {
     }
 }
 
-/// Who a record belongs to, for quotas and the index.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+/// Who a record belongs to, for quotas and the index: a pod by its uid (the [`PodRef`] is
+/// shared with the records, so naming an owner copies no string), or the records tied to no
+/// pod. Equal, hashed and ordered by the uid alone.
+#[derive(Clone, Debug)]
 enum Owner {
-    Pod(Arc<str>),
+    Pod(Arc<PodRef>),
     Unattributed,
+}
+
+impl Owner {
+    fn uid(&self) -> Option<&str> {
+        match self {
+            Owner::Pod(p) => Some(p.uid.as_str()),
+            Owner::Unattributed => None,
+        }
+    }
+}
+
+impl PartialEq for Owner {
+    fn eq(&self, other: &Owner) -> bool {
+        match (self, other) {
+            // Most often the one PodRef every record of the pod shares.
+            (Owner::Pod(a), Owner::Pod(b)) => Arc::ptr_eq(a, b) || a.uid == b.uid,
+            (Owner::Unattributed, Owner::Unattributed) => true,
+            _ => false,
+        }
+    }
+}
+
+impl Eq for Owner {}
+
+impl std::hash::Hash for Owner {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.uid().hash(state);
+    }
+}
+
+impl PartialOrd for Owner {
+    fn partial_cmp(&self, other: &Owner) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Owner {
+    fn cmp(&self, other: &Owner) -> std::cmp::Ordering {
+        match (self, other) {
+            (Owner::Pod(a), Owner::Pod(b)) if Arc::ptr_eq(a, b) => std::cmp::Ordering::Equal,
+            _ => self.uid().cmp(&other.uid()),
+        }
+    }
 }
 
 /// What makes two occurrences "the same failure".
@@ -111,7 +159,7 @@ impl Key {
         let detail = o.detail.key();
         Key {
             kind: o.kind(),
-            owner: owner_of(o.subject.pod.as_deref().map(|p| p.uid.as_str())),
+            owner: owner_of(o.subject.pod.as_ref()),
             container: o.subject.container.clone(),
             detail: if folded { detail.folded() } else { detail },
             folded,
@@ -123,7 +171,7 @@ impl Key {
         let folded = e.folded.is_some();
         Key {
             kind: e.kind(),
-            owner: owner_of(e.pod().map(|p| p.uid.as_str())),
+            owner: owner_of(e.subject.pod.as_ref()),
             container: e.subject.container.clone(),
             detail: if folded { detail.folded() } else { detail },
             folded,
@@ -131,21 +179,29 @@ impl Key {
     }
 }
 
-fn owner_of(uid: Option<&str>) -> Owner {
-    uid.map_or(Owner::Unattributed, |u| Owner::Pod(u.into()))
+fn owner_of(pod: Option<&Arc<PodRef>>) -> Owner {
+    pod.map_or(Owner::Unattributed, |p| Owner::Pod(p.clone()))
 }
 
 impl Owner {
     /// The owner's name for the [`Backend`]: the pod's uid, "" for the unattributed records.
     fn name(&self) -> &str {
         match self {
-            Owner::Pod(uid) => uid,
+            Owner::Pod(p) => &p.uid,
             Owner::Unattributed => "",
         }
     }
 
+    /// The owner [`Owner::name`] names (only its uid is known).
     fn from_name(name: &str) -> Owner {
-        owner_of(Some(name).filter(|n| !n.is_empty()))
+        match name {
+            "" => Owner::Unattributed,
+            uid => Owner::Pod(Arc::new(PodRef {
+                namespace: String::new(),
+                name: String::new(),
+                uid: uid.to_owned(),
+            })),
+        }
     }
 }
 
@@ -168,20 +224,58 @@ struct Slot {
     id: u64,
 }
 
+/// A hasher that gathers a key's bytes and hands them to `inner` in one write: a key is a
+/// score of small fields, and SipHash pays for each write. SipHash streams, so the hash is the
+/// one `inner` would give the same bytes written one by one. Past the buffer, bytes stream on.
+struct Buffered<H> {
+    inner: H,
+    buf: [u8; 256],
+    len: usize,
+}
+
+impl<H: std::hash::Hasher + Clone> std::hash::Hasher for Buffered<H> {
+    fn write(&mut self, bytes: &[u8]) {
+        let end = self.len + bytes.len();
+        if let Some(room) = self.buf.get_mut(self.len..end) {
+            room.copy_from_slice(bytes);
+            self.len = end;
+            return;
+        }
+        self.inner
+            .write(self.buf.get(..self.len).unwrap_or_default());
+        self.len = 0;
+        self.inner.write(bytes);
+    }
+
+    fn finish(&self) -> u64 {
+        let mut h = self.inner.clone();
+        h.write(self.buf.get(..self.len).unwrap_or_default());
+        h.finish()
+    }
+}
+
 /// Records by key without storing the key: the table maps a key's 64-bit hash to its record,
 /// and the key is recomputed from the record to compare. The rare collision of two keys'
 /// hashes goes to `overflow`, keyed in full. A record costs its slot and two table words.
 #[derive(Default)]
 struct Records {
     hasher: std::hash::RandomState,
-    by_hash: HashMap<u64, Box<Slot>>,
+    /// Keyed by a keyed hash already (SipHash with a random key): foldhash spreads it again
+    /// without a second SipHash per lookup.
+    by_hash: foldhash::HashMap<u64, Box<Slot>>,
     overflow: HashMap<Key, Box<Slot>>,
 }
 
 impl Records {
     fn hash(&self, key: &Key) -> u64 {
-        use std::hash::BuildHasher as _;
-        self.hasher.hash_one(key)
+        use std::hash::{BuildHasher as _, Hash as _, Hasher as _};
+        let mut h = Buffered {
+            inner: self.hasher.build_hasher(),
+            buf: [0; 256],
+            len: 0,
+        };
+        key.hash(&mut h);
+        h.finish()
     }
 
     fn get_mut(&mut self, hash: u64, key: &Key) -> Option<&mut Slot> {
@@ -214,8 +308,10 @@ impl Records {
     }
 
     fn remove(&mut self, hash: u64, seq: u64) -> Option<Box<Slot>> {
-        if self.by_hash.get(&hash).is_some_and(|s| s.seq == seq) {
-            return self.by_hash.remove(&hash);
+        if let std::collections::hash_map::Entry::Occupied(o) = self.by_hash.entry(hash)
+            && o.get().seq == seq
+        {
+            return Some(o.remove());
         }
         let key = self
             .overflow
@@ -241,6 +337,115 @@ struct OwnerState {
     evicted: u64,
     /// Newest last_seen among this owner's evicted records.
     evicted_newest: Option<SystemTime>,
+    /// Where the owner is filed in the [`Ranking`]: its rank and the pod whose namespace
+    /// filed it; `None` while it holds no record.
+    ranked: Option<(Rank, Option<Arc<PodRef>>)>,
+}
+
+/// An owner's place in the eviction order: the most records first; of equal counts, the one
+/// holding the oldest record (its (last_seen, sequence), unique to one record).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Rank {
+    most: std::cmp::Reverse<usize>,
+    oldest: (SystemTime, u64),
+}
+
+/// The owners holding records in eviction order, over all and per namespace (of the owner's
+/// pod), so that the biggest owner is found in O(log owners). Kept in step with every change
+/// to an owner's records or pod by [`Ranking::file`]. A rank names its owner's own oldest
+/// record (its sequence is unique), so no two owners share one.
+#[derive(Default)]
+struct Ranking {
+    all: BTreeMap<Rank, Owner>,
+    by_namespace: foldhash::HashMap<String, BTreeMap<Rank, Owner>>,
+}
+
+/// Moves `owner` in `set` from rank `was` to rank `now` (either absent: in or out only).
+fn rerank(set: &mut BTreeMap<Rank, Owner>, was: Option<Rank>, now: Option<Rank>, owner: &Owner) {
+    let moved = was.and_then(|was| set.remove(&was));
+    if let Some(now) = now {
+        set.insert(now, moved.unwrap_or_else(|| owner.clone()));
+    }
+}
+
+impl Ranking {
+    /// Files `owner` where its records and pod now put it (takes it out when it holds none).
+    fn file(&mut self, owner: &Owner, state: &mut OwnerState) {
+        let rank = state.order.first_key_value().map(|(oldest, _)| Rank {
+            most: std::cmp::Reverse(state.order.len()),
+            oldest: *oldest,
+        });
+        fn namespace(pod: &Option<Arc<PodRef>>) -> Option<&str> {
+            pod.as_ref().map(|p| p.namespace.as_str())
+        }
+        let was = state
+            .ranked
+            .as_ref()
+            .map(|(rank, pod)| (*rank, namespace(pod)));
+        let now = rank.map(|rank| (rank, namespace(&state.pod)));
+        if was == now {
+            return;
+        }
+        rerank(&mut self.all, was.map(|w| w.0), rank, owner);
+        let from = was.and_then(|(rank, ns)| Some((rank, ns?)));
+        let to = now.and_then(|(rank, ns)| Some((rank, ns?)));
+        match (from, to) {
+            // The same namespace: one lookup.
+            (Some((was, from)), Some((now, to))) if std::ptr::eq(from, to) || from == to => {
+                match self.by_namespace.get_mut(from) {
+                    Some(set) => rerank(set, Some(was), Some(now), owner),
+                    None => {
+                        self.by_namespace
+                            .insert(to.to_owned(), BTreeMap::from([(now, owner.clone())]));
+                    }
+                }
+            }
+            _ => {
+                if let Some((was, from)) = from
+                    && let Some(set) = self.by_namespace.get_mut(from)
+                {
+                    set.remove(&was);
+                    if set.is_empty() {
+                        self.by_namespace.remove(from);
+                    }
+                }
+                if let Some((now, to)) = to {
+                    match self.by_namespace.get_mut(to) {
+                        Some(set) => rerank(set, None, Some(now), owner),
+                        None => {
+                            self.by_namespace
+                                .insert(to.to_owned(), BTreeMap::from([(now, owner.clone())]));
+                        }
+                    }
+                }
+            }
+        }
+        match (&mut state.ranked, rank) {
+            // The pod is most often the one it was filed with: kept, not cloned again.
+            (Some((filed, pod)), Some(rank)) => {
+                *filed = rank;
+                let same = match (&*pod, &state.pod) {
+                    (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                    (None, None) => true,
+                    _ => false,
+                };
+                if !same {
+                    *pod = state.pod.clone();
+                }
+            }
+            (ranked, rank) => *ranked = rank.map(|rank| (rank, state.pod.clone())),
+        }
+    }
+
+    /// The owner with the most records (in `namespace`, when given); of equal owners, the one
+    /// with the oldest record.
+    fn biggest(&self, namespace: Option<&str>) -> Option<&Owner> {
+        let set = match namespace {
+            None => &self.all,
+            Some(ns) => self.by_namespace.get(ns)?,
+        };
+        set.first_key_value().map(|(_, owner)| owner)
+    }
 }
 
 /// Store counters for Status and the metrics.
@@ -475,8 +680,12 @@ pub struct Store {
     node: Arc<str>,
     config: StoreConfig,
     records: Records,
-    owners: HashMap<Owner, OwnerState>,
-    namespaces: HashMap<String, usize>,
+    /// Maps keyed by pod uids and namespaces (what the cluster names, never a packet's sender)
+    /// hash with foldhash: they are looked up several times per occurrence.
+    owners: foldhash::HashMap<Owner, OwnerState>,
+    /// The owners in eviction order.
+    ranking: Ranking,
+    namespaces: foldhash::HashMap<String, usize>,
     seq: u64,
     /// Last record id handed out (ids survive restarts through [`Store::restore`]).
     last_id: u64,
@@ -489,16 +698,16 @@ pub struct Store {
     behind: Vec<Behind>,
     backend: Option<Box<dyn Backend>>,
     /// Occurrences by kind and namespace, for the metrics.
-    occurrences: HashMap<(Kind, Arc<str>), u64>,
-    metric_namespaces: HashSet<Arc<str>>,
+    occurrences: foldhash::HashMap<(Kind, Arc<str>), u64>,
+    metric_namespaces: foldhash::HashSet<Arc<str>>,
     /// Occurrences by node-level failure counter (at most [`FAILURE_SERIES`] label sets).
-    failures: HashMap<crate::evidence::FailureCounter, u64>,
+    failures: foldhash::HashMap<crate::evidence::FailureCounter, u64>,
     /// Per pod uid: the pod, its DNS lookup counters and when they last changed.
     dns_lookups: HashMap<String, (Arc<PodRef>, DnsLookups, SystemTime)>,
     /// What the kernel lost of each pod's evidence.
     pod_losses: pod_losses::PodLossBook,
     /// Owners whose evictions changed since the backend was last told.
-    evictions_changed: HashSet<Owner>,
+    evictions_changed: foldhash::HashSet<Owner>,
     /// Pods (uids) whose DNS lookup counters changed since the backend was last told.
     dns_lookups_changed: HashSet<String>,
     /// Pods (uids) whose kernel losses changed (or were forgotten) since the backend was last
@@ -512,8 +721,9 @@ impl Store {
             node: config.node.as_str().into(),
             config,
             records: Records::default(),
-            owners: HashMap::new(),
-            namespaces: HashMap::new(),
+            owners: foldhash::HashMap::default(),
+            ranking: Ranking::default(),
+            namespaces: foldhash::HashMap::default(),
             seq: 0,
             last_id: 0,
             expired: 0,
@@ -523,10 +733,10 @@ impl Store {
             backend: None,
             dns_lookups: HashMap::new(),
             pod_losses: pod_losses::PodLossBook::default(),
-            occurrences: HashMap::new(),
-            failures: HashMap::new(),
-            metric_namespaces: HashSet::new(),
-            evictions_changed: HashSet::new(),
+            occurrences: foldhash::HashMap::default(),
+            failures: foldhash::HashMap::default(),
+            metric_namespaces: foldhash::HashSet::default(),
+            evictions_changed: foldhash::HashSet::default(),
             dns_lookups_changed: HashSet::new(),
             pod_losses_changed: HashSet::new(),
         }
@@ -591,10 +801,11 @@ impl Store {
             if state.inbound.remove(&before).is_some() {
                 state.inbound.insert(after, hash);
             }
+            self.ranking.file(&key.owner, state);
             (slot.id, slot.evidence.clone())
         } else {
             let pod = o.subject.pod.clone();
-            self.make_room(&key.owner, pod.as_deref().map(|p| p.namespace.as_str()));
+            let evicted = self.make_room(&key.owner, pod.as_deref().map(|p| p.namespace.as_str()));
             let node = self.node.clone();
             let evidence = match folded {
                 // Only inbound occurrences fold, and they all can.
@@ -603,7 +814,17 @@ impl Store {
             };
             self.last_id += 1;
             let id = self.last_id;
-            self.insert(hash, key, evidence.clone(), seq, id);
+            // The owner that made room is filed with the new record's (once when the same).
+            let other = evicted.filter(|e| *e != key.owner);
+            let told =
+                self.backend.is_some() || !self.subscribers.is_empty() || !self.behind.is_empty();
+            let copy = told.then(|| evidence.clone());
+            self.insert(hash, key, evidence, seq, id);
+            if let Some(other) = other {
+                self.file(&other);
+            }
+            // Nobody to tell: the record moved in without a copy.
+            let Some(evidence) = copy else { return };
             (id, evidence)
         };
         if let Some(b) = &mut self.backend {
@@ -619,9 +840,15 @@ impl Store {
             state.inbound.insert((evidence.last_seen, seq), hash);
         }
         if let Some(pod) = evidence.subject.pod.clone() {
-            *self.namespaces.entry(pod.namespace.clone()).or_default() += 1;
+            match self.namespaces.get_mut(pod.namespace.as_str()) {
+                Some(n) => *n += 1,
+                None => {
+                    self.namespaces.insert(pod.namespace.clone(), 1);
+                }
+            }
             state.pod = Some(pod);
         }
+        self.ranking.file(&key.owner, state);
         self.records.insert(hash, key, Slot { evidence, seq, id });
     }
 
@@ -640,21 +867,27 @@ impl Store {
             }
             return;
         }
-        self.make_room(&key.owner, evidence.pod().map(|p| p.namespace.as_str()));
+        let evicted = self.make_room(&key.owner, evidence.pod().map(|p| p.namespace.as_str()));
+        let other = evicted.filter(|e| *e != key.owner);
         self.seq += 1;
         let seq = self.seq;
         self.insert(hash, key, evidence, seq, id);
+        if let Some(other) = other {
+            self.file(&other);
+        }
     }
 
     /// Puts back an owner's evictions kept by the backend before a restart (`owner` as
     /// [`Backend::evictions`] names it), added to what it counted since; call before
     /// [`Store::sweep`], which forgets those past the retention.
     pub fn restore_evictions(&mut self, owner: &str, saved: Evictions) {
-        let state = self.owners.entry(Owner::from_name(owner)).or_default();
+        let owner = Owner::from_name(owner);
+        let state = self.owners.entry(owner.clone()).or_default();
         state.evicted = state.evicted.saturating_add(saved.evicted);
         state.evicted_newest = state.evicted_newest.max(Some(saved.newest));
         if state.pod.is_none() {
             state.pod = saved.pod;
+            self.ranking.file(&owner, state);
         }
     }
 
@@ -744,8 +977,12 @@ impl Store {
         };
         *self.occurrences.entry((o.kind(), namespace)).or_default() += o.count.max(1);
         if let Some(mut c) = o.detail.failure_counter() {
+            if let Some(n) = self.failures.get_mut(&c) {
+                *n += o.count.max(1);
+                return;
+            }
             // Label values come from fixed sets; the bound holds even if one did not.
-            if !self.failures.contains_key(&c) && self.failures.len() >= FAILURE_SERIES {
+            if self.failures.len() >= FAILURE_SERIES {
                 for (_, value) in c.labels.iter_mut().flatten() {
                     *value = crate::evidence::Label::Static(OTHER_NAMESPACES);
                 }
@@ -810,72 +1047,74 @@ impl Store {
         self.counters.add(Loss::StoreEvicted, 1);
     }
 
-    fn make_room(&mut self, owner: &Owner, namespace: Option<&str>) {
+    /// Evicts one record if `owner`'s new record needs room; returns whose it was. That owner
+    /// is left for the caller to file in the ranking ([`Store::file`]) once the new record is
+    /// in: the two are often the same owner, filed once.
+    fn make_room(&mut self, owner: &Owner, namespace: Option<&str>) -> Option<Owner> {
         let own_quota = self.own_quota(owner);
-        if self.owner_len(owner) >= own_quota {
-            self.evict_oldest_of(owner, false);
-            return;
-        }
-        if let Some(ns) = namespace
+        let from = if self.owner_len(owner) >= own_quota {
+            owner.clone()
+        } else if let Some(ns) = namespace
             && self.namespaces.get(ns).copied().unwrap_or(0) >= self.config.namespace_quota
             && let Some(biggest) = self.biggest_owner(Some(ns))
         {
-            self.evict_oldest_of(&biggest, false);
-            return;
-        }
-        if self.records.len() >= self.config.capacity
+            biggest
+        } else if self.records.len() >= self.config.capacity
             && let Some(biggest) = self.biggest_owner(None)
         {
-            self.evict_oldest_of(&biggest, false);
+            biggest
+        } else {
+            return None;
+        };
+        self.evict_oldest(&from, false, false);
+        Some(from)
+    }
+
+    /// Files `owner` in the ranking as its records now stand.
+    fn file(&mut self, owner: &Owner) {
+        if let Some(state) = self.owners.get_mut(owner) {
+            self.ranking.file(owner, state);
         }
     }
 
     /// The owner with the most records (in `namespace`, when given); of equal owners, the one
     /// with the oldest record.
     fn biggest_owner(&self, namespace: Option<&str>) -> Option<Owner> {
-        // One pass over every owner on each eviction: compare sizes first (a field read) and
-        // look at an owner's oldest record only when its size ties the biggest so far.
-        let mut best: Option<(&Owner, usize, (SystemTime, u64))> = None;
-        for (owner, state) in &self.owners {
-            let len = state.order.len();
-            if len == 0 || best.is_some_and(|(_, most, _)| len < most) {
-                continue;
-            }
-            if namespace.is_some_and(|ns| state.pod.as_ref().is_none_or(|p| p.namespace != ns)) {
-                continue;
-            }
-            let Some((oldest, _)) = state.order.first_key_value() else {
-                continue;
-            };
-            // Among owners of equal size, the one holding the oldest record.
-            let better = match best {
-                None => true,
-                Some((_, most, best_oldest)) => len > most || *oldest < best_oldest,
-            };
-            if better {
-                best = Some((owner, len, *oldest));
-            }
-        }
-        best.map(|(owner, _, _)| owner.clone())
+        self.ranking.biggest(namespace).cloned()
     }
 
     /// Removes the owner's least recently seen record; `expired` tells age from room. For room,
     /// an inbound record goes first: what others send to a pod never pushes out its own.
     fn evict_oldest_of(&mut self, owner: &Owner, expired: bool) -> bool {
+        self.evict_oldest(owner, expired, true)
+    }
+
+    /// [`Store::evict_oldest_of`]; unless `file`, the owner is left for the caller to file in
+    /// the ranking before the next look at it.
+    fn evict_oldest(&mut self, owner: &Owner, expired: bool, file: bool) -> bool {
         let Some(state) = self.owners.get_mut(owner) else {
             return false;
         };
-        let oldest = match expired {
+        let inbound = match expired {
             false => state.inbound.pop_first(),
             true => None,
         };
-        let Some(((at, seq), hash)) =
-            oldest.or_else(|| state.order.first_key_value().map(|(k, v)| (*k, *v)))
-        else {
-            return false;
+        let ((_, seq), hash) = match inbound {
+            Some((at_seq, hash)) => {
+                state.order.remove(&at_seq);
+                (at_seq, hash)
+            }
+            None => {
+                let Some((at_seq, hash)) = state.order.pop_first() else {
+                    return false;
+                };
+                state.inbound.remove(&at_seq);
+                (at_seq, hash)
+            }
         };
-        state.order.remove(&(at, seq));
-        state.inbound.remove(&(at, seq));
+        if file {
+            self.ranking.file(owner, state);
+        }
         let Some(slot) = self.records.remove(hash, seq) else {
             return false;
         };
@@ -922,10 +1161,15 @@ impl Store {
         }
         let changed = &mut self.evictions_changed;
         let told = self.backend.is_some();
+        let ranking = &mut self.ranking;
         self.owners.retain(|owner, s| {
             let keep = !s.order.is_empty() || s.evicted_newest.is_some_and(|t| t >= horizon);
             if !keep && told && s.evicted > 0 {
                 changed.insert(owner.clone());
+            }
+            if !keep {
+                // Holds no record, so filed nowhere; made sure of.
+                ranking.file(owner, s);
             }
             keep
         });

@@ -717,3 +717,262 @@ fn a_scan_against_a_pod_at_its_quota_folds_and_never_pushes_out_its_own() {
     );
     assert!(r.evidence.iter().any(|e| e.folded.is_some()));
 }
+
+/// The biggest owner by a scan of every owner (what [`Ranking`] answers in O(log owners)): the
+/// most records (in `namespace`, of the owner's pod, when given), of equal counts the one
+/// holding the oldest record.
+fn biggest_by_scan(s: &Store, namespace: Option<&str>) -> Option<Owner> {
+    let mut best: Option<(&Owner, usize, (SystemTime, u64))> = None;
+    for (owner, state) in &s.owners {
+        let Some((oldest, _)) = state.order.first_key_value() else {
+            continue;
+        };
+        if namespace.is_some_and(|ns| state.pod.as_ref().is_none_or(|p| p.namespace != ns)) {
+            continue;
+        }
+        let len = state.order.len();
+        let better = match best {
+            None => true,
+            Some((_, most, best_oldest)) => len > most || (len == most && *oldest < best_oldest),
+        };
+        if better {
+            best = Some((owner, len, *oldest));
+        }
+    }
+    best.map(|(owner, _, _)| owner.clone())
+}
+
+/// The ranking holds exactly every owner with records, at its rank, over all and under its
+/// pod's namespace, and answers as a scan does.
+fn assert_ranking_is_true(s: &Store, namespaces: &[&str]) {
+    type Set = BTreeMap<Rank, Owner>;
+    let mut all = Set::new();
+    let mut by_namespace: foldhash::HashMap<String, Set> = foldhash::HashMap::default();
+    for (owner, state) in &s.owners {
+        let Some((oldest, _)) = state.order.first_key_value() else {
+            continue;
+        };
+        let rank = Rank {
+            most: std::cmp::Reverse(state.order.len()),
+            oldest: *oldest,
+        };
+        assert!(
+            all.insert(rank, owner.clone()).is_none(),
+            "ranks are unique"
+        );
+        if let Some(pod) = &state.pod {
+            by_namespace
+                .entry(pod.namespace.clone())
+                .or_default()
+                .insert(rank, owner.clone());
+        }
+    }
+    assert_eq!(s.ranking.all, all);
+    assert_eq!(s.ranking.by_namespace, by_namespace);
+    assert_eq!(s.biggest_owner(None), biggest_by_scan(s, None));
+    for ns in namespaces {
+        assert_eq!(
+            s.biggest_owner(Some(ns)),
+            biggest_by_scan(s, Some(ns)),
+            "{ns}"
+        );
+    }
+}
+
+#[test]
+fn of_owners_of_equal_size_the_one_holding_the_oldest_record_loses_it() {
+    let mut cfg = StoreConfig::new("n1", 6, DEFAULT_MAX_AGE);
+    cfg.pod_quota = 6;
+    cfg.namespace_quota = 6;
+    let mut s = Store::new(cfg, Arc::new(Counters::default()));
+    // a: seen at 3 and 4; b: at 1 and 5; c: at 2 and 6.
+    for (pod, port, at) in [
+        ("b", 1, 1),
+        ("c", 1, 2),
+        ("a", 1, 3),
+        ("a", 2, 4),
+        ("b", 2, 5),
+        ("c", 2, 6),
+    ] {
+        s.record(occ(pod, port, at));
+    }
+    assert_ranking_is_true(&s, &["ns"]);
+    assert_eq!(s.biggest_owner(None), Some(Owner::from_name("uid-b")));
+    // b's oldest is seen again: c now holds the oldest record.
+    s.record(occ("b", 1, 7));
+    assert_ranking_is_true(&s, &["ns"]);
+    s.record(occ("d", 1, 8));
+    assert_eq!(s.query(&only("c"), 10).evidence.len(), 1);
+    assert_eq!(s.query(&only("c"), 10).evicted, 1);
+    assert_eq!(s.query(&only("b"), 10).evidence.len(), 2);
+    // Now a and b hold two each, a the oldest (3).
+    s.record(occ("d", 2, 9));
+    assert_eq!(s.query(&only("a"), 10).evidence.len(), 1);
+    assert_eq!(s.query(&only("b"), 10).evidence.len(), 2);
+    assert_ranking_is_true(&s, &["ns"]);
+}
+
+#[test]
+fn an_owner_forgotten_or_moved_leaves_its_place_in_the_ranking() {
+    let mut cfg = StoreConfig::new("n1", 8, Duration::from_secs(100));
+    cfg.pod_quota = 8;
+    cfg.namespace_quota = 3;
+    let mut s = Store::new(cfg, Arc::new(Counters::default()));
+    for port in 0..3 {
+        s.record(occ("old", port, 1 + u64::from(port)));
+    }
+    s.record(occ("young", 0, 150));
+    assert_eq!(s.biggest_owner(None), Some(Owner::from_name("uid-old")));
+    // old's records expire and it is forgotten: it no longer ranks anywhere.
+    s.sweep(t(160));
+    assert!(!s.owners.contains_key(&Owner::from_name("uid-old")));
+    assert_ranking_is_true(&s, &["ns"]);
+    assert_eq!(s.biggest_owner(None), Some(Owner::from_name("uid-young")));
+    // The same pod uid seen in another namespace is filed there, not under "ns".
+    s.record(
+        refused()
+            .pod_uid("elsewhere", "young", "uid-young")
+            .dst("10.0.0.2:9")
+            .at(161)
+            .occurrence(),
+    );
+    assert_ranking_is_true(&s, &["ns", "elsewhere"]);
+    assert_eq!(s.biggest_owner(Some("ns")), None);
+    assert_eq!(
+        s.biggest_owner(Some("elsewhere")),
+        Some(Owner::from_name("uid-young"))
+    );
+}
+
+/// A small deterministic generator (xorshift64*), so a failure replays.
+struct Rng(u64);
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n.max(1)
+    }
+}
+
+/// Asks the store to evict one record for its size budget after every flush.
+struct Shrinking;
+impl Backend for Shrinking {
+    fn upsert(&mut self, _: u64, _: &Evidence) {}
+    fn remove(&mut self, _: u64, _: &Evidence) {}
+    fn shrink(&mut self, records: usize) -> usize {
+        usize::from(records > 4)
+    }
+}
+
+#[test]
+fn the_ranking_answers_as_a_scan_of_every_owner_after_random_operations() {
+    let namespaces = ["a", "b", "c"];
+    for seed in 1..=4u64 {
+        let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let mut cfg = StoreConfig::new("n1", 40, Duration::from_secs(400));
+        cfg.pod_quota = 8;
+        cfg.namespace_quota = 20;
+        cfg.unattributed_quota = 6;
+        let mut s = Store::new(cfg, Arc::new(Counters::default()));
+        s.set_backend(Box::new(Shrinking));
+        let mut now = 1000u64;
+        for step in 0..6000 {
+            now += rng.below(3);
+            match rng.below(100) {
+                // A new or repeated occurrence, at times out of order too.
+                0..=79 => {
+                    let at = now - rng.below(50);
+                    let port = u16::try_from(rng.below(12)).unwrap_or(0);
+                    let pod = rng.below(14);
+                    let b = match rng.below(4) {
+                        0 => crate::evidence::fixtures::dropped(),
+                        _ => refused(),
+                    };
+                    let b = if rng.below(5) == 0 {
+                        b.direction(crate::evidence::Direction::Inbound)
+                            .src(&format!("10.3.0.{}:4000", rng.below(40)))
+                    } else {
+                        b
+                    };
+                    let b = match pod {
+                        13 => b.unattributed(),
+                        // Pod 12's uid turns up in every namespace.
+                        12 => b.pod_uid(
+                            namespaces[usize::try_from(rng.below(3)).unwrap_or(0)],
+                            "wanderer",
+                            "uid-wanderer",
+                        ),
+                        p => b.pod(
+                            namespaces[usize::try_from(p % 3).unwrap_or(0)],
+                            &format!("p{p}"),
+                        ),
+                    };
+                    s.record(b.dst(&format!("10.0.0.2:{port}")).at(at).occurrence());
+                }
+                // Quotas change (as between restarts with other bounds).
+                80..=83 => {
+                    s.config.pod_quota = 1 + usize::try_from(rng.below(10)).unwrap_or(0);
+                    s.config.namespace_quota = 1 + usize::try_from(rng.below(30)).unwrap_or(0);
+                    s.config.capacity = 5 + usize::try_from(rng.below(50)).unwrap_or(0);
+                }
+                84..=88 => s.sweep(t(now)),
+                89..=93 => s.flush_backend(),
+                94..=96 => {
+                    let p = rng.below(13);
+                    let pod = crate::evidence::fixtures::pod_ref(
+                        namespaces[usize::try_from(p % 3).unwrap_or(0)],
+                        &format!("p{p}"),
+                    );
+                    s.restore_evictions(
+                        &pod.uid,
+                        Evictions {
+                            pod: Some(pod.clone()),
+                            evicted: 1,
+                            newest: t(now),
+                        },
+                    );
+                }
+                _ => {
+                    let e = refused()
+                        .pod(
+                            namespaces[usize::try_from(rng.below(3)).unwrap_or(0)],
+                            "restored",
+                        )
+                        .dst(&format!("10.0.0.3:{}", rng.below(5)))
+                        .at(now - rng.below(100))
+                        .evidence();
+                    s.restore(1_000_000 + step, e);
+                }
+            }
+            assert_ranking_is_true(&s, &namespaces);
+        }
+        assert!(
+            s.stats().evicted > 0,
+            "seed {seed}: evictions were exercised"
+        );
+    }
+}
+
+#[test]
+fn a_key_hashed_through_the_buffer_hashes_as_written_field_by_field() {
+    use std::hash::{BuildHasher as _, Hash as _, Hasher as _};
+    let state = std::hash::RandomState::new();
+    let long = "r".repeat(600); // past the buffer: the bytes stream on
+    for e in [
+        refused().pod("ns", "a").evidence(),
+        refused().unattributed().reason(&long).evidence(),
+        crate::evidence::fixtures::dropped()
+            .pod("ns", "b")
+            .evidence(),
+    ] {
+        let key = Key::of_evidence(&e);
+        let mut buffered = Buffered {
+            inner: state.build_hasher(),
+            buf: [0; 256],
+            len: 0,
+        };
+        key.hash(&mut buffered);
+        assert_eq!(buffered.finish(), state.hash_one(&key));
+    }
+}

@@ -38,8 +38,9 @@
 //!   records, through the real gRPC server and the CLI's client (a connection per query, as a
 //!   CLI run makes). No root needed.
 //! - pipeline: what decode -> attribute -> store sustain on one core, fed kernel records past
-//!   the ring buffer (1,000 pods of metadata): events per second, and the cost of each stage.
-//!   No root needed.
+//!   the ring buffer (1,000 pods of metadata, the store full, so every new flow evicts):
+//!   events per second against the goal (>= 500,000), and the cost of each stage. No root
+//!   needed.
 //! - detection: a refusal provoked in a pod -> its line on `triage-agent watch`, p50/p99.
 //!
 //! Each scenario is a module ([`flood`] for drop and refusal, [`memory`], [`dns`], [`healthy`],

@@ -50,6 +50,16 @@ pub fn against(ratio: f64, goal: f64) -> String {
     )
 }
 
+/// "612,345 events/s" or "412,345 events/s (below goal)": a rate against the least it should
+/// reach.
+pub fn at_least(value: f64, goal: f64, unit: &str) -> String {
+    format!(
+        "{} {unit}{}",
+        thousands(value),
+        if value >= goal { "" } else { " (below goal)" }
+    )
+}
+
 /// Writes the table to `path` (creating its directory), with what the run was.
 pub fn write(path: &Path, header: &str) -> anyhow::Result<()> {
     let rows = ROWS
@@ -90,5 +100,17 @@ mod tests {
         assert_eq!(thousands(1000.0), "1,000");
         assert_eq!(thousands(272_776.4), "272,776");
         assert_eq!(thousands(-1_234_567.0), "-1,234,567");
+    }
+
+    #[test]
+    fn a_rate_below_its_goal_says_so() {
+        assert_eq!(
+            at_least(612_345.4, 500_000.0, "events/s"),
+            "612,345 events/s"
+        );
+        assert_eq!(
+            at_least(499_999.0, 500_000.0, "events/s"),
+            "499,999 events/s (below goal)"
+        );
     }
 }
