@@ -20,7 +20,7 @@ use anyhow::Context as _;
 use triage_agent_tests::simnode::SimNode;
 
 use crate::{
-    measure::{IPERF3, flood_seconds, median, quick, rounds, spread},
+    measure::{IPERF3, flood_seconds, median, program_stats, quick, rounds, spread},
     peers::{self, BpfStats, FLOOR},
     results,
 };
@@ -188,18 +188,44 @@ pub fn run(node: &mut SimNode) -> anyhow::Result<()> {
     // operation, the agent's and the floor's.
     let mut ours_ns = Vec::new();
     let mut floor_ns = Vec::new();
+    let mut breakdown = Vec::new();
     {
         let _stats = BpfStats::enable()?;
         let mut agent = crate::measure::start_agent(node, &[])?;
         agent.wait_ready(true, Duration::from_secs(20))?;
         settle();
         let pid = agent.pid().context("agent pid")?;
+        // The agent's /metrics is a snapshot at most a second old.
+        let lag = || std::thread::sleep(Duration::from_millis(1100));
         for w in &workloads {
-            // From the programs' descriptors, as for the floor (/metrics lags by a second).
+            lag();
+            let before = program_stats(&agent)?;
+            // The total from the programs' descriptors, as for the floor.
             let (ns0, _) = peers::bpf_run_stats(pid);
             let (n, _) = (w.run)(node)?;
             let (ns1, _) = peers::bpf_run_stats(pid);
-            ours_ns.push(ns1.saturating_sub(ns0) as f64 / (n * w.units_per_op).max(1.0));
+            lag();
+            let after = program_stats(&agent)?;
+            let units = (n * w.units_per_op).max(1.0);
+            ours_ns.push(ns1.saturating_sub(ns0) as f64 / units);
+            // Which programs ran, what each cost per run and how often per unit.
+            breakdown.push(
+                after
+                    .iter()
+                    .filter_map(|(name, (secs, runs))| {
+                        let (secs0, runs0) = before.get(name).copied().unwrap_or((0.0, 0.0));
+                        let runs = runs - runs0;
+                        (runs > 0.0).then(|| {
+                            format!(
+                                "{name} {:.0} ns x {:.2}",
+                                (secs - secs0) * 1e9 / runs,
+                                runs / units
+                            )
+                        })
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            );
         }
         agent.stop()?;
         let held = floor.start(node, client)?;
@@ -257,10 +283,11 @@ pub fn run(node: &mut SimNode) -> anyhow::Result<()> {
         results::add(results::Row {
             scenario: format!("healthy traffic: {}", w.name),
             ours: format!(
-                "{ratio:.3}{} (paired {paired_ours:.3}); eBPF {:.0} ns per {}",
+                "{ratio:.3}{} (paired {paired_ours:.3}); eBPF {:.0} ns per {} [{}]",
                 if met { "" } else { " (below goal)" },
                 ns(&ours_ns),
-                w.per
+                w.per,
+                breakdown.get(i).map_or("", String::as_str)
             ),
             peers: format!(
                 "{FLOOR} {floor_ratio:.3} (paired {paired_floor:.3}); eBPF {:.0} ns per {}",
