@@ -101,54 +101,71 @@ pub fn inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
 }
 
 fn try_inet_sock_set_state(ctx: &RawTracePointContext) -> Result<(), i32> {
-    let o = offsets();
     let sk: u64 = ctx.arg(0);
     let old: u64 = ctx.arg(1);
     let new: u64 = ctx.arg(2);
     let (old, new) = (old as i32, new as i32);
     if old == tcp_state::CLOSE && new == tcp_state::SYN_SENT {
-        let protocol: u16 = kread(sk, o.sock.protocol)?;
-        if protocol != IPPROTO_TCP {
-            return Ok(());
-        }
-        let pid_tgid = bpf_get_current_pid_tgid();
-        let pending = PendingConnect {
-            // SAFETY: helper without preconditions, valid in tracepoint programs.
-            cgroup_id: unsafe { bpf_get_current_cgroup_id() },
-            pid: pid_tgid as u32,
-            tgid: (pid_tgid >> 32) as u32,
-            comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
-            syn_retransmits: 0,
-            error: 0,
-        };
-        learn_netns(sk, pending.cgroup_id);
-        hold(sk, &pending);
+        connecting(sk)
     } else if old == tcp_state::SYN_SENT {
-        match held(sk) {
-            Held::Slot(slot, pending) => {
-                // Every field is read before the slot is freed.
-                if new == tcp_state::CLOSE && ended_without_reset(sk, &pending).is_err() {
-                    count_loss(LOST_FIELD_READ);
-                }
-                free(slot, sk);
-            }
-            Held::Table(pending) => {
-                if new == tcp_state::CLOSE && ended_without_reset(sk, &pending).is_err() {
-                    count_loss(LOST_FIELD_READ);
-                }
-                // Answered (ESTABLISHED) or ended: nothing more to learn about this attempt.
-                forget(sk, &pending);
-            }
-            Held::Torn(slot) => {
-                free(slot, sk);
-                if new == tcp_state::CLOSE {
-                    count_loss(LOST_CONNECT_TABLE);
-                }
-            }
-            Held::Nowhere => {}
-        }
+        left_syn_sent(sk, new);
+        Ok(())
+    } else {
+        Ok(())
     }
+}
+
+/// CLOSE -> SYN_SENT, in the connect() caller's context: who connects, kept in the socket's
+/// slot. A function of its own (a BPF subprogram): its stack is not added to the failure
+/// path's, which older verifiers sum over the calls (at most 512 bytes).
+#[inline(never)]
+fn connecting(sk: u64) -> Result<(), i32> {
+    let protocol: u16 = kread(sk, offsets().sock.protocol)?;
+    if protocol != IPPROTO_TCP {
+        return Ok(());
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let pending = PendingConnect {
+        // SAFETY: helper without preconditions, valid in tracepoint programs.
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        pid: pid_tgid as u32,
+        tgid: (pid_tgid >> 32) as u32,
+        comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
+        syn_retransmits: 0,
+        error: 0,
+    };
+    learn_netns(sk, pending.cgroup_id);
+    hold(sk, &pending);
     Ok(())
+}
+
+/// SYN_SENT -> anything: answered (ESTABLISHED), or ended without an answer (CLOSE). A
+/// subprogram for the reason [`connecting`] is one.
+#[inline(never)]
+fn left_syn_sent(sk: u64, new: i32) {
+    match held(sk) {
+        Held::Slot(slot, pending) => {
+            // Every field is read before the slot is freed.
+            if new == tcp_state::CLOSE && ended_without_reset(sk, &pending).is_err() {
+                count_loss(LOST_FIELD_READ);
+            }
+            free(slot, sk);
+        }
+        Held::Table(pending) => {
+            if new == tcp_state::CLOSE && ended_without_reset(sk, &pending).is_err() {
+                count_loss(LOST_FIELD_READ);
+            }
+            // Answered (ESTABLISHED) or ended: nothing more to learn about this attempt.
+            forget(sk, &pending);
+        }
+        Held::Torn(slot) => {
+            free(slot, sk);
+            if new == tcp_state::CLOSE {
+                count_loss(LOST_CONNECT_TABLE);
+            }
+        }
+        Held::Nowhere => {}
+    }
 }
 
 /// Where a connect in flight is kept.
