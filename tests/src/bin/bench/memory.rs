@@ -25,12 +25,14 @@ const STORE_ARGS: [&str; 6] = [
     "100000",
 ];
 
-/// Agent RSS with 1,000 pods of metadata and 100,000 records: one dropped UDP packet to each
-/// of 50,000 ports is a record on the sender and one on the receiver.
+/// Agent RSS with 1,000 pods of metadata and 100,000 records: two pods each send one UDP
+/// packet to each of 50,000 ports a rule drops, a record on each sender per port (on the
+/// receiver, a sweep of its ports folds into one record: a scan cannot fill its quota).
 pub fn run(node: &mut SimNode, source: usize, sink: usize) -> anyhow::Result<()> {
     use triage_agent_tests::apiserver::{PodFixture, pod_object};
 
     let sink_ip = node.pod(sink).ip;
+    let second = node.add_pod("bench", "sweeper")?;
     node.nft_node(&format!(
         "table bridge bench_sweep {{\n chain forward {{\n  type filter hook forward priority 0; policy accept;\n  ip daddr {sink_ip} udp dport 10000-60000 drop\n }}\n}}\n"
     ))?;
@@ -67,7 +69,7 @@ pub fn run(node: &mut SimNode, source: usize, sink: usize) -> anyhow::Result<()>
             containers: &[("app", container_id)],
         }));
     }
-    let result = memory_with(node, source, sink_ip, extra, bare);
+    let result = memory_with(node, [source, second], sink_ip, extra, bare);
     for (name, _, _) in &names {
         node.api.delete_pod("bench-meta", name);
     }
@@ -76,7 +78,7 @@ pub fn run(node: &mut SimNode, source: usize, sink: usize) -> anyhow::Result<()>
 
 fn memory_with(
     node: &SimNode,
-    source: usize,
+    sources: [usize; 2],
     sink_ip: std::net::Ipv4Addr,
     extra: u64,
     bare: f64,
@@ -92,16 +94,18 @@ fn memory_with(
     } else {
         (50_000, [(10000, 34999), (35000, 59999)])
     };
-    for (from, to) in halves {
-        node.run(
-            source,
-            &[
-                "udp-sweep",
-                &sink_ip.to_string(),
-                &from.to_string(),
-                &to.to_string(),
-            ],
-        )?;
+    for source in sources {
+        for (from, to) in halves {
+            node.run(
+                source,
+                &[
+                    "udp-sweep",
+                    &sink_ip.to_string(),
+                    &from.to_string(),
+                    &to.to_string(),
+                ],
+            )?;
+        }
     }
     let want = u64::from(ports) * 2;
     let deadline = Instant::now() + Duration::from_secs(60);
