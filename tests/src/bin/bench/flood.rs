@@ -301,25 +301,19 @@ fn program_costs(node: &SimNode, source: usize, s: &Scenario<'_>) -> anyhow::Res
     let flood_once = || flood(node, source, s.what, &s.dst);
     let mut agent = crate::measure::start_agent(node, &[])?;
     agent.wait_ready(true, Duration::from_secs(20))?;
+    // The agent's /metrics is a snapshot at most a second old.
+    let lag = || std::thread::sleep(Duration::from_millis(1100));
+    lag();
     let before = program_stats(&agent)?;
     let ours = per_event(agent.pid().context("agent pid")?, &flood_once);
+    lag();
     let after = program_stats(&agent)?;
     agent.stop()?;
     let ours = ours?;
     // Which of the agent's programs the events ran, and what each cost per run.
-    let programs: Vec<String> = after
+    let programs: Vec<String> = crate::measure::programs_run(&before, &after)
         .iter()
-        .filter_map(|(name, (secs, runs))| {
-            let (secs0, runs0) = before.get(name).copied().unwrap_or((0.0, 0.0));
-            let runs = runs - runs0;
-            (runs > 0.0).then(|| {
-                format!(
-                    "{name} {:.0} ns x {}",
-                    (secs - secs0) * 1e9 / runs,
-                    results::thousands(runs)
-                )
-            })
-        })
+        .map(|(name, ns, runs)| format!("{name} {ns:.0} ns x {}", results::thousands(*runs)))
         .collect();
     let mut out = vec![format!("ours {ours} [{}]", programs.join(", "))];
     for peer in s.peers.iter().filter(|p| p.ebpf) {

@@ -20,7 +20,7 @@ use anyhow::Context as _;
 use triage_agent_tests::simnode::SimNode;
 
 use crate::{
-    measure::{IPERF3, flood_seconds, median, program_stats, quick, rounds, spread},
+    measure::{IPERF3, flood_seconds, median, program_stats, programs_run, quick, rounds, spread},
     peers::{self, BpfStats, FLOOR},
     results,
 };
@@ -210,19 +210,9 @@ pub fn run(node: &mut SimNode) -> anyhow::Result<()> {
             ours_ns.push(ns1.saturating_sub(ns0) as f64 / units);
             // Which programs ran, what each cost per run and how often per unit.
             breakdown.push(
-                after
+                programs_run(&before, &after)
                     .iter()
-                    .filter_map(|(name, (secs, runs))| {
-                        let (secs0, runs0) = before.get(name).copied().unwrap_or((0.0, 0.0));
-                        let runs = runs - runs0;
-                        (runs > 0.0).then(|| {
-                            format!(
-                                "{name} {:.0} ns x {:.2}",
-                                (secs - secs0) * 1e9 / runs,
-                                runs / units
-                            )
-                        })
-                    })
+                    .map(|(name, ns, runs)| format!("{name} {ns:.0} ns x {:.2}", runs / units))
                     .collect::<Vec<_>>()
                     .join(", "),
             );

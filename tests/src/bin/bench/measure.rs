@@ -121,6 +121,21 @@ pub fn program_stats(
     Ok(out)
 }
 
+/// The programs that ran between two [`program_stats`] readings: name, ns per run, runs.
+pub fn programs_run(
+    before: &std::collections::BTreeMap<String, (f64, f64)>,
+    after: &std::collections::BTreeMap<String, (f64, f64)>,
+) -> Vec<(String, f64, f64)> {
+    after
+        .iter()
+        .filter_map(|(name, (secs, runs))| {
+            let (secs0, runs0) = before.get(name).copied().unwrap_or((0.0, 0.0));
+            let runs = runs - runs0;
+            (runs > 0.0).then(|| (name.clone(), (secs - secs0) * 1e9 / runs, runs))
+        })
+        .collect()
+}
+
 /// p-th percentile (0-100) of sorted values.
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
