@@ -237,24 +237,60 @@ fn hold(sk: u64, pending: &PendingConnect) {
 /// [`CONNECTS`].
 #[inline(always)]
 fn held(sk: u64) -> Held {
+    let mut torn = None;
     if let Some(slot) = CONNECT_SLOTS.get_ptr_mut(slot_index(sk)) {
         // SAFETY: as in [`hold`].
         unsafe {
             if core::ptr::read_volatile(&(*slot).sk) == sk {
                 let pending = core::ptr::read_volatile(&(*slot).pending);
                 let sealed = core::ptr::read_volatile(&(*slot).seal) == seal(sk, &pending);
-                return if sealed && core::ptr::read_volatile(&(*slot).sk) == sk {
-                    Held::Slot(slot, pending)
-                } else {
-                    Held::Torn(slot)
-                };
+                if sealed && core::ptr::read_volatile(&(*slot).sk) == sk {
+                    return Held::Slot(slot, pending);
+                }
+                torn = Some(slot);
             }
         }
     }
+    // A torn slot may be one being taken over on another CPU, which moves its occupant here
+    // before it writes: the table is asked before the attempt is called lost.
     // SAFETY: the value is copied out at once.
-    match unsafe { CONNECTS.get(sk) } {
-        Some(p) => Held::Table(*p),
-        None => Held::Nowhere,
+    match (unsafe { CONNECTS.get(sk) }, torn) {
+        (Some(p), _) => Held::Table(*p),
+        (None, Some(slot)) => Held::Torn(slot),
+        (None, None) => Held::Nowhere,
+    }
+}
+
+/// [`held`] for the programs that see a connect fail or retry (a reset received, an error
+/// reported, a retransmission): a hit counts only for a socket still in SYN_SENT. Any other
+/// socket found there is a later one at the address of an attempt whose end no program saw
+/// (a run the kernel skipped, or a move that crossed the attempt's own answer on another
+/// CPU): that stale attempt is let go, so it cannot name its process and pod in another
+/// socket's failure.
+#[inline(always)]
+fn held_connecting(sk: u64) -> Held {
+    match held(sk) {
+        Held::Slot(slot, _) if !still_connecting(sk) => {
+            free(slot, sk);
+            Held::Nowhere
+        }
+        Held::Table(pending) if !still_connecting(sk) => {
+            forget(sk, &pending);
+            Held::Nowhere
+        }
+        h => h,
+    }
+}
+
+/// Whether `sk` is in SYN_SENT; a socket whose state cannot be read is taken to be (as if
+/// unchecked). A subprogram returning a scalar, so the callers' verifier state stays small
+/// (older verifiers sum the stack over calls, and reject a struct or enum returned through
+/// the caller's stack from some of these programs).
+#[inline(never)]
+fn still_connecting(sk: u64) -> bool {
+    match kread::<u8>(sk, offsets().sock.state) {
+        Ok(state) => i32::from(state) == tcp_state::SYN_SENT,
+        Err(_) => true,
     }
 }
 
@@ -442,12 +478,14 @@ pub fn inet_sk_error_report(ctx: RawTracePointContext) -> i32 {
             ERROR_UNKNOWN
         }
     };
-    match held(sk) {
-        // SAFETY: the slot is this socket's, whose error reports are serialized; another
-        // attempt taking the slot meanwhile rewrites the whole of it.
-        Held::Slot(slot, _) => unsafe {
-            core::ptr::write_volatile(&mut (*slot).pending.error, error());
-        },
+    match held_connecting(sk) {
+        // The attempt failed: it moves to the table with its error, instead of the error being
+        // written into a slot that another attempt may be taking at this instant.
+        Held::Slot(slot, mut pending) => {
+            pending.error = error();
+            remember(sk, pending);
+            free(slot, sk);
+        }
         Held::Table(_) => {
             if let Some(pending) = CONNECTS.get_ptr_mut(sk) {
                 // SAFETY: the entry belongs to this socket, whose error reports are serialized.
@@ -461,15 +499,15 @@ pub fn inet_sk_error_report(ctx: RawTracePointContext) -> i32 {
 
 /// A raw tracepoint (argument `sk`), not the classic one: attaching a classic tracepoint takes
 /// perf_event_open, which kernels with `perf_event_paranoid` 3 (Debian's default) refuse
-/// without CAP_SYS_ADMIN. No state check is needed: a socket is in a slot or in `CONNECTS`
-/// only while it is in SYN_SENT (`inet_sock_set_state` takes it out on any other state), so a
-/// hit there is a SYN retransmission. The first one makes the attempt interesting: it moves
+/// without CAP_SYS_ADMIN. A socket is in a slot or in `CONNECTS` only while it is in SYN_SENT
+/// (`inet_sock_set_state` takes it out on any other state, and [`held_connecting`] lets go of
+/// what a skipped run left), so a hit there is a SYN retransmission. The first one makes the attempt interesting: it moves
 /// from its slot to `CONNECTS`, where it waits, its cgroup's share checked, as long as the
 /// kernel retries (its slot must stay free for the attempts that are answered).
 #[raw_tracepoint(tracepoint = "tcp_retransmit_skb")]
 pub fn tcp_retransmit_skb(ctx: RawTracePointContext) -> i32 {
     let sk: u64 = ctx.arg(0);
-    match held(sk) {
+    match held_connecting(sk) {
         Held::Slot(slot, mut pending) => {
             pending.syn_retransmits = pending.syn_retransmits.wrapping_add(1);
             remember(sk, pending);
@@ -502,7 +540,7 @@ fn try_tcp_receive_reset(ctx: &RawTracePointContext) -> Result<(), i32> {
     let sk: u64 = ctx.arg(0);
     // Every field is read before the attempt is let go: a refusal whose socket cannot be read
     // is counted, never silently lost.
-    let (pending, ends) = match held(sk) {
+    let (pending, ends) = match held_connecting(sk) {
         Held::Slot(slot, pending) => {
             let ends = socket_ends(sk);
             free(slot, sk);

@@ -10,6 +10,7 @@
 
 pub mod agent;
 pub mod apiserver;
+pub mod bpf_maps;
 pub mod caps;
 pub mod fixture;
 pub mod matrix;

@@ -8,10 +8,11 @@
     reason = "test scenarios panic with context; helpers shared by tests are not #[test] fns"
 )]
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use triage_agent_tests::{
-    agent::{count_of, records},
+    agent::{Drains, count_of, records},
+    bpf_maps::Map,
     fixture::NodeFixture,
     simnode::{CgroupDriver, PodRuntime},
 };
@@ -208,7 +209,7 @@ fn api_server_down_at_start_then_events_attributed_when_it_returns() {
     let dst = format!("{}:9999", node.pod(server).ip);
     node.run(client, &["connect", &dst, "2", "20"]).unwrap();
     // Collected but held back: visible in Status as waiting, not lost.
-    let deadline = std::time::Instant::now() + WAIT;
+    let deadline = Instant::now() + WAIT;
     loop {
         let s = agent.status().unwrap();
         if s["metadata"]["pending_events"].as_u64().unwrap_or(0) >= 4
@@ -218,7 +219,7 @@ fn api_server_down_at_start_then_events_attributed_when_it_returns() {
             break;
         }
         assert!(
-            std::time::Instant::now() < deadline,
+            Instant::now() < deadline,
             "events not held while the API server is down: {s}\n{}",
             agent.log()
         );
@@ -248,4 +249,102 @@ fn api_server_down_at_start_then_events_attributed_when_it_returns() {
     let s = agent.status().unwrap();
     assert_eq!(s["metadata"]["synced"], true);
     assert_eq!(s["loss"]["attribution_expired"], 0);
+}
+
+/// An attempt whose end no program saw (a run the kernel skipped, or a move to the table that
+/// crossed the attempt's own answer on another CPU) stays in `CONNECTS`, holding a place of its
+/// cgroup's share. A later socket at that address is not connecting: its reset is no refusal,
+/// and the stale attempt, which names a process, must not become one. The harness plays the
+/// skipped run: it puts back the entry of an attempt that was answered, as the kernel left it.
+#[test]
+fn a_stale_connect_entry_never_turns_a_reset_into_a_refusal() {
+    let fixture = NodeFixture::new().pod("shop", "db").pod("shop", "web");
+    let (mut node, [server, client]) = fixture.node().unwrap();
+    node.start_process(server, &["accept-unread", "5432", "3000"])
+        .unwrap();
+    // SYNs are dropped at first: the attempt retransmits and moves to the table.
+    node.nft_pod(
+        server,
+        "table inet sim_blackhole {\n  chain input {\n    type filter hook input priority 0; policy accept;\n    tcp dport 5432 drop\n  }\n}\n",
+    )
+    .unwrap();
+    let agent = fixture.agent(&node).unwrap();
+    let dst = format!("{}:5432", node.pod(server).ip);
+    let mut conn = node.spawn_piped(client, &["connect-hold", &dst]).unwrap();
+    let tgid = conn.id();
+
+    // PendingConnect: cgroup_id (8 bytes), pid, tgid, comm (16), syn_retransmits, error.
+    let field = |v: &[u8], at: usize| u32::from_ne_bytes(v[at..at + 4].try_into().unwrap());
+    let deadline = Instant::now() + WAIT;
+    let (connects, key, mut stale) = 'found: loop {
+        for map in Map::named("CONNECTS").unwrap() {
+            for (k, v) in map.entries().unwrap() {
+                if field(&v, 12) == tgid {
+                    break 'found (map, k, v);
+                }
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the attempt never reached CONNECTS"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(field(&stale, 32) >= 1, "moved at a SYN retransmission");
+    let cgroup: [u8; 8] = stale[..8].try_into().unwrap();
+    let shares = Map::named("CONNECT_SHARES")
+        .unwrap()
+        .into_iter()
+        .find(|m| m.get(&cgroup).ok().flatten().is_some())
+        .expect("the attempt's cgroup holds a place of its share");
+
+    // The SYNs get through: answered, the attempt leaves the table and gives its place back.
+    node.nft_pod(server, "delete table inet sim_blackhole\n")
+        .unwrap();
+    let mut out = std::io::BufReader::new(conn.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(line.trim(), "connected");
+    assert_eq!(connects.get(&key).unwrap(), None, "cleared at ESTABLISHED");
+
+    // The run that was skipped: the entry is back, with its place of the share, naming a
+    // process that is not the one whose connection is reset.
+    stale[16..32].copy_from_slice(b"stale-attempt\0\0\0");
+    connects.put(&key, &stale).unwrap();
+    let held = shares.get(&cgroup).unwrap().unwrap();
+    let one_more = (i64::from_ne_bytes(held[..].try_into().unwrap()) + 1).to_ne_bytes();
+    shares.put(&cgroup, &one_more).unwrap();
+
+    // The server closes without reading the byte it was sent: the connection is reset.
+    line.clear();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(line.trim(), "reset", "the client saw its connection reset");
+    conn.wait().unwrap();
+    // Two drains of the flow tables later, whatever the reset recorded is in the store.
+    agent.wait_more_drains(Drains::FlowTables, 2).unwrap();
+
+    // A refusal that is one, from the same pod, beside it.
+    let refused = format!("{}:5433", node.pod(server).ip);
+    let out = node.run(client, &["connect", &refused, "1", "10"]).unwrap();
+    assert_eq!(refused_count(&out), 1);
+    let web = agent
+        .query_until("shop", "web", WAIT, |v| {
+            records(v, "connection_refused", "outbound")
+                .iter()
+                .any(|r| r["dst"] == refused.as_str())
+        })
+        .unwrap();
+    let outbound = records(&web, "connection_refused", "outbound");
+    assert_eq!(outbound.len(), 1, "only the real refusal: {web}");
+    assert_eq!(outbound[0]["process"]["comm"], "sim-workload", "{web}");
+    assert_eq!(
+        connects.get(&key).unwrap(),
+        None,
+        "the stale attempt is let go"
+    );
+    assert_eq!(
+        shares.get(&cgroup).unwrap().unwrap(),
+        held,
+        "its place goes back to the cgroup's share"
+    );
 }

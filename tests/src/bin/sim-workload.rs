@@ -1,5 +1,8 @@
 //! The process that runs inside simulated pods: `sleep` (the pod's pause process), `listen PORT`
-//! (a server), `connect IP:PORT COUNT INTERVAL_MS [TIMEOUT_MS]` (a client that reports each
+//! (a server), `accept-unread PORT DELAY_MS` (a server that closes each connection DELAY_MS
+//! after accepting it, unread, so the kernel resets it), `connect-hold IP:PORT` (one connection
+//! that sends a byte and reads until it ends; prints `connected`, then `reset` or `closed`),
+//! `connect IP:PORT COUNT INTERVAL_MS [TIMEOUT_MS]` (a client that reports each
 //! outcome), `tcp-sweep IP FROM TO` (a connect scan of the ports FROM..=TO; prints `refused N
 //! other M`), `connect-rate IP:PORT SECONDS` (whole connections to a listener, as fast as
 //! possible; prints connections, seconds, failures), `udp IP:PORT COUNT` (COUNT datagrams from one socket, paced so the sender's own
@@ -133,6 +136,52 @@ fn run(words: &[&str]) -> ExitCode {
                     Err(e) => println!("error {e}"),
                 }
                 std::thread::sleep(Duration::from_millis(interval));
+            }
+            ExitCode::SUCCESS
+        }
+        ["accept-unread", port, delay_ms] => {
+            // Accepts connections, and closes each DELAY_MS later without reading what the
+            // peer sent: the kernel answers unread data with a reset.
+            let (Ok(listener), Ok(delay)) = (
+                TcpListener::bind(format!("0.0.0.0:{port}")),
+                delay_ms.parse::<u64>(),
+            ) else {
+                eprintln!("sim-workload: usage: accept-unread PORT DELAY_MS");
+                return ExitCode::FAILURE;
+            };
+            for conn in listener.incoming().flatten() {
+                std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_millis(delay));
+                    drop(conn);
+                });
+            }
+            ExitCode::SUCCESS
+        }
+        ["connect-hold", addr] => {
+            // One connection (waiting up to 30 s for an answer), one byte sent, then read
+            // until the connection ends: prints `connected`, then `reset` or `closed`.
+            let Ok(addr) = addr.parse::<SocketAddr>() else {
+                eprintln!("sim-workload: usage: connect-hold IP:PORT");
+                return ExitCode::FAILURE;
+            };
+            let mut s = match TcpStream::connect_timeout(&addr, Duration::from_secs(30)) {
+                Ok(s) => s,
+                Err(e) => {
+                    println!("error {e}");
+                    return ExitCode::SUCCESS;
+                }
+            };
+            println!("connected");
+            let _ = std::io::Write::flush(&mut std::io::stdout());
+            let _ = std::io::Write::write_all(&mut s, b"x");
+            let mut buf = [0u8; 64];
+            loop {
+                match std::io::Read::read(&mut s, &mut buf) {
+                    Ok(0) => break println!("closed"),
+                    Ok(_) => {}
+                    Err(e) if e.kind() == ErrorKind::ConnectionReset => break println!("reset"),
+                    Err(e) => break println!("error {e}"),
+                }
             }
             ExitCode::SUCCESS
         }
