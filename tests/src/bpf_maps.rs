@@ -1,7 +1,7 @@
-//! The agent's eBPF maps, read and written from outside with bpf(2) (map ids, fds by id,
-//! lookups and updates), for tests that put the kernel side into a state only a race or a
-//! run the kernel skipped can make: what the agent then does with it is the real code's.
-//! Needs CAP_SYS_ADMIN (root).
+//! The agent's eBPF maps, read and written from outside with bpf(2) (the map ids in the
+//! agent's fdinfo, fds by id, lookups and updates), for tests that put the kernel side into a
+//! state only a race or a run the kernel skipped can make: what the agent then does with it is
+//! the real code's. Needs CAP_SYS_ADMIN (root).
 
 use std::os::fd::{FromRawFd as _, OwnedFd, RawFd};
 
@@ -10,7 +10,6 @@ use anyhow::{Context as _, bail};
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
-const BPF_MAP_GET_NEXT_ID: libc::c_long = 12;
 const BPF_MAP_GET_FD_BY_ID: libc::c_long = 14;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 
@@ -33,14 +32,6 @@ impl Attr {
         if let Some(b) = self.0.get_mut(at..at + 8) {
             b.copy_from_slice(&v.to_ne_bytes());
         }
-    }
-
-    fn u32_at(&self, at: usize) -> u32 {
-        let mut b = [0; 4];
-        if let Some(s) = self.0.get(at..at + 4) {
-            b.copy_from_slice(s);
-        }
-        u32::from_ne_bytes(b)
     }
 }
 
@@ -99,25 +90,26 @@ impl Map {
         })
     }
 
-    /// Every map of the kernel named `name` (one per loaded agent).
-    pub fn named(name: &str) -> anyhow::Result<Vec<Map>> {
-        let mut found = Vec::new();
-        let mut id = 0u32;
-        loop {
-            let mut attr = Attr::new();
-            attr.put_u32(0, id);
-            match bpf(BPF_MAP_GET_NEXT_ID, &mut attr) {
-                Ok(_) => id = attr.u32_at(4),
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(found),
-                Err(e) => return Err(e).context("BPF_MAP_GET_NEXT_ID"),
-            }
-            // A map may go between the two calls.
-            if let Ok(map) = Map::open(id)
+    /// The map named `name` that process `pid` holds open (an agent's own map: every agent
+    /// running on the node has one of that name, and each sees every socket).
+    pub fn of_process(pid: u32, name: &str) -> anyhow::Result<Map> {
+        let dir = format!("/proc/{pid}/fdinfo");
+        for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {dir}"))? {
+            let Ok(info) = std::fs::read_to_string(entry?.path()) else {
+                continue;
+            };
+            let id = info
+                .lines()
+                .find_map(|l| l.strip_prefix("map_id:"))
+                .and_then(|v| v.trim().parse::<u32>().ok());
+            if let Some(id) = id
+                && let Ok(map) = Map::open(id)
                 && map.name == name
             {
-                found.push(map);
+                return Ok(map);
             }
         }
+        bail!("process {pid} holds no map named {name}")
     }
 
     fn raw_fd(&self) -> u32 {

@@ -276,12 +276,14 @@ fn a_stale_connect_entry_never_turns_a_reset_into_a_refusal() {
     // PendingConnect: cgroup_id (8 bytes), pid, tgid, comm (16), syn_retransmits, error.
     let field = |v: &[u8], at: usize| u32::from_ne_bytes(v[at..at + 4].try_into().unwrap());
     let deadline = Instant::now() + WAIT;
-    let (connects, key, mut stale) = 'found: loop {
-        for map in Map::named("CONNECTS").unwrap() {
-            for (k, v) in map.entries().unwrap() {
-                if field(&v, 12) == tgid {
-                    break 'found (map, k, v);
-                }
+    // This agent's maps (agents of tests running beside this one have their own).
+    let agent_pid = agent.pid().unwrap();
+    let connects = Map::of_process(agent_pid, "CONNECTS").unwrap();
+    let shares = Map::of_process(agent_pid, "CONNECT_SHARES").unwrap();
+    let (key, mut stale) = 'found: loop {
+        for (k, v) in connects.entries().unwrap() {
+            if field(&v, 12) == tgid {
+                break 'found (k, v);
             }
         }
         assert!(
@@ -292,11 +294,10 @@ fn a_stale_connect_entry_never_turns_a_reset_into_a_refusal() {
     };
     assert!(field(&stale, 32) >= 1, "moved at a SYN retransmission");
     let cgroup: [u8; 8] = stale[..8].try_into().unwrap();
-    let shares = Map::named("CONNECT_SHARES")
-        .unwrap()
-        .into_iter()
-        .find(|m| m.get(&cgroup).ok().flatten().is_some())
-        .expect("the attempt's cgroup holds a place of its share");
+    assert!(
+        shares.get(&cgroup).unwrap().is_some(),
+        "the attempt's cgroup holds a place of its share"
+    );
 
     // The SYNs get through: answered, the attempt leaves the table and gives its place back.
     node.nft_pod(server, "delete table inet sim_blackhole\n")
