@@ -29,23 +29,27 @@
 //!   headers are read from the packet (`skb->head` + header offsets)
 //! - struct sock.sk_err (BTF): how a connect() without RST ended
 
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid},
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_jiffies64,
+    },
     macros::raw_tracepoint,
     programs::RawTracePointContext,
 };
 use triage_agent_common::{
-    ABSENT, AF_INET, AF_INET6, COMM_LEN, CONNECT_SLOT_BITS, ERROR_UNKNOWN, FlowKey, FlowStats,
-    IPPROTO_TCP, LOST_CONNECT_TABLE, LOST_FIELD_READ, NetnsCgroups, PendingConnect, TCP_ACK,
-    TCP_SYN, cgroup_loss, errno, flow_flags, kind, send_reset_layout, tcp_state,
+    ABSENT, AF_INET, AF_INET6, COMM_LEN, ERROR_UNKNOWN, FlowKey, FlowStats, IPPROTO_TCP,
+    LOST_CONNECT_TABLE, LOST_FIELD_READ, NetnsCgroups, PendingConnect, TCP_ACK, TCP_SYN,
+    cgroup_loss, connect_slot, errno, flow_flags, kind, send_reset_layout, tcp_state,
 };
 
 use crate::{
     flows,
     maps::{
-        CONNECT_SLOTS, CONNECTS, ConnectSlot, EEXIST, NETNS_CGROUPS, NETNS_LEARNED, count_loss,
-        offsets,
+        CONNECT_SLOTS, CONNECTS, ConnectSlot, EEXIST, LAST_CONNECTOR, NETNS_CGROUPS, RESET_SKB,
+        count_loss, offsets,
     },
     read::kread,
     share,
@@ -125,15 +129,44 @@ fn connecting(sk: u64) -> Result<(), i32> {
         return Ok(());
     }
     let pid_tgid = bpf_get_current_pid_tgid();
-    let pending = PendingConnect {
-        // SAFETY: helper without preconditions, valid in tracepoint programs.
-        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+    let mut pending = PendingConnect {
+        cgroup_id: 0,
         pid: pid_tgid as u32,
         tgid: (pid_tgid >> 32) as u32,
-        comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
+        comm: [0; COMM_LEN],
         syn_retransmits: 0,
         error: 0,
     };
+    // A workload connects again and again from one thread: within a jiffy (a few ms) the
+    // thread's cgroup, name and namespace as this CPU read them for its last connect are
+    // taken as they are, instead of asking the kernel again.
+    // SAFETY: helper without preconditions.
+    let jiffies = unsafe { bpf_jiffies64() };
+    let last = LAST_CONNECTOR.get_ptr_mut(0);
+    if let Some(l) = last {
+        // SAFETY: this CPU's slot, valid while the program runs; it cannot migrate meanwhile,
+        // and this program does not run nested on one CPU.
+        unsafe {
+            if (*l).jiffies == jiffies && (*l).pid_tgid == pid_tgid {
+                pending.cgroup_id = (*l).cgroup_id;
+                pending.comm = (*l).comm;
+                hold(sk, &pending);
+                return Ok(());
+            }
+        }
+    }
+    // SAFETY: helper without preconditions, valid in tracepoint programs.
+    pending.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    pending.comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+    if let Some(l) = last {
+        // SAFETY: as above.
+        unsafe {
+            (*l).jiffies = jiffies;
+            (*l).pid_tgid = pid_tgid;
+            (*l).cgroup_id = pending.cgroup_id;
+            (*l).comm = pending.comm;
+        }
+    }
     learn_netns(sk, pending.cgroup_id);
     hold(sk, &pending);
     Ok(())
@@ -181,13 +214,6 @@ enum Held {
     Nowhere,
 }
 
-/// The slot of `sk` in [`CONNECT_SLOTS`]: a multiplicative hash of the socket's address
-/// (sockets come from slabs, so the low bits alone would crowd a few slots).
-#[inline(always)]
-fn slot_index(sk: u64) -> u32 {
-    (sk.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - CONNECT_SLOT_BITS)) as u32
-}
-
 /// A seal over a slot's socket and who connected: a slot written by two CPUs at once holds one
 /// writer's socket and a mix of both writers' other fields, which this tells.
 #[inline(always)]
@@ -210,7 +236,7 @@ fn seal(sk: u64, p: &PendingConnect) -> u64 {
 /// [`CONNECTS`] first (its share checked there), so nothing in flight is dropped for room.
 #[inline(always)]
 fn hold(sk: u64, pending: &PendingConnect) {
-    let Some(slot) = CONNECT_SLOTS.get_ptr_mut(slot_index(sk)) else {
+    let Some(slot) = CONNECT_SLOTS.get_ptr_mut(connect_slot(sk)) else {
         remember(sk, *pending);
         return;
     };
@@ -238,7 +264,7 @@ fn hold(sk: u64, pending: &PendingConnect) {
 #[inline(always)]
 fn held(sk: u64) -> Held {
     let mut torn = None;
-    if let Some(slot) = CONNECT_SLOTS.get_ptr_mut(slot_index(sk)) {
+    if let Some(slot) = CONNECT_SLOTS.get_ptr_mut(connect_slot(sk)) {
         // SAFETY: as in [`hold`].
         unsafe {
             if core::ptr::read_volatile(&(*slot).sk) == sk {
@@ -248,6 +274,9 @@ fn held(sk: u64) -> Held {
                     return Held::Slot(slot, pending);
                 }
                 torn = Some(slot);
+            } else if core::ptr::read_volatile(&(*slot).tabled) == 0 {
+                // No attempt of this slot's sockets is in the table: no lookup.
+                return Held::Nowhere;
             }
         }
     }
@@ -318,15 +347,19 @@ fn remember(sk: u64, pending: PendingConnect) {
         share::lose(pending.cgroup_id, cgroup_loss::CONNECTS);
         return;
     }
+    // Counted in the socket's slot before the entry exists, so a reader never skips it.
+    tabled(sk, 1);
     match CONNECTS.insert(sk, pending, u64::from(BPF_NOEXIST)) {
         Ok(()) => {}
         // An earlier socket at this address whose end no program saw (a run the kernel
-        // skipped): its place goes back to its cgroup, and the entry is this one's.
+        // skipped): its place goes back to its cgroup, and the entry is this one's (one entry
+        // either way: one count back).
         Err(e) if e == -EEXIST => {
             // SAFETY: the value is copied out at once.
             if let Some(stale) = unsafe { CONNECTS.get(sk) }.copied() {
                 share::give_connect(stale.cgroup_id);
             }
+            tabled(sk, u64::MAX);
             if CONNECTS.insert(sk, pending, 0).is_err() {
                 share::give_connect(pending.cgroup_id);
                 count_loss(LOST_CONNECT_TABLE);
@@ -334,10 +367,26 @@ fn remember(sk: u64, pending: PendingConnect) {
             }
         }
         Err(_) => {
+            tabled(sk, u64::MAX);
             share::give_connect(pending.cgroup_id);
             count_loss(LOST_CONNECT_TABLE);
             share::lose(pending.cgroup_id, cgroup_loss::CONNECTS);
         }
+    }
+}
+
+/// Adds `delta` (`u64::MAX`: takes one) to the count of table entries of `sk`'s slot.
+#[inline(always)]
+fn tabled(sk: u64, delta: u64) {
+    if let Some(slot) = CONNECT_SLOTS.get_ptr_mut(connect_slot(sk)) {
+        // SAFETY: a map value, valid while the program runs; every CPU changes the count with
+        // an atomic add (BPF_XADD, which 5.10 has).
+        unsafe {
+            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
+                core::ptr::addr_of_mut!((*slot).tabled),
+                delta,
+            )
+        };
     }
 }
 
@@ -354,17 +403,15 @@ fn learn_netns(sk: u64, cgroup_id: u64) {
     let Ok(inum) = kread::<u32>(net, o.ingress.net_inum) else {
         return;
     };
-    // A connecting workload connects again and again from one cgroup: what this CPU told the
-    // map last is not told again.
-    let learned = NETNS_LEARNED.get_ptr_mut(0);
-    if let Some(l) = learned {
+    // Threads of one cgroup connect in turn: what this CPU told the map last is not told again.
+    if let Some(l) = LAST_CONNECTOR.get_ptr_mut(0) {
         // SAFETY: this CPU's slot, valid while the program runs; it cannot migrate meanwhile.
         unsafe {
-            if (*l).cgroup_id == cgroup_id && (*l).netns == inum {
+            if (*l).learned_cgroup == cgroup_id && (*l).learned_netns == inum {
                 return;
             }
-            (*l).cgroup_id = cgroup_id;
-            (*l).netns = inum;
+            (*l).learned_cgroup = cgroup_id;
+            (*l).learned_netns = inum;
         }
     }
     match NETNS_CGROUPS.get_ptr_mut(inum) {
@@ -390,32 +437,54 @@ fn learn_netns(sk: u64, cgroup_id: u64) {
 #[inline(always)]
 fn forget(sk: u64, pending: &PendingConnect) {
     if CONNECTS.remove(sk).is_ok() {
+        tabled(sk, u64::MAX);
         share::give_connect(pending.cgroup_id);
     }
 }
 
-/// A connecting socket's addresses and ports (local first); `None` for a family that is
+/// A connecting socket's addresses, ports (local first) and state; `None` for a family that is
 /// neither IPv4 nor IPv6.
 #[inline(always)]
-fn socket_ends(sk: u64) -> Result<Option<(Addresses, u16, u16)>, i32> {
+fn socket_ends(sk: u64) -> Result<Option<(Addresses, u16, u16, u8)>, i32> {
     let o = offsets();
-    let family: u16 = kread(sk, o.sock.family)?;
     let mut saddr = [0u8; 16];
     let mut daddr = [0u8; 16];
-    if family == AF_INET {
-        let s: [u8; 4] = kread(sk, o.sock.rcv_saddr)?;
-        let d: [u8; 4] = kread(sk, o.sock.daddr)?;
-        saddr[..4].copy_from_slice(&s);
-        daddr[..4].copy_from_slice(&d);
-    } else if family == AF_INET6 {
+    // `struct sock_common` starts skc_daddr, skc_rcv_saddr, skc_hash, skc_dport, skc_num,
+    // skc_family, skc_state in every kernel since 4.x: one read then, else one per field.
+    let d = o.sock.daddr;
+    let (family, dport, state) = if o.sock.rcv_saddr == d + 4
+        && o.sock.dport == d + 12
+        && o.sock.family == d + 16
+        && o.sock.state == d + 18
+    {
+        let c: [u8; 19] = kread(sk, d)?;
+        daddr[..4].copy_from_slice(&c[0..4]);
+        saddr[..4].copy_from_slice(&c[4..8]);
+        (
+            u16::from_ne_bytes([c[16], c[17]]),
+            u16::from_be_bytes([c[12], c[13]]),
+            c[18],
+        )
+    } else {
+        let family: u16 = kread(sk, o.sock.family)?;
+        if family == AF_INET {
+            let s: [u8; 4] = kread(sk, o.sock.rcv_saddr)?;
+            let d: [u8; 4] = kread(sk, d)?;
+            saddr[..4].copy_from_slice(&s);
+            daddr[..4].copy_from_slice(&d);
+        }
+        let dport = u16::from_be(kread::<u16>(sk, o.sock.dport)?);
+        let state = kread::<u8>(sk, o.sock.state).unwrap_or(tcp_state::SYN_SENT as u8);
+        (family, dport, state)
+    };
+    if family == AF_INET6 {
         saddr = kread(sk, o.sock.v6_rcv_saddr)?;
         daddr = kread(sk, o.sock.v6_daddr)?;
-    } else {
+    } else if family != AF_INET {
         return Ok(None);
     }
     let sport = u16::from_be(kread::<u16>(sk, o.sock.sport)?);
-    let dport = u16::from_be(kread::<u16>(sk, o.sock.dport)?);
-    Ok(Some(((family, saddr, daddr), sport, dport)))
+    Ok(Some(((family, saddr, daddr), sport, dport, state)))
 }
 
 /// SYN_SENT -> CLOSE without a RST: rejected by ICMP, or never answered. Addresses and ports
@@ -423,7 +492,7 @@ fn socket_ends(sk: u64) -> Result<Option<(Addresses, u16, u16)>, i32> {
 #[inline(always)]
 fn ended_without_reset(sk: u64, pending: &PendingConnect) -> Result<(), i32> {
     let o = offsets();
-    let Some((addrs, sport, dport)) = socket_ends(sk)? else {
+    let Some((addrs, sport, dport, _)) = socket_ends(sk)? else {
         return Ok(());
     };
     // The hard error, else a soft one: an ICMP error that came while the socket was busy stays
@@ -540,7 +609,8 @@ fn try_tcp_receive_reset(ctx: &RawTracePointContext) -> Result<(), i32> {
     let sk: u64 = ctx.arg(0);
     // Every field is read before the attempt is let go: a refusal whose socket cannot be read
     // is counted, never silently lost.
-    let (pending, ends) = match held_connecting(sk) {
+    // The socket's state comes with its addresses (see [`held_connecting`] for why it counts).
+    let (pending, ends) = match held(sk) {
         Held::Slot(slot, pending) => {
             let ends = socket_ends(sk);
             free(slot, sk);
@@ -560,12 +630,13 @@ fn try_tcp_receive_reset(ctx: &RawTracePointContext) -> Result<(), i32> {
         Held::Nowhere => return Ok(()),
     };
     match ends {
-        Ok(Some((addrs, sport, dport))) => {
+        Ok(Some((addrs, sport, dport, state))) if i32::from(state) == tcp_state::SYN_SENT => {
             let (key, stats) =
                 connector_flow(kind::CONNECT_REFUSED, 0, 0, &pending, addrs, sport, dport);
             flows::record(flows::site::RESET_RECEIVED, &key, stats);
         }
-        Ok(None) => {}
+        // A later socket at the address of an attempt whose end no program saw: let go above.
+        Ok(Some(_)) | Ok(None) => {}
         Err(_) => count_loss(LOST_FIELD_READ),
     }
     Ok(())
@@ -590,6 +661,12 @@ fn try_tcp_send_reset(ctx: &RawTracePointContext) -> Result<(), i32> {
         return Ok(());
     }
     let skb: u64 = ctx.arg(1);
+    // The kernel frees this packet next, on this CPU, as a NO_SOCKET drop: the drop program
+    // knows it from this mark without reading it again.
+    if let Some(mark) = RESET_SKB.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot, valid while the program runs.
+        unsafe { *mark = skb };
+    }
     let (protocol, th, nh, head) = skb_headers(skb)?;
     if nh == HEADER_UNSET {
         return Ok(());
@@ -597,25 +674,33 @@ fn try_tcp_send_reset(ctx: &RawTracePointContext) -> Result<(), i32> {
     let ip = head + nh as u64;
     let mut saddr = [0u8; 16];
     let mut daddr = [0u8; 16];
-    let (family, tcp) = if protocol == ETH_P_IP {
-        let hdr: [u8; 20] = kread(ip, 0)?;
+    // The IP header and the TCP header's first bytes in one read when the TCP header follows
+    // a plain IP header (no IPv4 options, no IPv6 extension headers): the common case.
+    let mut t = [0u8; 14];
+    let (family, tcp, inline) = if protocol == ETH_P_IP {
+        let hdr: [u8; 34] = kread(ip, 0)?;
         saddr[..4].copy_from_slice(&hdr[12..16]);
         daddr[..4].copy_from_slice(&hdr[16..20]);
-        (AF_INET, nh as u64 + ((hdr[0] & 0x0f) as u64) * 4)
+        t.copy_from_slice(&hdr[20..34]);
+        let ihl = ((hdr[0] & 0x0f) as u64) * 4;
+        (AF_INET, nh as u64 + ihl, ihl == 20)
     } else if protocol == ETH_P_IPV6 {
-        let hdr: [u8; 40] = kread(ip, 0)?;
+        let hdr: [u8; 54] = kread(ip, 0)?;
         saddr.copy_from_slice(&hdr[8..24]);
         daddr.copy_from_slice(&hdr[24..40]);
-        (AF_INET6, nh as u64 + 40)
+        t.copy_from_slice(&hdr[40..54]);
+        (AF_INET6, nh as u64 + 40, true)
     } else {
         return Ok(());
     };
-    let tcp = if th == HEADER_UNSET || th <= nh {
-        head + tcp
+    let (tcp, inline) = if th == HEADER_UNSET || th <= nh {
+        (head + tcp, inline)
     } else {
-        head + th as u64
+        (head + th as u64, inline && u64::from(th) == tcp)
     };
-    let t: [u8; 14] = kread(tcp, 0)?;
+    if !inline {
+        t = kread(tcp, 0)?;
+    }
     let flags = t[13];
     if flags & TCP_SYN == 0 || flags & TCP_ACK != 0 {
         return Ok(());

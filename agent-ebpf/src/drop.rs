@@ -31,7 +31,7 @@ use triage_agent_common::{
 
 use crate::{
     flows,
-    maps::{DROP_REASONS, INGRESS_CACHE, offsets},
+    maps::{DROP_REASONS, INGRESS_CACHE, RESET_SKB, offsets},
     read::kread,
     skb::{ETH_P_IP, ETH_P_IPV6, HEADER_UNSET, skb_headers},
 };
@@ -71,6 +71,20 @@ fn try_kfree_skb(ctx: &RawTracePointContext) -> Result<(), i32> {
         (reason, flow_flags::HAS_REASON)
     };
     let skb: u64 = ctx.arg(ARG_SKB);
+    // A SYN that `tcp_send_reset` just refused on this CPU: skipped below anyway (a TCP
+    // NO_SOCKET drop), known here without reading the packet. The mark is used once.
+    if flags == flow_flags::HAS_REASON
+        && reason == o.kfree_skb.no_socket
+        && let Some(mark) = RESET_SKB.get_ptr_mut(0)
+    {
+        // SAFETY: this CPU's slot, valid while the program runs.
+        unsafe {
+            if *mark == skb {
+                *mark = 0;
+                return Ok(());
+            }
+        }
+    }
     let (protocol, th, nh, head) = skb_headers(skb)?;
     if protocol != ETH_P_IP && protocol != ETH_P_IPV6 {
         return Ok(());

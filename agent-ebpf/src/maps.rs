@@ -6,11 +6,11 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use triage_agent_common::{
-    BPF_F_MMAPABLE, CONNECT_SLOT_BITS, CONNECTS_ENTRIES, DNS_ANSWERED_ENTRIES, DNS_ANSWERED_SLOTS,
-    DNS_HELD_SLOTS, DNS_RECENT_SLOTS, DNS_REPEATABLE_ENTRIES, DNS_REPEATS_ENTRIES, DNS_RING_BYTES,
-    DROP_REASONS_ENTRIES, DnsAnswered, DnsAnsweredSlot, DnsRepeatKey, DnsRepeats, DnsSlot,
-    EVENTS_RING_BYTES, FLOW_REPEAT_SLOTS, FLOWS_ENTRIES, FlowKey, FlowRepeat, FlowStats,
-    LOSS_SLOTS, Offsets, PendingConnect,
+    BPF_F_MMAPABLE, COMM_LEN, CONNECT_SLOT_BITS, CONNECTS_ENTRIES, DNS_ANSWERED_ENTRIES,
+    DNS_ANSWERED_SLOTS, DNS_HELD_SLOTS, DNS_RECENT_SLOTS, DNS_REPEATABLE_ENTRIES,
+    DNS_REPEATS_ENTRIES, DNS_RING_BYTES, DROP_REASONS_ENTRIES, DnsAnswered, DnsAnsweredSlot,
+    DnsRepeatKey, DnsRepeats, DnsSlot, EVENTS_RING_BYTES, FLOW_REPEAT_SLOTS, FLOWS_ENTRIES,
+    FlowKey, FlowRepeat, FlowStats, LOSS_SLOTS, Offsets, PendingConnect,
 };
 use triage_agent_common::{
     CGROUP_LOSSES_ENTRIES, CgroupLosses, NETNS_CGROUPS_ENTRIES, NetnsCgroups, SHARE_ENTRIES, Share,
@@ -108,14 +108,16 @@ pub static CONNECTS: HashMap<u64, PendingConnect> = HashMap::with_max_entries(CO
 pub static CONNECT_SLOTS: Array<ConnectSlot> = Array::with_max_entries(1 << CONNECT_SLOT_BITS, 0);
 
 /// An attempt in [`CONNECT_SLOTS`]: its socket (0: a free slot), who connected, and a seal over
-/// both that tells a slot two CPUs wrote at once from one either wrote.
+/// both that tells a slot two CPUs wrote at once from one either wrote; and how many attempts
+/// of sockets that hash to this slot are in [`CONNECTS`] (added to before an insert, taken
+/// from after a removal, so never fewer than there are): at 0, nothing there is looked up.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct ConnectSlot {
     pub sk: u64,
     pub seal: u64,
     pub pending: PendingConnect,
-    pub _pad0: u64,
+    pub tabled: u64,
 }
 
 /// Connect attempts in flight per socket cgroup (`CONNECT_SHARES_MAP`, see share.rs).
@@ -179,17 +181,29 @@ pub struct IngressCache {
     pub netns: u32,
 }
 
-/// Per CPU: the cgroup and namespace [`NETNS_CGROUPS`] was last told of (see conn.rs).
+/// Per CPU: the thread that connected last, as read then, and the cgroup and namespace
+/// [`NETNS_CGROUPS`] was last told of (see conn.rs).
 #[map]
-pub static NETNS_LEARNED: PerCpuArray<NetnsLearned> = PerCpuArray::with_max_entries(1, 0);
+pub static LAST_CONNECTOR: PerCpuArray<LastConnector> = PerCpuArray::with_max_entries(1, 0);
 
 #[repr(C)]
 #[derive(Clone, Copy)]
-pub struct NetnsLearned {
+pub struct LastConnector {
+    /// The jiffy the thread's identity was read in (0: never).
+    pub jiffies: u64,
+    pub pid_tgid: u64,
     pub cgroup_id: u64,
-    pub netns: u32,
+    pub comm: [u8; COMM_LEN],
+    /// What [`NETNS_CGROUPS`] was last told from this CPU: a cgroup in a namespace.
+    pub learned_cgroup: u64,
+    pub learned_netns: u32,
     pub _pad0: u32,
 }
+
+/// Per CPU: the packet `tcp_send_reset` last answered with no socket (0: none, or already
+/// seen by `kfree_skb`), which the kernel frees next as a NO_SOCKET drop on the same CPU.
+#[map]
+pub static RESET_SKB: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 /// A precise boot time and the jiffy it was read in.
 #[repr(C)]

@@ -10,6 +10,7 @@
 
 use std::time::{Duration, Instant};
 
+use triage_agent_common::connect_slot;
 use triage_agent_tests::{
     agent::{Drains, count_of, records},
     bpf_maps::Map,
@@ -280,6 +281,7 @@ fn a_stale_connect_entry_never_turns_a_reset_into_a_refusal() {
     let agent_pid = agent.pid().unwrap();
     let connects = Map::of_process(agent_pid, "CONNECTS").unwrap();
     let shares = Map::of_process(agent_pid, "CONNECT_SHARES").unwrap();
+    let slots = Map::of_process(agent_pid, "CONNECT_SLOTS").unwrap();
     let (key, mut stale) = 'found: loop {
         for (k, v) in connects.entries().unwrap() {
             if field(&v, 12) == tgid {
@@ -308,10 +310,16 @@ fn a_stale_connect_entry_never_turns_a_reset_into_a_refusal() {
     assert_eq!(line.trim(), "connected");
     assert_eq!(connects.get(&key).unwrap(), None, "cleared at ESTABLISHED");
 
-    // The run that was skipped: the entry is back, with its place of the share, naming a
+    // The run that was skipped: the entry is back, with its place of the share and its count
+    // in its socket's slot (ConnectSlot: sk, seal, PendingConnect, then that count), naming a
     // process that is not the one whose connection is reset.
     stale[16..32].copy_from_slice(b"stale-attempt\0\0\0");
     connects.put(&key, &stale).unwrap();
+    let index = connect_slot(u64::from_ne_bytes(key[..].try_into().unwrap())).to_ne_bytes();
+    let mut slot = slots.get(&index).unwrap().unwrap();
+    let tabled = u64::from_ne_bytes(slot[56..64].try_into().unwrap());
+    slot[56..64].copy_from_slice(&(tabled + 1).to_ne_bytes());
+    slots.put(&index, &slot).unwrap();
     let held = shares.get(&cgroup).unwrap().unwrap();
     let one_more = (i64::from_ne_bytes(held[..].try_into().unwrap()) + 1).to_ne_bytes();
     shares.put(&cgroup, &one_more).unwrap();
@@ -347,5 +355,11 @@ fn a_stale_connect_entry_never_turns_a_reset_into_a_refusal() {
         shares.get(&cgroup).unwrap().unwrap(),
         held,
         "its place goes back to the cgroup's share"
+    );
+    let slot = slots.get(&index).unwrap().unwrap();
+    assert_eq!(
+        u64::from_ne_bytes(slot[56..64].try_into().unwrap()),
+        tabled,
+        "and its count in the slot goes"
     );
 }

@@ -145,6 +145,14 @@ pub const CONNECTS_ENTRIES: u32 = 16 * 1024;
 /// log2 of the slots of the kernel's direct-mapped table of connect() calls in flight (one
 /// cache line each), where an attempt waits for its answer with no map operation.
 pub const CONNECT_SLOT_BITS: u32 = 13;
+
+/// The slot of socket `sk` (its kernel address) among the `1 << CONNECT_SLOT_BITS`: a
+/// multiplicative hash (sockets come from slabs, so the low bits alone would crowd a few
+/// slots).
+#[inline(always)]
+pub const fn connect_slot(sk: u64) -> u32 {
+    (sk.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - CONNECT_SLOT_BITS)) as u32
+}
 /// Entries in each flow table: distinct flows per drain interval.
 pub const FLOWS_ENTRIES: u32 = 16 * 1024;
 /// Entries in [`DROP_REASONS_MAP`]: reason values at or above it are never reported.

@@ -1,6 +1,7 @@
-//! DNS packets at every socket of the node: cgroup_skb programs on the cgroup2 root see each
-//! packet a socket sends (egress) or receives (ingress), with the socket's cgroup, in every
-//! network namespace (pods and hostNetwork pods alike), after the pod's own netfilter on the
+//! DNS packets at every socket of the node's pods: cgroup_skb programs on the pods' cgroup
+//! (kubepods; the cgroup2 root when the agent finds none) see each packet a socket sends
+//! (egress) or receives (ingress), with the socket's cgroup, in every network namespace (pods
+//! and hostNetwork pods alike), after the pod's own netfilter on the
 //! way out and before the application reads it on the way in.
 //!
 //! Names are never parsed here: the first [`DNS_PAYLOAD_CAP`] bytes of a payload are copied
