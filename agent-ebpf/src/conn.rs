@@ -176,28 +176,53 @@ fn connecting(sk: u64) -> Result<(), i32> {
 /// subprogram for the reason [`connecting`] is one.
 #[inline(never)]
 fn left_syn_sent(sk: u64, new: i32) {
+    if new != tcp_state::CLOSE {
+        answered(sk);
+        return;
+    }
     match held(sk) {
         Held::Slot(slot, pending) => {
             // Every field is read before the slot is freed.
-            if new == tcp_state::CLOSE && ended_without_reset(sk, &pending).is_err() {
+            if ended_without_reset(sk, &pending).is_err() {
                 count_loss(LOST_FIELD_READ);
             }
             free(slot, sk);
         }
         Held::Table(pending) => {
-            if new == tcp_state::CLOSE && ended_without_reset(sk, &pending).is_err() {
+            if ended_without_reset(sk, &pending).is_err() {
                 count_loss(LOST_FIELD_READ);
             }
-            // Answered (ESTABLISHED) or ended: nothing more to learn about this attempt.
+            // Ended: nothing more to learn about this attempt.
             forget(sk, &pending);
         }
         Held::Torn(slot) => {
             free(slot, sk);
-            if new == tcp_state::CLOSE {
-                count_loss(LOST_CONNECT_TABLE);
-            }
+            count_loss(LOST_CONNECT_TABLE);
         }
         Held::Nowhere => {}
+    }
+}
+
+/// SYN_SENT -> ESTABLISHED: nothing about the attempt is needed any more, so nothing of it is
+/// read: its slot is freed if it still names the socket, and the table is asked only when
+/// attempts of this slot's sockets wait there (one may be this one, moved there by a
+/// retransmission or by another attempt taking the slot at this instant).
+#[inline(always)]
+fn answered(sk: u64) {
+    if let Some(slot) = CONNECT_SLOTS.get_ptr_mut(connect_slot(sk)) {
+        // SAFETY: as in [`hold`].
+        unsafe {
+            if core::ptr::read_volatile(&(*slot).sk) == sk {
+                core::ptr::write_volatile(&mut (*slot).sk, 0);
+            }
+            if core::ptr::read_volatile(&(*slot).tabled) == 0 {
+                return;
+            }
+        }
+    }
+    // SAFETY: the value is copied out at once.
+    if let Some(pending) = unsafe { CONNECTS.get(sk) }.copied() {
+        forget(sk, &pending);
     }
 }
 

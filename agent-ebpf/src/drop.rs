@@ -153,11 +153,20 @@ fn try_kfree_skb(ctx: &RawTracePointContext) -> Result<(), i32> {
         }
         _ => {}
     }
-    let sk: u64 = kread(skb, o.skb.sk).unwrap_or(0);
+    // `sk_buff.dev` and `sk` are neighbours in every kernel since 4.x: one read then.
+    let (dev, sk) = if o.skb.sk == o.skb.dev + 8 {
+        let w: [u64; 2] = kread(skb, o.skb.dev).unwrap_or([0, 0]);
+        (w[0], w[1])
+    } else {
+        (
+            kread(skb, o.skb.dev).unwrap_or(0),
+            kread(skb, o.skb.sk).unwrap_or(0),
+        )
+    };
     if let Some(id) = socket_cgroup(sk) {
         key.cgroup_id = id;
         key.flags |= flow_flags::SOCKET_CGROUP;
-    } else if let Some(netns) = ingress_netns(skb) {
+    } else if let Some(netns) = ingress_netns(skb, dev) {
         // No socket: the source address says who sent it, and a pod with CAP_NET_RAW can write
         // any. Where it entered says it truly.
         key.ingress_netns = netns;
@@ -174,24 +183,23 @@ fn try_kfree_skb(ctx: &RawTracePointContext) -> Result<(), i32> {
     Ok(())
 }
 
-/// The network namespace a packet came from when it entered through the node's end of a veth
-/// pair: the namespace of the pair's other end (a pod's). The device it entered through is
+/// The network namespace a packet (at `dev`, its `sk_buff.dev`) came from when it entered
+/// through the node's end of a veth pair: the namespace of the pair's other end (a pod's). The device it entered through is
 /// `skb->dev` where the drop happened on the way in (routing, rp_filter), else (a bridge, whose
 /// `skb->dev` is the output port by then) the one of its namespace with that ifindex, found
 /// in the namespace's ifindex hash. `None` for a packet that did not enter through a veth (a
 /// physical interface, a tunnel, sent by this host) or when a read fails.
 #[inline(always)]
-fn ingress_netns(skb: u64) -> Option<u32> {
+fn ingress_netns(skb: u64, dev: u64) -> Option<u32> {
     let o = offsets();
     let i = &o.ingress;
-    if i.skb_iif == triage_agent_common::ABSENT {
+    if i.skb_iif == triage_agent_common::ABSENT || dev == 0 {
         return None;
     }
     let iif: i32 = kread(skb, i.skb_iif).ok()?;
     if iif <= 0 {
         return None;
     }
-    let dev: u64 = kread(skb, o.skb.dev).ok()?;
     // A flood repeats one way in on one CPU: the last answer is kept per CPU for a few jiffies
     // (a device and its ifindex, both, name one veth; a device freed and another allocated at
     // its address gets a new ifindex).
