@@ -138,8 +138,8 @@ fn connecting(sk: u64) -> Result<(), i32> {
         error: 0,
     };
     // A workload connects again and again from one thread: within a jiffy (a few ms) the
-    // thread's cgroup, name and namespace as this CPU read them for its last connect are
-    // taken as they are, instead of asking the kernel again.
+    // thread's cgroup and name as this CPU read them for its last connect are taken as they
+    // are, instead of asking the kernel again.
     // SAFETY: helper without preconditions.
     let jiffies = unsafe { bpf_jiffies64() };
     let last = LAST_CONNECTOR.get_ptr_mut(0);
@@ -150,6 +150,7 @@ fn connecting(sk: u64) -> Result<(), i32> {
             if (*l).jiffies == jiffies && (*l).pid_tgid == pid_tgid {
                 pending.cgroup_id = (*l).cgroup_id;
                 pending.comm = (*l).comm;
+                learn_netns(sk, pending.cgroup_id, jiffies);
                 hold(sk, &pending);
                 return Ok(());
             }
@@ -167,7 +168,7 @@ fn connecting(sk: u64) -> Result<(), i32> {
             (*l).comm = pending.comm;
         }
     }
-    learn_netns(sk, pending.cgroup_id);
+    learn_netns(sk, pending.cgroup_id, jiffies);
     hold(sk, &pending);
     Ok(())
 }
@@ -239,16 +240,17 @@ enum Held {
     Nowhere,
 }
 
-/// A seal over a slot's socket and who connected: a slot written by two CPUs at once holds one
-/// writer's socket and a mix of both writers' other fields, which this tells.
+/// A seal over a slot's socket, who connected and the error noted: a slot written by two CPUs
+/// at once holds one writer's socket and a mix of both writers' other fields, which this tells.
 #[inline(always)]
 fn seal(sk: u64, p: &PendingConnect) -> u64 {
     let c = &p.comm;
     let comm0 = u64::from_ne_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
     let comm1 = u64::from_ne_bytes([c[8], c[9], c[10], c[11], c[12], c[13], c[14], c[15]]);
     let ids = (u64::from(p.tgid) << 32) | u64::from(p.pid);
+    let counts = (u64::from(p.syn_retransmits) << 32) | u64::from(p.error);
     let mut h = sk ^ 0x243f_6a88_85a3_08d3;
-    for word in [p.cgroup_id, ids, comm0, comm1] {
+    for word in [p.cgroup_id, ids, comm0, comm1, counts] {
         h = (h ^ word)
             .wrapping_mul(0x9e37_79b9_7f4a_7c15)
             .rotate_left(29);
@@ -268,6 +270,11 @@ fn hold(sk: u64, pending: &PendingConnect) {
     // SAFETY: a map value, valid while the program runs; other CPUs may write it at the same
     // time, which the seal tells.
     unsafe {
+        // A socket that starts connecting has no attempt in flight: an entry at its address is
+        // one whose end no program saw, which must not be taken for this one's.
+        if core::ptr::read_volatile(&(*slot).tabled) != 0 {
+            drop_stale(sk);
+        }
         let occupant = core::ptr::read_volatile(&(*slot).sk);
         if occupant != 0 && occupant != sk {
             let other = core::ptr::read_volatile(&(*slot).pending);
@@ -296,6 +303,12 @@ fn held(sk: u64) -> Held {
                 let pending = core::ptr::read_volatile(&(*slot).pending);
                 let sealed = core::ptr::read_volatile(&(*slot).seal) == seal(sk, &pending);
                 if sealed && core::ptr::read_volatile(&(*slot).sk) == sk {
+                    // The slot names this socket's attempt: one in the table at its address is
+                    // an earlier socket's (or this one's, being moved there by another CPU
+                    // this instant, which the slot's copy stands for).
+                    if core::ptr::read_volatile(&(*slot).tabled) != 0 {
+                        drop_stale(sk);
+                    }
                     return Held::Slot(slot, pending);
                 }
                 torn = Some(slot);
@@ -348,6 +361,15 @@ fn still_connecting(sk: u64) -> bool {
     }
 }
 
+/// Lets go of the table's entry at `sk`, if any: an attempt whose end no program saw.
+#[inline(always)]
+fn drop_stale(sk: u64) {
+    // SAFETY: the value is copied out at once.
+    if let Some(stale) = unsafe { CONNECTS.get(sk) }.copied() {
+        forget(sk, &stale);
+    }
+}
+
 /// Frees `sk`'s slot, unless another attempt has taken it meanwhile.
 #[inline(always)]
 fn free(slot: *mut ConnectSlot, sk: u64) {
@@ -377,15 +399,16 @@ fn remember(sk: u64, pending: PendingConnect) {
     match CONNECTS.insert(sk, pending, u64::from(BPF_NOEXIST)) {
         Ok(()) => {}
         // An earlier socket at this address whose end no program saw (a run the kernel
-        // skipped): its place goes back to its cgroup, and the entry is this one's (one entry
-        // either way: one count back).
+        // skipped): its place goes back to its cgroup, and the entry is this one's.
         Err(e) if e == -EEXIST => {
-            // SAFETY: the value is copied out at once.
-            if let Some(stale) = unsafe { CONNECTS.get(sk) }.copied() {
-                share::give_connect(stale.cgroup_id);
-            }
-            tabled(sk, u64::MAX);
-            if CONNECTS.insert(sk, pending, 0).is_err() {
+            // Removed first (whoever removes it gives its count and place back), then this
+            // attempt inserted as new: the count stays one per entry whatever runs between.
+            drop_stale(sk);
+            if CONNECTS
+                .insert(sk, pending, u64::from(BPF_NOEXIST))
+                .is_err()
+            {
+                tabled(sk, u64::MAX);
                 share::give_connect(pending.cgroup_id);
                 count_loss(LOST_CONNECT_TABLE);
                 share::lose(pending.cgroup_id, cgroup_loss::CONNECTS);
@@ -419,24 +442,36 @@ fn tabled(sk: u64, delta: u64) {
 /// namespaces from it, see drop.rs): a read of the socket's namespace, a lookup, and a write
 /// only for a cgroup the entry does not hold.
 #[inline(always)]
-fn learn_netns(sk: u64, cgroup_id: u64) {
+fn learn_netns(sk: u64, cgroup_id: u64, jiffies: u64) {
     let o = offsets();
     // (An absent offset fails the read.)
     let Ok(net) = kread::<u64>(sk, o.ingress.sock_net) else {
         return;
     };
+    // Sockets of one cgroup and namespace connect in turn: what this CPU told the map within
+    // this jiffy is not told again (the namespace by its address, so a namespace freed and
+    // another made at that address is learned a jiffy later at most).
+    let last = LAST_CONNECTOR.get_ptr_mut(0);
+    if let Some(l) = last {
+        // SAFETY: this CPU's slot, valid while the program runs; it cannot migrate meanwhile.
+        unsafe {
+            if (*l).learned_cgroup == cgroup_id
+                && (*l).learned_net == net
+                && (*l).learned_jiffies == jiffies
+            {
+                return;
+            }
+        }
+    }
     let Ok(inum) = kread::<u32>(net, o.ingress.net_inum) else {
         return;
     };
-    // Threads of one cgroup connect in turn: what this CPU told the map last is not told again.
-    if let Some(l) = LAST_CONNECTOR.get_ptr_mut(0) {
-        // SAFETY: this CPU's slot, valid while the program runs; it cannot migrate meanwhile.
+    if let Some(l) = last {
+        // SAFETY: as above.
         unsafe {
-            if (*l).learned_cgroup == cgroup_id && (*l).learned_netns == inum {
-                return;
-            }
             (*l).learned_cgroup = cgroup_id;
-            (*l).learned_netns = inum;
+            (*l).learned_net = net;
+            (*l).learned_jiffies = jiffies;
         }
     }
     match NETNS_CGROUPS.get_ptr_mut(inum) {
@@ -573,12 +608,15 @@ pub fn inet_sk_error_report(ctx: RawTracePointContext) -> i32 {
         }
     };
     match held_connecting(sk) {
-        // The attempt failed: it moves to the table with its error, instead of the error being
-        // written into a slot that another attempt may be taking at this instant.
+        // The error is sealed with the rest: an attempt taking the slot at this instant fails
+        // its seal (counted, never given this socket's error).
         Held::Slot(slot, mut pending) => {
             pending.error = error();
-            remember(sk, pending);
-            free(slot, sk);
+            // SAFETY: as in [`hold`].
+            unsafe {
+                core::ptr::write_volatile(&mut (*slot).pending.error, pending.error);
+                core::ptr::write_volatile(&mut (*slot).seal, seal(sk, &pending));
+            }
         }
         Held::Table(_) => {
             if let Some(pending) = CONNECTS.get_ptr_mut(sk) {
@@ -689,8 +727,8 @@ fn try_tcp_send_reset(ctx: &RawTracePointContext) -> Result<(), i32> {
     // The kernel frees this packet next, on this CPU, as a NO_SOCKET drop: the drop program
     // knows it from this mark without reading it again.
     if let Some(mark) = RESET_SKB.get_ptr_mut(0) {
-        // SAFETY: this CPU's slot, valid while the program runs.
-        unsafe { *mark = skb };
+        // SAFETY: this CPU's slot, valid while the program runs; helper without preconditions.
+        unsafe { *mark = [skb, bpf_jiffies64()] };
     }
     let (protocol, th, nh, head) = skb_headers(skb)?;
     if nh == HEADER_UNSET {

@@ -72,15 +72,17 @@ fn try_kfree_skb(ctx: &RawTracePointContext) -> Result<(), i32> {
     };
     let skb: u64 = ctx.arg(ARG_SKB);
     // A SYN that `tcp_send_reset` just refused on this CPU: skipped below anyway (a TCP
-    // NO_SOCKET drop), known here without reading the packet. The mark is used once.
+    // NO_SOCKET drop), known here without reading the packet. The mark is used once, and only
+    // in the jiffy it was made: a mark whose free never came (a run the kernel skipped) cannot
+    // hide a later packet at that address.
     if flags == flow_flags::HAS_REASON
         && reason == o.kfree_skb.no_socket
         && let Some(mark) = RESET_SKB.get_ptr_mut(0)
     {
-        // SAFETY: this CPU's slot, valid while the program runs.
+        // SAFETY: this CPU's slot, valid while the program runs; helper without preconditions.
         unsafe {
-            if *mark == skb {
-                *mark = 0;
+            if (*mark)[0] == skb && (*mark)[1] == bpf_jiffies64() {
+                (*mark)[0] = 0;
                 return Ok(());
             }
         }

@@ -194,16 +194,18 @@ pub struct LastConnector {
     pub pid_tgid: u64,
     pub cgroup_id: u64,
     pub comm: [u8; COMM_LEN],
-    /// What [`NETNS_CGROUPS`] was last told from this CPU: a cgroup in a namespace.
+    /// What [`NETNS_CGROUPS`] was last told from this CPU: a cgroup in a namespace (its
+    /// `struct net`), in a jiffy.
     pub learned_cgroup: u64,
-    pub learned_netns: u32,
-    pub _pad0: u32,
+    pub learned_net: u64,
+    pub learned_jiffies: u64,
 }
 
 /// Per CPU: the packet `tcp_send_reset` last answered with no socket (0: none, or already
-/// seen by `kfree_skb`), which the kernel frees next as a NO_SOCKET drop on the same CPU.
+/// seen by `kfree_skb`) and the jiffy it did; the kernel frees it next as a NO_SOCKET drop on
+/// the same CPU.
 #[map]
-pub static RESET_SKB: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+pub static RESET_SKB: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
 
 /// A precise boot time and the jiffy it was read in.
 #[repr(C)]
