@@ -553,7 +553,8 @@ impl Records {
                     cpu_pressure_some_avg10: None,
                 });
                 let detail = std::mem::replace(&mut **b, placeholder);
-                let e = self.evidence_with(i, node, detail);
+                let folded = self.folded.remove(&i);
+                let e = self.evidence_with(i, node, detail, folded);
                 if let Some(Stored {
                     detail: detail @ Packed::Boxed(_),
                     ..
@@ -564,7 +565,11 @@ impl Records {
                 }
                 e
             }
-            _ => self.evidence(i, node),
+            _ => {
+                let detail = self.detail(i);
+                let folded = self.folded.remove(&i);
+                detail.and_then(|d| self.evidence_with(i, node, d, folded))
+            }
         }) else {
             return;
         };
@@ -607,8 +612,15 @@ impl Records {
         }
     }
 
-    /// Record `i` as [`Evidence`], with `detail` as its detail.
-    fn evidence_with(&self, i: u32, node: &Arc<str>, detail: Detail) -> Option<Evidence> {
+    /// Record `i` as [`Evidence`], with `detail` as its detail and `folded` as its tallies
+    /// (taken out of the side table, not copied).
+    fn evidence_with(
+        &self,
+        i: u32,
+        node: &Arc<str>,
+        detail: Detail,
+        folded: Option<Box<Folded>>,
+    ) -> Option<Evidence> {
         let s = self.slot_any(i)?;
         let c = self.contexts.get(s.context)?;
         Some(Evidence {
@@ -623,7 +635,7 @@ impl Records {
             last_seen: time(s.last_seen),
             count: s.count,
             detail,
-            folded: self.folded.get(&i).cloned(),
+            folded,
         })
     }
 
