@@ -45,7 +45,7 @@ use crate::{
     loss::{Counters, Loss},
 };
 
-/// Default record capacity: about 100,000 records fit in 64 MiB of agent memory.
+/// Default record capacity: 100,000 records of IPv4 traffic take about 8 MiB (84 bytes each).
 pub const DEFAULT_CAPACITY: usize = 100_000;
 /// Default retention: long enough to answer "what went wrong during last night's incident".
 pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
