@@ -1,7 +1,7 @@
 //! Heap bytes the agent holds per pod of metadata and per record, measured with a counting
 //! allocator, against the budgets: at most 4 KiB a pod (what attribution and the samplers keep,
 //! and what decoding a pod costs on the way); at most 150 bytes a record, and a guard close
-//! above what the store's compact layout holds today (78 bytes), so a layout that grows fails.
+//! above what the store's compact layout holds today (86 bytes), so a layout that grows fails.
 //!
 //! The allocator counts the bytes live on each thread (allocated minus freed there), so tests
 //! running beside each other do not disturb a measurement: each one allocates, keeps and frees
@@ -305,12 +305,12 @@ fn record_bytes() -> isize {
     per_record
 }
 
-/// What the store holds per record of an IPv4 drop: 78 bytes today (the record in place in the
-/// store's slab, 72 bytes, and its index in the table of keys; the pod, container and reason
+/// What the store holds per record of an IPv4 drop: 86 bytes today (the record in place in the
+/// store's slab, 80 bytes, and its index in the table of keys; the pod, container and reason
 /// are one shared context). The guard sits a little above, far under the 150-byte budget, so
 /// a layout change that adds a word to every record fails here.
 #[test]
-fn a_record_is_held_in_at_most_88_bytes() {
+fn a_record_is_held_in_at_most_96_bytes() {
     let per_record = record_bytes();
-    assert!(per_record <= 88, "{per_record} bytes a record");
+    assert!(per_record <= 96, "{per_record} bytes a record");
 }

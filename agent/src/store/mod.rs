@@ -1061,7 +1061,7 @@ impl Store {
         if file {
             self.ranking.file(owner, state, &self.records);
         }
-        let hash = self.records.rehash(i);
+        let hash = self.records.hash_of(i);
         let node = self.backend.is_some().then_some(&self.node);
         let Some(removed) = self.records.remove(hash, i, node) else {
             return false;

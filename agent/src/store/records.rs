@@ -12,8 +12,9 @@
 //!   boxed whole;
 //! - a folded record's tallies ([`Folded`]) live in a side table, as few records fold;
 //! - its owner's last-seen order is two links in the record ([`List`]);
-//! - the table from a key's hash to the record holds the index alone (4 bytes): the key is
-//!   rebuilt from the record to compare, and to rehash when the table grows.
+//! - the table from a key's hash to the record holds the index alone (4 bytes); the record
+//!   keeps its key's hash (the table grows, and a record leaves it, without rebuilding keys),
+//!   and its key is rebuilt from the record to compare when the hashes are equal.
 //!
 //! The store's node name is the store's, not each record's.
 
@@ -34,7 +35,7 @@ use crate::evidence::{
 
 /// No record: the end of a list, a free slot's context.
 pub(super) const NIL: u32 = u32::MAX;
-/// Records per chunk of the slab: 72 KiB, allocated when the last one fills.
+/// Records per chunk of the slab: 80 KiB, allocated when the last one fills.
 const CHUNK: usize = 1024;
 /// Most records an insertion in last-seen order steps over from its list's newest end. An
 /// occurrence is rarely older than more than a few of its pod's records (the flow table's
@@ -290,11 +291,13 @@ struct Stored {
     count: u64,
     /// Its identity for the backend.
     id: u64,
+    /// Its key's hash: the table grows and a record leaves it without its key rebuilt.
+    hash: u64,
 }
 
 // The layout the memory figures rest on (agent/tests/memory.rs measures it held).
 const _: () = assert!(size_of::<Packed>() == 24);
-const _: () = assert!(size_of::<Stored>() == 72);
+const _: () = assert!(size_of::<Stored>() == 80);
 
 /// One owner's records in last-seen order, oldest first, linked through the records.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -392,7 +395,10 @@ impl Records {
     /// The record under `key` (whose hash is `hash`).
     pub(super) fn find(&self, hash: u64, key: &Key) -> Option<u32> {
         self.table
-            .find(hash, |&i| self.key_of(i).is_some_and(|k| k == *key))
+            .find(hash, |&i| {
+                self.slot(i).is_some_and(|s| s.hash == hash)
+                    && self.key_of(i).is_some_and(|k| k == *key)
+            })
             .copied()
     }
 
@@ -478,6 +484,7 @@ impl Records {
             last_seen,
             count,
             id,
+            hash,
         };
         let i = match self.free {
             Some(i) => {
@@ -504,21 +511,13 @@ impl Records {
             self.folded.insert(i, f);
         }
         self.len += 1;
-        let Records {
-            hasher,
-            table,
-            chunks,
-            contexts,
-            folded,
-            ..
-        } = self;
-        let view = View {
-            chunks,
-            contexts,
-            folded,
-        };
+        let Records { table, chunks, .. } = self;
         table.insert_unique(hash, i, |&j| {
-            view.key_of(j).map_or(0, |k| hash_key(hasher, &k))
+            let j = j as usize;
+            chunks
+                .get(j / CHUNK)
+                .and_then(|c| c.get(j % CHUNK))
+                .map_or(0, |s| s.hash)
         });
         i
     }
@@ -665,8 +664,8 @@ impl Records {
     }
 
     /// The hash record `i` is filed under.
-    pub(super) fn rehash(&self, i: u32) -> u64 {
-        self.key_of(i).map_or(0, |k| self.hash(&k))
+    pub(super) fn hash_of(&self, i: u32) -> u64 {
+        self.slot(i).map_or(0, |s| s.hash)
     }
 
     pub(super) fn len(&self) -> usize {
