@@ -66,7 +66,10 @@ impl Attributor {
                         dst: f.dst,
                         protocol: Protocol::Tcp,
                         // ETIMEDOUT: the kernel gave up; none: the application did first.
-                        reason: f.reason.filter(|e| *e != 0).map(|e| errno_name(e).into()),
+                        reason: f
+                            .reason
+                            .filter(|e| *e != 0)
+                            .map(|e| self.strings.get(&errno_name(e))),
                         peer,
                         cause: None,
                         syn_retransmits: f.syn_retransmits,
@@ -105,9 +108,11 @@ impl Attributor {
                 Some(vec![occurrence(subject, detail)])
             }
             FlowKind::PacketDrop => {
-                let reason = f
-                    .reason
-                    .map_or_else(|| "UNKNOWN".into(), |r| self.names.drop(r));
+                // Shared, as every name an event carries: no allocation per event.
+                let reason = match f.reason {
+                    Some(r) => self.names.drop(r),
+                    None => self.strings.get("UNKNOWN"),
+                };
                 let location = f
                     .location
                     .and_then(|a| self.names.location(a))
@@ -316,15 +321,15 @@ fn icmp_reject_reason(e: u32) -> &'static str {
 }
 
 /// The name of a connect() errno.
-fn errno_name(e: u32) -> String {
+fn errno_name(e: u32) -> std::borrow::Cow<'static, str> {
     match e {
-        errno::ETIMEDOUT => "ETIMEDOUT".to_owned(),
-        errno::ECONNREFUSED => "ECONNREFUSED".to_owned(),
-        errno::EHOSTUNREACH => "EHOSTUNREACH".to_owned(),
-        errno::ENETUNREACH => "ENETUNREACH".to_owned(),
-        errno::EACCES => "EACCES".to_owned(),
-        errno::EPERM => "EPERM".to_owned(),
-        other => format!("errno {other}"),
+        errno::ETIMEDOUT => "ETIMEDOUT".into(),
+        errno::ECONNREFUSED => "ECONNREFUSED".into(),
+        errno::EHOSTUNREACH => "EHOSTUNREACH".into(),
+        errno::ENETUNREACH => "ENETUNREACH".into(),
+        errno::EACCES => "EACCES".into(),
+        errno::EPERM => "EPERM".into(),
+        other => format!("errno {other}").into(),
     }
 }
 

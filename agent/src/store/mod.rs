@@ -18,6 +18,7 @@
 #[cfg(feature = "disk-store")]
 pub mod persist;
 mod pod_losses;
+mod records;
 mod task;
 
 use std::{
@@ -31,6 +32,8 @@ use std::{
 
 use tokio::sync::mpsc;
 
+use records::{List, Records, stamp};
+
 pub use task::{
     BATCH_INTERVAL, Command, Heartbeat, OCCURRENCES_CHANNEL, StoreGone, StoreHandle,
     SubscribeError, Subscription, spawn,
@@ -42,7 +45,7 @@ use crate::{
     loss::{Counters, Loss},
 };
 
-/// Default record capacity: about 100,000 records fit in 64 MiB of agent memory.
+/// Default record capacity: 100,000 records of IPv4 traffic take about 8 MiB (84 bytes each).
 pub const DEFAULT_CAPACITY: usize = 100_000;
 /// Default retention: long enough to answer "what went wrong during last night's incident".
 pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
@@ -217,13 +220,6 @@ pub struct Evictions {
     pub newest: SystemTime,
 }
 
-struct Slot {
-    evidence: Evidence,
-    seq: u64,
-    /// The record's identity for the [`Backend`]: fixed for its life, across restarts.
-    id: u64,
-}
-
 /// A hasher that gathers a key's bytes and hands them to `inner` in one write: a key is a
 /// score of small fields, and SipHash pays for each write. SipHash streams, so the hash is the
 /// one `inner` would give the same bytes written one by one. Past the buffer, bytes stream on.
@@ -254,86 +250,14 @@ impl<H: std::hash::Hasher + Clone> std::hash::Hasher for Buffered<H> {
     }
 }
 
-/// Records by key without storing the key: the table maps a key's 64-bit hash to its record,
-/// and the key is recomputed from the record to compare. The rare collision of two keys'
-/// hashes goes to `overflow`, keyed in full. A record costs its slot and two table words.
-#[derive(Default)]
-struct Records {
-    hasher: std::hash::RandomState,
-    /// Keyed by a keyed hash already (SipHash with a random key): foldhash spreads it again
-    /// without a second SipHash per lookup.
-    by_hash: foldhash::HashMap<u64, Box<Slot>>,
-    overflow: HashMap<Key, Box<Slot>>,
-}
-
-impl Records {
-    fn hash(&self, key: &Key) -> u64 {
-        use std::hash::{BuildHasher as _, Hash as _, Hasher as _};
-        let mut h = Buffered {
-            inner: self.hasher.build_hasher(),
-            buf: [0; 256],
-            len: 0,
-        };
-        key.hash(&mut h);
-        h.finish()
-    }
-
-    fn get_mut(&mut self, hash: u64, key: &Key) -> Option<&mut Slot> {
-        let here = self
-            .by_hash
-            .get(&hash)
-            .is_some_and(|s| Key::of_evidence(&s.evidence) == *key);
-        if here {
-            return self.by_hash.get_mut(&hash).map(|b| &mut **b);
-        }
-        self.overflow.get_mut(key).map(|b| &mut **b)
-    }
-
-    fn insert(&mut self, hash: u64, key: Key, slot: Slot) {
-        match self.by_hash.entry(hash) {
-            std::collections::hash_map::Entry::Occupied(_) => {
-                self.overflow.insert(key, Box::new(slot));
-            }
-            std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(Box::new(slot));
-            }
-        }
-    }
-
-    fn get(&self, hash: u64, seq: u64) -> Option<&Slot> {
-        match self.by_hash.get(&hash) {
-            Some(s) if s.seq == seq => Some(s),
-            _ => self.overflow.values().find(|s| s.seq == seq).map(|b| &**b),
-        }
-    }
-
-    fn remove(&mut self, hash: u64, seq: u64) -> Option<Box<Slot>> {
-        if let std::collections::hash_map::Entry::Occupied(o) = self.by_hash.entry(hash)
-            && o.get().seq == seq
-        {
-            return Some(o.remove());
-        }
-        let key = self
-            .overflow
-            .iter()
-            .find(|(_, s)| s.seq == seq)
-            .map(|(k, _)| k.clone())?;
-        self.overflow.remove(&key)
-    }
-
-    fn len(&self) -> usize {
-        self.by_hash.len() + self.overflow.len()
-    }
-}
-
 /// One owner's records in last-seen order (oldest first) and what it lost.
 #[derive(Default)]
 struct OwnerState {
     pod: Option<Arc<PodRef>>,
-    /// (last_seen, sequence) -> the record's key hash.
-    order: BTreeMap<(SystemTime, u64), u64>,
-    /// The inbound (peer-driven) records of `order`, evicted first.
-    inbound: BTreeMap<(SystemTime, u64), u64>,
+    /// Its own records (not peer-driven), oldest first.
+    own: List,
+    /// Its inbound (peer-driven) records, oldest first: evicted first.
+    inbound: List,
     evicted: u64,
     /// Newest last_seen among this owner's evicted records.
     evicted_newest: Option<SystemTime>,
@@ -342,12 +266,27 @@ struct OwnerState {
     ranked: Option<(Rank, Option<Arc<PodRef>>)>,
 }
 
+impl OwnerState {
+    /// Records held.
+    fn len(&self) -> usize {
+        self.own.len() + self.inbound.len()
+    }
+
+    /// Its oldest record: index and (last_seen, id).
+    fn oldest(&self, records: &Records) -> Option<(u32, (u64, u64))> {
+        match (records.first(&self.own), records.first(&self.inbound)) {
+            (Some(a), Some(b)) => Some(if b.1 < a.1 { b } else { a }),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
 /// An owner's place in the eviction order: the most records first; of equal counts, the one
-/// holding the oldest record (its (last_seen, sequence), unique to one record).
+/// holding the oldest record (its (last_seen, id), unique to one record).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Rank {
     most: std::cmp::Reverse<usize>,
-    oldest: (SystemTime, u64),
+    oldest: (u64, u64),
 }
 
 /// The owners holding records in eviction order, over all and per namespace (of the owner's
@@ -370,10 +309,10 @@ fn rerank(set: &mut BTreeMap<Rank, Owner>, was: Option<Rank>, now: Option<Rank>,
 
 impl Ranking {
     /// Files `owner` where its records and pod now put it (takes it out when it holds none).
-    fn file(&mut self, owner: &Owner, state: &mut OwnerState) {
-        let rank = state.order.first_key_value().map(|(oldest, _)| Rank {
-            most: std::cmp::Reverse(state.order.len()),
-            oldest: *oldest,
+    fn file(&mut self, owner: &Owner, state: &mut OwnerState, records: &Records) {
+        let rank = state.oldest(records).map(|(_, oldest)| Rank {
+            most: std::cmp::Reverse(state.len()),
+            oldest,
         });
         fn namespace(pod: &Option<Arc<PodRef>>) -> Option<&str> {
             pod.as_ref().map(|p| p.namespace.as_str())
@@ -686,7 +625,6 @@ pub struct Store {
     /// The owners in eviction order.
     ranking: Ranking,
     namespaces: foldhash::HashMap<String, usize>,
-    seq: u64,
     /// Last record id handed out (ids survive restarts through [`Store::restore`]).
     last_id: u64,
     expired: u64,
@@ -716,7 +654,8 @@ pub struct Store {
 }
 
 impl Store {
-    pub fn new(config: StoreConfig, counters: Arc<Counters>) -> Store {
+    pub fn new(mut config: StoreConfig, counters: Arc<Counters>) -> Store {
+        config.capacity = config.capacity.min(records::MAX_RECORDS);
         Store {
             node: config.node.as_str().into(),
             config,
@@ -724,7 +663,6 @@ impl Store {
             owners: foldhash::HashMap::default(),
             ranking: Ranking::default(),
             namespaces: foldhash::HashMap::default(),
-            seq: 0,
             last_id: 0,
             expired: 0,
             counters,
@@ -771,38 +709,38 @@ impl Store {
         let (inbound_len, owner_len) = self
             .owners
             .get(&key.owner)
-            .map_or((0, 0), |s| (s.inbound.len(), s.order.len()));
+            .map_or((0, 0), |s| (s.inbound.len(), s.len()));
         let at_quota = owner_len >= self.own_quota(&key.owner);
+        let mut found = self.records.find(hash, &key);
         // A new inbound record past the pod's allowance, or when the pod is at its quota (each
         // would push out the one before), is folded.
-        let folded = inbound
-            && self.records.get_mut(hash, &key).is_none()
-            && (inbound_len >= INBOUND_RECORDS || at_quota);
+        let folded = inbound && found.is_none() && (inbound_len >= INBOUND_RECORDS || at_quota);
         if folded {
             key = Key::of(&o, true);
             hash = self.records.hash(&key);
+            found = self.records.find(hash, &key);
             // A pod at its quota with its own evidence only: a new folded record would push
             // some out. The occurrence is given up instead, counted as evicted for the pod.
-            if at_quota && inbound_len == 0 && self.records.get_mut(hash, &key).is_none() {
+            if at_quota && inbound_len == 0 && found.is_none() {
                 self.give_up(&key.owner, o.at);
                 return;
             }
         }
-        self.seq += 1;
-        let seq = self.seq;
-        let (id, updated) = if let Some(slot) = self.records.get_mut(hash, &key) {
+        let told =
+            self.backend.is_some() || !self.subscribers.is_empty() || !self.behind.is_empty();
+        let updated = if let Some(i) = found {
             let state = self.owners.entry(key.owner.clone()).or_default();
-            let before = (slot.evidence.last_seen, slot.seq);
-            state.order.remove(&before);
-            slot.evidence.absorb(o);
-            slot.seq = seq;
-            let after = (slot.evidence.last_seen, seq);
-            state.order.insert(after, hash);
-            if state.inbound.remove(&before).is_some() {
-                state.inbound.insert(after, hash);
-            }
-            self.ranking.file(&key.owner, state);
-            (slot.id, slot.evidence.clone())
+            let list = match self.records.inbound(i) {
+                true => &mut state.inbound,
+                false => &mut state.own,
+            };
+            self.records.unlink(list, i);
+            self.records.absorb(i, o, &self.node);
+            self.records.link(list, i);
+            self.ranking.file(&key.owner, state, &self.records);
+            told.then(|| self.records.evidence(i, &self.node))
+                .flatten()
+                .zip(self.records.id(i))
         } else {
             let pod = o.subject.pod.clone();
             let evicted = self.make_room(&key.owner, pod.as_deref().map(|p| p.namespace.as_str()));
@@ -816,40 +754,43 @@ impl Store {
             let id = self.last_id;
             // The owner that made room is filed with the new record's (once when the same).
             let other = evicted.filter(|e| *e != key.owner);
-            let told =
-                self.backend.is_some() || !self.subscribers.is_empty() || !self.behind.is_empty();
             let copy = told.then(|| evidence.clone());
-            self.insert(hash, key, evidence, seq, id);
+            self.insert(hash, &key.owner, evidence, id);
             if let Some(other) = other {
                 self.file(&other);
             }
             // Nobody to tell: the record moved in without a copy.
-            let Some(evidence) = copy else { return };
-            (id, evidence)
+            copy.map(|e| (e, id))
         };
+        let Some((updated, id)) = updated else { return };
         if let Some(b) = &mut self.backend {
             b.upsert(id, &updated);
         }
         self.publish(&updated);
     }
 
-    fn insert(&mut self, hash: u64, key: Key, evidence: Evidence, seq: u64, id: u64) {
-        let state = self.owners.entry(key.owner.clone()).or_default();
-        state.order.insert((evidence.last_seen, seq), hash);
-        if evidence.detail.folding().is_some() {
-            state.inbound.insert((evidence.last_seen, seq), hash);
-        }
-        if let Some(pod) = evidence.subject.pod.clone() {
+    fn insert(&mut self, hash: u64, owner: &Owner, evidence: Evidence, id: u64) {
+        let state = self.owners.entry(owner.clone()).or_default();
+        if let Some(pod) = &evidence.subject.pod {
             match self.namespaces.get_mut(pod.namespace.as_str()) {
                 Some(n) => *n += 1,
                 None => {
                     self.namespaces.insert(pod.namespace.clone(), 1);
                 }
             }
-            state.pod = Some(pod);
+            let same = state.pod.as_ref().is_some_and(|p| Arc::ptr_eq(p, pod));
+            if !same {
+                state.pod = Some(pod.clone());
+            }
         }
-        self.ranking.file(&key.owner, state);
-        self.records.insert(hash, key, Slot { evidence, seq, id });
+        let inbound = evidence.detail.folding().is_some();
+        let i = self.records.insert(hash, evidence, id);
+        let list = match inbound {
+            true => &mut state.inbound,
+            false => &mut state.own,
+        };
+        self.records.link(list, i);
+        self.ranking.file(owner, state, &self.records);
     }
 
     /// Puts back a record kept by the backend before a restart, under its id; call in
@@ -861,7 +802,7 @@ impl Store {
         self.last_id = self.last_id.max(id);
         let key = Key::of_evidence(&evidence);
         let hash = self.records.hash(&key);
-        if self.records.get_mut(hash, &key).is_some() {
+        if self.records.find(hash, &key).is_some() {
             if let Some(b) = &mut self.backend {
                 b.remove(id, &evidence);
             }
@@ -869,9 +810,7 @@ impl Store {
         }
         let evicted = self.make_room(&key.owner, evidence.pod().map(|p| p.namespace.as_str()));
         let other = evicted.filter(|e| *e != key.owner);
-        self.seq += 1;
-        let seq = self.seq;
-        self.insert(hash, key, evidence, seq, id);
+        self.insert(hash, &key.owner, evidence, id);
         if let Some(other) = other {
             self.file(&other);
         }
@@ -887,7 +826,7 @@ impl Store {
         state.evicted_newest = state.evicted_newest.max(Some(saved.newest));
         if state.pod.is_none() {
             state.pod = saved.pod;
-            self.ranking.file(&owner, state);
+            self.ranking.file(&owner, state, &self.records);
         }
     }
 
@@ -1021,7 +960,7 @@ impl Store {
     }
 
     fn owner_len(&self, owner: &Owner) -> usize {
-        self.owners.get(owner).map_or(0, |s| s.order.len())
+        self.owners.get(owner).map_or(0, OwnerState::len)
     }
 
     /// Before a new record of `owner` (in `namespace`) is added: evicts from whoever is over
@@ -1073,7 +1012,7 @@ impl Store {
     /// Files `owner` in the ranking as its records now stand.
     fn file(&mut self, owner: &Owner) {
         if let Some(state) = self.owners.get_mut(owner) {
-            self.ranking.file(owner, state);
+            self.ranking.file(owner, state, &self.records);
         }
     }
 
@@ -1095,34 +1034,43 @@ impl Store {
         let Some(state) = self.owners.get_mut(owner) else {
             return false;
         };
-        let inbound = match expired {
-            false => state.inbound.pop_first(),
-            true => None,
+        let oldest = match expired {
+            false => self
+                .records
+                .first(&state.inbound)
+                .or_else(|| self.records.first(&state.own)),
+            true => state.oldest(&self.records),
         };
-        let ((_, seq), hash) = match inbound {
-            Some((at_seq, hash)) => {
-                state.order.remove(&at_seq);
-                (at_seq, hash)
-            }
-            None => {
-                let Some((at_seq, hash)) = state.order.pop_first() else {
-                    return false;
-                };
-                state.inbound.remove(&at_seq);
-                (at_seq, hash)
-            }
+        let Some((i, _)) = oldest else {
+            return false;
         };
+        self.remove(owner, i, expired, file)
+    }
+
+    /// Removes record `i` of `owner`; `expired` tells age from room. Unless `file`, the owner
+    /// is left for the caller to file in the ranking.
+    fn remove(&mut self, owner: &Owner, i: u32, expired: bool, file: bool) -> bool {
+        let Some(state) = self.owners.get_mut(owner) else {
+            return false;
+        };
+        let list = match self.records.inbound(i) {
+            true => &mut state.inbound,
+            false => &mut state.own,
+        };
+        self.records.unlink(list, i);
         if file {
-            self.ranking.file(owner, state);
+            self.ranking.file(owner, state, &self.records);
         }
-        let Some(slot) = self.records.remove(hash, seq) else {
+        let hash = self.records.hash_of(i);
+        let node = self.backend.is_some().then_some(&self.node);
+        let Some(removed) = self.records.remove(hash, i, node) else {
             return false;
         };
         if expired {
             self.expired += 1;
         } else {
             state.evicted += 1;
-            state.evicted_newest = state.evicted_newest.max(Some(slot.evidence.last_seen));
+            state.evicted_newest = state.evicted_newest.max(Some(removed.last_seen));
             if self.backend.is_some() {
                 self.evictions_changed.insert(owner.clone());
             }
@@ -1136,8 +1084,10 @@ impl Store {
                 self.namespaces.remove(&pod.namespace);
             }
         }
-        if let Some(b) = &mut self.backend {
-            b.remove(slot.id, &slot.evidence);
+        if let Some(b) = &mut self.backend
+            && let Some(e) = &removed.evidence
+        {
+            b.remove(removed.id, e);
         }
         true
     }
@@ -1148,28 +1098,47 @@ impl Store {
         let horizon = now
             .checked_sub(self.config.max_age)
             .unwrap_or(SystemTime::UNIX_EPOCH);
+        let before = stamp(horizon);
         let owners: Vec<Owner> = self.owners.keys().cloned().collect();
         for owner in owners {
-            while self
+            // In order, the oldest first while out of the window; a list out of order is
+            // looked at whole.
+            let mut expired = Vec::new();
+            if let Some(s) = self.owners.get(&owner) {
+                for list in [&s.own, &s.inbound] {
+                    if !list.sorted {
+                        expired.extend(
+                            self.records
+                                .newest_first(list)
+                                .filter(|&i| self.records.place(i).is_some_and(|p| p.0 < before)),
+                        );
+                    }
+                }
+            }
+            for i in expired {
+                self.remove(&owner, i, true, true);
+            }
+            while let Some((i, _)) = self
                 .owners
                 .get(&owner)
-                .and_then(|s| s.order.first_key_value())
-                .is_some_and(|(&(last_seen, _), _)| last_seen < horizon)
+                .and_then(|s| s.oldest(&self.records))
+                .filter(|(_, (last_seen, _))| *last_seen < before)
             {
-                self.evict_oldest_of(&owner, true);
+                self.remove(&owner, i, true, true);
             }
         }
         let changed = &mut self.evictions_changed;
         let told = self.backend.is_some();
         let ranking = &mut self.ranking;
+        let records = &self.records;
         self.owners.retain(|owner, s| {
-            let keep = !s.order.is_empty() || s.evicted_newest.is_some_and(|t| t >= horizon);
+            let keep = s.len() > 0 || s.evicted_newest.is_some_and(|t| t >= horizon);
             if !keep && told && s.evicted > 0 {
                 changed.insert(owner.clone());
             }
             if !keep {
                 // Holds no record, so filed nowhere; made sure of.
-                ranking.file(owner, s);
+                ranking.file(owner, s, records);
             }
             keep
         });
@@ -1226,8 +1195,11 @@ impl Store {
     /// The records [`Store::query`] answers with, unsorted: matches are found by reference,
     /// the newest `limit` picked in linear time, and only those cloned.
     pub fn select(&self, filter: &Filter, limit: usize) -> Selection {
-        let mut found: Vec<&Evidence> = Vec::new();
+        // (last_seen, count, index): what the answer's order needs, before any record is
+        // built.
+        let mut found: Vec<(u64, u64, u32)> = Vec::new();
         let mut evicted = 0;
+        let since = filter.since.map(stamp);
         for (owner, state) in &self.owners {
             let pod = match owner {
                 Owner::Unattributed => None,
@@ -1242,26 +1214,37 @@ impl Store {
             {
                 evicted += state.evicted;
             }
-            // Newest first: stop at the window's start.
-            for ((last_seen, seq), hash) in state.order.iter().rev() {
-                if filter.since.is_some_and(|since| *last_seen < since) {
-                    break;
-                }
-                if let Some(slot) = self.records.get(*hash, *seq)
-                    && filter.matches(&slot.evidence)
-                {
-                    found.push(&slot.evidence);
+            for list in [&state.own, &state.inbound] {
+                // Newest first: stop at the window's start (when the list is in order).
+                for i in self.records.newest_first(list) {
+                    let Some((kind, last_seen, count)) = self.records.summary(i) else {
+                        continue;
+                    };
+                    if since.is_some_and(|since| last_seen < since) {
+                        if list.sorted {
+                            break;
+                        }
+                        continue;
+                    }
+                    if filter.kinds.is_empty() || filter.kinds.contains(&kind) {
+                        found.push((last_seen, count, i));
+                    }
                 }
             }
         }
         let truncated = found.len() > limit;
+        // The newest first, then the higher count.
+        let order = |a: &(u64, u64, u32), b: &(u64, u64, u32)| b.0.cmp(&a.0).then(b.1.cmp(&a.1));
         if truncated {
             // The first `limit` are then the newest, in no order.
-            found.select_nth_unstable_by(limit, |a, b| newest_first(a, b));
+            found.select_nth_unstable_by(limit, order);
             found.truncate(limit);
         }
         Selection {
-            evidence: found.into_iter().cloned().collect(),
+            evidence: found
+                .into_iter()
+                .filter_map(|(_, _, i)| self.records.evidence(i, &self.node))
+                .collect(),
             truncated,
             evicted,
             dns_lookups: self

@@ -299,38 +299,24 @@ async fn task_answers_commands() {
 #[test]
 fn colliding_key_hashes_keep_their_records_apart() {
     let mut r = Records::default();
+    let node: Arc<str> = "n1".into();
     let a = refused().pod("ns", "a").evidence();
     let b = refused().pod("ns", "b").evidence();
     let (ka, kb) = (Key::of_evidence(&a), Key::of_evidence(&b));
     assert_ne!(ka, kb);
     // Both under one hash, as a collision would put them.
-    r.insert(
-        7,
-        ka.clone(),
-        Slot {
-            evidence: a,
-            seq: 1,
-            id: 1,
-        },
-    );
-    r.insert(
-        7,
-        kb.clone(),
-        Slot {
-            evidence: b,
-            seq: 2,
-            id: 2,
-        },
-    );
+    let ia = r.insert(7, a, 1);
+    let ib = r.insert(7, b, 2);
     assert_eq!(r.len(), 2);
-    assert_eq!(r.get_mut(7, &ka).unwrap().seq, 1);
-    assert_eq!(r.get_mut(7, &kb).unwrap().seq, 2);
-    assert_eq!(r.get(7, 2).unwrap().evidence.pod().unwrap().name, "b");
-    let gone = r.remove(7, 1).unwrap();
-    assert_eq!(gone.evidence.pod().unwrap().name, "a");
-    assert!(r.get_mut(7, &ka).is_none());
-    assert_eq!(r.get_mut(7, &kb).unwrap().seq, 2, "the other survives");
-    assert!(r.remove(7, 2).is_some());
+    assert_eq!(r.find(7, &ka), Some(ia));
+    assert_eq!(r.find(7, &kb), Some(ib));
+    assert_eq!(r.evidence(ib, &node).unwrap().pod().unwrap().name, "b");
+    let gone = r.remove(7, ia, Some(&node)).unwrap();
+    assert_eq!(gone.id, 1);
+    assert_eq!(gone.evidence.unwrap().pod().unwrap().name, "a");
+    assert!(r.find(7, &ka).is_none());
+    assert_eq!(r.find(7, &kb), Some(ib), "the other survives");
+    assert!(r.remove(7, ib, None).is_some());
     assert_eq!(r.len(), 0);
 }
 
@@ -718,25 +704,44 @@ fn a_scan_against_a_pod_at_its_quota_folds_and_never_pushes_out_its_own() {
     assert!(r.evidence.iter().any(|e| e.folded.is_some()));
 }
 
+/// The (last_seen, id) of an owner's oldest record (of its two lists' oldest, the one seen
+/// first), by a walk of its records; checks that its lists are in last-seen order and of the
+/// length they say.
+fn oldest_by_scan(s: &Store, state: &OwnerState) -> Option<(u64, u64)> {
+    let mut heads = Vec::new();
+    for list in [&state.own, &state.inbound] {
+        let places: Vec<(u64, u64)> = s
+            .records
+            .newest_first(list)
+            .map(|i| s.records.place(i).unwrap())
+            .collect();
+        assert_eq!(places.len(), list.len());
+        assert!(list.sorted);
+        assert!(places.windows(2).all(|w| w[0].0 >= w[1].0), "in order");
+        heads.extend(places.last());
+    }
+    heads.into_iter().min()
+}
+
 /// The biggest owner by a scan of every owner (what [`Ranking`] answers in O(log owners)): the
 /// most records (in `namespace`, of the owner's pod, when given), of equal counts the one
 /// holding the oldest record.
 fn biggest_by_scan(s: &Store, namespace: Option<&str>) -> Option<Owner> {
-    let mut best: Option<(&Owner, usize, (SystemTime, u64))> = None;
+    let mut best: Option<(&Owner, usize, (u64, u64))> = None;
     for (owner, state) in &s.owners {
-        let Some((oldest, _)) = state.order.first_key_value() else {
+        let Some(oldest) = oldest_by_scan(s, state) else {
             continue;
         };
         if namespace.is_some_and(|ns| state.pod.as_ref().is_none_or(|p| p.namespace != ns)) {
             continue;
         }
-        let len = state.order.len();
+        let len = state.len();
         let better = match best {
             None => true,
-            Some((_, most, best_oldest)) => len > most || (len == most && *oldest < best_oldest),
+            Some((_, most, best_oldest)) => len > most || (len == most && oldest < best_oldest),
         };
         if better {
-            best = Some((owner, len, *oldest));
+            best = Some((owner, len, oldest));
         }
     }
     best.map(|(owner, _, _)| owner.clone())
@@ -749,12 +754,12 @@ fn assert_ranking_is_true(s: &Store, namespaces: &[&str]) {
     let mut all = Set::new();
     let mut by_namespace: foldhash::HashMap<String, Set> = foldhash::HashMap::default();
     for (owner, state) in &s.owners {
-        let Some((oldest, _)) = state.order.first_key_value() else {
+        let Some(oldest) = oldest_by_scan(s, state) else {
             continue;
         };
         let rank = Rank {
-            most: std::cmp::Reverse(state.order.len()),
-            oldest: *oldest,
+            most: std::cmp::Reverse(state.len()),
+            oldest,
         };
         assert!(
             all.insert(rank, owner.clone()).is_none(),
@@ -975,4 +980,31 @@ fn a_key_hashed_through_the_buffer_hashes_as_written_field_by_field() {
         key.hash(&mut buffered);
         assert_eq!(buffered.finish(), state.hash_one(&key));
     }
+}
+
+#[test]
+fn a_pods_records_share_one_context_let_go_with_the_last_of_them() {
+    let mut s = store(1000);
+    for port in 0..20 {
+        s.record(occ("a", port, 10));
+    }
+    s.record(occ("b", 1, 11));
+    assert_eq!(s.records.len(), 21);
+    assert_eq!(s.records.contexts(), 2, "one for a's records, one for b's");
+    // Every record reads back as it went in (its detail packed in place).
+    let got = s.query(&only("a"), 100).evidence;
+    assert_eq!(got.len(), 20);
+    assert!(got.contains(&{
+        let mut e = Evidence::first(s.node.clone(), occ("a", 7, 10));
+        e.folded = None;
+        e
+    }));
+    s.sweep(t(11) + DEFAULT_MAX_AGE);
+    assert_eq!(
+        (s.records.len(), s.records.contexts()),
+        (1, 1),
+        "b's is left"
+    );
+    s.sweep(t(12) + DEFAULT_MAX_AGE);
+    assert_eq!((s.records.len(), s.records.contexts()), (0, 0));
 }
