@@ -404,22 +404,9 @@ impl Records {
 
     /// Record `i` as [`Evidence`] of `node`.
     pub(super) fn evidence(&self, i: u32, node: &Arc<str>) -> Option<Evidence> {
-        let s = self.slot(i)?;
-        let c = self.contexts.get(s.context)?;
-        Some(Evidence {
-            node: node.clone(),
-            subject: Subject {
-                pod: c.pod.clone(),
-                container: c.container.clone(),
-                process: c.process.clone(),
-                attribution: c.attribution,
-            },
-            first_seen: time(s.first_seen),
-            last_seen: time(s.last_seen),
-            count: s.count,
-            detail: self.detail(i)?,
-            folded: self.folded.get(&i).cloned(),
-        })
+        // A live record only (a freed slot has no context).
+        self.slot(i)?;
+        self.evidence_with(i, node, self.detail(i)?, self.folded.get(&i).cloned())
     }
 
     /// Record `i`'s kind, last sighting and count (what a query sorts by).
