@@ -13,29 +13,44 @@ const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
 const BPF_MAP_GET_FD_BY_ID: libc::c_long = 14;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 
-/// `union bpf_attr`, large enough for every command used here (unused bytes zero).
+/// `union bpf_attr`, large enough for every command the tests and the bench use (unused bytes
+/// zero).
 #[repr(C, align(8))]
-struct Attr([u8; 128]);
+pub struct Attr([u8; 128]);
 
-impl Attr {
-    fn new() -> Attr {
+impl Default for Attr {
+    fn default() -> Attr {
         Attr([0; 128])
     }
+}
 
-    fn put_u32(&mut self, at: usize, v: u32) {
+impl Attr {
+    pub fn new() -> Attr {
+        Attr::default()
+    }
+
+    pub fn put_u32(&mut self, at: usize, v: u32) {
         if let Some(b) = self.0.get_mut(at..at + 4) {
             b.copy_from_slice(&v.to_ne_bytes());
         }
     }
 
-    fn put_u64(&mut self, at: usize, v: u64) {
+    pub fn put_bytes(&mut self, at: usize, v: &[u8]) {
+        if let Some(b) = self.0.get_mut(at..at + v.len()) {
+            b.copy_from_slice(v);
+        }
+    }
+
+    pub fn put_u64(&mut self, at: usize, v: u64) {
         if let Some(b) = self.0.get_mut(at..at + 8) {
             b.copy_from_slice(&v.to_ne_bytes());
         }
     }
 }
 
-fn bpf(cmd: libc::c_long, attr: &mut Attr) -> std::io::Result<libc::c_long> {
+/// bpf(2): `cmd` with `attr`; the kernel's return value (a new fd for the commands that make
+/// one).
+pub fn bpf(cmd: libc::c_long, attr: &mut Attr) -> std::io::Result<libc::c_long> {
     // SAFETY: bpf(2) reads and writes at most `size` bytes of `attr`, which is that large;
     // pointers inside it point to buffers the callers keep alive for the call.
     let r = unsafe {

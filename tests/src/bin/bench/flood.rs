@@ -301,12 +301,8 @@ fn program_costs(node: &SimNode, source: usize, s: &Scenario<'_>) -> anyhow::Res
     let flood_once = || flood(node, source, s.what, &s.dst);
     let mut agent = crate::measure::start_agent(node, &[])?;
     agent.wait_ready(true, Duration::from_secs(20))?;
-    // The agent's /metrics is a snapshot at most a second old.
-    let lag = || std::thread::sleep(Duration::from_millis(1100));
-    lag();
     let before = program_stats(&agent)?;
     let ours = per_event(agent.pid().context("agent pid")?, &flood_once);
-    lag();
     let after = program_stats(&agent)?;
     agent.stop()?;
     let ours = ours?;

@@ -41,6 +41,7 @@ use std::{
 
 use anyhow::Context as _;
 use triage_agent::probes::{Hook, PROGRAMS};
+use triage_agent_tests::bpf_maps::{self, Attr};
 
 /// The argument that makes the bench binary hold the empty programs.
 pub const HOLD_ARG: &str = "--hold-empty-hooks";
@@ -71,40 +72,9 @@ const BPF_TCX_EGRESS: u32 = 47;
 /// A TCX program's "carry on as if I were not here".
 const TCX_NEXT: i32 = -1;
 
-/// `union bpf_attr`, as zeroed 8-byte words wide enough for the three commands used.
-#[repr(C, align(8))]
-struct Attr([u8; 128]);
-
-impl Default for Attr {
-    fn default() -> Self {
-        Attr([0; 128])
-    }
-}
-
-impl Attr {
-    fn put_u32(&mut self, offset: usize, value: u32) {
-        self.0[offset..offset + 4].copy_from_slice(&value.to_ne_bytes());
-    }
-
-    fn put_u64(&mut self, offset: usize, value: u64) {
-        self.0[offset..offset + 8].copy_from_slice(&value.to_ne_bytes());
-    }
-}
-
+/// bpf(2) for a command that makes a descriptor (`triage_agent_tests::bpf_maps::bpf`).
 fn bpf(cmd: libc::c_long, attr: &mut Attr, what: &str) -> anyhow::Result<OwnedFd> {
-    // SAFETY: attr is a valid, initialized bpf_attr of the size passed; the kernel reads it
-    // and any pointers inside it, which point to live buffers of the caller.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            attr.0.as_mut_ptr(),
-            attr.0.len() as libc::c_uint,
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error()).context(what.to_owned());
-    }
+    let fd = bpf_maps::bpf(cmd, attr).context(what.to_owned())?;
     // SAFETY: the kernel returned a new descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
@@ -301,7 +271,7 @@ fn load(
     attr.put_u32(4, insns.len() as u32);
     attr.put_u64(8, insns.as_ptr() as u64);
     attr.put_u64(16, license.as_ptr() as u64);
-    attr.0[48..58].copy_from_slice(b"empty_hook");
+    attr.put_bytes(48, b"empty_hook");
     attr.put_u32(68, expected_attach);
     bpf(BPF_PROG_LOAD, &mut attr, what)
 }

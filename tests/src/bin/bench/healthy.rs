@@ -195,16 +195,12 @@ pub fn run(node: &mut SimNode) -> anyhow::Result<()> {
         agent.wait_ready(true, Duration::from_secs(20))?;
         settle();
         let pid = agent.pid().context("agent pid")?;
-        // The agent's /metrics is a snapshot at most a second old.
-        let lag = || std::thread::sleep(Duration::from_millis(1100));
         for w in &workloads {
-            lag();
             let before = program_stats(&agent)?;
             // The total from the programs' descriptors, as for the floor.
             let (ns0, _) = peers::bpf_run_stats(pid);
             let (n, _) = (w.run)(node)?;
             let (ns1, _) = peers::bpf_run_stats(pid);
-            lag();
             let after = program_stats(&agent)?;
             let units = (n * w.units_per_op).max(1.0);
             ours_ns.push(ns1.saturating_sub(ns0) as f64 / units);

@@ -90,10 +90,12 @@ pub fn process_cpu() -> f64 {
     ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
 }
 
-/// The agent's per-program run time (seconds) and runs, from its /metrics.
+/// The agent's per-program run time (seconds) and runs, from its /metrics, read after the
+/// snapshot's lag (at most a second), so what ran just before is in it.
 pub fn program_stats(
     agent: &AgentProcess,
 ) -> anyhow::Result<std::collections::BTreeMap<String, (f64, f64)>> {
+    std::thread::sleep(std::time::Duration::from_millis(1100));
     let (_, body) = agent.http_get("/metrics")?;
     let mut out = std::collections::BTreeMap::<String, (f64, f64)>::new();
     for line in body.lines() {
