@@ -122,12 +122,14 @@ fn try_inet_sock_set_state(ctx: &RawTracePointContext) -> Result<(), i32> {
 /// CLOSE -> SYN_SENT, in the connect() caller's context: who connects, kept in the socket's
 /// slot. A function of its own (a BPF subprogram): its stack is not added to the failure
 /// path's, which older verifiers sum over the calls (at most 512 bytes).
+///
+/// The socket's protocol is not read here but where an attempt ends without an answer
+/// ([`left_syn_sent`]): the other protocols that pass CLOSE -> SYN_SENT (SCTP's
+/// ESTABLISHING, an MPTCP connection beside its TCP subflow) are answered or closed like TCP,
+/// so their attempt frees its slot the same way, and a healthy connect reads nothing of the
+/// socket.
 #[inline(never)]
 fn connecting(sk: u64) -> Result<(), i32> {
-    let protocol: u16 = kread(sk, offsets().sock.protocol)?;
-    if protocol != IPPROTO_TCP {
-        return Ok(());
-    }
     let pid_tgid = bpf_get_current_pid_tgid();
     let mut pending = PendingConnect {
         cgroup_id: 0,
@@ -184,13 +186,13 @@ fn left_syn_sent(sk: u64, new: i32) {
     match held(sk) {
         Held::Slot(slot, pending) => {
             // Every field is read before the slot is freed.
-            if ended_without_reset(sk, &pending).is_err() {
+            if ended_tcp(sk, &pending).is_err() {
                 count_loss(LOST_FIELD_READ);
             }
             free(slot, sk);
         }
         Held::Table(pending) => {
-            if ended_without_reset(sk, &pending).is_err() {
+            if ended_tcp(sk, &pending).is_err() {
                 count_loss(LOST_FIELD_READ);
             }
             // Ended: nothing more to learn about this attempt.
@@ -202,6 +204,18 @@ fn left_syn_sent(sk: u64, new: i32) {
         }
         Held::Nowhere => {}
     }
+}
+
+/// A TCP attempt that ended without an answer is reported ([`ended_without_reset`]); another
+/// protocol's (see [`connecting`]) is only let go. Its subflow, an MPTCP connection's TCP
+/// socket, is reported on its own.
+#[inline(always)]
+fn ended_tcp(sk: u64, pending: &PendingConnect) -> Result<(), i32> {
+    let protocol: u16 = kread(sk, offsets().sock.protocol)?;
+    if protocol != IPPROTO_TCP {
+        return Ok(());
+    }
+    ended_without_reset(sk, pending)
 }
 
 /// SYN_SENT -> ESTABLISHED: nothing about the attempt is needed any more, so nothing of it is
@@ -438,56 +452,66 @@ fn tabled(sk: u64, delta: u64) {
     }
 }
 
+/// How long a CPU takes the namespace of the cgroup it learned last as learned: 250 jiffies,
+/// 0.25 s at HZ=1000 to 2.5 s at HZ=100.
+const RELEARN_JIFFIES: u64 = 250;
+
 /// Notes a connecting socket's cgroup in its network namespace's entry (the agent tells pods'
 /// namespaces from it, see drop.rs): a read of the socket's namespace, a lookup, and a write
 /// only for a cgroup the entry does not hold.
 #[inline(always)]
 fn learn_netns(sk: u64, cgroup_id: u64, jiffies: u64) {
     let o = offsets();
-    // (An absent offset fails the read.)
-    let Ok(net) = kread::<u64>(sk, o.ingress.sock_net) else {
-        return;
-    };
-    // Sockets of one cgroup and namespace connect in turn: what this CPU told the map within
-    // this jiffy is not told again (the namespace by its address, so a namespace freed and
-    // another made at that address is learned a jiffy later at most).
     let last = LAST_CONNECTOR.get_ptr_mut(0);
+    // A cgroup's sockets live in its pod's namespace: what this CPU told the map for the
+    // cgroup it last learned is not asked again for RELEARN_JIFFIES (0.25-2.5 s by the
+    // kernel's HZ), not even the socket's namespace. A process of that cgroup that enters
+    // another namespace (setns) has it learned at the next expiry, and on any CPU that learns
+    // another cgroup in between.
     if let Some(l) = last {
         // SAFETY: this CPU's slot, valid while the program runs; it cannot migrate meanwhile.
         unsafe {
             if (*l).learned_cgroup == cgroup_id
-                && (*l).learned_net == net
-                && (*l).learned_jiffies == jiffies
+                && jiffies.wrapping_sub((*l).learned_jiffies) < RELEARN_JIFFIES
             {
                 return;
             }
         }
     }
+    // (An absent offset fails the read.)
+    let Ok(net) = kread::<u64>(sk, o.ingress.sock_net) else {
+        return;
+    };
     let Ok(inum) = kread::<u32>(net, o.ingress.net_inum) else {
         return;
     };
-    if let Some(l) = last {
-        // SAFETY: as above.
-        unsafe {
-            (*l).learned_cgroup = cgroup_id;
-            (*l).learned_net = net;
-            (*l).learned_jiffies = jiffies;
-        }
-    }
-    match NETNS_CGROUPS.get_ptr_mut(inum) {
+    let told = match NETNS_CGROUPS.get_ptr_mut(inum) {
         // SAFETY: a map value, valid while the program runs; two CPUs racing here each write
         // a cgroup that was seen, which is all the value says.
         Some(seen) => unsafe {
             if (*seen).first != cgroup_id && (*seen).other != cgroup_id {
                 (*seen).other = cgroup_id;
             }
+            true
         },
         None => {
             let first = NetnsCgroups {
                 first: cgroup_id,
                 other: 0,
             };
-            let _ = NETNS_CGROUPS.insert(inum, first, u64::from(BPF_NOEXIST));
+            // EEXIST: another CPU told it this instant.
+            match NETNS_CGROUPS.insert(inum, first, u64::from(BPF_NOEXIST)) {
+                Ok(()) => true,
+                Err(e) => e == -EEXIST,
+            }
+        }
+    };
+    // Only what the map holds is taken as learned: a failed insert is tried again next time.
+    if told && let Some(l) = last {
+        // SAFETY: as above.
+        unsafe {
+            (*l).learned_cgroup = cgroup_id;
+            (*l).learned_jiffies = jiffies;
         }
     }
 }

@@ -181,7 +181,7 @@ pub struct IngressCache {
     pub netns: u32,
 }
 
-/// Per CPU: the thread that connected last, as read then, and the cgroup and namespace
+/// Per CPU: the thread that connected last, as read then, and the cgroup
 /// [`NETNS_CGROUPS`] was last told of (see conn.rs).
 #[map]
 pub static LAST_CONNECTOR: PerCpuArray<LastConnector> = PerCpuArray::with_max_entries(1, 0);
@@ -194,10 +194,8 @@ pub struct LastConnector {
     pub pid_tgid: u64,
     pub cgroup_id: u64,
     pub comm: [u8; COMM_LEN],
-    /// What [`NETNS_CGROUPS`] was last told from this CPU: a cgroup in a namespace (its
-    /// `struct net`), in a jiffy.
+    /// The cgroup this CPU last told [`NETNS_CGROUPS`] of, and the jiffy it did.
     pub learned_cgroup: u64,
-    pub learned_net: u64,
     pub learned_jiffies: u64,
 }
 

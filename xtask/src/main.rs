@@ -66,7 +66,8 @@ enum Task {
     Demo,
     /// Overhead ratios under failure floods, agent attached vs detached, interleaved rounds on a
     /// simulated node, and the pipeline's own limits (not a test: numbers to read). Needs root.
-    /// Name scenarios to run only those: drop, refusal, memory, dns, healthy, detection,
+    /// Name scenarios to run only those: drop, refusal, memory, dns (dns-latency, dns-cost:
+    /// parts of it), healthy (healthy-connections: the connection rate only), detection,
     /// sampling, query, pipeline.
     Bench {
         /// Every scenario reduced (2 rounds, short floods, small stores): that each runs and

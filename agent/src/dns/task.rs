@@ -20,9 +20,13 @@ use crate::{
 
 /// How often timeouts and settled search sequences are looked for.
 const TICK: Duration = Duration::from_millis(250);
-/// How often the ring is read without a wakeup: the programs wake the reader only when a
-/// quarter of the ring is waiting, so a packet waits at most this long.
+/// How often the ring is read without a wakeup while records come: the programs wake the
+/// reader only when a batch is waiting, so a packet waits at most this long then.
 const DRAIN_EVERY: Duration = Duration::from_millis(20);
+/// How long the wait between reads grows to while none come (it doubles after each empty
+/// read): an idle node's agent wakes 4 times a second for the ring, not 50. A lone record
+/// waits at most this long; timeouts are looked for only after the ring is read.
+const DRAIN_IDLE: Duration = TICK;
 /// How often pods' lookup counters are reported.
 const TALLY_EVERY: Duration = Duration::from_secs(1);
 
@@ -57,8 +61,9 @@ pub async fn run(
     let mut refresh = tokio::time::interval(CLOCK_REFRESH);
     let mut tick = tokio::time::interval(TICK);
     let mut tally = tokio::time::interval(TALLY_EVERY);
-    let mut drain = tokio::time::interval(DRAIN_EVERY);
-    drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut drain_every = DRAIN_EVERY;
+    let drain = tokio::time::sleep(DRAIN_EVERY);
+    tokio::pin!(drain);
     let emit = |event: RawEvent, clock: &BootClock| -> Result<(), AttributionGone> {
         let (at, first_at) = match &event {
             // Tallies are of the last interval, which ends now.
@@ -89,6 +94,14 @@ pub async fn run(
             }
             _ = refresh.tick() => clock.refresh()?,
             _ = tick.tick() => {
+                // What the ring holds first: an answer waiting there is not a timeout.
+                let received = ring.poll(|record| {
+                    for finding in handle(record, &mut tracker, &counters, &is_dns_port) {
+                        emit(RawEvent::Dns(Box::new(finding)), &clock)?;
+                    }
+                    Ok::<(), DnsError>(())
+                })?;
+                counted(&counters, received);
                 // Queries the kernel has held past the handover age: matched here from now on.
                 for query in maps.take_older_than(clock.boot_now(), handover, keep) {
                     for finding in handle(record_bytes(&query), &mut tracker, &counters, &is_dns_port) {
@@ -128,7 +141,7 @@ pub async fn run(
                     return Ok(());
                 }
             }
-            _ = drain.tick() => {
+            () = &mut drain => {
                 let received = ring.poll(|record| {
                     for finding in handle(record, &mut tracker, &counters, &is_dns_port) {
                         emit(RawEvent::Dns(Box::new(finding)), &clock)?;
@@ -137,9 +150,9 @@ pub async fn run(
                 })?;
                 counted(&counters, received);
                 maps.apply(tracker.take_repeat_changes());
-                if received >= BATCH {
-                    drain.reset_immediately();
-                }
+                drain_every = next_drain(drain_every, received);
+                let now = tokio::time::Instant::now();
+                drain.as_mut().reset(if received >= BATCH { now } else { now + drain_every });
                 tokio::task::yield_now().await;
             }
             received = ring.readable(|record| {
@@ -148,11 +161,27 @@ pub async fn run(
                 }
                 Ok::<(), DnsError>(())
             }) => {
-                counted(&counters, received?);
+                let received = received?;
+                counted(&counters, received);
                 maps.apply(tracker.take_repeat_changes());
+                if received > 0 && drain_every > DRAIN_EVERY {
+                    // Records come again: read often again.
+                    drain_every = DRAIN_EVERY;
+                    drain.as_mut().reset(tokio::time::Instant::now() + DRAIN_EVERY);
+                }
                 tokio::task::yield_now().await;
             }
         }
+    }
+}
+
+/// The wait before the next read without a wakeup: [`DRAIN_EVERY`] after a read that found
+/// records, twice the last wait (at most [`DRAIN_IDLE`]) after one that found none.
+fn next_drain(last: Duration, received: usize) -> Duration {
+    if received > 0 {
+        DRAIN_EVERY
+    } else {
+        (last * 2).min(DRAIN_IDLE)
     }
 }
 
@@ -164,5 +193,24 @@ fn counted(counters: &Counters, received: usize) {
 impl crate::event::ConsumerGone for DnsError {
     fn consumer_gone(&self) -> bool {
         matches!(self, DnsError::AttributionGone(_))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{DRAIN_EVERY, DRAIN_IDLE, next_drain};
+
+    /// An idle ring is read less and less often, down to the tick's rate; a record brings the
+    /// short wait back at once.
+    #[test]
+    fn the_wait_between_reads_grows_while_the_ring_is_empty() {
+        let mut wait = DRAIN_EVERY;
+        let mut waits = Vec::new();
+        for _ in 0..6 {
+            wait = next_drain(wait, 0);
+            waits.push(wait.as_millis());
+        }
+        assert_eq!(waits, [40, 80, 160, 250, 250, 250]);
+        assert_eq!(next_drain(DRAIN_IDLE, 1), DRAIN_EVERY);
     }
 }

@@ -118,9 +118,10 @@ pub fn spawn(
         ..SamplerStatus::default()
     });
     let task = async move {
+        let runtime = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
             run(
-                config, known, interval, pods, events, counters, cancel, status_tx,
+                config, known, interval, pods, events, counters, cancel, status_tx, &runtime,
             )
         })
         .await
@@ -138,9 +139,6 @@ pub enum SamplerError {
     Thread(String),
 }
 
-/// Sleep granularity, so cancellation is seen quickly.
-const NAP: Duration = Duration::from_millis(50);
-
 #[expect(
     clippy::too_many_arguments,
     reason = "the thread's whole world, handed over once"
@@ -154,17 +152,20 @@ fn run(
     counters: Arc<Counters>,
     cancel: CancellationToken,
     status: watch::Sender<SamplerStatus>,
+    runtime: &tokio::runtime::Handle,
 ) -> Result<(), SamplerError> {
     info!(interval = ?interval, threshold = config.throttle_threshold, "sampling cgroups");
     let mut sampler = Sampler::new(config).with_known(known);
     let mut out: Vec<Sample> = Vec::new();
     let mut next = Instant::now();
+    // Whether a change of the pod set was seen while waiting (which marks it seen).
+    let mut pods_changed = false;
     while !cancel.is_cancelled() {
         let now = Instant::now();
         out.clear();
         // New pods are read at once, not at the next sweep: what a container's counters
         // hold when it is first seen must not hide what happens before that sweep.
-        if pods.has_changed().unwrap_or(false) {
+        if std::mem::take(&mut pods_changed) || pods.has_changed().unwrap_or(false) {
             let current = pods.borrow_and_update().clone();
             sampler.set_pods(&current, now, &mut out);
         }
@@ -173,7 +174,7 @@ fn run(
             next = now + interval;
             sampler.sweep(now, &mut out);
         } else if out.is_empty() {
-            std::thread::sleep(NAP.min(next - now));
+            pods_changed = wait(runtime, &mut pods, &cancel, next);
             continue;
         }
         let wall = SystemTime::now();
@@ -205,6 +206,32 @@ fn run(
         }
     }
     Ok(())
+}
+
+/// Sleeps until `until`, a change of the pod set or cancellation, whichever comes first (the
+/// thread wakes for nothing else); true for a change of the pod set.
+fn wait(
+    runtime: &tokio::runtime::Handle,
+    pods: &mut watch::Receiver<Arc<Vec<PodContainers>>>,
+    cancel: &CancellationToken,
+    until: Instant,
+) -> bool {
+    runtime.block_on(async {
+        let sleep = tokio::time::sleep_until(until.into());
+        tokio::pin!(sleep);
+        // A closed channel (attribution gone) has no change to wait for.
+        let mut open = true;
+        loop {
+            tokio::select! {
+                changed = pods.changed(), if open => match changed {
+                    Ok(()) => return true,
+                    Err(_) => open = false,
+                },
+                () = cancel.cancelled() => return false,
+                () = &mut sleep => return false,
+            }
+        }
+    })
 }
 
 impl crate::event::ConsumerGone for SamplerError {

@@ -2,25 +2,32 @@
 //! throughput (iperf3), the TCP connection rate, and small UDP requests and responses (one and
 //! 32 in flight, the traffic that pays per-packet hooks the most), each with no agent, with the
 //! agent attached and with the floor (empty programs at every hook the agent uses, where it
-//! uses them), interleaved round by round; and the same UDP requests between two processes of
-//! the node outside every pod (node daemons: kubelet, the runtime, etcd), which the agent must
-//! not cost anything, its cgroup_skb programs hanging on the pods' cgroup only.
+//! uses them) and detached again (a control: what the machine's noise alone makes of no cost),
+//! interleaved round by round, each configuration first in turn; and the same UDP requests
+//! between two processes of the node outside every pod (node daemons: kubelet, the runtime,
+//! etcd), which the agent must not cost anything, its cgroup_skb programs hanging on the pods'
+//! cgroup only.
 //!
 //! Each row has the ratio of medians and the median of the paired (same round) ratios, the
-//! floor's ratio beside it, and the eBPF run time per connection or per packet, from one more
-//! pass with the kernel's run-time statistics on (the agent's programs and the floor's).
+//! floor's and the control's ratios beside it, and the eBPF run time per connection or per
+//! packet, from one more pass with the kernel's run-time statistics on (the agent's programs
+//! and the floor's), with the agent's CPU and ring records meanwhile. A last row gives the
+//! agent's CPU and wakeups on the node with no traffic.
 
 use std::{
     path::Path,
     process::{Child, Command, Stdio},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
 use triage_agent_tests::simnode::SimNode;
 
 use crate::{
-    measure::{IPERF3, flood_seconds, median, program_stats, programs_run, quick, rounds, spread},
+    measure::{
+        IPERF3, cpu_and_rss, flood_seconds, median, program_stats, programs_run, quick, rounds,
+        spread,
+    },
     peers::{self, BpfStats, FLOOR},
     results,
 };
@@ -60,6 +67,9 @@ fn in_node(node: &SimNode, workload: &Path, args: &[&str]) -> Command {
     cmd
 }
 
+/// The control row beside each ratio: the detached configuration run again in the same rounds.
+const AGAIN: &str = "detached again (this machine's noise: no cost at all)";
+
 /// Kills the node's echo server when the scenario ends, however it ends.
 struct Reaped(Child);
 
@@ -76,7 +86,9 @@ fn settle() {
     std::thread::sleep(Duration::from_millis(if quick() { 500 } else { 2000 }));
 }
 
-pub fn run(node: &mut SimNode) -> anyhow::Result<()> {
+/// `connections_only`: the connection rate alone (`bench healthy-connections`), to compare
+/// builds on the workload with the most program runs per operation.
+pub fn run(node: &mut SimNode, connections_only: bool) -> anyhow::Result<()> {
     let server = node.add_pod("bench", "iperf-server")?;
     let client = node.add_pod("bench", "iperf-client")?;
     let server_ip = node.pod(server).ip.to_string();
@@ -96,7 +108,7 @@ pub fn run(node: &mut SimNode) -> anyhow::Result<()> {
     let iperf_seconds = if quick() { "1" } else { "2" };
     let udp = format!("{server_ip}:7200");
     let host_udp = format!("{}:7201", node.node_ip());
-    let workloads = [
+    let mut workloads = vec![
         Workload {
             name: "TCP throughput (iperf3, bits/s)",
             per: "MiB",
@@ -160,10 +172,15 @@ pub fn run(node: &mut SimNode) -> anyhow::Result<()> {
             }),
         },
     ];
+    if connections_only {
+        workloads.retain(|w| w.per == "connection");
+    }
     let floor = peers::floor();
-    // Per workload: rates detached, attached, with the floor.
-    let mut rates: Vec<[Vec<f64>; 3]> = workloads.iter().map(|_| Default::default()).collect();
-    let all = |node: &SimNode, rates: &mut Vec<[Vec<f64>; 3]>, config: usize| {
+    // Per workload: rates detached, attached, with the floor, and detached again (the same
+    // configuration as the first: their ratio is what this machine's noise alone makes of
+    // a cost of zero, in the same rounds).
+    let mut rates: Vec<[Vec<f64>; 4]> = workloads.iter().map(|_| Default::default()).collect();
+    let all = |node: &SimNode, rates: &mut Vec<[Vec<f64>; 4]>, config: usize| {
         for (w, r) in workloads.iter().zip(rates.iter_mut()) {
             let (n, secs) = (w.run)(node)?;
             if let Some(v) = r.get_mut(config) {
@@ -172,16 +189,27 @@ pub fn run(node: &mut SimNode) -> anyhow::Result<()> {
         }
         anyhow::Ok(())
     };
-    for _ in 0..rounds() {
-        all(node, &mut rates, 0)?;
-        let mut agent = crate::measure::start_agent(node, &[])?;
-        agent.wait_ready(true, Duration::from_secs(20))?;
-        settle();
-        all(node, &mut rates, 1)?;
-        agent.stop()?;
-        let held = floor.start(node, client)?;
-        all(node, &mut rates, 2)?;
-        held.stop()?;
+    // The order of the four turns each round, so none of them always runs first after the
+    // agent's start (or the floor's) or right after its exit.
+    for round in 0..rounds() {
+        for config in (0..4).map(|c| (c + round) % 4) {
+            match config {
+                0 => all(node, &mut rates, 0)?,
+                3 => all(node, &mut rates, 3)?,
+                1 => {
+                    let mut agent = crate::measure::start_agent(node, &[])?;
+                    agent.wait_ready(true, Duration::from_secs(20))?;
+                    settle();
+                    all(node, &mut rates, 1)?;
+                    agent.stop()?;
+                }
+                _ => {
+                    let held = floor.start(node, client)?;
+                    all(node, &mut rates, 2)?;
+                    held.stop()?;
+                }
+            }
+        }
     }
 
     // One more pass of each workload with the kernel's run-time statistics on: eBPF time per
@@ -189,29 +217,42 @@ pub fn run(node: &mut SimNode) -> anyhow::Result<()> {
     let mut ours_ns = Vec::new();
     let mut floor_ns = Vec::new();
     let mut breakdown = Vec::new();
+    let idle_cost;
     {
         let _stats = BpfStats::enable()?;
         let mut agent = crate::measure::start_agent(node, &[])?;
         agent.wait_ready(true, Duration::from_secs(20))?;
         settle();
         let pid = agent.pid().context("agent pid")?;
+        idle_cost = idle(pid)?;
         for w in &workloads {
             let before = program_stats(&agent)?;
+            let received0 = agent.status()?["events_received"].as_u64().unwrap_or(0);
+            let (cpu0, _) = cpu_and_rss(pid)?;
             // The total from the programs' descriptors, as for the floor.
             let (ns0, _) = peers::bpf_run_stats(pid);
+            let started = Instant::now();
             let (n, _) = (w.run)(node)?;
+            let elapsed = started.elapsed().as_secs_f64();
             let (ns1, _) = peers::bpf_run_stats(pid);
+            let (cpu1, _) = cpu_and_rss(pid)?;
             let after = program_stats(&agent)?;
+            let received = agent.status()?["events_received"].as_u64().unwrap_or(0) - received0;
             let units = (n * w.units_per_op).max(1.0);
             ours_ns.push(ns1.saturating_sub(ns0) as f64 / units);
-            // Which programs ran, what each cost per run and how often per unit.
-            breakdown.push(
+            // Which programs ran, what each cost per run and how often per unit; what the
+            // agent's own threads spent meanwhile and how many ring records woke them.
+            breakdown.push(format!(
+                "{}; agent {:.3} cores, {:.5} ring records per {}",
                 programs_run(&before, &after)
                     .iter()
                     .map(|(name, ns, runs)| format!("{name} {ns:.0} ns x {:.2}", runs / units))
                     .collect::<Vec<_>>()
                     .join(", "),
-            );
+                (cpu1 - cpu0) / elapsed,
+                received as f64 / units,
+                w.per
+            ));
         }
         agent.stop()?;
         let held = floor.start(node, client)?;
@@ -225,10 +266,11 @@ pub fn run(node: &mut SimNode) -> anyhow::Result<()> {
     }
 
     println!(
-        "\nhealthy traffic ({} rounds, interleaved: detached, attached, floor)",
+        "\nhealthy traffic ({} rounds, interleaved: detached, attached, floor, detached \
+         again, in turn first)",
         rounds()
     );
-    for (i, (w, [detached, attached, floored])) in workloads.iter().zip(&rates).enumerate() {
+    for (i, (w, [detached, attached, floored, again])) in workloads.iter().zip(&rates).enumerate() {
         let d = median(&mut detached.clone());
         let a = median(&mut attached.clone());
         let f = median(&mut floored.clone());
@@ -243,6 +285,8 @@ pub fn run(node: &mut SimNode) -> anyhow::Result<()> {
         };
         let (ratio, floor_ratio) = (a / d, f / d);
         let (paired_ours, paired_floor) = (paired(attached), paired(floored));
+        let noise = median(&mut again.clone()) / d;
+        let paired_noise = paired(again);
         let goal = if w.host {
             "1.000 (no program runs for them)".to_owned()
         } else {
@@ -256,7 +300,8 @@ pub fn run(node: &mut SimNode) -> anyhow::Result<()> {
         let ns = |v: &[f64]| v.get(i).copied().unwrap_or(f64::NAN);
         println!(
             "  {}: ratio {ratio:.3} (paired {paired_ours:.3}), floor {floor_ratio:.3} (paired \
-             {paired_floor:.3}); eBPF {:.0} ns per {} (floor {:.0} ns){}",
+             {paired_floor:.3}), detached again {noise:.3} (paired {paired_noise:.3}); eBPF \
+             {:.0} ns per {} (floor {:.0} ns){}",
             w.name,
             ns(&ours_ns),
             w.per,
@@ -276,7 +321,8 @@ pub fn run(node: &mut SimNode) -> anyhow::Result<()> {
                 breakdown.get(i).map_or("", String::as_str)
             ),
             peers: format!(
-                "{FLOOR} {floor_ratio:.3} (paired {paired_floor:.3}); eBPF {:.0} ns per {}",
+                "{FLOOR} {floor_ratio:.3} (paired {paired_floor:.3}); eBPF {:.0} ns per {}; \
+                 {AGAIN} {noise:.3} (paired {paired_noise:.3})",
                 ns(&floor_ns),
                 w.per
             ),
@@ -293,5 +339,51 @@ pub fn run(node: &mut SimNode) -> anyhow::Result<()> {
             ),
         });
     }
+    let (cores, wakeups) = idle_cost;
+    println!("  the agent on an idle node: {cores:.4} cores, {wakeups:.0} wakeups/s");
+    results::add(results::Row {
+        scenario: "healthy traffic: the agent on an idle node (no traffic)".to_owned(),
+        ours: format!("{cores:.4} cores, {wakeups:.0} wakeups/s"),
+        peers: "-".to_owned(),
+        goal: "-".to_owned(),
+        spread: format!(
+            "over {} s after the start settled; wakeups are its threads' context switches",
+            if quick() { 2 } else { 10 }
+        ),
+    });
     Ok(())
+}
+
+/// What the agent spends on a node with no traffic: cores and wakeups per second (its
+/// threads' context switches) over a few seconds.
+fn idle(pid: u32) -> anyhow::Result<(f64, f64)> {
+    // (CPU seconds, context switches) over the agent's threads.
+    let read = || -> anyhow::Result<(f64, f64)> {
+        let (mut cpu, mut switches) = (0.0, 0.0);
+        for t in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+            let t = t?.path();
+            // A thread that ended meanwhile is skipped.
+            let (Ok(stat), Ok(status)) = (
+                std::fs::read_to_string(t.join("stat")),
+                std::fs::read_to_string(t.join("status")),
+            ) else {
+                continue;
+            };
+            let after = stat.rsplit_once(')').map_or("", |x| x.1);
+            let f: Vec<&str> = after.split_whitespace().collect();
+            let ticks = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
+            cpu += (ticks(11) + ticks(12)) / 100.0;
+            switches += status
+                .lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+                .sum::<f64>();
+        }
+        Ok((cpu, switches))
+    };
+    let secs = if quick() { 2.0 } else { 10.0 };
+    let (cpu0, switches0) = read()?;
+    std::thread::sleep(Duration::from_secs_f64(secs));
+    let (cpu1, switches1) = read()?;
+    Ok(((cpu1 - cpu0) / secs, (switches1 - switches0) / secs))
 }

@@ -30,7 +30,8 @@
 //!   builds);
 //! - healthy: TCP throughput (iperf3), the connection rate and small UDP requests (one and 32
 //!   in flight) between two pods, and UDP requests between two node processes outside every
-//!   pod, detached, attached and with the floor ([`healthy`]);
+//!   pod, detached, attached and with the floor ([`healthy`]); `healthy-connections` runs
+//!   only the connection rate;
 //! - sampling: the cgroupfs sampler on a fixture tree of 1,000 containers (cgroup v2 file
 //!   formats in a temporary directory): CPU time per full sweep, and allocations per sample in
 //!   steady state (a counting allocator wraps the system one). No root needed.
@@ -157,6 +158,7 @@ const SCENARIOS: &[&str] = &[
     "dns-latency",
     "dns-cost",
     "healthy",
+    "healthy-connections",
     "detection",
 ];
 
@@ -213,8 +215,8 @@ fn scenarios(only: &[String]) -> anyhow::Result<()> {
     } else if only.iter().any(|o| o == "dns-cost") {
         dns::run(&mut node, dns::Part::Costs)?;
     }
-    if wanted("healthy") {
-        healthy::run(&mut node)?;
+    if wanted("healthy") || wanted("healthy-connections") {
+        healthy::run(&mut node, !wanted("healthy"))?;
     }
     if wanted("detection") {
         detection::run(&node, source, sink)?;
