@@ -124,10 +124,10 @@ fn try_inet_sock_set_state(ctx: &RawTracePointContext) -> Result<(), i32> {
 /// path's, which older verifiers sum over the calls (at most 512 bytes).
 ///
 /// The socket's protocol is not read here but where an attempt ends without an answer
-/// ([`left_syn_sent`]): the other protocols that pass CLOSE -> SYN_SENT (SCTP's
-/// ESTABLISHING, an MPTCP connection beside its TCP subflow) are answered or closed like TCP,
-/// so their attempt frees its slot the same way, and a healthy connect reads nothing of the
-/// socket.
+/// ([`left_syn_sent`]) or must leave its slot for the table ([`hold`]): the other sockets that
+/// pass CLOSE -> SYN_SENT (an MPTCP connection beside its TCP subflow, DCCP's REQUESTING on
+/// kernels that have DCCP) are answered or closed like TCP, so their attempt frees its slot
+/// the same way, and a healthy connect reads nothing of the socket.
 #[inline(never)]
 fn connecting(sk: u64) -> Result<(), i32> {
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -292,11 +292,13 @@ fn hold(sk: u64, pending: &PendingConnect) {
         let occupant = core::ptr::read_volatile(&(*slot).sk);
         if occupant != 0 && occupant != sk {
             let other = core::ptr::read_volatile(&(*slot).pending);
-            if core::ptr::read_volatile(&(*slot).seal) == seal(occupant, &other) {
-                remember(occupant, other);
-            } else {
+            if core::ptr::read_volatile(&(*slot).seal) != seal(occupant, &other) {
                 count_loss(LOST_CONNECT_TABLE);
+            } else if kread::<u16>(occupant, offsets().sock.protocol) == Ok(IPPROTO_TCP) {
+                remember(occupant, other);
             }
+            // Another protocol's attempt (see [`connecting`]) is never reported: it takes no
+            // place in the table.
         }
         // The socket last: a reader that finds it finds the rest written.
         core::ptr::write_volatile(&mut (*slot).pending, *pending);
@@ -499,10 +501,21 @@ fn learn_netns(sk: u64, cgroup_id: u64, jiffies: u64) {
                 first: cgroup_id,
                 other: 0,
             };
-            // EEXIST: another CPU told it this instant.
             match NETNS_CGROUPS.insert(inum, first, u64::from(BPF_NOEXIST)) {
                 Ok(()) => true,
-                Err(e) => e == -EEXIST,
+                // Another CPU told it this instant, maybe of another cgroup: this one is
+                // added to what it wrote.
+                Err(e) if e == -EEXIST => match NETNS_CGROUPS.get_ptr_mut(inum) {
+                    // SAFETY: as above.
+                    Some(seen) => unsafe {
+                        if (*seen).first != cgroup_id && (*seen).other != cgroup_id {
+                            (*seen).other = cgroup_id;
+                        }
+                        true
+                    },
+                    None => false,
+                },
+                Err(_) => false,
             }
         }
     };

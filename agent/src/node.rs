@@ -225,6 +225,9 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let resolver = cgroup_ids::CgroupResolver::new(cgroup_root.clone(), counters.clone())
         .with_context(|| format!("opening the cgroup2 tree at {}", cgroup_root.display()))?;
     let cancel = CancellationToken::new();
+    // However this function returns (an error after the tasks started, too), every task is
+    // told to stop before the runtime goes: the sampler's thread waits on the runtime's timer.
+    let _stop_all = cancel.clone().drop_guard();
     let supervisor = Supervisor {
         tracker: TaskTracker::new(),
         cancel: cancel.clone(),

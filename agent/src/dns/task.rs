@@ -23,10 +23,14 @@ const TICK: Duration = Duration::from_millis(250);
 /// How often the ring is read without a wakeup while records come: the programs wake the
 /// reader only when a batch is waiting, so a packet waits at most this long then.
 const DRAIN_EVERY: Duration = Duration::from_millis(20);
-/// How long the wait between reads grows to while none come (it doubles after each empty
-/// read): an idle node's agent wakes 4 times a second for the ring, not 50. A lone record
-/// waits at most this long; timeouts are looked for only after the ring is read.
+/// The wait between reads doubles after each read that found nothing; past this the reads
+/// without a wakeup stop and only each [`TICK`] reads the ring, until records come again: an
+/// idle node's agent wakes 4 times a second for the DNS task, not 50. A lone record waits at
+/// most a tick.
 const DRAIN_IDLE: Duration = TICK;
+/// Batches a tick reads at most before it looks for timeouts: an answer waiting in the ring is
+/// not a timeout, unless more than this many batches wait (a flood the reader is behind on).
+const TICK_READS: usize = 16;
 /// How often pods' lookup counters are reported.
 const TALLY_EVERY: Duration = Duration::from_secs(1);
 
@@ -61,7 +65,8 @@ pub async fn run(
     let mut refresh = tokio::time::interval(CLOCK_REFRESH);
     let mut tick = tokio::time::interval(TICK);
     let mut tally = tokio::time::interval(TALLY_EVERY);
-    let mut drain_every = DRAIN_EVERY;
+    // None: no read without a wakeup is due (the ring was empty for a while).
+    let mut drain_every = Some(DRAIN_EVERY);
     let drain = tokio::time::sleep(DRAIN_EVERY);
     tokio::pin!(drain);
     let emit = |event: RawEvent, clock: &BootClock| -> Result<(), AttributionGone> {
@@ -82,6 +87,18 @@ pub async fn run(
             event,
         })
     };
+    // What is done with each record the ring holds: through the tracker, its findings to
+    // attribution (a macro: the closure borrows the tracker only where it is used).
+    macro_rules! on_record {
+        () => {
+            |record: &[u8]| {
+                for finding in handle(record, &mut tracker, &counters, &is_dns_port) {
+                    emit(RawEvent::Dns(Box::new(finding)), &clock)?;
+                }
+                Ok::<(), DnsError>(())
+            }
+        };
+    }
     // At shutdown the kernel's counts and the tallies are handed over once more (the next
     // switch, at once), then the task ends.
     let mut stopping = false;
@@ -95,13 +112,20 @@ pub async fn run(
             _ = refresh.tick() => clock.refresh()?,
             _ = tick.tick() => {
                 // What the ring holds first: an answer waiting there is not a timeout.
-                let received = ring.poll(|record| {
-                    for finding in handle(record, &mut tracker, &counters, &is_dns_port) {
-                        emit(RawEvent::Dns(Box::new(finding)), &clock)?;
+                let mut received = 0;
+                for _ in 0..TICK_READS {
+                    let read = ring.poll(on_record!())?;
+                    received += read;
+                    if read < BATCH {
+                        break;
                     }
-                    Ok::<(), DnsError>(())
-                })?;
+                }
                 counted(&counters, received);
+                if received > 0 && drain_every != Some(DRAIN_EVERY) {
+                    // Records come again: read often again.
+                    drain_every = Some(DRAIN_EVERY);
+                    drain.as_mut().reset(tokio::time::Instant::now() + DRAIN_EVERY);
+                }
                 // Queries the kernel has held past the handover age: matched here from now on.
                 for query in maps.take_older_than(clock.boot_now(), handover, keep) {
                     for finding in handle(record_bytes(&query), &mut tracker, &counters, &is_dns_port) {
@@ -141,32 +165,26 @@ pub async fn run(
                     return Ok(());
                 }
             }
-            () = &mut drain => {
-                let received = ring.poll(|record| {
-                    for finding in handle(record, &mut tracker, &counters, &is_dns_port) {
-                        emit(RawEvent::Dns(Box::new(finding)), &clock)?;
-                    }
-                    Ok::<(), DnsError>(())
-                })?;
+            () = &mut drain, if drain_every.is_some() => {
+                let received = ring.poll(on_record!())?;
                 counted(&counters, received);
                 maps.apply(tracker.take_repeat_changes());
                 drain_every = next_drain(drain_every, received);
                 let now = tokio::time::Instant::now();
-                drain.as_mut().reset(if received >= BATCH { now } else { now + drain_every });
+                if received >= BATCH {
+                    drain.as_mut().reset(now);
+                } else if let Some(wait) = drain_every {
+                    drain.as_mut().reset(now + wait);
+                }
                 tokio::task::yield_now().await;
             }
-            received = ring.readable(|record| {
-                for finding in handle(record, &mut tracker, &counters, &is_dns_port) {
-                    emit(RawEvent::Dns(Box::new(finding)), &clock)?;
-                }
-                Ok::<(), DnsError>(())
-            }) => {
+            received = ring.readable(on_record!()) => {
                 let received = received?;
                 counted(&counters, received);
                 maps.apply(tracker.take_repeat_changes());
-                if received > 0 && drain_every > DRAIN_EVERY {
+                if received > 0 && drain_every != Some(DRAIN_EVERY) {
                     // Records come again: read often again.
-                    drain_every = DRAIN_EVERY;
+                    drain_every = Some(DRAIN_EVERY);
                     drain.as_mut().reset(tokio::time::Instant::now() + DRAIN_EVERY);
                 }
                 tokio::task::yield_now().await;
@@ -176,12 +194,13 @@ pub async fn run(
 }
 
 /// The wait before the next read without a wakeup: [`DRAIN_EVERY`] after a read that found
-/// records, twice the last wait (at most [`DRAIN_IDLE`]) after one that found none.
-fn next_drain(last: Duration, received: usize) -> Duration {
+/// records, twice the last wait after one that found none, and none (only the ticks read the
+/// ring) once that reaches [`DRAIN_IDLE`].
+fn next_drain(last: Option<Duration>, received: usize) -> Option<Duration> {
     if received > 0 {
-        DRAIN_EVERY
+        Some(DRAIN_EVERY)
     } else {
-        (last * 2).min(DRAIN_IDLE)
+        last.map(|w| w * 2).filter(|w| *w < DRAIN_IDLE)
     }
 }
 
@@ -198,19 +217,20 @@ impl crate::event::ConsumerGone for DnsError {
 
 #[cfg(test)]
 mod tests {
-    use super::{DRAIN_EVERY, DRAIN_IDLE, next_drain};
+    use super::{DRAIN_EVERY, DRAIN_IDLE, TICK, next_drain};
 
-    /// An idle ring is read less and less often, down to the tick's rate; a record brings the
+    /// An idle ring is read less and less often, then only by the ticks; a record brings the
     /// short wait back at once.
     #[test]
     fn the_wait_between_reads_grows_while_the_ring_is_empty() {
-        let mut wait = DRAIN_EVERY;
+        let mut wait = Some(DRAIN_EVERY);
         let mut waits = Vec::new();
-        for _ in 0..6 {
+        for _ in 0..5 {
             wait = next_drain(wait, 0);
-            waits.push(wait.as_millis());
+            waits.push(wait.map(|w| w.as_millis()));
         }
-        assert_eq!(waits, [40, 80, 160, 250, 250, 250]);
-        assert_eq!(next_drain(DRAIN_IDLE, 1), DRAIN_EVERY);
+        assert_eq!(waits, [Some(40), Some(80), Some(160), None, None]);
+        assert!(DRAIN_IDLE <= TICK, "a lone record waits at most a tick");
+        assert_eq!(next_drain(None, 1), Some(DRAIN_EVERY));
     }
 }
