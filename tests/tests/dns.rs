@@ -647,7 +647,8 @@ fn the_dns_programs_hang_on_the_pods_cgroup_and_node_daemons_pay_nothing() {
     std::thread::sleep(Duration::from_millis(300));
     let server_addr = format!("{}:{PORT}", node.node_ip());
     let parsed0 = metric(&agent, "triage_agent_dns_packets_parsed_total");
-    let out = in_node(&["dns-flood", &server_addr, "50", "daemon.test"])
+    // Each waits for its answers (2 s at most), so none comes to a socket already closed.
+    let out = in_node(&["dns-flood", &server_addr, "50", "daemon.test", "2000"])
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
@@ -662,7 +663,7 @@ fn the_dns_programs_hang_on_the_pods_cgroup_and_node_daemons_pay_nothing() {
     );
     // The pod's lookups to the same server are seen: the programs run there.
     let out = node
-        .run(pod, &["dns-flood", &server_addr, "50", "pod.test"])
+        .run(pod, &["dns-flood", &server_addr, "50", "pod.test", "2000"])
         .unwrap();
     assert!(out.status.success(), "{out:?}");
     let v = agent

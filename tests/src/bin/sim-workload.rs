@@ -8,7 +8,7 @@
 //! possible; prints connections, seconds, failures), `udp IP:PORT COUNT` (COUNT datagrams from one socket, paced so the sender's own
 //! queues never drop any), `resolve NAME COUNT INTERVAL_MS` (glibc getaddrinfo with the pod's
 //! resolv.conf), `dns-upstream PORT RCODE DELAY_MS` (an upstream resolver answering every query
-//! with RCODE after DELAY_MS), `dns-flood IP:PORT COUNT NAME` (COUNT queries with distinct ids), `dns-load IP:PORT SECONDS NAME
+//! with RCODE after DELAY_MS), `dns-flood IP:PORT COUNT NAME [WAIT_MS]` (COUNT queries with distinct ids; with WAIT_MS it reads answers that long at most before it exits), `dns-load IP:PORT SECONDS NAME
 //! WINDOW` (WINDOW queries in flight for SECONDS; prints answered and seconds), `udp-echo PORT`
 //! (sends every datagram back), `udp-rr IP:PORT SECONDS WINDOW` (WINDOW 64-byte requests in
 //! flight to a `udp-echo` for SECONDS; prints responses and seconds),
@@ -526,9 +526,15 @@ fn run(words: &[&str]) -> ExitCode {
             println!("{answered} {}", started.elapsed().as_secs_f64());
             ExitCode::SUCCESS
         }
-        ["dns-flood", addr, count, name] => {
+        ["dns-flood", addr, count, name, rest @ ..] if rest.len() <= 1 => {
             let (Ok(addr), Ok(count)) = (addr.parse::<SocketAddr>(), count.parse::<u32>()) else {
-                eprintln!("sim-workload: usage: dns-flood IP:PORT COUNT NAME");
+                eprintln!("sim-workload: usage: dns-flood IP:PORT COUNT NAME [WAIT_MS]");
+                return ExitCode::FAILURE;
+            };
+            // WAIT_MS: the socket stays open for the answers that long at most (without it the
+            // process exits once it has sent, and late answers find no socket).
+            let Ok(wait_ms) = rest.first().map_or(Ok(0), |w| w.parse::<u64>()) else {
+                eprintln!("sim-workload: usage: dns-flood IP:PORT COUNT NAME [WAIT_MS]");
                 return ExitCode::FAILURE;
             };
             let Ok(socket) = std::net::UdpSocket::bind("0.0.0.0:0") else {
@@ -550,6 +556,19 @@ fn run(words: &[&str]) -> ExitCode {
                 }
                 if i % 100 == 99 {
                     std::thread::sleep(Duration::from_micros(500));
+                }
+            }
+            let deadline = std::time::Instant::now() + Duration::from_millis(wait_ms);
+            let mut answers = 0u32;
+            let mut buf = [0u8; 512];
+            while answers < sent {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() || socket.set_read_timeout(Some(left)).is_err() {
+                    break;
+                }
+                match socket.recv(&mut buf) {
+                    Ok(_) => answers += 1,
+                    Err(_) => break,
                 }
             }
             println!("sent {sent}");
