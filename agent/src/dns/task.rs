@@ -121,11 +121,7 @@ pub async fn run(
                     }
                 }
                 counted(&counters, received);
-                if received > 0 && drain_every != Some(DRAIN_EVERY) {
-                    // Records come again: read often again.
-                    drain_every = Some(DRAIN_EVERY);
-                    drain.as_mut().reset(tokio::time::Instant::now() + DRAIN_EVERY);
-                }
+                records_came(received, &mut drain_every, drain.as_mut());
                 // Queries the kernel has held past the handover age: matched here from now on.
                 for query in maps.take_older_than(clock.boot_now(), handover, keep) {
                     for finding in handle(record_bytes(&query), &mut tracker, &counters, &is_dns_port) {
@@ -182,14 +178,22 @@ pub async fn run(
                 let received = received?;
                 counted(&counters, received);
                 maps.apply(tracker.take_repeat_changes());
-                if received > 0 && drain_every != Some(DRAIN_EVERY) {
-                    // Records come again: read often again.
-                    drain_every = Some(DRAIN_EVERY);
-                    drain.as_mut().reset(tokio::time::Instant::now() + DRAIN_EVERY);
-                }
+                records_came(received, &mut drain_every, drain.as_mut());
                 tokio::task::yield_now().await;
             }
         }
+    }
+}
+
+/// After a read that found records: reads without a wakeup every [`DRAIN_EVERY`] again.
+fn records_came(
+    received: usize,
+    drain_every: &mut Option<Duration>,
+    drain: std::pin::Pin<&mut tokio::time::Sleep>,
+) {
+    if received > 0 && *drain_every != Some(DRAIN_EVERY) {
+        *drain_every = Some(DRAIN_EVERY);
+        drain.reset(tokio::time::Instant::now() + DRAIN_EVERY);
     }
 }
 

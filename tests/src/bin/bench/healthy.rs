@@ -357,33 +357,24 @@ pub fn run(node: &mut SimNode, connections_only: bool) -> anyhow::Result<()> {
 /// What the agent spends on a node with no traffic: cores and wakeups per second (its
 /// threads' context switches) over a few seconds.
 fn idle(pid: u32) -> anyhow::Result<(f64, f64)> {
-    // (CPU seconds, context switches) over the agent's threads.
-    let read = || -> anyhow::Result<(f64, f64)> {
-        let (mut cpu, mut switches) = (0.0, 0.0);
+    // Context switches over the agent's threads (a thread that ended meanwhile is skipped).
+    let switches = || -> anyhow::Result<f64> {
+        let mut n = 0.0;
         for t in std::fs::read_dir(format!("/proc/{pid}/task"))? {
-            let t = t?.path();
-            // A thread that ended meanwhile is skipped.
-            let (Ok(stat), Ok(status)) = (
-                std::fs::read_to_string(t.join("stat")),
-                std::fs::read_to_string(t.join("status")),
-            ) else {
+            let Ok(status) = std::fs::read_to_string(t?.path().join("status")) else {
                 continue;
             };
-            let after = stat.rsplit_once(')').map_or("", |x| x.1);
-            let f: Vec<&str> = after.split_whitespace().collect();
-            let ticks = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
-            cpu += (ticks(11) + ticks(12)) / 100.0;
-            switches += status
+            n += status
                 .lines()
                 .filter(|l| l.contains("ctxt_switches:"))
                 .filter_map(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
                 .sum::<f64>();
         }
-        Ok((cpu, switches))
+        Ok(n)
     };
     let secs = if quick() { 2.0 } else { 10.0 };
-    let (cpu0, switches0) = read()?;
+    let ((cpu0, _), switches0) = (cpu_and_rss(pid)?, switches()?);
     std::thread::sleep(Duration::from_secs_f64(secs));
-    let (cpu1, switches1) = read()?;
+    let ((cpu1, _), switches1) = (cpu_and_rss(pid)?, switches()?);
     Ok(((cpu1 - cpu0) / secs, (switches1 - switches0) / secs))
 }
